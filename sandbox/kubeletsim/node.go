@@ -1,0 +1,762 @@
+// Package kubeletsim simulates kubelets against a real API server: each
+// simulated node registers with its own node identity, keeps its Lease and
+// Ready condition, mints projected service-account tokens through the real
+// TokenRequest API by the kubelet's refresh rule, writes them to disk in the
+// kubelet's AtomicWriter layout, and serves the kubelet Pods API. It reboots
+// and restarts its "kubelet" on request, and can be told to misbehave.
+package kubeletsim
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+	authenticationv1 "k8s.io/api/authentication/v1"
+	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/util/workqueue"
+	"k8s.io/utils/clock"
+	"k8s.io/utils/ptr"
+)
+
+// KubeletVersion is what simulated nodes report in status.nodeInfo.
+const KubeletVersion = "v1.37.2"
+
+var (
+	metav1CreateOptions = metav1.CreateOptions{}
+	everything          = labels.Everything()
+)
+
+// Config describes one simulated node.
+type Config struct {
+	// Name is the Node's name; the node authenticates as system:node:Name.
+	Name string
+	// Root is the kubelet root directory (what /var/lib/kubelet is on a node).
+	Root string
+	// RESTConfig must carry the node's own identity, so that the Node
+	// authorizer and NodeRestriction judge the simulator as they would judge
+	// a kubelet.
+	RESTConfig *rest.Config
+	// Clock drives token refresh, heartbeats and reboots (default: real time).
+	Clock clock.WithTicker
+	// SyncInterval is how often every pod's volumes are rewritten (default
+	// 60s, the kubelet's sync period).
+	SyncInterval time.Duration
+	// HeartbeatInterval is how often the node Lease is renewed (default 10s).
+	HeartbeatInterval time.Duration
+	// StatusInterval is how often node status is posted when nothing changes
+	// (default 1m).
+	StatusInterval time.Duration
+	// Labels are added to the Node at registration. NodeRestriction limits
+	// which labels a node may set on itself.
+	Labels map[string]string
+	// Logger receives the simulator's log (default: none).
+	Logger *zap.Logger
+	// Observer, when set, is told of everything the node does; tests wait on
+	// it instead of sleeping.
+	Observer func(Event)
+}
+
+// EventKind names something a simulated node did.
+type EventKind string
+
+const (
+	EventRegistered       EventKind = "Registered"
+	EventVolumeWritten    EventKind = "VolumeWritten"
+	EventPodRunning       EventKind = "PodRunning"
+	EventPodRemoved       EventKind = "PodRemoved"
+	EventDown             EventKind = "Down"
+	EventUp               EventKind = "Up"
+	EventKubeletRestarted EventKind = "KubeletRestarted"
+	EventSyncError        EventKind = "SyncError"
+)
+
+// Event is one observable step of a simulated node.
+type Event struct {
+	Kind   EventKind
+	Node   string
+	Pod    types.NamespacedName
+	PodUID types.UID
+	Volume string
+	Err    error
+}
+
+// Node is one simulated kubelet.
+type Node struct {
+	cfg    Config
+	client kubernetes.Interface
+	clock  clock.WithTicker
+	log    *zap.Logger
+	tokens *tokenManager
+
+	factory informers.SharedInformerFactory
+	pods    corelisters.PodLister
+	queue   workqueue.TypedRateLimitingInterface[string]
+	podsAPI *podsAPIServer
+
+	mu       sync.Mutex
+	bootID   string
+	down     bool
+	notReady string // a reason while told to report NotReady
+	running  map[types.UID]bool
+	kick     chan struct{}
+
+	registered chan struct{}
+}
+
+// New checks cfg and returns a node that Run starts.
+func New(cfg Config) (*Node, error) {
+	var errs []error
+	if cfg.Name == "" {
+		errs = append(errs, errors.New("kubeletsim: Config.Name is empty"))
+	}
+	if cfg.Root == "" {
+		errs = append(errs, errors.New("kubeletsim: Config.Root is empty"))
+	}
+	if cfg.RESTConfig == nil {
+		errs = append(errs, errors.New("kubeletsim: Config.RESTConfig is nil"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.RealClock{}
+	}
+	if cfg.SyncInterval <= 0 {
+		cfg.SyncInterval = time.Minute
+	}
+	if cfg.HeartbeatInterval <= 0 {
+		cfg.HeartbeatInterval = 10 * time.Second
+	}
+	if cfg.StatusInterval <= 0 {
+		cfg.StatusInterval = time.Minute
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = zap.NewNop()
+	}
+	client, err := kubernetes.NewForConfig(cfg.RESTConfig)
+	if err != nil {
+		return nil, fmt.Errorf("kubeletsim: client for node %s: %w", cfg.Name, err)
+	}
+	n := &Node{
+		cfg:        cfg,
+		client:     client,
+		clock:      cfg.Clock,
+		log:        cfg.Logger.With(zap.String("node", cfg.Name)),
+		tokens:     newTokenManager(client, cfg.Clock),
+		bootID:     newBootID(),
+		running:    map[types.UID]bool{},
+		kick:       make(chan struct{}, 1),
+		registered: make(chan struct{}),
+	}
+	n.factory = informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+		o.FieldSelector = "spec.nodeName=" + cfg.Name
+	}))
+	n.pods = n.factory.Core().V1().Pods().Lister()
+	n.queue = workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
+		workqueue.TypedRateLimitingQueueConfig[string]{Name: "kubeletsim-" + cfg.Name, Clock: cfg.Clock})
+	n.podsAPI = newPodsAPIServer(n.pods)
+	return n, nil
+}
+
+func newBootID() string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	h := hex.EncodeToString(b)
+	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
+}
+
+// Name is the node's name.
+func (n *Node) Name() string { return n.cfg.Name }
+
+// Root is the node's kubelet root directory.
+func (n *Node) Root() string { return n.cfg.Root }
+
+// BootID is the boot ID the node reports now.
+func (n *Node) BootID() string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.bootID
+}
+
+// PodsAPISocket is the kubelet Pods API socket, as the kubelet places it.
+func (n *Node) PodsAPISocket() string {
+	return filepath.Join(n.cfg.Root, "pods-api", "pods-api.sock")
+}
+
+// VolumeDir is where a pod's projected volume is written.
+func (n *Node) VolumeDir(podUID types.UID, volume string) string {
+	return filepath.Join(n.cfg.Root, "pods", string(podUID), "volumes", "kubernetes.io~projected", volume)
+}
+
+// Registered is closed once the Node exists and the pod cache is synced.
+func (n *Node) Registered() <-chan struct{} { return n.registered }
+
+func (n *Node) emit(e Event) {
+	if n.cfg.Observer != nil {
+		e.Node = n.cfg.Name
+		n.cfg.Observer(e)
+	}
+}
+
+// Run registers the node and simulates its kubelet until ctx ends.
+func (n *Node) Run(ctx context.Context) error {
+	defer n.queue.ShutDown()
+	if err := os.MkdirAll(filepath.Join(n.cfg.Root, "pods"), 0o750); err != nil {
+		return err
+	}
+	if err := n.register(ctx); err != nil {
+		return err
+	}
+	informer := n.factory.Core().V1().Pods().Informer()
+	if _, err := informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { n.enqueue(obj); n.podsAPI.notify(obj, false) },
+		UpdateFunc: func(_, obj any) { n.enqueue(obj); n.podsAPI.notify(obj, false) },
+		DeleteFunc: func(obj any) { n.podGone(obj); n.podsAPI.notify(obj, true) },
+	}); err != nil {
+		return err
+	}
+	n.factory.Start(ctx.Done())
+	defer n.factory.Shutdown()
+	if !cache.WaitForCacheSync(ctx.Done(), informer.HasSynced) {
+		return ctx.Err()
+	}
+	if err := n.podsAPI.start(n.PodsAPISocket()); err != nil {
+		return err
+	}
+	defer n.podsAPI.stop()
+	close(n.registered)
+	n.emit(Event{Kind: EventRegistered})
+
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() { defer wg.Done(); n.worker(ctx) }()
+	}
+	wg.Add(1)
+	go func() { defer wg.Done(); n.loop(ctx) }()
+	<-ctx.Done()
+	n.queue.ShutDown()
+	wg.Wait()
+	return nil
+}
+
+func (n *Node) enqueue(obj any) {
+	if key, err := cache.MetaNamespaceKeyFunc(obj); err == nil {
+		n.queue.Add(key)
+	}
+}
+
+// ResyncAll queues every pod for a volume sync now, as the kubelet's periodic
+// sync would.
+func (n *Node) ResyncAll() {
+	pods, _ := n.pods.List(everything)
+	for _, p := range pods {
+		n.enqueue(p)
+	}
+}
+
+func (n *Node) podGone(obj any) {
+	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = d.Obj
+	}
+	pod, ok := obj.(*corev1.Pod)
+	if !ok {
+		return
+	}
+	n.removePod(pod)
+}
+
+func (n *Node) removePod(pod *corev1.Pod) {
+	n.tokens.forgetPod(pod.UID)
+	n.mu.Lock()
+	delete(n.running, pod.UID)
+	n.mu.Unlock()
+	if err := os.RemoveAll(filepath.Join(n.cfg.Root, "pods", string(pod.UID))); err != nil {
+		n.log.Error("removing pod directory", zap.String("pod", pod.Name), zap.Error(err))
+	}
+	n.emit(Event{Kind: EventPodRemoved, Pod: types.NamespacedName{Namespace: pod.Namespace, Name: pod.Name}, PodUID: pod.UID})
+}
+
+// loop renews the Lease, posts status and triggers periodic syncs on the
+// node's clock.
+func (n *Node) loop(ctx context.Context) {
+	lease := n.clock.NewTicker(n.cfg.HeartbeatInterval)
+	defer lease.Stop()
+	status := n.clock.NewTicker(n.cfg.StatusInterval)
+	defer status.Stop()
+	sync := n.clock.NewTicker(n.cfg.SyncInterval)
+	defer sync.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-lease.C():
+			if !n.isDown() {
+				if err := n.renewLease(ctx); err != nil && ctx.Err() == nil {
+					n.log.Warn("renewing node lease", zap.Error(err))
+				}
+			}
+		case <-status.C():
+			n.postStatus(ctx)
+		case <-sync.C():
+			n.ResyncAll()
+		case <-n.kick:
+			n.postStatus(ctx)
+		}
+	}
+}
+
+func (n *Node) isDown() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.down
+}
+
+func (n *Node) kickStatus() {
+	select {
+	case n.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (n *Node) worker(ctx context.Context) {
+	for {
+		key, quit := n.queue.Get()
+		if quit {
+			return
+		}
+		err := n.syncPod(ctx, key)
+		switch {
+		case err == nil:
+			n.queue.Forget(key)
+		case ctx.Err() != nil:
+		default:
+			ns, name, _ := cache.SplitMetaNamespaceKey(key)
+			n.log.Warn("syncing pod", zap.String("namespace", ns), zap.String("pod", name), zap.Error(err))
+			n.emit(Event{Kind: EventSyncError, Pod: types.NamespacedName{Namespace: ns, Name: name}, Err: err})
+			n.queue.AddRateLimited(key)
+		}
+		n.queue.Done(key)
+	}
+}
+
+func (n *Node) syncPod(ctx context.Context, key string) error {
+	if n.isDown() {
+		return nil // Up re-queues every pod.
+	}
+	ns, name, err := cache.SplitMetaNamespaceKey(key)
+	if err != nil {
+		return nil
+	}
+	cached, err := n.pods.Pods(ns).Get(name)
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	pod := cached.DeepCopy()
+	if pod.DeletionTimestamp != nil {
+		// The kubelet confirms a graceful deletion once the containers are
+		// gone: here at once.
+		n.removePod(pod)
+		err := n.client.CoreV1().Pods(ns).Delete(ctx, name, metav1.DeleteOptions{
+			GracePeriodSeconds: ptr.To[int64](0),
+			Preconditions:      &metav1.Preconditions{UID: &pod.UID},
+		})
+		if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
+			return fmt.Errorf("confirming deletion of pod %s/%s: %w", ns, name, err)
+		}
+		return nil
+	}
+	if pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
+		return nil
+	}
+	for _, v := range pod.Spec.Volumes {
+		if v.Projected == nil {
+			continue
+		}
+		payload, err := n.projectedPayload(ctx, pod, v.Projected)
+		if err != nil {
+			return fmt.Errorf("volume %q: %w", v.Name, err)
+		}
+		wrote, err := writeAtomically(n.VolumeDir(pod.UID, v.Name), payload, n.clock.Now())
+		if err != nil {
+			return fmt.Errorf("writing volume %q: %w", v.Name, err)
+		}
+		if wrote {
+			n.emit(Event{Kind: EventVolumeWritten, Pod: types.NamespacedName{Namespace: ns, Name: name}, PodUID: pod.UID, Volume: v.Name})
+		}
+	}
+	return n.markRunning(ctx, pod)
+}
+
+// projectedPayload builds a projected volume's files the way the kubelet's
+// projected volume plugin does.
+func (n *Node) projectedPayload(ctx context.Context, pod *corev1.Pod, vol *corev1.ProjectedVolumeSource) (map[string]file, error) {
+	mode := os.FileMode(0o644)
+	if vol.DefaultMode != nil {
+		mode = os.FileMode(*vol.DefaultMode)
+	}
+	itemMode := func(m *int32) os.FileMode {
+		if m != nil {
+			return os.FileMode(*m)
+		}
+		return mode
+	}
+	out := map[string]file{}
+	for _, src := range vol.Sources {
+		switch {
+		case src.ServiceAccountToken != nil:
+			tp := src.ServiceAccountToken
+			var auds []string
+			if tp.Audience != "" {
+				auds = []string{tp.Audience}
+			}
+			exp := ptr.Deref(tp.ExpirationSeconds, 3600)
+			sa := pod.Spec.ServiceAccountName
+			if sa == "" {
+				sa = "default"
+			}
+			tr, err := n.tokens.get(ctx, pod.Namespace, sa, pod.UID, &authenticationv1.TokenRequest{
+				Spec: authenticationv1.TokenRequestSpec{
+					Audiences:         auds,
+					ExpirationSeconds: &exp,
+					BoundObjectRef:    &authenticationv1.BoundObjectReference{APIVersion: "v1", Kind: "Pod", Name: pod.Name, UID: pod.UID},
+				},
+			})
+			if err != nil {
+				return nil, err
+			}
+			out[tp.Path] = file{Data: []byte(tr.Status.Token), Mode: mode}
+		case src.ConfigMap != nil:
+			cm, err := n.client.CoreV1().ConfigMaps(pod.Namespace).Get(ctx, src.ConfigMap.Name, metav1.GetOptions{})
+			if err != nil {
+				if apierrors.IsNotFound(err) && ptr.Deref(src.ConfigMap.Optional, false) {
+					continue
+				}
+				return nil, fmt.Errorf("configmap %s/%s: %w", pod.Namespace, src.ConfigMap.Name, err)
+			}
+			if len(src.ConfigMap.Items) == 0 {
+				for k, v := range cm.Data {
+					out[k] = file{Data: []byte(v), Mode: mode}
+				}
+			}
+			for _, it := range src.ConfigMap.Items {
+				v, ok := cm.Data[it.Key]
+				if !ok {
+					return nil, fmt.Errorf("configmap %s/%s has no key %q", pod.Namespace, cm.Name, it.Key)
+				}
+				out[it.Path] = file{Data: []byte(v), Mode: itemMode(it.Mode)}
+			}
+		case src.Secret != nil:
+			s, err := n.client.CoreV1().Secrets(pod.Namespace).Get(ctx, src.Secret.Name, metav1.GetOptions{})
+			if err != nil {
+				if apierrors.IsNotFound(err) && ptr.Deref(src.Secret.Optional, false) {
+					continue
+				}
+				return nil, fmt.Errorf("secret %s/%s: %w", pod.Namespace, src.Secret.Name, err)
+			}
+			if len(src.Secret.Items) == 0 {
+				for k, v := range s.Data {
+					out[k] = file{Data: v, Mode: mode}
+				}
+			}
+			for _, it := range src.Secret.Items {
+				v, ok := s.Data[it.Key]
+				if !ok {
+					return nil, fmt.Errorf("secret %s/%s has no key %q", pod.Namespace, s.Name, it.Key)
+				}
+				out[it.Path] = file{Data: v, Mode: itemMode(it.Mode)}
+			}
+		case src.DownwardAPI != nil:
+			for _, it := range src.DownwardAPI.Items {
+				if it.FieldRef == nil {
+					return nil, fmt.Errorf("downwardAPI item %q: only fieldRef is simulated", it.Path)
+				}
+				var v string
+				switch it.FieldRef.FieldPath {
+				case "metadata.namespace":
+					v = pod.Namespace
+				case "metadata.name":
+					v = pod.Name
+				case "metadata.uid":
+					v = string(pod.UID)
+				case "spec.serviceAccountName":
+					v = pod.Spec.ServiceAccountName
+				case "spec.nodeName":
+					v = pod.Spec.NodeName
+				default:
+					return nil, fmt.Errorf("downwardAPI item %q: field %q is not simulated", it.Path, it.FieldRef.FieldPath)
+				}
+				out[it.Path] = file{Data: []byte(v), Mode: itemMode(it.Mode)}
+			}
+		default:
+			return nil, errors.New("projected source not simulated (only serviceAccountToken, configMap, secret, downwardAPI)")
+		}
+	}
+	return out, nil
+}
+
+// markRunning posts the pod as Running and Ready once, as the kubelet does
+// when its containers have started.
+func (n *Node) markRunning(ctx context.Context, pod *corev1.Pod) error {
+	n.mu.Lock()
+	done := n.running[pod.UID]
+	n.mu.Unlock()
+	if done {
+		return nil
+	}
+	if pod.Status.Phase != corev1.PodRunning || !podReady(pod) {
+		now := metav1.NewTime(n.clock.Now())
+		pod.Status.Phase = corev1.PodRunning
+		pod.Status.HostIP = "127.0.0.1"
+		pod.Status.StartTime = &now
+		pod.Status.Conditions = []corev1.PodCondition{
+			{Type: corev1.PodInitialized, Status: corev1.ConditionTrue, LastTransitionTime: now},
+			{Type: corev1.ContainersReady, Status: corev1.ConditionTrue, LastTransitionTime: now},
+			{Type: corev1.PodReady, Status: corev1.ConditionTrue, LastTransitionTime: now},
+		}
+		pod.Status.ContainerStatuses = nil
+		for _, c := range pod.Spec.Containers {
+			pod.Status.ContainerStatuses = append(pod.Status.ContainerStatuses, corev1.ContainerStatus{
+				Name: c.Name, Image: c.Image, ImageID: c.Image, Ready: true, Started: ptr.To(true),
+				State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: now}},
+			})
+		}
+		if _, err := n.client.CoreV1().Pods(pod.Namespace).UpdateStatus(ctx, pod, metav1.UpdateOptions{}); err != nil {
+			return fmt.Errorf("posting status of pod %s/%s: %w", pod.Namespace, pod.Name, err)
+		}
+	}
+	n.mu.Lock()
+	n.running[pod.UID] = true
+	n.mu.Unlock()
+	n.emit(Event{Kind: EventPodRunning, Pod: types.NamespacedName{Namespace: pod.Namespace, Name: pod.Name}, PodUID: pod.UID})
+	return nil
+}
+
+func podReady(pod *corev1.Pod) bool {
+	for _, c := range pod.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// register creates the Node, or updates it when it already exists (a
+// restarted kubelet), and its Lease.
+func (n *Node) register(ctx context.Context) error {
+	nodeLabels := map[string]string{
+		"kubernetes.io/hostname": n.cfg.Name,
+		"kubernetes.io/os":       "linux",
+		"kubernetes.io/arch":     "amd64",
+	}
+	for k, v := range n.cfg.Labels {
+		nodeLabels[k] = v
+	}
+	now := metav1.NewTime(n.clock.Now())
+	node := &corev1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: n.cfg.Name, Labels: nodeLabels},
+		Status: corev1.NodeStatus{
+			Capacity:    n.capacity(),
+			Allocatable: n.capacity(),
+			Addresses: []corev1.NodeAddress{
+				{Type: corev1.NodeInternalIP, Address: "127.0.0.1"},
+				{Type: corev1.NodeHostName, Address: n.cfg.Name},
+			},
+			Conditions: []corev1.NodeCondition{n.readyCondition(now)},
+			NodeInfo:   n.nodeInfo(),
+		},
+	}
+	_, err := n.client.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{})
+	if apierrors.IsAlreadyExists(err) {
+		err = n.patchStatus(ctx, now)
+	}
+	if err != nil {
+		return fmt.Errorf("registering node %s: %w", n.cfg.Name, err)
+	}
+	return n.renewLease(ctx)
+}
+
+func (n *Node) capacity() corev1.ResourceList {
+	return corev1.ResourceList{
+		corev1.ResourceCPU:    resource.MustParse("4"),
+		corev1.ResourceMemory: resource.MustParse("16Gi"),
+		corev1.ResourcePods:   resource.MustParse("110"),
+	}
+}
+
+func (n *Node) nodeInfo() corev1.NodeSystemInfo {
+	return corev1.NodeSystemInfo{
+		MachineID: n.cfg.Name, SystemUUID: n.cfg.Name, BootID: n.BootID(),
+		KernelVersion: "6.12.0-sim", OSImage: "tokenroll kubeletsim", ContainerRuntimeVersion: "sim://1.0",
+		KubeletVersion: KubeletVersion, OperatingSystem: "linux", Architecture: "amd64",
+	}
+}
+
+func (n *Node) readyCondition(now metav1.Time) corev1.NodeCondition {
+	n.mu.Lock()
+	down, reason := n.down, n.notReady
+	n.mu.Unlock()
+	c := corev1.NodeCondition{Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "KubeletReady",
+		Message: "kubelet is posting ready status", LastHeartbeatTime: now, LastTransitionTime: now}
+	switch {
+	case down:
+		c.Status, c.Reason, c.Message = corev1.ConditionFalse, "KubeletNotReady", "node is shutting down"
+	case reason != "":
+		c.Status, c.Reason, c.Message = corev1.ConditionFalse, "KubeletNotReady", reason
+	}
+	return c
+}
+
+// patchStatus posts the Ready condition and node info. The transition time
+// moves only when the status does.
+func (n *Node) patchStatus(ctx context.Context, now metav1.Time) error {
+	cond := n.readyCondition(now)
+	if cur, err := n.client.CoreV1().Nodes().Get(ctx, n.cfg.Name, metav1.GetOptions{ResourceVersion: "0"}); err == nil {
+		for _, c := range cur.Status.Conditions {
+			if c.Type == corev1.NodeReady && c.Status == cond.Status {
+				cond.LastTransitionTime = c.LastTransitionTime
+			}
+		}
+	}
+	patch, err := json.Marshal(map[string]any{"status": map[string]any{
+		"conditions": []corev1.NodeCondition{cond},
+		"nodeInfo":   n.nodeInfo(),
+	}})
+	if err != nil {
+		return err
+	}
+	_, err = n.client.CoreV1().Nodes().PatchStatus(ctx, n.cfg.Name, patch)
+	return err
+}
+
+func (n *Node) postStatus(ctx context.Context) {
+	n.mu.Lock()
+	down := n.down
+	n.mu.Unlock()
+	if down {
+		return // a node that is down posts nothing
+	}
+	if err := n.patchStatus(ctx, metav1.NewTime(n.clock.Now())); err != nil && ctx.Err() == nil {
+		n.log.Warn("posting node status", zap.Error(err))
+	}
+}
+
+func (n *Node) renewLease(ctx context.Context) error {
+	leases := n.client.CoordinationV1().Leases(corev1.NamespaceNodeLease)
+	now := metav1.NewMicroTime(n.clock.Now())
+	l, err := leases.Get(ctx, n.cfg.Name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		_, err = leases.Create(ctx, &coordinationv1.Lease{
+			ObjectMeta: metav1.ObjectMeta{Name: n.cfg.Name, Namespace: corev1.NamespaceNodeLease},
+			Spec: coordinationv1.LeaseSpec{
+				HolderIdentity:       ptr.To(n.cfg.Name),
+				LeaseDurationSeconds: ptr.To[int32](40),
+				RenewTime:            &now,
+			},
+		}, metav1.CreateOptions{})
+		return err
+	}
+	if err != nil {
+		return err
+	}
+	l.Spec.RenewTime = &now
+	_, err = leases.Update(ctx, l, metav1.UpdateOptions{})
+	return err
+}
+
+// SetNotReady makes the node report Ready=False with reason, or Ready=True
+// again when reason is empty, as a kubelet with a broken runtime would.
+func (n *Node) SetNotReady(reason string) {
+	n.mu.Lock()
+	n.notReady = reason
+	n.mu.Unlock()
+	n.kickStatus()
+}
+
+// SetStopRefreshing makes the node keep serving its cached tokens however
+// old they get, as a wedged kubelet would (false: back to the rule).
+func (n *Node) SetStopRefreshing(stop bool) { n.tokens.setStopRefreshing(stop) }
+
+// RestartKubelet simulates `systemctl restart kubelet`: the token cache is
+// gone, so every projected token is requested again and the volumes are
+// rewritten; pods keep running.
+func (n *Node) RestartKubelet() {
+	n.tokens.clear()
+	n.emit(Event{Kind: EventKubeletRestarted})
+	n.ResyncAll()
+}
+
+// Reboot takes the node down for downFor on its clock: it reports
+// NotReady, stops renewing its Lease and syncing pods, and its projected
+// volumes (tmpfs on a real node) are gone. It then comes back with a new
+// boot ID and an empty token cache, and rewrites every volume. Reboot
+// returns at once; the Up event tells when the node is back.
+func (n *Node) Reboot(ctx context.Context, downFor time.Duration) error {
+	n.mu.Lock()
+	if n.down {
+		n.mu.Unlock()
+		return fmt.Errorf("node %s is already rebooting", n.cfg.Name)
+	}
+	n.down = true
+	n.mu.Unlock()
+	// The kubelet's graceful node shutdown reports NotReady before going.
+	cond := n.readyCondition(metav1.NewTime(n.clock.Now()))
+	patch, _ := json.Marshal(map[string]any{"status": map[string]any{"conditions": []corev1.NodeCondition{cond}}})
+	if _, err := n.client.CoreV1().Nodes().PatchStatus(ctx, n.cfg.Name, patch); err != nil {
+		n.log.Warn("posting NotReady before reboot", zap.Error(err))
+	}
+	n.tokens.clear()
+	pods, _ := n.pods.List(everything)
+	for _, p := range pods {
+		_ = os.RemoveAll(filepath.Join(n.cfg.Root, "pods", string(p.UID), "volumes"))
+	}
+	n.mu.Lock()
+	n.running = map[types.UID]bool{}
+	n.mu.Unlock()
+	n.podsAPI.stop()
+	n.emit(Event{Kind: EventDown})
+	after := n.clock.After(downFor)
+	go func() {
+		select {
+		case <-ctx.Done():
+			return
+		case <-after:
+		}
+		n.mu.Lock()
+		n.down = false
+		n.bootID = newBootID()
+		n.mu.Unlock()
+		if err := n.podsAPI.start(n.PodsAPISocket()); err != nil {
+			n.log.Error("restarting the Pods API after reboot", zap.Error(err))
+		}
+		n.postStatus(ctx)
+		if err := n.renewLease(ctx); err != nil && ctx.Err() == nil {
+			n.log.Warn("renewing node lease after reboot", zap.Error(err))
+		}
+		n.emit(Event{Kind: EventUp})
+		n.ResyncAll()
+	}()
+	return nil
+}
