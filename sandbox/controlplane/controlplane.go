@@ -24,8 +24,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
-	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 )
 
 // DefaultIssuer is the issuer a control plane signs with unless told otherwise.
@@ -376,7 +376,9 @@ func (cp *ControlPlane) configFor(host string, pair keyPair) *rest.Config {
 	}
 }
 
-func (cp *ControlPlane) adminConfigAt(host string) *rest.Config { return cp.configFor(host, cp.adminPair) }
+func (cp *ControlPlane) adminConfigAt(host string) *rest.Config {
+	return cp.configFor(host, cp.adminPair)
+}
 
 // AdminConfig is a client configuration in system:masters.
 func (cp *ControlPlane) AdminConfig() *rest.Config { return cp.adminConfigAt(cp.URL()) }

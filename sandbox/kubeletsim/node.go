@@ -82,6 +82,7 @@ const (
 	EventRegistered       EventKind = "Registered"
 	EventVolumeWritten    EventKind = "VolumeWritten"
 	EventPodRunning       EventKind = "PodRunning"
+	EventPodSynced        EventKind = "PodSynced"
 	EventPodRemoved       EventKind = "PodRemoved"
 	EventDown             EventKind = "Down"
 	EventUp               EventKind = "Up"
@@ -407,7 +408,11 @@ func (n *Node) syncPod(ctx context.Context, key string) error {
 			n.emit(Event{Kind: EventVolumeWritten, Pod: types.NamespacedName{Namespace: ns, Name: name}, PodUID: pod.UID, Volume: v.Name})
 		}
 	}
-	return n.markRunning(ctx, pod)
+	if err := n.markRunning(ctx, pod); err != nil {
+		return err
+	}
+	n.emit(Event{Kind: EventPodSynced, Pod: types.NamespacedName{Namespace: ns, Name: name}, PodUID: pod.UID})
+	return nil
 }
 
 // projectedPayload builds a projected volume's files the way the kubelet's

@@ -26,8 +26,8 @@ type tokenManager struct {
 	client kubernetes.Interface
 	clock  clock.Clock
 
-	mu            sync.Mutex
-	cache         map[string]cachedToken
+	mu             sync.Mutex
+	cache          map[string]cachedToken
 	stopRefreshing bool
 }
 
