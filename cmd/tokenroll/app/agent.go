@@ -1,0 +1,75 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/spf13/pflag"
+)
+
+// agentOptions configure `tokenroll agent`.
+type agentOptions struct {
+	// NodeName is the Node this agent reports on and acts for.
+	NodeName string
+	// KubeletRoot is the kubelet's root directory as mounted in the pod.
+	KubeletRoot string
+	// Kubeconfig is empty in a cluster (the pod's own service account).
+	Kubeconfig string
+	// Interval is the time between scans.
+	Interval time.Duration
+	// Grace is how long past its refresh time a token may be before it is
+	// overdue (the kubelet rewrites volumes every 60-90 s).
+	Grace time.Duration
+	// IssuerRefresh is how often OIDC discovery is read again.
+	IssuerRefresh time.Duration
+	// MetricsBindAddress serves /metrics, /healthz and /readyz.
+	MetricsBindAddress string
+	// MaxTokenSeries caps the per-token metric series.
+	MaxTokenSeries int
+}
+
+func newAgentOptions() *agentOptions {
+	return &agentOptions{
+		NodeName:           os.Getenv("NODE_NAME"),
+		KubeletRoot:        "/var/lib/kubelet",
+		Interval:           30 * time.Second,
+		Grace:              5 * time.Minute,
+		IssuerRefresh:      10 * time.Minute,
+		MetricsBindAddress: ":8080",
+		MaxTokenSeries:     500,
+	}
+}
+
+func (o *agentOptions) AddFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&o.NodeName, "node-name", o.NodeName, "Name of the Node this agent runs on (default $NODE_NAME, set from the downward API).")
+	fs.StringVar(&o.KubeletRoot, "kubelet-root", o.KubeletRoot, "Kubelet root directory, mounted read-only.")
+	fs.StringVar(&o.Kubeconfig, "kubeconfig", o.Kubeconfig, "Kubeconfig file; empty means the pod's service account.")
+	fs.DurationVar(&o.Interval, "interval", o.Interval, "Time between scans of the node's tokens.")
+	fs.DurationVar(&o.Grace, "grace", o.Grace, "How long past its refresh time a token may be before it counts as overdue.")
+	fs.DurationVar(&o.IssuerRefresh, "issuer-refresh-interval", o.IssuerRefresh, "How often the API server's issuer is read from OIDC discovery.")
+	fs.StringVar(&o.MetricsBindAddress, "metrics-bind-address", o.MetricsBindAddress, "Address serving /metrics, /healthz and /readyz.")
+	fs.IntVar(&o.MaxTokenSeries, "max-token-series", o.MaxTokenSeries, "Most per-token metric series exported (only tokens that are not fresh get one).")
+}
+
+func (o *agentOptions) Validate() error {
+	var errs []error
+	if o.NodeName == "" {
+		errs = append(errs, errors.New("--node-name is required (or set $NODE_NAME from the downward API: spec.nodeName)"))
+	}
+	errs = append(errs,
+		checkAbsDir("kubelet-root", o.KubeletRoot),
+		checkFile("kubeconfig", o.Kubeconfig),
+		checkPositive("interval", o.Interval, time.Second),
+		checkPositive("grace", o.Grace, 0),
+		checkPositive("issuer-refresh-interval", o.IssuerRefresh, 10*time.Second),
+		checkAddr("metrics-bind-address", o.MetricsBindAddress))
+	if o.MaxTokenSeries < 0 {
+		errs = append(errs, fmt.Errorf("--max-token-series=%d: must be 0 or more", o.MaxTokenSeries))
+	}
+	return errors.Join(errs...)
+}
+
+func (o *agentOptions) run(context.Context, env) error { return notImplemented("tokenroll agent", 3) }

@@ -1,0 +1,85 @@
+package app
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+)
+
+// Checks shared by the options structs. Each returns nil or an error that
+// names the flag, the value and what would be right.
+
+func checkAddr(flag, addr string) error {
+	if _, port, err := net.SplitHostPort(addr); err != nil {
+		return fmt.Errorf("--%s=%q: want host:port, e.g. :8080 or 127.0.0.1:8080 (%v)", flag, addr, err)
+	} else if p, err := strconv.Atoi(port); err != nil || p < 0 || p > 65535 {
+		return fmt.Errorf("--%s=%q: port must be a number from 0 to 65535", flag, addr)
+	}
+	return nil
+}
+
+func checkPositive(flag string, d, min time.Duration) error {
+	if d < min {
+		return fmt.Errorf("--%s=%s: must be at least %s", flag, d, min)
+	}
+	return nil
+}
+
+func checkAbsDir(flag, dir string) error {
+	if dir == "" {
+		return fmt.Errorf("--%s is required", flag)
+	}
+	if !filepath.IsAbs(dir) {
+		return fmt.Errorf("--%s=%q: must be an absolute path", flag, dir)
+	}
+	return nil
+}
+
+func checkOneOf(flag, value string, allowed ...string) error {
+	for _, a := range allowed {
+		if value == a {
+			return nil
+		}
+	}
+	return fmt.Errorf("--%s=%q: must be one of %s", flag, value, strings.Join(allowed, ", "))
+}
+
+func checkFile(flag, path string) error {
+	if path == "" {
+		return nil
+	}
+	st, err := os.Stat(path)
+	if err != nil {
+		return fmt.Errorf("--%s=%q: %v", flag, path, err)
+	}
+	if st.IsDir() {
+		return fmt.Errorf("--%s=%q: is a directory, want a file", flag, path)
+	}
+	return nil
+}
+
+// restConfig loads --kubeconfig, or the in-cluster configuration when it is
+// empty, then $KUBECONFIG and ~/.kube/config as kubectl would.
+func restConfig(kubeconfig string) (*rest.Config, error) {
+	if kubeconfig == "" {
+		if cfg, err := rest.InClusterConfig(); err == nil {
+			return cfg, nil
+		}
+	}
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	if kubeconfig != "" {
+		rules.ExplicitPath = kubeconfig
+	}
+	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{}).ClientConfig()
+	if err != nil {
+		return nil, fmt.Errorf("loading a kubeconfig (set --kubeconfig, or run in a pod): %w", err)
+	}
+	return cfg, nil
+}

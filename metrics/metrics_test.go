@@ -1,0 +1,74 @@
+package metrics
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
+	"go.uber.org/zap"
+)
+
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
+}
+
+func TestServerServesLintCleanMetricsAndHealth(t *testing.T) {
+	reg := NewRegistry("agent")
+	s, err := NewServer("127.0.0.1:0", reg, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	base := "http://" + s.Addr()
+
+	code, body := get(t, base+"/metrics")
+	if code != http.StatusOK || !strings.Contains(body, `tokenroll_build_info{commit=`) || !strings.Contains(body, `component="agent"`) {
+		t.Fatalf("/metrics: %d\n%s", code, body)
+	}
+	problems, err := promlint.New(strings.NewReader(body)).Lint()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		if strings.HasPrefix(p.Metric, Namespace+"_") {
+			t.Errorf("metric lint: %s: %s", p.Metric, p.Text)
+		}
+	}
+
+	if code, _ := get(t, base+"/healthz"); code != http.StatusOK {
+		t.Errorf("/healthz: %d", code)
+	}
+	if code, _ := get(t, base+"/readyz"); code != http.StatusServiceUnavailable {
+		t.Errorf("/readyz before ready: %d, want 503", code)
+	}
+	s.SetReady(true)
+	if code, _ := get(t, base+"/readyz"); code != http.StatusOK {
+		t.Errorf("/readyz when ready: %d", code)
+	}
+
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("Run after cancel: %v", err)
+	}
+	if _, err := http.Get(base + "/healthz"); err == nil {
+		t.Error("server still answers after shutdown")
+	}
+}
+
+func TestNewServerRejectsABadAddress(t *testing.T) {
+	if _, err := NewServer("127.0.0.1:notaport", NewRegistry("agent"), zap.NewNop()); err == nil || !strings.Contains(err.Error(), "127.0.0.1:notaport") {
+		t.Errorf("got %v, want an error naming the address", err)
+	}
+}
