@@ -62,7 +62,8 @@ func TestServerServesLintCleanMetricsAndHealth(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Errorf("Run after cancel: %v", err)
 	}
-	if _, err := http.Get(base + "/healthz"); err == nil {
+	if resp, err := http.Get(base + "/healthz"); err == nil {
+		resp.Body.Close()
 		t.Error("server still answers after shutdown")
 	}
 }

@@ -96,7 +96,7 @@ func (p *process) exitError() error {
 	if err == nil {
 		err = errors.New("exited with status 0")
 	}
-	return fmt.Errorf("%s exited early (%v); last lines of %s:\n%s", p.name, err, p.logPath, p.logTail(20))
+	return fmt.Errorf("%s exited early (%w); last lines of %s:\n%s", p.name, err, p.logPath, p.logTail(20))
 }
 
 // freePort returns a loopback TCP port nobody listens on at the moment. The

@@ -399,7 +399,6 @@ func TestRebootEvictionAndNotReady(t *testing.T) {
 	}
 
 	// NotReady on request, and back.
-	mark = c.events.mark()
 	n.SetNotReady("container runtime is down")
 	waitNode(t, c.admin, "node-1", func(node *corev1.Node) bool { return !nodeReady(node) })
 	n.SetNotReady("")

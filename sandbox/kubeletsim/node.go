@@ -366,7 +366,8 @@ func (n *Node) syncPod(ctx context.Context, key string) error {
 	}
 	ns, name, err := cache.SplitMetaNamespaceKey(key)
 	if err != nil {
-		return nil
+		n.log.Error("dropping a malformed queue key", zap.String("key", key), zap.Error(err))
+		return nil //nolint:nilerr // retrying a malformed key cannot succeed
 	}
 	cached, err := n.pods.Pods(ns).Get(name)
 	if apierrors.IsNotFound(err) {

@@ -18,7 +18,7 @@ import (
 
 func checkAddr(flag, addr string) error {
 	if _, port, err := net.SplitHostPort(addr); err != nil {
-		return fmt.Errorf("--%s=%q: want host:port, e.g. :8080 or 127.0.0.1:8080 (%v)", flag, addr, err)
+		return fmt.Errorf("--%s=%q: want host:port, e.g. :8080 or 127.0.0.1:8080 (%w)", flag, addr, err)
 	} else if p, err := strconv.Atoi(port); err != nil || p < 0 || p > 65535 {
 		return fmt.Errorf("--%s=%q: port must be a number from 0 to 65535", flag, addr)
 	}
@@ -57,7 +57,7 @@ func checkFile(flag, path string) error {
 	}
 	st, err := os.Stat(path)
 	if err != nil {
-		return fmt.Errorf("--%s=%q: %v", flag, path, err)
+		return fmt.Errorf("--%s=%q: %w", flag, path, err)
 	}
 	if st.IsDir() {
 		return fmt.Errorf("--%s=%q: is a directory, want a file", flag, path)

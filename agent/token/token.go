@@ -1,0 +1,201 @@
+// Package token decodes the claims of a projected service-account token and
+// judges it by the kubelet's rotation rules. It is pure: no files, no clock,
+// no network. Token bytes go in; only claims come out, and no error message
+// quotes the token.
+package token
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"strconv"
+	"time"
+)
+
+// MaxSize is the largest token file read: a bound token is about 1 KiB.
+const MaxSize = 64 << 10
+
+// Claims are what tokenroll needs from a bound token.
+type Claims struct {
+	Issuer    string
+	Audiences []string
+	IssuedAt  time.Time
+	Expires   time.Time
+	// WarnAfter is kubernetes.io.warnafter: set on extended tokens, whose
+	// exp is a year out; zero when absent.
+	WarnAfter      time.Time
+	Namespace      string
+	PodName        string
+	PodUID         string
+	ServiceAccount string
+	NodeName       string
+}
+
+// LooksLikeJWT reports whether data has the JWT compact shape: three
+// dot-separated base64url segments (a trailing newline allowed). Files that do
+// not (ca.crt, namespace) are not tokens and are not reported.
+func LooksLikeJWT(data []byte) bool {
+	data = bytes.TrimRight(data, "\r\n")
+	segments, n := 0, 0
+	for _, c := range data {
+		switch {
+		case c == '.':
+			if n == 0 {
+				return false
+			}
+			segments++
+			n = 0
+		case c >= 'A' && c <= 'Z', c >= 'a' && c <= 'z', c >= '0' && c <= '9', c == '-', c == '_', c == '=':
+			n++
+		default:
+			return false
+		}
+	}
+	return segments == 2 && n > 0
+}
+
+// numericDate is a JWT NumericDate: seconds since the epoch, possibly
+// fractional.
+type numericDate struct {
+	set bool
+	sec int64
+}
+
+func (d *numericDate) UnmarshalJSON(b []byte) error {
+	if string(b) == "null" {
+		return nil
+	}
+	f, err := strconv.ParseFloat(string(b), 64)
+	if err != nil || math.IsNaN(f) || math.IsInf(f, 0) || f < 0 || f > 1<<40 {
+		return claimError("a date claim (iat, exp or kubernetes.io.warnafter) is not a number of seconds")
+	}
+	d.set, d.sec = true, int64(math.Floor(f))
+	return nil
+}
+
+// claimError describes a malformed claim in words of our own, never the
+// claim's value.
+type claimError string
+
+func (e claimError) Error() string { return string(e) }
+
+// audience is the aud claim: one string or a list.
+type audience []string
+
+func (a *audience) UnmarshalJSON(b []byte) error {
+	var one string
+	if err := json.Unmarshal(b, &one); err == nil {
+		*a = []string{one}
+		return nil
+	}
+	var many []string
+	if err := json.Unmarshal(b, &many); err != nil {
+		return claimError("claim \"aud\" is neither a string nor a list of strings")
+	}
+	*a = many
+	return nil
+}
+
+type wireClaims struct {
+	Iss  string      `json:"iss"`
+	Aud  audience    `json:"aud"`
+	Iat  numericDate `json:"iat"`
+	Exp  numericDate `json:"exp"`
+	Kube struct {
+		Namespace string `json:"namespace"`
+		Pod       struct {
+			Name string `json:"name"`
+			UID  string `json:"uid"`
+		} `json:"pod"`
+		ServiceAccount struct {
+			Name string `json:"name"`
+		} `json:"serviceaccount"`
+		Node struct {
+			Name string `json:"name"`
+		} `json:"node"`
+		WarnAfter numericDate `json:"warnafter"`
+	} `json:"kubernetes.io"`
+}
+
+// Parse decodes the claims of a compact JWT. It does not verify the
+// signature. Its errors describe the defect without quoting the token.
+func Parse(data []byte) (Claims, error) {
+	data = bytes.TrimRight(data, "\r\n")
+	if len(data) > MaxSize {
+		return Claims{}, fmt.Errorf("token is %d bytes, larger than the %d a token can be", len(data), MaxSize)
+	}
+	first := bytes.IndexByte(data, '.')
+	if first < 0 {
+		return Claims{}, errors.New("not a JWT: no '.' separating header and payload")
+	}
+	rest := data[first+1:]
+	second := bytes.IndexByte(rest, '.')
+	if second < 0 || bytes.IndexByte(rest[second+1:], '.') >= 0 {
+		return Claims{}, errors.New("not a JWT: want exactly three dot-separated segments")
+	}
+	seg := bytes.TrimRight(rest[:second], "=")
+	payload := make([]byte, base64.RawURLEncoding.DecodedLen(len(seg)))
+	n, err := base64.RawURLEncoding.Decode(payload, seg)
+	if err != nil {
+		var ce base64.CorruptInputError
+		if errors.As(err, &ce) {
+			return Claims{}, fmt.Errorf("payload is not base64url (bad input at byte %d)", int64(ce))
+		}
+		return Claims{}, errors.New("payload is not base64url")
+	}
+	payload = payload[:n]
+	defer clear(payload)
+
+	var w wireClaims
+	if err := json.Unmarshal(payload, &w); err != nil {
+		var se *json.SyntaxError
+		var te *json.UnmarshalTypeError
+		var ce claimError
+		switch {
+		case errors.As(err, &se):
+			return Claims{}, fmt.Errorf("payload is not valid JSON (at byte %d)", se.Offset)
+		case errors.As(err, &ce):
+			return Claims{}, ce
+		case errors.As(err, &te) && te.Field == "":
+			return Claims{}, fmt.Errorf("payload is a JSON %s, not an object of claims", te.Value)
+		case errors.As(err, &te):
+			return Claims{}, fmt.Errorf("claim %q has the wrong type (%s)", te.Field, te.Value)
+		default:
+			return Claims{}, errors.New("payload is not a JSON object of claims with the expected types")
+		}
+	}
+	var missing []string
+	if !w.Iat.set {
+		missing = append(missing, "iat")
+	}
+	if !w.Exp.set {
+		missing = append(missing, "exp")
+	}
+	if len(missing) > 0 {
+		return Claims{}, fmt.Errorf("missing claim %v", missing)
+	}
+	if w.Exp.sec <= w.Iat.sec {
+		return Claims{}, fmt.Errorf("exp %d is not after iat %d", w.Exp.sec, w.Iat.sec)
+	}
+	if w.Kube.WarnAfter.set && w.Kube.WarnAfter.sec <= w.Iat.sec {
+		return Claims{}, fmt.Errorf("kubernetes.io.warnafter %d is not after iat %d", w.Kube.WarnAfter.sec, w.Iat.sec)
+	}
+	c := Claims{
+		Issuer:         w.Iss,
+		Audiences:      w.Aud,
+		IssuedAt:       time.Unix(w.Iat.sec, 0).UTC(),
+		Expires:        time.Unix(w.Exp.sec, 0).UTC(),
+		Namespace:      w.Kube.Namespace,
+		PodName:        w.Kube.Pod.Name,
+		PodUID:         w.Kube.Pod.UID,
+		ServiceAccount: w.Kube.ServiceAccount.Name,
+		NodeName:       w.Kube.Node.Name,
+	}
+	if w.Kube.WarnAfter.set {
+		c.WarnAfter = time.Unix(w.Kube.WarnAfter.sec, 0).UTC()
+	}
+	return c, nil
+}

@@ -1,0 +1,182 @@
+package token
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tokenroll/tokenroll/protocol"
+)
+
+// jwt builds a compact token from claims; the signature is not checked here.
+func jwt(claims any) string {
+	enc := base64.RawURLEncoding
+	payload, _ := json.Marshal(claims)
+	return enc.EncodeToString([]byte(`{"alg":"ES256","kid":"k"}`)) + "." + enc.EncodeToString(payload) + "." + enc.EncodeToString([]byte("signature"))
+}
+
+const iat = 1795000000 // 2026-11-18T...
+
+func bound(extra map[string]any) map[string]any {
+	c := map[string]any{
+		"iss": "https://kubernetes.default.svc", "aud": []string{"vault"}, "iat": iat, "nbf": iat, "exp": iat + 7200,
+		"sub": "system:serviceaccount:build:build-robot",
+		"kubernetes.io": map[string]any{
+			"namespace":      "build",
+			"pod":            map[string]any{"name": "nginx", "uid": "u-1"},
+			"serviceaccount": map[string]any{"name": "build-robot", "uid": "s-1"},
+			"node":           map[string]any{"name": "worker-1", "uid": "n-1"},
+		},
+	}
+	for k, v := range extra {
+		c[k] = v
+	}
+	return c
+}
+
+func TestParseBoundToken(t *testing.T) {
+	c, err := Parse([]byte(jwt(bound(nil)) + "\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Claims{
+		Issuer: "https://kubernetes.default.svc", Audiences: []string{"vault"},
+		IssuedAt: time.Unix(iat, 0).UTC(), Expires: time.Unix(iat+7200, 0).UTC(),
+		Namespace: "build", PodName: "nginx", PodUID: "u-1", ServiceAccount: "build-robot", NodeName: "worker-1",
+	}
+	if c.Issuer != want.Issuer || strings.Join(c.Audiences, ",") != "vault" || !c.IssuedAt.Equal(want.IssuedAt) || !c.Expires.Equal(want.Expires) ||
+		c.Namespace != want.Namespace || c.PodName != want.PodName || c.PodUID != want.PodUID || c.ServiceAccount != want.ServiceAccount || c.NodeName != want.NodeName || !c.WarnAfter.IsZero() {
+		t.Errorf("got %+v\nwant %+v", c, want)
+	}
+	// aud as a single string, fractional dates
+	c, err = Parse([]byte(jwt(map[string]any{"iss": "x", "aud": "api", "iat": 100.7, "exp": 200.2})))
+	if err != nil || c.Audiences[0] != "api" || c.IssuedAt.Unix() != 100 || c.Expires.Unix() != 200 {
+		t.Errorf("string aud / fractional dates: %+v %v", c, err)
+	}
+}
+
+func TestParseRejectsWithoutQuotingTheToken(t *testing.T) {
+	enc := base64.RawURLEncoding.EncodeToString
+	secretish := "c2VjcmV0LXNpZ25hdHVyZQ"
+	cases := []struct {
+		name, token, want string
+	}{
+		{"two segments", "a.b", "three"},
+		{"four segments", "a.b.c.d", "three"},
+		{"bad base64", "eyJh.%%%." + secretish, "not base64url"},
+		{"bad length", "eyJh.a." + secretish, "not base64url"},
+		{"not json", "eyJh." + enc([]byte("hello secret world")) + "." + secretish, "not valid JSON"},
+		{"json array", "eyJh." + enc([]byte(`[1,2]`)) + "." + secretish, "claims"},
+		{"missing iat and exp", jwt(map[string]any{"iss": "x"}), "missing claim [iat exp]"},
+		{"missing exp", jwt(map[string]any{"iat": 5}), "missing claim [exp]"},
+		{"exp before iat", jwt(map[string]any{"iat": 10, "exp": 10}), "exp 10 is not after iat 10"},
+		{"string iat", jwt(map[string]any{"iat": "soon", "exp": 10}), "iat"},
+		{"bad aud", jwt(map[string]any{"iat": 1, "exp": 10, "aud": 7}), "aud"},
+		{"warnafter before iat", jwt(map[string]any{"iat": 10, "exp": 100, "kubernetes.io": map[string]any{"warnafter": 5}}), "warnafter"},
+		{"huge", strings.Repeat("a", MaxSize+1), "larger than"},
+	}
+	for _, c := range cases {
+		_, err := Parse([]byte(c.token))
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: got %v, want an error containing %q", c.name, err, c.want)
+			continue
+		}
+		if strings.Contains(err.Error(), secretish) || strings.Contains(err.Error(), "secret") {
+			t.Errorf("%s: error quotes the token: %v", c.name, err)
+		}
+	}
+}
+
+func TestLooksLikeJWT(t *testing.T) {
+	for s, want := range map[string]bool{
+		jwt(bound(nil)):        true,
+		jwt(bound(nil)) + "\n": true,
+		"a.b.c":                true,
+		"default":              false,
+		"a.b":                  false,
+		"a..c":                 false,
+		".b.c":                 false,
+		"a.b.":                 false,
+		"-----BEGIN CERTIFICATE-----\nMIIB.x.y\n": false,
+		"a.b.c d": false,
+		"":        false,
+	} {
+		if got := LooksLikeJWT([]byte(s)); got != want {
+			t.Errorf("LooksLikeJWT(%.30q) = %v, want %v", s, got, want)
+		}
+	}
+}
+
+func at(sec int64) time.Time { return time.Unix(sec, 0).UTC() }
+
+func TestRefreshAtIsTheKubeletsRule(t *testing.T) {
+	cases := []struct {
+		name      string
+		exp, warn int64 // seconds after iat; warn 0 = absent
+		want      int64 // refreshAt, seconds after iat
+	}{
+		{"1 h default: 3600-720", 3600, 0, 2880},
+		{"seed's 7200 s: 7200-1440", 7200, 0, 5760},
+		{"extended 3607 s: judged by warnafter, not the year-long exp", 365 * 86400, 3607, 3607 - 721},
+		{"ttl not divisible by 5: 601 - floor(120.2)", 601, 0, 481},
+		{"ttl 599: 599 - floor(119.8)", 599, 0, 480},
+		{"48 h: the 24 h rule wins", 48 * 3600, 0, 24 * 3600},
+		{"30 h: 80% is 24 h exactly", 30 * 3600, 0, 24 * 3600},
+		{"29 h: 80% wins", 29 * 3600, 0, 29*3600 - 29*3600*20/100},
+	}
+	for _, c := range cases {
+		cl := Claims{IssuedAt: at(iat), Expires: at(iat + c.exp)}
+		if c.warn != 0 {
+			cl.WarnAfter = at(iat + c.warn)
+		}
+		if got := cl.RefreshAt(); !got.Equal(at(iat + c.want)) {
+			t.Errorf("%s: refreshAt = iat+%d, want iat+%d", c.name, got.Unix()-iat, c.want)
+		}
+	}
+}
+
+func TestJudgeAtTheBoundaries(t *testing.T) {
+	const iss = "https://kubernetes.default.svc"
+	seed := Claims{Issuer: iss, IssuedAt: at(iat), Expires: at(iat + 7200)} // refreshAt iat+5760
+	ext := Claims{Issuer: iss, IssuedAt: at(iat), Expires: at(iat + 365*86400), WarnAfter: at(iat + 3607)}
+	grace := 5 * time.Minute
+	cases := []struct {
+		name     string
+		c        Claims
+		now      int64 // seconds after iat
+		expected string
+		want     protocol.State
+	}{
+		{"just issued", seed, 0, iss, protocol.StateFresh},
+		{"a second before refreshAt", seed, 5759, iss, protocol.StateFresh},
+		{"exactly at refreshAt", seed, 5760, iss, protocol.StateRefreshDue},
+		{"a second before refreshAt+grace", seed, 5760 + 299, iss, protocol.StateRefreshDue},
+		{"exactly at refreshAt+grace", seed, 5760 + 300, iss, protocol.StateOverdue},
+		{"a second before exp", seed, 7199, iss, protocol.StateOverdue},
+		{"exactly at exp", seed, 7200, iss, protocol.StateExpired},
+		{"expired beats issuer mismatch", seed, 7200, "https://new", protocol.StateExpired},
+		{"issuer mismatch beats overdue", seed, 7000, "https://new", protocol.StateIssuerMismatch},
+		{"issuer mismatch when fresh", seed, 10, "https://new", protocol.StateIssuerMismatch},
+		{"unknown issuer is not checked", seed, 10, "", protocol.StateFresh},
+		{"iat 60 s ahead is tolerated", seed, -60, iss, protocol.StateFresh},
+		{"iat 61 s ahead is clock skew", seed, -61, iss, protocol.StateClockSkew},
+		{"extended: fresh before warnafter's 80%", ext, 2885, iss, protocol.StateFresh},
+		{"extended: due at iat+2886", ext, 2886, iss, protocol.StateRefreshDue},
+		{"extended: overdue though exp is a year out", ext, 2886 + 300, iss, protocol.StateOverdue},
+		{"extended: past warnafter is overdue, not expired", ext, 4000, iss, protocol.StateOverdue},
+	}
+	for _, c := range cases {
+		v := Judge(c.c, at(iat+c.now), c.expected, grace)
+		if v.State != c.want {
+			t.Errorf("%s: %s (%s), want %s", c.name, v.State, v.Reason, c.want)
+		}
+		if v.State != protocol.StateFresh && v.Reason == "" {
+			t.Errorf("%s: state %s without a reason", c.name, v.State)
+		}
+	}
+	if v := Judge(seed, at(iat+5760+60), iss, 0); v.State != protocol.StateOverdue {
+		t.Errorf("grace 0: %s, want overdue", v.State)
+	}
+}
