@@ -162,29 +162,37 @@ func Start(ctx context.Context, opts Options, log *zap.Logger) (_ *Sandbox, err 
 	return s, nil
 }
 
-// workloads are the pods each node runs: the seed's nginx as build-robot
-// with a two-hour token for the audience "vault", and a plain pod with the
-// default kube-api-access volume.
-func workloads(node string) []*corev1.Pod {
-	container := func(name string, mounts ...corev1.VolumeMount) []corev1.Container {
-		return []corev1.Container{{Name: name, Image: name, VolumeMounts: mounts}}
-	}
-	return []*corev1.Pod{
-		{
-			ObjectMeta: metav1.ObjectMeta{Name: "nginx-" + node, Namespace: NamespaceBuild},
-			Spec: corev1.PodSpec{
-				NodeName: node, ServiceAccountName: "build-robot",
-				Containers: container("nginx", corev1.VolumeMount{Name: "vault-token", MountPath: "/var/run/secrets/tokens"}),
-				Volumes: []corev1.Volume{{Name: "vault-token", VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
-					Sources: []corev1.VolumeProjection{{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{
-						Path: "vault-token", ExpirationSeconds: ptr.To[int64](7200), Audience: "vault",
-					}}},
+// BuildRobotPod is the seed procedure's example pod: nginx as the
+// build-robot service account, with a two-hour token for the audience
+// "vault" at vault-token.
+func BuildRobotPod(name, namespace, node string) *corev1.Pod {
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace},
+		Spec: corev1.PodSpec{
+			NodeName:           node,
+			ServiceAccountName: "build-robot",
+			Containers: []corev1.Container{{
+				Name: "nginx", Image: "nginx",
+				VolumeMounts: []corev1.VolumeMount{{Name: "vault-token", MountPath: "/var/run/secrets/tokens"}},
+			}},
+			Volumes: []corev1.Volume{{
+				Name: "vault-token",
+				VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{Sources: []corev1.VolumeProjection{{
+					ServiceAccountToken: &corev1.ServiceAccountTokenProjection{Path: "vault-token", ExpirationSeconds: ptr.To[int64](7200), Audience: "vault"},
 				}}}},
-			},
+			}},
 		},
+	}
+}
+
+// workloads are the pods each node runs: the seed's nginx as build-robot
+// and a plain pod with the default kube-api-access volume.
+func workloads(node string) []*corev1.Pod {
+	return []*corev1.Pod{
+		BuildRobotPod("nginx-"+node, NamespaceBuild, node),
 		{
 			ObjectMeta: metav1.ObjectMeta{Name: "web-" + node, Namespace: NamespaceApps},
-			Spec:       corev1.PodSpec{NodeName: node, Containers: container("web")},
+			Spec:       corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "web", Image: "web"}}},
 		},
 	}
 }

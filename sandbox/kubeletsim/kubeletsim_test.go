@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -20,64 +19,10 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	podsv1alpha1 "k8s.io/kubelet/pkg/apis/pods/v1alpha1"
-	clocktesting "k8s.io/utils/clock/testing"
-	"k8s.io/utils/ptr"
 
-	"github.com/tokenroll/tokenroll/sandbox/controlplane"
 	"github.com/tokenroll/tokenroll/sandbox/kubeletsim"
+	"github.com/tokenroll/tokenroll/sandbox/simtest"
 )
-
-// recorder keeps every event the simulated nodes emit, so a test waits on
-// what happened instead of sleeping.
-type recorder struct {
-	mu     sync.Mutex
-	events []kubeletsim.Event
-	more   chan struct{}
-}
-
-func newRecorder() *recorder { return &recorder{more: make(chan struct{})} }
-
-func (r *recorder) observe(e kubeletsim.Event) {
-	r.mu.Lock()
-	r.events = append(r.events, e)
-	close(r.more)
-	r.more = make(chan struct{})
-	r.mu.Unlock()
-}
-
-// mark is a position in the event log; wait looks only at events after it.
-func (r *recorder) mark() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return len(r.events)
-}
-
-func (r *recorder) wait(t *testing.T, from int, what string, match func(kubeletsim.Event) bool) {
-	t.Helper()
-	deadline := time.After(60 * time.Second)
-	for i := from; ; {
-		r.mu.Lock()
-		for ; i < len(r.events); i++ {
-			if match(r.events[i]) {
-				r.mu.Unlock()
-				return
-			}
-		}
-		more := r.more
-		r.mu.Unlock()
-		select {
-		case <-more:
-		case <-deadline:
-			t.Fatalf("timed out waiting for %s", what)
-		}
-	}
-}
-
-func is(kind kubeletsim.EventKind, node, pod, volume string) func(kubeletsim.Event) bool {
-	return func(e kubeletsim.Event) bool {
-		return e.Kind == kind && (node == "" || e.Node == node) && (pod == "" || e.Pod.Name == pod) && (volume == "" || e.Volume == volume)
-	}
-}
 
 // claims is what the test reads from a token; the agent has its own parser.
 type claims struct {
@@ -123,104 +68,6 @@ func readClaims(t *testing.T, path string) claims {
 	return c
 }
 
-type cluster struct {
-	cp     *controlplane.ControlPlane
-	admin  kubernetes.Interface
-	clock  *clocktesting.FakeClock
-	nodes  map[string]*kubeletsim.Node
-	events *recorder
-}
-
-func startCluster(t *testing.T, issuer string, names ...string) *cluster {
-	t.Helper()
-	cp := controlplane.StartForTest(t, controlplane.Config{Issuers: []string{issuer}})
-	c := &cluster{
-		cp:     cp,
-		admin:  kubernetes.NewForConfigOrDie(cp.AdminConfig()),
-		clock:  clocktesting.NewFakeClock(time.Now()),
-		nodes:  map[string]*kubeletsim.Node{},
-		events: newRecorder(),
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	t.Cleanup(func() { cancel(); wg.Wait() })
-	for _, name := range names {
-		cfg, err := cp.NodeConfig(name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		n, err := kubeletsim.New(kubeletsim.Config{
-			Name: name, Root: filepath.Join(t.TempDir(), name), RESTConfig: cfg,
-			Clock: c.clock, Observer: c.events.observe,
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		c.nodes[name] = n
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := n.Run(ctx); err != nil && ctx.Err() == nil {
-				t.Errorf("node %s: %v", name, err)
-			}
-		}()
-	}
-	for _, n := range c.nodes {
-		select {
-		case <-n.Registered():
-		case <-time.After(60 * time.Second):
-			t.Fatalf("node %s did not register", n.Name())
-		}
-	}
-	return c
-}
-
-func (c *cluster) createPod(t *testing.T, pod *corev1.Pod) *corev1.Pod {
-	t.Helper()
-	if len(pod.Spec.Containers) == 0 {
-		pod.Spec.Containers = []corev1.Container{{Name: "app", Image: "registry.example/app:1"}}
-	}
-	out, err := c.admin.CoreV1().Pods(pod.Namespace).Create(context.Background(), pod, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatalf("creating pod %s/%s: %v", pod.Namespace, pod.Name, err)
-	}
-	return out
-}
-
-// kubeAPIAccess finds the volume the ServiceAccount admission plugin added.
-func kubeAPIAccess(t *testing.T, pod *corev1.Pod) string {
-	t.Helper()
-	for _, v := range pod.Spec.Volumes {
-		if strings.HasPrefix(v.Name, "kube-api-access-") {
-			return v.Name
-		}
-	}
-	t.Fatalf("pod %s has no kube-api-access volume", pod.Name)
-	return ""
-}
-
-// buildRobotPod is the seed's example: nginx as build-robot, with a token
-// for the audience "vault" valid for two hours.
-func buildRobotPod(ns, node string) *corev1.Pod {
-	return &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "nginx", Namespace: ns},
-		Spec: corev1.PodSpec{
-			NodeName:           node,
-			ServiceAccountName: "build-robot",
-			Containers: []corev1.Container{{
-				Name: "nginx", Image: "nginx",
-				VolumeMounts: []corev1.VolumeMount{{Name: "vault-token", MountPath: "/var/run/secrets/tokens"}},
-			}},
-			Volumes: []corev1.Volume{{
-				Name: "vault-token",
-				VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{Sources: []corev1.VolumeProjection{{
-					ServiceAccountToken: &corev1.ServiceAccountTokenProjection{Path: "vault-token", ExpirationSeconds: ptr.To[int64](7200), Audience: "vault"},
-				}}}},
-			}},
-		},
-	}
-}
-
 var tsDir = regexp.MustCompile(`^\.\.\d{4}_\d\d_\d\d_\d\d_\d\d_\d\d\.\d+$`)
 
 // checkLayout asserts the AtomicWriter layout of a volume directory.
@@ -247,31 +94,26 @@ func checkLayout(t *testing.T, dir string, visible ...string) {
 
 func TestSimulatedKubeletsThroughAnIssuerChange(t *testing.T) {
 	const oldIss, newIss = "https://kubernetes.default.svc", "https://test.default.svc"
-	c := startCluster(t, oldIss, "node-1", "node-2", "node-3")
+	c := simtest.Start(t, oldIss, "node-1", "node-2", "node-3")
 	ctx := context.Background()
-	if err := c.cp.PrepareNamespace(ctx, "build"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.admin.CoreV1().ServiceAccounts("build").Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "build-robot"}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	c.PrepareBuildNamespace(t, "build")
 
-	mark := c.events.mark()
-	robot := c.createPod(t, buildRobotPod("build", "node-1"))
+	mark := c.Events.Mark()
+	robot := c.CreatePod(t, simtest.BuildRobotPod("nginx", "build", "node-1"))
 	var plain []*corev1.Pod
 	for _, node := range []string{"node-1", "node-2", "node-3"} {
-		plain = append(plain, c.createPod(t, &corev1.Pod{
+		plain = append(plain, c.CreatePod(t, &corev1.Pod{
 			ObjectMeta: metav1.ObjectMeta{Name: "web-" + node, Namespace: "build"},
 			Spec:       corev1.PodSpec{NodeName: node},
 		}))
 	}
-	c.events.wait(t, mark, "nginx synced", is(kubeletsim.EventPodSynced, "node-1", "nginx", ""))
+	c.Events.Wait(t, mark, "nginx synced", simtest.Is(kubeletsim.EventPodSynced, "node-1", "nginx", ""))
 	for _, p := range plain {
-		c.events.wait(t, mark, p.Name+" synced", is(kubeletsim.EventPodSynced, p.Spec.NodeName, p.Name, ""))
+		c.Events.Wait(t, mark, p.Name+" synced", simtest.Is(kubeletsim.EventPodSynced, p.Spec.NodeName, p.Name, ""))
 	}
 
 	// The seed's token, on disk as the kubelet lays it out.
-	vaultDir := c.nodes["node-1"].VolumeDir(robot.UID, "vault-token")
+	vaultDir := c.Nodes["node-1"].VolumeDir(robot.UID, "vault-token")
 	checkLayout(t, vaultDir, "vault-token")
 	vault := readClaims(t, filepath.Join(vaultDir, "vault-token"))
 	if vault.Iss != oldIss || len(vault.Aud) != 1 || vault.Aud[0] != "vault" || vault.Exp-vault.Iat != 7200 || vault.Kube.WarnAfter != 0 {
@@ -285,7 +127,7 @@ func TestSimulatedKubeletsThroughAnIssuerChange(t *testing.T) {
 	// The default kube-api-access volume: an extended token (3607 s asked,
 	// a year granted, warnafter at 3607 s), the CA and the namespace.
 	web := plain[1]
-	accessDir := c.nodes["node-2"].VolumeDir(web.UID, kubeAPIAccess(t, web))
+	accessDir := c.Nodes["node-2"].VolumeDir(web.UID, simtest.KubeAPIAccess(t, web))
 	checkLayout(t, accessDir, "token", "ca.crt", "namespace")
 	access := readClaims(t, filepath.Join(accessDir, "token"))
 	if access.Iss != oldIss || access.Kube.WarnAfter != access.Iat+3607 || access.Exp-access.Iat < 300*24*3600 {
@@ -294,74 +136,74 @@ func TestSimulatedKubeletsThroughAnIssuerChange(t *testing.T) {
 	if ns, _ := os.ReadFile(filepath.Join(accessDir, "namespace")); string(ns) != "build" {
 		t.Errorf("namespace file holds %q", ns)
 	}
-	if ca, _ := os.ReadFile(filepath.Join(accessDir, "ca.crt")); string(ca) != string(c.cp.CACert()) {
+	if ca, _ := os.ReadFile(filepath.Join(accessDir, "ca.crt")); string(ca) != string(c.CP.CACert()) {
 		t.Errorf("ca.crt is not the cluster CA")
 	}
 
 	// The API server sees Ready nodes with boot IDs, renewed Leases and
 	// running pods.
-	for name, n := range c.nodes {
-		node, err := c.admin.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+	for name, n := range c.Nodes {
+		node, err := c.Admin.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
 		if !nodeReady(node) || node.Status.NodeInfo.BootID != n.BootID() {
 			t.Errorf("node %s: ready=%v bootID=%q want %q", name, nodeReady(node), node.Status.NodeInfo.BootID, n.BootID())
 		}
-		if _, err := c.admin.CoordinationV1().Leases("kube-node-lease").Get(ctx, name, metav1.GetOptions{}); err != nil {
+		if _, err := c.Admin.CoordinationV1().Leases("kube-node-lease").Get(ctx, name, metav1.GetOptions{}); err != nil {
 			t.Errorf("node %s lease: %v", name, err)
 		}
 	}
-	got, err := c.admin.CoreV1().Pods("build").Get(ctx, "nginx", metav1.GetOptions{})
+	got, err := c.Admin.CoreV1().Pods("build").Get(ctx, "nginx", metav1.GetOptions{})
 	if err != nil || got.Status.Phase != corev1.PodRunning {
 		t.Errorf("nginx phase %v (%v), want Running", got.Status.Phase, err)
 	}
 
 	// The kubelet Pods API lists node-1's pods with their UIDs.
-	uids := listPodsAPI(t, c.nodes["node-1"].PodsAPISocket())
+	uids := listPodsAPI(t, c.Nodes["node-1"].PodsAPISocket())
 	if !uids[robot.UID] || !uids[plain[0].UID] || len(uids) != 2 {
 		t.Errorf("node-1 Pods API lists %v, want nginx and web-node-1", uids)
 	}
 
 	// The issuer changes: the old one stays trusted, the new one signs.
-	if err := c.cp.RestartAPIServer(ctx, 0, []string{newIss, oldIss}); err != nil {
+	if err := c.CP.RestartAPIServer(ctx, 0, []string{newIss, oldIss}); err != nil {
 		t.Fatal(err)
 	}
 	// A sync now changes nothing: the kubelet's cache has no issuer in its key.
-	mark = c.events.mark()
-	c.nodes["node-1"].ResyncAll()
-	c.events.wait(t, mark, "nginx resynced", is(kubeletsim.EventPodSynced, "node-1", "nginx", ""))
+	mark = c.Events.Mark()
+	c.Nodes["node-1"].ResyncAll()
+	c.Events.Wait(t, mark, "nginx resynced", simtest.Is(kubeletsim.EventPodSynced, "node-1", "nginx", ""))
 	if got := readClaims(t, filepath.Join(vaultDir, "vault-token")); got.Iss != oldIss || got.Iat != vault.Iat {
 		t.Errorf("token replaced before its refresh time: iss=%q iat=%d", got.Iss, got.Iat)
 	}
 
 	// node-3's kubelet is wedged: it keeps its tokens whatever their age.
-	c.nodes["node-3"].SetStopRefreshing(true)
+	c.Nodes["node-3"].SetStopRefreshing(true)
 
 	// Past the kube-api-access refresh time (80% of 3607 s) but before the
 	// vault token's (80% of 7200 s): only the former moves to the new issuer.
-	mark = c.events.mark()
-	c.clock.SetTime(time.Unix(access.Iat+2900, 0))
-	c.nodes["node-1"].ResyncAll()
-	c.nodes["node-3"].ResyncAll()
-	c.events.wait(t, mark, "node-1 kube-api-access rewritten", is(kubeletsim.EventVolumeWritten, "node-1", "nginx", kubeAPIAccess(t, robot)))
-	c.events.wait(t, mark, "node-3 web resynced", is(kubeletsim.EventPodSynced, "node-3", plain[2].Name, ""))
-	if got := readClaims(t, filepath.Join(c.nodes["node-1"].VolumeDir(robot.UID, kubeAPIAccess(t, robot)), "token")); got.Iss != newIss {
+	mark = c.Events.Mark()
+	c.Clock.SetTime(time.Unix(access.Iat+2900, 0))
+	c.Nodes["node-1"].ResyncAll()
+	c.Nodes["node-3"].ResyncAll()
+	c.Events.Wait(t, mark, "node-1 kube-api-access rewritten", simtest.Is(kubeletsim.EventVolumeWritten, "node-1", "nginx", simtest.KubeAPIAccess(t, robot)))
+	c.Events.Wait(t, mark, "node-3 web resynced", simtest.Is(kubeletsim.EventPodSynced, "node-3", plain[2].Name, ""))
+	if got := readClaims(t, filepath.Join(c.Nodes["node-1"].VolumeDir(robot.UID, simtest.KubeAPIAccess(t, robot)), "token")); got.Iss != newIss {
 		t.Errorf("kube-api-access after its refresh time: iss=%q, want %q", got.Iss, newIss)
 	}
 	if got := readClaims(t, filepath.Join(vaultDir, "vault-token")); got.Iss != oldIss {
 		t.Errorf("vault token changed before its refresh time: iss=%q", got.Iss)
 	}
-	stuck := c.nodes["node-3"].VolumeDir(plain[2].UID, kubeAPIAccess(t, plain[2]))
+	stuck := c.Nodes["node-3"].VolumeDir(plain[2].UID, simtest.KubeAPIAccess(t, plain[2]))
 	if got := readClaims(t, filepath.Join(stuck, "token")); got.Iss != oldIss {
 		t.Errorf("wedged node-3 refreshed anyway: iss=%q", got.Iss)
 	}
 
 	// Past the vault token's refresh time.
-	mark = c.events.mark()
-	c.clock.SetTime(time.Unix(vault.Iat+5770, 0))
-	c.nodes["node-1"].ResyncAll()
-	c.events.wait(t, mark, "vault token rewritten", is(kubeletsim.EventVolumeWritten, "node-1", "nginx", "vault-token"))
+	mark = c.Events.Mark()
+	c.Clock.SetTime(time.Unix(vault.Iat+5770, 0))
+	c.Nodes["node-1"].ResyncAll()
+	c.Events.Wait(t, mark, "vault token rewritten", simtest.Is(kubeletsim.EventVolumeWritten, "node-1", "nginx", "vault-token"))
 	checkLayout(t, vaultDir, "vault-token")
 	if got := readClaims(t, filepath.Join(vaultDir, "vault-token")); got.Iss != newIss || got.Aud[0] != "vault" {
 		t.Errorf("vault token after its refresh time: iss=%q aud=%v", got.Iss, got.Aud)
@@ -373,9 +215,9 @@ func TestSimulatedKubeletsThroughAnIssuerChange(t *testing.T) {
 
 	// A kubelet restart empties the cache: node-3 gets new-issuer tokens at
 	// once, though it is still told not to refresh by age.
-	mark = c.events.mark()
-	c.nodes["node-3"].RestartKubelet()
-	c.events.wait(t, mark, "node-3 rewritten after kubelet restart", is(kubeletsim.EventVolumeWritten, "node-3", plain[2].Name, ""))
+	mark = c.Events.Mark()
+	c.Nodes["node-3"].RestartKubelet()
+	c.Events.Wait(t, mark, "node-3 rewritten after kubelet restart", simtest.Is(kubeletsim.EventVolumeWritten, "node-3", plain[2].Name, ""))
 	if got := readClaims(t, filepath.Join(stuck, "token")); got.Iss != newIss {
 		t.Errorf("after a kubelet restart: iss=%q, want %q", got.Iss, newIss)
 	}
@@ -383,16 +225,16 @@ func TestSimulatedKubeletsThroughAnIssuerChange(t *testing.T) {
 
 func TestRebootEvictionAndNotReady(t *testing.T) {
 	const iss = "https://kubernetes.default.svc"
-	c := startCluster(t, iss, "node-1")
+	c := simtest.Start(t, iss, "node-1")
 	ctx := context.Background()
-	n := c.nodes["node-1"]
-	if err := c.cp.PrepareNamespace(ctx, "apps"); err != nil {
+	n := c.Nodes["node-1"]
+	if err := c.CP.PrepareNamespace(ctx, "apps"); err != nil {
 		t.Fatal(err)
 	}
-	mark := c.events.mark()
-	pod := c.createPod(t, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "db", Namespace: "apps"}, Spec: corev1.PodSpec{NodeName: "node-1"}})
-	c.events.wait(t, mark, "db synced", is(kubeletsim.EventPodSynced, "node-1", "db", ""))
-	tokenPath := filepath.Join(n.VolumeDir(pod.UID, kubeAPIAccess(t, pod)), "token")
+	mark := c.Events.Mark()
+	pod := c.CreatePod(t, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "db", Namespace: "apps"}, Spec: corev1.PodSpec{NodeName: "node-1"}})
+	c.Events.Wait(t, mark, "db synced", simtest.Is(kubeletsim.EventPodSynced, "node-1", "db", ""))
+	tokenPath := filepath.Join(n.VolumeDir(pod.UID, simtest.KubeAPIAccess(t, pod)), "token")
 	beforeBytes, err := os.ReadFile(tokenPath)
 	if err != nil {
 		t.Fatal(err)
@@ -400,32 +242,32 @@ func TestRebootEvictionAndNotReady(t *testing.T) {
 
 	// NotReady on request, and back.
 	n.SetNotReady("container runtime is down")
-	waitNode(t, c.admin, "node-1", func(node *corev1.Node) bool { return !nodeReady(node) })
+	waitNode(t, c.Admin, "node-1", func(node *corev1.Node) bool { return !nodeReady(node) })
 	n.SetNotReady("")
-	waitNode(t, c.admin, "node-1", nodeReady)
+	waitNode(t, c.Admin, "node-1", nodeReady)
 
 	// A reboot: NotReady, volumes gone, then Ready with a new boot ID and a
 	// new token though the old one was not due.
 	oldBoot := n.BootID()
-	mark = c.events.mark()
+	mark = c.Events.Mark()
 	if err := n.Reboot(ctx, 30*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	c.events.wait(t, mark, "down", is(kubeletsim.EventDown, "node-1", "", ""))
-	waitNode(t, c.admin, "node-1", func(node *corev1.Node) bool { return !nodeReady(node) })
+	c.Events.Wait(t, mark, "down", simtest.Is(kubeletsim.EventDown, "node-1", "", ""))
+	waitNode(t, c.Admin, "node-1", func(node *corev1.Node) bool { return !nodeReady(node) })
 	if _, err := os.Stat(tokenPath); !os.IsNotExist(err) {
 		t.Errorf("token still on disk while the node is down: %v", err)
 	}
 	if err := n.Reboot(ctx, time.Second); err == nil {
 		t.Error("a second reboot while down was accepted")
 	}
-	c.clock.Step(31 * time.Second)
-	c.events.wait(t, mark, "up", is(kubeletsim.EventUp, "node-1", "", ""))
-	c.events.wait(t, mark, "db rewritten after reboot", is(kubeletsim.EventVolumeWritten, "node-1", "db", ""))
+	c.Clock.Step(31 * time.Second)
+	c.Events.Wait(t, mark, "up", simtest.Is(kubeletsim.EventUp, "node-1", "", ""))
+	c.Events.Wait(t, mark, "db rewritten after reboot", simtest.Is(kubeletsim.EventVolumeWritten, "node-1", "db", ""))
 	if n.BootID() == oldBoot {
 		t.Error("boot ID unchanged after reboot")
 	}
-	waitNode(t, c.admin, "node-1", func(node *corev1.Node) bool {
+	waitNode(t, c.Admin, "node-1", func(node *corev1.Node) bool {
 		return nodeReady(node) && node.Status.NodeInfo.BootID == n.BootID()
 	})
 	// A new token was minted (each has its own jti), though the old one was
@@ -436,16 +278,16 @@ func TestRebootEvictionAndNotReady(t *testing.T) {
 
 	// Eviction through the real API: the kubelet confirms the deletion and
 	// cleans up the pod's directory.
-	mark = c.events.mark()
-	err = c.admin.PolicyV1().Evictions("apps").Evict(ctx, &policyv1.Eviction{ObjectMeta: metav1.ObjectMeta{Name: "db", Namespace: "apps"}})
+	mark = c.Events.Mark()
+	err = c.Admin.PolicyV1().Evictions("apps").Evict(ctx, &policyv1.Eviction{ObjectMeta: metav1.ObjectMeta{Name: "db", Namespace: "apps"}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.events.wait(t, mark, "db removed", is(kubeletsim.EventPodRemoved, "node-1", "db", ""))
+	c.Events.Wait(t, mark, "db removed", simtest.Is(kubeletsim.EventPodRemoved, "node-1", "db", ""))
 	if _, err := os.Stat(filepath.Join(n.Root(), "pods", string(pod.UID))); !os.IsNotExist(err) {
 		t.Errorf("pod directory left after eviction: %v", err)
 	}
-	waitGone(t, c.admin, "apps", "db")
+	waitGone(t, c.Admin, "apps", "db")
 }
 
 func nodeReady(n *corev1.Node) bool {
