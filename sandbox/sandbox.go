@@ -240,7 +240,7 @@ func (s *Sandbox) Dir() string { return s.dir }
 // PrintAccess tells a person how to reach the sandbox from another terminal.
 func (s *Sandbox) PrintAccess(w io.Writer) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintf(tw, "API server\t%s (%d kube-apiservers behind a local load balancer)\n", s.CP.URL(), s.CP.APIServers())
+	fmt.Fprintf(tw, "API server\t%s (%d kube-apiserver(s) behind a local load balancer)\n", s.CP.URL(), s.CP.APIServers())
 	fmt.Fprintf(tw, "kubeconfig\t%s\n", s.Kubeconfig)
 	fmt.Fprintf(tw, "issuer\t%s\n", s.opts.Issuer)
 	fmt.Fprintf(tw, "logs\t%s\n", filepath.Join(s.CP.Dir(), "logs"))

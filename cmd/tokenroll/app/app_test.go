@@ -28,8 +28,8 @@ func TestValidateReportsEveryBadFlag(t *testing.T) {
 		{[]string{"coordinator", "--lease-duration=5s", "--renew-deadline=10s", "--gate=maybe", "--strategy=pray", "--max-unavailable=0", "--namespace="},
 			[]string{"--lease-duration=5s", "--gate=\"maybe\"", "--strategy=\"pray\"", "--max-unavailable=\"0\"", "--namespace is required"}},
 		{[]string{"coordinator", "--max-unavailable=150%"}, []string{"at most 100%"}},
-		{[]string{"scan", "--issuer=https://a", "--kubeconfig=/nonexistent", "--now=yesterday", "-o", "yaml", "--fail-on=overdue,stale"},
-			[]string{"--issuer and --kubeconfig both set", "--kubeconfig=\"/nonexistent\"", "--now=\"yesterday\"", "--output=\"yaml\"", "unknown state \"stale\""}},
+		{[]string{"scan", "--kubelet-root=/nonexistent", "--issuer=https://a", "--kubeconfig=/nonexistent", "--now=yesterday", "-o", "yaml", "--fail-on=overdue,stale"},
+			[]string{"--kubelet-root=\"/nonexistent\"", "--issuer and --kubeconfig both set", "--kubeconfig=\"/nonexistent\"", "--now=\"yesterday\"", "--output=\"yaml\"", "unknown state \"stale\""}},
 		{[]string{"sandbox", "--nodes=0", "--apiservers=9", "--issuer="}, []string{"--nodes=0", "--apiservers=9", "--issuer must not be empty"}},
 		{[]string{"version", "-o", "xml", "--log-format=fancy"}, []string{"--output=\"xml\"", "--log-format=\"fancy\""}},
 	}
@@ -59,7 +59,6 @@ func TestUnbuiltSubcommandsSaySoAndExitTwo(t *testing.T) {
 	for _, args := range [][]string{
 		{"agent", "--node-name=n1", "--kubelet-root=" + dir},
 		{"coordinator"},
-		{"scan", "--kubelet-root=" + dir},
 		{"status"},
 	} {
 		code, _, stderr := run(t, args...)

@@ -2,12 +2,21 @@ package app
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"strings"
 	"time"
 
 	"github.com/spf13/pflag"
+	"go.uber.org/zap"
+	"k8s.io/client-go/kubernetes"
 
+	"github.com/tokenroll/tokenroll/agent/issuer"
+	"github.com/tokenroll/tokenroll/agent/podsapi"
+	"github.com/tokenroll/tokenroll/agent/scan"
+	"github.com/tokenroll/tokenroll/agent/token"
 	"github.com/tokenroll/tokenroll/protocol"
 )
 
@@ -30,10 +39,13 @@ type scanOptions struct {
 	Output string
 	// FailOn lists states that make the scan exit 1.
 	FailOn []string
+	// NodeName names the node in the report (default $NODE_NAME, else the
+	// node the tokens name).
+	NodeName string
 }
 
 func newScanOptions() *scanOptions {
-	return &scanOptions{KubeletRoot: "/var/lib/kubelet", Grace: 5 * time.Minute, Output: "table"}
+	return &scanOptions{KubeletRoot: "/var/lib/kubelet", Grace: token.DefaultGrace, Output: "table", NodeName: os.Getenv("NODE_NAME")}
 }
 
 func (o *scanOptions) AddFlags(fs *pflag.FlagSet) {
@@ -44,11 +56,12 @@ func (o *scanOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.Grace, "grace", o.Grace, "How long past its refresh time a token may be before it counts as overdue.")
 	fs.StringVarP(&o.Output, "output", "o", o.Output, "Output format: table or json.")
 	fs.StringSliceVar(&o.FailOn, "fail-on", o.FailOn, "Exit 1 when any token is in one of these states (comma-separated).")
+	fs.StringVar(&o.NodeName, "node-name", o.NodeName, "Node name for the report (default $NODE_NAME, else the node the tokens name).")
 }
 
 func (o *scanOptions) Validate() error {
 	var errs []error
-	errs = append(errs, checkRequired("kubelet-root", o.KubeletRoot), checkFile("kubeconfig", o.Kubeconfig),
+	errs = append(errs, checkDir("kubelet-root", o.KubeletRoot), checkFile("kubeconfig", o.Kubeconfig),
 		checkPositive("grace", o.Grace, 0), checkOneOf("output", o.Output, "table", "json"))
 	if o.Issuer != "" && o.Kubeconfig != "" {
 		errs = append(errs, errors.New("--issuer and --kubeconfig both set: give one (--kubeconfig reads the issuer from the API server)"))
@@ -66,11 +79,71 @@ func (o *scanOptions) Validate() error {
 	return errors.Join(errs...)
 }
 
-func checkRequired(flag, value string) error {
-	if value == "" {
+func checkDir(flag, dir string) error {
+	if dir == "" {
 		return fmt.Errorf("--%s is required", flag)
+	}
+	st, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("--%s=%q: %w", flag, dir, err)
+	}
+	if !st.IsDir() {
+		return fmt.Errorf("--%s=%q: not a directory", flag, dir)
 	}
 	return nil
 }
 
-func (o *scanOptions) run(context.Context, env) error { return notImplemented("tokenroll scan", 3) }
+func (o *scanOptions) run(ctx context.Context, e env) error {
+	now := time.Now()
+	if o.Now != "" {
+		now, _ = time.Parse(time.RFC3339, o.Now)
+	}
+	expected := o.Issuer
+	if o.Kubeconfig != "" {
+		cfg, err := restConfig(o.Kubeconfig)
+		if err != nil {
+			return err
+		}
+		client, err := kubernetes.NewForConfig(cfg)
+		if err != nil {
+			return err
+		}
+		if expected, err = issuer.Discover(ctx, client.Discovery().RESTClient()); err != nil {
+			return fmt.Errorf("reading the expected issuer from %s: %w", cfg.Host, err)
+		}
+	}
+	opts := scan.Options{Root: o.KubeletRoot, Node: o.NodeName, Now: now, ExpectedIssuer: expected, Grace: o.Grace}
+	if socket := podsapi.SocketPath(o.KubeletRoot); podsapi.Available(socket) {
+		live, err := podsapi.LiveUIDs(ctx, socket)
+		if err != nil {
+			e.log.Warn("kubelet Pods API unavailable; no token will be judged orphaned", zap.Error(err))
+		}
+		opts.LivePods = live
+	}
+	report, err := scan.NewScanner().Scan(opts)
+	if err != nil {
+		return err
+	}
+	for _, msg := range report.Errors {
+		e.log.Warn("part of the kubelet root could not be read", zap.String("error", msg))
+	}
+	if o.Output == "json" {
+		enc := json.NewEncoder(e.stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(report); err != nil {
+			return err
+		}
+	} else if err := scan.WriteTable(e.stdout, report, expected); err != nil {
+		return err
+	}
+	var hit []string
+	for _, s := range o.FailOn {
+		if n := report.Summary[protocol.State(s)]; n > 0 {
+			hit = append(hit, fmt.Sprintf("%d %s", n, s))
+		}
+	}
+	if len(hit) > 0 {
+		return &ExitError{Code: ExitFailure, Err: fmt.Errorf("--fail-on: %s", strings.Join(hit, ", "))}
+	}
+	return nil
+}

@@ -1,0 +1,109 @@
+package scan
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/tokenroll/tokenroll/protocol"
+)
+
+// WriteTable prints the report for people: one line per token, worst first,
+// then a summary.
+func WriteTable(w io.Writer, r *Report, expectedIssuer string) error {
+	iss := expectedIssuer
+	if iss == "" {
+		iss = "(not checked)"
+	}
+	fmt.Fprintf(w, "Node %s at %s, expected issuer %s\n\n", orDash(r.Node), r.Now.Format(time.RFC3339), iss)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "STATE\tNAMESPACE/POD\tVOLUME/PATH\tISSUER\tAGE\tREFRESH\tEXPIRES\tREASON")
+	for _, t := range r.Tokens {
+		pod := "?"
+		if t.Pod != "" {
+			pod = t.Namespace + "/" + t.Pod
+		} else if len(t.PodUID) > 0 {
+			pod = "uid " + t.PodUID
+		}
+		age, refresh, expires := "-", "-", "-"
+		if t.IssuedAt != nil {
+			if age = short(r.Now.Sub(*t.IssuedAt)); t.IssuedAt.After(r.Now) {
+				age = "-" + age
+			}
+			refresh = relative(r.Now, *t.RefreshAt)
+			exp := *t.ExpiresAt
+			if t.WarnAfter != nil {
+				exp = *t.WarnAfter // an extended token's real deadline
+			}
+			expires = relative(r.Now, exp)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s/%s\t%s\t%s\t%s\t%s\t%s\n", t.State, pod, t.Volume, t.Path, orDash(t.Issuer), age, refresh, expires, orDash(t.Reason))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	_, err := fmt.Fprintf(w, "\n%s\n", Summary(r))
+	return err
+}
+
+// Summary is one line: "12 tokens: 2 issuer-mismatch, 10 fresh".
+func Summary(r *Report) string {
+	var parts []string
+	for _, s := range protocol.States {
+		if n := r.Summary[s]; n > 0 {
+			parts = append(parts, fmt.Sprintf("%d %s", n, s))
+		}
+	}
+	if len(parts) == 0 {
+		return "no projected tokens on this node"
+	}
+	noun := "tokens"
+	if len(r.Tokens) == 1 {
+		noun = "token"
+	}
+	return fmt.Sprintf("%d %s: %s", len(r.Tokens), noun, strings.Join(parts, ", "))
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// relative says "in 12m" or "8m ago".
+func relative(now, t time.Time) string {
+	if t.After(now) {
+		return "in " + short(t.Sub(now))
+	}
+	return short(now.Sub(t)) + " ago"
+}
+
+// short renders a duration as kubectl does: 45s, 12m, 3h5m, 2d3h, 364d.
+func short(d time.Duration) string {
+	if d < 0 {
+		d = -d
+	}
+	switch {
+	case d < time.Minute:
+		return fmt.Sprintf("%ds", int(d.Seconds()))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm", int(d.Minutes()))
+	case d < 24*time.Hour:
+		h, m := int(d.Hours()), int(d.Minutes())%60
+		if m == 0 {
+			return fmt.Sprintf("%dh", h)
+		}
+		return fmt.Sprintf("%dh%dm", h, m)
+	case d < 8*24*time.Hour:
+		days, h := int(d.Hours())/24, int(d.Hours())%24
+		if h == 0 {
+			return fmt.Sprintf("%dd", days)
+		}
+		return fmt.Sprintf("%dd%dh", days, h)
+	default:
+		return fmt.Sprintf("%dd", int(d.Hours())/24)
+	}
+}
