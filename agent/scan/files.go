@@ -3,12 +3,11 @@ package scan
 import (
 	"errors"
 	"fmt"
-	"io"
-	"io/fs"
 	"os"
 	"path"
 	"strings"
-	"syscall"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/tokenroll/tokenroll/agent/token"
 )
@@ -24,157 +23,225 @@ const (
 // from being read.
 type visitFunc func(rel string, data []byte, problem string)
 
-// volumeReader reads projected volumes safely: only regular files of at most
-// token.MaxSize bytes, links followed only where they resolve inside the
-// same volume (os.Root enforces it), nothing opened in a way that can block.
+// volumeReader reads projected volumes safely. Every path is resolved by the
+// kernel with openat2(RESOLVE_BENEATH): links are followed only where they
+// stay inside the volume directory (the AtomicWriter layout), absolute links
+// and ".." escapes fail. A file is first opened O_PATH, which never touches
+// the file itself, and is opened for reading only when it is a regular file
+// of at most token.MaxSize bytes, then with O_NONBLOCK and checked again.
 type volumeReader struct {
-	buf []byte
+	buf     []byte // file contents, cleared after each file
+	dirents []byte // getdents buffer
 }
 
-func newVolumeReader() *volumeReader { return &volumeReader{buf: make([]byte, token.MaxSize+1)} }
+func newVolumeReader() *volumeReader {
+	return &volumeReader{buf: make([]byte, token.MaxSize+1), dirents: make([]byte, 16<<10)}
+}
+
+type fileID struct{ dev, ino uint64 }
+
+func resolveBeneath(dirfd int, rel string, flags uint64) (int, error) {
+	for {
+		fd, err := unix.Openat2(dirfd, rel, &unix.OpenHow{
+			Flags:   flags | unix.O_CLOEXEC,
+			Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_MAGICLINKS,
+		})
+		if !errors.Is(err, unix.EINTR) && !errors.Is(err, unix.EAGAIN) {
+			return fd, err
+		}
+	}
+}
 
 // readVolume visits every visible file under dir. The kubelet's own entries
 // ("..data", the timestamped payload directory) are reached through the
 // visible links, never directly.
 func (r *volumeReader) readVolume(dir string, visit visitFunc) error {
-	root, err := os.OpenRoot(dir)
+	dfd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("opening volume %s: %w", dir, err)
 	}
-	defer root.Close()
-	top, err := root.Stat(".")
+	defer unix.Close(dfd)
+	var top unix.Stat_t
+	if err := unix.Fstat(dfd, &top); err != nil {
+		return fmt.Errorf("reading volume %s: %w", dir, err)
+	}
+	names, err := r.readNames(dfd)
 	if err != nil {
 		return fmt.Errorf("reading volume %s: %w", dir, err)
 	}
-	names, err := readNames(root, ".")
-	if err != nil {
-		return fmt.Errorf("reading volume %s: %w", dir, err)
-	}
-	seen := []os.FileInfo{top}
+	seen := []fileID{{top.Dev, top.Ino}}
 	for _, name := range names {
-		r.walk(root, name, 1, seen, visit)
+		if err := r.walk(dfd, name, 1, seen, visit); err != nil {
+			return fmt.Errorf("reading volume %s: %w", dir, err)
+		}
 	}
 	return nil
 }
 
-func readNames(root *os.Root, rel string) ([]string, error) {
-	f, err := root.Open(rel)
-	if err != nil {
-		return nil, err
+// readNames lists a directory's visible entries, at most maxDirEntries. It
+// reads dirfd's entries itself (getdents), sparing an os.File per directory.
+func (r *volumeReader) readNames(dirfd int) ([]string, error) {
+	var names []string
+	for len(names) < maxDirEntries {
+		n, err := unix.Getdents(dirfd, r.dirents)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if n <= 0 {
+			break
+		}
+		_, _, names = unix.ParseDirent(r.dirents[:n], maxDirEntries-len(names), names)
 	}
-	defer f.Close()
-	names, err := f.Readdirnames(maxDirEntries)
-	if errors.Is(err, io.EOF) {
-		err = nil
-	}
-	var visible []string
+	visible := names[:0]
 	for _, n := range names {
 		if !strings.HasPrefix(n, "..") {
 			visible = append(visible, n)
 		}
 	}
-	return visible, err
+	return visible, nil
 }
 
-func (r *volumeReader) walk(root *os.Root, rel string, depth int, seen []os.FileInfo, visit visitFunc) {
-	st, err := root.Stat(rel)
-	if err != nil {
-		visit(rel, nil, statProblem(err))
-		return
+// walk visits rel; it returns an error only when the kernel lacks openat2,
+// where nothing can be read safely.
+func (r *volumeReader) walk(dfd int, rel string, depth int, seen []fileID, visit visitFunc) error {
+	pfd, err := resolveBeneath(dfd, rel, unix.O_PATH)
+	if errors.Is(err, unix.ENOSYS) {
+		return errors.New("this kernel has no openat2 (Linux 5.6 or later is required to read volumes safely)")
 	}
-	switch mode := st.Mode(); {
-	case mode.IsDir():
+	if err != nil {
+		visit(rel, nil, openProblem(err))
+		return nil
+	}
+	var st unix.Stat_t
+	err = unix.Fstat(pfd, &st)
+	unix.Close(pfd)
+	if err != nil {
+		visit(rel, nil, "cannot stat: "+err.Error())
+		return nil
+	}
+	id := fileID{st.Dev, st.Ino}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFDIR:
 		for _, s := range seen {
-			if os.SameFile(s, st) {
+			if s == id {
 				visit(rel, nil, "directory loop: a link leads back to a directory above it; not followed")
-				return
+				return nil
 			}
 		}
 		if depth >= maxDepth {
 			visit(rel, nil, fmt.Sprintf("directories nested deeper than %d levels; not followed", maxDepth))
-			return
+			return nil
 		}
-		names, err := readNames(root, rel)
+		sub, err := resolveBeneath(dfd, rel, unix.O_RDONLY|unix.O_DIRECTORY)
 		if err != nil {
-			visit(rel, nil, "cannot list directory: "+errText(err))
-			return
+			visit(rel, nil, openProblem(err))
+			return nil
+		}
+		names, err := r.readNames(sub)
+		unix.Close(sub)
+		if err != nil {
+			visit(rel, nil, "cannot list directory: "+err.Error())
+			return nil
 		}
 		for _, name := range names {
-			r.walk(root, path.Join(rel, name), depth+1, append(seen, st), visit)
+			if err := r.walk(dfd, path.Join(rel, name), depth+1, append(seen, id), visit); err != nil {
+				return err
+			}
 		}
-	case !mode.IsRegular():
-		visit(rel, nil, "not a regular file ("+typeName(mode)+"); not opened")
-	case st.Size() > token.MaxSize:
-		visit(rel, nil, fmt.Sprintf("file is %d bytes, larger than the %d a token can be; not read", st.Size(), token.MaxSize))
-	default:
-		data, problem := r.read(root, rel)
+	case unix.S_IFREG:
+		if st.Size > token.MaxSize {
+			visit(rel, nil, fmt.Sprintf("file is %d bytes, larger than the %d a token can be; not read", st.Size, token.MaxSize))
+			return nil
+		}
+		data, problem := r.read(dfd, rel, id)
 		visit(rel, data, problem)
 		clear(data)
+	default:
+		visit(rel, nil, "not a regular file ("+typeName(st.Mode)+"); not opened")
 	}
+	return nil
 }
 
-// read opens a file that Stat saw as regular. O_NONBLOCK keeps a file
-// swapped for a FIFO since from blocking the open; the size check is
-// repeated on what was opened.
-func (r *volumeReader) read(root *os.Root, rel string) ([]byte, string) {
-	f, err := root.OpenFile(rel, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOCTTY, 0)
+// read opens a file seen as regular. O_NONBLOCK keeps a file swapped for a
+// FIFO since from blocking the open; what was opened must be the same file.
+func (r *volumeReader) read(dfd int, rel string, want fileID) ([]byte, string) {
+	fd, err := resolveBeneath(dfd, rel, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY)
 	if err != nil {
-		return nil, "cannot open: " + errText(err)
+		return nil, openProblem(err)
 	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, "cannot stat: " + errText(err)
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return nil, "cannot stat: " + err.Error()
 	}
-	if !st.Mode().IsRegular() {
-		return nil, "not a regular file (" + typeName(st.Mode()) + ") when opened; not read"
+	if st.Mode&unix.S_IFMT != unix.S_IFREG || (fileID{st.Dev, st.Ino}) != want {
+		return nil, "file replaced during the scan; not read"
 	}
-	n, err := io.ReadFull(f, r.buf)
-	switch {
-	case n > token.MaxSize:
+	// Read what fstat saw, plus one byte to notice growth; a regular file
+	// read to its size needs no extra read to see EOF.
+	limit := min(int(st.Size)+1, len(r.buf))
+	n := 0
+	for n < limit {
+		m, err := unix.Read(fd, r.buf[n:])
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			clear(r.buf[:n])
+			return nil, "cannot read: " + err.Error()
+		}
+		if m == 0 {
+			break
+		}
+		n += m
+		if n == int(st.Size) {
+			break
+		}
+	}
+	if n > token.MaxSize {
+		clear(r.buf[:n])
 		return nil, fmt.Sprintf("file grew past the %d bytes a token can be; not read", token.MaxSize)
-	case err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF):
-		return nil, "cannot read: " + errText(err)
 	}
 	return r.buf[:n], ""
 }
 
-func statProblem(err error) string {
+func openProblem(err error) string {
 	switch {
-	case strings.Contains(err.Error(), "path escapes from parent"):
+	case errors.Is(err, unix.EXDEV):
 		return "link resolves outside the volume directory; not followed"
-	case errors.Is(err, syscall.ELOOP):
+	case errors.Is(err, unix.ELOOP):
 		return "symbolic link loop; not followed"
-	case errors.Is(err, fs.ErrNotExist):
-		return "dangling link or file removed during the scan"
+	case errors.Is(err, unix.ENOENT):
+		return "dangling link, or removed during the scan"
 	default:
-		return "cannot stat: " + errText(err)
+		return "cannot open: " + err.Error()
 	}
 }
 
 // errText is the bare reason of a path error; the path is reported apart.
 func errText(err error) string {
-	var pe *fs.PathError
+	var pe *os.PathError
 	if errors.As(err, &pe) {
 		return pe.Err.Error()
 	}
 	return err.Error()
 }
 
-func typeName(m fs.FileMode) string {
-	switch {
-	case m&fs.ModeNamedPipe != 0:
+func typeName(mode uint32) string {
+	switch mode & unix.S_IFMT {
+	case unix.S_IFIFO:
 		return "named pipe"
-	case m&fs.ModeSocket != 0:
+	case unix.S_IFSOCK:
 		return "socket"
-	case m&fs.ModeCharDevice != 0:
+	case unix.S_IFCHR:
 		return "character device"
-	case m&fs.ModeDevice != 0:
+	case unix.S_IFBLK:
 		return "block device"
-	case m&fs.ModeSymlink != 0:
+	case unix.S_IFLNK:
 		return "symbolic link"
-	case m.IsDir():
-		return "directory"
 	default:
 		return "irregular file"
 	}

@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"strconv"
 	"time"
 )
 
@@ -57,53 +56,19 @@ func LooksLikeJWT(data []byte) bool {
 	return segments == 2 && n > 0
 }
 
-// numericDate is a JWT NumericDate: seconds since the epoch, possibly
-// fractional.
-type numericDate struct {
-	set bool
-	sec int64
-}
-
-func (d *numericDate) UnmarshalJSON(b []byte) error {
-	if string(b) == "null" {
-		return nil
-	}
-	f, err := strconv.ParseFloat(string(b), 64)
-	if err != nil || math.IsNaN(f) || math.IsInf(f, 0) || f < 0 || f > 1<<40 {
-		return claimError("a date claim (iat, exp or kubernetes.io.warnafter) is not a number of seconds")
-	}
-	d.set, d.sec = true, int64(math.Floor(f))
-	return nil
-}
-
 // claimError describes a malformed claim in words of our own, never the
 // claim's value.
 type claimError string
 
 func (e claimError) Error() string { return string(e) }
 
-// audience is the aud claim: one string or a list.
-type audience []string
-
-func (a *audience) UnmarshalJSON(b []byte) error {
-	var one string
-	if err := json.Unmarshal(b, &one); err == nil {
-		*a = []string{one}
-		return nil
-	}
-	var many []string
-	if err := json.Unmarshal(b, &many); err != nil {
-		return claimError("claim \"aud\" is neither a string nor a list of strings")
-	}
-	*a = many
-	return nil
-}
-
+// wireClaims mirrors the payload. Dates are JSON numbers (NumericDate,
+// possibly fractional); aud is a string or a list, decoded by hand.
 type wireClaims struct {
-	Iss  string      `json:"iss"`
-	Aud  audience    `json:"aud"`
-	Iat  numericDate `json:"iat"`
-	Exp  numericDate `json:"exp"`
+	Iss  string          `json:"iss"`
+	Aud  json.RawMessage `json:"aud"`
+	Iat  *float64        `json:"iat"`
+	Exp  *float64        `json:"exp"`
 	Kube struct {
 		Namespace string `json:"namespace"`
 		Pod       struct {
@@ -116,8 +81,39 @@ type wireClaims struct {
 		Node struct {
 			Name string `json:"name"`
 		} `json:"node"`
-		WarnAfter numericDate `json:"warnafter"`
+		WarnAfter *float64 `json:"warnafter"`
 	} `json:"kubernetes.io"`
+}
+
+// seconds turns a NumericDate into whole seconds, refusing what no token
+// carries (negative, NaN, beyond year 36812).
+func seconds(name string, f *float64) (int64, bool, error) {
+	if f == nil {
+		return 0, false, nil
+	}
+	if math.IsNaN(*f) || *f < 0 || *f > 1<<40 {
+		return 0, false, fmt.Errorf("claim %q is not a plausible NumericDate", name)
+	}
+	return int64(math.Floor(*f)), true, nil
+}
+
+func audiences(raw json.RawMessage) ([]string, error) {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 || string(raw) == "null" {
+		return nil, nil
+	}
+	if raw[0] == '"' {
+		var one string
+		if err := json.Unmarshal(raw, &one); err == nil {
+			return []string{one}, nil
+		}
+	} else {
+		var many []string
+		if err := json.Unmarshal(raw, &many); err == nil {
+			return many, nil
+		}
+	}
+	return nil, claimError(`claim "aud" is neither a string nor a list of strings`)
 }
 
 // Parse decodes the claims of a compact JWT. It does not verify the
@@ -153,12 +149,9 @@ func Parse(data []byte) (Claims, error) {
 	if err := json.Unmarshal(payload, &w); err != nil {
 		var se *json.SyntaxError
 		var te *json.UnmarshalTypeError
-		var ce claimError
 		switch {
 		case errors.As(err, &se):
 			return Claims{}, fmt.Errorf("payload is not valid JSON (at byte %d)", se.Offset)
-		case errors.As(err, &ce):
-			return Claims{}, ce
 		case errors.As(err, &te) && te.Field == "":
 			return Claims{}, fmt.Errorf("payload is a JSON %s, not an object of claims", te.Value)
 		case errors.As(err, &te):
@@ -167,35 +160,51 @@ func Parse(data []byte) (Claims, error) {
 			return Claims{}, errors.New("payload is not a JSON object of claims with the expected types")
 		}
 	}
+	iat, hasIat, err := seconds("iat", w.Iat)
+	if err != nil {
+		return Claims{}, err
+	}
+	exp, hasExp, err := seconds("exp", w.Exp)
+	if err != nil {
+		return Claims{}, err
+	}
+	warn, hasWarn, err := seconds("kubernetes.io.warnafter", w.Kube.WarnAfter)
+	if err != nil {
+		return Claims{}, err
+	}
 	var missing []string
-	if !w.Iat.set {
+	if !hasIat {
 		missing = append(missing, "iat")
 	}
-	if !w.Exp.set {
+	if !hasExp {
 		missing = append(missing, "exp")
 	}
 	if len(missing) > 0 {
 		return Claims{}, fmt.Errorf("missing claim %v", missing)
 	}
-	if w.Exp.sec <= w.Iat.sec {
-		return Claims{}, fmt.Errorf("exp %d is not after iat %d", w.Exp.sec, w.Iat.sec)
+	if exp <= iat {
+		return Claims{}, fmt.Errorf("exp %d is not after iat %d", exp, iat)
 	}
-	if w.Kube.WarnAfter.set && w.Kube.WarnAfter.sec <= w.Iat.sec {
-		return Claims{}, fmt.Errorf("kubernetes.io.warnafter %d is not after iat %d", w.Kube.WarnAfter.sec, w.Iat.sec)
+	if hasWarn && warn <= iat {
+		return Claims{}, fmt.Errorf("kubernetes.io.warnafter %d is not after iat %d", warn, iat)
+	}
+	aud, err := audiences(w.Aud)
+	if err != nil {
+		return Claims{}, err
 	}
 	c := Claims{
 		Issuer:         w.Iss,
-		Audiences:      w.Aud,
-		IssuedAt:       time.Unix(w.Iat.sec, 0).UTC(),
-		Expires:        time.Unix(w.Exp.sec, 0).UTC(),
+		Audiences:      aud,
+		IssuedAt:       time.Unix(iat, 0).UTC(),
+		Expires:        time.Unix(exp, 0).UTC(),
 		Namespace:      w.Kube.Namespace,
 		PodName:        w.Kube.Pod.Name,
 		PodUID:         w.Kube.Pod.UID,
 		ServiceAccount: w.Kube.ServiceAccount.Name,
 		NodeName:       w.Kube.Node.Name,
 	}
-	if w.Kube.WarnAfter.set {
-		c.WarnAfter = time.Unix(w.Kube.WarnAfter.sec, 0).UTC()
+	if hasWarn {
+		c.WarnAfter = time.Unix(warn, 0).UTC()
 	}
 	return c, nil
 }
