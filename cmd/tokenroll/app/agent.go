@@ -8,6 +8,12 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+	"go.uber.org/zap"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/tokenroll/tokenroll/agent"
+	"github.com/tokenroll/tokenroll/internal/version"
+	"github.com/tokenroll/tokenroll/metrics"
 )
 
 // agentOptions configure `tokenroll agent`.
@@ -72,4 +78,43 @@ func (o *agentOptions) Validate() error {
 	return errors.Join(errs...)
 }
 
-func (o *agentOptions) run(context.Context, env) error { return notImplemented("tokenroll agent", 3) }
+func (o *agentOptions) run(ctx context.Context, e env) error {
+	cfg, err := restConfig(o.Kubeconfig)
+	if err != nil {
+		return err
+	}
+	cfg.UserAgent = "tokenroll-agent/" + version.Version
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	reg := metrics.NewRegistry("agent")
+	srv, err := metrics.NewServer(o.MetricsBindAddress, reg, e.log)
+	if err != nil {
+		return err
+	}
+	a, err := agent.New(agent.Config{
+		NodeName: o.NodeName, KubeletRoot: o.KubeletRoot, Client: client,
+		Interval: o.Interval, Grace: o.Grace, IssuerRefresh: o.IssuerRefresh,
+		MaxTokenSeries: o.MaxTokenSeries, Registry: reg, Log: e.log.With(zap.String("node", o.NodeName)),
+	})
+	if err != nil {
+		return err
+	}
+	e.log.Info("agent starting", zap.String("node", o.NodeName), zap.String("kubeletRoot", o.KubeletRoot),
+		zap.Duration("interval", o.Interval), zap.String("metrics", srv.Addr()))
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	srvErr := make(chan error, 1)
+	go func() { srvErr <- srv.Run(ctx) }()
+	go func() {
+		select {
+		case <-a.Scanned():
+			srv.SetReady(true)
+		case <-ctx.Done():
+		}
+	}()
+	runErr := a.Run(ctx)
+	cancel()
+	return errors.Join(runErr, <-srvErr)
+}

@@ -55,9 +55,7 @@ func TestUsageErrorsExitTwo(t *testing.T) {
 }
 
 func TestUnbuiltSubcommandsSaySoAndExitTwo(t *testing.T) {
-	dir := t.TempDir()
 	for _, args := range [][]string{
-		{"agent", "--node-name=n1", "--kubelet-root=" + dir},
 		{"coordinator"},
 		{"status"},
 	} {

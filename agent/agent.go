@@ -1,0 +1,247 @@
+// Package agent is the node agent: it judges every projected
+// service-account token on its node by the kubelet's rotation rules
+// (agent/scan), exports the result as metrics, and keeps the Node condition
+// ServiceAccountTokensStale current. A scan makes no API request; the
+// expected issuer is read from OIDC discovery on a slow timer of its own.
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/clock"
+
+	"github.com/tokenroll/tokenroll/agent/issuer"
+	"github.com/tokenroll/tokenroll/agent/podsapi"
+	"github.com/tokenroll/tokenroll/agent/scan"
+	"github.com/tokenroll/tokenroll/protocol"
+)
+
+// Config is everything the agent needs; New checks it.
+type Config struct {
+	NodeName    string
+	KubeletRoot string
+	Client      kubernetes.Interface
+	// Interval between scans, Grace past refreshAt before overdue, and
+	// IssuerRefresh between OIDC discovery reads.
+	Interval, Grace, IssuerRefresh time.Duration
+	// MaxTokenSeries caps per-token metric series.
+	MaxTokenSeries int
+	Registry       prometheus.Registerer
+	Log            *zap.Logger
+	Clock          clock.WithTicker
+}
+
+// Agent scans one node and reports on it.
+type Agent struct {
+	cfg     Config
+	metrics *agentMetrics
+	scanner *scan.Scanner
+	socket  string
+
+	mu          sync.Mutex
+	issuer      string
+	podsAPIUp   *bool // nil until first checked; logged on change
+	applied     *condition
+	since       metav1.Time // the applied condition's transition time
+	scannedOnce chan struct{}
+	closeOnce   sync.Once
+}
+
+// New validates cfg and builds an agent.
+func New(cfg Config) (*Agent, error) {
+	var errs []error
+	if cfg.NodeName == "" {
+		errs = append(errs, errors.New("agent: node name is empty"))
+	}
+	if cfg.KubeletRoot == "" {
+		errs = append(errs, errors.New("agent: kubelet root is empty"))
+	}
+	if cfg.Client == nil {
+		errs = append(errs, errors.New("agent: no API client"))
+	}
+	if cfg.Interval <= 0 || cfg.IssuerRefresh <= 0 || cfg.Grace < 0 {
+		errs = append(errs, fmt.Errorf("agent: interval %s and issuer refresh %s must be positive, grace %s not negative", cfg.Interval, cfg.IssuerRefresh, cfg.Grace))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.RealClock{}
+	}
+	if cfg.Log == nil {
+		cfg.Log = zap.NewNop()
+	}
+	if cfg.Registry == nil {
+		cfg.Registry = prometheus.NewRegistry()
+	}
+	return &Agent{
+		cfg:         cfg,
+		metrics:     newAgentMetrics(cfg.Registry, cfg.MaxTokenSeries),
+		scanner:     scan.NewScanner(),
+		socket:      podsapi.SocketPath(cfg.KubeletRoot),
+		scannedOnce: make(chan struct{}),
+	}, nil
+}
+
+// Scanned is closed after the first successful scan (readiness).
+func (a *Agent) Scanned() <-chan struct{} { return a.scannedOnce }
+
+// Run scans every interval and refreshes the issuer on its own timer until
+// ctx ends.
+func (a *Agent) Run(ctx context.Context) error {
+	if err := a.loadCondition(ctx); err != nil {
+		a.cfg.Log.Warn("reading this node's current condition; will write it after the first scan", zap.Error(err))
+	}
+	a.refreshIssuer(ctx)
+	scanTick := a.cfg.Clock.NewTicker(a.cfg.Interval)
+	defer scanTick.Stop()
+	issuerTick := a.cfg.Clock.NewTicker(a.cfg.IssuerRefresh)
+	defer issuerTick.Stop()
+	a.ScanOnce(ctx)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-issuerTick.C():
+			a.refreshIssuer(ctx)
+		case <-scanTick.C():
+			a.ScanOnce(ctx)
+		}
+	}
+}
+
+// refreshIssuer reads OIDC discovery; on failure the last known issuer
+// stays in force.
+func (a *Agent) refreshIssuer(ctx context.Context) {
+	iss, err := issuer.Discover(ctx, a.cfg.Client.Discovery().RESTClient())
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if err != nil {
+		a.metrics.scanErrors.WithLabelValues("issuer_discovery").Inc()
+		a.cfg.Log.Warn("reading the API server's issuer; keeping the last known one", zap.String("lastKnown", a.issuer), zap.Error(err))
+		return
+	}
+	if iss != a.issuer {
+		a.cfg.Log.Info("expected issuer", zap.String("issuer", iss), zap.String("previous", a.issuer))
+	}
+	a.issuer = iss
+	a.metrics.issuerKnown.Set(1)
+}
+
+// ScanOnce scans, updates the metrics and, when it changed, the Node
+// condition. It returns the report (nil when the scan failed).
+func (a *Agent) ScanOnce(ctx context.Context) *scan.Report {
+	start := a.cfg.Clock.Now()
+	a.mu.Lock()
+	expected := a.issuer
+	a.mu.Unlock()
+	opts := scan.Options{Root: a.cfg.KubeletRoot, Node: a.cfg.NodeName, Now: start, ExpectedIssuer: expected, Grace: a.cfg.Grace}
+	opts.LivePods = a.livePods(ctx)
+	report, err := a.scanner.Scan(opts)
+	if err != nil {
+		a.metrics.scanErrors.WithLabelValues("root").Inc()
+		a.cfg.Log.Error("scan failed", zap.Error(err))
+		a.writeCondition(ctx, condition{Status: corev1.ConditionUnknown, Reason: ReasonUnknown, Message: "the agent cannot read the kubelet root: " + err.Error()})
+		return nil
+	}
+	a.metrics.scanDuration.Observe(a.cfg.Clock.Since(start).Seconds())
+	for _, e := range report.Errors {
+		a.metrics.scanErrors.WithLabelValues("directory").Inc()
+		a.cfg.Log.Warn("part of the kubelet root could not be read", zap.String("error", e))
+	}
+	a.metrics.observe(report)
+	a.metrics.lastScan.Set(float64(a.cfg.Clock.Now().Unix()))
+	a.cfg.Log.Debug("scanned", zap.String("summary", scan.Summary(report)))
+	a.writeCondition(ctx, conditionFor(report))
+	a.closeOnce.Do(func() { close(a.scannedOnce) })
+	return report
+}
+
+// livePods asks the kubelet Pods API which pods run; nil (no orphan
+// judgement) when it is not there. Its absence is logged once, not per scan.
+func (a *Agent) livePods(ctx context.Context) map[string]bool {
+	up := podsapi.Available(a.socket)
+	var live map[string]bool
+	var err error
+	if up {
+		if live, err = podsapi.LiveUIDs(ctx, a.socket); err != nil {
+			a.metrics.scanErrors.WithLabelValues("pods_api").Inc()
+			up = false
+		}
+	}
+	a.mu.Lock()
+	changed := a.podsAPIUp == nil || *a.podsAPIUp != up
+	a.podsAPIUp = &up
+	a.mu.Unlock()
+	if changed {
+		if up {
+			a.cfg.Log.Info("kubelet Pods API available; volumes of pods the kubelet no longer runs are reported as orphaned", zap.String("socket", a.socket))
+		} else {
+			a.cfg.Log.Warn("kubelet Pods API not available (PodsAPI feature gate off, or socket not mounted); no token is judged orphaned", zap.String("socket", a.socket), zap.Error(err))
+		}
+	}
+	return live
+}
+
+// loadCondition reads the condition already on the Node, so a restarted
+// agent does not rewrite an unchanged one.
+func (a *Agent) loadCondition(ctx context.Context) error {
+	node, err := a.cfg.Client.CoreV1().Nodes().Get(ctx, a.cfg.NodeName, metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	for _, c := range node.Status.Conditions {
+		if string(c.Type) == protocol.ConditionTokensStale {
+			a.mu.Lock()
+			a.applied = &condition{Status: c.Status, Reason: c.Reason, Message: c.Message}
+			a.since = c.LastTransitionTime
+			a.mu.Unlock()
+		}
+	}
+	return nil
+}
+
+// writeCondition patches the condition onto this agent's own Node, and only
+// when status, reason or message changed. The transition time moves only
+// with the status.
+func (a *Agent) writeCondition(ctx context.Context, c condition) {
+	a.mu.Lock()
+	prev, since := a.applied, a.since
+	a.mu.Unlock()
+	if prev != nil && *prev == c {
+		return
+	}
+	now := metav1.NewTime(a.cfg.Clock.Now())
+	if prev == nil || prev.Status != c.Status {
+		since = now
+	}
+	nc := corev1.NodeCondition{
+		Type: corev1.NodeConditionType(protocol.ConditionTokensStale), Status: c.Status, Reason: c.Reason, Message: c.Message,
+		LastHeartbeatTime: now, LastTransitionTime: since,
+	}
+	patch, err := json.Marshal(map[string]any{"status": map[string]any{"conditions": []corev1.NodeCondition{nc}}})
+	if err != nil {
+		return
+	}
+	if _, err := a.cfg.Client.CoreV1().Nodes().Patch(ctx, a.cfg.NodeName, types.StrategicMergePatchType, patch, metav1.PatchOptions{FieldManager: "tokenroll-agent"}, "status"); err != nil {
+		a.metrics.scanErrors.WithLabelValues("node_condition").Inc()
+		a.cfg.Log.Warn("writing the ServiceAccountTokensStale condition", zap.String("node", a.cfg.NodeName), zap.Error(err))
+		return
+	}
+	a.metrics.conditionWrites.Inc()
+	a.cfg.Log.Info("node condition changed", zap.String("node", a.cfg.NodeName), zap.String("status", string(c.Status)), zap.String("reason", c.Reason), zap.String("message", c.Message))
+	a.mu.Lock()
+	a.applied, a.since = &c, since
+	a.mu.Unlock()
+}

@@ -1,0 +1,131 @@
+package app
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+
+	"github.com/tokenroll/tokenroll/sandbox/controlplane"
+	"github.com/tokenroll/tokenroll/sandbox/kubeletsim"
+	"github.com/tokenroll/tokenroll/sandbox/simtest"
+)
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return "127.0.0.1:" + strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
+}
+
+// TestAgentCommandServesLintCleanMetrics runs `tokenroll agent` as a cluster
+// would (flags, kubeconfig, metrics port) against a simulated node, lints
+// its live /metrics and stops it as Ctrl-C would.
+func TestAgentCommandServesLintCleanMetrics(t *testing.T) {
+	c := simtest.Start(t, controlplane.DefaultIssuer, "node-1")
+	c.PrepareBuildNamespace(t, "build")
+	mark := c.Events.Mark()
+	c.CreatePod(t, simtest.BuildRobotPod("nginx", "build", "node-1"))
+	c.Events.Wait(t, mark, "nginx synced", simtest.Is(kubeletsim.EventPodSynced, "node-1", "nginx", ""))
+	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := controlplane.WriteKubeconfig(kubeconfig, c.CP.AdminConfig()); err != nil {
+		t.Fatal(err)
+	}
+
+	addr := freeAddr(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var stdout, stderr bytes.Buffer
+	exit := make(chan int, 1)
+	go func() {
+		exit <- MainContext(ctx, []string{"agent", "--node-name=node-1", "--kubelet-root=" + c.Nodes["node-1"].Root(),
+			"--kubeconfig=" + kubeconfig, "--metrics-bind-address=" + addr, "--log-format=json"}, &stdout, &stderr)
+	}()
+	get := func(path string) (int, string) {
+		resp, err := http.Get("http://" + addr + path)
+		if err != nil {
+			return 0, ""
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	// Polling a process's readiness endpoint is how anything learns it is up.
+	err := wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
+		code, _ := get("/readyz")
+		return code == http.StatusOK, nil
+	})
+	if err != nil {
+		t.Fatalf("agent never became ready: %v\n%s", err, stderr.String())
+	}
+	code, body := get("/metrics")
+	if code != http.StatusOK {
+		t.Fatalf("/metrics: %d", code)
+	}
+	for _, want := range []string{
+		`tokenroll_tokens{namespace="build",state="fresh"} 2`,
+		`tokenroll_expected_issuer_known 1`,
+		`tokenroll_build_info{`,
+		`tokenroll_scan_duration_seconds_count`,
+		`tokenroll_token_next_refresh_timestamp_seconds`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	problems, err := promlint.New(strings.NewReader(body)).Lint()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		if strings.HasPrefix(p.Metric, "tokenroll_") {
+			t.Errorf("metric lint: %s: %s", p.Metric, p.Text)
+		}
+	}
+	node, err := c.Admin.CoreV1().Nodes().Get(ctx, "node-1", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, cond := range node.Status.Conditions {
+		if cond.Type == "ServiceAccountTokensStale" && cond.Status == corev1.ConditionFalse {
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("no ServiceAccountTokensStale=False on the node: %+v", node.Status.Conditions)
+	}
+
+	cancel()
+	select {
+	case code := <-exit:
+		if code != 0 {
+			t.Errorf("agent exited %d after Ctrl-C\n%s", code, stderr.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("agent did not stop")
+	}
+	if code, _ := get("/healthz"); code != 0 {
+		t.Error("metrics server still answers after the agent stopped")
+	}
+	// Token contents never reach the log: no JWT-shaped string in it.
+	for _, line := range strings.Split(stderr.String(), "\n") {
+		if strings.Contains(line, "eyJ") {
+			t.Errorf("log line with token-like content: %.120s", line)
+		}
+	}
+}
