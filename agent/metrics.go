@@ -29,13 +29,29 @@ var (
 		[]string{"namespace", "pod", "volume", "path", "state"}, nil)
 )
 
-// agentMetrics holds the scan's gauges (a collector over the last report,
-// so a token that disappears takes its series with it) and the counters.
+// snapshot is what the gauges need from a report, kept instead of the
+// report itself so the agent holds a few hundred entries, not every token.
+type snapshot struct {
+	counts        map[[2]string]int // (state, namespace) -> tokens
+	oldestRatio   float64
+	nextRefresh   float64 // Unix seconds, 0 when no live token
+	latestOverdue float64 // Unix seconds, 0 when none overdue
+	stale         []staleSeries
+}
+
+type staleSeries struct {
+	ns, pod, vol, path, state string
+	refreshAt                 float64
+}
+
+// agentMetrics holds the scan's gauges (a collector over the last scan's
+// snapshot, so a token that disappears takes its series with it) and the
+// counters.
 type agentMetrics struct {
 	maxSeries int
 
 	mu   sync.Mutex
-	last *scan.Report
+	last *snapshot
 
 	scanDuration    prometheus.Histogram
 	scanErrors      *prometheus.CounterVec
@@ -44,7 +60,6 @@ type agentMetrics struct {
 	issuerKnown     prometheus.Gauge
 	conditionWrites prometheus.Counter
 }
-
 func newAgentMetrics(reg prometheus.Registerer, maxSeries int) *agentMetrics {
 	f := promauto.With(reg)
 	m := &agentMetrics{
@@ -82,23 +97,52 @@ func newAgentMetrics(reg prometheus.Registerer, maxSeries int) *agentMetrics {
 	return m
 }
 
+// observe reduces a report to a snapshot for the collector.
 func (m *agentMetrics) observe(r *scan.Report) {
-	m.mu.Lock()
-	m.last = r
-	m.mu.Unlock()
-	if dropped := stalesOf(r) - m.maxSeries; dropped > 0 {
-		m.seriesDropped.Add(float64(dropped))
-	}
-}
-
-func stalesOf(r *scan.Report) int {
-	n := 0
+	snap := &snapshot{counts: map[[2]string]int{}}
+	emitted := map[staleSeries]bool{}
+	dropped := 0
 	for _, t := range r.Tokens {
-		if t.State != protocol.StateFresh {
-			n++
+		snap.counts[[2]string{string(t.State), t.Namespace}]++
+		live := t.State != protocol.StateInvalid && t.State != protocol.StateOrphaned
+		if live && t.IssuedAt != nil && *t.TTLSeconds > 0 {
+			if ratio := r.Now.Sub(*t.IssuedAt).Seconds() / float64(*t.TTLSeconds); ratio > snap.oldestRatio {
+				snap.oldestRatio = ratio
+			}
+			at := float64(t.RefreshAt.Unix())
+			if snap.nextRefresh == 0 || at < snap.nextRefresh {
+				snap.nextRefresh = at
+			}
+			if t.State == protocol.StateOverdue && at > snap.latestOverdue {
+				snap.latestOverdue = at
+			}
+		}
+		if t.State == protocol.StateFresh {
+			continue
+		}
+		s := staleSeries{ns: t.Namespace, pod: t.Pod, vol: t.Volume, path: t.Path, state: string(t.State)}
+		if t.RefreshAt != nil {
+			s.refreshAt = float64(t.RefreshAt.Unix())
+		}
+		key := s
+		key.refreshAt = 0
+		switch {
+		case emitted[key]:
+			// Two pods of one name (a leftover volume and its successor)
+			// must not yield one series twice.
+		case len(snap.stale) < m.maxSeries:
+			emitted[key] = true
+			snap.stale = append(snap.stale, s)
+		default:
+			dropped++
 		}
 	}
-	return n
+	m.mu.Lock()
+	m.last = snap
+	m.mu.Unlock()
+	if dropped > 0 {
+		m.seriesDropped.Add(float64(dropped))
+	}
 }
 
 // Describe implements prometheus.Collector.
@@ -108,55 +152,25 @@ func (m *agentMetrics) Describe(ch chan<- *prometheus.Desc) {
 	}
 }
 
-// Collect implements prometheus.Collector from the last report.
+// Collect implements prometheus.Collector from the last snapshot.
 func (m *agentMetrics) Collect(ch chan<- prometheus.Metric) {
 	m.mu.Lock()
-	r := m.last
+	snap := m.last
 	m.mu.Unlock()
-	if r == nil {
+	if snap == nil {
 		return
 	}
-	type key struct{ state, ns string }
-	counts := map[key]int{}
-	var oldest float64
-	var next, latestOverdue float64
-	type seriesKey struct{ ns, pod, vol, path, state string }
-	emitted := map[seriesKey]bool{}
-	for _, t := range r.Tokens {
-		counts[key{string(t.State), t.Namespace}]++
-		live := t.State != protocol.StateInvalid && t.State != protocol.StateOrphaned
-		if live && t.IssuedAt != nil && *t.TTLSeconds > 0 {
-			if ratio := r.Now.Sub(*t.IssuedAt).Seconds() / float64(*t.TTLSeconds); ratio > oldest {
-				oldest = ratio
-			}
-			at := float64(t.RefreshAt.Unix())
-			if next == 0 || at < next {
-				next = at
-			}
-			if t.State == protocol.StateOverdue && at > latestOverdue {
-				latestOverdue = at
-			}
-		}
-		sk := seriesKey{t.Namespace, t.Pod, t.Volume, t.Path, string(t.State)}
-		if t.State != protocol.StateFresh && len(emitted) < m.maxSeries && !emitted[sk] {
-			// Two pods of one name (a leftover volume and its successor) must
-			// not yield one series twice.
-			emitted[sk] = true
-			var at float64
-			if t.RefreshAt != nil {
-				at = float64(t.RefreshAt.Unix())
-			}
-			ch <- prometheus.MustNewConstMetric(descStale, prometheus.GaugeValue, at, t.Namespace, t.Pod, t.Volume, t.Path, string(t.State))
-		}
+	for k, n := range snap.counts {
+		ch <- prometheus.MustNewConstMetric(descTokens, prometheus.GaugeValue, float64(n), k[0], k[1])
 	}
-	for k, n := range counts {
-		ch <- prometheus.MustNewConstMetric(descTokens, prometheus.GaugeValue, float64(n), k.state, k.ns)
+	ch <- prometheus.MustNewConstMetric(descOldestAgeRatio, prometheus.GaugeValue, snap.oldestRatio)
+	if snap.nextRefresh > 0 {
+		ch <- prometheus.MustNewConstMetric(descNextRefresh, prometheus.GaugeValue, snap.nextRefresh)
 	}
-	ch <- prometheus.MustNewConstMetric(descOldestAgeRatio, prometheus.GaugeValue, oldest)
-	if next > 0 {
-		ch <- prometheus.MustNewConstMetric(descNextRefresh, prometheus.GaugeValue, next)
+	if snap.latestOverdue > 0 {
+		ch <- prometheus.MustNewConstMetric(descLatestOverdue, prometheus.GaugeValue, snap.latestOverdue)
 	}
-	if latestOverdue > 0 {
-		ch <- prometheus.MustNewConstMetric(descLatestOverdue, prometheus.GaugeValue, latestOverdue)
+	for _, s := range snap.stale {
+		ch <- prometheus.MustNewConstMetric(descStale, prometheus.GaugeValue, s.refreshAt, s.ns, s.pod, s.vol, s.path, s.state)
 	}
 }

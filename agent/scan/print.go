@@ -1,6 +1,8 @@
 package scan
 
 import (
+	"bufio"
+	"encoding/json"
 	"fmt"
 	"io"
 	"strings"
@@ -106,4 +108,41 @@ func short(d time.Duration) string {
 	default:
 		return fmt.Sprintf("%dd", int(d.Hours())/24)
 	}
+}
+
+// WriteJSON writes the report as one JSON document, a token per line, without
+// building the whole document in memory.
+func WriteJSON(w io.Writer, r *Report) error {
+	bw := bufio.NewWriter(w)
+	head, err := json.Marshal(struct {
+		Node string    `json:"node"`
+		Now  time.Time `json:"now"`
+	}{r.Node, r.Now})
+	if err != nil {
+		return err
+	}
+	bw.Write(head[:len(head)-1])
+	bw.WriteString(`,"tokens":[`)
+	for i, t := range r.Tokens {
+		if i > 0 {
+			bw.WriteByte(',')
+		}
+		bw.WriteString("\n  ")
+		b, err := json.Marshal(t)
+		if err != nil {
+			return err
+		}
+		bw.Write(b)
+	}
+	bw.WriteString("\n],")
+	tail, err := json.Marshal(struct {
+		Summary map[protocol.State]int `json:"summary"`
+		Errors  []string               `json:"errors,omitempty"`
+	}{r.Summary, r.Errors})
+	if err != nil {
+		return err
+	}
+	bw.Write(tail[1:])
+	bw.WriteByte('\n')
+	return bw.Flush()
 }

@@ -1,11 +1,13 @@
 package scan
 
 import (
+	"bytes"
 	"encoding/base64"
 	"encoding/json"
 	"net"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"syscall"
 	"testing"
@@ -285,5 +287,26 @@ func TestScanErrors(t *testing.T) {
 	r, err := NewScanner().Scan(Options{Root: t.TempDir(), Now: now})
 	if err != nil || len(r.Tokens) != 0 {
 		t.Errorf("empty root: %v %v", r, err)
+	}
+}
+
+func TestWriteJSONIsTheReportAsJSON(t *testing.T) {
+	root := t.TempDir()
+	volume(t, root, "uid-a", "v", map[string]string{"token": jwt(claimsFor("apps", "web", "worker-1", "https://i", 0, 3600)), "bad": "eyJh.a.c2ln"})
+	r := scanWithin(t, Options{Root: root, Now: now, Grace: time.Minute})
+	var streamed, whole bytes.Buffer
+	must(t, WriteJSON(&streamed, r))
+	must(t, json.NewEncoder(&whole).Encode(r))
+	var a, b any
+	must(t, json.Unmarshal(streamed.Bytes(), &a))
+	must(t, json.Unmarshal(whole.Bytes(), &b))
+	if !reflect.DeepEqual(a, b) {
+		t.Errorf("streamed JSON differs:\n%s\nvs\n%s", streamed.String(), whole.String())
+	}
+	empty := &Report{Node: "n", Now: now, Tokens: []Token{}, Summary: map[protocol.State]int{}}
+	streamed.Reset()
+	must(t, WriteJSON(&streamed, empty))
+	if err := json.Unmarshal(streamed.Bytes(), &a); err != nil {
+		t.Errorf("empty report: %v\n%s", err, streamed.String())
 	}
 }

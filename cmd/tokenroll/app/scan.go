@@ -2,7 +2,6 @@ package app
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -128,9 +127,7 @@ func (o *scanOptions) run(ctx context.Context, e env) error {
 		e.log.Warn("part of the kubelet root could not be read", zap.String("error", msg))
 	}
 	if o.Output == "json" {
-		enc := json.NewEncoder(e.stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(report); err != nil {
+		if err := scan.WriteJSON(e.stdout, report); err != nil {
 			return err
 		}
 	} else if err := scan.WriteTable(e.stdout, report, expected); err != nil {
