@@ -60,6 +60,7 @@ type agentMetrics struct {
 	issuerKnown     prometheus.Gauge
 	conditionWrites prometheus.Counter
 }
+
 func newAgentMetrics(reg prometheus.Registerer, maxSeries int) *agentMetrics {
 	f := promauto.With(reg)
 	m := &agentMetrics{
