@@ -120,7 +120,7 @@ func (r *volumeReader) walk(dfd int, rel string, depth int, seen []fileID, visit
 	unix.Close(pfd)
 	if err != nil {
 		visit(rel, nil, "cannot stat: "+err.Error())
-		return nil
+		return nil //nolint:nilerr // reported to visit as this file's problem
 	}
 	id := fileID{st.Dev, st.Ino}
 	switch st.Mode & unix.S_IFMT {
@@ -144,7 +144,7 @@ func (r *volumeReader) walk(dfd int, rel string, depth int, seen []fileID, visit
 		unix.Close(sub)
 		if err != nil {
 			visit(rel, nil, "cannot list directory: "+err.Error())
-			return nil
+			return nil //nolint:nilerr // reported to visit as this directory's problem
 		}
 		for _, name := range names {
 			if err := r.walk(dfd, path.Join(rel, name), depth+1, append(seen, id), visit); err != nil {
