@@ -7,7 +7,6 @@ package token
 import (
 	"bytes"
 	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -62,58 +61,16 @@ type claimError string
 
 func (e claimError) Error() string { return string(e) }
 
-// wireClaims mirrors the payload. Dates are JSON numbers (NumericDate,
-// possibly fractional); aud is a string or a list, decoded by hand.
-type wireClaims struct {
-	Iss  string          `json:"iss"`
-	Aud  json.RawMessage `json:"aud"`
-	Iat  *float64        `json:"iat"`
-	Exp  *float64        `json:"exp"`
-	Kube struct {
-		Namespace string `json:"namespace"`
-		Pod       struct {
-			Name string `json:"name"`
-			UID  string `json:"uid"`
-		} `json:"pod"`
-		ServiceAccount struct {
-			Name string `json:"name"`
-		} `json:"serviceaccount"`
-		Node struct {
-			Name string `json:"name"`
-		} `json:"node"`
-		WarnAfter *float64 `json:"warnafter"`
-	} `json:"kubernetes.io"`
-}
-
 // seconds turns a NumericDate into whole seconds, refusing what no token
 // carries (negative, NaN, beyond year 36812).
-func seconds(name string, f *float64) (int64, bool, error) {
-	if f == nil {
+func seconds(name string, n number) (int64, bool, error) {
+	if !n.set {
 		return 0, false, nil
 	}
-	if math.IsNaN(*f) || *f < 0 || *f > 1<<40 {
+	if math.IsNaN(n.f) || n.f < 0 || n.f > 1<<40 {
 		return 0, false, fmt.Errorf("claim %q is not a plausible NumericDate", name)
 	}
-	return int64(math.Floor(*f)), true, nil
-}
-
-func audiences(raw json.RawMessage) ([]string, error) {
-	raw = bytes.TrimSpace(raw)
-	if len(raw) == 0 || string(raw) == "null" {
-		return nil, nil
-	}
-	if raw[0] == '"' {
-		var one string
-		if err := json.Unmarshal(raw, &one); err == nil {
-			return []string{one}, nil
-		}
-	} else {
-		var many []string
-		if err := json.Unmarshal(raw, &many); err == nil {
-			return many, nil
-		}
-	}
-	return nil, claimError(`claim "aud" is neither a string nor a list of strings`)
+	return int64(math.Floor(n.f)), true, nil
 }
 
 // Parse decodes the claims of a compact JWT. It does not verify the
@@ -133,7 +90,15 @@ func Parse(data []byte) (Claims, error) {
 		return Claims{}, errors.New("not a JWT: want exactly three dot-separated segments")
 	}
 	seg := bytes.TrimRight(rest[:second], "=")
-	payload := make([]byte, base64.RawURLEncoding.DecodedLen(len(seg)))
+	// A bound token's payload, about 700 bytes, decodes on the stack; the
+	// claims keep copies of what they need.
+	var stack [2048]byte
+	payload := stack[:0]
+	if n := base64.RawURLEncoding.DecodedLen(len(seg)); n <= len(stack) {
+		payload = stack[:n]
+	} else {
+		payload = make([]byte, n)
+	}
 	n, err := base64.RawURLEncoding.Decode(payload, seg)
 	if err != nil {
 		var ce base64.CorruptInputError
@@ -145,20 +110,9 @@ func Parse(data []byte) (Claims, error) {
 	payload = payload[:n]
 	defer clear(payload)
 
-	var w wireClaims
-	if err := json.Unmarshal(payload, &w); err != nil {
-		var se *json.SyntaxError
-		var te *json.UnmarshalTypeError
-		switch {
-		case errors.As(err, &se):
-			return Claims{}, fmt.Errorf("payload is not valid JSON (at byte %d)", se.Offset)
-		case errors.As(err, &te) && te.Field == "":
-			return Claims{}, fmt.Errorf("payload is a JSON %s, not an object of claims", te.Value)
-		case errors.As(err, &te):
-			return Claims{}, fmt.Errorf("claim %q has the wrong type (%s)", te.Field, te.Value)
-		default:
-			return Claims{}, errors.New("payload is not a JSON object of claims with the expected types")
-		}
+	w, err := decodeWire(payload)
+	if err != nil {
+		return Claims{}, err
 	}
 	iat, hasIat, err := seconds("iat", w.Iat)
 	if err != nil {
@@ -168,7 +122,7 @@ func Parse(data []byte) (Claims, error) {
 	if err != nil {
 		return Claims{}, err
 	}
-	warn, hasWarn, err := seconds("kubernetes.io.warnafter", w.Kube.WarnAfter)
+	warn, hasWarn, err := seconds("kubernetes.io.warnafter", w.WarnAfter)
 	if err != nil {
 		return Claims{}, err
 	}
@@ -188,20 +142,19 @@ func Parse(data []byte) (Claims, error) {
 	if hasWarn && warn <= iat {
 		return Claims{}, fmt.Errorf("kubernetes.io.warnafter %d is not after iat %d", warn, iat)
 	}
-	aud, err := audiences(w.Aud)
-	if err != nil {
-		return Claims{}, err
+	if w.AudBad {
+		return Claims{}, claimError(`claim "aud" is neither a string nor a list of strings`)
 	}
 	c := Claims{
 		Issuer:         w.Iss,
-		Audiences:      aud,
+		Audiences:      w.Aud,
 		IssuedAt:       time.Unix(iat, 0).UTC(),
 		Expires:        time.Unix(exp, 0).UTC(),
-		Namespace:      w.Kube.Namespace,
-		PodName:        w.Kube.Pod.Name,
-		PodUID:         w.Kube.Pod.UID,
-		ServiceAccount: w.Kube.ServiceAccount.Name,
-		NodeName:       w.Kube.Node.Name,
+		Namespace:      w.Namespace,
+		PodName:        w.PodName,
+		PodUID:         w.PodUID,
+		ServiceAccount: w.ServiceAccount,
+		NodeName:       w.NodeName,
 	}
 	if hasWarn {
 		c.WarnAfter = time.Unix(warn, 0).UTC()
