@@ -93,7 +93,7 @@ func Parse(data []byte) (Claims, error) {
 	// A bound token's payload, about 700 bytes, decodes on the stack; the
 	// claims keep copies of what they need.
 	var stack [2048]byte
-	payload := stack[:0]
+	var payload []byte
 	if n := base64.RawURLEncoding.DecodedLen(len(seg)); n <= len(stack) {
 		payload = stack[:n]
 	} else {

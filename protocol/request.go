@@ -1,0 +1,104 @@
+package protocol
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Annotations on a Node. The coordinator writes the request; only the
+// node's agent writes the status and reboot-required.
+const (
+	// AnnotationRequest asks the node's agent to act: a Request as JSON.
+	AnnotationRequest = Prefix + "request"
+	// AnnotationStatus is the agent's answer: a Status as JSON.
+	AnnotationStatus = Prefix + "request-status"
+	// AnnotationRebootRequired is "true" while the node's reboot sentinel
+	// (/var/run/reboot-required) exists, and absent otherwise.
+	AnnotationRebootRequired = Prefix + "reboot-required"
+)
+
+// Action is what the agent is asked to do.
+type Action string
+
+// The actions an agent performs. Restarting pods is the coordinator's own
+// work (evictions), not the agent's.
+const (
+	ActionReboot         Action = "reboot"
+	ActionKubeletRestart Action = "kubelet-restart"
+)
+
+// Phase is where a request stands.
+type Phase string
+
+// Request phases, in order; done, failed and refused are final.
+const (
+	PhaseAccepted Phase = "accepted"
+	PhaseRunning  Phase = "running"
+	PhaseDone     Phase = "done"
+	PhaseFailed   Phase = "failed"
+	PhaseRefused  Phase = "refused"
+)
+
+// Final reports whether nothing more will happen to a request in phase p.
+func (p Phase) Final() bool { return p == PhaseDone || p == PhaseFailed || p == PhaseRefused }
+
+// Request is the coordinator's ask, one at a time per node.
+type Request struct {
+	// ID is unique per request; the agent acts at most once per ID.
+	ID     string `json:"id"`
+	Action Action `json:"action"`
+	// Node must name the Node the request is on.
+	Node string `json:"node"`
+	// Rollout names the rollout the request belongs to.
+	Rollout   string    `json:"rollout,omitempty"`
+	CreatedAt time.Time `json:"createdAt"`
+}
+
+// Status is the agent's report on a request.
+type Status struct {
+	ID     string `json:"id"`
+	Action Action `json:"action,omitempty"`
+	Phase  Phase  `json:"phase"`
+	// Message says what happened, for people.
+	Message string `json:"message,omitempty"`
+	// BootID is the boot ID the agent saw when it wrote this status; after a
+	// reboot it differs from the one before.
+	BootID    string    `json:"bootID,omitempty"`
+	UpdatedAt time.Time `json:"updatedAt"`
+}
+
+// ParseRequest decodes and checks a request annotation.
+func ParseRequest(value string) (Request, error) {
+	var r Request
+	if err := json.Unmarshal([]byte(value), &r); err != nil {
+		return Request{}, fmt.Errorf("annotation %s is not a JSON request: %w", AnnotationRequest, err)
+	}
+	var errs []error
+	if r.ID == "" {
+		errs = append(errs, errors.New("no id"))
+	}
+	if r.Action != ActionReboot && r.Action != ActionKubeletRestart {
+		errs = append(errs, fmt.Errorf("action %q is not %s or %s", r.Action, ActionReboot, ActionKubeletRestart))
+	}
+	if r.Node == "" {
+		errs = append(errs, errors.New("no node"))
+	}
+	if r.CreatedAt.IsZero() {
+		errs = append(errs, errors.New("no createdAt"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return r, fmt.Errorf("annotation %s: %w", AnnotationRequest, err)
+	}
+	return r, nil
+}
+
+// ParseStatus decodes a status annotation.
+func ParseStatus(value string) (Status, error) {
+	var s Status
+	if err := json.Unmarshal([]byte(value), &s); err != nil {
+		return Status{}, fmt.Errorf("annotation %s is not a JSON status: %w", AnnotationStatus, err)
+	}
+	return s, nil
+}
