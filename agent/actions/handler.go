@@ -1,0 +1,259 @@
+package actions
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+	"go.uber.org/zap"
+	"k8s.io/utils/clock"
+
+	"github.com/tokenroll/tokenroll/metrics"
+	"github.com/tokenroll/tokenroll/protocol"
+)
+
+// DefaultBootIDFile is where Linux tells the current boot's ID.
+const DefaultBootIDFile = "/proc/sys/kernel/random/boot_id"
+
+// Reporter writes a request's status on the agent's own Node.
+type Reporter interface {
+	Report(ctx context.Context, s protocol.Status) error
+}
+
+// HandlerConfig configures a Handler; NewHandler checks it.
+type HandlerConfig struct {
+	NodeName string
+	Executor Executor
+	// StateDir holds the durable record (a hostPath).
+	StateDir string
+	// BootIDFile is read for the current boot ID (DefaultBootIDFile).
+	BootIDFile string
+	// MaxRequestAge refuses requests older than this.
+	MaxRequestAge time.Duration
+	Reporter      Reporter
+	Registry      prometheus.Registerer
+	Log           *zap.Logger
+	Clock         clock.Clock
+}
+
+// Handler decides what to do with the request on the Node, at most once per
+// request ID, whatever restarts and reboots happen in between.
+type Handler struct {
+	cfg   HandlerConfig
+	state *stateFile
+
+	actions *prometheus.CounterVec
+	steps   *prometheus.HistogramVec
+
+	// afterStep, when set (tests), is called after each durable step:
+	// "recorded-running", "reported-running", "called", "recorded-result",
+	// "reported-result". A test kills the agent there by panicking.
+	afterStep func(step string)
+}
+
+// NewHandler checks cfg and opens the state directory.
+func NewHandler(cfg HandlerConfig) (*Handler, error) {
+	var errs []error
+	if cfg.NodeName == "" {
+		errs = append(errs, errors.New("actions: node name is empty"))
+	}
+	if cfg.Executor == nil {
+		errs = append(errs, errors.New("actions: no executor"))
+	}
+	if cfg.Reporter == nil {
+		errs = append(errs, errors.New("actions: no reporter"))
+	}
+	if cfg.StateDir == "" {
+		errs = append(errs, errors.New("actions: state directory is empty (--state-dir)"))
+	}
+	if cfg.MaxRequestAge <= 0 {
+		errs = append(errs, fmt.Errorf("actions: max request age %s must be positive", cfg.MaxRequestAge))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	if cfg.BootIDFile == "" {
+		cfg.BootIDFile = DefaultBootIDFile
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.RealClock{}
+	}
+	if cfg.Log == nil {
+		cfg.Log = zap.NewNop()
+	}
+	if cfg.Registry == nil {
+		cfg.Registry = prometheus.NewRegistry()
+	}
+	st, err := newStateFile(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	f := promauto.With(cfg.Registry)
+	return &Handler{
+		cfg:   cfg,
+		state: st,
+		actions: f.NewCounterVec(prometheus.CounterOpts{
+			Namespace: metrics.Namespace, Name: "actions_total",
+			Help: "Requests finished by this agent, by action and result (done, failed, refused).",
+		}, []string{"action", "result"}),
+		steps: f.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: metrics.Namespace, Name: "action_step_duration_seconds",
+			Help:    "Time in each step of a request: record (state file), call (the action itself), report (status on the Node).",
+			Buckets: prometheus.ExponentialBuckets(0.001, 4, 10),
+		}, []string{"action", "step"}),
+	}, nil
+}
+
+func (h *Handler) bootID() string {
+	b, err := os.ReadFile(h.cfg.BootIDFile)
+	if err != nil {
+		h.cfg.Log.Warn("reading the boot ID", zap.String("file", h.cfg.BootIDFile), zap.Error(err))
+		return ""
+	}
+	return strings.TrimSpace(string(b))
+}
+
+func (h *Handler) step(name string) {
+	if h.afterStep != nil {
+		h.afterStep(name)
+	}
+}
+
+// report writes s unless the Node already says exactly that.
+func (h *Handler) report(ctx context.Context, current string, s protocol.Status) error {
+	if cur, err := protocol.ParseStatus(current); err == nil && cur.ID == s.ID && cur.Phase == s.Phase && cur.Message == s.Message && cur.BootID == s.BootID {
+		return nil
+	}
+	s.UpdatedAt = h.cfg.Clock.Now().UTC().Truncate(time.Second)
+	start := h.cfg.Clock.Now()
+	err := h.cfg.Reporter.Report(ctx, s)
+	h.steps.WithLabelValues(string(s.Action), "report").Observe(h.cfg.Clock.Since(start).Seconds())
+	if err != nil {
+		return fmt.Errorf("reporting %s of request %s: %w", s.Phase, s.ID, err)
+	}
+	h.cfg.Log.Info("request status", zap.String("request", s.ID), zap.String("action", string(s.Action)),
+		zap.String("phase", string(s.Phase)), zap.String("message", s.Message), zap.String("bootID", s.BootID))
+	return nil
+}
+
+func (h *Handler) record(rec Record) error {
+	start := h.cfg.Clock.Now()
+	rec.UpdatedAt = start.UTC().Truncate(time.Second)
+	err := h.state.put(rec)
+	h.steps.WithLabelValues(string(rec.Action), "record").Observe(h.cfg.Clock.Since(start).Seconds())
+	return err
+}
+
+func (h *Handler) finish(ctx context.Context, current string, rec Record) error {
+	if err := h.record(rec); err != nil {
+		return err
+	}
+	h.step("recorded-result")
+	h.actions.WithLabelValues(string(rec.Action), string(rec.Phase)).Inc()
+	if err := h.report(ctx, current, protocol.Status{ID: rec.ID, Action: rec.Action, Phase: rec.Phase, Message: rec.Message, BootID: h.bootID()}); err != nil {
+		return err
+	}
+	h.step("reported-result")
+	return nil
+}
+
+// Handle acts on the Node's request annotation (request) given its current
+// status annotation (status). It is idempotent: call it on every change of
+// the Node, after restarts, after relists.
+func (h *Handler) Handle(ctx context.Context, request, status string) error {
+	if request == "" {
+		return nil
+	}
+	req, err := protocol.ParseRequest(request)
+	if err != nil {
+		return h.refuse(ctx, status, req, "malformed request: "+err.Error())
+	}
+	if req.Node != h.cfg.NodeName {
+		return h.refuse(ctx, status, req, fmt.Sprintf("request names node %q; this agent acts only for %q", req.Node, h.cfg.NodeName))
+	}
+	rec, err := h.state.find(req.ID)
+	if err != nil {
+		// Without the record the agent cannot know whether it acted.
+		_ = h.report(ctx, status, protocol.Status{ID: req.ID, Action: req.Action, Phase: protocol.PhaseRefused, Message: err.Error()})
+		return err
+	}
+	if rec != nil {
+		return h.resume(ctx, status, *rec)
+	}
+	if age := h.cfg.Clock.Since(req.CreatedAt); age > h.cfg.MaxRequestAge {
+		return h.refuse(ctx, status, req, fmt.Sprintf("request is %s old, older than --max-request-age=%s; not acted on", age.Round(time.Second), h.cfg.MaxRequestAge))
+	}
+	return h.act(ctx, status, req)
+}
+
+func (h *Handler) refuse(ctx context.Context, status string, req protocol.Request, why string) error {
+	if cur, err := protocol.ParseStatus(status); err == nil && cur.ID == req.ID && cur.Phase == protocol.PhaseRefused && cur.Message == why {
+		return nil
+	}
+	h.actions.WithLabelValues(string(req.Action), string(protocol.PhaseRefused)).Inc()
+	h.cfg.Log.Warn("refusing request", zap.String("request", req.ID), zap.String("reason", why))
+	return h.report(ctx, status, protocol.Status{ID: req.ID, Action: req.Action, Phase: protocol.PhaseRefused, Message: why})
+}
+
+// resume finishes a request the record already knows.
+func (h *Handler) resume(ctx context.Context, status string, rec Record) error {
+	if rec.Phase.Final() {
+		return h.report(ctx, status, protocol.Status{ID: rec.ID, Action: rec.Action, Phase: rec.Phase, Message: rec.Message, BootID: h.bootID()})
+	}
+	// Running: the agent stopped mid-action. A reboot that happened shows as
+	// a new boot ID; anything else is never repeated.
+	now := h.bootID()
+	if rec.Action == protocol.ActionReboot && rec.BootID != "" && now != "" && now != rec.BootID {
+		rec.Phase, rec.Message = protocol.PhaseDone, fmt.Sprintf("rebooted: boot ID %s, was %s", now, rec.BootID)
+	} else {
+		rec.Phase, rec.Message = protocol.PhaseFailed, fmt.Sprintf("the agent stopped while the %s was in flight and the outcome is unknown; not repeated (at most once per request)", rec.Action)
+	}
+	return h.finish(ctx, status, rec)
+}
+
+// act carries out a new request: record it as running (durably) first, then
+// act, then record and report the outcome.
+func (h *Handler) act(ctx context.Context, status string, req protocol.Request) error {
+	rec := Record{ID: req.ID, Action: req.Action, Phase: protocol.PhaseRunning, BootID: h.bootID()}
+	if err := h.record(rec); err != nil {
+		_ = h.report(ctx, status, protocol.Status{ID: req.ID, Action: req.Action, Phase: protocol.PhaseRefused, Message: err.Error()})
+		return err
+	}
+	h.step("recorded-running")
+	msg := map[protocol.Action]string{
+		protocol.ActionReboot:         "rebooting through logind",
+		protocol.ActionKubeletRestart: "restarting the kubelet",
+	}[req.Action]
+	if err := h.report(ctx, status, protocol.Status{ID: req.ID, Action: req.Action, Phase: protocol.PhaseRunning, Message: msg, BootID: rec.BootID}); err != nil {
+		// The record says running: the action will not happen twice, and
+		// the next Handle reports failed. Do not act unreported.
+		return err
+	}
+	h.step("reported-running")
+	start := h.cfg.Clock.Now()
+	var err error
+	switch req.Action {
+	case protocol.ActionReboot:
+		err = h.cfg.Executor.Reboot(ctx)
+	case protocol.ActionKubeletRestart:
+		err = h.cfg.Executor.RestartKubelet(ctx)
+	}
+	h.steps.WithLabelValues(string(req.Action), "call").Observe(h.cfg.Clock.Since(start).Seconds())
+	h.step("called")
+	switch {
+	case err != nil:
+		rec.Phase, rec.Message = protocol.PhaseFailed, err.Error()
+	case req.Action == protocol.ActionReboot:
+		// The host is going down; the agent that starts after it reports
+		// done with the new boot ID.
+		return nil
+	default:
+		rec.Phase, rec.Message = protocol.PhaseDone, "kubelet restarted"
+	}
+	return h.finish(ctx, "", rec)
+}

@@ -1,0 +1,290 @@
+package actions
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	clocktesting "k8s.io/utils/clock/testing"
+
+	"github.com/tokenroll/tokenroll/protocol"
+)
+
+// countingExecutor counts calls; it stands for the host in unit tests (the
+// D-Bus tests use a real bus).
+type countingExecutor struct {
+	mu               sync.Mutex
+	reboots, restart int
+	err              error
+}
+
+func (e *countingExecutor) Reboot(context.Context) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.reboots++
+	return e.err
+}
+
+func (e *countingExecutor) RestartKubelet(context.Context) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.restart++
+	return e.err
+}
+
+// nodeAnnotations stands for the Node's status annotation.
+type nodeAnnotations struct {
+	mu     sync.Mutex
+	status string
+	writes int
+}
+
+func (n *nodeAnnotations) Report(_ context.Context, s protocol.Status) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	b, _ := json.Marshal(s)
+	n.status = string(b)
+	n.writes++
+	return nil
+}
+
+func (n *nodeAnnotations) get(t *testing.T) protocol.Status {
+	t.Helper()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	s, err := protocol.ParseStatus(n.status)
+	if err != nil {
+		t.Fatalf("status annotation: %v", err)
+	}
+	return s
+}
+
+type env struct {
+	dir    string
+	bootID string
+	exec   *countingExecutor
+	node   *nodeAnnotations
+	clock  *clocktesting.FakeClock
+}
+
+func newEnv(t *testing.T) *env {
+	e := &env{dir: t.TempDir(), exec: &countingExecutor{}, node: &nodeAnnotations{}, clock: clocktesting.NewFakeClock(time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC))}
+	e.setBoot(t, "boot-1")
+	return e
+}
+
+func (e *env) setBoot(t *testing.T, id string) {
+	e.bootID = id
+	if err := os.WriteFile(filepath.Join(e.dir, "boot_id"), []byte(id+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// agent is a fresh agent process over the same node, state and host.
+func (e *env) agent(t *testing.T) *Handler {
+	t.Helper()
+	h, err := NewHandler(HandlerConfig{
+		NodeName: "node-a", Executor: e.exec, StateDir: filepath.Join(e.dir, "state"), BootIDFile: filepath.Join(e.dir, "boot_id"),
+		MaxRequestAge: time.Hour, Reporter: e.node, Clock: e.clock,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+func request(id string, action protocol.Action, node string, at time.Time) string {
+	b, _ := json.Marshal(protocol.Request{ID: id, Action: action, Node: node, Rollout: "r1", CreatedAt: at})
+	return string(b)
+}
+
+type killed struct{ step string }
+
+// handleUntilKilled runs Handle, killing the agent at step (a panic the
+// test recovers, as a SIGKILL would stop it there).
+func handleUntilKilled(h *Handler, step, req, status string) (died bool, err error) {
+	h.afterStep = func(s string) {
+		if s == step {
+			panic(killed{s})
+		}
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			if _, ok := r.(killed); !ok {
+				panic(r)
+			}
+			died = true
+		}
+	}()
+	return false, h.Handle(context.Background(), req, status)
+}
+
+func TestKubeletRestartHappensOnceWhereverTheAgentDies(t *testing.T) {
+	for _, step := range []string{"recorded-running", "reported-running", "called", "recorded-result", "reported-result", ""} {
+		t.Run("killed after "+step, func(t *testing.T) {
+			e := newEnv(t)
+			req := request("req-1", protocol.ActionKubeletRestart, "node-a", e.clock.Now())
+			died, err := handleUntilKilled(e.agent(t), step, req, "")
+			if !died && step != "" || err != nil {
+				t.Fatalf("died=%v err=%v", died, err)
+			}
+			// A new agent sees the same request, again and again (relists,
+			// re-applied annotations).
+			for range 3 {
+				if err := e.agent(t).Handle(context.Background(), req, e.node.status); err != nil {
+					t.Fatal(err)
+				}
+			}
+			calls := e.exec.restart
+			if step == "recorded-running" || step == "reported-running" {
+				// Killed before the call: the record says running, so the
+				// restart is never made (at most once), and reported failed.
+				if calls != 0 {
+					t.Errorf("restarted %d times after dying before the call", calls)
+				}
+				if s := e.node.get(t); s.Phase != protocol.PhaseFailed || !strings.Contains(s.Message, "not repeated") {
+					t.Errorf("status %+v", s)
+				}
+				return
+			}
+			if calls != 1 {
+				t.Errorf("restarted %d times, want exactly once", calls)
+			}
+			want := protocol.PhaseDone
+			if step == "called" {
+				// Died after the call but before recording it: the outcome is
+				// unknown, and it is not repeated.
+				want = protocol.PhaseFailed
+			}
+			if s := e.node.get(t); s.ID != "req-1" || s.Phase != want || s.BootID != "boot-1" {
+				t.Errorf("status %+v, want %s", s, want)
+			}
+		})
+	}
+}
+
+func TestRebootHappensOnceAndReportsTheNewBoot(t *testing.T) {
+	for _, step := range []string{"recorded-running", "reported-running", "called"} {
+		t.Run("killed after "+step, func(t *testing.T) {
+			e := newEnv(t)
+			req := request("req-r", protocol.ActionReboot, "node-a", e.clock.Now())
+			if died, err := handleUntilKilled(e.agent(t), step, req, ""); !died || err != nil {
+				t.Fatalf("died=%v err=%v", died, err)
+			}
+			rebooted := e.exec.reboots == 1
+			if rebooted {
+				e.setBoot(t, "boot-2") // the host came back
+			}
+			// Two hours later (older than --max-request-age): the record,
+			// not the request's age, decides.
+			e.clock.Step(2 * time.Hour)
+			for range 3 {
+				if err := e.agent(t).Handle(context.Background(), req, e.node.status); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if e.exec.reboots > 1 {
+				t.Fatalf("rebooted %d times", e.exec.reboots)
+			}
+			s := e.node.get(t)
+			switch {
+			case rebooted && (s.Phase != protocol.PhaseDone || s.BootID != "boot-2" || !strings.Contains(s.Message, "boot-1")):
+				t.Errorf("after the reboot: %+v", s)
+			case !rebooted && s.Phase != protocol.PhaseFailed:
+				t.Errorf("died before the call: %+v, want failed and not rebooted", s)
+			}
+		})
+	}
+}
+
+func TestRebootRequestedThenRunningUntilTheNodeComesBack(t *testing.T) {
+	e := newEnv(t)
+	req := request("req-r", protocol.ActionReboot, "node-a", e.clock.Now())
+	h := e.agent(t)
+	if err := h.Handle(context.Background(), req, ""); err != nil {
+		t.Fatal(err)
+	}
+	if s := e.node.get(t); s.Phase != protocol.PhaseRunning || e.exec.reboots != 1 {
+		t.Fatalf("after the reboot call: %+v, %d reboots", s, e.exec.reboots)
+	}
+	// The same boot (the host has not gone yet) and a new event: nothing.
+	writes := e.node.writes
+	if err := e.agent(t).Handle(context.Background(), req, e.node.status); err != nil {
+		t.Fatal(err)
+	}
+	// A running record in the same boot means the agent restarted before
+	// the host went down: reported failed, never rebooted again.
+	if e.exec.reboots != 1 || e.node.writes == writes {
+		t.Errorf("reboots %d, status writes %d -> %d", e.exec.reboots, writes, e.node.writes)
+	}
+}
+
+func TestRefusals(t *testing.T) {
+	e := newEnv(t)
+	h := e.agent(t)
+	ctx := context.Background()
+	cases := []struct{ req, want string }{
+		{"{not json", "malformed request"},
+		{`{"id":"x","action":"format-disk","node":"node-a","createdAt":"2026-11-27T12:00:00Z"}`, `action "format-disk"`},
+		{request("y", protocol.ActionReboot, "node-b", e.clock.Now()), `names node "node-b"`},
+		{request("z", protocol.ActionReboot, "node-a", e.clock.Now().Add(-2*time.Hour)), "older than --max-request-age"},
+	}
+	for _, c := range cases {
+		if err := h.Handle(ctx, c.req, e.node.status); err != nil {
+			t.Fatal(err)
+		}
+		if s := e.node.get(t); s.Phase != protocol.PhaseRefused || !strings.Contains(s.Message, c.want) {
+			t.Errorf("%s: %+v, want refused with %q", c.req, s, c.want)
+		}
+		// Seen again: no second write.
+		writes := e.node.writes
+		if err := h.Handle(ctx, c.req, e.node.status); err != nil || e.node.writes != writes {
+			t.Errorf("%s: refused twice (%v)", c.req, err)
+		}
+	}
+	if e.exec.reboots+e.exec.restart != 0 {
+		t.Errorf("acted on a refused request")
+	}
+	if got := testutil.ToFloat64(h.actions.WithLabelValues("reboot", "refused")); got != 2 {
+		t.Errorf("refused reboots counted %v, want 2", got)
+	}
+}
+
+func TestCorruptStateRefusesToAct(t *testing.T) {
+	e := newEnv(t)
+	h := e.agent(t)
+	if err := os.WriteFile(filepath.Join(e.dir, "state", StateFileName), []byte("{garbage"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	err := h.Handle(context.Background(), request("q", protocol.ActionKubeletRestart, "node-a", e.clock.Now()), "")
+	if err == nil || !strings.Contains(err.Error(), "corrupt") {
+		t.Fatalf("got %v, want a corrupt-state error", err)
+	}
+	if e.exec.restart != 0 {
+		t.Error("acted without a readable record")
+	}
+	if s := e.node.get(t); s.Phase != protocol.PhaseRefused || !strings.Contains(s.Message, "refusing to act") {
+		t.Errorf("status %+v", s)
+	}
+}
+
+func TestFailedActionIsReportedAndNotRetried(t *testing.T) {
+	e := newEnv(t)
+	e.exec.err = errors.New("job failed")
+	req := request("f", protocol.ActionKubeletRestart, "node-a", e.clock.Now())
+	for range 2 {
+		if err := e.agent(t).Handle(context.Background(), req, e.node.status); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if s := e.node.get(t); s.Phase != protocol.PhaseFailed || s.Message != "job failed" || e.exec.restart != 1 {
+		t.Errorf("status %+v after %d calls", s, e.exec.restart)
+	}
+}
