@@ -1,0 +1,217 @@
+package actions
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/tokenroll/tokenroll/protocol"
+	"github.com/tokenroll/tokenroll/sandbox/kubeletsim"
+	"github.com/tokenroll/tokenroll/sandbox/simtest"
+)
+
+// simHost is the host side for a simulated node: the executor the agent's
+// command executor would reach in the sandbox.
+type simHost struct {
+	node    *kubeletsim.Node
+	bootDir string
+	mu      sync.Mutex
+	calls   []string
+}
+
+func (h *simHost) Reboot(ctx context.Context) error {
+	h.mu.Lock()
+	h.calls = append(h.calls, "reboot")
+	h.mu.Unlock()
+	return h.node.Reboot(context.WithoutCancel(ctx), 10*time.Second)
+}
+
+func (h *simHost) RestartKubelet(context.Context) error {
+	h.mu.Lock()
+	h.calls = append(h.calls, "kubelet-restart")
+	h.mu.Unlock()
+	h.node.RestartKubelet()
+	return nil
+}
+
+func (h *simHost) writeBootID(t *testing.T) string {
+	t.Helper()
+	p := filepath.Join(h.bootDir, "boot_id")
+	if err := os.WriteFile(p, []byte(h.node.BootID()+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// agentIdentity is a service account allowed what the agent does with
+// Nodes: watch them (its own, by field selector) and patch them.
+func agentIdentity(t *testing.T, c *simtest.Cluster) kubernetes.Interface {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := c.Admin.RbacV1().ClusterRoles().Create(ctx, &rbacv1.ClusterRole{
+		ObjectMeta: metav1.ObjectMeta{Name: "tokenroll-agent-actions"},
+		Rules:      []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get", "list", "watch", "patch"}}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Admin.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: "tokenroll-agent-actions"},
+		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: "tokenroll-agent-actions"},
+		Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Namespace: "tokenroll", Name: "agent"}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := c.CP.ServiceAccountConfig(ctx, "tokenroll", "agent", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kubernetes.NewForConfigOrDie(cfg)
+}
+
+func runWatcher(t *testing.T, client kubernetes.Interface, node string, h *Handler, sentinel string) context.CancelFunc {
+	t.Helper()
+	w, err := NewWatcher(WatcherConfig{Client: client, NodeName: node, Handler: h, RebootSentinel: sentinel, SentinelInterval: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = w.Run(ctx) }()
+	stop := func() { cancel(); <-done }
+	t.Cleanup(stop)
+	return stop
+}
+
+// setRequest is the coordinator's write.
+func setRequest(t *testing.T, c *simtest.Cluster, node string, r protocol.Request) {
+	t.Helper()
+	b, _ := json.Marshal(r)
+	if err := patchAnnotation(context.Background(), c.Admin, node, protocol.AnnotationRequest, string(b)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitStatus watches the Node until its status annotation matches.
+func waitStatus(t *testing.T, c *simtest.Cluster, node string, match func(protocol.Status) bool) protocol.Status {
+	t.Helper()
+	var got protocol.Status
+	err := wait.PollUntilContextTimeout(context.Background(), 0, time.Minute, true, func(ctx context.Context) (bool, error) {
+		w, err := c.Admin.CoreV1().Nodes().Watch(ctx, metav1.ListOptions{FieldSelector: "metadata.name=" + node})
+		if err != nil {
+			return false, nil
+		}
+		defer w.Stop()
+		for ev := range w.ResultChan() {
+			n, ok := ev.Object.(*corev1.Node)
+			if !ok {
+				continue
+			}
+			if s, err := protocol.ParseStatus(n.Annotations[protocol.AnnotationStatus]); err == nil && match(s) {
+				got = s
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+	if err != nil {
+		t.Fatalf("node %s: status never matched (last %+v)", node, got)
+	}
+	return got
+}
+
+func TestAgentActsOnItsOwnNodeThroughTheAPIServer(t *testing.T) {
+	c := simtest.Start(t, "https://kubernetes.default.svc", "node-1", "node-2")
+	client := agentIdentity(t, c)
+	host := &simHost{node: c.Nodes["node-1"], bootDir: t.TempDir()}
+	stateDir := t.TempDir()
+	sentinel := filepath.Join(t.TempDir(), "reboot-required")
+	newHandler := func() *Handler {
+		h, err := NewHandler(HandlerConfig{NodeName: "node-1", Executor: host, StateDir: stateDir, BootIDFile: host.writeBootID(t),
+			MaxRequestAge: time.Hour, Reporter: NodeReporter{Client: client, NodeName: "node-1"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h
+	}
+	stop := runWatcher(t, client, "node-1", newHandler(), sentinel)
+
+	// A kubelet restart: done, and the simulated kubelet rewrote its volumes.
+	mark := c.Events.Mark()
+	setRequest(t, c, "node-1", protocol.Request{ID: "r1", Action: protocol.ActionKubeletRestart, Node: "node-1", Rollout: "test", CreatedAt: time.Now()})
+	waitStatus(t, c, "node-1", func(s protocol.Status) bool { return s.ID == "r1" && s.Phase == protocol.PhaseDone })
+	c.Events.Wait(t, mark, "kubelet restarted", simtest.Is(kubeletsim.EventKubeletRestarted, "node-1", "", ""))
+
+	// A request naming another node is refused, and node-2 is not touched.
+	setRequest(t, c, "node-1", protocol.Request{ID: "r2", Action: protocol.ActionReboot, Node: "node-2", CreatedAt: time.Now()})
+	waitStatus(t, c, "node-1", func(s protocol.Status) bool { return s.ID == "r2" && s.Phase == protocol.PhaseRefused })
+	n2, err := c.Admin.CoreV1().Nodes().Get(context.Background(), "node-2", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k := range n2.Annotations {
+		if len(k) > len(protocol.Prefix) && k[:len(protocol.Prefix)] == protocol.Prefix {
+			t.Errorf("node-2 carries %s", k)
+		}
+	}
+
+	// The reboot sentinel appears and goes.
+	if err := os.WriteFile(sentinel, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	waitAnnotation(t, c, "node-1", protocol.AnnotationRebootRequired, "true")
+	if err := os.Remove(sentinel); err != nil {
+		t.Fatal(err)
+	}
+	waitAnnotation(t, c, "node-1", protocol.AnnotationRebootRequired, "")
+
+	// A reboot: running while the node is down; the agent that starts after
+	// the reboot reports done with the new boot ID, and never reboots again.
+	oldBoot := host.node.BootID()
+	mark = c.Events.Mark()
+	setRequest(t, c, "node-1", protocol.Request{ID: "r3", Action: protocol.ActionReboot, Node: "node-1", CreatedAt: time.Now()})
+	waitStatus(t, c, "node-1", func(s protocol.Status) bool { return s.ID == "r3" && s.Phase == protocol.PhaseRunning })
+	stop() // the agent dies with the host
+	c.Events.Wait(t, mark, "node down", simtest.Is(kubeletsim.EventDown, "node-1", "", ""))
+	c.Clock.Step(11 * time.Second)
+	c.Events.Wait(t, mark, "node up", simtest.Is(kubeletsim.EventUp, "node-1", "", ""))
+	runWatcher(t, client, "node-1", newHandler(), sentinel) // writes the new boot ID first
+	s := waitStatus(t, c, "node-1", func(s protocol.Status) bool { return s.ID == "r3" && s.Phase == protocol.PhaseDone })
+	if s.BootID == oldBoot || s.BootID != host.node.BootID() {
+		t.Errorf("done with boot ID %q; before %q, now %q", s.BootID, oldBoot, host.node.BootID())
+	}
+	host.mu.Lock()
+	defer host.mu.Unlock()
+	if len(host.calls) != 2 || host.calls[0] != "kubelet-restart" || host.calls[1] != "reboot" {
+		t.Errorf("host saw %v, want one kubelet restart and one reboot", host.calls)
+	}
+}
+
+func waitAnnotation(t *testing.T, c *simtest.Cluster, node, key, want string) {
+	t.Helper()
+	err := wait.PollUntilContextTimeout(context.Background(), 0, time.Minute, true, func(ctx context.Context) (bool, error) {
+		w, err := c.Admin.CoreV1().Nodes().Watch(ctx, metav1.ListOptions{FieldSelector: "metadata.name=" + node})
+		if err != nil {
+			return false, nil
+		}
+		defer w.Stop()
+		for ev := range w.ResultChan() {
+			if n, ok := ev.Object.(*corev1.Node); ok && n.Annotations[key] == want {
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+	if err != nil {
+		t.Fatalf("node %s: %s never became %q", node, key, want)
+	}
+}
