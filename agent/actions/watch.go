@@ -170,4 +170,3 @@ func (w *Watcher) checkSentinel(ctx context.Context, n *corev1.Node) {
 	}
 	w.cfg.Log.Info("reboot required changed", zap.String("node", w.cfg.NodeName), zap.Bool("required", want != ""), zap.String("sentinel", w.cfg.RebootSentinel))
 }
-
