@@ -46,6 +46,9 @@ type HandlerConfig struct {
 type Handler struct {
 	cfg   HandlerConfig
 	state *stateFile
+	// started holds the requests this process started: a running record of
+	// one of them is a reboot under way, not an agent that died mid-action.
+	started map[string]bool
 
 	actions *prometheus.CounterVec
 	steps   *prometheus.HistogramVec
@@ -95,8 +98,9 @@ func NewHandler(cfg HandlerConfig) (*Handler, error) {
 	}
 	f := promauto.With(cfg.Registry)
 	return &Handler{
-		cfg:   cfg,
-		state: st,
+		cfg:     cfg,
+		state:   st,
+		started: map[string]bool{},
 		actions: f.NewCounterVec(prometheus.CounterOpts{
 			Namespace: metrics.Namespace, Name: "actions_total",
 			Help: "Requests finished by this agent, by action and result (done, failed, refused).",
@@ -205,6 +209,9 @@ func (h *Handler) resume(ctx context.Context, status string, rec Record) error {
 	if rec.Phase.Final() {
 		return h.report(ctx, status, protocol.Status{ID: rec.ID, Action: rec.Action, Phase: rec.Phase, Message: rec.Message, BootID: h.bootID()})
 	}
+	if h.started[rec.ID] {
+		return nil // this process asked for the reboot; the host is going down
+	}
 	// Running: the agent stopped mid-action. A reboot that happened shows as
 	// a new boot ID; anything else is never repeated.
 	now := h.bootID()
@@ -225,6 +232,7 @@ func (h *Handler) act(ctx context.Context, status string, req protocol.Request) 
 		return err
 	}
 	h.step("recorded-running")
+	h.started[req.ID] = true
 	msg := map[protocol.Action]string{
 		protocol.ActionReboot:         "rebooting through logind",
 		protocol.ActionKubeletRestart: "restarting the kubelet",

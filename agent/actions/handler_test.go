@@ -214,15 +214,22 @@ func TestRebootRequestedThenRunningUntilTheNodeComesBack(t *testing.T) {
 	if s := e.node.get(t); s.Phase != protocol.PhaseRunning || e.exec.reboots != 1 {
 		t.Fatalf("after the reboot call: %+v, %d reboots", s, e.exec.reboots)
 	}
-	// The same boot (the host has not gone yet) and a new event: nothing.
+	// The host has not gone yet and the Node changes (it reports NotReady):
+	// the same agent waits; nothing is written, nothing repeated.
 	writes := e.node.writes
+	if err := h.Handle(context.Background(), req, e.node.status); err != nil {
+		t.Fatal(err)
+	}
+	if e.exec.reboots != 1 || e.node.writes != writes {
+		t.Errorf("while going down: reboots %d, status writes %d -> %d", e.exec.reboots, writes, e.node.writes)
+	}
+	// A new agent in the same boot means the agent restarted before the
+	// host went down: reported failed, never rebooted again.
 	if err := e.agent(t).Handle(context.Background(), req, e.node.status); err != nil {
 		t.Fatal(err)
 	}
-	// A running record in the same boot means the agent restarted before
-	// the host went down: reported failed, never rebooted again.
-	if e.exec.reboots != 1 || e.node.writes == writes {
-		t.Errorf("reboots %d, status writes %d -> %d", e.exec.reboots, writes, e.node.writes)
+	if s := e.node.get(t); e.exec.reboots != 1 || s.Phase != protocol.PhaseFailed {
+		t.Errorf("restarted agent in the same boot: reboots %d, status %+v", e.exec.reboots, s)
 	}
 }
 

@@ -69,7 +69,8 @@ type WatcherConfig struct {
 // Watcher watches only its own Node (a field selector on its name) and
 // hands every change to the Handler, one at a time.
 type Watcher struct {
-	cfg WatcherConfig
+	cfg    WatcherConfig
+	synced chan struct{}
 }
 
 // NewWatcher checks cfg.
@@ -86,8 +87,11 @@ func NewWatcher(cfg WatcherConfig) (*Watcher, error) {
 	if cfg.Clock == nil {
 		cfg.Clock = clock.RealClock{}
 	}
-	return &Watcher{cfg: cfg}, nil
+	return &Watcher{cfg: cfg, synced: make(chan struct{})}, nil
 }
+
+// Synced is closed once the watcher has seen its Node.
+func (w *Watcher) Synced() <-chan struct{} { return w.synced }
 
 // Run handles the Node's requests until ctx ends.
 func (w *Watcher) Run(ctx context.Context) error {
@@ -111,8 +115,9 @@ func (w *Watcher) Run(ctx context.Context) error {
 	factory.Start(ctx.Done())
 	defer factory.Shutdown()
 	if !cache.WaitForCacheSync(ctx.Done(), informer.HasSynced) {
-		return ctx.Err()
+		return nil // stopped before the first list finished
 	}
+	close(w.synced)
 	tick := w.cfg.Clock.NewTicker(w.cfg.SentinelInterval)
 	defer tick.Stop()
 	get := func() *corev1.Node {

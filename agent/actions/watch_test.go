@@ -104,7 +104,7 @@ func setRequest(t *testing.T, c *simtest.Cluster, node string, r protocol.Reques
 // waitStatus watches the Node until its status annotation matches.
 func waitStatus(t *testing.T, c *simtest.Cluster, node string, match func(protocol.Status) bool) protocol.Status {
 	t.Helper()
-	var got protocol.Status
+	var got, last protocol.Status
 	err := wait.PollUntilContextTimeout(context.Background(), 0, time.Minute, true, func(ctx context.Context) (bool, error) {
 		w, err := c.Admin.CoreV1().Nodes().Watch(ctx, metav1.ListOptions{FieldSelector: "metadata.name=" + node})
 		if err != nil {
@@ -116,15 +116,17 @@ func waitStatus(t *testing.T, c *simtest.Cluster, node string, match func(protoc
 			if !ok {
 				continue
 			}
-			if s, err := protocol.ParseStatus(n.Annotations[protocol.AnnotationStatus]); err == nil && match(s) {
+			s, err := protocol.ParseStatus(n.Annotations[protocol.AnnotationStatus])
+			if err == nil && match(s) {
 				got = s
 				return true, nil
 			}
+			last = s
 		}
 		return false, nil
 	})
 	if err != nil {
-		t.Fatalf("node %s: status never matched (last %+v)", node, got)
+		t.Fatalf("node %s: status never matched (last seen %+v)", node, last)
 	}
 	return got
 }
@@ -180,8 +182,8 @@ func TestAgentActsOnItsOwnNodeThroughTheAPIServer(t *testing.T) {
 	mark = c.Events.Mark()
 	setRequest(t, c, "node-1", protocol.Request{ID: "r3", Action: protocol.ActionReboot, Node: "node-1", CreatedAt: time.Now()})
 	waitStatus(t, c, "node-1", func(s protocol.Status) bool { return s.ID == "r3" && s.Phase == protocol.PhaseRunning })
-	stop() // the agent dies with the host
 	c.Events.Wait(t, mark, "node down", simtest.Is(kubeletsim.EventDown, "node-1", "", ""))
+	stop() // the agent goes down with the host
 	c.Clock.Step(11 * time.Second)
 	c.Events.Wait(t, mark, "node up", simtest.Is(kubeletsim.EventUp, "node-1", "", ""))
 	runWatcher(t, client, "node-1", newHandler(), sentinel) // writes the new boot ID first

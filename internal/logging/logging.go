@@ -5,6 +5,7 @@ package logging
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 
 	"github.com/go-logr/zapr"
@@ -47,9 +48,9 @@ func (o *Options) Validate() error {
 	return errors.Join(errs...)
 }
 
-// Build makes the logger and points klog at it, so client-go's messages
-// (leader election, reflector errors) arrive in the same stream.
-func (o *Options) Build() (*zap.Logger, error) {
+// Build makes a logger writing to w and points klog at it, so client-go's
+// messages (leader election, reflector errors) arrive in the same stream.
+func (o *Options) Build(w io.Writer) (*zap.Logger, error) {
 	if err := o.Validate(); err != nil {
 		return nil, err
 	}
@@ -57,29 +58,24 @@ func (o *Options) Build() (*zap.Logger, error) {
 	format := o.Format
 	if format == "auto" {
 		format = "json"
-		if term.IsTerminal(int(os.Stderr.Fd())) {
+		if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
 			format = "console"
 		}
 	}
-	var cfg zap.Config
+	var enc zapcore.Encoder
 	if format == "console" {
-		cfg = zap.NewDevelopmentConfig()
-		cfg.EncoderConfig.EncodeLevel = zapcore.CapitalColorLevelEncoder
-		cfg.EncoderConfig.EncodeTime = zapcore.TimeEncoderOfLayout("15:04:05.000")
-		cfg.DisableStacktrace = true
-		cfg.Development = false
+		ec := zap.NewDevelopmentEncoderConfig()
+		ec.EncodeLevel = zapcore.CapitalColorLevelEncoder
+		ec.EncodeTime = zapcore.TimeEncoderOfLayout("15:04:05.000")
+		enc = zapcore.NewConsoleEncoder(ec)
 	} else {
-		cfg = zap.NewProductionConfig()
-		cfg.EncoderConfig.TimeKey = "ts"
-		cfg.EncoderConfig.EncodeTime = zapcore.RFC3339NanoTimeEncoder
+		ec := zap.NewProductionEncoderConfig()
+		ec.TimeKey = "ts"
+		ec.EncodeTime = zapcore.RFC3339NanoTimeEncoder
+		enc = zapcore.NewJSONEncoder(ec)
 	}
-	cfg.Level = zap.NewAtomicLevelAt(level)
-	cfg.OutputPaths = []string{"stderr"}
-	cfg.ErrorOutputPaths = []string{"stderr"}
-	logger, err := cfg.Build()
-	if err != nil {
-		return nil, fmt.Errorf("building logger: %w", err)
-	}
+	sink := zapcore.Lock(zapcore.AddSync(w))
+	logger := zap.New(zapcore.NewCore(enc, sink, zap.NewAtomicLevelAt(level)), zap.AddCaller(), zap.ErrorOutput(sink))
 	RouteKlog(logger)
 	return logger, nil
 }

@@ -172,7 +172,9 @@ func New(cfg Config) (*Node, error) {
 		o.FieldSelector = "spec.nodeName=" + cfg.Name
 	}))
 	n.pods = n.factory.Core().V1().Pods().Lister()
-	n.queue = workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
+	// A failed pod sync is retried within 10 s at most, as the kubelet's pod
+	// workers do; the controller default backs off to many minutes.
+	n.queue = workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.NewTypedItemExponentialFailureRateLimiter[string](100*time.Millisecond, 10*time.Second),
 		workqueue.TypedRateLimitingQueueConfig[string]{Name: "kubeletsim-" + cfg.Name, Clock: cfg.Clock})
 	n.podsAPI = newPodsAPIServer(n.pods)
 	return n, nil

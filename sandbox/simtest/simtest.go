@@ -65,9 +65,24 @@ func (r *Recorder) Wait(t testing.TB, from int, what string, match func(kubelets
 		select {
 		case <-more:
 		case <-deadline:
-			t.Fatalf("timed out waiting for %s", what)
+			t.Fatalf("timed out waiting for %s; last sync errors: %s", what, r.lastErrors(3))
 		}
 	}
+}
+
+func (r *Recorder) lastErrors(n int) string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []string
+	for i := len(r.events) - 1; i >= 0 && len(out) < n; i-- {
+		if e := r.events[i]; e.Err != nil {
+			out = append(out, e.Node+" "+e.Pod.String()+": "+e.Err.Error())
+		}
+	}
+	if len(out) == 0 {
+		return "none"
+	}
+	return strings.Join(out, "; ")
 }
 
 // Is matches an event by kind and, where not empty, node, pod and volume.

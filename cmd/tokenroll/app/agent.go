@@ -12,6 +12,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/tokenroll/tokenroll/agent"
+	"github.com/tokenroll/tokenroll/agent/actions"
 	"github.com/tokenroll/tokenroll/internal/version"
 	"github.com/tokenroll/tokenroll/metrics"
 )
@@ -35,6 +36,26 @@ type agentOptions struct {
 	MetricsBindAddress string
 	// MaxTokenSeries caps the per-token metric series.
 	MaxTokenSeries int
+	// Executor carries out requests: systemd (D-Bus) or command.
+	Executor string
+	// DryRun logs and reports what it would do, and does nothing.
+	DryRun bool
+	// SystemBus is the host's D-Bus system bus address.
+	SystemBus string
+	// KubeletUnit is the kubelet's systemd unit.
+	KubeletUnit string
+	// RebootCommand and KubeletRestartCommand are the command executor's.
+	RebootCommand, KubeletRestartCommand []string
+	// CommandTimeout bounds each command.
+	CommandTimeout time.Duration
+	// StateDir keeps the record of requests acted on (a hostPath).
+	StateDir string
+	// MaxRequestAge refuses older requests.
+	MaxRequestAge time.Duration
+	// RebootSentinel is the file whose presence means a reboot is required.
+	RebootSentinel string
+	// BootIDFile tells the current boot's ID.
+	BootIDFile string
 }
 
 func newAgentOptions() *agentOptions {
@@ -46,6 +67,14 @@ func newAgentOptions() *agentOptions {
 		IssuerRefresh:      10 * time.Minute,
 		MetricsBindAddress: ":8080",
 		MaxTokenSeries:     500,
+		Executor:           "systemd",
+		SystemBus:          actions.DefaultSystemBus,
+		KubeletUnit:        actions.KubeletUnit,
+		CommandTimeout:     10 * time.Minute,
+		StateDir:           "/var/lib/tokenroll",
+		MaxRequestAge:      time.Hour,
+		RebootSentinel:     actions.DefaultRebootSentinel,
+		BootIDFile:         actions.DefaultBootIDFile,
 	}
 }
 
@@ -58,6 +87,17 @@ func (o *agentOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.IssuerRefresh, "issuer-refresh-interval", o.IssuerRefresh, "How often the API server's issuer is read from OIDC discovery.")
 	fs.StringVar(&o.MetricsBindAddress, "metrics-bind-address", o.MetricsBindAddress, "Address serving /metrics, /healthz and /readyz.")
 	fs.IntVar(&o.MaxTokenSeries, "max-token-series", o.MaxTokenSeries, "Most per-token metric series exported (only tokens that are not fresh get one).")
+	fs.StringVar(&o.Executor, "executor", o.Executor, "How requests are carried out: systemd (logind and systemd over D-Bus) or command.")
+	fs.BoolVar(&o.DryRun, "dry-run", o.DryRun, "Log and report what would be done; reboot and restart nothing.")
+	fs.StringVar(&o.SystemBus, "system-bus", o.SystemBus, "The host's D-Bus system bus address, mounted into the pod.")
+	fs.StringVar(&o.KubeletUnit, "kubelet-unit", o.KubeletUnit, "The kubelet's systemd unit.")
+	fs.StringSliceVar(&o.RebootCommand, "reboot-command", o.RebootCommand, "With --executor=command: the command that reboots the host (comma-separated argv).")
+	fs.StringSliceVar(&o.KubeletRestartCommand, "kubelet-restart-command", o.KubeletRestartCommand, "With --executor=command: the command that restarts the kubelet (comma-separated argv).")
+	fs.DurationVar(&o.CommandTimeout, "command-timeout", o.CommandTimeout, "With --executor=command: how long a command may run.")
+	fs.StringVar(&o.StateDir, "state-dir", o.StateDir, "Directory (a hostPath) recording which requests were carried out, so none is carried out twice.")
+	fs.DurationVar(&o.MaxRequestAge, "max-request-age", o.MaxRequestAge, "Refuse requests older than this.")
+	fs.StringVar(&o.RebootSentinel, "reboot-sentinel", o.RebootSentinel, "File whose presence means the node needs a reboot (reported as an annotation); empty disables.")
+	fs.StringVar(&o.BootIDFile, "boot-id-file", o.BootIDFile, "File holding the current boot ID.")
 }
 
 func (o *agentOptions) Validate() error {
@@ -72,6 +112,18 @@ func (o *agentOptions) Validate() error {
 		checkPositive("grace", o.Grace, 0),
 		checkPositive("issuer-refresh-interval", o.IssuerRefresh, 10*time.Second),
 		checkAddr("metrics-bind-address", o.MetricsBindAddress))
+	errs = append(errs, checkOneOf("executor", o.Executor, "systemd", "command"),
+		checkPositive("command-timeout", o.CommandTimeout, time.Second),
+		checkPositive("max-request-age", o.MaxRequestAge, time.Minute),
+		checkAbsDir("state-dir", o.StateDir))
+	if o.Executor == "command" && len(o.RebootCommand) == 0 && len(o.KubeletRestartCommand) == 0 {
+		errs = append(errs, errors.New("--executor=command needs --reboot-command or --kubelet-restart-command"))
+	}
+	if o.Executor == "systemd" {
+		if _, err := actions.NewSystemd(o.SystemBus, o.KubeletUnit); err != nil {
+			errs = append(errs, fmt.Errorf("--system-bus/--kubelet-unit: %w", err))
+		}
+	}
 	if o.MaxTokenSeries < 0 {
 		errs = append(errs, fmt.Errorf("--max-token-series=%d: must be 0 or more", o.MaxTokenSeries))
 	}
@@ -101,6 +153,31 @@ func (o *agentOptions) run(ctx context.Context, e env) error {
 	if err != nil {
 		return err
 	}
+	var exec actions.Executor
+	switch {
+	case o.DryRun:
+		exec = actions.DryRun{Log: e.log}
+	case o.Executor == "command":
+		if exec, err = actions.NewCommand(o.RebootCommand, o.KubeletRestartCommand, o.CommandTimeout); err != nil {
+			return err
+		}
+	default:
+		if exec, err = actions.NewSystemd(o.SystemBus, o.KubeletUnit); err != nil {
+			return err
+		}
+	}
+	handler, err := actions.NewHandler(actions.HandlerConfig{
+		NodeName: o.NodeName, Executor: exec, StateDir: o.StateDir, BootIDFile: o.BootIDFile, MaxRequestAge: o.MaxRequestAge,
+		Reporter: actions.NodeReporter{Client: client, NodeName: o.NodeName}, Registry: reg, Log: e.log.With(zap.String("node", o.NodeName)),
+	})
+	if err != nil {
+		return err
+	}
+	watcher, err := actions.NewWatcher(actions.WatcherConfig{Client: client, NodeName: o.NodeName, Handler: handler,
+		RebootSentinel: o.RebootSentinel, Log: e.log.With(zap.String("node", o.NodeName))})
+	if err != nil {
+		return err
+	}
 	e.log.Info("agent starting", zap.String("node", o.NodeName), zap.String("kubeletRoot", o.KubeletRoot),
 		zap.Duration("interval", o.Interval), zap.String("metrics", srv.Addr()))
 	ctx, cancel := context.WithCancel(ctx)
@@ -108,13 +185,18 @@ func (o *agentOptions) run(ctx context.Context, e env) error {
 	srvErr := make(chan error, 1)
 	go func() { srvErr <- srv.Run(ctx) }()
 	go func() {
-		select {
-		case <-a.Scanned():
-			srv.SetReady(true)
-		case <-ctx.Done():
+		for _, ready := range []<-chan struct{}{a.Scanned(), watcher.Synced()} {
+			select {
+			case <-ready:
+			case <-ctx.Done():
+				return
+			}
 		}
+		srv.SetReady(true)
 	}()
+	watchErr := make(chan error, 1)
+	go func() { watchErr <- watcher.Run(ctx) }()
 	runErr := a.Run(ctx)
 	cancel()
-	return errors.Join(runErr, <-srvErr)
+	return errors.Join(runErr, <-watchErr, <-srvErr)
 }

@@ -53,7 +53,8 @@ func TestAgentCommandServesLintCleanMetrics(t *testing.T) {
 	exit := make(chan int, 1)
 	go func() {
 		exit <- MainContext(ctx, []string{"agent", "--node-name=node-1", "--kubelet-root=" + c.Nodes["node-1"].Root(),
-			"--kubeconfig=" + kubeconfig, "--metrics-bind-address=" + addr, "--log-format=json"}, &stdout, &stderr)
+			"--kubeconfig=" + kubeconfig, "--metrics-bind-address=" + addr, "--log-format=json",
+			"--state-dir=" + t.TempDir(), "--reboot-sentinel=", "--dry-run"}, &stdout, &stderr)
 	}()
 	get := func(path string) (int, string) {
 		resp, err := http.Get("http://" + addr + path)

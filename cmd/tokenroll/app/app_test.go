@@ -25,6 +25,10 @@ func TestValidateReportsEveryBadFlag(t *testing.T) {
 	}{
 		{[]string{"agent", "--node-name=", "--kubelet-root=rel", "--interval=0s", "--metrics-bind-address=nope", "--max-token-series=-1"},
 			[]string{"--node-name is required", "--kubelet-root=\"rel\"", "--interval=0s", "--metrics-bind-address=\"nope\"", "--max-token-series=-1"}},
+		{[]string{"agent", "--node-name=n", "--executor=magic", "--command-timeout=0s", "--max-request-age=1s", "--state-dir=rel"},
+			[]string{"--executor=\"magic\"", "--command-timeout=0s", "--max-request-age=1s", "--state-dir=\"rel\""}},
+		{[]string{"agent", "--node-name=n", "--executor=command"}, []string{"--executor=command needs --reboot-command"}},
+		{[]string{"agent", "--node-name=n", "--system-bus=tcp:host=x", "--kubelet-unit=kubelet"}, []string{"unix:path", ".service"}},
 		{[]string{"coordinator", "--lease-duration=5s", "--renew-deadline=10s", "--gate=maybe", "--strategy=pray", "--max-unavailable=0", "--namespace="},
 			[]string{"--lease-duration=5s", "--gate=\"maybe\"", "--strategy=\"pray\"", "--max-unavailable=\"0\"", "--namespace is required"}},
 		{[]string{"coordinator", "--max-unavailable=150%"}, []string{"at most 100%"}},

@@ -133,7 +133,7 @@ at a time under a Lease, never while the API server is still rolling out.`,
 				if err := errors.Join(logOpts.Validate(), opts.Validate()); err != nil {
 					return &UsageError{Err: err}
 				}
-				log, err := logOpts.Build()
+				log, err := logOpts.Build(stderr)
 				if err != nil {
 					return err
 				}
