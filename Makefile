@@ -18,7 +18,7 @@ LDFLAGS := -s -w \
 	-X github.com/tokenroll/tokenroll/internal/version.Version=$(VERSION) \
 	-X github.com/tokenroll/tokenroll/internal/version.Commit=$(COMMIT)
 
-.PHONY: help build test test-short test-integration lint controlplane sandbox image clean
+.PHONY: help build test test-short test-integration lint controlplane dbus sandbox image clean
 
 help: ## List the targets.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -31,7 +31,7 @@ test: lint test-short test-integration ## Everything CI runs: lint, unit tests, 
 test-short: ## Unit tests only (no control plane), with the race detector.
 	$(GO) test -short -race -count=1 ./...
 
-test-integration: controlplane ## Integration tests against a real etcd and kube-apiserver.
+test-integration: controlplane dbus ## Integration tests against a real etcd, kube-apiserver and dbus-daemon.
 	$(GO) test -count=1 -timeout 30m ./...
 
 lint: $(GOLANGCI_LINT) ## gofmt, go vet and golangci-lint.
@@ -44,6 +44,9 @@ $(GOLANGCI_LINT):
 	@mkdir -p $(dir $@)
 	GOBIN=$(TOKENROLL_CACHE_DIR)/tools/.gobin $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
 	mv $(TOKENROLL_CACHE_DIR)/tools/.gobin/golangci-lint $@
+
+dbus: ## Install dbus-daemon for the D-Bus tests when missing (Debian, as root).
+	@bash test/ensure-dbus.sh
 
 controlplane: ## Build the pinned etcd and kube-apiserver into the cache (a no-op when built).
 	@bash sandbox/controlplane/build.sh >/dev/null
