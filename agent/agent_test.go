@@ -69,12 +69,7 @@ func TestAgentReportsThroughAnIssuerChange(t *testing.T) {
 	c := simtest.Start(t, oldIss, "node-1")
 	ctx := context.Background()
 	sim := c.Nodes["node-1"]
-	c.PrepareBuildNamespace(t, "build")
-	mark := c.Events.Mark()
-	robot := c.CreatePod(t, simtest.BuildRobotPod("nginx", "build", "node-1"))
-	web := c.CreatePod(t, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "build"}, Spec: corev1.PodSpec{NodeName: "node-1"}})
-	c.Events.Wait(t, mark, "nginx synced", simtest.Is(kubeletsim.EventPodSynced, "node-1", "nginx", ""))
-	c.Events.Wait(t, mark, "web synced", simtest.Is(kubeletsim.EventPodSynced, "node-1", "web", ""))
+	robot, web := c.SeedPods(t, "node-1")
 
 	reg := prometheus.NewRegistry()
 	a, err := New(Config{
@@ -140,7 +135,7 @@ tokenroll_tokens{namespace="build",state="issuer-mismatch"} 3
 
 	// The kubelet refreshes the kube-api-access tokens; the vault token
 	// keeps the condition True, now naming only nginx.
-	mark = c.Events.Mark()
+	mark := c.Events.Mark()
 	c.Clock.SetTime(r.Tokens[0].IssuedAt.Add(2900 * time.Second))
 	sim.ResyncAll()
 	for _, p := range []*corev1.Pod{robot, web} {

@@ -50,7 +50,7 @@ type Systemd struct {
 func NewSystemd(address, unit string) (*Systemd, error) {
 	var errs []error
 	if !strings.HasPrefix(address, "unix:") {
-		errs = append(errs, fmt.Errorf("system bus address %q: want unix:path=...", address))
+		errs = append(errs, fmt.Errorf("system bus address %q: want a unix:path= address", address))
 	}
 	if !strings.HasSuffix(unit, ".service") {
 		errs = append(errs, fmt.Errorf("kubelet unit %q: want a .service unit", unit))

@@ -63,7 +63,7 @@ func (s *stateFile) load() ([]Record, error) {
 	}
 	var doc stateDoc
 	if err := json.Unmarshal(data, &doc); err != nil || doc.Version != 1 {
-		return nil, fmt.Errorf("state file %s is corrupt (%v); refusing to act. It records which requests were already carried out: inspect it, and remove it only if no action is in flight on this node", s.path, errOrVersion(err, doc.Version))
+		return nil, fmt.Errorf("state file %s is corrupt (%w); refusing to act. It records which requests were already carried out: inspect it, and remove it only if no action is in flight on this node", s.path, errOrVersion(err, doc.Version))
 	}
 	return doc.Records, nil
 }

@@ -12,7 +12,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/tokenroll/tokenroll/protocol"
@@ -104,31 +103,12 @@ func setRequest(t *testing.T, c *simtest.Cluster, node string, r protocol.Reques
 // waitStatus watches the Node until its status annotation matches.
 func waitStatus(t *testing.T, c *simtest.Cluster, node string, match func(protocol.Status) bool) protocol.Status {
 	t.Helper()
-	var got, last protocol.Status
-	err := wait.PollUntilContextTimeout(context.Background(), 0, time.Minute, true, func(ctx context.Context) (bool, error) {
-		w, err := c.Admin.CoreV1().Nodes().Watch(ctx, metav1.ListOptions{FieldSelector: "metadata.name=" + node})
-		if err != nil {
-			return false, nil
-		}
-		defer w.Stop()
-		for ev := range w.ResultChan() {
-			n, ok := ev.Object.(*corev1.Node)
-			if !ok {
-				continue
-			}
-			s, err := protocol.ParseStatus(n.Annotations[protocol.AnnotationStatus])
-			if err == nil && match(s) {
-				got = s
-				return true, nil
-			}
-			last = s
-		}
-		return false, nil
+	n := c.WaitNode(t, node, "a request status", func(n *corev1.Node) bool {
+		s, err := protocol.ParseStatus(n.Annotations[protocol.AnnotationStatus])
+		return err == nil && match(s)
 	})
-	if err != nil {
-		t.Fatalf("node %s: status never matched (last seen %+v)", node, last)
-	}
-	return got
+	s, _ := protocol.ParseStatus(n.Annotations[protocol.AnnotationStatus])
+	return s
 }
 
 func TestAgentActsOnItsOwnNodeThroughTheAPIServer(t *testing.T) {
@@ -200,20 +180,5 @@ func TestAgentActsOnItsOwnNodeThroughTheAPIServer(t *testing.T) {
 
 func waitAnnotation(t *testing.T, c *simtest.Cluster, node, key, want string) {
 	t.Helper()
-	err := wait.PollUntilContextTimeout(context.Background(), 0, time.Minute, true, func(ctx context.Context) (bool, error) {
-		w, err := c.Admin.CoreV1().Nodes().Watch(ctx, metav1.ListOptions{FieldSelector: "metadata.name=" + node})
-		if err != nil {
-			return false, nil
-		}
-		defer w.Stop()
-		for ev := range w.ResultChan() {
-			if n, ok := ev.Object.(*corev1.Node); ok && n.Annotations[key] == want {
-				return true, nil
-			}
-		}
-		return false, nil
-	})
-	if err != nil {
-		t.Fatalf("node %s: %s never became %q", node, key, want)
-	}
+	c.WaitNode(t, node, key+"="+want, func(n *corev1.Node) bool { return n.Annotations[key] == want })
 }

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/tokenroll/tokenroll/agent/issuer"
 	"github.com/tokenroll/tokenroll/agent/podsapi"
@@ -27,12 +26,7 @@ func TestRealTokensThroughAnIssuerChange(t *testing.T) {
 	c := simtest.Start(t, oldIss, "node-1")
 	ctx := context.Background()
 	node := c.Nodes["node-1"]
-	c.PrepareBuildNamespace(t, "build")
-	mark := c.Events.Mark()
-	robot := c.CreatePod(t, simtest.BuildRobotPod("nginx", "build", "node-1"))
-	web := c.CreatePod(t, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "build"}, Spec: corev1.PodSpec{NodeName: "node-1"}})
-	c.Events.Wait(t, mark, "nginx synced", simtest.Is(kubeletsim.EventPodSynced, "node-1", "nginx", ""))
-	c.Events.Wait(t, mark, "web synced", simtest.Is(kubeletsim.EventPodSynced, "node-1", "web", ""))
+	robot, web := c.SeedPods(t, "node-1")
 
 	discover := func() string {
 		t.Helper()
@@ -92,7 +86,7 @@ func TestRealTokensThroughAnIssuerChange(t *testing.T) {
 
 	// The kubelet refreshes the kube-api-access tokens at 80% of 3607 s; the
 	// vault token waits for 80% of 7200 s and stays on the old issuer.
-	mark = c.Events.Mark()
+	mark := c.Events.Mark()
 	c.Clock.SetTime(r.Tokens[0].IssuedAt.Add(2900 * time.Second))
 	node.ResyncAll()
 	for _, p := range []*corev1.Pod{robot, web} {

@@ -242,9 +242,9 @@ func TestRebootEvictionAndNotReady(t *testing.T) {
 
 	// NotReady on request, and back.
 	n.SetNotReady("container runtime is down")
-	waitNode(t, c.Admin, "node-1", func(node *corev1.Node) bool { return !nodeReady(node) })
+	c.WaitNode(t, "node-1", "readiness", func(node *corev1.Node) bool { return !nodeReady(node) })
 	n.SetNotReady("")
-	waitNode(t, c.Admin, "node-1", nodeReady)
+	c.WaitNode(t, "node-1", "readiness", nodeReady)
 
 	// A reboot: NotReady, volumes gone, then Ready with a new boot ID and a
 	// new token though the old one was not due.
@@ -254,7 +254,7 @@ func TestRebootEvictionAndNotReady(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.Events.Wait(t, mark, "down", simtest.Is(kubeletsim.EventDown, "node-1", "", ""))
-	waitNode(t, c.Admin, "node-1", func(node *corev1.Node) bool { return !nodeReady(node) })
+	c.WaitNode(t, "node-1", "readiness", func(node *corev1.Node) bool { return !nodeReady(node) })
 	if _, err := os.Stat(tokenPath); !os.IsNotExist(err) {
 		t.Errorf("token still on disk while the node is down: %v", err)
 	}
@@ -267,7 +267,7 @@ func TestRebootEvictionAndNotReady(t *testing.T) {
 	if n.BootID() == oldBoot {
 		t.Error("boot ID unchanged after reboot")
 	}
-	waitNode(t, c.Admin, "node-1", func(node *corev1.Node) bool {
+	c.WaitNode(t, "node-1", "readiness", func(node *corev1.Node) bool {
 		return nodeReady(node) && node.Status.NodeInfo.BootID == n.BootID()
 	})
 	// A new token was minted (each has its own jti), though the old one was
@@ -297,24 +297,6 @@ func nodeReady(n *corev1.Node) bool {
 		}
 	}
 	return false
-}
-
-// waitNode watches the Node until cond holds.
-func waitNode(t *testing.T, c kubernetes.Interface, name string, cond func(*corev1.Node) bool) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	w, err := c.CoreV1().Nodes().Watch(ctx, metav1.ListOptions{FieldSelector: "metadata.name=" + name})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer w.Stop()
-	for ev := range w.ResultChan() {
-		if node, ok := ev.Object.(*corev1.Node); ok && cond(node) {
-			return
-		}
-	}
-	t.Fatalf("node %s: condition not met within 30s", name)
 }
 
 func waitGone(t *testing.T, c kubernetes.Interface, ns, name string) {

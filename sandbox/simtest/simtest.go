@@ -186,3 +186,48 @@ func (c *Cluster) PrepareBuildNamespace(t testing.TB, ns string) {
 		t.Fatal(err)
 	}
 }
+
+// SeedPods creates, in namespace "build" on node, the seed's nginx pod (as
+// build-robot, with the vault token) and a plain "web" pod, and waits until
+// the node has written their volumes.
+func (c *Cluster) SeedPods(t testing.TB, node string) (robot, web *corev1.Pod) {
+	t.Helper()
+	c.PrepareBuildNamespace(t, "build")
+	mark := c.Events.Mark()
+	robot = c.CreatePod(t, BuildRobotPod("nginx", "build", node))
+	web = c.CreatePod(t, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "build"}, Spec: corev1.PodSpec{NodeName: node}})
+	c.Events.Wait(t, mark, "nginx synced", Is(kubeletsim.EventPodSynced, node, "nginx", ""))
+	c.Events.Wait(t, mark, "web synced", Is(kubeletsim.EventPodSynced, node, "web", ""))
+	return robot, web
+}
+
+// WaitNode watches Node name until cond holds, failing the test after a
+// minute; what names the wait in the failure.
+func (c *Cluster) WaitNode(t testing.TB, name, what string, cond func(*corev1.Node) bool) *corev1.Node {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var last *corev1.Node
+	for ctx.Err() == nil {
+		w, err := c.Admin.CoreV1().Nodes().Watch(ctx, metav1.ListOptions{FieldSelector: "metadata.name=" + name})
+		if err != nil {
+			continue
+		}
+		for ev := range w.ResultChan() {
+			if n, ok := ev.Object.(*corev1.Node); ok {
+				last = n
+				if cond(n) {
+					w.Stop()
+					return n
+				}
+			}
+		}
+		w.Stop()
+	}
+	var annotations map[string]string
+	if last != nil {
+		annotations = last.Annotations
+	}
+	t.Fatalf("node %s: timed out waiting for %s (annotations %v)", name, what, annotations)
+	return nil
+}
