@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -52,11 +53,19 @@ func (h *simHost) writeBootID(t *testing.T) string {
 	return p
 }
 
-// agentIdentity is a service account allowed what the agent does with
-// Nodes: watch them (its own, by field selector) and patch them.
-func agentIdentity(t *testing.T, c *simtest.Cluster) kubernetes.Interface {
+// agentIdentity is what the agent's DaemonSet pod on node has: its service
+// account's token bound to that pod, carrying the node's name. RBAC lets it
+// watch Nodes and patch them (the deploy issue narrows writes to its own
+// Node with an admission policy).
+func agentIdentity(t *testing.T, c *simtest.Cluster, node string) kubernetes.Interface {
 	t.Helper()
 	ctx := context.Background()
+	if err := c.CP.PrepareNamespace(ctx, "tokenroll"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Admin.CoreV1().ServiceAccounts("tokenroll").Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "agent"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := c.Admin.RbacV1().ClusterRoles().Create(ctx, &rbacv1.ClusterRole{
 		ObjectMeta: metav1.ObjectMeta{Name: "tokenroll-agent-actions"},
 		Rules:      []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get", "list", "watch", "patch"}}},
@@ -70,11 +79,23 @@ func agentIdentity(t *testing.T, c *simtest.Cluster) kubernetes.Interface {
 	}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := c.CP.ServiceAccountConfig(ctx, "tokenroll", "agent", time.Hour)
+	pod := c.CreatePod(t, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "tokenroll-agent-" + node, Namespace: "tokenroll"},
+		Spec:       corev1.PodSpec{NodeName: node, ServiceAccountName: "agent"},
+	})
+	cfg, err := c.CP.PodServiceAccountConfig(ctx, pod, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return kubernetes.NewForConfigOrDie(cfg)
+	client := kubernetes.NewForConfigOrDie(cfg)
+	review, err := client.AuthenticationV1().SelfSubjectReviews().Create(ctx, &authenticationv1.SelfSubjectReview{}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := review.Status.UserInfo.Extra["authentication.kubernetes.io/node-name"]; len(got) != 1 || got[0] != node {
+		t.Fatalf("agent identity carries node %v, want %s", got, node)
+	}
+	return client
 }
 
 func runWatcher(t *testing.T, client kubernetes.Interface, node string, h *Handler, sentinel string) context.CancelFunc {
@@ -113,7 +134,7 @@ func waitStatus(t *testing.T, c *simtest.Cluster, node string, match func(protoc
 
 func TestAgentActsOnItsOwnNodeThroughTheAPIServer(t *testing.T) {
 	c := simtest.Start(t, "https://kubernetes.default.svc", "node-1", "node-2")
-	client := agentIdentity(t, c)
+	client := agentIdentity(t, c, "node-1")
 	host := &simHost{node: c.Nodes["node-1"], bootDir: t.TempDir()}
 	stateDir := t.TempDir()
 	sentinel := filepath.Join(t.TempDir(), "reboot-required")

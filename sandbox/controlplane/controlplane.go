@@ -403,6 +403,23 @@ func (cp *ControlPlane) NodeConfig(node string) (*rest.Config, error) {
 // real bound token for namespace/name, minted by the TokenRequest API. The
 // service account is created if missing.
 func (cp *ControlPlane) ServiceAccountConfig(ctx context.Context, namespace, name string, expiration time.Duration) (*rest.Config, error) {
+	return cp.serviceAccountConfig(ctx, namespace, name, nil, expiration)
+}
+
+// PodServiceAccountConfig is what a pod's process has: a token for the
+// pod's service account bound to the pod, so the API server knows the node
+// it runs on (the authentication.kubernetes.io/node-name extra). The pod
+// must exist and be scheduled.
+func (cp *ControlPlane) PodServiceAccountConfig(ctx context.Context, pod *corev1.Pod, expiration time.Duration) (*rest.Config, error) {
+	sa := pod.Spec.ServiceAccountName
+	if sa == "" {
+		sa = "default"
+	}
+	ref := &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID}
+	return cp.serviceAccountConfig(ctx, pod.Namespace, sa, ref, expiration)
+}
+
+func (cp *ControlPlane) serviceAccountConfig(ctx context.Context, namespace, name string, bound *authenticationv1.BoundObjectReference, expiration time.Duration) (*rest.Config, error) {
 	client, err := kubernetes.NewForConfig(cp.AdminConfig())
 	if err != nil {
 		return nil, err
@@ -415,7 +432,7 @@ func (cp *ControlPlane) ServiceAccountConfig(ctx context.Context, namespace, nam
 	}
 	secs := int64(expiration / time.Second)
 	tr, err := client.CoreV1().ServiceAccounts(namespace).CreateToken(ctx, name, &authenticationv1.TokenRequest{
-		Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: &secs},
+		Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: &secs, BoundObjectRef: bound},
 	}, metav1.CreateOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("requesting a token for %s/%s: %w", namespace, name, err)
