@@ -106,8 +106,8 @@ func (m *agentMetrics) observe(r *scan.Report) {
 	for _, t := range r.Tokens {
 		snap.counts[[2]string{string(t.State), t.Namespace}]++
 		live := t.State != protocol.StateInvalid && t.State != protocol.StateOrphaned
-		if live && t.IssuedAt != nil && *t.TTLSeconds > 0 {
-			if ratio := r.Now.Sub(*t.IssuedAt).Seconds() / float64(*t.TTLSeconds); ratio > snap.oldestRatio {
+		if live && t.TTLSeconds > 0 {
+			if ratio := r.Now.Sub(t.IssuedAt).Seconds() / float64(t.TTLSeconds); ratio > snap.oldestRatio {
 				snap.oldestRatio = ratio
 			}
 			at := float64(t.RefreshAt.Unix())
@@ -122,7 +122,7 @@ func (m *agentMetrics) observe(r *scan.Report) {
 			continue
 		}
 		s := staleSeries{ns: t.Namespace, pod: t.Pod, vol: t.Volume, path: t.Path, state: string(t.State)}
-		if t.RefreshAt != nil {
+		if !t.RefreshAt.IsZero() {
 			s.refreshAt = float64(t.RefreshAt.Unix())
 		}
 		key := s

@@ -52,30 +52,30 @@ func resolveBeneath(dirfd int, rel string, flags uint64) (int, error) {
 	}
 }
 
-// readVolume visits every visible file under dir. The kubelet's own entries
-// ("..data", the timestamped payload directory) are reached through the
-// visible links, never directly.
-func (r *volumeReader) readVolume(dir string, visit visitFunc) error {
-	dfd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+// readVolume visits every visible file of the volume directory name under
+// the open directory parent (dir is its path, for messages). The kubelet's
+// own entries ("..data", the timestamped payload directory) are reached
+// through the visible links, never directly. It reports false when name is
+// not a directory (nothing the kubelet writes there).
+func (r *volumeReader) readVolume(parent int, name, dir string, visit visitFunc) (bool, error) {
+	dfd, err := unix.Openat(parent, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if errors.Is(err, unix.ENOTDIR) || errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOENT) {
+		return false, nil
+	}
 	if err != nil {
-		return fmt.Errorf("opening volume %s: %w", dir, err)
+		return false, fmt.Errorf("opening volume %s: %w", dir, err)
 	}
 	defer unix.Close(dfd)
-	var top unix.Stat_t
-	if err := unix.Fstat(dfd, &top); err != nil {
-		return fmt.Errorf("reading volume %s: %w", dir, err)
-	}
 	names, err := r.readNames(dfd)
 	if err != nil {
-		return fmt.Errorf("reading volume %s: %w", dir, err)
+		return true, fmt.Errorf("reading volume %s: %w", dir, err)
 	}
-	seen := []fileID{{top.Dev, top.Ino}}
 	for _, name := range names {
-		if err := r.walk(dfd, name, 1, seen, visit); err != nil {
-			return fmt.Errorf("reading volume %s: %w", dir, err)
+		if err := r.walk(dfd, name, 1, nil, visit); err != nil {
+			return true, fmt.Errorf("reading volume %s: %w", dir, err)
 		}
 	}
-	return nil
+	return true, nil
 }
 
 // readNames lists a directory's visible entries, at most maxDirEntries. It
@@ -125,6 +125,16 @@ func (r *volumeReader) walk(dfd int, rel string, depth int, seen []fileID, visit
 	id := fileID{st.Dev, st.Ino}
 	switch st.Mode & unix.S_IFMT {
 	case unix.S_IFDIR:
+		if len(seen) == 0 {
+			// The volume itself, fstatted only when a directory needs the
+			// loop check (volumes rarely hold directories).
+			var top unix.Stat_t
+			if err := unix.Fstat(dfd, &top); err != nil {
+				visit(rel, nil, "cannot stat the volume: "+err.Error())
+				return nil //nolint:nilerr // reported to visit as this entry's problem
+			}
+			seen = []fileID{{top.Dev, top.Ino}}
+		}
 		for _, s := range seen {
 			if s == id {
 				visit(rel, nil, "directory loop: a link leads back to a directory above it; not followed")

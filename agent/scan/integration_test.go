@@ -65,10 +65,10 @@ func TestRealTokensThroughAnIssuerChange(t *testing.T) {
 		if tok.Pod != want || tok.Namespace != "build" {
 			t.Errorf("token %s/%s attributed to %s/%s, want build/%s", tok.Volume, tok.Path, tok.Namespace, tok.Pod, want)
 		}
-		if tok.Volume == "vault-token" && (tok.ServiceAccount != "build-robot" || tok.Audiences[0] != "vault" || *tok.TTLSeconds != 7200 || tok.WarnAfter != nil) {
+		if tok.Volume == "vault-token" && (tok.ServiceAccount != "build-robot" || tok.Audiences[0] != "vault" || tok.TTLSeconds != 7200 || !tok.WarnAfter.IsZero()) {
 			t.Errorf("vault token: %+v", tok)
 		}
-		if tok.Volume != "vault-token" && (*tok.TTLSeconds != 3607 || tok.WarnAfter == nil) {
+		if tok.Volume != "vault-token" && (tok.TTLSeconds != 3607 || tok.WarnAfter.IsZero()) {
 			t.Errorf("kube-api-access token is not judged by warnafter: %+v", tok)
 		}
 	}

@@ -30,14 +30,14 @@ func WriteTable(w io.Writer, r *Report, expectedIssuer string) error {
 			pod = "uid " + t.PodUID
 		}
 		age, refresh, expires := "-", "-", "-"
-		if t.IssuedAt != nil {
-			if age = short(r.Now.Sub(*t.IssuedAt)); t.IssuedAt.After(r.Now) {
+		if !t.IssuedAt.IsZero() {
+			if age = short(r.Now.Sub(t.IssuedAt)); t.IssuedAt.After(r.Now) {
 				age = "-" + age
 			}
-			refresh = relative(r.Now, *t.RefreshAt)
-			exp := *t.ExpiresAt
-			if t.WarnAfter != nil {
-				exp = *t.WarnAfter // an extended token's real deadline
+			refresh = relative(r.Now, t.RefreshAt)
+			exp := t.ExpiresAt
+			if !t.WarnAfter.IsZero() {
+				exp = t.WarnAfter // an extended token's real deadline
 			}
 			expires = relative(r.Now, exp)
 		}

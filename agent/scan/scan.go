@@ -15,6 +15,8 @@ import (
 	"slices"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/tokenroll/tokenroll/agent/token"
 	"github.com/tokenroll/tokenroll/protocol"
 )
@@ -48,11 +50,11 @@ type Token struct {
 	Path           string         `json:"path"`
 	Issuer         string         `json:"issuer,omitempty"`
 	Audiences      []string       `json:"audiences,omitempty"`
-	IssuedAt       *time.Time     `json:"issuedAt,omitempty"`
-	ExpiresAt      *time.Time     `json:"expiresAt,omitempty"`
-	WarnAfter      *time.Time     `json:"warnAfter,omitempty"`
-	TTLSeconds     *int64         `json:"ttlSeconds,omitempty"`
-	RefreshAt      *time.Time     `json:"refreshAt,omitempty"`
+	IssuedAt       time.Time      `json:"issuedAt,omitzero"`
+	ExpiresAt      time.Time      `json:"expiresAt,omitzero"`
+	WarnAfter      time.Time      `json:"warnAfter,omitzero"`
+	TTLSeconds     int64          `json:"ttlSeconds,omitzero"`
+	RefreshAt      time.Time      `json:"refreshAt,omitzero"`
 	State          protocol.State `json:"state"`
 	Reason         string         `json:"reason"`
 }
@@ -103,21 +105,22 @@ func (s *Scanner) Scan(opts Options) (*Report, error) {
 		}
 		uid := pod.Name()
 		volsDir := filepath.Join(podsDir, uid, ProjectedDir)
-		vols, err := os.ReadDir(volsDir)
-		if errors.Is(err, fs.ErrNotExist) {
+		vfd, err := unix.Open(volsDir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) {
 			continue
 		}
 		if err != nil {
-			r.Errors = append(r.Errors, fmt.Sprintf("reading %s: %v", volsDir, errText(err)))
+			r.Errors = append(r.Errors, fmt.Sprintf("reading %s: %v", volsDir, err))
 			continue
+		}
+		vols, err := s.reader.readNames(vfd)
+		if err != nil {
+			r.Errors = append(r.Errors, fmt.Sprintf("reading %s: %v", volsDir, err))
 		}
 		orphaned := opts.LivePods != nil && !opts.LivePods[uid]
 		for _, vol := range vols {
-			if !vol.IsDir() {
-				continue
-			}
-			err := s.reader.readVolume(filepath.Join(volsDir, vol.Name()), func(rel string, data []byte, problem string) {
-				t, node, ok := judgeFile(uid, vol.Name(), rel, data, problem, orphaned, now, opts)
+			_, err := s.reader.readVolume(vfd, vol, filepath.Join(volsDir, vol), func(rel string, data []byte, problem string) {
+				t, node, ok := judgeFile(uid, vol, rel, data, problem, orphaned, now, opts)
 				if !ok {
 					return
 				}
@@ -130,6 +133,7 @@ func (s *Scanner) Scan(opts Options) (*Report, error) {
 				r.Errors = append(r.Errors, err.Error())
 			}
 		}
+		unix.Close(vfd)
 	}
 	if r.Node == "" {
 		best := 0
@@ -169,13 +173,9 @@ func judgeFile(uid, vol, rel string, data []byte, problem string, orphaned bool,
 	if problem == "" {
 		t.Namespace, t.Pod, t.ServiceAccount = claims.Namespace, claims.PodName, claims.ServiceAccount
 		t.Issuer, t.Audiences = claims.Issuer, claims.Audiences
-		t.IssuedAt, t.ExpiresAt = ptr(claims.IssuedAt), ptr(claims.Expires)
-		if !claims.WarnAfter.IsZero() {
-			t.WarnAfter = ptr(claims.WarnAfter)
-		}
-		ttl := int64(claims.TTL() / time.Second)
-		t.TTLSeconds = &ttl
-		t.RefreshAt = ptr(claims.RefreshAt())
+		t.IssuedAt, t.ExpiresAt, t.WarnAfter = claims.IssuedAt, claims.Expires, claims.WarnAfter
+		t.TTLSeconds = int64(claims.TTL() / time.Second)
+		t.RefreshAt = claims.RefreshAt()
 	}
 	switch {
 	case orphaned:
@@ -188,5 +188,3 @@ func judgeFile(uid, vol, rel string, data []byte, problem string, orphaned bool,
 	}
 	return t, claims.NodeName, true
 }
-
-func ptr(t time.Time) *time.Time { return &t }

@@ -129,7 +129,7 @@ func TestScanJudgesAndAttributes(t *testing.T) {
 	}
 	web := find(r, "kube-api-access-abcde", "token")
 	if web == nil || web.State != protocol.StateFresh || web.Namespace != "apps" || web.Pod != "web" || web.ServiceAccount != "default" ||
-		web.PodUID != "uid-a" || *web.TTLSeconds != 3600 || !web.RefreshAt.Equal(time.Unix(iat+2880, 0)) {
+		web.PodUID != "uid-a" || web.TTLSeconds != 3600 || !web.RefreshAt.Equal(time.Unix(iat+2880, 0)) {
 		t.Errorf("web token: %+v", web)
 	}
 	if v := find(r, "vault-token", "a/b/token"); v == nil || v.State != protocol.StateIssuerMismatch || !strings.Contains(v.Reason, "https://old.example") {
