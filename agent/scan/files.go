@@ -231,15 +231,6 @@ func openProblem(err error) string {
 	}
 }
 
-// errText is the bare reason of a path error; the path is reported apart.
-func errText(err error) string {
-	var pe *os.PathError
-	if errors.As(err, &pe) {
-		return pe.Err.Error()
-	}
-	return err.Error()
-}
-
 func typeName(mode uint32) string {
 	switch mode & unix.S_IFMT {
 	case unix.S_IFIFO:
