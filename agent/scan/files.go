@@ -3,7 +3,6 @@ package scan
 import (
 	"errors"
 	"fmt"
-	"os"
 	"path"
 	"strings"
 
