@@ -54,7 +54,7 @@ type Handler struct {
 	steps   *prometheus.HistogramVec
 
 	// afterStep, when set (tests), is called after each durable step:
-	// "recorded-running", "reported-running", "called", "recorded-result",
+	// "reported-accepted", "recorded-running", "reported-running", "called", "recorded-result",
 	// "reported-result". A test kills the agent there by panicking.
 	afterStep func(step string)
 }
@@ -226,7 +226,12 @@ func (h *Handler) resume(ctx context.Context, status string, rec Record) error {
 // act carries out a new request: record it as running (durably) first, then
 // act, then record and report the outcome.
 func (h *Handler) act(ctx context.Context, status string, req protocol.Request) error {
-	rec := Record{ID: req.ID, Action: req.Action, Phase: protocol.PhaseRunning, BootID: h.bootID()}
+	boot := h.bootID()
+	if err := h.report(ctx, status, protocol.Status{ID: req.ID, Action: req.Action, Phase: protocol.PhaseAccepted, Message: "request accepted", BootID: boot}); err != nil {
+		return err
+	}
+	h.step("reported-accepted")
+	rec := Record{ID: req.ID, Action: req.Action, Phase: protocol.PhaseRunning, BootID: boot}
 	if err := h.record(rec); err != nil {
 		_ = h.report(ctx, status, protocol.Status{ID: req.ID, Action: req.Action, Phase: protocol.PhaseRefused, Message: err.Error()})
 		return err

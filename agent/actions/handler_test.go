@@ -127,7 +127,7 @@ func handleUntilKilled(h *Handler, step, req, status string) (died bool, err err
 }
 
 func TestKubeletRestartHappensOnceWhereverTheAgentDies(t *testing.T) {
-	for _, step := range []string{"recorded-running", "reported-running", "called", "recorded-result", "reported-result", ""} {
+	for _, step := range []string{"reported-accepted", "recorded-running", "reported-running", "called", "recorded-result", "reported-result", ""} {
 		t.Run("killed after "+step, func(t *testing.T) {
 			e := newEnv(t)
 			req := request("req-1", protocol.ActionKubeletRestart, "node-a", e.clock.Now())
@@ -143,6 +143,13 @@ func TestKubeletRestartHappensOnceWhereverTheAgentDies(t *testing.T) {
 				}
 			}
 			calls := e.exec.restart
+			if step == "reported-accepted" {
+				// Nothing was recorded yet: the new agent acts, once.
+				if s := e.node.get(t); calls != 1 || s.Phase != protocol.PhaseDone {
+					t.Errorf("died after accepting: %d restarts, status %+v", calls, s)
+				}
+				return
+			}
 			if step == "recorded-running" || step == "reported-running" {
 				// Killed before the call: the record says running, so the
 				// restart is never made (at most once), and reported failed.
@@ -171,7 +178,7 @@ func TestKubeletRestartHappensOnceWhereverTheAgentDies(t *testing.T) {
 }
 
 func TestRebootHappensOnceAndReportsTheNewBoot(t *testing.T) {
-	for _, step := range []string{"recorded-running", "reported-running", "called"} {
+	for _, step := range []string{"reported-accepted", "recorded-running", "reported-running", "called"} {
 		t.Run("killed after "+step, func(t *testing.T) {
 			e := newEnv(t)
 			req := request("req-r", protocol.ActionReboot, "node-a", e.clock.Now())
@@ -197,6 +204,12 @@ func TestRebootHappensOnceAndReportsTheNewBoot(t *testing.T) {
 			switch {
 			case rebooted && (s.Phase != protocol.PhaseDone || s.BootID != "boot-2" || !strings.Contains(s.Message, "boot-1")):
 				t.Errorf("after the reboot: %+v", s)
+			case step == "reported-accepted":
+				// Nothing was recorded, and two hours on the request is too
+				// old: refused, never carried out.
+				if e.exec.reboots != 0 || s.Phase != protocol.PhaseRefused {
+					t.Errorf("died after accepting: %d reboots, status %+v", e.exec.reboots, s)
+				}
 			case !rebooted && s.Phase != protocol.PhaseFailed:
 				t.Errorf("died before the call: %+v, want failed and not rebooted", s)
 			}
