@@ -47,11 +47,11 @@ func (r *Recorder) Mark() int {
 	return len(r.events)
 }
 
-// Wait blocks until an event after from matches, failing the test after a
-// minute.
+// Wait blocks until an event after from matches, failing the test after
+// two minutes (a loaded machine can delay the Node authorizer's graph).
 func (r *Recorder) Wait(t testing.TB, from int, what string, match func(kubeletsim.Event) bool) {
 	t.Helper()
-	deadline := time.After(60 * time.Second)
+	deadline := time.After(2 * time.Minute)
 	for i := from; ; {
 		r.mu.Lock()
 		for ; i < len(r.events); i++ {
