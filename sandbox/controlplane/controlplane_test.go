@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -65,7 +66,7 @@ func TestIdentities(t *testing.T) {
 	}
 	node := kubernetes.NewForConfigOrDie(nodeCfg)
 	user, groups := whoAmI(t, node)
-	if user != "system:node:node-a" || !contains(groups, "system:nodes") {
+	if user != "system:node:node-a" || !slices.Contains(groups, "system:nodes") {
 		t.Errorf("node identity is %q %v", user, groups)
 	}
 	// The Node authorizer and NodeRestriction are on: a node may create
@@ -98,7 +99,7 @@ func TestIdentities(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if user, groups := whoAmI(t, kubernetes.NewForConfigOrDie(userCfg)); user != "alice" || !contains(groups, "ops") {
+	if user, groups := whoAmI(t, kubernetes.NewForConfigOrDie(userCfg)); user != "alice" || !slices.Contains(groups, "ops") {
 		t.Errorf("user identity is %q %v", user, groups)
 	}
 
@@ -189,13 +190,4 @@ func TestStopLeavesNothingBehind(t *testing.T) {
 		}
 	}
 	cp.Stop() // a second Stop is harmless
-}
-
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }

@@ -40,10 +40,7 @@ import (
 // KubeletVersion is what simulated nodes report in status.nodeInfo.
 const KubeletVersion = "v1.37.2"
 
-var (
-	metav1CreateOptions = metav1.CreateOptions{}
-	everything          = labels.Everything()
-)
+var everything = labels.Everything()
 
 // Config describes one simulated node.
 type Config struct {
@@ -117,8 +114,12 @@ type Node struct {
 	bootID   string
 	down     bool
 	notReady string // a reason while told to report NotReady
-	running  map[types.UID]bool
-	kick     chan struct{}
+	// readyStatus and readySince are the Ready condition last posted and
+	// its transition time, kept here so a status post needs no read.
+	readyStatus corev1.ConditionStatus
+	readySince  metav1.Time
+	running     map[types.UID]bool
+	kick        chan struct{}
 
 	registered chan struct{}
 }
@@ -598,6 +599,16 @@ func (n *Node) register(ctx context.Context) error {
 	}
 	_, err := n.client.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{})
 	if apierrors.IsAlreadyExists(err) {
+		// A restarted kubelet: keep the Ready transition time the Node has.
+		if cur, getErr := n.client.CoreV1().Nodes().Get(ctx, n.cfg.Name, metav1.GetOptions{}); getErr == nil {
+			for _, c := range cur.Status.Conditions {
+				if c.Type == corev1.NodeReady {
+					n.mu.Lock()
+					n.readyStatus, n.readySince = c.Status, c.LastTransitionTime
+					n.mu.Unlock()
+				}
+			}
+		}
 		err = n.patchStatus(ctx, now)
 	}
 	if err != nil {
@@ -640,14 +651,7 @@ func (n *Node) readyCondition(now metav1.Time) corev1.NodeCondition {
 // patchStatus posts the Ready condition and node info. The transition time
 // moves only when the status does.
 func (n *Node) patchStatus(ctx context.Context, now metav1.Time) error {
-	cond := n.readyCondition(now)
-	if cur, err := n.client.CoreV1().Nodes().Get(ctx, n.cfg.Name, metav1.GetOptions{ResourceVersion: "0"}); err == nil {
-		for _, c := range cur.Status.Conditions {
-			if c.Type == corev1.NodeReady && c.Status == cond.Status {
-				cond.LastTransitionTime = c.LastTransitionTime
-			}
-		}
-	}
+	cond := n.trackTransition(n.readyCondition(now))
 	patch, err := json.Marshal(map[string]any{"status": map[string]any{
 		"conditions": []corev1.NodeCondition{cond},
 		"nodeInfo":   n.nodeInfo(),
@@ -657,6 +661,18 @@ func (n *Node) patchStatus(ctx context.Context, now metav1.Time) error {
 	}
 	_, err = n.client.CoreV1().Nodes().PatchStatus(ctx, n.cfg.Name, patch)
 	return err
+}
+
+// trackTransition gives cond the transition time of the last posted Ready
+// condition when its status is unchanged, and remembers it otherwise.
+func (n *Node) trackTransition(cond corev1.NodeCondition) corev1.NodeCondition {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.readySince.IsZero() || n.readyStatus != cond.Status {
+		n.readyStatus, n.readySince = cond.Status, cond.LastTransitionTime
+	}
+	cond.LastTransitionTime = n.readySince
+	return cond
 }
 
 func (n *Node) postStatus(ctx context.Context) {
@@ -730,7 +746,7 @@ func (n *Node) Reboot(ctx context.Context, downFor time.Duration) error {
 	n.down = true
 	n.mu.Unlock()
 	// The kubelet's graceful node shutdown reports NotReady before going.
-	cond := n.readyCondition(metav1.NewTime(n.clock.Now()))
+	cond := n.trackTransition(n.readyCondition(metav1.NewTime(n.clock.Now())))
 	patch, _ := json.Marshal(map[string]any{"status": map[string]any{"conditions": []corev1.NodeCondition{cond}}})
 	if _, err := n.client.CoreV1().Nodes().PatchStatus(ctx, n.cfg.Name, patch); err != nil {
 		n.log.Warn("posting NotReady before reboot", zap.Error(err))

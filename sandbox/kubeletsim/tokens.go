@@ -8,6 +8,7 @@ import (
 	"time"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/clock"
@@ -83,7 +84,7 @@ func (m *tokenManager) get(ctx context.Context, namespace, name string, podUID t
 	if ok && (frozen || !requiresRefresh(now, cached.tr, jitter())) {
 		return cached.tr, nil
 	}
-	out, err := m.client.CoreV1().ServiceAccounts(namespace).CreateToken(ctx, name, tr, metav1CreateOptions)
+	out, err := m.client.CoreV1().ServiceAccounts(namespace).CreateToken(ctx, name, tr, metav1.CreateOptions{})
 	if err != nil {
 		if ok && now.Before(cached.tr.Status.ExpirationTimestamp.Time) {
 			return cached.tr, nil
