@@ -49,13 +49,16 @@ type Agent struct {
 	scanner *scan.Scanner
 	socket  string
 
-	mu          sync.Mutex
-	issuer      string
-	podsAPIUp   *bool // nil until first checked; logged on change
-	applied     *condition
-	since       metav1.Time // the applied condition's transition time
-	scannedOnce chan struct{}
-	closeOnce   sync.Once
+	mu        sync.Mutex
+	issuer    string
+	podsAPIUp *bool // nil until first checked; logged on change
+	applied   *condition
+	// appliedReport is the tokens annotation last written (JSON).
+	appliedReport string
+	rescan        chan struct{}
+	since         metav1.Time // the applied condition's transition time
+	scannedOnce   chan struct{}
+	closeOnce     sync.Once
 }
 
 // New validates cfg and builds an agent.
@@ -91,6 +94,7 @@ func New(cfg Config) (*Agent, error) {
 		scanner:     scan.NewScanner(),
 		socket:      podsapi.SocketPath(cfg.KubeletRoot),
 		scannedOnce: make(chan struct{}),
+		rescan:      make(chan struct{}, 1),
 	}, nil
 }
 
@@ -117,7 +121,21 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.refreshIssuer(ctx)
 		case <-scanTick.C():
 			a.ScanOnce(ctx)
+		case <-a.rescan:
+			a.refreshIssuer(ctx)
+			a.ScanOnce(ctx)
 		}
+	}
+}
+
+// Rescan asks for a scan now, with the issuer read again: after the agent
+// carried out a request, so the coordinator sees its effect without waiting
+// for the next interval. It never blocks; requests made while one is pending
+// are merged.
+func (a *Agent) Rescan() {
+	select {
+	case a.rescan <- struct{}{}:
+	default:
 	}
 }
 
@@ -164,6 +182,7 @@ func (a *Agent) ScanOnce(ctx context.Context) *scan.Report {
 	a.metrics.lastScan.Set(float64(a.cfg.Clock.Now().Unix()))
 	a.cfg.Log.Debug("scanned", zap.String("summary", scan.Summary(report)))
 	a.writeCondition(ctx, conditionFor(report))
+	a.writeReport(ctx, tokenReport(report, expected))
 	a.closeOnce.Do(func() { close(a.scannedOnce) })
 	return report
 }
@@ -209,6 +228,9 @@ func (a *Agent) loadCondition(ctx context.Context) error {
 			a.mu.Unlock()
 		}
 	}
+	a.mu.Lock()
+	a.appliedReport = node.Annotations[protocol.AnnotationTokens]
+	a.mu.Unlock()
 	return nil
 }
 

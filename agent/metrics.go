@@ -59,6 +59,7 @@ type agentMetrics struct {
 	seriesDropped   prometheus.Counter
 	issuerKnown     prometheus.Gauge
 	conditionWrites prometheus.Counter
+	reportWrites    prometheus.Counter
 }
 
 func newAgentMetrics(reg prometheus.Registerer, maxSeries int) *agentMetrics {
@@ -90,8 +91,12 @@ func newAgentMetrics(reg prometheus.Registerer, maxSeries int) *agentMetrics {
 			Namespace: metrics.Namespace, Name: "node_condition_updates_total",
 			Help: "Writes of the ServiceAccountTokensStale condition to the Node (only on change).",
 		}),
+		reportWrites: f.NewCounter(prometheus.CounterOpts{
+			Namespace: metrics.Namespace, Name: "node_report_updates_total",
+			Help: "Writes of the tokenroll.io/tokens annotation (the coordinator's summary) to the Node (only on change).",
+		}),
 	}
-	for _, kind := range []string{"root", "directory", "pods_api", "issuer_discovery", "node_condition"} {
+	for _, kind := range []string{"root", "directory", "pods_api", "issuer_discovery", "node_condition", "node_annotation"} {
 		m.scanErrors.WithLabelValues(kind)
 	}
 	reg.MustRegister(m)

@@ -36,9 +36,12 @@ type HandlerConfig struct {
 	// MaxRequestAge refuses requests older than this.
 	MaxRequestAge time.Duration
 	Reporter      Reporter
-	Registry      prometheus.Registerer
-	Log           *zap.Logger
-	Clock         clock.Clock
+	// Finished, when set, is called after a request's outcome is reported:
+	// the agent rescans, so the coordinator sees the effect at once.
+	Finished func(Record)
+	Registry prometheus.Registerer
+	Log      *zap.Logger
+	Clock    clock.Clock
 }
 
 // Handler decides what to do with the request on the Node, at most once per
@@ -163,6 +166,9 @@ func (h *Handler) finish(ctx context.Context, current string, rec Record) error 
 		return err
 	}
 	h.step("reported-result")
+	if h.cfg.Finished != nil {
+		h.cfg.Finished(rec)
+	}
 	return nil
 }
 

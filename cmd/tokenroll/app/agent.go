@@ -168,7 +168,7 @@ func (o *agentOptions) run(ctx context.Context, e env) error {
 	}
 	handler, err := actions.NewHandler(actions.HandlerConfig{
 		NodeName: o.NodeName, Executor: exec, StateDir: o.StateDir, BootIDFile: o.BootIDFile, MaxRequestAge: o.MaxRequestAge,
-		Reporter: actions.NodeReporter{Client: client, NodeName: o.NodeName}, Registry: reg, Log: e.log.With(zap.String("node", o.NodeName)),
+		Reporter: actions.NodeReporter{Client: client, NodeName: o.NodeName}, Finished: func(actions.Record) { a.Rescan() }, Registry: reg, Log: e.log.With(zap.String("node", o.NodeName)),
 	})
 	if err != nil {
 		return err

@@ -1,0 +1,78 @@
+package protocol
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// AnnotationTokens is the agent's summary of the tokens on its node, a
+// TokenReport as JSON. It changes only when what the coordinator acts on
+// changes (token counts per issuer, stale tokens, the pods holding them), not
+// on every scan or every routine refresh.
+const AnnotationTokens = Prefix + "tokens"
+
+// MaxStalePods bounds TokenReport.StalePods, so the annotation stays small
+// on a node with many pods (the kubelet's default is 110 per node).
+const MaxStalePods = 250
+
+// TokenReport is what the coordinator needs from one node's scan.
+type TokenReport struct {
+	// Issuer is the signing issuer the agent judged against (OIDC discovery);
+	// empty when it could not read it.
+	Issuer string `json:"issuer"`
+	// Tokens counts the tokens of live pods (orphaned volumes left out).
+	Tokens int `json:"tokens"`
+	// Stale counts tokens in states that need work: expired, overdue,
+	// invalid, clock-skew and issuer-mismatch (fresh and refresh-due are not
+	// counted, so a routine refresh does not rewrite the annotation).
+	Stale map[State]int `json:"stale,omitempty"`
+	// Issuers has one entry per issuer seen in live pods' tokens, sorted by
+	// name.
+	Issuers []IssuerTokens `json:"issuers,omitempty"`
+	// StalePods are the pods holding expired, overdue or other-issuer
+	// tokens, at most MaxStalePods of them; StalePodsTruncated says some were
+	// left out.
+	StalePods          []PodRef `json:"stalePods,omitempty"`
+	StalePodsTruncated bool     `json:"stalePodsTruncated,omitempty"`
+}
+
+// IssuerTokens counts the tokens from one issuer on a node.
+type IssuerTokens struct {
+	Issuer string `json:"issuer"`
+	Tokens int    `json:"tokens"`
+	// LastRefreshAt is the latest moment one of these tokens is due for
+	// refresh by the kubelet: when all of them will have healed by
+	// themselves. Given only for issuers other than the report's Issuer (the
+	// current issuer's tokens refresh all the time, and writing that would
+	// rewrite the annotation on every refresh).
+	LastRefreshAt time.Time `json:"lastRefreshAt,omitzero"`
+}
+
+// PodRef names a pod.
+type PodRef struct {
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	UID       string `json:"uid"`
+}
+
+// String is namespace/name.
+func (p PodRef) String() string { return p.Namespace + "/" + p.Name }
+
+// ParseTokenReport decodes a tokens annotation.
+func ParseTokenReport(value string) (TokenReport, error) {
+	var r TokenReport
+	if err := json.Unmarshal([]byte(value), &r); err != nil {
+		return TokenReport{}, fmt.Errorf("annotation %s is not a JSON token report: %w", AnnotationTokens, err)
+	}
+	return r, nil
+}
+
+// StaleTotal is the number of tokens needing work.
+func (r TokenReport) StaleTotal() int {
+	n := 0
+	for _, c := range r.Stale {
+		n += c
+	}
+	return n
+}
