@@ -3,7 +3,9 @@
 // Ready condition, mints projected service-account tokens through the real
 // TokenRequest API by the kubelet's refresh rule, writes them to disk in the
 // kubelet's AtomicWriter layout, and serves the kubelet Pods API. It reboots
-// and restarts its "kubelet" on request, and can be told to misbehave.
+// and restarts its "kubelet" on request, from Go or from another process
+// through a control socket (Control), keeps its boot ID in a file as Linux
+// does (BootIDPath), and can be told to misbehave.
 package kubeletsim
 
 import (
@@ -120,6 +122,13 @@ type Node struct {
 	readySince  metav1.Time
 	running     map[types.UID]bool
 	kick        chan struct{}
+	// stopping is set once Run is ending: no reboot starts after it.
+	stopping bool
+
+	// reboots tracks reboots in flight, which Run waits for; stopped is
+	// closed when Run's context ends, so a reboot stops waiting to come up.
+	reboots sync.WaitGroup
+	stopped chan struct{}
 
 	registered chan struct{}
 }
@@ -167,6 +176,7 @@ func New(cfg Config) (*Node, error) {
 		bootID:     newBootID(),
 		running:    map[types.UID]bool{},
 		kick:       make(chan struct{}, 1),
+		stopped:    make(chan struct{}),
 		registered: make(chan struct{}),
 	}
 	n.factory = informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
@@ -221,10 +231,15 @@ func (n *Node) emit(e Event) {
 	}
 }
 
-// Run registers the node and simulates its kubelet until ctx ends.
+// Run registers the node and simulates its kubelet until ctx ends. Once
+// Registered, the node also serves ControlSocketPath and keeps its boot ID
+// in BootIDPath.
 func (n *Node) Run(ctx context.Context) error {
 	defer n.queue.ShutDown()
 	if err := os.MkdirAll(filepath.Join(n.cfg.Root, "pods"), 0o750); err != nil {
+		return err
+	}
+	if err := writeBootID(n.cfg.Root, n.BootID()); err != nil {
 		return err
 	}
 	if err := n.register(ctx); err != nil {
@@ -247,6 +262,11 @@ func (n *Node) Run(ctx context.Context) error {
 		return err
 	}
 	defer n.podsAPI.stop()
+	control, err := n.startControl(ctx)
+	if err != nil {
+		return err
+	}
+	defer control.stop(n.log)
 	close(n.registered)
 	n.emit(Event{Kind: EventRegistered})
 
@@ -260,6 +280,34 @@ func (n *Node) Run(ctx context.Context) error {
 	<-ctx.Done()
 	n.queue.ShutDown()
 	wg.Wait()
+	n.mu.Lock()
+	n.stopping = true
+	n.mu.Unlock()
+	close(n.stopped)
+	n.reboots.Wait()
+	return nil
+}
+
+// writeBootID replaces BootIDPath(root) atomically, so a reader sees the
+// old boot ID or the new one, never a partial file.
+func writeBootID(root, id string) error {
+	path := BootIDPath(root)
+	if err := os.MkdirAll(root, 0o750); err != nil {
+		return fmt.Errorf("writing boot ID %s: %w", path, err)
+	}
+	f, err := os.CreateTemp(root, ".boot_id-*")
+	if err != nil {
+		return fmt.Errorf("writing boot ID %s: %w", path, err)
+	}
+	_, err = f.WriteString(id + "\n")
+	err = errors.Join(err, f.Chmod(0o644), f.Close())
+	if err == nil {
+		err = os.Rename(f.Name(), path)
+	}
+	if err != nil {
+		_ = os.Remove(f.Name())
+		return fmt.Errorf("writing boot ID %s: %w", path, err)
+	}
 	return nil
 }
 
@@ -732,23 +780,51 @@ func (n *Node) RestartKubelet() {
 	n.ResyncAll()
 }
 
-// Reboot takes the node down for downFor on its clock: it reports
-// NotReady, stops renewing its Lease and syncing pods, and its projected
-// volumes (tmpfs on a real node) are gone. It then comes back with a new
-// boot ID and an empty token cache, and rewrites every volume. Reboot
-// returns at once; the Up event tells when the node is back.
+// Reboot takes the node down for downFor on its clock, as `systemctl
+// reboot` does: it returns once the reboot has begun (a second Reboot is
+// refused from here on), and the node goes down just after (the Down
+// event): it reports NotReady, stops renewing its Lease and syncing pods,
+// and its projected volumes (tmpfs on a real node) are gone. It then comes
+// back with a new boot ID (written to BootIDPath first) and an empty token
+// cache, and rewrites every volume (the Up event). The reboot lasts as long
+// as ctx and Run: cancelled, the node stays down.
 func (n *Node) Reboot(ctx context.Context, downFor time.Duration) error {
 	n.mu.Lock()
+	if n.stopping {
+		n.mu.Unlock()
+		return fmt.Errorf("node %s is stopping; not rebooting it", n.cfg.Name)
+	}
 	if n.down {
 		n.mu.Unlock()
-		return fmt.Errorf("node %s is already rebooting", n.cfg.Name)
+		return fmt.Errorf("node %s is already rebooting; wait until it is Ready again", n.cfg.Name)
 	}
 	n.down = true
+	n.reboots.Add(1)
 	n.mu.Unlock()
+	// The timer starts now, so that a test stepping the clock once Reboot
+	// has returned moves the reboot along.
+	after := n.clock.After(downFor)
+	go func() {
+		defer n.reboots.Done()
+		n.goDown(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-n.stopped:
+			return
+		case <-after:
+		}
+		n.comeUp(ctx)
+	}()
+	return nil
+}
+
+// goDown is the shutdown half of a reboot.
+func (n *Node) goDown(ctx context.Context) {
 	// The kubelet's graceful node shutdown reports NotReady before going.
 	cond := n.trackTransition(n.readyCondition(metav1.NewTime(n.clock.Now())))
 	patch, _ := json.Marshal(map[string]any{"status": map[string]any{"conditions": []corev1.NodeCondition{cond}}})
-	if _, err := n.client.CoreV1().Nodes().PatchStatus(ctx, n.cfg.Name, patch); err != nil {
+	if _, err := n.client.CoreV1().Nodes().PatchStatus(ctx, n.cfg.Name, patch); err != nil && ctx.Err() == nil {
 		n.log.Warn("posting NotReady before reboot", zap.Error(err))
 	}
 	n.tokens.clear()
@@ -761,26 +837,27 @@ func (n *Node) Reboot(ctx context.Context, downFor time.Duration) error {
 	n.mu.Unlock()
 	n.podsAPI.stop()
 	n.emit(Event{Kind: EventDown})
-	after := n.clock.After(downFor)
-	go func() {
-		select {
-		case <-ctx.Done():
-			return
-		case <-after:
-		}
-		n.mu.Lock()
-		n.down = false
-		n.bootID = newBootID()
-		n.mu.Unlock()
-		if err := n.podsAPI.start(n.PodsAPISocket()); err != nil {
-			n.log.Error("restarting the Pods API after reboot", zap.Error(err))
-		}
-		n.postStatus(ctx)
-		if err := n.renewLease(ctx); err != nil && ctx.Err() == nil {
-			n.log.Warn("renewing node lease after reboot", zap.Error(err))
-		}
-		n.emit(Event{Kind: EventUp})
-		n.ResyncAll()
-	}()
-	return nil
+}
+
+// comeUp is the boot half of a reboot: the boot ID file changes first, as
+// /proc does before the kubelet starts.
+func (n *Node) comeUp(ctx context.Context) {
+	id := newBootID()
+	if err := writeBootID(n.cfg.Root, id); err != nil {
+		n.log.Error("recording the new boot ID", zap.Error(err))
+	}
+	n.mu.Lock()
+	n.down = false
+	n.bootID = id
+	n.mu.Unlock()
+	if err := n.podsAPI.start(n.PodsAPISocket()); err != nil {
+		n.log.Error("restarting the Pods API after reboot", zap.Error(err))
+	}
+	n.postStatus(ctx)
+	if err := n.renewLease(ctx); err != nil && ctx.Err() == nil {
+		n.log.Warn("renewing node lease after reboot", zap.Error(err))
+	}
+	n.log.Info("node up after reboot", zap.String("bootID", id))
+	n.emit(Event{Kind: EventUp})
+	n.ResyncAll()
 }
