@@ -47,6 +47,9 @@ type NodeState struct {
 	BootID string `json:"bootID,omitempty"`
 	// Evicted are the pods a pod restart evicted.
 	Evicted []PodRef `json:"evicted,omitempty"`
+	// Owners are the evicted pods' controllers, as Kind/namespace/name:
+	// verified when they report every replica ready again.
+	Owners []string `json:"owners,omitempty"`
 	// StepAt is when the node entered Step.
 	StepAt time.Time `json:"stepAt"`
 	// StartedAt is when the node was cordoned.

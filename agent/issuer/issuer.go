@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/client-go/rest"
 )
 
@@ -18,7 +19,12 @@ const DiscoveryPath = "/.well-known/openid-configuration"
 // first --service-account-issuer).
 func Discover(ctx context.Context, client rest.Interface) (string, error) {
 	body, err := client.Get().AbsPath(DiscoveryPath).DoRaw(ctx)
-	if err != nil {
+	switch {
+	case apierrors.IsForbidden(err):
+		return "", fmt.Errorf("reading %s: forbidden; bind the ClusterRole system:service-account-issuer-discovery to this identity: %w", DiscoveryPath, err)
+	case apierrors.IsUnauthorized(err):
+		return "", fmt.Errorf("reading %s: unauthorized (is this identity's token from an issuer the API server no longer trusts?): %w", DiscoveryPath, err)
+	case err != nil:
 		return "", fmt.Errorf("reading %s: %w", DiscoveryPath, err)
 	}
 	var doc struct {

@@ -32,6 +32,10 @@ func TestValidateReportsEveryBadFlag(t *testing.T) {
 		{[]string{"coordinator", "--lease-duration=5s", "--renew-deadline=10s", "--gate=maybe", "--strategy=pray", "--max-unavailable=0", "--namespace="},
 			[]string{"--lease-duration=5s", "--gate=\"maybe\"", "--strategy=\"pray\"", "--max-unavailable=\"0\"", "--namespace is required"}},
 		{[]string{"coordinator", "--max-unavailable=150%"}, []string{"at most 100%"}},
+		{[]string{"coordinator", "--drain-timeout=0", "--kube-api-qps=0"}, []string{"--drain-timeout=0s", "--kube-api-qps=0"}},
+		{[]string{"rollout", "start", "--strategy=nuke", "--nodes=a=(b"}, []string{"--strategy", "--nodes"}},
+		{[]string{"rollout", "plan", "--gate=sometimes", "-o", "yaml"}, []string{"--gate", "--output"}},
+		{[]string{"status", "--namespace="}, []string{"--namespace is required"}},
 		{[]string{"scan", "--kubelet-root=/nonexistent", "--issuer=https://a", "--kubeconfig=/nonexistent", "--now=yesterday", "-o", "yaml", "--fail-on=overdue,stale"},
 			[]string{"--kubelet-root=\"/nonexistent\"", "--issuer and --kubeconfig both set", "--kubeconfig=\"/nonexistent\"", "--now=\"yesterday\"", "--output=\"yaml\"", "unknown state \"stale\""}},
 		{[]string{"sandbox", "--nodes=0", "--apiservers=9", "--issuer="}, []string{"--nodes=0", "--apiservers=9", "--issuer must not be empty"}},
@@ -58,14 +62,13 @@ func TestUsageErrorsExitTwo(t *testing.T) {
 	}
 }
 
-func TestUnbuiltSubcommandsSaySoAndExitTwo(t *testing.T) {
-	for _, args := range [][]string{
-		{"coordinator"},
-		{"status"},
-	} {
+func TestClusterCommandsWithoutAClusterSaySo(t *testing.T) {
+	t.Setenv("KUBECONFIG", t.TempDir()+"/none")
+	t.Setenv("KUBERNETES_SERVICE_HOST", "")
+	for _, args := range [][]string{{"coordinator"}, {"status"}, {"rollout", "pause"}, {"rollout", "plan"}} {
 		code, _, stderr := run(t, args...)
-		if code != ExitUsage || !strings.Contains(stderr, "not implemented yet") {
-			t.Errorf("%v: exit %d, stderr %q; want exit 2 and 'not implemented yet'", args, code, stderr)
+		if code != ExitFailure || !strings.Contains(stderr, "kubeconfig") {
+			t.Errorf("%v: exit %d, stderr %q; want exit 1 naming the kubeconfig", args, code, stderr)
 		}
 	}
 }

@@ -10,6 +10,14 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+	"go.uber.org/zap"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/tokenroll/tokenroll/coordinator"
+	"github.com/tokenroll/tokenroll/internal/version"
+	"github.com/tokenroll/tokenroll/metrics"
 )
 
 // coordinatorOptions configure `tokenroll coordinator`.
@@ -31,6 +39,18 @@ type coordinatorOptions struct {
 	MaxUnavailable string
 	// MetricsBindAddress serves /metrics, /healthz and /readyz.
 	MetricsBindAddress string
+	// DrainTimeout, ActionTimeout and VerifyTimeout bound the steps;
+	// Settle pauses after each node.
+	DrainTimeout, ActionTimeout, VerifyTimeout, Settle time.Duration
+	// TrustMargin, AgentWait and IssuerRefresh tune the planner.
+	TrustMargin, AgentWait, IssuerRefresh time.Duration
+	// Auto plans rollouts from the agents' reports.
+	Auto bool
+	// DrainForce evicts pods no controller recreates.
+	DrainForce bool
+	// QPS and Burst limit the coordinator's API requests.
+	QPS   float32
+	Burst int
 }
 
 func newCoordinatorOptions() *coordinatorOptions {
@@ -42,6 +62,8 @@ func newCoordinatorOptions() *coordinatorOptions {
 		Namespace: ns, LeaseName: "tokenroll-coordinator",
 		LeaseDuration: 15 * time.Second, RenewDeadline: 10 * time.Second, RetryPeriod: 2 * time.Second,
 		Gate: "auto", Strategy: "kubelet-restart", MaxUnavailable: "1", MetricsBindAddress: ":8080",
+		DrainTimeout: 10 * time.Minute, ActionTimeout: 15 * time.Minute, VerifyTimeout: 5 * time.Minute,
+		TrustMargin: time.Hour, AgentWait: 15 * time.Minute, IssuerRefresh: time.Minute, Auto: true, QPS: 20, Burst: 40,
 	}
 }
 
@@ -56,6 +78,17 @@ func (o *coordinatorOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.Strategy, "strategy", o.Strategy, "Remediation: kubelet-restart, pod-restart or reboot.")
 	fs.StringVar(&o.MaxUnavailable, "max-unavailable", o.MaxUnavailable, "Most nodes disrupted at once, as a number or a percentage (counting nodes already NotReady or cordoned).")
 	fs.StringVar(&o.MetricsBindAddress, "metrics-bind-address", o.MetricsBindAddress, "Address serving /metrics, /healthz and /readyz.")
+	fs.DurationVar(&o.DrainTimeout, "drain-timeout", o.DrainTimeout, "Longest a drain (or a pod restart's evictions) may take before the rollout halts.")
+	fs.DurationVar(&o.ActionTimeout, "action-timeout", o.ActionTimeout, "Longest the agent's action may take (a reboot: until the node is back Ready) before the rollout halts.")
+	fs.DurationVar(&o.VerifyTimeout, "verify-timeout", o.VerifyTimeout, "Longest the checks after an action may take (tokens fresh, replicas ready) before the rollout halts.")
+	fs.DurationVar(&o.Settle, "settle", o.Settle, "Pause after each verified node before the next one starts.")
+	fs.DurationVar(&o.TrustMargin, "trust-margin", o.TrustMargin, "A node whose old-issuer tokens all refresh at least this long before the old issuer's trust ends is left alone.")
+	fs.DurationVar(&o.AgentWait, "agent-wait", o.AgentWait, "After an issuer change, how long to wait for the agents to report under the new issuer before planning without them.")
+	fs.DurationVar(&o.IssuerRefresh, "issuer-refresh-interval", o.IssuerRefresh, "How often OIDC discovery is read while the gate is open (it is also read whenever the gate opens).")
+	fs.BoolVar(&o.Auto, "auto", o.Auto, "Start rollouts from what the agents report (stale or old-issuer tokens, required reboots); false leaves it to `tokenroll rollout start`.")
+	fs.BoolVar(&o.DrainForce, "drain-force", o.DrainForce, "Let a drain evict pods that no controller recreates (they are lost); without it such a pod halts the rollout.")
+	fs.Float32Var(&o.QPS, "kube-api-qps", o.QPS, "Steady API requests per second the coordinator may make.")
+	fs.IntVar(&o.Burst, "kube-api-burst", o.Burst, "API requests the coordinator may make in a burst.")
 }
 
 func (o *coordinatorOptions) Validate() error {
@@ -78,7 +111,17 @@ func (o *coordinatorOptions) Validate() error {
 		checkOneOf("gate", o.Gate, "auto", "openshift", "static-pods", "none"),
 		checkOneOf("strategy", o.Strategy, "kubelet-restart", "pod-restart", "reboot"),
 		checkMaxUnavailable(o.MaxUnavailable),
-		checkAddr("metrics-bind-address", o.MetricsBindAddress))
+		checkAddr("metrics-bind-address", o.MetricsBindAddress),
+		checkPositive("drain-timeout", o.DrainTimeout, time.Second),
+		checkPositive("action-timeout", o.ActionTimeout, time.Second),
+		checkPositive("verify-timeout", o.VerifyTimeout, time.Second),
+		checkPositive("settle", o.Settle, 0),
+		checkPositive("trust-margin", o.TrustMargin, 0),
+		checkPositive("agent-wait", o.AgentWait, 0),
+		checkPositive("issuer-refresh-interval", o.IssuerRefresh, time.Second))
+	if o.QPS <= 0 || o.Burst < 1 {
+		errs = append(errs, fmt.Errorf("--kube-api-qps=%v and --kube-api-burst=%d must be positive", o.QPS, o.Burst))
+	}
 	return errors.Join(errs...)
 }
 
@@ -96,6 +139,52 @@ func checkMaxUnavailable(v string) error {
 	return nil
 }
 
-func (o *coordinatorOptions) run(context.Context, env) error {
-	return notImplemented("tokenroll coordinator", 5)
+func (o *coordinatorOptions) run(ctx context.Context, e env) error {
+	cfg, err := restConfig(o.Kubeconfig)
+	if err != nil {
+		return err
+	}
+	cfg.UserAgent = "tokenroll-coordinator/" + version.Version
+	cfg.QPS, cfg.Burst = o.QPS, o.Burst
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	dyn, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	reg := metrics.NewRegistry("coordinator")
+	srv, err := metrics.NewServer(o.MetricsBindAddress, reg, e.log)
+	if err != nil {
+		return err
+	}
+	gate, err := coordinator.NewGate(ctx, o.Gate, client, dyn)
+	if err != nil {
+		return err
+	}
+	c, err := coordinator.New(coordinator.Config{
+		Client: client, Dynamic: dyn, Namespace: o.Namespace, Gate: gate, Strategy: coordinator.Strategy(o.Strategy),
+		MaxUnavailable: intstr.Parse(o.MaxUnavailable), DrainTimeout: o.DrainTimeout, ActionTimeout: o.ActionTimeout,
+		VerifyTimeout: o.VerifyTimeout, Settle: o.Settle, TrustMargin: o.TrustMargin, AgentWait: o.AgentWait,
+		IssuerRefresh: o.IssuerRefresh, Auto: o.Auto, Drainer: coordinator.KubectlDrainer{Client: client, Force: o.DrainForce, Log: e.log},
+		Registry: reg, Log: e.log,
+	})
+	if err != nil {
+		return err
+	}
+	id := coordinator.Identity()
+	e.log.Info("coordinator starting", zap.String("identity", id), zap.String("gate", gate.State().Provider),
+		zap.String("strategy", o.Strategy), zap.String("maxUnavailable", o.MaxUnavailable), zap.String("metrics", srv.Addr()))
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	srvErr := make(chan error, 1)
+	go func() { srvErr <- srv.Run(ctx) }()
+	srv.SetReady(true) // a standby replica is ready too: it is waiting for the Lease
+	runErr := coordinator.RunElected(ctx, coordinator.LeaderConfig{
+		Client: client, Namespace: o.Namespace, LeaseName: o.LeaseName, Identity: id,
+		LeaseDuration: o.LeaseDuration, RenewDeadline: o.RenewDeadline, RetryPeriod: o.RetryPeriod, Log: e.log,
+	}, c.Lead)
+	cancel()
+	return errors.Join(runErr, <-srvErr)
 }

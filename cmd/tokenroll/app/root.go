@@ -45,12 +45,6 @@ func (e *ExitError) Error() string {
 }
 func (e *ExitError) Unwrap() error { return e.Err }
 
-// notImplemented is what a subcommand returns until its issue lands. It exits
-// 2 and says so, rather than pretending to work.
-func notImplemented(what string, issue int) error {
-	return &ExitError{Code: ExitUsage, Err: fmt.Errorf("%s is not implemented yet (tracked in issue %d); nothing was done", what, issue)}
-}
-
 // options is what every subcommand's options struct provides.
 type options interface {
 	AddFlags(fs *pflag.FlagSet)
@@ -123,7 +117,7 @@ at a time under a Lease, never while the API server is still rolling out.`,
 		return cmd.Help()
 	}
 
-	add := func(use, short, long string, opts options, run func(context.Context, env) error) {
+	addTo := func(parent *cobra.Command, use, short, long string, opts options, run func(context.Context, env) error) {
 		cmd := &cobra.Command{
 			Use:   use,
 			Short: short,
@@ -142,7 +136,10 @@ at a time under a Lease, never while the API server is still rolling out.`,
 			},
 		}
 		opts.AddFlags(cmd.Flags())
-		root.AddCommand(cmd)
+		parent.AddCommand(cmd)
+	}
+	add := func(use, short, long string, opts options, run func(context.Context, env) error) {
+		addTo(root, use, short, long, opts, run)
 	}
 
 	agent := newAgentOptions()
@@ -161,6 +158,13 @@ at a time under a Lease, never while the API server is still rolling out.`,
 	add("status", "Print the revision gate, the rollout and each node's phase",
 		"status reads the cluster's Nodes and tokenroll's objects and prints the gate, the\nrollout and each node's phase and stale-token count as a table.",
 		status, status.run)
+	rollout := &cobra.Command{Use: "rollout", Short: "Plan, start, pause, resume or cancel a rollout",
+		Long: "rollout talks to the coordinator through its state ConfigMap: plan prints what would\nbe done; start asks for a rollout; pause, resume and cancel steer the current one.", Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() }}
+	root.AddCommand(rollout)
+	for _, rc := range rolloutCommands() {
+		addTo(rollout, rc.use, rc.short, rc.long, rc.opts, rc.opts.run)
+	}
 	sb := newSandboxOptions()
 	add("sandbox", "Run a local control plane with simulated nodes",
 		"sandbox starts a real etcd and kube-apiservers (built by `make controlplane`) on\nloopback, and simulated kubelets that mint and write real projected tokens.",

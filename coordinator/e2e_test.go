@@ -1,0 +1,564 @@
+package coordinator_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest"
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/tokenroll/tokenroll/coordinator"
+	"github.com/tokenroll/tokenroll/protocol"
+	"github.com/tokenroll/tokenroll/sandbox"
+	"github.com/tokenroll/tokenroll/sandbox/controlplane"
+	"github.com/tokenroll/tokenroll/sandbox/fleet"
+	"github.com/tokenroll/tokenroll/sandbox/invariants"
+)
+
+const (
+	oldIssuer = "https://old.tokenroll.test"
+	newIssuer = "https://new.tokenroll.test"
+	ns        = "tokenroll"
+	leaseName = "tokenroll-coordinator"
+)
+
+// env is a real control plane, simulated nodes with real agents, and an
+// invariant checker watching through the API server.
+type env struct {
+	t       *testing.T
+	ctx     context.Context
+	cp      *controlplane.ControlPlane
+	admin   kubernetes.Interface
+	fleet   *fleet.Fleet
+	checker *invariants.Checker
+	log     *zap.Logger
+}
+
+func startEnv(t *testing.T, apiservers int, nodes ...string) *env {
+	t.Helper()
+	cp := controlplane.StartForTest(t, controlplane.Config{APIServers: apiservers, Issuers: []string{oldIssuer}})
+	ctx, cancel := context.WithCancel(context.Background())
+	e := &env{t: t, ctx: ctx, cp: cp, admin: kubernetes.NewForConfigOrDie(cp.AdminConfig()), log: zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))}
+	f, err := fleet.Start(ctx, fleet.Config{CP: cp, Dir: t.TempDir(), Nodes: nodes, RebootDown: time.Second, Log: e.log})
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); f.Wait() })
+	e.fleet = f
+	if _, err := e.admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if e.checker, err = invariants.Watch(ctx, e.admin, ns, leaseName); err != nil {
+		t.Fatal(err)
+	}
+	if err := cp.PrepareNamespace(ctx, "build"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.admin.CoreV1().ServiceAccounts("build").Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "build-robot"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range nodes {
+		e.createPod(sandbox.BuildRobotPod("nginx-"+n, "build", n))
+		e.createPod(&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "web-" + n, Namespace: "build", Labels: map[string]string{"app": "web"}},
+			Spec: corev1.PodSpec{NodeName: n, Containers: []corev1.Container{{Name: "web", Image: "registry.example/web:1"}}}})
+	}
+	e.waitNodes("every agent reports 3 tokens from the old issuer", func(m map[string]*corev1.Node) bool {
+		return allNodes(m, nodes, func(n *corev1.Node) bool { return tokensFrom(n, oldIssuer) == 3 })
+	})
+	return e
+}
+
+func (e *env) createPod(p *corev1.Pod) {
+	e.t.Helper()
+	if _, err := e.admin.CoreV1().Pods(p.Namespace).Create(e.ctx, p, metav1.CreateOptions{}); err != nil {
+		e.t.Fatalf("creating pod %s: %v", p.Name, err)
+	}
+}
+
+func allNodes(m map[string]*corev1.Node, names []string, ok func(*corev1.Node) bool) bool {
+	for _, name := range names {
+		if n := m[name]; n == nil || !ok(n) {
+			return false
+		}
+	}
+	return true
+}
+
+// tokensFrom counts the tokens the node's agent reports from iss, when all
+// its tokens are from iss (else -1).
+func tokensFrom(n *corev1.Node, iss string) int {
+	rep, err := protocol.ParseTokenReport(n.Annotations[protocol.AnnotationTokens])
+	if err != nil || len(rep.Issuers) != 1 || rep.Issuers[0].Issuer != iss {
+		return -1
+	}
+	return rep.Issuers[0].Tokens
+}
+
+func (e *env) waitNodes(what string, cond func(map[string]*corev1.Node) bool) {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(e.ctx, 3*time.Minute)
+	defer cancel()
+	if err := e.checker.WaitFor(ctx, cond); err != nil {
+		var reports []string
+		_ = e.checker.WaitFor(context.Background(), func(m map[string]*corev1.Node) bool {
+			for name, n := range m {
+				reports = append(reports, name+": "+n.Annotations[protocol.AnnotationTokens]+" "+n.Annotations[protocol.AnnotationNodeState])
+			}
+			return true
+		})
+		e.t.Fatalf("waiting until %s: %v; saw %+v; reports %v", what, err, e.checker.Summary(), reports)
+	}
+}
+
+// waitState watches the rollout ConfigMap until cond holds.
+func (e *env) waitState(what string, cond func(coordinator.State) bool) coordinator.State {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(e.ctx, 3*time.Minute)
+	defer cancel()
+	var last coordinator.State
+	for ctx.Err() == nil {
+		w, err := e.admin.CoreV1().ConfigMaps(ns).Watch(ctx, metav1.ListOptions{FieldSelector: "metadata.name=" + coordinator.ConfigMapName})
+		if err != nil {
+			continue
+		}
+		for ev := range w.ResultChan() {
+			if ev.Type == watch.Error {
+				break
+			}
+			cm, ok := ev.Object.(*corev1.ConfigMap)
+			if !ok {
+				continue
+			}
+			if st, err := coordinator.DecodeState(cm); err == nil {
+				last = st
+				if cond(st) {
+					w.Stop()
+					return st
+				}
+			}
+		}
+		w.Stop()
+	}
+	e.t.Fatalf("waiting until %s: timed out; last state %+v, last rollout %+v; nodes %+v", what, last, last.Rollout, e.checker.Summary())
+	return last
+}
+
+type coordinatorRun struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+	reg    *prometheus.Registry
+}
+
+func (r *coordinatorRun) stop() { r.cancel(); <-r.done }
+
+// startCoordinator runs a coordinator replica with leader election, as
+// `tokenroll coordinator` does.
+func (e *env) startCoordinator(name string, gate coordinator.Gate, change func(*coordinator.Config)) *coordinatorRun {
+	e.t.Helper()
+	client := kubernetes.NewForConfigOrDie(e.cp.AdminConfig())
+	if gate == nil {
+		gate = mustGate(e.t, e.ctx, coordinator.GateNone, client)
+	}
+	reg := prometheus.NewRegistry()
+	cfg := coordinator.Config{Client: client, Namespace: ns, Gate: gate, Strategy: coordinator.KubeletRestart,
+		MaxUnavailable: intstr.FromInt32(1), DrainTimeout: time.Minute, ActionTimeout: time.Minute, VerifyTimeout: time.Minute,
+		TrustMargin: time.Hour, IssuerRefresh: time.Second, Auto: true, Registry: reg, Log: e.log.Named(name)}
+	if change != nil {
+		change(&cfg)
+	}
+	c, err := coordinator.New(cfg)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(e.ctx)
+	r := &coordinatorRun{cancel: cancel, done: make(chan struct{}), reg: reg}
+	go func() {
+		defer close(r.done)
+		_ = coordinator.RunElected(ctx, coordinator.LeaderConfig{Client: client, Namespace: ns, LeaseName: leaseName, Identity: name,
+			LeaseDuration: 4 * time.Second, RenewDeadline: 3 * time.Second, RetryPeriod: 500 * time.Millisecond, Log: e.log.Named(name)}, c.Lead)
+	}()
+	e.t.Cleanup(r.stop)
+	return r
+}
+
+func mustGate(t *testing.T, ctx context.Context, kind string, client kubernetes.Interface) coordinator.Gate {
+	t.Helper()
+	g, err := coordinator.NewGate(ctx, kind, client, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return g
+}
+
+// checkInvariants asserts what must hold after any rollout.
+func (e *env) checkInvariants(maxUnavailable int) invariants.Summary {
+	e.t.Helper()
+	s := e.checker.Summary()
+	if s.MaxConcurrentDisrupted > maxUnavailable {
+		e.t.Errorf("%d nodes out of service at once (%v), more than %d", s.MaxConcurrentDisrupted, s.MaxDisruptedNodes, maxUnavailable)
+	}
+	if len(s.NodesLeftCordoned) > 0 {
+		e.t.Errorf("nodes left cordoned: %v", s.NodesLeftCordoned)
+	}
+	for name, m := range e.fleet.Members {
+		if got := int(m.Reboots.Load() + m.KubeletRestarts.Load()); got > s.ActionsPerNode[name] {
+			e.t.Errorf("node %s: the executor acted %d times for %d requests", name, got, s.ActionsPerNode[name])
+		}
+	}
+	return s
+}
+
+func (e *env) restartAPIServers(issuers ...string) {
+	e.t.Helper()
+	for i := range e.cp.APIServers() {
+		if err := e.cp.RestartAPIServer(e.ctx, i, issuers); err != nil {
+			e.t.Fatal(err)
+		}
+	}
+}
+
+// The seed's problem with the least disruptive fix: the issuer changes and
+// the old one is not trusted; every node holds old-issuer tokens, so every
+// node gets a kubelet restart, one at a time, and ends with every token
+// from the new issuer.
+func TestIssuerChangeKubeletRestart(t *testing.T) {
+	nodes := []string{"node-a", "node-b", "node-c"}
+	e := startEnv(t, 1, nodes...)
+	e.startCoordinator("c1", nil, nil)
+	e.waitState("the coordinator recorded the issuer", func(s coordinator.State) bool { return s.ObservedIssuer == oldIssuer })
+
+	e.restartAPIServers(newIssuer)
+	st := e.waitState("a rollout finished", func(s coordinator.State) bool {
+		return s.Rollout != nil && s.Rollout.Phase == coordinator.PhaseDone
+	})
+	if st.Rollout.Trigger != coordinator.TriggerIssuer || len(st.Rollout.Nodes) != 3 || st.Rollout.Issuer != newIssuer {
+		t.Errorf("rollout %+v: want 3 nodes for the issuer", st.Rollout)
+	}
+	e.waitNodes("every token from the new issuer", func(m map[string]*corev1.Node) bool {
+		return allNodes(m, nodes, func(n *corev1.Node) bool { return tokensFrom(n, newIssuer) == 3 })
+	})
+	s := e.checkInvariants(1)
+	for _, name := range nodes {
+		if s.ActionsPerNode[name] != 1 || e.fleet.Members[name].KubeletRestarts.Load() != 1 || e.fleet.Members[name].Reboots.Load() != 0 {
+			t.Errorf("node %s: %d requests, %d kubelet restarts, %d reboots; want exactly one kubelet restart",
+				name, s.ActionsPerNode[name], e.fleet.Members[name].KubeletRestarts.Load(), e.fleet.Members[name].Reboots.Load())
+		}
+	}
+	evs, err := e.admin.EventsV1().Events(metav1.NamespaceDefault).List(e.ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reasons := map[string]int{}
+	for _, ev := range evs.Items {
+		reasons[ev.Reason]++
+	}
+	for _, want := range []string{"RolloutPlanned", "Cordoned", "ActionRequested", "Verified"} {
+		if reasons[want] != 3 {
+			t.Errorf("%d %s events, want one per node (all: %v)", reasons[want], want, reasons)
+		}
+	}
+}
+
+// The seed's rolling reboot, started by an administrator: drained through
+// the eviction API, rebooted, back with a new boot ID, uncordoned, next.
+// A node already cordoned by someone else is worked on and left cordoned.
+func TestRebootRollout(t *testing.T) {
+	nodes := []string{"node-a", "node-b", "node-c"}
+	e := startEnv(t, 1, nodes...)
+	e.cordon("node-b", true)
+	e.startCoordinator("c1", nil, func(c *coordinator.Config) {
+		c.Auto = false
+		c.Drainer = coordinator.KubectlDrainer{Client: e.admin, Force: true}
+	})
+	boot := map[string]string{}
+	for _, n := range nodes {
+		boot[n] = e.fleet.Members[n].Sim.BootID()
+	}
+	e.requestStart(coordinator.Reboot, "")
+	st := e.waitState("the reboot rollout finished", func(s coordinator.State) bool { return s.Rollout != nil && s.Rollout.Phase == coordinator.PhaseDone })
+	if st.Rollout.Strategy != coordinator.Reboot || len(st.Rollout.Nodes) != 3 {
+		t.Errorf("rollout %+v", st.Rollout)
+	}
+	for _, n := range nodes {
+		m := e.fleet.Members[n]
+		if m.Reboots.Load() != 1 || m.Sim.BootID() == boot[n] {
+			t.Errorf("node %s: %d reboots, boot ID %s (was %s)", n, m.Reboots.Load(), m.Sim.BootID(), boot[n])
+		}
+		// Drained: the bare pods were evicted (Force) and are gone.
+		pods, err := e.admin.CoreV1().Pods("build").List(e.ctx, metav1.ListOptions{FieldSelector: "spec.nodeName=" + n})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(pods.Items) != 0 {
+			t.Errorf("node %s still has %d pods after its drain", n, len(pods.Items))
+		}
+	}
+	// node-b was cordoned before: two nodes out at once is then allowed
+	// only because node-b already counted; it must stay cordoned.
+	s := e.checker.Summary()
+	if s.MaxConcurrentDisrupted > 2 {
+		t.Errorf("%d nodes out at once (%v)", s.MaxConcurrentDisrupted, s.MaxDisruptedNodes)
+	}
+	if len(s.NodesLeftCordoned) != 1 || s.NodesLeftCordoned[0] != "node-b" {
+		t.Errorf("left cordoned: %v, want node-b only (it was cordoned before tokenroll)", s.NodesLeftCordoned)
+	}
+}
+
+func (e *env) cordon(node string, on bool) *corev1.Node {
+	e.t.Helper()
+	n, err := e.admin.CoreV1().Nodes().Patch(e.ctx, node, "application/merge-patch+json", fmt.Appendf(nil, `{"spec":{"unschedulable":%v}}`, on), metav1.PatchOptions{})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return n
+}
+
+func (e *env) requestStart(s coordinator.Strategy, selector string) {
+	e.t.Helper()
+	store := coordinator.Store{Client: e.admin, Namespace: ns, FieldManager: "test"}
+	if _, err := store.Update(e.ctx, func(st *coordinator.State) error {
+		st.Start = &coordinator.StartRequest{Strategy: s, Selector: selector, RequestedAt: time.Now().UTC(), RequestedBy: "test"}
+		return nil
+	}); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+func (e *env) steer(p coordinator.Phase) {
+	e.t.Helper()
+	store := coordinator.Store{Client: e.admin, Namespace: ns, FieldManager: "test"}
+	if _, err := store.Update(e.ctx, func(st *coordinator.State) error {
+		if st.Rollout == nil {
+			return fmt.Errorf("no rollout")
+		}
+		st.Rollout.Phase = p
+		return nil
+	}); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// A PodDisruptionBudget that allows no disruption blocks the drain: the
+// rollout halts with DrainTimeout, the node is uncordoned, and its pods are
+// still there.
+func TestPDBBlocksDrainHalts(t *testing.T) {
+	nodes := []string{"node-a", "node-b"}
+	e := startEnv(t, 1, nodes...)
+	minAvail := intstr.FromInt32(2)
+	if _, err := e.admin.PolicyV1().PodDisruptionBudgets("build").Create(e.ctx, &policyv1.PodDisruptionBudget{
+		ObjectMeta: metav1.ObjectMeta{Name: "web"},
+		Spec:       policyv1.PodDisruptionBudgetSpec{MinAvailable: &minAvail, Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "web"}}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	e.startCoordinator("c1", nil, func(c *coordinator.Config) {
+		c.Auto, c.DrainTimeout = false, 5*time.Second
+		c.Drainer = coordinator.KubectlDrainer{Client: e.admin, Force: true}
+	})
+	e.requestStart(coordinator.Reboot, "")
+	st := e.waitState("the rollout halted", func(s coordinator.State) bool { return s.Rollout != nil && s.Rollout.Phase == coordinator.PhaseHalted })
+	if st.Rollout.HaltReason != coordinator.HaltDrainTimeout || st.Rollout.HaltNode != "node-a" {
+		t.Errorf("halted %s on %s (%s); want DrainTimeout on node-a", st.Rollout.HaltReason, st.Rollout.HaltNode, st.Rollout.Message)
+	}
+	e.waitNodes("node-a uncordoned and halted", func(m map[string]*corev1.Node) bool {
+		n := m["node-a"]
+		s, err := protocol.ParseNodeState(n.Annotations[protocol.AnnotationNodeState])
+		return !n.Spec.Unschedulable && err == nil && s.Step == protocol.StepHalted
+	})
+	if _, err := e.admin.CoreV1().Pods("build").Get(e.ctx, "web-node-a", metav1.GetOptions{}); err != nil {
+		t.Errorf("the PDB-protected pod is gone: %v", err)
+	}
+	for _, n := range nodes {
+		if r := e.fleet.Members[n].Reboots.Load(); r != 0 {
+			t.Errorf("node %s rebooted %d times behind a blocked drain", n, r)
+		}
+	}
+	e.checkInvariants(1)
+	// Nothing more starts while halted: node-b is never touched.
+	if s := e.checker.Summary(); s.NodeStates["node-b"] != "" {
+		t.Errorf("node-b has state %q while the rollout is halted", s.NodeStates["node-b"])
+	}
+}
+
+// A node that never comes back from its reboot halts the rollout
+// (NodeNotBack) and the coordinator does not move on.
+func TestNodeNotBackHalts(t *testing.T) {
+	nodes := []string{"node-a", "node-b"}
+	e := startEnv(t, 1, nodes...)
+	e.fleet.Members["node-a"].NeverBack.Store(true)
+	e.startCoordinator("c1", nil, func(c *coordinator.Config) {
+		c.Auto, c.ActionTimeout = false, 8*time.Second
+		c.Drainer = coordinator.KubectlDrainer{Client: e.admin, Force: true}
+	})
+	e.requestStart(coordinator.Reboot, "")
+	st := e.waitState("the rollout halted", func(s coordinator.State) bool { return s.Rollout != nil && s.Rollout.Phase == coordinator.PhaseHalted })
+	if st.Rollout.HaltReason != coordinator.HaltNodeNotBack || st.Rollout.HaltNode != "node-a" {
+		t.Errorf("halted %s on %s (%s); want NodeNotBack on node-a", st.Rollout.HaltReason, st.Rollout.HaltNode, st.Rollout.Message)
+	}
+	e.waitNodes("node-a uncordoned", func(m map[string]*corev1.Node) bool { return !m["node-a"].Spec.Unschedulable })
+	if r := e.fleet.Members["node-b"].Reboots.Load(); r != 0 {
+		t.Errorf("node-b rebooted while node-a was not back")
+	}
+	s := e.checkInvariants(1)
+	if s.ActionsPerNode["node-a"] != 1 {
+		t.Errorf("node-a asked %d times", s.ActionsPerNode["node-a"])
+	}
+}
+
+// switchGate is a revision gate a test opens and closes; the real
+// providers are tested against the API server on their own.
+type switchGate struct {
+	mu      sync.Mutex
+	open    bool
+	changed func()
+}
+
+func (g *switchGate) Start(_ context.Context, changed func()) error {
+	g.mu.Lock()
+	g.changed = changed
+	g.mu.Unlock()
+	return nil
+}
+
+func (g *switchGate) State() coordinator.GateState {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	msg := "test gate open"
+	if !g.open {
+		msg = "test gate closed"
+	}
+	return coordinator.GateState{Provider: "test", Open: g.open, Message: msg}
+}
+
+func (g *switchGate) set(open bool) {
+	g.mu.Lock()
+	g.open = open
+	f := g.changed
+	g.mu.Unlock()
+	if f != nil {
+		f()
+	}
+}
+
+// A gate that closes mid-rollout pauses it between nodes; when it opens
+// the rollout resumes and finishes. Nothing disruptive starts while closed.
+func TestGateClosesMidRollout(t *testing.T) {
+	nodes := []string{"node-a", "node-b", "node-c"}
+	e := startEnv(t, 1, nodes...)
+	gate := &switchGate{open: true}
+	e.startCoordinator("c1", gate, func(c *coordinator.Config) { c.Auto = false })
+	e.requestStart(coordinator.KubeletRestart, "")
+	e.waitNodes("the first node done", func(m map[string]*corev1.Node) bool {
+		for _, n := range m {
+			if s, err := protocol.ParseNodeState(n.Annotations[protocol.AnnotationNodeState]); err == nil && s.Step == protocol.StepDone {
+				return true
+			}
+		}
+		return false
+	})
+	gate.set(false)
+	// Let whatever was in flight finish, then nothing new may start.
+	e.waitNodes("no node in flight", func(m map[string]*corev1.Node) bool {
+		for _, n := range m {
+			if s, err := protocol.ParseNodeState(n.Annotations[protocol.AnnotationNodeState]); err == nil && s.Step.InProgress() {
+				return false
+			}
+		}
+		return true
+	})
+	before := e.totalActions()
+	// The coordinator re-evaluates on every change; make some.
+	for _, n := range nodes {
+		e.cordon(n, false)
+	}
+	e.steer(coordinator.PhaseRunning)
+	if after := e.totalActions(); after != before {
+		t.Errorf("%d actions while the gate was closed", after-before)
+	}
+	gate.set(true)
+	e.waitState("the rollout finished after the gate opened", func(s coordinator.State) bool {
+		return s.Rollout != nil && s.Rollout.Phase == coordinator.PhaseDone
+	})
+	s := e.checkInvariants(1)
+	for _, n := range nodes {
+		if s.ActionsPerNode[n] != 1 {
+			t.Errorf("node %s: %d requests", n, s.ActionsPerNode[n])
+		}
+	}
+}
+
+func (e *env) totalActions() int32 {
+	var n int32
+	for _, m := range e.fleet.Members {
+		n += m.Reboots.Load() + m.KubeletRestarts.Load()
+	}
+	return n
+}
+
+// Two replicas; the leader is killed at each phase of a node's protocol
+// (cordoned, acting, done); the other takes over and resumes. An observer
+// proves one node at a time, one action per node, none left cordoned.
+func TestFailoverResumes(t *testing.T) {
+	nodes := []string{"node-a", "node-b", "node-c", "node-d"}
+	e := startEnv(t, 1, nodes...)
+	gate := &switchGate{open: true}
+	replicas := map[string]*coordinatorRun{}
+	start := func(name string) {
+		replicas[name] = e.startCoordinator(name, gate, func(c *coordinator.Config) {
+			c.Auto, c.Strategy = false, coordinator.Reboot
+			c.Drainer = coordinator.KubectlDrainer{Client: e.admin, Force: true}
+		})
+	}
+	start("r1")
+	start("r2")
+	e.requestStart(coordinator.Reboot, "")
+	killed := 0
+	killedOn := map[string]bool{}
+	for _, step := range []protocol.Step{protocol.StepCordoned, protocol.StepActing, protocol.StepDone} {
+		var target string
+		e.waitNodes("a node "+string(step), func(m map[string]*corev1.Node) bool {
+			for name, n := range m {
+				if s, err := protocol.ParseNodeState(n.Annotations[protocol.AnnotationNodeState]); err == nil && s.Step == step && !killedOn[name+string(step)] {
+					target = name
+					return true
+				}
+			}
+			return false
+		})
+		killedOn[target+string(step)] = true
+		leader := e.currentLeader()
+		replicas[leader].stop()
+		killed++
+		start(leader) // it comes back as a standby
+	}
+	e.waitState("the rollout finished", func(s coordinator.State) bool { return s.Rollout != nil && s.Rollout.Phase == coordinator.PhaseDone })
+	s := e.checkInvariants(1)
+	for _, n := range nodes {
+		if s.ActionsPerNode[n] != 1 || e.fleet.Members[n].Reboots.Load() != 1 {
+			t.Errorf("node %s: %d requests, %d reboots; want one", n, s.ActionsPerNode[n], e.fleet.Members[n].Reboots.Load())
+		}
+	}
+	if s.LeaderChanges < killed {
+		t.Errorf("%d leader changes seen, %d leaders killed", s.LeaderChanges, killed)
+	}
+}
+
+func (e *env) currentLeader() string {
+	e.t.Helper()
+	l, err := e.admin.CoordinationV1().Leases(ns).Get(e.ctx, leaseName, metav1.GetOptions{})
+	if err != nil || l.Spec.HolderIdentity == nil {
+		e.t.Fatalf("reading the Lease: %v", err)
+	}
+	return *l.Spec.HolderIdentity
+}

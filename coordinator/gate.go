@@ -1,0 +1,369 @@
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/dynamic/dynamicinformer"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+)
+
+// Gate providers.
+const (
+	GateAuto       = "auto"
+	GateOpenShift  = "openshift"
+	GateStaticPods = "static-pods"
+	GateNone       = "none"
+)
+
+// OpenShift resources the openshift gate reads.
+var (
+	KubeAPIServerResource  = schema.GroupVersionResource{Group: "operator.openshift.io", Version: "v1", Resource: "kubeapiservers"}
+	AuthenticationResource = schema.GroupVersionResource{Group: "config.openshift.io", Version: "v1", Resource: "authentications"}
+)
+
+// TrustedIssuer is an issuer the API servers accept, until Expires when
+// that is known.
+type TrustedIssuer struct {
+	Name    string    `json:"name"`
+	Expires time.Time `json:"expires,omitzero"`
+}
+
+// GateState is what the gate saw.
+type GateState struct {
+	Provider string `json:"provider"`
+	Open     bool   `json:"open"`
+	// Message says why, for people.
+	Message string `json:"message"`
+	// Revisions (openshift): the latest available, and the lowest and
+	// highest any node runs.
+	LatestRevision     int `json:"latestRevision,omitempty"`
+	CurrentMinRevision int `json:"currentMinRevision,omitempty"`
+	CurrentMaxRevision int `json:"currentMaxRevision,omitempty"`
+	// Progressing is OpenShift's NodeInstallerProgressing condition, reason
+	// and message.
+	Progressing string `json:"progressing,omitempty"`
+	// SigningIssuer is the issuer the gate's source says the API servers
+	// sign with, when it knows (static-pods), and RequestedIssuer the one an
+	// administrator asked for (openshift Authentication/cluster).
+	SigningIssuer   string `json:"signingIssuer,omitempty"`
+	RequestedIssuer string `json:"requestedIssuer,omitempty"`
+	// Trusted lists the issuers accepted besides the signing one; TrustKnown
+	// is false when the provider cannot tell (then none is assumed).
+	Trusted    []TrustedIssuer `json:"trusted,omitempty"`
+	TrustKnown bool            `json:"trustKnown"`
+}
+
+// Gate tells whether disruptive work may start.
+type Gate interface {
+	// Start begins watching; changed is called on every change. It returns
+	// once the caches are synced, or with an error.
+	Start(ctx context.Context, changed func()) error
+	// State is the current verdict.
+	State() GateState
+}
+
+// NewGate builds the provider named by kind; auto picks openshift when the
+// KubeAPIServer API is served, static-pods when kube-system has
+// kube-apiserver mirror pods, none otherwise.
+func NewGate(ctx context.Context, kind string, client kubernetes.Interface, dyn dynamic.Interface) (Gate, error) {
+	if kind == GateAuto {
+		var err error
+		if kind, err = detectGate(ctx, client); err != nil {
+			return nil, err
+		}
+	}
+	switch kind {
+	case GateOpenShift:
+		if dyn == nil {
+			return nil, errors.New("the openshift gate needs a dynamic client")
+		}
+		return &openshiftGate{dyn: dyn}, nil
+	case GateStaticPods:
+		return &staticPodsGate{client: client}, nil
+	case GateNone:
+		return noneGate{}, nil
+	}
+	return nil, fmt.Errorf("gate %q is not auto, openshift, static-pods or none", kind)
+}
+
+func detectGate(ctx context.Context, client kubernetes.Interface) (string, error) {
+	resources, err := client.Discovery().ServerResourcesForGroupVersion(KubeAPIServerResource.GroupVersion().String())
+	if err == nil {
+		for _, r := range resources.APIResources {
+			if r.Name == KubeAPIServerResource.Resource {
+				return GateOpenShift, nil
+			}
+		}
+	} else if !apierrors.IsNotFound(err) {
+		return "", fmt.Errorf("--gate=auto: asking the API server whether it serves %s: %w", KubeAPIServerResource.GroupVersion(), err)
+	}
+	pods, err := client.CoreV1().Pods(metav1.NamespaceSystem).List(ctx, metav1.ListOptions{LabelSelector: "component=kube-apiserver", Limit: 1})
+	if err != nil {
+		return "", fmt.Errorf("--gate=auto: looking for kube-apiserver mirror pods in kube-system: %w (name the gate with --gate)", err)
+	}
+	if len(pods.Items) > 0 {
+		return GateStaticPods, nil
+	}
+	return GateNone, nil
+}
+
+type noneGate struct{}
+
+func (noneGate) Start(context.Context, func()) error { return nil }
+func (noneGate) State() GateState {
+	return GateState{Provider: GateNone, Open: true, Message: "no revision gate (--gate=none)"}
+}
+
+// openshiftGate reads KubeAPIServer/cluster and Authentication/cluster.
+type openshiftGate struct {
+	dyn       dynamic.Interface
+	kas, auth cache.GenericLister
+}
+
+func (g *openshiftGate) Start(ctx context.Context, changed func()) error {
+	f := dynamicinformer.NewFilteredDynamicSharedInformerFactory(g.dyn, 0, metav1.NamespaceAll, func(o *metav1.ListOptions) {
+		o.FieldSelector = "metadata.name=cluster"
+	})
+	kas := f.ForResource(KubeAPIServerResource)
+	auth := f.ForResource(AuthenticationResource)
+	for _, inf := range []cache.SharedIndexInformer{kas.Informer(), auth.Informer()} {
+		if _, err := inf.AddEventHandler(onAnyChange(changed)); err != nil {
+			return err
+		}
+	}
+	g.kas, g.auth = kas.Lister(), auth.Lister()
+	f.Start(ctx.Done())
+	for r, ok := range f.WaitForCacheSync(ctx.Done()) {
+		if !ok {
+			return fmt.Errorf("openshift gate: the %s cache did not sync", r.Resource)
+		}
+	}
+	return nil
+}
+
+func (g *openshiftGate) State() GateState {
+	st := GateState{Provider: GateOpenShift, TrustKnown: true}
+	if a, err := g.auth.Get("cluster"); err == nil {
+		if u, ok := a.(*unstructured.Unstructured); ok {
+			st.RequestedIssuer, _, _ = unstructured.NestedString(u.Object, "spec", "serviceAccountIssuer")
+		}
+	}
+	obj, err := g.kas.Get("cluster")
+	if err != nil {
+		st.Message = "KubeAPIServer/cluster not found: " + err.Error()
+		return st
+	}
+	u, ok := obj.(*unstructured.Unstructured)
+	if !ok {
+		st.Message = "KubeAPIServer/cluster: unexpected object"
+		return st
+	}
+	return openshiftState(u, st)
+}
+
+// openshiftState judges a KubeAPIServer: open when every node's current
+// revision is the latest available one and no node has a target revision.
+func openshiftState(u *unstructured.Unstructured, st GateState) GateState {
+	latest, _, _ := unstructured.NestedInt64(u.Object, "status", "latestAvailableRevision")
+	st.LatestRevision = int(latest)
+	nodes, _, _ := unstructured.NestedSlice(u.Object, "status", "nodeStatuses")
+	var behind, installing []string
+	for i, n := range nodes {
+		m, _ := n.(map[string]any)
+		name, _, _ := unstructured.NestedString(m, "nodeName")
+		cur, _, _ := unstructured.NestedInt64(m, "currentRevision")
+		target, _, _ := unstructured.NestedInt64(m, "targetRevision")
+		if i == 0 || int(cur) < st.CurrentMinRevision {
+			st.CurrentMinRevision = int(cur)
+		}
+		if int(cur) > st.CurrentMaxRevision {
+			st.CurrentMaxRevision = int(cur)
+		}
+		if cur != latest {
+			behind = append(behind, fmt.Sprintf("%s at %d", name, cur))
+		}
+		if target != 0 {
+			installing = append(installing, fmt.Sprintf("%s to %d", name, target))
+		}
+	}
+	conds, _, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
+	for _, c := range conds {
+		m, _ := c.(map[string]any)
+		if t, _, _ := unstructured.NestedString(m, "type"); t == "NodeInstallerProgressing" {
+			status, _, _ := unstructured.NestedString(m, "status")
+			reason, _, _ := unstructured.NestedString(m, "reason")
+			msg, _, _ := unstructured.NestedString(m, "message")
+			st.Progressing = fmt.Sprintf("%s=%s %s: %s", t, status, reason, msg)
+		}
+	}
+	issuers, _, _ := unstructured.NestedSlice(u.Object, "status", "serviceAccountIssuers")
+	for _, it := range issuers {
+		m, _ := it.(map[string]any)
+		name, _, _ := unstructured.NestedString(m, "name")
+		exp, _, _ := unstructured.NestedString(m, "expirationTime")
+		ti := TrustedIssuer{Name: name}
+		if t, err := time.Parse(time.RFC3339, exp); err == nil {
+			ti.Expires = t
+		}
+		if name != "" {
+			st.Trusted = append(st.Trusted, ti)
+		}
+	}
+	switch {
+	case len(nodes) == 0:
+		st.Message = "KubeAPIServer/cluster reports no nodes yet"
+	case len(behind) > 0 || len(installing) > 0:
+		st.Message = fmt.Sprintf("kube-apiserver revision %d rolling out: %s", latest, strings.Join(append(behind, installing...), ", "))
+	default:
+		st.Open = true
+		st.Message = fmt.Sprintf("%d nodes at revision %d", len(nodes), latest)
+	}
+	return st
+}
+
+// staticPodsGate reads the kube-apiserver mirror pods of a kubeadm cluster.
+type staticPodsGate struct {
+	client kubernetes.Interface
+	mu     sync.Mutex
+	pods   cache.Store
+}
+
+func (g *staticPodsGate) Start(ctx context.Context, changed func()) error {
+	f := informers.NewSharedInformerFactoryWithOptions(g.client, 0, informers.WithNamespace(metav1.NamespaceSystem),
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = "component=kube-apiserver" }))
+	inf := f.Core().V1().Pods().Informer()
+	if _, err := inf.AddEventHandler(onAnyChange(changed)); err != nil {
+		return err
+	}
+	g.mu.Lock()
+	g.pods = inf.GetStore()
+	g.mu.Unlock()
+	f.Start(ctx.Done())
+	if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
+		return errors.New("static-pods gate: the kube-system pod cache did not sync")
+	}
+	return nil
+}
+
+func (g *staticPodsGate) State() GateState {
+	g.mu.Lock()
+	store := g.pods
+	g.mu.Unlock()
+	var pods []*corev1.Pod
+	for _, o := range store.List() {
+		if p, ok := o.(*corev1.Pod); ok {
+			pods = append(pods, p)
+		}
+	}
+	return staticPodsState(pods)
+}
+
+// staticPodsState is open when every kube-apiserver mirror pod is Ready and
+// all sign with the same issuer (the first --service-account-issuer).
+func staticPodsState(pods []*corev1.Pod) GateState {
+	st := GateState{Provider: GateStaticPods, TrustKnown: true}
+	if len(pods) == 0 {
+		st.Message = "no kube-apiserver mirror pods (component=kube-apiserver) in kube-system"
+		return st
+	}
+	sort.Slice(pods, func(i, j int) bool { return pods[i].Name < pods[j].Name })
+	var problems []string
+	signing := map[string][]string{}
+	var trusted []string
+	for i, p := range pods {
+		if !podReady(p) {
+			problems = append(problems, p.Name+" not Ready")
+		}
+		issuers := apiserverIssuers(p)
+		if len(issuers) == 0 {
+			problems = append(problems, p.Name+" has no --service-account-issuer")
+			continue
+		}
+		signing[issuers[0]] = append(signing[issuers[0]], p.Name)
+		if i == 0 {
+			trusted = issuers[1:]
+		} else {
+			trusted = slices.DeleteFunc(trusted, func(s string) bool { return !slices.Contains(issuers[1:], s) })
+		}
+	}
+	if len(signing) > 1 {
+		var parts []string
+		for iss, names := range signing {
+			parts = append(parts, fmt.Sprintf("%s sign with %s", strings.Join(names, ","), iss))
+		}
+		sort.Strings(parts)
+		problems = append(problems, "issuer rolling out: "+strings.Join(parts, "; "))
+	}
+	for iss := range signing {
+		st.SigningIssuer = iss
+	}
+	for _, t := range trusted {
+		st.Trusted = append(st.Trusted, TrustedIssuer{Name: t})
+	}
+	if len(problems) > 0 {
+		st.SigningIssuer = ""
+		st.Message = strings.Join(problems, "; ")
+		return st
+	}
+	st.Open = true
+	st.Message = fmt.Sprintf("%d kube-apiserver pods Ready, all signing with %s", len(pods), st.SigningIssuer)
+	return st
+}
+
+func podReady(p *corev1.Pod) bool {
+	if p.DeletionTimestamp != nil {
+		return false
+	}
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// apiserverIssuers reads --service-account-issuer (repeated, in order) from
+// the kube-apiserver container's command and args.
+func apiserverIssuers(p *corev1.Pod) []string {
+	var out []string
+	for _, c := range p.Spec.Containers {
+		if c.Name != "kube-apiserver" && len(p.Spec.Containers) > 1 {
+			continue
+		}
+		argv := append(slices.Clone(c.Command), c.Args...)
+		for i := 0; i < len(argv); i++ {
+			a := argv[i]
+			switch {
+			case strings.HasPrefix(a, "--service-account-issuer="):
+				out = append(out, strings.TrimPrefix(a, "--service-account-issuer="))
+			case a == "--service-account-issuer" && i+1 < len(argv):
+				out = append(out, argv[i+1])
+				i++
+			}
+		}
+	}
+	return out
+}
+
+func onAnyChange(f func()) cache.ResourceEventHandlerFuncs {
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { f() },
+		UpdateFunc: func(any, any) { f() },
+		DeleteFunc: func(any) { f() },
+	}
+}

@@ -1,0 +1,98 @@
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+	"go.uber.org/zap"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/leaderelection"
+	"k8s.io/client-go/tools/leaderelection/resourcelock"
+)
+
+// LeaderConfig configures leader election on a Lease.
+type LeaderConfig struct {
+	Client                                    kubernetes.Interface
+	Namespace, LeaseName                      string
+	Identity                                  string // default hostname_uuid
+	LeaseDuration, RenewDeadline, RetryPeriod time.Duration
+	Log                                       *zap.Logger
+}
+
+// Identity is hostname_uuid, unique per process.
+func Identity() string {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "unknown"
+	}
+	return host + "_" + uuid.NewString()
+}
+
+// RunElected campaigns for the Lease and runs lead on the context leader
+// election gives, which ends the instant leadership is lost; then it
+// campaigns again, until ctx ends. The Lease is released on the way out.
+func RunElected(ctx context.Context, lc LeaderConfig, lead func(context.Context) error) error {
+	if lc.Client == nil || lc.Namespace == "" || lc.LeaseName == "" {
+		return errors.New("leader election needs a client, a namespace and a Lease name")
+	}
+	if lc.Identity == "" {
+		lc.Identity = Identity()
+	}
+	if lc.Log == nil {
+		lc.Log = zap.NewNop()
+	}
+	lock := &resourcelock.LeaseLock{
+		LeaseMeta:  metav1.ObjectMeta{Namespace: lc.Namespace, Name: lc.LeaseName},
+		Client:     lc.Client.CoordinationV1(),
+		LockConfig: resourcelock.ResourceLockConfig{Identity: lc.Identity},
+	}
+	for ctx.Err() == nil {
+		finished := make(chan struct{})
+		var started atomic.Bool
+		le, err := leaderelection.NewLeaderElector(leaderelection.LeaderElectionConfig{
+			Lock: lock, LeaseDuration: lc.LeaseDuration, RenewDeadline: lc.RenewDeadline, RetryPeriod: lc.RetryPeriod,
+			ReleaseOnCancel: true, Name: lc.LeaseName,
+			Callbacks: leaderelection.LeaderCallbacks{
+				OnStartedLeading: func(lctx context.Context) {
+					started.Store(true)
+					defer close(finished)
+					lc.Log.Info("became the leader", zap.String("identity", lc.Identity), zap.String("lease", lc.Namespace+"/"+lc.LeaseName))
+					if err := lead(lctx); err != nil && lctx.Err() == nil {
+						lc.Log.Error("the coordinator stopped with an error; giving up leadership", zap.Error(err))
+					}
+				},
+				OnStoppedLeading: func() { lc.Log.Info("not the leader", zap.String("identity", lc.Identity)) },
+				OnNewLeader: func(id string) {
+					if id != lc.Identity {
+						lc.Log.Info("another replica leads", zap.String("leader", id))
+					}
+				},
+			},
+		})
+		if err != nil {
+			return fmt.Errorf("leader election: %w", err)
+		}
+		// OnStartedLeading runs on its own goroutine; Run returns when
+		// leadership ends. Wait for the work to stop before campaigning again.
+		runCtx, cancel := context.WithCancel(ctx)
+		go func() {
+			select {
+			case <-finished:
+				cancel() // the work ended by itself (an error): give the Lease up
+			case <-runCtx.Done():
+			}
+		}()
+		le.Run(runCtx)
+		cancel()
+		if started.Load() {
+			<-finished
+		}
+	}
+	return nil
+}

@@ -1,0 +1,79 @@
+package coordinator
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+
+	"github.com/tokenroll/tokenroll/metrics"
+)
+
+// rolloutPhases are the values of tokenroll_rollout_phase's label.
+var rolloutPhases = []string{"none", string(PhaseRunning), string(PhasePaused), string(PhaseHalted), string(PhaseCancelled), string(PhaseDone)}
+
+// nodeStates are the values of tokenroll_rollout_nodes's label.
+var nodeStates = []string{"pending", "in_progress", "done", "halted", "skipped"}
+
+type coordinatorMetrics struct {
+	leader         prometheus.Gauge
+	gateOpen       *prometheus.GaugeVec
+	gateTransition prometheus.Gauge
+	gateRevision   *prometheus.GaugeVec
+	trustExpiry    prometheus.Gauge
+	phase          *prometheus.GaugeVec
+	nodes          *prometheus.GaugeVec
+	stepDuration   *prometheus.HistogramVec
+	halts          *prometheus.CounterVec
+	overhead       prometheus.Histogram
+	staleNodes     prometheus.Gauge
+}
+
+func newCoordinatorMetrics(reg prometheus.Registerer) *coordinatorMetrics {
+	f := promauto.With(reg)
+	ns := metrics.Namespace
+	m := &coordinatorMetrics{
+		leader: f.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "coordinator_leader",
+			Help: "1 while this replica holds the coordinator Lease."}),
+		gateOpen: f.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "gate_open",
+			Help: "1 when the revision gate is open (disruptive steps may start), 0 while the kube-apiserver configuration rolls out."}, []string{"provider"}),
+		gateTransition: f.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "gate_last_transition_timestamp_seconds",
+			Help: "When the revision gate last opened or closed (Unix time)."}),
+		gateRevision: f.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "gate_revision",
+			Help: "kube-apiserver revisions the gate saw (openshift): latest available, lowest and highest current."}, []string{"kind"}),
+		trustExpiry: f.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "issuer_trust_expiry_timestamp_seconds",
+			Help: "When the earliest trust window of a previous issuer closes (Unix time); 0 when none is known."}),
+		phase: f.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "rollout_phase",
+			Help: "1 for the current rollout's phase (none when there is no rollout), 0 for the others."}, []string{"phase"}),
+		nodes: f.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "rollout_nodes",
+			Help: "Nodes of the current rollout by state."}, []string{"state"}),
+		stepDuration: f.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Name: "node_step_duration_seconds",
+			Help:    "Duration of each step of the per-node protocol.",
+			Buckets: []float64{0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800}}, []string{"strategy", "step"}),
+		halts: f.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "rollout_halts_total",
+			Help: "Rollouts halted, by reason."}, []string{"reason"}),
+		overhead: f.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Name: "coordinator_overhead_seconds",
+			Help:    "Time from one node verified to the next node cordoned: the coordinator's own overhead.",
+			Buckets: []float64{0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}}),
+		staleNodes: f.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "nodes_needing_work",
+			Help: "Nodes the planner finds needing work now (stale or old-issuer tokens, a required reboot)."}),
+	}
+	for _, p := range rolloutPhases {
+		m.phase.WithLabelValues(p)
+	}
+	for _, s := range nodeStates {
+		m.nodes.WithLabelValues(s)
+	}
+	for _, r := range HaltReasons {
+		m.halts.WithLabelValues(r)
+	}
+	return m
+}
+
+func (m *coordinatorMetrics) setPhase(p string) {
+	for _, v := range rolloutPhases {
+		val := 0.0
+		if v == p {
+			val = 1
+		}
+		m.phase.WithLabelValues(v).Set(val)
+	}
+}

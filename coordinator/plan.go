@@ -1,0 +1,153 @@
+package coordinator
+
+import (
+	"cmp"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/tokenroll/tokenroll/protocol"
+)
+
+// PlanInput is everything a plan depends on; MakePlan is a pure function
+// of it.
+type PlanInput struct {
+	Now time.Time
+	// Issuer is the API servers' signing issuer.
+	Issuer string
+	// Gate says which other issuers are trusted, and until when.
+	Gate     GateState
+	Strategy Strategy
+	// Margin is how long before a trust deadline a token must have been
+	// refreshed for its node to be left alone.
+	Margin time.Duration
+	// WaitForReports: a node whose agent has not yet judged its tokens
+	// against Issuer, and whose need depends on when they refresh, is
+	// reported as waiting rather than planned.
+	WaitForReports bool
+	Nodes          []*corev1.Node
+}
+
+// SkippedNode is a node left out, and why.
+type SkippedNode struct {
+	Name   string `json:"name"`
+	Reason string `json:"reason"`
+}
+
+// Plan is which nodes need what, why and by when, most urgent first.
+type Plan struct {
+	Nodes   []PlannedNode `json:"nodes"`
+	Skipped []SkippedNode `json:"skipped,omitempty"`
+	// Waiting are nodes whose agents have not reported under the current
+	// issuer yet.
+	Waiting []string `json:"waiting,omitempty"`
+	// Triggers counts the planned nodes by what made them need work.
+	Triggers map[string]int `json:"triggers,omitempty"`
+}
+
+// Trigger names.
+const (
+	TriggerIssuer         = "issuer"
+	TriggerStaleTokens    = "stale-tokens"
+	TriggerRebootRequired = "reboot-required"
+	TriggerManual         = "manual"
+)
+
+// MakePlan decides which nodes need work: those reporting a required
+// reboot (always a reboot), those holding expired or overdue tokens, and
+// those holding tokens of another issuer that the API servers do not trust,
+// or trust only until a deadline the tokens would outlive (refreshing at
+// their refresh time plus Margin). A token of a trusted issuer heals by
+// itself when the kubelet refreshes it: its node is left alone.
+func MakePlan(in PlanInput) Plan {
+	p := Plan{Triggers: map[string]int{}}
+	trusted := map[string]TrustedIssuer{}
+	if in.Gate.TrustKnown {
+		for _, t := range in.Gate.Trusted {
+			trusted[t.Name] = t
+		}
+	}
+	for _, n := range in.Nodes {
+		need, trigger, deadline, why := nodeNeed(in, trusted, n)
+		switch {
+		case trigger == "wait":
+			p.Waiting = append(p.Waiting, n.Name)
+		case need:
+			action := in.Strategy
+			if trigger == TriggerRebootRequired {
+				action = Reboot
+			}
+			p.Nodes = append(p.Nodes, PlannedNode{Name: n.Name, Action: action, Reason: why, Deadline: deadline})
+			p.Triggers[trigger]++
+		case why != "":
+			p.Skipped = append(p.Skipped, SkippedNode{Name: n.Name, Reason: why})
+		}
+	}
+	sortPlan(p.Nodes)
+	return p
+}
+
+// sortPlan orders by deadline (none first: already broken), then name.
+func sortPlan(nodes []PlannedNode) {
+	slices.SortStableFunc(nodes, func(a, b PlannedNode) int {
+		return cmp.Or(a.Deadline.Compare(b.Deadline), cmp.Compare(a.Name, b.Name))
+	})
+}
+
+func nodeNeed(in PlanInput, trusted map[string]TrustedIssuer, n *corev1.Node) (need bool, trigger string, deadline time.Time, why string) {
+	if n.Annotations[protocol.AnnotationRebootRequired] == "true" {
+		return true, TriggerRebootRequired, time.Time{}, "the node reports a required reboot"
+	}
+	raw, ok := n.Annotations[protocol.AnnotationTokens]
+	if !ok {
+		return false, "", time.Time{}, "no report from a tokenroll agent on this node"
+	}
+	rep, err := protocol.ParseTokenReport(raw)
+	if err != nil {
+		return false, "", time.Time{}, err.Error()
+	}
+	if k := rep.Stale[protocol.StateExpired] + rep.Stale[protocol.StateOverdue]; k > 0 {
+		return true, TriggerStaleTokens, time.Time{}, fmt.Sprintf("%d tokens expired or overdue (the kubelet is not refreshing them)", k)
+	}
+	var reasons, healing []string
+	for _, it := range rep.Issuers {
+		if it.Issuer == in.Issuer || it.Tokens == 0 {
+			continue
+		}
+		t, ok := trusted[it.Issuer]
+		switch {
+		case !ok:
+			need = true
+			reasons = append(reasons, fmt.Sprintf("%d tokens from %s, which the API servers no longer trust", it.Tokens, it.Issuer))
+		case t.Expires.IsZero():
+			healing = append(healing, fmt.Sprintf("%d tokens from %s (still trusted) refresh by themselves", it.Tokens, it.Issuer))
+		case it.LastRefreshAt.IsZero():
+			if in.WaitForReports && rep.Issuer != in.Issuer {
+				return false, "wait", time.Time{}, ""
+			}
+			need = true
+			deadline = minTime(deadline, t.Expires)
+			reasons = append(reasons, fmt.Sprintf("%d tokens from %s, trusted until %s; when they refresh is not known", it.Tokens, it.Issuer, t.Expires.UTC().Format(time.RFC3339)))
+		case it.LastRefreshAt.Add(in.Margin).After(t.Expires):
+			need = true
+			deadline = minTime(deadline, t.Expires)
+			reasons = append(reasons, fmt.Sprintf("%d tokens from %s, trusted until %s, the last refreshing at %s", it.Tokens, it.Issuer, t.Expires.UTC().Format(time.RFC3339), it.LastRefreshAt.UTC().Format(time.RFC3339)))
+		default:
+			healing = append(healing, fmt.Sprintf("%d tokens from %s refresh by %s, before its trust ends at %s", it.Tokens, it.Issuer, it.LastRefreshAt.UTC().Format(time.RFC3339), t.Expires.UTC().Format(time.RFC3339)))
+		}
+	}
+	if need {
+		return true, TriggerIssuer, deadline, strings.Join(reasons, "; ")
+	}
+	return false, "", time.Time{}, strings.Join(healing, "; ")
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.IsZero() || b.Before(a) {
+		return b
+	}
+	return a
+}

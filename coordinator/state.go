@@ -1,0 +1,238 @@
+// Package coordinator is tokenroll's leader-elected controller: it watches
+// the Nodes (and the agents' reports on them), the revision gate and the
+// issuer, plans the least disruptive remediation that meets the deadline,
+// and walks the nodes through cordon, drain, action, verify and uncordon, at
+// most --max-unavailable at a time. Every step is recorded on the Node and
+// the rollout in a ConfigMap, so a new leader resumes where the last one
+// stopped.
+package coordinator
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/util/retry"
+
+	"github.com/tokenroll/tokenroll/protocol"
+)
+
+// ConfigMapName holds the rollout state in the coordinator's namespace;
+// StateKey is its data key.
+const (
+	ConfigMapName = "tokenroll-rollout"
+	StateKey      = "state.json"
+)
+
+// Strategy is the remediation a node gets.
+type Strategy string
+
+// The strategies, least disruptive first.
+const (
+	KubeletRestart Strategy = "kubelet-restart"
+	PodRestart     Strategy = "pod-restart"
+	Reboot         Strategy = "reboot"
+)
+
+// ParseStrategy checks a strategy name.
+func ParseStrategy(s string) (Strategy, error) {
+	switch st := Strategy(s); st {
+	case KubeletRestart, PodRestart, Reboot:
+		return st, nil
+	}
+	return "", fmt.Errorf("strategy %q is not kubelet-restart, pod-restart or reboot", s)
+}
+
+// Phase is a rollout's state.
+type Phase string
+
+// Rollout phases. Done and cancelled are final.
+const (
+	PhaseRunning   Phase = "running"
+	PhasePaused    Phase = "paused"
+	PhaseHalted    Phase = "halted"
+	PhaseCancelled Phase = "cancelled"
+	PhaseDone      Phase = "done"
+)
+
+// Final reports whether a rollout in p starts no more nodes.
+func (p Phase) Final() bool { return p == PhaseDone || p == PhaseCancelled }
+
+// Halt reasons (bounded: they label a metric).
+const (
+	HaltCordonFailed  = "CordonFailed"
+	HaltDrainFailed   = "DrainFailed"
+	HaltDrainTimeout  = "DrainTimeout"
+	HaltActionFailed  = "ActionFailed"
+	HaltActionTimeout = "ActionTimeout"
+	HaltNodeNotBack   = "NodeNotBack"
+	HaltVerifyTimeout = "VerifyTimeout"
+)
+
+// HaltReasons lists every halt reason.
+var HaltReasons = []string{HaltCordonFailed, HaltDrainFailed, HaltDrainTimeout, HaltActionFailed, HaltActionTimeout, HaltNodeNotBack, HaltVerifyTimeout}
+
+// PlannedNode is one node of a plan: what it gets, why, and by when.
+type PlannedNode struct {
+	Name   string   `json:"name"`
+	Action Strategy `json:"action"`
+	Reason string   `json:"reason"`
+	// Deadline is when its tokens stop working (zero: already, or unknown).
+	Deadline time.Time `json:"deadline,omitzero"`
+}
+
+// Rollout is one pass over a set of nodes.
+type Rollout struct {
+	ID string `json:"id"`
+	// Trigger says what started it: issuer, stale-tokens, reboot-required or
+	// manual (and who asked).
+	Trigger  string        `json:"trigger"`
+	Strategy Strategy      `json:"strategy"`
+	Phase    Phase         `json:"phase"`
+	Issuer   string        `json:"issuer,omitempty"`
+	Nodes    []PlannedNode `json:"nodes"`
+	// HaltReason, HaltNode and Message say why it halted.
+	HaltReason string    `json:"haltReason,omitempty"`
+	HaltNode   string    `json:"haltNode,omitempty"`
+	Message    string    `json:"message,omitempty"`
+	CreatedAt  time.Time `json:"createdAt"`
+	UpdatedAt  time.Time `json:"updatedAt"`
+	FinishedAt time.Time `json:"finishedAt,omitzero"`
+}
+
+// StartRequest is an administrator's `tokenroll rollout start`.
+type StartRequest struct {
+	Strategy Strategy `json:"strategy"`
+	// Selector is a label selector over Nodes; empty means every node.
+	Selector    string    `json:"selector,omitempty"`
+	RequestedAt time.Time `json:"requestedAt"`
+	RequestedBy string    `json:"requestedBy,omitempty"`
+}
+
+// State is everything in the ConfigMap.
+type State struct {
+	// Rollout is the current one (nil when none), Last the one before.
+	Rollout *Rollout `json:"rollout,omitempty"`
+	Last    *Rollout `json:"last,omitempty"`
+	// Start is a pending administrator request.
+	Start *StartRequest `json:"start,omitempty"`
+	// ObservedIssuer is the signing issuer the coordinator last saw with the
+	// gate open, and since when.
+	ObservedIssuer   string    `json:"observedIssuer,omitempty"`
+	ObservedIssuerAt time.Time `json:"observedIssuerAt,omitzero"`
+}
+
+// Active returns the current rollout if it is not over. A cancelled
+// rollout stays active until the nodes it was acting on are finished.
+func (s *State) Active() *Rollout {
+	if s.Rollout != nil && s.Rollout.FinishedAt.IsZero() {
+		return s.Rollout
+	}
+	return nil
+}
+
+// DecodeState reads the state from a ConfigMap (nil: none yet).
+func DecodeState(cm *corev1.ConfigMap) (State, error) {
+	var s State
+	if cm == nil || cm.Data[StateKey] == "" {
+		return s, nil
+	}
+	if err := json.Unmarshal([]byte(cm.Data[StateKey]), &s); err != nil {
+		return State{}, fmt.Errorf("ConfigMap %s/%s key %s is not valid rollout state: %w; fix or delete it (kubectl -n %s delete configmap %s) and the coordinator starts afresh", cm.Namespace, cm.Name, StateKey, err, cm.Namespace, cm.Name)
+	}
+	return s, nil
+}
+
+// Store reads and writes the state ConfigMap.
+type Store struct {
+	Client    kubernetes.Interface
+	Namespace string
+	// FieldManager names the writer (coordinator, or the CLI).
+	FieldManager string
+}
+
+// Get reads the state.
+func (st Store) Get(ctx context.Context) (State, error) {
+	cm, err := st.Client.CoreV1().ConfigMaps(st.Namespace).Get(ctx, ConfigMapName, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return State{}, nil
+	}
+	if err != nil {
+		return State{}, fmt.Errorf("reading the rollout state (ConfigMap %s/%s): %w", st.Namespace, ConfigMapName, err)
+	}
+	return DecodeState(cm)
+}
+
+// Update reads the state, applies change and writes it back, retrying on
+// conflicts; the ConfigMap is created when missing. change may return an
+// error to abort without writing.
+func (st Store) Update(ctx context.Context, change func(*State) error) (State, error) {
+	s, _, err := st.update(ctx, change)
+	return s, err
+}
+
+func (st Store) update(ctx context.Context, change func(*State) error) (State, *corev1.ConfigMap, error) {
+	var out State
+	var written *corev1.ConfigMap
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		cms := st.Client.CoreV1().ConfigMaps(st.Namespace)
+		cm, err := cms.Get(ctx, ConfigMapName, metav1.GetOptions{})
+		missing := apierrors.IsNotFound(err)
+		if err != nil && !missing {
+			return fmt.Errorf("reading the rollout state (ConfigMap %s/%s): %w", st.Namespace, ConfigMapName, err)
+		}
+		if missing {
+			cm = &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: ConfigMapName, Namespace: st.Namespace,
+				Labels: map[string]string{"app.kubernetes.io/name": "tokenroll", "app.kubernetes.io/component": "coordinator"}}}
+		}
+		s, err := DecodeState(cm)
+		if err != nil {
+			return err
+		}
+		if err := change(&s); err != nil {
+			return err
+		}
+		data, err := json.MarshalIndent(s, "", "  ")
+		if err != nil {
+			return err
+		}
+		cm = cm.DeepCopy()
+		if cm.Data == nil {
+			cm.Data = map[string]string{}
+		}
+		cm.Data[StateKey] = string(data)
+		opts := metav1.CreateOptions{FieldManager: st.FieldManager}
+		if missing {
+			written, err = cms.Create(ctx, cm, opts)
+			if apierrors.IsAlreadyExists(err) {
+				return apierrors.NewConflict(corev1.Resource("configmaps"), ConfigMapName, err)
+			}
+		} else {
+			written, err = cms.Update(ctx, cm, metav1.UpdateOptions{FieldManager: st.FieldManager})
+		}
+		if err == nil {
+			out = s
+		}
+		return err
+	})
+	return out, written, err
+}
+
+// nodeState reads the coordinator's record on a Node for rollout id (nil:
+// pending, or a record of another rollout).
+func nodeState(n *corev1.Node, id string) *protocol.NodeState {
+	v, ok := n.Annotations[protocol.AnnotationNodeState]
+	if !ok {
+		return nil
+	}
+	s, err := protocol.ParseNodeState(v)
+	if err != nil || s.Rollout != id {
+		return nil
+	}
+	return &s
+}

@@ -1,0 +1,197 @@
+package coordinator
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/tokenroll/tokenroll/protocol"
+)
+
+// NodeStatus is one node as `tokenroll status` shows it.
+type NodeStatus struct {
+	Name          string `json:"name"`
+	Ready         bool   `json:"ready"`
+	Unschedulable bool   `json:"unschedulable"`
+	// Tokens and Stale come from the agent's report (-1: no report).
+	Tokens int `json:"tokens"`
+	Stale  int `json:"stale"`
+	// OldIssuer counts tokens from issuers other than the current one.
+	OldIssuer int `json:"oldIssuer"`
+	// Condition is the ServiceAccountTokensStale reason.
+	Condition      string `json:"condition,omitempty"`
+	RebootRequired bool   `json:"rebootRequired,omitempty"`
+	// Phase is the node's step in the current rollout: pending, cordoned,
+	// acting, done, halted, or "" when it is not in it.
+	Phase   string    `json:"phase,omitempty"`
+	Action  string    `json:"action,omitempty"`
+	Since   time.Time `json:"since,omitzero"`
+	Message string    `json:"message,omitempty"`
+}
+
+// StatusReport is everything `tokenroll status` prints.
+type StatusReport struct {
+	Now     time.Time     `json:"now"`
+	Issuer  string        `json:"issuer"`
+	Gate    GateState     `json:"gate"`
+	Rollout *Rollout      `json:"rollout,omitempty"`
+	Last    *Rollout      `json:"last,omitempty"`
+	Pending *StartRequest `json:"pendingStart,omitempty"`
+	Nodes   []NodeStatus  `json:"nodes"`
+}
+
+// BuildStatus reads the state and the Nodes.
+func BuildStatus(ctx context.Context, client kubernetes.Interface, namespace, issuer string, gate GateState, now time.Time) (*StatusReport, error) {
+	st, err := Store{Client: client, Namespace: namespace}.Get(ctx)
+	if err != nil {
+		return nil, err
+	}
+	list, err := client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("listing nodes: %w", err)
+	}
+	rep := &StatusReport{Now: now, Issuer: issuer, Gate: gate, Rollout: st.Rollout, Last: st.Last, Pending: st.Start}
+	planned := map[string]PlannedNode{}
+	if st.Rollout != nil {
+		for _, pn := range st.Rollout.Nodes {
+			planned[pn.Name] = pn
+		}
+	}
+	for i := range list.Items {
+		n := &list.Items[i]
+		ns := NodeStatus{Name: n.Name, Ready: nodeReady(n), Unschedulable: n.Spec.Unschedulable, Tokens: -1, Stale: -1,
+			RebootRequired: n.Annotations[protocol.AnnotationRebootRequired] == "true"}
+		if tr, err := protocol.ParseTokenReport(n.Annotations[protocol.AnnotationTokens]); err == nil && n.Annotations[protocol.AnnotationTokens] != "" {
+			ns.Tokens, ns.Stale = tr.Tokens, tr.StaleTotal()
+			for _, it := range tr.Issuers {
+				if it.Issuer != issuer {
+					ns.OldIssuer += it.Tokens
+				}
+			}
+		}
+		for _, c := range n.Status.Conditions {
+			if string(c.Type) == protocol.ConditionTokensStale {
+				ns.Condition = c.Reason
+			}
+		}
+		if pn, ok := planned[n.Name]; ok {
+			ns.Phase, ns.Action, ns.Message = "pending", string(pn.Action), pn.Reason
+			if s := nodeState(n, st.Rollout.ID); s != nil {
+				ns.Phase, ns.Since = string(s.Step), s.StepAt
+				if s.Message != "" {
+					ns.Message = s.Message
+				}
+			}
+		}
+		rep.Nodes = append(rep.Nodes, ns)
+	}
+	slices.SortFunc(rep.Nodes, func(a, b NodeStatus) int { return cmp.Compare(a.Name, b.Name) })
+	return rep, nil
+}
+
+// WriteStatusJSON writes the report as indented JSON.
+func WriteStatusJSON(w io.Writer, rep *StatusReport) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(rep)
+}
+
+// WriteStatusTable prints the report as kubectl does: a header block, then
+// one row per node.
+func WriteStatusTable(w io.Writer, rep *StatusReport) error {
+	g := rep.Gate
+	gate := "CLOSED"
+	if g.Open {
+		gate = "open"
+	}
+	fmt.Fprintf(w, "GATE      %s (%s): %s\n", gate, g.Provider, g.Message)
+	if g.Progressing != "" {
+		fmt.Fprintf(w, "          %s\n", g.Progressing)
+	}
+	fmt.Fprintf(w, "ISSUER    %s\n", orDash(rep.Issuer))
+	for _, t := range g.Trusted {
+		if t.Name == rep.Issuer {
+			continue
+		}
+		until := "no end known"
+		if !t.Expires.IsZero() {
+			until = fmt.Sprintf("until %s (in %s)", t.Expires.UTC().Format(time.RFC3339), t.Expires.Sub(rep.Now).Round(time.Minute))
+		}
+		fmt.Fprintf(w, "          also trusted: %s, %s\n", t.Name, until)
+	}
+	if r := rep.Rollout; r != nil {
+		done, total := 0, len(r.Nodes)
+		for _, n := range rep.Nodes {
+			if n.Phase == string(protocol.StepDone) {
+				done++
+			}
+		}
+		fmt.Fprintf(w, "ROLLOUT   %s  %s  strategy=%s  trigger=%s  %d/%d nodes done  started %s ago\n",
+			r.ID, strings.ToUpper(string(r.Phase)), r.Strategy, r.Trigger, done, total, rep.Now.Sub(r.CreatedAt).Round(time.Second))
+		if r.HaltReason != "" || r.Message != "" {
+			fmt.Fprintf(w, "          %s %s: %s\n", r.HaltReason, r.HaltNode, r.Message)
+		}
+		if r.Phase == PhaseHalted {
+			fmt.Fprintf(w, "          waiting for you: tokenroll rollout resume (retries %s) or tokenroll rollout cancel\n", r.HaltNode)
+		}
+	} else {
+		fmt.Fprintf(w, "ROLLOUT   none\n")
+	}
+	if p := rep.Pending; p != nil {
+		fmt.Fprintf(w, "          start requested by %s: strategy=%s nodes=%q\n", orUnknown(p.RequestedBy), p.Strategy, p.Selector)
+	}
+	fmt.Fprintln(w)
+	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
+	fmt.Fprintln(tw, "NODE\tREADY\tSCHED\tTOKENS\tSTALE\tOLD-ISSUER\tCONDITION\tPHASE\tACTION\tSINCE\tMESSAGE")
+	for _, n := range rep.Nodes {
+		sched := "yes"
+		if n.Unschedulable {
+			sched = "cordoned"
+		}
+		tokens, stale := "-", "-"
+		if n.Tokens >= 0 {
+			tokens, stale = fmt.Sprint(n.Tokens), fmt.Sprint(n.Stale)
+		}
+		cond := orDash(n.Condition)
+		if n.RebootRequired {
+			cond += ",RebootRequired"
+		}
+		since := "-"
+		if !n.Since.IsZero() {
+			since = rep.Now.Sub(n.Since).Round(time.Second).String()
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n", n.Name, yesNo(n.Ready), sched, tokens, stale, n.OldIssuer,
+			cond, orDash(n.Phase), orDash(n.Action), since, truncate(n.Message, 80))
+	}
+	return tw.Flush()
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n-1] + "…"
+}

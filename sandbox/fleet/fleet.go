@@ -1,0 +1,249 @@
+// Package fleet runs simulated nodes, each with the real tokenroll agent
+// (scanner, reporter and request handler) in the same process, against a
+// real control plane. The agent's executor reboots or restarts its
+// simulated node; after a reboot the agent is started afresh, as its pod
+// would be. Tests and benchmarks of the coordinator use it.
+package fleet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/tokenroll/tokenroll/agent"
+	"github.com/tokenroll/tokenroll/agent/actions"
+	"github.com/tokenroll/tokenroll/sandbox/controlplane"
+	"github.com/tokenroll/tokenroll/sandbox/kubeletsim"
+)
+
+// Config says which nodes to run and how.
+type Config struct {
+	CP    *controlplane.ControlPlane
+	Dir   string
+	Nodes []string
+	// AgentInterval is the agents' scan interval (default 1s) and
+	// IssuerRefresh their OIDC discovery interval (default 2s).
+	AgentInterval, IssuerRefresh time.Duration
+	// RebootDown is how long a simulated reboot keeps a node down.
+	RebootDown time.Duration
+	// StatusInterval is the simulated kubelets' status period (default 1m).
+	StatusInterval time.Duration
+	// Observer sees every simulated node's events.
+	Observer func(kubeletsim.Event)
+	Log      *zap.Logger
+}
+
+// Member is one node: the simulated kubelet and its agent.
+type Member struct {
+	Name string
+	Sim  *kubeletsim.Node
+	// Reboots and KubeletRestarts count what the agent's executor did.
+	Reboots, KubeletRestarts atomic.Int32
+	// NeverBack makes the next reboot keep the node down.
+	NeverBack atomic.Bool
+	// FailActions makes the executor fail.
+	FailActions atomic.Bool
+
+	fleet   *Fleet
+	client  kubernetes.Interface
+	stateMu sync.Mutex
+	agent   *agent.Agent
+	restart chan struct{}
+}
+
+// Fleet is the running nodes.
+type Fleet struct {
+	cfg     Config
+	Members map[string]*Member
+	wg      sync.WaitGroup
+}
+
+// Start runs the nodes and their agents until ctx ends, and returns once
+// every node has registered.
+func Start(ctx context.Context, cfg Config) (*Fleet, error) {
+	if cfg.CP == nil || cfg.Dir == "" || len(cfg.Nodes) == 0 {
+		return nil, errors.New("fleet: needs a control plane, a directory and nodes")
+	}
+	if cfg.AgentInterval <= 0 {
+		cfg.AgentInterval = time.Second
+	}
+	if cfg.IssuerRefresh <= 0 {
+		cfg.IssuerRefresh = 2 * time.Second
+	}
+	if cfg.Log == nil {
+		cfg.Log = zap.NewNop()
+	}
+	f := &Fleet{cfg: cfg, Members: map[string]*Member{}}
+	if err := allowDiscovery(ctx, cfg.CP); err != nil {
+		return nil, err
+	}
+	for _, name := range cfg.Nodes {
+		rc, err := cfg.CP.NodeConfig(name)
+		if err != nil {
+			return nil, err
+		}
+		m := &Member{Name: name, fleet: f, restart: make(chan struct{}, 1)}
+		observer := func(e kubeletsim.Event) {
+			if e.Kind == kubeletsim.EventUp {
+				select {
+				case m.restart <- struct{}{}:
+				default:
+				}
+			}
+			if cfg.Observer != nil {
+				cfg.Observer(e)
+			}
+		}
+		sim, err := kubeletsim.New(kubeletsim.Config{Name: name, Root: filepath.Join(cfg.Dir, name), RESTConfig: rc,
+			StatusInterval: cfg.StatusInterval, Observer: observer, Logger: cfg.Log.Named("kubelet").With(zap.String("node", name))})
+		if err != nil {
+			return nil, err
+		}
+		m.Sim = sim
+		// The agent acts as its node here (the Node authorizer lets a node
+		// read and patch its own Node), standing in for the agent's service
+		// account, whose RBAC the deploy tests check.
+		if m.client, err = kubernetes.NewForConfig(rc); err != nil {
+			return nil, err
+		}
+		f.Members[name] = m
+		f.wg.Add(1)
+		go func() {
+			defer f.wg.Done()
+			if err := sim.Run(ctx); err != nil && ctx.Err() == nil {
+				cfg.Log.Error("simulated node stopped", zap.String("node", name), zap.Error(err))
+			}
+		}()
+	}
+	for _, m := range f.Members {
+		select {
+		case <-m.Sim.Registered():
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(2 * time.Minute):
+			return nil, fmt.Errorf("fleet: node %s did not register", m.Name)
+		}
+	}
+	for _, m := range f.Members {
+		f.wg.Add(1)
+		go func() {
+			defer f.wg.Done()
+			m.runAgent(ctx)
+		}()
+	}
+	return f, nil
+}
+
+// Wait blocks until everything stopped (after ctx ended).
+func (f *Fleet) Wait() { f.wg.Wait() }
+
+// Agent is the member's current agent (nil before it started).
+func (m *Member) Agent() *agent.Agent {
+	m.stateMu.Lock()
+	defer m.stateMu.Unlock()
+	return m.agent
+}
+
+// runAgent runs the agent, starting it afresh after each reboot.
+func (m *Member) runAgent(ctx context.Context) {
+	for ctx.Err() == nil {
+		actx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			if err := m.agentOnce(actx); err != nil && actx.Err() == nil {
+				m.fleet.cfg.Log.Error("agent stopped", zap.String("node", m.Name), zap.Error(err))
+			}
+		}()
+		select {
+		case <-ctx.Done():
+		case <-m.restart:
+		}
+		cancel()
+		<-done
+	}
+}
+
+func (m *Member) agentOnce(ctx context.Context) error {
+	cfg := m.fleet.cfg
+	log := cfg.Log.Named("agent").With(zap.String("node", m.Name))
+	a, err := agent.New(agent.Config{NodeName: m.Name, KubeletRoot: m.Sim.Root(), Client: m.client,
+		Interval: cfg.AgentInterval, Grace: 5 * time.Minute, IssuerRefresh: cfg.IssuerRefresh, Log: log})
+	if err != nil {
+		return err
+	}
+	m.stateMu.Lock()
+	m.agent = a
+	m.stateMu.Unlock()
+	h, err := actions.NewHandler(actions.HandlerConfig{NodeName: m.Name, Executor: simExecutor{m: m, ctx: ctx},
+		StateDir: filepath.Join(cfg.Dir, m.Name+"-agent-state"), BootIDFile: kubeletsim.BootIDPath(m.Sim.Root()),
+		MaxRequestAge: time.Hour, Reporter: actions.NodeReporter{Client: m.client, NodeName: m.Name},
+		Finished: func(actions.Record) { a.Rescan() }, Log: log})
+	if err != nil {
+		return err
+	}
+	w, err := actions.NewWatcher(actions.WatcherConfig{Client: m.client, NodeName: m.Name, Handler: h, Log: log})
+	if err != nil {
+		return err
+	}
+	errs := make(chan error, 1)
+	go func() { errs <- w.Run(ctx) }()
+	return errors.Join(a.Run(ctx), <-errs)
+}
+
+// simExecutor carries out requests on the simulated node.
+type simExecutor struct {
+	m   *Member
+	ctx context.Context // the fleet's: a reboot outlives the agent that asked for it
+}
+
+func (e simExecutor) Reboot(context.Context) error {
+	if e.m.FailActions.Load() {
+		return errors.New("simulated failure: logind refused the reboot")
+	}
+	e.m.Reboots.Add(1)
+	down := e.m.fleet.cfg.RebootDown
+	if e.m.NeverBack.Load() {
+		down = 24 * time.Hour
+	}
+	return e.m.Sim.Reboot(context.WithoutCancel(e.ctx), down)
+}
+
+func (e simExecutor) RestartKubelet(context.Context) error {
+	if e.m.FailActions.Load() {
+		return errors.New("simulated failure: kubelet.service failed to restart")
+	}
+	e.m.KubeletRestarts.Add(1)
+	e.m.Sim.RestartKubelet()
+	return nil
+}
+
+// allowDiscovery lets nodes read OIDC discovery. The in-process agents act
+// with their node's identity (a client certificate, which an issuer change
+// does not invalidate); a real agent's service account has this through the
+// default binding for service accounts.
+func allowDiscovery(ctx context.Context, cp *controlplane.ControlPlane) error {
+	admin, err := kubernetes.NewForConfig(cp.AdminConfig())
+	if err != nil {
+		return err
+	}
+	crb := &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: "tokenroll-fleet-issuer-discovery"},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "system:service-account-issuer-discovery"},
+		Subjects:   []rbacv1.Subject{{Kind: rbacv1.GroupKind, APIGroup: rbacv1.GroupName, Name: "system:nodes"}},
+	}
+	if _, err := admin.RbacV1().ClusterRoleBindings().Create(ctx, crb, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("fleet: letting nodes read OIDC discovery: %w", err)
+	}
+	return nil
+}
