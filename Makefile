@@ -59,3 +59,14 @@ image: ## Build the container image (needs a Docker engine).
 
 clean: ## Remove build output (the cache stays).
 	rm -rf $(BIN)
+
+# Tools for the deploy tests (test/deploy): a kustomize/Helm renderer and
+# promtool, built from the pins in test/deploy/tools/go.mod, and the CRDs
+# the manifests use, into $(TOKENROLL_CACHE_DIR)/deploy-tools/.
+.PHONY: deploy-tools
+deploy-tools: ## Build the deploy tests' tools (renderer, promtool) and fetch their CRDs (a no-op when built).
+	@bash test/deploy/tools/build.sh >/dev/null
+
+# The deploy tests build them on first use too; building them here keeps
+# that out of go test's timeout.
+test-integration: deploy-tools

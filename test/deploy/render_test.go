@@ -1,0 +1,396 @@
+package deploy_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"reflect"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+
+	"github.com/tokenroll/tokenroll/cmd/tokenroll/app"
+)
+
+// TestRender renders every way of installing and checks the object sets:
+// no duplicates, everything namespaced in the right namespace, and the
+// pieces each installation must have.
+func TestRender(t *testing.T) {
+	for _, r := range renderings {
+		t.Run(r.name, func(t *testing.T) {
+			objs := render(t, r)
+			seen := map[string]bool{}
+			for _, o := range objs {
+				k := objectKey(o)
+				if seen[k] {
+					t.Errorf("%s appears twice", k)
+				}
+				seen[k] = true
+				// The Node events' Role and RoleBinding are in "default".
+				nodeEvents := o.GetNamespace() == "default" && (o.GetKind() == "Role" || o.GetKind() == "RoleBinding")
+				if ns := o.GetNamespace(); ns != "" && ns != r.namespace && !nodeEvents {
+					t.Errorf("%s is in namespace %q, want %q", k, ns, r.namespace)
+				}
+			}
+			kinds := map[string]int{}
+			for _, o := range objs {
+				kinds[o.GetKind()]++
+			}
+			for _, kind := range []string{"DaemonSet", "Deployment", "PodDisruptionBudget", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
+				"ServiceAccount", "Service", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"} {
+				if kinds[kind] == 0 {
+					t.Errorf("no %s", kind)
+				}
+			}
+			monitored := strings.Contains(r.name, "monitoring") || strings.Contains(r.name, "openshift") || r.name == "helm-custom"
+			for _, kind := range []string{"ServiceMonitor", "PrometheusRule"} {
+				if (kinds[kind] > 0) != monitored {
+					t.Errorf("%d %s objects, want them only with monitoring", kinds[kind], kind)
+				}
+			}
+			if (kinds["SecurityContextConstraints"] > 0) != strings.Contains(r.name, "openshift") {
+				t.Errorf("%d SecurityContextConstraints, want one only on OpenShift", kinds["SecurityContextConstraints"])
+			}
+		})
+	}
+}
+
+// TestHelmLint runs Helm's linter (strict) with the default and the custom
+// values.
+func TestHelmLint(t *testing.T) {
+	runTool(t, "render", "helm-lint", "deploy/helm/tokenroll")
+	runTool(t, "render", "helm-lint", "deploy/helm/tokenroll", "-f", customValues)
+}
+
+// TestHelmMatchesKustomize: with the release named tokenroll in namespace
+// tokenroll, the chart renders exactly the kustomize objects (labels aside,
+// and the Namespace, which Helm leaves to `--create-namespace` or the
+// administrator).
+func TestHelmMatchesKustomize(t *testing.T) {
+	for _, pair := range [][2]string{
+		{"kustomize-base", "helm-default"},
+		{"kustomize-kubeadm", "helm-kubeadm"},
+		{"kustomize-openshift", "helm-openshift"},
+	} {
+		t.Run(pair[1], func(t *testing.T) {
+			k := normalizeForCompare(render(t, findRendering(pair[0])))
+			h := normalizeForCompare(render(t, findRendering(pair[1])))
+			for key, ko := range k {
+				ho, ok := h[key]
+				if !ok {
+					t.Errorf("%s: in %s, not in %s", key, pair[0], pair[1])
+					continue
+				}
+				if !reflect.DeepEqual(ko, ho) {
+					t.Errorf("%s differs between %s and %s:\n%s", key, pair[0], pair[1], diffJSON(ko, ho))
+				}
+			}
+			for key := range h {
+				if _, ok := k[key]; !ok {
+					t.Errorf("%s: in %s, not in %s", key, pair[1], pair[0])
+				}
+			}
+		})
+	}
+}
+
+// normalizeForCompare drops what legitimately differs between the two:
+// object labels (Helm adds its own) and the Namespace.
+func normalizeForCompare(objs []*unstructured.Unstructured) map[string]map[string]any {
+	out := map[string]map[string]any{}
+	for _, o := range objs {
+		if o.GetKind() == "Namespace" {
+			continue
+		}
+		o.SetLabels(nil)
+		out[objectKey(o)] = o.Object
+	}
+	return out
+}
+
+// diffJSON shows the lines where a and b differ.
+func diffJSON(a, b any) string {
+	aj, _ := json.MarshalIndent(a, "", "  ")
+	bj, _ := json.MarshalIndent(b, "", "  ")
+	al, bl := strings.Split(string(aj), "\n"), strings.Split(string(bj), "\n")
+	var out []string
+	for i := 0; i < max(len(al), len(bl)); i++ {
+		var x, y string
+		if i < len(al) {
+			x = al[i]
+		}
+		if i < len(bl) {
+			y = bl[i]
+		}
+		if x != y {
+			out = append(out, fmt.Sprintf("line %d:\n  - %s\n  + %s", i+1, x, y))
+		}
+		if len(out) >= 10 {
+			out = append(out, "...")
+			break
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+func toTyped[T any](t testing.TB, o *unstructured.Unstructured) *T {
+	t.Helper()
+	var v T
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructuredWithValidation(o.Object, &v, true); err != nil {
+		t.Fatalf("%s: %v", objectKey(o), err)
+	}
+	return &v
+}
+
+func workloads(t testing.TB, r rendering) (*appsv1.DaemonSet, *appsv1.Deployment) {
+	t.Helper()
+	var ds *appsv1.DaemonSet
+	var dep *appsv1.Deployment
+	for _, o := range render(t, r) {
+		switch o.GetKind() {
+		case "DaemonSet":
+			ds = toTyped[appsv1.DaemonSet](t, o)
+		case "Deployment":
+			dep = toTyped[appsv1.Deployment](t, o)
+		}
+	}
+	if ds == nil || dep == nil {
+		t.Fatalf("%s: no DaemonSet or no Deployment", r.name)
+	}
+	return ds, dep
+}
+
+// TestAgentPodSecurity checks, in every rendering, the agent's pod against
+// what the design promises: root only to read tokens, every capability but
+// DAC_READ_SEARCH dropped, nothing from the host but the three paths (the
+// kubelet root read-only), no host namespaces, a short-lived projected token.
+func TestAgentPodSecurity(t *testing.T) {
+	for _, r := range renderings {
+		t.Run(r.name, func(t *testing.T) {
+			ds, _ := workloads(t, r)
+			spec := ds.Spec.Template.Spec
+			if spec.HostNetwork || spec.HostPID || spec.HostIPC {
+				t.Error("the agent uses a host namespace")
+			}
+			if spec.AutomountServiceAccountToken == nil || *spec.AutomountServiceAccountToken {
+				t.Error("the agent's pod automounts a service-account token")
+			}
+			psc := spec.SecurityContext
+			if psc == nil || psc.SeccompProfile == nil || psc.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault {
+				t.Error("the agent's pod has no RuntimeDefault seccomp profile")
+			}
+			if r.name != "helm-custom" && !slices.ContainsFunc(spec.Tolerations, func(tol corev1.Toleration) bool {
+				return tol.Operator == corev1.TolerationOpExists && tol.Key == "" && tol.Effect == ""
+			}) {
+				t.Error("the agent does not tolerate every taint")
+			}
+			if len(spec.Containers) != 1 {
+				t.Fatalf("%d containers", len(spec.Containers))
+			}
+			c := spec.Containers[0]
+			sc := c.SecurityContext
+			switch {
+			case sc == nil:
+				t.Fatal("no container securityContext")
+			case sc.Privileged != nil && *sc.Privileged:
+				t.Error("privileged")
+			case sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation:
+				t.Error("privilege escalation allowed")
+			case sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem:
+				t.Error("root file system writable")
+			case sc.Capabilities == nil || !slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) ||
+				!slices.Equal(sc.Capabilities.Add, []corev1.Capability{"DAC_READ_SEARCH"}):
+				t.Errorf("capabilities %+v, want drop ALL, add DAC_READ_SEARCH only", sc.Capabilities)
+			}
+			if c.Resources.Requests.Memory().IsZero() || c.Resources.Limits.Memory().IsZero() || c.Resources.Requests.Cpu().IsZero() {
+				t.Errorf("resources %+v: want cpu and memory requests and a memory limit", c.Resources)
+			}
+			if !slices.ContainsFunc(c.Env, func(e corev1.EnvVar) bool {
+				return e.Name == "GOMEMLIMIT" && e.ValueFrom != nil && e.ValueFrom.ResourceFieldRef != nil && e.ValueFrom.ResourceFieldRef.Resource == "limits.memory"
+			}) {
+				t.Error("GOMEMLIMIT does not follow limits.memory")
+			}
+			if !slices.ContainsFunc(c.Env, func(e corev1.EnvVar) bool {
+				return e.Name == "NODE_NAME" && e.ValueFrom != nil && e.ValueFrom.FieldRef != nil && e.ValueFrom.FieldRef.FieldPath == "spec.nodeName"
+			}) {
+				t.Error("NODE_NAME is not the downward API's spec.nodeName")
+			}
+			hostPaths := map[string]*corev1.HostPathVolumeSource{}
+			var token *corev1.ServiceAccountTokenProjection
+			for _, v := range spec.Volumes {
+				if v.HostPath != nil {
+					hostPaths[v.Name] = v.HostPath
+				}
+				if v.Projected != nil {
+					for _, s := range v.Projected.Sources {
+						if s.ServiceAccountToken != nil {
+							token = s.ServiceAccountToken
+						}
+					}
+				}
+			}
+			if len(hostPaths) != 3 || hostPaths["kubelet-root"] == nil || hostPaths["system-bus"] == nil || hostPaths["state"] == nil {
+				t.Errorf("host paths %v, want exactly kubelet-root, system-bus and state", hostPaths)
+			}
+			for _, m := range c.VolumeMounts {
+				switch m.Name {
+				case "kubelet-root":
+					if !m.ReadOnly || m.MountPropagation == nil || *m.MountPropagation != corev1.MountPropagationHostToContainer {
+						t.Errorf("kubelet root mount %+v: want read-only with HostToContainer propagation", m)
+					}
+				case "system-bus":
+					if !m.ReadOnly {
+						t.Error("the D-Bus socket directory is mounted read-write")
+					}
+				case "kube-api-access":
+					if m.MountPath != "/var/run/secrets/kubernetes.io/serviceaccount" || !m.ReadOnly {
+						t.Errorf("token mount %+v: want read-only at the standard path", m)
+					}
+				}
+			}
+			if token == nil || token.ExpirationSeconds == nil || *token.ExpirationSeconds >= 3607 || *token.ExpirationSeconds < 600 || token.Path != "token" {
+				t.Errorf("projected token %+v: want path token, 600 <= expirationSeconds < 3607 (3607 is stretched to a year)", token)
+			}
+		})
+	}
+}
+
+// TestCoordinatorPod checks the coordinator's Deployment: several replicas
+// kept apart, non-root as the image's user, a PodDisruptionBudget.
+func TestCoordinatorPod(t *testing.T) {
+	for _, r := range renderings {
+		t.Run(r.name, func(t *testing.T) {
+			_, dep := workloads(t, r)
+			if dep.Spec.Replicas == nil || *dep.Spec.Replicas < 2 {
+				t.Error("fewer than 2 coordinator replicas")
+			}
+			spec := dep.Spec.Template.Spec
+			if spec.Affinity == nil || spec.Affinity.PodAntiAffinity == nil {
+				t.Error("no pod anti-affinity between replicas")
+			}
+			psc := spec.SecurityContext
+			if psc == nil || psc.RunAsNonRoot == nil || !*psc.RunAsNonRoot {
+				t.Fatal("the coordinator may run as root")
+			}
+			openshift := strings.Contains(r.name, "openshift")
+			if openshift != (psc.RunAsUser == nil) {
+				t.Errorf("runAsUser %v: want 65532 (the image's user), none on OpenShift", psc.RunAsUser)
+			}
+			if psc.RunAsUser != nil && *psc.RunAsUser != imageUser(t) {
+				t.Errorf("runAsUser %d, the image's user is %d", *psc.RunAsUser, imageUser(t))
+			}
+			sc := spec.Containers[0].SecurityContext
+			if sc == nil || sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem || sc.Capabilities == nil ||
+				!slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) || len(sc.Capabilities.Add) != 0 {
+				t.Errorf("container securityContext %+v", sc)
+			}
+			if spec.AutomountServiceAccountToken == nil || *spec.AutomountServiceAccountToken {
+				t.Error("the coordinator's pod automounts a service-account token")
+			}
+			pdb := find(t, render(t, r), "PodDisruptionBudget", dep.Name)
+			sel, _, _ := unstructured.NestedStringMap(pdb.Object, "spec", "selector", "matchLabels")
+			if !reflect.DeepEqual(sel, dep.Spec.Selector.MatchLabels) {
+				t.Errorf("PodDisruptionBudget selects %v, the Deployment's pods are %v", sel, dep.Spec.Selector.MatchLabels)
+			}
+		})
+	}
+}
+
+var userLine = regexp.MustCompile(`(?m)^USER\s+(\d+)(?::\d+)?\s*$`)
+
+// imageUser is the UID the Dockerfile's final stage runs as.
+func imageUser(t testing.TB) int64 {
+	m := userLine.FindAllSubmatch(readFile(t, "Dockerfile"), -1)
+	if len(m) == 0 {
+		t.Fatal("Dockerfile has no USER line")
+	}
+	uid, err := strconv.ParseInt(string(m[len(m)-1][1]), 10, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return uid
+}
+
+var imageVar = regexp.MustCompile(`(?m)^IMAGE\s*\?=\s*(\S+):\$\(VERSION\)\s*$`)
+
+// TestImage: the manifests name the image `make image` builds (the
+// Makefile's IMAGE), at the chart's appVersion.
+func TestImage(t *testing.T) {
+	m := imageVar.FindSubmatch(readFile(t, "Makefile"))
+	if m == nil {
+		t.Fatal("Makefile: no IMAGE ?= REPOSITORY:$(VERSION) line")
+	}
+	repo := string(m[1])
+	var appVersion string
+	for _, line := range strings.Split(string(readFile(t, "deploy/helm/tokenroll/Chart.yaml")), "\n") {
+		if v, ok := strings.CutPrefix(line, "appVersion: "); ok {
+			appVersion = strings.Trim(v, `"`)
+		}
+	}
+	want := repo + ":" + appVersion
+	for _, r := range renderings {
+		if r.name == "helm-custom" {
+			continue
+		}
+		ds, dep := workloads(t, r)
+		for _, img := range []string{ds.Spec.Template.Spec.Containers[0].Image, dep.Spec.Template.Spec.Containers[0].Image} {
+			if img != want {
+				t.Errorf("%s: image %s, want %s (Makefile IMAGE at the chart's appVersion)", r.name, img, want)
+			}
+		}
+	}
+}
+
+// TestArgsParse parses every container's arguments with the tokenroll
+// command's own flag sets, so a misspelt or removed flag fails here, not in
+// a crash-looping pod.
+func TestArgsParse(t *testing.T) {
+	for _, r := range renderings {
+		t.Run(r.name, func(t *testing.T) {
+			ds, dep := workloads(t, r)
+			for _, c := range []corev1.Container{ds.Spec.Template.Spec.Containers[0], dep.Spec.Template.Spec.Containers[0]} {
+				args := make([]string, len(c.Args))
+				for i, a := range c.Args {
+					// What the kubelet substitutes from the container's env.
+					args[i] = strings.NewReplacer("$(NODE_NAME)", "node-a", "$(POD_NAMESPACE)", r.namespace).Replace(a)
+				}
+				root := app.NewRootCommand(io.Discard, io.Discard)
+				cmd, rest, err := root.Find(args)
+				if err != nil || cmd == root {
+					t.Fatalf("%s: no subcommand in %q: %v", c.Name, args, err)
+				}
+				if cmd.Name() != c.Name {
+					t.Errorf("container %s runs `tokenroll %s`", c.Name, cmd.Name())
+				}
+				if err := cmd.ParseFlags(rest); err != nil {
+					t.Errorf("%s: %q: %v", c.Name, args, err)
+				}
+				if len(cmd.Flags().Args()) != 0 {
+					t.Errorf("%s: stray arguments %q", c.Name, cmd.Flags().Args())
+				}
+			}
+		})
+	}
+}
+
+// TestGateAndStrategy: each installation sets the gate it is for.
+func TestGateAndStrategy(t *testing.T) {
+	want := map[string]string{
+		"kustomize-base": "auto", "kustomize-kubeadm": "static-pods", "kustomize-openshift": "openshift",
+		"kustomize-kubeadm-monitoring": "static-pods", "helm-default": "auto", "helm-kubeadm": "static-pods",
+		"helm-openshift": "openshift", "helm-custom": "static-pods",
+	}
+	for _, r := range renderings {
+		_, dep := workloads(t, r)
+		if !slices.Contains(dep.Spec.Template.Spec.Containers[0].Args, "--gate="+want[r.name]) {
+			t.Errorf("%s: coordinator args %q, want --gate=%s", r.name, dep.Spec.Template.Spec.Containers[0].Args, want[r.name])
+		}
+	}
+}
