@@ -5,9 +5,16 @@
 //	render kustomize DIR
 //	render helm CHART_DIR [--namespace NS] [--release NAME] [-f values.yaml]... [--set k=v]...
 //	render helm-lint CHART_DIR [-f values.yaml]...
+//	render vap-typecheck KUBECONFIG < policy.yaml
+//
+// vap-typecheck type-checks a ValidatingAdmissionPolicy's CEL against the
+// API server's OpenAPI schemas, as kube-controller-manager's policy status
+// controller does (the test control plane runs none), and prints the
+// warnings as JSON; any warning is an error.
 package main
 
 import (
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -19,6 +26,14 @@ import (
 	"helm.sh/helm/v3/pkg/chartutil"
 	"helm.sh/helm/v3/pkg/cli/values"
 	"helm.sh/helm/v3/pkg/getter"
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	"k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/apiserver/pkg/admission/plugin/policy/validating"
+	"k8s.io/apiserver/pkg/cel/openapi/resolver"
+	"k8s.io/client-go/discovery"
+	"k8s.io/client-go/discovery/cached/memory"
+	"k8s.io/client-go/restmapper"
+	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/kustomize/api/krusty"
 	"sigs.k8s.io/kustomize/kyaml/filesys"
 )
@@ -46,6 +61,8 @@ func run(args []string, out io.Writer) error {
 	switch args[0] {
 	case "kustomize":
 		return kustomize(args[1], out)
+	case "vap-typecheck":
+		return typecheck(args[1], os.Stdin, out)
 	case "helm", "helm-lint":
 		fs := flag.NewFlagSet(args[0], flag.ContinueOnError)
 		var files, sets multi
@@ -119,6 +136,41 @@ func lint(dir, namespace string, vals map[string]any, out io.Writer) error {
 	}
 	if len(res.Errors) > 0 {
 		return fmt.Errorf("helm lint %s: %d problem(s)", dir, len(res.Errors))
+	}
+	return nil
+}
+
+func typecheck(kubeconfig string, in io.Reader, out io.Writer) error {
+	var policy admissionregistrationv1.ValidatingAdmissionPolicy
+	if err := yaml.NewYAMLOrJSONDecoder(in, 4096).Decode(&policy); err != nil {
+		return fmt.Errorf("reading the policy: %w", err)
+	}
+	if policy.Kind != "ValidatingAdmissionPolicy" {
+		return fmt.Errorf("not a ValidatingAdmissionPolicy: %s", policy.Kind)
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return err
+	}
+	dc, err := discovery.NewDiscoveryClientForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	checker := validating.TypeChecker{
+		SchemaResolver: &resolver.ClientDiscoveryResolver{Discovery: dc},
+		RestMapper:     restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(dc)),
+	}
+	warnings := checker.Check(&policy)
+	if warnings == nil {
+		warnings = []admissionregistrationv1.ExpressionWarning{}
+	}
+	b, err := json.Marshal(warnings)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(out, string(b))
+	if len(warnings) > 0 {
+		return fmt.Errorf("%d type-checking warning(s)", len(warnings))
 	}
 	return nil
 }

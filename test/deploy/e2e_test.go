@@ -1,0 +1,302 @@
+package deploy_test
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.uber.org/zap"
+	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/events"
+	"k8s.io/client-go/tools/leaderelection"
+	"k8s.io/client-go/tools/leaderelection/resourcelock"
+
+	"github.com/tokenroll/tokenroll/agent"
+	"github.com/tokenroll/tokenroll/agent/actions"
+	"github.com/tokenroll/tokenroll/metrics"
+	"github.com/tokenroll/tokenroll/protocol"
+)
+
+// testEndToEnd runs what each component does under its own identity, the
+// RBAC and the admission policy as installed: the agent's real scan loop and
+// request handler (dry-run executor) on node A, and the coordinator's API
+// calls (leader election with client-go's LeaseLock, its state ConfigMap,
+// cordon, a request to the agent, a drain's pod listing and eviction, the
+// owner checks, Events on a Node, OIDC discovery).
+func testEndToEnd(ctx context.Context, t *testing.T, env *clusterEnv) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	coord := env.coordinator
+
+	// The coordinator becomes leader, as coordinator/leader.go does.
+	t.Run("coordinator-leader-election", func(t *testing.T) {
+		lctx, lcancel := context.WithCancel(ctx)
+		defer lcancel()
+		led, done := make(chan struct{}), make(chan struct{})
+		go func() {
+			defer close(done)
+			leaderelection.RunOrDie(lctx, leaderelection.LeaderElectionConfig{
+				Lock: &resourcelock.LeaseLock{
+					LeaseMeta:  metav1.ObjectMeta{Name: "tokenroll-coordinator", Namespace: "tokenroll"},
+					Client:     coord.CoordinationV1(),
+					LockConfig: resourcelock.ResourceLockConfig{Identity: "deploy-test_1"},
+				},
+				LeaseDuration: 15 * time.Second, RenewDeadline: 10 * time.Second, RetryPeriod: 2 * time.Second,
+				ReleaseOnCancel: true,
+				Callbacks: leaderelection.LeaderCallbacks{
+					OnStartedLeading: func(context.Context) { close(led) },
+					OnStoppedLeading: func() {},
+				},
+			})
+		}()
+		select {
+		case <-led:
+		case <-time.After(time.Minute):
+			t.Fatal("the coordinator's identity did not acquire the Lease in a minute")
+		}
+		lcancel()
+		<-done
+		lease, err := env.admin.CoordinationV1().Leases("tokenroll").Get(ctx, "tokenroll-coordinator", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h := lease.Spec.HolderIdentity; h == nil || *h != "" {
+			t.Errorf("the Lease was not released (holder %v): update denied?", h)
+		}
+	})
+
+	t.Run("coordinator-state", func(t *testing.T) {
+		cms := coord.CoreV1().ConfigMaps("tokenroll")
+		cm, err := cms.Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "tokenroll-rollout"}, Data: map[string]string{"state": "{}"}}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatalf("creating the rollout state: %v", err)
+		}
+		cm.Data["state"] = `{"phase":"none"}`
+		if _, err := cms.Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
+			t.Errorf("updating the rollout state: %v", err)
+		}
+		if _, err := cms.Get(ctx, "tokenroll-rollout", metav1.GetOptions{}); err != nil {
+			t.Errorf("reading the rollout state: %v", err)
+		}
+		byName := metav1.ListOptions{FieldSelector: "metadata.name=tokenroll-rollout"}
+		if _, err := cms.List(ctx, byName); err != nil {
+			t.Errorf("listing the rollout state by name (its informer): %v", err)
+		}
+		w, err := cms.Watch(ctx, byName)
+		if err != nil {
+			t.Errorf("watching the rollout state by name (its informer): %v", err)
+		} else {
+			w.Stop()
+		}
+	})
+
+	// The agent on node A: its scan loop sets the condition and the tokens
+	// annotation; its handler carries out a request the coordinator writes.
+	reg := metrics.NewRegistry("agent")
+	ag, err := agent.New(agent.Config{NodeName: nodeA, KubeletRoot: t.TempDir(), Client: env.agent,
+		Interval: time.Hour, Grace: 5 * time.Minute, IssuerRefresh: time.Hour, MaxTokenSeries: 100, Registry: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	handler, err := actions.NewHandler(actions.HandlerConfig{NodeName: nodeA, Executor: actions.DryRun{Log: zap.NewNop()},
+		StateDir: t.TempDir(), MaxRequestAge: time.Hour, Reporter: actions.NodeReporter{Client: env.agent, NodeName: nodeA}, Registry: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	watcher, err := actions.NewWatcher(actions.WatcherConfig{Client: env.agent, NodeName: nodeA, Handler: handler})
+	if err != nil {
+		t.Fatal(err)
+	}
+	errs := make(chan error, 2)
+	go func() { errs <- ag.Run(ctx) }()
+	go func() { errs <- watcher.Run(ctx) }()
+	defer func() {
+		cancel()
+		for range 2 {
+			if err := <-errs; err != nil {
+				t.Errorf("agent: %v", err)
+			}
+		}
+	}()
+
+	t.Run("agent-reports", func(t *testing.T) {
+		var node *corev1.Node
+		err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+			var err error
+			node, err = env.admin.CoreV1().Nodes().Get(ctx, nodeA, metav1.GetOptions{})
+			if err != nil {
+				return false, err
+			}
+			i := slices.IndexFunc(node.Status.Conditions, func(c corev1.NodeCondition) bool { return c.Type == protocol.ConditionTokensStale })
+			return i >= 0 && node.Status.Conditions[i].Reason == "TokensFresh" && node.Annotations[protocol.AnnotationTokens] != "", nil
+		})
+		if err != nil {
+			t.Fatalf("the agent did not report on its Node (conditions %+v, annotations %v): %v", node.Status.Conditions, node.Annotations, err)
+		}
+		body := scrape(t, reg)
+		for _, want := range []string{"tokenroll_expected_issuer_known 1"} {
+			if !strings.Contains(body, want) {
+				t.Errorf("agent metrics lack %q: OIDC discovery refused?", want)
+			}
+		}
+		for _, line := range strings.Split(body, "\n") {
+			if strings.HasPrefix(line, "tokenroll_scan_errors_total{") && !strings.HasSuffix(line, " 0") {
+				t.Errorf("agent scan error: %s", line)
+			}
+		}
+	})
+
+	t.Run("agent-carries-out-a-request", func(t *testing.T) {
+		select {
+		case <-watcher.Synced():
+		case <-time.After(time.Minute):
+			t.Fatal("the agent's watch on its own Node did not sync: list/watch refused?")
+		}
+		req, _ := json.Marshal(protocol.Request{ID: "r-deploy-test", Action: protocol.ActionKubeletRestart, Node: nodeA, CreatedAt: time.Now().UTC()})
+		if _, err := coord.CoreV1().Nodes().Patch(ctx, nodeA, types.MergePatchType, annotationPatch(protocol.AnnotationRequest, string(req)), metav1.PatchOptions{}); err != nil {
+			t.Fatalf("the coordinator writing a request on node A: %v", err)
+		}
+		var status protocol.Status
+		err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+			node, err := env.admin.CoreV1().Nodes().Get(ctx, nodeA, metav1.GetOptions{})
+			if err != nil {
+				return false, err
+			}
+			status, _ = protocol.ParseStatus(node.Annotations[protocol.AnnotationStatus])
+			return status.ID == "r-deploy-test" && status.Phase.Final(), nil
+		})
+		if err != nil || status.Phase != protocol.PhaseDone {
+			t.Fatalf("request status %+v, want done: %v", status, err)
+		}
+	})
+
+	// promtool's lint of the agent's real /metrics output.
+	t.Run("agent-metrics-lint", func(t *testing.T) {
+		cmd := exec.Command(filepath.Join(tools(t), "promtool"), "check", "metrics")
+		cmd.Stdin = strings.NewReader(scrape(t, reg))
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Errorf("promtool check metrics: %v\n%s", err, out)
+		}
+	})
+
+	t.Run("coordinator-cordon", func(t *testing.T) {
+		nodes := coord.CoreV1().Nodes()
+		if _, err := nodes.List(ctx, metav1.ListOptions{}); err != nil {
+			t.Errorf("listing Nodes: %v", err)
+		}
+		w, err := nodes.Watch(ctx, metav1.ListOptions{})
+		if err != nil {
+			t.Errorf("watching Nodes: %v", err)
+		} else {
+			w.Stop()
+		}
+		for _, v := range []bool{true, false} {
+			if _, err := nodes.Patch(ctx, nodeB, types.MergePatchType, mergePatch(map[string]any{"spec": map[string]any{"unschedulable": v}}), metav1.PatchOptions{}); err != nil {
+				t.Errorf("setting node B unschedulable=%v: %v", v, err)
+			}
+		}
+		if _, err := nodes.Patch(ctx, nodeB, types.MergePatchType, annotationPatch(protocol.AnnotationNodeState, `{"rollout":"r","step":"done"}`), metav1.PatchOptions{}); err != nil {
+			t.Errorf("recording node B's state: %v", err)
+		}
+	})
+
+	t.Run("coordinator-drain", func(t *testing.T) {
+		pod, err := env.admin.CoreV1().Pods(appNS).Create(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "web"},
+			Spec: corev1.PodSpec{NodeName: nodeB, Containers: []corev1.Container{{Name: "web", Image: "registry.example/web"}}}}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		onB := metav1.ListOptions{FieldSelector: "spec.nodeName=" + nodeB}
+		list, err := coord.CoreV1().Pods("").List(ctx, onB)
+		if err != nil || !slices.ContainsFunc(list.Items, func(p corev1.Pod) bool { return p.Name == "web" }) {
+			t.Errorf("listing node B's pods: %v", err)
+		}
+		if w, err := coord.CoreV1().Pods("").Watch(ctx, onB); err != nil {
+			t.Errorf("watching node B's pods: %v", err)
+		} else {
+			w.Stop()
+		}
+		if _, err := coord.CoreV1().Pods("kube-system").List(ctx, metav1.ListOptions{LabelSelector: "component=kube-apiserver"}); err != nil {
+			t.Errorf("listing the kube-apiserver mirror pods (static-pods gate): %v", err)
+		}
+		if _, err := coord.CoreV1().Pods(appNS).Get(ctx, "web", metav1.GetOptions{}); err != nil {
+			t.Errorf("reading a pod: %v", err)
+		}
+		if err := coord.CoreV1().Pods(appNS).EvictV1(ctx, evictionFor(appNS, pod.Name)); err != nil {
+			t.Errorf("evicting a pod: %v", err)
+		}
+		if _, err := coord.AppsV1().DaemonSets("tokenroll").Get(ctx, "tokenroll-agent", metav1.GetOptions{}); err != nil {
+			t.Errorf("reading a DaemonSet: %v", err)
+		}
+		_, rs := coord.AppsV1().ReplicaSets(appNS).Get(ctx, "web-1", metav1.GetOptions{})
+		_, ss := coord.AppsV1().StatefulSets(appNS).Get(ctx, "db", metav1.GetOptions{})
+		for what, err := range map[string]error{"ReplicaSet": rs, "StatefulSet": ss} {
+			if !apierrors.IsNotFound(err) {
+				t.Errorf("reading a %s: %v, want NotFound (allowed, absent)", what, err)
+			}
+		}
+	})
+
+	t.Run("coordinator-events", func(t *testing.T) {
+		b := events.NewBroadcaster(&events.EventSinkImpl{Interface: coord.EventsV1()})
+		b.StartRecordingToSink(ctx.Done())
+		defer b.Shutdown()
+		rec := b.NewRecorder(scheme.Scheme, "tokenroll-coordinator")
+		node, err := env.admin.CoreV1().Nodes().Get(ctx, nodeB, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rec.Eventf(node, nil, corev1.EventTypeNormal, "Cordoned", "Cordon", "cordoned by the deploy test")
+		cm, err := env.admin.CoreV1().ConfigMaps("tokenroll").Get(ctx, "tokenroll-rollout", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rec.Eventf(cm, nil, corev1.EventTypeNormal, "RolloutPlanned", "Plan", "planned by the deploy test")
+		for ns, reason := range map[string]string{"default": "Cordoned", "tokenroll": "RolloutPlanned"} {
+			err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+				list, err := env.admin.EventsV1().Events(ns).List(ctx, metav1.ListOptions{})
+				return err == nil && slices.ContainsFunc(list.Items, func(e eventsv1.Event) bool { return e.Reason == reason }), err
+			})
+			if err != nil {
+				t.Errorf("no %s Event in namespace %s: recording refused? %v", reason, ns, err)
+			}
+		}
+	})
+
+	t.Run("oidc-discovery", func(t *testing.T) {
+		for who, client := range map[string]rest.Interface{"agent": env.agent.Discovery().RESTClient(), "coordinator": coord.Discovery().RESTClient()} {
+			for _, path := range []string{"/.well-known/openid-configuration", "/openid/v1/jwks"} {
+				if _, err := client.Get().AbsPath(path).DoRaw(ctx); err != nil {
+					t.Errorf("%s reading %s: %v", who, path, err)
+				}
+			}
+		}
+	})
+}
+
+// scrape is the registry's /metrics output.
+func scrape(t testing.TB, reg *prometheus.Registry) string {
+	t.Helper()
+	rr := httptest.NewRecorder()
+	promhttp.HandlerFor(reg, promhttp.HandlerOpts{}).ServeHTTP(rr, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	if rr.Code != http.StatusOK {
+		t.Fatalf("/metrics: %d", rr.Code)
+	}
+	return rr.Body.String()
+}
