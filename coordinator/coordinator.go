@@ -90,6 +90,7 @@ type Coordinator struct {
 	gateOpen   *bool
 	// lastVerified is when the last node was verified (overhead metric).
 	lastVerified time.Time
+	lastNote     string
 }
 
 type drainJob struct {
@@ -192,8 +193,10 @@ func (c *Coordinator) Lead(ctx context.Context) error {
 	c.nodes, c.cms = nodeInf.Lister(), cmInf.GetStore()
 
 	broadcaster := events.NewBroadcaster(&events.EventSinkImpl{Interface: c.cfg.Client.EventsV1()})
-	broadcaster.StartRecordingToSink(ctx.Done())
-	defer broadcaster.Shutdown()
+	// Events already recorded are still sent after leadership ends.
+	stopEvents := make(chan struct{})
+	broadcaster.StartRecordingToSink(stopEvents)
+	defer func() { broadcaster.Shutdown(); close(stopEvents) }()
 	c.recorder = broadcaster.NewRecorder(scheme.Scheme, "tokenroll-coordinator")
 
 	nodeFactory.Start(ctx.Done())

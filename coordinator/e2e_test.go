@@ -3,6 +3,7 @@ package coordinator_test
 import (
 	"context"
 	"fmt"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -48,7 +49,7 @@ func startEnv(t *testing.T, apiservers int, nodes ...string) *env {
 	t.Helper()
 	cp := controlplane.StartForTest(t, controlplane.Config{APIServers: apiservers, Issuers: []string{oldIssuer}})
 	ctx, cancel := context.WithCancel(context.Background())
-	e := &env{t: t, ctx: ctx, cp: cp, admin: kubernetes.NewForConfigOrDie(cp.AdminConfig()), log: zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))}
+	e := &env{t: t, ctx: ctx, cp: cp, admin: kubernetes.NewForConfigOrDie(cp.AdminConfig()), log: testLogger(t)}
 	f, err := fleet.Start(ctx, fleet.Config{CP: cp, Dir: t.TempDir(), Nodes: nodes, RebootDown: time.Second, Log: e.log})
 	if err != nil {
 		cancel()
@@ -278,7 +279,7 @@ func TestRebootRollout(t *testing.T) {
 	e := startEnv(t, 1, nodes...)
 	e.cordon("node-b", true)
 	e.startCoordinator("c1", nil, func(c *coordinator.Config) {
-		c.Auto = false
+		c.Auto, c.MaxUnavailable = false, intstr.FromInt32(2)
 		c.Drainer = coordinator.KubectlDrainer{Client: e.admin, Force: true}
 	})
 	boot := map[string]string{}
@@ -304,8 +305,8 @@ func TestRebootRollout(t *testing.T) {
 			t.Errorf("node %s still has %d pods after its drain", n, len(pods.Items))
 		}
 	}
-	// node-b was cordoned before: two nodes out at once is then allowed
-	// only because node-b already counted; it must stay cordoned.
+	// node-b was cordoned before and counts against max-unavailable=2: one
+	// more node at a time; node-b must stay cordoned.
 	s := e.checker.Summary()
 	if s.MaxConcurrentDisrupted > 2 {
 		t.Errorf("%d nodes out at once (%v)", s.MaxConcurrentDisrupted, s.MaxDisruptedNodes)
@@ -514,14 +515,18 @@ func TestFailoverResumes(t *testing.T) {
 	e := startEnv(t, 1, nodes...)
 	gate := &switchGate{open: true}
 	replicas := map[string]*coordinatorRun{}
-	start := func(name string) {
+	started := 0
+	start := func() {
+		// A replica that comes back is a new process: a new identity.
+		started++
+		name := fmt.Sprintf("replica-%d", started)
 		replicas[name] = e.startCoordinator(name, gate, func(c *coordinator.Config) {
 			c.Auto, c.Strategy = false, coordinator.Reboot
 			c.Drainer = coordinator.KubectlDrainer{Client: e.admin, Force: true}
 		})
 	}
-	start("r1")
-	start("r2")
+	start()
+	start()
 	e.requestStart(coordinator.Reboot, "")
 	killed := 0
 	killedOn := map[string]bool{}
@@ -537,10 +542,9 @@ func TestFailoverResumes(t *testing.T) {
 			return false
 		})
 		killedOn[target+string(step)] = true
-		leader := e.currentLeader()
-		replicas[leader].stop()
+		replicas[e.currentLeader()].stop()
 		killed++
-		start(leader) // it comes back as a standby
+		start() // the Deployment replaces it
 	}
 	e.waitState("the rollout finished", func(s coordinator.State) bool { return s.Rollout != nil && s.Rollout.Phase == coordinator.PhaseDone })
 	s := e.checkInvariants(1)
@@ -550,7 +554,7 @@ func TestFailoverResumes(t *testing.T) {
 		}
 	}
 	if s.LeaderChanges < killed {
-		t.Errorf("%d leader changes seen, %d leaders killed", s.LeaderChanges, killed)
+		t.Errorf("%d leader changes seen (%v), %d leaders killed", s.LeaderChanges, s.Leaders, killed)
 	}
 }
 
@@ -561,4 +565,13 @@ func (e *env) currentLeader() string {
 		e.t.Fatalf("reading the Lease: %v", err)
 	}
 	return *l.Spec.HolderIdentity
+}
+
+// testLogger logs warnings, or everything with TOKENROLL_TEST_LOG=info.
+func testLogger(t *testing.T) *zap.Logger {
+	level := zap.WarnLevel
+	if os.Getenv("TOKENROLL_TEST_LOG") == "info" {
+		level = zap.InfoLevel
+	}
+	return zaptest.NewLogger(t, zaptest.Level(level))
 }

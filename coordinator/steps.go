@@ -139,6 +139,7 @@ func (c *Coordinator) startNodes(ctx context.Context, s snapshot, r *Rollout, vi
 		all = append(all, n)
 	}
 	busy := disrupted(views, all, r.ID)
+	var blocked []string
 	for _, v := range views {
 		if v.node == nil || (v.state != nil && v.state.Step != protocol.StepHalted) {
 			continue
@@ -146,9 +147,12 @@ func (c *Coordinator) startNodes(ctx context.Context, s snapshot, r *Rollout, vi
 		if !nodeReady(v.node) {
 			continue // it may come back; it counts as disrupted meanwhile
 		}
+		// A node cordoned by someone else is out of service already: working
+		// on it disrupts nothing more, so it may go ahead of the others.
 		already := v.node.Spec.Unschedulable
 		if !already && busy >= limit {
-			break
+			blocked = append(blocked, v.plan.Name)
+			continue
 		}
 		if err := c.cordon(ctx, s, r, v); err != nil {
 			return 0, err
@@ -157,7 +161,23 @@ func (c *Coordinator) startNodes(ctx context.Context, s snapshot, r *Rollout, vi
 			busy++
 		}
 	}
+	if len(blocked) > 0 && busy > 0 {
+		c.noteOnce("waiting for max-unavailable", zap.Int("outOfService", busy), zap.Int("maxUnavailable", limit), zap.Int("nodesWaiting", len(blocked)))
+	}
 	return 0, nil
+}
+
+// noteOnce logs msg at info level when it differs from the last note, so a
+// wait is logged when it begins, not on every sync.
+func (c *Coordinator) noteOnce(msg string, fields ...zap.Field) {
+	key := msg + fmt.Sprint(fields)
+	c.mu.Lock()
+	same := c.lastNote == key
+	c.lastNote = key
+	c.mu.Unlock()
+	if !same {
+		c.cfg.Log.Info(msg, fields...)
+	}
 }
 
 // cordon starts a node: unschedulable (remembering whether it already was)

@@ -319,8 +319,10 @@ func (cp *ControlPlane) RestartAPIServer(ctx context.Context, i int, issuers []s
 	cp.apiservers[i] = nil
 	cp.mu.Unlock()
 	cp.lb.set(i, "")
-	old.proc.stop(20 * time.Second)
+	// Cut the clients' connections first, as a node going down would: a
+	// kube-apiserver waits for open watches when it shuts down.
 	cp.lb.closeBackend(hostPort(old.port))
+	old.proc.stop(20 * time.Second)
 	return cp.startAPIServer(ctx, i, issuers)
 }
 
