@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"os/exec"
+	"path/filepath"
 	"reflect"
 	"regexp"
 	"slices"
@@ -67,6 +69,23 @@ func TestRender(t *testing.T) {
 func TestHelmLint(t *testing.T) {
 	runTool(t, "render", "helm-lint", "deploy/helm/tokenroll")
 	runTool(t, "render", "helm-lint", "deploy/helm/tokenroll", "-f", customValues)
+}
+
+// TestHelmRejectsBadValues: values.schema.json stops a bad value before it
+// reaches a cluster.
+func TestHelmRejectsBadValues(t *testing.T) {
+	for _, set := range []string{
+		"coordinator.gate=openshit", "coordinator.strategy=drain", "coordinator.maxUnavailable=0", "coordinator.maxUnavailable=150%",
+		"agent.executor=ssh", "agent.tokenExpirationSeconds=3607", "agent.tokenExpirationSeconds=60", "agent.interval=30",
+		"coordinator.drainTimeout=soon", "logLevel=trace", "agent.kubeletRoot=var/lib/kubelet", "coordinator.replicas=0",
+		"agnet.interval=1m", "image.digest=latest",
+	} {
+		cmd := exec.Command(filepath.Join(tools(t), "render"), "helm", "deploy/helm/tokenroll", "--set", set)
+		cmd.Dir = repoRoot
+		if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "values don't meet the specifications of the schema") && !strings.Contains(string(out), "at '/") {
+			t.Errorf("--set %s: %v, want the chart's schema to refuse it\n%s", set, err, out)
+		}
+	}
 }
 
 // TestHelmMatchesKustomize: with the release named tokenroll in namespace
