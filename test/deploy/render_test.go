@@ -255,14 +255,24 @@ func TestAgentPodSecurity(t *testing.T) {
 					}
 				}
 			}
-			if len(hostPaths) != 3 || hostPaths["kubelet-root"] == nil || hostPaths["system-bus"] == nil || hostPaths["state"] == nil {
-				t.Errorf("host paths %v, want exactly kubelet-root, system-bus and state", hostPaths)
+			if len(hostPaths) != 4 || hostPaths["kubelet-pods"] == nil || hostPaths["kubelet-pods-api"] == nil || hostPaths["system-bus"] == nil || hostPaths["state"] == nil {
+				t.Errorf("host paths %v, want exactly kubelet-pods, kubelet-pods-api, system-bus and state", hostPaths)
+			}
+			for name, hp := range hostPaths {
+				if strings.HasPrefix(name, "kubelet-") && !strings.HasPrefix(hp.Path, kubeletRootArg(c.Args)+"/") {
+					t.Errorf("host path %s is %s, outside --kubelet-root %s", name, hp.Path, kubeletRootArg(c.Args))
+				}
 			}
 			for _, m := range c.VolumeMounts {
 				switch m.Name {
-				case "kubelet-root":
-					if !m.ReadOnly || m.MountPropagation == nil || *m.MountPropagation != corev1.MountPropagationHostToContainer {
-						t.Errorf("kubelet root mount %+v: want read-only with HostToContainer propagation", m)
+				case "kubelet-pods":
+					if !m.ReadOnly || m.MountPropagation == nil || *m.MountPropagation != corev1.MountPropagationHostToContainer ||
+						m.MountPath != kubeletRootArg(c.Args)+"/pods" {
+						t.Errorf("pods mount %+v: want <kubelet-root>/pods read-only with HostToContainer propagation", m)
+					}
+				case "kubelet-pods-api":
+					if !m.ReadOnly || m.MountPath != kubeletRootArg(c.Args)+"/pods-api" {
+						t.Errorf("Pods API mount %+v: want <kubelet-root>/pods-api read-only", m)
 					}
 				case "system-bus":
 					if !m.ReadOnly {
@@ -279,6 +289,16 @@ func TestAgentPodSecurity(t *testing.T) {
 			}
 		})
 	}
+}
+
+// kubeletRootArg is the agent's --kubelet-root.
+func kubeletRootArg(args []string) string {
+	for _, a := range args {
+		if v, ok := strings.CutPrefix(a, "--kubelet-root="); ok {
+			return v
+		}
+	}
+	return "/var/lib/kubelet"
 }
 
 // TestCoordinatorPod checks the coordinator's Deployment: several replicas
