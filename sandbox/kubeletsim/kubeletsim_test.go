@@ -290,6 +290,34 @@ func TestRebootEvictionAndNotReady(t *testing.T) {
 	waitGone(t, c.Admin, "apps", "db")
 }
 
+// TestFailedSyncIsRetried: a pod whose volume cannot be built yet (its
+// ConfigMap is missing, as a new pod's may be while the Node authorizer
+// catches up) starts once it can, without the test's clock moving.
+func TestFailedSyncIsRetried(t *testing.T) {
+	c := simtest.Start(t, "https://kubernetes.default.svc", "node-1")
+	ctx := context.Background()
+	if err := c.CP.PrepareNamespace(ctx, "apps"); err != nil {
+		t.Fatal(err)
+	}
+	mark := c.Events.Mark()
+	c.CreatePod(t, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "late", Namespace: "apps"},
+		Spec: corev1.PodSpec{NodeName: "node-1", Volumes: []corev1.Volume{{
+			Name: "settings",
+			VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{Sources: []corev1.VolumeProjection{{
+				ConfigMap: &corev1.ConfigMapProjection{LocalObjectReference: corev1.LocalObjectReference{Name: "settings"}},
+			}}}},
+		}}},
+	})
+	c.Events.Wait(t, mark, "a failed sync", simtest.Is(kubeletsim.EventSyncError, "node-1", "late", ""))
+	if _, err := c.Admin.CoreV1().ConfigMaps("apps").Create(ctx, &corev1.ConfigMap{
+		ObjectMeta: metav1.ObjectMeta{Name: "settings"}, Data: map[string]string{"mode": "on"},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	c.Events.Wait(t, mark, "late running after a retry", simtest.Is(kubeletsim.EventPodRunning, "node-1", "late", ""))
+}
+
 func nodeReady(n *corev1.Node) bool {
 	for _, c := range n.Status.Conditions {
 		if c.Type == corev1.NodeReady {

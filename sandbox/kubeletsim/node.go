@@ -54,7 +54,8 @@ type Config struct {
 	// authorizer and NodeRestriction judge the simulator as they would judge
 	// a kubelet.
 	RESTConfig *rest.Config
-	// Clock drives token refresh, heartbeats and reboots (default: real time).
+	// Clock drives token refresh, heartbeats and reboots (default: real
+	// time). Retries of failed pod syncs wait on real time whatever it is.
 	Clock clock.WithTicker
 	// SyncInterval is how often every pod's volumes are rewritten (default
 	// 60s, the kubelet's sync period).
@@ -184,9 +185,12 @@ func New(cfg Config) (*Node, error) {
 	}))
 	n.pods = n.factory.Core().V1().Pods().Lister()
 	// A failed pod sync is retried within 10 s at most, as the kubelet's pod
-	// workers do; the controller default backs off to many minutes.
+	// workers do; the controller default backs off to many minutes. Retries
+	// wait on real time, not on cfg.Clock: they wait out the API server (its
+	// Node authorizer graph learns of a new pod a moment after the kubelet
+	// does), and a test's fake clock would never fire them.
 	n.queue = workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.NewTypedItemExponentialFailureRateLimiter[string](100*time.Millisecond, 10*time.Second),
-		workqueue.TypedRateLimitingQueueConfig[string]{Name: "kubeletsim-" + cfg.Name, Clock: cfg.Clock})
+		workqueue.TypedRateLimitingQueueConfig[string]{Name: "kubeletsim-" + cfg.Name, Clock: clock.RealClock{}})
 	n.podsAPI = newPodsAPIServer(n.pods)
 	return n, nil
 }
