@@ -2,6 +2,7 @@ package deploy_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -9,13 +10,16 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/tokenroll/tokenroll/agent"
 	"github.com/tokenroll/tokenroll/agent/actions"
+	"github.com/tokenroll/tokenroll/coordinator"
 )
 
 // The sources and what is generated from them.
@@ -163,20 +167,18 @@ func TestAlerts(t *testing.T) {
 			}
 		}
 	}
+	// The reasons the alerts name are ones the coordinator gives.
+	for _, r := range []string{coordinator.HaltNodeNotBack} {
+		if !strings.Contains(string(readFile(t, rulesFile)), `reason="`+r+`"`) {
+			t.Errorf("no alert on halts for %s", r)
+		}
+	}
 	for _, want := range []string{"TokenrollTokensOverdue", "TokenrollTokensExpired", "TokenrollOldIssuerTokensTrustEnding",
 		"TokenrollRolloutHalted", "TokenrollNodeNotBack", "TokenrollNoLeader", "TokenrollGateClosedTooLong", "TokenrollAgentNotReporting"} {
 		if !slices.Contains(alerts, want) {
 			t.Errorf("no alert %s", want)
 		}
 	}
-}
-
-// coordinatorMetrics are the coordinator's metric names (coordinator/metrics.go).
-var coordinatorMetrics = []string{
-	"tokenroll_coordinator_leader", "tokenroll_gate_open", "tokenroll_gate_last_transition_timestamp_seconds",
-	"tokenroll_gate_revision", "tokenroll_issuer_trust_expiry_timestamp_seconds", "tokenroll_rollout_phase",
-	"tokenroll_rollout_nodes", "tokenroll_node_step_duration_seconds", "tokenroll_rollout_halts_total",
-	"tokenroll_coordinator_overhead_seconds", "tokenroll_nodes_needing_work",
 }
 
 // describeRecorder is a prometheus.Registerer that keeps the names of what
@@ -204,8 +206,8 @@ func (r *describeRecorder) MustRegister(cs ...prometheus.Collector) {
 
 func (r *describeRecorder) Unregister(prometheus.Collector) bool { return true }
 
-// knownMetrics are the names of every tokenroll metric: the agent's, read
-// from its own registrations, and the coordinator's.
+// knownMetrics are the names of every tokenroll metric, read from what the
+// agent and the coordinator register.
 func knownMetrics(t testing.TB) map[string]bool {
 	rec := &describeRecorder{names: map[string]bool{"tokenroll_build_info": true}}
 	if _, err := agent.New(agent.Config{NodeName: "n", KubeletRoot: t.TempDir(), Client: fake.NewClientset(),
@@ -216,8 +218,15 @@ func knownMetrics(t testing.TB) map[string]bool {
 		MaxRequestAge: 1, Reporter: actions.NodeReporter{}, Registry: rec}); err != nil {
 		t.Fatal(err)
 	}
-	for _, m := range coordinatorMetrics {
-		rec.names[m] = true
+	client := fake.NewClientset()
+	gate, err := coordinator.NewGate(context.Background(), "none", client, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := coordinator.New(coordinator.Config{Client: client, Namespace: "tokenroll", Gate: gate, Strategy: "kubelet-restart",
+		MaxUnavailable: intstr.FromInt32(1), DrainTimeout: time.Minute, ActionTimeout: time.Minute, VerifyTimeout: time.Minute,
+		IssuerRefresh: time.Minute, Registry: rec}); err != nil {
+		t.Fatal(err)
 	}
 	return rec.names
 }

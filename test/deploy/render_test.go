@@ -15,10 +15,12 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 
 	"github.com/tokenroll/tokenroll/cmd/tokenroll/app"
+	"github.com/tokenroll/tokenroll/coordinator"
 )
 
 // TestRender renders every way of installing and checks the object sets:
@@ -416,6 +418,32 @@ func TestArgsParse(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestCoordinatorRBACNames: the names the coordinator's Role limits it to
+// are the ones its code uses (the rollout ConfigMap, the Lease named by
+// --lease-name).
+func TestCoordinatorRBACNames(t *testing.T) {
+	for _, r := range renderings {
+		objs := render(t, r)
+		_, dep := workloads(t, r)
+		var lease string
+		for _, a := range dep.Spec.Template.Spec.Containers[0].Args {
+			if v, ok := strings.CutPrefix(a, "--lease-name="); ok {
+				lease = v
+			}
+		}
+		role := toTyped[rbacv1.Role](t, find(t, objs, "Role", dep.Name))
+		names := map[string][]string{}
+		for _, rule := range role.Rules {
+			for _, res := range rule.Resources {
+				names[res] = append(names[res], rule.ResourceNames...)
+			}
+		}
+		if !slices.Equal(names["configmaps"], []string{coordinator.ConfigMapName}) || !slices.Equal(names["leases"], []string{lease}) {
+			t.Errorf("%s: Role %s names %v, want ConfigMap %s and Lease %s", r.name, role.Name, names, coordinator.ConfigMapName, lease)
+		}
 	}
 }
 
