@@ -575,3 +575,26 @@ func testLogger(t *testing.T) *zap.Logger {
 	}
 	return zaptest.NewLogger(t, zaptest.Level(level))
 }
+
+// gatherGauge reads one gauge from a coordinator replica's registry.
+func gatherGauge(t *testing.T, r *coordinatorRun, name, label, value string) float64 {
+	t.Helper()
+	mfs, err := r.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if lp.GetName() == label && lp.GetValue() == value {
+					return m.GetGauge().GetValue()
+				}
+			}
+		}
+	}
+	t.Fatalf("no %s{%s=%q}", name, label, value)
+	return 0
+}

@@ -215,13 +215,16 @@ func (h *Handler) resume(ctx context.Context, status string, rec Record) error {
 	if rec.Phase.Final() {
 		return h.report(ctx, status, protocol.Status{ID: rec.ID, Action: rec.Action, Phase: rec.Phase, Message: rec.Message, BootID: h.bootID()})
 	}
-	if h.started[rec.ID] {
+	// A reboot that happened shows as a new boot ID, whether this process
+	// went down with the host or (the sandbox, a simulated node) outlived it.
+	now := h.bootID()
+	rebooted := rec.Action == protocol.ActionReboot && rec.BootID != "" && now != "" && now != rec.BootID
+	if !rebooted && h.started[rec.ID] {
 		return nil // this process asked for the reboot; the host is going down
 	}
-	// Running: the agent stopped mid-action. A reboot that happened shows as
-	// a new boot ID; anything else is never repeated.
-	now := h.bootID()
-	if rec.Action == protocol.ActionReboot && rec.BootID != "" && now != "" && now != rec.BootID {
+	// Running: the agent stopped mid-action; anything but a reboot that
+	// happened is never repeated.
+	if rebooted {
 		rec.Phase, rec.Message = protocol.PhaseDone, fmt.Sprintf("rebooted: boot ID %s, was %s", now, rec.BootID)
 	} else {
 		rec.Phase, rec.Message = protocol.PhaseFailed, fmt.Sprintf("the agent stopped while the %s was in flight and the outcome is unknown; not repeated (at most once per request)", rec.Action)
@@ -245,7 +248,7 @@ func (h *Handler) act(ctx context.Context, status string, req protocol.Request) 
 	h.step("recorded-running")
 	h.started[req.ID] = true
 	msg := map[protocol.Action]string{
-		protocol.ActionReboot:         "rebooting through logind",
+		protocol.ActionReboot:         "rebooting the node",
 		protocol.ActionKubeletRestart: "restarting the kubelet",
 	}[req.Action]
 	if err := h.report(ctx, status, protocol.Status{ID: req.ID, Action: req.Action, Phase: protocol.PhaseRunning, Message: msg, BootID: rec.BootID}); err != nil {
