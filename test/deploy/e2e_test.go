@@ -1,14 +1,18 @@
 package deploy_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -29,8 +33,10 @@ import (
 
 	"github.com/tokenroll/tokenroll/agent"
 	"github.com/tokenroll/tokenroll/agent/actions"
+	"github.com/tokenroll/tokenroll/cmd/tokenroll/app"
 	"github.com/tokenroll/tokenroll/metrics"
 	"github.com/tokenroll/tokenroll/protocol"
+	"github.com/tokenroll/tokenroll/sandbox/controlplane"
 )
 
 // testEndToEnd runs what each component does under its own identity, the
@@ -279,6 +285,75 @@ func testEndToEnd(ctx context.Context, t *testing.T, env *clusterEnv) {
 		}
 	})
 
+	// Last, the real coordinator command, as its Deployment runs it, under
+	// its own identity: it must win the Lease, find its gate and keep its
+	// state without one refused request.
+	t.Run("coordinator-command", func(t *testing.T) {
+		// What the steps above left would read as another rollout's.
+		if err := env.admin.CoreV1().ConfigMaps("tokenroll").Delete(ctx, "tokenroll-rollout", metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+			t.Fatal(err)
+		}
+		if _, err := env.admin.CoreV1().Nodes().Patch(ctx, nodeB, types.MergePatchType, annotationPatch(protocol.AnnotationNodeState, nil), metav1.PatchOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+		if err := controlplane.WriteKubeconfig(kubeconfig, env.coordinatorCfg); err != nil {
+			t.Fatal(err)
+		}
+		_, dep := workloads(t, findRendering("kustomize-base"))
+		var args []string
+		for _, a := range dep.Spec.Template.Spec.Containers[0].Args {
+			switch {
+			case strings.HasPrefix(a, "--metrics-bind-address="):
+				a = "--metrics-bind-address=127.0.0.1:0"
+			case strings.HasPrefix(a, "--namespace="):
+				a = "--namespace=tokenroll"
+			}
+			args = append(args, a)
+		}
+		args = append(args, "--kubeconfig="+kubeconfig)
+		cctx, ccancel := context.WithCancel(ctx)
+		defer ccancel()
+		var logs syncBuffer
+		exit := make(chan int, 1)
+		go func() { exit <- app.MainContext(cctx, args, io.Discard, &logs) }()
+		err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+			select {
+			case code := <-exit:
+				exit <- code
+				return false, fmt.Errorf("tokenroll coordinator exited with status %d", code)
+			default:
+			}
+			lease, err := env.admin.CoordinationV1().Leases("tokenroll").Get(ctx, "tokenroll-coordinator", metav1.GetOptions{})
+			if err != nil || lease.Spec.HolderIdentity == nil || *lease.Spec.HolderIdentity == "" {
+				return false, nil
+			}
+			_, err = env.admin.CoreV1().ConfigMaps("tokenroll").Get(ctx, "tokenroll-rollout", metav1.GetOptions{})
+			return err == nil, nil
+		})
+		if err != nil {
+			t.Errorf("the coordinator did not take the Lease and write its state: %v", err)
+		}
+		// A few rounds of its loops.
+		time.Sleep(3 * time.Second)
+		ccancel()
+		select {
+		case code := <-exit:
+			if code != 0 {
+				t.Errorf("tokenroll coordinator exited with status %d", code)
+			}
+		case <-time.After(30 * time.Second):
+			t.Error("tokenroll coordinator did not stop within 30s of its context ending")
+		}
+		out := logs.String()
+		if strings.Contains(out, "forbidden") || strings.Contains(out, "Forbidden") {
+			t.Errorf("the coordinator was refused something:\n%s", out)
+		}
+		if t.Failed() {
+			t.Logf("coordinator log:\n%s", out)
+		}
+	})
+
 	t.Run("oidc-discovery", func(t *testing.T) {
 		for who, client := range map[string]rest.Interface{"agent": env.agent.Discovery().RESTClient(), "coordinator": coord.Discovery().RESTClient()} {
 			for _, path := range []string{"/.well-known/openid-configuration", "/openid/v1/jwks"} {
@@ -288,6 +363,24 @@ func testEndToEnd(ctx context.Context, t *testing.T, env *clusterEnv) {
 			}
 		}
 	})
+}
+
+// syncBuffer is a bytes.Buffer safe for one writer and one reader.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 // scrape is the registry's /metrics output.
