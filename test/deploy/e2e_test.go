@@ -325,7 +325,10 @@ func testEndToEnd(ctx context.Context, t *testing.T, env *clusterEnv) {
 			default:
 			}
 			lease, err := env.admin.CoordinationV1().Leases("tokenroll").Get(ctx, "tokenroll-coordinator", metav1.GetOptions{})
-			if err != nil || lease.Spec.HolderIdentity == nil || *lease.Spec.HolderIdentity == "" {
+			if err != nil {
+				return false, err
+			}
+			if h := lease.Spec.HolderIdentity; h == nil || *h == "" {
 				return false, nil
 			}
 			_, err = env.admin.CoreV1().ConfigMaps("tokenroll").Get(ctx, "tokenroll-rollout", metav1.GetOptions{})
