@@ -273,6 +273,12 @@ func (c *Coordinator) drainStep(ctx context.Context, s snapshot, r *Rollout, v n
 		var pods []corev1.Pod
 		var owners []string
 		if Strategy(v.state.Action) == PodRestart {
+			if rep, err := protocol.ParseTokenReport(v.node.Annotations[protocol.AnnotationTokens]); err == nil && rep.Issuer != s.issuer {
+				// The agent still judges by the previous issuer: its list of
+				// stale pods is not complete yet. Its next report wakes us.
+				c.noteOnce("waiting for the agent to judge by the current issuer before evicting", zap.String("node", name), zap.String("agentIssuer", rep.Issuer))
+				return remaining, nil
+			}
 			var err error
 			if pods, owners, err = c.stalePods(ctx, v.node); err != nil {
 				return 0, c.halt(ctx, s, r, v, HaltDrainFailed, err.Error())
@@ -359,8 +365,8 @@ func (c *Coordinator) stalePods(ctx context.Context, n *corev1.Node) ([]corev1.P
 		if err != nil {
 			return nil, nil, fmt.Errorf("reading pod %s: %w", ref, err)
 		}
-		if string(p.UID) != ref.UID || p.Spec.NodeName != n.Name {
-			continue // already replaced
+		if string(p.UID) != ref.UID || p.Spec.NodeName != n.Name || p.DeletionTimestamp != nil {
+			continue // already replaced, or on its way out
 		}
 		ctrl := metav1.GetControllerOf(p)
 		if ctrl == nil {

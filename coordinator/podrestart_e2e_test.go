@@ -1,0 +1,117 @@
+package coordinator_test
+
+import (
+	"strings"
+	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/tokenroll/tokenroll/coordinator"
+	"github.com/tokenroll/tokenroll/protocol"
+	"github.com/tokenroll/tokenroll/sandbox/replicasim"
+)
+
+// Pod restart: only the pods holding old-issuer tokens are evicted, through
+// the eviction API, and replaced by their ReplicaSet's controller. A pod no
+// controller would recreate is never evicted: the rollout halts naming it,
+// and goes on once an administrator has dealt with it and resumed.
+func TestPodRestartEvictsStalePods(t *testing.T) {
+	nodes := []string{"node-a", "node-b"}
+	e := startEnv(t, 1, nodes...)
+	rs, err := replicasim.New(replicasim.Config{Client: e.admin, Namespaces: []string{"build"}, Log: e.log.Named("replicasim")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = rs.Run(e.ctx) }()
+	replicas := int32(2)
+	labels := map[string]string{"app": "api"}
+	if _, err := e.admin.AppsV1().ReplicaSets("build").Create(e.ctx, &appsv1.ReplicaSet{
+		ObjectMeta: metav1.ObjectMeta{Name: "api"},
+		Spec: appsv1.ReplicaSetSpec{Replicas: &replicas, Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "api", Image: "registry.example/api:1"}}}}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	e.waitNodes("the ReplicaSet's pods reported", func(m map[string]*corev1.Node) bool {
+		return allNodes(m, nodes, func(n *corev1.Node) bool { return tokensFrom(n, oldIssuer) == 4 })
+	})
+	before := e.podUIDs("app=api")
+	e.startCoordinator("c1", nil, func(c *coordinator.Config) { c.Strategy = coordinator.PodRestart })
+	e.waitState("the coordinator recorded the issuer", func(s coordinator.State) bool { return s.ObservedIssuer == oldIssuer })
+	e.restartAPIServers(newIssuer)
+
+	st := e.waitState("the rollout halted on the bare pods", func(s coordinator.State) bool {
+		return s.Rollout != nil && s.Rollout.Phase == coordinator.PhaseHalted
+	})
+	if st.Rollout.HaltReason != coordinator.HaltDrainFailed || !strings.Contains(st.Rollout.Message, "not managed by a controller") ||
+		!strings.Contains(st.Rollout.Message, "build/web-"+st.Rollout.HaltNode) {
+		t.Errorf("halt %s: %s; want DrainFailed naming the bare pods", st.Rollout.HaltReason, st.Rollout.Message)
+	}
+	for _, p := range []string{"nginx-", "web-"} {
+		for _, n := range nodes {
+			if _, err := e.admin.CoreV1().Pods("build").Get(e.ctx, p+n, metav1.GetOptions{}); err != nil {
+				t.Errorf("bare pod %s%s lost: %v", p, n, err)
+			}
+		}
+	}
+	// The administrator restarts the bare pods themselves (here: deletes
+	// them) and resumes.
+	for _, p := range []string{"nginx-", "web-"} {
+		for _, n := range nodes {
+			if err := e.admin.CoreV1().Pods("build").Delete(e.ctx, p+n, metav1.DeleteOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	e.steer(coordinator.PhaseRunning)
+	e.waitState("the rollout finished", func(s coordinator.State) bool { return s.Rollout != nil && s.Rollout.Phase == coordinator.PhaseDone })
+	e.waitNodes("every token from the new issuer (the replacements may land on either node)", func(m map[string]*corev1.Node) bool {
+		total := 0
+		for _, name := range nodes {
+			rep, err := protocol.ParseTokenReport(m[name].Annotations[protocol.AnnotationTokens])
+			if err != nil {
+				return false
+			}
+			for _, it := range rep.Issuers {
+				if it.Issuer != newIssuer {
+					return false
+				}
+				total += it.Tokens
+			}
+		}
+		return total == 2
+	})
+	after := e.podUIDs("app=api")
+	if len(after) != 2 {
+		t.Fatalf("%d api pods after the rollout, want 2", len(after))
+	}
+	for uid := range after {
+		if before[uid] {
+			t.Errorf("pod %s was not restarted", uid)
+		}
+	}
+	s := e.checkInvariants(1)
+	for _, n := range nodes {
+		if s.ActionsPerNode[n] != 0 || e.fleet.Members[n].KubeletRestarts.Load() != 0 || e.fleet.Members[n].Reboots.Load() != 0 {
+			t.Errorf("node %s: a pod restart asked the agent to act", n)
+		}
+	}
+}
+
+func (e *env) podUIDs(selector string) map[string]bool {
+	e.t.Helper()
+	pods, err := e.admin.CoreV1().Pods("build").List(e.ctx, metav1.ListOptions{LabelSelector: selector})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	out := map[string]bool{}
+	for _, p := range pods.Items {
+		if p.DeletionTimestamp == nil {
+			out[string(p.UID)] = true
+		}
+	}
+	return out
+}
