@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -249,6 +250,20 @@ func TestIssuerChangeKubeletRestart(t *testing.T) {
 	e.waitNodes("every token from the new issuer", func(m map[string]*corev1.Node) bool {
 		return allNodes(m, nodes, func(n *corev1.Node) bool { return tokensFrom(n, newIssuer) == 3 })
 	})
+	rep, err := coordinator.BuildStatus(e.ctx, e.admin, ns, newIssuer, coordinator.GateState{Provider: "none", Open: true, Message: "no revision gate (--gate=none)"}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var table strings.Builder
+	if err := coordinator.WriteStatusTable(&table, rep); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("tokenroll status:\n%s", table.String())
+	for _, want := range []string{"ROLLOUT   " + st.Rollout.ID + "  DONE  strategy=kubelet-restart  trigger=issuer  3/3 nodes done", "node-a  yes    yes    3       0      0           TokensFresh  done"} {
+		if !strings.Contains(table.String(), want) {
+			t.Errorf("status table lacks %q:\n%s", want, table.String())
+		}
+	}
 	s := e.checkInvariants(1)
 	for _, name := range nodes {
 		if s.ActionsPerNode[name] != 1 || e.fleet.Members[name].KubeletRestarts.Load() != 1 || e.fleet.Members[name].Reboots.Load() != 0 {
