@@ -306,7 +306,7 @@ func (c *Coordinator) sync(ctx context.Context) (time.Duration, error) {
 	}
 	r := s.state.Active()
 	if r == nil {
-		c.observeRollout(s, nil)
+		c.observeRollout(s, s.state.Rollout) // the last one, finished, or none
 		return c.maybeStart(ctx, s)
 	}
 	return c.advance(ctx, s, r)

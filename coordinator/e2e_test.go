@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 	corev1 "k8s.io/api/core/v1"
@@ -237,7 +238,7 @@ func (e *env) restartAPIServers(issuers ...string) {
 func TestIssuerChangeKubeletRestart(t *testing.T) {
 	nodes := []string{"node-a", "node-b", "node-c"}
 	e := startEnv(t, 1, nodes...)
-	e.startCoordinator("c1", nil, nil)
+	run := e.startCoordinator("c1", nil, nil)
 	e.waitState("the coordinator recorded the issuer", func(s coordinator.State) bool { return s.ObservedIssuer == oldIssuer })
 
 	e.restartAPIServers(newIssuer)
@@ -263,6 +264,16 @@ func TestIssuerChangeKubeletRestart(t *testing.T) {
 		if !strings.Contains(table.String(), want) {
 			t.Errorf("status table lacks %q:\n%s", want, table.String())
 		}
+	}
+	problems, err := testutil.GatherAndLint(run.reg)
+	if err != nil || len(problems) > 0 {
+		t.Errorf("the coordinator's metrics do not lint: %v %+v", err, problems)
+	}
+	if got := gatherGauge(t, run, "tokenroll_rollout_phase", "phase", "done"); got != 1 {
+		t.Errorf("tokenroll_rollout_phase{phase=done} = %v", got)
+	}
+	if got := gatherGauge(t, run, "tokenroll_rollout_nodes", "state", "done"); got != 3 {
+		t.Errorf("tokenroll_rollout_nodes{state=done} = %v", got)
 	}
 	s := e.checkInvariants(1)
 	for _, name := range nodes {
