@@ -54,7 +54,7 @@ func RunElected(ctx context.Context, lc LeaderConfig, lead func(context.Context)
 	}
 	for ctx.Err() == nil {
 		finished := make(chan struct{})
-		var started atomic.Bool
+		var started, failed atomic.Bool
 		le, err := leaderelection.NewLeaderElector(leaderelection.LeaderElectionConfig{
 			Lock: lock, LeaseDuration: lc.LeaseDuration, RenewDeadline: lc.RenewDeadline, RetryPeriod: lc.RetryPeriod,
 			ReleaseOnCancel: true, Name: lc.LeaseName,
@@ -64,6 +64,7 @@ func RunElected(ctx context.Context, lc LeaderConfig, lead func(context.Context)
 					defer close(finished)
 					lc.Log.Info("became the leader", zap.String("identity", lc.Identity), zap.String("lease", lc.Namespace+"/"+lc.LeaseName))
 					if err := lead(lctx); err != nil && lctx.Err() == nil {
+						failed.Store(true)
 						lc.Log.Error("the coordinator stopped with an error; giving up leadership", zap.Error(err))
 					}
 				},
@@ -92,6 +93,13 @@ func RunElected(ctx context.Context, lc LeaderConfig, lead func(context.Context)
 		cancel()
 		if started.Load() {
 			<-finished
+		}
+		if failed.Load() {
+			// Let another replica try before this one campaigns again.
+			select {
+			case <-ctx.Done():
+			case <-time.After(lc.LeaseDuration):
+			}
 		}
 	}
 	return nil

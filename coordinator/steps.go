@@ -290,6 +290,7 @@ func (c *Coordinator) drainStep(ctx context.Context, s snapshot, r *Rollout, v n
 		c.drains[name] = j
 		c.mu.Unlock()
 		c.cfg.Log.Info("draining", zap.String("rollout", r.ID), zap.String("node", name), zap.String("action", v.state.Action), zap.Int("pods", len(pods)))
+		queue := c.queue // this leadership term's
 		go func() {
 			var err error
 			if Strategy(v.state.Action) == PodRestart {
@@ -300,7 +301,7 @@ func (c *Coordinator) drainStep(ctx context.Context, s snapshot, r *Rollout, v n
 			c.mu.Lock()
 			j.done, j.err = true, err
 			c.mu.Unlock()
-			c.queue.Add(syncKey)
+			queue.Add(syncKey)
 		}()
 		if Strategy(v.state.Action) == PodRestart {
 			c.mu.Lock()
