@@ -1,63 +1,79 @@
-// Package sandbox assembles a whole local cluster for tokenroll: a real
-// control plane (sandbox/controlplane) and simulated kubelets
-// (sandbox/kubeletsim) running pods with projected tokens, among them the
-// seed procedure's build-robot pod with a token for the audience "vault".
+// Package sandbox assembles a whole local cluster for tokenroll and walks
+// the seed's procedure on it: a real control plane (sandbox/controlplane)
+// with the OpenShift resources and a simulated kube-apiserver operator
+// (sandbox/openshiftsim), simulated kubelets (sandbox/kubeletsim) running
+// ReplicaSets (sandbox/replicasim) whose pods hold projected tokens, among
+// them the seed's build-robot pod with a token for the audience "vault",
+// and the real tokenroll agent and coordinator as processes of the same
+// binary.
 package sandbox
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
-	"text/tabwriter"
 	"time"
 
 	"go.uber.org/zap"
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 
 	"github.com/tokenroll/tokenroll/sandbox/controlplane"
 	"github.com/tokenroll/tokenroll/sandbox/kubeletsim"
+	"github.com/tokenroll/tokenroll/sandbox/openshiftsim"
+	"github.com/tokenroll/tokenroll/sandbox/replicasim"
 )
 
-// Options say what sandbox to build.
-type Options struct {
+// Config says what cluster Start builds.
+type Config struct {
 	// BinDir holds etcd and kube-apiserver; empty means the build cache.
 	BinDir string
 	// Dir holds everything the sandbox writes; empty means a temporary
-	// directory removed at the end.
+	// directory removed by Stop.
 	Dir string
 	// Nodes is how many simulated worker nodes run.
 	Nodes int
-	// APIServers is how many kube-apiservers share the one etcd.
+	// APIServers is how many kube-apiservers share the one etcd, standing
+	// for as many control-plane nodes (master-0, master-1, ...).
 	APIServers int
 	// Issuer is the service-account issuer the control plane starts with.
 	Issuer string
+	// TrustWindow is how long the simulated operator keeps a previous
+	// issuer trusted after a change (0: dropped in the same revision).
+	TrustWindow time.Duration
+	// Log receives what the in-process parts do (default: nothing).
+	Log *zap.Logger
 }
 
-// Sandbox is a running control plane and its simulated nodes.
+// Sandbox is a running control plane, its simulated operator, nodes and
+// ReplicaSet controller.
 type Sandbox struct {
-	opts       Options
+	cfg        Config
 	dir        string
 	removeDir  bool
 	CP         *controlplane.ControlPlane
 	Admin      kubernetes.Interface
+	Dynamic    dynamic.Interface
 	Nodes      []*kubeletsim.Node
 	Kubeconfig string
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu     sync.Mutex
-	synced map[types.UID]bool
-	change chan struct{}
+	mu       sync.Mutex
+	synced   map[types.UID]bool
+	change   chan struct{}
+	nodeHook func(kubeletsim.Event)
 }
 
 // Namespaces the sandbox's workloads live in.
@@ -66,17 +82,40 @@ const (
 	NamespaceApps  = "apps"  // plain pods with the default kube-api-access volume
 )
 
-// Start builds the sandbox and returns once every node is Ready and every
-// pod's tokens are on disk.
-func Start(ctx context.Context, opts Options, log *zap.Logger) (_ *Sandbox, err error) {
-	if opts.Nodes < 1 {
-		return nil, fmt.Errorf("sandbox: need at least one node, got %d", opts.Nodes)
+// TokensPerNode is how many projected tokens the workloads put on each node
+// at the start: the build-robot pod's vault token and kube-api-access token,
+// and the web pod's kube-api-access token.
+const TokensPerNode = 3
+
+// MasterNames are the control-plane node names the simulated operator
+// reports, one per API server.
+func MasterNames(n int) []string {
+	names := make([]string, n)
+	for i := range names {
+		names[i] = "master-" + strconv.Itoa(i)
 	}
-	bins, err := controlplane.FindBinaries(opts.BinDir)
+	return names
+}
+
+// Start builds the sandbox and returns once every node is Ready, the
+// simulated operator has settled KubeAPIServer/cluster at revision 11, and
+// every pod's tokens are on disk. On error nothing is left running.
+func Start(ctx context.Context, cfg Config) (_ *Sandbox, err error) {
+	if cfg.Nodes < 1 {
+		return nil, fmt.Errorf("sandbox: need at least one node, got %d", cfg.Nodes)
+	}
+	if cfg.APIServers < 1 {
+		cfg.APIServers = 1
+	}
+	if cfg.Log == nil {
+		cfg.Log = zap.NewNop()
+	}
+	log := cfg.Log
+	bins, err := controlplane.FindBinaries(cfg.BinDir)
 	if err != nil {
 		return nil, err
 	}
-	s := &Sandbox{opts: opts, dir: opts.Dir, synced: map[types.UID]bool{}, change: make(chan struct{})}
+	s := &Sandbox{cfg: cfg, dir: cfg.Dir, synced: map[types.UID]bool{}, change: make(chan struct{})}
 	if s.dir == "" {
 		if s.dir, err = os.MkdirTemp("", "tokenroll-sandbox-"); err != nil {
 			return nil, err
@@ -88,10 +127,15 @@ func Start(ctx context.Context, opts Options, log *zap.Logger) (_ *Sandbox, err 
 			s.Stop()
 		}
 	}()
-	log.Info("starting control plane", zap.Int("apiservers", opts.APIServers), zap.String("issuer", opts.Issuer), zap.String("dir", s.dir))
+	for _, d := range []string{"logs", "kubeconfigs", "nodes", "agents"} {
+		if err := os.MkdirAll(filepath.Join(s.dir, d), 0o750); err != nil {
+			return nil, err
+		}
+	}
+	log.Info("starting control plane", zap.Int("apiservers", cfg.APIServers), zap.String("issuer", cfg.Issuer), zap.String("dir", s.dir))
 	s.CP, err = controlplane.Start(ctx, controlplane.Config{
 		Binaries: bins, Dir: filepath.Join(s.dir, "controlplane"),
-		APIServers: opts.APIServers, Issuers: []string{opts.Issuer},
+		APIServers: cfg.APIServers, Issuers: []string{cfg.Issuer},
 	})
 	if err != nil {
 		return nil, err
@@ -103,7 +147,10 @@ func Start(ctx context.Context, opts Options, log *zap.Logger) (_ *Sandbox, err 
 	if s.Admin, err = kubernetes.NewForConfig(s.CP.AdminConfig()); err != nil {
 		return nil, err
 	}
-	for _, ns := range []string{NamespaceBuild, NamespaceApps} {
+	if s.Dynamic, err = dynamic.NewForConfig(s.CP.AdminConfig()); err != nil {
+		return nil, err
+	}
+	for _, ns := range []string{NamespaceBuild, NamespaceApps, Namespace} {
 		if err := s.CP.PrepareNamespace(ctx, ns); err != nil {
 			return nil, err
 		}
@@ -111,17 +158,42 @@ func Start(ctx context.Context, opts Options, log *zap.Logger) (_ *Sandbox, err 
 	if _, err := s.Admin.CoreV1().ServiceAccounts(NamespaceBuild).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "build-robot"}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return nil, err
 	}
+	if err := applyRBAC(ctx, s.Admin); err != nil {
+		return nil, err
+	}
+	if err := openshiftsim.InstallCRDs(ctx, s.CP.AdminConfig()); err != nil {
+		return nil, err
+	}
 
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.cancel = cancel
-	for i := 1; i <= opts.Nodes; i++ {
+	op, err := openshiftsim.New(openshiftsim.Config{ControlPlane: s.CP, Client: s.Dynamic, NodeNames: MasterNames(cfg.APIServers),
+		TrustWindow: cfg.TrustWindow, Log: log.Named("operator")})
+	if err != nil {
+		return nil, err
+	}
+	opDone := make(chan error, 1)
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		err := op.Run(runCtx)
+		if err != nil {
+			log.Error("the simulated kube-apiserver operator stopped", zap.Error(err))
+		}
+		opDone <- err
+	}()
+
+	for i := 1; i <= cfg.Nodes; i++ {
 		name := fmt.Sprintf("worker-%d", i)
-		cfg, err := s.CP.NodeConfig(name)
+		rc, err := s.CP.NodeConfig(name)
 		if err != nil {
 			return nil, err
 		}
+		if err := controlplane.WriteKubeconfig(s.NodeKubeconfig(name), rc); err != nil {
+			return nil, err
+		}
 		n, err := kubeletsim.New(kubeletsim.Config{
-			Name: name, Root: filepath.Join(s.dir, "nodes", name), RESTConfig: cfg,
+			Name: name, Root: filepath.Join(s.dir, "nodes", name), RESTConfig: rc,
 			Logger: log.Named("kubeletsim"), Observer: s.observe,
 		})
 		if err != nil {
@@ -145,21 +217,41 @@ func Start(ctx context.Context, opts Options, log *zap.Logger) (_ *Sandbox, err 
 	}
 	log.Info("nodes registered", zap.Int("nodes", len(s.Nodes)))
 
-	var uids []types.UID
-	for _, n := range s.Nodes {
-		for _, pod := range workloads(n.Name()) {
-			out, err := s.Admin.CoreV1().Pods(pod.Namespace).Create(ctx, pod, metav1.CreateOptions{})
-			if err != nil {
-				return nil, fmt.Errorf("creating pod %s/%s: %w", pod.Namespace, pod.Name, err)
-			}
-			uids = append(uids, out.UID)
-		}
-	}
-	if err := s.waitSynced(ctx, uids); err != nil {
+	rs, err := replicasim.New(replicasim.Config{Client: s.Admin, Namespaces: []string{NamespaceBuild, NamespaceApps}, Log: log.Named("replicasim")})
+	if err != nil {
 		return nil, err
 	}
-	log.Info("every pod running with its tokens on disk", zap.Int("pods", len(uids)))
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		if err := rs.Run(runCtx); err != nil && runCtx.Err() == nil {
+			log.Error("the ReplicaSet controller stopped", zap.Error(err))
+		}
+	}()
+	for _, set := range ReplicaSets(int32(cfg.Nodes)) {
+		if _, err := s.Admin.AppsV1().ReplicaSets(set.Namespace).Create(ctx, set, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+			return nil, fmt.Errorf("creating ReplicaSet %s/%s: %w", set.Namespace, set.Name, err)
+		}
+	}
+	if err := s.waitPodsSynced(ctx, 2*cfg.Nodes); err != nil {
+		return nil, err
+	}
+	log.Info("every pod running with its tokens on disk", zap.Int("pods", 2*cfg.Nodes))
+
+	select {
+	case <-op.Ready():
+	case err := <-opDone:
+		return nil, fmt.Errorf("the simulated kube-apiserver operator stopped before settling: %w", err)
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 	return s, nil
+}
+
+// NodeKubeconfig is the kubeconfig with node's identity (system:node:NAME),
+// which its agent uses.
+func (s *Sandbox) NodeKubeconfig(node string) string {
+	return filepath.Join(s.dir, "kubeconfigs", node)
 }
 
 // BuildRobotPod is the seed procedure's example pod: nginx as the
@@ -168,91 +260,126 @@ func Start(ctx context.Context, opts Options, log *zap.Logger) (_ *Sandbox, err 
 func BuildRobotPod(name, namespace, node string) *corev1.Pod {
 	return &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace},
-		Spec: corev1.PodSpec{
-			NodeName:           node,
-			ServiceAccountName: "build-robot",
-			Containers: []corev1.Container{{
-				Name: "nginx", Image: "nginx",
-				VolumeMounts: []corev1.VolumeMount{{Name: "vault-token", MountPath: "/var/run/secrets/tokens"}},
-			}},
-			Volumes: []corev1.Volume{{
-				Name: "vault-token",
-				VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{Sources: []corev1.VolumeProjection{{
-					ServiceAccountToken: &corev1.ServiceAccountTokenProjection{Path: "vault-token", ExpirationSeconds: ptr.To[int64](7200), Audience: "vault"},
-				}}}},
-			}},
-		},
+		Spec:       buildRobotSpec(node),
 	}
 }
 
-// workloads are the pods each node runs: the seed's nginx as build-robot
-// and a plain pod with the default kube-api-access volume.
-func workloads(node string) []*corev1.Pod {
-	return []*corev1.Pod{
-		BuildRobotPod("nginx-"+node, NamespaceBuild, node),
-		{
-			ObjectMeta: metav1.ObjectMeta{Name: "web-" + node, Namespace: NamespaceApps},
-			Spec:       corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "web", Image: "web"}}},
-		},
+func buildRobotSpec(node string) corev1.PodSpec {
+	return corev1.PodSpec{
+		NodeName:           node,
+		ServiceAccountName: "build-robot",
+		Containers: []corev1.Container{{
+			Name: "nginx", Image: "nginx",
+			VolumeMounts: []corev1.VolumeMount{{Name: "vault-token", MountPath: "/var/run/secrets/tokens"}},
+		}},
+		Volumes: []corev1.Volume{{
+			Name: "vault-token",
+			VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{Sources: []corev1.VolumeProjection{{
+				ServiceAccountToken: &corev1.ServiceAccountTokenProjection{Path: "vault-token", ExpirationSeconds: ptr.To[int64](7200), Audience: "vault"},
+			}}}},
+		}},
+	}
+}
+
+// ReplicaSets are the sandbox's workloads, replicas pods each, spread one
+// per node by the ReplicaSet controller: the seed's nginx as build-robot
+// (namespace build) and a plain web server with the default
+// kube-api-access volume (namespace apps). Drained or evicted pods come back
+// on another node, as on a real cluster.
+func ReplicaSets(replicas int32) []*appsv1.ReplicaSet {
+	set := func(name, namespace string, spec corev1.PodSpec) *appsv1.ReplicaSet {
+		labels := map[string]string{"app": name}
+		return &appsv1.ReplicaSet{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace, Labels: labels},
+			Spec: appsv1.ReplicaSetSpec{
+				Replicas: ptr.To(replicas),
+				Selector: &metav1.LabelSelector{MatchLabels: labels},
+				Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: labels}, Spec: spec},
+			},
+		}
+	}
+	return []*appsv1.ReplicaSet{
+		set("nginx", NamespaceBuild, buildRobotSpec("")),
+		set("web", NamespaceApps, corev1.PodSpec{Containers: []corev1.Container{{Name: "web", Image: "registry.example/web:1"}}}),
 	}
 }
 
 func (s *Sandbox) observe(e kubeletsim.Event) {
-	if e.Kind != kubeletsim.EventPodSynced {
-		return
-	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if !s.synced[e.PodUID] {
+	hook := s.nodeHook
+	if e.Kind == kubeletsim.EventPodSynced && !s.synced[e.PodUID] {
 		s.synced[e.PodUID] = true
 		close(s.change)
 		s.change = make(chan struct{})
 	}
+	s.mu.Unlock()
+	if hook != nil {
+		hook(e)
+	}
 }
 
-func (s *Sandbox) waitSynced(ctx context.Context, uids []types.UID) error {
+// setNodeHook makes f see every simulated node's events.
+func (s *Sandbox) setNodeHook(f func(kubeletsim.Event)) {
+	s.mu.Lock()
+	s.nodeHook = f
+	s.mu.Unlock()
+}
+
+// waitPodsSynced waits until the workloads' want pods exist and each has
+// had its volumes written once.
+func (s *Sandbox) waitPodsSynced(ctx context.Context, want int) error {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
+	missing := want
 	for {
 		s.mu.Lock()
-		missing := 0
-		for _, u := range uids {
-			if !s.synced[u] {
-				missing++
-			}
-		}
 		change := s.change
 		s.mu.Unlock()
-		if missing == 0 {
-			return nil
+		pods, err := s.workloadPods(ctx)
+		if err == nil {
+			missing = want - len(pods)
+			s.mu.Lock()
+			for _, p := range pods {
+				if !s.synced[p.UID] {
+					missing++
+				}
+			}
+			s.mu.Unlock()
+			if missing <= 0 {
+				return nil
+			}
 		}
 		select {
 		case <-change:
+		case <-time.After(time.Second): // pods created since the list
 		case <-ctx.Done():
-			return fmt.Errorf("waiting for pods to start: %d of %d not synced: %w", missing, len(uids), ctx.Err())
+			return fmt.Errorf("waiting for the workloads' pods to start: %d of %d not running with their tokens on disk: %w", missing, want, ctx.Err())
 		}
 	}
+}
+
+// workloadPods lists the workloads' pods that are not being deleted.
+func (s *Sandbox) workloadPods(ctx context.Context) ([]corev1.Pod, error) {
+	var out []corev1.Pod
+	for _, ns := range []string{NamespaceBuild, NamespaceApps} {
+		list, err := s.Admin.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return nil, fmt.Errorf("listing pods in %s: %w", ns, err)
+		}
+		for _, p := range list.Items {
+			if p.DeletionTimestamp == nil {
+				out = append(out, p)
+			}
+		}
+	}
+	return out, nil
 }
 
 // Dir is where the sandbox writes.
 func (s *Sandbox) Dir() string { return s.dir }
 
-// PrintAccess tells a person how to reach the sandbox from another terminal.
-func (s *Sandbox) PrintAccess(w io.Writer) {
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintf(tw, "API server\t%s (%d kube-apiserver(s) behind a local load balancer)\n", s.CP.URL(), s.CP.APIServers())
-	fmt.Fprintf(tw, "kubeconfig\t%s\n", s.Kubeconfig)
-	fmt.Fprintf(tw, "issuer\t%s\n", s.opts.Issuer)
-	fmt.Fprintf(tw, "logs\t%s\n", filepath.Join(s.CP.Dir(), "logs"))
-	fmt.Fprintln(tw, "\nNODE\tKUBELET ROOT\tPODS API SOCKET")
-	for _, n := range s.Nodes {
-		fmt.Fprintf(tw, "%s\t%s\t%s\n", n.Name(), n.Root(), n.PodsAPISocket())
-	}
-	tw.Flush()
-	fmt.Fprintf(w, "\nFrom another terminal:\n  export KUBECONFIG=%s\n  kubectl get nodes -o wide; kubectl get pods -A\n", s.Kubeconfig)
-}
-
-// Stop ends the nodes and the control plane; a temporary directory goes too.
+// Stop ends the operator, the nodes and the control plane; a temporary
+// directory goes too.
 func (s *Sandbox) Stop() {
 	if s.cancel != nil {
 		s.cancel()
@@ -266,23 +393,6 @@ func (s *Sandbox) Stop() {
 	}
 }
 
-// Run starts the sandbox, prints how to reach it, and keeps it up until ctx
-// ends (Ctrl-C), or stops at once when once is set.
-func Run(ctx context.Context, opts Options, once bool, out io.Writer, log *zap.Logger) error {
-	s, err := Start(ctx, opts, log)
-	if err != nil {
-		return err
-	}
-	defer s.Stop()
-	s.PrintAccess(out)
-	if once {
-		fmt.Fprintln(out, "\n--once: the sandbox came up; stopping.")
-		return nil
-	}
-	fmt.Fprintln(out, "\nThe sandbox runs until Ctrl-C.")
-	<-ctx.Done()
-	if !errors.Is(context.Cause(ctx), context.Canceled) {
-		return context.Cause(ctx)
-	}
-	return nil
-}
+// errNotOK is returned when the scenario ran to its end but an invariant
+// did not hold or the procedure did not complete.
+var errNotOK = errors.New("the procedure did not complete with every invariant held")

@@ -165,10 +165,7 @@ at a time under a Lease, never while the API server is still rolling out.`,
 	for _, rc := range rolloutCommands() {
 		addTo(rollout, rc.use, rc.short, rc.long, rc.opts, rc.opts.run)
 	}
-	sb := newSandboxOptions()
-	add("sandbox", "Run a local control plane with simulated nodes",
-		"sandbox starts a real etcd and kube-apiservers (built by `make controlplane`) on\nloopback, and simulated kubelets that mint and write real projected tokens.",
-		sb, sb.run)
+	addSandboxCommands(root, addTo)
 	ver := newVersionOptions()
 	add("version", "Print the version", "Print tokenroll's version, commit and Go version.", ver, ver.run)
 	return root

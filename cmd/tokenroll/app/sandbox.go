@@ -4,47 +4,135 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
+	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
 	"github.com/tokenroll/tokenroll/sandbox"
 	"github.com/tokenroll/tokenroll/sandbox/controlplane"
+	"github.com/tokenroll/tokenroll/sandbox/kubeletsim"
 )
+
+// DefaultNewIssuer is the issuer the sandbox's scenario changes to, the
+// one the seed's example uses.
+const DefaultNewIssuer = "https://test.default.svc"
 
 // sandboxOptions configure `tokenroll sandbox`.
 type sandboxOptions struct {
 	sandbox.Options
-	// Once stops the sandbox as soon as it is up (for CI and smoke tests).
-	Once bool
 }
 
 func newSandboxOptions() *sandboxOptions {
-	return &sandboxOptions{Options: sandbox.Options{Nodes: 5, APIServers: 3, Issuer: controlplane.DefaultIssuer}}
+	return &sandboxOptions{Options: sandbox.Options{
+		Nodes: 5, APIServers: 3, Issuer: controlplane.DefaultIssuer, NewIssuer: DefaultNewIssuer,
+		Strategy: "kubelet-restart", MaxUnavailable: "1", RebootDowntime: 5 * time.Second, Timeout: 10 * time.Minute,
+	}}
 }
 
 func (o *sandboxOptions) AddFlags(fs *pflag.FlagSet) {
-	fs.StringVar(&o.BinDir, "bin-dir", o.BinDir, "Directory holding etcd and kube-apiserver (default: what `make controlplane` built, or $"+controlplane.BinDirEnv+").")
-	fs.StringVar(&o.Dir, "dir", o.Dir, "Directory for the sandbox's certificates, data, node roots and logs; kept afterwards (default: a temporary directory, removed).")
-	fs.IntVar(&o.Nodes, "nodes", o.Nodes, "Number of simulated worker nodes.")
-	fs.IntVar(&o.APIServers, "apiservers", o.APIServers, "Number of kube-apiservers (control-plane nodes) sharing one etcd.")
+	fs.StringVar(&o.BinDir, "bin-dir", o.BinDir, "Directory holding etcd and kube-apiserver (default: what make controlplane built, or $"+controlplane.BinDirEnv+").")
+	fs.StringVar(&o.Dir, "dir", o.Dir, "Directory for the sandbox's certificates, data, node roots, kubeconfigs and logs; kept afterwards (default: a temporary directory, removed unless the scenario fails).")
+	fs.IntVar(&o.Nodes, "nodes", o.Nodes, "Number of simulated worker nodes, each with a real agent process.")
+	fs.IntVar(&o.APIServers, "apiservers", o.APIServers, "Number of kube-apiservers (control-plane nodes master-0...) sharing one etcd.")
 	fs.StringVar(&o.Issuer, "issuer", o.Issuer, "Service-account issuer the control plane starts with.")
-	fs.BoolVar(&o.Once, "once", o.Once, "Stop as soon as the sandbox is up, instead of running until Ctrl-C.")
+	fs.StringVar(&o.NewIssuer, "new-issuer", o.NewIssuer, "Issuer the scenario sets in Authentication/cluster .spec.serviceAccountIssuer.")
+	fs.DurationVar(&o.TrustWindow, "trust-window", o.TrustWindow, "How long the simulated operator keeps the old issuer trusted: 0 drops it at once (the seed's warning case: every node needs work); 24h is OpenShift's default (little or nothing to do).")
+	fs.StringVar(&o.Strategy, "strategy", o.Strategy, "The coordinators' remediation: kubelet-restart (least disruptive, the coordinator's default), pod-restart, or reboot (the seed's rolling reboot).")
+	fs.StringVar(&o.MaxUnavailable, "max-unavailable", o.MaxUnavailable, "The coordinators' --max-unavailable: nodes disrupted at once, a number or a percentage.")
+	fs.DurationVar(&o.RebootDowntime, "reboot-downtime", o.RebootDowntime, "How long a simulated reboot keeps a node down.")
+	fs.BoolVar(&o.Chaos, "chaos", o.Chaos, "Kill (SIGKILL) the coordinator leader and random agents during the rollout; each starts again a second later.")
+	fs.BoolVar(&o.Keep, "keep", o.Keep, "Keep everything running after the scenario, until Ctrl-C.")
+	fs.BoolVar(&o.Once, "once", o.Once, "Stop as soon as everything is up and every agent has reported, without changing the issuer (smoke tests).")
+	fs.StringVar(&o.SummaryJSON, "summary-json", o.SummaryJSON, "Write the outcome as JSON to this file.")
+	fs.DurationVar(&o.Timeout, "timeout", o.Timeout, "Longest the scenario may take from the issuer change to every token fresh.")
 }
 
-func (o *sandboxOptions) Validate() error {
+func (o *sandboxOptions) Validate() error { return o.Options.Validate() }
+
+func (o *sandboxOptions) run(ctx context.Context, e env) error {
+	_, err := sandbox.Run(ctx, o.Options, e.stdout)
+	if err != nil {
+		return &ExitError{Code: ExitFailure, Err: err}
+	}
+	return nil
+}
+
+// sandboxNodeOptions configure the hidden `tokenroll sandbox node ACTION`,
+// which the sandbox's agents run as their --reboot-command and
+// --kubelet-restart-command.
+type sandboxNodeOptions struct {
+	// Action is kubeletsim.ActionReboot or kubeletsim.ActionRestartKubelet.
+	Action string
+	// Root is the simulated node's root directory (its control socket is
+	// there).
+	Root string
+	// Down is how long a reboot keeps the node down (0: the node's default).
+	Down time.Duration
+}
+
+func (o *sandboxNodeOptions) AddFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&o.Root, "root", o.Root, "Root directory of the simulated node (its kubelet root).")
+	if o.Action == kubeletsim.ActionReboot {
+		fs.DurationVar(&o.Down, "down", o.Down, fmt.Sprintf("How long the node stays down (0: %s).", kubeletsim.DefaultRebootDowntime))
+	}
+}
+
+func (o *sandboxNodeOptions) Validate() error {
 	var errs []error
-	if o.Nodes < 1 || o.Nodes > 500 {
-		errs = append(errs, fmt.Errorf("--nodes=%d: must be from 1 to 500", o.Nodes))
+	if o.Root == "" {
+		errs = append(errs, errors.New("--root is required: the simulated node's root directory (the sandbox prints it)"))
 	}
-	if o.APIServers < 1 || o.APIServers > 5 {
-		errs = append(errs, fmt.Errorf("--apiservers=%d: must be from 1 to 5", o.APIServers))
-	}
-	if o.Issuer == "" {
-		errs = append(errs, errors.New("--issuer must not be empty"))
+	if o.Down < 0 {
+		errs = append(errs, fmt.Errorf("--down=%s: must not be negative", o.Down))
 	}
 	return errors.Join(errs...)
 }
 
-func (o *sandboxOptions) run(ctx context.Context, e env) error {
-	return sandbox.Run(ctx, o.Options, o.Once, e.stdout, e.log)
+func (o *sandboxNodeOptions) run(ctx context.Context, e env) error {
+	if err := kubeletsim.Control(ctx, o.Root, o.Action, o.Down); err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "%s: %s done\n", o.Root, o.Action)
+	return nil
+}
+
+// addFunc adds a subcommand with validated options under parent (root.go's
+// addTo).
+type addFunc func(parent *cobra.Command, use, short, long string, opts options, run func(context.Context, env) error)
+
+// addSandboxCommands adds `tokenroll sandbox` and its hidden `node`
+// subcommands.
+func addSandboxCommands(root *cobra.Command, addTo addFunc) {
+	sb := newSandboxOptions()
+	addTo(root, "sandbox", "Run the seed's issuer change end to end on a local cluster",
+		`sandbox starts a real etcd and kube-apiservers (built by `+"`make controlplane`"+`) on
+loopback with the OpenShift resources and a simulated kube-apiserver operator,
+simulated worker nodes running ReplicaSets whose pods hold projected tokens, one
+real tokenroll agent process per node and two coordinator replicas, with the
+flags they have in a cluster. It then walks the seed's procedure: it changes
+Authentication/cluster .spec.serviceAccountIssuer, the operator rolls the new
+revision over the API servers while the coordinator waits at the gate, and the
+coordinator remediates node by node with --strategy until every token on every
+node is fresh under the new issuer. It prints each change as it happens, and a
+summary; --summary-json writes it. The exit status is 0 only when the
+procedure completed with every invariant held.`,
+		sb, sb.run)
+	var parent *cobra.Command
+	for _, c := range root.Commands() {
+		if c.Name() == "sandbox" {
+			parent = c
+		}
+	}
+	node := &cobra.Command{Use: "node", Short: "Act on a simulated node of a running sandbox", Hidden: true, Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() }}
+	parent.AddCommand(node)
+	reboot := &sandboxNodeOptions{Action: kubeletsim.ActionReboot}
+	addTo(node, kubeletsim.ActionReboot, "Reboot a simulated node (the agents' --reboot-command in the sandbox)",
+		"reboot asks the simulated node rooted at --root to go down for --down and come back with a new boot ID.",
+		reboot, reboot.run)
+	restart := &sandboxNodeOptions{Action: kubeletsim.ActionRestartKubelet}
+	addTo(node, kubeletsim.ActionRestartKubelet, "Restart a simulated node's kubelet (the agents' --kubelet-restart-command in the sandbox)",
+		"restart-kubelet asks the simulated node rooted at --root to restart its kubelet: its token cache is emptied and every projected token requested again.",
+		restart, restart.run)
 }

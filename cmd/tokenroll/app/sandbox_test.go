@@ -1,0 +1,130 @@
+package app
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tokenroll/tokenroll/sandbox"
+	"github.com/tokenroll/tokenroll/sandbox/controlplane"
+)
+
+// TestMain lets this test binary stand in for tokenroll: the sandbox runs
+// its agents and coordinators as this program (os.Executable), and marks
+// them with sandbox.ChildEnv, so a child runs Main instead of the tests.
+func TestMain(m *testing.M) {
+	if os.Getenv(sandbox.ChildEnv) != "" {
+		os.Exit(Main(os.Args[1:], os.Stdout, os.Stderr))
+	}
+	os.Exit(m.Run())
+}
+
+// The whole scenario, through the command's entry point, on three nodes:
+// the issuer changes with no trust window, the coordinators (real
+// processes) wait out the revision rollout, then restart each node's kubelet
+// through its agent (a real process running `tokenroll sandbox node
+// restart-kubelet`), one node at a time; the summary is what an outside
+// observer saw.
+func TestSandboxScenario(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test: starts a control plane, simulated nodes and tokenroll processes")
+	}
+	if _, err := controlplane.FindBinaries(""); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	summaryPath := filepath.Join(dir, "summary.json")
+	start := time.Now()
+	code, out, stderr := run(t, "sandbox", "--nodes=3", "--dir="+filepath.Join(dir, "sb"), "--summary-json="+summaryPath, "--log-format=json")
+	t.Logf("the scenario took %s", time.Since(start).Round(time.Second))
+	if code != 0 {
+		t.Fatalf("sandbox: exit %d\nstdout:\n%s\nstderr:\n%s", code, out, stderr)
+	}
+	data, err := os.ReadFile(summaryPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum struct {
+		Nodes                  int            `json:"nodes"`
+		Strategy               string         `json:"strategy"`
+		TokensBefore           map[string]int `json:"tokensBefore"`
+		TokensAfter            map[string]int `json:"tokensAfter"`
+		MaxConcurrentDisrupted int            `json:"maxConcurrentDisrupted"`
+		NodesLeftCordoned      int            `json:"nodesLeftCordoned"`
+		ActionsPerNode         map[string]int `json:"actionsPerNode"`
+		GateClosedSeconds      float64        `json:"gateClosedSeconds"`
+		RolloutSeconds         float64        `json:"rolloutSeconds"`
+		OverheadPerNodeSeconds struct {
+			Median, Max float64
+		} `json:"overheadPerNodeSeconds"`
+		LeaderChanges *int `json:"leaderChanges"`
+		OK            bool `json:"ok"`
+	}
+	dec := json.NewDecoder(strings.NewReader(string(data)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&sum); err != nil {
+		t.Fatalf("summary %s: %v", data, err)
+	}
+	if !sum.OK || sum.Nodes != 3 || sum.Strategy != "kubelet-restart" || sum.LeaderChanges == nil {
+		t.Errorf("summary %s", data)
+	}
+	// Every token held the old issuer after the change, and every one is
+	// fresh under the new issuer at the end: 3 per node.
+	if len(sum.TokensBefore) != 1 || sum.TokensBefore["issuer-mismatch"] != 9 {
+		t.Errorf("tokensBefore %v, want 9 issuer-mismatch", sum.TokensBefore)
+	}
+	if len(sum.TokensAfter) != 1 || sum.TokensAfter["fresh"] != 9 {
+		t.Errorf("tokensAfter %v, want 9 fresh", sum.TokensAfter)
+	}
+	if sum.MaxConcurrentDisrupted != 1 || sum.NodesLeftCordoned != 0 {
+		t.Errorf("maxConcurrentDisrupted %d, nodesLeftCordoned %d; want 1 and 0", sum.MaxConcurrentDisrupted, sum.NodesLeftCordoned)
+	}
+	for _, n := range []string{"worker-1", "worker-2", "worker-3"} {
+		if sum.ActionsPerNode[n] != 1 {
+			t.Errorf("node %s: %d actions, want 1 (actionsPerNode %v)", n, sum.ActionsPerNode[n], sum.ActionsPerNode)
+		}
+	}
+	// Three API servers restarted one after the other: the gate was closed
+	// for seconds, and the rollout came after it.
+	if sum.GateClosedSeconds < 1 || sum.RolloutSeconds <= 0 || sum.OverheadPerNodeSeconds.Max < sum.OverheadPerNodeSeconds.Median {
+		t.Errorf("gateClosedSeconds %v, rolloutSeconds %v, overhead %+v", sum.GateClosedSeconds, sum.RolloutSeconds, sum.OverheadPerNodeSeconds)
+	}
+	// What a person follows: the gate with OpenShift's messages, each
+	// node's steps, and where to reach the sandbox from.
+	for _, want := range []string{
+		"3 nodes are at revision 11; 0 nodes have achieved new revision 12",
+		"AllNodesAtLatestRevision: 3 nodes are at revision 12",
+		"worker-2: cordoned", "worker-2: acting (kubelet-restart)", "worker-2: done",
+		"status --kubeconfig " + filepath.Join(dir, "sb", "kubeconfig") + " -n tokenroll",
+		"/metrics", "OK: the procedure completed with every invariant held",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output does not show %q:\n%s", want, out)
+		}
+	}
+	// Each agent ran as a process of its own and logged there.
+	for _, n := range []string{"worker-1", "worker-2", "worker-3"} {
+		log, err := os.ReadFile(filepath.Join(dir, "sb", "logs", "agent-"+n+".log"))
+		if err != nil || !strings.Contains(string(log), "agent starting") {
+			t.Errorf("agent log of %s: %v\n%s", n, err, log)
+		}
+	}
+}
+
+func TestSandboxNodeCommand(t *testing.T) {
+	root := t.TempDir()
+	code, _, stderr := run(t, "sandbox", "node", "restart-kubelet", "--root", root)
+	if code != ExitFailure || !strings.Contains(stderr, "no simulated node serves") {
+		t.Errorf("restart-kubelet without a node: exit %d, stderr %q", code, stderr)
+	}
+	code, _, stderr = run(t, "sandbox", "node", "reboot", "--down=-1s")
+	if code != ExitUsage || !strings.Contains(stderr, "--root is required") || !strings.Contains(stderr, "--down=-1s") {
+		t.Errorf("reboot with bad flags: exit %d, stderr %q", code, stderr)
+	}
+	if code, _, _ := run(t, "sandbox", "node", "restart-kubelet", "--root", root, "--down=1s"); code != ExitUsage {
+		t.Errorf("restart-kubelet --down: exit %d, want %d (no such flag)", code, ExitUsage)
+	}
+}

@@ -1,0 +1,235 @@
+package sandbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// ChildEnv is set in the environment of every process the sandbox starts,
+// and of what those start in turn (the agents' reboot and kubelet-restart
+// commands). The tokenroll binary ignores it; a test binary standing in for
+// tokenroll (Options.Command) looks for it to run tokenroll's main instead
+// of its tests.
+const ChildEnv = "TOKENROLL_SANDBOX_CHILD"
+
+// restartDelay is how long a process that ended stays down before it is
+// started again, as a kubelet restarts a crashed container.
+const restartDelay = time.Second
+
+// stopGrace is how long a process may take to stop after SIGTERM.
+const stopGrace = 10 * time.Second
+
+// child is one tokenroll process the sandbox runs (an agent or a
+// coordinator replica), restarted whenever it ends, as its DaemonSet or
+// Deployment would. It runs in its own process group, so that Ctrl-C in the
+// terminal reaches the sandbox alone and the sandbox stops its children in
+// order, and dies with the sandbox (PR_SET_PDEATHSIG), so nothing is left
+// behind.
+type child struct {
+	name    string
+	argv    []string
+	logPath string
+	// exited is told when the process ends on its own (not killed or
+	// stopped by the sandbox), with how.
+	exited func(c *child, err error)
+
+	mu       sync.Mutex
+	cmd      *exec.Cmd
+	done     chan struct{}
+	starts   int
+	expected bool // the sandbox ended this run on purpose
+	held     bool // kept down until release
+	wake     chan struct{}
+}
+
+func newChild(name string, argv []string, logPath string, exited func(*child, error)) *child {
+	return &child{name: name, argv: argv, logPath: logPath, exited: exited, wake: make(chan struct{}, 1)}
+}
+
+// start runs the process once; the caller holds no lock.
+func (c *child) start() error {
+	logFile, err := os.OpenFile(c.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("opening the log of %s: %w", c.name, err)
+	}
+	cmd := exec.Command(c.argv[0], c.argv[1:]...)
+	cmd.Env = append(os.Environ(), ChildEnv+"=1")
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	c.mu.Lock()
+	c.starts++
+	fmt.Fprintf(logFile, "--- sandbox: starting %s (start %d) at %s\n", c.name, c.starts, time.Now().Format(time.RFC3339Nano))
+	err = cmd.Start()
+	if err != nil {
+		c.mu.Unlock()
+		logFile.Close()
+		return fmt.Errorf("starting %s (%s): %w", c.name, c.argv[0], err)
+	}
+	done := make(chan struct{})
+	c.cmd, c.done, c.expected = cmd, done, false
+	c.mu.Unlock()
+	go func() {
+		err := cmd.Wait()
+		fmt.Fprintf(logFile, "--- sandbox: %s ended (%v) at %s\n", c.name, waitStatus(err), time.Now().Format(time.RFC3339Nano))
+		logFile.Close()
+		c.mu.Lock()
+		expected := c.expected
+		c.mu.Unlock()
+		if !expected && c.exited != nil {
+			c.exited(c, err)
+		}
+		close(done)
+	}()
+	return nil
+}
+
+func waitStatus(err error) string {
+	if err == nil {
+		return "exit status 0"
+	}
+	return err.Error()
+}
+
+// run keeps the process running until ctx ends, then stops it (SIGTERM,
+// then SIGKILL after stopGrace). The first start's error is returned on
+// first; later ones are reported through exited and retried.
+func (c *child) run(ctx context.Context, first chan<- error) {
+	err := c.start()
+	first <- err
+	if err != nil {
+		return
+	}
+	for {
+		c.mu.Lock()
+		done := c.done
+		c.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			c.signal(syscall.SIGTERM)
+			select {
+			case <-done:
+			case <-time.After(stopGrace):
+				c.signal(syscall.SIGKILL)
+				<-done
+			}
+			return
+		case <-done:
+		}
+		if !c.waitDown(ctx) {
+			return
+		}
+		if err := c.start(); err != nil && c.exited != nil {
+			c.exited(c, err)
+		}
+	}
+}
+
+// waitDown waits while the process is held, then restartDelay, as a kubelet
+// would before starting a container again; false when ctx ended.
+func (c *child) waitDown(ctx context.Context) bool {
+	for {
+		c.mu.Lock()
+		held := c.held
+		c.mu.Unlock()
+		wait := time.After(restartDelay)
+		if held {
+			wait = nil
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-c.wake:
+		case <-wait:
+			c.mu.Lock()
+			held = c.held
+			c.mu.Unlock()
+			if !held {
+				return true
+			}
+		}
+	}
+}
+
+// signal sends sig to the process group of the current run, marking the
+// end as the sandbox's doing.
+func (c *child) signal(sig syscall.Signal) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cmd == nil || c.cmd.Process == nil {
+		return
+	}
+	c.expected = true
+	_ = syscall.Kill(-c.cmd.Process.Pid, sig)
+}
+
+// kill ends the process at once (SIGKILL, as a crash or an OOM kill would);
+// run starts it again after restartDelay.
+func (c *child) kill() { c.signal(syscall.SIGKILL) }
+
+// hold kills the process and keeps it down until release, as a node going
+// down takes its pods with it.
+func (c *child) hold() {
+	c.mu.Lock()
+	c.held = true
+	c.mu.Unlock()
+	c.kill()
+}
+
+// release lets a held process start again.
+func (c *child) release() {
+	c.mu.Lock()
+	c.held = false
+	c.mu.Unlock()
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// pid is the current run's process ID (0 when none).
+func (c *child) pid() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cmd == nil || c.cmd.Process == nil {
+		return 0
+	}
+	select {
+	case <-c.done:
+		return 0
+	default:
+		return c.cmd.Process.Pid
+	}
+}
+
+// freeAddr returns a loopback address nobody listens on at the moment.
+func freeAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", fmt.Errorf("finding a free loopback port: %w", err)
+	}
+	defer l.Close()
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(l.Addr().(*net.TCPAddr).Port)), nil
+}
+
+// startChildren starts every child and returns once each has started once;
+// on error the ones started are stopped by cancelling ctx.
+func startChildren(ctx context.Context, wg *sync.WaitGroup, children []*child) error {
+	var errs []error
+	for _, c := range children {
+		first := make(chan error, 1)
+		wg.Add(1)
+		go func() { defer wg.Done(); c.run(ctx, first) }()
+		if err := <-first; err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,650 @@
+package sandbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/tokenroll/tokenroll/internal/logging"
+	"github.com/tokenroll/tokenroll/protocol"
+	"github.com/tokenroll/tokenroll/sandbox/controlplane"
+	"github.com/tokenroll/tokenroll/sandbox/invariants"
+	"github.com/tokenroll/tokenroll/sandbox/kubeletsim"
+	"github.com/tokenroll/tokenroll/sandbox/openshiftsim"
+)
+
+// Options say what `tokenroll sandbox` builds and does.
+type Options struct {
+	// BinDir, Dir, Nodes, APIServers, Issuer and TrustWindow are the
+	// cluster's; see Config. An empty Dir is a temporary directory, removed
+	// at the end unless the scenario failed.
+	BinDir      string
+	Dir         string
+	Nodes       int
+	APIServers  int
+	Issuer      string
+	TrustWindow time.Duration
+	// NewIssuer is what the scenario sets Authentication/cluster
+	// .spec.serviceAccountIssuer to.
+	NewIssuer string
+	// Strategy and MaxUnavailable are the coordinators' --strategy and
+	// --max-unavailable.
+	Strategy       string
+	MaxUnavailable string
+	// RebootDowntime is how long a simulated reboot keeps a node down.
+	RebootDowntime time.Duration
+	// Chaos kills (SIGKILL) the coordinator leader and random agents during
+	// the rollout; they are started again as their Deployment and DaemonSet
+	// would.
+	Chaos bool
+	// Keep leaves everything running after the scenario, until ctx ends.
+	Keep bool
+	// Once stops as soon as everything is up and every agent has reported,
+	// without changing the issuer.
+	Once bool
+	// SummaryJSON, when set, is where the summary is written.
+	SummaryJSON string
+	// Timeout bounds the scenario from the issuer change to its end.
+	Timeout time.Duration
+	// Command runs tokenroll: the binary and any arguments before the
+	// subcommand (default: this program). Agents and coordinators are
+	// started as Command + "agent ..." and Command + "coordinator ...".
+	Command []string
+}
+
+// Validate checks the options a person gives; it names the flags.
+func (o Options) Validate() error {
+	var errs []error
+	if o.Nodes < 1 || o.Nodes > 500 {
+		errs = append(errs, fmt.Errorf("--nodes=%d: must be from 1 to 500", o.Nodes))
+	}
+	if o.APIServers < 1 || o.APIServers > 5 {
+		errs = append(errs, fmt.Errorf("--apiservers=%d: must be from 1 to 5", o.APIServers))
+	}
+	if o.Issuer == "" {
+		errs = append(errs, errors.New("--issuer must not be empty"))
+	}
+	switch o.NewIssuer {
+	case "":
+		errs = append(errs, errors.New("--new-issuer must not be empty"))
+	case o.Issuer:
+		errs = append(errs, fmt.Errorf("--new-issuer=%q is the issuer the sandbox starts with; the scenario changes it, so give another", o.NewIssuer))
+	}
+	if o.TrustWindow < 0 {
+		errs = append(errs, fmt.Errorf("--trust-window=%s: must be 0 (the old issuer is dropped at once) or positive", o.TrustWindow))
+	}
+	switch o.Strategy {
+	case "kubelet-restart", "pod-restart", "reboot":
+	default:
+		errs = append(errs, fmt.Errorf("--strategy=%q: must be one of kubelet-restart, pod-restart, reboot", o.Strategy))
+	}
+	if _, err := maxUnavailableNodes(o.MaxUnavailable, max(o.Nodes, 1)); err != nil {
+		errs = append(errs, err)
+	}
+	if o.RebootDowntime < time.Second || o.RebootDowntime > 10*time.Minute {
+		errs = append(errs, fmt.Errorf("--reboot-downtime=%s: must be from 1s to 10m", o.RebootDowntime))
+	}
+	if o.Timeout < time.Minute {
+		errs = append(errs, fmt.Errorf("--timeout=%s: must be at least 1m", o.Timeout))
+	}
+	if o.Dir != "" && strings.Contains(o.Dir, ",") {
+		errs = append(errs, fmt.Errorf("--dir=%q: must not contain a comma (the agents' --reboot-command is a comma-separated list)", o.Dir))
+	}
+	return errors.Join(errs...)
+}
+
+// maxUnavailableNodes resolves --max-unavailable as the coordinator does:
+// a count, or a percentage of the nodes rounded down, at least 1.
+func maxUnavailableNodes(v string, nodes int) (int, error) {
+	mu := intstr.Parse(v)
+	n, err := intstr.GetScaledValueFromIntOrPercent(&mu, nodes, false)
+	if err != nil || v == "" || n < 0 || mu.Type == intstr.Int && n < 1 {
+		return 0, fmt.Errorf("--max-unavailable=%q: want a number of nodes (1) or a percentage (20%%)", v)
+	}
+	return max(n, 1), nil
+}
+
+// run is one run of the sandbox: the cluster, the tokenroll processes and
+// what watches them.
+type run struct {
+	opts  Options
+	p     *printer
+	log   *zap.Logger
+	sb    *Sandbox
+	w     *watcher
+	inv   *invariants.Checker
+	dir   string
+	procs sync.WaitGroup
+
+	agents       map[string]*child
+	agentAddrs   map[string]string
+	coordinators []*child
+	coordAddrs   []string
+}
+
+// Run builds the sandbox, walks the seed's procedure on it and returns the
+// summary; the error is errNotOK-wrapped when the procedure did not
+// complete with every invariant held. Ending ctx (Ctrl-C) stops everything.
+func Run(ctx context.Context, opts Options, out io.Writer) (*Summary, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	if len(opts.Command) == 0 {
+		self, err := os.Executable()
+		if err != nil {
+			return nil, fmt.Errorf("finding this program, to run agents and coordinators with: %w", err)
+		}
+		opts.Command = []string{self}
+	}
+	for _, a := range opts.Command {
+		if strings.Contains(a, ",") {
+			return nil, fmt.Errorf("the tokenroll command %q contains a comma, which the agents' --reboot-command cannot carry; move the binary", a)
+		}
+	}
+	r := &run{opts: opts, p: &printer{w: out, start: time.Now()}, dir: opts.Dir,
+		agents: map[string]*child{}, agentAddrs: map[string]string{}}
+	temporary := r.dir == ""
+	if temporary {
+		var err error
+		if r.dir, err = os.MkdirTemp("", "tokenroll-sandbox-"); err != nil {
+			return nil, err
+		}
+	}
+	if err := os.MkdirAll(filepath.Join(r.dir, "logs"), 0o750); err != nil {
+		return nil, err
+	}
+	logFile, err := os.OpenFile(filepath.Join(r.dir, "logs", "sandbox.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	defer logFile.Close()
+	enc := zap.NewProductionEncoderConfig()
+	enc.TimeKey, enc.EncodeTime = "ts", zapcore.RFC3339NanoTimeEncoder
+	r.log = zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(enc), zapcore.Lock(zapcore.AddSync(logFile)), zap.InfoLevel))
+	// client-go's complaints while API servers restart belong in the log,
+	// not among the progress lines.
+	logging.RouteKlog(r.log)
+	defer logging.RouteKlog(zap.NewNop()) // the file closes
+
+	sum, err := r.run(ctx)
+	interrupted := err != nil && ctx.Err() != nil
+	if interrupted {
+		// Ctrl-C: the person asked for it; nothing to keep.
+		sum, err = nil, fmt.Errorf("interrupted (%w) before the procedure completed; everything is stopped", context.Cause(ctx))
+	}
+	keepDir := temporary && !interrupted && (err != nil || sum != nil && !sum.OK)
+	if keepDir {
+		r.p.raw(fmt.Sprintf("\nThe sandbox directory is kept for its logs: %s\n", r.dir))
+	} else if temporary {
+		_ = os.RemoveAll(r.dir)
+	}
+	return sum, err
+}
+
+func (r *run) run(ctx context.Context) (*Summary, error) {
+	o := r.opts
+	r.p.printf("starting a control plane: etcd and %d kube-apiserver(s) (control-plane nodes %s at revision %d), issuer %s",
+		o.APIServers, strings.Join(MasterNames(o.APIServers), ", "), openshiftsim.DefaultStartRevision, o.Issuer)
+	sb, err := Start(ctx, Config{BinDir: o.BinDir, Dir: r.dir, Nodes: o.Nodes, APIServers: o.APIServers, Issuer: o.Issuer,
+		TrustWindow: o.TrustWindow, Log: r.log})
+	if err != nil {
+		return nil, err
+	}
+	r.sb = sb
+	// Stop in order: the tokenroll processes, then the nodes and the
+	// control plane. A fresh context: ctx may be over already.
+	procCtx, stopProcs := context.WithCancel(context.WithoutCancel(ctx))
+	defer func() {
+		stopProcs()
+		r.procs.Wait()
+		sb.Stop()
+		r.p.printf("stopped: every process ended")
+	}()
+	r.p.printf("control plane up at %s; %d simulated node(s) running %d pods of ReplicaSets build/nginx (build-robot, vault token) and apps/web",
+		sb.CP.URL(), o.Nodes, 2*o.Nodes)
+
+	watchCtx, stopWatch := context.WithCancel(procCtx)
+	defer stopWatch()
+	if r.inv, err = invariants.Watch(watchCtx, sb.Admin, Namespace, LeaseName); err != nil {
+		return nil, err
+	}
+	if r.w, err = watch(watchCtx, sb.Admin, sb.Dynamic, r.p); err != nil {
+		return nil, err
+	}
+	if err := r.startProcesses(procCtx); err != nil {
+		return nil, err
+	}
+	r.printAccess()
+
+	r.p.printf("waiting for every agent to report and a coordinator to lead")
+	upCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	err = r.w.waitFor(upCtx, func(v view) bool {
+		return v.agentsReport(o.Issuer) && v.State.ObservedIssuer == o.Issuer
+	})
+	cancel()
+	if err != nil {
+		return nil, fmt.Errorf("waiting for the agents to report and the coordinator to record issuer %s: %w; see the logs in %s", o.Issuer, err, filepath.Join(r.dir, "logs"))
+	}
+	r.p.printf("every agent reports and the coordinator recorded issuer %s", o.Issuer)
+	if o.Once {
+		r.p.printf("--once: the sandbox came up; stopping")
+		return nil, nil
+	}
+
+	sum, err := r.scenario(ctx)
+	if err != nil {
+		return nil, err
+	}
+	sum.Print(r.p.w)
+	if o.SummaryJSON != "" {
+		if err := sum.WriteJSON(o.SummaryJSON); err != nil {
+			return sum, err
+		}
+		r.p.printf("summary written to %s", o.SummaryJSON)
+	}
+	if o.Keep && ctx.Err() == nil {
+		r.p.raw(fmt.Sprintf("\n--keep: the sandbox keeps running; Ctrl-C stops it. Try:\n  tokenroll status --kubeconfig %s -n %s\n\n", sb.Kubeconfig, Namespace))
+		<-ctx.Done()
+	}
+	if !sum.OK {
+		return sum, fmt.Errorf("%w: %s", errNotOK, strings.Join(sum.Failures, "; "))
+	}
+	return sum, nil
+}
+
+// startProcesses writes the identities and starts one agent per node and
+// two coordinator replicas, as in a cluster.
+func (r *run) startProcesses(ctx context.Context) error {
+	o, sb := r.opts, r.sb
+	coordKubeconfig := filepath.Join(r.dir, "kubeconfigs", CoordinatorUser)
+	rc, err := sb.CP.UserConfig(CoordinatorUser)
+	if err != nil {
+		return err
+	}
+	if err := controlplane.WriteKubeconfig(coordKubeconfig, rc); err != nil {
+		return err
+	}
+	var exitMu sync.Mutex
+	exits := map[string]int{}
+	exited := func(c *child, err error) {
+		exitMu.Lock()
+		exits[c.name]++
+		n := exits[c.name]
+		exitMu.Unlock()
+		// A crash loop shows once, then every tenth time.
+		if n == 1 || n%10 == 0 {
+			r.p.printf("%s exited by itself (%v, %d time(s) so far); starting it again; its log: %s", c.name, waitStatus(err), n, c.logPath)
+		}
+	}
+	var all []*child
+	for _, n := range sb.Nodes {
+		addr, err := freeAddr()
+		if err != nil {
+			return err
+		}
+		root := n.Root()
+		stateDir := filepath.Join(r.dir, "agents", n.Name())
+		if err := os.MkdirAll(stateDir, 0o750); err != nil {
+			return err
+		}
+		self := strings.Join(o.Command, ",")
+		argv := append(slices.Clone(o.Command), "agent",
+			"--node-name="+n.Name(), "--kubelet-root="+root, "--kubeconfig="+sb.NodeKubeconfig(n.Name()),
+			"--executor=command",
+			"--reboot-command="+self+",sandbox,node,reboot,--root,"+root+",--down,"+o.RebootDowntime.String(),
+			"--kubelet-restart-command="+self+",sandbox,node,restart-kubelet,--root,"+root,
+			"--command-timeout=1m", "--boot-id-file="+kubeletsim.BootIDPath(root), "--state-dir="+stateDir,
+			"--reboot-sentinel="+filepath.Join(root, "reboot-required"),
+			"--metrics-bind-address="+addr, "--interval=1s", "--issuer-refresh-interval=10s", "--log-format=json")
+		c := newChild("agent "+n.Name(), argv, filepath.Join(r.dir, "logs", "agent-"+n.Name()+".log"), exited)
+		r.agents[n.Name()], r.agentAddrs[n.Name()] = c, addr
+		all = append(all, c)
+	}
+	for i := 1; i <= 2; i++ {
+		addr, err := freeAddr()
+		if err != nil {
+			return err
+		}
+		argv := append(slices.Clone(o.Command), "coordinator",
+			"--kubeconfig="+coordKubeconfig, "--namespace="+Namespace, "--gate=openshift",
+			"--strategy="+o.Strategy, "--max-unavailable="+o.MaxUnavailable, "--metrics-bind-address="+addr,
+			"--lease-duration=4s", "--renew-deadline=3s", "--retry-period=500ms", "--issuer-refresh-interval=1s",
+			"--drain-timeout=2m", "--action-timeout=2m", "--verify-timeout=2m", "--agent-wait=2m", "--log-format=json")
+		c := newChild(fmt.Sprintf("coordinator-%d", i), argv, filepath.Join(r.dir, "logs", fmt.Sprintf("coordinator-%d.log", i)), exited)
+		r.coordinators, r.coordAddrs = append(r.coordinators, c), append(r.coordAddrs, addr)
+		all = append(all, c)
+	}
+	// A node going down takes its agent with it; the agent starts again
+	// once the node is up, as its DaemonSet pod would.
+	sb.setNodeHook(func(e kubeletsim.Event) {
+		c := r.agents[e.Node]
+		if c == nil {
+			return
+		}
+		switch e.Kind {
+		case kubeletsim.EventDown:
+			c.hold()
+		case kubeletsim.EventUp:
+			c.release()
+		}
+	})
+	return startChildren(ctx, &r.procs, all)
+}
+
+// printAccess tells a person where everything is, so that `tokenroll
+// status`, kubectl and curl work from another terminal.
+func (r *run) printAccess() {
+	sb := r.sb
+	var b strings.Builder
+	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw)
+	fmt.Fprintf(tw, "API server\t%s (%d kube-apiserver(s) behind a local load balancer)\n", sb.CP.URL(), sb.CP.APIServers())
+	fmt.Fprintf(tw, "kubeconfig\t%s (cluster admin)\n", sb.Kubeconfig)
+	fmt.Fprintf(tw, "logs\t%s (sandbox.log, agent-NODE.log, coordinator-N.log; the control plane's in controlplane/logs)\n", filepath.Join(r.dir, "logs"))
+	for i, c := range r.coordinators {
+		fmt.Fprintf(tw, "%s\tmetrics http://%s/metrics\tpid %d\n", c.name, r.coordAddrs[i], c.pid())
+	}
+	fmt.Fprintln(tw, "\nNODE\tAGENT METRICS\tKUBELET ROOT")
+	for _, n := range sb.Nodes {
+		fmt.Fprintf(tw, "%s\thttp://%s/metrics\t%s\n", n.Name(), r.agentAddrs[n.Name()], n.Root())
+	}
+	tw.Flush()
+	if len(sb.Nodes) > 0 {
+		n := sb.Nodes[0]
+		fmt.Fprintf(&b, "\nIn each kubelet root: the kubelet Pods API (%s), the node's control socket (%s) and its boot ID (%s).\n",
+			strings.TrimPrefix(n.PodsAPISocket(), n.Root()+"/"), filepath.Base(kubeletsim.ControlSocketPath(n.Root())), filepath.Base(kubeletsim.BootIDPath(n.Root())))
+	}
+	fmt.Fprintf(&b, "\nFrom another terminal:\n  %s status --kubeconfig %s -n %s\n  curl -s http://%s/metrics | grep ^tokenroll_\n  KUBECONFIG=%s kubectl get nodes,pods -A\n\n",
+		r.opts.Command[0], sb.Kubeconfig, Namespace, r.coordAddrs[0], sb.Kubeconfig)
+	r.p.raw(b.String())
+}
+
+// scenario walks the seed's procedure: change the issuer, let the operator
+// roll the new revision, let the coordinator remediate, and check the
+// outcome.
+func (r *run) scenario(ctx context.Context) (*Summary, error) {
+	o := r.opts
+	maxUnavailable, _ := maxUnavailableNodes(o.MaxUnavailable, o.Nodes)
+	sum := &Summary{Nodes: o.Nodes, Strategy: o.Strategy, MaxUnavailable: maxUnavailable}
+	startLatest := r.w.view().Gate.Latest
+
+	r.p.printf("step 1: the administrator sets Authentication/cluster .spec.serviceAccountIssuer to %s (trust window %s)", o.NewIssuer, o.TrustWindow)
+	if err := openshiftsim.SetIssuer(ctx, r.sb.Dynamic, o.NewIssuer); err != nil {
+		return nil, err
+	}
+	// Nothing touches a token until the new revision is out and the gate
+	// opens; the tokens as they are now are the tokens "before".
+	before, err := r.sb.census(ctx, o.NewIssuer)
+	if err != nil {
+		return nil, err
+	}
+	sum.TokensBefore = before.stateCounts()
+	r.p.printf("the sandbox's own scan of every node, against %s: %s", o.NewIssuer, states(sum.TokensBefore))
+	closedBefore := r.w.gates.closedFor(time.Now())
+	tctx, cancel := context.WithTimeout(ctx, o.Timeout)
+	defer cancel()
+
+	r.p.printf("step 2: the operator rolls the new revision over the API servers; the coordinator waits at the gate")
+	err = r.w.waitFor(tctx, func(v view) bool { return v.Gate.Open && v.Gate.Latest > startLatest })
+	if err != nil {
+		return nil, fmt.Errorf("waiting for the new kube-apiserver revision to roll out: %w", err)
+	}
+	openedAt := time.Now()
+	r.p.printf("step 3: the gate is open; the coordinator plans and remediates with --strategy=%s", o.Strategy)
+
+	var chaosWG sync.WaitGroup
+	chaosCtx, stopChaos := context.WithCancel(tctx)
+	if o.Chaos {
+		chaosWG.Add(1)
+		go func() { defer chaosWG.Done(); r.chaos(chaosCtx) }()
+	}
+	after, outcome, doneErr := r.waitDone(tctx)
+	stopChaos()
+	chaosWG.Wait()
+	endedAt := time.Now()
+	if doneErr != nil && ctx.Err() != nil {
+		return nil, context.Cause(ctx)
+	}
+	if doneErr != nil {
+		sum.Failures = append(sum.Failures, doneErr.Error())
+		// Judge what there is.
+		if c, err := r.sb.census(context.WithoutCancel(ctx), ""); err == nil {
+			after = c
+		}
+	} else {
+		r.p.printf("step 4: done; %s", outcome)
+	}
+	sum.TokensAfter = after.stateCounts()
+	sum.Issuer = after.Issuer
+	sum.GateClosedSeconds = seconds(r.w.gates.closedFor(openedAt) - closedBefore)
+	sum.RolloutSeconds = seconds(endedAt.Sub(openedAt))
+
+	inv := r.inv.Summary()
+	sum.MaxConcurrentDisrupted = inv.MaxConcurrentDisrupted
+	sum.NodesLeftCordoned = len(inv.NodesLeftCordoned)
+	sum.ActionsPerNode = map[string]int{}
+	for _, n := range r.sb.Nodes {
+		sum.ActionsPerNode[n.Name()] = inv.ActionsPerNode[n.Name()]
+	}
+	sum.OverheadPerNodeSeconds = spread(inv.Overheads)
+	sum.LeaderChanges = inv.LeaderChanges
+	if inv.MaxConcurrentDisrupted > maxUnavailable {
+		sum.Failures = append(sum.Failures, fmt.Sprintf("%d nodes were disrupted at once (%s), more than max-unavailable %d",
+			inv.MaxConcurrentDisrupted, strings.Join(inv.MaxDisruptedNodes, ", "), maxUnavailable))
+	}
+	if len(inv.NodesLeftCordoned) > 0 {
+		sum.Failures = append(sum.Failures, "nodes left cordoned: "+strings.Join(inv.NodesLeftCordoned, ", "))
+	}
+	for _, n := range r.sb.Nodes {
+		if a := inv.ActionsPerNode[n.Name()]; a > 1 {
+			sum.Failures = append(sum.Failures, fmt.Sprintf("node %s was asked to act %d times in one rollout", n.Name(), a))
+		}
+	}
+	sum.Failures = append(sum.Failures, r.disruptedWhileClosed()...)
+	sum.OK = len(sum.Failures) == 0
+	return sum, nil
+}
+
+// waitDone waits until the procedure is over: no rollout active, no node
+// disrupted, and every token fresh under the new issuer — or, with a trust
+// window, the coordinator found nothing to do because every old token
+// refreshes while its issuer is still trusted. A halted rollout ends the
+// wait with an error.
+func (r *run) waitDone(ctx context.Context) (tokenCensus, string, error) {
+	o := r.opts
+	var last tokenCensus
+	var outcome string
+	var quietSince time.Time
+	var lastErr error
+	err := r.w.waitFor(ctx, func(v view) bool {
+		if ro := v.State.Rollout; ro != nil && ro.Phase == "halted" {
+			lastErr = fmt.Errorf("rollout %s halted: %s on %s: %s", ro.ID, ro.HaltReason, ro.HaltNode, ro.Message)
+			return true
+		}
+		settled := v.State.Active() == nil && v.disrupted() == 0 && v.agentsReport(o.NewIssuer) && v.State.ObservedIssuer == o.NewIssuer
+		if !settled {
+			quietSince = time.Time{}
+			return false
+		}
+		c, err := r.sb.census(ctx, "")
+		if err != nil {
+			return false
+		}
+		last = c
+		if c.AllFresh() && c.Live >= TokensPerNode*o.Nodes {
+			outcome = fmt.Sprintf("every token on every node is fresh under %s", c.Issuer)
+			return true
+		}
+		if o.TrustWindow == 0 || !trustedUntilRefresh(c, v.Gate) {
+			return false
+		}
+		// The coordinator plans as soon as the agents report under the new
+		// issuer; ten quiet seconds after that mean it found nothing to do.
+		if quietSince.IsZero() {
+			quietSince = time.Now()
+		}
+		if time.Since(quietSince) < 10*time.Second {
+			return false
+		}
+		var olds []string
+		for iss, refresh := range c.OldIssuers {
+			olds = append(olds, fmt.Sprintf("%s tokens all refresh by %s, and it stays trusted until %s",
+				iss, refresh.UTC().Format(time.RFC3339), v.Gate.Trusted[iss].UTC().Format(time.RFC3339)))
+		}
+		slices.Sort(olds)
+		outcome = "no node needed work: " + strings.Join(olds, "; ")
+		return true
+	})
+	if lastErr != nil {
+		return last, "", lastErr
+	}
+	if err != nil {
+		msg := fmt.Sprintf("the procedure did not complete within --timeout=%s", o.Timeout)
+		if len(last.Problems) > 0 {
+			msg += "; tokens not fresh: " + strings.Join(last.Problems, "; ")
+		}
+		return last, "", errors.New(msg)
+	}
+	return last, outcome, nil
+}
+
+// trustedUntilRefresh reports whether every token that is not fresh is from
+// a previous issuer that stays trusted until after its kubelet refreshes
+// it.
+func trustedUntilRefresh(c tokenCensus, g gateView) bool {
+	for st, n := range c.States {
+		if n > 0 && st != protocol.StateFresh && st != protocol.StateOrphaned && st != protocol.StateIssuerMismatch {
+			return false
+		}
+	}
+	for iss, refresh := range c.OldIssuers {
+		until, ok := g.Trusted[iss]
+		if !ok || !refresh.Before(until) {
+			return false
+		}
+	}
+	return true
+}
+
+// disruptedWhileClosed lists nodes the coordinator cordoned while the
+// revision gate was closed, from the times it recorded on the Nodes and
+// the gate's changes as the sandbox saw them (a second either way allows
+// for watch delays).
+func (r *run) disruptedWhileClosed() []string {
+	v := r.w.view()
+	var out []string
+	for name, n := range v.Nodes {
+		s, err := protocol.ParseNodeState(n.Annotations[protocol.AnnotationNodeState])
+		if err != nil || s.StartedAt.IsZero() {
+			continue
+		}
+		if r.w.gates.closedAround(s.StartedAt, time.Second) {
+			out = append(out, fmt.Sprintf("node %s was cordoned at %s while the revision gate was closed", name, s.StartedAt.Format(time.RFC3339Nano)))
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// chaos kills the coordinator leader and random agents, one every few
+// seconds, while a rollout is active; each comes back a moment later.
+func (r *run) chaos(ctx context.Context) {
+	if err := r.w.waitFor(ctx, func(v view) bool { return v.State.Active() != nil }); err != nil {
+		return
+	}
+	maxUnavailable, _ := maxUnavailableNodes(r.opts.MaxUnavailable, r.opts.Nodes)
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
+	leaderKills := 0
+	// The first kill comes at once, as the rollout starts; the next ones
+	// every few seconds.
+	for turn := 0; ; turn++ {
+		if turn > 0 {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(3*time.Second + time.Duration(rng.IntN(3000))*time.Millisecond):
+			}
+		}
+		v := r.w.view()
+		ro := v.State.Active()
+		if ro == nil {
+			continue
+		}
+		if turn%2 == 0 && leaderKills < 3 {
+			if c := r.leader(ctx); c != nil {
+				r.p.printf("chaos: SIGKILL %s (the leader, pid %d); it starts again in %s", c.name, c.pid(), restartDelay)
+				c.kill()
+				leaderKills++
+				continue
+			}
+		}
+		// An agent is killed only while it cannot be in the middle of an
+		// action: its node is done, or waits while others take all the
+		// room max-unavailable gives. (An agent killed mid-action reports
+		// the request failed, by design, and the rollout halts.)
+		inProgress := 0
+		var done, pending []string
+		for _, pn := range ro.Nodes {
+			n := v.Nodes[pn.Name]
+			if n == nil {
+				continue
+			}
+			s, ok := nodeStep(n, ro.ID)
+			switch {
+			case !ok:
+				pending = append(pending, pn.Name)
+			case s.Step == protocol.StepDone:
+				done = append(done, pn.Name)
+			case s.Step.InProgress():
+				inProgress++
+			}
+		}
+		victims := done
+		if inProgress >= maxUnavailable {
+			victims = append(victims, pending...)
+		}
+		if len(victims) == 0 {
+			continue
+		}
+		name := victims[rng.IntN(len(victims))]
+		c := r.agents[name]
+		r.p.printf("chaos: SIGKILL agent %s (pid %d); it starts again in %s", name, c.pid(), restartDelay)
+		c.kill()
+	}
+}
+
+// leader is the coordinator replica that says it leads
+// (tokenroll_coordinator_leader 1 on its metrics endpoint).
+func (r *run) leader(ctx context.Context) *child {
+	hc := &http.Client{Timeout: 2 * time.Second}
+	for i, addr := range r.coordAddrs {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/metrics", nil)
+		if err != nil {
+			continue
+		}
+		resp, err := hc.Do(req)
+		if err != nil {
+			continue
+		}
+		body, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+		resp.Body.Close()
+		if err == nil && strings.Contains("\n"+string(body), "\ntokenroll_coordinator_leader 1\n") {
+			return r.coordinators[i]
+		}
+	}
+	return nil
+}
