@@ -337,7 +337,6 @@ func (c *Coordinator) drainStep(ctx context.Context, s snapshot, r *Rollout, v n
 		c.event(v.node, corev1.EventTypeNormal, "PodsEvicted", "Evict", "rollout %s: evicted %d pods holding stale tokens", r.ID, len(refs))
 		return 0, c.requestAction(ctx, s, r, v, "", refs, ev.owners)
 	}
-	c.event(v.node, corev1.EventTypeNormal, "Drained", "Drain", "rollout %s: drained", r.ID)
 	return 0, c.requestAction(ctx, s, r, v, protocol.ActionReboot, nil, nil)
 }
 
@@ -410,7 +409,12 @@ func (c *Coordinator) requestAction(ctx context.Context, s snapshot, r *Rollout,
 	}
 	if action != "" {
 		c.cfg.Log.Info("action requested", zap.String("rollout", r.ID), zap.String("node", v.plan.Name), zap.String("action", string(action)), zap.String("request", ns.Request))
-		c.event(v.node, corev1.EventTypeNormal, "ActionRequested", "Request", "rollout %s: asked the agent to %s (request %s)", r.ID, action, ns.Request)
+		// One Event for the drain and the request: they happen together.
+		drained := ""
+		if Strategy(v.state.Action) == Reboot {
+			drained = "drained; "
+		}
+		c.event(v.node, corev1.EventTypeNormal, "ActionRequested", "Request", "rollout %s: %sasked the agent to %s (request %s)", r.ID, drained, action, ns.Request)
 	}
 	return nil
 }

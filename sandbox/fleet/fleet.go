@@ -28,9 +28,13 @@ import (
 
 // Config says which nodes to run and how.
 type Config struct {
-	CP    *controlplane.ControlPlane
-	Dir   string
-	Nodes []string
+	CP *controlplane.ControlPlane
+	// APIServer, when set, is the address (cp.APIServerURL(i)) the nodes and
+	// their agents use instead of the load balancer, so that another API
+	// server can serve a coordinator alone (benchmarks count its requests).
+	APIServer string
+	Dir       string
+	Nodes     []string
 	// AgentInterval is the agents' scan interval (default 1s) and
 	// IssuerRefresh their OIDC discovery interval (default 2s).
 	AgentInterval, IssuerRefresh time.Duration
@@ -91,6 +95,9 @@ func Start(ctx context.Context, cfg Config) (*Fleet, error) {
 		rc, err := cfg.CP.NodeConfig(name)
 		if err != nil {
 			return nil, err
+		}
+		if cfg.APIServer != "" {
+			rc.Host = cfg.APIServer
 		}
 		m := &Member{Name: name, fleet: f, restart: make(chan struct{}, 1)}
 		observer := func(e kubeletsim.Event) {
