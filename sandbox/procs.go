@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -34,14 +36,19 @@ const stopGrace = 10 * time.Second
 // order, and dies with the sandbox (PR_SET_PDEATHSIG), so nothing is left
 // behind.
 type child struct {
-	name    string
-	argv    []string
+	name string
+	// args is the command line for a metrics address.
+	args    func(addr string) []string
 	logPath string
 	// exited is told when the process ends on its own (not killed or
 	// stopped by the sandbox), with how.
 	exited func(c *child, err error)
+	// moved is told when the metrics address changed (another process
+	// took the port).
+	moved func(c *child, old, addr string)
 
 	mu       sync.Mutex
+	addr     string
 	cmd      *exec.Cmd
 	done     chan struct{}
 	starts   int
@@ -50,17 +57,44 @@ type child struct {
 	wake     chan struct{}
 }
 
-func newChild(name string, argv []string, logPath string, exited func(*child, error)) *child {
-	return &child{name: name, argv: argv, logPath: logPath, exited: exited, wake: make(chan struct{}, 1)}
+// newChild describes a process; addr is its metrics address ("" for none).
+func newChild(name, addr string, args func(addr string) []string, logPath string) *child {
+	return &child{name: name, addr: addr, args: args, logPath: logPath, wake: make(chan struct{}, 1)}
 }
 
-// start runs the process once; the caller holds no lock.
+// metricsAddr is where the process serves /metrics.
+func (c *child) metricsAddr() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.addr
+}
+
+// start runs the process once; the caller holds no lock. A metrics port
+// that another process took since (loopback ports are shared with every
+// outgoing connection) is replaced first.
 func (c *child) start() error {
+	c.mu.Lock()
+	old := c.addr
+	c.mu.Unlock()
+	addr := old
+	if addr != "" && !portFree(addr) {
+		var err error
+		if addr, err = freeAddr(); err != nil {
+			return err
+		}
+		c.mu.Lock()
+		c.addr = addr
+		c.mu.Unlock()
+		if c.moved != nil {
+			c.moved(c, old, addr)
+		}
+	}
+	argv := c.args(addr)
 	logFile, err := os.OpenFile(c.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return fmt.Errorf("opening the log of %s: %w", c.name, err)
 	}
-	cmd := exec.Command(c.argv[0], c.argv[1:]...)
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), ChildEnv+"=1")
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
@@ -71,7 +105,7 @@ func (c *child) start() error {
 	if err != nil {
 		c.mu.Unlock()
 		logFile.Close()
-		return fmt.Errorf("starting %s (%s): %w", c.name, c.argv[0], err)
+		return fmt.Errorf("starting %s (%s): %w", c.name, argv[0], err)
 	}
 	done := make(chan struct{})
 	c.cmd, c.done, c.expected = cmd, done, false
@@ -209,14 +243,51 @@ func (c *child) pid() int {
 	}
 }
 
-// freeAddr returns a loopback address nobody listens on at the moment.
+// freeAddr returns a loopback address nobody listens on at the moment. It
+// prefers a port below the kernel's ephemeral range, which outgoing
+// connections (thousands of them here: watches, probes, tests running
+// beside the sandbox) never take, so that the port stays free for a process
+// that restarts on it.
 func freeAddr() (string, error) {
+	if low := ephemeralLow(); low > 12000 {
+		for range 50 {
+			addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(10000+rand.IntN(low-10000)))
+			if portFree(addr) {
+				return addr, nil
+			}
+		}
+	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return "", fmt.Errorf("finding a free loopback port: %w", err)
 	}
 	defer l.Close()
 	return net.JoinHostPort("127.0.0.1", strconv.Itoa(l.Addr().(*net.TCPAddr).Port)), nil
+}
+
+// ephemeralLow is the first port of the kernel's ephemeral range (0 when
+// unknown).
+func ephemeralLow() int {
+	data, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 0
+	}
+	fields := strings.Fields(string(data))
+	if len(fields) == 0 {
+		return 0
+	}
+	low, _ := strconv.Atoi(fields[0])
+	return low
+}
+
+// portFree reports whether nobody listens on addr and it can be bound.
+func portFree(addr string) bool {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return false
+	}
+	l.Close()
+	return true
 }
 
 // startChildren starts every child and returns once each has started once;

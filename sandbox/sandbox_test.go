@@ -3,10 +3,12 @@ package sandbox
 import (
 	"context"
 	"encoding/json"
+	"net"
 	"os"
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -202,11 +204,12 @@ func TestChildRestartsHoldsAndStops(t *testing.T) {
 	script := `echo x >> ` + count + `; trap 'exit 0' TERM; while :; do sleep 0.05; done`
 	var mu sync.Mutex
 	var exits []string
-	c := newChild("test", []string{"/bin/sh", "-c", script}, filepath.Join(dir, "log"), func(c *child, err error) {
+	c := newChild("test", "", func(string) []string { return []string{"/bin/sh", "-c", script} }, filepath.Join(dir, "log"))
+	c.exited = func(c *child, err error) {
 		mu.Lock()
 		exits = append(exits, waitStatus(err))
 		mu.Unlock()
-	})
+	}
 	starts := func() int {
 		data, _ := os.ReadFile(count)
 		return strings.Count(string(data), "x")
@@ -250,5 +253,34 @@ func TestChildRestartsHoldsAndStops(t *testing.T) {
 	log, _ := os.ReadFile(filepath.Join(dir, "log"))
 	if strings.Count(string(log), "--- sandbox: starting test") != 3 {
 		t.Errorf("log:\n%s", log)
+	}
+}
+
+// A child whose metrics port another process took starts on a new one.
+func TestChildMovesOffATakenPort(t *testing.T) {
+	addr, err := freeAddr()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if low := ephemeralLow(); low > 12000 {
+		_, port, _ := net.SplitHostPort(addr)
+		if p, _ := strconv.Atoi(port); p >= low {
+			t.Errorf("port %d is in the ephemeral range (from %d)", p, low)
+		}
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	var got []string
+	c := newChild("test", addr, func(a string) []string { got = append(got, a); return []string{"/bin/true"} }, filepath.Join(t.TempDir(), "log"))
+	var moved string
+	c.moved = func(_ *child, old, now string) { moved = old + " -> " + now }
+	if err := c.start(); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[0] == addr || c.metricsAddr() != got[0] || moved != addr+" -> "+got[0] {
+		t.Errorf("started with %v, metrics at %s, moved %q; want a new port instead of %s", got, c.metricsAddr(), moved, addr)
 	}
 }

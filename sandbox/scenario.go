@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math/rand/v2"
 	"net/http"
 	"os"
@@ -131,9 +132,7 @@ type run struct {
 	procs sync.WaitGroup
 
 	agents       map[string]*child
-	agentAddrs   map[string]string
 	coordinators []*child
-	coordAddrs   []string
 }
 
 // Run builds the sandbox, walks the seed's procedure on it and returns the
@@ -156,7 +155,7 @@ func Run(ctx context.Context, opts Options, out io.Writer) (*Summary, error) {
 		}
 	}
 	r := &run{opts: opts, p: &printer{w: out, start: time.Now()}, dir: opts.Dir,
-		agents: map[string]*child{}, agentAddrs: map[string]string{}}
+		agents: map[string]*child{}}
 	temporary := r.dir == ""
 	if temporary {
 		var err error
@@ -302,16 +301,18 @@ func (r *run) startProcesses(ctx context.Context) error {
 			return err
 		}
 		self := strings.Join(o.Command, ",")
-		argv := append(slices.Clone(o.Command), "agent",
-			"--node-name="+n.Name(), "--kubelet-root="+root, "--kubeconfig="+sb.NodeKubeconfig(n.Name()),
-			"--executor=command",
-			"--reboot-command="+self+",sandbox,node,reboot,--root,"+root+",--down,"+o.RebootDowntime.String(),
-			"--kubelet-restart-command="+self+",sandbox,node,restart-kubelet,--root,"+root,
-			"--command-timeout=1m", "--boot-id-file="+kubeletsim.BootIDPath(root), "--state-dir="+stateDir,
-			"--reboot-sentinel="+filepath.Join(root, "reboot-required"),
-			"--metrics-bind-address="+addr, "--interval=1s", "--issuer-refresh-interval=10s", "--log-format=json")
-		c := newChild("agent "+n.Name(), argv, filepath.Join(r.dir, "logs", "agent-"+n.Name()+".log"), exited)
-		r.agents[n.Name()], r.agentAddrs[n.Name()] = c, addr
+		args := func(addr string) []string {
+			return append(slices.Clone(o.Command), "agent",
+				"--node-name="+n.Name(), "--kubelet-root="+root, "--kubeconfig="+sb.NodeKubeconfig(n.Name()),
+				"--executor=command",
+				"--reboot-command="+self+",sandbox,node,reboot,--root,"+root+",--down,"+o.RebootDowntime.String(),
+				"--kubelet-restart-command="+self+",sandbox,node,restart-kubelet,--root,"+root,
+				"--command-timeout=1m", "--boot-id-file="+kubeletsim.BootIDPath(root), "--state-dir="+stateDir,
+				"--reboot-sentinel="+filepath.Join(root, "reboot-required"),
+				"--metrics-bind-address="+addr, "--interval=1s", "--issuer-refresh-interval=10s", "--log-format=json")
+		}
+		c := newChild("agent "+n.Name(), addr, args, filepath.Join(r.dir, "logs", "agent-"+n.Name()+".log"))
+		r.agents[n.Name()] = c
 		all = append(all, c)
 	}
 	for i := 1; i <= 2; i++ {
@@ -319,14 +320,22 @@ func (r *run) startProcesses(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		argv := append(slices.Clone(o.Command), "coordinator",
-			"--kubeconfig="+coordKubeconfig, "--namespace="+Namespace, "--gate=openshift",
-			"--strategy="+o.Strategy, "--max-unavailable="+o.MaxUnavailable, "--metrics-bind-address="+addr,
-			"--lease-duration=4s", "--renew-deadline=3s", "--retry-period=500ms", "--issuer-refresh-interval=1s",
-			"--drain-timeout=2m", "--action-timeout=2m", "--verify-timeout=2m", "--agent-wait=2m", "--log-format=json")
-		c := newChild(fmt.Sprintf("coordinator-%d", i), argv, filepath.Join(r.dir, "logs", fmt.Sprintf("coordinator-%d.log", i)), exited)
-		r.coordinators, r.coordAddrs = append(r.coordinators, c), append(r.coordAddrs, addr)
+		args := func(addr string) []string {
+			return append(slices.Clone(o.Command), "coordinator",
+				"--kubeconfig="+coordKubeconfig, "--namespace="+Namespace, "--gate=openshift",
+				"--strategy="+o.Strategy, "--max-unavailable="+o.MaxUnavailable, "--metrics-bind-address="+addr,
+				"--lease-duration=4s", "--renew-deadline=3s", "--retry-period=500ms", "--issuer-refresh-interval=1s",
+				"--drain-timeout=2m", "--action-timeout=2m", "--verify-timeout=2m", "--agent-wait=2m", "--log-format=json")
+		}
+		c := newChild(fmt.Sprintf("coordinator-%d", i), addr, args, filepath.Join(r.dir, "logs", fmt.Sprintf("coordinator-%d.log", i)))
+		r.coordinators = append(r.coordinators, c)
 		all = append(all, c)
+	}
+	for _, c := range all {
+		c.exited = exited
+		c.moved = func(c *child, old, addr string) {
+			r.p.printf("%s: metrics port %s was taken by another process; now http://%s/metrics", c.name, old, addr)
+		}
 	}
 	// A node going down takes its agent with it; the agent starts again
 	// once the node is up, as its DaemonSet pod would.
@@ -338,8 +347,10 @@ func (r *run) startProcesses(ctx context.Context) error {
 		switch e.Kind {
 		case kubeletsim.EventDown:
 			c.hold()
+			r.p.printf("%s: down for a reboot; its agent stops with it", e.Node)
 		case kubeletsim.EventUp:
 			c.release()
+			r.p.printf("%s: up again with a new boot ID; its agent starts again", e.Node)
 		}
 	})
 	return startChildren(ctx, &r.procs, all)
@@ -355,12 +366,12 @@ func (r *run) printAccess() {
 	fmt.Fprintf(tw, "API server\t%s (%d kube-apiserver(s) behind a local load balancer)\n", sb.CP.URL(), sb.CP.APIServers())
 	fmt.Fprintf(tw, "kubeconfig\t%s (cluster admin)\n", sb.Kubeconfig)
 	fmt.Fprintf(tw, "logs\t%s (sandbox.log, agent-NODE.log, coordinator-N.log; the control plane's in controlplane/logs)\n", filepath.Join(r.dir, "logs"))
-	for i, c := range r.coordinators {
-		fmt.Fprintf(tw, "%s\tmetrics http://%s/metrics\tpid %d\n", c.name, r.coordAddrs[i], c.pid())
+	for _, c := range r.coordinators {
+		fmt.Fprintf(tw, "%s\tmetrics http://%s/metrics\tpid %d\n", c.name, c.metricsAddr(), c.pid())
 	}
 	fmt.Fprintln(tw, "\nNODE\tAGENT METRICS\tKUBELET ROOT")
 	for _, n := range sb.Nodes {
-		fmt.Fprintf(tw, "%s\thttp://%s/metrics\t%s\n", n.Name(), r.agentAddrs[n.Name()], n.Root())
+		fmt.Fprintf(tw, "%s\thttp://%s/metrics\t%s\n", n.Name(), r.agents[n.Name()].metricsAddr(), n.Root())
 	}
 	tw.Flush()
 	if len(sb.Nodes) > 0 {
@@ -369,7 +380,7 @@ func (r *run) printAccess() {
 			strings.TrimPrefix(n.PodsAPISocket(), n.Root()+"/"), filepath.Base(kubeletsim.ControlSocketPath(n.Root())), filepath.Base(kubeletsim.BootIDPath(n.Root())))
 	}
 	fmt.Fprintf(&b, "\nFrom another terminal:\n  %s status --kubeconfig %s -n %s\n  curl -s http://%s/metrics | grep ^tokenroll_\n  KUBECONFIG=%s kubectl get nodes,pods -A\n\n",
-		r.opts.Command[0], sb.Kubeconfig, Namespace, r.coordAddrs[0], sb.Kubeconfig)
+		r.opts.Command[0], sb.Kubeconfig, Namespace, r.coordinators[0].metricsAddr(), sb.Kubeconfig)
 	r.p.raw(b.String())
 }
 
@@ -449,10 +460,17 @@ func (r *run) scenario(ctx context.Context) (*Summary, error) {
 	if len(inv.NodesLeftCordoned) > 0 {
 		sum.Failures = append(sum.Failures, "nodes left cordoned: "+strings.Join(inv.NodesLeftCordoned, ", "))
 	}
-	for _, n := range r.sb.Nodes {
-		if a := inv.ActionsPerNode[n.Name()]; a > 1 {
-			sum.Failures = append(sum.Failures, fmt.Sprintf("node %s was asked to act %d times in one rollout", n.Name(), a))
+	perRollout, rollouts := r.w.actions()
+	for _, ro := range slices.Sorted(maps.Keys(perRollout)) {
+		for _, n := range slices.SortedFunc(maps.Keys(perRollout[ro]), byNodeName) {
+			if a := perRollout[ro][n]; a > 1 {
+				sum.Failures = append(sum.Failures, fmt.Sprintf("node %s was asked to act %d times in rollout %s", n, a, ro))
+			}
 		}
+	}
+	if len(rollouts) > 1 {
+		// Not an invariant, but not the plan either: say so.
+		r.p.printf("note: %d rollouts ran for one issuer change: %s", len(rollouts), strings.Join(rollouts, ", "))
 	}
 	sum.Failures = append(sum.Failures, r.disruptedWhileClosed()...)
 	sum.OK = len(sum.Failures) == 0
@@ -485,7 +503,7 @@ func (r *run) waitDone(ctx context.Context) (tokenCensus, string, error) {
 			return false
 		}
 		last = c
-		if c.AllFresh() && c.Live >= TokensPerNode*o.Nodes {
+		if c.AllFresh() && c.Live >= TokensPerNode*o.Nodes && v.agentsClean() {
 			outcome = fmt.Sprintf("every token on every node is fresh under %s", c.Issuer)
 			return true
 		}
@@ -631,8 +649,8 @@ func (r *run) chaos(ctx context.Context) {
 // (tokenroll_coordinator_leader 1 on its metrics endpoint).
 func (r *run) leader(ctx context.Context) *child {
 	hc := &http.Client{Timeout: 2 * time.Second}
-	for i, addr := range r.coordAddrs {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/metrics", nil)
+	for _, c := range r.coordinators {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+c.metricsAddr()+"/metrics", nil)
 		if err != nil {
 			continue
 		}
@@ -643,7 +661,7 @@ func (r *run) leader(ctx context.Context) *child {
 		body, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
 		resp.Body.Close()
 		if err == nil && strings.Contains("\n"+string(body), "\ntokenroll_coordinator_leader 1\n") {
-			return r.coordinators[i]
+			return c
 		}
 	}
 	return nil

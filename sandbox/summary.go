@@ -1,6 +1,7 @@
 package sandbox
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -125,7 +126,7 @@ func (s *Summary) Print(w io.Writer) {
 	for n := range s.ActionsPerNode {
 		names = append(names, n)
 	}
-	sort.Strings(names)
+	slices.SortFunc(names, byNodeName)
 	counts := make([]string, len(names))
 	for i, n := range names {
 		counts[i] = fmt.Sprintf("%s=%d", n, s.ActionsPerNode[n])
@@ -144,4 +145,9 @@ func (s *Summary) Print(w io.Writer) {
 		}
 	}
 	tw.Flush()
+}
+
+// byNodeName orders worker-2 before worker-10.
+func byNodeName(a, b string) int {
+	return cmp.Or(cmp.Compare(len(a), len(b)), cmp.Compare(a, b))
 }

@@ -4,7 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"sort"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -132,6 +132,16 @@ func (v view) agentsReport(iss string) bool {
 	return true
 }
 
+// agentsClean reports whether every agent reports no stale token.
+func (v view) agentsClean() bool {
+	for _, n := range v.Nodes {
+		if r, ok := tokenReport(n); !ok || r.StaleTotal() > 0 {
+			return false
+		}
+	}
+	return true
+}
+
 // disrupted counts nodes cordoned or not Ready.
 func (v view) disrupted() int {
 	d := 0
@@ -159,6 +169,10 @@ type watcher struct {
 	mu      sync.Mutex
 	cur     view
 	updated chan struct{}
+	// requests holds the request IDs seen on each node, by rollout.
+	requests map[string]map[string]map[string]bool
+	// rollouts are the rollouts seen, in order.
+	rollouts []string
 	// printed state, to print changes only.
 	last printedState
 }
@@ -176,7 +190,8 @@ type printedState struct {
 // caches are synced.
 func watch(ctx context.Context, client kubernetes.Interface, dyn dynamic.Interface, p *printer) (*watcher, error) {
 	w := &watcher{p: p, gates: &gateLog{}, changed: make(chan struct{}, 1), updated: make(chan struct{}),
-		last: printedState{steps: map[string]string{}, ready: map[string]bool{}}}
+		requests: map[string]map[string]map[string]bool{},
+		last:     printedState{steps: map[string]string{}, ready: map[string]bool{}}}
 	poke := cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { w.poke() },
 		UpdateFunc: func(any, any) { w.poke() },
@@ -257,10 +272,48 @@ func (w *watcher) refresh() {
 	w.gates.observe(v.Gate, time.Now())
 	w.mu.Lock()
 	w.cur = v
+	w.noteRequests(v)
 	w.printChanges(v)
 	close(w.updated)
 	w.updated = make(chan struct{})
 	w.mu.Unlock()
+}
+
+// noteRequests records the requests on the Nodes and the rollouts. w.mu held.
+func (w *watcher) noteRequests(v view) {
+	if r := v.State.Rollout; r != nil && !slices.Contains(w.rollouts, r.ID) {
+		w.rollouts = append(w.rollouts, r.ID)
+	}
+	for name, n := range v.Nodes {
+		req, err := protocol.ParseRequest(n.Annotations[protocol.AnnotationRequest])
+		if err != nil {
+			continue
+		}
+		byNode := w.requests[req.Rollout]
+		if byNode == nil {
+			byNode = map[string]map[string]bool{}
+			w.requests[req.Rollout] = byNode
+		}
+		if byNode[name] == nil {
+			byNode[name] = map[string]bool{}
+		}
+		byNode[name][req.ID] = true
+	}
+}
+
+// actions returns, for each rollout seen, how many requests each node got,
+// and the rollouts in the order they started.
+func (w *watcher) actions() (map[string]map[string]int, []string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	out := map[string]map[string]int{}
+	for ro, byNode := range w.requests {
+		out[ro] = map[string]int{}
+		for n, ids := range byNode {
+			out[ro][n] = len(ids)
+		}
+	}
+	return out, slices.Clone(w.rollouts)
 }
 
 // view is the latest view.
@@ -332,7 +385,7 @@ func (w *watcher) printChanges(v view) {
 	for name := range v.Nodes {
 		names = append(names, name)
 	}
-	sort.Strings(names)
+	slices.SortFunc(names, byNodeName)
 	stale, tokens, reporting, oldIssuer := 0, 0, 0, 0
 	for _, name := range names {
 		n := v.Nodes[name]
