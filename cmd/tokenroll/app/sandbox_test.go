@@ -26,7 +26,8 @@ func TestMain(m *testing.M) {
 // the issuer changes with no trust window, the coordinators (real
 // processes) wait out the revision rollout, then restart each node's kubelet
 // through its agent (a real process running `tokenroll sandbox node
-// restart-kubelet`), one node at a time; the summary is what an outside
+// restart-kubelet`), one node at a time, while --chaos kills the leader as
+// the rollout starts (and agents later); the summary is what an outside
 // observer saw.
 func TestSandboxScenario(t *testing.T) {
 	if testing.Short() {
@@ -38,7 +39,7 @@ func TestSandboxScenario(t *testing.T) {
 	dir := t.TempDir()
 	summaryPath := filepath.Join(dir, "summary.json")
 	start := time.Now()
-	code, out, stderr := run(t, "sandbox", "--nodes=3", "--dir="+filepath.Join(dir, "sb"), "--summary-json="+summaryPath, "--log-format=json")
+	code, out, stderr := run(t, "sandbox", "--nodes=3", "--chaos", "--dir="+filepath.Join(dir, "sb"), "--summary-json="+summaryPath, "--log-format=json")
 	t.Logf("the scenario took %s", time.Since(start).Round(time.Second))
 	if code != 0 {
 		t.Fatalf("sandbox: exit %d\nstdout:\n%s\nstderr:\n%s", code, out, stderr)
@@ -70,6 +71,11 @@ func TestSandboxScenario(t *testing.T) {
 	}
 	if !sum.OK || sum.Nodes != 3 || sum.Strategy != "kubelet-restart" || sum.LeaderChanges == nil {
 		t.Errorf("summary %s", data)
+	}
+	// The leader was killed as the rollout started; the other replica took
+	// over and finished it.
+	if !strings.Contains(out, "chaos: SIGKILL coordinator-") || sum.LeaderChanges == nil || *sum.LeaderChanges < 1 {
+		t.Errorf("no leader killed and replaced: leaderChanges %v", sum.LeaderChanges)
 	}
 	// Every token held the old issuer after the change, and every one is
 	// fresh under the new issuer at the end: 3 per node.
