@@ -98,6 +98,9 @@ func TestJudgeGate(t *testing.T) {
 		g.Condition != "NodeInstallerProgressing=True NodeInstaller: 3 nodes are at revision 11; 0 nodes have achieved new revision 12" {
 		t.Errorf("rolling: %+v", g)
 	}
+	if g := judgeGate(kas(12, []int32{11, 11, 11}, 0)); !g.Progressing || !g.Since.Equal(time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)) {
+		t.Errorf("NodeInstallerProgressing: %v since %s, want true since 10:00", g.Progressing, g.Since)
+	}
 	if g := judgeGate(kas(12, []int32{12, 12, 12}, 12)); g.Open {
 		t.Errorf("a node with a target revision: %+v, want closed", g)
 	}
@@ -115,24 +118,29 @@ func TestGateLog(t *testing.T) {
 	t0 := time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
 	at := func(s float64) time.Time { return t0.Add(time.Duration(s * float64(time.Second))) }
 	var g gateLog
-	g.observe(gateView{Known: true, Open: true}, at(0))
-	g.observe(gateView{Known: true, Open: true}, at(1))
-	g.observe(gateView{Known: true, Open: false}, at(10))
+	// Observed at the first time; the operator's transitions at the second.
+	g.observe(gateView{Known: true, Open: true, Since: at(-100)}, at(0))
+	g.observe(gateView{Known: true, Open: true, Since: at(-100)}, at(1))
+	g.observe(gateView{Known: true, Open: false, Progressing: true, Since: at(10)}, at(10.2))
 	g.observe(gateView{}, at(12)) // unknown: ignored
-	g.observe(gateView{Known: true, Open: true}, at(25))
-	if got := g.closedFor(at(30)); got != 15*time.Second {
-		t.Errorf("closed for %s, want 15s", got)
+	g.observe(gateView{Known: true, Open: false, Progressing: true, Since: at(10)}, at(15))
+	g.observe(gateView{Known: true, Open: true, Since: at(25)}, at(27)) // seen late
+	if got := g.closedFor(at(30)); got != 16800*time.Millisecond {
+		t.Errorf("closed for %s, want 16.8s", got)
 	}
-	g.observe(gateView{Known: true, Open: false}, at(40))
-	if got := g.closedFor(at(45)); got != 20*time.Second {
-		t.Errorf("closed for %s while closed again, want 20s", got)
+	g.observe(gateView{Known: true, Open: false, Progressing: true, Since: at(40)}, at(40.1))
+	if got := g.closedFor(at(45)); got != 21700*time.Millisecond {
+		t.Errorf("closed for %s while closed again, want 21.7s", got)
+	}
+	if n := len(g.progressing); n != 4 {
+		t.Errorf("%d transitions recorded, want 4: %+v", n, g.progressing)
 	}
 	for _, c := range []struct {
 		at   float64
 		want bool
-	}{{5, false}, {10.5, false}, {11.5, true}, {20, true}, {24.5, false}, {30, false}, {41.5, true}} {
-		if got := g.closedAround(at(c.at), time.Second); got != c.want {
-			t.Errorf("closedAround(%vs) = %v, want %v", c.at, got, c.want)
+	}{{5, false}, {10.5, false}, {11.5, false}, {12.5, true}, {24.9, true}, {25.5, false}, {26, false}, {30, false}, {43, true}} {
+		if got := g.rollingAt(at(c.at), time.Second); got != c.want {
+			t.Errorf("rollingAt(%vs) = %v, want %v", c.at, got, c.want)
 		}
 	}
 }

@@ -558,10 +558,10 @@ func trustedUntilRefresh(c tokenCensus, g gateView) bool {
 	return true
 }
 
-// disruptedWhileClosed lists nodes the coordinator cordoned while the
-// revision gate was closed, from the times it recorded on the Nodes and
-// the gate's changes as the sandbox saw them (a second either way allows
-// for watch delays).
+// disruptedWhileClosed lists nodes the coordinator cordoned while a
+// kube-apiserver revision rolled out, from the times the coordinator
+// recorded on the Nodes and the operator on KubeAPIServer/cluster (a second
+// allows for the coordinator's watch to see a rollout begin).
 func (r *run) disruptedWhileClosed() []string {
 	v := r.w.view()
 	var out []string
@@ -570,7 +570,7 @@ func (r *run) disruptedWhileClosed() []string {
 		if err != nil || s.StartedAt.IsZero() {
 			continue
 		}
-		if r.w.gates.closedAround(s.StartedAt, time.Second) {
+		if r.w.gates.rollingAt(s.StartedAt, time.Second) {
 			out = append(out, fmt.Sprintf("node %s was cordoned at %s while the revision gate was closed", name, s.StartedAt.Format(time.RFC3339Nano)))
 		}
 	}

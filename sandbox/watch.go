@@ -52,8 +52,12 @@ type gateView struct {
 	Known  bool
 	Open   bool
 	Latest int32
-	// Condition is NodeInstallerProgressing as "status reason: message".
-	Condition string
+	// Condition is NodeInstallerProgressing as "status reason: message";
+	// Progressing is its status, and Since its lastTransitionTime, written
+	// by the operator (to the second) with the revisions it describes.
+	Condition   string
+	Progressing bool
+	Since       time.Time
 	// Trusted are the issuers besides the signing one, with the end of
 	// their trust (zero: no end known).
 	Trusted map[string]time.Time
@@ -72,6 +76,7 @@ func judgeGate(obj *unstructured.Unstructured) gateView {
 	}
 	if c, ok := st.Condition(openshiftsim.ConditionNodeInstallerProgressing); ok {
 		g.Condition = strings.TrimSpace(fmt.Sprintf("%s=%s %s", c.Type, c.Status, c.Reason)) + ": " + c.Message
+		g.Progressing, g.Since = c.Status == "True", c.LastTransitionTime.Time
 	}
 	for _, it := range st.ServiceAccountIssuers {
 		if it.ExpirationTime != nil {
@@ -428,24 +433,33 @@ func (w *watcher) printChanges(v view) {
 }
 
 // gateLog records when the gate opened and closed, from the watcher's
-// views, to add up how long it was closed.
+// views, to add up how long it was closed, and the operator's own record of
+// when the revision rollout began and ended (NodeInstallerProgressing's
+// lastTransitionTime), which no watch delay shifts.
 type gateLog struct {
-	mu      sync.Mutex
-	open    bool
-	known   bool
-	since   time.Time
-	closed  time.Duration
-	changes []gateChange
+	mu     sync.Mutex
+	open   bool
+	known  bool
+	since  time.Time
+	closed time.Duration
+	// progressing are NodeInstallerProgressing's transitions, in order.
+	progressing []transition
 }
 
-type gateChange struct {
-	At   time.Time
-	Open bool
+type transition struct {
+	Since       time.Time
+	Progressing bool
 }
 
 func (g *gateLog) observe(v gateView, now time.Time) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	if v.Known && !v.Since.IsZero() {
+		t := transition{Since: v.Since, Progressing: v.Progressing}
+		if n := len(g.progressing); n == 0 || g.progressing[n-1] != t {
+			g.progressing = append(g.progressing, t)
+		}
+	}
 	if !v.Known || g.known && v.Open == g.open {
 		return
 	}
@@ -453,7 +467,6 @@ func (g *gateLog) observe(v gateView, now time.Time) {
 		g.closed += now.Sub(g.since)
 	}
 	g.known, g.open, g.since = true, v.Open, now
-	g.changes = append(g.changes, gateChange{At: now, Open: v.Open})
 }
 
 // closedFor is how long the gate was closed up to now.
@@ -467,25 +480,19 @@ func (g *gateLog) closedFor(now time.Time) time.Duration {
 	return d
 }
 
-// closedAround reports whether the gate was seen closed from t-margin to
-// t+margin: the margin allows for the watches of different clients
-// delivering the same change at slightly different moments.
-func (g *gateLog) closedAround(t time.Time, margin time.Duration) bool {
+// rollingAt reports whether the operator was rolling a revision out at t
+// and had been for longer than grace, by its own timestamps. They are
+// truncated to the second: a rollout that ended in the second of t does not
+// count, and one that began counts from a second later.
+func (g *gateLog) rollingAt(t time.Time, grace time.Duration) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	from, to := t.Add(-margin), t.Add(margin)
-	open := true
-	for _, c := range g.changes {
-		if c.At.After(to) {
+	var last *transition
+	for i := range g.progressing {
+		if g.progressing[i].Since.After(t) {
 			break
 		}
-		if !c.At.After(from) {
-			open = c.Open
-			continue
-		}
-		if c.Open {
-			return false
-		}
+		last = &g.progressing[i]
 	}
-	return !open
+	return last != nil && last.Progressing && t.Sub(last.Since) >= grace+time.Second
 }
