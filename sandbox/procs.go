@@ -304,3 +304,26 @@ func startChildren(ctx context.Context, wg *sync.WaitGroup, children []*child) e
 	}
 	return errors.Join(errs...)
 }
+
+// logTail is the end of the last run in the log at path: its last n
+// lines, or, when it panicked, the panic and the first frames.
+func logTail(path string, n int) string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	text := string(data)
+	if i := strings.LastIndex(text, "--- sandbox: starting"); i >= 0 {
+		text = text[i:]
+	}
+	lines := strings.Split(strings.TrimRight(text, "\n"), "\n")
+	for i, l := range lines {
+		if strings.HasPrefix(l, "panic: ") {
+			return strings.Join(lines[i:min(len(lines), i+n)], "\n")
+		}
+	}
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}

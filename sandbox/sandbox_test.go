@@ -292,3 +292,20 @@ func TestChildMovesOffATakenPort(t *testing.T) {
 		t.Errorf("started with %v, metrics at %s, moved %q; want a new port instead of %s", got, c.metricsAddr(), moved, addr)
 	}
 }
+
+func TestLogTail(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "log")
+	log := "--- sandbox: starting x (start 1)\nold line\n--- sandbox: starting x (start 2)\nline 1\npanic: boom\n\ngoroutine 1 [running]:\nmain.f()\n\tf.go:1\nmore\n"
+	if err := os.WriteFile(path, []byte(log), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := logTail(path, 4), "panic: boom\n\ngoroutine 1 [running]:\nmain.f()"; got != want {
+		t.Errorf("panic: got %q, want %q", got, want)
+	}
+	if err := os.WriteFile(path, []byte("a\nb\nc\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if got := logTail(path, 2); got != "b\nc" {
+		t.Errorf("tail: got %q", got)
+	}
+}

@@ -133,7 +133,12 @@ type run struct {
 
 	agents       map[string]*child
 	coordinators []*child
+	fail         context.CancelCauseFunc
 }
+
+// crashLoop is how many times a process may end by itself (not killed by
+// the sandbox) before the run gives up.
+const crashLoop = 5
 
 // Run builds the sandbox, walks the seed's procedure on it and returns the
 // summary; the error is errNotOK-wrapped when the procedure did not
@@ -196,6 +201,10 @@ func Run(ctx context.Context, opts Options, out io.Writer) (*Summary, error) {
 
 func (r *run) run(ctx context.Context) (*Summary, error) {
 	o := r.opts
+	// A process that keeps failing ends the run with its reason, rather
+	// than leaving it to wait for what will not come.
+	ctx, r.fail = context.WithCancelCause(ctx)
+	defer r.fail(nil)
 	r.p.printf("starting a control plane: etcd and %d kube-apiserver(s) (control-plane nodes %s at revision %d), issuer %s",
 		o.APIServers, strings.Join(MasterNames(o.APIServers), ", "), openshiftsim.DefaultStartRevision, o.Issuer)
 	sb, err := Start(ctx, Config{BinDir: o.BinDir, Dir: r.dir, Nodes: o.Nodes, APIServers: o.APIServers, Issuer: o.Issuer,
@@ -248,7 +257,9 @@ func (r *run) run(ctx context.Context) (*Summary, error) {
 	if err != nil {
 		return nil, err
 	}
-	sum.Print(r.p.w)
+	var b strings.Builder
+	sum.Print(&b)
+	r.p.raw(b.String())
 	if o.SummaryJSON != "" {
 		if err := sum.WriteJSON(o.SummaryJSON); err != nil {
 			return sum, err
@@ -284,9 +295,11 @@ func (r *run) startProcesses(ctx context.Context) error {
 		exits[c.name]++
 		n := exits[c.name]
 		exitMu.Unlock()
-		// A crash loop shows once, then every tenth time.
-		if n == 1 || n%10 == 0 {
-			r.p.printf("%s exited by itself (%v, %d time(s) so far); starting it again; its log: %s", c.name, waitStatus(err), n, c.logPath)
+		if n == 1 {
+			r.p.printf("%s exited by itself (%v); starting it again; its log: %s", c.name, waitStatus(err), c.logPath)
+		}
+		if n == crashLoop {
+			r.fail(fmt.Errorf("%s exited by itself %d times (last: %v); the end of its log, %s:\n%s", c.name, n, waitStatus(err), c.logPath, logTail(c.logPath, 15)))
 		}
 	}
 	var all []*child
