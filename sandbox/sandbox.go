@@ -28,6 +28,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 
+	"github.com/tokenroll/tokenroll/sandbox/workload"
+
 	"github.com/tokenroll/tokenroll/sandbox/controlplane"
 	"github.com/tokenroll/tokenroll/sandbox/kubeletsim"
 	"github.com/tokenroll/tokenroll/sandbox/openshiftsim"
@@ -254,32 +256,10 @@ func (s *Sandbox) NodeKubeconfig(node string) string {
 	return filepath.Join(s.dir, "kubeconfigs", node)
 }
 
-// BuildRobotPod is the seed procedure's example pod: nginx as the
-// build-robot service account, with a two-hour token for the audience
-// "vault" at vault-token.
-func BuildRobotPod(name, namespace, node string) *corev1.Pod {
-	return &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace},
-		Spec:       buildRobotSpec(node),
-	}
-}
+// BuildRobotPod is the seed procedure's example pod (package workload).
+var BuildRobotPod = workload.BuildRobotPod
 
-func buildRobotSpec(node string) corev1.PodSpec {
-	return corev1.PodSpec{
-		NodeName:           node,
-		ServiceAccountName: "build-robot",
-		Containers: []corev1.Container{{
-			Name: "nginx", Image: "nginx",
-			VolumeMounts: []corev1.VolumeMount{{Name: "vault-token", MountPath: "/var/run/secrets/tokens"}},
-		}},
-		Volumes: []corev1.Volume{{
-			Name: "vault-token",
-			VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{Sources: []corev1.VolumeProjection{{
-				ServiceAccountToken: &corev1.ServiceAccountTokenProjection{Path: "vault-token", ExpirationSeconds: ptr.To[int64](7200), Audience: "vault"},
-			}}}},
-		}},
-	}
-}
+func buildRobotSpec(node string) corev1.PodSpec { return workload.BuildRobotSpec(node) }
 
 // ReplicaSets are the sandbox's workloads, replicas pods each, spread one
 // per node by the ReplicaSet controller: the seed's nginx as build-robot

@@ -16,9 +16,9 @@ import (
 	"k8s.io/client-go/kubernetes"
 	clocktesting "k8s.io/utils/clock/testing"
 
-	"github.com/tokenroll/tokenroll/sandbox"
 	"github.com/tokenroll/tokenroll/sandbox/controlplane"
 	"github.com/tokenroll/tokenroll/sandbox/kubeletsim"
+	"github.com/tokenroll/tokenroll/sandbox/workload"
 )
 
 // Recorder keeps every event the simulated nodes emit.
@@ -172,8 +172,8 @@ func KubeAPIAccess(t testing.TB, pod *corev1.Pod) string {
 	return ""
 }
 
-// BuildRobotPod is sandbox.BuildRobotPod, the seed procedure's example.
-var BuildRobotPod = sandbox.BuildRobotPod
+// BuildRobotPod is workload.BuildRobotPod, the seed procedure's example.
+var BuildRobotPod = workload.BuildRobotPod
 
 // PrepareBuildNamespace makes namespace ns with the build-robot account.
 func (c *Cluster) PrepareBuildNamespace(t testing.TB, ns string) {
