@@ -28,12 +28,11 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 
-	"github.com/tokenroll/tokenroll/sandbox/workload"
-
 	"github.com/tokenroll/tokenroll/sandbox/controlplane"
 	"github.com/tokenroll/tokenroll/sandbox/kubeletsim"
 	"github.com/tokenroll/tokenroll/sandbox/openshiftsim"
 	"github.com/tokenroll/tokenroll/sandbox/replicasim"
+	"github.com/tokenroll/tokenroll/sandbox/workload"
 )
 
 // Config says what cluster Start builds.
@@ -259,8 +258,6 @@ func (s *Sandbox) NodeKubeconfig(node string) string {
 // BuildRobotPod is the seed procedure's example pod (package workload).
 var BuildRobotPod = workload.BuildRobotPod
 
-func buildRobotSpec(node string) corev1.PodSpec { return workload.BuildRobotSpec(node) }
-
 // ReplicaSets are the sandbox's workloads, replicas pods each, spread one
 // per node by the ReplicaSet controller: the seed's nginx as build-robot
 // (namespace build) and a plain web server with the default
@@ -279,7 +276,7 @@ func ReplicaSets(replicas int32) []*appsv1.ReplicaSet {
 		}
 	}
 	return []*appsv1.ReplicaSet{
-		set("nginx", NamespaceBuild, buildRobotSpec("")),
+		set("nginx", NamespaceBuild, workload.BuildRobotSpec("")),
 		set("web", NamespaceApps, corev1.PodSpec{Containers: []corev1.Container{{Name: "web", Image: "registry.example/web:1"}}}),
 	}
 }
