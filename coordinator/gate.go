@@ -158,6 +158,10 @@ func (g *openshiftGate) Start(ctx context.Context, changed func()) error {
 
 func (g *openshiftGate) State() GateState {
 	st := GateState{Provider: GateOpenShift, TrustKnown: true}
+	if g.kas == nil || g.auth == nil {
+		st.Message = "not started"
+		return st
+	}
 	if a, err := g.auth.Get("cluster"); err == nil {
 		if u, ok := a.(*unstructured.Unstructured); ok {
 			st.RequestedIssuer, _, _ = unstructured.NestedString(u.Object, "spec", "serviceAccountIssuer")
@@ -264,6 +268,9 @@ func (g *staticPodsGate) State() GateState {
 	g.mu.Lock()
 	store := g.pods
 	g.mu.Unlock()
+	if store == nil {
+		return GateState{Provider: GateStaticPods, Message: "not started"}
+	}
 	var pods []*corev1.Pod
 	for _, o := range store.List() {
 		if p, ok := o.(*corev1.Pod); ok {

@@ -446,6 +446,11 @@ func (c *Coordinator) verify(ctx context.Context, s snapshot, r *Rollout, v node
 		if !ok {
 			waiting, reason = "the node is not back with a new boot ID and Ready", HaltNodeNotBack
 			deadline = actionDeadline
+		} else if clean, why := reportClean(n, s.issuer); !clean {
+			// The report may be from before the reboot (the agent went down
+			// with the node): wait for the new agent's, or the planner
+			// starts another rollout for this node on the stale one.
+			ok, waiting, reason = false, why, HaltVerifyTimeout
 		}
 	case KubeletRestart:
 		done := status != nil && status.Phase == protocol.PhaseDone
