@@ -93,3 +93,13 @@ func TestStaticPodsGate(t *testing.T) {
 		t.Errorf("issuers from the command line: %+v", st)
 	}
 }
+
+// The coordinator logs the gate before starting it: a gate not started
+// must answer closed, not panic.
+func TestGateStateBeforeStart(t *testing.T) {
+	for _, g := range []Gate{&openshiftGate{}, &staticPodsGate{}} {
+		if st := g.State(); st.Open || st.Message != "not started" {
+			t.Errorf("%T before Start: %+v", g, st)
+		}
+	}
+}
