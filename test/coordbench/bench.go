@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -11,7 +12,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
@@ -27,6 +27,7 @@ import (
 	"github.com/tokenroll/tokenroll/protocol"
 	"github.com/tokenroll/tokenroll/sandbox"
 	"github.com/tokenroll/tokenroll/sandbox/controlplane"
+	"github.com/tokenroll/tokenroll/sandbox/fleet"
 	"github.com/tokenroll/tokenroll/sandbox/invariants"
 )
 
@@ -71,16 +72,16 @@ func run(ctx context.Context, o options, log *zap.Logger) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := prepare(ctx, admin, cp.CACert()); err != nil {
+	if err := prepare(ctx, cp, admin); err != nil {
 		return nil, err
 	}
 
 	runCtx, stopNodes := context.WithCancel(ctx)
-	var nodes *nodeSet
+	var nodes *fleet.Fleet
 	defer func() {
 		stopNodes()
 		if nodes != nil {
-			nodes.wait()
+			nodes.Wait()
 		}
 	}()
 	names := make([]string, o.Nodes)
@@ -88,15 +89,9 @@ func run(ctx context.Context, o options, log *zap.Logger) (*Result, error) {
 		names[i] = fmt.Sprintf("node-%03d", i+1)
 	}
 	log.Info("starting the simulated nodes", zap.Int("nodes", len(names)))
-	nodes, err = startNodes(runCtx, nodeSpec{names: names, dir: filepath.Join(dir, "nodes"), rebootDown: o.RebootDown,
-		agentInterval: o.AgentInterval, log: log,
-		config: func(node string) (*rest.Config, error) {
-			c, err := cp.NodeConfig(node)
-			if err != nil {
-				return nil, err
-			}
-			return at(cp, c, nodesServer), nil
-		}})
+	// The nodes and their agents use API server nodesServer only.
+	nodes, err = fleet.Start(runCtx, fleet.Config{CP: cp, APIServer: cp.APIServerURL(nodesServer), Dir: filepath.Join(dir, "nodes"),
+		Nodes: names, RebootDown: o.RebootDown, AgentInterval: o.AgentInterval, Log: log})
 	if err != nil {
 		return nil, err
 	}
@@ -311,40 +306,20 @@ func (e *env) measure(ctx context.Context, res *Result) error {
 }
 
 // prepare creates what the coordinator and the pods need, as a cluster
-// would have it: namespaces, the build-robot service account, and node
-// access to OIDC discovery for the in-process agents (see sandbox/fleet).
-func prepare(ctx context.Context, admin kubernetes.Interface, caCert []byte) error {
-	create := func(what string, err error) error {
-		if err != nil && !apierrors.IsAlreadyExists(err) {
-			return fmt.Errorf("creating %s: %w", what, err)
-		}
-		return nil
-	}
+// would have it: the namespaces (with what kube-controller-manager, which
+// this control plane lacks, creates in them) and the build-robot service
+// account. fleet.Start lets the nodes read OIDC discovery.
+func prepare(ctx context.Context, cp *controlplane.ControlPlane, admin kubernetes.Interface) error {
 	for _, ns := range []string{namespace, workloads} {
-		_, err := admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
-		if err := create("namespace "+ns, err); err != nil {
+		if err := cp.PrepareNamespace(ctx, ns); err != nil {
 			return err
 		}
 	}
-	// What kube-controller-manager, which this control plane lacks, would
-	// create for every pod's kube-api-access volume.
-	for _, sa := range []string{"default", "build-robot"} {
-		_, err := admin.CoreV1().ServiceAccounts(workloads).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa}}, metav1.CreateOptions{})
-		if err := create("service account "+sa, err); err != nil {
-			return err
-		}
+	_, err := admin.CoreV1().ServiceAccounts(workloads).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "build-robot"}}, metav1.CreateOptions{})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("creating service account build-robot: %w", err)
 	}
-	_, err := admin.CoreV1().ConfigMaps(workloads).Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "kube-root-ca.crt"},
-		Data: map[string]string{"ca.crt": string(caCert)}}, metav1.CreateOptions{})
-	if err := create("configmap kube-root-ca.crt", err); err != nil {
-		return err
-	}
-	_, err = admin.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: "coordbench-nodes-issuer-discovery"},
-		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "system:service-account-issuer-discovery"},
-		Subjects:   []rbacv1.Subject{{Kind: rbacv1.GroupKind, APIGroup: rbacv1.GroupName, Name: "system:nodes"}},
-	}, metav1.CreateOptions{})
-	return create("the nodes' OIDC discovery binding", err)
+	return nil
 }
 
 // at points a client configuration at one API server, bypassing the load
@@ -451,7 +426,7 @@ func waitRolloutOver(ctx context.Context, admin kubernetes.Interface, timeout ti
 }
 
 // observe fills the invariants and overheads from what the checker saw.
-func (r *Result) observe(s invariants.Summary, nodes *nodeSet, n int) {
+func (r *Result) observe(s invariants.Summary, nodes *fleet.Fleet, n int) {
 	over := slices.Clone(s.Overheads)
 	slices.Sort(over)
 	r.Overhead.Gaps = len(over)
@@ -466,14 +441,16 @@ func (r *Result) observe(s invariants.Summary, nodes *nodeSet, n int) {
 	inv.NodesLeftCordoned = s.NodesLeftCordoned
 	inv.RequestsPerNode = map[int]int{}
 	inv.ActionsPerNode = map[int]int{}
-	for _, m := range nodes.members {
-		inv.RequestsPerNode[s.ActionsPerNode[m.name]]++
-		inv.ActionsPerNode[int(m.actions.Load())]++
-		if got := s.ActionsPerNode[m.name]; got != 1 {
-			inv.Failures = append(inv.Failures, fmt.Sprintf("node %s: %d action requests, want 1", m.name, got))
+	for _, name := range slices.Sorted(maps.Keys(nodes.Members)) {
+		m := nodes.Members[name]
+		acted := m.Reboots.Load() + m.KubeletRestarts.Load()
+		inv.RequestsPerNode[s.ActionsPerNode[name]]++
+		inv.ActionsPerNode[int(acted)]++
+		if got := s.ActionsPerNode[name]; got != 1 {
+			inv.Failures = append(inv.Failures, fmt.Sprintf("node %s: %d action requests, want 1", name, got))
 		}
-		if got := m.actions.Load(); got != 1 {
-			inv.Failures = append(inv.Failures, fmt.Sprintf("node %s: its agent acted %d times, want 1", m.name, got))
+		if acted != 1 {
+			inv.Failures = append(inv.Failures, fmt.Sprintf("node %s: its agent acted %d times, want 1", name, acted))
 		}
 	}
 	if s.MaxConcurrentDisrupted > r.MaxUnavailable {
