@@ -55,6 +55,8 @@ type nodeAnnotations struct {
 	status   string
 	writes   int
 	failures map[protocol.Phase]int
+	// attempts, when set, receives the phase of every report, failed or not.
+	attempts chan protocol.Phase
 }
 
 func (n *nodeAnnotations) failNext(phase protocol.Phase, times int) {
@@ -69,6 +71,9 @@ func (n *nodeAnnotations) failNext(phase protocol.Phase, times int) {
 func (n *nodeAnnotations) Report(_ context.Context, s protocol.Status) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	if n.attempts != nil {
+		n.attempts <- s.Phase
+	}
 	if n.failures[s.Phase] > 0 {
 		n.failures[s.Phase]--
 		return errors.New("patching node node-a: the API server is unreachable")
