@@ -362,7 +362,7 @@ func (c *Coordinator) observeGate(g GateState, now time.Time) {
 		c.issuerRead = time.Time{} // the API servers agree again: read the issuer anew
 	}
 	c.mu.Unlock()
-	for _, p := range []string{GateOpenShift, GateStaticPods, GateNone} {
+	for _, p := range GateNames() {
 		if p != g.Provider {
 			c.m.gateOpen.DeleteLabelValues(p)
 		}

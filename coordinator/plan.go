@@ -109,7 +109,7 @@ func nodeNeed(in PlanInput, trusted map[string]TrustedIssuer, n *corev1.Node) (n
 	if err != nil {
 		return false, "", time.Time{}, err.Error()
 	}
-	if k := rep.Stale[protocol.StateExpired] + rep.Stale[protocol.StateOverdue]; k > 0 {
+	if k := rep.Count(protocol.State.NotRefreshed); k > 0 {
 		return true, TriggerStaleTokens, time.Time{}, fmt.Sprintf("%d tokens expired or overdue (the kubelet is not refreshing them)", k)
 	}
 	var reasons, healing []string

@@ -15,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/tokenroll/tokenroll/internal/nodeutil"
 	"github.com/tokenroll/tokenroll/protocol"
 )
 
@@ -497,7 +498,7 @@ func reportClean(n *corev1.Node, iss string) (bool, string) {
 	if err != nil {
 		return false, "no token report from the agent"
 	}
-	if k := rep.Stale[protocol.StateExpired] + rep.Stale[protocol.StateOverdue]; k > 0 {
+	if k := rep.Count(protocol.State.NotRefreshed); k > 0 {
 		return false, fmt.Sprintf("the agent reports %d tokens expired or overdue", k)
 	}
 	for _, it := range rep.Issuers {
@@ -676,14 +677,7 @@ func (c *Coordinator) writeNode(ctx context.Context, n *corev1.Node, ns *protoco
 	return nil
 }
 
-func nodeReady(n *corev1.Node) bool {
-	for _, c := range n.Status.Conditions {
-		if c.Type == corev1.NodeReady {
-			return c.Status == corev1.ConditionTrue
-		}
-	}
-	return false
-}
+func nodeReady(n *corev1.Node) bool { return nodeutil.Ready(n) }
 
 // observeRollout exports the rollout's phase and node counts.
 func (c *Coordinator) observeRollout(s snapshot, r *Rollout) {

@@ -24,6 +24,7 @@ import (
 	watchtools "k8s.io/client-go/tools/watch"
 
 	"github.com/tokenroll/tokenroll/coordinator"
+	"github.com/tokenroll/tokenroll/internal/nodeutil"
 	"github.com/tokenroll/tokenroll/protocol"
 	"github.com/tokenroll/tokenroll/sandbox"
 	"github.com/tokenroll/tokenroll/sandbox/controlplane"
@@ -119,7 +120,7 @@ func run(ctx context.Context, o options, log *zap.Logger) (*Result, error) {
 	if err := waitFor(ctx, checker, 3*time.Minute, fmt.Sprintf("every agent reports %d tokens", wantTokens), func(m map[string]*corev1.Node) bool {
 		return everyNode(m, names, func(n *corev1.Node) bool {
 			rep, err := protocol.ParseTokenReport(n.Annotations[protocol.AnnotationTokens])
-			return err == nil && rep.Tokens == wantTokens && nodeReady(n)
+			return err == nil && rep.Tokens == wantTokens && nodeutil.Ready(n)
 		})
 	}); err != nil {
 		return nil, err
@@ -248,7 +249,7 @@ func (e *env) measure(ctx context.Context, res *Result) error {
 		if checker.WaitFor(obsCtx, func(m map[string]*corev1.Node) bool {
 			return everyNode(m, names, func(n *corev1.Node) bool {
 				st, err := protocol.ParseNodeState(n.Annotations[protocol.AnnotationNodeState])
-				return err == nil && st.Step == protocol.StepDone && !n.Spec.Unschedulable && nodeReady(n)
+				return err == nil && st.Step == protocol.StepDone && !n.Spec.Unschedulable && nodeutil.Ready(n)
 			})
 		}) == nil {
 			observed <- time.Now()
@@ -328,15 +329,6 @@ func at(cp *controlplane.ControlPlane, c *rest.Config, server int) *rest.Config 
 	c = rest.CopyConfig(c)
 	c.Host = cp.APIServerURL(server)
 	return c
-}
-
-func nodeReady(n *corev1.Node) bool {
-	for _, c := range n.Status.Conditions {
-		if c.Type == corev1.NodeReady {
-			return c.Status == corev1.ConditionTrue
-		}
-	}
-	return false
 }
 
 func everyNode(m map[string]*corev1.Node, names []string, ok func(*corev1.Node) bool) bool {
