@@ -243,7 +243,7 @@ func TestIssuerChangeKubeletRestart(t *testing.T) {
 
 	e.restartAPIServers(newIssuer)
 	st := e.waitState("a rollout finished", func(s coordinator.State) bool {
-		return s.Rollout != nil && s.Rollout.Phase == coordinator.PhaseDone
+		return s.Rollout != nil && s.Rollout.Phase == coordinator.RolloutDone
 	})
 	if st.Rollout.Trigger != coordinator.TriggerIssuer || len(st.Rollout.Nodes) != 3 || st.Rollout.Issuer != newIssuer {
 		t.Errorf("rollout %+v: want 3 nodes for the issuer", st.Rollout)
@@ -313,7 +313,7 @@ func TestRebootRollout(t *testing.T) {
 		boot[n] = e.fleet.Members[n].Sim.BootID()
 	}
 	e.requestStart(coordinator.Reboot, "")
-	st := e.waitState("the reboot rollout finished", func(s coordinator.State) bool { return s.Rollout != nil && s.Rollout.Phase == coordinator.PhaseDone })
+	st := e.waitState("the reboot rollout finished", func(s coordinator.State) bool { return s.Rollout != nil && s.Rollout.Phase == coordinator.RolloutDone })
 	if st.Rollout.Strategy != coordinator.Reboot || len(st.Rollout.Nodes) != 3 {
 		t.Errorf("rollout %+v", st.Rollout)
 	}
@@ -351,7 +351,7 @@ func (e *env) cordon(node string, on bool) *corev1.Node {
 	return n
 }
 
-func (e *env) requestStart(s coordinator.Strategy, selector string) {
+func (e *env) requestStart(s protocol.Strategy, selector string) {
 	e.t.Helper()
 	store := coordinator.Store{Client: e.admin, Namespace: ns, FieldManager: "test"}
 	if _, err := store.Update(e.ctx, func(st *coordinator.State) error {
@@ -362,7 +362,7 @@ func (e *env) requestStart(s coordinator.Strategy, selector string) {
 	}
 }
 
-func (e *env) steer(p coordinator.Phase) {
+func (e *env) steer(p coordinator.RolloutPhase) {
 	e.t.Helper()
 	store := coordinator.Store{Client: e.admin, Namespace: ns, FieldManager: "test"}
 	if _, err := store.Update(e.ctx, func(st *coordinator.State) error {
@@ -394,7 +394,9 @@ func TestPDBBlocksDrainHalts(t *testing.T) {
 		c.Drainer = coordinator.KubectlDrainer{Client: e.admin, Force: true}
 	})
 	e.requestStart(coordinator.Reboot, "")
-	st := e.waitState("the rollout halted", func(s coordinator.State) bool { return s.Rollout != nil && s.Rollout.Phase == coordinator.PhaseHalted })
+	st := e.waitState("the rollout halted", func(s coordinator.State) bool {
+		return s.Rollout != nil && s.Rollout.Phase == coordinator.RolloutHalted
+	})
 	if st.Rollout.HaltReason != coordinator.HaltDrainTimeout || st.Rollout.HaltNode != "node-a" {
 		t.Errorf("halted %s on %s (%s); want DrainTimeout on node-a", st.Rollout.HaltReason, st.Rollout.HaltNode, st.Rollout.Message)
 	}
@@ -429,7 +431,9 @@ func TestNodeNotBackHalts(t *testing.T) {
 		c.Drainer = coordinator.KubectlDrainer{Client: e.admin, Force: true}
 	})
 	e.requestStart(coordinator.Reboot, "")
-	st := e.waitState("the rollout halted", func(s coordinator.State) bool { return s.Rollout != nil && s.Rollout.Phase == coordinator.PhaseHalted })
+	st := e.waitState("the rollout halted", func(s coordinator.State) bool {
+		return s.Rollout != nil && s.Rollout.Phase == coordinator.RolloutHalted
+	})
 	if st.Rollout.HaltReason != coordinator.HaltNodeNotBack || st.Rollout.HaltNode != "node-a" {
 		t.Errorf("halted %s on %s (%s); want NodeNotBack on node-a", st.Rollout.HaltReason, st.Rollout.HaltNode, st.Rollout.Message)
 	}
@@ -509,13 +513,13 @@ func TestGateClosesMidRollout(t *testing.T) {
 	for _, n := range nodes {
 		e.cordon(n, false)
 	}
-	e.steer(coordinator.PhaseRunning)
+	e.steer(coordinator.RolloutRunning)
 	if after := e.totalActions(); after != before {
 		t.Errorf("%d actions while the gate was closed", after-before)
 	}
 	gate.set(true)
 	e.waitState("the rollout finished after the gate opened", func(s coordinator.State) bool {
-		return s.Rollout != nil && s.Rollout.Phase == coordinator.PhaseDone
+		return s.Rollout != nil && s.Rollout.Phase == coordinator.RolloutDone
 	})
 	s := e.checkInvariants(1)
 	for _, n := range nodes {
@@ -572,7 +576,7 @@ func TestFailoverResumes(t *testing.T) {
 		killed++
 		start() // the Deployment replaces it
 	}
-	e.waitState("the rollout finished", func(s coordinator.State) bool { return s.Rollout != nil && s.Rollout.Phase == coordinator.PhaseDone })
+	e.waitState("the rollout finished", func(s coordinator.State) bool { return s.Rollout != nil && s.Rollout.Phase == coordinator.RolloutDone })
 	s := e.checkInvariants(1)
 	for _, n := range nodes {
 		if s.ActionsPerNode[n] != 1 || e.fleet.Members[n].Reboots.Load() != 1 {

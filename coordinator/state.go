@@ -10,12 +10,16 @@ package coordinator
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/util/retry"
 
@@ -29,39 +33,20 @@ const (
 	StateKey      = "state.json"
 )
 
-// Strategy is the remediation a node gets.
-type Strategy string
-
-// The strategies, least disruptive first.
-const (
-	KubeletRestart Strategy = "kubelet-restart"
-	PodRestart     Strategy = "pod-restart"
-	Reboot         Strategy = "reboot"
-)
-
-// ParseStrategy checks a strategy name.
-func ParseStrategy(s string) (Strategy, error) {
-	switch st := Strategy(s); st {
-	case KubeletRestart, PodRestart, Reboot:
-		return st, nil
-	}
-	return "", fmt.Errorf("strategy %q is not kubelet-restart, pod-restart or reboot", s)
-}
-
-// Phase is a rollout's state.
-type Phase string
+// RolloutPhase is a rollout's state.
+type RolloutPhase string
 
 // Rollout phases. Done and cancelled are final.
 const (
-	PhaseRunning   Phase = "running"
-	PhasePaused    Phase = "paused"
-	PhaseHalted    Phase = "halted"
-	PhaseCancelled Phase = "cancelled"
-	PhaseDone      Phase = "done"
+	RolloutRunning   RolloutPhase = "running"
+	RolloutPaused    RolloutPhase = "paused"
+	RolloutHalted    RolloutPhase = "halted"
+	RolloutCancelled RolloutPhase = "cancelled"
+	RolloutDone      RolloutPhase = "done"
 )
 
 // Final reports whether a rollout in p starts no more nodes.
-func (p Phase) Final() bool { return p == PhaseDone || p == PhaseCancelled }
+func (p RolloutPhase) Final() bool { return p == RolloutDone || p == RolloutCancelled }
 
 // Halt reasons (bounded: they label a metric).
 const (
@@ -79,9 +64,11 @@ var HaltReasons = []string{HaltCordonFailed, HaltDrainFailed, HaltDrainTimeout, 
 
 // PlannedNode is one node of a plan: what it gets, why, and by when.
 type PlannedNode struct {
-	Name   string   `json:"name"`
-	Action Strategy `json:"action"`
-	Reason string   `json:"reason"`
+	Name string `json:"name"`
+	// Strategy is what the node gets ("action" on the wire, as it always
+	// was).
+	Strategy protocol.Strategy `json:"action"`
+	Reason   string            `json:"reason"`
 	// Deadline is when its tokens stop working (zero: already, or unknown).
 	Deadline time.Time `json:"deadline,omitzero"`
 }
@@ -91,11 +78,11 @@ type Rollout struct {
 	ID string `json:"id"`
 	// Trigger says what started it: issuer, stale-tokens, reboot-required or
 	// manual (and who asked).
-	Trigger  string        `json:"trigger"`
-	Strategy Strategy      `json:"strategy"`
-	Phase    Phase         `json:"phase"`
-	Issuer   string        `json:"issuer,omitempty"`
-	Nodes    []PlannedNode `json:"nodes"`
+	Trigger  string            `json:"trigger"`
+	Strategy protocol.Strategy `json:"strategy"`
+	Phase    RolloutPhase      `json:"phase"`
+	Issuer   string            `json:"issuer,omitempty"`
+	Nodes    []PlannedNode     `json:"nodes"`
 	// HaltReason, HaltNode and Message say why it halted.
 	HaltReason string    `json:"haltReason,omitempty"`
 	HaltNode   string    `json:"haltNode,omitempty"`
@@ -107,7 +94,7 @@ type Rollout struct {
 
 // StartRequest is an administrator's `tokenroll rollout start`.
 type StartRequest struct {
-	Strategy Strategy `json:"strategy"`
+	Strategy protocol.Strategy `json:"strategy"`
 	// Selector is a label selector over Nodes; empty means every node.
 	Selector    string    `json:"selector,omitempty"`
 	RequestedAt time.Time `json:"requestedAt"`
@@ -146,6 +133,35 @@ func DecodeState(cm *corev1.ConfigMap) (State, error) {
 		return State{}, fmt.Errorf("ConfigMap %s/%s key %s is not valid rollout state: %w; fix or delete it (kubectl -n %s delete configmap %s) and the coordinator starts afresh", cm.Namespace, cm.Name, StateKey, err, cm.Namespace, cm.Name)
 	}
 	return s, nil
+}
+
+// ParseMaxUnavailable checks a --max-unavailable value: a number of nodes,
+// at least 1, or a percentage from 1% to 100%.
+func ParseMaxUnavailable(v string) (intstr.IntOrString, error) {
+	n, pct := strings.CutSuffix(v, "%")
+	i, err := strconv.Atoi(n)
+	switch {
+	case err != nil:
+		return intstr.IntOrString{}, errors.New("want a number of nodes (1) or a percentage (10%)")
+	case i < 1:
+		return intstr.IntOrString{}, errors.New("must be at least 1")
+	case pct && i > 100:
+		return intstr.IntOrString{}, errors.New("a percentage must be at most 100%")
+	}
+	return intstr.Parse(v), nil
+}
+
+// ResolveMaxUnavailable turns a count or percentage into a node count for a
+// fleet of nodes: a percentage is rounded down, and the result is at least 1.
+func ResolveMaxUnavailable(v intstr.IntOrString, nodes int) (int, error) {
+	if _, err := ParseMaxUnavailable(v.String()); err != nil {
+		return 0, fmt.Errorf("max unavailable %q: %w", v.String(), err)
+	}
+	n, err := intstr.GetScaledValueFromIntOrPercent(&v, nodes, false)
+	if err != nil {
+		return 0, fmt.Errorf("max unavailable %q: %w", v.String(), err)
+	}
+	return max(n, 1), nil
 }
 
 // Store reads and writes the state ConfigMap.
@@ -223,9 +239,9 @@ func (st Store) update(ctx context.Context, change func(*State) error) (State, *
 	return out, written, err
 }
 
-// nodeState reads the coordinator's record on a Node for rollout id (nil:
-// pending, or a record of another rollout).
-func nodeState(n *corev1.Node, id string) *protocol.NodeState {
+// readNodeState reads the coordinator's record on a Node for rollout id
+// (nil: pending, or a record of another rollout).
+func readNodeState(n *corev1.Node, id string) *protocol.NodeState {
 	v, ok := n.Annotations[protocol.AnnotationNodeState]
 	if !ok {
 		return nil

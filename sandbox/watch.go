@@ -365,7 +365,7 @@ func (w *watcher) printChanges(v view) {
 					names[i] = pn.Name
 				}
 				w.p.printf("rollout %s %s: strategy=%s trigger=%s, %d node(s): %s", r.ID, r.Phase, r.Strategy, r.Trigger, len(r.Nodes), strings.Join(names, ", "))
-			case r.Phase == coordinator.PhaseHalted:
+			case r.Phase == coordinator.RolloutHalted:
 				w.p.printf("rollout %s HALTED: %s on %s: %s", r.ID, r.HaltReason, r.HaltNode, r.Message)
 			default:
 				w.p.printf("rollout %s %s", r.ID, r.Phase)
@@ -385,7 +385,7 @@ func (w *watcher) printChanges(v view) {
 			step := string(s.Step)
 			switch s.Step {
 			case protocol.StepActing:
-				step += " (" + s.Action + ")"
+				step += " (" + string(s.Strategy) + ")"
 			case protocol.StepHalted:
 				step += fmt.Sprintf(" (%s): %s", s.Reason, s.Message)
 			}

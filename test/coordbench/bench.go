@@ -193,7 +193,7 @@ func (e *env) measure(ctx context.Context, res *Result) error {
 		return err
 	}
 	reg := prometheus.NewRegistry()
-	c, err := coordinator.New(coordinator.Config{Client: client, Namespace: namespace, Gate: gate, Strategy: coordinator.Strategy(o.Strategy),
+	c, err := coordinator.New(coordinator.Config{Client: client, Namespace: namespace, Gate: gate, Strategy: protocol.Strategy(o.Strategy),
 		MaxUnavailable: intstr.FromInt32(1), DrainTimeout: 2 * time.Minute, ActionTimeout: 2 * time.Minute, VerifyTimeout: 2 * time.Minute,
 		TrustMargin: time.Hour, AgentWait: 15 * time.Minute, IssuerRefresh: time.Minute,
 		Drainer: coordinator.KubectlDrainer{Client: client, Force: true, Log: log.Named("drain")}, Registry: reg, Log: log.Named("coordinator")})
@@ -234,7 +234,7 @@ func (e *env) measure(ctx context.Context, res *Result) error {
 	t0 := time.Now()
 	store := coordinator.Store{Client: admin, Namespace: namespace, FieldManager: "coordbench"}
 	if _, err := store.Update(ctx, func(st *coordinator.State) error {
-		st.Start = &coordinator.StartRequest{Strategy: coordinator.Strategy(o.Strategy), RequestedAt: t0.UTC(), RequestedBy: "coordbench"}
+		st.Start = &coordinator.StartRequest{Strategy: protocol.Strategy(o.Strategy), RequestedAt: t0.UTC(), RequestedBy: "coordbench"}
 		return nil
 	}); err != nil {
 		return err
@@ -260,7 +260,7 @@ func (e *env) measure(ctx context.Context, res *Result) error {
 		return err
 	}
 	var done time.Time
-	if final.Phase == coordinator.PhaseDone {
+	if final.Phase == coordinator.RolloutDone {
 		select {
 		case done = <-observed:
 		case <-time.After(30 * time.Second):
@@ -406,7 +406,7 @@ func waitRolloutOver(ctx context.Context, admin kubernetes.Interface, timeout ti
 		}
 		last = st.Rollout
 		r := st.Rollout
-		return !r.FinishedAt.IsZero() || r.Phase == coordinator.PhaseHalted || r.Phase == coordinator.PhaseCancelled, nil
+		return !r.FinishedAt.IsZero() || r.Phase == coordinator.RolloutHalted || r.Phase == coordinator.RolloutCancelled, nil
 	})
 	if err != nil {
 		if wait.Interrupted(err) || ctx.Err() != nil {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/user"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/tokenroll/tokenroll/coordinator"
+	"github.com/tokenroll/tokenroll/protocol"
 )
 
 type rolloutCommand struct {
@@ -57,12 +59,12 @@ func newRolloutStartOptions() *rolloutStartOptions {
 
 func (o *rolloutStartOptions) AddFlags(fs *pflag.FlagSet) {
 	o.addFlags(fs, false)
-	fs.StringVar(&o.Strategy, "strategy", o.Strategy, "Remediation: kubelet-restart, pod-restart or reboot.")
+	fs.StringVar(&o.Strategy, "strategy", o.Strategy, "Remediation: "+strings.Join(coordinator.StrategyNames(), ", ")+".")
 	fs.StringVar(&o.Nodes, "nodes", o.Nodes, "Label selector of the nodes to include (default: every node), e.g. node-role.kubernetes.io/worker=.")
 }
 
 func (o *rolloutStartOptions) Validate() error {
-	errs := []error{o.validate(), checkOneOf("strategy", o.Strategy, "kubelet-restart", "pod-restart", "reboot")}
+	errs := []error{o.validate(), checkOneOf("strategy", o.Strategy, coordinator.StrategyNames()...)}
 	if _, err := labels.Parse(o.Nodes); err != nil {
 		errs = append(errs, fmt.Errorf("--nodes=%q: %w", o.Nodes, err))
 	}
@@ -82,7 +84,7 @@ func (o *rolloutStartOptions) run(ctx context.Context, e env) error {
 		if st.Start != nil {
 			return fmt.Errorf("a start requested by %s at %s is still waiting for the coordinator; is it running? (tokenroll status)", st.Start.RequestedBy, st.Start.RequestedAt.Format(time.RFC3339))
 		}
-		st.Start = &coordinator.StartRequest{Strategy: coordinator.Strategy(o.Strategy), Selector: o.Nodes, RequestedAt: time.Now().UTC(), RequestedBy: whoAmI()}
+		st.Start = &coordinator.StartRequest{Strategy: protocol.Strategy(o.Strategy), Selector: o.Nodes, RequestedAt: time.Now().UTC(), RequestedBy: whoAmI()}
 		return nil
 	})
 	if err != nil {
@@ -115,7 +117,7 @@ func (o *rolloutSteerOptions) run(ctx context.Context, e env) error {
 	}
 	store := coordinator.Store{Client: client, Namespace: o.Namespace, FieldManager: "tokenroll-cli"}
 	var id string
-	var from coordinator.Phase
+	var from coordinator.RolloutPhase
 	_, err = store.Update(ctx, func(st *coordinator.State) error {
 		r := st.Active()
 		if r == nil {
@@ -140,14 +142,14 @@ func (o *rolloutSteerOptions) run(ctx context.Context, e env) error {
 	return nil
 }
 
-func steer(verb string, p coordinator.Phase) (coordinator.Phase, error) {
+func steer(verb string, p coordinator.RolloutPhase) (coordinator.RolloutPhase, error) {
 	switch {
-	case verb == "pause" && p == coordinator.PhaseRunning:
-		return coordinator.PhasePaused, nil
-	case verb == "resume" && (p == coordinator.PhasePaused || p == coordinator.PhaseHalted):
-		return coordinator.PhaseRunning, nil
-	case verb == "cancel" && p != coordinator.PhaseCancelled:
-		return coordinator.PhaseCancelled, nil
+	case verb == "pause" && p == coordinator.RolloutRunning:
+		return coordinator.RolloutPaused, nil
+	case verb == "resume" && (p == coordinator.RolloutPaused || p == coordinator.RolloutHalted):
+		return coordinator.RolloutRunning, nil
+	case verb == "cancel" && p != coordinator.RolloutCancelled:
+		return coordinator.RolloutCancelled, nil
 	}
 	return p, fmt.Errorf("cannot %s a rollout that is %s", verb, p)
 }
@@ -166,13 +168,13 @@ func newRolloutPlanOptions() *rolloutPlanOptions {
 
 func (o *rolloutPlanOptions) AddFlags(fs *pflag.FlagSet) {
 	o.addFlags(fs, true)
-	fs.StringVar(&o.Strategy, "strategy", o.Strategy, "Remediation the plan uses: kubelet-restart, pod-restart or reboot.")
+	fs.StringVar(&o.Strategy, "strategy", o.Strategy, "Remediation the plan uses: "+strings.Join(coordinator.StrategyNames(), ", ")+".")
 	fs.DurationVar(&o.TrustMargin, "trust-margin", o.TrustMargin, "As the coordinator's --trust-margin.")
 	fs.StringVarP(&o.Output, "output", "o", o.Output, "Output format: table or json.")
 }
 
 func (o *rolloutPlanOptions) Validate() error {
-	return errors.Join(o.validate(), checkOneOf("strategy", o.Strategy, "kubelet-restart", "pod-restart", "reboot"),
+	return errors.Join(o.validate(), checkOneOf("strategy", o.Strategy, coordinator.StrategyNames()...),
 		checkPositive("trust-margin", o.TrustMargin, 0), checkOneOf("output", o.Output, "table", "json"))
 }
 
@@ -190,7 +192,7 @@ func (o *rolloutPlanOptions) run(ctx context.Context, e env) error {
 		return fmt.Errorf("listing nodes: %w", err)
 	}
 	now := time.Now().UTC()
-	in := coordinator.PlanInput{Now: now, Issuer: iss, Gate: gate, Strategy: coordinator.Strategy(o.Strategy), Margin: o.TrustMargin}
+	in := coordinator.PlanInput{Now: now, Issuer: iss, Gate: gate, Strategy: protocol.Strategy(o.Strategy), Margin: o.TrustMargin}
 	for i := range list.Items {
 		in.Nodes = append(in.Nodes, &list.Items[i])
 	}
@@ -213,7 +215,7 @@ func (o *rolloutPlanOptions) run(ctx context.Context, e env) error {
 		if !n.Deadline.IsZero() {
 			deadline = fmt.Sprintf("%s (in %s)", n.Deadline.Format(time.RFC3339), n.Deadline.Sub(now).Round(time.Minute))
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", n.Name, n.Action, deadline, n.Reason)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", n.Name, n.Strategy, deadline, n.Reason)
 	}
 	for _, n := range p.Skipped {
 		fmt.Fprintf(tw, "%s\t-\t-\tleft alone: %s\n", n.Name, n.Reason)
