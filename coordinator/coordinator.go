@@ -343,6 +343,11 @@ func (t *term) sync(ctx context.Context) (time.Duration, error) {
 		t.c.cfg.Log.Info("API servers sign with a new issuer", zap.String("issuer", w.issuer), zap.String("previous", prev))
 		return 0, nil
 	}
+	if w.state.Steer != nil {
+		if w.state, err = t.applySteer(ctx, w); err != nil {
+			return 0, err
+		}
+	}
 	r := w.state.Active()
 	if r == nil {
 		t.observeRollout(w, w.state.Rollout) // the last one, finished, or none

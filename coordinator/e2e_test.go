@@ -3,6 +3,7 @@ package coordinator_test
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"strings"
 	"sync"
@@ -362,18 +363,26 @@ func (e *env) requestStart(s protocol.Strategy, selector string) {
 	}
 }
 
-func (e *env) steer(p coordinator.RolloutPhase) {
+// steer asks for a pause, resume or cancel as `tokenroll rollout` does,
+// and waits until the coordinator has applied or refused it; it returns
+// the state the coordinator wrote.
+func (e *env) steer(verb coordinator.Verb) coordinator.State {
 	e.t.Helper()
 	store := coordinator.Store{Client: e.admin, Namespace: ns, FieldManager: "test"}
+	var id string
 	if _, err := store.Update(e.ctx, func(st *coordinator.State) error {
 		if st.Rollout == nil {
 			return fmt.Errorf("no rollout")
 		}
-		st.Rollout.Phase = p
+		id = st.Rollout.ID
+		st.Steer = &coordinator.SteerRequest{Verb: verb, Rollout: id, RequestedAt: time.Now().UTC(), RequestedBy: "test"}
 		return nil
 	}); err != nil {
 		e.t.Fatal(err)
 	}
+	return e.waitState("the coordinator applied or refused "+string(verb), func(s coordinator.State) bool {
+		return s.Steer == nil && s.Rollout != nil && s.Rollout.ID == id
+	})
 }
 
 // A PodDisruptionBudget that allows no disruption blocks the drain: the
@@ -499,23 +508,19 @@ func TestGateClosesMidRollout(t *testing.T) {
 		return false
 	})
 	gate.set(false)
-	// Let whatever was in flight finish, then nothing new may start.
-	e.waitNodes("no node in flight", func(m map[string]*corev1.Node) bool {
-		for _, n := range m {
-			if s, err := protocol.ParseNodeState(n.Annotations[protocol.AnnotationNodeState]); err == nil && s.Step.InProgress() {
-				return false
-			}
-		}
-		return true
-	})
-	before := e.totalActions()
+	// Let whatever was in flight finish (a node acting goes on; one only
+	// cordoned is released).
+	before := e.quiesce()
+	actions := e.totalActions()
 	// The coordinator re-evaluates on every change; make some.
 	for _, n := range nodes {
 		e.cordon(n, false)
 	}
-	e.steer(coordinator.RolloutRunning)
-	if after := e.totalActions(); after != before {
-		t.Errorf("%d actions while the gate was closed", after-before)
+	if after, inFlight := e.settled(); inFlight || !maps.Equal(after, before) {
+		t.Errorf("nodes changed while the gate was closed:\nbefore %v\nafter  %v", before, after)
+	}
+	if after := e.totalActions(); after != actions {
+		t.Errorf("%d actions while the gate was closed", after-actions)
 	}
 	gate.set(true)
 	e.waitState("the rollout finished after the gate opened", func(s coordinator.State) bool {
@@ -526,6 +531,54 @@ func TestGateClosesMidRollout(t *testing.T) {
 		if s.ActionsPerNode[n] != 1 {
 			t.Errorf("node %s: %d requests", n, s.ActionsPerNode[n])
 		}
+	}
+}
+
+// settled returns each node's state and request once the coordinator has
+// finished a sync begun after this call, and whether a node is in flight.
+// A request the coordinator refuses proves a sync has run (it clears it);
+// a second one, cleared by a later sync, proves the first sync, its
+// advance included, has finished: syncs are serial. The nodes are then
+// read from the API server, not a watch, so every write of that sync is
+// in them.
+func (e *env) settled() (map[string]string, bool) {
+	e.t.Helper()
+	for range 2 {
+		if st := e.steer(coordinator.VerbResume); !strings.Contains(st.Rollout.Steered, "refused") {
+			e.t.Fatalf("resuming a running rollout: %q, want it refused", st.Rollout.Steered)
+		}
+	}
+	list, err := e.admin.CoreV1().Nodes().List(e.ctx, metav1.ListOptions{})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	out := map[string]string{}
+	inFlight := false
+	for _, n := range list.Items {
+		out[n.Name] = n.Annotations[protocol.AnnotationNodeState] + " " + n.Annotations[protocol.AnnotationRequest]
+		if s, err := protocol.ParseNodeState(n.Annotations[protocol.AnnotationNodeState]); err == nil && s.Step.InProgress() {
+			inFlight = true
+		}
+	}
+	return out, inFlight
+}
+
+// quiesce waits until no node is in flight, as settled sees the nodes.
+func (e *env) quiesce() map[string]string {
+	e.t.Helper()
+	for {
+		recs, inFlight := e.settled()
+		if !inFlight {
+			return recs
+		}
+		e.waitNodes("no node in flight", func(m map[string]*corev1.Node) bool {
+			for _, n := range m {
+				if s, err := protocol.ParseNodeState(n.Annotations[protocol.AnnotationNodeState]); err == nil && s.Step.InProgress() {
+					return false
+				}
+			}
+			return true
+		})
 	}
 }
 

@@ -66,7 +66,7 @@ func TestPodRestartEvictsStalePods(t *testing.T) {
 			}
 		}
 	}
-	e.steer(coordinator.RolloutRunning)
+	e.steer(coordinator.VerbResume)
 	e.waitState("the rollout finished", func(s coordinator.State) bool { return s.Rollout != nil && s.Rollout.Phase == coordinator.RolloutDone })
 	e.waitNodes("every token from the new issuer (the replacements may land on either node)", func(m map[string]*corev1.Node) bool {
 		total := 0

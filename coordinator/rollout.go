@@ -3,6 +3,7 @@ package coordinator
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"go.uber.org/zap"
@@ -14,7 +15,7 @@ import (
 )
 
 // This file is the rollout's state machine: which nodes start, when the
-// rollout halts or finishes. What
+// rollout halts, finishes, or changes phase at a person's request. What
 // happens to one node is in node.go, and what a strategy does in its
 // strategy_*.go.
 
@@ -157,6 +158,55 @@ func (t *term) startNodes(ctx context.Context, w world, r *Rollout, views []node
 		t.logOnChange("waiting for max-unavailable", zap.Int("outOfService", busy), zap.Int("maxUnavailable", limit), zap.Int("nodesWaiting", len(blocked)))
 	}
 	return 0, nil
+}
+
+// applySteer applies an administrator's pause, resume or cancel, or
+// refuses it, and clears it; it returns the state written.
+func (t *term) applySteer(ctx context.Context, w world) (State, error) {
+	var outcome string
+	var refused bool
+	st, err := t.updateState(ctx, func(st *State) error {
+		req := st.Steer
+		if req == nil {
+			return nil
+		}
+		st.Steer = nil
+		who := orUnknown(req.RequestedBy)
+		r := st.Active()
+		if r == nil || r.ID != req.Rollout {
+			refused = true
+			outcome = fmt.Sprintf("%s requested by %s refused: rollout %s is no longer active", req.Verb, who, req.Rollout)
+			if st.Rollout != nil && st.Rollout.ID == req.Rollout {
+				st.Rollout.Steered = outcome
+			}
+			return nil
+		}
+		next, err := Steer(req.Verb, r.Phase)
+		if err != nil {
+			refused = true
+			outcome = fmt.Sprintf("%s requested by %s refused: %v", req.Verb, who, err)
+			r.Steered = outcome
+			return nil
+		}
+		from := r.Phase
+		r.Phase, r.UpdatedAt = next, w.now
+		if req.Verb == VerbResume {
+			r.Message = "resumed by " + who + "; was " + r.HaltReason + " " + r.Message
+			r.HaltReason, r.HaltNode = "", ""
+		}
+		outcome = fmt.Sprintf("%s requested by %s at %s: %s, was %s", req.Verb, who, req.RequestedAt.UTC().Format(time.RFC3339), next, from)
+		r.Steered = outcome
+		return nil
+	})
+	if err != nil {
+		return State{}, err
+	}
+	if refused {
+		t.c.cfg.Log.Warn("administrator's request refused", zap.String("outcome", outcome))
+	} else {
+		t.c.cfg.Log.Info("administrator's request applied", zap.String("outcome", outcome))
+	}
+	return st, nil
 }
 
 // halt stops the rollout on a node's failure: the node is uncordoned (if we

@@ -33,7 +33,8 @@ const (
 	StateKey      = "state.json"
 )
 
-// RolloutPhase is a rollout's state.
+// RolloutPhase is a rollout's state. Only the coordinator changes it; a
+// person asks for a change with a SteerRequest.
 type RolloutPhase string
 
 // Rollout phases. Done and cancelled are final.
@@ -47,6 +48,33 @@ const (
 
 // Final reports whether a rollout in p starts no more nodes.
 func (p RolloutPhase) Final() bool { return p == RolloutDone || p == RolloutCancelled }
+
+// Verb is what a person asks of a running rollout.
+type Verb string
+
+// The verbs of `tokenroll rollout pause|resume|cancel`.
+const (
+	VerbPause  Verb = "pause"
+	VerbResume Verb = "resume"
+	VerbCancel Verb = "cancel"
+)
+
+// Steer is the phase a rollout in phase p moves to when a person asks
+// verb, or why it cannot: pause a running rollout; resume a paused or
+// halted one (the node it halted on is tried again); cancel one not over.
+// The CLI checks a request with it before writing it, and the coordinator
+// again when it applies it.
+func Steer(verb Verb, p RolloutPhase) (RolloutPhase, error) {
+	switch {
+	case verb == VerbPause && p == RolloutRunning:
+		return RolloutPaused, nil
+	case verb == VerbResume && (p == RolloutPaused || p == RolloutHalted):
+		return RolloutRunning, nil
+	case verb == VerbCancel && !p.Final():
+		return RolloutCancelled, nil
+	}
+	return p, fmt.Errorf("cannot %s a rollout that is %s", verb, p)
+}
 
 // Halt reasons (bounded: they label a metric).
 const (
@@ -84,9 +112,12 @@ type Rollout struct {
 	Issuer   string            `json:"issuer,omitempty"`
 	Nodes    []PlannedNode     `json:"nodes"`
 	// HaltReason, HaltNode and Message say why it halted.
-	HaltReason string    `json:"haltReason,omitempty"`
-	HaltNode   string    `json:"haltNode,omitempty"`
-	Message    string    `json:"message,omitempty"`
+	HaltReason string `json:"haltReason,omitempty"`
+	HaltNode   string `json:"haltNode,omitempty"`
+	Message    string `json:"message,omitempty"`
+	// Steered says what became of the last pause, resume or cancel, for
+	// people.
+	Steered    string    `json:"steered,omitempty"`
 	CreatedAt  time.Time `json:"createdAt"`
 	UpdatedAt  time.Time `json:"updatedAt"`
 	FinishedAt time.Time `json:"finishedAt,omitzero"`
@@ -101,13 +132,26 @@ type StartRequest struct {
 	RequestedBy string    `json:"requestedBy,omitempty"`
 }
 
+// SteerRequest is an administrator's `tokenroll rollout pause|resume|cancel`:
+// the coordinator applies it (Steer), or refuses it saying why in
+// Rollout.Steered, and clears it.
+type SteerRequest struct {
+	Verb Verb `json:"verb"`
+	// Rollout is the ID of the rollout it is for: a request for one that
+	// has ended is refused, not applied to the next.
+	Rollout     string    `json:"rollout"`
+	RequestedAt time.Time `json:"requestedAt"`
+	RequestedBy string    `json:"requestedBy,omitempty"`
+}
+
 // State is everything in the ConfigMap.
 type State struct {
 	// Rollout is the current one (nil when none), Last the one before.
 	Rollout *Rollout `json:"rollout,omitempty"`
 	Last    *Rollout `json:"last,omitempty"`
-	// Start is a pending administrator request.
+	// Start and Steer are pending administrator requests.
 	Start *StartRequest `json:"start,omitempty"`
+	Steer *SteerRequest `json:"steer,omitempty"`
 	// ObservedIssuer is the signing issuer the coordinator last saw with the
 	// gate open, and since when.
 	ObservedIssuer   string    `json:"observedIssuer,omitempty"`

@@ -48,7 +48,10 @@ type StatusReport struct {
 	Rollout *Rollout      `json:"rollout,omitempty"`
 	Last    *Rollout      `json:"last,omitempty"`
 	Pending *StartRequest `json:"pendingStart,omitempty"`
-	Nodes   []NodeStatus  `json:"nodes"`
+	// PendingSteer is a pause, resume or cancel the coordinator has not
+	// applied yet.
+	PendingSteer *SteerRequest `json:"pendingSteer,omitempty"`
+	Nodes        []NodeStatus  `json:"nodes"`
 }
 
 // BuildStatus reads the state and the Nodes.
@@ -61,7 +64,7 @@ func BuildStatus(ctx context.Context, client kubernetes.Interface, namespace, is
 	if err != nil {
 		return nil, fmt.Errorf("listing nodes: %w", err)
 	}
-	rep := &StatusReport{Now: now, Issuer: issuer, Gate: gate, Rollout: st.Rollout, Last: st.Last, Pending: st.Start}
+	rep := &StatusReport{Now: now, Issuer: issuer, Gate: gate, Rollout: st.Rollout, Last: st.Last, Pending: st.Start, PendingSteer: st.Steer}
 	planned := map[string]PlannedNode{}
 	if st.Rollout != nil {
 		for _, pn := range st.Rollout.Nodes {
@@ -142,6 +145,9 @@ func WriteStatusTable(w io.Writer, rep *StatusReport) error {
 		if r.HaltReason != "" || r.Message != "" {
 			fmt.Fprintf(w, "          %s %s: %s\n", r.HaltReason, r.HaltNode, r.Message)
 		}
+		if r.Steered != "" {
+			fmt.Fprintf(w, "          %s\n", r.Steered)
+		}
 		if r.Phase == RolloutHalted {
 			fmt.Fprintf(w, "          waiting for you: tokenroll rollout resume (retries %s) or tokenroll rollout cancel\n", r.HaltNode)
 		}
@@ -150,6 +156,9 @@ func WriteStatusTable(w io.Writer, rep *StatusReport) error {
 	}
 	if p := rep.Pending; p != nil {
 		fmt.Fprintf(w, "          start requested by %s: strategy=%s nodes=%q\n", orUnknown(p.RequestedBy), p.Strategy, p.Selector)
+	}
+	if p := rep.PendingSteer; p != nil {
+		fmt.Fprintf(w, "          %s requested by %s, waiting for the coordinator\n", p.Verb, orUnknown(p.RequestedBy))
 	}
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)

@@ -47,6 +47,30 @@ func TestStrategyRegistry(t *testing.T) {
 	}
 }
 
+func TestSteerTransitions(t *testing.T) {
+	phases := []RolloutPhase{RolloutRunning, RolloutPaused, RolloutHalted, RolloutCancelled, RolloutDone}
+	// want[verb][phase]: the phase it moves to, or "" when refused.
+	want := map[Verb]map[RolloutPhase]RolloutPhase{
+		VerbPause:  {RolloutRunning: RolloutPaused},
+		VerbResume: {RolloutPaused: RolloutRunning, RolloutHalted: RolloutRunning},
+		VerbCancel: {RolloutRunning: RolloutCancelled, RolloutPaused: RolloutCancelled, RolloutHalted: RolloutCancelled},
+		"restart":  {},
+	}
+	for verb, to := range want {
+		for _, from := range phases {
+			got, err := Steer(verb, from)
+			switch w, ok := to[from]; {
+			case ok && (err != nil || got != w):
+				t.Errorf("%s a %s rollout: %s, %v; want %s", verb, from, got, err, w)
+			case !ok && err == nil:
+				t.Errorf("%s a %s rollout: moved to %s; want it refused", verb, from, got)
+			case !ok && (got != from || !strings.Contains(err.Error(), "cannot "+string(verb)+" a rollout that is "+string(from))):
+				t.Errorf("%s a %s rollout refused with %s, %v", verb, from, got, err)
+			}
+		}
+	}
+}
+
 func TestMaxUnavailable(t *testing.T) {
 	cases := []struct {
 		value string

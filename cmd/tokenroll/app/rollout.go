@@ -31,9 +31,9 @@ func rolloutCommands() []rolloutCommand {
 	return []rolloutCommand{
 		{"plan", "Print which nodes need work, why and by when, without acting", "plan computes what the coordinator would do now: the nodes whose tokens need work (or all\nnodes matching --nodes with --all), the action, the reason and the deadline.", newRolloutPlanOptions()},
 		{"start", "Ask the coordinator to run a rollout over the matching nodes", "start records a request the leader turns into a rollout of every node matching --nodes,\nwith --strategy. It refuses while another rollout is active.", newRolloutStartOptions()},
-		{"pause", "Pause the current rollout after the nodes in flight", "pause lets the nodes already acting finish, releases nodes cordoned but not yet acted on,\nand starts no new node until resume.", &rolloutSteerOptions{clusterOptions: newClusterOptions(), verb: "pause"}},
-		{"resume", "Resume a paused or halted rollout (a halted node is retried)", "resume continues a paused rollout, or a halted one, starting again with the node it halted on.", &rolloutSteerOptions{clusterOptions: newClusterOptions(), verb: "resume"}},
-		{"cancel", "Cancel the current rollout after the nodes in flight", "cancel lets the nodes already acting finish, releases the rest and ends the rollout.", &rolloutSteerOptions{clusterOptions: newClusterOptions(), verb: "cancel"}},
+		{"pause", "Pause the current rollout after the nodes in flight", "pause asks the coordinator's leader to let the nodes already acting finish, release nodes\ncordoned but not yet acted on, and start no new node until resume.", &rolloutSteerOptions{clusterOptions: newClusterOptions(), verb: coordinator.VerbPause}},
+		{"resume", "Resume a paused or halted rollout (a halted node is retried)", "resume asks the coordinator's leader to continue a paused rollout, or a halted one, starting\nagain with the node it halted on.", &rolloutSteerOptions{clusterOptions: newClusterOptions(), verb: coordinator.VerbResume}},
+		{"cancel", "Cancel the current rollout after the nodes in flight", "cancel asks the coordinator's leader to let the nodes already acting finish, release the\nrest and end the rollout.", &rolloutSteerOptions{clusterOptions: newClusterOptions(), verb: coordinator.VerbCancel}},
 	}
 }
 
@@ -101,10 +101,11 @@ func orAll(sel string) string {
 	return sel
 }
 
-// rolloutSteerOptions configure pause, resume and cancel.
+// rolloutSteerOptions configure pause, resume and cancel: the command
+// records the request, and the coordinator's leader applies it.
 type rolloutSteerOptions struct {
 	clusterOptions
-	verb string
+	verb coordinator.Verb
 }
 
 func (o *rolloutSteerOptions) AddFlags(fs *pflag.FlagSet) { o.addFlags(fs, false) }
@@ -118,40 +119,34 @@ func (o *rolloutSteerOptions) run(ctx context.Context, e env) error {
 	store := coordinator.Store{Client: client, Namespace: o.Namespace, FieldManager: "tokenroll-cli"}
 	var id string
 	var from coordinator.RolloutPhase
+	var replaced *coordinator.SteerRequest
 	_, err = store.Update(ctx, func(st *coordinator.State) error {
 		r := st.Active()
 		if r == nil {
 			return errors.New("no rollout is active (tokenroll status)")
 		}
-		id, from = r.ID, r.Phase
-		next, err := steer(o.verb, r.Phase)
-		if err != nil {
+		id, from, replaced = r.ID, r.Phase, st.Steer
+		if _, err := coordinator.Steer(o.verb, r.Phase); err != nil {
 			return fmt.Errorf("rollout %s: %w", r.ID, err)
 		}
-		r.Phase, r.UpdatedAt = next, time.Now().UTC()
-		if o.verb == "resume" {
-			r.Message = "resumed by " + whoAmI() + "; was " + r.HaltReason + " " + r.Message
-			r.HaltReason, r.HaltNode = "", ""
-		}
+		st.Steer = &coordinator.SteerRequest{Verb: o.verb, Rollout: r.ID, RequestedAt: time.Now().UTC(), RequestedBy: whoAmI()}
 		return nil
 	})
 	if err != nil {
 		return &ExitError{Code: ExitFailure, Err: err}
 	}
-	fmt.Fprintf(e.stdout, "rollout %s: %s (was %s)\n", id, o.verb, from)
+	if replaced != nil {
+		fmt.Fprintf(e.stdout, "rollout %s: replacing the %s requested by %s, not applied yet\n", id, replaced.Verb, orUnknown(replaced.RequestedBy))
+	}
+	fmt.Fprintf(e.stdout, "rollout %s: %s requested (it is %s); the coordinator's leader applies it (follow with tokenroll status)\n", id, o.verb, from)
 	return nil
 }
 
-func steer(verb string, p coordinator.RolloutPhase) (coordinator.RolloutPhase, error) {
-	switch {
-	case verb == "pause" && p == coordinator.RolloutRunning:
-		return coordinator.RolloutPaused, nil
-	case verb == "resume" && (p == coordinator.RolloutPaused || p == coordinator.RolloutHalted):
-		return coordinator.RolloutRunning, nil
-	case verb == "cancel" && p != coordinator.RolloutCancelled:
-		return coordinator.RolloutCancelled, nil
+func orUnknown(s string) string {
+	if s == "" {
+		return "an administrator"
 	}
-	return p, fmt.Errorf("cannot %s a rollout that is %s", verb, p)
+	return s
 }
 
 // rolloutPlanOptions configure `tokenroll rollout plan`.
