@@ -11,10 +11,6 @@ import (
 	"github.com/tokenroll/tokenroll/protocol"
 )
 
-// staleStates make the node condition True: the tokens there are, or soon
-// will be, rejected by the API server.
-var staleStates = []protocol.State{protocol.StateExpired, protocol.StateIssuerMismatch, protocol.StateOverdue}
-
 // Condition reasons, one per worst state, and the all-clear.
 const (
 	ReasonExpired        = "TokensExpired"
@@ -41,7 +37,10 @@ type condition struct {
 func conditionFor(r *scan.Report) condition {
 	var counts []string
 	worst := protocol.State("")
-	for _, s := range staleStates {
+	for _, s := range protocol.States {
+		if !s.Alarm() {
+			continue
+		}
 		if n := r.Summary[s]; n > 0 {
 			counts = append(counts, fmt.Sprintf("%d %s", n, s))
 			if worst == "" {
@@ -57,7 +56,7 @@ func conditionFor(r *scan.Report) condition {
 	// Tokens are sorted worst first: name the first few distinct pods.
 	var pods []string
 	for _, t := range r.Tokens {
-		if !slices.Contains(staleStates, t.State) {
+		if !t.State.Alarm() {
 			continue
 		}
 		name := t.Namespace + "/" + t.Pod
@@ -81,7 +80,7 @@ func conditionFor(r *scan.Report) condition {
 func countPods(r *scan.Report) int {
 	seen := map[string]bool{}
 	for _, t := range r.Tokens {
-		if slices.Contains(staleStates, t.State) {
+		if t.State.Alarm() {
 			seen[t.PodUID] = true
 		}
 	}

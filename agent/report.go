@@ -15,12 +15,6 @@ import (
 	"github.com/tokenroll/tokenroll/protocol"
 )
 
-// needsWork are the states the coordinator acts on.
-var needsWork = map[protocol.State]bool{
-	protocol.StateInvalid: true, protocol.StateClockSkew: true, protocol.StateExpired: true,
-	protocol.StateIssuerMismatch: true, protocol.StateOverdue: true,
-}
-
 // tokenReport summarises a scan for the coordinator. It is a pure function
 // of the report, and stable while nothing the coordinator acts on changes.
 func tokenReport(r *scan.Report, expectedIssuer string) protocol.TokenReport {
@@ -32,7 +26,7 @@ func tokenReport(r *scan.Report, expectedIssuer string) protocol.TokenReport {
 			continue
 		}
 		out.Tokens++
-		if needsWork[t.State] {
+		if t.State.NeedsWork() {
 			if out.Stale == nil {
 				out.Stale = map[protocol.State]int{}
 			}
@@ -49,7 +43,7 @@ func tokenReport(r *scan.Report, expectedIssuer string) protocol.TokenReport {
 				it.LastRefreshAt = t.RefreshAt.UTC().Truncate(time.Second)
 			}
 		}
-		if slices.Contains(staleStates, t.State) && !seen[t.PodUID] {
+		if t.State.Alarm() && !seen[t.PodUID] {
 			seen[t.PodUID] = true
 			if len(out.StalePods) == protocol.MaxStalePods {
 				out.StalePodsTruncated = true

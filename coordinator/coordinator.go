@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"strconv"
 	"sync"
 	"time"
 
@@ -15,29 +14,28 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/intstr"
-	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
-	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/client-go/util/workqueue"
+	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
 
 	"github.com/tokenroll/tokenroll/agent/issuer"
+	"github.com/tokenroll/tokenroll/protocol"
 )
 
 // Config is everything the coordinator needs; New checks it.
 type Config struct {
-	Client kubernetes.Interface
-	// Dynamic reads OpenShift resources (openshift gate); may be nil.
-	Dynamic   dynamic.Interface
+	Client    kubernetes.Interface
 	Namespace string
 	Gate      Gate
 	// Strategy is the remediation for automatically planned rollouts.
-	Strategy Strategy
+	Strategy protocol.Strategy
 	// MaxUnavailable bounds the nodes disrupted at once, counting nodes
 	// already NotReady or cordoned by someone else: a count or a percentage
 	// of all nodes (rounded down, at least 1).
@@ -66,40 +64,58 @@ type Config struct {
 	Clock    clock.WithTicker
 }
 
-// Coordinator runs rollouts while it leads.
+// Coordinator runs rollouts while it leads. What lives beyond one
+// leadership term is here; the rest is in a term.
 type Coordinator struct {
 	cfg   Config
 	m     *coordinatorMetrics
 	store Store
 
-	// Per leadership term.
-	queue    workqueue.TypedRateLimitingInterface[string]
-	nodes    corelisters.NodeLister
-	cms      cache.Store
-	recorder events.EventRecorder
-
 	mu sync.Mutex
-	// fresh holds objects this leader wrote, until the informers catch up,
-	// so no decision is taken on a cache older than our own write.
-	freshNodes map[string]*corev1.Node
-	freshCM    *corev1.ConfigMap
-	drains     map[string]*drainJob
-	evictions  map[string]evicted
+	// issuer is the signing issuer last read with the gate open, and when.
 	issuer     string
 	issuerRead time.Time
-	gateOpen   *bool
-	// lastVerified is when the last node was verified (overhead metric).
-	lastVerified time.Time
-	lastNote     string
 }
 
-type drainJob struct {
+// term is one leadership term: created by Lead, dropped when it returns,
+// so nothing a term learned outlives it.
+type term struct {
+	c        *Coordinator
+	queue    workqueue.TypedRateLimitingInterface[string]
+	recorder events.EventRecorder
+	// nodeKeys lists the cached Nodes; nodes and cm read the caches with
+	// this term's own writes on top until the informers catch up
+	// (read-your-writes), so no decision is taken on a cache older than a
+	// write of ours.
+	nodeKeys cache.Store
+	nodes    cache.MutationCache
+	cm       cache.MutationCache
+	// drains are the background preparations (drains, evictions), awaited
+	// when the term ends.
+	drains sync.WaitGroup
+
+	mu       sync.Mutex
+	jobs     map[string]*prepJob
+	gateOpen *bool
+	// lastVerified is when the last node was verified (overhead metric).
+	lastVerified time.Time
+	lastLogged   string
+}
+
+// prepJob is a strategy's preparation running for one node.
+type prepJob struct {
 	cancel context.CancelFunc
+	prep   *preparation
 	done   bool
 	err    error
 }
 
 const syncKey = "rollout"
+
+// mutationCacheSize bounds the objects the read-your-writes caches hold:
+// more than the nodes one sync writes in a fleet of the size tokenroll is
+// built for.
+const mutationCacheSize = 8192
 
 // New checks cfg and builds a coordinator.
 func New(cfg Config) (*Coordinator, error) {
@@ -116,7 +132,7 @@ func New(cfg Config) (*Coordinator, error) {
 	if _, err := ParseStrategy(string(cfg.Strategy)); err != nil {
 		errs = append(errs, fmt.Errorf("coordinator: %w", err))
 	}
-	if _, err := resolveMaxUnavailable(cfg.MaxUnavailable, 1); err != nil {
+	if _, err := ResolveMaxUnavailable(cfg.MaxUnavailable, 1); err != nil {
 		errs = append(errs, fmt.Errorf("coordinator: %w", err))
 	}
 	for name, d := range map[string]time.Duration{"drain timeout": cfg.DrainTimeout, "action timeout": cfg.ActionTimeout,
@@ -149,99 +165,122 @@ func New(cfg Config) (*Coordinator, error) {
 	return c, nil
 }
 
-// resolveMaxUnavailable turns a count or percentage into a node count.
-func resolveMaxUnavailable(v intstr.IntOrString, nodes int) (int, error) {
-	n, err := intstr.GetScaledValueFromIntOrPercent(&v, nodes, false)
-	if err != nil {
-		return 0, fmt.Errorf("max unavailable %q: %w", v.String(), err)
-	}
-	if v.Type == intstr.Int && n < 1 {
-		return 0, fmt.Errorf("max unavailable %q must be at least 1", v.String())
-	}
-	return max(n, 1), nil
-}
-
 // Lead runs the coordinator's work until ctx ends: call it with the context
 // leader election gives, so the work stops the instant leadership is lost.
+// It returns once the term's background work has stopped too.
 func (c *Coordinator) Lead(ctx context.Context) error {
 	c.m.leader.Set(1)
 	defer c.m.leader.Set(0)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	log := c.cfg.Log
-	c.mu.Lock()
-	c.freshNodes, c.freshCM, c.gateOpen, c.lastVerified = map[string]*corev1.Node{}, nil, nil, time.Time{}
-	c.drains, c.evictions = map[string]*drainJob{}, map[string]evicted{}
-	c.mu.Unlock()
-
-	c.queue = workqueue.NewTypedRateLimitingQueueWithConfig(
+	t := &term{c: c, jobs: map[string]*prepJob{}}
+	t.queue = workqueue.NewTypedRateLimitingQueueWithConfig(
 		workqueue.NewTypedItemExponentialFailureRateLimiter[string](100*time.Millisecond, 30*time.Second),
 		workqueue.TypedRateLimitingQueueConfig[string]{Name: "tokenroll-coordinator", Clock: c.cfg.Clock})
-	defer c.queue.ShutDown()
-	enqueue := func() { c.queue.Add(syncKey) }
+	defer t.queue.ShutDown()
+	enqueue := func() { t.queue.Add(syncKey) }
 
 	nodeFactory := informers.NewSharedInformerFactoryWithOptions(c.cfg.Client, 0, informers.WithTransform(trimNode))
-	nodeInf := nodeFactory.Core().V1().Nodes()
+	nodeInf := nodeFactory.Core().V1().Nodes().Informer()
 	cmFactory := informers.NewSharedInformerFactoryWithOptions(c.cfg.Client, 0, informers.WithNamespace(c.cfg.Namespace),
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "metadata.name=" + ConfigMapName }))
 	cmInf := cmFactory.Core().V1().ConfigMaps().Informer()
-	for _, inf := range []cache.SharedIndexInformer{nodeInf.Informer(), cmInf} {
-		if _, err := inf.AddEventHandler(onAnyChange(enqueue)); err != nil {
-			return err
-		}
+	logger := klog.FromContext(ctx)
+	t.nodeKeys = nodeInf.GetStore()
+	t.nodes = cache.NewIntegerResourceVersionMutationCacheWithOptions(logger, nodeInf.GetStore(), cache.MutationCacheOptions{MaxCacheSize: mutationCacheSize})
+	// The coordinator creates the ConfigMap: its own creation counts too.
+	t.cm = cache.NewIntegerResourceVersionMutationCacheWithOptions(logger, cmInf.GetStore(), cache.MutationCacheOptions{IncludeAdds: true})
+	if _, err := nodeInf.AddEventHandler(onChange(t.nodes, enqueue)); err != nil {
+		return err
 	}
-	c.nodes, c.cms = nodeInf.Lister(), cmInf.GetStore()
+	if _, err := cmInf.AddEventHandler(onChange(t.cm, enqueue)); err != nil {
+		return err
+	}
 
 	broadcaster := events.NewBroadcaster(&events.EventSinkImpl{Interface: c.cfg.Client.EventsV1()})
 	// Events already recorded are still sent after leadership ends.
 	stopEvents := make(chan struct{})
 	broadcaster.StartRecordingToSink(stopEvents)
 	defer func() { broadcaster.Shutdown(); close(stopEvents) }()
-	c.recorder = broadcaster.NewRecorder(scheme.Scheme, "tokenroll-coordinator")
+	t.recorder = broadcaster.NewRecorder(scheme.Scheme, "tokenroll-coordinator")
 
 	nodeFactory.Start(ctx.Done())
 	cmFactory.Start(ctx.Done())
+	defer func() { cancel(); nodeFactory.Shutdown(); cmFactory.Shutdown() }()
 	if err := c.cfg.Gate.Start(ctx, enqueue); err != nil {
 		return fmt.Errorf("starting the revision gate: %w", err)
 	}
-	if !cache.WaitForCacheSync(ctx.Done(), nodeInf.Informer().HasSynced, cmInf.HasSynced) {
+	if !cache.WaitForCacheSync(ctx.Done(), nodeInf.HasSynced, cmInf.HasSynced) {
 		return ctx.Err()
 	}
-	log.Info("leading: caches synced", zap.Int("nodes", len(mustList(c.nodes))))
+	log.Info("leading: caches synced", zap.Int("nodes", len(t.nodeKeys.ListKeys())))
 
-	go func() {
-		t := c.cfg.Clock.NewTicker(c.cfg.IssuerRefresh)
-		defer t.Stop()
+	var loops sync.WaitGroup
+	defer func() { cancel(); loops.Wait() }()
+	loops.Go(func() {
+		tk := c.cfg.Clock.NewTicker(c.cfg.IssuerRefresh)
+		defer tk.Stop()
 		for {
 			select {
 			case <-ctx.Done():
 				return
-			case <-t.C():
+			case <-tk.C():
 				c.mu.Lock()
 				c.issuerRead = time.Time{}
 				c.mu.Unlock()
 				enqueue()
 			}
 		}
-	}()
-	go func() {
+	})
+	loops.Go(func() {
 		<-ctx.Done()
-		c.queue.ShutDown()
-	}()
+		t.queue.ShutDown()
+	})
+	defer t.stopPreparations()
 	enqueue()
-	for c.processNext(ctx) {
+	for t.processNext(ctx) {
 	}
-	c.mu.Lock()
-	for _, j := range c.drains {
-		j.cancel()
-	}
-	c.mu.Unlock()
 	return nil
 }
 
-func mustList(l corelisters.NodeLister) []*corev1.Node {
-	ns, _ := l.List(labels.Everything())
-	return ns
+// stopPreparations cancels the drains and evictions in flight and waits for
+// them: a term leaves nothing running behind it.
+func (t *term) stopPreparations() {
+	t.mu.Lock()
+	for _, j := range t.jobs {
+		j.cancel()
+	}
+	t.mu.Unlock()
+	t.drains.Wait()
+}
+
+// onChange keeps a read-your-writes cache informed of what its informer
+// sees, and asks for a sync.
+func onChange(mc cache.MutationCache, enqueue func()) cache.ResourceEventHandlerFuncs {
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc: func(o any) {
+			if obj, ok := o.(runtime.Object); ok {
+				mc.OnAddOrUpdate(obj)
+			}
+			enqueue()
+		},
+		UpdateFunc: func(_, o any) {
+			if obj, ok := o.(runtime.Object); ok {
+				mc.OnAddOrUpdate(obj)
+			}
+			enqueue()
+		},
+		DeleteFunc: func(o any) {
+			if d, ok := o.(cache.DeletedFinalStateUnknown); ok {
+				o = d.Obj
+			}
+			if obj, ok := o.(runtime.Object); ok {
+				mc.OnDelete(obj)
+			}
+			enqueue()
+		},
+	}
 }
 
 // trimNode drops what the coordinator never reads from cached Nodes.
@@ -255,29 +294,29 @@ func trimNode(obj any) (any, error) {
 	return obj, nil
 }
 
-func (c *Coordinator) processNext(ctx context.Context) bool {
-	key, quit := c.queue.Get()
+func (t *term) processNext(ctx context.Context) bool {
+	key, quit := t.queue.Get()
 	if quit {
 		return false
 	}
-	defer c.queue.Done(key)
-	after, err := c.sync(ctx)
+	defer t.queue.Done(key)
+	after, err := t.sync(ctx)
 	switch {
 	case ctx.Err() != nil:
 	case err != nil:
-		c.cfg.Log.Warn("sync failed; retrying", zap.Error(err))
-		c.queue.AddRateLimited(key)
+		t.c.cfg.Log.Warn("sync failed; retrying", zap.Error(err))
+		t.queue.AddRateLimited(key)
 	default:
-		c.queue.Forget(key)
+		t.queue.Forget(key)
 		if after > 0 {
-			c.queue.AddAfter(key, after)
+			t.queue.AddAfter(key, after)
 		}
 	}
 	return true
 }
 
-// snapshot is the world as one sync sees it.
-type snapshot struct {
+// world is the cluster as one sync sees it.
+type world struct {
 	now    time.Time
 	gate   GateState
 	issuer string
@@ -288,44 +327,49 @@ type snapshot struct {
 
 // sync is the whole reconciliation: it returns when it wants to run again
 // (0: on the next change only).
-func (c *Coordinator) sync(ctx context.Context) (time.Duration, error) {
-	s, err := c.snapshot(ctx)
+func (t *term) sync(ctx context.Context) (time.Duration, error) {
+	w, err := t.observe(ctx)
 	if err != nil {
 		return 0, err
 	}
-	if s.gate.Open && s.issuer != "" && s.state.ObservedIssuer != s.issuer {
-		prev := s.state.ObservedIssuer
-		if _, err := c.updateState(ctx, func(st *State) error {
-			st.ObservedIssuer, st.ObservedIssuerAt = s.issuer, s.now
+	if w.gate.Open && w.issuer != "" && w.state.ObservedIssuer != w.issuer {
+		prev := w.state.ObservedIssuer
+		if _, err := t.updateState(ctx, func(st *State) error {
+			st.ObservedIssuer, st.ObservedIssuerAt = w.issuer, w.now
 			return nil
 		}); err != nil {
 			return 0, err
 		}
-		c.cfg.Log.Info("API servers sign with a new issuer", zap.String("issuer", s.issuer), zap.String("previous", prev))
+		t.c.cfg.Log.Info("API servers sign with a new issuer", zap.String("issuer", w.issuer), zap.String("previous", prev))
 		return 0, nil
 	}
-	r := s.state.Active()
-	if r == nil {
-		c.observeRollout(s, s.state.Rollout) // the last one, finished, or none
-		return c.maybeStart(ctx, s)
+	if w.state.Steer != nil {
+		if w.state, err = t.applySteer(ctx, w); err != nil {
+			return 0, err
+		}
 	}
-	return c.advance(ctx, s, r)
+	r := w.state.Active()
+	if r == nil {
+		t.observeRollout(w, w.state.Rollout) // the last one, finished, or none
+		return t.maybeStart(ctx, w)
+	}
+	return t.advance(ctx, w, r)
 }
 
-func (c *Coordinator) snapshot(ctx context.Context) (snapshot, error) {
-	s := snapshot{now: c.cfg.Clock.Now().UTC(), gate: c.cfg.Gate.State()}
-	c.observeGate(s.gate, s.now)
-	s.issuer = c.currentIssuer(ctx, s.gate, s.now)
+func (t *term) observe(ctx context.Context) (world, error) {
+	w := world{now: t.c.cfg.Clock.Now().UTC(), gate: t.c.cfg.Gate.State()}
+	t.observeGate(w.gate, w.now)
+	w.issuer = t.c.currentIssuer(ctx, w.gate, w.now)
 	var err error
-	if s.state, err = DecodeState(c.configMap()); err != nil {
-		return s, err
+	if w.state, err = DecodeState(t.configMap()); err != nil {
+		return w, err
 	}
-	s.nodes = c.listNodes()
-	s.byName = make(map[string]*corev1.Node, len(s.nodes))
-	for _, n := range s.nodes {
-		s.byName[n.Name] = n
+	w.nodes = t.listNodes()
+	w.byName = make(map[string]*corev1.Node, len(w.nodes))
+	for _, n := range w.nodes {
+		w.byName[n.Name] = n
 	}
-	return s, nil
+	return w, nil
 }
 
 // currentIssuer reads OIDC discovery when the gate is open and the last
@@ -353,16 +397,19 @@ func (c *Coordinator) currentIssuer(ctx context.Context, g GateState, now time.T
 	return got
 }
 
-func (c *Coordinator) observeGate(g GateState, now time.Time) {
-	c.mu.Lock()
-	changed := c.gateOpen == nil || *c.gateOpen != g.Open
+func (t *term) observeGate(g GateState, now time.Time) {
+	c := t.c
+	t.mu.Lock()
+	changed := t.gateOpen == nil || *t.gateOpen != g.Open
 	open := g.Open
-	c.gateOpen = &open
+	t.gateOpen = &open
+	t.mu.Unlock()
 	if changed && open {
+		c.mu.Lock()
 		c.issuerRead = time.Time{} // the API servers agree again: read the issuer anew
+		c.mu.Unlock()
 	}
-	c.mu.Unlock()
-	for _, p := range []string{GateOpenShift, GateStaticPods, GateNone} {
+	for _, p := range GateNames() {
 		if p != g.Provider {
 			c.m.gateOpen.DeleteLabelValues(p)
 		}
@@ -378,9 +425,9 @@ func (c *Coordinator) observeGate(g GateState, now time.Time) {
 		c.m.gateRevision.WithLabelValues("current_max").Set(float64(g.CurrentMaxRevision))
 	}
 	var earliest time.Time
-	for _, t := range g.Trusted {
-		if !t.Expires.IsZero() {
-			earliest = minTime(earliest, t.Expires)
+	for _, ti := range g.Trusted {
+		if !ti.Expires.IsZero() {
+			earliest = minTime(earliest, ti.Expires)
 		}
 	}
 	c.m.trustExpiry.Set(float64(unixOrZero(earliest)))
@@ -402,14 +449,15 @@ func unixOrZero(t time.Time) int64 {
 
 // maybeStart turns an administrator's request, or (with Auto) the agents'
 // reports, into a new rollout.
-func (c *Coordinator) maybeStart(ctx context.Context, s snapshot) (time.Duration, error) {
-	if req := s.state.Start; req != nil {
+func (t *term) maybeStart(ctx context.Context, w world) (time.Duration, error) {
+	cfg := t.c.cfg
+	if req := w.state.Start; req != nil {
 		sel, err := labels.Parse(req.Selector)
 		var nodes []PlannedNode
 		if err == nil {
-			for _, n := range s.nodes {
+			for _, n := range w.nodes {
 				if sel.Matches(labels.Set(n.Labels)) {
-					nodes = append(nodes, PlannedNode{Name: n.Name, Action: req.Strategy, Reason: "requested by " + orUnknown(req.RequestedBy)})
+					nodes = append(nodes, PlannedNode{Name: n.Name, Strategy: req.Strategy, Reason: "requested by " + orUnknown(req.RequestedBy)})
 				}
 			}
 			sortPlan(nodes)
@@ -418,32 +466,32 @@ func (c *Coordinator) maybeStart(ctx context.Context, s snapshot) (time.Duration
 		if req.RequestedBy != "" {
 			trigger += " (" + req.RequestedBy + ")"
 		}
-		return 0, c.startRollout(ctx, s, trigger, req.Strategy, nodes, err)
+		return 0, t.startRollout(ctx, w, trigger, req.Strategy, nodes, err)
 	}
-	if !c.cfg.Auto || !s.gate.Open || s.issuer == "" {
+	if !cfg.Auto || !w.gate.Open || w.issuer == "" {
 		return 0, nil
 	}
-	waitUntil := s.state.ObservedIssuerAt.Add(c.cfg.AgentWait)
-	p := MakePlan(PlanInput{Now: s.now, Issuer: s.issuer, Gate: s.gate, Strategy: c.cfg.Strategy, Margin: c.cfg.TrustMargin,
-		WaitForReports: s.now.Before(waitUntil), Nodes: s.nodes})
-	c.m.staleNodes.Set(float64(len(p.Nodes)))
+	waitUntil := w.state.ObservedIssuerAt.Add(cfg.AgentWait)
+	p := MakePlan(PlanInput{Now: w.now, Issuer: w.issuer, Gate: w.gate, Strategy: cfg.Strategy, Margin: cfg.TrustMargin,
+		WaitForReports: w.now.Before(waitUntil), Nodes: w.nodes})
+	t.c.m.staleNodes.Set(float64(len(p.Nodes)))
 	if len(p.Waiting) > 0 {
-		c.cfg.Log.Info("waiting for agents to report under the new issuer before planning", zap.Strings("nodes", p.Waiting), zap.Time("until", waitUntil))
-		return waitUntil.Sub(s.now), nil
+		cfg.Log.Info("waiting for agents to report under the new issuer before planning", zap.Strings("nodes", p.Waiting), zap.Time("until", waitUntil))
+		return waitUntil.Sub(w.now), nil
 	}
 	if len(p.Nodes) == 0 {
 		return 0, nil
 	}
 	trigger := ""
-	for _, t := range []string{TriggerIssuer, TriggerStaleTokens, TriggerRebootRequired} {
-		if p.Triggers[t] > 0 {
+	for _, tr := range []string{TriggerIssuer, TriggerStaleTokens, TriggerRebootRequired} {
+		if p.Triggers[tr] > 0 {
 			if trigger != "" {
 				trigger += ","
 			}
-			trigger += t
+			trigger += tr
 		}
 	}
-	return 0, c.startRollout(ctx, s, trigger, c.cfg.Strategy, p.Nodes, nil)
+	return 0, t.startRollout(ctx, w, trigger, cfg.Strategy, p.Nodes, nil)
 }
 
 func orUnknown(s string) string {
@@ -453,16 +501,16 @@ func orUnknown(s string) string {
 	return s
 }
 
-func (c *Coordinator) startRollout(ctx context.Context, s snapshot, trigger string, strategy Strategy, nodes []PlannedNode, selErr error) error {
-	r := &Rollout{ID: "r-" + s.now.Format("20060102-150405") + "-" + randHex(2), Trigger: trigger, Strategy: strategy,
-		Phase: PhaseRunning, Issuer: s.issuer, Nodes: nodes, CreatedAt: s.now, UpdatedAt: s.now}
+func (t *term) startRollout(ctx context.Context, w world, trigger string, strategy protocol.Strategy, nodes []PlannedNode, selErr error) error {
+	r := &Rollout{ID: "r-" + w.now.Format("20060102-150405") + "-" + randHex(2), Trigger: trigger, Strategy: strategy,
+		Phase: RolloutRunning, Issuer: w.issuer, Nodes: nodes, CreatedAt: w.now, UpdatedAt: w.now}
 	switch {
 	case selErr != nil:
-		r.Phase, r.FinishedAt, r.Message = PhaseCancelled, s.now, fmt.Sprintf("the node selector is not valid: %v", selErr)
+		r.Phase, r.FinishedAt, r.Message = RolloutCancelled, w.now, fmt.Sprintf("the node selector is not valid: %v", selErr)
 	case len(nodes) == 0:
-		r.Phase, r.FinishedAt, r.Message = PhaseDone, s.now, "no node matched; nothing to do"
+		r.Phase, r.FinishedAt, r.Message = RolloutDone, w.now, "no node matched; nothing to do"
 	}
-	if _, err := c.updateState(ctx, func(st *State) error {
+	if _, err := t.updateState(ctx, func(st *State) error {
 		if st.Active() != nil {
 			return errors.New("a rollout is already active")
 		}
@@ -474,11 +522,11 @@ func (c *Coordinator) startRollout(ctx context.Context, s snapshot, trigger stri
 	}); err != nil {
 		return err
 	}
-	c.cfg.Log.Info("rollout planned", zap.String("rollout", r.ID), zap.String("trigger", trigger), zap.String("strategy", string(strategy)),
+	t.c.cfg.Log.Info("rollout planned", zap.String("rollout", r.ID), zap.String("trigger", trigger), zap.String("strategy", string(strategy)),
 		zap.Int("nodes", len(nodes)), zap.String("phase", string(r.Phase)), zap.String("message", r.Message))
 	for _, pn := range nodes {
-		if n := s.byName[pn.Name]; n != nil {
-			c.event(n, corev1.EventTypeNormal, "RolloutPlanned", "Plan", "rollout %s (%s) will %s this node: %s", r.ID, trigger, pn.Action, pn.Reason)
+		if n := w.byName[pn.Name]; n != nil {
+			t.event(n, corev1.EventTypeNormal, "RolloutPlanned", "Plan", "rollout %s (%s) will %s this node: %s", r.ID, trigger, pn.Strategy, pn.Reason)
 		}
 	}
 	return nil
@@ -490,62 +538,62 @@ func randHex(n int) string {
 	return hex.EncodeToString(b)
 }
 
-// updateState writes the rollout state and remembers the result, so the
-// next sync does not act on a cache older than the write.
-func (c *Coordinator) updateState(ctx context.Context, change func(*State) error) (State, error) {
-	st, cm, err := c.store.update(ctx, change)
-	if err == nil {
-		c.mu.Lock()
-		c.freshCM = cm
-		c.mu.Unlock()
+// updateState writes the rollout state and puts the result in the
+// read-your-writes cache, so the next sync does not act on an older one.
+func (t *term) updateState(ctx context.Context, change func(*State) error) (State, error) {
+	st, cm, err := t.c.store.update(ctx, change)
+	if err == nil && cm != nil {
+		t.cm.Mutation(cm)
 	}
 	return st, err
 }
 
-func (c *Coordinator) configMap() *corev1.ConfigMap {
-	var cached *corev1.ConfigMap
-	if o, ok, _ := c.cms.GetByKey(c.cfg.Namespace + "/" + ConfigMapName); ok {
-		cached, _ = o.(*corev1.ConfigMap)
+func (t *term) configMap() *corev1.ConfigMap {
+	o, ok, _ := t.cm.GetByKey(t.c.cfg.Namespace + "/" + ConfigMapName)
+	if !ok {
+		return nil
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.freshCM != nil {
-		if cached == nil || newerRV(c.freshCM.ResourceVersion, cached.ResourceVersion) {
-			return c.freshCM
-		}
-		c.freshCM = nil
-	}
-	return cached
+	cm, _ := o.(*corev1.ConfigMap)
+	return cm
 }
 
-func (c *Coordinator) listNodes() []*corev1.Node {
-	cached := mustList(c.nodes)
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for i, n := range cached {
-		if f, ok := c.freshNodes[n.Name]; ok {
-			if newerRV(f.ResourceVersion, n.ResourceVersion) {
-				cached[i] = f
-			} else {
-				delete(c.freshNodes, n.Name)
-			}
+// listNodes lists the cached Nodes, each the newer of the cache's and the
+// one this term last wrote.
+func (t *term) listNodes() []*corev1.Node {
+	keys := t.nodeKeys.ListKeys()
+	out := make([]*corev1.Node, 0, len(keys))
+	for _, k := range keys {
+		if n := t.node(k); n != nil {
+			out = append(out, n)
 		}
 	}
-	return cached
+	return out
 }
 
-// newerRV compares resource versions as the numbers etcd makes them; an
-// unparsable one is never newer.
-func newerRV(a, b string) bool {
-	x, err1 := strconv.ParseUint(a, 10, 64)
-	y, err2 := strconv.ParseUint(b, 10, 64)
-	return err1 == nil && err2 == nil && x > y
-}
-
-func (c *Coordinator) event(n *corev1.Node, typ, reason, action, note string, args ...any) {
-	if c.recorder == nil {
-		return
+// node is one Node as listNodes sees it (nil: gone).
+func (t *term) node(name string) *corev1.Node {
+	o, ok, _ := t.nodes.GetByKey(name)
+	if !ok {
+		return nil
 	}
+	n, _ := o.(*corev1.Node)
+	return n
+}
+
+func (t *term) event(n *corev1.Node, typ, reason, action, note string, args ...any) {
 	ref := &corev1.ObjectReference{Kind: "Node", Name: n.Name, UID: n.UID, APIVersion: "v1"}
-	c.recorder.Eventf(ref, nil, typ, reason, action, note, args...)
+	t.recorder.Eventf(ref, nil, typ, reason, action, note, args...)
+}
+
+// logOnChange logs msg at info level when it differs from the last one
+// logged this way, so a wait is logged when it begins, not on every sync.
+func (t *term) logOnChange(msg string, fields ...zap.Field) {
+	key := msg + fmt.Sprint(fields)
+	t.mu.Lock()
+	same := t.lastLogged == key
+	t.lastLogged = key
+	t.mu.Unlock()
+	if !same {
+		t.c.cfg.Log.Info(msg, fields...)
+	}
 }

@@ -32,6 +32,9 @@ type Drainer interface {
 	Evict(ctx context.Context, pods []corev1.Pod, timeout time.Duration) error
 }
 
+// A Drainer's error wraps context.DeadlineExceeded when its timeout passed,
+// so the rollout halts with DrainTimeout rather than DrainFailed.
+
 // KubectlDrainer drains with k8s.io/kubectl/pkg/drain, as `kubectl drain`
 // does.
 type KubectlDrainer struct {
@@ -109,7 +112,10 @@ func (d KubectlDrainer) evict(ctx context.Context, h *drain.Helper, pods []corev
 		}
 	}
 	if err := d.waitGone(ctx, pods); err != nil {
-		return fmt.Errorf("waiting for the evicted pods to go: global timeout reached: %w", err)
+		if ctx.Err() != nil {
+			err = ctx.Err() // the watch's own error does not say it timed out
+		}
+		return fmt.Errorf("waiting for the evicted pods to go: %w", err)
 	}
 	return nil
 }
@@ -163,12 +169,3 @@ func (w zapWriter) Write(p []byte) (int, error) {
 }
 
 var _ io.Writer = zapWriter{}
-
-// isTimeout tells the drain library's global timeout from other failures.
-func isTimeout(err error) bool {
-	return err != nil && (strings.Contains(err.Error(), "global timeout reached") || strings.Contains(err.Error(), context.DeadlineExceeded.Error()))
-}
-
-func drainError(node string, err error) error {
-	return fmt.Errorf("draining node %s: %w", node, err)
-}

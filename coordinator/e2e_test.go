@@ -3,6 +3,7 @@ package coordinator_test
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"strings"
 	"sync"
@@ -243,7 +244,7 @@ func TestIssuerChangeKubeletRestart(t *testing.T) {
 
 	e.restartAPIServers(newIssuer)
 	st := e.waitState("a rollout finished", func(s coordinator.State) bool {
-		return s.Rollout != nil && s.Rollout.Phase == coordinator.PhaseDone
+		return s.Rollout != nil && s.Rollout.Phase == coordinator.RolloutDone
 	})
 	if st.Rollout.Trigger != coordinator.TriggerIssuer || len(st.Rollout.Nodes) != 3 || st.Rollout.Issuer != newIssuer {
 		t.Errorf("rollout %+v: want 3 nodes for the issuer", st.Rollout)
@@ -313,7 +314,7 @@ func TestRebootRollout(t *testing.T) {
 		boot[n] = e.fleet.Members[n].Sim.BootID()
 	}
 	e.requestStart(coordinator.Reboot, "")
-	st := e.waitState("the reboot rollout finished", func(s coordinator.State) bool { return s.Rollout != nil && s.Rollout.Phase == coordinator.PhaseDone })
+	st := e.waitState("the reboot rollout finished", func(s coordinator.State) bool { return s.Rollout != nil && s.Rollout.Phase == coordinator.RolloutDone })
 	if st.Rollout.Strategy != coordinator.Reboot || len(st.Rollout.Nodes) != 3 {
 		t.Errorf("rollout %+v", st.Rollout)
 	}
@@ -351,7 +352,7 @@ func (e *env) cordon(node string, on bool) *corev1.Node {
 	return n
 }
 
-func (e *env) requestStart(s coordinator.Strategy, selector string) {
+func (e *env) requestStart(s protocol.Strategy, selector string) {
 	e.t.Helper()
 	store := coordinator.Store{Client: e.admin, Namespace: ns, FieldManager: "test"}
 	if _, err := store.Update(e.ctx, func(st *coordinator.State) error {
@@ -362,18 +363,26 @@ func (e *env) requestStart(s coordinator.Strategy, selector string) {
 	}
 }
 
-func (e *env) steer(p coordinator.Phase) {
+// steer asks for a pause, resume or cancel as `tokenroll rollout` does,
+// and waits until the coordinator has applied or refused it; it returns
+// the state the coordinator wrote.
+func (e *env) steer(verb coordinator.Verb) coordinator.State {
 	e.t.Helper()
 	store := coordinator.Store{Client: e.admin, Namespace: ns, FieldManager: "test"}
+	var id string
 	if _, err := store.Update(e.ctx, func(st *coordinator.State) error {
 		if st.Rollout == nil {
 			return fmt.Errorf("no rollout")
 		}
-		st.Rollout.Phase = p
+		id = st.Rollout.ID
+		st.Steer = &coordinator.SteerRequest{Verb: verb, Rollout: id, RequestedAt: time.Now().UTC(), RequestedBy: "test"}
 		return nil
 	}); err != nil {
 		e.t.Fatal(err)
 	}
+	return e.waitState("the coordinator applied or refused "+string(verb), func(s coordinator.State) bool {
+		return s.Steer == nil && s.Rollout != nil && s.Rollout.ID == id
+	})
 }
 
 // A PodDisruptionBudget that allows no disruption blocks the drain: the
@@ -394,7 +403,9 @@ func TestPDBBlocksDrainHalts(t *testing.T) {
 		c.Drainer = coordinator.KubectlDrainer{Client: e.admin, Force: true}
 	})
 	e.requestStart(coordinator.Reboot, "")
-	st := e.waitState("the rollout halted", func(s coordinator.State) bool { return s.Rollout != nil && s.Rollout.Phase == coordinator.PhaseHalted })
+	st := e.waitState("the rollout halted", func(s coordinator.State) bool {
+		return s.Rollout != nil && s.Rollout.Phase == coordinator.RolloutHalted
+	})
 	if st.Rollout.HaltReason != coordinator.HaltDrainTimeout || st.Rollout.HaltNode != "node-a" {
 		t.Errorf("halted %s on %s (%s); want DrainTimeout on node-a", st.Rollout.HaltReason, st.Rollout.HaltNode, st.Rollout.Message)
 	}
@@ -429,7 +440,9 @@ func TestNodeNotBackHalts(t *testing.T) {
 		c.Drainer = coordinator.KubectlDrainer{Client: e.admin, Force: true}
 	})
 	e.requestStart(coordinator.Reboot, "")
-	st := e.waitState("the rollout halted", func(s coordinator.State) bool { return s.Rollout != nil && s.Rollout.Phase == coordinator.PhaseHalted })
+	st := e.waitState("the rollout halted", func(s coordinator.State) bool {
+		return s.Rollout != nil && s.Rollout.Phase == coordinator.RolloutHalted
+	})
 	if st.Rollout.HaltReason != coordinator.HaltNodeNotBack || st.Rollout.HaltNode != "node-a" {
 		t.Errorf("halted %s on %s (%s); want NodeNotBack on node-a", st.Rollout.HaltReason, st.Rollout.HaltNode, st.Rollout.Message)
 	}
@@ -495,33 +508,77 @@ func TestGateClosesMidRollout(t *testing.T) {
 		return false
 	})
 	gate.set(false)
-	// Let whatever was in flight finish, then nothing new may start.
-	e.waitNodes("no node in flight", func(m map[string]*corev1.Node) bool {
-		for _, n := range m {
-			if s, err := protocol.ParseNodeState(n.Annotations[protocol.AnnotationNodeState]); err == nil && s.Step.InProgress() {
-				return false
-			}
-		}
-		return true
-	})
-	before := e.totalActions()
+	// Let whatever was in flight finish (a node acting goes on; one only
+	// cordoned is released).
+	before := e.quiesce()
+	actions := e.totalActions()
 	// The coordinator re-evaluates on every change; make some.
 	for _, n := range nodes {
 		e.cordon(n, false)
 	}
-	e.steer(coordinator.PhaseRunning)
-	if after := e.totalActions(); after != before {
-		t.Errorf("%d actions while the gate was closed", after-before)
+	if after, inFlight := e.settled(); inFlight || !maps.Equal(after, before) {
+		t.Errorf("nodes changed while the gate was closed:\nbefore %v\nafter  %v", before, after)
+	}
+	if after := e.totalActions(); after != actions {
+		t.Errorf("%d actions while the gate was closed", after-actions)
 	}
 	gate.set(true)
 	e.waitState("the rollout finished after the gate opened", func(s coordinator.State) bool {
-		return s.Rollout != nil && s.Rollout.Phase == coordinator.PhaseDone
+		return s.Rollout != nil && s.Rollout.Phase == coordinator.RolloutDone
 	})
 	s := e.checkInvariants(1)
 	for _, n := range nodes {
 		if s.ActionsPerNode[n] != 1 {
 			t.Errorf("node %s: %d requests", n, s.ActionsPerNode[n])
 		}
+	}
+}
+
+// settled returns each node's state and request once the coordinator has
+// finished a sync begun after this call, and whether a node is in flight.
+// A request the coordinator refuses proves a sync has run (it clears it);
+// a second one, cleared by a later sync, proves the first sync, its
+// advance included, has finished: syncs are serial. The nodes are then
+// read from the API server, not a watch, so every write of that sync is
+// in them.
+func (e *env) settled() (map[string]string, bool) {
+	e.t.Helper()
+	for range 2 {
+		if st := e.steer(coordinator.VerbResume); !strings.Contains(st.Rollout.Steered, "refused") {
+			e.t.Fatalf("resuming a running rollout: %q, want it refused", st.Rollout.Steered)
+		}
+	}
+	list, err := e.admin.CoreV1().Nodes().List(e.ctx, metav1.ListOptions{})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	out := map[string]string{}
+	inFlight := false
+	for _, n := range list.Items {
+		out[n.Name] = n.Annotations[protocol.AnnotationNodeState] + " " + n.Annotations[protocol.AnnotationRequest]
+		if s, err := protocol.ParseNodeState(n.Annotations[protocol.AnnotationNodeState]); err == nil && s.Step.InProgress() {
+			inFlight = true
+		}
+	}
+	return out, inFlight
+}
+
+// quiesce waits until no node is in flight, as settled sees the nodes.
+func (e *env) quiesce() map[string]string {
+	e.t.Helper()
+	for {
+		recs, inFlight := e.settled()
+		if !inFlight {
+			return recs
+		}
+		e.waitNodes("no node in flight", func(m map[string]*corev1.Node) bool {
+			for _, n := range m {
+				if s, err := protocol.ParseNodeState(n.Annotations[protocol.AnnotationNodeState]); err == nil && s.Step.InProgress() {
+					return false
+				}
+			}
+			return true
+		})
 	}
 }
 
@@ -572,7 +629,7 @@ func TestFailoverResumes(t *testing.T) {
 		killed++
 		start() // the Deployment replaces it
 	}
-	e.waitState("the rollout finished", func(s coordinator.State) bool { return s.Rollout != nil && s.Rollout.Phase == coordinator.PhaseDone })
+	e.waitState("the rollout finished", func(s coordinator.State) bool { return s.Rollout != nil && s.Rollout.Phase == coordinator.RolloutDone })
 	s := e.checkInvariants(1)
 	for _, n := range nodes {
 		if s.ActionsPerNode[n] != 1 || e.fleet.Members[n].Reboots.Load() != 1 {

@@ -14,12 +14,13 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
+
+	"github.com/tokenroll/tokenroll/internal/openshift"
 )
 
 // Gate providers.
@@ -30,11 +31,8 @@ const (
 	GateNone       = "none"
 )
 
-// OpenShift resources the openshift gate reads.
-var (
-	KubeAPIServerResource  = schema.GroupVersionResource{Group: "operator.openshift.io", Version: "v1", Resource: "kubeapiservers"}
-	AuthenticationResource = schema.GroupVersionResource{Group: "config.openshift.io", Version: "v1", Resource: "authentications"}
-)
+// GateNames lists the --gate values: auto, then every provider.
+func GateNames() []string { return []string{GateAuto, GateOpenShift, GateStaticPods, GateNone} }
 
 // TrustedIssuer is an issuer the API servers accept, until Expires when
 // that is known.
@@ -98,19 +96,19 @@ func NewGate(ctx context.Context, kind string, client kubernetes.Interface, dyn 
 	case GateNone:
 		return noneGate{}, nil
 	}
-	return nil, fmt.Errorf("gate %q is not auto, openshift, static-pods or none", kind)
+	return nil, fmt.Errorf("gate %q is not one of %s", kind, strings.Join(GateNames(), ", "))
 }
 
 func detectGate(ctx context.Context, client kubernetes.Interface) (string, error) {
-	resources, err := client.Discovery().ServerResourcesForGroupVersion(KubeAPIServerResource.GroupVersion().String())
+	resources, err := client.Discovery().ServerResourcesForGroupVersion(openshift.KubeAPIServerResource.GroupVersion().String())
 	if err == nil {
 		for _, r := range resources.APIResources {
-			if r.Name == KubeAPIServerResource.Resource {
+			if r.Name == openshift.KubeAPIServerResource.Resource {
 				return GateOpenShift, nil
 			}
 		}
 	} else if !apierrors.IsNotFound(err) {
-		return "", fmt.Errorf("--gate=auto: asking the API server whether it serves %s: %w", KubeAPIServerResource.GroupVersion(), err)
+		return "", fmt.Errorf("--gate=auto: asking the API server whether it serves %s: %w", openshift.KubeAPIServerResource.GroupVersion(), err)
 	}
 	pods, err := client.CoreV1().Pods(metav1.NamespaceSystem).List(ctx, metav1.ListOptions{LabelSelector: "component=kube-apiserver", Limit: 1})
 	if err != nil {
@@ -137,10 +135,10 @@ type openshiftGate struct {
 
 func (g *openshiftGate) Start(ctx context.Context, changed func()) error {
 	f := dynamicinformer.NewFilteredDynamicSharedInformerFactory(g.dyn, 0, metav1.NamespaceAll, func(o *metav1.ListOptions) {
-		o.FieldSelector = "metadata.name=cluster"
+		o.FieldSelector = "metadata.name=" + openshift.ClusterName
 	})
-	kas := f.ForResource(KubeAPIServerResource)
-	auth := f.ForResource(AuthenticationResource)
+	kas := f.ForResource(openshift.KubeAPIServerResource)
+	auth := f.ForResource(openshift.AuthenticationResource)
 	for _, inf := range []cache.SharedIndexInformer{kas.Informer(), auth.Informer()} {
 		if _, err := inf.AddEventHandler(onAnyChange(changed)); err != nil {
 			return err
@@ -162,12 +160,12 @@ func (g *openshiftGate) State() GateState {
 		st.Message = "not started"
 		return st
 	}
-	if a, err := g.auth.Get("cluster"); err == nil {
+	if a, err := g.auth.Get(openshift.ClusterName); err == nil {
 		if u, ok := a.(*unstructured.Unstructured); ok {
-			st.RequestedIssuer, _, _ = unstructured.NestedString(u.Object, "spec", "serviceAccountIssuer")
+			st.RequestedIssuer = openshift.RequestedIssuer(u)
 		}
 	}
-	obj, err := g.kas.Get("cluster")
+	obj, err := g.kas.Get(openshift.ClusterName)
 	if err != nil {
 		st.Message = "KubeAPIServer/cluster not found: " + err.Error()
 		return st
@@ -183,59 +181,47 @@ func (g *openshiftGate) State() GateState {
 // openshiftState judges a KubeAPIServer: open when every node's current
 // revision is the latest available one and no node has a target revision.
 func openshiftState(u *unstructured.Unstructured, st GateState) GateState {
-	latest, _, _ := unstructured.NestedInt64(u.Object, "status", "latestAvailableRevision")
-	st.LatestRevision = int(latest)
-	nodes, _, _ := unstructured.NestedSlice(u.Object, "status", "nodeStatuses")
+	kas, err := openshift.ParseKubeAPIServerStatus(u)
+	if err != nil {
+		st.Message = err.Error()
+		return st
+	}
+	st.LatestRevision = int(kas.LatestAvailableRevision)
 	var behind, installing []string
-	for i, n := range nodes {
-		m, _ := n.(map[string]any)
-		name, _, _ := unstructured.NestedString(m, "nodeName")
-		cur, _, _ := unstructured.NestedInt64(m, "currentRevision")
-		target, _, _ := unstructured.NestedInt64(m, "targetRevision")
-		if i == 0 || int(cur) < st.CurrentMinRevision {
-			st.CurrentMinRevision = int(cur)
+	for i, n := range kas.NodeStatuses {
+		cur := int(n.CurrentRevision)
+		if i == 0 || cur < st.CurrentMinRevision {
+			st.CurrentMinRevision = cur
 		}
-		if int(cur) > st.CurrentMaxRevision {
-			st.CurrentMaxRevision = int(cur)
+		st.CurrentMaxRevision = max(st.CurrentMaxRevision, cur)
+		if n.CurrentRevision != kas.LatestAvailableRevision {
+			behind = append(behind, fmt.Sprintf("%s at %d", n.NodeName, cur))
 		}
-		if cur != latest {
-			behind = append(behind, fmt.Sprintf("%s at %d", name, cur))
-		}
-		if target != 0 {
-			installing = append(installing, fmt.Sprintf("%s to %d", name, target))
+		if n.TargetRevision != 0 {
+			installing = append(installing, fmt.Sprintf("%s to %d", n.NodeName, n.TargetRevision))
 		}
 	}
-	conds, _, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
-	for _, c := range conds {
-		m, _ := c.(map[string]any)
-		if t, _, _ := unstructured.NestedString(m, "type"); t == "NodeInstallerProgressing" {
-			status, _, _ := unstructured.NestedString(m, "status")
-			reason, _, _ := unstructured.NestedString(m, "reason")
-			msg, _, _ := unstructured.NestedString(m, "message")
-			st.Progressing = fmt.Sprintf("%s=%s %s: %s", t, status, reason, msg)
-		}
+	if c, ok := kas.Condition(openshift.ConditionNodeInstallerProgressing); ok {
+		st.Progressing = fmt.Sprintf("%s=%s %s: %s", c.Type, c.Status, c.Reason, c.Message)
 	}
-	issuers, _, _ := unstructured.NestedSlice(u.Object, "status", "serviceAccountIssuers")
-	for _, it := range issuers {
-		m, _ := it.(map[string]any)
-		name, _, _ := unstructured.NestedString(m, "name")
-		exp, _, _ := unstructured.NestedString(m, "expirationTime")
-		ti := TrustedIssuer{Name: name}
-		if t, err := time.Parse(time.RFC3339, exp); err == nil {
-			ti.Expires = t
+	for _, it := range kas.ServiceAccountIssuers {
+		if it.Name == "" {
+			continue
 		}
-		if name != "" {
-			st.Trusted = append(st.Trusted, ti)
+		ti := TrustedIssuer{Name: it.Name}
+		if it.ExpirationTime != nil {
+			ti.Expires = it.ExpirationTime.Time
 		}
+		st.Trusted = append(st.Trusted, ti)
 	}
 	switch {
-	case len(nodes) == 0:
+	case len(kas.NodeStatuses) == 0:
 		st.Message = "KubeAPIServer/cluster reports no nodes yet"
-	case len(behind) > 0 || len(installing) > 0:
-		st.Message = fmt.Sprintf("kube-apiserver revision %d rolling out: %s", latest, strings.Join(append(behind, installing...), ", "))
+	case !kas.AtLatestRevision():
+		st.Message = fmt.Sprintf("kube-apiserver revision %d rolling out: %s", kas.LatestAvailableRevision, strings.Join(append(behind, installing...), ", "))
 	default:
 		st.Open = true
-		st.Message = fmt.Sprintf("%d nodes at revision %d", len(nodes), latest)
+		st.Message = fmt.Sprintf("%d nodes at revision %d", len(kas.NodeStatuses), kas.LatestAvailableRevision)
 	}
 	return st
 }

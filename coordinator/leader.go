@@ -23,6 +23,11 @@ type LeaderConfig struct {
 	Identity                                  string // default hostname_uuid
 	LeaseDuration, RenewDeadline, RetryPeriod time.Duration
 	Log                                       *zap.Logger
+	// Healthz, when set, watches the leader: its Check fails once this
+	// replica holds the Lease but has not renewed it for longer than the
+	// lease duration plus the adaptor's timeout (a wedged leader), so the
+	// process's /healthz fails and the kubelet restarts it.
+	Healthz *leaderelection.HealthzAdaptor
 }
 
 // Identity is hostname_uuid, unique per process.
@@ -57,7 +62,7 @@ func RunElected(ctx context.Context, lc LeaderConfig, lead func(context.Context)
 		var started, failed atomic.Bool
 		le, err := leaderelection.NewLeaderElector(leaderelection.LeaderElectionConfig{
 			Lock: lock, LeaseDuration: lc.LeaseDuration, RenewDeadline: lc.RenewDeadline, RetryPeriod: lc.RetryPeriod,
-			ReleaseOnCancel: true, Name: lc.LeaseName,
+			ReleaseOnCancel: true, Name: lc.LeaseName, WatchDog: lc.Healthz,
 			Callbacks: leaderelection.LeaderCallbacks{
 				OnStartedLeading: func(lctx context.Context) {
 					started.Store(true)
@@ -78,6 +83,9 @@ func RunElected(ctx context.Context, lc LeaderConfig, lead func(context.Context)
 		})
 		if err != nil {
 			return fmt.Errorf("leader election: %w", err)
+		}
+		if lc.Healthz != nil {
+			lc.Healthz.SetLeaderElection(le)
 		}
 		// OnStartedLeading runs on its own goroutine; Run returns when
 		// leadership ends. Wait for the work to stop before campaigning again.

@@ -8,10 +8,10 @@ import (
 )
 
 // rolloutPhases are the values of tokenroll_rollout_phase's label.
-var rolloutPhases = []string{"none", string(PhaseRunning), string(PhasePaused), string(PhaseHalted), string(PhaseCancelled), string(PhaseDone)}
+var rolloutPhases = []string{"none", string(RolloutRunning), string(RolloutPaused), string(RolloutHalted), string(RolloutCancelled), string(RolloutDone)}
 
-// nodeStates are the values of tokenroll_rollout_nodes's label.
-var nodeStates = []string{"pending", "in_progress", "done", "halted", "skipped"}
+// nodeCountLabels are the values of tokenroll_rollout_nodes's label.
+var nodeCountLabels = []string{"pending", "in_progress", "done", "halted", "skipped"}
 
 type coordinatorMetrics struct {
 	leader         prometheus.Gauge
@@ -59,7 +59,7 @@ func newCoordinatorMetrics(reg prometheus.Registerer) *coordinatorMetrics {
 	for _, p := range rolloutPhases {
 		m.phase.WithLabelValues(p)
 	}
-	for _, s := range nodeStates {
+	for _, s := range nodeCountLabels {
 		m.nodes.WithLabelValues(s)
 	}
 	for _, r := range HaltReasons {

@@ -88,7 +88,7 @@ func TestOpenShiftIssuerRotation(t *testing.T) {
 		t.Fatal(err)
 	}
 	st := e.waitState("the rollout finished", func(s coordinator.State) bool {
-		return s.Rollout != nil && s.Rollout.Phase == coordinator.PhaseDone
+		return s.Rollout != nil && s.Rollout.Phase == coordinator.RolloutDone
 	})
 	mu.Lock()
 	if len(during) > 0 {

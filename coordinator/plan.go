@@ -20,7 +20,7 @@ type PlanInput struct {
 	Issuer string
 	// Gate says which other issuers are trusted, and until when.
 	Gate     GateState
-	Strategy Strategy
+	Strategy protocol.Strategy
 	// Margin is how long before a trust deadline a token must have been
 	// refreshed for its node to be left alone.
 	Margin time.Duration
@@ -76,11 +76,11 @@ func MakePlan(in PlanInput) Plan {
 		case trigger == "wait":
 			p.Waiting = append(p.Waiting, n.Name)
 		case need:
-			action := in.Strategy
+			strategy := in.Strategy
 			if trigger == TriggerRebootRequired {
-				action = Reboot
+				strategy = Reboot
 			}
-			p.Nodes = append(p.Nodes, PlannedNode{Name: n.Name, Action: action, Reason: why, Deadline: deadline})
+			p.Nodes = append(p.Nodes, PlannedNode{Name: n.Name, Strategy: strategy, Reason: why, Deadline: deadline})
 			p.Triggers[trigger]++
 		case why != "":
 			p.Skipped = append(p.Skipped, SkippedNode{Name: n.Name, Reason: why})
@@ -109,7 +109,7 @@ func nodeNeed(in PlanInput, trusted map[string]TrustedIssuer, n *corev1.Node) (n
 	if err != nil {
 		return false, "", time.Time{}, err.Error()
 	}
-	if k := rep.Stale[protocol.StateExpired] + rep.Stale[protocol.StateOverdue]; k > 0 {
+	if k := rep.Count(protocol.State.NotRefreshed); k > 0 {
 		return true, TriggerStaleTokens, time.Time{}, fmt.Sprintf("%d tokens expired or overdue (the kubelet is not refreshing them)", k)
 	}
 	var reasons, healing []string

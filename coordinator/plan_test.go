@@ -67,7 +67,7 @@ func TestMakePlan(t *testing.T) {
 			var deadline time.Time
 			switch {
 			case len(p.Nodes) == 1:
-				got, why, deadline = string(p.Nodes[0].Action), p.Nodes[0].Reason, p.Nodes[0].Deadline
+				got, why, deadline = string(p.Nodes[0].Strategy), p.Nodes[0].Reason, p.Nodes[0].Deadline
 			case len(p.Skipped) == 1:
 				got, why = "skip", p.Skipped[0].Reason
 			case len(p.Waiting) == 1:

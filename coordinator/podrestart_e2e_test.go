@@ -44,7 +44,7 @@ func TestPodRestartEvictsStalePods(t *testing.T) {
 	e.restartAPIServers(newIssuer)
 
 	st := e.waitState("the rollout halted on the bare pods", func(s coordinator.State) bool {
-		return s.Rollout != nil && s.Rollout.Phase == coordinator.PhaseHalted
+		return s.Rollout != nil && s.Rollout.Phase == coordinator.RolloutHalted
 	})
 	if st.Rollout.HaltReason != coordinator.HaltDrainFailed || !strings.Contains(st.Rollout.Message, "not managed by a controller") ||
 		!strings.Contains(st.Rollout.Message, "build/web-"+st.Rollout.HaltNode) {
@@ -66,8 +66,8 @@ func TestPodRestartEvictsStalePods(t *testing.T) {
 			}
 		}
 	}
-	e.steer(coordinator.PhaseRunning)
-	e.waitState("the rollout finished", func(s coordinator.State) bool { return s.Rollout != nil && s.Rollout.Phase == coordinator.PhaseDone })
+	e.steer(coordinator.VerbResume)
+	e.waitState("the rollout finished", func(s coordinator.State) bool { return s.Rollout != nil && s.Rollout.Phase == coordinator.RolloutDone })
 	e.waitNodes("every token from the new issuer (the replacements may land on either node)", func(m map[string]*corev1.Node) bool {
 		total := 0
 		for _, name := range nodes {

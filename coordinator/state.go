@@ -10,12 +10,16 @@ package coordinator
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/util/retry"
 
@@ -29,39 +33,48 @@ const (
 	StateKey      = "state.json"
 )
 
-// Strategy is the remediation a node gets.
-type Strategy string
-
-// The strategies, least disruptive first.
-const (
-	KubeletRestart Strategy = "kubelet-restart"
-	PodRestart     Strategy = "pod-restart"
-	Reboot         Strategy = "reboot"
-)
-
-// ParseStrategy checks a strategy name.
-func ParseStrategy(s string) (Strategy, error) {
-	switch st := Strategy(s); st {
-	case KubeletRestart, PodRestart, Reboot:
-		return st, nil
-	}
-	return "", fmt.Errorf("strategy %q is not kubelet-restart, pod-restart or reboot", s)
-}
-
-// Phase is a rollout's state.
-type Phase string
+// RolloutPhase is a rollout's state. Only the coordinator changes it; a
+// person asks for a change with a SteerRequest.
+type RolloutPhase string
 
 // Rollout phases. Done and cancelled are final.
 const (
-	PhaseRunning   Phase = "running"
-	PhasePaused    Phase = "paused"
-	PhaseHalted    Phase = "halted"
-	PhaseCancelled Phase = "cancelled"
-	PhaseDone      Phase = "done"
+	RolloutRunning   RolloutPhase = "running"
+	RolloutPaused    RolloutPhase = "paused"
+	RolloutHalted    RolloutPhase = "halted"
+	RolloutCancelled RolloutPhase = "cancelled"
+	RolloutDone      RolloutPhase = "done"
 )
 
 // Final reports whether a rollout in p starts no more nodes.
-func (p Phase) Final() bool { return p == PhaseDone || p == PhaseCancelled }
+func (p RolloutPhase) Final() bool { return p == RolloutDone || p == RolloutCancelled }
+
+// Verb is what a person asks of a running rollout.
+type Verb string
+
+// The verbs of `tokenroll rollout pause|resume|cancel`.
+const (
+	VerbPause  Verb = "pause"
+	VerbResume Verb = "resume"
+	VerbCancel Verb = "cancel"
+)
+
+// Steer is the phase a rollout in phase p moves to when a person asks
+// verb, or why it cannot: pause a running rollout; resume a paused or
+// halted one (the node it halted on is tried again); cancel one not over.
+// The CLI checks a request with it before writing it, and the coordinator
+// again when it applies it.
+func Steer(verb Verb, p RolloutPhase) (RolloutPhase, error) {
+	switch {
+	case verb == VerbPause && p == RolloutRunning:
+		return RolloutPaused, nil
+	case verb == VerbResume && (p == RolloutPaused || p == RolloutHalted):
+		return RolloutRunning, nil
+	case verb == VerbCancel && !p.Final():
+		return RolloutCancelled, nil
+	}
+	return p, fmt.Errorf("cannot %s a rollout that is %s", verb, p)
+}
 
 // Halt reasons (bounded: they label a metric).
 const (
@@ -79,9 +92,11 @@ var HaltReasons = []string{HaltCordonFailed, HaltDrainFailed, HaltDrainTimeout, 
 
 // PlannedNode is one node of a plan: what it gets, why, and by when.
 type PlannedNode struct {
-	Name   string   `json:"name"`
-	Action Strategy `json:"action"`
-	Reason string   `json:"reason"`
+	Name string `json:"name"`
+	// Strategy is what the node gets ("action" on the wire, as it always
+	// was).
+	Strategy protocol.Strategy `json:"action"`
+	Reason   string            `json:"reason"`
 	// Deadline is when its tokens stop working (zero: already, or unknown).
 	Deadline time.Time `json:"deadline,omitzero"`
 }
@@ -91,15 +106,18 @@ type Rollout struct {
 	ID string `json:"id"`
 	// Trigger says what started it: issuer, stale-tokens, reboot-required or
 	// manual (and who asked).
-	Trigger  string        `json:"trigger"`
-	Strategy Strategy      `json:"strategy"`
-	Phase    Phase         `json:"phase"`
-	Issuer   string        `json:"issuer,omitempty"`
-	Nodes    []PlannedNode `json:"nodes"`
+	Trigger  string            `json:"trigger"`
+	Strategy protocol.Strategy `json:"strategy"`
+	Phase    RolloutPhase      `json:"phase"`
+	Issuer   string            `json:"issuer,omitempty"`
+	Nodes    []PlannedNode     `json:"nodes"`
 	// HaltReason, HaltNode and Message say why it halted.
-	HaltReason string    `json:"haltReason,omitempty"`
-	HaltNode   string    `json:"haltNode,omitempty"`
-	Message    string    `json:"message,omitempty"`
+	HaltReason string `json:"haltReason,omitempty"`
+	HaltNode   string `json:"haltNode,omitempty"`
+	Message    string `json:"message,omitempty"`
+	// Steered says what became of the last pause, resume or cancel, for
+	// people.
+	Steered    string    `json:"steered,omitempty"`
 	CreatedAt  time.Time `json:"createdAt"`
 	UpdatedAt  time.Time `json:"updatedAt"`
 	FinishedAt time.Time `json:"finishedAt,omitzero"`
@@ -107,9 +125,21 @@ type Rollout struct {
 
 // StartRequest is an administrator's `tokenroll rollout start`.
 type StartRequest struct {
-	Strategy Strategy `json:"strategy"`
+	Strategy protocol.Strategy `json:"strategy"`
 	// Selector is a label selector over Nodes; empty means every node.
 	Selector    string    `json:"selector,omitempty"`
+	RequestedAt time.Time `json:"requestedAt"`
+	RequestedBy string    `json:"requestedBy,omitempty"`
+}
+
+// SteerRequest is an administrator's `tokenroll rollout pause|resume|cancel`:
+// the coordinator applies it (Steer), or refuses it saying why in
+// Rollout.Steered, and clears it.
+type SteerRequest struct {
+	Verb Verb `json:"verb"`
+	// Rollout is the ID of the rollout it is for: a request for one that
+	// has ended is refused, not applied to the next.
+	Rollout     string    `json:"rollout"`
 	RequestedAt time.Time `json:"requestedAt"`
 	RequestedBy string    `json:"requestedBy,omitempty"`
 }
@@ -119,8 +149,9 @@ type State struct {
 	// Rollout is the current one (nil when none), Last the one before.
 	Rollout *Rollout `json:"rollout,omitempty"`
 	Last    *Rollout `json:"last,omitempty"`
-	// Start is a pending administrator request.
+	// Start and Steer are pending administrator requests.
 	Start *StartRequest `json:"start,omitempty"`
+	Steer *SteerRequest `json:"steer,omitempty"`
 	// ObservedIssuer is the signing issuer the coordinator last saw with the
 	// gate open, and since when.
 	ObservedIssuer   string    `json:"observedIssuer,omitempty"`
@@ -146,6 +177,35 @@ func DecodeState(cm *corev1.ConfigMap) (State, error) {
 		return State{}, fmt.Errorf("ConfigMap %s/%s key %s is not valid rollout state: %w; fix or delete it (kubectl -n %s delete configmap %s) and the coordinator starts afresh", cm.Namespace, cm.Name, StateKey, err, cm.Namespace, cm.Name)
 	}
 	return s, nil
+}
+
+// ParseMaxUnavailable checks a --max-unavailable value: a number of nodes,
+// at least 1, or a percentage from 1% to 100%.
+func ParseMaxUnavailable(v string) (intstr.IntOrString, error) {
+	n, pct := strings.CutSuffix(v, "%")
+	i, err := strconv.Atoi(n)
+	switch {
+	case err != nil:
+		return intstr.IntOrString{}, errors.New("want a number of nodes (1) or a percentage (10%)")
+	case i < 1:
+		return intstr.IntOrString{}, errors.New("must be at least 1")
+	case pct && i > 100:
+		return intstr.IntOrString{}, errors.New("a percentage must be at most 100%")
+	}
+	return intstr.Parse(v), nil
+}
+
+// ResolveMaxUnavailable turns a count or percentage into a node count for a
+// fleet of nodes: a percentage is rounded down, and the result is at least 1.
+func ResolveMaxUnavailable(v intstr.IntOrString, nodes int) (int, error) {
+	if _, err := ParseMaxUnavailable(v.String()); err != nil {
+		return 0, fmt.Errorf("max unavailable %q: %w", v.String(), err)
+	}
+	n, err := intstr.GetScaledValueFromIntOrPercent(&v, nodes, false)
+	if err != nil {
+		return 0, fmt.Errorf("max unavailable %q: %w", v.String(), err)
+	}
+	return max(n, 1), nil
 }
 
 // Store reads and writes the state ConfigMap.
@@ -223,9 +283,9 @@ func (st Store) update(ctx context.Context, change func(*State) error) (State, *
 	return out, written, err
 }
 
-// nodeState reads the coordinator's record on a Node for rollout id (nil:
-// pending, or a record of another rollout).
-func nodeState(n *corev1.Node, id string) *protocol.NodeState {
+// readNodeState reads the coordinator's record on a Node for rollout id
+// (nil: pending, or a record of another rollout).
+func readNodeState(n *corev1.Node, id string) *protocol.NodeState {
 	v, ok := n.Annotations[protocol.AnnotationNodeState]
 	if !ok {
 		return nil

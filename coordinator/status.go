@@ -14,6 +14,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/tokenroll/tokenroll/internal/nodeutil"
 	"github.com/tokenroll/tokenroll/protocol"
 )
 
@@ -32,10 +33,11 @@ type NodeStatus struct {
 	RebootRequired bool   `json:"rebootRequired,omitempty"`
 	// Phase is the node's step in the current rollout: pending, cordoned,
 	// acting, done, halted, or "" when it is not in it.
-	Phase   string    `json:"phase,omitempty"`
-	Action  string    `json:"action,omitempty"`
-	Since   time.Time `json:"since,omitzero"`
-	Message string    `json:"message,omitempty"`
+	Phase string `json:"phase,omitempty"`
+	// Strategy is what the node gets in the current rollout.
+	Strategy protocol.Strategy `json:"action,omitempty"`
+	Since    time.Time         `json:"since,omitzero"`
+	Message  string            `json:"message,omitempty"`
 }
 
 // StatusReport is everything `tokenroll status` prints.
@@ -46,7 +48,10 @@ type StatusReport struct {
 	Rollout *Rollout      `json:"rollout,omitempty"`
 	Last    *Rollout      `json:"last,omitempty"`
 	Pending *StartRequest `json:"pendingStart,omitempty"`
-	Nodes   []NodeStatus  `json:"nodes"`
+	// PendingSteer is a pause, resume or cancel the coordinator has not
+	// applied yet.
+	PendingSteer *SteerRequest `json:"pendingSteer,omitempty"`
+	Nodes        []NodeStatus  `json:"nodes"`
 }
 
 // BuildStatus reads the state and the Nodes.
@@ -59,7 +64,7 @@ func BuildStatus(ctx context.Context, client kubernetes.Interface, namespace, is
 	if err != nil {
 		return nil, fmt.Errorf("listing nodes: %w", err)
 	}
-	rep := &StatusReport{Now: now, Issuer: issuer, Gate: gate, Rollout: st.Rollout, Last: st.Last, Pending: st.Start}
+	rep := &StatusReport{Now: now, Issuer: issuer, Gate: gate, Rollout: st.Rollout, Last: st.Last, Pending: st.Start, PendingSteer: st.Steer}
 	planned := map[string]PlannedNode{}
 	if st.Rollout != nil {
 		for _, pn := range st.Rollout.Nodes {
@@ -68,7 +73,7 @@ func BuildStatus(ctx context.Context, client kubernetes.Interface, namespace, is
 	}
 	for i := range list.Items {
 		n := &list.Items[i]
-		ns := NodeStatus{Name: n.Name, Ready: nodeReady(n), Unschedulable: n.Spec.Unschedulable, Tokens: -1, Stale: -1,
+		ns := NodeStatus{Name: n.Name, Ready: nodeutil.Ready(n), Unschedulable: n.Spec.Unschedulable, Tokens: -1, Stale: -1,
 			RebootRequired: n.Annotations[protocol.AnnotationRebootRequired] == "true"}
 		if tr, err := protocol.ParseTokenReport(n.Annotations[protocol.AnnotationTokens]); err == nil && n.Annotations[protocol.AnnotationTokens] != "" {
 			ns.Tokens, ns.Stale = tr.Tokens, tr.StaleTotal()
@@ -84,8 +89,8 @@ func BuildStatus(ctx context.Context, client kubernetes.Interface, namespace, is
 			}
 		}
 		if pn, ok := planned[n.Name]; ok {
-			ns.Phase, ns.Action, ns.Message = "pending", string(pn.Action), pn.Reason
-			if s := nodeState(n, st.Rollout.ID); s != nil {
+			ns.Phase, ns.Strategy, ns.Message = "pending", pn.Strategy, pn.Reason
+			if s := readNodeState(n, st.Rollout.ID); s != nil {
 				ns.Phase, ns.Since = string(s.Step), s.StepAt
 				if s.Message != "" {
 					ns.Message = s.Message
@@ -140,7 +145,10 @@ func WriteStatusTable(w io.Writer, rep *StatusReport) error {
 		if r.HaltReason != "" || r.Message != "" {
 			fmt.Fprintf(w, "          %s %s: %s\n", r.HaltReason, r.HaltNode, r.Message)
 		}
-		if r.Phase == PhaseHalted {
+		if r.Steered != "" {
+			fmt.Fprintf(w, "          %s\n", r.Steered)
+		}
+		if r.Phase == RolloutHalted {
 			fmt.Fprintf(w, "          waiting for you: tokenroll rollout resume (retries %s) or tokenroll rollout cancel\n", r.HaltNode)
 		}
 	} else {
@@ -148,6 +156,9 @@ func WriteStatusTable(w io.Writer, rep *StatusReport) error {
 	}
 	if p := rep.Pending; p != nil {
 		fmt.Fprintf(w, "          start requested by %s: strategy=%s nodes=%q\n", orUnknown(p.RequestedBy), p.Strategy, p.Selector)
+	}
+	if p := rep.PendingSteer; p != nil {
+		fmt.Fprintf(w, "          %s requested by %s, waiting for the coordinator\n", p.Verb, orUnknown(p.RequestedBy))
 	}
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
@@ -170,7 +181,7 @@ func WriteStatusTable(w io.Writer, rep *StatusReport) error {
 			since = rep.Now.Sub(n.Since).Round(time.Second).String()
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n", n.Name, yesNo(n.Ready), sched, tokens, stale, n.OldIssuer,
-			cond, orDash(n.Phase), orDash(n.Action), since, truncate(n.Message, 80))
+			cond, orDash(n.Phase), orDash(string(n.Strategy)), since, truncate(n.Message, 80))
 	}
 	return tw.Flush()
 }

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -43,6 +45,21 @@ type Server struct {
 	ln    net.Listener
 	ready atomic.Bool
 	log   *zap.Logger
+
+	mu     sync.Mutex
+	checks []healthCheck
+}
+
+type healthCheck struct {
+	name  string
+	check func(*http.Request) error
+}
+
+// AddHealthCheck makes /healthz fail while check fails.
+func (s *Server) AddHealthCheck(name string, check func(*http.Request) error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.checks = append(s.checks, healthCheck{name, check})
 }
 
 // NewServer listens on addr at once, so a bad address is an error before
@@ -55,7 +72,18 @@ func NewServer(addr string, reg *prometheus.Registry, log *zap.Logger) (*Server,
 	s := &Server{ln: ln, log: log}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg, ErrorLog: zap.NewStdLog(log)}))
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) })
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		s.mu.Lock()
+		checks := slices.Clone(s.checks)
+		s.mu.Unlock()
+		for _, c := range checks {
+			if err := c.check(r); err != nil {
+				http.Error(w, fmt.Sprintf("%s: %v", c.name, err), http.StatusServiceUnavailable)
+				return
+			}
+		}
+		_, _ = w.Write([]byte("ok"))
+	})
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if !s.ready.Load() {
 			http.Error(w, "not ready", http.StatusServiceUnavailable)

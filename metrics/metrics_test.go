@@ -2,9 +2,11 @@ package metrics
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
@@ -50,6 +52,21 @@ func TestServerServesLintCleanMetricsAndHealth(t *testing.T) {
 	if code, _ := get(t, base+"/healthz"); code != http.StatusOK {
 		t.Errorf("/healthz: %d", code)
 	}
+	var wedged atomic.Bool
+	s.AddHealthCheck("leaderElection", func(*http.Request) error {
+		if wedged.Load() {
+			return errors.New("failed election to renew leadership on lease tokenroll-coordinator")
+		}
+		return nil
+	})
+	if code, _ := get(t, base+"/healthz"); code != http.StatusOK {
+		t.Errorf("/healthz with a passing check: %d", code)
+	}
+	wedged.Store(true)
+	if code, body := get(t, base+"/healthz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "leaderElection: failed election") {
+		t.Errorf("/healthz with a failing check: %d %q, want 503 naming the check", code, body)
+	}
+	wedged.Store(false)
 	if code, _ := get(t, base+"/readyz"); code != http.StatusServiceUnavailable {
 		t.Errorf("/readyz before ready: %d, want 503", code)
 	}

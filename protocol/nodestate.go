@@ -3,6 +3,7 @@ package protocol
 import (
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -32,12 +33,51 @@ const (
 // InProgress reports whether a node in step s is being disrupted by us.
 func (s Step) InProgress() bool { return s == StepCordoned || s == StepActing }
 
+// Strategy names a remediation: what a node gets (kubelet-restart,
+// pod-restart, reboot). The coordinator defines and registers the
+// strategies; a strategy decides which Action, if any, it asks an agent for.
+type Strategy string
+
+// OwnerRef names the controller of an evicted pod.
+type OwnerRef struct {
+	Kind      string `json:"kind"`
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+}
+
+// String is Kind/namespace/name.
+func (o OwnerRef) String() string { return o.Kind + "/" + o.Namespace + "/" + o.Name }
+
+// UnmarshalJSON reads an object, or the "Kind/namespace/name" string that
+// coordinators before OwnerRef wrote, so a coordinator upgraded in the
+// middle of a rollout resumes the nodes its predecessor left.
+func (o *OwnerRef) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err == nil {
+		kind, rest, ok1 := strings.Cut(s, "/")
+		ns, name, ok2 := strings.Cut(rest, "/")
+		if !ok1 || !ok2 || kind == "" || name == "" {
+			return fmt.Errorf("owner %q is not Kind/namespace/name", s)
+		}
+		*o = OwnerRef{Kind: kind, Namespace: ns, Name: name}
+		return nil
+	}
+	type plain OwnerRef // no UnmarshalJSON: no recursion
+	var p plain
+	if err := json.Unmarshal(b, &p); err != nil {
+		return fmt.Errorf("owner is neither an object nor Kind/namespace/name: %w", err)
+	}
+	*o = OwnerRef(p)
+	return nil
+}
+
 // NodeState is the coordinator's record on one Node.
 type NodeState struct {
 	Rollout string `json:"rollout"`
 	Step    Step   `json:"step"`
-	// Action is what this node gets: reboot, kubelet-restart or pod-restart.
-	Action string `json:"action"`
+	// Strategy is what this node gets. (The key is "action" on the wire, as
+	// it always was.)
+	Strategy Strategy `json:"action"`
 	// CordonedByUs is false when the node was already unschedulable: it is
 	// then left cordoned at the end.
 	CordonedByUs bool `json:"cordonedByUs"`
@@ -47,9 +87,9 @@ type NodeState struct {
 	BootID string `json:"bootID,omitempty"`
 	// Evicted are the pods a pod restart evicted.
 	Evicted []PodRef `json:"evicted,omitempty"`
-	// Owners are the evicted pods' controllers, as Kind/namespace/name:
-	// verified when they report every replica ready again.
-	Owners []string `json:"owners,omitempty"`
+	// Owners are the evicted pods' controllers: verified when they report
+	// every replica ready again.
+	Owners []OwnerRef `json:"owners,omitempty"`
 	// StepAt is when the node entered Step.
 	StepAt time.Time `json:"stepAt"`
 	// StartedAt is when the node was cordoned.

@@ -43,3 +43,28 @@ func (s State) Severity() int {
 
 // Valid reports whether s names a known state.
 func (s State) Valid() bool { return s.Severity() < len(States) }
+
+// NeedsWork reports whether a token in state s is counted as stale: it will
+// not heal by itself (invalid, clock-skew, expired, issuer-mismatch,
+// overdue). Fresh and refresh-due tokens are refreshed by the kubelet, and
+// orphaned ones go with their volume.
+func (s State) NeedsWork() bool {
+	switch s {
+	case StateInvalid, StateClockSkew, StateExpired, StateIssuerMismatch, StateOverdue:
+		return true
+	}
+	return false
+}
+
+// Alarm reports whether a token in state s is, or soon will be, rejected by
+// the API server (expired, issuer-mismatch, overdue): such tokens make
+// ConditionTokensStale True and their pods are the stale pods.
+func (s State) Alarm() bool {
+	return s == StateExpired || s == StateIssuerMismatch || s == StateOverdue
+}
+
+// NotRefreshed reports whether the kubelet should have replaced a token in
+// state s and has not (expired, overdue): only a remediation refreshes it,
+// whatever issuer signed it. Issuer-mismatch tokens are judged by their
+// issuer's trust instead.
+func (s State) NotRefreshed() bool { return s == StateExpired || s == StateOverdue }

@@ -22,27 +22,31 @@ const (
 // Action is what the agent is asked to do.
 type Action string
 
-// The actions an agent performs. Restarting pods is the coordinator's own
-// work (evictions), not the agent's.
+// The actions an agent performs. A remediation strategy (Strategy) decides
+// which, if any, it asks for: restarting pods is the coordinator's own work
+// (evictions), not the agent's.
 const (
 	ActionReboot         Action = "reboot"
 	ActionKubeletRestart Action = "kubelet-restart"
 )
 
-// Phase is where a request stands.
-type Phase string
+// Valid reports whether a names an action an agent performs.
+func (a Action) Valid() bool { return a == ActionReboot || a == ActionKubeletRestart }
+
+// RequestPhase is where a request stands.
+type RequestPhase string
 
 // Request phases, in order; done, failed and refused are final.
 const (
-	PhaseAccepted Phase = "accepted"
-	PhaseRunning  Phase = "running"
-	PhaseDone     Phase = "done"
-	PhaseFailed   Phase = "failed"
-	PhaseRefused  Phase = "refused"
+	PhaseAccepted RequestPhase = "accepted"
+	PhaseRunning  RequestPhase = "running"
+	PhaseDone     RequestPhase = "done"
+	PhaseFailed   RequestPhase = "failed"
+	PhaseRefused  RequestPhase = "refused"
 )
 
 // Final reports whether nothing more will happen to a request in phase p.
-func (p Phase) Final() bool { return p == PhaseDone || p == PhaseFailed || p == PhaseRefused }
+func (p RequestPhase) Final() bool { return p == PhaseDone || p == PhaseFailed || p == PhaseRefused }
 
 // Request is the coordinator's ask, one at a time per node.
 type Request struct {
@@ -58,9 +62,9 @@ type Request struct {
 
 // Status is the agent's report on a request.
 type Status struct {
-	ID     string `json:"id"`
-	Action Action `json:"action,omitempty"`
-	Phase  Phase  `json:"phase"`
+	ID     string       `json:"id"`
+	Action Action       `json:"action,omitempty"`
+	Phase  RequestPhase `json:"phase"`
 	// Message says what happened, for people.
 	Message string `json:"message,omitempty"`
 	// BootID is the boot ID the agent saw when it wrote this status; after a
@@ -79,7 +83,7 @@ func ParseRequest(value string) (Request, error) {
 	if r.ID == "" {
 		errs = append(errs, errors.New("no id"))
 	}
-	if r.Action != ActionReboot && r.Action != ActionKubeletRestart {
+	if !r.Action.Valid() {
 		errs = append(errs, fmt.Errorf("action %q is not %s or %s", r.Action, ActionReboot, ActionKubeletRestart))
 	}
 	if r.Node == "" {

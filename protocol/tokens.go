@@ -23,15 +23,15 @@ type TokenReport struct {
 	Issuer string `json:"issuer"`
 	// Tokens counts the tokens of live pods (orphaned volumes left out).
 	Tokens int `json:"tokens"`
-	// Stale counts tokens in states that need work: expired, overdue,
-	// invalid, clock-skew and issuer-mismatch (fresh and refresh-due are not
-	// counted, so a routine refresh does not rewrite the annotation).
+	// Stale counts tokens in the states that need work (State.NeedsWork);
+	// fresh and refresh-due are not counted, so a routine refresh does not
+	// rewrite the annotation.
 	Stale map[State]int `json:"stale,omitempty"`
 	// Issuers has one entry per issuer seen in live pods' tokens, sorted by
 	// name.
 	Issuers []IssuerTokens `json:"issuers,omitempty"`
-	// StalePods are the pods holding expired, overdue or other-issuer
-	// tokens, at most MaxStalePods of them; StalePodsTruncated says some were
+	// StalePods are the pods holding tokens in an alarm state (State.Alarm),
+	// at most MaxStalePods of them; StalePodsTruncated says some were
 	// left out.
 	StalePods          []PodRef `json:"stalePods,omitempty"`
 	StalePodsTruncated bool     `json:"stalePodsTruncated,omitempty"`
@@ -69,10 +69,15 @@ func ParseTokenReport(value string) (TokenReport, error) {
 }
 
 // StaleTotal is the number of tokens needing work.
-func (r TokenReport) StaleTotal() int {
+func (r TokenReport) StaleTotal() int { return r.Count(State.NeedsWork) }
+
+// Count is the number of stale tokens in the states that match.
+func (r TokenReport) Count(match func(State) bool) int {
 	n := 0
-	for _, c := range r.Stale {
-		n += c
+	for s, c := range r.Stale {
+		if match(s) {
+			n += c
+		}
 	}
 	return n
 }

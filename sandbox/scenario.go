@@ -18,8 +18,8 @@ import (
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
-	"k8s.io/apimachinery/pkg/util/intstr"
 
+	"github.com/tokenroll/tokenroll/coordinator"
 	"github.com/tokenroll/tokenroll/internal/logging"
 	"github.com/tokenroll/tokenroll/protocol"
 	"github.com/tokenroll/tokenroll/sandbox/controlplane"
@@ -88,10 +88,8 @@ func (o Options) Validate() error {
 	if o.TrustWindow < 0 {
 		errs = append(errs, fmt.Errorf("--trust-window=%s: must be 0 (the old issuer is dropped at once) or positive", o.TrustWindow))
 	}
-	switch o.Strategy {
-	case "kubelet-restart", "pod-restart", "reboot":
-	default:
-		errs = append(errs, fmt.Errorf("--strategy=%q: must be one of kubelet-restart, pod-restart, reboot", o.Strategy))
+	if _, err := coordinator.ParseStrategy(o.Strategy); err != nil {
+		errs = append(errs, fmt.Errorf("--strategy: %w", err))
 	}
 	if _, err := maxUnavailableNodes(o.MaxUnavailable, max(o.Nodes, 1)); err != nil {
 		errs = append(errs, err)
@@ -108,15 +106,13 @@ func (o Options) Validate() error {
 	return errors.Join(errs...)
 }
 
-// maxUnavailableNodes resolves --max-unavailable as the coordinator does:
-// a count, or a percentage of the nodes rounded down, at least 1.
+// maxUnavailableNodes resolves --max-unavailable as the coordinator does.
 func maxUnavailableNodes(v string, nodes int) (int, error) {
-	mu := intstr.Parse(v)
-	n, err := intstr.GetScaledValueFromIntOrPercent(&mu, nodes, false)
-	if err != nil || v == "" || n < 0 || mu.Type == intstr.Int && n < 1 {
-		return 0, fmt.Errorf("--max-unavailable=%q: want a number of nodes (1) or a percentage (20%%)", v)
+	mu, err := coordinator.ParseMaxUnavailable(v)
+	if err != nil {
+		return 0, fmt.Errorf("--max-unavailable=%q: %w", v, err)
 	}
-	return max(n, 1), nil
+	return coordinator.ResolveMaxUnavailable(mu, nodes)
 }
 
 // run is one run of the sandbox: the cluster, the tokenroll processes and

@@ -20,8 +20,9 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/tokenroll/tokenroll/coordinator"
+	"github.com/tokenroll/tokenroll/internal/nodeutil"
+	"github.com/tokenroll/tokenroll/internal/openshift"
 	"github.com/tokenroll/tokenroll/protocol"
-	"github.com/tokenroll/tokenroll/sandbox/openshiftsim"
 )
 
 // printer writes progress lines, each stamped with the time since the
@@ -64,17 +65,12 @@ type gateView struct {
 }
 
 func judgeGate(obj *unstructured.Unstructured) gateView {
-	st, err := openshiftsim.ParseKubeAPIServerStatus(obj)
+	st, err := openshift.ParseKubeAPIServerStatus(obj)
 	if err != nil {
 		return gateView{}
 	}
-	g := gateView{Known: true, Latest: st.LatestAvailableRevision, Open: len(st.NodeStatuses) > 0, Trusted: map[string]time.Time{}}
-	for _, n := range st.NodeStatuses {
-		if n.CurrentRevision != st.LatestAvailableRevision || n.TargetRevision != 0 {
-			g.Open = false
-		}
-	}
-	if c, ok := st.Condition(openshiftsim.ConditionNodeInstallerProgressing); ok {
+	g := gateView{Known: true, Latest: st.LatestAvailableRevision, Open: st.AtLatestRevision(), Trusted: map[string]time.Time{}}
+	if c, ok := st.Condition(openshift.ConditionNodeInstallerProgressing); ok {
 		g.Condition = strings.TrimSpace(fmt.Sprintf("%s=%s %s", c.Type, c.Status, c.Reason)) + ": " + c.Message
 		g.Progressing, g.Since = c.Status == "True", c.LastTransitionTime.Time
 	}
@@ -101,15 +97,6 @@ func nodeStep(n *corev1.Node, id string) (protocol.NodeState, bool) {
 		return protocol.NodeState{}, false
 	}
 	return s, true
-}
-
-func ready(n *corev1.Node) bool {
-	for _, c := range n.Status.Conditions {
-		if c.Type == corev1.NodeReady {
-			return c.Status == corev1.ConditionTrue
-		}
-	}
-	return false
 }
 
 // tokenReport is the agent's report on n, if it wrote one.
@@ -151,7 +138,7 @@ func (v view) agentsClean() bool {
 func (v view) disrupted() int {
 	d := 0
 	for _, n := range v.Nodes {
-		if n.Spec.Unschedulable || !ready(n) {
+		if n.Spec.Unschedulable || !nodeutil.Ready(n) {
 			d++
 		}
 	}
@@ -208,9 +195,9 @@ func watch(ctx context.Context, client kubernetes.Interface, dyn dynamic.Interfa
 	cms := nsf.Core().V1().ConfigMaps().Informer()
 	leases := nsf.Coordination().V1().Leases().Informer()
 	df := dynamicinformer.NewFilteredDynamicSharedInformerFactory(dyn, 0, metav1.NamespaceAll, func(o *metav1.ListOptions) {
-		o.FieldSelector = "metadata.name=" + openshiftsim.ClusterName
+		o.FieldSelector = "metadata.name=" + openshift.ClusterName
 	})
-	kas := df.ForResource(openshiftsim.KubeAPIServerResource).Informer()
+	kas := df.ForResource(openshift.KubeAPIServerResource).Informer()
 	for _, inf := range []cache.SharedIndexInformer{nodes, cms, leases, kas} {
 		if _, err := inf.AddEventHandler(poke); err != nil {
 			return nil, err
@@ -378,7 +365,7 @@ func (w *watcher) printChanges(v view) {
 					names[i] = pn.Name
 				}
 				w.p.printf("rollout %s %s: strategy=%s trigger=%s, %d node(s): %s", r.ID, r.Phase, r.Strategy, r.Trigger, len(r.Nodes), strings.Join(names, ", "))
-			case r.Phase == coordinator.PhaseHalted:
+			case r.Phase == coordinator.RolloutHalted:
 				w.p.printf("rollout %s HALTED: %s on %s: %s", r.ID, r.HaltReason, r.HaltNode, r.Message)
 			default:
 				w.p.printf("rollout %s %s", r.ID, r.Phase)
@@ -398,7 +385,7 @@ func (w *watcher) printChanges(v view) {
 			step := string(s.Step)
 			switch s.Step {
 			case protocol.StepActing:
-				step += " (" + s.Action + ")"
+				step += " (" + string(s.Strategy) + ")"
 			case protocol.StepHalted:
 				step += fmt.Sprintf(" (%s): %s", s.Reason, s.Message)
 			}
@@ -407,7 +394,7 @@ func (w *watcher) printChanges(v view) {
 				last.steps[name] = step
 			}
 		}
-		rd := ready(n)
+		rd := nodeutil.Ready(n)
 		if was, seen := last.ready[name]; seen && was != rd {
 			if rd {
 				w.p.printf("%s: Ready", name)

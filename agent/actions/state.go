@@ -26,8 +26,8 @@ type Record struct {
 	// Phase is running from just before the action is started, then done
 	// or failed. A running record found at start means the agent stopped
 	// mid-action: the action is never repeated.
-	Phase   protocol.Phase `json:"phase"`
-	Message string         `json:"message,omitempty"`
+	Phase   protocol.RequestPhase `json:"phase"`
+	Message string                `json:"message,omitempty"`
 	// BootID is the boot the action started in.
 	BootID    string    `json:"bootID"`
 	UpdatedAt time.Time `json:"updatedAt"`

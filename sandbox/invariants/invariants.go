@@ -22,6 +22,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
+	"github.com/tokenroll/tokenroll/internal/nodeutil"
 	"github.com/tokenroll/tokenroll/protocol"
 )
 
@@ -93,15 +94,6 @@ func Watch(ctx context.Context, client kubernetes.Interface, leaseNamespace, lea
 	return c, nil
 }
 
-func nodeReady(n *corev1.Node) bool {
-	for _, cond := range n.Status.Conditions {
-		if cond.Type == corev1.NodeReady {
-			return cond.Status == corev1.ConditionTrue
-		}
-	}
-	return false
-}
-
 func (c *Checker) node(o any) {
 	n, ok := o.(*corev1.Node)
 	if !ok {
@@ -111,7 +103,7 @@ func (c *Checker) node(o any) {
 	defer c.mu.Unlock()
 	now := c.now()
 	was := len(c.disrupted)
-	out := n.Spec.Unschedulable || !nodeReady(n)
+	out := n.Spec.Unschedulable || !nodeutil.Ready(n)
 	if out {
 		c.disrupted[n.Name] = true
 	} else {

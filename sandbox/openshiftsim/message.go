@@ -5,6 +5,8 @@ import (
 	"maps"
 	"slices"
 	"strings"
+
+	"github.com/tokenroll/tokenroll/internal/openshift"
 )
 
 // revisionDescription is the message of NodeInstallerProgressing as
@@ -17,7 +19,7 @@ import (
 //	3 nodes are at revision 12
 //
 // It is for people; nothing should parse it.
-func revisionDescription(nodes []NodeStatus, latest int32) string {
+func revisionDescription(nodes []openshift.NodeStatus, latest int32) string {
 	counts := map[int32]int{}
 	progressing := 0
 	for _, n := range nodes {
@@ -42,21 +44,21 @@ func revisionDescription(nodes []NodeStatus, latest int32) string {
 
 // nodeInstallerConditions are the conditions the installer controller keeps
 // on the operator resource, without transition times.
-func nodeInstallerConditions(nodes []NodeStatus, latest int32) []OperatorCondition {
-	progressing := OperatorCondition{
-		Type:    ConditionNodeInstallerProgressing,
+func nodeInstallerConditions(nodes []openshift.NodeStatus, latest int32) []openshift.OperatorCondition {
+	progressing := openshift.OperatorCondition{
+		Type:    openshift.ConditionNodeInstallerProgressing,
 		Status:  "False",
-		Reason:  ReasonAllNodesAtLatestRevision,
+		Reason:  openshift.ReasonAllNodesAtLatestRevision,
 		Message: revisionDescription(nodes, latest),
 	}
 	for _, n := range nodes {
 		if n.CurrentRevision != latest {
-			progressing.Status, progressing.Reason = "True", ReasonNodeInstaller
+			progressing.Status, progressing.Reason = "True", openshift.ReasonNodeInstaller
 			break
 		}
 	}
-	return []OperatorCondition{
+	return []openshift.OperatorCondition{
 		progressing,
-		{Type: ConditionNodeInstallerDegraded, Status: "False"},
+		{Type: openshift.ConditionNodeInstallerDegraded, Status: "False"},
 	}
 }

@@ -20,6 +20,8 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/clock"
+
+	"github.com/tokenroll/tokenroll/internal/openshift"
 )
 
 // ControlPlane is what the operator needs of a control plane: its API
@@ -115,7 +117,7 @@ type Event struct {
 	// Issuers is the --service-account-issuer list the revision installs.
 	Issuers []string
 	// Status is KubeAPIServer/cluster's status as this step wrote it.
-	Status KubeAPIServerStatus
+	Status openshift.KubeAPIServerStatus
 }
 
 // Operator is the simulated kube-apiserver operator.
@@ -192,8 +194,8 @@ func New(cfg Config) (*Operator, error) {
 		cp:      cfg.ControlPlane,
 		log:     cfg.Log,
 		clock:   cfg.Clock,
-		kas:     cfg.Client.Resource(KubeAPIServerResource),
-		auth:    cfg.Client.Resource(AuthenticationResource),
+		kas:     cfg.Client.Resource(openshift.KubeAPIServerResource),
+		auth:    cfg.Client.Resource(openshift.AuthenticationResource),
 		changed: make(chan struct{}, 1),
 		ready:   make(chan struct{}),
 		current: make([]int32, len(cfg.NodeNames)),
@@ -223,9 +225,9 @@ func (o *Operator) Run(ctx context.Context) error {
 	}
 
 	factory := dynamicinformer.NewFilteredDynamicSharedInformerFactory(o.cfg.Client, 0, metav1.NamespaceAll, func(lo *metav1.ListOptions) {
-		lo.FieldSelector = "metadata.name=" + ClusterName
+		lo.FieldSelector = "metadata.name=" + openshift.ClusterName
 	})
-	informer := factory.ForResource(AuthenticationResource).Informer()
+	informer := factory.ForResource(openshift.AuthenticationResource).Informer()
 	poke := func(any) {
 		select {
 		case o.changed <- struct{}{}:
@@ -266,9 +268,9 @@ func ignoreCancel(ctx context.Context, err error) error {
 
 func (o *Operator) ensureAuthentication(ctx context.Context) error {
 	obj := &unstructured.Unstructured{Object: map[string]any{
-		"apiVersion": AuthenticationResource.GroupVersion().String(),
+		"apiVersion": openshift.AuthenticationResource.GroupVersion().String(),
 		"kind":       "Authentication",
-		"metadata":   map[string]any{"name": ClusterName},
+		"metadata":   map[string]any{"name": openshift.ClusterName},
 		"spec":       map[string]any{"serviceAccountIssuer": ""},
 	}}
 	err := o.retry(ctx, func() error {
@@ -279,16 +281,16 @@ func (o *Operator) ensureAuthentication(ctx context.Context) error {
 		return err
 	})
 	if err != nil {
-		return fmt.Errorf("creating Authentication/%s: %w (are the CRDs installed? see InstallCRDs)", ClusterName, err)
+		return fmt.Errorf("creating Authentication/%s: %w (are the CRDs installed? see InstallCRDs)", openshift.ClusterName, err)
 	}
 	return nil
 }
 
 func (o *Operator) ensureKubeAPIServer(ctx context.Context) (*unstructured.Unstructured, error) {
 	obj := &unstructured.Unstructured{Object: map[string]any{
-		"apiVersion": KubeAPIServerResource.GroupVersion().String(),
+		"apiVersion": openshift.KubeAPIServerResource.GroupVersion().String(),
 		"kind":       "KubeAPIServer",
-		"metadata":   map[string]any{"name": ClusterName},
+		"metadata":   map[string]any{"name": openshift.ClusterName},
 		"spec": map[string]any{
 			"managementState":  "Managed",
 			"logLevel":         "Normal",
@@ -299,13 +301,13 @@ func (o *Operator) ensureKubeAPIServer(ctx context.Context) (*unstructured.Unstr
 	err := o.retry(ctx, func() error {
 		created, err := o.kas.Create(ctx, obj, metav1.CreateOptions{})
 		if apierrors.IsAlreadyExists(err) {
-			created, err = o.kas.Get(ctx, ClusterName, metav1.GetOptions{})
+			created, err = o.kas.Get(ctx, openshift.ClusterName, metav1.GetOptions{})
 		}
 		out = created
 		return err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("creating KubeAPIServer/%s: %w (are the CRDs installed? see InstallCRDs)", ClusterName, err)
+		return nil, fmt.Errorf("creating KubeAPIServer/%s: %w (are the CRDs installed? see InstallCRDs)", openshift.ClusterName, err)
 	}
 	return out, nil
 }
@@ -315,7 +317,7 @@ func (o *Operator) ensureKubeAPIServer(ctx context.Context) (*unstructured.Unstr
 // existing status keeps its revision (revisions only increase) and the
 // expiration times of issuers it lists.
 func (o *Operator) settle(ctx context.Context, kas *unstructured.Unstructured) error {
-	existing, err := ParseKubeAPIServerStatus(kas)
+	existing, err := openshift.ParseKubeAPIServerStatus(kas)
 	if err != nil {
 		return err
 	}
@@ -339,7 +341,7 @@ func (o *Operator) settle(ctx context.Context, kas *unstructured.Unstructured) e
 	}
 
 	rev := max(o.cfg.StartRevision, existing.LatestAvailableRevision)
-	known := map[string]NodeStatus{}
+	known := map[string]openshift.NodeStatus{}
 	for _, n := range existing.NodeStatuses {
 		known[n.NodeName] = n
 		rev = max(rev, n.CurrentRevision)
@@ -404,7 +406,7 @@ func (o *Operator) loop(ctx context.Context) error {
 // desiredIssuer is Authentication/cluster's .spec.serviceAccountIssuer, or
 // the default when it is empty or the object is gone.
 func (o *Operator) desiredIssuer() string {
-	obj, ok, err := o.authStore.GetByKey(ClusterName)
+	obj, ok, err := o.authStore.GetByKey(openshift.ClusterName)
 	if err == nil && ok {
 		if u, isU := obj.(*unstructured.Unstructured); isU {
 			if iss, _, _ := unstructured.NestedString(u.Object, "spec", "serviceAccountIssuer"); iss != "" {
@@ -470,10 +472,10 @@ func (o *Operator) emit(e Event) {
 
 // writeStatus writes the operator's view into KubeAPIServer/cluster through
 // the status subresource, keeping whatever else the status holds.
-func (o *Operator) writeStatus(ctx context.Context) (KubeAPIServerStatus, error) {
-	var out KubeAPIServerStatus
+func (o *Operator) writeStatus(ctx context.Context) (openshift.KubeAPIServerStatus, error) {
+	var out openshift.KubeAPIServerStatus
 	err := o.retry(ctx, func() error {
-		obj, err := o.kas.Get(ctx, ClusterName, metav1.GetOptions{})
+		obj, err := o.kas.Get(ctx, openshift.ClusterName, metav1.GetOptions{})
 		if err != nil {
 			return err
 		}
@@ -484,11 +486,11 @@ func (o *Operator) writeStatus(ctx context.Context) (KubeAPIServerStatus, error)
 		if err != nil {
 			return err
 		}
-		out, err = ParseKubeAPIServerStatus(updated)
+		out, err = openshift.ParseKubeAPIServerStatus(updated)
 		return err
 	})
 	if err != nil {
-		return out, fmt.Errorf("writing the status of KubeAPIServer/%s at revision %d: %w", ClusterName, o.revision, err)
+		return out, fmt.Errorf("writing the status of KubeAPIServer/%s at revision %d: %w", openshift.ClusterName, o.revision, err)
 	}
 	return out, nil
 }
@@ -496,7 +498,7 @@ func (o *Operator) writeStatus(ctx context.Context) (KubeAPIServerStatus, error)
 func (o *Operator) applyStatus(obj *unstructured.Unstructured) error {
 	status, _, err := unstructured.NestedMap(obj.Object, "status")
 	if err != nil {
-		return fmt.Errorf("KubeAPIServer/%s has a malformed status: %w", ClusterName, err)
+		return fmt.Errorf("KubeAPIServer/%s has a malformed status: %w", openshift.ClusterName, err)
 	}
 	if status == nil {
 		status = map[string]any{}
@@ -516,7 +518,7 @@ func (o *Operator) applyStatus(obj *unstructured.Unstructured) error {
 		}
 	}
 	nodes := make([]any, len(o.cfg.NodeNames))
-	view := make([]NodeStatus, len(o.cfg.NodeNames))
+	view := make([]openshift.NodeStatus, len(o.cfg.NodeNames))
 	for i, name := range o.cfg.NodeNames {
 		m := old[name]
 		if m == nil {
@@ -525,7 +527,7 @@ func (o *Operator) applyStatus(obj *unstructured.Unstructured) error {
 		setOrDelete(m, "currentRevision", o.current[i])
 		setOrDelete(m, "targetRevision", o.target[i])
 		nodes[i] = m
-		view[i] = NodeStatus{NodeName: name, CurrentRevision: o.current[i], TargetRevision: o.target[i]}
+		view[i] = openshift.NodeStatus{NodeName: name, CurrentRevision: o.current[i], TargetRevision: o.target[i]}
 	}
 	status["nodeStatuses"] = nodes
 
@@ -626,11 +628,11 @@ func (s issuerState) flags() []string {
 	return out
 }
 
-func (s issuerState) status() []ServiceAccountIssuerStatus {
-	out := []ServiceAccountIssuerStatus{{Name: s.signing}}
+func (s issuerState) status() []openshift.ServiceAccountIssuerStatus {
+	out := []openshift.ServiceAccountIssuerStatus{{Name: s.signing}}
 	for _, p := range s.previous {
 		t := metav1.NewTime(p.expires)
-		out = append(out, ServiceAccountIssuerStatus{Name: p.name, ExpirationTime: &t})
+		out = append(out, openshift.ServiceAccountIssuerStatus{Name: p.name, ExpirationTime: &t})
 	}
 	return out
 }

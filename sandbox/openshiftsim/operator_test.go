@@ -18,6 +18,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	clocktesting "k8s.io/utils/clock/testing"
 
+	"github.com/tokenroll/tokenroll/internal/openshift"
 	"github.com/tokenroll/tokenroll/sandbox/controlplane"
 )
 
@@ -210,7 +211,7 @@ type rolloutCheck struct {
 	from       int32
 	oldFlags   []string
 	newFlags   []string
-	wantStatus []ServiceAccountIssuerStatus
+	wantStatus []openshift.ServiceAccountIssuerStatus
 	// after, when set, runs after the checks of each step.
 	after func(Event)
 }
@@ -273,13 +274,13 @@ func (c rolloutCheck) check(e Event) {
 		t.Errorf("%s: nodes with a targetRevision: %v, want none between node installs", name, targets)
 	}
 
-	cond, ok := s.Condition(ConditionNodeInstallerProgressing)
-	wantStatus, wantReason := "True", ReasonNodeInstaller
+	cond, ok := s.Condition(openshift.ConditionNodeInstallerProgressing)
+	wantStatus, wantReason := "True", openshift.ReasonNodeInstaller
 	if done == len(masters) {
-		wantStatus, wantReason = "False", ReasonAllNodesAtLatestRevision
+		wantStatus, wantReason = "False", openshift.ReasonAllNodesAtLatestRevision
 	}
 	if want := wantMessage(done, len(masters), c.from, to); !ok || cond.Status != wantStatus || cond.Reason != wantReason || cond.Message != want {
-		t.Errorf("%s: %s = %s/%s %q, want %s/%s %q", name, ConditionNodeInstallerProgressing, cond.Status, cond.Reason, cond.Message, wantStatus, wantReason, want)
+		t.Errorf("%s: %s = %s/%s %q, want %s/%s %q", name, openshift.ConditionNodeInstallerProgressing, cond.Status, cond.Reason, cond.Message, wantStatus, wantReason, want)
 	}
 	if !sameIssuers(s.ServiceAccountIssuers, c.wantStatus) {
 		t.Errorf("%s: serviceAccountIssuers %s, want %s", name, issuersString(s.ServiceAccountIssuers), issuersString(c.wantStatus))
@@ -310,8 +311,8 @@ func (c rolloutCheck) check(e Event) {
 }
 
 // sameIssuers compares issuer lists, expiration times by instant.
-func sameIssuers(a, b []ServiceAccountIssuerStatus) bool {
-	return slices.EqualFunc(a, b, func(x, y ServiceAccountIssuerStatus) bool {
+func sameIssuers(a, b []openshift.ServiceAccountIssuerStatus) bool {
+	return slices.EqualFunc(a, b, func(x, y openshift.ServiceAccountIssuerStatus) bool {
 		if x.Name != y.Name || (x.ExpirationTime == nil) != (y.ExpirationTime == nil) {
 			return false
 		}
@@ -319,7 +320,7 @@ func sameIssuers(a, b []ServiceAccountIssuerStatus) bool {
 	})
 }
 
-func issuersString(list []ServiceAccountIssuerStatus) string {
+func issuersString(list []openshift.ServiceAccountIssuerStatus) string {
 	var out []string
 	for _, s := range list {
 		if s.ExpirationTime != nil {
@@ -333,7 +334,7 @@ func issuersString(list []ServiceAccountIssuerStatus) string {
 
 // wantSettled asserts KubeAPIServer/cluster at rest at revision rev, the
 // API servers all running flags.
-func wantSettled(t *testing.T, ctx context.Context, cp *controlplane.ControlPlane, dyn dynamic.Interface, rev int32, flags []string, issuers []ServiceAccountIssuerStatus) {
+func wantSettled(t *testing.T, ctx context.Context, cp *controlplane.ControlPlane, dyn dynamic.Interface, rev int32, flags []string, issuers []openshift.ServiceAccountIssuerStatus) {
 	t.Helper()
 	s, err := GetKubeAPIServerStatus(ctx, dyn)
 	if err != nil {
@@ -342,19 +343,19 @@ func wantSettled(t *testing.T, ctx context.Context, cp *controlplane.ControlPlan
 	if s.LatestAvailableRevision != rev {
 		t.Errorf("latestAvailableRevision %d, want %d", s.LatestAvailableRevision, rev)
 	}
-	var want []NodeStatus
+	var want []openshift.NodeStatus
 	for _, m := range masters {
-		want = append(want, NodeStatus{NodeName: m, CurrentRevision: rev})
+		want = append(want, openshift.NodeStatus{NodeName: m, CurrentRevision: rev})
 	}
 	if !reflect.DeepEqual(s.NodeStatuses, want) {
 		t.Errorf("nodeStatuses %+v, want %+v", s.NodeStatuses, want)
 	}
-	c, ok := s.Condition(ConditionNodeInstallerProgressing)
-	if wantMsg := fmt.Sprintf("3 nodes are at revision %d", rev); !ok || c.Status != "False" || c.Reason != ReasonAllNodesAtLatestRevision || c.Message != wantMsg {
-		t.Errorf("%s = %+v, want False/%s %q", ConditionNodeInstallerProgressing, c, ReasonAllNodesAtLatestRevision, wantMsg)
+	c, ok := s.Condition(openshift.ConditionNodeInstallerProgressing)
+	if wantMsg := fmt.Sprintf("3 nodes are at revision %d", rev); !ok || c.Status != "False" || c.Reason != openshift.ReasonAllNodesAtLatestRevision || c.Message != wantMsg {
+		t.Errorf("%s = %+v, want False/%s %q", openshift.ConditionNodeInstallerProgressing, c, openshift.ReasonAllNodesAtLatestRevision, wantMsg)
 	}
 	if c.LastTransitionTime.IsZero() {
-		t.Errorf("%s has no lastTransitionTime", ConditionNodeInstallerProgressing)
+		t.Errorf("%s has no lastTransitionTime", openshift.ConditionNodeInstallerProgressing)
 	}
 	if !sameIssuers(s.ServiceAccountIssuers, issuers) {
 		t.Errorf("serviceAccountIssuers %s, want %s", issuersString(s.ServiceAccountIssuers), issuersString(issuers))
@@ -418,8 +419,8 @@ func TestOperator(t *testing.T) {
 
 	if !t.Run("Settled", func(t *testing.T) {
 		recA.wait(t, 0, "Settled", is(EventSettled, 11))
-		wantSettled(t, ctx, cp, dyn, 11, []string{oldIssuer}, []ServiceAccountIssuerStatus{{Name: oldIssuer}})
-		auth, err := dyn.Resource(AuthenticationResource).Get(ctx, ClusterName, metav1.GetOptions{})
+		wantSettled(t, ctx, cp, dyn, 11, []string{oldIssuer}, []openshift.ServiceAccountIssuerStatus{{Name: oldIssuer}})
+		auth, err := dyn.Resource(openshift.AuthenticationResource).Get(ctx, openshift.ClusterName, metav1.GetOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -435,7 +436,7 @@ func TestOperator(t *testing.T) {
 		to12 := rolloutCheck{
 			t: t, ctx: ctx, cp: cp, dyn: dyn, from: 11,
 			oldFlags: []string{oldIssuer}, newFlags: []string{issuer1},
-			wantStatus: []ServiceAccountIssuerStatus{{Name: issuer1}},
+			wantStatus: []openshift.ServiceAccountIssuerStatus{{Name: issuer1}},
 			after: func(e Event) {
 				// The administrator changes their mind while master-1 and
 				// master-2 still run revision 11.
@@ -449,7 +450,7 @@ func TestOperator(t *testing.T) {
 		to13 := rolloutCheck{
 			t: t, ctx: ctx, cp: cp, dyn: dyn, from: 12,
 			oldFlags: []string{issuer1}, newFlags: []string{issuer2},
-			wantStatus: []ServiceAccountIssuerStatus{{Name: issuer2}},
+			wantStatus: []openshift.ServiceAccountIssuerStatus{{Name: issuer2}},
 		}
 		recA.setCheck(func(e Event) { to12.check(e); to13.check(e) })
 		if err := SetIssuer(ctx, dyn, issuer1); err != nil {
@@ -476,14 +477,14 @@ func TestOperator(t *testing.T) {
 	}
 
 	if !t.Run("FinalStatus", func(t *testing.T) {
-		wantSettled(t, ctx, cp, dyn, 13, []string{issuer2}, []ServiceAccountIssuerStatus{{Name: issuer2}})
+		wantSettled(t, ctx, cp, dyn, 13, []string{issuer2}, []openshift.ServiceAccountIssuerStatus{{Name: issuer2}})
 	}) {
 		return
 	}
 	stopA()
 
 	t.Run("CRDRefusesTwoNodesInstalling", func(t *testing.T) {
-		obj, err := dyn.Resource(KubeAPIServerResource).Get(ctx, ClusterName, metav1.GetOptions{})
+		obj, err := dyn.Resource(openshift.KubeAPIServerResource).Get(ctx, openshift.ClusterName, metav1.GetOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -494,7 +495,7 @@ func TestOperator(t *testing.T) {
 		if err := unstructured.SetNestedSlice(obj.Object, nodes, "status", "nodeStatuses"); err != nil {
 			t.Fatal(err)
 		}
-		_, err = dyn.Resource(KubeAPIServerResource).UpdateStatus(ctx, obj, metav1.UpdateOptions{})
+		_, err = dyn.Resource(openshift.KubeAPIServerResource).UpdateStatus(ctx, obj, metav1.UpdateOptions{})
 		if !apierrors.IsInvalid(err) {
 			t.Errorf("writing two nodes with a targetRevision: got %v, want Invalid (OpenShift's CRD allows one)", err)
 		}
@@ -514,7 +515,7 @@ func TestOperator(t *testing.T) {
 		if e.Revision != 13 {
 			t.Errorf("settled at revision %d, want the existing 13", e.Revision)
 		}
-		wantSettled(t, ctx, cp, dyn, 13, []string{issuer2}, []ServiceAccountIssuerStatus{{Name: issuer2}})
+		wantSettled(t, ctx, cp, dyn, 13, []string{issuer2}, []openshift.ServiceAccountIssuerStatus{{Name: issuer2}})
 	}) {
 		return
 	}
@@ -525,7 +526,7 @@ func TestOperator(t *testing.T) {
 		recB.setCheck(rolloutCheck{
 			t: t, ctx: ctx, cp: cp, dyn: dyn, from: 13,
 			oldFlags: []string{issuer2}, newFlags: []string{issuer3, issuer2},
-			wantStatus: []ServiceAccountIssuerStatus{{Name: issuer3}, {Name: issuer2, ExpirationTime: &expires}},
+			wantStatus: []openshift.ServiceAccountIssuerStatus{{Name: issuer3}, {Name: issuer2, ExpirationTime: &expires}},
 		}.check)
 		if err := SetIssuer(ctx, dyn, issuer3); err != nil {
 			t.Fatal(err)
@@ -534,7 +535,7 @@ func TestOperator(t *testing.T) {
 		recB.setCheck(nil)
 		wantSequence(t, recB.since(mark), 14)
 		wantSettled(t, ctx, cp, dyn, 14, []string{issuer3, issuer2},
-			[]ServiceAccountIssuerStatus{{Name: issuer3}, {Name: issuer2, ExpirationTime: &expires}})
+			[]openshift.ServiceAccountIssuerStatus{{Name: issuer3}, {Name: issuer2, ExpirationTime: &expires}})
 	}) {
 		return
 	}
@@ -544,7 +545,7 @@ func TestOperator(t *testing.T) {
 		recB.setCheck(rolloutCheck{
 			t: t, ctx: ctx, cp: cp, dyn: dyn, from: 14,
 			oldFlags: []string{issuer3, issuer2}, newFlags: []string{issuer3},
-			wantStatus: []ServiceAccountIssuerStatus{{Name: issuer3}},
+			wantStatus: []openshift.ServiceAccountIssuerStatus{{Name: issuer3}},
 		}.check)
 		clock.Step(24 * time.Hour)
 		e := recB.wait(t, mark, "revision 15 rolled out", is(EventRolloutDone, 15))
@@ -553,6 +554,6 @@ func TestOperator(t *testing.T) {
 			t.Errorf("revision 15 reason %q, want %q", e.Reason, RolloutIssuerExpired)
 		}
 		wantSequence(t, recB.since(mark), 15)
-		wantSettled(t, ctx, cp, dyn, 15, []string{issuer3}, []ServiceAccountIssuerStatus{{Name: issuer3}})
+		wantSettled(t, ctx, cp, dyn, 15, []string{issuer3}, []openshift.ServiceAccountIssuerStatus{{Name: issuer3}})
 	})
 }

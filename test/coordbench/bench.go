@@ -24,6 +24,7 @@ import (
 	watchtools "k8s.io/client-go/tools/watch"
 
 	"github.com/tokenroll/tokenroll/coordinator"
+	"github.com/tokenroll/tokenroll/internal/nodeutil"
 	"github.com/tokenroll/tokenroll/protocol"
 	"github.com/tokenroll/tokenroll/sandbox"
 	"github.com/tokenroll/tokenroll/sandbox/controlplane"
@@ -119,7 +120,7 @@ func run(ctx context.Context, o options, log *zap.Logger) (*Result, error) {
 	if err := waitFor(ctx, checker, 3*time.Minute, fmt.Sprintf("every agent reports %d tokens", wantTokens), func(m map[string]*corev1.Node) bool {
 		return everyNode(m, names, func(n *corev1.Node) bool {
 			rep, err := protocol.ParseTokenReport(n.Annotations[protocol.AnnotationTokens])
-			return err == nil && rep.Tokens == wantTokens && nodeReady(n)
+			return err == nil && rep.Tokens == wantTokens && nodeutil.Ready(n)
 		})
 	}); err != nil {
 		return nil, err
@@ -192,7 +193,7 @@ func (e *env) measure(ctx context.Context, res *Result) error {
 		return err
 	}
 	reg := prometheus.NewRegistry()
-	c, err := coordinator.New(coordinator.Config{Client: client, Namespace: namespace, Gate: gate, Strategy: coordinator.Strategy(o.Strategy),
+	c, err := coordinator.New(coordinator.Config{Client: client, Namespace: namespace, Gate: gate, Strategy: protocol.Strategy(o.Strategy),
 		MaxUnavailable: intstr.FromInt32(1), DrainTimeout: 2 * time.Minute, ActionTimeout: 2 * time.Minute, VerifyTimeout: 2 * time.Minute,
 		TrustMargin: time.Hour, AgentWait: 15 * time.Minute, IssuerRefresh: time.Minute,
 		Drainer: coordinator.KubectlDrainer{Client: client, Force: true, Log: log.Named("drain")}, Registry: reg, Log: log.Named("coordinator")})
@@ -233,7 +234,7 @@ func (e *env) measure(ctx context.Context, res *Result) error {
 	t0 := time.Now()
 	store := coordinator.Store{Client: admin, Namespace: namespace, FieldManager: "coordbench"}
 	if _, err := store.Update(ctx, func(st *coordinator.State) error {
-		st.Start = &coordinator.StartRequest{Strategy: coordinator.Strategy(o.Strategy), RequestedAt: t0.UTC(), RequestedBy: "coordbench"}
+		st.Start = &coordinator.StartRequest{Strategy: protocol.Strategy(o.Strategy), RequestedAt: t0.UTC(), RequestedBy: "coordbench"}
 		return nil
 	}); err != nil {
 		return err
@@ -248,7 +249,7 @@ func (e *env) measure(ctx context.Context, res *Result) error {
 		if checker.WaitFor(obsCtx, func(m map[string]*corev1.Node) bool {
 			return everyNode(m, names, func(n *corev1.Node) bool {
 				st, err := protocol.ParseNodeState(n.Annotations[protocol.AnnotationNodeState])
-				return err == nil && st.Step == protocol.StepDone && !n.Spec.Unschedulable && nodeReady(n)
+				return err == nil && st.Step == protocol.StepDone && !n.Spec.Unschedulable && nodeutil.Ready(n)
 			})
 		}) == nil {
 			observed <- time.Now()
@@ -259,7 +260,7 @@ func (e *env) measure(ctx context.Context, res *Result) error {
 		return err
 	}
 	var done time.Time
-	if final.Phase == coordinator.PhaseDone {
+	if final.Phase == coordinator.RolloutDone {
 		select {
 		case done = <-observed:
 		case <-time.After(30 * time.Second):
@@ -328,15 +329,6 @@ func at(cp *controlplane.ControlPlane, c *rest.Config, server int) *rest.Config 
 	c = rest.CopyConfig(c)
 	c.Host = cp.APIServerURL(server)
 	return c
-}
-
-func nodeReady(n *corev1.Node) bool {
-	for _, c := range n.Status.Conditions {
-		if c.Type == corev1.NodeReady {
-			return c.Status == corev1.ConditionTrue
-		}
-	}
-	return false
 }
 
 func everyNode(m map[string]*corev1.Node, names []string, ok func(*corev1.Node) bool) bool {
@@ -414,7 +406,7 @@ func waitRolloutOver(ctx context.Context, admin kubernetes.Interface, timeout ti
 		}
 		last = st.Rollout
 		r := st.Rollout
-		return !r.FinishedAt.IsZero() || r.Phase == coordinator.PhaseHalted || r.Phase == coordinator.PhaseCancelled, nil
+		return !r.FinishedAt.IsZero() || r.Phase == coordinator.RolloutHalted || r.Phase == coordinator.RolloutCancelled, nil
 	})
 	if err != nil {
 		if wait.Interrupted(err) || ctx.Err() != nil {

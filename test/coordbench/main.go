@@ -75,6 +75,7 @@ import (
 
 	"github.com/tokenroll/tokenroll/coordinator"
 	"github.com/tokenroll/tokenroll/internal/logging"
+	"github.com/tokenroll/tokenroll/protocol"
 )
 
 // options are the benchmark's flags.
@@ -123,7 +124,7 @@ func (o *options) validate() error {
 	if o.Nodes < 2 || o.Nodes > 500 {
 		errs = append(errs, fmt.Errorf("-nodes=%d: want 2 to 500 (one node has no gap between nodes to measure)", o.Nodes))
 	}
-	switch coordinator.Strategy(o.Strategy) {
+	switch protocol.Strategy(o.Strategy) {
 	case coordinator.Reboot, coordinator.KubeletRestart:
 	case coordinator.PodRestart:
 		errs = append(errs, errors.New("-strategy=pod-restart: the bench's pods are bare and pod-restart evicts only pods with a controller; use reboot or kubelet-restart"))

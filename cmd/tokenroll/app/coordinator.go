@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strconv"
 	"strings"
 	"time"
 
@@ -14,10 +13,12 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/leaderelection"
 
 	"github.com/tokenroll/tokenroll/coordinator"
 	"github.com/tokenroll/tokenroll/internal/version"
 	"github.com/tokenroll/tokenroll/metrics"
+	"github.com/tokenroll/tokenroll/protocol"
 )
 
 // coordinatorOptions configure `tokenroll coordinator`.
@@ -74,8 +75,8 @@ func (o *coordinatorOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.LeaseDuration, "lease-duration", o.LeaseDuration, "How long a leader's Lease is valid without renewal.")
 	fs.DurationVar(&o.RenewDeadline, "renew-deadline", o.RenewDeadline, "How long the leader keeps trying to renew before it gives up leadership.")
 	fs.DurationVar(&o.RetryPeriod, "retry-period", o.RetryPeriod, "Time between leader-election attempts.")
-	fs.StringVar(&o.Gate, "gate", o.Gate, "Revision gate: auto, openshift, static-pods or none.")
-	fs.StringVar(&o.Strategy, "strategy", o.Strategy, "Remediation: kubelet-restart, pod-restart or reboot.")
+	fs.StringVar(&o.Gate, "gate", o.Gate, "Revision gate: "+strings.Join(coordinator.GateNames(), ", ")+".")
+	fs.StringVar(&o.Strategy, "strategy", o.Strategy, "Remediation: "+strings.Join(coordinator.StrategyNames(), ", ")+".")
 	fs.StringVar(&o.MaxUnavailable, "max-unavailable", o.MaxUnavailable, "Most nodes disrupted at once, as a number or a percentage (counting nodes already NotReady or cordoned).")
 	fs.StringVar(&o.MetricsBindAddress, "metrics-bind-address", o.MetricsBindAddress, "Address serving /metrics, /healthz and /readyz.")
 	fs.DurationVar(&o.DrainTimeout, "drain-timeout", o.DrainTimeout, "Longest a drain (or a pod restart's evictions) may take before the rollout halts.")
@@ -108,8 +109,8 @@ func (o *coordinatorOptions) Validate() error {
 		errs = append(errs, fmt.Errorf("--renew-deadline=%s must be more than 1.2 times --retry-period=%s, which must be positive", o.RenewDeadline, o.RetryPeriod))
 	}
 	errs = append(errs,
-		checkOneOf("gate", o.Gate, "auto", "openshift", "static-pods", "none"),
-		checkOneOf("strategy", o.Strategy, "kubelet-restart", "pod-restart", "reboot"),
+		checkOneOf("gate", o.Gate, coordinator.GateNames()...),
+		checkOneOf("strategy", o.Strategy, coordinator.StrategyNames()...),
 		checkMaxUnavailable(o.MaxUnavailable),
 		checkAddr("metrics-bind-address", o.MetricsBindAddress),
 		checkPositive("drain-timeout", o.DrainTimeout, time.Second),
@@ -126,15 +127,8 @@ func (o *coordinatorOptions) Validate() error {
 }
 
 func checkMaxUnavailable(v string) error {
-	n, pct := strings.CutSuffix(v, "%")
-	i, err := strconv.Atoi(n)
-	switch {
-	case err != nil:
-		return fmt.Errorf("--max-unavailable=%q: want a number of nodes (1) or a percentage (10%%)", v)
-	case i < 1:
-		return fmt.Errorf("--max-unavailable=%q: must be at least 1", v)
-	case pct && i > 100:
-		return fmt.Errorf("--max-unavailable=%q: a percentage must be at most 100%%", v)
+	if _, err := coordinator.ParseMaxUnavailable(v); err != nil {
+		return fmt.Errorf("--max-unavailable=%q: %w", v, err)
 	}
 	return nil
 }
@@ -164,7 +158,7 @@ func (o *coordinatorOptions) run(ctx context.Context, e env) error {
 		return err
 	}
 	c, err := coordinator.New(coordinator.Config{
-		Client: client, Dynamic: dyn, Namespace: o.Namespace, Gate: gate, Strategy: coordinator.Strategy(o.Strategy),
+		Client: client, Namespace: o.Namespace, Gate: gate, Strategy: protocol.Strategy(o.Strategy),
 		MaxUnavailable: intstr.Parse(o.MaxUnavailable), DrainTimeout: o.DrainTimeout, ActionTimeout: o.ActionTimeout,
 		VerifyTimeout: o.VerifyTimeout, Settle: o.Settle, TrustMargin: o.TrustMargin, AgentWait: o.AgentWait,
 		IssuerRefresh: o.IssuerRefresh, Auto: o.Auto, Drainer: coordinator.KubectlDrainer{Client: client, Force: o.DrainForce, Log: e.log},
@@ -181,9 +175,14 @@ func (o *coordinatorOptions) run(ctx context.Context, e env) error {
 	srvErr := make(chan error, 1)
 	go func() { srvErr <- srv.Run(ctx) }()
 	srv.SetReady(true) // a standby replica is ready too: it is waiting for the Lease
+	// A leader that has not renewed its Lease for 20 s past its expiry (the
+	// tolerance kube-controller-manager uses) fails /healthz, and is restarted.
+	leaderHealth := leaderelection.NewLeaderHealthzAdaptor(20 * time.Second)
+	srv.AddHealthCheck(leaderHealth.Name(), leaderHealth.Check)
 	runErr := coordinator.RunElected(ctx, coordinator.LeaderConfig{
 		Client: client, Namespace: o.Namespace, LeaseName: o.LeaseName, Identity: id,
 		LeaseDuration: o.LeaseDuration, RenewDeadline: o.RenewDeadline, RetryPeriod: o.RetryPeriod, Log: e.log,
+		Healthz: leaderHealth,
 	}, c.Lead)
 	cancel()
 	return errors.Join(runErr, <-srvErr)

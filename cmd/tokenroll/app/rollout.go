@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/user"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/tokenroll/tokenroll/coordinator"
+	"github.com/tokenroll/tokenroll/protocol"
 )
 
 type rolloutCommand struct {
@@ -29,9 +31,9 @@ func rolloutCommands() []rolloutCommand {
 	return []rolloutCommand{
 		{"plan", "Print which nodes need work, why and by when, without acting", "plan computes what the coordinator would do now: the nodes whose tokens need work (or all\nnodes matching --nodes with --all), the action, the reason and the deadline.", newRolloutPlanOptions()},
 		{"start", "Ask the coordinator to run a rollout over the matching nodes", "start records a request the leader turns into a rollout of every node matching --nodes,\nwith --strategy. It refuses while another rollout is active.", newRolloutStartOptions()},
-		{"pause", "Pause the current rollout after the nodes in flight", "pause lets the nodes already acting finish, releases nodes cordoned but not yet acted on,\nand starts no new node until resume.", &rolloutSteerOptions{clusterOptions: newClusterOptions(), verb: "pause"}},
-		{"resume", "Resume a paused or halted rollout (a halted node is retried)", "resume continues a paused rollout, or a halted one, starting again with the node it halted on.", &rolloutSteerOptions{clusterOptions: newClusterOptions(), verb: "resume"}},
-		{"cancel", "Cancel the current rollout after the nodes in flight", "cancel lets the nodes already acting finish, releases the rest and ends the rollout.", &rolloutSteerOptions{clusterOptions: newClusterOptions(), verb: "cancel"}},
+		{"pause", "Pause the current rollout after the nodes in flight", "pause asks the coordinator's leader to let the nodes already acting finish, release nodes\ncordoned but not yet acted on, and start no new node until resume.", &rolloutSteerOptions{clusterOptions: newClusterOptions(), verb: coordinator.VerbPause}},
+		{"resume", "Resume a paused or halted rollout (a halted node is retried)", "resume asks the coordinator's leader to continue a paused rollout, or a halted one, starting\nagain with the node it halted on.", &rolloutSteerOptions{clusterOptions: newClusterOptions(), verb: coordinator.VerbResume}},
+		{"cancel", "Cancel the current rollout after the nodes in flight", "cancel asks the coordinator's leader to let the nodes already acting finish, release the\nrest and end the rollout.", &rolloutSteerOptions{clusterOptions: newClusterOptions(), verb: coordinator.VerbCancel}},
 	}
 }
 
@@ -57,12 +59,12 @@ func newRolloutStartOptions() *rolloutStartOptions {
 
 func (o *rolloutStartOptions) AddFlags(fs *pflag.FlagSet) {
 	o.addFlags(fs, false)
-	fs.StringVar(&o.Strategy, "strategy", o.Strategy, "Remediation: kubelet-restart, pod-restart or reboot.")
+	fs.StringVar(&o.Strategy, "strategy", o.Strategy, "Remediation: "+strings.Join(coordinator.StrategyNames(), ", ")+".")
 	fs.StringVar(&o.Nodes, "nodes", o.Nodes, "Label selector of the nodes to include (default: every node), e.g. node-role.kubernetes.io/worker=.")
 }
 
 func (o *rolloutStartOptions) Validate() error {
-	errs := []error{o.validate(), checkOneOf("strategy", o.Strategy, "kubelet-restart", "pod-restart", "reboot")}
+	errs := []error{o.validate(), checkOneOf("strategy", o.Strategy, coordinator.StrategyNames()...)}
 	if _, err := labels.Parse(o.Nodes); err != nil {
 		errs = append(errs, fmt.Errorf("--nodes=%q: %w", o.Nodes, err))
 	}
@@ -82,7 +84,7 @@ func (o *rolloutStartOptions) run(ctx context.Context, e env) error {
 		if st.Start != nil {
 			return fmt.Errorf("a start requested by %s at %s is still waiting for the coordinator; is it running? (tokenroll status)", st.Start.RequestedBy, st.Start.RequestedAt.Format(time.RFC3339))
 		}
-		st.Start = &coordinator.StartRequest{Strategy: coordinator.Strategy(o.Strategy), Selector: o.Nodes, RequestedAt: time.Now().UTC(), RequestedBy: whoAmI()}
+		st.Start = &coordinator.StartRequest{Strategy: protocol.Strategy(o.Strategy), Selector: o.Nodes, RequestedAt: time.Now().UTC(), RequestedBy: whoAmI()}
 		return nil
 	})
 	if err != nil {
@@ -99,10 +101,11 @@ func orAll(sel string) string {
 	return sel
 }
 
-// rolloutSteerOptions configure pause, resume and cancel.
+// rolloutSteerOptions configure pause, resume and cancel: the command
+// records the request, and the coordinator's leader applies it.
 type rolloutSteerOptions struct {
 	clusterOptions
-	verb string
+	verb coordinator.Verb
 }
 
 func (o *rolloutSteerOptions) AddFlags(fs *pflag.FlagSet) { o.addFlags(fs, false) }
@@ -115,41 +118,35 @@ func (o *rolloutSteerOptions) run(ctx context.Context, e env) error {
 	}
 	store := coordinator.Store{Client: client, Namespace: o.Namespace, FieldManager: "tokenroll-cli"}
 	var id string
-	var from coordinator.Phase
+	var from coordinator.RolloutPhase
+	var replaced *coordinator.SteerRequest
 	_, err = store.Update(ctx, func(st *coordinator.State) error {
 		r := st.Active()
 		if r == nil {
 			return errors.New("no rollout is active (tokenroll status)")
 		}
-		id, from = r.ID, r.Phase
-		next, err := steer(o.verb, r.Phase)
-		if err != nil {
+		id, from, replaced = r.ID, r.Phase, st.Steer
+		if _, err := coordinator.Steer(o.verb, r.Phase); err != nil {
 			return fmt.Errorf("rollout %s: %w", r.ID, err)
 		}
-		r.Phase, r.UpdatedAt = next, time.Now().UTC()
-		if o.verb == "resume" {
-			r.Message = "resumed by " + whoAmI() + "; was " + r.HaltReason + " " + r.Message
-			r.HaltReason, r.HaltNode = "", ""
-		}
+		st.Steer = &coordinator.SteerRequest{Verb: o.verb, Rollout: r.ID, RequestedAt: time.Now().UTC(), RequestedBy: whoAmI()}
 		return nil
 	})
 	if err != nil {
 		return &ExitError{Code: ExitFailure, Err: err}
 	}
-	fmt.Fprintf(e.stdout, "rollout %s: %s (was %s)\n", id, o.verb, from)
+	if replaced != nil {
+		fmt.Fprintf(e.stdout, "rollout %s: replacing the %s requested by %s, not applied yet\n", id, replaced.Verb, orUnknown(replaced.RequestedBy))
+	}
+	fmt.Fprintf(e.stdout, "rollout %s: %s requested (it is %s); the coordinator's leader applies it (follow with tokenroll status)\n", id, o.verb, from)
 	return nil
 }
 
-func steer(verb string, p coordinator.Phase) (coordinator.Phase, error) {
-	switch {
-	case verb == "pause" && p == coordinator.PhaseRunning:
-		return coordinator.PhasePaused, nil
-	case verb == "resume" && (p == coordinator.PhasePaused || p == coordinator.PhaseHalted):
-		return coordinator.PhaseRunning, nil
-	case verb == "cancel" && p != coordinator.PhaseCancelled:
-		return coordinator.PhaseCancelled, nil
+func orUnknown(s string) string {
+	if s == "" {
+		return "an administrator"
 	}
-	return p, fmt.Errorf("cannot %s a rollout that is %s", verb, p)
+	return s
 }
 
 // rolloutPlanOptions configure `tokenroll rollout plan`.
@@ -166,13 +163,13 @@ func newRolloutPlanOptions() *rolloutPlanOptions {
 
 func (o *rolloutPlanOptions) AddFlags(fs *pflag.FlagSet) {
 	o.addFlags(fs, true)
-	fs.StringVar(&o.Strategy, "strategy", o.Strategy, "Remediation the plan uses: kubelet-restart, pod-restart or reboot.")
+	fs.StringVar(&o.Strategy, "strategy", o.Strategy, "Remediation the plan uses: "+strings.Join(coordinator.StrategyNames(), ", ")+".")
 	fs.DurationVar(&o.TrustMargin, "trust-margin", o.TrustMargin, "As the coordinator's --trust-margin.")
 	fs.StringVarP(&o.Output, "output", "o", o.Output, "Output format: table or json.")
 }
 
 func (o *rolloutPlanOptions) Validate() error {
-	return errors.Join(o.validate(), checkOneOf("strategy", o.Strategy, "kubelet-restart", "pod-restart", "reboot"),
+	return errors.Join(o.validate(), checkOneOf("strategy", o.Strategy, coordinator.StrategyNames()...),
 		checkPositive("trust-margin", o.TrustMargin, 0), checkOneOf("output", o.Output, "table", "json"))
 }
 
@@ -190,7 +187,7 @@ func (o *rolloutPlanOptions) run(ctx context.Context, e env) error {
 		return fmt.Errorf("listing nodes: %w", err)
 	}
 	now := time.Now().UTC()
-	in := coordinator.PlanInput{Now: now, Issuer: iss, Gate: gate, Strategy: coordinator.Strategy(o.Strategy), Margin: o.TrustMargin}
+	in := coordinator.PlanInput{Now: now, Issuer: iss, Gate: gate, Strategy: protocol.Strategy(o.Strategy), Margin: o.TrustMargin}
 	for i := range list.Items {
 		in.Nodes = append(in.Nodes, &list.Items[i])
 	}
@@ -213,7 +210,7 @@ func (o *rolloutPlanOptions) run(ctx context.Context, e env) error {
 		if !n.Deadline.IsZero() {
 			deadline = fmt.Sprintf("%s (in %s)", n.Deadline.Format(time.RFC3339), n.Deadline.Sub(now).Round(time.Minute))
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", n.Name, n.Action, deadline, n.Reason)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", n.Name, n.Strategy, deadline, n.Reason)
 	}
 	for _, n := range p.Skipped {
 		fmt.Fprintf(tw, "%s\t-\t-\tleft alone: %s\n", n.Name, n.Reason)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -39,12 +40,12 @@ func (o *clusterOptions) addFlags(fs *pflag.FlagSet, withGate bool) {
 	fs.StringVar(&o.Kubeconfig, "kubeconfig", o.Kubeconfig, "Kubeconfig file (default $KUBECONFIG or ~/.kube/config).")
 	fs.StringVarP(&o.Namespace, "namespace", "n", o.Namespace, "The coordinator's namespace (default $TOKENROLL_NAMESPACE or tokenroll).")
 	if withGate {
-		fs.StringVar(&o.Gate, "gate", o.Gate, "Revision gate to read: auto, openshift, static-pods or none (as the coordinator's --gate).")
+		fs.StringVar(&o.Gate, "gate", o.Gate, "Revision gate to read: "+strings.Join(coordinator.GateNames(), ", ")+" (as the coordinator's --gate).")
 	}
 }
 
 func (o *clusterOptions) validate() error {
-	errs := []error{checkFile("kubeconfig", o.Kubeconfig), checkOneOf("gate", o.Gate, "auto", "openshift", "static-pods", "none")}
+	errs := []error{checkFile("kubeconfig", o.Kubeconfig), checkOneOf("gate", o.Gate, coordinator.GateNames()...)}
 	if o.Namespace == "" {
 		errs = append(errs, errors.New("--namespace is required"))
 	}

@@ -1,0 +1,288 @@
+package coordinator
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"go.uber.org/zap"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/tokenroll/tokenroll/internal/nodeutil"
+	"github.com/tokenroll/tokenroll/protocol"
+)
+
+// This file is the per-node protocol: cordon, prepare, request the action,
+// verify, uncordon (or release, or halt), each step recorded on the Node.
+// What a step does for a given strategy is the strategy's (strategy.go).
+
+// cordon starts a node: unschedulable (remembering whether it already was)
+// and its state recorded, in one write.
+func (t *term) cordon(ctx context.Context, w world, r *Rollout, v nodeView) error {
+	ns := protocol.NodeState{Rollout: r.ID, Step: protocol.StepCordoned, Strategy: v.plan.Strategy,
+		CordonedByUs: !v.node.Spec.Unschedulable, StepAt: w.now, StartedAt: w.now}
+	if err := t.writeNode(ctx, v.node, &ns, boolPtr(true), nil); err != nil {
+		if apierrors.IsConflict(err) {
+			return err // a newer Node: decide again
+		}
+		return t.halt(ctx, w, r, v, HaltCordonFailed, fmt.Sprintf("cordoning: %v", err))
+	}
+	t.mu.Lock()
+	if !t.lastVerified.IsZero() {
+		t.c.m.overhead.Observe(w.now.Sub(t.lastVerified).Seconds())
+		t.lastVerified = time.Time{}
+	}
+	t.mu.Unlock()
+	how := "cordoned"
+	if !ns.CordonedByUs {
+		how = "already cordoned; left cordoned afterwards"
+	}
+	t.c.cfg.Log.Info("node started", zap.String("rollout", r.ID), zap.String("node", v.plan.Name), zap.String("strategy", string(v.plan.Strategy)), zap.String("cordon", how))
+	t.event(v.node, corev1.EventTypeNormal, "Cordoned", "Cordon", "rollout %s: %s for %s (%s)", r.ID, how, v.plan.Strategy, v.plan.Reason)
+	return nil
+}
+
+func boolPtr(b bool) *bool { return &b }
+
+// progress moves one in-flight node on; it returns when to look again.
+func (t *term) progress(ctx context.Context, w world, r *Rollout, v nodeView) (time.Duration, error) {
+	impl, ok := remediationFor(v.state.Strategy)
+	if !ok {
+		return 0, t.halt(ctx, w, r, v, HaltActionFailed, fmt.Sprintf("the node state names strategy %q, which this coordinator does not know (%v)", v.state.Strategy, Strategies()))
+	}
+	switch v.state.Step {
+	case protocol.StepCordoned:
+		if r.Phase != RolloutRunning || !w.gate.Open {
+			return 0, t.release(ctx, w, r, v)
+		}
+		return t.prepare(ctx, w, r, v, impl)
+	case protocol.StepActing:
+		return t.verify(ctx, w, r, v, impl)
+	}
+	return 0, nil
+}
+
+// release undoes a node that was cordoned but not yet acted on, when the
+// rollout pauses, halts, is cancelled or the gate closes: uncordoned (if we
+// cordoned it) and pending again.
+func (t *term) release(ctx context.Context, w world, r *Rollout, v nodeView) error {
+	t.stopPreparation(v.plan.Name)
+	var unsched *bool
+	if v.state.CordonedByUs {
+		unsched = boolPtr(false)
+	}
+	if err := t.writeNode(ctx, v.node, nil, unsched, nil); err != nil {
+		return err
+	}
+	why := "the rollout is " + string(r.Phase)
+	if !w.gate.Open {
+		why = "the revision gate closed: " + w.gate.Message
+	}
+	t.c.cfg.Log.Info("node released before its action", zap.String("rollout", r.ID), zap.String("node", v.plan.Name), zap.String("why", why))
+	t.event(v.node, corev1.EventTypeNormal, "Released", "Uncordon", "rollout %s: released before any action, %s; it stays pending", r.ID, why)
+	return nil
+}
+
+func (t *term) stopPreparation(node string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if j := t.jobs[node]; j != nil {
+		j.cancel()
+		delete(t.jobs, node)
+	}
+}
+
+// prepare runs the strategy's preparation (a drain, evictions) in the
+// background, bounded by --drain-timeout, and requests the action when it
+// is done; with nothing to prepare, at once.
+func (t *term) prepare(ctx context.Context, w world, r *Rollout, v nodeView, impl remediation) (time.Duration, error) {
+	cfg := t.c.cfg
+	name := v.plan.Name
+	deadline := v.state.StepAt.Add(cfg.DrainTimeout)
+	t.mu.Lock()
+	j := t.jobs[name]
+	t.mu.Unlock()
+	if j == nil {
+		remaining := deadline.Sub(w.now)
+		if remaining <= 0 {
+			return 0, t.halt(ctx, w, r, v, HaltDrainTimeout, fmt.Sprintf("not drained within --drain-timeout=%s", cfg.DrainTimeout))
+		}
+		prep, wait, err := impl.prepare(ctx, cfg.Client, v.node, w.issuer)
+		switch {
+		case err != nil:
+			return 0, t.halt(ctx, w, r, v, HaltDrainFailed, err.Error())
+		case wait != "":
+			t.logOnChange(wait, zap.String("node", name))
+			return remaining, nil
+		case prep == nil:
+			return 0, t.requestAction(ctx, w, r, v, impl, nil)
+		}
+		jctx, cancel := context.WithCancel(ctx)
+		j = &prepJob{cancel: cancel, prep: prep}
+		t.mu.Lock()
+		t.jobs[name] = j
+		t.mu.Unlock()
+		cfg.Log.Info("preparing", zap.String("rollout", r.ID), zap.String("node", name), zap.String("strategy", string(v.state.Strategy)),
+			zap.String("work", prep.kind), zap.Int("pods", prep.pods))
+		t.drains.Go(func() {
+			err := prep.run(jctx, cfg.Drainer, remaining)
+			t.mu.Lock()
+			j.done, j.err = true, err
+			t.mu.Unlock()
+			t.queue.Add(syncKey)
+		})
+		return remaining, nil
+	}
+	t.mu.Lock()
+	done, err := j.done, j.err
+	t.mu.Unlock()
+	if !done {
+		return deadline.Sub(w.now), nil
+	}
+	t.mu.Lock()
+	delete(t.jobs, name)
+	t.mu.Unlock()
+	if err != nil {
+		reason := HaltDrainFailed
+		if errors.Is(err, context.DeadlineExceeded) || !w.now.Before(deadline) {
+			reason = HaltDrainTimeout
+		}
+		return 0, t.halt(ctx, w, r, v, reason, fmt.Sprintf("draining node %s: %v", name, err))
+	}
+	t.c.m.stepDuration.WithLabelValues(string(v.state.Strategy), "drain").Observe(w.now.Sub(v.state.StepAt).Seconds())
+	if j.prep.doneEvent != "" {
+		t.event(v.node, corev1.EventTypeNormal, j.prep.doneEvent, "Evict", "rollout %s: %s", r.ID, j.prep.doneNote)
+	}
+	return 0, t.requestAction(ctx, w, r, v, impl, j.prep)
+}
+
+// requestAction writes the request for the agent, when the strategy asks
+// it for an action, and the node state acting, with what the preparation
+// evicted, in the same write.
+func (t *term) requestAction(ctx context.Context, w world, r *Rollout, v nodeView, impl remediation, p *preparation) error {
+	ns := *v.state
+	ns.Step, ns.StepAt, ns.BootID = protocol.StepActing, w.now, v.node.Status.NodeInfo.BootID
+	ns.Evicted, ns.Owners = nil, nil
+	note := ""
+	if p != nil {
+		ns.Evicted, ns.Owners, note = p.evicted, p.owners, p.requestNote
+	}
+	action := impl.action()
+	extra := map[string]any{}
+	if action != "" {
+		req := protocol.Request{ID: r.ID + "-" + randHex(4), Action: action, Node: v.plan.Name, Rollout: r.ID, CreatedAt: w.now}
+		raw, err := json.Marshal(req)
+		if err != nil {
+			return err
+		}
+		ns.Request = req.ID
+		extra[protocol.AnnotationRequest] = string(raw)
+	}
+	if err := t.writeNode(ctx, v.node, &ns, nil, extra); err != nil {
+		return err
+	}
+	if action != "" {
+		t.c.cfg.Log.Info("action requested", zap.String("rollout", r.ID), zap.String("node", v.plan.Name), zap.String("action", string(action)), zap.String("request", ns.Request))
+		// One Event for the preparation and the request: they happen together.
+		t.event(v.node, corev1.EventTypeNormal, "ActionRequested", "Request", "rollout %s: %sasked the agent to %s (request %s)", r.ID, note, action, ns.Request)
+	}
+	return nil
+}
+
+// verify checks an acting node as its strategy says; an agent reporting
+// its action failed or refused halts the rollout whatever the strategy.
+func (t *term) verify(ctx context.Context, w world, r *Rollout, v nodeView, impl remediation) (time.Duration, error) {
+	n, ns := v.node, v.state
+	in := verifyInput{node: n, state: ns, issuer: w.issuer, ready: nodeutil.Ready(n)}
+	if ns.Request != "" {
+		if st, err := protocol.ParseStatus(n.Annotations[protocol.AnnotationStatus]); err == nil && st.ID == ns.Request {
+			in.status = &st
+		}
+	}
+	if in.status != nil && (in.status.Phase == protocol.PhaseFailed || in.status.Phase == protocol.PhaseRefused) {
+		return 0, t.halt(ctx, w, r, v, HaltActionFailed, fmt.Sprintf("the agent reports the %s %s: %s", ns.Strategy, in.status.Phase, in.status.Message))
+	}
+	vd, err := impl.verify(ctx, t.c.cfg.Client, in)
+	if err != nil {
+		return 0, err
+	}
+	if vd.ok {
+		return 0, t.finishNode(ctx, w, r, v)
+	}
+	deadline := ns.StepAt.Add(t.c.cfg.ActionTimeout)
+	if !vd.withinAction {
+		deadline = deadline.Add(t.c.cfg.VerifyTimeout)
+	}
+	if !w.now.Before(deadline) {
+		return 0, t.halt(ctx, w, r, v, vd.reason, fmt.Sprintf("%s after %s", vd.waiting, w.now.Sub(ns.StepAt).Round(time.Second)))
+	}
+	next := deadline.Sub(w.now)
+	if vd.poll > 0 {
+		next = min(next, vd.poll)
+	}
+	return next, nil
+}
+
+// finishNode uncordons (if we cordoned) and records the node done.
+func (t *term) finishNode(ctx context.Context, w world, r *Rollout, v nodeView) error {
+	ns := *v.state
+	strategy := string(ns.Strategy)
+	t.c.m.stepDuration.WithLabelValues(strategy, "action").Observe(w.now.Sub(ns.StepAt).Seconds())
+	ns.Step, ns.StepAt, ns.Message = protocol.StepDone, w.now, "verified"
+	var unsched *bool
+	if ns.CordonedByUs {
+		unsched = boolPtr(false)
+	}
+	if err := t.writeNode(ctx, v.node, &ns, unsched, nil); err != nil {
+		return err
+	}
+	t.c.m.stepDuration.WithLabelValues(strategy, "total").Observe(w.now.Sub(ns.StartedAt).Seconds())
+	t.mu.Lock()
+	t.lastVerified = w.now
+	t.mu.Unlock()
+	t.c.cfg.Log.Info("node done", zap.String("rollout", r.ID), zap.String("node", v.plan.Name), zap.String("strategy", strategy),
+		zap.Duration("took", w.now.Sub(ns.StartedAt)))
+	t.event(v.node, corev1.EventTypeNormal, "Verified", "Uncordon", "rollout %s: %s verified in %s; %s", r.ID, strategy,
+		w.now.Sub(ns.StartedAt).Round(time.Second), map[bool]string{true: "uncordoned", false: "left cordoned as it was found"}[ns.CordonedByUs])
+	return nil
+}
+
+// writeNode patches the node-state annotation (nil: removed), the
+// unschedulable field (nil: unchanged) and extra annotations in one JSON
+// merge patch carrying the resourceVersion the decision was taken on, so a
+// decision on a stale cache fails with a conflict instead of acting twice.
+func (t *term) writeNode(ctx context.Context, n *corev1.Node, ns *protocol.NodeState, unschedulable *bool, extra map[string]any) error {
+	ann := map[string]any{}
+	for k, v := range extra {
+		ann[k] = v
+	}
+	if ns != nil {
+		raw, err := json.Marshal(ns)
+		if err != nil {
+			return err
+		}
+		ann[protocol.AnnotationNodeState] = string(raw)
+	} else {
+		ann[protocol.AnnotationNodeState] = nil
+	}
+	patch := map[string]any{"metadata": map[string]any{"annotations": ann, "resourceVersion": n.ResourceVersion}}
+	if unschedulable != nil {
+		patch["spec"] = map[string]any{"unschedulable": *unschedulable}
+	}
+	raw, err := json.Marshal(patch)
+	if err != nil {
+		return err
+	}
+	out, err := t.c.cfg.Client.CoreV1().Nodes().Patch(ctx, n.Name, types.MergePatchType, raw, metav1.PatchOptions{FieldManager: "tokenroll-coordinator"})
+	if err != nil {
+		return fmt.Errorf("updating node %s: %w", n.Name, err)
+	}
+	_, _ = trimNode(out)
+	t.nodes.Mutation(out)
+	return nil
+}

@@ -1,0 +1,301 @@
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"go.uber.org/zap"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+
+	"github.com/tokenroll/tokenroll/internal/nodeutil"
+	"github.com/tokenroll/tokenroll/protocol"
+)
+
+// This file is the rollout's state machine: which nodes start, when the
+// rollout halts, finishes, or changes phase at a person's request. What
+// happens to one node is in node.go, and what a strategy does in its
+// strategy_*.go.
+
+// nodeView is one planned node as a sync sees it.
+type nodeView struct {
+	plan  PlannedNode
+	node  *corev1.Node // nil: deleted
+	state *protocol.NodeState
+}
+
+func (t *term) views(w world, r *Rollout) []nodeView {
+	views := make([]nodeView, 0, len(r.Nodes))
+	for _, pn := range r.Nodes {
+		v := nodeView{plan: pn, node: w.byName[pn.Name]}
+		if v.node != nil {
+			v.state = readNodeState(v.node, r.ID)
+		}
+		views = append(views, v)
+	}
+	return views
+}
+
+// refresh re-reads the views' nodes after this sync's own writes.
+func (t *term) refresh(views []nodeView, id string) []nodeView {
+	out := make([]nodeView, len(views))
+	for i, v := range views {
+		out[i] = v
+		if v.node == nil {
+			continue
+		}
+		if n := t.node(v.plan.Name); n != nil {
+			out[i].node, out[i].state = n, readNodeState(n, id)
+		}
+	}
+	return out
+}
+
+// advance moves the rollout on: in-flight nodes first, then, if the gate,
+// the phase, the settle time and maxUnavailable allow, new nodes.
+func (t *term) advance(ctx context.Context, w world, r *Rollout) (time.Duration, error) {
+	views := t.views(w, r)
+	var next time.Duration
+	wake := func(d time.Duration) {
+		if d > 0 && (next == 0 || d < next) {
+			next = d
+		}
+	}
+	// In-flight nodes.
+	for _, v := range views {
+		if v.node == nil || v.state == nil || !v.state.Step.InProgress() {
+			continue
+		}
+		d, err := t.progress(ctx, w, r, v)
+		if err != nil {
+			return 0, err
+		}
+		wake(d)
+	}
+	t.observeRollout(w, r)
+
+	// The end of a rollout.
+	pending, inFlight, halted := 0, 0, 0
+	for _, v := range t.refresh(views, r.ID) {
+		switch {
+		case v.node == nil:
+		case v.state == nil:
+			pending++
+		case v.state.Step.InProgress():
+			inFlight++
+		case v.state.Step == protocol.StepHalted:
+			halted++
+		}
+	}
+	if inFlight == 0 && (r.Phase == RolloutCancelled || (r.Phase == RolloutRunning && pending == 0 && halted == 0)) {
+		return 0, t.finishRollout(ctx, w, r)
+	}
+	if r.Phase != RolloutRunning || !w.gate.Open {
+		return next, nil
+	}
+	t.mu.Lock()
+	settleUntil := t.lastVerified.Add(t.c.cfg.Settle)
+	t.mu.Unlock()
+	if w.now.Before(settleUntil) {
+		wake(settleUntil.Sub(w.now))
+		return next, nil
+	}
+	d, err := t.startNodes(ctx, w, r, t.refresh(views, r.ID))
+	wake(d)
+	return next, err
+}
+
+// disrupted counts nodes out of service: ours in flight, and any other node
+// NotReady or unschedulable.
+func disrupted(views []nodeView, all []*corev1.Node) int {
+	ours := map[string]bool{}
+	n := 0
+	for _, v := range views {
+		if v.node != nil && v.state != nil && v.state.Step.InProgress() {
+			ours[v.plan.Name] = true
+			n++
+		}
+	}
+	for _, node := range all {
+		if !ours[node.Name] && (node.Spec.Unschedulable || !nodeutil.Ready(node)) {
+			n++
+		}
+	}
+	return n
+}
+
+func (t *term) startNodes(ctx context.Context, w world, r *Rollout, views []nodeView) (time.Duration, error) {
+	limit, err := ResolveMaxUnavailable(t.c.cfg.MaxUnavailable, len(w.nodes))
+	if err != nil {
+		return 0, err
+	}
+	busy := disrupted(views, t.listNodes())
+	var blocked []string
+	for _, v := range views {
+		if v.node == nil || (v.state != nil && v.state.Step != protocol.StepHalted) {
+			continue
+		}
+		if !nodeutil.Ready(v.node) {
+			continue // it may come back; it counts as disrupted meanwhile
+		}
+		// A node cordoned by someone else is out of service already: working
+		// on it disrupts nothing more, so it may go ahead of the others.
+		already := v.node.Spec.Unschedulable
+		if !already && busy >= limit {
+			blocked = append(blocked, v.plan.Name)
+			continue
+		}
+		if err := t.cordon(ctx, w, r, v); err != nil {
+			return 0, err
+		}
+		if !already {
+			busy++
+		}
+	}
+	if len(blocked) > 0 && busy > 0 {
+		t.logOnChange("waiting for max-unavailable", zap.Int("outOfService", busy), zap.Int("maxUnavailable", limit), zap.Int("nodesWaiting", len(blocked)))
+	}
+	return 0, nil
+}
+
+// applySteer applies an administrator's pause, resume or cancel, or
+// refuses it, and clears it; it returns the state written.
+func (t *term) applySteer(ctx context.Context, w world) (State, error) {
+	var outcome string
+	var refused bool
+	st, err := t.updateState(ctx, func(st *State) error {
+		req := st.Steer
+		if req == nil {
+			return nil
+		}
+		st.Steer = nil
+		who := orUnknown(req.RequestedBy)
+		r := st.Active()
+		if r == nil || r.ID != req.Rollout {
+			refused = true
+			outcome = fmt.Sprintf("%s requested by %s refused: rollout %s is no longer active", req.Verb, who, req.Rollout)
+			if st.Rollout != nil && st.Rollout.ID == req.Rollout {
+				st.Rollout.Steered = outcome
+			}
+			return nil
+		}
+		next, err := Steer(req.Verb, r.Phase)
+		if err != nil {
+			refused = true
+			outcome = fmt.Sprintf("%s requested by %s refused: %v", req.Verb, who, err)
+			r.Steered = outcome
+			return nil
+		}
+		from := r.Phase
+		r.Phase, r.UpdatedAt = next, w.now
+		if req.Verb == VerbResume {
+			r.Message = "resumed by " + who + "; was " + r.HaltReason + " " + r.Message
+			r.HaltReason, r.HaltNode = "", ""
+		}
+		outcome = fmt.Sprintf("%s requested by %s at %s: %s, was %s", req.Verb, who, req.RequestedAt.UTC().Format(time.RFC3339), next, from)
+		r.Steered = outcome
+		return nil
+	})
+	if err != nil {
+		return State{}, err
+	}
+	if refused {
+		t.c.cfg.Log.Warn("administrator's request refused", zap.String("outcome", outcome))
+	} else {
+		t.c.cfg.Log.Info("administrator's request applied", zap.String("outcome", outcome))
+	}
+	return st, nil
+}
+
+// halt stops the rollout on a node's failure: the node is uncordoned (if we
+// cordoned it) and marked halted, the rollout halted with the reason, and
+// nothing more starts until an administrator resumes or cancels.
+func (t *term) halt(ctx context.Context, w world, r *Rollout, v nodeView, reason, msg string) error {
+	t.stopPreparation(v.plan.Name)
+	if v.node != nil {
+		ns := protocol.NodeState{Rollout: r.ID, Strategy: v.plan.Strategy}
+		if v.state != nil {
+			ns = *v.state
+		}
+		ns.Step, ns.StepAt, ns.Reason, ns.Message = protocol.StepHalted, w.now, reason, msg
+		var unsched *bool
+		if ns.CordonedByUs && v.node.Spec.Unschedulable {
+			unsched = boolPtr(false)
+		}
+		if err := t.writeNode(ctx, v.node, &ns, unsched, nil); err != nil && !apierrors.IsNotFound(err) {
+			return err
+		}
+		t.event(v.node, corev1.EventTypeWarning, "RolloutHalted", "Halt", "rollout %s halted on this node (%s): %s", r.ID, reason, msg)
+	}
+	if _, err := t.updateState(ctx, func(st *State) error {
+		if st.Rollout == nil || st.Rollout.ID != r.ID {
+			return errors.New("the rollout changed while halting")
+		}
+		if st.Rollout.Phase == RolloutRunning || st.Rollout.Phase == RolloutPaused {
+			st.Rollout.Phase = RolloutHalted
+		}
+		st.Rollout.HaltReason, st.Rollout.HaltNode, st.Rollout.Message, st.Rollout.UpdatedAt = reason, v.plan.Name, msg, w.now
+		return nil
+	}); err != nil {
+		return err
+	}
+	r.Phase, r.HaltReason, r.HaltNode, r.Message = RolloutHalted, reason, v.plan.Name, msg
+	t.c.m.halts.WithLabelValues(reason).Inc()
+	t.c.cfg.Log.Error("rollout halted; waiting for an administrator (tokenroll rollout resume|cancel)", zap.String("rollout", r.ID),
+		zap.String("node", v.plan.Name), zap.String("reason", reason), zap.String("message", msg))
+	return nil
+}
+
+func (t *term) finishRollout(ctx context.Context, w world, r *Rollout) error {
+	if _, err := t.updateState(ctx, func(st *State) error {
+		if st.Rollout == nil || st.Rollout.ID != r.ID {
+			return errors.New("the rollout changed while finishing it")
+		}
+		if st.Rollout.Phase == RolloutRunning {
+			st.Rollout.Phase = RolloutDone
+		}
+		st.Rollout.FinishedAt, st.Rollout.UpdatedAt = w.now, w.now
+		return nil
+	}); err != nil {
+		return err
+	}
+	t.c.cfg.Log.Info("rollout finished", zap.String("rollout", r.ID), zap.String("phase", string(r.Phase)), zap.Duration("took", w.now.Sub(r.CreatedAt)))
+	return nil
+}
+
+// observeRollout exports the rollout's phase and node counts.
+func (t *term) observeRollout(w world, r *Rollout) {
+	m := t.c.m
+	if r == nil {
+		m.setPhase("none")
+		for _, st := range nodeCountLabels {
+			m.nodes.WithLabelValues(st).Set(0)
+		}
+		return
+	}
+	m.setPhase(string(r.Phase))
+	counts := map[string]int{}
+	for _, pn := range r.Nodes {
+		n := w.byName[pn.Name]
+		if n == nil {
+			counts["skipped"]++
+			continue
+		}
+		st := readNodeState(n, r.ID)
+		switch {
+		case st == nil:
+			counts["pending"]++
+		case st.Step.InProgress():
+			counts["in_progress"]++
+		case st.Step == protocol.StepDone:
+			counts["done"]++
+		case st.Step == protocol.StepHalted:
+			counts["halted"]++
+		}
+	}
+	for _, st := range nodeCountLabels {
+		m.nodes.WithLabelValues(st).Set(float64(counts[st]))
+	}
+}

@@ -1,0 +1,133 @@
+package coordinator
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/tokenroll/tokenroll/protocol"
+)
+
+// remediation is one strategy: what a node gets between its cordon and its
+// uncordon. The node protocol (node.go) runs every strategy the same way —
+// prepare in the background under --drain-timeout, ask the agent for the
+// action, verify — and never names one: a new strategy is a new
+// implementation added to strategies, nothing else.
+type remediation interface {
+	name() protocol.Strategy
+	// prepare is the work before the agent's action: nil when there is
+	// none. A non-empty wait says why it cannot be planned yet; a Node
+	// change wakes the coordinator to ask again. An error halts the
+	// rollout (DrainFailed).
+	prepare(ctx context.Context, client kubernetes.Interface, n *corev1.Node, issuer string) (prep *preparation, wait string, err error)
+	// action is what the agent is asked to do once prepared; "" for
+	// nothing.
+	action() protocol.Action
+	// verify judges an acting node; an error is retried.
+	verify(ctx context.Context, client kubernetes.Interface, in verifyInput) (verdict, error)
+}
+
+// strategies is the registry, least disruptive first: flags, validation,
+// help and the node protocol all read it.
+var strategies = []remediation{kubeletRestart{}, podRestart{}, reboot{}}
+
+// Strategies lists the strategies' names, least disruptive first.
+func Strategies() []protocol.Strategy {
+	out := make([]protocol.Strategy, len(strategies))
+	for i, s := range strategies {
+		out[i] = s.name()
+	}
+	return out
+}
+
+// StrategyNames lists the strategies' names as strings, for flags' help
+// and validation.
+func StrategyNames() []string {
+	out := make([]string, len(strategies))
+	for i, s := range strategies {
+		out[i] = string(s.name())
+	}
+	return out
+}
+
+// ParseStrategy checks a strategy name.
+func ParseStrategy(s string) (protocol.Strategy, error) {
+	if _, ok := remediationFor(protocol.Strategy(s)); ok {
+		return protocol.Strategy(s), nil
+	}
+	return "", fmt.Errorf("strategy %q is not one of %s", s, strings.Join(StrategyNames(), ", "))
+}
+
+func remediationFor(s protocol.Strategy) (remediation, bool) {
+	for _, r := range strategies {
+		if r.name() == s {
+			return r, true
+		}
+	}
+	return nil, false
+}
+
+// preparation is a strategy's work before the agent's action, run in the
+// background.
+type preparation struct {
+	// kind names the work in logs: drain or evict.
+	kind string
+	// pods is how many pods it evicts, when it knows (logs).
+	pods int
+	run  func(ctx context.Context, d Drainer, timeout time.Duration) error
+	// evicted and owners are recorded on the node state, for verify.
+	evicted []protocol.PodRef
+	owners  []protocol.OwnerRef
+	// doneEvent and doneNote, when set, are an Event sent when the work is
+	// done; requestNote begins the ActionRequested Event's note.
+	doneEvent, doneNote, requestNote string
+}
+
+// verifyInput is an acting node as verify sees it.
+type verifyInput struct {
+	node  *corev1.Node
+	state *protocol.NodeState
+	// status is the agent's report on this node's request (nil: none yet,
+	// or no request).
+	status *protocol.Status
+	// issuer is the API servers' signing issuer.
+	issuer string
+	ready  bool
+}
+
+// verdict is verify's answer: ok, or what it waits for and the halt reason
+// if the wait outlasts its deadline.
+type verdict struct {
+	ok              bool
+	waiting, reason string
+	// withinAction: the wait is bounded by --action-timeout alone, not
+	// --action-timeout plus --verify-timeout.
+	withinAction bool
+	// poll, when positive, is how soon to look again: what is waited for
+	// is read, not watched.
+	poll time.Duration
+}
+
+func waitFor(waiting, reason string) verdict { return verdict{waiting: waiting, reason: reason} }
+
+// reportClean: the agent reports no token the kubelet failed to refresh,
+// and every token from the current issuer.
+func reportClean(n *corev1.Node, iss string) (bool, string) {
+	rep, err := protocol.ParseTokenReport(n.Annotations[protocol.AnnotationTokens])
+	if err != nil {
+		return false, "no token report from the agent"
+	}
+	if k := rep.Count(protocol.State.NotRefreshed); k > 0 {
+		return false, fmt.Sprintf("the agent reports %d tokens expired or overdue", k)
+	}
+	for _, it := range rep.Issuers {
+		if it.Issuer != iss && it.Tokens > 0 {
+			return false, fmt.Sprintf("the agent reports %d tokens from %s, not %s", it.Tokens, it.Issuer, iss)
+		}
+	}
+	return true, ""
+}
