@@ -54,16 +54,16 @@ type nodeAnnotations struct {
 	mu       sync.Mutex
 	status   string
 	writes   int
-	failures map[protocol.Phase]int
+	failures map[protocol.RequestPhase]int
 	// attempts, when set, receives the phase of every report, failed or not.
-	attempts chan protocol.Phase
+	attempts chan protocol.RequestPhase
 }
 
-func (n *nodeAnnotations) failNext(phase protocol.Phase, times int) {
+func (n *nodeAnnotations) failNext(phase protocol.RequestPhase, times int) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.failures == nil {
-		n.failures = map[protocol.Phase]int{}
+		n.failures = map[protocol.RequestPhase]int{}
 	}
 	n.failures[phase] += times
 }
@@ -344,7 +344,7 @@ func TestFailedActionIsReportedAndNotRetried(t *testing.T) {
 func TestFailedReportIsFinishedByTheNextHandle(t *testing.T) {
 	cases := []struct {
 		action protocol.Action
-		fail   protocol.Phase
+		fail   protocol.RequestPhase
 	}{
 		{protocol.ActionKubeletRestart, protocol.PhaseAccepted},
 		{protocol.ActionKubeletRestart, protocol.PhaseRunning},

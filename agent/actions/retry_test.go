@@ -15,7 +15,7 @@ import (
 
 // nextReport waits for the handler's next report; the timeout only keeps a
 // broken test from hanging.
-func nextReport(t *testing.T, reports <-chan protocol.Phase) protocol.Phase {
+func nextReport(t *testing.T, reports <-chan protocol.RequestPhase) protocol.RequestPhase {
 	t.Helper()
 	select {
 	case p := <-reports:
@@ -31,7 +31,7 @@ func nextReport(t *testing.T, reports <-chan protocol.Phase) protocol.Phase {
 // that does not write to it).
 func TestWatcherRetriesAFailedHandleWithoutANodeEvent(t *testing.T) {
 	e := newEnv(t)
-	e.node.attempts = make(chan protocol.Phase, 16)
+	e.node.attempts = make(chan protocol.RequestPhase, 16)
 	e.node.failNext(protocol.PhaseAccepted, 2)
 	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-a", Annotations: map[string]string{
 		protocol.AnnotationRequest: request("req-1", protocol.ActionKubeletRestart, "node-a", e.clock.Now()),
@@ -80,7 +80,7 @@ func TestWatcherRetriesAFailedHandleWithoutANodeEvent(t *testing.T) {
 		t.Errorf("%d retries counted, want 2", n)
 	}
 	e.clock.Step(2 * retryBaseDelay)
-	for _, want := range []protocol.Phase{protocol.PhaseAccepted, protocol.PhaseRunning, protocol.PhaseDone} {
+	for _, want := range []protocol.RequestPhase{protocol.PhaseAccepted, protocol.PhaseRunning, protocol.PhaseDone} {
 		if p := nextReport(t, e.node.attempts); p != want {
 			t.Fatalf("report %s, want %s", p, want)
 		}
