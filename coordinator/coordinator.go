@@ -26,7 +26,7 @@ import (
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/clock"
 
-	"github.com/tokenroll/tokenroll/agent/issuer"
+	"github.com/tokenroll/tokenroll/internal/issuer"
 )
 
 // Config is everything the coordinator needs; New checks it.
