@@ -17,10 +17,31 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 
+	"github.com/tokenroll/tokenroll/internal/cli"
+	"github.com/tokenroll/tokenroll/internal/cli/clitest"
 	"github.com/tokenroll/tokenroll/sandbox/controlplane"
 	"github.com/tokenroll/tokenroll/sandbox/kubeletsim"
 	"github.com/tokenroll/tokenroll/sandbox/simtest"
 )
+
+func TestValidateReportsEveryBadFlag(t *testing.T) {
+	cases := []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"--node-name=", "--kubelet-root=rel", "--interval=0s", "--metrics-bind-address=nope", "--max-token-series=-1"},
+			[]string{"--node-name is required", "--kubelet-root=\"rel\"", "--interval=0s", "--metrics-bind-address=\"nope\"", "--max-token-series=-1"}},
+		{[]string{"--node-name=n", "--executor=magic", "--command-timeout=0s", "--max-request-age=1s", "--state-dir=rel", "--log-level=loud"},
+			[]string{"--executor=\"magic\"", "--command-timeout=0s", "--max-request-age=1s", "--state-dir=\"rel\"", "--log-level=\"loud\""}},
+		{[]string{"--node-name=n", "--executor=command"}, []string{"--executor=command needs --reboot-command"}},
+		{[]string{"--node-name=n", "--system-bus=tcp:host=x", "--kubelet-unit=kubelet"}, []string{"unix:path", ".service"}},
+		// The subcommand of the program tokenroll was.
+		{[]string{"agent", "--node-name=n"}, []string{"takes no arguments", "Run 'tokenroll-agent --help'"}},
+	}
+	for _, c := range cases {
+		clitest.ExpectUsage(t, NewCommand, c.args, c.want...)
+	}
+}
 
 func freeAddr(t *testing.T) string {
 	t.Helper()
@@ -32,7 +53,7 @@ func freeAddr(t *testing.T) string {
 	return "127.0.0.1:" + strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
 }
 
-// TestAgentCommandServesLintCleanMetrics runs `tokenroll agent` as a cluster
+// TestAgentCommandServesLintCleanMetrics runs tokenroll-agent as a cluster
 // would (flags, kubeconfig, metrics port) against a simulated node, lints
 // its live /metrics and stops it as Ctrl-C would.
 func TestAgentCommandServesLintCleanMetrics(t *testing.T) {
@@ -52,9 +73,9 @@ func TestAgentCommandServesLintCleanMetrics(t *testing.T) {
 	var stdout, stderr bytes.Buffer
 	exit := make(chan int, 1)
 	go func() {
-		exit <- MainContext(ctx, []string{"agent", "--node-name=node-1", "--kubelet-root=" + c.Nodes["node-1"].Root(),
+		exit <- cli.Execute(ctx, NewCommand(&stdout, &stderr), []string{"--node-name=node-1", "--kubelet-root=" + c.Nodes["node-1"].Root(),
 			"--kubeconfig=" + kubeconfig, "--metrics-bind-address=" + addr, "--log-format=json",
-			"--state-dir=" + t.TempDir(), "--reboot-sentinel=", "--dry-run"}, &stdout, &stderr)
+			"--state-dir=" + t.TempDir(), "--reboot-sentinel=", "--dry-run"})
 	}()
 	get := func(path string) (int, string) {
 		resp, err := http.Get("http://" + addr + path)

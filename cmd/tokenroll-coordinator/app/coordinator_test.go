@@ -1,0 +1,34 @@
+package app
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/tokenroll/tokenroll/internal/cli"
+	"github.com/tokenroll/tokenroll/internal/cli/clitest"
+)
+
+func TestValidateReportsEveryBadFlag(t *testing.T) {
+	cases := []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"--lease-duration=5s", "--renew-deadline=10s", "--gate=maybe", "--strategy=pray", "--max-unavailable=0", "--namespace="},
+			[]string{"--lease-duration=5s", "--gate=\"maybe\"", "--strategy=\"pray\"", "--max-unavailable=\"0\"", "--namespace is required"}},
+		{[]string{"--max-unavailable=150%"}, []string{"at most 100%"}},
+		{[]string{"--drain-timeout=0", "--kube-api-qps=0", "--log-format=fancy"}, []string{"--drain-timeout=0s", "--kube-api-qps=0", "--log-format=\"fancy\""}},
+		{[]string{"coordinator"}, []string{"takes no arguments", "Run 'tokenroll-coordinator --help'"}},
+	}
+	for _, c := range cases {
+		clitest.ExpectUsage(t, NewCommand, c.args, c.want...)
+	}
+}
+
+func TestWithoutAClusterSaysSo(t *testing.T) {
+	t.Setenv("KUBECONFIG", t.TempDir()+"/none")
+	t.Setenv("KUBERNETES_SERVICE_HOST", "")
+	code, _, stderr := clitest.Run(t, NewCommand)
+	if code != cli.ExitFailure || !strings.Contains(stderr, "kubeconfig") || !strings.HasPrefix(stderr, "tokenroll-coordinator: ") {
+		t.Errorf("exit %d, stderr %q; want exit 1 naming the kubeconfig", code, stderr)
+	}
+}

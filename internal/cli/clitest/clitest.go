@@ -1,0 +1,36 @@
+// Package clitest runs a program's command tree in a test as its main
+// would. Only tests import it.
+package clitest
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/tokenroll/tokenroll/internal/cli"
+)
+
+// Run runs the program with args and returns its exit status, stdout and
+// stderr.
+func Run(t testing.TB, newCommand cli.NewCommand, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	code := cli.Execute(context.Background(), newCommand(&out, &errOut), args)
+	return code, out.String(), errOut.String()
+}
+
+// ExpectUsage runs the program with args and fails t unless it exits with
+// the usage status and its stderr names every string in want.
+func ExpectUsage(t testing.TB, newCommand cli.NewCommand, args []string, want ...string) {
+	t.Helper()
+	code, _, stderr := Run(t, newCommand, args...)
+	if code != cli.ExitUsage {
+		t.Errorf("%v: exit %d, want %d", args, code, cli.ExitUsage)
+	}
+	for _, w := range want {
+		if !strings.Contains(stderr, w) {
+			t.Errorf("%v: stderr does not name %q:\n%s", args, w, stderr)
+		}
+	}
+}
