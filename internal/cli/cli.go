@@ -130,6 +130,14 @@ func NewProgram(use, short, long string, stdout, stderr io.Writer) *Program {
 	return p
 }
 
+// NewSingle builds the root command of a program that is one command (the
+// agent, the coordinator).
+func NewSingle(use, short, long string, opts Options, run RunFunc, stdout, stderr io.Writer) *cobra.Command {
+	p := NewProgram(use, short, long, stdout, stderr)
+	p.Runs(p.Root(), opts, run)
+	return p.Root()
+}
+
 // Root is the program's root command.
 func (p *Program) Root() *cobra.Command { return p.root }
 

@@ -67,17 +67,26 @@ func Find(dir string, names ...string) ([]string, error) {
 	return paths, nil
 }
 
-// Build builds names into dir with go build and flags (e.g. -trimpath), run
-// inside this module. Tests build what they run instead of relying on make.
-func Build(ctx context.Context, dir string, flags []string, names ...string) error {
+// Build builds names into dir with go build, run inside this module. With
+// release it builds them as make build does (static, stripped, with the
+// Makefile's TAGS), for measurements; without, with the flags go test uses,
+// so that the build cache serves it. Tests build what they run instead of
+// relying on make.
+func Build(ctx context.Context, dir string, release bool, names ...string) error {
 	if len(names) == 0 {
 		return errors.New("programs.Build: no binary named")
 	}
-	args := append([]string{"build", "-o", dir + string(filepath.Separator)}, flags...)
+	args := []string{"build", "-o", dir + string(filepath.Separator)}
+	if release {
+		args = append(args, "-trimpath", "-tags", "grpcnotrace", "-ldflags", "-s -w")
+	}
 	for _, n := range names {
 		args = append(args, "github.com/tokenroll/tokenroll/cmd/"+n)
 	}
 	cmd := exec.CommandContext(ctx, "go", args...)
+	if release {
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	}
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("go %s: %w\n%s", strings.Join(args, " "), err, out)
 	}

@@ -25,12 +25,10 @@ import (
 
 // NewCommand builds the tokenroll-agent command.
 func NewCommand(stdout, stderr io.Writer) *cobra.Command {
-	p := cli.NewProgram("tokenroll-agent", "Run the node agent (DaemonSet): scan tokens, report, act on requests",
-		"The node agent scans every projected service-account token under the kubelet root,\nexports metrics, sets the ServiceAccountTokensStale Node condition, and acts on the\ncoordinator's requests for its node.",
-		stdout, stderr)
 	opts := newAgentOptions()
-	p.Runs(p.Root(), opts, opts.run)
-	return p.Root()
+	return cli.NewSingle("tokenroll-agent", "Run the node agent (DaemonSet): scan tokens, report, act on requests",
+		"The node agent scans every projected service-account token under the kubelet root,\nexports metrics, sets the ServiceAccountTokensStale Node condition, and acts on the\ncoordinator's requests for its node.",
+		opts, opts.run, stdout, stderr)
 }
 
 // agentOptions configure tokenroll-agent.

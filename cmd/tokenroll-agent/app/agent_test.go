@@ -25,22 +25,15 @@ import (
 )
 
 func TestValidateReportsEveryBadFlag(t *testing.T) {
-	cases := []struct {
-		args []string
-		want []string
-	}{
-		{[]string{"--node-name=", "--kubelet-root=rel", "--interval=0s", "--metrics-bind-address=nope", "--max-token-series=-1"},
-			[]string{"--node-name is required", "--kubelet-root=\"rel\"", "--interval=0s", "--metrics-bind-address=\"nope\"", "--max-token-series=-1"}},
-		{[]string{"--node-name=n", "--executor=magic", "--command-timeout=0s", "--max-request-age=1s", "--state-dir=rel", "--log-level=loud"},
-			[]string{"--executor=\"magic\"", "--command-timeout=0s", "--max-request-age=1s", "--state-dir=\"rel\"", "--log-level=\"loud\""}},
-		{[]string{"--node-name=n", "--executor=command"}, []string{"--executor=command needs --reboot-command"}},
-		{[]string{"--node-name=n", "--system-bus=tcp:host=x", "--kubelet-unit=kubelet"}, []string{"unix:path", ".service"}},
+	clitest.ExpectUsage(t, NewCommand,
+		clitest.Usage{Args: []string{"--node-name=", "--kubelet-root=rel", "--interval=0s", "--metrics-bind-address=nope", "--max-token-series=-1"},
+			Want: []string{"--node-name is required", "--kubelet-root=\"rel\"", "--interval=0s", "--metrics-bind-address=\"nope\"", "--max-token-series=-1"}},
+		clitest.Usage{Args: []string{"--node-name=n", "--executor=magic", "--command-timeout=0s", "--max-request-age=1s", "--state-dir=rel", "--log-level=loud"},
+			Want: []string{"--executor=\"magic\"", "--command-timeout=0s", "--max-request-age=1s", "--state-dir=\"rel\"", "--log-level=\"loud\""}},
+		clitest.Usage{Args: []string{"--node-name=n", "--executor=command"}, Want: []string{"--executor=command needs --reboot-command"}},
+		clitest.Usage{Args: []string{"--node-name=n", "--system-bus=tcp:host=x", "--kubelet-unit=kubelet"}, Want: []string{"unix:path", ".service"}},
 		// The subcommand of the program tokenroll was.
-		{[]string{"agent", "--node-name=n"}, []string{"takes no arguments", "Run 'tokenroll-agent --help'"}},
-	}
-	for _, c := range cases {
-		clitest.ExpectUsage(t, NewCommand, c.args, c.want...)
-	}
+		clitest.Usage{Args: []string{"agent", "--node-name=n"}, Want: []string{"takes no arguments", "Run 'tokenroll-agent --help'"}})
 }
 
 func freeAddr(t *testing.T) string {

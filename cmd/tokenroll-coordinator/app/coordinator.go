@@ -28,12 +28,10 @@ import (
 
 // NewCommand builds the tokenroll-coordinator command.
 func NewCommand(stdout, stderr io.Writer) *cobra.Command {
-	p := cli.NewProgram("tokenroll-coordinator", "Run the leader-elected coordinator (Deployment)",
-		"The coordinator holds a Lease, waits for the API server's revision to settle, plans\nwhich nodes need work and runs cordon, drain, act, verify, uncordon one node at a time.",
-		stdout, stderr)
 	opts := newCoordinatorOptions()
-	p.Runs(p.Root(), opts, opts.run)
-	return p.Root()
+	return cli.NewSingle("tokenroll-coordinator", "Run the leader-elected coordinator (Deployment)",
+		"The coordinator holds a Lease, waits for the API server's revision to settle, plans\nwhich nodes need work and runs cordon, drain, act, verify, uncordon one node at a time.",
+		opts, opts.run, stdout, stderr)
 }
 
 // coordinatorOptions configure tokenroll-coordinator.

@@ -9,19 +9,13 @@ import (
 )
 
 func TestValidateReportsEveryBadFlag(t *testing.T) {
-	cases := []struct {
-		args []string
-		want []string
-	}{
-		{[]string{"--lease-duration=5s", "--renew-deadline=10s", "--gate=maybe", "--strategy=pray", "--max-unavailable=0", "--namespace="},
-			[]string{"--lease-duration=5s", "--gate=\"maybe\"", "--strategy=\"pray\"", "--max-unavailable=\"0\"", "--namespace is required"}},
-		{[]string{"--max-unavailable=150%"}, []string{"at most 100%"}},
-		{[]string{"--drain-timeout=0", "--kube-api-qps=0", "--log-format=fancy"}, []string{"--drain-timeout=0s", "--kube-api-qps=0", "--log-format=\"fancy\""}},
-		{[]string{"coordinator"}, []string{"takes no arguments", "Run 'tokenroll-coordinator --help'"}},
-	}
-	for _, c := range cases {
-		clitest.ExpectUsage(t, NewCommand, c.args, c.want...)
-	}
+	clitest.ExpectUsage(t, NewCommand,
+		clitest.Usage{Args: []string{"--lease-duration=5s", "--renew-deadline=10s", "--gate=maybe", "--strategy=pray", "--max-unavailable=0", "--namespace="},
+			Want: []string{"--lease-duration=5s", "--gate=\"maybe\"", "--strategy=\"pray\"", "--max-unavailable=\"0\"", "--namespace is required"}},
+		clitest.Usage{Args: []string{"--max-unavailable=150%"}, Want: []string{"at most 100%"}},
+		clitest.Usage{Args: []string{"--drain-timeout=0", "--kube-api-qps=0", "--log-format=fancy"},
+			Want: []string{"--drain-timeout=0s", "--kube-api-qps=0", "--log-format=\"fancy\""}},
+		clitest.Usage{Args: []string{"coordinator"}, Want: []string{"takes no arguments", "Run 'tokenroll-coordinator --help'"}})
 }
 
 func TestWithoutAClusterSaysSo(t *testing.T) {

@@ -49,7 +49,7 @@ func programDir(t *testing.T) string {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 		defer cancel()
-		built.err = programs.Build(ctx, built.dir, nil, programs.Agent, programs.Coordinator, programs.Sandbox, programs.CLI)
+		built.err = programs.Build(ctx, built.dir, false, programs.Agent, programs.Coordinator, programs.Sandbox, programs.CLI)
 	})
 	if built.err != nil {
 		t.Fatal(built.err)
@@ -58,8 +58,9 @@ func programDir(t *testing.T) string {
 }
 
 func TestValidateReportsEveryBadFlag(t *testing.T) {
-	clitest.ExpectUsage(t, NewCommand, []string{"--nodes=0", "--apiservers=9", "--issuer="}, "--nodes=0", "--apiservers=9", "--issuer must not be empty")
-	clitest.ExpectUsage(t, NewCommand, []string{"sandbox", "--nodes=1"}, "takes no arguments", "Run 'tokenroll-sandbox --help'")
+	clitest.ExpectUsage(t, NewCommand,
+		clitest.Usage{Args: []string{"--nodes=0", "--apiservers=9", "--issuer="}, Want: []string{"--nodes=0", "--apiservers=9", "--issuer must not be empty"}},
+		clitest.Usage{Args: []string{"sandbox", "--nodes=1"}, Want: []string{"takes no arguments", "Run 'tokenroll-sandbox --help'"}})
 }
 
 // Without its agent and coordinator binaries the sandbox says where it

@@ -15,20 +15,13 @@ func run(t *testing.T, args ...string) (int, string, string) {
 }
 
 func TestValidateReportsEveryBadFlag(t *testing.T) {
-	cases := []struct {
-		args []string
-		want []string
-	}{
-		{[]string{"rollout", "start", "--strategy=nuke", "--nodes=a=(b"}, []string{"--strategy", "--nodes"}},
-		{[]string{"rollout", "plan", "--gate=sometimes", "-o", "yaml"}, []string{"--gate", "--output"}},
-		{[]string{"status", "--namespace="}, []string{"--namespace is required"}},
-		{[]string{"scan", "--kubelet-root=/nonexistent", "--issuer=https://a", "--kubeconfig=/nonexistent", "--now=yesterday", "-o", "yaml", "--fail-on=overdue,stale"},
-			[]string{"--kubelet-root=\"/nonexistent\"", "--issuer and --kubeconfig both set", "--kubeconfig=\"/nonexistent\"", "--now=\"yesterday\"", "--output=\"yaml\"", "unknown state \"stale\""}},
-		{[]string{"version", "-o", "xml", "--log-format=fancy"}, []string{"--output=\"xml\"", "--log-format=\"fancy\""}},
-	}
-	for _, c := range cases {
-		clitest.ExpectUsage(t, NewCommand, c.args, c.want...)
-	}
+	clitest.ExpectUsage(t, NewCommand,
+		clitest.Usage{Args: []string{"rollout", "start", "--strategy=nuke", "--nodes=a=(b"}, Want: []string{"--strategy", "--nodes"}},
+		clitest.Usage{Args: []string{"rollout", "plan", "--gate=sometimes", "-o", "yaml"}, Want: []string{"--gate", "--output"}},
+		clitest.Usage{Args: []string{"status", "--namespace="}, Want: []string{"--namespace is required"}},
+		clitest.Usage{Args: []string{"scan", "--kubelet-root=/nonexistent", "--issuer=https://a", "--kubeconfig=/nonexistent", "--now=yesterday", "-o", "yaml", "--fail-on=overdue,stale"},
+			Want: []string{"--kubelet-root=\"/nonexistent\"", "--issuer and --kubeconfig both set", "--kubeconfig=\"/nonexistent\"", "--now=\"yesterday\"", "--output=\"yaml\"", "unknown state \"stale\""}},
+		clitest.Usage{Args: []string{"version", "-o", "xml", "--log-format=fancy"}, Want: []string{"--output=\"xml\"", "--log-format=\"fancy\""}})
 }
 
 // The node agent, the coordinator and the sandbox are programs of their

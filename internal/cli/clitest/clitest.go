@@ -20,17 +20,26 @@ func Run(t testing.TB, newCommand cli.NewCommand, args ...string) (int, string, 
 	return code, out.String(), errOut.String()
 }
 
-// ExpectUsage runs the program with args and fails t unless it exits with
-// the usage status and its stderr names every string in want.
-func ExpectUsage(t testing.TB, newCommand cli.NewCommand, args []string, want ...string) {
+// Usage is a bad invocation and what its error must name.
+type Usage struct {
+	Args []string
+	Want []string
+}
+
+// ExpectUsage runs the program with each case's arguments and fails t
+// unless it exits with the usage status and its stderr names every string
+// the case wants.
+func ExpectUsage(t testing.TB, newCommand cli.NewCommand, cases ...Usage) {
 	t.Helper()
-	code, _, stderr := Run(t, newCommand, args...)
-	if code != cli.ExitUsage {
-		t.Errorf("%v: exit %d, want %d", args, code, cli.ExitUsage)
-	}
-	for _, w := range want {
-		if !strings.Contains(stderr, w) {
-			t.Errorf("%v: stderr does not name %q:\n%s", args, w, stderr)
+	for _, c := range cases {
+		code, _, stderr := Run(t, newCommand, c.Args...)
+		if code != cli.ExitUsage {
+			t.Errorf("%v: exit %d, want %d", c.Args, code, cli.ExitUsage)
+		}
+		for _, w := range c.Want {
+			if !strings.Contains(stderr, w) {
+				t.Errorf("%v: stderr does not name %q:\n%s", c.Args, w, stderr)
+			}
 		}
 	}
 }
