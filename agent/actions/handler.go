@@ -45,13 +45,16 @@ type HandlerConfig struct {
 }
 
 // Handler decides what to do with the request on the Node, at most once per
-// request ID, whatever restarts and reboots happen in between.
+// request ID, whatever restarts and reboots happen in between. It is not
+// safe for concurrent use: the watcher calls Handle one change at a time.
 type Handler struct {
 	cfg   HandlerConfig
 	state *stateFile
-	// started holds the requests this process started: a running record of
-	// one of them is a reboot under way, not an agent that died mid-action.
-	started map[string]bool
+	// attempts are the requests this process started whose record still
+	// says running. The record says running from before the call until the
+	// outcome is recorded; only the process that made the call knows where
+	// in between it stands.
+	attempts map[string]*attempt
 
 	actions *prometheus.CounterVec
 	steps   *prometheus.HistogramVec
@@ -60,6 +63,17 @@ type Handler struct {
 	// "reported-accepted", "recorded-running", "reported-running", "called", "recorded-result",
 	// "reported-result". A test kills the agent there by panicking.
 	afterStep func(step string)
+}
+
+// attempt is what this process knows of a request it started.
+type attempt struct {
+	// called: the action was called. Until then it has not happened, and
+	// this process alone may still call it.
+	called bool
+	// outcome is the final record once the call returned, until it is
+	// recorded and reported; a reboot that went ahead has none (the host
+	// is going down, and the next boot reports it).
+	outcome *Record
 }
 
 // NewHandler checks cfg and opens the state directory.
@@ -101,9 +115,9 @@ func NewHandler(cfg HandlerConfig) (*Handler, error) {
 	}
 	f := promauto.With(cfg.Registry)
 	return &Handler{
-		cfg:     cfg,
-		state:   st,
-		started: map[string]bool{},
+		cfg:      cfg,
+		state:    st,
+		attempts: map[string]*attempt{},
 		actions: f.NewCounterVec(prometheus.CounterOpts{
 			Namespace: metrics.Namespace, Name: "actions_total",
 			Help: "Requests finished by this agent, by action and result (done, failed, refused).",
@@ -160,6 +174,7 @@ func (h *Handler) finish(ctx context.Context, current string, rec Record) error 
 	if err := h.record(rec); err != nil {
 		return err
 	}
+	delete(h.attempts, rec.ID) // the record has the outcome now
 	h.step("recorded-result")
 	h.actions.WithLabelValues(string(rec.Action), string(rec.Phase)).Inc()
 	if err := h.report(ctx, current, protocol.Status{ID: rec.ID, Action: rec.Action, Phase: rec.Phase, Message: rec.Message, BootID: h.bootID()}); err != nil {
@@ -193,7 +208,7 @@ func (h *Handler) Handle(ctx context.Context, request, status string) error {
 		return err
 	}
 	if rec != nil {
-		return h.resume(ctx, status, *rec)
+		return h.resume(ctx, status, req, *rec)
 	}
 	if age := h.cfg.Clock.Since(req.CreatedAt); age > h.cfg.MaxRequestAge {
 		return h.refuse(ctx, status, req, fmt.Sprintf("request is %s old, older than --max-request-age=%s; not acted on", age.Round(time.Second), h.cfg.MaxRequestAge))
@@ -211,25 +226,37 @@ func (h *Handler) refuse(ctx context.Context, status string, req protocol.Reques
 }
 
 // resume finishes a request the record already knows.
-func (h *Handler) resume(ctx context.Context, status string, rec Record) error {
+func (h *Handler) resume(ctx context.Context, status string, req protocol.Request, rec Record) error {
 	if rec.Phase.Final() {
 		return h.report(ctx, status, protocol.Status{ID: rec.ID, Action: rec.Action, Phase: rec.Phase, Message: rec.Message, BootID: h.bootID()})
 	}
 	// A reboot that happened shows as a new boot ID, whether this process
 	// went down with the host or (the sandbox, a simulated node) outlived it.
 	now := h.bootID()
-	rebooted := rec.Action == protocol.ActionReboot && rec.BootID != "" && now != "" && now != rec.BootID
-	if !rebooted && h.started[rec.ID] {
-		return nil // this process asked for the reboot; the host is going down
-	}
-	// Running: the agent stopped mid-action; anything but a reboot that
-	// happened is never repeated.
-	if rebooted {
+	if rec.Action == protocol.ActionReboot && rec.BootID != "" && now != "" && now != rec.BootID {
 		rec.Phase, rec.Message = protocol.PhaseDone, fmt.Sprintf("rebooted: boot ID %s, was %s", now, rec.BootID)
-	} else {
-		rec.Phase, rec.Message = protocol.PhaseFailed, fmt.Sprintf("the agent stopped while the %s was in flight and the outcome is unknown; not repeated (at most once per request)", rec.Action)
+		return h.finish(ctx, status, rec)
 	}
-	return h.finish(ctx, status, rec)
+	a := h.attempts[rec.ID]
+	switch {
+	case a == nil:
+		// Running, and not this process's: the agent stopped mid-action.
+		// The action is never repeated.
+		rec.Phase, rec.Message = protocol.PhaseFailed, fmt.Sprintf("the agent stopped while the %s was in flight and the outcome is unknown; not repeated (at most once per request)", rec.Action)
+		return h.finish(ctx, status, rec)
+	case a.outcome != nil:
+		// The call returned, and recording or reporting its outcome failed.
+		return h.finish(ctx, status, *a.outcome)
+	case a.called:
+		return nil // this process asked for the reboot; the host is going down
+	case h.cfg.Clock.Since(req.CreatedAt) > h.cfg.MaxRequestAge:
+		rec.Phase, rec.Message = protocol.PhaseFailed, fmt.Sprintf("not carried out: its running status could not be reported before the request was older than --max-request-age=%s", h.cfg.MaxRequestAge)
+		return h.finish(ctx, status, rec)
+	default:
+		// Reporting running failed, so the action was not called: report
+		// and call it now. No other process can have called it.
+		return h.run(ctx, status, rec)
+	}
 }
 
 // act carries out a new request: record it as running (durably) first, then
@@ -246,36 +273,46 @@ func (h *Handler) act(ctx context.Context, status string, req protocol.Request) 
 		return err
 	}
 	h.step("recorded-running")
-	h.started[req.ID] = true
+	h.attempts[req.ID] = &attempt{}
+	return h.run(ctx, status, rec)
+}
+
+// run reports a recorded request running, calls the action and finishes it.
+// Its attempt says how far it got when a step fails.
+func (h *Handler) run(ctx context.Context, status string, rec Record) error {
 	msg := map[protocol.Action]string{
 		protocol.ActionReboot:         "rebooting the node",
 		protocol.ActionKubeletRestart: "restarting the kubelet",
-	}[req.Action]
-	if err := h.report(ctx, status, protocol.Status{ID: req.ID, Action: req.Action, Phase: protocol.PhaseRunning, Message: msg, BootID: rec.BootID}); err != nil {
-		// The record says running: the action will not happen twice, and
-		// the next Handle reports failed. Do not act unreported.
+	}[rec.Action]
+	if err := h.report(ctx, status, protocol.Status{ID: rec.ID, Action: rec.Action, Phase: protocol.PhaseRunning, Message: msg, BootID: rec.BootID}); err != nil {
+		// Not called, and not called unreported: the next Handle of this
+		// process reports running and calls it; any other process finds
+		// the record running and reports failed.
 		return err
 	}
 	h.step("reported-running")
+	a := h.attempts[rec.ID]
+	a.called = true
 	start := h.cfg.Clock.Now()
 	var err error
-	switch req.Action {
+	switch rec.Action {
 	case protocol.ActionReboot:
 		err = h.cfg.Executor.Reboot(ctx)
 	case protocol.ActionKubeletRestart:
 		err = h.cfg.Executor.RestartKubelet(ctx)
 	}
-	h.steps.WithLabelValues(string(req.Action), "call").Observe(h.cfg.Clock.Since(start).Seconds())
+	h.steps.WithLabelValues(string(rec.Action), "call").Observe(h.cfg.Clock.Since(start).Seconds())
 	h.step("called")
 	switch {
 	case err != nil:
 		rec.Phase, rec.Message = protocol.PhaseFailed, err.Error()
-	case req.Action == protocol.ActionReboot:
+	case rec.Action == protocol.ActionReboot:
 		// The host is going down; the agent that starts after it reports
 		// done with the new boot ID.
 		return nil
 	default:
 		rec.Phase, rec.Message = protocol.PhaseDone, "kubelet restarted"
 	}
+	a.outcome = &rec
 	return h.finish(ctx, "", rec)
 }

@@ -23,12 +23,17 @@ type countingExecutor struct {
 	mu               sync.Mutex
 	reboots, restart int
 	err              error
+	// during, when set, runs inside each call (a host that fails under it).
+	during func()
 }
 
 func (e *countingExecutor) Reboot(context.Context) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.reboots++
+	if e.during != nil {
+		e.during()
+	}
 	return e.err
 }
 
@@ -36,19 +41,43 @@ func (e *countingExecutor) RestartKubelet(context.Context) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.restart++
+	if e.during != nil {
+		e.during()
+	}
 	return e.err
 }
 
-// nodeAnnotations stands for the Node's status annotation.
+// nodeAnnotations stands for the Node's status annotation. Reports of a
+// phase named in failures fail that many times, as writes to an API server
+// that is unreachable would.
 type nodeAnnotations struct {
-	mu     sync.Mutex
-	status string
-	writes int
+	mu       sync.Mutex
+	status   string
+	writes   int
+	failures map[protocol.Phase]int
+	// attempts, when set, receives the phase of every report, failed or not.
+	attempts chan protocol.Phase
+}
+
+func (n *nodeAnnotations) failNext(phase protocol.Phase, times int) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.failures == nil {
+		n.failures = map[protocol.Phase]int{}
+	}
+	n.failures[phase] += times
 }
 
 func (n *nodeAnnotations) Report(_ context.Context, s protocol.Status) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	if n.attempts != nil {
+		n.attempts <- s.Phase
+	}
+	if n.failures[s.Phase] > 0 {
+		n.failures[s.Phase]--
+		return errors.New("patching node node-a: the API server is unreachable")
+	}
 	b, _ := json.Marshal(s)
 	n.status = string(b)
 	n.writes++
@@ -306,5 +335,124 @@ func TestFailedActionIsReportedAndNotRetried(t *testing.T) {
 	}
 	if s := e.node.get(t); s.Phase != protocol.PhaseFailed || s.Message != "job failed" || e.exec.restart != 1 {
 		t.Errorf("status %+v after %d calls", s, e.exec.restart)
+	}
+}
+
+// A report or record that fails must not leave the request in limbo: the
+// next Handle of the same process (the watcher retries) finishes it, and
+// the action still happens at most once.
+func TestFailedReportIsFinishedByTheNextHandle(t *testing.T) {
+	cases := []struct {
+		action protocol.Action
+		fail   protocol.Phase
+	}{
+		{protocol.ActionKubeletRestart, protocol.PhaseAccepted},
+		{protocol.ActionKubeletRestart, protocol.PhaseRunning},
+		{protocol.ActionKubeletRestart, protocol.PhaseDone},
+		{protocol.ActionReboot, protocol.PhaseAccepted},
+		{protocol.ActionReboot, protocol.PhaseRunning},
+	}
+	for _, c := range cases {
+		t.Run(string(c.action)+" reporting "+string(c.fail), func(t *testing.T) {
+			e := newEnv(t)
+			h := e.agent(t)
+			req := request("req-1", c.action, "node-a", e.clock.Now())
+			e.node.failNext(c.fail, 1)
+			if err := h.Handle(context.Background(), req, e.node.status); err == nil {
+				t.Fatalf("reporting %s failed, and Handle returned no error to retry on", c.fail)
+			}
+			for range 3 {
+				if err := h.Handle(context.Background(), req, e.node.status); err != nil {
+					t.Fatal(err)
+				}
+			}
+			s := e.node.get(t)
+			calls := e.exec.restart + e.exec.reboots
+			if calls != 1 {
+				t.Fatalf("acted %d times, want exactly once; status %+v", calls, s)
+			}
+			if c.action == protocol.ActionKubeletRestart {
+				if s.ID != "req-1" || s.Phase != protocol.PhaseDone {
+					t.Errorf("status %+v, want done", s)
+				}
+				return
+			}
+			// The reboot is under way in this process: running until the
+			// host comes back, then done from the new boot.
+			if s.Phase != protocol.PhaseRunning {
+				t.Errorf("status %+v, want running while the host goes down", s)
+			}
+			e.setBoot(t, "boot-2")
+			if err := e.agent(t).Handle(context.Background(), req, e.node.status); err != nil {
+				t.Fatal(err)
+			}
+			if s := e.node.get(t); s.Phase != protocol.PhaseDone || s.BootID != "boot-2" || e.exec.reboots != 1 {
+				t.Errorf("after the reboot: %+v, %d reboots", s, e.exec.reboots)
+			}
+		})
+	}
+}
+
+func TestFailedResultRecordIsFinishedByTheNextHandle(t *testing.T) {
+	e := newEnv(t)
+	h := e.agent(t)
+	statePath := filepath.Join(e.dir, "state", StateFileName)
+	// The disk fails while the kubelet restarts: the outcome cannot be
+	// recorded (a directory now stands where the record was).
+	e.exec.during = func() {
+		if err := os.Rename(statePath, statePath+".saved"); err != nil {
+			t.Error(err)
+		}
+		if err := os.Mkdir(statePath, 0o700); err != nil {
+			t.Error(err)
+		}
+	}
+	req := request("req-1", protocol.ActionKubeletRestart, "node-a", e.clock.Now())
+	if err := h.Handle(context.Background(), req, e.node.status); err == nil {
+		t.Fatal("recording the outcome failed, and Handle returned no error to retry on")
+	}
+	if s := e.node.get(t); s.Phase != protocol.PhaseRunning {
+		t.Fatalf("status %+v, want running until the outcome is recorded", s)
+	}
+	e.exec.during = nil
+	if err := os.Remove(statePath); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(statePath+".saved", statePath); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if err := h.Handle(context.Background(), req, e.node.status); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if s := e.node.get(t); s.Phase != protocol.PhaseDone || e.exec.restart != 1 {
+		t.Errorf("status %+v after %d restarts, want done after exactly one", s, e.exec.restart)
+	}
+	if got := testutil.ToFloat64(h.actions.WithLabelValues("kubelet-restart", "done")); got != 1 {
+		t.Errorf("done counted %v times, want 1", got)
+	}
+	// A new agent reads the outcome from the record.
+	if rec, err := e.agent(t).state.find("req-1"); err != nil || rec == nil || rec.Phase != protocol.PhaseDone {
+		t.Errorf("record %+v, %v; want done", rec, err)
+	}
+}
+
+func TestUnreportedRequestTooOldIsNotCarriedOut(t *testing.T) {
+	e := newEnv(t)
+	h := e.agent(t)
+	req := request("req-1", protocol.ActionKubeletRestart, "node-a", e.clock.Now())
+	e.node.failNext(protocol.PhaseRunning, 1)
+	if err := h.Handle(context.Background(), req, e.node.status); err == nil {
+		t.Fatal("reporting running failed, and Handle returned no error")
+	}
+	// The API server is back only after --max-request-age: the coordinator
+	// has given up on the request, so it is not carried out late.
+	e.clock.Step(2 * time.Hour)
+	if err := h.Handle(context.Background(), req, e.node.status); err != nil {
+		t.Fatal(err)
+	}
+	if s := e.node.get(t); s.Phase != protocol.PhaseFailed || !strings.Contains(s.Message, "not carried out") || e.exec.restart != 0 {
+		t.Errorf("status %+v after %d restarts, want failed and not carried out", s, e.exec.restart)
 	}
 }

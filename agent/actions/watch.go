@@ -4,17 +4,21 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"time"
 
 	"go.uber.org/zap"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/clock"
 
 	"github.com/tokenroll/tokenroll/protocol"
@@ -66,11 +70,31 @@ type WatcherConfig struct {
 	Clock            clock.WithTicker
 }
 
+// Retries of a failed Handle or sentinel write back off exponentially
+// between these delays, without waiting for the Node to change.
+const (
+	retryBaseDelay = 100 * time.Millisecond
+	retryMaxDelay  = time.Minute
+)
+
+// work is what the watcher's queue holds.
+type work string
+
+const (
+	// workRequest: hand the Node's request and status to the Handler.
+	workRequest work = "request"
+	// workSentinel: bring the reboot-required annotation in step.
+	workSentinel work = "reboot-sentinel"
+)
+
 // Watcher watches only its own Node (a field selector on its name) and
-// hands every change to the Handler, one at a time.
+// hands every change to the Handler, one at a time, through a rate-limited
+// queue that retries what failed.
 type Watcher struct {
 	cfg    WatcherConfig
 	synced chan struct{}
+	// queue is made by Run before Synced is closed.
+	queue workqueue.TypedRateLimitingInterface[work]
 }
 
 // NewWatcher checks cfg.
@@ -93,22 +117,20 @@ func NewWatcher(cfg WatcherConfig) (*Watcher, error) {
 // Synced is closed once the watcher has seen its Node.
 func (w *Watcher) Synced() <-chan struct{} { return w.synced }
 
-// Run handles the Node's requests until ctx ends.
+// Run handles the Node's requests until ctx ends. A Watcher runs once.
 func (w *Watcher) Run(ctx context.Context) error {
 	factory := informers.NewSharedInformerFactoryWithOptions(w.cfg.Client, 0, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 		o.FieldSelector = "metadata.name=" + w.cfg.NodeName
 	}))
 	informer := factory.Core().V1().Nodes().Informer()
 	lister := factory.Core().V1().Nodes().Lister()
-	kick := make(chan struct{}, 1)
-	poke := func(any) {
-		select {
-		case kick <- struct{}{}:
-		default:
-		}
-	}
+	w.queue = workqueue.NewTypedRateLimitingQueueWithConfig(
+		workqueue.NewTypedItemExponentialFailureRateLimiter[work](retryBaseDelay, retryMaxDelay),
+		workqueue.TypedRateLimitingQueueConfig[work]{Clock: w.cfg.Clock})
+	defer w.queue.ShutDown()
+	enqueue := func(any) { w.queue.Add(workRequest) }
 	if _, err := informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc: poke, UpdateFunc: func(_, n any) { poke(n) }, DeleteFunc: poke,
+		AddFunc: enqueue, UpdateFunc: func(_, n any) { enqueue(n) }, DeleteFunc: enqueue,
 	}); err != nil {
 		return err
 	}
@@ -118,60 +140,92 @@ func (w *Watcher) Run(ctx context.Context) error {
 		return nil // stopped before the first list finished
 	}
 	close(w.synced)
+
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for w.processNext(ctx, lister) {
+		}
+	}()
+	// The queue stops the worker: shut it down before waiting for it.
+	defer func() { w.queue.ShutDown(); <-done }()
+
+	if w.cfg.RebootSentinel == "" {
+		<-ctx.Done()
+		return nil
+	}
+	w.queue.Add(workSentinel)
 	tick := w.cfg.Clock.NewTicker(w.cfg.SentinelInterval)
 	defer tick.Stop()
-	get := func() *corev1.Node {
-		n, err := lister.Get(w.cfg.NodeName)
-		if err != nil {
-			w.cfg.Log.Warn("this agent's Node is not in the cache", zap.String("node", w.cfg.NodeName), zap.Error(err))
-			return nil
-		}
-		return n
-	}
-	if n := get(); n != nil {
-		w.checkSentinel(ctx, n)
-	}
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-tick.C():
-			if n := get(); n != nil {
-				w.checkSentinel(ctx, n)
-			}
-		case <-kick:
-			n := get()
-			if n == nil {
-				continue
-			}
-			if err := w.cfg.Handler.Handle(ctx, n.Annotations[protocol.AnnotationRequest], n.Annotations[protocol.AnnotationStatus]); err != nil && ctx.Err() == nil {
-				w.cfg.Log.Error("handling the node's request", zap.String("node", w.cfg.NodeName), zap.Error(err))
-			}
+			w.queue.Add(workSentinel)
 		}
 	}
 }
 
+// processNext does one item of work; a failure is retried after a delay
+// that grows with each failure, a success forgets them.
+func (w *Watcher) processNext(ctx context.Context, lister corelisters.NodeLister) bool {
+	item, shutdown := w.queue.Get()
+	if shutdown {
+		return false
+	}
+	defer w.queue.Done(item)
+	err := w.sync(ctx, lister, item)
+	switch {
+	case err == nil:
+		w.queue.Forget(item)
+	case ctx.Err() != nil:
+		// Stopping: the next agent starts from the Node and its record.
+	default:
+		w.cfg.Log.Error("handling the node's "+string(item)+"; retrying", zap.String("node", w.cfg.NodeName),
+			zap.Int("retries", w.queue.NumRequeues(item)), zap.Error(err))
+		w.queue.AddRateLimited(item)
+	}
+	return true
+}
+
+func (w *Watcher) sync(ctx context.Context, lister corelisters.NodeLister, item work) error {
+	n, err := lister.Get(w.cfg.NodeName)
+	if apierrors.IsNotFound(err) {
+		// Deleted: nothing to act on, and nowhere to report. Its return
+		// is an event of its own.
+		w.cfg.Log.Warn("this agent's Node is not in the cache", zap.String("node", w.cfg.NodeName))
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	switch item {
+	case workRequest:
+		return w.cfg.Handler.Handle(ctx, n.Annotations[protocol.AnnotationRequest], n.Annotations[protocol.AnnotationStatus])
+	case workSentinel:
+		return w.checkSentinel(ctx, n)
+	}
+	return nil
+}
+
 // checkSentinel keeps the reboot-required annotation in step with the
 // sentinel file, writing only on change.
-func (w *Watcher) checkSentinel(ctx context.Context, n *corev1.Node) {
-	if w.cfg.RebootSentinel == "" {
-		return
-	}
+func (w *Watcher) checkSentinel(ctx context.Context, n *corev1.Node) error {
 	_, err := os.Stat(w.cfg.RebootSentinel)
 	want := ""
 	switch {
 	case err == nil:
 		want = "true"
 	case !errors.Is(err, fs.ErrNotExist):
-		w.cfg.Log.Warn("checking the reboot sentinel", zap.String("file", w.cfg.RebootSentinel), zap.Error(err))
-		return
+		return fmt.Errorf("checking the reboot sentinel %s: %w", w.cfg.RebootSentinel, err)
 	}
 	if n.Annotations[protocol.AnnotationRebootRequired] == want {
-		return
+		return nil
 	}
 	if err := patchAnnotation(ctx, w.cfg.Client, w.cfg.NodeName, protocol.AnnotationRebootRequired, want); err != nil {
-		w.cfg.Log.Warn("reporting reboot-required", zap.Error(err))
-		return
+		return fmt.Errorf("reporting reboot-required on node %s: %w", w.cfg.NodeName, err)
 	}
 	w.cfg.Log.Info("reboot required changed", zap.String("node", w.cfg.NodeName), zap.Bool("required", want != ""), zap.String("sentinel", w.cfg.RebootSentinel))
+	return nil
 }

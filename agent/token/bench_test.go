@@ -44,19 +44,3 @@ func BenchmarkParse(b *testing.B) {
 		}
 	}
 }
-
-// BenchmarkParseEncodingJSON is Parse as it was, decoding the payload with
-// encoding/json (refParse in decode_test.go), for comparison.
-func BenchmarkParseEncodingJSON(b *testing.B) {
-	tok := realisticToken()
-	if _, err := refParse(tok); err != nil {
-		b.Fatal(err)
-	}
-	b.SetBytes(int64(len(tok)))
-	b.ReportAllocs()
-	for b.Loop() {
-		if _, err := refParse(tok); err != nil {
-			b.Fatal(err)
-		}
-	}
-}

@@ -7,10 +7,15 @@ package token
 import (
 	"bytes"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
+	"strings"
 	"time"
+	"unicode"
+
+	sigsjson "sigs.k8s.io/json"
 )
 
 // MaxSize is the largest token file read: a bound token is about 1 KiB.
@@ -55,26 +60,146 @@ func LooksLikeJWT(data []byte) bool {
 	return segments == 2 && n > 0
 }
 
-// claimError describes a malformed claim in words of our own, never the
-// claim's value.
-type claimError string
+// Limits on what a token may carry. The API server writes Kubernetes names
+// (a namespace is a DNS label, other names DNS subdomains), UIDs, and an
+// issuer and audiences that are URLs or short strings; a file in a projected
+// volume (where tenants' ConfigMaps also land) that carries more is not a
+// token it wrote. Claims go on into reports, metric labels and Node
+// annotations, so they are capped here.
+const (
+	maxNamespace = 63
+	maxName      = 253
+	maxUID       = 128
+	// maxURL caps iss and each audience.
+	maxURL       = 2048
+	maxAudiences = 64
+	// maxDate is a NumericDate beyond year 36812, which no token carries.
+	maxDate = 1 << 40
+)
 
-func (e claimError) Error() string { return string(e) }
+// wireClaims is the payload as the API server writes it. Dates are JSON
+// numbers (NumericDate, possibly fractional); aud is a string or a list.
+type wireClaims struct {
+	Iss  string          `json:"iss"`
+	Aud  json.RawMessage `json:"aud"`
+	Iat  *float64        `json:"iat"`
+	Exp  *float64        `json:"exp"`
+	Kube struct {
+		Namespace string `json:"namespace"`
+		Pod       struct {
+			Name string `json:"name"`
+			UID  string `json:"uid"`
+		} `json:"pod"`
+		ServiceAccount struct {
+			Name string `json:"name"`
+		} `json:"serviceaccount"`
+		Node struct {
+			Name string `json:"name"`
+		} `json:"node"`
+		WarnAfter *float64 `json:"warnafter"`
+	} `json:"kubernetes.io"`
+}
+
+// claimPaths are the paths encoding/json gives a wireClaims field in its
+// errors. An error names a claim only from this list.
+var claimPaths = map[string]bool{
+	"iss": true, "aud": true, "iat": true, "exp": true, "kubernetes.io": true,
+	"kubernetes.io.namespace": true, "kubernetes.io.pod": true, "kubernetes.io.pod.name": true, "kubernetes.io.pod.uid": true,
+	"kubernetes.io.serviceaccount": true, "kubernetes.io.serviceaccount.name": true,
+	"kubernetes.io.node": true, "kubernetes.io.node.name": true, "kubernetes.io.warnafter": true,
+}
+
+var dateClaims = map[string]bool{"iat": true, "exp": true, "kubernetes.io.warnafter": true}
+
+// jsonKind is the kind of JSON value an UnmarshalTypeError describes, without
+// the literal encoding/json appends to a number ("number 1e999").
+func jsonKind(value string) string {
+	kind, _, _ := strings.Cut(value, " ")
+	switch kind {
+	case "object", "array", "string", "number", "bool":
+		return kind
+	}
+	return "value"
+}
+
+// decodeClaims unmarshals the payload with keys matched case-sensitively:
+// encoding/json would also take "IAT" or "Iss" for "iat" and "iss", and a
+// token whose keys differ only in case is not one the API server wrote.
+// Errors keep offsets, claim names and kinds from encoding/json's errors,
+// never their text: it quotes numbers from the input.
+func decodeClaims(payload []byte) (wireClaims, error) {
+	var w wireClaims
+	err := sigsjson.UnmarshalCaseSensitivePreserveInts(payload, &w)
+	if err == nil {
+		return w, nil
+	}
+	if ok, offset := sigsjson.SyntaxErrorOffset(err); ok {
+		return wireClaims{}, fmt.Errorf("payload is not valid JSON (at byte %d)", offset)
+	}
+	var te *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &te) && te.Field == "":
+		return wireClaims{}, fmt.Errorf("payload is a JSON %s, not an object of claims", jsonKind(te.Value))
+	case errors.As(err, &te) && dateClaims[te.Field] && jsonKind(te.Value) == "number":
+		return wireClaims{}, fmt.Errorf("claim %q is a number out of range", te.Field)
+	case errors.As(err, &te) && claimPaths[te.Field]:
+		return wireClaims{}, fmt.Errorf("claim %q has the wrong type (%s)", te.Field, jsonKind(te.Value))
+	default:
+		return wireClaims{}, errors.New("payload is not a JSON object of claims with the expected types")
+	}
+}
+
+// audiences reads aud: absent or null is none, a string is one audience.
+func audiences(raw json.RawMessage) ([]string, error) {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 || string(raw) == "null" {
+		return nil, nil
+	}
+	if raw[0] == '"' {
+		var one string
+		if err := json.Unmarshal(raw, &one); err == nil {
+			return []string{one}, nil
+		}
+	} else {
+		var many []string
+		if err := json.Unmarshal(raw, &many); err == nil {
+			return many, nil
+		}
+	}
+	return nil, errors.New(`claim "aud" is neither a string nor a list of strings`)
+}
 
 // seconds turns a NumericDate into whole seconds, refusing what no token
 // carries (negative, NaN, beyond year 36812).
-func seconds(name string, n number) (int64, bool, error) {
-	if !n.set {
+func seconds(name string, f *float64) (int64, bool, error) {
+	if f == nil {
 		return 0, false, nil
 	}
-	if math.IsNaN(n.f) || n.f < 0 || n.f > 1<<40 {
+	if math.IsNaN(*f) || *f < 0 || *f > maxDate {
 		return 0, false, fmt.Errorf("claim %q is not a plausible NumericDate", name)
 	}
-	return int64(math.Floor(n.f)), true, nil
+	return int64(math.Floor(*f)), true, nil
 }
 
-// Parse decodes the claims of a compact JWT. It does not verify the
-// signature. Its errors describe the defect without quoting the token.
+// checkString refuses a claim longer than limit bytes, or holding a
+// character that is not printable (a control character, a bidirectional
+// override) that could rewrite a terminal line or a log; the API server
+// writes neither.
+func checkString(name, s string, limit int) error {
+	if len(s) > limit {
+		return fmt.Errorf("claim %q is %d bytes, longer than the %d it can be", name, len(s), limit)
+	}
+	for _, r := range s {
+		if !unicode.IsPrint(r) {
+			return fmt.Errorf("claim %q holds a character that is not printable", name)
+		}
+	}
+	return nil
+}
+
+// Parse decodes the claims of a compact JWT: only the payload segment, never
+// the header or the signature, which it neither reads nor verifies. Its
+// errors describe the defect without quoting the token.
 func Parse(data []byte) (Claims, error) {
 	data = bytes.TrimRight(data, "\r\n")
 	if len(data) > MaxSize {
@@ -90,15 +215,8 @@ func Parse(data []byte) (Claims, error) {
 		return Claims{}, errors.New("not a JWT: want exactly three dot-separated segments")
 	}
 	seg := bytes.TrimRight(rest[:second], "=")
-	// A bound token's payload, about 700 bytes, decodes on the stack; the
-	// claims keep copies of what they need.
-	var stack [2048]byte
-	var payload []byte
-	if n := base64.RawURLEncoding.DecodedLen(len(seg)); n <= len(stack) {
-		payload = stack[:n]
-	} else {
-		payload = make([]byte, n)
-	}
+	payload := make([]byte, base64.RawURLEncoding.DecodedLen(len(seg)))
+	defer clear(payload)
 	n, err := base64.RawURLEncoding.Decode(payload, seg)
 	if err != nil {
 		var ce base64.CorruptInputError
@@ -107,10 +225,7 @@ func Parse(data []byte) (Claims, error) {
 		}
 		return Claims{}, errors.New("payload is not base64url")
 	}
-	payload = payload[:n]
-	defer clear(payload)
-
-	w, err := decodeWire(payload)
+	w, err := decodeClaims(payload[:n])
 	if err != nil {
 		return Claims{}, err
 	}
@@ -122,7 +237,7 @@ func Parse(data []byte) (Claims, error) {
 	if err != nil {
 		return Claims{}, err
 	}
-	warn, hasWarn, err := seconds("kubernetes.io.warnafter", w.WarnAfter)
+	warn, hasWarn, err := seconds("kubernetes.io.warnafter", w.Kube.WarnAfter)
 	if err != nil {
 		return Claims{}, err
 	}
@@ -142,19 +257,43 @@ func Parse(data []byte) (Claims, error) {
 	if hasWarn && warn <= iat {
 		return Claims{}, fmt.Errorf("kubernetes.io.warnafter %d is not after iat %d", warn, iat)
 	}
-	if w.AudBad {
-		return Claims{}, claimError(`claim "aud" is neither a string nor a list of strings`)
+	aud, err := audiences(w.Aud)
+	if err != nil {
+		return Claims{}, err
+	}
+	if len(aud) > maxAudiences {
+		return Claims{}, fmt.Errorf("claim \"aud\" lists %d audiences, more than the %d a token can have", len(aud), maxAudiences)
+	}
+	type capped struct {
+		name, value string
+		limit       int
+	}
+	strs := []capped{
+		{"iss", w.Iss, maxURL},
+		{"kubernetes.io.namespace", w.Kube.Namespace, maxNamespace},
+		{"kubernetes.io.pod.name", w.Kube.Pod.Name, maxName},
+		{"kubernetes.io.pod.uid", w.Kube.Pod.UID, maxUID},
+		{"kubernetes.io.serviceaccount.name", w.Kube.ServiceAccount.Name, maxName},
+		{"kubernetes.io.node.name", w.Kube.Node.Name, maxName},
+	}
+	for _, a := range aud {
+		strs = append(strs, capped{"aud", a, maxURL})
+	}
+	for _, c := range strs {
+		if err := checkString(c.name, c.value, c.limit); err != nil {
+			return Claims{}, err
+		}
 	}
 	c := Claims{
 		Issuer:         w.Iss,
-		Audiences:      w.Aud,
+		Audiences:      aud,
 		IssuedAt:       time.Unix(iat, 0).UTC(),
 		Expires:        time.Unix(exp, 0).UTC(),
-		Namespace:      w.Namespace,
-		PodName:        w.PodName,
-		PodUID:         w.PodUID,
-		ServiceAccount: w.ServiceAccount,
-		NodeName:       w.NodeName,
+		Namespace:      w.Kube.Namespace,
+		PodName:        w.Kube.Pod.Name,
+		PodUID:         w.Kube.Pod.UID,
+		ServiceAccount: w.Kube.ServiceAccount.Name,
+		NodeName:       w.Kube.Node.Name,
 	}
 	if hasWarn {
 		c.WarnAfter = time.Unix(warn, 0).UTC()

@@ -3,6 +3,7 @@ package token
 import (
 	"encoding/base64"
 	"encoding/json"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -15,6 +16,11 @@ func jwt(claims any) string {
 	enc := base64.RawURLEncoding
 	payload, _ := json.Marshal(claims)
 	return enc.EncodeToString([]byte(`{"alg":"ES256","kid":"k"}`)) + "." + enc.EncodeToString(payload) + "." + enc.EncodeToString([]byte("signature"))
+}
+
+// tokenOf wraps a raw JSON payload in a compact token.
+func tokenOf(payload string) string {
+	return "eyJhbGciOiJFUzI1NiJ9." + base64.RawURLEncoding.EncodeToString([]byte(payload)) + ".c2ln"
 }
 
 const iat = 1795000000 // 2026-11-18T...
@@ -76,6 +82,20 @@ func TestParseRejectsWithoutQuotingTheToken(t *testing.T) {
 		{"bad aud", jwt(map[string]any{"iat": 1, "exp": 10, "aud": 7}), "aud"},
 		{"warnafter before iat", jwt(map[string]any{"iat": 10, "exp": 100, "kubernetes.io": map[string]any{"warnafter": 5}}), "warnafter"},
 		{"huge", strings.Repeat("a", MaxSize+1), "larger than"},
+		{"syntax error", tokenOf(`{"iss":"secret","iat":1,}`), "payload is not valid JSON (at byte 25)"},
+		{"syntax beats type", tokenOf(`{"iat":"secret",]`), "payload is not valid JSON (at byte 17)"},
+		{"nested wrong type", tokenOf(`{"kubernetes.io":{"pod":{"uid":1234567}},"iat":1,"exp":2}`), `claim "kubernetes.io.pod.uid" has the wrong type (number)`},
+		{"first wrong type wins", tokenOf(`{"kubernetes.io":{"pod":{"uid":1}},"iat":"secret"}`), `claim "kubernetes.io.pod.uid" has the wrong type (number)`},
+		{"object for a string", tokenOf(`{"iss":{"secret":1},"iat":1,"exp":2}`), `claim "iss" has the wrong type (object)`},
+		{"out of range is not quoted", tokenOf(`{"iat":1e999,"exp":2}`), `claim "iat" is a number out of range`},
+		{"negative date", jwt(map[string]any{"iat": -5, "exp": 10}), `claim "iat" is not a plausible NumericDate`},
+		{"top-level string", tokenOf(`"secret"`), "payload is a JSON string, not an object of claims"},
+		{"long namespace", jwt(bound(map[string]any{"kubernetes.io": map[string]any{"namespace": strings.Repeat("secret", 11)}})), `claim "kubernetes.io.namespace" is 66 bytes, longer than the 63 it can be`},
+		{"long pod name", jwt(bound(map[string]any{"kubernetes.io": map[string]any{"pod": map[string]any{"name": strings.Repeat("secret", 50)}}})), `claim "kubernetes.io.pod.name" is 300 bytes, longer than the 253 it can be`},
+		{"long issuer", jwt(bound(map[string]any{"iss": strings.Repeat("secret", 400)})), `claim "iss" is 2400 bytes, longer than the 2048 it can be`},
+		{"too many audiences", jwt(bound(map[string]any{"aud": make([]string, 65)})), `claim "aud" lists 65 audiences, more than the 64 a token can have`},
+		{"escape sequence in issuer", jwt(bound(map[string]any{"iss": "secret\x1b[2J"})), `claim "iss" holds a character that is not printable`},
+		{"bidi override in audience", jwt(bound(map[string]any{"aud": []string{"ok", "secret\u202e"}})), `claim "aud" holds a character that is not printable`},
 	}
 	for _, c := range cases {
 		_, err := Parse([]byte(c.token))
@@ -86,6 +106,66 @@ func TestParseRejectsWithoutQuotingTheToken(t *testing.T) {
 		if strings.Contains(err.Error(), secretish) || strings.Contains(err.Error(), "secret") {
 			t.Errorf("%s: error quotes the token: %v", c.name, err)
 		}
+	}
+}
+
+func TestParseMatchesKeysExactly(t *testing.T) {
+	// encoding/json alone would take IAT for iat and Iss for iss.
+	c, err := Parse([]byte(tokenOf(`{"IAT":1,"Exp":2,"exp":3,"iat":2,"Iss":"x"}`)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.IssuedAt.Unix() != 2 || c.Expires.Unix() != 3 || c.Issuer != "" {
+		t.Errorf("keys differing in case were taken: %+v", c)
+	}
+	if _, err := Parse([]byte(tokenOf(`{"IAT":1,"EXP":2}`))); err == nil || err.Error() != "missing claim [iat exp]" {
+		t.Errorf("upper-case keys only: %v, want missing claim [iat exp]", err)
+	}
+}
+
+func TestParseReadsOnlyThePayload(t *testing.T) {
+	payload := base64.RawURLEncoding.EncodeToString([]byte(`{"iat":1,"exp":2}`))
+	// Neither the header nor the signature is valid base64url or JSON:
+	// Parse never decodes them, let alone verifies the signature.
+	for _, tok := range []string{"%%." + payload + ".%%", "." + payload + ".", "x." + payload + ".not a signature"} {
+		if c, err := Parse([]byte(tok)); err != nil || c.Expires.Unix() != 2 {
+			t.Errorf("Parse(%q) = %+v, %v; want the payload's claims", tok, c, err)
+		}
+	}
+}
+
+func TestParseRealisticToken(t *testing.T) {
+	c, err := Parse(realisticToken())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Claims{
+		Issuer:    "https://kubernetes.default.svc.cluster.local",
+		Audiences: []string{"https://kubernetes.default.svc.cluster.local", "vault"},
+		IssuedAt:  at(iat), Expires: at(iat + 3607), WarnAfter: at(iat + 2886),
+		Namespace: "build-pipelines", PodName: "build-robot-7d9f8c6b5-x2k4q", PodUID: "c3e1a2b4-5d6f-4a8b-9c0d-e1f2a3b4c5d6",
+		ServiceAccount: "build-robot", NodeName: "ip-10-0-12-34.eu-west-1.compute.internal",
+	}
+	if !reflect.DeepEqual(c, want) {
+		t.Errorf("got  %+v\nwant %+v", c, want)
+	}
+}
+
+func TestParseNullsAndDuplicates(t *testing.T) {
+	// encoding/json's rules: the last duplicate wins, objects merge, null
+	// unsets a date and leaves a string as it was.
+	c, err := Parse([]byte(tokenOf(`{"iat":1,"iat":5,"exp":9,"exp":null,"exp":10,"iss":"a","iss":null,` +
+		`"kubernetes.io":{"namespace":"n","pod":{"name":"p"},"warnafter":7},"kubernetes.io":{"pod":{"uid":"u"},"warnafter":null},"aud":"x","aud":null}`)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.IssuedAt.Unix() != 5 || c.Expires.Unix() != 10 || c.Issuer != "a" || c.Namespace != "n" || c.PodName != "p" || c.PodUID != "u" ||
+		!c.WarnAfter.IsZero() || c.Audiences != nil {
+		t.Errorf("got %+v", c)
+	}
+	c, err = Parse([]byte(tokenOf(`{"iat":1,"exp":2,"aud":["a",null,"b"]}`)))
+	if err != nil || strings.Join(c.Audiences, ",") != "a,,b" {
+		t.Errorf("aud with a null: %q, %v", c.Audiences, err)
 	}
 }
 

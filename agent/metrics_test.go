@@ -1,0 +1,223 @@
+package agent
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/discovery"
+	fakediscovery "k8s.io/client-go/discovery/fake"
+	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	restfake "k8s.io/client-go/rest/fake"
+	clocktesting "k8s.io/utils/clock/testing"
+)
+
+// oidcClientset is a fake clientset whose API server answers OIDC discovery
+// with issuer.
+type oidcClientset struct {
+	*fake.Clientset
+	issuer string
+}
+
+func (c oidcClientset) Discovery() discovery.DiscoveryInterfaces {
+	return oidcDiscovery{FakeDiscovery: c.Clientset.Discovery().(*fakediscovery.FakeDiscovery), issuer: c.issuer}
+}
+
+type oidcDiscovery struct {
+	*fakediscovery.FakeDiscovery
+	issuer string
+}
+
+func (d oidcDiscovery) RESTClient() rest.Interface {
+	return &restfake.RESTClient{
+		NegotiatedSerializer: scheme.Codecs.WithoutConversion(),
+		Client: restfake.CreateHTTPClient(func(req *http.Request) (*http.Response, error) {
+			if req.URL.Path != "/.well-known/openid-configuration" {
+				return &http.Response{StatusCode: http.StatusNotFound, Body: io.NopCloser(strings.NewReader(""))}, nil
+			}
+			return &http.Response{StatusCode: http.StatusOK, Header: http.Header{"Content-Type": {"application/json"}},
+				Body: io.NopCloser(strings.NewReader(fmt.Sprintf(`{"issuer":%q}`, d.issuer)))}, nil
+		}),
+	}
+}
+
+// writeVolume lays out a projected volume as the kubelet's AtomicWriter
+// does: the files in a timestamped directory, ..data linked to it, and each
+// visible name linked through ..data.
+func writeVolume(t *testing.T, root, uid, vol string, files map[string]string) {
+	t.Helper()
+	dir := filepath.Join(root, "pods", uid, "volumes", "kubernetes.io~projected", vol)
+	ts := "..2026_11_27_11_59_00.000000001"
+	if err := os.MkdirAll(filepath.Join(dir, ts), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for name, content := range files {
+		if err := os.WriteFile(filepath.Join(dir, ts, name), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(filepath.Join("..data", name), filepath.Join(dir, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Symlink(ts, filepath.Join(dir, "..data")); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// boundToken is a token of pod ns/pod issued by iss at iat for ttl seconds.
+func boundToken(iss, ns, pod, uid string, iat, ttl int64) string {
+	enc := base64.RawURLEncoding
+	payload, _ := json.Marshal(map[string]any{
+		"iss": iss, "aud": []string{iss}, "iat": iat, "nbf": iat, "exp": iat + ttl,
+		"sub": "system:serviceaccount:" + ns + ":default",
+		"kubernetes.io": map[string]any{
+			"namespace": ns, "pod": map[string]any{"name": pod, "uid": uid},
+			"serviceaccount": map[string]any{"name": "default", "uid": "sa-uid"},
+			"node":           map[string]any{"name": "node-1", "uid": "node-uid"},
+		},
+	})
+	return enc.EncodeToString([]byte(`{"alg":"RS256","kid":"k"}`)) + "." + enc.EncodeToString(payload) + "." + enc.EncodeToString([]byte("signature"))
+}
+
+// TestMetricsExposition scans a node with one token in each of four states
+// and compares the agent's whole exposition with the exact text expected.
+func TestMetricsExposition(t *testing.T) {
+	const oldIss, newIss = "https://kubernetes.default.svc", "https://test.default.svc"
+	now := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC) // 1795780800
+	at := func(offset int64) int64 { return now.Unix() + offset }
+	root := t.TempDir()
+	const robot, web = "00000000-0000-4000-8000-00000000000a", "00000000-0000-4000-8000-00000000000b"
+	// Every token lives 4000 s: the kubelet refreshes it 3200 s after iat.
+	writeVolume(t, root, robot, "kube-api-access-abcde", map[string]string{
+		"token":     boundToken(newIss, "build", "robot", robot, at(-400), 4000), // fresh, refreshAt now+2800
+		"ca.crt":    "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+		"namespace": "build",
+	})
+	writeVolume(t, root, robot, "vault-token", map[string]string{
+		"token": boundToken(oldIss, "build", "robot", robot, at(-1000), 4000), // issuer-mismatch, refreshAt now+2200
+	})
+	writeVolume(t, root, web, "kube-api-access-fghij", map[string]string{
+		"token":  boundToken(newIss, "web", "web-0", web, at(-3600), 4000), // overdue, refreshAt now-400
+		"broken": "eyJhbGciOiJub25lIn0.bm90IGpzb24.c2ln",                   // invalid: the payload is not JSON
+	})
+
+	client := oidcClientset{Clientset: fake.NewClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-1"}}), issuer: newIss}
+	reg := prometheus.NewRegistry()
+	a, err := New(Config{
+		NodeName: "node-1", KubeletRoot: root, Client: client,
+		Interval: 30 * time.Second, Grace: 5 * time.Minute, IssuerRefresh: time.Minute, MaxTokenSeries: 2,
+		Registry: reg, Clock: clocktesting.NewFakeClock(now),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	a.refreshIssuer(ctx)
+	r := a.ScanOnce(ctx)
+	if r == nil || len(r.Tokens) != 4 {
+		t.Fatalf("scan: %+v", r)
+	}
+
+	// The scan's gauges: three stale series would pass the cap of two, so
+	// the least severe (overdue) is left out.
+	wantScan := `
+# HELP tokenroll_tokens Projected service-account tokens on this node by state and namespace, from the last scan.
+# TYPE tokenroll_tokens gauge
+tokenroll_tokens{namespace="",state="invalid"} 1
+tokenroll_tokens{namespace="build",state="fresh"} 1
+tokenroll_tokens{namespace="build",state="issuer-mismatch"} 1
+tokenroll_tokens{namespace="web",state="overdue"} 1
+# HELP tokenroll_token_oldest_age_ratio Age of the oldest live token as a fraction of its lifetime (the kubelet refreshes at 0.8).
+# TYPE tokenroll_token_oldest_age_ratio gauge
+tokenroll_token_oldest_age_ratio 0.9
+# HELP tokenroll_token_next_refresh_timestamp_seconds Earliest refreshAt among live tokens (Unix time); absent when there are none.
+# TYPE tokenroll_token_next_refresh_timestamp_seconds gauge
+tokenroll_token_next_refresh_timestamp_seconds 1795780400
+# HELP tokenroll_token_latest_overdue_refresh_timestamp_seconds Latest refreshAt among overdue tokens (Unix time); absent when none is overdue.
+# TYPE tokenroll_token_latest_overdue_refresh_timestamp_seconds gauge
+tokenroll_token_latest_overdue_refresh_timestamp_seconds 1795780400
+# HELP tokenroll_stale_token_refresh_timestamp_seconds One series per token that is not fresh (capped by --max-token-series): its refreshAt (Unix time), 0 when unknown.
+# TYPE tokenroll_stale_token_refresh_timestamp_seconds gauge
+tokenroll_stale_token_refresh_timestamp_seconds{namespace="",path="broken",pod="",state="invalid",volume="kube-api-access-fghij"} 0
+tokenroll_stale_token_refresh_timestamp_seconds{namespace="build",path="token",pod="robot",state="issuer-mismatch",volume="vault-token"} 1795783000
+`
+	if err := testutil.CollectAndCompare(a.metrics, strings.NewReader(wantScan)); err != nil {
+		t.Error(err)
+	}
+
+	// The whole registry: the scan's gauges, the counters and the scan's duration (zero on the fake clock): one
+	// condition and one report written, no error. Nothing else.
+	wantRest := `
+# HELP tokenroll_expected_issuer_known 1 when the API server's issuer is known (tokens are checked against it), 0 when discovery has not answered yet.
+# TYPE tokenroll_expected_issuer_known gauge
+tokenroll_expected_issuer_known 1
+# HELP tokenroll_last_scan_timestamp_seconds When the last successful scan finished (Unix time).
+# TYPE tokenroll_last_scan_timestamp_seconds gauge
+tokenroll_last_scan_timestamp_seconds 1795780800
+# HELP tokenroll_node_condition_updates_total Writes of the ServiceAccountTokensStale condition to the Node (only on change).
+# TYPE tokenroll_node_condition_updates_total counter
+tokenroll_node_condition_updates_total 1
+# HELP tokenroll_node_report_updates_total Writes of the tokenroll.io/tokens annotation (the coordinator's summary) to the Node (only on change).
+# TYPE tokenroll_node_report_updates_total counter
+tokenroll_node_report_updates_total 1
+# HELP tokenroll_scan_duration_seconds Time one scan of the kubelet root takes.
+# TYPE tokenroll_scan_duration_seconds histogram
+tokenroll_scan_duration_seconds_bucket{le="0.005"} 1
+tokenroll_scan_duration_seconds_bucket{le="0.01"} 1
+tokenroll_scan_duration_seconds_bucket{le="0.02"} 1
+tokenroll_scan_duration_seconds_bucket{le="0.04"} 1
+tokenroll_scan_duration_seconds_bucket{le="0.08"} 1
+tokenroll_scan_duration_seconds_bucket{le="0.16"} 1
+tokenroll_scan_duration_seconds_bucket{le="0.32"} 1
+tokenroll_scan_duration_seconds_bucket{le="0.64"} 1
+tokenroll_scan_duration_seconds_bucket{le="1.28"} 1
+tokenroll_scan_duration_seconds_bucket{le="2.56"} 1
+tokenroll_scan_duration_seconds_bucket{le="5.12"} 1
+tokenroll_scan_duration_seconds_bucket{le="10.24"} 1
+tokenroll_scan_duration_seconds_bucket{le="+Inf"} 1
+tokenroll_scan_duration_seconds_sum 0
+tokenroll_scan_duration_seconds_count 1
+# HELP tokenroll_scan_errors_total Scan problems by kind: root (the scan failed), directory (part of the root unreadable), pods_api, issuer_discovery, node_condition.
+# TYPE tokenroll_scan_errors_total counter
+tokenroll_scan_errors_total{kind="directory"} 0
+tokenroll_scan_errors_total{kind="issuer_discovery"} 0
+tokenroll_scan_errors_total{kind="node_annotation"} 0
+tokenroll_scan_errors_total{kind="node_condition"} 0
+tokenroll_scan_errors_total{kind="pods_api"} 0
+tokenroll_scan_errors_total{kind="root"} 0
+# HELP tokenroll_stale_token_series_dropped_total Per-token series left out because of --max-token-series, summed over scans.
+# TYPE tokenroll_stale_token_series_dropped_total counter
+tokenroll_stale_token_series_dropped_total 1
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(wantScan+wantRest)); err != nil {
+		t.Error(err)
+	}
+
+	// The tokens disappear (the pods are gone): their series go with them.
+	if err := os.RemoveAll(filepath.Join(root, "pods")); err != nil {
+		t.Fatal(err)
+	}
+	a.ScanOnce(ctx)
+	want := `
+# HELP tokenroll_token_oldest_age_ratio Age of the oldest live token as a fraction of its lifetime (the kubelet refreshes at 0.8).
+# TYPE tokenroll_token_oldest_age_ratio gauge
+tokenroll_token_oldest_age_ratio 0
+`
+	if err := testutil.CollectAndCompare(a.metrics, strings.NewReader(want)); err != nil {
+		t.Error(err)
+	}
+}
