@@ -14,6 +14,12 @@ export TOKENROLL_CACHE_DIR ?= $(if $(XDG_CACHE_HOME),$(XDG_CACHE_HOME),$(HOME)/.
 GOLANGCI_LINT_VERSION := v2.15.0
 GOLANGCI_LINT := $(TOKENROLL_CACHE_DIR)/tools/golangci-lint-$(GOLANGCI_LINT_VERSION)
 
+# grpcnotrace leaves out grpc's golang.org/x/net/trace (the agent and the CLI
+# reach grpc through the kubelet Pods API client): it brings html/template,
+# whose method lookup by name makes the linker keep every exported method of
+# every type, and nothing here reads grpc's traces. test/deps checks it.
+TAGS      := grpcnotrace
+
 LDFLAGS := -s -w \
 	-X github.com/tokenroll/tokenroll/internal/version.Version=$(VERSION) \
 	-X github.com/tokenroll/tokenroll/internal/version.Commit=$(COMMIT)
@@ -23,8 +29,11 @@ LDFLAGS := -s -w \
 help: ## List the targets.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-build: ## Build bin/tokenroll (static).
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/tokenroll ./cmd/tokenroll
+# What ships (the image holds the first three) and the local cluster.
+PROGRAMS := tokenroll tokenroll-agent tokenroll-coordinator tokenroll-sandbox
+
+build: ## Build bin/tokenroll, bin/tokenroll-agent, bin/tokenroll-coordinator and bin/tokenroll-sandbox (static).
+	CGO_ENABLED=0 $(GO) build -trimpath -tags "$(TAGS)" -ldflags "$(LDFLAGS)" -o $(BIN)/ $(addprefix ./cmd/,$(PROGRAMS))
 
 test: lint test-short test-integration ## Everything CI runs: lint, unit tests, integration tests.
 
@@ -51,8 +60,8 @@ dbus: ## Install dbus-daemon for the D-Bus tests when missing (Debian, as root).
 controlplane: ## Build the pinned etcd and kube-apiserver into the cache (a no-op when built).
 	@bash sandbox/controlplane/build.sh >/dev/null
 
-sandbox: controlplane build ## Run the local sandbox; pass flags with ARGS='--nodes 20'.
-	$(BIN)/tokenroll sandbox $(ARGS)
+sandbox: controlplane build ## Run the local sandbox (bin/tokenroll-sandbox); pass flags with ARGS='--nodes 20'.
+	$(BIN)/tokenroll-sandbox $(ARGS)
 
 image: ## Build the container image (needs a Docker engine).
 	docker build --build-arg VERSION=$(VERSION) --build-arg COMMIT=$(COMMIT) -t $(IMAGE) .

@@ -21,9 +21,9 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/clock"
 
-	"github.com/tokenroll/tokenroll/agent/issuer"
 	"github.com/tokenroll/tokenroll/agent/podsapi"
 	"github.com/tokenroll/tokenroll/agent/scan"
+	"github.com/tokenroll/tokenroll/internal/issuer"
 	"github.com/tokenroll/tokenroll/protocol"
 )
 

@@ -25,7 +25,7 @@ import (
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
 
-	"github.com/tokenroll/tokenroll/agent/issuer"
+	"github.com/tokenroll/tokenroll/internal/issuer"
 	"github.com/tokenroll/tokenroll/protocol"
 )
 

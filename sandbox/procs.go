@@ -15,13 +15,6 @@ import (
 	"time"
 )
 
-// ChildEnv is set in the environment of every process the sandbox starts,
-// and of what those start in turn (the agents' reboot and kubelet-restart
-// commands). The tokenroll binary ignores it; a test binary standing in for
-// tokenroll (Options.Command) looks for it to run tokenroll's main instead
-// of its tests.
-const ChildEnv = "TOKENROLL_SANDBOX_CHILD"
-
 // restartDelay is how long a process that ended stays down before it is
 // started again, as a kubelet restarts a crashed container.
 const restartDelay = time.Second
@@ -95,7 +88,6 @@ func (c *child) start() error {
 		return fmt.Errorf("opening the log of %s: %w", c.name, err)
 	}
 	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Env = append(os.Environ(), ChildEnv+"=1")
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	c.mu.Lock()

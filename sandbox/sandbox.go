@@ -4,8 +4,8 @@
 // (sandbox/openshiftsim), simulated kubelets (sandbox/kubeletsim) running
 // ReplicaSets (sandbox/replicasim) whose pods hold projected tokens, among
 // them the seed's build-robot pod with a token for the audience "vault",
-// and the real tokenroll agent and coordinator as processes of the same
-// binary.
+// and the real tokenroll-agent and tokenroll-coordinator binaries as
+// processes.
 package sandbox
 
 import (

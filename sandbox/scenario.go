@@ -26,9 +26,10 @@ import (
 	"github.com/tokenroll/tokenroll/sandbox/invariants"
 	"github.com/tokenroll/tokenroll/sandbox/kubeletsim"
 	"github.com/tokenroll/tokenroll/sandbox/openshiftsim"
+	"github.com/tokenroll/tokenroll/sandbox/programs"
 )
 
-// Options say what `tokenroll sandbox` builds and does.
+// Options say what tokenroll-sandbox builds and does.
 type Options struct {
 	// BinDir, Dir, Nodes, APIServers, Issuer and TrustWindow are the
 	// cluster's; see Config. An empty Dir is a temporary directory, removed
@@ -61,10 +62,11 @@ type Options struct {
 	SummaryJSON string
 	// Timeout bounds the scenario from the issuer change to its end.
 	Timeout time.Duration
-	// Command runs tokenroll: the binary and any arguments before the
-	// subcommand (default: this program). Agents and coordinators are
-	// started as Command + "agent ..." and Command + "coordinator ...".
-	Command []string
+	// ProgramDir holds tokenroll-agent and tokenroll-coordinator, which the
+	// sandbox runs, and tokenroll-sandbox, whose `node` commands the agents
+	// run to reboot a node or restart its kubelet; see programs.Dir for the
+	// default.
+	ProgramDir string
 }
 
 // Validate checks the options a person gives; it names the flags.
@@ -143,18 +145,17 @@ func Run(ctx context.Context, opts Options, out io.Writer) (*Summary, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
-	if len(opts.Command) == 0 {
-		self, err := os.Executable()
-		if err != nil {
-			return nil, fmt.Errorf("finding this program, to run agents and coordinators with: %w", err)
-		}
-		opts.Command = []string{self}
+	dir, err := programs.Dir(opts.ProgramDir)
+	if err != nil {
+		return nil, err
 	}
-	for _, a := range opts.Command {
-		if strings.Contains(a, ",") {
-			return nil, fmt.Errorf("the tokenroll command %q contains a comma, which the agents' --reboot-command cannot carry; move the binary", a)
-		}
+	if strings.Contains(dir, ",") {
+		return nil, fmt.Errorf("the directory of tokenroll's binaries, %q, contains a comma, which the agents' --reboot-command cannot carry; move them", dir)
 	}
+	if _, err := programs.Find(dir, programs.Agent, programs.Coordinator, programs.Sandbox); err != nil {
+		return nil, err
+	}
+	opts.ProgramDir = dir
 	r := &run{opts: opts, p: &printer{w: out, start: time.Now()}, dir: opts.Dir,
 		agents: map[string]*child{}}
 	temporary := r.dir == ""
@@ -263,7 +264,7 @@ func (r *run) run(ctx context.Context) (*Summary, error) {
 		r.p.printf("summary written to %s", o.SummaryJSON)
 	}
 	if o.Keep && ctx.Err() == nil {
-		r.p.raw(fmt.Sprintf("\n--keep: the sandbox keeps running; Ctrl-C stops it. Try:\n  tokenroll status --kubeconfig %s -n %s\n\n", sb.Kubeconfig, Namespace))
+		r.p.raw(fmt.Sprintf("\n--keep: the sandbox keeps running; Ctrl-C stops it. Try:\n  %s status --kubeconfig %s -n %s\n\n", r.cli(), sb.Kubeconfig, Namespace))
 		<-ctx.Done()
 	}
 	if !sum.OK {
@@ -309,16 +310,16 @@ func (r *run) startProcesses(ctx context.Context) error {
 		if err := os.MkdirAll(stateDir, 0o750); err != nil {
 			return err
 		}
-		self := strings.Join(o.Command, ",")
+		node := filepath.Join(o.ProgramDir, programs.Sandbox) + ",node,"
 		args := func(addr string) []string {
-			return append(slices.Clone(o.Command), "agent",
-				"--node-name="+n.Name(), "--kubelet-root="+root, "--kubeconfig="+sb.NodeKubeconfig(n.Name()),
+			return []string{filepath.Join(o.ProgramDir, programs.Agent),
+				"--node-name=" + n.Name(), "--kubelet-root=" + root, "--kubeconfig=" + sb.NodeKubeconfig(n.Name()),
 				"--executor=command",
-				"--reboot-command="+self+",sandbox,node,reboot,--root,"+root+",--down,"+o.RebootDowntime.String(),
-				"--kubelet-restart-command="+self+",sandbox,node,restart-kubelet,--root,"+root,
-				"--command-timeout=1m", "--boot-id-file="+kubeletsim.BootIDPath(root), "--state-dir="+stateDir,
-				"--reboot-sentinel="+filepath.Join(root, "reboot-required"),
-				"--metrics-bind-address="+addr, "--interval=1s", "--issuer-refresh-interval=10s", "--log-format=json")
+				"--reboot-command=" + node + "reboot,--root," + root + ",--down," + o.RebootDowntime.String(),
+				"--kubelet-restart-command=" + node + "restart-kubelet,--root," + root,
+				"--command-timeout=1m", "--boot-id-file=" + kubeletsim.BootIDPath(root), "--state-dir=" + stateDir,
+				"--reboot-sentinel=" + filepath.Join(root, "reboot-required"),
+				"--metrics-bind-address=" + addr, "--interval=1s", "--issuer-refresh-interval=10s", "--log-format=json"}
 		}
 		c := newChild("agent "+n.Name(), addr, args, filepath.Join(r.dir, "logs", "agent-"+n.Name()+".log"))
 		r.agents[n.Name()] = c
@@ -330,11 +331,11 @@ func (r *run) startProcesses(ctx context.Context) error {
 			return err
 		}
 		args := func(addr string) []string {
-			return append(slices.Clone(o.Command), "coordinator",
-				"--kubeconfig="+coordKubeconfig, "--namespace="+Namespace, "--gate=openshift",
-				"--strategy="+o.Strategy, "--max-unavailable="+o.MaxUnavailable, "--metrics-bind-address="+addr,
+			return []string{filepath.Join(o.ProgramDir, programs.Coordinator),
+				"--kubeconfig=" + coordKubeconfig, "--namespace=" + Namespace, "--gate=openshift",
+				"--strategy=" + o.Strategy, "--max-unavailable=" + o.MaxUnavailable, "--metrics-bind-address=" + addr,
 				"--lease-duration=4s", "--renew-deadline=3s", "--retry-period=500ms", "--issuer-refresh-interval=1s",
-				"--drain-timeout=2m", "--action-timeout=2m", "--verify-timeout=2m", "--agent-wait=2m", "--log-format=json")
+				"--drain-timeout=2m", "--action-timeout=2m", "--verify-timeout=2m", "--agent-wait=2m", "--log-format=json"}
 		}
 		c := newChild(fmt.Sprintf("coordinator-%d", i), addr, args, filepath.Join(r.dir, "logs", fmt.Sprintf("coordinator-%d.log", i)))
 		r.coordinators = append(r.coordinators, c)
@@ -389,8 +390,17 @@ func (r *run) printAccess() {
 			strings.TrimPrefix(n.PodsAPISocket(), n.Root()+"/"), filepath.Base(kubeletsim.ControlSocketPath(n.Root())), filepath.Base(kubeletsim.BootIDPath(n.Root())))
 	}
 	fmt.Fprintf(&b, "\nFrom another terminal:\n  %s status --kubeconfig %s -n %s\n  curl -s http://%s/metrics | grep ^tokenroll_\n  KUBECONFIG=%s kubectl get nodes,pods -A\n\n",
-		r.opts.Command[0], sb.Kubeconfig, Namespace, r.coordinators[0].metricsAddr(), sb.Kubeconfig)
+		r.cli(), sb.Kubeconfig, Namespace, r.coordinators[0].metricsAddr(), sb.Kubeconfig)
 	r.p.raw(b.String())
+}
+
+// cli is how a person runs tokenroll: the binary beside the sandbox's
+// when make build put it there.
+func (r *run) cli() string {
+	if paths, err := programs.Find(r.opts.ProgramDir, programs.CLI); err == nil {
+		return paths[0]
+	}
+	return programs.CLI
 }
 
 // scenario walks the seed's procedure: change the issuer, let the operator

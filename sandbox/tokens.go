@@ -7,9 +7,9 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/tokenroll/tokenroll/agent/issuer"
 	"github.com/tokenroll/tokenroll/agent/scan"
 	"github.com/tokenroll/tokenroll/agent/token"
+	"github.com/tokenroll/tokenroll/internal/issuer"
 	"github.com/tokenroll/tokenroll/protocol"
 )
 

@@ -10,9 +10,9 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
-	"github.com/tokenroll/tokenroll/agent/issuer"
 	"github.com/tokenroll/tokenroll/agent/podsapi"
 	"github.com/tokenroll/tokenroll/agent/scan"
+	"github.com/tokenroll/tokenroll/internal/issuer"
 	"github.com/tokenroll/tokenroll/protocol"
 	"github.com/tokenroll/tokenroll/sandbox/kubeletsim"
 	"github.com/tokenroll/tokenroll/sandbox/simtest"

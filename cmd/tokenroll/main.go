@@ -1,13 +1,12 @@
-// Command tokenroll is the node agent, the coordinator and the operator's
-// tools in one binary; see `tokenroll --help`.
+// Command tokenroll is what a person runs: scan a node's tokens, read the
+// cluster's status, plan and steer rollouts; see `tokenroll --help`.
 package main
 
 import (
 	"os"
 
 	"github.com/tokenroll/tokenroll/cmd/tokenroll/app"
+	"github.com/tokenroll/tokenroll/internal/cli"
 )
 
-func main() {
-	os.Exit(app.Main(os.Args[1:], os.Stdout, os.Stderr))
-}
+func main() { os.Exit(cli.Main(app.NewCommand)) }

@@ -21,7 +21,7 @@ import (
 )
 
 // controlCLI, as the first argument, makes the test binary a stand-in for
-// `tokenroll sandbox node <action> --root DIR`: the command the agent's
+// `tokenroll-sandbox node <action> --root DIR`: the command the agent's
 // command executor runs in the sandbox.
 const controlCLI = "kubeletsim-control"
 

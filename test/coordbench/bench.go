@@ -174,7 +174,7 @@ func (e *env) measure(ctx context.Context, res *Result) error {
 		return err
 	}
 
-	// The coordinator, as `tokenroll coordinator` runs it, with its own
+	// The coordinator, as `tokenroll-coordinator` runs it, with its own
 	// identity so that the audit log tells its requests apart.
 	log.Info("starting the coordinator")
 	coordCfg, err := cp.UserConfig(coordinatorUser, "system:masters")
@@ -183,7 +183,7 @@ func (e *env) measure(ctx context.Context, res *Result) error {
 	}
 	coordCfg = at(cp, coordCfg, coordinatorServer)
 	coordCfg.UserAgent = "tokenroll-coordinator/coordbench"
-	coordCfg.QPS, coordCfg.Burst = 20, 40 // `tokenroll coordinator`'s defaults
+	coordCfg.QPS, coordCfg.Burst = 20, 40 // `tokenroll-coordinator`'s defaults
 	client, err := kubernetes.NewForConfig(coordCfg)
 	if err != nil {
 		return err

@@ -10,7 +10,7 @@
 // the observer talk only to API server 0. The coordinator talks only to API
 // server 1, with leader election (one replica), max-unavailable 1, a drain
 // through the eviction API (Force: the pods are bare), and the leader
-// election timings and client rate limits of `tokenroll coordinator`. An
+// election timings and client rate limits of `tokenroll-coordinator`. An
 // administrator starts a rollout over every node, as `tokenroll rollout
 // start` does.
 //

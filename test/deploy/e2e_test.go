@@ -33,7 +33,8 @@ import (
 
 	"github.com/tokenroll/tokenroll/agent"
 	"github.com/tokenroll/tokenroll/agent/actions"
-	"github.com/tokenroll/tokenroll/cmd/tokenroll/app"
+	coordinatorapp "github.com/tokenroll/tokenroll/cmd/tokenroll-coordinator/app"
+	"github.com/tokenroll/tokenroll/internal/cli"
 	"github.com/tokenroll/tokenroll/metrics"
 	"github.com/tokenroll/tokenroll/protocol"
 	"github.com/tokenroll/tokenroll/sandbox/controlplane"
@@ -316,12 +317,12 @@ func testEndToEnd(ctx context.Context, t *testing.T, env *clusterEnv) {
 		defer ccancel()
 		var logs syncBuffer
 		exit := make(chan int, 1)
-		go func() { exit <- app.MainContext(cctx, args, io.Discard, &logs) }()
+		go func() { exit <- cli.Execute(cctx, coordinatorapp.NewCommand(io.Discard, &logs), args) }()
 		err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
 			select {
 			case code := <-exit:
 				exit <- code
-				return false, fmt.Errorf("tokenroll coordinator exited with status %d", code)
+				return false, fmt.Errorf("tokenroll-coordinator exited with status %d", code)
 			default:
 			}
 			lease, err := env.admin.CoordinationV1().Leases("tokenroll").Get(ctx, "tokenroll-coordinator", metav1.GetOptions{})
@@ -343,10 +344,10 @@ func testEndToEnd(ctx context.Context, t *testing.T, env *clusterEnv) {
 		select {
 		case code := <-exit:
 			if code != 0 {
-				t.Errorf("tokenroll coordinator exited with status %d", code)
+				t.Errorf("tokenroll-coordinator exited with status %d", code)
 			}
 		case <-time.After(30 * time.Second):
-			t.Error("tokenroll coordinator did not stop within 30s of its context ending")
+			t.Error("tokenroll-coordinator did not stop within 30s of its context ending")
 		}
 		out := logs.String()
 		if strings.Contains(out, "forbidden") || strings.Contains(out, "Forbidden") {

@@ -19,8 +19,10 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 
-	"github.com/tokenroll/tokenroll/cmd/tokenroll/app"
+	agentapp "github.com/tokenroll/tokenroll/cmd/tokenroll-agent/app"
+	coordinatorapp "github.com/tokenroll/tokenroll/cmd/tokenroll-coordinator/app"
 	"github.com/tokenroll/tokenroll/coordinator"
+	"github.com/tokenroll/tokenroll/internal/cli"
 )
 
 // TestRender renders every way of installing and checks the object sets:
@@ -389,32 +391,34 @@ func TestImage(t *testing.T) {
 	}
 }
 
-// TestArgsParse parses every container's arguments with the tokenroll
-// command's own flag sets, so a misspelt or removed flag fails here, not in
-// a crash-looping pod.
+// TestArgsParse parses every container's arguments with the flag set of
+// the program its command runs, so a misspelt or removed flag, or a
+// container running the wrong program, fails here, not in a crash-looping
+// pod.
 func TestArgsParse(t *testing.T) {
+	programs := map[string]cli.NewCommand{"agent": agentapp.NewCommand, "coordinator": coordinatorapp.NewCommand}
 	for _, r := range renderings {
 		t.Run(r.name, func(t *testing.T) {
 			ds, dep := workloads(t, r)
 			for _, c := range []corev1.Container{ds.Spec.Template.Spec.Containers[0], dep.Spec.Template.Spec.Containers[0]} {
+				if want := []string{"/usr/local/bin/tokenroll-" + c.Name}; !slices.Equal(c.Command, want) {
+					t.Errorf("%s: command %q, want %q (the image's binary for it)", c.Name, c.Command, want)
+				}
 				args := make([]string, len(c.Args))
 				for i, a := range c.Args {
 					// What the kubelet substitutes from the container's env.
 					args[i] = strings.NewReplacer("$(NODE_NAME)", "node-a", "$(POD_NAMESPACE)", r.namespace).Replace(a)
 				}
-				root := app.NewRootCommand(io.Discard, io.Discard)
-				cmd, rest, err := root.Find(args)
-				if err != nil || cmd == root {
-					t.Fatalf("%s: no subcommand in %q: %v", c.Name, args, err)
+				newCommand, ok := programs[c.Name]
+				if !ok {
+					t.Fatalf("container %s: no tokenroll program of that name", c.Name)
 				}
-				if cmd.Name() != c.Name {
-					t.Errorf("container %s runs `tokenroll %s`", c.Name, cmd.Name())
-				}
-				if err := cmd.ParseFlags(rest); err != nil {
+				cmd := newCommand(io.Discard, io.Discard)
+				if err := cmd.ParseFlags(args); err != nil {
 					t.Errorf("%s: %q: %v", c.Name, args, err)
 				}
-				if len(cmd.Flags().Args()) != 0 {
-					t.Errorf("%s: stray arguments %q", c.Name, cmd.Flags().Args())
+				if err := cmd.ValidateArgs(cmd.Flags().Args()); err != nil {
+					t.Errorf("%s: %v", c.Name, err)
 				}
 			}
 		})

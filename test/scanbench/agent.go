@@ -22,8 +22,9 @@ import (
 	"github.com/tokenroll/tokenroll/sandbox/controlplane"
 )
 
-// memory is the peak of each /proc/PID/status field sampled, in KiB.
-type memory map[string]int
+// memory holds /proc/PID/status fields in KiB: the last sample of each
+// (last) and the largest (peak).
+type memory struct{ last, peak map[string]int }
 
 func (m memory) sample(pid int) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
@@ -32,13 +33,12 @@ func (m memory) sample(pid int) {
 	}
 	for _, line := range strings.Split(string(b), "\n") {
 		k, v, ok := strings.Cut(line, ":")
-		if !ok || (k != "VmHWM" && k != "RssAnon" && k != "RssFile" && k != "VmRSS") {
+		if !ok || (k != "VmHWM" && k != "RssAnon" && k != "RssFile" && k != "RssShmem" && k != "VmRSS") {
 			continue
 		}
 		n, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
-		if n > m[k] {
-			m[k] = n
-		}
+		m.last[k] = n
+		m.peak[k] = max(m.peak[k], n)
 	}
 }
 
@@ -69,8 +69,9 @@ func measureAgent(bin, root string, scans int) error {
 	addr := l.Addr().String()
 	l.Close()
 
-	cmd := exec.Command(bin, "agent", "--node-name=worker-1", "--kubelet-root="+root, "--kubeconfig="+kubeconfig,
-		"--interval=1s", "--metrics-bind-address="+addr, "--log-format=json")
+	cmd := exec.Command(bin, "--node-name=worker-1", "--kubelet-root="+root, "--kubeconfig="+kubeconfig,
+		"--interval=1s", "--metrics-bind-address="+addr, "--log-format=json",
+		"--state-dir="+filepath.Join(cp.Dir(), "agent-state"))
 	cmd.Stdout = io.Discard
 	cmd.Stderr = io.Discard
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -79,7 +80,7 @@ func measureAgent(bin, root string, scans int) error {
 	}
 	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
 
-	mem := memory{}
+	mem := memory{last: map[string]int{}, peak: map[string]int{}}
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
 	var done int
@@ -94,10 +95,12 @@ func measureAgent(bin, root string, scans int) error {
 		done, sum = scrape("http://" + addr + "/metrics")
 	}
 	mem.sample(cmd.Process.Pid)
-	fmt.Printf("tokenroll agent, %d scans of the tree at --interval=1s: mean scan %.0f ms\n", done, 1000*sum/float64(done))
-	fmt.Printf("  peak private (anonymous) memory %.1f MiB (goal < 30 MiB)\n", float64(mem["RssAnon"])/1024)
-	fmt.Printf("  peak file-backed (the binary's shared, evictable pages) %.1f MiB; peak total RSS %.1f MiB\n",
-		float64(mem["RssFile"])/1024, float64(mem["VmHWM"])/1024)
+	mib := func(kib int) float64 { return float64(kib) / 1024 }
+	fmt.Printf("%s, %d scans of the tree at --interval=1s: mean scan %.0f ms\n", filepath.Base(bin), done, 1000*sum/float64(done))
+	fmt.Printf("  command: %s\n", strings.Join(cmd.Args, " "))
+	fmt.Printf("  resident now: VmRSS %.1f MiB = RssAnon %.1f MiB (private) + RssFile %.1f MiB (the binary's shared, evictable pages) + RssShmem %.1f MiB (goal: VmRSS < 30 MiB)\n",
+		mib(mem.last["VmRSS"]), mib(mem.last["RssAnon"]), mib(mem.last["RssFile"]), mib(mem.last["RssShmem"]))
+	fmt.Printf("  peaks: VmHWM %.1f MiB, RssAnon %.1f MiB, RssFile %.1f MiB\n", mib(mem.peak["VmHWM"]), mib(mem.peak["RssAnon"]), mib(mem.peak["RssFile"]))
 	return nil
 }
 

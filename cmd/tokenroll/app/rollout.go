@@ -16,15 +16,13 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/tokenroll/tokenroll/coordinator"
+	"github.com/tokenroll/tokenroll/internal/cli"
 	"github.com/tokenroll/tokenroll/protocol"
 )
 
 type rolloutCommand struct {
 	use, short, long string
-	opts             interface {
-		options
-		run(context.Context, env) error
-	}
+	opts             runner
 }
 
 func rolloutCommands() []rolloutCommand {
@@ -64,14 +62,14 @@ func (o *rolloutStartOptions) AddFlags(fs *pflag.FlagSet) {
 }
 
 func (o *rolloutStartOptions) Validate() error {
-	errs := []error{o.validate(), checkOneOf("strategy", o.Strategy, coordinator.StrategyNames()...)}
+	errs := []error{o.validate(), cli.CheckOneOf("strategy", o.Strategy, coordinator.StrategyNames()...)}
 	if _, err := labels.Parse(o.Nodes); err != nil {
 		errs = append(errs, fmt.Errorf("--nodes=%q: %w", o.Nodes, err))
 	}
 	return errors.Join(errs...)
 }
 
-func (o *rolloutStartOptions) run(ctx context.Context, e env) error {
+func (o *rolloutStartOptions) run(ctx context.Context, e cli.Env) error {
 	client, _, err := o.clients()
 	if err != nil {
 		return err
@@ -88,9 +86,9 @@ func (o *rolloutStartOptions) run(ctx context.Context, e env) error {
 		return nil
 	})
 	if err != nil {
-		return &ExitError{Code: ExitFailure, Err: err}
+		return &cli.ExitError{Code: cli.ExitFailure, Err: err}
 	}
-	fmt.Fprintf(e.stdout, "rollout requested: strategy %s, nodes %q; the coordinator's leader plans it (follow with tokenroll status)\n", o.Strategy, orAll(o.Nodes))
+	fmt.Fprintf(e.Stdout, "rollout requested: strategy %s, nodes %q; the coordinator's leader plans it (follow with tokenroll status)\n", o.Strategy, orAll(o.Nodes))
 	return nil
 }
 
@@ -111,7 +109,7 @@ type rolloutSteerOptions struct {
 func (o *rolloutSteerOptions) AddFlags(fs *pflag.FlagSet) { o.addFlags(fs, false) }
 func (o *rolloutSteerOptions) Validate() error            { return o.validate() }
 
-func (o *rolloutSteerOptions) run(ctx context.Context, e env) error {
+func (o *rolloutSteerOptions) run(ctx context.Context, e cli.Env) error {
 	client, _, err := o.clients()
 	if err != nil {
 		return err
@@ -133,12 +131,12 @@ func (o *rolloutSteerOptions) run(ctx context.Context, e env) error {
 		return nil
 	})
 	if err != nil {
-		return &ExitError{Code: ExitFailure, Err: err}
+		return &cli.ExitError{Code: cli.ExitFailure, Err: err}
 	}
 	if replaced != nil {
-		fmt.Fprintf(e.stdout, "rollout %s: replacing the %s requested by %s, not applied yet\n", id, replaced.Verb, orUnknown(replaced.RequestedBy))
+		fmt.Fprintf(e.Stdout, "rollout %s: replacing the %s requested by %s, not applied yet\n", id, replaced.Verb, orUnknown(replaced.RequestedBy))
 	}
-	fmt.Fprintf(e.stdout, "rollout %s: %s requested (it is %s); the coordinator's leader applies it (follow with tokenroll status)\n", id, o.verb, from)
+	fmt.Fprintf(e.Stdout, "rollout %s: %s requested (it is %s); the coordinator's leader applies it (follow with tokenroll status)\n", id, o.verb, from)
 	return nil
 }
 
@@ -169,11 +167,11 @@ func (o *rolloutPlanOptions) AddFlags(fs *pflag.FlagSet) {
 }
 
 func (o *rolloutPlanOptions) Validate() error {
-	return errors.Join(o.validate(), checkOneOf("strategy", o.Strategy, coordinator.StrategyNames()...),
-		checkPositive("trust-margin", o.TrustMargin, 0), checkOneOf("output", o.Output, "table", "json"))
+	return errors.Join(o.validate(), cli.CheckOneOf("strategy", o.Strategy, coordinator.StrategyNames()...),
+		cli.CheckPositive("trust-margin", o.TrustMargin, 0), cli.CheckOneOf("output", o.Output, "table", "json"))
 }
 
-func (o *rolloutPlanOptions) run(ctx context.Context, e env) error {
+func (o *rolloutPlanOptions) run(ctx context.Context, e cli.Env) error {
 	client, dyn, err := o.clients()
 	if err != nil {
 		return err
@@ -193,7 +191,7 @@ func (o *rolloutPlanOptions) run(ctx context.Context, e env) error {
 	}
 	p := coordinator.MakePlan(in)
 	if o.Output == "json" {
-		enc := json.NewEncoder(e.stdout)
+		enc := json.NewEncoder(e.Stdout)
 		enc.SetIndent("", "  ")
 		return enc.Encode(p)
 	}
@@ -201,9 +199,9 @@ func (o *rolloutPlanOptions) run(ctx context.Context, e env) error {
 	if !gate.Open {
 		gateWord = "CLOSED: nothing would start until it opens"
 	}
-	fmt.Fprintf(e.stdout, "issuer %s; gate %s (%s)\n", iss, gateWord, gate.Message)
-	fmt.Fprintf(e.stdout, "%d of %d nodes need work (%s)\n\n", len(p.Nodes), len(list.Items), o.Strategy)
-	tw := tabwriter.NewWriter(e.stdout, 0, 8, 2, ' ', 0)
+	fmt.Fprintf(e.Stdout, "issuer %s; gate %s (%s)\n", iss, gateWord, gate.Message)
+	fmt.Fprintf(e.Stdout, "%d of %d nodes need work (%s)\n\n", len(p.Nodes), len(list.Items), o.Strategy)
+	tw := tabwriter.NewWriter(e.Stdout, 0, 8, 2, ' ', 0)
 	fmt.Fprintln(tw, "NODE\tACTION\tDEADLINE\tWHY")
 	for _, n := range p.Nodes {
 		deadline := "now"

@@ -12,6 +12,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/tokenroll/tokenroll/coordinator"
+	"github.com/tokenroll/tokenroll/internal/cli"
 	"github.com/tokenroll/tokenroll/sandbox/controlplane"
 )
 
@@ -37,7 +38,7 @@ func TestRolloutAndStatusCommands(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "0 of 1 nodes need work") || !strings.Contains(out, "worker-1  -       -         left alone: no report from a tokenroll agent") {
 		t.Errorf("plan: exit %d\n%s%s", code, out, stderr)
 	}
-	if code, out, stderr = run(t, "rollout", "pause", "--kubeconfig", kc); code != ExitFailure || !strings.Contains(stderr, "no rollout is active") {
+	if code, out, stderr = run(t, "rollout", "pause", "--kubeconfig", kc); code != cli.ExitFailure || !strings.Contains(stderr, "no rollout is active") {
 		t.Errorf("pause with nothing active: exit %d %s%s", code, out, stderr)
 	}
 	if code, out, stderr = run(t, "rollout", "start", "--kubeconfig", kc, "--strategy", "reboot", "--nodes", "pool=a"); code != 0 || !strings.Contains(out, "rollout requested") {
@@ -47,7 +48,7 @@ func TestRolloutAndStatusCommands(t *testing.T) {
 	if err != nil || st.Start == nil || st.Start.Strategy != coordinator.Reboot || st.Start.Selector != "pool=a" {
 		t.Errorf("state after start: %+v, %v", st.Start, err)
 	}
-	if code, _, stderr = run(t, "rollout", "start", "--kubeconfig", kc); code != ExitFailure || !strings.Contains(stderr, "still waiting for the coordinator") {
+	if code, _, stderr = run(t, "rollout", "start", "--kubeconfig", kc); code != cli.ExitFailure || !strings.Contains(stderr, "still waiting for the coordinator") {
 		t.Errorf("a second start: exit %d %s", code, stderr)
 	}
 	code, out, stderr = run(t, "status", "--kubeconfig", kc, "-o", "json")

@@ -12,10 +12,11 @@ import (
 	"go.uber.org/zap"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/tokenroll/tokenroll/agent/issuer"
 	"github.com/tokenroll/tokenroll/agent/podsapi"
 	"github.com/tokenroll/tokenroll/agent/scan"
 	"github.com/tokenroll/tokenroll/agent/token"
+	"github.com/tokenroll/tokenroll/internal/cli"
+	"github.com/tokenroll/tokenroll/internal/issuer"
 	"github.com/tokenroll/tokenroll/protocol"
 )
 
@@ -60,8 +61,8 @@ func (o *scanOptions) AddFlags(fs *pflag.FlagSet) {
 
 func (o *scanOptions) Validate() error {
 	var errs []error
-	errs = append(errs, checkDir("kubelet-root", o.KubeletRoot), checkFile("kubeconfig", o.Kubeconfig),
-		checkPositive("grace", o.Grace, 0), checkOneOf("output", o.Output, "table", "json"))
+	errs = append(errs, cli.CheckDir("kubelet-root", o.KubeletRoot), cli.CheckFile("kubeconfig", o.Kubeconfig),
+		cli.CheckPositive("grace", o.Grace, 0), cli.CheckOneOf("output", o.Output, "table", "json"))
 	if o.Issuer != "" && o.Kubeconfig != "" {
 		errs = append(errs, errors.New("--issuer and --kubeconfig both set: give one (--kubeconfig reads the issuer from the API server)"))
 	}
@@ -78,28 +79,14 @@ func (o *scanOptions) Validate() error {
 	return errors.Join(errs...)
 }
 
-func checkDir(flag, dir string) error {
-	if dir == "" {
-		return fmt.Errorf("--%s is required", flag)
-	}
-	st, err := os.Stat(dir)
-	if err != nil {
-		return fmt.Errorf("--%s=%q: %w", flag, dir, err)
-	}
-	if !st.IsDir() {
-		return fmt.Errorf("--%s=%q: not a directory", flag, dir)
-	}
-	return nil
-}
-
-func (o *scanOptions) run(ctx context.Context, e env) error {
+func (o *scanOptions) run(ctx context.Context, e cli.Env) error {
 	now := time.Now()
 	if o.Now != "" {
 		now, _ = time.Parse(time.RFC3339, o.Now)
 	}
 	expected := o.Issuer
 	if o.Kubeconfig != "" {
-		cfg, err := restConfig(o.Kubeconfig)
+		cfg, err := cli.RestConfig(o.Kubeconfig)
 		if err != nil {
 			return err
 		}
@@ -115,7 +102,7 @@ func (o *scanOptions) run(ctx context.Context, e env) error {
 	if socket := podsapi.SocketPath(o.KubeletRoot); podsapi.Available(socket) {
 		live, err := podsapi.LiveUIDs(ctx, socket)
 		if err != nil {
-			e.log.Warn("kubelet Pods API unavailable; no token will be judged orphaned", zap.Error(err))
+			e.Log.Warn("kubelet Pods API unavailable; no token will be judged orphaned", zap.Error(err))
 		}
 		opts.LivePods = live
 	}
@@ -124,13 +111,13 @@ func (o *scanOptions) run(ctx context.Context, e env) error {
 		return err
 	}
 	for _, msg := range report.Errors {
-		e.log.Warn("part of the kubelet root could not be read", zap.String("error", msg))
+		e.Log.Warn("part of the kubelet root could not be read", zap.String("error", msg))
 	}
 	if o.Output == "json" {
-		if err := scan.WriteJSON(e.stdout, report); err != nil {
+		if err := scan.WriteJSON(e.Stdout, report); err != nil {
 			return err
 		}
-	} else if err := scan.WriteTable(e.stdout, report, expected); err != nil {
+	} else if err := scan.WriteTable(e.Stdout, report, expected); err != nil {
 		return err
 	}
 	var hit []string
@@ -140,7 +127,7 @@ func (o *scanOptions) run(ctx context.Context, e env) error {
 		}
 	}
 	if len(hit) > 0 {
-		return &ExitError{Code: ExitFailure, Err: fmt.Errorf("--fail-on: %s", strings.Join(hit, ", "))}
+		return &cli.ExitError{Code: cli.ExitFailure, Err: fmt.Errorf("--fail-on: %s", strings.Join(hit, ", "))}
 	}
 	return nil
 }

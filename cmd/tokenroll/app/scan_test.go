@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/tokenroll/tokenroll/internal/cli"
 )
 
 // fakeVolume writes one token in the kubelet's layout.
@@ -67,7 +69,7 @@ func TestScanCommand(t *testing.T) {
 	}
 
 	code, _, stderr = run(t, "scan", "--kubelet-root="+root, "--issuer=https://new", "--now="+now, "--fail-on=issuer-mismatch,expired")
-	if code != ExitFailure || !strings.Contains(stderr, "1 issuer-mismatch") {
+	if code != cli.ExitFailure || !strings.Contains(stderr, "1 issuer-mismatch") {
 		t.Errorf("--fail-on hit: exit %d, %q", code, stderr)
 	}
 	if code, _, _ := run(t, "scan", "--kubelet-root="+root, "--issuer=https://new", "--now="+now, "--fail-on=expired"); code != 0 {

@@ -12,8 +12,9 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/tokenroll/tokenroll/agent/issuer"
 	"github.com/tokenroll/tokenroll/coordinator"
+	"github.com/tokenroll/tokenroll/internal/cli"
+	"github.com/tokenroll/tokenroll/internal/issuer"
 	"github.com/tokenroll/tokenroll/internal/version"
 )
 
@@ -45,7 +46,7 @@ func (o *clusterOptions) addFlags(fs *pflag.FlagSet, withGate bool) {
 }
 
 func (o *clusterOptions) validate() error {
-	errs := []error{checkFile("kubeconfig", o.Kubeconfig), checkOneOf("gate", o.Gate, coordinator.GateNames()...)}
+	errs := []error{cli.CheckFile("kubeconfig", o.Kubeconfig), cli.CheckOneOf("gate", o.Gate, coordinator.GateNames()...)}
 	if o.Namespace == "" {
 		errs = append(errs, errors.New("--namespace is required"))
 	}
@@ -53,7 +54,7 @@ func (o *clusterOptions) validate() error {
 }
 
 func (o *clusterOptions) clients() (kubernetes.Interface, dynamic.Interface, error) {
-	cfg, err := restConfig(o.Kubeconfig)
+	cfg, err := cli.RestConfig(o.Kubeconfig)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -101,10 +102,10 @@ func (o *statusOptions) AddFlags(fs *pflag.FlagSet) {
 }
 
 func (o *statusOptions) Validate() error {
-	return errors.Join(o.validate(), checkOneOf("output", o.Output, "table", "json"))
+	return errors.Join(o.validate(), cli.CheckOneOf("output", o.Output, "table", "json"))
 }
 
-func (o *statusOptions) run(ctx context.Context, e env) error {
+func (o *statusOptions) run(ctx context.Context, e cli.Env) error {
 	client, dyn, err := o.clients()
 	if err != nil {
 		return err
@@ -118,7 +119,7 @@ func (o *statusOptions) run(ctx context.Context, e env) error {
 		return err
 	}
 	if o.Output == "json" {
-		return coordinator.WriteStatusJSON(e.stdout, rep)
+		return coordinator.WriteStatusJSON(e.Stdout, rep)
 	}
-	return coordinator.WriteStatusTable(e.stdout, rep)
+	return coordinator.WriteStatusTable(e.Stdout, rep)
 }

@@ -17,10 +17,24 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 
+	"github.com/tokenroll/tokenroll/internal/cli"
+	"github.com/tokenroll/tokenroll/internal/cli/clitest"
 	"github.com/tokenroll/tokenroll/sandbox/controlplane"
 	"github.com/tokenroll/tokenroll/sandbox/kubeletsim"
 	"github.com/tokenroll/tokenroll/sandbox/simtest"
 )
+
+func TestValidateReportsEveryBadFlag(t *testing.T) {
+	clitest.ExpectUsage(t, NewCommand,
+		clitest.Usage{Args: []string{"--node-name=", "--kubelet-root=rel", "--interval=0s", "--metrics-bind-address=nope", "--max-token-series=-1"},
+			Want: []string{"--node-name is required", "--kubelet-root=\"rel\"", "--interval=0s", "--metrics-bind-address=\"nope\"", "--max-token-series=-1"}},
+		clitest.Usage{Args: []string{"--node-name=n", "--executor=magic", "--command-timeout=0s", "--max-request-age=1s", "--state-dir=rel", "--log-level=loud"},
+			Want: []string{"--executor=\"magic\"", "--command-timeout=0s", "--max-request-age=1s", "--state-dir=\"rel\"", "--log-level=\"loud\""}},
+		clitest.Usage{Args: []string{"--node-name=n", "--executor=command"}, Want: []string{"--executor=command needs --reboot-command"}},
+		clitest.Usage{Args: []string{"--node-name=n", "--system-bus=tcp:host=x", "--kubelet-unit=kubelet"}, Want: []string{"unix:path", ".service"}},
+		// The subcommand of the program tokenroll was.
+		clitest.Usage{Args: []string{"agent", "--node-name=n"}, Want: []string{"takes no arguments", "Run 'tokenroll-agent --help'"}})
+}
 
 func freeAddr(t *testing.T) string {
 	t.Helper()
@@ -32,7 +46,7 @@ func freeAddr(t *testing.T) string {
 	return "127.0.0.1:" + strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
 }
 
-// TestAgentCommandServesLintCleanMetrics runs `tokenroll agent` as a cluster
+// TestAgentCommandServesLintCleanMetrics runs tokenroll-agent as a cluster
 // would (flags, kubeconfig, metrics port) against a simulated node, lints
 // its live /metrics and stops it as Ctrl-C would.
 func TestAgentCommandServesLintCleanMetrics(t *testing.T) {
@@ -52,9 +66,9 @@ func TestAgentCommandServesLintCleanMetrics(t *testing.T) {
 	var stdout, stderr bytes.Buffer
 	exit := make(chan int, 1)
 	go func() {
-		exit <- MainContext(ctx, []string{"agent", "--node-name=node-1", "--kubelet-root=" + c.Nodes["node-1"].Root(),
+		exit <- cli.Execute(ctx, NewCommand(&stdout, &stderr), []string{"--node-name=node-1", "--kubelet-root=" + c.Nodes["node-1"].Root(),
 			"--kubeconfig=" + kubeconfig, "--metrics-bind-address=" + addr, "--log-format=json",
-			"--state-dir=" + t.TempDir(), "--reboot-sentinel=", "--dry-run"}, &stdout, &stderr)
+			"--state-dir=" + t.TempDir(), "--reboot-sentinel=", "--dry-run"})
 	}()
 	get := func(path string) (int, string) {
 		resp, err := http.Get("http://" + addr + path)

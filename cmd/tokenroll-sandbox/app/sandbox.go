@@ -1,24 +1,32 @@
+// Package app is tokenroll-sandbox: a local cluster that runs the
+// OpenShift documentation's procedure for changing the service-account
+// issuer end to end with the real tokenroll-agent and tokenroll-coordinator,
+// and the hidden `node` commands its agents run to reboot a simulated node
+// or restart its kubelet.
 package app
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/tokenroll/tokenroll/internal/cli"
 	"github.com/tokenroll/tokenroll/sandbox"
 	"github.com/tokenroll/tokenroll/sandbox/controlplane"
 	"github.com/tokenroll/tokenroll/sandbox/kubeletsim"
+	"github.com/tokenroll/tokenroll/sandbox/programs"
 )
 
 // DefaultNewIssuer is the issuer the sandbox's scenario changes to, the
-// one the seed's example uses.
+// one the OpenShift documentation's example uses.
 const DefaultNewIssuer = "https://test.default.svc"
 
-// sandboxOptions configure `tokenroll sandbox`.
+// sandboxOptions configure tokenroll-sandbox.
 type sandboxOptions struct {
 	sandbox.Options
 }
@@ -32,13 +40,14 @@ func newSandboxOptions() *sandboxOptions {
 
 func (o *sandboxOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.BinDir, "bin-dir", o.BinDir, "Directory holding etcd and kube-apiserver (default: what make controlplane built, or $"+controlplane.BinDirEnv+").")
+	fs.StringVar(&o.ProgramDir, "tokenroll-bin-dir", o.ProgramDir, "Directory holding "+programs.Agent+", "+programs.Coordinator+" and "+programs.Sandbox+" (default: $"+programs.DirEnv+", else this program's directory, where make build puts them all).")
 	fs.StringVar(&o.Dir, "dir", o.Dir, "Directory for the sandbox's certificates, data, node roots, kubeconfigs and logs; kept afterwards (default: a temporary directory, removed unless the scenario fails).")
 	fs.IntVar(&o.Nodes, "nodes", o.Nodes, "Number of simulated worker nodes, each with a real agent process.")
 	fs.IntVar(&o.APIServers, "apiservers", o.APIServers, "Number of kube-apiservers (control-plane nodes master-0...) sharing one etcd.")
 	fs.StringVar(&o.Issuer, "issuer", o.Issuer, "Service-account issuer the control plane starts with.")
 	fs.StringVar(&o.NewIssuer, "new-issuer", o.NewIssuer, "Issuer the scenario sets in Authentication/cluster .spec.serviceAccountIssuer.")
-	fs.DurationVar(&o.TrustWindow, "trust-window", o.TrustWindow, "How long the simulated operator keeps the old issuer trusted: 0 drops it at once (the seed's warning case: every node needs work); 24h is OpenShift's default (little or nothing to do).")
-	fs.StringVar(&o.Strategy, "strategy", o.Strategy, "The coordinators' remediation: kubelet-restart (least disruptive, the coordinator's default), pod-restart, or reboot (the seed's rolling reboot).")
+	fs.DurationVar(&o.TrustWindow, "trust-window", o.TrustWindow, "How long the simulated operator keeps the old issuer trusted: 0 drops it at once (the documentation's warning case: every node needs work); 24h is OpenShift's default (little or nothing to do).")
+	fs.StringVar(&o.Strategy, "strategy", o.Strategy, "The coordinators' remediation: kubelet-restart (least disruptive, the coordinator's default), pod-restart, or reboot (the documentation's rolling reboot).")
 	fs.StringVar(&o.MaxUnavailable, "max-unavailable", o.MaxUnavailable, "The coordinators' --max-unavailable: nodes disrupted at once, a number or a percentage.")
 	fs.DurationVar(&o.RebootDowntime, "reboot-downtime", o.RebootDowntime, "How long a simulated reboot keeps a node down.")
 	fs.BoolVar(&o.Chaos, "chaos", o.Chaos, "Kill (SIGKILL) the coordinator leader and random agents during the rollout; each starts again a second later.")
@@ -50,15 +59,15 @@ func (o *sandboxOptions) AddFlags(fs *pflag.FlagSet) {
 
 func (o *sandboxOptions) Validate() error { return o.Options.Validate() }
 
-func (o *sandboxOptions) run(ctx context.Context, e env) error {
-	_, err := sandbox.Run(ctx, o.Options, e.stdout)
+func (o *sandboxOptions) run(ctx context.Context, e cli.Env) error {
+	_, err := sandbox.Run(ctx, o.Options, e.Stdout)
 	if err != nil {
-		return &ExitError{Code: ExitFailure, Err: err}
+		return &cli.ExitError{Code: cli.ExitFailure, Err: err}
 	}
 	return nil
 }
 
-// sandboxNodeOptions configure the hidden `tokenroll sandbox node ACTION`,
+// sandboxNodeOptions configure the hidden `tokenroll-sandbox node ACTION`,
 // which the sandbox's agents run as their --reboot-command and
 // --kubelet-restart-command.
 type sandboxNodeOptions struct {
@@ -89,50 +98,43 @@ func (o *sandboxNodeOptions) Validate() error {
 	return errors.Join(errs...)
 }
 
-func (o *sandboxNodeOptions) run(ctx context.Context, e env) error {
+func (o *sandboxNodeOptions) run(ctx context.Context, e cli.Env) error {
 	if err := kubeletsim.Control(ctx, o.Root, o.Action, o.Down); err != nil {
 		return err
 	}
-	fmt.Fprintf(e.stdout, "%s: %s done\n", o.Root, o.Action)
+	fmt.Fprintf(e.Stdout, "%s: %s done\n", o.Root, o.Action)
 	return nil
 }
 
-// addFunc adds a subcommand with validated options under parent (root.go's
-// addTo).
-type addFunc func(parent *cobra.Command, use, short, long string, opts options, run func(context.Context, env) error)
-
-// addSandboxCommands adds `tokenroll sandbox` and its hidden `node`
-// subcommands.
-func addSandboxCommands(root *cobra.Command, addTo addFunc) {
-	sb := newSandboxOptions()
-	addTo(root, "sandbox", "Run the seed's issuer change end to end on a local cluster",
-		`sandbox starts a real etcd and kube-apiservers (built by `+"`make controlplane`"+`) on
-loopback with the OpenShift resources and a simulated kube-apiserver operator,
-simulated worker nodes running ReplicaSets whose pods hold projected tokens, one
-real tokenroll agent process per node and two coordinator replicas, with the
-flags they have in a cluster. It then walks the seed's procedure: it changes
+// NewCommand builds tokenroll-sandbox and its hidden node commands.
+func NewCommand(stdout, stderr io.Writer) *cobra.Command {
+	p := cli.NewProgram("tokenroll-sandbox", "Run the OpenShift documentation's issuer change end to end on a local cluster",
+		`tokenroll-sandbox starts a real etcd and kube-apiservers (built by `+"`make controlplane`"+`)
+on loopback with the OpenShift resources and a simulated kube-apiserver
+operator, simulated worker nodes running ReplicaSets whose pods hold projected
+tokens, one real tokenroll-agent process per node and two tokenroll-coordinator
+replicas, with the flags they have in a cluster. It then walks the OpenShift
+documentation's procedure for changing the service-account issuer: it changes
 Authentication/cluster .spec.serviceAccountIssuer, the operator rolls the new
 revision over the API servers while the coordinator waits at the gate, and the
 coordinator remediates node by node with --strategy until every token on every
 node is fresh under the new issuer. It prints each change as it happens, and a
 summary; --summary-json writes it. The exit status is 0 only when the
-procedure completed with every invariant held.`,
-		sb, sb.run)
-	var parent *cobra.Command
-	for _, c := range root.Commands() {
-		if c.Name() == "sandbox" {
-			parent = c
-		}
-	}
-	node := &cobra.Command{Use: "node", Short: "Act on a simulated node of a running sandbox", Hidden: true, Args: noArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() }}
-	parent.AddCommand(node)
+procedure completed with every invariant held.
+
+It runs the binaries in --tokenroll-bin-dir: make build puts all of them in bin/.`,
+		stdout, stderr)
+	root := p.Root()
+	sb := newSandboxOptions()
+	p.Runs(root, sb, sb.run)
+	node := p.Group(root, "node", "Act on a simulated node of a running sandbox", "", true)
 	reboot := &sandboxNodeOptions{Action: kubeletsim.ActionReboot}
-	addTo(node, kubeletsim.ActionReboot, "Reboot a simulated node (the agents' --reboot-command in the sandbox)",
+	p.Add(node, kubeletsim.ActionReboot, "Reboot a simulated node (the agents' --reboot-command in the sandbox)",
 		"reboot asks the simulated node rooted at --root to go down for --down and come back with a new boot ID.",
 		reboot, reboot.run)
 	restart := &sandboxNodeOptions{Action: kubeletsim.ActionRestartKubelet}
-	addTo(node, kubeletsim.ActionRestartKubelet, "Restart a simulated node's kubelet (the agents' --kubelet-restart-command in the sandbox)",
+	p.Add(node, kubeletsim.ActionRestartKubelet, "Restart a simulated node's kubelet (the agents' --kubelet-restart-command in the sandbox)",
 		"restart-kubelet asks the simulated node rooted at --root to restart its kubelet: its token cache is emptied and every projected token requested again.",
 		restart, restart.run)
+	return root
 }

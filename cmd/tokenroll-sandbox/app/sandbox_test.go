@@ -1,31 +1,115 @@
 package app
 
 import (
+	"context"
 	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
-	"github.com/tokenroll/tokenroll/sandbox"
+	"github.com/tokenroll/tokenroll/internal/cli"
+	"github.com/tokenroll/tokenroll/internal/cli/clitest"
 	"github.com/tokenroll/tokenroll/sandbox/controlplane"
+	"github.com/tokenroll/tokenroll/sandbox/programs"
 )
 
-// TestMain lets this test binary stand in for tokenroll: the sandbox runs
-// its agents and coordinators as this program (os.Executable), and marks
-// them with sandbox.ChildEnv, so a child runs Main instead of the tests.
+func run(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	return clitest.Run(t, NewCommand, args...)
+}
+
+// built is where this test binary built the programs the sandbox runs.
+var built struct {
+	once sync.Once
+	dir  string
+	err  error
+}
+
+// TestMain removes what programDir built.
 func TestMain(m *testing.M) {
-	if os.Getenv(sandbox.ChildEnv) != "" {
-		os.Exit(Main(os.Args[1:], os.Stdout, os.Stderr))
+	code := m.Run()
+	if built.dir != "" {
+		_ = os.RemoveAll(built.dir)
 	}
-	os.Exit(m.Run())
+	os.Exit(code)
+}
+
+// programDir builds tokenroll-agent, tokenroll-coordinator and
+// tokenroll-sandbox (the agents' node commands) once for this test binary,
+// as make build would, and returns their directory: tests run the real
+// binaries, not a stand-in.
+func programDir(t *testing.T) string {
+	t.Helper()
+	built.once.Do(func() {
+		if built.dir, built.err = os.MkdirTemp("", "tokenroll-programs-"); built.err != nil {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+		defer cancel()
+		built.err = programs.Build(ctx, built.dir, false, programs.Agent, programs.Coordinator, programs.Sandbox, programs.CLI)
+	})
+	if built.err != nil {
+		t.Fatal(built.err)
+	}
+	return built.dir
+}
+
+func TestValidateReportsEveryBadFlag(t *testing.T) {
+	clitest.ExpectUsage(t, NewCommand,
+		clitest.Usage{Args: []string{"--nodes=0", "--apiservers=9", "--issuer="}, Want: []string{"--nodes=0", "--apiservers=9", "--issuer must not be empty"}},
+		clitest.Usage{Args: []string{"sandbox", "--nodes=1"}, Want: []string{"takes no arguments", "Run 'tokenroll-sandbox --help'"}})
+}
+
+// Without its agent and coordinator binaries the sandbox says where it
+// looked and how to build them, before it starts anything.
+func TestMissingProgramsSaySo(t *testing.T) {
+	dir := t.TempDir()
+	code, _, stderr := run(t, "--tokenroll-bin-dir="+dir, "--dir="+filepath.Join(dir, "sb"))
+	if code != cli.ExitFailure || !strings.Contains(stderr, "tokenroll-agent, tokenroll-coordinator, tokenroll-sandbox not found in "+dir) || !strings.Contains(stderr, "make build") {
+		t.Errorf("exit %d, stderr %q", code, stderr)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "sb")); err == nil {
+		t.Error("the sandbox made its directory before finding its programs")
+	}
+}
+
+func TestSandboxOnce(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test: starts a control plane")
+	}
+	if _, err := controlplane.FindBinaries(""); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	code, out, stderr := run(t, "--once", "--nodes=2", "--apiservers=1", "--dir="+dir, "--log-format=json", "--tokenroll-bin-dir="+programDir(t))
+	if code != 0 {
+		t.Fatalf("sandbox --once: exit %d\n%s\n%s", code, out, stderr)
+	}
+	for _, want := range []string{"kubeconfig", filepath.Join(dir, "kubeconfig"), "worker-1", "worker-2", "pods-api.sock",
+		filepath.Join(programDir(t), "tokenroll") + " status --kubeconfig"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output does not mention %q:\n%s", want, out)
+		}
+	}
+	// Each node's build-robot pod left its vault token on disk.
+	matches, _ := filepath.Glob(filepath.Join(dir, "nodes", "*", "pods", "*", "volumes", "kubernetes.io~projected", "vault-token", "vault-token"))
+	if len(matches) != 2 {
+		t.Errorf("found %d vault tokens on disk, want 2", len(matches))
+	}
+	for _, m := range matches {
+		if st, err := os.Stat(m); err != nil || st.Size() == 0 {
+			t.Errorf("%s: %v", m, err)
+		}
+	}
 }
 
 // The whole scenario, through the command's entry point, on three nodes:
 // the issuer changes with no trust window, the coordinators (real
 // processes) wait out the revision rollout, then restart each node's kubelet
-// through its agent (a real process running `tokenroll sandbox node
+// through its agent (a real process running `tokenroll-sandbox node
 // restart-kubelet`), one node at a time, while --chaos kills the leader as
 // the rollout starts (and agents later); the summary is what an outside
 // observer saw.
@@ -39,7 +123,7 @@ func TestSandboxScenario(t *testing.T) {
 	dir := t.TempDir()
 	summaryPath := filepath.Join(dir, "summary.json")
 	start := time.Now()
-	code, out, stderr := run(t, "sandbox", "--nodes=3", "--chaos", "--dir="+filepath.Join(dir, "sb"), "--summary-json="+summaryPath, "--log-format=json")
+	code, out, stderr := run(t, "--nodes=3", "--chaos", "--tokenroll-bin-dir="+programDir(t), "--dir="+filepath.Join(dir, "sb"), "--summary-json="+summaryPath, "--log-format=json")
 	t.Logf("the scenario took %s", time.Since(start).Round(time.Second))
 	if code != 0 {
 		t.Fatalf("sandbox: exit %d\nstdout:\n%s\nstderr:\n%s", code, out, stderr)
@@ -122,15 +206,15 @@ func TestSandboxScenario(t *testing.T) {
 
 func TestSandboxNodeCommand(t *testing.T) {
 	root := t.TempDir()
-	code, _, stderr := run(t, "sandbox", "node", "restart-kubelet", "--root", root)
-	if code != ExitFailure || !strings.Contains(stderr, "no simulated node serves") {
+	code, _, stderr := run(t, "node", "restart-kubelet", "--root", root)
+	if code != cli.ExitFailure || !strings.Contains(stderr, "no simulated node serves") {
 		t.Errorf("restart-kubelet without a node: exit %d, stderr %q", code, stderr)
 	}
-	code, _, stderr = run(t, "sandbox", "node", "reboot", "--down=-1s")
-	if code != ExitUsage || !strings.Contains(stderr, "--root is required") || !strings.Contains(stderr, "--down=-1s") {
+	code, _, stderr = run(t, "node", "reboot", "--down=-1s")
+	if code != cli.ExitUsage || !strings.Contains(stderr, "--root is required") || !strings.Contains(stderr, "--down=-1s") {
 		t.Errorf("reboot with bad flags: exit %d, stderr %q", code, stderr)
 	}
-	if code, _, _ := run(t, "sandbox", "node", "restart-kubelet", "--root", root, "--down=1s"); code != ExitUsage {
-		t.Errorf("restart-kubelet --down: exit %d, want %d (no such flag)", code, ExitUsage)
+	if code, _, _ := run(t, "node", "restart-kubelet", "--root", root, "--down=1s"); code != cli.ExitUsage {
+		t.Errorf("restart-kubelet --down: exit %d, want %d (no such flag)", code, cli.ExitUsage)
 	}
 }

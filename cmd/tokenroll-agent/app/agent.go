@@ -1,23 +1,37 @@
+// Package app is tokenroll-agent, the node agent a DaemonSet runs on every
+// node: it scans the node's projected service-account tokens, reports them
+// and acts on the coordinator's requests for its node.
 package app
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"time"
 
+	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"go.uber.org/zap"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/tokenroll/tokenroll/agent"
 	"github.com/tokenroll/tokenroll/agent/actions"
+	"github.com/tokenroll/tokenroll/internal/cli"
 	"github.com/tokenroll/tokenroll/internal/version"
 	"github.com/tokenroll/tokenroll/metrics"
 )
 
-// agentOptions configure `tokenroll agent`.
+// NewCommand builds the tokenroll-agent command.
+func NewCommand(stdout, stderr io.Writer) *cobra.Command {
+	opts := newAgentOptions()
+	return cli.NewSingle("tokenroll-agent", "Run the node agent (DaemonSet): scan tokens, report, act on requests",
+		"The node agent scans every projected service-account token under the kubelet root,\nexports metrics, sets the ServiceAccountTokensStale Node condition, and acts on the\ncoordinator's requests for its node.",
+		opts, opts.run, stdout, stderr)
+}
+
+// agentOptions configure tokenroll-agent.
 type agentOptions struct {
 	// NodeName is the Node this agent reports on and acts for.
 	NodeName string
@@ -106,16 +120,16 @@ func (o *agentOptions) Validate() error {
 		errs = append(errs, errors.New("--node-name is required (or set $NODE_NAME from the downward API: spec.nodeName)"))
 	}
 	errs = append(errs,
-		checkAbsDir("kubelet-root", o.KubeletRoot),
-		checkFile("kubeconfig", o.Kubeconfig),
-		checkPositive("interval", o.Interval, time.Second),
-		checkPositive("grace", o.Grace, 0),
-		checkPositive("issuer-refresh-interval", o.IssuerRefresh, 10*time.Second),
-		checkAddr("metrics-bind-address", o.MetricsBindAddress))
-	errs = append(errs, checkOneOf("executor", o.Executor, "systemd", "command"),
-		checkPositive("command-timeout", o.CommandTimeout, time.Second),
-		checkPositive("max-request-age", o.MaxRequestAge, time.Minute),
-		checkAbsDir("state-dir", o.StateDir))
+		cli.CheckAbsDir("kubelet-root", o.KubeletRoot),
+		cli.CheckFile("kubeconfig", o.Kubeconfig),
+		cli.CheckPositive("interval", o.Interval, time.Second),
+		cli.CheckPositive("grace", o.Grace, 0),
+		cli.CheckPositive("issuer-refresh-interval", o.IssuerRefresh, 10*time.Second),
+		cli.CheckAddr("metrics-bind-address", o.MetricsBindAddress))
+	errs = append(errs, cli.CheckOneOf("executor", o.Executor, "systemd", "command"),
+		cli.CheckPositive("command-timeout", o.CommandTimeout, time.Second),
+		cli.CheckPositive("max-request-age", o.MaxRequestAge, time.Minute),
+		cli.CheckAbsDir("state-dir", o.StateDir))
 	if o.Executor == "command" && len(o.RebootCommand) == 0 && len(o.KubeletRestartCommand) == 0 {
 		errs = append(errs, errors.New("--executor=command needs --reboot-command or --kubelet-restart-command"))
 	}
@@ -130,8 +144,8 @@ func (o *agentOptions) Validate() error {
 	return errors.Join(errs...)
 }
 
-func (o *agentOptions) run(ctx context.Context, e env) error {
-	cfg, err := restConfig(o.Kubeconfig)
+func (o *agentOptions) run(ctx context.Context, e cli.Env) error {
+	cfg, err := cli.RestConfig(o.Kubeconfig)
 	if err != nil {
 		return err
 	}
@@ -141,14 +155,14 @@ func (o *agentOptions) run(ctx context.Context, e env) error {
 		return err
 	}
 	reg := metrics.NewRegistry("agent")
-	srv, err := metrics.NewServer(o.MetricsBindAddress, reg, e.log)
+	srv, err := metrics.NewServer(o.MetricsBindAddress, reg, e.Log)
 	if err != nil {
 		return err
 	}
 	a, err := agent.New(agent.Config{
 		NodeName: o.NodeName, KubeletRoot: o.KubeletRoot, Client: client,
 		Interval: o.Interval, Grace: o.Grace, IssuerRefresh: o.IssuerRefresh,
-		MaxTokenSeries: o.MaxTokenSeries, Registry: reg, Log: e.log.With(zap.String("node", o.NodeName)),
+		MaxTokenSeries: o.MaxTokenSeries, Registry: reg, Log: e.Log.With(zap.String("node", o.NodeName)),
 	})
 	if err != nil {
 		return err
@@ -156,7 +170,7 @@ func (o *agentOptions) run(ctx context.Context, e env) error {
 	var exec actions.Executor
 	switch {
 	case o.DryRun:
-		exec = actions.DryRun{Log: e.log}
+		exec = actions.DryRun{Log: e.Log}
 	case o.Executor == "command":
 		if exec, err = actions.NewCommand(o.RebootCommand, o.KubeletRestartCommand, o.CommandTimeout); err != nil {
 			return err
@@ -168,17 +182,17 @@ func (o *agentOptions) run(ctx context.Context, e env) error {
 	}
 	handler, err := actions.NewHandler(actions.HandlerConfig{
 		NodeName: o.NodeName, Executor: exec, StateDir: o.StateDir, BootIDFile: o.BootIDFile, MaxRequestAge: o.MaxRequestAge,
-		Reporter: actions.NodeReporter{Client: client, NodeName: o.NodeName}, Finished: func(actions.Record) { a.Rescan() }, Registry: reg, Log: e.log.With(zap.String("node", o.NodeName)),
+		Reporter: actions.NodeReporter{Client: client, NodeName: o.NodeName}, Finished: func(actions.Record) { a.Rescan() }, Registry: reg, Log: e.Log.With(zap.String("node", o.NodeName)),
 	})
 	if err != nil {
 		return err
 	}
 	watcher, err := actions.NewWatcher(actions.WatcherConfig{Client: client, NodeName: o.NodeName, Handler: handler,
-		RebootSentinel: o.RebootSentinel, Log: e.log.With(zap.String("node", o.NodeName))})
+		RebootSentinel: o.RebootSentinel, Log: e.Log.With(zap.String("node", o.NodeName))})
 	if err != nil {
 		return err
 	}
-	e.log.Info("agent starting", zap.String("node", o.NodeName), zap.String("kubeletRoot", o.KubeletRoot),
+	e.Log.Info("agent starting", zap.String("node", o.NodeName), zap.String("kubeletRoot", o.KubeletRoot),
 		zap.Duration("interval", o.Interval), zap.String("metrics", srv.Addr()))
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

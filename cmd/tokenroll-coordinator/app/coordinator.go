@@ -1,13 +1,18 @@
+// Package app is tokenroll-coordinator, the leader-elected process a
+// Deployment runs: it waits for the API server's revision to settle, plans
+// which nodes need work and runs the node protocol one node at a time.
 package app
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"time"
 
+	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"go.uber.org/zap"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -16,12 +21,21 @@ import (
 	"k8s.io/client-go/tools/leaderelection"
 
 	"github.com/tokenroll/tokenroll/coordinator"
+	"github.com/tokenroll/tokenroll/internal/cli"
 	"github.com/tokenroll/tokenroll/internal/version"
 	"github.com/tokenroll/tokenroll/metrics"
 	"github.com/tokenroll/tokenroll/protocol"
 )
 
-// coordinatorOptions configure `tokenroll coordinator`.
+// NewCommand builds the tokenroll-coordinator command.
+func NewCommand(stdout, stderr io.Writer) *cobra.Command {
+	opts := newCoordinatorOptions()
+	return cli.NewSingle("tokenroll-coordinator", "Run the leader-elected coordinator (Deployment)",
+		"The coordinator holds a Lease, waits for the API server's revision to settle, plans\nwhich nodes need work and runs cordon, drain, act, verify, uncordon one node at a time.",
+		opts, opts.run, stdout, stderr)
+}
+
+// coordinatorOptions configure tokenroll-coordinator.
 type coordinatorOptions struct {
 	// Kubeconfig is empty in a cluster.
 	Kubeconfig string
@@ -94,7 +108,7 @@ func (o *coordinatorOptions) AddFlags(fs *pflag.FlagSet) {
 
 func (o *coordinatorOptions) Validate() error {
 	var errs []error
-	errs = append(errs, checkFile("kubeconfig", o.Kubeconfig))
+	errs = append(errs, cli.CheckFile("kubeconfig", o.Kubeconfig))
 	if o.Namespace == "" {
 		errs = append(errs, errors.New("--namespace is required"))
 	}
@@ -109,17 +123,17 @@ func (o *coordinatorOptions) Validate() error {
 		errs = append(errs, fmt.Errorf("--renew-deadline=%s must be more than 1.2 times --retry-period=%s, which must be positive", o.RenewDeadline, o.RetryPeriod))
 	}
 	errs = append(errs,
-		checkOneOf("gate", o.Gate, coordinator.GateNames()...),
-		checkOneOf("strategy", o.Strategy, coordinator.StrategyNames()...),
+		cli.CheckOneOf("gate", o.Gate, coordinator.GateNames()...),
+		cli.CheckOneOf("strategy", o.Strategy, coordinator.StrategyNames()...),
 		checkMaxUnavailable(o.MaxUnavailable),
-		checkAddr("metrics-bind-address", o.MetricsBindAddress),
-		checkPositive("drain-timeout", o.DrainTimeout, time.Second),
-		checkPositive("action-timeout", o.ActionTimeout, time.Second),
-		checkPositive("verify-timeout", o.VerifyTimeout, time.Second),
-		checkPositive("settle", o.Settle, 0),
-		checkPositive("trust-margin", o.TrustMargin, 0),
-		checkPositive("agent-wait", o.AgentWait, 0),
-		checkPositive("issuer-refresh-interval", o.IssuerRefresh, time.Second))
+		cli.CheckAddr("metrics-bind-address", o.MetricsBindAddress),
+		cli.CheckPositive("drain-timeout", o.DrainTimeout, time.Second),
+		cli.CheckPositive("action-timeout", o.ActionTimeout, time.Second),
+		cli.CheckPositive("verify-timeout", o.VerifyTimeout, time.Second),
+		cli.CheckPositive("settle", o.Settle, 0),
+		cli.CheckPositive("trust-margin", o.TrustMargin, 0),
+		cli.CheckPositive("agent-wait", o.AgentWait, 0),
+		cli.CheckPositive("issuer-refresh-interval", o.IssuerRefresh, time.Second))
 	if o.QPS <= 0 || o.Burst < 1 {
 		errs = append(errs, fmt.Errorf("--kube-api-qps=%v and --kube-api-burst=%d must be positive", o.QPS, o.Burst))
 	}
@@ -133,8 +147,8 @@ func checkMaxUnavailable(v string) error {
 	return nil
 }
 
-func (o *coordinatorOptions) run(ctx context.Context, e env) error {
-	cfg, err := restConfig(o.Kubeconfig)
+func (o *coordinatorOptions) run(ctx context.Context, e cli.Env) error {
+	cfg, err := cli.RestConfig(o.Kubeconfig)
 	if err != nil {
 		return err
 	}
@@ -149,7 +163,7 @@ func (o *coordinatorOptions) run(ctx context.Context, e env) error {
 		return err
 	}
 	reg := metrics.NewRegistry("coordinator")
-	srv, err := metrics.NewServer(o.MetricsBindAddress, reg, e.log)
+	srv, err := metrics.NewServer(o.MetricsBindAddress, reg, e.Log)
 	if err != nil {
 		return err
 	}
@@ -161,14 +175,14 @@ func (o *coordinatorOptions) run(ctx context.Context, e env) error {
 		Client: client, Namespace: o.Namespace, Gate: gate, Strategy: protocol.Strategy(o.Strategy),
 		MaxUnavailable: intstr.Parse(o.MaxUnavailable), DrainTimeout: o.DrainTimeout, ActionTimeout: o.ActionTimeout,
 		VerifyTimeout: o.VerifyTimeout, Settle: o.Settle, TrustMargin: o.TrustMargin, AgentWait: o.AgentWait,
-		IssuerRefresh: o.IssuerRefresh, Auto: o.Auto, Drainer: coordinator.KubectlDrainer{Client: client, Force: o.DrainForce, Log: e.log},
-		Registry: reg, Log: e.log,
+		IssuerRefresh: o.IssuerRefresh, Auto: o.Auto, Drainer: coordinator.KubectlDrainer{Client: client, Force: o.DrainForce, Log: e.Log},
+		Registry: reg, Log: e.Log,
 	})
 	if err != nil {
 		return err
 	}
 	id := coordinator.Identity()
-	e.log.Info("coordinator starting", zap.String("identity", id), zap.String("gate", gate.State().Provider),
+	e.Log.Info("coordinator starting", zap.String("identity", id), zap.String("gate", gate.State().Provider),
 		zap.String("strategy", o.Strategy), zap.String("maxUnavailable", o.MaxUnavailable), zap.String("metrics", srv.Addr()))
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -181,7 +195,7 @@ func (o *coordinatorOptions) run(ctx context.Context, e env) error {
 	srv.AddHealthCheck(leaderHealth.Name(), leaderHealth.Check)
 	runErr := coordinator.RunElected(ctx, coordinator.LeaderConfig{
 		Client: client, Namespace: o.Namespace, LeaseName: o.LeaseName, Identity: id,
-		LeaseDuration: o.LeaseDuration, RenewDeadline: o.RenewDeadline, RetryPeriod: o.RetryPeriod, Log: e.log,
+		LeaseDuration: o.LeaseDuration, RenewDeadline: o.RenewDeadline, RetryPeriod: o.RetryPeriod, Log: e.Log,
 		Healthz: leaderHealth,
 	}, c.Lead)
 	cancel()

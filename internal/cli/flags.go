@@ -1,4 +1,4 @@
-package app
+package cli
 
 import (
 	"fmt"
@@ -13,10 +13,12 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 )
 
-// Checks shared by the options structs. Each returns nil or an error that
-// names the flag, the value and what would be right.
+// The checks below are shared by the commands' options structs. Each
+// returns nil or an error that names the flag, the value and what would be
+// right.
 
-func checkAddr(flag, addr string) error {
+// CheckAddr requires a host:port to listen on.
+func CheckAddr(flag, addr string) error {
 	if _, port, err := net.SplitHostPort(addr); err != nil {
 		return fmt.Errorf("--%s=%q: want host:port, e.g. :8080 or 127.0.0.1:8080 (%w)", flag, addr, err)
 	} else if p, err := strconv.Atoi(port); err != nil || p < 0 || p > 65535 {
@@ -25,14 +27,16 @@ func checkAddr(flag, addr string) error {
 	return nil
 }
 
-func checkPositive(flag string, d, min time.Duration) error {
+// CheckPositive requires d to be at least min.
+func CheckPositive(flag string, d, min time.Duration) error {
 	if d < min {
 		return fmt.Errorf("--%s=%s: must be at least %s", flag, d, min)
 	}
 	return nil
 }
 
-func checkAbsDir(flag, dir string) error {
+// CheckAbsDir requires an absolute path.
+func CheckAbsDir(flag, dir string) error {
 	if dir == "" {
 		return fmt.Errorf("--%s is required", flag)
 	}
@@ -42,7 +46,8 @@ func checkAbsDir(flag, dir string) error {
 	return nil
 }
 
-func checkOneOf(flag, value string, allowed ...string) error {
+// CheckOneOf requires value to be one of allowed.
+func CheckOneOf(flag, value string, allowed ...string) error {
 	for _, a := range allowed {
 		if value == a {
 			return nil
@@ -51,7 +56,8 @@ func checkOneOf(flag, value string, allowed ...string) error {
 	return fmt.Errorf("--%s=%q: must be one of %s", flag, value, strings.Join(allowed, ", "))
 }
 
-func checkFile(flag, path string) error {
+// CheckFile requires path, when set, to name a file.
+func CheckFile(flag, path string) error {
 	if path == "" {
 		return nil
 	}
@@ -65,9 +71,9 @@ func checkFile(flag, path string) error {
 	return nil
 }
 
-// restConfig loads --kubeconfig, or the in-cluster configuration when it is
+// RestConfig loads --kubeconfig, or the in-cluster configuration when it is
 // empty, then $KUBECONFIG and ~/.kube/config as kubectl would.
-func restConfig(kubeconfig string) (*rest.Config, error) {
+func RestConfig(kubeconfig string) (*rest.Config, error) {
 	if kubeconfig == "" {
 		if cfg, err := rest.InClusterConfig(); err == nil {
 			return cfg, nil
@@ -82,4 +88,19 @@ func restConfig(kubeconfig string) (*rest.Config, error) {
 		return nil, fmt.Errorf("loading a kubeconfig (set --kubeconfig, or run in a pod): %w", err)
 	}
 	return cfg, nil
+}
+
+// CheckDir requires dir to name an existing directory.
+func CheckDir(flag, dir string) error {
+	if dir == "" {
+		return fmt.Errorf("--%s is required", flag)
+	}
+	st, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("--%s=%q: %w", flag, dir, err)
+	}
+	if !st.IsDir() {
+		return fmt.Errorf("--%s=%q: not a directory", flag, dir)
+	}
+	return nil
 }

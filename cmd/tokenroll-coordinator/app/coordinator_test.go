@@ -1,0 +1,28 @@
+package app
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/tokenroll/tokenroll/internal/cli"
+	"github.com/tokenroll/tokenroll/internal/cli/clitest"
+)
+
+func TestValidateReportsEveryBadFlag(t *testing.T) {
+	clitest.ExpectUsage(t, NewCommand,
+		clitest.Usage{Args: []string{"--lease-duration=5s", "--renew-deadline=10s", "--gate=maybe", "--strategy=pray", "--max-unavailable=0", "--namespace="},
+			Want: []string{"--lease-duration=5s", "--gate=\"maybe\"", "--strategy=\"pray\"", "--max-unavailable=\"0\"", "--namespace is required"}},
+		clitest.Usage{Args: []string{"--max-unavailable=150%"}, Want: []string{"at most 100%"}},
+		clitest.Usage{Args: []string{"--drain-timeout=0", "--kube-api-qps=0", "--log-format=fancy"},
+			Want: []string{"--drain-timeout=0s", "--kube-api-qps=0", "--log-format=\"fancy\""}},
+		clitest.Usage{Args: []string{"coordinator"}, Want: []string{"takes no arguments", "Run 'tokenroll-coordinator --help'"}})
+}
+
+func TestWithoutAClusterSaysSo(t *testing.T) {
+	t.Setenv("KUBECONFIG", t.TempDir()+"/none")
+	t.Setenv("KUBERNETES_SERVICE_HOST", "")
+	code, _, stderr := clitest.Run(t, NewCommand)
+	if code != cli.ExitFailure || !strings.Contains(stderr, "kubeconfig") || !strings.HasPrefix(stderr, "tokenroll-coordinator: ") {
+		t.Errorf("exit %d, stderr %q; want exit 1 naming the kubeconfig", code, stderr)
+	}
+}
