@@ -69,7 +69,7 @@ func TestAgentReportsThroughAnIssuerChange(t *testing.T) {
 	c := simtest.Start(t, oldIss, "node-1")
 	ctx := context.Background()
 	sim := c.Nodes["node-1"]
-	robot, web := c.SeedPods(t, "node-1")
+	robot, web := c.ExamplePods(t, "node-1")
 
 	reg := prometheus.NewRegistry()
 	a, err := New(Config{

@@ -1,9 +1,9 @@
 // Package sandbox assembles a whole local cluster for tokenroll and walks
-// the seed's procedure on it: a real control plane (sandbox/controlplane)
+// the OpenShift documentation's procedure on it: a real control plane (sandbox/controlplane)
 // with the OpenShift resources and a simulated kube-apiserver operator
 // (sandbox/openshiftsim), simulated kubelets (sandbox/kubeletsim) running
 // ReplicaSets (sandbox/replicasim) whose pods hold projected tokens, among
-// them the seed's build-robot pod with a token for the audience "vault",
+// them the documentation's build-robot pod with a token for the audience "vault",
 // and the real tokenroll-agent and tokenroll-coordinator binaries as
 // processes.
 package sandbox
@@ -79,7 +79,7 @@ type Sandbox struct {
 
 // Namespaces the sandbox's workloads live in.
 const (
-	NamespaceBuild = "build" // the seed's build-robot pods
+	NamespaceBuild = "build" // the documentation's build-robot pods
 	NamespaceApps  = "apps"  // plain pods with the default kube-api-access volume
 )
 
@@ -255,11 +255,11 @@ func (s *Sandbox) NodeKubeconfig(node string) string {
 	return filepath.Join(s.dir, "kubeconfigs", node)
 }
 
-// BuildRobotPod is the seed procedure's example pod (package workload).
+// BuildRobotPod is the example pod of the OpenShift documentation's procedure (package workload).
 var BuildRobotPod = workload.BuildRobotPod
 
 // ReplicaSets are the sandbox's workloads, replicas pods each, spread one
-// per node by the ReplicaSet controller: the seed's nginx as build-robot
+// per node by the ReplicaSet controller: the documentation's nginx as build-robot
 // (namespace build) and a plain web server with the default
 // kube-api-access volume (namespace apps). Drained or evicted pods come back
 // on another node, as on a real cluster.

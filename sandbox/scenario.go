@@ -138,7 +138,7 @@ type run struct {
 // the sandbox) before the run gives up.
 const crashLoop = 5
 
-// Run builds the sandbox, walks the seed's procedure on it and returns the
+// Run builds the sandbox, walks the OpenShift documentation's procedure on it and returns the
 // summary; the error is errNotOK-wrapped when the procedure did not
 // complete with every invariant held. Ending ctx (Ctrl-C) stops everything.
 func Run(ctx context.Context, opts Options, out io.Writer) (*Summary, error) {
@@ -403,7 +403,7 @@ func (r *run) cli() string {
 	return programs.CLI
 }
 
-// scenario walks the seed's procedure: change the issuer, let the operator
+// scenario walks the OpenShift documentation's procedure: change the issuer, let the operator
 // roll the new revision, let the coordinator remediate, and check the
 // outcome.
 func (r *run) scenario(ctx context.Context) (*Summary, error) {

@@ -26,7 +26,7 @@ func TestRealTokensThroughAnIssuerChange(t *testing.T) {
 	c := simtest.Start(t, oldIss, "node-1")
 	ctx := context.Background()
 	node := c.Nodes["node-1"]
-	robot, web := c.SeedPods(t, "node-1")
+	robot, web := c.ExamplePods(t, "node-1")
 
 	discover := func() string {
 		t.Helper()

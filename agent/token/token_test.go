@@ -198,7 +198,7 @@ func TestRefreshAtIsTheKubeletsRule(t *testing.T) {
 		want      int64 // refreshAt, seconds after iat
 	}{
 		{"1 h default: 3600-720", 3600, 0, 2880},
-		{"seed's 7200 s: 7200-1440", 7200, 0, 5760},
+		{"the documentation's 7200 s: 7200-1440", 7200, 0, 5760},
 		{"extended 3607 s: judged by warnafter, not the year-long exp", 365 * 86400, 3607, 3607 - 721},
 		{"ttl not divisible by 5: 601 - floor(120.2)", 601, 0, 481},
 		{"ttl 599: 599 - floor(119.8)", 599, 0, 480},
@@ -219,7 +219,7 @@ func TestRefreshAtIsTheKubeletsRule(t *testing.T) {
 
 func TestJudgeAtTheBoundaries(t *testing.T) {
 	const iss = "https://kubernetes.default.svc"
-	seed := Claims{Issuer: iss, IssuedAt: at(iat), Expires: at(iat + 7200)} // refreshAt iat+5760
+	robot := Claims{Issuer: iss, IssuedAt: at(iat), Expires: at(iat + 7200)} // refreshAt iat+5760
 	ext := Claims{Issuer: iss, IssuedAt: at(iat), Expires: at(iat + 365*86400), WarnAfter: at(iat + 3607)}
 	grace := 5 * time.Minute
 	cases := []struct {
@@ -229,19 +229,19 @@ func TestJudgeAtTheBoundaries(t *testing.T) {
 		expected string
 		want     protocol.State
 	}{
-		{"just issued", seed, 0, iss, protocol.StateFresh},
-		{"a second before refreshAt", seed, 5759, iss, protocol.StateFresh},
-		{"exactly at refreshAt", seed, 5760, iss, protocol.StateRefreshDue},
-		{"a second before refreshAt+grace", seed, 5760 + 299, iss, protocol.StateRefreshDue},
-		{"exactly at refreshAt+grace", seed, 5760 + 300, iss, protocol.StateOverdue},
-		{"a second before exp", seed, 7199, iss, protocol.StateOverdue},
-		{"exactly at exp", seed, 7200, iss, protocol.StateExpired},
-		{"expired beats issuer mismatch", seed, 7200, "https://new", protocol.StateExpired},
-		{"issuer mismatch beats overdue", seed, 7000, "https://new", protocol.StateIssuerMismatch},
-		{"issuer mismatch when fresh", seed, 10, "https://new", protocol.StateIssuerMismatch},
-		{"unknown issuer is not checked", seed, 10, "", protocol.StateFresh},
-		{"iat 60 s ahead is tolerated", seed, -60, iss, protocol.StateFresh},
-		{"iat 61 s ahead is clock skew", seed, -61, iss, protocol.StateClockSkew},
+		{"just issued", robot, 0, iss, protocol.StateFresh},
+		{"a second before refreshAt", robot, 5759, iss, protocol.StateFresh},
+		{"exactly at refreshAt", robot, 5760, iss, protocol.StateRefreshDue},
+		{"a second before refreshAt+grace", robot, 5760 + 299, iss, protocol.StateRefreshDue},
+		{"exactly at refreshAt+grace", robot, 5760 + 300, iss, protocol.StateOverdue},
+		{"a second before exp", robot, 7199, iss, protocol.StateOverdue},
+		{"exactly at exp", robot, 7200, iss, protocol.StateExpired},
+		{"expired beats issuer mismatch", robot, 7200, "https://new", protocol.StateExpired},
+		{"issuer mismatch beats overdue", robot, 7000, "https://new", protocol.StateIssuerMismatch},
+		{"issuer mismatch when fresh", robot, 10, "https://new", protocol.StateIssuerMismatch},
+		{"unknown issuer is not checked", robot, 10, "", protocol.StateFresh},
+		{"iat 60 s ahead is tolerated", robot, -60, iss, protocol.StateFresh},
+		{"iat 61 s ahead is clock skew", robot, -61, iss, protocol.StateClockSkew},
 		{"extended: fresh before warnafter's 80%", ext, 2885, iss, protocol.StateFresh},
 		{"extended: due at iat+2886", ext, 2886, iss, protocol.StateRefreshDue},
 		{"extended: overdue though exp is a year out", ext, 2886 + 300, iss, protocol.StateOverdue},
@@ -256,7 +256,7 @@ func TestJudgeAtTheBoundaries(t *testing.T) {
 			t.Errorf("%s: state %s without a reason", c.name, v.State)
 		}
 	}
-	if v := Judge(seed, at(iat+5760+60), iss, 0); v.State != protocol.StateOverdue {
+	if v := Judge(robot, at(iat+5760+60), iss, 0); v.State != protocol.StateOverdue {
 		t.Errorf("grace 0: %s, want overdue", v.State)
 	}
 }

@@ -112,7 +112,7 @@ func TestSimulatedKubeletsThroughAnIssuerChange(t *testing.T) {
 		c.Events.Wait(t, mark, p.Name+" synced", simtest.Is(kubeletsim.EventPodSynced, p.Spec.NodeName, p.Name, ""))
 	}
 
-	// The seed's token, on disk as the kubelet lays it out.
+	// The documentation's example token, on disk as the kubelet lays it out.
 	vaultDir := c.Nodes["node-1"].VolumeDir(robot.UID, "vault-token")
 	checkLayout(t, vaultDir, "vault-token")
 	vault := readClaims(t, filepath.Join(vaultDir, "vault-token"))

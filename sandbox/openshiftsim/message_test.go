@@ -15,7 +15,7 @@ func nodesAt(revs ...int32) []openshift.NodeStatus {
 }
 
 // The messages OpenShift shows during and after a kube-apiserver rollout,
-// as the seed procedure and `oc get clusteroperators` quote them.
+// as the OpenShift documentation's procedure and `oc get clusteroperators` quote them.
 func TestRevisionDescription(t *testing.T) {
 	for _, tc := range []struct {
 		name       string

@@ -172,7 +172,7 @@ func KubeAPIAccess(t testing.TB, pod *corev1.Pod) string {
 	return ""
 }
 
-// BuildRobotPod is workload.BuildRobotPod, the seed procedure's example.
+// BuildRobotPod is workload.BuildRobotPod, the OpenShift documentation's example.
 var BuildRobotPod = workload.BuildRobotPod
 
 // PrepareBuildNamespace makes namespace ns with the build-robot account.
@@ -187,10 +187,10 @@ func (c *Cluster) PrepareBuildNamespace(t testing.TB, ns string) {
 	}
 }
 
-// SeedPods creates, in namespace "build" on node, the seed's nginx pod (as
+// ExamplePods creates, in namespace "build" on node, the documentation's nginx pod (as
 // build-robot, with the vault token) and a plain "web" pod, and waits until
 // the node has written their volumes.
-func (c *Cluster) SeedPods(t testing.TB, node string) (robot, web *corev1.Pod) {
+func (c *Cluster) ExamplePods(t testing.TB, node string) (robot, web *corev1.Pod) {
 	t.Helper()
 	c.PrepareBuildNamespace(t, "build")
 	mark := c.Events.Mark()

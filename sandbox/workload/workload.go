@@ -1,4 +1,4 @@
-// Package workload holds the seed procedure's example pod, shared by the
+// Package workload holds the example pod of the OpenShift documentation's procedure, shared by the
 // sandbox, its test helpers and benchmarks. It imports nothing of
 // tokenroll's, so any of them may use it without an import cycle.
 package workload
@@ -9,7 +9,7 @@ import (
 	"k8s.io/utils/ptr"
 )
 
-// BuildRobotPod is the seed procedure's example pod: nginx as the
+// BuildRobotPod is the example pod of the OpenShift documentation's procedure: nginx as the
 // build-robot service account, with a two-hour token for the audience
 // "vault" at vault-token.
 func BuildRobotPod(name, namespace, node string) *corev1.Pod {

@@ -33,28 +33,10 @@
 // Checked: at most one node disrupted at a time, no node left cordoned,
 // exactly one action request per node (and one action by its agent).
 //
-// A 50-node run takes under a minute on two cores. Its output, abridged
-// (figures from such a run):
-//
-//	coordbench: 50 nodes, strategy reboot, max-unavailable 1, reboot down 200ms, 2 pods per node
-//	run time 42.7s (setup 13.2s, rollout 26s)
-//	  overhead per node, one node freed (schedulable and Ready) -> the next cordoned, 49 gaps:
-//	    median 11.2ms  p90 24.4ms  max 46.8ms   goal < 1s: met
-//	  689 requests; 23 of them Leases (the leader election's and the API server's own), left out of the per-node figure
-//	  per node, without the Leases: 13.32   goal < 15: met
-//	       VERB                     RESOURCE  COUNT  PER NODE          CODES
-//	       POST         events.events.k8s.io    200      4.00        201:200
-//	      PATCH                        nodes    155      3.10  200:150 409:5
-//	       LIST  poddisruptionbudgets.policy    100      2.00        200:100
-//	       POST                pods/eviction    100      2.00        201:100
-//	  ...
-//	Invariants:
-//	  max nodes disrupted at once  1      (limit 1)      ok
-//	  ...
-//	  all hold
-//
-// With -strategy kubelet-restart: 7.14 requests per node, overhead median
-// 50.7 ms, max 119.7 ms, 50 nodes in 16 s.
+// It prints the overhead between nodes (median, p90, max, against the
+// goal), the API requests per node by verb and resource with their status
+// codes, and the invariants; the README's performance section has the
+// figures of a run.
 //
 // With -json the same figures are written as one JSON object on stdout.
 // The exit status is 0 when every invariant holds, 2 when one is broken,
