@@ -195,6 +195,18 @@ func (f *fixture) catchUp() {
 	}
 }
 
+// cacheStale puts nodes into the leader's lister as they are given, as
+// informers that have not delivered the latest writes yet.
+func (f *fixture) cacheStale(nodes ...*corev1.Node) {
+	f.t.Helper()
+	for _, n := range nodes {
+		o, _ := trimNode(n.DeepCopy())
+		if err := f.nodes.Update(o); err != nil {
+			f.t.Fatal(err)
+		}
+	}
+}
+
 func (f *fixture) list(gvr schema.GroupVersionResource, ns string) []runtime.Object {
 	f.t.Helper()
 	o, err := f.tracker.List(gvr, gvr.GroupVersion().WithKind(kinds[gvr.Resource]), ns)

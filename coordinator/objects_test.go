@@ -185,7 +185,11 @@ func haltedState(r *Rollout, node, reason, msg string, at time.Time) State {
 // expectWrites compares the writes since the last call with want.
 func (f *fixture) expectWrites(want ...apiWrite) {
 	f.t.Helper()
-	got := f.writes()
+	f.compareWrites(f.writes(), want...)
+}
+
+func (f *fixture) compareWrites(got []apiWrite, want ...apiWrite) {
+	f.t.Helper()
 	if len(got) == len(want) {
 		same := true
 		for i := range got {
@@ -289,7 +293,7 @@ func gvrOf(o runtime.Object) schema.GroupVersionResource {
 }
 
 // counter reads one series of a counter or gauge from the leader's
-// registry (-1: not found).
+// registry (label "": the metric has none; -1: not found).
 func (f *fixture) counter(name, label, value string) float64 {
 	f.t.Helper()
 	mfs, err := f.reg.Gather()
@@ -301,14 +305,17 @@ func (f *fixture) counter(name, label, value string) float64 {
 			continue
 		}
 		for _, m := range mf.GetMetric() {
+			match := label == ""
 			for _, l := range m.GetLabel() {
-				if l.GetName() == label && l.GetValue() == value {
-					if m.GetCounter() != nil {
-						return m.GetCounter().GetValue()
-					}
-					return m.GetGauge().GetValue()
-				}
+				match = match || (l.GetName() == label && l.GetValue() == value)
 			}
+			if !match {
+				continue
+			}
+			if m.GetCounter() != nil {
+				return m.GetCounter().GetValue()
+			}
+			return m.GetGauge().GetValue()
 		}
 	}
 	return -1
