@@ -156,6 +156,51 @@ func (f *fixture) lead() {
 	f.catchUp()
 }
 
+// runLead builds a leader and runs it as leader election would, with its
+// own informers on the fake clientset, until stop; stop returns what Lead
+// returned.
+func (f *fixture) runLead() (stop func() error) {
+	f.t.Helper()
+	f.reg = prometheus.NewRegistry()
+	cfg := f.cfg
+	cfg.Registry = f.reg
+	c, err := New(cfg)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(f.ctx)
+	done := make(chan error, 1)
+	go func() { done <- c.Lead(ctx) }()
+	return func() error {
+		cancel()
+		return <-done
+	}
+}
+
+// New refuses a config with every problem named at once.
+func TestNewChecksConfig(t *testing.T) {
+	_, err := New(Config{Strategy: "restart-everything", MaxUnavailable: intstr.FromInt32(0), Settle: -time.Second})
+	if err == nil {
+		t.Fatal("New accepted an empty config")
+	}
+	for _, want := range []string{"no API client", "namespace is empty", "no revision gate", `strategy "restart-everything"`,
+		`max unavailable "0" must be at least 1`, "drain timeout 0s must be positive", "action timeout 0s must be positive",
+		"verify timeout 0s must be positive", "issuer refresh 0s must be positive", "must not be negative"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("New's error does not say %q:\n%v", want, err)
+		}
+	}
+	f := newFixture(t)
+	f.cfg.Drainer, f.cfg.Log, f.cfg.Clock, f.cfg.Registry = nil, nil, nil, nil
+	c, err := New(f.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := c.cfg.Drainer.(KubectlDrainer); !ok || c.cfg.Log == nil || c.cfg.Clock == nil || c.cfg.Registry == nil {
+		t.Errorf("New left defaults unset: %+v", c.cfg)
+	}
+}
+
 // endTerm ends the current leader's term: its drains are cancelled.
 func (f *fixture) endTerm() {
 	c := f.c
@@ -220,7 +265,7 @@ func (f *fixture) list(gvr schema.GroupVersionResource, ns string) []runtime.Obj
 	return items
 }
 
-var kinds = map[string]string{"nodes": "Node", "configmaps": "ConfigMap", "pods": "Pod"}
+var kinds = map[string]string{"nodes": "Node", "configmaps": "ConfigMap", "pods": "Pod", "events": "Event"}
 
 // sync runs one reconciliation on listers that caught up with the cluster
 // and returns when the coordinator asks to run again (0: on a change).
