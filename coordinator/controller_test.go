@@ -302,11 +302,7 @@ func TestDrainerEvictsThroughTheAPI(t *testing.T) {
 			f.writes()
 			f.sync()
 			f.awaitDrainEnd()
-			var got []apiWrite
-			for _, w := range f.writes() {
-				got = append(got, w)
-			}
-			if !sameSet(got, c.evicted) {
+			if got := f.writes(); !sameSet(got, c.evicted) {
 				t.Errorf("evictions %v; want %v", got, c.evicted)
 			}
 			f.sync()

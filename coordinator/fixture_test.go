@@ -354,10 +354,7 @@ func (f *fixture) writes() []apiWrite {
 		case clienttesting.PatchAction:
 			w.Name = a.GetName()
 			f.decodeNodePatch(&w, a)
-		case clienttesting.CreateAction:
-			w.Name = objectName(a.GetObject())
-			w.State = decodeCM(f.t, a.GetObject())
-		case clienttesting.UpdateAction:
+		case clienttesting.CreateAction: // and UpdateAction, the same interface
 			w.Name = objectName(a.GetObject())
 			w.State = decodeCM(f.t, a.GetObject())
 		case clienttesting.DeleteAction:
@@ -619,7 +616,7 @@ func (t *rvTracker) precondition(gvr schema.GroupVersionResource, obj runtime.Ob
 	if m.GetResourceVersion() == "" {
 		return nil
 	}
-	cur, err := t.ObjectTracker.Get(gvr, ns, m.GetName())
+	cur, err := t.Get(gvr, ns, m.GetName())
 	if err != nil {
 		return err
 	}

@@ -38,11 +38,7 @@ func testNode(name string, opts ...func(*corev1.Node)) *corev1.Node {
 
 func cordoned(n *corev1.Node) { n.Spec.Unschedulable = true }
 
-func uncordoned(n *corev1.Node) { n.Spec.Unschedulable = false }
-
 func notReady(n *corev1.Node) { setReady(n, false) }
-
-func ready(n *corev1.Node) { setReady(n, true) }
 
 func setReady(n *corev1.Node, ok bool) {
 	st := corev1.ConditionFalse
@@ -75,10 +71,6 @@ func agentStatus(id string, phase protocol.Phase, msg string) func(*corev1.Node)
 	return func(n *corev1.Node) {
 		n.Annotations[protocol.AnnotationStatus] = mustJSON(protocol.Status{ID: id, Phase: phase, Message: msg, UpdatedAt: t0})
 	}
-}
-
-func requested(r protocol.Request) func(*corev1.Node) {
-	return func(n *corev1.Node) { n.Annotations[protocol.AnnotationRequest] = mustJSON(r) }
 }
 
 func mustJSON(v any) string {
