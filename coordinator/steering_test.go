@@ -127,7 +127,7 @@ func TestResumeRetriesTheHaltedNode(t *testing.T) {
 
 // While the revision gate is closed no node starts, and a node cordoned
 // but not acted on is released; it starts again when the gate opens.
-func TestGateClosesMidRollout(t *testing.T) {
+func TestGateClosingReleasesACordonedNode(t *testing.T) {
 	f := newFixture(t, testNode("n1"), testNode("n2"), rolloutConfigMap(rollout(Reboot, "n1", "n2")))
 	f.sync()
 	f.expectWrites(cordonNode("n1", started(Reboot, true, t0)))
