@@ -1,0 +1,446 @@
+package coordinator
+
+import (
+	"regexp"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/tokenroll/tokenroll/protocol"
+)
+
+// steer changes the rollout's phase in the ConfigMap as `tokenroll rollout
+// pause|resume|cancel` writes it today.
+func (f *fixture) steer(verb string) {
+	f.t.Helper()
+	f.editState(func(st *State) {
+		r := st.Active()
+		if r == nil {
+			f.t.Fatalf("%s: no active rollout", verb)
+		}
+		switch verb {
+		case "pause":
+			r.Phase = PhasePaused
+		case "resume":
+			r.Phase = PhaseRunning
+			r.Message = "resumed by alice; was " + r.HaltReason + " " + r.Message
+			r.HaltReason, r.HaltNode = "", ""
+		case "cancel":
+			r.Phase = PhaseCancelled
+		}
+		r.UpdatedAt = f.clock.Now()
+	})
+}
+
+// Pausing releases a node cordoned but not acted on; resuming starts it
+// again.
+func TestPauseReleasesAndResumeRestarts(t *testing.T) {
+	f := newFixture(t, testNode("n1"), testNode("n2"), rolloutConfigMap(rollout(Reboot, "n1", "n2")))
+	f.sync()
+	f.expectWrites(cordonNode("n1", started(Reboot, true, t0)))
+	f.takeEvents()
+
+	f.clock.Step(10 * time.Second)
+	f.steer("pause")
+	f.sync()
+	f.expectWrites(releaseNode("n1", true))
+	f.expectEvents("Normal Released rollout r-test: released before any action, the rollout is paused; it stays pending")
+	f.expectDrains()
+	f.clock.Step(time.Minute)
+	f.sync()
+	f.expectWrites()
+
+	f.steer("resume")
+	f.sync()
+	f.expectWrites(cordonNode("n1", started(Reboot, true, t0.Add(70*time.Second))))
+}
+
+// A paused rollout still verifies the node it acted on, and starts no
+// other.
+func TestPauseFinishesTheNodeActedOn(t *testing.T) {
+	const req = "r-test-0000beef"
+	st := acting(started(KubeletRestart, true, t0.Add(-time.Minute)), t0.Add(-time.Minute), req)
+	r := rollout(KubeletRestart, "n1", "n2")
+	r.Phase = PhasePaused
+	f := newFixture(t, testNode("n1", cordoned, inStep(st), agentStatus(req, protocol.PhaseDone, "")), testNode("n2"), rolloutConfigMap(r))
+	f.sync()
+	doneAt := done(st, t0)
+	f.expectWrites(patchNode("n1", &doneAt, ptr(false)))
+	f.sync()
+	f.expectWrites()
+}
+
+// Cancelling releases a cordoned node and ends the rollout at once; a node
+// being acted on is finished first.
+func TestCancel(t *testing.T) {
+	t.Run("cordoned", func(t *testing.T) {
+		f := newFixture(t, testNode("n1"), testNode("n2"), rolloutConfigMap(rollout(Reboot, "n1", "n2")))
+		f.sync()
+		f.writes()
+		f.clock.Step(10 * time.Second)
+		f.steer("cancel")
+		f.sync()
+		f.expectWrites(releaseNode("n1", true), updateState(finished(withPhase(rollout(Reboot, "n1", "n2"), PhaseCancelled), PhaseCancelled, t0.Add(10*time.Second))))
+		f.sync()
+		f.expectWrites()
+	})
+	t.Run("acting", func(t *testing.T) {
+		const req = "r-test-0000beef"
+		st := acting(started(KubeletRestart, true, t0.Add(-time.Minute)), t0.Add(-time.Minute), req)
+		r := withPhase(rollout(KubeletRestart, "n1", "n2"), PhaseCancelled)
+		f := newFixture(t, testNode("n1", cordoned, inStep(st), agentStatus(req, protocol.PhaseRunning, "")), testNode("n2"), rolloutConfigMap(r))
+		f.sync()
+		f.expectWrites()
+		f.updateNode("n1", agentStatus(req, protocol.PhaseDone, ""))
+		f.clock.Step(time.Minute)
+		f.sync()
+		doneAt := done(st, t0.Add(time.Minute))
+		f.expectWrites(patchNode("n1", &doneAt, ptr(false)),
+			updateState(finished(withPhase(rollout(KubeletRestart, "n1", "n2"), PhaseCancelled), PhaseCancelled, t0.Add(time.Minute))))
+	})
+}
+
+func withPhase(r *Rollout, p Phase) *Rollout {
+	r.Phase = p
+	return r
+}
+
+// Resuming a halted rollout retries the node it halted on.
+func TestResumeRetriesTheHaltedNode(t *testing.T) {
+	h := halted(started(Reboot, true, t0.Add(-time.Hour)), t0.Add(-50*time.Minute), HaltDrainFailed, "draining node n1: refused")
+	st := haltedState(rollout(Reboot, "n1", "n2"), "n1", HaltDrainFailed, "draining node n1: refused", t0.Add(-50*time.Minute))
+	f := newFixture(t, testNode("n1", inStep(h)), testNode("n2"), stateConfigMap(st))
+	f.sync()
+	f.expectWrites()
+	f.steer("resume")
+	if r := f.state().Rollout; r.Message != "resumed by alice; was DrainFailed draining node n1: refused" {
+		t.Fatalf("the CLI's resume wrote %+v", r)
+	}
+	f.sync()
+	f.expectWrites(cordonNode("n1", started(Reboot, true, t0)))
+}
+
+// While the revision gate is closed no node starts, and a node cordoned
+// but not acted on is released; it starts again when the gate opens.
+func TestGateClosingReleasesACordonedNode(t *testing.T) {
+	f := newFixture(t, testNode("n1"), testNode("n2"), rolloutConfigMap(rollout(Reboot, "n1", "n2")))
+	f.sync()
+	f.expectWrites(cordonNode("n1", started(Reboot, true, t0)))
+	f.drainer.holdCalls()
+	f.sync()
+	f.takeEvents()
+
+	const why = "issuer rolling out: kube-apiserver-a sign with https://new.tokenroll.test; kube-apiserver-b sign with https://old.tokenroll.test"
+	f.gate.set(GateState{Provider: GateStaticPods, Message: why})
+	f.clock.Step(10 * time.Second)
+	f.sync()
+	f.expectWrites(releaseNode("n1", true))
+	f.expectEvents("Normal Released rollout r-test: released before any action, the revision gate closed: " + why + "; it stays pending")
+	f.awaitDrainEnd() // the drain under way was stopped
+	f.expectDrains(drainCall{Node: "n1", Timeout: 10 * time.Minute})
+
+	for range 3 {
+		f.clock.Step(time.Minute)
+		f.sync()
+		f.expectWrites()
+	}
+	f.gate.set(GateState{Provider: GateStaticPods, Open: true, Message: "2 kube-apiserver pods Ready, all signing with " + newIssuer})
+	f.sync()
+	f.expectWrites(cordonNode("n1", started(Reboot, true, t0.Add(190*time.Second))))
+}
+
+// A closed gate starts nothing, but a node already acted on is verified
+// and released.
+func TestGateClosedStillVerifies(t *testing.T) {
+	const req = "r-test-0000beef"
+	st := acting(started(KubeletRestart, true, t0.Add(-time.Minute)), t0.Add(-time.Minute), req)
+	f := newFixture(t, testNode("n1", cordoned, inStep(st), agentStatus(req, protocol.PhaseRunning, "")), testNode("n2"),
+		rolloutConfigMap(rollout(KubeletRestart, "n1", "n2")))
+	f.sync()
+	f.expectWrites()
+	f.gate.set(GateState{Provider: GateStaticPods, Message: "kube-apiserver-b not Ready"})
+	f.updateNode("n1", agentStatus(req, protocol.PhaseDone, ""))
+	f.sync()
+	doneAt := done(st, t0)
+	f.expectWrites(patchNode("n1", &doneAt, ptr(false)))
+	f.clock.Step(time.Minute)
+	f.sync()
+	f.expectWrites()
+}
+
+// Nodes out of service count against maxUnavailable, whoever took them
+// out; a planned node already cordoned disrupts nothing more and goes ahead.
+func TestMaxUnavailable(t *testing.T) {
+	const req = "r-test-0000beef"
+	inFlight := acting(started(KubeletRestart, true, t0.Add(-time.Minute)), t0.Add(-time.Minute), req)
+	cases := []struct {
+		name  string
+		limit intstr.IntOrString
+		nodes []*corev1.Node
+		want  []apiWrite
+	}{
+		{"a node cordoned by someone else", intstr.FromInt32(1), nodes(testNode("n3", cordoned)), nil},
+		{"a NotReady node", intstr.FromInt32(1), nodes(testNode("n3", notReady)), nil},
+		{"room for one more", intstr.FromInt32(2), nodes(testNode("n3", cordoned)),
+			[]apiWrite{cordonNode("n1", started(KubeletRestart, true, t0))}},
+		{"half of four nodes", intstr.FromString("50%"), nodes(testNode("n3"), testNode("n4")),
+			[]apiWrite{cordonNode("n1", started(KubeletRestart, true, t0)), cordonNode("n2", started(KubeletRestart, true, t0))}},
+		{"a planned node found cordoned goes ahead", intstr.FromInt32(1), nodes(testNode("n2", cordoned), testNode("n3")),
+			[]apiWrite{cordonNode("n2", started(KubeletRestart, false, t0))}},
+		{"a planned node NotReady waits and counts", intstr.FromInt32(2), nodes(testNode("n1", notReady), testNode("n3")),
+			[]apiWrite{cordonNode("n2", started(KubeletRestart, true, t0))}},
+		{"our node in flight", intstr.FromInt32(1), nodes(testNode("n1", cordoned, inStep(inFlight)), testNode("n3")), nil},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			have := map[string]bool{}
+			var objects []runtime.Object
+			for _, n := range c.nodes {
+				have[n.Name] = true
+				objects = append(objects, n)
+			}
+			for _, name := range []string{"n1", "n2"} {
+				if !have[name] {
+					objects = append(objects, testNode(name))
+				}
+			}
+			f := newFixture(t, append(objects, rolloutConfigMap(rollout(KubeletRestart, "n1", "n2")))...)
+			f.cfg.MaxUnavailable = c.limit
+			f.sync()
+			f.expectWrites(c.want...)
+		})
+	}
+}
+
+func nodes(n ...*corev1.Node) []*corev1.Node { return n }
+
+// A new leader resumes from the Node annotations and the ConfigMap: it does
+// not write a request already written, and repeats a drain it finds under
+// way.
+func TestLeaderChange(t *testing.T) {
+	t.Run("after the request", func(t *testing.T) {
+		f := newFixture(t, testNode("n1"), rolloutConfigMap(rollout(KubeletRestart, "n1")))
+		f.sync()
+		f.sync()
+		got := f.writes()
+		id := requestIn(t, got[len(got)-1], protocol.ActionKubeletRestart, "n1", t0)
+
+		f.lead()
+		f.clock.Step(time.Minute)
+		f.sync()
+		f.expectWrites()
+		f.updateNode("n1", agentStatus(id, protocol.PhaseDone, ""))
+		f.sync()
+		doneAt := done(acting(started(KubeletRestart, true, t0), t0, id), t0.Add(time.Minute))
+		f.expectWrites(patchNode("n1", &doneAt, ptr(false)), updateState(finished(rollout(KubeletRestart, "n1"), PhaseDone, t0.Add(time.Minute))))
+		if r, _ := protocol.ParseRequest(f.node("n1").Annotations[protocol.AnnotationRequest]); r.ID != id {
+			t.Errorf("the request on n1 is %q; want the first leader's %q", r.ID, id)
+		}
+	})
+	t.Run("during the drain", func(t *testing.T) {
+		f := newFixture(t, testNode("n1"), rolloutConfigMap(rollout(Reboot, "n1")))
+		f.sync()
+		f.drainer.holdCalls()
+		f.sync()
+		f.writes()
+
+		f.lead() // the first leader's drain is cancelled with its term
+		f.sync()
+		f.expectWrites()
+		f.drainer.releaseCalls(nil)
+		f.awaitDrainEnd()
+		f.expectDrains(drainCall{Node: "n1", Timeout: 10 * time.Minute}, drainCall{Node: "n1", Timeout: 10 * time.Minute})
+		f.clock.Step(30 * time.Second)
+		f.sync()
+		got := f.writes()
+		if len(got) != 1 {
+			t.Fatalf("writes %v; want one request", got)
+		}
+		requestIn(t, got[0], protocol.ActionReboot, "n1", t0.Add(30*time.Second))
+	})
+	// The API server refuses a decision taken on a cache older than the
+	// last leader's write (the merge patch carries the resourceVersion).
+	// The fake clientset does not check it; the fixture does, as the API
+	// server would.
+	t.Run("on a stale cache", func(t *testing.T) {
+		f := newFixture(t, testNode("n1"), rolloutConfigMap(rollout(KubeletRestart, "n1")))
+		f.sync()
+		before := f.node("n1")
+		f.sync()
+		got := f.writes()
+		id := requestIn(t, got[len(got)-1], protocol.ActionKubeletRestart, "n1", t0)
+
+		f.lead()
+		f.cacheStale(before)
+		_, err := f.syncStale()
+		if !apierrors.IsConflict(err) {
+			t.Fatalf("a request decided on a stale cache: %v; want a conflict", err)
+		}
+		if got := f.writes(); len(got) != 1 || got[0].Request == nil || got[0].Request.ID == id {
+			t.Errorf("the refused write: %v", got)
+		}
+		if r, _ := protocol.ParseRequest(f.node("n1").Annotations[protocol.AnnotationRequest]); r.ID != id {
+			t.Errorf("the request on n1 is %q; want the first leader's %q", r.ID, id)
+		}
+		f.sync()
+		f.expectWrites()
+	})
+}
+
+var generatedID = regexp.MustCompile(`^r-20261127-120000-[0-9a-f]{4}$`)
+
+// An administrator's start request becomes a rollout over the nodes its
+// selector matches.
+func TestStartRequest(t *testing.T) {
+	_, badSelector := labels.Parse("pool in (a")
+	if badSelector == nil {
+		t.Fatal("the bad selector parses")
+	}
+	previous := finished(rollout(Reboot, "n1"), PhaseDone, t0.Add(-time.Hour)).Rollout
+	cases := []struct {
+		name, selector, by string
+		want               func(r *Rollout)
+		events             []string
+	}{
+		{"selector", "pool=a", "alice", func(r *Rollout) {
+			r.Trigger = "manual (alice)"
+			r.Nodes = []PlannedNode{{Name: "n1", Action: KubeletRestart, Reason: "requested by alice"}, {Name: "n3", Action: KubeletRestart, Reason: "requested by alice"}}
+		}, []string{"n1", "n3"}},
+		{"every node, nobody named", "", "", func(r *Rollout) {
+			r.Trigger = "manual"
+			for _, n := range []string{"n1", "n2", "n3"} {
+				r.Nodes = append(r.Nodes, PlannedNode{Name: n, Action: KubeletRestart, Reason: "requested by an administrator"})
+			}
+		}, []string{"n1", "n2", "n3"}},
+		{"no node matches", "pool=c", "alice", func(r *Rollout) {
+			r.Trigger, r.Phase, r.FinishedAt, r.Message = "manual (alice)", PhaseDone, t0, "no node matched; nothing to do"
+		}, nil},
+		{"invalid selector", "pool in (a", "alice", func(r *Rollout) {
+			r.Trigger, r.Phase, r.FinishedAt, r.Message = "manual (alice)", PhaseCancelled, t0, "the node selector is not valid: "+badSelector.Error()
+		}, nil},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			st := stateOf(previous)
+			st.Start = &StartRequest{Strategy: KubeletRestart, Selector: c.selector, RequestedAt: t0.Add(-10 * time.Second), RequestedBy: c.by}
+			f := newFixture(t, testNode("n1", labeled("pool", "a")), testNode("n2", labeled("pool", "b")), testNode("n3", labeled("pool", "a")), stateConfigMap(st))
+			f.sync()
+			got := f.writes()
+			if len(got) != 1 || got[0].State == nil || got[0].State.Rollout == nil {
+				t.Fatalf("writes %v; want the new rollout", got)
+			}
+			id := got[0].State.Rollout.ID
+			if !generatedID.MatchString(id) {
+				t.Errorf("rollout ID %q does not match %s", id, generatedID)
+			}
+			r := &Rollout{ID: id, Strategy: KubeletRestart, Phase: PhaseRunning, Issuer: newIssuer, CreatedAt: t0, UpdatedAt: t0}
+			c.want(r)
+			want := stateOf(r)
+			want.Last = previous
+			f.compareWrites(got, updateState(want))
+			var events []string
+			for _, n := range c.events {
+				pn := r.Nodes[0]
+				for _, p := range r.Nodes {
+					if p.Name == n {
+						pn = p
+					}
+				}
+				events = append(events, "Normal RolloutPlanned rollout "+id+" ("+r.Trigger+") will kubelet-restart this node: "+pn.Reason)
+			}
+			f.expectEvents(events...)
+			if r.Phase == PhaseRunning {
+				f.sync()
+				f.expectWrites(cordonNode(r.Nodes[0].Name, func() protocol.NodeState {
+					s := started(KubeletRestart, true, t0)
+					s.Rollout = id
+					return s
+				}()))
+			}
+		})
+	}
+}
+
+// The coordinator records the issuer the API servers sign with, read
+// while the gate is open, and the time it changed.
+func TestObservesTheIssuer(t *testing.T) {
+	f := newFixture(t, testNode("n1"))
+	f.sync()
+	f.expectWrites(apiWrite{Verb: "create", Resource: "configmaps", Namespace: testNS, Name: ConfigMapName,
+		State: &State{ObservedIssuer: newIssuer, ObservedIssuerAt: t0}})
+	f.sync()
+	f.expectWrites()
+
+	const newer = "https://newer.tokenroll.test"
+	f.setIssuer(newer)
+	f.gate.set(GateState{Provider: GateStaticPods, Message: "issuer rolling out"})
+	f.clock.Step(time.Minute)
+	f.sync()
+	f.expectWrites() // the API servers disagree: nothing is read
+
+	f.setIssuer("") // discovery fails: the last issuer known stands
+	f.gate.set(GateState{Provider: GateStaticPods, Open: true})
+	f.sync()
+	f.expectWrites()
+
+	f.setIssuer(newer)
+	f.gate.set(GateState{Provider: GateStaticPods})
+	f.sync()
+	f.gate.set(GateState{Provider: GateStaticPods, Open: true, SigningIssuer: newer})
+	f.clock.Step(time.Minute)
+	f.sync()
+	f.expectWrites(updateState(State{ObservedIssuer: newer, ObservedIssuerAt: t0.Add(2 * time.Minute)}))
+}
+
+// With Auto the coordinator plans from the agents' reports: nodes holding
+// tokens the API servers no longer trust, and nodes that need a reboot.
+func TestAutoPlan(t *testing.T) {
+	f := newFixture(t, testNode("n1", withReport(oldIssuerReport())), testNode("n2"),
+		testNode("n3", func(n *corev1.Node) { n.Annotations[protocol.AnnotationRebootRequired] = "true" }),
+		stateConfigMap(State{ObservedIssuer: newIssuer, ObservedIssuerAt: t0.Add(-time.Hour)}))
+	f.cfg.Auto, f.cfg.Strategy = true, KubeletRestart
+	f.sync()
+	got := f.writes()
+	if len(got) != 1 || got[0].State == nil || got[0].State.Rollout == nil {
+		t.Fatalf("writes %v; want a rollout", got)
+	}
+	r := &Rollout{ID: got[0].State.Rollout.ID, Trigger: "issuer,reboot-required", Strategy: KubeletRestart, Phase: PhaseRunning, Issuer: newIssuer,
+		Nodes: []PlannedNode{{Name: "n1", Action: KubeletRestart, Reason: "2 tokens from https://old.tokenroll.test, which the API servers no longer trust"},
+			{Name: "n3", Action: Reboot, Reason: "the node reports a required reboot"}}, CreatedAt: t0, UpdatedAt: t0}
+	f.compareWrites(got, updateState(stateOf(r)))
+	if v := f.counter("tokenroll_nodes_needing_work", "", ""); v != 2 {
+		t.Errorf("nodes needing work %v; want 2", v)
+	}
+}
+
+// Within --agent-wait of an issuer change, a node whose agent still judges
+// by the previous issuer is waited for, not planned.
+func TestAutoPlanWaitsForTheAgents(t *testing.T) {
+	rep := oldIssuerReport()
+	rep.Issuer = oldIssuer
+	f := newFixture(t, testNode("n1", withReport(rep)), stateConfigMap(State{ObservedIssuer: newIssuer, ObservedIssuerAt: t0}))
+	f.cfg.Auto, f.cfg.Strategy, f.cfg.AgentWait = true, KubeletRestart, 10*time.Minute
+	expires := t0.Add(24 * time.Hour)
+	f.gate.set(GateState{Provider: GateOpenShift, Open: true, TrustKnown: true, Trusted: []TrustedIssuer{{Name: newIssuer}, {Name: oldIssuer, Expires: expires}}})
+	if d := f.sync(); d != 10*time.Minute {
+		t.Errorf("next look in %s; want when the agent wait ends, 10m", d)
+	}
+	f.expectWrites()
+	f.clock.Step(10 * time.Minute)
+	f.sync()
+	got := f.writes()
+	if len(got) != 1 || got[0].State == nil || got[0].State.Rollout == nil {
+		t.Fatalf("writes %v; want a rollout", got)
+	}
+	now := t0.Add(10 * time.Minute)
+	r := &Rollout{ID: got[0].State.Rollout.ID, Trigger: "issuer", Strategy: KubeletRestart, Phase: PhaseRunning, Issuer: newIssuer,
+		Nodes: []PlannedNode{{Name: "n1", Action: KubeletRestart, Deadline: expires,
+			Reason: "2 tokens from https://old.tokenroll.test, trusted until 2026-11-28T12:00:00Z; when they refresh is not known"}}, CreatedAt: now, UpdatedAt: now}
+	want := State{Rollout: r, ObservedIssuer: newIssuer, ObservedIssuerAt: t0}
+	f.compareWrites(got, updateState(want))
+}
