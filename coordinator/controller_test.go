@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"testing"
@@ -77,7 +78,7 @@ func TestRebootNode(t *testing.T) {
 			}
 			end := t0.Add(150 * time.Second)
 			doneAt := done(actingAt, end)
-			f.expectWrites(patchNode("n1", &doneAt, uncordon), updateState(finished(rollout(Reboot, "n1"), PhaseDone, end)))
+			f.expectWrites(patchNode("n1", &doneAt, uncordon), updateState(finished(rollout(Reboot, "n1"), RolloutDone, end)))
 			how = "uncordoned"
 			if already {
 				how = "left cordoned as it was found"
@@ -125,7 +126,7 @@ func TestKubeletRestartNode(t *testing.T) {
 	f.clock.Step(20 * time.Second)
 	f.sync()
 	doneAt := done(actingAt, t0.Add(21*time.Second))
-	f.expectWrites(patchNode("n1", &doneAt, ptr(false)), updateState(finished(rollout(KubeletRestart, "n1"), PhaseDone, t0.Add(21*time.Second))))
+	f.expectWrites(patchNode("n1", &doneAt, ptr(false)), updateState(finished(rollout(KubeletRestart, "n1"), RolloutDone, t0.Add(21*time.Second))))
 }
 
 // verify: what each strategy needs before a node counts as done.
@@ -138,7 +139,7 @@ func TestVerify(t *testing.T) {
 		done  bool
 		after time.Duration // the next look, when waiting
 	}
-	byStrategy := map[Strategy][]tc{
+	byStrategy := map[protocol.Strategy][]tc{
 		KubeletRestart: {
 			{name: "no status yet", after: 14 * time.Minute},
 			{name: "running", opts: opts(agentStatus(req, protocol.PhaseRunning, "")), after: 14 * time.Minute},
@@ -170,7 +171,7 @@ func TestVerify(t *testing.T) {
 				st := acting(started(strategy, true, t0.Add(-2*time.Minute)), t0.Add(-time.Minute), req)
 				if strategy == PodRestart {
 					st.Request = ""
-					st.Owners = []string{"DaemonSet/app/agent", "Job/app/batch", "ReplicaSet/app/web", "StatefulSet/app/db"}
+					st.Owners = []protocol.OwnerRef{{Kind: "DaemonSet", Namespace: "app", Name: "agent"}, {Kind: "Job", Namespace: "app", Name: "batch"}, {Kind: "ReplicaSet", Namespace: "app", Name: "web"}, {Kind: "StatefulSet", Namespace: "app", Name: "db"}}
 				}
 				n1 := testNode("n1", append([]func(*corev1.Node){cordoned, inStep(st)}, c.opts...)...)
 				f := newFixture(t, append(c.objs, n1, rolloutConfigMap(rollout(strategy, "n1")))...)
@@ -183,7 +184,7 @@ func TestVerify(t *testing.T) {
 					return
 				}
 				doneAt := done(st, t0)
-				f.expectWrites(patchNode("n1", &doneAt, ptr(false)), updateState(finished(rollout(strategy, "n1"), PhaseDone, t0)))
+				f.expectWrites(patchNode("n1", &doneAt, ptr(false)), updateState(finished(rollout(strategy, "n1"), RolloutDone, t0)))
 			})
 		}
 	}
@@ -219,7 +220,7 @@ func TestPodRestartNode(t *testing.T) {
 	f.sync()
 	actingAt := acting(cordonedAt, t0.Add(20*time.Second), "")
 	actingAt.Evicted = []protocol.PodRef{podRef(web), podRef(db)}
-	actingAt.Owners = []string{"ReplicaSet/app/web", "StatefulSet/app/db"}
+	actingAt.Owners = []protocol.OwnerRef{{Kind: "ReplicaSet", Namespace: "app", Name: "web"}, {Kind: "StatefulSet", Namespace: "app", Name: "db"}}
 	f.expectWrites(patchNode("n1", &actingAt, nil))
 	f.expectEvents("Normal Cordoned rollout r-test: cordoned for pod-restart (requested by alice)",
 		"Normal PodsEvicted rollout r-test: evicted 2 pods holding stale tokens")
@@ -238,7 +239,7 @@ func TestPodRestartNode(t *testing.T) {
 	f.clock.Step(2 * time.Second)
 	f.sync()
 	doneAt := done(actingAt, t0.Add(22*time.Second))
-	f.expectWrites(patchNode("n1", &doneAt, ptr(false)), updateState(finished(rollout(PodRestart, "n1"), PhaseDone, t0.Add(22*time.Second))))
+	f.expectWrites(patchNode("n1", &doneAt, ptr(false)), updateState(finished(rollout(PodRestart, "n1"), RolloutDone, t0.Add(22*time.Second))))
 }
 
 // A pod no controller would recreate is not evicted: the node halts with
@@ -283,12 +284,12 @@ func TestDrainerEvictsThroughTheAPI(t *testing.T) {
 	mirror := pod("kube-system", "kube-proxy-n1", "n1", "", "")
 	mirror.Annotations = map[string]string{corev1.MirrorPodAnnotationKey: "hash"}
 	other := pod("app", "web-2", "n2", "ReplicaSet", "web")
-	cluster := func(strategy Strategy) []runtime.Object {
+	cluster := func(strategy protocol.Strategy) []runtime.Object {
 		return objs(testNode("n1", withReport(oldIssuerReport(podRef(web)))), testNode("n2"), web, db, agent, mirror, other,
 			daemonSet("kube-system", "agent", 2, 2), rolloutConfigMap(rollout(strategy, "n1")))
 	}
 	for _, c := range []struct {
-		strategy Strategy
+		strategy protocol.Strategy
 		evicted  []apiWrite
 	}{
 		{PodRestart, []apiWrite{evictPod("app", "web-1")}},
@@ -338,7 +339,7 @@ func TestHalt(t *testing.T) {
 	actingReboot := acting(started(Reboot, true, t0), t0, req)
 	type tc struct {
 		name     string
-		strategy Strategy
+		strategy protocol.Strategy
 		n1       []func(*corev1.Node)
 		// run brings the cluster to the moment before the halting sync;
 		// it returns the node state the halt starts from.
@@ -368,7 +369,7 @@ func TestHalt(t *testing.T) {
 	cases := []tc{
 		{name: "drain failed", strategy: Reboot, run: drained(errors.New("cannot evict pod app/web-1: it would violate the pod's disruption budget")),
 			reason: HaltDrainFailed, msg: "draining node n1: cannot evict pod app/web-1: it would violate the pod's disruption budget"},
-		{name: "drain timed out", strategy: Reboot, run: drained(errors.New("evicting pod app/web-1: global timeout reached: context deadline exceeded")),
+		{name: "drain timed out", strategy: Reboot, run: drained(fmt.Errorf("evicting pod app/web-1: global timeout reached: %w", context.DeadlineExceeded)),
 			reason: HaltDrainTimeout, msg: "draining node n1: evicting pod app/web-1: global timeout reached: context deadline exceeded"},
 		{name: "found cordoned past the drain timeout", strategy: Reboot, n1: opts(cordoned, inStep(started(Reboot, true, t0.Add(-11*time.Minute)))),
 			run: waitFor(started(Reboot, true, t0.Add(-11*time.Minute))), reason: HaltDrainTimeout, msg: "not drained within --drain-timeout=10m0s"},
@@ -428,7 +429,7 @@ func TestHaltCordonFailed(t *testing.T) {
 	})
 	f.sync()
 	msg := `cordoning: updating node n1: nodes "n1" is forbidden: denied by policy tokenroll-node-writes`
-	h := protocol.NodeState{Rollout: rolloutID, Action: string(Reboot), Step: protocol.StepHalted, StepAt: t0, Reason: HaltCordonFailed, Message: msg}
+	h := protocol.NodeState{Rollout: rolloutID, Strategy: Reboot, Step: protocol.StepHalted, StepAt: t0, Reason: HaltCordonFailed, Message: msg}
 	f.expectWrites(cordonNode("n1", started(Reboot, true, t0)), patchNode("n1", &h, nil),
 		updateState(haltedState(rollout(Reboot, "n1"), "n1", HaltCordonFailed, msg, t0)))
 }

@@ -174,23 +174,14 @@ func (c *Coordinator) Lead(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	log := c.cfg.Log
-	t := &term{c: c, jobs: map[string]*prepJob{}}
-	t.queue = workqueue.NewTypedRateLimitingQueueWithConfig(
-		workqueue.NewTypedItemExponentialFailureRateLimiter[string](100*time.Millisecond, 30*time.Second),
-		workqueue.TypedRateLimitingQueueConfig[string]{Name: "tokenroll-coordinator", Clock: c.cfg.Clock})
-	defer t.queue.ShutDown()
-	enqueue := func() { t.queue.Add(syncKey) }
-
 	nodeFactory := informers.NewSharedInformerFactoryWithOptions(c.cfg.Client, 0, informers.WithTransform(trimNode))
 	nodeInf := nodeFactory.Core().V1().Nodes().Informer()
 	cmFactory := informers.NewSharedInformerFactoryWithOptions(c.cfg.Client, 0, informers.WithNamespace(c.cfg.Namespace),
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "metadata.name=" + ConfigMapName }))
 	cmInf := cmFactory.Core().V1().ConfigMaps().Informer()
-	logger := klog.FromContext(ctx)
-	t.nodeKeys = nodeInf.GetStore()
-	t.nodes = cache.NewIntegerResourceVersionMutationCacheWithOptions(logger, nodeInf.GetStore(), cache.MutationCacheOptions{MaxCacheSize: mutationCacheSize})
-	// The coordinator creates the ConfigMap: its own creation counts too.
-	t.cm = cache.NewIntegerResourceVersionMutationCacheWithOptions(logger, cmInf.GetStore(), cache.MutationCacheOptions{IncludeAdds: true})
+	t := c.newTerm(klog.FromContext(ctx), nodeInf.GetStore(), cmInf.GetStore())
+	defer t.queue.ShutDown()
+	enqueue := func() { t.queue.Add(syncKey) }
 	if _, err := nodeInf.AddEventHandler(onChange(t.nodes, enqueue)); err != nil {
 		return err
 	}
@@ -242,6 +233,19 @@ func (c *Coordinator) Lead(ctx context.Context) error {
 	for t.processNext(ctx) {
 	}
 	return nil
+}
+
+// newTerm starts a term on the informers' stores of Nodes and of the state
+// ConfigMap.
+func (c *Coordinator) newTerm(logger klog.Logger, nodes, cms cache.Store) *term {
+	t := &term{c: c, jobs: map[string]*prepJob{}, nodeKeys: nodes}
+	t.queue = workqueue.NewTypedRateLimitingQueueWithConfig(
+		workqueue.NewTypedItemExponentialFailureRateLimiter[string](100*time.Millisecond, 30*time.Second),
+		workqueue.TypedRateLimitingQueueConfig[string]{Name: "tokenroll-coordinator", Clock: c.cfg.Clock})
+	t.nodes = cache.NewIntegerResourceVersionMutationCacheWithOptions(logger, nodes, cache.MutationCacheOptions{MaxCacheSize: mutationCacheSize})
+	// The coordinator creates the ConfigMap: its own creation counts too.
+	t.cm = cache.NewIntegerResourceVersionMutationCacheWithOptions(logger, cms, cache.MutationCacheOptions{IncludeAdds: true})
+	return t
 }
 
 // stopPreparations cancels the drains and evictions in flight and waits for

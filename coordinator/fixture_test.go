@@ -44,13 +44,12 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/kubernetes/scheme"
-	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/rest"
 	restfake "k8s.io/client-go/rest/fake"
 	clienttesting "k8s.io/client-go/testing"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/events"
-	"k8s.io/client-go/util/workqueue"
+	"k8s.io/klog/v2"
 	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/tokenroll/tokenroll/protocol"
@@ -93,8 +92,10 @@ type fixture struct {
 	issuerMu sync.Mutex
 	issuer   string // what OIDC discovery answers ("" : an error)
 
-	c      *Coordinator
-	nodes  cache.Indexer
+	// term is the current leader's term (nil: none yet); nodes and cms
+	// stand for its informers' stores.
+	term   *term
+	nodes  cache.Store
 	cms    cache.Store
 	events *events.FakeRecorder
 	seen   int // actions already returned by writes
@@ -129,7 +130,7 @@ func newFixture(t *testing.T, objs ...runtime.Object) *fixture {
 // the last one's term ended: nothing carries over but the cluster.
 func (f *fixture) lead() {
 	f.t.Helper()
-	if f.c != nil {
+	if f.term != nil {
 		f.endTerm()
 	}
 	f.reg = prometheus.NewRegistry()
@@ -139,20 +140,13 @@ func (f *fixture) lead() {
 	if err != nil {
 		f.t.Fatal(err)
 	}
-	// What Lead sets up for a term, without its informers: the tests fill
-	// the listers themselves.
-	c.mu.Lock()
-	c.freshNodes, c.freshCM, c.gateOpen, c.lastVerified = map[string]*corev1.Node{}, nil, nil, time.Time{}
-	c.drains, c.evictions = map[string]*drainJob{}, map[string]evicted{}
-	c.mu.Unlock()
-	c.queue = workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
-		workqueue.TypedRateLimitingQueueConfig[string]{Name: "test", Clock: f.clock})
-	f.nodes = cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{})
+	// The term Lead starts, on stores the tests fill themselves instead of
+	// informers.
+	f.nodes = cache.NewStore(cache.MetaNamespaceKeyFunc)
 	f.cms = cache.NewStore(cache.MetaNamespaceKeyFunc)
-	c.nodes, c.cms = corelisters.NewNodeLister(f.nodes), f.cms
+	f.term = c.newTerm(klog.Background(), f.nodes, f.cms)
 	f.events = events.NewFakeRecorder(100)
-	c.recorder = f.events
-	f.c = c
+	f.term.recorder = f.events
 	f.catchUp()
 }
 
@@ -184,7 +178,7 @@ func TestNewChecksConfig(t *testing.T) {
 		t.Fatal("New accepted an empty config")
 	}
 	for _, want := range []string{"no API client", "namespace is empty", "no revision gate", `strategy "restart-everything"`,
-		`max unavailable "0" must be at least 1`, "drain timeout 0s must be positive", "action timeout 0s must be positive",
+		`max unavailable "0": must be at least 1`, "drain timeout 0s must be positive", "action timeout 0s must be positive",
 		"verify timeout 0s must be positive", "issuer refresh 0s must be positive", "must not be negative"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("New's error does not say %q:\n%v", want, err)
@@ -201,20 +195,16 @@ func TestNewChecksConfig(t *testing.T) {
 	}
 }
 
-// endTerm ends the current leader's term: its drains are cancelled.
+// endTerm ends the current leader's term as Lead does: its drains are
+// cancelled and awaited, its queue shut down.
 func (f *fixture) endTerm() {
-	c := f.c
-	c.mu.Lock()
-	for _, j := range c.drains {
-		j.cancel()
-	}
-	c.mu.Unlock()
-	c.queue.ShutDown()
-	f.c = nil
+	f.term.stopPreparations()
+	f.term.queue.ShutDown()
+	f.term = nil
 }
 
 func (f *fixture) stop() {
-	if f.c != nil {
+	if f.term != nil {
 		f.endTerm()
 	}
 	f.cancel()
@@ -237,6 +227,13 @@ func (f *fixture) catchUp() {
 	}
 	if err := f.cms.Replace(cms, ""); err != nil {
 		f.t.Fatal(err)
+	}
+	// What Lead's event handlers tell the read-your-writes caches.
+	for _, o := range nodes {
+		f.term.nodes.OnAddOrUpdate(o.(runtime.Object))
+	}
+	for _, o := range cms {
+		f.term.cm.OnAddOrUpdate(o.(runtime.Object))
 	}
 }
 
@@ -281,21 +278,21 @@ func (f *fixture) sync() time.Duration {
 // syncErr is sync returning the error.
 func (f *fixture) syncErr() (time.Duration, error) {
 	f.t.Helper()
-	if f.c == nil {
+	if f.term == nil {
 		f.lead()
 	}
 	f.catchUp()
-	return f.c.sync(f.ctx)
+	return f.term.sync(f.ctx)
 }
 
 // syncStale runs one reconciliation on the listers as they are, as a
 // leader whose informers have not delivered the latest writes yet.
 func (f *fixture) syncStale() (time.Duration, error) {
 	f.t.Helper()
-	if f.c == nil {
+	if f.term == nil {
 		f.lead()
 	}
-	return f.c.sync(f.ctx)
+	return f.term.sync(f.ctx)
 }
 
 // awaitDrainEnd waits until the background drain or eviction the last
@@ -304,7 +301,7 @@ func (f *fixture) syncStale() (time.Duration, error) {
 func (f *fixture) awaitDrainEnd() {
 	f.t.Helper()
 	got := make(chan struct{})
-	q := f.c.queue
+	q := f.term.queue
 	go func() {
 		if k, quit := q.Get(); !quit {
 			q.Done(k)

@@ -60,7 +60,7 @@ func TestLeadRunsARollout(t *testing.T) {
 		t.Errorf("leader gauge %v while leading; want 1", v)
 	}
 	f.updateNode("n1", agentStatus(id, protocol.PhaseDone, ""))
-	f.waitUntil("the rollout is done", func() bool { r := f.state().Rollout; return r.Phase == PhaseDone && !r.FinishedAt.IsZero() })
+	f.waitUntil("the rollout is done", func() bool { r := f.state().Rollout; return r.Phase == RolloutDone && !r.FinishedAt.IsZero() })
 	reasons := func() map[string]bool {
 		m := map[string]bool{}
 		for _, o := range f.list(eventsv1.SchemeGroupVersion.WithResource("events"), "") {

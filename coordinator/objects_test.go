@@ -67,7 +67,7 @@ func inStep(s protocol.NodeState) func(*corev1.Node) {
 }
 
 // agentStatus is the agent's answer to a request.
-func agentStatus(id string, phase protocol.Phase, msg string) func(*corev1.Node) {
+func agentStatus(id string, phase protocol.RequestPhase, msg string) func(*corev1.Node) {
 	return func(n *corev1.Node) {
 		n.Annotations[protocol.AnnotationStatus] = mustJSON(protocol.Status{ID: id, Phase: phase, Message: msg, UpdatedAt: t0})
 	}
@@ -99,11 +99,11 @@ func expiredReport() protocol.TokenReport {
 
 // rollout is a running rollout of rolloutID, as `tokenroll rollout start`
 // by alice makes it.
-func rollout(strategy Strategy, nodes ...string) *Rollout {
-	r := &Rollout{ID: rolloutID, Trigger: TriggerManual + " (alice)", Strategy: strategy, Phase: PhaseRunning, Issuer: newIssuer,
+func rollout(strategy protocol.Strategy, nodes ...string) *Rollout {
+	r := &Rollout{ID: rolloutID, Trigger: TriggerManual + " (alice)", Strategy: strategy, Phase: RolloutRunning, Issuer: newIssuer,
 		CreatedAt: t0.Add(-time.Minute), UpdatedAt: t0.Add(-time.Minute)}
 	for _, n := range nodes {
-		r.Nodes = append(r.Nodes, PlannedNode{Name: n, Action: strategy, Reason: "requested by alice"})
+		r.Nodes = append(r.Nodes, PlannedNode{Name: n, Strategy: strategy, Reason: "requested by alice"})
 	}
 	return r
 }
@@ -117,8 +117,8 @@ func stateOf(r *Rollout) State {
 func rolloutConfigMap(r *Rollout) *corev1.ConfigMap { return stateConfigMap(stateOf(r)) }
 
 // started is the node state of a node cordoned at at.
-func started(action Strategy, byUs bool, at time.Time) protocol.NodeState {
-	return protocol.NodeState{Rollout: rolloutID, Step: protocol.StepCordoned, Action: string(action), CordonedByUs: byUs, StepAt: at, StartedAt: at}
+func started(action protocol.Strategy, byUs bool, at time.Time) protocol.NodeState {
+	return protocol.NodeState{Rollout: rolloutID, Step: protocol.StepCordoned, Strategy: action, CordonedByUs: byUs, StepAt: at, StartedAt: at}
 }
 
 // acting is s after the action was asked for at at.
@@ -163,14 +163,14 @@ func evictPod(ns, name string) apiWrite {
 }
 
 // finished is r finished at at.
-func finished(r *Rollout, phase Phase, at time.Time) State {
+func finished(r *Rollout, phase RolloutPhase, at time.Time) State {
 	r.Phase, r.FinishedAt, r.UpdatedAt = phase, at, at
 	return stateOf(r)
 }
 
 // haltedState is r halted at at on node.
 func haltedState(r *Rollout, node, reason, msg string, at time.Time) State {
-	r.Phase, r.HaltReason, r.HaltNode, r.Message, r.UpdatedAt = PhaseHalted, reason, node, msg, at
+	r.Phase, r.HaltReason, r.HaltNode, r.Message, r.UpdatedAt = RolloutHalted, reason, node, msg, at
 	return stateOf(r)
 }
 

@@ -25,13 +25,13 @@ func (f *fixture) steer(verb string) {
 		}
 		switch verb {
 		case "pause":
-			r.Phase = PhasePaused
+			r.Phase = RolloutPaused
 		case "resume":
-			r.Phase = PhaseRunning
+			r.Phase = RolloutRunning
 			r.Message = "resumed by alice; was " + r.HaltReason + " " + r.Message
 			r.HaltReason, r.HaltNode = "", ""
 		case "cancel":
-			r.Phase = PhaseCancelled
+			r.Phase = RolloutCancelled
 		}
 		r.UpdatedAt = f.clock.Now()
 	})
@@ -66,7 +66,7 @@ func TestPauseFinishesTheNodeActedOn(t *testing.T) {
 	const req = "r-test-0000beef"
 	st := acting(started(KubeletRestart, true, t0.Add(-time.Minute)), t0.Add(-time.Minute), req)
 	r := rollout(KubeletRestart, "n1", "n2")
-	r.Phase = PhasePaused
+	r.Phase = RolloutPaused
 	f := newFixture(t, testNode("n1", cordoned, inStep(st), agentStatus(req, protocol.PhaseDone, "")), testNode("n2"), rolloutConfigMap(r))
 	f.sync()
 	doneAt := done(st, t0)
@@ -85,14 +85,14 @@ func TestCancel(t *testing.T) {
 		f.clock.Step(10 * time.Second)
 		f.steer("cancel")
 		f.sync()
-		f.expectWrites(releaseNode("n1", true), updateState(finished(withPhase(rollout(Reboot, "n1", "n2"), PhaseCancelled), PhaseCancelled, t0.Add(10*time.Second))))
+		f.expectWrites(releaseNode("n1", true), updateState(finished(withPhase(rollout(Reboot, "n1", "n2"), RolloutCancelled), RolloutCancelled, t0.Add(10*time.Second))))
 		f.sync()
 		f.expectWrites()
 	})
 	t.Run("acting", func(t *testing.T) {
 		const req = "r-test-0000beef"
 		st := acting(started(KubeletRestart, true, t0.Add(-time.Minute)), t0.Add(-time.Minute), req)
-		r := withPhase(rollout(KubeletRestart, "n1", "n2"), PhaseCancelled)
+		r := withPhase(rollout(KubeletRestart, "n1", "n2"), RolloutCancelled)
 		f := newFixture(t, testNode("n1", cordoned, inStep(st), agentStatus(req, protocol.PhaseRunning, "")), testNode("n2"), rolloutConfigMap(r))
 		f.sync()
 		f.expectWrites()
@@ -101,11 +101,11 @@ func TestCancel(t *testing.T) {
 		f.sync()
 		doneAt := done(st, t0.Add(time.Minute))
 		f.expectWrites(patchNode("n1", &doneAt, ptr(false)),
-			updateState(finished(withPhase(rollout(KubeletRestart, "n1", "n2"), PhaseCancelled), PhaseCancelled, t0.Add(time.Minute))))
+			updateState(finished(withPhase(rollout(KubeletRestart, "n1", "n2"), RolloutCancelled), RolloutCancelled, t0.Add(time.Minute))))
 	})
 }
 
-func withPhase(r *Rollout, p Phase) *Rollout {
+func withPhase(r *Rollout, p RolloutPhase) *Rollout {
 	r.Phase = p
 	return r
 }
@@ -175,7 +175,7 @@ func TestGateClosedStillVerifies(t *testing.T) {
 
 // Nodes out of service count against maxUnavailable, whoever took them
 // out; a planned node already cordoned disrupts nothing more and goes ahead.
-func TestMaxUnavailable(t *testing.T) {
+func TestMaxUnavailableCountsNodesOutOfService(t *testing.T) {
 	const req = "r-test-0000beef"
 	inFlight := acting(started(KubeletRestart, true, t0.Add(-time.Minute)), t0.Add(-time.Minute), req)
 	cases := []struct {
@@ -237,7 +237,7 @@ func TestLeaderChange(t *testing.T) {
 		f.updateNode("n1", agentStatus(id, protocol.PhaseDone, ""))
 		f.sync()
 		doneAt := done(acting(started(KubeletRestart, true, t0), t0, id), t0.Add(time.Minute))
-		f.expectWrites(patchNode("n1", &doneAt, ptr(false)), updateState(finished(rollout(KubeletRestart, "n1"), PhaseDone, t0.Add(time.Minute))))
+		f.expectWrites(patchNode("n1", &doneAt, ptr(false)), updateState(finished(rollout(KubeletRestart, "n1"), RolloutDone, t0.Add(time.Minute))))
 		if r, _ := protocol.ParseRequest(f.node("n1").Annotations[protocol.AnnotationRequest]); r.ID != id {
 			t.Errorf("the request on n1 is %q; want the first leader's %q", r.ID, id)
 		}
@@ -301,7 +301,7 @@ func TestStartRequest(t *testing.T) {
 	if badSelector == nil {
 		t.Fatal("the bad selector parses")
 	}
-	previous := finished(rollout(Reboot, "n1"), PhaseDone, t0.Add(-time.Hour)).Rollout
+	previous := finished(rollout(Reboot, "n1"), RolloutDone, t0.Add(-time.Hour)).Rollout
 	cases := []struct {
 		name, selector, by string
 		want               func(r *Rollout)
@@ -309,19 +309,19 @@ func TestStartRequest(t *testing.T) {
 	}{
 		{"selector", "pool=a", "alice", func(r *Rollout) {
 			r.Trigger = "manual (alice)"
-			r.Nodes = []PlannedNode{{Name: "n1", Action: KubeletRestart, Reason: "requested by alice"}, {Name: "n3", Action: KubeletRestart, Reason: "requested by alice"}}
+			r.Nodes = []PlannedNode{{Name: "n1", Strategy: KubeletRestart, Reason: "requested by alice"}, {Name: "n3", Strategy: KubeletRestart, Reason: "requested by alice"}}
 		}, []string{"n1", "n3"}},
 		{"every node, nobody named", "", "", func(r *Rollout) {
 			r.Trigger = "manual"
 			for _, n := range []string{"n1", "n2", "n3"} {
-				r.Nodes = append(r.Nodes, PlannedNode{Name: n, Action: KubeletRestart, Reason: "requested by an administrator"})
+				r.Nodes = append(r.Nodes, PlannedNode{Name: n, Strategy: KubeletRestart, Reason: "requested by an administrator"})
 			}
 		}, []string{"n1", "n2", "n3"}},
 		{"no node matches", "pool=c", "alice", func(r *Rollout) {
-			r.Trigger, r.Phase, r.FinishedAt, r.Message = "manual (alice)", PhaseDone, t0, "no node matched; nothing to do"
+			r.Trigger, r.Phase, r.FinishedAt, r.Message = "manual (alice)", RolloutDone, t0, "no node matched; nothing to do"
 		}, nil},
 		{"invalid selector", "pool in (a", "alice", func(r *Rollout) {
-			r.Trigger, r.Phase, r.FinishedAt, r.Message = "manual (alice)", PhaseCancelled, t0, "the node selector is not valid: "+badSelector.Error()
+			r.Trigger, r.Phase, r.FinishedAt, r.Message = "manual (alice)", RolloutCancelled, t0, "the node selector is not valid: "+badSelector.Error()
 		}, nil},
 	}
 	for _, c := range cases {
@@ -338,7 +338,7 @@ func TestStartRequest(t *testing.T) {
 			if !generatedID.MatchString(id) {
 				t.Errorf("rollout ID %q does not match %s", id, generatedID)
 			}
-			r := &Rollout{ID: id, Strategy: KubeletRestart, Phase: PhaseRunning, Issuer: newIssuer, CreatedAt: t0, UpdatedAt: t0}
+			r := &Rollout{ID: id, Strategy: KubeletRestart, Phase: RolloutRunning, Issuer: newIssuer, CreatedAt: t0, UpdatedAt: t0}
 			c.want(r)
 			want := stateOf(r)
 			want.Last = previous
@@ -354,7 +354,7 @@ func TestStartRequest(t *testing.T) {
 				events = append(events, "Normal RolloutPlanned rollout "+id+" ("+r.Trigger+") will kubelet-restart this node: "+pn.Reason)
 			}
 			f.expectEvents(events...)
-			if r.Phase == PhaseRunning {
+			if r.Phase == RolloutRunning {
 				f.sync()
 				f.expectWrites(cordonNode(r.Nodes[0].Name, func() protocol.NodeState {
 					s := started(KubeletRestart, true, t0)
@@ -409,9 +409,9 @@ func TestAutoPlan(t *testing.T) {
 	if len(got) != 1 || got[0].State == nil || got[0].State.Rollout == nil {
 		t.Fatalf("writes %v; want a rollout", got)
 	}
-	r := &Rollout{ID: got[0].State.Rollout.ID, Trigger: "issuer,reboot-required", Strategy: KubeletRestart, Phase: PhaseRunning, Issuer: newIssuer,
-		Nodes: []PlannedNode{{Name: "n1", Action: KubeletRestart, Reason: "2 tokens from https://old.tokenroll.test, which the API servers no longer trust"},
-			{Name: "n3", Action: Reboot, Reason: "the node reports a required reboot"}}, CreatedAt: t0, UpdatedAt: t0}
+	r := &Rollout{ID: got[0].State.Rollout.ID, Trigger: "issuer,reboot-required", Strategy: KubeletRestart, Phase: RolloutRunning, Issuer: newIssuer,
+		Nodes: []PlannedNode{{Name: "n1", Strategy: KubeletRestart, Reason: "2 tokens from https://old.tokenroll.test, which the API servers no longer trust"},
+			{Name: "n3", Strategy: Reboot, Reason: "the node reports a required reboot"}}, CreatedAt: t0, UpdatedAt: t0}
 	f.compareWrites(got, updateState(stateOf(r)))
 	if v := f.counter("tokenroll_nodes_needing_work", "", ""); v != 2 {
 		t.Errorf("nodes needing work %v; want 2", v)
@@ -438,8 +438,8 @@ func TestAutoPlanWaitsForTheAgents(t *testing.T) {
 		t.Fatalf("writes %v; want a rollout", got)
 	}
 	now := t0.Add(10 * time.Minute)
-	r := &Rollout{ID: got[0].State.Rollout.ID, Trigger: "issuer", Strategy: KubeletRestart, Phase: PhaseRunning, Issuer: newIssuer,
-		Nodes: []PlannedNode{{Name: "n1", Action: KubeletRestart, Deadline: expires,
+	r := &Rollout{ID: got[0].State.Rollout.ID, Trigger: "issuer", Strategy: KubeletRestart, Phase: RolloutRunning, Issuer: newIssuer,
+		Nodes: []PlannedNode{{Name: "n1", Strategy: KubeletRestart, Deadline: expires,
 			Reason: "2 tokens from https://old.tokenroll.test, trusted until 2026-11-28T12:00:00Z; when they refresh is not known"}}, CreatedAt: now, UpdatedAt: now}
 	want := State{Rollout: r, ObservedIssuer: newIssuer, ObservedIssuerAt: t0}
 	f.compareWrites(got, updateState(want))
