@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -129,38 +130,58 @@ func TestKubeletRestartNode(t *testing.T) {
 	f.expectWrites(patchNode("n1", &doneAt, ptr(false)), updateState(finished(rollout(KubeletRestart, "n1"), RolloutDone, t0.Add(21*time.Second))))
 }
 
-// verify: what each strategy needs before a node counts as done.
+// verify: what each strategy needs before a node counts as done, when it
+// looks again while waiting, and the halt when the wait outlasts its
+// deadline (--action-timeout alone while the action itself is awaited,
+// plus --verify-timeout after it).
 func TestVerify(t *testing.T) {
 	const req = "r-test-0000beef"
+	const (
+		notRestarted = "the agent has not reported the kubelet restarted"
+		notReadyYet  = "the node is not Ready"
+		notBack      = "the node is not back with a new boot ID and Ready"
+		oldTokens    = "the agent reports 2 tokens from https://old.tokenroll.test, not https://new.tokenroll.test"
+	)
 	type tc struct {
 		name  string
 		opts  []func(*corev1.Node)
 		objs  []runtime.Object
 		done  bool
 		after time.Duration // the next look, when waiting
+		// halts is how long until the wait halts the rollout (0: after),
+		// with reason, saying waiting.
+		halts           time.Duration
+		reason, waiting string
 	}
+	const verifyDeadline = 19 * time.Minute // the action asked for a minute ago
 	byStrategy := map[protocol.Strategy][]tc{
 		KubeletRestart: {
-			{name: "no status yet", after: 14 * time.Minute},
-			{name: "running", opts: opts(agentStatus(req, protocol.PhaseRunning, "")), after: 14 * time.Minute},
-			{name: "done for an earlier request", opts: opts(agentStatus("r-test-0000dead", protocol.PhaseDone, "")), after: 14 * time.Minute},
-			{name: "done, node not Ready", opts: opts(agentStatus(req, protocol.PhaseDone, ""), notReady), after: 19 * time.Minute},
-			{name: "done, old-issuer tokens", opts: opts(agentStatus(req, protocol.PhaseDone, ""), withReport(oldIssuerReport())), after: 19 * time.Minute},
-			{name: "done, expired tokens", opts: opts(agentStatus(req, protocol.PhaseDone, ""), withReport(expiredReport())), after: 19 * time.Minute},
-			{name: "done, no report", opts: opts(agentStatus(req, protocol.PhaseDone, ""), func(n *corev1.Node) { delete(n.Annotations, protocol.AnnotationTokens) }), after: 19 * time.Minute},
+			{name: "no status yet", after: 14 * time.Minute, reason: HaltActionTimeout, waiting: notRestarted},
+			{name: "running", opts: opts(agentStatus(req, protocol.PhaseRunning, "")), after: 14 * time.Minute, reason: HaltActionTimeout, waiting: notRestarted},
+			{name: "done for an earlier request", opts: opts(agentStatus("r-test-0000dead", protocol.PhaseDone, "")), after: 14 * time.Minute, reason: HaltActionTimeout, waiting: notRestarted},
+			{name: "done, node not Ready", opts: opts(agentStatus(req, protocol.PhaseDone, ""), notReady), after: verifyDeadline, reason: HaltVerifyTimeout, waiting: notReadyYet},
+			{name: "done, old-issuer tokens", opts: opts(agentStatus(req, protocol.PhaseDone, ""), withReport(oldIssuerReport())), after: verifyDeadline, reason: HaltVerifyTimeout, waiting: oldTokens},
+			{name: "done, expired tokens", opts: opts(agentStatus(req, protocol.PhaseDone, ""), withReport(expiredReport())), after: verifyDeadline, reason: HaltVerifyTimeout,
+				waiting: "the agent reports 1 tokens expired or overdue"},
+			{name: "done, no report", opts: opts(agentStatus(req, protocol.PhaseDone, ""), func(n *corev1.Node) { delete(n.Annotations, protocol.AnnotationTokens) }), after: verifyDeadline,
+				reason: HaltVerifyTimeout, waiting: "no token report from the agent"},
 			{name: "done and clean", opts: opts(agentStatus(req, protocol.PhaseDone, "")), done: true},
 		},
 		Reboot: {
-			{name: "same boot ID", after: 14 * time.Minute},
-			{name: "new boot ID, not Ready", opts: opts(bootID("boot-2"), notReady), after: 14 * time.Minute},
-			{name: "new boot ID, report from before the reboot", opts: opts(bootID("boot-2"), withReport(oldIssuerReport())), after: 19 * time.Minute},
+			{name: "same boot ID", after: 14 * time.Minute, reason: HaltNodeNotBack, waiting: notBack},
+			{name: "new boot ID, not Ready", opts: opts(bootID("boot-2"), notReady), after: 14 * time.Minute, reason: HaltNodeNotBack, waiting: notBack},
+			{name: "new boot ID, report from before the reboot", opts: opts(bootID("boot-2"), withReport(oldIssuerReport())), after: verifyDeadline, reason: HaltVerifyTimeout, waiting: oldTokens},
 			{name: "new boot ID, Ready, clean", opts: opts(bootID("boot-2")), done: true},
 		},
 		PodRestart: {
-			{name: "old-issuer tokens", opts: opts(withReport(oldIssuerReport())), objs: objs(replicaSet("app", "web", 2, 2)), after: 2 * time.Second},
-			{name: "ReplicaSet not ready", objs: objs(replicaSet("app", "web", 2, 1), statefulSet("app", "db", 1, 1)), after: 2 * time.Second},
-			{name: "StatefulSet not ready", objs: objs(replicaSet("app", "web", 2, 2), statefulSet("app", "db", 3, 2)), after: 2 * time.Second},
-			{name: "DaemonSet not ready", objs: objs(replicaSet("app", "web", 2, 2), statefulSet("app", "db", 1, 1), daemonSet("app", "agent", 3, 2)), after: 2 * time.Second},
+			{name: "old-issuer tokens", opts: opts(withReport(oldIssuerReport())), objs: objs(replicaSet("app", "web", 2, 2)), after: 2 * time.Second,
+				halts: verifyDeadline, reason: HaltVerifyTimeout, waiting: oldTokens},
+			{name: "ReplicaSet not ready", objs: objs(replicaSet("app", "web", 2, 1), statefulSet("app", "db", 1, 1)), after: 2 * time.Second,
+				halts: verifyDeadline, reason: HaltVerifyTimeout, waiting: "ReplicaSet/app/web has 1 of 2 replicas ready"},
+			{name: "StatefulSet not ready", objs: objs(replicaSet("app", "web", 2, 2), statefulSet("app", "db", 3, 2)), after: 2 * time.Second,
+				halts: verifyDeadline, reason: HaltVerifyTimeout, waiting: "StatefulSet/app/db has 2 of 3 replicas ready"},
+			{name: "DaemonSet not ready", objs: objs(replicaSet("app", "web", 2, 2), statefulSet("app", "db", 1, 1), daemonSet("app", "agent", 3, 2)), after: 2 * time.Second,
+				halts: verifyDeadline, reason: HaltVerifyTimeout, waiting: "DaemonSet/app/agent has 2 of 3 replicas ready"},
 			{name: "every owner ready", objs: objs(replicaSet("app", "web", 2, 2), statefulSet("app", "db", 1, 1), daemonSet("app", "agent", 3, 3)), done: true},
 			{name: "owners gone", done: true},
 		},
@@ -171,20 +192,31 @@ func TestVerify(t *testing.T) {
 				st := acting(started(strategy, true, t0.Add(-2*time.Minute)), t0.Add(-time.Minute), req)
 				if strategy == PodRestart {
 					st.Request = ""
-					st.Owners = []protocol.OwnerRef{{Kind: "DaemonSet", Namespace: "app", Name: "agent"}, {Kind: "Job", Namespace: "app", Name: "batch"}, {Kind: "ReplicaSet", Namespace: "app", Name: "web"}, {Kind: "StatefulSet", Namespace: "app", Name: "db"}}
+					st.Owners = []protocol.OwnerRef{{Kind: "DaemonSet", Namespace: "app", Name: "agent"}, {Kind: "Job", Namespace: "app", Name: "batch"},
+						{Kind: "ReplicaSet", Namespace: "app", Name: "web"}, {Kind: "StatefulSet", Namespace: "app", Name: "db"}}
 				}
 				n1 := testNode("n1", append([]func(*corev1.Node){cordoned, inStep(st)}, c.opts...)...)
 				f := newFixture(t, append(c.objs, n1, rolloutConfigMap(rollout(strategy, "n1")))...)
 				d := f.sync()
-				if !c.done {
-					f.expectWrites()
-					if d != c.after {
-						t.Errorf("next look in %s; want %s", d, c.after)
-					}
+				if c.done {
+					doneAt := done(st, t0)
+					f.expectWrites(patchNode("n1", &doneAt, ptr(false)), updateState(finished(rollout(strategy, "n1"), RolloutDone, t0)))
 					return
 				}
-				doneAt := done(st, t0)
-				f.expectWrites(patchNode("n1", &doneAt, ptr(false)), updateState(finished(rollout(strategy, "n1"), RolloutDone, t0)))
+				f.expectWrites()
+				if d != c.after {
+					t.Errorf("next look in %s; want %s", d, c.after)
+				}
+				halts := cmp.Or(c.halts, c.after)
+				f.clock.Step(halts - time.Second)
+				f.sync()
+				f.expectWrites() // not yet
+				f.clock.Step(time.Second)
+				f.sync()
+				at := t0.Add(halts)
+				msg := fmt.Sprintf("%s after %s", c.waiting, at.Sub(st.StepAt))
+				h := halted(st, at, c.reason, msg)
+				f.expectWrites(patchNode("n1", &h, ptr(false)), updateState(haltedState(rollout(strategy, "n1"), "n1", c.reason, msg, at)))
 			})
 		}
 	}

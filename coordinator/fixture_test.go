@@ -636,41 +636,34 @@ func (t *rvTracker) Add(obj runtime.Object) error {
 }
 
 func (t *rvTracker) Create(gvr schema.GroupVersionResource, obj runtime.Object, ns string, opts ...metav1.CreateOptions) error {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	obj, err := t.stamp(obj)
-	if err != nil {
-		return err
-	}
-	return t.ObjectTracker.Create(gvr, obj, ns, opts...)
+	return t.write(gvr, obj, ns, false, func(o runtime.Object) error { return t.ObjectTracker.Create(gvr, o, ns, opts...) })
 }
 
 func (t *rvTracker) Update(gvr schema.GroupVersionResource, obj runtime.Object, ns string, opts ...metav1.UpdateOptions) error {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if err := t.precondition(gvr, obj, ns); err != nil {
-		return err
-	}
-	obj, err := t.stamp(obj)
-	if err != nil {
-		return err
-	}
-	return t.ObjectTracker.Update(gvr, obj, ns, opts...)
+	return t.write(gvr, obj, ns, true, func(o runtime.Object) error { return t.ObjectTracker.Update(gvr, o, ns, opts...) })
 }
 
 // Patch receives the patched object: a resourceVersion in the patch has
 // replaced the stored one.
 func (t *rvTracker) Patch(gvr schema.GroupVersionResource, obj runtime.Object, ns string, opts ...metav1.PatchOptions) error {
+	return t.write(gvr, obj, ns, true, func(o runtime.Object) error { return t.ObjectTracker.Patch(gvr, o, ns, opts...) })
+}
+
+// write checks obj's resourceVersion precondition (when check), gives it
+// a new resourceVersion and stores it.
+func (t *rvTracker) write(gvr schema.GroupVersionResource, obj runtime.Object, ns string, check bool, store func(runtime.Object) error) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if err := t.precondition(gvr, obj, ns); err != nil {
-		return err
+	if check {
+		if err := t.precondition(gvr, obj, ns); err != nil {
+			return err
+		}
 	}
 	obj, err := t.stamp(obj)
 	if err != nil {
 		return err
 	}
-	return t.ObjectTracker.Patch(gvr, obj, ns, opts...)
+	return store(obj)
 }
 
 // clientWithOIDC is the fake clientset with a discovery client that serves

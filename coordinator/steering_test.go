@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"fmt"
 	"regexp"
 	"testing"
 	"time"
@@ -14,31 +15,45 @@ import (
 	"github.com/tokenroll/tokenroll/protocol"
 )
 
-// steer changes the rollout's phase in the ConfigMap as `tokenroll rollout
-// pause|resume|cancel` writes it today.
-func (f *fixture) steer(verb string) {
+// steer asks for a pause, resume or cancel of the active rollout as
+// `tokenroll rollout pause|resume|cancel` does: it checks the request
+// against the rollout's phase, records it in the state and returns it;
+// the coordinator applies it.
+func (f *fixture) steer(verb Verb) SteerRequest {
 	f.t.Helper()
+	var req SteerRequest
 	f.editState(func(st *State) {
 		r := st.Active()
 		if r == nil {
-			f.t.Fatalf("%s: no active rollout", verb)
+			f.t.Fatalf("%s: no rollout is active", verb)
 		}
-		switch verb {
-		case "pause":
-			r.Phase = RolloutPaused
-		case "resume":
-			r.Phase = RolloutRunning
-			r.Message = "resumed by alice; was " + r.HaltReason + " " + r.Message
-			r.HaltReason, r.HaltNode = "", ""
-		case "cancel":
-			r.Phase = RolloutCancelled
+		if _, err := Steer(verb, r.Phase); err != nil {
+			f.t.Fatalf("the CLI refuses to %s rollout %s: %v", verb, r.ID, err)
 		}
-		r.UpdatedAt = f.clock.Now()
+		req = SteerRequest{Verb: verb, Rollout: r.ID, RequestedAt: f.clock.Now(), RequestedBy: "alice"}
+		st.Steer = &req
 	})
+	return req
+}
+
+// request records a steering request as written, unchecked: by a CLI
+// that saw an earlier state, or by hand.
+func (f *fixture) request(req SteerRequest) {
+	f.t.Helper()
+	f.editState(func(st *State) { st.Steer = &req })
+}
+
+// applied is r after the coordinator applied req at at, moving it to
+// phase to; what it says of it is in Steered.
+func applied(r *Rollout, req SteerRequest, to RolloutPhase, at time.Time) *Rollout {
+	r.Steered = fmt.Sprintf("%s requested by alice at %s: %s, was %s", req.Verb, req.RequestedAt.UTC().Format(time.RFC3339), to, r.Phase)
+	r.Phase, r.UpdatedAt = to, at
+	return r
 }
 
 // Pausing releases a node cordoned but not acted on; resuming starts it
-// again.
+// again. The coordinator writes each phase, says what it did and clears
+// the request, and acts on its own write before the cache catches up.
 func TestPauseReleasesAndResumeRestarts(t *testing.T) {
 	f := newFixture(t, testNode("n1"), testNode("n2"), rolloutConfigMap(rollout(Reboot, "n1", "n2")))
 	f.sync()
@@ -46,18 +61,25 @@ func TestPauseReleasesAndResumeRestarts(t *testing.T) {
 	f.takeEvents()
 
 	f.clock.Step(10 * time.Second)
-	f.steer("pause")
+	pause := f.steer(VerbPause)
 	f.sync()
-	f.expectWrites(releaseNode("n1", true))
+	paused := applied(rollout(Reboot, "n1", "n2"), pause, RolloutPaused, t0.Add(10*time.Second))
+	f.expectWrites(updateState(stateOf(paused)), releaseNode("n1", true))
 	f.expectEvents("Normal Released rollout r-test: released before any action, the rollout is paused; it stays pending")
 	f.expectDrains()
+	if _, err := f.syncStale(); err != nil {
+		t.Fatal(err)
+	}
+	f.expectWrites() // its own write read back: not applied twice
 	f.clock.Step(time.Minute)
 	f.sync()
 	f.expectWrites()
 
-	f.steer("resume")
+	resume := f.steer(VerbResume)
 	f.sync()
-	f.expectWrites(cordonNode("n1", started(Reboot, true, t0.Add(70*time.Second))))
+	resumed := applied(paused, resume, RolloutRunning, t0.Add(70*time.Second))
+	resumed.Message = "resumed by alice; was  "
+	f.expectWrites(updateState(stateOf(resumed)), cordonNode("n1", started(Reboot, true, t0.Add(70*time.Second))))
 }
 
 // A paused rollout still verifies the node it acted on, and starts no
@@ -83,9 +105,12 @@ func TestCancel(t *testing.T) {
 		f.sync()
 		f.writes()
 		f.clock.Step(10 * time.Second)
-		f.steer("cancel")
+		cancel := f.steer(VerbCancel)
 		f.sync()
-		f.expectWrites(releaseNode("n1", true), updateState(finished(withPhase(rollout(Reboot, "n1", "n2"), RolloutCancelled), RolloutCancelled, t0.Add(10*time.Second))))
+		at := t0.Add(10 * time.Second)
+		cancelled := applied(rollout(Reboot, "n1", "n2"), cancel, RolloutCancelled, at)
+		ended := *cancelled
+		f.expectWrites(updateState(stateOf(cancelled)), releaseNode("n1", true), updateState(finished(&ended, RolloutCancelled, at)))
 		f.sync()
 		f.expectWrites()
 	})
@@ -117,12 +142,55 @@ func TestResumeRetriesTheHaltedNode(t *testing.T) {
 	f := newFixture(t, testNode("n1", inStep(h)), testNode("n2"), stateConfigMap(st))
 	f.sync()
 	f.expectWrites()
-	f.steer("resume")
-	if r := f.state().Rollout; r.Message != "resumed by alice; was DrainFailed draining node n1: refused" {
-		t.Fatalf("the CLI's resume wrote %+v", r)
-	}
+	resume := f.steer(VerbResume)
 	f.sync()
-	f.expectWrites(cordonNode("n1", started(Reboot, true, t0)))
+	resumed := applied(st.Rollout, resume, RolloutRunning, t0)
+	resumed.HaltReason, resumed.HaltNode, resumed.Message = "", "", "resumed by alice; was DrainFailed draining node n1: refused"
+	f.expectWrites(updateState(stateOf(resumed)), cordonNode("n1", started(Reboot, true, t0)))
+}
+
+// A request the rollout's phase does not allow, or for a rollout no longer
+// active, is refused: the coordinator clears it, says why on the rollout it
+// names, and changes nothing else.
+func TestSteerRefused(t *testing.T) {
+	doneBefore := finished(rollout(Reboot, "n1"), RolloutDone, t0.Add(-time.Minute)).Rollout
+	cases := []struct {
+		name  string
+		state State
+		req   SteerRequest
+		// steered is what the coordinator says on the rollout ("": the
+		// request names another rollout: nothing).
+		steered string
+	}{
+		{"resume a running rollout", stateOf(rollout(Reboot, "n1")), SteerRequest{Verb: VerbResume, Rollout: rolloutID},
+			"resume requested by alice refused: cannot resume a rollout that is running"},
+		{"pause a rollout that has ended", stateOf(doneBefore), SteerRequest{Verb: VerbPause, Rollout: rolloutID},
+			"pause requested by alice refused: rollout r-test is no longer active"},
+		{"cancel another rollout", stateOf(rollout(Reboot, "n1")), SteerRequest{Verb: VerbCancel, Rollout: "r-earlier"}, ""},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			n1 := testNode("n1")
+			if c.state.Active() != nil {
+				n1 = testNode("n1", cordoned, inStep(started(Reboot, true, t0.Add(-time.Minute))))
+			}
+			f := newFixture(t, n1, stateConfigMap(c.state))
+			f.drainer.holdCalls()
+			c.req.RequestedAt, c.req.RequestedBy = t0.Add(-time.Second), "alice"
+			f.request(c.req)
+			f.sync()
+			want := c.state
+			r := *want.Rollout
+			r.Steered = c.steered
+			want.Rollout = &r
+			f.expectWrites(updateState(want))
+			f.sync()
+			f.expectWrites()
+			if st := f.state(); st.Steer != nil {
+				t.Errorf("the request is still there: %+v", st.Steer)
+			}
+		})
+	}
 }
 
 // While the revision gate is closed no node starts, and a node cordoned
