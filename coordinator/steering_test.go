@@ -512,3 +512,64 @@ func TestAutoPlanWaitsForTheAgents(t *testing.T) {
 	want := State{Rollout: r, ObservedIssuer: newIssuer, ObservedIssuerAt: t0}
 	f.compareWrites(got, updateState(want))
 }
+
+// A new leader that has not read the issuer (the gate has been closed
+// since it took over) judges the agents' reports by the issuer the rollout
+// state records, and with none recorded waits: it never judges a report,
+// plans or starts against an unknown issuer.
+func TestNewLeaderWhileTheGateIsClosed(t *testing.T) {
+	const req = "r-test-0000beef"
+	closed := GateState{Provider: GateStaticPods, Message: "issuer rolling out"}
+	open := GateState{Provider: GateStaticPods, Open: true}
+	st := acting(started(KubeletRestart, true, t0.Add(-2*time.Minute)), t0.Add(-time.Minute), req)
+	restarted := func() *corev1.Node {
+		return testNode("n1", cordoned, inStep(st), agentStatus(req, protocol.PhaseDone, ""))
+	}
+
+	t.Run("the issuer recorded", func(t *testing.T) {
+		f := newFixture(t, restarted(), testNode("n2"), rolloutConfigMap(rollout(KubeletRestart, "n1", "n2")))
+		f.gate.set(closed)
+		f.sync()
+		doneAt := done(st, t0)
+		f.expectWrites(patchNode("n1", &doneAt, ptr(false)))
+		f.clock.Step(time.Hour)
+		f.sync()
+		f.expectWrites() // n2 waits for the gate
+	})
+	t.Run("no issuer recorded", func(t *testing.T) {
+		r := rollout(KubeletRestart, "n1")
+		r.Issuer = ""
+		f := newFixture(t, restarted(), stateConfigMap(State{Rollout: r}))
+		f.gate.set(closed)
+		f.sync()
+		f.expectWrites()
+		f.clock.Step(time.Hour) // past every deadline
+		f.sync()
+		f.expectWrites()
+		f.gate.set(open)
+		f.sync()
+		at := t0.Add(time.Hour)
+		f.expectWrites(updateState(State{Rollout: r, ObservedIssuer: newIssuer, ObservedIssuerAt: at}))
+		f.sync()
+		doneAt := done(st, at)
+		ended := *r
+		f.expectWrites(patchNode("n1", &doneAt, ptr(false)), updateState(State{Rollout: finished(&ended, RolloutDone, at).Rollout, ObservedIssuer: newIssuer, ObservedIssuerAt: at}))
+	})
+	t.Run("a start request, no issuer recorded", func(t *testing.T) {
+		f := newFixture(t, testNode("n1"), stateConfigMap(State{Start: &StartRequest{Strategy: Reboot, RequestedAt: t0, RequestedBy: "alice"}}))
+		f.gate.set(closed)
+		f.sync()
+		f.expectWrites()
+		f.gate.set(open)
+		f.sync()
+		got := f.writes()
+		if len(got) != 1 || got[0].State == nil || got[0].State.Start == nil || got[0].State.ObservedIssuer != newIssuer {
+			t.Fatalf("writes %v; want the issuer observed, the request still pending", got)
+		}
+		f.sync()
+		got = f.writes()
+		if len(got) != 1 || got[0].State == nil || got[0].State.Rollout == nil || got[0].State.Rollout.Issuer != newIssuer {
+			t.Fatalf("writes %v; want a rollout for the new issuer", got)
+		}
+	})
+}
