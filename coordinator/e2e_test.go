@@ -2,6 +2,7 @@ package coordinator_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"maps"
 	"os"
@@ -20,6 +21,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/util/retry"
 
 	"github.com/tokenroll/tokenroll/coordinator"
 	"github.com/tokenroll/tokenroll/protocol"
@@ -232,7 +234,7 @@ func (e *env) restartAPIServers(issuers ...string) {
 	}
 }
 
-// The seed's problem with the least disruptive fix: the issuer changes and
+// An issuer change with the least disruptive fix: the issuer changes and
 // the old one is not trusted; every node holds old-issuer tokens, so every
 // node gets a kubelet restart, one at a time, and ends with every token
 // from the new issuer.
@@ -298,7 +300,7 @@ func TestIssuerChangeKubeletRestart(t *testing.T) {
 	}
 }
 
-// The seed's rolling reboot, started by an administrator: drained through
+// The OpenShift documentation's rolling reboot, started by an administrator: drained through
 // the eviction API, rebooted, back with a new boot ID, uncordoned, next.
 // A node already cordoned by someone else is worked on and left cordoned.
 func TestRebootRollout(t *testing.T) {
@@ -535,19 +537,12 @@ func TestGateClosesMidRollout(t *testing.T) {
 }
 
 // settled returns each node's state and request once the coordinator has
-// finished a sync begun after this call, and whether a node is in flight.
-// A request the coordinator refuses proves a sync has run (it clears it);
-// a second one, cleared by a later sync, proves the first sync, its
-// advance included, has finished: syncs are serial. The nodes are then
-// read from the API server, not a watch, so every write of that sync is
-// in them.
+// finished a sync begun after this call (syncRan), and whether a node is
+// in flight. The nodes are read from the API server, not a watch, so every
+// write of that sync is in them.
 func (e *env) settled() (map[string]string, bool) {
 	e.t.Helper()
-	for range 2 {
-		if st := e.steer(coordinator.VerbResume); !strings.Contains(st.Rollout.Steered, "refused") {
-			e.t.Fatalf("resuming a running rollout: %q, want it refused", st.Rollout.Steered)
-		}
-	}
+	e.syncRan()
 	list, err := e.admin.CoreV1().Nodes().List(e.ctx, metav1.ListOptions{})
 	if err != nil {
 		e.t.Fatal(err)
@@ -561,6 +556,59 @@ func (e *env) settled() (map[string]string, bool) {
 		}
 	}
 	return out, inFlight
+}
+
+// syncRan returns once the coordinator has finished a sync begun after
+// this call. A steering request for a rollout that never existed is
+// refused and cleared by a sync and by nothing else; a second one, cleared
+// by a later sync, proves the first sync, its advance included, has
+// finished: syncs are serial. Each wait watches from the request's own
+// write, so no older state can answer it.
+func (e *env) syncRan() {
+	e.t.Helper()
+	cms := e.admin.CoreV1().ConfigMaps(ns)
+	ctx, cancel := context.WithTimeout(e.ctx, 3*time.Minute)
+	defer cancel()
+	for i := range 2 {
+		var written *corev1.ConfigMap
+		if err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			cm, err := cms.Get(ctx, coordinator.ConfigMapName, metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			st, err := coordinator.DecodeState(cm)
+			if err != nil {
+				return err
+			}
+			st.Steer = &coordinator.SteerRequest{Verb: coordinator.VerbPause, Rollout: fmt.Sprintf("probe-%d", i), RequestedAt: time.Now().UTC(), RequestedBy: "test"}
+			raw, err := json.Marshal(st)
+			if err != nil {
+				return err
+			}
+			cm.Data[coordinator.StateKey] = string(raw)
+			written, err = cms.Update(ctx, cm, metav1.UpdateOptions{FieldManager: "test"})
+			return err
+		}); err != nil {
+			e.t.Fatalf("writing a steering request: %v", err)
+		}
+		w, err := cms.Watch(ctx, metav1.ListOptions{FieldSelector: "metadata.name=" + coordinator.ConfigMapName, ResourceVersion: written.ResourceVersion})
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		cleared := false
+		for ev := range w.ResultChan() {
+			if cm, ok := ev.Object.(*corev1.ConfigMap); ok {
+				if st, err := coordinator.DecodeState(cm); err == nil && st.Steer == nil {
+					cleared = true
+					break
+				}
+			}
+		}
+		w.Stop()
+		if !cleared {
+			e.t.Fatalf("the coordinator did not clear steering request probe-%d: %v", i, ctx.Err())
+		}
+	}
 }
 
 // quiesce waits until no node is in flight, as settled sees the nodes.
