@@ -7,7 +7,6 @@ import (
 	"maps"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -458,39 +457,12 @@ func TestNodeNotBackHalts(t *testing.T) {
 	}
 }
 
-// switchGate is a revision gate a test opens and closes; the real
-// providers are tested against the API server on their own.
-type switchGate struct {
-	mu      sync.Mutex
-	open    bool
-	changed func()
-}
-
-func (g *switchGate) Start(_ context.Context, changed func()) error {
-	g.mu.Lock()
-	g.changed = changed
-	g.mu.Unlock()
-	return nil
-}
-
-func (g *switchGate) State() coordinator.GateState {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	msg := "test gate open"
-	if !g.open {
-		msg = "test gate closed"
+// testGate is the state of the tests' revision gate, open or closed.
+func testGate(open bool) coordinator.GateState {
+	if open {
+		return coordinator.GateState{Provider: "test", Open: true, Message: "test gate open"}
 	}
-	return coordinator.GateState{Provider: "test", Open: g.open, Message: msg}
-}
-
-func (g *switchGate) set(open bool) {
-	g.mu.Lock()
-	g.open = open
-	f := g.changed
-	g.mu.Unlock()
-	if f != nil {
-		f()
-	}
+	return coordinator.GateState{Provider: "test", Message: "test gate closed"}
 }
 
 // A gate that closes mid-rollout pauses it between nodes; when it opens
@@ -498,7 +470,7 @@ func (g *switchGate) set(open bool) {
 func TestGateClosesMidRollout(t *testing.T) {
 	nodes := []string{"node-a", "node-b", "node-c"}
 	e := startEnv(t, 1, nodes...)
-	gate := &switchGate{open: true}
+	gate := coordinator.NewFakeGate(testGate(true))
 	e.startCoordinator("c1", gate, func(c *coordinator.Config) { c.Auto = false })
 	e.requestStart(coordinator.KubeletRestart, "")
 	e.waitNodes("the first node done", func(m map[string]*corev1.Node) bool {
@@ -509,7 +481,7 @@ func TestGateClosesMidRollout(t *testing.T) {
 		}
 		return false
 	})
-	gate.set(false)
+	gate.Set(testGate(false))
 	// Let whatever was in flight finish (a node acting goes on; one only
 	// cordoned is released).
 	before := e.quiesce()
@@ -524,7 +496,7 @@ func TestGateClosesMidRollout(t *testing.T) {
 	if after := e.totalActions(); after != actions {
 		t.Errorf("%d actions while the gate was closed", after-actions)
 	}
-	gate.set(true)
+	gate.Set(testGate(true))
 	e.waitState("the rollout finished after the gate opened", func(s coordinator.State) bool {
 		return s.Rollout != nil && s.Rollout.Phase == coordinator.RolloutDone
 	})
@@ -644,7 +616,7 @@ func (e *env) totalActions() int32 {
 func TestFailoverResumes(t *testing.T) {
 	nodes := []string{"node-a", "node-b", "node-c", "node-d"}
 	e := startEnv(t, 1, nodes...)
-	gate := &switchGate{open: true}
+	gate := coordinator.NewFakeGate(testGate(true))
 	replicas := map[string]*coordinatorRun{}
 	started := 0
 	start := func() {

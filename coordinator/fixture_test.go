@@ -81,7 +81,7 @@ type fixture struct {
 	tracker *rvTracker
 	client  kubernetes.Interface
 	clock   *clocktesting.FakeClock
-	gate    *fakeGate
+	gate    *FakeGate
 	drainer *fakeDrainer
 	// reg is the current leader's metrics registry.
 	reg *prometheus.Registry
@@ -107,7 +107,7 @@ func newFixture(t *testing.T, objs ...runtime.Object) *fixture {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	f := &fixture{t: t, ctx: ctx, cancel: cancel, fake: fake.NewSimpleClientset(), issuer: newIssuer,
-		clock: clocktesting.NewFakeClock(t0), gate: &fakeGate{st: GateState{Provider: GateNone, Open: true, Message: "no revision gate"}}}
+		clock: clocktesting.NewFakeClock(t0), gate: NewFakeGate(GateState{Provider: GateNone, Open: true, Message: "no revision gate"})}
 	f.drainer = &fakeDrainer{}
 	f.tracker = &rvTracker{ObjectTracker: f.fake.Tracker()}
 	f.fake.PrependReactor("*", "*", clienttesting.ObjectReaction(f.tracker))
@@ -133,13 +133,7 @@ func (f *fixture) lead() {
 	if f.term != nil {
 		f.endTerm()
 	}
-	f.reg = prometheus.NewRegistry()
-	cfg := f.cfg
-	cfg.Registry = f.reg
-	c, err := New(cfg)
-	if err != nil {
-		f.t.Fatal(err)
-	}
+	c := f.newCoordinator()
 	// The term Lead starts, on stores the tests fill themselves instead of
 	// informers.
 	f.nodes = cache.NewStore(cache.MetaNamespaceKeyFunc)
@@ -150,10 +144,9 @@ func (f *fixture) lead() {
 	f.catchUp()
 }
 
-// runLead builds a leader and runs it as leader election would, with its
-// own informers on the fake clientset, until stop; stop returns what Lead
-// returned.
-func (f *fixture) runLead() (stop func() error) {
+// newCoordinator is a new process's coordinator, built with f.cfg and
+// metrics of its own.
+func (f *fixture) newCoordinator() *Coordinator {
 	f.t.Helper()
 	f.reg = prometheus.NewRegistry()
 	cfg := f.cfg
@@ -162,6 +155,15 @@ func (f *fixture) runLead() (stop func() error) {
 	if err != nil {
 		f.t.Fatal(err)
 	}
+	return c
+}
+
+// runLead builds a leader and runs it as leader election would, with its
+// own informers on the fake clientset, until stop; stop returns what Lead
+// returned.
+func (f *fixture) runLead() (stop func() error) {
+	f.t.Helper()
+	c := f.newCoordinator()
 	ctx, cancel := context.WithCancel(f.ctx)
 	done := make(chan error, 1)
 	go func() { done <- c.Lead(ctx) }()
@@ -682,27 +684,33 @@ type oidcDiscovery struct {
 
 func (d *oidcDiscovery) RESTClient() rest.Interface { return d.rest }
 
-// fakeGate is a revision gate the test opens and closes.
-type fakeGate struct {
+// FakeGate is a revision gate a test opens and closes; the real providers
+// are tested against an API server on their own. It is exported for the
+// end-to-end tests (package coordinator_test) too.
+type FakeGate struct {
 	mu      sync.Mutex
 	st      GateState
 	changed func()
 }
 
-func (g *fakeGate) Start(_ context.Context, changed func()) error {
+// NewFakeGate is a gate in state st.
+func NewFakeGate(st GateState) *FakeGate { return &FakeGate{st: st} }
+
+func (g *FakeGate) Start(_ context.Context, changed func()) error {
 	g.mu.Lock()
 	g.changed = changed
 	g.mu.Unlock()
 	return nil
 }
 
-func (g *fakeGate) State() GateState {
+func (g *FakeGate) State() GateState {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	return g.st
 }
 
-func (g *fakeGate) set(st GateState) {
+// Set changes the gate's state and tells the coordinator, as a gate does.
+func (g *FakeGate) Set(st GateState) {
 	g.mu.Lock()
 	g.st = st
 	changed := g.changed

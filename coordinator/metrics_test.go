@@ -14,7 +14,7 @@ import (
 func TestMetricsExposition(t *testing.T) {
 	f := newFixture(t, testNode("n1"), testNode("n2"), testNode("n3"), rolloutConfigMap(rollout(Reboot, "n1", "n2", "n3")))
 	f.cfg.Settle = 5 * time.Second
-	f.gate.set(GateState{Provider: GateOpenShift, Open: true, Message: "3 nodes at revision 12", LatestRevision: 12, CurrentMinRevision: 11,
+	f.gate.Set(GateState{Provider: GateOpenShift, Open: true, Message: "3 nodes at revision 12", LatestRevision: 12, CurrentMinRevision: 11,
 		CurrentMaxRevision: 12, TrustKnown: true, Trusted: []TrustedIssuer{{Name: newIssuer}, {Name: oldIssuer, Expires: t0.Add(24 * time.Hour)}}})
 
 	f.sync() // n1 cordoned

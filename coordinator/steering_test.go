@@ -204,7 +204,7 @@ func TestGateClosingReleasesACordonedNode(t *testing.T) {
 	f.takeEvents()
 
 	const why = "issuer rolling out: kube-apiserver-a sign with https://new.tokenroll.test; kube-apiserver-b sign with https://old.tokenroll.test"
-	f.gate.set(GateState{Provider: GateStaticPods, Message: why})
+	f.gate.Set(GateState{Provider: GateStaticPods, Message: why})
 	f.clock.Step(10 * time.Second)
 	f.sync()
 	f.expectWrites(releaseNode("n1", true))
@@ -217,7 +217,7 @@ func TestGateClosingReleasesACordonedNode(t *testing.T) {
 		f.sync()
 		f.expectWrites()
 	}
-	f.gate.set(GateState{Provider: GateStaticPods, Open: true, Message: "2 kube-apiserver pods Ready, all signing with " + newIssuer})
+	f.gate.Set(GateState{Provider: GateStaticPods, Open: true, Message: "2 kube-apiserver pods Ready, all signing with " + newIssuer})
 	f.sync()
 	f.expectWrites(cordonNode("n1", started(Reboot, true, t0.Add(190*time.Second))))
 }
@@ -231,7 +231,7 @@ func TestGateClosedStillVerifies(t *testing.T) {
 		rolloutConfigMap(rollout(KubeletRestart, "n1", "n2")))
 	f.sync()
 	f.expectWrites()
-	f.gate.set(GateState{Provider: GateStaticPods, Message: "kube-apiserver-b not Ready"})
+	f.gate.Set(GateState{Provider: GateStaticPods, Message: "kube-apiserver-b not Ready"})
 	f.updateNode("n1", agentStatus(req, protocol.PhaseDone, ""))
 	f.sync()
 	doneAt := done(st, t0)
@@ -446,20 +446,20 @@ func TestObservesTheIssuer(t *testing.T) {
 
 	const newer = "https://newer.tokenroll.test"
 	f.setIssuer(newer)
-	f.gate.set(GateState{Provider: GateStaticPods, Message: "issuer rolling out"})
+	f.gate.Set(GateState{Provider: GateStaticPods, Message: "issuer rolling out"})
 	f.clock.Step(time.Minute)
 	f.sync()
 	f.expectWrites() // the API servers disagree: nothing is read
 
 	f.setIssuer("") // discovery fails: the last issuer known stands
-	f.gate.set(GateState{Provider: GateStaticPods, Open: true})
+	f.gate.Set(GateState{Provider: GateStaticPods, Open: true})
 	f.sync()
 	f.expectWrites()
 
 	f.setIssuer(newer)
-	f.gate.set(GateState{Provider: GateStaticPods})
+	f.gate.Set(GateState{Provider: GateStaticPods})
 	f.sync()
-	f.gate.set(GateState{Provider: GateStaticPods, Open: true, SigningIssuer: newer})
+	f.gate.Set(GateState{Provider: GateStaticPods, Open: true, SigningIssuer: newer})
 	f.clock.Step(time.Minute)
 	f.sync()
 	f.expectWrites(updateState(State{ObservedIssuer: newer, ObservedIssuerAt: t0.Add(2 * time.Minute)}))
@@ -494,7 +494,7 @@ func TestAutoPlanWaitsForTheAgents(t *testing.T) {
 	f := newFixture(t, testNode("n1", withReport(rep)), stateConfigMap(State{ObservedIssuer: newIssuer, ObservedIssuerAt: t0}))
 	f.cfg.Auto, f.cfg.Strategy, f.cfg.AgentWait = true, KubeletRestart, 10*time.Minute
 	expires := t0.Add(24 * time.Hour)
-	f.gate.set(GateState{Provider: GateOpenShift, Open: true, TrustKnown: true, Trusted: []TrustedIssuer{{Name: newIssuer}, {Name: oldIssuer, Expires: expires}}})
+	f.gate.Set(GateState{Provider: GateOpenShift, Open: true, TrustKnown: true, Trusted: []TrustedIssuer{{Name: newIssuer}, {Name: oldIssuer, Expires: expires}}})
 	if d := f.sync(); d != 10*time.Minute {
 		t.Errorf("next look in %s; want when the agent wait ends, 10m", d)
 	}
@@ -528,7 +528,7 @@ func TestNewLeaderWhileTheGateIsClosed(t *testing.T) {
 
 	t.Run("the issuer recorded", func(t *testing.T) {
 		f := newFixture(t, restarted(), testNode("n2"), rolloutConfigMap(rollout(KubeletRestart, "n1", "n2")))
-		f.gate.set(closed)
+		f.gate.Set(closed)
 		f.sync()
 		doneAt := done(st, t0)
 		f.expectWrites(patchNode("n1", &doneAt, ptr(false)))
@@ -540,13 +540,13 @@ func TestNewLeaderWhileTheGateIsClosed(t *testing.T) {
 		r := rollout(KubeletRestart, "n1")
 		r.Issuer = ""
 		f := newFixture(t, restarted(), stateConfigMap(State{Rollout: r}))
-		f.gate.set(closed)
+		f.gate.Set(closed)
 		f.sync()
 		f.expectWrites()
 		f.clock.Step(time.Hour) // past every deadline
 		f.sync()
 		f.expectWrites()
-		f.gate.set(open)
+		f.gate.Set(open)
 		f.sync()
 		at := t0.Add(time.Hour)
 		f.expectWrites(updateState(State{Rollout: r, ObservedIssuer: newIssuer, ObservedIssuerAt: at}))
@@ -557,10 +557,10 @@ func TestNewLeaderWhileTheGateIsClosed(t *testing.T) {
 	})
 	t.Run("a start request, no issuer recorded", func(t *testing.T) {
 		f := newFixture(t, testNode("n1"), stateConfigMap(State{Start: &StartRequest{Strategy: Reboot, RequestedAt: t0, RequestedBy: "alice"}}))
-		f.gate.set(closed)
+		f.gate.Set(closed)
 		f.sync()
 		f.expectWrites()
-		f.gate.set(open)
+		f.gate.Set(open)
 		f.sync()
 		got := f.writes()
 		if len(got) != 1 || got[0].State == nil || got[0].State.Start == nil || got[0].State.ObservedIssuer != newIssuer {
