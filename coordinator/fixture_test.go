@@ -1,10 +1,10 @@
 package coordinator
 
 // The fixture for the hermetic controller tests, in the style of
-// sample-controller's: a fake clientset, listers filled directly (no
+// sample-controller's: a fake clientset, informer stores filled directly (no
 // informer goroutines), a fake clock, gate and drainer, and one sync at a
 // time. It is the only test file that touches the coordinator's internals
-// (its construction, its per-term state, one sync, its listers); the tests
+// (its construction, its per-term state, one sync, its stores); the tests
 // speak in cluster objects and in the API writes the fake clientset records.
 //
 // Two gaps of the fake clientset matter to the coordinator and are closed
@@ -212,7 +212,7 @@ func (f *fixture) stop() {
 	f.cancel()
 }
 
-// catchUp fills the listers with the cluster as it is now, as the
+// catchUp fills the informer stores with the cluster as it is now, as the
 // informers would once their watches deliver.
 func (f *fixture) catchUp() {
 	f.t.Helper()
@@ -239,7 +239,7 @@ func (f *fixture) catchUp() {
 	}
 }
 
-// cacheStale puts nodes into the leader's lister as they are given, as
+// cacheStale puts nodes into the leader's informer store as they are given, as
 // informers that have not delivered the latest writes yet.
 func (f *fixture) cacheStale(nodes ...*corev1.Node) {
 	f.t.Helper()
@@ -266,7 +266,7 @@ func (f *fixture) list(gvr schema.GroupVersionResource, ns string) []runtime.Obj
 
 var kinds = map[string]string{"nodes": "Node", "configmaps": "ConfigMap", "pods": "Pod", "events": "Event"}
 
-// sync runs one reconciliation on listers that caught up with the cluster
+// sync runs one reconciliation on stores that caught up with the cluster
 // and returns when the coordinator asks to run again (0: on a change).
 func (f *fixture) sync() time.Duration {
 	f.t.Helper()
@@ -287,7 +287,7 @@ func (f *fixture) syncErr() (time.Duration, error) {
 	return f.term.sync(f.ctx)
 }
 
-// syncStale runs one reconciliation on the listers as they are, as a
+// syncStale runs one reconciliation on the stores as they are, as a
 // leader whose informers have not delivered the latest writes yet.
 func (f *fixture) syncStale() (time.Duration, error) {
 	f.t.Helper()
