@@ -174,23 +174,14 @@ func (c *Coordinator) Lead(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	log := c.cfg.Log
-	t := &term{c: c, jobs: map[string]*prepJob{}}
-	t.queue = workqueue.NewTypedRateLimitingQueueWithConfig(
-		workqueue.NewTypedItemExponentialFailureRateLimiter[string](100*time.Millisecond, 30*time.Second),
-		workqueue.TypedRateLimitingQueueConfig[string]{Name: "tokenroll-coordinator", Clock: c.cfg.Clock})
-	defer t.queue.ShutDown()
-	enqueue := func() { t.queue.Add(syncKey) }
-
 	nodeFactory := informers.NewSharedInformerFactoryWithOptions(c.cfg.Client, 0, informers.WithTransform(trimNode))
 	nodeInf := nodeFactory.Core().V1().Nodes().Informer()
 	cmFactory := informers.NewSharedInformerFactoryWithOptions(c.cfg.Client, 0, informers.WithNamespace(c.cfg.Namespace),
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "metadata.name=" + ConfigMapName }))
 	cmInf := cmFactory.Core().V1().ConfigMaps().Informer()
-	logger := klog.FromContext(ctx)
-	t.nodeKeys = nodeInf.GetStore()
-	t.nodes = cache.NewIntegerResourceVersionMutationCacheWithOptions(logger, nodeInf.GetStore(), cache.MutationCacheOptions{MaxCacheSize: mutationCacheSize})
-	// The coordinator creates the ConfigMap: its own creation counts too.
-	t.cm = cache.NewIntegerResourceVersionMutationCacheWithOptions(logger, cmInf.GetStore(), cache.MutationCacheOptions{IncludeAdds: true})
+	t := c.newTerm(klog.FromContext(ctx), nodeInf.GetStore(), cmInf.GetStore())
+	defer t.queue.ShutDown()
+	enqueue := func() { t.queue.Add(syncKey) }
 	if _, err := nodeInf.AddEventHandler(onChange(t.nodes, enqueue)); err != nil {
 		return err
 	}
@@ -242,6 +233,19 @@ func (c *Coordinator) Lead(ctx context.Context) error {
 	for t.processNext(ctx) {
 	}
 	return nil
+}
+
+// newTerm starts a term on the informers' stores of Nodes and of the state
+// ConfigMap.
+func (c *Coordinator) newTerm(logger klog.Logger, nodes, cms cache.Store) *term {
+	t := &term{c: c, jobs: map[string]*prepJob{}, nodeKeys: nodes}
+	t.queue = workqueue.NewTypedRateLimitingQueueWithConfig(
+		workqueue.NewTypedItemExponentialFailureRateLimiter[string](100*time.Millisecond, 30*time.Second),
+		workqueue.TypedRateLimitingQueueConfig[string]{Name: "tokenroll-coordinator", Clock: c.cfg.Clock})
+	t.nodes = cache.NewIntegerResourceVersionMutationCacheWithOptions(logger, nodes, cache.MutationCacheOptions{MaxCacheSize: mutationCacheSize})
+	// The coordinator creates the ConfigMap: its own creation counts too.
+	t.cm = cache.NewIntegerResourceVersionMutationCacheWithOptions(logger, cms, cache.MutationCacheOptions{IncludeAdds: true})
+	return t
 }
 
 // stopPreparations cancels the drains and evictions in flight and waits for
@@ -317,12 +321,17 @@ func (t *term) processNext(ctx context.Context) bool {
 
 // world is the cluster as one sync sees it.
 type world struct {
-	now    time.Time
-	gate   GateState
-	issuer string
-	state  State
-	nodes  []*corev1.Node
-	byName map[string]*corev1.Node
+	now  time.Time
+	gate GateState
+	// issuer is the API servers' signing issuer: as this process last read
+	// it with the gate open (discovered) or, until it has (a new leader
+	// while the gate is closed), as the rollout state records it; "" when
+	// neither knows, and then nothing is judged, planned or started.
+	issuer     string
+	discovered bool
+	state      State
+	nodes      []*corev1.Node
+	byName     map[string]*corev1.Node
 }
 
 // sync is the whole reconciliation: it returns when it wants to run again
@@ -332,7 +341,7 @@ func (t *term) sync(ctx context.Context) (time.Duration, error) {
 	if err != nil {
 		return 0, err
 	}
-	if w.gate.Open && w.issuer != "" && w.state.ObservedIssuer != w.issuer {
+	if w.gate.Open && w.discovered && w.state.ObservedIssuer != w.issuer {
 		prev := w.state.ObservedIssuer
 		if _, err := t.updateState(ctx, func(st *State) error {
 			st.ObservedIssuer, st.ObservedIssuerAt = w.issuer, w.now
@@ -359,10 +368,14 @@ func (t *term) sync(ctx context.Context) (time.Duration, error) {
 func (t *term) observe(ctx context.Context) (world, error) {
 	w := world{now: t.c.cfg.Clock.Now().UTC(), gate: t.c.cfg.Gate.State()}
 	t.observeGate(w.gate, w.now)
-	w.issuer = t.c.currentIssuer(ctx, w.gate, w.now)
 	var err error
 	if w.state, err = DecodeState(t.configMap()); err != nil {
 		return w, err
+	}
+	w.issuer = t.c.currentIssuer(ctx, w.gate, w.now)
+	w.discovered = w.issuer != ""
+	if !w.discovered {
+		w.issuer = w.state.recordedIssuer()
 	}
 	w.nodes = t.listNodes()
 	w.byName = make(map[string]*corev1.Node, len(w.nodes))
@@ -451,6 +464,12 @@ func unixOrZero(t time.Time) int64 {
 // reports, into a new rollout.
 func (t *term) maybeStart(ctx context.Context, w world) (time.Duration, error) {
 	cfg := t.c.cfg
+	if w.issuer == "" {
+		if w.state.Start != nil {
+			t.logOnChange("a start request waits until the API servers' issuer is known (read when the revision gate is open)")
+		}
+		return 0, nil
+	}
 	if req := w.state.Start; req != nil {
 		sel, err := labels.Parse(req.Selector)
 		var nodes []PlannedNode
@@ -468,7 +487,7 @@ func (t *term) maybeStart(ctx context.Context, w world) (time.Duration, error) {
 		}
 		return 0, t.startRollout(ctx, w, trigger, req.Strategy, nodes, err)
 	}
-	if !cfg.Auto || !w.gate.Open || w.issuer == "" {
+	if !cfg.Auto || !w.gate.Open {
 		return 0, nil
 	}
 	waitUntil := w.state.ObservedIssuerAt.Add(cfg.AgentWait)

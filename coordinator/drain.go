@@ -129,7 +129,9 @@ func (d KubectlDrainer) waitGone(ctx context.Context, pods []corev1.Pod) error {
 	onNode := func(o *metav1.ListOptions) {
 		o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", pods[0].Spec.NodeName).String()
 	}
-	lw := &cache.ListWatch{
+	// A client that cannot stream the initial list (the fake clientset)
+	// says so; the reflector then lists instead of waiting for a bookmark.
+	lw := cache.ToListWatcherWithWatchListSemantics(&cache.ListWatch{
 		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 			onNode(&o)
 			return d.Client.CoreV1().Pods(metav1.NamespaceAll).List(ctx, o)
@@ -138,7 +140,7 @@ func (d KubectlDrainer) waitGone(ctx context.Context, pods []corev1.Pod) error {
 			onNode(&o)
 			return d.Client.CoreV1().Pods(metav1.NamespaceAll).Watch(ctx, o)
 		},
-	}
+	}, d.Client)
 	var store cache.Store
 	gone := func() bool {
 		for _, o := range store.List() {

@@ -2,11 +2,11 @@ package coordinator_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"maps"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -20,6 +20,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/util/retry"
 
 	"github.com/tokenroll/tokenroll/coordinator"
 	"github.com/tokenroll/tokenroll/protocol"
@@ -232,7 +233,7 @@ func (e *env) restartAPIServers(issuers ...string) {
 	}
 }
 
-// The seed's problem with the least disruptive fix: the issuer changes and
+// An issuer change with the least disruptive fix: the issuer changes and
 // the old one is not trusted; every node holds old-issuer tokens, so every
 // node gets a kubelet restart, one at a time, and ends with every token
 // from the new issuer.
@@ -298,7 +299,7 @@ func TestIssuerChangeKubeletRestart(t *testing.T) {
 	}
 }
 
-// The seed's rolling reboot, started by an administrator: drained through
+// The OpenShift documentation's rolling reboot, started by an administrator: drained through
 // the eviction API, rebooted, back with a new boot ID, uncordoned, next.
 // A node already cordoned by someone else is worked on and left cordoned.
 func TestRebootRollout(t *testing.T) {
@@ -456,39 +457,12 @@ func TestNodeNotBackHalts(t *testing.T) {
 	}
 }
 
-// switchGate is a revision gate a test opens and closes; the real
-// providers are tested against the API server on their own.
-type switchGate struct {
-	mu      sync.Mutex
-	open    bool
-	changed func()
-}
-
-func (g *switchGate) Start(_ context.Context, changed func()) error {
-	g.mu.Lock()
-	g.changed = changed
-	g.mu.Unlock()
-	return nil
-}
-
-func (g *switchGate) State() coordinator.GateState {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	msg := "test gate open"
-	if !g.open {
-		msg = "test gate closed"
+// testGate is the state of the tests' revision gate, open or closed.
+func testGate(open bool) coordinator.GateState {
+	if open {
+		return coordinator.GateState{Provider: "test", Open: true, Message: "test gate open"}
 	}
-	return coordinator.GateState{Provider: "test", Open: g.open, Message: msg}
-}
-
-func (g *switchGate) set(open bool) {
-	g.mu.Lock()
-	g.open = open
-	f := g.changed
-	g.mu.Unlock()
-	if f != nil {
-		f()
-	}
+	return coordinator.GateState{Provider: "test", Message: "test gate closed"}
 }
 
 // A gate that closes mid-rollout pauses it between nodes; when it opens
@@ -496,7 +470,7 @@ func (g *switchGate) set(open bool) {
 func TestGateClosesMidRollout(t *testing.T) {
 	nodes := []string{"node-a", "node-b", "node-c"}
 	e := startEnv(t, 1, nodes...)
-	gate := &switchGate{open: true}
+	gate := coordinator.NewFakeGate(testGate(true))
 	e.startCoordinator("c1", gate, func(c *coordinator.Config) { c.Auto = false })
 	e.requestStart(coordinator.KubeletRestart, "")
 	e.waitNodes("the first node done", func(m map[string]*corev1.Node) bool {
@@ -507,7 +481,7 @@ func TestGateClosesMidRollout(t *testing.T) {
 		}
 		return false
 	})
-	gate.set(false)
+	gate.Set(testGate(false))
 	// Let whatever was in flight finish (a node acting goes on; one only
 	// cordoned is released).
 	before := e.quiesce()
@@ -522,7 +496,7 @@ func TestGateClosesMidRollout(t *testing.T) {
 	if after := e.totalActions(); after != actions {
 		t.Errorf("%d actions while the gate was closed", after-actions)
 	}
-	gate.set(true)
+	gate.Set(testGate(true))
 	e.waitState("the rollout finished after the gate opened", func(s coordinator.State) bool {
 		return s.Rollout != nil && s.Rollout.Phase == coordinator.RolloutDone
 	})
@@ -535,19 +509,12 @@ func TestGateClosesMidRollout(t *testing.T) {
 }
 
 // settled returns each node's state and request once the coordinator has
-// finished a sync begun after this call, and whether a node is in flight.
-// A request the coordinator refuses proves a sync has run (it clears it);
-// a second one, cleared by a later sync, proves the first sync, its
-// advance included, has finished: syncs are serial. The nodes are then
-// read from the API server, not a watch, so every write of that sync is
-// in them.
+// finished a sync begun after this call (syncRan), and whether a node is
+// in flight. The nodes are read from the API server, not a watch, so every
+// write of that sync is in them.
 func (e *env) settled() (map[string]string, bool) {
 	e.t.Helper()
-	for range 2 {
-		if st := e.steer(coordinator.VerbResume); !strings.Contains(st.Rollout.Steered, "refused") {
-			e.t.Fatalf("resuming a running rollout: %q, want it refused", st.Rollout.Steered)
-		}
-	}
+	e.syncRan()
 	list, err := e.admin.CoreV1().Nodes().List(e.ctx, metav1.ListOptions{})
 	if err != nil {
 		e.t.Fatal(err)
@@ -561,6 +528,59 @@ func (e *env) settled() (map[string]string, bool) {
 		}
 	}
 	return out, inFlight
+}
+
+// syncRan returns once the coordinator has finished a sync begun after
+// this call. A steering request for a rollout that never existed is
+// refused and cleared by a sync and by nothing else; a second one, cleared
+// by a later sync, proves the first sync, its advance included, has
+// finished: syncs are serial. Each wait watches from the request's own
+// write, so no older state can answer it.
+func (e *env) syncRan() {
+	e.t.Helper()
+	cms := e.admin.CoreV1().ConfigMaps(ns)
+	ctx, cancel := context.WithTimeout(e.ctx, 3*time.Minute)
+	defer cancel()
+	for i := range 2 {
+		var written *corev1.ConfigMap
+		if err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			cm, err := cms.Get(ctx, coordinator.ConfigMapName, metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			st, err := coordinator.DecodeState(cm)
+			if err != nil {
+				return err
+			}
+			st.Steer = &coordinator.SteerRequest{Verb: coordinator.VerbPause, Rollout: fmt.Sprintf("probe-%d", i), RequestedAt: time.Now().UTC(), RequestedBy: "test"}
+			raw, err := json.Marshal(st)
+			if err != nil {
+				return err
+			}
+			cm.Data[coordinator.StateKey] = string(raw)
+			written, err = cms.Update(ctx, cm, metav1.UpdateOptions{FieldManager: "test"})
+			return err
+		}); err != nil {
+			e.t.Fatalf("writing a steering request: %v", err)
+		}
+		w, err := cms.Watch(ctx, metav1.ListOptions{FieldSelector: "metadata.name=" + coordinator.ConfigMapName, ResourceVersion: written.ResourceVersion})
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		cleared := false
+		for ev := range w.ResultChan() {
+			if cm, ok := ev.Object.(*corev1.ConfigMap); ok {
+				if st, err := coordinator.DecodeState(cm); err == nil && st.Steer == nil {
+					cleared = true
+					break
+				}
+			}
+		}
+		w.Stop()
+		if !cleared {
+			e.t.Fatalf("the coordinator did not clear steering request probe-%d: %v", i, ctx.Err())
+		}
+	}
 }
 
 // quiesce waits until no node is in flight, as settled sees the nodes.
@@ -596,7 +616,7 @@ func (e *env) totalActions() int32 {
 func TestFailoverResumes(t *testing.T) {
 	nodes := []string{"node-a", "node-b", "node-c", "node-d"}
 	e := startEnv(t, 1, nodes...)
-	gate := &switchGate{open: true}
+	gate := coordinator.NewFakeGate(testGate(true))
 	replicas := map[string]*coordinatorRun{}
 	started := 0
 	start := func() {

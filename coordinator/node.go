@@ -60,8 +60,18 @@ func (t *term) progress(ctx context.Context, w world, r *Rollout, v nodeView) (t
 		if r.Phase != RolloutRunning || !w.gate.Open {
 			return 0, t.release(ctx, w, r, v)
 		}
+		if w.issuer == "" {
+			t.logOnChange("waiting to learn the API servers' issuer before preparing the node", zap.String("node", v.plan.Name))
+			return 0, nil
+		}
 		return t.prepare(ctx, w, r, v, impl)
 	case protocol.StepActing:
+		if w.issuer == "" {
+			// A report judged against no issuer would fail and, in time,
+			// halt a healthy node.
+			t.logOnChange("waiting to learn the API servers' issuer before verifying the node", zap.String("node", v.plan.Name))
+			return 0, nil
+		}
 		return t.verify(ctx, w, r, v, impl)
 	}
 	return 0, nil

@@ -54,7 +54,7 @@ func (e *env) openshiftGate(dyn dynamic.Interface) coordinator.Gate {
 	return g
 }
 
-// The seed's procedure end to end: the administrator changes
+// The OpenShift documentation's procedure end to end: the administrator changes
 // Authentication/cluster .spec.serviceAccountIssuer; the operator rolls
 // revision 12 over three API servers, during which nothing happens; the
 // gate opens; the old issuer is not trusted (no trust window), so every
@@ -150,9 +150,9 @@ func TestOpenShiftTrustWindowNeedsNoWork(t *testing.T) {
 	if len(p.Nodes) != 0 || len(p.Skipped) != len(nodes) {
 		t.Errorf("plan %+v: want no node, all left alone", p)
 	}
-	// A rollout, had the coordinator planned one, starts on the first sync
-	// after the reports above; give it a round trip through the API server.
-	e.cordon("worker-a", false)
+	// A rollout, had the coordinator planned one, is written by a sync
+	// after the reports above.
+	e.syncRan()
 	st, err := coordinator.Store{Client: e.admin, Namespace: ns}.Get(context.Background())
 	if err != nil {
 		t.Fatal(err)

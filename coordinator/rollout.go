@@ -92,7 +92,7 @@ func (t *term) advance(ctx context.Context, w world, r *Rollout) (time.Duration,
 	if inFlight == 0 && (r.Phase == RolloutCancelled || (r.Phase == RolloutRunning && pending == 0 && halted == 0)) {
 		return 0, t.finishRollout(ctx, w, r)
 	}
-	if r.Phase != RolloutRunning || !w.gate.Open {
+	if r.Phase != RolloutRunning || !w.gate.Open || w.issuer == "" {
 		return next, nil
 	}
 	t.mu.Lock()

@@ -167,6 +167,18 @@ func (s *State) Active() *Rollout {
 	return nil
 }
 
+// recordedIssuer is the signing issuer the state records: the one last
+// observed with the gate open, else the active rollout's ("" when none).
+func (s *State) recordedIssuer() string {
+	if s.ObservedIssuer != "" {
+		return s.ObservedIssuer
+	}
+	if r := s.Active(); r != nil {
+		return r.Issuer
+	}
+	return ""
+}
+
 // DecodeState reads the state from a ConfigMap (nil: none yet).
 func DecodeState(cm *corev1.ConfigMap) (State, error) {
 	var s State

@@ -1,14 +1,10 @@
 package coordinator
 
 import (
-	"context"
-	"encoding/json"
 	"slices"
 	"strings"
 	"testing"
 
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/tokenroll/tokenroll/protocol"
@@ -104,52 +100,5 @@ func TestMaxUnavailable(t *testing.T) {
 		if err != nil || got != c.want {
 			t.Errorf("%q of %d nodes = %d, %v; want %d", c.value, c.nodes, got, err, c.want)
 		}
-	}
-}
-
-func TestStrategyVerify(t *testing.T) {
-	const cur = "https://new"
-	report := func(rep protocol.TokenReport) map[string]string {
-		raw, _ := json.Marshal(rep)
-		return map[string]string{protocol.AnnotationTokens: string(raw)}
-	}
-	clean := report(protocol.TokenReport{Issuer: cur, Tokens: 2, Issuers: []protocol.IssuerTokens{{Issuer: cur, Tokens: 2}}})
-	oldTokens := report(protocol.TokenReport{Issuer: cur, Tokens: 2, Issuers: []protocol.IssuerTokens{{Issuer: "https://old", Tokens: 2}}})
-	overdue := report(protocol.TokenReport{Issuer: cur, Tokens: 2, Stale: map[protocol.State]int{protocol.StateOverdue: 1}, Issuers: []protocol.IssuerTokens{{Issuer: cur, Tokens: 2}}})
-	node := func(ann map[string]string, boot string) *corev1.Node {
-		return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n", Annotations: ann}, Status: corev1.NodeStatus{NodeInfo: corev1.NodeSystemInfo{BootID: boot}}}
-	}
-	done := &protocol.Status{ID: "q", Phase: protocol.PhaseDone}
-	running := &protocol.Status{ID: "q", Phase: protocol.PhaseRunning}
-	state := &protocol.NodeState{BootID: "boot-1", Request: "q"}
-	cases := []struct {
-		name     string
-		strategy protocol.Strategy
-		in       verifyInput
-		ok       bool
-		reason   string
-		inAction bool
-	}{
-		{"kubelet: not done yet", KubeletRestart, verifyInput{node: node(clean, "boot-1"), state: state, status: running, ready: true}, false, HaltActionTimeout, true},
-		{"kubelet: done, not ready", KubeletRestart, verifyInput{node: node(clean, "boot-1"), state: state, status: done}, false, HaltVerifyTimeout, false},
-		{"kubelet: done, old tokens", KubeletRestart, verifyInput{node: node(oldTokens, "boot-1"), state: state, status: done, ready: true}, false, HaltVerifyTimeout, false},
-		{"kubelet: done, overdue", KubeletRestart, verifyInput{node: node(overdue, "boot-1"), state: state, status: done, ready: true}, false, HaltVerifyTimeout, false},
-		{"kubelet: verified", KubeletRestart, verifyInput{node: node(clean, "boot-1"), state: state, status: done, ready: true}, true, "", false},
-		{"reboot: same boot", Reboot, verifyInput{node: node(clean, "boot-1"), state: state, ready: true}, false, HaltNodeNotBack, true},
-		{"reboot: back, not ready", Reboot, verifyInput{node: node(clean, "boot-2"), state: state}, false, HaltNodeNotBack, true},
-		{"reboot: back, the old agent's report", Reboot, verifyInput{node: node(oldTokens, "boot-2"), state: state, ready: true}, false, HaltVerifyTimeout, false},
-		{"reboot: verified", Reboot, verifyInput{node: node(clean, "boot-2"), state: state, ready: true}, true, "", false},
-		{"pod restart: old tokens", PodRestart, verifyInput{node: node(oldTokens, "boot-1"), state: &protocol.NodeState{}}, false, HaltVerifyTimeout, false},
-		{"pod restart: no owners to wait for", PodRestart, verifyInput{node: node(clean, "boot-1"), state: &protocol.NodeState{}}, true, "", false},
-	}
-	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
-			impl, _ := remediationFor(c.strategy)
-			c.in.issuer = cur
-			v, err := impl.verify(context.Background(), nil, c.in)
-			if err != nil || v.ok != c.ok || v.reason != c.reason || v.withinAction != c.inAction || (!v.ok && v.waiting == "") {
-				t.Errorf("verdict %+v, %v; want ok=%v reason=%q withinAction=%v", v, err, c.ok, c.reason, c.inAction)
-			}
-		})
 	}
 }

@@ -1,0 +1,146 @@
+package coordinator
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+// The coordinator's whole exposition for a known rollout: one node
+// rebooted (drained in 30 s, back 90 s later), the next cordoned after the
+// 5 s settle, one pending, behind an open OpenShift gate.
+func TestMetricsExposition(t *testing.T) {
+	f := newFixture(t, testNode("n1"), testNode("n2"), testNode("n3"), rolloutConfigMap(rollout(Reboot, "n1", "n2", "n3")))
+	f.cfg.Settle = 5 * time.Second
+	f.gate.Set(GateState{Provider: GateOpenShift, Open: true, Message: "3 nodes at revision 12", LatestRevision: 12, CurrentMinRevision: 11,
+		CurrentMaxRevision: 12, TrustKnown: true, Trusted: []TrustedIssuer{{Name: newIssuer}, {Name: oldIssuer, Expires: t0.Add(24 * time.Hour)}}})
+
+	f.sync() // n1 cordoned
+	f.sync() // n1 draining
+	f.awaitDrainEnd()
+	f.clock.Step(30 * time.Second)
+	f.sync() // reboot requested
+	f.updateNode("n1", bootID("boot-2"))
+	f.clock.Step(90 * time.Second)
+	if d := f.sync(); d != 5*time.Second { // n1 verified
+		t.Errorf("after a verified node the next look is in %s; want the settle time, 5s", d)
+	}
+	f.expectDrains(drainCall{Node: "n1", Timeout: 10 * time.Minute})
+	f.clock.Step(5 * time.Second)
+	f.sync() // n2 cordoned
+	f.drainer.holdCalls()
+	f.sync() // n2 draining
+
+	const want = `
+# HELP tokenroll_coordinator_leader 1 while this replica holds the coordinator Lease.
+# TYPE tokenroll_coordinator_leader gauge
+tokenroll_coordinator_leader 0
+# HELP tokenroll_coordinator_overhead_seconds Time from one node verified to the next node cordoned: the coordinator's own overhead.
+# TYPE tokenroll_coordinator_overhead_seconds histogram
+tokenroll_coordinator_overhead_seconds_bucket{le="0.01"} 0
+tokenroll_coordinator_overhead_seconds_bucket{le="0.05"} 0
+tokenroll_coordinator_overhead_seconds_bucket{le="0.1"} 0
+tokenroll_coordinator_overhead_seconds_bucket{le="0.25"} 0
+tokenroll_coordinator_overhead_seconds_bucket{le="0.5"} 0
+tokenroll_coordinator_overhead_seconds_bucket{le="1"} 0
+tokenroll_coordinator_overhead_seconds_bucket{le="2.5"} 0
+tokenroll_coordinator_overhead_seconds_bucket{le="5"} 1
+tokenroll_coordinator_overhead_seconds_bucket{le="10"} 1
+tokenroll_coordinator_overhead_seconds_bucket{le="+Inf"} 1
+tokenroll_coordinator_overhead_seconds_sum 5
+tokenroll_coordinator_overhead_seconds_count 1
+# HELP tokenroll_gate_last_transition_timestamp_seconds When the revision gate last opened or closed (Unix time).
+# TYPE tokenroll_gate_last_transition_timestamp_seconds gauge
+tokenroll_gate_last_transition_timestamp_seconds 1.7957808e+09
+# HELP tokenroll_gate_open 1 when the revision gate is open (disruptive steps may start), 0 while the kube-apiserver configuration rolls out.
+# TYPE tokenroll_gate_open gauge
+tokenroll_gate_open{provider="openshift"} 1
+# HELP tokenroll_gate_revision kube-apiserver revisions the gate saw (openshift): latest available, lowest and highest current.
+# TYPE tokenroll_gate_revision gauge
+tokenroll_gate_revision{kind="current_max"} 12
+tokenroll_gate_revision{kind="current_min"} 11
+tokenroll_gate_revision{kind="latest"} 12
+# HELP tokenroll_issuer_trust_expiry_timestamp_seconds When the earliest trust window of a previous issuer closes (Unix time); 0 when none is known.
+# TYPE tokenroll_issuer_trust_expiry_timestamp_seconds gauge
+tokenroll_issuer_trust_expiry_timestamp_seconds 1.7958672e+09
+# HELP tokenroll_node_step_duration_seconds Duration of each step of the per-node protocol.
+# TYPE tokenroll_node_step_duration_seconds histogram
+tokenroll_node_step_duration_seconds_bucket{step="action",strategy="reboot",le="0.1"} 0
+tokenroll_node_step_duration_seconds_bucket{step="action",strategy="reboot",le="0.5"} 0
+tokenroll_node_step_duration_seconds_bucket{step="action",strategy="reboot",le="1"} 0
+tokenroll_node_step_duration_seconds_bucket{step="action",strategy="reboot",le="2.5"} 0
+tokenroll_node_step_duration_seconds_bucket{step="action",strategy="reboot",le="5"} 0
+tokenroll_node_step_duration_seconds_bucket{step="action",strategy="reboot",le="10"} 0
+tokenroll_node_step_duration_seconds_bucket{step="action",strategy="reboot",le="30"} 0
+tokenroll_node_step_duration_seconds_bucket{step="action",strategy="reboot",le="60"} 0
+tokenroll_node_step_duration_seconds_bucket{step="action",strategy="reboot",le="120"} 1
+tokenroll_node_step_duration_seconds_bucket{step="action",strategy="reboot",le="300"} 1
+tokenroll_node_step_duration_seconds_bucket{step="action",strategy="reboot",le="600"} 1
+tokenroll_node_step_duration_seconds_bucket{step="action",strategy="reboot",le="1800"} 1
+tokenroll_node_step_duration_seconds_bucket{step="action",strategy="reboot",le="+Inf"} 1
+tokenroll_node_step_duration_seconds_sum{step="action",strategy="reboot"} 90
+tokenroll_node_step_duration_seconds_count{step="action",strategy="reboot"} 1
+tokenroll_node_step_duration_seconds_bucket{step="drain",strategy="reboot",le="0.1"} 0
+tokenroll_node_step_duration_seconds_bucket{step="drain",strategy="reboot",le="0.5"} 0
+tokenroll_node_step_duration_seconds_bucket{step="drain",strategy="reboot",le="1"} 0
+tokenroll_node_step_duration_seconds_bucket{step="drain",strategy="reboot",le="2.5"} 0
+tokenroll_node_step_duration_seconds_bucket{step="drain",strategy="reboot",le="5"} 0
+tokenroll_node_step_duration_seconds_bucket{step="drain",strategy="reboot",le="10"} 0
+tokenroll_node_step_duration_seconds_bucket{step="drain",strategy="reboot",le="30"} 1
+tokenroll_node_step_duration_seconds_bucket{step="drain",strategy="reboot",le="60"} 1
+tokenroll_node_step_duration_seconds_bucket{step="drain",strategy="reboot",le="120"} 1
+tokenroll_node_step_duration_seconds_bucket{step="drain",strategy="reboot",le="300"} 1
+tokenroll_node_step_duration_seconds_bucket{step="drain",strategy="reboot",le="600"} 1
+tokenroll_node_step_duration_seconds_bucket{step="drain",strategy="reboot",le="1800"} 1
+tokenroll_node_step_duration_seconds_bucket{step="drain",strategy="reboot",le="+Inf"} 1
+tokenroll_node_step_duration_seconds_sum{step="drain",strategy="reboot"} 30
+tokenroll_node_step_duration_seconds_count{step="drain",strategy="reboot"} 1
+tokenroll_node_step_duration_seconds_bucket{step="total",strategy="reboot",le="0.1"} 0
+tokenroll_node_step_duration_seconds_bucket{step="total",strategy="reboot",le="0.5"} 0
+tokenroll_node_step_duration_seconds_bucket{step="total",strategy="reboot",le="1"} 0
+tokenroll_node_step_duration_seconds_bucket{step="total",strategy="reboot",le="2.5"} 0
+tokenroll_node_step_duration_seconds_bucket{step="total",strategy="reboot",le="5"} 0
+tokenroll_node_step_duration_seconds_bucket{step="total",strategy="reboot",le="10"} 0
+tokenroll_node_step_duration_seconds_bucket{step="total",strategy="reboot",le="30"} 0
+tokenroll_node_step_duration_seconds_bucket{step="total",strategy="reboot",le="60"} 0
+tokenroll_node_step_duration_seconds_bucket{step="total",strategy="reboot",le="120"} 1
+tokenroll_node_step_duration_seconds_bucket{step="total",strategy="reboot",le="300"} 1
+tokenroll_node_step_duration_seconds_bucket{step="total",strategy="reboot",le="600"} 1
+tokenroll_node_step_duration_seconds_bucket{step="total",strategy="reboot",le="1800"} 1
+tokenroll_node_step_duration_seconds_bucket{step="total",strategy="reboot",le="+Inf"} 1
+tokenroll_node_step_duration_seconds_sum{step="total",strategy="reboot"} 120
+tokenroll_node_step_duration_seconds_count{step="total",strategy="reboot"} 1
+# HELP tokenroll_nodes_needing_work Nodes the planner finds needing work now (stale or old-issuer tokens, a required reboot).
+# TYPE tokenroll_nodes_needing_work gauge
+tokenroll_nodes_needing_work 0
+# HELP tokenroll_rollout_halts_total Rollouts halted, by reason.
+# TYPE tokenroll_rollout_halts_total counter
+tokenroll_rollout_halts_total{reason="ActionFailed"} 0
+tokenroll_rollout_halts_total{reason="ActionTimeout"} 0
+tokenroll_rollout_halts_total{reason="CordonFailed"} 0
+tokenroll_rollout_halts_total{reason="DrainFailed"} 0
+tokenroll_rollout_halts_total{reason="DrainTimeout"} 0
+tokenroll_rollout_halts_total{reason="NodeNotBack"} 0
+tokenroll_rollout_halts_total{reason="VerifyTimeout"} 0
+# HELP tokenroll_rollout_nodes Nodes of the current rollout by state.
+# TYPE tokenroll_rollout_nodes gauge
+tokenroll_rollout_nodes{state="done"} 1
+tokenroll_rollout_nodes{state="halted"} 0
+tokenroll_rollout_nodes{state="in_progress"} 1
+tokenroll_rollout_nodes{state="pending"} 1
+tokenroll_rollout_nodes{state="skipped"} 0
+# HELP tokenroll_rollout_phase 1 for the current rollout's phase (none when there is no rollout), 0 for the others.
+# TYPE tokenroll_rollout_phase gauge
+tokenroll_rollout_phase{phase="cancelled"} 0
+tokenroll_rollout_phase{phase="done"} 0
+tokenroll_rollout_phase{phase="halted"} 0
+tokenroll_rollout_phase{phase="none"} 0
+tokenroll_rollout_phase{phase="paused"} 0
+tokenroll_rollout_phase{phase="running"} 1
+`
+	if err := testutil.GatherAndCompare(f.reg, strings.NewReader(want)); err != nil {
+		t.Error(err)
+	}
+}
