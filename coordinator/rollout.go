@@ -191,7 +191,11 @@ func (t *term) applySteer(ctx context.Context, w world) (State, error) {
 		from := r.Phase
 		r.Phase, r.UpdatedAt = next, w.now
 		if req.Verb == VerbResume {
-			r.Message = "resumed by " + who + "; was " + r.HaltReason + " " + r.Message
+			msg := "resumed by " + who
+			if r.HaltReason != "" {
+				msg += "; it had halted: " + r.HaltReason + ": " + r.Message
+			}
+			r.Message = msg
 			r.HaltReason, r.HaltNode = "", ""
 		}
 		outcome = fmt.Sprintf("%s requested by %s at %s: %s, was %s", req.Verb, who, req.RequestedAt.UTC().Format(time.RFC3339), next, from)

@@ -78,7 +78,7 @@ func TestPauseReleasesAndResumeRestarts(t *testing.T) {
 	resume := f.steer(VerbResume)
 	f.sync()
 	resumed := applied(paused, resume, RolloutRunning, t0.Add(70*time.Second))
-	resumed.Message = "resumed by alice; was  "
+	resumed.Message = "resumed by alice"
 	f.expectWrites(updateState(stateOf(resumed)), cordonNode("n1", started(Reboot, true, t0.Add(70*time.Second))))
 }
 
@@ -145,7 +145,7 @@ func TestResumeRetriesTheHaltedNode(t *testing.T) {
 	resume := f.steer(VerbResume)
 	f.sync()
 	resumed := applied(st.Rollout, resume, RolloutRunning, t0)
-	resumed.HaltReason, resumed.HaltNode, resumed.Message = "", "", "resumed by alice; was DrainFailed draining node n1: refused"
+	resumed.HaltReason, resumed.HaltNode, resumed.Message = "", "", "resumed by alice; it had halted: DrainFailed: draining node n1: refused"
 	f.expectWrites(updateState(stateOf(resumed)), cordonNode("n1", started(Reboot, true, t0)))
 }
 
