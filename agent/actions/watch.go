@@ -13,8 +13,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/informers"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
@@ -119,11 +120,8 @@ func (w *Watcher) Synced() <-chan struct{} { return w.synced }
 
 // Run handles the Node's requests until ctx ends. A Watcher runs once.
 func (w *Watcher) Run(ctx context.Context) error {
-	factory := informers.NewSharedInformerFactoryWithOptions(w.cfg.Client, 0, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
-		o.FieldSelector = "metadata.name=" + w.cfg.NodeName
-	}))
-	informer := factory.Core().V1().Nodes().Informer()
-	lister := factory.Core().V1().Nodes().Lister()
+	informer := w.newInformer()
+	lister := corelisters.NewNodeLister(informer.GetIndexer())
 	w.queue = workqueue.NewTypedRateLimitingQueueWithConfig(
 		workqueue.NewTypedItemExponentialFailureRateLimiter[work](retryBaseDelay, retryMaxDelay),
 		workqueue.TypedRateLimitingQueueConfig[work]{Clock: w.cfg.Clock})
@@ -134,8 +132,10 @@ func (w *Watcher) Run(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
-	factory.Start(ctx.Done())
-	defer factory.Shutdown()
+	informerCtx, stopInformer := context.WithCancel(ctx)
+	informerDone := make(chan struct{})
+	go func() { defer close(informerDone); informer.RunWithContext(informerCtx) }()
+	defer func() { stopInformer(); <-informerDone }()
 	if !cache.WaitForCacheSync(ctx.Done(), informer.HasSynced) {
 		return nil // stopped before the first list finished
 	}
@@ -165,6 +165,27 @@ func (w *Watcher) Run(ctx context.Context) error {
 			w.queue.Add(workSentinel)
 		}
 	}
+}
+
+// newInformer lists and watches only this agent's Node. It is built from
+// the typed Node client rather than an informer factory: the factory's
+// package links an informer and a lister for every API group, which the
+// agent's resident memory pays for. The client decides, as in the factory,
+// whether the reflector may use watch-list semantics (fakes opt out).
+func (w *Watcher) newInformer() cache.SharedIndexInformer {
+	nodes := w.cfg.Client.CoreV1().Nodes()
+	selector := func(o *metav1.ListOptions) { o.FieldSelector = "metadata.name=" + w.cfg.NodeName }
+	lw := cache.ToListWatcherWithWatchListSemantics(&cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			selector(&o)
+			return nodes.List(ctx, o)
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			selector(&o)
+			return nodes.Watch(ctx, o)
+		},
+	}, w.cfg.Client)
+	return cache.NewSharedIndexInformer(lw, &corev1.Node{}, 0, cache.Indexers{})
 }
 
 // processNext does one item of work; a failure is retried after a delay
