@@ -11,7 +11,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
+	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/tokenroll/tokenroll/protocol"
@@ -22,7 +22,7 @@ import (
 // agentClient is a service account allowed what the agent does: read its
 // Node and patch its status. (The deploy issue narrows it to the agent's own
 // Node with an admission policy.)
-func agentClient(t *testing.T, c *simtest.Cluster) kubernetes.Interface {
+func agentClient(t *testing.T, c *simtest.Cluster) corev1client.CoreV1Interface {
 	t.Helper()
 	ctx := context.Background()
 	_, err := c.Admin.RbacV1().ClusterRoles().Create(ctx, &rbacv1.ClusterRole{
@@ -47,7 +47,7 @@ func agentClient(t *testing.T, c *simtest.Cluster) kubernetes.Interface {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return kubernetes.NewForConfigOrDie(cfg)
+	return corev1client.NewForConfigOrDie(cfg)
 }
 
 func staleCondition(t *testing.T, c *simtest.Cluster, node string) *corev1.NodeCondition {
@@ -72,8 +72,9 @@ func TestAgentReportsThroughAnIssuerChange(t *testing.T) {
 	robot, web := c.SeedPods(t, "node-1")
 
 	reg := prometheus.NewRegistry()
+	client := agentClient(t, c)
 	a, err := New(Config{
-		NodeName: "node-1", KubeletRoot: sim.Root(), Client: agentClient(t, c),
+		NodeName: "node-1", KubeletRoot: sim.Root(), Client: client, Discovery: client.RESTClient(),
 		Interval: 30 * time.Second, Grace: 5 * time.Minute, IssuerRefresh: time.Minute, MaxTokenSeries: 2,
 		Registry: reg, Clock: clocktesting.NewFakeClock(time.Now()),
 	})

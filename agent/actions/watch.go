@@ -16,7 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
-	"k8s.io/client-go/kubernetes"
+	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
@@ -31,7 +31,7 @@ const DefaultRebootSentinel = "/var/run/reboot-required"
 
 // NodeReporter writes statuses as an annotation on the agent's own Node.
 type NodeReporter struct {
-	Client   kubernetes.Interface
+	Client   corev1client.NodesGetter
 	NodeName string
 }
 
@@ -46,7 +46,7 @@ func (r NodeReporter) Report(ctx context.Context, s protocol.Status) error {
 
 // patchAnnotation sets (or, for "", removes) one annotation on one Node with
 // a JSON merge patch: nothing else on the Node is touched.
-func patchAnnotation(ctx context.Context, client kubernetes.Interface, node, key, value string) error {
+func patchAnnotation(ctx context.Context, client corev1client.NodesGetter, node, key, value string) error {
 	var v any = value
 	if value == "" {
 		v = nil
@@ -55,13 +55,16 @@ func patchAnnotation(ctx context.Context, client kubernetes.Interface, node, key
 	if err != nil {
 		return err
 	}
-	_, err = client.CoreV1().Nodes().Patch(ctx, node, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: "tokenroll-agent"})
+	_, err = client.Nodes().Patch(ctx, node, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: "tokenroll-agent"})
 	return err
 }
 
 // WatcherConfig configures a Watcher.
 type WatcherConfig struct {
-	Client   kubernetes.Interface
+	// Client lists, watches and patches the Node. A fake that cannot serve
+	// watch-list semantics says so as the fake clientset does, with
+	// IsWatchListSemanticsUnSupported.
+	Client   corev1client.NodesGetter
 	NodeName string
 	Handler  *Handler
 	// RebootSentinel is checked every SentinelInterval; empty disables it.
@@ -173,7 +176,7 @@ func (w *Watcher) Run(ctx context.Context) error {
 // agent's resident memory pays for. The client decides, as in the factory,
 // whether the reflector may use watch-list semantics (fakes opt out).
 func (w *Watcher) newInformer() cache.SharedIndexInformer {
-	nodes := w.cfg.Client.CoreV1().Nodes()
+	nodes := w.cfg.Client.Nodes()
 	selector := func(o *metav1.ListOptions) { o.FieldSelector = "metadata.name=" + w.cfg.NodeName }
 	lw := cache.ToListWatcherWithWatchListSemantics(&cache.ListWatch{
 		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {

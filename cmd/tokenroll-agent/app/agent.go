@@ -14,7 +14,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"go.uber.org/zap"
-	"k8s.io/client-go/kubernetes"
+	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 
 	"github.com/tokenroll/tokenroll/agent"
 	"github.com/tokenroll/tokenroll/agent/actions"
@@ -150,7 +150,10 @@ func (o *agentOptions) run(ctx context.Context, e cli.Env) error {
 		return err
 	}
 	cfg.UserAgent = "tokenroll-agent/" + version.Version
-	client, err := kubernetes.NewForConfig(cfg)
+	// The agent touches its own Node and OIDC discovery only: the core
+	// group's client serves both, and the full clientset would link a client
+	// for every API group.
+	client, err := corev1client.NewForConfig(cfg)
 	if err != nil {
 		return err
 	}
@@ -160,7 +163,7 @@ func (o *agentOptions) run(ctx context.Context, e cli.Env) error {
 		return err
 	}
 	a, err := agent.New(agent.Config{
-		NodeName: o.NodeName, KubeletRoot: o.KubeletRoot, Client: client,
+		NodeName: o.NodeName, KubeletRoot: o.KubeletRoot, Client: client, Discovery: client.RESTClient(),
 		Interval: o.Interval, Grace: o.Grace, IssuerRefresh: o.IssuerRefresh,
 		MaxTokenSeries: o.MaxTokenSeries, Registry: reg, Log: e.Log.With(zap.String("node", o.NodeName)),
 	})
