@@ -18,10 +18,10 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/clock"
 
+	"github.com/tokenroll/tokenroll/agent/nodeclient"
 	"github.com/tokenroll/tokenroll/agent/podsapi"
 	"github.com/tokenroll/tokenroll/agent/scan"
 	"github.com/tokenroll/tokenroll/internal/issuer"
@@ -33,7 +33,7 @@ type Config struct {
 	NodeName    string
 	KubeletRoot string
 	// Client reads and patches the agent's own Node.
-	Client corev1client.NodesGetter
+	Client nodeclient.Nodes
 	// Discovery reads the API server's OIDC discovery document: any REST
 	// client of the API server will do, the path is absolute.
 	Discovery rest.Interface
@@ -221,7 +221,7 @@ func (a *Agent) livePods(ctx context.Context) map[string]bool {
 // loadCondition reads the condition already on the Node, so a restarted
 // agent does not rewrite an unchanged one.
 func (a *Agent) loadCondition(ctx context.Context) error {
-	node, err := a.cfg.Client.Nodes().Get(ctx, a.cfg.NodeName, metav1.GetOptions{})
+	node, err := a.cfg.Client.Get(ctx, a.cfg.NodeName, metav1.GetOptions{})
 	if err != nil {
 		return err
 	}
@@ -261,7 +261,7 @@ func (a *Agent) writeCondition(ctx context.Context, c condition) {
 	if err != nil {
 		return
 	}
-	if _, err := a.cfg.Client.Nodes().Patch(ctx, a.cfg.NodeName, types.StrategicMergePatchType, patch, metav1.PatchOptions{FieldManager: "tokenroll-agent"}, "status"); err != nil {
+	if _, err := a.cfg.Client.Patch(ctx, a.cfg.NodeName, types.StrategicMergePatchType, patch, metav1.PatchOptions{FieldManager: "tokenroll-agent"}, "status"); err != nil {
 		a.metrics.scanErrors.WithLabelValues("node_condition").Inc()
 		a.cfg.Log.Warn("writing the ServiceAccountTokensStale condition", zap.String("node", a.cfg.NodeName), zap.Error(err))
 		return

@@ -102,7 +102,7 @@ func TestMetricsExposition(t *testing.T) {
 	client := fake.NewClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-1"}})
 	reg := prometheus.NewRegistry()
 	a, err := New(Config{
-		NodeName: "node-1", KubeletRoot: root, Client: client.CoreV1(), Discovery: oidcDiscovery(newIss),
+		NodeName: "node-1", KubeletRoot: root, Client: client.CoreV1().Nodes(), Discovery: oidcDiscovery(newIss),
 		Interval: 30 * time.Second, Grace: 5 * time.Minute, IssuerRefresh: time.Minute, MaxTokenSeries: 2,
 		Registry: reg, Clock: clocktesting.NewFakeClock(now),
 	})

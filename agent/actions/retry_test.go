@@ -9,8 +9,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes/fake"
-	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 
+	"github.com/tokenroll/tokenroll/agent/nodeclient"
 	"github.com/tokenroll/tokenroll/protocol"
 )
 
@@ -30,7 +30,7 @@ func nextReport(t *testing.T, reports <-chan protocol.RequestPhase) protocol.Req
 // noWatchList is a fake Node client that says, as the fake clientset does,
 // that it cannot serve watch-list semantics: the reflector lists and
 // watches instead of waiting for a bookmark the fake never sends.
-type noWatchList struct{ corev1client.NodesGetter }
+type noWatchList struct{ nodeclient.Nodes }
 
 func (noWatchList) IsWatchListSemanticsUnSupported() bool { return true }
 
@@ -45,7 +45,7 @@ func TestWatcherRetriesAFailedHandleWithoutANodeEvent(t *testing.T) {
 		protocol.AnnotationRequest: request("req-1", protocol.ActionKubeletRestart, "node-a", e.clock.Now()),
 	}}}
 	client := fake.NewClientset(node)
-	w, err := NewWatcher(WatcherConfig{Client: noWatchList{client.CoreV1()}, NodeName: "node-a", Handler: e.agent(t), Clock: e.clock})
+	w, err := NewWatcher(WatcherConfig{Client: noWatchList{client.CoreV1().Nodes()}, NodeName: "node-a", Handler: e.agent(t), Clock: e.clock})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,12 +16,12 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
-	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/clock"
 
+	"github.com/tokenroll/tokenroll/agent/nodeclient"
 	"github.com/tokenroll/tokenroll/protocol"
 )
 
@@ -31,7 +31,7 @@ const DefaultRebootSentinel = "/var/run/reboot-required"
 
 // NodeReporter writes statuses as an annotation on the agent's own Node.
 type NodeReporter struct {
-	Client   corev1client.NodesGetter
+	Client   nodeclient.Nodes
 	NodeName string
 }
 
@@ -46,7 +46,7 @@ func (r NodeReporter) Report(ctx context.Context, s protocol.Status) error {
 
 // patchAnnotation sets (or, for "", removes) one annotation on one Node with
 // a JSON merge patch: nothing else on the Node is touched.
-func patchAnnotation(ctx context.Context, client corev1client.NodesGetter, node, key, value string) error {
+func patchAnnotation(ctx context.Context, client nodeclient.Nodes, node, key, value string) error {
 	var v any = value
 	if value == "" {
 		v = nil
@@ -55,7 +55,7 @@ func patchAnnotation(ctx context.Context, client corev1client.NodesGetter, node,
 	if err != nil {
 		return err
 	}
-	_, err = client.Nodes().Patch(ctx, node, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: "tokenroll-agent"})
+	_, err = client.Patch(ctx, node, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: "tokenroll-agent"})
 	return err
 }
 
@@ -64,7 +64,7 @@ type WatcherConfig struct {
 	// Client lists, watches and patches the Node. A fake that cannot serve
 	// watch-list semantics says so as the fake clientset does, with
 	// IsWatchListSemanticsUnSupported.
-	Client   corev1client.NodesGetter
+	Client   nodeclient.Nodes
 	NodeName string
 	Handler  *Handler
 	// RebootSentinel is checked every SentinelInterval; empty disables it.
@@ -176,7 +176,7 @@ func (w *Watcher) Run(ctx context.Context) error {
 // agent's resident memory pays for. The client decides, as in the factory,
 // whether the reflector may use watch-list semantics (fakes opt out).
 func (w *Watcher) newInformer() cache.SharedIndexInformer {
-	nodes := w.cfg.Client.Nodes()
+	nodes := w.cfg.Client
 	selector := func(o *metav1.ListOptions) { o.FieldSelector = "metadata.name=" + w.cfg.NodeName }
 	lw := cache.ToListWatcherWithWatchListSemantics(&cache.ListWatch{
 		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
