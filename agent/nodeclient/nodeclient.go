@@ -8,6 +8,7 @@ package nodeclient
 
 import (
 	"context"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -16,7 +17,6 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/serializer"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
-	"k8s.io/client-go/gentype"
 	"k8s.io/client-go/rest"
 )
 
@@ -32,8 +32,8 @@ type Nodes interface {
 
 // New returns a Nodes client for the API server cfg names, and its REST
 // client (for absolute paths such as OIDC discovery). Content types, the
-// user agent's default and the preference for protobuf are those of
-// client-go's generated core client.
+// user agent's default, the preference for protobuf and the requests are
+// those of client-go's generated core client.
 func New(cfg *rest.Config) (Nodes, rest.Interface, error) {
 	s := runtime.NewScheme()
 	if err := corev1.AddToScheme(s); err != nil {
@@ -52,8 +52,47 @@ func New(cfg *rest.Config) (Nodes, rest.Interface, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	nodes := gentype.NewClientWithList[*corev1.Node, *corev1.NodeList]("nodes", client, runtime.NewParameterCodec(s), "",
-		func() *corev1.Node { return &corev1.Node{} }, func() *corev1.NodeList { return &corev1.NodeList{} },
-		gentype.PrefersProtobuf[*corev1.Node]())
-	return nodes, client, nil
+	return nodes{client: client, params: runtime.NewParameterCodec(s)}, client, nil
+}
+
+// nodes makes the requests client-go's generated Node client makes (its
+// generic implementation, k8s.io/client-go/gentype, shares a package with
+// its fakes and would link client-go's test fixtures into the agent).
+type nodes struct {
+	client rest.Interface
+	params runtime.ParameterCodec
+}
+
+func (c nodes) Get(ctx context.Context, name string, opts metav1.GetOptions) (*corev1.Node, error) {
+	result := &corev1.Node{}
+	err := c.client.Get().UseProtobufAsDefaultIfPreferred(true).Resource("nodes").Name(name).
+		VersionedParams(&opts, c.params).Do(ctx).Into(result)
+	return result, err
+}
+
+func (c nodes) List(ctx context.Context, opts metav1.ListOptions) (*corev1.NodeList, error) {
+	result := &corev1.NodeList{}
+	err := c.client.Get().UseProtobufAsDefaultIfPreferred(true).Resource("nodes").
+		VersionedParams(&opts, c.params).Timeout(timeout(opts)).Do(ctx).Into(result)
+	return result, err
+}
+
+func (c nodes) Watch(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
+	opts.Watch = true
+	return c.client.Get().UseProtobufAsDefaultIfPreferred(true).Resource("nodes").
+		VersionedParams(&opts, c.params).Timeout(timeout(opts)).Watch(ctx)
+}
+
+func (c nodes) Patch(ctx context.Context, name string, pt types.PatchType, data []byte, opts metav1.PatchOptions, subresources ...string) (*corev1.Node, error) {
+	result := &corev1.Node{}
+	err := c.client.Patch(pt).UseProtobufAsDefaultIfPreferred(true).Resource("nodes").Name(name).SubResource(subresources...).
+		VersionedParams(&opts, c.params).Body(data).Do(ctx).Into(result)
+	return result, err
+}
+
+func timeout(opts metav1.ListOptions) time.Duration {
+	if opts.TimeoutSeconds == nil {
+		return 0
+	}
+	return time.Duration(*opts.TimeoutSeconds) * time.Second
 }
