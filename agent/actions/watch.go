@@ -171,7 +171,7 @@ func (w *Watcher) Run(ctx context.Context) error {
 }
 
 // newInformer lists and watches only this agent's Node. It is built from
-// the typed Node client rather than an informer factory: the factory's
+// the Node client rather than an informer factory: the factory's
 // package links an informer and a lister for every API group, which the
 // agent's resident memory pays for. The client decides, as in the factory,
 // whether the reflector may use watch-list semantics (fakes opt out).
