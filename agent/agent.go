@@ -18,9 +18,10 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/utils/clock"
 
+	"github.com/tokenroll/tokenroll/agent/nodeclient"
 	"github.com/tokenroll/tokenroll/agent/podsapi"
 	"github.com/tokenroll/tokenroll/agent/scan"
 	"github.com/tokenroll/tokenroll/internal/issuer"
@@ -31,7 +32,11 @@ import (
 type Config struct {
 	NodeName    string
 	KubeletRoot string
-	Client      kubernetes.Interface
+	// Client reads and patches the agent's own Node.
+	Client nodeclient.Nodes
+	// Discovery reads the API server's OIDC discovery document: any REST
+	// client of the API server will do, the path is absolute.
+	Discovery rest.Interface
 	// Interval between scans, Grace past refreshAt before overdue, and
 	// IssuerRefresh between OIDC discovery reads.
 	Interval, Grace, IssuerRefresh time.Duration
@@ -70,8 +75,8 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.KubeletRoot == "" {
 		errs = append(errs, errors.New("agent: kubelet root is empty"))
 	}
-	if cfg.Client == nil {
-		errs = append(errs, errors.New("agent: no API client"))
+	if cfg.Client == nil || cfg.Discovery == nil {
+		errs = append(errs, errors.New("agent: no API client for Nodes or for OIDC discovery"))
 	}
 	if cfg.Interval <= 0 || cfg.IssuerRefresh <= 0 || cfg.Grace < 0 {
 		errs = append(errs, fmt.Errorf("agent: interval %s and issuer refresh %s must be positive, grace %s not negative", cfg.Interval, cfg.IssuerRefresh, cfg.Grace))
@@ -142,7 +147,7 @@ func (a *Agent) Rescan() {
 // refreshIssuer reads OIDC discovery; on failure the last known issuer
 // stays in force.
 func (a *Agent) refreshIssuer(ctx context.Context) {
-	iss, err := issuer.Discover(ctx, a.cfg.Client.Discovery().RESTClient())
+	iss, err := issuer.Discover(ctx, a.cfg.Discovery)
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if err != nil {
@@ -216,7 +221,7 @@ func (a *Agent) livePods(ctx context.Context) map[string]bool {
 // loadCondition reads the condition already on the Node, so a restarted
 // agent does not rewrite an unchanged one.
 func (a *Agent) loadCondition(ctx context.Context) error {
-	node, err := a.cfg.Client.CoreV1().Nodes().Get(ctx, a.cfg.NodeName, metav1.GetOptions{})
+	node, err := a.cfg.Client.Get(ctx, a.cfg.NodeName, metav1.GetOptions{})
 	if err != nil {
 		return err
 	}
@@ -256,7 +261,7 @@ func (a *Agent) writeCondition(ctx context.Context, c condition) {
 	if err != nil {
 		return
 	}
-	if _, err := a.cfg.Client.CoreV1().Nodes().Patch(ctx, a.cfg.NodeName, types.StrategicMergePatchType, patch, metav1.PatchOptions{FieldManager: "tokenroll-agent"}, "status"); err != nil {
+	if _, err := a.cfg.Client.Patch(ctx, a.cfg.NodeName, types.StrategicMergePatchType, patch, metav1.PatchOptions{FieldManager: "tokenroll-agent"}, "status"); err != nil {
 		a.metrics.scanErrors.WithLabelValues("node_condition").Inc()
 		a.cfg.Log.Warn("writing the ServiceAccountTokensStale condition", zap.String("node", a.cfg.NodeName), zap.Error(err))
 		return

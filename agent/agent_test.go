@@ -11,9 +11,10 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	clocktesting "k8s.io/utils/clock/testing"
 
+	"github.com/tokenroll/tokenroll/agent/nodeclient"
 	"github.com/tokenroll/tokenroll/protocol"
 	"github.com/tokenroll/tokenroll/sandbox/kubeletsim"
 	"github.com/tokenroll/tokenroll/sandbox/simtest"
@@ -22,7 +23,7 @@ import (
 // agentClient is a service account allowed what the agent does: read its
 // Node and patch its status. (The deploy issue narrows it to the agent's own
 // Node with an admission policy.)
-func agentClient(t *testing.T, c *simtest.Cluster) kubernetes.Interface {
+func agentClient(t *testing.T, c *simtest.Cluster) (nodeclient.Nodes, rest.Interface) {
 	t.Helper()
 	ctx := context.Background()
 	_, err := c.Admin.RbacV1().ClusterRoles().Create(ctx, &rbacv1.ClusterRole{
@@ -47,7 +48,11 @@ func agentClient(t *testing.T, c *simtest.Cluster) kubernetes.Interface {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return kubernetes.NewForConfigOrDie(cfg)
+	nodes, discovery, err := nodeclient.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return nodes, discovery
 }
 
 func staleCondition(t *testing.T, c *simtest.Cluster, node string) *corev1.NodeCondition {
@@ -72,8 +77,9 @@ func TestAgentReportsThroughAnIssuerChange(t *testing.T) {
 	robot, web := c.ExamplePods(t, "node-1")
 
 	reg := prometheus.NewRegistry()
+	nodes, discovery := agentClient(t, c)
 	a, err := New(Config{
-		NodeName: "node-1", KubeletRoot: sim.Root(), Client: agentClient(t, c),
+		NodeName: "node-1", KubeletRoot: sim.Root(), Client: nodes, Discovery: discovery,
 		Interval: 30 * time.Second, Grace: 5 * time.Minute, IssuerRefresh: time.Minute, MaxTokenSeries: 2,
 		Registry: reg, Clock: clocktesting.NewFakeClock(time.Now()),
 	})

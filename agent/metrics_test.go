@@ -17,8 +17,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/discovery"
-	fakediscovery "k8s.io/client-go/discovery/fake"
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
@@ -26,23 +24,9 @@ import (
 	clocktesting "k8s.io/utils/clock/testing"
 )
 
-// oidcClientset is a fake clientset whose API server answers OIDC discovery
-// with issuer.
-type oidcClientset struct {
-	*fake.Clientset
-	issuer string
-}
-
-func (c oidcClientset) Discovery() discovery.DiscoveryInterfaces {
-	return oidcDiscovery{FakeDiscovery: c.Clientset.Discovery().(*fakediscovery.FakeDiscovery), issuer: c.issuer}
-}
-
-type oidcDiscovery struct {
-	*fakediscovery.FakeDiscovery
-	issuer string
-}
-
-func (d oidcDiscovery) RESTClient() rest.Interface {
+// oidcDiscovery is a REST client of an API server that answers OIDC
+// discovery with issuer.
+func oidcDiscovery(issuer string) rest.Interface {
 	return &restfake.RESTClient{
 		NegotiatedSerializer: scheme.Codecs.WithoutConversion(),
 		Client: restfake.CreateHTTPClient(func(req *http.Request) (*http.Response, error) {
@@ -50,7 +34,7 @@ func (d oidcDiscovery) RESTClient() rest.Interface {
 				return &http.Response{StatusCode: http.StatusNotFound, Body: io.NopCloser(strings.NewReader(""))}, nil
 			}
 			return &http.Response{StatusCode: http.StatusOK, Header: http.Header{"Content-Type": {"application/json"}},
-				Body: io.NopCloser(strings.NewReader(fmt.Sprintf(`{"issuer":%q}`, d.issuer)))}, nil
+				Body: io.NopCloser(strings.NewReader(fmt.Sprintf(`{"issuer":%q}`, issuer)))}, nil
 		}),
 	}
 }
@@ -115,10 +99,10 @@ func TestMetricsExposition(t *testing.T) {
 		"broken": "eyJhbGciOiJub25lIn0.bm90IGpzb24.c2ln",                   // invalid: the payload is not JSON
 	})
 
-	client := oidcClientset{Clientset: fake.NewClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-1"}}), issuer: newIss}
+	client := fake.NewClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-1"}})
 	reg := prometheus.NewRegistry()
 	a, err := New(Config{
-		NodeName: "node-1", KubeletRoot: root, Client: client,
+		NodeName: "node-1", KubeletRoot: root, Client: client.CoreV1().Nodes(), Discovery: oidcDiscovery(newIss),
 		Interval: 30 * time.Second, Grace: 5 * time.Minute, IssuerRefresh: time.Minute, MaxTokenSeries: 2,
 		Registry: reg, Clock: clocktesting.NewFakeClock(now),
 	})

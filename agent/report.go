@@ -79,7 +79,7 @@ func (a *Agent) writeReport(ctx context.Context, rep protocol.TokenReport) {
 	if err != nil {
 		return
 	}
-	if _, err := a.cfg.Client.CoreV1().Nodes().Patch(ctx, a.cfg.NodeName, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: "tokenroll-agent"}); err != nil {
+	if _, err := a.cfg.Client.Patch(ctx, a.cfg.NodeName, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: "tokenroll-agent"}); err != nil {
 		a.metrics.scanErrors.WithLabelValues("node_annotation").Inc()
 		a.cfg.Log.Warn("writing the tokens annotation", zap.String("node", a.cfg.NodeName), zap.Error(err))
 		return

@@ -10,6 +10,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes/fake"
 
+	"github.com/tokenroll/tokenroll/agent/nodeclient"
 	"github.com/tokenroll/tokenroll/protocol"
 )
 
@@ -26,6 +27,13 @@ func nextReport(t *testing.T, reports <-chan protocol.RequestPhase) protocol.Req
 	}
 }
 
+// noWatchList is a fake Node client that says, as the fake clientset does,
+// that it cannot serve watch-list semantics: the reflector lists and
+// watches instead of waiting for a bookmark the fake never sends.
+type noWatchList struct{ nodeclient.Nodes }
+
+func (noWatchList) IsWatchListSemanticsUnSupported() bool { return true }
+
 // A Handle that fails is retried after the queue's back-off, with no new
 // event from the Node: here the Node never changes (the reporter is a fake
 // that does not write to it).
@@ -37,7 +45,7 @@ func TestWatcherRetriesAFailedHandleWithoutANodeEvent(t *testing.T) {
 		protocol.AnnotationRequest: request("req-1", protocol.ActionKubeletRestart, "node-a", e.clock.Now()),
 	}}}
 	client := fake.NewClientset(node)
-	w, err := NewWatcher(WatcherConfig{Client: client, NodeName: "node-a", Handler: e.agent(t), Clock: e.clock})
+	w, err := NewWatcher(WatcherConfig{Client: noWatchList{client.CoreV1().Nodes()}, NodeName: "node-a", Handler: e.agent(t), Clock: e.clock})
 	if err != nil {
 		t.Fatal(err)
 	}

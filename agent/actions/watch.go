@@ -13,14 +13,15 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
+	"k8s.io/apimachinery/pkg/watch"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/clock"
 
+	"github.com/tokenroll/tokenroll/agent/nodeclient"
 	"github.com/tokenroll/tokenroll/protocol"
 )
 
@@ -30,7 +31,7 @@ const DefaultRebootSentinel = "/var/run/reboot-required"
 
 // NodeReporter writes statuses as an annotation on the agent's own Node.
 type NodeReporter struct {
-	Client   kubernetes.Interface
+	Client   nodeclient.Nodes
 	NodeName string
 }
 
@@ -45,7 +46,7 @@ func (r NodeReporter) Report(ctx context.Context, s protocol.Status) error {
 
 // patchAnnotation sets (or, for "", removes) one annotation on one Node with
 // a JSON merge patch: nothing else on the Node is touched.
-func patchAnnotation(ctx context.Context, client kubernetes.Interface, node, key, value string) error {
+func patchAnnotation(ctx context.Context, client nodeclient.Nodes, node, key, value string) error {
 	var v any = value
 	if value == "" {
 		v = nil
@@ -54,13 +55,16 @@ func patchAnnotation(ctx context.Context, client kubernetes.Interface, node, key
 	if err != nil {
 		return err
 	}
-	_, err = client.CoreV1().Nodes().Patch(ctx, node, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: "tokenroll-agent"})
+	_, err = client.Patch(ctx, node, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: "tokenroll-agent"})
 	return err
 }
 
 // WatcherConfig configures a Watcher.
 type WatcherConfig struct {
-	Client   kubernetes.Interface
+	// Client lists, watches and patches the Node. A fake that cannot serve
+	// watch-list semantics says so as the fake clientset does, with
+	// IsWatchListSemanticsUnSupported.
+	Client   nodeclient.Nodes
 	NodeName string
 	Handler  *Handler
 	// RebootSentinel is checked every SentinelInterval; empty disables it.
@@ -119,11 +123,8 @@ func (w *Watcher) Synced() <-chan struct{} { return w.synced }
 
 // Run handles the Node's requests until ctx ends. A Watcher runs once.
 func (w *Watcher) Run(ctx context.Context) error {
-	factory := informers.NewSharedInformerFactoryWithOptions(w.cfg.Client, 0, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
-		o.FieldSelector = "metadata.name=" + w.cfg.NodeName
-	}))
-	informer := factory.Core().V1().Nodes().Informer()
-	lister := factory.Core().V1().Nodes().Lister()
+	informer := w.newInformer()
+	lister := corelisters.NewNodeLister(informer.GetIndexer())
 	w.queue = workqueue.NewTypedRateLimitingQueueWithConfig(
 		workqueue.NewTypedItemExponentialFailureRateLimiter[work](retryBaseDelay, retryMaxDelay),
 		workqueue.TypedRateLimitingQueueConfig[work]{Clock: w.cfg.Clock})
@@ -134,8 +135,10 @@ func (w *Watcher) Run(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
-	factory.Start(ctx.Done())
-	defer factory.Shutdown()
+	informerCtx, stopInformer := context.WithCancel(ctx)
+	informerDone := make(chan struct{})
+	go func() { defer close(informerDone); informer.RunWithContext(informerCtx) }()
+	defer func() { stopInformer(); <-informerDone }()
 	if !cache.WaitForCacheSync(ctx.Done(), informer.HasSynced) {
 		return nil // stopped before the first list finished
 	}
@@ -165,6 +168,27 @@ func (w *Watcher) Run(ctx context.Context) error {
 			w.queue.Add(workSentinel)
 		}
 	}
+}
+
+// newInformer lists and watches only this agent's Node. It is built from
+// the Node client rather than an informer factory: the factory's
+// package links an informer and a lister for every API group, which the
+// agent's resident memory pays for. The client decides, as in the factory,
+// whether the reflector may use watch-list semantics (fakes opt out).
+func (w *Watcher) newInformer() cache.SharedIndexInformer {
+	nodes := w.cfg.Client
+	selector := func(o *metav1.ListOptions) { o.FieldSelector = "metadata.name=" + w.cfg.NodeName }
+	lw := cache.ToListWatcherWithWatchListSemantics(&cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			selector(&o)
+			return nodes.List(ctx, o)
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			selector(&o)
+			return nodes.Watch(ctx, o)
+		},
+	}, w.cfg.Client)
+	return cache.NewSharedIndexInformer(lw, &corev1.Node{}, 0, cache.Indexers{})
 }
 
 // processNext does one item of work; a failure is retried after a delay

@@ -15,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/tokenroll/tokenroll/agent/nodeclient"
 	"github.com/tokenroll/tokenroll/protocol"
 	"github.com/tokenroll/tokenroll/sandbox/kubeletsim"
 	"github.com/tokenroll/tokenroll/sandbox/simtest"
@@ -57,7 +58,7 @@ func (h *simHost) writeBootID(t *testing.T) string {
 // account's token bound to that pod, carrying the node's name. RBAC lets it
 // watch Nodes and patch them (the deploy issue narrows writes to its own
 // Node with an admission policy).
-func agentIdentity(t *testing.T, c *simtest.Cluster, node string) kubernetes.Interface {
+func agentIdentity(t *testing.T, c *simtest.Cluster, node string) nodeclient.Nodes {
 	t.Helper()
 	ctx := context.Background()
 	if err := c.CP.PrepareNamespace(ctx, "tokenroll"); err != nil {
@@ -95,10 +96,14 @@ func agentIdentity(t *testing.T, c *simtest.Cluster, node string) kubernetes.Int
 	if got := review.Status.UserInfo.Extra["authentication.kubernetes.io/node-name"]; len(got) != 1 || got[0] != node {
 		t.Fatalf("agent identity carries node %v, want %s", got, node)
 	}
-	return client
+	nodes, _, err := nodeclient.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return nodes
 }
 
-func runWatcher(t *testing.T, client kubernetes.Interface, node string, h *Handler, sentinel string) context.CancelFunc {
+func runWatcher(t *testing.T, client nodeclient.Nodes, node string, h *Handler, sentinel string) context.CancelFunc {
 	t.Helper()
 	w, err := NewWatcher(WatcherConfig{Client: client, NodeName: node, Handler: h, RebootSentinel: sentinel, SentinelInterval: 100 * time.Millisecond})
 	if err != nil {
@@ -116,7 +121,7 @@ func runWatcher(t *testing.T, client kubernetes.Interface, node string, h *Handl
 func setRequest(t *testing.T, c *simtest.Cluster, node string, r protocol.Request) {
 	t.Helper()
 	b, _ := json.Marshal(r)
-	if err := patchAnnotation(context.Background(), c.Admin, node, protocol.AnnotationRequest, string(b)); err != nil {
+	if err := patchAnnotation(context.Background(), c.Admin.CoreV1().Nodes(), node, protocol.AnnotationRequest, string(b)); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -184,7 +184,7 @@ func (m *Member) runAgent(ctx context.Context) {
 func (m *Member) agentOnce(ctx context.Context) error {
 	cfg := m.fleet.cfg
 	log := cfg.Log.Named("agent").With(zap.String("node", m.Name))
-	a, err := agent.New(agent.Config{NodeName: m.Name, KubeletRoot: m.Sim.Root(), Client: m.client,
+	a, err := agent.New(agent.Config{NodeName: m.Name, KubeletRoot: m.Sim.Root(), Client: m.client.CoreV1().Nodes(), Discovery: m.client.CoreV1().RESTClient(),
 		Interval: cfg.AgentInterval, Grace: 5 * time.Minute, IssuerRefresh: cfg.IssuerRefresh, Log: log})
 	if err != nil {
 		return err
@@ -194,12 +194,12 @@ func (m *Member) agentOnce(ctx context.Context) error {
 	m.stateMu.Unlock()
 	h, err := actions.NewHandler(actions.HandlerConfig{NodeName: m.Name, Executor: simExecutor{m: m, ctx: ctx},
 		StateDir: filepath.Join(cfg.Dir, m.Name+"-agent-state"), BootIDFile: kubeletsim.BootIDPath(m.Sim.Root()),
-		MaxRequestAge: time.Hour, Reporter: actions.NodeReporter{Client: m.client, NodeName: m.Name},
+		MaxRequestAge: time.Hour, Reporter: actions.NodeReporter{Client: m.client.CoreV1().Nodes(), NodeName: m.Name},
 		Finished: func(actions.Record) { a.Rescan() }, Log: log})
 	if err != nil {
 		return err
 	}
-	w, err := actions.NewWatcher(actions.WatcherConfig{Client: m.client, NodeName: m.Name, Handler: h, Log: log})
+	w, err := actions.NewWatcher(actions.WatcherConfig{Client: m.client.CoreV1().Nodes(), NodeName: m.Name, Handler: h, Log: log})
 	if err != nil {
 		return err
 	}

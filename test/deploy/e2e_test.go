@@ -116,17 +116,17 @@ func testEndToEnd(ctx context.Context, t *testing.T, env *clusterEnv) {
 	// The agent on node A: its scan loop sets the condition and the tokens
 	// annotation; its handler carries out a request the coordinator writes.
 	reg := metrics.NewRegistry("agent")
-	ag, err := agent.New(agent.Config{NodeName: nodeA, KubeletRoot: t.TempDir(), Client: env.agent,
+	ag, err := agent.New(agent.Config{NodeName: nodeA, KubeletRoot: t.TempDir(), Client: env.agent.CoreV1().Nodes(), Discovery: env.agent.CoreV1().RESTClient(),
 		Interval: time.Hour, Grace: 5 * time.Minute, IssuerRefresh: time.Hour, MaxTokenSeries: 100, Registry: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
 	handler, err := actions.NewHandler(actions.HandlerConfig{NodeName: nodeA, Executor: actions.DryRun{Log: zap.NewNop()},
-		StateDir: t.TempDir(), MaxRequestAge: time.Hour, Reporter: actions.NodeReporter{Client: env.agent, NodeName: nodeA}, Registry: reg})
+		StateDir: t.TempDir(), MaxRequestAge: time.Hour, Reporter: actions.NodeReporter{Client: env.agent.CoreV1().Nodes(), NodeName: nodeA}, Registry: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
-	watcher, err := actions.NewWatcher(actions.WatcherConfig{Client: env.agent, NodeName: nodeA, Handler: handler})
+	watcher, err := actions.NewWatcher(actions.WatcherConfig{Client: env.agent.CoreV1().Nodes(), NodeName: nodeA, Handler: handler})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/kubernetes/fake"
+	restfake "k8s.io/client-go/rest/fake"
 
 	"github.com/tokenroll/tokenroll/agent"
 	"github.com/tokenroll/tokenroll/agent/actions"
@@ -210,7 +211,7 @@ func (r *describeRecorder) Unregister(prometheus.Collector) bool { return true }
 // agent and the coordinator register.
 func knownMetrics(t testing.TB) map[string]bool {
 	rec := &describeRecorder{names: map[string]bool{"tokenroll_build_info": true}}
-	if _, err := agent.New(agent.Config{NodeName: "n", KubeletRoot: t.TempDir(), Client: fake.NewClientset(),
+	if _, err := agent.New(agent.Config{NodeName: "n", KubeletRoot: t.TempDir(), Client: fake.NewClientset().CoreV1().Nodes(), Discovery: &restfake.RESTClient{},
 		Interval: 1, IssuerRefresh: 1, Registry: rec}); err != nil {
 		t.Fatal(err)
 	}

@@ -14,10 +14,10 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"go.uber.org/zap"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/tokenroll/tokenroll/agent"
 	"github.com/tokenroll/tokenroll/agent/actions"
+	"github.com/tokenroll/tokenroll/agent/nodeclient"
 	"github.com/tokenroll/tokenroll/internal/cli"
 	"github.com/tokenroll/tokenroll/internal/version"
 	"github.com/tokenroll/tokenroll/metrics"
@@ -150,7 +150,7 @@ func (o *agentOptions) run(ctx context.Context, e cli.Env) error {
 		return err
 	}
 	cfg.UserAgent = "tokenroll-agent/" + version.Version
-	client, err := kubernetes.NewForConfig(cfg)
+	nodes, discovery, err := nodeclient.New(cfg)
 	if err != nil {
 		return err
 	}
@@ -160,7 +160,7 @@ func (o *agentOptions) run(ctx context.Context, e cli.Env) error {
 		return err
 	}
 	a, err := agent.New(agent.Config{
-		NodeName: o.NodeName, KubeletRoot: o.KubeletRoot, Client: client,
+		NodeName: o.NodeName, KubeletRoot: o.KubeletRoot, Client: nodes, Discovery: discovery,
 		Interval: o.Interval, Grace: o.Grace, IssuerRefresh: o.IssuerRefresh,
 		MaxTokenSeries: o.MaxTokenSeries, Registry: reg, Log: e.Log.With(zap.String("node", o.NodeName)),
 	})
@@ -182,12 +182,12 @@ func (o *agentOptions) run(ctx context.Context, e cli.Env) error {
 	}
 	handler, err := actions.NewHandler(actions.HandlerConfig{
 		NodeName: o.NodeName, Executor: exec, StateDir: o.StateDir, BootIDFile: o.BootIDFile, MaxRequestAge: o.MaxRequestAge,
-		Reporter: actions.NodeReporter{Client: client, NodeName: o.NodeName}, Finished: func(actions.Record) { a.Rescan() }, Registry: reg, Log: e.Log.With(zap.String("node", o.NodeName)),
+		Reporter: actions.NodeReporter{Client: nodes, NodeName: o.NodeName}, Finished: func(actions.Record) { a.Rescan() }, Registry: reg, Log: e.Log.With(zap.String("node", o.NodeName)),
 	})
 	if err != nil {
 		return err
 	}
-	watcher, err := actions.NewWatcher(actions.WatcherConfig{Client: client, NodeName: o.NodeName, Handler: handler,
+	watcher, err := actions.NewWatcher(actions.WatcherConfig{Client: nodes, NodeName: o.NodeName, Handler: handler,
 		RebootSentinel: o.RebootSentinel, Log: e.Log.With(zap.String("node", o.NodeName))})
 	if err != nil {
 		return err

@@ -1,0 +1,98 @@
+// Package nodeclient is the agent's API client: its own Node, and a REST
+// client of the same API server for OIDC discovery. It is built as
+// client-go's generated core client is, over a scheme that knows the core
+// group alone: the generated client's package registers every API group's
+// types at start (k8s.io/client-go/kubernetes/scheme), and the agent, which
+// runs on every node, would pay for them in resident memory.
+package nodeclient
+
+import (
+	"context"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/runtime/serializer"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/rest"
+)
+
+// Nodes is what the agent does with Nodes: the part of client-go's typed
+// NodeInterface it uses, so a fake clientset's CoreV1().Nodes() serves in
+// tests.
+type Nodes interface {
+	Get(ctx context.Context, name string, opts metav1.GetOptions) (*corev1.Node, error)
+	List(ctx context.Context, opts metav1.ListOptions) (*corev1.NodeList, error)
+	Watch(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error)
+	Patch(ctx context.Context, name string, pt types.PatchType, data []byte, opts metav1.PatchOptions, subresources ...string) (*corev1.Node, error)
+}
+
+// New returns a Nodes client for the API server cfg names, and its REST
+// client (for absolute paths such as OIDC discovery). Content types, the
+// user agent's default, the preference for protobuf and the requests are
+// those of client-go's generated core client.
+func New(cfg *rest.Config) (Nodes, rest.Interface, error) {
+	s := runtime.NewScheme()
+	if err := corev1.AddToScheme(s); err != nil {
+		return nil, nil, err
+	}
+	metav1.AddToGroupVersion(s, schema.GroupVersion{Version: "v1"})
+	config := *cfg
+	gv := corev1.SchemeGroupVersion
+	config.GroupVersion = &gv
+	config.APIPath = "/api"
+	config.NegotiatedSerializer = rest.CodecFactoryForGeneratedClient(s, serializer.NewCodecFactory(s)).WithoutConversion()
+	if config.UserAgent == "" {
+		config.UserAgent = rest.DefaultKubernetesUserAgent()
+	}
+	client, err := rest.RESTClientFor(&config)
+	if err != nil {
+		return nil, nil, err
+	}
+	return nodes{client: client, params: runtime.NewParameterCodec(s)}, client, nil
+}
+
+// nodes makes the requests client-go's generated Node client makes (its
+// generic implementation, k8s.io/client-go/gentype, shares a package with
+// its fakes and would link client-go's test fixtures into the agent).
+type nodes struct {
+	client rest.Interface
+	params runtime.ParameterCodec
+}
+
+func (c nodes) Get(ctx context.Context, name string, opts metav1.GetOptions) (*corev1.Node, error) {
+	result := &corev1.Node{}
+	err := c.client.Get().UseProtobufAsDefaultIfPreferred(true).Resource("nodes").Name(name).
+		VersionedParams(&opts, c.params).Do(ctx).Into(result)
+	return result, err
+}
+
+func (c nodes) List(ctx context.Context, opts metav1.ListOptions) (*corev1.NodeList, error) {
+	result := &corev1.NodeList{}
+	err := c.client.Get().UseProtobufAsDefaultIfPreferred(true).Resource("nodes").
+		VersionedParams(&opts, c.params).Timeout(timeout(opts)).Do(ctx).Into(result)
+	return result, err
+}
+
+func (c nodes) Watch(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
+	opts.Watch = true
+	return c.client.Get().UseProtobufAsDefaultIfPreferred(true).Resource("nodes").
+		VersionedParams(&opts, c.params).Timeout(timeout(opts)).Watch(ctx)
+}
+
+func (c nodes) Patch(ctx context.Context, name string, pt types.PatchType, data []byte, opts metav1.PatchOptions, subresources ...string) (*corev1.Node, error) {
+	result := &corev1.Node{}
+	err := c.client.Patch(pt).UseProtobufAsDefaultIfPreferred(true).Resource("nodes").Name(name).SubResource(subresources...).
+		VersionedParams(&opts, c.params).Body(data).Do(ctx).Into(result)
+	return result, err
+}
+
+func timeout(opts metav1.ListOptions) time.Duration {
+	if opts.TimeoutSeconds == nil {
+		return 0
+	}
+	return time.Duration(*opts.TimeoutSeconds) * time.Second
+}
