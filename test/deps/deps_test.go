@@ -28,6 +28,13 @@ var forbidden = map[string][]struct{ prefix, why string }{
 		{"k8s.io/client-go/kubernetes/fake", "a fake clientset"},
 		{"golang.org/x/net/trace", "grpc's tracing, left out by the Makefile's TAGS"},
 		{"html/template", "html/template (through grpc's tracing), whose method lookup by name keeps every exported method in the binary"},
+		// The agent runs on every node: these would load every API group's
+		// types and clients into its memory (agent/nodeclient is why it
+		// needs none of them).
+		{"k8s.io/client-go/kubernetes/scheme", "client-go's scheme of every API group (agent/nodeclient registers the core group alone)"},
+		{"k8s.io/client-go/informers", "the informer factory of every API group (the agent watches its Node with one informer)"},
+		{"k8s.io/client-go/gentype", "client-go's generic typed client, which shares a package with its fakes"},
+		{"k8s.io/client-go/testing", "client-go's test fixtures"},
 	},
 	"tokenroll-coordinator": {
 		{module + "/sandbox", "the test harness"},
