@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 	"k8s.io/utils/clock"
 
+	"github.com/tokenroll/tokenroll/agent/token"
 	"github.com/tokenroll/tokenroll/metrics"
 	"github.com/tokenroll/tokenroll/protocol"
 )
@@ -210,7 +211,22 @@ func (h *Handler) Handle(ctx context.Context, request, status string) error {
 	if rec != nil {
 		return h.resume(ctx, status, req, *rec)
 	}
-	if age := h.cfg.Clock.Since(req.CreatedAt); age > h.cfg.MaxRequestAge {
+	// A refusal is final: the coordinator has read it, and a request
+	// refused for its date is not carried out once the clock catches up.
+	// Nor is it refused again with a reason naming a later clock, each
+	// write bringing the Node back here.
+	if cur, err := protocol.ParseStatus(status); err == nil && cur.ID == req.ID && cur.Phase == protocol.PhaseRefused {
+		return nil
+	}
+	now := h.cfg.Clock.Now()
+	// A request dated ahead would never age out: refuse it unless the lead
+	// is what two clocks may differ by, the tolerance the token rules give
+	// an iat written by the API server.
+	if ahead := req.CreatedAt.Sub(now); ahead > token.MaxClockSkew {
+		return h.refuse(ctx, status, req, fmt.Sprintf("request createdAt %s is %s ahead of this agent's clock (%s), more than the %s tolerated; not acted on: check the clocks (NTP) of this node and of the coordinator's node, then request again",
+			req.CreatedAt.UTC().Format(time.RFC3339), ahead.Round(time.Second), now.UTC().Format(time.RFC3339), token.MaxClockSkew))
+	}
+	if age := now.Sub(req.CreatedAt); age > h.cfg.MaxRequestAge {
 		return h.refuse(ctx, status, req, fmt.Sprintf("request is %s old, older than --max-request-age=%s; not acted on", age.Round(time.Second), h.cfg.MaxRequestAge))
 	}
 	return h.act(ctx, status, req)

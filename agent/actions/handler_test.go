@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	clocktesting "k8s.io/utils/clock/testing"
 
+	"github.com/tokenroll/tokenroll/agent/token"
 	"github.com/tokenroll/tokenroll/protocol"
 )
 
@@ -303,6 +304,63 @@ func TestRefusals(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(h.actions.WithLabelValues("reboot", "refused")); got != 2 {
 		t.Errorf("refused reboots counted %v, want 2", got)
+	}
+}
+
+// A request dated ahead of the agent's clock would never age out; within
+// the clock skew the token rules tolerate it is carried out.
+func TestRequestCreatedAtIsCheckedAgainstTheAgentsClock(t *testing.T) {
+	cases := []struct {
+		name string
+		// offset is createdAt minus the agent's clock.
+		offset time.Duration
+		// want is the final phase; refusals name what the message must say.
+		want protocol.RequestPhase
+		says []string
+	}{
+		{name: "just now", offset: 0, want: protocol.PhaseDone},
+		{name: "within tolerance ahead", offset: token.MaxClockSkew, want: protocol.PhaseDone},
+		{name: "beyond tolerance ahead", offset: token.MaxClockSkew + time.Second, want: protocol.PhaseRefused,
+			says: []string{"createdAt 2026-11-27T12:01:01Z", "1m1s ahead", "agent's clock (2026-11-27T12:00:00Z)", "check the clocks"}},
+		{name: "far future", offset: 365 * 24 * time.Hour, want: protocol.PhaseRefused,
+			says: []string{"createdAt 2027-11-27T12:00:00Z", "agent's clock (2026-11-27T12:00:00Z)", "check the clocks"}},
+		{name: "too old", offset: -2 * time.Hour, want: protocol.PhaseRefused, says: []string{"older than --max-request-age=1h0m0s"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			e := newEnv(t)
+			h := e.agent(t)
+			req := request("r-"+strings.ReplaceAll(c.name, " ", "-"), protocol.ActionKubeletRestart, "node-a", e.clock.Now().Add(c.offset))
+			if err := h.Handle(context.Background(), req, e.node.status); err != nil {
+				t.Fatal(err)
+			}
+			s := e.node.get(t)
+			if s.Phase != c.want {
+				t.Fatalf("phase %s (%q), want %s", s.Phase, s.Message, c.want)
+			}
+			for _, w := range c.says {
+				if !strings.Contains(s.Message, w) {
+					t.Errorf("message %q does not say %q", s.Message, w)
+				}
+			}
+			wantCalls := 1
+			if c.want == protocol.PhaseRefused {
+				wantCalls = 0
+			}
+			if e.exec.restart+e.exec.reboots != wantCalls {
+				t.Errorf("executor called %d times, want %d", e.exec.restart+e.exec.reboots, wantCalls)
+			}
+			if c.want != protocol.PhaseRefused {
+				return
+			}
+			// Seen again later, when the reason's clock and age read
+			// differently: refused once, not rewritten on every change.
+			writes := e.node.writes
+			e.clock.Step(30 * time.Second)
+			if err := h.Handle(context.Background(), req, e.node.status); err != nil || e.node.writes != writes || e.exec.restart != 0 {
+				t.Errorf("seen again: %d writes, want %d; %d restarts (%v)", e.node.writes, writes, e.exec.restart, err)
+			}
+		})
 	}
 }
 
