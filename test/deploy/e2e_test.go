@@ -35,6 +35,7 @@ import (
 	"github.com/tokenroll/tokenroll/agent/actions"
 	coordinatorapp "github.com/tokenroll/tokenroll/cmd/tokenroll-coordinator/app"
 	"github.com/tokenroll/tokenroll/internal/cli"
+	"github.com/tokenroll/tokenroll/internal/issuer"
 	"github.com/tokenroll/tokenroll/metrics"
 	"github.com/tokenroll/tokenroll/protocol"
 	"github.com/tokenroll/tokenroll/sandbox/controlplane"
@@ -360,10 +361,8 @@ func testEndToEnd(ctx context.Context, t *testing.T, env *clusterEnv) {
 
 	t.Run("oidc-discovery", func(t *testing.T) {
 		for who, client := range map[string]rest.Interface{"agent": env.agent.Discovery().RESTClient(), "coordinator": coord.Discovery().RESTClient()} {
-			for _, path := range []string{"/.well-known/openid-configuration", "/openid/v1/jwks"} {
-				if _, err := client.Get().AbsPath(path).DoRaw(ctx); err != nil {
-					t.Errorf("%s reading %s: %v", who, path, err)
-				}
+			if _, err := client.Get().AbsPath(issuer.DiscoveryPath).DoRaw(ctx); err != nil {
+				t.Errorf("%s reading %s: %v", who, issuer.DiscoveryPath, err)
 			}
 		}
 	})

@@ -23,6 +23,7 @@ import (
 	coordinatorapp "github.com/tokenroll/tokenroll/cmd/tokenroll-coordinator/app"
 	"github.com/tokenroll/tokenroll/coordinator"
 	"github.com/tokenroll/tokenroll/internal/cli"
+	"github.com/tokenroll/tokenroll/internal/issuer"
 )
 
 // TestRender renders every way of installing and checks the object sets:
@@ -447,6 +448,37 @@ func TestCoordinatorRBACNames(t *testing.T) {
 		}
 		if !slices.Equal(names["configmaps"], []string{coordinator.ConfigMapName}) || !slices.Equal(names["leases"], []string{lease}) {
 			t.Errorf("%s: Role %s names %v, want ConfigMap %s and Lease %s", r.name, role.Name, names, coordinator.ConfigMapName, lease)
+		}
+	}
+}
+
+// TestNonResourceURLsAreTheOnesRead: the ClusterRoles grant get on OIDC
+// discovery, which internal/issuer reads, and no other URL: not the signing
+// keys (/openid/v1/jwks), as no signature is verified.
+func TestNonResourceURLsAreTheOnesRead(t *testing.T) {
+	for _, r := range renderings {
+		roles := 0
+		for _, o := range render(t, r) {
+			if o.GetKind() != "ClusterRole" {
+				continue
+			}
+			var urls []string
+			for _, rule := range toTyped[rbacv1.ClusterRole](t, o).Rules {
+				urls = append(urls, rule.NonResourceURLs...)
+				if len(rule.NonResourceURLs) > 0 && !slices.Equal(rule.Verbs, []string{"get"}) {
+					t.Errorf("%s: ClusterRole %s: verbs %v on %v, want get", r.name, o.GetName(), rule.Verbs, rule.NonResourceURLs)
+				}
+			}
+			if len(urls) == 0 {
+				continue
+			}
+			roles++
+			if !slices.Equal(urls, []string{issuer.DiscoveryPath}) {
+				t.Errorf("%s: ClusterRole %s grants %v, want only %s", r.name, o.GetName(), urls, issuer.DiscoveryPath)
+			}
+		}
+		if roles != 2 {
+			t.Errorf("%s: %d ClusterRoles grant OIDC discovery, want 2 (agent and coordinator)", r.name, roles)
 		}
 	}
 }
