@@ -66,7 +66,7 @@ func rbacObjects() []runtime.Object {
 			rule([]string{"apps"}, []string{"daemonsets", "replicasets", "statefulsets"}, getOnly),
 			rule([]string{"operator.openshift.io"}, []string{"kubeapiservers"}, readOnly),
 			rule([]string{"config.openshift.io"}, []string{"authentications"}, readOnly),
-			{NonResourceURLs: []string{"/.well-known/openid-configuration", "/openid/v1/jwks"}, Verbs: getOnly},
+			{NonResourceURLs: []string{"/.well-known/openid-configuration"}, Verbs: getOnly}, // the signing issuer; no signature is verified, so no jwks
 		}},
 		&rbacv1.ClusterRoleBinding{ObjectMeta: meta(CoordinatorUser, ""), RoleRef: roleRef("ClusterRole", CoordinatorUser), Subjects: subject},
 		&rbacv1.Role{ObjectMeta: meta(CoordinatorUser, Namespace), Rules: []rbacv1.PolicyRule{
