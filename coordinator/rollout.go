@@ -130,29 +130,30 @@ func foundCordoned(v nodeView) bool {
 }
 
 // disrupted counts nodes out of service: ours in flight, and any other node
-// NotReady or unschedulable, except planned nodes someone else cordoned that
-// we have not started or have finished: those count only while we work on
-// them, so that a rollout never waits on its own plan. Finished ones are left
-// cordoned, as they were found.
-func disrupted(views []nodeView, all []*corev1.Node) int {
-	skip := map[string]bool{}
-	n := 0
+// NotReady or unschedulable. found counts apart the planned nodes someone
+// else cordoned that we are not working on (not started yet, or finished
+// and left cordoned as they were found): they hold up the nodes we would
+// cordon ourselves, but not each other, or a plan of such nodes would wait
+// on itself.
+func disrupted(views []nodeView, all []*corev1.Node) (busy, found int) {
+	ours := map[string]bool{}
 	for _, v := range views {
 		switch {
 		case v.node == nil:
 		case v.state != nil && v.state.Step.InProgress():
-			skip[v.plan.Name] = true
-			n++
-		case foundCordoned(v) || (v.state != nil && v.state.Step == protocol.StepDone && !v.state.CordonedByUs):
-			skip[v.plan.Name] = true
+			ours[v.plan.Name] = true
+			busy++
+		case foundCordoned(v) || (v.state != nil && v.state.Step == protocol.StepDone && !v.state.CordonedByUs && v.node.Spec.Unschedulable):
+			ours[v.plan.Name] = true
+			found++
 		}
 	}
 	for _, node := range all {
-		if !skip[node.Name] && (node.Spec.Unschedulable || !nodeutil.Ready(node)) {
-			n++
+		if !ours[node.Name] && (node.Spec.Unschedulable || !nodeutil.Ready(node)) {
+			busy++
 		}
 	}
-	return n
+	return busy, found
 }
 
 func (t *term) startNodes(ctx context.Context, w world, r *Rollout, views []nodeView) (time.Duration, error) {
@@ -160,16 +161,10 @@ func (t *term) startNodes(ctx context.Context, w world, r *Rollout, views []node
 	if err != nil {
 		return 0, err
 	}
-	busy := disrupted(views, t.listNodes())
 	// A planned node someone else cordoned is out of service already: it
-	// goes first, one slot of --max-unavailable each while we work on it,
-	// and until then it counts against the nodes we would cordon ourselves.
-	waiting := 0
-	for _, v := range views {
-		if foundCordoned(v) {
-			waiting++
-		}
-	}
+	// goes first, taking a slot of --max-unavailable while we work on it,
+	// and it counts against the nodes we would cordon ourselves.
+	busy, found := disrupted(views, t.listNodes())
 	var blocked, mco []string
 	for _, already := range []bool{true, false} {
 		for _, v := range views {
@@ -185,7 +180,7 @@ func (t *term) startNodes(ctx context.Context, w world, r *Rollout, views []node
 			}
 			ahead := busy
 			if !already {
-				ahead += waiting
+				ahead += found
 			}
 			if ahead >= limit {
 				blocked = append(blocked, v.plan.Name)
@@ -196,14 +191,14 @@ func (t *term) startNodes(ctx context.Context, w world, r *Rollout, views []node
 			}
 			busy++
 			if already {
-				waiting--
+				found--
 			}
 		}
 	}
 	// One message, so that logOnChange logs it again only when it changes.
-	if len(mco) > 0 || (len(blocked) > 0 && busy+waiting > 0) {
-		t.logOnChange("waiting for max-unavailable and the Machine Config daemon",
-			zap.Int("outOfService", busy+waiting), zap.Int("maxUnavailable", limit), zap.Int("nodesWaiting", len(blocked)),
+	if len(mco) > 0 || (len(blocked) > 0 && busy+found > 0) {
+		t.logOnChange("found for max-unavailable and the Machine Config daemon",
+			zap.Int("outOfService", busy+found), zap.Int("maxUnavailable", limit), zap.Int("nodesWaiting", len(blocked)),
 			zap.Strings("machineConfigUpdating", mco))
 	}
 	return 0, nil

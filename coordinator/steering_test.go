@@ -262,6 +262,8 @@ func TestMaxUnavailableCountsNodesOutOfService(t *testing.T) {
 			[]apiWrite{cordonNode("n2", started(KubeletRestart, false, t0))}},
 		{"two planned nodes found cordoned take turns", intstr.FromInt32(1), nodes(testNode("n1", cordoned), testNode("n2", cordoned), testNode("n3")),
 			[]apiWrite{cordonNode("n1", started(KubeletRestart, false, t0))}},
+		{"a planned node left cordoned as found after its turn still counts", intstr.FromInt32(1),
+			nodes(testNode("n1", cordoned, inStep(done(acting(started(KubeletRestart, false, t0.Add(-time.Minute)), t0.Add(-time.Minute), req), t0.Add(-time.Second))))), nil},
 		{"a planned node the Machine Config daemon updates waits and counts", intstr.FromInt32(1),
 			nodes(testNode("n1", cordoned, func(n *corev1.Node) { n.Annotations[annotationMCOState] = "Working" }), testNode("n3")), nil},
 		{"a planned node NotReady waits and counts", intstr.FromInt32(2), nodes(testNode("n1", notReady), testNode("n3")),
