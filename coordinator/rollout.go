@@ -107,23 +107,53 @@ func (t *term) advance(ctx context.Context, w world, r *Rollout) (time.Duration,
 	return next, err
 }
 
+// annotationMCOState is where the OpenShift Machine Config daemon records
+// its work on a node; any value but "Done" means it may drain or reboot the
+// node itself.
+const annotationMCOState = "machineconfiguration.openshift.io/state"
+
+// mcoBusy returns the Machine Config daemon's state when it is working on
+// the node, or "".
+func mcoBusy(n *corev1.Node) string {
+	if s, ok := n.Annotations[annotationMCOState]; ok && s != "Done" {
+		return s
+	}
+	return ""
+}
+
+// foundCordoned tells whether a planned node is one someone else cordoned,
+// that we have not started (or that halted and may start again), and that
+// we may act on.
+func foundCordoned(v nodeView) bool {
+	return v.node != nil && v.node.Spec.Unschedulable && nodeutil.Ready(v.node) && mcoBusy(v.node) == "" &&
+		(v.state == nil || v.state.Step == protocol.StepHalted)
+}
+
 // disrupted counts nodes out of service: ours in flight, and any other node
-// NotReady or unschedulable.
-func disrupted(views []nodeView, all []*corev1.Node) int {
+// NotReady or unschedulable. found counts apart the planned nodes someone
+// else cordoned that we are not working on (not started yet, or finished
+// and left cordoned as they were found): they hold up the nodes we would
+// cordon ourselves, but not each other, or a plan of such nodes would wait
+// on itself.
+func disrupted(views []nodeView, all []*corev1.Node) (busy, found int) {
 	ours := map[string]bool{}
-	n := 0
 	for _, v := range views {
-		if v.node != nil && v.state != nil && v.state.Step.InProgress() {
+		switch {
+		case v.node == nil:
+		case v.state != nil && v.state.Step.InProgress():
 			ours[v.plan.Name] = true
-			n++
+			busy++
+		case foundCordoned(v) || (v.state != nil && v.state.Step == protocol.StepDone && !v.state.CordonedByUs && v.node.Spec.Unschedulable):
+			ours[v.plan.Name] = true
+			found++
 		}
 	}
 	for _, node := range all {
 		if !ours[node.Name] && (node.Spec.Unschedulable || !nodeutil.Ready(node)) {
-			n++
+			busy++
 		}
 	}
-	return n
+	return busy, found
 }
 
 func (t *term) startNodes(ctx context.Context, w world, r *Rollout, views []nodeView) (time.Duration, error) {
@@ -131,31 +161,45 @@ func (t *term) startNodes(ctx context.Context, w world, r *Rollout, views []node
 	if err != nil {
 		return 0, err
 	}
-	busy := disrupted(views, t.listNodes())
-	var blocked []string
-	for _, v := range views {
-		if v.node == nil || (v.state != nil && v.state.Step != protocol.StepHalted) {
-			continue
-		}
-		if !nodeutil.Ready(v.node) {
-			continue // it may come back; it counts as disrupted meanwhile
-		}
-		// A node cordoned by someone else is out of service already: working
-		// on it disrupts nothing more, so it may go ahead of the others.
-		already := v.node.Spec.Unschedulable
-		if !already && busy >= limit {
-			blocked = append(blocked, v.plan.Name)
-			continue
-		}
-		if err := t.cordon(ctx, w, r, v); err != nil {
-			return 0, err
-		}
-		if !already {
+	// A planned node someone else cordoned is out of service already: it
+	// goes first, taking a slot of --max-unavailable while we work on it,
+	// and it counts against the nodes we would cordon ourselves.
+	busy, found := disrupted(views, t.listNodes())
+	var blocked, mco []string
+	for _, already := range []bool{true, false} {
+		for _, v := range views {
+			if v.node == nil || (v.state != nil && v.state.Step != protocol.StepHalted) || v.node.Spec.Unschedulable != already {
+				continue
+			}
+			if !nodeutil.Ready(v.node) {
+				continue // it may come back; it counts as disrupted meanwhile
+			}
+			if s := mcoBusy(v.node); s != "" {
+				mco = append(mco, v.plan.Name+"="+s)
+				continue
+			}
+			ahead := busy
+			if !already {
+				ahead += found
+			}
+			if ahead >= limit {
+				blocked = append(blocked, v.plan.Name)
+				continue
+			}
+			if err := t.cordon(ctx, w, r, v); err != nil {
+				return 0, err
+			}
 			busy++
+			if already {
+				found--
+			}
 		}
 	}
-	if len(blocked) > 0 && busy > 0 {
-		t.logOnChange("waiting for max-unavailable", zap.Int("outOfService", busy), zap.Int("maxUnavailable", limit), zap.Int("nodesWaiting", len(blocked)))
+	// One message, so that logOnChange logs it again only when it changes.
+	if len(mco) > 0 || (len(blocked) > 0 && busy+found > 0) {
+		t.logOnChange("found for max-unavailable and the Machine Config daemon",
+			zap.Int("outOfService", busy+found), zap.Int("maxUnavailable", limit), zap.Int("nodesWaiting", len(blocked)),
+			zap.Strings("machineConfigUpdating", mco))
 	}
 	return 0, nil
 }

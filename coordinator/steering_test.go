@@ -260,6 +260,12 @@ func TestMaxUnavailableCountsNodesOutOfService(t *testing.T) {
 			[]apiWrite{cordonNode("n1", started(KubeletRestart, true, t0)), cordonNode("n2", started(KubeletRestart, true, t0))}},
 		{"a planned node found cordoned goes ahead", intstr.FromInt32(1), nodes(testNode("n2", cordoned), testNode("n3")),
 			[]apiWrite{cordonNode("n2", started(KubeletRestart, false, t0))}},
+		{"two planned nodes found cordoned take turns", intstr.FromInt32(1), nodes(testNode("n1", cordoned), testNode("n2", cordoned), testNode("n3")),
+			[]apiWrite{cordonNode("n1", started(KubeletRestart, false, t0))}},
+		{"a planned node left cordoned as found after its turn still counts", intstr.FromInt32(1),
+			nodes(testNode("n1", cordoned, inStep(done(acting(started(KubeletRestart, false, t0.Add(-time.Minute)), t0.Add(-time.Minute), req), t0.Add(-time.Second))))), nil},
+		{"a planned node the Machine Config daemon updates waits and counts", intstr.FromInt32(1),
+			nodes(testNode("n1", cordoned, func(n *corev1.Node) { n.Annotations[annotationMCOState] = "Working" }), testNode("n3")), nil},
 		{"a planned node NotReady waits and counts", intstr.FromInt32(2), nodes(testNode("n1", notReady), testNode("n3")),
 			[]apiWrite{cordonNode("n2", started(KubeletRestart, true, t0))}},
 		{"our node in flight", intstr.FromInt32(1), nodes(testNode("n1", cordoned, inStep(inFlight)), testNode("n3")), nil},
@@ -286,6 +292,136 @@ func TestMaxUnavailableCountsNodesOutOfService(t *testing.T) {
 }
 
 func nodes(n ...*corev1.Node) []*corev1.Node { return n }
+
+// steps reads each named node's step from its node-state annotation; ""
+// when it has none.
+func (f *fixture) steps(names ...string) map[string]protocol.Step {
+	f.t.Helper()
+	out := map[string]protocol.Step{}
+	for _, name := range names {
+		v, ok := f.node(name).Annotations[protocol.AnnotationNodeState]
+		if !ok {
+			out[name] = ""
+			continue
+		}
+		ns, err := protocol.ParseNodeState(v)
+		if err != nil {
+			f.t.Fatalf("node %s: %v", name, err)
+		}
+		out[name] = ns.Step
+	}
+	return out
+}
+
+// answerRequests reports every request written on the named nodes done, as
+// their agents would.
+func (f *fixture) answerRequests(names ...string) {
+	f.t.Helper()
+	for _, name := range names {
+		n := f.node(name)
+		v, ok := n.Annotations[protocol.AnnotationRequest]
+		if !ok {
+			continue
+		}
+		req, err := protocol.ParseRequest(v)
+		if err != nil {
+			f.t.Fatalf("node %s: %v", name, err)
+		}
+		if st, err := protocol.ParseStatus(n.Annotations[protocol.AnnotationStatus]); err == nil && st.ID == req.ID {
+			continue
+		}
+		f.updateNode(name, agentStatus(req.ID, protocol.PhaseDone, ""))
+	}
+}
+
+// active is the rollout under way, or nil.
+func (f *fixture) active() *Rollout {
+	st := f.state()
+	return st.Active()
+}
+
+// Nodes someone else cordoned are out of service already, but working on
+// them is still a disruption: at max-unavailable=1 they are worked on one at
+// a time, each starting only once the one before has finished.
+func TestNodesCordonedBySomeoneElseTakeTurns(t *testing.T) {
+	names := []string{"n1", "n2", "n3", "n4"}
+	var objects []runtime.Object
+	for _, name := range names {
+		objects = append(objects, testNode(name, cordoned))
+	}
+	f := newFixture(t, append(objects, rolloutConfigMap(rollout(KubeletRestart, names...)))...)
+	f.cfg.MaxUnavailable = intstr.FromInt32(1)
+
+	var order []string
+	seen := map[string]bool{}
+	for i := 0; i < 40 && len(order) < len(names); i++ {
+		f.sync()
+		var working []string
+		for name, step := range f.steps(names...) {
+			if step.InProgress() {
+				working = append(working, name)
+				if !seen[name] {
+					seen[name] = true
+					order = append(order, name)
+				}
+			}
+		}
+		if len(working) > 1 {
+			t.Fatalf("sync %d: %v are worked on at once; want one at a time at max-unavailable=1", i, working)
+		}
+		f.answerRequests(names...)
+		f.clock.Step(time.Minute)
+	}
+	for i := 0; i < 10 && f.active() != nil; i++ {
+		f.sync()
+		f.answerRequests(names...)
+		f.clock.Step(time.Minute)
+	}
+	if len(order) != len(names) {
+		t.Fatalf("started %v; want all of %v, one after the other", order, names)
+	}
+	for name, step := range f.steps(names...) {
+		if step != protocol.StepDone {
+			t.Errorf("node %s ends at step %q; want %q", name, step, protocol.StepDone)
+		}
+		if !f.node(name).Spec.Unschedulable {
+			t.Errorf("node %s was uncordoned; someone else cordoned it, so it stays cordoned", name)
+		}
+	}
+	if r := f.active(); r != nil {
+		t.Errorf("rollout still %s; want it finished", r.Phase)
+	}
+}
+
+// A node the Machine Config daemon is updating is not touched while others
+// go ahead; it starts once the daemon records Done.
+func TestMachineConfigUpdateWaits(t *testing.T) {
+	for _, found := range []string{"schedulable", "cordoned by the daemon"} {
+		t.Run(found, func(t *testing.T) {
+			n1 := testNode("n1", func(n *corev1.Node) { n.Annotations[annotationMCOState] = "Working" })
+			if found != "schedulable" {
+				cordoned(n1)
+			}
+			f := newFixture(t, n1, testNode("n2"), testNode("n3"), rolloutConfigMap(rollout(KubeletRestart, "n1", "n2")))
+			f.cfg.MaxUnavailable = intstr.FromInt32(2)
+			f.sync()
+			if got := f.steps("n1", "n2"); got["n1"] != "" || got["n2"] != protocol.StepCordoned {
+				t.Fatalf("steps %v; want n1 untouched while the Machine Config daemon works on it, n2 cordoned", got)
+			}
+			f.sync()
+			f.clock.Step(time.Minute)
+			f.sync()
+			if got := f.steps("n1"); got["n1"] != "" {
+				t.Fatalf("n1 at step %q while the Machine Config daemon works on it; want untouched", got["n1"])
+			}
+			f.updateNode("n1", func(n *corev1.Node) { n.Annotations[annotationMCOState] = "Done" })
+			f.sync()
+			if got := f.steps("n1"); got["n1"] != protocol.StepCordoned {
+				t.Fatalf("n1 at step %q once the Machine Config daemon is done; want %q", got["n1"], protocol.StepCordoned)
+			}
+		})
+	}
+}
 
 // A new leader resumes from the Node annotations and the ConfigMap: it does
 // not write a request already written, and repeats a drain it finds under
