@@ -197,7 +197,7 @@ func (t *term) startNodes(ctx context.Context, w world, r *Rollout, views []node
 	}
 	// One message, so that logOnChange logs it again only when it changes.
 	if len(mco) > 0 || (len(blocked) > 0 && busy+found > 0) {
-		t.logOnChange("found for max-unavailable and the Machine Config daemon",
+		t.logOnChange("nodes waiting for max-unavailable or the Machine Config daemon",
 			zap.Int("outOfService", busy+found), zap.Int("maxUnavailable", limit), zap.Int("nodesWaiting", len(blocked)),
 			zap.Strings("machineConfigUpdating", mco))
 	}
