@@ -118,7 +118,7 @@ func TestPolkitRule(t *testing.T) {
 		case errors.As(err, &exit) && (exit.ExitCode() == 1 || exit.ExitCode() == 2):
 			return false, nil
 		default:
-			return false, fmt.Errorf("pkcheck %s: %v\n%s", strings.Join(args, " "), err, out)
+			return false, fmt.Errorf("pkcheck %s: %w\n%s", strings.Join(args, " "), err, out)
 		}
 	}
 	// polkitd is up once it answers.
