@@ -3,12 +3,16 @@ package deploy_test
 import (
 	"context"
 	"encoding/json"
+	"go/ast"
+	"go/parser"
+	"go/token"
 	"os"
 	"path/filepath"
 	"reflect"
 	"regexp"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -627,4 +631,83 @@ func TestPoliciesNameEveryField(t *testing.T) {
 			t.Errorf("%s does not compare spec.%s", coordinatorPolicy, f)
 		}
 	}
+}
+
+// TestPoliciesKnowEveryAnnotation: every Node annotation the protocol
+// package declares (Annotation* = Prefix + "...") is in the agent's or the
+// coordinator's list in the policies, so a new one is not refused to its
+// writer in production, nor left writable by anyone.
+func TestPoliciesKnowEveryAnnotation(t *testing.T) {
+	fset := token.NewFileSet()
+	files, err := filepath.Glob(filepath.Join(repoPath("protocol"), "*.go"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	declared := map[string]string{}
+	for _, path := range files {
+		if strings.HasSuffix(path, "_test.go") {
+			continue
+		}
+		f, err := parser.ParseFile(fset, path, nil, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ast.Inspect(f, func(n ast.Node) bool {
+			vs, ok := n.(*ast.ValueSpec)
+			if !ok {
+				return true
+			}
+			for i, name := range vs.Names {
+				if !strings.HasPrefix(name.Name, "Annotation") || i >= len(vs.Values) {
+					continue
+				}
+				bin, ok := vs.Values[i].(*ast.BinaryExpr)
+				if !ok {
+					t.Errorf("protocol.%s is not Prefix + \"...\"", name.Name)
+					continue
+				}
+				if lit, ok := bin.Y.(*ast.BasicLit); ok {
+					v, _ := strconv.Unquote(lit.Value)
+					declared[name.Name] = "tokenroll.io/" + v
+				}
+			}
+			return true
+		})
+	}
+	if len(declared) < 5 {
+		t.Fatalf("found %v in protocol/, want at least the five annotations", declared)
+	}
+	objs := render(t, findRendering("kustomize-base"))
+	lists := map[string][]string{}
+	for _, name := range []string{agentPolicy, coordinatorPolicy, protocolPolicy} {
+		vars, _, _ := unstructured.NestedSlice(find(t, objs, "ValidatingAdmissionPolicy", name).Object, "spec", "variables")
+		for _, v := range vars {
+			m, _ := v.(map[string]any)
+			if n, _ := m["name"].(string); strings.HasSuffix(n, "Annotations") && !strings.HasPrefix(n, "old") && !strings.HasPrefix(n, "new") {
+				lists[name+" "+n] = quoted.FindAllString(m["expression"].(string), -1)
+			}
+		}
+	}
+	agent, coordinator := lists[agentPolicy+" agentAnnotations"], lists[coordinatorPolicy+" coordinatorAnnotations"]
+	if !slices.Equal(lists[protocolPolicy+" agentAnnotations"], agent) || !slices.Equal(lists[protocolPolicy+" coordinatorAnnotations"], coordinator) {
+		t.Errorf("the policies' lists disagree: %v", lists)
+	}
+	if !slices.Equal(agent, quoteAll(agentKeys)) || !slices.Equal(coordinator, quoteAll(coordinatorKeys)) {
+		t.Errorf("the policies list %v and %v, the tests %v and %v", agent, coordinator, agentKeys, coordinatorKeys)
+	}
+	for name, key := range declared {
+		if !slices.Contains(agent, "'"+key+"'") && !slices.Contains(coordinator, "'"+key+"'") {
+			t.Errorf("protocol.%s (%s) is in no admission policy's list: add it to the agent's or the coordinator's annotations in deploy/ (kustomize and Helm) and here", name, key)
+		}
+	}
+}
+
+var quoted = regexp.MustCompile(`'[^']*'`)
+
+func quoteAll(keys []string) []string {
+	out := make([]string, len(keys))
+	for i, k := range keys {
+		out[i] = "'" + k + "'"
+	}
+	return out
 }
