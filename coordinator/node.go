@@ -248,7 +248,13 @@ func (t *term) finishNode(ctx context.Context, w world, r *Rollout, v nodeView) 
 	if ns.CordonedByUs {
 		unsched = boolPtr(false)
 	}
-	if err := t.writeNode(ctx, v.node, &ns, unsched, nil); err != nil {
+	// The request goes once verified: an agent that lost its record and
+	// the Node's status too finds nothing to carry out again.
+	var clear map[string]any
+	if ns.Request != "" {
+		clear = map[string]any{protocol.AnnotationRequest: nil}
+	}
+	if err := t.writeNode(ctx, v.node, &ns, unsched, clear); err != nil {
 		return err
 	}
 	t.c.m.stepDuration.WithLabelValues(strategy, "total").Observe(w.now.Sub(ns.StartedAt).Seconds())

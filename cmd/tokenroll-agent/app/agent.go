@@ -64,6 +64,8 @@ type agentOptions struct {
 	CommandTimeout time.Duration
 	// StateDir keeps the record of requests acted on (a hostPath).
 	StateDir string
+	// AllowVolatileStateDir accepts a StateDir on tmpfs or ramfs.
+	AllowVolatileStateDir bool
 	// MaxRequestAge refuses older requests.
 	MaxRequestAge time.Duration
 	// RebootSentinel is the file whose presence means a reboot is required.
@@ -109,6 +111,7 @@ func (o *agentOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.StringSliceVar(&o.KubeletRestartCommand, "kubelet-restart-command", o.KubeletRestartCommand, "With --executor=command: the command that restarts the kubelet (comma-separated argv).")
 	fs.DurationVar(&o.CommandTimeout, "command-timeout", o.CommandTimeout, "With --executor=command: how long a command may run.")
 	fs.StringVar(&o.StateDir, "state-dir", o.StateDir, "Directory (a hostPath) recording which requests were carried out, so none is carried out twice.")
+	fs.BoolVar(&o.AllowVolatileStateDir, "allow-volatile-state-dir", o.AllowVolatileStateDir, "Accept a --state-dir on tmpfs or ramfs, which a reboot empties (test harnesses whose simulated reboots do not); refused otherwise.")
 	fs.DurationVar(&o.MaxRequestAge, "max-request-age", o.MaxRequestAge, "Refuse requests older than this.")
 	fs.StringVar(&o.RebootSentinel, "reboot-sentinel", o.RebootSentinel, "File whose presence means the node needs a reboot (reported as an annotation); empty disables.")
 	fs.StringVar(&o.BootIDFile, "boot-id-file", o.BootIDFile, "File holding the current boot ID.")
@@ -181,7 +184,7 @@ func (o *agentOptions) run(ctx context.Context, e cli.Env) error {
 		}
 	}
 	handler, err := actions.NewHandler(actions.HandlerConfig{
-		NodeName: o.NodeName, Executor: exec, StateDir: o.StateDir, BootIDFile: o.BootIDFile, MaxRequestAge: o.MaxRequestAge,
+		NodeName: o.NodeName, Executor: exec, StateDir: o.StateDir, AllowVolatileStateDir: o.AllowVolatileStateDir, BootIDFile: o.BootIDFile, MaxRequestAge: o.MaxRequestAge,
 		Reporter: actions.NodeReporter{Client: nodes, NodeName: o.NodeName}, Finished: func(actions.Record) { a.Rescan() }, Registry: reg, Log: e.Log.With(zap.String("node", o.NodeName)),
 	})
 	if err != nil {
