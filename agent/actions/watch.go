@@ -240,7 +240,7 @@ func (w *Watcher) checkSentinel(ctx context.Context, n *corev1.Node) error {
 	want := ""
 	switch {
 	case err == nil:
-		want = "true"
+		want = protocol.RebootRequiredValue()
 	case !errors.Is(err, fs.ErrNotExist):
 		return fmt.Errorf("checking the reboot sentinel %s: %w", w.cfg.RebootSentinel, err)
 	}
