@@ -77,6 +77,10 @@ type Status struct {
 func ParseRequest(value string) (Request, error) {
 	var r Request
 	if err := decode(AnnotationRequest, "a JSON request", value, &r); err != nil {
+		if IsVersionError(err) {
+			// With its ID, the agent's refusal reaches the coordinator.
+			return r, err
+		}
 		return Request{}, err
 	}
 	var errs []error

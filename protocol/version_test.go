@@ -90,3 +90,12 @@ func TestParseRebootRequired(t *testing.T) {
 		}
 	}
 }
+
+// A request of an unknown version is refused with its ID, so the agent's
+// refusal names the request the coordinator waits on.
+func TestRequestOfAnUnknownVersionKeepsItsID(t *testing.T) {
+	req, err := ParseRequest(`{"version":2,"id":"r-7","action":"reboot","node":"n","createdAt":"2026-11-27T10:00:00Z"}`)
+	if !IsVersionError(err) || req.ID != "r-7" {
+		t.Errorf("ParseRequest = %+v, %v; want the ID and a version error", req, err)
+	}
+}
