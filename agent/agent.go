@@ -58,12 +58,14 @@ type Agent struct {
 	issuer    string
 	podsAPIUp *bool // nil until first checked; logged on change
 	applied   *condition
-	// appliedReport is the tokens annotation last written (JSON).
-	appliedReport string
-	rescan        chan struct{}
-	since         metav1.Time // the applied condition's transition time
-	scannedOnce   chan struct{}
-	closeOnce     sync.Once
+	// appliedReport is the tokens annotation last written (JSON), at
+	// reportWrittenAt (the agent's start until it writes).
+	appliedReport   string
+	reportWrittenAt time.Time
+	rescan          chan struct{}
+	since           metav1.Time // the applied condition's transition time
+	scannedOnce     chan struct{}
+	closeOnce       sync.Once
 }
 
 // New validates cfg and builds an agent.
@@ -94,12 +96,13 @@ func New(cfg Config) (*Agent, error) {
 		cfg.Registry = prometheus.NewRegistry()
 	}
 	return &Agent{
-		cfg:         cfg,
-		metrics:     newAgentMetrics(cfg.Registry, cfg.MaxTokenSeries),
-		scanner:     scan.NewScanner(),
-		socket:      podsapi.SocketPath(cfg.KubeletRoot),
-		scannedOnce: make(chan struct{}),
-		rescan:      make(chan struct{}, 1),
+		cfg:             cfg,
+		metrics:         newAgentMetrics(cfg.Registry, cfg.MaxTokenSeries),
+		scanner:         scan.NewScanner(),
+		socket:          podsapi.SocketPath(cfg.KubeletRoot),
+		scannedOnce:     make(chan struct{}),
+		rescan:          make(chan struct{}, 1),
+		reportWrittenAt: cfg.Clock.Now(),
 	}, nil
 }
 

@@ -1,10 +1,18 @@
 package agent
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
+	"reflect"
+	"strings"
 	"testing"
 	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes/fake"
+	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/tokenroll/tokenroll/agent/scan"
 	"github.com/tokenroll/tokenroll/protocol"
@@ -54,5 +62,99 @@ func TestTokenReportCapsPods(t *testing.T) {
 	got := tokenReport(r, "https://x")
 	if len(got.StalePods) != protocol.MaxStalePods || !got.StalePodsTruncated || got.Stale[protocol.StateExpired] != protocol.MaxStalePods+10 {
 		t.Errorf("cap: %d pods, truncated %v, %v", len(got.StalePods), got.StalePodsTruncated, got.Stale)
+	}
+}
+
+// The tokens annotation stays within its byte budget whatever the volumes
+// hold: thousands of stale pods with the longest names, and many issuers.
+// The stale pods go first, then all but the issuers with the most tokens;
+// the counts stay whole.
+func TestTokenReportFitsItsByteBudget(t *testing.T) {
+	long := func(prefix string, n, i int) string {
+		s := fmt.Sprintf("%s-%d-", prefix, i)
+		return s + strings.Repeat("x", n-len(s))
+	}
+	build := func(pods, issuers int) *scan.Report {
+		r := &scan.Report{}
+		for i := range pods {
+			iss := testIssuer
+			if issuers > 0 {
+				iss = long("https://issuer", 256, i%issuers)
+			}
+			r.Tokens = append(r.Tokens, scan.Token{PodUID: fmt.Sprintf("%08d-0000-4000-8000-000000000000", i),
+				Namespace: long("ns", 63, i%40), Pod: long("pod", 253, i), State: protocol.StateOverdue, Issuer: iss})
+		}
+		return r
+	}
+	cases := []struct {
+		name                  string
+		pods, issuers         int
+		podsCut, issuersCut   bool
+		wantPodsAtLeast, kept int
+	}{
+		{"a few stale pods fit", 10, 0, false, false, 10, 1},
+		{"thousands of pods with long names", 3000, 0, true, false, 20, 1},
+		{"thousands of pods and many long issuers", 3000, 200, true, true, 0, keptIssuers},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			rep, raw, err := fitReport(tokenReport(build(c.pods, c.issuers), testIssuer), protocol.MaxTokenReportBytes)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(raw) > protocol.MaxTokenReportBytes {
+				t.Errorf("%d bytes, over the budget of %d", len(raw), protocol.MaxTokenReportBytes)
+			}
+			if rep.StalePodsTruncated != c.podsCut || rep.IssuersTruncated != c.issuersCut {
+				t.Errorf("pods cut %v, issuers cut %v; want %v, %v", rep.StalePodsTruncated, rep.IssuersTruncated, c.podsCut, c.issuersCut)
+			}
+			if len(rep.StalePods) < c.wantPodsAtLeast || len(rep.Issuers) != c.kept {
+				t.Errorf("%d stale pods (want at least %d), %d issuers (want %d)", len(rep.StalePods), c.wantPodsAtLeast, len(rep.Issuers), c.kept)
+			}
+			if rep.Stale[protocol.StateOverdue] != c.pods || rep.Tokens != c.pods {
+				t.Errorf("counts cut: %d tokens, %v stale; want %d", rep.Tokens, rep.Stale, c.pods)
+			}
+			back, err := protocol.ParseTokenReport(string(raw))
+			if err != nil || !reflect.DeepEqual(back, rep) {
+				t.Errorf("what is written reads back as %+v, %v", back, err)
+			}
+		})
+	}
+	// The issuers kept are those with the most tokens, in name order.
+	r := build(200, 0)
+	for i := range r.Tokens {
+		r.Tokens[i].Issuer = long("https://issuer", 256, i%50)
+		if i < 60 {
+			r.Tokens[i].Issuer = long("https://big", 256, i%5)
+		}
+	}
+	rep, _, _ := fitReport(tokenReport(r, testIssuer), 2500)
+	var names []string
+	for _, it := range rep.Issuers {
+		names = append(names, it.Issuer[:len("https://big-0")])
+	}
+	if !rep.IssuersTruncated || strings.Join(names, ",") != "https://big-0,https://big-1,https://big-2,https://big-3" {
+		t.Errorf("kept issuers %v (truncated %v), want the four with the most tokens", names, rep.IssuersTruncated)
+	}
+}
+
+// What the agent writes goes through the budget.
+func TestWriteReportKeepsTheBudget(t *testing.T) {
+	cs := fake.NewClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-1"}})
+	a, err := New(Config{NodeName: "node-1", KubeletRoot: t.TempDir(), Client: cs.CoreV1().Nodes(), Discovery: discoveryServer(t, testIssuer),
+		Interval: time.Minute, IssuerRefresh: time.Minute, Clock: clocktesting.NewFakeClock(time.Now())})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &scan.Report{}
+	for i := range 5000 {
+		r.Tokens = append(r.Tokens, scan.Token{PodUID: fmt.Sprintf("u%d", i), Namespace: "ns", Pod: strings.Repeat("p", 240) + fmt.Sprint(i), State: protocol.StateExpired, Issuer: testIssuer})
+	}
+	a.writeReport(context.Background(), tokenReport(r, testIssuer))
+	n, _ := cs.CoreV1().Nodes().Get(context.Background(), "node-1", metav1.GetOptions{})
+	v := n.Annotations[protocol.AnnotationTokens]
+	rep, err := protocol.ParseTokenReport(v)
+	if len(v) > protocol.MaxTokenReportBytes || err != nil || !rep.StalePodsTruncated || rep.Stale[protocol.StateExpired] != 5000 {
+		t.Errorf("annotation of %d bytes: %+v, %v", len(v), rep.Stale, err)
 	}
 }

@@ -1,0 +1,269 @@
+package agent
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/rest"
+	clocktesting "k8s.io/utils/clock/testing"
+
+	"github.com/tokenroll/tokenroll/agent/nodeclient"
+	"github.com/tokenroll/tokenroll/protocol"
+)
+
+const testIssuer = "https://kubernetes.default.svc"
+
+// simNode is a kubelet root the test writes as the kubelet does: one
+// kube-api-access volume per pod in the AtomicWriter layout, its token an
+// extended one (warnafter iat+3607), refreshed once past 80% of that.
+type simNode struct {
+	t     *testing.T
+	root  string
+	pods  map[string]*simPod
+	order []string // pod UIDs, oldest first
+	next  int
+}
+
+type simPod struct {
+	uid, ns, name string
+	iat           time.Time
+	// lag is how long after its refresh time the kubelet's sync rewrites
+	// the token (its 60-90 s period).
+	lag   time.Duration
+	stuck bool // the kubelet does not refresh this one
+}
+
+func newSimNode(t *testing.T) *simNode {
+	return &simNode{t: t, root: t.TempDir(), pods: map[string]*simPod{}}
+}
+
+func (s *simNode) volume(p *simPod) string {
+	return filepath.Join(s.root, "pods", p.uid, "volumes", "kubernetes.io~projected", "kube-api-access-x")
+}
+
+func (s *simNode) addPod(now time.Time) *simPod {
+	s.next++
+	p := &simPod{uid: fmt.Sprintf("%08d-0000-4000-8000-000000000000", s.next), ns: fmt.Sprintf("tenant-%d", s.next%5),
+		name: fmt.Sprintf("app-%d", s.next), lag: time.Duration(60+s.next*7%30) * time.Second}
+	dir := s.volume(p)
+	ts := filepath.Join(dir, "..2026_11_27_10_31_05.123456789")
+	if err := os.MkdirAll(ts, 0o755); err != nil {
+		s.t.Fatal(err)
+	}
+	for _, link := range [][2]string{{"..2026_11_27_10_31_05.123456789", "..data"}, {"..data/token", "token"}} {
+		if err := os.Symlink(link[0], filepath.Join(dir, link[1])); err != nil {
+			s.t.Fatal(err)
+		}
+	}
+	s.pods[p.uid] = p
+	s.order = append(s.order, p.uid)
+	s.writeToken(p, now)
+	return p
+}
+
+// deleteOldest deletes the oldest pod but a stuck one (kept so an alarm
+// stays the same alarm).
+func (s *simNode) deleteOldest() {
+	i := 0
+	if s.pods[s.order[0]].stuck {
+		i = 1
+	}
+	uid := s.order[i]
+	s.order = append(s.order[:i:i], s.order[i+1:]...)
+	delete(s.pods, uid)
+	if err := os.RemoveAll(filepath.Join(s.root, "pods", uid)); err != nil {
+		s.t.Fatal(err)
+	}
+}
+
+func (s *simNode) writeToken(p *simPod, iat time.Time) {
+	p.iat = iat.Truncate(time.Second)
+	enc := base64.RawURLEncoding
+	payload, _ := json.Marshal(map[string]any{
+		"aud": []string{testIssuer}, "iss": testIssuer, "iat": p.iat.Unix(), "nbf": p.iat.Unix(), "exp": p.iat.Unix() + 365*86400,
+		"sub": "system:serviceaccount:" + p.ns + ":default", "jti": "j-" + p.uid,
+		"kubernetes.io": map[string]any{
+			"namespace": p.ns, "warnafter": p.iat.Unix() + 3607,
+			"node":           map[string]any{"name": "node-1", "uid": "n-uid"},
+			"pod":            map[string]any{"name": p.name, "uid": p.uid},
+			"serviceaccount": map[string]any{"name": "default", "uid": "sa-uid"},
+		},
+	})
+	tok := enc.EncodeToString([]byte(`{"alg":"RS256","kid":"k"}`)) + "." + enc.EncodeToString(payload) + "." + enc.EncodeToString(make([]byte, 64))
+	if err := os.WriteFile(filepath.Join(s.volume(p), "..2026_11_27_10_31_05.123456789", "token"), []byte(tok), 0o644); err != nil {
+		s.t.Fatal(err)
+	}
+}
+
+// sync refreshes every token past its refresh time and lag, as the
+// kubelet's token manager and volume sync do.
+func (s *simNode) sync(now time.Time) {
+	for _, p := range s.pods {
+		if refreshAt := p.iat.Add(3607*time.Second - 721*time.Second); !p.stuck && !now.Before(refreshAt.Add(p.lag)) {
+			s.writeToken(p, now)
+		}
+	}
+}
+
+// discoveryServer answers OIDC discovery with issuer.
+func discoveryServer(t *testing.T, issuer string) rest.Interface {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"issuer":"`+issuer+`","jwks_uri":"`+issuer+`/openid/v1/jwks"}`)
+	}))
+	t.Cleanup(srv.Close)
+	_, discovery, err := nodeclient.New(&rest.Config{Host: srv.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return discovery
+}
+
+// nodeWrites counts the requests that changed the Node.
+func nodeWrites(cs *fake.Clientset) int {
+	n := 0
+	for _, a := range cs.Actions() {
+		if a.GetVerb() == "patch" || a.GetVerb() == "update" {
+			n++
+		}
+	}
+	return n
+}
+
+// In steady state, with tokens refreshing and pods created and deleted
+// every few minutes, an agent writes its Node at most once an hour; an
+// alarm (a token the kubelet stops refreshing, then refreshes again) is
+// written at the scan that sees it.
+func TestNodeWritesUnderChurn(t *testing.T) {
+	ctx := context.Background()
+	start := time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
+	clk := clocktesting.NewFakeClock(start)
+	sim := newSimNode(t)
+	for range 30 {
+		p := sim.addPod(clk.Now())
+		// Spread the tokens' ages over their lifetime.
+		sim.writeToken(p, clk.Now().Add(-time.Duration(sim.next*71%2800)*time.Second))
+	}
+	cs := fake.NewClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-1"}})
+	const interval = time.Minute
+	a, err := New(Config{NodeName: "node-1", KubeletRoot: sim.root, Client: cs.CoreV1().Nodes(), Discovery: discoveryServer(t, testIssuer),
+		Interval: interval, Grace: 5 * time.Minute, IssuerRefresh: 10 * time.Minute, MaxTokenSeries: 100, Clock: clk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.refreshIssuer(ctx)
+	if r := a.ScanOnce(ctx); r == nil || r.Summary[protocol.StateFresh]+r.Summary[protocol.StateRefreshDue] != 30 {
+		t.Fatalf("first scan: %+v", r)
+	}
+	first := nodeWrites(cs)
+	if first != 2 {
+		t.Fatalf("first scan wrote %d times, want the condition and the report", first)
+	}
+
+	// step advances one scan interval: the kubelet syncs, a pod is replaced
+	// every 3 minutes and one more comes or goes every 9 (so the counts
+	// change), the agent scans.
+	steps := 0
+	step := func() {
+		clk.Step(interval)
+		steps++
+		sim.sync(clk.Now())
+		if steps%3 == 0 {
+			sim.deleteOldest()
+			sim.addPod(clk.Now())
+		}
+		switch steps % 18 {
+		case 0:
+			sim.addPod(clk.Now())
+		case 9:
+			sim.deleteOldest()
+		}
+		if r := a.ScanOnce(ctx); r == nil {
+			t.Fatal("scan failed")
+		}
+	}
+	const hours = 4
+	perHour := make([]int, hours)
+	for h := range hours {
+		before := nodeWrites(cs)
+		for range int(time.Hour / interval) {
+			step()
+		}
+		perHour[h] = nodeWrites(cs) - before
+	}
+	t.Logf("node writes per simulated hour in steady state (about 30 pods, %d pods started in %d h, each token refreshed every 48 min): %v", sim.next-30, hours, perHour)
+	for h, n := range perHour {
+		if n > 1 {
+			t.Errorf("hour %d: %d node writes, want at most 1", h+1, n)
+		}
+	}
+	if n := perHour[0] + perHour[1]; n == 0 {
+		t.Errorf("no rewrite in two hours although the pods' counts changed")
+	}
+
+	// An alarm: the kubelet stops refreshing one token. The scan that finds
+	// it overdue writes the condition and the report.
+	stuck := sim.pods[sim.order[len(sim.order)-1]]
+	stuck.stuck = true
+	overdueAt := stuck.iat.Add(3607*time.Second - 721*time.Second + 5*time.Minute)
+	for clk.Now().Add(interval).Before(overdueAt) {
+		step()
+	}
+	node, _ := cs.CoreV1().Nodes().Get(ctx, "node-1", metav1.GetOptions{})
+	if c := conditionOf(node); c == nil || c.Status != corev1.ConditionFalse {
+		t.Fatalf("condition before the token is overdue: %+v", c)
+	}
+	before := nodeWrites(cs)
+	step()
+	if n := nodeWrites(cs) - before; n != 2 {
+		t.Errorf("the scan that found a token overdue made %d writes, want 2 (condition and report)", n)
+	}
+	node, _ = cs.CoreV1().Nodes().Get(ctx, "node-1", metav1.GetOptions{})
+	if c := conditionOf(node); c == nil || c.Status != corev1.ConditionTrue || c.Reason != ReasonOverdue {
+		t.Errorf("condition with an overdue token: %+v", c)
+	}
+	if rep, err := protocol.ParseTokenReport(node.Annotations[protocol.AnnotationTokens]); err != nil || rep.Stale[protocol.StateOverdue] != 1 ||
+		len(rep.StalePods) != 1 || rep.StalePods[0].UID != stuck.uid {
+		t.Errorf("report with an overdue token: %+v, %v", rep, err)
+	}
+	// The alarm holds while pods churn: at most the hourly rewrite.
+	before = nodeWrites(cs)
+	for range int(time.Hour / interval) {
+		step()
+	}
+	if n := nodeWrites(cs) - before; n > 1 {
+		t.Errorf("an hour with an unchanged alarm: %d writes, want at most 1", n)
+	}
+	// It heals: the next scan clears the condition.
+	stuck.stuck = false
+	before = nodeWrites(cs)
+	step()
+	if n := nodeWrites(cs) - before; n != 2 {
+		t.Errorf("the scan that found the token refreshed made %d writes, want 2", n)
+	}
+	node, _ = cs.CoreV1().Nodes().Get(ctx, "node-1", metav1.GetOptions{})
+	if c := conditionOf(node); c == nil || c.Status != corev1.ConditionFalse {
+		t.Errorf("condition after the token healed: %+v", c)
+	}
+}
+
+func conditionOf(n *corev1.Node) *corev1.NodeCondition {
+	for i := range n.Status.Conditions {
+		if string(n.Status.Conditions[i].Type) == protocol.ConditionTokensStale {
+			return &n.Status.Conditions[i]
+		}
+	}
+	return nil
+}
