@@ -45,6 +45,10 @@ type Config struct {
 	Registry       prometheus.Registerer
 	Log            *zap.Logger
 	Clock          clock.WithTicker
+
+	// MaxTokenSeriesPerNamespace caps one namespace's share of the
+	// per-token series; 0 is no cap of its own.
+	MaxTokenSeriesPerNamespace int
 }
 
 // Agent scans one node and reports on it.
@@ -62,10 +66,21 @@ type Agent struct {
 	// reportWrittenAt (the agent's start until it writes).
 	appliedReport   string
 	reportWrittenAt time.Time
-	rescan          chan struct{}
-	since           metav1.Time // the applied condition's transition time
-	scannedOnce     chan struct{}
-	closeOnce       sync.Once
+	// wanted and wantedReport are what the last scan found, and wantedOK
+	// says there was one: what a repair writes back.
+	wanted       condition
+	wantedReport protocol.TokenReport
+	wantedOK     bool
+	// live is this Node as the informer last saw it (nil: not seen, or
+	// deleted); nodeChanged says it changed, repairedAt when writes were
+	// last put back.
+	live        *corev1.Node
+	nodeChanged chan struct{}
+	repairedAt  time.Time
+	rescan      chan struct{}
+	since       metav1.Time // the applied condition's transition time
+	scannedOnce chan struct{}
+	closeOnce   sync.Once
 }
 
 // New validates cfg and builds an agent.
@@ -97,11 +112,12 @@ func New(cfg Config) (*Agent, error) {
 	}
 	return &Agent{
 		cfg:             cfg,
-		metrics:         newAgentMetrics(cfg.Registry, cfg.MaxTokenSeries),
+		metrics:         newAgentMetrics(cfg.Registry, cfg.MaxTokenSeries, cfg.MaxTokenSeriesPerNamespace),
 		scanner:         scan.NewScanner(),
 		socket:          podsapi.SocketPath(cfg.KubeletRoot),
 		scannedOnce:     make(chan struct{}),
 		rescan:          make(chan struct{}, 1),
+		nodeChanged:     make(chan struct{}, 1),
 		reportWrittenAt: cfg.Clock.Now(),
 	}, nil
 }
@@ -132,7 +148,75 @@ func (a *Agent) Run(ctx context.Context) error {
 		case <-a.rescan:
 			a.refreshIssuer(ctx)
 			a.ScanOnce(ctx)
+		case <-a.nodeChanged:
+			a.repair(ctx)
 		}
+	}
+}
+
+// repairInterval is how often, at most, the agent puts back at once what
+// someone else removed or changed on its Node; a writer that keeps undoing
+// it waits for the next scan, so two controllers never fight at full speed.
+const repairInterval = time.Minute
+
+// ObserveNode is told of every version of this agent's Node its informer
+// sees (nil: deleted). It never blocks: the agent compares it with what it
+// wrote in its own loop.
+func (a *Agent) ObserveNode(n *corev1.Node) {
+	a.mu.Lock()
+	a.live = n
+	a.mu.Unlock()
+	select {
+	case a.nodeChanged <- struct{}{}:
+	default:
+	}
+}
+
+// repair compares the live Node with what the agent last wrote. When the
+// condition or the report is not there as written (removed, changed by
+// someone else, or the Node deleted and registered again under the same
+// name), the agent takes the live Node as its starting point and writes
+// what its last scan found, at once or, within repairInterval of the last
+// repair, at the next scan.
+func (a *Agent) repair(ctx context.Context) {
+	a.mu.Lock()
+	live, ok := a.live, a.wantedOK
+	if live == nil || !ok {
+		a.mu.Unlock()
+		return
+	}
+	var cond *condition
+	since := metav1.Time{}
+	for _, c := range live.Status.Conditions {
+		if string(c.Type) == protocol.ConditionTokensStale {
+			cond, since = &condition{Status: c.Status, Reason: c.Reason, Message: c.Message}, c.LastTransitionTime
+		}
+	}
+	report := live.Annotations[protocol.AnnotationTokens]
+	condDrift := (cond == nil) != (a.applied == nil) || cond != nil && *cond != *a.applied
+	reportDrift := report != a.appliedReport
+	if !condDrift && !reportDrift {
+		a.mu.Unlock()
+		return
+	}
+	if condDrift {
+		a.applied, a.since = cond, since
+	}
+	if reportDrift {
+		a.appliedReport = report
+	}
+	want, wantReport := a.wanted, a.wantedReport
+	now := a.cfg.Clock.Now()
+	due := now.Sub(a.repairedAt) >= repairInterval
+	if due {
+		a.repairedAt = now
+	}
+	a.mu.Unlock()
+	a.cfg.Log.Info("this Node's condition or tokens report is not as the agent wrote it (removed, changed by someone else, or the Node registered again); writing it again",
+		zap.String("node", a.cfg.NodeName), zap.Bool("condition", condDrift), zap.Bool("report", reportDrift), zap.Bool("now", due))
+	if due {
+		a.writeCondition(ctx, want)
+		a.writeReport(ctx, wantReport)
 	}
 }
 
@@ -189,8 +273,12 @@ func (a *Agent) ScanOnce(ctx context.Context) *scan.Report {
 	a.metrics.observe(report)
 	a.metrics.lastScan.Set(float64(a.cfg.Clock.Now().Unix()))
 	a.cfg.Log.Debug("scanned", zap.String("summary", scan.Summary(report)))
-	a.writeCondition(ctx, conditionFor(report))
-	a.writeReport(ctx, tokenReport(report, expected))
+	want, wantReport := conditionFor(report), tokenReport(report, expected)
+	a.mu.Lock()
+	a.wanted, a.wantedReport, a.wantedOK = want, wantReport, true
+	a.mu.Unlock()
+	a.writeCondition(ctx, want)
+	a.writeReport(ctx, wantReport)
 	a.closeOnce.Do(func() { close(a.scannedOnce) })
 	return report
 }

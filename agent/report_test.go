@@ -141,7 +141,7 @@ func TestTokenReportFitsItsByteBudget(t *testing.T) {
 // What the agent writes goes through the budget.
 func TestWriteReportKeepsTheBudget(t *testing.T) {
 	cs := fake.NewClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-1"}})
-	a, err := New(Config{NodeName: "node-1", KubeletRoot: t.TempDir(), Client: cs.CoreV1().Nodes(), Discovery: discoveryServer(t, testIssuer),
+	a, err := New(Config{NodeName: "node-1", KubeletRoot: t.TempDir(), Client: cs.CoreV1().Nodes(), Discovery: oidcDiscovery(testIssuer),
 		Interval: time.Minute, IssuerRefresh: time.Minute, Clock: clocktesting.NewFakeClock(time.Now())})
 	if err != nil {
 		t.Fatal(err)

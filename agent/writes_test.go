@@ -5,9 +5,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"testing"
@@ -16,10 +13,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
-	"k8s.io/client-go/rest"
 	clocktesting "k8s.io/utils/clock/testing"
 
-	"github.com/tokenroll/tokenroll/agent/nodeclient"
 	"github.com/tokenroll/tokenroll/protocol"
 )
 
@@ -117,20 +112,6 @@ func (s *simNode) sync(now time.Time) {
 	}
 }
 
-// discoveryServer answers OIDC discovery with issuer.
-func discoveryServer(t *testing.T, issuer string) rest.Interface {
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		_, _ = io.WriteString(w, `{"issuer":"`+issuer+`","jwks_uri":"`+issuer+`/openid/v1/jwks"}`)
-	}))
-	t.Cleanup(srv.Close)
-	_, discovery, err := nodeclient.New(&rest.Config{Host: srv.URL})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return discovery
-}
-
 // nodeWrites counts the requests that changed the Node.
 func nodeWrites(cs *fake.Clientset) int {
 	n := 0
@@ -158,7 +139,7 @@ func TestNodeWritesUnderChurn(t *testing.T) {
 	}
 	cs := fake.NewClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-1"}})
 	const interval = time.Minute
-	a, err := New(Config{NodeName: "node-1", KubeletRoot: sim.root, Client: cs.CoreV1().Nodes(), Discovery: discoveryServer(t, testIssuer),
+	a, err := New(Config{NodeName: "node-1", KubeletRoot: sim.root, Client: cs.CoreV1().Nodes(), Discovery: oidcDiscovery(testIssuer),
 		Interval: interval, Grace: 5 * time.Minute, IssuerRefresh: 10 * time.Minute, MaxTokenSeries: 100, Clock: clk})
 	if err != nil {
 		t.Fatal(err)
@@ -266,4 +247,97 @@ func conditionOf(n *corev1.Node) *corev1.NodeCondition {
 		}
 	}
 	return nil
+}
+
+// What the agent wrote and someone removed, or a Node deleted and
+// registered again under the same name, is written again: at once, and
+// within a minute of the last repair at the next scan.
+func TestAgentRewritesWhatWasRemoved(t *testing.T) {
+	ctx := context.Background()
+	clk := clocktesting.NewFakeClock(time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC))
+	sim := newSimNode(t)
+	stuck := sim.addPod(clk.Now().Add(-time.Hour)) // overdue: an alarm to report
+	stuck.stuck = true
+	sim.addPod(clk.Now())
+	cs := fake.NewClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-1", UID: "first"}})
+	nodes := cs.CoreV1().Nodes()
+	a, err := New(Config{NodeName: "node-1", KubeletRoot: sim.root, Client: nodes, Discovery: oidcDiscovery(testIssuer),
+		Interval: 30 * time.Second, Grace: 5 * time.Minute, IssuerRefresh: 10 * time.Minute, Clock: clk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.refreshIssuer(ctx)
+	a.ScanOnce(ctx)
+	live := func() *corev1.Node {
+		n, err := nodes.Get(ctx, "node-1", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	reported := func(n *corev1.Node) bool {
+		c := conditionOf(n)
+		rep, err := protocol.ParseTokenReport(n.Annotations[protocol.AnnotationTokens])
+		return c != nil && c.Reason == ReasonOverdue && err == nil && rep.Stale[protocol.StateOverdue] == 1
+	}
+	n := live()
+	if !reported(n) {
+		t.Fatalf("first scan: %+v", n)
+	}
+	// The informer sees the agent's own writes: nothing to do.
+	a.ObserveNode(n)
+	before := nodeWrites(cs)
+	a.repair(ctx)
+	if w := nodeWrites(cs) - before; w != 0 {
+		t.Errorf("%d writes for a Node as the agent wrote it", w)
+	}
+
+	// Someone removes the annotation and the condition.
+	n = live()
+	delete(n.Annotations, protocol.AnnotationTokens)
+	n.Status.Conditions = nil
+	if _, err := nodes.Update(ctx, n, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	a.ObserveNode(live())
+	a.repair(ctx)
+	if n = live(); !reported(n) {
+		t.Errorf("after a removal: condition %+v, annotation %q", conditionOf(n), n.Annotations[protocol.AnnotationTokens])
+	}
+
+	// The Node is deleted and registered again, 30 s later: within a
+	// minute of the last repair, it is written at the next scan.
+	if err := nodes.Delete(ctx, "node-1", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	a.ObserveNode(nil)
+	a.repair(ctx)
+	clk.Step(30 * time.Second)
+	fresh, err := nodes.Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-1", UID: "second"}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.ObserveNode(fresh)
+	a.repair(ctx)
+	if n = live(); reported(n) {
+		t.Errorf("repaired twice within a minute")
+	}
+	a.ScanOnce(ctx)
+	if n = live(); !reported(n) {
+		t.Errorf("the Node registered again was not written at the next scan: condition %+v, annotations %v", conditionOf(n), n.Annotations)
+	}
+	// Someone else changes the condition's message a minute later: put
+	// back at once, its transition time kept (the status did not change).
+	clk.Step(time.Minute)
+	n = live()
+	since := conditionOf(n).LastTransitionTime
+	conditionOf(n).Message = "all good"
+	if _, err := nodes.UpdateStatus(ctx, n, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	a.ObserveNode(live())
+	a.repair(ctx)
+	if c := conditionOf(live()); c.Message == "all good" || !c.LastTransitionTime.Equal(&since) {
+		t.Errorf("after a change: %+v (transition time was %v)", c, since)
+	}
 }
