@@ -63,9 +63,10 @@ type Agent struct {
 	podsAPIUp *bool // nil until first checked; logged on change
 	applied   *condition
 	// appliedReport is the tokens annotation last written (JSON), at
-	// reportWrittenAt (the agent's start until it writes).
-	appliedReport   string
-	reportWrittenAt time.Time
+	// reportWrittenAt (zero until it writes); started is when the agent
+	// was made.
+	appliedReport            string
+	reportWrittenAt, started time.Time
 	// wanted and wantedReport are what the last scan found, and wantedOK
 	// says there was one: what a repair writes back.
 	wanted       condition
@@ -111,14 +112,14 @@ func New(cfg Config) (*Agent, error) {
 		cfg.Registry = prometheus.NewRegistry()
 	}
 	return &Agent{
-		cfg:             cfg,
-		metrics:         newAgentMetrics(cfg.Registry, cfg.MaxTokenSeries, cfg.MaxTokenSeriesPerNamespace),
-		scanner:         scan.NewScanner(),
-		socket:          podsapi.SocketPath(cfg.KubeletRoot),
-		scannedOnce:     make(chan struct{}),
-		rescan:          make(chan struct{}, 1),
-		nodeChanged:     make(chan struct{}, 1),
-		reportWrittenAt: cfg.Clock.Now(),
+		cfg:         cfg,
+		metrics:     newAgentMetrics(cfg.Registry, cfg.MaxTokenSeries, cfg.MaxTokenSeriesPerNamespace),
+		scanner:     scan.NewScanner(),
+		socket:      podsapi.SocketPath(cfg.KubeletRoot),
+		scannedOnce: make(chan struct{}),
+		rescan:      make(chan struct{}, 1),
+		nodeChanged: make(chan struct{}, 1),
+		started:     cfg.Clock.Now(),
 	}, nil
 }
 

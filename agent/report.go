@@ -80,8 +80,15 @@ func ceilMinute(t time.Time) time.Time {
 // reportRefresh is how often, at most, the tokens annotation is rewritten
 // when only the counts of healthy tokens changed: on a node whose pods come
 // and go those change on every scan, and a write of them fans out to every
-// watcher of Nodes.
-const reportRefresh = time.Hour
+// watcher of Nodes. In the agent's first reportSettle (a node that boots, or
+// one just remediated, whose pods are starting) the counts follow within
+// settleRefresh instead, so the report does not show an empty node for an
+// hour.
+const (
+	reportRefresh = time.Hour
+	reportSettle  = 10 * time.Minute
+	settleRefresh = time.Minute
+)
 
 // sameAlarms reports whether two reports agree on everything the
 // coordinator acts on: they differ at most in the counts of the expected
@@ -164,7 +171,8 @@ func fitReport(rep protocol.TokenReport, max int) (protocol.TokenReport, []byte,
 
 // writeReport patches the tokens annotation onto this agent's own Node: at
 // once when what the coordinator acts on changed, and when only the healthy
-// tokens' counts did, once reportRefresh has passed since the last write.
+// tokens' counts did, once reportRefresh (settleRefresh while the agent
+// settles) has passed since the last write.
 func (a *Agent) writeReport(ctx context.Context, rep protocol.TokenReport) {
 	rep, raw, err := fitReport(rep, protocol.MaxTokenReportBytes)
 	if err != nil {
@@ -178,7 +186,11 @@ func (a *Agent) writeReport(ctx context.Context, rep protocol.TokenReport) {
 	if applied == value {
 		return
 	}
-	if prev, err := protocol.ParseTokenReport(applied); applied != "" && err == nil && sameAlarms(prev, rep) && now.Sub(lastWrite) < reportRefresh {
+	wait := reportRefresh
+	if now.Sub(a.started) < reportSettle {
+		wait = settleRefresh
+	}
+	if prev, err := protocol.ParseTokenReport(applied); applied != "" && err == nil && sameAlarms(prev, rep) && now.Sub(lastWrite) < wait {
 		return
 	}
 	if rep.StalePodsTruncated || rep.IssuersTruncated {
