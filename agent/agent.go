@@ -18,6 +18,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/resourceversion"
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/clock"
 
@@ -78,6 +79,9 @@ type Agent struct {
 	live        *corev1.Node
 	nodeChanged chan struct{}
 	repairedAt  time.Time
+	// writtenRV is the resourceVersion of the agent's last write: a live
+	// Node older than it is a late event, not someone else's change.
+	writtenRV   string
 	rescan      chan struct{}
 	since       metav1.Time // the applied condition's transition time
 	scannedOnce chan struct{}
@@ -193,6 +197,10 @@ func (a *Agent) repair(ctx context.Context) {
 			cond, since = &condition{Status: c.Status, Reason: c.Reason, Message: c.Message}, c.LastTransitionTime
 		}
 	}
+	if cmp, err := resourceversion.CompareResourceVersion(live.ResourceVersion, a.writtenRV); err == nil && cmp < 0 {
+		a.mu.Unlock()
+		return
+	}
 	report := live.Annotations[protocol.AnnotationTokens]
 	condDrift := (cond == nil) != (a.applied == nil) || cond != nil && *cond != *a.applied
 	reportDrift := report != a.appliedReport
@@ -218,6 +226,14 @@ func (a *Agent) repair(ctx context.Context) {
 	if due {
 		a.writeCondition(ctx, want)
 		a.writeReport(ctx, wantReport)
+	}
+}
+
+// noteWritten records the resourceVersion a write of the agent's left the
+// Node at; a.mu is held.
+func (a *Agent) noteWritten(n *corev1.Node) {
+	if n != nil && n.ResourceVersion != "" {
+		a.writtenRV = n.ResourceVersion
 	}
 }
 
@@ -353,7 +369,8 @@ func (a *Agent) writeCondition(ctx context.Context, c condition) {
 	if err != nil {
 		return
 	}
-	if _, err := a.cfg.Client.Patch(ctx, a.cfg.NodeName, types.StrategicMergePatchType, patch, metav1.PatchOptions{FieldManager: "tokenroll-agent"}, "status"); err != nil {
+	written, err := a.cfg.Client.Patch(ctx, a.cfg.NodeName, types.StrategicMergePatchType, patch, metav1.PatchOptions{FieldManager: "tokenroll-agent"}, "status")
+	if err != nil {
 		a.metrics.scanErrors.WithLabelValues("node_condition").Inc()
 		a.cfg.Log.Warn("writing the ServiceAccountTokensStale condition", zap.String("node", a.cfg.NodeName), zap.Error(err))
 		return
@@ -362,5 +379,6 @@ func (a *Agent) writeCondition(ctx context.Context, c condition) {
 	a.cfg.Log.Info("node condition changed", zap.String("node", a.cfg.NodeName), zap.String("status", string(c.Status)), zap.String("reason", c.Reason), zap.String("message", c.Message))
 	a.mu.Lock()
 	a.applied, a.since = &c, since
+	a.noteWritten(written)
 	a.mu.Unlock()
 }

@@ -201,7 +201,8 @@ func (a *Agent) writeReport(ctx context.Context, rep protocol.TokenReport) {
 	if err != nil {
 		return
 	}
-	if _, err := a.cfg.Client.Patch(ctx, a.cfg.NodeName, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: "tokenroll-agent"}); err != nil {
+	written, err := a.cfg.Client.Patch(ctx, a.cfg.NodeName, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: "tokenroll-agent"})
+	if err != nil {
 		a.metrics.scanErrors.WithLabelValues("node_annotation").Inc()
 		a.cfg.Log.Warn("writing the tokens annotation", zap.String("node", a.cfg.NodeName), zap.Error(err))
 		return
@@ -209,5 +210,6 @@ func (a *Agent) writeReport(ctx context.Context, rep protocol.TokenReport) {
 	a.metrics.reportWrites.Inc()
 	a.mu.Lock()
 	a.appliedReport, a.reportWrittenAt = value, now
+	a.noteWritten(written)
 	a.mu.Unlock()
 }

@@ -355,4 +355,25 @@ func TestAgentRewritesWhatWasRemoved(t *testing.T) {
 	if c := conditionOf(live()); c.Message == "all good" || !c.LastTransitionTime.Equal(&since) {
 		t.Errorf("after a change: %+v (transition time was %v)", c, since)
 	}
+
+	// A late event, a version older than the agent's last write, is not
+	// someone else's change; a newer one without the report is.
+	clk.Step(time.Minute)
+	a.mu.Lock()
+	a.writtenRV = "100"
+	a.mu.Unlock()
+	bare := func(rv string) *corev1.Node {
+		return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-1", UID: "second", ResourceVersion: rv}}
+	}
+	before = nodeWrites(cs)
+	a.ObserveNode(bare("99"))
+	a.repair(ctx)
+	if w := nodeWrites(cs) - before; w != 0 {
+		t.Errorf("a late event made %d writes", w)
+	}
+	a.ObserveNode(bare("101"))
+	a.repair(ctx)
+	if w := nodeWrites(cs) - before; w != 2 {
+		t.Errorf("a newer Node without the condition and report made %d writes, want 2", w)
+	}
 }
