@@ -25,7 +25,7 @@ func TestTokenReport(t *testing.T) {
 	}
 	r := &scan.Report{Tokens: []scan.Token{
 		tok("a", protocol.StateIssuerMismatch, "https://old", time.Hour),
-		tok("a", protocol.StateIssuerMismatch, "https://old", 3*time.Hour),
+		tok("a", protocol.StateIssuerMismatch, "https://old", 3*time.Hour+time.Second),
 		tok("b", protocol.StateOverdue, "https://new", -time.Hour),
 		tok("c", protocol.StateFresh, "https://new", 2*time.Hour),
 		tok("d", protocol.StateOrphaned, "https://older", time.Hour),
@@ -37,7 +37,8 @@ func TestTokenReport(t *testing.T) {
 	if len(got.Issuers) != 2 || got.Issuers[0].Issuer != "https://new" || got.Issuers[0].Tokens != 2 || !got.Issuers[0].LastRefreshAt.IsZero() {
 		t.Errorf("the current issuer: %+v", got.Issuers)
 	}
-	if got.Issuers[1].Issuer != "https://old" || got.Issuers[1].Tokens != 2 || !got.Issuers[1].LastRefreshAt.Equal(at.Add(3*time.Hour)) {
+	// The old issuer's last refresh, rounded up to the minute (the safe side).
+	if got.Issuers[1].Issuer != "https://old" || got.Issuers[1].Tokens != 2 || !got.Issuers[1].LastRefreshAt.Equal(at.Add(3*time.Hour+time.Minute)) {
 		t.Errorf("the old issuer: %+v", got.Issuers)
 	}
 	if len(got.StalePods) != 2 || got.StalePods[0].UID != "a" || got.StalePods[1].UID != "b" {
@@ -156,5 +157,36 @@ func TestWriteReportKeepsTheBudget(t *testing.T) {
 	rep, err := protocol.ParseTokenReport(v)
 	if len(v) > protocol.MaxTokenReportBytes || err != nil || !rep.StalePodsTruncated || rep.Stale[protocol.StateExpired] != 5000 {
 		t.Errorf("annotation of %d bytes: %+v, %v", len(v), rep.Stale, err)
+	}
+}
+
+// Only the healthy tokens' counts may wait for the hourly rewrite: a change
+// in anything the coordinator acts on is an alarm change.
+func TestSameAlarms(t *testing.T) {
+	base := func() protocol.TokenReport {
+		return protocol.TokenReport{Issuer: "https://new", Tokens: 10, Stale: map[protocol.State]int{protocol.StateIssuerMismatch: 2},
+			Issuers:   []protocol.IssuerTokens{{Issuer: "https://new", Tokens: 8}, {Issuer: "https://old", Tokens: 2}},
+			StalePods: []protocol.PodRef{{Namespace: "ns", Name: "p", UID: "u"}}}
+	}
+	cases := []struct {
+		name   string
+		change func(*protocol.TokenReport)
+		same   bool
+	}{
+		{"total", func(r *protocol.TokenReport) { r.Tokens = 12 }, true},
+		{"the expected issuer's count", func(r *protocol.TokenReport) { r.Issuers[0].Tokens = 9 }, true},
+		{"an old issuer's count", func(r *protocol.TokenReport) { r.Issuers[1].Tokens = 1 }, false},
+		{"an old issuer's last refresh", func(r *protocol.TokenReport) { r.Issuers[1].LastRefreshAt = time.Unix(60, 0) }, false},
+		{"the stale counts", func(r *protocol.TokenReport) { r.Stale[protocol.StateOverdue] = 1 }, false},
+		{"the stale pods", func(r *protocol.TokenReport) { r.StalePods = nil }, false},
+		{"the expected issuer", func(r *protocol.TokenReport) { r.Issuer = "https://old" }, false},
+		{"a truncation", func(r *protocol.TokenReport) { r.StalePodsTruncated = true }, false},
+	}
+	for _, c := range cases {
+		r := base()
+		c.change(&r)
+		if got := sameAlarms(base(), r); got != c.same {
+			t.Errorf("%s changed: same alarms %v, want %v", c.name, got, c.same)
+		}
 	}
 }
