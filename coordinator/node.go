@@ -210,8 +210,12 @@ func (t *term) verify(ctx context.Context, w world, r *Rollout, v nodeView, impl
 	n, ns := v.node, v.state
 	in := verifyInput{node: n, state: ns, issuer: w.issuer, ready: nodeutil.Ready(n)}
 	if ns.Request != "" {
-		if st, err := protocol.ParseStatus(n.Annotations[protocol.AnnotationStatus]); err == nil && st.ID == ns.Request {
+		st, err := protocol.ParseStatus(n.Annotations[protocol.AnnotationStatus])
+		if err == nil && st.ID == ns.Request {
 			in.status = &st
+		}
+		if protocol.IsVersionError(err) {
+			return 0, t.halt(ctx, w, r, v, HaltActionFailed, "the agent's answer cannot be read: "+err.Error())
 		}
 	}
 	if in.status != nil && (in.status.Phase == protocol.PhaseFailed || in.status.Phase == protocol.PhaseRefused) {

@@ -98,7 +98,9 @@ func sortPlan(nodes []PlannedNode) {
 }
 
 func nodeNeed(in PlanInput, trusted map[string]TrustedIssuer, n *corev1.Node) (need bool, trigger string, deadline time.Time, why string) {
-	if n.Annotations[protocol.AnnotationRebootRequired] == "true" {
+	if rr, err := protocol.ParseRebootRequired(n.Annotations[protocol.AnnotationRebootRequired]); err != nil {
+		return false, "", time.Time{}, err.Error()
+	} else if rr {
 		return true, TriggerRebootRequired, time.Time{}, "the node reports a required reboot"
 	}
 	raw, ok := n.Annotations[protocol.AnnotationTokens]
