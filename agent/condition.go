@@ -50,7 +50,7 @@ func conditionFor(r *scan.Report) condition {
 	}
 	if worst == "" {
 		return condition{Status: corev1.ConditionFalse, Reason: ReasonFresh,
-			Message: fmt.Sprintf("no projected token is expired, overdue or from another issuer (%s)", scan.Summary(r))}
+			Message: fmt.Sprintf("no projected token is expired, overdue or from another issuer (%s)", scan.SummaryOf(r, notForeign))}
 	}
 	reason := map[protocol.State]string{protocol.StateExpired: ReasonExpired, protocol.StateIssuerMismatch: ReasonIssuerMismatch, protocol.StateOverdue: ReasonOverdue}[worst]
 	// Tokens are sorted worst first: name the first few distinct pods.
@@ -86,3 +86,7 @@ func countPods(r *scan.Report) int {
 	}
 	return len(seen)
 }
+
+// notForeign leaves foreign files (not service-account tokens, placed by
+// tenants) out of the condition, so they never cause a Node write.
+func notForeign(s protocol.State) bool { return s != protocol.StateForeign }

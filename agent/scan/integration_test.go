@@ -36,17 +36,17 @@ func TestRealTokensThroughAnIssuerChange(t *testing.T) {
 		}
 		return iss
 	}
-	live := func() map[string]bool {
+	live := func() map[string]podsapi.Pod {
 		t.Helper()
-		uids, err := podsapi.LiveUIDs(ctx, podsapi.SocketPath(node.Root()))
+		pods, err := podsapi.List(ctx, podsapi.SocketPath(node.Root()))
 		if err != nil {
 			t.Fatal(err)
 		}
-		return uids
+		return pods
 	}
 	scanNow := func(expected string, at time.Time) *scan.Report {
 		t.Helper()
-		r, err := scan.NewScanner().Scan(scan.Options{Root: node.Root(), Now: at, ExpectedIssuer: expected, Grace: 5 * time.Minute, LivePods: live()})
+		r, err := scan.NewScanner().Scan(scan.Options{Root: node.Root(), Now: at, ExpectedIssuer: expected, Grace: 5 * time.Minute, Pods: live()})
 		if err != nil {
 			t.Fatal(err)
 		}
