@@ -69,7 +69,7 @@ func TestTruncate(t *testing.T) {
 			t.Errorf("Truncate(%d bytes) does not keep a prefix: %q", len(c.in), got)
 		}
 	}
-	if Truncate(long) == Truncate(long+"b") || Truncate(long) != Truncate(long) {
+	if Truncate(long) == Truncate(long+"b") || Truncate(long) != Truncate(strings.Clone(long)) {
 		t.Error("two long values with one prefix must stay distinct, one value stable")
 	}
 }
@@ -100,7 +100,7 @@ func TestCapIssuers(t *testing.T) {
 	}
 	// i14..i19 are kept (most tokens); the overflow holds i01..i13, the
 	// latest of which refreshes at +13m.
-	if over := got[len(got)-1]; !over.LastRefreshAt.Equal(t0.Add(13*time.Minute)) {
+	if over := got[len(got)-1]; !over.LastRefreshAt.Equal(t0.Add(13 * time.Minute)) {
 		t.Errorf("overflow last refresh %s", over.LastRefreshAt)
 	}
 	few := its[:3]

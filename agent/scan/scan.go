@@ -243,6 +243,7 @@ func (p podFiles) judge(vol, rel string, claims []byte, problem string, isToken 
 		if err == nil {
 			t.setIssuer(c)
 		}
+		t.ServiceAccount = "" // the pod's, not this token's
 		t.State, t.Reason = protocol.StateForeign, reasonNotProjection
 		return t, "", true
 	case problem != "":

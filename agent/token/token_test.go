@@ -208,7 +208,7 @@ func TestClaimsEndReadsNoSignature(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer unix.Munmap(mem)
+	defer func() { _ = unix.Munmap(mem) }()
 	tok := jwt(bound(nil))
 	claims := tok[:strings.LastIndexByte(tok, '.')+1]
 	copy(mem[page-len(claims):], claims)
