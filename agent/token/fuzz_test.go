@@ -66,6 +66,11 @@ func FuzzParse(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c, err := Parse(data)
+		if end, ok := ClaimsEnd(data); ok && (data[end] != '.' || !CouldBeJWT(data[:min(len(data), MinClaims)])) {
+			// The scanner reads MinClaims bytes first and maps the file
+			// only when CouldBeJWT: it must never drop a JWT there.
+			t.Fatalf("ClaimsEnd ends at %d, but the prefix check rejects the file", end)
+		}
 		if end, ok := ClaimsEnd(data); ok && err == nil {
 			// What the scanner reads (the claims alone) decodes to what
 			// the whole token does.
