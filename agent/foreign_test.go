@@ -1,12 +1,19 @@
 package agent
 
 import (
+	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes/fake"
+	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/tokenroll/tokenroll/agent/scan"
 	"github.com/tokenroll/tokenroll/protocol"
@@ -85,5 +92,54 @@ func TestReportCapsIssuers(t *testing.T) {
 	}
 	if total != 41 || !kept {
 		t.Errorf("%d tokens counted, current issuer kept %v", total, kept)
+	}
+}
+
+// TestMetricLabelsCapped: a token at a path longer than
+// protocol.MaxClaimLen (a tenant chooses the path of a projection) gives a
+// series whose labels are capped.
+func TestMetricLabelsCapped(t *testing.T) {
+	now := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
+	root := t.TempDir()
+	const uid = "00000000-0000-4000-8000-00000000000a"
+	rel := filepath.Join(strings.Repeat("a", 200), strings.Repeat("b", 200), "token")
+	file := filepath.Join(root, "pods", uid, "volumes", "kubernetes.io~projected", "v", rel)
+	if err := os.MkdirAll(filepath.Dir(file), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(file, []byte(boundToken("https://old", "apps", "web", uid, now.Unix()-7200, 3600)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	a, err := New(Config{
+		NodeName: "node-1", KubeletRoot: root, Client: fake.NewClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-1"}}).CoreV1().Nodes(),
+		Discovery: oidcDiscovery("https://new"), Interval: time.Minute, Grace: time.Minute, IssuerRefresh: time.Minute, MaxTokenSeries: 10,
+		Registry: reg, Clock: clocktesting.NewFakeClock(now),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := a.ScanOnce(context.Background()); r == nil || r.Summary[protocol.StateExpired] != 1 {
+		t.Fatalf("scan: %+v", r)
+	}
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	series := 0
+	for _, f := range families {
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "path" {
+					series++
+				}
+				if len(l.GetValue()) > protocol.MaxClaimLen {
+					t.Errorf("%s{%s} is %d bytes", f.GetName(), l.GetName(), len(l.GetValue()))
+				}
+			}
+		}
+	}
+	if series != 1 {
+		t.Errorf("%d series with a path label, want the expired token's", series)
 	}
 }
