@@ -155,7 +155,8 @@ func TestPodsListCollapsed(t *testing.T) {
 
 // TestEntryCapIsReported: a volume, a directory in it and a pod's list of
 // volumes cut at the entry cap are problems in the report; the pod's own
-// token beyond the cap is still read, from its spec's path.
+// token is judged whether or not the listing reached it (see
+// TestSpecPathsReadDirectly for one it cannot reach).
 func TestEntryCapIsReported(t *testing.T) {
 	root := t.TempDir()
 	files := map[string]string{"zz-token": jwt(claimsFor("apps", "web", "worker-1", "https://old", 0, 3600))}
@@ -175,7 +176,7 @@ func TestEntryCapIsReported(t *testing.T) {
 		}
 	}
 	if tok := find(r, "big", "zz-token"); tok == nil || tok.State != protocol.StateIssuerMismatch {
-		t.Errorf("the pod's token beyond the cap: %+v", tok)
+		t.Errorf("the pod's token: %+v", tok)
 	}
 	var out bytes.Buffer
 	must(t, WriteTable(&out, r, iss))
@@ -312,5 +313,23 @@ func TestScannerClearsWhatItRead(t *testing.T) {
 	}
 	if i := bytes.IndexFunc(s.reader.buf, func(r rune) bool { return r != 0 }); i >= 0 {
 		t.Errorf("the read buffer still holds data at byte %d", i)
+	}
+}
+
+// TestSpecPathsReadDirectly: a token path of the pod's spec that the walk
+// does not reach (deeper than it goes) is read from the spec's path.
+func TestSpecPathsReadDirectly(t *testing.T) {
+	root := t.TempDir()
+	deep := strings.Repeat("d/", maxDepth+2) + "token"
+	volume(t, root, "uid-web", "v", map[string]string{deep: jwt(claimsFor("apps", "web", "worker-1", "https://old", 0, 3600))})
+	pods := map[string]podsapi.Pod{"uid-web": {Namespace: "apps", Name: "web", TokenPaths: map[string][]string{"v": {deep, "missing"}}}}
+	r := scanWithin(t, Options{Root: root, Now: now, ExpectedIssuer: iss, Grace: time.Minute, Pods: pods})
+	if tok := find(r, "v", deep); tok == nil || tok.State != protocol.StateIssuerMismatch || len(r.Tokens) != 1 {
+		t.Errorf("tokens %+v", r.Tokens)
+	}
+	// Without the spec the walk stops at its depth and says so.
+	r = scanWithin(t, Options{Root: root, Now: now, ExpectedIssuer: iss, Grace: time.Minute})
+	if tok := find(r, "v", deep); tok != nil || len(r.Tokens) != 1 || !strings.Contains(r.Tokens[0].Reason, "deeper than") {
+		t.Errorf("without the spec: %+v", r.Tokens)
 	}
 }
