@@ -61,7 +61,7 @@ type Agent struct {
 
 	mu        sync.Mutex
 	issuer    string
-	podsAPIUp *bool // nil until first checked; logged on change
+	podsReply protocol.PodsAPI // the last answer; logged on change
 	applied   *condition
 	// appliedReport is the tokens annotation last written (JSON), at
 	// reportWrittenAt (zero until it writes); started is when the agent
@@ -274,7 +274,7 @@ func (a *Agent) ScanOnce(ctx context.Context) *scan.Report {
 	expected := a.issuer
 	a.mu.Unlock()
 	opts := scan.Options{Root: a.cfg.KubeletRoot, Node: a.cfg.NodeName, Now: start, ExpectedIssuer: expected, Grace: a.cfg.Grace}
-	opts.LivePods = a.livePods(ctx)
+	opts.Pods, opts.PodsAPI = a.pods(ctx)
 	report, err := a.scanner.Scan(opts)
 	if err != nil {
 		a.metrics.scanErrors.WithLabelValues("root").Inc()
@@ -300,30 +300,29 @@ func (a *Agent) ScanOnce(ctx context.Context) *scan.Report {
 	return report
 }
 
-// livePods asks the kubelet Pods API which pods run; nil (no orphan
-// judgement) when it is not there. Its absence is logged once, not per scan.
-func (a *Agent) livePods(ctx context.Context) map[string]bool {
-	up := podsapi.Available(a.socket)
-	var live map[string]bool
-	var err error
-	if up {
-		if live, err = podsapi.LiveUIDs(ctx, a.socket); err != nil {
-			a.metrics.scanErrors.WithLabelValues("pods_api").Inc()
-			up = false
-		}
+// pods asks the kubelet Pods API which pods run; nil when it did not say
+// (tokens are then attributed by their claims, none judged orphaned). A
+// change of answer is logged once, not per scan.
+func (a *Agent) pods(ctx context.Context) (map[string]podsapi.Pod, protocol.PodsAPI) {
+	pods, answer, err := podsapi.Ask(ctx, a.socket)
+	if err != nil {
+		a.metrics.scanErrors.WithLabelValues("pods_api").Inc()
 	}
 	a.mu.Lock()
-	changed := a.podsAPIUp == nil || *a.podsAPIUp != up
-	a.podsAPIUp = &up
+	changed := a.podsReply != answer
+	a.podsReply = answer
 	a.mu.Unlock()
 	if changed {
-		if up {
-			a.cfg.Log.Info("kubelet Pods API available; volumes of pods the kubelet no longer runs are reported as orphaned", zap.String("socket", a.socket))
-		} else {
-			a.cfg.Log.Warn("kubelet Pods API not available (PodsAPI feature gate off, or socket not mounted); no token is judged orphaned", zap.String("socket", a.socket), zap.Error(err))
+		switch answer {
+		case protocol.PodsAPIListed:
+			a.cfg.Log.Info("kubelet Pods API available; only pods' serviceAccountToken projections are judged, and volumes of pods the kubelet no longer runs are orphaned", zap.String("socket", a.socket))
+		case protocol.PodsAPIAbsent:
+			a.cfg.Log.Warn("kubelet Pods API not available (PodsAPI feature gate off, or socket not mounted); tokens are attributed by their claims and none is judged orphaned", zap.String("socket", a.socket))
+		default:
+			a.cfg.Log.Warn("kubelet Pods API did not list the pods; this scan is incomplete and verifies no action", zap.String("socket", a.socket), zap.String("podsAPI", string(answer)), zap.Error(err))
 		}
 	}
-	return live
+	return pods, answer
 }
 
 // loadCondition reads the condition already on the Node, so a restarted

@@ -123,7 +123,7 @@ func (m *agentMetrics) observe(r *scan.Report) {
 	dropped := map[string]int{}
 	for _, t := range r.Tokens {
 		snap.counts[[2]string{string(t.State), t.Namespace}]++
-		live := t.State != protocol.StateInvalid && t.State != protocol.StateOrphaned
+		live := t.State != protocol.StateInvalid && t.State != protocol.StateOrphaned && t.State != protocol.StateForeign
 		if live && t.TTLSeconds > 0 {
 			if ratio := r.Now.Sub(t.IssuedAt).Seconds() / float64(t.TTLSeconds); ratio > snap.oldestRatio {
 				snap.oldestRatio = ratio
@@ -136,8 +136,8 @@ func (m *agentMetrics) observe(r *scan.Report) {
 				snap.latestOverdue = at
 			}
 		}
-		if t.State == protocol.StateFresh {
-			continue
+		if t.State == protocol.StateFresh || t.State == protocol.StateForeign {
+			continue // foreign files are counted in descTokens, never a series each
 		}
 		s := staleSeries{ns: t.Namespace, pod: t.Pod, vol: t.Volume, path: t.Path, state: string(t.State)}
 		if !t.RefreshAt.IsZero() {

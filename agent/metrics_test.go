@@ -100,7 +100,7 @@ func TestMetricsExposition(t *testing.T) {
 	})
 	writeVolume(t, root, web, "kube-api-access-fghij", map[string]string{
 		"token":  boundToken(newIss, "web", "web-0", web, at(-3600), 4000), // overdue, refreshAt now-400
-		"broken": "eyJhbGciOiJub25lIn0.bm90IGpzb24.c2ln",                   // invalid: the payload is not JSON
+		"broken": strings.Repeat("x", 70<<10),                              // invalid: too large to be a token
 	})
 
 	client := fake.NewClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-1"}})

@@ -20,11 +20,15 @@ import (
 // tokenReport summarises a scan for the coordinator. It is a pure function
 // of the report, and stable while nothing the coordinator acts on changes.
 func tokenReport(r *scan.Report, expectedIssuer string) protocol.TokenReport {
-	out := protocol.TokenReport{Issuer: expectedIssuer}
+	expectedIssuer = protocol.Truncate(expectedIssuer) // as the tokens' issuers are
+	out := protocol.TokenReport{Issuer: expectedIssuer, PartialScan: r.Partial}
+	if !r.Complete() {
+		out.PodsAPI = r.PodsAPI
+	}
 	issuers := map[string]*protocol.IssuerTokens{}
 	seen := map[string]bool{}
 	for _, t := range r.Tokens {
-		if t.State == protocol.StateOrphaned {
+		if t.State == protocol.StateOrphaned || t.State == protocol.StateForeign {
 			continue
 		}
 		out.Tokens++
@@ -57,7 +61,7 @@ func tokenReport(r *scan.Report, expectedIssuer string) protocol.TokenReport {
 	for _, it := range issuers {
 		out.Issuers = append(out.Issuers, *it)
 	}
-	slices.SortFunc(out.Issuers, func(a, b protocol.IssuerTokens) int { return cmp.Compare(a.Issuer, b.Issuer) })
+	out.Issuers = protocol.CapIssuers(out.Issuers, expectedIssuer)
 	slices.SortFunc(out.StalePods, func(a, b protocol.PodRef) int {
 		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name), cmp.Compare(a.UID, b.UID))
 	})

@@ -141,6 +141,10 @@ func nodeNeed(in PlanInput, trusted map[string]TrustedIssuer, n *corev1.Node) (n
 			healing = append(healing, fmt.Sprintf("%d tokens from %s refresh by %s, before its trust ends at %s", it.Tokens, it.Issuer, it.LastRefreshAt.UTC().Format(time.RFC3339), t.Expires.UTC().Format(time.RFC3339)))
 		}
 	}
+	if rep.IssuersTruncated {
+		need = true
+		reasons = append(reasons, "the agent left issuers out of its report to keep it within its size budget, so their tokens cannot be judged")
+	}
 	if need {
 		return true, TriggerIssuer, deadline, strings.Join(reasons, "; ")
 	}

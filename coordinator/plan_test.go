@@ -55,6 +55,7 @@ func TestMakePlan(t *testing.T) {
 		{"trust unknown counts as not trusted", GateState{}, false, reportNode("n", oldTokens(cur, time.Hour), nil), "kubelet-restart", "no longer trust", 0},
 		{"heals before the deadline", trustedFor(24 * time.Hour), false, reportNode("n", oldTokens(cur, 2*time.Hour), nil), "skip", "before its trust ends", 0},
 		{"within the margin of the deadline", trustedFor(24 * time.Hour), false, reportNode("n", oldTokens(cur, 23*time.Hour+30*time.Minute), nil), "kubelet-restart", "trusted until", 24 * time.Hour},
+		{"issuers left out of the report cannot be judged", GateState{TrustKnown: true, Trusted: []TrustedIssuer{{Name: cur}}}, false, reportNode("n", &protocol.TokenReport{Issuer: cur, Tokens: 3, Issuers: []protocol.IssuerTokens{{Issuer: cur, Tokens: 3}}, IssuersTruncated: true}, nil), "kubelet-restart", "left issuers out", 0},
 		{"trusted with no end", GateState{TrustKnown: true, Trusted: []TrustedIssuer{{Name: cur}, {Name: old}}}, false, reportNode("n", oldTokens(cur, time.Hour), nil), "skip", "still trusted", 0},
 		{"agent behind: wait", trustedFor(24 * time.Hour), true, reportNode("n", oldTokens(old, 0), nil), "wait", "", 0},
 		{"agent behind after the wait", trustedFor(24 * time.Hour), false, reportNode("n", oldTokens(old, 0), nil), "kubelet-restart", "not known", 24 * time.Hour},

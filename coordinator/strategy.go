@@ -115,14 +115,21 @@ type verdict struct {
 func waitFor(waiting, reason string) verdict { return verdict{waiting: waiting, reason: reason} }
 
 // reportClean: the agent reports no token the kubelet failed to refresh,
-// and every token from the current issuer.
+// and every token from the current issuer, from a scan that saw every pod
+// (a kubelet just restarted lists none, or refuses to answer).
 func reportClean(n *corev1.Node, iss string) (bool, string) {
 	rep, err := protocol.ParseTokenReport(n.Annotations[protocol.AnnotationTokens])
 	if err != nil {
 		return false, "no token report from the agent"
 	}
+	if !rep.Complete() {
+		return false, fmt.Sprintf("the agent's last scan had no complete list of pods from the kubelet Pods API (%s)", rep.PodsAPI)
+	}
 	if k := rep.Count(protocol.State.NotRefreshed); k > 0 {
 		return false, fmt.Sprintf("the agent reports %d tokens expired or overdue", k)
+	}
+	if rep.IssuersTruncated {
+		return false, "the agent left issuers out of its report to keep it within its size budget"
 	}
 	for _, it := range rep.Issuers {
 		if it.Issuer != iss && it.Tokens > 0 {

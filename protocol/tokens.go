@@ -1,6 +1,10 @@
 package protocol
 
-import "time"
+import (
+	"cmp"
+	"slices"
+	"time"
+)
 
 // AnnotationTokens is the agent's summary of the tokens on its node, a
 // TokenReport as JSON. The agent writes it at once when what the
@@ -32,9 +36,10 @@ type TokenReport struct {
 	// rewrite the annotation.
 	Stale map[State]int `json:"stale,omitempty"`
 	// Issuers has one entry per issuer seen in live pods' tokens, sorted by
-	// name. The expected issuer's count, like Tokens, is as of the last
-	// write. IssuersTruncated says some issuers were left out to keep the
-	// annotation within MaxTokenReportBytes (those with the fewest tokens).
+	// name, at most MaxIssuers of them (see CapIssuers). The expected
+	// issuer's count, like Tokens, is as of the last write. IssuersTruncated
+	// says some issuers were left out to keep the annotation within
+	// MaxTokenReportBytes (those with the fewest tokens).
 	Issuers          []IssuerTokens `json:"issuers,omitempty"`
 	IssuersTruncated bool           `json:"issuersTruncated,omitempty"`
 	// StalePods are the pods holding tokens in an alarm state (State.Alarm),
@@ -43,6 +48,60 @@ type TokenReport struct {
 	// out.
 	StalePods          []PodRef `json:"stalePods,omitempty"`
 	StalePodsTruncated bool     `json:"stalePodsTruncated,omitempty"`
+	// PodsAPI is set only when the scan had no complete list of the
+	// kubelet's pods (PodsAPI.Complete is false): its tokens were attributed
+	// by their claims and nothing was judged orphaned. Such a report never
+	// verifies an action.
+	PodsAPI PodsAPI `json:"podsAPI,omitempty"`
+	// PartialScan says some directory held more entries than the scanner
+	// reads; the agent's log and `tokenroll scan` name it.
+	PartialScan bool `json:"partialScan,omitempty"`
+}
+
+// Complete reports whether the scan behind the report saw every pod the
+// kubelet runs (see PodsAPI.Complete).
+func (r TokenReport) Complete() bool { return r.PodsAPI.Complete() }
+
+// MaxIssuers bounds TokenReport.Issuers: tokens from issuers beyond it are
+// counted under IssuerOverflow.
+const MaxIssuers = 8
+
+// IssuerOverflow is the issuer name under which CapIssuers counts the
+// tokens of the issuers it leaves out. It is no issuer's name (an issuer is
+// a URL), so it is never trusted and never the current issuer.
+const IssuerOverflow = "(other issuers)"
+
+// CapIssuers keeps at most MaxIssuers entries: current (the issuer the
+// agent judged against) first, then those with the most tokens; the rest are
+// summed into one IssuerOverflow entry with the latest LastRefreshAt. The
+// result is sorted by name with the overflow entry last.
+func CapIssuers(its []IssuerTokens, current string) []IssuerTokens {
+	out := slices.Clone(its)
+	if len(out) > MaxIssuers {
+		slices.SortFunc(out, func(a, b IssuerTokens) int {
+			return cmp.Or(-cmp.Compare(boolInt(a.Issuer == current), boolInt(b.Issuer == current)),
+				-cmp.Compare(a.Tokens, b.Tokens), cmp.Compare(a.Issuer, b.Issuer))
+		})
+		rest := IssuerTokens{Issuer: IssuerOverflow}
+		for _, it := range out[MaxIssuers-1:] {
+			rest.Tokens += it.Tokens
+			if it.LastRefreshAt.After(rest.LastRefreshAt) {
+				rest.LastRefreshAt = it.LastRefreshAt
+			}
+		}
+		out = append(out[:MaxIssuers-1], rest)
+	}
+	slices.SortFunc(out, func(a, b IssuerTokens) int {
+		return cmp.Or(cmp.Compare(boolInt(a.Issuer == IssuerOverflow), boolInt(b.Issuer == IssuerOverflow)), cmp.Compare(a.Issuer, b.Issuer))
+	})
+	return out
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // IssuerTokens counts the tokens from one issuer on a node.

@@ -7,6 +7,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/tokenroll/tokenroll/agent/podsapi"
 	"github.com/tokenroll/tokenroll/agent/scan"
 	"github.com/tokenroll/tokenroll/agent/token"
 	"github.com/tokenroll/tokenroll/internal/issuer"
@@ -60,15 +61,16 @@ func (s *Sandbox) census(ctx context.Context, iss string) (tokenCensus, error) {
 	if err != nil {
 		return tokenCensus{}, fmt.Errorf("listing pods: %w", err)
 	}
-	live := map[string]map[string]bool{}
-	for _, p := range pods.Items {
+	live := map[string]map[string]podsapi.Pod{}
+	for i := range pods.Items {
+		p := &pods.Items[i]
 		if p.Spec.NodeName == "" || p.DeletionTimestamp != nil {
 			continue
 		}
 		if live[p.Spec.NodeName] == nil {
-			live[p.Spec.NodeName] = map[string]bool{}
+			live[p.Spec.NodeName] = map[string]podsapi.Pod{}
 		}
-		live[p.Spec.NodeName][string(p.UID)] = true
+		live[p.Spec.NodeName][string(p.UID)] = podsapi.FromPod(p)
 	}
 	c := tokenCensus{Issuer: iss, States: map[protocol.State]int{}, OldIssuers: map[string]time.Time{}}
 	sc := scan.NewScanner()
@@ -76,15 +78,15 @@ func (s *Sandbox) census(ctx context.Context, iss string) (tokenCensus, error) {
 	for _, n := range s.Nodes {
 		livePods := live[n.Name()]
 		if livePods == nil {
-			livePods = map[string]bool{}
+			livePods = map[string]podsapi.Pod{}
 		}
-		rep, err := sc.Scan(scan.Options{Root: n.Root(), Node: n.Name(), Now: now, ExpectedIssuer: iss, Grace: token.DefaultGrace, LivePods: livePods})
+		rep, err := sc.Scan(scan.Options{Root: n.Root(), Node: n.Name(), Now: now, ExpectedIssuer: iss, Grace: token.DefaultGrace, Pods: livePods})
 		if err != nil {
 			return tokenCensus{}, err
 		}
 		for _, t := range rep.Tokens {
 			c.States[t.State]++
-			if t.State == protocol.StateOrphaned {
+			if t.State == protocol.StateOrphaned || t.State == protocol.StateForeign {
 				continue
 			}
 			c.Live++

@@ -4,11 +4,15 @@ import (
 	"errors"
 	"fmt"
 	"path"
+	"runtime"
+	"runtime/debug"
+	"slices"
 	"strings"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/tokenroll/tokenroll/agent/token"
+	"github.com/tokenroll/tokenroll/protocol"
 )
 
 // Limits on what one volume may make the scanner do.
@@ -18,9 +22,13 @@ const (
 )
 
 // visitFunc receives each file of a volume: its path relative to the volume
-// and either its bytes (valid only during the call) or a problem that kept it
+// and either the claims of the JWT it holds (header and payload, valid only
+// during the call; nil when the file is not a JWT) or a problem that kept it
 // from being read.
-type visitFunc func(rel string, data []byte, problem string)
+type visitFunc func(rel string, claims []byte, problem string)
+
+// problemMissing is the problem of a path that does not exist.
+const problemMissing = "dangling link, or removed during the scan"
 
 // volumeReader reads projected volumes safely. Every path is resolved by the
 // kernel with openat2(RESOLVE_BENEATH): links are followed only where they
@@ -28,9 +36,17 @@ type visitFunc func(rel string, data []byte, problem string)
 // and ".." escapes fail. A file is first opened O_PATH, which never touches
 // the file itself, and is opened for reading only when it is a regular file
 // of at most token.MaxSize bytes, then with O_NONBLOCK and checked again.
+//
+// A file is read only up to the end of a JWT's claims, never its signature,
+// so the agent never holds a usable credential: see read.
 type volumeReader struct {
-	buf     []byte // file contents, cleared after each file
+	buf     []byte // claims read, cleared after each file
 	dirents []byte // getdents buffer
+	// partial lists the directories read only in part (more entries than
+	// maxDirEntries), for the report.
+	partial []string
+	// volume is the directory of the volume being read, for messages.
+	volume string
 }
 
 func newVolumeReader() *volumeReader {
@@ -56,7 +72,11 @@ func resolveBeneath(dirfd int, rel string, flags uint64) (int, error) {
 // own entries ("..data", the timestamped payload directory) are reached
 // through the visible links, never directly. It reports false when name is
 // not a directory (nothing the kubelet writes there).
-func (r *volumeReader) readVolume(parent int, name, dir string, visit visitFunc) (bool, error) {
+//
+// direct are paths read even when the listing does not reach them (beyond
+// the entry cap, or deeper): the pod's service-account tokens. One that
+// does not exist is skipped.
+func (r *volumeReader) readVolume(parent int, name, dir string, direct []string, visit visitFunc) (bool, error) {
 	dfd, err := unix.Openat(parent, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if errors.Is(err, unix.ENOTDIR) || errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOENT) {
 		return false, nil
@@ -65,34 +85,75 @@ func (r *volumeReader) readVolume(parent int, name, dir string, visit visitFunc)
 		return false, fmt.Errorf("opening volume %s: %w", dir, err)
 	}
 	defer unix.Close(dfd)
-	names, err := r.readNames(dfd)
+	names, truncated, err := r.readNames(dfd)
 	if err != nil {
 		return true, fmt.Errorf("reading volume %s: %w", dir, err)
 	}
+	r.volume = dir
+	if truncated {
+		r.notePartial("")
+	}
+	seen := make([]bool, len(direct))
+	walkVisit := visit
+	if len(direct) > 0 {
+		walkVisit = func(rel string, claims []byte, problem string) {
+			if i := slices.Index(direct, rel); i >= 0 {
+				seen[i] = true
+			}
+			visit(rel, claims, problem)
+		}
+	}
 	for _, name := range names {
-		if err := r.walk(dfd, name, 1, nil, visit); err != nil {
+		if err := r.walk(dfd, name, 1, nil, walkVisit); err != nil {
+			return true, fmt.Errorf("reading volume %s: %w", dir, err)
+		}
+	}
+	for i, rel := range direct {
+		if seen[i] {
+			continue
+		}
+		err := r.walk(dfd, rel, 1, nil, func(rel string, claims []byte, problem string) {
+			if problem != problemMissing {
+				visit(rel, claims, problem)
+			}
+		})
+		if err != nil {
 			return true, fmt.Errorf("reading volume %s: %w", dir, err)
 		}
 	}
 	return true, nil
 }
 
-// readNames lists a directory's visible entries, at most maxDirEntries. It
-// reads dirfd's entries itself (getdents), sparing an os.File per directory.
-func (r *volumeReader) readNames(dirfd int) ([]string, error) {
-	var names []string
-	for len(names) < maxDirEntries {
+// notePartial records that the directory rel of the volume being read held
+// more entries than are read.
+func (r *volumeReader) notePartial(rel string) {
+	where := r.volume
+	if rel != "" {
+		where = path.Join(r.volume, protocol.Truncate(rel))
+	}
+	r.partial = append(r.partial, fmt.Sprintf("%q holds more than %d entries; only the first %d were read, and tokens among the rest are not judged", where, maxDirEntries, maxDirEntries))
+}
+
+// readNames lists a directory's visible entries, at most maxDirEntries;
+// truncated says there were more. It reads dirfd's entries itself
+// (getdents), sparing an os.File per directory.
+func (r *volumeReader) readNames(dirfd int) (names []string, truncated bool, err error) {
+	for len(names) <= maxDirEntries {
 		n, err := unix.Getdents(dirfd, r.dirents)
 		if errors.Is(err, unix.EINTR) {
 			continue
 		}
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		if n <= 0 {
 			break
 		}
-		_, _, names = unix.ParseDirent(r.dirents[:n], maxDirEntries-len(names), names)
+		// One more than the cap, to know whether there were more.
+		_, _, names = unix.ParseDirent(r.dirents[:n], maxDirEntries+1-len(names), names)
+	}
+	if len(names) > maxDirEntries {
+		names, truncated = names[:maxDirEntries], true
 	}
 	visible := names[:0]
 	for _, n := range names {
@@ -100,7 +161,7 @@ func (r *volumeReader) readNames(dirfd int) ([]string, error) {
 			visible = append(visible, n)
 		}
 	}
-	return visible, nil
+	return visible, truncated, nil
 }
 
 // walk visits rel; it returns an error only when the kernel lacks openat2,
@@ -149,11 +210,14 @@ func (r *volumeReader) walk(dfd int, rel string, depth int, seen []fileID, visit
 			visit(rel, nil, openProblem(err))
 			return nil
 		}
-		names, err := r.readNames(sub)
+		names, truncated, err := r.readNames(sub)
 		unix.Close(sub)
 		if err != nil {
 			visit(rel, nil, "cannot list directory: "+err.Error())
 			return nil //nolint:nilerr // reported to visit as this directory's problem
+		}
+		if truncated {
+			r.notePartial(rel)
 		}
 		for _, name := range names {
 			if err := r.walk(dfd, path.Join(rel, name), depth+1, append(seen, id), visit); err != nil {
@@ -165,17 +229,27 @@ func (r *volumeReader) walk(dfd int, rel string, depth int, seen []fileID, visit
 			visit(rel, nil, fmt.Sprintf("file is %d bytes, larger than the %d a token can be; not read", st.Size, token.MaxSize))
 			return nil
 		}
-		data, problem := r.read(dfd, rel, id)
-		visit(rel, data, problem)
-		clear(data)
+		claims, problem := r.read(dfd, rel, id)
+		visit(rel, claims, problem)
+		clear(claims)
 	default:
 		visit(rel, nil, "not a regular file ("+typeName(st.Mode)+"); not opened")
 	}
 	return nil
 }
 
-// read opens a file seen as regular. O_NONBLOCK keeps a file swapped for a
-// FIFO since from blocking the open; what was opened must be the same file.
+// read opens a file seen as regular and returns the claims of the JWT it
+// holds (header and payload), nil when it holds none. O_NONBLOCK keeps a
+// file swapped for a FIFO since from blocking the open; what was opened must
+// be the same file.
+//
+// The signature is never read: no read can stop at a byte it has not seen,
+// so read takes only the first token.MinClaims bytes with read(2) (fewer
+// than any JWT's claims; enough to tell most files that are not JWTs), then
+// maps the file and looks at it one byte at a time up to the '.' that ends
+// the claims (token.ClaimsEnd), copying only those bytes. The signature stays
+// in the page cache, in pages this process maps for a moment and never
+// touches.
 func (r *volumeReader) read(dfd int, rel string, want fileID) ([]byte, string) {
 	fd, err := resolveBeneath(dfd, rel, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY)
 	if err != nil {
@@ -189,32 +263,72 @@ func (r *volumeReader) read(dfd int, rel string, want fileID) ([]byte, string) {
 	if st.Mode&unix.S_IFMT != unix.S_IFREG || (fileID{st.Dev, st.Ino}) != want {
 		return nil, "file replaced during the scan; not read"
 	}
-	// Read what fstat saw, plus one byte to notice growth; a regular file
-	// read to its size needs no extra read to see EOF.
-	limit := min(int(st.Size)+1, len(r.buf))
-	n := 0
-	for n < limit {
-		m, err := unix.Read(fd, r.buf[n:])
+	if st.Size > token.MaxSize {
+		return nil, fmt.Sprintf("file grew past the %d bytes a token can be; not read", token.MaxSize)
+	}
+	size := int(st.Size)
+	if size <= token.MinClaims {
+		return nil, "" // too short to hold a JWT
+	}
+	prefix := r.buf[:token.MinClaims]
+	for n := 0; n < len(prefix); {
+		m, err := unix.Pread(fd, prefix[n:], int64(n))
 		if errors.Is(err, unix.EINTR) {
 			continue
 		}
 		if err != nil {
-			clear(r.buf[:n])
+			clear(prefix[:n])
 			return nil, "cannot read: " + err.Error()
 		}
 		if m == 0 {
-			break
+			clear(prefix[:n])
+			return nil, "file shrank during the scan; not read"
 		}
 		n += m
-		if n == int(st.Size) {
-			break
+	}
+	couldBe := token.CouldBeJWT(prefix)
+	clear(prefix)
+	if !couldBe {
+		return nil, ""
+	}
+	return r.mapClaims(fd, size)
+}
+
+// mapClaims maps size bytes of the file fd and copies the claims of the JWT
+// it holds into r.buf, looking at no byte past them.
+func (r *volumeReader) mapClaims(fd, size int) ([]byte, string) {
+	mem, err := unix.Mmap(fd, 0, size, unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		return nil, "cannot map: " + err.Error()
+	}
+	defer unix.Munmap(mem) //nolint:errcheck // nothing to do about a failed unmap of a read-only mapping
+	end, ok, fault := claimsOf(mem, r.buf)
+	switch {
+	case fault:
+		clear(r.buf[:size])
+		return nil, "file shrank during the scan; not read"
+	case !ok:
+		return nil, ""
+	}
+	return r.buf[:end], ""
+}
+
+// claimsOf copies the claims of the JWT that mem maps into buf. A mapped
+// file truncated meanwhile faults: the fault is caught, not fatal.
+func claimsOf(mem, buf []byte) (end int, ok, fault bool) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if p := recover(); p != nil {
+			if _, isRuntime := p.(runtime.Error); !isRuntime {
+				panic(p)
+			}
+			end, ok, fault = 0, false, true
 		}
+	}()
+	if end, ok = token.ClaimsEnd(mem); ok {
+		copy(buf, mem[:end])
 	}
-	if n > token.MaxSize {
-		clear(r.buf[:n])
-		return nil, fmt.Sprintf("file grew past the %d bytes a token can be; not read", token.MaxSize)
-	}
-	return r.buf[:n], ""
+	return end, ok, false
 }
 
 func openProblem(err error) string {
@@ -224,7 +338,7 @@ func openProblem(err error) string {
 	case errors.Is(err, unix.ELOOP):
 		return "symbolic link loop; not followed"
 	case errors.Is(err, unix.ENOENT):
-		return "dangling link, or removed during the scan"
+		return problemMissing
 	default:
 		return "cannot open: " + err.Error()
 	}

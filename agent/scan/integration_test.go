@@ -36,17 +36,17 @@ func TestRealTokensThroughAnIssuerChange(t *testing.T) {
 		}
 		return iss
 	}
-	live := func() map[string]bool {
+	live := func() map[string]podsapi.Pod {
 		t.Helper()
-		uids, err := podsapi.LiveUIDs(ctx, podsapi.SocketPath(node.Root()))
+		pods, err := podsapi.List(ctx, podsapi.SocketPath(node.Root()))
 		if err != nil {
 			t.Fatal(err)
 		}
-		return uids
+		return pods
 	}
 	scanNow := func(expected string, at time.Time) *scan.Report {
 		t.Helper()
-		r, err := scan.NewScanner().Scan(scan.Options{Root: node.Root(), Now: at, ExpectedIssuer: expected, Grace: 5 * time.Minute, LivePods: live()})
+		r, err := scan.NewScanner().Scan(scan.Options{Root: node.Root(), Now: at, ExpectedIssuer: expected, Grace: 5 * time.Minute, Pods: live()})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -97,8 +97,9 @@ func TestRealTokensThroughAnIssuerChange(t *testing.T) {
 		t.Errorf("after the kubelet's refresh: %s, first %s", scan.Summary(r), r.Tokens[0].Volume)
 	}
 
-	// A volume left behind by a pod the kubelet no longer runs is orphaned,
-	// not an alarm.
+	// A copy of the robot's volume under a pod directory the kubelet does
+	// not run: its token names the robot, not that pod, so it is foreign,
+	// never attributed to the robot, and not an alarm.
 	left := filepath.Join(node.Root(), "pods", "0000-deleted-pod", scan.ProjectedDir)
 	if err := os.MkdirAll(left, 0o755); err != nil {
 		t.Fatal(err)
@@ -107,8 +108,8 @@ func TestRealTokensThroughAnIssuerChange(t *testing.T) {
 		t.Fatalf("cp: %v %s", err, out)
 	}
 	r = scanNow(newIss, time.Now())
-	if r.Summary[protocol.StateOrphaned] != 1 || r.Tokens[len(r.Tokens)-1].PodUID != "0000-deleted-pod" {
-		t.Errorf("leftover volume: %s", scan.Summary(r))
+	if last := r.Tokens[len(r.Tokens)-1]; r.Summary[protocol.StateForeign] != 1 || last.PodUID != "0000-deleted-pod" || last.Pod != "" {
+		t.Errorf("copied volume: %s, last %+v", scan.Summary(r), last)
 	}
 
 	// A wedged kubelet: an hour and three quarters on, the vault token is

@@ -5,9 +5,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
 
 	"github.com/tokenroll/tokenroll/protocol"
 )
@@ -19,15 +21,16 @@ func WriteTable(w io.Writer, r *Report, expectedIssuer string) error {
 	if iss == "" {
 		iss = "(not checked)"
 	}
-	fmt.Fprintf(w, "Node %s at %s, expected issuer %s\n\n", orDash(r.Node), r.Now.Format(time.RFC3339), iss)
+	fmt.Fprintf(w, "Node %s at %s, expected issuer %s\n", cell(r.Node), r.Now.Format(time.RFC3339), cell(iss))
+	fmt.Fprintf(w, "Pods: %s\n\n", podsAPILine(r.PodsAPI))
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "STATE\tNAMESPACE/POD\tVOLUME/PATH\tISSUER\tAGE\tREFRESH\tEXPIRES\tREASON")
 	for _, t := range r.Tokens {
 		pod := "?"
 		if t.Pod != "" {
-			pod = t.Namespace + "/" + t.Pod
+			pod = cell(t.Namespace + "/" + t.Pod)
 		} else if len(t.PodUID) > 0 {
-			pod = "uid " + t.PodUID
+			pod = "uid " + cell(t.PodUID)
 		}
 		age, refresh, expires := "-", "-", "-"
 		if !t.IssuedAt.IsZero() {
@@ -41,38 +44,73 @@ func WriteTable(w io.Writer, r *Report, expectedIssuer string) error {
 			}
 			expires = relative(r.Now, exp)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s/%s\t%s\t%s\t%s\t%s\t%s\n", t.State, pod, t.Volume, t.Path, orDash(t.Issuer), age, refresh, expires, orDash(t.Reason))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t.State, pod, cell(t.Volume+"/"+t.Path), cell(t.Issuer), age, refresh, expires, cell(t.Reason))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	_, err := fmt.Fprintf(w, "\n%s\n", Summary(r))
-	return err
+	if _, err := fmt.Fprintf(w, "\n%s\n", Summary(r)); err != nil {
+		return err
+	}
+	if len(r.Errors) > 0 {
+		fmt.Fprintf(w, "\nNot read, or read only in part:\n")
+		for _, e := range r.Errors {
+			fmt.Fprintf(w, "  %s\n", cell(e))
+		}
+	}
+	return nil
+}
+
+// podsAPILine says where the scan learnt which pods run.
+func podsAPILine(p protocol.PodsAPI) string {
+	switch p {
+	case protocol.PodsAPIListed:
+		return "listed by the kubelet Pods API; only serviceAccountToken projections are judged"
+	case protocol.PodsAPIAbsent:
+		return "no kubelet Pods API on this node; tokens attributed by their claims, none judged orphaned"
+	default:
+		return fmt.Sprintf("INCOMPLETE: the kubelet Pods API is %s; tokens attributed by their claims, none judged orphaned", p)
+	}
+}
+
+// cell is s for a table cell: capped at protocol.MaxClaimLen bytes, and
+// quoted with its control and non-printable characters escaped when it has
+// any (a tab or newline would also break the columns), so no file name or
+// claim can rewrite the terminal. "" is "-".
+func cell(s string) string {
+	if s == "" {
+		return "-"
+	}
+	s = protocol.Truncate(s)
+	for _, r := range s {
+		if !unicode.IsPrint(r) {
+			return strconv.Quote(s)
+		}
+	}
+	return s
 }
 
 // Summary is one line: "12 tokens: 2 issuer-mismatch, 10 fresh".
-func Summary(r *Report) string {
+func Summary(r *Report) string { return SummaryOf(r, func(protocol.State) bool { return true }) }
+
+// SummaryOf is Summary counting only the states include accepts.
+func SummaryOf(r *Report, include func(protocol.State) bool) string {
 	var parts []string
+	total := 0
 	for _, s := range protocol.States {
-		if n := r.Summary[s]; n > 0 {
+		if n := r.Summary[s]; n > 0 && include(s) {
 			parts = append(parts, fmt.Sprintf("%d %s", n, s))
+			total += n
 		}
 	}
 	if len(parts) == 0 {
 		return "no projected tokens on this node"
 	}
 	noun := "tokens"
-	if len(r.Tokens) == 1 {
+	if total == 1 {
 		noun = "token"
 	}
-	return fmt.Sprintf("%d %s: %s", len(r.Tokens), noun, strings.Join(parts, ", "))
-}
-
-func orDash(s string) string {
-	if s == "" {
-		return "-"
-	}
-	return s
+	return fmt.Sprintf("%d %s: %s", total, noun, strings.Join(parts, ", "))
 }
 
 // relative says "in 12m" or "8m ago".
@@ -115,9 +153,10 @@ func short(d time.Duration) string {
 func WriteJSON(w io.Writer, r *Report) error {
 	bw := bufio.NewWriter(w)
 	head, err := json.Marshal(struct {
-		Node string    `json:"node"`
-		Now  time.Time `json:"now"`
-	}{r.Node, r.Now})
+		Node    string           `json:"node"`
+		Now     time.Time        `json:"now"`
+		PodsAPI protocol.PodsAPI `json:"podsAPI"`
+	}{r.Node, r.Now, r.PodsAPI})
 	if err != nil {
 		return err
 	}
@@ -138,7 +177,8 @@ func WriteJSON(w io.Writer, r *Report) error {
 	tail, err := json.Marshal(struct {
 		Summary map[protocol.State]int `json:"summary"`
 		Errors  []string               `json:"errors,omitempty"`
-	}{r.Summary, r.Errors})
+		Partial bool                   `json:"partial,omitempty"`
+	}{r.Summary, r.Errors, r.Partial})
 	if err != nil {
 		return err
 	}

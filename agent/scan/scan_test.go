@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokenroll/tokenroll/agent/podsapi"
 	"github.com/tokenroll/tokenroll/protocol"
 )
 
@@ -26,11 +27,13 @@ func jwt(claims map[string]any) string {
 	return enc.EncodeToString([]byte(`{"alg":"ES256"}`)) + "." + enc.EncodeToString(payload) + "." + enc.EncodeToString([]byte("sig"))
 }
 
+// claimsFor are a bound token's claims; the pod's UID is uid-<pod>, as the
+// tests name pod directories.
 func claimsFor(ns, pod, node, iss string, iatOff, ttl int64) map[string]any {
 	return map[string]any{
 		"iss": iss, "aud": []string{"https://kubernetes.default.svc"}, "iat": iat + iatOff, "exp": iat + iatOff + ttl,
 		"kubernetes.io": map[string]any{
-			"namespace": ns, "pod": map[string]any{"name": pod, "uid": "x"},
+			"namespace": ns, "pod": map[string]any{"name": pod, "uid": "uid-" + pod},
 			"serviceaccount": map[string]any{"name": "default"}, "node": map[string]any{"name": node},
 		},
 	}
@@ -104,23 +107,26 @@ func find(r *Report, vol, path string) *Token {
 func TestScanJudgesAndAttributes(t *testing.T) {
 	root := t.TempDir()
 	const iss = "https://kubernetes.default.svc"
-	volume(t, root, "uid-a", "kube-api-access-abcde", map[string]string{
+	volume(t, root, "uid-web", "kube-api-access-abcde", map[string]string{
 		"token":     jwt(claimsFor("apps", "web", "worker-1", iss, 0, 3600)),
 		"ca.crt":    "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
 		"namespace": "apps",
 	})
-	volume(t, root, "uid-b", "vault-token", map[string]string{
+	volume(t, root, "uid-nginx", "vault-token", map[string]string{
 		"a/b/token": jwt(claimsFor("build", "nginx", "worker-1", "https://old.example", 0, 7200)),
 	})
-	volume(t, root, "uid-c", "stale", map[string]string{
+	volume(t, root, "uid-cron", "stale", map[string]string{
 		"token": jwt(claimsFor("apps", "cron", "worker-1", iss, -2800, 3600)), // refreshAt 80 s after the base: overdue by 8m40s
 	})
-	volume(t, root, "uid-gone", "kube-api-access-zzzzz", map[string]string{
+	volume(t, root, "uid-deleted", "kube-api-access-zzzzz", map[string]string{
 		"token": jwt(claimsFor("apps", "deleted", "worker-1", iss, 0, 3600)),
 	})
 
-	r := scanWithin(t, Options{Root: root, Now: now, ExpectedIssuer: iss, Grace: 5 * time.Minute,
-		LivePods: map[string]bool{"uid-a": true, "uid-b": true, "uid-c": true}})
+	r := scanWithin(t, Options{Root: root, Now: now, ExpectedIssuer: iss, Grace: 5 * time.Minute, Pods: map[string]podsapi.Pod{
+		"uid-web":   {Namespace: "apps", Name: "web", ServiceAccount: "default", TokenPaths: map[string][]string{"kube-api-access-abcde": {"token"}}},
+		"uid-nginx": {Namespace: "build", Name: "nginx", ServiceAccount: "default", TokenPaths: map[string][]string{"vault-token": {"a/b/token"}}},
+		"uid-cron":  {Namespace: "apps", Name: "cron", ServiceAccount: "default", TokenPaths: map[string][]string{"stale": {"token"}}},
+	}})
 	if len(r.Tokens) != 4 {
 		t.Fatalf("got %d tokens, want 4 (ca.crt and namespace are not tokens): %+v", len(r.Tokens), r.Tokens)
 	}
@@ -129,7 +135,7 @@ func TestScanJudgesAndAttributes(t *testing.T) {
 	}
 	web := find(r, "kube-api-access-abcde", "token")
 	if web == nil || web.State != protocol.StateFresh || web.Namespace != "apps" || web.Pod != "web" || web.ServiceAccount != "default" ||
-		web.PodUID != "uid-a" || web.TTLSeconds != 3600 || !web.RefreshAt.Equal(time.Unix(iat+2880, 0)) {
+		web.PodUID != "uid-web" || web.TTLSeconds != 3600 || !web.RefreshAt.Equal(time.Unix(iat+2880, 0)) {
 		t.Errorf("web token: %+v", web)
 	}
 	if v := find(r, "vault-token", "a/b/token"); v == nil || v.State != protocol.StateIssuerMismatch || !strings.Contains(v.Reason, "https://old.example") {
@@ -161,7 +167,7 @@ func TestScanJudgesAndAttributes(t *testing.T) {
 
 func TestScanJSONShape(t *testing.T) {
 	root := t.TempDir()
-	volume(t, root, "uid-a", "v", map[string]string{
+	volume(t, root, "uid-web", "v", map[string]string{
 		"token": jwt(claimsFor("apps", "web", "worker-1", "https://i", 0, 3600)),
 		"bad":   "eyJh.a.c2ln",
 	})
@@ -177,19 +183,19 @@ func TestScanJSONShape(t *testing.T) {
 		Summary map[string]int   `json:"summary"`
 	}
 	must(t, json.Unmarshal(data, &doc))
-	if doc.Now != now.Format(time.RFC3339) || doc.Summary["fresh"] != 1 || doc.Summary["invalid"] != 1 {
+	if doc.Now != now.Format(time.RFC3339) || doc.Summary["fresh"] != 1 || doc.Summary["foreign"] != 1 {
 		t.Errorf("document: %s", data)
 	}
 	for _, tok := range doc.Tokens {
 		switch tok["state"] {
-		case "invalid":
+		case "foreign":
 			for _, absent := range []string{"namespace", "pod", "issuer", "issuedAt", "expiresAt", "ttlSeconds", "refreshAt", "warnAfter"} {
 				if _, ok := tok[absent]; ok {
-					t.Errorf("invalid token has %q: %v", absent, tok)
+					t.Errorf("foreign token has %q: %v", absent, tok)
 				}
 			}
-			if tok["reason"] == "" || tok["path"] != "bad" || tok["podUID"] != "uid-a" || tok["volume"] != "v" {
-				t.Errorf("invalid token: %v", tok)
+			if tok["reason"] == "" || tok["path"] != "bad" || tok["podUID"] != "uid-web" || tok["volume"] != "v" {
+				t.Errorf("foreign token: %v", tok)
 			}
 		case "fresh":
 			for _, present := range []string{"podUID", "namespace", "pod", "serviceAccount", "volume", "path", "issuer", "audiences", "issuedAt", "expiresAt", "ttlSeconds", "refreshAt", "state", "reason"} {
@@ -213,7 +219,7 @@ func TestHostileFiles(t *testing.T) {
 	root := t.TempDir()
 	outside := filepath.Join(t.TempDir(), "outside-token")
 	must(t, os.WriteFile(outside, []byte(jwt(claimsFor("x", "y", "z", "https://i", 0, 3600))), 0o644))
-	dir := volume(t, root, "uid-h", "hostile", map[string]string{"good": jwt(claimsFor("apps", "web", "worker-1", "https://i", 0, 3600))})
+	dir := volume(t, root, "uid-web", "hostile", map[string]string{"good": jwt(claimsFor("apps", "web", "worker-1", "https://i", 0, 3600))})
 
 	must(t, syscall.Mkfifo(filepath.Join(dir, "fifo"), 0o644))
 	must(t, os.Symlink(outside, filepath.Join(dir, "abs-link-out")))
@@ -292,7 +298,7 @@ func TestScanErrors(t *testing.T) {
 
 func TestWriteJSONIsTheReportAsJSON(t *testing.T) {
 	root := t.TempDir()
-	volume(t, root, "uid-a", "v", map[string]string{"token": jwt(claimsFor("apps", "web", "worker-1", "https://i", 0, 3600)), "bad": "eyJh.a.c2ln"})
+	volume(t, root, "uid-web", "v", map[string]string{"token": jwt(claimsFor("apps", "web", "worker-1", "https://i", 0, 3600)), "bad": "eyJh.a.c2ln"})
 	r := scanWithin(t, Options{Root: root, Now: now, Grace: time.Minute})
 	var streamed, whole bytes.Buffer
 	must(t, WriteJSON(&streamed, r))

@@ -1,6 +1,7 @@
 package token
 
 import (
+	"reflect"
 	"regexp"
 	"strings"
 	"testing"
@@ -65,6 +66,18 @@ func FuzzParse(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c, err := Parse(data)
+		if end, ok := ClaimsEnd(data); ok && (data[end] != '.' || !CouldBeJWT(data[:min(len(data), MinClaims)])) {
+			// The scanner reads MinClaims bytes first and maps the file
+			// only when CouldBeJWT: it must never drop a JWT there.
+			t.Fatalf("ClaimsEnd ends at %d, but the prefix check rejects the file", end)
+		}
+		if end, ok := ClaimsEnd(data); ok && err == nil {
+			// What the scanner reads (the claims alone) decodes to what
+			// the whole token does.
+			if part, perr := ParseClaims(data[:end]); perr != nil || !reflect.DeepEqual(part, c) {
+				t.Fatalf("ParseClaims of the claims: %+v %v, Parse of the token: %+v", part, perr, c)
+			}
+		}
 		if err != nil {
 			if !parseErr.MatchString(err.Error()) {
 				t.Fatalf("error %q is not one of Parse's own", err)

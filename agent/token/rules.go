@@ -57,7 +57,7 @@ func Judge(c Claims, now time.Time, expectedIssuer string, grace time.Duration) 
 	case !now.Before(c.Expires):
 		return Verdict{protocol.StateExpired, fmt.Sprintf("expired %s ago; the API server rejects it", now.Sub(c.Expires).Round(time.Second))}
 	case expectedIssuer != "" && c.Issuer != expectedIssuer:
-		return Verdict{protocol.StateIssuerMismatch, fmt.Sprintf("issued by %q, the API server now signs as %q", c.Issuer, expectedIssuer)}
+		return Verdict{protocol.StateIssuerMismatch, fmt.Sprintf("issued by %q, the API server now signs as %q", protocol.Truncate(c.Issuer), protocol.Truncate(expectedIssuer))}
 	case !now.Before(refreshAt.Add(grace)):
 		return Verdict{protocol.StateOverdue, fmt.Sprintf("due for refresh %s ago (grace %s); the kubelet has not replaced it", now.Sub(refreshAt).Round(time.Second), grace)}
 	case !now.Before(refreshAt):

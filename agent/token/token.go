@@ -37,28 +37,69 @@ type Claims struct {
 	NodeName       string
 }
 
-// LooksLikeJWT reports whether data has the JWT compact shape: three
-// dot-separated base64url segments (a trailing newline allowed). Files that do
-// not (ca.crt, namespace) are not tokens and are not reported.
-func LooksLikeJWT(data []byte) bool {
-	data = bytes.TrimRight(data, "\r\n")
-	segments, n := 0, 0
-	for _, c := range data {
+// ClaimsEnd finds where the claims of a compact JWT end: the index of the
+// second '.', which closes the payload. It looks at data one byte at a time,
+// in order, and never at a byte past that '.', so data may map a file whose
+// signature must not be read. ok is false as soon as data cannot be a JWT: a
+// header that cannot start a JSON object, a byte outside base64url, an empty
+// header or payload, or no second '.' in data. Files that are not JWTs
+// (ca.crt, namespace) are rejected within their first bytes.
+func ClaimsEnd(data []byte) (end int, ok bool) {
+	end, v := claimsScan(data)
+	return end, v == claimsFound
+}
+
+// CouldBeJWT reports whether prefix, the first bytes of a file, can begin a
+// JWT: ClaimsEnd does not reject it within them.
+func CouldBeJWT(prefix []byte) bool {
+	_, v := claimsScan(prefix)
+	return v != claimsRejected
+}
+
+type claimsVerdict int
+
+const (
+	claimsRejected claimsVerdict = iota
+	claimsFound
+	claimsUnfinished // no second '.' yet, nothing rejected
+)
+
+func claimsScan(data []byte) (int, claimsVerdict) {
+	if len(data) == 0 || !headerStart(data[0]) {
+		return 0, claimsRejected
+	}
+	dots, n := 0, 0
+	for i := 0; i < len(data); i++ {
+		c := data[i]
 		switch {
 		case c == '.':
 			if n == 0 {
-				return false
+				return 0, claimsRejected
 			}
-			segments++
+			if dots++; dots == 2 {
+				return i, claimsFound
+			}
 			n = 0
 		case c >= 'A' && c <= 'Z', c >= 'a' && c <= 'z', c >= '0' && c <= '9', c == '-', c == '_', c == '=':
 			n++
 		default:
-			return false
+			return 0, claimsRejected
 		}
 	}
-	return segments == 2 && n > 0
+	return 0, claimsUnfinished
 }
+
+// MinClaims is the shortest header and payload, with the '.' that ends
+// them, that can hold a JWT: each segment base64url of a JSON object is at
+// least three characters ("e30" is "{}"). A reader may read this many bytes
+// of a file before it knows where the claims end without ever reading a
+// usable token's signature.
+const MinClaims = 3 + 1 + 3 + 1
+
+// headerStart reports whether c can begin a JWT header: base64url of a JSON
+// object starts with 'e' ('{'), or with 'I', 'C' or 'D' when the JSON
+// begins with white space.
+func headerStart(c byte) bool { return c == 'e' || c == 'I' || c == 'C' || c == 'D' }
 
 // Limits on what a token may carry. The API server writes Kubernetes names
 // (a namespace is a DNS label, other names DNS subdomains), UIDs, and an
@@ -214,7 +255,29 @@ func Parse(data []byte) (Claims, error) {
 	if second < 0 || bytes.IndexByte(rest[second+1:], '.') >= 0 {
 		return Claims{}, errors.New("not a JWT: want exactly three dot-separated segments")
 	}
-	seg := bytes.TrimRight(rest[:second], "=")
+	return parsePayload(rest[:second])
+}
+
+// ParseClaims decodes the claims of a JWT from its header and payload
+// ("header.payload", as ClaimsEnd delimits them), without the signature.
+// Its errors are Parse's.
+func ParseClaims(claims []byte) (Claims, error) {
+	if len(claims) > MaxSize {
+		return Claims{}, fmt.Errorf("token is %d bytes, larger than the %d a token can be", len(claims), MaxSize)
+	}
+	first := bytes.IndexByte(claims, '.')
+	if first < 0 {
+		return Claims{}, errors.New("not a JWT: no '.' separating header and payload")
+	}
+	if bytes.IndexByte(claims[first+1:], '.') >= 0 {
+		return Claims{}, errors.New("not a JWT: want exactly three dot-separated segments")
+	}
+	return parsePayload(claims[first+1:])
+}
+
+// parsePayload decodes and checks the payload segment.
+func parsePayload(seg []byte) (Claims, error) {
+	seg = bytes.TrimRight(seg, "=")
 	payload := make([]byte, base64.RawURLEncoding.DecodedLen(len(seg)))
 	defer clear(payload)
 	n, err := base64.RawURLEncoding.Decode(payload, seg)

@@ -3,10 +3,14 @@ package token
 import (
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"reflect"
+	"runtime/debug"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/tokenroll/tokenroll/protocol"
 )
@@ -169,23 +173,72 @@ func TestParseNullsAndDuplicates(t *testing.T) {
 	}
 }
 
-func TestLooksLikeJWT(t *testing.T) {
-	for s, want := range map[string]bool{
-		jwt(bound(nil)):        true,
-		jwt(bound(nil)) + "\n": true,
-		"a.b.c":                true,
-		"default":              false,
-		"a.b":                  false,
-		"a..c":                 false,
-		".b.c":                 false,
-		"a.b.":                 false,
-		"-----BEGIN CERTIFICATE-----\nMIIB.x.y\n": false,
-		"a.b.c d": false,
-		"":        false,
+func TestClaimsEnd(t *testing.T) {
+	tok := jwt(bound(nil))
+	want := strings.LastIndexByte(tok, '.')
+	for s, end := range map[string]int{
+		tok:                      want,
+		tok + "\n":               want,
+		"eyJh.eyJh.c2ln":         9,
+		"eyJh.eyJh.":             9, // the signature is not looked at, so not judged
+		"IHt9.e30.x":             8, // JSON led by white space
+		"a.b.c":                  -1,
+		"default":                -1,
+		"e30":                    -1,
+		"e30.e30":                -1,
+		"e30..c":                 -1,
+		".e30.c":                 -1,
+		"e30.e 0.c":              -1,
+		"-----BEGIN CERTIFICATE": -1,
+		"":                       -1,
 	} {
-		if got := LooksLikeJWT([]byte(s)); got != want {
-			t.Errorf("LooksLikeJWT(%.30q) = %v, want %v", s, got, want)
+		got, ok := ClaimsEnd([]byte(s))
+		if end < 0 && ok || end >= 0 && (!ok || got != end) {
+			t.Errorf("ClaimsEnd(%.30q) = %d %v, want %d", s, got, ok, end)
 		}
+	}
+}
+
+// TestClaimsEndReadsNoSignature places a token so that its signature starts
+// on a page the process may not read: ClaimsEnd must find the claims
+// without a fault.
+func TestClaimsEndReadsNoSignature(t *testing.T) {
+	page := unix.Getpagesize()
+	mem, err := unix.Mmap(-1, 0, 2*page, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANON)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = unix.Munmap(mem) }()
+	tok := jwt(bound(nil))
+	claims := tok[:strings.LastIndexByte(tok, '.')+1]
+	copy(mem[page-len(claims):], claims)
+	copy(mem[page:], "c2lnbmF0dXJl")
+	if err := unix.Mprotect(mem[page:], unix.PROT_NONE); err != nil {
+		t.Fatal(err)
+	}
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	data := mem[page-len(claims):]
+	end, ok := ClaimsEnd(data)
+	if !ok || end != len(claims)-1 {
+		t.Fatalf("ClaimsEnd = %d %v, want %d", end, ok, len(claims)-1)
+	}
+	c, err := ParseClaims(data[:end])
+	if err != nil || c.PodUID != "u-1" {
+		t.Errorf("ParseClaims: %+v %v", c, err)
+	}
+}
+
+func TestParseClaimsIsParse(t *testing.T) {
+	for _, tok := range []string{jwt(bound(nil)), tokenOf(`{"iat":1,"exp":2}`), tokenOf(`{"iat":2,"exp":1}`), "eyJh.%%%.c2ln"} {
+		full, errFull := Parse([]byte(tok))
+		end := strings.LastIndexByte(tok, '.')
+		part, errPart := ParseClaims([]byte(tok[:end]))
+		if !reflect.DeepEqual(full, part) || fmt.Sprint(errFull) != fmt.Sprint(errPart) {
+			t.Errorf("%.20q: Parse %+v %v, ParseClaims %+v %v", tok, full, errFull, part, errPart)
+		}
+	}
+	if _, err := ParseClaims([]byte("e30.e30.e30")); err == nil {
+		t.Error("ParseClaims accepted three segments")
 	}
 }
 
@@ -258,5 +311,20 @@ func TestJudgeAtTheBoundaries(t *testing.T) {
 	}
 	if v := Judge(robot, at(iat+5760+60), iss, 0); v.State != protocol.StateOverdue {
 		t.Errorf("grace 0: %s, want overdue", v.State)
+	}
+}
+
+// TestJudgeReasonCapsIssuers: an issuer is up to maxURL bytes in a token,
+// but the reason, which reaches the scan's output, carries at most
+// protocol.MaxClaimLen bytes of it.
+func TestJudgeReasonCapsIssuers(t *testing.T) {
+	long := "https://" + strings.Repeat("i", 1500)
+	c, err := Parse([]byte(jwt(bound(map[string]any{"iss": long}))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := Judge(c, at(iat+60), "https://kubernetes.default.svc", time.Minute)
+	if v.State != protocol.StateIssuerMismatch || strings.Contains(v.Reason, long[:protocol.MaxClaimLen+1]) || len(v.Reason) > 3*protocol.MaxClaimLen {
+		t.Errorf("%s: reason of %d bytes", v.State, len(v.Reason))
 	}
 }

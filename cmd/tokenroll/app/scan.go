@@ -56,7 +56,7 @@ func (o *scanOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.Grace, "grace", o.Grace, "How long past its refresh time a token may be before it counts as overdue.")
 	fs.StringVarP(&o.Output, "output", "o", o.Output, "Output format: table or json.")
 	fs.StringSliceVar(&o.FailOn, "fail-on", o.FailOn, "Exit 1 when any token is in one of these states (comma-separated).")
-	fs.StringVar(&o.NodeName, "node-name", o.NodeName, "Node name for the report (default $NODE_NAME, else the node the tokens name).")
+	fs.StringVar(&o.NodeName, "node-name", o.NodeName, "Node name for the report (default $NODE_NAME, else the node the tokens name); without the kubelet Pods API, tokens whose claims name another node are foreign.")
 }
 
 func (o *scanOptions) Validate() error {
@@ -99,19 +99,20 @@ func (o *scanOptions) run(ctx context.Context, e cli.Env) error {
 		}
 	}
 	opts := scan.Options{Root: o.KubeletRoot, Node: o.NodeName, Now: now, ExpectedIssuer: expected, Grace: o.Grace}
-	if socket := podsapi.SocketPath(o.KubeletRoot); podsapi.Available(socket) {
-		live, err := podsapi.LiveUIDs(ctx, socket)
-		if err != nil {
-			e.Log.Warn("kubelet Pods API unavailable; no token will be judged orphaned", zap.Error(err))
-		}
-		opts.LivePods = live
+	var err error
+	if opts.Pods, opts.PodsAPI, err = podsapi.Ask(ctx, podsapi.SocketPath(o.KubeletRoot)); err != nil {
+		e.Log.Warn("kubelet Pods API did not list the pods; tokens are attributed by their claims and none is judged orphaned", zap.String("podsAPI", string(opts.PodsAPI)), zap.Error(err))
 	}
 	report, err := scan.NewScanner().Scan(opts)
 	if err != nil {
 		return err
 	}
-	for _, msg := range report.Errors {
-		e.Log.Warn("part of the kubelet root could not be read", zap.String("error", msg))
+	if o.Output == "json" {
+		// The table lists them; JSON has them too, and here they go to
+		// the log as well.
+		for _, msg := range report.Errors {
+			e.Log.Warn("part of the kubelet root could not be read", zap.String("error", protocol.Truncate(msg)))
+		}
 	}
 	if o.Output == "json" {
 		if err := scan.WriteJSON(e.Stdout, report); err != nil {

@@ -16,7 +16,7 @@ func fakeVolume(t *testing.T, root, uid, vol, iss string, iat, exp int64) {
 	t.Helper()
 	enc := base64.RawURLEncoding
 	payload, _ := json.Marshal(map[string]any{"iss": iss, "iat": iat, "exp": exp,
-		"kubernetes.io": map[string]any{"namespace": "apps", "pod": map[string]any{"name": "web-" + uid}, "node": map[string]any{"name": "worker-9"}}})
+		"kubernetes.io": map[string]any{"namespace": "apps", "pod": map[string]any{"name": "web-" + uid, "uid": uid}, "node": map[string]any{"name": "worker-9"}}})
 	tok := enc.EncodeToString([]byte(`{"alg":"ES256"}`)) + "." + enc.EncodeToString(payload) + ".c2ln"
 	dir := filepath.Join(root, "pods", uid, "volumes", "kubernetes.io~projected", vol)
 	if err := os.MkdirAll(filepath.Join(dir, "..2026_11_27_00_00_00.1"), 0o755); err != nil {
