@@ -335,7 +335,7 @@ func (r *run) startProcesses(ctx context.Context) error {
 				"--kubeconfig=" + coordKubeconfig, "--namespace=" + Namespace, "--gate=openshift",
 				"--strategy=" + o.Strategy, "--max-unavailable=" + o.MaxUnavailable, "--metrics-bind-address=" + addr,
 				"--lease-duration=4s", "--renew-deadline=3s", "--retry-period=500ms", "--issuer-refresh-interval=1s",
-				"--drain-timeout=2m", "--action-timeout=2m", "--verify-timeout=2m", "--agent-wait=2m", "--log-format=json"}
+				"--drain-timeout=2m", "--action-timeout=2m", "--verify-timeout=2m", "--agent-wait=2m", "--gate-settle=5s", "--log-format=json"}
 		}
 		c := newChild(fmt.Sprintf("coordinator-%d", i), addr, args, filepath.Join(r.dir, "logs", fmt.Sprintf("coordinator-%d.log", i)))
 		r.coordinators = append(r.coordinators, c)
