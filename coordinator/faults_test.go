@@ -50,8 +50,6 @@ func isCordon(a clienttesting.PatchAction) bool {
 	return strings.Contains(string(a.GetPatch()), `"unschedulable":true`)
 }
 
-func anyPatch(clienttesting.PatchAction) bool { return true }
-
 // A cordon that meets a 500, a 429 asking for 7 s and a timeout is tried
 // again, on the backoff and the server's Retry-After, and goes through:
 // four identical patches, no halt.

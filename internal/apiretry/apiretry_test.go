@@ -107,7 +107,7 @@ func TestDoStopsOnOtherErrors(t *testing.T) {
 	clk := apiretrytest.NewClock(time.Now())
 	conflict := apierrors.NewConflict(nodes, "n1", errors.New("modified"))
 	calls := 0
-	if err := policy(clk).Do(context.Background(), func(context.Context) error { calls++; return conflict }); err != conflict || calls != 1 {
+	if err := policy(clk).Do(context.Background(), func(context.Context) error { calls++; return conflict }); !errors.Is(err, conflict) || calls != 1 {
 		t.Errorf("a conflict: Do = %v after %d calls; want it back after 1", err, calls)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
