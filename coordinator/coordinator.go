@@ -172,8 +172,9 @@ func New(cfg Config) (*Coordinator, error) {
 		cfg.WriteRetry.Clock = cfg.Clock
 	}
 	if cfg.Drainer == nil {
-		cfg.Drainer = KubectlDrainer{Client: cfg.Client, Log: cfg.Log}
+		cfg.Drainer = KubectlDrainer{Client: cfg.Client, Log: cfg.Log, Retry: cfg.WriteRetry}
 	}
+
 	c := &Coordinator{cfg: cfg, m: newCoordinatorMetrics(cfg.Registry),
 		store: Store{Client: cfg.Client, Namespace: cfg.Namespace, FieldManager: fieldManager, Retry: cfg.WriteRetry}}
 	c.m.setPhase("none")

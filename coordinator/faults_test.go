@@ -284,3 +284,34 @@ func TestFlappingGate(t *testing.T) {
 	}
 	f.drainer.releaseCalls(nil)
 }
+
+// An eviction that meets a 500 is tried again; the drain goes on and the
+// node is not halted.
+func TestEvictionRetriedThroughTransientFaults(t *testing.T) {
+	web := pod("app", "web-1", "n1", "ReplicaSet", "web")
+	f := newFixture(t, testNode("n1", withReport(oldIssuerReport(podRef(web)))), web, rolloutConfigMap(rollout(PodRestart, "n1")))
+	clk := apiretrytest.NewClock(t0)
+	f.cfg.Drainer = KubectlDrainer{Client: f.client, Log: f.cfg.Log,
+		Retry: apiretry.Policy{Backoff: wait.Backoff{Duration: time.Second, Factor: 2, Steps: 3}, Clock: clk}}
+	f.evictThroughAPI()
+	failed := false
+	f.fake.PrependReactor("create", "pods", func(a clienttesting.Action) (bool, runtime.Object, error) {
+		if a.GetSubresource() != "eviction" || failed {
+			return false, nil, nil
+		}
+		failed = true
+		return true, nil, apierrors.NewInternalError(errors.New("etcdserver: leader changed"))
+	})
+	f.sync()
+	f.writes()
+	f.sync()
+	f.awaitDrainEnd()
+	f.compareWrites(f.writes(), evictPod("app", "web-1"), evictPod("app", "web-1"))
+	if got := clk.Waits(); !slices.Equal(got, []time.Duration{time.Second}) {
+		t.Errorf("waits %v; want one of 1s", got)
+	}
+	f.sync()
+	if ns, _ := protocol.ParseNodeState(f.node("n1").Annotations[protocol.AnnotationNodeState]); ns.Step != protocol.StepActing {
+		t.Errorf("after the eviction n1 is %+v; want acting", ns)
+	}
+}

@@ -21,6 +21,7 @@ import (
 	"k8s.io/client-go/tools/leaderelection"
 
 	"github.com/tokenroll/tokenroll/coordinator"
+	"github.com/tokenroll/tokenroll/internal/apiretry"
 	"github.com/tokenroll/tokenroll/internal/cli"
 	"github.com/tokenroll/tokenroll/internal/version"
 	"github.com/tokenroll/tokenroll/metrics"
@@ -178,7 +179,7 @@ func (o *coordinatorOptions) run(ctx context.Context, e cli.Env) error {
 		Client: client, Namespace: o.Namespace, Gate: gate, Strategy: protocol.Strategy(o.Strategy),
 		MaxUnavailable: intstr.Parse(o.MaxUnavailable), DrainTimeout: o.DrainTimeout, ActionTimeout: o.ActionTimeout,
 		VerifyTimeout: o.VerifyTimeout, Settle: o.Settle, GateSettle: o.GateSettle, TrustMargin: o.TrustMargin, AgentWait: o.AgentWait,
-		IssuerRefresh: o.IssuerRefresh, Auto: o.Auto, Drainer: coordinator.KubectlDrainer{Client: client, Force: o.DrainForce, Log: e.Log},
+		IssuerRefresh: o.IssuerRefresh, Auto: o.Auto, Drainer: coordinator.KubectlDrainer{Client: client, Force: o.DrainForce, Log: e.Log, Retry: apiretry.Default()},
 		Registry: reg, Log: e.Log,
 	})
 	if err != nil {
