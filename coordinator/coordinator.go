@@ -25,6 +25,7 @@ import (
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
 
+	"github.com/tokenroll/tokenroll/internal/apiretry"
 	"github.com/tokenroll/tokenroll/internal/issuer"
 	"github.com/tokenroll/tokenroll/protocol"
 )
@@ -55,6 +56,14 @@ type Config struct {
 	// IssuerRefresh is how often OIDC discovery is read while the gate is
 	// open (it is also read each time the gate opens).
 	IssuerRefresh time.Duration
+	// GateSettle is how long the revision gate must have stayed open
+	// before new nodes start (0: at once), so that a flapping gate does not
+	// cordon and release the same nodes again and again.
+	GateSettle time.Duration
+	// WriteRetry carries each single write (a Node, the rollout state)
+	// through the API server's transient faults before anything halts on
+	// it; zero is apiretry.Default on Clock.
+	WriteRetry apiretry.Policy
 	// Auto plans rollouts from what the agents report; false leaves
 	// starting rollouts to administrators.
 	Auto     bool
@@ -104,6 +113,8 @@ type term struct {
 	// sourceOpen is the gate's own verdict, before discovery is compared
 	// with it.
 	sourceOpen *bool
+	// gateOpenSince is when this term saw the gate open (zero: closed).
+	gateOpenSince time.Time
 	// lastVerified is when the last node was verified (overhead metric).
 	lastVerified time.Time
 	lastLogged   string
@@ -148,8 +159,8 @@ func New(cfg Config) (*Coordinator, error) {
 			errs = append(errs, fmt.Errorf("coordinator: %s %s must be positive", name, d))
 		}
 	}
-	if cfg.Settle < 0 || cfg.TrustMargin < 0 || cfg.AgentWait < 0 {
-		errs = append(errs, errors.New("coordinator: settle, trust margin and agent wait must not be negative"))
+	if cfg.Settle < 0 || cfg.TrustMargin < 0 || cfg.AgentWait < 0 || cfg.GateSettle < 0 {
+		errs = append(errs, errors.New("coordinator: settle, gate settle, trust margin and agent wait must not be negative"))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
@@ -163,11 +174,16 @@ func New(cfg Config) (*Coordinator, error) {
 	if cfg.Registry == nil {
 		cfg.Registry = prometheus.NewRegistry()
 	}
-	if cfg.Drainer == nil {
-		cfg.Drainer = KubectlDrainer{Client: cfg.Client, Log: cfg.Log}
+	if cfg.WriteRetry == (apiretry.Policy{}) {
+		cfg.WriteRetry = apiretry.Default()
+		cfg.WriteRetry.Clock = cfg.Clock
 	}
+	if cfg.Drainer == nil {
+		cfg.Drainer = KubectlDrainer{Client: cfg.Client, Log: cfg.Log, Retry: cfg.WriteRetry}
+	}
+
 	c := &Coordinator{cfg: cfg, m: newCoordinatorMetrics(cfg.Registry),
-		store: Store{Client: cfg.Client, Namespace: cfg.Namespace, FieldManager: "tokenroll-coordinator"}}
+		store: Store{Client: cfg.Client, Namespace: cfg.Namespace, FieldManager: fieldManager, Retry: cfg.WriteRetry}}
 	c.m.setPhase("none")
 	return c, nil
 }
@@ -449,6 +465,12 @@ func (t *term) observeGate(g GateState, now time.Time) {
 	changed := t.gateOpen == nil || *t.gateOpen != g.Open
 	open := g.Open
 	t.gateOpen = &open
+	if changed {
+		t.gateOpenSince = time.Time{}
+		if open {
+			t.gateOpenSince = now
+		}
+	}
 	t.mu.Unlock()
 	for _, p := range GateNames() {
 		if p != g.Provider {

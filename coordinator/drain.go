@@ -21,6 +21,8 @@ import (
 	"k8s.io/client-go/tools/cache"
 	watchtools "k8s.io/client-go/tools/watch"
 	"k8s.io/kubectl/pkg/drain"
+
+	"github.com/tokenroll/tokenroll/internal/apiretry"
 )
 
 // Drainer empties nodes through the eviction API.
@@ -43,6 +45,10 @@ type KubectlDrainer struct {
 	// fails the drain (nothing is lost unasked).
 	Force bool
 	Log   *zap.Logger
+	// Retry carries each eviction through the API server's transient
+	// faults (zero: one try). A 429 from the eviction API is a
+	// PodDisruptionBudget's refusal, waited out apart, until the timeout.
+	Retry apiretry.Policy
 }
 
 func (d KubectlDrainer) helper(ctx context.Context, timeout time.Duration) *drain.Helper {
@@ -96,7 +102,18 @@ func (d KubectlDrainer) evict(ctx context.Context, h *drain.Helper, pods []corev
 	for _, p := range pods {
 		_, _ = fmt.Fprintf(h.Out, "evicting pod %s/%s\n", p.Namespace, p.Name)
 		for {
-			err := h.EvictPod(p, policyv1.SchemeGroupVersion)
+			var refused error
+			err := d.Retry.Do(ctx, func(context.Context) error {
+				err := h.EvictPod(p, policyv1.SchemeGroupVersion)
+				if apierrors.IsTooManyRequests(err) {
+					refused = err
+					return nil
+				}
+				return err
+			})
+			if err == nil {
+				err = refused
+			}
 			if err == nil || apierrors.IsNotFound(err) {
 				break
 			}

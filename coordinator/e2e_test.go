@@ -51,10 +51,21 @@ type env struct {
 
 func startEnv(t *testing.T, apiservers int, nodes ...string) *env {
 	t.Helper()
+	return startEnvWith(t, apiservers, nil, nodes...)
+}
+
+// startEnvWith is startEnv with the fleet's configuration changed by
+// change (when not nil).
+func startEnvWith(t *testing.T, apiservers int, change func(*fleet.Config), nodes ...string) *env {
+	t.Helper()
 	cp := controlplane.StartForTest(t, controlplane.Config{APIServers: apiservers, Issuers: []string{oldIssuer}})
 	ctx, cancel := context.WithCancel(context.Background())
 	e := &env{t: t, ctx: ctx, cp: cp, admin: kubernetes.NewForConfigOrDie(cp.AdminConfig()), log: testLogger(t)}
-	f, err := fleet.Start(ctx, fleet.Config{CP: cp, Dir: t.TempDir(), Nodes: nodes, RebootDown: time.Second, Log: e.log})
+	fc := fleet.Config{CP: cp, Dir: t.TempDir(), Nodes: nodes, RebootDown: time.Second, Log: e.log}
+	if change != nil {
+		change(&fc)
+	}
+	f, err := fleet.Start(ctx, fc)
 	if err != nil {
 		cancel()
 		t.Fatal(err)

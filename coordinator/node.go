@@ -10,8 +10,6 @@ import (
 	"go.uber.org/zap"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/tokenroll/tokenroll/internal/nodeutil"
 	"github.com/tokenroll/tokenroll/protocol"
@@ -290,15 +288,14 @@ func (t *term) writeNode(ctx context.Context, n *corev1.Node, ns *protocol.NodeS
 	} else {
 		ann[protocol.AnnotationNodeState] = nil
 	}
-	patch := map[string]any{"metadata": map[string]any{"annotations": ann, "resourceVersion": n.ResourceVersion}}
-	if unschedulable != nil {
-		patch["spec"] = map[string]any{"unschedulable": *unschedulable}
+	build := func(resourceVersion string) ([]byte, error) {
+		patch := map[string]any{"metadata": map[string]any{"annotations": ann, "resourceVersion": resourceVersion}}
+		if unschedulable != nil {
+			patch["spec"] = map[string]any{"unschedulable": *unschedulable}
+		}
+		return json.Marshal(patch)
 	}
-	raw, err := json.Marshal(patch)
-	if err != nil {
-		return err
-	}
-	out, err := t.c.cfg.Client.CoreV1().Nodes().Patch(ctx, n.Name, types.MergePatchType, raw, metav1.PatchOptions{FieldManager: "tokenroll-coordinator"})
+	out, err := t.patchNode(ctx, n, build, func(fresh *corev1.Node) bool { return holdsWrite(fresh, ann, unschedulable) })
 	if err != nil {
 		return fmt.Errorf("updating node %s: %w", n.Name, err)
 	}

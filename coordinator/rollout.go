@@ -102,6 +102,11 @@ func (t *term) advance(ctx context.Context, w world, r *Rollout) (time.Duration,
 		wake(settleUntil.Sub(w.now))
 		return next, nil
 	}
+	if until := t.gateSettled(); w.now.Before(until) {
+		t.logOnChange("the revision gate is open; new nodes start once it has stayed open for --gate-settle", zap.Time("until", until))
+		wake(until.Sub(w.now))
+		return next, nil
+	}
 	d, err := t.startNodes(ctx, w, r, t.refresh(views, r.ID))
 	wake(d)
 	return next, err

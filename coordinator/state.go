@@ -23,6 +23,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/util/retry"
 
+	"github.com/tokenroll/tokenroll/internal/apiretry"
 	"github.com/tokenroll/tokenroll/protocol"
 )
 
@@ -226,6 +227,8 @@ type Store struct {
 	Namespace string
 	// FieldManager names the writer (coordinator, or the CLI).
 	FieldManager string
+	// Retry carries each request through transient faults (zero: one try).
+	Retry apiretry.Policy
 }
 
 // Get reads the state.
@@ -249,14 +252,27 @@ func (st Store) Update(ctx context.Context, change func(*State) error) (State, e
 }
 
 func (st Store) update(ctx context.Context, change func(*State) error) (State, *corev1.ConfigMap, error) {
-	var out State
+	var out, last State
 	var written *corev1.ConfigMap
+	// lastData is what the last attempt wrote: when a write's answer is
+	// lost (a timeout) and its retry meets a conflict, the state read next
+	// may be that very write, and is not changed again.
+	var lastData string
 	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
 		cms := st.Client.CoreV1().ConfigMaps(st.Namespace)
-		cm, err := cms.Get(ctx, ConfigMapName, metav1.GetOptions{})
+		var cm *corev1.ConfigMap
+		err := st.Retry.Do(ctx, func(ctx context.Context) error {
+			var err error
+			cm, err = cms.Get(ctx, ConfigMapName, metav1.GetOptions{})
+			return err
+		})
 		missing := apierrors.IsNotFound(err)
 		if err != nil && !missing {
 			return fmt.Errorf("reading the rollout state (ConfigMap %s/%s): %w", st.Namespace, ConfigMapName, err)
+		}
+		if !missing && lastData != "" && cm.Data[StateKey] == lastData {
+			out, written = last, cm
+			return nil
 		}
 		if missing {
 			cm = &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: ConfigMapName, Namespace: st.Namespace,
@@ -278,14 +294,18 @@ func (st Store) update(ctx context.Context, change func(*State) error) (State, *
 			cm.Data = map[string]string{}
 		}
 		cm.Data[StateKey] = string(data)
-		opts := metav1.CreateOptions{FieldManager: st.FieldManager}
-		if missing {
-			written, err = cms.Create(ctx, cm, opts)
-			if apierrors.IsAlreadyExists(err) {
-				return apierrors.NewConflict(corev1.Resource("configmaps"), ConfigMapName, err)
+		last, lastData = s, string(data)
+		err = st.Retry.Do(ctx, func(ctx context.Context) error {
+			var err error
+			if missing {
+				written, err = cms.Create(ctx, cm, metav1.CreateOptions{FieldManager: st.FieldManager})
+			} else {
+				written, err = cms.Update(ctx, cm, metav1.UpdateOptions{FieldManager: st.FieldManager})
 			}
-		} else {
-			written, err = cms.Update(ctx, cm, metav1.UpdateOptions{FieldManager: st.FieldManager})
+			return err
+		})
+		if apierrors.IsAlreadyExists(err) {
+			return apierrors.NewConflict(corev1.Resource("configmaps"), ConfigMapName, err)
 		}
 		if err == nil {
 			out = s

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"maps"
 	"math/rand/v2"
@@ -18,11 +19,13 @@ import (
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+	"k8s.io/client-go/rest"
 
 	"github.com/tokenroll/tokenroll/coordinator"
 	"github.com/tokenroll/tokenroll/internal/logging"
 	"github.com/tokenroll/tokenroll/protocol"
 	"github.com/tokenroll/tokenroll/sandbox/controlplane"
+	"github.com/tokenroll/tokenroll/sandbox/faultproxy"
 	"github.com/tokenroll/tokenroll/sandbox/invariants"
 	"github.com/tokenroll/tokenroll/sandbox/kubeletsim"
 	"github.com/tokenroll/tokenroll/sandbox/openshiftsim"
@@ -53,6 +56,10 @@ type Options struct {
 	// the rollout; they are started again as their Deployment and DaemonSet
 	// would.
 	Chaos bool
+	// Faults puts a fault proxy (package faultproxy) between the control
+	// plane and each agent and the coordinators: a fixed share of their
+	// writes meet 500s and 429s, and a coordinator write loses its answer.
+	Faults bool
 	// Keep leaves everything running after the scenario, until ctx ends.
 	Keep bool
 	// Once stops as soon as everything is up and every agent has reported,
@@ -132,6 +139,8 @@ type run struct {
 	agents       map[string]*child
 	coordinators []*child
 	fail         context.CancelCauseFunc
+	// proxies are the fault proxies (--faults), the coordinators' first.
+	proxies []*faultproxy.Proxy
 }
 
 // crashLoop is how many times a process may end by itself (not killed by
@@ -216,6 +225,9 @@ func (r *run) run(ctx context.Context) (*Summary, error) {
 	defer func() {
 		stopProcs()
 		r.procs.Wait()
+		for _, p := range r.proxies {
+			p.Close()
+		}
 		sb.Stop()
 		r.p.printf("stopped: every process ended")
 	}()
@@ -282,6 +294,9 @@ func (r *run) startProcesses(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if rc, err = r.throughFaults(rc, "coordinators", coordinatorFaults); err != nil {
+		return err
+	}
 	if err := controlplane.WriteKubeconfig(coordKubeconfig, rc); err != nil {
 		return err
 	}
@@ -310,10 +325,24 @@ func (r *run) startProcesses(ctx context.Context) error {
 		if err := os.MkdirAll(stateDir, 0o750); err != nil {
 			return err
 		}
+		kubeconfig := sb.NodeKubeconfig(n.Name())
+		if o.Faults {
+			nrc, err := sb.CP.NodeConfig(n.Name())
+			if err != nil {
+				return err
+			}
+			if nrc, err = r.throughFaults(nrc, n.Name(), agentFaults); err != nil {
+				return err
+			}
+			kubeconfig = filepath.Join(r.dir, "kubeconfigs", n.Name()+"-through-faults")
+			if err := controlplane.WriteKubeconfig(kubeconfig, nrc); err != nil {
+				return err
+			}
+		}
 		node := filepath.Join(o.ProgramDir, programs.Sandbox) + ",node,"
 		args := func(addr string) []string {
 			return []string{filepath.Join(o.ProgramDir, programs.Agent),
-				"--node-name=" + n.Name(), "--kubelet-root=" + root, "--kubeconfig=" + sb.NodeKubeconfig(n.Name()),
+				"--node-name=" + n.Name(), "--kubelet-root=" + root, "--kubeconfig=" + kubeconfig,
 				"--executor=command",
 				"--reboot-command=" + node + "reboot,--root," + root + ",--down," + o.RebootDowntime.String(),
 				"--kubelet-restart-command=" + node + "restart-kubelet,--root," + root,
@@ -337,7 +366,7 @@ func (r *run) startProcesses(ctx context.Context) error {
 				"--kubeconfig=" + coordKubeconfig, "--namespace=" + Namespace, "--gate=openshift",
 				"--strategy=" + o.Strategy, "--max-unavailable=" + o.MaxUnavailable, "--metrics-bind-address=" + addr,
 				"--lease-duration=4s", "--renew-deadline=3s", "--retry-period=500ms", "--issuer-refresh-interval=1s",
-				"--drain-timeout=2m", "--action-timeout=2m", "--verify-timeout=2m", "--agent-wait=2m", "--log-format=json"}
+				"--drain-timeout=2m", "--action-timeout=2m", "--verify-timeout=2m", "--agent-wait=2m", "--gate-settle=5s", "--log-format=json"}
 		}
 		c := newChild(fmt.Sprintf("coordinator-%d", i), addr, args, filepath.Join(r.dir, "logs", fmt.Sprintf("coordinator-%d.log", i)))
 		r.coordinators = append(r.coordinators, c)
@@ -366,6 +395,53 @@ func (r *run) startProcesses(ctx context.Context) error {
 		}
 	})
 	return startChildren(ctx, &r.procs, all)
+}
+
+// The faults --faults injects. The coordinators' first node writes meet
+// two 500s and a 429, one later write loses its answer (the coordinator
+// waits out its 30 s attempt timeout), and a fixed share of the node and
+// state writes and node reads fail; a share of each agent's writes fail.
+var (
+	coordinatorFaults = []faultproxy.Rule{
+		{Verb: "patch", Resource: "nodes", Fault: faultproxy.ServerError, Count: 2},
+		{Verb: "patch", Resource: "nodes", Fault: faultproxy.Throttle, RetryAfter: 1, Count: 1},
+		{Verb: "patch", Resource: "nodes", Fault: faultproxy.Hang, Skip: 2, Count: 1},
+		{Verb: "patch", Resource: "nodes", Fault: faultproxy.ServerError, Probability: 0.2},
+		{Verb: "update", Resource: "configmaps", Fault: faultproxy.ServerError, Probability: 0.2},
+		{Verb: "get", Resource: "nodes", Fault: faultproxy.ServerError, Probability: 0.2},
+	}
+	agentFaults = []faultproxy.Rule{
+		{Verb: "patch", Resource: "nodes", Fault: faultproxy.ServerError, Probability: 0.2},
+		{Verb: "patch", Resource: "nodes", Fault: faultproxy.Throttle, RetryAfter: 1, Probability: 0.05},
+	}
+)
+
+// throughFaults returns rc itself, or with --faults the configuration of a
+// fault proxy that forwards as rc's identity; name seeds its draws.
+func (r *run) throughFaults(rc *rest.Config, name string, rules []faultproxy.Rule) (*rest.Config, error) {
+	if !r.opts.Faults {
+		return rc, nil
+	}
+	h := fnv.New64a()
+	_, _ = h.Write([]byte(name))
+	p, err := faultproxy.New(rc, h.Sum64(), rules...)
+	if err != nil {
+		return nil, err
+	}
+	r.proxies = append(r.proxies, p)
+	r.log.Info("fault proxy", zap.String("for", name), zap.String("url", p.URL()))
+	return p.Config(rc), nil
+}
+
+// faultsInjected says how many faults the proxies injected, by kind.
+func (r *run) faultsInjected() string {
+	counts := map[faultproxy.Fault]int{}
+	for _, p := range r.proxies {
+		for _, in := range p.Injected() {
+			counts[in.Fault]++
+		}
+	}
+	return fmt.Sprintf("%d server errors, %d throttles, %d lost answers", counts[faultproxy.ServerError], counts[faultproxy.Throttle], counts[faultproxy.Hang])
 }
 
 // printAccess tells a person where everything is, so that `tokenroll
@@ -459,6 +535,9 @@ func (r *run) scenario(ctx context.Context) (*Summary, error) {
 		}
 	} else {
 		r.p.printf("step 4: done; %s", outcome)
+	}
+	if o.Faults {
+		r.p.printf("faults injected into tokenroll's requests: %s", r.faultsInjected())
 	}
 	sum.TokensAfter = after.stateCounts()
 	sum.Issuer = after.Issuer

@@ -18,6 +18,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/rest"
+
+	"github.com/tokenroll/tokenroll/internal/apiretry"
 )
 
 // Nodes is what the agent does with Nodes: the part of client-go's typed
@@ -95,4 +97,32 @@ func timeout(opts metav1.ListOptions) time.Duration {
 		return 0
 	}
 	return time.Duration(*opts.TimeoutSeconds) * time.Second
+}
+
+// Retrying is a Nodes whose writes ride out the API server's transient
+// faults as Policy says. The agent's patches set values and carry no
+// resourceVersion, so an attempt repeated after a lost answer writes the
+// same again. Reads and watches are left to the informer, which retries
+// them itself.
+type Retrying struct {
+	Nodes
+	Policy apiretry.Policy
+}
+
+// Patch is Nodes.Patch, retried.
+func (r Retrying) Patch(ctx context.Context, name string, pt types.PatchType, data []byte, opts metav1.PatchOptions, subresources ...string) (*corev1.Node, error) {
+	var out *corev1.Node
+	err := r.Policy.Do(ctx, func(ctx context.Context) error {
+		var err error
+		out, err = r.Nodes.Patch(ctx, name, pt, data, opts, subresources...)
+		return err
+	})
+	return out, err
+}
+
+// IsWatchListSemanticsUnSupported passes on what the wrapped client says
+// of watch-list semantics (a fake clientset cannot serve them).
+func (r Retrying) IsWatchListSemanticsUnSupported() bool {
+	u, ok := r.Nodes.(interface{ IsWatchListSemanticsUnSupported() bool })
+	return ok && u.IsWatchListSemanticsUnSupported()
 }

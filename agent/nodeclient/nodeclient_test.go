@@ -3,17 +3,28 @@ package nodeclient
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/kubernetes/fake"
 	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/rest"
+	clienttesting "k8s.io/client-go/testing"
+
+	"github.com/tokenroll/tokenroll/internal/apiretry"
+	"github.com/tokenroll/tokenroll/internal/apiretry/apiretrytest"
 )
 
 // client-go's typed Node client (and so the fake clientset's) is a Nodes.
@@ -66,3 +77,46 @@ func TestNodesSpeaksTheCoreAPI(t *testing.T) {
 		}
 	}
 }
+
+// Retrying carries a patch through a 500 and a 429 with Retry-After, on
+// the policy's clock: the same patch is sent three times, reads once.
+func TestRetryingPatch(t *testing.T) {
+	client := fake.NewClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-1"}})
+	faults := []error{apierrors.NewInternalError(errors.New("etcdserver: leader changed")), apierrors.NewTooManyRequests("throttled", 5)}
+	client.PrependReactor("patch", "nodes", func(clienttesting.Action) (bool, runtime.Object, error) {
+		if len(faults) == 0 {
+			return false, nil, nil
+		}
+		err := faults[0]
+		faults = faults[1:]
+		return true, nil, err
+	})
+	clk := apiretrytest.NewClock(time.Now())
+	nodes := Retrying{Nodes: client.CoreV1().Nodes(), Policy: apiretry.Policy{
+		Backoff: wait.Backoff{Duration: time.Second, Factor: 2, Steps: 4}, Clock: clk}}
+	body := []byte(`{"metadata":{"annotations":{"tokenroll.io/request-status":"{}"}}}`)
+	n, err := nodes.Patch(context.Background(), "node-1", types.MergePatchType, body, metav1.PatchOptions{FieldManager: "tokenroll-agent"})
+	if err != nil || n.Annotations["tokenroll.io/request-status"] != "{}" {
+		t.Fatalf("Patch = %v, %v; want the annotation written", n, err)
+	}
+	var patches []string
+	for _, a := range client.Actions() {
+		if p, ok := a.(clienttesting.PatchAction); ok {
+			patches = append(patches, a.GetVerb()+" "+p.GetName()+" "+string(p.GetPatch()))
+		}
+	}
+	want := "patch node-1 " + string(body)
+	if len(patches) != 3 || patches[0] != want || patches[1] != want || patches[2] != want {
+		t.Errorf("patches %q; want %q three times", patches, want)
+	}
+	if got := clk.Waits(); !slices.Equal(got, []time.Duration{time.Second, 5 * time.Second}) {
+		t.Errorf("waits %v; want 1s, then the 5s the server asked for", got)
+	}
+	if nodes.IsWatchListSemanticsUnSupported() || !(Retrying{Nodes: noWatchList{nodes}}).IsWatchListSemanticsUnSupported() {
+		t.Error("Retrying does not pass on what its client says of watch-list semantics")
+	}
+}
+
+type noWatchList struct{ Nodes }
+
+func (noWatchList) IsWatchListSemanticsUnSupported() bool { return true }

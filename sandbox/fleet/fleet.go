@@ -19,9 +19,12 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 
 	"github.com/tokenroll/tokenroll/agent"
 	"github.com/tokenroll/tokenroll/agent/actions"
+	"github.com/tokenroll/tokenroll/agent/nodeclient"
+	"github.com/tokenroll/tokenroll/internal/apiretry"
 	"github.com/tokenroll/tokenroll/sandbox/controlplane"
 	"github.com/tokenroll/tokenroll/sandbox/kubeletsim"
 )
@@ -44,7 +47,13 @@ type Config struct {
 	StatusInterval time.Duration
 	// Observer sees every simulated node's events.
 	Observer func(kubeletsim.Event)
-	Log      *zap.Logger
+	// AgentConfig, when set, gives the configuration a node's agent
+	// reaches the API server with, from the node's own (a fault proxy in
+	// front of it, say); the simulated kubelet keeps its own.
+	AgentConfig func(node string, rc *rest.Config) (*rest.Config, error)
+	// AgentRetry is the agents' write policy (zero: apiretry.Default).
+	AgentRetry apiretry.Policy
+	Log        *zap.Logger
 }
 
 // Member is one node: the simulated kubelet and its agent.
@@ -87,6 +96,9 @@ func Start(ctx context.Context, cfg Config) (*Fleet, error) {
 	if cfg.Log == nil {
 		cfg.Log = zap.NewNop()
 	}
+	if cfg.AgentRetry == (apiretry.Policy{}) {
+		cfg.AgentRetry = apiretry.Default()
+	}
 	f := &Fleet{cfg: cfg, Members: map[string]*Member{}}
 	if err := allowDiscovery(ctx, cfg.CP); err != nil {
 		return nil, err
@@ -120,7 +132,13 @@ func Start(ctx context.Context, cfg Config) (*Fleet, error) {
 		// The agent acts as its node here (the Node authorizer lets a node
 		// read and patch its own Node), standing in for the agent's service
 		// account, whose RBAC the deploy tests check.
-		if m.client, err = kubernetes.NewForConfig(rc); err != nil {
+		arc := rc
+		if cfg.AgentConfig != nil {
+			if arc, err = cfg.AgentConfig(name, rc); err != nil {
+				return nil, err
+			}
+		}
+		if m.client, err = kubernetes.NewForConfig(arc); err != nil {
 			return nil, err
 		}
 		f.Members[name] = m
@@ -184,7 +202,8 @@ func (m *Member) runAgent(ctx context.Context) {
 func (m *Member) agentOnce(ctx context.Context) error {
 	cfg := m.fleet.cfg
 	log := cfg.Log.Named("agent").With(zap.String("node", m.Name))
-	a, err := agent.New(agent.Config{NodeName: m.Name, KubeletRoot: m.Sim.Root(), Client: m.client.CoreV1().Nodes(), Discovery: m.client.CoreV1().RESTClient(),
+	nodes := nodeclient.Retrying{Nodes: m.client.CoreV1().Nodes(), Policy: cfg.AgentRetry}
+	a, err := agent.New(agent.Config{NodeName: m.Name, KubeletRoot: m.Sim.Root(), Client: nodes, Discovery: m.client.CoreV1().RESTClient(),
 		Interval: cfg.AgentInterval, Grace: 5 * time.Minute, IssuerRefresh: cfg.IssuerRefresh, Log: log})
 	if err != nil {
 		return err
@@ -195,12 +214,12 @@ func (m *Member) agentOnce(ctx context.Context) error {
 	h, err := actions.NewHandler(actions.HandlerConfig{NodeName: m.Name, Executor: simExecutor{m: m, ctx: ctx},
 		// Simulated reboots keep the directory, wherever cfg.Dir is.
 		StateDir: filepath.Join(cfg.Dir, m.Name+"-agent-state"), AllowVolatileStateDir: true, BootIDFile: kubeletsim.BootIDPath(m.Sim.Root()),
-		MaxRequestAge: time.Hour, Reporter: actions.NodeReporter{Client: m.client.CoreV1().Nodes(), NodeName: m.Name},
+		MaxRequestAge: time.Hour, Reporter: actions.NodeReporter{Client: nodes, NodeName: m.Name},
 		Finished: func(actions.Record) { a.Rescan() }, Log: log})
 	if err != nil {
 		return err
 	}
-	w, err := actions.NewWatcher(actions.WatcherConfig{Client: m.client.CoreV1().Nodes(), NodeName: m.Name, Handler: h, Log: log})
+	w, err := actions.NewWatcher(actions.WatcherConfig{Client: nodes, NodeName: m.Name, Handler: h, Log: log})
 	if err != nil {
 		return err
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/tokenroll/tokenroll/agent"
 	"github.com/tokenroll/tokenroll/agent/actions"
 	"github.com/tokenroll/tokenroll/agent/nodeclient"
+	"github.com/tokenroll/tokenroll/internal/apiretry"
 	"github.com/tokenroll/tokenroll/internal/cli"
 	"github.com/tokenroll/tokenroll/internal/version"
 	"github.com/tokenroll/tokenroll/metrics"
@@ -161,10 +162,11 @@ func (o *agentOptions) run(ctx context.Context, e cli.Env) error {
 		return err
 	}
 	cfg.UserAgent = "tokenroll-agent/" + version.Version
-	nodes, discovery, err := nodeclient.New(cfg)
+	direct, discovery, err := nodeclient.New(cfg)
 	if err != nil {
 		return err
 	}
+	nodes := nodeclient.Retrying{Nodes: direct, Policy: apiretry.Default()}
 	reg := metrics.NewRegistry("agent")
 	srv, err := metrics.NewServer(o.MetricsBindAddress, reg, e.Log)
 	if err != nil {

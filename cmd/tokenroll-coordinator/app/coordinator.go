@@ -21,6 +21,7 @@ import (
 	"k8s.io/client-go/tools/leaderelection"
 
 	"github.com/tokenroll/tokenroll/coordinator"
+	"github.com/tokenroll/tokenroll/internal/apiretry"
 	"github.com/tokenroll/tokenroll/internal/cli"
 	"github.com/tokenroll/tokenroll/internal/version"
 	"github.com/tokenroll/tokenroll/metrics"
@@ -55,8 +56,9 @@ type coordinatorOptions struct {
 	// MetricsBindAddress serves /metrics, /healthz and /readyz.
 	MetricsBindAddress string
 	// DrainTimeout, ActionTimeout and VerifyTimeout bound the steps;
-	// Settle pauses after each node.
-	DrainTimeout, ActionTimeout, VerifyTimeout, Settle time.Duration
+	// Settle pauses after each node; GateSettle is how long the revision
+	// gate must stay open before new nodes start.
+	DrainTimeout, ActionTimeout, VerifyTimeout, Settle, GateSettle time.Duration
 	// TrustMargin, AgentWait and IssuerRefresh tune the planner.
 	TrustMargin, AgentWait, IssuerRefresh time.Duration
 	// Auto plans rollouts from the agents' reports.
@@ -77,7 +79,7 @@ func newCoordinatorOptions() *coordinatorOptions {
 		Namespace: ns, LeaseName: "tokenroll-coordinator",
 		LeaseDuration: 15 * time.Second, RenewDeadline: 10 * time.Second, RetryPeriod: 2 * time.Second,
 		Gate: "auto", Strategy: "kubelet-restart", MaxUnavailable: "1", MetricsBindAddress: ":8080",
-		DrainTimeout: 10 * time.Minute, ActionTimeout: 15 * time.Minute, VerifyTimeout: 5 * time.Minute,
+		DrainTimeout: 10 * time.Minute, ActionTimeout: 15 * time.Minute, VerifyTimeout: 5 * time.Minute, GateSettle: 2 * time.Minute,
 		TrustMargin: time.Hour, AgentWait: 15 * time.Minute, IssuerRefresh: time.Minute, Auto: true, QPS: 20, Burst: 40,
 	}
 }
@@ -97,6 +99,7 @@ func (o *coordinatorOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.ActionTimeout, "action-timeout", o.ActionTimeout, "Longest the agent's action may take (a reboot: until the node is back Ready) before the rollout halts.")
 	fs.DurationVar(&o.VerifyTimeout, "verify-timeout", o.VerifyTimeout, "Longest the checks after an action may take (tokens fresh, replicas ready) before the rollout halts.")
 	fs.DurationVar(&o.Settle, "settle", o.Settle, "Pause after each verified node before the next one starts.")
+	fs.DurationVar(&o.GateSettle, "gate-settle", o.GateSettle, "How long the revision gate must have stayed open before a new node starts (a new leader counts from its start); nodes already started when the gate closes finish or are released once.")
 	fs.DurationVar(&o.TrustMargin, "trust-margin", o.TrustMargin, "A node whose old-issuer tokens all refresh at least this long before the old issuer's trust ends is left alone.")
 	fs.DurationVar(&o.AgentWait, "agent-wait", o.AgentWait, "After an issuer change, how long to wait for the agents to report under the new issuer before planning without them.")
 	fs.DurationVar(&o.IssuerRefresh, "issuer-refresh-interval", o.IssuerRefresh, "How often OIDC discovery is read while the gate is open (it is also read whenever the gate opens).")
@@ -131,6 +134,7 @@ func (o *coordinatorOptions) Validate() error {
 		cli.CheckPositive("action-timeout", o.ActionTimeout, time.Second),
 		cli.CheckPositive("verify-timeout", o.VerifyTimeout, time.Second),
 		cli.CheckPositive("settle", o.Settle, 0),
+		cli.CheckPositive("gate-settle", o.GateSettle, 0),
 		cli.CheckPositive("trust-margin", o.TrustMargin, 0),
 		cli.CheckPositive("agent-wait", o.AgentWait, 0),
 		cli.CheckPositive("issuer-refresh-interval", o.IssuerRefresh, time.Second))
@@ -174,8 +178,8 @@ func (o *coordinatorOptions) run(ctx context.Context, e cli.Env) error {
 	c, err := coordinator.New(coordinator.Config{
 		Client: client, Namespace: o.Namespace, Gate: gate, Strategy: protocol.Strategy(o.Strategy),
 		MaxUnavailable: intstr.Parse(o.MaxUnavailable), DrainTimeout: o.DrainTimeout, ActionTimeout: o.ActionTimeout,
-		VerifyTimeout: o.VerifyTimeout, Settle: o.Settle, TrustMargin: o.TrustMargin, AgentWait: o.AgentWait,
-		IssuerRefresh: o.IssuerRefresh, Auto: o.Auto, Drainer: coordinator.KubectlDrainer{Client: client, Force: o.DrainForce, Log: e.Log},
+		VerifyTimeout: o.VerifyTimeout, Settle: o.Settle, GateSettle: o.GateSettle, TrustMargin: o.TrustMargin, AgentWait: o.AgentWait,
+		IssuerRefresh: o.IssuerRefresh, Auto: o.Auto, Drainer: coordinator.KubectlDrainer{Client: client, Force: o.DrainForce, Log: e.Log, Retry: apiretry.Default()},
 		Registry: reg, Log: e.Log,
 	})
 	if err != nil {

@@ -51,6 +51,7 @@ func (o *sandboxOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.MaxUnavailable, "max-unavailable", o.MaxUnavailable, "The coordinators' --max-unavailable: nodes disrupted at once, a number or a percentage.")
 	fs.DurationVar(&o.RebootDowntime, "reboot-downtime", o.RebootDowntime, "How long a simulated reboot keeps a node down.")
 	fs.BoolVar(&o.Chaos, "chaos", o.Chaos, "Kill (SIGKILL) the coordinator leader and random agents during the rollout; each starts again a second later.")
+	fs.BoolVar(&o.Faults, "faults", o.Faults, "Put a fault proxy between the control plane and the coordinators and each agent: a share of their writes meet 500s and 429s, and one loses its answer.")
 	fs.BoolVar(&o.Keep, "keep", o.Keep, "Keep everything running after the scenario, until Ctrl-C.")
 	fs.BoolVar(&o.Once, "once", o.Once, "Stop as soon as everything is up and every agent has reported, without changing the issuer (smoke tests).")
 	fs.StringVar(&o.SummaryJSON, "summary-json", o.SummaryJSON, "Write the outcome as JSON to this file.")
