@@ -24,7 +24,7 @@ LDFLAGS := -s -w \
 	-X github.com/tokenroll/tokenroll/internal/version.Version=$(VERSION) \
 	-X github.com/tokenroll/tokenroll/internal/version.Commit=$(COMMIT)
 
-.PHONY: help build test test-short test-integration lint controlplane dbus sandbox image clean
+.PHONY: help build test test-short test-integration lint controlplane kubelet dbus sandbox image clean
 
 help: ## List the targets.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -60,7 +60,13 @@ dbus: ## Install dbus-daemon for the D-Bus tests when missing (Debian, as root).
 controlplane: ## Build the pinned etcd and kube-apiserver into the cache (a no-op when built).
 	@bash sandbox/controlplane/build.sh >/dev/null
 
-sandbox: controlplane build ## Run the local sandbox (bin/tokenroll-sandbox); pass flags with ARGS='--nodes 20'.
+kubelet: ## Build the pinned kubelet code (hollow-kubelet, fake-runtime) for the sandbox's --kubelet real (a no-op when built).
+	@bash sandbox/controlplane/build.sh kubelet >/dev/null
+
+# The sandbox needs the kubelet binaries only when ARGS asks for real kubelets.
+SANDBOX_KUBELET := $(if $(filter --kubelet=real,$(ARGS))$(findstring --kubelet real,$(ARGS)),kubelet)
+
+sandbox: controlplane $(SANDBOX_KUBELET) build ## Run the local sandbox (bin/tokenroll-sandbox); pass flags with ARGS='--nodes 20' or ARGS='--kubelet real'.
 	$(BIN)/tokenroll-sandbox $(ARGS)
 
 image: ## Build the container image (needs a Docker engine).
