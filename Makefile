@@ -40,7 +40,7 @@ test: lint test-short test-integration ## Everything CI runs: lint, unit tests, 
 test-short: ## Unit tests only (no control plane), with the race detector.
 	$(GO) test -short -race -count=1 ./...
 
-test-integration: controlplane dbus ## Integration tests against a real etcd, kube-apiserver and dbus-daemon.
+test-integration: controlplane kubelet dbus ## Integration tests against a real etcd, kube-apiserver, kubelet and dbus-daemon.
 	$(GO) test -count=1 -p 1 -timeout 30m ./...
 
 lint: $(GOLANGCI_LINT) ## gofmt, go vet and golangci-lint.
@@ -63,8 +63,8 @@ controlplane: ## Build the pinned etcd and kube-apiserver into the cache (a no-o
 kubelet: ## Build the pinned kubelet code (hollow-kubelet, fake-runtime) for the sandbox's --kubelet real (a no-op when built).
 	@bash sandbox/controlplane/build.sh kubelet >/dev/null
 
-# The sandbox needs the kubelet binaries only when ARGS asks for real kubelets.
-SANDBOX_KUBELET := $(if $(filter --kubelet=real,$(ARGS))$(findstring --kubelet real,$(ARGS)),kubelet)
+# The sandbox runs the real kubelet unless ARGS asks for kubeletsim.
+SANDBOX_KUBELET := $(if $(filter --kubelet=sim,$(ARGS))$(findstring --kubelet sim,$(ARGS)),,kubelet)
 
 sandbox: controlplane $(SANDBOX_KUBELET) build ## Run the local sandbox (bin/tokenroll-sandbox); pass flags with ARGS='--nodes 20' or ARGS='--kubelet real'.
 	$(BIN)/tokenroll-sandbox $(ARGS)

@@ -64,6 +64,11 @@ type realNodeConfig struct {
 	Log      *zap.Logger
 }
 
+// maxRealNodeRoot is the longest kubelet root whose sockets fit a unix
+// socket path (107 bytes): the kubelet binds pod-resources/NNNNNNNNNN
+// before renaming it into place.
+const maxRealNodeRoot = 107 - len("/pod-resources/") - 10
+
 // runtimeSocket is where the node's fake runtime serves CRI.
 func runtimeSocket(root string) string { return filepath.Join(root, "runtime.sock") }
 
@@ -113,6 +118,10 @@ func (n *realNode) emit(kind kubeletsim.EventKind) {
 // runtime answers, and the control socket. The processes run until ctx
 // ends; wg tracks them.
 func (n *realNode) start(ctx context.Context, wg *sync.WaitGroup) error {
+	if len(n.root) > maxRealNodeRoot {
+		return fmt.Errorf("node %s: its root %s is %d bytes; the kubelet binds unix sockets under it (pod-resources/ and a 10-digit temporary name), and a socket path holds at most 107 bytes: use a directory of at most %d bytes for the nodes (a shorter --dir)",
+			n.name, n.root, len(n.root), maxRealNodeRoot)
+	}
 	if err := os.MkdirAll(n.root, 0o750); err != nil {
 		return err
 	}

@@ -406,7 +406,7 @@ func (s *Sandbox) waitPodsSynced(ctx context.Context, want int) error {
 func (s *Sandbox) waitPodsRunning(ctx context.Context, want int) error {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	last := "no pods listed yet"
+	var last string
 	for {
 		pods, err := s.workloadPods(ctx)
 		switch {

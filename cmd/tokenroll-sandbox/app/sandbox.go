@@ -35,7 +35,7 @@ func newSandboxOptions() *sandboxOptions {
 	return &sandboxOptions{Options: sandbox.Options{
 		Nodes: 5, APIServers: 3, Issuer: controlplane.DefaultIssuer, NewIssuer: DefaultNewIssuer,
 		Strategy: "kubelet-restart", MaxUnavailable: "1", RebootDowntime: 5 * time.Second, Timeout: 10 * time.Minute,
-		Kubelet: sandbox.KubeletSim,
+		Kubelet: sandbox.KubeletReal,
 	}}
 }
 
