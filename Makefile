@@ -24,7 +24,7 @@ LDFLAGS := -s -w \
 	-X github.com/tokenroll/tokenroll/internal/version.Version=$(VERSION) \
 	-X github.com/tokenroll/tokenroll/internal/version.Commit=$(COMMIT)
 
-.PHONY: help build test test-short test-integration lint controlplane dbus sandbox image clean
+.PHONY: help build test test-short test-integration lint controlplane kubelet dbus sandbox image clean
 
 help: ## List the targets.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -40,7 +40,7 @@ test: lint test-short test-integration ## Everything CI runs: lint, unit tests, 
 test-short: ## Unit tests only (no control plane), with the race detector.
 	$(GO) test -short -race -count=1 ./...
 
-test-integration: controlplane dbus ## Integration tests against a real etcd, kube-apiserver and dbus-daemon.
+test-integration: controlplane kubelet dbus ## Integration tests against a real etcd, kube-apiserver, kubelet and dbus-daemon.
 	$(GO) test -count=1 -p 1 -timeout 30m ./...
 
 lint: $(GOLANGCI_LINT) ## gofmt, go vet and golangci-lint.
@@ -60,7 +60,13 @@ dbus: ## Install dbus-daemon and polkitd for the D-Bus and polkit tests when mis
 controlplane: ## Build the pinned etcd and kube-apiserver into the cache (a no-op when built).
 	@bash sandbox/controlplane/build.sh >/dev/null
 
-sandbox: controlplane build ## Run the local sandbox (bin/tokenroll-sandbox); pass flags with ARGS='--nodes 20'.
+kubelet: ## Build the pinned kubelet code (hollow-kubelet, fake-runtime) for the sandbox's --kubelet real (a no-op when built).
+	@bash sandbox/controlplane/build.sh kubelet >/dev/null
+
+# The sandbox runs the real kubelet unless ARGS asks for kubeletsim.
+SANDBOX_KUBELET := $(if $(filter --kubelet=sim,$(ARGS))$(findstring --kubelet sim,$(ARGS)),,kubelet)
+
+sandbox: controlplane $(SANDBOX_KUBELET) build ## Run the local sandbox (bin/tokenroll-sandbox); pass flags with ARGS='--nodes 20' or ARGS='--kubelet real'.
 	$(BIN)/tokenroll-sandbox $(ARGS)
 
 image: ## Build the container image (needs a Docker engine).

@@ -209,6 +209,33 @@ func (c *child) hold() {
 	c.kill()
 }
 
+// stop ends the process with sig (SIGKILL after stopGrace), as systemd
+// stops a unit, and keeps it down until release; it returns once the
+// process has ended.
+func (c *child) stop(sig syscall.Signal) {
+	c.mu.Lock()
+	c.held = true
+	done := c.done
+	c.mu.Unlock()
+	c.signal(sig)
+	if done == nil {
+		return
+	}
+	select {
+	case <-done:
+	case <-time.After(stopGrace):
+		c.signal(syscall.SIGKILL)
+		<-done
+	}
+}
+
+// startCount is how many times the process was started.
+func (c *child) startCount() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.starts
+}
+
 // release lets a held process start again.
 func (c *child) release() {
 	c.mu.Lock()

@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -52,6 +53,10 @@ type Config struct {
 	// TrustWindow is how long the simulated operator keeps a previous
 	// issuer trusted after a change (0: dropped in the same revision).
 	TrustWindow time.Duration
+	// Kubelet is what runs each worker node: KubeletSim (kubeletsim, in
+	// this process; the default) or KubeletReal (the pinned kubelet code as
+	// processes, see realNode).
+	Kubelet string
 	// Log receives what the in-process parts do (default: nothing).
 	Log *zap.Logger
 }
@@ -65,7 +70,7 @@ type Sandbox struct {
 	CP         *controlplane.ControlPlane
 	Admin      kubernetes.Interface
 	Dynamic    dynamic.Interface
-	Nodes      []*kubeletsim.Node
+	Nodes      []Node
 	Kubeconfig string
 
 	cancel context.CancelFunc
@@ -76,6 +81,27 @@ type Sandbox struct {
 	change   chan struct{}
 	nodeHook func(kubeletsim.Event)
 }
+
+// Node is one worker node: a simulated kubelet or the real kubelet code.
+type Node interface {
+	Name() string
+	// Root is the kubelet's root directory (/var/lib/kubelet on a node).
+	Root() string
+	// PodsAPISocket is the kubelet Pods API socket.
+	PodsAPISocket() string
+}
+
+// What runs the worker nodes (Config.Kubelet, --kubelet).
+const (
+	// KubeletSim is kubeletsim: light, for many nodes.
+	KubeletSim = "sim"
+	// KubeletReal is the kubelet code of the pinned Kubernetes, run as
+	// hollow-kubelet and fake-runtime processes per node.
+	KubeletReal = "real"
+)
+
+// Kubelets lists the values of Config.Kubelet.
+var Kubelets = []string{KubeletSim, KubeletReal}
 
 // Namespaces the sandbox's workloads live in.
 const (
@@ -112,9 +138,22 @@ func Start(ctx context.Context, cfg Config) (_ *Sandbox, err error) {
 		cfg.Log = zap.NewNop()
 	}
 	log := cfg.Log
+	if cfg.Kubelet == "" {
+		cfg.Kubelet = KubeletSim
+	}
 	bins, err := controlplane.FindBinaries(cfg.BinDir)
 	if err != nil {
 		return nil, err
+	}
+	var kubeletBins controlplane.KubeletBinaries
+	switch cfg.Kubelet {
+	case KubeletSim:
+	case KubeletReal:
+		if kubeletBins, err = controlplane.FindKubeletBinaries(cfg.BinDir); err != nil {
+			return nil, err
+		}
+	default:
+		return nil, fmt.Errorf("sandbox: kubelet %q: want %s", cfg.Kubelet, strings.Join(Kubelets, " or "))
 	}
 	s := &Sandbox{cfg: cfg, dir: cfg.Dir, synced: map[types.UID]bool{}, change: make(chan struct{})}
 	if s.dir == "" {
@@ -193,8 +232,22 @@ func Start(ctx context.Context, cfg Config) (_ *Sandbox, err error) {
 		if err := controlplane.WriteKubeconfig(s.NodeKubeconfig(name), rc); err != nil {
 			return nil, err
 		}
+		root := filepath.Join(s.dir, "nodes", name)
+		if cfg.Kubelet == KubeletReal {
+			client, err := kubernetes.NewForConfig(rc)
+			if err != nil {
+				return nil, err
+			}
+			n := newRealNode(realNodeConfig{Name: name, Root: root, Kubeconfig: s.NodeKubeconfig(name), Client: client,
+				Binaries: kubeletBins, LogDir: filepath.Join(s.dir, "logs"), Observer: s.observe, Log: log.Named("node")})
+			if err := n.start(runCtx, &s.wg); err != nil {
+				return nil, err
+			}
+			s.Nodes = append(s.Nodes, n)
+			continue
+		}
 		n, err := kubeletsim.New(kubeletsim.Config{
-			Name: name, Root: filepath.Join(s.dir, "nodes", name), RESTConfig: rc,
+			Name: name, Root: root, RESTConfig: rc,
 			Logger: log.Named("kubeletsim"), Observer: s.observe,
 		})
 		if err != nil {
@@ -210,13 +263,20 @@ func Start(ctx context.Context, cfg Config) (_ *Sandbox, err error) {
 		}()
 	}
 	for _, n := range s.Nodes {
-		select {
-		case <-n.Registered():
-		case <-ctx.Done():
-			return nil, ctx.Err()
+		switch n := n.(type) {
+		case *kubeletsim.Node:
+			select {
+			case <-n.Registered():
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		case *realNode:
+			if err := n.waitReady(ctx, 2*time.Minute); err != nil {
+				return nil, err
+			}
 		}
 	}
-	log.Info("nodes registered", zap.Int("nodes", len(s.Nodes)))
+	log.Info("nodes registered", zap.Int("nodes", len(s.Nodes)), zap.String("kubelet", cfg.Kubelet))
 
 	rs, err := replicasim.New(replicasim.Config{Client: s.Admin, Namespaces: []string{NamespaceBuild, NamespaceApps}, Log: log.Named("replicasim")})
 	if err != nil {
@@ -234,7 +294,12 @@ func Start(ctx context.Context, cfg Config) (_ *Sandbox, err error) {
 			return nil, fmt.Errorf("creating ReplicaSet %s/%s: %w", set.Namespace, set.Name, err)
 		}
 	}
-	if err := s.waitPodsSynced(ctx, 2*cfg.Nodes); err != nil {
+	if cfg.Kubelet == KubeletReal {
+		err = s.waitPodsRunning(ctx, 2*cfg.Nodes)
+	} else {
+		err = s.waitPodsSynced(ctx, 2*cfg.Nodes)
+	}
+	if err != nil {
 		return nil, err
 	}
 	log.Info("every pod running with its tokens on disk", zap.Int("pods", 2*cfg.Nodes))
@@ -331,6 +396,47 @@ func (s *Sandbox) waitPodsSynced(ctx context.Context, want int) error {
 		case <-time.After(time.Second): // pods created since the list
 		case <-ctx.Done():
 			return fmt.Errorf("waiting for the workloads' pods to start: %d of %d not running with their tokens on disk: %w", missing, want, ctx.Err())
+		}
+	}
+}
+
+// waitPodsRunning waits until the workloads' want pods exist, each
+// Running with its tokens on disk, for nodes whose kubelet tells nothing
+// but the API server and the files.
+func (s *Sandbox) waitPodsRunning(ctx context.Context, want int) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	var last string
+	for {
+		pods, err := s.workloadPods(ctx)
+		switch {
+		case err != nil:
+			last = err.Error()
+		case len(pods) < want:
+			last = fmt.Sprintf("%d of %d pods exist", len(pods), want)
+		default:
+			running := 0
+			for _, p := range pods {
+				if p.Status.Phase == corev1.PodRunning {
+					running++
+				}
+			}
+			c, err := s.census(ctx, "")
+			switch {
+			case err != nil:
+				last = err.Error()
+			case running < want:
+				last = fmt.Sprintf("%d of %d pods Running", running, want)
+			case c.Live < TokensPerNode*len(s.Nodes):
+				last = fmt.Sprintf("%d of %d tokens on disk", c.Live, TokensPerNode*len(s.Nodes))
+			default:
+				return nil
+			}
+		}
+		select {
+		case <-time.After(time.Second):
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for the workloads' pods to start: %s: %w; the kubelets' logs are in %s", last, ctx.Err(), filepath.Join(s.dir, "logs"))
 		}
 	}
 }

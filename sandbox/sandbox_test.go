@@ -57,7 +57,7 @@ func TestMaxUnavailableNodes(t *testing.T) {
 
 func validOptions() Options {
 	return Options{Nodes: 3, APIServers: 3, Issuer: "https://a", NewIssuer: "https://b", Strategy: "reboot",
-		MaxUnavailable: "1", RebootDowntime: 5 * time.Second, Timeout: 10 * time.Minute}
+		MaxUnavailable: "1", RebootDowntime: 5 * time.Second, Timeout: 10 * time.Minute, Kubelet: KubeletSim}
 }
 
 func TestValidateNamesEveryBadFlag(t *testing.T) {
@@ -65,12 +65,12 @@ func TestValidateNamesEveryBadFlag(t *testing.T) {
 		t.Fatalf("valid options refused: %v", err)
 	}
 	o := Options{Nodes: 0, APIServers: 9, Issuer: "https://a", NewIssuer: "https://a", TrustWindow: -time.Hour, Strategy: "pray",
-		MaxUnavailable: "0", RebootDowntime: 0, Timeout: time.Second, Dir: "/tmp/a,b"}
+		MaxUnavailable: "0", RebootDowntime: 0, Timeout: time.Second, Dir: "/tmp/a,b", Kubelet: "hollow"}
 	err := o.Validate()
 	if err == nil {
 		t.Fatal("bad options accepted")
 	}
-	for _, want := range []string{"--nodes=0", "--apiservers=9", "--new-issuer", "--trust-window", "--strategy", "--max-unavailable", "--reboot-downtime", "--timeout", "--dir"} {
+	for _, want := range []string{"--nodes=0", "--apiservers=9", "--new-issuer", "--trust-window", "--strategy", "--max-unavailable", "--reboot-downtime", "--timeout", "--dir", "--kubelet"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error does not name %s: %v", want, err)
 		}
@@ -172,7 +172,7 @@ func TestTrustedUntilRefresh(t *testing.T) {
 
 // The summary JSON has exactly the fields the issue names.
 func TestSummaryJSONShape(t *testing.T) {
-	s := &Summary{Nodes: 3, Strategy: "reboot", TokensBefore: map[string]int{"issuer-mismatch": 9}, TokensAfter: map[string]int{"fresh": 9},
+	s := &Summary{Nodes: 3, Kubelet: KubeletReal, Strategy: "reboot", TokensBefore: map[string]int{"issuer-mismatch": 9}, TokensAfter: map[string]int{"fresh": 9},
 		ActionsPerNode: map[string]int{"worker-1": 1}, Failures: []string{"x"}, Issuer: "https://b", MaxUnavailable: 1}
 	path := filepath.Join(t.TempDir(), "s.json")
 	if err := s.WriteJSON(path); err != nil {
@@ -191,10 +191,13 @@ func TestSummaryJSONShape(t *testing.T) {
 		keys = append(keys, k)
 	}
 	slices.Sort(keys)
-	want := []string{"actionsPerNode", "gateClosedSeconds", "leaderChanges", "maxConcurrentDisrupted", "nodes", "nodesLeftCordoned",
+	want := []string{"actionsPerNode", "gateClosedSeconds", "kubelet", "leaderChanges", "maxConcurrentDisrupted", "nodes", "nodesLeftCordoned",
 		"ok", "overheadPerNodeSeconds", "rolloutSeconds", "strategy", "tokensAfter", "tokensBefore"}
 	if !reflect.DeepEqual(keys, want) {
 		t.Errorf("summary keys %v, want %v", keys, want)
+	}
+	if string(m["kubelet"]) != `"real"` {
+		t.Errorf("kubelet = %s, want \"real\"", m["kubelet"])
 	}
 	if string(m["overheadPerNodeSeconds"]) != `{
     "median": 0,

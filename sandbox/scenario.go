@@ -52,6 +52,8 @@ type Options struct {
 	MaxUnavailable string
 	// RebootDowntime is how long a simulated reboot keeps a node down.
 	RebootDowntime time.Duration
+	// Kubelet is what runs each worker node: KubeletSim or KubeletReal.
+	Kubelet string
 	// Chaos kills (SIGKILL) the coordinator leader and random agents during
 	// the rollout; they are started again as their Deployment and DaemonSet
 	// would.
@@ -105,6 +107,9 @@ func (o Options) Validate() error {
 	}
 	if o.RebootDowntime < time.Second || o.RebootDowntime > 10*time.Minute {
 		errs = append(errs, fmt.Errorf("--reboot-downtime=%s: must be from 1s to 10m", o.RebootDowntime))
+	}
+	if !slices.Contains(Kubelets, o.Kubelet) {
+		errs = append(errs, fmt.Errorf("--kubelet=%q: must be %s", o.Kubelet, strings.Join(Kubelets, " or ")))
 	}
 	if o.Timeout < time.Minute {
 		errs = append(errs, fmt.Errorf("--timeout=%s: must be at least 1m", o.Timeout))
@@ -214,7 +219,7 @@ func (r *run) run(ctx context.Context) (*Summary, error) {
 	r.p.printf("starting a control plane: etcd and %d kube-apiserver(s) (control-plane nodes %s at revision %d), issuer %s",
 		o.APIServers, strings.Join(MasterNames(o.APIServers), ", "), openshiftsim.DefaultStartRevision, o.Issuer)
 	sb, err := Start(ctx, Config{BinDir: o.BinDir, Dir: r.dir, Nodes: o.Nodes, APIServers: o.APIServers, Issuer: o.Issuer,
-		TrustWindow: o.TrustWindow, Log: r.log})
+		TrustWindow: o.TrustWindow, Kubelet: o.Kubelet, Log: r.log})
 	if err != nil {
 		return nil, err
 	}
@@ -231,8 +236,12 @@ func (r *run) run(ctx context.Context) (*Summary, error) {
 		sb.Stop()
 		r.p.printf("stopped: every process ended")
 	}()
-	r.p.printf("control plane up at %s; %d simulated node(s) running %d pods of ReplicaSets build/nginx (build-robot, vault token) and apps/web",
-		sb.CP.URL(), o.Nodes, 2*o.Nodes)
+	what := "simulated node(s) (kubeletsim)"
+	if o.Kubelet == KubeletReal {
+		what = "node(s) running the real kubelet " + controlplane.KubernetesVersion + " (hollow-kubelet and fake-runtime processes)"
+	}
+	r.p.printf("control plane up at %s; %d %s running %d pods of ReplicaSets build/nginx (build-robot, vault token) and apps/web",
+		sb.CP.URL(), o.Nodes, what, 2*o.Nodes)
 
 	watchCtx, stopWatch := context.WithCancel(procCtx)
 	defer stopWatch()
@@ -487,7 +496,7 @@ func (r *run) cli() string {
 func (r *run) scenario(ctx context.Context) (*Summary, error) {
 	o := r.opts
 	maxUnavailable, _ := maxUnavailableNodes(o.MaxUnavailable, o.Nodes)
-	sum := &Summary{Nodes: o.Nodes, Strategy: o.Strategy, MaxUnavailable: maxUnavailable}
+	sum := &Summary{Nodes: o.Nodes, Kubelet: o.Kubelet, Strategy: o.Strategy, MaxUnavailable: maxUnavailable}
 	startLatest := r.w.view().Gate.Latest
 
 	r.p.printf("step 1: the administrator sets Authentication/cluster .spec.serviceAccountIssuer to %s (trust window %s)", o.NewIssuer, o.TrustWindow)

@@ -24,7 +24,10 @@ import (
 // KubeAPIServer/cluster, through the API server. Nothing is taken from the
 // coordinator's account of itself.
 type Summary struct {
-	Nodes    int    `json:"nodes"`
+	Nodes int `json:"nodes"`
+	// Kubelet is what ran the nodes: "sim" (kubeletsim) or "real" (the
+	// pinned kubelet code).
+	Kubelet  string `json:"kubelet"`
 	Strategy string `json:"strategy"`
 	// TokensBefore counts every token by state just after the issuer
 	// change (nothing may touch a token until the new revision is out),
@@ -116,7 +119,7 @@ func states(m map[string]int) string {
 func (s *Summary) Print(w io.Writer) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "\nSummary")
-	fmt.Fprintf(tw, "  nodes\t%d\n", s.Nodes)
+	fmt.Fprintf(tw, "  nodes\t%d (kubelet: %s)\n", s.Nodes, s.Kubelet)
 	fmt.Fprintf(tw, "  strategy\t%s\n", s.Strategy)
 	fmt.Fprintf(tw, "  tokens after the issuer change\t%s\n", states(s.TokensBefore))
 	fmt.Fprintf(tw, "  tokens at the end\t%s (judged against %s)\n", states(s.TokensAfter), s.Issuer)

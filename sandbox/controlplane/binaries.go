@@ -48,8 +48,45 @@ func FindBinaries(dir string) (Binaries, error) {
 		dir = CacheDir()
 	}
 	b := Binaries{Etcd: filepath.Join(dir, "etcd"), KubeAPIServer: filepath.Join(dir, "kube-apiserver")}
+	if err := executables(b.Etcd, b.KubeAPIServer); err != nil {
+		return Binaries{}, fmt.Errorf("control-plane binaries (kubernetes %s, etcd %s) not found; run `make controlplane` to build them, or point --bin-dir or $%s at a directory holding etcd and kube-apiserver: %w",
+			KubernetesVersion, EtcdVersion, BinDirEnv, err)
+	}
+	return b, nil
+}
+
+// KubeletBinaries locates the two programs a sandbox node with the real
+// kubelet code runs, built by build.sh from the same pinned Kubernetes
+// (test/tools/hollowkubelet and test/tools/fakeruntime).
+type KubeletBinaries struct {
+	// HollowKubelet is the kubelet code over kubemark's fakes.
+	HollowKubelet string
+	// FakeRuntime is kubemark's fake CRI runtime, served on a unix socket.
+	FakeRuntime string
+}
+
+// FindKubeletBinaries returns the kubelet binaries in dir, or, when dir is
+// empty, in $TOKENROLL_CONTROLPLANE_BIN or the build cache. The error says
+// how to build them.
+func FindKubeletBinaries(dir string) (KubeletBinaries, error) {
+	if dir == "" {
+		dir = os.Getenv(BinDirEnv)
+	}
+	if dir == "" {
+		dir = CacheDir()
+	}
+	b := KubeletBinaries{HollowKubelet: filepath.Join(dir, "hollow-kubelet"), FakeRuntime: filepath.Join(dir, "fake-runtime")}
+	if err := executables(b.HollowKubelet, b.FakeRuntime); err != nil {
+		return KubeletBinaries{}, fmt.Errorf("kubelet binaries (kubernetes %s) not found; run `make kubelet` to build them, or point --bin-dir or $%s at a directory holding hollow-kubelet and fake-runtime: %w",
+			KubernetesVersion, BinDirEnv, err)
+	}
+	return b, nil
+}
+
+// executables checks that each path is an executable file.
+func executables(paths ...string) error {
 	var errs []error
-	for _, p := range []string{b.Etcd, b.KubeAPIServer} {
+	for _, p := range paths {
 		st, err := os.Stat(p)
 		switch {
 		case err != nil:
@@ -58,9 +95,5 @@ func FindBinaries(dir string) (Binaries, error) {
 			errs = append(errs, fmt.Errorf("%s: not an executable file", p))
 		}
 	}
-	if len(errs) > 0 {
-		return Binaries{}, fmt.Errorf("control-plane binaries (kubernetes %s, etcd %s) not found; run `make controlplane` to build them, or point --bin-dir or $%s at a directory holding etcd and kube-apiserver: %w",
-			KubernetesVersion, EtcdVersion, BinDirEnv, errors.Join(errs...))
-	}
-	return b, nil
+	return errors.Join(errs...)
 }

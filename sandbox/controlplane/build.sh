@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds the pinned etcd and kube-apiserver from the Go module proxy into a
 # cache directory outside the work tree, keyed by version, and prints that
-# directory. A second run with the same pins does nothing.
+# directory. With the argument "kubelet" it also builds hollow-kubelet and
+# fake-runtime (test/tools), the real kubelet code the sandbox runs with
+# --kubelet real. A second run with the same pins does nothing.
 #
 #   TOKENROLL_CACHE_DIR  cache root (default: $XDG_CACHE_HOME/tokenroll or ~/.cache/tokenroll)
 set -euo pipefail
@@ -15,9 +17,20 @@ if [ -z "$k8s" ] || [ -z "$etcd" ]; then
   exit 1
 fi
 
+want=(etcd kube-apiserver)
+case "${1:-}" in
+  "") ;;
+  kubelet) want+=(hollow-kubelet fake-runtime) ;;
+  *) echo "build.sh: unknown argument $1; want nothing or \"kubelet\"" >&2; exit 2 ;;
+esac
+
 cache=${TOKENROLL_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tokenroll}
 dest="$cache/controlplane/kubernetes-$k8s-etcd-$etcd"
-if [ -x "$dest/kube-apiserver" ] && [ -x "$dest/etcd" ]; then
+missing=()
+for b in "${want[@]}"; do
+  [ -x "$dest/$b" ] || missing+=("$b")
+done
+if [ ${#missing[@]} -eq 0 ]; then
   echo "$dest"
   exit 0
 fi
@@ -28,16 +41,32 @@ trap 'rm -rf "$tmp"' EXIT
 
 major=${k8s#v}; major=${major%%.*}
 minor=${k8s#v*.}; minor=${minor%%.*}
+# The version ldflags make the kube-apiserver and the kubelet report the pin
+# (a node's status.nodeInfo.kubeletVersion among them).
 ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$k8s -X k8s.io/component-base/version.gitMajor=$major -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=clean"
 
-echo "building etcd $etcd and kube-apiserver $k8s into $dest (about 4 minutes cold on 2 cores)" >&2
+echo "building ${missing[*]} (kubernetes $k8s, etcd $etcd) into $dest (etcd and kube-apiserver: about 4 minutes cold on 2 cores; the kubelet: about 6 more)" >&2
 cd "$tools"
-CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$tmp/etcd" go.etcd.io/etcd/server/v3
-CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$tmp/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver
+for b in "${missing[@]}"; do
+  case "$b" in
+    etcd) CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$tmp/$b" go.etcd.io/etcd/server/v3 ;;
+    kube-apiserver) CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$tmp/$b" k8s.io/kubernetes/cmd/kube-apiserver ;;
+    hollow-kubelet) CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$tmp/$b" ./hollowkubelet ;;
+    fake-runtime) CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$tmp/$b" ./fakeruntime ;;
+  esac
+done
 
-# Publish atomically: a reader sees both binaries or none.
-if ! mv -T "$tmp" "$dest" 2>/dev/null; then
-  [ -x "$dest/kube-apiserver" ] || { echo "build.sh: could not move the build into $dest" >&2; exit 1; }
+# Publish atomically: a reader sees etcd and kube-apiserver both or none;
+# binaries added to a published directory appear one by one.
+if [ ! -e "$dest" ] && mv -T "$tmp" "$dest" 2>/dev/null; then
+  trap - EXIT
+  echo "$dest"
+  exit 0
 fi
-trap - EXIT
+mkdir -p "$dest"
+for b in "${missing[@]}"; do
+  if ! mv -f "$tmp/$b" "$dest/$b"; then
+    [ -x "$dest/$b" ] || { echo "build.sh: could not move $b into $dest" >&2; exit 1; }
+  fi
+done
 echo "$dest"

@@ -61,6 +61,21 @@ type controlReply struct {
 	Error  string `json:"error,omitempty"`
 }
 
+// Controllable is a node the control socket acts on: a simulated node, or
+// a sandbox node that runs the real kubelet code as processes.
+type Controllable interface {
+	Name() string
+	// BootID is the boot the node is in now.
+	BootID() string
+	// Reboot begins a reboot that keeps the node down for down and lasts as
+	// long as ctx; it returns once the reboot has begun.
+	Reboot(ctx context.Context, down time.Duration) error
+	// RestartKubelet restarts the kubelet and returns once it is restarted.
+	RestartKubelet() error
+	// Down reports whether the node is rebooting.
+	Down() bool
+}
+
 // controlServer serves ControlSocketPath for one node. It lives as long as
 // Run: a simulated reboot does not stop it, as the process goes on.
 type controlServer struct {
@@ -69,19 +84,45 @@ type controlServer struct {
 	served chan error
 }
 
+// ControlServer serves the control socket of a node until Stop.
+type ControlServer struct{ s *controlServer }
+
+// ServeControl serves ControlSocketPath(root) for n until Stop; reboots it
+// starts last as long as runCtx.
+func ServeControl(runCtx context.Context, root string, n Controllable, log *zap.Logger) (*ControlServer, error) {
+	s, err := serveControl(runCtx, root, n, log)
+	if err != nil {
+		return nil, err
+	}
+	return &ControlServer{s: s}, nil
+}
+
+// Stop shuts the server down and removes the socket.
+func (c *ControlServer) Stop(log *zap.Logger) { c.s.stop(log) }
+
+// simControl is a simulated node as the control socket sees it.
+type simControl struct{ *Node }
+
+func (n simControl) RestartKubelet() error { n.Node.RestartKubelet(); return nil }
+func (n simControl) Down() bool            { return n.isDown() }
+
 // startControl serves the control API until stopControl. Reboots it starts
 // last as long as runCtx.
 func (n *Node) startControl(runCtx context.Context) (*controlServer, error) {
-	socket := ControlSocketPath(n.cfg.Root)
+	return serveControl(runCtx, n.cfg.Root, simControl{n}, n.log)
+}
+
+func serveControl(runCtx context.Context, root string, n Controllable, log *zap.Logger) (*controlServer, error) {
+	socket := ControlSocketPath(root)
 	ln, err := listenPrivate(socket)
 	if err != nil {
 		return nil, err
 	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST /"+ActionReboot, func(w http.ResponseWriter, r *http.Request) { n.serveReboot(runCtx, w, r) })
-	mux.HandleFunc("POST /"+ActionRestartKubelet, n.serveRestartKubelet)
+	mux.HandleFunc("POST /"+ActionReboot, func(w http.ResponseWriter, r *http.Request) { serveReboot(runCtx, n, log, w, r) })
+	mux.HandleFunc("POST /"+ActionRestartKubelet, func(w http.ResponseWriter, r *http.Request) { serveRestartKubelet(n, log, w, r) })
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeReply(w, http.StatusNotFound, controlReply{Node: n.cfg.Name,
+		writeReply(w, http.StatusNotFound, controlReply{Node: n.Name(),
 			Error: fmt.Sprintf("%s %s: no such action; POST /%s?down=10s or POST /%s", r.Method, r.URL.Path, ActionReboot, ActionRestartKubelet)})
 	})
 	s := &controlServer{
@@ -153,8 +194,8 @@ func writeReply(w http.ResponseWriter, code int, r controlReply) {
 	_ = json.NewEncoder(w).Encode(r)
 }
 
-func (n *Node) serveReboot(runCtx context.Context, w http.ResponseWriter, r *http.Request) {
-	reply := controlReply{Node: n.cfg.Name, Action: ActionReboot}
+func serveReboot(runCtx context.Context, n Controllable, log *zap.Logger, w http.ResponseWriter, r *http.Request) {
+	reply := controlReply{Node: n.Name(), Action: ActionReboot}
 	down := DefaultRebootDowntime
 	if s := r.URL.Query().Get("down"); s != "" {
 		d, err := time.ParseDuration(s)
@@ -173,19 +214,23 @@ func (n *Node) serveReboot(runCtx context.Context, w http.ResponseWriter, r *htt
 		writeReply(w, http.StatusConflict, reply)
 		return
 	}
-	n.log.Info("reboot requested through the control socket", zap.Duration("down", down), zap.String("bootID", reply.BootID))
+	log.Info("reboot requested through the control socket", zap.Duration("down", down), zap.String("bootID", reply.BootID))
 	writeReply(w, http.StatusOK, reply)
 }
 
-func (n *Node) serveRestartKubelet(w http.ResponseWriter, _ *http.Request) {
-	reply := controlReply{Node: n.cfg.Name, Action: ActionRestartKubelet, BootID: n.BootID()}
-	if n.isDown() {
-		reply.Error = fmt.Sprintf("node %s is rebooting; restart the kubelet once it is up", n.cfg.Name)
+func serveRestartKubelet(n Controllable, log *zap.Logger, w http.ResponseWriter, _ *http.Request) {
+	reply := controlReply{Node: n.Name(), Action: ActionRestartKubelet, BootID: n.BootID()}
+	if n.Down() {
+		reply.Error = fmt.Sprintf("node %s is rebooting; restart the kubelet once it is up", n.Name())
 		writeReply(w, http.StatusConflict, reply)
 		return
 	}
-	n.RestartKubelet()
-	n.log.Info("kubelet restarted through the control socket")
+	if err := n.RestartKubelet(); err != nil {
+		reply.Error = err.Error()
+		writeReply(w, http.StatusInternalServerError, reply)
+		return
+	}
+	log.Info("kubelet restarted through the control socket")
 	writeReply(w, http.StatusOK, reply)
 }
 
@@ -242,3 +287,11 @@ func Control(ctx context.Context, root, action string, down time.Duration) error
 	}
 	return fmt.Errorf("kubeletsim: %s through %s refused (%s): %s", action, socket, resp.Status, msg)
 }
+
+// NewBootID returns a random boot ID, formatted as
+// /proc/sys/kernel/random/boot_id is.
+func NewBootID() string { return newBootID() }
+
+// WriteBootID replaces BootIDPath(root) with id atomically, as a boot
+// does before anything reads it.
+func WriteBootID(root, id string) error { return writeBootID(root, id) }

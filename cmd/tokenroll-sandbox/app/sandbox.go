@@ -35,14 +35,16 @@ func newSandboxOptions() *sandboxOptions {
 	return &sandboxOptions{Options: sandbox.Options{
 		Nodes: 5, APIServers: 3, Issuer: controlplane.DefaultIssuer, NewIssuer: DefaultNewIssuer,
 		Strategy: "kubelet-restart", MaxUnavailable: "1", RebootDowntime: 5 * time.Second, Timeout: 10 * time.Minute,
+		Kubelet: sandbox.KubeletReal,
 	}}
 }
 
 func (o *sandboxOptions) AddFlags(fs *pflag.FlagSet) {
-	fs.StringVar(&o.BinDir, "bin-dir", o.BinDir, "Directory holding etcd and kube-apiserver (default: what make controlplane built, or $"+controlplane.BinDirEnv+").")
+	fs.StringVar(&o.BinDir, "bin-dir", o.BinDir, "Directory holding etcd and kube-apiserver, and with --kubelet real hollow-kubelet and fake-runtime (default: what make controlplane and make kubelet built, or $"+controlplane.BinDirEnv+").")
 	fs.StringVar(&o.ProgramDir, "tokenroll-bin-dir", o.ProgramDir, "Directory holding "+programs.Agent+", "+programs.Coordinator+" and "+programs.Sandbox+" (default: $"+programs.DirEnv+", else this program's directory, where make build puts them all).")
 	fs.StringVar(&o.Dir, "dir", o.Dir, "Directory for the sandbox's certificates, data, node roots, kubeconfigs and logs; kept afterwards (default: a temporary directory, removed unless the scenario fails).")
-	fs.IntVar(&o.Nodes, "nodes", o.Nodes, "Number of simulated worker nodes, each with a real agent process.")
+	fs.IntVar(&o.Nodes, "nodes", o.Nodes, "Number of worker nodes, each with a real agent process.")
+	fs.StringVar(&o.Kubelet, "kubelet", o.Kubelet, "What runs each worker node: sim (kubeletsim, in the sandbox's process; light, for many nodes) or real (the kubelet code of Kubernetes "+controlplane.KubernetesVersion+" as a hollow-kubelet process over a fake-runtime process, built by `make kubelet`).")
 	fs.IntVar(&o.APIServers, "apiservers", o.APIServers, "Number of kube-apiservers (control-plane nodes master-0...) sharing one etcd.")
 	fs.StringVar(&o.Issuer, "issuer", o.Issuer, "Service-account issuer the control plane starts with.")
 	fs.StringVar(&o.NewIssuer, "new-issuer", o.NewIssuer, "Issuer the scenario sets in Authentication/cluster .spec.serviceAccountIssuer.")

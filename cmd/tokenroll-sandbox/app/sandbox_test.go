@@ -84,7 +84,7 @@ func TestSandboxOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	code, out, stderr := run(t, "--once", "--nodes=2", "--apiservers=1", "--dir="+dir, "--log-format=json", "--tokenroll-bin-dir="+programDir(t))
+	code, out, stderr := run(t, "--once", "--kubelet=sim", "--nodes=2", "--apiservers=1", "--dir="+dir, "--log-format=json", "--tokenroll-bin-dir="+programDir(t))
 	if code != 0 {
 		t.Fatalf("sandbox --once: exit %d\n%s\n%s", code, out, stderr)
 	}
@@ -123,7 +123,7 @@ func TestSandboxScenario(t *testing.T) {
 	dir := t.TempDir()
 	summaryPath := filepath.Join(dir, "summary.json")
 	start := time.Now()
-	code, out, stderr := run(t, "--nodes=3", "--chaos", "--tokenroll-bin-dir="+programDir(t), "--dir="+filepath.Join(dir, "sb"), "--summary-json="+summaryPath, "--log-format=json")
+	code, out, stderr := run(t, "--nodes=3", "--kubelet=sim", "--chaos", "--tokenroll-bin-dir="+programDir(t), "--dir="+filepath.Join(dir, "sb"), "--summary-json="+summaryPath, "--log-format=json")
 	t.Logf("the scenario took %s", time.Since(start).Round(time.Second))
 	if code != 0 {
 		t.Fatalf("sandbox: exit %d\nstdout:\n%s\nstderr:\n%s", code, out, stderr)
