@@ -3,7 +3,7 @@
 # (the entrypoint, what a person runs), tokenroll-agent (the DaemonSet sets it
 # as its command) and tokenroll-coordinator (the Deployment's). The sandbox's
 # binary is not in it. It runs as non-root by default (the coordinator); the
-# agent's DaemonSet sets runAsUser: 0 because it must read every pod's
+# agent DaemonSet's scanner sets runAsUser: 0 because it must read every pod's
 # projected volume.
 ARG GO_VERSION=1.26
 

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # The agent's D-Bus tests run a real dbus-daemon (Debian package dbus), and
-# test/deploy's polkit rule test a real polkitd (package polkitd). Installs
+# test/deploy's polkit tests a real polkitd (package polkitd) and the
+# executor's host files systemd-sysusers and systemd-tmpfiles (package
+# systemd). Installs
 # them when missing and this is root on a Debian machine; otherwise says what
 # to install.
 set -euo pipefail
 missing=()
 command -v dbus-daemon >/dev/null 2>&1 || missing+=(dbus)
 { [ -x /usr/lib/polkit-1/polkitd ] && command -v pkcheck >/dev/null 2>&1; } || missing+=(polkitd)
+{ command -v systemd-sysusers >/dev/null 2>&1 && command -v systemd-tmpfiles >/dev/null 2>&1; } || missing+=(systemd)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "installing ${missing[*]} for the D-Bus and polkit tests" >&2

@@ -2,6 +2,8 @@ package actions
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -106,5 +108,50 @@ func TestWatcherRetriesAFailedHandleWithoutANodeEvent(t *testing.T) {
 		if a.GetVerb() != "list" && a.GetVerb() != "watch" {
 			t.Errorf("the watcher wrote to the API server: %s %s", a.GetVerb(), a.GetResource().Resource)
 		}
+	}
+}
+
+// The scanner, when the executor runs in a container of its own, keeps
+// reboot-required in step with the sentinel and never touches a request:
+// the request stays unanswered for the executor.
+func TestWatcherWithoutHandlerOnlyReportsTheSentinel(t *testing.T) {
+	if _, err := NewWatcher(WatcherConfig{Client: fake.NewClientset().CoreV1().Nodes(), NodeName: "node-a"}); err == nil {
+		t.Error("a watcher with neither a handler nor a sentinel was built")
+	}
+	sentinel := filepath.Join(t.TempDir(), "reboot-required")
+	if err := os.WriteFile(sentinel, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-a", Annotations: map[string]string{
+		protocol.AnnotationRequest: request("req-1", protocol.ActionKubeletRestart, "node-a", time.Now()),
+	}}}
+	client := fake.NewClientset(node)
+	nodes := client.CoreV1().Nodes()
+	w, err := NewWatcher(WatcherConfig{Client: noWatchList{nodes}, NodeName: "node-a", RebootSentinel: sentinel})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	var n *corev1.Node
+	if err := wait.PollUntilContextTimeout(ctx, 10*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		n, err = nodes.Get(ctx, "node-a", metav1.GetOptions{})
+		if err != nil {
+			return false, nil
+		}
+		required, err := protocol.ParseRebootRequired(n.Annotations[protocol.AnnotationRebootRequired])
+		return err == nil && required, nil
+	}); err != nil {
+		t.Fatalf("reboot-required never reported: %v", err)
+	}
+	if s, ok := n.Annotations[protocol.AnnotationStatus]; ok {
+		t.Errorf("a watcher without a handler answered the request: %s", s)
 	}
 }

@@ -66,7 +66,9 @@ type WatcherConfig struct {
 	// IsWatchListSemanticsUnSupported.
 	Client   nodeclient.Nodes
 	NodeName string
-	Handler  *Handler
+	// Handler is nil in a process that only reports reboot-required (the
+	// scanner, when the executor runs in a container of its own).
+	Handler *Handler
 	// RebootSentinel is checked every SentinelInterval; empty disables it.
 	RebootSentinel   string
 	SentinelInterval time.Duration
@@ -108,8 +110,8 @@ type Watcher struct {
 
 // NewWatcher checks cfg.
 func NewWatcher(cfg WatcherConfig) (*Watcher, error) {
-	if cfg.Client == nil || cfg.NodeName == "" || cfg.Handler == nil {
-		return nil, errors.New("actions: watcher needs a client, a node name and a handler")
+	if cfg.Client == nil || cfg.NodeName == "" || (cfg.Handler == nil && cfg.RebootSentinel == "") {
+		return nil, errors.New("actions: watcher needs a client, a node name, and a handler or a reboot sentinel")
 	}
 	if cfg.SentinelInterval <= 0 {
 		cfg.SentinelInterval = 30 * time.Second
@@ -239,6 +241,9 @@ func (w *Watcher) sync(ctx context.Context, lister corelisters.NodeLister, item 
 	}
 	switch item {
 	case workRequest:
+		if w.cfg.Handler == nil {
+			return nil
+		}
 		return w.cfg.Handler.Handle(ctx, n.Annotations[protocol.AnnotationRequest], n.Annotations[protocol.AnnotationStatus])
 	case workSentinel:
 		return w.checkSentinel(ctx, n)

@@ -31,31 +31,6 @@ var polkitBinaries = []string{"/usr/lib/polkit-1/polkitd", "pkcheck", "dbus-daem
 // unit; anyone else nothing; root everything, even with a rule refusing it,
 // which is why a D-Bus caller that is root is confined by no rule.
 func TestPolkitRule(t *testing.T) {
-	if testing.Short() {
-		t.Skip("runs polkitd")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: polkitd reads its rules from /etc/polkit-1/rules.d, bind-mounted in a private mount namespace")
-	}
-	for _, b := range polkitBinaries {
-		if _, err := exec.LookPath(b); err != nil {
-			t.Fatalf("%s not found: install the Debian packages polkitd and dbus", b)
-		}
-	}
-	// polkitd runs as its own user: it must reach the bus socket and read
-	// the rules.
-	dir := t.TempDir()
-	for _, d := range []string{filepath.Dir(dir), dir} {
-		if err := os.Chmod(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	rules, empty := filepath.Join(dir, "rules.d"), filepath.Join(dir, "empty")
-	for _, d := range []string{rules, empty} {
-		if err := os.Mkdir(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
 	rule := readFile(t, "deploy/polkit/50-tokenroll-agent.rules")
 	if !strings.Contains(string(rule), `action.lookup("unit") === "`+actions.KubeletUnit+`"`) {
 		t.Errorf("the rule does not name the agent's unit %s", actions.KubeletUnit)
@@ -63,31 +38,11 @@ func TestPolkitRule(t *testing.T) {
 	if !strings.Contains(string(rule), `subject.user !== "`+strconv.Itoa(agentUID)+`"`) {
 		t.Errorf("the rule does not name uid %d", agentUID)
 	}
-	if err := os.WriteFile(filepath.Join(rules, "50-tokenroll-agent.rules"), rule, 0o644); err != nil {
-		t.Fatal(err)
-	}
 	// A rule refusing root everything, to show polkit does not ask it.
 	denyRoot := []byte(`polkit.addRule(function (action, subject) { if (subject.user === "root") { return polkit.Result.NO; } });` + "\n")
-	if err := os.WriteFile(filepath.Join(rules, "10-deny-root.rules"), denyRoot, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	bus := startSystemBus(t, dir)
-
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	// polkitd reads rules from fixed paths: in a mount namespace of its own,
-	// ours replace the host's, and the distribution's directory is empty.
-	pk := exec.CommandContext(ctx, "unshare", "-m", "--propagation", "private", "sh", "-c",
-		`mount --bind "$1" /etc/polkit-1/rules.d && mount --bind "$2" /usr/share/polkit-1/rules.d && exec /usr/lib/polkit-1/polkitd --no-debug`,
-		"sh", rules, empty)
-	pk.Env = append(os.Environ(), "DBUS_SYSTEM_BUS_ADDRESS="+bus)
-	pk.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	var pkLog strings.Builder
-	pk.Stdout, pk.Stderr = &pkLog, &pkLog
-	if err := pk.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = pk.Process.Kill(); _ = pk.Wait() })
+	bus, pk, pkLog := startPolkit(ctx, t, "", map[string][]byte{"50-tokenroll-agent.rules": rule, "10-deny-root.rules": denyRoot})
 
 	// Subjects: a process of each user.
 	subject := func(uid int) int {
@@ -168,9 +123,71 @@ func TestPolkitRule(t *testing.T) {
 	}
 }
 
+// startPolkit runs the real polkitd, with rules as its only rules, on a
+// private system bus, and returns the bus's address, the polkitd process and
+// its output. With etc set, the bus and polkitd see its passwd and group
+// files instead of the host's.
+func startPolkit(ctx context.Context, t *testing.T, etc string, rules map[string][]byte) (string, *exec.Cmd, *strings.Builder) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("runs polkitd")
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: polkitd reads its rules from /etc/polkit-1/rules.d, bind-mounted in a private mount namespace")
+	}
+	for _, b := range polkitBinaries {
+		if _, err := exec.LookPath(b); err != nil {
+			t.Fatalf("%s not found: install the Debian packages polkitd and dbus", b)
+		}
+	}
+	// polkitd runs as its own user: it must reach the bus socket and read
+	// the rules.
+	dir := t.TempDir()
+	for _, d := range []string{filepath.Dir(dir), dir} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rulesDir, empty := filepath.Join(dir, "rules.d"), filepath.Join(dir, "empty")
+	for _, d := range []string{rulesDir, empty} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for name, rule := range rules {
+		if err := os.WriteFile(filepath.Join(rulesDir, name), rule, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bus := startSystemBus(t, dir, etc)
+	// polkitd reads rules from fixed paths: in a mount namespace of its own,
+	// ours replace the host's, and the distribution's directory is empty.
+	pk := exec.CommandContext(ctx, "unshare", "-m", "--propagation", "private", "sh", "-c",
+		bindEtc(etc)+`mount --bind "$1" /etc/polkit-1/rules.d && mount --bind "$2" /usr/share/polkit-1/rules.d && exec /usr/lib/polkit-1/polkitd --no-debug`,
+		"sh", rulesDir, empty)
+	pk.Env = append(os.Environ(), "DBUS_SYSTEM_BUS_ADDRESS="+bus)
+	pk.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	pkLog := &strings.Builder{}
+	pk.Stdout, pk.Stderr = pkLog, pkLog
+	if err := pk.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = pk.Process.Kill(); _ = pk.Wait() })
+	return bus, pk, pkLog
+}
+
+// bindEtc is the shell that puts etc's passwd and group files in place of
+// the host's, in a mount namespace of their own; nothing when etc is empty.
+func bindEtc(etc string) string {
+	if etc == "" {
+		return ""
+	}
+	return fmt.Sprintf("mount --bind %[1]s/passwd /etc/passwd && mount --bind %[1]s/group /etc/group && ", etc)
+}
+
 // startSystemBus runs a dbus-daemon of type system on a socket in dir and
-// returns its address.
-func startSystemBus(t *testing.T, dir string) string {
+// returns its address. With etc set, it sees etc's passwd and group files.
+func startSystemBus(t *testing.T, dir, etc string) string {
 	t.Helper()
 	config := filepath.Join(dir, "bus.conf")
 	err := os.WriteFile(config, []byte(`<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
@@ -190,7 +207,8 @@ func startSystemBus(t *testing.T, dir string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command("dbus-daemon", "--config-file="+config, "--nofork", "--nopidfile", "--print-address=1")
+	cmd := exec.Command("unshare", "-m", "--propagation", "private", "sh", "-c",
+		bindEtc(etc)+`exec dbus-daemon --config-file="$1" --nofork --nopidfile --print-address=1`, "sh", config)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	out, err := cmd.StdoutPipe()
 	if err != nil {

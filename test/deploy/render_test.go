@@ -192,16 +192,18 @@ func workloads(t testing.TB, r rendering) (*appsv1.DaemonSet, *appsv1.Deployment
 }
 
 // TestAgentPodSecurity checks, in every rendering, the agent's pod against
-// what the design promises: root only to read tokens, every capability but
-// DAC_READ_SEARCH dropped, nothing from the host but the three paths (the
-// kubelet root read-only), no host namespaces, a short-lived projected token.
+// what the design promises: a scanner that is root only to read tokens
+// (every capability but DAC_READ_SEARCH dropped, the kubelet's pods and
+// Pods API read-only, no D-Bus), an executor that is uid 64302 (the user the
+// polkit rule confines) with no capability, no kubelet path and only the
+// bus and its state; no host namespaces; a short-lived projected token.
 func TestAgentPodSecurity(t *testing.T) {
 	for _, r := range renderings {
 		t.Run(r.name, func(t *testing.T) {
 			ds, _ := workloads(t, r)
 			spec := ds.Spec.Template.Spec
-			if spec.HostNetwork || spec.HostPID || spec.HostIPC {
-				t.Error("the agent uses a host namespace")
+			if spec.HostNetwork || spec.HostPID || spec.HostIPC || spec.ShareProcessNamespace != nil && *spec.ShareProcessNamespace {
+				t.Error("the agent uses a host namespace or shares its processes between containers")
 			}
 			if spec.AutomountServiceAccountToken == nil || *spec.AutomountServiceAccountToken {
 				t.Error("the agent's pod automounts a service-account token")
@@ -210,42 +212,63 @@ func TestAgentPodSecurity(t *testing.T) {
 			if psc == nil || psc.SeccompProfile == nil || psc.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault {
 				t.Error("the agent's pod has no RuntimeDefault seccomp profile")
 			}
+			if psc != nil && (psc.RunAsUser != nil || psc.RunAsNonRoot != nil) {
+				t.Error("the pod sets a user for both containers; each container sets its own")
+			}
 			if r.name != "helm-custom" && !slices.ContainsFunc(spec.Tolerations, func(tol corev1.Toleration) bool {
 				return tol.Operator == corev1.TolerationOpExists && tol.Key == "" && tol.Effect == ""
 			}) {
 				t.Error("the agent does not tolerate every taint")
 			}
-			if len(spec.Containers) != 1 {
-				t.Fatalf("%d containers", len(spec.Containers))
+			if len(spec.InitContainers) != 0 || len(spec.Containers) != 2 || spec.Containers[0].Name != "scanner" || spec.Containers[1].Name != "executor" {
+				t.Fatalf("containers %v, init containers %d; want scanner and executor", containerNames(spec.Containers), len(spec.InitContainers))
 			}
-			c := spec.Containers[0]
-			sc := c.SecurityContext
-			switch {
-			case sc == nil:
-				t.Fatal("no container securityContext")
-			case sc.Privileged != nil && *sc.Privileged:
-				t.Error("privileged")
-			case sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation:
-				t.Error("privilege escalation allowed")
-			case sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem:
-				t.Error("root file system writable")
-			case sc.Capabilities == nil || !slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) ||
-				!slices.Equal(sc.Capabilities.Add, []corev1.Capability{"DAC_READ_SEARCH"}):
-				t.Errorf("capabilities %+v, want drop ALL, add DAC_READ_SEARCH only", sc.Capabilities)
+			scanner, executor := spec.Containers[0], spec.Containers[1]
+			for _, c := range spec.Containers {
+				sc := c.SecurityContext
+				switch {
+				case sc == nil:
+					t.Fatalf("%s: no securityContext", c.Name)
+				case sc.Privileged != nil && *sc.Privileged:
+					t.Errorf("%s: privileged", c.Name)
+				case sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation:
+					t.Errorf("%s: privilege escalation allowed", c.Name)
+				case sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem:
+					t.Errorf("%s: root file system writable", c.Name)
+				case sc.Capabilities == nil || !slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}):
+					t.Errorf("%s: capabilities %+v, want every one dropped", c.Name, sc.Capabilities)
+				}
+				if c.Resources.Requests.Memory().IsZero() || c.Resources.Limits.Memory().IsZero() || c.Resources.Requests.Cpu().IsZero() {
+					t.Errorf("%s: resources %+v: want cpu and memory requests and a memory limit", c.Name, c.Resources)
+				}
+				if !slices.ContainsFunc(c.Env, func(e corev1.EnvVar) bool {
+					return e.Name == "GOMEMLIMIT" && e.ValueFrom != nil && e.ValueFrom.ResourceFieldRef != nil && e.ValueFrom.ResourceFieldRef.Resource == "limits.memory" &&
+						(e.ValueFrom.ResourceFieldRef.ContainerName == "" || e.ValueFrom.ResourceFieldRef.ContainerName == c.Name)
+				}) {
+					t.Errorf("%s: GOMEMLIMIT does not follow its limits.memory", c.Name)
+				}
+				if !slices.ContainsFunc(c.Env, func(e corev1.EnvVar) bool {
+					return e.Name == "NODE_NAME" && e.ValueFrom != nil && e.ValueFrom.FieldRef != nil && e.ValueFrom.FieldRef.FieldPath == "spec.nodeName"
+				}) {
+					t.Errorf("%s: NODE_NAME is not the downward API's spec.nodeName", c.Name)
+				}
 			}
-			if c.Resources.Requests.Memory().IsZero() || c.Resources.Limits.Memory().IsZero() || c.Resources.Requests.Cpu().IsZero() {
-				t.Errorf("resources %+v: want cpu and memory requests and a memory limit", c.Resources)
+			if sc := scanner.SecurityContext; sc.RunAsUser == nil || *sc.RunAsUser != 0 || sc.Capabilities == nil ||
+				!slices.Equal(sc.Capabilities.Add, []corev1.Capability{"DAC_READ_SEARCH"}) {
+				t.Errorf("scanner: user %v, capabilities added %v; want root with DAC_READ_SEARCH only", ptrValue(sc.RunAsUser), sc.Capabilities)
 			}
-			if !slices.ContainsFunc(c.Env, func(e corev1.EnvVar) bool {
-				return e.Name == "GOMEMLIMIT" && e.ValueFrom != nil && e.ValueFrom.ResourceFieldRef != nil && e.ValueFrom.ResourceFieldRef.Resource == "limits.memory"
-			}) {
-				t.Error("GOMEMLIMIT does not follow limits.memory")
+			if sc := executor.SecurityContext; sc.RunAsUser == nil || *sc.RunAsUser != agentUID || sc.RunAsGroup == nil || *sc.RunAsGroup != agentUID ||
+				sc.RunAsNonRoot == nil || !*sc.RunAsNonRoot || sc.Capabilities == nil || len(sc.Capabilities.Add) != 0 {
+				t.Errorf("executor: user %v group %v nonRoot %v, capabilities added %v; want uid and gid %d (the polkit rule's), non-root, none added",
+					ptrValue(sc.RunAsUser), ptrValue(sc.RunAsGroup), ptrValue(sc.RunAsNonRoot), sc.Capabilities, agentUID)
 			}
-			if !slices.ContainsFunc(c.Env, func(e corev1.EnvVar) bool {
-				return e.Name == "NODE_NAME" && e.ValueFrom != nil && e.ValueFrom.FieldRef != nil && e.ValueFrom.FieldRef.FieldPath == "spec.nodeName"
-			}) {
-				t.Error("NODE_NAME is not the downward API's spec.nodeName")
+			if got := flagValue(scanner.Args, "--run"); got != "scan" {
+				t.Errorf("scanner: --run=%q, want scan", got)
 			}
+			if got := flagValue(executor.Args, "--run"); got != "act" {
+				t.Errorf("executor: --run=%q, want act", got)
+			}
+
 			hostPaths := map[string]*corev1.HostPathVolumeSource{}
 			var token *corev1.ServiceAccountTokenProjection
 			for _, v := range spec.Volumes {
@@ -263,37 +286,129 @@ func TestAgentPodSecurity(t *testing.T) {
 			if len(hostPaths) != 4 || hostPaths["kubelet-pods"] == nil || hostPaths["kubelet-pods-api"] == nil || hostPaths["system-bus"] == nil || hostPaths["state"] == nil {
 				t.Errorf("host paths %v, want exactly kubelet-pods, kubelet-pods-api, system-bus and state", hostPaths)
 			}
+			root := kubeletRootArg(scanner.Args)
 			for name, hp := range hostPaths {
-				if strings.HasPrefix(name, "kubelet-") && !strings.HasPrefix(hp.Path, kubeletRootArg(c.Args)+"/") {
-					t.Errorf("host path %s is %s, outside --kubelet-root %s", name, hp.Path, kubeletRootArg(c.Args))
+				if strings.HasPrefix(name, "kubelet-") && !strings.HasPrefix(hp.Path, root+"/") {
+					t.Errorf("host path %s is %s, outside --kubelet-root %s", name, hp.Path, root)
 				}
 			}
-			for _, m := range c.VolumeMounts {
-				switch m.Name {
-				case "kubelet-pods":
-					if !m.ReadOnly || m.MountPropagation == nil || *m.MountPropagation != corev1.MountPropagationHostToContainer ||
-						m.MountPath != kubeletRootArg(c.Args)+"/pods" {
-						t.Errorf("pods mount %+v: want <kubelet-root>/pods read-only with HostToContainer propagation", m)
+			// Exactly these volumes in each container: a host path added to
+			// the wrong one fails here.
+			want := map[string][]string{
+				"scanner":  {"kube-api-access", "kubelet-pods", "kubelet-pods-api", "tmp"},
+				"executor": {"kube-api-access", "state", "system-bus"},
+			}
+			for _, c := range spec.Containers {
+				var names []string
+				for _, m := range c.VolumeMounts {
+					names = append(names, m.Name)
+				}
+				slices.Sort(names)
+				if !slices.Equal(names, want[c.Name]) {
+					t.Errorf("%s mounts %v, want exactly %v", c.Name, names, want[c.Name])
+				}
+				for _, m := range c.VolumeMounts {
+					switch m.Name {
+					case "kubelet-pods":
+						if !m.ReadOnly || m.MountPropagation == nil || *m.MountPropagation != corev1.MountPropagationHostToContainer ||
+							m.MountPath != root+"/pods" {
+							t.Errorf("pods mount %+v: want <kubelet-root>/pods read-only with HostToContainer propagation", m)
+						}
+					case "kubelet-pods-api":
+						if !m.ReadOnly || m.MountPath != root+"/pods-api" {
+							t.Errorf("Pods API mount %+v: want <kubelet-root>/pods-api read-only", m)
+						}
+					case "system-bus":
+						if !m.ReadOnly {
+							t.Error("the D-Bus socket directory is mounted read-write")
+						}
+						if bus := flagValue(c.Args, "--system-bus"); !strings.HasPrefix(bus, "unix:path="+m.MountPath+"/") {
+							t.Errorf("executor: --system-bus=%s is not in the mounted %s", bus, m.MountPath)
+						}
+					case "state":
+						if got := flagValue(c.Args, "--state-dir"); got != m.MountPath {
+							t.Errorf("executor: --state-dir=%s, the state volume is at %s", got, m.MountPath)
+						}
+					case "kube-api-access":
+						if m.MountPath != "/var/run/secrets/kubernetes.io/serviceaccount" || !m.ReadOnly {
+							t.Errorf("token mount %+v: want read-only at the standard path", m)
+						}
 					}
-				case "kubelet-pods-api":
-					if !m.ReadOnly || m.MountPath != kubeletRootArg(c.Args)+"/pods-api" {
-						t.Errorf("Pods API mount %+v: want <kubelet-root>/pods-api read-only", m)
-					}
-				case "system-bus":
-					if !m.ReadOnly {
-						t.Error("the D-Bus socket directory is mounted read-write")
-					}
-				case "kube-api-access":
-					if m.MountPath != "/var/run/secrets/kubernetes.io/serviceaccount" || !m.ReadOnly {
-						t.Errorf("token mount %+v: want read-only at the standard path", m)
-					}
+				}
+			}
+			// The executor is not root: it reads its API token only if the
+			// projected volume is readable by others.
+			for _, v := range spec.Volumes {
+				if v.Name == "kube-api-access" && (v.Projected == nil || v.Projected.DefaultMode == nil || *v.Projected.DefaultMode&0o004 == 0) {
+					t.Error("the API token volume is not readable by the executor's user")
 				}
 			}
 			if token == nil || token.ExpirationSeconds == nil || *token.ExpirationSeconds >= 3607 || *token.ExpirationSeconds < 600 || token.Path != "token" {
 				t.Errorf("projected token %+v: want path token, 600 <= expirationSeconds < 3607 (3607 is stretched to a year)", token)
 			}
+			// Each container serves its own /metrics, /healthz and /readyz,
+			// on a port the Service names, and its probes ask that port.
+			ports := map[string]int32{}
+			for _, c := range spec.Containers {
+				if len(c.Ports) != 1 {
+					t.Fatalf("%s: ports %v, want one", c.Name, c.Ports)
+				}
+				p := c.Ports[0]
+				ports[p.Name] = p.ContainerPort
+				if addr := flagValue(c.Args, "--metrics-bind-address"); addr != ":"+strconv.Itoa(int(p.ContainerPort)) {
+					t.Errorf("%s: --metrics-bind-address=%s, port %s is %d", c.Name, addr, p.Name, p.ContainerPort)
+				}
+				for _, probe := range []*corev1.Probe{c.LivenessProbe, c.ReadinessProbe} {
+					if probe == nil || probe.HTTPGet == nil || probe.HTTPGet.Port.StrVal != p.Name {
+						t.Errorf("%s: a probe %+v does not ask its own port %s", c.Name, probe, p.Name)
+					}
+				}
+			}
+			if len(ports) != 2 {
+				t.Errorf("container ports %v: the containers share a port name", ports)
+			}
+			for _, o := range render(t, r) {
+				if o.GetKind() != "Service" || o.GetLabels()["app.kubernetes.io/component"] != "agent" {
+					continue
+				}
+				svc := toTyped[corev1.Service](t, o)
+				got := map[string]bool{}
+				for _, p := range svc.Spec.Ports {
+					got[p.TargetPort.StrVal] = true
+				}
+				for name := range ports {
+					if !got[name] {
+						t.Errorf("Service %s does not expose the agent's port %s", svc.Name, name)
+					}
+				}
+			}
 		})
 	}
+}
+
+func containerNames(cs []corev1.Container) []string {
+	var out []string
+	for _, c := range cs {
+		out = append(out, c.Name)
+	}
+	return out
+}
+
+func ptrValue[T any](p *T) any {
+	if p == nil {
+		return nil
+	}
+	return *p
+}
+
+// flagValue is the value of --name=value in args.
+func flagValue(args []string, name string) string {
+	for _, a := range args {
+		if v, ok := strings.CutPrefix(a, name+"="); ok {
+			return v
+		}
+	}
+	return ""
 }
 
 // kubeletRootArg is the agent's --kubelet-root.
@@ -401,8 +516,9 @@ func TestArgsParse(t *testing.T) {
 	for _, r := range renderings {
 		t.Run(r.name, func(t *testing.T) {
 			ds, dep := workloads(t, r)
-			for _, c := range []corev1.Container{ds.Spec.Template.Spec.Containers[0], dep.Spec.Template.Spec.Containers[0]} {
-				if want := []string{"/usr/local/bin/tokenroll-" + c.Name}; !slices.Equal(c.Command, want) {
+			program := map[string]string{"scanner": "agent", "executor": "agent", "coordinator": "coordinator"}
+			for _, c := range append(slices.Clone(ds.Spec.Template.Spec.Containers), dep.Spec.Template.Spec.Containers[0]) {
+				if want := []string{"/usr/local/bin/tokenroll-" + program[c.Name]}; !slices.Equal(c.Command, want) {
 					t.Errorf("%s: command %q, want %q (the image's binary for it)", c.Name, c.Command, want)
 				}
 				args := make([]string, len(c.Args))
@@ -410,7 +526,7 @@ func TestArgsParse(t *testing.T) {
 					// What the kubelet substitutes from the container's env.
 					args[i] = strings.NewReplacer("$(NODE_NAME)", "node-a", "$(POD_NAMESPACE)", r.namespace).Replace(a)
 				}
-				newCommand, ok := programs[c.Name]
+				newCommand, ok := programs[program[c.Name]]
 				if !ok {
 					t.Fatalf("container %s: no tokenroll program of that name", c.Name)
 				}

@@ -9,11 +9,15 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
+	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"go.uber.org/zap"
+	corev1 "k8s.io/api/core/v1"
 
 	"github.com/tokenroll/tokenroll/agent"
 	"github.com/tokenroll/tokenroll/agent/actions"
@@ -75,7 +79,20 @@ type agentOptions struct {
 	RebootSentinel string
 	// BootIDFile tells the current boot's ID.
 	BootIDFile string
+	// Run selects the parts this process runs (runScan, runAct): both in one
+	// process, or each in a container with only the privileges it needs.
+	Run []string
 }
+
+// The parts of the agent --run selects.
+const (
+	// runScan reads every pod's token (root with CAP_DAC_READ_SEARCH) and
+	// writes the tokens report, the condition and reboot-required.
+	runScan = "scan"
+	// runAct carries out the Node's request over D-Bus and writes its
+	// status: it needs the bus and the state directory, no pod's files.
+	runAct = "act"
+)
 
 func newAgentOptions() *agentOptions {
 	return &agentOptions{
@@ -94,10 +111,14 @@ func newAgentOptions() *agentOptions {
 		MaxRequestAge:      time.Hour,
 		RebootSentinel:     actions.DefaultRebootSentinel,
 		BootIDFile:         actions.DefaultBootIDFile,
+		Run:                []string{runScan, runAct},
 
 		MaxTokenSeriesPerNamespace: 100,
 	}
 }
+
+// runs reports whether --run selected part.
+func (o *agentOptions) runs(part string) bool { return slices.Contains(o.Run, part) }
 
 func (o *agentOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.NodeName, "node-name", o.NodeName, "Name of the Node this agent runs on (default $NODE_NAME, set from the downward API).")
@@ -121,6 +142,7 @@ func (o *agentOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.MaxRequestAge, "max-request-age", o.MaxRequestAge, "Refuse requests older than this.")
 	fs.StringVar(&o.RebootSentinel, "reboot-sentinel", o.RebootSentinel, "File whose presence means the node needs a reboot (reported as an annotation); empty disables.")
 	fs.StringVar(&o.BootIDFile, "boot-id-file", o.BootIDFile, "File holding the current boot ID.")
+	fs.StringSliceVar(&o.Run, "run", o.Run, "Parts of the agent this process runs: scan (read every pod's token; report, condition, reboot-required), act (carry out the Node's request), or both (comma-separated). The DaemonSet runs each in a container of its own, with only the privileges it needs.")
 }
 
 func (o *agentOptions) Validate() error {
@@ -128,23 +150,30 @@ func (o *agentOptions) Validate() error {
 	if o.NodeName == "" {
 		errs = append(errs, errors.New("--node-name is required (or set $NODE_NAME from the downward API: spec.nodeName)"))
 	}
-	errs = append(errs,
-		cli.CheckAbsDir("kubelet-root", o.KubeletRoot),
+	errs = append(errs, o.validateRun(),
 		cli.CheckFile("kubeconfig", o.Kubeconfig),
-		cli.CheckPositive("interval", o.Interval, time.Second),
-		cli.CheckPositive("grace", o.Grace, 0),
-		cli.CheckPositive("issuer-refresh-interval", o.IssuerRefresh, 10*time.Second),
 		cli.CheckAddr("metrics-bind-address", o.MetricsBindAddress))
-	errs = append(errs, cli.CheckOneOf("executor", o.Executor, "systemd", "command"),
-		cli.CheckPositive("command-timeout", o.CommandTimeout, time.Second),
-		cli.CheckPositive("max-request-age", o.MaxRequestAge, time.Minute),
-		cli.CheckAbsDir("state-dir", o.StateDir))
-	if o.Executor == "command" && len(o.RebootCommand) == 0 && len(o.KubeletRestartCommand) == 0 {
-		errs = append(errs, errors.New("--executor=command needs --reboot-command or --kubelet-restart-command"))
+	// Each part checks only its own flags: the other part's paths are not
+	// mounted in its container.
+	if o.runs(runScan) {
+		errs = append(errs,
+			cli.CheckAbsDir("kubelet-root", o.KubeletRoot),
+			cli.CheckPositive("interval", o.Interval, time.Second),
+			cli.CheckPositive("grace", o.Grace, 0),
+			cli.CheckPositive("issuer-refresh-interval", o.IssuerRefresh, 10*time.Second))
 	}
-	if o.Executor == "systemd" {
-		if _, err := actions.NewSystemd(o.SystemBus, o.KubeletUnit); err != nil {
-			errs = append(errs, fmt.Errorf("--system-bus/--kubelet-unit: %w", err))
+	if o.runs(runAct) {
+		errs = append(errs, cli.CheckOneOf("executor", o.Executor, "systemd", "command"),
+			cli.CheckPositive("command-timeout", o.CommandTimeout, time.Second),
+			cli.CheckPositive("max-request-age", o.MaxRequestAge, time.Minute),
+			cli.CheckAbsDir("state-dir", o.StateDir))
+		if o.Executor == "command" && len(o.RebootCommand) == 0 && len(o.KubeletRestartCommand) == 0 {
+			errs = append(errs, errors.New("--executor=command needs --reboot-command or --kubelet-restart-command"))
+		}
+		if o.Executor == "systemd" {
+			if _, err := actions.NewSystemd(o.SystemBus, o.KubeletUnit); err != nil {
+				errs = append(errs, fmt.Errorf("--system-bus/--kubelet-unit: %w", err))
+			}
 		}
 	}
 	if o.MaxTokenSeries < 0 {
@@ -152,6 +181,25 @@ func (o *agentOptions) Validate() error {
 	}
 	if o.MaxTokenSeriesPerNamespace < 0 {
 		errs = append(errs, fmt.Errorf("--max-token-series-per-namespace=%d: must be 0 (no cap of its own) or more", o.MaxTokenSeriesPerNamespace))
+	}
+	return errors.Join(errs...)
+}
+
+// validateRun checks --run: known parts, at least one, none twice.
+func (o *agentOptions) validateRun() error {
+	var errs []error
+	seen := map[string]bool{}
+	for _, part := range o.Run {
+		switch {
+		case part != runScan && part != runAct:
+			errs = append(errs, fmt.Errorf("--run=%s: unknown part %q; want %s, %s or %s,%s", strings.Join(o.Run, ","), part, runScan, runAct, runScan, runAct))
+		case seen[part]:
+			errs = append(errs, fmt.Errorf("--run=%s: %q given twice", strings.Join(o.Run, ","), part))
+		}
+		seen[part] = true
+	}
+	if len(o.Run) == 0 {
+		errs = append(errs, fmt.Errorf("--run is empty; want %s, %s or %s,%s", runScan, runAct, runScan, runAct))
 	}
 	return errors.Join(errs...)
 }
@@ -172,58 +220,117 @@ func (o *agentOptions) run(ctx context.Context, e cli.Env) error {
 	if err != nil {
 		return err
 	}
-	a, err := agent.New(agent.Config{
-		NodeName: o.NodeName, KubeletRoot: o.KubeletRoot, Client: nodes, Discovery: discovery,
-		Interval: o.Interval, Grace: o.Grace, IssuerRefresh: o.IssuerRefresh,
-		MaxTokenSeries: o.MaxTokenSeries, MaxTokenSeriesPerNamespace: o.MaxTokenSeriesPerNamespace, Registry: reg, Log: e.Log.With(zap.String("node", o.NodeName)),
-	})
-	if err != nil {
-		return err
-	}
-	var exec actions.Executor
-	switch {
-	case o.DryRun:
-		exec = actions.DryRun{Log: e.Log}
-	case o.Executor == "command":
-		if exec, err = actions.NewCommand(o.RebootCommand, o.KubeletRestartCommand, o.CommandTimeout); err != nil {
-			return err
-		}
-	default:
-		if exec, err = actions.NewSystemd(o.SystemBus, o.KubeletUnit); err != nil {
+	log := e.Log.With(zap.String("node", o.NodeName))
+	var a *agent.Agent
+	if o.runs(runScan) {
+		if a, err = agent.New(agent.Config{
+			NodeName: o.NodeName, KubeletRoot: o.KubeletRoot, Client: nodes, Discovery: discovery,
+			Interval: o.Interval, Grace: o.Grace, IssuerRefresh: o.IssuerRefresh,
+			MaxTokenSeries: o.MaxTokenSeries, MaxTokenSeriesPerNamespace: o.MaxTokenSeriesPerNamespace, Registry: reg, Log: log,
+		}); err != nil {
 			return err
 		}
 	}
-	handler, err := actions.NewHandler(actions.HandlerConfig{
-		NodeName: o.NodeName, Executor: exec, StateDir: o.StateDir, AllowVolatileStateDir: o.AllowVolatileStateDir, BootIDFile: o.BootIDFile, MaxRequestAge: o.MaxRequestAge,
-		Reporter: actions.NodeReporter{Client: nodes, NodeName: o.NodeName}, Finished: func(actions.Record) { a.Rescan() }, Registry: reg, Log: e.Log.With(zap.String("node", o.NodeName)),
-	})
-	if err != nil {
-		return err
+	var handler *actions.Handler
+	if o.runs(runAct) {
+		if handler, err = o.newHandler(nodes, a, reg, log); err != nil {
+			return err
+		}
 	}
-	watcher, err := actions.NewWatcher(actions.WatcherConfig{Client: nodes, NodeName: o.NodeName, Handler: handler,
-		RebootSentinel: o.RebootSentinel, OnNode: a.ObserveNode, Log: e.Log.With(zap.String("node", o.NodeName))})
-	if err != nil {
-		return err
+	// reboot-required is the scanner's to report: it is a host file, and the
+	// executor's container sees nothing of the host but the bus and its state.
+	sentinel := ""
+	if a != nil {
+		sentinel = o.RebootSentinel
 	}
-	e.Log.Info("agent starting", zap.String("node", o.NodeName), zap.String("kubeletRoot", o.KubeletRoot),
+	var onNode func(*corev1.Node)
+	if a != nil {
+		onNode = a.ObserveNode
+	}
+	var watcher *actions.Watcher
+	if handler != nil || sentinel != "" {
+		if watcher, err = actions.NewWatcher(actions.WatcherConfig{Client: nodes, NodeName: o.NodeName, Handler: handler,
+			RebootSentinel: sentinel, OnNode: onNode, Log: log}); err != nil {
+			return err
+		}
+	}
+	e.Log.Info("agent starting", zap.String("node", o.NodeName), zap.Strings("run", o.Run), zap.String("kubeletRoot", o.KubeletRoot),
 		zap.Duration("interval", o.Interval), zap.String("metrics", srv.Addr()))
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	var ready []<-chan struct{}
+	var parts []func(context.Context) error
+	if a != nil {
+		ready, parts = append(ready, a.Scanned()), append(parts, a.Run)
+	}
+	if watcher != nil {
+		ready, parts = append(ready, watcher.Synced()), append(parts, watcher.Run)
+	}
 	srvErr := make(chan error, 1)
 	go func() { srvErr <- srv.Run(ctx) }()
 	go func() {
-		for _, ready := range []<-chan struct{}{a.Scanned(), watcher.Synced()} {
+		for _, r := range ready {
 			select {
-			case <-ready:
+			case <-r:
 			case <-ctx.Done():
 				return
 			}
 		}
 		srv.SetReady(true)
 	}()
-	watchErr := make(chan error, 1)
-	go func() { watchErr <- watcher.Run(ctx) }()
-	runErr := a.Run(ctx)
-	cancel()
-	return errors.Join(runErr, <-watchErr, <-srvErr)
+	// A part that ends stops the others: the container restarts whole
+	// rather than run half an agent.
+	partErr := make(chan error, len(parts))
+	for _, part := range parts {
+		go func() {
+			err := part(ctx)
+			cancel()
+			partErr <- err
+		}()
+	}
+	errs := []error{}
+	for range parts {
+		errs = append(errs, <-partErr)
+	}
+	return errors.Join(append(errs, <-srvErr)...)
+}
+
+// newHandler builds what carries out the Node's requests. With the scanner
+// in the same process, a finished request makes it scan at once; alone,
+// the scanner's next periodic scan reports the effect.
+func (o *agentOptions) newHandler(nodes nodeclient.Nodes, a *agent.Agent, reg prometheus.Registerer, log *zap.Logger) (*actions.Handler, error) {
+	var exec actions.Executor
+	var err error
+	switch {
+	case o.DryRun:
+		exec = actions.DryRun{Log: log}
+	case o.Executor == "command":
+		if exec, err = actions.NewCommand(o.RebootCommand, o.KubeletRestartCommand, o.CommandTimeout); err != nil {
+			return nil, err
+		}
+	default:
+		if exec, err = actions.NewSystemd(o.SystemBus, o.KubeletUnit); err != nil {
+			return nil, err
+		}
+	}
+	var finished func(actions.Record)
+	if a != nil {
+		finished = func(actions.Record) { a.Rescan() }
+	}
+	handler, err := actions.NewHandler(actions.HandlerConfig{
+		NodeName: o.NodeName, Executor: exec, StateDir: o.StateDir, AllowVolatileStateDir: o.AllowVolatileStateDir, BootIDFile: o.BootIDFile, MaxRequestAge: o.MaxRequestAge,
+		Reporter: actions.NodeReporter{Client: nodes, NodeName: o.NodeName}, Finished: finished, Registry: reg, Log: log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	// Found now, not when the first request cannot be recorded: the
+	// executor runs as a dedicated uid, and a state directory the host made
+	// for root is the likely mistake.
+	probe, err := os.CreateTemp(o.StateDir, ".write-check-*")
+	if err != nil {
+		return nil, fmt.Errorf("the executor (uid %d) cannot write --state-dir=%s: %w; make the directory writable by this uid (deploy/polkit/tokenroll-agent.tmpfiles.conf creates it owned by uid 64302)", os.Getuid(), o.StateDir, err)
+	}
+	probe.Close()
+	return handler, os.Remove(probe.Name())
 }
