@@ -268,7 +268,7 @@ func (t *term) startNodes(ctx context.Context, w world, r *Rollout, views []node
 	for _, f := range []struct {
 		key   string
 		names []string
-	}{{"outOfServiceElsewhere", others}, {"machineConfigUpdating", mco}, {"notReady", notReady}} {
+	}{{"outOfServiceNodes", others}, {"machineConfigUpdating", mco}, {"notReady", notReady}} {
 		if len(f.names) > 0 {
 			fields = append(fields, zap.String(f.key, namesOf(f.names)))
 		}

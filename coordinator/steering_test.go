@@ -263,9 +263,9 @@ func TestMaxUnavailableCountsNodesOutOfService(t *testing.T) {
 		want  []apiWrite
 	}{
 		{"a node cordoned by someone else", intstr.FromInt32(1), nodes(testNode("n3", cordoned)),
-			[]apiWrite{waitingOn(rollout(KubeletRestart, "n1", "n2"), WaitMaxUnavailable, waitMsg+" (outOfService=1, maxUnavailable=1, nodesWaiting=2, outOfServiceElsewhere=n3 cordoned)", t0)}},
+			[]apiWrite{waitingOn(rollout(KubeletRestart, "n1", "n2"), WaitMaxUnavailable, waitMsg+" (outOfService=1, maxUnavailable=1, nodesWaiting=2, outOfServiceNodes=n3 cordoned)", t0)}},
 		{"a NotReady node", intstr.FromInt32(1), nodes(testNode("n3", notReady)),
-			[]apiWrite{waitingOn(rollout(KubeletRestart, "n1", "n2"), WaitMaxUnavailable, waitMsg+" (outOfService=1, maxUnavailable=1, nodesWaiting=2, outOfServiceElsewhere=n3 NotReady)", t0)}},
+			[]apiWrite{waitingOn(rollout(KubeletRestart, "n1", "n2"), WaitMaxUnavailable, waitMsg+" (outOfService=1, maxUnavailable=1, nodesWaiting=2, outOfServiceNodes=n3 NotReady)", t0)}},
 		{"room for one more", intstr.FromInt32(2), nodes(testNode("n3", cordoned)),
 			[]apiWrite{cordonNode("n1", started(KubeletRestart, true, t0))}},
 		{"half of four nodes", intstr.FromString("50%"), nodes(testNode("n3"), testNode("n4")),
@@ -280,7 +280,7 @@ func TestMaxUnavailableCountsNodesOutOfService(t *testing.T) {
 		{"a planned node the Machine Config daemon updates waits and counts", intstr.FromInt32(1),
 			nodes(testNode("n1", cordoned, func(n *corev1.Node) { n.Annotations[annotationMCOState] = "Working" }), testNode("n3")),
 			[]apiWrite{waitingOn(rollout(KubeletRestart, "n1", "n2"), WaitMaxUnavailable,
-				waitMsg+" (outOfService=1, maxUnavailable=1, nodesWaiting=1, outOfServiceElsewhere=n1 cordoned, machineConfigUpdating=n1=Working)", t0)}},
+				waitMsg+" (outOfService=1, maxUnavailable=1, nodesWaiting=1, outOfServiceNodes=n1 cordoned, machineConfigUpdating=n1=Working)", t0)}},
 		{"a planned node NotReady waits and counts", intstr.FromInt32(2), nodes(testNode("n1", notReady), testNode("n3")),
 			[]apiWrite{cordonNode("n2", started(KubeletRestart, true, t0))}},
 		{"our node in flight", intstr.FromInt32(1), nodes(testNode("n1", cordoned, inStep(inFlight)), testNode("n3")), nil},
