@@ -320,8 +320,8 @@ func TestDryRun(t *testing.T) {
 		would[pn.Name] = pn.Would
 	}
 	want := map[string]string{
-		"n1": "cordon it, drain it, ask the agent to reboot, verify its tokens, uncordon it",
-		"n2": "take it as found cordoned, drain it, ask the agent to reboot, verify its tokens",
+		"n1": "cordon, drain, ask the agent to reboot, verify, uncordon",
+		"n2": "keep its cordon (found cordoned), drain, ask the agent to reboot, verify",
 	}
 	if fmt.Sprint(would) != fmt.Sprint(want) {
 		t.Errorf("would %v; want %v", would, want)
@@ -350,8 +350,58 @@ func TestStartRequestDryRun(t *testing.T) {
 	if len(got) != 1 || got[0].State == nil || got[0].State.Rollout == nil || !got[0].State.Rollout.DryRun || got[0].State.Start != nil {
 		t.Fatalf("writes %v; want a dry run, the request cleared", got)
 	}
-	if w := got[0].State.Rollout.Nodes[0].Would; w != "cordon it, ask the agent to kubelet-restart, verify its tokens, uncordon it" {
+	if w := got[0].State.Rollout.Nodes[0].Would; w != "cordon, ask the agent to kubelet-restart, verify, uncordon" {
 		t.Errorf("would %q", w)
 	}
-	f.expectEvents("Normal DryRun dry run " + got[0].State.Rollout.ID + " (manual (alice)), requested by alice: would cordon it, ask the agent to kubelet-restart, verify its tokens, uncordon it")
+	f.expectEvents("Normal DryRun dry run " + got[0].State.Rollout.ID + " (manual (alice)), requested by alice: would cordon, ask the agent to kubelet-restart, verify, uncordon")
+}
+
+// `tokenroll status` shows what the coordinator waits for and since when,
+// unresolved and excluded nodes whatever the rollout, and a dry run's
+// result per node.
+func TestStatusShowsWaitsUnresolvedExcludedAndDryRuns(t *testing.T) {
+	u := unresolved(acting(started(KubeletRestart, true, t0.Add(-time.Hour)), t0.Add(-time.Hour), "r-old-1"), t0.Add(-30*time.Minute),
+		"the agent reports 2 tokens from https://old.tokenroll.test, not https://new.tokenroll.test after 20m0s", testNode("n1", withReport(oldIssuerReport())))
+	u.Rollout = "r-old"
+	dry := rollout(Reboot, "n3")
+	dry.DryRun, dry.Phase, dry.FinishedAt = true, RolloutDone, t0
+	dry.Nodes[0].Would = "cordon, drain, ask the agent to reboot, verify, uncordon"
+	st := State{Rollout: dry, Waiting: &Wait{Reason: WaitMaxUnavailable, Message: "nodes waiting (outOfServiceNodes=n4 NotReady)", Since: t0.Add(-45 * time.Minute)},
+		Retry: []RetryRequest{{Node: "n1", RequestedBy: "bob"}}}
+	f := newFixture(t, testNode("n1", withReport(oldIssuerReport()), inStep(u)),
+		testNode("n2", func(n *corev1.Node) { n.Annotations[protocol.AnnotationExclude] = "disk\x1b[2J swap" }),
+		testNode("n3"), testNode("n4", notReady), stateConfigMap(st))
+	rep, err := BuildStatus(f.ctx, f.client, testNS, newIssuer, GateState{Provider: GateNone, Open: true, Message: "no revision gate"}, t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	phases := map[string]string{}
+	for _, n := range rep.Nodes {
+		phases[n.Name] = n.Phase + ": " + n.Message
+	}
+	want := map[string]string{
+		"n1": "unresolved: " + u.Message,
+		"n2": "excluded: disk?[2J swap",
+		"n3": "dry-run: would cordon, drain, ask the agent to reboot, verify, uncordon",
+		"n4": ": ",
+	}
+	if fmt.Sprint(phases) != fmt.Sprint(want) {
+		t.Errorf("phases\n%v\nwant\n%v", phases, want)
+	}
+	var b strings.Builder
+	if err := WriteStatusTable(&b, rep); err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range []string{
+		"ROLLOUT   r-test  DRY RUN DONE  strategy=reboot  trigger=manual (alice)  0/1 nodes done",
+		"          retry of n1 requested by bob, waiting for the coordinator",
+		"WAITING   max-unavailable for 45m0s: nodes waiting (outOfServiceNodes=n4 NotReady)",
+	} {
+		if !strings.Contains(b.String(), line) {
+			t.Errorf("the table does not say %q:\n%s", line, b.String())
+		}
+	}
+	if strings.Contains(b.String(), "\x1b") {
+		t.Errorf("a control character reached the terminal:\n%q", b.String())
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode"
 
 	"go.uber.org/zap"
 	corev1 "k8s.io/api/core/v1"
@@ -160,10 +161,16 @@ func excludedBy(n *corev1.Node) string {
 	if !ok {
 		return ""
 	}
-	if v = strings.TrimSpace(v); v == "" {
+	v = strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) {
+			return '?'
+		}
+		return r
+	}, strings.ToValidUTF8(strings.TrimSpace(v), "?"))
+	if v == "" {
 		v = "no reason given"
 	}
-	return truncate(strings.ToValidUTF8(v, "?"), 128)
+	return truncate(v, 128)
 }
 
 // foundCordoned tells whether a planned node is one someone else cordoned,
@@ -499,27 +506,27 @@ func (t *term) wouldDo(ctx context.Context, w world, pn PlannedNode) string {
 		steps = append(steps, "wait for the Machine Config daemon ("+annotationMCOState+"="+s+")")
 	}
 	if n.Spec.Unschedulable {
-		steps = append(steps, "take it as found cordoned")
+		steps = append(steps, "keep its cordon (found cordoned)")
 	} else {
-		steps = append(steps, "cordon it")
+		steps = append(steps, "cordon")
 	}
 	prep, wait, err := impl.prepare(ctx, t.c.cfg.Client, n, w.issuer)
 	switch {
 	case err != nil:
-		steps = append(steps, "fail to prepare it: "+err.Error())
+		steps = append(steps, "fail to prepare: "+err.Error())
 	case wait != "":
 		steps = append(steps, "wait: "+wait)
 	case prep != nil && prep.kind == "evict":
-		steps = append(steps, fmt.Sprintf("evict %d pods holding stale tokens", prep.pods))
+		steps = append(steps, fmt.Sprintf("evict %d pods", prep.pods))
 	case prep != nil:
-		steps = append(steps, prep.kind+" it")
+		steps = append(steps, prep.kind)
 	}
 	if a := impl.action(); a != "" {
 		steps = append(steps, "ask the agent to "+string(a))
 	}
-	steps = append(steps, "verify its tokens")
+	steps = append(steps, "verify")
 	if !n.Spec.Unschedulable {
-		steps = append(steps, "uncordon it")
+		steps = append(steps, "uncordon")
 	}
 	return strings.Join(steps, ", ")
 }
