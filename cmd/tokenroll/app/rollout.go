@@ -118,7 +118,7 @@ func (o *rolloutRetryOptions) SetArgs(args []string) { o.Nodes = args }
 func (o *rolloutRetryOptions) Validate() error {
 	errs := []error{o.validate()}
 	if len(o.Nodes) == 0 {
-		errs = append(errs, errors.New("name at least one node: tokenroll rollout retry NODE..."))
+		errs = append(errs, errors.New("name at least one node to retry"))
 	}
 	for _, n := range o.Nodes {
 		for _, msg := range validation.IsDNS1123Subdomain(n) {
