@@ -62,18 +62,18 @@ func (t *term) progress(ctx context.Context, w world, r *Rollout, v nodeView) (t
 	// Someone made the node schedulable while we held it (and may have
 	// cordoned it again since): our cordon is gone, and what cordons it now
 	// is theirs.
-	uncordoned := t.takeUncordoned(v.plan.Name) || !v.node.Spec.Unschedulable
+	uncordoned := t.sawUncordoned(v.plan.Name) || !v.node.Spec.Unschedulable
 	switch v.state.Step {
 	case protocol.StepCordoned:
 		if uncordoned {
 			v.state.CordonedByUs = false
 			if r.Phase != RolloutRunning || !w.gate.Open {
-				return 0, t.release(ctx, w, r, v)
+				return 0, t.forgetUncordoned(v.plan.Name, t.release(ctx, w, r, v))
 			}
 			// Pods may have been scheduled on it meanwhile, which the
 			// drain did not list: no action on it.
-			return 0, t.halt(ctx, w, r, v, HaltUncordoned, "someone made the node schedulable while tokenroll was preparing it; "+
-				"no action was requested, and its cordon is left as it is now")
+			return 0, t.forgetUncordoned(v.plan.Name, t.halt(ctx, w, r, v, HaltUncordoned, "someone made the node schedulable while tokenroll was preparing it; "+
+				"no action was requested, and its cordon is left as it is now"))
 		}
 		if r.Phase != RolloutRunning || !w.gate.Open {
 			return 0, t.release(ctx, w, r, v)
@@ -85,7 +85,7 @@ func (t *term) progress(ctx context.Context, w world, r *Rollout, v nodeView) (t
 		return t.prepare(ctx, w, r, v, impl)
 	case protocol.StepActing:
 		if uncordoned && v.state.CordonedByUs {
-			return 0, t.disown(ctx, w, r, v)
+			return 0, t.forgetUncordoned(v.plan.Name, t.disown(ctx, w, r, v))
 		}
 		if w.issuer == "" {
 			// A report judged against no issuer would fail and, in time,
@@ -418,12 +418,22 @@ func (t *term) nodeUpdated(oldObj, newObj any) {
 	t.mu.Unlock()
 }
 
-// takeUncordoned tells whether nodeUpdated saw node uncordoned, and
-// forgets it.
-func (t *term) takeUncordoned(node string) bool {
+// sawUncordoned tells whether nodeUpdated saw node uncordoned.
+func (t *term) sawUncordoned(node string) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	seen := t.uncordoned[node]
-	delete(t.uncordoned, node)
-	return seen
+	return t.uncordoned[node]
+}
+
+// forgetUncordoned forgets that node was seen uncordoned once what was
+// done about it is written (err nil); a write that failed (a conflict with
+// the cordon put back) is decided again on the next sync, which must still
+// know.
+func (t *term) forgetUncordoned(node string, err error) error {
+	if err == nil {
+		t.mu.Lock()
+		delete(t.uncordoned, node)
+		t.mu.Unlock()
+	}
+	return err
 }

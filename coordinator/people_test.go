@@ -405,3 +405,32 @@ func TestStatusShowsWaitsUnresolvedExcludedAndDryRuns(t *testing.T) {
 		t.Errorf("a control character reached the terminal:\n%q", b.String())
 	}
 }
+
+// The cordon is put back between the sync's read and its write: the write
+// conflicts, and the next sync, which sees the node cordoned again, still
+// knows it was uncordoned.
+func TestUncordonSeenOnceSurvivesAConflict(t *testing.T) {
+	f := newFixture(t, testNode("n1"), rolloutConfigMap(rollout(Reboot, "n1")))
+	f.sync()
+	f.drainer.holdCalls()
+	f.sync()
+	f.writes()
+	before := f.node("n1")
+	f.updateNode("n1", func(n *corev1.Node) { n.Spec.Unschedulable = false })
+	uncordonedNode := f.node("n1")
+	f.watchSees(before, uncordonedNode)
+	f.cacheStale(uncordonedNode)
+	f.updateNode("n1", cordoned) // the informer has not delivered this yet
+	if _, err := f.syncStale(); err == nil {
+		t.Fatal("a sync on a stale Node wrote; want a conflict")
+	}
+	f.watchSees(uncordonedNode, f.node("n1"))
+	f.writes()
+	f.releaseAndSync(t)
+	if s := f.steps("n1"); s["n1"] != protocol.StepHalted {
+		t.Errorf("n1 is %q; want halted", s["n1"])
+	}
+	if _, ok := f.node("n1").Annotations[protocol.AnnotationRequest]; ok || !f.node("n1").Spec.Unschedulable {
+		t.Error("n1 was asked to reboot, or its cordon removed")
+	}
+}
