@@ -423,6 +423,9 @@ func (t *term) observeRollout(w world, r *Rollout) {
 	m.setPhase(string(r.Phase))
 	counts := map[string]int{}
 	for _, pn := range r.Nodes {
+		if r.DryRun {
+			break // a dry run touched no node
+		}
 		n := w.byName[pn.Name]
 		if n == nil {
 			counts["skipped"]++
