@@ -129,9 +129,9 @@ func (t *term) advance(ctx context.Context, w world, r *Rollout) (time.Duration,
 	settleUntil := t.lastVerified.Add(t.c.cfg.Settle)
 	t.mu.Unlock()
 	if w.now.Before(settleUntil) {
-		if inFlight == 0 {
-			t.wait(WaitSettle, "settling after the last verified node (--settle)", zap.Time("until", settleUntil))
-		}
+		// A pause we chose, not a wait for something: logged, not shown,
+		// so it costs no write per node.
+		t.logOnChange("settling after the last verified node (--settle)", zap.Time("until", settleUntil))
 		wake(settleUntil.Sub(w.now))
 		return next, nil
 	}

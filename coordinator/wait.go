@@ -34,8 +34,6 @@ const (
 	// WaitAgentReports: agents have not judged their tokens against the
 	// current issuer yet.
 	WaitAgentReports = "agent-reports"
-	// WaitSettle: the pause after a verified node (--settle).
-	WaitSettle = "settle"
 	// WaitMaxUnavailable: nodes out of service (NotReady, or cordoned by
 	// someone else) fill --max-unavailable.
 	WaitMaxUnavailable = "max-unavailable"
@@ -47,7 +45,7 @@ const (
 )
 
 // WaitReasons lists every wait reason.
-var WaitReasons = []string{WaitGateClosed, WaitIssuerUnknown, WaitAgentReports, WaitSettle, WaitMaxUnavailable, WaitNodeNotReady, WaitMachineConfig}
+var WaitReasons = []string{WaitGateClosed, WaitIssuerUnknown, WaitAgentReports, WaitMaxUnavailable, WaitNodeNotReady, WaitMachineConfig}
 
 // logOnChange logs msg at info level when it differs from the last one
 // logged this way, so a wait is logged when it begins, not on every sync.
