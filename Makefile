@@ -54,7 +54,7 @@ $(GOLANGCI_LINT):
 	GOBIN=$(TOKENROLL_CACHE_DIR)/tools/.gobin $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
 	mv $(TOKENROLL_CACHE_DIR)/tools/.gobin/golangci-lint $@
 
-dbus: ## Install dbus-daemon for the D-Bus tests when missing (Debian, as root).
+dbus: ## Install dbus-daemon and polkitd for the D-Bus and polkit tests when missing (Debian, as root).
 	@bash test/ensure-dbus.sh
 
 controlplane: ## Build the pinned etcd and kube-apiserver into the cache (a no-op when built).

@@ -18,6 +18,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/resourceversion"
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/clock"
 
@@ -45,6 +46,10 @@ type Config struct {
 	Registry       prometheus.Registerer
 	Log            *zap.Logger
 	Clock          clock.WithTicker
+
+	// MaxTokenSeriesPerNamespace caps one namespace's share of the
+	// per-token series; 0 is no cap of its own.
+	MaxTokenSeriesPerNamespace int
 }
 
 // Agent scans one node and reports on it.
@@ -58,12 +63,29 @@ type Agent struct {
 	issuer    string
 	podsAPIUp *bool // nil until first checked; logged on change
 	applied   *condition
-	// appliedReport is the tokens annotation last written (JSON).
-	appliedReport string
-	rescan        chan struct{}
-	since         metav1.Time // the applied condition's transition time
-	scannedOnce   chan struct{}
-	closeOnce     sync.Once
+	// appliedReport is the tokens annotation last written (JSON), at
+	// reportWrittenAt (zero until it writes); started is when the agent
+	// was made.
+	appliedReport            string
+	reportWrittenAt, started time.Time
+	// wanted and wantedReport are what the last scan found, and wantedOK
+	// says there was one: what a repair writes back.
+	wanted       condition
+	wantedReport protocol.TokenReport
+	wantedOK     bool
+	// live is this Node as the informer last saw it (nil: not seen, or
+	// deleted); nodeChanged says it changed, repairedAt when writes were
+	// last put back.
+	live        *corev1.Node
+	nodeChanged chan struct{}
+	repairedAt  time.Time
+	// writtenRV is the resourceVersion of the agent's last write: a live
+	// Node older than it is a late event, not someone else's change.
+	writtenRV   string
+	rescan      chan struct{}
+	since       metav1.Time // the applied condition's transition time
+	scannedOnce chan struct{}
+	closeOnce   sync.Once
 }
 
 // New validates cfg and builds an agent.
@@ -95,11 +117,13 @@ func New(cfg Config) (*Agent, error) {
 	}
 	return &Agent{
 		cfg:         cfg,
-		metrics:     newAgentMetrics(cfg.Registry, cfg.MaxTokenSeries),
+		metrics:     newAgentMetrics(cfg.Registry, cfg.MaxTokenSeries, cfg.MaxTokenSeriesPerNamespace),
 		scanner:     scan.NewScanner(),
 		socket:      podsapi.SocketPath(cfg.KubeletRoot),
 		scannedOnce: make(chan struct{}),
 		rescan:      make(chan struct{}, 1),
+		nodeChanged: make(chan struct{}, 1),
+		started:     cfg.Clock.Now(),
 	}, nil
 }
 
@@ -129,7 +153,87 @@ func (a *Agent) Run(ctx context.Context) error {
 		case <-a.rescan:
 			a.refreshIssuer(ctx)
 			a.ScanOnce(ctx)
+		case <-a.nodeChanged:
+			a.repair(ctx)
 		}
+	}
+}
+
+// repairInterval is how often, at most, the agent puts back at once what
+// someone else removed or changed on its Node; a writer that keeps undoing
+// it waits for the next scan, so two controllers never fight at full speed.
+const repairInterval = time.Minute
+
+// ObserveNode is told of every version of this agent's Node its informer
+// sees (nil: deleted). It never blocks: the agent compares it with what it
+// wrote in its own loop.
+func (a *Agent) ObserveNode(n *corev1.Node) {
+	a.mu.Lock()
+	a.live = n
+	a.mu.Unlock()
+	select {
+	case a.nodeChanged <- struct{}{}:
+	default:
+	}
+}
+
+// repair compares the live Node with what the agent last wrote. When the
+// condition or the report is not there as written (removed, changed by
+// someone else, or the Node deleted and registered again under the same
+// name), the agent takes the live Node as its starting point and writes
+// what its last scan found, at once or, within repairInterval of the last
+// repair, at the next scan.
+func (a *Agent) repair(ctx context.Context) {
+	a.mu.Lock()
+	live, ok := a.live, a.wantedOK
+	if live == nil || !ok {
+		a.mu.Unlock()
+		return
+	}
+	var cond *condition
+	since := metav1.Time{}
+	for _, c := range live.Status.Conditions {
+		if string(c.Type) == protocol.ConditionTokensStale {
+			cond, since = &condition{Status: c.Status, Reason: c.Reason, Message: c.Message}, c.LastTransitionTime
+		}
+	}
+	if cmp, err := resourceversion.CompareResourceVersion(live.ResourceVersion, a.writtenRV); err == nil && cmp < 0 {
+		a.mu.Unlock()
+		return
+	}
+	report := live.Annotations[protocol.AnnotationTokens]
+	condDrift := (cond == nil) != (a.applied == nil) || cond != nil && *cond != *a.applied
+	reportDrift := report != a.appliedReport
+	if !condDrift && !reportDrift {
+		a.mu.Unlock()
+		return
+	}
+	if condDrift {
+		a.applied, a.since = cond, since
+	}
+	if reportDrift {
+		a.appliedReport = report
+	}
+	want, wantReport := a.wanted, a.wantedReport
+	now := a.cfg.Clock.Now()
+	due := now.Sub(a.repairedAt) >= repairInterval
+	if due {
+		a.repairedAt = now
+	}
+	a.mu.Unlock()
+	a.cfg.Log.Info("this Node's condition or tokens report is not as the agent wrote it (removed, changed by someone else, or the Node registered again); writing it again",
+		zap.String("node", a.cfg.NodeName), zap.Bool("condition", condDrift), zap.Bool("report", reportDrift), zap.Bool("now", due))
+	if due {
+		a.writeCondition(ctx, want)
+		a.writeReport(ctx, wantReport)
+	}
+}
+
+// noteWritten records the resourceVersion a write of the agent's left the
+// Node at; a.mu is held.
+func (a *Agent) noteWritten(n *corev1.Node) {
+	if n != nil && n.ResourceVersion != "" {
+		a.writtenRV = n.ResourceVersion
 	}
 }
 
@@ -186,8 +290,12 @@ func (a *Agent) ScanOnce(ctx context.Context) *scan.Report {
 	a.metrics.observe(report)
 	a.metrics.lastScan.Set(float64(a.cfg.Clock.Now().Unix()))
 	a.cfg.Log.Debug("scanned", zap.String("summary", scan.Summary(report)))
-	a.writeCondition(ctx, conditionFor(report))
-	a.writeReport(ctx, tokenReport(report, expected))
+	want, wantReport := conditionFor(report), tokenReport(report, expected)
+	a.mu.Lock()
+	a.wanted, a.wantedReport, a.wantedOK = want, wantReport, true
+	a.mu.Unlock()
+	a.writeCondition(ctx, want)
+	a.writeReport(ctx, wantReport)
 	a.closeOnce.Do(func() { close(a.scannedOnce) })
 	return report
 }
@@ -261,7 +369,8 @@ func (a *Agent) writeCondition(ctx context.Context, c condition) {
 	if err != nil {
 		return
 	}
-	if _, err := a.cfg.Client.Patch(ctx, a.cfg.NodeName, types.StrategicMergePatchType, patch, metav1.PatchOptions{FieldManager: "tokenroll-agent"}, "status"); err != nil {
+	written, err := a.cfg.Client.Patch(ctx, a.cfg.NodeName, types.StrategicMergePatchType, patch, metav1.PatchOptions{FieldManager: "tokenroll-agent"}, "status")
+	if err != nil {
 		a.metrics.scanErrors.WithLabelValues("node_condition").Inc()
 		a.cfg.Log.Warn("writing the ServiceAccountTokensStale condition", zap.String("node", a.cfg.NodeName), zap.Error(err))
 		return
@@ -270,5 +379,6 @@ func (a *Agent) writeCondition(ctx context.Context, c condition) {
 	a.cfg.Log.Info("node condition changed", zap.String("node", a.cfg.NodeName), zap.String("status", string(c.Status)), zap.String("reason", c.Reason), zap.String("message", c.Message))
 	a.mu.Lock()
 	a.applied, a.since = &c, since
+	a.noteWritten(written)
 	a.mu.Unlock()
 }

@@ -135,7 +135,7 @@ tokenroll_tokens{namespace="build",state="issuer-mismatch"} 3
 	if n := testutil.CollectAndCount(a.metrics, "tokenroll_stale_token_refresh_timestamp_seconds"); n != 2 {
 		t.Errorf("%d per-token series, want the cap of 2", n)
 	}
-	if got := testutil.ToFloat64(a.metrics.seriesDropped); got != 1 {
+	if got := testutil.ToFloat64(a.metrics.seriesDropped.WithLabelValues(droppedTotal)); got != 1 {
 		t.Errorf("dropped series counter %v, want 1", got)
 	}
 

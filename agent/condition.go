@@ -33,7 +33,9 @@ type condition struct {
 
 // conditionFor summarises a report as the ServiceAccountTokensStale
 // condition: True with the worst state as reason and the worst pods named
-// when any token is expired, from the wrong issuer or overdue.
+// when any token is expired, from the wrong issuer or overdue. It names only
+// alarms (their counts and pods), so it changes when they do and not when
+// healthy tokens refresh or their pods come and go.
 func conditionFor(r *scan.Report) condition {
 	var counts []string
 	worst := protocol.State("")
@@ -49,8 +51,10 @@ func conditionFor(r *scan.Report) condition {
 		}
 	}
 	if worst == "" {
+		// No counts: they change with every pod started or deleted, and the
+		// message is rewritten only when the alarms change.
 		return condition{Status: corev1.ConditionFalse, Reason: ReasonFresh,
-			Message: fmt.Sprintf("no projected token is expired, overdue or from another issuer (%s)", scan.Summary(r))}
+			Message: "no projected token is expired, overdue or from another issuer"}
 	}
 	reason := map[protocol.State]string{protocol.StateExpired: ReasonExpired, protocol.StateIssuerMismatch: ReasonIssuerMismatch, protocol.StateOverdue: ReasonOverdue}[worst]
 	// Tokens are sorted worst first: name the first few distinct pods.

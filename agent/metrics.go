@@ -25,7 +25,7 @@ var (
 	descLatestOverdue = prometheus.NewDesc(metrics.Namespace+"_token_latest_overdue_refresh_timestamp_seconds",
 		"Latest refreshAt among overdue tokens (Unix time); absent when none is overdue.", nil, nil)
 	descStale = prometheus.NewDesc(metrics.Namespace+"_stale_token_refresh_timestamp_seconds",
-		"One series per token that is not fresh (capped by --max-token-series): its refreshAt (Unix time), 0 when unknown.",
+		"One series per token that is not fresh (capped by --max-token-series and --max-token-series-per-namespace): its refreshAt (Unix time), 0 when unknown.",
 		[]string{"namespace", "pod", "volume", "path", "state"}, nil)
 )
 
@@ -48,7 +48,10 @@ type staleSeries struct {
 // snapshot, so a token that disappears takes its series with it) and the
 // counters.
 type agentMetrics struct {
-	maxSeries int
+	// maxSeries caps the per-token series; maxPerNamespace (0: no cap of
+	// its own) caps one namespace's share, so one tenant's tokens cannot
+	// take the whole budget.
+	maxSeries, maxPerNamespace int
 
 	mu   sync.Mutex
 	last *snapshot
@@ -56,16 +59,22 @@ type agentMetrics struct {
 	scanDuration    prometheus.Histogram
 	scanErrors      *prometheus.CounterVec
 	lastScan        prometheus.Gauge
-	seriesDropped   prometheus.Counter
+	seriesDropped   *prometheus.CounterVec
 	issuerKnown     prometheus.Gauge
 	conditionWrites prometheus.Counter
 	reportWrites    prometheus.Counter
 }
 
-func newAgentMetrics(reg prometheus.Registerer, maxSeries int) *agentMetrics {
+// Reasons a per-token series is left out: the flag whose cap it passed.
+const (
+	droppedTotal        = "max_token_series"
+	droppedPerNamespace = "max_token_series_per_namespace"
+)
+
+func newAgentMetrics(reg prometheus.Registerer, maxSeries, maxPerNamespace int) *agentMetrics {
 	f := promauto.With(reg)
 	m := &agentMetrics{
-		maxSeries: maxSeries,
+		maxSeries: maxSeries, maxPerNamespace: maxPerNamespace,
 		scanDuration: f.NewHistogram(prometheus.HistogramOpts{
 			Namespace: metrics.Namespace, Name: "scan_duration_seconds",
 			Help:    "Time one scan of the kubelet root takes.",
@@ -79,10 +88,10 @@ func newAgentMetrics(reg prometheus.Registerer, maxSeries int) *agentMetrics {
 			Namespace: metrics.Namespace, Name: "last_scan_timestamp_seconds",
 			Help: "When the last successful scan finished (Unix time).",
 		}),
-		seriesDropped: f.NewCounter(prometheus.CounterOpts{
+		seriesDropped: f.NewCounterVec(prometheus.CounterOpts{
 			Namespace: metrics.Namespace, Name: "stale_token_series_dropped_total",
-			Help: "Per-token series left out because of --max-token-series, summed over scans.",
-		}),
+			Help: "Per-token series left out, summed over scans, by the cap that left them out: max_token_series or max_token_series_per_namespace.",
+		}, []string{"reason"}),
 		issuerKnown: f.NewGauge(prometheus.GaugeOpts{
 			Namespace: metrics.Namespace, Name: "expected_issuer_known",
 			Help: "1 when the API server's issuer is known (tokens are checked against it), 0 when discovery has not answered yet.",
@@ -99,6 +108,9 @@ func newAgentMetrics(reg prometheus.Registerer, maxSeries int) *agentMetrics {
 	for _, kind := range []string{"root", "directory", "pods_api", "issuer_discovery", "node_condition", "node_annotation"} {
 		m.scanErrors.WithLabelValues(kind)
 	}
+	for _, reason := range []string{droppedTotal, droppedPerNamespace} {
+		m.seriesDropped.WithLabelValues(reason)
+	}
 	reg.MustRegister(m)
 	return m
 }
@@ -107,7 +119,8 @@ func newAgentMetrics(reg prometheus.Registerer, maxSeries int) *agentMetrics {
 func (m *agentMetrics) observe(r *scan.Report) {
 	snap := &snapshot{counts: map[[2]string]int{}}
 	emitted := map[staleSeries]bool{}
-	dropped := 0
+	perNamespace := map[string]int{}
+	dropped := map[string]int{}
 	for _, t := range r.Tokens {
 		snap.counts[[2]string{string(t.State), t.Namespace}]++
 		live := t.State != protocol.StateInvalid && t.State != protocol.StateOrphaned
@@ -136,18 +149,21 @@ func (m *agentMetrics) observe(r *scan.Report) {
 		case emitted[key]:
 			// Two pods of one name (a leftover volume and its successor)
 			// must not yield one series twice.
+		case m.maxPerNamespace > 0 && perNamespace[s.ns] >= m.maxPerNamespace:
+			dropped[droppedPerNamespace]++
 		case len(snap.stale) < m.maxSeries:
 			emitted[key] = true
+			perNamespace[s.ns]++
 			snap.stale = append(snap.stale, s)
 		default:
-			dropped++
+			dropped[droppedTotal]++
 		}
 	}
 	m.mu.Lock()
 	m.last = snap
 	m.mu.Unlock()
-	if dropped > 0 {
-		m.seriesDropped.Add(float64(dropped))
+	for reason, n := range dropped {
+		m.seriesDropped.WithLabelValues(reason).Add(float64(n))
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -22,6 +23,9 @@ import (
 	"k8s.io/client-go/rest"
 	restfake "k8s.io/client-go/rest/fake"
 	clocktesting "k8s.io/utils/clock/testing"
+
+	"github.com/tokenroll/tokenroll/agent/scan"
+	"github.com/tokenroll/tokenroll/protocol"
 )
 
 // oidcDiscovery is a REST client of an API server that answers OIDC
@@ -134,7 +138,7 @@ tokenroll_token_next_refresh_timestamp_seconds 1795780400
 # HELP tokenroll_token_latest_overdue_refresh_timestamp_seconds Latest refreshAt among overdue tokens (Unix time); absent when none is overdue.
 # TYPE tokenroll_token_latest_overdue_refresh_timestamp_seconds gauge
 tokenroll_token_latest_overdue_refresh_timestamp_seconds 1795780400
-# HELP tokenroll_stale_token_refresh_timestamp_seconds One series per token that is not fresh (capped by --max-token-series): its refreshAt (Unix time), 0 when unknown.
+# HELP tokenroll_stale_token_refresh_timestamp_seconds One series per token that is not fresh (capped by --max-token-series and --max-token-series-per-namespace): its refreshAt (Unix time), 0 when unknown.
 # TYPE tokenroll_stale_token_refresh_timestamp_seconds gauge
 tokenroll_stale_token_refresh_timestamp_seconds{namespace="",path="broken",pod="",state="invalid",volume="kube-api-access-fghij"} 0
 tokenroll_stale_token_refresh_timestamp_seconds{namespace="build",path="token",pod="robot",state="issuer-mismatch",volume="vault-token"} 1795783000
@@ -183,9 +187,10 @@ tokenroll_scan_errors_total{kind="node_annotation"} 0
 tokenroll_scan_errors_total{kind="node_condition"} 0
 tokenroll_scan_errors_total{kind="pods_api"} 0
 tokenroll_scan_errors_total{kind="root"} 0
-# HELP tokenroll_stale_token_series_dropped_total Per-token series left out because of --max-token-series, summed over scans.
+# HELP tokenroll_stale_token_series_dropped_total Per-token series left out, summed over scans, by the cap that left them out: max_token_series or max_token_series_per_namespace.
 # TYPE tokenroll_stale_token_series_dropped_total counter
-tokenroll_stale_token_series_dropped_total 1
+tokenroll_stale_token_series_dropped_total{reason="max_token_series"} 1
+tokenroll_stale_token_series_dropped_total{reason="max_token_series_per_namespace"} 0
 `
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(wantScan+wantRest)); err != nil {
 		t.Error(err)
@@ -203,5 +208,57 @@ tokenroll_token_oldest_age_ratio 0
 `
 	if err := testutil.CollectAndCompare(a.metrics, strings.NewReader(want)); err != nil {
 		t.Error(err)
+	}
+}
+
+// One tenant namespace full of stale tokens (here worse than every other
+// namespace's, so first in line) gets at most its share of the per-token
+// series; the other namespaces keep theirs, and what was left out is
+// counted by the cap that left it out.
+func TestPerTokenSeriesPerNamespaceCap(t *testing.T) {
+	now := time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
+	r := &scan.Report{Now: now}
+	for i := range 50 {
+		r.Tokens = append(r.Tokens, scan.Token{Namespace: "noisy", Pod: fmt.Sprintf("p%d", i), Volume: "v", Path: "token", State: protocol.StateExpired, RefreshAt: now})
+	}
+	for _, ns := range []string{"a", "b", "c"} {
+		for i := range 2 {
+			r.Tokens = append(r.Tokens, scan.Token{Namespace: ns, Pod: fmt.Sprintf("p%d", i), Volume: "v", Path: "token", State: protocol.StateOverdue, RefreshAt: now})
+		}
+	}
+	perNamespace := func(m *agentMetrics) map[string]int {
+		out := map[string]int{}
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		for _, s := range m.last.stale {
+			out[s.ns]++
+		}
+		return out
+	}
+	cases := []struct {
+		max, perNS           int
+		want                 map[string]int
+		droppedTotal, perCap float64
+	}{
+		// Without a cap of its own the tenant takes the whole budget.
+		{20, 0, map[string]int{"noisy": 20}, 36, 0},
+		{20, 10, map[string]int{"noisy": 10, "a": 2, "b": 2, "c": 2}, 0, 40},
+		{14, 10, map[string]int{"noisy": 10, "a": 2, "b": 2}, 2, 40},
+	}
+	for _, c := range cases {
+		m := newAgentMetrics(prometheus.NewRegistry(), c.max, c.perNS)
+		m.observe(r)
+		if got := perNamespace(m); !reflect.DeepEqual(got, c.want) {
+			t.Errorf("max %d, per namespace %d: series %v, want %v", c.max, c.perNS, got, c.want)
+		}
+		if n := testutil.CollectAndCount(m, "tokenroll_stale_token_refresh_timestamp_seconds"); n > c.max {
+			t.Errorf("max %d: %d series", c.max, n)
+		}
+		if got := testutil.ToFloat64(m.seriesDropped.WithLabelValues(droppedTotal)); got != c.droppedTotal {
+			t.Errorf("max %d, per namespace %d: %v dropped by the total cap, want %v", c.max, c.perNS, got, c.droppedTotal)
+		}
+		if got := testutil.ToFloat64(m.seriesDropped.WithLabelValues(droppedPerNamespace)); got != c.perCap {
+			t.Errorf("max %d, per namespace %d: %v dropped by the namespace cap, want %v", c.max, c.perNS, got, c.perCap)
+		}
 	}
 }

@@ -419,6 +419,13 @@ func TestHalt(t *testing.T) {
 			run: waitFor(actingKR), reason: HaltActionFailed, msg: "the agent reports the kubelet-restart failed: restarting kubelet.service: exit status 1"},
 		{name: "action refused", strategy: Reboot, n1: opts(cordoned, inStep(actingReboot), agentStatus(req, protocol.PhaseRefused, "node name does not match")),
 			run: waitFor(actingReboot), reason: HaltActionFailed, msg: "the agent reports the reboot refused: node name does not match"},
+		{name: "agent of another protocol version", strategy: KubeletRestart,
+			n1: opts(cordoned, inStep(actingKR), func(n *corev1.Node) {
+				n.Annotations[protocol.AnnotationStatus] = `{"version":2,"id":"` + req + `","phase":"done"}`
+			}),
+			run: waitFor(actingKR), reason: HaltActionFailed,
+			msg: "the agent's answer cannot be read: annotation tokenroll.io/request-status has protocol version 2, and this tokenroll understands version 1 only: " +
+				"it was written by another release of tokenroll; upgrade the agent and the coordinator to the same release"},
 		{name: "action timed out", strategy: KubeletRestart, n1: opts(cordoned, inStep(actingKR), agentStatus(req, protocol.PhaseRunning, "")),
 			run: waitFor(actingKR, 15*time.Minute), reason: HaltActionTimeout, msg: "the agent has not reported the kubelet restarted after 15m0s"},
 		{name: "node not back", strategy: Reboot, n1: opts(cordoned, inStep(actingReboot)),

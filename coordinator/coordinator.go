@@ -76,9 +76,13 @@ type Coordinator struct {
 	store Store
 
 	mu sync.Mutex
-	// issuer is the signing issuer last read with the gate open, and when.
-	issuer     string
-	issuerRead time.Time
+	// issuer is the signing issuer last read with the gate open and agreed
+	// on by the gate; issuerRead is when discovery was last read, and
+	// discovered what it said, with the gate's signing issuer then.
+	issuer        string
+	issuerRead    time.Time
+	discovered    string
+	discoveredFor string
 }
 
 // term is one leadership term: created by Lead, dropped when it returns,
@@ -101,6 +105,9 @@ type term struct {
 	mu       sync.Mutex
 	jobs     map[string]*prepJob
 	gateOpen *bool
+	// sourceOpen is the gate's own verdict, before discovery is compared
+	// with it.
+	sourceOpen *bool
 	// lastVerified is when the last node was verified (overhead metric).
 	lastVerified time.Time
 	lastLogged   string
@@ -397,13 +404,17 @@ func (t *term) reconcile(ctx context.Context, w world) (time.Duration, error) {
 }
 
 func (t *term) observe(ctx context.Context) (world, error) {
-	w := world{now: t.c.cfg.Clock.Now().UTC(), gate: t.c.cfg.Gate.State()}
+	w := world{now: t.c.cfg.Clock.Now().UTC()}
+	source := t.c.cfg.Gate.State()
+	t.observeGateSource(source.Open)
+	var discovered string
+	w.issuer, discovered = t.c.currentIssuer(ctx, source, w.now)
+	w.gate = source.WithDiscovery(discovered)
 	t.observeGate(w.gate, w.now)
 	var err error
 	if w.state, err = DecodeState(t.configMap()); err != nil {
 		return w, err
 	}
-	w.issuer = t.c.currentIssuer(ctx, w.gate, w.now)
 	w.discovered = w.issuer != ""
 	if !w.discovered {
 		w.issuer = w.state.recordedIssuer()
@@ -425,29 +436,51 @@ func (t *term) observe(ctx context.Context) (world, error) {
 	return w, nil
 }
 
-// currentIssuer reads OIDC discovery when the gate is open and the last
-// read is stale or the gate just opened; while the gate is closed the API
-// servers disagree, and the last value read with it open stands.
-func (c *Coordinator) currentIssuer(ctx context.Context, g GateState, now time.Time) string {
+// currentIssuer returns the signing issuer and what OIDC discovery said.
+// Discovery is read when the gate's source is open and the last read is
+// stale, the source just opened, or the source's own signing issuer
+// changed since. The issuer is discovery's answer when the source agrees
+// with it; while the source is closed or disagrees, the API servers do
+// not agree, and the last issuer agreed on stands.
+func (c *Coordinator) currentIssuer(ctx context.Context, g GateState, now time.Time) (iss, discovered string) {
 	c.mu.Lock()
-	iss, read := c.issuer, c.issuerRead
+	iss, read, discovered, discoveredFor := c.issuer, c.issuerRead, c.discovered, c.discoveredFor
 	c.mu.Unlock()
-	if !g.Open || (!read.IsZero() && iss != "") {
-		return iss
+	if !g.Open {
+		return iss, ""
 	}
-	got, err := issuer.Discover(ctx, c.cfg.Client.Discovery().RESTClient())
-	if err != nil {
-		c.cfg.Log.Warn("reading the API server's issuer (OIDC discovery); keeping the last known one", zap.String("lastKnown", iss), zap.Error(err))
-		return iss
+	if read.IsZero() || discovered == "" || discoveredFor != g.SigningIssuer {
+		got, err := issuer.Discover(ctx, c.cfg.Client.Discovery().RESTClient())
+		if err != nil {
+			c.cfg.Log.Warn("reading the API server's issuer (OIDC discovery); keeping the last known one", zap.String("lastKnown", iss), zap.Error(err))
+			return iss, ""
+		}
+		discovered = got
+		c.mu.Lock()
+		c.discovered, c.discoveredFor, c.issuerRead = got, g.SigningIssuer, now
+		c.mu.Unlock()
 	}
-	if g.SigningIssuer != "" && got != g.SigningIssuer {
-		c.cfg.Log.Warn("OIDC discovery and the gate disagree on the signing issuer; using discovery",
-			zap.String("discovery", got), zap.String("gate", g.SigningIssuer))
+	if !g.WithDiscovery(discovered).Open {
+		return iss, discovered
 	}
 	c.mu.Lock()
-	c.issuer, c.issuerRead = got, now
+	c.issuer = discovered
 	c.mu.Unlock()
-	return got
+	return discovered, discovered
+}
+
+// observeGateSource asks for discovery to be read anew when the gate's
+// source opens: the API servers agree again.
+func (t *term) observeGateSource(open bool) {
+	t.mu.Lock()
+	opened := open && (t.sourceOpen == nil || !*t.sourceOpen)
+	t.sourceOpen = &open
+	t.mu.Unlock()
+	if opened {
+		t.c.mu.Lock()
+		t.c.issuerRead = time.Time{}
+		t.c.mu.Unlock()
+	}
 }
 
 func (t *term) observeGate(g GateState, now time.Time) {
@@ -457,11 +490,6 @@ func (t *term) observeGate(g GateState, now time.Time) {
 	open := g.Open
 	t.gateOpen = &open
 	t.mu.Unlock()
-	if changed && open {
-		c.mu.Lock()
-		c.issuerRead = time.Time{} // the API servers agree again: read the issuer anew
-		c.mu.Unlock()
-	}
 	for _, p := range GateNames() {
 		if p != g.Provider {
 			c.m.gateOpen.DeleteLabelValues(p)

@@ -330,7 +330,9 @@ type apiWrite struct {
 	StateRemoved  bool                `json:"stateRemoved,omitempty"`
 	Unschedulable *bool               `json:"unschedulable,omitempty"`
 	Request       *protocol.Request   `json:"request,omitempty"`
-	Other         map[string]any      `json:"other,omitempty"`
+	// RequestCleared: the request annotation set to null.
+	RequestCleared bool           `json:"requestCleared,omitempty"`
+	Other          map[string]any `json:"other,omitempty"`
 	// A ConfigMap write: the rollout state.
 	State *State `json:"state,omitempty"`
 }
@@ -414,7 +416,10 @@ func (f *fixture) decodeNodePatch(w *apiWrite, a clienttesting.PatchAction) {
 		}
 		delete(ann, protocol.AnnotationNodeState)
 	}
-	if v, ok := ann[protocol.AnnotationRequest]; ok {
+	if v, ok := ann[protocol.AnnotationRequest]; ok && v == nil {
+		w.RequestCleared = true
+		delete(ann, protocol.AnnotationRequest)
+	} else if ok {
 		r, err := protocol.ParseRequest(fmt.Sprint(v))
 		if err != nil {
 			f.t.Error(err)

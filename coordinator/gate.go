@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 	"sort"
 	"strings"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -20,6 +22,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
+	"github.com/tokenroll/tokenroll/internal/issuer"
 	"github.com/tokenroll/tokenroll/internal/openshift"
 )
 
@@ -66,6 +69,20 @@ type GateState struct {
 	TrustKnown bool            `json:"trustKnown"`
 }
 
+// WithDiscovery is g judged together with the issuer OIDC discovery
+// serves: when the gate's source names a signing issuer and discovery
+// another, the API servers do not agree on what they sign with, and the
+// gate is closed with that reason.
+func (g GateState) WithDiscovery(discovered string) GateState {
+	if !g.Open || g.SigningIssuer == "" || discovered == "" || discovered == g.SigningIssuer {
+		return g
+	}
+	g.Open = false
+	g.Message = fmt.Sprintf("OIDC discovery (%s) says the API server signs with %s, the gate's source says %s: the API servers disagree or one of the two is stale; waiting until they agree",
+		issuer.DiscoveryPath, discovered, g.SigningIssuer)
+	return g
+}
+
 // Gate tells whether disruptive work may start.
 type Gate interface {
 	// Start begins watching; changed is called on every change. It returns
@@ -77,7 +94,8 @@ type Gate interface {
 
 // NewGate builds the provider named by kind; auto picks openshift when the
 // KubeAPIServer API is served, static-pods when kube-system has
-// kube-apiserver mirror pods, none otherwise.
+// kube-apiserver mirror pods on the nodes serving the kubernetes Service,
+// none otherwise.
 func NewGate(ctx context.Context, kind string, client kubernetes.Interface, dyn dynamic.Interface) (Gate, error) {
 	if kind == GateAuto {
 		var err error
@@ -110,14 +128,31 @@ func detectGate(ctx context.Context, client kubernetes.Interface) (string, error
 	} else if !apierrors.IsNotFound(err) {
 		return "", fmt.Errorf("--gate=auto: asking the API server whether it serves %s: %w", openshift.KubeAPIServerResource.GroupVersion(), err)
 	}
-	pods, err := client.CoreV1().Pods(metav1.NamespaceSystem).List(ctx, metav1.ListOptions{LabelSelector: "component=kube-apiserver", Limit: 1})
+	pods, err := client.CoreV1().Pods(metav1.NamespaceSystem).List(ctx, metav1.ListOptions{LabelSelector: apiserverPodSelector})
 	if err != nil {
 		return "", fmt.Errorf("--gate=auto: looking for kube-apiserver mirror pods in kube-system: %w (name the gate with --gate)", err)
 	}
-	if len(pods.Items) > 0 {
-		return GateStaticPods, nil
+	eps, err := client.DiscoveryV1().EndpointSlices(metav1.NamespaceDefault).List(ctx, metav1.ListOptions{LabelSelector: kubernetesServiceSelector})
+	if err != nil {
+		return "", fmt.Errorf("--gate=auto: reading the kubernetes Service's EndpointSlices in default: %w (name the gate with --gate)", err)
+	}
+	// A pod that only carries the label (anyone who may create pods in
+	// kube-system can make one) does not choose the gate.
+	addrs := endpointAddresses(ptrs(eps.Items))
+	for _, p := range ptrs(pods.Items) {
+		if trustedAPIServerPod(p, addrs) {
+			return GateStaticPods, nil
+		}
 	}
 	return GateNone, nil
+}
+
+func ptrs[T any](items []T) []*T {
+	out := make([]*T, len(items))
+	for i := range items {
+		out[i] = &items[i]
+	}
+	return out
 }
 
 type noneGate struct{}
@@ -226,56 +261,176 @@ func openshiftState(u *unstructured.Unstructured, st GateState) GateState {
 	return st
 }
 
-// staticPodsGate reads the kube-apiserver mirror pods of a kubeadm cluster.
+// Selectors of what the static-pods gate reads.
+const (
+	apiserverPodSelector      = "component=kube-apiserver"
+	kubernetesServiceSelector = discoveryv1.LabelServiceName + "=kubernetes"
+	// mirrorPodAnnotation is set by the kubelet on the API object of a
+	// static pod (a mirror pod).
+	mirrorPodAnnotation = "kubernetes.io/config.mirror"
+)
+
+// staticPodsGate reads the kube-apiserver mirror pods of a kubeadm cluster,
+// and the kubernetes Service's EndpointSlices: the API servers that serve
+// the cluster are the ones it judges.
 type staticPodsGate struct {
 	client kubernetes.Interface
 	mu     sync.Mutex
 	pods   cache.Store
+	slices cache.Store
 }
 
 func (g *staticPodsGate) Start(ctx context.Context, changed func()) error {
-	f := informers.NewSharedInformerFactoryWithOptions(g.client, 0, informers.WithNamespace(metav1.NamespaceSystem),
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = "component=kube-apiserver" }))
-	inf := f.Core().V1().Pods().Informer()
-	if _, err := inf.AddEventHandler(onAnyChange(changed)); err != nil {
-		return err
+	pf := informers.NewSharedInformerFactoryWithOptions(g.client, 0, informers.WithNamespace(metav1.NamespaceSystem),
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = apiserverPodSelector }))
+	ef := informers.NewSharedInformerFactoryWithOptions(g.client, 0, informers.WithNamespace(metav1.NamespaceDefault),
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = kubernetesServiceSelector }))
+	podInf := pf.Core().V1().Pods().Informer()
+	sliceInf := ef.Discovery().V1().EndpointSlices().Informer()
+	for _, inf := range []cache.SharedIndexInformer{podInf, sliceInf} {
+		if _, err := inf.AddEventHandler(onAnyChange(changed)); err != nil {
+			return err
+		}
 	}
 	g.mu.Lock()
-	g.pods = inf.GetStore()
+	g.pods, g.slices = podInf.GetStore(), sliceInf.GetStore()
 	g.mu.Unlock()
-	f.Start(ctx.Done())
-	if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
+	pf.Start(ctx.Done())
+	ef.Start(ctx.Done())
+	if !cache.WaitForCacheSync(ctx.Done(), podInf.HasSynced) {
 		return errors.New("static-pods gate: the kube-system pod cache did not sync")
+	}
+	if !cache.WaitForCacheSync(ctx.Done(), sliceInf.HasSynced) {
+		return errors.New("static-pods gate: the cache of the kubernetes Service's EndpointSlices (namespace default) did not sync")
 	}
 	return nil
 }
 
 func (g *staticPodsGate) State() GateState {
 	g.mu.Lock()
-	store := g.pods
+	podStore, sliceStore := g.pods, g.slices
 	g.mu.Unlock()
-	if store == nil {
+	if podStore == nil || sliceStore == nil {
 		return GateState{Provider: GateStaticPods, Message: "not started"}
 	}
 	var pods []*corev1.Pod
-	for _, o := range store.List() {
+	for _, o := range podStore.List() {
 		if p, ok := o.(*corev1.Pod); ok {
 			pods = append(pods, p)
 		}
 	}
-	return staticPodsState(pods)
+	var eps []*discoveryv1.EndpointSlice
+	for _, o := range sliceStore.List() {
+		if e, ok := o.(*discoveryv1.EndpointSlice); ok {
+			eps = append(eps, e)
+		}
+	}
+	return staticPodsState(pods, eps)
 }
 
-// staticPodsState is open when every kube-apiserver mirror pod is Ready and
-// all sign with the same issuer (the first --service-account-issuer).
-func staticPodsState(pods []*corev1.Pod) GateState {
+// endpointAddresses are the addresses of the API servers behind the
+// kubernetes Service, but those its endpoints say are not ready.
+func endpointAddresses(eps []*discoveryv1.EndpointSlice) map[netip.Addr]bool {
+	out := map[netip.Addr]bool{}
+	for _, e := range eps {
+		if e.Namespace != metav1.NamespaceDefault || e.Labels[discoveryv1.LabelServiceName] != "kubernetes" {
+			continue
+		}
+		for _, ep := range e.Endpoints {
+			if ep.Conditions.Ready != nil && !*ep.Conditions.Ready {
+				continue
+			}
+			for _, a := range ep.Addresses {
+				if ip, err := netip.ParseAddr(a); err == nil {
+					out[ip.Unmap()] = true
+				}
+			}
+		}
+	}
+	return out
+}
+
+// hostAddresses are the pod's node's addresses, as its kubelet reports them
+// in the pod's status (which the pod's creator cannot write).
+func hostAddresses(p *corev1.Pod) []netip.Addr {
+	var out []netip.Addr
+	add := func(s string) {
+		if ip, err := netip.ParseAddr(s); err == nil && !slices.Contains(out, ip.Unmap()) {
+			out = append(out, ip.Unmap())
+		}
+	}
+	add(p.Status.HostIP)
+	for _, h := range p.Status.HostIPs {
+		add(h.IP)
+	}
+	return out
+}
+
+// trustedAPIServerPod: a kube-apiserver mirror pod (the kubelet's
+// annotation, owned by its Node, named after it) whose node's address backs
+// the kubernetes Service. Anyone who may create pods in kube-system can
+// forge the label, the annotation, the owner and the node name, but not the
+// host addresses, which only the node's kubelet writes; and a kubelet
+// deletes a mirror pod it has no static pod for.
+func trustedAPIServerPod(p *corev1.Pod, addrs map[netip.Addr]bool) bool {
+	node := p.Spec.NodeName
+	if p.Namespace != metav1.NamespaceSystem || node == "" || p.Annotations[mirrorPodAnnotation] == "" || !strings.HasSuffix(p.Name, "-"+node) {
+		return false
+	}
+	if !slices.ContainsFunc(p.OwnerReferences, func(o metav1.OwnerReference) bool {
+		return o.APIVersion == "v1" && o.Kind == "Node" && o.Name == node
+	}) {
+		return false
+	}
+	return slices.ContainsFunc(hostAddresses(p), func(a netip.Addr) bool { return addrs[a] })
+}
+
+// staticPodsState is open when every API server behind the kubernetes
+// Service has a kube-apiserver mirror pod, every such pod is Ready, and all
+// sign with the same issuer (the first --service-account-issuer). Other
+// pods labelled component=kube-apiserver neither open nor close it.
+func staticPodsState(pods []*corev1.Pod, eps []*discoveryv1.EndpointSlice) GateState {
 	st := GateState{Provider: GateStaticPods, TrustKnown: true}
+	addrs := endpointAddresses(eps)
+	if len(addrs) == 0 {
+		st.Message = "the kubernetes Service (namespace default) has no ready endpoints in its EndpointSlices: which API servers serve the cluster is not known"
+		return st
+	}
+	var trustedPods []*corev1.Pod
+	covered := map[netip.Addr]bool{}
+	ignored := 0
+	for _, p := range pods {
+		if !trustedAPIServerPod(p, addrs) {
+			ignored++
+			continue
+		}
+		trustedPods = append(trustedPods, p)
+		for _, a := range hostAddresses(p) {
+			covered[a] = true
+		}
+	}
+	pods = trustedPods
+	var uncovered []string
+	for a := range addrs {
+		if !covered[a] {
+			uncovered = append(uncovered, a.String())
+		}
+	}
+	sort.Strings(uncovered)
+	ignoredNote := ""
+	if ignored > 0 {
+		ignoredNote = fmt.Sprintf(" (%d other pods labelled %s ignored: not mirror pods on a node serving the kubernetes Service)", ignored, apiserverPodSelector)
+	}
 	if len(pods) == 0 {
-		st.Message = "no kube-apiserver mirror pods (component=kube-apiserver) in kube-system"
+		st.Message = fmt.Sprintf("no kube-apiserver mirror pods (%s) in kube-system on the nodes serving the kubernetes Service (%s)%s",
+			apiserverPodSelector, strings.Join(uncovered, ", "), ignoredNote)
 		return st
 	}
 	sort.Slice(pods, func(i, j int) bool { return pods[i].Name < pods[j].Name })
 	var problems []string
+	if len(uncovered) > 0 {
+		problems = append(problems, fmt.Sprintf("no kube-apiserver mirror pod on the node of the kubernetes Service's endpoint %s: its issuer is not known", strings.Join(uncovered, ", ")))
+	}
 	signing := map[string][]string{}
 	var trusted []string
 	for i, p := range pods {
@@ -310,11 +465,11 @@ func staticPodsState(pods []*corev1.Pod) GateState {
 	}
 	if len(problems) > 0 {
 		st.SigningIssuer = ""
-		st.Message = strings.Join(problems, "; ")
+		st.Message = strings.Join(problems, "; ") + ignoredNote
 		return st
 	}
 	st.Open = true
-	st.Message = fmt.Sprintf("%d kube-apiserver pods Ready, all signing with %s", len(pods), st.SigningIssuer)
+	st.Message = fmt.Sprintf("%d kube-apiserver pods Ready, all signing with %s%s", len(pods), st.SigningIssuer, ignoredNote)
 	return st
 }
 

@@ -237,8 +237,12 @@ func (t *term) verify(ctx context.Context, w world, r *Rollout, v nodeView, impl
 	n, ns := v.node, v.state
 	in := verifyInput{node: n, state: ns, issuer: w.issuer, ready: nodeutil.Ready(n)}
 	if ns.Request != "" {
-		if st, err := protocol.ParseStatus(n.Annotations[protocol.AnnotationStatus]); err == nil && st.ID == ns.Request {
+		st, err := protocol.ParseStatus(n.Annotations[protocol.AnnotationStatus])
+		if err == nil && st.ID == ns.Request {
 			in.status = &st
+		}
+		if protocol.IsVersionError(err) {
+			return 0, t.halt(ctx, w, r, v, HaltActionFailed, "the agent's answer cannot be read: "+err.Error())
 		}
 	}
 	if in.status != nil && (in.status.Phase == protocol.PhaseFailed || in.status.Phase == protocol.PhaseRefused) {
@@ -279,7 +283,13 @@ func (t *term) finishNode(ctx context.Context, w world, r *Rollout, v nodeView) 
 	if ns.CordonedByUs {
 		unsched = boolPtr(false)
 	}
-	if err := t.writeNode(ctx, v.node, &ns, unsched, nil); err != nil {
+	// The request goes once verified: an agent that lost its record and
+	// the Node's status too finds nothing to carry out again.
+	var clear map[string]any
+	if ns.Request != "" {
+		clear = map[string]any{protocol.AnnotationRequest: nil}
+	}
+	if err := t.writeNode(ctx, v.node, &ns, unsched, clear); err != nil {
 		return err
 	}
 	t.c.m.stepDuration.WithLabelValues(strategy, "total").Observe(w.now.Sub(ns.StartedAt).Seconds())

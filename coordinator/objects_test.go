@@ -159,7 +159,9 @@ func waitingOn(r *Rollout, reason, msg string, at time.Time) apiWrite {
 // Expected writes.
 
 func patchNode(name string, s *protocol.NodeState, unschedulable *bool) apiWrite {
-	return apiWrite{Verb: "patch", Resource: "nodes", Name: name, NodeState: s, Unschedulable: unschedulable}
+	// A node verified done has its request removed in the same write.
+	cleared := s != nil && s.Step == protocol.StepDone && s.Request != ""
+	return apiWrite{Verb: "patch", Resource: "nodes", Name: name, NodeState: s, Unschedulable: unschedulable, RequestCleared: cleared}
 }
 
 func cordonNode(name string, s protocol.NodeState) apiWrite { return patchNode(name, &s, ptr(true)) }

@@ -101,7 +101,9 @@ func nodeNeed(in PlanInput, trusted map[string]TrustedIssuer, n *corev1.Node) (n
 	if ex := excludedBy(n); ex != "" {
 		return false, "", time.Time{}, "excluded (" + protocol.AnnotationExclude + "): " + ex
 	}
-	if n.Annotations[protocol.AnnotationRebootRequired] == "true" {
+	if rr, err := protocol.ParseRebootRequired(n.Annotations[protocol.AnnotationRebootRequired]); err != nil {
+		return false, "", time.Time{}, err.Error()
+	} else if rr {
 		return true, TriggerRebootRequired, time.Time{}, "the node reports a required reboot"
 	}
 	raw, ok := n.Annotations[protocol.AnnotationTokens]

@@ -84,8 +84,8 @@ func BuildStatus(ctx context.Context, client kubernetes.Interface, namespace, is
 	}
 	for i := range list.Items {
 		n := &list.Items[i]
-		ns := NodeStatus{Name: n.Name, Ready: nodeutil.Ready(n), Unschedulable: n.Spec.Unschedulable, Tokens: -1, Stale: -1,
-			RebootRequired: n.Annotations[protocol.AnnotationRebootRequired] == "true"}
+		ns := NodeStatus{Name: n.Name, Ready: nodeutil.Ready(n), Unschedulable: n.Spec.Unschedulable, Tokens: -1, Stale: -1}
+		ns.RebootRequired, _ = protocol.ParseRebootRequired(n.Annotations[protocol.AnnotationRebootRequired])
 		if tr, err := protocol.ParseTokenReport(n.Annotations[protocol.AnnotationTokens]); err == nil && n.Annotations[protocol.AnnotationTokens] != "" {
 			ns.Tokens, ns.Stale = tr.Tokens, tr.StaleTotal()
 			for _, it := range tr.Issuers {

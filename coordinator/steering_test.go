@@ -453,12 +453,17 @@ func TestLeaderChange(t *testing.T) {
 		f.clock.Step(time.Minute)
 		f.sync()
 		f.expectWrites()
+		if r, _ := protocol.ParseRequest(f.node("n1").Annotations[protocol.AnnotationRequest]); r.ID != id {
+			t.Errorf("the request on n1 is %q; want the first leader's %q", r.ID, id)
+		}
 		f.updateNode("n1", agentStatus(id, protocol.PhaseDone, ""))
 		f.sync()
 		doneAt := done(acting(started(KubeletRestart, true, t0), t0, id), t0.Add(time.Minute))
 		f.expectWrites(patchNode("n1", &doneAt, ptr(false)), updateState(finished(rollout(KubeletRestart, "n1"), RolloutDone, t0.Add(time.Minute))))
-		if r, _ := protocol.ParseRequest(f.node("n1").Annotations[protocol.AnnotationRequest]); r.ID != id {
-			t.Errorf("the request on n1 is %q; want the first leader's %q", r.ID, id)
+		// Verified: the request is gone, so no agent can find it to carry
+		// out again.
+		if raw, ok := f.node("n1").Annotations[protocol.AnnotationRequest]; ok {
+			t.Errorf("the request on n1 is still there once verified: %s", raw)
 		}
 	})
 	t.Run("during the drain", func(t *testing.T) {

@@ -121,8 +121,8 @@ type NodeState struct {
 // ParseNodeState decodes a node-state annotation.
 func ParseNodeState(value string) (NodeState, error) {
 	var s NodeState
-	if err := json.Unmarshal([]byte(value), &s); err != nil {
-		return NodeState{}, fmt.Errorf("annotation %s is not a JSON node state: %w", AnnotationNodeState, err)
+	if err := decode(AnnotationNodeState, "a JSON node state", value, &s); err != nil {
+		return NodeState{}, err
 	}
 	return s, nil
 }

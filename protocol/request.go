@@ -1,7 +1,6 @@
 package protocol
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -14,8 +13,9 @@ const (
 	AnnotationRequest = Prefix + "request"
 	// AnnotationStatus is the agent's answer: a Status as JSON.
 	AnnotationStatus = Prefix + "request-status"
-	// AnnotationRebootRequired is "true" while the node's reboot sentinel
-	// (/var/run/reboot-required) exists, and absent otherwise.
+	// AnnotationRebootRequired is RebootRequiredValue while the node's
+	// reboot sentinel (/var/run/reboot-required) exists, and absent
+	// otherwise.
 	AnnotationRebootRequired = Prefix + "reboot-required"
 )
 
@@ -76,8 +76,12 @@ type Status struct {
 // ParseRequest decodes and checks a request annotation.
 func ParseRequest(value string) (Request, error) {
 	var r Request
-	if err := json.Unmarshal([]byte(value), &r); err != nil {
-		return Request{}, fmt.Errorf("annotation %s is not a JSON request: %w", AnnotationRequest, err)
+	if err := decode(AnnotationRequest, "a JSON request", value, &r); err != nil {
+		if IsVersionError(err) {
+			// With its ID, the agent's refusal reaches the coordinator.
+			return r, err
+		}
+		return Request{}, err
 	}
 	var errs []error
 	if r.ID == "" {
@@ -101,8 +105,8 @@ func ParseRequest(value string) (Request, error) {
 // ParseStatus decodes a status annotation.
 func ParseStatus(value string) (Status, error) {
 	var s Status
-	if err := json.Unmarshal([]byte(value), &s); err != nil {
-		return Status{}, fmt.Errorf("annotation %s is not a JSON status: %w", AnnotationStatus, err)
+	if err := decode(AnnotationStatus, "a JSON status", value, &s); err != nil {
+		return Status{}, err
 	}
 	return s, nil
 }

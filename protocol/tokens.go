@@ -3,39 +3,49 @@ package protocol
 import (
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
-	"fmt"
 	"slices"
 	"time"
 )
 
 // AnnotationTokens is the agent's summary of the tokens on its node, a
-// TokenReport as JSON. It changes only when what the coordinator acts on
-// changes (token counts per issuer, stale tokens, the pods holding them), not
-// on every scan or every routine refresh.
+// TokenReport as JSON. The agent writes it at once when what the
+// coordinator acts on changes (stale tokens and the pods holding them,
+// tokens of issuers other than the expected one), and otherwise at most
+// once an hour: routine refreshes and pods coming and going change only
+// the counts of healthy tokens, which wait for that hourly rewrite.
 const AnnotationTokens = Prefix + "tokens"
 
 // MaxStalePods bounds TokenReport.StalePods, so the annotation stays small
 // on a node with many pods (the kubelet's default is 110 per node).
 const MaxStalePods = 250
 
+// MaxTokenReportBytes bounds the tokens annotation, whatever the node's
+// volumes hold: detail is left out (StalePods first, then Issuers) and
+// flagged until the value fits.
+const MaxTokenReportBytes = 16 << 10
+
 // TokenReport is what the coordinator needs from one node's scan.
 type TokenReport struct {
 	// Issuer is the signing issuer the agent judged against (OIDC discovery);
 	// empty when it could not read it.
 	Issuer string `json:"issuer"`
-	// Tokens counts the tokens of live pods (orphaned volumes left out).
+	// Tokens counts the tokens of live pods (orphaned volumes left out), as
+	// of the last write: a change in it alone waits for the hourly rewrite.
 	Tokens int `json:"tokens"`
 	// Stale counts tokens in the states that need work (State.NeedsWork);
 	// fresh and refresh-due are not counted, so a routine refresh does not
 	// rewrite the annotation.
 	Stale map[State]int `json:"stale,omitempty"`
 	// Issuers has one entry per issuer seen in live pods' tokens, sorted by
-	// name.
-	Issuers []IssuerTokens `json:"issuers,omitempty"`
+	// name. The expected issuer's count, like Tokens, is as of the last
+	// write. IssuersTruncated says some issuers were left out to keep the
+	// annotation within MaxTokenReportBytes (those with the fewest tokens).
+	Issuers          []IssuerTokens `json:"issuers,omitempty"`
+	IssuersTruncated bool           `json:"issuersTruncated,omitempty"`
 	// StalePods are the pods holding tokens in an alarm state (State.Alarm),
-	// at most MaxStalePods of them; StalePodsTruncated says some were
-	// left out.
+	// at most MaxStalePods of them and fewer when the annotation would
+	// exceed MaxTokenReportBytes; StalePodsTruncated says some were left
+	// out.
 	StalePods          []PodRef `json:"stalePods,omitempty"`
 	StalePodsTruncated bool     `json:"stalePodsTruncated,omitempty"`
 }
@@ -46,9 +56,9 @@ type IssuerTokens struct {
 	Tokens int    `json:"tokens"`
 	// LastRefreshAt is the latest moment one of these tokens is due for
 	// refresh by the kubelet: when all of them will have healed by
-	// themselves. Given only for issuers other than the report's Issuer (the
-	// current issuer's tokens refresh all the time, and writing that would
-	// rewrite the annotation on every refresh).
+	// themselves, rounded up to the minute. Given only for issuers other than
+	// the report's Issuer (the current issuer's tokens refresh all the time,
+	// and writing that would rewrite the annotation on every refresh).
 	LastRefreshAt time.Time `json:"lastRefreshAt,omitzero"`
 }
 
@@ -65,8 +75,8 @@ func (p PodRef) String() string { return p.Namespace + "/" + p.Name }
 // ParseTokenReport decodes a tokens annotation.
 func ParseTokenReport(value string) (TokenReport, error) {
 	var r TokenReport
-	if err := json.Unmarshal([]byte(value), &r); err != nil {
-		return TokenReport{}, fmt.Errorf("annotation %s is not a JSON token report: %w", AnnotationTokens, err)
+	if err := decode(AnnotationTokens, "a JSON token report", value, &r); err != nil {
+		return TokenReport{}, err
 	}
 	return r, nil
 }

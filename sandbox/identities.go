@@ -81,6 +81,12 @@ func rbacObjects() []runtime.Object {
 		&rbacv1.Role{ObjectMeta: meta(CoordinatorUser+"-node-events", metav1.NamespaceDefault), Rules: []rbacv1.PolicyRule{events}},
 		&rbacv1.RoleBinding{ObjectMeta: meta(CoordinatorUser+"-node-events", metav1.NamespaceDefault),
 			RoleRef: roleRef("Role", CoordinatorUser+"-node-events"), Subjects: subject},
+		// The static-pods gate: which API servers back the kubernetes Service.
+		&rbacv1.Role{ObjectMeta: meta(CoordinatorUser+"-apiserver-endpoints", metav1.NamespaceDefault), Rules: []rbacv1.PolicyRule{
+			rule([]string{"discovery.k8s.io"}, []string{"endpointslices"}, []string{"list", "watch"}),
+		}},
+		&rbacv1.RoleBinding{ObjectMeta: meta(CoordinatorUser+"-apiserver-endpoints", metav1.NamespaceDefault),
+			RoleRef: roleRef("Role", CoordinatorUser+"-apiserver-endpoints"), Subjects: subject},
 	}
 }
 

@@ -318,6 +318,8 @@ func (r *run) startProcesses(ctx context.Context) error {
 				"--reboot-command=" + node + "reboot,--root," + root + ",--down," + o.RebootDowntime.String(),
 				"--kubelet-restart-command=" + node + "restart-kubelet,--root," + root,
 				"--command-timeout=1m", "--boot-id-file=" + kubeletsim.BootIDPath(root), "--state-dir=" + stateDir,
+				// Simulated reboots keep the directory, wherever the temporary directory is.
+				"--allow-volatile-state-dir",
 				"--reboot-sentinel=" + filepath.Join(root, "reboot-required"),
 				"--metrics-bind-address=" + addr, "--interval=1s", "--issuer-refresh-interval=10s", "--log-format=json"}
 		}

@@ -32,6 +32,10 @@ type HandlerConfig struct {
 	Executor Executor
 	// StateDir holds the durable record (a hostPath).
 	StateDir string
+	// AllowVolatileStateDir accepts a StateDir in memory (tmpfs, ramfs),
+	// which NewHandler otherwise refuses: test harnesses whose simulated
+	// reboots do not empty it.
+	AllowVolatileStateDir bool
 	// BootIDFile is read for the current boot ID (DefaultBootIDFile).
 	BootIDFile string
 	// MaxRequestAge refuses requests older than this.
@@ -110,7 +114,7 @@ func NewHandler(cfg HandlerConfig) (*Handler, error) {
 	if cfg.Registry == nil {
 		cfg.Registry = prometheus.NewRegistry()
 	}
-	st, err := newStateFile(cfg.StateDir)
+	st, err := newStateFile(cfg.StateDir, cfg.AllowVolatileStateDir)
 	if err != nil {
 		return nil, err
 	}
@@ -131,13 +135,25 @@ func NewHandler(cfg HandlerConfig) (*Handler, error) {
 	}, nil
 }
 
+// bootID is the current boot's ID, "" when it cannot be read.
 func (h *Handler) bootID() string {
-	b, err := os.ReadFile(h.cfg.BootIDFile)
+	id, err := h.readBootID()
 	if err != nil {
 		h.cfg.Log.Warn("reading the boot ID", zap.String("file", h.cfg.BootIDFile), zap.Error(err))
-		return ""
 	}
-	return strings.TrimSpace(string(b))
+	return id
+}
+
+func (h *Handler) readBootID() (string, error) {
+	b, err := os.ReadFile(h.cfg.BootIDFile)
+	if err != nil {
+		return "", err
+	}
+	id := strings.TrimSpace(string(b))
+	if id == "" {
+		return "", fmt.Errorf("boot ID file %s is empty", h.cfg.BootIDFile)
+	}
+	return id, nil
 }
 
 func (h *Handler) step(name string) {
@@ -208,6 +224,18 @@ func (h *Handler) Handle(ctx context.Context, request, status string) error {
 		_ = h.report(ctx, status, protocol.Status{ID: req.ID, Action: req.Action, Phase: protocol.PhaseRefused, Message: err.Error()})
 		return err
 	}
+	if rec == nil {
+		rec = fromNodeStatus(req, status)
+		if rec != nil && rec.Phase.Final() {
+			// The state directory lost the record (a node reprovisioned
+			// under the same name, a directory wiped): the Node's status
+			// is the second record, and the request is not carried out
+			// again. The record is restored so it stays known.
+			h.cfg.Log.Warn("the state directory has no record of a request the Node reports finished; restoring the record, not acting again",
+				zap.String("request", rec.ID), zap.String("phase", string(rec.Phase)), zap.String("stateDir", h.cfg.StateDir))
+			return h.record(*rec)
+		}
+	}
 	if rec != nil {
 		return h.resume(ctx, status, req, *rec)
 	}
@@ -241,6 +269,23 @@ func (h *Handler) refuse(ctx context.Context, status string, req protocol.Reques
 	return h.report(ctx, status, protocol.Status{ID: req.ID, Action: req.Action, Phase: protocol.PhaseRefused, Message: why})
 }
 
+// fromNodeStatus reads the Node's status of req as a record, for when the
+// state directory has none: a status past accepted means the request was
+// recorded running, and so may have been carried out. Accepted is not: the
+// action is called only once running is reported.
+func fromNodeStatus(req protocol.Request, status string) *Record {
+	cur, err := protocol.ParseStatus(status)
+	if err != nil || cur.ID != req.ID {
+		return nil
+	}
+	switch cur.Phase {
+	case protocol.PhaseRunning, protocol.PhaseDone, protocol.PhaseFailed:
+	default:
+		return nil
+	}
+	return &Record{ID: req.ID, Action: req.Action, Phase: cur.Phase, Message: cur.Message, BootID: cur.BootID, fromNode: true}
+}
+
 // resume finishes a request the record already knows.
 func (h *Handler) resume(ctx context.Context, status string, req protocol.Request, rec Record) error {
 	if rec.Phase.Final() {
@@ -248,18 +293,35 @@ func (h *Handler) resume(ctx context.Context, status string, req protocol.Reques
 	}
 	// A reboot that happened shows as a new boot ID, whether this process
 	// went down with the host or (the sandbox, a simulated node) outlived it.
-	now := h.bootID()
-	if rec.Action == protocol.ActionReboot && rec.BootID != "" && now != "" && now != rec.BootID {
-		rec.Phase, rec.Message = protocol.PhaseDone, fmt.Sprintf("rebooted: boot ID %s, was %s", now, rec.BootID)
-		return h.finish(ctx, status, rec)
+	// It restarted the kubelet too, so a kubelet restart in flight is done.
+	now, bootErr := h.readBootID()
+	if rec.BootID != "" && now != "" && now != rec.BootID {
+		rec.Phase = protocol.PhaseDone
+		if rec.Action == protocol.ActionReboot {
+			rec.Message = fmt.Sprintf("rebooted: boot ID %s, was %s", now, rec.BootID)
+		} else {
+			rec.Message = fmt.Sprintf("the node rebooted (boot ID %s, was %s) while the %s was in flight, which restarted the kubelet", now, rec.BootID, rec.Action)
+		}
+		return h.finish(ctx, status, rec.withOrigin())
 	}
 	a := h.attempts[rec.ID]
 	switch {
+	case a == nil && rec.Action == protocol.ActionReboot && (rec.BootID == "" || bootErr != nil):
+		// Without both boot IDs nothing here tells whether the host went
+		// down. Failed would halt a rollout whose reboot happened; done is
+		// checked all the same, by the coordinator against the Node's own
+		// boot ID. Never repeated.
+		why := fmt.Sprintf("the boot ID could not be read now (%v)", bootErr)
+		if rec.BootID == "" {
+			why = "the boot ID could not be read when the reboot was requested"
+		}
+		rec.Phase, rec.Message = protocol.PhaseDone, fmt.Sprintf("the agent restarted while the reboot was in flight, and %s, so whether the node rebooted is not known here: taken as done, not repeated; the coordinator checks the Node's boot ID", why)
+		return h.finish(ctx, status, rec.withOrigin())
 	case a == nil:
 		// Running, and not this process's: the agent stopped mid-action.
 		// The action is never repeated.
 		rec.Phase, rec.Message = protocol.PhaseFailed, fmt.Sprintf("the agent stopped while the %s was in flight and the outcome is unknown; not repeated (at most once per request)", rec.Action)
-		return h.finish(ctx, status, rec)
+		return h.finish(ctx, status, rec.withOrigin())
 	case a.outcome != nil:
 		// The call returned, and recording or reporting its outcome failed.
 		return h.finish(ctx, status, *a.outcome)

@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/tokenroll/tokenroll/protocol"
 )
 
@@ -31,6 +33,18 @@ type Record struct {
 	// BootID is the boot the action started in.
 	BootID    string    `json:"bootID"`
 	UpdatedAt time.Time `json:"updatedAt"`
+
+	// fromNode: the state file had no record of the request, and this one
+	// was read from the Node's status annotation.
+	fromNode bool
+}
+
+// withOrigin says, in a record read from the Node, where it came from.
+func (r Record) withOrigin() Record {
+	if r.fromNode {
+		r.Message += " (the state directory had no record of this request; the Node's status was the record)"
+	}
+	return r
 }
 
 // stateFile is the durable record of requests acted on.
@@ -43,9 +57,34 @@ type stateDoc struct {
 	Records []Record `json:"records"`
 }
 
-func newStateFile(dir string) (*stateFile, error) {
+// statfsType tells the filesystem type (statfs f_type) of the filesystem
+// holding dir; a variable so tests can stand for a tmpfs mount.
+var statfsType = func(dir string) (int64, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return 0, err
+	}
+	return st.Type, nil
+}
+
+// volatileFilesystems are the filesystems that keep their files in memory:
+// a record there is gone after a reboot, exactly when it is needed.
+var volatileFilesystems = map[int64]string{unix.TMPFS_MAGIC: "tmpfs", unix.RAMFS_MAGIC: "ramfs"}
+
+// newStateFile opens the record in dir. A dir in memory is refused unless
+// allowVolatile: the record must outlive the reboots it records.
+func newStateFile(dir string, allowVolatile bool) (*stateFile, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("state directory %s: %w", dir, err)
+	}
+	fsType, err := statfsType(dir)
+	if err != nil {
+		return nil, fmt.Errorf("state directory %s: finding its filesystem: %w", dir, err)
+	}
+	if name, ok := volatileFilesystems[fsType]; ok && !allowVolatile {
+		return nil, fmt.Errorf("state directory %s is on %s, which a reboot empties: the record of which requests were carried out would be lost "+
+			"exactly when a reboot needs it. Mount a hostPath on the node's persistent disk there (the shipped DaemonSet mounts /var/lib/tokenroll), "+
+			"(--allow-volatile-state-dir is for test harnesses whose nodes reboot without emptying it)", dir, name)
 	}
 	return &stateFile{path: filepath.Join(dir, StateFileName)}, nil
 }

@@ -72,6 +72,11 @@ type WatcherConfig struct {
 	SentinelInterval time.Duration
 	Log              *zap.Logger
 	Clock            clock.WithTicker
+
+	// OnNode, when set, is told of every version of the Node the informer
+	// sees (nil when it is deleted), so the agent's reporter notices its
+	// writes removed or the Node registered again. It must not block.
+	OnNode func(*corev1.Node)
 }
 
 // Retries of a failed Handle or sentinel write back off exponentially
@@ -130,8 +135,16 @@ func (w *Watcher) Run(ctx context.Context) error {
 		workqueue.TypedRateLimitingQueueConfig[work]{Clock: w.cfg.Clock})
 	defer w.queue.ShutDown()
 	enqueue := func(any) { w.queue.Add(workRequest) }
+	notify := func(obj any) {
+		if w.cfg.OnNode != nil {
+			n, _ := obj.(*corev1.Node)
+			w.cfg.OnNode(n)
+		}
+	}
 	if _, err := informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc: enqueue, UpdateFunc: func(_, n any) { enqueue(n) }, DeleteFunc: enqueue,
+		AddFunc:    func(n any) { enqueue(n); notify(n) },
+		UpdateFunc: func(_, n any) { enqueue(n); notify(n) },
+		DeleteFunc: func(n any) { enqueue(n); notify(nil) },
 	}); err != nil {
 		return err
 	}
@@ -240,7 +253,7 @@ func (w *Watcher) checkSentinel(ctx context.Context, n *corev1.Node) error {
 	want := ""
 	switch {
 	case err == nil:
-		want = "true"
+		want = protocol.RebootRequiredValue()
 	case !errors.Is(err, fs.ErrNotExist):
 		return fmt.Errorf("checking the reboot sentinel %s: %w", w.cfg.RebootSentinel, err)
 	}

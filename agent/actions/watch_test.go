@@ -176,7 +176,7 @@ func TestAgentActsOnItsOwnNodeThroughTheAPIServer(t *testing.T) {
 	if err := os.WriteFile(sentinel, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	waitAnnotation(t, c, "node-1", protocol.AnnotationRebootRequired, "true")
+	waitAnnotation(t, c, "node-1", protocol.AnnotationRebootRequired, protocol.RebootRequiredValue())
 	if err := os.Remove(sentinel); err != nil {
 		t.Fatal(err)
 	}

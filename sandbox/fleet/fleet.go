@@ -193,7 +193,8 @@ func (m *Member) agentOnce(ctx context.Context) error {
 	m.agent = a
 	m.stateMu.Unlock()
 	h, err := actions.NewHandler(actions.HandlerConfig{NodeName: m.Name, Executor: simExecutor{m: m, ctx: ctx},
-		StateDir: filepath.Join(cfg.Dir, m.Name+"-agent-state"), BootIDFile: kubeletsim.BootIDPath(m.Sim.Root()),
+		// Simulated reboots keep the directory, wherever cfg.Dir is.
+		StateDir: filepath.Join(cfg.Dir, m.Name+"-agent-state"), AllowVolatileStateDir: true, BootIDFile: kubeletsim.BootIDPath(m.Sim.Root()),
 		MaxRequestAge: time.Hour, Reporter: actions.NodeReporter{Client: m.client.CoreV1().Nodes(), NodeName: m.Name},
 		Finished: func(actions.Record) { a.Rescan() }, Log: log})
 	if err != nil {

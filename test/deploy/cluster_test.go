@@ -251,6 +251,11 @@ func TestCluster(t *testing.T) {
 
 	env := newClusterEnv(ctx, t, cp, admin, base)
 	t.Run("policy", func(t *testing.T) { testPolicy(ctx, t, env) })
+	t.Run("agent-status-fields", func(t *testing.T) { testAgentStatusFields(ctx, t, env) })
+	t.Run("coordinator-policy", func(t *testing.T) { testCoordinatorPolicy(ctx, t, env) })
+	t.Run("protocol-annotations", func(t *testing.T) { testProtocolAnnotations(ctx, t, env) })
+	t.Run("missing-binding", func(t *testing.T) { testMissingBinding(ctx, t, env) })
+	t.Run("renamed-namespace", func(t *testing.T) { testRenamedNamespace(ctx, t, env, a, base) })
 	t.Run("agent", func(t *testing.T) { testAgentRBAC(ctx, t, env) })
 	t.Run("coordinator", func(t *testing.T) { testCoordinatorRBAC(ctx, t, env) })
 	t.Run("end-to-end", func(t *testing.T) { testEndToEnd(ctx, t, env) })

@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	eventsv1 "k8s.io/api/events/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -34,6 +35,7 @@ import (
 	"github.com/tokenroll/tokenroll/agent"
 	"github.com/tokenroll/tokenroll/agent/actions"
 	coordinatorapp "github.com/tokenroll/tokenroll/cmd/tokenroll-coordinator/app"
+	"github.com/tokenroll/tokenroll/coordinator"
 	"github.com/tokenroll/tokenroll/internal/cli"
 	"github.com/tokenroll/tokenroll/internal/issuer"
 	"github.com/tokenroll/tokenroll/metrics"
@@ -258,6 +260,84 @@ func testEndToEnd(ctx context.Context, t *testing.T, env *clusterEnv) {
 			if !apierrors.IsNotFound(err) {
 				t.Errorf("reading a %s: %v, want NotFound (allowed, absent)", what, err)
 			}
+		}
+	})
+
+	// The static-pods gate under the coordinator's identity, on a real API
+	// server: its informers on kube-system's kube-apiserver pods and the
+	// kubernetes Service's EndpointSlices sync (the RBAC allows them); a pod
+	// anyone allowed to create pods in kube-system can make is ignored; a
+	// mirror pod whose status (the kubelet's to write) puts it on the
+	// Service's endpoint opens the gate. This control plane reconciles no
+	// endpoints and runs no kubelet: the test writes what they would.
+	t.Run("coordinator-static-pods-gate", func(t *testing.T) {
+		bg := context.Background()
+		// An address in a documentation range: an object's field, never dialled
+		// (the API server refuses loopback endpoints).
+		const apiserverAddr = "192.0.2.10"
+		mirror := func(node, issuer string) *corev1.Pod {
+			return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "kube-apiserver-" + node, Namespace: "kube-system",
+				Labels:          map[string]string{"component": "kube-apiserver"},
+				Annotations:     map[string]string{"kubernetes.io/config.mirror": "0123abcd"},
+				OwnerReferences: []metav1.OwnerReference{{APIVersion: "v1", Kind: "Node", Name: node, UID: types.UID("uid-" + node)}}},
+				Spec: corev1.PodSpec{NodeName: node, HostNetwork: true, AutomountServiceAccountToken: new(false),
+					Containers: []corev1.Container{{Name: "kube-apiserver", Image: "registry.example/kube-apiserver",
+						Command: []string{"kube-apiserver", "--service-account-issuer=" + issuer}}}}}
+		}
+		pods := env.admin.CoreV1().Pods("kube-system")
+		forged := mirror(nodeB, "https://forged.example")
+		if _, err := pods.Create(ctx, forged, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = pods.Delete(bg, forged.Name, metav1.DeleteOptions{}) }()
+		slices := env.admin.DiscoveryV1().EndpointSlices("default")
+		slice := &discoveryv1.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Name: "kubernetes", Labels: map[string]string{discoveryv1.LabelServiceName: "kubernetes"}},
+			AddressType: discoveryv1.AddressTypeIPv4, Endpoints: []discoveryv1.Endpoint{{Addresses: []string{apiserverAddr}, Conditions: discoveryv1.EndpointConditions{Ready: new(true)}}}}
+		if _, err := slices.Create(ctx, slice, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = slices.Delete(bg, slice.Name, metav1.DeleteOptions{}) }()
+
+		gate, err := coordinator.NewGate(ctx, coordinator.GateAuto, coord, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st := gate.State(); st.Provider != coordinator.GateNone {
+			t.Errorf("--gate=auto with only a forged mirror pod picked %s, want none", st.Provider)
+		}
+		gate, err = coordinator.NewGate(ctx, coordinator.GateStaticPods, coord, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		gctx, stop := context.WithTimeout(ctx, 30*time.Second)
+		defer stop()
+		changed := make(chan struct{}, 100)
+		if err := gate.Start(gctx, func() { changed <- struct{}{} }); err != nil {
+			t.Fatalf("the coordinator's identity cannot run the static-pods gate: %v", err)
+		}
+		if st := gate.State(); st.Open || !strings.Contains(st.Message, "no kube-apiserver mirror pods") || !strings.Contains(st.Message, "1 other pods labelled component=kube-apiserver ignored") {
+			t.Errorf("static-pods gate: %+v; want closed, no mirror pods, the forged one ignored", st)
+		}
+
+		real, err := pods.Create(ctx, mirror(nodeA, "https://real.example"), metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = pods.Delete(bg, real.Name, metav1.DeleteOptions{}) }()
+		real.Status = corev1.PodStatus{Phase: corev1.PodRunning, HostIP: apiserverAddr, HostIPs: []corev1.HostIP{{IP: apiserverAddr}},
+			Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}}
+		if _, err := pods.UpdateStatus(ctx, real, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		for st := gate.State(); !st.Open; st = gate.State() {
+			select {
+			case <-changed:
+			case <-gctx.Done():
+				t.Fatalf("the gate did not open on the mirror pod behind the kubernetes Service: %+v", st)
+			}
+		}
+		if st := gate.State(); st.SigningIssuer != "https://real.example" {
+			t.Errorf("static-pods gate: %+v; want open, signing with the mirror pod's issuer", st)
 		}
 	})
 

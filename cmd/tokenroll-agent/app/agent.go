@@ -48,8 +48,10 @@ type agentOptions struct {
 	IssuerRefresh time.Duration
 	// MetricsBindAddress serves /metrics, /healthz and /readyz.
 	MetricsBindAddress string
-	// MaxTokenSeries caps the per-token metric series.
-	MaxTokenSeries int
+	// MaxTokenSeries caps the per-token metric series, and
+	// MaxTokenSeriesPerNamespace one namespace's share of them (0: no cap
+	// of its own).
+	MaxTokenSeries, MaxTokenSeriesPerNamespace int
 	// Executor carries out requests: systemd (D-Bus) or command.
 	Executor string
 	// DryRun logs and reports what it would do, and does nothing.
@@ -64,6 +66,8 @@ type agentOptions struct {
 	CommandTimeout time.Duration
 	// StateDir keeps the record of requests acted on (a hostPath).
 	StateDir string
+	// AllowVolatileStateDir accepts a StateDir on tmpfs or ramfs.
+	AllowVolatileStateDir bool
 	// MaxRequestAge refuses older requests.
 	MaxRequestAge time.Duration
 	// RebootSentinel is the file whose presence means a reboot is required.
@@ -89,6 +93,8 @@ func newAgentOptions() *agentOptions {
 		MaxRequestAge:      time.Hour,
 		RebootSentinel:     actions.DefaultRebootSentinel,
 		BootIDFile:         actions.DefaultBootIDFile,
+
+		MaxTokenSeriesPerNamespace: 100,
 	}
 }
 
@@ -101,6 +107,7 @@ func (o *agentOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.IssuerRefresh, "issuer-refresh-interval", o.IssuerRefresh, "How often the API server's issuer is read from OIDC discovery.")
 	fs.StringVar(&o.MetricsBindAddress, "metrics-bind-address", o.MetricsBindAddress, "Address serving /metrics, /healthz and /readyz.")
 	fs.IntVar(&o.MaxTokenSeries, "max-token-series", o.MaxTokenSeries, "Most per-token metric series exported (only tokens that are not fresh get one).")
+	fs.IntVar(&o.MaxTokenSeriesPerNamespace, "max-token-series-per-namespace", o.MaxTokenSeriesPerNamespace, "Most per-token metric series one namespace gets, so one tenant cannot use the whole --max-token-series; 0 for no cap of its own.")
 	fs.StringVar(&o.Executor, "executor", o.Executor, "How requests are carried out: systemd (logind and systemd over D-Bus) or command.")
 	fs.BoolVar(&o.DryRun, "dry-run", o.DryRun, "Log and report what would be done; reboot and restart nothing.")
 	fs.StringVar(&o.SystemBus, "system-bus", o.SystemBus, "The host's D-Bus system bus address, mounted into the pod.")
@@ -109,6 +116,7 @@ func (o *agentOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.StringSliceVar(&o.KubeletRestartCommand, "kubelet-restart-command", o.KubeletRestartCommand, "With --executor=command: the command that restarts the kubelet (comma-separated argv).")
 	fs.DurationVar(&o.CommandTimeout, "command-timeout", o.CommandTimeout, "With --executor=command: how long a command may run.")
 	fs.StringVar(&o.StateDir, "state-dir", o.StateDir, "Directory (a hostPath) recording which requests were carried out, so none is carried out twice.")
+	fs.BoolVar(&o.AllowVolatileStateDir, "allow-volatile-state-dir", o.AllowVolatileStateDir, "Accept a --state-dir on tmpfs or ramfs, which a reboot empties (test harnesses whose simulated reboots do not); refused otherwise.")
 	fs.DurationVar(&o.MaxRequestAge, "max-request-age", o.MaxRequestAge, "Refuse requests older than this.")
 	fs.StringVar(&o.RebootSentinel, "reboot-sentinel", o.RebootSentinel, "File whose presence means the node needs a reboot (reported as an annotation); empty disables.")
 	fs.StringVar(&o.BootIDFile, "boot-id-file", o.BootIDFile, "File holding the current boot ID.")
@@ -141,6 +149,9 @@ func (o *agentOptions) Validate() error {
 	if o.MaxTokenSeries < 0 {
 		errs = append(errs, fmt.Errorf("--max-token-series=%d: must be 0 or more", o.MaxTokenSeries))
 	}
+	if o.MaxTokenSeriesPerNamespace < 0 {
+		errs = append(errs, fmt.Errorf("--max-token-series-per-namespace=%d: must be 0 (no cap of its own) or more", o.MaxTokenSeriesPerNamespace))
+	}
 	return errors.Join(errs...)
 }
 
@@ -162,7 +173,7 @@ func (o *agentOptions) run(ctx context.Context, e cli.Env) error {
 	a, err := agent.New(agent.Config{
 		NodeName: o.NodeName, KubeletRoot: o.KubeletRoot, Client: nodes, Discovery: discovery,
 		Interval: o.Interval, Grace: o.Grace, IssuerRefresh: o.IssuerRefresh,
-		MaxTokenSeries: o.MaxTokenSeries, Registry: reg, Log: e.Log.With(zap.String("node", o.NodeName)),
+		MaxTokenSeries: o.MaxTokenSeries, MaxTokenSeriesPerNamespace: o.MaxTokenSeriesPerNamespace, Registry: reg, Log: e.Log.With(zap.String("node", o.NodeName)),
 	})
 	if err != nil {
 		return err
@@ -181,14 +192,14 @@ func (o *agentOptions) run(ctx context.Context, e cli.Env) error {
 		}
 	}
 	handler, err := actions.NewHandler(actions.HandlerConfig{
-		NodeName: o.NodeName, Executor: exec, StateDir: o.StateDir, BootIDFile: o.BootIDFile, MaxRequestAge: o.MaxRequestAge,
+		NodeName: o.NodeName, Executor: exec, StateDir: o.StateDir, AllowVolatileStateDir: o.AllowVolatileStateDir, BootIDFile: o.BootIDFile, MaxRequestAge: o.MaxRequestAge,
 		Reporter: actions.NodeReporter{Client: nodes, NodeName: o.NodeName}, Finished: func(actions.Record) { a.Rescan() }, Registry: reg, Log: e.Log.With(zap.String("node", o.NodeName)),
 	})
 	if err != nil {
 		return err
 	}
 	watcher, err := actions.NewWatcher(actions.WatcherConfig{Client: nodes, NodeName: o.NodeName, Handler: handler,
-		RebootSentinel: o.RebootSentinel, Log: e.Log.With(zap.String("node", o.NodeName))})
+		RebootSentinel: o.RebootSentinel, OnNode: a.ObserveNode, Log: e.Log.With(zap.String("node", o.NodeName))})
 	if err != nil {
 		return err
 	}

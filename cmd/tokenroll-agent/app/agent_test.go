@@ -19,6 +19,7 @@ import (
 
 	"github.com/tokenroll/tokenroll/internal/cli"
 	"github.com/tokenroll/tokenroll/internal/cli/clitest"
+	"github.com/tokenroll/tokenroll/protocol"
 	"github.com/tokenroll/tokenroll/sandbox/controlplane"
 	"github.com/tokenroll/tokenroll/sandbox/kubeletsim"
 	"github.com/tokenroll/tokenroll/sandbox/simtest"
@@ -26,8 +27,8 @@ import (
 
 func TestValidateReportsEveryBadFlag(t *testing.T) {
 	clitest.ExpectUsage(t, NewCommand,
-		clitest.Usage{Args: []string{"--node-name=", "--kubelet-root=rel", "--interval=0s", "--metrics-bind-address=nope", "--max-token-series=-1"},
-			Want: []string{"--node-name is required", "--kubelet-root=\"rel\"", "--interval=0s", "--metrics-bind-address=\"nope\"", "--max-token-series=-1"}},
+		clitest.Usage{Args: []string{"--node-name=", "--kubelet-root=rel", "--interval=0s", "--metrics-bind-address=nope", "--max-token-series=-1", "--max-token-series-per-namespace=-2"},
+			Want: []string{"--node-name is required", "--kubelet-root=\"rel\"", "--interval=0s", "--metrics-bind-address=\"nope\"", "--max-token-series=-1", "--max-token-series-per-namespace=-2"}},
 		clitest.Usage{Args: []string{"--node-name=n", "--executor=magic", "--command-timeout=0s", "--max-request-age=1s", "--state-dir=rel", "--log-level=loud"},
 			Want: []string{"--executor=\"magic\"", "--command-timeout=0s", "--max-request-age=1s", "--state-dir=\"rel\"", "--log-level=\"loud\""}},
 		clitest.Usage{Args: []string{"--node-name=n", "--executor=command"}, Want: []string{"--executor=command needs --reboot-command"}},
@@ -143,4 +144,56 @@ func TestAgentCommandServesLintCleanMetrics(t *testing.T) {
 			t.Errorf("log line with token-like content: %.120s", line)
 		}
 	}
+}
+
+// A Node deleted and registered again under the same name gets the agent's
+// condition and report back without waiting for the tokens to change: the
+// agent compares the Node its watch sees with what it wrote. (Its scans
+// would not write them: nothing changed on the node.)
+func TestAgentCommandRewritesARegisteredAgainNode(t *testing.T) {
+	c := simtest.Start(t, controlplane.DefaultIssuer, "node-1")
+	c.PrepareBuildNamespace(t, "build")
+	mark := c.Events.Mark()
+	c.CreatePod(t, simtest.BuildRobotPod("nginx", "build", "node-1"))
+	c.Events.Wait(t, mark, "nginx synced", simtest.Is(kubeletsim.EventPodSynced, "node-1", "nginx", ""))
+	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := controlplane.WriteKubeconfig(kubeconfig, c.CP.AdminConfig()); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var stderr bytes.Buffer
+	exit := make(chan int, 1)
+	go func() {
+		exit <- cli.Execute(ctx, NewCommand(io.Discard, &stderr), []string{"--node-name=node-1", "--kubelet-root=" + c.Nodes["node-1"].Root(),
+			"--kubeconfig=" + kubeconfig, "--metrics-bind-address=" + freeAddr(t), "--log-format=json",
+			"--state-dir=" + t.TempDir(), "--reboot-sentinel=", "--dry-run"})
+	}()
+	defer func() {
+		cancel()
+		<-exit
+	}()
+	reported := func(n *corev1.Node) bool {
+		_, ok := n.Annotations[protocol.AnnotationTokens]
+		for _, cond := range n.Status.Conditions {
+			if string(cond.Type) == protocol.ConditionTokensStale {
+				return ok
+			}
+		}
+		return false
+	}
+	first := c.WaitNode(t, "node-1", "the agent's first report", reported)
+
+	// Registered again: a new Node of the same name, without either.
+	if err := c.Admin.CoreV1().Nodes().Delete(ctx, "node-1", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	again := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-1", Labels: first.Labels}}
+	if _, err := c.Admin.CoreV1().Nodes().Create(ctx, again, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	n := c.WaitNode(t, "node-1", "the report on the Node registered again", reported)
+	if n.UID == first.UID {
+		t.Fatalf("the Node was not replaced")
+	}
+
 }

@@ -82,7 +82,7 @@ func (o *clusterOptions) gateAndIssuer(ctx context.Context, client kubernetes.In
 	if err != nil {
 		return coordinator.GateState{}, "", fmt.Errorf("reading the API server's issuer (OIDC discovery): %w", err)
 	}
-	return gate.State(), iss, nil
+	return gate.State().WithDiscovery(iss), iss, nil
 }
 
 // statusOptions configure `tokenroll status`.
