@@ -166,7 +166,7 @@ func TestRetryForgetsAnUnresolvedNode(t *testing.T) {
 // A node a person annotated tokenroll.io/exclude is never planned or
 // cordoned; the rollout ends without it and says so.
 func TestExcludedNodeIsNeverTouched(t *testing.T) {
-	excluded := func(n *corev1.Node) { n.Annotations[protocol.AnnotationExclude] = "disk replacement, ticket 4711" }
+	excluded := func(n *corev1.Node) { n.Annotations[AnnotationExclude] = "disk replacement, ticket 4711" }
 	f := newFixture(t, testNode("n1", excluded, withReport(expiredReport())), testNode("n2", withReport(expiredReport())), stateConfigMap(State{ObservedIssuer: newIssuer, ObservedIssuerAt: t0}))
 	f.cfg.Auto, f.cfg.Strategy = true, KubeletRestart
 	f.sync()
@@ -211,7 +211,7 @@ func TestExcludedWhileDrainingStops(t *testing.T) {
 	f.sync()
 	f.writes()
 	f.takeEvents()
-	f.updateNode("n1", func(n *corev1.Node) { n.Annotations[protocol.AnnotationExclude] = "mine now" })
+	f.updateNode("n1", func(n *corev1.Node) { n.Annotations[AnnotationExclude] = "mine now" })
 	f.clock.Step(time.Minute)
 	f.sync()
 	f.awaitDrainEnd()
@@ -369,7 +369,7 @@ func TestStatusShowsWaitsUnresolvedExcludedAndDryRuns(t *testing.T) {
 	st := State{Rollout: dry, Waiting: &Wait{Reason: WaitMaxUnavailable, Message: "nodes waiting (outOfServiceNodes=n4 NotReady)", Since: t0.Add(-45 * time.Minute)},
 		Retry: []RetryRequest{{Node: "n1", RequestedBy: "bob"}}}
 	f := newFixture(t, testNode("n1", withReport(oldIssuerReport()), inStep(u)),
-		testNode("n2", func(n *corev1.Node) { n.Annotations[protocol.AnnotationExclude] = "disk\x1b[2J swap" }),
+		testNode("n2", func(n *corev1.Node) { n.Annotations[AnnotationExclude] = "disk\x1b[2J swap" }),
 		testNode("n3"), testNode("n4", notReady), stateConfigMap(st))
 	rep, err := BuildStatus(f.ctx, f.client, testNS, newIssuer, GateState{Provider: GateNone, Open: true, Message: "no revision gate"}, t0)
 	if err != nil {

@@ -99,7 +99,7 @@ func sortPlan(nodes []PlannedNode) {
 
 func nodeNeed(in PlanInput, trusted map[string]TrustedIssuer, n *corev1.Node) (need bool, trigger string, deadline time.Time, why string) {
 	if ex := excludedBy(n); ex != "" {
-		return false, "", time.Time{}, "excluded (" + protocol.AnnotationExclude + "): " + ex
+		return false, "", time.Time{}, "excluded (" + AnnotationExclude + "): " + ex
 	}
 	if rr, err := protocol.ParseRebootRequired(n.Annotations[protocol.AnnotationRebootRequired]); err != nil {
 		return false, "", time.Time{}, err.Error()

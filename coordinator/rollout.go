@@ -154,10 +154,18 @@ func mcoBusy(n *corev1.Node) string {
 	return ""
 }
 
+// AnnotationExclude, set by a person to any value (the reason, shown in
+// status), keeps tokenroll off a node: it is never planned, cordoned or
+// acted on, and work in progress on it stops with its cordon left as it
+// is. It is a person's word to the coordinator, not part of the protocol
+// between the agent and the coordinator: anyone who may patch Nodes may
+// set it, and neither component writes it.
+const AnnotationExclude = protocol.Prefix + "exclude"
+
 // excludedBy returns the reason a person gave for excluding the node from
 // tokenroll (AnnotationExclude), or "".
 func excludedBy(n *corev1.Node) string {
-	v, ok := n.Annotations[protocol.AnnotationExclude]
+	v, ok := n.Annotations[AnnotationExclude]
 	if !ok {
 		return ""
 	}

@@ -34,17 +34,12 @@ const (
 	// it alone until its stale tokens change (Evidence) or a person asks
 	// for a retry.
 	StepUnresolved Step = "unresolved"
-	// StepExcluded: a person excluded the node (AnnotationExclude) while we
-	// worked on it: our work on it ended there and its cordon was left as
+	// StepExcluded: a person excluded the node (tokenroll.io/exclude) while
+	// we worked on it: our work on it ended there and its cordon was left as
 	// it was.
 	StepExcluded Step = "excluded"
 )
 
-// AnnotationExclude, set by a person to any value (the reason, shown in
-// status), keeps tokenroll off a node: it is never planned, cordoned or
-// acted on, and work in progress on it stops with its cordon left as it
-// is.
-const AnnotationExclude = Prefix + "exclude"
 
 // InProgress reports whether a node in step s is being disrupted by us.
 func (s Step) InProgress() bool { return s == StepCordoned || s == StepActing }
