@@ -40,7 +40,6 @@ const (
 	StepExcluded Step = "excluded"
 )
 
-
 // InProgress reports whether a node in step s is being disrupted by us.
 func (s Step) InProgress() bool { return s == StepCordoned || s == StepActing }
 
