@@ -152,6 +152,9 @@ func TestVerify(t *testing.T) {
 		// with reason, saying waiting.
 		halts           time.Duration
 		reason, waiting string
+		// unresolved: the wait ends with the node unresolved, the rollout
+		// going on, instead of a halt.
+		unresolved bool
 	}
 	const verifyDeadline = 19 * time.Minute // the action asked for a minute ago
 	byStrategy := map[protocol.Strategy][]tc{
@@ -160,9 +163,9 @@ func TestVerify(t *testing.T) {
 			{name: "running", opts: opts(agentStatus(req, protocol.PhaseRunning, "")), after: 14 * time.Minute, reason: HaltActionTimeout, waiting: notRestarted},
 			{name: "done for an earlier request", opts: opts(agentStatus("r-test-0000dead", protocol.PhaseDone, "")), after: 14 * time.Minute, reason: HaltActionTimeout, waiting: notRestarted},
 			{name: "done, node not Ready", opts: opts(agentStatus(req, protocol.PhaseDone, ""), notReady), after: verifyDeadline, reason: HaltVerifyTimeout, waiting: notReadyYet},
-			{name: "done, old-issuer tokens", opts: opts(agentStatus(req, protocol.PhaseDone, ""), withReport(oldIssuerReport())), after: verifyDeadline, reason: HaltVerifyTimeout, waiting: oldTokens},
+			{name: "done, old-issuer tokens", opts: opts(agentStatus(req, protocol.PhaseDone, ""), withReport(oldIssuerReport())), after: verifyDeadline, reason: HaltVerifyTimeout, waiting: oldTokens, unresolved: true},
 			{name: "done, expired tokens", opts: opts(agentStatus(req, protocol.PhaseDone, ""), withReport(expiredReport())), after: verifyDeadline, reason: HaltVerifyTimeout,
-				waiting: "the agent reports 1 tokens expired or overdue"},
+				waiting: "the agent reports 1 tokens expired or overdue", unresolved: true},
 			{name: "done, no report", opts: opts(agentStatus(req, protocol.PhaseDone, ""), func(n *corev1.Node) { delete(n.Annotations, protocol.AnnotationTokens) }), after: verifyDeadline,
 				reason: HaltVerifyTimeout, waiting: "no token report from the agent"},
 			{name: "done and clean", opts: opts(agentStatus(req, protocol.PhaseDone, "")), done: true},
@@ -170,12 +173,12 @@ func TestVerify(t *testing.T) {
 		Reboot: {
 			{name: "same boot ID", after: 14 * time.Minute, reason: HaltNodeNotBack, waiting: notBack},
 			{name: "new boot ID, not Ready", opts: opts(bootID("boot-2"), notReady), after: 14 * time.Minute, reason: HaltNodeNotBack, waiting: notBack},
-			{name: "new boot ID, report from before the reboot", opts: opts(bootID("boot-2"), withReport(oldIssuerReport())), after: verifyDeadline, reason: HaltVerifyTimeout, waiting: oldTokens},
+			{name: "new boot ID, report from before the reboot", opts: opts(bootID("boot-2"), withReport(oldIssuerReport())), after: verifyDeadline, reason: HaltVerifyTimeout, waiting: oldTokens, unresolved: true},
 			{name: "new boot ID, Ready, clean", opts: opts(bootID("boot-2")), done: true},
 		},
 		PodRestart: {
 			{name: "old-issuer tokens", opts: opts(withReport(oldIssuerReport())), objs: objs(replicaSet("app", "web", 2, 2)), after: 2 * time.Second,
-				halts: verifyDeadline, reason: HaltVerifyTimeout, waiting: oldTokens},
+				halts: verifyDeadline, reason: HaltVerifyTimeout, waiting: oldTokens, unresolved: true},
 			{name: "ReplicaSet not ready", objs: objs(replicaSet("app", "web", 2, 1), statefulSet("app", "db", 1, 1)), after: 2 * time.Second,
 				halts: verifyDeadline, reason: HaltVerifyTimeout, waiting: "ReplicaSet/app/web has 1 of 2 replicas ready"},
 			{name: "StatefulSet not ready", objs: objs(replicaSet("app", "web", 2, 2), statefulSet("app", "db", 3, 2)), after: 2 * time.Second,
@@ -215,6 +218,13 @@ func TestVerify(t *testing.T) {
 				f.sync()
 				at := t0.Add(halts)
 				msg := fmt.Sprintf("%s after %s", c.waiting, at.Sub(st.StepAt))
+				if c.unresolved {
+					u := unresolved(st, at, msg, f.node("n1"))
+					fin := finished(rollout(strategy, "n1"), RolloutDone, at)
+					fin.Rollout.Message = "1 nodes unresolved, their tokens still stale after the action (n1): tokenroll rollout retry NODE"
+					f.expectWrites(patchNode("n1", &u, ptr(false)), updateState(fin))
+					return
+				}
 				h := halted(st, at, c.reason, msg)
 				f.expectWrites(patchNode("n1", &h, ptr(false)), updateState(haltedState(rollout(strategy, "n1"), "n1", c.reason, msg, at)))
 			})
@@ -420,8 +430,9 @@ func TestHalt(t *testing.T) {
 			run: waitFor(actingKR, 15*time.Minute), reason: HaltActionTimeout, msg: "the agent has not reported the kubelet restarted after 15m0s"},
 		{name: "node not back", strategy: Reboot, n1: opts(cordoned, inStep(actingReboot)),
 			run: waitFor(actingReboot, 14*time.Minute, time.Minute), reason: HaltNodeNotBack, msg: "the node is not back with a new boot ID and Ready after 15m0s"},
-		{name: "verify timed out", strategy: KubeletRestart, n1: opts(cordoned, inStep(actingKR), agentStatus(req, protocol.PhaseDone, ""), withReport(oldIssuerReport())),
-			run: waitFor(actingKR, 15*time.Minute, 5*time.Minute), reason: HaltVerifyTimeout, msg: "the agent reports 2 tokens from https://old.tokenroll.test, not https://new.tokenroll.test after 20m0s"},
+		{name: "verify timed out without a report", strategy: KubeletRestart,
+			n1:  opts(cordoned, inStep(actingKR), agentStatus(req, protocol.PhaseDone, ""), func(n *corev1.Node) { delete(n.Annotations, protocol.AnnotationTokens) }),
+			run: waitFor(actingKR, 15*time.Minute, 5*time.Minute), reason: HaltVerifyTimeout, msg: "no token report from the agent after 20m0s"},
 		{name: "verify timed out on a node found cordoned", strategy: KubeletRestart,
 			n1:  opts(cordoned, inStep(func() protocol.NodeState { s := actingKR; s.CordonedByUs = false; return s }()), agentStatus(req, protocol.PhaseDone, ""), notReady),
 			run: waitFor(func() protocol.NodeState { s := actingKR; s.CordonedByUs = false; return s }(), 20*time.Minute), reason: HaltVerifyTimeout,

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -66,7 +67,10 @@ type Config struct {
 	WriteRetry apiretry.Policy
 	// Auto plans rollouts from what the agents report; false leaves
 	// starting rollouts to administrators.
-	Auto     bool
+	Auto bool
+	// DryRun makes every rollout a dry run: planned, with what would be
+	// done to each node recorded, and nothing done.
+	DryRun   bool
 	Drainer  Drainer
 	Registry prometheus.Registerer
 	Log      *zap.Logger
@@ -118,6 +122,11 @@ type term struct {
 	// lastVerified is when the last node was verified (overhead metric).
 	lastVerified time.Time
 	lastLogged   string
+	// syncWait is what the current sync waits for (wait.go).
+	syncWait *Wait
+	// uncordoned are in-progress nodes the watch saw made schedulable by
+	// someone else (node.go).
+	uncordoned map[string]bool
 }
 
 // prepJob is a strategy's preparation running for one node.
@@ -208,6 +217,9 @@ func (c *Coordinator) Lead(ctx context.Context) error {
 	if _, err := nodeInf.AddEventHandler(onChange(t.nodes, enqueue)); err != nil {
 		return err
 	}
+	if _, err := nodeInf.AddEventHandler(cache.ResourceEventHandlerFuncs{UpdateFunc: t.nodeUpdated}); err != nil {
+		return err
+	}
 	if _, err := cmInf.AddEventHandler(onChange(t.cm, enqueue)); err != nil {
 		return err
 	}
@@ -261,7 +273,7 @@ func (c *Coordinator) Lead(ctx context.Context) error {
 // newTerm starts a term on the informers' stores of Nodes and of the state
 // ConfigMap.
 func (c *Coordinator) newTerm(logger klog.Logger, nodes, cms cache.Store) *term {
-	t := &term{c: c, jobs: map[string]*prepJob{}, nodeKeys: nodes}
+	t := &term{c: c, jobs: map[string]*prepJob{}, nodeKeys: nodes, uncordoned: map[string]bool{}}
 	t.queue = workqueue.NewTypedRateLimitingQueueWithConfig(
 		workqueue.NewTypedItemExponentialFailureRateLimiter[string](100*time.Millisecond, 30*time.Second),
 		workqueue.TypedRateLimitingQueueConfig[string]{Name: "tokenroll-coordinator", Clock: c.cfg.Clock})
@@ -360,14 +372,30 @@ type world struct {
 // sync is the whole reconciliation: it returns when it wants to run again
 // (0: on the next change only).
 func (t *term) sync(ctx context.Context) (time.Duration, error) {
+	t.mu.Lock()
+	t.syncWait = nil
+	t.mu.Unlock()
 	w, err := t.observe(ctx)
 	if err != nil {
 		return 0, err
 	}
+	d, err := t.reconcile(ctx, w)
+	if err != nil {
+		return 0, err
+	}
+	return d, t.publishWait(ctx, w.now)
+}
+
+// reconcile is one sync's decisions on the world it observed.
+func (t *term) reconcile(ctx context.Context, w world) (time.Duration, error) {
+	var err error
 	if w.gate.Open && w.discovered && w.state.ObservedIssuer != w.issuer {
 		prev := w.state.ObservedIssuer
 		if _, err := t.updateState(ctx, func(st *State) error {
 			st.ObservedIssuer, st.ObservedIssuerAt = w.issuer, w.now
+			if st.Waiting != nil && st.Waiting.Reason == WaitIssuerUnknown {
+				st.Waiting = nil
+			}
 			return nil
 		}); err != nil {
 			return 0, err
@@ -379,6 +407,9 @@ func (t *term) sync(ctx context.Context) (time.Duration, error) {
 		if w.state, err = t.applySteer(ctx, w); err != nil {
 			return 0, err
 		}
+	}
+	if len(w.state.Retry) > 0 {
+		return 0, t.applyRetries(ctx, w)
 	}
 	r := w.state.Active()
 	if r == nil {
@@ -406,9 +437,18 @@ func (t *term) observe(ctx context.Context) (world, error) {
 	}
 	w.nodes = t.listNodes()
 	w.byName = make(map[string]*corev1.Node, len(w.nodes))
+	unresolved, excluded := 0, 0
 	for _, n := range w.nodes {
 		w.byName[n.Name] = n
+		if excludedBy(n) != "" {
+			excluded++
+		}
+		if strings.Contains(n.Annotations[protocol.AnnotationNodeState], string(protocol.StepUnresolved)) && unresolvedState(n) != nil {
+			unresolved++
+		}
 	}
+	t.c.m.unresolved.Set(float64(unresolved))
+	t.c.m.excluded.Set(float64(excluded))
 	return w, nil
 }
 
@@ -516,7 +556,7 @@ func (t *term) maybeStart(ctx context.Context, w world) (time.Duration, error) {
 	cfg := t.c.cfg
 	if w.issuer == "" {
 		if w.state.Start != nil {
-			t.logOnChange("a start request waits until the API servers' issuer is known (read when the revision gate is open)")
+			t.wait(WaitIssuerUnknown, "a start request waits until the API servers' issuer is known (read when the revision gate is open)")
 		}
 		return 0, nil
 	}
@@ -525,7 +565,7 @@ func (t *term) maybeStart(ctx context.Context, w world) (time.Duration, error) {
 		var nodes []PlannedNode
 		if err == nil {
 			for _, n := range w.nodes {
-				if sel.Matches(labels.Set(n.Labels)) {
+				if sel.Matches(labels.Set(n.Labels)) && excludedBy(n) == "" {
 					nodes = append(nodes, PlannedNode{Name: n.Name, Strategy: req.Strategy, Reason: "requested by " + orUnknown(req.RequestedBy)})
 				}
 			}
@@ -535,7 +575,7 @@ func (t *term) maybeStart(ctx context.Context, w world) (time.Duration, error) {
 		if req.RequestedBy != "" {
 			trigger += " (" + req.RequestedBy + ")"
 		}
-		return 0, t.startRollout(ctx, w, trigger, req.Strategy, nodes, err)
+		return 0, t.startRollout(ctx, w, trigger, req.Strategy, nodes, err, req.DryRun || cfg.DryRun)
 	}
 	if !cfg.Auto || !w.gate.Open {
 		return 0, nil
@@ -545,7 +585,8 @@ func (t *term) maybeStart(ctx context.Context, w world) (time.Duration, error) {
 		WaitForReports: w.now.Before(waitUntil), Nodes: w.nodes})
 	t.c.m.staleNodes.Set(float64(len(p.Nodes)))
 	if len(p.Waiting) > 0 {
-		cfg.Log.Info("waiting for agents to report under the new issuer before planning", zap.Strings("nodes", p.Waiting), zap.Time("until", waitUntil))
+		t.wait(WaitAgentReports, "waiting for agents to report under the new issuer before planning",
+			zap.String("nodes", namesOf(p.Waiting)), zap.Time("until", waitUntil))
 		return waitUntil.Sub(w.now), nil
 	}
 	if len(p.Nodes) == 0 {
@@ -560,7 +601,10 @@ func (t *term) maybeStart(ctx context.Context, w world) (time.Duration, error) {
 			trigger += tr
 		}
 	}
-	return 0, t.startRollout(ctx, w, trigger, cfg.Strategy, p.Nodes, nil)
+	if last := w.state.Rollout; cfg.DryRun && last != nil && last.DryRun && samePlan(last.Nodes, p.Nodes) {
+		return 0, nil // that dry run said it all already
+	}
+	return 0, t.startRollout(ctx, w, trigger, cfg.Strategy, p.Nodes, nil, cfg.DryRun)
 }
 
 func orUnknown(s string) string {
@@ -570,14 +614,20 @@ func orUnknown(s string) string {
 	return s
 }
 
-func (t *term) startRollout(ctx context.Context, w world, trigger string, strategy protocol.Strategy, nodes []PlannedNode, selErr error) error {
+func (t *term) startRollout(ctx context.Context, w world, trigger string, strategy protocol.Strategy, nodes []PlannedNode, selErr error, dryRun bool) error {
 	r := &Rollout{ID: "r-" + w.now.Format("20060102-150405") + "-" + randHex(2), Trigger: trigger, Strategy: strategy,
-		Phase: RolloutRunning, Issuer: w.issuer, Nodes: nodes, CreatedAt: w.now, UpdatedAt: w.now}
+		Phase: RolloutRunning, Issuer: w.issuer, Nodes: nodes, DryRun: dryRun, CreatedAt: w.now, UpdatedAt: w.now}
 	switch {
 	case selErr != nil:
 		r.Phase, r.FinishedAt, r.Message = RolloutCancelled, w.now, fmt.Sprintf("the node selector is not valid: %v", selErr)
 	case len(nodes) == 0:
 		r.Phase, r.FinishedAt, r.Message = RolloutDone, w.now, "no node matched; nothing to do"
+	case dryRun:
+		for i := range r.Nodes {
+			r.Nodes[i].Would = t.wouldDo(ctx, w, r.Nodes[i])
+		}
+		r.Phase, r.FinishedAt = RolloutDone, w.now
+		r.Message = fmt.Sprintf("dry run: nothing was cordoned, drained or requested; %d nodes would be remediated", len(nodes))
 	}
 	if _, err := t.updateState(ctx, func(st *State) error {
 		if st.Active() != nil {
@@ -586,15 +636,20 @@ func (t *term) startRollout(ctx context.Context, w world, trigger string, strate
 		if st.Rollout != nil {
 			st.Last = st.Rollout
 		}
-		st.Rollout, st.Start = r, nil
+		st.Rollout, st.Start, st.Waiting = r, nil, nil
 		return nil
 	}); err != nil {
 		return err
 	}
 	t.c.cfg.Log.Info("rollout planned", zap.String("rollout", r.ID), zap.String("trigger", trigger), zap.String("strategy", string(strategy)),
 		zap.Int("nodes", len(nodes)), zap.String("phase", string(r.Phase)), zap.String("message", r.Message))
-	for _, pn := range nodes {
-		if n := w.byName[pn.Name]; n != nil {
+	for _, pn := range r.Nodes {
+		n := w.byName[pn.Name]
+		switch {
+		case n == nil:
+		case dryRun:
+			t.event(n, corev1.EventTypeNormal, "DryRun", "Plan", "dry run %s (%s), %s: would %s", r.ID, trigger, pn.Reason, pn.Would)
+		default:
 			t.event(n, corev1.EventTypeNormal, "RolloutPlanned", "Plan", "rollout %s (%s) will %s this node: %s", r.ID, trigger, pn.Strategy, pn.Reason)
 		}
 	}
@@ -652,17 +707,4 @@ func (t *term) node(name string) *corev1.Node {
 func (t *term) event(n *corev1.Node, typ, reason, action, note string, args ...any) {
 	ref := &corev1.ObjectReference{Kind: "Node", Name: n.Name, UID: n.UID, APIVersion: "v1"}
 	t.recorder.Eventf(ref, nil, typ, reason, action, note, args...)
-}
-
-// logOnChange logs msg at info level when it differs from the last one
-// logged this way, so a wait is logged when it begins, not on every sync.
-func (t *term) logOnChange(msg string, fields ...zap.Field) {
-	key := msg + fmt.Sprint(fields)
-	t.mu.Lock()
-	same := t.lastLogged == key
-	t.lastLogged = key
-	t.mu.Unlock()
-	if !same {
-		t.c.cfg.Log.Info(msg, fields...)
-	}
 }

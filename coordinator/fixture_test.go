@@ -485,6 +485,16 @@ func (f *fixture) updateNode(name string, change func(*corev1.Node)) {
 	}
 }
 
+// watchSees delivers a Node update to the leader's event handler, as its
+// informer would: a later sync may see only the newest version.
+func (f *fixture) watchSees(oldNode, newNode *corev1.Node) {
+	f.t.Helper()
+	if f.term == nil {
+		f.lead()
+	}
+	f.term.nodeUpdated(oldNode, newNode)
+}
+
 // state reads the rollout state as the cluster holds it.
 func (f *fixture) state() State {
 	f.t.Helper()

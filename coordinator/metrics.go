@@ -11,7 +11,7 @@ import (
 var rolloutPhases = []string{"none", string(RolloutRunning), string(RolloutPaused), string(RolloutHalted), string(RolloutCancelled), string(RolloutDone)}
 
 // nodeCountLabels are the values of tokenroll_rollout_nodes's label.
-var nodeCountLabels = []string{"pending", "in_progress", "done", "halted", "skipped"}
+var nodeCountLabels = []string{"pending", "in_progress", "done", "halted", "unresolved", "excluded", "skipped"}
 
 type coordinatorMetrics struct {
 	leader         prometheus.Gauge
@@ -25,6 +25,10 @@ type coordinatorMetrics struct {
 	halts          *prometheus.CounterVec
 	overhead       prometheus.Histogram
 	staleNodes     prometheus.Gauge
+	waiting        *prometheus.GaugeVec
+	waitingSince   prometheus.Gauge
+	unresolved     prometheus.Gauge
+	excluded       prometheus.Gauge
 }
 
 func newCoordinatorMetrics(reg prometheus.Registerer) *coordinatorMetrics {
@@ -55,6 +59,14 @@ func newCoordinatorMetrics(reg prometheus.Registerer) *coordinatorMetrics {
 			Buckets: []float64{0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}}),
 		staleNodes: f.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "nodes_needing_work",
 			Help: "Nodes the planner finds needing work now (stale or old-issuer tokens, a required reboot)."}),
+		waiting: f.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "rollout_waiting",
+			Help: "1 for what the coordinator waits for while none of its nodes is in progress (gate-closed, issuer-unknown, agent-reports, max-unavailable, node-not-ready, machine-config), 0 for the others."}, []string{"reason"}),
+		waitingSince: f.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "rollout_waiting_since_timestamp_seconds",
+			Help: "Since when the coordinator waits for the reason tokenroll_rollout_waiting names (Unix time); 0 when it is not waiting."}),
+		unresolved: f.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "nodes_unresolved",
+			Help: "Nodes whose tokens were still stale after their remediation was verified: left alone until their stale tokens change or a person asks for a retry."}),
+		excluded: f.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "nodes_excluded",
+			Help: "Nodes a person excluded from tokenroll (annotation tokenroll.io/exclude)."}),
 	}
 	for _, p := range rolloutPhases {
 		m.phase.WithLabelValues(p)
@@ -65,7 +77,20 @@ func newCoordinatorMetrics(reg prometheus.Registerer) *coordinatorMetrics {
 	for _, r := range HaltReasons {
 		m.halts.WithLabelValues(r)
 	}
+	m.setWaiting(nil)
 	return m
+}
+
+// setWaiting exports w (nil: not waiting).
+func (m *coordinatorMetrics) setWaiting(w *Wait) {
+	for _, r := range WaitReasons {
+		m.waiting.WithLabelValues(r).Set(b2f(w != nil && w.Reason == r))
+	}
+	if w == nil {
+		m.waitingSince.Set(0)
+		return
+	}
+	m.waitingSince.Set(float64(w.Since.Unix()))
 }
 
 func (m *coordinatorMetrics) setPhase(p string) {

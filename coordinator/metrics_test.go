@@ -112,9 +112,15 @@ tokenroll_node_step_duration_seconds_bucket{step="total",strategy="reboot",le="1
 tokenroll_node_step_duration_seconds_bucket{step="total",strategy="reboot",le="+Inf"} 1
 tokenroll_node_step_duration_seconds_sum{step="total",strategy="reboot"} 120
 tokenroll_node_step_duration_seconds_count{step="total",strategy="reboot"} 1
+# HELP tokenroll_nodes_excluded Nodes a person excluded from tokenroll (annotation tokenroll.io/exclude).
+# TYPE tokenroll_nodes_excluded gauge
+tokenroll_nodes_excluded 0
 # HELP tokenroll_nodes_needing_work Nodes the planner finds needing work now (stale or old-issuer tokens, a required reboot).
 # TYPE tokenroll_nodes_needing_work gauge
 tokenroll_nodes_needing_work 0
+# HELP tokenroll_nodes_unresolved Nodes whose tokens were still stale after their remediation was verified: left alone until their stale tokens change or a person asks for a retry.
+# TYPE tokenroll_nodes_unresolved gauge
+tokenroll_nodes_unresolved 0
 # HELP tokenroll_rollout_halts_total Rollouts halted, by reason.
 # TYPE tokenroll_rollout_halts_total counter
 tokenroll_rollout_halts_total{reason="ActionFailed"} 0
@@ -123,14 +129,17 @@ tokenroll_rollout_halts_total{reason="CordonFailed"} 0
 tokenroll_rollout_halts_total{reason="DrainFailed"} 0
 tokenroll_rollout_halts_total{reason="DrainTimeout"} 0
 tokenroll_rollout_halts_total{reason="NodeNotBack"} 0
+tokenroll_rollout_halts_total{reason="Uncordoned"} 0
 tokenroll_rollout_halts_total{reason="VerifyTimeout"} 0
 # HELP tokenroll_rollout_nodes Nodes of the current rollout by state.
 # TYPE tokenroll_rollout_nodes gauge
 tokenroll_rollout_nodes{state="done"} 1
+tokenroll_rollout_nodes{state="excluded"} 0
 tokenroll_rollout_nodes{state="halted"} 0
 tokenroll_rollout_nodes{state="in_progress"} 1
 tokenroll_rollout_nodes{state="pending"} 1
 tokenroll_rollout_nodes{state="skipped"} 0
+tokenroll_rollout_nodes{state="unresolved"} 0
 # HELP tokenroll_rollout_phase 1 for the current rollout's phase (none when there is no rollout), 0 for the others.
 # TYPE tokenroll_rollout_phase gauge
 tokenroll_rollout_phase{phase="cancelled"} 0
@@ -139,6 +148,17 @@ tokenroll_rollout_phase{phase="halted"} 0
 tokenroll_rollout_phase{phase="none"} 0
 tokenroll_rollout_phase{phase="paused"} 0
 tokenroll_rollout_phase{phase="running"} 1
+# HELP tokenroll_rollout_waiting 1 for what the coordinator waits for while none of its nodes is in progress (gate-closed, issuer-unknown, agent-reports, max-unavailable, node-not-ready, machine-config), 0 for the others.
+# TYPE tokenroll_rollout_waiting gauge
+tokenroll_rollout_waiting{reason="agent-reports"} 0
+tokenroll_rollout_waiting{reason="gate-closed"} 0
+tokenroll_rollout_waiting{reason="issuer-unknown"} 0
+tokenroll_rollout_waiting{reason="machine-config"} 0
+tokenroll_rollout_waiting{reason="max-unavailable"} 0
+tokenroll_rollout_waiting{reason="node-not-ready"} 0
+# HELP tokenroll_rollout_waiting_since_timestamp_seconds Since when the coordinator waits for the reason tokenroll_rollout_waiting names (Unix time); 0 when it is not waiting.
+# TYPE tokenroll_rollout_waiting_since_timestamp_seconds gauge
+tokenroll_rollout_waiting_since_timestamp_seconds 0
 `
 	if err := testutil.GatherAndCompare(f.reg, strings.NewReader(want)); err != nil {
 		t.Error(err)

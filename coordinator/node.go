@@ -31,6 +31,7 @@ func (t *term) cordon(ctx context.Context, w world, r *Rollout, v nodeView) erro
 		return t.halt(ctx, w, r, v, HaltCordonFailed, fmt.Sprintf("cordoning: %v", err))
 	}
 	t.mu.Lock()
+	delete(t.uncordoned, v.plan.Name)
 	if !t.lastVerified.IsZero() {
 		t.c.m.overhead.Observe(w.now.Sub(t.lastVerified).Seconds())
 		t.lastVerified = time.Time{}
@@ -49,12 +50,29 @@ func boolPtr(b bool) *bool { return &b }
 
 // progress moves one in-flight node on; it returns when to look again.
 func (t *term) progress(ctx context.Context, w world, r *Rollout, v nodeView) (time.Duration, error) {
+	if why := excludedBy(v.node); why != "" {
+		return 0, t.exclude(ctx, w, r, v, why)
+	}
 	impl, ok := remediationFor(v.state.Strategy)
 	if !ok {
 		return 0, t.halt(ctx, w, r, v, HaltActionFailed, fmt.Sprintf("the node state names strategy %q, which this coordinator does not know (%v)", v.state.Strategy, Strategies()))
 	}
+	// Someone made the node schedulable while we held it (and may have
+	// cordoned it again since): our cordon is gone, and what cordons it now
+	// is theirs.
+	uncordoned := t.sawUncordoned(v.plan.Name) || !v.node.Spec.Unschedulable
 	switch v.state.Step {
 	case protocol.StepCordoned:
+		if uncordoned {
+			v.state.CordonedByUs = false
+			if r.Phase != RolloutRunning || !w.gate.Open {
+				return 0, t.forgetUncordoned(v.plan.Name, t.release(ctx, w, r, v))
+			}
+			// Pods may have been scheduled on it meanwhile, which the
+			// drain did not list: no action on it.
+			return 0, t.forgetUncordoned(v.plan.Name, t.halt(ctx, w, r, v, HaltUncordoned, "someone made the node schedulable while tokenroll was preparing it; "+
+				"no action was requested, and its cordon is left as it is now"))
+		}
 		if r.Phase != RolloutRunning || !w.gate.Open {
 			return 0, t.release(ctx, w, r, v)
 		}
@@ -64,6 +82,9 @@ func (t *term) progress(ctx context.Context, w world, r *Rollout, v nodeView) (t
 		}
 		return t.prepare(ctx, w, r, v, impl)
 	case protocol.StepActing:
+		if uncordoned && v.state.CordonedByUs {
+			return 0, t.forgetUncordoned(v.plan.Name, t.disown(ctx, w, r, v))
+		}
 		if w.issuer == "" {
 			// A report judged against no issuer would fail and, in time,
 			// halt a healthy node.
@@ -173,6 +194,12 @@ func (t *term) prepare(ctx context.Context, w world, r *Rollout, v nodeView, imp
 // it for an action, and the node state acting, with what the preparation
 // evicted, in the same write.
 func (t *term) requestAction(ctx context.Context, w world, r *Rollout, v nodeView, impl remediation, p *preparation) error {
+	if !v.node.Spec.Unschedulable {
+		// The write below carries the resourceVersion of this Node: the
+		// request is written only on a node that is still cordoned.
+		v.state.CordonedByUs = false
+		return t.halt(ctx, w, r, v, HaltUncordoned, "the node is schedulable: no action was requested on it")
+	}
 	ns := *v.state
 	ns.Step, ns.StepAt, ns.BootID = protocol.StepActing, w.now, v.node.Status.NodeInfo.BootID
 	ns.Evicted, ns.Owners = nil, nil
@@ -231,7 +258,11 @@ func (t *term) verify(ctx context.Context, w world, r *Rollout, v nodeView, impl
 		deadline = deadline.Add(t.c.cfg.VerifyTimeout)
 	}
 	if !w.now.Before(deadline) {
-		return 0, t.halt(ctx, w, r, v, vd.reason, fmt.Sprintf("%s after %s", vd.waiting, w.now.Sub(ns.StepAt).Round(time.Second)))
+		msg := fmt.Sprintf("%s after %s", vd.waiting, w.now.Sub(ns.StepAt).Round(time.Second))
+		if vd.stale {
+			return 0, t.unresolve(ctx, w, r, v, msg)
+		}
+		return 0, t.halt(ctx, w, r, v, vd.reason, msg)
 	}
 	next := deadline.Sub(w.now)
 	if vd.poll > 0 {
@@ -302,4 +333,114 @@ func (t *term) writeNode(ctx context.Context, n *corev1.Node, ns *protocol.NodeS
 	_, _ = trimNode(out)
 	t.nodes.Mutation(out)
 	return nil
+}
+
+// unresolve gives up on a node whose action ran and whose tokens are still
+// stale: uncordoned (if we cordoned it) and marked unresolved with the
+// evidence it was judged on, so the rollout goes on with the other nodes
+// and the planner leaves this one alone until that evidence changes or a
+// person asks for a retry. Halting here would let one node that cannot
+// be healed (or a tenant's file that looks stale) stop the whole fleet.
+func (t *term) unresolve(ctx context.Context, w world, r *Rollout, v nodeView, msg string) error {
+	ns := *v.state
+	ns.Step, ns.StepAt, ns.Reason, ns.Message = protocol.StepUnresolved, w.now, HaltVerifyTimeout, msg
+	ns.Evidence = evidenceOf(v.node, w.issuer)
+	var unsched *bool
+	if ns.CordonedByUs && v.node.Spec.Unschedulable {
+		unsched = boolPtr(false)
+	}
+	if err := t.writeNode(ctx, v.node, &ns, unsched, nil); err != nil {
+		return err
+	}
+	t.c.cfg.Log.Warn("node unresolved: its tokens are still stale after the action; going on with the other nodes",
+		zap.String("rollout", r.ID), zap.String("node", v.plan.Name), zap.String("strategy", string(ns.Strategy)), zap.String("message", msg))
+	t.event(v.node, corev1.EventTypeWarning, "Unresolved", "Verify",
+		"rollout %s: %s ran but %s; the rollout goes on without this node, which is retried when its stale tokens change or on `tokenroll rollout retry %s`",
+		r.ID, ns.Strategy, msg, v.plan.Name)
+	return nil
+}
+
+// evidenceOf is the node's stale-token evidence ("" without a report).
+func evidenceOf(n *corev1.Node, issuer string) string {
+	rep, err := protocol.ParseTokenReport(n.Annotations[protocol.AnnotationTokens])
+	if err != nil {
+		return ""
+	}
+	return rep.Evidence(issuer)
+}
+
+// exclude ends our work on a node a person excluded while we worked on it:
+// a preparation stops, nothing more is requested, and its cordon is left
+// as it is, ours or not (the person has taken the node over).
+func (t *term) exclude(ctx context.Context, w world, r *Rollout, v nodeView, why string) error {
+	t.stopPreparation(v.plan.Name)
+	ns := *v.state
+	was := ns.Step
+	ns.Step, ns.StepAt, ns.CordonedByUs = protocol.StepExcluded, w.now, false
+	ns.Message = fmt.Sprintf("excluded while %s (%s): tokenroll stopped and left its cordon as it was", was, why)
+	if err := t.writeNode(ctx, v.node, &ns, nil, nil); err != nil {
+		return err
+	}
+	t.c.cfg.Log.Info("node excluded while in progress; work on it stopped", zap.String("rollout", r.ID), zap.String("node", v.plan.Name),
+		zap.String("step", string(was)), zap.String("exclude", why), zap.Bool("requested", ns.Request != ""))
+	t.event(v.node, corev1.EventTypeNormal, "Excluded", "Exclude", "rollout %s: %s", r.ID, ns.Message)
+	return nil
+}
+
+// disown records that the cordon of an acting node is no longer ours:
+// someone uncordoned it, and may have cordoned it again. Then it is not
+// uncordoned when the node is done.
+func (t *term) disown(ctx context.Context, w world, r *Rollout, v nodeView) error {
+	ns := *v.state
+	ns.CordonedByUs = false
+	if err := t.writeNode(ctx, v.node, &ns, nil, nil); err != nil {
+		return err
+	}
+	now := "schedulable"
+	if v.node.Spec.Unschedulable {
+		now = "cordoned again"
+	}
+	t.c.cfg.Log.Info("someone uncordoned an acting node; its cordon is no longer tokenroll's", zap.String("rollout", r.ID),
+		zap.String("node", v.plan.Name), zap.String("now", now))
+	t.event(v.node, corev1.EventTypeNormal, "CordonTakenOver", "Cordon",
+		"rollout %s: someone uncordoned this node while it was acting (it is %s): tokenroll leaves its cordon as it is when done", r.ID, now)
+	return nil
+}
+
+// nodeUpdated notes a node that went from unschedulable to schedulable
+// while in progress: a sync may see only the node as it is after it was
+// cordoned again.
+func (t *term) nodeUpdated(oldObj, newObj any) {
+	o, ok1 := oldObj.(*corev1.Node)
+	n, ok2 := newObj.(*corev1.Node)
+	if !ok1 || !ok2 || !o.Spec.Unschedulable || n.Spec.Unschedulable {
+		return
+	}
+	st, err := protocol.ParseNodeState(n.Annotations[protocol.AnnotationNodeState])
+	if err != nil || !st.Step.InProgress() {
+		return
+	}
+	t.mu.Lock()
+	t.uncordoned[n.Name] = true
+	t.mu.Unlock()
+}
+
+// sawUncordoned tells whether nodeUpdated saw node uncordoned.
+func (t *term) sawUncordoned(node string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.uncordoned[node]
+}
+
+// forgetUncordoned forgets that node was seen uncordoned once what was
+// done about it is written (err nil); a write that failed (a conflict with
+// the cordon put back) is decided again on the next sync, which must still
+// know.
+func (t *term) forgetUncordoned(node string, err error) error {
+	if err == nil {
+		t.mu.Lock()
+		delete(t.uncordoned, node)
+		t.mu.Unlock()
+	}
+	return err
 }

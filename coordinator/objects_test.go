@@ -137,6 +137,25 @@ func halted(s protocol.NodeState, at time.Time, reason, msg string) protocol.Nod
 	return s
 }
 
+// unresolved is s given up on at at: its tokens still stale on n.
+func unresolved(s protocol.NodeState, at time.Time, msg string, n *corev1.Node) protocol.NodeState {
+	s.Step, s.StepAt, s.Reason, s.Message = protocol.StepUnresolved, at, HaltVerifyTimeout, msg
+	rep, err := protocol.ParseTokenReport(n.Annotations[protocol.AnnotationTokens])
+	if err != nil {
+		panic(err)
+	}
+	s.Evidence = rep.Evidence(newIssuer)
+	return s
+}
+
+// waitingOn is the rollout state of r with the coordinator waiting for
+// reason since at, saying msg.
+func waitingOn(r *Rollout, reason, msg string, at time.Time) apiWrite {
+	st := stateOf(r)
+	st.Waiting = &Wait{Reason: reason, Message: msg, Since: at}
+	return updateState(st)
+}
+
 // Expected writes.
 
 func patchNode(name string, s *protocol.NodeState, unschedulable *bool) apiWrite {

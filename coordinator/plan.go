@@ -98,6 +98,9 @@ func sortPlan(nodes []PlannedNode) {
 }
 
 func nodeNeed(in PlanInput, trusted map[string]TrustedIssuer, n *corev1.Node) (need bool, trigger string, deadline time.Time, why string) {
+	if ex := excludedBy(n); ex != "" {
+		return false, "", time.Time{}, "excluded (" + AnnotationExclude + "): " + ex
+	}
 	if rr, err := protocol.ParseRebootRequired(n.Annotations[protocol.AnnotationRebootRequired]); err != nil {
 		return false, "", time.Time{}, err.Error()
 	} else if rr {
@@ -110,6 +113,10 @@ func nodeNeed(in PlanInput, trusted map[string]TrustedIssuer, n *corev1.Node) (n
 	rep, err := protocol.ParseTokenReport(raw)
 	if err != nil {
 		return false, "", time.Time{}, err.Error()
+	}
+	if st := unresolvedState(n); st != nil && st.Evidence == rep.Evidence(in.Issuer) {
+		return false, "", time.Time{}, fmt.Sprintf("unresolved since %s: its tokens stayed stale after a %s; retried when they change or on `tokenroll rollout retry %s`",
+			st.StepAt.UTC().Format(time.RFC3339), st.Strategy, n.Name)
 	}
 	if k := rep.Count(protocol.State.NotRefreshed); k > 0 {
 		return true, TriggerStaleTokens, time.Time{}, fmt.Sprintf("%d tokens expired or overdue (the kubelet is not refreshing them)", k)
@@ -156,4 +163,18 @@ func minTime(a, b time.Time) time.Time {
 		return b
 	}
 	return a
+}
+
+// unresolvedState is the node's state when its last remediation left it
+// unresolved (nil otherwise).
+func unresolvedState(n *corev1.Node) *protocol.NodeState {
+	raw, ok := n.Annotations[protocol.AnnotationNodeState]
+	if !ok {
+		return nil
+	}
+	st, err := protocol.ParseNodeState(raw)
+	if err != nil || st.Step != protocol.StepUnresolved {
+		return nil
+	}
+	return &st
 }

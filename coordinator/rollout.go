@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
+	"unicode"
 
 	"go.uber.org/zap"
 	corev1 "k8s.io/api/core/v1"
@@ -76,29 +79,59 @@ func (t *term) advance(ctx context.Context, w world, r *Rollout) (time.Duration,
 	}
 	t.observeRollout(w, r)
 
-	// The end of a rollout.
+	// The end of a rollout: unresolved and excluded nodes do not hold it
+	// up.
 	pending, inFlight, halted := 0, 0, 0
+	var unresolved, excluded []string
 	for _, v := range t.refresh(views, r.ID) {
 		switch {
 		case v.node == nil:
+		case v.state == nil && excludedBy(v.node) != "":
+			excluded = append(excluded, v.plan.Name)
 		case v.state == nil:
 			pending++
 		case v.state.Step.InProgress():
 			inFlight++
 		case v.state.Step == protocol.StepHalted:
 			halted++
+		case v.state.Step == protocol.StepUnresolved:
+			unresolved = append(unresolved, v.plan.Name)
+		case v.state.Step == protocol.StepExcluded:
+			excluded = append(excluded, v.plan.Name)
 		}
 	}
 	if inFlight == 0 && (r.Phase == RolloutCancelled || (r.Phase == RolloutRunning && pending == 0 && halted == 0)) {
-		return 0, t.finishRollout(ctx, w, r)
+		var note []string
+		if len(unresolved) > 0 {
+			note = append(note, fmt.Sprintf("%d nodes unresolved, their tokens still stale after the action (%s): tokenroll rollout retry NODE", len(unresolved), namesOf(unresolved)))
+		}
+		if len(excluded) > 0 {
+			note = append(note, fmt.Sprintf("%d nodes excluded (%s)", len(excluded), namesOf(excluded)))
+		}
+		return 0, t.finishRollout(ctx, w, r, strings.Join(note, "; "))
 	}
-	if r.Phase != RolloutRunning || !w.gate.Open || w.issuer == "" {
+	if r.Phase != RolloutRunning {
+		return next, nil
+	}
+	if !w.gate.Open {
+		if inFlight == 0 {
+			t.wait(WaitGateClosed, "the revision gate is closed; no node starts until it opens", zap.String("gate", w.gate.Message))
+		}
+		return next, nil
+	}
+	if w.issuer == "" {
+		if inFlight == 0 {
+			t.wait(WaitIssuerUnknown, "waiting to learn the API servers' issuer before starting a node")
+		}
 		return next, nil
 	}
 	t.mu.Lock()
 	settleUntil := t.lastVerified.Add(t.c.cfg.Settle)
 	t.mu.Unlock()
 	if w.now.Before(settleUntil) {
+		// A pause we chose, not a wait for something: logged, not shown,
+		// so it costs no write per node.
+		t.logOnChange("settling after the last verified node (--settle)", zap.Time("until", settleUntil))
 		wake(settleUntil.Sub(w.now))
 		return next, nil
 	}
@@ -126,11 +159,38 @@ func mcoBusy(n *corev1.Node) string {
 	return ""
 }
 
+// AnnotationExclude, set by a person to any value (the reason, shown in
+// status), keeps tokenroll off a node: it is never planned, cordoned or
+// acted on, and work in progress on it stops with its cordon left as it
+// is. It is a person's word to the coordinator, not part of the protocol
+// between the agent and the coordinator: anyone who may patch Nodes may
+// set it, and neither component writes it.
+const AnnotationExclude = protocol.Prefix + "exclude"
+
+// excludedBy returns the reason a person gave for excluding the node from
+// tokenroll (AnnotationExclude), or "".
+func excludedBy(n *corev1.Node) string {
+	v, ok := n.Annotations[AnnotationExclude]
+	if !ok {
+		return ""
+	}
+	v = strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) {
+			return '?'
+		}
+		return r
+	}, strings.ToValidUTF8(strings.TrimSpace(v), "?"))
+	if v == "" {
+		v = "no reason given"
+	}
+	return truncate(v, 128)
+}
+
 // foundCordoned tells whether a planned node is one someone else cordoned,
 // that we have not started (or that halted and may start again), and that
 // we may act on.
 func foundCordoned(v nodeView) bool {
-	return v.node != nil && v.node.Spec.Unschedulable && nodeutil.Ready(v.node) && mcoBusy(v.node) == "" &&
+	return v.node != nil && v.node.Spec.Unschedulable && nodeutil.Ready(v.node) && mcoBusy(v.node) == "" && excludedBy(v.node) == "" &&
 		(v.state == nil || v.state.Step == protocol.StepHalted)
 }
 
@@ -140,7 +200,8 @@ func foundCordoned(v nodeView) bool {
 // and left cordoned as they were found): they hold up the nodes we would
 // cordon ourselves, but not each other, or a plan of such nodes would wait
 // on itself.
-func disrupted(views []nodeView, all []*corev1.Node) (busy, found int) {
+// others names the other nodes out of service, each with why.
+func disrupted(views []nodeView, all []*corev1.Node) (busy, found int, others []string) {
 	ours := map[string]bool{}
 	for _, v := range views {
 		switch {
@@ -148,17 +209,24 @@ func disrupted(views []nodeView, all []*corev1.Node) (busy, found int) {
 		case v.state != nil && v.state.Step.InProgress():
 			ours[v.plan.Name] = true
 			busy++
-		case foundCordoned(v) || (v.state != nil && v.state.Step == protocol.StepDone && !v.state.CordonedByUs && v.node.Spec.Unschedulable):
+		case foundCordoned(v) || (v.state != nil && (v.state.Step == protocol.StepDone || v.state.Step == protocol.StepUnresolved) &&
+			!v.state.CordonedByUs && v.node.Spec.Unschedulable):
 			ours[v.plan.Name] = true
 			found++
 		}
 	}
 	for _, node := range all {
-		if !ours[node.Name] && (node.Spec.Unschedulable || !nodeutil.Ready(node)) {
+		switch {
+		case ours[node.Name]:
+		case !nodeutil.Ready(node):
 			busy++
+			others = append(others, node.Name+" NotReady")
+		case node.Spec.Unschedulable:
+			busy++
+			others = append(others, node.Name+" cordoned")
 		}
 	}
-	return busy, found
+	return busy, found, others
 }
 
 func (t *term) startNodes(ctx context.Context, w world, r *Rollout, views []nodeView) (time.Duration, error) {
@@ -169,14 +237,24 @@ func (t *term) startNodes(ctx context.Context, w world, r *Rollout, views []node
 	// A planned node someone else cordoned is out of service already: it
 	// goes first, taking a slot of --max-unavailable while we work on it,
 	// and it counts against the nodes we would cordon ourselves.
-	busy, found := disrupted(views, t.listNodes())
-	var blocked, mco []string
+	busy, found, others := disrupted(views, t.listNodes())
+	inFlight := 0
+	for _, v := range views {
+		if v.node != nil && v.state != nil && v.state.Step.InProgress() {
+			inFlight++
+		}
+	}
+	var blocked, mco, notReady []string
 	for _, already := range []bool{true, false} {
 		for _, v := range views {
 			if v.node == nil || (v.state != nil && v.state.Step != protocol.StepHalted) || v.node.Spec.Unschedulable != already {
 				continue
 			}
+			if excludedBy(v.node) != "" {
+				continue
+			}
 			if !nodeutil.Ready(v.node) {
+				notReady = append(notReady, v.plan.Name)
 				continue // it may come back; it counts as disrupted meanwhile
 			}
 			if s := mcoBusy(v.node); s != "" {
@@ -195,17 +273,39 @@ func (t *term) startNodes(ctx context.Context, w world, r *Rollout, views []node
 				return 0, err
 			}
 			busy++
+			inFlight++
 			if already {
 				found--
 			}
 		}
 	}
-	// One message, so that logOnChange logs it again only when it changes.
-	if len(mco) > 0 || (len(blocked) > 0 && busy+found > 0) {
-		t.logOnChange("nodes waiting for max-unavailable or the Machine Config daemon",
-			zap.Int("outOfService", busy+found), zap.Int("maxUnavailable", limit), zap.Int("nodesWaiting", len(blocked)),
-			zap.Strings("machineConfigUpdating", mco))
+	if len(mco) == 0 && len(notReady) == 0 && (len(blocked) == 0 || busy+found == 0) {
+		return 0, nil
 	}
+	// One message, so that logOnChange logs it again only when it changes.
+	msg, fields := "nodes waiting for max-unavailable, the Machine Config daemon or to be Ready",
+		[]zap.Field{zap.Int("outOfService", busy+found), zap.Int("maxUnavailable", limit), zap.Int("nodesWaiting", len(blocked))}
+	for _, f := range []struct {
+		key   string
+		names []string
+	}{{"outOfServiceNodes", others}, {"machineConfigUpdating", mco}, {"notReady", notReady}} {
+		if len(f.names) > 0 {
+			fields = append(fields, zap.String(f.key, namesOf(f.names)))
+		}
+	}
+	reason := WaitMaxUnavailable
+	switch {
+	case inFlight > 0:
+		// Our own nodes fill the budget: the rollout moves on.
+		t.logOnChange(msg, fields...)
+		return 0, nil
+	case len(blocked) > 0:
+	case len(mco) > 0:
+		reason = WaitMachineConfig
+	default:
+		reason = WaitNodeNotReady
+	}
+	t.wait(reason, msg, fields...)
 	return 0, nil
 }
 
@@ -301,13 +401,18 @@ func (t *term) halt(ctx context.Context, w world, r *Rollout, v nodeView, reason
 	return nil
 }
 
-func (t *term) finishRollout(ctx context.Context, w world, r *Rollout) error {
+// finishRollout ends the rollout; note, when set, says what it left
+// undone.
+func (t *term) finishRollout(ctx context.Context, w world, r *Rollout, note string) error {
 	if _, err := t.updateState(ctx, func(st *State) error {
 		if st.Rollout == nil || st.Rollout.ID != r.ID {
 			return errors.New("the rollout changed while finishing it")
 		}
 		if st.Rollout.Phase == RolloutRunning {
 			st.Rollout.Phase = RolloutDone
+		}
+		if note != "" {
+			st.Rollout.Message = note
 		}
 		st.Rollout.FinishedAt, st.Rollout.UpdatedAt = w.now, w.now
 		return nil
@@ -331,6 +436,9 @@ func (t *term) observeRollout(w world, r *Rollout) {
 	m.setPhase(string(r.Phase))
 	counts := map[string]int{}
 	for _, pn := range r.Nodes {
+		if r.DryRun {
+			break // a dry run touched no node
+		}
 		n := w.byName[pn.Name]
 		if n == nil {
 			counts["skipped"]++
@@ -338,8 +446,14 @@ func (t *term) observeRollout(w world, r *Rollout) {
 		}
 		st := readNodeState(n, r.ID)
 		switch {
+		case st == nil && excludedBy(n) != "":
+			counts["excluded"]++
 		case st == nil:
 			counts["pending"]++
+		case st.Step == protocol.StepUnresolved:
+			counts["unresolved"]++
+		case st.Step == protocol.StepExcluded:
+			counts["excluded"]++
 		case st.Step.InProgress():
 			counts["in_progress"]++
 		case st.Step == protocol.StepDone:
@@ -351,4 +465,89 @@ func (t *term) observeRollout(w world, r *Rollout) {
 	for _, st := range nodeCountLabels {
 		m.nodes.WithLabelValues(st).Set(float64(counts[st]))
 	}
+}
+
+// applyRetries carries out the administrators' retry requests: the record
+// of a node that is not in progress is removed, so the node is pending
+// again in the current rollout, or planned again like any other. It then
+// clears the requests.
+func (t *term) applyRetries(ctx context.Context, w world) error {
+	for _, req := range w.state.Retry {
+		who := orUnknown(req.RequestedBy)
+		n := w.byName[req.Node]
+		var st *protocol.NodeState
+		if n != nil {
+			if s, err := protocol.ParseNodeState(n.Annotations[protocol.AnnotationNodeState]); err == nil {
+				st = &s
+			}
+		}
+		switch {
+		case n == nil:
+			t.c.cfg.Log.Warn("retry refused: no such node", zap.String("node", req.Node), zap.String("requestedBy", who))
+		case st != nil && st.Step.InProgress():
+			t.c.cfg.Log.Warn("retry refused: the node is in progress", zap.String("node", req.Node), zap.String("step", string(st.Step)), zap.String("requestedBy", who))
+		case st == nil:
+			t.c.cfg.Log.Info("retry: tokenroll holds no record of the node; nothing to forget", zap.String("node", req.Node), zap.String("requestedBy", who))
+		default:
+			if err := t.writeNode(ctx, n, nil, nil, nil); err != nil {
+				return err
+			}
+			t.c.cfg.Log.Info("retry: the node's record is forgotten; it is planned again", zap.String("node", req.Node),
+				zap.String("was", string(st.Step)), zap.String("requestedBy", who))
+			t.event(n, corev1.EventTypeNormal, "RetryRequested", "Retry", "%s asked to retry this node (it was %s): it is planned again", who, st.Step)
+		}
+	}
+	_, err := t.updateState(ctx, func(st *State) error {
+		st.Retry = slices.DeleteFunc(st.Retry, func(r RetryRequest) bool {
+			return slices.ContainsFunc(w.state.Retry, func(o RetryRequest) bool { return o == r })
+		})
+		return nil
+	})
+	return err
+}
+
+// wouldDo says what a rollout would do to a node, for a dry run; it reads
+// what a strategy's preparation would read and writes nothing.
+func (t *term) wouldDo(ctx context.Context, w world, pn PlannedNode) string {
+	n := w.byName[pn.Name]
+	impl, ok := remediationFor(pn.Strategy)
+	if n == nil || !ok {
+		return "nothing: no such node or strategy"
+	}
+	var steps []string
+	if !nodeutil.Ready(n) {
+		steps = append(steps, "wait until it is Ready")
+	}
+	if s := mcoBusy(n); s != "" {
+		steps = append(steps, "wait for the Machine Config daemon ("+annotationMCOState+"="+s+")")
+	}
+	if n.Spec.Unschedulable {
+		steps = append(steps, "keep its cordon (found cordoned)")
+	} else {
+		steps = append(steps, "cordon")
+	}
+	prep, wait, err := impl.prepare(ctx, t.c.cfg.Client, n, w.issuer)
+	switch {
+	case err != nil:
+		steps = append(steps, "fail to prepare: "+err.Error())
+	case wait != "":
+		steps = append(steps, "wait: "+wait)
+	case prep != nil && prep.kind == "evict":
+		steps = append(steps, fmt.Sprintf("evict %d pods", prep.pods))
+	case prep != nil:
+		steps = append(steps, prep.kind)
+	}
+	if a := impl.action(); a != "" {
+		steps = append(steps, "ask the agent to "+string(a))
+	}
+	steps = append(steps, "verify")
+	if !n.Spec.Unschedulable {
+		steps = append(steps, "uncordon")
+	}
+	return strings.Join(steps, ", ")
+}
+
+// samePlan tells whether two plans name the same nodes and strategies.
+func samePlan(a, b []PlannedNode) bool {
+	return slices.EqualFunc(a, b, func(x, y PlannedNode) bool { return x.Name == y.Name && x.Strategy == y.Strategy })
 }

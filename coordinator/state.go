@@ -86,10 +86,13 @@ const (
 	HaltActionTimeout = "ActionTimeout"
 	HaltNodeNotBack   = "NodeNotBack"
 	HaltVerifyTimeout = "VerifyTimeout"
+	// HaltUncordoned: someone made the node schedulable before its action
+	// was requested.
+	HaltUncordoned = "Uncordoned"
 )
 
 // HaltReasons lists every halt reason.
-var HaltReasons = []string{HaltCordonFailed, HaltDrainFailed, HaltDrainTimeout, HaltActionFailed, HaltActionTimeout, HaltNodeNotBack, HaltVerifyTimeout}
+var HaltReasons = []string{HaltCordonFailed, HaltDrainFailed, HaltDrainTimeout, HaltActionFailed, HaltActionTimeout, HaltNodeNotBack, HaltVerifyTimeout, HaltUncordoned}
 
 // PlannedNode is one node of a plan: what it gets, why, and by when.
 type PlannedNode struct {
@@ -100,6 +103,8 @@ type PlannedNode struct {
 	Reason   string            `json:"reason"`
 	// Deadline is when its tokens stop working (zero: already, or unknown).
 	Deadline time.Time `json:"deadline,omitzero"`
+	// Would is, in a dry run, what would have been done to the node.
+	Would string `json:"would,omitempty"`
 }
 
 // Rollout is one pass over a set of nodes.
@@ -111,7 +116,10 @@ type Rollout struct {
 	Strategy protocol.Strategy `json:"strategy"`
 	Phase    RolloutPhase      `json:"phase"`
 	Issuer   string            `json:"issuer,omitempty"`
-	Nodes    []PlannedNode     `json:"nodes"`
+	// DryRun: nothing was done; each node says what would have been. A dry
+	// run is done as soon as it is planned.
+	DryRun bool          `json:"dryRun,omitempty"`
+	Nodes  []PlannedNode `json:"nodes"`
 	// HaltReason, HaltNode and Message say why it halted.
 	HaltReason string `json:"haltReason,omitempty"`
 	HaltNode   string `json:"haltNode,omitempty"`
@@ -128,7 +136,18 @@ type Rollout struct {
 type StartRequest struct {
 	Strategy protocol.Strategy `json:"strategy"`
 	// Selector is a label selector over Nodes; empty means every node.
-	Selector    string    `json:"selector,omitempty"`
+	Selector string `json:"selector,omitempty"`
+	// DryRun asks for a plan of what would be done, doing nothing.
+	DryRun      bool      `json:"dryRun,omitempty"`
+	RequestedAt time.Time `json:"requestedAt"`
+	RequestedBy string    `json:"requestedBy,omitempty"`
+}
+
+// RetryRequest is an administrator's `tokenroll rollout retry NODE`: the
+// coordinator forgets its record of the node (an unresolved or halted
+// one), so the node is planned again like any other, and clears it.
+type RetryRequest struct {
+	Node        string    `json:"node"`
 	RequestedAt time.Time `json:"requestedAt"`
 	RequestedBy string    `json:"requestedBy,omitempty"`
 }
@@ -151,12 +170,16 @@ type State struct {
 	Rollout *Rollout `json:"rollout,omitempty"`
 	Last    *Rollout `json:"last,omitempty"`
 	// Start and Steer are pending administrator requests.
-	Start *StartRequest `json:"start,omitempty"`
-	Steer *SteerRequest `json:"steer,omitempty"`
+	Start *StartRequest  `json:"start,omitempty"`
+	Steer *SteerRequest  `json:"steer,omitempty"`
+	Retry []RetryRequest `json:"retry,omitempty"`
 	// ObservedIssuer is the signing issuer the coordinator last saw with the
 	// gate open, and since when.
 	ObservedIssuer   string    `json:"observedIssuer,omitempty"`
 	ObservedIssuerAt time.Time `json:"observedIssuerAt,omitzero"`
+	// Waiting is what the coordinator waits for while nothing of its own
+	// is in progress (nil: it is not waiting).
+	Waiting *Wait `json:"waiting,omitempty"`
 }
 
 // Active returns the current rollout if it is not over. A cancelled

@@ -32,8 +32,13 @@ type NodeStatus struct {
 	Condition      string `json:"condition,omitempty"`
 	RebootRequired bool   `json:"rebootRequired,omitempty"`
 	// Phase is the node's step in the current rollout: pending, cordoned,
-	// acting, done, halted, or "" when it is not in it.
+	// acting, done, halted, unresolved, excluded, dry-run (what a dry run
+	// would do, in Message), or "" when it is not in it. A node left
+	// unresolved by an earlier rollout, or excluded, says so whatever the
+	// rollout.
 	Phase string `json:"phase,omitempty"`
+	// Excluded is the reason a person gave in tokenroll.io/exclude.
+	Excluded string `json:"excluded,omitempty"`
 	// Strategy is what the node gets in the current rollout.
 	Strategy protocol.Strategy `json:"action,omitempty"`
 	Since    time.Time         `json:"since,omitzero"`
@@ -51,7 +56,12 @@ type StatusReport struct {
 	// PendingSteer is a pause, resume or cancel the coordinator has not
 	// applied yet.
 	PendingSteer *SteerRequest `json:"pendingSteer,omitempty"`
-	Nodes        []NodeStatus  `json:"nodes"`
+	// PendingRetry are retries the coordinator has not applied yet.
+	PendingRetry []RetryRequest `json:"pendingRetry,omitempty"`
+	// Waiting is what the coordinator waits for, when nothing of its own
+	// is in progress.
+	Waiting *Wait        `json:"waiting,omitempty"`
+	Nodes   []NodeStatus `json:"nodes"`
 }
 
 // BuildStatus reads the state and the Nodes.
@@ -64,7 +74,8 @@ func BuildStatus(ctx context.Context, client kubernetes.Interface, namespace, is
 	if err != nil {
 		return nil, fmt.Errorf("listing nodes: %w", err)
 	}
-	rep := &StatusReport{Now: now, Issuer: issuer, Gate: gate, Rollout: st.Rollout, Last: st.Last, Pending: st.Start, PendingSteer: st.Steer}
+	rep := &StatusReport{Now: now, Issuer: issuer, Gate: gate, Rollout: st.Rollout, Last: st.Last, Pending: st.Start, PendingSteer: st.Steer,
+		PendingRetry: st.Retry, Waiting: st.Waiting}
 	planned := map[string]PlannedNode{}
 	if st.Rollout != nil {
 		for _, pn := range st.Rollout.Nodes {
@@ -88,13 +99,21 @@ func BuildStatus(ctx context.Context, client kubernetes.Interface, namespace, is
 				ns.Condition = c.Reason
 			}
 		}
+		if u := unresolvedState(n); u != nil {
+			ns.Phase, ns.Strategy, ns.Since, ns.Message = string(u.Step), u.Strategy, u.StepAt, u.Message
+		}
+		ns.Excluded = excludedBy(n)
+		if ns.Excluded != "" {
+			ns.Phase, ns.Message = string(protocol.StepExcluded), ns.Excluded
+		}
 		if pn, ok := planned[n.Name]; ok {
-			ns.Phase, ns.Strategy, ns.Message = "pending", pn.Strategy, pn.Reason
-			if s := readNodeState(n, st.Rollout.ID); s != nil {
-				ns.Phase, ns.Since = string(s.Step), s.StepAt
-				if s.Message != "" {
-					ns.Message = s.Message
-				}
+			switch s := readNodeState(n, st.Rollout.ID); {
+			case st.Rollout.DryRun:
+				ns.Phase, ns.Strategy, ns.Message = "dry-run", pn.Strategy, "would "+pn.Would
+			case s != nil:
+				ns.Phase, ns.Strategy, ns.Since, ns.Message = string(s.Step), pn.Strategy, s.StepAt, cmp.Or(s.Message, pn.Reason)
+			case ns.Excluded == "" && ns.Phase == "":
+				ns.Phase, ns.Strategy, ns.Message = "pending", pn.Strategy, pn.Reason
 			}
 		}
 		rep.Nodes = append(rep.Nodes, ns)
@@ -140,8 +159,13 @@ func WriteStatusTable(w io.Writer, rep *StatusReport) error {
 				done++
 			}
 		}
+		phase := strings.ToUpper(string(r.Phase))
+		if r.DryRun {
+			phase = "DRY RUN " + phase
+			done = 0
+		}
 		fmt.Fprintf(w, "ROLLOUT   %s  %s  strategy=%s  trigger=%s  %d/%d nodes done  started %s ago\n",
-			r.ID, strings.ToUpper(string(r.Phase)), r.Strategy, r.Trigger, done, total, rep.Now.Sub(r.CreatedAt).Round(time.Second))
+			r.ID, phase, r.Strategy, r.Trigger, done, total, rep.Now.Sub(r.CreatedAt).Round(time.Second))
 		if r.HaltReason != "" || r.Message != "" {
 			fmt.Fprintf(w, "          %s %s: %s\n", r.HaltReason, r.HaltNode, r.Message)
 		}
@@ -159,6 +183,12 @@ func WriteStatusTable(w io.Writer, rep *StatusReport) error {
 	}
 	if p := rep.PendingSteer; p != nil {
 		fmt.Fprintf(w, "          %s requested by %s, waiting for the coordinator\n", p.Verb, orUnknown(p.RequestedBy))
+	}
+	for _, p := range rep.PendingRetry {
+		fmt.Fprintf(w, "          retry of %s requested by %s, waiting for the coordinator\n", p.Node, orUnknown(p.RequestedBy))
+	}
+	if wt := rep.Waiting; wt != nil {
+		fmt.Fprintf(w, "WAITING   %s for %s: %s\n", wt.Reason, rep.Now.Sub(wt.Since).Round(time.Second), wt.Message)
 	}
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)

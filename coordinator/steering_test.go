@@ -207,8 +207,13 @@ func TestGateClosingReleasesACordonedNode(t *testing.T) {
 	f.gate.Set(GateState{Provider: GateStaticPods, Message: why})
 	f.clock.Step(10 * time.Second)
 	f.sync()
-	f.expectWrites(releaseNode("n1", true))
+	gateWait := "the revision gate is closed; no node starts until it opens (gate=" + why + ")"
+	f.expectWrites(releaseNode("n1", true), waitingOn(rollout(Reboot, "n1", "n2"), WaitGateClosed, gateWait, t0.Add(10*time.Second)))
 	f.expectEvents("Normal Released rollout r-test: released before any action, the revision gate closed: " + why + "; it stays pending")
+	if f.counter("tokenroll_rollout_waiting", "reason", WaitGateClosed) != 1 ||
+		f.counter("tokenroll_rollout_waiting_since_timestamp_seconds", "", "") != float64(t0.Add(10*time.Second).Unix()) {
+		t.Errorf("the metrics do not say the rollout waits for the gate since %s", t0.Add(10*time.Second))
+	}
 	f.awaitDrainEnd() // the drain under way was stopped
 	f.expectDrains(drainCall{Node: "n1", Timeout: 10 * time.Minute})
 
@@ -219,7 +224,10 @@ func TestGateClosingReleasesACordonedNode(t *testing.T) {
 	}
 	f.gate.Set(GateState{Provider: GateStaticPods, Open: true, Message: "2 kube-apiserver pods Ready, all signing with " + newIssuer})
 	f.sync()
-	f.expectWrites(cordonNode("n1", started(Reboot, true, t0.Add(190*time.Second))))
+	f.expectWrites(cordonNode("n1", started(Reboot, true, t0.Add(190*time.Second))), updateState(stateOf(rollout(Reboot, "n1", "n2"))))
+	if f.counter("tokenroll_rollout_waiting", "reason", WaitGateClosed) != 0 || f.counter("tokenroll_rollout_waiting_since_timestamp_seconds", "", "") != 0 {
+		t.Error("the metrics still say the rollout waits")
+	}
 }
 
 // A closed gate starts nothing, but a node already acted on is verified
@@ -235,7 +243,8 @@ func TestGateClosedStillVerifies(t *testing.T) {
 	f.updateNode("n1", agentStatus(req, protocol.PhaseDone, ""))
 	f.sync()
 	doneAt := done(st, t0)
-	f.expectWrites(patchNode("n1", &doneAt, ptr(false)))
+	f.expectWrites(patchNode("n1", &doneAt, ptr(false)), waitingOn(rollout(KubeletRestart, "n1", "n2"), WaitGateClosed,
+		"the revision gate is closed; no node starts until it opens (gate=kube-apiserver-b not Ready)", t0))
 	f.clock.Step(time.Minute)
 	f.sync()
 	f.expectWrites()
@@ -245,6 +254,7 @@ func TestGateClosedStillVerifies(t *testing.T) {
 // out; a planned node already cordoned disrupts nothing more and goes ahead.
 func TestMaxUnavailableCountsNodesOutOfService(t *testing.T) {
 	const req = "r-test-0000beef"
+	const waitMsg = "nodes waiting for max-unavailable, the Machine Config daemon or to be Ready"
 	inFlight := acting(started(KubeletRestart, true, t0.Add(-time.Minute)), t0.Add(-time.Minute), req)
 	cases := []struct {
 		name  string
@@ -252,8 +262,10 @@ func TestMaxUnavailableCountsNodesOutOfService(t *testing.T) {
 		nodes []*corev1.Node
 		want  []apiWrite
 	}{
-		{"a node cordoned by someone else", intstr.FromInt32(1), nodes(testNode("n3", cordoned)), nil},
-		{"a NotReady node", intstr.FromInt32(1), nodes(testNode("n3", notReady)), nil},
+		{"a node cordoned by someone else", intstr.FromInt32(1), nodes(testNode("n3", cordoned)),
+			[]apiWrite{waitingOn(rollout(KubeletRestart, "n1", "n2"), WaitMaxUnavailable, waitMsg+" (outOfService=1, maxUnavailable=1, nodesWaiting=2, outOfServiceNodes=n3 cordoned)", t0)}},
+		{"a NotReady node", intstr.FromInt32(1), nodes(testNode("n3", notReady)),
+			[]apiWrite{waitingOn(rollout(KubeletRestart, "n1", "n2"), WaitMaxUnavailable, waitMsg+" (outOfService=1, maxUnavailable=1, nodesWaiting=2, outOfServiceNodes=n3 NotReady)", t0)}},
 		{"room for one more", intstr.FromInt32(2), nodes(testNode("n3", cordoned)),
 			[]apiWrite{cordonNode("n1", started(KubeletRestart, true, t0))}},
 		{"half of four nodes", intstr.FromString("50%"), nodes(testNode("n3"), testNode("n4")),
@@ -263,9 +275,12 @@ func TestMaxUnavailableCountsNodesOutOfService(t *testing.T) {
 		{"two planned nodes found cordoned take turns", intstr.FromInt32(1), nodes(testNode("n1", cordoned), testNode("n2", cordoned), testNode("n3")),
 			[]apiWrite{cordonNode("n1", started(KubeletRestart, false, t0))}},
 		{"a planned node left cordoned as found after its turn still counts", intstr.FromInt32(1),
-			nodes(testNode("n1", cordoned, inStep(done(acting(started(KubeletRestart, false, t0.Add(-time.Minute)), t0.Add(-time.Minute), req), t0.Add(-time.Second))))), nil},
+			nodes(testNode("n1", cordoned, inStep(done(acting(started(KubeletRestart, false, t0.Add(-time.Minute)), t0.Add(-time.Minute), req), t0.Add(-time.Second))))),
+			[]apiWrite{waitingOn(rollout(KubeletRestart, "n1", "n2"), WaitMaxUnavailable, waitMsg+" (outOfService=1, maxUnavailable=1, nodesWaiting=1)", t0)}},
 		{"a planned node the Machine Config daemon updates waits and counts", intstr.FromInt32(1),
-			nodes(testNode("n1", cordoned, func(n *corev1.Node) { n.Annotations[annotationMCOState] = "Working" }), testNode("n3")), nil},
+			nodes(testNode("n1", cordoned, func(n *corev1.Node) { n.Annotations[annotationMCOState] = "Working" }), testNode("n3")),
+			[]apiWrite{waitingOn(rollout(KubeletRestart, "n1", "n2"), WaitMaxUnavailable,
+				waitMsg+" (outOfService=1, maxUnavailable=1, nodesWaiting=1, outOfServiceNodes=n1 cordoned, machineConfigUpdating=n1=Working)", t0)}},
 		{"a planned node NotReady waits and counts", intstr.FromInt32(2), nodes(testNode("n1", notReady), testNode("n3")),
 			[]apiWrite{cordonNode("n2", started(KubeletRestart, true, t0))}},
 		{"our node in flight", intstr.FromInt32(1), nodes(testNode("n1", cordoned, inStep(inFlight)), testNode("n3")), nil},
@@ -639,7 +654,8 @@ func TestAutoPlanWaitsForTheAgents(t *testing.T) {
 	if d := f.sync(); d != 10*time.Minute {
 		t.Errorf("next look in %s; want when the agent wait ends, 10m", d)
 	}
-	f.expectWrites()
+	f.expectWrites(updateState(State{ObservedIssuer: newIssuer, ObservedIssuerAt: t0, Waiting: &Wait{Reason: WaitAgentReports, Since: t0,
+		Message: "waiting for agents to report under the new issuer before planning (nodes=n1, until=2026-11-27 12:10:00 +0000 UTC)"}}))
 	f.clock.Step(10 * time.Minute)
 	f.sync()
 	got := f.writes()
@@ -672,7 +688,8 @@ func TestNewLeaderWhileTheGateIsClosed(t *testing.T) {
 		f.gate.Set(closed)
 		f.sync()
 		doneAt := done(st, t0)
-		f.expectWrites(patchNode("n1", &doneAt, ptr(false)))
+		f.expectWrites(patchNode("n1", &doneAt, ptr(false)), waitingOn(rollout(KubeletRestart, "n1", "n2"), WaitGateClosed,
+			"the revision gate is closed; no node starts until it opens (gate=issuer rolling out)", t0))
 		f.clock.Step(time.Hour)
 		f.sync()
 		f.expectWrites() // n2 waits for the gate
@@ -700,7 +717,8 @@ func TestNewLeaderWhileTheGateIsClosed(t *testing.T) {
 		f := newFixture(t, testNode("n1"), stateConfigMap(State{Start: &StartRequest{Strategy: Reboot, RequestedAt: t0, RequestedBy: "alice"}}))
 		f.gate.Set(closed)
 		f.sync()
-		f.expectWrites()
+		f.expectWrites(updateState(State{Start: &StartRequest{Strategy: Reboot, RequestedAt: t0, RequestedBy: "alice"}, Waiting: &Wait{Reason: WaitIssuerUnknown, Since: t0,
+			Message: "a start request waits until the API servers' issuer is known (read when the revision gate is open)"}}))
 		f.gate.Set(open)
 		f.sync()
 		got := f.writes()

@@ -110,6 +110,22 @@ type verdict struct {
 	// poll, when positive, is how soon to look again: what is waited for
 	// is read, not watched.
 	poll time.Duration
+	// stale: what is waited for is the agent reporting the tokens clean.
+	// When that wait runs out the action ran and did not help: the node is
+	// unresolved, and the rollout goes on without it.
+	stale bool
+}
+
+// tokensVerdict is the wait for a clean report after the action (ok when
+// it is clean). Without a report at all nothing says the tokens are
+// stale: that wait halts, as any other.
+func tokensVerdict(n *corev1.Node, iss string) verdict {
+	clean, why := reportClean(n, iss)
+	if clean {
+		return verdict{ok: true}
+	}
+	_, err := protocol.ParseTokenReport(n.Annotations[protocol.AnnotationTokens])
+	return verdict{waiting: why, reason: HaltVerifyTimeout, stale: err == nil}
 }
 
 func waitFor(waiting, reason string) verdict { return verdict{waiting: waiting, reason: reason} }

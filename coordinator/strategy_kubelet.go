@@ -28,15 +28,15 @@ func (kubeletRestart) action() protocol.Action { return protocol.ActionKubeletRe
 // token is fresh and from the current issuer.
 func (kubeletRestart) verify(_ context.Context, _ kubernetes.Interface, in verifyInput) (verdict, error) {
 	done := in.status != nil && in.status.Phase == protocol.PhaseDone
-	switch clean, why := reportClean(in.node, in.issuer); {
+	switch tv := tokensVerdict(in.node, in.issuer); {
 	case !done:
 		v := waitFor("the agent has not reported the kubelet restarted", HaltActionTimeout)
 		v.withinAction = true
 		return v, nil
 	case !in.ready:
 		return waitFor("the node is not Ready", HaltVerifyTimeout), nil
-	case !clean:
-		return waitFor(why, HaltVerifyTimeout), nil
+	case !tv.ok:
+		return tv, nil
 	}
 	return verdict{ok: true}, nil
 }

@@ -52,8 +52,7 @@ func (podRestart) action() protocol.Action { return "" }
 // verify: every token fresh and from the current issuer, and the evicted
 // pods' controllers report every replica ready.
 func (podRestart) verify(ctx context.Context, client kubernetes.Interface, in verifyInput) (verdict, error) {
-	if clean, why := reportClean(in.node, in.issuer); !clean {
-		v := waitFor(why, HaltVerifyTimeout)
+	if v := tokensVerdict(in.node, in.issuer); !v.ok {
 		v.poll = ownerPoll
 		return v, nil
 	}

@@ -37,8 +37,8 @@ func (reboot) verify(_ context.Context, _ kubernetes.Interface, in verifyInput) 
 		v.withinAction = true
 		return v, nil
 	}
-	if clean, why := reportClean(in.node, in.issuer); !clean {
-		return waitFor(why, HaltVerifyTimeout), nil
+	if tv := tokensVerdict(in.node, in.issuer); !tv.ok {
+		return tv, nil
 	}
 	return verdict{ok: true}, nil
 }

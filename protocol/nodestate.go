@@ -28,6 +28,16 @@ const (
 	// StepHalted: a step failed or timed out; uncordoned if we cordoned it,
 	// and the rollout halted.
 	StepHalted Step = "halted"
+	// StepUnresolved: the action ran, the node came back, and its tokens
+	// were still stale when --verify-timeout ran out. Uncordoned if we
+	// cordoned it; the rollout goes on without it, and the planner leaves
+	// it alone until its stale tokens change (Evidence) or a person asks
+	// for a retry.
+	StepUnresolved Step = "unresolved"
+	// StepExcluded: a person excluded the node (tokenroll.io/exclude) while
+	// we worked on it: our work on it ended there and its cordon was left as
+	// it was.
+	StepExcluded Step = "excluded"
 )
 
 // InProgress reports whether a node in step s is being disrupted by us.
@@ -97,6 +107,9 @@ type NodeState struct {
 	// Reason is a halt's reason (CamelCase, bounded) and Message what happened.
 	Reason  string `json:"reason,omitempty"`
 	Message string `json:"message,omitempty"`
+	// Evidence is the agent's stale-token evidence (TokenReport.Evidence)
+	// when the node became unresolved: it is retried once that changes.
+	Evidence string `json:"evidence,omitempty"`
 }
 
 // ParseNodeState decodes a node-state annotation.

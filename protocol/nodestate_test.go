@@ -43,3 +43,38 @@ func TestOwnerRefRejectsMalformed(t *testing.T) {
 		}
 	}
 }
+
+// Evidence changes with what makes tokens stale (a state, an issuer, a
+// pod), not with how many tokens there are.
+func TestEvidence(t *testing.T) {
+	base := TokenReport{Issuer: "https://new", Tokens: 3, Stale: map[State]int{StateIssuerMismatch: 2},
+		Issuers:   []IssuerTokens{{Issuer: "https://new", Tokens: 1}, {Issuer: "https://old", Tokens: 2}},
+		StalePods: []PodRef{{Namespace: "a", Name: "p", UID: "u1"}}}
+	e := base.Evidence("https://new")
+	more := base
+	more.Tokens, more.Stale = 40, map[State]int{StateIssuerMismatch: 9}
+	more.Issuers = []IssuerTokens{{Issuer: "https://new", Tokens: 31}, {Issuer: "https://old", Tokens: 9}}
+	if got := more.Evidence("https://new"); got != e {
+		t.Errorf("counts changed the evidence: %s, was %s", got, e)
+	}
+	for name, r := range map[string]TokenReport{
+		"a new pod": func() TokenReport { r := base; r.StalePods = append([]PodRef{{UID: "u2"}}, r.StalePods...); return r }(),
+		"a new state": func() TokenReport {
+			r := base
+			r.Stale = map[State]int{StateIssuerMismatch: 2, StateExpired: 1}
+			return r
+		}(),
+		"no old issuer": func() TokenReport {
+			r := base
+			r.Issuers = r.Issuers[:1]
+			return r
+		}(),
+	} {
+		if r.Evidence("https://new") == e {
+			t.Errorf("%s did not change the evidence", name)
+		}
+	}
+	if base.Evidence("https://old") == e {
+		t.Error("another current issuer did not change the evidence")
+	}
+}

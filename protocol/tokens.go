@@ -2,6 +2,8 @@ package protocol
 
 import (
 	"cmp"
+	"crypto/sha256"
+	"encoding/hex"
 	"slices"
 	"time"
 )
@@ -147,4 +149,36 @@ func (r TokenReport) Count(match func(State) bool) int {
 		}
 	}
 	return n
+}
+
+// Evidence is a short digest of what makes the node's tokens stale, apart
+// from issuer: which states are present, which other issuers hold
+// tokens, and which pods hold stale ones. Counts are left out, so pods
+// coming and going with fresh tokens do not change it; a new stale pod, a
+// new state or a new issuer does.
+func (r TokenReport) Evidence(issuer string) string {
+	var parts []string
+	for s, c := range r.Stale {
+		if c > 0 {
+			parts = append(parts, "state="+string(s))
+		}
+	}
+	for _, it := range r.Issuers {
+		if it.Issuer != issuer && it.Tokens > 0 {
+			parts = append(parts, "issuer="+it.Issuer)
+		}
+	}
+	for _, p := range r.StalePods {
+		parts = append(parts, "pod="+p.UID)
+	}
+	if r.StalePodsTruncated {
+		parts = append(parts, "truncated")
+	}
+	slices.Sort(parts)
+	h := sha256.New()
+	for _, p := range parts {
+		h.Write([]byte(p))
+		h.Write([]byte{0})
+	}
+	return hex.EncodeToString(h.Sum(nil)[:8])
 }

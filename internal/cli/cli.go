@@ -145,7 +145,14 @@ func (p *Program) Root() *cobra.Command { return p.root }
 // opts and then run.
 func (p *Program) Runs(cmd *cobra.Command, opts Options, run RunFunc) {
 	cmd.Args = NoArgs
-	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+	takes, ok := opts.(ArgsTaker)
+	if ok {
+		cmd.Args = cobra.ArbitraryArgs
+	}
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		if ok {
+			takes.SetArgs(args)
+		}
 		if err := errors.Join(p.log.Validate(), opts.Validate()); err != nil {
 			return &UsageError{Err: err}
 		}
@@ -174,6 +181,12 @@ func (p *Program) Group(parent *cobra.Command, use, short, long string, hidden b
 		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() }}
 	parent.AddCommand(cmd)
 	return cmd
+}
+
+// ArgsTaker is Options that take positional arguments (names), checked by
+// its Validate; a command whose options are not one takes none.
+type ArgsTaker interface {
+	SetArgs(args []string)
 }
 
 // NoArgs refuses positional arguments as a usage error.

@@ -175,7 +175,8 @@ func TestAlerts(t *testing.T) {
 		}
 	}
 	for _, want := range []string{"TokenrollTokensOverdue", "TokenrollTokensExpired", "TokenrollOldIssuerTokensTrustEnding",
-		"TokenrollRolloutHalted", "TokenrollNodeNotBack", "TokenrollNoLeader", "TokenrollGateClosedTooLong", "TokenrollAgentNotReporting"} {
+		"TokenrollRolloutHalted", "TokenrollNodeNotBack", "TokenrollNoLeader", "TokenrollGateClosedTooLong", "TokenrollAgentNotReporting",
+		"TokenrollRolloutStalled", "TokenrollNodeUnresolved"} {
 		if !slices.Contains(alerts, want) {
 			t.Errorf("no alert %s", want)
 		}

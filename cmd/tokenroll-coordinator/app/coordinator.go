@@ -63,6 +63,8 @@ type coordinatorOptions struct {
 	TrustMargin, AgentWait, IssuerRefresh time.Duration
 	// Auto plans rollouts from the agents' reports.
 	Auto bool
+	// DryRun records what every rollout would do, and does nothing.
+	DryRun bool
 	// DrainForce evicts pods no controller recreates.
 	DrainForce bool
 	// QPS and Burst limit the coordinator's API requests.
@@ -104,6 +106,7 @@ func (o *coordinatorOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.AgentWait, "agent-wait", o.AgentWait, "After an issuer change, how long to wait for the agents to report under the new issuer before planning without them.")
 	fs.DurationVar(&o.IssuerRefresh, "issuer-refresh-interval", o.IssuerRefresh, "How often OIDC discovery is read while the gate is open (it is also read whenever the gate opens).")
 	fs.BoolVar(&o.Auto, "auto", o.Auto, "Start rollouts from what the agents report (stale or old-issuer tokens, required reboots); false leaves it to `tokenroll rollout start`.")
+	fs.BoolVar(&o.DryRun, "dry-run", o.DryRun, "Make every rollout a dry run: record what would be done to each node (tokenroll status shows it); cordon, drain and request nothing.")
 	fs.BoolVar(&o.DrainForce, "drain-force", o.DrainForce, "Let a drain evict pods that no controller recreates (they are lost); without it such a pod halts the rollout.")
 	fs.Float32Var(&o.QPS, "kube-api-qps", o.QPS, "Steady API requests per second the coordinator may make.")
 	fs.IntVar(&o.Burst, "kube-api-burst", o.Burst, "API requests the coordinator may make in a burst.")
@@ -179,7 +182,7 @@ func (o *coordinatorOptions) run(ctx context.Context, e cli.Env) error {
 		Client: client, Namespace: o.Namespace, Gate: gate, Strategy: protocol.Strategy(o.Strategy),
 		MaxUnavailable: intstr.Parse(o.MaxUnavailable), DrainTimeout: o.DrainTimeout, ActionTimeout: o.ActionTimeout,
 		VerifyTimeout: o.VerifyTimeout, Settle: o.Settle, GateSettle: o.GateSettle, TrustMargin: o.TrustMargin, AgentWait: o.AgentWait,
-		IssuerRefresh: o.IssuerRefresh, Auto: o.Auto, Drainer: coordinator.KubectlDrainer{Client: client, Force: o.DrainForce, Log: e.Log, Retry: apiretry.Default()},
+		IssuerRefresh: o.IssuerRefresh, Auto: o.Auto, DryRun: o.DryRun, Drainer: coordinator.KubectlDrainer{Client: client, Force: o.DrainForce, Log: e.Log, Retry: apiretry.Default()},
 		Registry: reg, Log: e.Log,
 	})
 	if err != nil {

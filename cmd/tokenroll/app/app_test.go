@@ -21,7 +21,9 @@ func TestValidateReportsEveryBadFlag(t *testing.T) {
 		clitest.Usage{Args: []string{"status", "--namespace="}, Want: []string{"--namespace is required"}},
 		clitest.Usage{Args: []string{"scan", "--kubelet-root=/nonexistent", "--issuer=https://a", "--kubeconfig=/nonexistent", "--now=yesterday", "-o", "yaml", "--fail-on=overdue,stale"},
 			Want: []string{"--kubelet-root=\"/nonexistent\"", "--issuer and --kubeconfig both set", "--kubeconfig=\"/nonexistent\"", "--now=\"yesterday\"", "--output=\"yaml\"", "unknown state \"stale\""}},
-		clitest.Usage{Args: []string{"version", "-o", "xml", "--log-format=fancy"}, Want: []string{"--output=\"xml\"", "--log-format=\"fancy\""}})
+		clitest.Usage{Args: []string{"version", "-o", "xml", "--log-format=fancy"}, Want: []string{"--output=\"xml\"", "--log-format=\"fancy\""}},
+		clitest.Usage{Args: []string{"rollout", "retry"}, Want: []string{"name at least one node"}},
+		clitest.Usage{Args: []string{"rollout", "retry", "worker-1", "Bad_Node", "--namespace="}, Want: []string{"node \"Bad_Node\"", "--namespace is required"}})
 }
 
 // The node agent, the coordinator and the sandbox are programs of their

@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/pflag"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/tokenroll/tokenroll/coordinator"
 	"github.com/tokenroll/tokenroll/internal/cli"
@@ -32,6 +33,7 @@ func rolloutCommands() []rolloutCommand {
 		{"pause", "Pause the current rollout after the nodes in flight", "pause asks the coordinator's leader to let the nodes already acting finish, release nodes\ncordoned but not yet acted on, and start no new node until resume.", &rolloutSteerOptions{clusterOptions: newClusterOptions(), verb: coordinator.VerbPause}},
 		{"resume", "Resume a paused or halted rollout (a halted node is retried)", "resume asks the coordinator's leader to continue a paused rollout, or a halted one, starting\nagain with the node it halted on.", &rolloutSteerOptions{clusterOptions: newClusterOptions(), verb: coordinator.VerbResume}},
 		{"cancel", "Cancel the current rollout after the nodes in flight", "cancel asks the coordinator's leader to let the nodes already acting finish, release the\nrest and end the rollout.", &rolloutSteerOptions{clusterOptions: newClusterOptions(), verb: coordinator.VerbCancel}},
+		{"retry NODE...", "Retry nodes left unresolved (or halted): forget their record so they are planned again", "retry asks the coordinator's leader to forget its record of each node named: a node left\nunresolved (its tokens still stale after its action) is otherwise not planned again until its\nstale tokens change. A node in progress is not touched.", &rolloutRetryOptions{clusterOptions: newClusterOptions()}},
 	}
 }
 
@@ -49,6 +51,9 @@ type rolloutStartOptions struct {
 	Strategy string
 	// Nodes is a label selector; empty means every node.
 	Nodes string
+	// DryRun asks for a plan of what would be done to each node, doing
+	// nothing.
+	DryRun bool
 }
 
 func newRolloutStartOptions() *rolloutStartOptions {
@@ -59,6 +64,7 @@ func (o *rolloutStartOptions) AddFlags(fs *pflag.FlagSet) {
 	o.addFlags(fs, false)
 	fs.StringVar(&o.Strategy, "strategy", o.Strategy, "Remediation: "+strings.Join(coordinator.StrategyNames(), ", ")+".")
 	fs.StringVar(&o.Nodes, "nodes", o.Nodes, "Label selector of the nodes to include (default: every node), e.g. node-role.kubernetes.io/worker=.")
+	fs.BoolVar(&o.DryRun, "dry-run", o.DryRun, "Record what would be done to each node, and do nothing (the result is in tokenroll status).")
 }
 
 func (o *rolloutStartOptions) Validate() error {
@@ -82,13 +88,63 @@ func (o *rolloutStartOptions) run(ctx context.Context, e cli.Env) error {
 		if st.Start != nil {
 			return fmt.Errorf("a start requested by %s at %s is still waiting for the coordinator; is it running? (tokenroll status)", st.Start.RequestedBy, st.Start.RequestedAt.Format(time.RFC3339))
 		}
-		st.Start = &coordinator.StartRequest{Strategy: protocol.Strategy(o.Strategy), Selector: o.Nodes, RequestedAt: time.Now().UTC(), RequestedBy: whoAmI()}
+		st.Start = &coordinator.StartRequest{Strategy: protocol.Strategy(o.Strategy), Selector: o.Nodes, DryRun: o.DryRun, RequestedAt: time.Now().UTC(), RequestedBy: whoAmI()}
 		return nil
 	})
 	if err != nil {
 		return &cli.ExitError{Code: cli.ExitFailure, Err: err}
 	}
-	fmt.Fprintf(e.Stdout, "rollout requested: strategy %s, nodes %q; the coordinator's leader plans it (follow with tokenroll status)\n", o.Strategy, orAll(o.Nodes))
+	what := "rollout"
+	if o.DryRun {
+		what = "dry run"
+	}
+	fmt.Fprintf(e.Stdout, "%s requested: strategy %s, nodes %q; the coordinator's leader plans it (follow with tokenroll status)\n", what, o.Strategy, orAll(o.Nodes))
+	return nil
+}
+
+// rolloutRetryOptions configure `tokenroll rollout retry NODE...`: the
+// command records the request, and the coordinator's leader applies it.
+type rolloutRetryOptions struct {
+	clusterOptions
+	// Nodes are the nodes named on the command line.
+	Nodes []string
+}
+
+func (o *rolloutRetryOptions) AddFlags(fs *pflag.FlagSet) { o.addFlags(fs, false) }
+
+// SetArgs takes the node names.
+func (o *rolloutRetryOptions) SetArgs(args []string) { o.Nodes = args }
+
+func (o *rolloutRetryOptions) Validate() error {
+	errs := []error{o.validate()}
+	if len(o.Nodes) == 0 {
+		errs = append(errs, errors.New("name at least one node to retry"))
+	}
+	for _, n := range o.Nodes {
+		for _, msg := range validation.IsDNS1123Subdomain(n) {
+			errs = append(errs, fmt.Errorf("node %q: %s", n, msg))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (o *rolloutRetryOptions) run(ctx context.Context, e cli.Env) error {
+	client, _, err := o.clients()
+	if err != nil {
+		return err
+	}
+	store := coordinator.Store{Client: client, Namespace: o.Namespace, FieldManager: "tokenroll-cli"}
+	now, who := time.Now().UTC(), whoAmI()
+	_, err = store.Update(ctx, func(st *coordinator.State) error {
+		for _, n := range o.Nodes {
+			st.Retry = append(st.Retry, coordinator.RetryRequest{Node: n, RequestedAt: now, RequestedBy: who})
+		}
+		return nil
+	})
+	if err != nil {
+		return &cli.ExitError{Code: cli.ExitFailure, Err: err}
+	}
+	fmt.Fprintf(e.Stdout, "retry requested for %s; the coordinator's leader applies it (follow with tokenroll status)\n", strings.Join(o.Nodes, ", "))
 	return nil
 }
 

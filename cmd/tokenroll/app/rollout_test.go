@@ -51,12 +51,19 @@ func TestRolloutAndStatusCommands(t *testing.T) {
 	if code, _, stderr = run(t, "rollout", "start", "--kubeconfig", kc); code != cli.ExitFailure || !strings.Contains(stderr, "still waiting for the coordinator") {
 		t.Errorf("a second start: exit %d %s", code, stderr)
 	}
+	if code, out, stderr = run(t, "rollout", "retry", "--kubeconfig", kc, "worker-1"); code != 0 || !strings.Contains(out, "retry requested for worker-1") {
+		t.Errorf("retry: exit %d %s%s", code, out, stderr)
+	}
+	if st, err = (coordinator.Store{Client: admin, Namespace: "tokenroll"}).Get(ctx); err != nil || len(st.Retry) != 1 || st.Retry[0].Node != "worker-1" {
+		t.Errorf("state after retry: %+v, %v", st.Retry, err)
+	}
 	code, out, stderr = run(t, "status", "--kubeconfig", kc, "-o", "json")
 	var rep coordinator.StatusReport
 	if code != 0 || json.Unmarshal([]byte(out), &rep) != nil {
 		t.Fatalf("status: exit %d %s%s", code, out, stderr)
 	}
-	if rep.Issuer != "https://issuer.test" || rep.Gate.Provider != "none" || !rep.Gate.Open || len(rep.Nodes) != 1 || rep.Pending == nil || rep.Nodes[0].Tokens != -1 {
+	if rep.Issuer != "https://issuer.test" || rep.Gate.Provider != "none" || !rep.Gate.Open || len(rep.Nodes) != 1 || rep.Pending == nil || rep.Nodes[0].Tokens != -1 ||
+		len(rep.PendingRetry) != 1 {
 		t.Errorf("status: %+v", rep)
 	}
 	if code, out, _ = run(t, "status", "--kubeconfig", kc); code != 0 || !strings.Contains(out, "GATE      open (none)") || !strings.Contains(out, "worker-1  no") {
