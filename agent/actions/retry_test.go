@@ -142,9 +142,8 @@ func TestWatcherWithoutHandlerOnlyReportsTheSentinel(t *testing.T) {
 	}()
 	var n *corev1.Node
 	if err := wait.PollUntilContextTimeout(ctx, 10*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
-		n, err = nodes.Get(ctx, "node-a", metav1.GetOptions{})
-		if err != nil {
-			return false, nil
+		if n, err = nodes.Get(ctx, "node-a", metav1.GetOptions{}); err != nil {
+			return false, err
 		}
 		required, err := protocol.ParseRebootRequired(n.Annotations[protocol.AnnotationRebootRequired])
 		return err == nil && required, nil
