@@ -134,6 +134,7 @@ func TestSandboxScenario(t *testing.T) {
 	}
 	var sum struct {
 		Nodes                  int            `json:"nodes"`
+		Kubelet                string         `json:"kubelet"`
 		Strategy               string         `json:"strategy"`
 		TokensBefore           map[string]int `json:"tokensBefore"`
 		TokensAfter            map[string]int `json:"tokensAfter"`
@@ -153,7 +154,7 @@ func TestSandboxScenario(t *testing.T) {
 	if err := dec.Decode(&sum); err != nil {
 		t.Fatalf("summary %s: %v", data, err)
 	}
-	if !sum.OK || sum.Nodes != 3 || sum.Strategy != "kubelet-restart" || sum.LeaderChanges == nil {
+	if !sum.OK || sum.Nodes != 3 || sum.Kubelet != "sim" || sum.Strategy != "kubelet-restart" || sum.LeaderChanges == nil {
 		t.Errorf("summary %s", data)
 	}
 	// The leader was killed as the rollout started; the other replica took
