@@ -1,68 +1,20 @@
 package actions
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/godbus/dbus/v5"
-)
 
-// startBus runs a real dbus-daemon on a private socket for the test.
-func startBus(t *testing.T) string {
-	t.Helper()
-	if testing.Short() {
-		t.Skip("needs dbus-daemon")
-	}
-	daemon, err := exec.LookPath("dbus-daemon")
-	if err != nil {
-		t.Fatal("dbus-daemon not found: install the Debian package dbus (.ci/run does)")
-	}
-	dir := t.TempDir()
-	config := filepath.Join(dir, "bus.conf")
-	err = os.WriteFile(config, []byte(`<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>custom</type>
-  <listen>unix:path=`+filepath.Join(dir, "bus")+`</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <allow own="*"/>
-    <allow send_destination="*"/>
-    <allow receive_sender="*"/>
-  </policy>
-</busconfig>
-`), 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(daemon, "--config-file="+config, "--nofork", "--nopidfile", "--print-address=1")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	line, err := bufio.NewReader(out).ReadString('\n')
-	if err != nil {
-		t.Fatalf("dbus-daemon printed no address: %v", err)
-	}
-	return strings.TrimSpace(line)
-}
+	"github.com/tokenroll/tokenroll/internal/dbustest"
+)
 
 // fakeHost owns org.freedesktop.login1 and org.freedesktop.systemd1 on the
 // bus and records every call the agent makes. Each behaves as told: succeed,
@@ -156,7 +108,7 @@ func startFakeHost(t *testing.T, address string) *fakeHost {
 }
 
 func TestSystemdExecutorOverARealBus(t *testing.T) {
-	addr := startBus(t)
+	addr := dbustest.Start(t)
 	host := startFakeHost(t, addr)
 	sd, err := NewSystemd(addr, KubeletUnit)
 	if err != nil {

@@ -1,7 +1,6 @@
 package deploy_test
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -15,6 +14,7 @@ import (
 	"time"
 
 	"github.com/tokenroll/tokenroll/agent/actions"
+	"github.com/tokenroll/tokenroll/internal/dbustest"
 )
 
 // agentUID is the dedicated user deploy/polkit/50-tokenroll-agent.rules
@@ -190,37 +190,9 @@ func bindEtc(etc string) string {
 func startSystemBus(t *testing.T, dir, etc string) string {
 	t.Helper()
 	config := filepath.Join(dir, "bus.conf")
-	err := os.WriteFile(config, []byte(`<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>unix:path=`+filepath.Join(dir, "bus")+`</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <allow own="*"/>
-    <allow send_destination="*"/>
-    <allow receive_sender="*"/>
-  </policy>
-</busconfig>
-`), 0o644)
-	if err != nil {
+	if err := os.WriteFile(config, []byte(dbustest.Config("system", filepath.Join(dir, "bus"))), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command("unshare", "-m", "--propagation", "private", "sh", "-c",
-		bindEtc(etc)+`exec dbus-daemon --config-file="$1" --nofork --nopidfile --print-address=1`, "sh", config)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	line, err := bufio.NewReader(out).ReadString('\n')
-	if err != nil {
-		t.Fatalf("dbus-daemon printed no address: %v", err)
-	}
-	return strings.TrimSpace(line)
+	return dbustest.Run(t, exec.Command("unshare", "-m", "--propagation", "private", "sh", "-c",
+		bindEtc(etc)+`exec dbus-daemon --config-file="$1" --nofork --nopidfile --print-address=1`, "sh", config))
 }

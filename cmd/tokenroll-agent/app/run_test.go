@@ -1,7 +1,6 @@
 package app
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -9,13 +8,11 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -28,6 +25,7 @@ import (
 
 	"github.com/tokenroll/tokenroll/internal/cli"
 	"github.com/tokenroll/tokenroll/internal/cli/clitest"
+	"github.com/tokenroll/tokenroll/internal/dbustest"
 	"github.com/tokenroll/tokenroll/protocol"
 	"github.com/tokenroll/tokenroll/sandbox/controlplane"
 	"github.com/tokenroll/tokenroll/sandbox/kubeletsim"
@@ -76,7 +74,7 @@ func TestRunFlag(t *testing.T) {
 // restart and reports it; the scanner reports the tokens and never dials
 // the bus; neither touches the other's paths.
 func TestScannerAndExecutorRunApart(t *testing.T) {
-	bus := startBus(t)
+	bus := dbustest.Start(t)
 	host := startFakeSystemd(t, bus)
 	c := simtest.Start(t, controlplane.DefaultIssuer, "node-1")
 	c.PrepareBuildNamespace(t, "build")
@@ -211,53 +209,6 @@ func TestScannerAndExecutorRunApart(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(stateDir, "actions.json")); err != nil {
 		t.Errorf("the executor kept no record: %v", err)
 	}
-}
-
-// startBus runs a real dbus-daemon on a private socket for the test.
-func startBus(t *testing.T) string {
-	t.Helper()
-	if testing.Short() {
-		t.Skip("needs dbus-daemon")
-	}
-	daemon, err := exec.LookPath("dbus-daemon")
-	if err != nil {
-		t.Fatal("dbus-daemon not found: install the Debian package dbus (make dbus does)")
-	}
-	dir := t.TempDir()
-	config := filepath.Join(dir, "bus.conf")
-	err = os.WriteFile(config, []byte(`<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>custom</type>
-  <listen>unix:path=`+filepath.Join(dir, "bus")+`</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <allow own="*"/>
-    <allow send_destination="*"/>
-    <allow receive_sender="*"/>
-  </policy>
-</busconfig>
-`), 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(daemon, "--config-file="+config, "--nofork", "--nopidfile", "--print-address=1")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	line, err := bufio.NewReader(out).ReadString('\n')
-	if err != nil {
-		t.Fatalf("dbus-daemon printed no address: %v", err)
-	}
-	return strings.TrimSpace(line)
 }
 
 // fakeSystemd owns org.freedesktop.systemd1 and org.freedesktop.login1 on
