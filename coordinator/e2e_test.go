@@ -397,19 +397,26 @@ func (e *env) steer(verb coordinator.Verb) coordinator.State {
 	})
 }
 
+// blockEvictions creates a PodDisruptionBudget that allows no eviction of
+// the web pods, so a drain never ends.
+func (e *env) blockEvictions() {
+	e.t.Helper()
+	minAvail := intstr.FromInt32(2)
+	if _, err := e.admin.PolicyV1().PodDisruptionBudgets("build").Create(e.ctx, &policyv1.PodDisruptionBudget{
+		ObjectMeta: metav1.ObjectMeta{Name: "web"},
+		Spec:       policyv1.PodDisruptionBudgetSpec{MinAvailable: &minAvail, Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "web"}}},
+	}, metav1.CreateOptions{}); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
 // A PodDisruptionBudget that allows no disruption blocks the drain: the
 // rollout halts with DrainTimeout, the node is uncordoned, and its pods are
 // still there.
 func TestPDBBlocksDrainHalts(t *testing.T) {
 	nodes := []string{"node-a", "node-b"}
 	e := startEnv(t, 1, nodes...)
-	minAvail := intstr.FromInt32(2)
-	if _, err := e.admin.PolicyV1().PodDisruptionBudgets("build").Create(e.ctx, &policyv1.PodDisruptionBudget{
-		ObjectMeta: metav1.ObjectMeta{Name: "web"},
-		Spec:       policyv1.PodDisruptionBudgetSpec{MinAvailable: &minAvail, Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "web"}}},
-	}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	e.blockEvictions()
 	e.startCoordinator("c1", nil, func(c *coordinator.Config) {
 		c.Auto, c.DrainTimeout = false, 5*time.Second
 		c.Drainer = coordinator.KubectlDrainer{Client: e.admin, Force: true}

@@ -5,9 +5,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	policyv1 "k8s.io/api/policy/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/tokenroll/tokenroll/coordinator"
 	"github.com/tokenroll/tokenroll/protocol"
@@ -21,13 +19,7 @@ func TestUncordonDuringDrainHaltsWithoutReboot(t *testing.T) {
 	nodes := []string{"node-a", "node-b"}
 	e := startEnv(t, 1, nodes...)
 	// A budget that allows no eviction holds the drain of node-a.
-	minAvail := intstr.FromInt32(2)
-	if _, err := e.admin.PolicyV1().PodDisruptionBudgets("build").Create(e.ctx, &policyv1.PodDisruptionBudget{
-		ObjectMeta: metav1.ObjectMeta{Name: "web"},
-		Spec:       policyv1.PodDisruptionBudgetSpec{MinAvailable: &minAvail, Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "web"}}},
-	}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	e.blockEvictions()
 	e.startCoordinator("c1", nil, func(c *coordinator.Config) {
 		c.Auto, c.DrainTimeout = false, 2*time.Minute
 		c.Drainer = coordinator.KubectlDrainer{Client: e.admin, Force: true}
