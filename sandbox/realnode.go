@@ -125,13 +125,9 @@ func (n *realNode) start(ctx context.Context, wg *sync.WaitGroup) error {
 	if err := os.MkdirAll(n.root, 0o750); err != nil {
 		return err
 	}
-	id := kubeletsim.NewBootID()
-	if err := kubeletsim.WriteBootID(n.root, id); err != nil {
+	if _, err := n.newBoot(); err != nil {
 		return err
 	}
-	n.mu.Lock()
-	n.bootID = id
-	n.mu.Unlock()
 	if err := startChildren(ctx, wg, []*child{n.runtime}); err != nil {
 		return err
 	}
@@ -265,13 +261,10 @@ func (n *realNode) goDown(ctx context.Context) {
 }
 
 func (n *realNode) comeUp(ctx context.Context) error {
-	id := kubeletsim.NewBootID()
-	if err := kubeletsim.WriteBootID(n.root, id); err != nil {
+	id, err := n.newBoot()
+	if err != nil {
 		return err
 	}
-	n.mu.Lock()
-	n.bootID = id
-	n.mu.Unlock()
 	n.runtime.release()
 	if err := waitSocket(ctx, runtimeSocket(n.root), 30*time.Second); err != nil {
 		return fmt.Errorf("the fake runtime did not serve %s after the reboot: %w; its log: %s", runtimeSocket(n.root), err, n.runtime.logPath)
@@ -305,4 +298,17 @@ func waitSocket(ctx context.Context, path string, timeout time.Duration) error {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// newBoot gives the node a new boot ID, in its file and in memory, and
+// returns it.
+func (n *realNode) newBoot() (string, error) {
+	id := kubeletsim.NewBootID()
+	if err := kubeletsim.WriteBootID(n.root, id); err != nil {
+		return "", err
+	}
+	n.mu.Lock()
+	n.bootID = id
+	n.mu.Unlock()
+	return id, nil
 }
