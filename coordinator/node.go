@@ -80,6 +80,15 @@ func (t *term) progress(ctx context.Context, w world, r *Rollout, v nodeView) (t
 			t.logOnChange("waiting to learn the API servers' issuer before preparing the node", zap.String("node", v.plan.Name))
 			return 0, nil
 		}
+		if lock := t.readKuredLock(w.now); lock.err != nil || lock.held(v.plan.Name) {
+			// kured took the node after we cordoned it: it drains and
+			// reboots it itself, and our action would be a second one.
+			// Nothing is requested until kured lets go (a change of its
+			// DaemonSet wakes us).
+			t.logOnChange("the node holds kured's reboot lock, or who does is unknown; no action is requested on it until kured lets go",
+				zap.String("node", v.plan.Name), zap.NamedError("lockError", lock.err))
+			return 0, nil
+		}
 		return t.prepare(ctx, w, r, v, impl)
 	case protocol.StepActing:
 		if uncordoned && v.state.CordonedByUs {
