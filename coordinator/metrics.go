@@ -11,7 +11,7 @@ import (
 var rolloutPhases = []string{"none", string(RolloutRunning), string(RolloutPaused), string(RolloutHalted), string(RolloutCancelled), string(RolloutDone)}
 
 // nodeCountLabels are the values of tokenroll_rollout_nodes's label.
-var nodeCountLabels = []string{"pending", "in_progress", "done", "halted", "unresolved", "excluded", "skipped"}
+var nodeCountLabels = []string{"pending", "in_progress", "done", "halted", "unresolved", "excluded", "dry_run", "skipped"}
 
 type coordinatorMetrics struct {
 	leader         prometheus.Gauge

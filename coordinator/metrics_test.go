@@ -134,6 +134,7 @@ tokenroll_rollout_halts_total{reason="VerifyTimeout"} 0
 # HELP tokenroll_rollout_nodes Nodes of the current rollout by state.
 # TYPE tokenroll_rollout_nodes gauge
 tokenroll_rollout_nodes{state="done"} 1
+tokenroll_rollout_nodes{state="dry_run"} 0
 tokenroll_rollout_nodes{state="excluded"} 0
 tokenroll_rollout_nodes{state="halted"} 0
 tokenroll_rollout_nodes{state="in_progress"} 1

@@ -82,7 +82,7 @@ func (t *term) advance(ctx context.Context, w world, r *Rollout) (time.Duration,
 	// The end of a rollout: unresolved and excluded nodes do not hold it
 	// up.
 	pending, inFlight, halted := 0, 0, 0
-	var unresolved, excluded []string
+	var unresolved, excluded, dryRun []string
 	for _, v := range t.refresh(views, r.ID) {
 		switch {
 		case v.node == nil:
@@ -98,6 +98,8 @@ func (t *term) advance(ctx context.Context, w world, r *Rollout) (time.Duration,
 			unresolved = append(unresolved, v.plan.Name)
 		case v.state.Step == protocol.StepExcluded:
 			excluded = append(excluded, v.plan.Name)
+		case v.state.Step == protocol.StepDryRun:
+			dryRun = append(dryRun, v.plan.Name)
 		}
 	}
 	if inFlight == 0 && (r.Phase == RolloutCancelled || (r.Phase == RolloutRunning && pending == 0 && halted == 0)) {
@@ -107,6 +109,9 @@ func (t *term) advance(ctx context.Context, w world, r *Rollout) (time.Duration,
 		}
 		if len(excluded) > 0 {
 			note = append(note, fmt.Sprintf("%d nodes excluded (%s)", len(excluded), namesOf(excluded)))
+		}
+		if len(dryRun) > 0 {
+			note = append(note, fmt.Sprintf("%d nodes dry-run: their agents run with --dry-run and did not act (%s)", len(dryRun), namesOf(dryRun)))
 		}
 		return 0, t.finishRollout(ctx, w, r, strings.Join(note, "; "))
 	}
@@ -211,7 +216,7 @@ func disrupted(views []nodeView, all []*corev1.Node, lock kuredLock) (busy, foun
 		case v.state != nil && v.state.Step.InProgress():
 			ours[v.plan.Name] = true
 			busy++
-		case foundCordoned(v, lock) || (v.state != nil && (v.state.Step == protocol.StepDone || v.state.Step == protocol.StepUnresolved) &&
+		case foundCordoned(v, lock) || (v.state != nil && (v.state.Step == protocol.StepDone || v.state.Step == protocol.StepUnresolved || v.state.Step == protocol.StepDryRun) &&
 			!v.state.CordonedByUs && v.node.Spec.Unschedulable):
 			ours[v.plan.Name] = true
 			found++
@@ -476,6 +481,8 @@ func (t *term) observeRollout(w world, r *Rollout) {
 			counts["unresolved"]++
 		case st.Step == protocol.StepExcluded:
 			counts["excluded"]++
+		case st.Step == protocol.StepDryRun:
+			counts["dry_run"]++
 		case st.Step.InProgress():
 			counts["in_progress"]++
 		case st.Step == protocol.StepDone:
