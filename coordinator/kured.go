@@ -73,6 +73,9 @@ type kuredLock struct {
 
 func (k kuredLock) held(node string) bool { return k.holders[node] }
 
+// mayHold tells whether node holds the lock or may (who does is unknown).
+func (k kuredLock) mayHold(node string) bool { return k.err != nil || k.held(node) }
+
 // readKuredLock reads kured's lock from the term's cache of kured's
 // DaemonSet (none when --kured-lock is off, or the DaemonSet or its
 // annotation is missing).

@@ -80,7 +80,7 @@ func (t *term) progress(ctx context.Context, w world, r *Rollout, v nodeView) (t
 			t.logOnChange("waiting to learn the API servers' issuer before preparing the node", zap.String("node", v.plan.Name))
 			return 0, nil
 		}
-		if lock := t.readKuredLock(w.now); lock.err != nil || lock.held(v.plan.Name) {
+		if lock := t.readKuredLock(w.now); lock.mayHold(v.plan.Name) {
 			// kured took the node after we cordoned it: it drains and
 			// reboots it itself, and our action would be a second one.
 			// Nothing is requested until kured lets go (a change of its
