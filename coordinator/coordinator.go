@@ -16,6 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
@@ -70,11 +71,15 @@ type Config struct {
 	Auto bool
 	// DryRun makes every rollout a dry run: planned, with what would be
 	// done to each node recorded, and nothing done.
-	DryRun   bool
-	Drainer  Drainer
-	Registry prometheus.Registerer
-	Log      *zap.Logger
-	Clock    clock.WithTicker
+	DryRun bool
+	// KuredLock is kured's DaemonSet, whose annotation AnnotationKuredLock
+	// names the nodes kured is rebooting: no such node is cordoned or acted
+	// on, and each counts against MaxUnavailable. Zero: kured is ignored.
+	KuredLock types.NamespacedName
+	Drainer   Drainer
+	Registry  prometheus.Registerer
+	Log       *zap.Logger
+	Clock     clock.WithTicker
 }
 
 // Coordinator runs rollouts while it leads. What lives beyond one
@@ -107,6 +112,10 @@ type term struct {
 	nodeKeys cache.Store
 	nodes    cache.MutationCache
 	cm       cache.MutationCache
+	// kured caches kured's DaemonSet (nil: --kured-lock off); kuredSynced
+	// tells whether it has been read (nil: it has).
+	kured       cache.Store
+	kuredSynced func() bool
 	// drains are the background preparations (drains, evictions), awaited
 	// when the term ends.
 	drains sync.WaitGroup
@@ -223,6 +232,21 @@ func (c *Coordinator) Lead(ctx context.Context) error {
 	if _, err := cmInf.AddEventHandler(onChange(t.cm, enqueue)); err != nil {
 		return err
 	}
+	var kuredFactory informers.SharedInformerFactory
+	if ref := c.cfg.KuredLock; ref.Name != "" {
+		// One object, watched: a lock taken or released wakes the
+		// coordinator at once, for one watch's cost.
+		kuredFactory = informers.NewSharedInformerFactoryWithOptions(c.cfg.Client, 0, informers.WithNamespace(ref.Namespace),
+			informers.WithTransform(trimKured),
+			informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "metadata.name=" + ref.Name }))
+		kuredInf := kuredFactory.Apps().V1().DaemonSets().Informer()
+		t.kured, t.kuredSynced = kuredInf.GetStore(), kuredInf.HasSynced
+		if _, err := kuredInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+			AddFunc: func(any) { enqueue() }, UpdateFunc: func(any, any) { enqueue() }, DeleteFunc: func(any) { enqueue() },
+		}); err != nil {
+			return err
+		}
+	}
 
 	broadcaster := events.NewBroadcaster(&events.EventSinkImpl{Interface: c.cfg.Client.EventsV1()})
 	// Events already recorded are still sent after leadership ends.
@@ -233,7 +257,19 @@ func (c *Coordinator) Lead(ctx context.Context) error {
 
 	nodeFactory.Start(ctx.Done())
 	cmFactory.Start(ctx.Done())
-	defer func() { cancel(); nodeFactory.Shutdown(); cmFactory.Shutdown() }()
+	// Not awaited: until it is read, no node starts and the rollout says
+	// it waits for it (a missing permission is reported, not a hang).
+	if kuredFactory != nil {
+		kuredFactory.Start(ctx.Done())
+	}
+	defer func() {
+		cancel()
+		nodeFactory.Shutdown()
+		cmFactory.Shutdown()
+		if kuredFactory != nil {
+			kuredFactory.Shutdown()
+		}
+	}()
 	if err := c.cfg.Gate.Start(ctx, enqueue); err != nil {
 		return fmt.Errorf("starting the revision gate: %w", err)
 	}

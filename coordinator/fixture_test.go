@@ -29,6 +29,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap/zaptest"
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -70,6 +71,7 @@ var (
 	nodesGVR      = corev1.SchemeGroupVersion.WithResource("nodes")
 	configMapsGVR = corev1.SchemeGroupVersion.WithResource("configmaps")
 	podsGVR       = corev1.SchemeGroupVersion.WithResource("pods")
+	daemonSetsGVR = appsv1.SchemeGroupVersion.WithResource("daemonsets")
 )
 
 // fixture is one fake cluster and the coordinator leading it.
@@ -94,9 +96,11 @@ type fixture struct {
 
 	// term is the current leader's term (nil: none yet); nodes and cms
 	// stand for its informers' stores.
-	term   *term
-	nodes  cache.Store
-	cms    cache.Store
+	term  *term
+	nodes cache.Store
+	cms   cache.Store
+	// kured stands for the informer on kured's DaemonSet (nil: off).
+	kured  cache.Store
 	events *events.FakeRecorder
 	seen   int // actions already returned by writes
 }
@@ -139,6 +143,11 @@ func (f *fixture) lead() {
 	f.nodes = cache.NewStore(cache.MetaNamespaceKeyFunc)
 	f.cms = cache.NewStore(cache.MetaNamespaceKeyFunc)
 	f.term = c.newTerm(klog.Background(), f.nodes, f.cms)
+	f.kured = nil
+	if f.cfg.KuredLock.Name != "" {
+		f.kured = cache.NewStore(cache.MetaNamespaceKeyFunc)
+		f.term.kured = f.kured
+	}
 	f.events = events.NewFakeRecorder(100)
 	f.term.recorder = f.events
 	f.catchUp()
@@ -230,6 +239,18 @@ func (f *fixture) catchUp() {
 	if err := f.cms.Replace(cms, ""); err != nil {
 		f.t.Fatal(err)
 	}
+	if f.kured != nil {
+		var dss []any
+		for _, ds := range f.list(daemonSetsGVR, f.cfg.KuredLock.Namespace) {
+			if objectName(ds) == f.cfg.KuredLock.Name {
+				o, _ := trimKured(ds)
+				dss = append(dss, o)
+			}
+		}
+		if err := f.kured.Replace(dss, ""); err != nil {
+			f.t.Fatal(err)
+		}
+	}
 	// What Lead's event handlers tell the read-your-writes caches.
 	for _, o := range nodes {
 		f.term.nodes.OnAddOrUpdate(o.(runtime.Object))
@@ -264,7 +285,7 @@ func (f *fixture) list(gvr schema.GroupVersionResource, ns string) []runtime.Obj
 	return items
 }
 
-var kinds = map[string]string{"nodes": "Node", "configmaps": "ConfigMap", "pods": "Pod", "events": "Event"}
+var kinds = map[string]string{"nodes": "Node", "configmaps": "ConfigMap", "pods": "Pod", "events": "Event", "daemonsets": "DaemonSet"}
 
 // sync runs one reconciliation on stores that caught up with the cluster
 // and returns when the coordinator asks to run again (0: on a change).

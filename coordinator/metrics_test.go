@@ -134,6 +134,7 @@ tokenroll_rollout_halts_total{reason="VerifyTimeout"} 0
 # HELP tokenroll_rollout_nodes Nodes of the current rollout by state.
 # TYPE tokenroll_rollout_nodes gauge
 tokenroll_rollout_nodes{state="done"} 1
+tokenroll_rollout_nodes{state="dry_run"} 0
 tokenroll_rollout_nodes{state="excluded"} 0
 tokenroll_rollout_nodes{state="halted"} 0
 tokenroll_rollout_nodes{state="in_progress"} 1
@@ -148,11 +149,12 @@ tokenroll_rollout_phase{phase="halted"} 0
 tokenroll_rollout_phase{phase="none"} 0
 tokenroll_rollout_phase{phase="paused"} 0
 tokenroll_rollout_phase{phase="running"} 1
-# HELP tokenroll_rollout_waiting 1 for what the coordinator waits for while none of its nodes is in progress (gate-closed, issuer-unknown, agent-reports, max-unavailable, node-not-ready, machine-config), 0 for the others.
+# HELP tokenroll_rollout_waiting 1 for what the coordinator waits for while none of its nodes is in progress (gate-closed, issuer-unknown, agent-reports, max-unavailable, node-not-ready, machine-config, kured-lock), 0 for the others.
 # TYPE tokenroll_rollout_waiting gauge
 tokenroll_rollout_waiting{reason="agent-reports"} 0
 tokenroll_rollout_waiting{reason="gate-closed"} 0
 tokenroll_rollout_waiting{reason="issuer-unknown"} 0
+tokenroll_rollout_waiting{reason="kured-lock"} 0
 tokenroll_rollout_waiting{reason="machine-config"} 0
 tokenroll_rollout_waiting{reason="max-unavailable"} 0
 tokenroll_rollout_waiting{reason="node-not-ready"} 0

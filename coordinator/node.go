@@ -80,6 +80,15 @@ func (t *term) progress(ctx context.Context, w world, r *Rollout, v nodeView) (t
 			t.logOnChange("waiting to learn the API servers' issuer before preparing the node", zap.String("node", v.plan.Name))
 			return 0, nil
 		}
+		if lock := t.readKuredLock(w.now); lock.mayHold(v.plan.Name) {
+			// kured took the node after we cordoned it: it drains and
+			// reboots it itself, and our action would be a second one.
+			// Nothing is requested until kured lets go (a change of its
+			// DaemonSet wakes us).
+			t.logOnChange("the node holds kured's reboot lock, or who does is unknown; no action is requested on it until kured lets go",
+				zap.String("node", v.plan.Name), zap.NamedError("lockError", lock.err))
+			return 0, nil
+		}
 		return t.prepare(ctx, w, r, v, impl)
 	case protocol.StepActing:
 		if uncordoned && v.state.CordonedByUs {
@@ -243,6 +252,9 @@ func (t *term) verify(ctx context.Context, w world, r *Rollout, v nodeView, impl
 			return 0, t.halt(ctx, w, r, v, HaltActionFailed, "the agent's answer cannot be read: "+err.Error())
 		}
 	}
+	if in.status != nil && in.status.Phase == protocol.PhaseDone && in.status.DryRun {
+		return 0, t.agentDryRun(ctx, w, r, v, in.status.Message)
+	}
 	if in.status != nil && (in.status.Phase == protocol.PhaseFailed || in.status.Phase == protocol.PhaseRefused) {
 		return 0, t.halt(ctx, w, r, v, HaltActionFailed, fmt.Sprintf("the agent reports the %s %s: %s", ns.Strategy, in.status.Phase, in.status.Message))
 	}
@@ -357,6 +369,31 @@ func (t *term) unresolve(ctx context.Context, w world, r *Rollout, v nodeView, m
 	t.event(v.node, corev1.EventTypeWarning, "Unresolved", "Verify",
 		"rollout %s: %s ran but %s; the rollout goes on without this node, which is retried when its stale tokens change or on `tokenroll rollout retry %s`",
 		r.ID, ns.Strategy, msg, v.plan.Name)
+	return nil
+}
+
+// agentDryRun ends the work on a node whose agent answered that it runs
+// with --dry-run: nothing happened, so there is nothing to verify and no
+// node to wait for. It is uncordoned (if we cordoned it) and recorded
+// dry-run with its evidence, so the rollout goes on and the planner does
+// not plan it again for the same stale tokens.
+func (t *term) agentDryRun(ctx context.Context, w world, r *Rollout, v nodeView, agentMsg string) error {
+	ns := *v.state
+	ns.Step, ns.StepAt = protocol.StepDryRun, w.now
+	ns.Message = "the agent runs with --dry-run and did not act: " + truncate(agentMsg, 256)
+	ns.Evidence = evidenceOf(v.node, w.issuer)
+	var unsched *bool
+	if ns.CordonedByUs && v.node.Spec.Unschedulable {
+		unsched = boolPtr(false)
+	}
+	// The request is answered: cleared, as once verified.
+	if err := t.writeNode(ctx, v.node, &ns, unsched, map[string]any{protocol.AnnotationRequest: nil}); err != nil {
+		return err
+	}
+	t.c.cfg.Log.Info("node dry-run: its agent runs with --dry-run and did not act; going on with the other nodes",
+		zap.String("rollout", r.ID), zap.String("node", v.plan.Name), zap.String("strategy", string(ns.Strategy)))
+	t.event(v.node, corev1.EventTypeNormal, "DryRun", "Verify", "rollout %s: %s; %s", r.ID, ns.Message,
+		map[bool]string{true: "uncordoned", false: "its cordon left as it was"}[ns.CordonedByUs])
 	return nil
 }
 

@@ -22,7 +22,7 @@ import (
 func TestUnrelatedNotReadyNodeIsAReportedWait(t *testing.T) {
 	f := newFixture(t, testNode("n1"), testNode("n2"), testNode("n9", notReady), rolloutConfigMap(rollout(KubeletRestart, "n1", "n2")))
 	f.sync()
-	msg := "nodes waiting for max-unavailable, the Machine Config daemon or to be Ready (outOfService=1, maxUnavailable=1, nodesWaiting=2, outOfServiceNodes=n9 NotReady)"
+	msg := "nodes waiting for max-unavailable, the Machine Config daemon, kured's lock or to be Ready (outOfService=1, maxUnavailable=1, nodesWaiting=2, outOfServiceNodes=n9 NotReady)"
 	f.expectWrites(waitingOn(rollout(KubeletRestart, "n1", "n2"), WaitMaxUnavailable, msg, t0))
 	for range 3 {
 		f.clock.Step(10 * time.Minute)
@@ -58,13 +58,13 @@ func TestPlannedNodesNotReadyOrUpdatingAreReportedWaits(t *testing.T) {
 	f.cfg.MaxUnavailable = intstr.FromInt32(2)
 	f.sync()
 	f.expectWrites(waitingOn(rollout(KubeletRestart, "n1"), WaitNodeNotReady,
-		"nodes waiting for max-unavailable, the Machine Config daemon or to be Ready (outOfService=1, maxUnavailable=2, nodesWaiting=0, outOfServiceNodes=n1 NotReady, notReady=n1)", t0))
+		"nodes waiting for max-unavailable, the Machine Config daemon, kured's lock or to be Ready (outOfService=1, maxUnavailable=2, nodesWaiting=0, outOfServiceNodes=n1 NotReady, notReady=n1)", t0))
 
 	f.updateNode("n1", func(n *corev1.Node) { setReady(n, true); n.Annotations[annotationMCOState] = "Working" })
 	f.clock.Step(time.Minute)
 	f.sync()
 	f.expectWrites(waitingOn(rollout(KubeletRestart, "n1"), WaitMachineConfig,
-		"nodes waiting for max-unavailable, the Machine Config daemon or to be Ready (outOfService=0, maxUnavailable=2, nodesWaiting=0, machineConfigUpdating=n1=Working)", t0.Add(time.Minute)))
+		"nodes waiting for max-unavailable, the Machine Config daemon, kured's lock or to be Ready (outOfService=0, maxUnavailable=2, nodesWaiting=0, machineConfigUpdating=n1=Working)", t0.Add(time.Minute)))
 }
 
 // A node whose tokens are still stale after its action does not halt the

@@ -101,6 +101,10 @@ func nodeNeed(in PlanInput, trusted map[string]TrustedIssuer, n *corev1.Node) (n
 	if ex := excludedBy(n); ex != "" {
 		return false, "", time.Time{}, "excluded (" + AnnotationExclude + "): " + ex
 	}
+	if st := nodeStateIn(n, protocol.StepDryRun); st != nil && st.Evidence == evidenceOf(n, in.Issuer) {
+		return false, "", time.Time{}, fmt.Sprintf("dry-run in rollout %s: its agent runs with --dry-run and did not act; planned again when its stale tokens change or on `tokenroll rollout retry %s`",
+			st.Rollout, n.Name)
+	}
 	if rr, err := protocol.ParseRebootRequired(n.Annotations[protocol.AnnotationRebootRequired]); err != nil {
 		return false, "", time.Time{}, err.Error()
 	} else if rr {
@@ -168,12 +172,18 @@ func minTime(a, b time.Time) time.Time {
 // unresolvedState is the node's state when its last remediation left it
 // unresolved (nil otherwise).
 func unresolvedState(n *corev1.Node) *protocol.NodeState {
+	return nodeStateIn(n, protocol.StepUnresolved)
+}
+
+// nodeStateIn is the node's state when it is at step, whatever the
+// rollout (nil otherwise).
+func nodeStateIn(n *corev1.Node, step protocol.Step) *protocol.NodeState {
 	raw, ok := n.Annotations[protocol.AnnotationNodeState]
 	if !ok {
 		return nil
 	}
 	st, err := protocol.ParseNodeState(raw)
-	if err != nil || st.Step != protocol.StepUnresolved {
+	if err != nil || st.Step != step {
 		return nil
 	}
 	return &st

@@ -82,7 +82,7 @@ func (t *term) advance(ctx context.Context, w world, r *Rollout) (time.Duration,
 	// The end of a rollout: unresolved and excluded nodes do not hold it
 	// up.
 	pending, inFlight, halted := 0, 0, 0
-	var unresolved, excluded []string
+	var unresolved, excluded, dryRun []string
 	for _, v := range t.refresh(views, r.ID) {
 		switch {
 		case v.node == nil:
@@ -98,6 +98,8 @@ func (t *term) advance(ctx context.Context, w world, r *Rollout) (time.Duration,
 			unresolved = append(unresolved, v.plan.Name)
 		case v.state.Step == protocol.StepExcluded:
 			excluded = append(excluded, v.plan.Name)
+		case v.state.Step == protocol.StepDryRun:
+			dryRun = append(dryRun, v.plan.Name)
 		}
 	}
 	if inFlight == 0 && (r.Phase == RolloutCancelled || (r.Phase == RolloutRunning && pending == 0 && halted == 0)) {
@@ -107,6 +109,9 @@ func (t *term) advance(ctx context.Context, w world, r *Rollout) (time.Duration,
 		}
 		if len(excluded) > 0 {
 			note = append(note, fmt.Sprintf("%d nodes excluded (%s)", len(excluded), namesOf(excluded)))
+		}
+		if len(dryRun) > 0 {
+			note = append(note, fmt.Sprintf("%d nodes dry-run: their agents run with --dry-run and did not act (%s)", len(dryRun), namesOf(dryRun)))
 		}
 		return 0, t.finishRollout(ctx, w, r, strings.Join(note, "; "))
 	}
@@ -189,9 +194,9 @@ func excludedBy(n *corev1.Node) string {
 // foundCordoned tells whether a planned node is one someone else cordoned,
 // that we have not started (or that halted and may start again), and that
 // we may act on.
-func foundCordoned(v nodeView) bool {
+func foundCordoned(v nodeView, lock kuredLock) bool {
 	return v.node != nil && v.node.Spec.Unschedulable && nodeutil.Ready(v.node) && mcoBusy(v.node) == "" && excludedBy(v.node) == "" &&
-		(v.state == nil || v.state.Step == protocol.StepHalted)
+		!lock.held(v.plan.Name) && (v.state == nil || v.state.Step == protocol.StepHalted)
 }
 
 // disrupted counts nodes out of service: ours in flight, and any other node
@@ -200,8 +205,10 @@ func foundCordoned(v nodeView) bool {
 // and left cordoned as they were found): they hold up the nodes we would
 // cordon ourselves, but not each other, or a plan of such nodes would wait
 // on itself.
-// others names the other nodes out of service, each with why.
-func disrupted(views []nodeView, all []*corev1.Node) (busy, found int, others []string) {
+// others names the other nodes out of service, each with why. A node
+// holding kured's lock is out of service whatever it looks like: kured
+// may cordon, drain and reboot it at any moment.
+func disrupted(views []nodeView, all []*corev1.Node, lock kuredLock) (busy, found int, others []string) {
 	ours := map[string]bool{}
 	for _, v := range views {
 		switch {
@@ -209,7 +216,7 @@ func disrupted(views []nodeView, all []*corev1.Node) (busy, found int, others []
 		case v.state != nil && v.state.Step.InProgress():
 			ours[v.plan.Name] = true
 			busy++
-		case foundCordoned(v) || (v.state != nil && (v.state.Step == protocol.StepDone || v.state.Step == protocol.StepUnresolved) &&
+		case foundCordoned(v, lock) || (v.state != nil && (v.state.Step == protocol.StepDone || v.state.Step == protocol.StepUnresolved || v.state.Step == protocol.StepDryRun) &&
 			!v.state.CordonedByUs && v.node.Spec.Unschedulable):
 			ours[v.plan.Name] = true
 			found++
@@ -218,6 +225,9 @@ func disrupted(views []nodeView, all []*corev1.Node) (busy, found int, others []
 	for _, node := range all {
 		switch {
 		case ours[node.Name]:
+		case lock.held(node.Name):
+			busy++
+			others = append(others, node.Name+" holds kured's lock")
 		case !nodeutil.Ready(node):
 			busy++
 			others = append(others, node.Name+" NotReady")
@@ -237,14 +247,25 @@ func (t *term) startNodes(ctx context.Context, w world, r *Rollout, views []node
 	// A planned node someone else cordoned is out of service already: it
 	// goes first, taking a slot of --max-unavailable while we work on it,
 	// and it counts against the nodes we would cordon ourselves.
-	busy, found, others := disrupted(views, t.listNodes())
+	lock := t.readKuredLock(w.now)
+	busy, found, others := disrupted(views, t.listNodes(), lock)
 	inFlight := 0
 	for _, v := range views {
 		if v.node != nil && v.state != nil && v.state.Step.InProgress() {
 			inFlight++
 		}
 	}
-	var blocked, mco, notReady []string
+	if lock.err != nil {
+		// Any node may be the one kured is rebooting: none starts.
+		msg := "no node starts while who holds kured's reboot lock is unknown: " + lock.err.Error()
+		if inFlight > 0 {
+			t.logOnChange(msg)
+		} else {
+			t.wait(WaitKuredLock, msg)
+		}
+		return 0, nil
+	}
+	var blocked, mco, kured, notReady []string
 	for _, already := range []bool{true, false} {
 		for _, v := range views {
 			if v.node == nil || (v.state != nil && v.state.Step != protocol.StepHalted) || v.node.Spec.Unschedulable != already {
@@ -259,6 +280,10 @@ func (t *term) startNodes(ctx context.Context, w world, r *Rollout, views []node
 			}
 			if s := mcoBusy(v.node); s != "" {
 				mco = append(mco, v.plan.Name+"="+s)
+				continue
+			}
+			if lock.held(v.plan.Name) {
+				kured = append(kured, v.plan.Name)
 				continue
 			}
 			ahead := busy
@@ -279,16 +304,16 @@ func (t *term) startNodes(ctx context.Context, w world, r *Rollout, views []node
 			}
 		}
 	}
-	if len(mco) == 0 && len(notReady) == 0 && (len(blocked) == 0 || busy+found == 0) {
+	if len(mco) == 0 && len(kured) == 0 && len(notReady) == 0 && (len(blocked) == 0 || busy+found == 0) {
 		return 0, nil
 	}
 	// One message, so that logOnChange logs it again only when it changes.
-	msg, fields := "nodes waiting for max-unavailable, the Machine Config daemon or to be Ready",
+	msg, fields := "nodes waiting for max-unavailable, the Machine Config daemon, kured's lock or to be Ready",
 		[]zap.Field{zap.Int("outOfService", busy+found), zap.Int("maxUnavailable", limit), zap.Int("nodesWaiting", len(blocked))}
 	for _, f := range []struct {
 		key   string
 		names []string
-	}{{"outOfServiceNodes", others}, {"machineConfigUpdating", mco}, {"notReady", notReady}} {
+	}{{"outOfServiceNodes", others}, {"machineConfigUpdating", mco}, {"kuredLock", kured}, {"notReady", notReady}} {
 		if len(f.names) > 0 {
 			fields = append(fields, zap.String(f.key, namesOf(f.names)))
 		}
@@ -302,6 +327,8 @@ func (t *term) startNodes(ctx context.Context, w world, r *Rollout, views []node
 	case len(blocked) > 0:
 	case len(mco) > 0:
 		reason = WaitMachineConfig
+	case len(kured) > 0:
+		reason = WaitKuredLock
 	default:
 		reason = WaitNodeNotReady
 	}
@@ -454,6 +481,8 @@ func (t *term) observeRollout(w world, r *Rollout) {
 			counts["unresolved"]++
 		case st.Step == protocol.StepExcluded:
 			counts["excluded"]++
+		case st.Step == protocol.StepDryRun:
+			counts["dry_run"]++
 		case st.Step.InProgress():
 			counts["in_progress"]++
 		case st.Step == protocol.StepDone:
@@ -520,6 +549,9 @@ func (t *term) wouldDo(ctx context.Context, w world, pn PlannedNode) string {
 	}
 	if s := mcoBusy(n); s != "" {
 		steps = append(steps, "wait for the Machine Config daemon ("+annotationMCOState+"="+s+")")
+	}
+	if t.readKuredLock(w.now).held(n.Name) {
+		steps = append(steps, "wait until it no longer holds kured's reboot lock")
 	}
 	if n.Spec.Unschedulable {
 		steps = append(steps, "keep its cordon (found cordoned)")

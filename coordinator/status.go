@@ -33,7 +33,8 @@ type NodeStatus struct {
 	RebootRequired bool   `json:"rebootRequired,omitempty"`
 	// Phase is the node's step in the current rollout: pending, cordoned,
 	// acting, done, halted, unresolved, excluded, dry-run (what a dry run
-	// would do, in Message), or "" when it is not in it. A node left
+	// would do, or what an agent in --dry-run would have done, in
+	// Message), or "" when it is not in it. A node left
 	// unresolved by an earlier rollout, or excluded, says so whatever the
 	// rollout.
 	Phase string `json:"phase,omitempty"`
@@ -153,19 +154,31 @@ func WriteStatusTable(w io.Writer, rep *StatusReport) error {
 		fmt.Fprintf(w, "          also trusted: %s, %s\n", t.Name, until)
 	}
 	if r := rep.Rollout; r != nil {
-		done, total := 0, len(r.Nodes)
+		done, dry, total := 0, 0, len(r.Nodes)
 		for _, n := range rep.Nodes {
-			if n.Phase == string(protocol.StepDone) {
+			switch n.Phase {
+			case string(protocol.StepDone):
 				done++
+			case string(protocol.StepDryRun):
+				dry++
 			}
 		}
 		phase := strings.ToUpper(string(r.Phase))
-		if r.DryRun {
+		progress := fmt.Sprintf("%d/%d nodes done", done, total)
+		switch {
+		case r.DryRun:
 			phase = "DRY RUN " + phase
-			done = 0
+			progress = fmt.Sprintf("0/%d nodes done", total)
+		case dry > 0:
+			// Agents in --dry-run answered: those nodes were cordoned
+			// (and drained, for a reboot) but not acted on.
+			if done == 0 {
+				phase = "DRY RUN " + phase
+			}
+			progress += fmt.Sprintf(", %d dry-run (agent --dry-run)", dry)
 		}
-		fmt.Fprintf(w, "ROLLOUT   %s  %s  strategy=%s  trigger=%s  %d/%d nodes done  started %s ago\n",
-			r.ID, phase, r.Strategy, r.Trigger, done, total, rep.Now.Sub(r.CreatedAt).Round(time.Second))
+		fmt.Fprintf(w, "ROLLOUT   %s  %s  strategy=%s  trigger=%s  %s  started %s ago\n",
+			r.ID, phase, r.Strategy, r.Trigger, progress, rep.Now.Sub(r.CreatedAt).Round(time.Second))
 		if r.HaltReason != "" || r.Message != "" {
 			fmt.Fprintf(w, "          %s %s: %s\n", r.HaltReason, r.HaltNode, r.Message)
 		}

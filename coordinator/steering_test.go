@@ -254,7 +254,7 @@ func TestGateClosedStillVerifies(t *testing.T) {
 // out; a planned node already cordoned disrupts nothing more and goes ahead.
 func TestMaxUnavailableCountsNodesOutOfService(t *testing.T) {
 	const req = "r-test-0000beef"
-	const waitMsg = "nodes waiting for max-unavailable, the Machine Config daemon or to be Ready"
+	const waitMsg = "nodes waiting for max-unavailable, the Machine Config daemon, kured's lock or to be Ready"
 	inFlight := acting(started(KubeletRestart, true, t0.Add(-time.Minute)), t0.Add(-time.Minute), req)
 	cases := []struct {
 		name  string

@@ -42,10 +42,13 @@ const (
 	// WaitMachineConfig: the Machine Config daemon is updating the nodes
 	// left to do.
 	WaitMachineConfig = "machine-config"
+	// WaitKuredLock: the nodes left to do hold kured's reboot lock, or
+	// who holds it cannot be read.
+	WaitKuredLock = "kured-lock"
 )
 
 // WaitReasons lists every wait reason.
-var WaitReasons = []string{WaitGateClosed, WaitIssuerUnknown, WaitAgentReports, WaitMaxUnavailable, WaitNodeNotReady, WaitMachineConfig}
+var WaitReasons = []string{WaitGateClosed, WaitIssuerUnknown, WaitAgentReports, WaitMaxUnavailable, WaitNodeNotReady, WaitMachineConfig, WaitKuredLock}
 
 // logOnChange logs msg at info level when it differs from the last one
 // logged this way, so a wait is logged when it begins, not on every sync.

@@ -38,6 +38,11 @@ const (
 	// we worked on it: our work on it ended there and its cordon was left as
 	// it was.
 	StepExcluded Step = "excluded"
+	// StepDryRun: the agent answered that it runs with --dry-run and did
+	// not act. Nothing was verified; the node was uncordoned (if we
+	// cordoned it), and the planner leaves it alone until its stale tokens
+	// change (Evidence) or a person asks for a retry.
+	StepDryRun Step = "dry-run"
 )
 
 // InProgress reports whether a node in step s is being disrupted by us.

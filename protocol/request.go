@@ -69,7 +69,11 @@ type Status struct {
 	Message string `json:"message,omitempty"`
 	// BootID is the boot ID the agent saw when it wrote this status; after a
 	// reboot it differs from the one before.
-	BootID    string    `json:"bootID,omitempty"`
+	BootID string `json:"bootID,omitempty"`
+	// DryRun, on a done status: the agent runs with --dry-run and did not
+	// act; Message says what it would have done. A coordinator that does
+	// not know the field reads a done status, as before.
+	DryRun    bool      `json:"dryRun,omitempty"`
 	UpdatedAt time.Time `json:"updatedAt"`
 }
 

@@ -87,6 +87,13 @@ func rbacObjects() []runtime.Object {
 		}},
 		&rbacv1.RoleBinding{ObjectMeta: meta(CoordinatorUser+"-apiserver-endpoints", metav1.NamespaceDefault),
 			RoleRef: roleRef("Role", CoordinatorUser+"-apiserver-endpoints"), Subjects: subject},
+		// kured's reboot lock (--kured-lock, default kube-system/kured): the
+		// one DaemonSet, watched through a field selector on its name.
+		&rbacv1.Role{ObjectMeta: meta(CoordinatorUser+"-kured-lock", metav1.NamespaceSystem), Rules: []rbacv1.PolicyRule{
+			rule([]string{"apps"}, []string{"daemonsets"}, []string{"list", "watch"}, "kured"),
+		}},
+		&rbacv1.RoleBinding{ObjectMeta: meta(CoordinatorUser+"-kured-lock", metav1.NamespaceSystem),
+			RoleRef: roleRef("Role", CoordinatorUser+"-kured-lock"), Subjects: subject},
 	}
 }
 

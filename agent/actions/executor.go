@@ -175,8 +175,15 @@ func (c *Command) RestartKubelet(ctx context.Context) error {
 	return c.run(ctx, protocol.ActionKubeletRestart, c.KubeletRestartCommand)
 }
 
-// DryRun logs what it would do and does nothing.
+// DryRun logs what it would do and does nothing. The handler reports its
+// requests done with protocol.Status.DryRun set, so the coordinator knows
+// nothing happened.
 type DryRun struct{ Log *zap.Logger }
+
+// dryRunner is an Executor that does not act.
+type dryRunner interface{ dryRun() }
+
+func (DryRun) dryRun() {}
 
 // Reboot logs.
 func (d DryRun) Reboot(context.Context) error {

@@ -164,7 +164,7 @@ func (h *Handler) step(name string) {
 
 // report writes s unless the Node already says exactly that.
 func (h *Handler) report(ctx context.Context, current string, s protocol.Status) error {
-	if cur, err := protocol.ParseStatus(current); err == nil && cur.ID == s.ID && cur.Phase == s.Phase && cur.Message == s.Message && cur.BootID == s.BootID {
+	if cur, err := protocol.ParseStatus(current); err == nil && cur.ID == s.ID && cur.Phase == s.Phase && cur.Message == s.Message && cur.BootID == s.BootID && cur.DryRun == s.DryRun {
 		return nil
 	}
 	s.UpdatedAt = h.cfg.Clock.Now().UTC().Truncate(time.Second)
@@ -194,7 +194,7 @@ func (h *Handler) finish(ctx context.Context, current string, rec Record) error 
 	delete(h.attempts, rec.ID) // the record has the outcome now
 	h.step("recorded-result")
 	h.actions.WithLabelValues(string(rec.Action), string(rec.Phase)).Inc()
-	if err := h.report(ctx, current, protocol.Status{ID: rec.ID, Action: rec.Action, Phase: rec.Phase, Message: rec.Message, BootID: h.bootID()}); err != nil {
+	if err := h.report(ctx, current, protocol.Status{ID: rec.ID, Action: rec.Action, Phase: rec.Phase, Message: rec.Message, BootID: h.bootID(), DryRun: rec.DryRun}); err != nil {
 		return err
 	}
 	h.step("reported-result")
@@ -283,13 +283,13 @@ func fromNodeStatus(req protocol.Request, status string) *Record {
 	default:
 		return nil
 	}
-	return &Record{ID: req.ID, Action: req.Action, Phase: cur.Phase, Message: cur.Message, BootID: cur.BootID, fromNode: true}
+	return &Record{ID: req.ID, Action: req.Action, Phase: cur.Phase, Message: cur.Message, BootID: cur.BootID, DryRun: cur.DryRun, fromNode: true}
 }
 
 // resume finishes a request the record already knows.
 func (h *Handler) resume(ctx context.Context, status string, req protocol.Request, rec Record) error {
 	if rec.Phase.Final() {
-		return h.report(ctx, status, protocol.Status{ID: rec.ID, Action: rec.Action, Phase: rec.Phase, Message: rec.Message, BootID: h.bootID()})
+		return h.report(ctx, status, protocol.Status{ID: rec.ID, Action: rec.Action, Phase: rec.Phase, Message: rec.Message, BootID: h.bootID(), DryRun: rec.DryRun})
 	}
 	// A reboot that happened shows as a new boot ID, whether this process
 	// went down with the host or (the sandbox, a simulated node) outlived it.
@@ -381,9 +381,17 @@ func (h *Handler) run(ctx context.Context, status string, rec Record) error {
 	}
 	h.steps.WithLabelValues(string(rec.Action), "call").Observe(h.cfg.Clock.Since(start).Seconds())
 	h.step("called")
+	_, dry := h.cfg.Executor.(dryRunner)
 	switch {
 	case err != nil:
 		rec.Phase, rec.Message = protocol.PhaseFailed, err.Error()
+	case dry:
+		// Nothing happened, and nothing will: no reboot will report
+		// done. Said so, so the coordinator neither waits for the node
+		// nor judges its tokens.
+		rec.Phase, rec.DryRun = protocol.PhaseDone, true
+		rec.Message = fmt.Sprintf("dry run (--dry-run): would have %s; nothing was done", map[protocol.Action]string{
+			protocol.ActionReboot: "rebooted the node", protocol.ActionKubeletRestart: "restarted the kubelet"}[rec.Action])
 	case rec.Action == protocol.ActionReboot:
 		// The host is going down; the agent that starts after it reports
 		// done with the new boot ID.

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.uber.org/zap/zaptest"
 	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/tokenroll/tokenroll/agent/token"
@@ -512,5 +513,48 @@ func TestUnreportedRequestTooOldIsNotCarriedOut(t *testing.T) {
 	}
 	if s := e.node.get(t); s.Phase != protocol.PhaseFailed || !strings.Contains(s.Message, "not carried out") || e.exec.restart != 0 {
 		t.Errorf("status %+v after %d restarts, want failed and not carried out", s, e.exec.restart)
+	}
+}
+
+// With the dry-run executor the request ends done with the status saying
+// the agent did not act, for a reboot too (no new boot will ever report
+// it), and a second Handle, or a new process, says the same and does
+// nothing more.
+func TestDryRunStatusSaysNothingWasDone(t *testing.T) {
+	for _, tc := range []struct {
+		action protocol.Action
+		would  string
+	}{{protocol.ActionReboot, "rebooted the node"}, {protocol.ActionKubeletRestart, "restarted the kubelet"}} {
+		t.Run(string(tc.action), func(t *testing.T) {
+			e := newEnv(t)
+			h, err := NewHandler(HandlerConfig{
+				NodeName: "node-a", Executor: DryRun{Log: zaptest.NewLogger(t)}, StateDir: filepath.Join(e.dir, "state"), BootIDFile: filepath.Join(e.dir, "boot_id"),
+				MaxRequestAge: time.Hour, Reporter: e.node, Clock: e.clock,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			req := request("d", tc.action, "node-a", e.clock.Now())
+			for range 2 {
+				if err := h.Handle(context.Background(), req, e.node.status); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want := "dry run (--dry-run): would have " + tc.would + "; nothing was done"
+			if s := e.node.get(t); s.Phase != protocol.PhaseDone || !s.DryRun || s.Message != want || s.ID != "d" {
+				t.Errorf("status %+v; want done, dryRun, %q", s, want)
+			}
+			if !strings.Contains(e.node.status, `"dryRun":true`) || !strings.HasPrefix(e.node.status, `{"version":1,`) {
+				t.Errorf("status on the wire %s; want the version first and dryRun true", e.node.status)
+			}
+			// A restarted agent reads its record and reports the same.
+			e.node.status = ""
+			if err := e.agent(t).Handle(context.Background(), req, ""); err != nil {
+				t.Fatal(err)
+			}
+			if s := e.node.get(t); s.Phase != protocol.PhaseDone || !s.DryRun || e.exec.reboots+e.exec.restart != 0 {
+				t.Errorf("after a restart: status %+v, host calls %d; want done and dryRun, no call", s, e.exec.reboots+e.exec.restart)
+			}
+		})
 	}
 }

@@ -31,7 +31,9 @@ type Record struct {
 	Phase   protocol.RequestPhase `json:"phase"`
 	Message string                `json:"message,omitempty"`
 	// BootID is the boot the action started in.
-	BootID    string    `json:"bootID"`
+	BootID string `json:"bootID"`
+	// DryRun: done without acting, the executor being a dry run.
+	DryRun    bool      `json:"dryRun,omitempty"`
 	UpdatedAt time.Time `json:"updatedAt"`
 
 	// fromNode: the state file had no record of the request, and this one

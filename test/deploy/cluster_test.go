@@ -545,6 +545,25 @@ func testCoordinatorRBAC(ctx context.Context, t *testing.T, env *clusterEnv) {
 		attempt{"create an Event in another namespace", ev}) {
 		expectForbidden(t, a.what, a.err)
 	}
+	// kured's lock: the one DaemonSet, listed and watched through a field
+	// selector on its name, as the coordinator's informer does; no other.
+	dss := c.AppsV1().DaemonSets("kube-system")
+	one := metav1.ListOptions{FieldSelector: "metadata.name=kured"}
+	if _, err := dss.List(ctx, one); err != nil {
+		t.Errorf("the coordinator cannot list kured's DaemonSet by name: %v", err)
+	}
+	w, err := dss.Watch(ctx, one)
+	if err != nil {
+		t.Errorf("the coordinator cannot watch kured's DaemonSet by name: %v", err)
+	} else {
+		w.Stop()
+	}
+	_, all := dss.List(ctx, metav1.ListOptions{})
+	_, other := dss.List(ctx, metav1.ListOptions{FieldSelector: "metadata.name=kube-proxy"})
+	_, elsewhere := c.AppsV1().DaemonSets(appNS).List(ctx, metav1.ListOptions{FieldSelector: "metadata.name=kured"})
+	expectForbidden(t, "list every DaemonSet in kube-system", all)
+	expectForbidden(t, "list another DaemonSet", other)
+	expectForbidden(t, "list a DaemonSet named kured in another namespace", elsewhere)
 }
 
 func nodeEvent(namespace string) *eventsv1.Event {

@@ -40,9 +40,12 @@ func TestRender(t *testing.T) {
 					t.Errorf("%s appears twice", k)
 				}
 				seen[k] = true
-				// The Node events' Role and RoleBinding are in "default".
-				nodeEvents := o.GetNamespace() == "default" && (o.GetKind() == "Role" || o.GetKind() == "RoleBinding")
-				if ns := o.GetNamespace(); ns != "" && ns != r.namespace && !nodeEvents {
+				// The Node events' Role and RoleBinding are in "default",
+				// kured's lock's in kured's namespace (TestCoordinatorRBACNames).
+				role := o.GetKind() == "Role" || o.GetKind() == "RoleBinding"
+				nodeEvents := o.GetNamespace() == "default" && role
+				kuredLock := role && strings.HasSuffix(o.GetName(), "-kured-lock")
+				if ns := o.GetNamespace(); ns != "" && ns != r.namespace && !nodeEvents && !kuredLock {
 					t.Errorf("%s is in namespace %q, want %q", k, ns, r.namespace)
 				}
 			}
@@ -80,7 +83,7 @@ func TestHelmLint(t *testing.T) {
 // reaches a cluster.
 func TestHelmRejectsBadValues(t *testing.T) {
 	for _, set := range []string{
-		"coordinator.gate=openshit", "coordinator.strategy=drain", "coordinator.maxUnavailable=0", "coordinator.maxUnavailable=150%",
+		"coordinator.gate=openshit", "coordinator.strategy=drain", "coordinator.maxUnavailable=0", "coordinator.maxUnavailable=150%", "coordinator.kuredLock=kured",
 		"agent.executor=ssh", "agent.tokenExpirationSeconds=3607", "agent.tokenExpirationSeconds=60", "agent.interval=30",
 		"coordinator.drainTimeout=soon", "logLevel=trace", "agent.kubeletRoot=var/lib/kubelet", "coordinator.replicas=0",
 		"agnet.interval=1m", "image.digest=latest",
@@ -564,6 +567,28 @@ func TestCoordinatorRBACNames(t *testing.T) {
 		}
 		if !slices.Equal(names["configmaps"], []string{coordinator.ConfigMapName}) || !slices.Equal(names["leases"], []string{lease}) {
 			t.Errorf("%s: Role %s names %v, want ConfigMap %s and Lease %s", r.name, role.Name, names, coordinator.ConfigMapName, lease)
+		}
+		// kured's lock: list and watch of the one DaemonSet --kured-lock
+		// names, in its namespace, and nothing else.
+		var lock string
+		for _, a := range dep.Spec.Template.Spec.Containers[0].Args {
+			if v, ok := strings.CutPrefix(a, "--kured-lock="); ok {
+				lock = v
+			}
+		}
+		ref, err := coordinator.ParseKuredLockRef(lock)
+		if err != nil || ref.Name == "" {
+			t.Errorf("%s: coordinator args %q: --kured-lock %q, want kured's DaemonSet (%v)", r.name, dep.Spec.Template.Spec.Containers[0].Args, lock, err)
+			continue
+		}
+		kr := toTyped[rbacv1.Role](t, find(t, objs, "Role", dep.Name+"-kured-lock"))
+		want := []rbacv1.PolicyRule{{APIGroups: []string{"apps"}, Resources: []string{"daemonsets"}, ResourceNames: []string{ref.Name}, Verbs: []string{"list", "watch"}}}
+		if kr.Namespace != ref.Namespace || !reflect.DeepEqual(kr.Rules, want) {
+			t.Errorf("%s: Role %s/%s rules %+v; want %+v in %s", r.name, kr.Namespace, kr.Name, kr.Rules, want, ref.Namespace)
+		}
+		kb := toTyped[rbacv1.RoleBinding](t, find(t, objs, "RoleBinding", dep.Name+"-kured-lock"))
+		if kb.Namespace != ref.Namespace || kb.RoleRef.Name != kr.Name || len(kb.Subjects) != 1 || kb.Subjects[0].Name != dep.Spec.Template.Spec.ServiceAccountName {
+			t.Errorf("%s: RoleBinding %s/%s binds %+v to %+v; want the coordinator's service account bound to %s in %s", r.name, kb.Namespace, kb.Name, kb.RoleRef, kb.Subjects, kr.Name, ref.Namespace)
 		}
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/pflag"
 	"go.uber.org/zap"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/leaderelection"
@@ -67,6 +68,8 @@ type coordinatorOptions struct {
 	DryRun bool
 	// DrainForce evicts pods no controller recreates.
 	DrainForce bool
+	// KuredLock is kured's DaemonSet, NAMESPACE/NAME ("": kured ignored).
+	KuredLock string
 	// QPS and Burst limit the coordinator's API requests.
 	QPS   float32
 	Burst int
@@ -83,6 +86,7 @@ func newCoordinatorOptions() *coordinatorOptions {
 		Gate: "auto", Strategy: "kubelet-restart", MaxUnavailable: "1", MetricsBindAddress: ":8080",
 		DrainTimeout: 10 * time.Minute, ActionTimeout: 15 * time.Minute, VerifyTimeout: 5 * time.Minute, GateSettle: 2 * time.Minute,
 		TrustMargin: time.Hour, AgentWait: 15 * time.Minute, IssuerRefresh: time.Minute, Auto: true, QPS: 20, Burst: 40,
+		KuredLock: coordinator.DefaultKuredLock.String(),
 	}
 }
 
@@ -108,6 +112,7 @@ func (o *coordinatorOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&o.Auto, "auto", o.Auto, "Start rollouts from what the agents report (stale or old-issuer tokens, required reboots); false leaves it to `tokenroll rollout start`.")
 	fs.BoolVar(&o.DryRun, "dry-run", o.DryRun, "Make every rollout a dry run: record what would be done to each node (tokenroll status shows it); cordon, drain and request nothing.")
 	fs.BoolVar(&o.DrainForce, "drain-force", o.DrainForce, "Let a drain evict pods that no controller recreates (they are lost); without it such a pod halts the rollout.")
+	fs.StringVar(&o.KuredLock, "kured-lock", o.KuredLock, "kured's DaemonSet, NAMESPACE/NAME: a node holding kured's reboot lock (annotation "+coordinator.AnnotationKuredLock+") is never cordoned or acted on and counts against --max-unavailable; while the lock cannot be read no node starts. Empty: ignore kured.")
 	fs.Float32Var(&o.QPS, "kube-api-qps", o.QPS, "Steady API requests per second the coordinator may make.")
 	fs.IntVar(&o.Burst, "kube-api-burst", o.Burst, "API requests the coordinator may make in a burst.")
 }
@@ -132,6 +137,7 @@ func (o *coordinatorOptions) Validate() error {
 		cli.CheckOneOf("gate", o.Gate, coordinator.GateNames()...),
 		cli.CheckOneOf("strategy", o.Strategy, coordinator.StrategyNames()...),
 		checkMaxUnavailable(o.MaxUnavailable),
+		checkKuredLock(o.KuredLock),
 		cli.CheckAddr("metrics-bind-address", o.MetricsBindAddress),
 		cli.CheckPositive("drain-timeout", o.DrainTimeout, time.Second),
 		cli.CheckPositive("action-timeout", o.ActionTimeout, time.Second),
@@ -152,6 +158,24 @@ func checkMaxUnavailable(v string) error {
 		return fmt.Errorf("--max-unavailable=%q: %w", v, err)
 	}
 	return nil
+}
+
+func checkKuredLock(v string) error {
+	ref, err := coordinator.ParseKuredLockRef(v)
+	if err != nil {
+		return fmt.Errorf("--kured-lock=%q: %w", v, err)
+	}
+	if ref.Name == "" {
+		return nil
+	}
+	var errs []error
+	for _, msg := range validation.IsDNS1123Label(ref.Namespace) {
+		errs = append(errs, fmt.Errorf("--kured-lock=%q: namespace: %s", v, msg))
+	}
+	for _, msg := range validation.IsDNS1123Subdomain(ref.Name) {
+		errs = append(errs, fmt.Errorf("--kured-lock=%q: name: %s", v, msg))
+	}
+	return errors.Join(errs...)
 }
 
 func (o *coordinatorOptions) run(ctx context.Context, e cli.Env) error {
@@ -178,11 +202,15 @@ func (o *coordinatorOptions) run(ctx context.Context, e cli.Env) error {
 	if err != nil {
 		return err
 	}
+	kuredLock, err := coordinator.ParseKuredLockRef(o.KuredLock)
+	if err != nil {
+		return err
+	}
 	c, err := coordinator.New(coordinator.Config{
 		Client: client, Namespace: o.Namespace, Gate: gate, Strategy: protocol.Strategy(o.Strategy),
 		MaxUnavailable: intstr.Parse(o.MaxUnavailable), DrainTimeout: o.DrainTimeout, ActionTimeout: o.ActionTimeout,
 		VerifyTimeout: o.VerifyTimeout, Settle: o.Settle, GateSettle: o.GateSettle, TrustMargin: o.TrustMargin, AgentWait: o.AgentWait,
-		IssuerRefresh: o.IssuerRefresh, Auto: o.Auto, DryRun: o.DryRun, Drainer: coordinator.KubectlDrainer{Client: client, Force: o.DrainForce, Log: e.Log, Retry: apiretry.Default()},
+		IssuerRefresh: o.IssuerRefresh, Auto: o.Auto, DryRun: o.DryRun, KuredLock: kuredLock, Drainer: coordinator.KubectlDrainer{Client: client, Force: o.DrainForce, Log: e.Log, Retry: apiretry.Default()},
 		Registry: reg, Log: e.Log,
 	})
 	if err != nil {

@@ -15,6 +15,8 @@ func TestValidateReportsEveryBadFlag(t *testing.T) {
 		clitest.Usage{Args: []string{"--max-unavailable=150%"}, Want: []string{"at most 100%"}},
 		clitest.Usage{Args: []string{"--drain-timeout=0", "--kube-api-qps=0", "--log-format=fancy"},
 			Want: []string{"--drain-timeout=0s", "--kube-api-qps=0", "--log-format=\"fancy\""}},
+		clitest.Usage{Args: []string{"--kured-lock=kured"}, Want: []string{`--kured-lock="kured": want NAMESPACE/NAME`}},
+		clitest.Usage{Args: []string{"--kured-lock=Kube_System/kured"}, Want: []string{`--kured-lock="Kube_System/kured": namespace:`}},
 		clitest.Usage{Args: []string{"coordinator"}, Want: []string{"takes no arguments", "Run 'tokenroll-coordinator --help'"}})
 }
 
