@@ -11,6 +11,7 @@ package audit
 
 import (
 	"net/netip"
+	"strings"
 	"time"
 
 	"k8s.io/apimachinery/pkg/types"
@@ -82,4 +83,15 @@ type Event struct {
 	JTI string
 	// Audiences are the audiences asked for in an Issued TokenRequest.
 	Audiences []string
+}
+
+// JTIFromCredentialID returns the jti a credential ID ("JTI=<jti>") names,
+// and false for any other form of credential ID (an x509 certificate's, a
+// legacy token's).
+func JTIFromCredentialID(id string) (string, bool) {
+	jti, ok := strings.CutPrefix(id, credentialIDPrefix)
+	if !ok || jti == "" {
+		return "", false
+	}
+	return jti, true
 }
