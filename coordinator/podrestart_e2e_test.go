@@ -1,12 +1,20 @@
 package coordinator_test
 
 import (
+	"context"
+	"maps"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/tools/cache"
+	watchtools "k8s.io/client-go/tools/watch"
 
 	"github.com/tokenroll/tokenroll/coordinator"
 	"github.com/tokenroll/tokenroll/protocol"
@@ -35,8 +43,17 @@ func TestPodRestartEvictsStalePods(t *testing.T) {
 	}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	e.waitNodes("the ReplicaSet's pods reported", func(m map[string]*corev1.Node) bool {
-		return allNodes(m, nodes, func(n *corev1.Node) bool { return tokensFrom(n, oldIssuer) == 4 })
+	// Running means the kubelet wrote their tokens, all of the old issuer.
+	// The agents' reports are not waited for: a change in healthy-token
+	// counts alone is written back only after a minute.
+	e.waitPods("the ReplicaSet's pods running", "app=api", func(pods []*corev1.Pod) bool {
+		running := 0
+		for _, p := range pods {
+			if p.Status.Phase == corev1.PodRunning {
+				running++
+			}
+		}
+		return running == 2
 	})
 	before := e.podUIDs("app=api")
 	e.startCoordinator("c1", nil, func(c *coordinator.Config) { c.Strategy = coordinator.PodRestart })
@@ -98,6 +115,32 @@ func TestPodRestartEvictsStalePods(t *testing.T) {
 		if s.ActionsPerNode[n] != 0 || e.fleet.Members[n].KubeletRestarts.Load() != 0 || e.fleet.Members[n].Reboots.Load() != 0 {
 			t.Errorf("node %s: a pod restart asked the agent to act", n)
 		}
+	}
+}
+
+// waitPods watches the pods of namespace build matching selector until cond
+// holds for them.
+func (e *env) waitPods(what, selector string, cond func([]*corev1.Pod) bool) {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(e.ctx, 3*time.Minute)
+	defer cancel()
+	lw := cache.NewFilteredListWatchFromClient(e.admin.CoreV1().RESTClient(), "pods", "build",
+		func(o *metav1.ListOptions) { o.LabelSelector = selector })
+	pods := map[types.UID]*corev1.Pod{}
+	_, err := watchtools.UntilWithSync(ctx, lw, &corev1.Pod{}, nil, func(ev watch.Event) (bool, error) {
+		p, ok := ev.Object.(*corev1.Pod)
+		if !ok {
+			return false, nil
+		}
+		if ev.Type == watch.Deleted {
+			delete(pods, p.UID)
+		} else {
+			pods[p.UID] = p
+		}
+		return cond(slices.Collect(maps.Values(pods))), nil
+	})
+	if err != nil {
+		e.t.Fatalf("waiting until %s: %v", what, err)
 	}
 }
 
