@@ -638,3 +638,29 @@ func TestGateAndStrategy(t *testing.T) {
 		}
 	}
 }
+
+// TestCustomValuesBecomeFlags: each value of testdata/values-custom.yaml
+// that has a flag reaches its container's arguments, so a value the
+// templates forget fails here rather than being silently ignored.
+func TestCustomValuesBecomeFlags(t *testing.T) {
+	ds, dep := workloads(t, findRendering("helm-custom"))
+	args := map[string][]string{"coordinator": dep.Spec.Template.Spec.Containers[0].Args}
+	for _, c := range ds.Spec.Template.Spec.Containers {
+		args[c.Name] = c.Args
+	}
+	want := map[string][]string{
+		"scanner": {"--interval=1m", "--grace=10m", "--issuer-refresh-interval=5m", "--max-token-series=100",
+			"--max-token-series-per-namespace=20"},
+		"executor": {"--executor=command", "--dry-run", "--kubelet-unit=kubelet-custom.service", "--command-timeout=5m", "--max-request-age=30m"},
+		"coordinator": {"--kured-lock=kube-system/ops-kured", "--lease-duration=30s", "--renew-deadline=20s", "--retry-period=5s",
+			"--drain-timeout=15m", "--action-timeout=20m", "--verify-timeout=10m", "--settle=1m", "--trust-margin=2h",
+			"--agent-wait=10m", "--issuer-refresh-interval=2m", "--gate-settle=5m", "--dry-run", "--auto=false", "--drain-force=true"},
+	}
+	for c, flags := range want {
+		for _, f := range flags {
+			if !slices.Contains(args[c], f) {
+				t.Errorf("%s args %q: no %s", c, args[c], f)
+			}
+		}
+	}
+}
