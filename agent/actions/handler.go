@@ -209,7 +209,7 @@ func (h *Handler) finish(ctx context.Context, current string, rec Record) error 
 // the Node, after restarts, after relists.
 func (h *Handler) Handle(ctx context.Context, request, status string) error {
 	if request == "" {
-		return nil
+		return h.settleWithdrawn(ctx, status)
 	}
 	req, err := protocol.ParseRequest(request)
 	if err != nil {
@@ -258,6 +258,41 @@ func (h *Handler) Handle(ctx context.Context, request, status string) error {
 		return h.refuse(ctx, status, req, fmt.Sprintf("request is %s old, older than --max-request-age=%s; not acted on", age.Round(time.Second), h.cfg.MaxRequestAge))
 	}
 	return h.act(ctx, status, req)
+}
+
+// settleWithdrawn brings to its end a request the coordinator removed while
+// the Node still reports it unfinished. After a reboot the coordinator
+// verifies the node by its new boot ID and fresh tokens, and removes the
+// request, possibly before this agent has run again; left alone, the record
+// and the Node's status would say running for ever. It ends as resume would
+// end it, except that nothing is ever carried out: a request not yet
+// called is refused.
+func (h *Handler) settleWithdrawn(ctx context.Context, status string) error {
+	cur, err := protocol.ParseStatus(status)
+	if err != nil || cur.ID == "" || cur.Phase.Final() {
+		return nil
+	}
+	rec, err := h.state.find(cur.ID)
+	if err != nil || rec == nil {
+		return err
+	}
+	if rec.Phase.Final() {
+		return h.report(ctx, status, protocol.Status{ID: rec.ID, Action: rec.Action, Phase: rec.Phase, Message: rec.Message, BootID: h.bootID(), DryRun: rec.DryRun})
+	}
+	req := protocol.Request{ID: rec.ID, Action: rec.Action, Node: h.cfg.NodeName}
+	switch a := h.attempts[rec.ID]; {
+	case a == nil:
+		// Not this process's: resume decides from the boot ID alone and
+		// never calls the action for a record it did not start.
+		return h.resume(ctx, status, req, *rec)
+	case a.outcome != nil:
+		return h.finish(ctx, status, *a.outcome)
+	case a.called:
+		return nil // in flight: its outcome is recorded when the call returns
+	default:
+		rec.Phase, rec.Message = protocol.PhaseRefused, "the coordinator withdrew the request before it was carried out; not carried out"
+		return h.finish(ctx, status, *rec)
+	}
 }
 
 func (h *Handler) refuse(ctx context.Context, status string, req protocol.Request, why string) error {

@@ -558,3 +558,49 @@ func TestDryRunStatusSaysNothingWasDone(t *testing.T) {
 		})
 	}
 }
+
+// The coordinator verifies a reboot by the Node's new boot ID and removes
+// the request, possibly before the agent has run again: the agent then
+// finds no request, and still ends the record and the Node's status as
+// done, instead of leaving them running.
+func TestRebootVerifiedBeforeTheAgentReturnsEndsDone(t *testing.T) {
+	e := newEnv(t)
+	req := request("req-r", protocol.ActionReboot, "node-a", e.clock.Now())
+	if err := e.agent(t).Handle(context.Background(), req, ""); err != nil {
+		t.Fatal(err)
+	}
+	e.setBoot(t, "boot-2")
+	h := e.agent(t)
+	if err := h.Handle(context.Background(), "", e.node.status); err != nil {
+		t.Fatal(err)
+	}
+	if s := e.node.get(t); s.ID != "req-r" || s.Phase != protocol.PhaseDone || s.BootID != "boot-2" {
+		t.Errorf("status %+v after the request was withdrawn; want req-r done in boot-2", s)
+	}
+	if rec, err := h.state.find("req-r"); err != nil || rec == nil || rec.Phase != protocol.PhaseDone {
+		t.Errorf("record %+v (%v); want done", rec, err)
+	}
+	// Nothing more happens on later Node changes.
+	writes := e.node.writes
+	if err := h.Handle(context.Background(), "", e.node.status); err != nil || e.node.writes != writes || e.exec.reboots != 1 {
+		t.Errorf("again: err %v, writes %d -> %d, reboots %d", err, writes, e.node.writes, e.exec.reboots)
+	}
+}
+
+// A request withdrawn while its running status could not be reported (the
+// action not yet called) is never carried out.
+func TestWithdrawnRequestIsNeverCarriedOut(t *testing.T) {
+	e := newEnv(t)
+	req := request("req-k", protocol.ActionKubeletRestart, "node-a", e.clock.Now())
+	h := e.agent(t)
+	e.node.failNext(protocol.PhaseRunning, 1)
+	if err := h.Handle(context.Background(), req, ""); err == nil {
+		t.Fatal("Handle succeeded with the running report failing")
+	}
+	if err := h.Handle(context.Background(), "", e.node.status); err != nil {
+		t.Fatal(err)
+	}
+	if s := e.node.get(t); e.exec.restart != 0 || s.Phase != protocol.PhaseRefused {
+		t.Errorf("withdrawn before the call: %d kubelet restarts, status %+v; want none, refused", e.exec.restart, s)
+	}
+}
