@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -15,11 +16,16 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+	watchtools "k8s.io/client-go/tools/watch"
 	"k8s.io/client-go/util/retry"
 
 	"github.com/tokenroll/tokenroll/coordinator"
@@ -295,19 +301,45 @@ func TestIssuerChangeKubeletRestart(t *testing.T) {
 				name, s.ActionsPerNode[name], e.fleet.Members[name].KubeletRestarts.Load(), e.fleet.Members[name].Reboots.Load())
 		}
 	}
-	evs, err := e.admin.EventsV1().Events(metav1.NamespaceDefault).List(e.ctx, metav1.ListOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	reasons := map[string]int{}
-	for _, ev := range evs.Items {
-		reasons[ev.Reason]++
-	}
-	for _, want := range []string{"RolloutPlanned", "Cordoned", "ActionRequested", "Verified"} {
+	// Events are written in the background by client-go's broadcaster (a
+	// failed write is retried seconds later): watch until one of each per
+	// node has arrived, then check there is no more than that.
+	wanted := []string{"RolloutPlanned", "Cordoned", "ActionRequested", "Verified"}
+	reasons := e.waitEvents(func(reasons map[string]int) bool {
+		return !slices.ContainsFunc(wanted, func(r string) bool { return reasons[r] < 3 })
+	})
+	for _, want := range wanted {
 		if reasons[want] != 3 {
 			t.Errorf("%d %s events, want one per node (all: %v)", reasons[want], want, reasons)
 		}
 	}
+}
+
+// waitEvents watches the Events in namespace default (where Node Events go)
+// until cond holds for the count of each reason, and returns the counts.
+func (e *env) waitEvents(cond func(reasons map[string]int) bool) map[string]int {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(e.ctx, time.Minute)
+	defer cancel()
+	lw := cache.NewListWatchFromClient(e.admin.EventsV1().RESTClient(), "events", metav1.NamespaceDefault, fields.Everything())
+	seen := map[types.UID]string{}
+	count := func() map[string]int {
+		reasons := map[string]int{}
+		for _, r := range seen {
+			reasons[r]++
+		}
+		return reasons
+	}
+	_, err := watchtools.UntilWithSync(ctx, lw, &eventsv1.Event{}, nil, func(ev watch.Event) (bool, error) {
+		if o, ok := ev.Object.(*eventsv1.Event); ok && ev.Type != watch.Deleted {
+			seen[o.UID] = o.Reason
+		}
+		return cond(count()), nil
+	})
+	if err != nil {
+		e.t.Errorf("waiting for the coordinator's Events: %v; saw %v", err, count())
+	}
+	return count()
 }
 
 // The OpenShift documentation's rolling reboot, started by an administrator: drained through
