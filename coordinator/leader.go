@@ -39,6 +39,27 @@ func Identity() string {
 	return host + "_" + uuid.NewString()
 }
 
+// release gives the Lease up if this replica still holds it, as client-go
+// does on cancel (holder cleared, a one-second duration), so the next leader
+// need not wait out the lease duration. The Lease's resourceVersion guards
+// the write: a Lease taken meanwhile is left alone.
+func release(lock *resourcelock.LeaseLock, lc LeaderConfig) {
+	ctx, cancel := context.WithTimeout(context.Background(), lc.RenewDeadline)
+	defer cancel()
+	rec, _, err := lock.Get(ctx)
+	if err != nil || rec.HolderIdentity != lc.Identity {
+		return
+	}
+	now := metav1.NewTime(time.Now())
+	if err := lock.Update(ctx, resourcelock.LeaderElectionRecord{
+		LeaderTransitions: rec.LeaderTransitions, LeaseDurationSeconds: 1, RenewTime: now, AcquireTime: now,
+	}); err != nil {
+		lc.Log.Info("could not release the Lease; the next leader waits for it to expire", zap.Error(err))
+		return
+	}
+	lc.Log.Info("released the Lease", zap.String("lease", lc.Namespace+"/"+lc.LeaseName))
+}
+
 // RunElected campaigns for the Lease and runs lead on the context leader
 // election gives, which ends the instant leadership is lost; then it
 // campaigns again, until ctx ends. The Lease is released on the way out.
@@ -62,7 +83,11 @@ func RunElected(ctx context.Context, lc LeaderConfig, lead func(context.Context)
 		var started, failed atomic.Bool
 		le, err := leaderelection.NewLeaderElector(leaderelection.LeaderElectionConfig{
 			Lock: lock, LeaseDuration: lc.LeaseDuration, RenewDeadline: lc.RenewDeadline, RetryPeriod: lc.RetryPeriod,
-			ReleaseOnCancel: true, Name: lc.LeaseName, WatchDog: lc.Healthz,
+			// client-go's ReleaseOnCancel gives the Lease up before the
+			// context of OnStartedLeading ends, so another replica could
+			// lead while this one's work still runs: release runs below,
+			// once the work has stopped.
+			ReleaseOnCancel: false, Name: lc.LeaseName, WatchDog: lc.Healthz,
 			Callbacks: leaderelection.LeaderCallbacks{
 				OnStartedLeading: func(lctx context.Context) {
 					started.Store(true)
@@ -101,6 +126,7 @@ func RunElected(ctx context.Context, lc LeaderConfig, lead func(context.Context)
 		cancel()
 		if started.Load() {
 			<-finished
+			release(lock, lc)
 		}
 		if failed.Load() {
 			// Let another replica try before this one campaigns again.
