@@ -120,13 +120,21 @@ func (c *Checker) node(o any) {
 		c.maxSeen = len(c.disrupted)
 		c.maxAt = sortedKeys(c.disrupted)
 	}
-	if raw := n.Annotations[protocol.AnnotationRequest]; raw != "" {
-		if req, err := protocol.ParseRequest(raw); err == nil {
-			if c.requests[n.Name] == nil {
-				c.requests[n.Name] = map[string]bool{}
-			}
-			c.requests[n.Name][req.ID] = true
+	// A request lives from the coordinator's write to its verification,
+	// which a watch that broke and relisted (an API server restart) can
+	// miss entirely; the agent's answer to it stays on the Node.
+	var ids []string
+	if req, err := protocol.ParseRequest(n.Annotations[protocol.AnnotationRequest]); err == nil {
+		ids = append(ids, req.ID)
+	}
+	if st, err := protocol.ParseStatus(n.Annotations[protocol.AnnotationStatus]); err == nil && st.ID != "" {
+		ids = append(ids, st.ID)
+	}
+	for _, id := range ids {
+		if c.requests[n.Name] == nil {
+			c.requests[n.Name] = map[string]bool{}
 		}
+		c.requests[n.Name][id] = true
 	}
 	c.nodes[n.Name] = n
 	close(c.changed)
