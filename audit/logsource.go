@@ -143,7 +143,8 @@ func (t *tailer) fail(op string, err error) {
 func (t *tailer) start() {
 	f, err := os.Open(t.path)
 	if os.IsNotExist(err) {
-		return // not yet: everything in it will be new
+		t.started = true // not yet: everything in it will be new
+		return
 	}
 	if err != nil {
 		t.fail(logErrOpen, fmt.Errorf("opening audit log %s: %w", t.path, err))
@@ -244,15 +245,10 @@ func (t *tailer) close() {
 func (t *tailer) poll() {
 	if !t.started {
 		t.start()
-		if !t.started {
-			if _, err := os.Stat(t.path); err == nil {
-				// Appeared between the two looks: it is new.
-				t.startNew()
-			}
+		if t.f == nil {
 			return
 		}
-	}
-	if t.f == nil {
+	} else if t.f == nil {
 		t.startNew()
 		if t.f == nil {
 			return
