@@ -55,14 +55,17 @@ type LogSource struct {
 }
 
 // newLogSource makes the checkpoint directory (0700: it is tokenroll's) and
-// one tailer per log; the logs are opened by Run.
+// one tailer per log, and opens the logs there are: whatever is written to
+// them from now on is read by Run.
 func newLogSource(cfg LogConfig, s *stream, log *zap.Logger, clk clock.WithTicker) (*LogSource, error) {
 	if err := os.MkdirAll(cfg.CheckpointDir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating --audit-log-checkpoint-dir: %w", err)
 	}
 	l := &LogSource{cfg: cfg, stream: s, clock: clk, log: log}
 	for _, p := range cfg.Paths {
-		l.tailers = append(l.tailers, newTailer(filepath.Clean(p), cfg.CheckpointDir, s, log))
+		t := newTailer(filepath.Clean(p), cfg.CheckpointDir, s, log)
+		t.start()
+		l.tailers = append(l.tailers, t)
 	}
 	return l, nil
 }
