@@ -208,7 +208,8 @@ func parse(data []byte, inList bool, out []Event) ([]Event, error) {
 		return out, err
 	}
 	// A list's items may leave their type to the list.
-	if !(inList && w.APIVersion == "" && w.Kind == "") && (w.APIVersion != apiVersionV1 || w.Kind != "Event") {
+	untyped := inList && w.APIVersion == "" && w.Kind == ""
+	if !untyped && (w.APIVersion != apiVersionV1 || w.Kind != "Event") {
 		return out, skip(SkipUnsupported, "apiVersion %q kind %q, want %s Event (the log's --audit-log-format must be json)",
 			protocol.Truncate(w.APIVersion), protocol.Truncate(w.Kind), apiVersionV1)
 	}

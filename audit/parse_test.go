@@ -3,6 +3,7 @@ package audit
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -250,7 +251,7 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("an error and %d events", len(evs))
 		}
 		var s *SkipError
-		if err != nil && !asSkip(err, &s) {
+		if err != nil && !errors.As(err, &s) {
 			t.Fatalf("error %v is not a SkipError", err)
 		}
 		for _, ev := range evs {
@@ -264,12 +265,6 @@ func FuzzParse(f *testing.F) {
 			}
 		}
 	})
-}
-
-func asSkip(err error, s **SkipError) bool {
-	e, ok := err.(*SkipError)
-	*s = e
-	return ok
 }
 
 // BenchmarkParse parses a mix like a busy cluster's audit log: most events

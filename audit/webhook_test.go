@@ -217,9 +217,13 @@ func TestWebhook(t *testing.T) {
 	if code, _ := post(apiserver, []byte(`{"kind":"EventList","apiVersion":"audit.k8s.io/v1beta1","items":[]}`)); code != http.StatusBadRequest {
 		t.Errorf("a v1beta1 list: %d, want 400", code)
 	}
-	resp, err := apiserver.Get(url)
-	if err != nil || resp.StatusCode != http.StatusMethodNotAllowed {
-		t.Errorf("GET: %v %v, want 405", resp, err)
+	if resp, err := apiserver.Get(url); err != nil {
+		t.Errorf("GET: %v", err)
+	} else {
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusMethodNotAllowed {
+			t.Errorf("GET: %d, want 405", resp.StatusCode)
+		}
 	}
 	if n := testutil.ToFloat64(m.webhookRequests.WithLabelValues(resultAccepted)); n != 2 {
 		t.Errorf("accepted %v, want 2", n)
