@@ -15,6 +15,7 @@ const (
 	resultMalformed = "malformed"
 	resultForbidden = "forbidden"
 	resultMethod    = "bad_method"
+	resultHandshake = "handshake_failed"
 )
 
 // Log problems, a metric label.
@@ -48,7 +49,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		lastEvent: f.NewGaugeVec(prometheus.GaugeOpts{Namespace: metrics.Namespace, Name: "audit_last_event_timestamp_seconds",
 			Help: "Stage time of the last audit event delivered, by source (a stream that stops shows here)."}, []string{"source"}),
 		webhookRequests: f.NewCounterVec(prometheus.CounterOpts{Namespace: metrics.Namespace, Name: "audit_webhook_batches_total",
-			Help: "EventList batches the webhook received, by result (accepted, busy, too_large, malformed, forbidden, bad_method)."}, []string{"result"}),
+			Help: "EventList batches the webhook received, by result (accepted, busy, too_large, malformed, forbidden, bad_method; handshake_failed counts connections refused at the TLS handshake)."}, []string{"result"}),
 		webhookBytes: f.NewCounter(prometheus.CounterOpts{Namespace: metrics.Namespace, Name: "audit_webhook_bytes_total",
 			Help: "Bytes of the batches the webhook accepted."}),
 		logBytes: f.NewCounter(prometheus.CounterOpts{Namespace: metrics.Namespace, Name: "audit_log_bytes_total",
@@ -66,7 +67,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			m.skipped.WithLabelValues(src, string(r))
 		}
 	}
-	for _, r := range []string{resultAccepted, resultBusy, resultTooLarge, resultMalformed, resultForbidden, resultMethod} {
+	for _, r := range []string{resultAccepted, resultBusy, resultTooLarge, resultMalformed, resultForbidden, resultMethod, resultHandshake} {
 		m.webhookRequests.WithLabelValues(r)
 	}
 	for _, k := range []string{"rename", "truncate"} {

@@ -7,13 +7,17 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	stdlog "log"
 	"net"
 	"net/http"
 	"os"
 	"slices"
+	"strings"
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/tokenroll/tokenroll/protocol"
 )
 
 // WebhookConfig configures the webhook source.
@@ -85,10 +89,11 @@ func newWebhook(cfg WebhookConfig, s *stream, log *zap.Logger) (*Webhook, error)
 		WriteTimeout:      30 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    16 << 10,
-		// TLS handshake failures (a client without a valid certificate)
-		// would go to the standard logger; count them instead of noise.
-		ErrorLog: zap.NewStdLog(log.WithOptions(zap.IncreaseLevel(zap.WarnLevel))),
 	}
+	// The server's own errors, TLS handshakes refused above all (a client
+	// without a certificate the CA signed), are counted and logged at most
+	// once a minute.
+	w.srv.ErrorLog = stdlog.New(serverErrors{w}, "", 0)
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("listening for audit webhook batches on --audit-webhook-listen %s: %w", cfg.Addr, err)
@@ -169,6 +174,19 @@ func (w *Webhook) serve(rw http.ResponseWriter, r *http.Request) {
 	m.webhookRequests.WithLabelValues(resultAccepted).Inc()
 	m.webhookBytes.Add(float64(len(body)))
 	rw.WriteHeader(http.StatusOK)
+}
+
+type serverErrors struct{ w *Webhook }
+
+func (e serverErrors) Write(p []byte) (int, error) {
+	msg := strings.TrimSpace(string(p))
+	key := "webhook/server"
+	if strings.Contains(msg, "TLS handshake error") {
+		e.w.stream.metrics.webhookRequests.WithLabelValues(resultHandshake).Inc()
+		key = "webhook/handshake"
+	}
+	e.w.stream.logLimited(key, "Audit webhook connection refused or failed", errors.New(protocol.Truncate(msg)))
+	return len(p), nil
 }
 
 func (w *Webhook) tooLarge(rw http.ResponseWriter, n int64) {

@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/zap"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/utils/clock"
 )
 
@@ -204,6 +205,12 @@ func TestWebhook(t *testing.T) {
 	oc, ok := other.issue(t, "kube-apiserver-audit", false)
 	if _, err := post(client(t, serverCA, oc, ok), list); err == nil {
 		t.Error("a client with a certificate of another CA was served")
+	}
+	// The server counts a refused handshake after the client has seen it.
+	if err := wait.PollUntilContextTimeout(context.Background(), 10*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
+		return testutil.ToFloat64(m.webhookRequests.WithLabelValues(resultHandshake)) == 2, nil
+	}); err != nil {
+		t.Errorf("handshakes refused %v, want 2", testutil.ToFloat64(m.webhookRequests.WithLabelValues(resultHandshake)))
 	}
 	nc, nk := apiserverCA.issue(t, "system:node:node-a", false)
 	if code, err := post(client(t, serverCA, nc, nk), list); err != nil || code != http.StatusForbidden {
