@@ -23,6 +23,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/spf13/pflag"
 	"go.uber.org/zap"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/utils/clock"
@@ -310,3 +311,33 @@ func TestOptionsValidate(t *testing.T) {
 
 func (w *Webhook) metricsOf() *Metrics   { return w.stream.metrics }
 func (l *LogSource) metricsOf() *Metrics { return l.stream.metrics }
+
+func TestOptionsFlags(t *testing.T) {
+	o := NewOptions()
+	fs := pflag.NewFlagSet("test", pflag.ContinueOnError)
+	o.AddFlags(fs)
+	err := fs.Parse([]string{"--audit-log=/var/log/a/audit.log,/var/log/b/audit.log", "--audit-log", "/var/log/c/audit.log",
+		"--audit-webhook-client-name=one", "--audit-webhook-client-name=two", "--audit-log-poll-interval=2s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(o.Logs) != 3 || len(o.WebhookClientNames) != 2 || o.LogPollInterval != 2*time.Second || o.LogCheckpointDir != "/var/lib/tokenroll/audit" {
+		t.Errorf("parsed %+v", o)
+	}
+	// Client names without a webhook is the one thing wrong.
+	if err := o.Validate(); err == nil || strings.Count(err.Error(), "\n") != 0 || !strings.Contains(err.Error(), "need --audit-webhook-listen") {
+		t.Errorf("Validate: %v; want only the complaint about a webhook flag without --audit-webhook-listen", err)
+	}
+}
+
+func TestMetricsLint(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	NewMetrics(reg)
+	problems, err := testutil.GatherAndLint(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("%s: %s", p.Metric, p.Text)
+	}
+}
