@@ -70,8 +70,10 @@ type Event struct {
 	// User is user.username (system:serviceaccount:NS:NAME for Presented,
 	// system:node:NODE for the kubelet's Issued); empty for AuthFailed.
 	User string
-	// SourceIP is the first of sourceIPs (the client, as the API server
-	// saw it); invalid when absent or unparsable.
+	// SourceIP is the last of sourceIPs: the peer of the API server's
+	// connection, which the client cannot choose (the entries before it
+	// come from X-Forwarded-For and X-Real-Ip, which any client sets).
+	// Invalid when absent or unparsable.
 	SourceIP netip.Addr
 	// Code is responseStatus.code.
 	Code int32
@@ -83,6 +85,13 @@ type Event struct {
 	JTI string
 	// Audiences are the audiences asked for in an Issued TokenRequest.
 	Audiences []string
+}
+
+// Sink receives the Events a source reads. Sources deliver to it one at a
+// time (never concurrently), in the order they read them; Observe must not
+// block for long, as it holds up every source.
+type Sink interface {
+	Observe(Event)
 }
 
 // JTIFromCredentialID returns the jti a credential ID ("JTI=<jti>") names,

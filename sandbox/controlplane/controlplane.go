@@ -55,6 +55,17 @@ type Config struct {
 	// StartTimeout bounds the wait for each server to become ready
 	// (default 90s).
 	StartTimeout time.Duration
+	// AuditPolicy, when set, is the audit policy (an audit.k8s.io/v1
+	// Policy) every kube-apiserver runs with, each writing its audit log
+	// to AuditLogPath(i).
+	AuditPolicy []byte
+	// AuditWebhookURL, with AuditPolicy, makes every kube-apiserver also
+	// send its audit events in batches to this HTTPS URL, trusting
+	// AuditWebhookCA (PEM) for the server's certificate and presenting a
+	// client certificate signed by the authority AuditWebhookClientCA
+	// returns.
+	AuditWebhookURL string
+	AuditWebhookCA  []byte
 }
 
 // ControlPlane is a running etcd and its kube-apiservers behind a local load
@@ -65,6 +76,7 @@ type ControlPlane struct {
 	removeDir  bool
 	serverCA   *authority
 	clientCA   *authority
+	auditCA    *authority
 	serving    keyPair
 	etcd       *process
 	etcdURL    string
@@ -100,6 +112,9 @@ func Start(ctx context.Context, cfg Config) (_ *ControlPlane, err error) {
 	if cfg.Binaries.Etcd == "" || cfg.Binaries.KubeAPIServer == "" {
 		return nil, errors.New("controlplane: Config.Binaries is empty; use FindBinaries")
 	}
+	if cfg.AuditWebhookURL != "" && (len(cfg.AuditPolicy) == 0 || len(cfg.AuditWebhookCA) == 0) {
+		return nil, errors.New("controlplane: Config.AuditWebhookURL needs AuditPolicy and AuditWebhookCA")
+	}
 	cp := &ControlPlane{cfg: cfg, dir: cfg.Dir}
 	if cp.dir == "" {
 		if cp.dir, err = os.MkdirTemp("", "tokenroll-controlplane-"); err != nil {
@@ -118,6 +133,9 @@ func Start(ctx context.Context, cfg Config) (_ *ControlPlane, err error) {
 		}
 	}
 	if err := cp.makePKI(); err != nil {
+		return nil, err
+	}
+	if err := cp.writeAuditConfig(); err != nil {
 		return nil, err
 	}
 	if err := cp.startEtcd(ctx); err != nil {
@@ -234,7 +252,72 @@ func waitReady(ctx context.Context, p *process, timeout time.Duration, ready fun
 	return err
 }
 
-func (cp *ControlPlane) apiserverArgs(port int, issuers []string) []string {
+// writeAuditConfig writes the audit policy and, for a webhook, its
+// kubeconfig with a client certificate of its own authority, so a webhook
+// trusting that authority trusts nothing else of the control plane's.
+func (cp *ControlPlane) writeAuditConfig() error {
+	if len(cp.cfg.AuditPolicy) == 0 {
+		return nil
+	}
+	if err := writeFile(cp.pki("audit-policy.yaml"), cp.cfg.AuditPolicy); err != nil {
+		return err
+	}
+	if cp.cfg.AuditWebhookURL == "" {
+		return nil
+	}
+	var err error
+	if cp.auditCA, err = newAuthority("tokenroll-sandbox-audit-webhook-client-ca", 365*24*time.Hour); err != nil {
+		return err
+	}
+	pair, err := cp.auditCA.issue("kube-apiserver-audit", nil, false, 365*24*time.Hour)
+	if err != nil {
+		return err
+	}
+	kc := clientcmdapi.NewConfig()
+	kc.Clusters["audit"] = &clientcmdapi.Cluster{Server: cp.cfg.AuditWebhookURL, CertificateAuthorityData: cp.cfg.AuditWebhookCA}
+	kc.AuthInfos["kube-apiserver"] = &clientcmdapi.AuthInfo{ClientCertificateData: pair.CertPEM, ClientKeyData: pair.KeyPEM}
+	kc.Contexts["audit"] = &clientcmdapi.Context{Cluster: "audit", AuthInfo: "kube-apiserver"}
+	kc.CurrentContext = "audit"
+	return clientcmd.WriteToFile(*kc, cp.pki("audit-webhook.kubeconfig"))
+}
+
+// AuditLogPath is API server i's audit log (JSON lines), when
+// Config.AuditPolicy is set.
+func (cp *ControlPlane) AuditLogPath(i int) string {
+	return filepath.Join(cp.dir, "logs", fmt.Sprintf("kube-apiserver-%d-audit.log", i))
+}
+
+// AuditWebhookClientCA is the PEM certificate of the authority that signs
+// the API servers' audit webhook client certificate; nil without
+// Config.AuditWebhookURL.
+func (cp *ControlPlane) AuditWebhookClientCA() []byte {
+	if cp.auditCA == nil {
+		return nil
+	}
+	return slices.Clone(cp.auditCA.certPEM)
+}
+
+func (cp *ControlPlane) auditArgs(i int) []string {
+	if len(cp.cfg.AuditPolicy) == 0 {
+		return nil
+	}
+	args := []string{
+		"--audit-policy-file=" + cp.pki("audit-policy.yaml"),
+		"--audit-log-path=" + cp.AuditLogPath(i),
+		"--audit-log-format=json",
+	}
+	if cp.cfg.AuditWebhookURL != "" {
+		args = append(args,
+			"--audit-webhook-config-file="+cp.pki("audit-webhook.kubeconfig"),
+			"--audit-webhook-mode=batch",
+			// The default, 30 s, is for production; a test waits for
+			// its events.
+			"--audit-webhook-batch-max-wait=500ms")
+	}
+	return args
+}
+
+func (cp *ControlPlane) apiserverArgs(i, port int, issuers []string) []string {
 	args := []string{
 		"--etcd-servers=" + cp.etcdURL,
 		"--bind-address=127.0.0.1",
@@ -258,6 +341,7 @@ func (cp *ControlPlane) apiserverArgs(port int, issuers []string) []string {
 	for _, iss := range issuers {
 		args = append(args, "--service-account-issuer="+iss)
 	}
+	args = append(args, cp.auditArgs(i)...)
 	return append(args, cp.cfg.ExtraArgs...)
 }
 
@@ -272,7 +356,7 @@ func (cp *ControlPlane) startAPIServer(ctx context.Context, i int, issuers []str
 			return err
 		}
 		logPath := filepath.Join(cp.dir, "logs", fmt.Sprintf("kube-apiserver-%d.log", i))
-		proc, err := startProcess(fmt.Sprintf("kube-apiserver-%d", i), cp.cfg.Binaries.KubeAPIServer, cp.apiserverArgs(port, issuers), logPath)
+		proc, err := startProcess(fmt.Sprintf("kube-apiserver-%d", i), cp.cfg.Binaries.KubeAPIServer, cp.apiserverArgs(i, port, issuers), logPath)
 		if err != nil {
 			return err
 		}
