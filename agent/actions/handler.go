@@ -268,8 +268,13 @@ func (h *Handler) Handle(ctx context.Context, request, status string) error {
 // end it, except that nothing is ever carried out: a request not yet
 // called is refused.
 func (h *Handler) settleWithdrawn(ctx context.Context, status string) error {
-	cur, err := protocol.ParseStatus(status)
-	if err != nil || cur.ID == "" || cur.Phase.Final() {
+	cur, parseErr := protocol.ParseStatus(status)
+	if parseErr != nil {
+		// Nothing of ours to end: no status, or one this agent did not
+		// write in this protocol's form.
+		return nil //nolint:nilerr // not an error of this agent's
+	}
+	if cur.ID == "" || cur.Phase.Final() {
 		return nil
 	}
 	rec, err := h.state.find(cur.ID)
