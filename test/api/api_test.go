@@ -42,6 +42,7 @@ import (
 
 	"github.com/tokenroll/tokenroll/coordinator"
 	v1alpha1 "github.com/tokenroll/tokenroll/pkg/apis/tokenroll/v1alpha1"
+	tokenrollac "github.com/tokenroll/tokenroll/pkg/generated/applyconfiguration/tokenroll/v1alpha1"
 	"github.com/tokenroll/tokenroll/pkg/generated/clientset/versioned"
 	"github.com/tokenroll/tokenroll/pkg/generated/informers/externalversions"
 	"github.com/tokenroll/tokenroll/sandbox/controlplane"
@@ -164,6 +165,7 @@ func TestAPI(t *testing.T) {
 	t.Run("invalid-rollouts", func(t *testing.T) { testInvalidRollouts(ctx, t, e) })
 	t.Run("transitions", func(t *testing.T) { testTransitions(ctx, t, e) })
 	t.Run("status-is-the-coordinators", func(t *testing.T) { testStatusOwnership(ctx, t, e) })
+	t.Run("server-side-apply", func(t *testing.T) { testServerSideApply(ctx, t, e) })
 	t.Run("printer-columns", func(t *testing.T) { testPrinterColumns(ctx, t, e) })
 	t.Run("wait-complete", func(t *testing.T) { testWaitComplete(ctx, t, e) })
 }
@@ -702,6 +704,33 @@ func testStatusOwnership(ctx context.Context, t *testing.T, e *env) {
 	expectForbidden(t, "the coordinator deleting a rollout", coord.Delete(ctx, "owned", metav1.DeleteOptions{}))
 	_, err = e.coordinator.TokenrollV1alpha1().RolloutPolicies().Patch(ctx, "workers", types.MergePatchType, []byte(`{"spec":{"dryRun":true}}`), metav1.PatchOptions{})
 	expectForbidden(t, "the coordinator changing a policy", err)
+}
+
+// testServerSideApply: the generated apply configurations work for both
+// writers, each owning its half: the editor's apply of the spec leaves the
+// coordinator's status alone, and the reverse.
+func testServerSideApply(ctx context.Context, t *testing.T, e *env) {
+	spec := tokenrollac.TokenRollout("applied").WithSpec(tokenrollac.TokenRolloutSpec().
+		WithState(v1alpha1.StatePaused).WithStrategy(v1alpha1.StrategyPodRestart).WithNodeNames("node-1", "node-2"))
+	if _, err := e.editor.TokenrollV1alpha1().TokenRollouts().Apply(ctx, spec, metav1.ApplyOptions{FieldManager: "tokenroll-cli"}); err != nil {
+		t.Fatalf("the editor applying a rollout: %v", err)
+	}
+	status := tokenrollac.TokenRollout("applied").WithStatus(tokenrollac.TokenRolloutStatus().
+		WithPhase(v1alpha1.PhasePaused).WithSummary(tokenrollac.NodeSummary().WithTotal(2).WithPending(2)).
+		WithNodes(tokenrollac.NodeResult().WithName("node-1").WithStep("pending"), tokenrollac.NodeResult().WithName("node-2").WithStep("pending")))
+	if _, err := e.coordinator.TokenrollV1alpha1().TokenRollouts().ApplyStatus(ctx, status, metav1.ApplyOptions{FieldManager: "tokenroll-coordinator"}); err != nil {
+		t.Fatalf("the coordinator applying a rollout's status: %v", err)
+	}
+	_, err := e.editor.TokenrollV1alpha1().TokenRollouts().ApplyStatus(ctx, status, metav1.ApplyOptions{FieldManager: "tokenroll-cli", Force: true})
+	expectForbidden(t, "the editor applying a rollout's status", err)
+	spec.Spec.WithState(v1alpha1.StateRunning)
+	r, err := e.editor.TokenrollV1alpha1().TokenRollouts().Apply(ctx, spec, metav1.ApplyOptions{FieldManager: "tokenroll-cli"})
+	if err != nil {
+		t.Fatalf("the editor resuming a rollout by apply: %v", err)
+	}
+	if r.Spec.State != v1alpha1.StateRunning || r.Status.Phase != v1alpha1.PhasePaused || r.Status.Summary.Total != 2 || len(r.Status.Nodes) != 2 {
+		t.Errorf("after both applies: spec %+v, status %+v", r.Spec, r.Status)
+	}
 }
 
 // table is GET on a resource with the Table API's Accept header, what
