@@ -808,7 +808,7 @@ func testPrinterColumns(ctx context.Context, t *testing.T, e *env) {
 	}
 
 	if _, err := e.coordinator.TokenrollV1alpha1().RolloutPolicies().Patch(ctx, "workers", types.MergePatchType,
-		[]byte(`{"status":{"nodes":12,"conditions":[{"type":"Accepted","status":"True","reason":"Accepted","message":"","lastTransitionTime":"2026-12-01T00:00:00Z"}]}}`),
+		[]byte(`{"status":{"nodes":12,"nextWindowStart":"2026-12-05T21:00:00Z","conditions":[{"type":"Accepted","status":"True","reason":"Accepted","message":"","lastTransitionTime":"2026-12-01T00:00:00Z"}]}}`),
 		metav1.PatchOptions{}, "status"); err != nil {
 		t.Fatal(err)
 	}
@@ -816,7 +816,10 @@ func testPrinterColumns(ctx context.Context, t *testing.T, e *env) {
 	if want := []string{"Name", "Strategy", "Max-Unavailable", "Nodes", "Dry-Run", "Accepted", "Next-Window", "Age"}; !slices.Equal(names, want) {
 		t.Errorf("kubectl get rolloutpolicies columns %v, want %v", names, want)
 	}
-	for col, want := range map[string]any{"Name": "workers", "Strategy": "kubelet-restart", "Max-Unavailable": "10%", "Nodes": float64(12), "Accepted": "True"} {
+	for col, want := range map[string]any{"Name": "workers", "Strategy": "kubelet-restart", "Max-Unavailable": "10%", "Nodes": float64(12), "Accepted": "True",
+		// A time to come, as a time: kubectl shows a date column as an age,
+		// and a future one as <invalid>.
+		"Next-Window": "2026-12-05T21:00:00Z"} {
 		if row[col] != want {
 			t.Errorf("rolloutpolicy column %s = %#v, want %#v", col, row[col], want)
 		}
