@@ -45,6 +45,7 @@ import (
 	tokenrollac "github.com/tokenroll/tokenroll/pkg/generated/applyconfiguration/tokenroll/v1alpha1"
 	"github.com/tokenroll/tokenroll/pkg/generated/clientset/versioned"
 	"github.com/tokenroll/tokenroll/pkg/generated/informers/externalversions"
+	"github.com/tokenroll/tokenroll/protocol"
 	"github.com/tokenroll/tokenroll/sandbox/controlplane"
 )
 
@@ -112,6 +113,30 @@ func TestStrategyEnumIsTheCoordinators(t *testing.T) {
 	want := []string{string(v1alpha1.StrategyKubeletRestart), string(v1alpha1.StrategyPodRestart), string(v1alpha1.StrategyReboot)}
 	if !slices.Equal(want, coordinator.StrategyNames()) {
 		t.Errorf("the API's Strategy constants are %v, the coordinator's strategies %v", want, coordinator.StrategyNames())
+	}
+}
+
+// TestNodeStepEnumIsTheProtocols: a node result's step is the per-node
+// protocol's step on the Node (or pending, before it has one), so a step
+// renamed or added there fails here.
+func TestNodeStepEnumIsTheProtocols(t *testing.T) {
+	crd := decodeFile(t, crdDir+"/tokenroll.io_tokenrollouts.yaml")[0]
+	versions, _, _ := unstructured.NestedSlice(crd.Object, "spec", "versions")
+	enum, _, err := unstructured.NestedSlice(versions[0].(map[string]any), "schema", "openAPIV3Schema", "properties", "status", "properties", "nodes", "items", "properties", "step", "enum")
+	if err != nil || len(enum) == 0 {
+		t.Fatalf("no step enum in the TokenRollout schema: %v", err)
+	}
+	var got []string
+	for _, e := range enum {
+		got = append(got, fmt.Sprint(e))
+	}
+	want := []string{"pending"}
+	for _, s := range []protocol.Step{protocol.StepCordoned, protocol.StepActing, protocol.StepDone, protocol.StepHalted,
+		protocol.StepUnresolved, protocol.StepExcluded, protocol.StepDryRun} {
+		want = append(want, string(s))
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("the schema's node steps are %v, the protocol's %v", got, want)
 	}
 }
 
