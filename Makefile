@@ -78,10 +78,24 @@ clean: ## Remove build output (the cache stays).
 # Tools for the deploy tests (test/deploy): a kustomize/Helm renderer and
 # promtool, built from the pins in test/deploy/tools/go.mod, and the CRDs
 # the manifests use, into $(TOKENROLL_CACHE_DIR)/deploy-tools/.
-.PHONY: deploy-tools
+.PHONY: deploy-tools codegen codegen-tools
 deploy-tools: ## Build the deploy tests' tools (renderer, promtool) and fetch their CRDs (a no-op when built).
 	@bash test/deploy/tools/build.sh >/dev/null
 
 # The deploy tests build them on first use too; building them here keeps
 # that out of go test's timeout.
 test-integration: deploy-tools
+
+# The tokenroll.io API's generated code and CRDs (pkg/generated, the
+# deepcopy code, deploy/helm/tokenroll/crds, deploy/kustomize/base/crds),
+# from the generators pinned in test/codegen/tools/go.mod. test/codegen
+# fails when they are stale.
+codegen: ## Regenerate the API's client code and CRDs after changing pkg/apis.
+	@bash hack/update-codegen.sh
+
+codegen-tools: ## Build the pinned code generators into the cache (a no-op when built).
+	@bash test/codegen/tools/build.sh >/dev/null
+
+# test/codegen builds them on first use too; building them here keeps that
+# out of go test's timeout.
+test-integration: codegen-tools

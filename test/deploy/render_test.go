@@ -54,7 +54,7 @@ func TestRender(t *testing.T) {
 				kinds[o.GetKind()]++
 			}
 			for _, kind := range []string{"DaemonSet", "Deployment", "PodDisruptionBudget", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
-				"ServiceAccount", "Service", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"} {
+				"ServiceAccount", "Service", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding", "CustomResourceDefinition"} {
 				if kinds[kind] == 0 {
 					t.Errorf("no %s", kind)
 				}
