@@ -1,7 +1,10 @@
 package sandbox
 
 import (
+	"context"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -132,5 +135,24 @@ func TestAPITokenPath(t *testing.T) {
 	}
 	if got := apiTokenPath(pod, pod.Spec.Containers[1], "/r"); got != "" {
 		t.Errorf("a container with only a vault token: %q, want none", got)
+	}
+}
+
+// A fake-runtime built before pods got IPs of their own is refused with
+// the remedy, before any node starts.
+func TestOldFakeRuntimeIsRefused(t *testing.T) {
+	dir := t.TempDir()
+	old, current := filepath.Join(dir, "old"), filepath.Join(dir, "current")
+	if err := os.WriteFile(old, []byte("#!/bin/sh\necho '      --endpoint string   Unix socket' >&2\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(current, []byte("#!/bin/sh\necho '      --pod-ip-range string   CIDR' >&2\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := checkRuntimeGivesPodIPs(context.Background(), old); err == nil || !strings.Contains(err.Error(), "make kubelet") {
+		t.Errorf("old fake-runtime: %v; want a refusal saying to run make kubelet", err)
+	}
+	if err := checkRuntimeGivesPodIPs(context.Background(), current); err != nil {
+		t.Errorf("current fake-runtime: %v", err)
 	}
 }

@@ -28,7 +28,7 @@ cache=${TOKENROLL_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tokenroll}
 dest="$cache/controlplane/kubernetes-$k8s-etcd-$etcd"
 # fake-runtime is tokenroll's own code over kubemark's fake: the pins do not
 # name it, so a digest of its source beside it says when to build it again.
-runtime_src=$(cat "$tools"/fakeruntime/*.go | sha256sum | cut -d' ' -f1)
+runtime_src=$(find "$tools/fakeruntime" -maxdepth 1 -name '*.go' ! -name '*_test.go' | sort | xargs cat | sha256sum | cut -d' ' -f1)
 missing=()
 for b in "${want[@]}"; do
   if [ ! -x "$dest/$b" ] || { [ "$b" = fake-runtime ] && [ "$(cat "$dest/fake-runtime.src" 2>/dev/null)" != "$runtime_src" ]; }; then
