@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sync"
@@ -59,7 +60,9 @@ type realNodeConfig struct {
 	Client     kubernetes.Interface
 	Binaries   controlplane.KubeletBinaries
 	// LogDir receives kubelet-NAME.log and runtime-NAME.log.
-	LogDir   string
+	LogDir string
+	// PodIPs is the range the runtime gives pod sandboxes their IPs from.
+	PodIPs   netip.Prefix
 	Observer func(kubeletsim.Event)
 	Log      *zap.Logger
 }
@@ -76,7 +79,7 @@ func newRealNode(cfg realNodeConfig) *realNode {
 	n := &realNode{name: cfg.Name, root: cfg.Root, client: cfg.Client, observer: cfg.Observer, log: cfg.Log.With(zap.String("node", cfg.Name))}
 	endpoint := "unix://" + runtimeSocket(cfg.Root)
 	n.runtime = newChild("runtime "+cfg.Name, "", func(string) []string {
-		return []string{cfg.Binaries.FakeRuntime, "--endpoint=" + endpoint}
+		return []string{cfg.Binaries.FakeRuntime, "--endpoint=" + endpoint, "--pod-ip-range=" + cfg.PodIPs.String()}
 	}, filepath.Join(cfg.LogDir, "runtime-"+cfg.Name+".log"))
 	n.kubelet = newChild("kubelet "+cfg.Name, "", func(string) []string {
 		return []string{cfg.Binaries.HollowKubelet, "--name=" + cfg.Name, "--kubeconfig=" + cfg.Kubeconfig,

@@ -12,7 +12,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -57,6 +59,8 @@ type Config struct {
 	// this process; the default) or KubeletReal (the pinned kubelet code as
 	// processes, see realNode).
 	Kubelet string
+	// Apps are the kinds of app the pods run (none: no app runs).
+	Apps []AppKind
 	// Log receives what the in-process parts do (default: nothing).
 	Log *zap.Logger
 }
@@ -80,6 +84,7 @@ type Sandbox struct {
 	synced   map[types.UID]bool
 	change   chan struct{}
 	nodeHook func(kubeletsim.Event)
+	apps     *appRunner
 }
 
 // Node is one worker node: a simulated kubelet or the real kubelet code.
@@ -89,6 +94,8 @@ type Node interface {
 	Root() string
 	// PodsAPISocket is the kubelet Pods API socket.
 	PodsAPISocket() string
+	// BootID is the boot the node is in now.
+	BootID() string
 }
 
 // What runs the worker nodes (Config.Kubelet, --kubelet).
@@ -111,8 +118,19 @@ const (
 
 // TokensPerNode is how many projected tokens the workloads put on each node
 // at the start: the build-robot pod's vault token and kube-api-access token,
-// and the web pod's kube-api-access token.
-const TokensPerNode = 3
+// and the web and legacy pods' kube-api-access tokens.
+const TokensPerNode = 4
+
+// PodsPerNode is how many of the workloads' pods run on each node.
+const PodsPerNode = 3
+
+// podIPRange is the loopback range the pods of the i-th worker node
+// (from 1) get their IPs from, as a cluster's network plugin gives each
+// node a pod CIDR: 127.1.1.0/24 for worker-1. The control plane listens on
+// 127.0.0.1, outside every range.
+func podIPRange(i int) netip.Prefix {
+	return netip.PrefixFrom(netip.AddrFrom4([4]byte{127, byte(1 + i/256), byte(i % 256), 0}), 24)
+}
 
 // MasterNames are the control-plane node names the simulated operator
 // reports, one per API server.
@@ -150,6 +168,9 @@ func Start(ctx context.Context, cfg Config) (_ *Sandbox, err error) {
 	case KubeletSim:
 	case KubeletReal:
 		if kubeletBins, err = controlplane.FindKubeletBinaries(cfg.BinDir); err != nil {
+			return nil, err
+		}
+		if err := checkRuntimeGivesPodIPs(ctx, kubeletBins.FakeRuntime); err != nil {
 			return nil, err
 		}
 	default:
@@ -239,7 +260,7 @@ func Start(ctx context.Context, cfg Config) (_ *Sandbox, err error) {
 				return nil, err
 			}
 			n := newRealNode(realNodeConfig{Name: name, Root: root, Kubeconfig: s.NodeKubeconfig(name), Client: client,
-				Binaries: kubeletBins, LogDir: filepath.Join(s.dir, "logs"), Observer: s.observe, Log: log.Named("node")})
+				Binaries: kubeletBins, LogDir: filepath.Join(s.dir, "logs"), PodIPs: podIPRange(i), Observer: s.observe, Log: log.Named("node")})
 			if err := n.start(runCtx, &s.wg); err != nil {
 				return nil, err
 			}
@@ -247,7 +268,7 @@ func Start(ctx context.Context, cfg Config) (_ *Sandbox, err error) {
 			continue
 		}
 		n, err := kubeletsim.New(kubeletsim.Config{
-			Name: name, Root: root, RESTConfig: rc,
+			Name: name, Root: root, RESTConfig: rc, PodIPs: podIPRange(i),
 			Logger: log.Named("kubeletsim"), Observer: s.observe,
 		})
 		if err != nil {
@@ -278,6 +299,22 @@ func Start(ctx context.Context, cfg Config) (_ *Sandbox, err error) {
 	}
 	log.Info("nodes registered", zap.Int("nodes", len(s.Nodes)), zap.String("kubelet", cfg.Kubelet))
 
+	apps, err := newAppRunner(appRunnerConfig{Client: s.Admin, URL: s.CP.URL(), CA: s.CP.CACert(), Kinds: cfg.Apps, Nodes: s.Nodes,
+		Log: log.Named("apps")})
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	s.apps = apps
+	s.mu.Unlock()
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		if err := apps.Run(runCtx); err != nil && runCtx.Err() == nil {
+			log.Error("the pods' apps stopped", zap.Error(err))
+		}
+	}()
+
 	rs, err := replicasim.New(replicasim.Config{Client: s.Admin, Namespaces: []string{NamespaceBuild, NamespaceApps}, Log: log.Named("replicasim")})
 	if err != nil {
 		return nil, err
@@ -295,14 +332,14 @@ func Start(ctx context.Context, cfg Config) (_ *Sandbox, err error) {
 		}
 	}
 	if cfg.Kubelet == KubeletReal {
-		err = s.waitPodsRunning(ctx, 2*cfg.Nodes)
+		err = s.waitPodsRunning(ctx, PodsPerNode*cfg.Nodes)
 	} else {
-		err = s.waitPodsSynced(ctx, 2*cfg.Nodes)
+		err = s.waitPodsSynced(ctx, PodsPerNode*cfg.Nodes)
 	}
 	if err != nil {
 		return nil, err
 	}
-	log.Info("every pod running with its tokens on disk", zap.Int("pods", 2*cfg.Nodes))
+	log.Info("every pod running with its tokens on disk", zap.Int("pods", PodsPerNode*cfg.Nodes))
 
 	select {
 	case <-op.Ready():
@@ -312,6 +349,16 @@ func Start(ctx context.Context, cfg Config) (_ *Sandbox, err error) {
 		return nil, ctx.Err()
 	}
 	return s, nil
+}
+
+// checkRuntimeGivesPodIPs refuses a fake-runtime built before it gave each
+// pod an IP of its own (--pod-ip-range), which the pods' apps send from.
+func checkRuntimeGivesPodIPs(ctx context.Context, bin string) error {
+	out, _ := exec.CommandContext(ctx, bin, "--help").CombinedOutput()
+	if !strings.Contains(string(out), "--pod-ip-range") {
+		return fmt.Errorf("%s has no --pod-ip-range: it was built before pods got IPs of their own; run `make kubelet` to build it again", bin)
+	}
+	return nil
 }
 
 // NodeKubeconfig is the kubeconfig with node's identity (system:node:NAME),
@@ -325,39 +372,57 @@ var BuildRobotPod = workload.BuildRobotPod
 
 // ReplicaSets are the sandbox's workloads, replicas pods each, spread one
 // per node by the ReplicaSet controller: the documentation's nginx as build-robot
-// (namespace build) and a plain web server with the default
-// kube-api-access volume (namespace apps). Drained or evicted pods come back
-// on another node, as on a real cluster.
+// (namespace build), a plain web server and a legacy client, both with the
+// default kube-api-access volume (namespace apps). Drained or evicted pods
+// come back on another node, as on a real cluster. Each pod's AppLabel
+// says what kind of app it runs: nginx and web reload their token,
+// legacy caches it.
 func ReplicaSets(replicas int32) []*appsv1.ReplicaSet {
-	set := func(name, namespace string, spec corev1.PodSpec) *appsv1.ReplicaSet {
+	set := func(name, namespace string, kind AppKind, spec corev1.PodSpec) *appsv1.ReplicaSet {
 		labels := map[string]string{"app": name}
+		podLabels := map[string]string{"app": name, AppLabel: string(kind)}
 		return &appsv1.ReplicaSet{
 			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace, Labels: labels},
 			Spec: appsv1.ReplicaSetSpec{
 				Replicas: ptr.To(replicas),
 				Selector: &metav1.LabelSelector{MatchLabels: labels},
-				Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: labels}, Spec: spec},
+				Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: podLabels}, Spec: spec},
 			},
 		}
 	}
 	return []*appsv1.ReplicaSet{
-		set("nginx", NamespaceBuild, workload.BuildRobotSpec("")),
-		set("web", NamespaceApps, corev1.PodSpec{Containers: []corev1.Container{{Name: "web", Image: "registry.example/web:1"}}}),
+		set("nginx", NamespaceBuild, AppReloading, workload.BuildRobotSpec("")),
+		set("web", NamespaceApps, AppReloading, corev1.PodSpec{Containers: []corev1.Container{{Name: "web", Image: "registry.example/web:1"}}}),
+		set("legacy", NamespaceApps, AppCaching, corev1.PodSpec{Containers: []corev1.Container{{Name: "legacy", Image: "registry.example/legacy-sdk:1"}}}),
 	}
 }
 
 func (s *Sandbox) observe(e kubeletsim.Event) {
 	s.mu.Lock()
-	hook := s.nodeHook
+	hook, apps := s.nodeHook, s.apps
 	if e.Kind == kubeletsim.EventPodSynced && !s.synced[e.PodUID] {
 		s.synced[e.PodUID] = true
 		close(s.change)
 		s.change = make(chan struct{})
 	}
 	s.mu.Unlock()
+	if apps != nil {
+		apps.observe(e)
+	}
 	if hook != nil {
 		hook(e)
 	}
+}
+
+// AppReports are the figures of every app that ran so far.
+func (s *Sandbox) AppReports() []AppReport {
+	s.mu.Lock()
+	apps := s.apps
+	s.mu.Unlock()
+	if apps == nil {
+		return nil
+	}
+	return apps.reports()
 }
 
 // setNodeHook makes f see every simulated node's events.

@@ -65,12 +65,12 @@ func TestValidateNamesEveryBadFlag(t *testing.T) {
 		t.Fatalf("valid options refused: %v", err)
 	}
 	o := Options{Nodes: 0, APIServers: 9, Issuer: "https://a", NewIssuer: "https://a", TrustWindow: -time.Hour, Strategy: "pray",
-		MaxUnavailable: "0", RebootDowntime: 0, Timeout: time.Second, Dir: "/tmp/a,b", Kubelet: "hollow"}
+		MaxUnavailable: "0", RebootDowntime: 0, Timeout: time.Second, Dir: "/tmp/a,b", Kubelet: "hollow", Apps: []string{"reloading", "lazy"}}
 	err := o.Validate()
 	if err == nil {
 		t.Fatal("bad options accepted")
 	}
-	for _, want := range []string{"--nodes=0", "--apiservers=9", "--new-issuer", "--trust-window", "--strategy", "--max-unavailable", "--reboot-downtime", "--timeout", "--dir", "--kubelet"} {
+	for _, want := range []string{"--nodes=0", "--apiservers=9", "--new-issuer", "--trust-window", "--strategy", "--max-unavailable", "--reboot-downtime", "--timeout", "--dir", "--kubelet", `--apps: unknown kind "lazy"`} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error does not name %s: %v", want, err)
 		}
@@ -173,7 +173,8 @@ func TestTrustedUntilRefresh(t *testing.T) {
 // The summary JSON has exactly the fields the issue names.
 func TestSummaryJSONShape(t *testing.T) {
 	s := &Summary{Nodes: 3, Kubelet: KubeletReal, Strategy: "reboot", TokensBefore: map[string]int{"issuer-mismatch": 9}, TokensAfter: map[string]int{"fresh": 9},
-		ActionsPerNode: map[string]int{"worker-1": 1}, Failures: []string{"x"}, Issuer: "https://b", MaxUnavailable: 1}
+		ActionsPerNode: map[string]int{"worker-1": 1}, Failures: []string{"x"}, Issuer: "https://b", MaxUnavailable: 1,
+		Apps: map[AppKind]AppFigures{AppCaching: {Pods: 3, Requests: 90, AuthFailures: 40, ErrorSeconds: 61.5, FailingAtEnd: 3, OtherErrors: 2}}}
 	path := filepath.Join(t.TempDir(), "s.json")
 	if err := s.WriteJSON(path); err != nil {
 		t.Fatal(err)
@@ -191,10 +192,21 @@ func TestSummaryJSONShape(t *testing.T) {
 		keys = append(keys, k)
 	}
 	slices.Sort(keys)
-	want := []string{"actionsPerNode", "gateClosedSeconds", "kubelet", "leaderChanges", "maxConcurrentDisrupted", "nodes", "nodesLeftCordoned",
+	want := []string{"actionsPerNode", "apps", "gateClosedSeconds", "kubelet", "leaderChanges", "maxConcurrentDisrupted", "nodes", "nodesLeftCordoned",
 		"ok", "overheadPerNodeSeconds", "rolloutSeconds", "strategy", "tokensAfter", "tokensBefore"}
 	if !reflect.DeepEqual(keys, want) {
 		t.Errorf("summary keys %v, want %v", keys, want)
+	}
+	if got, want := string(m["apps"]), `{
+    "caching": {
+      "pods": 3,
+      "requests": 90,
+      "authFailures": 40,
+      "errorSeconds": 61.5,
+      "failingAtEnd": 3
+    }
+  }`; got != want {
+		t.Errorf("apps = %s, want %s", got, want)
 	}
 	if string(m["kubelet"]) != `"real"` {
 		t.Errorf("kubelet = %s, want \"real\"", m["kubelet"])

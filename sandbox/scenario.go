@@ -54,6 +54,9 @@ type Options struct {
 	RebootDowntime time.Duration
 	// Kubelet is what runs each worker node: KubeletSim or KubeletReal.
 	Kubelet string
+	// Apps are the kinds of app the pods run (see ParseApps): reloading,
+	// caching, or none.
+	Apps []string
 	// Chaos kills (SIGKILL) the coordinator leader and random agents during
 	// the rollout; they are started again as their Deployment and DaemonSet
 	// would.
@@ -110,6 +113,9 @@ func (o Options) Validate() error {
 	}
 	if !slices.Contains(Kubelets, o.Kubelet) {
 		errs = append(errs, fmt.Errorf("--kubelet=%q: must be %s", o.Kubelet, strings.Join(Kubelets, " or ")))
+	}
+	if _, err := ParseApps(o.Apps); err != nil {
+		errs = append(errs, err)
 	}
 	if o.Timeout < time.Minute {
 		errs = append(errs, fmt.Errorf("--timeout=%s: must be at least 1m", o.Timeout))
@@ -218,8 +224,9 @@ func (r *run) run(ctx context.Context) (*Summary, error) {
 	defer r.fail(nil)
 	r.p.printf("starting a control plane: etcd and %d kube-apiserver(s) (control-plane nodes %s at revision %d), issuer %s",
 		o.APIServers, strings.Join(MasterNames(o.APIServers), ", "), openshiftsim.DefaultStartRevision, o.Issuer)
+	apps, _ := ParseApps(o.Apps)
 	sb, err := Start(ctx, Config{BinDir: o.BinDir, Dir: r.dir, Nodes: o.Nodes, APIServers: o.APIServers, Issuer: o.Issuer,
-		TrustWindow: o.TrustWindow, Kubelet: o.Kubelet, Log: r.log})
+		TrustWindow: o.TrustWindow, Kubelet: o.Kubelet, Apps: apps, Log: r.log})
 	if err != nil {
 		return nil, err
 	}
@@ -240,8 +247,8 @@ func (r *run) run(ctx context.Context) (*Summary, error) {
 	if o.Kubelet == KubeletReal {
 		what = "node(s) running the real kubelet " + controlplane.KubernetesVersion + " (hollow-kubelet and fake-runtime processes)"
 	}
-	r.p.printf("control plane up at %s; %d %s running %d pods of ReplicaSets build/nginx (build-robot, vault token) and apps/web",
-		sb.CP.URL(), o.Nodes, what, 2*o.Nodes)
+	r.p.printf("control plane up at %s; %d %s running %d pods of ReplicaSets build/nginx (build-robot, vault token), apps/web and apps/legacy; apps: %s",
+		sb.CP.URL(), o.Nodes, what, PodsPerNode*o.Nodes, describeApps(apps))
 
 	watchCtx, stopWatch := context.WithCancel(procCtx)
 	defer stopWatch()
@@ -548,6 +555,10 @@ func (r *run) scenario(ctx context.Context) (*Summary, error) {
 	if o.Faults {
 		r.p.printf("faults injected into tokenroll's requests: %s", r.faultsInjected())
 	}
+	kinds, _ := ParseApps(o.Apps)
+	appFailures := r.settleApps(ctx, kinds)
+	sum.Apps, _ = judgeApps(r.sb.AppReports(), kinds)
+	sum.Failures = append(sum.Failures, appFailures...)
 	sum.TokensAfter = after.stateCounts()
 	sum.Issuer = after.Issuer
 	sum.GateClosedSeconds = seconds(r.w.gates.closedFor(openedAt) - closedBefore)
@@ -647,6 +658,45 @@ func (r *run) waitDone(ctx context.Context) (tokenCensus, string, error) {
 		return last, "", errors.New(msg)
 	}
 	return last, outcome, nil
+}
+
+// appSettle is how long the end waits for the apps to authenticate: two
+// requests' time and more, so that a reloading app that just got a 401
+// has read its file again and been heard.
+const appSettle = 10 * time.Second
+
+// settleApps waits until no app fails, at most appSettle, and returns what
+// still fails.
+func (r *run) settleApps(ctx context.Context, kinds []AppKind) []string {
+	deadline := time.Now().Add(appSettle)
+	for {
+		_, failing := judgeApps(r.sb.AppReports(), kinds)
+		if len(failing) == 0 || time.Now().After(deadline) {
+			return failing
+		}
+		select {
+		case <-ctx.Done():
+			return failing
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// describeApps says which apps the pods run.
+func describeApps(kinds []AppKind) string {
+	var parts []string
+	for _, k := range kinds {
+		switch k {
+		case AppReloading:
+			parts = append(parts, "nginx and web reload their token (reloading)")
+		case AppCaching:
+			parts = append(parts, "legacy reads it once (caching)")
+		}
+	}
+	if len(parts) == 0 {
+		return "none"
+	}
+	return strings.Join(parts, ", ") + "; each calls the API server every 1-2 s from its pod's IP"
 }
 
 // trustedUntilRefresh reports whether every token that is not fresh is from

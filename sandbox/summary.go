@@ -13,6 +13,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"k8s.io/apimachinery/pkg/types"
+
 	"github.com/tokenroll/tokenroll/protocol"
 )
 
@@ -51,7 +53,10 @@ type Summary struct {
 	// and the next taken out.
 	OverheadPerNodeSeconds Spread `json:"overheadPerNodeSeconds"`
 	LeaderChanges          int    `json:"leaderChanges"`
-	OK                     bool   `json:"ok"`
+	// Apps are the figures of the pods' apps, by kind (the kinds --apps
+	// ran).
+	Apps map[AppKind]AppFigures `json:"apps"`
+	OK   bool                   `json:"ok"`
 
 	// Failures say which check did not hold (not written to the JSON).
 	Failures []string `json:"-"`
@@ -59,6 +64,77 @@ type Summary struct {
 	Issuer string `json:"-"`
 	// MaxUnavailable is the coordinators' --max-unavailable as a node count.
 	MaxUnavailable int `json:"-"`
+}
+
+// AppFigures are what the apps of one kind did over the run.
+type AppFigures struct {
+	// Pods counts the pods that ran one.
+	Pods         int `json:"pods"`
+	Requests     int `json:"requests"`
+	AuthFailures int `json:"authFailures"`
+	// ErrorSeconds is the time the apps spent unable to authenticate, from
+	// a 401 to the next success, summed over pods.
+	ErrorSeconds float64 `json:"errorSeconds"`
+	// FailingAtEnd counts the pods whose app still runs and whose last
+	// request failed.
+	FailingAtEnd int `json:"failingAtEnd"`
+	// OtherErrors counts answers other than 2xx and 401, and requests that
+	// got none (shown, not judged).
+	OtherErrors int `json:"-"`
+}
+
+// maxFailingApps is how many failing apps a failure message names.
+const maxFailingApps = 10
+
+// judgeApps sums the apps' reports by kind (every kind in kinds appears)
+// and names the apps that still fail: a running app whose last request
+// failed. A pod whose app restarted counts once, by its running app.
+func judgeApps(reports []AppReport, kinds []AppKind) (map[AppKind]AppFigures, []string) {
+	figs := map[AppKind]AppFigures{}
+	for _, k := range kinds {
+		figs[k] = AppFigures{}
+	}
+	pods := map[AppKind]map[types.UID]bool{}
+	var errTime = map[AppKind]time.Duration{}
+	var failing []AppReport
+	for _, r := range reports {
+		f, ok := figs[r.Kind]
+		if !ok {
+			continue
+		}
+		if pods[r.Kind] == nil {
+			pods[r.Kind] = map[types.UID]bool{}
+		}
+		pods[r.Kind][r.UID] = true
+		f.Requests += r.Requests
+		f.AuthFailures += r.AuthFailures
+		f.OtherErrors += r.OtherErrors
+		errTime[r.Kind] += r.ErrorTime
+		if r.Running && r.LastFailed {
+			f.FailingAtEnd++
+			failing = append(failing, r)
+		}
+		figs[r.Kind] = f
+	}
+	for k, f := range figs {
+		f.Pods = len(pods[k])
+		f.ErrorSeconds = seconds(errTime[k])
+		figs[k] = f
+	}
+	if len(failing) == 0 {
+		return figs, nil
+	}
+	slices.SortFunc(failing, func(a, b AppReport) int {
+		return cmp.Or(cmp.Compare(a.Kind, b.Kind), byNodeName(a.Node, b.Node), cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Pod, b.Pod))
+	})
+	names := make([]string, 0, maxFailingApps)
+	for _, r := range failing[:min(len(failing), maxFailingApps)] {
+		names = append(names, fmt.Sprintf("%s %s/%s on %s (%s)", r.Kind, r.Namespace, r.Pod, r.Node, r.LastError))
+	}
+	if len(failing) > maxFailingApps {
+		names = append(names, fmt.Sprintf("and %d more", len(failing)-maxFailingApps))
+	}
+	return figs, []string{fmt.Sprintf("%d app(s) still fail at the end, their last request refused: %s", len(failing), strings.Join(names, ", "))}
 }
 
 // Spread is the median and the largest of some durations, in seconds.
@@ -139,6 +215,17 @@ func (s *Summary) Print(w io.Writer) {
 	fmt.Fprintf(tw, "  rollout (gate open to done)\t%.1fs\n", s.RolloutSeconds)
 	fmt.Fprintf(tw, "  overhead between nodes\tmedian %.2fs, max %.2fs\n", s.OverheadPerNodeSeconds.Median, s.OverheadPerNodeSeconds.Max)
 	fmt.Fprintf(tw, "  leader changes\t%d\n", s.LeaderChanges)
+	if len(s.Apps) == 0 {
+		fmt.Fprintf(tw, "  apps\tnone ran\n")
+	}
+	for _, k := range AppKinds {
+		f, ok := s.Apps[k]
+		if !ok {
+			continue
+		}
+		fmt.Fprintf(tw, "  apps %s\t%d pods, %d requests, %d auth failures, %d other errors, %.1fs unable to authenticate, %d failing at the end\n",
+			k, f.Pods, f.Requests, f.AuthFailures, f.OtherErrors, f.ErrorSeconds, f.FailingAtEnd)
+	}
 	if s.OK {
 		fmt.Fprintf(tw, "  result\tOK: the procedure completed with every invariant held\n")
 	} else {

@@ -92,8 +92,15 @@ func (b *balancer) serve() {
 func (b *balancer) proxy(client net.Conn) {
 	defer client.Close()
 	var server net.Conn
+	// The servers see the client's own address, as behind a load balancer
+	// that keeps the source (every address of 127/8 is local), so that
+	// their audit log attributes a request to the pod that sent it.
+	dialer := net.Dialer{Timeout: 2 * time.Second}
+	if a, ok := client.RemoteAddr().(*net.TCPAddr); ok && a.IP.IsLoopback() {
+		dialer.LocalAddr = &net.TCPAddr{IP: a.IP}
+	}
 	for _, addr := range b.candidates() {
-		c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+		c, err := dialer.Dial("tcp", addr)
 		if err == nil {
 			server = c
 			break

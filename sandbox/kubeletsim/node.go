@@ -15,6 +15,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sync"
@@ -73,6 +74,11 @@ type Config struct {
 	// Observer, when set, is told of everything the node does; tests wait on
 	// it instead of sleeping.
 	Observer func(Event)
+	// PodIPs is the range the node gives its pods their status.podIP from,
+	// one address per pod, as a network plugin would (zero: no pod IP).
+	// The sandbox gives each node a loopback range, so that a pod's app
+	// can send its requests from its pod's IP.
+	PodIPs netip.Prefix
 }
 
 // EventKind names something a simulated node did.
@@ -122,7 +128,12 @@ type Node struct {
 	readyStatus corev1.ConditionStatus
 	readySince  metav1.Time
 	running     map[types.UID]bool
-	kick        chan struct{}
+	// podIPs are the addresses given to the node's pods, kept across
+	// reboots while the pod exists; startedIn is the boot in which each
+	// pod's containers last started, so that a reboot restarts them.
+	podIPs    map[types.UID]netip.Addr
+	startedIn map[types.UID]string
+	kick      chan struct{}
 	// stopping is set once Run is ending: no reboot starts after it.
 	stopping bool
 
@@ -176,6 +187,8 @@ func New(cfg Config) (*Node, error) {
 		tokens:     newTokenManager(client, cfg.Clock),
 		bootID:     newBootID(),
 		running:    map[types.UID]bool{},
+		podIPs:     map[types.UID]netip.Addr{},
+		startedIn:  map[types.UID]string{},
 		kick:       make(chan struct{}, 1),
 		stopped:    make(chan struct{}),
 		registered: make(chan struct{}),
@@ -345,6 +358,8 @@ func (n *Node) removePod(pod *corev1.Pod) {
 	n.tokens.forgetPod(pod.UID)
 	n.mu.Lock()
 	delete(n.running, pod.UID)
+	delete(n.podIPs, pod.UID)
+	delete(n.startedIn, pod.UID)
 	n.mu.Unlock()
 	if err := os.RemoveAll(filepath.Join(n.cfg.Root, "pods", string(pod.UID))); err != nil {
 		n.log.Error("removing pod directory", zap.String("pod", pod.Name), zap.Error(err))
@@ -579,18 +594,30 @@ func (n *Node) projectedPayload(ctx context.Context, pod *corev1.Pod, vol *corev
 }
 
 // markRunning posts the pod as Running and Ready once, as the kubelet does
-// when its containers have started.
+// when its containers have started. After a reboot the containers start
+// again: a new start time and one more restart.
 func (n *Node) markRunning(ctx context.Context, pod *corev1.Pod) error {
 	n.mu.Lock()
 	done := n.running[pod.UID]
+	bootID := n.bootID
+	startedIn, known := n.startedIn[pod.UID]
 	n.mu.Unlock()
 	if done {
 		return nil
 	}
-	if pod.Status.Phase != corev1.PodRunning || !podReady(pod) {
+	restarted := known && startedIn != bootID
+	if pod.Status.Phase != corev1.PodRunning || !podReady(pod) || restarted {
 		now := metav1.NewTime(n.clock.Now())
+		restarts := map[string]int32{}
+		for _, cs := range pod.Status.ContainerStatuses {
+			restarts[cs.Name] = cs.RestartCount
+		}
 		pod.Status.Phase = corev1.PodRunning
 		pod.Status.HostIP = "127.0.0.1"
+		if ip, ok := n.podIP(pod.UID); ok {
+			pod.Status.PodIP = ip.String()
+			pod.Status.PodIPs = []corev1.PodIP{{IP: ip.String()}}
+		}
 		pod.Status.StartTime = &now
 		pod.Status.Conditions = []corev1.PodCondition{
 			{Type: corev1.PodInitialized, Status: corev1.ConditionTrue, LastTransitionTime: now},
@@ -599,10 +626,14 @@ func (n *Node) markRunning(ctx context.Context, pod *corev1.Pod) error {
 		}
 		pod.Status.ContainerStatuses = nil
 		for _, c := range pod.Spec.Containers {
-			pod.Status.ContainerStatuses = append(pod.Status.ContainerStatuses, corev1.ContainerStatus{
+			cs := corev1.ContainerStatus{
 				Name: c.Name, Image: c.Image, ImageID: c.Image, Ready: true, Started: ptr.To(true),
 				State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: now}},
-			})
+			}
+			if restarted {
+				cs.RestartCount = restarts[c.Name] + 1
+			}
+			pod.Status.ContainerStatuses = append(pod.Status.ContainerStatuses, cs)
 		}
 		if _, err := n.client.CoreV1().Pods(pod.Namespace).UpdateStatus(ctx, pod, metav1.UpdateOptions{}); err != nil {
 			return fmt.Errorf("posting status of pod %s/%s: %w", pod.Namespace, pod.Name, err)
@@ -610,9 +641,37 @@ func (n *Node) markRunning(ctx context.Context, pod *corev1.Pod) error {
 	}
 	n.mu.Lock()
 	n.running[pod.UID] = true
+	n.startedIn[pod.UID] = bootID
 	n.mu.Unlock()
 	n.emit(Event{Kind: EventPodRunning, Pod: types.NamespacedName{Namespace: pod.Namespace, Name: pod.Name}, PodUID: pod.UID})
 	return nil
+}
+
+// podIP returns the address of the pod with uid, giving it the first one
+// of the node's range no other pod holds; false when the node has no
+// range or it is full.
+func (n *Node) podIP(uid types.UID) (netip.Addr, bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if ip, ok := n.podIPs[uid]; ok {
+		return ip, true
+	}
+	r := n.cfg.PodIPs
+	if !r.IsValid() {
+		return netip.Addr{}, false
+	}
+	held := map[netip.Addr]bool{}
+	for _, ip := range n.podIPs {
+		held[ip] = true
+	}
+	// The range's first address names the network, as on a real one.
+	for ip := r.Masked().Addr().Next(); r.Contains(ip); ip = ip.Next() {
+		if !held[ip] && r.Contains(ip.Next()) {
+			n.podIPs[uid] = ip
+			return ip, true
+		}
+	}
+	return netip.Addr{}, false
 }
 
 func podReady(pod *corev1.Pod) bool {

@@ -35,7 +35,7 @@ func newSandboxOptions() *sandboxOptions {
 	return &sandboxOptions{Options: sandbox.Options{
 		Nodes: 5, APIServers: 3, Issuer: controlplane.DefaultIssuer, NewIssuer: DefaultNewIssuer,
 		Strategy: "kubelet-restart", MaxUnavailable: "1", RebootDowntime: 5 * time.Second, Timeout: 10 * time.Minute,
-		Kubelet: sandbox.KubeletReal,
+		Kubelet: sandbox.KubeletReal, Apps: []string{string(sandbox.AppReloading), string(sandbox.AppCaching)},
 	}}
 }
 
@@ -52,6 +52,7 @@ func (o *sandboxOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.Strategy, "strategy", o.Strategy, "The coordinators' remediation: kubelet-restart (least disruptive, the coordinator's default), pod-restart, or reboot (the documentation's rolling reboot).")
 	fs.StringVar(&o.MaxUnavailable, "max-unavailable", o.MaxUnavailable, "The coordinators' --max-unavailable: nodes disrupted at once, a number or a percentage.")
 	fs.DurationVar(&o.RebootDowntime, "reboot-downtime", o.RebootDowntime, "How long a simulated reboot keeps a node down.")
+	fs.StringSliceVar(&o.Apps, "apps", o.Apps, "Kinds of app the pods run, each calling the API server every 1-2 s with its pod's token from its pod's IP: reloading (build/nginx and apps/web: read the token again every minute and after a 401, as client-go does), caching (apps/legacy: read it once when the container starts); comma-separated, or none. The run is OK only if no app still fails at the end.")
 	fs.BoolVar(&o.Chaos, "chaos", o.Chaos, "Kill (SIGKILL) the coordinator leader and random agents during the rollout; each starts again a second later.")
 	fs.BoolVar(&o.Faults, "faults", o.Faults, "Put a fault proxy between the control plane and the coordinators and each agent: a share of their writes meet 500s and 429s, and one loses its answer.")
 	fs.BoolVar(&o.Keep, "keep", o.Keep, "Keep everything running after the scenario, until Ctrl-C.")
