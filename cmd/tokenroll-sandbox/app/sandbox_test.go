@@ -127,7 +127,7 @@ func TestSandboxScenario(t *testing.T) {
 	dir := t.TempDir()
 	summaryPath := filepath.Join(dir, "summary.json")
 	start := time.Now()
-	code, out, stderr := run(t, "--nodes=3", "--kubelet=sim", "--chaos", "--tokenroll-bin-dir="+programDir(t), "--dir="+filepath.Join(dir, "sb"), "--summary-json="+summaryPath, "--log-format=json")
+	code, out, stderr := run(t, "--nodes=3", "--kubelet=sim", "--strategy=kubelet-restart", "--chaos", "--tokenroll-bin-dir="+programDir(t), "--dir="+filepath.Join(dir, "sb"), "--summary-json="+summaryPath, "--log-format=json")
 	t.Logf("the scenario took %s", time.Since(start).Round(time.Second))
 	if code != cli.ExitFailure {
 		t.Fatalf("sandbox: exit %d, want %d (the caching apps still fail)\nstdout:\n%s\nstderr:\n%s", code, cli.ExitFailure, out, stderr)
