@@ -542,5 +542,5 @@ func (s *Sandbox) Stop() {
 }
 
 // errNotOK is returned when the scenario ran to its end but an invariant
-// did not hold or the procedure did not complete.
-var errNotOK = errors.New("the procedure did not complete with every invariant held")
+// did not hold, the procedure did not complete, or apps still fail.
+var errNotOK = errors.New("not OK: an invariant did not hold, a token is not fresh, or an app still fails to authenticate (the summary says which)")

@@ -227,7 +227,7 @@ func (s *Summary) Print(w io.Writer) {
 			k, f.Pods, f.Requests, f.AuthFailures, f.OtherErrors, f.ErrorSeconds, f.FailingAtEnd)
 	}
 	if s.OK {
-		fmt.Fprintf(tw, "  result\tOK: the procedure completed with every invariant held\n")
+		fmt.Fprintf(tw, "  result\tOK: every invariant held, every token fresh, every app authenticating\n")
 	} else {
 		fmt.Fprintf(tw, "  result\tFAILED\n")
 		for _, f := range s.Failures {

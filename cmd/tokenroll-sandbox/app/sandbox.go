@@ -122,9 +122,10 @@ documentation's procedure for changing the service-account issuer: it changes
 Authentication/cluster .spec.serviceAccountIssuer, the operator rolls the new
 revision over the API servers while the coordinator waits at the gate, and the
 coordinator remediates node by node with --strategy until every token on every
-node is fresh under the new issuer. It prints each change as it happens, and a
-summary; --summary-json writes it. The exit status is 0 only when the
-procedure completed with every invariant held.
+node is fresh under the new issuer, while each pod's app calls the API server
+with its token (--apps). It prints each change as it happens, and a summary;
+--summary-json writes it. The exit status is 0 only when every invariant
+held, every token is fresh and every app authenticates at the end.
 
 It runs the binaries in --tokenroll-bin-dir: make build puts all of them in bin/.`,
 		stdout, stderr)
