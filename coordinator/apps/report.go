@@ -343,8 +343,9 @@ func (r *Reporter) event(tr Transition) {
 
 func (r *Reporter) writeStatus(ctx context.Context, res Result) error {
 	st := BuildStatus(res, r.Grace, r.Window)
+	// What changes with every event is refreshed every StatusRefresh only.
 	content := st
-	content.UpdatedAt = time.Time{}
+	content.UpdatedAt, content.AuditEvents = time.Time{}, 0
 	cb, err := json.Marshal(content)
 	if err != nil {
 		return err
