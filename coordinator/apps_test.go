@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -97,5 +98,37 @@ func TestLeadDetectsAppStalePods(t *testing.T) {
 	}
 	if v := f.counter("tokenroll_app_stale_pods", "namespace", "shop"); v > 0 {
 		t.Errorf("tokenroll_app_stale_pods{namespace=shop} = %v after leadership ended; want none (the next leader reports)", v)
+	}
+}
+
+// tokenroll status prints the APPS line, the per-node column and the list
+// of app-stale and app-failing pods with their workload.
+func TestStatusTableShowsApps(t *testing.T) {
+	now := t0.Add(time.Hour)
+	rep := &StatusReport{Now: now, Issuer: newIssuer, Gate: GateState{Provider: GateNone, Open: true},
+		Apps: &apps.Status{UpdatedAt: now.Add(-8 * time.Second), Followed: 4, Healthy: 2, Stale: 1, Unobserved: 1, AuditEvents: 100,
+			Nodes: map[string][4]int{"node-a": {2, 1, 1, 0}, "node-b": {2, 1, 0, 0}},
+			Pods: []apps.PodStatus{{Namespace: "shop", Name: "cart-6d9f7c5b8-x2x9q", Node: "node-a", Workload: "Deployment/cart",
+				Conditions: []string{"app-stale"}, Since: now.Add(-46 * time.Minute), ReplacedAt: now.Add(-48 * time.Minute)}}},
+		Nodes: []NodeStatus{{Name: "node-a", Ready: true, Tokens: 3, Apps: &[4]int{2, 1, 1, 0}}, {Name: "node-b", Ready: true, Tokens: 3, Apps: &[4]int{2, 1, 0, 0}},
+			{Name: "node-c", Ready: true, Tokens: 0}}}
+	var b strings.Builder
+	if err := WriteStatusTable(&b, rep); err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	for _, want := range []string{
+		"APPS      4 pods with a projected token: 2 healthy, 1 app-stale, 0 app-failing, 1 unobserved (as of 8s ago)\n",
+		"1/2,1 stale", "node-c  yes    yes    0       0      0           0/0",
+		"shop       cart-6d9f7c5b8-x2x9q  node-a  Deployment/cart  app-stale  46m0s  48m0s ago",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("status table lacks %q:\n%s", want, out)
+		}
+	}
+	rep.Apps = nil
+	b.Reset()
+	if err := WriteStatusTable(&b, rep); err != nil || !strings.Contains(b.String(), "APPS      not detected") {
+		t.Errorf("without app detection the table says:\n%s", b.String())
 	}
 }
