@@ -317,7 +317,7 @@ func TestDetectorRules(t *testing.T) {
 			script: func(h *harness) Result {
 				before := h.clock.Now().Add(-time.Minute)
 				for i := range 30 {
-					h.d.Observe(audit.Event{Kind: audit.AuthFailed, Time: before.Add(-time.Duration(i) * 10 * time.Second), Code: 401,
+					h.d.Observe(audit.Event{Kind: audit.AuthFailed, Time: before.Add(-time.Duration(30-i) * 10 * time.Second), Code: 401,
 						SourceIP: netip.MustParseAddr("10.1.0.32")})
 				}
 				return h.run(time.Minute, 10*time.Second, nil)
