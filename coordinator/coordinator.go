@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -27,6 +28,8 @@ import (
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
 
+	"github.com/tokenroll/tokenroll/audit"
+	"github.com/tokenroll/tokenroll/coordinator/apps"
 	"github.com/tokenroll/tokenroll/internal/apiretry"
 	"github.com/tokenroll/tokenroll/internal/issuer"
 	"github.com/tokenroll/tokenroll/protocol"
@@ -80,6 +83,11 @@ type Config struct {
 	Registry  prometheus.Registerer
 	Log       *zap.Logger
 	Clock     clock.WithTicker
+
+	// Apps turns on the detection of pods whose apps present stale tokens
+	// or fail to authenticate (nil: off); audit sources feed it through
+	// Observe.
+	Apps *apps.Options
 }
 
 // Coordinator runs rollouts while it leads. What lives beyond one
@@ -97,6 +105,11 @@ type Coordinator struct {
 	issuerRead    time.Time
 	discovered    string
 	discoveredFor string
+
+	// appMetrics outlive terms; detector is the current term's, once it
+	// has read the pods (nil: not leading, or detection off).
+	appMetrics *apps.Metrics
+	detector   atomic.Pointer[apps.Detector]
 }
 
 // term is one leadership term: created by Lead, dropped when it returns,
@@ -180,6 +193,11 @@ func New(cfg Config) (*Coordinator, error) {
 	if cfg.Settle < 0 || cfg.TrustMargin < 0 || cfg.AgentWait < 0 || cfg.GateSettle < 0 {
 		errs = append(errs, errors.New("coordinator: settle, gate settle, trust margin and agent wait must not be negative"))
 	}
+	if cfg.Apps != nil {
+		if err := cfg.Apps.Validate(); err != nil {
+			errs = append(errs, fmt.Errorf("coordinator: app detection: %w", err))
+		}
+	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
@@ -203,7 +221,19 @@ func New(cfg Config) (*Coordinator, error) {
 	c := &Coordinator{cfg: cfg, m: newCoordinatorMetrics(cfg.Registry),
 		store: Store{Client: cfg.Client, Namespace: cfg.Namespace, FieldManager: fieldManager, Retry: cfg.WriteRetry}}
 	c.m.setPhase("none")
+	if cfg.Apps != nil {
+		c.appMetrics = apps.NewMetrics(cfg.Registry)
+	}
 	return c, nil
+}
+
+// Observe gives app detection one audit event: audit sources call it. The
+// event is dropped while this replica does not lead (or detection is off);
+// the leader's detector takes it.
+func (c *Coordinator) Observe(ev audit.Event) {
+	if d := c.detector.Load(); d != nil {
+		d.Observe(ev)
+	}
 }
 
 // Lead runs the coordinator's work until ctx ends: call it with the context
@@ -299,6 +329,16 @@ func (c *Coordinator) Lead(ctx context.Context) error {
 		<-ctx.Done()
 		t.queue.ShutDown()
 	})
+	if c.cfg.Apps != nil {
+		loops.Go(func() {
+			err := apps.Run(ctx, apps.RunConfig{Client: c.cfg.Client, Namespace: c.cfg.Namespace, Options: *c.cfg.Apps,
+				Recorder: t.recorder, Metrics: c.appMetrics, Log: log, Clock: c.cfg.Clock,
+				Started: func(d *apps.Detector) { c.detector.Store(d) }, Stopped: func() { c.detector.Store(nil) }})
+			if err != nil && ctx.Err() == nil {
+				log.Error("app detection stopped; the rollout goes on without it", zap.Error(err))
+			}
+		})
+	}
 	defer t.stopPreparations()
 	enqueue()
 	for t.processNext(ctx) {

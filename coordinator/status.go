@@ -14,6 +14,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/tokenroll/tokenroll/coordinator/apps"
 	"github.com/tokenroll/tokenroll/internal/nodeutil"
 	"github.com/tokenroll/tokenroll/protocol"
 )
@@ -44,6 +45,9 @@ type NodeStatus struct {
 	Strategy protocol.Strategy `json:"action,omitempty"`
 	Since    time.Time         `json:"since,omitzero"`
 	Message  string            `json:"message,omitempty"`
+	// Apps counts the node's pods with a projected token: [pods, healthy,
+	// app-stale, app-failing] (nil: app detection has not counted them).
+	Apps *[4]int `json:"apps,omitempty"`
 }
 
 // StatusReport is everything `tokenroll status` prints.
@@ -63,6 +67,9 @@ type StatusReport struct {
 	// is in progress.
 	Waiting *Wait        `json:"waiting,omitempty"`
 	Nodes   []NodeStatus `json:"nodes"`
+	// Apps is what app detection last wrote: counts, and the app-stale
+	// and app-failing pods (nil: it has written nothing).
+	Apps *apps.Status `json:"apps,omitempty"`
 }
 
 // BuildStatus reads the state and the Nodes.
@@ -75,8 +82,12 @@ func BuildStatus(ctx context.Context, client kubernetes.Interface, namespace, is
 	if err != nil {
 		return nil, fmt.Errorf("listing nodes: %w", err)
 	}
+	appStatus, err := apps.ReadStatus(ctx, client, namespace)
+	if err != nil {
+		return nil, err
+	}
 	rep := &StatusReport{Now: now, Issuer: issuer, Gate: gate, Rollout: st.Rollout, Last: st.Last, Pending: st.Start, PendingSteer: st.Steer,
-		PendingRetry: st.Retry, Waiting: st.Waiting}
+		PendingRetry: st.Retry, Waiting: st.Waiting, Apps: appStatus}
 	planned := map[string]PlannedNode{}
 	if st.Rollout != nil {
 		for _, pn := range st.Rollout.Nodes {
@@ -115,6 +126,11 @@ func BuildStatus(ctx context.Context, client kubernetes.Interface, namespace, is
 				ns.Phase, ns.Strategy, ns.Since, ns.Message = string(s.Step), pn.Strategy, s.StepAt, cmp.Or(s.Message, pn.Reason)
 			case ns.Excluded == "" && ns.Phase == "":
 				ns.Phase, ns.Strategy, ns.Message = "pending", pn.Strategy, pn.Reason
+			}
+		}
+		if appStatus != nil {
+			if c, ok := appStatus.Nodes[n.Name]; ok {
+				ns.Apps = &c
 			}
 		}
 		rep.Nodes = append(rep.Nodes, ns)
@@ -203,9 +219,10 @@ func WriteStatusTable(w io.Writer, rep *StatusReport) error {
 	if wt := rep.Waiting; wt != nil {
 		fmt.Fprintf(w, "WAITING   %s for %s: %s\n", wt.Reason, rep.Now.Sub(wt.Since).Round(time.Second), wt.Message)
 	}
+	writeAppsSummary(w, rep)
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
-	fmt.Fprintln(tw, "NODE\tREADY\tSCHED\tTOKENS\tSTALE\tOLD-ISSUER\tCONDITION\tPHASE\tACTION\tSINCE\tMESSAGE")
+	fmt.Fprintln(tw, "NODE\tREADY\tSCHED\tTOKENS\tSTALE\tOLD-ISSUER\tAPPS\tCONDITION\tPHASE\tACTION\tSINCE\tMESSAGE")
 	for _, n := range rep.Nodes {
 		sched := "yes"
 		if n.Unschedulable {
@@ -223,10 +240,76 @@ func WriteStatusTable(w io.Writer, rep *StatusReport) error {
 		if !n.Since.IsZero() {
 			since = rep.Now.Sub(n.Since).Round(time.Second).String()
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n", n.Name, yesNo(n.Ready), sched, tokens, stale, n.OldIssuer,
-			cond, orDash(n.Phase), orDash(string(n.Strategy)), since, truncate(n.Message, 80))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, yesNo(n.Ready), sched, tokens, stale, n.OldIssuer,
+			appsCell(rep.Apps, n.Apps), cond, orDash(n.Phase), orDash(string(n.Strategy)), since, truncate(n.Message, 80))
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	return writeAppPods(w, rep)
+}
+
+// appsCell is a node's APPS column: healthy/pods, and the app-stale and
+// app-failing pods; "-" when detection has not counted the node.
+func appsCell(st *apps.Status, c *[4]int) string {
+	switch {
+	case st == nil:
+		return "-"
+	case c == nil && st.NodesOmitted > 0:
+		return "?"
+	case c == nil:
+		return "0/0"
+	}
+	s := fmt.Sprintf("%d/%d", c[1], c[0])
+	if c[2] > 0 {
+		s += fmt.Sprintf(",%d stale", c[2])
+	}
+	if c[3] > 0 {
+		s += fmt.Sprintf(",%d failing", c[3])
+	}
+	return s
+}
+
+// writeAppsSummary prints the APPS line: what the leader's detection
+// counted, and how old that is.
+func writeAppsSummary(w io.Writer, rep *StatusReport) {
+	a := rep.Apps
+	if a == nil {
+		fmt.Fprintf(w, "APPS      not detected (the coordinator runs without --app-detection, or has not reported yet)\n")
+		return
+	}
+	fmt.Fprintf(w, "APPS      %d pods with a projected token: %d healthy, %d app-stale, %d app-failing, %d unobserved (as of %s ago)\n",
+		a.Followed, a.Healthy, a.Stale, a.Failing, a.Unobserved, rep.Now.Sub(a.UpdatedAt).Round(time.Second))
+	if a.AuditEvents == 0 {
+		fmt.Fprintf(w, "          no audit event has reached the coordinator: no pod can be judged; connect an audit source\n")
+	}
+}
+
+// writeAppPods lists the app-stale and app-failing pods with their
+// workload, as many as the status holds.
+func writeAppPods(w io.Writer, rep *StatusReport) error {
+	a := rep.Apps
+	if a == nil || len(a.Pods) == 0 {
+		return nil
+	}
+	fmt.Fprintln(w)
+	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAMESPACE\tPOD\tNODE\tWORKLOAD\tAPP\tSINCE\tTOKEN REPLACED")
+	for _, p := range a.Pods {
+		replaced := "-"
+		if !p.ReplacedAt.IsZero() {
+			replaced = rep.Now.Sub(p.ReplacedAt).Round(time.Second).String() + " ago"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.Namespace, p.Name, p.Node, orDash(p.Workload), strings.Join(p.Conditions, ","),
+			rep.Now.Sub(p.Since).Round(time.Second), replaced)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if a.PodsOmitted > 0 {
+		fmt.Fprintf(w, "... and %d more (kubectl get events -A --field-selector reason=%s)\n", a.PodsOmitted, apps.ReasonAppStale)
+	}
+	return nil
 }
 
 func orDash(s string) string {

@@ -21,6 +21,7 @@ import (
 	"github.com/tokenroll/tokenroll/agent"
 	"github.com/tokenroll/tokenroll/agent/actions"
 	"github.com/tokenroll/tokenroll/coordinator"
+	"github.com/tokenroll/tokenroll/coordinator/apps"
 )
 
 // The sources and what is generated from them.
@@ -227,7 +228,7 @@ func knownMetrics(t testing.TB) map[string]bool {
 	}
 	if _, err := coordinator.New(coordinator.Config{Client: client, Namespace: "tokenroll", Gate: gate, Strategy: "kubelet-restart",
 		MaxUnavailable: intstr.FromInt32(1), DrainTimeout: time.Minute, ActionTimeout: time.Minute, VerifyTimeout: time.Minute,
-		IssuerRefresh: time.Minute, Registry: rec}); err != nil {
+		IssuerRefresh: time.Minute, Registry: rec, Apps: new(apps.DefaultOptions())}); err != nil {
 		t.Fatal(err)
 	}
 	return rec.names

@@ -22,6 +22,7 @@ import (
 	agentapp "github.com/tokenroll/tokenroll/cmd/tokenroll-agent/app"
 	coordinatorapp "github.com/tokenroll/tokenroll/cmd/tokenroll-coordinator/app"
 	"github.com/tokenroll/tokenroll/coordinator"
+	"github.com/tokenroll/tokenroll/coordinator/apps"
 	"github.com/tokenroll/tokenroll/internal/cli"
 	"github.com/tokenroll/tokenroll/internal/issuer"
 )
@@ -546,8 +547,8 @@ func TestArgsParse(t *testing.T) {
 }
 
 // TestCoordinatorRBACNames: the names the coordinator's Role limits it to
-// are the ones its code uses (the rollout ConfigMap, the Lease named by
-// --lease-name).
+// are the ones its code uses (the rollout ConfigMap, app detection's
+// status ConfigMap, the Lease named by --lease-name).
 func TestCoordinatorRBACNames(t *testing.T) {
 	for _, r := range renderings {
 		objs := render(t, r)
@@ -565,8 +566,8 @@ func TestCoordinatorRBACNames(t *testing.T) {
 				names[res] = append(names[res], rule.ResourceNames...)
 			}
 		}
-		if !slices.Equal(names["configmaps"], []string{coordinator.ConfigMapName}) || !slices.Equal(names["leases"], []string{lease}) {
-			t.Errorf("%s: Role %s names %v, want ConfigMap %s and Lease %s", r.name, role.Name, names, coordinator.ConfigMapName, lease)
+		if !slices.Equal(names["configmaps"], []string{coordinator.ConfigMapName, apps.ConfigMapName}) || !slices.Equal(names["leases"], []string{lease}) {
+			t.Errorf("%s: Role %s names %v, want ConfigMaps %s, %s and Lease %s", r.name, role.Name, names, coordinator.ConfigMapName, apps.ConfigMapName, lease)
 		}
 		// kured's lock: list and watch of the one DaemonSet --kured-lock
 		// names, in its namespace, and nothing else.

@@ -22,6 +22,7 @@ import (
 	"k8s.io/client-go/tools/leaderelection"
 
 	"github.com/tokenroll/tokenroll/coordinator"
+	"github.com/tokenroll/tokenroll/coordinator/apps"
 	"github.com/tokenroll/tokenroll/internal/apiretry"
 	"github.com/tokenroll/tokenroll/internal/cli"
 	"github.com/tokenroll/tokenroll/internal/version"
@@ -73,6 +74,10 @@ type coordinatorOptions struct {
 	// QPS and Burst limit the coordinator's API requests.
 	QPS   float32
 	Burst int
+	// AppDetection follows every pod and judges what audit events say of
+	// its app; AppStaleGrace and AppWindow tune it.
+	AppDetection             bool
+	AppStaleGrace, AppWindow time.Duration
 }
 
 func newCoordinatorOptions() *coordinatorOptions {
@@ -86,7 +91,8 @@ func newCoordinatorOptions() *coordinatorOptions {
 		Gate: "auto", Strategy: "kubelet-restart", MaxUnavailable: "1", MetricsBindAddress: ":8080",
 		DrainTimeout: 10 * time.Minute, ActionTimeout: 15 * time.Minute, VerifyTimeout: 5 * time.Minute, GateSettle: 2 * time.Minute,
 		TrustMargin: time.Hour, AgentWait: 15 * time.Minute, IssuerRefresh: time.Minute, Auto: true, QPS: 20, Burst: 40,
-		KuredLock: coordinator.DefaultKuredLock.String(),
+		KuredLock: coordinator.DefaultKuredLock.String(), AppDetection: true,
+		AppStaleGrace: apps.DefaultOptions().Grace, AppWindow: apps.DefaultOptions().Window,
 	}
 }
 
@@ -113,6 +119,9 @@ func (o *coordinatorOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&o.DryRun, "dry-run", o.DryRun, "Make every rollout a dry run: record what would be done to each node (tokenroll status shows it); cordon, drain and request nothing.")
 	fs.BoolVar(&o.DrainForce, "drain-force", o.DrainForce, "Let a drain evict pods that no controller recreates (they are lost); without it such a pod halts the rollout.")
 	fs.StringVar(&o.KuredLock, "kured-lock", o.KuredLock, "kured's DaemonSet, NAMESPACE/NAME: a node holding kured's reboot lock (annotation "+coordinator.AnnotationKuredLock+") is never cordoned or acted on and counts against --max-unavailable; while the lock cannot be read no node starts. Empty: ignore kured.")
+	fs.BoolVar(&o.AppDetection, "app-detection", o.AppDetection, "Follow every pod (an informer on the leader) and, from the API server's audit events, report pods whose apps present a replaced token (app-stale) or fail to authenticate (app-failing).")
+	fs.DurationVar(&o.AppStaleGrace, "app-stale-grace", o.AppStaleGrace, "A pod is app-stale when its app presents a token this long after the kubelet replaced it, and app-failing when its requests fail authentication this long; must be longer than client-go's 1-minute reload of a token file.")
+	fs.DurationVar(&o.AppWindow, "app-window", o.AppWindow, "A pod with no authenticated request in this window is unobserved (never counted healthy); app-stale and app-failing end when their evidence is this old. Longer than --app-stale-grace.")
 	fs.Float32Var(&o.QPS, "kube-api-qps", o.QPS, "Steady API requests per second the coordinator may make.")
 	fs.IntVar(&o.Burst, "kube-api-burst", o.Burst, "API requests the coordinator may make in a burst.")
 }
@@ -147,6 +156,14 @@ func (o *coordinatorOptions) Validate() error {
 		cli.CheckPositive("trust-margin", o.TrustMargin, 0),
 		cli.CheckPositive("agent-wait", o.AgentWait, 0),
 		cli.CheckPositive("issuer-refresh-interval", o.IssuerRefresh, time.Second))
+	if o.AppDetection {
+		if o.AppStaleGrace <= time.Minute {
+			errs = append(errs, fmt.Errorf("--app-stale-grace=%s must be longer than client-go's 1-minute reload of a token file, or an app that reloads looks stale", o.AppStaleGrace))
+		}
+		if o.AppWindow <= o.AppStaleGrace {
+			errs = append(errs, fmt.Errorf("--app-window=%s must be longer than --app-stale-grace=%s", o.AppWindow, o.AppStaleGrace))
+		}
+	}
 	if o.QPS <= 0 || o.Burst < 1 {
 		errs = append(errs, fmt.Errorf("--kube-api-qps=%v and --kube-api-burst=%d must be positive", o.QPS, o.Burst))
 	}
@@ -206,12 +223,16 @@ func (o *coordinatorOptions) run(ctx context.Context, e cli.Env) error {
 	if err != nil {
 		return err
 	}
+	var appOpts *apps.Options
+	if o.AppDetection {
+		appOpts = &apps.Options{Grace: o.AppStaleGrace, Window: o.AppWindow, Interval: apps.DefaultOptions().Interval}
+	}
 	c, err := coordinator.New(coordinator.Config{
 		Client: client, Namespace: o.Namespace, Gate: gate, Strategy: protocol.Strategy(o.Strategy),
 		MaxUnavailable: intstr.Parse(o.MaxUnavailable), DrainTimeout: o.DrainTimeout, ActionTimeout: o.ActionTimeout,
 		VerifyTimeout: o.VerifyTimeout, Settle: o.Settle, GateSettle: o.GateSettle, TrustMargin: o.TrustMargin, AgentWait: o.AgentWait,
 		IssuerRefresh: o.IssuerRefresh, Auto: o.Auto, DryRun: o.DryRun, KuredLock: kuredLock, Drainer: coordinator.KubectlDrainer{Client: client, Force: o.DrainForce, Log: e.Log, Retry: apiretry.Default()},
-		Registry: reg, Log: e.Log,
+		Registry: reg, Log: e.Log, Apps: appOpts,
 	})
 	if err != nil {
 		return err

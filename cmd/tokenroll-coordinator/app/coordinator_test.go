@@ -17,6 +17,8 @@ func TestValidateReportsEveryBadFlag(t *testing.T) {
 			Want: []string{"--drain-timeout=0s", "--kube-api-qps=0", "--log-format=\"fancy\""}},
 		clitest.Usage{Args: []string{"--kured-lock=kured"}, Want: []string{`--kured-lock="kured": want NAMESPACE/NAME`}},
 		clitest.Usage{Args: []string{"--kured-lock=Kube_System/kured"}, Want: []string{`--kured-lock="Kube_System/kured": namespace:`}},
+		clitest.Usage{Args: []string{"--app-stale-grace=1m", "--app-window=30s"},
+			Want: []string{"--app-stale-grace=1m0s must be longer than client-go's 1-minute reload", "--app-window=30s must be longer than --app-stale-grace=1m0s"}},
 		clitest.Usage{Args: []string{"coordinator"}, Want: []string{"takes no arguments", "Run 'tokenroll-coordinator --help'"}})
 }
 

@@ -1,0 +1,576 @@
+// Package apps tells which pods' applications still present a stale
+// service-account token (app-stale), which fail to authenticate
+// (app-failing), and which tokenroll has not seen authenticate at all
+// (unobserved), from the API server's audit events and the pods it follows.
+// The Detector is a pure state machine on an injected clock; Run feeds it
+// the pods and reports what it finds.
+package apps
+
+import (
+	"hash/maphash"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/clock"
+
+	"github.com/tokenroll/tokenroll/audit"
+)
+
+// Condition is what the detector finds of a pod's application.
+type Condition string
+
+// The conditions. A pod may be app-stale and app-failing at once (two
+// containers); healthy is observed and neither.
+const (
+	// AppStale: its app keeps presenting a token the kubelet has replaced,
+	// longer than the grace after the replacement: it does not reload its
+	// token file, and an issuer change will break it.
+	AppStale Condition = "app-stale"
+	// AppFailing: requests from its pod IP keep failing authentication.
+	AppFailing Condition = "app-failing"
+	// Unobserved: no request authenticated with its token in the window.
+	Unobserved Condition = "unobserved"
+	Healthy    Condition = "healthy"
+)
+
+// Pod is what the detector needs of a pod (PodFrom makes it).
+type Pod struct {
+	UID       types.UID
+	Namespace string
+	Name      string
+	Node      string
+	IPs       []netip.Addr
+	// HostNetwork pods share their node's IP: a failed request from it is
+	// never theirs to carry.
+	HostNetwork bool
+	// Running: the phase is Running. Only running pods with a token source
+	// are followed (counted healthy, unobserved, ...).
+	Running bool
+	// Workload is the owning workload, "Deployment/web", or "" for a bare
+	// pod.
+	Workload string
+	// TokenAudiences has one entry per projected serviceAccountToken source
+	// of the pod: its audience, "" for the API server's own.
+	TokenAudiences []string
+}
+
+func (p *Pod) followed() bool { return p.Running && len(p.TokenAudiences) > 0 }
+
+// Config configures a Detector.
+type Config struct {
+	// Grace: a replaced token presented this long after its replacement
+	// makes the pod app-stale; failed authentication lasting this long
+	// makes it app-failing.
+	Grace time.Duration
+	// Window: evidence older than this is forgotten; a pod with no
+	// authenticated request in it is unobserved.
+	Window time.Duration
+	// RepeatEvents: a pod entering the same condition again within this
+	// time gets no second Event.
+	RepeatEvents time.Duration
+	Clock        clock.PassiveClock
+}
+
+// Bounds on what one pod keeps, whatever the events: the kubelet issues
+// one token per projected source per refresh, so a handful covers every
+// source of a pod through several refreshes.
+const (
+	maxIssued    = 8
+	maxOther     = 4
+	maxPresented = 8
+)
+
+// EventResult classifies what became of an audit event, for a counter.
+type EventResult int
+
+// The results.
+const (
+	// Counted: attributed to a followed pod and used.
+	Counted EventResult = iota
+	// UnknownPod: no pod the detector knows (by UID or IP).
+	UnknownPod
+	// Ignored: not attributable, or not evidence (a token issued by
+	// someone other than the pod's node, an IP several pods share, a
+	// failed request from before the pod had that IP).
+	Ignored
+	numResults
+)
+
+var resultNames = [numResults]string{"counted", "unknown_pod", "ignored"}
+
+func (r EventResult) String() string { return resultNames[r] }
+
+// kinds indexes event counts: unknown kinds count under 0.
+var kindNames = [...]string{"other", "presented", "issued", "auth_failed"}
+
+// Detector keeps, per pod, the evidence of its tokens and judges it.
+// Observe and the pod methods are safe to call concurrently.
+type Detector struct {
+	cfg  Config
+	seed maphash.Seed
+
+	mu   sync.Mutex
+	pods map[types.UID]*podState
+	// byIP lists the pods (any, hostNetwork included) holding each IP; a
+	// failed request is attributed only when exactly one non-hostNetwork
+	// pod holds its source IP.
+	byIP   map[netip.Addr][]types.UID
+	counts [len(kindNames)][numResults]uint64
+}
+
+type issuedToken struct {
+	jti uint64
+	aud uint64
+	at  time.Time
+	// seq orders issuances the clock does not.
+	seq int
+}
+
+type presentedToken struct {
+	jti         uint64
+	first, last time.Time
+}
+
+type podState struct {
+	pod Pod
+	// audCount counts the pod's token sources per audience key: only a
+	// key held by exactly one source names a token unambiguously.
+	audCount map[uint64]int
+	// issued are tokens the pod's node's kubelet was issued for a source
+	// the spec names once; other are tokens issued for the pod that are
+	// not (another principal's TokenRequest, a CSI driver's audience, an
+	// ambiguous source): never judged. Rings, oldest overwritten.
+	issued    [maxIssued]issuedToken
+	nIssued   int
+	other     [maxOther]uint64
+	nOther    int
+	presented [maxPresented]presentedToken
+	nPres     int
+	// lastAuth is the last authenticated request (event time).
+	lastAuth time.Time
+	// staleFirst..staleLast is the current run of stale presentations;
+	// replacedAt is when the token presented last was replaced.
+	staleFirst, staleLast, replacedAt time.Time
+	// failFirst..failLast is the current run of failed requests.
+	failFirst, failLast time.Time
+	// ipSince is when the detector learnt the pod's IPs: failed requests
+	// from before were another pod's.
+	ipSince time.Time
+	// What the last Evaluate reported, and since when.
+	stale, failing           bool
+	staleSince, failingSince time.Time
+	// lastEvent is when an Event was last asked for, per condition
+	// (0: stale, 1: failing).
+	lastEvent [2]time.Time
+}
+
+// NewDetector checks cfg and makes a Detector.
+func NewDetector(cfg Config) *Detector {
+	if cfg.Clock == nil {
+		cfg.Clock = clock.RealClock{}
+	}
+	return &Detector{cfg: cfg, seed: maphash.MakeSeed(), pods: map[types.UID]*podState{}, byIP: map[netip.Addr][]types.UID{}}
+}
+
+func (d *Detector) hash(s string) uint64 { return maphash.String(d.seed, s) }
+
+// audKey names a set of audiences whatever their order; no audience (the
+// API server's) has its own key.
+func (d *Detector) audKey(auds []string) uint64 {
+	switch len(auds) {
+	case 0:
+		return d.hash("")
+	case 1:
+		return d.hash(auds[0])
+	}
+	s := slices.Clone(auds)
+	slices.Sort(s)
+	return d.hash(strings.Join(slices.Compact(s), "\x00"))
+}
+
+// SetPod adds or updates a pod; a pod that has ended is dropped.
+func (d *Detector) SetPod(p Pod, ended bool) {
+	if ended {
+		d.DeletePod(p.UID)
+		return
+	}
+	now := d.cfg.Clock.Now()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	ps := d.pods[p.UID]
+	if ps == nil {
+		ps = &podState{ipSince: now}
+		d.pods[p.UID] = ps
+	} else if !slices.Equal(ps.pod.IPs, p.IPs) || ps.pod.HostNetwork != p.HostNetwork {
+		d.unindex(ps)
+		ps.ipSince, ps.failFirst, ps.failLast = now, time.Time{}, time.Time{}
+	} else {
+		d.unindex(ps)
+	}
+	ps.pod = p
+	ps.audCount = make(map[uint64]int, len(p.TokenAudiences))
+	for _, a := range p.TokenAudiences {
+		if a == "" {
+			ps.audCount[d.audKey(nil)]++
+		} else {
+			ps.audCount[d.audKey([]string{a})]++
+		}
+	}
+	for _, ip := range p.IPs {
+		d.byIP[ip] = append(d.byIP[ip], p.UID)
+	}
+}
+
+func (d *Detector) unindex(ps *podState) {
+	for _, ip := range ps.pod.IPs {
+		uids := slices.DeleteFunc(d.byIP[ip], func(u types.UID) bool { return u == ps.pod.UID })
+		if len(uids) == 0 {
+			delete(d.byIP, ip)
+		} else {
+			d.byIP[ip] = uids
+		}
+	}
+}
+
+// DeletePod drops everything known of a pod.
+func (d *Detector) DeletePod(uid types.UID) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if ps := d.pods[uid]; ps != nil {
+		d.unindex(ps)
+		delete(d.pods, uid)
+	}
+}
+
+// Pods is the number of pods the detector holds state for.
+func (d *Detector) Pods() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return len(d.pods)
+}
+
+// Observe takes one audit event.
+func (d *Detector) Observe(ev audit.Event) {
+	now := d.cfg.Clock.Now()
+	t := ev.Time
+	// A time from the future (a skewed API server) would keep evidence
+	// alive past its window; it counts as now.
+	if t.IsZero() || t.After(now) {
+		t = now
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var r EventResult
+	switch ev.Kind {
+	case audit.Presented:
+		r = d.presented(&ev, t)
+	case audit.Issued:
+		r = d.issued(&ev, t)
+	case audit.AuthFailed:
+		r = d.authFailed(&ev, t)
+	default:
+		d.counts[0][Ignored]++
+		return
+	}
+	d.counts[ev.Kind][r]++
+}
+
+// podFor finds the pod a credential is bound to; a name or node other than
+// the pod's with that UID is not evidence about it.
+func (d *Detector) podFor(ref audit.PodRef) (*podState, EventResult) {
+	ps := d.pods[ref.UID]
+	if ps == nil {
+		return nil, UnknownPod
+	}
+	if (ref.Namespace != "" && ref.Namespace != ps.pod.Namespace) || (ref.Name != "" && ref.Name != ps.pod.Name) ||
+		(ref.Node != "" && ref.Node != ps.pod.Node) {
+		return nil, Ignored
+	}
+	return ps, Counted
+}
+
+func (d *Detector) issued(ev *audit.Event, t time.Time) EventResult {
+	ps, r := d.podFor(ev.Pod)
+	if ps == nil {
+		return r
+	}
+	if ev.JTI == "" || (ev.Code != 0 && (ev.Code < 200 || ev.Code > 299)) {
+		return Ignored
+	}
+	jti := d.hash(ev.JTI)
+	aud := d.audKey(ev.Audiences)
+	// Only the kubelet of the pod's own node writes the pod's volumes: a
+	// token anyone else had issued for the pod (its namespace's users can)
+	// must not make the pod's app look stale, so it is only remembered as
+	// one never to judge.
+	if ps.pod.Node == "" || ev.User != "system:node:"+ps.pod.Node || ps.audCount[aud] != 1 {
+		ps.other[ps.nOther%maxOther] = jti
+		ps.nOther++
+		return Ignored
+	}
+	ps.issued[ps.nIssued%maxIssued] = issuedToken{jti: jti, aud: aud, at: t, seq: ps.nIssued}
+	ps.nIssued++
+	return Counted
+}
+
+// newest is the newest token the kubelet was issued for a source of
+// audience key aud (false: none seen).
+func (ps *podState) newest(aud uint64) (issuedToken, bool) {
+	var best issuedToken
+	found := false
+	for i := range min(ps.nIssued, maxIssued) {
+		it := ps.issued[i]
+		if it.aud == aud && (!found || it.at.After(best.at) || (it.at.Equal(best.at) && it.seq > best.seq)) {
+			best, found = it, true
+		}
+	}
+	return best, found
+}
+
+func (d *Detector) presented(ev *audit.Event, t time.Time) EventResult {
+	ps, r := d.podFor(ev.Pod)
+	if ps == nil {
+		return r
+	}
+	if t.After(ps.lastAuth) {
+		ps.lastAuth = t
+	}
+	if ev.JTI == "" {
+		return Counted
+	}
+	jti := d.hash(ev.JTI)
+	first := ps.see(jti, t)
+	if slices.Contains(ps.other[:min(ps.nOther, maxOther)], jti) {
+		return Counted
+	}
+	var newest issuedToken
+	known := false
+	for i := range min(ps.nIssued, maxIssued) {
+		if ps.issued[i].jti == jti {
+			newest, known = ps.newest(ps.issued[i].aud)
+			break
+		}
+	}
+	if !known {
+		// A token never seen issued was issued before the detector
+		// started, or its issuance is still on its way. Judged only when
+		// the pod has one token source (so it is that source's), and only
+		// if it was presented before the newest issuance: then it is older.
+		if len(ps.pod.TokenAudiences) != 1 {
+			return Counted
+		}
+		var ok bool
+		for k := range ps.audCount {
+			newest, ok = ps.newest(k)
+		}
+		if !ok || !first.Before(newest.at) {
+			return Counted
+		}
+	}
+	if newest.jti == jti || t.Before(newest.at.Add(d.cfg.Grace)) {
+		return Counted
+	}
+	if ps.staleLast.IsZero() || t.Sub(ps.staleLast) > d.cfg.Window {
+		ps.staleFirst = t
+	}
+	if t.After(ps.staleLast) {
+		ps.staleLast, ps.replacedAt = t, newest.at
+	}
+	return Counted
+}
+
+// see records a presentation of jti and returns when it was first seen;
+// the token seen least recently makes room.
+func (ps *podState) see(jti uint64, t time.Time) time.Time {
+	n := min(ps.nPres, maxPresented)
+	for i := range n {
+		p := &ps.presented[i]
+		if p.jti == jti {
+			if t.Before(p.first) {
+				p.first = t
+			}
+			if t.After(p.last) {
+				p.last = t
+			}
+			return p.first
+		}
+	}
+	i := n
+	if n == maxPresented {
+		i = 0
+		for j := 1; j < n; j++ {
+			if ps.presented[j].last.Before(ps.presented[i].last) {
+				i = j
+			}
+		}
+	} else {
+		ps.nPres++
+	}
+	ps.presented[i] = presentedToken{jti: jti, first: t, last: t}
+	return t
+}
+
+func (d *Detector) authFailed(ev *audit.Event, t time.Time) EventResult {
+	if !ev.SourceIP.IsValid() {
+		return Ignored
+	}
+	uids := d.byIP[ev.SourceIP.Unmap()]
+	switch len(uids) {
+	case 0:
+		return UnknownPod
+	case 1:
+	default:
+		return Ignored
+	}
+	ps := d.pods[uids[0]]
+	if ps.pod.HostNetwork || t.Before(ps.ipSince) {
+		return Ignored
+	}
+	// A run of failures ends with an authenticated request after it, or a
+	// window without failures.
+	if ps.failLast.IsZero() || t.Sub(ps.failLast) > d.cfg.Window || ps.lastAuth.After(ps.failLast) {
+		ps.failFirst = t
+	}
+	if t.After(ps.failLast) {
+		ps.failLast = t
+	}
+	return Counted
+}
+
+// Transition is a pod entering (Set) or leaving a condition.
+type Transition struct {
+	Pod       Pod
+	Condition Condition
+	Set       bool
+	// Since is when the evidence began: the first stale presentation,
+	// the first failed request.
+	Since time.Time
+	// ReplacedAt: for app-stale, when the token the app presents was
+	// replaced.
+	ReplacedAt time.Time
+	// Repeat: the pod entered the same condition within RepeatEvents;
+	// no new Event is due.
+	Repeat bool
+}
+
+// PodProblem is a pod that is app-stale or app-failing now.
+type PodProblem struct {
+	Pod                      Pod
+	Stale, Failing           bool
+	StaleSince, FailingSince time.Time
+	ReplacedAt               time.Time
+}
+
+// NodeCounts counts a node's followed pods by what their apps do.
+type NodeCounts struct {
+	Pods, Healthy, Stale, Failing int
+}
+
+// Result is one evaluation of every pod.
+type Result struct {
+	Now         time.Time
+	Transitions []Transition
+	// Followed are running pods with a projected token source; Healthy,
+	// Unobserved, Stale and Failing count among them (Stale and Failing
+	// also count pods not followed: a pod without a token source can fail).
+	Followed, Healthy, Unobserved, Stale, Failing int
+	Nodes                                         map[string]NodeCounts
+	StaleByNamespace, FailingByNamespace          map[string]int
+	Problems                                      []PodProblem
+	// Events counts audit events by kind name and result since the
+	// detector started.
+	Events map[string]map[string]uint64
+}
+
+// Evaluate judges every pod at the clock's now and returns what changed
+// since the last evaluation. The caller reports it.
+func (d *Detector) Evaluate() Result {
+	now := d.cfg.Clock.Now()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	res := Result{Now: now, Nodes: map[string]NodeCounts{}, StaleByNamespace: map[string]int{}, FailingByNamespace: map[string]int{}}
+	for _, ps := range d.pods {
+		p := &ps.pod
+		stale := !ps.staleLast.IsZero() && now.Sub(ps.staleLast) <= d.cfg.Window
+		failing := !ps.failLast.IsZero() && ps.failLast.Sub(ps.failFirst) >= d.cfg.Grace &&
+			now.Sub(ps.failLast) <= d.cfg.Window && !ps.lastAuth.After(ps.failLast)
+		if stale != ps.stale {
+			ps.stale, ps.staleSince = stale, ps.staleFirst
+			res.Transitions = append(res.Transitions, d.transition(ps, AppStale, stale, now, 0))
+		}
+		if failing != ps.failing {
+			ps.failing, ps.failingSince = failing, ps.failFirst
+			res.Transitions = append(res.Transitions, d.transition(ps, AppFailing, failing, now, 1))
+		}
+		if !stale {
+			ps.staleFirst, ps.staleLast = time.Time{}, time.Time{}
+		}
+		observed := !ps.lastAuth.IsZero() && now.Sub(ps.lastAuth) <= d.cfg.Window
+		if p.followed() {
+			nc := res.Nodes[p.Node]
+			nc.Pods++
+			res.Followed++
+			switch {
+			case stale || failing:
+			case observed:
+				nc.Healthy++
+				res.Healthy++
+			default:
+				res.Unobserved++
+			}
+			nc.Stale += b2i(stale)
+			nc.Failing += b2i(failing)
+			res.Nodes[p.Node] = nc
+		}
+		if stale {
+			res.Stale++
+			res.StaleByNamespace[p.Namespace]++
+		}
+		if failing {
+			res.Failing++
+			res.FailingByNamespace[p.Namespace]++
+		}
+		if stale || failing {
+			res.Problems = append(res.Problems, PodProblem{Pod: *p, Stale: stale, Failing: failing,
+				StaleSince: ps.staleSince, FailingSince: ps.failingSince, ReplacedAt: ps.replacedAt})
+		}
+	}
+	slices.SortFunc(res.Transitions, func(a, b Transition) int {
+		return strings.Compare(a.Pod.Namespace+"/"+a.Pod.Name+"/"+string(a.Condition), b.Pod.Namespace+"/"+b.Pod.Name+"/"+string(b.Condition))
+	})
+	res.Events = map[string]map[string]uint64{}
+	for k, name := range kindNames {
+		res.Events[name] = map[string]uint64{}
+		for r := range numResults {
+			res.Events[name][r.String()] = d.counts[k][r]
+		}
+	}
+	return res
+}
+
+func (d *Detector) transition(ps *podState, c Condition, set bool, now time.Time, i int) Transition {
+	tr := Transition{Pod: ps.pod, Condition: c, Set: set}
+	if set {
+		if c == AppStale {
+			tr.Since, tr.ReplacedAt = ps.staleSince, ps.replacedAt
+		} else {
+			tr.Since = ps.failingSince
+		}
+		tr.Repeat = !ps.lastEvent[i].IsZero() && now.Sub(ps.lastEvent[i]) < d.cfg.RepeatEvents
+		if !tr.Repeat {
+			ps.lastEvent[i] = now
+		}
+	}
+	return tr
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
