@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -32,6 +33,7 @@ import (
 	"github.com/tokenroll/tokenroll/internal/issuer"
 	"github.com/tokenroll/tokenroll/protocol"
 	"github.com/tokenroll/tokenroll/sandbox/controlplane"
+	"github.com/tokenroll/tokenroll/sandbox/kubeletsim"
 	"github.com/tokenroll/tokenroll/sandbox/openshiftsim"
 )
 
@@ -47,13 +49,14 @@ const capDACReadSearch = 2
 const (
 	probePod, ownerPod, probeConfigMap = "probe", "owner", "probe"
 	probeUser, probeGroup, ownerUser   = 1000, 2000, 1001
+	simNode                            = "sim-1"
 	extraTokens                        = 3 // probe: its probe volume and kube-api-access; owner: kube-api-access
 )
 
-func probePods(node string) []*corev1.Pod {
+func probePods(node, namespace string) []*corev1.Pod {
 	container := []corev1.Container{{Name: "app", Image: "app"}}
 	return []*corev1.Pod{{
-		ObjectMeta: metav1.ObjectMeta{Name: probePod, Namespace: NamespaceApps},
+		ObjectMeta: metav1.ObjectMeta{Name: probePod, Namespace: namespace},
 		Spec: corev1.PodSpec{NodeName: node,
 			Containers:      []corev1.Container{{Name: "app", Image: "app", VolumeMounts: []corev1.VolumeMount{{Name: "probe", MountPath: "/var/run/probe"}}}},
 			SecurityContext: &corev1.PodSecurityContext{RunAsUser: ptr.To[int64](probeUser), FSGroup: ptr.To[int64](probeGroup)},
@@ -63,7 +66,7 @@ func probePods(node string) []*corev1.Pod {
 			}}}}},
 		},
 	}, {
-		ObjectMeta: metav1.ObjectMeta{Name: ownerPod, Namespace: NamespaceApps},
+		ObjectMeta: metav1.ObjectMeta{Name: ownerPod, Namespace: namespace},
 		Spec: corev1.PodSpec{NodeName: node, Containers: container,
 			SecurityContext: &corev1.PodSecurityContext{RunAsUser: ptr.To[int64](ownerUser)}},
 	}}
@@ -123,7 +126,7 @@ func diskTokens(ctx context.Context, client kubernetes.Interface, root, node str
 	return out, nil
 }
 
-func issuerBounts(files map[string]diskToken) map[string]int {
+func issuerCounts(files map[string]diskToken) map[string]int {
 	out := map[string]int{}
 	for _, f := range files {
 		out[f.issuer]++
@@ -184,7 +187,7 @@ func cliAgrees(rep *scan.Report, files map[string]diskToken, iss string) error {
 // The expected issuer's own count may lag: the agent rewrites it only when
 // something the coordinator acts on changes, or after a while.
 func agentAgrees(rep protocol.TokenReport, files map[string]diskToken, iss string) error {
-	counts := issuerBounts(files)
+	counts := issuerCounts(files)
 	if rep.Issuer != iss {
 		return fmt.Errorf("the agent's report expects issuer %q, not %q", rep.Issuer, iss)
 	}
@@ -282,22 +285,46 @@ func TestRealKubelet(t *testing.T) {
 	node := sb.Nodes[0].(*realNode)
 	name, root := node.Name(), node.Root()
 
-	cms := sb.Admin.CoreV1().ConfigMaps(NamespaceApps)
-	if _, err := cms.Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: probeConfigMap}, Data: map[string]string{"generation": "0"}}, metav1.CreateOptions{}); err != nil {
+	// A simulated node beside the real one, with the same pods, for the
+	// conformance checks.
+	const simNamespace = "sim"
+	simCfg, err := sb.CP.NodeConfig(simNode)
+	if err != nil {
 		t.Fatal(err)
 	}
+	sim, err := kubeletsim.New(kubeletsim.Config{Name: simNode, Root: filepath.Join(dir, "nodes", simNode), RESTConfig: simCfg,
+		SyncInterval: 10 * time.Second, RestartGap: kubeletsim.RealRestartGap})
+	if err != nil {
+		t.Fatal(err)
+	}
+	simCtx, stopSim := context.WithCancel(ctx)
+	simDone := make(chan struct{})
+	go func() { defer close(simDone); _ = sim.Run(simCtx) }()
+	defer func() { stopSim(); <-simDone }()
+	if err := sb.CP.PrepareNamespace(ctx, simNamespace); err != nil {
+		t.Fatal(err)
+	}
+	<-sim.Registered()
+
 	var probeUID string
 	ownUser := map[string]bool{}
-	for _, p := range probePods(name) {
-		created, err := sb.Admin.CoreV1().Pods(p.Namespace).Create(ctx, p, metav1.CreateOptions{})
-		if err != nil {
+	podUIDs := map[string]string{} // node/pod
+	for _, on := range []struct{ node, namespace string }{{name, NamespaceApps}, {simNode, simNamespace}} {
+		if _, err := sb.Admin.CoreV1().ConfigMaps(on.namespace).Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: probeConfigMap}, Data: map[string]string{"generation": "0"}}, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		ownUser[string(created.UID)] = true
-		if p.Name == probePod {
-			probeUID = string(created.UID)
+		for _, p := range probePods(on.node, on.namespace) {
+			created, err := sb.Admin.CoreV1().Pods(p.Namespace).Create(ctx, p, metav1.CreateOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			podUIDs[on.node+"/"+p.Name] = string(created.UID)
+			if on.node == name {
+				ownUser[string(created.UID)] = true
+			}
 		}
 	}
+	probeUID = podUIDs[name+"/"+probePod]
 	const allTokens = TokensPerNode + extraTokens
 	files := func() map[string]diskToken {
 		t.Helper()
@@ -310,7 +337,7 @@ func TestRealKubelet(t *testing.T) {
 	allFrom := func(iss string) func() (bool, string) {
 		return func() (bool, string) {
 			f := files()
-			c := issuerBounts(f)
+			c := issuerCounts(f)
 			return c[iss] == allTokens, fmt.Sprintf("token files by issuer: %v: %v", c, slices.Sorted(maps.Keys(f)))
 		}
 	}
@@ -375,6 +402,26 @@ func TestRealKubelet(t *testing.T) {
 		return
 	}
 
+	t.Run("kubeletsim lays out pods as the real kubelet", func(t *testing.T) {
+		poll(t, ctx, "the simulated node's tokens on disk", 30*time.Second, 100*time.Millisecond, func() (bool, string) {
+			f, err := diskTokens(ctx, sb.Admin, sim.Root(), simNode)
+			return err == nil && len(f) == extraTokens, fmt.Sprintf("%d token files %v", len(f), err)
+		})
+		for _, pod := range []string{probePod, ownerPod} {
+			real, err := podLayout(root, podUIDs[name+"/"+pod])
+			if err != nil {
+				t.Fatal(err)
+			}
+			simulated, err := podLayout(sim.Root(), podUIDs[simNode+"/"+pod])
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(real, simulated) {
+				t.Errorf("pod %s: the kubelets' layouts differ\nreal:\n  %s\nkubeletsim:\n  %s", pod, strings.Join(real, "\n  "), strings.Join(simulated, "\n  "))
+			}
+		}
+	})
+
 	t.Run("issuer change, the old issuer kept then dropped", func(t *testing.T) {
 		if err := openshiftsim.SetIssuer(ctx, sb.Dynamic, issuerB); err != nil {
 			t.Fatal(err)
@@ -400,22 +447,44 @@ func TestRealKubelet(t *testing.T) {
 		// Two of the kubelet's syncs of the probe pod, each seen as the
 		// new ConfigMap data in its volume: the kubelet rewrote the volume
 		// and kept every token it had.
-		volume := filepath.Join(root, "pods", probeUID, scan.ProjectedDir, "probe")
-		for gen := 1; gen <= 2; gen++ {
-			dataBefore, _ := os.Readlink(filepath.Join(volume, "..data"))
-			want := fmt.Sprint(gen)
-			if _, err := cms.Update(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: probeConfigMap}, Data: map[string]string{"generation": want}}, metav1.UpdateOptions{}); err != nil {
+		// The simulated node must do the same (conformance).
+		simFiles := func() map[string]diskToken {
+			t.Helper()
+			f, err := diskTokens(ctx, sb.Admin, sim.Root(), simNode)
+			if err != nil {
 				t.Fatal(err)
 			}
-			poll(t, ctx, "the kubelet syncing the probe pod", time.Minute, 100*time.Millisecond, func() (bool, string) {
-				got, err := os.ReadFile(filepath.Join(volume, "generation"))
-				return err == nil && string(got) == want, fmt.Sprintf("generation %q %v", got, err)
-			})
-			if dataAfter, _ := os.Readlink(filepath.Join(volume, "..data")); dataAfter == dataBefore {
-				t.Fatalf("the probe volume shows the new ConfigMap data without a new ..data (%s)", dataAfter)
+			return f
+		}
+		type onNode struct {
+			kubelet, namespace, volume string
+			files                      func() map[string]diskToken
+			before                     map[string]diskToken
+		}
+		nodes := []onNode{
+			{"the real kubelet", NamespaceApps, filepath.Join(root, "pods", probeUID, scan.ProjectedDir, "probe"), files, before},
+			{"kubeletsim", simNamespace, filepath.Join(sim.Root(), "pods", podUIDs[simNode+"/"+probePod], scan.ProjectedDir, "probe"), simFiles, simFiles()},
+		}
+		for gen := 1; gen <= 2; gen++ {
+			want := fmt.Sprint(gen)
+			dataBefore := map[string]string{}
+			for _, on := range nodes {
+				dataBefore[on.kubelet], _ = os.Readlink(filepath.Join(on.volume, "..data"))
+				if _, err := sb.Admin.CoreV1().ConfigMaps(on.namespace).Update(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: probeConfigMap}, Data: map[string]string{"generation": want}}, metav1.UpdateOptions{}); err != nil {
+					t.Fatal(err)
+				}
 			}
-			if after := files(); !maps.Equal(after, before) {
-				t.Fatalf("sync %d: the running kubelet changed a token before its refresh time: issuers %v, were %v", gen, issuerBounts(after), issuerBounts(before))
+			for _, on := range nodes {
+				poll(t, ctx, on.kubelet+" syncing the probe pod", time.Minute, 100*time.Millisecond, func() (bool, string) {
+					got, err := os.ReadFile(filepath.Join(on.volume, "generation"))
+					return err == nil && string(got) == want, fmt.Sprintf("generation %q %v", got, err)
+				})
+				if dataAfter, _ := os.Readlink(filepath.Join(on.volume, "..data")); dataAfter == dataBefore[on.kubelet] {
+					t.Fatalf("%s: the probe volume shows the new ConfigMap data without a new ..data (%s)", on.kubelet, dataAfter)
+				}
+				if after := on.files(); !maps.Equal(after, on.before) {
+					t.Fatalf("sync %d: %s changed a token before its refresh time: issuers %v, were %v", gen, on.kubelet, issuerCounts(after), issuerCounts(on.before))
+				}
 			}
 		}
 		agree(issuerB)
@@ -440,7 +509,7 @@ func TestRealKubelet(t *testing.T) {
 		})
 		t.Logf("the operator dropped %s %s after the change", issuerA, time.Since(changed).Round(time.Second))
 		if after := files(); !maps.Equal(after, before) {
-			t.Fatalf("the running kubelet changed a token before its refresh time: issuers %v, were %v", issuerBounts(after), issuerBounts(before))
+			t.Fatalf("the running kubelet changed a token before its refresh time: issuers %v, were %v", issuerCounts(after), issuerCounts(before))
 		}
 		accepted(false, "the old issuer dropped, before the kubelet restart")
 
@@ -474,17 +543,36 @@ func TestRealKubelet(t *testing.T) {
 		}
 		watcher := watchNode()
 		defer func() { watcher.Stop() }()
-		answers := map[protocol.PodsAPI]bool{}
-		asked := make(chan struct{})
+		// What each kubelet's Pods API answers through its restart, in
+		// order, asked directly (conformance).
+		answers := map[string][]protocol.PodsAPI{}
+		var mu sync.Mutex
+		var asking, asked sync.WaitGroup
 		askCtx, stopAsking := context.WithCancel(ctx)
-		go func() {
-			defer close(asked)
-			for askCtx.Err() == nil {
-				_, answer, _ := podsapi.Ask(askCtx, node.PodsAPISocket())
-				answers[answer] = true
-				time.Sleep(20 * time.Millisecond)
-			}
-		}()
+		defer stopAsking()
+		for _, n := range []Node{node, sim} {
+			asking.Add(1)
+			asked.Add(1)
+			go func() {
+				defer asking.Done()
+				var seq []protocol.PodsAPI
+				for askCtx.Err() == nil {
+					_, answer, _ := podsapi.Ask(askCtx, n.PodsAPISocket())
+					if askCtx.Err() == nil && (len(seq) == 0 || seq[len(seq)-1] != answer) {
+						seq = append(seq, answer)
+						if len(seq) == 1 {
+							asked.Done()
+						}
+					}
+					time.Sleep(20 * time.Millisecond)
+				}
+				mu.Lock()
+				answers[n.Name()] = seq
+				mu.Unlock()
+			}()
+		}
+		asked.Wait()
+		sim.RestartKubelet()
 		if err := node.RestartKubelet(); err != nil {
 			t.Fatal(err)
 		}
@@ -523,13 +611,27 @@ func TestRealKubelet(t *testing.T) {
 				}
 			}
 		}
+		// Both kubelets' Pods APIs listed again before the asking stops.
+		poll(t, ctx, "kubeletsim's Pods API listing after its restart", 10*time.Second, 100*time.Millisecond, func() (bool, string) {
+			_, answer, err := podsapi.Ask(ctx, sim.PodsAPISocket())
+			return answer == protocol.PodsAPIListed, fmt.Sprint(answer, err)
+		})
 		stopAsking()
-		<-asked
-		t.Logf("the agent reported the Pods API %v during the restart; asked directly, it answered %v", slices.Sorted(maps.Keys(incomplete)), slices.Sorted(maps.Keys(answers)))
-		for _, want := range []protocol.PodsAPI{protocol.PodsAPIUnavailable, protocol.PodsAPIInitializing} {
-			if !answers[want] {
-				t.Errorf("the restarted kubelet's Pods API never answered %s; it answered %v", want, slices.Sorted(maps.Keys(answers)))
-			}
+		asking.Wait()
+		t.Logf("the agent reported the Pods API %v during the restart; asked directly, the real kubelet answered %v, kubeletsim %v",
+			slices.Sorted(maps.Keys(incomplete)), answers[name], answers[simNode])
+		// Both kubelets remove the stale socket just before listening
+		// again: a client asking in that instant finds none (absent).
+		// Whether one does is luck, so the comparison leaves it out.
+		steps := func(seq []protocol.PodsAPI) []protocol.PodsAPI {
+			return slices.Compact(slices.DeleteFunc(slices.Clone(seq), func(a protocol.PodsAPI) bool { return a == protocol.PodsAPIAbsent }))
+		}
+		want := []protocol.PodsAPI{protocol.PodsAPIListed, protocol.PodsAPIUnavailable, protocol.PodsAPIInitializing, protocol.PodsAPIListed}
+		if got := steps(answers[name]); !slices.Equal(got, want) {
+			t.Errorf("the real kubelet's Pods API answered %v through its restart; want %v", answers[name], want)
+		}
+		if got := steps(answers[simNode]); !slices.Equal(got, want) {
+			t.Errorf("through a kubelet restart kubeletsim's Pods API answered %v, the real kubelet's %v", answers[simNode], answers[name])
 		}
 	})
 }
