@@ -62,7 +62,9 @@ type Agent struct {
 	mu        sync.Mutex
 	issuer    string
 	podsReply protocol.PodsAPI // the last answer; logged on change
-	applied   *condition
+	// podsListed: the Pods API has listed the pods once.
+	podsListed bool
+	applied    *condition
 	// appliedReport is the tokens annotation last written (JSON), at
 	// reportWrittenAt (zero until it writes); started is when the agent
 	// was made.
@@ -305,6 +307,17 @@ func (a *Agent) ScanOnce(ctx context.Context) *scan.Report {
 // change of answer is logged once, not per scan.
 func (a *Agent) pods(ctx context.Context) (map[string]podsapi.Pod, protocol.PodsAPI) {
 	pods, answer, err := podsapi.Ask(ctx, a.socket)
+	a.mu.Lock()
+	// A restarting kubelet removes its socket just before it listens
+	// again: once the Pods API has listed, a missing socket is a kubelet
+	// not serving, not the feature off, and such a scan verifies nothing.
+	if answer == protocol.PodsAPIAbsent && a.podsListed {
+		answer, err = protocol.PodsAPIUnavailable, fmt.Errorf("kubelet Pods API socket %s is gone", a.socket)
+	}
+	if answer == protocol.PodsAPIListed {
+		a.podsListed = true
+	}
+	a.mu.Unlock()
 	if err != nil {
 		a.metrics.scanErrors.WithLabelValues("pods_api").Inc()
 	}

@@ -6,6 +6,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/tokenroll/tokenroll/internal/nodeutil"
 	"github.com/tokenroll/tokenroll/protocol"
 )
 
@@ -39,4 +40,14 @@ func (kubeletRestart) verify(_ context.Context, _ kubernetes.Interface, in verif
 		return tv, nil
 	}
 	return verdict{ok: true}, nil
+}
+
+// KubeletRestartVerified is the verification the coordinator makes of a
+// kubelet restart on n once the agent reports the restart done: ok, or what
+// it still waits for. The tests that restart the real kubelet run it on
+// what the agent wrote at each moment of the restart.
+func KubeletRestartVerified(n *corev1.Node, issuer string) (bool, string) {
+	v, _ := kubeletRestart{}.verify(context.Background(), nil, verifyInput{
+		node: n, status: &protocol.Status{Phase: protocol.PhaseDone}, issuer: issuer, ready: nodeutil.Ready(n)})
+	return v.ok, v.waiting
 }

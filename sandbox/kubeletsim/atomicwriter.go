@@ -20,23 +20,35 @@ const (
 	newDataDirName = "..data_tmp"
 )
 
-// file is one entry of a projected volume's payload.
+// file is one entry of a projected volume's payload. FsUser, when set, owns
+// it (the kubelet gives a pod's tokens to the pod's runAsUser).
 type file struct {
-	Data []byte
-	Mode os.FileMode
+	Data   []byte
+	Mode   os.FileMode
+	FsUser *int64
 }
 
 // writeAtomically makes dir hold exactly payload (paths relative to dir,
 // possibly nested), the way the kubelet does. It writes nothing when the
-// payload is unchanged and reports whether it wrote.
-func writeAtomically(dir string, payload map[string]file, now time.Time) (bool, error) {
+// payload is unchanged and reports whether it wrote. With fsGroup, each
+// write hands the whole volume, links included, to that group as the
+// kubelet's SetVolumeOwnership does for a read-only volume: group read
+// added to every file, directories setgid and searchable.
+func writeAtomically(dir string, payload map[string]file, fsGroup *int64, now time.Time) (bool, error) {
 	for p := range payload {
 		if err := validatePath(p); err != nil {
 			return false, err
 		}
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return false, err
+	if _, err := os.Stat(dir); os.IsNotExist(err) {
+		// The kubelet mounts a projected volume on an emptyDir of its own
+		// (tmpfs on a node), whose directory is world-writable.
+		if err := os.MkdirAll(dir, 0o777); err != nil {
+			return false, err
+		}
+		if err := os.Chmod(dir, 0o777); err != nil {
+			return false, err
+		}
 	}
 	oldTS, _ := os.Readlink(filepath.Join(dir, dataDirName))
 	if oldTS != "" && sameContent(filepath.Join(dir, oldTS), payload) {
@@ -61,6 +73,11 @@ func writeAtomically(dir string, payload map[string]file, now time.Time) (bool, 
 		if err := os.Chmod(full, f.Mode); err != nil {
 			return false, err
 		}
+		if f.FsUser != nil {
+			if err := os.Lchown(full, int(*f.FsUser), -1); err != nil {
+				return false, err
+			}
+		}
 	}
 	tmpLink := filepath.Join(dir, newDataDirName)
 	_ = os.Remove(tmpLink)
@@ -83,6 +100,11 @@ func writeAtomically(dir string, payload map[string]file, now time.Time) (bool, 
 		if err := os.Symlink(filepath.Join(dataDirName, top), link); err != nil {
 			return false, err
 		}
+		if f, ok := payload[top]; ok && f.FsUser != nil {
+			if err := os.Lchown(link, int(*f.FsUser), -1); err != nil {
+				return false, err
+			}
+		}
 	}
 	entries, err := os.ReadDir(dir)
 	if err != nil {
@@ -100,6 +122,11 @@ func writeAtomically(dir string, payload map[string]file, now time.Time) (bool, 
 			if err := os.Remove(filepath.Join(dir, name)); err != nil {
 				return false, err
 			}
+		}
+	}
+	if fsGroup != nil {
+		if err := setVolumeOwnership(dir, int(*fsGroup)); err != nil {
+			return false, err
 		}
 	}
 	return true, nil
@@ -140,4 +167,31 @@ func sameContent(tsDir string, payload map[string]file) bool {
 		}
 	}
 	return true
+}
+
+// setVolumeOwnership is the kubelet's SetVolumeOwnership for a read-only
+// volume (pkg/volume/volume_linux.go): every entry to group gid; files and
+// directories (not links) get group and owner read, directories also
+// search and setgid.
+func setVolumeOwnership(dir string, gid int) error {
+	return filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if err := os.Lchown(path, -1, gid); err != nil {
+			return err
+		}
+		if d.Type()&fs.ModeSymlink != 0 {
+			return nil
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		mask := os.FileMode(0o440)
+		if d.IsDir() {
+			mask |= os.ModeSetgid | 0o110
+		}
+		return os.Chmod(path, info.Mode()|mask)
+	})
 }

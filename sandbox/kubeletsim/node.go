@@ -18,6 +18,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -79,7 +80,24 @@ type Config struct {
 	// The sandbox gives each node a loopback range, so that a pod's app
 	// can send its requests from its pod's IP.
 	PodIPs netip.Prefix
+	// RestartGap, when set, makes a kubelet restart take as long as the
+	// real kubelet's (wall time: it stands for a process starting, not for
+	// the kubelet's timers). Zero: a restart rewrites the tokens at once.
+	RestartGap RestartGap
 }
+
+// RestartGap is what the real kubelet's restart looks like from the node:
+// its Pods API refuses connections (the socket stays) for Refused, then
+// answers FailedPrecondition "Kubelet is initializing" for Initializing;
+// the tokens are rewritten after that.
+type RestartGap struct {
+	Refused, Initializing time.Duration
+}
+
+// RealRestartGap is the restart gap the real kubelet v1.37 showed as a
+// hollow node: about 2 s from SIGTERM until the new process serves, then
+// about a second initializing.
+var RealRestartGap = RestartGap{Refused: 2 * time.Second, Initializing: time.Second}
 
 // EventKind names something a simulated node did.
 type EventKind string
@@ -133,7 +151,10 @@ type Node struct {
 	// pod's containers last started, so that a reboot restarts them.
 	podIPs    map[types.UID]netip.Addr
 	startedIn map[types.UID]string
-	kick      chan struct{}
+	// restarting: the simulated kubelet process is not running (a
+	// RestartGap): it syncs no pod.
+	restarting bool
+	kick       chan struct{}
 	// stopping is set once Run is ending: no reboot starts after it.
 	stopping bool
 
@@ -278,7 +299,7 @@ func (n *Node) Run(ctx context.Context) error {
 	if err := n.podsAPI.start(n.PodsAPISocket()); err != nil {
 		return err
 	}
-	defer n.podsAPI.stop()
+	defer n.podsAPI.stop(false)
 	control, err := n.startControl(ctx)
 	if err != nil {
 		return err
@@ -431,8 +452,11 @@ func (n *Node) worker(ctx context.Context) {
 }
 
 func (n *Node) syncPod(ctx context.Context, key string) error {
-	if n.isDown() {
-		return nil // Up re-queues every pod.
+	n.mu.Lock()
+	idle := n.down || n.restarting
+	n.mu.Unlock()
+	if idle {
+		return nil // Up and the end of a restart re-queue every pod.
 	}
 	ns, name, err := cache.SplitMetaNamespaceKey(key)
 	if err != nil {
@@ -463,6 +487,9 @@ func (n *Node) syncPod(ctx context.Context, key string) error {
 	if pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
 		return nil
 	}
+	if err := n.makePodDir(pod); err != nil {
+		return fmt.Errorf("making the directory of pod %s/%s: %w", ns, name, err)
+	}
 	for _, v := range pod.Spec.Volumes {
 		if v.Projected == nil {
 			continue
@@ -471,7 +498,11 @@ func (n *Node) syncPod(ctx context.Context, key string) error {
 		if err != nil {
 			return fmt.Errorf("volume %q: %w", v.Name, err)
 		}
-		wrote, err := writeAtomically(n.VolumeDir(pod.UID, v.Name), payload, n.clock.Now())
+		var fsGroup *int64
+		if pod.Spec.SecurityContext != nil {
+			fsGroup = pod.Spec.SecurityContext.FSGroup
+		}
+		wrote, err := writeAtomically(n.VolumeDir(pod.UID, v.Name), payload, fsGroup, n.clock.Now())
 		if err != nil {
 			return fmt.Errorf("writing volume %q: %w", v.Name, err)
 		}
@@ -483,6 +514,53 @@ func (n *Node) syncPod(ctx context.Context, key string) error {
 		return err
 	}
 	n.emit(Event{Kind: EventPodSynced, Pod: types.NamespacedName{Namespace: ns, Name: name}, PodUID: pod.UID})
+	return nil
+}
+
+// makePodDir lays out what the kubelet keeps for a pod beside its volumes,
+// as it does: a directory per container, the pod's hosts file, and the
+// emptyDir each projected volume is mounted on, with the kubelet's modes.
+// The scanner meets these entries on a node and must pass over them.
+func (n *Node) makePodDir(pod *corev1.Pod) error {
+	dir := filepath.Join(n.cfg.Root, "pods", string(pod.UID))
+	projected := filepath.Join(dir, "volumes", "kubernetes.io~projected")
+	if _, err := os.Stat(projected); err == nil {
+		return nil
+	}
+	mkdir := func(path string, mode os.FileMode) error {
+		if err := os.MkdirAll(path, mode); err != nil {
+			return err
+		}
+		return os.Chmod(path, mode)
+	}
+	dirs := []string{dir, filepath.Join(dir, "volumes")}
+	for _, c := range slices.Concat(pod.Spec.InitContainers, pod.Spec.Containers) {
+		dirs = append(dirs, filepath.Join(dir, "containers", c.Name))
+	}
+	for _, d := range dirs {
+		if err := mkdir(d, 0o750); err != nil {
+			return err
+		}
+	}
+	if err := mkdir(projected, 0o755); err != nil {
+		return err
+	}
+	hosts := "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+	if err := os.WriteFile(filepath.Join(dir, "etc-hosts"), []byte(hosts), 0o644); err != nil {
+		return err
+	}
+	for _, v := range pod.Spec.Volumes {
+		if v.Projected == nil {
+			continue
+		}
+		wrapped := filepath.Join(dir, "plugins", "kubernetes.io~empty-dir", "wrapped_"+v.Name)
+		if err := mkdir(wrapped, 0o750); err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(wrapped, "ready"), nil, 0o644); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -523,7 +601,13 @@ func (n *Node) projectedPayload(ctx context.Context, pod *corev1.Pod, vol *corev
 			if err != nil {
 				return nil, err
 			}
-			out[tp.Path] = file{Data: []byte(tr.Status.Token), Mode: mode}
+			// The kubelet gives the token to the pod's user, readable by it
+			// alone (and its fsGroup, once the volume is handed to it).
+			f := file{Data: []byte(tr.Status.Token), Mode: mode, FsUser: fsUserOf(pod)}
+			if f.FsUser != nil || (pod.Spec.SecurityContext != nil && pod.Spec.SecurityContext.FSGroup != nil) {
+				f.Mode = 0o600
+			}
+			out[tp.Path] = f
 		case src.ConfigMap != nil:
 			cm, err := n.client.CoreV1().ConfigMaps(pod.Namespace).Get(ctx, src.ConfigMap.Name, metav1.GetOptions{})
 			if err != nil {
@@ -836,11 +920,46 @@ func (n *Node) SetStopRefreshing(stop bool) { n.tokens.setStopRefreshing(stop) }
 
 // RestartKubelet simulates `systemctl restart kubelet`: the token cache is
 // gone, so every projected token is requested again and the volumes are
-// rewritten; pods keep running.
+// rewritten; pods keep running. With Config.RestartGap, it returns once the
+// Pods API refuses, and the rest follows as on the real kubelet.
 func (n *Node) RestartKubelet() {
 	n.tokens.clear()
+	gap := n.cfg.RestartGap
+	if gap == (RestartGap{}) {
+		n.emit(Event{Kind: EventKubeletRestarted})
+		n.ResyncAll()
+		return
+	}
+	n.mu.Lock()
+	n.restarting = true
+	n.mu.Unlock()
+	n.podsAPI.stop(true)
 	n.emit(Event{Kind: EventKubeletRestarted})
-	n.ResyncAll()
+	go func() {
+		wait := func(d time.Duration) bool {
+			select {
+			case <-n.stopped:
+				return false
+			case <-time.After(d):
+				return true
+			}
+		}
+		if !wait(gap.Refused) {
+			return
+		}
+		n.podsAPI.setInitializing(true)
+		if err := n.podsAPI.start(n.PodsAPISocket()); err != nil {
+			n.log.Error("starting the Pods API after the kubelet restart", zap.Error(err))
+		}
+		if !wait(gap.Initializing) {
+			return
+		}
+		n.podsAPI.setInitializing(false)
+		n.mu.Lock()
+		n.restarting = false
+		n.mu.Unlock()
+		n.ResyncAll()
+	}()
 }
 
 // Reboot takes the node down for downFor on its clock, as `systemctl
@@ -898,7 +1017,7 @@ func (n *Node) goDown(ctx context.Context) {
 	n.mu.Lock()
 	n.running = map[types.UID]bool{}
 	n.mu.Unlock()
-	n.podsAPI.stop()
+	n.podsAPI.stop(false)
 	n.emit(Event{Kind: EventDown})
 }
 
@@ -923,4 +1042,25 @@ func (n *Node) comeUp(ctx context.Context) {
 	n.log.Info("node up after reboot", zap.String("bootID", id))
 	n.emit(Event{Kind: EventUp})
 	n.ResyncAll()
+}
+
+// fsUserOf is the user every container of pod runs as, when they all run as
+// the same one (the kubelet's FsUserFrom); nil otherwise.
+func fsUserOf(pod *corev1.Pod) *int64 {
+	var user *int64
+	first := true
+	for _, c := range slices.Concat(pod.Spec.InitContainers, pod.Spec.Containers) {
+		var u *int64
+		if pod.Spec.SecurityContext != nil {
+			u = pod.Spec.SecurityContext.RunAsUser
+		}
+		if c.SecurityContext != nil && c.SecurityContext.RunAsUser != nil {
+			u = c.SecurityContext.RunAsUser
+		}
+		if u == nil || (!first && *u != *user) {
+			return nil
+		}
+		user, first = u, false
+	}
+	return user
 }

@@ -28,7 +28,27 @@ type podsAPIServer struct {
 
 	mu       sync.Mutex
 	srv      *grpc.Server
+	ln       *net.UnixListener
 	watchers map[chan *podsv1alpha1.WatchPodsEvent]struct{}
+	// initializing: the kubelet has started but not synced its pods yet,
+	// and says so instead of listing them.
+	initializing bool
+}
+
+// errInitializing is what the kubelet's Pods API answers for about a
+// second after it starts.
+var errInitializing = status.Error(codes.FailedPrecondition, "Kubelet is initializing")
+
+func (s *podsAPIServer) setInitializing(v bool) {
+	s.mu.Lock()
+	s.initializing = v
+	s.mu.Unlock()
+}
+
+func (s *podsAPIServer) isInitializing() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.initializing
 }
 
 func newPodsAPIServer(pods corelisters.PodLister) *podsAPIServer {
@@ -47,10 +67,11 @@ func (s *podsAPIServer) start(socket string) error {
 	if err := os.Remove(socket); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("removing stale Pods API socket %s: %w", socket, err)
 	}
-	ln, err := net.Listen("unix", socket)
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: socket, Net: "unix"})
 	if err != nil {
 		return fmt.Errorf("listening on Pods API socket %s: %w", socket, err)
 	}
+	s.ln = ln
 	s.srv = grpc.NewServer()
 	podsv1alpha1.RegisterPodsServer(s.srv, s)
 	srv := s.srv
@@ -58,10 +79,16 @@ func (s *podsAPIServer) start(socket string) error {
 	return nil
 }
 
-func (s *podsAPIServer) stop() {
+// stop stops serving. With keepSocket the socket file stays, as a stopped
+// kubelet's does: clients are refused instead of finding no socket.
+func (s *podsAPIServer) stop(keepSocket bool) {
 	s.mu.Lock()
 	srv := s.srv
 	s.srv = nil
+	if s.ln != nil && keepSocket {
+		s.ln.SetUnlinkOnClose(false)
+	}
+	s.ln = nil
 	for ch := range s.watchers {
 		close(ch)
 		delete(s.watchers, ch)
@@ -73,6 +100,9 @@ func (s *podsAPIServer) stop() {
 }
 
 func (s *podsAPIServer) ListPods(context.Context, *podsv1alpha1.ListPodsRequest) (*podsv1alpha1.ListPodsResponse, error) {
+	if s.isInitializing() {
+		return nil, errInitializing
+	}
 	pods, err := s.pods.List(everything)
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
@@ -89,6 +119,9 @@ func (s *podsAPIServer) ListPods(context.Context, *podsv1alpha1.ListPodsRequest)
 }
 
 func (s *podsAPIServer) GetPod(_ context.Context, req *podsv1alpha1.GetPodRequest) (*podsv1alpha1.GetPodResponse, error) {
+	if s.isInitializing() {
+		return nil, errInitializing
+	}
 	pods, err := s.pods.List(everything)
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
@@ -106,6 +139,9 @@ func (s *podsAPIServer) GetPod(_ context.Context, req *podsv1alpha1.GetPodReques
 }
 
 func (s *podsAPIServer) WatchPods(_ *podsv1alpha1.WatchPodsRequest, stream grpc.ServerStreamingServer[podsv1alpha1.WatchPodsEvent]) error {
+	if s.isInitializing() {
+		return errInitializing
+	}
 	ch := make(chan *podsv1alpha1.WatchPodsEvent, 256)
 	s.mu.Lock()
 	s.watchers[ch] = struct{}{}

@@ -18,7 +18,7 @@ func TestWriteAtomically(t *testing.T) {
 		"token":     {Data: []byte("a"), Mode: 0o644},
 		"a/b/token": {Data: []byte("b"), Mode: 0o600},
 	}
-	wrote, err := writeAtomically(dir, payload, now)
+	wrote, err := writeAtomically(dir, payload, nil, now)
 	if err != nil || !wrote {
 		t.Fatalf("first write: wrote=%v err=%v", wrote, err)
 	}
@@ -34,13 +34,13 @@ func TestWriteAtomically(t *testing.T) {
 	}
 
 	// Same payload: nothing written, the link unchanged.
-	if wrote, err := writeAtomically(dir, payload, now.Add(time.Minute)); err != nil || wrote {
+	if wrote, err := writeAtomically(dir, payload, nil, now.Add(time.Minute)); err != nil || wrote {
 		t.Fatalf("unchanged payload: wrote=%v err=%v", wrote, err)
 	}
 
 	// New payload without "a": the link moves, the old directory and the
 	// stale visible link go.
-	wrote, err = writeAtomically(dir, map[string]file{"token": {Data: []byte("c"), Mode: 0o644}}, now.Add(2*time.Minute))
+	wrote, err = writeAtomically(dir, map[string]file{"token": {Data: []byte("c"), Mode: 0o644}}, nil, now.Add(2*time.Minute))
 	if err != nil || !wrote {
 		t.Fatalf("second write: wrote=%v err=%v", wrote, err)
 	}
@@ -61,7 +61,7 @@ func TestWriteAtomically(t *testing.T) {
 	}
 
 	for _, bad := range []string{"/abs", "../up", "..hidden", "a/../b", ""} {
-		if _, err := writeAtomically(dir, map[string]file{bad: {}}, now); err == nil {
+		if _, err := writeAtomically(dir, map[string]file{bad: {}}, nil, now); err == nil {
 			t.Errorf("path %q accepted", bad)
 		}
 	}
