@@ -51,7 +51,10 @@ type Summary struct {
 	// and the next taken out.
 	OverheadPerNodeSeconds Spread `json:"overheadPerNodeSeconds"`
 	LeaderChanges          int    `json:"leaderChanges"`
-	OK                     bool   `json:"ok"`
+	// Alerts are what the real Prometheus of --prometheus fired (absent
+	// without it).
+	Alerts *AlertSummary `json:"alerts,omitempty"`
+	OK     bool          `json:"ok"`
 
 	// Failures say which check did not hold (not written to the JSON).
 	Failures []string `json:"-"`
@@ -139,6 +142,10 @@ func (s *Summary) Print(w io.Writer) {
 	fmt.Fprintf(tw, "  rollout (gate open to done)\t%.1fs\n", s.RolloutSeconds)
 	fmt.Fprintf(tw, "  overhead between nodes\tmedian %.2fs, max %.2fs\n", s.OverheadPerNodeSeconds.Median, s.OverheadPerNodeSeconds.Max)
 	fmt.Fprintf(tw, "  leader changes\t%d\n", s.LeaderChanges)
+	if s.Alerts != nil {
+		fmt.Fprintf(tw, "  alerts fired\t%s\n", orNone(s.Alerts.Fired))
+		fmt.Fprintf(tw, "  alerts firing at the end\t%s\n", orNone(s.Alerts.FiringAtEnd))
+	}
 	if s.OK {
 		fmt.Fprintf(tw, "  result\tOK: the procedure completed with every invariant held\n")
 	} else {
@@ -148,6 +155,13 @@ func (s *Summary) Print(w io.Writer) {
 		}
 	}
 	tw.Flush()
+}
+
+func orNone(names []string) string {
+	if len(names) == 0 {
+		return "none"
+	}
+	return strings.Join(names, ", ")
 }
 
 // byNodeName orders worker-2 before worker-10.
