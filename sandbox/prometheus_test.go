@@ -261,3 +261,29 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// Without a prometheus binary or the rule file, --prometheus says how to
+// get them, both at once.
+func TestFindPrometheusSaysHow(t *testing.T) {
+	t.Setenv(PrometheusBinEnv, "")
+	dir := t.TempDir()
+	_, _, err := findPrometheus("", filepath.Join(dir, "none.yaml"))
+	if err == nil || !strings.Contains(err.Error(), "make sandbox ARGS='--prometheus") || !strings.Contains(err.Error(), "--prometheus-rules") {
+		t.Errorf("err = %v", err)
+	}
+	notExec := filepath.Join(dir, "prometheus")
+	if err := os.WriteFile(notExec, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv(PrometheusBinEnv, notExec)
+	if _, _, err := findPrometheus("", filepath.Join("..", DefaultPrometheusRules)); err == nil || !strings.Contains(err.Error(), "not an executable file") {
+		t.Errorf("err = %v", err)
+	}
+	if err := os.Chmod(notExec, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	bin, rules, err := findPrometheus("", filepath.Join("..", DefaultPrometheusRules))
+	if err != nil || bin != notExec || !filepath.IsAbs(rules) {
+		t.Errorf("findPrometheus = %q, %q, %v", bin, rules, err)
+	}
+}
