@@ -66,8 +66,11 @@ kubelet: ## Build the pinned kubelet code (hollow-kubelet, fake-runtime) for the
 # The sandbox runs the real kubelet unless ARGS asks for kubeletsim.
 SANDBOX_KUBELET := $(if $(filter --kubelet=sim,$(ARGS))$(findstring --kubelet sim,$(ARGS)),,kubelet)
 
-sandbox: controlplane $(SANDBOX_KUBELET) build ## Run the local sandbox (bin/tokenroll-sandbox); pass flags with ARGS='--nodes 20' or ARGS='--kubelet real'.
-	$(BIN)/tokenroll-sandbox $(ARGS)
+# With --prometheus it runs the Prometheus server deploy-tools builds.
+SANDBOX_PROMETHEUS := $(if $(findstring --prometheus,$(ARGS)),deploy-tools,)
+
+sandbox: controlplane $(SANDBOX_KUBELET) $(SANDBOX_PROMETHEUS) build ## Run the local sandbox (bin/tokenroll-sandbox); pass flags with ARGS='--nodes 20', ARGS='--kubelet sim' or ARGS='--prometheus'.
+	$(if $(SANDBOX_PROMETHEUS),TOKENROLL_PROMETHEUS_BIN=$$(bash test/deploy/tools/build.sh)/prometheus )$(BIN)/tokenroll-sandbox $(ARGS)
 
 image: ## Build the container image (needs a Docker engine).
 	docker build --build-arg VERSION=$(VERSION) --build-arg COMMIT=$(COMMIT) -t $(IMAGE) .
@@ -75,11 +78,12 @@ image: ## Build the container image (needs a Docker engine).
 clean: ## Remove build output (the cache stays).
 	rm -rf $(BIN)
 
-# Tools for the deploy tests (test/deploy): a kustomize/Helm renderer and
-# promtool, built from the pins in test/deploy/tools/go.mod, and the CRDs
-# the manifests use, into $(TOKENROLL_CACHE_DIR)/deploy-tools/.
+# Tools for the deploy tests (test/deploy): a kustomize/Helm renderer,
+# promtool and the Prometheus server (the sandbox's --prometheus), built from
+# the pins in test/deploy/tools/go.mod, and the CRDs the manifests use, into
+# $(TOKENROLL_CACHE_DIR)/deploy-tools/.
 .PHONY: deploy-tools codegen codegen-tools
-deploy-tools: ## Build the deploy tests' tools (renderer, promtool) and fetch their CRDs (a no-op when built).
+deploy-tools: ## Build the deploy tests' tools (renderer, promtool, prometheus) and fetch their CRDs (a no-op when built).
 	@bash test/deploy/tools/build.sh >/dev/null
 
 # The deploy tests build them on first use too; building them here keeps

@@ -74,6 +74,15 @@ type Options struct {
 	SummaryJSON string
 	// Timeout bounds the scenario from the issuer change to its end.
 	Timeout time.Duration
+	// Prometheus runs the real Prometheus server on loopback, scraping
+	// every agent and coordinator and evaluating PrometheusRules with
+	// shortened for: durations (see ShortenRules); the sandbox prints its
+	// alerts as they fire and resolve, and the summary lists them.
+	Prometheus bool
+	// PrometheusBin is the prometheus binary (empty: $TOKENROLL_PROMETHEUS_BIN).
+	PrometheusBin string
+	// PrometheusRules is the rule file it loads (DefaultPrometheusRules).
+	PrometheusRules string
 	// ProgramDir holds tokenroll-agent and tokenroll-coordinator, which the
 	// sandbox runs, and tokenroll-sandbox, whose `node` commands the agents
 	// run to reboot a node or restart its kubelet; see programs.Dir for the
@@ -152,6 +161,11 @@ type run struct {
 	fail         context.CancelCauseFunc
 	// proxies are the fault proxies (--faults), the coordinators' first.
 	proxies []*faultproxy.Proxy
+	// prom and alerts are the Prometheus server of --prometheus and what
+	// watches its alerts (nil without).
+	promMu sync.Mutex
+	prom   *promServer
+	alerts *alertWatcher
 }
 
 // crashLoop is how many times a process may end by itself (not killed by
@@ -176,6 +190,11 @@ func Run(ctx context.Context, opts Options, out io.Writer) (*Summary, error) {
 		return nil, err
 	}
 	opts.ProgramDir = dir
+	if opts.Prometheus {
+		if opts.PrometheusBin, opts.PrometheusRules, err = findPrometheus(opts.PrometheusBin, opts.PrometheusRules); err != nil {
+			return nil, err
+		}
+	}
 	r := &run{opts: opts, p: &printer{w: out, start: time.Now()}, dir: opts.Dir,
 		agents: map[string]*child{}}
 	temporary := r.dir == ""
@@ -260,6 +279,11 @@ func (r *run) run(ctx context.Context) (*Summary, error) {
 	}
 	if err := r.startProcesses(procCtx); err != nil {
 		return nil, err
+	}
+	if o.Prometheus {
+		if err := r.startPrometheus(procCtx, watchCtx); err != nil {
+			return nil, err
+		}
 	}
 	r.printAccess()
 
@@ -392,6 +416,7 @@ func (r *run) startProcesses(ctx context.Context) error {
 		c.exited = exited
 		c.moved = func(c *child, old, addr string) {
 			r.p.printf("%s: metrics port %s was taken by another process; now http://%s/metrics", c.name, old, addr)
+			r.promTargetsMoved()
 		}
 	}
 	// A node going down takes its agent with it; the agent starts again
@@ -469,6 +494,9 @@ func (r *run) printAccess() {
 	fmt.Fprintln(tw)
 	fmt.Fprintf(tw, "API server\t%s (%d kube-apiserver(s) behind a local load balancer)\n", sb.CP.URL(), sb.CP.APIServers())
 	fmt.Fprintf(tw, "kubeconfig\t%s (cluster admin)\n", sb.Kubeconfig)
+	if r.prom != nil {
+		fmt.Fprintf(tw, "prometheus\t%s (its API: /api/v1/alerts, /api/v1/query; no web UI)\n", r.prom.url())
+	}
 	fmt.Fprintf(tw, "logs\t%s (sandbox.log, agent-NODE.log, coordinator-N.log; the control plane's in controlplane/logs)\n", filepath.Join(r.dir, "logs"))
 	for _, c := range r.coordinators {
 		fmt.Fprintf(tw, "%s\tmetrics http://%s/metrics\tpid %d\n", c.name, c.metricsAddr(), c.pid())
@@ -593,6 +621,7 @@ func (r *run) scenario(ctx context.Context) (*Summary, error) {
 		r.p.printf("note: %d rollouts ran for one issuer change: %s", len(rollouts), strings.Join(rollouts, ", "))
 	}
 	sum.Failures = append(sum.Failures, r.disruptedWhileClosed()...)
+	r.alertsAtEnd(context.WithoutCancel(ctx), endedAt, sum)
 	sum.OK = len(sum.Failures) == 0
 	return sum, nil
 }

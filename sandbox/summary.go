@@ -56,7 +56,10 @@ type Summary struct {
 	// Apps are the figures of the pods' apps, by kind (the kinds --apps
 	// ran).
 	Apps map[AppKind]AppFigures `json:"apps"`
-	OK   bool                   `json:"ok"`
+	// Alerts are what the real Prometheus of --prometheus fired (absent
+	// without it).
+	Alerts *AlertSummary `json:"alerts,omitempty"`
+	OK     bool          `json:"ok"`
 
 	// Failures say which check did not hold (not written to the JSON).
 	Failures []string `json:"-"`
@@ -226,6 +229,10 @@ func (s *Summary) Print(w io.Writer) {
 		fmt.Fprintf(tw, "  apps %s\t%d pods, %d requests, %d auth failures, %d other errors, %.1fs unable to authenticate, %d failing at the end\n",
 			k, f.Pods, f.Requests, f.AuthFailures, f.OtherErrors, f.ErrorSeconds, f.FailingAtEnd)
 	}
+	if s.Alerts != nil {
+		fmt.Fprintf(tw, "  alerts fired\t%s\n", orNone(s.Alerts.Fired))
+		fmt.Fprintf(tw, "  alerts firing at the end\t%s\n", orNone(s.Alerts.FiringAtEnd))
+	}
 	if s.OK {
 		fmt.Fprintf(tw, "  result\tOK: every invariant held, every token fresh, every app authenticating\n")
 	} else {
@@ -235,6 +242,13 @@ func (s *Summary) Print(w io.Writer) {
 		}
 	}
 	tw.Flush()
+}
+
+func orNone(names []string) string {
+	if len(names) == 0 {
+		return "none"
+	}
+	return strings.Join(names, ", ")
 }
 
 // byNodeName orders worker-2 before worker-10.

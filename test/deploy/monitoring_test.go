@@ -177,7 +177,7 @@ func TestAlerts(t *testing.T) {
 	}
 	for _, want := range []string{"TokenrollTokensOverdue", "TokenrollTokensExpired", "TokenrollOldIssuerTokensTrustEnding",
 		"TokenrollRolloutHalted", "TokenrollNodeNotBack", "TokenrollNoLeader", "TokenrollGateClosedTooLong", "TokenrollAgentNotReporting",
-		"TokenrollRolloutStalled", "TokenrollNodeUnresolved"} {
+		"TokenrollRolloutStalled", "TokenrollNodeUnresolved", "TokenrollUntrustedIssuerTokens"} {
 		if !slices.Contains(alerts, want) {
 			t.Errorf("no alert %s", want)
 		}

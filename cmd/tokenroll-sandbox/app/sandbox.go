@@ -36,6 +36,7 @@ func newSandboxOptions() *sandboxOptions {
 		Nodes: 5, APIServers: 3, Issuer: controlplane.DefaultIssuer, NewIssuer: DefaultNewIssuer,
 		Strategy: "pod-restart", MaxUnavailable: "1", RebootDowntime: 5 * time.Second, Timeout: 10 * time.Minute,
 		Kubelet: sandbox.KubeletReal, Apps: []string{string(sandbox.AppReloading), string(sandbox.AppCaching)},
+		PrometheusRules: sandbox.DefaultPrometheusRules,
 	}}
 }
 
@@ -57,6 +58,9 @@ func (o *sandboxOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&o.Faults, "faults", o.Faults, "Put a fault proxy between the control plane and the coordinators and each agent: a share of their writes meet 500s and 429s, and one loses its answer.")
 	fs.BoolVar(&o.Keep, "keep", o.Keep, "Keep everything running after the scenario, until Ctrl-C.")
 	fs.BoolVar(&o.Once, "once", o.Once, "Stop as soon as everything is up and every agent has reported, without changing the issuer (smoke tests).")
+	fs.BoolVar(&o.Prometheus, "prometheus", o.Prometheus, fmt.Sprintf("Run the real Prometheus server on loopback, scraping every agent and coordinator and evaluating --prometheus-rules with each alert's for: %d times shorter (everything else as shipped); print alerts as they fire and resolve, and list them in the summary.", sandbox.ForDivisor))
+	fs.StringVar(&o.PrometheusBin, "prometheus-bin", o.PrometheusBin, "The prometheus binary for --prometheus (default: $"+sandbox.PrometheusBinEnv+", which make sandbox sets to what `make deploy-tools` built from the pin promtool uses).")
+	fs.StringVar(&o.PrometheusRules, "prometheus-rules", o.PrometheusRules, "The alert rule file --prometheus loads, the one the Helm chart and the kustomize component ship (relative to the repository's top directory by default).")
 	fs.StringVar(&o.SummaryJSON, "summary-json", o.SummaryJSON, "Write the outcome as JSON to this file.")
 	fs.DurationVar(&o.Timeout, "timeout", o.Timeout, "Longest the scenario may take from the issuer change to every token fresh.")
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -126,9 +127,12 @@ func TestSandboxScenario(t *testing.T) {
 	}
 	dir := t.TempDir()
 	summaryPath := filepath.Join(dir, "summary.json")
+	prometheus := prometheusBin(t)
 	start := time.Now()
-	code, out, stderr := run(t, "--nodes=3", "--kubelet=sim", "--strategy=kubelet-restart", "--chaos", "--tokenroll-bin-dir="+programDir(t), "--dir="+filepath.Join(dir, "sb"), "--summary-json="+summaryPath, "--log-format=json")
-	t.Logf("the scenario took %s", time.Since(start).Round(time.Second))
+	code, out, stderr := run(t, "--nodes=3", "--kubelet=sim", "--strategy=kubelet-restart", "--chaos", "--tokenroll-bin-dir="+programDir(t), "--dir="+filepath.Join(dir, "sb"), "--summary-json="+summaryPath, "--log-format=json",
+		"--prometheus", "--prometheus-bin="+prometheus, "--prometheus-rules="+repoPath("deploy/prometheus/tokenroll.rules.yaml"))
+	end := time.Now()
+	t.Logf("the scenario took %s", end.Sub(start).Round(time.Second))
 	if code != cli.ExitFailure {
 		t.Fatalf("sandbox: exit %d, want %d (the caching apps still fail)\nstdout:\n%s\nstderr:\n%s", code, cli.ExitFailure, out, stderr)
 	}
@@ -159,7 +163,11 @@ func TestSandboxScenario(t *testing.T) {
 		} `json:"overheadPerNodeSeconds"`
 		LeaderChanges *int                  `json:"leaderChanges"`
 		Apps          map[string]appFigures `json:"apps"`
-		OK            bool                  `json:"ok"`
+		Alerts        *struct {
+			Fired       []string `json:"fired"`
+			FiringAtEnd []string `json:"firingAtEnd"`
+		} `json:"alerts"`
+		OK bool `json:"ok"`
 	}
 	dec := json.NewDecoder(strings.NewReader(string(data)))
 	dec.DisallowUnknownFields()
@@ -218,6 +226,19 @@ func TestSandboxScenario(t *testing.T) {
 			t.Errorf("output does not show %q:\n%s", want, out)
 		}
 	}
+	// The real Prometheus saw the old issuer's tokens rejected on the
+	// nodes, and saw them go; nothing fires at the end.
+	if sum.Alerts == nil || !slices.Contains(sum.Alerts.Fired, "TokenrollUntrustedIssuerTokens") || sum.Alerts.FiringAtEnd == nil || len(sum.Alerts.FiringAtEnd) != 0 {
+		t.Errorf("alerts %+v: want TokenrollUntrustedIssuerTokens fired and nothing firing at the end", sum.Alerts)
+	}
+	for _, want := range []string{"alert firing: TokenrollUntrustedIssuerTokens node=worker-", "alert resolved: TokenrollUntrustedIssuerTokens node=worker-",
+		"each alert's for: 60 times shorter"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output does not show %q", want)
+		}
+	}
+	// Every panel of the dashboard has data from that run.
+	checkDashboard(t, prometheus, filepath.Join(dir, "sb", "prometheus", "data"), start, end)
 	// Each agent ran as a process of its own and logged there.
 	for _, n := range []string{"worker-1", "worker-2", "worker-3"} {
 		log, err := os.ReadFile(filepath.Join(dir, "sb", "logs", "agent-"+n+".log"))

@@ -3,6 +3,8 @@
 # keyed by a hash of this module, and prints that directory:
 #   render    kustomize and Helm rendering (render/main.go, pinned in go.mod)
 #   promtool  Prometheus' rule checker, pinned in go.mod (tool directive)
+#   prometheus  the Prometheus server from the same pin, without the web UI's
+#             assets (its API is all the sandbox and the tests use)
 #   crds/     the CustomResourceDefinitions the manifests use, from pinned
 #             modules: prometheus-operator (ServiceMonitor, PodMonitor,
 #             PrometheusRule) and openshift/api (SecurityContextConstraints)
@@ -20,7 +22,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 key=$( (cat "$here/go.mod" "$here/go.sum" "$here/build.sh" "$here"/render/*.go) | sha256sum | cut -c1-16)
 cache=${TOKENROLL_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tokenroll}
 dest="$cache/deploy-tools/$key"
-if [ -x "$dest/render" ] && [ -x "$dest/promtool" ] && [ -d "$dest/crds" ]; then
+if [ -x "$dest/render" ] && [ -x "$dest/promtool" ] && [ -x "$dest/prometheus" ] && [ -d "$dest/crds" ]; then
   echo "$dest"
   exit 0
 fi
@@ -29,12 +31,14 @@ mkdir -p "$cache/deploy-tools"
 tmp=$(mktemp -d "$cache/deploy-tools/.build.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 
-echo "building the deploy test tools (render, promtool) into $dest (several minutes cold on 2 cores)" >&2
+echo "building the deploy test tools (render, promtool, prometheus) into $dest (several minutes cold on 2 cores)" >&2
 cd "$here"
 prom=$(go list -m -f '{{.Version}}' github.com/prometheus/prometheus)
 CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$tmp/render" ./render
 CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X github.com/prometheus/common/version.Version=$prom" \
   -o "$tmp/promtool" github.com/prometheus/prometheus/cmd/promtool
+CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X github.com/prometheus/common/version.Version=$prom" \
+  -o "$tmp/prometheus" github.com/prometheus/prometheus/cmd/prometheus
 
 moddir() {
   # Outside any module, so that go.mod here is left alone.
