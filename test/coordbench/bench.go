@@ -30,6 +30,7 @@ import (
 	"github.com/tokenroll/tokenroll/sandbox/controlplane"
 	"github.com/tokenroll/tokenroll/sandbox/fleet"
 	"github.com/tokenroll/tokenroll/sandbox/invariants"
+	"github.com/tokenroll/tokenroll/test/benchkit"
 )
 
 const (
@@ -149,7 +150,7 @@ type env struct {
 // reading is apiserver_request_total on the coordinator's API server, and
 // when it was read.
 type reading struct {
-	counts counts
+	counts benchkit.Counts
 	at     time.Time
 }
 
@@ -164,7 +165,7 @@ func (e *env) measure(ctx context.Context, res *Result) error {
 	}
 	var readings []reading
 	read := func() error {
-		c, err := scrapeRequests(ctx, scraper)
+		c, err := benchkit.ScrapeRequests(ctx, scraper)
 		if err == nil {
 			readings = append(readings, reading{counts: c, at: time.Now()})
 		}
@@ -296,7 +297,7 @@ func (e *env) measure(ctx context.Context, res *Result) error {
 	}{{&res.Requests.Rollout, 1, 2}, {&res.Requests.Whole, 0, 3}} {
 		from, to := readings[w.from], readings[w.by]
 		// Each reading but the last is itself counted by the next.
-		metric := to.counts.minus(from.counts).withoutScrapes(w.by - w.from)
+		metric := to.counts.Minus(from.counts).WithoutScrapes(w.by - w.from)
 		a, err := readAudit(logPath, from.at, to.at, o.Nodes)
 		if err != nil {
 			return err
