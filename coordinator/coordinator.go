@@ -408,6 +408,8 @@ type world struct {
 // sync is the whole reconciliation: it returns when it wants to run again
 // (0: on the next change only).
 func (t *term) sync(ctx context.Context) (time.Duration, error) {
+	began := t.c.cfg.Clock.Now()
+	defer func() { t.c.m.syncDuration.Observe(t.c.cfg.Clock.Since(began).Seconds()) }()
 	t.mu.Lock()
 	t.syncWait = nil
 	t.mu.Unlock()
