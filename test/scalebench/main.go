@@ -77,6 +77,9 @@ type options struct {
 	CoordinatorBinary string
 	// AgentBinary is a built tokenroll-agent ("": build one).
 	AgentBinary string
+	// FromJSON refits and prints an earlier --summary-json instead of
+	// measuring.
+	FromJSON string
 	// BinDir holds etcd and kube-apiserver (default: the build cache).
 	BinDir string
 	// Timeout bounds the whole run.
@@ -126,6 +129,7 @@ func (o *options) addFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.SummaryJSON, "summary-json", o.SummaryJSON, "write the figures as JSON to this file")
 	fs.StringVar(&o.CoordinatorBinary, "coordinator-binary", o.CoordinatorBinary, "a built tokenroll-coordinator (default: build ./cmd/tokenroll-coordinator)")
 	fs.StringVar(&o.AgentBinary, "agent-binary", o.AgentBinary, "a built tokenroll-agent, run as the calibration node's agent (default: build ./cmd/tokenroll-agent)")
+	fs.StringVar(&o.FromJSON, "from-json", o.FromJSON, "print (and refit) the figures of an earlier --summary-json file instead of measuring")
 	fs.StringVar(&o.BinDir, "bin-dir", o.BinDir, "directory holding etcd and kube-apiserver (default: $TOKENROLL_CONTROLPLANE_BIN or the build cache)")
 	fs.DurationVar(&o.Timeout, "timeout", o.Timeout, "bound on the whole run")
 	fs.StringVar(&o.LogLevel, "log-level", o.LogLevel, "least severe level logged to stderr: debug, info, warn or error")
@@ -190,7 +194,12 @@ func mainExit(o options) int {
 	defer stop()
 	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
 	defer cancel()
-	sum, err := runAll(ctx, o, log)
+	var sum *Summary
+	if o.FromJSON != "" {
+		sum, err = readSummary(o.FromJSON)
+	} else {
+		sum, err = runAll(ctx, o, log)
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "scalebench:", err)
 		return 1

@@ -2,6 +2,7 @@ package main
 
 import (
 	"flag"
+	"io"
 	"strings"
 	"testing"
 )
@@ -9,6 +10,7 @@ import (
 func TestOptions(t *testing.T) {
 	o := defaultOptions()
 	fs := flag.NewFlagSet("scalebench", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
 	o.addFlags(fs)
 	if err := fs.Parse([]string{"--nodes", "250,50,1", "--pods-per-node=0", "--steady=1s", "--churn=-1"}); err != nil {
 		t.Fatal(err)

@@ -6,6 +6,8 @@ import (
 	"io"
 	"math"
 	"os"
+	"strconv"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/tokenroll/tokenroll/test/benchkit"
@@ -184,29 +186,60 @@ func (s *Summary) fit() {
 		a, b := linearFit(xs, ys)
 		return math.Max(0, a+b*projectTo)
 	}
+	last := s.Runs[len(s.Runs)-1].Figures
+	lastRun := s.Runs[len(s.Runs)-1]
 	p := &Figures{Nodes: projectTo, PodsPerNode: s.PodsPerNode,
-		AgentNodeWritesPerNodeHour:       proj(func(f Figures) float64 { return f.AgentNodeWritesPerNodeHour }),
-		AgentRequestsPerNodeHour:         proj(func(f Figures) float64 { return f.AgentRequestsPerNodeHour }),
+		// Each agent speaks of its own node alone: its figures do not
+		// depend on the fleet; the largest size's stand.
+		AgentNodeWritesPerNodeHour:    last.AgentNodeWritesPerNodeHour,
+		AgentRequestsPerNodeHour:      last.AgentRequestsPerNodeHour,
+		RequestsPerNode:               last.RequestsPerNode,
+		AgentProcessRSSMiB:            mean(s.Runs, func(f Figures) float64 { return f.AgentProcessRSSMiB }),
+		AgentProcessCPUSecondsPerHour: mean(s.Runs, func(f Figures) float64 { return f.AgentProcessCPUSecondsPerHour }),
+		// The coordinator caches every Node and a sync reads them all.
 		CoordinatorRSSMiB:                proj(func(f Figures) float64 { return f.CoordinatorRSSMiB }),
 		CoordinatorCPUSecondsPerHourIdle: proj(func(f Figures) float64 { return f.CoordinatorCPUSecondsPerHourIdle }),
 		PlanSyncMillis: MedMax{Median: proj(func(f Figures) float64 { return f.PlanSyncMillis.Median }),
 			Max: proj(func(f Figures) float64 { return f.PlanSyncMillis.Max })},
-		SyncsPerHourIdle:             proj(func(f Figures) float64 { return f.SyncsPerHourIdle }),
-		RolloutSeconds:               proj(func(f Figures) float64 { return f.RolloutSeconds }),
-		RequestsPerNode:              proj(func(f Figures) float64 { return f.RequestsPerNode }),
-		CoordinatorRequestsPerSecond: proj(func(f Figures) float64 { return f.CoordinatorRequestsPerSecond }),
-		APIServerRequestsPerSecond:   proj(func(f Figures) float64 { return f.APIServerRequestsPerSecond }),
-		APIServerP99Millis:           proj(func(f Figures) float64 { return f.APIServerP99Millis }),
-		CoordinatorRolloutRSSMiB:     proj(func(f Figures) float64 { return f.CoordinatorRolloutRSSMiB }),
-		CoordinatorRolloutCPUCores:   proj(func(f Figures) float64 { return f.CoordinatorRolloutCPUCores }),
-		// One node's agent does not depend on the fleet: the mean.
-		AgentProcessRSSMiB:            mean(s.Runs, func(f Figures) float64 { return f.AgentProcessRSSMiB }),
-		AgentProcessCPUSecondsPerHour: mean(s.Runs, func(f Figures) float64 { return f.AgentProcessCPUSecondsPerHour }),
+		SyncsPerHourIdle:           proj(func(f Figures) float64 { return f.SyncsPerHourIdle }),
+		APIServerRequestsPerSecond: proj(func(f Figures) float64 { return f.APIServerRequestsPerSecond }),
+		APIServerP99Millis:         proj(func(f Figures) float64 { return f.APIServerP99Millis }),
+		CoordinatorRolloutRSSMiB:   proj(func(f Figures) float64 { return f.CoordinatorRolloutRSSMiB }),
+		CoordinatorRolloutCPUCores: proj(func(f Figures) float64 { return f.CoordinatorRolloutCPUCores }),
 	}
+	// The rollout: with --max-unavailable a percentage the number of waves
+	// does not grow with the fleet, and a wave lasts as long as it did on
+	// the largest size (a kubelet restart and the agent's next scan); but
+	// the coordinator's requests, which do grow, cannot go faster than its
+	// client's rate limit.
+	ro := lastRun.Rollout
+	waveTime := (ro.RolloutSeconds - ro.DiscoverySeconds - gateSettle) / float64(s.waves(lastRun.Nodes))
+	coordPerNode := ro.CoordinatorRequestsPerNode
+	p.RolloutSeconds = math.Max(ro.DiscoverySeconds+gateSettle+waveTime*float64(s.waves(projectTo)),
+		ro.DiscoverySeconds+gateSettle+coordPerNode*projectTo/coordinatorQPS)
+	p.CoordinatorRequestsPerSecond = math.Min(coordinatorQPS, (coordPerNode*projectTo+ro.CoordinatorLeaseRequests)/p.RolloutSeconds)
 	p.judge()
 	s.Projection5000 = p
-	s.Model = fmt.Sprintf("each figure fitted as a + b*nodes (least squares) over %v nodes, pods per node fixed at %d, --max-unavailable %s (so the number of waves does not grow with the fleet), one control plane of 2 API servers as measured; the API server's latency is extrapolated beyond what this machine could load it with",
-		xs, s.PodsPerNode, s.MaxUnavailable)
+	s.Model = fmt.Sprintf("pods per node fixed at %d; per-node figures (agents, requests per node) as at %d nodes; coordinator memory, CPU, syncs and sync time and the API servers' rate and p99 fitted as a + b*nodes (least squares) over %v nodes; rollout = discovery + --gate-settle + waves (--max-unavailable %s) at the largest size's wave time, or the coordinator's requests at its %g/s client limit if longer; the p99 is this machine's (2 shared cores running the whole fleet), not a control plane's",
+		s.PodsPerNode, lastRun.Nodes, xs, s.MaxUnavailable, coordinatorQPS)
+}
+
+// gateSettle is the coordinator's --gate-settle default, part of every
+// rollout after an issuer change.
+const gateSettle = 120.0
+
+// waves is how many rounds of --max-unavailable nodes a rollout of n nodes
+// takes (a percentage rounds down, to at least one node).
+func (s *Summary) waves(n int) int {
+	per := 1
+	if v, ok := strings.CutSuffix(s.MaxUnavailable, "%"); ok {
+		if pct, err := strconv.Atoi(v); err == nil {
+			per = max(1, n*pct/100)
+		}
+	} else if k, err := strconv.Atoi(s.MaxUnavailable); err == nil && k > 0 {
+		per = k
+	}
+	return (n + per - 1) / per
 }
 
 func mean(runs []Run, get func(Figures) float64) float64 {
@@ -301,4 +334,21 @@ func (s *Summary) write(path string) error {
 		return fmt.Errorf("writing --summary-json %s: %w", path, err)
 	}
 	return nil
+}
+
+// readSummary reads an earlier --summary-json and fits it again.
+func readSummary(path string) (*Summary, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("--from-json: %w", err)
+	}
+	var s Summary
+	if err := json.Unmarshal(b, &s); err != nil {
+		return nil, fmt.Errorf("--from-json %s: %w", path, err)
+	}
+	if len(s.Runs) == 0 {
+		return nil, fmt.Errorf("--from-json %s: no runs", path)
+	}
+	s.fit()
+	return &s, nil
 }

@@ -20,14 +20,22 @@ func TestSummaryProjects(t *testing.T) {
 	run := func(n int, rss, rollout float64) Run {
 		return Run{Nodes: n, PodsPerNode: 30,
 			Steady:  SteadyDetail{WindowSeconds: 60, CoordinatorRSSMiB: rss, AgentNodeWritesPerNodeHour: 0.5, Syncs: 10},
-			Rollout: RolloutDetail{RolloutSeconds: rollout, RequestsPerNode: 12, CoordinatorRequests: 600, CoordinatorLeaseRequests: 30}}
+			Rollout: RolloutDetail{RolloutSeconds: rollout, RequestsPerNode: 12, CoordinatorRequestsPerNode: 15, CoordinatorRequests: 600, CoordinatorLeaseRequests: 30}}
 	}
 	s := &Summary{MaxUnavailable: "5%", Runs: []Run{run(100, 40, 300), run(200, 50, 400)}}
 	s.PodsPerNode = 30
 	s.fit()
 	p := s.Projection5000
-	if p == nil || p.Nodes != 5000 || math.Abs(p.CoordinatorRSSMiB-530) > 1e-6 || math.Abs(p.RolloutSeconds-5200) > 1e-6 {
-		t.Fatalf("projection %+v: want 530 MiB and 5200 s at 5000 nodes", p)
+	// 20 waves of 14 s after the gate's 120 s settle would take 400 s; the
+	// coordinator's 15 requests per node at 20/s take 3750 s.
+	if p == nil || p.Nodes != 5000 || math.Abs(p.CoordinatorRSSMiB-530) > 1e-6 || math.Abs(p.RolloutSeconds-3870) > 1e-6 {
+		t.Fatalf("projection %+v: want 530 MiB and 3870 s at 5000 nodes", p)
+	}
+	if p.RequestsPerNode != 12 || math.Abs(p.CoordinatorRequestsPerSecond-75030.0/3870) > 1e-9 {
+		t.Errorf("projection %+v: want the per-node requests of the largest size, and the coordinator under its limit", p)
+	}
+	if s.waves(200) != 20 || s.waves(10) != 10 || (&Summary{MaxUnavailable: "3"}).waves(10) != 4 {
+		t.Error("waves: want 20 of 10 nodes at 5% of 200, 10 of 1 at 5% of 10, 4 of 3 nodes for 10")
 	}
 	if s.Nodes != 200 || s.SyncsPerHourIdle != 600 || s.CoordinatorRequestsPerSecond != 630.0/400 {
 		t.Errorf("top-level figures %+v: want the largest run's", s.Figures)
