@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -253,7 +254,7 @@ func (c *Coordinator) Lead(ctx context.Context) error {
 	t := c.newTerm(klog.FromContext(ctx), nodeInf.GetStore(), cmInf.GetStore())
 	defer t.queue.ShutDown()
 	enqueue := func() { t.queue.Add(syncKey) }
-	if _, err := nodeInf.AddEventHandler(onChange(t.nodes, enqueue)); err != nil {
+	if _, err := nodeInf.AddEventHandler(nodeOnChange(t.nodes, enqueue)); err != nil {
 		return err
 	}
 	if _, err := nodeInf.AddEventHandler(cache.ResourceEventHandlerFuncs{UpdateFunc: t.nodeUpdated}); err != nil {
@@ -398,6 +399,43 @@ func onChange(mc cache.MutationCache, enqueue func()) cache.ResourceEventHandler
 	}
 }
 
+// nodeOnChange is onChange for Nodes, except that an update moving only
+// the conditions' heartbeat times (the kubelet's periodic status post, every
+// node every few minutes) asks for no sync: nothing a sync reads changed,
+// and on a large fleet those posts alone would re-plan every node several
+// times a second.
+func nodeOnChange(mc cache.MutationCache, enqueue func()) cache.ResourceEventHandlerFuncs {
+	h := onChange(mc, enqueue)
+	update := h.UpdateFunc
+	h.UpdateFunc = func(oldObj, newObj any) {
+		a, okA := oldObj.(*corev1.Node)
+		b, okB := newObj.(*corev1.Node)
+		if okA && okB && heartbeatOnly(a, b) {
+			mc.OnAddOrUpdate(b)
+			return
+		}
+		update(oldObj, newObj)
+	}
+	return h
+}
+
+// heartbeatOnly reports whether two versions of a Node differ only in their
+// resourceVersion, managed fields and conditions' heartbeat times.
+func heartbeatOnly(a, b *corev1.Node) bool {
+	if len(a.Status.Conditions) != len(b.Status.Conditions) {
+		return false
+	}
+	a, b = a.DeepCopy(), b.DeepCopy()
+	for _, n := range []*corev1.Node{a, b} {
+		n.ResourceVersion = ""
+		n.ManagedFields = nil
+		for i := range n.Status.Conditions {
+			n.Status.Conditions[i].LastHeartbeatTime = metav1.Time{}
+		}
+	}
+	return equality.Semantic.DeepEqual(a, b)
+}
+
 // trimNode drops what the coordinator never reads from cached Nodes.
 func trimNode(obj any) (any, error) {
 	if n, ok := obj.(*corev1.Node); ok {
@@ -448,6 +486,8 @@ type world struct {
 // sync is the whole reconciliation: it returns when it wants to run again
 // (0: on the next change only).
 func (t *term) sync(ctx context.Context) (time.Duration, error) {
+	began := t.c.cfg.Clock.Now()
+	defer func() { t.c.m.syncDuration.Observe(t.c.cfg.Clock.Since(began).Seconds()) }()
 	t.mu.Lock()
 	t.syncWait = nil
 	t.mu.Unlock()

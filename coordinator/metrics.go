@@ -24,6 +24,7 @@ type coordinatorMetrics struct {
 	stepDuration   *prometheus.HistogramVec
 	halts          *prometheus.CounterVec
 	overhead       prometheus.Histogram
+	syncDuration   prometheus.Histogram
 	staleNodes     prometheus.Gauge
 	waiting        *prometheus.GaugeVec
 	waitingSince   prometheus.Gauge
@@ -57,6 +58,9 @@ func newCoordinatorMetrics(reg prometheus.Registerer) *coordinatorMetrics {
 		overhead: f.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Name: "coordinator_overhead_seconds",
 			Help:    "Time from one node verified to the next node cordoned: the coordinator's own overhead.",
 			Buckets: []float64{0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}}),
+		syncDuration: f.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Name: "plan_sync_duration_seconds",
+			Help:    "Time one sync of the leader takes: reading the cached Nodes and the rollout state, planning, and the writes it decides on.",
+			Buckets: []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5}}),
 		staleNodes: f.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "nodes_needing_work",
 			Help: "Nodes the planner finds needing work now (stale or old-issuer tokens, a required reboot)."}),
 		waiting: f.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "rollout_waiting",

@@ -121,6 +121,23 @@ tokenroll_nodes_needing_work 0
 # HELP tokenroll_nodes_unresolved Nodes whose tokens were still stale after their remediation was verified: left alone until their stale tokens change or a person asks for a retry.
 # TYPE tokenroll_nodes_unresolved gauge
 tokenroll_nodes_unresolved 0
+# HELP tokenroll_plan_sync_duration_seconds Time one sync of the leader takes: reading the cached Nodes and the rollout state, planning, and the writes it decides on.
+# TYPE tokenroll_plan_sync_duration_seconds histogram
+tokenroll_plan_sync_duration_seconds_bucket{le="0.0005"} 6
+tokenroll_plan_sync_duration_seconds_bucket{le="0.001"} 6
+tokenroll_plan_sync_duration_seconds_bucket{le="0.0025"} 6
+tokenroll_plan_sync_duration_seconds_bucket{le="0.005"} 6
+tokenroll_plan_sync_duration_seconds_bucket{le="0.01"} 6
+tokenroll_plan_sync_duration_seconds_bucket{le="0.025"} 6
+tokenroll_plan_sync_duration_seconds_bucket{le="0.05"} 6
+tokenroll_plan_sync_duration_seconds_bucket{le="0.1"} 6
+tokenroll_plan_sync_duration_seconds_bucket{le="0.25"} 6
+tokenroll_plan_sync_duration_seconds_bucket{le="0.5"} 6
+tokenroll_plan_sync_duration_seconds_bucket{le="1"} 6
+tokenroll_plan_sync_duration_seconds_bucket{le="2.5"} 6
+tokenroll_plan_sync_duration_seconds_bucket{le="+Inf"} 6
+tokenroll_plan_sync_duration_seconds_sum 0
+tokenroll_plan_sync_duration_seconds_count 6
 # HELP tokenroll_rollout_halts_total Rollouts halted, by reason.
 # TYPE tokenroll_rollout_halts_total counter
 tokenroll_rollout_halts_total{reason="ActionFailed"} 0

@@ -20,6 +20,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	"k8s.io/utils/clock"
 
 	"github.com/tokenroll/tokenroll/agent"
 	"github.com/tokenroll/tokenroll/agent/actions"
@@ -53,6 +54,9 @@ type Config struct {
 	AgentConfig func(node string, rc *rest.Config) (*rest.Config, error)
 	// AgentRetry is the agents' write policy (zero: apiretry.Default).
 	AgentRetry apiretry.Policy
+	// AgentClock is the agents' clock (default: real time); a benchmark
+	// steps it to put the agents past their first minutes.
+	AgentClock clock.WithTicker
 	Log        *zap.Logger
 }
 
@@ -204,7 +208,7 @@ func (m *Member) agentOnce(ctx context.Context) error {
 	log := cfg.Log.Named("agent").With(zap.String("node", m.Name))
 	nodes := nodeclient.Retrying{Nodes: m.client.CoreV1().Nodes(), Policy: cfg.AgentRetry}
 	a, err := agent.New(agent.Config{NodeName: m.Name, KubeletRoot: m.Sim.Root(), Client: nodes, Discovery: m.client.CoreV1().RESTClient(),
-		Interval: cfg.AgentInterval, Grace: 5 * time.Minute, IssuerRefresh: cfg.IssuerRefresh, Log: log})
+		Interval: cfg.AgentInterval, Grace: 5 * time.Minute, IssuerRefresh: cfg.IssuerRefresh, Clock: cfg.AgentClock, Log: log})
 	if err != nil {
 		return err
 	}

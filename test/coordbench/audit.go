@@ -9,6 +9,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/tokenroll/tokenroll/test/benchkit"
 )
 
 // The audit log says who made each request, which apiserver_request_total
@@ -107,7 +109,7 @@ func readAudit(logPath string, from, to time.Time, nodes int) (AuditFigures, err
 		}
 		what := ev.RequestURI
 		if r := ev.ObjectRef; r != nil && r.Resource != "" {
-			what = resourceName(requestKey{Group: r.APIGroup, Resource: r.Resource, Subresource: r.Subresource})
+			what = benchkit.ResourceName(benchkit.RequestKey{Group: r.APIGroup, Resource: r.Resource, Subresource: r.Subresource})
 		} else {
 			what, _, _ = strings.Cut(what, "?")
 		}

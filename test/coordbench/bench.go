@@ -14,14 +14,10 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/util/wait"
-	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/cache"
-	watchtools "k8s.io/client-go/tools/watch"
 
 	"github.com/tokenroll/tokenroll/coordinator"
 	"github.com/tokenroll/tokenroll/internal/nodeutil"
@@ -30,6 +26,7 @@ import (
 	"github.com/tokenroll/tokenroll/sandbox/controlplane"
 	"github.com/tokenroll/tokenroll/sandbox/fleet"
 	"github.com/tokenroll/tokenroll/sandbox/invariants"
+	"github.com/tokenroll/tokenroll/test/benchkit"
 )
 
 const (
@@ -149,7 +146,7 @@ type env struct {
 // reading is apiserver_request_total on the coordinator's API server, and
 // when it was read.
 type reading struct {
-	counts counts
+	counts benchkit.Counts
 	at     time.Time
 }
 
@@ -164,7 +161,7 @@ func (e *env) measure(ctx context.Context, res *Result) error {
 	}
 	var readings []reading
 	read := func() error {
-		c, err := scrapeRequests(ctx, scraper)
+		c, err := benchkit.ScrapeRequests(ctx, scraper)
 		if err == nil {
 			readings = append(readings, reading{counts: c, at: time.Now()})
 		}
@@ -255,7 +252,7 @@ func (e *env) measure(ctx context.Context, res *Result) error {
 			observed <- time.Now()
 		}
 	}()
-	final, err := waitRolloutOver(ctx, admin, time.Duration(o.Nodes)*time.Minute)
+	final, err := benchkit.WaitRolloutOver(ctx, admin, namespace, time.Duration(o.Nodes)*time.Minute)
 	if err != nil {
 		return err
 	}
@@ -296,7 +293,7 @@ func (e *env) measure(ctx context.Context, res *Result) error {
 	}{{&res.Requests.Rollout, 1, 2}, {&res.Requests.Whole, 0, 3}} {
 		from, to := readings[w.from], readings[w.by]
 		// Each reading but the last is itself counted by the next.
-		metric := to.counts.minus(from.counts).withoutScrapes(w.by - w.from)
+		metric := to.counts.Minus(from.counts).WithoutScrapes(w.by - w.from)
 		a, err := readAudit(logPath, from.at, to.at, o.Nodes)
 		if err != nil {
 			return err
@@ -386,35 +383,6 @@ func waitSynced(ctx context.Context, reg *prometheus.Registry) error {
 		return fmt.Errorf("waiting for the coordinator to lead and sync: %w", err)
 	}
 	return nil
-}
-
-// waitRolloutOver watches the rollout state until the rollout finished or
-// halted, and returns it.
-func waitRolloutOver(ctx context.Context, admin kubernetes.Interface, timeout time.Duration) (*coordinator.Rollout, error) {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	lw := cache.NewListWatchFromClient(admin.CoreV1().RESTClient(), "configmaps", namespace, fields.OneTermEqualSelector("metadata.name", coordinator.ConfigMapName))
-	var last *coordinator.Rollout
-	_, err := watchtools.UntilWithSync(ctx, lw, &corev1.ConfigMap{}, nil, func(ev watch.Event) (bool, error) {
-		cm, ok := ev.Object.(*corev1.ConfigMap)
-		if !ok || ev.Type == watch.Deleted {
-			return false, nil
-		}
-		st, err := coordinator.DecodeState(cm)
-		if err != nil || st.Rollout == nil {
-			return false, err
-		}
-		last = st.Rollout
-		r := st.Rollout
-		return !r.FinishedAt.IsZero() || r.Phase == coordinator.RolloutHalted || r.Phase == coordinator.RolloutCancelled, nil
-	})
-	if err != nil {
-		if wait.Interrupted(err) || ctx.Err() != nil {
-			return nil, fmt.Errorf("the rollout did not end within %s; last seen %+v", timeout, last)
-		}
-		return nil, fmt.Errorf("watching the rollout state: %w", err)
-	}
-	return last, nil
 }
 
 // observe fills the invariants and overheads from what the checker saw.

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/tokenroll/tokenroll/test/benchkit"
 )
 
 // Goals from the issue.
@@ -68,21 +70,21 @@ type RequestFigures struct {
 	// Total counts everything; Lease the Lease requests (the leader
 	// election's, and the API server's own identity lease); PerNode is
 	// (Total - Lease) / nodes, the figure the goal is about.
-	Total   float64      `json:"total"`
-	Lease   float64      `json:"lease"`
-	PerNode float64      `json:"perNode"`
-	GoalMet bool         `json:"goalMet"`
-	Rows    []RequestRow `json:"rows"`
-	Audit   AuditFigures `json:"audit"`
+	Total   float64               `json:"total"`
+	Lease   float64               `json:"lease"`
+	PerNode float64               `json:"perNode"`
+	GoalMet bool                  `json:"goalMet"`
+	Rows    []benchkit.RequestRow `json:"rows"`
+	Audit   AuditFigures          `json:"audit"`
 	// Unattributed is the metric's resource requests less the audited ones
 	// of the coordinator and the loopback client: anyone else's (about 0).
 	Unattributed float64 `json:"unattributed"`
 }
 
-func newRequestFigures(c counts, a AuditFigures, nodes int, window time.Duration) RequestFigures {
-	lease, rest := c.split()
-	f := RequestFigures{Window: duration(window), Total: c.total(), Lease: lease.total(), PerNode: rest.total() / float64(nodes),
-		Rows: c.rows(nodes), Audit: a}
+func newRequestFigures(c benchkit.Counts, a AuditFigures, nodes int, window time.Duration) RequestFigures {
+	lease, rest := c.Split()
+	f := RequestFigures{Window: duration(window), Total: c.Total(), Lease: lease.Total(), PerNode: rest.Total() / float64(nodes),
+		Rows: c.Rows(nodes), Audit: a}
 	f.GoalMet = f.PerNode < requestsPerNodeGoal
 	for k, v := range c {
 		if k.Resource != "" {
@@ -176,7 +178,7 @@ func (r *Result) print(w io.Writer) {
 	}
 }
 
-func printRows(w io.Writer, rows []RequestRow) {
+func printRows(w io.Writer, rows []benchkit.RequestRow) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintf(tw, "    VERB\tRESOURCE\tCOUNT\tPER NODE\tCODES\t\n")
 	for _, row := range rows {

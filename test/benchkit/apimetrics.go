@@ -1,4 +1,7 @@
-package main
+// Package benchkit holds what the benchmarks under test/ share: reading the
+// API server's request counters and latency histogram from its /metrics,
+// and a process's CPU time and resident memory from /proc.
+package benchkit
 
 import (
 	"bufio"
@@ -12,9 +15,9 @@ import (
 	"k8s.io/client-go/kubernetes"
 )
 
-// requestKey is one series of apiserver_request_total, without the labels
+// RequestKey is one series of apiserver_request_total, without the labels
 // that never vary here (component, dry_run).
-type requestKey struct {
+type RequestKey struct {
 	Verb        string `json:"verb"`
 	Group       string `json:"group,omitempty"`
 	Resource    string `json:"resource,omitempty"`
@@ -22,26 +25,26 @@ type requestKey struct {
 	Code        string `json:"code"`
 }
 
-// counts is a reading of apiserver_request_total by series.
-type counts map[requestKey]float64
+// Counts is a reading of apiserver_request_total by series.
+type Counts map[RequestKey]float64
 
-// scrapeRequests reads apiserver_request_total from the /metrics of the API
+// ScrapeRequests reads apiserver_request_total from the /metrics of the API
 // server client talks to. The read is itself a request, counted in the
-// next reading as a GET with no resource (see isOwnScrape).
-func scrapeRequests(ctx context.Context, client kubernetes.Interface) (counts, error) {
+// next reading as a GET with no resource (see WithoutScrapes).
+func ScrapeRequests(ctx context.Context, client kubernetes.Interface) (Counts, error) {
 	body, err := client.CoreV1().RESTClient().Get().AbsPath("/metrics").DoRaw(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("reading /metrics of the coordinator's API server: %w", err)
 	}
-	return parseRequests(body)
+	return ParseRequests(body)
 }
 
 const requestMetric = "apiserver_request_total"
 
-// parseRequests picks apiserver_request_total out of the Prometheus text
+// ParseRequests picks apiserver_request_total out of the Prometheus text
 // format; it needs none of the rest.
-func parseRequests(body []byte) (counts, error) {
-	out := counts{}
+func ParseRequests(body []byte) (Counts, error) {
+	out := Counts{}
 	sc := bufio.NewScanner(bytes.NewReader(body))
 	sc.Buffer(make([]byte, 0, 64*1024), 1024*1024)
 	for sc.Scan() {
@@ -58,7 +61,7 @@ func parseRequests(body []byte) (counts, error) {
 		if err != nil {
 			return nil, fmt.Errorf("parsing the value of %q: %w", line, err)
 		}
-		k := requestKey{Verb: labels["verb"], Group: labels["group"], Resource: labels["resource"],
+		k := RequestKey{Verb: labels["verb"], Group: labels["group"], Resource: labels["resource"],
 			Subresource: labels["subresource"], Code: labels["code"]}
 		out[k] += v
 	}
@@ -108,9 +111,9 @@ func splitSample(s string) (map[string]string, string, error) {
 	}
 }
 
-// minus is c - before, series by series.
-func (c counts) minus(before counts) counts {
-	out := counts{}
+// Minus is c - before, series by series.
+func (c Counts) Minus(before Counts) Counts {
+	out := Counts{}
 	for k, v := range c {
 		if d := v - before[k]; d != 0 {
 			out[k] = d
@@ -119,21 +122,21 @@ func (c counts) minus(before counts) counts {
 	return out
 }
 
-// withoutScrapes removes n reads of /metrics: GETs with no resource that
+// WithoutScrapes removes n reads of /metrics: GETs with no resource that
 // succeeded.
-func (c counts) withoutScrapes(n int) counts {
-	out := counts{}
+func (c Counts) WithoutScrapes(n int) Counts {
+	out := Counts{}
 	for k, v := range c {
 		out[k] = v
 	}
-	k := requestKey{Verb: "GET", Code: "200"}
+	k := RequestKey{Verb: "GET", Code: "200"}
 	if out[k] -= float64(n); out[k] <= 0 {
 		delete(out, k)
 	}
 	return out
 }
 
-func (c counts) total() float64 {
+func (c Counts) Total() float64 {
 	var t float64
 	for _, v := range c {
 		t += v
@@ -141,16 +144,16 @@ func (c counts) total() float64 {
 	return t
 }
 
-// isLease tells the Lease requests: the leader election's renewals (nothing
+// IsLease tells the Lease requests: the leader election's renewals (nothing
 // else the coordinator does touches a Lease) and the API server's renewals
 // of its own identity lease; neither is work per node.
-func isLease(k requestKey) bool { return k.Group == "coordination.k8s.io" && k.Resource == "leases" }
+func IsLease(k RequestKey) bool { return k.Group == "coordination.k8s.io" && k.Resource == "leases" }
 
-// split returns the leader election's Lease requests and the rest.
-func (c counts) split() (lease, rest counts) {
-	lease, rest = counts{}, counts{}
+// Split returns the leader election's Lease requests and the rest.
+func (c Counts) Split() (lease, rest Counts) {
+	lease, rest = Counts{}, Counts{}
 	for k, v := range c {
-		if isLease(k) {
+		if IsLease(k) {
 			lease[k] = v
 		} else {
 			rest[k] = v
@@ -166,13 +169,13 @@ type RequestRow struct {
 	// (pods/eviction, leases.coordination.k8s.io); empty for a path
 	// outside the resource API (discovery, OIDC discovery).
 	Resource string `json:"resource"`
-	// Codes counts the responses by status code.
+	// Codes Counts the responses by status code.
 	Codes   map[string]float64 `json:"codes"`
 	Count   float64            `json:"count"`
 	PerNode float64            `json:"perNode"`
 }
 
-func resourceName(k requestKey) string {
+func ResourceName(k RequestKey) string {
 	r := k.Resource
 	if r == "" {
 		return ""
@@ -186,11 +189,11 @@ func resourceName(k requestKey) string {
 	return r
 }
 
-// rows groups by verb and resource, largest first.
-func (c counts) rows(nodes int) []RequestRow {
+// Rows groups by verb and resource, largest first.
+func (c Counts) Rows(nodes int) []RequestRow {
 	byKey := map[[2]string]*RequestRow{}
 	for k, v := range c {
-		id := [2]string{k.Verb, resourceName(k)}
+		id := [2]string{k.Verb, ResourceName(k)}
 		r := byKey[id]
 		if r == nil {
 			r = &RequestRow{Verb: k.Verb, Resource: id[1], Codes: map[string]float64{}}
