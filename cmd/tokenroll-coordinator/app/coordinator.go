@@ -20,7 +20,9 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/leaderelection"
+	"k8s.io/utils/clock"
 
+	"github.com/tokenroll/tokenroll/audit"
 	"github.com/tokenroll/tokenroll/coordinator"
 	"github.com/tokenroll/tokenroll/coordinator/apps"
 	"github.com/tokenroll/tokenroll/internal/apiretry"
@@ -40,6 +42,9 @@ func NewCommand(stdout, stderr io.Writer) *cobra.Command {
 
 // coordinatorOptions configure tokenroll-coordinator.
 type coordinatorOptions struct {
+	// Audit configures where the API servers' audit events come from (a
+	// webhook, audit logs), which app detection reads.
+	Audit *audit.Options
 	// Kubeconfig is empty in a cluster.
 	Kubeconfig string
 	// Namespace holds the Lease.
@@ -93,6 +98,7 @@ func newCoordinatorOptions() *coordinatorOptions {
 		TrustMargin: time.Hour, AgentWait: 15 * time.Minute, IssuerRefresh: time.Minute, Auto: true, QPS: 20, Burst: 40,
 		KuredLock: coordinator.DefaultKuredLock.String(), AppDetection: true,
 		AppStaleGrace: apps.DefaultOptions().Grace, AppWindow: apps.DefaultOptions().Window,
+		Audit: audit.NewOptions(),
 	}
 }
 
@@ -124,6 +130,7 @@ func (o *coordinatorOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.AppWindow, "app-window", o.AppWindow, "A pod with no authenticated request in this window is unobserved (never counted healthy); app-stale and app-failing end when their evidence is this old. Longer than --app-stale-grace.")
 	fs.Float32Var(&o.QPS, "kube-api-qps", o.QPS, "Steady API requests per second the coordinator may make.")
 	fs.IntVar(&o.Burst, "kube-api-burst", o.Burst, "API requests the coordinator may make in a burst.")
+	o.Audit.AddFlags(fs)
 }
 
 func (o *coordinatorOptions) Validate() error {
@@ -166,6 +173,10 @@ func (o *coordinatorOptions) Validate() error {
 	}
 	if o.QPS <= 0 || o.Burst < 1 {
 		errs = append(errs, fmt.Errorf("--kube-api-qps=%v and --kube-api-burst=%d must be positive", o.QPS, o.Burst))
+	}
+	errs = append(errs, o.Audit.Validate())
+	if o.Audit.Enabled() && !o.AppDetection {
+		errs = append(errs, errors.New("--audit-webhook-listen and --audit-log feed app detection: drop them, or leave --app-detection on"))
 	}
 	return errors.Join(errs...)
 }
@@ -244,6 +255,24 @@ func (o *coordinatorOptions) run(ctx context.Context, e cli.Env) error {
 	defer cancel()
 	srvErr := make(chan error, 1)
 	go func() { srvErr <- srv.Run(ctx) }()
+	// Every replica reads the audit sources; only the leader's detector
+	// keeps what they deliver (Observe drops events on a standby).
+	sources, err := o.Audit.NewSources(c, reg, e.Log.Named("audit"), clock.RealClock{})
+	if err != nil {
+		cancel()
+		return errors.Join(fmt.Errorf("audit sources: %w", err), <-srvErr)
+	}
+	srcErr := make(chan error, len(sources))
+	for _, src := range sources {
+		e.Log.Info("reading audit events", zap.String("source", src.Name()))
+		go func() {
+			err := src.Run(ctx)
+			if err != nil && ctx.Err() == nil {
+				e.Log.Error("audit source stopped; app detection sees no more of its events", zap.String("source", src.Name()), zap.Error(err))
+			}
+			srcErr <- err
+		}()
+	}
 	srv.SetReady(true) // a standby replica is ready too: it is waiting for the Lease
 	// A leader that has not renewed its Lease for 20 s past its expiry (the
 	// tolerance kube-controller-manager uses) fails /healthz, and is restarted.
@@ -255,5 +284,8 @@ func (o *coordinatorOptions) run(ctx context.Context, e cli.Env) error {
 		Healthz: leaderHealth,
 	}, c.Lead)
 	cancel()
+	for range sources {
+		<-srcErr
+	}
 	return errors.Join(runErr, <-srvErr)
 }

@@ -19,6 +19,10 @@ func TestValidateReportsEveryBadFlag(t *testing.T) {
 		clitest.Usage{Args: []string{"--kured-lock=Kube_System/kured"}, Want: []string{`--kured-lock="Kube_System/kured": namespace:`}},
 		clitest.Usage{Args: []string{"--app-stale-grace=1m", "--app-window=30s"},
 			Want: []string{"--app-stale-grace=1m0s must be longer than client-go's 1-minute reload", "--app-window=30s must be longer than --app-stale-grace=1m0s"}},
+		clitest.Usage{Args: []string{"--audit-webhook-listen=:9443", "--audit-log=audit.log"},
+			Want: []string{"--audit-webhook-cert is required with --audit-webhook-listen", `--audit-log="audit.log": must be an absolute path`}},
+		clitest.Usage{Args: []string{"--app-detection=false", "--audit-log=/var/log/kube-apiserver/audit.log"},
+			Want: []string{"--audit-webhook-listen and --audit-log feed app detection"}},
 		clitest.Usage{Args: []string{"coordinator"}, Want: []string{"takes no arguments", "Run 'tokenroll-coordinator --help'"}})
 }
 
