@@ -63,6 +63,7 @@ func rbacObjects() []runtime.Object {
 			rule(core, []string{"nodes"}, []string{"get", "list", "watch", "patch"}),
 			rule(core, []string{"pods"}, readOnly),
 			rule(core, []string{"pods/eviction"}, []string{"create"}),
+			events, // app detection's Events on Pods, in their namespaces
 			rule([]string{"apps"}, []string{"daemonsets", "replicasets", "statefulsets"}, getOnly),
 			rule([]string{"operator.openshift.io"}, []string{"kubeapiservers"}, readOnly),
 			rule([]string{"config.openshift.io"}, []string{"authentications"}, readOnly),
@@ -74,6 +75,7 @@ func rbacObjects() []runtime.Object {
 			rule([]string{"coordination.k8s.io"}, []string{"leases"}, []string{"get", "update"}, LeaseName),
 			rule(core, []string{"configmaps"}, []string{"create"}),
 			rule(core, []string{"configmaps"}, []string{"get", "list", "watch", "update"}, "tokenroll-rollout"),
+			rule(core, []string{"configmaps"}, []string{"update"}, "tokenroll-apps"),
 			events,
 		}},
 		&rbacv1.RoleBinding{ObjectMeta: meta(CoordinatorUser, Namespace), RoleRef: roleRef("Role", CoordinatorUser), Subjects: subject},

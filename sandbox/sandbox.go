@@ -31,6 +31,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 
+	deployaudit "github.com/tokenroll/tokenroll/deploy/audit"
 	"github.com/tokenroll/tokenroll/sandbox/controlplane"
 	"github.com/tokenroll/tokenroll/sandbox/kubeletsim"
 	"github.com/tokenroll/tokenroll/sandbox/openshiftsim"
@@ -197,6 +198,9 @@ func Start(ctx context.Context, cfg Config) (_ *Sandbox, err error) {
 	s.CP, err = controlplane.Start(ctx, controlplane.Config{
 		Binaries: bins, Dir: filepath.Join(s.dir, "controlplane"),
 		APIServers: cfg.APIServers, Issuers: []string{cfg.Issuer},
+		// The shipped policy, each API server writing its own log, which
+		// the coordinators follow for app detection.
+		AuditPolicy: deployaudit.Policy,
 	})
 	if err != nil {
 		return nil, err

@@ -396,6 +396,10 @@ func (r *run) startProcesses(ctx context.Context) error {
 		r.agents[n.Name()] = c
 		all = append(all, c)
 	}
+	var auditLogs []string
+	for i := range sb.CP.APIServers() {
+		auditLogs = append(auditLogs, sb.CP.AuditLogPath(i))
+	}
 	for i := 1; i <= 2; i++ {
 		addr, err := freeAddr()
 		if err != nil {
@@ -406,7 +410,8 @@ func (r *run) startProcesses(ctx context.Context) error {
 				"--kubeconfig=" + coordKubeconfig, "--namespace=" + Namespace, "--gate=openshift",
 				"--strategy=" + o.Strategy, "--max-unavailable=" + o.MaxUnavailable, "--metrics-bind-address=" + addr,
 				"--lease-duration=4s", "--renew-deadline=3s", "--retry-period=500ms", "--issuer-refresh-interval=1s",
-				"--drain-timeout=2m", "--action-timeout=2m", "--verify-timeout=2m", "--agent-wait=2m", "--gate-settle=5s", "--log-format=json"}
+				"--drain-timeout=2m", "--action-timeout=2m", "--verify-timeout=2m", "--agent-wait=2m", "--gate-settle=5s", "--log-format=json",
+				"--audit-log=" + strings.Join(auditLogs, ","), "--audit-log-checkpoint-dir=" + filepath.Join(r.dir, "audit", fmt.Sprintf("coordinator-%d", i))}
 		}
 		c := newChild(fmt.Sprintf("coordinator-%d", i), addr, args, filepath.Join(r.dir, "logs", fmt.Sprintf("coordinator-%d.log", i)))
 		r.coordinators = append(r.coordinators, c)

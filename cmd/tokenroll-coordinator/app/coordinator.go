@@ -269,8 +269,10 @@ func (o *coordinatorOptions) run(ctx context.Context, e cli.Env) error {
 			err := src.Run(ctx)
 			if err != nil && ctx.Err() == nil {
 				e.Log.Error("audit source stopped; app detection sees no more of its events", zap.String("source", src.Name()), zap.Error(err))
+				srcErr <- fmt.Errorf("audit source %s: %w", src.Name(), err)
+				return
 			}
-			srcErr <- err
+			srcErr <- nil
 		}()
 	}
 	srv.SetReady(true) // a standby replica is ready too: it is waiting for the Lease
@@ -285,7 +287,7 @@ func (o *coordinatorOptions) run(ctx context.Context, e cli.Env) error {
 	}, c.Lead)
 	cancel()
 	for range sources {
-		<-srcErr
+		runErr = errors.Join(runErr, <-srcErr)
 	}
 	return errors.Join(runErr, <-srvErr)
 }
