@@ -114,8 +114,8 @@ func run(ctx context.Context, o options, log *zap.Logger) (*Result, error) {
 		return nil, err
 	}
 	log.Info("waiting for every agent to report its pods' tokens", zap.Int("tokensPerNode", wantTokens))
-	if err := waitFor(ctx, checker, 3*time.Minute, fmt.Sprintf("every agent reports %d tokens", wantTokens), func(m map[string]*corev1.Node) bool {
-		return everyNode(m, names, func(n *corev1.Node) bool {
+	if err := benchkit.WaitFor(ctx, checker, 3*time.Minute, fmt.Sprintf("every agent reports %d tokens", wantTokens), func(m map[string]*corev1.Node) bool {
+		return benchkit.EveryNode(m, names, func(n *corev1.Node) bool {
 			rep, err := protocol.ParseTokenReport(n.Annotations[protocol.AnnotationTokens])
 			return err == nil && rep.Tokens == wantTokens && nodeutil.Ready(n)
 		})
@@ -219,7 +219,7 @@ func (e *env) measure(ctx context.Context, res *Result) error {
 	if err := waitSynced(ctx, reg); err != nil {
 		return err
 	}
-	if err := sleep(ctx, settle); err != nil {
+	if err := benchkit.Sleep(ctx, settle); err != nil {
 		return err
 	}
 	if err := read(); err != nil {
@@ -244,7 +244,7 @@ func (e *env) measure(ctx context.Context, res *Result) error {
 	go func() {
 		defer close(observed)
 		if checker.WaitFor(obsCtx, func(m map[string]*corev1.Node) bool {
-			return everyNode(m, names, func(n *corev1.Node) bool {
+			return benchkit.EveryNode(m, names, func(n *corev1.Node) bool {
 				st, err := protocol.ParseNodeState(n.Annotations[protocol.AnnotationNodeState])
 				return err == nil && st.Step == protocol.StepDone && !n.Spec.Unschedulable && nodeutil.Ready(n)
 			})
@@ -270,7 +270,7 @@ func (e *env) measure(ctx context.Context, res *Result) error {
 			final.Phase, final.HaltReason, final.Message))
 	}
 	res.Rollout, res.RolloutPhase = duration(done.Sub(t0)), string(final.Phase)
-	if err := sleep(ctx, settle); err != nil {
+	if err := benchkit.Sleep(ctx, settle); err != nil {
 		return err
 	}
 	if err := read(); err != nil {
@@ -279,7 +279,7 @@ func (e *env) measure(ctx context.Context, res *Result) error {
 	// Watches are counted when they end: stop the coordinator, so that
 	// start to stop counts everything it did.
 	stop()
-	if err := sleep(ctx, settle); err != nil {
+	if err := benchkit.Sleep(ctx, settle); err != nil {
 		return err
 	}
 	if err := read(); err != nil {
@@ -326,36 +326,6 @@ func at(cp *controlplane.ControlPlane, c *rest.Config, server int) *rest.Config 
 	c = rest.CopyConfig(c)
 	c.Host = cp.APIServerURL(server)
 	return c
-}
-
-func everyNode(m map[string]*corev1.Node, names []string, ok func(*corev1.Node) bool) bool {
-	for _, name := range names {
-		if n := m[name]; n == nil || !ok(n) {
-			return false
-		}
-	}
-	return true
-}
-
-// waitFor waits until cond holds on the nodes the checker sees.
-func waitFor(ctx context.Context, checker *invariants.Checker, timeout time.Duration, what string, cond func(map[string]*corev1.Node) bool) error {
-	wctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	if err := checker.WaitFor(wctx, cond); err != nil {
-		return fmt.Errorf("waiting until %s: %w (run with -log-level=info to see why)", what, err)
-	}
-	return nil
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }
 
 // waitSynced waits until the coordinator leads and has run its first sync:

@@ -205,8 +205,8 @@ func runOne(ctx context.Context, o options, n int, bin, agentBin, dir string, lo
 	if err != nil {
 		return nil, err
 	}
-	if err := waitFor(ctx, checker, 10*time.Minute, fmt.Sprintf("every agent reports %d tokens", o.PodsPerNode), func(m map[string]*corev1.Node) bool {
-		return everyNode(m, names, func(node *corev1.Node) bool {
+	if err := benchkit.WaitFor(ctx, checker, 10*time.Minute, fmt.Sprintf("every agent reports %d tokens", o.PodsPerNode), func(m map[string]*corev1.Node) bool {
+		return benchkit.EveryNode(m, names, func(node *corev1.Node) bool {
 			rep, err := protocol.ParseTokenReport(node.Annotations[protocol.AnnotationTokens])
 			return err == nil && rep.Tokens == o.PodsPerNode && len(rep.Stale) == 0 && nodeutil.Ready(node)
 		})
@@ -227,7 +227,7 @@ func runOne(ctx context.Context, o options, n int, bin, agentBin, dir string, lo
 
 	// Phase 1: steady state.
 	agentClock.step(agentSettled)
-	if err := sleep(ctx, 5*time.Second); err != nil { // writes the step itself caused land first
+	if err := benchkit.Sleep(ctx, 5*time.Second); err != nil { // writes the step itself caused land first
 		return nil, err
 	}
 	log.Info("steady state", zap.Duration("window", o.Steady))

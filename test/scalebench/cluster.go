@@ -325,35 +325,6 @@ func countDone(checker *invariants.Checker, names []string) int {
 	return done
 }
 
-func everyNode(m map[string]*corev1.Node, names []string, ok func(*corev1.Node) bool) bool {
-	for _, name := range names {
-		if n := m[name]; n == nil || !ok(n) {
-			return false
-		}
-	}
-	return true
-}
-
-func waitFor(ctx context.Context, checker *invariants.Checker, timeout time.Duration, what string, cond func(map[string]*corev1.Node) bool) error {
-	wctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	if err := checker.WaitFor(wctx, cond); err != nil {
-		return fmt.Errorf("waiting until %s: %w (run with --log-level=info to see why)", what, err)
-	}
-	return nil
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
-}
-
 func freePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
