@@ -279,7 +279,7 @@ func TestIssuerChangeKubeletRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("tokenroll status:\n%s", table.String())
-	for _, want := range []string{"ROLLOUT   " + st.Rollout.ID + "  DONE  strategy=kubelet-restart  trigger=issuer  3/3 nodes done", "node-a  yes    yes    3       0      0           TokensFresh  done"} {
+	for _, want := range []string{"ROLLOUT   " + st.Rollout.ID + "  DONE  strategy=kubelet-restart  trigger=issuer  3/3 nodes done", "node-a  yes    yes    3       0      0           -     TokensFresh  done"} {
 		if !strings.Contains(table.String(), want) {
 			t.Errorf("status table lacks %q:\n%s", want, table.String())
 		}
