@@ -15,7 +15,6 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
-	eventsv1 "k8s.io/api/events/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -537,12 +536,14 @@ func testCoordinatorRBAC(ctx context.Context, t *testing.T, env *clusterEnv) {
 	_, lease := c.CoordinationV1().Leases("tokenroll").Get(ctx, "someone-else", metav1.GetOptions{})
 	_, status := c.CoreV1().Nodes().Patch(ctx, nodeB, types.StrategicMergePatchType, conditionPatch("Ready", "False"), metav1.PatchOptions{}, "status")
 	_, update := c.CoreV1().Nodes().Update(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: nodeB}}, metav1.UpdateOptions{})
-	_, ev := c.EventsV1().Events(appNS).Create(ctx, nodeEvent(appNS), metav1.CreateOptions{})
+	// It creates Events on Pods in their namespaces (app detection), and
+	// reads none.
+	_, ev := c.EventsV1().Events(appNS).List(ctx, metav1.ListOptions{})
 	for _, a := range append(deniedToBoth(ctx, env, c),
 		attempt{"read another ConfigMap", cm}, attempt{"list every ConfigMap", cms}, attempt{"read a ConfigMap in another namespace", otherCM},
 		attempt{"read another Lease", lease}, attempt{"patch a Node's status", status}, attempt{"update (PUT) a Node", update},
 		attempt{"delete a Node", c.CoreV1().Nodes().Delete(ctx, nodeB, metav1.DeleteOptions{DryRun: []string{metav1.DryRunAll}})},
-		attempt{"create an Event in another namespace", ev}) {
+		attempt{"list the Events of another namespace", ev}) {
 		expectForbidden(t, a.what, a.err)
 	}
 	// kured's lock: the one DaemonSet, listed and watched through a field
@@ -564,13 +565,6 @@ func testCoordinatorRBAC(ctx context.Context, t *testing.T, env *clusterEnv) {
 	expectForbidden(t, "list every DaemonSet in kube-system", all)
 	expectForbidden(t, "list another DaemonSet", other)
 	expectForbidden(t, "list a DaemonSet named kured in another namespace", elsewhere)
-}
-
-func nodeEvent(namespace string) *eventsv1.Event {
-	return &eventsv1.Event{ObjectMeta: metav1.ObjectMeta{GenerateName: "tokenroll-", Namespace: namespace},
-		EventTime: metav1.NowMicro(), ReportingController: "tokenroll.io/coordinator", ReportingInstance: "test",
-		Action: "Cordon", Reason: "Cordoned", Type: corev1.EventTypeNormal, Note: "test",
-		Regarding: corev1.ObjectReference{Kind: "Node", Name: nodeB, APIVersion: "v1"}}
 }
 
 func evictionFor(ns, name string) *policyv1.Eviction {
