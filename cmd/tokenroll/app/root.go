@@ -33,6 +33,9 @@ Deployment).`, stdout, stderr)
 	p.Add(root, "status", "Print the revision gate, the rollout and each node's phase",
 		"status reads the cluster's Nodes and tokenroll's objects and prints the gate, the\nrollout and each node's phase and stale-token count as a table.",
 		status, status.run)
+	preflight := newPreflightOptions()
+	p.Add(root, "preflight", "Before an issuer change: what would break now, and how long the rollout would take",
+		preflightLong, preflight, preflight.run)
 	rollout := p.Group(root, "rollout", "Plan, start, pause, resume or cancel a rollout",
 		"rollout talks to the coordinator through its state ConfigMap: plan prints what would\nbe done; start asks for a rollout; pause, resume and cancel steer the current one.", false)
 	for _, rc := range rolloutCommands() {

@@ -1,0 +1,93 @@
+package app
+
+import (
+	"slices"
+	"time"
+
+	"github.com/tokenroll/tokenroll/protocol"
+)
+
+// defaultPerNode is how long one node takes, cordon to uncordon, when no
+// rollout recorded in the state measured it: stated, not measured, and
+// printed as such. Each is on the long side of what the step waits for.
+var defaultPerNode = map[protocol.Strategy]time.Duration{
+	// The kubelet rewrites every projected token about a second after it
+	// restarts; the agent's next scan (every 30 s) reports them fresh.
+	"kubelet-restart": time.Minute,
+	// Evictions honour PodDisruptionBudgets, then the owners must report
+	// every replica ready again.
+	"pod-restart": 5 * time.Minute,
+	// A drain, the reboot, and the node Ready again.
+	"reboot": 10 * time.Minute,
+}
+
+// fallbackPerNode is the per-node time of a strategy with no default of
+// its own: the longest default, so the estimate errs late.
+const fallbackPerNode = 10 * time.Minute
+
+// Per-node time sources, as the JSON output names them.
+const (
+	perNodeMeasured = "measured"
+	perNodeDefault  = "default"
+	perNodeFlag     = "flag"
+)
+
+// nodeSample is one node a recorded rollout finished: its strategy and
+// how long it took from its cordon to its verification.
+type nodeSample struct {
+	Strategy protocol.Strategy
+	Took     time.Duration
+}
+
+// perNodeTime is the time one node takes with strategy: override when
+// positive, else the median of the samples taken with that strategy, else
+// the stated default. It returns the source and the samples used.
+func perNodeTime(strategy protocol.Strategy, samples []nodeSample, override time.Duration) (time.Duration, string, int) {
+	if override > 0 {
+		return override, perNodeFlag, 0
+	}
+	var took []time.Duration
+	for _, s := range samples {
+		if s.Strategy == strategy && s.Took > 0 {
+			took = append(took, s.Took)
+		}
+	}
+	if len(took) > 0 {
+		slices.Sort(took)
+		// The upper median: with two samples, the slower.
+		return took[len(took)/2], perNodeMeasured, len(took)
+	}
+	if d, ok := defaultPerNode[strategy]; ok {
+		return d, perNodeDefault, 0
+	}
+	return fallbackPerNode, perNodeDefault, 0
+}
+
+// rolloutDuration is how long nodes taking the given times last when at
+// most slots run at once, each started as soon as a slot is free, in the
+// order given (the plan's, most urgent first), each slot pausing settle
+// after every node as the coordinator's --settle does. With slots < 1
+// nothing can start: ok is false.
+func rolloutDuration(nodes []time.Duration, slots int, settle time.Duration) (d time.Duration, ok bool) {
+	if len(nodes) == 0 {
+		return 0, true
+	}
+	if slots < 1 {
+		return 0, false
+	}
+	free := make([]time.Duration, min(slots, len(nodes)))
+	for _, n := range nodes {
+		// The slot free first takes the next node; slots stay few next
+		// to the nodes, so a scan is cheap enough.
+		i := 0
+		for j := range free {
+			if free[j] < free[i] {
+				i = j
+			}
+		}
+		end := free[i] + n
+		d = max(d, end)
+		free[i] = end + settle
+	}
+	return d, true
+}

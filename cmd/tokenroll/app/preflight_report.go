@@ -1,0 +1,522 @@
+package app
+
+import (
+	"cmp"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/tokenroll/tokenroll/coordinator"
+	"github.com/tokenroll/tokenroll/coordinator/apps"
+	"github.com/tokenroll/tokenroll/protocol"
+)
+
+// Check names: stable, for pipelines reading -o json.
+const (
+	checkGate           = "gate"
+	checkAuditSource    = "audit-source"
+	checkAppStale       = "app-stale"
+	checkAppFailing     = "app-failing"
+	checkNotRefreshed   = "tokens-not-refreshed"
+	checkUntrusted      = "untrusted-issuer"
+	checkAgents         = "agents"
+	checkMaxUnavailable = "max-unavailable"
+	checkTrustWindow    = "trust-window"
+)
+
+// Estimate scopes: which rollout the estimate is of.
+const (
+	// scopeRollout: the rollout in progress, its nodes not finished.
+	scopeRollout = "rollout"
+	// scopeIssuerChanged: an issuer change is under way (another issuer is
+	// trusted, or nodes hold its tokens): the plan the coordinator would
+	// make now.
+	scopeIssuerChanged = "issuer-changed"
+	// scopeIssuerChange: nothing is under way: the plan the coordinator
+	// would make after a change of the issuer now.
+	scopeIssuerChange = "issuer-change"
+)
+
+// Agent report problems.
+const (
+	agentNoReport    = "no-report"
+	agentUnreadable  = "unreadable-report"
+	agentOtherIssuer = "other-issuer"
+)
+
+// appsReportMaxAge: the leader rewrites app detection's status at least
+// every 5 minutes while it leads; three times that and no leader is
+// reporting.
+const appsReportMaxAge = 15 * time.Minute
+
+// nextIssuer stands for the issuer an administrator is about to set: no
+// issuer's name (an issuer is a URL), so the current one is "another".
+const nextIssuer = "(the next issuer)"
+
+// preflightInput is everything the report is a pure function of.
+type preflightInput struct {
+	Now    time.Time
+	Status *coordinator.StatusReport
+	// Nodes are the Nodes the status was built from, for the planner and
+	// the coordinator's per-node records.
+	Nodes    []*corev1.Node
+	Strategy protocol.Strategy
+	// MaxUnavailable, Settle, GateSettle and TrustMargin are the
+	// coordinator's policy.
+	MaxUnavailable               intstr.IntOrString
+	Settle, GateSettle, Margin   time.Duration
+	TrustWindow, PerNodeOverride time.Duration
+}
+
+// preflightReport is what `tokenroll preflight` prints; its JSON field
+// names are stable.
+type preflightReport struct {
+	Now    time.Time             `json:"now"`
+	Issuer string                `json:"issuer"`
+	Gate   coordinator.GateState `json:"gate"`
+	// Breaks is true when a check failed: the exit status is then 1.
+	Breaks bool    `json:"breaks"`
+	Checks []check `json:"checks"`
+	// Apps is app detection's last status (nil: none written).
+	Apps *apps.Status `json:"apps,omitempty"`
+	// Workloads group the app-stale and app-failing pods app detection
+	// listed; PodsOmitted are those it counted but did not list.
+	Workloads   []workloadGroup `json:"workloads"`
+	PodsOmitted int             `json:"podsOmitted,omitempty"`
+	// Tokens are the nodes holding tokens the kubelet is not refreshing or
+	// of an issuer the API servers do not trust.
+	Tokens []nodeTokens `json:"tokens"`
+	// NodesWithoutAgent have no usable report from a tokenroll agent.
+	NodesWithoutAgent []nodeWithoutAgent `json:"nodesWithoutAgent"`
+	Estimate          estimate           `json:"estimate"`
+}
+
+// check is one thing that would break, or does not.
+type check struct {
+	Name    string `json:"name"`
+	OK      bool   `json:"ok"`
+	Message string `json:"message"`
+}
+
+// workloadGroup is the app-stale and app-failing pods of one workload.
+type workloadGroup struct {
+	Namespace string `json:"namespace"`
+	// Workload is Kind/name, or Pod/name for a pod no controller owns.
+	Workload   string   `json:"workload"`
+	AppStale   int      `json:"appStale"`
+	AppFailing int      `json:"appFailing"`
+	Pods       []string `json:"pods"`
+	Nodes      []string `json:"nodes"`
+}
+
+// nodeTokens is one node's tokens that would fail.
+type nodeTokens struct {
+	Node string `json:"node"`
+	// Expired and Overdue are tokens the kubelet should have refreshed.
+	Expired int `json:"expired"`
+	Overdue int `json:"overdue"`
+	// Untrusted are tokens of UntrustedIssuers, which the API servers do
+	// not accept.
+	Untrusted        int      `json:"untrusted"`
+	UntrustedIssuers []string `json:"untrustedIssuers,omitempty"`
+	// Pods are the pods the agent lists as holding stale tokens;
+	// PodsTruncated says it left some out.
+	Pods          []string `json:"pods,omitempty"`
+	PodsTruncated bool     `json:"podsTruncated,omitempty"`
+}
+
+// nodeWithoutAgent is a node whose tokens no agent reports on.
+type nodeWithoutAgent struct {
+	Node    string `json:"node"`
+	Reason  string `json:"reason"`
+	Message string `json:"message"`
+}
+
+// estimate is how long the rollout would take and whether it fits the
+// trust window.
+type estimate struct {
+	Scope    string            `json:"scope"`
+	Strategy protocol.Strategy `json:"strategy"`
+	Nodes    int               `json:"nodes"`
+	// MaxUnavailable resolved over the cluster's nodes; OutOfService are
+	// nodes NotReady or cordoned by others, which count against it;
+	// Concurrency is what is left.
+	MaxUnavailable int `json:"maxUnavailable"`
+	OutOfService   int `json:"outOfService"`
+	Concurrency    int `json:"concurrency"`
+	// PerNode is the time one node takes, for each strategy the nodes get.
+	PerNode           []perNode `json:"perNode"`
+	SettleSeconds     float64   `json:"settleSeconds"`
+	GateSettleSeconds float64   `json:"gateSettleSeconds"`
+	// DurationSeconds is from now (or the gate opening, for an issuer
+	// change) to the last node done; CompletesAt adds it to now. Both are
+	// absent when nothing could start.
+	DurationSeconds float64   `json:"durationSeconds"`
+	CompletesAt     time.Time `json:"completesAt,omitzero"`
+	// TrustDeadline is when the old issuer stops being trusted (zero: no
+	// deadline known), from TrustSource (gate or --trust-window).
+	TrustDeadline time.Time `json:"trustDeadline,omitzero"`
+	TrustIssuer   string    `json:"trustIssuer,omitempty"`
+	TrustSource   string    `json:"trustSource,omitempty"`
+	// Fits is whether CompletesAt is before TrustDeadline (nil: no
+	// deadline, or no estimate).
+	Fits *bool `json:"fits,omitempty"`
+}
+
+// perNode is the per-node time of one strategy and where it comes from:
+// measured (the median of the nodes the recorded rollout Rollout finished
+// with it), default (stated, not measured) or flag (--per-node).
+type perNode struct {
+	Strategy protocol.Strategy `json:"strategy"`
+	Nodes    int               `json:"nodes"`
+	Seconds  float64           `json:"seconds"`
+	Source   string            `json:"source"`
+	Rollout  string            `json:"rollout,omitempty"`
+	Samples  int               `json:"samples,omitempty"`
+	// Why says why the default was used.
+	Why string `json:"why,omitempty"`
+}
+
+// buildPreflight judges what would break and estimates the rollout.
+func buildPreflight(in preflightInput) preflightReport {
+	st := in.Status
+	rep := preflightReport{Now: in.Now, Issuer: st.Issuer, Gate: st.Gate, Apps: st.Apps,
+		Workloads: []workloadGroup{}, Tokens: []nodeTokens{}, NodesWithoutAgent: []nodeWithoutAgent{}}
+	add := func(name string, ok bool, format string, args ...any) {
+		rep.Checks = append(rep.Checks, check{Name: name, OK: ok, Message: fmt.Sprintf(format, args...)})
+	}
+	if st.Gate.Open {
+		add(checkGate, true, "open (%s): %s", st.Gate.Provider, st.Gate.Message)
+	} else {
+		add(checkGate, false, "CLOSED (%s): %s; no rollout starts until it opens", st.Gate.Provider, st.Gate.Message)
+	}
+	a := st.Apps
+	switch {
+	case a == nil:
+		add(checkAuditSource, false, "app detection has written no status (ConfigMap %s): the coordinator runs without --app-detection, or is not running; no app can be judged", apps.ConfigMapName)
+	case in.Now.Sub(a.UpdatedAt) > appsReportMaxAge:
+		add(checkAuditSource, false, "app detection's status is %s old (a leader rewrites it every 5 minutes): is the coordinator running?", in.Now.Sub(a.UpdatedAt).Round(time.Second))
+	case a.AuditEvents == 0:
+		add(checkAuditSource, false, "no audit event has reached the coordinator: every pod is unobserved; connect an audit source")
+	default:
+		add(checkAuditSource, true, "%d audit events; %d of %d pods with a projected token observed (%d unobserved, never counted healthy)",
+			a.AuditEvents, a.Followed-a.Unobserved, a.Followed, a.Unobserved)
+	}
+	rep.Workloads, rep.PodsOmitted = groupWorkloads(a)
+	if a != nil {
+		add(checkAppStale, a.Stale == 0, "%d app-stale pods (their apps present replaced tokens, and fail once the old issuer is no longer trusted)%s", a.Stale, inWorkloads(rep.Workloads, apps.AppStale))
+		add(checkAppFailing, a.Failing == 0, "%d app-failing pods (their requests fail authentication now)%s", a.Failing, inWorkloads(rep.Workloads, apps.AppFailing))
+	} else {
+		add(checkAppStale, false, "not known: no app detection status")
+		add(checkAppFailing, false, "not known: no app detection status")
+	}
+
+	rep.Tokens, rep.NodesWithoutAgent = nodeProblems(st, in.Nodes)
+	expired, overdue, untrusted, nr, nu := 0, 0, 0, 0, 0
+	for _, t := range rep.Tokens {
+		expired, overdue, untrusted = expired+t.Expired, overdue+t.Overdue, untrusted+t.Untrusted
+		if t.Expired+t.Overdue > 0 {
+			nr++
+		}
+		if t.Untrusted > 0 {
+			nu++
+		}
+	}
+	add(checkNotRefreshed, expired+overdue == 0, "%d tokens the kubelet is not refreshing (%d expired, %d overdue) on %d nodes", expired+overdue, expired, overdue, nr)
+	add(checkUntrusted, untrusted == 0, "%d tokens of issuers the API servers do not trust, on %d nodes", untrusted, nu)
+	add(checkAgents, len(rep.NodesWithoutAgent) == 0, "%d of %d nodes have no usable report from a tokenroll agent", len(rep.NodesWithoutAgent), len(st.Nodes))
+
+	rep.Estimate = makeEstimate(in)
+	e := rep.Estimate
+	switch {
+	case e.Nodes > 0 && e.Concurrency < 1:
+		add(checkMaxUnavailable, false, "%d nodes out of service fill --max-unavailable=%s: no node would start", e.OutOfService, in.MaxUnavailable.String())
+	default:
+		add(checkMaxUnavailable, true, "%d at a time (max-unavailable %d, %d nodes out of service)", e.Concurrency, e.MaxUnavailable, e.OutOfService)
+	}
+	switch {
+	case e.Fits == nil && e.TrustDeadline.IsZero():
+		add(checkTrustWindow, true, "no trust deadline: the gate reports none%s", map[bool]string{true: " and --trust-window is 0", false: ""}[e.Scope == scopeIssuerChange])
+	case e.Fits == nil:
+		add(checkTrustWindow, false, "trusted until %s, and the rollout cannot start", e.TrustDeadline.UTC().Format(time.RFC3339))
+	case *e.Fits:
+		add(checkTrustWindow, true, "done by %s, %s before the trust deadline %s", e.CompletesAt.UTC().Format(time.RFC3339),
+			e.TrustDeadline.Sub(e.CompletesAt).Round(time.Second), e.TrustDeadline.UTC().Format(time.RFC3339))
+	default:
+		add(checkTrustWindow, false, "done by %s, %s after the trust deadline %s", e.CompletesAt.UTC().Format(time.RFC3339),
+			e.CompletesAt.Sub(e.TrustDeadline).Round(time.Second), e.TrustDeadline.UTC().Format(time.RFC3339))
+	}
+	for _, c := range rep.Checks {
+		rep.Breaks = rep.Breaks || !c.OK
+	}
+	return rep
+}
+
+// groupWorkloads groups the pods app detection lists by namespace and
+// workload, in that order.
+func groupWorkloads(a *apps.Status) ([]workloadGroup, int) {
+	groups := []workloadGroup{}
+	if a == nil {
+		return groups, 0
+	}
+	at := map[[2]string]int{}
+	for _, p := range a.Pods {
+		w := p.Workload
+		if w == "" {
+			w = "Pod/" + p.Name
+		}
+		key := [2]string{p.Namespace, w}
+		i, ok := at[key]
+		if !ok {
+			i = len(groups)
+			at[key] = i
+			groups = append(groups, workloadGroup{Namespace: p.Namespace, Workload: w})
+		}
+		g := &groups[i]
+		if slices.Contains(p.Conditions, string(apps.AppStale)) {
+			g.AppStale++
+		}
+		if slices.Contains(p.Conditions, string(apps.AppFailing)) {
+			g.AppFailing++
+		}
+		g.Pods = append(g.Pods, p.Name)
+		if !slices.Contains(g.Nodes, p.Node) {
+			g.Nodes = append(g.Nodes, p.Node)
+		}
+	}
+	for i := range groups {
+		slices.Sort(groups[i].Pods)
+		slices.Sort(groups[i].Nodes)
+	}
+	slices.SortFunc(groups, func(x, y workloadGroup) int {
+		return cmp.Or(cmp.Compare(x.Namespace, y.Namespace), cmp.Compare(x.Workload, y.Workload))
+	})
+	return groups, a.PodsOmitted
+}
+
+// inWorkloads says how many workloads in how many namespaces hold pods in
+// condition c.
+func inWorkloads(groups []workloadGroup, c apps.Condition) string {
+	ws, nss := 0, map[string]bool{}
+	for _, g := range groups {
+		if (c == apps.AppStale && g.AppStale > 0) || (c == apps.AppFailing && g.AppFailing > 0) {
+			ws++
+			nss[g.Namespace] = true
+		}
+	}
+	if ws == 0 {
+		return ""
+	}
+	return fmt.Sprintf(", in %d workloads in %d namespaces", ws, len(nss))
+}
+
+// nodeProblems reads each node's agent report: the tokens that would
+// fail, and the nodes with no usable report.
+func nodeProblems(st *coordinator.StatusReport, nodes []*corev1.Node) ([]nodeTokens, []nodeWithoutAgent) {
+	trusted := map[string]bool{st.Issuer: true}
+	if st.Gate.TrustKnown {
+		for _, t := range st.Gate.Trusted {
+			trusted[t.Name] = true
+		}
+	}
+	toks, missing := []nodeTokens{}, []nodeWithoutAgent{}
+	for _, n := range nodes {
+		raw, ok := n.Annotations[protocol.AnnotationTokens]
+		if !ok {
+			missing = append(missing, nodeWithoutAgent{Node: n.Name, Reason: agentNoReport,
+				Message: "no " + protocol.AnnotationTokens + " annotation: no tokenroll agent runs here, or it has not reported yet"})
+			continue
+		}
+		tr, err := protocol.ParseTokenReport(raw)
+		if err != nil {
+			missing = append(missing, nodeWithoutAgent{Node: n.Name, Reason: agentUnreadable, Message: err.Error()})
+			continue
+		}
+		if tr.Issuer != st.Issuer {
+			what := "could not read the API server's issuer"
+			if tr.Issuer != "" {
+				what = "judged its tokens against " + tr.Issuer
+			}
+			missing = append(missing, nodeWithoutAgent{Node: n.Name, Reason: agentOtherIssuer,
+				Message: fmt.Sprintf("the agent %s, not %s: its report does not say which tokens fail", what, st.Issuer)})
+		}
+		nt := nodeTokens{Node: n.Name, Expired: tr.Stale[protocol.StateExpired], Overdue: tr.Stale[protocol.StateOverdue]}
+		for _, it := range tr.Issuers {
+			if it.Tokens > 0 && !trusted[it.Issuer] {
+				nt.Untrusted += it.Tokens
+				nt.UntrustedIssuers = append(nt.UntrustedIssuers, it.Issuer)
+			}
+		}
+		if nt.Expired+nt.Overdue+nt.Untrusted == 0 {
+			continue
+		}
+		for _, p := range tr.StalePods {
+			nt.Pods = append(nt.Pods, p.String())
+		}
+		nt.PodsTruncated = tr.StalePodsTruncated
+		toks = append(toks, nt)
+	}
+	return toks, missing
+}
+
+// makeEstimate plans the rollout with the coordinator's planner and
+// estimates how long it takes.
+func makeEstimate(in preflightInput) estimate {
+	st := in.Status
+	e := estimate{Strategy: in.Strategy, SettleSeconds: in.Settle.Seconds()}
+	strategies := map[string]protocol.Strategy{}
+	var order []string
+	switch r := st.Rollout; {
+	case r != nil && r.FinishedAt.IsZero():
+		e.Scope, e.Strategy = scopeRollout, r.Strategy
+		phase := map[string]string{}
+		for _, n := range st.Nodes {
+			phase[n.Name] = n.Phase
+		}
+		for _, pn := range r.Nodes {
+			switch protocol.Step(phase[pn.Name]) {
+			case protocol.StepDone, protocol.StepUnresolved, protocol.StepExcluded, protocol.StepDryRun:
+				continue
+			}
+			order = append(order, pn.Name)
+			strategies[pn.Name] = pn.Strategy
+		}
+	default:
+		pin := coordinator.PlanInput{Now: in.Now, Issuer: st.Issuer, Gate: st.Gate, Strategy: in.Strategy, Margin: in.Margin, Nodes: in.Nodes}
+		e.Scope = scopeIssuerChanged
+		if !issuerChangeUnderWay(st) {
+			// The planner judges the nodes as it would once the issuer
+			// changed: every current token is then of another issuer,
+			// trusted for --trust-window or not at all.
+			e.Scope = scopeIssuerChange
+			pin.Issuer = nextIssuer
+			pin.Gate.TrustKnown, pin.Gate.Trusted = true, nil
+			if in.TrustWindow > 0 {
+				pin.Gate.Trusted = []coordinator.TrustedIssuer{{Name: st.Issuer, Expires: in.Now.Add(in.TrustWindow)}}
+			}
+			e.GateSettleSeconds = in.GateSettle.Seconds()
+		}
+		for _, pn := range coordinator.MakePlan(pin).Nodes {
+			order = append(order, pn.Name)
+			strategies[pn.Name] = pn.Strategy
+		}
+	}
+	e.Nodes = len(order)
+
+	limit, err := coordinator.ResolveMaxUnavailable(in.MaxUnavailable, len(st.Nodes))
+	if err != nil {
+		limit = 1
+	}
+	e.MaxUnavailable = limit
+	for _, n := range st.Nodes {
+		ours := protocol.Step(n.Phase).InProgress()
+		if !ours && (!n.Ready || n.Unschedulable) {
+			e.OutOfService++
+		}
+	}
+	e.Concurrency = max(limit-e.OutOfService, 0)
+
+	samples, measuredIn := samplesOf(st, in.Nodes)
+	times := map[protocol.Strategy]time.Duration{}
+	counts := map[protocol.Strategy]int{}
+	for _, name := range order {
+		counts[strategies[name]]++
+	}
+	for s, c := range counts {
+		d, src, k := perNodeTime(s, samples, in.PerNodeOverride)
+		times[s] = d
+		pn := perNode{Strategy: s, Nodes: c, Seconds: d.Seconds(), Source: src, Samples: k}
+		switch {
+		case src == perNodeMeasured:
+			pn.Rollout = measuredIn
+		case src == perNodeDefault && measuredIn == "":
+			pn.Why = "the state records no rollout"
+		case src == perNodeDefault:
+			pn.Why = fmt.Sprintf("rollout %s finished no node with %s", measuredIn, s)
+		}
+		e.PerNode = append(e.PerNode, pn)
+	}
+	slices.SortFunc(e.PerNode, func(a, b perNode) int { return cmp.Compare(a.Strategy, b.Strategy) })
+	durations := make([]time.Duration, len(order))
+	for i, name := range order {
+		durations[i] = times[strategies[name]]
+	}
+	d, ok := rolloutDuration(durations, e.Concurrency, in.Settle)
+	if ok {
+		total := d + time.Duration(e.GateSettleSeconds*float64(time.Second))
+		e.DurationSeconds = total.Seconds()
+		e.CompletesAt = in.Now.Add(total)
+	}
+
+	if e.Scope == scopeIssuerChange {
+		if in.TrustWindow > 0 {
+			e.TrustDeadline, e.TrustIssuer, e.TrustSource = in.Now.Add(in.TrustWindow), st.Issuer, "--trust-window"
+		}
+	} else {
+		for _, t := range st.Gate.Trusted {
+			if t.Name != st.Issuer && !t.Expires.IsZero() && (e.TrustDeadline.IsZero() || t.Expires.Before(e.TrustDeadline)) {
+				e.TrustDeadline, e.TrustIssuer, e.TrustSource = t.Expires, t.Name, "gate"
+			}
+		}
+	}
+	if !e.TrustDeadline.IsZero() && ok {
+		fits := !e.CompletesAt.After(e.TrustDeadline)
+		e.Fits = &fits
+	}
+	return e
+}
+
+// issuerChangeUnderWay: the API servers trust an issuer besides the one
+// they sign with, or some node holds tokens of another issuer.
+func issuerChangeUnderWay(st *coordinator.StatusReport) bool {
+	for _, t := range st.Gate.Trusted {
+		if t.Name != st.Issuer {
+			return true
+		}
+	}
+	for _, n := range st.Nodes {
+		if n.OldIssuer > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// samplesOf reads how long each node of the latest rollout the state
+// records took, from the coordinator's records on the Nodes (a node done
+// keeps its record until another rollout takes it). It returns the
+// rollout's ID ("" when the state records none).
+func samplesOf(st *coordinator.StatusReport, nodes []*corev1.Node) ([]nodeSample, string) {
+	r := st.Rollout
+	if r == nil {
+		r = st.Last
+	}
+	if r == nil || r.DryRun {
+		return nil, ""
+	}
+	var out []nodeSample
+	for _, n := range nodes {
+		raw, ok := n.Annotations[protocol.AnnotationNodeState]
+		if !ok {
+			continue
+		}
+		ns, err := protocol.ParseNodeState(raw)
+		if err != nil || ns.Rollout != r.ID || ns.Step != protocol.StepDone || ns.StartedAt.IsZero() {
+			continue
+		}
+		out = append(out, nodeSample{Strategy: ns.Strategy, Took: ns.StepAt.Sub(ns.StartedAt)})
+	}
+	return out, r.ID
+}
+
+// joinMax joins at most n items, saying how many more there are.
+func joinMax(items []string, n int) string {
+	if len(items) <= n {
+		return strings.Join(items, ",")
+	}
+	return strings.Join(items[:n], ",") + fmt.Sprintf(",+%d", len(items)-n)
+}

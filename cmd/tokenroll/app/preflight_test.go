@@ -1,0 +1,278 @@
+package app
+
+import (
+	"encoding/json"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/tokenroll/tokenroll/coordinator"
+	"github.com/tokenroll/tokenroll/coordinator/apps"
+	"github.com/tokenroll/tokenroll/protocol"
+)
+
+func TestRolloutDuration(t *testing.T) {
+	m := time.Minute
+	for _, c := range []struct {
+		name   string
+		nodes  []time.Duration
+		slots  int
+		settle time.Duration
+		want   time.Duration
+		ok     bool
+	}{
+		{"nothing to do", nil, 0, 0, 0, true},
+		{"one at a time", []time.Duration{m, m, m}, 1, 0, 3 * m, true},
+		{"two slots, three nodes: two waves", []time.Duration{m, m, m}, 2, 0, 2 * m, true},
+		{"more slots than nodes", []time.Duration{m, m}, 10, 0, m, true},
+		{"settle after every node but the last of a slot", []time.Duration{m, m, m}, 1, 30 * time.Second, 3*m + m, true},
+		// A reboot and three kubelet restarts in two slots: the restarts
+		// share the other slot while the reboot runs.
+		{"mixed", []time.Duration{10 * m, m, m, m}, 2, 0, 10 * m, true},
+		{"mixed, the long one last", []time.Duration{m, m, m, 10 * m}, 2, 0, 11 * m, true},
+		{"no slot", []time.Duration{m}, 0, 0, 0, false},
+	} {
+		got, ok := rolloutDuration(c.nodes, c.slots, c.settle)
+		if got != c.want || ok != c.ok {
+			t.Errorf("%s: got %s, %v; want %s, %v", c.name, got, ok, c.want, c.ok)
+		}
+	}
+}
+
+func TestPerNodeTime(t *testing.T) {
+	samples := []nodeSample{{"reboot", 7 * time.Minute}, {"reboot", 5 * time.Minute}, {"reboot", 9 * time.Minute}, {"kubelet-restart", 20 * time.Second}, {"reboot", 0}}
+	for _, c := range []struct {
+		strategy protocol.Strategy
+		override time.Duration
+		want     time.Duration
+		source   string
+		samples  int
+	}{
+		{"reboot", 0, 7 * time.Minute, perNodeMeasured, 3},
+		{"kubelet-restart", 0, 20 * time.Second, perNodeMeasured, 1},
+		{"pod-restart", 0, 5 * time.Minute, perNodeDefault, 0},
+		{"auto", 0, fallbackPerNode, perNodeDefault, 0},
+		{"reboot", 3 * time.Minute, 3 * time.Minute, perNodeFlag, 0},
+	} {
+		d, src, k := perNodeTime(c.strategy, samples, c.override)
+		if d != c.want || src != c.source || k != c.samples {
+			t.Errorf("%s (override %s): %s %s %d; want %s %s %d", c.strategy, c.override, d, src, k, c.want, c.source, c.samples)
+		}
+	}
+}
+
+func TestGroupWorkloads(t *testing.T) {
+	since := time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
+	st := &apps.Status{PodsOmitted: 4, Pods: []apps.PodStatus{
+		{Namespace: "shop", Name: "cart-2", Node: "node-b", Workload: "Deployment/cart", Conditions: []string{"app-stale"}, Since: since},
+		{Namespace: "shop", Name: "cart-1", Node: "node-a", Workload: "Deployment/cart", Conditions: []string{"app-stale", "app-failing"}, Since: since},
+		{Namespace: "shop", Name: "cart-3", Node: "node-a", Workload: "Deployment/cart", Conditions: []string{"app-failing"}, Since: since},
+		{Namespace: "batch", Name: "loner", Node: "node-c", Conditions: []string{"app-stale"}, Since: since},
+		{Namespace: "accounts", Name: "cart-9", Node: "node-c", Workload: "Deployment/cart", Conditions: []string{"app-stale"}, Since: since},
+	}}
+	groups, omitted := groupWorkloads(st)
+	want := []workloadGroup{
+		{Namespace: "accounts", Workload: "Deployment/cart", AppStale: 1, Pods: []string{"cart-9"}, Nodes: []string{"node-c"}},
+		{Namespace: "batch", Workload: "Pod/loner", AppStale: 1, Pods: []string{"loner"}, Nodes: []string{"node-c"}},
+		{Namespace: "shop", Workload: "Deployment/cart", AppStale: 2, AppFailing: 2, Pods: []string{"cart-1", "cart-2", "cart-3"}, Nodes: []string{"node-a", "node-b"}},
+	}
+	g, _ := json.Marshal(groups)
+	w, _ := json.Marshal(want)
+	if string(g) != string(w) || omitted != 4 {
+		t.Errorf("groups:\n%s\nwant\n%s\nomitted %d, want 4", g, w, omitted)
+	}
+	if got := inWorkloads(groups, apps.AppStale); got != ", in 3 workloads in 3 namespaces" {
+		t.Errorf("app-stale summary %q", got)
+	}
+	if got := inWorkloads(groups, apps.AppFailing); got != ", in 1 workloads in 1 namespaces" {
+		t.Errorf("app-failing summary %q", got)
+	}
+	if groups, omitted := groupWorkloads(nil); len(groups) != 0 || groups == nil || omitted != 0 {
+		t.Errorf("no status: %v %d; want an empty list (JSON [], not null)", groups, omitted)
+	}
+}
+
+// fixture builds nodes from token reports (nil: no annotation) and the
+// status the CLI would read for them, all Ready.
+func fixture(t *testing.T, now time.Time, iss string, gate coordinator.GateState, reports map[string]*protocol.TokenReport) preflightInput {
+	t.Helper()
+	st := &coordinator.StatusReport{Now: now, Issuer: iss, Gate: gate,
+		Apps: &apps.Status{UpdatedAt: now.Add(-time.Minute), Followed: 4, Healthy: 4, AuditEvents: 100}}
+	var nodes []*corev1.Node
+	for _, name := range slices.Sorted(func(yield func(string) bool) {
+		for k := range reports {
+			if !yield(k) {
+				return
+			}
+		}
+	}) {
+		n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: map[string]string{}}}
+		ns := coordinator.NodeStatus{Name: name, Ready: true, Tokens: -1, Stale: -1}
+		if r := reports[name]; r != nil {
+			raw, err := json.Marshal(r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			n.Annotations[protocol.AnnotationTokens] = string(raw)
+			ns.Tokens = r.Tokens
+			for _, it := range r.Issuers {
+				if it.Issuer != iss {
+					ns.OldIssuer += it.Tokens
+				}
+			}
+		}
+		nodes = append(nodes, n)
+		st.Nodes = append(st.Nodes, ns)
+	}
+	return preflightInput{Now: now, Status: st, Nodes: nodes, Strategy: "kubelet-restart", MaxUnavailable: intstr.FromInt32(1),
+		GateSettle: 2 * time.Minute, Margin: time.Hour}
+}
+
+func checkOf(rep preflightReport, name string) check {
+	for _, c := range rep.Checks {
+		if c.Name == name {
+			return c
+		}
+	}
+	return check{Name: name, Message: "missing"}
+}
+
+// Before an issuer change: every node whose agent reports tokens is
+// planned, the trust window is the flag's, and the gate settle counts.
+func TestPreflightBeforeAnIssuerChange(t *testing.T) {
+	now := time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
+	const iss = "https://old.test"
+	clean := func(n int) *protocol.TokenReport {
+		return &protocol.TokenReport{Issuer: iss, Tokens: n, Issuers: []protocol.IssuerTokens{{Issuer: iss, Tokens: n}}}
+	}
+	in := fixture(t, now, iss, coordinator.GateState{Provider: "none", Open: true, TrustKnown: true}, map[string]*protocol.TokenReport{
+		"a": clean(3), "b": clean(2), "c": clean(1), "empty": clean(0)})
+	rep := buildPreflight(in)
+	e := rep.Estimate
+	if rep.Breaks || e.Scope != scopeIssuerChange || e.Nodes != 3 || e.Concurrency != 1 || e.DurationSeconds != (3*time.Minute+2*time.Minute).Seconds() ||
+		e.Fits != nil || !e.TrustDeadline.IsZero() || len(e.PerNode) != 1 || e.PerNode[0].Source != perNodeDefault || e.PerNode[0].Why != "the state records no rollout" {
+		t.Errorf("no trust window: %+v\n%+v", e, rep.Checks)
+	}
+	in.TrustWindow, in.MaxUnavailable = 24*time.Hour, intstr.FromString("50%")
+	rep = buildPreflight(in)
+	if e := rep.Estimate; rep.Breaks || e.Concurrency != 2 || e.DurationSeconds != (4*time.Minute).Seconds() || e.Fits == nil || !*e.Fits ||
+		!e.TrustDeadline.Equal(now.Add(24*time.Hour)) || e.TrustSource != "--trust-window" || e.TrustIssuer != iss {
+		t.Errorf("24h window: %+v", e)
+	}
+	in.PerNodeOverride = 23 * time.Hour
+	rep = buildPreflight(in)
+	if c := checkOf(rep, checkTrustWindow); !rep.Breaks || c.OK || !strings.Contains(c.Message, "after the trust deadline") || *rep.Estimate.Fits {
+		t.Errorf("a rollout longer than the window: %+v %+v", c, rep.Estimate)
+	}
+}
+
+// During an issuer change the gate's deadline is the one, and a node that
+// holds tokens of an issuer no longer trusted is reported.
+func TestPreflightDuringAnIssuerChange(t *testing.T) {
+	now := time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
+	const old, cur, gone = "https://old.test", "https://new.test", "https://gone.test"
+	deadline := now.Add(3 * time.Hour)
+	gate := coordinator.GateState{Provider: "openshift", Open: true, TrustKnown: true, Trusted: []coordinator.TrustedIssuer{{Name: old, Expires: deadline}}}
+	in := fixture(t, now, cur, gate, map[string]*protocol.TokenReport{
+		"a": {Issuer: cur, Tokens: 3, Issuers: []protocol.IssuerTokens{{Issuer: cur, Tokens: 1}, {Issuer: old, Tokens: 2}}},
+		"b": {Issuer: cur, Tokens: 2, Stale: map[protocol.State]int{protocol.StateIssuerMismatch: 2, protocol.StateExpired: 1},
+			Issuers:   []protocol.IssuerTokens{{Issuer: gone, Tokens: 2}},
+			StalePods: []protocol.PodRef{{Namespace: "shop", Name: "cart-1", UID: "u1"}}, StalePodsTruncated: true},
+		"c": {Issuer: cur, Tokens: 1, Issuers: []protocol.IssuerTokens{{Issuer: cur, Tokens: 1}}},
+	})
+	in.PerNodeOverride = 2 * time.Hour
+	rep := buildPreflight(in)
+	e := rep.Estimate
+	// a: old-issuer tokens whose refresh is not known, planned by the
+	// deadline; b: expired tokens; c: current tokens only, left alone.
+	if e.Scope != scopeIssuerChanged || e.Nodes != 2 || e.GateSettleSeconds != 0 || e.TrustSource != "gate" || e.TrustIssuer != old ||
+		!e.TrustDeadline.Equal(deadline) || e.Fits == nil || *e.Fits {
+		t.Errorf("estimate: %+v", e)
+	}
+	want := []nodeTokens{{Node: "b", Expired: 1, Untrusted: 2, UntrustedIssuers: []string{gone}, Pods: []string{"shop/cart-1"}, PodsTruncated: true}}
+	g, _ := json.Marshal(rep.Tokens)
+	w, _ := json.Marshal(want)
+	if string(g) != string(w) {
+		t.Errorf("tokens:\n%s\nwant\n%s", g, w)
+	}
+	var failed []string
+	for _, c := range rep.Checks {
+		if !c.OK {
+			failed = append(failed, c.Name)
+		}
+	}
+	if !slices.Equal(failed, []string{checkNotRefreshed, checkUntrusted, checkTrustWindow}) {
+		t.Errorf("failed checks %v", failed)
+	}
+}
+
+// A rollout in progress: its unfinished nodes, at the speed its finished
+// ones went; nodes cordoned by others take slots.
+func TestPreflightRolloutInProgress(t *testing.T) {
+	now := time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
+	const iss = "https://new.test"
+	rep := func(n int) *protocol.TokenReport { return &protocol.TokenReport{Issuer: iss, Tokens: n} }
+	in := fixture(t, now, iss, coordinator.GateState{Provider: "none", Open: true}, map[string]*protocol.TokenReport{
+		"a": rep(1), "b": rep(1), "c": rep(1), "d": rep(1), "e": rep(1), "f": nil})
+	in.Status.Rollout = &coordinator.Rollout{ID: "r-1", Strategy: "reboot", Phase: coordinator.RolloutRunning, Nodes: []coordinator.PlannedNode{
+		{Name: "a", Strategy: "reboot"}, {Name: "b", Strategy: "reboot"}, {Name: "c", Strategy: "reboot"}, {Name: "d", Strategy: "reboot"}}}
+	phases := map[string]protocol.Step{"a": protocol.StepDone, "b": protocol.StepDone, "c": protocol.StepActing}
+	for i := range in.Status.Nodes {
+		n := &in.Status.Nodes[i]
+		n.Phase = string(phases[n.Name])
+		n.Unschedulable = n.Phase == string(protocol.StepActing) || n.Name == "e"
+	}
+	for i, took := range map[string]time.Duration{"a": 4 * time.Minute, "b": 6 * time.Minute} {
+		raw, _ := json.Marshal(protocol.NodeState{Rollout: "r-1", Step: protocol.StepDone, Strategy: "reboot", StartedAt: now.Add(-time.Hour), StepAt: now.Add(-time.Hour + took)})
+		for _, n := range in.Nodes {
+			if n.Name == i {
+				n.Annotations[protocol.AnnotationNodeState] = string(raw)
+			}
+		}
+	}
+	in.MaxUnavailable = intstr.FromInt32(2)
+	r := buildPreflight(in)
+	e := r.Estimate
+	if e.Scope != scopeRollout || e.Strategy != "reboot" || e.Nodes != 2 || e.OutOfService != 1 || e.Concurrency != 1 ||
+		len(e.PerNode) != 1 || e.PerNode[0].Source != perNodeMeasured || e.PerNode[0].Samples != 2 || e.PerNode[0].Seconds != 360 ||
+		e.PerNode[0].Rollout != "r-1" || e.DurationSeconds != 720 {
+		t.Errorf("estimate: %+v", e)
+	}
+	if c := checkOf(r, checkAgents); c.OK || len(r.NodesWithoutAgent) != 1 || r.NodesWithoutAgent[0].Node != "f" || r.NodesWithoutAgent[0].Reason != agentNoReport {
+		t.Errorf("agents: %+v %+v", c, r.NodesWithoutAgent)
+	}
+	in.MaxUnavailable = intstr.FromInt32(1)
+	if r = buildPreflight(in); checkOf(r, checkMaxUnavailable).OK || !r.Estimate.CompletesAt.IsZero() || checkOf(r, checkTrustWindow).OK != true {
+		t.Errorf("slots filled: %+v %+v", r.Estimate, r.Checks)
+	}
+}
+
+func TestPreflightAuditSource(t *testing.T) {
+	now := time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
+	in := fixture(t, now, "https://i.test", coordinator.GateState{Provider: "none", Open: true}, map[string]*protocol.TokenReport{"a": {Issuer: "https://i.test"}})
+	for _, c := range []struct {
+		apps *apps.Status
+		ok   bool
+		want string
+	}{
+		{nil, false, "no status"},
+		{&apps.Status{UpdatedAt: now.Add(-time.Hour), AuditEvents: 5}, false, "1h0m0s old"},
+		{&apps.Status{UpdatedAt: now, AuditEvents: 0}, false, "no audit event"},
+		{&apps.Status{UpdatedAt: now, AuditEvents: 5, Followed: 3, Unobserved: 1}, true, "2 of 3 pods"},
+	} {
+		in.Status.Apps = c.apps
+		r := buildPreflight(in)
+		if got := checkOf(r, checkAuditSource); got.OK != c.ok || !strings.Contains(got.Message, c.want) || r.Breaks == c.ok {
+			t.Errorf("%+v: %+v (breaks %v)", c.apps, got, r.Breaks)
+		}
+	}
+	in.Status.Gate.Open = false
+	if r := buildPreflight(in); checkOf(r, checkGate).OK || !r.Breaks {
+		t.Errorf("closed gate: %+v", r.Checks)
+	}
+}
