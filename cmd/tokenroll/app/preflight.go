@@ -234,19 +234,19 @@ func writeEstimate(w io.Writer, rep preflightReport) {
 		scopeIssuerChanged: "the issuer change under way",
 		scopeIssuerChange:  "an issuer change now",
 	}[e.Scope]
-	fmt.Fprintf(w, "ROLLOUT   %s: %d nodes, %d at a time (max-unavailable %d, %d nodes out of service)\n",
-		what, e.Nodes, e.Concurrency, e.MaxUnavailable, e.OutOfService)
+	fmt.Fprintf(w, "ROLLOUT   %s: %s, %d at a time (max-unavailable %d, %s out of service)\n",
+		what, count(e.Nodes, "node"), e.Concurrency, e.MaxUnavailable, count(e.OutOfService, "node"))
 	for _, p := range e.PerNode {
 		src := p.Source
 		switch {
 		case p.Source == perNodeMeasured:
-			src = fmt.Sprintf("measured: median of %d nodes of rollout %s", p.Samples, p.Rollout)
+			src = fmt.Sprintf("measured: median of %s of rollout %s", count(p.Samples, "node"), p.Rollout)
 		case p.Source == perNodeFlag:
 			src = "--per-node"
 		case p.Why != "":
 			src = "default: " + p.Why
 		}
-		fmt.Fprintf(w, "          %s: %d nodes, %s per node (%s)\n", p.Strategy, p.Nodes, secs(p.Seconds), src)
+		fmt.Fprintf(w, "          %s: %s, %s per node (%s)\n", p.Strategy, count(p.Nodes, "node"), secs(p.Seconds), src)
 	}
 	switch {
 	case e.Nodes == 0:

@@ -208,8 +208,8 @@ func buildPreflight(in preflightInput) preflightReport {
 	}
 	rep.Workloads, rep.PodsOmitted = groupWorkloads(a)
 	if a != nil {
-		add(checkAppStale, a.Stale == 0, "%d app-stale pods (their apps present replaced tokens, and fail once the old issuer is no longer trusted)%s", a.Stale, inWorkloads(rep.Workloads, apps.AppStale))
-		add(checkAppFailing, a.Failing == 0, "%d app-failing pods (their requests fail authentication now)%s", a.Failing, inWorkloads(rep.Workloads, apps.AppFailing))
+		add(checkAppStale, a.Stale == 0, "%s (their apps present replaced tokens, and fail once the old issuer is no longer trusted)%s", count(a.Stale, "app-stale pod"), inWorkloads(rep.Workloads, apps.AppStale))
+		add(checkAppFailing, a.Failing == 0, "%s (their requests fail authentication now)%s", count(a.Failing, "app-failing pod"), inWorkloads(rep.Workloads, apps.AppFailing))
 	} else {
 		add(checkAppStale, false, "not known: no app detection status")
 		add(checkAppFailing, false, "not known: no app detection status")
@@ -226,17 +226,17 @@ func buildPreflight(in preflightInput) preflightReport {
 			nu++
 		}
 	}
-	add(checkNotRefreshed, expired+overdue == 0, "%d tokens the kubelet is not refreshing (%d expired, %d overdue) on %d nodes", expired+overdue, expired, overdue, nr)
-	add(checkUntrusted, untrusted == 0, "%d tokens of issuers the API servers do not trust, on %d nodes", untrusted, nu)
-	add(checkAgents, len(rep.NodesWithoutAgent) == 0, "%d of %d nodes have no usable report from a tokenroll agent", len(rep.NodesWithoutAgent), len(st.Nodes))
+	add(checkNotRefreshed, expired+overdue == 0, "%s the kubelet is not refreshing (%d expired, %d overdue) on %s", count(expired+overdue, "token"), expired, overdue, count(nr, "node"))
+	add(checkUntrusted, untrusted == 0, "%s of issuers the API servers do not trust, on %s", count(untrusted, "token"), count(nu, "node"))
+	add(checkAgents, len(rep.NodesWithoutAgent) == 0, "%d of %s without a usable report from a tokenroll agent", len(rep.NodesWithoutAgent), count(len(st.Nodes), "node"))
 
 	rep.Estimate = makeEstimate(in)
 	e := rep.Estimate
 	switch {
 	case e.Nodes > 0 && e.Concurrency < 1:
-		add(checkMaxUnavailable, false, "%d nodes out of service fill --max-unavailable=%s: no node would start", e.OutOfService, in.MaxUnavailable.String())
+		add(checkMaxUnavailable, false, "%s out of service fill --max-unavailable=%s: no node would start", count(e.OutOfService, "node"), in.MaxUnavailable.String())
 	default:
-		add(checkMaxUnavailable, true, "%d at a time (max-unavailable %d, %d nodes out of service)", e.Concurrency, e.MaxUnavailable, e.OutOfService)
+		add(checkMaxUnavailable, true, "%d at a time (max-unavailable %d, %s out of service)", e.Concurrency, e.MaxUnavailable, count(e.OutOfService, "node"))
 	}
 	switch {
 	case e.Fits == nil && e.TrustDeadline.IsZero():
@@ -311,7 +311,7 @@ func inWorkloads(groups []workloadGroup, c apps.Condition) string {
 	if ws == 0 {
 		return ""
 	}
-	return fmt.Sprintf(", in %d workloads in %d namespaces", ws, len(nss))
+	return fmt.Sprintf(", in %s in %s", count(ws, "workload"), count(len(nss), "namespace"))
 }
 
 // nodeProblems reads each node's agent report: the tokens that would
@@ -519,4 +519,12 @@ func joinMax(items []string, n int) string {
 		return strings.Join(items, ",")
 	}
 	return strings.Join(items[:n], ",") + fmt.Sprintf(",+%d", len(items)-n)
+}
+
+// count is "1 node", "2 nodes".
+func count(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
 }

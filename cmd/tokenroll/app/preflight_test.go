@@ -13,6 +13,7 @@ import (
 
 	"github.com/tokenroll/tokenroll/coordinator"
 	"github.com/tokenroll/tokenroll/coordinator/apps"
+	"github.com/tokenroll/tokenroll/internal/cli/clitest"
 	"github.com/tokenroll/tokenroll/protocol"
 )
 
@@ -89,7 +90,7 @@ func TestGroupWorkloads(t *testing.T) {
 	if got := inWorkloads(groups, apps.AppStale); got != ", in 3 workloads in 3 namespaces" {
 		t.Errorf("app-stale summary %q", got)
 	}
-	if got := inWorkloads(groups, apps.AppFailing); got != ", in 1 workloads in 1 namespaces" {
+	if got := inWorkloads(groups, apps.AppFailing); got != ", in 1 workload in 1 namespace" {
 		t.Errorf("app-failing summary %q", got)
 	}
 	if groups, omitted := groupWorkloads(nil); len(groups) != 0 || groups == nil || omitted != 0 {
@@ -274,5 +275,17 @@ func TestPreflightAuditSource(t *testing.T) {
 	in.Status.Gate.Open = false
 	if r := buildPreflight(in); checkOf(r, checkGate).OK || !r.Breaks {
 		t.Errorf("closed gate: %+v", r.Checks)
+	}
+}
+
+func TestPreflightFlags(t *testing.T) {
+	clitest.ExpectUsage(t, NewCommand, clitest.Usage{
+		Args: []string{"preflight", "--strategy=nuke", "--max-unavailable=0", "--per-node=-1s", "--trust-window=-1h", "-o", "yaml", "--gate=sometimes"},
+		Want: []string{"--strategy", "--max-unavailable=\"0\"", "--per-node", "--trust-window", "--output", "--gate"}})
+	code, out, _ := run(t, "preflight", "--help")
+	for _, want := range []string{"Exit status:", "0  nothing would break", "1  something would break", "3  the cluster could not be read"} {
+		if code != 0 || !strings.Contains(out, want) {
+			t.Errorf("preflight --help (exit %d) lacks %q", code, want)
+		}
 	}
 }
