@@ -619,8 +619,8 @@ func TestNonResourceURLsAreTheOnesRead(t *testing.T) {
 				t.Errorf("%s: ClusterRole %s grants %v, want only %s", r.name, o.GetName(), urls, issuer.DiscoveryPath)
 			}
 		}
-		if roles != 2 {
-			t.Errorf("%s: %d ClusterRoles grant OIDC discovery, want 2 (agent and coordinator)", r.name, roles)
+		if roles != 3 {
+			t.Errorf("%s: %d ClusterRoles grant OIDC discovery, want 3 (agent, coordinator, and the viewer's tokenroll status and preflight)", r.name, roles)
 		}
 	}
 }

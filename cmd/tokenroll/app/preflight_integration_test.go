@@ -3,6 +3,9 @@ package app
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"io"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -11,8 +14,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/clock"
 
@@ -26,6 +34,7 @@ import (
 // preflightCluster is a real API server with three Ready nodes.
 type preflightCluster struct {
 	t      *testing.T
+	cp     *controlplane.ControlPlane
 	admin  kubernetes.Interface
 	kc     string
 	issuer string
@@ -35,7 +44,7 @@ func startPreflightCluster(t *testing.T) *preflightCluster {
 	const iss = "https://issuer.test"
 	cp := controlplane.StartForTest(t, controlplane.Config{Issuers: []string{iss}})
 	ctx := context.Background()
-	c := &preflightCluster{t: t, admin: kubernetes.NewForConfigOrDie(cp.AdminConfig()), kc: filepath.Join(t.TempDir(), "kubeconfig"), issuer: iss}
+	c := &preflightCluster{t: t, cp: cp, admin: kubernetes.NewForConfigOrDie(cp.AdminConfig()), kc: filepath.Join(t.TempDir(), "kubeconfig"), issuer: iss}
 	if err := controlplane.WriteKubeconfig(c.kc, cp.AdminConfig()); err != nil {
 		t.Fatal(err)
 	}
@@ -195,6 +204,15 @@ func TestPreflightCommand(t *testing.T) {
 	if code != cli.ExitFailure || json.Unmarshal([]byte(out), &rep) != nil || rep.Estimate.Fits == nil || *rep.Estimate.Fits || rep.Checks[len(rep.Checks)-1].Name != checkTrustWindow {
 		t.Errorf("a window shorter than the rollout: exit %d, want 1\n%s", code, out)
 	}
+	// A person bound to the shipped viewer roles reads all of it, the gate
+	// found by --gate=auto included.
+	viewer := c.viewerKubeconfig()
+	code, out, stderr = run(t, "preflight", "--kubeconfig", viewer, "-o", "json", "--max-unavailable=2", "--trust-window=24h")
+	rep = preflightReport{}
+	if code != 0 || json.Unmarshal([]byte(out), &rep) != nil || rep.Breaks || rep.Estimate.PerNode[0].Source != perNodeMeasured || rep.Apps == nil {
+		t.Errorf("as tokenroll-viewer: exit %d, want 0\n%s%s", code, out, stderr)
+	}
+
 	// Another namespace holds no apps status: no audit source.
 	code, out, _ = run(t, "preflight", "--kubeconfig", c.kc, "-n", "elsewhere", "-o", "json")
 	rep = preflightReport{}
@@ -211,4 +229,72 @@ func TestPreflightWithoutAClusterExitsThree(t *testing.T) {
 	if code != exitCouldNotCheck || !strings.Contains(stderr, "nothing was checked") {
 		t.Errorf("exit %d, stderr %q; want %d", code, stderr, exitCouldNotCheck)
 	}
+}
+
+// viewerKubeconfig binds a user to the viewer's ClusterRoles as shipped in
+// the kustomize base (tokenroll-viewer cluster-wide, tokenroll-viewer-gate
+// in kube-system, as their comments say) and writes a kubeconfig for it.
+func (c *preflightCluster) viewerKubeconfig() string {
+	t := c.t
+	t.Helper()
+	ctx := context.Background()
+	const user = "viewer"
+	f, err := os.Open("../../../deploy/kustomize/base/api-rbac.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	roles := map[string]*rbacv1.ClusterRole{}
+	for dec := utilyaml.NewYAMLOrJSONDecoder(f, 4096); ; {
+		var o unstructured.Unstructured
+		if err := dec.Decode(&o.Object); errors.Is(err, io.EOF) {
+			break
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		if o.GetKind() != "ClusterRole" {
+			continue
+		}
+		var r rbacv1.ClusterRole
+		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(o.Object, &r); err != nil {
+			t.Fatal(err)
+		}
+		roles[r.Name] = &r
+	}
+	for _, name := range []string{"tokenroll-viewer", "tokenroll-viewer-gate"} {
+		if roles[name] == nil {
+			t.Fatalf("api-rbac.yaml has no ClusterRole %s", name)
+		}
+		if _, err := c.admin.RbacV1().ClusterRoles().Create(ctx, roles[name], metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	subjects := []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: user}}
+	if _, err := c.admin.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "viewer"},
+		RoleRef: rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "tokenroll-viewer"}, Subjects: subjects}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.admin.RbacV1().RoleBindings(metav1.NamespaceSystem).Create(ctx, &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "viewer-gate"},
+		RoleRef: rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "tokenroll-viewer-gate"}, Subjects: subjects}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := c.cp.UserConfig(user)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kc := filepath.Join(t.TempDir(), "viewer-kubeconfig")
+	if err := controlplane.WriteKubeconfig(kc, cfg); err != nil {
+		t.Fatal(err)
+	}
+	// RBAC takes effect once the authorizer's informers have the bindings.
+	vc := kubernetes.NewForConfigOrDie(cfg)
+	err = wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		_, err1 := vc.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+		_, err2 := vc.CoreV1().Pods(metav1.NamespaceSystem).List(ctx, metav1.ListOptions{})
+		return err1 == nil && err2 == nil, nil
+	})
+	if err != nil {
+		t.Fatalf("the viewer's bindings never took effect: %v", err)
+	}
+	return kc
 }
