@@ -121,6 +121,7 @@ func TestPreflightCommand(t *testing.T) {
 		Events: map[string]map[string]uint64{"presented": {"counted": 120}, "issued": {"counted": 9}}})
 
 	code, out, stderr := run(t, "preflight", "--kubeconfig", c.kc, "-o", "json")
+	t.Logf("tokenroll preflight -o json:\n%s", out)
 	var rep preflightReport
 	if code != cli.ExitFailure || json.Unmarshal([]byte(out), &rep) != nil {
 		t.Fatalf("preflight -o json: exit %d, want 1\n%s%s", code, out, stderr)
