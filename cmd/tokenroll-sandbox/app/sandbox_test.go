@@ -64,6 +64,8 @@ func TestValidateReportsEveryBadFlag(t *testing.T) {
 		clitest.Usage{Args: []string{"--nodes=0", "--apiservers=9", "--issuer="}, Want: []string{"--nodes=0", "--apiservers=9", "--issuer must not be empty"}},
 		clitest.Usage{Args: []string{"--apps=reloading,lazy"}, Want: []string{`--apps: unknown kind "lazy"`, "reloading and caching, or none"}},
 		clitest.Usage{Args: []string{"--apps=none,caching"}, Want: []string{`"none" runs no app, so it stands alone`}},
+		clitest.Usage{Args: []string{"--compare", "--strategy=reboot", "--keep"}, Want: []string{"--compare runs every remediation; drop --strategy", "--compare and --keep"}},
+		clitest.Usage{Args: []string{"--strategy=delete-some-pods"}, Want: []string{`--strategy="delete-some-pods": must be one of reboot, delete-all-pods, `}},
 		clitest.Usage{Args: []string{"sandbox", "--nodes=1"}, Want: []string{"takes no arguments", "Run 'tokenroll-sandbox --help'"}})
 }
 
