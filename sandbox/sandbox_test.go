@@ -192,8 +192,8 @@ func TestSummaryJSONShape(t *testing.T) {
 		keys = append(keys, k)
 	}
 	slices.Sort(keys)
-	want := []string{"actionsPerNode", "apps", "gateClosedSeconds", "kubelet", "leaderChanges", "maxConcurrentDisrupted", "nodes", "nodesLeftCordoned",
-		"ok", "overheadPerNodeSeconds", "rolloutSeconds", "strategy", "tokensAfter", "tokensBefore"}
+	want := []string{"actionsPerNode", "apps", "gateClosedSeconds", "kubelet", "leaderChanges", "maxConcurrentDisrupted", "nodeReboots", "nodeSecondsOutOfService", "nodes", "nodesLeftCordoned",
+		"ok", "overheadPerNodeSeconds", "podsRestarted", "rolloutSeconds", "strategy", "tokensAfter", "tokensBefore"}
 	if !reflect.DeepEqual(keys, want) {
 		t.Errorf("summary keys %v, want %v", keys, want)
 	}

@@ -20,6 +20,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"k8s.io/client-go/rest"
+	"k8s.io/utils/clock"
 
 	"github.com/tokenroll/tokenroll/coordinator"
 	"github.com/tokenroll/tokenroll/internal/logging"
@@ -83,6 +84,10 @@ type Options struct {
 	PrometheusBin string
 	// PrometheusRules is the rule file it loads (DefaultPrometheusRules).
 	PrometheusRules string
+	// Compare runs the scenario once per remediation (Remediations), each
+	// on a fresh cluster, and compares them (see Compare); Strategy is
+	// not used.
+	Compare bool
 	// ProgramDir holds tokenroll-agent and tokenroll-coordinator, which the
 	// sandbox runs, and tokenroll-sandbox, whose `node` commands the agents
 	// run to reboot a node or restart its kubelet; see programs.Dir for the
@@ -111,8 +116,14 @@ func (o Options) Validate() error {
 	if o.TrustWindow < 0 {
 		errs = append(errs, fmt.Errorf("--trust-window=%s: must be 0 (the old issuer is dropped at once) or positive", o.TrustWindow))
 	}
-	if _, err := coordinator.ParseStrategy(o.Strategy); err != nil {
-		errs = append(errs, fmt.Errorf("--strategy: %w", err))
+	if !o.Compare && !slices.Contains(Remediations(), o.Strategy) {
+		errs = append(errs, fmt.Errorf("--strategy=%q: must be one of %s", o.Strategy, strings.Join(Remediations(), ", ")))
+	}
+	if o.Compare && o.Keep {
+		errs = append(errs, errors.New("--compare and --keep: --compare runs one cluster after another, so none is kept; drop one"))
+	}
+	if o.Compare && o.Once {
+		errs = append(errs, errors.New("--compare and --once: --once changes no issuer, so there is nothing to compare; drop one"))
 	}
 	if _, err := maxUnavailableNodes(o.MaxUnavailable, max(o.Nodes, 1)); err != nil {
 		errs = append(errs, err)
@@ -166,6 +177,9 @@ type run struct {
 	promMu sync.Mutex
 	prom   *promServer
 	alerts *alertWatcher
+
+	// disruption counts pods restarted, reboots and time out of service.
+	disruption *disruptionCounter
 }
 
 // crashLoop is how many times a process may end by itself (not killed by
@@ -275,6 +289,10 @@ func (r *run) run(ctx context.Context) (*Summary, error) {
 		return nil, err
 	}
 	if r.w, err = watch(watchCtx, sb.Admin, sb.Dynamic, r.p); err != nil {
+		return nil, err
+	}
+	r.disruption = newDisruptionCounter()
+	if err := watchDisruption(watchCtx, sb.Admin, clock.RealClock{}, r.disruption); err != nil {
 		return nil, err
 	}
 	if err := r.startProcesses(procCtx); err != nil {
@@ -396,6 +414,12 @@ func (r *run) startProcesses(ctx context.Context) error {
 		r.agents[n.Name()] = c
 		all = append(all, c)
 	}
+	// With delete-all-pods the administrator remediates; the coordinators
+	// only watch.
+	remediate := "--strategy=" + o.Strategy
+	if o.Strategy == DeleteAllPods {
+		remediate = "--auto=false"
+	}
 	var auditLogs []string
 	for i := range sb.CP.APIServers() {
 		auditLogs = append(auditLogs, sb.CP.AuditLogPath(i))
@@ -408,7 +432,7 @@ func (r *run) startProcesses(ctx context.Context) error {
 		args := func(addr string) []string {
 			return []string{filepath.Join(o.ProgramDir, programs.Coordinator),
 				"--kubeconfig=" + coordKubeconfig, "--namespace=" + Namespace, "--gate=openshift",
-				"--strategy=" + o.Strategy, "--max-unavailable=" + o.MaxUnavailable, "--metrics-bind-address=" + addr,
+				remediate, "--max-unavailable=" + o.MaxUnavailable, "--metrics-bind-address=" + addr,
 				"--lease-duration=4s", "--renew-deadline=3s", "--retry-period=500ms", "--issuer-refresh-interval=1s",
 				"--drain-timeout=2m", "--action-timeout=2m", "--verify-timeout=2m", "--agent-wait=2m", "--gate-settle=5s", "--log-format=json",
 				"--audit-log=" + strings.Join(auditLogs, ","), "--audit-log-checkpoint-dir=" + filepath.Join(r.dir, "audit", fmt.Sprintf("coordinator-%d", i))}
@@ -436,6 +460,7 @@ func (r *run) startProcesses(ctx context.Context) error {
 			c.hold()
 			r.p.printf("%s: down for a reboot; its agent stops with it", e.Node)
 		case kubeletsim.EventUp:
+			r.noteBoots()
 			c.release()
 			r.p.printf("%s: up again with a new boot ID; its agent starts again", e.Node)
 		}
@@ -539,6 +564,8 @@ func (r *run) scenario(ctx context.Context) (*Summary, error) {
 	sum := &Summary{Nodes: o.Nodes, Kubelet: o.Kubelet, Strategy: o.Strategy, MaxUnavailable: maxUnavailable}
 	startLatest := r.w.view().Gate.Latest
 
+	r.noteBoots()
+	r.disruption.begin(time.Now())
 	r.p.printf("step 1: the administrator sets Authentication/cluster .spec.serviceAccountIssuer to %s (trust window %s)", o.NewIssuer, o.TrustWindow)
 	if err := openshiftsim.SetIssuer(ctx, r.sb.Dynamic, o.NewIssuer); err != nil {
 		return nil, err
@@ -561,7 +588,14 @@ func (r *run) scenario(ctx context.Context) (*Summary, error) {
 		return nil, fmt.Errorf("waiting for the new kube-apiserver revision to roll out: %w", err)
 	}
 	openedAt := time.Now()
-	r.p.printf("step 3: the gate is open; the coordinator plans and remediates with --strategy=%s", o.Strategy)
+	if o.Strategy == DeleteAllPods {
+		r.p.printf("step 3: the gate is open; the administrator deletes every pod in every namespace, without draining (the documentation's `oc delete pods --all -n NS` for each namespace); the coordinators only watch (--auto=false)")
+		if err := r.deleteAllPods(tctx); err != nil {
+			return nil, err
+		}
+	} else {
+		r.p.printf("step 3: the gate is open; the coordinator plans and remediates with --strategy=%s", o.Strategy)
+	}
 
 	var chaosWG sync.WaitGroup
 	chaosCtx, stopChaos := context.WithCancel(tctx)
@@ -592,6 +626,11 @@ func (r *run) scenario(ctx context.Context) (*Summary, error) {
 	appFailures := r.settleApps(ctx, kinds)
 	sum.Apps, _ = judgeApps(r.sb.AppReports(), kinds)
 	sum.Failures = append(sum.Failures, appFailures...)
+	sum.appFailures = appFailures
+	// After the apps settled: a pod whose tokens the end saw on disk has
+	// posted its start by then. Nodes count out of service until the end.
+	r.noteBoots()
+	sum.Disruption = r.disruption.figures(endedAt)
 	sum.TokensAfter = after.stateCounts()
 	sum.Issuer = after.Issuer
 	sum.GateClosedSeconds = seconds(r.w.gates.closedFor(openedAt) - closedBefore)

@@ -42,6 +42,9 @@ type Summary struct {
 	NodesLeftCordoned      int `json:"nodesLeftCordoned"`
 	// ActionsPerNode counts the distinct requests written to each node.
 	ActionsPerNode map[string]int `json:"actionsPerNode"`
+	// Disruption is what the remediation cost: pods restarted, node
+	// reboots, node-seconds out of service, from issuer change to end.
+	Disruption
 	// GateClosedSeconds is how long the revision gate was closed after the
 	// issuer change.
 	GateClosedSeconds float64 `json:"gateClosedSeconds"`
@@ -63,6 +66,10 @@ type Summary struct {
 
 	// Failures say which check did not hold (not written to the JSON).
 	Failures []string `json:"-"`
+	// appFailures are those of Failures that name apps still failing at
+	// the end: an outcome of the remediation, which --compare shows
+	// rather than fails on.
+	appFailures []string
 	// Issuer is the issuer the tokens were judged against at the end.
 	Issuer string `json:"-"`
 	// MaxUnavailable is the coordinators' --max-unavailable as a node count.
@@ -214,6 +221,9 @@ func (s *Summary) Print(w io.Writer) {
 		counts[i] = fmt.Sprintf("%s=%d", n, s.ActionsPerNode[n])
 	}
 	fmt.Fprintf(tw, "  actions per node\t%s\n", strings.Join(counts, " "))
+	fmt.Fprintf(tw, "  pods restarted\t%d\n", s.PodsRestarted)
+	fmt.Fprintf(tw, "  node reboots\t%d\n", s.NodeReboots)
+	fmt.Fprintf(tw, "  node-seconds out of service\t%.1f\n", s.NodeSecondsOutOfService)
 	fmt.Fprintf(tw, "  gate closed\t%.1fs\n", s.GateClosedSeconds)
 	fmt.Fprintf(tw, "  rollout (gate open to done)\t%.1fs\n", s.RolloutSeconds)
 	fmt.Fprintf(tw, "  overhead between nodes\tmedian %.2fs, max %.2fs\n", s.OverheadPerNodeSeconds.Median, s.OverheadPerNodeSeconds.Max)

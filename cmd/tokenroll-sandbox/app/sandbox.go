@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -29,6 +30,8 @@ const DefaultNewIssuer = "https://test.default.svc"
 // sandboxOptions configure tokenroll-sandbox.
 type sandboxOptions struct {
 	sandbox.Options
+	// flags tells Validate which flags were given.
+	flags *pflag.FlagSet
 }
 
 func newSandboxOptions() *sandboxOptions {
@@ -41,6 +44,7 @@ func newSandboxOptions() *sandboxOptions {
 }
 
 func (o *sandboxOptions) AddFlags(fs *pflag.FlagSet) {
+	o.flags = fs
 	fs.StringVar(&o.BinDir, "bin-dir", o.BinDir, "Directory holding etcd and kube-apiserver, and with --kubelet real hollow-kubelet and fake-runtime (default: what make controlplane and make kubelet built, or $"+controlplane.BinDirEnv+").")
 	fs.StringVar(&o.ProgramDir, "tokenroll-bin-dir", o.ProgramDir, "Directory holding "+programs.Agent+", "+programs.Coordinator+" and "+programs.Sandbox+" (default: $"+programs.DirEnv+", else this program's directory, where make build puts them all).")
 	fs.StringVar(&o.Dir, "dir", o.Dir, "Directory for the sandbox's certificates, data, node roots, kubeconfigs and logs; kept afterwards (default: a temporary directory, removed unless the scenario fails).")
@@ -50,7 +54,7 @@ func (o *sandboxOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.Issuer, "issuer", o.Issuer, "Service-account issuer the control plane starts with.")
 	fs.StringVar(&o.NewIssuer, "new-issuer", o.NewIssuer, "Issuer the scenario sets in Authentication/cluster .spec.serviceAccountIssuer.")
 	fs.DurationVar(&o.TrustWindow, "trust-window", o.TrustWindow, "How long the simulated operator keeps the old issuer trusted: 0 drops it at once (the documentation's warning case: every node needs work); 24h is OpenShift's default (little or nothing to do).")
-	fs.StringVar(&o.Strategy, "strategy", o.Strategy, "The coordinators' remediation: pod-restart (the default here: it ends with every app authenticating), kubelet-restart (the coordinator's default: every token file fresh, but apps that cached their token keep failing, and the run ends not OK naming them), or reboot (the documentation's rolling reboot).")
+	fs.StringVar(&o.Strategy, "strategy", o.Strategy, "The coordinators' remediation: pod-restart (the default here: it ends with every app authenticating), kubelet-restart (the coordinator's default: every token file fresh, but apps that cached their token keep failing, and the run ends not OK naming them), or reboot (the documentation's rolling reboot); "+sandbox.DeleteAllPods+" is the documentation's other option: once the gate opens, the sandbox, as the administrator, deletes every pod in every namespace without draining, and the coordinators only watch.")
 	fs.StringVar(&o.MaxUnavailable, "max-unavailable", o.MaxUnavailable, "The coordinators' --max-unavailable: nodes disrupted at once, a number or a percentage.")
 	fs.DurationVar(&o.RebootDowntime, "reboot-downtime", o.RebootDowntime, "How long a simulated reboot keeps a node down.")
 	fs.StringSliceVar(&o.Apps, "apps", o.Apps, "Kinds of app the pods run, each calling the API server every 1-2 s with its pod's token from its pod's IP: reloading (build/nginx and apps/web: read the token again every minute and after a 401, as client-go does), caching (apps/legacy: read it once when the container starts); comma-separated, or none. The run is OK only if no app still fails at the end.")
@@ -61,14 +65,26 @@ func (o *sandboxOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&o.Prometheus, "prometheus", o.Prometheus, fmt.Sprintf("Run the real Prometheus server on loopback, scraping every agent and coordinator and evaluating --prometheus-rules with each alert's for: %d times shorter (everything else as shipped); print alerts as they fire and resolve, and list them in the summary.", sandbox.ForDivisor))
 	fs.StringVar(&o.PrometheusBin, "prometheus-bin", o.PrometheusBin, "The prometheus binary for --prometheus (default: $"+sandbox.PrometheusBinEnv+", which make sandbox sets to what `make deploy-tools` built from the pin promtool uses).")
 	fs.StringVar(&o.PrometheusRules, "prometheus-rules", o.PrometheusRules, "The alert rule file --prometheus loads, the one the Helm chart and the kustomize component ship (relative to the repository's top directory by default).")
-	fs.StringVar(&o.SummaryJSON, "summary-json", o.SummaryJSON, "Write the outcome as JSON to this file.")
+	fs.StringVar(&o.SummaryJSON, "summary-json", o.SummaryJSON, "Write the outcome as JSON to this file (with --compare: {\"runs\": [...]}, one summary per run).")
+	fs.BoolVar(&o.Compare, "compare", o.Compare, "Run the same scenario once per remediation ("+strings.Join(sandbox.Remediations(), ", ")+"), each on a fresh cluster with the other flags as given, and print one table comparing the pods restarted, node reboots, node-seconds out of service, the apps' errors and the time from the gate opening to done.")
 	fs.DurationVar(&o.Timeout, "timeout", o.Timeout, "Longest the scenario may take from the issuer change to every token fresh.")
 }
 
-func (o *sandboxOptions) Validate() error { return o.Options.Validate() }
+func (o *sandboxOptions) Validate() error {
+	err := o.Options.Validate()
+	if o.Compare && o.flags != nil && o.flags.Changed("strategy") {
+		err = errors.Join(err, errors.New("--compare runs every remediation; drop --strategy"))
+	}
+	return err
+}
 
 func (o *sandboxOptions) run(ctx context.Context, e cli.Env) error {
-	_, err := sandbox.Run(ctx, o.Options, e.Stdout)
+	var err error
+	if o.Compare {
+		_, err = sandbox.Compare(ctx, o.Options, e.Stdout)
+	} else {
+		_, err = sandbox.Run(ctx, o.Options, e.Stdout)
+	}
 	if err != nil {
 		return &cli.ExitError{Code: cli.ExitFailure, Err: err}
 	}

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokenroll/tokenroll/coordinator"
 	"github.com/tokenroll/tokenroll/internal/cli"
 	"github.com/tokenroll/tokenroll/internal/cli/clitest"
 	"github.com/tokenroll/tokenroll/sandbox/controlplane"
@@ -63,6 +64,8 @@ func TestValidateReportsEveryBadFlag(t *testing.T) {
 		clitest.Usage{Args: []string{"--nodes=0", "--apiservers=9", "--issuer="}, Want: []string{"--nodes=0", "--apiservers=9", "--issuer must not be empty"}},
 		clitest.Usage{Args: []string{"--apps=reloading,lazy"}, Want: []string{`--apps: unknown kind "lazy"`, "reloading and caching, or none"}},
 		clitest.Usage{Args: []string{"--apps=none,caching"}, Want: []string{`"none" runs no app, so it stands alone`}},
+		clitest.Usage{Args: []string{"--compare", "--strategy=reboot", "--keep"}, Want: []string{"--compare runs every remediation; drop --strategy", "--compare and --keep"}},
+		clitest.Usage{Args: []string{"--strategy=delete-some-pods"}, Want: []string{`--strategy="delete-some-pods": must be one of reboot, delete-all-pods, `}},
 		clitest.Usage{Args: []string{"sandbox", "--nodes=1"}, Want: []string{"takes no arguments", "Run 'tokenroll-sandbox --help'"}})
 }
 
@@ -168,6 +171,10 @@ func TestSandboxScenario(t *testing.T) {
 			FiringAtEnd []string `json:"firingAtEnd"`
 		} `json:"alerts"`
 		OK bool `json:"ok"`
+
+		PodsRestarted           *int    `json:"podsRestarted"`
+		NodeReboots             *int    `json:"nodeReboots"`
+		NodeSecondsOutOfService float64 `json:"nodeSecondsOutOfService"`
 	}
 	dec := json.NewDecoder(strings.NewReader(string(data)))
 	dec.DisallowUnknownFields()
@@ -199,6 +206,11 @@ func TestSandboxScenario(t *testing.T) {
 	}
 	if len(sum.TokensAfter) != 1 || sum.TokensAfter["fresh"] != 12 {
 		t.Errorf("tokensAfter %v, want 12 fresh", sum.TokensAfter)
+	}
+	// A kubelet restart restarts no pod and reboots no node; each node was
+	// cordoned for its restart.
+	if sum.PodsRestarted == nil || *sum.PodsRestarted != 0 || sum.NodeReboots == nil || *sum.NodeReboots != 0 || sum.NodeSecondsOutOfService <= 0 {
+		t.Errorf("podsRestarted %v, nodeReboots %v, nodeSecondsOutOfService %v; want 0, 0 and more than 0", sum.PodsRestarted, sum.NodeReboots, sum.NodeSecondsOutOfService)
 	}
 	if sum.MaxConcurrentDisrupted != 1 || sum.NodesLeftCordoned != 0 {
 		t.Errorf("maxConcurrentDisrupted %d, nodesLeftCordoned %d; want 1 and 0", sum.MaxConcurrentDisrupted, sum.NodesLeftCordoned)
@@ -260,5 +272,83 @@ func TestSandboxNodeCommand(t *testing.T) {
 	}
 	if code, _, _ := run(t, "node", "restart-kubelet", "--root", root, "--down=1s"); code != cli.ExitUsage {
 		t.Errorf("restart-kubelet --down: exit %d, want %d (no such flag)", code, cli.ExitUsage)
+	}
+}
+
+// --compare on two nodes: one run per remediation, each on a fresh
+// cluster, and the sandbox's own counts of what each cost. The rolling
+// reboot reboots both nodes and moves every pod twice over (worker-1's 3
+// pods to worker-2, then worker-2's 6 to worker-1); deleting every pod
+// restarts each of the 6 once and takes no node out of service; a kubelet
+// restart restarts nothing and leaves the caching apps failing, an outcome
+// compared, not a failure of the comparison.
+func TestSandboxCompare(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test: starts a control plane, simulated nodes and tokenroll processes, once per remediation")
+	}
+	if _, err := controlplane.FindBinaries(""); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	summaryPath := filepath.Join(dir, "compare.json")
+	start := time.Now()
+	code, out, stderr := run(t, "--compare", "--nodes=2", "--apiservers=1", "--kubelet=sim", "--reboot-downtime=2s", "--tokenroll-bin-dir="+programDir(t),
+		"--dir="+filepath.Join(dir, "sb"), "--summary-json="+summaryPath, "--log-format=json")
+	t.Logf("--compare took %s", time.Since(start).Round(time.Second))
+	if code != 0 {
+		t.Fatalf("sandbox --compare: exit %d\nstdout:\n%s\nstderr:\n%s", code, out, stderr)
+	}
+	data, err := os.ReadFile(summaryPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type run struct {
+		Strategy                string         `json:"strategy"`
+		OK                      bool           `json:"ok"`
+		PodsRestarted           int            `json:"podsRestarted"`
+		NodeReboots             int            `json:"nodeReboots"`
+		NodeSecondsOutOfService float64        `json:"nodeSecondsOutOfService"`
+		ActionsPerNode          map[string]int `json:"actionsPerNode"`
+		Apps                    map[string]struct {
+			FailingAtEnd int `json:"failingAtEnd"`
+		} `json:"apps"`
+	}
+	var cmp struct {
+		Runs []run `json:"runs"`
+	}
+	if err := json.Unmarshal(data, &cmp); err != nil {
+		t.Fatalf("%v\n%s", err, data)
+	}
+	runs := map[string]run{}
+	var order []string
+	for _, r := range cmp.Runs {
+		runs[r.Strategy] = r
+		order = append(order, r.Strategy)
+	}
+	want := append([]string{"reboot", "delete-all-pods"}, slices.DeleteFunc(slices.Clone(coordinator.StrategyNames()), func(s string) bool { return s == "reboot" })...)
+	if !slices.Equal(order, want) {
+		t.Fatalf("runs %v, want %v", order, want)
+	}
+	if r := runs["reboot"]; !r.OK || r.NodeReboots != 2 || r.PodsRestarted != 9 || r.NodeSecondsOutOfService < 2*2 {
+		t.Errorf("reboot: %+v; want OK, 2 reboots, 9 pods restarted, each node out of service longer than its 2 s downtime", r)
+	}
+	if r := runs["delete-all-pods"]; !r.OK || r.PodsRestarted != 2*3 || r.NodeReboots != 0 || r.NodeSecondsOutOfService != 0 || r.ActionsPerNode["worker-1"]+r.ActionsPerNode["worker-2"] != 0 {
+		t.Errorf("delete-all-pods: %+v; want OK, the 6 pods restarted, no reboot, no node out of service, no tokenroll action", r)
+	}
+	if r := runs["pod-restart"]; !r.OK || r.PodsRestarted != 2*3 || r.NodeReboots != 0 {
+		t.Errorf("pod-restart: %+v; want OK, the 6 pods with stale tokens restarted, no reboot", r)
+	}
+	if r := runs["kubelet-restart"]; r.OK || r.PodsRestarted != 0 || r.NodeReboots != 0 || r.NodeSecondsOutOfService <= 0 || r.Apps["caching"].FailingAtEnd != 2 {
+		t.Errorf("kubelet-restart: %+v; want not OK with the 2 caching apps failing, nothing restarted or rebooted, each node cordoned a moment", r)
+	}
+	for _, want := range []string{"=== --compare: run 1 of ", "--strategy delete-all-pods", "the administrator deleted 4 pod(s) in namespace apps",
+		"Comparison: the same issuer change on 2 nodes (kubelet: sim), trust window 0s", "node-seconds out of service", "apps caching: errorSeconds",
+		"gate open to done (s)", "the runs' summaries written to " + summaryPath} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output does not show %q", want)
+		}
+	}
+	if i := strings.Index(out, "Comparison:"); i >= 0 {
+		t.Logf("%s", out[i:])
 	}
 }
