@@ -18,7 +18,8 @@ import (
 )
 
 // tokenReport summarises a scan for the coordinator. It is a pure function
-// of the report, and stable while nothing the coordinator acts on changes.
+// of the report, and stable while nothing the coordinator acts on changes,
+// but for the token IDs, which a refresh changes and sameAlarms ignores.
 func tokenReport(r *scan.Report, expectedIssuer string) protocol.TokenReport {
 	expectedIssuer = protocol.Truncate(expectedIssuer) // as the tokens' issuers are
 	out := protocol.TokenReport{Issuer: expectedIssuer, PartialScan: r.Partial}
