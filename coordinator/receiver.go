@@ -4,13 +4,17 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"hash/maphash"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/tokenroll/tokenroll/coordinator/apps"
 	"github.com/tokenroll/tokenroll/protocol"
 )
 
@@ -76,3 +80,51 @@ func (c *Coordinator) markReceiver(ctx context.Context, on bool) {
 // Accepting says whether audit events delivered now are kept: this replica
 // leads and its detector runs (audit.Standby).
 func (c *Coordinator) Accepting() bool { return c.detector.Load() != nil }
+
+// volumeFeed gives app detection what each node's agent reports its pods'
+// volumes hold (protocol.TokenReport.TokenIDs), once per new report: an
+// informer's resync or another annotation's change brings nothing new.
+type volumeFeed struct {
+	c    *Coordinator
+	seed maphash.Seed
+
+	mu sync.Mutex
+	// last is a digest of each node's last report fed, not the report:
+	// memory stays a word per node.
+	last map[string]uint64
+	// fedTo is the detector the digests were fed to: a new term's starts
+	// empty.
+	fedTo *apps.Detector
+}
+
+func newVolumeFeed(c *Coordinator) *volumeFeed {
+	return &volumeFeed{c: c, seed: maphash.MakeSeed(), last: map[string]uint64{}}
+}
+
+func (f *volumeFeed) node(obj any) {
+	n, ok := obj.(*corev1.Node)
+	if !ok {
+		return
+	}
+	d := f.c.detector.Load()
+	raw, has := n.Annotations[protocol.AnnotationTokens]
+	if d == nil || !has {
+		return
+	}
+	sum := maphash.String(f.seed, raw)
+	f.mu.Lock()
+	if f.fedTo != d {
+		f.fedTo, f.last = d, map[string]uint64{}
+	}
+	if prev, ok := f.last[n.Name]; ok && prev == sum {
+		f.mu.Unlock()
+		return
+	}
+	f.last[n.Name] = sum
+	f.mu.Unlock()
+	rep, err := protocol.ParseTokenReport(raw)
+	if err != nil || len(rep.TokenIDs) == 0 {
+		return
+	}
+	d.SetVolumeTokens(n.Name, rep.TokenIDs)
+}
