@@ -18,7 +18,8 @@ import (
 )
 
 // tokenReport summarises a scan for the coordinator. It is a pure function
-// of the report, and stable while nothing the coordinator acts on changes.
+// of the report, and stable while nothing the coordinator acts on changes,
+// but for the token IDs, which a refresh changes and sameAlarms ignores.
 func tokenReport(r *scan.Report, expectedIssuer string) protocol.TokenReport {
 	expectedIssuer = protocol.Truncate(expectedIssuer) // as the tokens' issuers are
 	out := protocol.TokenReport{Issuer: expectedIssuer, PartialScan: r.Partial}
@@ -49,6 +50,12 @@ func tokenReport(r *scan.Report, expectedIssuer string) protocol.TokenReport {
 				it.LastRefreshAt = at
 			}
 		}
+		if t.ID != "" && t.PodUID != "" && !t.IssuedAt.IsZero() && len(out.TokenIDs[t.PodUID]) < protocol.MaxTokenIDsPerPod {
+			if out.TokenIDs == nil {
+				out.TokenIDs = map[string][]string{}
+			}
+			out.TokenIDs[t.PodUID] = append(out.TokenIDs[t.PodUID], protocol.TokenIDEntry(t.ID, t.IssuedAt))
+		}
 		if t.State.Alarm() && !seen[t.PodUID] {
 			seen[t.PodUID] = true
 			if len(out.StalePods) == protocol.MaxStalePods {
@@ -60,6 +67,9 @@ func tokenReport(r *scan.Report, expectedIssuer string) protocol.TokenReport {
 	}
 	for _, it := range issuers {
 		out.Issuers = append(out.Issuers, *it)
+	}
+	for _, ids := range out.TokenIDs {
+		slices.Sort(ids)
 	}
 	out.Issuers = protocol.CapIssuers(out.Issuers, expectedIssuer)
 	slices.SortFunc(out.StalePods, func(a, b protocol.PodRef) int {
@@ -103,6 +113,8 @@ func sameAlarms(a, b protocol.TokenReport) bool {
 
 func alarmView(r protocol.TokenReport) protocol.TokenReport {
 	r.Tokens = 0
+	// Token IDs change with every refresh: they wait for another write.
+	r.TokenIDs = nil
 	r.Issuers = slices.Clone(r.Issuers)
 	for i := range r.Issuers {
 		if r.Issuers[i].Issuer == r.Issuer {
@@ -120,7 +132,7 @@ func alarmView(r protocol.TokenReport) protocol.TokenReport {
 const keptIssuers = 4
 
 // fitReport encodes rep within max bytes, leaving detail out until it fits:
-// the stale pods first (the counts stay), then all but the keptIssuers
+// the token IDs first, then the stale pods (the counts stay), then all but the keptIssuers
 // issuers with the most tokens, then those too. What is left (the expected
 // issuer, the counts) does not depend on what the volumes hold.
 func fitReport(rep protocol.TokenReport, max int) (protocol.TokenReport, []byte, error) {
@@ -128,6 +140,12 @@ func fitReport(rep protocol.TokenReport, max int) (protocol.TokenReport, []byte,
 		b, err := json.Marshal(r)
 		return b, len(b) <= max, err
 	}
+	if b, ok, err := enc(rep); ok || err != nil {
+		return rep, b, err
+	}
+	// The token IDs go first: only app detection reads them, and only
+	// where the audit events lack the bound pod.
+	rep.TokenIDs = nil
 	if b, ok, err := enc(rep); ok || err != nil {
 		return rep, b, err
 	}

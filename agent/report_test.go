@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -189,5 +190,59 @@ func TestSameAlarms(t *testing.T) {
 		if got := sameAlarms(base(), r); got != c.same {
 			t.Errorf("%s changed: same alarms %v, want %v", c.name, got, c.same)
 		}
+	}
+}
+
+// The report carries each live pod's token IDs with their issue times, for
+// app detection where the audit events lack the bound pod; a refresh
+// changes them without making the report differ in what the coordinator
+// acts on (so it waits for the next write), and they are the first detail
+// left out when the report outgrows its byte budget.
+func TestTokenReportCarriesTokenIDs(t *testing.T) {
+	at := time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
+	tok := func(uid, jti string, st protocol.State, iat time.Time) scan.Token {
+		return scan.Token{PodUID: uid, Namespace: "ns", Pod: "p-" + uid, State: st, Issuer: "https://new", IssuedAt: iat, ID: protocol.TokenID(jti)}
+	}
+	r := &scan.Report{Tokens: []scan.Token{
+		tok("a", "jti-a1", protocol.StateFresh, at),
+		tok("a", "jti-a2", protocol.StateFresh, at.Add(time.Minute)),
+		tok("b", "jti-b", protocol.StateFresh, at),
+		tok("gone", "jti-gone", protocol.StateOrphaned, at),
+	}}
+	got := tokenReport(r, "https://new")
+	want := map[string][]string{
+		"a": {protocol.TokenIDEntry(protocol.TokenID("jti-a1"), at), protocol.TokenIDEntry(protocol.TokenID("jti-a2"), at.Add(time.Minute))},
+		"b": {protocol.TokenIDEntry(protocol.TokenID("jti-b"), at)},
+	}
+	for _, ids := range want {
+		slices.Sort(ids)
+	}
+	if !reflect.DeepEqual(got.TokenIDs, want) {
+		t.Errorf("token IDs %v, want %v", got.TokenIDs, want)
+	}
+	for _, e := range got.TokenIDs["b"] {
+		if id, iat, ok := protocol.ParseTokenIDEntry(e); !ok || id != protocol.TokenID("jti-b") || !iat.Equal(at) || strings.Contains(e, "jti-b") {
+			t.Errorf("entry %q: %q %s %v; want the digest and the issue time, never the jti", e, id, iat, ok)
+		}
+	}
+	refreshed := *r
+	refreshed.Tokens = slices.Clone(r.Tokens)
+	refreshed.Tokens[2] = tok("b", "jti-b2", protocol.StateFresh, at.Add(48*time.Minute))
+	after := tokenReport(&refreshed, "https://new")
+	if reflect.DeepEqual(after.TokenIDs, got.TokenIDs) || !sameAlarms(got, after) {
+		t.Errorf("a refresh: token IDs %v -> %v, same alarms %v; want new IDs and the same alarms", got.TokenIDs, after.TokenIDs, sameAlarms(got, after))
+	}
+
+	// Too big: the token IDs go, the stale pods stay.
+	big := &scan.Report{}
+	for i := range 200 {
+		uid := fmt.Sprintf("%08d-0000-4000-8000-000000000000", i)
+		big.Tokens = append(big.Tokens, tok(uid, uid+"-1", protocol.StateFresh, at), tok(uid, uid+"-2", protocol.StateFresh, at))
+	}
+	big.Tokens = append(big.Tokens, scan.Token{PodUID: "stale", Namespace: "ns", Pod: "p", State: protocol.StateExpired, Issuer: "https://new"})
+	fitted, raw, err := fitReport(tokenReport(big, "https://new"), protocol.MaxTokenReportBytes)
+	if err != nil || len(raw) > protocol.MaxTokenReportBytes || fitted.TokenIDs != nil || len(fitted.StalePods) != 1 || fitted.StalePodsTruncated {
+		t.Errorf("fitted: %d bytes, %d pods' token IDs, stale pods %v (truncated %v), %v; want the token IDs left out first",
+			len(raw), len(fitted.TokenIDs), fitted.StalePods, fitted.StalePodsTruncated, err)
 	}
 }

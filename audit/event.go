@@ -94,6 +94,19 @@ type Sink interface {
 	Observe(Event)
 }
 
+// Standby is a Sink that may not keep events for now: a coordinator
+// replica that does not lead. The webhook asks it before reading a batch
+// and answers 503, so that the API server sends the batch again (its
+// webhook backend retries 5xx answers with a backoff), on a new
+// connection that the Service routes to the replica that leads. A log
+// source is not asked: every replica reads the logs, and only the leader's
+// events count.
+type Standby interface {
+	Sink
+	// Accepting says whether events delivered now are kept.
+	Accepting() bool
+}
+
 // JTIFromCredentialID returns the jti a credential ID ("JTI=<jti>") names,
 // and false for any other form of credential ID (an x509 certificate's, a
 // legacy token's).

@@ -16,6 +16,7 @@ const (
 	resultForbidden = "forbidden"
 	resultMethod    = "bad_method"
 	resultHandshake = "handshake_failed"
+	resultStandby   = "standby"
 )
 
 // Log problems, a metric label.
@@ -49,7 +50,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		lastEvent: f.NewGaugeVec(prometheus.GaugeOpts{Namespace: metrics.Namespace, Name: "audit_last_event_timestamp_seconds",
 			Help: "Stage time of the last audit event delivered, by source (a stream that stops shows here)."}, []string{"source"}),
 		webhookRequests: f.NewCounterVec(prometheus.CounterOpts{Namespace: metrics.Namespace, Name: "audit_webhook_batches_total",
-			Help: "EventList batches the webhook received, by result (accepted, busy, too_large, malformed, forbidden, bad_method; handshake_failed counts connections refused at the TLS handshake)."}, []string{"result"}),
+			Help: "EventList batches the webhook received, by result (accepted, busy, too_large, malformed, forbidden, bad_method, standby: refused by a replica that does not lead; handshake_failed counts connections refused at the TLS handshake)."}, []string{"result"}),
 		webhookBytes: f.NewCounter(prometheus.CounterOpts{Namespace: metrics.Namespace, Name: "audit_webhook_bytes_total",
 			Help: "Bytes of the batches the webhook accepted."}),
 		logBytes: f.NewCounter(prometheus.CounterOpts{Namespace: metrics.Namespace, Name: "audit_log_bytes_total",
@@ -67,7 +68,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			m.skipped.WithLabelValues(src, string(r))
 		}
 	}
-	for _, r := range []string{resultAccepted, resultBusy, resultTooLarge, resultMalformed, resultForbidden, resultMethod, resultHandshake} {
+	for _, r := range []string{resultAccepted, resultBusy, resultTooLarge, resultMalformed, resultForbidden, resultMethod, resultHandshake, resultStandby} {
 		m.webhookRequests.WithLabelValues(r)
 	}
 	for _, k := range []string{"rename", "truncate"} {

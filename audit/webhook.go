@@ -137,6 +137,14 @@ func (w *Webhook) serve(rw http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	if sb, ok := w.stream.sink.(Standby); ok && !sb.Accepting() {
+		m.webhookRequests.WithLabelValues(resultStandby).Inc()
+		// A new connection for the resent batch: this one leads here.
+		rw.Header().Set("Connection", "close")
+		rw.Header().Set("Retry-After", "1")
+		http.Error(rw, "this tokenroll-coordinator replica does not lead; send the batch again", http.StatusServiceUnavailable)
+		return
+	}
 	select {
 	case w.sem <- struct{}{}:
 		defer func() { <-w.sem }()

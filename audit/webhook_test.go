@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -339,5 +340,54 @@ func TestMetricsLint(t *testing.T) {
 	}
 	for _, p := range problems {
 		t.Errorf("%s: %s", p.Metric, p.Text)
+	}
+}
+
+// standbyRecorder is a Sink that keeps events only while it leads.
+type standbyRecorder struct {
+	recorder
+	leading atomic.Bool
+}
+
+func (s *standbyRecorder) Accepting() bool { return s.leading.Load() }
+
+// A replica that does not lead takes no batch: it answers 503 and closes
+// the connection, so that the API server sends the batch again on a new
+// connection, which the Service routes to the leader; once it leads, it
+// takes the batch.
+func TestWebhookStandbyRefusesBatches(t *testing.T) {
+	apiserverCA := newTestCA(t, "apiserver-client-ca")
+	o, serverCA := webhookOptions(t, apiserverCA.pem)
+	rec := &standbyRecorder{}
+	m, srcs := startSources(t, o, rec)
+	url := "https://" + srcs[0].(*Webhook).Addr() + "/audit"
+	cert, key := apiserverCA.issue(t, "kube-apiserver-audit", false)
+	apiserver := client(t, serverCA, cert, key)
+	list := eventList(t, "presented.json")
+
+	resp, err := apiserver.Post(url, "application/json", bytes.NewReader(list))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || !resp.Close || resp.Header.Get("Retry-After") == "" {
+		t.Errorf("a standby answered %d (close %v, Retry-After %q); want 503, the connection closed and a Retry-After",
+			resp.StatusCode, resp.Close, resp.Header.Get("Retry-After"))
+	}
+	if got := rec.ids(); len(got) != 0 {
+		t.Errorf("a standby delivered %v", got)
+	}
+	if n := testutil.ToFloat64(m.webhookRequests.WithLabelValues(resultStandby)); n != 1 {
+		t.Errorf("standby refusals %v, want 1", n)
+	}
+
+	rec.leading.Store(true)
+	resp, err = apiserver.Post(url, "application/json", bytes.NewReader(list))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || len(rec.ids()) != 1 {
+		t.Errorf("the leader answered %d and delivered %v; want 200 and the event", resp.StatusCode, rec.ids())
 	}
 }

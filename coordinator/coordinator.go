@@ -89,6 +89,10 @@ type Config struct {
 	// or fail to authenticate (nil: off); audit sources feed it through
 	// Observe.
 	Apps *apps.Options
+	// PodName is this replica's Pod in Namespace (empty: outside a
+	// cluster). With Apps, the leader labels it LabelAuditReceiver while
+	// its detector keeps audit events.
+	PodName string
 }
 
 // Coordinator runs rollouts while it leads. What lives beyond one
@@ -331,10 +335,23 @@ func (c *Coordinator) Lead(ctx context.Context) error {
 		t.queue.ShutDown()
 	})
 	if c.cfg.Apps != nil {
+		vols := newVolumeFeed(c)
+		if _, err := nodeInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+			AddFunc: vols.node, UpdateFunc: func(_, n any) { vols.node(n) },
+		}); err != nil {
+			return err
+		}
 		loops.Go(func() {
 			err := apps.Run(ctx, apps.RunConfig{Client: c.cfg.Client, Namespace: c.cfg.Namespace, Options: *c.cfg.Apps,
 				Recorder: t.recorder, Metrics: c.appMetrics, Log: log, Clock: c.cfg.Clock,
-				Started: func(d *apps.Detector) { c.detector.Store(d) }, Stopped: func() { c.detector.Store(nil) }})
+				Started: func(d *apps.Detector) {
+					c.detector.Store(d)
+					for _, n := range nodeInf.GetStore().List() {
+						vols.node(n)
+					}
+					c.markReceiver(ctx, true)
+				},
+				Stopped: func() { c.detector.Store(nil); c.markReceiver(ctx, false) }})
 			if err != nil && ctx.Err() == nil {
 				log.Error("app detection stopped; the rollout goes on without it", zap.Error(err))
 			}

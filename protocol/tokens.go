@@ -5,6 +5,8 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -58,6 +60,51 @@ type TokenReport struct {
 	// PartialScan says some directory held more entries than the scanner
 	// reads; the agent's log and `tokenroll scan` name it.
 	PartialScan bool `json:"partialScan,omitempty"`
+	// TokenIDs maps a live pod's UID to the tokens its volumes held at the
+	// scan, each as TokenIDEntry (at most MaxTokenIDsPerPod): app
+	// detection matches them with the credential IDs the API server audits
+	// when its audit events do not name the pod a token was issued for
+	// (OpenShift's default audit profile). They change with every token
+	// refresh, so they never make the agent write by themselves: they ride
+	// along with the writes the rest of the report makes (at once on a
+	// change the coordinator acts on, else at most hourly). Left out first
+	// when the report outgrows MaxTokenReportBytes.
+	TokenIDs map[string][]string `json:"tokenIDs,omitempty"`
+}
+
+// MaxTokenIDsPerPod bounds a pod's entries in TokenReport.TokenIDs: a pod
+// has one token per projected serviceAccountToken source.
+const MaxTokenIDsPerPod = 8
+
+// TokenID names a token in a report by its jti claim: the first 8 bytes of
+// the jti's SHA-256, in hex. A jti is an identifier, not a secret (the API
+// server audits it with every request the token makes, and it
+// authenticates nothing); the digest makes it short and of one size.
+func TokenID(jti string) string {
+	sum := sha256.Sum256([]byte(jti))
+	return hex.EncodeToString(sum[:8])
+}
+
+// TokenIDEntry is one token of a pod in TokenReport.TokenIDs: "ID@iat",
+// iat in Unix seconds.
+func TokenIDEntry(id string, issuedAt time.Time) string {
+	return id + "@" + strconv.FormatInt(issuedAt.Unix(), 10)
+}
+
+// ParseTokenIDEntry reads a TokenIDEntry; ok is false for anything else.
+func ParseTokenIDEntry(e string) (id string, issuedAt time.Time, ok bool) {
+	id, at, found := strings.Cut(e, "@")
+	if !found || len(id) != 16 {
+		return "", time.Time{}, false
+	}
+	if _, err := hex.DecodeString(id); err != nil {
+		return "", time.Time{}, false
+	}
+	sec, err := strconv.ParseInt(at, 10, 64)
+	if err != nil || sec <= 0 || sec > 1<<40 {
+		return "", time.Time{}, false
+	}
+	return id, time.Unix(sec, 0).UTC(), true
 }
 
 // Complete reports whether the scan behind the report saw every pod the

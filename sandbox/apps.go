@@ -426,6 +426,12 @@ type appStats struct {
 	LastError  string
 	// SourceIP is the local address of the app's last connection.
 	SourceIP netip.Addr
+	// What the sandbox saw of the app's token file, for judging app
+	// detection (never the token): ReplacedAt is when the file first held
+	// another token than the one the app read when it started,
+	// FileChangedAt when its content last changed, FirstAuthFailure the
+	// app's first 401 and StoppedAt when it stopped (zero: never).
+	ReplacedAt, FileChangedAt, FirstAuthFailure, StoppedAt time.Time
 }
 
 // AppReport is one app's figures.
@@ -479,12 +485,14 @@ func (a *app) run(ctx context.Context) {
 			a.stats.ErrorTime += a.clock.Since(a.stats.FailingSince)
 			a.stats.FailingSince = time.Time{}
 		}
+		a.stats.StoppedAt = a.clock.Now()
 		a.mu.Unlock()
 		a.log.Info("app stopped")
 	}()
 	var token []byte
 	var readAt time.Time
 	reload := true
+	var watched fileWatch
 	for {
 		if token == nil || a.Kind == AppReloading && (reload || a.clock.Since(readAt) >= appReloadAfter) {
 			t, err := readToken(a.tokenPath)
@@ -495,9 +503,13 @@ func (a *app) run(ctx context.Context) {
 				a.log.Warn("app cannot read its token again; keeping the one it has", zap.Error(err))
 			default:
 				token, readAt, reload = t, a.clock.Now(), false
+				if watched.first == nil {
+					watched.first, watched.last = t, t
+				}
 			}
 		}
 		if token != nil {
+			a.noteFile(&watched)
 			reload = a.call(ctx, token) == http.StatusUnauthorized
 		}
 		select {
@@ -505,6 +517,35 @@ func (a *app) run(ctx context.Context) {
 			return
 		case <-a.clock.After(appInterval + rand.N(appIntervalJitter)):
 		}
+	}
+}
+
+// fileWatch is what the sandbox, not the app, remembers of an app's token
+// file: the token the app started with and the file's last content.
+type fileWatch struct {
+	first, last []byte
+}
+
+// noteFile reads the app's token file as the sandbox's ground truth,
+// whatever the app's kind does with it, and records when it first holds
+// another token than the one the app started with, and when it last
+// changed. The kubelet rewrites a volume on every sync, often with the same
+// token: only another token counts.
+func (a *app) noteFile(w *fileWatch) {
+	t, err := readToken(a.tokenPath)
+	if err != nil {
+		return
+	}
+	now := a.clock.Now()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if bytes.Equal(t, w.last) {
+		return
+	}
+	w.last = t
+	a.stats.FileChangedAt = now
+	if a.stats.ReplacedAt.IsZero() && !bytes.Equal(t, w.first) {
+		a.stats.ReplacedAt = now
 	}
 }
 
@@ -567,6 +608,9 @@ func (a *app) call(ctx context.Context, token []byte) int {
 		}
 	case status == http.StatusUnauthorized:
 		s.AuthFailures++
+		if s.FirstAuthFailure.IsZero() {
+			s.FirstAuthFailure = now
+		}
 		s.LastFailed, s.LastError = true, "401 Unauthorized"
 		if !wasFailing {
 			s.FailingSince = now

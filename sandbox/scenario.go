@@ -158,14 +158,16 @@ func maxUnavailableNodes(v string, nodes int) (int, error) {
 // run is one run of the sandbox: the cluster, the tokenroll processes and
 // what watches them.
 type run struct {
-	opts  Options
-	p     *printer
-	log   *zap.Logger
-	sb    *Sandbox
-	w     *watcher
-	inv   *invariants.Checker
-	dir   string
-	procs sync.WaitGroup
+	opts Options
+	p    *printer
+	log  *zap.Logger
+	sb   *Sandbox
+	w    *watcher
+	inv  *invariants.Checker
+	// reports are the coordinators' app-stale and app-failing reports.
+	reports *reportWatcher
+	dir     string
+	procs   sync.WaitGroup
 
 	agents       map[string]*child
 	coordinators []*child
@@ -293,6 +295,9 @@ func (r *run) run(ctx context.Context) (*Summary, error) {
 	}
 	r.disruption = newDisruptionCounter()
 	if err := watchDisruption(watchCtx, sb.Admin, clock.RealClock{}, r.disruption); err != nil {
+		return nil, err
+	}
+	if r.reports, err = watchReports(watchCtx, sb.Admin); err != nil {
 		return nil, err
 	}
 	if err := r.startProcesses(procCtx); err != nil {
@@ -435,6 +440,7 @@ func (r *run) startProcesses(ctx context.Context) error {
 				remediate, "--max-unavailable=" + o.MaxUnavailable, "--metrics-bind-address=" + addr,
 				"--lease-duration=4s", "--renew-deadline=3s", "--retry-period=500ms", "--issuer-refresh-interval=1s",
 				"--drain-timeout=2m", "--action-timeout=2m", "--verify-timeout=2m", "--agent-wait=2m", "--gate-settle=5s", "--log-format=json",
+				"--app-stale-grace=" + AppStaleGrace.String(),
 				"--audit-log=" + strings.Join(auditLogs, ","), "--audit-log-checkpoint-dir=" + filepath.Join(r.dir, "audit", fmt.Sprintf("coordinator-%d", i))}
 		}
 		c := newChild(fmt.Sprintf("coordinator-%d", i), addr, args, filepath.Join(r.dir, "logs", fmt.Sprintf("coordinator-%d.log", i)))
@@ -623,6 +629,11 @@ func (r *run) scenario(ctx context.Context) (*Summary, error) {
 		r.p.printf("faults injected into tokenroll's requests: %s", r.faultsInjected())
 	}
 	kinds, _ := ParseApps(o.Apps)
+	if slices.Contains(kinds, AppCaching) {
+		det, failures := r.awaitDetection(ctx, endedAt)
+		sum.AppDetection = &det
+		sum.Failures = append(sum.Failures, failures...)
+	}
 	appFailures := r.settleApps(ctx, kinds)
 	sum.Apps, _ = judgeApps(r.sb.AppReports(), kinds)
 	sum.Failures = append(sum.Failures, appFailures...)
@@ -753,6 +764,32 @@ func (r *run) settleApps(ctx context.Context, kinds []AppKind) []string {
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
+}
+
+// awaitDetection waits until the coordinators had the time to report
+// every pod whose caching app presents a token that went bad (the grace
+// after its refresh, and the slack), or until they did and no other pod
+// could still be reported; then it judges their reports.
+func (r *run) awaitDetection(ctx context.Context, rolloutEnd time.Time) (AppDetection, []string) {
+	start := time.Now()
+	r.p.printf("app detection: waiting for the coordinator to report the pods whose app caches its token (--app-stale-grace=%s after the token changed)", AppStaleGrace)
+	for {
+		due, done := detectionDue(r.sb.AppReports(), r.reports.reports(), time.Now(), AppStaleGrace)
+		if done || !time.Now().Before(due) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+			continue
+		}
+		break
+	}
+	d, failures := judgeDetection(r.sb.AppReports(), r.reports.reports(), time.Now(), AppStaleGrace)
+	d.WaitSeconds = seconds(time.Since(start))
+	r.p.printf("app detection: %d caching pod(s) reported, %d other pod(s) reported, %d caching pod(s) missed; waited %.1fs (the rollout ended %.1fs ago)",
+		d.TruePositives, d.FalsePositives, d.FalseNegatives, d.WaitSeconds, time.Since(rolloutEnd).Seconds())
+	return d, failures
 }
 
 // describeApps says which apps the pods run.

@@ -59,6 +59,9 @@ type Summary struct {
 	// Apps are the figures of the pods' apps, by kind (the kinds --apps
 	// ran).
 	Apps map[AppKind]AppFigures `json:"apps"`
+	// AppDetection judges the coordinator's app detection against the
+	// pods that ran a caching app (absent when none ran).
+	AppDetection *AppDetection `json:"appDetection,omitempty"`
 	// Alerts are what the real Prometheus of --prometheus fired (absent
 	// without it).
 	Alerts *AlertSummary `json:"alerts,omitempty"`
@@ -238,6 +241,10 @@ func (s *Summary) Print(w io.Writer) {
 		}
 		fmt.Fprintf(tw, "  apps %s\t%d pods, %d requests, %d auth failures, %d other errors, %.1fs unable to authenticate, %d failing at the end\n",
 			k, f.Pods, f.Requests, f.AuthFailures, f.OtherErrors, f.ErrorSeconds, f.FailingAtEnd)
+	}
+	if d := s.AppDetection; d != nil {
+		fmt.Fprintf(tw, "  app detection\t%d true positives, %d false positives, %d false negatives; reported %.1fs (median) and %.1fs (max) after the token refresh; waited %.1fs for it\n",
+			d.TruePositives, d.FalsePositives, d.FalseNegatives, d.SecondsToDetect.Median, d.SecondsToDetect.Max, d.WaitSeconds)
 	}
 	if s.Alerts != nil {
 		fmt.Fprintf(tw, "  alerts fired\t%s\n", orNone(s.Alerts.Fired))

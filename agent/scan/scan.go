@@ -54,21 +54,23 @@ type Options struct {
 // decoded cannot have are left empty (and omitted from JSON). Strings from
 // the file or its claims are capped at protocol.MaxClaimLen bytes.
 type Token struct {
-	PodUID         string         `json:"podUID"`
-	Namespace      string         `json:"namespace,omitempty"`
-	Pod            string         `json:"pod,omitempty"`
-	ServiceAccount string         `json:"serviceAccount,omitempty"`
-	Volume         string         `json:"volume"`
-	Path           string         `json:"path"`
-	Issuer         string         `json:"issuer,omitempty"`
-	Audiences      []string       `json:"audiences,omitempty"`
-	IssuedAt       time.Time      `json:"issuedAt,omitzero"`
-	ExpiresAt      time.Time      `json:"expiresAt,omitzero"`
-	WarnAfter      time.Time      `json:"warnAfter,omitzero"`
-	TTLSeconds     int64          `json:"ttlSeconds,omitzero"`
-	RefreshAt      time.Time      `json:"refreshAt,omitzero"`
-	State          protocol.State `json:"state"`
-	Reason         string         `json:"reason"`
+	PodUID         string    `json:"podUID"`
+	Namespace      string    `json:"namespace,omitempty"`
+	Pod            string    `json:"pod,omitempty"`
+	ServiceAccount string    `json:"serviceAccount,omitempty"`
+	Volume         string    `json:"volume"`
+	Path           string    `json:"path"`
+	Issuer         string    `json:"issuer,omitempty"`
+	Audiences      []string  `json:"audiences,omitempty"`
+	IssuedAt       time.Time `json:"issuedAt,omitzero"`
+	ExpiresAt      time.Time `json:"expiresAt,omitzero"`
+	WarnAfter      time.Time `json:"warnAfter,omitzero"`
+	TTLSeconds     int64     `json:"ttlSeconds,omitzero"`
+	RefreshAt      time.Time `json:"refreshAt,omitzero"`
+	// ID names the token by its jti (protocol.TokenID); empty without one.
+	ID     string         `json:"id,omitempty"`
+	State  protocol.State `json:"state"`
+	Reason string         `json:"reason"`
 }
 
 // Report is one scan of one node.
@@ -281,6 +283,9 @@ func (p podFiles) judge(vol, rel string, claims []byte, problem string, isToken 
 	t.IssuedAt, t.ExpiresAt, t.WarnAfter = c.IssuedAt, c.Expires, c.WarnAfter
 	t.TTLSeconds = int64(c.TTL() / time.Second)
 	t.RefreshAt = c.RefreshAt()
+	if c.JTI != "" {
+		t.ID = protocol.TokenID(c.JTI)
+	}
 	if p.orphaned {
 		t.State, t.Reason = protocol.StateOrphaned, reasonOrphaned
 		return t, "", true

@@ -33,7 +33,7 @@ var parseErr = regexp.MustCompile(`^(` +
 	`|claim "` + claimName + `" holds a character that is not printable` +
 	`)$`)
 
-const claimName = `(iss|aud|iat|exp|kubernetes\.io(\.(namespace|warnafter|(pod|serviceaccount|node)(\.(name|uid))?))?)`
+const claimName = `(iss|jti|aud|iat|exp|kubernetes\.io(\.(namespace|warnafter|(pod|serviceaccount|node)(\.(name|uid))?))?)`
 
 // FuzzParse: no input panics Parse, every error is one of its own (so none
 // quotes the input), and every accepted token satisfies the limits Parse

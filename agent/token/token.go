@@ -35,6 +35,10 @@ type Claims struct {
 	PodUID         string
 	ServiceAccount string
 	NodeName       string
+	// JTI is the jti claim: the token's identifier, which the API server
+	// audits as the credential ID of every request made with it. Not a
+	// secret (it authenticates nothing), and capped like a UID.
+	JTI string
 }
 
 // ClaimsEnd finds where the claims of a compact JWT end: the index of the
@@ -122,6 +126,7 @@ const (
 // numbers (NumericDate, possibly fractional); aud is a string or a list.
 type wireClaims struct {
 	Iss  string          `json:"iss"`
+	Jti  string          `json:"jti"`
 	Aud  json.RawMessage `json:"aud"`
 	Iat  *float64        `json:"iat"`
 	Exp  *float64        `json:"exp"`
@@ -144,7 +149,7 @@ type wireClaims struct {
 // claimPaths are the paths encoding/json gives a wireClaims field in its
 // errors. An error names a claim only from this list.
 var claimPaths = map[string]bool{
-	"iss": true, "aud": true, "iat": true, "exp": true, "kubernetes.io": true,
+	"iss": true, "jti": true, "aud": true, "iat": true, "exp": true, "kubernetes.io": true,
 	"kubernetes.io.namespace": true, "kubernetes.io.pod": true, "kubernetes.io.pod.name": true, "kubernetes.io.pod.uid": true,
 	"kubernetes.io.serviceaccount": true, "kubernetes.io.serviceaccount.name": true,
 	"kubernetes.io.node": true, "kubernetes.io.node.name": true, "kubernetes.io.warnafter": true,
@@ -333,6 +338,7 @@ func parsePayload(seg []byte) (Claims, error) {
 	}
 	strs := []capped{
 		{"iss", w.Iss, maxURL},
+		{"jti", w.Jti, maxUID},
 		{"kubernetes.io.namespace", w.Kube.Namespace, maxNamespace},
 		{"kubernetes.io.pod.name", w.Kube.Pod.Name, maxName},
 		{"kubernetes.io.pod.uid", w.Kube.Pod.UID, maxUID},
@@ -357,6 +363,7 @@ func parsePayload(seg []byte) (Claims, error) {
 		PodUID:         w.Kube.Pod.UID,
 		ServiceAccount: w.Kube.ServiceAccount.Name,
 		NodeName:       w.Kube.Node.Name,
+		JTI:            w.Jti,
 	}
 	if hasWarn {
 		c.WarnAfter = time.Unix(warn, 0).UTC()

@@ -149,6 +149,7 @@ func TestParseRealisticToken(t *testing.T) {
 		IssuedAt:  at(iat), Expires: at(iat + 3607), WarnAfter: at(iat + 2886),
 		Namespace: "build-pipelines", PodName: "build-robot-7d9f8c6b5-x2k4q", PodUID: "c3e1a2b4-5d6f-4a8b-9c0d-e1f2a3b4c5d6",
 		ServiceAccount: "build-robot", NodeName: "ip-10-0-12-34.eu-west-1.compute.internal",
+		JTI: "6f1c8b0e-2d4a-4f7e-9b3c-5a8d7e6f1029",
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("got  %+v\nwant %+v", c, want)

@@ -7,6 +7,8 @@
 package apps
 
 import (
+	"encoding/binary"
+	"encoding/hex"
 	"hash/maphash"
 	"net/netip"
 	"slices"
@@ -18,6 +20,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/tokenroll/tokenroll/audit"
+	"github.com/tokenroll/tokenroll/protocol"
 )
 
 // Condition is what the detector finds of a pod's application.
@@ -82,7 +85,16 @@ const (
 	maxIssued    = 8
 	maxOther     = 4
 	maxPresented = 8
+	maxVolume    = protocol.MaxTokenIDsPerPod
+	// maxForeign tokens issued by someone other than a kubelet, for a pod
+	// the audit event does not name, are remembered across all pods.
+	maxForeign = 4096
 )
+
+// volumeSlack: a token first presented less than this before the detector
+// learnt what the pod's volumes hold may be newer than what they held
+// then (the agent scans, then writes; the coordinator sees it after).
+const volumeSlack = 10 * time.Second
 
 // EventResult classifies what became of an audit event, for a counter.
 type EventResult int
@@ -120,6 +132,11 @@ type Detector struct {
 	// pod holds its source IP.
 	byIP   map[netip.Addr][]types.UID
 	counts [len(kindNames)][numResults]uint64
+	// foreign are tokens issued, for a pod the event does not name, to
+	// someone other than a kubelet: never judged (a ring).
+	foreign  map[uint64]struct{}
+	foreignQ [maxForeign]uint64
+	nForeign int
 }
 
 type issuedToken struct {
@@ -131,8 +148,17 @@ type issuedToken struct {
 }
 
 type presentedToken struct {
-	jti         uint64
+	jti uint64
+	// id is the token's protocol.TokenID, as the agent reports it.
+	id          uint64
 	first, last time.Time
+}
+
+// volumeToken is a token the pod's volumes held, as its node's agent
+// reported it.
+type volumeToken struct {
+	id       uint64
+	issuedAt time.Time
 }
 
 type podState struct {
@@ -150,6 +176,10 @@ type podState struct {
 	nOther    int
 	presented [maxPresented]presentedToken
 	nPres     int
+	// volume are the tokens the pod's volumes held as of volumeAt, when
+	// the detector learnt them from the agent's report (zero: never).
+	volume   []volumeToken
+	volumeAt time.Time
 	// lastAuth is the last authenticated request (event time).
 	lastAuth time.Time
 	// staleFirst..staleLast is the current run of stale presentations;
@@ -173,7 +203,108 @@ func NewDetector(cfg Config) *Detector {
 	if cfg.Clock == nil {
 		cfg.Clock = clock.RealClock{}
 	}
-	return &Detector{cfg: cfg, seed: maphash.MakeSeed(), pods: map[types.UID]*podState{}, byIP: map[netip.Addr][]types.UID{}}
+	return &Detector{cfg: cfg, seed: maphash.MakeSeed(), pods: map[types.UID]*podState{}, byIP: map[netip.Addr][]types.UID{},
+		foreign: map[uint64]struct{}{}}
+}
+
+// tokenID is protocol.TokenID(jti) as a number.
+func tokenID(jti string) uint64 {
+	id, _ := parseTokenID(protocol.TokenID(jti))
+	return id
+}
+
+func parseTokenID(s string) (uint64, bool) {
+	b, err := hex.DecodeString(s)
+	if err != nil || len(b) != 8 {
+		return 0, false
+	}
+	return binary.BigEndian.Uint64(b), true
+}
+
+// SetVolumeTokens takes what node's agent reported its pods' volumes hold
+// (protocol.TokenReport.TokenIDs), as learnt now: the tokens app detection
+// matches presented credentials with when the audit events do not name the
+// pod a token was issued for (OpenShift's default audit profile). A pod on
+// another node is not this agent's to report on; pods not known yet are
+// left for its next report.
+func (d *Detector) SetVolumeTokens(node string, pods map[string][]string) {
+	now := d.cfg.Clock.Now()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for uid, entries := range pods {
+		ps := d.pods[types.UID(uid)]
+		if ps == nil || ps.pod.Node != node {
+			continue
+		}
+		vol := make([]volumeToken, 0, min(len(entries), maxVolume))
+		for _, e := range entries[:min(len(entries), maxVolume)] {
+			id, at, ok := protocol.ParseTokenIDEntry(e)
+			if !ok {
+				continue
+			}
+			n, _ := parseTokenID(id)
+			vol = append(vol, volumeToken{id: n, issuedAt: at})
+		}
+		ps.volume, ps.volumeAt = vol, now
+		// What the pod presented before is judged again against it.
+		for i := range min(ps.nPres, maxPresented) {
+			d.judgeByVolume(ps, ps.presented[i], ps.presented[i].last)
+		}
+	}
+}
+
+// judgeByVolume judges a token the pod presented at t against what its
+// volumes held: a token presented before the detector learnt them, and not
+// among them, was not in the pod's volumes any more: the app presents a
+// token the kubelet replaced. The grace runs from the newest token the
+// volumes hold. Tokens issued to someone other than the pod's kubelet are
+// never judged. Called with d.mu held.
+func (d *Detector) judgeByVolume(ps *podState, p presentedToken, t time.Time) {
+	if ps.volumeAt.IsZero() || len(ps.volume) == 0 || !p.first.Before(ps.volumeAt.Add(-volumeSlack)) {
+		return
+	}
+	if _, ok := d.foreign[p.jti]; ok || slices.Contains(ps.other[:min(ps.nOther, maxOther)], p.jti) {
+		return
+	}
+	var replacedAt time.Time
+	for _, v := range ps.volume {
+		if v.id == p.id {
+			return
+		}
+		if v.issuedAt.After(replacedAt) {
+			replacedAt = v.issuedAt
+		}
+	}
+	if t.Before(replacedAt.Add(d.cfg.Grace)) {
+		return
+	}
+	d.markStale(ps, t, replacedAt)
+}
+
+// markStale records a stale presentation at t of a token replaced at
+// replacedAt. Called with d.mu held.
+func (d *Detector) markStale(ps *podState, t, replacedAt time.Time) {
+	if ps.staleLast.IsZero() || t.Sub(ps.staleLast) > d.cfg.Window {
+		ps.staleFirst = t
+	}
+	if t.After(ps.staleLast) {
+		ps.staleLast, ps.replacedAt = t, replacedAt
+	}
+}
+
+// noteForeign remembers a token issued to someone other than a kubelet.
+// Called with d.mu held.
+func (d *Detector) noteForeign(jti uint64) {
+	if _, ok := d.foreign[jti]; ok {
+		return
+	}
+	i := d.nForeign % maxForeign
+	if d.nForeign >= maxForeign {
+		delete(d.foreign, d.foreignQ[i])
+	}
+	d.foreignQ[i] = jti
+	d.foreign[jti] = struct{}{}
+	d.nForeign++
 }
 
 func (d *Detector) hash(s string) uint64 { return maphash.String(d.seed, s) }
@@ -294,6 +425,17 @@ func (d *Detector) podFor(ref audit.PodRef) (*podState, EventResult) {
 }
 
 func (d *Detector) issued(ev *audit.Event, t time.Time) EventResult {
+	if ev.Pod.UID == "" {
+		// No bound pod (an audit level below Request, as OpenShift's
+		// default profile): the pod's tokens are matched by what its
+		// agent reports instead. A token anyone else had issued must still
+		// never make a pod look stale.
+		if ev.JTI != "" && !strings.HasPrefix(ev.User, "system:node:") {
+			d.noteForeign(d.hash(ev.JTI))
+			return Ignored
+		}
+		return UnknownPod
+	}
 	ps, r := d.podFor(ev.Pod)
 	if ps == nil {
 		return r
@@ -343,7 +485,8 @@ func (d *Detector) presented(ev *audit.Event, t time.Time) EventResult {
 		return Counted
 	}
 	jti := d.hash(ev.JTI)
-	first := ps.see(jti, t)
+	p := ps.see(jti, tokenID(ev.JTI), t)
+	first := p.first
 	if slices.Contains(ps.other[:min(ps.nOther, maxOther)], jti) {
 		return Counted
 	}
@@ -354,6 +497,12 @@ func (d *Detector) presented(ev *audit.Event, t time.Time) EventResult {
 			newest, known = ps.newest(ps.issued[i].aud)
 			break
 		}
+	}
+	if !known && !ps.volumeAt.IsZero() {
+		// Never seen issued with its pod: what the pod's volumes hold,
+		// from its agent, says whether it is still there.
+		d.judgeByVolume(ps, p, t)
+		return Counted
 	}
 	if !known {
 		// A token never seen issued was issued before the detector
@@ -374,18 +523,14 @@ func (d *Detector) presented(ev *audit.Event, t time.Time) EventResult {
 	if newest.jti == jti || t.Before(newest.at.Add(d.cfg.Grace)) {
 		return Counted
 	}
-	if ps.staleLast.IsZero() || t.Sub(ps.staleLast) > d.cfg.Window {
-		ps.staleFirst = t
-	}
-	if t.After(ps.staleLast) {
-		ps.staleLast, ps.replacedAt = t, newest.at
-	}
+	d.markStale(ps, t, newest.at)
 	return Counted
 }
 
-// see records a presentation of jti and returns when it was first seen;
-// the token seen least recently makes room.
-func (ps *podState) see(jti uint64, t time.Time) time.Time {
+// see records a presentation of jti (id: its protocol.TokenID) and
+// returns what is known of it now; the token seen least recently makes
+// room.
+func (ps *podState) see(jti, id uint64, t time.Time) presentedToken {
 	n := min(ps.nPres, maxPresented)
 	for i := range n {
 		p := &ps.presented[i]
@@ -396,7 +541,7 @@ func (ps *podState) see(jti uint64, t time.Time) time.Time {
 			if t.After(p.last) {
 				p.last = t
 			}
-			return p.first
+			return *p
 		}
 	}
 	i := n
@@ -410,8 +555,8 @@ func (ps *podState) see(jti uint64, t time.Time) time.Time {
 	} else {
 		ps.nPres++
 	}
-	ps.presented[i] = presentedToken{jti: jti, first: t, last: t}
-	return t
+	ps.presented[i] = presentedToken{jti: jti, id: id, first: t, last: t}
+	return ps.presented[i]
 }
 
 func (d *Detector) authFailed(ev *audit.Event, t time.Time) EventResult {

@@ -10,6 +10,7 @@ import (
 	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/tokenroll/tokenroll/audit"
+	"github.com/tokenroll/tokenroll/protocol"
 )
 
 var t0 = time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
@@ -442,5 +443,80 @@ func TestDetectorRepeatedTransitionIsQuiet(t *testing.T) {
 	}
 	if fmt.Sprint(repeats) != "[false true]" {
 		t.Errorf("repeat flags of the two app-failing transitions: %v; want [false true]", repeats)
+	}
+}
+
+// Where the audit events do not name the pod a token was issued for
+// (OpenShift's default Metadata profile), what the pod's agent reports its
+// volumes hold decides: an app presenting a token its volumes no longer
+// hold, past the grace after the newest one was issued, is app-stale, and
+// found as soon as the report comes, even if it comes late; an app that
+// reloads within the grace is not; a token someone other than a kubelet
+// had issued is never judged; a token first presented after the report
+// (newer than what it says) is not judged; a report about a pod of another
+// node is not taken.
+func TestDetectorMatchesVolumeTokensWithoutTheBoundPod(t *testing.T) {
+	h := newHarness(t, testPod("cache", "n1", "10.1.0.6"), testPod("web", "n1", "10.1.0.5"), testPod("minted", "n1", "10.1.0.7"),
+		testPod("other", "n2", "10.1.0.8"))
+	unbound := func(jti, user string) {
+		h.d.Observe(audit.Event{Kind: audit.Issued, Time: h.clock.Now(), User: user, Code: 201, JTI: jti})
+	}
+	volume := func(node string, byPod map[string]map[string]time.Time) {
+		pods := map[string][]string{}
+		for name, toks := range byPod {
+			for jti, iat := range toks {
+				uid := string(h.pods[name].UID)
+				pods[uid] = append(pods[uid], protocol.TokenIDEntry(protocol.TokenID(jti), iat))
+			}
+		}
+		h.d.SetVolumeTokens(node, pods)
+	}
+	// Every app presents its first token; the kubelet's issuances name no
+	// pod, and a namespace user has a token minted for "minted".
+	for _, jti := range []string{"c1", "w1", "m1"} {
+		unbound(jti, "system:node:n1")
+	}
+	unbound("x1", "alice")
+	h.run(10*time.Minute, 10*time.Second, func() {
+		h.present("cache", "c1")
+		h.present("web", "w1")
+		h.present("minted", "m1")
+		h.present("other", "o1")
+	})
+	// The kubelet refreshes every token; web reloads within a minute, cache
+	// never; minted's app also presents the minted token.
+	refresh := h.clock.Now()
+	for _, jti := range []string{"c2", "w2", "m2"} {
+		unbound(jti, "system:node:n1")
+	}
+	h.run(time.Minute, 10*time.Second, func() {
+		h.present("cache", "c1")
+		h.present("web", "w1")
+		h.present("minted", "x1")
+	})
+	res := h.run(20*time.Minute, 10*time.Second, func() {
+		h.present("cache", "c1")
+		h.present("web", "w2")
+		h.present("minted", "x1")
+		h.present("other", "o1")
+	})
+	if res.Stale != 0 {
+		t.Fatalf("stale %d before any report of the volumes; no evidence yet", res.Stale)
+	}
+	// The agent's report comes (late, as an hourly one may): n1's volumes,
+	// and a report from n1 about n2's pod, which is not n1's to make.
+	volume("n1", map[string]map[string]time.Time{
+		"cache": {"c2": refresh}, "web": {"w2": refresh}, "minted": {"m2": refresh}, "other": {"o2": refresh}})
+	res = h.run(30*time.Second, 10*time.Second, func() {
+		h.present("cache", "c1")
+		h.present("web", "w2")
+		h.present("minted", "x1")
+		h.present("other", "o1")
+		// A token newer than the report: not judged.
+		h.present("web", "w3")
+	})
+	h.expect(res, want{followed: 4, healthy: 3, stale: 1})
+	if len(res.Problems) != 1 || res.Problems[0].Pod.Name != "cache" || !res.Problems[0].ReplacedAt.Equal(refresh) {
+		t.Errorf("problems %+v; want cache, its token replaced at %s", res.Problems, refresh)
 	}
 }

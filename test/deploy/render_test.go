@@ -106,6 +106,7 @@ func TestHelmMatchesKustomize(t *testing.T) {
 		{"kustomize-base", "helm-default"},
 		{"kustomize-kubeadm", "helm-kubeadm"},
 		{"kustomize-openshift", "helm-openshift"},
+		{"kustomize-kubeadm-audit", "helm-kubeadm-audit"},
 	} {
 		t.Run(pair[1], func(t *testing.T) {
 			k := normalizeForCompare(render(t, findRendering(pair[0])))
@@ -450,8 +451,19 @@ func TestCoordinatorPod(t *testing.T) {
 				t.Errorf("runAsUser %d, the image's user is %d", *psc.RunAsUser, imageUser(t))
 			}
 			sc := spec.Containers[0].SecurityContext
+			// With the audit log source, root with DAC_READ_SEARCH alone:
+			// the API server writes its log mode 0600.
+			var wantAdd []corev1.Capability
+			if auditLog := strings.HasSuffix(r.name, "-audit"); auditLog {
+				wantAdd = []corev1.Capability{"DAC_READ_SEARCH"}
+				if sc == nil || ptrValue(sc.RunAsUser) != any(int64(0)) || ptrValue(sc.RunAsNonRoot) != any(false) {
+					t.Errorf("with the audit log, container securityContext %+v; want runAsUser 0", sc)
+				}
+			} else if sc != nil && (sc.RunAsUser != nil || sc.RunAsNonRoot != nil) {
+				t.Errorf("the container sets its own user: %+v", sc)
+			}
 			if sc == nil || sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem || sc.Capabilities == nil ||
-				!slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) || len(sc.Capabilities.Add) != 0 {
+				!slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) || !slices.Equal(sc.Capabilities.Add, wantAdd) {
 				t.Errorf("container securityContext %+v", sc)
 			}
 			if spec.AutomountServiceAccountToken == nil || *spec.AutomountServiceAccountToken {

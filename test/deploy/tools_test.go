@@ -90,6 +90,11 @@ var renderings = []rendering{
 	{name: "helm-openshift", args: []string{"helm", "deploy/helm/tokenroll", "--set", "openshift.enabled=true",
 		"--set", "monitoring.serviceMonitor.enabled=true", "--set", "monitoring.prometheusRule.enabled=true",
 		"--set", "monitoring.grafanaDashboard.enabled=true"}, namespace: "tokenroll", release: "tokenroll"},
+	// Both audit sources, as deploy/README.md tells kubeadm users to add
+	// them, and the chart's values for the same.
+	{name: "kustomize-kubeadm-audit", args: []string{"kustomize", "test/deploy/testdata/kubeadm-audit"}, namespace: "tokenroll"},
+	{name: "helm-kubeadm-audit", args: []string{"helm", "deploy/helm/tokenroll", "--set", "coordinator.gate=static-pods",
+		"--set", "coordinator.audit.webhook.enabled=true", "--set", "coordinator.audit.log.enabled=true"}, namespace: "tokenroll", release: "tokenroll"},
 	{name: "helm-custom", args: []string{"helm", "deploy/helm/tokenroll", "--release", "ops", "--namespace", "tokenroll-system", "-f", customValues},
 		namespace: "tokenroll-system", release: "ops"},
 }

@@ -83,6 +83,9 @@ type coordinatorOptions struct {
 	// its app; AppStaleGrace and AppWindow tune it.
 	AppDetection             bool
 	AppStaleGrace, AppWindow time.Duration
+	// PodName is this replica's Pod, which the leader labels for the
+	// audit webhook's Service.
+	PodName string
 }
 
 func newCoordinatorOptions() *coordinatorOptions {
@@ -98,7 +101,7 @@ func newCoordinatorOptions() *coordinatorOptions {
 		TrustMargin: time.Hour, AgentWait: 15 * time.Minute, IssuerRefresh: time.Minute, Auto: true, QPS: 20, Burst: 40,
 		KuredLock: coordinator.DefaultKuredLock.String(), AppDetection: true,
 		AppStaleGrace: apps.DefaultOptions().Grace, AppWindow: apps.DefaultOptions().Window,
-		Audit: audit.NewOptions(),
+		Audit: audit.NewOptions(), PodName: os.Getenv("POD_NAME"),
 	}
 }
 
@@ -128,6 +131,7 @@ func (o *coordinatorOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&o.AppDetection, "app-detection", o.AppDetection, "Follow every pod (an informer on the leader) and, from the API server's audit events, report pods whose apps present a replaced token (app-stale) or fail to authenticate (app-failing).")
 	fs.DurationVar(&o.AppStaleGrace, "app-stale-grace", o.AppStaleGrace, "A pod is app-stale when its app presents a token this long after the kubelet replaced it, and app-failing when its requests fail authentication this long; must be longer than client-go's 1-minute reload of a token file.")
 	fs.DurationVar(&o.AppWindow, "app-window", o.AppWindow, "A pod with no authenticated request in this window is unobserved (never counted healthy); app-stale and app-failing end when their evidence is this old. Longer than --app-stale-grace.")
+	fs.StringVar(&o.PodName, "pod-name", o.PodName, "This replica's Pod in --namespace (default $POD_NAME). With --audit-webhook-listen, the leader labels it "+coordinator.LabelAuditReceiver+"=true, which the audit webhook's Service selects, and a replica that does not lead answers the API servers' batches with 503 so they are sent again; empty: no label (one replica, or the webhook reached another way).")
 	fs.Float32Var(&o.QPS, "kube-api-qps", o.QPS, "Steady API requests per second the coordinator may make.")
 	fs.IntVar(&o.Burst, "kube-api-burst", o.Burst, "API requests the coordinator may make in a burst.")
 	o.Audit.AddFlags(fs)
@@ -174,11 +178,25 @@ func (o *coordinatorOptions) Validate() error {
 	if o.QPS <= 0 || o.Burst < 1 {
 		errs = append(errs, fmt.Errorf("--kube-api-qps=%v and --kube-api-burst=%d must be positive", o.QPS, o.Burst))
 	}
+	if o.PodName != "" {
+		for _, msg := range validation.IsDNS1123Subdomain(o.PodName) {
+			errs = append(errs, fmt.Errorf("--pod-name=%q: %s", o.PodName, msg))
+		}
+	}
 	errs = append(errs, o.Audit.Validate())
 	if o.Audit.Enabled() && !o.AppDetection {
 		errs = append(errs, errors.New("--audit-webhook-listen and --audit-log feed app detection: drop them, or leave --app-detection on"))
 	}
 	return errors.Join(errs...)
+}
+
+// podForWebhook is the Pod the leader labels: only with a webhook to route
+// to, and app detection to keep what it receives.
+func (o *coordinatorOptions) podForWebhook() string {
+	if o.Audit.WebhookListen == "" || !o.AppDetection {
+		return ""
+	}
+	return o.PodName
 }
 
 func checkMaxUnavailable(v string) error {
@@ -243,7 +261,7 @@ func (o *coordinatorOptions) run(ctx context.Context, e cli.Env) error {
 		MaxUnavailable: intstr.Parse(o.MaxUnavailable), DrainTimeout: o.DrainTimeout, ActionTimeout: o.ActionTimeout,
 		VerifyTimeout: o.VerifyTimeout, Settle: o.Settle, GateSettle: o.GateSettle, TrustMargin: o.TrustMargin, AgentWait: o.AgentWait,
 		IssuerRefresh: o.IssuerRefresh, Auto: o.Auto, DryRun: o.DryRun, KuredLock: kuredLock, Drainer: coordinator.KubectlDrainer{Client: client, Force: o.DrainForce, Log: e.Log, Retry: apiretry.Default()},
-		Registry: reg, Log: e.Log, Apps: appOpts,
+		Registry: reg, Log: e.Log, Apps: appOpts, PodName: o.podForWebhook(),
 	})
 	if err != nil {
 		return err
@@ -256,11 +274,21 @@ func (o *coordinatorOptions) run(ctx context.Context, e cli.Env) error {
 	srvErr := make(chan error, 1)
 	go func() { srvErr <- srv.Run(ctx) }()
 	// Every replica reads the audit sources; only the leader's detector
-	// keeps what they deliver (Observe drops events on a standby).
+	// keeps what they deliver. A standby's webhook refuses batches (503,
+	// c.Accepting) rather than drop them, and the leader labels its Pod so
+	// that the webhook's Service routes them to it (--pod-name); a log is
+	// read by every replica, so nothing is lost there.
 	sources, err := o.Audit.NewSources(c, reg, e.Log.Named("audit"), clock.RealClock{})
 	if err != nil {
 		cancel()
 		return errors.Join(fmt.Errorf("audit sources: %w", err), <-srvErr)
+	}
+	if pod := o.podForWebhook(); pod != "" {
+		// A replica that led before it restarted may still carry the
+		// label: until it leads again, batches must not come here.
+		if err := coordinator.MarkAuditReceiver(ctx, client, o.Namespace, pod, false); err != nil {
+			e.Log.Error("the audit webhook's Service may route batches to this replica, which does not lead (it answers them 503)", zap.Error(err))
+		}
 	}
 	srcErr := make(chan error, len(sources))
 	for _, src := range sources {

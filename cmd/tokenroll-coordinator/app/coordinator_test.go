@@ -23,6 +23,7 @@ func TestValidateReportsEveryBadFlag(t *testing.T) {
 			Want: []string{"--audit-webhook-cert is required with --audit-webhook-listen", `--audit-log="audit.log": must be an absolute path`}},
 		clitest.Usage{Args: []string{"--app-detection=false", "--audit-log=/var/log/kube-apiserver/audit.log"},
 			Want: []string{"--audit-webhook-listen and --audit-log feed app detection"}},
+		clitest.Usage{Args: []string{"--pod-name=Not_A_Pod"}, Want: []string{`--pod-name="Not_A_Pod"`}},
 		clitest.Usage{Args: []string{"coordinator"}, Want: []string{"takes no arguments", "Run 'tokenroll-coordinator --help'"}})
 }
 
