@@ -123,7 +123,8 @@ func (d KubectlDrainer) evict(ctx context.Context, h *drain.Helper, pods []corev
 			_, _ = fmt.Fprintf(h.ErrOut, "error when evicting pods/%q -n %q (will retry after %v): %v\n", p.Name, p.Namespace, evictRetry, err)
 			select {
 			case <-ctx.Done():
-				return fmt.Errorf("evicting pod %s/%s: global timeout reached: %w", p.Namespace, p.Name, ctx.Err())
+				// The refusal says why (a PodDisruptionBudget): the halt shows it.
+				return fmt.Errorf("evicting pod %s/%s: global timeout reached while the eviction was refused (%v): %w", p.Namespace, p.Name, err, ctx.Err())
 			case <-time.After(evictRetry):
 			}
 		}

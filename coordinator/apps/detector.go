@@ -120,6 +120,10 @@ type Detector struct {
 	// pod holds its source IP.
 	byIP   map[netip.Addr][]types.UID
 	counts [len(kindNames)][numResults]uint64
+	// started is when the detector was made: it knows nothing of tokens
+	// issued before. last is the latest evaluation.
+	started time.Time
+	last    *Result
 }
 
 type issuedToken struct {
@@ -173,7 +177,20 @@ func NewDetector(cfg Config) *Detector {
 	if cfg.Clock == nil {
 		cfg.Clock = clock.RealClock{}
 	}
-	return &Detector{cfg: cfg, seed: maphash.MakeSeed(), pods: map[types.UID]*podState{}, byIP: map[netip.Addr][]types.UID{}}
+	return &Detector{cfg: cfg, seed: maphash.MakeSeed(), pods: map[types.UID]*podState{}, byIP: map[netip.Addr][]types.UID{},
+		started: cfg.Clock.Now()}
+}
+
+// Started is when the detector was made: tokens issued before are not
+// known to it, so it cannot tell whether an app presents them late.
+func (d *Detector) Started() time.Time { return d.started }
+
+// Last is the latest evaluation (nil: none yet). Its maps and slices are
+// shared: read them only.
+func (d *Detector) Last() *Result {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.last
 }
 
 func (d *Detector) hash(s string) uint64 { return maphash.String(d.seed, s) }
@@ -467,7 +484,7 @@ type PodProblem struct {
 
 // NodeCounts counts a node's followed pods by what their apps do.
 type NodeCounts struct {
-	Pods, Healthy, Stale, Failing int
+	Pods, Healthy, Stale, Failing, Unobserved int
 }
 
 // Result is one evaluation of every pod.
@@ -520,6 +537,7 @@ func (d *Detector) Evaluate() Result {
 				nc.Healthy++
 				res.Healthy++
 			default:
+				nc.Unobserved++
 				res.Unobserved++
 			}
 			nc.Stale += b2i(stale)
@@ -549,6 +567,8 @@ func (d *Detector) Evaluate() Result {
 			res.Events[name][r.String()] = d.counts[k][r]
 		}
 	}
+	last := res
+	d.last = &last
 	return res
 }
 
