@@ -124,7 +124,7 @@ func (d KubectlDrainer) evict(ctx context.Context, h *drain.Helper, pods []corev
 			select {
 			case <-ctx.Done():
 				// The refusal says why (a PodDisruptionBudget): the halt shows it.
-				return fmt.Errorf("evicting pod %s/%s: global timeout reached while the eviction was refused (%v): %w", p.Namespace, p.Name, err, ctx.Err())
+				return fmt.Errorf("evicting pod %s/%s: global timeout reached while the eviction was refused (%s): %w", p.Namespace, p.Name, err.Error(), ctx.Err())
 			case <-time.After(evictRetry):
 			}
 		}
