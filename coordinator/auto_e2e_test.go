@@ -46,10 +46,19 @@ func TestAutoAppStalePodBehindAPDBHaltsWithTheReason(t *testing.T) {
 		t.Fatal(err)
 	}
 	minAvail := intstr.FromInt32(1)
-	if _, err := e.admin.PolicyV1().PodDisruptionBudgets("build").Create(e.ctx, &policyv1.PodDisruptionBudget{
+	pdb, err := e.admin.PolicyV1().PodDisruptionBudgets("build").Create(e.ctx, &policyv1.PodDisruptionBudget{
 		ObjectMeta: metav1.ObjectMeta{Name: "legacy"},
 		Spec:       policyv1.PodDisruptionBudgetSpec{MinAvailable: &minAvail, Selector: &metav1.LabelSelector{MatchLabels: labels}},
-	}, metav1.CreateOptions{}); err != nil {
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// What the disruption controller (not run here) would write: the one
+	// pod is needed, no disruption allowed. Until a budget is processed
+	// the API server asks the client to come back later, which client-go
+	// does by itself, and the refusal never reaches the coordinator.
+	pdb.Status = policyv1.PodDisruptionBudgetStatus{ObservedGeneration: pdb.Generation, DisruptionsAllowed: 0, CurrentHealthy: 1, DesiredHealthy: 1, ExpectedPods: 1}
+	if _, err := e.admin.PolicyV1().PodDisruptionBudgets("build").UpdateStatus(e.ctx, pdb, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	var legacy *corev1.Pod
@@ -65,7 +74,7 @@ func TestAutoAppStalePodBehindAPDBHaltsWithTheReason(t *testing.T) {
 	before := e.podUIDs("")
 	run := e.startCoordinator("c1", nil, func(c *coordinator.Config) {
 		c.Strategy, c.DrainTimeout = coordinator.Auto, 6*time.Second
-		c.Drainer = coordinator.KubectlDrainer{Client: e.admin}
+		c.Drainer = coordinator.KubectlDrainer{Client: e.admin, Log: e.log.Named("drain")}
 		c.Apps = &apps.Options{Grace: 2 * time.Minute, Window: 15 * time.Minute, Interval: time.Second}
 	})
 	e.waitState("the coordinator recorded the issuer", func(s coordinator.State) bool { return s.ObservedIssuer == oldIssuer })
