@@ -115,6 +115,9 @@ type Coordinator struct {
 	// has read the pods (nil: not leading, or detection off).
 	appMetrics *apps.Metrics
 	detector   atomic.Pointer[apps.Detector]
+	// appsStopped says why the current term's app detection stopped
+	// (nil: it has not).
+	appsStopped atomic.Pointer[string]
 }
 
 // term is one leadership term: created by Lead, dropped when it returns,
@@ -154,6 +157,9 @@ type term struct {
 	// uncordoned are in-progress nodes the watch saw made schedulable by
 	// someone else (node.go).
 	uncordoned map[string]bool
+	// since is when the term began: how long app detection has had to
+	// start (strategy_auto.go).
+	since time.Time
 }
 
 // prepJob is a strategy's preparation running for one node.
@@ -334,6 +340,7 @@ func (c *Coordinator) Lead(ctx context.Context) error {
 		<-ctx.Done()
 		t.queue.ShutDown()
 	})
+	c.appsStopped.Store(nil)
 	if c.cfg.Apps != nil {
 		vols := newVolumeFeed(c)
 		if _, err := nodeInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
@@ -350,12 +357,19 @@ func (c *Coordinator) Lead(ctx context.Context) error {
 						vols.node(n)
 					}
 					c.markReceiver(ctx, true)
+					// auto may be waiting for it to choose a node's remediation.
+					enqueue()
 				},
 				Stopped: func() { c.detector.Store(nil); c.markReceiver(ctx, false) }})
 			if err != nil && ctx.Err() == nil {
+				why := err.Error()
+				c.appsStopped.Store(&why)
 				log.Error("app detection stopped; the rollout goes on without it", zap.Error(err))
+				enqueue()
 			}
 		})
+	} else if c.cfg.Strategy == Auto {
+		log.Warn("strategy auto runs without app detection (--app-detection=false): it evicts the pods holding tokens of an untrusted issuer, as pod-restart does, and cannot verify that apps authenticate")
 	}
 	defer t.stopPreparations()
 	enqueue()
@@ -367,7 +381,7 @@ func (c *Coordinator) Lead(ctx context.Context) error {
 // newTerm starts a term on the informers' stores of Nodes and of the state
 // ConfigMap.
 func (c *Coordinator) newTerm(logger klog.Logger, nodes, cms cache.Store) *term {
-	t := &term{c: c, jobs: map[string]*prepJob{}, nodeKeys: nodes, uncordoned: map[string]bool{}}
+	t := &term{c: c, jobs: map[string]*prepJob{}, nodeKeys: nodes, uncordoned: map[string]bool{}, since: c.cfg.Clock.Now()}
 	t.queue = workqueue.NewTypedRateLimitingQueueWithConfig(
 		workqueue.NewTypedItemExponentialFailureRateLimiter[string](100*time.Millisecond, 30*time.Second),
 		workqueue.TypedRateLimitingQueueConfig[string]{Name: "tokenroll-coordinator", Clock: c.cfg.Clock})
@@ -715,7 +729,7 @@ func (t *term) maybeStart(ctx context.Context, w world) (time.Duration, error) {
 	}
 	waitUntil := w.state.ObservedIssuerAt.Add(cfg.AgentWait)
 	p := MakePlan(PlanInput{Now: w.now, Issuer: w.issuer, Gate: w.gate, Strategy: cfg.Strategy, Margin: cfg.TrustMargin,
-		WaitForReports: w.now.Before(waitUntil), Nodes: w.nodes})
+		WaitForReports: w.now.Before(waitUntil), Nodes: w.nodes, AppStale: t.appStaleNodes(w)})
 	t.c.m.staleNodes.Set(float64(len(p.Nodes)))
 	if len(p.Waiting) > 0 {
 		t.wait(WaitAgentReports, "waiting for agents to report under the new issuer before planning",
@@ -726,7 +740,7 @@ func (t *term) maybeStart(ctx context.Context, w world) (time.Duration, error) {
 		return 0, nil
 	}
 	trigger := ""
-	for _, tr := range []string{TriggerIssuer, TriggerStaleTokens, TriggerRebootRequired} {
+	for _, tr := range []string{TriggerIssuer, TriggerStaleTokens, TriggerRebootRequired, TriggerAppStale} {
 		if p.Triggers[tr] > 0 {
 			if trigger != "" {
 				trigger += ","
@@ -761,6 +775,10 @@ func (t *term) startRollout(ctx context.Context, w world, trigger string, strate
 		}
 		r.Phase, r.FinishedAt = RolloutDone, w.now
 		r.Message = fmt.Sprintf("dry run: nothing was cordoned, drained or requested; %d nodes would be remediated", len(nodes))
+	case strategy == Auto:
+		if ev := t.appEvidence(w.now); ev.missing != "" {
+			r.Apps = "no audit source (" + ev.missing + "): auto evicts the pods holding tokens of an untrusted issuer, as pod-restart does, and cannot verify that apps authenticate"
+		}
 	}
 	if _, err := t.updateState(ctx, func(st *State) error {
 		if st.Active() != nil {
@@ -784,7 +802,13 @@ func (t *term) startRollout(ctx context.Context, w world, trigger string, strate
 			t.event(n, corev1.EventTypeNormal, "DryRun", "Plan", "dry run %s (%s), %s: would %s", r.ID, trigger, pn.Reason, pn.Would)
 		default:
 			t.event(n, corev1.EventTypeNormal, "RolloutPlanned", "Plan", "rollout %s (%s) will %s this node: %s", r.ID, trigger, pn.Strategy, pn.Reason)
+			if r.Apps != "" {
+				t.event(n, corev1.EventTypeWarning, "AppsUnverified", "Plan", "rollout %s: %s", r.ID, r.Apps)
+			}
 		}
+	}
+	if r.Apps != "" {
+		t.c.cfg.Log.Warn("strategy auto has no audit source: it falls back to evicting the pods holding tokens of an untrusted issuer", zap.String("rollout", r.ID), zap.String("apps", r.Apps))
 	}
 	return nil
 }

@@ -101,6 +101,9 @@ func (d KubectlDrainer) evict(ctx context.Context, h *drain.Helper, pods []corev
 	}
 	for _, p := range pods {
 		_, _ = fmt.Fprintf(h.Out, "evicting pod %s/%s\n", p.Namespace, p.Name)
+		// The last refusal says why the eviction waits (a
+		// PodDisruptionBudget): a timeout names it, whenever it strikes.
+		var lastRefused error
 		for {
 			var refused error
 			err := d.Retry.Do(ctx, func(context.Context) error {
@@ -117,13 +120,16 @@ func (d KubectlDrainer) evict(ctx context.Context, h *drain.Helper, pods []corev
 			if err == nil || apierrors.IsNotFound(err) {
 				break
 			}
-			if !apierrors.IsTooManyRequests(err) {
+			if apierrors.IsTooManyRequests(err) {
+				lastRefused = err
+			}
+			if !apierrors.IsTooManyRequests(err) && (lastRefused == nil || ctx.Err() == nil) {
 				return fmt.Errorf("evicting pod %s/%s: %w", p.Namespace, p.Name, err)
 			}
 			_, _ = fmt.Fprintf(h.ErrOut, "error when evicting pods/%q -n %q (will retry after %v): %v\n", p.Name, p.Namespace, evictRetry, err)
 			select {
 			case <-ctx.Done():
-				return fmt.Errorf("evicting pod %s/%s: global timeout reached: %w", p.Namespace, p.Name, ctx.Err())
+				return fmt.Errorf("evicting pod %s/%s: global timeout reached while the eviction was refused (%s): %w", p.Namespace, p.Name, lastRefused.Error(), ctx.Err())
 			case <-time.After(evictRetry):
 			}
 		}

@@ -180,6 +180,8 @@ type coordinatorRun struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 	reg    *prometheus.Registry
+	// c takes audit events (Observe), as an audit source would give them.
+	c *coordinator.Coordinator
 }
 
 func (r *coordinatorRun) stop() { r.cancel(); <-r.done }
@@ -204,7 +206,7 @@ func (e *env) startCoordinator(name string, gate coordinator.Gate, change func(*
 		e.t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(e.ctx)
-	r := &coordinatorRun{cancel: cancel, done: make(chan struct{}), reg: reg}
+	r := &coordinatorRun{cancel: cancel, done: make(chan struct{}), reg: reg, c: c}
 	go func() {
 		defer close(r.done)
 		_ = coordinator.RunElected(ctx, coordinator.LeaderConfig{Client: client, Namespace: ns, LeaseName: leaseName, Identity: name,

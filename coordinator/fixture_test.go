@@ -796,6 +796,9 @@ func (d *fakeDrainer) call(ctx context.Context, c drainCall) error {
 		case <-ctx.Done():
 			return fmt.Errorf("drain stopped: %w", ctx.Err())
 		}
+		d.mu.Lock()
+		err = d.err
+		d.mu.Unlock()
 	}
 	return err
 }

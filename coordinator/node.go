@@ -101,6 +101,8 @@ func (t *term) progress(ctx context.Context, w world, r *Rollout, v nodeView) (t
 			return 0, nil
 		}
 		return t.verify(ctx, w, r, v, impl)
+	case protocol.StepApps:
+		return t.watchApps(ctx, w, r, v)
 	}
 	return 0, nil
 }
@@ -135,6 +137,10 @@ func (t *term) stopPreparation(node string) {
 	}
 }
 
+// prepareWaitPoll is how soon a node whose preparation waits for app
+// detection is looked at again, at the latest.
+const prepareWaitPoll = 5 * time.Second
+
 // prepare runs the strategy's preparation (a drain, evictions) in the
 // background, bounded by --drain-timeout, and requests the action when it
 // is done; with nothing to prepare, at once.
@@ -150,15 +156,20 @@ func (t *term) prepare(ctx context.Context, w world, r *Rollout, v nodeView, imp
 		if remaining <= 0 {
 			return 0, t.halt(ctx, w, r, v, HaltDrainTimeout, fmt.Sprintf("not drained within --drain-timeout=%s", cfg.DrainTimeout))
 		}
-		prep, wait, err := impl.prepare(ctx, cfg.Client, v.node, w.issuer)
+		prep, wait, err := t.prepareNode(ctx, impl, v.node, w.issuer, w.now)
 		switch {
 		case err != nil:
 			return 0, t.halt(ctx, w, r, v, HaltDrainFailed, err.Error())
 		case wait != "":
 			t.logOnChange(wait, zap.String("node", name))
+			if _, ok := impl.(appsAware); ok {
+				// What it waits for (app detection starting) changes no
+				// Node: looked at again soon.
+				return min(remaining, prepareWaitPoll), nil
+			}
 			return remaining, nil
-		case prep == nil:
-			return 0, t.requestAction(ctx, w, r, v, impl, nil)
+		case prep == nil || prep.run == nil:
+			return 0, t.requestAction(ctx, w, r, v, impl, prep)
 		}
 		jctx, cancel := context.WithCancel(ctx)
 		j = &prepJob{cancel: cancel, prep: prep}
@@ -215,8 +226,11 @@ func (t *term) requestAction(ctx context.Context, w world, r *Rollout, v nodeVie
 	note := ""
 	if p != nil {
 		ns.Evicted, ns.Owners, note = p.evicted, p.owners, p.requestNote
+		if p.rung != "" {
+			ns.Rung = p.rung
+		}
 	}
-	action := impl.action()
+	action := actionFor(impl, p)
 	extra := map[string]any{}
 	if action != "" {
 		req := protocol.Request{ID: r.ID + "-" + randHex(4), Action: action, Node: v.plan.Name, Rollout: r.ID, CreatedAt: w.now}
@@ -262,8 +276,13 @@ func (t *term) verify(ctx context.Context, w world, r *Rollout, v nodeView, impl
 	if err != nil {
 		return 0, err
 	}
-	if vd.ok {
+	switch {
+	case vd.ok && vd.watchApps:
+		return 0, t.startApps(ctx, w, r, v)
+	case vd.ok:
 		return 0, t.finishNode(ctx, w, r, v)
+	case vd.climb != "" && vd.climbNow:
+		return 0, t.climb(ctx, w, r, v, vd.climb, vd.waiting)
 	}
 	deadline := ns.StepAt.Add(t.c.cfg.ActionTimeout)
 	if !vd.withinAction {
@@ -271,6 +290,9 @@ func (t *term) verify(ctx context.Context, w world, r *Rollout, v nodeView, impl
 	}
 	if !w.now.Before(deadline) {
 		msg := fmt.Sprintf("%s after %s", vd.waiting, w.now.Sub(ns.StepAt).Round(time.Second))
+		if vd.stale && vd.climb != "" {
+			return 0, t.climb(ctx, w, r, v, vd.climb, msg)
+		}
 		if vd.stale {
 			return 0, t.unresolve(ctx, w, r, v, msg)
 		}

@@ -29,6 +29,10 @@ type PlanInput struct {
 	// reported as waiting rather than planned.
 	WaitForReports bool
 	Nodes          []*corev1.Node
+	// AppStale counts, per node, the pods app detection finds app-stale
+	// (their app presents a token the kubelet replaced): a node with any
+	// needs work even when its files are fresh.
+	AppStale map[string]int
 }
 
 // SkippedNode is a node left out, and why.
@@ -54,14 +58,16 @@ const (
 	TriggerStaleTokens    = "stale-tokens"
 	TriggerRebootRequired = "reboot-required"
 	TriggerManual         = "manual"
+	TriggerAppStale       = "app-stale"
 )
 
 // MakePlan decides which nodes need work: those reporting a required
-// reboot (always a reboot), those holding expired or overdue tokens, and
-// those holding tokens of another issuer that the API servers do not trust,
+// reboot (always a reboot), those holding expired or overdue tokens, those
+// holding tokens of another issuer that the API servers do not trust,
 // or trust only until a deadline the tokens would outlive (refreshing at
-// their refresh time plus Margin). A token of a trusted issuer heals by
-// itself when the kubelet refreshes it: its node is left alone.
+// their refresh time plus Margin), and those running app-stale pods. A
+// token of a trusted issuer heals by itself when the kubelet refreshes it:
+// its node is left alone.
 func MakePlan(in PlanInput) Plan {
 	p := Plan{Triggers: map[string]int{}}
 	trusted := map[string]TrustedIssuer{}
@@ -158,6 +164,12 @@ func nodeNeed(in PlanInput, trusted map[string]TrustedIssuer, n *corev1.Node) (n
 	}
 	if need {
 		return true, TriggerIssuer, deadline, strings.Join(reasons, "; ")
+	}
+	if k := in.AppStale[n.Name]; k > 0 {
+		// Fresh files do not help an app that read its token once: it
+		// fails once the issuer that signed its token is no longer
+		// trusted, or once that token expires.
+		return true, TriggerAppStale, time.Time{}, fmt.Sprintf("%d pods whose apps present a token the kubelet replaced (app-stale)", k)
 	}
 	return false, "", time.Time{}, strings.Join(healing, "; ")
 }

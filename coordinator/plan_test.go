@@ -104,3 +104,28 @@ func TestPlanOrder(t *testing.T) {
 		t.Errorf("triggers %v", p.Triggers)
 	}
 }
+
+// A node running app-stale pods is planned with trigger app-stale even
+// with every file fresh; a node that needs work for its tokens keeps that
+// trigger; an excluded node stays skipped.
+func TestMakePlanAppStale(t *testing.T) {
+	const cur, old = "https://new", "https://old"
+	fresh := &protocol.TokenReport{Issuer: cur, Tokens: 3, Issuers: []protocol.IssuerTokens{{Issuer: cur, Tokens: 3}}}
+	oldTokens := &protocol.TokenReport{Issuer: cur, Tokens: 3, Issuers: []protocol.IssuerTokens{{Issuer: cur, Tokens: 1}, {Issuer: old, Tokens: 2}}}
+	p := MakePlan(PlanInput{Now: planNow, Issuer: cur, Strategy: Auto, Gate: GateState{TrustKnown: true, Trusted: []TrustedIssuer{{Name: cur}}},
+		AppStale: map[string]int{"stale": 2, "both": 1, "excluded": 1},
+		Nodes: []*corev1.Node{reportNode("stale", fresh, nil), reportNode("both", oldTokens, nil), reportNode("fine", fresh, nil),
+			reportNode("excluded", fresh, map[string]string{AnnotationExclude: "maintenance"})}})
+	got := map[string]string{}
+	for _, n := range p.Nodes {
+		got[n.Name] = string(n.Strategy) + ": " + n.Reason
+	}
+	want := map[string]string{"stale": "auto: 2 pods whose apps present a token the kubelet replaced (app-stale)",
+		"both": "auto: 2 tokens from https://old, which the API servers no longer trust"}
+	if mustJSON(got) != mustJSON(want) {
+		t.Errorf("planned %v; want %v", got, want)
+	}
+	if p.Triggers[TriggerAppStale] != 1 || p.Triggers[TriggerIssuer] != 1 || len(p.Skipped) != 1 || p.Skipped[0].Name != "excluded" {
+		t.Errorf("triggers %v, skipped %v", p.Triggers, p.Skipped)
+	}
+}

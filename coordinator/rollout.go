@@ -68,7 +68,7 @@ func (t *term) advance(ctx context.Context, w world, r *Rollout) (time.Duration,
 	}
 	// In-flight nodes.
 	for _, v := range views {
-		if v.node == nil || v.state == nil || !v.state.Step.InProgress() {
+		if v.node == nil || v.state == nil || (!v.state.Step.InProgress() && v.state.Step != protocol.StepApps) {
 			continue
 		}
 		d, err := t.progress(ctx, w, r, v)
@@ -90,7 +90,9 @@ func (t *term) advance(ctx context.Context, w world, r *Rollout) (time.Duration,
 			excluded = append(excluded, v.plan.Name)
 		case v.state == nil:
 			pending++
-		case v.state.Step.InProgress():
+		case v.state.Step.InProgress(), v.state.Step == protocol.StepApps:
+			// A node whose apps are watched holds the rollout open, but
+			// not the disruption budget (disrupted).
 			inFlight++
 		case v.state.Step == protocol.StepHalted:
 			halted++
@@ -216,8 +218,8 @@ func disrupted(views []nodeView, all []*corev1.Node, lock kuredLock) (busy, foun
 		case v.state != nil && v.state.Step.InProgress():
 			ours[v.plan.Name] = true
 			busy++
-		case foundCordoned(v, lock) || (v.state != nil && (v.state.Step == protocol.StepDone || v.state.Step == protocol.StepUnresolved || v.state.Step == protocol.StepDryRun) &&
-			!v.state.CordonedByUs && v.node.Spec.Unschedulable):
+		case foundCordoned(v, lock) || (v.state != nil && (v.state.Step == protocol.StepDone || v.state.Step == protocol.StepUnresolved || v.state.Step == protocol.StepDryRun ||
+			v.state.Step == protocol.StepApps) && !v.state.CordonedByUs && v.node.Spec.Unschedulable):
 			ours[v.plan.Name] = true
 			found++
 		}
@@ -483,7 +485,7 @@ func (t *term) observeRollout(w world, r *Rollout) {
 			counts["excluded"]++
 		case st.Step == protocol.StepDryRun:
 			counts["dry_run"]++
-		case st.Step.InProgress():
+		case st.Step.InProgress(), st.Step == protocol.StepApps:
 			counts["in_progress"]++
 		case st.Step == protocol.StepDone:
 			counts["done"]++
@@ -558,7 +560,7 @@ func (t *term) wouldDo(ctx context.Context, w world, pn PlannedNode) string {
 	} else {
 		steps = append(steps, "cordon")
 	}
-	prep, wait, err := impl.prepare(ctx, t.c.cfg.Client, n, w.issuer)
+	prep, wait, err := t.prepareNode(ctx, impl, n, w.issuer, w.now)
 	switch {
 	case err != nil:
 		steps = append(steps, "fail to prepare: "+err.Error())
@@ -566,15 +568,18 @@ func (t *term) wouldDo(ctx context.Context, w world, pn PlannedNode) string {
 		steps = append(steps, "wait: "+wait)
 	case prep != nil && prep.kind == "evict":
 		steps = append(steps, fmt.Sprintf("evict %d pods", prep.pods))
-	case prep != nil:
+	case prep != nil && prep.run != nil:
 		steps = append(steps, prep.kind)
 	}
-	if a := impl.action(); a != "" {
+	if a := actionFor(impl, prep); a != "" {
 		steps = append(steps, "ask the agent to "+string(a))
 	}
 	steps = append(steps, "verify")
 	if !n.Spec.Unschedulable {
 		steps = append(steps, "uncordon")
+	}
+	if prep != nil && (prep.rung == KubeletRestart || prep.rung == rungNone) {
+		steps = append(steps, "watch its apps for --app-stale-grace and evict the pods whose apps present stale credentials or fail to authenticate")
 	}
 	return strings.Join(steps, ", ")
 }

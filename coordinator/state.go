@@ -126,7 +126,10 @@ type Rollout struct {
 	Message    string `json:"message,omitempty"`
 	// Steered says what became of the last pause, resume or cancel, for
 	// people.
-	Steered    string    `json:"steered,omitempty"`
+	Steered string `json:"steered,omitempty"`
+	// Apps, for auto, says when it starts without evidence of what apps
+	// do (no audit source) and what it does instead.
+	Apps       string    `json:"apps,omitempty"`
 	CreatedAt  time.Time `json:"createdAt"`
 	UpdatedAt  time.Time `json:"updatedAt"`
 	FinishedAt time.Time `json:"finishedAt,omitzero"`

@@ -201,6 +201,9 @@ func WriteStatusTable(w io.Writer, rep *StatusReport) error {
 		if r.Steered != "" {
 			fmt.Fprintf(w, "          %s\n", r.Steered)
 		}
+		if r.Apps != "" {
+			fmt.Fprintf(w, "          %s\n", r.Apps)
+		}
 		if r.Phase == RolloutHalted {
 			fmt.Fprintf(w, "          waiting for you: tokenroll rollout resume (retries %s) or tokenroll rollout cancel\n", r.HaltNode)
 		}

@@ -31,9 +31,10 @@ type remediation interface {
 	verify(ctx context.Context, client kubernetes.Interface, in verifyInput) (verdict, error)
 }
 
-// strategies is the registry, least disruptive first: flags, validation,
+// strategies is the registry: auto, which climbs the others from
+// evidence, then the others least disruptive first. Flags, validation,
 // help and the node protocol all read it.
-var strategies = []remediation{kubeletRestart{}, podRestart{}, reboot{}}
+var strategies = []remediation{auto{}, kubeletRestart{}, podRestart{}, reboot{}}
 
 // Strategies lists the strategies' names, least disruptive first.
 func Strategies() []protocol.Strategy {
@@ -85,6 +86,37 @@ type preparation struct {
 	// doneEvent and doneNote, when set, are an Event sent when the work is
 	// done; requestNote begins the ActionRequested Event's note.
 	doneEvent, doneNote, requestNote string
+	// rung, for a ladder of strategies (auto), is the strategy it prepared
+	// the node for: its action is asked, and it is recorded on the node
+	// state. A preparation without run has nothing to run first.
+	rung protocol.Strategy
+}
+
+// appsAware is a strategy whose preparation of a node depends on what app
+// detection can tell of the node's apps (auto); the node protocol calls
+// prepareWith instead of prepare.
+type appsAware interface {
+	prepareWith(ctx context.Context, client kubernetes.Interface, n *corev1.Node, issuer string, ev appEvidence) (prep *preparation, wait string, err error)
+}
+
+// prepareNode runs impl's preparation with what it needs to know.
+func (t *term) prepareNode(ctx context.Context, impl remediation, n *corev1.Node, issuer string, now time.Time) (*preparation, string, error) {
+	if a, ok := impl.(appsAware); ok {
+		return a.prepareWith(ctx, t.c.cfg.Client, n, issuer, t.appEvidence(now))
+	}
+	return impl.prepare(ctx, t.c.cfg.Client, n, issuer)
+}
+
+// actionFor is what the agent is asked once p is done: the rung's action
+// when a ladder chose one.
+func actionFor(impl remediation, p *preparation) protocol.Action {
+	if p == nil || p.rung == "" {
+		return impl.action()
+	}
+	if r, ok := remediationFor(p.rung); ok {
+		return r.action()
+	}
+	return ""
 }
 
 // verifyInput is an acting node as verify sees it.
@@ -114,6 +146,14 @@ type verdict struct {
 	// When that wait runs out the action ran and did not help: the node is
 	// unresolved, and the rollout goes on without it.
 	stale bool
+	// climb, for a ladder (auto), is the strategy the node gets next when
+	// a stale wait runs out, instead of being unresolved; climbNow: at
+	// once (the node asks for it).
+	climb    protocol.Strategy
+	climbNow bool
+	// watchApps, with ok: the node is released from the disruption budget
+	// and its apps watched before it is done (StepApps).
+	watchApps bool
 }
 
 // tokensVerdict is the wait for a clean report after the action (ok when

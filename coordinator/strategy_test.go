@@ -11,11 +11,11 @@ import (
 )
 
 func TestStrategyRegistry(t *testing.T) {
-	want := []protocol.Strategy{KubeletRestart, PodRestart, Reboot}
+	want := []protocol.Strategy{Auto, KubeletRestart, PodRestart, Reboot}
 	if got := Strategies(); !slices.Equal(got, want) {
-		t.Errorf("Strategies() = %v, want %v (least disruptive first)", got, want)
+		t.Errorf("Strategies() = %v, want %v (auto, then least disruptive first)", got, want)
 	}
-	if got := StrategyNames(); strings.Join(got, ",") != "kubelet-restart,pod-restart,reboot" {
+	if got := StrategyNames(); strings.Join(got, ",") != "auto,kubelet-restart,pod-restart,reboot" {
 		t.Errorf("StrategyNames() = %v", got)
 	}
 	for _, s := range Strategies() {
@@ -32,7 +32,7 @@ func TestStrategyRegistry(t *testing.T) {
 			t.Errorf("%s asks the agent for %q, which no agent performs", s, a)
 		}
 	}
-	if _, err := ParseStrategy("drain"); err == nil || !strings.Contains(err.Error(), "kubelet-restart, pod-restart, reboot") {
+	if _, err := ParseStrategy("drain"); err == nil || !strings.Contains(err.Error(), "auto, kubelet-restart, pod-restart, reboot") {
 		t.Errorf("ParseStrategy(drain) = %v; want an error listing the strategies", err)
 	}
 	// What each strategy asks the agent for is its own.

@@ -43,6 +43,11 @@ const (
 	// cordoned it), and the planner leaves it alone until its stale tokens
 	// change (Evidence) or a person asks for a retry.
 	StepDryRun Step = "dry-run"
+	// StepApps: the node's own remediation is verified and the node
+	// uncordoned (if we cordoned it); its pods' apps are watched, and those
+	// that still present a stale credential evicted, before it is done. It
+	// holds the rollout open but disrupts no node.
+	StepApps Step = "apps"
 )
 
 // InProgress reports whether a node in step s is being disrupted by us.
@@ -96,6 +101,9 @@ type NodeState struct {
 	// CordonedByUs is false when the node was already unschedulable: it is
 	// then left cordoned at the end.
 	CordonedByUs bool `json:"cordonedByUs"`
+	// Rung is the strategy a ladder of strategies (auto) runs on this
+	// node at this step ("" for any other strategy).
+	Rung Strategy `json:"rung,omitempty"`
 	// Request is the ID of the request written to the agent.
 	Request string `json:"request,omitempty"`
 	// BootID is the node's boot ID when the action was requested.

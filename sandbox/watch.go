@@ -385,7 +385,15 @@ func (w *watcher) printChanges(v view) {
 			step := string(s.Step)
 			switch s.Step {
 			case protocol.StepActing:
-				step += " (" + string(s.Strategy) + ")"
+				step += " (" + string(s.Strategy)
+				if s.Rung != "" {
+					step += ": " + string(s.Rung)
+				}
+				step += ")"
+			case protocol.StepApps, protocol.StepDone:
+				if s.Message != "" && s.Message != "verified" {
+					step += ": " + s.Message
+				}
 			case protocol.StepHalted:
 				step += fmt.Sprintf(" (%s): %s", s.Reason, s.Message)
 			}

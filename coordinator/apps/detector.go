@@ -137,6 +137,10 @@ type Detector struct {
 	foreign  map[uint64]struct{}
 	foreignQ [maxForeign]uint64
 	nForeign int
+	// started is when the detector was made: it knows nothing of tokens
+	// issued before. last is the latest evaluation.
+	started time.Time
+	last    *Result
 }
 
 type issuedToken struct {
@@ -204,7 +208,7 @@ func NewDetector(cfg Config) *Detector {
 		cfg.Clock = clock.RealClock{}
 	}
 	return &Detector{cfg: cfg, seed: maphash.MakeSeed(), pods: map[types.UID]*podState{}, byIP: map[netip.Addr][]types.UID{},
-		foreign: map[uint64]struct{}{}}
+		foreign: map[uint64]struct{}{}, started: cfg.Clock.Now()}
 }
 
 // tokenID is protocol.TokenID(jti) as a number.
@@ -305,6 +309,18 @@ func (d *Detector) noteForeign(jti uint64) {
 	d.foreignQ[i] = jti
 	d.foreign[jti] = struct{}{}
 	d.nForeign++
+}
+
+// Started is when the detector was made: tokens issued before are not
+// known to it, so it cannot tell whether an app presents them late.
+func (d *Detector) Started() time.Time { return d.started }
+
+// Last is the latest evaluation (nil: none yet). Its maps and slices are
+// shared: read them only.
+func (d *Detector) Last() *Result {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.last
 }
 
 func (d *Detector) hash(s string) uint64 { return maphash.String(d.seed, s) }
@@ -612,7 +628,7 @@ type PodProblem struct {
 
 // NodeCounts counts a node's followed pods by what their apps do.
 type NodeCounts struct {
-	Pods, Healthy, Stale, Failing int
+	Pods, Healthy, Stale, Failing, Unobserved int
 }
 
 // Result is one evaluation of every pod.
@@ -665,6 +681,7 @@ func (d *Detector) Evaluate() Result {
 				nc.Healthy++
 				res.Healthy++
 			default:
+				nc.Unobserved++
 				res.Unobserved++
 			}
 			nc.Stale += b2i(stale)
@@ -694,6 +711,8 @@ func (d *Detector) Evaluate() Result {
 			res.Events[name][r.String()] = d.counts[k][r]
 		}
 	}
+	last := res
+	d.last = &last
 	return res
 }
 

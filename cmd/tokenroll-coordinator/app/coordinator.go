@@ -96,7 +96,7 @@ func newCoordinatorOptions() *coordinatorOptions {
 	return &coordinatorOptions{
 		Namespace: ns, LeaseName: "tokenroll-coordinator",
 		LeaseDuration: 15 * time.Second, RenewDeadline: 10 * time.Second, RetryPeriod: 2 * time.Second,
-		Gate: "auto", Strategy: "kubelet-restart", MaxUnavailable: "1", MetricsBindAddress: ":8080",
+		Gate: "auto", Strategy: string(coordinator.Auto), MaxUnavailable: "1", MetricsBindAddress: ":8080",
 		DrainTimeout: 10 * time.Minute, ActionTimeout: 15 * time.Minute, VerifyTimeout: 5 * time.Minute, GateSettle: 2 * time.Minute,
 		TrustMargin: time.Hour, AgentWait: 15 * time.Minute, IssuerRefresh: time.Minute, Auto: true, QPS: 20, Burst: 40,
 		KuredLock: coordinator.DefaultKuredLock.String(), AppDetection: true,
@@ -113,7 +113,7 @@ func (o *coordinatorOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.RenewDeadline, "renew-deadline", o.RenewDeadline, "How long the leader keeps trying to renew before it gives up leadership.")
 	fs.DurationVar(&o.RetryPeriod, "retry-period", o.RetryPeriod, "Time between leader-election attempts.")
 	fs.StringVar(&o.Gate, "gate", o.Gate, "Revision gate: "+strings.Join(coordinator.GateNames(), ", ")+".")
-	fs.StringVar(&o.Strategy, "strategy", o.Strategy, "Remediation: "+strings.Join(coordinator.StrategyNames(), ", ")+".")
+	fs.StringVar(&o.Strategy, "strategy", o.Strategy, "Remediation: "+strings.Join(coordinator.StrategyNames(), ", ")+". auto climbs, per node, from evidence: kubelet restart, then evict only the pods whose apps still present stale credentials (app detection), a reboot only if the kubelet restart did not refresh the files; without an audit source it evicts the pods holding tokens of an untrusted issuer.")
 	fs.StringVar(&o.MaxUnavailable, "max-unavailable", o.MaxUnavailable, "Most nodes disrupted at once, as a number or a percentage (counting nodes already NotReady or cordoned).")
 	fs.StringVar(&o.MetricsBindAddress, "metrics-bind-address", o.MetricsBindAddress, "Address serving /metrics, /healthz and /readyz.")
 	fs.DurationVar(&o.DrainTimeout, "drain-timeout", o.DrainTimeout, "Longest a drain (or a pod restart's evictions) may take before the rollout halts.")

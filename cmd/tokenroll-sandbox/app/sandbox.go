@@ -37,7 +37,7 @@ type sandboxOptions struct {
 func newSandboxOptions() *sandboxOptions {
 	return &sandboxOptions{Options: sandbox.Options{
 		Nodes: 5, APIServers: 3, Issuer: controlplane.DefaultIssuer, NewIssuer: DefaultNewIssuer,
-		Strategy: "pod-restart", MaxUnavailable: "1", RebootDowntime: 5 * time.Second, Timeout: 10 * time.Minute,
+		Strategy: "auto", MaxUnavailable: "1", RebootDowntime: 5 * time.Second, Timeout: 10 * time.Minute,
 		Kubelet: sandbox.KubeletReal, Apps: []string{string(sandbox.AppReloading), string(sandbox.AppCaching)},
 		PrometheusRules: sandbox.DefaultPrometheusRules,
 	}}
@@ -54,7 +54,7 @@ func (o *sandboxOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.Issuer, "issuer", o.Issuer, "Service-account issuer the control plane starts with.")
 	fs.StringVar(&o.NewIssuer, "new-issuer", o.NewIssuer, "Issuer the scenario sets in Authentication/cluster .spec.serviceAccountIssuer.")
 	fs.DurationVar(&o.TrustWindow, "trust-window", o.TrustWindow, "How long the simulated operator keeps the old issuer trusted: 0 drops it at once (the documentation's warning case: every node needs work); 24h is OpenShift's default (little or nothing to do).")
-	fs.StringVar(&o.Strategy, "strategy", o.Strategy, "The coordinators' remediation: pod-restart (the default here: it ends with every app authenticating), kubelet-restart (the coordinator's default: every token file fresh, but apps that cached their token keep failing, and the run ends not OK naming them), or reboot (the documentation's rolling reboot); "+sandbox.DeleteAllPods+" is the documentation's other option: once the gate opens, the sandbox, as the administrator, deletes every pod in every namespace without draining, and the coordinators only watch.")
+	fs.StringVar(&o.Strategy, "strategy", o.Strategy, "The coordinators' remediation: auto (the default, here as in the coordinator: a kubelet restart per node, then only the caching apps' pods evicted, from the audit events), pod-restart (every pod holding an old-issuer token evicted), kubelet-restart (every token file fresh, but apps that cached their token keep failing, and the run ends not OK naming them), or reboot (the documentation's rolling reboot); "+sandbox.DeleteAllPods+" is the documentation's other option: once the gate opens, the sandbox, as the administrator, deletes every pod in every namespace without draining, and the coordinators only watch.")
 	fs.StringVar(&o.MaxUnavailable, "max-unavailable", o.MaxUnavailable, "The coordinators' --max-unavailable: nodes disrupted at once, a number or a percentage.")
 	fs.DurationVar(&o.RebootDowntime, "reboot-downtime", o.RebootDowntime, "How long a simulated reboot keeps a node down.")
 	fs.StringSliceVar(&o.Apps, "apps", o.Apps, "Kinds of app the pods run, each calling the API server every 1-2 s with its pod's token from its pod's IP: reloading (build/nginx and apps/web: read the token again every minute and after a 401, as client-go does), caching (apps/legacy: read it once when the container starts); comma-separated, or none. The run is OK only if no app still fails at the end.")

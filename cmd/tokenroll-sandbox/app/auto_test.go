@@ -1,0 +1,102 @@
+package app
+
+import (
+	"bufio"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tokenroll/tokenroll/sandbox/controlplane"
+)
+
+// The default strategy, auto, on the whole scenario: each node's kubelet
+// restarts, and the pods evicted are exactly the caching apps' (one legacy
+// pod per node, which app detection found failing), as the coordinators'
+// own record of their evictions says; no node reboots, and every app,
+// reloading or caching, authenticates at the end.
+func TestSandboxAuto(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test: starts a control plane, simulated nodes and tokenroll processes")
+	}
+	if _, err := controlplane.FindBinaries(""); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	summaryPath := filepath.Join(dir, "summary.json")
+	start := time.Now()
+	code, out, stderr := run(t, "--nodes=2", "--kubelet=sim", "--strategy=auto", "--tokenroll-bin-dir="+programDir(t), "--dir="+filepath.Join(dir, "sb"),
+		"--summary-json="+summaryPath, "--log-format=json")
+	t.Logf("the scenario took %s", time.Since(start).Round(time.Second))
+	if code != 0 {
+		t.Fatalf("sandbox: exit %d\nstdout:\n%s\nstderr:\n%s", code, out, stderr)
+	}
+	data, err := os.ReadFile(summaryPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum struct {
+		Strategy       string         `json:"strategy"`
+		ActionsPerNode map[string]int `json:"actionsPerNode"`
+		Apps           map[string]struct {
+			Pods         int `json:"pods"`
+			FailingAtEnd int `json:"failingAtEnd"`
+		} `json:"apps"`
+		OK bool `json:"ok"`
+	}
+	if err := json.Unmarshal(data, &sum); err != nil {
+		t.Fatal(err)
+	}
+	// Two reloading pods per node, never restarted; one caching pod per
+	// node, restarted once.
+	if !sum.OK || sum.Strategy != "auto" || sum.Apps["reloading"].Pods != 4 || sum.Apps["reloading"].FailingAtEnd != 0 ||
+		sum.Apps["caching"].Pods != 4 || sum.Apps["caching"].FailingAtEnd != 0 {
+		t.Errorf("summary %s", data)
+	}
+	var evicted, actions []string
+	logs, _ := filepath.Glob(filepath.Join(dir, "sb", "logs", "coordinator-*.log"))
+	for _, l := range logs {
+		f, err := os.Open(l)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sc := bufio.NewScanner(f)
+		sc.Buffer(nil, 1<<20)
+		for sc.Scan() {
+			var e struct{ Msg, Node, Pods, Action string }
+			if json.Unmarshal(sc.Bytes(), &e) != nil {
+				continue
+			}
+			switch e.Msg {
+			case "evicting pods whose apps present stale credentials or fail to authenticate":
+				evicted = append(evicted, e.Node+": "+e.Pods)
+			case "action requested":
+				actions = append(actions, e.Node+": "+e.Action)
+			}
+		}
+		_ = f.Close()
+	}
+	slices.Sort(evicted)
+	slices.Sort(actions)
+	if len(evicted) != 2 || !strings.HasPrefix(evicted[0], "worker-1: apps/legacy-") || !strings.HasPrefix(evicted[1], "worker-2: apps/legacy-") ||
+		strings.Contains(strings.Join(evicted, " "), ", ") {
+		t.Errorf("evictions %q; want the one legacy pod of each node", evicted)
+	}
+	if strings.Join(actions, ",") != "worker-1: kubelet-restart,worker-2: kubelet-restart" {
+		t.Errorf("actions %q; want one kubelet restart per node, no reboot", actions)
+	}
+	for _, n := range []string{"worker-1", "worker-2"} {
+		if sum.ActionsPerNode[n] != 1 {
+			t.Errorf("node %s: %d actions; want 1", n, sum.ActionsPerNode[n])
+		}
+	}
+	for _, want := range []string{"worker-1: acting (auto: kubelet-restart)", "worker-2: apps: kubelet-restart verified; watching its apps",
+		"worker-1: done: apps verified", "1 pods evicted"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output does not show %q:\n%s", want, out)
+		}
+	}
+}

@@ -1,0 +1,465 @@
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/tokenroll/tokenroll/coordinator/apps"
+	"github.com/tokenroll/tokenroll/protocol"
+)
+
+// Auto climbs, per node and from evidence, the least disruptive ladder
+// that ends with every app authenticating: restart the kubelet (every
+// projected token rewritten, no pod restarted); then watch the node's apps
+// and evict only the pods whose apps still present a stale credential
+// (app-stale) or fail to authenticate (app-failing); reboot only when the
+// kubelet restart did not refresh the files or the node asks for a reboot.
+//
+// The watch costs --app-stale-grace, and is not paid once per node in
+// series: once a node's kubelet restart is verified the node is uncordoned
+// and leaves the disruption budget (StepApps is not a disruptive step), so
+// the next node starts while the first one's apps are still watched. The
+// watches of many nodes overlap; the rollout ends when the last one does.
+// What the watch evicts is a handful of pods through the eviction API, so
+// PodDisruptionBudgets, not --max-unavailable, bound it.
+//
+// Without an audit source nothing tells which apps reload their token: the
+// kubelet restart would make every file fresh and hide which pods still
+// run on an old one. auto then evicts, as pod-restart does, every pod
+// holding a token of an untrusted issuer, and says that no app was
+// verified: it never counts an app healthy without evidence.
+const Auto protocol.Strategy = "auto"
+
+// rungNone is auto's rung for a node whose tokens are all fresh already
+// (its app-stale pods alone planned it): nothing is done to the node
+// itself, and its apps are watched.
+const rungNone protocol.Strategy = "none"
+
+// appsSettle is how long a node's apps are watched past the grace, and
+// how late the first judgement of them comes after the watch begins: an
+// audit event reaches the coordinator late (the API server's webhook
+// batches wait up to 30 s), and an app that reloads its token after a 401
+// must have been heard succeeding before it is judged.
+const appsSettle = 30 * time.Second
+
+// appsStartWait is how long a new leader waits for its app detection to
+// start (read every pod), and for a first audit event, before auto takes
+// it that there is no audit source.
+const appsStartWait = 2 * time.Minute
+
+type auto struct{}
+
+func (auto) name() protocol.Strategy { return Auto }
+
+// prepare without app evidence is the fallback: the node protocol calls
+// prepareWith.
+func (a auto) prepare(ctx context.Context, client kubernetes.Interface, n *corev1.Node, issuer string) (*preparation, string, error) {
+	return a.prepareWith(ctx, client, n, issuer, appEvidence{missing: "no app evidence was given"})
+}
+
+// prepareWith chooses the node's first rung: a reboot when the node asks
+// for one (or a kubelet restart did not help), pod-restart's evictions
+// without an audit source, nothing when its files are fresh already, else
+// a kubelet restart.
+func (auto) prepareWith(ctx context.Context, client kubernetes.Interface, n *corev1.Node, issuer string, ev appEvidence) (*preparation, string, error) {
+	rr, _ := protocol.ParseRebootRequired(n.Annotations[protocol.AnnotationRebootRequired])
+	st, _ := protocol.ParseNodeState(n.Annotations[protocol.AnnotationNodeState])
+	switch {
+	case rr || st.Rung == Reboot:
+		p, wait, err := reboot{}.prepare(ctx, client, n, issuer)
+		if p != nil {
+			p.rung = Reboot
+		}
+		return p, wait, err
+	case ev.pending != "":
+		return nil, ev.pending, nil
+	case ev.missing != "":
+		p, wait, err := podRestart{}.prepare(ctx, client, n, issuer)
+		if p != nil {
+			p.rung = PodRestart
+			p.doneNote += "; apps are not verified: " + ev.missing
+		}
+		return p, wait, err
+	}
+	if clean, _ := reportClean(n, issuer); clean {
+		return &preparation{kind: "none", rung: rungNone}, "", nil
+	}
+	return &preparation{kind: "none", rung: KubeletRestart}, "", nil
+}
+
+// action is the first rung's: prepareWith names the rung it chose.
+func (auto) action() protocol.Action { return protocol.ActionKubeletRestart }
+
+// verify judges the rung the node is on. A kubelet restart whose tokens
+// stay stale climbs to a reboot (a wedged kubelet), as does a node that
+// asks for one; a verified kubelet restart hands the node to the watch of
+// its apps.
+func (auto) verify(ctx context.Context, client kubernetes.Interface, in verifyInput) (verdict, error) {
+	switch in.state.Rung {
+	case PodRestart:
+		return podRestart{}.verify(ctx, client, in)
+	case Reboot:
+		return reboot{}.verify(ctx, client, in)
+	case rungNone:
+		if tv := tokensVerdict(in.node, in.issuer); !tv.ok {
+			return tv, nil
+		}
+		return verdict{ok: true, watchApps: true}, nil
+	}
+	done := in.status != nil && in.status.Phase == protocol.PhaseDone
+	if rr, _ := protocol.ParseRebootRequired(in.node.Annotations[protocol.AnnotationRebootRequired]); done && rr {
+		return verdict{waiting: "the node reports a required reboot", climb: Reboot, climbNow: true}, nil
+	}
+	v, err := kubeletRestart{}.verify(ctx, client, in)
+	if v.stale {
+		v.climb = Reboot
+	}
+	v.watchApps = v.ok
+	return v, err
+}
+
+// appEvidence is what app detection can tell when auto asks.
+type appEvidence struct {
+	// missing says why it can tell nothing (no audit source); pending,
+	// that it may soon (it is starting).
+	missing, pending string
+	// started is when the detector started: it knows no token issued
+	// before.
+	started time.Time
+	last    *apps.Result
+	grace   time.Duration
+	// interval is how often the detector judges.
+	interval time.Duration
+}
+
+// appEvidence reads this leader's app detection at now.
+func (t *term) appEvidence(now time.Time) appEvidence {
+	c := t.c
+	if c.cfg.Apps == nil {
+		return appEvidence{missing: "app detection is off (--app-detection=false)"}
+	}
+	ev := appEvidence{grace: c.cfg.Apps.Grace, interval: c.cfg.Apps.Interval}
+	d := c.detector.Load()
+	switch {
+	case d == nil && c.appsStopped.Load() != nil:
+		ev.missing = "app detection stopped: " + *c.appsStopped.Load()
+		return ev
+	case d == nil && now.Sub(t.since) < appsStartWait:
+		ev.pending = "waiting for app detection to start on this leader before choosing how to remediate the node"
+		return ev
+	case d == nil:
+		ev.missing = fmt.Sprintf("app detection has not started on this leader within %s (it has not read the pods)", appsStartWait)
+		return ev
+	}
+	ev.started, ev.last = d.Started(), d.Last()
+	if ev.last == nil {
+		ev.pending = "waiting for app detection's first judgement of the pods"
+		return ev
+	}
+	if auditEvents(ev.last) == 0 {
+		if now.Sub(ev.started) < appsStartWait {
+			ev.pending = "waiting for a first audit event before choosing how to remediate the node"
+			return ev
+		}
+		ev.missing = "no audit event has reached the coordinator; connect an audit source (--audit-webhook-listen or --audit-log)"
+	}
+	return ev
+}
+
+func auditEvents(res *apps.Result) uint64 {
+	var n uint64
+	for _, byResult := range res.Events {
+		for _, k := range byResult {
+			n += k
+		}
+	}
+	return n
+}
+
+// appStaleNodes counts, per node, the pods app detection finds app-stale,
+// for the planner, when the strategy is auto (nil otherwise: no other
+// strategy restarts such a pod). A pod a node's last remediation evicted
+// is not counted: it may still be going.
+func (t *term) appStaleNodes(w world) map[string]int {
+	if t.c.cfg.Strategy != Auto {
+		return nil
+	}
+	d := t.c.detector.Load()
+	if d == nil {
+		return nil
+	}
+	res := d.Last()
+	if res == nil {
+		return nil
+	}
+	var out map[string]int
+	for _, p := range res.Problems {
+		n := w.byName[p.Pod.Node]
+		if !p.Stale || n == nil {
+			continue
+		}
+		if st, err := protocol.ParseNodeState(n.Annotations[protocol.AnnotationNodeState]); err == nil &&
+			slices.ContainsFunc(st.Evicted, func(r protocol.PodRef) bool { return r.UID == string(p.Pod.UID) }) {
+			continue
+		}
+		if out == nil {
+			out = map[string]int{}
+		}
+		out[p.Pod.Node]++
+	}
+	return out
+}
+
+// climb puts the node on the next rung: cordoned again for it, the
+// request answered.
+func (t *term) climb(ctx context.Context, w world, r *Rollout, v nodeView, to protocol.Strategy, why string) error {
+	ns := *v.state
+	from := cmpOr(ns.Rung, KubeletRestart)
+	ns.Step, ns.StepAt, ns.Rung, ns.Request = protocol.StepCordoned, w.now, to, ""
+	ns.Message = fmt.Sprintf("%s did not do: %s; climbing to %s", from, truncate(why, 256), to)
+	if err := t.writeNode(ctx, v.node, &ns, nil, map[string]any{protocol.AnnotationRequest: nil}); err != nil {
+		return err
+	}
+	t.c.cfg.Log.Warn("climbing to the next rung", zap.String("rollout", r.ID), zap.String("node", v.plan.Name),
+		zap.String("from", string(from)), zap.String("to", string(to)), zap.String("why", why))
+	t.event(v.node, corev1.EventTypeWarning, "Climbed", "Climb", "rollout %s: %s did not do (%s): the node gets a %s", r.ID, from, truncate(why, 256), to)
+	return nil
+}
+
+func cmpOr(s, d protocol.Strategy) protocol.Strategy {
+	if s == "" {
+		return d
+	}
+	return s
+}
+
+// startApps ends the node's own remediation: uncordoned (if we cordoned
+// it), out of the disruption budget, and its apps watched.
+func (t *term) startApps(ctx context.Context, w world, r *Rollout, v nodeView) error {
+	ns := *v.state
+	t.c.m.stepDuration.WithLabelValues(string(ns.Strategy), "action").Observe(w.now.Sub(ns.StepAt).Seconds())
+	var unsched *bool
+	if ns.CordonedByUs && v.node.Spec.Unschedulable {
+		unsched = boolPtr(false)
+	}
+	uncordoned := ns.CordonedByUs
+	rung := cmpOr(ns.Rung, KubeletRestart)
+	// Uncordoned now, the cordon is no longer ours: one put back later is
+	// someone else's, and stays.
+	ns.Step, ns.StepAt, ns.CordonedByUs, ns.Request = protocol.StepApps, w.now, false, ""
+	ns.Message = fmt.Sprintf("%s verified; watching its apps", rung)
+	var clear map[string]any
+	if v.state.Request != "" {
+		clear = map[string]any{protocol.AnnotationRequest: nil}
+	}
+	if err := t.writeNode(ctx, v.node, &ns, unsched, clear); err != nil {
+		return err
+	}
+	t.mu.Lock()
+	t.lastVerified = w.now
+	t.mu.Unlock()
+	t.c.cfg.Log.Info("node's tokens verified; watching its apps", zap.String("rollout", r.ID), zap.String("node", v.plan.Name), zap.String("rung", string(rung)))
+	t.event(v.node, corev1.EventTypeNormal, "TokensVerified", "Uncordon", "rollout %s: %s verified in %s; %s; its apps are watched for --app-stale-grace before it is done", r.ID, rung,
+		w.now.Sub(ns.StartedAt).Round(time.Second), map[bool]string{true: "uncordoned", false: "left cordoned as it was found"}[uncordoned])
+	return nil
+}
+
+// watchApps moves a node whose apps are watched on: it evicts the pods
+// app detection finds app-stale or app-failing, and ends the node once the
+// watch has lasted the grace and the evicted pods' controllers have
+// replaced them.
+func (t *term) watchApps(ctx context.Context, w world, r *Rollout, v nodeView) (time.Duration, error) {
+	cfg := t.c.cfg
+	name, ns := v.plan.Name, v.state
+	if r.Phase == RolloutCancelled {
+		t.stopPreparation(name)
+		return 0, t.endApps(ctx, w, r, v, "the rollout was cancelled while its apps were watched: they are not verified", false)
+	}
+	t.mu.Lock()
+	j := t.jobs[name]
+	t.mu.Unlock()
+	if j != nil {
+		t.mu.Lock()
+		done, err := j.done, j.err
+		if done {
+			delete(t.jobs, name)
+		}
+		t.mu.Unlock()
+		if !done {
+			return 0, nil // its end wakes us
+		}
+		if err != nil {
+			reason := HaltDrainFailed
+			if errors.Is(err, context.DeadlineExceeded) {
+				reason = HaltDrainTimeout
+			}
+			return 0, t.halt(ctx, w, r, v, reason, fmt.Sprintf("evicting the pods whose apps present stale credentials or fail to authenticate on node %s: %v", name, err))
+		}
+		next := *ns
+		next.Evicted = append(slices.Clone(ns.Evicted), j.prep.evicted...)
+		next.Owners = mergeOwners(ns.Owners, j.prep.owners)
+		if err := t.writeNode(ctx, v.node, &next, nil, nil); err != nil {
+			return 0, err
+		}
+		t.event(v.node, corev1.EventTypeNormal, "PodsEvicted", "Evict", "rollout %s: %s", r.ID, j.prep.doneNote)
+		return 0, nil
+	}
+	if r.Phase != RolloutRunning || !w.gate.Open {
+		return 0, nil // nothing evicted while paused, halted or gated
+	}
+	ev := t.appEvidence(w.now)
+	switch {
+	case ev.pending != "":
+		t.logOnChange(ev.pending, zap.String("node", name))
+		return prepareWaitPoll, nil
+	case ev.missing != "":
+		return 0, t.endApps(ctx, w, r, v, "its apps are not verified: "+ev.missing, false)
+	}
+	from := ns.StepAt
+	if ev.started.After(from) {
+		from = ev.started
+	}
+	until := from.Add(ev.grace + appsSettle)
+	res := ev.last
+	if res.Now.Before(from.Add(appsSettle)) {
+		return max(from.Add(appsSettle).Sub(w.now), ev.interval), nil
+	}
+	pods, owners, names, err := appProblemPods(ctx, cfg.Client, name, res, ns.Evicted)
+	if err != nil {
+		return 0, t.halt(ctx, w, r, v, HaltDrainFailed, err.Error())
+	}
+	if len(pods) > 0 {
+		refs := make([]protocol.PodRef, 0, len(pods))
+		for _, p := range pods {
+			refs = append(refs, protocol.PodRef{Namespace: p.Namespace, Name: p.Name, UID: string(p.UID)})
+		}
+		prep := &preparation{kind: "evict", pods: len(pods), evicted: refs, owners: owners,
+			doneNote: fmt.Sprintf("evicted %d pods whose apps present stale credentials or fail to authenticate: %s", len(pods), strings.Join(names, ", "))}
+		jctx, cancel := context.WithCancel(ctx)
+		j := &prepJob{cancel: cancel, prep: prep}
+		t.mu.Lock()
+		t.jobs[name] = j
+		t.mu.Unlock()
+		cfg.Log.Info("evicting pods whose apps present stale credentials or fail to authenticate", zap.String("rollout", r.ID), zap.String("node", name),
+			zap.Int("count", len(pods)), zap.String("pods", strings.Join(names, ", ")))
+		t.drains.Go(func() {
+			err := cfg.Drainer.Evict(jctx, pods, cfg.DrainTimeout)
+			t.mu.Lock()
+			j.done, j.err = true, err
+			t.mu.Unlock()
+			t.queue.Add(syncKey)
+		})
+		return 0, nil
+	}
+	if w.now.Before(until) || res.Now.Before(until) {
+		return max(until.Sub(w.now), ev.interval), nil
+	}
+	ok, why, err := ownersReady(ctx, cfg.Client, ns.Owners)
+	if err != nil {
+		return 0, err
+	}
+	if !ok {
+		if !w.now.Before(until.Add(cfg.VerifyTimeout)) {
+			return 0, t.halt(ctx, w, r, v, HaltVerifyTimeout, fmt.Sprintf("%s after its pods were evicted", why))
+		}
+		return ownerPoll, nil
+	}
+	c := res.Nodes[name]
+	msg := fmt.Sprintf("apps verified: of %d pods with a projected token, %d present current credentials, %d made no authenticated request in --app-window (unobserved, not counted healthy); %d pods evicted",
+		c.Pods, c.Healthy, c.Unobserved, len(ns.Evicted))
+	if ev.started.After(ns.StepAt) {
+		msg += "; app detection started after the node's tokens were replaced (a new leader), so an app presenting a token issued before it started is judged only from its next refresh"
+	}
+	return 0, t.endApps(ctx, w, r, v, msg, true)
+}
+
+// appProblemPods are the pods on node that res finds app-stale or
+// app-failing, not evicted already, still there; a pod no controller
+// would recreate is not evicted: the step fails and says which.
+func appProblemPods(ctx context.Context, client kubernetes.Interface, node string, res *apps.Result, evicted []protocol.PodRef) ([]corev1.Pod, []protocol.OwnerRef, []string, error) {
+	gone := map[types.UID]bool{}
+	for _, r := range evicted {
+		gone[types.UID(r.UID)] = true
+	}
+	var pods []corev1.Pod
+	var names, unmanaged []string
+	var owners []protocol.OwnerRef
+	for _, pr := range res.Problems {
+		if pr.Pod.Node != node || gone[pr.Pod.UID] {
+			continue
+		}
+		p, err := client.CoreV1().Pods(pr.Pod.Namespace).Get(ctx, pr.Pod.Name, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			continue
+		}
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("reading pod %s/%s: %w", pr.Pod.Namespace, pr.Pod.Name, err)
+		}
+		if p.UID != pr.Pod.UID || p.Spec.NodeName != node || p.DeletionTimestamp != nil {
+			continue // already replaced, or on its way out
+		}
+		ctrl := metav1.GetControllerOf(p)
+		if ctrl == nil {
+			unmanaged = append(unmanaged, p.Namespace+"/"+p.Name)
+			continue
+		}
+		var conds []string
+		if pr.Stale {
+			conds = append(conds, string(apps.AppStale))
+		}
+		if pr.Failing {
+			conds = append(conds, string(apps.AppFailing))
+		}
+		names = append(names, fmt.Sprintf("%s/%s (%s)", p.Namespace, p.Name, strings.Join(conds, ",")))
+		owners = mergeOwners(owners, []protocol.OwnerRef{{Kind: ctrl.Kind, Namespace: p.Namespace, Name: ctrl.Name}})
+		pods = append(pods, *p)
+	}
+	if len(unmanaged) > 0 {
+		return nil, nil, nil, fmt.Errorf("pods %s present stale credentials or fail to authenticate but are not managed by a controller, so an eviction would lose them; restart them yourself, then `tokenroll rollout resume`", strings.Join(unmanaged, ", "))
+	}
+	slices.Sort(names)
+	return pods, owners, names, nil
+}
+
+// mergeOwners adds b's owners to a's, each once, sorted.
+func mergeOwners(a, b []protocol.OwnerRef) []protocol.OwnerRef {
+	out := slices.Clone(a)
+	for _, o := range b {
+		if !slices.Contains(out, o) {
+			out = append(out, o)
+		}
+	}
+	slices.SortFunc(out, func(x, y protocol.OwnerRef) int { return strings.Compare(x.String(), y.String()) })
+	return out
+}
+
+// endApps ends the watch of a node's apps: done, with what was found.
+func (t *term) endApps(ctx context.Context, w world, r *Rollout, v nodeView, msg string, verified bool) error {
+	ns := *v.state
+	t.c.m.stepDuration.WithLabelValues(string(ns.Strategy), "apps").Observe(w.now.Sub(ns.StepAt).Seconds())
+	ns.Step, ns.StepAt, ns.Message = protocol.StepDone, w.now, truncate(msg, 512)
+	if err := t.writeNode(ctx, v.node, &ns, nil, nil); err != nil {
+		return err
+	}
+	t.c.m.stepDuration.WithLabelValues(string(ns.Strategy), "total").Observe(w.now.Sub(ns.StartedAt).Seconds())
+	typ := corev1.EventTypeNormal
+	if !verified {
+		typ = corev1.EventTypeWarning
+	}
+	t.c.cfg.Log.Info("node done", zap.String("rollout", r.ID), zap.String("node", v.plan.Name), zap.String("strategy", string(ns.Strategy)),
+		zap.Duration("took", w.now.Sub(ns.StartedAt)), zap.Bool("appsVerified", verified), zap.String("apps", msg))
+	t.event(v.node, typ, map[bool]string{true: "Verified", false: "AppsUnverified"}[verified], "Verify", "rollout %s: %s in %s; %s", r.ID, ns.Strategy,
+		w.now.Sub(ns.StartedAt).Round(time.Second), msg)
+	return nil
+}

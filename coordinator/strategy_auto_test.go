@@ -1,0 +1,466 @@
+package coordinator
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/wait"
+
+	"github.com/tokenroll/tokenroll/audit"
+	"github.com/tokenroll/tokenroll/coordinator/apps"
+	"github.com/tokenroll/tokenroll/protocol"
+)
+
+// appsOptions are app detection's settings in these tests: the defaults.
+var appsOptions = apps.Options{Grace: 2 * time.Minute, Window: 15 * time.Minute, Interval: 10 * time.Second}
+
+// tokenPod is a running pod with a projected token, owned by ReplicaSet
+// owner, at ip.
+func tokenPod(name, node, ip, owner string) *corev1.Pod {
+	p := pod("shop", name, node, "ReplicaSet", owner)
+	p.Spec.Volumes = []corev1.Volume{{Name: "kube-api-access", VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
+		Sources: []corev1.VolumeProjection{{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{Path: "token"}}}}}}}
+	p.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ip}
+	return p
+}
+
+// appWorld is what app detection sees of the fixture's pods: the tokens
+// their node's kubelet was issued, and what each app presents (a reloading
+// app its current token, a caching one the first it read).
+type appWorld struct {
+	f       *fixture
+	d       *apps.Detector
+	pods    map[string]*corev1.Pod
+	caching map[string]bool
+	current map[string]string
+	first   map[string]string
+	issued  int
+}
+
+// newAppWorld starts the leader's app detection on the fake clock with
+// the pods, and gives each its first token; caching names the pods whose
+// apps read their token once.
+func newAppWorld(f *fixture, pods []*corev1.Pod, caching ...string) *appWorld {
+	f.t.Helper()
+	if f.term == nil {
+		f.lead()
+	}
+	w := &appWorld{f: f, d: apps.NewDetector(apps.Config{Grace: appsOptions.Grace, Window: appsOptions.Window, RepeatEvents: time.Hour, Clock: f.clock}),
+		pods: map[string]*corev1.Pod{}, caching: map[string]bool{}, current: map[string]string{}, first: map[string]string{}}
+	for _, p := range pods {
+		w.pods[p.Name] = p
+		w.d.SetPod(apps.PodFrom(p))
+	}
+	for _, c := range caching {
+		w.caching[c] = true
+	}
+	for _, p := range pods {
+		w.issue(p.Name, f.clock.Now())
+	}
+	f.term.c.detector.Store(w.d)
+	return w
+}
+
+// issue is the kubelet of the pod's node getting it a new token at at.
+func (w *appWorld) issue(name string, at time.Time) {
+	p := w.pods[name]
+	w.issued++
+	jti := fmt.Sprintf("jti-%s-%d", name, w.issued)
+	w.d.Observe(audit.Event{Kind: audit.Issued, Time: at, User: "system:node:" + p.Spec.NodeName, Code: 201,
+		Pod: audit.PodRef{Namespace: p.Namespace, Name: p.Name, UID: p.UID}, JTI: jti})
+	w.current[name] = jti
+	if w.first[name] == "" {
+		w.first[name] = jti
+	}
+}
+
+// restartKubelet is the node's kubelet getting every pod on it a new
+// token.
+func (w *appWorld) restartKubelet(node string) {
+	for name, p := range w.pods {
+		if p.Spec.NodeName == node {
+			w.issue(name, w.f.clock.Now())
+		}
+	}
+}
+
+// run lets the apps make their requests for d, one every 10 s, each
+// evaluation of the detector following.
+func (w *appWorld) run(d time.Duration) {
+	for end := w.f.clock.Now().Add(d); w.f.clock.Now().Before(end); {
+		for name, p := range w.pods {
+			jti := w.current[name]
+			if w.caching[name] {
+				jti = w.first[name]
+			}
+			w.d.Observe(audit.Event{Kind: audit.Presented, Time: w.f.clock.Now(), Code: 200,
+				Pod: audit.PodRef{Namespace: p.Namespace, Name: p.Name, UID: p.UID, Node: p.Spec.NodeName}, JTI: jti})
+		}
+		w.f.clock.Step(10 * time.Second)
+		w.d.Evaluate()
+	}
+}
+
+// gone is a pod deleted: detection forgets it.
+func (w *appWorld) gone(name string) {
+	w.d.DeletePod(w.pods[name].UID)
+	delete(w.pods, name)
+}
+
+func autoFixture(t *testing.T, objs ...runtime.Object) *fixture {
+	f := newFixture(t, objs...)
+	f.cfg.Strategy = Auto
+	opts := appsOptions
+	f.cfg.Apps = &opts
+	return f
+}
+
+// The ladder on a node whose apps are one reloading, one caching: the
+// kubelet restart makes every file fresh; the node is uncordoned and its
+// apps watched; the caching app keeps presenting the replaced token, and
+// its pod, and only it, is evicted once it turns app-stale; the node is
+// done once the watch lasted the grace and the pod was replaced. No reboot.
+func TestAutoEvictsOnlyTheAppStalePod(t *testing.T) {
+	web, cache := tokenPod("web-1", "n1", "10.1.0.5", "web"), tokenPod("cache-1", "n1", "10.1.0.6", "cache")
+	f := autoFixture(t, testNode("n1", withReport(oldIssuerReport(podRef(web), podRef(cache)))), web, cache,
+		replicaSet("shop", "cache", 1, 1), rolloutConfigMap(rollout(Auto, "n1")))
+	w := newAppWorld(f, []*corev1.Pod{web, cache}, "cache-1")
+	w.run(time.Minute)
+	start := f.clock.Now()
+
+	f.sync()
+	cordonedAt := started(Auto, true, start)
+	f.expectWrites(cordonNode("n1", cordonedAt))
+	f.clock.Step(time.Second)
+	f.sync()
+	got := f.writes()
+	if len(got) != 1 {
+		t.Fatalf("writes %v; want the kubelet restart's request", got)
+	}
+	id := requestIn(t, got[0], protocol.ActionKubeletRestart, "n1", start.Add(time.Second))
+	actingAt := acting(cordonedAt, start.Add(time.Second), id)
+	actingAt.Rung = KubeletRestart
+	want := patchNode("n1", &actingAt, nil)
+	want.Request = got[0].Request
+	f.compareWrites(got, want)
+
+	// The kubelet restarts: every token on the node is issued again, and
+	// the agent reports them fresh.
+	f.clock.Step(time.Second)
+	w.restartKubelet("n1")
+	f.updateNode("n1", agentStatus(id, protocol.PhaseDone, "kubelet restarted"))
+	f.updateNode("n1", withReport(cleanReport()))
+	f.sync()
+	watchedAt := actingAt
+	watchedAt.Step, watchedAt.StepAt, watchedAt.CordonedByUs, watchedAt.Request = protocol.StepApps, start.Add(2*time.Second), false, ""
+	watchedAt.Message = "kubelet-restart verified; watching its apps"
+	want = patchNode("n1", &watchedAt, ptr(false))
+	want.RequestCleared = true
+	f.expectWrites(want)
+	f.expectEvents("Normal Cordoned rollout r-test: cordoned for auto (requested by alice)",
+		"Normal ActionRequested rollout r-test: asked the agent to kubelet-restart (request "+id+")",
+		"Normal TokensVerified rollout r-test: kubelet-restart verified in 2s; uncordoned; its apps are watched for --app-stale-grace before it is done")
+
+	// Within the grace nothing is evicted: the caching app's token was
+	// replaced less than the grace ago.
+	w.run(2 * time.Minute)
+	if d := f.sync(); d <= 0 {
+		t.Errorf("next look %s; want a wait for the end of the grace", d)
+	}
+	f.expectWrites()
+	f.expectDrains()
+
+	w.run(20 * time.Second)
+	f.sync()
+	f.awaitDrainEnd()
+	f.expectDrains(drainCall{Pods: []string{"shop/cache-1"}, Timeout: 10 * time.Minute})
+	f.sync()
+	evicted := watchedAt
+	evicted.Evicted = []protocol.PodRef{podRef(cache)}
+	evicted.Owners = []protocol.OwnerRef{{Kind: "ReplicaSet", Namespace: "shop", Name: "cache"}}
+	f.expectWrites(patchNode("n1", &evicted, nil))
+	f.expectEvents("Normal PodsEvicted rollout r-test: evicted 1 pods whose apps present stale credentials or fail to authenticate: shop/cache-1 (app-stale)")
+
+	// The evicted pod goes; the node is done once the watch lasted the
+	// grace past the restart, and the rollout with it.
+	w.gone("cache-1")
+	w.run(10 * time.Second)
+	end := f.clock.Now()
+	f.sync()
+	doneAt := evicted
+	doneAt.Step, doneAt.StepAt = protocol.StepDone, end
+	doneAt.Message = "apps verified: of 1 pods with a projected token, 1 present current credentials, 0 made no authenticated request in --app-window (unobserved, not counted healthy); 1 pods evicted"
+	f.expectWrites(patchNode("n1", &doneAt, nil), updateState(finished(rollout(Auto, "n1"), RolloutDone, end)))
+	f.expectDrains()
+}
+
+// A kubelet restart after which the agent still reports old-issuer tokens
+// (a wedged kubelet) climbs to a reboot: cordoned again for it, drained,
+// rebooted; after a reboot every container started again, and the node is
+// done without a watch.
+func TestAutoRebootsWhenTheKubeletRestartRefreshesNothing(t *testing.T) {
+	const req = "r-test-0000beef"
+	actingAt := acting(started(Auto, true, t0.Add(-21*time.Minute)), t0.Add(-20*time.Minute), req)
+	actingAt.Rung = KubeletRestart
+	f := autoFixture(t, testNode("n1", cordoned, inStep(actingAt), agentStatus(req, protocol.PhaseDone, "kubelet restarted"), withReport(oldIssuerReport())),
+		rolloutConfigMap(rollout(Auto, "n1")))
+	f.sync()
+	climbed := actingAt
+	climbed.Step, climbed.StepAt, climbed.Rung, climbed.Request = protocol.StepCordoned, t0, Reboot, ""
+	climbed.Message = "kubelet-restart did not do: the agent reports 2 tokens from https://old.tokenroll.test, not https://new.tokenroll.test after 20m0s; climbing to reboot"
+	want := patchNode("n1", &climbed, nil)
+	want.RequestCleared = true
+	f.expectWrites(want)
+	f.expectEvents("Warning Climbed rollout r-test: kubelet-restart did not do (the agent reports 2 tokens from https://old.tokenroll.test, not https://new.tokenroll.test after 20m0s): the node gets a reboot")
+
+	f.sync()
+	f.awaitDrainEnd()
+	f.expectDrains(drainCall{Node: "n1", Timeout: 10 * time.Minute})
+	f.sync()
+	got := f.writes()
+	if len(got) != 1 {
+		t.Fatalf("writes %v; want the reboot's request", got)
+	}
+	id := requestIn(t, got[0], protocol.ActionReboot, "n1", t0)
+	rebooting := acting(climbed, t0, id)
+	want = patchNode("n1", &rebooting, nil)
+	want.Request = got[0].Request
+	f.compareWrites(got, want)
+
+	f.updateNode("n1", bootID("boot-2"))
+	f.updateNode("n1", withReport(cleanReport()))
+	f.clock.Step(time.Minute)
+	f.sync()
+	doneAt := done(rebooting, t0.Add(time.Minute))
+	f.expectWrites(patchNode("n1", &doneAt, ptr(false)), updateState(finished(rollout(Auto, "n1"), RolloutDone, t0.Add(time.Minute))))
+}
+
+// A node that asks for a reboot after its kubelet restart climbs at once.
+func TestAutoRebootsANodeThatAsksForIt(t *testing.T) {
+	const req = "r-test-0000beef"
+	actingAt := acting(started(Auto, true, t0.Add(-2*time.Minute)), t0.Add(-time.Minute), req)
+	actingAt.Rung = KubeletRestart
+	f := autoFixture(t, testNode("n1", cordoned, inStep(actingAt), agentStatus(req, protocol.PhaseDone, "kubelet restarted"),
+		func(n *corev1.Node) { n.Annotations[protocol.AnnotationRebootRequired] = "true" }), rolloutConfigMap(rollout(Auto, "n1")))
+	f.sync()
+	climbed := actingAt
+	climbed.Step, climbed.StepAt, climbed.Rung, climbed.Request = protocol.StepCordoned, t0, Reboot, ""
+	climbed.Message = "kubelet-restart did not do: the node reports a required reboot; climbing to reboot"
+	want := patchNode("n1", &climbed, nil)
+	want.RequestCleared = true
+	f.expectWrites(want)
+}
+
+// An app-stale pod a PodDisruptionBudget protects: the eviction waits (the
+// node stays watched, nothing more is written) until --drain-timeout, then
+// the rollout halts with the refusal as the reason.
+func TestAutoAppStalePodBehindAPDBHalts(t *testing.T) {
+	cache := tokenPod("cache-1", "n1", "10.1.0.6", "cache")
+	watched := protocol.NodeState{Rollout: rolloutID, Step: protocol.StepApps, Strategy: Auto, Rung: KubeletRestart, StepAt: t0, StartedAt: t0.Add(-time.Minute), BootID: "boot-1"}
+	f := autoFixture(t, testNode("n1", inStep(watched)), cache, rolloutConfigMap(rollout(Auto, "n1")))
+	w := newAppWorld(f, []*corev1.Pod{cache}, "cache-1")
+	w.restartKubelet("n1")
+	w.run(2*time.Minute + 20*time.Second)
+	f.drainer.holdCalls()
+	f.sync()
+	f.awaitDrainCall()
+	f.expectDrains(drainCall{Pods: []string{"shop/cache-1"}, Timeout: 10 * time.Minute})
+	w.run(time.Minute)
+	f.sync()
+	f.expectWrites()
+	f.expectDrains()
+
+	refused := fmt.Errorf("evicting pod shop/cache-1: global timeout reached while the eviction was refused (Cannot evict pod as it would violate the pod's disruption budget.): %w", context.DeadlineExceeded)
+	f.drainer.releaseCalls(refused)
+	f.awaitDrainEnd()
+	f.sync()
+	msg := "evicting the pods whose apps present stale credentials or fail to authenticate on node n1: " + refused.Error()
+	h := halted(watched, f.clock.Now(), HaltDrainTimeout, msg)
+	f.expectWrites(patchNode("n1", &h, nil), updateState(haltedState(rollout(Auto, "n1"), "n1", HaltDrainTimeout, msg, f.clock.Now())))
+}
+
+// Without an audit source auto cannot tell which apps reload their token:
+// it says so when the rollout starts, and evicts every pod holding a token
+// of an untrusted issuer, as pod-restart does, before any kubelet restart
+// could hide which. Both ways to have no source: detection off, and no
+// audit event ever received.
+func TestAutoWithoutAnAuditSourceEvictsThePodsHoldingStaleTokens(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		apps    bool
+		missing string
+	}{
+		{"detection off", false, "app detection is off (--app-detection=false)"},
+		{"no audit event", true, "no audit event has reached the coordinator; connect an audit source (--audit-webhook-listen or --audit-log)"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			web, other := tokenPod("web-1", "n1", "10.1.0.5", "web"), tokenPod("fresh-1", "n1", "10.1.0.7", "fresh")
+			f := autoFixture(t, testNode("n1", withReport(oldIssuerReport(podRef(web)))), web, other, observedState())
+			f.cfg.Auto = true
+			if !c.apps {
+				f.cfg.Apps = nil
+			} else {
+				f.lead()
+				d := apps.NewDetector(apps.Config{Grace: appsOptions.Grace, Window: appsOptions.Window, Clock: f.clock})
+				f.term.c.detector.Store(d)
+				f.clock.Step(appsStartWait)
+				d.Evaluate()
+			}
+			f.sync()
+			st := f.state()
+			note := "no audit source (" + c.missing + "): auto evicts the pods holding tokens of an untrusted issuer, as pod-restart does, and cannot verify that apps authenticate"
+			if st.Rollout == nil || st.Rollout.Strategy != Auto || st.Rollout.Apps != note {
+				t.Fatalf("rollout %+v; want auto, saying %q", st.Rollout, note)
+			}
+			id := st.Rollout.ID
+			f.expectEvents("Normal RolloutPlanned rollout "+id+" (issuer) will auto this node: 2 tokens from https://old.tokenroll.test, which the API servers no longer trust",
+				"Warning AppsUnverified rollout "+id+": "+note)
+			var b strings.Builder
+			rep := &StatusReport{Now: f.clock.Now(), Rollout: st.Rollout}
+			if err := WriteStatusTable(&b, rep); err != nil || !strings.Contains(b.String(), "\n          "+note+"\n") {
+				t.Errorf("tokenroll status does not say it:\n%s", b.String())
+			}
+			f.writes()
+			f.sync() // cordon
+			f.sync()
+			f.awaitDrainEnd()
+			f.expectDrains(drainCall{Pods: []string{"shop/web-1"}, Timeout: 10 * time.Minute})
+			f.writes()
+			f.sync()
+			got := f.writes()
+			if len(got) != 1 || got[0].NodeState == nil || got[0].NodeState.Step != protocol.StepActing || got[0].NodeState.Rung != PodRestart ||
+				got[0].Request != nil || mustJSON(got[0].NodeState.Evicted) != mustJSON([]protocol.PodRef{podRef(web)}) {
+				t.Errorf("writes %v; want n1 acting on pod-restart's evictions, no request", got)
+			}
+			evs := f.takeEvents()
+			if len(evs) != 2 || evs[1] != "Normal PodsEvicted rollout "+id+": evicted 1 pods holding stale tokens; apps are not verified: "+c.missing {
+				t.Errorf("Events %q", evs)
+			}
+		})
+	}
+}
+
+// The watches of several nodes overlap: a node whose kubelet restart is
+// verified leaves the disruption budget, so with --max-unavailable 1 the
+// next node starts while the first one's apps are still watched, and the
+// rollout takes one grace, not one per node.
+func TestAutoWatchesOverlap(t *testing.T) {
+	a, b := tokenPod("web-a", "n1", "10.1.0.5", "web"), tokenPod("web-b", "n2", "10.1.0.6", "web")
+	f := autoFixture(t, testNode("n1", withReport(oldIssuerReport())), testNode("n2", withReport(oldIssuerReport())), a, b,
+		rolloutConfigMap(rollout(Auto, "n1", "n2")))
+	w := newAppWorld(f, []*corev1.Pod{a, b})
+	w.run(time.Minute)
+	start := f.clock.Now()
+	cordonedAt, doneAt := map[string]time.Time{}, map[string]time.Time{}
+	var n2WhileN1Watched bool
+	for i := 0; i < 100 && f.state().Rollout.Phase == RolloutRunning; i++ {
+		f.sync()
+		for _, wr := range f.writes() {
+			ns := wr.NodeState
+			if ns == nil {
+				continue
+			}
+			switch {
+			case ns.Step == protocol.StepCordoned:
+				cordonedAt[wr.Name] = f.clock.Now()
+				if wr.Name == "n2" {
+					st, _ := protocol.ParseNodeState(f.node("n1").Annotations[protocol.AnnotationNodeState])
+					n2WhileN1Watched = st.Step == protocol.StepApps
+				}
+			case ns.Step == protocol.StepDone:
+				doneAt[wr.Name] = f.clock.Now()
+			case wr.Request != nil:
+				w.restartKubelet(wr.Name)
+				f.updateNode(wr.Name, agentStatus(wr.Request.ID, protocol.PhaseDone, "kubelet restarted"))
+				f.updateNode(wr.Name, withReport(cleanReport()))
+			}
+		}
+		w.run(10 * time.Second)
+	}
+	if f.state().Rollout.Phase != RolloutDone || len(doneAt) != 2 {
+		t.Fatalf("rollout %s, nodes done %v", f.state().Rollout.Phase, doneAt)
+	}
+	if !n2WhileN1Watched || !cordonedAt["n2"].Before(doneAt["n1"]) {
+		t.Errorf("n2 cordoned at %s, n1 done at %s: the watches did not overlap", cordonedAt["n2"].Sub(start), doneAt["n1"].Sub(start))
+	}
+	serial := 2 * (appsOptions.Grace + appsSettle)
+	if took := doneAt["n2"].Sub(start); took >= serial {
+		t.Errorf("the rollout took %s; two watches in series take %s", took, serial)
+	}
+}
+
+// A pod that turns app-stale with every file fresh (no issuer change) plans
+// its node under auto, which evicts it without a kubelet restart; a pod
+// the node's last remediation evicted, still going, plans nothing.
+func TestAutoPlansAppStalePods(t *testing.T) {
+	cache := tokenPod("cache-1", "n1", "10.1.0.6", "cache")
+	f := autoFixture(t, testNode("n1"), testNode("n2"), cache, replicaSet("shop", "cache", 1, 1), observedState())
+	f.cfg.Auto = true
+	w := newAppWorld(f, []*corev1.Pod{cache}, "cache-1")
+	w.run(time.Minute)
+	w.restartKubelet("n1") // the kubelet's own refresh
+	w.run(2*time.Minute + 20*time.Second)
+	f.sync()
+	st := f.state()
+	if st.Rollout == nil || st.Rollout.Trigger != TriggerAppStale || len(st.Rollout.Nodes) != 1 || st.Rollout.Nodes[0].Name != "n1" ||
+		st.Rollout.Nodes[0].Reason != "1 pods whose apps present a token the kubelet replaced (app-stale)" {
+		t.Fatalf("rollout %+v; want n1 planned for its app-stale pod", st.Rollout)
+	}
+	f.sync() // cordon
+	f.writes()
+	f.sync()
+	got := f.writes()
+	if len(got) != 1 || got[0].NodeState == nil || got[0].NodeState.Rung != rungNone || got[0].Request != nil {
+		t.Fatalf("writes %v; want n1 acting on nothing", got)
+	}
+	f.sync() // its apps watched
+	w.run(appsSettle + 10*time.Second)
+	f.sync()
+	f.awaitDrainEnd()
+	f.expectDrains(drainCall{Pods: []string{"shop/cache-1"}, Timeout: 10 * time.Minute})
+	f.sync()
+	w.run(2 * time.Minute)
+	f.sync()
+	if st := f.state(); st.Rollout.Phase != RolloutDone {
+		t.Fatalf("rollout %s; want done", st.Rollout.Phase)
+	}
+	// The evicted pod is still listed app-stale until it goes.
+	f.writes()
+	f.sync()
+	if st := f.state(); st.Rollout.ID != rolloutIDOf(t, f) {
+		t.Errorf("a new rollout %s for the pod already evicted", st.Rollout.ID)
+	}
+}
+
+// observedState is the rollout state with no rollout yet and the current
+// issuer observed an hour ago.
+func observedState() *corev1.ConfigMap {
+	return stateConfigMap(State{ObservedIssuer: newIssuer, ObservedIssuerAt: t0.Add(-time.Hour)})
+}
+
+// awaitDrainCall waits until the background eviction the last sync
+// started has called the Drainer.
+func (f *fixture) awaitDrainCall() {
+	f.t.Helper()
+	if err := wait.PollUntilContextTimeout(f.ctx, time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
+		f.drainer.mu.Lock()
+		defer f.drainer.mu.Unlock()
+		return len(f.drainer.calls) > 0, nil
+	}); err != nil {
+		f.t.Fatal("the Drainer was not called")
+	}
+}
+
+func rolloutIDOf(t *testing.T, f *fixture) string {
+	t.Helper()
+	st, err := protocol.ParseNodeState(f.node("n1").Annotations[protocol.AnnotationNodeState])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st.Rollout
+}
