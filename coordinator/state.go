@@ -126,7 +126,12 @@ type Rollout struct {
 	Message    string `json:"message,omitempty"`
 	// Steered says what became of the last pause, resume or cancel, for
 	// people.
-	Steered    string    `json:"steered,omitempty"`
+	Steered string `json:"steered,omitempty"`
+	// Estimate is when the rollout is expected to end, as last recorded
+	// (nil: not estimated yet), and Raised the raise of its nodes at once
+	// to meet the previous issuer's trust deadline (nil: none).
+	Estimate   *Estimate `json:"estimate,omitempty"`
+	Raised     *Raise    `json:"raised,omitempty"`
 	CreatedAt  time.Time `json:"createdAt"`
 	UpdatedAt  time.Time `json:"updatedAt"`
 	FinishedAt time.Time `json:"finishedAt,omitzero"`
