@@ -139,8 +139,8 @@ func (t *term) maxUnavailable(ctx context.Context, w world, r *Rollout, views []
 	}
 	in.MaxUnavailable = need
 	after := EstimateCompletion(in)
-	msg := fmt.Sprintf("at %d nodes at once the rollout would end at %s, after the previous issuer's trust ends at %s; raised to %d nodes at once (--deadline-max-unavailable allows %d)",
-		limit, stamp(before.Completion), stamp(in.Deadline), need, ceiling)
+	msg := fmt.Sprintf("at %s at once the rollout would end at %s, after the previous issuer's trust ends at %s; raised to %s at once (--deadline-max-unavailable allows %d)",
+		nodeCount(limit), stamp(before.Completion), stamp(in.Deadline), nodeCount(need), ceiling)
 	typ := corev1.EventTypeNormal
 	if after.MissesDeadline() {
 		typ = corev1.EventTypeWarning
@@ -208,3 +208,10 @@ func (t *term) rolloutEvent(typ, reason, action, note string, args ...any) {
 }
 
 func stamp(t time.Time) string { return t.UTC().Format(time.RFC3339) }
+
+func nodeCount(n int) string {
+	if n == 1 {
+		return "1 node"
+	}
+	return fmt.Sprintf("%d nodes", n)
+}

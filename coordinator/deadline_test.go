@@ -67,11 +67,11 @@ func TestRaiseToMeetTheTrustDeadline(t *testing.T) {
 	}{
 		// 9 nodes at 10 minutes: 3 at once end in 30 minutes, 2 in 50.
 		{"as far as needed, not to the ceiling", 40 * time.Minute, intstr.FromInt32(5), 3, 30 * time.Minute,
-			"Normal MaxUnavailableRaised rollout r-test: at 1 nodes at once the rollout would end at 2026-11-27T13:30:00Z, after the previous issuer's trust ends at 2026-11-27T12:40:00Z; " +
+			"Normal MaxUnavailableRaised rollout r-test: at 1 node at once the rollout would end at 2026-11-27T13:30:00Z, after the previous issuer's trust ends at 2026-11-27T12:40:00Z; " +
 				"raised to 3 nodes at once (--deadline-max-unavailable allows 5), and is now expected to end at 2026-11-27T12:30:00Z"},
 		// 5 at once would end in 20 minutes; the ceiling allows 3.
 		{"never above the ceiling", 20 * time.Minute, intstr.FromString("30%"), 3, 30 * time.Minute,
-			"Warning MaxUnavailableRaised rollout r-test: at 1 nodes at once the rollout would end at 2026-11-27T13:30:00Z, after the previous issuer's trust ends at 2026-11-27T12:20:00Z; " +
+			"Warning MaxUnavailableRaised rollout r-test: at 1 node at once the rollout would end at 2026-11-27T13:30:00Z, after the previous issuer's trust ends at 2026-11-27T12:20:00Z; " +
 				"raised to 3 nodes at once (--deadline-max-unavailable allows 3), and even so it is expected to end at 2026-11-27T12:30:00Z, after the deadline: " +
 				"raise --deadline-max-unavailable or expect the pods on the nodes left then to fail to authenticate"},
 		{"no ceiling set: never raised", 20 * time.Minute, intstr.IntOrString{}, 1, 90 * time.Minute, ""},
@@ -135,15 +135,15 @@ func TestRaiseToMeetTheTrustDeadline(t *testing.T) {
 			if err := WriteStatusTable(&b, rep); err != nil {
 				t.Fatal(err)
 			}
-			want := []string{fmt.Sprintf("ESTIMATE  done by %s (in %s) at %d nodes at once: 9 nodes left (0 in progress), 10m0s a node over 1 measured (as of 0s ago)",
-				stamp(t0.Add(c.completion)), c.completion, c.want)}
+			want := []string{fmt.Sprintf("ESTIMATE  done by %s (in %s) at %s at once: 9 nodes left, 10m0s each as the 1 finished took (as of 0s ago)",
+				stamp(t0.Add(c.completion)), c.completion, nodeCount(c.want))}
 			if c.completion > c.deadline {
 				want = append(want, fmt.Sprintf("WILL MISS the previous issuer's trust deadline %s by %s", stamp(t0.Add(c.deadline)), c.completion-c.deadline))
 			} else {
 				want = append(want, fmt.Sprintf("%s before the previous issuer's trust deadline", c.deadline-c.completion))
 			}
 			if c.event != "" {
-				want = append(want, fmt.Sprintf("raised to %d nodes at once 0s ago: at 1 nodes at once", c.want))
+				want = append(want, fmt.Sprintf("raised to %d nodes at once 0s ago: at 1 node at once", c.want))
 			}
 			for _, w := range want {
 				if !strings.Contains(b.String(), w) {

@@ -263,8 +263,8 @@ func writeEstimate(w io.Writer, rep *StatusReport, r *Rollout) {
 	case e == nil || !e.Known():
 		fmt.Fprintf(w, "ESTIMATE  none yet: made from the time this rollout's nodes take, once one has finished\n")
 	default:
-		fmt.Fprintf(w, "ESTIMATE  done by %s (in %s) at %d nodes at once: %d nodes left (%d in progress), %s a node over %d measured (as of %s ago)\n",
-			stamp(e.Completion), e.Completion.Sub(rep.Now).Round(time.Second), e.MaxUnavailable, e.Pending+e.InProgress, e.InProgress,
+		fmt.Fprintf(w, "ESTIMATE  done by %s (in %s) at %s at once: %s left, %s each as the %d finished took (as of %s ago)\n",
+			stamp(e.Completion), e.Completion.Sub(rep.Now).Round(time.Second), nodeCount(e.MaxUnavailable), nodeCount(e.Pending+e.InProgress),
 			e.PerNode.Round(time.Second), e.Measured, rep.Now.Sub(e.At).Round(time.Second))
 		switch {
 		case deadline.IsZero():
@@ -276,7 +276,7 @@ func writeEstimate(w io.Writer, rep *StatusReport, r *Rollout) {
 		}
 	}
 	if r.Raised != nil {
-		fmt.Fprintf(w, "          raised to %d nodes at once %s ago: %s\n", r.Raised.MaxUnavailable, rep.Now.Sub(r.Raised.At).Round(time.Second), r.Raised.Message)
+		fmt.Fprintf(w, "          raised to %s at once %s ago: %s\n", nodeCount(r.Raised.MaxUnavailable), rep.Now.Sub(r.Raised.At).Round(time.Second), r.Raised.Message)
 	}
 }
 
