@@ -85,34 +85,40 @@ func (t *term) estimateInput(w world, views []nodeView, maxUnavailable int) Esti
 	return in
 }
 
-// observeEstimate exports the estimate of a running rollout at the nodes
-// at once in force, and keeps it for publishEstimate. A rollout that is not
-// running has none, nor has one while the revision gate is closed: no node
-// starts then, for as long as the API servers take, which nothing here
-// measures (TokenrollGateClosedTooLong alerts on it).
+// observeEstimate exports the nodes at once in force for a running
+// rollout and its estimate, and keeps the estimate for publishEstimate. A
+// rollout that is not running has neither, and there is no estimate while
+// the revision gate is closed: no node starts then, for as long as the API
+// servers take, which nothing here measures (TokenrollGateClosedTooLong
+// alerts on it).
 func (t *term) observeEstimate(w world, r *Rollout) {
-	if r == nil || r.DryRun || !r.FinishedAt.IsZero() || r.Phase != RolloutRunning || !w.gate.Open {
-		t.setEstimate(nil)
+	if r == nil || r.DryRun || !r.FinishedAt.IsZero() || r.Phase != RolloutRunning {
+		t.setEstimate(nil, 0)
 		return
 	}
 	base, ceiling, err := t.c.limits(len(w.nodes))
 	if err != nil {
-		t.setEstimate(nil)
+		t.setEstimate(nil, 0)
 		return
 	}
-	est := EstimateCompletion(t.estimateInput(w, t.views(w, r), inForce(r, base, ceiling)))
-	t.setEstimate(&est)
+	limit := inForce(r, base, ceiling)
+	if !w.gate.Open {
+		t.setEstimate(nil, limit)
+		return
+	}
+	est := EstimateCompletion(t.estimateInput(w, t.views(w, r), limit))
+	t.setEstimate(&est, limit)
 }
 
-// setEstimate exports e (nil: none) and keeps it as this sync's.
-func (t *term) setEstimate(e *Estimate) {
+// setEstimate exports e (nil: none) and the nodes at once in force, and
+// keeps e as this sync's.
+func (t *term) setEstimate(e *Estimate, maxUnavailable int) {
 	m := t.c.m
+	m.maxUnavailable.Set(float64(maxUnavailable))
 	if e == nil {
 		m.estimate.Set(0)
-		m.maxUnavailable.Set(0)
 	} else {
 		m.estimate.Set(float64(unixOrZero(e.Completion)))
-		m.maxUnavailable.Set(float64(e.MaxUnavailable))
 	}
 	t.mu.Lock()
 	t.syncEstimate = e
@@ -134,7 +140,7 @@ func (t *term) maxUnavailable(ctx context.Context, w world, r *Rollout, views []
 	before := EstimateCompletion(in)
 	need := NeededMaxUnavailable(in, ceiling)
 	if need <= limit {
-		t.setEstimate(&before)
+		t.setEstimate(&before, limit)
 		return limit, nil
 	}
 	in.MaxUnavailable = need
@@ -159,7 +165,7 @@ func (t *term) maxUnavailable(ctx context.Context, w world, r *Rollout, views []
 		return 0, err
 	}
 	r.Raised, r.Estimate = raise, &after
-	t.setEstimate(&after)
+	t.setEstimate(&after, need)
 	t.c.cfg.Log.Warn("raising the nodes disrupted at once to meet the previous issuer's trust deadline", zap.String("rollout", r.ID),
 		zap.Int("from", limit), zap.Int("to", need), zap.Int("ceiling", ceiling), zap.Time("deadline", in.Deadline),
 		zap.Time("estimatedCompletion", after.Completion), zap.Duration("perNode", after.PerNode))

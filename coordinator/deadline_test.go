@@ -182,3 +182,25 @@ func TestNoEstimateBeforeANodeFinishes(t *testing.T) {
 		t.Errorf("the status table does not say %q:\n%s", want, b.String())
 	}
 }
+
+// While the revision gate is closed no node starts, for as long as the API
+// servers take: there is no estimate, and the one recorded stays as it was;
+// the raise still holds.
+func TestNoEstimateWhileTheGateIsClosed(t *testing.T) {
+	f, _ := deadlineFixture(t, 40*time.Minute, intstr.FromInt32(5))
+	f.sync()
+	recorded := f.state().Rollout.Estimate
+	f.gate.Set(GateState{Provider: GateOpenShift, Message: "rolling out", TrustKnown: true,
+		Trusted: []TrustedIssuer{{Name: oldIssuer, Expires: t0.Add(40 * time.Minute)}}})
+	f.clock.Step(20 * time.Minute)
+	f.sync()
+	if got := f.counter("tokenroll_rollout_estimated_completion_timestamp_seconds", "", ""); got != 0 {
+		t.Errorf("tokenroll_rollout_estimated_completion_timestamp_seconds %v with the gate closed; want 0", got)
+	}
+	if got := f.counter("tokenroll_rollout_max_unavailable_nodes", "", ""); got != 3 {
+		t.Errorf("tokenroll_rollout_max_unavailable_nodes %v with the gate closed; want the raise, 3", got)
+	}
+	if r := f.state().Rollout; r.Estimate == nil || *r.Estimate != *recorded {
+		t.Errorf("estimate recorded %+v; want it left as %+v", r.Estimate, recorded)
+	}
+}
