@@ -1,7 +1,7 @@
 package coordinator
 
 import (
-	"container/heap"
+	"slices"
 	"time"
 )
 
@@ -72,27 +72,38 @@ func EstimateCompletion(in EstimateInput) Estimate {
 		sum += max(d, 0)
 	}
 	e.PerNode = sum / time.Duration(len(in.Finished))
-	end := in.Now
-	var ends timeHeap
-	for _, s := range in.InProgress {
-		f := s.Add(e.PerNode)
-		if f.Before(in.Now) {
-			f = in.Now
-		}
-		heap.Push(&ends, f)
-		end = later(end, f)
-	}
-	for range in.Pending {
-		start := in.Now
-		for ends.Len() >= in.MaxUnavailable {
-			start = later(start, heap.Pop(&ends).(time.Time).Add(in.Settle))
-		}
-		f := start.Add(e.PerNode)
-		heap.Push(&ends, f)
-		end = later(end, f)
-	}
-	e.Completion = end
+	e.Completion = completion(in.Now, in.InProgress, in.Pending, in.MaxUnavailable, e.PerNode, in.Settle)
 	return e
+}
+
+// completion is when the last node is done when nodes started at
+// inProgress end per after their start (now, if past), and pending nodes,
+// taking per each, go one by one to the first of places that frees up, a
+// settle after the node before them there. Every node costing the same,
+// the places free up in the same order round after round: pending node k
+// goes to the k-th place mod places, so the answer needs no simulation.
+func completion(now time.Time, inProgress []time.Time, pending, places int, per, settle time.Duration) time.Time {
+	end := now
+	ends := make([]time.Time, len(inProgress))
+	for i, s := range inProgress {
+		ends[i] = later(now, s.Add(per))
+		end = later(end, ends[i])
+	}
+	slices.SortFunc(ends, func(a, b time.Time) int { return a.Compare(b) })
+	// With more nodes in progress than places, a place frees up only when
+	// enough of them have ended: the first ends free none.
+	if len(ends) > places {
+		ends = ends[len(ends)-places:]
+	}
+	for i := range min(pending, places) {
+		start := now // a place no node holds
+		if j := i - (places - len(ends)); j >= 0 {
+			start = ends[j].Add(settle)
+		}
+		n := (pending - i + places - 1) / places // nodes this place takes
+		end = later(end, start.Add(time.Duration(n)*per+time.Duration(n-1)*settle))
+	}
+	return end
 }
 
 // NeededMaxUnavailable is the fewest nodes at once, from in.MaxUnavailable
@@ -166,18 +177,4 @@ func later(a, b time.Time) time.Time {
 		return b
 	}
 	return a
-}
-
-// timeHeap is a min-heap of times.
-type timeHeap []time.Time
-
-func (h timeHeap) Len() int           { return len(h) }
-func (h timeHeap) Less(i, j int) bool { return h[i].Before(h[j]) }
-func (h timeHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
-func (h *timeHeap) Push(x any)        { *h = append(*h, x.(time.Time)) }
-func (h *timeHeap) Pop() any {
-	old := *h
-	x := old[len(old)-1]
-	*h = old[:len(old)-1]
-	return x
 }

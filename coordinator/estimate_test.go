@@ -1,6 +1,8 @@
 package coordinator
 
 import (
+	"math/rand/v2"
+	"slices"
 	"testing"
 	"time"
 )
@@ -64,6 +66,47 @@ func TestEstimateCompletion(t *testing.T) {
 				t.Errorf("estimate %+v does not carry its inputs", e)
 			}
 		})
+	}
+}
+
+// simulate is the model completion's round-robin answers: node by node,
+// each pending node takes the place that frees up first.
+func simulate(now time.Time, inProgress []time.Time, pending, places int, per, settle time.Duration) time.Time {
+	var busy []time.Time // when each node holding a place ends
+	end := now
+	for _, s := range inProgress {
+		busy = append(busy, later(now, s.Add(per)))
+		end = later(end, busy[len(busy)-1])
+	}
+	for range pending {
+		start := now
+		for len(busy) >= places {
+			first := slices.IndexFunc(busy, func(t time.Time) bool {
+				return !slices.ContainsFunc(busy, func(u time.Time) bool { return u.Before(t) })
+			})
+			start = later(start, busy[first].Add(settle))
+			busy = slices.Delete(busy, first, first+1)
+		}
+		busy = append(busy, start.Add(per))
+		end = later(end, start.Add(per))
+	}
+	return end
+}
+
+func TestCompletionMatchesTheSimulation(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	for i := range 2000 {
+		places := 1 + r.IntN(6)
+		var inProgress []time.Time
+		for range r.IntN(9) {
+			inProgress = append(inProgress, t0.Add(-time.Duration(r.IntN(600))*time.Second))
+		}
+		pending, per, settle := r.IntN(20), time.Duration(1+r.IntN(300))*time.Second, time.Duration(r.IntN(3))*10*time.Second
+		got := completion(t0, inProgress, pending, places, per, settle)
+		if want := simulate(t0, inProgress, pending, places, per, settle); !got.Equal(want) {
+			t.Fatalf("case %d: %d places, in progress since %v, %d pending, %s each, settle %s: completion %s; the simulation says %s",
+				i, places, inProgress, pending, per, settle, got.Sub(t0), want.Sub(t0))
+		}
 	}
 }
 
@@ -153,4 +196,28 @@ func TestEstimateMoved(t *testing.T) {
 			t.Errorf("%s: moved %v; want %v", c.name, got, c.want)
 		}
 	}
+}
+
+// The estimate at the scale tokenroll is built for: 5,000 nodes left, some
+// in progress, and the search for the nodes at once a deadline needs.
+func BenchmarkEstimateCompletion(b *testing.B) {
+	in := EstimateInput{Now: t0, Finished: make([]time.Duration, 100), Pending: 4900, MaxUnavailable: 50, Settle: time.Second}
+	for i := range in.Finished {
+		in.Finished[i] = time.Duration(30+i%60) * time.Second
+	}
+	for i := range 50 {
+		in.InProgress = append(in.InProgress, t0.Add(-time.Duration(i)*time.Second))
+	}
+	b.Run("estimate", func(b *testing.B) {
+		for b.Loop() {
+			EstimateCompletion(in)
+		}
+	})
+	b.Run("needed", func(b *testing.B) {
+		in := in
+		in.Deadline = t0.Add(20 * time.Minute)
+		for b.Loop() {
+			NeededMaxUnavailable(in, 500)
+		}
+	})
 }
