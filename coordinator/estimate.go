@@ -34,7 +34,8 @@ type Estimate struct {
 	// is no estimate yet (before a node has finished: a guess of what a
 	// node costs would decide concurrency on nothing measured).
 	Completion time.Time `json:"completion,omitzero"`
-	// PerNode is the mean time a node took over Measured nodes.
+	// PerNode is the median time a node took over Measured nodes (the
+	// upper median: with two, the slower), as tokenroll preflight takes it.
 	PerNode  time.Duration `json:"perNode,omitempty"`
 	Measured int           `json:"measured"`
 	// InProgress and Pending are the nodes left.
@@ -56,8 +57,9 @@ func (e Estimate) MissesDeadline() bool {
 }
 
 // EstimateCompletion estimates when the last node is done. Every node left
-// is taken to cost the mean measured so far; a node in progress ends a mean
-// after its cordon (now, if it has overrun), and each pending node takes
+// is taken to cost the median measured so far (one node held up by a
+// PodDisruptionBudget does not make every other node look slow); a node in
+// progress ends that long after its cordon (now, if it has overrun), and each pending node takes
 // the first of MaxUnavailable places to free up, Settle after the node
 // before it there. Nothing else is modelled: nodes out of service for
 // other reasons, a gate that closes, waits for a person.
@@ -67,11 +69,12 @@ func EstimateCompletion(in EstimateInput) Estimate {
 	if len(in.Finished) == 0 || in.MaxUnavailable < 1 {
 		return e
 	}
-	var sum time.Duration
-	for _, d := range in.Finished {
-		sum += max(d, 0)
+	took := make([]time.Duration, len(in.Finished))
+	for i, d := range in.Finished {
+		took[i] = max(d, 0)
 	}
-	e.PerNode = sum / time.Duration(len(in.Finished))
+	slices.Sort(took)
+	e.PerNode = took[len(took)/2]
 	e.Completion = completion(in.Now, in.InProgress, in.Pending, in.MaxUnavailable, e.PerNode, in.Settle)
 	return e
 }

@@ -22,8 +22,10 @@ func TestEstimateCompletion(t *testing.T) {
 			in: EstimateInput{InProgress: []time.Time{t0.Add(-30 * m)}, Pending: 10, MaxUnavailable: 1}, want: -1},
 		{name: "nothing left: now",
 			in: EstimateInput{Finished: []time.Duration{5 * m}, MaxUnavailable: 1}, want: 0, perNode: 5 * m},
-		{name: "one at a time: the mean per node, in series",
-			in: EstimateInput{Finished: []time.Duration{4 * m, 6 * m}, Pending: 3, MaxUnavailable: 1}, want: 15 * m, perNode: 5 * m},
+		{name: "one at a time: the median per node, in series",
+			in: EstimateInput{Finished: []time.Duration{4 * m, 30 * m, 5 * m}, Pending: 3, MaxUnavailable: 1}, want: 15 * m, perNode: 5 * m},
+		{name: "the upper median: of two, the slower",
+			in: EstimateInput{Finished: []time.Duration{6 * m, 4 * m}, Pending: 3, MaxUnavailable: 1}, want: 18 * m, perNode: 6 * m},
 		{name: "two at a time halve it, rounding up to whole waves",
 			in: EstimateInput{Finished: []time.Duration{5 * m}, Pending: 3, MaxUnavailable: 2}, want: 10 * m, perNode: 5 * m},
 		{name: "more places than nodes: one wave",
@@ -44,7 +46,7 @@ func TestEstimateCompletion(t *testing.T) {
 		{name: "no deadline is never missed",
 			in: EstimateInput{Finished: []time.Duration{10 * m}, Pending: 700, MaxUnavailable: 1}, want: 7000 * m, perNode: 10 * m},
 		{name: "a negative measure (a clock stepped back) counts as nothing",
-			in: EstimateInput{Finished: []time.Duration{-10 * m, 10 * m}, Pending: 1, MaxUnavailable: 1}, want: 5 * m, perNode: 5 * m},
+			in: EstimateInput{Finished: []time.Duration{-10 * m, -10 * m, 10 * m}, Pending: 1, MaxUnavailable: 1}, want: 0, perNode: 0},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -74,7 +74,7 @@ func newCoordinatorMetrics(reg prometheus.Registerer) *coordinatorMetrics {
 		excluded: f.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "nodes_excluded",
 			Help: "Nodes a person excluded from tokenroll (annotation tokenroll.io/exclude)."}),
 		estimate: f.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "rollout_estimated_completion_timestamp_seconds",
-			Help: "When the running rollout is expected to end (Unix time), from the mean time its finished nodes took, the nodes left and the nodes it may disrupt at once; 0 when there is no estimate (no rollout running, none of its nodes finished yet, or the revision gate closed)."}),
+			Help: "When the running rollout is expected to end (Unix time), from the median time its finished nodes took, the nodes left and the nodes it may disrupt at once; 0 when there is no estimate (no rollout running, none of its nodes finished yet, or the revision gate closed)."}),
 		maxUnavailable: f.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "rollout_max_unavailable_nodes",
 			Help: "Nodes the running rollout may disrupt at once: --max-unavailable, or more when raised to meet the previous issuer's trust deadline (never above --deadline-max-unavailable); 0 when no rollout runs."}),
 	}

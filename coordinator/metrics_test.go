@@ -140,7 +140,7 @@ tokenroll_plan_sync_duration_seconds_bucket{le="2.5"} 6
 tokenroll_plan_sync_duration_seconds_bucket{le="+Inf"} 6
 tokenroll_plan_sync_duration_seconds_sum 0
 tokenroll_plan_sync_duration_seconds_count 6
-# HELP tokenroll_rollout_estimated_completion_timestamp_seconds When the running rollout is expected to end (Unix time), from the mean time its finished nodes took, the nodes left and the nodes it may disrupt at once; 0 when there is no estimate (no rollout running, none of its nodes finished yet, or the revision gate closed).
+# HELP tokenroll_rollout_estimated_completion_timestamp_seconds When the running rollout is expected to end (Unix time), from the median time its finished nodes took, the nodes left and the nodes it may disrupt at once; 0 when there is no estimate (no rollout running, none of its nodes finished yet, or the revision gate closed).
 # TYPE tokenroll_rollout_estimated_completion_timestamp_seconds gauge
 tokenroll_rollout_estimated_completion_timestamp_seconds 1.79578117e+09
 # HELP tokenroll_rollout_halts_total Rollouts halted, by reason.
