@@ -39,7 +39,9 @@ func TestAgentDryRunEndsTheNodeWithoutVerifying(t *testing.T) {
 	}
 	f.expectWrites(
 		apiWrite{Verb: "patch", Resource: "nodes", Name: "n1", NodeState: &dry, Unschedulable: ptr(false), RequestCleared: true},
-		cordonNode("n2", started(Reboot, true, t0)))
+		cordonNode("n2", started(Reboot, true, t0)),
+		updateState(stateOf(withEstimate(rollout(Reboot, "n1", "n2"),
+			Estimate{At: t0, Completion: t0.Add(time.Minute), PerNode: time.Minute, Measured: 1, Pending: 1, MaxUnavailable: 1}))))
 	f.expectEvents("Normal DryRun rollout r-test: "+dry.Message+"; uncordoned",
 		"Normal Cordoned rollout r-test: cordoned for reboot (requested by alice)")
 

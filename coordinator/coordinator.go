@@ -47,6 +47,11 @@ type Config struct {
 	// already NotReady or cordoned by someone else: a count or a percentage
 	// of all nodes (rounded down, at least 1).
 	MaxUnavailable intstr.IntOrString
+	// DeadlineMaxUnavailable is the ceiling up to which the coordinator
+	// raises the nodes disrupted at once when, at MaxUnavailable, a rollout
+	// is expected to end after the previous issuer's trust does; zero (or
+	// anything below MaxUnavailable) never raises it.
+	DeadlineMaxUnavailable intstr.IntOrString
 	// DrainTimeout bounds a drain (or a pod restart's evictions);
 	// ActionTimeout the agent's action (a reboot: until the node is back);
 	// VerifyTimeout the checks after it.
@@ -154,6 +159,8 @@ type term struct {
 	lastLogged   string
 	// syncWait is what the current sync waits for (wait.go).
 	syncWait *Wait
+	// syncEstimate is the current sync's completion estimate (deadline.go).
+	syncEstimate *Estimate
 	// uncordoned are in-progress nodes the watch saw made schedulable by
 	// someone else (node.go).
 	uncordoned map[string]bool
@@ -194,6 +201,11 @@ func New(cfg Config) (*Coordinator, error) {
 	}
 	if _, err := ResolveMaxUnavailable(cfg.MaxUnavailable, 1); err != nil {
 		errs = append(errs, fmt.Errorf("coordinator: %w", err))
+	}
+	if cfg.DeadlineMaxUnavailable != (intstr.IntOrString{}) {
+		if _, err := ResolveMaxUnavailable(cfg.DeadlineMaxUnavailable, 1); err != nil {
+			errs = append(errs, fmt.Errorf("coordinator: deadline %w", err))
+		}
 	}
 	for name, d := range map[string]time.Duration{"drain timeout": cfg.DrainTimeout, "action timeout": cfg.ActionTimeout,
 		"verify timeout": cfg.VerifyTimeout, "issuer refresh": cfg.IssuerRefresh} {
@@ -520,7 +532,7 @@ func (t *term) sync(ctx context.Context) (time.Duration, error) {
 	began := t.c.cfg.Clock.Now()
 	defer func() { t.c.m.syncDuration.Observe(t.c.cfg.Clock.Since(began).Seconds()) }()
 	t.mu.Lock()
-	t.syncWait = nil
+	t.syncWait, t.syncEstimate = nil, nil
 	t.mu.Unlock()
 	w, err := t.observe(ctx)
 	if err != nil {
@@ -530,7 +542,10 @@ func (t *term) sync(ctx context.Context) (time.Duration, error) {
 	if err != nil {
 		return 0, err
 	}
-	return d, t.publishWait(ctx, w.now)
+	if err := t.publishWait(ctx, w.now); err != nil {
+		return d, err
+	}
+	return d, t.publishEstimate(ctx)
 }
 
 // reconcile is one sync's decisions on the world it observed.

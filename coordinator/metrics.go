@@ -30,6 +30,8 @@ type coordinatorMetrics struct {
 	waitingSince   prometheus.Gauge
 	unresolved     prometheus.Gauge
 	excluded       prometheus.Gauge
+	estimate       prometheus.Gauge
+	maxUnavailable prometheus.Gauge
 }
 
 func newCoordinatorMetrics(reg prometheus.Registerer) *coordinatorMetrics {
@@ -71,6 +73,10 @@ func newCoordinatorMetrics(reg prometheus.Registerer) *coordinatorMetrics {
 			Help: "Nodes whose tokens were still stale after their remediation was verified: left alone until their stale tokens change or a person asks for a retry."}),
 		excluded: f.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "nodes_excluded",
 			Help: "Nodes a person excluded from tokenroll (annotation tokenroll.io/exclude)."}),
+		estimate: f.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "rollout_estimated_completion_timestamp_seconds",
+			Help: "When the running rollout is expected to end (Unix time), from the median time its finished nodes took, the nodes left and the nodes it may disrupt at once; 0 when there is no estimate (no rollout running, none of its nodes finished yet, or the revision gate closed)."}),
+		maxUnavailable: f.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "rollout_max_unavailable_nodes",
+			Help: "Nodes the running rollout may disrupt at once: --max-unavailable, or more when raised to meet the previous issuer's trust deadline (never above --deadline-max-unavailable); 0 when no rollout runs."}),
 	}
 	for _, p := range rolloutPhases {
 		m.phase.WithLabelValues(p)

@@ -10,7 +10,9 @@ import (
 
 // The coordinator's whole exposition for a known rollout: one node
 // rebooted (drained in 30 s, back 90 s later), the next cordoned after the
-// 5 s settle, one pending, behind an open OpenShift gate.
+// 5 s settle, one pending, behind an open OpenShift gate. The rollout is
+// expected to end when the node in progress has taken the 120 s the first
+// took, and the pending one 5 s and 120 s after that: at t0+370s.
 func TestMetricsExposition(t *testing.T) {
 	f := newFixture(t, testNode("n1"), testNode("n2"), testNode("n3"), rolloutConfigMap(rollout(Reboot, "n1", "n2", "n3")))
 	f.cfg.Settle = 5 * time.Second
@@ -138,6 +140,9 @@ tokenroll_plan_sync_duration_seconds_bucket{le="2.5"} 6
 tokenroll_plan_sync_duration_seconds_bucket{le="+Inf"} 6
 tokenroll_plan_sync_duration_seconds_sum 0
 tokenroll_plan_sync_duration_seconds_count 6
+# HELP tokenroll_rollout_estimated_completion_timestamp_seconds When the running rollout is expected to end (Unix time), from the median time its finished nodes took, the nodes left and the nodes it may disrupt at once; 0 when there is no estimate (no rollout running, none of its nodes finished yet, or the revision gate closed).
+# TYPE tokenroll_rollout_estimated_completion_timestamp_seconds gauge
+tokenroll_rollout_estimated_completion_timestamp_seconds 1.79578117e+09
 # HELP tokenroll_rollout_halts_total Rollouts halted, by reason.
 # TYPE tokenroll_rollout_halts_total counter
 tokenroll_rollout_halts_total{reason="ActionFailed"} 0
@@ -148,6 +153,9 @@ tokenroll_rollout_halts_total{reason="DrainTimeout"} 0
 tokenroll_rollout_halts_total{reason="NodeNotBack"} 0
 tokenroll_rollout_halts_total{reason="Uncordoned"} 0
 tokenroll_rollout_halts_total{reason="VerifyTimeout"} 0
+# HELP tokenroll_rollout_max_unavailable_nodes Nodes the running rollout may disrupt at once: --max-unavailable, or more when raised to meet the previous issuer's trust deadline (never above --deadline-max-unavailable); 0 when no rollout runs.
+# TYPE tokenroll_rollout_max_unavailable_nodes gauge
+tokenroll_rollout_max_unavailable_nodes 1
 # HELP tokenroll_rollout_nodes Nodes of the current rollout by state.
 # TYPE tokenroll_rollout_nodes gauge
 tokenroll_rollout_nodes{state="done"} 1

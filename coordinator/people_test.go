@@ -89,7 +89,9 @@ func TestUnresolvedNodeDoesNotHaltTheFleet(t *testing.T) {
 	if u.Evidence == "" {
 		t.Fatal("no evidence recorded")
 	}
-	f.expectWrites(patchNode("n1", &u, ptr(false)), cordonNode("n2", started(KubeletRestart, true, at)))
+	f.expectWrites(patchNode("n1", &u, ptr(false)), cordonNode("n2", started(KubeletRestart, true, at)),
+		updateState(stateOf(withEstimate(rollout(KubeletRestart, "n1", "n2"),
+			Estimate{At: at, Completion: at.Add(20 * time.Minute), PerNode: 20 * time.Minute, Measured: 1, Pending: 1, MaxUnavailable: 1}))))
 	f.expectEvents("Warning Unresolved rollout r-test: kubelet-restart ran but "+msg+
 		"; the rollout goes on without this node, which is retried when its stale tokens change or on `tokenroll rollout retry n1`",
 		"Normal Cordoned rollout r-test: cordoned for kubelet-restart (requested by alice)")

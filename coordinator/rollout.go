@@ -242,7 +242,7 @@ func disrupted(views []nodeView, all []*corev1.Node, lock kuredLock) (busy, foun
 }
 
 func (t *term) startNodes(ctx context.Context, w world, r *Rollout, views []nodeView) (time.Duration, error) {
-	limit, err := ResolveMaxUnavailable(t.c.cfg.MaxUnavailable, len(w.nodes))
+	limit, err := t.maxUnavailable(ctx, w, r, views)
 	if err != nil {
 		return 0, err
 	}
@@ -454,6 +454,7 @@ func (t *term) finishRollout(ctx context.Context, w world, r *Rollout, note stri
 
 // observeRollout exports the rollout's phase and node counts.
 func (t *term) observeRollout(w world, r *Rollout) {
+	t.observeEstimate(w, r)
 	m := t.c.m
 	if r == nil {
 		m.setPhase("none")

@@ -129,7 +129,12 @@ type Rollout struct {
 	Steered string `json:"steered,omitempty"`
 	// Apps, for auto, says when it starts without evidence of what apps
 	// do (no audit source) and what it does instead.
-	Apps       string    `json:"apps,omitempty"`
+	Apps string `json:"apps,omitempty"`
+	// Estimate is when the rollout is expected to end, as last recorded
+	// (nil: not estimated yet), and Raised the raise of its nodes at once
+	// to meet the previous issuer's trust deadline (nil: none).
+	Estimate   *Estimate `json:"estimate,omitempty"`
+	Raised     *Raise    `json:"raised,omitempty"`
 	CreatedAt  time.Time `json:"createdAt"`
 	UpdatedAt  time.Time `json:"updatedAt"`
 	FinishedAt time.Time `json:"finishedAt,omitzero"`

@@ -207,6 +207,7 @@ func WriteStatusTable(w io.Writer, rep *StatusReport) error {
 		if r.Phase == RolloutHalted {
 			fmt.Fprintf(w, "          waiting for you: tokenroll rollout resume (retries %s) or tokenroll rollout cancel\n", r.HaltNode)
 		}
+		writeEstimate(w, rep, r)
 	} else {
 		fmt.Fprintf(w, "ROLLOUT   none\n")
 	}
@@ -250,6 +251,36 @@ func WriteStatusTable(w io.Writer, rep *StatusReport) error {
 		return err
 	}
 	return writeAppPods(w, rep)
+}
+
+// writeEstimate prints when an unfinished rollout is expected to end, as
+// the coordinator last recorded it, against the previous issuer's trust
+// deadline, and any raise of its nodes at once.
+func writeEstimate(w io.Writer, rep *StatusReport, r *Rollout) {
+	if r.DryRun || !r.FinishedAt.IsZero() {
+		return
+	}
+	deadline := TrustDeadline(rep.Gate, rep.Now)
+	e := r.Estimate
+	switch {
+	case e == nil || !e.Known():
+		fmt.Fprintf(w, "ESTIMATE  none yet: made from the time this rollout's nodes take, once one has finished\n")
+	default:
+		fmt.Fprintf(w, "ESTIMATE  done by %s (in %s) at %s at once: %s left, %s each as the %d finished took (as of %s ago)\n",
+			stamp(e.Completion), e.Completion.Sub(rep.Now).Round(time.Second), nodeCount(e.MaxUnavailable), nodeCount(e.Pending+e.InProgress),
+			e.PerNode.Round(time.Second), e.Measured, rep.Now.Sub(e.At).Round(time.Second))
+		switch {
+		case deadline.IsZero():
+		case e.Completion.After(deadline):
+			fmt.Fprintf(w, "          WILL MISS the previous issuer's trust deadline %s by %s: pods on the nodes left then fail to authenticate (TokenrollRolloutWillMissTrustDeadline)\n",
+				stamp(deadline), e.Completion.Sub(deadline).Round(time.Second))
+		default:
+			fmt.Fprintf(w, "          %s before the previous issuer's trust deadline %s\n", deadline.Sub(e.Completion).Round(time.Second), stamp(deadline))
+		}
+	}
+	if r.Raised != nil {
+		fmt.Fprintf(w, "          raised to %s at once %s ago: %s\n", nodeCount(r.Raised.MaxUnavailable), rep.Now.Sub(r.Raised.At).Round(time.Second), r.Raised.Message)
+	}
 }
 
 // appsCell is a node's APPS column: healthy/pods, and the app-stale and

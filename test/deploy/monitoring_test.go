@@ -177,7 +177,7 @@ func TestAlerts(t *testing.T) {
 	}
 	for _, want := range []string{"TokenrollTokensOverdue", "TokenrollTokensExpired", "TokenrollOldIssuerTokensTrustEnding",
 		"TokenrollRolloutHalted", "TokenrollNodeNotBack", "TokenrollNoLeader", "TokenrollGateClosedTooLong", "TokenrollAgentNotReporting",
-		"TokenrollRolloutStalled", "TokenrollNodeUnresolved", "TokenrollUntrustedIssuerTokens"} {
+		"TokenrollRolloutStalled", "TokenrollNodeUnresolved", "TokenrollUntrustedIssuerTokens", "TokenrollRolloutWillMissTrustDeadline"} {
 		if !slices.Contains(alerts, want) {
 			t.Errorf("no alert %s", want)
 		}
@@ -343,7 +343,8 @@ func TestDashboard(t *testing.T) {
 		}
 	}
 	for _, want := range []string{"tokenroll_tokens", "tokenroll_rollout_phase", "tokenroll_rollout_nodes", "tokenroll_gate_open",
-		"tokenroll_node_step_duration_seconds_bucket", "by (node, namespace, state)"} {
+		"tokenroll_node_step_duration_seconds_bucket", "by (node, namespace, state)", "tokenroll_rollout_estimated_completion_timestamp_seconds",
+		"tokenroll_rollout_max_unavailable_nodes"} {
 		if !strings.Contains(all.String(), want) {
 			t.Errorf("no panel queries %s", want)
 		}

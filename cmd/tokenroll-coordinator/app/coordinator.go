@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -58,8 +59,10 @@ type coordinatorOptions struct {
 	Gate string
 	// Strategy is the default remediation.
 	Strategy string
-	// MaxUnavailable is a count or a percentage of nodes.
-	MaxUnavailable string
+	// MaxUnavailable is a count or a percentage of nodes;
+	// DeadlineMaxUnavailable the ceiling it may be raised to to meet the
+	// previous issuer's trust deadline ("": never raised).
+	MaxUnavailable, DeadlineMaxUnavailable string
 	// MetricsBindAddress serves /metrics, /healthz and /readyz.
 	MetricsBindAddress string
 	// DrainTimeout, ActionTimeout and VerifyTimeout bound the steps;
@@ -115,6 +118,7 @@ func (o *coordinatorOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.Gate, "gate", o.Gate, "Revision gate: "+strings.Join(coordinator.GateNames(), ", ")+".")
 	fs.StringVar(&o.Strategy, "strategy", o.Strategy, "Remediation: "+strings.Join(coordinator.StrategyNames(), ", ")+". auto climbs, per node, from evidence: kubelet restart, then evict only the pods whose apps still present stale credentials (app detection), a reboot only if the kubelet restart did not refresh the files; without an audit source it evicts the pods holding tokens of an untrusted issuer.")
 	fs.StringVar(&o.MaxUnavailable, "max-unavailable", o.MaxUnavailable, "Most nodes disrupted at once, as a number or a percentage (counting nodes already NotReady or cordoned).")
+	fs.StringVar(&o.DeadlineMaxUnavailable, "deadline-max-unavailable", o.DeadlineMaxUnavailable, "Ceiling, as a number or a percentage, up to which the coordinator raises --max-unavailable when a rollout is expected to end after the previous issuer stops being trusted (from the time its nodes took so far); it says so in a log line, an Event and tokenroll status. Empty: never raised.")
 	fs.StringVar(&o.MetricsBindAddress, "metrics-bind-address", o.MetricsBindAddress, "Address serving /metrics, /healthz and /readyz.")
 	fs.DurationVar(&o.DrainTimeout, "drain-timeout", o.DrainTimeout, "Longest a drain (or a pod restart's evictions) may take before the rollout halts.")
 	fs.DurationVar(&o.ActionTimeout, "action-timeout", o.ActionTimeout, "Longest the agent's action may take (a reboot: until the node is back Ready) before the rollout halts.")
@@ -156,7 +160,8 @@ func (o *coordinatorOptions) Validate() error {
 	errs = append(errs,
 		cli.CheckOneOf("gate", o.Gate, coordinator.GateNames()...),
 		cli.CheckOneOf("strategy", o.Strategy, coordinator.StrategyNames()...),
-		checkMaxUnavailable(o.MaxUnavailable),
+		checkMaxUnavailable("max-unavailable", o.MaxUnavailable),
+		checkDeadlineMaxUnavailable(o.MaxUnavailable, o.DeadlineMaxUnavailable),
 		checkKuredLock(o.KuredLock),
 		cli.CheckAddr("metrics-bind-address", o.MetricsBindAddress),
 		cli.CheckPositive("drain-timeout", o.DrainTimeout, time.Second),
@@ -199,9 +204,32 @@ func (o *coordinatorOptions) podForWebhook() string {
 	return o.PodName
 }
 
-func checkMaxUnavailable(v string) error {
+func checkMaxUnavailable(flag, v string) error {
 	if _, err := coordinator.ParseMaxUnavailable(v); err != nil {
-		return fmt.Errorf("--max-unavailable=%q: %w", v, err)
+		return fmt.Errorf("--%s=%q: %w", flag, v, err)
+	}
+	return nil
+}
+
+// checkDeadlineMaxUnavailable checks the ceiling, and that it is not below
+// --max-unavailable when both are counts or both percentages (a count and
+// a percentage compare only on a given fleet: there, a ceiling below it
+// raises nothing).
+func checkDeadlineMaxUnavailable(base, ceiling string) error {
+	if ceiling == "" {
+		return nil
+	}
+	if err := checkMaxUnavailable("deadline-max-unavailable", ceiling); err != nil {
+		return err
+	}
+	b, errB := coordinator.ParseMaxUnavailable(base)
+	c, _ := coordinator.ParseMaxUnavailable(ceiling)
+	if errB == nil && b.Type == c.Type {
+		bv, _ := strconv.Atoi(strings.TrimSuffix(b.String(), "%"))
+		cv, _ := strconv.Atoi(strings.TrimSuffix(c.String(), "%"))
+		if cv < bv {
+			return fmt.Errorf("--deadline-max-unavailable=%q is below --max-unavailable=%q: it is a ceiling above it; drop it to never raise", ceiling, base)
+		}
 	}
 	return nil
 }
@@ -252,13 +280,17 @@ func (o *coordinatorOptions) run(ctx context.Context, e cli.Env) error {
 	if err != nil {
 		return err
 	}
+	var deadlineMax intstr.IntOrString
+	if o.DeadlineMaxUnavailable != "" {
+		deadlineMax = intstr.Parse(o.DeadlineMaxUnavailable)
+	}
 	var appOpts *apps.Options
 	if o.AppDetection {
 		appOpts = &apps.Options{Grace: o.AppStaleGrace, Window: o.AppWindow, Interval: apps.DefaultOptions().Interval}
 	}
 	c, err := coordinator.New(coordinator.Config{
 		Client: client, Namespace: o.Namespace, Gate: gate, Strategy: protocol.Strategy(o.Strategy),
-		MaxUnavailable: intstr.Parse(o.MaxUnavailable), DrainTimeout: o.DrainTimeout, ActionTimeout: o.ActionTimeout,
+		MaxUnavailable: intstr.Parse(o.MaxUnavailable), DeadlineMaxUnavailable: deadlineMax, DrainTimeout: o.DrainTimeout, ActionTimeout: o.ActionTimeout,
 		VerifyTimeout: o.VerifyTimeout, Settle: o.Settle, GateSettle: o.GateSettle, TrustMargin: o.TrustMargin, AgentWait: o.AgentWait,
 		IssuerRefresh: o.IssuerRefresh, Auto: o.Auto, DryRun: o.DryRun, KuredLock: kuredLock, Drainer: coordinator.KubectlDrainer{Client: client, Force: o.DrainForce, Log: e.Log, Retry: apiretry.Default()},
 		Registry: reg, Log: e.Log, Apps: appOpts, PodName: o.podForWebhook(),
@@ -268,7 +300,7 @@ func (o *coordinatorOptions) run(ctx context.Context, e cli.Env) error {
 	}
 	id := coordinator.Identity()
 	e.Log.Info("coordinator starting", zap.String("identity", id), zap.String("gate", gate.State().Provider),
-		zap.String("strategy", o.Strategy), zap.String("maxUnavailable", o.MaxUnavailable), zap.String("metrics", srv.Addr()))
+		zap.String("strategy", o.Strategy), zap.String("maxUnavailable", o.MaxUnavailable), zap.String("deadlineMaxUnavailable", o.DeadlineMaxUnavailable), zap.String("metrics", srv.Addr()))
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	srvErr := make(chan error, 1)

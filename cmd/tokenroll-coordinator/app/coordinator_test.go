@@ -13,6 +13,11 @@ func TestValidateReportsEveryBadFlag(t *testing.T) {
 		clitest.Usage{Args: []string{"--lease-duration=5s", "--renew-deadline=10s", "--gate=maybe", "--strategy=pray", "--max-unavailable=0", "--namespace="},
 			Want: []string{"--lease-duration=5s", "--gate=\"maybe\"", "--strategy=\"pray\"", "--max-unavailable=\"0\"", "--namespace is required"}},
 		clitest.Usage{Args: []string{"--max-unavailable=150%"}, Want: []string{"at most 100%"}},
+		clitest.Usage{Args: []string{"--max-unavailable=3", "--deadline-max-unavailable=2"},
+			Want: []string{`--deadline-max-unavailable="2" is below --max-unavailable="3"`}},
+		clitest.Usage{Args: []string{"--max-unavailable=20%", "--deadline-max-unavailable=10%"},
+			Want: []string{`--deadline-max-unavailable="10%" is below --max-unavailable="20%"`}},
+		clitest.Usage{Args: []string{"--deadline-max-unavailable=0"}, Want: []string{`--deadline-max-unavailable="0": must be at least 1`}},
 		clitest.Usage{Args: []string{"--drain-timeout=0", "--kube-api-qps=0", "--log-format=fancy"},
 			Want: []string{"--drain-timeout=0s", "--kube-api-qps=0", "--log-format=\"fancy\""}},
 		clitest.Usage{Args: []string{"--kured-lock=kured"}, Want: []string{`--kured-lock="kured": want NAMESPACE/NAME`}},
@@ -33,5 +38,15 @@ func TestWithoutAClusterSaysSo(t *testing.T) {
 	code, _, stderr := clitest.Run(t, NewCommand)
 	if code != cli.ExitFailure || !strings.Contains(stderr, "kubeconfig") || !strings.HasPrefix(stderr, "tokenroll-coordinator: ") {
 		t.Errorf("exit %d, stderr %q; want exit 1 naming the kubeconfig", code, stderr)
+	}
+}
+
+func TestDeadlineMaxUnavailableAccepted(t *testing.T) {
+	for _, c := range [][2]string{{"1", ""}, {"1", "1"}, {"1", "5"}, {"10%", "25%"}, {"3", "10%"}, {"50%", "2"}} {
+		o := newCoordinatorOptions()
+		o.MaxUnavailable, o.DeadlineMaxUnavailable = c[0], c[1]
+		if err := checkDeadlineMaxUnavailable(o.MaxUnavailable, o.DeadlineMaxUnavailable); err != nil {
+			t.Errorf("--max-unavailable=%s --deadline-max-unavailable=%s refused: %v", c[0], c[1], err)
+		}
 	}
 }

@@ -1,0 +1,223 @@
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"go.uber.org/zap"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/tokenroll/tokenroll/protocol"
+)
+
+// This file holds the rollout against the previous issuer's trust
+// deadline: the completion estimate (estimate.go) as the leader exports and
+// records it, and the raise of the nodes disrupted at once, up to the
+// ceiling an administrator set, when the rollout would end after the
+// deadline.
+
+// Raise records that the coordinator raised a rollout's nodes disrupted at
+// once above --max-unavailable to meet the trust deadline. It holds for
+// the rest of the rollout (within the ceiling in force), so that the
+// concurrency does not swing with each node's time.
+type Raise struct {
+	// MaxUnavailable is the nodes at once it allows; From what was allowed
+	// before and Ceiling what --deadline-max-unavailable allowed.
+	MaxUnavailable int       `json:"maxUnavailable"`
+	From           int       `json:"from"`
+	Ceiling        int       `json:"ceiling"`
+	At             time.Time `json:"at"`
+	// Message says why, for people.
+	Message string `json:"message"`
+}
+
+// ReasonMaxUnavailableRaised is the Event on the rollout's ConfigMap when
+// the coordinator raises the nodes disrupted at once.
+const ReasonMaxUnavailableRaised = "MaxUnavailableRaised"
+
+// limits resolves --max-unavailable and --deadline-max-unavailable for a
+// fleet of nodes; the ceiling is never below the base.
+func (c *Coordinator) limits(nodes int) (base, ceiling int, err error) {
+	base, err = ResolveMaxUnavailable(c.cfg.MaxUnavailable, nodes)
+	if err != nil {
+		return 0, 0, err
+	}
+	ceiling = base
+	if c.cfg.DeadlineMaxUnavailable != (intstr.IntOrString{}) {
+		cl, err := ResolveMaxUnavailable(c.cfg.DeadlineMaxUnavailable, nodes)
+		if err != nil {
+			return 0, 0, fmt.Errorf("deadline %w", err)
+		}
+		ceiling = max(cl, base)
+	}
+	return base, ceiling, nil
+}
+
+// inForce is the nodes at once a rollout may disrupt before this sync
+// decides: the base, or what an earlier raise set, within the ceiling now
+// in force (an administrator may have lowered it since).
+func inForce(r *Rollout, base, ceiling int) int {
+	if r.Raised == nil {
+		return base
+	}
+	return max(base, min(r.Raised.MaxUnavailable, ceiling))
+}
+
+// estimateInput reads what the estimate needs from the rollout's nodes. A
+// halted node is pending: it starts again when the rollout is resumed.
+func (t *term) estimateInput(w world, views []nodeView, maxUnavailable int) EstimateInput {
+	in := EstimateInput{Now: w.now, MaxUnavailable: maxUnavailable, Settle: t.c.cfg.Settle, Deadline: TrustDeadline(w.gate, w.now)}
+	for _, v := range views {
+		switch {
+		case v.node == nil:
+		case v.state == nil && excludedBy(v.node) != "":
+		case v.state == nil || v.state.Step == protocol.StepHalted:
+			in.Pending++
+		case v.state.Step.InProgress():
+			in.InProgress = append(in.InProgress, v.state.StartedAt)
+		case v.state.Step == protocol.StepDone || v.state.Step == protocol.StepUnresolved || v.state.Step == protocol.StepDryRun:
+			in.Finished = append(in.Finished, v.state.StepAt.Sub(v.state.StartedAt))
+		}
+	}
+	return in
+}
+
+// observeEstimate exports the nodes at once in force for a running
+// rollout and its estimate, and keeps the estimate for publishEstimate. A
+// rollout that is not running has neither, and there is no estimate while
+// the revision gate is closed: no node starts then, for as long as the API
+// servers take, which nothing here measures (TokenrollGateClosedTooLong
+// alerts on it).
+func (t *term) observeEstimate(w world, r *Rollout) {
+	if r == nil || r.DryRun || !r.FinishedAt.IsZero() || r.Phase != RolloutRunning {
+		t.setEstimate(nil, 0)
+		return
+	}
+	base, ceiling, err := t.c.limits(len(w.nodes))
+	if err != nil {
+		t.setEstimate(nil, 0)
+		return
+	}
+	limit := inForce(r, base, ceiling)
+	if !w.gate.Open {
+		t.setEstimate(nil, limit)
+		return
+	}
+	est := EstimateCompletion(t.estimateInput(w, t.views(w, r), limit))
+	t.setEstimate(&est, limit)
+}
+
+// setEstimate exports e (nil: none) and the nodes at once in force, and
+// keeps e as this sync's.
+func (t *term) setEstimate(e *Estimate, maxUnavailable int) {
+	m := t.c.m
+	m.maxUnavailable.Set(float64(maxUnavailable))
+	if e == nil {
+		m.estimate.Set(0)
+	} else {
+		m.estimate.Set(float64(unixOrZero(e.Completion)))
+	}
+	t.mu.Lock()
+	t.syncEstimate = e
+	t.mu.Unlock()
+}
+
+// maxUnavailable is how many nodes the rollout may disrupt at once now:
+// --max-unavailable, raised as far as needed (never above
+// --deadline-max-unavailable) when at that the rollout is expected to end
+// after the previous issuer's trust does. A raise is recorded in the
+// rollout, logged and told in an Event on the rollout's ConfigMap.
+func (t *term) maxUnavailable(ctx context.Context, w world, r *Rollout, views []nodeView) (int, error) {
+	base, ceiling, err := t.c.limits(len(w.nodes))
+	if err != nil {
+		return 0, err
+	}
+	limit := inForce(r, base, ceiling)
+	in := t.estimateInput(w, views, limit)
+	before := EstimateCompletion(in)
+	need := NeededMaxUnavailable(in, ceiling)
+	if need <= limit {
+		t.setEstimate(&before, limit)
+		return limit, nil
+	}
+	in.MaxUnavailable = need
+	after := EstimateCompletion(in)
+	msg := fmt.Sprintf("at %s at once the rollout would end at %s, after the previous issuer's trust ends at %s; raised to %s at once (--deadline-max-unavailable allows %d)",
+		nodeCount(limit), stamp(before.Completion), stamp(in.Deadline), nodeCount(need), ceiling)
+	typ := corev1.EventTypeNormal
+	if after.MissesDeadline() {
+		typ = corev1.EventTypeWarning
+		msg += fmt.Sprintf(", and even so it is expected to end at %s, after the deadline: raise --deadline-max-unavailable or expect the pods on the nodes left then to fail to authenticate", stamp(after.Completion))
+	} else {
+		msg += fmt.Sprintf(", and is now expected to end at %s", stamp(after.Completion))
+	}
+	raise := &Raise{MaxUnavailable: need, From: limit, Ceiling: ceiling, At: w.now, Message: msg}
+	if _, err := t.updateState(ctx, func(st *State) error {
+		if st.Rollout == nil || st.Rollout.ID != r.ID {
+			return errors.New("the rollout changed while raising the nodes it may disrupt at once")
+		}
+		st.Rollout.Raised, st.Rollout.Estimate = raise, &after
+		return nil
+	}); err != nil {
+		return 0, err
+	}
+	r.Raised, r.Estimate = raise, &after
+	t.setEstimate(&after, need)
+	t.c.cfg.Log.Warn("raising the nodes disrupted at once to meet the previous issuer's trust deadline", zap.String("rollout", r.ID),
+		zap.Int("from", limit), zap.Int("to", need), zap.Int("ceiling", ceiling), zap.Time("deadline", in.Deadline),
+		zap.Time("estimatedCompletion", after.Completion), zap.Duration("perNode", after.PerNode))
+	t.rolloutEvent(typ, ReasonMaxUnavailableRaised, "Raise", "rollout %s: %s", r.ID, msg)
+	return need, nil
+}
+
+// publishEstimate records this sync's estimate in the active rollout when
+// it moved enough since the one recorded (estimateMoved): tokenroll status
+// shows it. Only a made estimate is recorded, so a rollout writes nothing
+// for it until a node has finished.
+func (t *term) publishEstimate(ctx context.Context) error {
+	t.mu.Lock()
+	cur := t.syncEstimate
+	t.syncEstimate = nil
+	t.mu.Unlock()
+	if cur == nil || !cur.Known() {
+		return nil
+	}
+	st, err := DecodeState(t.configMap())
+	if err != nil {
+		return err
+	}
+	r := st.Active()
+	if r == nil || r.Phase != RolloutRunning || !estimateMoved(r.Estimate, cur) {
+		return nil
+	}
+	id := r.ID
+	_, err = t.updateState(ctx, func(st *State) error {
+		if r := st.Active(); r != nil && r.ID == id {
+			r.Estimate = cur
+		}
+		return nil
+	})
+	return err
+}
+
+// rolloutEvent records an Event on the rollout state's ConfigMap: what
+// concerns the whole rollout rather than one node.
+func (t *term) rolloutEvent(typ, reason, action, note string, args ...any) {
+	ref := &corev1.ObjectReference{Kind: "ConfigMap", Namespace: t.c.cfg.Namespace, Name: ConfigMapName, APIVersion: "v1"}
+	if cm := t.configMap(); cm != nil {
+		ref.UID = cm.UID
+	}
+	t.recorder.Eventf(ref, nil, typ, reason, action, note, args...)
+}
+
+func stamp(t time.Time) string { return t.UTC().Format(time.RFC3339) }
+
+func nodeCount(n int) string {
+	if n == 1 {
+		return "1 node"
+	}
+	return fmt.Sprintf("%d nodes", n)
+}

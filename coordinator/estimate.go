@@ -1,0 +1,183 @@
+package coordinator
+
+import (
+	"slices"
+	"time"
+)
+
+// EstimateInput is what a rollout's completion estimate depends on;
+// EstimateCompletion is a pure function of it.
+type EstimateInput struct {
+	Now time.Time
+	// Finished are the times the nodes of this rollout that have finished
+	// took, from cordon to done (or to unresolved): what a node costs
+	// here, with this strategy, these workloads and this cluster.
+	Finished []time.Duration
+	// InProgress are when the nodes in progress were cordoned.
+	InProgress []time.Time
+	// Pending counts the nodes left to start.
+	Pending int
+	// MaxUnavailable is how many nodes may be in progress at once.
+	MaxUnavailable int
+	// Settle is the pause after a node before the next takes its place.
+	Settle time.Duration
+	// Deadline is when the previous issuer stops being trusted (zero:
+	// none known).
+	Deadline time.Time
+}
+
+// Estimate is when a rollout is expected to end, and what that rests on.
+type Estimate struct {
+	// At is when it was made.
+	At time.Time `json:"at"`
+	// Completion is when the last node is expected done; zero when there
+	// is no estimate yet (before a node has finished: a guess of what a
+	// node costs would decide concurrency on nothing measured).
+	Completion time.Time `json:"completion,omitzero"`
+	// PerNode is the median time a node took over Measured nodes (the
+	// upper median: with two, the slower), as tokenroll preflight takes it.
+	PerNode  time.Duration `json:"perNode,omitempty"`
+	Measured int           `json:"measured"`
+	// InProgress and Pending are the nodes left.
+	InProgress int `json:"inProgress"`
+	Pending    int `json:"pending"`
+	// MaxUnavailable is the nodes at once the estimate assumes.
+	MaxUnavailable int `json:"maxUnavailable"`
+	// Deadline is when the previous issuer's trust ends (zero: none known).
+	Deadline time.Time `json:"deadline,omitzero"`
+}
+
+// Known reports whether there is an estimate.
+func (e Estimate) Known() bool { return !e.Completion.IsZero() }
+
+// MissesDeadline reports whether the rollout is expected to end after the
+// previous issuer stops being trusted.
+func (e Estimate) MissesDeadline() bool {
+	return e.Known() && !e.Deadline.IsZero() && e.Completion.After(e.Deadline)
+}
+
+// EstimateCompletion estimates when the last node is done. Every node left
+// is taken to cost the median measured so far (one node held up by a
+// PodDisruptionBudget does not make every other node look slow); a node in
+// progress ends that long after its cordon (now, if it has overrun), and each pending node takes
+// the first of MaxUnavailable places to free up, Settle after the node
+// before it there. Nothing else is modelled: nodes out of service for
+// other reasons, a gate that closes, waits for a person.
+func EstimateCompletion(in EstimateInput) Estimate {
+	e := Estimate{At: in.Now, Measured: len(in.Finished), InProgress: len(in.InProgress), Pending: in.Pending,
+		MaxUnavailable: in.MaxUnavailable, Deadline: in.Deadline}
+	if len(in.Finished) == 0 || in.MaxUnavailable < 1 {
+		return e
+	}
+	took := make([]time.Duration, len(in.Finished))
+	for i, d := range in.Finished {
+		took[i] = max(d, 0)
+	}
+	slices.Sort(took)
+	e.PerNode = took[len(took)/2]
+	e.Completion = completion(in.Now, in.InProgress, in.Pending, in.MaxUnavailable, e.PerNode, in.Settle)
+	return e
+}
+
+// completion is when the last node is done when nodes started at
+// inProgress end per after their start (now, if past), and pending nodes,
+// taking per each, go one by one to the first of places that frees up, a
+// settle after the node before them there. Every node costing the same,
+// the places free up in the same order round after round: pending node k
+// goes to the k-th place mod places, so the answer needs no simulation.
+func completion(now time.Time, inProgress []time.Time, pending, places int, per, settle time.Duration) time.Time {
+	end := now
+	ends := make([]time.Time, len(inProgress))
+	for i, s := range inProgress {
+		ends[i] = later(now, s.Add(per))
+		end = later(end, ends[i])
+	}
+	slices.SortFunc(ends, func(a, b time.Time) int { return a.Compare(b) })
+	// With more nodes in progress than places, a place frees up only when
+	// enough of them have ended: the first ends free none.
+	if len(ends) > places {
+		ends = ends[len(ends)-places:]
+	}
+	for i := range min(pending, places) {
+		start := now // a place no node holds
+		if j := i - (places - len(ends)); j >= 0 {
+			start = ends[j].Add(settle)
+		}
+		n := (pending - i + places - 1) / places // nodes this place takes
+		end = later(end, start.Add(time.Duration(n)*per+time.Duration(n-1)*settle))
+	}
+	return end
+}
+
+// NeededMaxUnavailable is the fewest nodes at once, from in.MaxUnavailable
+// up to ceiling, with which the rollout is expected to end by the
+// deadline; ceiling when even that is not enough, in.MaxUnavailable when
+// there is no estimate or no deadline. More nodes at once never end a
+// rollout later, so the search halves the range.
+func NeededMaxUnavailable(in EstimateInput, ceiling int) int {
+	base := in.MaxUnavailable
+	if ceiling <= base || in.Deadline.IsZero() || !EstimateCompletion(in).MissesDeadline() {
+		return base
+	}
+	misses := func(n int) bool {
+		in.MaxUnavailable = n
+		return EstimateCompletion(in).MissesDeadline()
+	}
+	if misses(ceiling) {
+		return ceiling
+	}
+	lo, hi := base, ceiling // misses(lo), !misses(hi)
+	for hi-lo > 1 {
+		mid := lo + (hi-lo)/2
+		if misses(mid) {
+			lo = mid
+		} else {
+			hi = mid
+		}
+	}
+	return hi
+}
+
+// TrustDeadline is when the first previous issuer still trusted at now
+// stops being trusted (zero: none, or the gate cannot tell). A deadline
+// already past is none: there is nothing left to meet.
+func TrustDeadline(g GateState, now time.Time) time.Time {
+	var d time.Time
+	if !g.TrustKnown {
+		return d
+	}
+	for _, ti := range g.Trusted {
+		if ti.Expires.After(now) {
+			d = minTime(d, ti.Expires)
+		}
+	}
+	return d
+}
+
+// estimateMoved reports whether a new estimate differs enough from the one
+// recorded to record it again: it appears or goes, its basis (nodes at
+// once, deadline, whether it misses it) changes, or its completion moves by
+// more than a minute and a tenth of the time left. Small moves, which
+// every finished node makes, are not worth a write.
+func estimateMoved(old, cur *Estimate) bool {
+	switch {
+	case old == nil || cur == nil:
+		return (old == nil) != (cur == nil)
+	case old.Known() != cur.Known() || old.MaxUnavailable != cur.MaxUnavailable || !old.Deadline.Equal(cur.Deadline) ||
+		old.MissesDeadline() != cur.MissesDeadline():
+		return true
+	}
+	left := max(old.Completion.Sub(cur.At), 0)
+	diff := cur.Completion.Sub(old.Completion)
+	if diff < 0 {
+		diff = -diff
+	}
+	return diff > time.Minute+left/10
+}
+
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
+}

@@ -1,0 +1,225 @@
+package coordinator
+
+import (
+	"math/rand/v2"
+	"slices"
+	"testing"
+	"time"
+)
+
+func TestEstimateCompletion(t *testing.T) {
+	m := time.Minute
+	deadline := t0.Add(time.Hour)
+	cases := []struct {
+		name string
+		in   EstimateInput
+		// want is the completion after t0 (-1: no estimate).
+		want    time.Duration
+		perNode time.Duration
+		misses  bool
+	}{
+		{name: "no node finished: no estimate, however many are in progress",
+			in: EstimateInput{InProgress: []time.Time{t0.Add(-30 * m)}, Pending: 10, MaxUnavailable: 1}, want: -1},
+		{name: "nothing left: now",
+			in: EstimateInput{Finished: []time.Duration{5 * m}, MaxUnavailable: 1}, want: 0, perNode: 5 * m},
+		{name: "one at a time: the median per node, in series",
+			in: EstimateInput{Finished: []time.Duration{4 * m, 30 * m, 5 * m}, Pending: 3, MaxUnavailable: 1}, want: 15 * m, perNode: 5 * m},
+		{name: "the upper median: of two, the slower",
+			in: EstimateInput{Finished: []time.Duration{6 * m, 4 * m}, Pending: 3, MaxUnavailable: 1}, want: 18 * m, perNode: 6 * m},
+		{name: "two at a time halve it, rounding up to whole waves",
+			in: EstimateInput{Finished: []time.Duration{5 * m}, Pending: 3, MaxUnavailable: 2}, want: 10 * m, perNode: 5 * m},
+		{name: "more places than nodes: one wave",
+			in: EstimateInput{Finished: []time.Duration{5 * m}, Pending: 3, MaxUnavailable: 10}, want: 5 * m, perNode: 5 * m},
+		{name: "a node in progress ends a mean after its cordon, and its place goes to the next",
+			in: EstimateInput{Finished: []time.Duration{5 * m}, InProgress: []time.Time{t0.Add(-2 * m)}, Pending: 1, MaxUnavailable: 1}, want: 8 * m, perNode: 5 * m},
+		{name: "a node that overran is taken to end now",
+			in: EstimateInput{Finished: []time.Duration{5 * m}, InProgress: []time.Time{t0.Add(-20 * m)}, Pending: 1, MaxUnavailable: 1}, want: 5 * m, perNode: 5 * m},
+		{name: "the settle is paid before each node that waited for a place",
+			in: EstimateInput{Finished: []time.Duration{5 * m}, Pending: 3, MaxUnavailable: 1, Settle: m}, want: 17 * m, perNode: 5 * m},
+		{name: "more in progress than places (others took some): pending nodes wait for enough to end",
+			in:   EstimateInput{Finished: []time.Duration{5 * m}, InProgress: []time.Time{t0.Add(-4 * m), t0.Add(-3 * m), t0.Add(-2 * m)}, Pending: 1, MaxUnavailable: 2},
+			want: 7 * m, perNode: 5 * m},
+		{name: "before the deadline",
+			in: EstimateInput{Finished: []time.Duration{10 * m}, Pending: 6, MaxUnavailable: 1, Deadline: deadline}, want: 60 * m, perNode: 10 * m},
+		{name: "after the deadline",
+			in: EstimateInput{Finished: []time.Duration{10 * m}, Pending: 7, MaxUnavailable: 1, Deadline: deadline}, want: 70 * m, perNode: 10 * m, misses: true},
+		{name: "no deadline is never missed",
+			in: EstimateInput{Finished: []time.Duration{10 * m}, Pending: 700, MaxUnavailable: 1}, want: 7000 * m, perNode: 10 * m},
+		{name: "a negative measure (a clock stepped back) counts as nothing",
+			in: EstimateInput{Finished: []time.Duration{-10 * m, -10 * m, 10 * m}, Pending: 1, MaxUnavailable: 1}, want: 0, perNode: 0},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			c.in.Now = t0
+			e := EstimateCompletion(c.in)
+			if c.want < 0 {
+				if e.Known() || e.MissesDeadline() {
+					t.Errorf("estimate %+v; want none", e)
+				}
+				return
+			}
+			if got := e.Completion.Sub(t0); !e.Known() || got != c.want {
+				t.Errorf("completion in %s (known %v); want %s", got, e.Known(), c.want)
+			}
+			if e.PerNode != c.perNode || e.MissesDeadline() != c.misses {
+				t.Errorf("per node %s, misses the deadline %v; want %s, %v", e.PerNode, e.MissesDeadline(), c.perNode, c.misses)
+			}
+			if e.Measured != len(c.in.Finished) || e.Pending != c.in.Pending || e.InProgress != len(c.in.InProgress) || e.MaxUnavailable != c.in.MaxUnavailable {
+				t.Errorf("estimate %+v does not carry its inputs", e)
+			}
+		})
+	}
+}
+
+// simulate is the model completion's round-robin answers: node by node,
+// each pending node takes the place that frees up first.
+func simulate(now time.Time, inProgress []time.Time, pending, places int, per, settle time.Duration) time.Time {
+	var busy []time.Time // when each node holding a place ends
+	end := now
+	for _, s := range inProgress {
+		busy = append(busy, later(now, s.Add(per)))
+		end = later(end, busy[len(busy)-1])
+	}
+	for range pending {
+		start := now
+		for len(busy) >= places {
+			first := slices.IndexFunc(busy, func(t time.Time) bool {
+				return !slices.ContainsFunc(busy, func(u time.Time) bool { return u.Before(t) })
+			})
+			start = later(start, busy[first].Add(settle))
+			busy = slices.Delete(busy, first, first+1)
+		}
+		busy = append(busy, start.Add(per))
+		end = later(end, start.Add(per))
+	}
+	return end
+}
+
+func TestCompletionMatchesTheSimulation(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	for i := range 2000 {
+		places := 1 + r.IntN(6)
+		var inProgress []time.Time
+		for range r.IntN(9) {
+			inProgress = append(inProgress, t0.Add(-time.Duration(r.IntN(600))*time.Second))
+		}
+		pending, per, settle := r.IntN(20), time.Duration(1+r.IntN(300))*time.Second, time.Duration(r.IntN(3))*10*time.Second
+		got := completion(t0, inProgress, pending, places, per, settle)
+		if want := simulate(t0, inProgress, pending, places, per, settle); !got.Equal(want) {
+			t.Fatalf("case %d: %d places, in progress since %v, %d pending, %s each, settle %s: completion %s; the simulation says %s",
+				i, places, inProgress, pending, per, settle, got.Sub(t0), want.Sub(t0))
+		}
+	}
+}
+
+func TestNeededMaxUnavailable(t *testing.T) {
+	m := time.Minute
+	// 20 nodes left at 10 minutes each: 200 minutes one at a time.
+	in := EstimateInput{Now: t0, Finished: []time.Duration{10 * m}, Pending: 20, MaxUnavailable: 1}
+	cases := []struct {
+		name     string
+		base     int
+		deadline time.Duration
+		ceiling  int
+		want     int
+	}{
+		{"no deadline: the base", 1, 0, 10, 1},
+		{"the base meets it", 1, 200 * m, 10, 1},
+		{"the fewest that meet it", 1, 100 * m, 10, 2},
+		{"the fewest that meet it, not the ceiling", 1, 45 * m, 10, 5},
+		{"never above the ceiling, even when it is not enough", 1, 15 * m, 4, 4},
+		{"no ceiling above the base: the base", 2, 15 * m, 2, 2},
+		{"a ceiling below the base: the base", 3, 15 * m, 2, 3},
+		{"the raise starts from the base", 3, 60 * m, 10, 4},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			in := in
+			in.MaxUnavailable = c.base
+			if c.deadline > 0 {
+				in.Deadline = t0.Add(c.deadline)
+			}
+			if got := NeededMaxUnavailable(in, c.ceiling); got != c.want {
+				t.Errorf("NeededMaxUnavailable = %d; want %d", got, c.want)
+			}
+		})
+	}
+	// Before any node has finished nothing is known: the base.
+	none := EstimateInput{Now: t0, Pending: 20, MaxUnavailable: 1, Deadline: t0.Add(time.Minute)}
+	if got := NeededMaxUnavailable(none, 10); got != 1 {
+		t.Errorf("with nothing measured NeededMaxUnavailable = %d; want the base, 1", got)
+	}
+}
+
+func TestTrustDeadline(t *testing.T) {
+	h := time.Hour
+	cases := []struct {
+		name string
+		g    GateState
+		want time.Time
+	}{
+		{"the earliest of those still ahead", GateState{TrustKnown: true, Trusted: []TrustedIssuer{
+			{Name: "a", Expires: t0.Add(5 * h)}, {Name: "b", Expires: t0.Add(2 * h)}, {Name: "c"}, {Name: "d", Expires: t0.Add(-h)}}}, t0.Add(2 * h)},
+		{"only past ones: none", GateState{TrustKnown: true, Trusted: []TrustedIssuer{{Name: "d", Expires: t0.Add(-h)}}}, time.Time{}},
+		{"trusted with no end: none", GateState{TrustKnown: true, Trusted: []TrustedIssuer{{Name: "c"}}}, time.Time{}},
+		{"the gate cannot tell: none", GateState{Trusted: []TrustedIssuer{{Name: "a", Expires: t0.Add(h)}}}, time.Time{}},
+	}
+	for _, c := range cases {
+		if got := TrustDeadline(c.g, t0); !got.Equal(c.want) {
+			t.Errorf("%s: %s; want %s", c.name, got, c.want)
+		}
+	}
+}
+
+func TestEstimateMoved(t *testing.T) {
+	m := time.Minute
+	at := func(completion time.Duration) *Estimate {
+		return &Estimate{At: t0, Completion: t0.Add(completion), MaxUnavailable: 1}
+	}
+	old := at(100 * m)
+	cases := []struct {
+		name     string
+		old, cur *Estimate
+		want     bool
+	}{
+		{"the first", nil, at(10 * m), true},
+		{"the same", old, at(100 * m), false},
+		{"within a minute and a tenth of the time left", old, at(110 * m), false},
+		{"beyond it, later", old, at(112 * m), true},
+		{"beyond it, sooner", old, at(88 * m), true},
+		{"close to the end, a minute is enough", at(3 * m), at(5 * m), true},
+		{"the nodes at once changed", old, &Estimate{At: t0, Completion: t0.Add(100 * m), MaxUnavailable: 2}, true},
+		{"a deadline appeared", old, &Estimate{At: t0, Completion: t0.Add(100 * m), MaxUnavailable: 1, Deadline: t0.Add(200 * m)}, true},
+		{"it now misses the deadline", &Estimate{At: t0, Completion: t0.Add(100 * m), MaxUnavailable: 1, Deadline: t0.Add(101 * m)},
+			&Estimate{At: t0, Completion: t0.Add(102 * m), MaxUnavailable: 1, Deadline: t0.Add(101 * m)}, true},
+	}
+	for _, c := range cases {
+		if got := estimateMoved(c.old, c.cur); got != c.want {
+			t.Errorf("%s: moved %v; want %v", c.name, got, c.want)
+		}
+	}
+}
+
+// The estimate at the scale tokenroll is built for: 5,000 nodes left, some
+// in progress, and the search for the nodes at once a deadline needs.
+func BenchmarkEstimateCompletion(b *testing.B) {
+	in := EstimateInput{Now: t0, Finished: make([]time.Duration, 100), Pending: 4900, MaxUnavailable: 50, Settle: time.Second}
+	for i := range in.Finished {
+		in.Finished[i] = time.Duration(30+i%60) * time.Second
+	}
+	for i := range 50 {
+		in.InProgress = append(in.InProgress, t0.Add(-time.Duration(i)*time.Second))
+	}
+	b.Run("estimate", func(b *testing.B) {
+		for b.Loop() {
+			EstimateCompletion(in)
+		}
+	})
+	b.Run("needed", func(b *testing.B) {
+		in := in
+		in.Deadline = t0.Add(20 * time.Minute)
+		for b.Loop() {
+			NeededMaxUnavailable(in, 500)
+		}
+	})
+}
