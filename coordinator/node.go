@@ -12,6 +12,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 
 	"github.com/tokenroll/tokenroll/internal/nodeutil"
+	v1alpha1 "github.com/tokenroll/tokenroll/pkg/apis/tokenroll/v1alpha1"
 	"github.com/tokenroll/tokenroll/protocol"
 )
 
@@ -308,6 +309,7 @@ func (t *term) finishNode(ctx context.Context, w world, r *Rollout, v nodeView) 
 	t.mu.Unlock()
 	t.c.cfg.Log.Info("node done", zap.String("rollout", r.ID), zap.String("node", v.plan.Name), zap.String("strategy", strategy),
 		zap.Duration("took", w.now.Sub(ns.StartedAt)))
+	t.notify(ctx, v1alpha1.NotifyNodeDone, r, v.plan.Name, fmt.Sprintf("%s verified in %s", strategy, w.now.Sub(ns.StartedAt).Round(time.Second)))
 	t.event(v.node, corev1.EventTypeNormal, "Verified", "Uncordon", "rollout %s: %s verified in %s; %s", r.ID, strategy,
 		w.now.Sub(ns.StartedAt).Round(time.Second), map[bool]string{true: "uncordoned", false: "left cordoned as it was found"}[ns.CordonedByUs])
 	return nil
