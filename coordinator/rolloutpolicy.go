@@ -175,7 +175,8 @@ func (g *policyGate) admit(ctx context.Context, v nodeView, already bool) (blk *
 }
 
 // blockingPods lists the node's pods and matches them against the
-// policy's blocking-pod selectors.
+// policy's blocking-pod selectors. Pods are not watched: a held node is
+// looked at again after PolicyRecheck.
 func (g *policyGate) blockingPods(ctx context.Context, p *policy.Policy, node string) *policy.Block {
 	if len(p.Pods) == 0 {
 		return nil
@@ -206,7 +207,7 @@ func (g *policyGate) blockingPods(ctx context.Context, p *policy.Policy, node st
 		return &policy.Block{Reason: policy.ReasonBlockingPod, Until: g.w.now.Add(g.t.c.cfg.PolicyRecheck),
 			Message: fmt.Sprintf("reading a namespace's labels for RolloutPolicy %s's blocking pods: %v; node %s waits until they can be read", p.Name, nsErr, node)}
 	case len(blocking) > 0:
-		return &policy.Block{Reason: policy.ReasonBlockingPod, Message: fmt.Sprintf("node %s runs pods that RolloutPolicy %s says block it (%s): it starts once they end or move (spec.blockers.pods)",
+		return &policy.Block{Reason: policy.ReasonBlockingPod, Until: g.w.now.Add(g.t.c.cfg.PolicyRecheck), Message: fmt.Sprintf("node %s runs pods that RolloutPolicy %s says block it (%s): it starts once they end or move (spec.blockers.pods)",
 			node, p.Name, namesOf(blocking))}
 	}
 	return nil
