@@ -5,9 +5,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -17,6 +19,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -444,5 +448,130 @@ func TestPolicyBlockingPodAndWebhook(t *testing.T) {
 			t.Errorf("%s: Accepted %+v", pair[0], c)
 		}
 	}
+	e.checkInvariants(1)
+}
+
+// startPrometheus runs the Prometheus server the deploy tests and the
+// sandbox build from the pinned module, scraping target every second and
+// evaluating rules; it returns its base URL.
+func startPrometheus(t *testing.T, ctx context.Context, target, rules string) string {
+	t.Helper()
+	out, err := exec.CommandContext(ctx, "bash", filepath.Join(repoRoot(), "test/deploy/tools/build.sh")).Output()
+	if err != nil {
+		t.Fatalf("building the deploy tools (prometheus): %v", err)
+	}
+	bin := filepath.Join(strings.TrimSpace(string(out)), "prometheus")
+	dir := t.TempDir()
+	cfg := fmt.Sprintf(`global: {scrape_interval: 1s, scrape_timeout: 1s, evaluation_interval: 1s}
+rule_files: [%q]
+scrape_configs:
+- job_name: maintenance
+  static_configs: [{targets: [%q]}]
+`, filepath.Join(dir, "rules.yaml"), target)
+	for name, data := range map[string]string{"prometheus.yml": cfg, "rules.yaml": rules} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(data), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	_ = l.Close()
+	cmd := exec.Command(bin, "--config.file="+filepath.Join(dir, "prometheus.yml"), "--storage.tsdb.path="+filepath.Join(dir, "data"),
+		"--web.listen-address="+addr, "--log.level=warn")
+	cmd.Stderr = io.Discard
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	url := "http://" + addr
+	err = wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		resp, err := http.Get(url + "/-/ready")
+		if err != nil {
+			return false, nil
+		}
+		_ = resp.Body.Close()
+		return resp.StatusCode == http.StatusOK, nil
+	})
+	if err != nil {
+		t.Fatalf("prometheus at %s never ready: %v", url, err)
+	}
+	return url
+}
+
+// waitAlert polls Prometheus until the alert named name is (firing) or is
+// not (resolved) active.
+func waitAlert(t *testing.T, ctx context.Context, url, name string, firing bool) {
+	t.Helper()
+	src, err := policy.NewPrometheus(policy.PrometheusConfig{URL: url})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		alerts, err := src.Alerts(ctx)
+		if err != nil {
+			return false, nil
+		}
+		active := slices.ContainsFunc(alerts, func(a policy.Alert) bool { return a.Name == name && a.State == policy.AlertFiring })
+		return active == firing, nil
+	})
+	if err != nil {
+		t.Fatalf("alert %s firing=%v: %v", name, firing, err)
+	}
+}
+
+// An alert firing in a real Prometheus holds the rollout before its first
+// node, and the wait names it; tokenroll's own alerts never block (the
+// default ignore); once the alert resolves, the rollout goes on.
+func TestPolicyBlockingAlert(t *testing.T) {
+	nodes := []string{"n-1", "n-2"}
+	e := startEnv(t, 1, nodes...)
+	vc := e.installCRDs()
+	reg := prometheus.NewRegistry()
+	maintenance := prometheus.NewGauge(prometheus.GaugeOpts{Name: "maintenance_in_progress", Help: "1 while the database team works."})
+	reg.MustRegister(maintenance)
+	maintenance.Set(1)
+	target := httptest.NewServer(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	defer target.Close()
+	url := startPrometheus(t, e.ctx, strings.TrimPrefix(target.URL, "http://"), `groups:
+- name: test
+  rules:
+  - alert: DatabaseMaintenance
+    expr: maintenance_in_progress > 0
+    labels: {severity: critical}
+  - alert: TokenrollOldIssuerTokensUntrusted
+    expr: vector(1)
+    labels: {severity: critical}
+`)
+	waitAlert(t, e.ctx, url, "DatabaseMaintenance", true)
+	waitAlert(t, e.ctx, url, "TokenrollOldIssuerTokensUntrusted", true)
+	e.createPolicy(vc, "alerts", nil, func(s *v1alpha1.RolloutPolicySpec) {
+		s.Blockers = &v1alpha1.Blockers{Alerts: &v1alpha1.AlertBlocker{PrometheusURL: url,
+			Matchers: []v1alpha1.AlertMatcher{{Label: "severity", Operator: "=", Value: "critical"}}, Ignore: []string{"Tokenroll.*"}}}
+	})
+	e.policyCoordinator(vc, nil)
+	e.waitState("the coordinator recorded the issuer", func(s coordinator.State) bool { return s.ObservedIssuer == oldIssuer })
+	e.restartAPIServers(newIssuer)
+	st := e.waitState("the rollout waits for the alert", func(s coordinator.State) bool {
+		return s.Waiting != nil && s.Waiting.Reason == coordinator.WaitBlockingAlert
+	})
+	if want := "alerts block pool alerts: DatabaseMaintenance (firing); it starts once they resolve"; !strings.Contains(st.Waiting.Message, want) || strings.Contains(st.Waiting.Message, "Tokenroll") {
+		t.Errorf("wait %q: want %q, and no tokenroll alert", st.Waiting.Message, want)
+	}
+	for _, n := range nodes {
+		node, err := e.admin.CoreV1().Nodes().Get(e.ctx, n, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if node.Spec.Unschedulable || readStep(node) != "" {
+			t.Errorf("node %s started while the alert fired: step %q", n, readStep(node))
+		}
+	}
+	maintenance.Set(0)
+	e.waitState("the rollout completed once the alert resolved", func(s coordinator.State) bool {
+		return s.Rollout != nil && s.Rollout.Issuer == newIssuer && s.Rollout.Phase == coordinator.RolloutDone
+	})
 	e.checkInvariants(1)
 }
