@@ -111,12 +111,12 @@ func (e *env) waitPolicy(vc versioned.Interface, name, what string, cond func(*v
 	e.t.Helper()
 	var last *v1alpha1.RolloutPolicy
 	err := wait.PollUntilContextTimeout(e.ctx, 100*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		// A failed read is tried again, as a condition not met yet.
 		p, err := vc.TokenrollV1alpha1().RolloutPolicies().Get(ctx, name, metav1.GetOptions{})
-		if err != nil {
-			return false, nil
+		if err == nil {
+			last = p
 		}
-		last = p
-		return cond(p), nil
+		return err == nil && cond(p), nil
 	})
 	if err != nil {
 		e.t.Fatalf("RolloutPolicy %s: waiting until %s: %v; last status %+v", name, what, err, last.Status)
@@ -489,11 +489,10 @@ scrape_configs:
 	url := "http://" + addr
 	err = wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
 		resp, err := http.Get(url + "/-/ready")
-		if err != nil {
-			return false, nil
+		if err == nil {
+			_ = resp.Body.Close()
 		}
-		_ = resp.Body.Close()
-		return resp.StatusCode == http.StatusOK, nil
+		return err == nil && resp.StatusCode == http.StatusOK, nil
 	})
 	if err != nil {
 		t.Fatalf("prometheus at %s never ready: %v", url, err)
@@ -511,11 +510,8 @@ func waitAlert(t *testing.T, ctx context.Context, url, name string, firing bool)
 	}
 	err = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
 		alerts, err := src.Alerts(ctx)
-		if err != nil {
-			return false, nil
-		}
 		active := slices.ContainsFunc(alerts, func(a policy.Alert) bool { return a.Name == name && a.State == policy.AlertFiring })
-		return active == firing, nil
+		return err == nil && active == firing, nil
 	})
 	if err != nil {
 		t.Fatalf("alert %s firing=%v: %v", name, firing, err)
