@@ -243,6 +243,20 @@ func (g *policyGate) blockingAlerts(ctx context.Context, p *policy.Policy) *poli
 	return blk
 }
 
+// alertsHold is what holds a node we cordoned before its next step: the
+// blocking alerts of its policy (nil: none, or RolloutPolicies off).
+func (t *term) alertsHold(ctx context.Context, w world, node string) *policy.Block {
+	if t.policyStore == nil {
+		return nil
+	}
+	p := policy.Cover(t.policies(), w.nodes).Of[node]
+	if p == nil || len(p.Problems) > 0 {
+		return nil
+	}
+	g := &policyGate{t: t, w: w, alerts: map[string]*policy.Block{}}
+	return g.blockingAlerts(ctx, p)
+}
+
 // alertSource builds the Prometheus client of an alert blocker, reading
 // its Secrets from the coordinator's namespace.
 func (t *term) alertSource(ctx context.Context, a *v1alpha1.AlertBlocker) (policy.AlertSource, error) {

@@ -1,8 +1,12 @@
 package coordinator
 
 import (
+	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -80,4 +84,37 @@ func TestPolicyDryRunPool(t *testing.T) {
 	if len(p.Status.Conditions) != 1 || p.Status.Conditions[0].Status != metav1.ConditionTrue || p.Status.Nodes != 1 || p.Status.ObservedGeneration != 1 {
 		t.Errorf("status %+v", p.Status)
 	}
+}
+
+// A node already cordoned is not drained while its policy's alert fires:
+// alerts are checked before each disruptive step, not only the cordon.
+func TestPolicyAlertHoldsACordonedNode(t *testing.T) {
+	var firing atomic.Bool
+	firing.Store(true)
+	prom := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		state := "firing"
+		if !firing.Load() {
+			state = "inactive"
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"status":"success","data":{"alerts":[{"labels":{"alertname":"EtcdNoLeader"},"annotations":{},"state":"` + state + `","activeAt":"2026-11-27T11:00:00Z","value":"1"}]}}`))
+	}))
+	defer prom.Close()
+	f := newFixture(t, testNode("n1", cordoned, inStep(started(Reboot, true, t0))), rolloutConfigMap(rollout(Reboot, "n1")))
+	f.leadWithPolicies(defaultPolicy(v1alpha1.RolloutPolicySpec{Blockers: &v1alpha1.Blockers{Alerts: &v1alpha1.AlertBlocker{PrometheusURL: prom.URL}}}))
+	// Held: looked at again after PolicyRecheck (15 s), not the drain
+	// timeout a running drain would give, and no drain started.
+	if d := f.sync(); d != 15*time.Second {
+		t.Errorf("next look in %v, want 15s", d)
+	}
+	f.term.mu.Lock()
+	jobs := len(f.term.jobs)
+	f.term.mu.Unlock()
+	if jobs != 0 {
+		t.Fatalf("%d preparations started while the alert fired", jobs)
+	}
+	firing.Store(false)
+	f.sync()
+	f.awaitDrainEnd()
+	f.expectDrains(drainCall{Node: "n1", Timeout: 10 * time.Minute})
 }
