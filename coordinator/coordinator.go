@@ -31,8 +31,12 @@ import (
 
 	"github.com/tokenroll/tokenroll/audit"
 	"github.com/tokenroll/tokenroll/coordinator/apps"
+	"github.com/tokenroll/tokenroll/coordinator/policy"
 	"github.com/tokenroll/tokenroll/internal/apiretry"
 	"github.com/tokenroll/tokenroll/internal/issuer"
+	v1alpha1 "github.com/tokenroll/tokenroll/pkg/apis/tokenroll/v1alpha1"
+	"github.com/tokenroll/tokenroll/pkg/generated/clientset/versioned"
+	"github.com/tokenroll/tokenroll/pkg/generated/informers/externalversions"
 	"github.com/tokenroll/tokenroll/protocol"
 )
 
@@ -90,6 +94,15 @@ type Config struct {
 	Log       *zap.Logger
 	Clock     clock.WithTicker
 
+	// Policies, when set, reads the RolloutPolicies: each pool's limits,
+	// windows, blockers and webhooks apply to its nodes, and the policies'
+	// status is written; nodes no policy covers follow the fields above.
+	// Nil: the fields above govern every node.
+	Policies versioned.Interface
+	// PolicyRecheck is how often a pool held by its blocking alerts (or by
+	// what cannot be read) is looked at again (0: 15 s).
+	PolicyRecheck time.Duration
+
 	// Apps turns on the detection of pods whose apps present stale tokens
 	// or fail to authenticate (nil: off); audit sources feed it through
 	// Observe.
@@ -123,6 +136,9 @@ type Coordinator struct {
 	// appsStopped says why the current term's app detection stopped
 	// (nil: it has not).
 	appsStopped atomic.Pointer[string]
+
+	// notifier delivers the policies' webhooks (nil: RolloutPolicies off).
+	notifier *policy.Notifier
 }
 
 // term is one leadership term: created by Lead, dropped when it returns,
@@ -142,6 +158,8 @@ type term struct {
 	// tells whether it has been read (nil: it has).
 	kured       cache.Store
 	kuredSynced func() bool
+	// policyStore caches the RolloutPolicies (nil: off).
+	policyStore cache.Store
 	// drains are the background preparations (drains, evictions), awaited
 	// when the term ends.
 	drains sync.WaitGroup
@@ -233,6 +251,9 @@ func New(cfg Config) (*Coordinator, error) {
 	if cfg.Registry == nil {
 		cfg.Registry = prometheus.NewRegistry()
 	}
+	if cfg.PolicyRecheck <= 0 {
+		cfg.PolicyRecheck = 15 * time.Second
+	}
 	if cfg.WriteRetry == (apiretry.Policy{}) {
 		cfg.WriteRetry = apiretry.Default()
 		cfg.WriteRetry.Clock = cfg.Clock
@@ -246,6 +267,9 @@ func New(cfg Config) (*Coordinator, error) {
 	c.m.setPhase("none")
 	if cfg.Apps != nil {
 		c.appMetrics = apps.NewMetrics(cfg.Registry)
+	}
+	if cfg.Policies != nil {
+		c.notifier = policy.NewNotifier(policy.NotifierConfig{Clock: cfg.Clock, Registry: cfg.Registry, Log: cfg.Log.Named("notify")})
 	}
 	return c, nil
 }
@@ -301,6 +325,20 @@ func (c *Coordinator) Lead(ctx context.Context) error {
 		}
 	}
 
+	var policyFactory externalversions.SharedInformerFactory
+	synced := []cache.InformerSynced{nodeInf.HasSynced, cmInf.HasSynced}
+	if c.cfg.Policies != nil {
+		policyFactory = externalversions.NewSharedInformerFactory(c.cfg.Policies, 0)
+		policyInf := policyFactory.Tokenroll().V1alpha1().RolloutPolicies().Informer()
+		t.policyStore = policyInf.GetStore()
+		if _, err := policyInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+			AddFunc: func(any) { enqueue() }, UpdateFunc: func(any, any) { enqueue() }, DeleteFunc: func(any) { enqueue() },
+		}); err != nil {
+			return err
+		}
+		synced = append(synced, policyInf.HasSynced)
+	}
+
 	broadcaster := events.NewBroadcaster(&events.EventSinkImpl{Interface: c.cfg.Client.EventsV1()})
 	// Events already recorded are still sent after leadership ends.
 	stopEvents := make(chan struct{})
@@ -315,6 +353,9 @@ func (c *Coordinator) Lead(ctx context.Context) error {
 	if kuredFactory != nil {
 		kuredFactory.Start(ctx.Done())
 	}
+	if policyFactory != nil {
+		policyFactory.Start(ctx.Done())
+	}
 	defer func() {
 		cancel()
 		nodeFactory.Shutdown()
@@ -322,11 +363,14 @@ func (c *Coordinator) Lead(ctx context.Context) error {
 		if kuredFactory != nil {
 			kuredFactory.Shutdown()
 		}
+		if policyFactory != nil {
+			policyFactory.Shutdown()
+		}
 	}()
 	if err := c.cfg.Gate.Start(ctx, enqueue); err != nil {
 		return fmt.Errorf("starting the revision gate: %w", err)
 	}
-	if !cache.WaitForCacheSync(ctx.Done(), nodeInf.HasSynced, cmInf.HasSynced) {
+	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
 		return ctx.Err()
 	}
 	log.Info("leading: caches synced", zap.Int("nodes", len(t.nodeKeys.ListKeys())))
@@ -353,6 +397,9 @@ func (c *Coordinator) Lead(ctx context.Context) error {
 		t.queue.ShutDown()
 	})
 	c.appsStopped.Store(nil)
+	if c.notifier != nil {
+		loops.Go(func() { c.notifier.Run(ctx) })
+	}
 	if c.cfg.Apps != nil {
 		vols := newVolumeFeed(c)
 		if _, err := nodeInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
@@ -541,6 +588,13 @@ func (t *term) sync(ctx context.Context) (time.Duration, error) {
 	d, err := t.reconcile(ctx, w)
 	if err != nil {
 		return 0, err
+	}
+	pd, err := t.publishPolicies(ctx, w)
+	if err != nil {
+		t.c.cfg.Log.Warn("writing the RolloutPolicies' status; retried on the next sync", zap.Error(err))
+	}
+	if pd > 0 && (d == 0 || pd < d) {
+		d = pd
 	}
 	if err := t.publishWait(ctx, w.now); err != nil {
 		return d, err
@@ -809,6 +863,9 @@ func (t *term) startRollout(ctx context.Context, w world, trigger string, strate
 	}
 	t.c.cfg.Log.Info("rollout planned", zap.String("rollout", r.ID), zap.String("trigger", trigger), zap.String("strategy", string(strategy)),
 		zap.Int("nodes", len(nodes)), zap.String("phase", string(r.Phase)), zap.String("message", r.Message))
+	if r.Phase == RolloutRunning {
+		t.notify(ctx, v1alpha1.NotifyRolloutStarted, r, "", fmt.Sprintf("started (%s): %d nodes, strategy %s", trigger, len(nodes), strategy))
+	}
 	for _, pn := range r.Nodes {
 		n := w.byName[pn.Name]
 		switch {

@@ -1,6 +1,8 @@
 package coordinator
 
 import (
+	"strings"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
 
@@ -66,7 +68,7 @@ func newCoordinatorMetrics(reg prometheus.Registerer) *coordinatorMetrics {
 		staleNodes: f.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "nodes_needing_work",
 			Help: "Nodes the planner finds needing work now (stale or old-issuer tokens, a required reboot)."}),
 		waiting: f.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "rollout_waiting",
-			Help: "1 for what the coordinator waits for while none of its nodes is in progress (gate-closed, issuer-unknown, agent-reports, max-unavailable, node-not-ready, machine-config, kured-lock), 0 for the others."}, []string{"reason"}),
+			Help: "1 for what the coordinator waits for while none of its nodes is in progress (" + strings.Join(WaitReasons, ", ") + "), 0 for the others."}, []string{"reason"}),
 		waitingSince: f.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "rollout_waiting_since_timestamp_seconds",
 			Help: "Since when the coordinator waits for the reason tokenroll_rollout_waiting names (Unix time); 0 when it is not waiting."}),
 		unresolved: f.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "nodes_unresolved",

@@ -174,15 +174,21 @@ tokenroll_rollout_phase{phase="halted"} 0
 tokenroll_rollout_phase{phase="none"} 0
 tokenroll_rollout_phase{phase="paused"} 0
 tokenroll_rollout_phase{phase="running"} 1
-# HELP tokenroll_rollout_waiting 1 for what the coordinator waits for while none of its nodes is in progress (gate-closed, issuer-unknown, agent-reports, max-unavailable, node-not-ready, machine-config, kured-lock), 0 for the others.
+# HELP tokenroll_rollout_waiting 1 for what the coordinator waits for while none of its nodes is in progress (gate-closed, issuer-unknown, agent-reports, max-unavailable, node-not-ready, machine-config, kured-lock, window, zone, blocking-pod, blocking-alert, health-gate, policy-refused), 0 for the others.
 # TYPE tokenroll_rollout_waiting gauge
 tokenroll_rollout_waiting{reason="agent-reports"} 0
+tokenroll_rollout_waiting{reason="blocking-alert"} 0
+tokenroll_rollout_waiting{reason="blocking-pod"} 0
 tokenroll_rollout_waiting{reason="gate-closed"} 0
+tokenroll_rollout_waiting{reason="health-gate"} 0
 tokenroll_rollout_waiting{reason="issuer-unknown"} 0
 tokenroll_rollout_waiting{reason="kured-lock"} 0
 tokenroll_rollout_waiting{reason="machine-config"} 0
 tokenroll_rollout_waiting{reason="max-unavailable"} 0
 tokenroll_rollout_waiting{reason="node-not-ready"} 0
+tokenroll_rollout_waiting{reason="policy-refused"} 0
+tokenroll_rollout_waiting{reason="window"} 0
+tokenroll_rollout_waiting{reason="zone"} 0
 # HELP tokenroll_rollout_waiting_since_timestamp_seconds Since when the coordinator waits for the reason tokenroll_rollout_waiting names (Unix time); 0 when it is not waiting.
 # TYPE tokenroll_rollout_waiting_since_timestamp_seconds gauge
 tokenroll_rollout_waiting_since_timestamp_seconds 0

@@ -12,6 +12,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 
 	"github.com/tokenroll/tokenroll/internal/nodeutil"
+	v1alpha1 "github.com/tokenroll/tokenroll/pkg/apis/tokenroll/v1alpha1"
 	"github.com/tokenroll/tokenroll/protocol"
 )
 
@@ -88,6 +89,12 @@ func (t *term) progress(ctx context.Context, w world, r *Rollout, v nodeView) (t
 			t.logOnChange("the node holds kured's reboot lock, or who does is unknown; no action is requested on it until kured lets go",
 				zap.String("node", v.plan.Name), zap.NamedError("lockError", lock.err))
 			return 0, nil
+		}
+		if blk := t.alertsHold(ctx, w, v.plan.Name); blk != nil {
+			// Checked before each disruptive step, the drain and the
+			// request: the node stays cordoned, nothing more happens to it.
+			t.logOnChange(blk.Message, zap.String("node", v.plan.Name))
+			return blk.Until.Sub(w.now), nil
 		}
 		return t.prepare(ctx, w, r, v, impl)
 	case protocol.StepActing:
@@ -330,6 +337,7 @@ func (t *term) finishNode(ctx context.Context, w world, r *Rollout, v nodeView) 
 	t.mu.Unlock()
 	t.c.cfg.Log.Info("node done", zap.String("rollout", r.ID), zap.String("node", v.plan.Name), zap.String("strategy", strategy),
 		zap.Duration("took", w.now.Sub(ns.StartedAt)))
+	t.notify(ctx, v1alpha1.NotifyNodeDone, r, v.plan.Name, fmt.Sprintf("%s verified in %s", strategy, w.now.Sub(ns.StartedAt).Round(time.Second)))
 	t.event(v.node, corev1.EventTypeNormal, "Verified", "Uncordon", "rollout %s: %s verified in %s; %s", r.ID, strategy,
 		w.now.Sub(ns.StartedAt).Round(time.Second), map[bool]string{true: "uncordoned", false: "left cordoned as it was found"}[ns.CordonedByUs])
 	return nil

@@ -13,7 +13,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 
+	"github.com/tokenroll/tokenroll/coordinator/policy"
 	"github.com/tokenroll/tokenroll/internal/nodeutil"
+	v1alpha1 "github.com/tokenroll/tokenroll/pkg/apis/tokenroll/v1alpha1"
 	"github.com/tokenroll/tokenroll/protocol"
 )
 
@@ -267,6 +269,10 @@ func (t *term) startNodes(ctx context.Context, w world, r *Rollout, views []node
 		}
 		return 0, nil
 	}
+	// With RolloutPolicies, each node's pool (and zone) bounds it instead
+	// of limit, which then bounds the nodes no policy covers.
+	pg := t.policyGate(w, r, views, lock, limit)
+	var held []policy.Block
 	var blocked, mco, kured, notReady []string
 	for _, already := range []bool{true, false} {
 		for _, v := range views {
@@ -292,7 +298,19 @@ func (t *term) startNodes(ctx context.Context, w world, r *Rollout, views []node
 			if !already {
 				ahead += found
 			}
-			if ahead >= limit {
+			if pg != nil {
+				blk, dryRun := pg.admit(ctx, v, already)
+				if blk != nil {
+					held = append(held, *blk)
+					continue
+				}
+				if dryRun {
+					if err := t.dryRunNode(ctx, w, r, v, pg.cov.Of[v.plan.Name].Name); err != nil {
+						return 0, err
+					}
+					continue
+				}
+			} else if ahead >= limit {
 				blocked = append(blocked, v.plan.Name)
 				continue
 			}
@@ -306,8 +324,16 @@ func (t *term) startNodes(ctx context.Context, w world, r *Rollout, views []node
 			}
 		}
 	}
+	if len(held) > 0 && len(mco) == 0 && len(kured) == 0 && len(notReady) == 0 {
+		if inFlight > 0 {
+			t.logOnChange(heldMessage(held))
+		} else {
+			t.wait(held[0].Reason, heldMessage(held))
+		}
+		return pg.after(), nil
+	}
 	if len(mco) == 0 && len(kured) == 0 && len(notReady) == 0 && (len(blocked) == 0 || busy+found == 0) {
-		return 0, nil
+		return pg.after(), nil
 	}
 	// One message, so that logOnChange logs it again only when it changes.
 	msg, fields := "nodes waiting for max-unavailable, the Machine Config daemon, kured's lock or to be Ready",
@@ -425,6 +451,7 @@ func (t *term) halt(ctx context.Context, w world, r *Rollout, v nodeView, reason
 	}
 	r.Phase, r.HaltReason, r.HaltNode, r.Message = RolloutHalted, reason, v.plan.Name, msg
 	t.c.m.halts.WithLabelValues(reason).Inc()
+	t.notify(ctx, v1alpha1.NotifyRolloutHalted, r, "", fmt.Sprintf("halted on node %s (%s): %s; tokenroll rollout resume|cancel", v.plan.Name, reason, msg))
 	t.c.cfg.Log.Error("rollout halted; waiting for an administrator (tokenroll rollout resume|cancel)", zap.String("rollout", r.ID),
 		zap.String("node", v.plan.Name), zap.String("reason", reason), zap.String("message", msg))
 	return nil
@@ -447,6 +474,13 @@ func (t *term) finishRollout(ctx context.Context, w world, r *Rollout, note stri
 		return nil
 	}); err != nil {
 		return err
+	}
+	if r.Phase == RolloutRunning {
+		done := fmt.Sprintf("complete: %d nodes", len(r.Nodes))
+		if note != "" {
+			done += "; " + note
+		}
+		t.notify(ctx, v1alpha1.NotifyRolloutComplete, r, "", done)
 	}
 	t.c.cfg.Log.Info("rollout finished", zap.String("rollout", r.ID), zap.String("phase", string(r.Phase)), zap.Duration("took", w.now.Sub(r.CreatedAt)))
 	return nil

@@ -9,6 +9,8 @@ import (
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+
+	"github.com/tokenroll/tokenroll/coordinator/policy"
 )
 
 // Wait is what the coordinator is waiting for while nothing of its own is
@@ -47,8 +49,32 @@ const (
 	WaitKuredLock = "kured-lock"
 )
 
+// Wait reasons of the RolloutPolicies (rolloutpolicy.go); a pool's own
+// maxUnavailable is WaitMaxUnavailable.
+const (
+	// WaitWindow: the pools left to do are outside their maintenance
+	// windows; the status names the next one.
+	WaitWindow = policy.ReasonWindow
+	// WaitZone: the nodes left to do wait for their zone's turn or fill
+	// its limit per zone.
+	WaitZone = policy.ReasonZone
+	// WaitBlockingPod: the nodes left to do run pods their policy says
+	// block them.
+	WaitBlockingPod = policy.ReasonBlockingPod
+	// WaitBlockingAlert: alerts their policy names are firing (or cannot
+	// be read).
+	WaitBlockingAlert = policy.ReasonBlockingAlert
+	// WaitHealthGate: the cluster has not recovered from the last node
+	// (pods evicted not Ready again, nodes NotReady).
+	WaitHealthGate = policy.ReasonHealthGate
+	// WaitPolicyRefused: the nodes left to do are covered by a policy that
+	// cannot be used, or selected by several.
+	WaitPolicyRefused = policy.ReasonPolicyRefused
+)
+
 // WaitReasons lists every wait reason.
-var WaitReasons = []string{WaitGateClosed, WaitIssuerUnknown, WaitAgentReports, WaitMaxUnavailable, WaitNodeNotReady, WaitMachineConfig, WaitKuredLock}
+var WaitReasons = []string{WaitGateClosed, WaitIssuerUnknown, WaitAgentReports, WaitMaxUnavailable, WaitNodeNotReady, WaitMachineConfig, WaitKuredLock,
+	WaitWindow, WaitZone, WaitBlockingPod, WaitBlockingAlert, WaitHealthGate, WaitPolicyRefused}
 
 // logOnChange logs msg at info level when it differs from the last one
 // logged this way, so a wait is logged when it begins, not on every sync.

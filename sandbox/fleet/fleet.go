@@ -54,8 +54,9 @@ type Config struct {
 	AgentConfig func(node string, rc *rest.Config) (*rest.Config, error)
 	// AgentRetry is the agents' write policy (zero: apiretry.Default).
 	AgentRetry apiretry.Policy
-	// AgentClock is the agents' clock (default: real time); a benchmark
-	// steps it to put the agents past their first minutes.
+	// AgentClock is the agents' clock, their scans' and their request
+	// handlers' (default: real time); a benchmark steps it to put the
+	// agents past their first minutes.
 	AgentClock clock.WithTicker
 	Log        *zap.Logger
 }
@@ -219,7 +220,7 @@ func (m *Member) agentOnce(ctx context.Context) error {
 		// Simulated reboots keep the directory, wherever cfg.Dir is.
 		StateDir: filepath.Join(cfg.Dir, m.Name+"-agent-state"), AllowVolatileStateDir: true, BootIDFile: kubeletsim.BootIDPath(m.Sim.Root()),
 		MaxRequestAge: time.Hour, Reporter: actions.NodeReporter{Client: nodes, NodeName: m.Name},
-		Finished: func(actions.Record) { a.Rescan() }, Log: log})
+		Finished: func(actions.Record) { a.Rescan() }, Clock: cfg.AgentClock, Log: log})
 	if err != nil {
 		return err
 	}

@@ -525,6 +525,8 @@ func testInvalidPolicies(ctx context.Context, t *testing.T, e *env) {
 		{"notification-event", func(s *v1alpha1.RolloutPolicySpec) {
 			s.Notifications = []v1alpha1.Notification{{Name: "hook", URLSecretRef: v1alpha1.SecretKeyRef{Name: "hooks", Key: "url"}, Events: []v1alpha1.NotificationEvent{"NodeStarted"}}}
 		}, `Unsupported value: "NodeStarted"`},
+		{"health-gate-empty", func(s *v1alpha1.RolloutPolicySpec) { s.HealthGate = &v1alpha1.HealthGate{} },
+			"a health gate must wait for something: set evictedPodsReady, nodesReady or both"},
 		{"grace-period-negative", func(s *v1alpha1.RolloutPolicySpec) {
 			s.Drain = &v1alpha1.DrainOptions{GracePeriodSeconds: ptr.To[int64](-1)}
 		}, "should be greater than or equal to 0"},

@@ -24,6 +24,8 @@ func ForKind(kind schema.GroupVersionKind) interface{} {
 		return &tokenrollv1alpha1.BlockersApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("DrainOptions"):
 		return &tokenrollv1alpha1.DrainOptionsApplyConfiguration{}
+	case v1alpha1.SchemeGroupVersion.WithKind("HealthGate"):
+		return &tokenrollv1alpha1.HealthGateApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("MaintenanceWindow"):
 		return &tokenrollv1alpha1.MaintenanceWindowApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("NodeResult"):

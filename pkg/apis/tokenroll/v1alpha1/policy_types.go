@@ -111,6 +111,11 @@ type RolloutPolicySpec struct {
 	// +optional
 	Blockers *Blockers `json:"blockers,omitempty"`
 
+	// healthGate holds the pool's next node until the cluster has
+	// recovered from the last one.
+	// +optional
+	HealthGate *HealthGate `json:"healthGate,omitempty"`
+
 	// drain says how a node's pods are moved off it (the reboot strategy)
 	// or evicted (pod-restart).
 	// +optional
@@ -210,6 +215,23 @@ type MaintenanceWindow struct {
 	// +kubebuilder:validation:XValidation:rule="self.matches('^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9][A-Za-z0-9_+-]*){0,2}$')",message="timeZone must be an IANA time zone name, like UTC or America/New_York"
 	// +optional
 	TimeZone string `json:"timeZone,omitempty"`
+}
+
+// HealthGate holds a pool's next node until the cluster has recovered
+// from the nodes already done.
+//
+// +kubebuilder:validation:XValidation:rule="self.evictedPodsReady || self.nodesReady",message="a health gate must wait for something: set evictedPodsReady, nodesReady or both"
+type HealthGate struct {
+	// evictedPodsReady waits until the controllers of the pods tokenroll
+	// evicted from the pool's nodes (ReplicaSets, StatefulSets,
+	// DaemonSets) report every replica Ready again.
+	// +optional
+	EvictedPodsReady bool `json:"evictedPodsReady,omitempty"`
+
+	// nodesReady waits until every node of the cluster tokenroll is not
+	// working on is Ready.
+	// +optional
+	NodesReady bool `json:"nodesReady,omitempty"`
 }
 
 // Blockers keep a node from starting while they hold.

@@ -40,6 +40,9 @@ type RolloutPolicySpecApplyConfiguration struct {
 	Windows []MaintenanceWindowApplyConfiguration `json:"windows,omitempty"`
 	// blockers keep a node from starting while they hold.
 	Blockers *BlockersApplyConfiguration `json:"blockers,omitempty"`
+	// healthGate holds the pool's next node until the cluster has
+	// recovered from the last one.
+	HealthGate *HealthGateApplyConfiguration `json:"healthGate,omitempty"`
 	// drain says how a node's pods are moved off it (the reboot strategy)
 	// or evicted (pod-restart).
 	Drain *DrainOptionsApplyConfiguration `json:"drain,omitempty"`
@@ -114,6 +117,14 @@ func (b *RolloutPolicySpecApplyConfiguration) WithWindows(values ...*Maintenance
 // If called multiple times, the Blockers field is set to the value of the last call.
 func (b *RolloutPolicySpecApplyConfiguration) WithBlockers(value *BlockersApplyConfiguration) *RolloutPolicySpecApplyConfiguration {
 	b.Blockers = value
+	return b
+}
+
+// WithHealthGate sets the HealthGate field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the HealthGate field is set to the value of the last call.
+func (b *RolloutPolicySpecApplyConfiguration) WithHealthGate(value *HealthGateApplyConfiguration) *RolloutPolicySpecApplyConfiguration {
+	b.HealthGate = value
 	return b
 }
 

@@ -1,0 +1,120 @@
+package policy
+
+import (
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	v1alpha1 "github.com/tokenroll/tokenroll/pkg/apis/tokenroll/v1alpha1"
+)
+
+var created = time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
+
+func rp(name string, age int, sel map[string]string, mutate ...func(*v1alpha1.RolloutPolicySpec)) *Policy {
+	p := &v1alpha1.RolloutPolicy{ObjectMeta: metav1.ObjectMeta{Name: name, Generation: 3, CreationTimestamp: metav1.NewTime(created.Add(time.Duration(age) * time.Hour))}}
+	if sel != nil {
+		p.Spec.NodeSelector = &metav1.LabelSelector{MatchLabels: sel}
+	}
+	for _, m := range mutate {
+		m(&p.Spec)
+	}
+	return Compile(p)
+}
+
+func node(name string, labels map[string]string) *corev1.Node {
+	return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels}}
+}
+
+func TestCover(t *testing.T) {
+	gpu := rp("gpu", 1, map[string]string{"pool": "gpu"})
+	big := rp("big", 2, map[string]string{"size": "big"})
+	def := rp("fallback", 3, nil)
+	late := rp("late-default", 4, nil)
+	nodes := []*corev1.Node{
+		node("g1", map[string]string{"pool": "gpu"}),
+		node("g2", map[string]string{"pool": "gpu", "size": "big"}),
+		node("b1", map[string]string{"size": "big"}),
+		node("w1", map[string]string{"pool": "web"}),
+	}
+	cov := Cover([]*Policy{late, def, big, gpu}, nodes)
+	if cov.Of["g1"] != gpu || cov.Of["b1"] != big || cov.Of["w1"] != def {
+		t.Errorf("coverage %v", cov.Of)
+	}
+	if _, ok := cov.Of["g2"]; ok || !slices.Equal(cov.Refused["g2"], []string{"gpu", "big"}) {
+		t.Errorf("g2, selected by gpu and big: covered by %v, refused by %v", cov.Of["g2"], cov.Refused["g2"])
+	}
+	if cov.Default != def || !slices.Equal(cov.SecondDefaults, []string{"late-default"}) {
+		t.Errorf("default %v, second defaults %v: want the oldest, fallback", cov.Default.Name, cov.SecondDefaults)
+	}
+	if cov.Nodes["gpu"] != 1 || cov.Nodes["fallback"] != 1 || cov.Nodes["late-default"] != 0 {
+		t.Errorf("node counts %v", cov.Nodes)
+	}
+	for _, c := range []struct {
+		p      *Policy
+		status metav1.ConditionStatus
+		reason string
+		msg    string
+	}{
+		{gpu, metav1.ConditionFalse, ReasonSelectorOverlap, "policy big also selects 1 of its nodes (g2, for one): tokenroll leaves those nodes alone until one policy alone selects them; its 1 other nodes follow it"},
+		{big, metav1.ConditionFalse, ReasonSelectorOverlap, "policy gpu also selects 1 of its nodes (g2, for one)"},
+		{def, metav1.ConditionTrue, ReasonValid, "covers 1 nodes"},
+		{late, metav1.ConditionFalse, ReasonSecondDefault, "policy fallback is the default policy already"},
+	} {
+		got := Accepted(c.p, cov)
+		if got.Status != c.status || got.Reason != c.reason || !strings.Contains(got.Message, c.msg) || got.ObservedGeneration != 3 {
+			t.Errorf("%s: %+v, want %s %s %q", c.p.Name, got, c.status, c.reason, c.msg)
+		}
+	}
+}
+
+func TestCompileProblems(t *testing.T) {
+	p := rp("broken", 0, nil, func(s *v1alpha1.RolloutPolicySpec) {
+		s.Windows = []v1alpha1.MaintenanceWindow{{Start: "01:00", End: "02:00", TimeZone: "Nowhere/Land"}}
+		s.Blockers = &v1alpha1.Blockers{Alerts: &v1alpha1.AlertBlocker{PrometheusURL: "http://p", AlertNames: []string{"(unclosed"}}}
+	})
+	c := Accepted(p, Cover([]*Policy{p}, nil))
+	if c.Status != metav1.ConditionFalse || c.Reason != ReasonInvalid {
+		t.Fatalf("%+v", c)
+	}
+	for _, want := range []string{`time zone "Nowhere/Land"`, `alertNames[0] "(unclosed" does not compile`, "fix the spec"} {
+		if !strings.Contains(c.Message, want) {
+			t.Errorf("%q lacks %q", c.Message, want)
+		}
+	}
+}
+
+func TestLimit(t *testing.T) {
+	for _, c := range []struct {
+		v     *intstr.IntOrString
+		nodes int
+		want  int
+	}{
+		{nil, 10, 1}, {ptrIOS(intstr.FromInt32(3)), 10, 3}, {ptrIOS(intstr.FromString("25%")), 10, 2},
+		{ptrIOS(intstr.FromString("10%")), 5, 1}, {ptrIOS(intstr.FromString("100%")), 7, 7},
+	} {
+		p := rp("p", 0, nil, func(s *v1alpha1.RolloutPolicySpec) { s.MaxUnavailable = c.v })
+		if got := p.Limit(c.nodes); got != c.want {
+			t.Errorf("maxUnavailable %v of %d nodes: %d, want %d", c.v, c.nodes, got, c.want)
+		}
+	}
+}
+
+func ptrIOS(v intstr.IntOrString) *intstr.IntOrString { return &v }
+
+func TestZoneOf(t *testing.T) {
+	n := node("a", map[string]string{DefaultTopologyKey: "z1", "rack": "r7"})
+	if z := rp("p", 0, nil).ZoneOf(n); z != "" {
+		t.Errorf("without zones: %q", z)
+	}
+	if z := rp("p", 0, nil, func(s *v1alpha1.RolloutPolicySpec) { s.Zones = &v1alpha1.ZonePolicy{} }).ZoneOf(n); z != "z1" {
+		t.Errorf("default key: %q", z)
+	}
+	if z := rp("p", 0, nil, func(s *v1alpha1.RolloutPolicySpec) { s.Zones = &v1alpha1.ZonePolicy{TopologyKey: "rack"} }).ZoneOf(n); z != "r7" {
+		t.Errorf("rack key: %q", z)
+	}
+}
