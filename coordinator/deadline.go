@@ -10,6 +10,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
+	"github.com/tokenroll/tokenroll/pkg/apis/tokenroll/v1alpha1"
 	"github.com/tokenroll/tokenroll/protocol"
 )
 
@@ -170,6 +171,9 @@ func (t *term) maxUnavailable(ctx context.Context, w world, r *Rollout, views []
 		zap.Int("from", limit), zap.Int("to", need), zap.Int("ceiling", ceiling), zap.Time("deadline", in.Deadline),
 		zap.Time("estimatedCompletion", after.Completion), zap.Duration("perNode", after.PerNode))
 	t.rolloutEvent(typ, ReasonMaxUnavailableRaised, "Raise", "rollout %s: %s", r.ID, msg)
+	if after.MissesDeadline() {
+		t.notify(ctx, v1alpha1.NotifyDeadlineAtRisk, r, "", msg)
+	}
 	return need, nil
 }
 
@@ -193,13 +197,18 @@ func (t *term) publishEstimate(ctx context.Context) error {
 	if r == nil || r.Phase != RolloutRunning || !estimateMoved(r.Estimate, cur) {
 		return nil
 	}
-	id := r.ID
+	id, risk := r.ID, cur.MissesDeadline() && (r.Estimate == nil || !r.Estimate.MissesDeadline())
 	_, err = t.updateState(ctx, func(st *State) error {
 		if r := st.Active(); r != nil && r.ID == id {
 			r.Estimate = cur
 		}
 		return nil
 	})
+	if err == nil && risk {
+		// Told once, when the estimate first passes the deadline: the
+		// alert TokenrollRolloutWillMissTrustDeadline keeps saying it.
+		t.notify(ctx, v1alpha1.NotifyDeadlineAtRisk, r, "", fmt.Sprintf("rollout %s is expected to end at %s, after the previous issuer's trust ends at %s", id, stamp(cur.Completion), stamp(cur.Deadline)))
+	}
 	return err
 }
 
