@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -39,7 +40,9 @@ type ControllersConfig struct {
 	// these run, so that a test pays for what it uses. Empty: no controller
 	// manager runs.
 	Controllers []string
-	// Scheduler runs kube-scheduler, which binds pods to nodes.
+	// Scheduler runs kube-scheduler, which binds pods to nodes. It needs
+	// NodeLifecycleController, which lifts the not-ready taint new Nodes
+	// get.
 	Scheduler bool
 	// ControllerManagerArgs are appended to kube-controller-manager's
 	// command line (a test's shorter --node-monitor-grace-period, say).
@@ -70,6 +73,9 @@ func (cp *ControlPlane) StartControllers(ctx context.Context, cfg ControllersCon
 		if c == "" || strings.ContainsAny(c, ", ") {
 			return fmt.Errorf("controlplane: ControllersConfig.Controllers holds %q; want one controller name per entry", c)
 		}
+	}
+	if cfg.Scheduler && !slices.Contains(cfg.Controllers, NodeLifecycleController) {
+		return fmt.Errorf("controlplane: ControllersConfig.Scheduler needs %s in Controllers: the API server taints every new Node not-ready until that controller sees it Ready, and the scheduler places no pod on it before", NodeLifecycleController)
 	}
 	if cfg.Binaries == (ControllerBinaries{}) {
 		if cfg.Binaries, err = FindControllerBinaries(""); err != nil {
