@@ -153,10 +153,13 @@ func (cp *ControlPlane) startComponent(ctx context.Context, c component) error {
 		}
 		args := append([]string{
 			"--kubeconfig=" + kubeconfig,
-			// Delegated authentication and authorization of its own
-			// endpoints, as kubeadm sets them up.
+			// Delegated authentication (by TokenReview) and authorization
+			// of its own endpoints, as kubeadm sets them up, without the
+			// client and front-proxy CAs the API servers do not publish:
+			// looking them up only logs their absence every few seconds.
 			"--authentication-kubeconfig=" + kubeconfig,
 			"--authorization-kubeconfig=" + kubeconfig,
+			"--authentication-skip-lookup=true",
 			"--bind-address=127.0.0.1",
 			"--secure-port=" + strconv.Itoa(port),
 			"--tls-cert-file=" + certFile,

@@ -27,6 +27,23 @@ func TestFindControllerBinariesNamesTheFix(t *testing.T) {
 	}
 }
 
+func TestStartControllersRefusesWhatCannotWork(t *testing.T) {
+	var cp controlplane.ControlPlane
+	for _, tc := range []struct {
+		cfg  controlplane.ControllersConfig
+		want string
+	}{
+		{controlplane.ControllersConfig{}, "nothing to start"},
+		{controlplane.ControllersConfig{Controllers: []string{"replicaset-controller,deployment-controller"}}, "one controller name per entry"},
+		{controlplane.ControllersConfig{Controllers: []string{controlplane.ReplicaSetController}, Scheduler: true}, controlplane.NodeLifecycleController},
+	} {
+		err := cp.StartControllers(context.Background(), tc.cfg)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("StartControllers(%+v): %v; want an error saying %q", tc.cfg, err, tc.want)
+		}
+	}
+}
+
 // The real controllers run against the control plane as in a cluster: a
 // new namespace gets its default service account and kube-root-ca.crt; a
 // Deployment's pods are created by its ReplicaSet, scheduled onto simulated
