@@ -3,6 +3,8 @@ package controlplane_test
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -187,6 +189,32 @@ func TestControllersRunTheCluster(t *testing.T) {
 		}
 		return len(sets.Items) == 0, fmt.Sprintf("%d ReplicaSets left", len(sets.Items))
 	})
+
+	cp.Stop()
+	if left := processesNaming(t, cp.Dir()); len(left) > 0 {
+		t.Errorf("still running after Stop: %v", left)
+	}
+}
+
+// processesNaming lists the command lines of this machine's processes
+// that mention s (every program of a control plane names its directory).
+func processesNaming(t *testing.T, s string) []string {
+	t.Helper()
+	cmdlines, err := filepath.Glob("/proc/[0-9]*/cmdline")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, path := range cmdlines {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			continue // ended meanwhile
+		}
+		if cmd := strings.ReplaceAll(string(data), "\x00", " "); strings.Contains(cmd, s) {
+			out = append(out, cmd)
+		}
+	}
+	return out
 }
 
 // livePods maps the names of the namespace's pods that are not being
