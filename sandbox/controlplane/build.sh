@@ -53,7 +53,7 @@ minor=${k8s#v*.}; minor=${minor%%.*}
 # (a node's status.nodeInfo.kubeletVersion among them).
 ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$k8s -X k8s.io/component-base/version.gitMajor=$major -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=clean"
 
-echo "building ${missing[*]} (kubernetes $k8s, etcd $etcd) into $dest (etcd and kube-apiserver: about 4 minutes cold on 2 cores; the kubelet: about 6 more; the controllers: about 2 more on a build cache warm from kube-apiserver, well over 12 minutes of CPU cold)" >&2
+echo "building ${missing[*]} (kubernetes $k8s, etcd $etcd) into $dest (etcd and kube-apiserver: about 4 minutes cold on 2 cores; the kubelet: about 6 more; the controllers: about 2 more after kube-apiserver, 16 minutes of CPU from an empty build cache)" >&2
 cd "$tools"
 for b in "${missing[@]}"; do
   case "$b" in
