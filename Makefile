@@ -24,7 +24,7 @@ LDFLAGS := -s -w \
 	-X github.com/tokenroll/tokenroll/internal/version.Version=$(VERSION) \
 	-X github.com/tokenroll/tokenroll/internal/version.Commit=$(COMMIT)
 
-.PHONY: help build test test-short test-integration lint controlplane kubelet dbus sandbox image clean
+.PHONY: help build test test-short test-integration lint controlplane kubelet controllers dbus sandbox image clean
 
 help: ## List the targets.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -43,7 +43,7 @@ test-short: ## Unit tests only (no control plane), with the race detector.
 # Two packages at a time: the integration tests mostly wait on servers and
 # timers (about 0.8 of a core on average one at a time), and each starts its
 # own control plane on ports of its own.
-test-integration: controlplane kubelet dbus ## Integration tests against a real etcd, kube-apiserver, kubelet and dbus-daemon.
+test-integration: controlplane kubelet controllers dbus ## Integration tests against a real etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet and dbus-daemon.
 	$(GO) test -count=1 -p 2 -timeout 30m ./...
 
 lint: $(GOLANGCI_LINT) ## gofmt, go vet and golangci-lint.
@@ -66,13 +66,16 @@ controlplane: ## Build the pinned etcd and kube-apiserver into the cache (a no-o
 kubelet: ## Build the pinned kubelet code (hollow-kubelet, fake-runtime) for the sandbox's --kubelet real (a no-op when built).
 	@bash sandbox/controlplane/build.sh kubelet >/dev/null
 
+controllers: ## Build the pinned kube-controller-manager and kube-scheduler into the cache (a no-op when built).
+	@bash sandbox/controlplane/build.sh controllers >/dev/null
+
 # The sandbox runs the real kubelet unless ARGS asks for kubeletsim.
 SANDBOX_KUBELET := $(if $(filter --kubelet=sim,$(ARGS))$(findstring --kubelet sim,$(ARGS)),,kubelet)
 
 # With --prometheus it runs the Prometheus server deploy-tools builds.
 SANDBOX_PROMETHEUS := $(if $(findstring --prometheus,$(ARGS)),deploy-tools,)
 
-sandbox: controlplane $(SANDBOX_KUBELET) $(SANDBOX_PROMETHEUS) build ## Run the local sandbox (bin/tokenroll-sandbox); pass flags with ARGS='--nodes 20', ARGS='--kubelet sim' or ARGS='--prometheus'.
+sandbox: controlplane controllers $(SANDBOX_KUBELET) $(SANDBOX_PROMETHEUS) build ## Run the local sandbox (bin/tokenroll-sandbox); pass flags with ARGS='--nodes 20', ARGS='--kubelet sim' or ARGS='--prometheus'.
 	$(if $(SANDBOX_PROMETHEUS),TOKENROLL_PROMETHEUS_BIN=$$(bash test/deploy/tools/build.sh)/prometheus )$(BIN)/tokenroll-sandbox $(ARGS)
 
 image: ## Build the container image (needs a Docker engine).

@@ -1,6 +1,7 @@
 package coordinator_test
 
 import (
+	"context"
 	"strings"
 	"testing"
 	"time"
@@ -10,12 +11,13 @@ import (
 	policyv1 "k8s.io/api/policy/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/tokenroll/tokenroll/audit"
 	"github.com/tokenroll/tokenroll/coordinator"
 	"github.com/tokenroll/tokenroll/coordinator/apps"
 	"github.com/tokenroll/tokenroll/protocol"
-	"github.com/tokenroll/tokenroll/sandbox/replicasim"
+	"github.com/tokenroll/tokenroll/sandbox/controlplane"
 )
 
 // auto against a real API server: after the kubelet restarts, the pod app
@@ -30,11 +32,11 @@ func TestAutoAppStalePodBehindAPDBHaltsWithTheReason(t *testing.T) {
 	}
 	nodes := []string{"node-a", "node-b"}
 	e := startEnv(t, 1, nodes...)
-	rs, err := replicasim.New(replicasim.Config{Client: e.admin, Namespaces: []string{"build"}, Log: e.log.Named("replicasim")})
-	if err != nil {
+	if err := e.cp.StartControllers(e.ctx, controlplane.ControllersConfig{
+		Controllers: []string{controlplane.ReplicaSetController, controlplane.NodeLifecycleController, controlplane.DisruptionController}, Scheduler: true,
+	}); err != nil {
 		t.Fatal(err)
 	}
-	go func() { _ = rs.Run(e.ctx) }()
 	one := int32(1)
 	labels := map[string]string{"app": "legacy"}
 	if _, err := e.admin.AppsV1().ReplicaSets("build").Create(e.ctx, &appsv1.ReplicaSet{
@@ -46,19 +48,10 @@ func TestAutoAppStalePodBehindAPDBHaltsWithTheReason(t *testing.T) {
 		t.Fatal(err)
 	}
 	minAvail := intstr.FromInt32(1)
-	pdb, err := e.admin.PolicyV1().PodDisruptionBudgets("build").Create(e.ctx, &policyv1.PodDisruptionBudget{
+	if _, err := e.admin.PolicyV1().PodDisruptionBudgets("build").Create(e.ctx, &policyv1.PodDisruptionBudget{
 		ObjectMeta: metav1.ObjectMeta{Name: "legacy"},
 		Spec:       policyv1.PodDisruptionBudgetSpec{MinAvailable: &minAvail, Selector: &metav1.LabelSelector{MatchLabels: labels}},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	// What the disruption controller (not run here) would write: the one
-	// pod is needed, no disruption allowed. Until a budget is processed
-	// the API server asks the client to come back later, which client-go
-	// does by itself, and the refusal never reaches the coordinator.
-	pdb.Status = policyv1.PodDisruptionBudgetStatus{ObservedGeneration: pdb.Generation, DisruptionsAllowed: 0, CurrentHealthy: 1, DesiredHealthy: 1, ExpectedPods: 1}
-	if _, err := e.admin.PolicyV1().PodDisruptionBudgets("build").UpdateStatus(e.ctx, pdb, metav1.UpdateOptions{}); err != nil {
+	}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	var legacy *corev1.Pod
@@ -71,6 +64,18 @@ func TestAutoAppStalePodBehindAPDBHaltsWithTheReason(t *testing.T) {
 		}
 		return false
 	})
+	// Until the disruption controller has processed the budget, the API
+	// server asks evictions to come back later, which client-go does by
+	// itself: the refusal would never reach the coordinator.
+	if err := wait.PollUntilContextCancel(e.ctx, 100*time.Millisecond, true, func(ctx context.Context) (bool, error) {
+		pdb, err := e.admin.PolicyV1().PodDisruptionBudgets("build").Get(ctx, "legacy", metav1.GetOptions{})
+		if err != nil {
+			return false, err
+		}
+		return pdb.Status.ObservedGeneration == pdb.Generation && pdb.Status.CurrentHealthy == 1 && pdb.Status.DisruptionsAllowed == 0, nil
+	}); err != nil {
+		t.Fatalf("the disruption controller never processed the budget: %v", err)
+	}
 	before := e.podUIDs("")
 	run := e.startCoordinator("c1", nil, func(c *coordinator.Config) {
 		c.Strategy, c.DrainTimeout = coordinator.Auto, 6*time.Second

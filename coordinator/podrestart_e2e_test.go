@@ -18,21 +18,22 @@ import (
 
 	"github.com/tokenroll/tokenroll/coordinator"
 	"github.com/tokenroll/tokenroll/protocol"
-	"github.com/tokenroll/tokenroll/sandbox/replicasim"
+	"github.com/tokenroll/tokenroll/sandbox/controlplane"
 )
 
 // Pod restart: only the pods holding old-issuer tokens are evicted, through
-// the eviction API, and replaced by their ReplicaSet's controller. A pod no
+// the eviction API, and replaced by the ReplicaSet controller on a node the
+// scheduler picks (kube-controller-manager and kube-scheduler). A pod no
 // controller would recreate is never evicted: the rollout halts naming it,
 // and goes on once an administrator has dealt with it and resumed.
 func TestPodRestartEvictsStalePods(t *testing.T) {
 	nodes := []string{"node-a", "node-b"}
 	e := startEnv(t, 1, nodes...)
-	rs, err := replicasim.New(replicasim.Config{Client: e.admin, Namespaces: []string{"build"}, Log: e.log.Named("replicasim")})
-	if err != nil {
+	if err := e.cp.StartControllers(e.ctx, controlplane.ControllersConfig{
+		Controllers: []string{controlplane.ReplicaSetController, controlplane.NodeLifecycleController}, Scheduler: true,
+	}); err != nil {
 		t.Fatal(err)
 	}
-	go func() { _ = rs.Run(e.ctx) }()
 	replicas := int32(2)
 	labels := map[string]string{"app": "api"}
 	if _, err := e.admin.AppsV1().ReplicaSets("build").Create(e.ctx, &appsv1.ReplicaSet{

@@ -1,11 +1,11 @@
 // Package sandbox assembles a whole local cluster for tokenroll and walks
 // the OpenShift documentation's procedure on it: a real control plane (sandbox/controlplane)
 // with the OpenShift resources and a simulated kube-apiserver operator
-// (sandbox/openshiftsim), simulated kubelets (sandbox/kubeletsim) running
-// ReplicaSets (sandbox/replicasim) whose pods hold projected tokens, among
-// them the documentation's build-robot pod with a token for the audience "vault",
-// and the real tokenroll-agent and tokenroll-coordinator binaries as
-// processes.
+// (sandbox/openshiftsim), the real kube-controller-manager and kube-scheduler,
+// simulated kubelets (sandbox/kubeletsim) or the real kubelet code running
+// ReplicaSets whose pods hold projected tokens, among them the
+// documentation's build-robot pod with a token for the audience "vault", and
+// the real tokenroll-agent and tokenroll-coordinator binaries as processes.
 package sandbox
 
 import (
@@ -35,13 +35,13 @@ import (
 	"github.com/tokenroll/tokenroll/sandbox/controlplane"
 	"github.com/tokenroll/tokenroll/sandbox/kubeletsim"
 	"github.com/tokenroll/tokenroll/sandbox/openshiftsim"
-	"github.com/tokenroll/tokenroll/sandbox/replicasim"
 	"github.com/tokenroll/tokenroll/sandbox/workload"
 )
 
 // Config says what cluster Start builds.
 type Config struct {
-	// BinDir holds etcd and kube-apiserver; empty means the build cache.
+	// BinDir holds etcd, kube-apiserver, kube-controller-manager and
+	// kube-scheduler; empty means the build cache.
 	BinDir string
 	// Dir holds everything the sandbox writes; empty means a temporary
 	// directory removed by Stop.
@@ -66,8 +66,8 @@ type Config struct {
 	Log *zap.Logger
 }
 
-// Sandbox is a running control plane, its simulated operator, nodes and
-// ReplicaSet controller.
+// Sandbox is a running control plane with its controllers, its simulated
+// operator and its nodes.
 type Sandbox struct {
 	cfg        Config
 	dir        string
@@ -164,6 +164,10 @@ func Start(ctx context.Context, cfg Config) (_ *Sandbox, err error) {
 	if err != nil {
 		return nil, err
 	}
+	controllerBins, err := controlplane.FindControllerBinaries(cfg.BinDir)
+	if err != nil {
+		return nil, err
+	}
 	var kubeletBins controlplane.KubeletBinaries
 	switch cfg.Kubelet {
 	case KubeletSim:
@@ -205,6 +209,9 @@ func Start(ctx context.Context, cfg Config) (_ *Sandbox, err error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := s.CP.StartControllers(ctx, controlplane.ControllersConfig{Binaries: controllerBins, Controllers: Controllers, Scheduler: true}); err != nil {
+		return nil, err
+	}
 	s.Kubeconfig = filepath.Join(s.dir, "kubeconfig")
 	if err := controlplane.WriteKubeconfig(s.Kubeconfig, s.CP.AdminConfig()); err != nil {
 		return nil, err
@@ -216,8 +223,8 @@ func Start(ctx context.Context, cfg Config) (_ *Sandbox, err error) {
 		return nil, err
 	}
 	for _, ns := range []string{NamespaceBuild, NamespaceApps, Namespace} {
-		if err := s.CP.PrepareNamespace(ctx, ns); err != nil {
-			return nil, err
+		if _, err := s.Admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+			return nil, fmt.Errorf("creating namespace %s: %w", ns, err)
 		}
 	}
 	if _, err := s.Admin.CoreV1().ServiceAccounts(NamespaceBuild).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "build-robot"}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
@@ -319,17 +326,14 @@ func Start(ctx context.Context, cfg Config) (_ *Sandbox, err error) {
 		}
 	}()
 
-	rs, err := replicasim.New(replicasim.Config{Client: s.Admin, Namespaces: []string{NamespaceBuild, NamespaceApps}, Log: log.Named("replicasim")})
-	if err != nil {
-		return nil, err
-	}
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		if err := rs.Run(runCtx); err != nil && runCtx.Err() == nil {
-			log.Error("the ReplicaSet controller stopped", zap.Error(err))
+	// The admission of a pod needs its service account, which the
+	// controller manager creates with the namespace; waiting here spares
+	// the ReplicaSet controller's backoff.
+	for _, ns := range []string{NamespaceBuild, NamespaceApps} {
+		if err := s.waitNamespaceReady(ctx, ns); err != nil {
+			return nil, err
 		}
-	}()
+	}
 	for _, set := range ReplicaSets(int32(cfg.Nodes)) {
 		if _, err := s.Admin.AppsV1().ReplicaSets(set.Namespace).Create(ctx, set, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 			return nil, fmt.Errorf("creating ReplicaSet %s/%s: %w", set.Namespace, set.Name, err)
@@ -355,6 +359,39 @@ func Start(ctx context.Context, cfg Config) (_ *Sandbox, err error) {
 	return s, nil
 }
 
+// Controllers are the kube-controller-manager controllers the sandbox runs:
+// those a cluster runs that act on what the sandbox has (ReplicaSets and
+// their pods, namespaces, nodes, PodDisruptionBudgets an operator may add).
+var Controllers = []string{
+	controlplane.ReplicaSetController, controlplane.DeploymentController, controlplane.DisruptionController,
+	controlplane.GarbageCollectorController, controlplane.PodGarbageCollectorController,
+	controlplane.NamespaceController, controlplane.ServiceAccountController, controlplane.RootCAPublisherController,
+	controlplane.NodeLifecycleController, controlplane.TaintEvictionController,
+}
+
+// waitNamespaceReady waits until the controller manager has given ns its
+// default service account and its kube-root-ca.crt.
+func (s *Sandbox) waitNamespaceReady(ctx context.Context, ns string) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	var last error
+	for {
+		_, last = s.Admin.CoreV1().ServiceAccounts(ns).Get(ctx, "default", metav1.GetOptions{})
+		if last == nil {
+			_, last = s.Admin.CoreV1().ConfigMaps(ns).Get(ctx, "kube-root-ca.crt", metav1.GetOptions{})
+		}
+		if last == nil {
+			return nil
+		}
+		select {
+		case <-time.After(200 * time.Millisecond):
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for the controller manager to set up namespace %s (service account default, configmap kube-root-ca.crt): %w; its log is %s",
+				ns, last, s.CP.ControllerLogPath("kube-controller-manager"))
+		}
+	}
+}
+
 // checkRuntimeGivesPodIPs refuses a fake-runtime built before it gave each
 // pod an IP of its own (--pod-ip-range), which the pods' apps send from.
 func checkRuntimeGivesPodIPs(ctx context.Context, bin string) error {
@@ -375,7 +412,7 @@ func (s *Sandbox) NodeKubeconfig(node string) string {
 var BuildRobotPod = workload.BuildRobotPod
 
 // ReplicaSets are the sandbox's workloads, replicas pods each, spread one
-// per node by the ReplicaSet controller: the documentation's nginx as build-robot
+// per node by the scheduler: the documentation's nginx as build-robot
 // (namespace build), a plain web server and a legacy client, both with the
 // default kube-api-access volume (namespace apps). Drained or evicted pods
 // come back on another node, as on a real cluster. Each pod's AppLabel
@@ -385,6 +422,10 @@ func ReplicaSets(replicas int32) []*appsv1.ReplicaSet {
 	set := func(name, namespace string, kind AppKind, spec corev1.PodSpec) *appsv1.ReplicaSet {
 		labels := map[string]string{"app": name}
 		podLabels := map[string]string{"app": name, AppLabel: string(kind)}
+		// A preference, not a rule: a drained node's pods must find room
+		// on the others.
+		spec.TopologySpreadConstraints = []corev1.TopologySpreadConstraint{{MaxSkew: 1, TopologyKey: corev1.LabelHostname,
+			WhenUnsatisfiable: corev1.ScheduleAnyway, LabelSelector: &metav1.LabelSelector{MatchLabels: labels}}}
 		return &appsv1.ReplicaSet{
 			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace, Labels: labels},
 			Spec: appsv1.ReplicaSetSpec{

@@ -83,6 +83,31 @@ func FindKubeletBinaries(dir string) (KubeletBinaries, error) {
 	return b, nil
 }
 
+// ControllerBinaries locates the cluster's controllers, built by build.sh
+// from the same pinned Kubernetes.
+type ControllerBinaries struct {
+	ControllerManager string
+	Scheduler         string
+}
+
+// FindControllerBinaries returns kube-controller-manager and kube-scheduler
+// in dir, or, when dir is empty, in $TOKENROLL_CONTROLPLANE_BIN or the build
+// cache. The error says how to build them.
+func FindControllerBinaries(dir string) (ControllerBinaries, error) {
+	if dir == "" {
+		dir = os.Getenv(BinDirEnv)
+	}
+	if dir == "" {
+		dir = CacheDir()
+	}
+	b := ControllerBinaries{ControllerManager: filepath.Join(dir, "kube-controller-manager"), Scheduler: filepath.Join(dir, "kube-scheduler")}
+	if err := executables(b.ControllerManager, b.Scheduler); err != nil {
+		return ControllerBinaries{}, fmt.Errorf("controller binaries (kubernetes %s) not found; run `make controllers` to build them, or point --bin-dir or $%s at a directory holding kube-controller-manager and kube-scheduler: %w",
+			KubernetesVersion, BinDirEnv, err)
+	}
+	return b, nil
+}
+
 // executables checks that each path is an executable file.
 func executables(paths ...string) error {
 	var errs []error

@@ -3,7 +3,8 @@
 # cache directory outside the work tree, keyed by version, and prints that
 # directory. With the argument "kubelet" it also builds hollow-kubelet and
 # fake-runtime (test/tools), the real kubelet code the sandbox runs with
-# --kubelet real. A second run with the same pins does nothing.
+# --kubelet real; with "controllers", kube-controller-manager and
+# kube-scheduler. A second run with the same pins does nothing.
 #
 #   TOKENROLL_CACHE_DIR  cache root (default: $XDG_CACHE_HOME/tokenroll or ~/.cache/tokenroll)
 set -euo pipefail
@@ -18,11 +19,13 @@ if [ -z "$k8s" ] || [ -z "$etcd" ]; then
 fi
 
 want=(etcd kube-apiserver)
-case "${1:-}" in
-  "") ;;
-  kubelet) want+=(hollow-kubelet fake-runtime) ;;
-  *) echo "build.sh: unknown argument $1; want nothing or \"kubelet\"" >&2; exit 2 ;;
-esac
+for arg in "$@"; do
+  case "$arg" in
+    kubelet) want+=(hollow-kubelet fake-runtime) ;;
+    controllers) want+=(kube-controller-manager kube-scheduler) ;;
+    *) echo "build.sh: unknown argument $arg; want nothing, \"kubelet\" or \"controllers\"" >&2; exit 2 ;;
+  esac
+done
 
 cache=${TOKENROLL_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tokenroll}
 dest="$cache/controlplane/kubernetes-$k8s-etcd-$etcd"
@@ -50,12 +53,12 @@ minor=${k8s#v*.}; minor=${minor%%.*}
 # (a node's status.nodeInfo.kubeletVersion among them).
 ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$k8s -X k8s.io/component-base/version.gitMajor=$major -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=clean"
 
-echo "building ${missing[*]} (kubernetes $k8s, etcd $etcd) into $dest (etcd and kube-apiserver: about 4 minutes cold on 2 cores; the kubelet: about 6 more)" >&2
+echo "building ${missing[*]} (kubernetes $k8s, etcd $etcd) into $dest (etcd and kube-apiserver: about 4 minutes cold on 2 cores; the kubelet: about 6 more; the controllers: about 2 more after kube-apiserver, 16 minutes of CPU from an empty build cache)" >&2
 cd "$tools"
 for b in "${missing[@]}"; do
   case "$b" in
     etcd) CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$tmp/$b" go.etcd.io/etcd/server/v3 ;;
-    kube-apiserver) CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$tmp/$b" k8s.io/kubernetes/cmd/kube-apiserver ;;
+    kube-apiserver | kube-controller-manager | kube-scheduler) CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$tmp/$b" "k8s.io/kubernetes/cmd/$b" ;;
     hollow-kubelet) CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$tmp/$b" ./hollowkubelet ;;
     fake-runtime) CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$tmp/$b" ./fakeruntime ;;
   esac

@@ -85,6 +85,9 @@ type ControlPlane struct {
 	stopOnce   sync.Once
 	mu         sync.Mutex
 	apiservers []*apiServer
+	// controllers are kube-controller-manager and kube-scheduler, when
+	// StartControllers started them.
+	controllers []*process
 }
 
 type apiServer struct {
@@ -547,6 +550,7 @@ func WriteKubeconfig(path string, cfg *rest.Config) error {
 // call more than once and from a test's Cleanup.
 func (cp *ControlPlane) Stop() {
 	cp.stopOnce.Do(func() {
+		cp.stopControllers()
 		cp.mu.Lock()
 		servers := slices.Clone(cp.apiservers)
 		cp.mu.Unlock()

@@ -41,9 +41,9 @@ func StartForTest(t testing.TB, cfg Config) *ControlPlane {
 }
 
 // PrepareNamespace does for a namespace what kube-controller-manager would,
-// which this control plane does not run: it creates the namespace, its
-// "default" service account and the kube-root-ca.crt ConfigMap that every
-// pod's kube-api-access volume reads.
+// for a test that starts none (see StartControllers): it creates the
+// namespace, its "default" service account and the kube-root-ca.crt
+// ConfigMap that every pod's kube-api-access volume reads.
 func (cp *ControlPlane) PrepareNamespace(ctx context.Context, namespace string) error {
 	client, err := kubernetes.NewForConfig(cp.AdminConfig())
 	if err != nil {

@@ -45,7 +45,7 @@ func newSandboxOptions() *sandboxOptions {
 
 func (o *sandboxOptions) AddFlags(fs *pflag.FlagSet) {
 	o.flags = fs
-	fs.StringVar(&o.BinDir, "bin-dir", o.BinDir, "Directory holding etcd and kube-apiserver, and with --kubelet real hollow-kubelet and fake-runtime (default: what make controlplane and make kubelet built, or $"+controlplane.BinDirEnv+").")
+	fs.StringVar(&o.BinDir, "bin-dir", o.BinDir, "Directory holding etcd, kube-apiserver, kube-controller-manager and kube-scheduler, and with --kubelet real hollow-kubelet and fake-runtime (default: what make controlplane, make controllers and make kubelet built, or $"+controlplane.BinDirEnv+").")
 	fs.StringVar(&o.ProgramDir, "tokenroll-bin-dir", o.ProgramDir, "Directory holding "+programs.Agent+", "+programs.Coordinator+" and "+programs.Sandbox+" (default: $"+programs.DirEnv+", else this program's directory, where make build puts them all).")
 	fs.StringVar(&o.Dir, "dir", o.Dir, "Directory for the sandbox's certificates, data, node roots, kubeconfigs and logs; kept afterwards (default: a temporary directory, removed unless the scenario fails).")
 	fs.IntVar(&o.Nodes, "nodes", o.Nodes, "Number of worker nodes, each with a real agent process.")
@@ -133,10 +133,10 @@ func (o *sandboxNodeOptions) run(ctx context.Context, e cli.Env) error {
 // NewCommand builds tokenroll-sandbox and its hidden node commands.
 func NewCommand(stdout, stderr io.Writer) *cobra.Command {
 	p := cli.NewProgram("tokenroll-sandbox", "Run the OpenShift documentation's issuer change end to end on a local cluster",
-		`tokenroll-sandbox starts a real etcd and kube-apiservers (built by `+"`make controlplane`"+`)
+		`tokenroll-sandbox starts a real etcd, kube-apiservers, kube-controller-manager
+and kube-scheduler (built by `+"`make controlplane` and `make controllers`"+`)
 on loopback with the OpenShift resources and a simulated kube-apiserver
-operator, simulated worker nodes running ReplicaSets whose pods hold projected
-tokens, one real tokenroll-agent process per node and two tokenroll-coordinator
+operator, worker nodes running ReplicaSets whose pods hold projected tokens, one real tokenroll-agent process per node and two tokenroll-coordinator
 replicas, with the flags they have in a cluster. It then walks the OpenShift
 documentation's procedure for changing the service-account issuer: it changes
 Authentication/cluster .spec.serviceAccountIssuer, the operator rolls the new
