@@ -150,6 +150,9 @@ type term struct {
 	// uncordoned are in-progress nodes the watch saw made schedulable by
 	// someone else (node.go).
 	uncordoned map[string]bool
+	// plans keeps the planner's verdict on each node between syncs (only
+	// the sync goroutine uses it).
+	plans *planCache
 }
 
 // prepJob is a strategy's preparation running for one node.
@@ -350,7 +353,7 @@ func (c *Coordinator) Lead(ctx context.Context) error {
 // newTerm starts a term on the informers' stores of Nodes and of the state
 // ConfigMap.
 func (c *Coordinator) newTerm(logger klog.Logger, nodes, cms cache.Store) *term {
-	t := &term{c: c, jobs: map[string]*prepJob{}, nodeKeys: nodes, uncordoned: map[string]bool{}}
+	t := &term{c: c, jobs: map[string]*prepJob{}, nodeKeys: nodes, uncordoned: map[string]bool{}, plans: newPlanCache()}
 	t.queue = workqueue.NewTypedRateLimitingQueueWithConfig(
 		workqueue.NewTypedItemExponentialFailureRateLimiter[string](100*time.Millisecond, 30*time.Second),
 		workqueue.TypedRateLimitingQueueConfig[string]{Name: "tokenroll-coordinator", Clock: c.cfg.Clock})
@@ -697,7 +700,7 @@ func (t *term) maybeStart(ctx context.Context, w world) (time.Duration, error) {
 		return 0, nil
 	}
 	waitUntil := w.state.ObservedIssuerAt.Add(cfg.AgentWait)
-	p := MakePlan(PlanInput{Now: w.now, Issuer: w.issuer, Gate: w.gate, Strategy: cfg.Strategy, Margin: cfg.TrustMargin,
+	p := t.plans.plan(PlanInput{Now: w.now, Issuer: w.issuer, Gate: w.gate, Strategy: cfg.Strategy, Margin: cfg.TrustMargin,
 		WaitForReports: w.now.Before(waitUntil), Nodes: w.nodes})
 	t.c.m.staleNodes.Set(float64(len(p.Nodes)))
 	if len(p.Waiting) > 0 {
