@@ -762,14 +762,32 @@ func (t *term) startRollout(ctx context.Context, w world, trigger string, strate
 	}
 	t.c.cfg.Log.Info("rollout planned", zap.String("rollout", r.ID), zap.String("trigger", trigger), zap.String("strategy", string(strategy)),
 		zap.Int("nodes", len(nodes)), zap.String("phase", string(r.Phase)), zap.String("message", r.Message))
+	if !dryRun {
+		// One Event for the plan, on the rollout state, not one per node: on
+		// a large fleet those would queue ahead of the rollout's own writes
+		// behind the client's rate limit. Each node's Cordoned Event gives
+		// its reason when its turn comes; tokenroll status lists them all.
+		if cm := t.configMap(); cm != nil && len(r.Nodes) > 0 {
+			names := make([]string, len(r.Nodes))
+			count := map[protocol.Strategy]int{}
+			for i, pn := range r.Nodes {
+				names[i] = pn.Name
+				count[pn.Strategy]++
+			}
+			var how []string
+			for _, s := range Strategies() {
+				if count[s] > 0 {
+					how = append(how, fmt.Sprintf("%s %d", s, count[s]))
+				}
+			}
+			t.recorder.Eventf(cm, nil, corev1.EventTypeNormal, "RolloutPlanned", "Plan", "rollout %s (%s) plans %d nodes (%s): %s",
+				r.ID, trigger, len(r.Nodes), strings.Join(how, ", "), namesOf(names))
+		}
+		return nil
+	}
 	for _, pn := range r.Nodes {
-		n := w.byName[pn.Name]
-		switch {
-		case n == nil:
-		case dryRun:
+		if n := w.byName[pn.Name]; n != nil {
 			t.event(n, corev1.EventTypeNormal, "DryRun", "Plan", "dry run %s (%s), %s: would %s", r.ID, trigger, pn.Reason, pn.Would)
-		default:
-			t.event(n, corev1.EventTypeNormal, "RolloutPlanned", "Plan", "rollout %s (%s) will %s this node: %s", r.ID, trigger, pn.Strategy, pn.Reason)
 		}
 	}
 	return nil
