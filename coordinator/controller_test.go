@@ -116,8 +116,9 @@ func TestKubeletRestartNode(t *testing.T) {
 		t.Errorf("request patch %s; want %s", got[0], want)
 	}
 	f.expectDrains()
-	f.expectEvents("Normal Cordoned rollout r-test: cordoned for kubelet-restart (requested by alice)",
-		"Normal ActionRequested rollout r-test: asked the agent to kubelet-restart (request "+id+")")
+	// No ActionRequested Event: nothing was prepared, and the Cordoned
+	// Event a second ago named the strategy.
+	f.expectEvents("Normal Cordoned rollout r-test: cordoned for kubelet-restart (requested by alice)")
 
 	f.updateNode("n1", agentStatus(id, protocol.PhaseRunning, ""))
 	f.sync()

@@ -185,6 +185,9 @@ type term struct {
 	// since is when the term began: how long app detection has had to
 	// start (strategy_auto.go).
 	since time.Time
+	// plans keeps the planner's verdict on each node between syncs (only
+	// the sync goroutine uses it).
+	plans *planCache
 }
 
 // prepJob is a strategy's preparation running for one node.
@@ -440,7 +443,7 @@ func (c *Coordinator) Lead(ctx context.Context) error {
 // newTerm starts a term on the informers' stores of Nodes and of the state
 // ConfigMap.
 func (c *Coordinator) newTerm(logger klog.Logger, nodes, cms cache.Store) *term {
-	t := &term{c: c, jobs: map[string]*prepJob{}, nodeKeys: nodes, uncordoned: map[string]bool{}, since: c.cfg.Clock.Now()}
+	t := &term{c: c, jobs: map[string]*prepJob{}, nodeKeys: nodes, uncordoned: map[string]bool{}, since: c.cfg.Clock.Now(), plans: newPlanCache()}
 	t.queue = workqueue.NewTypedRateLimitingQueueWithConfig(
 		workqueue.NewTypedItemExponentialFailureRateLimiter[string](100*time.Millisecond, 30*time.Second),
 		workqueue.TypedRateLimitingQueueConfig[string]{Name: "tokenroll-coordinator", Clock: c.cfg.Clock})
@@ -797,7 +800,7 @@ func (t *term) maybeStart(ctx context.Context, w world) (time.Duration, error) {
 		return 0, nil
 	}
 	waitUntil := w.state.ObservedIssuerAt.Add(cfg.AgentWait)
-	p := MakePlan(PlanInput{Now: w.now, Issuer: w.issuer, Gate: w.gate, Strategy: cfg.Strategy, Margin: cfg.TrustMargin,
+	p := t.plans.plan(PlanInput{Now: w.now, Issuer: w.issuer, Gate: w.gate, Strategy: cfg.Strategy, Margin: cfg.TrustMargin,
 		WaitForReports: w.now.Before(waitUntil), Nodes: w.nodes, AppStale: t.appStaleNodes(w)})
 	t.c.m.staleNodes.Set(float64(len(p.Nodes)))
 	if len(p.Waiting) > 0 {
@@ -866,21 +869,39 @@ func (t *term) startRollout(ctx context.Context, w world, trigger string, strate
 	if r.Phase == RolloutRunning {
 		t.notify(ctx, v1alpha1.NotifyRolloutStarted, r, "", fmt.Sprintf("started (%s): %d nodes, strategy %s", trigger, len(nodes), strategy))
 	}
-	for _, pn := range r.Nodes {
-		n := w.byName[pn.Name]
-		switch {
-		case n == nil:
-		case dryRun:
-			t.event(n, corev1.EventTypeNormal, "DryRun", "Plan", "dry run %s (%s), %s: would %s", r.ID, trigger, pn.Reason, pn.Would)
-		default:
-			t.event(n, corev1.EventTypeNormal, "RolloutPlanned", "Plan", "rollout %s (%s) will %s this node: %s", r.ID, trigger, pn.Strategy, pn.Reason)
-			if r.Apps != "" {
-				t.event(n, corev1.EventTypeWarning, "AppsUnverified", "Plan", "rollout %s: %s", r.ID, r.Apps)
-			}
-		}
-	}
 	if r.Apps != "" {
 		t.c.cfg.Log.Warn("strategy auto has no audit source: it falls back to evicting the pods holding tokens of an untrusted issuer", zap.String("rollout", r.ID), zap.String("apps", r.Apps))
+	}
+	if !dryRun {
+		// One Event for the plan, on the rollout state, not one per node: on
+		// a large fleet those would queue ahead of the rollout's own writes
+		// behind the client's rate limit. Each node's Cordoned Event gives
+		// its reason when its turn comes; tokenroll status lists them all.
+		if cm := t.configMap(); cm != nil && len(r.Nodes) > 0 {
+			names := make([]string, len(r.Nodes))
+			count := map[protocol.Strategy]int{}
+			for i, pn := range r.Nodes {
+				names[i] = pn.Name
+				count[pn.Strategy]++
+			}
+			var how []string
+			for _, s := range Strategies() {
+				if count[s] > 0 {
+					how = append(how, fmt.Sprintf("%s %d", s, count[s]))
+				}
+			}
+			t.recorder.Eventf(cm, nil, corev1.EventTypeNormal, "RolloutPlanned", "Plan", "rollout %s (%s) plans %s (%s): %s",
+				r.ID, trigger, nodeCount(len(r.Nodes)), strings.Join(how, ", "), namesOf(names))
+			if r.Apps != "" {
+				t.recorder.Eventf(cm, nil, corev1.EventTypeWarning, "AppsUnverified", "Plan", "rollout %s: %s", r.ID, r.Apps)
+			}
+		}
+		return nil
+	}
+	for _, pn := range r.Nodes {
+		if n := w.byName[pn.Name]; n != nil {
+			t.event(n, corev1.EventTypeNormal, "DryRun", "Plan", "dry run %s (%s), %s: would %s", r.ID, trigger, pn.Reason, pn.Would)
+		}
 	}
 	return nil
 }

@@ -306,13 +306,20 @@ func TestIssuerChangeKubeletRestart(t *testing.T) {
 	// Events are written in the background by client-go's broadcaster (a
 	// failed write is retried seconds later): watch until one of each per
 	// node has arrived, then check there is no more than that.
-	wanted := []string{"RolloutPlanned", "Cordoned", "ActionRequested", "Verified"}
+	// A kubelet restart prepares nothing: no ActionRequested Event after
+	// the Cordoned one; the plan's Event is on the rollout state.
+	wanted := []string{"Cordoned", "Verified"}
 	reasons := e.waitEvents(func(reasons map[string]int) bool {
 		return !slices.ContainsFunc(wanted, func(r string) bool { return reasons[r] < 3 })
 	})
 	for _, want := range wanted {
 		if reasons[want] != 3 {
 			t.Errorf("%d %s events, want one per node (all: %v)", reasons[want], want, reasons)
+		}
+	}
+	for _, none := range []string{"RolloutPlanned", "ActionRequested"} {
+		if reasons[none] != 0 {
+			t.Errorf("%d %s events on Nodes, want none (all: %v)", reasons[none], none, reasons)
 		}
 	}
 }

@@ -72,7 +72,7 @@ func TestLeadRunsARollout(t *testing.T) {
 	}
 	f.waitUntil("Events for n1 are recorded", func() bool {
 		m := reasons()
-		return m["Cordoned"] && m["ActionRequested"] && m["Verified"]
+		return m["Cordoned"] && m["Verified"]
 	})
 	if err := stop(); err != nil {
 		t.Errorf("Lead returned %v when leadership ended", err)

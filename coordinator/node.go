@@ -253,8 +253,12 @@ func (t *term) requestAction(ctx context.Context, w world, r *Rollout, v nodeVie
 	}
 	if action != "" {
 		t.c.cfg.Log.Info("action requested", zap.String("rollout", r.ID), zap.String("node", v.plan.Name), zap.String("action", string(action)), zap.String("request", ns.Request))
-		// One Event for the preparation and the request: they happen together.
-		t.event(v.node, corev1.EventTypeNormal, "ActionRequested", "Request", "rollout %s: %sasked the agent to %s (request %s)", r.ID, note, action, ns.Request)
+		// One Event for the preparation and the request: they happen
+		// together. Without a preparation the request follows the cordon at
+		// once, and the Cordoned Event named the strategy already.
+		if p != nil {
+			t.event(v.node, corev1.EventTypeNormal, "ActionRequested", "Request", "rollout %s: %sasked the agent to %s (request %s)", r.ID, note, action, ns.Request)
+		}
 	}
 	return nil
 }

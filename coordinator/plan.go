@@ -2,12 +2,14 @@ package coordinator
 
 import (
 	"cmp"
+	"encoding/json"
 	"fmt"
 	"slices"
 	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/tokenroll/tokenroll/protocol"
 )
@@ -69,6 +71,55 @@ const (
 // token of a trusted issuer heals by itself when the kubelet refreshes it:
 // its node is left alone.
 func MakePlan(in PlanInput) Plan {
+	return (*planCache)(nil).plan(in)
+}
+
+// planCache keeps each node's verdict between plans, so that a plan after
+// one Node changed judges that node alone: at idle a leader plans on every
+// sync, and judging a node means parsing its token report. A verdict is
+// kept for the node's resourceVersion (any change to the Node makes a new
+// one) under the plan's inputs: every field of PlanInput but Now and Nodes
+// (nodeNeed does not read the time), compared as JSON so that an input
+// added to PlanInput is part of the key without anyone remembering to add
+// it. A nil cache keeps nothing.
+type planCache struct {
+	inputs  string
+	entries map[string]planEntry
+	// gen counts plans; an entry not seen by the last one is a node gone.
+	gen uint64
+	// judged counts the nodes the last plan asked nodeNeed about.
+	judged int
+}
+
+type planEntry struct {
+	resourceVersion string
+	uid             types.UID
+	gen             uint64
+	verdict         nodeVerdict
+}
+
+// nodeVerdict is what nodeNeed said of one node.
+type nodeVerdict struct {
+	need     bool
+	trigger  string
+	deadline time.Time
+	why      string
+}
+
+func newPlanCache() *planCache { return &planCache{entries: map[string]planEntry{}} }
+
+// inputsKey is the plan's inputs as the cache compares them, or "" when
+// they cannot be encoded (then nothing is kept).
+func inputsKey(in PlanInput) string {
+	in.Now, in.Nodes = time.Time{}, nil
+	b, err := json.Marshal(in)
+	if err != nil {
+		return ""
+	}
+	return string(b)
+}
+
+func (c *planCache) plan(in PlanInput) Plan {
 	p := Plan{Triggers: map[string]int{}}
 	trusted := map[string]TrustedIssuer{}
 	if in.Gate.TrustKnown {
@@ -76,20 +127,58 @@ func MakePlan(in PlanInput) Plan {
 			trusted[t.Name] = t
 		}
 	}
+	caching := false
+	if c != nil {
+		c.judged = 0
+		c.gen++
+		key := inputsKey(in)
+		if key == "" || key != c.inputs {
+			clear(c.entries)
+		}
+		c.inputs = key
+		caching = key != ""
+	}
+	kept := 0
 	for _, n := range in.Nodes {
-		need, trigger, deadline, why := nodeNeed(in, trusted, n)
+		var v nodeVerdict
+		cacheable := caching && n.ResourceVersion != ""
+		e, hit := planEntry{}, false
+		if cacheable {
+			e, hit = c.entries[n.Name]
+			hit = hit && e.resourceVersion == n.ResourceVersion && e.uid == n.UID
+		}
+		if hit {
+			v = e.verdict
+		} else {
+			v.need, v.trigger, v.deadline, v.why = nodeNeed(in, trusted, n)
+			if c != nil {
+				c.judged++
+			}
+		}
+		if cacheable {
+			c.entries[n.Name] = planEntry{resourceVersion: n.ResourceVersion, uid: n.UID, gen: c.gen, verdict: v}
+			kept++
+		}
 		switch {
-		case trigger == "wait":
+		case v.trigger == "wait":
 			p.Waiting = append(p.Waiting, n.Name)
-		case need:
+		case v.need:
 			strategy := in.Strategy
-			if trigger == TriggerRebootRequired {
+			if v.trigger == TriggerRebootRequired {
 				strategy = Reboot
 			}
-			p.Nodes = append(p.Nodes, PlannedNode{Name: n.Name, Strategy: strategy, Reason: why, Deadline: deadline})
-			p.Triggers[trigger]++
-		case why != "":
-			p.Skipped = append(p.Skipped, SkippedNode{Name: n.Name, Reason: why})
+			p.Nodes = append(p.Nodes, PlannedNode{Name: n.Name, Strategy: strategy, Reason: v.why, Deadline: v.deadline})
+			p.Triggers[v.trigger]++
+		case v.why != "":
+			p.Skipped = append(p.Skipped, SkippedNode{Name: n.Name, Reason: v.why})
+		}
+	}
+	if c != nil && len(c.entries) > kept {
+		// Nodes gone from the fleet go from the cache too.
+		for name, e := range c.entries {
+			if e.gen != c.gen {
+				delete(c.entries, name)
+			}
 		}
 	}
 	sortPlan(p.Nodes)
@@ -103,6 +192,8 @@ func sortPlan(nodes []PlannedNode) {
 	})
 }
 
+// nodeNeed judges one node. It must not read in.Now: planCache keeps its
+// verdict until the node or another input changes.
 func nodeNeed(in PlanInput, trusted map[string]TrustedIssuer, n *corev1.Node) (need bool, trigger string, deadline time.Time, why string) {
 	if ex := excludedBy(n); ex != "" {
 		return false, "", time.Time{}, "excluded (" + AnnotationExclude + "): " + ex

@@ -3,6 +3,7 @@ package coordinator
 import (
 	"fmt"
 	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -569,15 +570,11 @@ func TestStartRequest(t *testing.T) {
 			want := stateOf(r)
 			want.Last = previous
 			f.compareWrites(got, updateState(want))
+			// One Event for the plan, on the rollout state, none per node.
 			var events []string
-			for _, n := range c.events {
-				pn := r.Nodes[0]
-				for _, p := range r.Nodes {
-					if p.Name == n {
-						pn = p
-					}
-				}
-				events = append(events, "Normal RolloutPlanned rollout "+id+" ("+r.Trigger+") will kubelet-restart this node: "+pn.Reason)
+			if len(c.events) > 0 {
+				events = append(events, fmt.Sprintf("Normal RolloutPlanned rollout %s (%s) plans %d nodes (kubelet-restart %d): %s",
+					id, r.Trigger, len(c.events), len(c.events), strings.Join(c.events, ",")))
 			}
 			f.expectEvents(events...)
 			if r.Phase == RolloutRunning {

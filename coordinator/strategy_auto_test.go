@@ -318,7 +318,7 @@ func TestAutoWithoutAnAuditSourceEvictsThePodsHoldingStaleTokens(t *testing.T) {
 				t.Fatalf("rollout %+v; want auto, saying %q", st.Rollout, note)
 			}
 			id := st.Rollout.ID
-			f.expectEvents("Normal RolloutPlanned rollout "+id+" (issuer) will auto this node: 2 tokens from https://old.tokenroll.test, which the API servers no longer trust",
+			f.expectEvents("Normal RolloutPlanned rollout "+id+" (issuer) plans 1 node (auto 1): n1",
 				"Warning AppsUnverified rollout "+id+": "+note)
 			var b strings.Builder
 			rep := &StatusReport{Now: f.clock.Now(), Rollout: st.Rollout}

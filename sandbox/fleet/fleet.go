@@ -160,7 +160,7 @@ func Start(ctx context.Context, cfg Config) (*Fleet, error) {
 		case <-m.Sim.Registered():
 		case <-ctx.Done():
 			return nil, ctx.Err()
-		case <-time.After(2 * time.Minute):
+		case <-time.After(10 * time.Minute): // a loaded machine, every kubelet starting at once
 			return nil, fmt.Errorf("fleet: node %s did not register", m.Name)
 		}
 	}

@@ -788,7 +788,8 @@ func (n *Node) register(ctx context.Context) error {
 				{Type: corev1.NodeInternalIP, Address: "127.0.0.1"},
 				{Type: corev1.NodeHostName, Address: n.cfg.Name},
 			},
-			Conditions: []corev1.NodeCondition{n.readyCondition(now)},
+			// Tracked: the next post keeps this transition time.
+			Conditions: []corev1.NodeCondition{n.trackTransition(n.readyCondition(now))},
 			NodeInfo:   n.nodeInfo(),
 		},
 	}

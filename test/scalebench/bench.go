@@ -179,6 +179,15 @@ func runOne(ctx context.Context, o options, n int, bin, agentBin, dir string, lo
 	for i := range names {
 		names[i] = fmt.Sprintf("node-%04d", i+1)
 	}
+	// The pods come first, bound to their nodes by name: each simulated
+	// kubelet finds all of its pods when it starts, and each agent its
+	// node's tokens within its first ten minutes, when it follows their
+	// counts within a minute, however long creating them took.
+	log.Info("creating pods", zap.Int("pods", n*o.PodsPerNode))
+	pods := newPodSet(admin, append(slices.Clone(names), calibrationNode))
+	if err := pods.fill(ctx, o.PodsPerNode); err != nil {
+		return nil, err
+	}
 	counter := &agentCounter{}
 	agentClock := &steppedClock{}
 	nodes, err = fleet.Start(runCtx, fleet.Config{CP: cp, APIServer: pins[nodesServer].URL(), Dir: filepath.Join(dir, "nodes"), Nodes: names,
@@ -196,11 +205,6 @@ func runOne(ctx context.Context, o options, n int, bin, agentBin, dir string, lo
 		return nil, err
 	}
 	defer calib.stop()
-	log.Info("creating pods", zap.Int("pods", n*o.PodsPerNode))
-	pods := newPodSet(admin, append(slices.Clone(names), calibrationNode))
-	if err := pods.fill(ctx, o.PodsPerNode); err != nil {
-		return nil, err
-	}
 	checker, err := invariants.Watch(runCtx, admin, namespace, leaseName)
 	if err != nil {
 		return nil, err

@@ -53,7 +53,7 @@ func startCalibration(ctx context.Context, cp *controlplane.ControlPlane, server
 	}()
 	select {
 	case <-sim.Registered():
-	case <-time.After(2 * time.Minute):
+	case <-time.After(10 * time.Minute): // a loaded machine, every kubelet starting at once
 		stopSim()
 		<-simDone
 		return nil, fmt.Errorf("the calibration node %s did not register", calibrationNode)

@@ -20,6 +20,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/leaderelection"
 	"k8s.io/utils/clock"
 
@@ -264,7 +265,7 @@ func (o *coordinatorOptions) run(ctx context.Context, e cli.Env) error {
 	}
 	cfg.UserAgent = "tokenroll-coordinator/" + version.Version
 	cfg.QPS, cfg.Burst = o.QPS, o.Burst
-	client, err := kubernetes.NewForConfig(cfg)
+	client, election, err := newClients(cfg)
 	if err != nil {
 		return err
 	}
@@ -352,7 +353,7 @@ func (o *coordinatorOptions) run(ctx context.Context, e cli.Env) error {
 	leaderHealth := leaderelection.NewLeaderHealthzAdaptor(20 * time.Second)
 	srv.AddHealthCheck(leaderHealth.Name(), leaderHealth.Check)
 	runErr := coordinator.RunElected(ctx, coordinator.LeaderConfig{
-		Client: client, Namespace: o.Namespace, LeaseName: o.LeaseName, Identity: id,
+		Client: election, Namespace: o.Namespace, LeaseName: o.LeaseName, Identity: id,
 		LeaseDuration: o.LeaseDuration, RenewDeadline: o.RenewDeadline, RetryPeriod: o.RetryPeriod, Log: e.Log,
 		Healthz: leaderHealth,
 	}, c.Lead)
@@ -361,4 +362,25 @@ func (o *coordinatorOptions) run(ctx context.Context, e cli.Env) error {
 		runErr = errors.Join(runErr, <-srcErr)
 	}
 	return errors.Join(runErr, <-srvErr)
+}
+
+// newClients returns the coordinator's client and one for leader election
+// alone, each with a rate limiter of its own (as kube-controller-manager
+// and kube-scheduler do): a rollout that fills the coordinator's request
+// budget (a wave of cordons and their Events, queued behind --kube-api-qps)
+// must not hold a Lease renewal back past --renew-deadline, or the leader
+// would lose its Lease in the middle of its busiest moment.
+func newClients(cfg *rest.Config) (client, election kubernetes.Interface, err error) {
+	c, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	le := rest.CopyConfig(cfg)
+	le.RateLimiter = nil
+	le.UserAgent = cfg.UserAgent + " leader-election"
+	e, err := kubernetes.NewForConfig(le)
+	if err != nil {
+		return nil, nil, err
+	}
+	return c, e, nil
 }
