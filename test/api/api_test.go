@@ -110,7 +110,7 @@ func TestStrategyEnumIsTheCoordinators(t *testing.T) {
 			t.Errorf("the schema's strategies are %v, the coordinator's %v", got, want)
 		}
 	}
-	want := []string{string(v1alpha1.StrategyKubeletRestart), string(v1alpha1.StrategyPodRestart), string(v1alpha1.StrategyReboot)}
+	want := []string{string(v1alpha1.StrategyAuto), string(v1alpha1.StrategyKubeletRestart), string(v1alpha1.StrategyPodRestart), string(v1alpha1.StrategyReboot)}
 	if !slices.Equal(want, coordinator.StrategyNames()) {
 		t.Errorf("the API's Strategy constants are %v, the coordinator's strategies %v", want, coordinator.StrategyNames())
 	}
@@ -390,7 +390,7 @@ func testDefaults(ctx context.Context, t *testing.T, e *env) {
 		what      string
 		got, want any
 	}{
-		{"strategy", s.Strategy, v1alpha1.StrategyKubeletRestart},
+		{"strategy", s.Strategy, v1alpha1.StrategyAuto},
 		{"maxUnavailable", s.MaxUnavailable, ptr.To(intstr.FromInt32(1))},
 		{"a window's timeZone", s.Windows[0].TimeZone, "UTC"},
 		{"zones.topologyKey", s.Zones.TopologyKey, "topology.kubernetes.io/zone"},
@@ -561,7 +561,7 @@ func testInvalidRollouts(ctx context.Context, t *testing.T, e *env) {
 		want string
 	}{
 		{"state", v1alpha1.TokenRolloutSpec{State: "Stopped"}, `Unsupported value: "Stopped"`},
-		{"strategy", v1alpha1.TokenRolloutSpec{Strategy: "auto"}, `Unsupported value: "auto"`},
+		{"strategy", v1alpha1.TokenRolloutSpec{Strategy: "restart-everything"}, `Unsupported value: "restart-everything"`},
 		{"policy-name", v1alpha1.TokenRolloutSpec{PolicyName: "Workers_1"}, "policyName must be a RolloutPolicy's name"},
 		{"node-name-too-long", v1alpha1.TokenRolloutSpec{NodeNames: []string{strings.Repeat("n", 254)}}, "Too long"},
 		{"node-named-twice", v1alpha1.TokenRolloutSpec{NodeNames: []string{"a", "a"}}, `Duplicate value: "a"`},

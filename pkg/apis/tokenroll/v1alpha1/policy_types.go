@@ -8,11 +8,16 @@ import (
 // Strategy names a remediation: what a node gets between its cordon and
 // its uncordon. The values are the coordinator's strategies, least
 // disruptive first (a test holds them equal).
-// +kubebuilder:validation:Enum=kubelet-restart;pod-restart;reboot
+// +kubebuilder:validation:Enum=auto;kubelet-restart;pod-restart;reboot
 type Strategy string
 
 // The strategies.
 const (
+	// StrategyAuto restarts the kubelet, then evicts only the pods whose
+	// apps still present a replaced token (from the API servers' audit
+	// events), and reboots only a node whose kubelet restart refreshed
+	// nothing or that asks for it.
+	StrategyAuto Strategy = "auto"
 	// StrategyKubeletRestart restarts kubelet.service: the kubelet's token
 	// cache is empty afterwards, so every projected token on the node is
 	// requested again without restarting a pod.
@@ -69,7 +74,7 @@ type RolloutPolicySpec struct {
 	NodeSelector *metav1.LabelSelector `json:"nodeSelector,omitempty"`
 
 	// strategy is what each node gets, unless a TokenRollout overrides it.
-	// +kubebuilder:default=kubelet-restart
+	// +kubebuilder:default=auto
 	// +optional
 	Strategy Strategy `json:"strategy,omitempty"`
 
