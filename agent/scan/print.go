@@ -5,12 +5,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
-	"unicode"
 
+	"github.com/tokenroll/tokenroll/internal/cli"
 	"github.com/tokenroll/tokenroll/protocol"
 )
 
@@ -21,16 +20,16 @@ func WriteTable(w io.Writer, r *Report, expectedIssuer string) error {
 	if iss == "" {
 		iss = "(not checked)"
 	}
-	fmt.Fprintf(w, "Node %s at %s, expected issuer %s\n", cell(r.Node), r.Now.Format(time.RFC3339), cell(iss))
+	fmt.Fprintf(w, "Node %s at %s, expected issuer %s\n", cli.Cell(r.Node), r.Now.Format(time.RFC3339), cli.Cell(iss))
 	fmt.Fprintf(w, "Pods: %s\n\n", podsAPILine(r.PodsAPI))
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "STATE\tNAMESPACE/POD\tVOLUME/PATH\tISSUER\tAGE\tREFRESH\tEXPIRES\tREASON")
 	for _, t := range r.Tokens {
 		pod := "?"
 		if t.Pod != "" {
-			pod = cell(t.Namespace + "/" + t.Pod)
+			pod = cli.Cell(t.Namespace + "/" + t.Pod)
 		} else if len(t.PodUID) > 0 {
-			pod = "uid " + cell(t.PodUID)
+			pod = "uid " + cli.Cell(t.PodUID)
 		}
 		age, refresh, expires := "-", "-", "-"
 		if !t.IssuedAt.IsZero() {
@@ -44,7 +43,7 @@ func WriteTable(w io.Writer, r *Report, expectedIssuer string) error {
 			}
 			expires = relative(r.Now, exp)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t.State, pod, cell(t.Volume+"/"+t.Path), cell(t.Issuer), age, refresh, expires, cell(t.Reason))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t.State, pod, cli.Cell(t.Volume+"/"+t.Path), cli.Cell(t.Issuer), age, refresh, expires, cli.Cell(t.Reason))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -55,7 +54,7 @@ func WriteTable(w io.Writer, r *Report, expectedIssuer string) error {
 	if len(r.Errors) > 0 {
 		fmt.Fprintf(w, "\nNot read, or read only in part:\n")
 		for _, e := range r.Errors {
-			fmt.Fprintf(w, "  %s\n", cell(e))
+			fmt.Fprintf(w, "  %s\n", cli.Cell(e))
 		}
 	}
 	return nil
@@ -71,23 +70,6 @@ func podsAPILine(p protocol.PodsAPI) string {
 	default:
 		return fmt.Sprintf("INCOMPLETE: the kubelet Pods API is %s; tokens attributed by their claims, none judged orphaned", p)
 	}
-}
-
-// cell is s for a table cell: capped at protocol.MaxClaimLen bytes, and
-// quoted with its control and non-printable characters escaped when it has
-// any (a tab or newline would also break the columns), so no file name or
-// claim can rewrite the terminal. "" is "-".
-func cell(s string) string {
-	if s == "" {
-		return "-"
-	}
-	s = protocol.Truncate(s)
-	for _, r := range s {
-		if !unicode.IsPrint(r) {
-			return strconv.Quote(s)
-		}
-	}
-	return s
 }
 
 // Summary is one line: "12 tokens: 2 issuer-mismatch, 10 fresh".

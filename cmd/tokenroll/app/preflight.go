@@ -6,11 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
-	"unicode"
 
 	"github.com/spf13/pflag"
 	corev1 "k8s.io/api/core/v1"
@@ -156,7 +154,7 @@ func writePreflightTable(w io.Writer, rep preflightReport) error {
 		gate = "open"
 	}
 	fmt.Fprintf(w, "GATE      %s (%s): %s\n", gate, g.Provider, g.Message)
-	fmt.Fprintf(w, "ISSUER    %s\n", cell(rep.Issuer))
+	fmt.Fprintf(w, "ISSUER    %s\n", cli.Cell(rep.Issuer))
 	if a := rep.Apps; a != nil {
 		fmt.Fprintf(w, "APPS      %d pods with a projected token: %d healthy, %d app-stale, %d app-failing, %d unobserved (as of %s ago, %d audit events)\n",
 			a.Followed, a.Healthy, a.Stale, a.Failing, a.Unobserved, rep.Now.Sub(a.UpdatedAt).Round(time.Second), a.AuditEvents)
@@ -189,8 +187,8 @@ func writePreflightTable(w io.Writer, rep preflightReport) error {
 		tw = tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
 		fmt.Fprintln(tw, "NAMESPACE\tWORKLOAD\tAPP-STALE\tAPP-FAILING\tNODES\tPODS")
 		for _, g := range rep.Workloads {
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\n", cell(g.Namespace), cell(g.Workload), g.AppStale, g.AppFailing,
-				cell(joinMax(g.Nodes, 3)), cell(joinMax(g.Pods, 3)))
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\n", cli.Cell(g.Namespace), cli.Cell(g.Workload), g.AppStale, g.AppFailing,
+				cli.Cell(joinMax(g.Nodes, 3)), cli.Cell(joinMax(g.Pods, 3)))
 		}
 		if err := tw.Flush(); err != nil {
 			return err
@@ -208,7 +206,7 @@ func writePreflightTable(w io.Writer, rep preflightReport) error {
 			if t.PodsTruncated {
 				pods += ",..."
 			}
-			fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\t%s\n", cell(t.Node), t.Expired, t.Overdue, t.Untrusted, cell(joinMax(t.UntrustedIssuers, 2)), cell(pods))
+			fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\t%s\n", cli.Cell(t.Node), t.Expired, t.Overdue, t.Untrusted, cli.Cell(joinMax(t.UntrustedIssuers, 2)), cli.Cell(pods))
 		}
 		if err := tw.Flush(); err != nil {
 			return err
@@ -219,7 +217,7 @@ func writePreflightTable(w io.Writer, rep preflightReport) error {
 		tw = tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
 		fmt.Fprintln(tw, "NODE\tAGENT\tDETAIL")
 		for _, n := range rep.NodesWithoutAgent {
-			fmt.Fprintf(tw, "%s\t%s\t%s\n", cell(n.Node), n.Reason, cell(n.Message))
+			fmt.Fprintf(tw, "%s\t%s\t%s\n", cli.Cell(n.Node), n.Reason, cli.Cell(n.Message))
 		}
 		return tw.Flush()
 	}
@@ -267,12 +265,12 @@ func writeEstimate(w io.Writer, rep preflightReport) {
 	case e.TrustDeadline.IsZero():
 		fmt.Fprintf(w, "TRUST     no deadline known (the gate reports none)\n")
 	case e.Fits == nil:
-		fmt.Fprintf(w, "TRUST     %s trusted until %s (%s)\n", cell(e.TrustIssuer), e.TrustDeadline.UTC().Format(time.RFC3339), e.TrustSource)
+		fmt.Fprintf(w, "TRUST     %s trusted until %s (%s)\n", cli.Cell(e.TrustIssuer), e.TrustDeadline.UTC().Format(time.RFC3339), e.TrustSource)
 	case *e.Fits:
-		fmt.Fprintf(w, "TRUST     %s trusted until %s (%s): fits, %s to spare\n", cell(e.TrustIssuer), e.TrustDeadline.UTC().Format(time.RFC3339), e.TrustSource,
+		fmt.Fprintf(w, "TRUST     %s trusted until %s (%s): fits, %s to spare\n", cli.Cell(e.TrustIssuer), e.TrustDeadline.UTC().Format(time.RFC3339), e.TrustSource,
 			e.TrustDeadline.Sub(e.CompletesAt).Round(time.Second))
 	default:
-		fmt.Fprintf(w, "TRUST     %s trusted until %s (%s): DOES NOT FIT, %s late\n", cell(e.TrustIssuer), e.TrustDeadline.UTC().Format(time.RFC3339), e.TrustSource,
+		fmt.Fprintf(w, "TRUST     %s trusted until %s (%s): DOES NOT FIT, %s late\n", cli.Cell(e.TrustIssuer), e.TrustDeadline.UTC().Format(time.RFC3339), e.TrustSource,
 			e.CompletesAt.Sub(e.TrustDeadline).Round(time.Second))
 	}
 }
@@ -281,19 +279,3 @@ func secs(s float64) string {
 	return (time.Duration(s * float64(time.Second))).Round(time.Second).String()
 }
 
-// cell is s for a table cell: capped at protocol.MaxClaimLen bytes, and
-// quoted with its control and non-printable characters escaped when it has
-// any, so nothing read from the cluster can rewrite the terminal. "" is
-// "-".
-func cell(s string) string {
-	if s == "" {
-		return "-"
-	}
-	s = protocol.Truncate(s)
-	for _, r := range s {
-		if !unicode.IsPrint(r) {
-			return strconv.Quote(s)
-		}
-	}
-	return s
-}
