@@ -843,7 +843,7 @@ func testPrinterColumns(ctx context.Context, t *testing.T, e *env) {
 	if want := []string{"Name", "Strategy", "Max-Unavailable", "Nodes", "Dry-Run", "Accepted", "Next-Window", "Age"}; !slices.Equal(names, want) {
 		t.Errorf("kubectl get rolloutpolicies columns %v, want %v", names, want)
 	}
-	for col, want := range map[string]any{"Name": "workers", "Strategy": "kubelet-restart", "Max-Unavailable": "10%", "Nodes": float64(12), "Accepted": "True",
+	for col, want := range map[string]any{"Name": "workers", "Strategy": "auto", "Max-Unavailable": "10%", "Nodes": float64(12), "Accepted": "True",
 		// A time to come, as a time: kubectl shows a date column as an age,
 		// and a future one as <invalid>.
 		"Next-Window": "2026-12-05T21:00:00Z"} {

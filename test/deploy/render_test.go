@@ -641,7 +641,7 @@ func TestNonResourceURLsAreTheOnesRead(t *testing.T) {
 func TestGateAndStrategy(t *testing.T) {
 	want := map[string]string{
 		"kustomize-base": "auto", "kustomize-kubeadm": "static-pods", "kustomize-openshift": "openshift",
-		"kustomize-kubeadm-monitoring": "static-pods", "helm-default": "auto", "helm-kubeadm": "static-pods",
+		"kustomize-kubeadm-monitoring": "static-pods", "kustomize-kubeadm-audit": "static-pods", "helm-default": "auto", "helm-kubeadm": "static-pods", "helm-kubeadm-audit": "static-pods",
 		"helm-openshift": "openshift", "helm-custom": "static-pods",
 	}
 	for _, r := range renderings {

@@ -54,8 +54,7 @@ var dashboardExempt = map[string]string{
 	"Coordinator overhead (p90)/A": "--chaos kills the leader every few seconds, so a leader seldom sees one node end and the next start, which is what it measures; " +
 		"a series' first observation is no increase to rate()",
 	"Coordinator overhead (p90)/B":                  "as query A",
-	"App-stale and app-failing pods by namespace/A": "app detection judges a pod only after --app-stale-grace (at least 2m) past the evidence, and the run ends sooner: no pod is app-stale",
-	"App-stale and app-failing pods by namespace/B": "as query A: no pod is app-failing yet",
+	"App-stale and app-failing pods by namespace/A": "the caching apps fail authentication from the issuer change on, before their token is refreshed: app detection finds them app-failing (query B), and no pod is app-stale",
 	"Rollout end vs trust deadline/B":               "as Previous issuer trusted for/A: no trust window is known",
 }
 

@@ -278,4 +278,3 @@ func writeEstimate(w io.Writer, rep preflightReport) {
 func secs(s float64) string {
 	return (time.Duration(s * float64(time.Second))).Round(time.Second).String()
 }
-
