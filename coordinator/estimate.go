@@ -73,10 +73,20 @@ func EstimateCompletion(in EstimateInput) Estimate {
 	for i, d := range in.Finished {
 		took[i] = max(d, 0)
 	}
-	slices.Sort(took)
-	e.PerNode = took[len(took)/2]
+	e.PerNode = UpperMedian(took)
 	e.Completion = completion(in.Now, in.InProgress, in.Pending, in.MaxUnavailable, e.PerNode, in.Settle)
 	return e
+}
+
+// UpperMedian is the median of d (with an even count, the slower of the
+// two middle values), sorting d in place; 0 for none. The coordinator's
+// estimate and tokenroll preflight both take a node's cost from it.
+func UpperMedian(d []time.Duration) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	slices.Sort(d)
+	return d[len(d)/2]
 }
 
 // completion is when the last node is done when nodes started at

@@ -1,9 +1,9 @@
 package app
 
 import (
-	"slices"
 	"time"
 
+	"github.com/tokenroll/tokenroll/coordinator"
 	"github.com/tokenroll/tokenroll/protocol"
 )
 
@@ -53,9 +53,7 @@ func perNodeTime(strategy protocol.Strategy, samples []nodeSample, override time
 		}
 	}
 	if len(took) > 0 {
-		slices.Sort(took)
-		// The upper median: with two samples, the slower.
-		return took[len(took)/2], perNodeMeasured, len(took)
+		return coordinator.UpperMedian(took), perNodeMeasured, len(took)
 	}
 	if d, ok := defaultPerNode[strategy]; ok {
 		return d, perNodeDefault, 0
