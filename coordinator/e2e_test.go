@@ -64,6 +64,9 @@ func startEnv(t *testing.T, apiservers int, nodes ...string) *env {
 // change (when not nil).
 func startEnvWith(t *testing.T, apiservers int, change func(*fleet.Config), nodes ...string) *env {
 	t.Helper()
+	// Each test has a control plane, a fleet and ports of its own, and
+	// spends its time waiting on them: the tests overlap (go test -parallel).
+	t.Parallel()
 	cp := controlplane.StartForTest(t, controlplane.Config{APIServers: apiservers, Issuers: []string{oldIssuer}})
 	ctx, cancel := context.WithCancel(context.Background())
 	e := &env{t: t, ctx: ctx, cp: cp, admin: kubernetes.NewForConfigOrDie(cp.AdminConfig()), log: testLogger(t)}

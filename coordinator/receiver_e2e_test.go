@@ -106,6 +106,7 @@ func TestAuditWebhookReachesTheLeader(t *testing.T) {
 	if testing.Short() {
 		t.Skip("integration test: needs a real control plane (run without -short)")
 	}
+	t.Parallel() // as startEnvWith
 	dir := t.TempDir()
 	caPEM, certFile, keyFile := servingCert(t, dir)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
