@@ -54,6 +54,7 @@ func TestStartControllersRefusesWhatCannotWork(t *testing.T) {
 // node; deleting the Deployment deletes its ReplicaSet (the garbage
 // collector).
 func TestControllersRunTheCluster(t *testing.T) {
+	t.Parallel() // as TestIdentities
 	cp := controlplane.StartForTest(t, controlplane.Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()

@@ -52,6 +52,9 @@ func whoAmI(t *testing.T, c kubernetes.Interface) (string, []string) {
 }
 
 func TestIdentities(t *testing.T) {
+	// Each control-plane test has its own processes, ports and directory,
+	// and mostly waits on them: they overlap.
+	t.Parallel()
 	cp := controlplane.StartForTest(t, controlplane.Config{})
 	ctx := context.Background()
 
@@ -136,6 +139,7 @@ func discoveryIssuer(t *testing.T, cp *controlplane.ControlPlane, i int) string 
 }
 
 func TestThreeAPIServersRolledOneAtATime(t *testing.T) {
+	t.Parallel() // as TestIdentities
 	const oldIss, newIss = "https://old.example", "https://new.example"
 	cp := controlplane.StartForTest(t, controlplane.Config{APIServers: 3, Issuers: []string{oldIss}})
 	ctx := context.Background()
@@ -177,6 +181,7 @@ func TestThreeAPIServersRolledOneAtATime(t *testing.T) {
 }
 
 func TestStopLeavesNothingBehind(t *testing.T) {
+	t.Parallel() // as TestIdentities
 	cp := controlplane.StartForTest(t, controlplane.Config{})
 	url := cp.URL()
 	direct := cp.APIServerURL(0)
