@@ -1,6 +1,7 @@
 package sandbox
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -133,24 +135,27 @@ func Compare(ctx context.Context, opts Options, out io.Writer) (*Comparison, err
 	rems := Remediations()
 	c := &Comparison{TrustWindow: opts.TrustWindow}
 	var failed []string
+	var broke error
+	runs := compareRuns(ctx, opts, rems, out)
 	for i, rem := range rems {
-		o := opts
-		o.Compare, o.Strategy, o.SummaryJSON = false, rem, ""
-		if opts.Dir != "" {
-			o.Dir = filepath.Join(opts.Dir, rem)
-		}
-		fmt.Fprintf(out, "\n=== --compare: run %d of %d, --strategy %s, on a fresh cluster\n", i+1, len(rems), rem)
-		sum, err := Run(ctx, o, out)
+		r := <-runs[i]
+		sum, err := r.sum, r.err
 		if sum == nil {
 			if err == nil {
 				err = errors.New("it gave no summary")
 			}
-			return nil, fmt.Errorf("--compare: the %s run: %w", rem, err)
+			if r.first {
+				broke = fmt.Errorf("--compare: the %s run: %w", rem, err)
+			}
+			continue
 		}
 		c.Runs = append(c.Runs, sum)
 		if others := sum.otherFailures(); len(others) > 0 {
 			failed = append(failed, fmt.Sprintf("%s: %s", rem, strings.Join(others, "; ")))
 		}
+	}
+	if broke != nil {
+		return nil, broke
 	}
 	var b strings.Builder
 	c.Print(&b)
@@ -165,6 +170,82 @@ func Compare(ctx context.Context, opts Options, out io.Writer) (*Comparison, err
 		return c, fmt.Errorf("%w: %s", errNotOK, strings.Join(failed, " | "))
 	}
 	return c, nil
+}
+
+// compareRun is the outcome of one run of --compare.
+type compareRun struct {
+	sum *Summary
+	err error
+	// first says this run is the one whose failure (no summary) stopped
+	// the others.
+	first bool
+}
+
+// compareRuns starts the runs of --compare, opts.CompareParallel at a time
+// (one after another by default), and returns a channel per remediation
+// that gives its outcome once the run has ended and its output, and that
+// of every run before it, has been written to out, in the runs' order;
+// every channel gives one. The first run that gives no summary stops the
+// others.
+func compareRuns(ctx context.Context, opts Options, rems []string, out io.Writer) []chan compareRun {
+	ctx, stop := context.WithCancel(ctx)
+	var failOnce sync.Once
+	results := make([]chan compareRun, len(rems))
+	for i := range results {
+		results[i] = make(chan compareRun, 1)
+	}
+	one := func(i int, w io.Writer) compareRun {
+		rem := rems[i]
+		if ctx.Err() != nil {
+			return compareRun{err: errors.New("not run: another run failed")}
+		}
+		o := opts
+		o.Compare, o.CompareParallel, o.Strategy, o.SummaryJSON = false, 0, rem, ""
+		if opts.Dir != "" {
+			o.Dir = filepath.Join(opts.Dir, rem)
+		}
+		fmt.Fprintf(w, "\n=== --compare: run %d of %d, --strategy %s, on a fresh cluster\n", i+1, len(rems), rem)
+		r := compareRun{}
+		r.sum, r.err = Run(ctx, o, w)
+		if r.sum == nil {
+			failOnce.Do(func() { r.first = true; stop() })
+		}
+		return r
+	}
+	if opts.CompareParallel <= 1 {
+		go func() {
+			defer stop()
+			for i := range rems {
+				results[i] <- one(i, out)
+			}
+		}()
+		return results
+	}
+	// Runs that overlap write to buffers, copied to out in order.
+	ended := make([]chan compareRun, len(rems))
+	bufs := make([]bytes.Buffer, len(rems))
+	for i := range ended {
+		ended[i] = make(chan compareRun, 1)
+	}
+	go func() {
+		slots := make(chan struct{}, opts.CompareParallel)
+		for i := range rems {
+			slots <- struct{}{}
+			go func() {
+				defer func() { <-slots }()
+				ended[i] <- one(i, &bufs[i])
+			}()
+		}
+	}()
+	go func() {
+		defer stop()
+		for i := range rems {
+			r := <-ended[i]
+			_, _ = out.Write(bufs[i].Bytes())
+			results[i] <- r
+		}
+	}()
+	return results
 }
 
 // Print writes the comparison for a person: one column per remediation.

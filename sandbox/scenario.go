@@ -88,6 +88,12 @@ type Options struct {
 	// on a fresh cluster, and compares them (see Compare); Strategy is
 	// not used.
 	Compare bool
+	// CompareParallel is how many of Compare's runs go at once (0 or 1:
+	// one after another). Each run has a cluster of its own; runs that
+	// overlap share the machine, so their times are not a single run's,
+	// and client-go's own messages go to the log of one of them. Each
+	// run's output is printed whole, in the runs' order.
+	CompareParallel int
 	// ProgramDir holds tokenroll-agent and tokenroll-coordinator, which the
 	// sandbox runs, and tokenroll-sandbox, whose `node` commands the agents
 	// run to reboot a node or restart its kubelet; see programs.Dir for the
@@ -124,6 +130,15 @@ func (o Options) Validate() error {
 	}
 	if o.Compare && o.Once {
 		errs = append(errs, errors.New("--compare and --once: --once changes no issuer, so there is nothing to compare; drop one"))
+	}
+	if o.CompareParallel < 0 {
+		errs = append(errs, fmt.Errorf("--compare-parallel=%d: must not be negative", o.CompareParallel))
+	}
+	if n := len(Remediations()); o.CompareParallel > n {
+		errs = append(errs, fmt.Errorf("--compare-parallel=%d: --compare has %d runs; give at most %d", o.CompareParallel, n, n))
+	}
+	if o.CompareParallel > 1 && !o.Compare {
+		errs = append(errs, fmt.Errorf("--compare-parallel=%d without --compare: there is one run; add --compare or drop it", o.CompareParallel))
 	}
 	if _, err := maxUnavailableNodes(o.MaxUnavailable, max(o.Nodes, 1)); err != nil {
 		errs = append(errs, err)

@@ -39,7 +39,7 @@ func newSandboxOptions() *sandboxOptions {
 		Nodes: 5, APIServers: 3, Issuer: controlplane.DefaultIssuer, NewIssuer: DefaultNewIssuer,
 		Strategy: "auto", MaxUnavailable: "1", RebootDowntime: 5 * time.Second, Timeout: 10 * time.Minute,
 		Kubelet: sandbox.KubeletReal, Apps: []string{string(sandbox.AppReloading), string(sandbox.AppCaching)},
-		PrometheusRules: sandbox.DefaultPrometheusRules,
+		PrometheusRules: sandbox.DefaultPrometheusRules, CompareParallel: 1,
 	}}
 }
 
@@ -67,6 +67,7 @@ func (o *sandboxOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.PrometheusRules, "prometheus-rules", o.PrometheusRules, "The alert rule file --prometheus loads, the one the Helm chart and the kustomize component ship (relative to the repository's top directory by default).")
 	fs.StringVar(&o.SummaryJSON, "summary-json", o.SummaryJSON, "Write the outcome as JSON to this file (with --compare: {\"runs\": [...]}, one summary per run).")
 	fs.BoolVar(&o.Compare, "compare", o.Compare, "Run the same scenario once per remediation ("+strings.Join(sandbox.Remediations(), ", ")+"), each on a fresh cluster with the other flags as given, and print one table comparing the pods restarted, node reboots, node-seconds out of service, the apps' errors and the time from the gate opening to done.")
+	fs.IntVar(&o.CompareParallel, "compare-parallel", o.CompareParallel, "With --compare: how many runs go at once, each on a cluster of its own (0 or 1: one after another). Overlapping runs share the machine: their times are not a lone run's. Each run's output is printed whole, in order.")
 	fs.DurationVar(&o.Timeout, "timeout", o.Timeout, "Longest the scenario may take from the issuer change to every token fresh.")
 }
 
