@@ -8,37 +8,23 @@ import (
 	"slices"
 	"strings"
 	"testing"
-	"time"
-
-	"github.com/tokenroll/tokenroll/sandbox/controlplane"
 )
 
 // The default strategy, auto, on the whole scenario: each node's kubelet
 // restarts, and the pods evicted are exactly the caching apps' (one legacy
 // pod per node, which app detection found failing), as the coordinators'
 // own record of their evictions says; no node reboots, and every app,
-// reloading or caching, authenticates at the end.
+// reloading or caching, authenticates at the end. The run judged is the
+// auto run of TestSandboxCompare's --compare (two nodes, one API server):
+// the same cluster, issuer change and apps a run of its own would start.
 func TestSandboxAuto(t *testing.T) {
-	if testing.Short() {
-		t.Skip("integration test: starts a control plane, simulated nodes and tokenroll processes")
-	}
-	if _, err := controlplane.FindBinaries(""); err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	summaryPath := filepath.Join(dir, "summary.json")
-	start := time.Now()
-	code, out, stderr := run(t, "--nodes=2", "--kubelet=sim", "--strategy=auto", "--tokenroll-bin-dir="+programDir(t), "--dir="+filepath.Join(dir, "sb"),
-		"--summary-json="+summaryPath, "--log-format=json")
-	t.Logf("the scenario took %s", time.Since(start).Round(time.Second))
-	if code != 0 {
-		t.Fatalf("sandbox: exit %d\nstdout:\n%s\nstderr:\n%s", code, out, stderr)
-	}
-	data, err := os.ReadFile(summaryPath)
+	t.Parallel() // see TestSandboxScenario
+	dir, code, out, stderr := compareRun(t)
+	data, err := os.ReadFile(filepath.Join(dir, "compare.json"))
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("sandbox --compare: exit %d, no summaries (%v)\nstdout:\n%s\nstderr:\n%s", code, err, out, stderr)
 	}
-	var sum struct {
+	type summary struct {
 		Strategy       string         `json:"strategy"`
 		ActionsPerNode map[string]int `json:"actionsPerNode"`
 		Apps           map[string]struct {
@@ -47,8 +33,24 @@ func TestSandboxAuto(t *testing.T) {
 		} `json:"apps"`
 		OK bool `json:"ok"`
 	}
-	if err := json.Unmarshal(data, &sum); err != nil {
+	var cmp struct {
+		Runs []json.RawMessage `json:"runs"`
+	}
+	if err := json.Unmarshal(data, &cmp); err != nil {
 		t.Fatal(err)
+	}
+	var sum summary
+	for _, raw := range cmp.Runs {
+		var s summary
+		if err := json.Unmarshal(raw, &s); err != nil {
+			t.Fatal(err)
+		}
+		if s.Strategy == "auto" {
+			sum, data = s, raw
+		}
+	}
+	if sum.Strategy == "" {
+		t.Fatalf("--compare ran no auto run: %s", data)
 	}
 	// Two reloading pods per node, never restarted; one caching pod per
 	// node, restarted once.
@@ -56,8 +58,9 @@ func TestSandboxAuto(t *testing.T) {
 		sum.Apps["caching"].Pods != 4 || sum.Apps["caching"].FailingAtEnd != 0 {
 		t.Errorf("summary %s", data)
 	}
+	out = compareSection(out, "auto")
 	var evicted, actions []string
-	logs, _ := filepath.Glob(filepath.Join(dir, "sb", "logs", "coordinator-*.log"))
+	logs, _ := filepath.Glob(filepath.Join(dir, "sb", "auto", "logs", "coordinator-*.log"))
 	for _, l := range logs {
 		f, err := os.Open(l)
 		if err != nil {

@@ -3,6 +3,7 @@ package app
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -30,13 +31,74 @@ var built struct {
 	err  error
 }
 
-// TestMain removes what programDir built.
+// compared is the one --compare run that TestSandboxCompare and
+// TestSandboxAuto (its auto run) judge: the same cluster, issuer change and
+// apps each would start, run once.
+var compared struct {
+	once sync.Once
+	// dir holds the run's sandbox directories (sb/STRATEGY) and summaries;
+	// it outlives the test that ran it, for the other.
+	dir                 string
+	code                int
+	out, stderr, errMsg string
+	took                time.Duration
+}
+
+// TestMain removes what programDir built and the --compare run's
+// directory.
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if built.dir != "" {
-		_ = os.RemoveAll(built.dir)
+	for _, d := range []string{built.dir, compared.dir} {
+		if d != "" {
+			_ = os.RemoveAll(d)
+		}
 	}
 	os.Exit(code)
+}
+
+// compareRun runs `tokenroll-sandbox --compare` on two nodes once for this
+// test binary (see TestSandboxCompare) and returns its directory, exit
+// code and output; the summaries are in DIR/compare.json, each run's
+// sandbox in DIR/sb/STRATEGY.
+func compareRun(t *testing.T) (dir string, code int, out, stderr string) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("integration test: starts a control plane, simulated nodes and tokenroll processes, once per remediation")
+	}
+	if _, err := controlplane.FindBinaries(""); err != nil {
+		t.Fatal(err)
+	}
+	bin := programDir(t)
+	compared.once.Do(func() {
+		var err error
+		if compared.dir, err = os.MkdirTemp("", "tokenroll-compare-"); err != nil {
+			compared.errMsg = err.Error()
+			return
+		}
+		start := time.Now()
+		compared.code, compared.out, compared.stderr = run(t, "--compare", "--nodes=2", "--apiservers=1", "--kubelet=sim", "--reboot-downtime=2s", "--compare-parallel=5", "--tokenroll-bin-dir="+bin,
+			"--dir="+filepath.Join(compared.dir, "sb"), "--summary-json="+filepath.Join(compared.dir, "compare.json"), "--log-format=json")
+		compared.took = time.Since(start)
+	})
+	if compared.errMsg != "" {
+		t.Fatal(compared.errMsg)
+	}
+	t.Logf("--compare took %s", compared.took.Round(time.Second))
+	return compared.dir, compared.code, compared.out, compared.stderr
+}
+
+// compareSection is what run STRATEGY of the --compare output printed,
+// from its "=== --compare" line to the next run's.
+func compareSection(out, strategy string) string {
+	start := strings.Index(out, ", --strategy "+strategy+", on a fresh cluster\n")
+	if start < 0 {
+		return ""
+	}
+	rest := out[start:]
+	if end := strings.Index(rest, "\n=== --compare: run "); end >= 0 {
+		return rest[:end]
+	}
+	return rest
 }
 
 // programDir builds tokenroll-agent, tokenroll-coordinator and
@@ -65,6 +127,9 @@ func TestValidateReportsEveryBadFlag(t *testing.T) {
 		clitest.Usage{Args: []string{"--apps=reloading,lazy"}, Want: []string{`--apps: unknown kind "lazy"`, "reloading and caching, or none"}},
 		clitest.Usage{Args: []string{"--apps=none,caching"}, Want: []string{`"none" runs no app, so it stands alone`}},
 		clitest.Usage{Args: []string{"--compare", "--strategy=reboot", "--keep"}, Want: []string{"--compare runs every remediation; drop --strategy", "--compare and --keep"}},
+		clitest.Usage{Args: []string{"--compare-parallel=2"}, Want: []string{"--compare-parallel=2 without --compare"}},
+		clitest.Usage{Args: []string{"--compare", "--compare-parallel=-1"}, Want: []string{"--compare-parallel=-1: must not be negative"}},
+		clitest.Usage{Args: []string{"--compare", "--compare-parallel=9"}, Want: []string{"--compare-parallel=9: --compare has 5 runs; give at most 5"}},
 		clitest.Usage{Args: []string{"--strategy=delete-some-pods"}, Want: []string{`--strategy="delete-some-pods": must be one of reboot, delete-all-pods, `}},
 		clitest.Usage{Args: []string{"sandbox", "--nodes=1"}, Want: []string{"takes no arguments", "Run 'tokenroll-sandbox --help'"}})
 }
@@ -83,6 +148,7 @@ func TestMissingProgramsSaySo(t *testing.T) {
 }
 
 func TestSandboxOnce(t *testing.T) {
+	t.Parallel() // see TestSandboxScenario
 	if testing.Short() {
 		t.Skip("integration test: starts a control plane")
 	}
@@ -121,7 +187,12 @@ func TestSandboxOnce(t *testing.T) {
 // observer saw. Every token is fresh at the end and every invariant held,
 // but the run is not OK: a kubelet restart restarts no pod, so each node's
 // caching app still presents its old token, and the run names them.
+//
+// The sandbox runs overlap (t.Parallel): each has its own directory,
+// control plane and ports, and spends most of its time waiting on the
+// apps' and the coordinators' timers.
 func TestSandboxScenario(t *testing.T) {
+	t.Parallel()
 	if testing.Short() {
 		t.Skip("integration test: starts a control plane, simulated nodes and tokenroll processes")
 	}
@@ -297,18 +368,9 @@ func TestSandboxNodeCommand(t *testing.T) {
 // restart restarts nothing and leaves the caching apps failing, an outcome
 // compared, not a failure of the comparison.
 func TestSandboxCompare(t *testing.T) {
-	if testing.Short() {
-		t.Skip("integration test: starts a control plane, simulated nodes and tokenroll processes, once per remediation")
-	}
-	if _, err := controlplane.FindBinaries(""); err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
+	t.Parallel() // waits on timers and its own clusters (see TestSandboxScenario)
+	dir, code, out, stderr := compareRun(t)
 	summaryPath := filepath.Join(dir, "compare.json")
-	start := time.Now()
-	code, out, stderr := run(t, "--compare", "--nodes=2", "--apiservers=1", "--kubelet=sim", "--reboot-downtime=2s", "--tokenroll-bin-dir="+programDir(t),
-		"--dir="+filepath.Join(dir, "sb"), "--summary-json="+summaryPath, "--log-format=json")
-	t.Logf("--compare took %s", time.Since(start).Round(time.Second))
 	if code != 0 {
 		t.Fatalf("sandbox --compare: exit %d\nstdout:\n%s\nstderr:\n%s", code, out, stderr)
 	}
@@ -354,6 +416,21 @@ func TestSandboxCompare(t *testing.T) {
 	}
 	if r := runs["kubelet-restart"]; r.OK || r.PodsRestarted != 0 || r.NodeReboots != 0 || r.NodeSecondsOutOfService <= 0 || r.Apps["caching"].FailingAtEnd != 2 {
 		t.Errorf("kubelet-restart: %+v; want not OK with the 2 caching apps failing, nothing restarted or rebooted, each node cordoned a moment", r)
+	}
+	// The runs overlap (--compare-parallel), and each one's output is
+	// whole and in the runs' order.
+	at := 0
+	for i, s := range want {
+		head := fmt.Sprintf("=== --compare: run %d of %d, --strategy %s, on a fresh cluster\n", i+1, len(want), s)
+		j := strings.Index(out[at:], head)
+		if j < 0 {
+			t.Errorf("output lacks %q after the run before it", head)
+			break
+		}
+		at += j + len(head)
+		if sec := compareSection(out, s); !strings.Contains(sec, "stopped: every process ended") || strings.Count(sec, "step 1: ") != 1 {
+			t.Errorf("the %s run's output is not whole, or holds another run's:\n%s", s, sec)
+		}
 	}
 	for _, want := range []string{"=== --compare: run 1 of ", "--strategy delete-all-pods", "the administrator deleted 4 pod(s) in namespace apps",
 		"Comparison: the same issuer change on 2 nodes (kubelet: sim), trust window 0s", "node-seconds out of service", "apps caching: errorSeconds",
