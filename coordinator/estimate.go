@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"container/heap"
 	"slices"
 	"time"
 )
@@ -59,9 +60,9 @@ func (e Estimate) MissesDeadline() bool {
 // EstimateCompletion estimates when the last node is done. Every node left
 // is taken to cost the median measured so far (one node held up by a
 // PodDisruptionBudget does not make every other node look slow); a node in
-// progress ends that long after its cordon (now, if it has overrun), and each pending node takes
-// the first of MaxUnavailable places to free up, Settle after the node
-// before it there. Nothing else is modelled: nodes out of service for
+// progress ends that long after its cordon (now, if it has overrun), and
+// each pending node takes the first of MaxUnavailable places to free up,
+// Settle after the node before it there (RolloutEnd). Nothing else is modelled: nodes out of service for
 // other reasons, a gate that closes, waits for a person.
 func EstimateCompletion(in EstimateInput) Estimate {
 	e := Estimate{At: in.Now, Measured: len(in.Finished), InProgress: len(in.InProgress), Pending: in.Pending,
@@ -74,7 +75,15 @@ func EstimateCompletion(in EstimateInput) Estimate {
 		took[i] = max(d, 0)
 	}
 	e.PerNode = UpperMedian(took)
-	e.Completion = completion(in.Now, in.InProgress, in.Pending, in.MaxUnavailable, e.PerNode, in.Settle)
+	busy := make([]time.Time, len(in.InProgress))
+	for i, s := range in.InProgress {
+		busy[i] = later(in.Now, s.Add(e.PerNode))
+	}
+	pending := make([]time.Duration, in.Pending)
+	for i := range pending {
+		pending[i] = e.PerNode
+	}
+	e.Completion, _ = RolloutEnd(in.Now, busy, pending, in.MaxUnavailable, in.Settle)
 	return e
 }
 
@@ -89,34 +98,75 @@ func UpperMedian(d []time.Duration) time.Duration {
 	return d[len(d)/2]
 }
 
-// completion is when the last node is done when nodes started at
-// inProgress end per after their start (now, if past), and pending nodes,
-// taking per each, go one by one to the first of places that frees up, a
-// settle after the node before them there. Every node costing the same,
-// the places free up in the same order round after round: pending node k
-// goes to the k-th place mod places, so the answer needs no simulation.
-func completion(now time.Time, inProgress []time.Time, pending, places int, per, settle time.Duration) time.Time {
-	end := now
-	ends := make([]time.Time, len(inProgress))
-	for i, s := range inProgress {
-		ends[i] = later(now, s.Add(per))
-		end = later(end, ends[i])
+// RolloutEnd is when the last node of a rollout is done: the one schedule
+// that the coordinator's completion estimate and tokenroll preflight both
+// take. busy are when the nodes in progress end; each holds a place until
+// then. pending are the times the nodes left take, in the order they
+// start (the plan's), each going to the first of places that frees up, a
+// settle after the node before it there; a place no node holds is free
+// now. With more nodes in progress than places, a place frees up only
+// when enough of them have ended: the first ends free none. With places
+// < 1 no pending node can start: ok is false.
+func RolloutEnd(now time.Time, busy []time.Time, pending []time.Duration, places int, settle time.Duration) (end time.Time, ok bool) {
+	end = now
+	ends := slices.Clone(busy)
+	for _, e := range ends {
+		end = later(end, e)
+	}
+	if len(pending) == 0 {
+		return end, true
+	}
+	if places < 1 {
+		return time.Time{}, false
 	}
 	slices.SortFunc(ends, func(a, b time.Time) int { return a.Compare(b) })
-	// With more nodes in progress than places, a place frees up only when
-	// enough of them have ended: the first ends free none.
 	if len(ends) > places {
 		ends = ends[len(ends)-places:]
 	}
-	for i := range min(pending, places) {
-		start := now // a place no node holds
-		if j := i - (places - len(ends)); j >= 0 {
-			start = ends[j].Add(settle)
-		}
-		n := (pending - i + places - 1) / places // nodes this place takes
-		end = later(end, start.Add(time.Duration(n)*per+time.Duration(n-1)*settle))
+	free := make(freeAt, 0, min(places, len(ends)+len(pending)))
+	for range min(places-len(ends), len(pending)) {
+		free = append(free, now)
 	}
-	return end
+	for _, e := range ends {
+		free = append(free, e.Add(settle))
+	}
+	slices.SortFunc(free, func(a, b time.Time) int { return a.Compare(b) })
+	per := pending[0]
+	if !free[len(free)-1].After(free[0].Add(per+settle)) && !slices.ContainsFunc(pending, func(d time.Duration) bool { return d != per }) {
+		// Every node costing the same, and every place free before the
+		// first frees up again (the coordinator's case: a node in progress
+		// ends within a node's time), the places free up in the same order
+		// round after round: pending node k goes to the k-th place mod
+		// places, with no simulation.
+		for i, f := range free {
+			n := (len(pending) - i + len(free) - 1) / len(free) // nodes this place takes
+			end = later(end, f.Add(time.Duration(n)*per+time.Duration(n-1)*settle))
+		}
+		return end, true
+	}
+	heap.Init(&free)
+	for _, d := range pending {
+		// The place free first takes the next node.
+		done := free[0].Add(d)
+		end = later(end, done)
+		free[0] = done.Add(settle)
+		heap.Fix(&free, 0)
+	}
+	return end, true
+}
+
+// freeAt are when places free up, a min-heap.
+type freeAt []time.Time
+
+func (f freeAt) Len() int           { return len(f) }
+func (f freeAt) Less(i, j int) bool { return f[i].Before(f[j]) }
+func (f freeAt) Swap(i, j int)      { f[i], f[j] = f[j], f[i] }
+func (f *freeAt) Push(x any)        { *f = append(*f, x.(time.Time)) }
+func (f *freeAt) Pop() any {
+	old := *f
+	x := old[len(old)-1]
+	*f = old[:len(old)-1]
+	return x
 }
 
 // NeededMaxUnavailable is the fewest nodes at once, from in.MaxUnavailable

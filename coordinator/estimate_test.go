@@ -71,16 +71,16 @@ func TestEstimateCompletion(t *testing.T) {
 	}
 }
 
-// simulate is the model completion's round-robin answers: node by node,
-// each pending node takes the place that frees up first.
-func simulate(now time.Time, inProgress []time.Time, pending, places int, per, settle time.Duration) time.Time {
-	var busy []time.Time // when each node holding a place ends
+// simulate is the model RolloutEnd answers, node by node the slow way:
+// each pending node waits until fewer nodes than places hold one, the
+// first to end making room.
+func simulate(now time.Time, busy []time.Time, pending []time.Duration, places int, settle time.Duration) time.Time {
+	busy = slices.Clone(busy)
 	end := now
-	for _, s := range inProgress {
-		busy = append(busy, later(now, s.Add(per)))
-		end = later(end, busy[len(busy)-1])
+	for _, b := range busy {
+		end = later(end, b)
 	}
-	for range pending {
+	for _, d := range pending {
 		start := now
 		for len(busy) >= places {
 			first := slices.IndexFunc(busy, func(t time.Time) bool {
@@ -89,25 +89,71 @@ func simulate(now time.Time, inProgress []time.Time, pending, places int, per, s
 			start = later(start, busy[first].Add(settle))
 			busy = slices.Delete(busy, first, first+1)
 		}
-		busy = append(busy, start.Add(per))
-		end = later(end, start.Add(per))
+		busy = append(busy, start.Add(d))
+		end = later(end, start.Add(d))
 	}
 	return end
 }
 
-func TestCompletionMatchesTheSimulation(t *testing.T) {
+func TestRolloutEndMatchesTheSimulation(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 2))
 	for i := range 2000 {
 		places := 1 + r.IntN(6)
-		var inProgress []time.Time
+		var busy []time.Time
 		for range r.IntN(9) {
-			inProgress = append(inProgress, t0.Add(-time.Duration(r.IntN(600))*time.Second))
+			busy = append(busy, t0.Add(time.Duration(r.IntN(600))*time.Second))
 		}
-		pending, per, settle := r.IntN(20), time.Duration(1+r.IntN(300))*time.Second, time.Duration(r.IntN(3))*10*time.Second
-		got := completion(t0, inProgress, pending, places, per, settle)
-		if want := simulate(t0, inProgress, pending, places, per, settle); !got.Equal(want) {
-			t.Fatalf("case %d: %d places, in progress since %v, %d pending, %s each, settle %s: completion %s; the simulation says %s",
-				i, places, inProgress, pending, per, settle, got.Sub(t0), want.Sub(t0))
+		// Half the cases give every node the same time, as the
+		// coordinator does; the others mix them, as preflight does.
+		per := time.Duration(1+r.IntN(300)) * time.Second
+		pending := make([]time.Duration, r.IntN(20))
+		for j := range pending {
+			pending[j] = per
+			if i%2 == 1 {
+				pending[j] = time.Duration(1+r.IntN(600)) * time.Second
+			}
+		}
+		settle := time.Duration(r.IntN(3)) * 10 * time.Second
+		got, ok := RolloutEnd(t0, busy, pending, places, settle)
+		if want := simulate(t0, busy, pending, places, settle); !ok || !got.Equal(want) {
+			t.Fatalf("case %d: %d places, busy until %v, pending %v, settle %s: RolloutEnd %s (ok %v); the simulation says %s",
+				i, places, busy, pending, settle, got.Sub(t0), ok, want.Sub(t0))
+		}
+	}
+}
+
+func TestRolloutEnd(t *testing.T) {
+	m := time.Minute
+	for _, c := range []struct {
+		name    string
+		busy    []time.Duration // from t0
+		pending []time.Duration
+		places  int
+		settle  time.Duration
+		want    time.Duration
+		ok      bool
+	}{
+		{"nothing to do", nil, nil, 0, 0, 0, true},
+		{"one at a time", nil, []time.Duration{m, m, m}, 1, 0, 3 * m, true},
+		{"two places, three nodes: two waves", nil, []time.Duration{m, m, m}, 2, 0, 2 * m, true},
+		{"more places than nodes", nil, []time.Duration{m, m}, 10, 0, m, true},
+		{"settle after every node but the last of a place", nil, []time.Duration{m, m, m}, 1, 30 * time.Second, 3*m + m, true},
+		// A reboot and three kubelet restarts in two places: the restarts
+		// share the other place while the reboot runs.
+		{"mixed", nil, []time.Duration{10 * m, m, m, m}, 2, 0, 10 * m, true},
+		{"mixed, the long one last", nil, []time.Duration{m, m, m, 10 * m}, 2, 0, 11 * m, true},
+		{"a node in progress holds its place", []time.Duration{2 * m}, []time.Duration{m}, 1, 0, 3 * m, true},
+		{"three in progress, two places: the first end frees none", []time.Duration{m, 2 * m, 3 * m}, []time.Duration{m}, 2, 0, 3 * m, true},
+		{"only nodes in progress, no place", []time.Duration{m}, nil, 0, 0, m, true},
+		{"no place", nil, []time.Duration{m}, 0, 0, 0, false},
+	} {
+		var busy []time.Time
+		for _, b := range c.busy {
+			busy = append(busy, t0.Add(b))
+		}
+		got, ok := RolloutEnd(t0, busy, c.pending, c.places, c.settle)
+		if ok != c.ok || (ok && got.Sub(t0) != c.want) {
+			t.Errorf("%s: got %s, %v; want %s, %v", c.name, got.Sub(t0), ok, c.want, c.ok)
 		}
 	}
 }

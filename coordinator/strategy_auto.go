@@ -187,10 +187,11 @@ func auditEvents(res *apps.Result) uint64 {
 	return n
 }
 
-// appStaleNodes counts, per node, the pods app detection finds app-stale,
-// for the planner, when the strategy is auto (nil otherwise: no other
-// strategy restarts such a pod). A pod a node's last remediation evicted
-// is not counted: it may still be going.
+// appStaleNodes counts, per node, the pods app detection finds app-stale
+// whose credential will stop working (staleCredentialFails), for the
+// planner, when the strategy is auto (nil otherwise: no other strategy
+// restarts such a pod). A pod a node's last remediation evicted is not
+// counted: it may still be going.
 func (t *term) appStaleNodes(w world) map[string]int {
 	if t.c.cfg.Strategy != Auto {
 		return nil
@@ -206,7 +207,7 @@ func (t *term) appStaleNodes(w world) map[string]int {
 	var out map[string]int
 	for _, p := range res.Problems {
 		n := w.byName[p.Pod.Node]
-		if !p.Stale || n == nil {
+		if !p.Stale || n == nil || !staleCredentialFails(p, w.state.ObservedIssuerAt, w.gate) {
 			continue
 		}
 		if st, err := protocol.ParseNodeState(n.Annotations[protocol.AnnotationNodeState]); err == nil &&
@@ -335,7 +336,7 @@ func (t *term) watchApps(ctx context.Context, w world, r *Rollout, v nodeView) (
 	if res.Now.Before(from.Add(appsSettle)) {
 		return max(from.Add(appsSettle).Sub(w.now), ev.interval), nil
 	}
-	pods, owners, names, err := appProblemPods(ctx, cfg.Client, name, res, ns.Evicted)
+	pods, owners, names, err := appProblemPods(ctx, cfg.Client, name, res, ns.Evicted, w.state.ObservedIssuerAt, w.gate)
 	if err != nil {
 		return 0, t.halt(ctx, w, r, v, HaltDrainFailed, err.Error())
 	}
@@ -384,10 +385,11 @@ func (t *term) watchApps(ctx context.Context, w world, r *Rollout, v nodeView) (
 	return 0, t.endApps(ctx, w, r, v, msg, true)
 }
 
-// appProblemPods are the pods on node that res finds app-stale or
-// app-failing, not evicted already, still there; a pod no controller
-// would recreate is not evicted: the step fails and says which.
-func appProblemPods(ctx context.Context, client kubernetes.Interface, node string, res *apps.Result, evicted []protocol.PodRef) ([]corev1.Pod, []protocol.OwnerRef, []string, error) {
+// appProblemPods are the pods on node that res finds app-failing, or
+// app-stale with a credential that will stop working, not evicted
+// already, still there; a pod no controller would recreate is not
+// evicted: the step fails and says which.
+func appProblemPods(ctx context.Context, client kubernetes.Interface, node string, res *apps.Result, evicted []protocol.PodRef, issuerSince time.Time, gate GateState) ([]corev1.Pod, []protocol.OwnerRef, []string, error) {
 	gone := map[types.UID]bool{}
 	for _, r := range evicted {
 		gone[types.UID(r.UID)] = true
@@ -396,7 +398,7 @@ func appProblemPods(ctx context.Context, client kubernetes.Interface, node strin
 	var names, unmanaged []string
 	var owners []protocol.OwnerRef
 	for _, pr := range res.Problems {
-		if pr.Pod.Node != node || gone[pr.Pod.UID] {
+		if pr.Pod.Node != node || gone[pr.Pod.UID] || (!pr.Failing && !staleCredentialFails(pr, issuerSince, gate)) {
 			continue
 		}
 		p, err := client.CoreV1().Pods(pr.Pod.Namespace).Get(ctx, pr.Pod.Name, metav1.GetOptions{})
@@ -430,6 +432,29 @@ func appProblemPods(ctx context.Context, client kubernetes.Interface, node strin
 	}
 	slices.Sort(names)
 	return pods, owners, names, nil
+}
+
+// staleCredentialFails reports whether the token an app-stale pod keeps
+// presenting will stop working, so that the pod must be restarted: the
+// token may be of a previous issuer (issued before the coordinator saw the
+// API servers sign with the current one, issuerSince) while the API
+// servers trust a previous issuer, for a time or without a known end, or
+// may trust one (the gate cannot tell); or the token expires within its
+// requested time (the pod has a short-lived token source: the kubelet
+// replaced it at 80% of that). A token it presents authenticates, so when
+// no previous issuer is trusted it is the current issuer's. Otherwise
+// (the current issuer's token in the kube-api-access default, which the
+// API server makes valid for a year) the app keeps working: restarting it
+// each time the kubelet refreshes the file would restart it every 48
+// minutes for nothing.
+func staleCredentialFails(pr apps.PodProblem, issuerSince time.Time, gate GateState) bool {
+	if pr.Pod.ShortLivedTokens {
+		return true
+	}
+	if !pr.IssuedBy.IsZero() && !issuerSince.IsZero() && pr.IssuedBy.After(issuerSince) {
+		return false
+	}
+	return !gate.TrustKnown || len(gate.Trusted) > 0
 }
 
 // mergeOwners adds b's owners to a's, each once, sorted.

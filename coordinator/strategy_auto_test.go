@@ -464,3 +464,54 @@ func rolloutIDOf(t *testing.T, f *fixture) string {
 	}
 	return st.Rollout
 }
+
+// In steady state the kubelet refreshes a kube-api-access token at 80% of
+// its requested hour while the API server made it valid for a year: a
+// caching app keeps presenting the old one, app-stale, and keeps working.
+// auto restarts it only when its credential will stop working: a token
+// that may be of a previous issuer the API servers trust for a while
+// more, or a short-lived one.
+func TestAutoRestartsAnAppStalePodOnlyWhenItsCredentialWillFail(t *testing.T) {
+	extended := int64(apps.ExtendedSeconds)
+	short := int64(600)
+	for _, c := range []struct {
+		name string
+		// seconds is the pod's token source's expirationSeconds.
+		seconds *int64
+		// observed is when the coordinator saw the API servers sign with
+		// the current issuer, from t0 (the pod's first token).
+		observed time.Duration
+		trusted  []TrustedIssuer
+		planned  bool
+	}{
+		{"the current issuer's extended token", &extended, -time.Hour, nil, false},
+		{"the current issuer's extended token, a previous issuer still trusted", &extended, -time.Hour,
+			[]TrustedIssuer{{Name: oldIssuer, Expires: t0.Add(time.Hour)}}, false},
+		{"an extended token of the previous issuer, trusted until a deadline", &extended, 30 * time.Second,
+			[]TrustedIssuer{{Name: oldIssuer, Expires: t0.Add(time.Hour)}}, true},
+		{"an extended token issued before the issuer was seen, none other trusted: the current one's", &extended, 30 * time.Second, nil, false},
+		{"a short-lived token of the current issuer", &short, -time.Hour, nil, true},
+		{"the default hour, not extended", nil, -time.Hour, nil, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cache := tokenPod("cache-1", "n1", "10.1.0.6", "cache")
+			cache.Spec.Volumes[0].Projected.Sources[0].ServiceAccountToken.ExpirationSeconds = c.seconds
+			f := autoFixture(t, testNode("n1"), testNode("n2"), cache, replicaSet("shop", "cache", 1, 1),
+				stateConfigMap(State{ObservedIssuer: newIssuer, ObservedIssuerAt: t0.Add(c.observed)}))
+			f.cfg.Auto = true
+			f.gate.Set(GateState{Provider: GateOpenShift, Open: true, TrustKnown: true, Trusted: c.trusted})
+			w := newAppWorld(f, []*corev1.Pod{cache}, "cache-1")
+			w.run(time.Minute)
+			w.restartKubelet("n1") // the kubelet's own refresh
+			w.run(2*time.Minute + 20*time.Second)
+			if res := w.d.Last(); res == nil || res.Stale != 1 {
+				t.Fatalf("app detection finds %+v; want the caching pod app-stale", res)
+			}
+			f.sync()
+			st := f.state()
+			if planned := st.Rollout != nil && st.Rollout.Trigger == TriggerAppStale; planned != c.planned {
+				t.Errorf("rollout %+v; want one for the app-stale pod: %v", st.Rollout, c.planned)
+			}
+		})
+	}
+}

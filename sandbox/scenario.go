@@ -649,8 +649,17 @@ func (r *run) scenario(ctx context.Context) (*Summary, error) {
 		sum.AppDetection = &det
 		sum.Failures = append(sum.Failures, failures...)
 	}
+	if doneErr == nil {
+		if err := r.awaitTrustEnd(ctx); err != nil {
+			if ctx.Err() != nil {
+				return nil, context.Cause(ctx)
+			}
+			sum.Failures = append(sum.Failures, err.Error())
+		}
+	}
 	appFailures := r.settleApps(ctx, kinds)
 	sum.Apps, _ = judgeApps(r.sb.AppReports(), kinds)
+	appFailures = append(appFailures, trustWindowFailures(sum.Apps, o.TrustWindow)...)
 	sum.Failures = append(sum.Failures, appFailures...)
 	sum.appFailures = appFailures
 	// After the apps settled: a pod whose tokens the end saw on disk has
@@ -757,6 +766,86 @@ func (r *run) waitDone(ctx context.Context) (tokenCensus, string, error) {
 		return last, "", errors.New(msg)
 	}
 	return last, outcome, nil
+}
+
+// trustEndMargin is how long the apps keep running once no API server
+// trusts the previous issuer any more, before they are judged: an app
+// calls every 1-2 s, so one whose credential stopped working with the
+// trust has failed by then.
+const trustEndMargin = 20 * time.Second
+
+// awaitTrustEnd keeps the apps running, when the procedure ended inside a
+// trust window, until the operator has dropped every previous issuer from
+// the API servers and trustEndMargin more: an app that still presents a
+// token of the old issuer fails only then, after the rollout ended, and a
+// run judged before would call it healthy.
+func (r *run) awaitTrustEnd(ctx context.Context) error {
+	v := r.w.view()
+	until := trustEnds(v.Gate)
+	if until.IsZero() {
+		return nil
+	}
+	r.p.printf("the previous issuer stays trusted until %s (in %s): the apps keep running until every API server has dropped it, and %s more, before they are judged",
+		until.UTC().Format(time.RFC3339), time.Until(until).Round(time.Second), trustEndMargin)
+	wctx, cancel := context.WithTimeout(ctx, time.Until(until)+r.opts.Timeout)
+	defer cancel()
+	err := r.w.waitFor(wctx, func(cur view) bool { return trustEnded(v.Gate, cur.Gate) })
+	if err != nil {
+		return fmt.Errorf("the API servers did not drop the previous issuer within --timeout=%s of its trust's end at %s: %w", r.opts.Timeout, until.UTC().Format(time.RFC3339), err)
+	}
+	r.p.printf("every API server dropped the previous issuer; the apps run %s more", trustEndMargin)
+	select {
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	case <-time.After(trustEndMargin):
+	}
+	return nil
+}
+
+// trustEnds is when the last previous issuer g trusts stops being
+// trusted (zero: none is).
+func trustEnds(g gateView) time.Time {
+	var until time.Time
+	for _, exp := range g.Trusted {
+		if exp.After(until) {
+			until = exp
+		}
+	}
+	return until
+}
+
+// trustEnded reports whether, since before, the API servers dropped every
+// previous issuer before trusted: a newer revision is out on every one of
+// them, and it trusts none of those issuers.
+func trustEnded(before, cur gateView) bool {
+	if !cur.Open || cur.Latest <= before.Latest {
+		return false
+	}
+	for iss := range before.Trusted {
+		if _, ok := cur.Trusted[iss]; ok {
+			return false
+		}
+	}
+	return true
+}
+
+// trustWindowFailures: with a trust window, the procedure promises that no
+// app's request fails, reloading or caching, during the rollout or after
+// the window closes; any authentication failure breaks it.
+func trustWindowFailures(figs map[AppKind]AppFigures, window time.Duration) []string {
+	if window <= 0 {
+		return nil
+	}
+	var parts []string
+	for _, k := range AppKinds {
+		if f, ok := figs[k]; ok && f.AuthFailures > 0 {
+			parts = append(parts, fmt.Sprintf("%s %d (%.1fs unable to authenticate)", k, f.AuthFailures, f.ErrorSeconds))
+		}
+	}
+	if len(parts) == 0 {
+		return nil
+	}
+	return []string{fmt.Sprintf("with a trust window of %s no app request may fail to authenticate, but apps failed: %s", window, strings.Join(parts, ", "))}
 }
 
 // appSettle is how long the end waits for the apps to authenticate: two

@@ -59,7 +59,19 @@ type Pod struct {
 	// TokenAudiences has one entry per projected serviceAccountToken source
 	// of the pod: its audience, "" for the API server's own.
 	TokenAudiences []string
+	// ShortLivedTokens: a token source of the pod asks for something else
+	// than the API server's audience and exactly ExtendedSeconds, so its
+	// token expires within its requested time of being issued (only that
+	// request, the kube-api-access default, gets a token valid for a year
+	// from an API server with --service-account-extend-token-expiration,
+	// on by default).
+	ShortLivedTokens bool
 }
+
+// ExtendedSeconds is the expirationSeconds of the kube-api-access volume
+// that every pod gets by default, the one the API server extends to a
+// year.
+const ExtendedSeconds = 3607
 
 func (p *Pod) followed() bool { return p.Running && len(p.TokenAudiences) > 0 }
 
@@ -187,8 +199,9 @@ type podState struct {
 	// lastAuth is the last authenticated request (event time).
 	lastAuth time.Time
 	// staleFirst..staleLast is the current run of stale presentations;
-	// replacedAt is when the token presented last was replaced.
-	staleFirst, staleLast, replacedAt time.Time
+	// replacedAt is when the token presented last was replaced, and
+	// issuedBy when it was issued at the latest.
+	staleFirst, staleLast, replacedAt, issuedBy time.Time
 	// failFirst..failLast is the current run of failed requests.
 	failFirst, failLast time.Time
 	// ipSince is when the detector learnt the pod's IPs: failed requests
@@ -282,17 +295,18 @@ func (d *Detector) judgeByVolume(ps *podState, p presentedToken, t time.Time) {
 	if t.Before(replacedAt.Add(d.cfg.Grace)) {
 		return
 	}
-	d.markStale(ps, t, replacedAt)
+	d.markStale(ps, t, replacedAt, p.first)
 }
 
 // markStale records a stale presentation at t of a token replaced at
-// replacedAt. Called with d.mu held.
-func (d *Detector) markStale(ps *podState, t, replacedAt time.Time) {
+// replacedAt, issued by issuedBy at the latest (a token is issued before
+// it is first presented). Called with d.mu held.
+func (d *Detector) markStale(ps *podState, t, replacedAt, issuedBy time.Time) {
 	if ps.staleLast.IsZero() || t.Sub(ps.staleLast) > d.cfg.Window {
 		ps.staleFirst = t
 	}
 	if t.After(ps.staleLast) {
-		ps.staleLast, ps.replacedAt = t, replacedAt
+		ps.staleLast, ps.replacedAt, ps.issuedBy = t, replacedAt, issuedBy
 	}
 }
 
@@ -508,9 +522,13 @@ func (d *Detector) presented(ev *audit.Event, t time.Time) EventResult {
 	}
 	var newest issuedToken
 	known := false
+	issuedBy := first
 	for i := range min(ps.nIssued, maxIssued) {
 		if ps.issued[i].jti == jti {
 			newest, known = ps.newest(ps.issued[i].aud)
+			if ps.issued[i].at.Before(issuedBy) {
+				issuedBy = ps.issued[i].at
+			}
 			break
 		}
 	}
@@ -539,7 +557,7 @@ func (d *Detector) presented(ev *audit.Event, t time.Time) EventResult {
 	if newest.jti == jti || t.Before(newest.at.Add(d.cfg.Grace)) {
 		return Counted
 	}
-	d.markStale(ps, t, newest.at)
+	d.markStale(ps, t, newest.at, issuedBy)
 	return Counted
 }
 
@@ -624,6 +642,10 @@ type PodProblem struct {
 	Stale, Failing           bool
 	StaleSince, FailingSince time.Time
 	ReplacedAt               time.Time
+	// IssuedBy is when the token an app-stale pod presents was issued, at
+	// the latest: which issuer signed it, and when it stops working,
+	// follow from it.
+	IssuedBy time.Time
 }
 
 // NodeCounts counts a node's followed pods by what their apps do.
@@ -698,7 +720,7 @@ func (d *Detector) Evaluate() Result {
 		}
 		if stale || failing {
 			res.Problems = append(res.Problems, PodProblem{Pod: *p, Stale: stale, Failing: failing,
-				StaleSince: ps.staleSince, FailingSince: ps.failingSince, ReplacedAt: ps.replacedAt})
+				StaleSince: ps.staleSince, FailingSince: ps.failingSince, ReplacedAt: ps.replacedAt, IssuedBy: ps.issuedBy})
 		}
 	}
 	slices.SortFunc(res.Transitions, func(a, b Transition) int {

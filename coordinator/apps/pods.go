@@ -30,8 +30,9 @@ func PodFrom(p *corev1.Pod) (Pod, bool) {
 		// ConfigMap, Secret and downwardAPI items beside them are the
 		// tenant's.
 		for _, s := range v.Projected.Sources {
-			if s.ServiceAccountToken != nil {
-				out.TokenAudiences = append(out.TokenAudiences, s.ServiceAccountToken.Audience)
+			if t := s.ServiceAccountToken; t != nil {
+				out.TokenAudiences = append(out.TokenAudiences, t.Audience)
+				out.ShortLivedTokens = out.ShortLivedTokens || t.Audience != "" || t.ExpirationSeconds == nil || *t.ExpirationSeconds != ExtendedSeconds
 			}
 		}
 	}

@@ -60,32 +60,3 @@ func perNodeTime(strategy protocol.Strategy, samples []nodeSample, override time
 	}
 	return fallbackPerNode, perNodeDefault, 0
 }
-
-// rolloutDuration is how long nodes taking the given times last when at
-// most slots run at once, each started as soon as a slot is free, in the
-// order given (the plan's, most urgent first), each slot pausing settle
-// after every node as the coordinator's --settle does. With slots < 1
-// nothing can start: ok is false.
-func rolloutDuration(nodes []time.Duration, slots int, settle time.Duration) (d time.Duration, ok bool) {
-	if len(nodes) == 0 {
-		return 0, true
-	}
-	if slots < 1 {
-		return 0, false
-	}
-	free := make([]time.Duration, min(slots, len(nodes)))
-	for _, n := range nodes {
-		// The slot free first takes the next node; slots stay few next
-		// to the nodes, so a scan is cheap enough.
-		i := 0
-		for j := range free {
-			if free[j] < free[i] {
-				i = j
-			}
-		}
-		end := free[i] + n
-		d = max(d, end)
-		free[i] = end + settle
-	}
-	return d, true
-}

@@ -370,12 +370,26 @@ func makeEstimate(in preflightInput) estimate {
 	e := estimate{Strategy: in.Strategy, SettleSeconds: in.Settle.Seconds()}
 	strategies := map[string]protocol.Strategy{}
 	var order []string
+	// started are when the nodes in progress in the active rollout were
+	// cordoned: like the coordinator, the estimate has them end a node's
+	// time after that, not after now.
+	started := map[string]time.Time{}
+	raised := 0
 	switch r := st.Rollout; {
 	case r != nil && r.FinishedAt.IsZero():
 		e.Scope, e.Strategy = scopeRollout, r.Strategy
+		if r.Raised != nil {
+			raised = r.Raised.MaxUnavailable
+		}
 		phase := map[string]string{}
 		for _, n := range st.Nodes {
 			phase[n.Name] = n.Phase
+		}
+		for _, n := range in.Nodes {
+			if ns, err := protocol.ParseNodeState(n.Annotations[protocol.AnnotationNodeState]); err == nil &&
+				ns.Rollout == r.ID && ns.Step.InProgress() && !ns.StartedAt.IsZero() {
+				started[n.Name] = ns.StartedAt
+			}
 		}
 		for _, pn := range r.Nodes {
 			switch protocol.Step(phase[pn.Name]) {
@@ -411,6 +425,9 @@ func makeEstimate(in preflightInput) estimate {
 	if err != nil {
 		limit = 1
 	}
+	// A rollout the coordinator sped up to meet the trust deadline keeps
+	// the nodes at once it raised to.
+	limit = max(limit, raised)
 	e.MaxUnavailable = limit
 	for _, n := range st.Nodes {
 		ours := protocol.Step(n.Phase).InProgress()
@@ -441,13 +458,19 @@ func makeEstimate(in preflightInput) estimate {
 		e.PerNode = append(e.PerNode, pn)
 	}
 	slices.SortFunc(e.PerNode, func(a, b perNode) int { return cmp.Compare(a.Strategy, b.Strategy) })
-	durations := make([]time.Duration, len(order))
-	for i, name := range order {
-		durations[i] = times[strategies[name]]
+	var busy []time.Time
+	durations := make([]time.Duration, 0, len(order))
+	for _, name := range order {
+		d := times[strategies[name]]
+		if s, ok := started[name]; ok {
+			busy = append(busy, later(in.Now, s.Add(d)))
+			continue
+		}
+		durations = append(durations, d)
 	}
-	d, ok := rolloutDuration(durations, e.Concurrency, in.Settle)
+	end, ok := coordinator.RolloutEnd(in.Now, busy, durations, e.Concurrency, in.Settle)
 	if ok {
-		total := d + time.Duration(e.GateSettleSeconds*float64(time.Second))
+		total := end.Sub(in.Now) + time.Duration(e.GateSettleSeconds*float64(time.Second))
 		e.DurationSeconds = total.Seconds()
 		e.CompletesAt = in.Now.Add(total)
 	}
@@ -527,4 +550,11 @@ func count(n int, noun string) string {
 		return "1 " + noun
 	}
 	return fmt.Sprintf("%d %ss", n, noun)
+}
+
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
 }

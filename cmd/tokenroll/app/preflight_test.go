@@ -17,34 +17,6 @@ import (
 	"github.com/tokenroll/tokenroll/protocol"
 )
 
-func TestRolloutDuration(t *testing.T) {
-	m := time.Minute
-	for _, c := range []struct {
-		name   string
-		nodes  []time.Duration
-		slots  int
-		settle time.Duration
-		want   time.Duration
-		ok     bool
-	}{
-		{"nothing to do", nil, 0, 0, 0, true},
-		{"one at a time", []time.Duration{m, m, m}, 1, 0, 3 * m, true},
-		{"two slots, three nodes: two waves", []time.Duration{m, m, m}, 2, 0, 2 * m, true},
-		{"more slots than nodes", []time.Duration{m, m}, 10, 0, m, true},
-		{"settle after every node but the last of a slot", []time.Duration{m, m, m}, 1, 30 * time.Second, 3*m + m, true},
-		// A reboot and three kubelet restarts in two slots: the restarts
-		// share the other slot while the reboot runs.
-		{"mixed", []time.Duration{10 * m, m, m, m}, 2, 0, 10 * m, true},
-		{"mixed, the long one last", []time.Duration{m, m, m, 10 * m}, 2, 0, 11 * m, true},
-		{"no slot", []time.Duration{m}, 0, 0, 0, false},
-	} {
-		got, ok := rolloutDuration(c.nodes, c.slots, c.settle)
-		if got != c.want || ok != c.ok {
-			t.Errorf("%s: got %s, %v; want %s, %v", c.name, got, ok, c.want, c.ok)
-		}
-	}
-}
-
 func TestPerNodeTime(t *testing.T) {
 	samples := []nodeSample{{"reboot", 7 * time.Minute}, {"reboot", 5 * time.Minute}, {"reboot", 9 * time.Minute}, {"kubelet-restart", 20 * time.Second}, {"reboot", 0}}
 	for _, c := range []struct {
@@ -250,6 +222,66 @@ func TestPreflightRolloutInProgress(t *testing.T) {
 	in.MaxUnavailable = intstr.FromInt32(1)
 	if r = buildPreflight(in); checkOf(r, checkMaxUnavailable).OK || !r.Estimate.CompletesAt.IsZero() || checkOf(r, checkTrustWindow).OK != true {
 		t.Errorf("slots filled: %+v %+v", r.Estimate, r.Checks)
+	}
+}
+
+// For the same rollout (the nodes finished, in progress and left, the
+// nodes at once, the settle) tokenroll preflight expects it to end when
+// the coordinator's estimate, which tokenroll status shows, does: a node
+// in progress ends a node's time after its cordon, not after now.
+func TestPreflightAgreesWithTheCoordinator(t *testing.T) {
+	now := time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
+	const iss = "https://new.test"
+	names := []string{"a", "b", "c", "d", "e", "f", "g"}
+	reports := map[string]*protocol.TokenReport{}
+	for _, n := range names {
+		reports[n] = &protocol.TokenReport{Issuer: iss, Tokens: 1}
+	}
+	in := fixture(t, now, iss, coordinator.GateState{Provider: "none", Open: true}, reports)
+	in.MaxUnavailable, in.Settle = intstr.FromInt32(2), 15*time.Second
+	r := &coordinator.Rollout{ID: "r-1", Strategy: "kubelet-restart", Phase: coordinator.RolloutRunning}
+	for _, n := range names {
+		r.Nodes = append(r.Nodes, coordinator.PlannedNode{Name: n, Strategy: "kubelet-restart"})
+	}
+	in.Status.Rollout = r
+	// a, b and c finished; d was cordoned 50 s ago, e 3 min ago (it has
+	// overrun); f and g are left.
+	states := map[string]protocol.NodeState{
+		"a": {Step: protocol.StepDone, StartedAt: now.Add(-10 * time.Minute), StepAt: now.Add(-9 * time.Minute)},
+		"b": {Step: protocol.StepDone, StartedAt: now.Add(-9 * time.Minute), StepAt: now.Add(-7 * time.Minute)},
+		"c": {Step: protocol.StepDone, StartedAt: now.Add(-7 * time.Minute), StepAt: now.Add(-5*time.Minute - 30*time.Second)},
+		"d": {Step: protocol.StepActing, StartedAt: now.Add(-50 * time.Second), StepAt: now.Add(-40 * time.Second)},
+		"e": {Step: protocol.StepActing, StartedAt: now.Add(-3 * time.Minute), StepAt: now.Add(-2 * time.Minute)},
+	}
+	ein := coordinator.EstimateInput{Now: now, MaxUnavailable: 2, Settle: in.Settle, Pending: 2}
+	for i, n := range in.Nodes {
+		ns, ok := states[n.Name]
+		if !ok {
+			continue
+		}
+		ns.Rollout, ns.Strategy = r.ID, "kubelet-restart"
+		raw, err := json.Marshal(ns)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n.Annotations[protocol.AnnotationNodeState] = string(raw)
+		in.Status.Nodes[i].Phase = string(ns.Step)
+		in.Status.Nodes[i].Unschedulable = ns.Step.InProgress()
+		if ns.Step == protocol.StepDone {
+			ein.Finished = append(ein.Finished, ns.StepAt.Sub(ns.StartedAt))
+		} else {
+			ein.InProgress = append(ein.InProgress, ns.StartedAt)
+		}
+	}
+	want := coordinator.EstimateCompletion(ein)
+	got := buildPreflight(in).Estimate
+	if !want.Known() || !got.CompletesAt.Equal(want.Completion) {
+		t.Errorf("preflight expects the rollout to end at %s, the coordinator at %s (per node %s)", got.CompletesAt, want.Completion, want.PerNode)
+	}
+	// Both take the median of the finished nodes: 90 s; d ends 40 s from
+	// now, e at once; f and g take their places after a settle.
+	if end := now.Add(40*time.Second + 15*time.Second + 90*time.Second); !want.Completion.Equal(end) {
+		t.Errorf("the coordinator expects the end at %s; want %s", want.Completion, end)
 	}
 }
 
