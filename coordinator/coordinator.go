@@ -36,7 +36,6 @@ import (
 	"github.com/tokenroll/tokenroll/internal/issuer"
 	v1alpha1 "github.com/tokenroll/tokenroll/pkg/apis/tokenroll/v1alpha1"
 	"github.com/tokenroll/tokenroll/pkg/generated/clientset/versioned"
-	"github.com/tokenroll/tokenroll/pkg/generated/informers/externalversions"
 	"github.com/tokenroll/tokenroll/protocol"
 )
 
@@ -158,8 +157,9 @@ type term struct {
 	// tells whether it has been read (nil: it has).
 	kured       cache.Store
 	kuredSynced func() bool
-	// policyStore caches the RolloutPolicies (nil: off).
-	policyStore cache.Store
+	// pol is what this term reads and decides of the RolloutPolicies
+	// (rolloutpolicy.go).
+	pol policyTerm
 	// drains are the background preparations (drains, evictions), awaited
 	// when the term ends.
 	drains sync.WaitGroup
@@ -328,18 +328,16 @@ func (c *Coordinator) Lead(ctx context.Context) error {
 		}
 	}
 
-	var policyFactory externalversions.SharedInformerFactory
 	synced := []cache.InformerSynced{nodeInf.HasSynced, cmInf.HasSynced}
 	if c.cfg.Policies != nil {
-		policyFactory = externalversions.NewSharedInformerFactory(c.cfg.Policies, 0)
-		policyInf := policyFactory.Tokenroll().V1alpha1().RolloutPolicies().Informer()
-		t.policyStore = policyInf.GetStore()
-		if _, err := policyInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-			AddFunc: func(any) { enqueue() }, UpdateFunc: func(any, any) { enqueue() }, DeleteFunc: func(any) { enqueue() },
-		}); err != nil {
+		policiesSynced, stopPolicies, err := t.startPolicies(ctx, enqueue)
+		if err != nil {
 			return err
 		}
-		synced = append(synced, policyInf.HasSynced)
+		defer stopPolicies()
+		if policiesSynced != nil {
+			synced = append(synced, policiesSynced)
+		}
 	}
 
 	broadcaster := events.NewBroadcaster(&events.EventSinkImpl{Interface: c.cfg.Client.EventsV1()})
@@ -356,18 +354,12 @@ func (c *Coordinator) Lead(ctx context.Context) error {
 	if kuredFactory != nil {
 		kuredFactory.Start(ctx.Done())
 	}
-	if policyFactory != nil {
-		policyFactory.Start(ctx.Done())
-	}
 	defer func() {
 		cancel()
 		nodeFactory.Shutdown()
 		cmFactory.Shutdown()
 		if kuredFactory != nil {
 			kuredFactory.Shutdown()
-		}
-		if policyFactory != nil {
-			policyFactory.Shutdown()
 		}
 	}()
 	if err := c.cfg.Gate.Start(ctx, enqueue); err != nil {

@@ -130,7 +130,9 @@ func (t *term) setEstimate(e *Estimate, maxUnavailable int) {
 // --max-unavailable, raised as far as needed (never above
 // --deadline-max-unavailable) when at that the rollout is expected to end
 // after the previous issuer's trust does. A raise is recorded in the
-// rollout, logged and told in an Event on the rollout's ConfigMap.
+// rollout, logged and told in an Event on the rollout's ConfigMap. Only
+// the nodes no RolloutPolicy covers are raised (each pool has its own
+// ceiling: poolLimit); the estimate recorded is the whole rollout's.
 func (t *term) maxUnavailable(ctx context.Context, w world, r *Rollout, views []nodeView) (int, error) {
 	base, ceiling, err := t.c.limits(len(w.nodes))
 	if err != nil {
@@ -139,7 +141,13 @@ func (t *term) maxUnavailable(ctx context.Context, w world, r *Rollout, views []
 	limit := inForce(r, base, ceiling)
 	in := t.estimateInput(w, views, limit)
 	before := EstimateCompletion(in)
-	need := NeededMaxUnavailable(in, ceiling)
+	need := limit
+	switch fv := t.flagViews(w, views); {
+	case len(fv) == len(views):
+		need = NeededMaxUnavailable(in, ceiling)
+	case len(fv) > 0:
+		need = NeededMaxUnavailable(t.estimateInput(w, fv, limit), ceiling)
+	}
 	if need <= limit {
 		t.setEstimate(&before, limit)
 		return limit, nil

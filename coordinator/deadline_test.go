@@ -8,6 +8,8 @@ import (
 
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/intstr"
+
+	v1alpha1 "github.com/tokenroll/tokenroll/pkg/apis/tokenroll/v1alpha1"
 )
 
 // withEstimate is r with e recorded as its estimate.
@@ -202,5 +204,63 @@ func TestNoEstimateWhileTheGateIsClosed(t *testing.T) {
 	}
 	if r := f.state().Rollout; r.Estimate == nil || *r.Estimate != *recorded {
 		t.Errorf("estimate recorded %+v; want it left as %+v", r.Estimate, recorded)
+	}
+}
+
+// A pool's deadlineMaxUnavailable raises its maxUnavailable as
+// --deadline-max-unavailable raises --max-unavailable: as far as the
+// deadline needs, within the policy's ceiling; the flags' ceiling never
+// raises a pool, and a policy without one is never raised.
+func TestPolicyRaiseToMeetTheTrustDeadline(t *testing.T) {
+	one, five := intstr.FromInt32(1), intstr.FromInt32(5)
+	cases := []struct {
+		name     string
+		deadline time.Duration
+		flags    intstr.IntOrString
+		ceiling  *intstr.IntOrString
+		want     int
+		event    string
+	}{
+		// 9 nodes at 10 minutes: 3 at once end in 30 minutes.
+		{"as far as needed, within the policy's ceiling", 40 * time.Minute, intstr.IntOrString{}, &five, 3,
+			"Normal MaxUnavailableRaised rollout r-test: pool all: at 1 node at once its nodes would be done at 2026-11-27T13:30:00Z, after the previous issuer's trust ends at 2026-11-27T12:40:00Z; " +
+				"raised to 3 nodes at once (spec.deadlineMaxUnavailable of RolloutPolicy all allows 5), and they are now expected to be done at 2026-11-27T12:30:00Z"},
+		{"the policy's ceiling, not the flags'", 20 * time.Minute, five, func() *intstr.IntOrString { v := intstr.FromString("20%"); return &v }(), 2,
+			"Warning MaxUnavailableRaised rollout r-test: pool all: at 1 node at once its nodes would be done at 2026-11-27T13:30:00Z, after the previous issuer's trust ends at 2026-11-27T12:20:00Z; " +
+				"raised to 2 nodes at once (spec.deadlineMaxUnavailable of RolloutPolicy all allows 2), and even so they are expected to be done at 2026-11-27T12:50:00Z, after the deadline: " +
+				"raise its deadlineMaxUnavailable or expect the pods on the nodes left then to fail to authenticate"},
+		{"no ceiling in the policy: never raised, whatever the flags", 20 * time.Minute, five, nil, 1, ""},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			f, names := deadlineFixture(t, c.deadline, c.flags)
+			f.leadWithPolicies(defaultPolicy(v1alpha1.RolloutPolicySpec{MaxUnavailable: &one, DeadlineMaxUnavailable: c.ceiling}))
+			f.sync()
+			if got := f.cordonedNodes(names); got != c.want {
+				t.Errorf("%d nodes cordoned; want %d", got, c.want)
+			}
+			var events []string
+			for _, e := range f.takeEvents() {
+				if strings.Contains(e, ReasonMaxUnavailableRaised) {
+					events = append(events, e)
+				}
+			}
+			if c.event == "" && len(events) > 0 || c.event != "" && (len(events) != 1 || events[0] != c.event) {
+				t.Errorf("raise events %q; want %q", events, c.event)
+			}
+			if r := f.state().Rollout; r.Raised != nil {
+				t.Errorf("the flags' raise recorded for a pool: %+v", r.Raised)
+			}
+			// The raise holds: nothing more starts, and it is not told again.
+			f.sync()
+			if got := f.cordonedNodes(names); got != c.want {
+				t.Errorf("after another sync: %d nodes cordoned; want %d", got, c.want)
+			}
+			for _, e := range f.takeEvents() {
+				if strings.Contains(e, ReasonMaxUnavailableRaised) {
+					t.Errorf("raised again: %s", e)
+				}
+			}
+		})
 	}
 }

@@ -211,6 +211,39 @@ func (e *env) rollOutNewIssuer() coordinator.State {
 	})
 }
 
+// Without the CRDs (a cluster upgraded from the flags, or one that never
+// installed them), a coordinator reading RolloutPolicies, as it does by
+// default, says so once, in a Warning Event, and rolls out under its
+// flags: it neither waits for the policies nor fails.
+func TestPolicyCRDNotInstalledFollowsTheFlags(t *testing.T) {
+	nodes := []string{"n-1", "n-2"}
+	e := startEnv(t, 1, nodes...)
+	e.policyCoordinator(versioned.NewForConfigOrDie(e.cp.AdminConfig()), nil)
+	st := e.rollOutNewIssuer()
+	if len(st.Rollout.Nodes) != 2 {
+		t.Errorf("rollout %+v", st.Rollout)
+	}
+	var told []string
+	err := wait.PollUntilContextTimeout(e.ctx, 200*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		// A failed read is tried again, as a condition not met yet.
+		list, err := e.admin.EventsV1().Events(ns).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false, ctx.Err()
+		}
+		told = nil
+		for _, ev := range list.Items {
+			if ev.Reason == coordinator.ReasonPoliciesNotServed {
+				told = append(told, ev.Type+" "+ev.Note)
+			}
+		}
+		return len(told) > 0, nil
+	})
+	if err != nil || len(told) != 1 || !strings.HasPrefix(told[0], "Warning the API server does not serve rolloutpolicies.tokenroll.io (the CRD is not installed): every node follows the coordinator's flags; install the CRDs") {
+		t.Errorf("Events %s: %q (%v); want one Warning saying the CRD is not installed and the flags apply", coordinator.ReasonPoliciesNotServed, told, err)
+	}
+	e.checkInvariants(1)
+}
+
 // Two pools with different maxUnavailable: pool a (2 at once) and the
 // nodes no policy covers (the flags: 1 at once), each kept to its own.
 func TestPolicyPools(t *testing.T) {

@@ -271,7 +271,7 @@ func (t *term) startNodes(ctx context.Context, w world, r *Rollout, views []node
 	}
 	// With RolloutPolicies, each node's pool (and zone) bounds it instead
 	// of limit, which then bounds the nodes no policy covers.
-	pg := t.policyGate(w, r, views, lock, limit)
+	pg := t.policyGate(ctx, w, r, views, lock, limit)
 	var held []policy.Block
 	var blocked, mco, kured, notReady []string
 	for _, already := range []bool{true, false} {

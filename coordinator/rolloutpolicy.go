@@ -6,19 +6,24 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/tools/cache"
 
 	"github.com/tokenroll/tokenroll/coordinator/policy"
 	"github.com/tokenroll/tokenroll/internal/nodeutil"
 	v1alpha1 "github.com/tokenroll/tokenroll/pkg/apis/tokenroll/v1alpha1"
+	"github.com/tokenroll/tokenroll/pkg/generated/clientset/versioned"
+	"github.com/tokenroll/tokenroll/pkg/generated/informers/externalversions"
 	"github.com/tokenroll/tokenroll/protocol"
 )
 
@@ -31,13 +36,132 @@ import (
 // controllers again while it holds a pool: they are not watched.
 const healthPoll = 2 * time.Second
 
-// policies lists and compiles the cached RolloutPolicies (nil: off).
+// policyAPIRecheck is how often a coordinator whose API server does not
+// serve RolloutPolicies (their CRD not installed) asks again.
+const policyAPIRecheck = time.Minute
+
+// policyTerm is what a term reads and decides of the RolloutPolicies.
+type policyTerm struct {
+	mu sync.Mutex
+	// store caches the RolloutPolicies; nil while they are not read (off,
+	// or their CRD not installed: the flags govern every node).
+	store cache.Store
+	// missing says why they are not read although Config.Policies asks
+	// for them (""), and told whether the Event saying so was sent.
+	missing string
+	told    bool
+	// raised is, per pool, the nodes at once a deadline raise allowed in
+	// rollout raisedFor (spec.deadlineMaxUnavailable): it holds for the
+	// rest of the rollout, as Rollout.Raised does for the flags.
+	raised    map[string]int
+	raisedFor string
+}
+
+// policyStore is the RolloutPolicies' cache (nil: not read).
+func (t *term) policyStore() cache.Store {
+	t.pol.mu.Lock()
+	defer t.pol.mu.Unlock()
+	return t.pol.store
+}
+
+// startPolicies starts reading the RolloutPolicies. When their CRD is not
+// installed, the term follows the flags, says so once (a log line now, an
+// Event at the next sync), and asks again every policyAPIRecheck: once it
+// is installed, the policies apply from the sync after their cache is
+// filled. Any other failure to read them (RBAC, the API server) is not a
+// sign that there are none: synced then holds the leader's work until
+// they can be read, so that no node starts past a policy it cannot see.
+func (t *term) startPolicies(ctx context.Context, enqueue func()) (synced cache.InformerSynced, stop func(), err error) {
+	c := t.c
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	factory := externalversions.NewSharedInformerFactory(c.cfg.Policies, 0)
+	inf := factory.Tokenroll().V1alpha1().RolloutPolicies().Informer()
+	stop = func() { cancel(); wg.Wait(); factory.Shutdown() }
+	if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: func(any) { enqueue() }, UpdateFunc: func(any, any) { enqueue() }, DeleteFunc: func(any) { enqueue() },
+	}); err != nil {
+		stop()
+		return nil, nil, err
+	}
+	served, probeErr := policiesServed(ctx, c.cfg.Policies)
+	if served || probeErr != nil {
+		if probeErr != nil {
+			c.cfg.Log.Error("reading the RolloutPolicies; no node starts until they can be read: grant the coordinator get, list and watch on rolloutpolicies.tokenroll.io (the manifests do), or run it with --rollout-policies=false", zap.Error(probeErr))
+		}
+		t.pol.store = inf.GetStore()
+		factory.Start(ctx.Done())
+		return inf.HasSynced, stop, nil
+	}
+	t.pol.missing = "the API server does not serve rolloutpolicies.tokenroll.io (the CRD is not installed): every node follows the coordinator's flags; install the CRDs (deploy/helm/tokenroll/crds, deploy/kustomize/base/crds) to use RolloutPolicies, or run the coordinator with --rollout-policies=false to silence this"
+	c.cfg.Log.Warn(t.pol.missing, zap.Duration("recheckEvery", policyAPIRecheck))
+	wg.Go(func() {
+		tk := c.cfg.Clock.NewTicker(policyAPIRecheck)
+		defer tk.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tk.C():
+			}
+			if ok, _ := policiesServed(ctx, c.cfg.Policies); !ok {
+				continue
+			}
+			factory.Start(ctx.Done())
+			if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
+				return
+			}
+			t.pol.mu.Lock()
+			t.pol.store, t.pol.missing = inf.GetStore(), ""
+			t.pol.mu.Unlock()
+			c.cfg.Log.Info("the API server serves RolloutPolicies now: the nodes they select follow them")
+			enqueue()
+			return
+		}
+	})
+	return nil, stop, nil
+}
+
+// policiesServed reports whether the API server serves RolloutPolicies:
+// false, without an error, when it answers that it does not know the
+// resource (the CRD is not installed).
+func policiesServed(ctx context.Context, client versioned.Interface) (bool, error) {
+	_, err := client.TokenrollV1alpha1().RolloutPolicies().List(ctx, metav1.ListOptions{Limit: 1})
+	switch {
+	case err == nil:
+		return true, nil
+	case apierrors.IsNotFound(err):
+		return false, nil
+	}
+	return false, err
+}
+
+// tellPoliciesMissing records, once per term, an Event saying that the
+// RolloutPolicies are not read and why.
+func (t *term) tellPoliciesMissing() {
+	t.pol.mu.Lock()
+	why := t.pol.missing
+	tell := why != "" && !t.pol.told
+	t.pol.told = t.pol.told || tell
+	t.pol.mu.Unlock()
+	if tell {
+		t.rolloutEvent(corev1.EventTypeWarning, ReasonPoliciesNotServed, "ReadPolicies", "%s", why)
+	}
+}
+
+// ReasonPoliciesNotServed is the Event, on the rollout's ConfigMap, when
+// the coordinator is to read RolloutPolicies and their CRD is not
+// installed.
+const ReasonPoliciesNotServed = "RolloutPoliciesNotServed"
+
+// policies lists and compiles the cached RolloutPolicies (nil: none read).
 func (t *term) policies() []*policy.Policy {
-	if t.policyStore == nil {
+	store := t.policyStore()
+	if store == nil {
 		return nil
 	}
 	var out []*policy.Policy
-	for _, o := range t.policyStore.List() {
+	for _, o := range store.List() {
 		if p, ok := o.(*v1alpha1.RolloutPolicy); ok {
 			out = append(out, policy.Compile(p))
 		}
@@ -62,8 +186,8 @@ type policyGate struct {
 
 // policyGate counts every node against its pool's budget. defaultLimit is
 // the limit of the nodes no policy covers: the coordinator's own.
-func (t *term) policyGate(w world, r *Rollout, views []nodeView, lock kuredLock, defaultLimit int) *policyGate {
-	if t.policyStore == nil {
+func (t *term) policyGate(ctx context.Context, w world, r *Rollout, views []nodeView, lock kuredLock, defaultLimit int) *policyGate {
+	if t.policyStore() == nil {
 		return nil
 	}
 	g := &policyGate{t: t, w: w, r: r, views: views, budget: policy.NewBudget(),
@@ -71,12 +195,16 @@ func (t *term) policyGate(w world, r *Rollout, views []nodeView, lock kuredLock,
 	ps := t.policies()
 	g.cov = policy.Cover(ps, w.nodes)
 	g.budget.SetPool("", defaultLimit, nil)
-	for _, p := range ps {
-		g.budget.SetPool(p.Name, p.Limit(g.cov.Nodes[p.Name]), p.Object.Spec.Zones)
-	}
 	planned := map[string]nodeView{}
+	poolViews := map[string][]nodeView{}
 	for _, v := range views {
 		planned[v.plan.Name] = v
+		if p := g.cov.Of[v.plan.Name]; p != nil {
+			poolViews[p.Name] = append(poolViews[p.Name], v)
+		}
+	}
+	for _, p := range ps {
+		g.budget.SetPool(p.Name, g.poolLimit(ctx, p, poolViews[p.Name]), p.Object.Spec.Zones)
 	}
 	for _, n := range w.nodes {
 		if _, refused := g.cov.Refused[n.Name]; refused {
@@ -100,6 +228,75 @@ func (t *term) policyGate(w world, r *Rollout, views []nodeView, lock kuredLock,
 		g.budget.Add(pool, zone, c)
 	}
 	return g
+}
+
+// poolLimit is how many nodes of p's pool may be out of service at once
+// in this sync: its maxUnavailable, raised as far as needed (never above
+// its deadlineMaxUnavailable) when at that the pool's nodes are expected
+// to be done after the previous issuer's trust ends, as
+// --deadline-max-unavailable raises --max-unavailable for the nodes no
+// policy covers. A raise holds for the rest of the rollout (within the
+// ceiling in force) and this term: a new leader estimates again from the
+// nodes' records. It is logged, told in an Event, and to the webhooks
+// when even the ceiling misses the deadline.
+func (g *policyGate) poolLimit(ctx context.Context, p *policy.Policy, views []nodeView) int {
+	t, w, r := g.t, g.w, g.r
+	nodes := g.cov.Nodes[p.Name]
+	base, ceiling := p.Limit(nodes), p.DeadlineLimit(nodes)
+	if ceiling <= base || r == nil || r.DryRun || p.Object.Spec.DryRun || len(p.Problems) > 0 {
+		return base
+	}
+	t.pol.mu.Lock()
+	if t.pol.raisedFor != r.ID {
+		t.pol.raised, t.pol.raisedFor = map[string]int{}, r.ID
+	}
+	limit := max(base, min(t.pol.raised[p.Name], ceiling))
+	t.pol.mu.Unlock()
+	in := t.estimateInput(w, views, limit)
+	need := NeededMaxUnavailable(in, ceiling)
+	if need <= limit {
+		return limit
+	}
+	before := EstimateCompletion(in)
+	in.MaxUnavailable = need
+	after := EstimateCompletion(in)
+	msg := fmt.Sprintf("pool %s: at %s at once its nodes would be done at %s, after the previous issuer's trust ends at %s; raised to %s at once (spec.deadlineMaxUnavailable of RolloutPolicy %s allows %d)",
+		p.Name, nodeCount(limit), stamp(before.Completion), stamp(in.Deadline), nodeCount(need), p.Name, ceiling)
+	typ := corev1.EventTypeNormal
+	if after.MissesDeadline() {
+		typ = corev1.EventTypeWarning
+		msg += fmt.Sprintf(", and even so they are expected to be done at %s, after the deadline: raise its deadlineMaxUnavailable or expect the pods on the nodes left then to fail to authenticate", stamp(after.Completion))
+	} else {
+		msg += fmt.Sprintf(", and they are now expected to be done at %s", stamp(after.Completion))
+	}
+	t.pol.mu.Lock()
+	t.pol.raised[p.Name] = need
+	t.pol.mu.Unlock()
+	t.c.cfg.Log.Warn("raising a pool's nodes disrupted at once to meet the previous issuer's trust deadline", zap.String("rollout", r.ID), zap.String("policy", p.Name),
+		zap.Int("from", limit), zap.Int("to", need), zap.Int("ceiling", ceiling), zap.Time("deadline", in.Deadline),
+		zap.Time("estimatedCompletion", after.Completion), zap.Duration("perNode", after.PerNode))
+	t.rolloutEvent(typ, ReasonMaxUnavailableRaised, "Raise", "rollout %s: %s", r.ID, msg)
+	if after.MissesDeadline() {
+		t.notify(ctx, v1alpha1.NotifyDeadlineAtRisk, r, "", msg)
+	}
+	return need
+}
+
+// flagViews are the views of the nodes no RolloutPolicy covers, which the
+// flags govern: all of them while the policies are not read.
+func (t *term) flagViews(w world, views []nodeView) []nodeView {
+	if t.policyStore() == nil {
+		return views
+	}
+	cov := policy.Cover(t.policies(), w.nodes)
+	var out []nodeView
+	for _, v := range views {
+		_, covered := cov.Of[v.plan.Name]
+		if _, refused := cov.Refused[v.plan.Name]; !covered && !refused {
+			out = append(out, v)
+		}
+	}
+	return out
 }
 
 // poolOf names the node's pool ("": no policy) and its zone in it.
@@ -246,7 +443,7 @@ func (g *policyGate) blockingAlerts(ctx context.Context, p *policy.Policy) *poli
 // alertsHold is what holds a node we cordoned before its next step: the
 // blocking alerts of its policy (nil: none, or RolloutPolicies off).
 func (t *term) alertsHold(ctx context.Context, w world, node string) *policy.Block {
-	if t.policyStore == nil {
+	if t.policyStore() == nil {
 		return nil
 	}
 	p := policy.Cover(t.policies(), w.nodes).Of[node]
@@ -381,7 +578,8 @@ func heldMessage(held []policy.Block) string {
 // the nodes it covers, its next window. It returns when a window opens or
 // closes next, so the status (and the rollout) follow it.
 func (t *term) publishPolicies(ctx context.Context, w world) (time.Duration, error) {
-	if t.policyStore == nil || t.c.cfg.Policies == nil {
+	t.tellPoliciesMissing()
+	if t.policyStore() == nil || t.c.cfg.Policies == nil {
 		return 0, nil
 	}
 	ps := t.policies()
@@ -430,7 +628,7 @@ func (t *term) publishPolicies(ctx context.Context, w world) (time.Duration, err
 // are logged and skipped: a notification never holds a rollout.
 func (t *term) notify(ctx context.Context, typ v1alpha1.NotificationEvent, r *Rollout, node, msg string) {
 	n := t.c.notifier
-	if n == nil || t.policyStore == nil {
+	if n == nil || t.policyStore() == nil {
 		return
 	}
 	ps := t.policies()

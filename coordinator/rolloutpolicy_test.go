@@ -34,7 +34,7 @@ func (f *fixture) leadWithPolicies(ps ...*v1alpha1.RolloutPolicy) {
 			f.t.Fatal(err)
 		}
 	}
-	f.term.policyStore = store
+	f.term.pol.store = store
 }
 
 func defaultPolicy(spec v1alpha1.RolloutPolicySpec) *v1alpha1.RolloutPolicy {

@@ -67,6 +67,12 @@ func rbacObjects() []runtime.Object {
 			rule([]string{"apps"}, []string{"daemonsets", "replicasets", "statefulsets"}, getOnly),
 			rule([]string{"operator.openshift.io"}, []string{"kubeapiservers"}, readOnly),
 			rule([]string{"config.openshift.io"}, []string{"authentications"}, readOnly),
+			// The RolloutPolicies (an informer) and their status, which the
+			// coordinator alone writes; namespaces: a blocking-pod
+			// selector's namespaceSelector.
+			rule([]string{"tokenroll.io"}, []string{"rolloutpolicies"}, readOnly),
+			rule([]string{"tokenroll.io"}, []string{"rolloutpolicies/status"}, []string{"update", "patch"}),
+			rule(core, []string{"namespaces"}, getOnly),
 			{NonResourceURLs: []string{"/.well-known/openid-configuration"}, Verbs: getOnly}, // the signing issuer; no signature is verified, so no jwks
 		}},
 		&rbacv1.ClusterRoleBinding{ObjectMeta: meta(CoordinatorUser, ""), RoleRef: roleRef("ClusterRole", CoordinatorUser), Subjects: subject},

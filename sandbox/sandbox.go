@@ -31,6 +31,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 
+	"github.com/tokenroll/tokenroll/deploy"
 	deployaudit "github.com/tokenroll/tokenroll/deploy/audit"
 	"github.com/tokenroll/tokenroll/sandbox/controlplane"
 	"github.com/tokenroll/tokenroll/sandbox/kubeletsim"
@@ -234,6 +235,14 @@ func Start(ctx context.Context, cfg Config) (_ *Sandbox, err error) {
 		return nil, err
 	}
 	if err := openshiftsim.InstallCRDs(ctx, s.CP.AdminConfig()); err != nil {
+		return nil, err
+	}
+	// tokenroll's own API, as the manifests install it. No RolloutPolicy is
+	// created: every node follows the coordinators' flags (--strategy,
+	// --max-unavailable), which the scenario and its invariants are
+	// defined by, through the policy code path the coordinators take once
+	// the CRD is served, as a cluster upgraded from the flags does.
+	if err := openshiftsim.InstallCRDFiles(ctx, s.CP.AdminConfig(), deploy.CRDs, deploy.CRDDir); err != nil {
 		return nil, err
 	}
 

@@ -69,6 +69,9 @@ func Compile(p *v1alpha1.RolloutPolicy) *Policy {
 	if _, err := resolve(p.Spec.MaxUnavailable, 1); err != nil {
 		errs = append(errs, fmt.Errorf("maxUnavailable: %w", err))
 	}
+	if _, err := resolve(p.Spec.DeadlineMaxUnavailable, 1); err != nil {
+		errs = append(errs, fmt.Errorf("deadlineMaxUnavailable: %w", err))
+	}
 	for _, e := range errs {
 		c.Problems = append(c.Problems, strings.Split(e.Error(), "\n")...)
 	}
@@ -84,6 +87,22 @@ func (p *Policy) Limit(nodes int) int {
 		return 1
 	}
 	return n
+}
+
+// DeadlineLimit is the ceiling a pool of size nodes may be raised to when
+// its rollout would end after the previous issuer's trust
+// (deadlineMaxUnavailable, resolved as Limit resolves maxUnavailable),
+// never below Limit: Limit itself when the policy sets none.
+func (p *Policy) DeadlineLimit(nodes int) int {
+	base := p.Limit(nodes)
+	if p.Object.Spec.DeadlineMaxUnavailable == nil {
+		return base
+	}
+	n, err := resolve(p.Object.Spec.DeadlineMaxUnavailable, nodes)
+	if err != nil {
+		return base
+	}
+	return max(n, base)
 }
 
 func resolve(v *intstr.IntOrString, nodes int) (int, error) {

@@ -104,6 +104,32 @@ func TestLimit(t *testing.T) {
 	}
 }
 
+// The deadline ceiling resolves like maxUnavailable, on the same pool,
+// and is never below it: omitted, or resolving lower, it is the limit.
+func TestDeadlineLimit(t *testing.T) {
+	for _, c := range []struct {
+		base, ceiling *intstr.IntOrString
+		nodes         int
+		want          int
+	}{
+		{nil, nil, 10, 1},
+		{ptrIOS(intstr.FromInt32(2)), nil, 10, 2},
+		{nil, ptrIOS(intstr.FromInt32(4)), 10, 4},
+		{ptrIOS(intstr.FromInt32(1)), ptrIOS(intstr.FromString("50%")), 10, 5},
+		{ptrIOS(intstr.FromInt32(3)), ptrIOS(intstr.FromString("10%")), 10, 3},
+		{ptrIOS(intstr.FromString("20%")), ptrIOS(intstr.FromString("40%")), 20, 8},
+	} {
+		p := rp("p", 0, nil, func(s *v1alpha1.RolloutPolicySpec) { s.MaxUnavailable, s.DeadlineMaxUnavailable = c.base, c.ceiling })
+		if got := p.DeadlineLimit(c.nodes); got != c.want {
+			t.Errorf("maxUnavailable %v, deadlineMaxUnavailable %v of %d nodes: %d, want %d", c.base, c.ceiling, c.nodes, got, c.want)
+		}
+	}
+	bad := rp("p", 0, nil, func(s *v1alpha1.RolloutPolicySpec) { s.DeadlineMaxUnavailable = ptrIOS(intstr.FromInt32(0)) })
+	if len(bad.Problems) != 1 || !strings.Contains(bad.Problems[0], "deadlineMaxUnavailable") {
+		t.Errorf("deadlineMaxUnavailable 0: problems %q", bad.Problems)
+	}
+}
+
 func ptrIOS(v intstr.IntOrString) *intstr.IntOrString { return &v }
 
 func TestZoneOf(t *testing.T) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"embed"
 	"fmt"
+	"io/fs"
 	"net/http"
 	"net/url"
 	"path"
@@ -39,11 +40,18 @@ const servedProbes = 6
 // (authentications.config.openshift.io) CRDs and waits until both are
 // established and served. Calling it again is harmless.
 func InstallCRDs(ctx context.Context, cfg *rest.Config) error {
+	return InstallCRDFiles(ctx, cfg, crdFiles, "crds")
+}
+
+// InstallCRDFiles creates or updates the CRDs in the directory dir of fsys
+// (tokenroll's own, say) and waits until each is established and served
+// by every API server, as InstallCRDs does.
+func InstallCRDFiles(ctx context.Context, cfg *rest.Config, fsys fs.FS, dir string) error {
 	dyn, err := dynamic.NewForConfig(cfg)
 	if err != nil {
-		return fmt.Errorf("installing the OpenShift CRDs: %w", err)
+		return fmt.Errorf("installing the CRDs of %s: %w", dir, err)
 	}
-	crds, err := loadCRDs()
+	crds, err := loadCRDs(fsys, dir)
 	if err != nil {
 		return err
 	}
@@ -63,15 +71,15 @@ func InstallCRDs(ctx context.Context, cfg *rest.Config) error {
 	return nil
 }
 
-func loadCRDs() ([]*unstructured.Unstructured, error) {
-	entries, err := crdFiles.ReadDir("crds")
+func loadCRDs(fsys fs.FS, dir string) ([]*unstructured.Unstructured, error) {
+	entries, err := fs.ReadDir(fsys, dir)
 	if err != nil {
 		return nil, err
 	}
 	var out []*unstructured.Unstructured
 	for _, e := range entries {
-		name := path.Join("crds", e.Name())
-		data, err := crdFiles.ReadFile(name)
+		name := path.Join(dir, e.Name())
+		data, err := fs.ReadFile(fsys, name)
 		if err != nil {
 			return nil, err
 		}

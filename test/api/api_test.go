@@ -494,7 +494,7 @@ func testInvalidPolicies(ctx context.Context, t *testing.T, e *env) {
 			s.Windows = []v1alpha1.MaintenanceWindow{w}
 		}, `Duplicate value: "Monday"`},
 		{"windows-too-many", func(s *v1alpha1.RolloutPolicySpec) { s.Windows = tooMany }, "must have at most 16 items"},
-		{"zone-limit-zero", func(s *v1alpha1.RolloutPolicySpec) { s.Zones = &v1alpha1.ZonePolicy{MaxUnavailable: ptr.To[int32](0)} }, "should be greater than or equal to 1"},
+		{"zone-limit-zero", func(s *v1alpha1.RolloutPolicySpec) { s.Zones = &v1alpha1.ZonePolicy{MaxUnavailable: ptr.To[int32](0)} }, "zones.maxUnavailable must be at least 1 node per zone; omit it for no limit per zone"},
 		{"zone-topology-key", func(s *v1alpha1.RolloutPolicySpec) { s.Zones = &v1alpha1.ZonePolicy{TopologyKey: "not a key"} }, "topologyKey must be a label key"},
 		{"zone-order", func(s *v1alpha1.RolloutPolicySpec) { s.Zones = &v1alpha1.ZonePolicy{Order: "Random"} }, `Unsupported value: "Random"`},
 		{"prometheus-url-scheme", func(s *v1alpha1.RolloutPolicySpec) {

@@ -30,6 +30,8 @@ import (
 	"k8s.io/client-go/restmapper"
 	"k8s.io/utils/ptr"
 
+	v1alpha1 "github.com/tokenroll/tokenroll/pkg/apis/tokenroll/v1alpha1"
+	"github.com/tokenroll/tokenroll/pkg/generated/clientset/versioned"
 	"github.com/tokenroll/tokenroll/sandbox/controlplane"
 )
 
@@ -565,6 +567,43 @@ func testCoordinatorRBAC(ctx context.Context, t *testing.T, env *clusterEnv) {
 	expectForbidden(t, "list every DaemonSet in kube-system", all)
 	expectForbidden(t, "list another DaemonSet", other)
 	expectForbidden(t, "list a DaemonSet named kured in another namespace", elsewhere)
+
+	// The RolloutPolicies, which it reads by default: listed, watched and
+	// their status written, as its informer and status writer do; their
+	// spec is a person's.
+	var rp *v1alpha1.RolloutPolicy
+	adminPolicies := versioned.NewForConfigOrDie(env.cp.AdminConfig()).TokenrollV1alpha1().RolloutPolicies()
+	err = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		// A CRD just applied is served a moment later: tried again.
+		var err error
+		rp, err = adminPolicies.Create(ctx, &v1alpha1.RolloutPolicy{ObjectMeta: metav1.ObjectMeta{Name: "rbac-check"}}, metav1.CreateOptions{})
+		return err == nil, nil
+	})
+	if err != nil {
+		t.Fatalf("creating a RolloutPolicy as the administrator: %v", err)
+	}
+	defer func() { _ = adminPolicies.Delete(context.WithoutCancel(ctx), rp.Name, metav1.DeleteOptions{}) }()
+	pc := versioned.NewForConfigOrDie(env.coordinatorCfg).TokenrollV1alpha1().RolloutPolicies()
+	if _, err := pc.List(ctx, metav1.ListOptions{}); err != nil {
+		t.Errorf("the coordinator cannot list the RolloutPolicies: %v", err)
+	}
+	if w, err := pc.Watch(ctx, metav1.ListOptions{}); err != nil {
+		t.Errorf("the coordinator cannot watch the RolloutPolicies: %v", err)
+	} else {
+		w.Stop()
+	}
+	st := rp.DeepCopy()
+	st.Status.Nodes = 2
+	if _, err := pc.UpdateStatus(ctx, st, metav1.UpdateOptions{}); err != nil {
+		t.Errorf("the coordinator cannot write a RolloutPolicy's status: %v", err)
+	}
+	spec := rp.DeepCopy()
+	spec.Spec.DryRun = true
+	_, create := pc.Create(ctx, &v1alpha1.RolloutPolicy{ObjectMeta: metav1.ObjectMeta{Name: "by-the-coordinator"}}, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+	_, updateSpec := pc.Update(ctx, spec, metav1.UpdateOptions{DryRun: []string{metav1.DryRunAll}})
+	expectForbidden(t, "create a RolloutPolicy", create)
+	expectForbidden(t, "change a RolloutPolicy's spec", updateSpec)
+	expectForbidden(t, "delete a RolloutPolicy", pc.Delete(ctx, rp.Name, metav1.DeleteOptions{DryRun: []string{metav1.DryRunAll}}))
 }
 
 func evictionFor(ns, name string) *policyv1.Eviction {

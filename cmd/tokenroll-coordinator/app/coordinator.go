@@ -80,7 +80,8 @@ type coordinatorOptions struct {
 	// DrainForce evicts pods no controller recreates.
 	DrainForce bool
 	// RolloutPolicies reads the RolloutPolicy resources: each pool's
-	// limits, windows, blockers and webhooks.
+	// limits, windows, blockers and webhooks. On by default; without
+	// their CRD the coordinator says so and follows the flags.
 	RolloutPolicies bool
 	// KuredLock is kured's DaemonSet, NAMESPACE/NAME ("": kured ignored).
 	KuredLock string
@@ -107,7 +108,7 @@ func newCoordinatorOptions() *coordinatorOptions {
 		Gate: "auto", Strategy: string(coordinator.Auto), MaxUnavailable: "1", MetricsBindAddress: ":8080",
 		DrainTimeout: 10 * time.Minute, ActionTimeout: 15 * time.Minute, VerifyTimeout: 5 * time.Minute, GateSettle: 2 * time.Minute,
 		TrustMargin: time.Hour, AgentWait: 15 * time.Minute, IssuerRefresh: time.Minute, Auto: true, QPS: 20, Burst: 40,
-		KuredLock: coordinator.DefaultKuredLock.String(), AppDetection: true,
+		KuredLock: coordinator.DefaultKuredLock.String(), AppDetection: true, RolloutPolicies: true,
 		AppStaleGrace: apps.DefaultOptions().Grace, AppWindow: apps.DefaultOptions().Window,
 		Audit: audit.NewOptions(), PodName: os.Getenv("POD_NAME"),
 	}
@@ -137,7 +138,7 @@ func (o *coordinatorOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&o.DryRun, "dry-run", o.DryRun, "Make every rollout a dry run: record what would be done to each node (tokenroll status shows it); cordon, drain and request nothing.")
 	fs.BoolVar(&o.DrainForce, "drain-force", o.DrainForce, "Let a drain evict pods that no controller recreates (they are lost); without it such a pod halts the rollout.")
 	fs.StringVar(&o.KuredLock, "kured-lock", o.KuredLock, "kured's DaemonSet, NAMESPACE/NAME: a node holding kured's reboot lock (annotation "+coordinator.AnnotationKuredLock+") is never cordoned or acted on and counts against --max-unavailable; while the lock cannot be read no node starts. Empty: ignore kured.")
-	fs.BoolVar(&o.RolloutPolicies, "rollout-policies", o.RolloutPolicies, "Read the RolloutPolicy resources (their CRD must be installed): the nodes each selects follow its maxUnavailable, zones, windows, blockers, health gate, dry run and webhooks, and the coordinator writes each policy's status; the nodes no policy covers follow the flags.")
+	fs.BoolVar(&o.RolloutPolicies, "rollout-policies", o.RolloutPolicies, "Read the RolloutPolicy resources: the nodes each selects follow its maxUnavailable, deadlineMaxUnavailable, zones, windows, blockers, health gate, dry run and webhooks, and the coordinator writes each policy's status; the nodes no policy covers follow the flags. When their CRD is not installed, the coordinator says so (a log line and an Event), follows the flags, and reads the policies once the CRD appears. false: never read them.")
 	fs.BoolVar(&o.AppDetection, "app-detection", o.AppDetection, "Follow every pod (an informer on the leader) and, from the API server's audit events, report pods whose apps present a replaced token (app-stale) or fail to authenticate (app-failing).")
 	fs.DurationVar(&o.AppStaleGrace, "app-stale-grace", o.AppStaleGrace, "A pod is app-stale when its app presents a token this long after the kubelet replaced it, and app-failing when its requests fail authentication this long; must be longer than client-go's 1-minute reload of a token file.")
 	fs.DurationVar(&o.AppWindow, "app-window", o.AppWindow, "A pod with no authenticated request in this window is unobserved (never counted healthy); app-stale and app-failing end when their evidence is this old. Longer than --app-stale-grace.")

@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/spf13/pflag"
+
 	"github.com/tokenroll/tokenroll/internal/cli"
 	"github.com/tokenroll/tokenroll/internal/cli/clitest"
 )
@@ -47,6 +49,25 @@ func TestDeadlineMaxUnavailableAccepted(t *testing.T) {
 		o.MaxUnavailable, o.DeadlineMaxUnavailable = c[0], c[1]
 		if err := checkDeadlineMaxUnavailable(o.MaxUnavailable, o.DeadlineMaxUnavailable); err != nil {
 			t.Errorf("--max-unavailable=%s --deadline-max-unavailable=%s refused: %v", c[0], c[1], err)
+		}
+	}
+}
+
+// RolloutPolicies are read unless a person turns them off: the flag
+// defaults to true and parses false.
+func TestRolloutPoliciesOnByDefault(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want bool
+	}{{nil, true}, {[]string{"--rollout-policies=false"}, false}} {
+		o := newCoordinatorOptions()
+		fs := pflag.NewFlagSet("tokenroll-coordinator", pflag.ContinueOnError)
+		o.AddFlags(fs)
+		if err := fs.Parse(c.args); err != nil {
+			t.Fatal(err)
+		}
+		if o.RolloutPolicies != c.want {
+			t.Errorf("%q: RolloutPolicies %v, want %v", c.args, o.RolloutPolicies, c.want)
 		}
 	}
 }

@@ -163,7 +163,7 @@ type ZonePolicy struct {
 
 	// maxUnavailable is the most nodes of one zone disrupted at once, on
 	// top of the pool's maxUnavailable. Omitted: no limit per zone.
-	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:XValidation:rule="self >= 1",message="zones.maxUnavailable must be at least 1 node per zone; omit it for no limit per zone"
 	// +optional
 	MaxUnavailable *int32 `json:"maxUnavailable,omitempty"`
 
