@@ -2,18 +2,72 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	agentapp "github.com/tokenroll/tokenroll/cmd/tokenroll-agent/app"
+	coordinatorapp "github.com/tokenroll/tokenroll/cmd/tokenroll-coordinator/app"
+	sandboxapp "github.com/tokenroll/tokenroll/cmd/tokenroll-sandbox/app"
 	"github.com/tokenroll/tokenroll/coordinator"
+	"github.com/tokenroll/tokenroll/internal/cli"
 	"github.com/tokenroll/tokenroll/protocol"
 	"github.com/tokenroll/tokenroll/sandbox"
 	"github.com/tokenroll/tokenroll/sandbox/controlplane"
 	"github.com/tokenroll/tokenroll/sandbox/programs"
 )
+
+// programEnv makes this test binary run one of tokenroll's programs
+// instead of its tests: the sandbox runs tokenroll-agent,
+// tokenroll-coordinator and tokenroll-sandbox as processes, and each is here
+// the very command its main runs (cli.Main of its app.NewCommand), linked
+// once into this binary rather than built and linked three times more,
+// which on the shared machine took two minutes of the test's three.
+const programEnv = "TOKENROLL_E2E_PROGRAM"
+
+var commands = map[string]cli.NewCommand{
+	programs.Agent:       agentapp.NewCommand,
+	programs.Coordinator: coordinatorapp.NewCommand,
+	programs.Sandbox:     sandboxapp.NewCommand,
+}
+
+func TestMain(m *testing.M) {
+	if name := os.Getenv(programEnv); name != "" {
+		newCommand, ok := commands[name]
+		if !ok {
+			fmt.Fprintf(os.Stderr, "$%s=%q: no such program\n", programEnv, name)
+			os.Exit(3)
+		}
+		os.Exit(cli.Main(newCommand))
+	}
+	os.Exit(m.Run())
+}
+
+// programDir writes, for each program the sandbox runs, an executable of
+// that name that runs it from this test binary, and returns their
+// directory.
+func programDir(t *testing.T) string {
+	t.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(self, "'") {
+		t.Fatalf("the test binary's path %q has a quote, which the programs' scripts cannot carry", self)
+	}
+	dir := t.TempDir()
+	for name := range commands {
+		script := fmt.Sprintf("#!/bin/sh\n%s=%s exec '%s' \"$@\"\n", programEnv, name, self)
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(script), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
 
 // syncBuffer is the scenario's output, written by its printer and read
 // once the run is over.
@@ -57,14 +111,11 @@ func TestProcedureOnRealKubelets(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Fatal("the real kubelet runs as root: it gives token files to the pods' users")
 	}
-	bin := t.TempDir()
+	bin := programDir(t)
 	// The runs are parallel subtests, which go on after this function
 	// returns: the context ends when they do.
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	t.Cleanup(cancel)
-	if err := programs.Build(ctx, bin, false, programs.Agent, programs.Coordinator, programs.Sandbox); err != nil {
-		t.Fatal(err)
-	}
 	const nodes, newIssuer = 2, "https://new.test"
 	for _, strategy := range []protocol.Strategy{coordinator.KubeletRestart, coordinator.Reboot} {
 		t.Run(string(strategy), func(t *testing.T) {
