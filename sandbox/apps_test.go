@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -38,6 +39,37 @@ func TestParseApps(t *testing.T) {
 	}
 	if _, err := ParseApps([]string{"lazy", "x"}); err == nil || !strings.Contains(err.Error(), `"x"`) {
 		t.Errorf("every bad kind is named: %v", err)
+	}
+}
+
+// With --strategy kubelet-restart the caching apps' failures are what the
+// strategy does, and the failure says so and what to run instead; a
+// reloading app failing, or another strategy, gets no such excuse.
+func TestExplainAppFailures(t *testing.T) {
+	failing := []string{"2 app(s) still fail at the end, their last request refused: caching apps/legacy-1 on worker-1 (401 Unauthorized)"}
+	caching := map[AppKind]AppFigures{AppReloading: {Pods: 4}, AppCaching: {Pods: 2, FailingAtEnd: 2}}
+	got := explainAppFailures("kubelet-restart", caching, failing)
+	if len(got) != 1 || !strings.HasPrefix(got[0], failing[0]+"; as expected of --strategy=kubelet-restart, which restarts no pod") ||
+		!strings.Contains(got[0], "--strategy=auto or pod-restart") || !strings.HasSuffix(got[0], "run with --apps=reloading") {
+		t.Errorf("kubelet-restart with caching apps failing: %q", got)
+	}
+	if failing[0] != "2 app(s) still fail at the end, their last request refused: caching apps/legacy-1 on worker-1 (401 Unauthorized)" {
+		t.Errorf("the caller's failures were changed: %q", failing)
+	}
+	both := map[AppKind]AppFigures{AppReloading: {Pods: 4, FailingAtEnd: 1}, AppCaching: {Pods: 2, FailingAtEnd: 2}}
+	for _, c := range []struct {
+		strategy string
+		figs     map[AppKind]AppFigures
+		failures []string
+	}{
+		{"reboot", caching, failing},
+		{"auto", caching, failing},
+		{"kubelet-restart", both, failing},
+		{"kubelet-restart", caching, nil},
+	} {
+		if got := explainAppFailures(c.strategy, c.figs, c.failures); !slices.Equal(got, c.failures) {
+			t.Errorf("%s with apps %+v: %q, want the failures as they are", c.strategy, c.figs, got)
+		}
 	}
 }
 

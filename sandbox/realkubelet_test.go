@@ -237,8 +237,9 @@ func authenticates(ctx context.Context, cp *controlplane.ControlPlane, token []b
 
 // What tokenroll rests on, checked against the real kubelet code on one
 // node, in order, on one control plane:
-//   - tokens given to a pod's runAsUser/fsGroup are read by the scanner
-//     with CAP_DAC_READ_SEARCH alone, and without it are never judged fresh;
+//   - tokens given to a pod's runAsUser/fsGroup are read by the agent and
+//     by `tokenroll scan` with CAP_DAC_READ_SEARCH alone, and without it
+//     are never judged fresh;
 //   - after an issuer change, the running kubelet keeps its old-issuer
 //     tokens through its pod syncs, even when it rewrites a volume because
 //     another source changed; the agent's report and `tokenroll scan` say
@@ -342,6 +343,36 @@ func TestRealKubelet(t *testing.T) {
 		}
 	}
 	poll(t, ctx, "every pod's tokens on disk", time.Minute, 200*time.Millisecond, allFrom(issuerA))
+
+	t.Run("the agent reads runAsUser and fsGroup tokens with CAP_DAC_READ_SEARCH alone", func(t *testing.T) {
+		args := []string{"--node-name=" + name, "--kubelet-root=" + root, "--kubeconfig=" + sb.NodeKubeconfig(name),
+			"--interval=1s", "--issuer-refresh-interval=10s", "--metrics-bind-address=127.0.0.1:0", "--reboot-sentinel=", "--log-format=json"}
+		for _, c := range []struct {
+			caps string
+			keep []int
+			// stale is what the agent's report on the Node must count:
+			// without the capability, the tokens of the pods with their
+			// own user are unreadable, never fresh.
+			stale map[protocol.State]int
+		}{
+			{"no capability", nil, map[protocol.State]int{protocol.StateInvalid: extraTokens}},
+			{"CAP_DAC_READ_SEARCH alone", []int{capDACReadSearch}, nil},
+		} {
+			stop := startAgent(t, ctx, args, c.keep...)
+			poll(t, ctx, "the agent's report with "+c.caps, 30*time.Second, 100*time.Millisecond, func() (bool, string) {
+				_, rep, err := readReport(ctx, sb.Admin, name)
+				if err != nil {
+					return false, err.Error()
+				}
+				return rep.Issuer == issuerA && rep.Complete() && rep.Tokens == allTokens && maps.Equal(rep.Stale, c.stale),
+					fmt.Sprintf("issuer %q, Pods API %q, %d tokens, stale %v", rep.Issuer, rep.PodsAPI, rep.Tokens, rep.Stale)
+			})
+			stop()
+		}
+	})
+	if t.Failed() {
+		return
+	}
 
 	// The agent, in this process, as the DaemonSet runs it but scanning
 	// every 200 ms and reading the issuer every 500 ms.

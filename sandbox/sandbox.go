@@ -33,6 +33,7 @@ import (
 
 	"github.com/tokenroll/tokenroll/deploy"
 	deployaudit "github.com/tokenroll/tokenroll/deploy/audit"
+	"github.com/tokenroll/tokenroll/internal/apiretry"
 	"github.com/tokenroll/tokenroll/sandbox/controlplane"
 	"github.com/tokenroll/tokenroll/sandbox/kubeletsim"
 	"github.com/tokenroll/tokenroll/sandbox/openshiftsim"
@@ -81,6 +82,8 @@ type Sandbox struct {
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+	// retry is how the sandbox's own reads meet an API server's restart.
+	retry apiretry.Policy
 
 	mu       sync.Mutex
 	synced   map[types.UID]bool
@@ -182,7 +185,7 @@ func Start(ctx context.Context, cfg Config) (_ *Sandbox, err error) {
 	default:
 		return nil, fmt.Errorf("sandbox: kubelet %q: want %s", cfg.Kubelet, strings.Join(Kubelets, " or "))
 	}
-	s := &Sandbox{cfg: cfg, dir: cfg.Dir, synced: map[types.UID]bool{}, change: make(chan struct{})}
+	s := &Sandbox{cfg: cfg, dir: cfg.Dir, synced: map[types.UID]bool{}, change: make(chan struct{}), retry: censusRetry()}
 	if s.dir == "" {
 		if s.dir, err = os.MkdirTemp("", "tokenroll-sandbox-"); err != nil {
 			return nil, err

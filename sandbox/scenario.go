@@ -660,6 +660,7 @@ func (r *run) scenario(ctx context.Context) (*Summary, error) {
 	appFailures := r.settleApps(ctx, kinds)
 	sum.Apps, _ = judgeApps(r.sb.AppReports(), kinds)
 	appFailures = append(appFailures, trustWindowFailures(sum.Apps, o.TrustWindow)...)
+	appFailures = explainAppFailures(o.Strategy, sum.Apps, appFailures)
 	sum.Failures = append(sum.Failures, appFailures...)
 	sum.appFailures = appFailures
 	// After the apps settled: a pod whose tokens the end saw on disk has

@@ -15,6 +15,7 @@ import (
 
 	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/tokenroll/tokenroll/coordinator"
 	"github.com/tokenroll/tokenroll/protocol"
 )
 
@@ -148,6 +149,20 @@ func judgeApps(reports []AppReport, kinds []AppKind) (map[AppKind]AppFigures, []
 		names = append(names, fmt.Sprintf("and %d more", len(failing)-maxFailingApps))
 	}
 	return figs, []string{fmt.Sprintf("%d app(s) still fail at the end, their last request refused: %s", len(failing), strings.Join(names, ", "))}
+}
+
+// explainAppFailures says why the apps still fail when that is what the
+// strategy does by design: a kubelet restart renews every token file and
+// restarts no pod, so only apps that cached their token fail after it. A
+// reloading app still failing is not explained away.
+func explainAppFailures(strategy string, figs map[AppKind]AppFigures, failures []string) []string {
+	if len(failures) == 0 || strategy != string(coordinator.KubeletRestart) ||
+		figs[AppCaching].FailingAtEnd == 0 || figs[AppReloading].FailingAtEnd > 0 {
+		return failures
+	}
+	out := slices.Clone(failures)
+	out[0] += "; as expected of --strategy=" + strategy + ", which restarts no pod: an app that cached its token keeps presenting the one it read when its container started, whatever its file holds. --strategy=auto or pod-restart also restart those pods; to judge the token files alone, run with --apps=" + string(AppReloading)
+	return out
 }
 
 // Spread is the median and the largest of some durations, in seconds.

@@ -5,11 +5,15 @@ import (
 	"fmt"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/utils/clock"
 
 	"github.com/tokenroll/tokenroll/agent/podsapi"
 	"github.com/tokenroll/tokenroll/agent/scan"
 	"github.com/tokenroll/tokenroll/agent/token"
+	"github.com/tokenroll/tokenroll/internal/apiretry"
 	"github.com/tokenroll/tokenroll/internal/issuer"
 	"github.com/tokenroll/tokenroll/protocol"
 )
@@ -46,19 +50,37 @@ func (c tokenCensus) stateCounts() map[string]int {
 	return out
 }
 
+// censusRetry carries the sandbox's own reads through an API server's
+// restart: the revision rollout after an issuer change restarts every API
+// server, one at a time, and with one API server the census right after
+// the change meets the only one going down. Up to a minute of waiting in
+// all, each attempt bounded by 30 s.
+func censusRetry() apiretry.Policy {
+	return apiretry.Policy{
+		Backoff:        wait.Backoff{Duration: 500 * time.Millisecond, Factor: 2, Jitter: 0.1, Steps: 10, Cap: 8 * time.Second},
+		AttemptTimeout: 30 * time.Second,
+		Clock:          clock.RealClock{},
+	}
+}
+
 // census scans every node's kubelet root and judges the tokens against iss,
 // or, when iss is empty, the issuer the API server names in OIDC discovery.
 // Pods the API server does not list on the node count as orphaned, as the
 // agent judges them with the kubelet's Pods API.
 func (s *Sandbox) census(ctx context.Context, iss string) (tokenCensus, error) {
 	if iss == "" {
-		var err error
-		if iss, err = issuer.Discover(ctx, s.Admin.Discovery().RESTClient()); err != nil {
+		if err := s.retry.Do(ctx, func(ctx context.Context) (err error) {
+			iss, err = issuer.Discover(ctx, s.Admin.Discovery().RESTClient())
+			return err
+		}); err != nil {
 			return tokenCensus{}, fmt.Errorf("reading the signing issuer from OIDC discovery: %w", err)
 		}
 	}
-	pods, err := s.Admin.CoreV1().Pods(metav1.NamespaceAll).List(ctx, metav1.ListOptions{})
-	if err != nil {
+	var pods *corev1.PodList
+	if err := s.retry.Do(ctx, func(ctx context.Context) (err error) {
+		pods, err = s.Admin.CoreV1().Pods(metav1.NamespaceAll).List(ctx, metav1.ListOptions{})
+		return err
+	}); err != nil {
 		return tokenCensus{}, fmt.Errorf("listing pods: %w", err)
 	}
 	live := map[string]map[string]podsapi.Pod{}
