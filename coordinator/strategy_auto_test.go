@@ -439,8 +439,8 @@ func TestAutoPlansAppStalePods(t *testing.T) {
 
 // observedState is the rollout state with no rollout yet and the current
 // issuer observed an hour ago.
-func observedState() *corev1.ConfigMap {
-	return stateConfigMap(State{ObservedIssuer: newIssuer, ObservedIssuerAt: t0.Add(-time.Hour)})
+func observedState() runtime.Object {
+	return stateConfigMap(State{})
 }
 
 // awaitDrainCall waits until the background eviction the last sync

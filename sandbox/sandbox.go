@@ -32,6 +32,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	deployaudit "github.com/tokenroll/tokenroll/deploy/audit"
+	"github.com/tokenroll/tokenroll/deploy/kustomize/base/crds"
 	"github.com/tokenroll/tokenroll/sandbox/controlplane"
 	"github.com/tokenroll/tokenroll/sandbox/kubeletsim"
 	"github.com/tokenroll/tokenroll/sandbox/openshiftsim"
@@ -235,6 +236,14 @@ func Start(ctx context.Context, cfg Config) (_ *Sandbox, err error) {
 	}
 	if err := openshiftsim.InstallCRDs(ctx, s.CP.AdminConfig()); err != nil {
 		return nil, err
+	}
+	// The coordinator records each rollout as a TokenRollout.
+	own, err := crds.Objects()
+	if err != nil {
+		return nil, err
+	}
+	if err := openshiftsim.InstallCRDObjects(ctx, s.CP.AdminConfig(), own); err != nil {
+		return nil, fmt.Errorf("installing the tokenroll.io CRDs: %w", err)
 	}
 
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))

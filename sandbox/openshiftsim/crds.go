@@ -39,13 +39,20 @@ const servedProbes = 6
 // (authentications.config.openshift.io) CRDs and waits until both are
 // established and served. Calling it again is harmless.
 func InstallCRDs(ctx context.Context, cfg *rest.Config) error {
-	dyn, err := dynamic.NewForConfig(cfg)
-	if err != nil {
-		return fmt.Errorf("installing the OpenShift CRDs: %w", err)
-	}
 	crds, err := loadCRDs()
 	if err != nil {
 		return err
+	}
+	return InstallCRDObjects(ctx, cfg, crds)
+}
+
+// InstallCRDObjects creates or updates the CRDs crds and waits until each
+// is established and served by every API server (tokenroll's own go
+// through it too).
+func InstallCRDObjects(ctx context.Context, cfg *rest.Config, crds []*unstructured.Unstructured) error {
+	dyn, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		return fmt.Errorf("installing CRDs: %w", err)
 	}
 	for _, crd := range crds {
 		if err := applyCRD(ctx, dyn, crd); err != nil {
