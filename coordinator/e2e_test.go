@@ -160,7 +160,7 @@ func (e *env) waitState(what string, cond func(coordinator.State) bool) coordina
 	err := wait.PollUntilContextTimeout(e.ctx, 100*time.Millisecond, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
 		st, err := coordinator.Store{Client: e.api}.Get(ctx)
 		if err != nil {
-			return false, nil
+			return false, nil //nolint:nilerr // read again until the timeout
 		}
 		last = st
 		return cond(st), nil

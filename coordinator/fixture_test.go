@@ -80,7 +80,6 @@ const (
 
 var (
 	nodesGVR      = corev1.SchemeGroupVersion.WithResource("nodes")
-	configMapsGVR = corev1.SchemeGroupVersion.WithResource("configmaps")
 	recordsGVR    = v1alpha1.SchemeGroupVersion.WithResource("tokenrollouts")
 	podsGVR       = corev1.SchemeGroupVersion.WithResource("pods")
 	daemonSetsGVR = appsv1.SchemeGroupVersion.WithResource("daemonsets")

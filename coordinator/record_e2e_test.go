@@ -75,7 +75,12 @@ func TestMigratesTheRolloutConfigMap(t *testing.T) {
 	}
 	led := make(chan error, 1)
 	go func() { led <- c.Lead(ctx) }()
-	defer func() { cancel(); <-led }()
+	defer func() {
+		cancel()
+		if err := <-led; err != nil {
+			t.Errorf("Lead: %v", err)
+		}
+	}()
 
 	err = wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
 		_, err := admin.CoreV1().ConfigMaps(ns).Get(ctx, coordinator.LegacyConfigMapName, metav1.GetOptions{})

@@ -160,13 +160,6 @@ func (o *rolloutSteerOptions) run(ctx context.Context, e cli.Env) error {
 	return nil
 }
 
-func orUnknown(s string) string {
-	if s == "" {
-		return "an administrator"
-	}
-	return s
-}
-
 // rolloutPlanOptions configure `tokenroll rollout plan`.
 type rolloutPlanOptions struct {
 	clusterOptions
