@@ -76,7 +76,7 @@ func TestAgentDryRunEndsTheNodeWithoutVerifying(t *testing.T) {
 		t.Errorf("tokenroll_rollout_nodes{state=dry_run} %v; want 2", got)
 	}
 
-	rep, err := BuildStatus(f.ctx, f.client, testNS, newIssuer, GateState{Provider: GateNone, Open: true, Message: "no revision gate"}, f.clock.Now())
+	rep, err := BuildStatus(f.ctx, f.client, f.api, testNS, newIssuer, GateState{Provider: GateNone, Open: true, Message: "no revision gate"}, f.clock.Now())
 	if err != nil {
 		t.Fatal(err)
 	}

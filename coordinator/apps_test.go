@@ -82,7 +82,7 @@ func TestLeadDetectsAppStalePods(t *testing.T) {
 		}
 		return false
 	})
-	rep, err := BuildStatus(f.ctx, f.client, testNS, newIssuer, f.gate.State(), f.clock.Now())
+	rep, err := BuildStatus(f.ctx, f.client, f.api, testNS, newIssuer, f.gate.State(), f.clock.Now())
 	if err != nil {
 		t.Fatal(err)
 	}

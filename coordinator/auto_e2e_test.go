@@ -82,7 +82,7 @@ func TestAutoAppStalePodBehindAPDBHaltsWithTheReason(t *testing.T) {
 		c.Drainer = coordinator.KubectlDrainer{Client: e.admin, Log: e.log.Named("drain")}
 		c.Apps = &apps.Options{Grace: 2 * time.Minute, Window: 15 * time.Minute, Interval: time.Second}
 	})
-	e.waitState("the coordinator recorded the issuer", func(s coordinator.State) bool { return s.ObservedIssuer == oldIssuer })
+	e.waitObserved(oldIssuer)
 	// What the audit stream says of the legacy pod's app: its node's
 	// kubelet replaced its token five minutes ago, and it keeps presenting
 	// the one before. (The events' times are in the past; the detector

@@ -1,11 +1,14 @@
 package coordinator
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -36,6 +39,7 @@ import (
 	"github.com/tokenroll/tokenroll/internal/issuer"
 	v1alpha1 "github.com/tokenroll/tokenroll/pkg/apis/tokenroll/v1alpha1"
 	"github.com/tokenroll/tokenroll/pkg/generated/clientset/versioned"
+	"github.com/tokenroll/tokenroll/pkg/generated/informers/externalversions"
 	"github.com/tokenroll/tokenroll/protocol"
 )
 
@@ -93,6 +97,13 @@ type Config struct {
 	Log       *zap.Logger
 	Clock     clock.WithTicker
 
+	// Rollouts is the tokenroll.io client through which each rollout is
+	// recorded as a TokenRollout.
+	Rollouts versioned.Interface
+	// History is how many finished TokenRollouts are kept (0:
+	// DefaultHistory); the oldest beyond it are deleted.
+	History int
+
 	// Policies, when set, reads the RolloutPolicies: each pool's limits,
 	// windows, blockers and webhooks apply to its nodes, and the policies'
 	// status is written; nodes no policy covers follow the fields above.
@@ -127,6 +138,15 @@ type Coordinator struct {
 	issuerRead    time.Time
 	discovered    string
 	discoveredFor string
+	// observedIssuer is the signing issuer this process last saw with the
+	// gate open, and since when: the agents are given AgentWait from then
+	// to report under it. A new leader observes it afresh, which only
+	// waits longer.
+	observedIssuer   string
+	observedIssuerAt time.Time
+	// unrecordedWait is the wait last published while no TokenRollout
+	// could hold it.
+	unrecordedWait *Wait
 
 	// appMetrics outlive terms; detector is the current term's, once it
 	// has read the pods (nil: not leading, or detection off).
@@ -152,7 +172,10 @@ type term struct {
 	// write of ours.
 	nodeKeys cache.Store
 	nodes    cache.MutationCache
-	cm       cache.MutationCache
+	// records caches the TokenRollouts; written holds this term's own
+	// writes until the cache has them (records).
+	records cache.Store
+	written map[string]*v1alpha1.TokenRollout
 	// kured caches kured's DaemonSet (nil: --kured-lock off); kuredSynced
 	// tells whether it has been read (nil: it has).
 	kured       cache.Store
@@ -217,6 +240,9 @@ func New(cfg Config) (*Coordinator, error) {
 	if cfg.Gate == nil {
 		errs = append(errs, errors.New("coordinator: no revision gate"))
 	}
+	if cfg.Rollouts == nil {
+		errs = append(errs, errors.New("coordinator: no tokenroll.io client for the TokenRollouts"))
+	}
 	if _, err := ParseStrategy(string(cfg.Strategy)); err != nil {
 		errs = append(errs, fmt.Errorf("coordinator: %w", err))
 	}
@@ -266,7 +292,7 @@ func New(cfg Config) (*Coordinator, error) {
 	}
 
 	c := &Coordinator{cfg: cfg, m: newCoordinatorMetrics(cfg.Registry),
-		store: Store{Client: cfg.Client, Namespace: cfg.Namespace, FieldManager: fieldManager, Retry: cfg.WriteRetry}}
+		store: Store{Client: cfg.Rollouts, FieldManager: fieldManager, Retry: cfg.WriteRetry, History: cfg.History, Now: cfg.Clock.Now}}
 	c.m.setPhase("none")
 	if cfg.Apps != nil {
 		c.appMetrics = apps.NewMetrics(cfg.Registry)
@@ -297,10 +323,12 @@ func (c *Coordinator) Lead(ctx context.Context) error {
 	log := c.cfg.Log
 	nodeFactory := informers.NewSharedInformerFactoryWithOptions(c.cfg.Client, 0, informers.WithTransform(trimNode))
 	nodeInf := nodeFactory.Core().V1().Nodes().Informer()
-	cmFactory := informers.NewSharedInformerFactoryWithOptions(c.cfg.Client, 0, informers.WithNamespace(c.cfg.Namespace),
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "metadata.name=" + ConfigMapName }))
-	cmInf := cmFactory.Core().V1().ConfigMaps().Informer()
-	t := c.newTerm(klog.FromContext(ctx), nodeInf.GetStore(), cmInf.GetStore())
+	if err := c.migrate(ctx); err != nil {
+		return err
+	}
+	recordFactory := externalversions.NewSharedInformerFactory(c.cfg.Rollouts, 0)
+	recordInf := recordFactory.Tokenroll().V1alpha1().TokenRollouts().Informer()
+	t := c.newTerm(klog.FromContext(ctx), nodeInf.GetStore(), recordInf.GetStore())
 	defer t.queue.ShutDown()
 	enqueue := func() { t.queue.Add(syncKey) }
 	if _, err := nodeInf.AddEventHandler(nodeOnChange(t.nodes, enqueue)); err != nil {
@@ -309,7 +337,9 @@ func (c *Coordinator) Lead(ctx context.Context) error {
 	if _, err := nodeInf.AddEventHandler(cache.ResourceEventHandlerFuncs{UpdateFunc: t.nodeUpdated}); err != nil {
 		return err
 	}
-	if _, err := cmInf.AddEventHandler(onChange(t.cm, enqueue)); err != nil {
+	if _, err := recordInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: func(any) { enqueue() }, UpdateFunc: func(any, any) { enqueue() }, DeleteFunc: func(any) { enqueue() },
+	}); err != nil {
 		return err
 	}
 	var kuredFactory informers.SharedInformerFactory
@@ -328,7 +358,7 @@ func (c *Coordinator) Lead(ctx context.Context) error {
 		}
 	}
 
-	synced := []cache.InformerSynced{nodeInf.HasSynced, cmInf.HasSynced}
+	synced := []cache.InformerSynced{nodeInf.HasSynced, recordInf.HasSynced}
 	if c.cfg.Policies != nil {
 		policiesSynced, stopPolicies, err := t.startPolicies(ctx, enqueue)
 		if err != nil {
@@ -348,7 +378,7 @@ func (c *Coordinator) Lead(ctx context.Context) error {
 	t.recorder = broadcaster.NewRecorder(scheme.Scheme, "tokenroll-coordinator")
 
 	nodeFactory.Start(ctx.Done())
-	cmFactory.Start(ctx.Done())
+	recordFactory.Start(ctx.Done())
 	// Not awaited: until it is read, no node starts and the rollout says
 	// it waits for it (a missing permission is reported, not a hang).
 	if kuredFactory != nil {
@@ -357,7 +387,7 @@ func (c *Coordinator) Lead(ctx context.Context) error {
 	defer func() {
 		cancel()
 		nodeFactory.Shutdown()
-		cmFactory.Shutdown()
+		recordFactory.Shutdown()
 		if kuredFactory != nil {
 			kuredFactory.Shutdown()
 		}
@@ -432,16 +462,15 @@ func (c *Coordinator) Lead(ctx context.Context) error {
 	return nil
 }
 
-// newTerm starts a term on the informers' stores of Nodes and of the state
-// ConfigMap.
-func (c *Coordinator) newTerm(logger klog.Logger, nodes, cms cache.Store) *term {
-	t := &term{c: c, jobs: map[string]*prepJob{}, nodeKeys: nodes, uncordoned: map[string]bool{}, since: c.cfg.Clock.Now(), plans: newPlanCache()}
+// newTerm starts a term on the informers' stores of Nodes and of the
+// TokenRollouts.
+func (c *Coordinator) newTerm(logger klog.Logger, nodes, records cache.Store) *term {
+	t := &term{c: c, jobs: map[string]*prepJob{}, nodeKeys: nodes, records: records, written: map[string]*v1alpha1.TokenRollout{},
+		uncordoned: map[string]bool{}, since: c.cfg.Clock.Now(), plans: newPlanCache()}
 	t.queue = workqueue.NewTypedRateLimitingQueueWithConfig(
 		workqueue.NewTypedItemExponentialFailureRateLimiter[string](100*time.Millisecond, 30*time.Second),
 		workqueue.TypedRateLimitingQueueConfig[string]{Name: "tokenroll-coordinator", Clock: c.cfg.Clock})
 	t.nodes = cache.NewIntegerResourceVersionMutationCacheWithOptions(logger, nodes, cache.MutationCacheOptions{MaxCacheSize: mutationCacheSize})
-	// The coordinator creates the ConfigMap: its own creation counts too.
-	t.cm = cache.NewIntegerResourceVersionMutationCacheWithOptions(logger, cms, cache.MutationCacheOptions{IncludeAdds: true})
 	return t
 }
 
@@ -563,9 +592,12 @@ type world struct {
 	// neither knows, and then nothing is judged, planned or started.
 	issuer     string
 	discovered bool
-	state      State
-	nodes      []*corev1.Node
-	byName     map[string]*corev1.Node
+	// issuerAt is when this process first saw issuer signing (zero before
+	// it has): a token issued before it may be of the previous issuer.
+	issuerAt time.Time
+	state    State
+	nodes    []*corev1.Node
+	byName   map[string]*corev1.Node
 }
 
 // sync is the whole reconciliation: it returns when it wants to run again
@@ -599,22 +631,19 @@ func (t *term) sync(ctx context.Context) (time.Duration, error) {
 
 // reconcile is one sync's decisions on the world it observed.
 func (t *term) reconcile(ctx context.Context, w world) (time.Duration, error) {
-	var err error
-	if w.gate.Open && w.discovered && w.state.ObservedIssuer != w.issuer {
-		prev := w.state.ObservedIssuer
-		if _, err := t.updateState(ctx, func(st *State) error {
-			st.ObservedIssuer, st.ObservedIssuerAt = w.issuer, w.now
-			if st.Waiting != nil && st.Waiting.Reason == WaitIssuerUnknown {
-				st.Waiting = nil
-			}
-			return nil
-		}); err != nil {
-			return 0, err
-		}
+	t.c.mu.Lock()
+	prev := t.c.observedIssuer
+	if w.gate.Open && w.discovered && prev != w.issuer {
+		t.c.observedIssuer, t.c.observedIssuerAt = w.issuer, w.now
+		w.issuerAt = w.now
+		t.c.mu.Unlock()
 		t.c.cfg.Log.Info("API servers sign with a new issuer", zap.String("issuer", w.issuer), zap.String("previous", prev))
-		return 0, nil
+	} else {
+		w.issuerAt = t.c.observedIssuerAt
+		t.c.mu.Unlock()
 	}
 	if w.state.Steer != nil {
+		var err error
 		if w.state, err = t.applySteer(ctx, w); err != nil {
 			return 0, err
 		}
@@ -638,13 +667,12 @@ func (t *term) observe(ctx context.Context) (world, error) {
 	w.issuer, discovered = t.c.currentIssuer(ctx, source, w.now)
 	w.gate = source.WithDiscovery(discovered)
 	t.observeGate(w.gate, w.now)
-	var err error
-	if w.state, err = DecodeState(t.configMap()); err != nil {
-		return w, err
-	}
+	w.state = StateOf(t.recordList())
 	w.discovered = w.issuer != ""
 	if !w.discovered {
-		w.issuer = w.state.recordedIssuer()
+		t.c.mu.Lock()
+		w.issuer = cmp.Or(t.c.observedIssuer, w.state.recordedIssuer())
+		t.c.mu.Unlock()
 	}
 	w.nodes = t.listNodes()
 	w.byName = make(map[string]*corev1.Node, len(w.nodes))
@@ -773,11 +801,15 @@ func (t *term) maybeStart(ctx context.Context, w world) (time.Duration, error) {
 	}
 	if req := w.state.Start; req != nil {
 		sel, err := labels.Parse(req.Selector)
+		if req.Invalid != "" {
+			err = errors.New(req.Invalid)
+		}
+		strategy := cmp.Or(req.Strategy, cfg.Strategy)
 		var nodes []PlannedNode
 		if err == nil {
 			for _, n := range w.nodes {
-				if sel.Matches(labels.Set(n.Labels)) && excludedBy(n) == "" {
-					nodes = append(nodes, PlannedNode{Name: n.Name, Strategy: req.Strategy, Reason: "requested by " + orUnknown(req.RequestedBy)})
+				if sel.Matches(labels.Set(n.Labels)) && excludedBy(n) == "" && (len(req.Nodes) == 0 || slices.Contains(req.Nodes, n.Name)) {
+					nodes = append(nodes, PlannedNode{Name: n.Name, Strategy: strategy, Reason: "requested by " + orUnknown(req.RequestedBy)})
 				}
 			}
 			sortPlan(nodes)
@@ -786,12 +818,14 @@ func (t *term) maybeStart(ctx context.Context, w world) (time.Duration, error) {
 		if req.RequestedBy != "" {
 			trigger += " (" + req.RequestedBy + ")"
 		}
-		return 0, t.startRollout(ctx, w, trigger, req.Strategy, nodes, err, req.DryRun || cfg.DryRun)
+		return 0, t.startRollout(ctx, w, req.Name, trigger, strategy, nodes, err, req.DryRun || cfg.DryRun)
 	}
 	if !cfg.Auto || !w.gate.Open {
 		return 0, nil
 	}
-	waitUntil := w.state.ObservedIssuerAt.Add(cfg.AgentWait)
+	t.c.mu.Lock()
+	waitUntil := t.c.observedIssuerAt.Add(cfg.AgentWait)
+	t.c.mu.Unlock()
 	p := t.plans.plan(PlanInput{Now: w.now, Issuer: w.issuer, Gate: w.gate, Strategy: cfg.Strategy, Margin: cfg.TrustMargin,
 		WaitForReports: w.now.Before(waitUntil), Nodes: w.nodes, AppStale: t.appStaleNodes(w)})
 	t.c.m.staleNodes.Set(float64(len(p.Nodes)))
@@ -815,7 +849,7 @@ func (t *term) maybeStart(ctx context.Context, w world) (time.Duration, error) {
 	if last := w.state.Rollout; cfg.DryRun && last != nil && last.DryRun && samePlan(last.Nodes, p.Nodes) {
 		return 0, nil // that dry run said it all already
 	}
-	return 0, t.startRollout(ctx, w, trigger, cfg.Strategy, p.Nodes, nil, cfg.DryRun)
+	return 0, t.startRollout(ctx, w, NewRolloutName(w.now), trigger, cfg.Strategy, p.Nodes, nil, cfg.DryRun)
 }
 
 func orUnknown(s string) string {
@@ -825,8 +859,14 @@ func orUnknown(s string) string {
 	return s
 }
 
-func (t *term) startRollout(ctx context.Context, w world, trigger string, strategy protocol.Strategy, nodes []PlannedNode, selErr error, dryRun bool) error {
-	r := &Rollout{ID: "r-" + w.now.Format("20060102-150405") + "-" + randHex(2), Trigger: trigger, Strategy: strategy,
+// NewRolloutName names a new TokenRollout: by time, so that names sort as
+// the rollouts were made.
+func NewRolloutName(now time.Time) string {
+	return "r-" + now.UTC().Format("20060102-150405") + "-" + randHex(2)
+}
+
+func (t *term) startRollout(ctx context.Context, w world, id, trigger string, strategy protocol.Strategy, nodes []PlannedNode, selErr error, dryRun bool) error {
+	r := &Rollout{ID: id, Trigger: trigger, Strategy: strategy,
 		Phase: RolloutRunning, Issuer: w.issuer, Nodes: nodes, DryRun: dryRun, CreatedAt: w.now, UpdatedAt: w.now}
 	switch {
 	case selErr != nil:
@@ -851,6 +891,9 @@ func (t *term) startRollout(ctx context.Context, w world, trigger string, strate
 		if st.Rollout != nil {
 			st.Last = st.Rollout
 		}
+		if st.Start != nil && st.Start.Name != r.ID {
+			return errors.New("the start request changed while planning it")
+		}
 		st.Rollout, st.Start, st.Waiting = r, nil, nil
 		return nil
 	}); err != nil {
@@ -865,11 +908,11 @@ func (t *term) startRollout(ctx context.Context, w world, trigger string, strate
 		t.c.cfg.Log.Warn("strategy auto has no audit source: it falls back to evicting the pods holding tokens of an untrusted issuer", zap.String("rollout", r.ID), zap.String("apps", r.Apps))
 	}
 	if !dryRun {
-		// One Event for the plan, on the rollout state, not one per node: on
+		// One Event for the plan, on the TokenRollout, not one per node: on
 		// a large fleet those would queue ahead of the rollout's own writes
 		// behind the client's rate limit. Each node's Cordoned Event gives
 		// its reason when its turn comes; tokenroll status lists them all.
-		if cm := t.configMap(); cm != nil && len(r.Nodes) > 0 {
+		if len(r.Nodes) > 0 {
 			names := make([]string, len(r.Nodes))
 			count := map[protocol.Strategy]int{}
 			for i, pn := range r.Nodes {
@@ -882,10 +925,10 @@ func (t *term) startRollout(ctx context.Context, w world, trigger string, strate
 					how = append(how, fmt.Sprintf("%s %d", s, count[s]))
 				}
 			}
-			t.recorder.Eventf(cm, nil, corev1.EventTypeNormal, "RolloutPlanned", "Plan", "rollout %s (%s) plans %s (%s): %s",
+			t.rolloutEvent(corev1.EventTypeNormal, "RolloutPlanned", "Plan", "rollout %s (%s) plans %s (%s): %s",
 				r.ID, trigger, nodeCount(len(r.Nodes)), strings.Join(how, ", "), namesOf(names))
 			if r.Apps != "" {
-				t.recorder.Eventf(cm, nil, corev1.EventTypeWarning, "AppsUnverified", "Plan", "rollout %s: %s", r.ID, r.Apps)
+				t.rolloutEvent(corev1.EventTypeWarning, "AppsUnverified", "Plan", "rollout %s: %s", r.ID, r.Apps)
 			}
 		}
 		return nil
@@ -904,23 +947,62 @@ func randHex(n int) string {
 	return hex.EncodeToString(b)
 }
 
-// updateState writes the rollout state and puts the result in the
-// read-your-writes cache, so the next sync does not act on an older one.
+// updateState writes the rollout record and keeps what it wrote, so the
+// next sync does not act on an older one (read-your-writes).
 func (t *term) updateState(ctx context.Context, change func(*State) error) (State, error) {
-	st, cm, err := t.c.store.update(ctx, change)
-	if err == nil && cm != nil {
-		t.cm.Mutation(cm)
+	store := t.c.store
+	store.Progress = t.fillProgress
+	st, written, err := store.update(ctx, t.recordList(), change)
+	t.mu.Lock()
+	for _, o := range written {
+		t.written[o.Name] = o
 	}
+	t.mu.Unlock()
 	return st, err
 }
 
-func (t *term) configMap() *corev1.ConfigMap {
-	o, ok, _ := t.cm.GetByKey(t.c.cfg.Namespace + "/" + ConfigMapName)
-	if !ok {
-		return nil
+// recordList lists the cached TokenRollouts, each the newer of the cache's
+// and the one this term last wrote.
+func (t *term) recordList() []*v1alpha1.TokenRollout {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	seen := map[string]bool{}
+	var out []*v1alpha1.TokenRollout
+	for _, o := range t.records.List() {
+		r, ok := o.(*v1alpha1.TokenRollout)
+		if !ok {
+			continue
+		}
+		seen[r.Name] = true
+		if mine := t.written[r.Name]; mine != nil && newerRV(mine.ResourceVersion, r.ResourceVersion) {
+			r = mine
+		} else {
+			delete(t.written, r.Name)
+		}
+		out = append(out, r)
 	}
-	cm, _ := o.(*corev1.ConfigMap)
-	return cm
+	for name, o := range t.written {
+		if !seen[name] {
+			out = append(out, o)
+		}
+	}
+	return out
+}
+
+// record is the TokenRollout named name as recordList sees it (nil: none).
+func (t *term) record(name string) *v1alpha1.TokenRollout {
+	for _, o := range t.recordList() {
+		if o.Name == name {
+			return o
+		}
+	}
+	return nil
+}
+
+func newerRV(a, b string) bool {
+	x, errA := strconv.ParseUint(a, 10, 64)
+	y, errB := strconv.ParseUint(b, 10, 64)
+	return errA == nil && errB == nil && x > y
 }
 
 // listNodes lists the cached Nodes, each the newer of the cache's and the
@@ -949,4 +1031,12 @@ func (t *term) node(name string) *corev1.Node {
 func (t *term) event(n *corev1.Node, typ, reason, action, note string, args ...any) {
 	ref := &corev1.ObjectReference{Kind: "Node", Name: n.Name, UID: n.UID, APIVersion: "v1"}
 	t.recorder.Eventf(ref, nil, typ, reason, action, note, args...)
+}
+
+// ObservedIssuer is the signing issuer this process last saw with the gate
+// open, and since when ("" while it leads no term, or has not read it).
+func (c *Coordinator) ObservedIssuer() (string, time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.observedIssuer, c.observedIssuerAt
 }

@@ -35,7 +35,7 @@ type Raise struct {
 	Message string `json:"message"`
 }
 
-// ReasonMaxUnavailableRaised is the Event on the rollout's ConfigMap when
+// ReasonMaxUnavailableRaised is the Event on the TokenRollout when
 // the coordinator raises the nodes disrupted at once.
 const ReasonMaxUnavailableRaised = "MaxUnavailableRaised"
 
@@ -197,16 +197,13 @@ func (t *term) publishEstimate(ctx context.Context) error {
 	if cur == nil || !cur.Known() {
 		return nil
 	}
-	st, err := DecodeState(t.configMap())
-	if err != nil {
-		return err
-	}
+	st := StateOf(t.recordList())
 	r := st.Active()
 	if r == nil || r.Phase != RolloutRunning || !estimateMoved(r.Estimate, cur) {
 		return nil
 	}
 	id, risk := r.ID, cur.MissesDeadline() && (r.Estimate == nil || !r.Estimate.MissesDeadline())
-	_, err = t.updateState(ctx, func(st *State) error {
+	_, err := t.updateState(ctx, func(st *State) error {
 		if r := st.Active(); r != nil && r.ID == id {
 			r.Estimate = cur
 		}
@@ -220,12 +217,16 @@ func (t *term) publishEstimate(ctx context.Context) error {
 	return err
 }
 
-// rolloutEvent records an Event on the rollout state's ConfigMap: what
-// concerns the whole rollout rather than one node.
+// rolloutEvent records an Event on the current TokenRollout: what concerns
+// the whole rollout rather than one node.
 func (t *term) rolloutEvent(typ, reason, action, note string, args ...any) {
-	ref := &corev1.ObjectReference{Kind: "ConfigMap", Namespace: t.c.cfg.Namespace, Name: ConfigMapName, APIVersion: "v1"}
-	if cm := t.configMap(); cm != nil {
-		ref.UID = cm.UID
+	st := StateOf(t.recordList())
+	if st.Rollout == nil {
+		return
+	}
+	ref := &corev1.ObjectReference{Kind: "TokenRollout", Name: st.Rollout.ID, APIVersion: v1alpha1.SchemeGroupVersion.String()}
+	if o := t.record(st.Rollout.ID); o != nil {
+		ref.UID = o.UID
 	}
 	t.recorder.Eventf(ref, nil, typ, reason, action, note, args...)
 }

@@ -129,7 +129,7 @@ func TestRaiseToMeetTheTrustDeadline(t *testing.T) {
 				t.Errorf("the new leader's tokenroll_rollout_max_unavailable_nodes %v; want %d", got, c.want)
 			}
 
-			rep, err := BuildStatus(f.ctx, f.client, testNS, newIssuer, f.gate.State(), f.clock.Now())
+			rep, err := BuildStatus(f.ctx, f.client, f.api, testNS, newIssuer, f.gate.State(), f.clock.Now())
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -172,7 +172,7 @@ func TestNoEstimateBeforeANodeFinishes(t *testing.T) {
 	if got := f.counter("tokenroll_rollout_estimated_completion_timestamp_seconds", "", ""); got != 0 {
 		t.Errorf("tokenroll_rollout_estimated_completion_timestamp_seconds %v; want 0", got)
 	}
-	rep, err := BuildStatus(f.ctx, f.client, testNS, newIssuer, f.gate.State(), f.clock.Now())
+	rep, err := BuildStatus(f.ctx, f.client, f.api, testNS, newIssuer, f.gate.State(), f.clock.Now())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,7 +2,6 @@ package coordinator_test
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"maps"
 	"os"
@@ -22,18 +21,20 @@ import (
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 	watchtools "k8s.io/client-go/tools/watch"
-	"k8s.io/client-go/util/retry"
 
 	"github.com/tokenroll/tokenroll/coordinator"
+	"github.com/tokenroll/tokenroll/pkg/generated/clientset/versioned"
 	"github.com/tokenroll/tokenroll/protocol"
 	"github.com/tokenroll/tokenroll/sandbox"
 	"github.com/tokenroll/tokenroll/sandbox/controlplane"
 	"github.com/tokenroll/tokenroll/sandbox/fleet"
 	"github.com/tokenroll/tokenroll/sandbox/invariants"
+	"github.com/tokenroll/tokenroll/test/benchkit"
 )
 
 const (
@@ -46,13 +47,18 @@ const (
 // env is a real control plane, simulated nodes with real agents, and an
 // invariant checker watching through the API server.
 type env struct {
-	t       *testing.T
-	ctx     context.Context
-	cp      *controlplane.ControlPlane
-	admin   kubernetes.Interface
-	fleet   *fleet.Fleet
-	checker *invariants.Checker
-	log     *zap.Logger
+	t     *testing.T
+	ctx   context.Context
+	cp    *controlplane.ControlPlane
+	admin kubernetes.Interface
+	// api is the tokenroll.io client (the CRDs are installed).
+	api  versioned.Interface
+	runs []*coordinatorRun
+	// lastProbe is syncRan's last request time.
+	lastProbe time.Time
+	fleet     *fleet.Fleet
+	checker   *invariants.Checker
+	log       *zap.Logger
 }
 
 func startEnv(t *testing.T, apiservers int, nodes ...string) *env {
@@ -69,7 +75,11 @@ func startEnvWith(t *testing.T, apiservers int, change func(*fleet.Config), node
 	t.Parallel()
 	cp := controlplane.StartForTest(t, controlplane.Config{APIServers: apiservers, Issuers: []string{oldIssuer}})
 	ctx, cancel := context.WithCancel(context.Background())
-	e := &env{t: t, ctx: ctx, cp: cp, admin: kubernetes.NewForConfigOrDie(cp.AdminConfig()), log: testLogger(t)}
+	e := &env{t: t, ctx: ctx, cp: cp, admin: kubernetes.NewForConfigOrDie(cp.AdminConfig()), api: versioned.NewForConfigOrDie(cp.AdminConfig()), log: testLogger(t)}
+	if err := benchkit.InstallCRDs(ctx, cp.AdminConfig()); err != nil {
+		cancel()
+		t.Fatal(err)
+	}
 	fc := fleet.Config{CP: cp, Dir: t.TempDir(), Nodes: nodes, RebootDown: time.Second, Log: e.log}
 	if change != nil {
 		change(&fc)
@@ -146,37 +156,39 @@ func (e *env) waitNodes(what string, cond func(map[string]*corev1.Node) bool) {
 	}
 }
 
-// waitState watches the rollout ConfigMap until cond holds.
+// waitState polls the TokenRollouts until the state they hold meets cond.
 func (e *env) waitState(what string, cond func(coordinator.State) bool) coordinator.State {
 	e.t.Helper()
-	ctx, cancel := context.WithTimeout(e.ctx, 3*time.Minute)
-	defer cancel()
 	var last coordinator.State
-	for ctx.Err() == nil {
-		w, err := e.admin.CoreV1().ConfigMaps(ns).Watch(ctx, metav1.ListOptions{FieldSelector: "metadata.name=" + coordinator.ConfigMapName})
+	err := wait.PollUntilContextTimeout(e.ctx, 100*time.Millisecond, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
+		st, err := coordinator.Store{Client: e.api}.Get(ctx)
 		if err != nil {
-			continue
+			return false, nil //nolint:nilerr // read again until the timeout
 		}
-		for ev := range w.ResultChan() {
-			if ev.Type == watch.Error {
-				break
-			}
-			cm, ok := ev.Object.(*corev1.ConfigMap)
-			if !ok {
-				continue
-			}
-			if st, err := coordinator.DecodeState(cm); err == nil {
-				last = st
-				if cond(st) {
-					w.Stop()
-					return st
-				}
-			}
-		}
-		w.Stop()
+		last = st
+		return cond(st), nil
+	})
+	if err != nil {
+		e.t.Fatalf("waiting until %s: %v; last state %+v, last rollout %+v; nodes %+v", what, err, last, last.Rollout, e.checker.Summary())
 	}
-	e.t.Fatalf("waiting until %s: timed out; last state %+v, last rollout %+v; nodes %+v", what, last, last.Rollout, e.checker.Summary())
 	return last
+}
+
+// waitObserved waits until a coordinator of this env saw iss with the gate
+// open.
+func (e *env) waitObserved(iss string) {
+	e.t.Helper()
+	err := wait.PollUntilContextTimeout(e.ctx, 100*time.Millisecond, 3*time.Minute, true, func(context.Context) (bool, error) {
+		for _, r := range e.runs {
+			if got, _ := r.c.ObservedIssuer(); got == iss {
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+	if err != nil {
+		e.t.Fatalf("waiting until a coordinator saw issuer %s: %v", iss, err)
+	}
 }
 
 type coordinatorRun struct {
@@ -198,7 +210,7 @@ func (e *env) startCoordinator(name string, gate coordinator.Gate, change func(*
 		gate = mustGate(e.t, e.ctx, coordinator.GateNone, client)
 	}
 	reg := prometheus.NewRegistry()
-	cfg := coordinator.Config{Client: client, Namespace: ns, Gate: gate, Strategy: coordinator.KubeletRestart,
+	cfg := coordinator.Config{Client: client, Rollouts: versioned.NewForConfigOrDie(e.cp.AdminConfig()), Namespace: ns, Gate: gate, Strategy: coordinator.KubeletRestart,
 		MaxUnavailable: intstr.FromInt32(1), DrainTimeout: time.Minute, ActionTimeout: time.Minute, VerifyTimeout: time.Minute,
 		TrustMargin: time.Hour, IssuerRefresh: time.Second, Auto: true, Registry: reg, Log: e.log.Named(name)}
 	if change != nil {
@@ -210,6 +222,7 @@ func (e *env) startCoordinator(name string, gate coordinator.Gate, change func(*
 	}
 	ctx, cancel := context.WithCancel(e.ctx)
 	r := &coordinatorRun{cancel: cancel, done: make(chan struct{}), reg: reg, c: c}
+	e.runs = append(e.runs, r)
 	go func() {
 		defer close(r.done)
 		_ = coordinator.RunElected(ctx, coordinator.LeaderConfig{Client: client, Namespace: ns, LeaseName: leaseName, Identity: name,
@@ -263,7 +276,7 @@ func TestIssuerChangeKubeletRestart(t *testing.T) {
 	nodes := []string{"node-a", "node-b", "node-c"}
 	e := startEnv(t, 1, nodes...)
 	run := e.startCoordinator("c1", nil, nil)
-	e.waitState("the coordinator recorded the issuer", func(s coordinator.State) bool { return s.ObservedIssuer == oldIssuer })
+	e.waitObserved(oldIssuer)
 
 	e.restartAPIServers(newIssuer)
 	st := e.waitState("a rollout finished", func(s coordinator.State) bool {
@@ -275,7 +288,7 @@ func TestIssuerChangeKubeletRestart(t *testing.T) {
 	e.waitNodes("every token from the new issuer", func(m map[string]*corev1.Node) bool {
 		return allNodes(m, nodes, func(n *corev1.Node) bool { return tokensFrom(n, newIssuer) == 3 })
 	})
-	rep, err := coordinator.BuildStatus(e.ctx, e.admin, ns, newIssuer, coordinator.GateState{Provider: "none", Open: true, Message: "no revision gate (--gate=none)"}, time.Now())
+	rep, err := coordinator.BuildStatus(e.ctx, e.admin, e.api, ns, newIssuer, coordinator.GateState{Provider: "none", Open: true, Message: "no revision gate (--gate=none)"}, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -410,11 +423,7 @@ func (e *env) cordon(node string, on bool) *corev1.Node {
 
 func (e *env) requestStart(s protocol.Strategy, selector string) {
 	e.t.Helper()
-	store := coordinator.Store{Client: e.admin, Namespace: ns, FieldManager: "test"}
-	if _, err := store.Update(e.ctx, func(st *coordinator.State) error {
-		st.Start = &coordinator.StartRequest{Strategy: s, Selector: selector, RequestedAt: time.Now().UTC(), RequestedBy: "test"}
-		return nil
-	}); err != nil {
+	if _, err := coordinator.RequestStart(e.ctx, e.api, s, selector, false, "test", time.Now()); err != nil {
 		e.t.Fatal(err)
 	}
 }
@@ -424,16 +433,8 @@ func (e *env) requestStart(s protocol.Strategy, selector string) {
 // the state the coordinator wrote.
 func (e *env) steer(verb coordinator.Verb) coordinator.State {
 	e.t.Helper()
-	store := coordinator.Store{Client: e.admin, Namespace: ns, FieldManager: "test"}
-	var id string
-	if _, err := store.Update(e.ctx, func(st *coordinator.State) error {
-		if st.Rollout == nil {
-			return fmt.Errorf("no rollout")
-		}
-		id = st.Rollout.ID
-		st.Steer = &coordinator.SteerRequest{Verb: verb, Rollout: id, RequestedAt: time.Now().UTC(), RequestedBy: "test"}
-		return nil
-	}); err != nil {
+	id, _, err := coordinator.RequestSteer(e.ctx, e.api, verb, "test", time.Now())
+	if err != nil {
 		e.t.Fatal(err)
 	}
 	return e.waitState("the coordinator applied or refused "+string(verb), func(s coordinator.State) bool {
@@ -593,55 +594,24 @@ func (e *env) settled() (map[string]string, bool) {
 }
 
 // syncRan returns once the coordinator has finished a sync begun after
-// this call. A steering request for a rollout that never existed is
-// refused and cleared by a sync and by nothing else; a second one, cleared
-// by a later sync, proves the first sync, its advance included, has
-// finished: syncs are serial. Each wait watches from the request's own
-// write, so no older state can answer it.
+// this call. A retry request for a node that does not exist is refused and
+// acknowledged (status.retriedUntil) by a sync and by nothing else; a
+// second one, acknowledged by a later sync, proves the first sync, its
+// advance included, has finished: syncs are serial.
 func (e *env) syncRan() {
 	e.t.Helper()
-	cms := e.admin.CoreV1().ConfigMaps(ns)
-	ctx, cancel := context.WithTimeout(e.ctx, 3*time.Minute)
-	defer cancel()
 	for i := range 2 {
-		var written *corev1.ConfigMap
-		if err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
-			cm, err := cms.Get(ctx, coordinator.ConfigMapName, metav1.GetOptions{})
-			if err != nil {
-				return err
-			}
-			st, err := coordinator.DecodeState(cm)
-			if err != nil {
-				return err
-			}
-			st.Steer = &coordinator.SteerRequest{Verb: coordinator.VerbPause, Rollout: fmt.Sprintf("probe-%d", i), RequestedAt: time.Now().UTC(), RequestedBy: "test"}
-			raw, err := json.Marshal(st)
-			if err != nil {
-				return err
-			}
-			cm.Data[coordinator.StateKey] = string(raw)
-			written, err = cms.Update(ctx, cm, metav1.UpdateOptions{FieldManager: "test"})
-			return err
-		}); err != nil {
-			e.t.Fatalf("writing a steering request: %v", err)
+		// Request times are kept to the second: each probe is a second
+		// after the last.
+		at := time.Now().Truncate(time.Second).Add(time.Second)
+		if !at.After(e.lastProbe) {
+			at = e.lastProbe.Add(time.Second)
 		}
-		w, err := cms.Watch(ctx, metav1.ListOptions{FieldSelector: "metadata.name=" + coordinator.ConfigMapName, ResourceVersion: written.ResourceVersion})
-		if err != nil {
-			e.t.Fatal(err)
+		e.lastProbe = at
+		if err := coordinator.RequestRetry(e.ctx, e.api, []string{fmt.Sprintf("probe-%d", i)}, "test", at); err != nil {
+			e.t.Fatalf("writing a probe: %v", err)
 		}
-		cleared := false
-		for ev := range w.ResultChan() {
-			if cm, ok := ev.Object.(*corev1.ConfigMap); ok {
-				if st, err := coordinator.DecodeState(cm); err == nil && st.Steer == nil {
-					cleared = true
-					break
-				}
-			}
-		}
-		w.Stop()
-		if !cleared {
-			e.t.Fatalf("the coordinator did not clear steering request probe-%d: %v", i, ctx.Err())
-		}
+		e.waitState(fmt.Sprintf("the coordinator acknowledged probe-%d", i), func(s coordinator.State) bool { return len(s.Retry) == 0 })
 	}
 }
 

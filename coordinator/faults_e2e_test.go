@@ -76,7 +76,7 @@ func TestRolloutThroughAPIFaults(t *testing.T) {
 		c.Client = kubernetes.NewForConfigOrDie(cp.Config(e.cp.AdminConfig()))
 		c.WriteRetry = fastRetry()
 	})
-	e.waitState("the coordinator recorded the issuer", func(s coordinator.State) bool { return s.ObservedIssuer == oldIssuer })
+	e.waitObserved(oldIssuer)
 
 	start := time.Now()
 	e.restartAPIServers(newIssuer)

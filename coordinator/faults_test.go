@@ -188,16 +188,16 @@ func TestConflictReadsAgain(t *testing.T) {
 func TestStateWriteRetried(t *testing.T) {
 	f := newFixture(t, rolloutConfigMap(rollout(Reboot, "n1")))
 	clk := apiretrytest.NewClock(t0)
-	st := Store{Client: f.client, Namespace: testNS, FieldManager: "test",
+	st := Store{Client: f.api, FieldManager: "test",
 		Retry: apiretry.Policy{Backoff: wait.Backoff{Duration: time.Second, Factor: 2, Steps: 4}, Clock: clk}}
 	calls := 0
-	f.fake.PrependReactor("update", "configmaps", func(a clienttesting.Action) (bool, runtime.Object, error) {
+	f.api.PrependReactor("update", "tokenrollouts", func(a clienttesting.Action) (bool, runtime.Object, error) {
 		calls++
 		switch calls {
 		case 1:
 			return true, nil, apierrors.NewInternalError(errors.New("etcdserver: leader changed"))
 		case 2:
-			_, _, err := clienttesting.ObjectReaction(f.tracker)(a)
+			_, _, err := f.serveRecords(a)
 			if err != nil {
 				t.Errorf("applying the update whose answer is lost: %v", err)
 			}
@@ -206,7 +206,7 @@ func TestStateWriteRetried(t *testing.T) {
 		return false, nil, nil
 	})
 	gets := 0
-	f.fake.PrependReactor("get", "configmaps", func(clienttesting.Action) (bool, runtime.Object, error) {
+	f.api.PrependReactor("list", "tokenrollouts", func(clienttesting.Action) (bool, runtime.Object, error) {
 		if gets++; gets == 1 {
 			return true, nil, apierrors.NewTooManyRequests("throttled", 3)
 		}

@@ -16,11 +16,13 @@ package coordinator
 // against a real API server (e2e_test.go) cover those.
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -32,14 +34,17 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/runtime/serializer"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/discovery"
 	fakediscovery "k8s.io/client-go/discovery/fake"
 	"k8s.io/client-go/kubernetes"
@@ -53,6 +58,8 @@ import (
 	"k8s.io/klog/v2"
 	clocktesting "k8s.io/utils/clock/testing"
 
+	v1alpha1 "github.com/tokenroll/tokenroll/pkg/apis/tokenroll/v1alpha1"
+	apifake "github.com/tokenroll/tokenroll/pkg/generated/clientset/versioned/fake"
 	"github.com/tokenroll/tokenroll/protocol"
 )
 
@@ -65,22 +72,33 @@ const (
 	newIssuer = "https://new.tokenroll.test"
 	// rolloutID names the rollout the tests preload.
 	rolloutID = "r-test"
+	// startName names the TokenRollout of a start request the tests make
+	// (a State's StartRequest without a Name): the name the CLI would
+	// give it at t0.
+	startName = "r-20261127-120000-0000"
 )
 
 var (
 	nodesGVR      = corev1.SchemeGroupVersion.WithResource("nodes")
-	configMapsGVR = corev1.SchemeGroupVersion.WithResource("configmaps")
+	recordsGVR    = v1alpha1.SchemeGroupVersion.WithResource("tokenrollouts")
 	podsGVR       = corev1.SchemeGroupVersion.WithResource("pods")
 	daemonSetsGVR = appsv1.SchemeGroupVersion.WithResource("daemonsets")
 )
 
 // fixture is one fake cluster and the coordinator leading it.
 type fixture struct {
-	t       *testing.T
-	ctx     context.Context
-	cancel  context.CancelFunc
-	fake    *fake.Clientset
+	t      *testing.T
+	ctx    context.Context
+	cancel context.CancelFunc
+	fake   *fake.Clientset
+	// api is the tokenroll.io clientset: its requests land in fake's
+	// action log and tracker, in order with the others.
+	api     *apifake.Clientset
 	tracker *rvTracker
+	// snaps is the rollout record after each TokenRollout write, by its
+	// index in the action log.
+	snapMu  sync.Mutex
+	snaps   map[int]State
 	client  kubernetes.Interface
 	clock   *clocktesting.FakeClock
 	gate    *FakeGate
@@ -94,11 +112,11 @@ type fixture struct {
 	issuerMu sync.Mutex
 	issuer   string // what OIDC discovery answers ("" : an error)
 
-	// term is the current leader's term (nil: none yet); nodes and cms
+	// term is the current leader's term (nil: none yet); nodes and records
 	// stand for its informers' stores.
-	term  *term
-	nodes cache.Store
-	cms   cache.Store
+	term    *term
+	nodes   cache.Store
+	records cache.Store
 	// kured stands for the informer on kured's DaemonSet (nil: off).
 	kured  cache.Store
 	events *events.FakeRecorder
@@ -113,17 +131,42 @@ func newFixture(t *testing.T, objs ...runtime.Object) *fixture {
 	f := &fixture{t: t, ctx: ctx, cancel: cancel, fake: fake.NewSimpleClientset(), issuer: newIssuer,
 		clock: clocktesting.NewFakeClock(t0), gate: NewFakeGate(GateState{Provider: GateNone, Open: true, Message: "no revision gate"})}
 	f.drainer = &fakeDrainer{}
-	f.tracker = &rvTracker{ObjectTracker: f.fake.Tracker()}
+	sch := runtime.NewScheme()
+	for _, add := range []func(*runtime.Scheme) error{fake.AddToScheme, v1alpha1.AddToScheme} {
+		if err := add(sch); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.tracker = &rvTracker{ObjectTracker: clienttesting.NewObjectTracker(sch, serializer.NewCodecFactory(sch).UniversalDecoder())}
 	f.fake.PrependReactor("*", "*", clienttesting.ObjectReaction(f.tracker))
+	f.fake.PrependWatchReactor("*", func(a clienttesting.Action) (bool, watch.Interface, error) {
+		w, err := f.tracker.Watch(a.GetResource(), a.GetNamespace())
+		return true, w, err
+	})
+	f.snaps = map[int]State{}
+	f.api = apifake.NewSimpleClientset()
+	f.api.PrependReactor("*", "*", f.serveRecords)
+	f.api.PrependWatchReactor("*", func(a clienttesting.Action) (bool, watch.Interface, error) {
+		w, err := f.tracker.Watch(a.GetResource(), a.GetNamespace())
+		return true, w, err
+	})
 	f.fake.PrependReactor("list", "pods", f.listPodsOnNode)
 	rc := &restfake.RESTClient{NegotiatedSerializer: scheme.Codecs.WithoutConversion(), Client: restfake.CreateHTTPClient(f.serveOIDC)}
 	f.client = clientWithOIDC{Clientset: f.fake, disc: &oidcDiscovery{FakeDiscovery: &fakediscovery.FakeDiscovery{Fake: &f.fake.Fake}, rest: rc}}
+	var seeds []State
 	for _, o := range objs {
+		if sd, ok := o.(*stateSeed); ok {
+			seeds = append(seeds, sd.st)
+			continue
+		}
 		if err := f.tracker.Add(o); err != nil {
 			t.Fatal(err)
 		}
 	}
-	f.cfg = Config{Client: f.client, Namespace: testNS, Gate: f.gate, Strategy: Reboot, MaxUnavailable: intstr.FromInt32(1),
+	for _, st := range seeds {
+		f.putState(st)
+	}
+	f.cfg = Config{Client: f.client, Rollouts: f.api, Namespace: testNS, Gate: f.gate, Strategy: Reboot, MaxUnavailable: intstr.FromInt32(1),
 		DrainTimeout: 10 * time.Minute, ActionTimeout: 15 * time.Minute, VerifyTimeout: 5 * time.Minute,
 		TrustMargin: time.Hour, IssuerRefresh: 10 * time.Minute, Drainer: f.drainer, Log: zaptest.NewLogger(t), Clock: f.clock}
 	t.Cleanup(f.stop)
@@ -141,8 +184,8 @@ func (f *fixture) lead() {
 	// The term Lead starts, on stores the tests fill themselves instead of
 	// informers.
 	f.nodes = cache.NewStore(cache.MetaNamespaceKeyFunc)
-	f.cms = cache.NewStore(cache.MetaNamespaceKeyFunc)
-	f.term = c.newTerm(klog.Background(), f.nodes, f.cms)
+	f.records = cache.NewStore(cache.MetaNamespaceKeyFunc)
+	f.term = c.newTerm(klog.Background(), f.nodes, f.records)
 	f.kured = nil
 	if f.cfg.KuredLock.Name != "" {
 		f.kured = cache.NewStore(cache.MetaNamespaceKeyFunc)
@@ -225,18 +268,18 @@ func (f *fixture) stop() {
 // informers would once their watches deliver.
 func (f *fixture) catchUp() {
 	f.t.Helper()
-	var nodes, cms []any
+	var nodes, records []any
 	for _, n := range f.list(nodesGVR, "") {
 		o, _ := trimNode(n)
 		nodes = append(nodes, o)
 	}
-	for _, cm := range f.list(configMapsGVR, testNS) {
-		cms = append(cms, cm)
+	for _, o := range f.list(recordsGVR, "") {
+		records = append(records, o)
 	}
 	if err := f.nodes.Replace(nodes, ""); err != nil {
 		f.t.Fatal(err)
 	}
-	if err := f.cms.Replace(cms, ""); err != nil {
+	if err := f.records.Replace(records, ""); err != nil {
 		f.t.Fatal(err)
 	}
 	if f.kured != nil {
@@ -254,9 +297,6 @@ func (f *fixture) catchUp() {
 	// What Lead's event handlers tell the read-your-writes caches.
 	for _, o := range nodes {
 		f.term.nodes.OnAddOrUpdate(o.(runtime.Object))
-	}
-	for _, o := range cms {
-		f.term.cm.OnAddOrUpdate(o.(runtime.Object))
 	}
 }
 
@@ -285,7 +325,7 @@ func (f *fixture) list(gvr schema.GroupVersionResource, ns string) []runtime.Obj
 	return items
 }
 
-var kinds = map[string]string{"nodes": "Node", "configmaps": "ConfigMap", "pods": "Pod", "events": "Event", "daemonsets": "DaemonSet"}
+var kinds = map[string]string{"nodes": "Node", "configmaps": "ConfigMap", "pods": "Pod", "events": "Event", "daemonsets": "DaemonSet", "tokenrollouts": "TokenRollout"}
 
 // sync runs one reconciliation on stores that caught up with the cluster
 // and returns when the coordinator asks to run again (0: on a change).
@@ -354,7 +394,8 @@ type apiWrite struct {
 	// RequestCleared: the request annotation set to null.
 	RequestCleared bool           `json:"requestCleared,omitempty"`
 	Other          map[string]any `json:"other,omitempty"`
-	// A ConfigMap write: the rollout state.
+	// A TokenRollout write: the rollout record after it (a create and
+	// the status write after it are one write, "create").
 	State *State `json:"state,omitempty"`
 }
 
@@ -370,15 +411,38 @@ func (f *fixture) writes() []apiWrite {
 	f.t.Helper()
 	acts := f.fake.Actions()
 	var out []apiWrite
-	for _, a := range acts[f.seen:] {
+	for i, a := range acts[f.seen:] {
 		w := apiWrite{Verb: a.GetVerb(), Resource: a.GetResource().Resource, Subresource: a.GetSubresource(), Namespace: a.GetNamespace()}
+		if w.Resource == "tokenrollouts" {
+			f.snapMu.Lock()
+			st, ok := f.snaps[f.seen+i]
+			f.snapMu.Unlock()
+			if !ok {
+				continue // refused
+			}
+			if w.Verb == "delete" {
+				w.Name = a.(clienttesting.DeleteAction).GetName()
+				out = append(out, w)
+				continue
+			}
+			w.Name = objectName(a.(clienttesting.CreateAction).GetObject())
+			if st.Start != nil && st.Start.Name == startName {
+				st.Start.Name = "" // as the tests' states say it
+			}
+			w.State = &st
+			if n := len(out); n > 0 && w.Subresource == "status" && out[n-1].Verb == "create" && out[n-1].Resource == "tokenrollouts" && out[n-1].Name == w.Name {
+				out[n-1].State = &st
+				continue
+			}
+			out = append(out, w)
+			continue
+		}
 		switch a := a.(type) {
 		case clienttesting.PatchAction:
 			w.Name = a.GetName()
 			f.decodeNodePatch(&w, a)
 		case clienttesting.CreateAction: // and UpdateAction, the same interface
 			w.Name = objectName(a.GetObject())
-			w.State = decodeCM(f.t, a.GetObject())
 		case clienttesting.DeleteAction:
 			w.Name = a.GetName()
 		default:
@@ -396,18 +460,6 @@ func objectName(o runtime.Object) string {
 		return ""
 	}
 	return m.GetName()
-}
-
-func decodeCM(t *testing.T, o runtime.Object) *State {
-	cm, ok := o.(*corev1.ConfigMap)
-	if !ok {
-		return nil
-	}
-	st, err := DecodeState(cm)
-	if err != nil {
-		t.Errorf("ConfigMap %s written with state that does not decode: %v", cm.Name, err)
-	}
-	return &st
 }
 
 func (f *fixture) decodeNodePatch(w *apiWrite, a clienttesting.PatchAction) {
@@ -516,49 +568,190 @@ func (f *fixture) watchSees(oldNode, newNode *corev1.Node) {
 	f.term.nodeUpdated(oldNode, newNode)
 }
 
-// state reads the rollout state as the cluster holds it.
+// state reads the rollout record as the cluster holds it.
 func (f *fixture) state() State {
 	f.t.Helper()
-	o, err := f.tracker.Get(configMapsGVR, testNS, ConfigMapName)
-	if apierrors.IsNotFound(err) {
-		return State{}
-	}
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	st, err := DecodeState(o.(*corev1.ConfigMap))
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	return st
+	return StateOf(f.recordObjects())
 }
 
-// editState changes the rollout state as `tokenroll rollout` does (a
-// read-modify-write of the ConfigMap); the action log does not see it.
+func (f *fixture) recordObjects() []*v1alpha1.TokenRollout {
+	var out []*v1alpha1.TokenRollout
+	for _, o := range f.list(recordsGVR, "") {
+		out = append(out, o.(*v1alpha1.TokenRollout))
+	}
+	return out
+}
+
+// serveRecords is the tokenroll.io API: the request is logged with the
+// others and served from the same tracker, with what the real API server
+// does to a CRD with a status subresource (a create drops the status and
+// sets generation 1; a status write keeps the spec; a spec change bumps
+// the generation), and the record after each write is kept for writes.
+func (f *fixture) serveRecords(a clienttesting.Action) (bool, runtime.Object, error) {
+	if a.GetResource() != recordsGVR {
+		return false, nil, nil
+	}
+	if ca, ok := a.(clienttesting.CreateAction); ok && (a.GetVerb() == "create" || a.GetVerb() == "update") {
+		o := ca.GetObject().(*v1alpha1.TokenRollout).DeepCopy()
+		cur, err := f.tracker.Get(recordsGVR, "", o.Name)
+		switch {
+		case a.GetVerb() == "create":
+			o.Status, o.Generation, o.CreationTimestamp = v1alpha1.TokenRolloutStatus{}, 1, metav1.Time{Time: f.clock.Now()}
+		case err != nil:
+		case a.GetSubresource() == "status":
+			c := cur.(*v1alpha1.TokenRollout)
+			o.Spec, o.Generation, o.Labels, o.Annotations = c.Spec, c.Generation, c.Labels, c.Annotations
+		default:
+			c := cur.(*v1alpha1.TokenRollout)
+			o.Status, o.Generation = c.Status, c.Generation
+			if !equality.Semantic.DeepEqual(o.Spec, c.Spec) {
+				o.Generation++
+			}
+		}
+		if a.GetVerb() == "create" {
+			a = clienttesting.NewRootCreateAction(recordsGVR, o)
+		} else {
+			a = clienttesting.NewRootUpdateSubresourceAction(recordsGVR, a.GetSubresource(), o)
+		}
+	}
+	obj, err := f.fake.Invokes(a, nil)
+	if err == nil && (a.GetVerb() == "create" || a.GetVerb() == "update" || a.GetVerb() == "delete") {
+		st := StateOf(f.recordObjects())
+		f.snapMu.Lock()
+		f.snaps[len(f.fake.Actions())-1] = st
+		f.snapMu.Unlock()
+	}
+	return true, obj, err
+}
+
+// badLabelSelector passes the schema and is no valid selector.
+var badLabelSelector = &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "pool", Operator: metav1.LabelSelectorOpIn}}}
+
+// stateSeed stands, among a fixture's objects, for the TokenRollouts
+// holding a state (stateConfigMap).
+type stateSeed struct {
+	metav1.TypeMeta
+	st State
+}
+
+func (s *stateSeed) DeepCopyObject() runtime.Object { c := *s; return &c }
+
+// stateConfigMap seeds a fixture with the TokenRollouts holding st.
+func stateConfigMap(st State) runtime.Object { return &stateSeed{st: st} }
+
+// editState changes the rollout record as a person and the coordinator
+// before would have (putState); the action log does not see it.
 func (f *fixture) editState(change func(*State)) {
 	f.t.Helper()
 	st := f.state()
 	change(&st)
-	cm := stateConfigMap(st)
-	o, err := f.tracker.Get(configMapsGVR, testNS, ConfigMapName)
-	if err == nil {
-		cm.ResourceVersion = o.(*corev1.ConfigMap).ResourceVersion
-		err = f.tracker.Update(configMapsGVR, cm, testNS)
-	} else if apierrors.IsNotFound(err) {
-		err = f.tracker.Add(cm)
-	}
-	if err != nil {
-		f.t.Fatal(err)
-	}
+	f.putState(st)
 }
 
-// stateConfigMap is the ConfigMap holding st.
-func stateConfigMap(st State) *corev1.ConfigMap {
-	raw, err := json.MarshalIndent(st, "", "  ")
-	if err != nil {
-		panic(err)
+// putState makes the cluster's TokenRollouts hold st: the rollouts' status
+// as the coordinator writes it; a start request, steering and retries as
+// the CLI writes the spec.
+func (f *fixture) putState(st State) {
+	f.t.Helper()
+	get := func(name string) *v1alpha1.TokenRollout {
+		o, err := f.tracker.Get(recordsGVR, "", name)
+		if err != nil {
+			return nil
+		}
+		return o.(*v1alpha1.TokenRollout).DeepCopy()
 	}
-	return &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: ConfigMapName, Namespace: testNS}, Data: map[string]string{StateKey: string(raw)}}
+	put := func(o *v1alpha1.TokenRollout) {
+		var err error
+		if get(o.Name) == nil {
+			err = f.tracker.Add(o)
+		} else {
+			o.ResourceVersion = ""
+			err = f.tracker.Update(recordsGVR, o, "")
+		}
+		if err != nil {
+			f.t.Fatal(err)
+		}
+	}
+	var newest string
+	for _, r := range []*Rollout{st.Last, st.Rollout} {
+		if r == nil {
+			continue
+		}
+		o := get(r.ID)
+		if o == nil {
+			o = &v1alpha1.TokenRollout{ObjectMeta: metav1.ObjectMeta{Name: r.ID, Generation: 1, CreationTimestamp: metav1.Time{Time: r.CreatedAt}},
+				Spec: v1alpha1.TokenRolloutSpec{State: v1alpha1.StateRunning, DryRun: r.DryRun}}
+			o.Status.ObservedGeneration = 1
+			switch r.Phase {
+			case RolloutPaused:
+				o.Spec.State = v1alpha1.StatePaused
+			case RolloutCancelled:
+				o.Spec.State = v1alpha1.StateCancelled
+			}
+		}
+		setStatus(&o.Status, r, f.clock.Now())
+		o.Status.Waiting = nil
+		put(o)
+		newest = r.ID
+	}
+	if req := st.Start; req != nil {
+		name := cmp.Or(req.Name, startName)
+		o := get(name)
+		if o == nil {
+			o = &v1alpha1.TokenRollout{ObjectMeta: metav1.ObjectMeta{Name: name, Generation: 1, CreationTimestamp: metav1.Time{Time: req.RequestedAt},
+				Annotations: map[string]string{AnnotationRequestedBy: req.RequestedBy}},
+				Spec: v1alpha1.TokenRolloutSpec{State: v1alpha1.StateRunning, Strategy: v1alpha1.Strategy(req.Strategy), DryRun: req.DryRun, NodeNames: req.Nodes}}
+			if req.Selector != "" {
+				sel, err := metav1.ParseToLabelSelector(req.Selector)
+				if err != nil {
+					// What the schema lets through and the coordinator
+					// refuses: In with no values.
+					sel = badLabelSelector
+				}
+				o.Spec.NodeSelector = sel
+			}
+			put(o)
+		}
+	}
+	if req := st.Steer; req != nil {
+		o := get(cmp.Or(req.Rollout, newest))
+		if o == nil {
+			f.t.Fatalf("steering %s: no such TokenRollout", req.Rollout)
+		}
+		o.Spec.State = map[Verb]v1alpha1.DesiredState{VerbPause: v1alpha1.StatePaused, VerbResume: v1alpha1.StateRunning, VerbCancel: v1alpha1.StateCancelled}[req.Verb]
+		if req.Verb == VerbResume {
+			o.Spec.ResumeTime = &metav1.Time{Time: f.clock.Now()}
+		}
+		o.Generation++
+		o.Annotations = map[string]string{AnnotationRequestedBy: req.RequestedBy}
+		if !req.RequestedAt.IsZero() {
+			o.Annotations[AnnotationRequestedAt] = req.RequestedAt.Format(time.RFC3339)
+		}
+		put(o)
+	}
+	for _, rq := range st.Retry {
+		o := get(cmp.Or(rq.Rollout, newest))
+		if o == nil {
+			f.t.Fatalf("retry of %s: no TokenRollout to carry it", rq.Node)
+		}
+		if !slices.ContainsFunc(o.Spec.Retry, func(x v1alpha1.RetryRequest) bool {
+			return x.Node == rq.Node && x.RequestTime.Time.Equal(rq.RequestedAt)
+		}) {
+			o.Spec.Retry = append(o.Spec.Retry, v1alpha1.RetryRequest{Node: rq.Node, RequestTime: metav1.Time{Time: rq.RequestedAt}, RequestedBy: rq.RequestedBy})
+			o.Generation++
+			put(o)
+		}
+	}
+	if w := st.Waiting; w != nil {
+		holder := newest
+		if st.Active() == nil && st.Start != nil {
+			holder = cmp.Or(st.Start.Name, startName)
+		}
+		if o := get(holder); o != nil {
+			o.Status.Waiting = &v1alpha1.RolloutWait{Reason: w.Reason, Message: w.Message, Since: metav1.Time{Time: w.Since}}
+			put(o)
+		}
+	}
 }
 
 // setIssuer changes what OIDC discovery answers ("": it fails).

@@ -6,7 +6,6 @@ import (
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
@@ -256,7 +255,7 @@ func TestGateStateBeforeStart(t *testing.T) {
 // a closed gate, in the metric and the log as any closed gate: nothing is
 // planned, and the issuer recorded stays. When they agree, work starts.
 func TestDiscoveryDisagreeingWithTheGateClosesIt(t *testing.T) {
-	f := newFixture(t, testNode("n1", withReport(oldIssuerReport())), stateConfigMap(State{ObservedIssuer: newIssuer, ObservedIssuerAt: t0.Add(-time.Hour)}))
+	f := newFixture(t, testNode("n1", withReport(oldIssuerReport())), stateConfigMap(State{}))
 	core, logs := observer.New(zap.InfoLevel)
 	f.cfg.Auto, f.cfg.Strategy, f.cfg.Log = true, KubeletRestart, zap.New(core)
 	const other = "https://other.tokenroll.test"

@@ -86,7 +86,7 @@ func TestPolicyHealthGateWaitsForEvictedPodsReadyElsewhere(t *testing.T) {
 		cfg.Strategy = coordinator.Reboot
 		cfg.Drainer = coordinator.KubectlDrainer{Client: e.admin, Force: true}
 	})
-	e.waitState("the coordinator recorded the issuer", func(s coordinator.State) bool { return s.ObservedIssuer == oldIssuer })
+	e.waitObserved(oldIssuer)
 	e.restartAPIServers(newIssuer)
 	st := e.waitState("n-2 held by the health gate", func(s coordinator.State) bool {
 		return s.Waiting != nil && s.Waiting.Reason == coordinator.WaitHealthGate

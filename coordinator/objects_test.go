@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -111,10 +112,10 @@ func rollout(strategy protocol.Strategy, nodes ...string) *Rollout {
 // stateOf is the ConfigMap state with r current and the new issuer
 // observed an hour ago.
 func stateOf(r *Rollout) State {
-	return State{Rollout: r, ObservedIssuer: newIssuer, ObservedIssuerAt: t0.Add(-time.Hour)}
+	return State{Rollout: r}
 }
 
-func rolloutConfigMap(r *Rollout) *corev1.ConfigMap { return stateConfigMap(stateOf(r)) }
+func rolloutConfigMap(r *Rollout) runtime.Object { return stateConfigMap(stateOf(r)) }
 
 // started is the node state of a node cordoned at at.
 func started(action protocol.Strategy, byUs bool, at time.Time) protocol.NodeState {
@@ -176,7 +177,22 @@ func releaseNode(name string, uncordon bool) apiWrite {
 }
 
 func updateState(st State) apiWrite {
-	return apiWrite{Verb: "update", Resource: "configmaps", Namespace: testNS, Name: ConfigMapName, State: &st}
+	w := apiWrite{Verb: "update", Resource: "tokenrollouts", Subresource: "status", State: &st}
+	switch {
+	case st.Rollout != nil:
+		w.Name = st.Rollout.ID
+	case st.Start != nil:
+		w.Name = cmp.Or(st.Start.Name, startName)
+	}
+	return w
+}
+
+// createState is the write of a rollout the coordinator planned by itself:
+// its TokenRollout created, then its status written.
+func createState(st State) apiWrite {
+	w := updateState(st)
+	w.Verb, w.Subresource = "create", ""
+	return w
 }
 
 func evictPod(ns, name string) apiWrite {

@@ -82,7 +82,7 @@ func TestOpenShiftIssuerRotation(t *testing.T) {
 		}
 	})
 	run := e.startCoordinator("c1", e.openshiftGate(dyn), nil)
-	e.waitState("the coordinator recorded the issuer", func(s coordinator.State) bool { return s.ObservedIssuer == oldIssuer })
+	e.waitObserved(oldIssuer)
 
 	if err := openshiftsim.SetIssuer(e.ctx, dyn, newIssuer); err != nil {
 		t.Fatal(err)
@@ -98,8 +98,8 @@ func TestOpenShiftIssuerRotation(t *testing.T) {
 	if st.Rollout.Issuer != newIssuer || st.Rollout.Trigger != coordinator.TriggerIssuer || len(st.Rollout.Nodes) != len(nodes) {
 		t.Errorf("rollout %+v: want every node, for the new issuer", st.Rollout)
 	}
-	if st.Rollout.CreatedAt.Before(st.ObservedIssuerAt) {
-		t.Errorf("rollout planned at %s, before the new issuer was seen with the gate open at %s", st.Rollout.CreatedAt, st.ObservedIssuerAt)
+	if _, seen := run.c.ObservedIssuer(); st.Rollout.CreatedAt.Before(seen.Truncate(time.Second)) {
+		t.Errorf("rollout planned at %s, before the new issuer was seen with the gate open at %s", st.Rollout.CreatedAt, seen)
 	}
 	e.waitNodes("every token from the new issuer", func(m map[string]*corev1.Node) bool {
 		return allNodes(m, nodes, func(n *corev1.Node) bool { return tokensFrom(n, newIssuer) == 3 })
@@ -119,11 +119,11 @@ func TestOpenShiftTrustWindowNeedsNoWork(t *testing.T) {
 	dyn := e.startOpenShift(24*time.Hour, nil)
 	gate := e.openshiftGate(dyn)
 	e.startCoordinator("c1", gate, func(c *coordinator.Config) { c.AgentWait = time.Minute })
-	e.waitState("the coordinator recorded the issuer", func(s coordinator.State) bool { return s.ObservedIssuer == oldIssuer })
+	e.waitObserved(oldIssuer)
 	if err := openshiftsim.SetIssuer(e.ctx, dyn, newIssuer); err != nil {
 		t.Fatal(err)
 	}
-	e.waitState("the new issuer seen with the gate open", func(s coordinator.State) bool { return s.ObservedIssuer == newIssuer })
+	e.waitObserved(newIssuer)
 	e.waitNodes("every agent judging by the new issuer, with the old tokens' refresh times", func(m map[string]*corev1.Node) bool {
 		return allNodes(m, nodes, func(n *corev1.Node) bool {
 			rep, err := protocol.ParseTokenReport(n.Annotations[protocol.AnnotationTokens])
@@ -153,7 +153,7 @@ func TestOpenShiftTrustWindowNeedsNoWork(t *testing.T) {
 	// A rollout, had the coordinator planned one, is written by a sync
 	// after the reports above.
 	e.syncRan()
-	st, err := coordinator.Store{Client: e.admin, Namespace: ns}.Get(context.Background())
+	st, err := coordinator.Store{Client: e.api}.Get(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}

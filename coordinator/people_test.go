@@ -169,7 +169,7 @@ func TestRetryForgetsAnUnresolvedNode(t *testing.T) {
 // cordoned; the rollout ends without it and says so.
 func TestExcludedNodeIsNeverTouched(t *testing.T) {
 	excluded := func(n *corev1.Node) { n.Annotations[AnnotationExclude] = "disk replacement, ticket 4711" }
-	f := newFixture(t, testNode("n1", excluded, withReport(expiredReport())), testNode("n2", withReport(expiredReport())), stateConfigMap(State{ObservedIssuer: newIssuer, ObservedIssuerAt: t0}))
+	f := newFixture(t, testNode("n1", excluded, withReport(expiredReport())), testNode("n2", withReport(expiredReport())), stateConfigMap(State{}))
 	f.cfg.Auto, f.cfg.Strategy = true, KubeletRestart
 	f.sync()
 	got := f.writes()
@@ -306,7 +306,7 @@ func TestCordonRetakenWhileActingStays(t *testing.T) {
 // and the same plan is not made again.
 func TestDryRun(t *testing.T) {
 	f := newFixture(t, testNode("n1", withReport(expiredReport())), testNode("n2", cordoned, withReport(expiredReport())), testNode("n3"),
-		stateConfigMap(State{ObservedIssuer: newIssuer, ObservedIssuerAt: t0}))
+		stateConfigMap(State{}))
 	f.cfg.Auto, f.cfg.DryRun, f.cfg.Strategy = true, true, Reboot
 	f.sync()
 	got := f.writes()
@@ -345,7 +345,7 @@ func TestDryRun(t *testing.T) {
 // `tokenroll rollout start --dry-run` asks for one dry run of a coordinator
 // that otherwise acts.
 func TestStartRequestDryRun(t *testing.T) {
-	f := newFixture(t, testNode("n1"), stateConfigMap(State{ObservedIssuer: newIssuer, ObservedIssuerAt: t0,
+	f := newFixture(t, testNode("n1"), stateConfigMap(State{
 		Start: &StartRequest{Strategy: KubeletRestart, DryRun: true, RequestedAt: t0, RequestedBy: "alice"}}))
 	f.sync()
 	got := f.writes()
@@ -368,12 +368,14 @@ func TestStatusShowsWaitsUnresolvedExcludedAndDryRuns(t *testing.T) {
 	dry := rollout(Reboot, "n3")
 	dry.DryRun, dry.Phase, dry.FinishedAt = true, RolloutDone, t0
 	dry.Nodes[0].Would = "cordon, drain, ask the agent to reboot, verify, uncordon"
-	st := State{Rollout: dry, Waiting: &Wait{Reason: WaitMaxUnavailable, Message: "nodes waiting (outOfServiceNodes=n4 NotReady)", Since: t0.Add(-45 * time.Minute)},
-		Retry: []RetryRequest{{Node: "n1", RequestedBy: "bob"}}}
+	// A start request waits: the wait is recorded on its TokenRollout.
+	st := State{Rollout: dry, Start: &StartRequest{Strategy: Reboot, RequestedAt: t0.Add(-time.Hour), RequestedBy: "carol"},
+		Waiting: &Wait{Reason: WaitMaxUnavailable, Message: "nodes waiting (outOfServiceNodes=n4 NotReady)", Since: t0.Add(-45 * time.Minute)},
+		Retry:   []RetryRequest{{Node: "n1", RequestedBy: "bob", RequestedAt: t0.Add(-time.Minute)}}}
 	f := newFixture(t, testNode("n1", withReport(oldIssuerReport()), inStep(u)),
 		testNode("n2", func(n *corev1.Node) { n.Annotations[AnnotationExclude] = "disk\x1b[2J swap" }),
 		testNode("n3"), testNode("n4", notReady), stateConfigMap(st))
-	rep, err := BuildStatus(f.ctx, f.client, testNS, newIssuer, GateState{Provider: GateNone, Open: true, Message: "no revision gate"}, t0)
+	rep, err := BuildStatus(f.ctx, f.client, f.api, testNS, newIssuer, GateState{Provider: GateNone, Open: true, Message: "no revision gate"}, t0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -22,6 +22,7 @@ import (
 	"k8s.io/klog/v2"
 	clocktesting "k8s.io/utils/clock/testing"
 
+	apifake "github.com/tokenroll/tokenroll/pkg/generated/clientset/versioned/fake"
 	"github.com/tokenroll/tokenroll/protocol"
 )
 
@@ -121,10 +122,10 @@ func TestPlanCache(t *testing.T) {
 // rollout, the gate open, the issuer known, nothing needing work.
 func benchFleet(b *testing.B, size int) (*term, cache.Store) {
 	b.Helper()
-	client := fake.NewSimpleClientset(stateConfigMap(State{ObservedIssuer: newIssuer, ObservedIssuerAt: planNow.Add(-time.Hour)}))
+	client := fake.NewSimpleClientset()
 	gate := NewFakeGate(GateState{Provider: GateNone, Open: true, Message: "no revision gate", TrustKnown: true,
 		Trusted: []TrustedIssuer{{Name: newIssuer}, {Name: oldIssuer, Expires: planNow.Add(24 * time.Hour)}}})
-	c, err := New(Config{Client: client, Namespace: testNS, Gate: gate, Strategy: KubeletRestart, MaxUnavailable: intstr.FromString("10%"),
+	c, err := New(Config{Client: client, Rollouts: apifake.NewSimpleClientset(), Namespace: testNS, Gate: gate, Strategy: KubeletRestart, MaxUnavailable: intstr.FromString("10%"),
 		DrainTimeout: time.Minute, ActionTimeout: time.Minute, VerifyTimeout: time.Minute, IssuerRefresh: time.Hour, TrustMargin: time.Hour,
 		Auto: true, Log: zap.NewNop(), Registry: prometheus.NewRegistry(), Clock: clocktesting.NewFakeClock(planNow)})
 	if err != nil {
@@ -137,13 +138,6 @@ func benchFleet(b *testing.B, size int) (*term, cache.Store) {
 	open := true
 	t.sourceOpen = &open
 	b.Cleanup(t.queue.ShutDown)
-	cm, err := client.CoreV1().ConfigMaps(testNS).Get(context.Background(), ConfigMapName, metav1.GetOptions{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := cms.Add(cm); err != nil {
-		b.Fatal(err)
-	}
 	for i := range size {
 		if err := nodes.Add(fleetNode(i, 1)); err != nil {
 			b.Fatal(err)

@@ -58,7 +58,7 @@ func TestPodRestartEvictsStalePods(t *testing.T) {
 	})
 	before := e.podUIDs("app=api")
 	e.startCoordinator("c1", nil, func(c *coordinator.Config) { c.Strategy = coordinator.PodRestart })
-	e.waitState("the coordinator recorded the issuer", func(s coordinator.State) bool { return s.ObservedIssuer == oldIssuer })
+	e.waitObserved(oldIssuer)
 	e.restartAPIServers(newIssuer)
 
 	st := e.waitState("the rollout halted on the bare pods", func(s coordinator.State) bool {

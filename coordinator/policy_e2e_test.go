@@ -24,13 +24,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/util/wait"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
-	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/utils/clock"
@@ -53,36 +49,8 @@ func repoRoot() string {
 	return filepath.Clean(filepath.Join(filepath.Dir(file), ".."))
 }
 
-// installCRDs creates the chart's CRDs and waits until RolloutPolicies are
-// served.
-func (e *env) installCRDs() versioned.Interface {
-	e.t.Helper()
-	dyn := dynamic.NewForConfigOrDie(e.cp.AdminConfig())
-	crds := schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
-	files, _ := filepath.Glob(filepath.Join(repoRoot(), "deploy/helm/tokenroll/crds/*.yaml"))
-	for _, f := range files {
-		data, err := os.ReadFile(f)
-		if err != nil {
-			e.t.Fatal(err)
-		}
-		var m map[string]any
-		if err := utilyaml.Unmarshal(data, &m); err != nil {
-			e.t.Fatal(err)
-		}
-		if _, err := dyn.Resource(crds).Create(e.ctx, &unstructured.Unstructured{Object: m}, metav1.CreateOptions{}); err != nil {
-			e.t.Fatalf("creating the CRD in %s: %v", f, err)
-		}
-	}
-	vc := versioned.NewForConfigOrDie(e.cp.AdminConfig())
-	err := wait.PollUntilContextTimeout(e.ctx, 100*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
-		_, err := vc.TokenrollV1alpha1().RolloutPolicies().List(ctx, metav1.ListOptions{})
-		return err == nil, nil
-	})
-	if err != nil {
-		e.t.Fatalf("RolloutPolicies are not served: %v", err)
-	}
-	return vc
-}
+// installCRDs returns the tokenroll.io client: the env installed the CRDs.
+func (e *env) installCRDs() versioned.Interface { return e.api }
 
 func (e *env) label(node string, labels map[string]string) {
 	e.t.Helper()
@@ -204,7 +172,7 @@ func (e *env) policyCoordinator(vc versioned.Interface, change func(*coordinator
 
 func (e *env) rollOutNewIssuer() coordinator.State {
 	e.t.Helper()
-	e.waitState("the coordinator recorded the issuer", func(s coordinator.State) bool { return s.ObservedIssuer == oldIssuer })
+	e.waitObserved(oldIssuer)
 	e.restartAPIServers(newIssuer)
 	return e.waitState("a rollout finished", func(s coordinator.State) bool {
 		return s.Rollout != nil && s.Rollout.Issuer == newIssuer && s.Rollout.Phase == coordinator.RolloutDone
@@ -347,7 +315,7 @@ func TestPolicyWindowClosesAndReopens(t *testing.T) {
 		c := accepted(p)
 		return c != nil && c.Status == metav1.ConditionTrue && p.Status.NextWindowStart == nil
 	})
-	e.waitState("the coordinator recorded the issuer", func(s coordinator.State) bool { return s.ObservedIssuer == oldIssuer })
+	e.waitObserved(oldIssuer)
 	e.restartAPIServers(newIssuer)
 	st := e.waitState("the rollout waits for the window", func(s coordinator.State) bool {
 		return s.Waiting != nil && s.Waiting.Reason == coordinator.WaitWindow && s.Rollout != nil && s.Rollout.Phase == coordinator.RolloutRunning
@@ -437,7 +405,7 @@ func TestPolicyBlockingPodAndWebhook(t *testing.T) {
 	e.createPod(&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "migrate", Namespace: "build", Labels: map[string]string{"app": "db-migration"}},
 		Spec: corev1.PodSpec{NodeName: "n-2", Containers: []corev1.Container{{Name: "m", Image: "registry.example/migrate:1"}}}})
 	e.policyCoordinator(vc, nil)
-	e.waitState("the coordinator recorded the issuer", func(s coordinator.State) bool { return s.ObservedIssuer == oldIssuer })
+	e.waitObserved(oldIssuer)
 	e.restartAPIServers(newIssuer)
 	st := e.waitState("n-2 waits for its blocking pod", func(s coordinator.State) bool {
 		return s.Waiting != nil && s.Waiting.Reason == coordinator.WaitBlockingPod
@@ -581,7 +549,7 @@ func TestPolicyBlockingAlert(t *testing.T) {
 			Matchers: []v1alpha1.AlertMatcher{{Label: "severity", Operator: "=", Value: "critical"}}, Ignore: []string{"Tokenroll.*"}}}
 	})
 	e.policyCoordinator(vc, nil)
-	e.waitState("the coordinator recorded the issuer", func(s coordinator.State) bool { return s.ObservedIssuer == oldIssuer })
+	e.waitObserved(oldIssuer)
 	e.restartAPIServers(newIssuer)
 	st := e.waitState("the rollout waits for the alert", func(s coordinator.State) bool {
 		return s.Waiting != nil && s.Waiting.Reason == coordinator.WaitBlockingAlert

@@ -385,6 +385,12 @@ func (t *term) applySteer(ctx context.Context, w world) (State, error) {
 			}
 			return nil
 		}
+		if (req.Verb == VerbResume && r.Phase == RolloutRunning) || (req.Verb == VerbPause && r.Phase == RolloutPaused) ||
+			(req.Verb == VerbCancel && r.Phase == RolloutCancelled) {
+			// A spec change that asks for the phase the rollout is in
+			// (a retry added, say): nothing to steer.
+			return nil
+		}
 		next, err := Steer(req.Verb, r.Phase)
 		if err != nil {
 			refused = true
@@ -402,7 +408,10 @@ func (t *term) applySteer(ctx context.Context, w world) (State, error) {
 			r.Message = msg
 			r.HaltReason, r.HaltNode = "", ""
 		}
-		outcome = fmt.Sprintf("%s requested by %s at %s: %s, was %s", req.Verb, who, req.RequestedAt.UTC().Format(time.RFC3339), next, from)
+		outcome = fmt.Sprintf("%s requested by %s: %s, was %s", req.Verb, who, next, from)
+		if !req.RequestedAt.IsZero() {
+			outcome = fmt.Sprintf("%s requested by %s at %s: %s, was %s", req.Verb, who, req.RequestedAt.UTC().Format(time.RFC3339), next, from)
+		}
 		r.Steered = outcome
 		return nil
 	})

@@ -149,7 +149,7 @@ func (t *term) tellPoliciesMissing() {
 	}
 }
 
-// ReasonPoliciesNotServed is the Event, on the rollout's ConfigMap, when
+// ReasonPoliciesNotServed is the Event, on the current TokenRollout if any, when
 // the coordinator is to read RolloutPolicies and their CRD is not
 // installed.
 const ReasonPoliciesNotServed = "RolloutPoliciesNotServed"

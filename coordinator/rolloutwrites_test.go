@@ -15,7 +15,7 @@ import (
 
 // A planned kubelet-restart rollout costs each node three Node writes
 // (cordon; the request; done and uncordoned) and two Events (Cordoned,
-// Verified), and the rollout one RolloutPlanned Event on its state: the
+// Verified), and the rollout one RolloutPlanned Event on its TokenRollout: the
 // coordinator's requests, which its client's rate limit paces, are what a
 // large fleet's rollout waits on.
 func TestKubeletRestartRolloutWritesPerNode(t *testing.T) {
@@ -24,7 +24,7 @@ func TestKubeletRestartRolloutWritesPerNode(t *testing.T) {
 	for i := range n {
 		objs = append(objs, testNode(fmt.Sprintf("n%d", i), withReport(oldIssuerReport())))
 	}
-	objs = append(objs, stateConfigMap(State{ObservedIssuer: newIssuer, ObservedIssuerAt: t0.Add(-time.Hour)}))
+	objs = append(objs, stateConfigMap(State{}))
 	f := newFixture(t, objs...)
 	f.cfg.Auto, f.cfg.Strategy, f.cfg.MaxUnavailable = true, KubeletRestart, intstr.FromInt32(3)
 
@@ -36,7 +36,7 @@ func TestKubeletRestartRolloutWritesPerNode(t *testing.T) {
 		for _, w := range f.writes() {
 			if w.Resource == "nodes" && w.Verb == "patch" {
 				patches[w.Name]++
-			} else if w.Resource != "configmaps" {
+			} else if w.Resource != "tokenrollouts" {
 				other++
 			}
 		}

@@ -3,13 +3,11 @@
 // issuer, plans the least disruptive remediation that meets the deadline,
 // and walks the nodes through cordon, drain, action, verify and uncordon, at
 // most --max-unavailable at a time. Every step is recorded on the Node and
-// the rollout in a ConfigMap, so a new leader resumes where the last one
+// each rollout in a TokenRollout, so a new leader resumes where the last one
 // stopped.
 package coordinator
 
 import (
-	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -17,21 +15,9 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/util/retry"
 
-	"github.com/tokenroll/tokenroll/internal/apiretry"
 	"github.com/tokenroll/tokenroll/protocol"
-)
-
-// ConfigMapName holds the rollout state in the coordinator's namespace;
-// StateKey is its data key.
-const (
-	ConfigMapName = "tokenroll-rollout"
-	StateKey      = "state.json"
 )
 
 // RolloutPhase is a rollout's state. Only the coordinator changes it; a
@@ -140,11 +126,18 @@ type Rollout struct {
 	FinishedAt time.Time `json:"finishedAt,omitzero"`
 }
 
-// StartRequest is an administrator's `tokenroll rollout start`.
+// StartRequest is an administrator's `tokenroll rollout start`: a
+// TokenRollout the coordinator has not started yet.
 type StartRequest struct {
+	// Name is the TokenRollout's, and becomes the rollout's ID.
+	Name     string            `json:"name"`
 	Strategy protocol.Strategy `json:"strategy"`
 	// Selector is a label selector over Nodes; empty means every node.
 	Selector string `json:"selector,omitempty"`
+	// Nodes, when set, restricts the rollout to these nodes.
+	Nodes []string `json:"nodes,omitempty"`
+	// Invalid says why the node selector is not valid ("": it is).
+	Invalid string `json:"invalid,omitempty"`
 	// DryRun asks for a plan of what would be done, doing nothing.
 	DryRun      bool      `json:"dryRun,omitempty"`
 	RequestedAt time.Time `json:"requestedAt"`
@@ -155,6 +148,8 @@ type StartRequest struct {
 // coordinator forgets its record of the node (an unresolved or halted
 // one), so the node is planned again like any other, and clears it.
 type RetryRequest struct {
+	// Rollout is the TokenRollout whose spec carries the request.
+	Rollout     string    `json:"rollout"`
 	Node        string    `json:"node"`
 	RequestedAt time.Time `json:"requestedAt"`
 	RequestedBy string    `json:"requestedBy,omitempty"`
@@ -168,11 +163,14 @@ type SteerRequest struct {
 	// Rollout is the ID of the rollout it is for: a request for one that
 	// has ended is refused, not applied to the next.
 	Rollout     string    `json:"rollout"`
-	RequestedAt time.Time `json:"requestedAt"`
+	RequestedAt time.Time `json:"requestedAt,omitzero"`
 	RequestedBy string    `json:"requestedBy,omitempty"`
+	// Generation is the TokenRollout's spec generation that asks it.
+	Generation int64 `json:"generation"`
 }
 
-// State is everything in the ConfigMap.
+// State is the rollout record as the coordinator works on it: the
+// TokenRollouts projected by StateOf.
 type State struct {
 	// Rollout is the current one (nil when none), Last the one before.
 	Rollout *Rollout `json:"rollout,omitempty"`
@@ -181,12 +179,10 @@ type State struct {
 	Start *StartRequest  `json:"start,omitempty"`
 	Steer *SteerRequest  `json:"steer,omitempty"`
 	Retry []RetryRequest `json:"retry,omitempty"`
-	// ObservedIssuer is the signing issuer the coordinator last saw with the
-	// gate open, and since when.
-	ObservedIssuer   string    `json:"observedIssuer,omitempty"`
-	ObservedIssuerAt time.Time `json:"observedIssuerAt,omitzero"`
 	// Waiting is what the coordinator waits for while nothing of its own
-	// is in progress (nil: it is not waiting).
+	// is in progress (nil: it is not waiting). It is recorded on the
+	// active rollout, else on the pending start request; with neither, it
+	// is only in the metrics and the log.
 	Waiting *Wait `json:"waiting,omitempty"`
 }
 
@@ -199,28 +195,13 @@ func (s *State) Active() *Rollout {
 	return nil
 }
 
-// recordedIssuer is the signing issuer the state records: the one last
-// observed with the gate open, else the active rollout's ("" when none).
+// recordedIssuer is the signing issuer the state records: the active
+// rollout's ("" when none).
 func (s *State) recordedIssuer() string {
-	if s.ObservedIssuer != "" {
-		return s.ObservedIssuer
-	}
 	if r := s.Active(); r != nil {
 		return r.Issuer
 	}
 	return ""
-}
-
-// DecodeState reads the state from a ConfigMap (nil: none yet).
-func DecodeState(cm *corev1.ConfigMap) (State, error) {
-	var s State
-	if cm == nil || cm.Data[StateKey] == "" {
-		return s, nil
-	}
-	if err := json.Unmarshal([]byte(cm.Data[StateKey]), &s); err != nil {
-		return State{}, fmt.Errorf("ConfigMap %s/%s key %s is not valid rollout state: %w; fix or delete it (kubectl -n %s delete configmap %s) and the coordinator starts afresh", cm.Namespace, cm.Name, StateKey, err, cm.Namespace, cm.Name)
-	}
-	return s, nil
 }
 
 // ParseMaxUnavailable checks a --max-unavailable value: a number of nodes,
@@ -250,100 +231,6 @@ func ResolveMaxUnavailable(v intstr.IntOrString, nodes int) (int, error) {
 		return 0, fmt.Errorf("max unavailable %q: %w", v.String(), err)
 	}
 	return max(n, 1), nil
-}
-
-// Store reads and writes the state ConfigMap.
-type Store struct {
-	Client    kubernetes.Interface
-	Namespace string
-	// FieldManager names the writer (coordinator, or the CLI).
-	FieldManager string
-	// Retry carries each request through transient faults (zero: one try).
-	Retry apiretry.Policy
-}
-
-// Get reads the state.
-func (st Store) Get(ctx context.Context) (State, error) {
-	cm, err := st.Client.CoreV1().ConfigMaps(st.Namespace).Get(ctx, ConfigMapName, metav1.GetOptions{})
-	if apierrors.IsNotFound(err) {
-		return State{}, nil
-	}
-	if err != nil {
-		return State{}, fmt.Errorf("reading the rollout state (ConfigMap %s/%s): %w", st.Namespace, ConfigMapName, err)
-	}
-	return DecodeState(cm)
-}
-
-// Update reads the state, applies change and writes it back, retrying on
-// conflicts; the ConfigMap is created when missing. change may return an
-// error to abort without writing.
-func (st Store) Update(ctx context.Context, change func(*State) error) (State, error) {
-	s, _, err := st.update(ctx, change)
-	return s, err
-}
-
-func (st Store) update(ctx context.Context, change func(*State) error) (State, *corev1.ConfigMap, error) {
-	var out, last State
-	var written *corev1.ConfigMap
-	// lastData is what the last attempt wrote: when a write's answer is
-	// lost (a timeout) and its retry meets a conflict, the state read next
-	// may be that very write, and is not changed again.
-	var lastData string
-	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
-		cms := st.Client.CoreV1().ConfigMaps(st.Namespace)
-		var cm *corev1.ConfigMap
-		err := st.Retry.Do(ctx, func(ctx context.Context) error {
-			var err error
-			cm, err = cms.Get(ctx, ConfigMapName, metav1.GetOptions{})
-			return err
-		})
-		missing := apierrors.IsNotFound(err)
-		if err != nil && !missing {
-			return fmt.Errorf("reading the rollout state (ConfigMap %s/%s): %w", st.Namespace, ConfigMapName, err)
-		}
-		if !missing && lastData != "" && cm.Data[StateKey] == lastData {
-			out, written = last, cm
-			return nil
-		}
-		if missing {
-			cm = &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: ConfigMapName, Namespace: st.Namespace,
-				Labels: map[string]string{"app.kubernetes.io/name": "tokenroll", "app.kubernetes.io/component": "coordinator"}}}
-		}
-		s, err := DecodeState(cm)
-		if err != nil {
-			return err
-		}
-		if err := change(&s); err != nil {
-			return err
-		}
-		data, err := json.MarshalIndent(s, "", "  ")
-		if err != nil {
-			return err
-		}
-		cm = cm.DeepCopy()
-		if cm.Data == nil {
-			cm.Data = map[string]string{}
-		}
-		cm.Data[StateKey] = string(data)
-		last, lastData = s, string(data)
-		err = st.Retry.Do(ctx, func(ctx context.Context) error {
-			var err error
-			if missing {
-				written, err = cms.Create(ctx, cm, metav1.CreateOptions{FieldManager: st.FieldManager})
-			} else {
-				written, err = cms.Update(ctx, cm, metav1.UpdateOptions{FieldManager: st.FieldManager})
-			}
-			return err
-		})
-		if apierrors.IsAlreadyExists(err) {
-			return apierrors.NewConflict(corev1.Resource("configmaps"), ConfigMapName, err)
-		}
-		if err == nil {
-			out = s
-		}
-		return err
-	})
-	return out, written, err
 }
 
 // readNodeState reads the coordinator's record on a Node for rollout id

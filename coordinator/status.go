@@ -16,6 +16,7 @@ import (
 
 	"github.com/tokenroll/tokenroll/coordinator/apps"
 	"github.com/tokenroll/tokenroll/internal/nodeutil"
+	"github.com/tokenroll/tokenroll/pkg/generated/clientset/versioned"
 	"github.com/tokenroll/tokenroll/protocol"
 )
 
@@ -73,8 +74,8 @@ type StatusReport struct {
 }
 
 // BuildStatus reads the state and the Nodes.
-func BuildStatus(ctx context.Context, client kubernetes.Interface, namespace, issuer string, gate GateState, now time.Time) (*StatusReport, error) {
-	st, err := Store{Client: client, Namespace: namespace}.Get(ctx)
+func BuildStatus(ctx context.Context, client kubernetes.Interface, rollouts versioned.Interface, namespace, issuer string, gate GateState, now time.Time) (*StatusReport, error) {
+	st, err := Store{Client: rollouts}.Get(ctx)
 	if err != nil {
 		return nil, err
 	}

@@ -9,7 +9,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/labels"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
@@ -154,7 +154,6 @@ func TestResumeRetriesTheHaltedNode(t *testing.T) {
 // active, is refused: the coordinator clears it, says why on the rollout it
 // names, and changes nothing else.
 func TestSteerRefused(t *testing.T) {
-	doneBefore := finished(rollout(Reboot, "n1"), RolloutDone, t0.Add(-time.Minute)).Rollout
 	cases := []struct {
 		name  string
 		state State
@@ -163,16 +162,19 @@ func TestSteerRefused(t *testing.T) {
 		// request names another rollout: nothing).
 		steered string
 	}{
-		{"resume a running rollout", stateOf(rollout(Reboot, "n1")), SteerRequest{Verb: VerbResume, Rollout: rolloutID},
-			"resume requested by alice refused: cannot resume a rollout that is running"},
-		{"pause a rollout that has ended", stateOf(doneBefore), SteerRequest{Verb: VerbPause, Rollout: rolloutID},
-			"pause requested by alice refused: rollout r-test is no longer active"},
-		{"cancel another rollout", stateOf(rollout(Reboot, "n1")), SteerRequest{Verb: VerbCancel, Rollout: "r-earlier"}, ""},
+		// A spec that asks for the phase the rollout is in is observed,
+		// and steers nothing.
+		{"resume a running rollout", stateOf(rollout(Reboot, "n1")), SteerRequest{Verb: VerbResume, Rollout: rolloutID}, ""},
+		{"pause a halted rollout", haltedState(rollout(Reboot, "n1"), "n1", HaltDrainFailed, "draining node n1: refused", t0.Add(-time.Minute)),
+			SteerRequest{Verb: VerbPause, Rollout: rolloutID}, "pause requested by alice refused: cannot pause a rollout that is halted"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			n1 := testNode("n1")
-			if c.state.Active() != nil {
+			switch {
+			case c.state.Rollout.Phase == RolloutHalted:
+				n1 = testNode("n1", inStep(halted(started(Reboot, true, t0.Add(-time.Hour)), t0.Add(-time.Minute), HaltDrainFailed, "draining node n1: refused")))
+			case c.state.Active() != nil:
 				n1 = testNode("n1", cordoned, inStep(started(Reboot, true, t0.Add(-time.Minute))))
 			}
 			f := newFixture(t, n1, stateConfigMap(c.state))
@@ -524,9 +526,9 @@ var generatedID = regexp.MustCompile(`^r-20261127-120000-[0-9a-f]{4}$`)
 // An administrator's start request becomes a rollout over the nodes its
 // selector matches.
 func TestStartRequest(t *testing.T) {
-	_, badSelector := labels.Parse("pool in (a")
+	_, badSelector := metav1.LabelSelectorAsSelector(badLabelSelector)
 	if badSelector == nil {
-		t.Fatal("the bad selector parses")
+		t.Fatal("the bad selector is valid")
 	}
 	previous := finished(rollout(Reboot, "n1"), RolloutDone, t0.Add(-time.Hour)).Rollout
 	cases := []struct {
@@ -593,9 +595,18 @@ func TestStartRequest(t *testing.T) {
 // while the gate is open, and the time it changed.
 func TestObservesTheIssuer(t *testing.T) {
 	f := newFixture(t, testNode("n1"))
+	observed := func(iss string, at time.Time) {
+		t.Helper()
+		c := f.term.c
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if c.observedIssuer != iss || !c.observedIssuerAt.Equal(at) {
+			t.Errorf("observed issuer %q at %s; want %q at %s", c.observedIssuer, c.observedIssuerAt, iss, at)
+		}
+	}
 	f.sync()
-	f.expectWrites(apiWrite{Verb: "create", Resource: "configmaps", Namespace: testNS, Name: ConfigMapName,
-		State: &State{ObservedIssuer: newIssuer, ObservedIssuerAt: t0}})
+	f.expectWrites() // nothing to record it on: it is kept in memory
+	observed(newIssuer, t0)
 	f.sync()
 	f.expectWrites()
 
@@ -617,7 +628,8 @@ func TestObservesTheIssuer(t *testing.T) {
 	f.gate.Set(GateState{Provider: GateStaticPods, Open: true, SigningIssuer: newer})
 	f.clock.Step(time.Minute)
 	f.sync()
-	f.expectWrites(updateState(State{ObservedIssuer: newer, ObservedIssuerAt: t0.Add(2 * time.Minute)}))
+	f.expectWrites()
+	observed(newer, t0.Add(2*time.Minute))
 }
 
 // With Auto the coordinator plans from the agents' reports: nodes holding
@@ -625,7 +637,7 @@ func TestObservesTheIssuer(t *testing.T) {
 func TestAutoPlan(t *testing.T) {
 	f := newFixture(t, testNode("n1", withReport(oldIssuerReport())), testNode("n2"),
 		testNode("n3", func(n *corev1.Node) { n.Annotations[protocol.AnnotationRebootRequired] = "true" }),
-		stateConfigMap(State{ObservedIssuer: newIssuer, ObservedIssuerAt: t0.Add(-time.Hour)}))
+		stateConfigMap(State{}))
 	f.cfg.Auto, f.cfg.Strategy = true, KubeletRestart
 	f.sync()
 	got := f.writes()
@@ -635,7 +647,7 @@ func TestAutoPlan(t *testing.T) {
 	r := &Rollout{ID: got[0].State.Rollout.ID, Trigger: "issuer,reboot-required", Strategy: KubeletRestart, Phase: RolloutRunning, Issuer: newIssuer,
 		Nodes: []PlannedNode{{Name: "n1", Strategy: KubeletRestart, Reason: "2 tokens from https://old.tokenroll.test, which the API servers no longer trust"},
 			{Name: "n3", Strategy: Reboot, Reason: "the node reports a required reboot"}}, CreatedAt: t0, UpdatedAt: t0}
-	f.compareWrites(got, updateState(stateOf(r)))
+	f.compareWrites(got, createState(stateOf(r)))
 	if v := f.counter("tokenroll_nodes_needing_work", "", ""); v != 2 {
 		t.Errorf("nodes needing work %v; want 2", v)
 	}
@@ -646,15 +658,18 @@ func TestAutoPlan(t *testing.T) {
 func TestAutoPlanWaitsForTheAgents(t *testing.T) {
 	rep := oldIssuerReport()
 	rep.Issuer = oldIssuer
-	f := newFixture(t, testNode("n1", withReport(rep)), stateConfigMap(State{ObservedIssuer: newIssuer, ObservedIssuerAt: t0}))
+	f := newFixture(t, testNode("n1", withReport(rep)), stateConfigMap(State{}))
 	f.cfg.Auto, f.cfg.Strategy, f.cfg.AgentWait = true, KubeletRestart, 10*time.Minute
 	expires := t0.Add(24 * time.Hour)
 	f.gate.Set(GateState{Provider: GateOpenShift, Open: true, TrustKnown: true, Trusted: []TrustedIssuer{{Name: newIssuer}, {Name: oldIssuer, Expires: expires}}})
 	if d := f.sync(); d != 10*time.Minute {
 		t.Errorf("next look in %s; want when the agent wait ends, 10m", d)
 	}
-	f.expectWrites(updateState(State{ObservedIssuer: newIssuer, ObservedIssuerAt: t0, Waiting: &Wait{Reason: WaitAgentReports, Since: t0,
-		Message: "waiting for agents to report under the new issuer before planning (nodes=n1, until=2026-11-27 12:10:00 +0000 UTC)"}}))
+	// No TokenRollout can hold the wait: the metrics and the log say it.
+	f.expectWrites()
+	if v := f.counter("tokenroll_rollout_waiting", "reason", WaitAgentReports); v != 1 {
+		t.Errorf("waiting for agent reports %v; want 1", v)
+	}
 	f.clock.Step(10 * time.Minute)
 	f.sync()
 	got := f.writes()
@@ -665,8 +680,8 @@ func TestAutoPlanWaitsForTheAgents(t *testing.T) {
 	r := &Rollout{ID: got[0].State.Rollout.ID, Trigger: "issuer", Strategy: KubeletRestart, Phase: RolloutRunning, Issuer: newIssuer,
 		Nodes: []PlannedNode{{Name: "n1", Strategy: KubeletRestart, Deadline: expires,
 			Reason: "2 tokens from https://old.tokenroll.test, trusted until 2026-11-28T12:00:00Z; when they refresh is not known"}}, CreatedAt: now, UpdatedAt: now}
-	want := State{Rollout: r, ObservedIssuer: newIssuer, ObservedIssuerAt: t0}
-	f.compareWrites(got, updateState(want))
+	want := State{Rollout: r}
+	f.compareWrites(got, createState(want))
 }
 
 // A new leader that has not read the issuer (the gate has been closed
@@ -706,11 +721,9 @@ func TestNewLeaderWhileTheGateIsClosed(t *testing.T) {
 		f.gate.Set(open)
 		f.sync()
 		at := t0.Add(time.Hour)
-		f.expectWrites(updateState(State{Rollout: r, ObservedIssuer: newIssuer, ObservedIssuerAt: at}))
-		f.sync()
 		doneAt := done(st, at)
 		ended := *r
-		f.expectWrites(patchNode("n1", &doneAt, ptr(false)), updateState(State{Rollout: finished(&ended, RolloutDone, at).Rollout, ObservedIssuer: newIssuer, ObservedIssuerAt: at}))
+		f.expectWrites(patchNode("n1", &doneAt, ptr(false)), updateState(State{Rollout: finished(&ended, RolloutDone, at).Rollout}))
 	})
 	t.Run("a start request, no issuer recorded", func(t *testing.T) {
 		f := newFixture(t, testNode("n1"), stateConfigMap(State{Start: &StartRequest{Strategy: Reboot, RequestedAt: t0, RequestedBy: "alice"}}))
@@ -721,11 +734,6 @@ func TestNewLeaderWhileTheGateIsClosed(t *testing.T) {
 		f.gate.Set(open)
 		f.sync()
 		got := f.writes()
-		if len(got) != 1 || got[0].State == nil || got[0].State.Start == nil || got[0].State.ObservedIssuer != newIssuer {
-			t.Fatalf("writes %v; want the issuer observed, the request still pending", got)
-		}
-		f.sync()
-		got = f.writes()
 		if len(got) != 1 || got[0].State == nil || got[0].State.Rollout == nil || got[0].State.Rollout.Issuer != newIssuer {
 			t.Fatalf("writes %v; want a rollout for the new issuer", got)
 		}

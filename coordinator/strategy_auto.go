@@ -207,7 +207,7 @@ func (t *term) appStaleNodes(w world) map[string]int {
 	var out map[string]int
 	for _, p := range res.Problems {
 		n := w.byName[p.Pod.Node]
-		if !p.Stale || n == nil || !staleCredentialFails(p, w.state.ObservedIssuerAt, w.gate) {
+		if !p.Stale || n == nil || !staleCredentialFails(p, w.issuerAt, w.gate) {
 			continue
 		}
 		if st, err := protocol.ParseNodeState(n.Annotations[protocol.AnnotationNodeState]); err == nil &&
@@ -336,7 +336,7 @@ func (t *term) watchApps(ctx context.Context, w world, r *Rollout, v nodeView) (
 	if res.Now.Before(from.Add(appsSettle)) {
 		return max(from.Add(appsSettle).Sub(w.now), ev.interval), nil
 	}
-	pods, owners, names, err := appProblemPods(ctx, cfg.Client, name, res, ns.Evicted, w.state.ObservedIssuerAt, w.gate)
+	pods, owners, names, err := appProblemPods(ctx, cfg.Client, name, res, ns.Evicted, w.issuerAt, w.gate)
 	if err != nil {
 		return 0, t.halt(ctx, w, r, v, HaltDrainFailed, err.Error())
 	}

@@ -439,8 +439,8 @@ func TestAutoPlansAppStalePods(t *testing.T) {
 
 // observedState is the rollout state with no rollout yet and the current
 // issuer observed an hour ago.
-func observedState() *corev1.ConfigMap {
-	return stateConfigMap(State{ObservedIssuer: newIssuer, ObservedIssuerAt: t0.Add(-time.Hour)})
+func observedState() runtime.Object {
+	return stateConfigMap(State{})
 }
 
 // awaitDrainCall waits until the background eviction the last sync
@@ -496,11 +496,16 @@ func TestAutoRestartsAnAppStalePodOnlyWhenItsCredentialWillFail(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			cache := tokenPod("cache-1", "n1", "10.1.0.6", "cache")
 			cache.Spec.Volumes[0].Projected.Sources[0].ServiceAccountToken.ExpirationSeconds = c.seconds
-			f := autoFixture(t, testNode("n1"), testNode("n2"), cache, replicaSet("shop", "cache", 1, 1),
-				stateConfigMap(State{ObservedIssuer: newIssuer, ObservedIssuerAt: t0.Add(c.observed)}))
+			f := autoFixture(t, testNode("n1"), testNode("n2"), cache, replicaSet("shop", "cache", 1, 1))
 			f.cfg.Auto = true
 			f.gate.Set(GateState{Provider: GateOpenShift, Open: true, TrustKnown: true, Trusted: c.trusted})
 			w := newAppWorld(f, []*corev1.Pod{cache}, "cache-1")
+			if f.term == nil {
+				f.lead()
+			}
+			f.term.c.mu.Lock()
+			f.term.c.observedIssuer, f.term.c.observedIssuerAt = newIssuer, t0.Add(c.observed)
+			f.term.c.mu.Unlock()
 			w.run(time.Minute)
 			w.restartKubelet("n1") // the kubelet's own refresh
 			w.run(2*time.Minute + 20*time.Second)

@@ -124,7 +124,7 @@ func describeFields(fields []zap.Field) string {
 	return " (" + strings.Join(parts, ", ") + ")"
 }
 
-// publishWait records what this sync waited for in the rollout state and
+// publishWait records what this sync waited for in the rollout record and
 // the metrics, writing the state only when it changed; a wait keeps its
 // Since while its reason stays the same.
 func (t *term) publishWait(ctx context.Context, now time.Time) error {
@@ -132,11 +132,14 @@ func (t *term) publishWait(ctx context.Context, now time.Time) error {
 	cur := t.syncWait
 	t.syncWait = nil
 	t.mu.Unlock()
-	st, err := DecodeState(t.configMap())
-	if err != nil {
-		return err
-	}
+	st := StateOf(t.recordList())
+	recorded := st.Active() != nil || st.Start != nil
 	prev := st.Waiting
+	if !recorded {
+		t.c.mu.Lock()
+		prev = t.c.unrecordedWait
+		t.c.mu.Unlock()
+	}
 	switch {
 	case cur == nil && prev == nil:
 	case cur != nil && prev != nil && cur.Reason == prev.Reason && cur.Message == prev.Message:
@@ -148,13 +151,21 @@ func (t *term) publishWait(ctx context.Context, now time.Time) error {
 				cur.Since = prev.Since
 			}
 		}
-		if _, err := t.updateState(ctx, func(st *State) error {
-			st.Waiting = cur
-			return nil
-		}); err != nil {
-			return err
+		if recorded {
+			if _, err := t.updateState(ctx, func(st *State) error {
+				st.Waiting = cur
+				return nil
+			}); err != nil {
+				return err
+			}
 		}
 	}
+	t.c.mu.Lock()
+	t.c.unrecordedWait = nil
+	if !recorded {
+		t.c.unrecordedWait = cur
+	}
+	t.c.mu.Unlock()
 	t.c.m.setWaiting(cur)
 	return nil
 }

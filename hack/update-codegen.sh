@@ -26,7 +26,9 @@ header=/dev/null
 cd "$root"
 # Each generator writes only its own files; remove the old ones first so
 # that a type that was renamed or removed leaves nothing behind.
-rm -rf "$out" deploy/helm/tokenroll/crds deploy/kustomize/base/crds "$api/zz_generated.deepcopy.go"
+rm -rf "$out" deploy/helm/tokenroll/crds "$api/zz_generated.deepcopy.go"
+# The base's crds/ also holds crds.go, which embeds the copies.
+rm -f deploy/kustomize/base/crds/*.yaml
 
 "$bin/deepcopy-gen" --go-header-file "$header" --output-file zz_generated.deepcopy.go "$api"
 "$bin/applyconfiguration-gen" --go-header-file "$header" \

@@ -74,13 +74,17 @@ func rbacObjects() []runtime.Object {
 			rule([]string{"tokenroll.io"}, []string{"rolloutpolicies/status"}, []string{"update", "patch"}),
 			rule(core, []string{"namespaces"}, getOnly),
 			{NonResourceURLs: []string{"/.well-known/openid-configuration"}, Verbs: getOnly}, // the signing issuer; no signature is verified, so no jwks
+			// The rollout record: each rollout a TokenRollout, created (and
+			// pruned) by the coordinator, its status the coordinator's alone.
+			rule([]string{"tokenroll.io"}, []string{"tokenrollouts"}, []string{"get", "list", "watch", "create", "delete"}),
+			rule([]string{"tokenroll.io"}, []string{"tokenrollouts/status"}, []string{"update", "patch"}),
 		}},
 		&rbacv1.ClusterRoleBinding{ObjectMeta: meta(CoordinatorUser, ""), RoleRef: roleRef("ClusterRole", CoordinatorUser), Subjects: subject},
 		&rbacv1.Role{ObjectMeta: meta(CoordinatorUser, Namespace), Rules: []rbacv1.PolicyRule{
 			rule([]string{"coordination.k8s.io"}, []string{"leases"}, []string{"create"}),
 			rule([]string{"coordination.k8s.io"}, []string{"leases"}, []string{"get", "update"}, LeaseName),
 			rule(core, []string{"configmaps"}, []string{"create"}),
-			rule(core, []string{"configmaps"}, []string{"get", "list", "watch", "update"}, "tokenroll-rollout"),
+			rule(core, []string{"configmaps"}, []string{"get", "delete"}, "tokenroll-rollout"), // the one-time migration to TokenRollouts
 			rule(core, []string{"configmaps"}, []string{"update"}, "tokenroll-apps"),
 			events,
 		}},

@@ -31,8 +31,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 
-	"github.com/tokenroll/tokenroll/deploy"
 	deployaudit "github.com/tokenroll/tokenroll/deploy/audit"
+	"github.com/tokenroll/tokenroll/deploy/kustomize/base/crds"
 	"github.com/tokenroll/tokenroll/internal/apiretry"
 	"github.com/tokenroll/tokenroll/sandbox/controlplane"
 	"github.com/tokenroll/tokenroll/sandbox/kubeletsim"
@@ -244,9 +244,14 @@ func Start(ctx context.Context, cfg Config) (_ *Sandbox, err error) {
 	// created: every node follows the coordinators' flags (--strategy,
 	// --max-unavailable), which the scenario and its invariants are
 	// defined by, through the policy code path the coordinators take once
-	// the CRD is served, as a cluster upgraded from the flags does.
-	if err := openshiftsim.InstallCRDFiles(ctx, s.CP.AdminConfig(), deploy.CRDs, deploy.CRDDir); err != nil {
+	// the CRD is served, as a cluster upgraded from the flags does. The coordinators record
+	// each rollout as a TokenRollout.
+	own, err := crds.Objects()
+	if err != nil {
 		return nil, err
+	}
+	if err := openshiftsim.InstallCRDObjects(ctx, s.CP.AdminConfig(), own); err != nil {
+		return nil, fmt.Errorf("installing the tokenroll.io CRDs: %w", err)
 	}
 
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))

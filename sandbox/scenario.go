@@ -328,7 +328,7 @@ func (r *run) run(ctx context.Context) (*Summary, error) {
 	r.p.printf("waiting for every agent to report and a coordinator to lead")
 	upCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	err = r.w.waitFor(upCtx, func(v view) bool {
-		return v.agentsReport(o.Issuer) && v.State.ObservedIssuer == o.Issuer
+		return v.agentsReport(o.Issuer) && v.Leader != ""
 	})
 	cancel()
 	if err != nil {
@@ -722,7 +722,7 @@ func (r *run) waitDone(ctx context.Context) (tokenCensus, string, error) {
 			lastErr = fmt.Errorf("rollout %s halted: %s on %s: %s", ro.ID, ro.HaltReason, ro.HaltNode, ro.Message)
 			return true
 		}
-		settled := v.State.Active() == nil && v.disrupted() == 0 && v.agentsReport(o.NewIssuer) && v.State.ObservedIssuer == o.NewIssuer
+		settled := v.State.Active() == nil && v.disrupted() == 0 && v.agentsReport(o.NewIssuer)
 		if !settled {
 			quietSince = time.Time{}
 			return false

@@ -13,6 +13,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/informers"
@@ -22,6 +23,7 @@ import (
 	"github.com/tokenroll/tokenroll/coordinator"
 	"github.com/tokenroll/tokenroll/internal/nodeutil"
 	"github.com/tokenroll/tokenroll/internal/openshift"
+	v1alpha1 "github.com/tokenroll/tokenroll/pkg/apis/tokenroll/v1alpha1"
 	"github.com/tokenroll/tokenroll/protocol"
 )
 
@@ -150,9 +152,10 @@ func (v view) disrupted() int {
 // stale tokens the agents report, the leader), and lets the scenario wait
 // for conditions on what it saw.
 type watcher struct {
-	p       *printer
-	gates   *gateLog
-	nodes   cache.Store
+	p     *printer
+	gates *gateLog
+	nodes cache.Store
+	// cms holds the TokenRollouts.
 	cms     cache.Store
 	kas     cache.Store
 	leases  cache.Store
@@ -192,7 +195,8 @@ func watch(ctx context.Context, client kubernetes.Interface, dyn dynamic.Interfa
 	nf := informers.NewSharedInformerFactory(client, 0)
 	nodes := nf.Core().V1().Nodes().Informer()
 	nsf := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithNamespace(Namespace))
-	cms := nsf.Core().V1().ConfigMaps().Informer()
+	rf := dynamicinformer.NewDynamicSharedInformerFactory(dyn, 0)
+	cms := rf.ForResource(v1alpha1.SchemeGroupVersion.WithResource("tokenrollouts")).Informer()
 	leases := nsf.Coordination().V1().Leases().Informer()
 	df := dynamicinformer.NewFilteredDynamicSharedInformerFactory(dyn, 0, metav1.NamespaceAll, func(o *metav1.ListOptions) {
 		o.FieldSelector = "metadata.name=" + openshift.ClusterName
@@ -206,6 +210,7 @@ func watch(ctx context.Context, client kubernetes.Interface, dyn dynamic.Interfa
 	w.nodes, w.cms, w.leases, w.kas = nodes.GetStore(), cms.GetStore(), leases.GetStore(), kas.GetStore()
 	nf.Start(ctx.Done())
 	nsf.Start(ctx.Done())
+	rf.Start(ctx.Done())
 	df.Start(ctx.Done())
 	if !cache.WaitForCacheSync(ctx.Done(), nodes.HasSynced, cms.HasSynced, leases.HasSynced, kas.HasSynced) {
 		return nil, fmt.Errorf("watching the cluster: caches did not sync: %w", context.Cause(ctx))
@@ -244,13 +249,14 @@ func (w *watcher) refresh() {
 			v.Nodes[n.Name] = n
 		}
 	}
+	var records []*v1alpha1.TokenRollout
 	for _, o := range w.cms.List() {
-		if cm, ok := o.(*corev1.ConfigMap); ok && cm.Name == coordinator.ConfigMapName {
-			if st, err := coordinator.DecodeState(cm); err == nil {
-				v.State = st
-			}
+		var r v1alpha1.TokenRollout
+		if u, ok := o.(*unstructured.Unstructured); ok && runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &r) == nil {
+			records = append(records, &r)
 		}
 	}
+	v.State = coordinator.StateOf(records)
 	for _, o := range w.leases.List() {
 		if l, ok := o.(*coordinationv1.Lease); ok && l.Name == LeaseName && l.Spec.HolderIdentity != nil {
 			v.Leader = *l.Spec.HolderIdentity

@@ -4,7 +4,6 @@ import (
 	"context"
 	"embed"
 	"fmt"
-	"io/fs"
 	"net/http"
 	"net/url"
 	"path"
@@ -40,20 +39,20 @@ const servedProbes = 6
 // (authentications.config.openshift.io) CRDs and waits until both are
 // established and served. Calling it again is harmless.
 func InstallCRDs(ctx context.Context, cfg *rest.Config) error {
-	return InstallCRDFiles(ctx, cfg, crdFiles, "crds")
-}
-
-// InstallCRDFiles creates or updates the CRDs in the directory dir of fsys
-// (tokenroll's own, say) and waits until each is established and served
-// by every API server, as InstallCRDs does.
-func InstallCRDFiles(ctx context.Context, cfg *rest.Config, fsys fs.FS, dir string) error {
-	dyn, err := dynamic.NewForConfig(cfg)
-	if err != nil {
-		return fmt.Errorf("installing the CRDs of %s: %w", dir, err)
-	}
-	crds, err := loadCRDs(fsys, dir)
+	crds, err := loadCRDs()
 	if err != nil {
 		return err
+	}
+	return InstallCRDObjects(ctx, cfg, crds)
+}
+
+// InstallCRDObjects creates or updates the CRDs crds and waits until each
+// is established and served by every API server (tokenroll's own go
+// through it too).
+func InstallCRDObjects(ctx context.Context, cfg *rest.Config, crds []*unstructured.Unstructured) error {
+	dyn, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		return fmt.Errorf("installing CRDs: %w", err)
 	}
 	for _, crd := range crds {
 		if err := applyCRD(ctx, dyn, crd); err != nil {
@@ -71,15 +70,15 @@ func InstallCRDFiles(ctx context.Context, cfg *rest.Config, fsys fs.FS, dir stri
 	return nil
 }
 
-func loadCRDs(fsys fs.FS, dir string) ([]*unstructured.Unstructured, error) {
-	entries, err := fs.ReadDir(fsys, dir)
+func loadCRDs() ([]*unstructured.Unstructured, error) {
+	entries, err := crdFiles.ReadDir("crds")
 	if err != nil {
 		return nil, err
 	}
 	var out []*unstructured.Unstructured
 	for _, e := range entries {
-		name := path.Join(dir, e.Name())
-		data, err := fs.ReadFile(fsys, name)
+		name := path.Join("crds", e.Name())
+		data, err := crdFiles.ReadFile(name)
 		if err != nil {
 			return nil, err
 		}

@@ -809,7 +809,8 @@ func testPrinterColumns(ctx context.Context, t *testing.T, e *env) {
 	}
 	r.Status = v1alpha1.TokenRolloutStatus{
 		Phase: v1alpha1.PhaseHalted, Strategy: v1alpha1.StrategyReboot, StartTime: ptr.To(metav1.Now()),
-		Waiting: "the revision gate is closed",
+		Waiting: &v1alpha1.RolloutWait{Reason: coordinator.WaitGateClosed, Message: "the revision gate is closed", Since: metav1.Now()},
+		Trigger: "issuer",
 		Summary: v1alpha1.NodeSummary{Total: 5, Done: 2, Halted: 1, Pending: 2},
 		Conditions: []metav1.Condition{
 			{Type: v1alpha1.ConditionHalted, Status: metav1.ConditionTrue, Reason: coordinator.HaltDrainTimeout, Message: "node-3: drain did not finish in 10m", LastTransitionTime: metav1.Now()},
@@ -824,11 +825,11 @@ func testPrinterColumns(ctx context.Context, t *testing.T, e *env) {
 	if want := []string{"Name", "Phase", "Strategy", "Policy", "Done", "Nodes", "Age"}; !slices.Equal(names, want) {
 		t.Errorf("kubectl get tokenrollouts columns %v, want %v", names, want)
 	}
-	if want := []string{"Reason", "Waiting"}; !slices.Equal(wide, want) {
+	if want := []string{"Reason", "Waiting", "Trigger"}; !slices.Equal(wide, want) {
 		t.Errorf("kubectl get tokenrollouts -o wide adds %v, want %v", wide, want)
 	}
 	for col, want := range map[string]any{"Name": "shown", "Phase": "Halted", "Strategy": "reboot", "Policy": "workers", "Done": float64(2), "Nodes": float64(5),
-		"Reason": coordinator.HaltDrainTimeout, "Waiting": "the revision gate is closed"} {
+		"Reason": coordinator.HaltDrainTimeout, "Waiting": coordinator.WaitGateClosed, "Trigger": "issuer"} {
 		if row[col] != want {
 			t.Errorf("tokenrollout column %s = %#v, want %#v", col, row[col], want)
 		}

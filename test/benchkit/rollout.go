@@ -3,34 +3,46 @@ package benchkit
 import (
 	"context"
 	"fmt"
+	"maps"
+	"slices"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/apimachinery/pkg/watch"
-	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	watchtools "k8s.io/client-go/tools/watch"
 
 	"github.com/tokenroll/tokenroll/coordinator"
+	"github.com/tokenroll/tokenroll/deploy/kustomize/base/crds"
+	v1alpha1 "github.com/tokenroll/tokenroll/pkg/apis/tokenroll/v1alpha1"
+	"github.com/tokenroll/tokenroll/pkg/generated/clientset/versioned"
+	"github.com/tokenroll/tokenroll/sandbox/openshiftsim"
 )
 
-// WaitRolloutOver watches the coordinator's state in namespace until the rollout finished or
-// halted, and returns it.
-func WaitRolloutOver(ctx context.Context, admin kubernetes.Interface, namespace string, timeout time.Duration) (*coordinator.Rollout, error) {
+// WaitRolloutOver watches the TokenRollouts until the current rollout
+// finished or halted, and returns it.
+func WaitRolloutOver(ctx context.Context, api versioned.Interface, timeout time.Duration) (*coordinator.Rollout, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	lw := cache.NewListWatchFromClient(admin.CoreV1().RESTClient(), "configmaps", namespace, fields.OneTermEqualSelector("metadata.name", coordinator.ConfigMapName))
+	lw := cache.NewListWatchFromClient(api.TokenrollV1alpha1().RESTClient(), "tokenrollouts", metav1.NamespaceAll, fields.Everything())
 	var last *coordinator.Rollout
-	_, err := watchtools.UntilWithSync(ctx, lw, &corev1.ConfigMap{}, nil, func(ev watch.Event) (bool, error) {
-		cm, ok := ev.Object.(*corev1.ConfigMap)
-		if !ok || ev.Type == watch.Deleted {
+	seen := map[string]*v1alpha1.TokenRollout{}
+	_, err := watchtools.UntilWithSync(ctx, lw, &v1alpha1.TokenRollout{}, nil, func(ev watch.Event) (bool, error) {
+		o, ok := ev.Object.(*v1alpha1.TokenRollout)
+		if !ok {
 			return false, nil
 		}
-		st, err := coordinator.DecodeState(cm)
-		if err != nil || st.Rollout == nil {
-			return false, err
+		if ev.Type == watch.Deleted {
+			delete(seen, o.Name)
+			return false, nil
+		}
+		seen[o.Name] = o
+		st := coordinator.StateOf(slices.Collect(maps.Values(seen)))
+		if st.Rollout == nil {
+			return false, nil
 		}
 		last = st.Rollout
 		r := st.Rollout
@@ -43,4 +55,27 @@ func WaitRolloutOver(ctx context.Context, admin kubernetes.Interface, namespace 
 		return nil, fmt.Errorf("watching the rollout state: %w", err)
 	}
 	return last, nil
+}
+
+// InstallCRDs installs the tokenroll.io CRDs, which the coordinator records
+// its rollouts in, and waits until they are served.
+func InstallCRDs(ctx context.Context, cfg *rest.Config) error {
+	objs, err := crds.Objects()
+	if err != nil {
+		return err
+	}
+	return openshiftsim.InstallCRDObjects(ctx, cfg, objs)
+}
+
+// WaitRolloutStarted waits until the coordinator has planned a rollout (it
+// read the new issuer and judged the agents' reports).
+func WaitRolloutStarted(ctx context.Context, api versioned.Interface, timeout time.Duration) error {
+	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
+		st, err := coordinator.Store{Client: api}.Get(ctx)
+		return err == nil && st.Rollout != nil, nil
+	})
+	if err != nil {
+		return fmt.Errorf("waiting for the coordinator to plan a rollout: %w", err)
+	}
+	return nil
 }

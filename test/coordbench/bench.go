@@ -21,6 +21,7 @@ import (
 
 	"github.com/tokenroll/tokenroll/coordinator"
 	"github.com/tokenroll/tokenroll/internal/nodeutil"
+	"github.com/tokenroll/tokenroll/pkg/generated/clientset/versioned"
 	"github.com/tokenroll/tokenroll/protocol"
 	"github.com/tokenroll/tokenroll/sandbox"
 	"github.com/tokenroll/tokenroll/sandbox/controlplane"
@@ -154,7 +155,7 @@ type reading struct {
 // counters before the coordinator starts (0), before the rollout (1), after
 // it (2) and after the coordinator stopped (3).
 func (e *env) measure(ctx context.Context, res *Result) error {
-	o, log, cp, admin, checker, names := e.o, e.log, e.cp, e.admin, e.checker, e.names
+	o, log, cp, checker, names := e.o, e.log, e.cp, e.checker, e.names
 	scraper, err := kubernetes.NewForConfig(at(cp, cp.AdminConfig(), coordinatorServer))
 	if err != nil {
 		return err
@@ -190,7 +191,11 @@ func (e *env) measure(ctx context.Context, res *Result) error {
 		return err
 	}
 	reg := prometheus.NewRegistry()
-	c, err := coordinator.New(coordinator.Config{Client: client, Namespace: namespace, Gate: gate, Strategy: protocol.Strategy(o.Strategy),
+	api, err := versioned.NewForConfig(coordCfg)
+	if err != nil {
+		return err
+	}
+	c, err := coordinator.New(coordinator.Config{Client: client, Rollouts: api, Namespace: namespace, Gate: gate, Strategy: protocol.Strategy(o.Strategy),
 		MaxUnavailable: intstr.FromInt32(1), DrainTimeout: 2 * time.Minute, ActionTimeout: 2 * time.Minute, VerifyTimeout: 2 * time.Minute,
 		TrustMargin: time.Hour, AgentWait: 15 * time.Minute, IssuerRefresh: time.Minute,
 		Drainer: coordinator.KubectlDrainer{Client: client, Force: true, Log: log.Named("drain")}, Registry: reg, Log: log.Named("coordinator")})
@@ -229,11 +234,7 @@ func (e *env) measure(ctx context.Context, res *Result) error {
 	// The rollout, started as an administrator does.
 	log.Info("starting the rollout", zap.String("strategy", o.Strategy))
 	t0 := time.Now()
-	store := coordinator.Store{Client: admin, Namespace: namespace, FieldManager: "coordbench"}
-	if _, err := store.Update(ctx, func(st *coordinator.State) error {
-		st.Start = &coordinator.StartRequest{Strategy: protocol.Strategy(o.Strategy), RequestedAt: t0.UTC(), RequestedBy: "coordbench"}
-		return nil
-	}); err != nil {
+	if _, err := coordinator.RequestStart(ctx, api, protocol.Strategy(o.Strategy), "", false, "coordbench", t0); err != nil {
 		return err
 	}
 	// The observer's verdict and the coordinator's record of the end are
@@ -252,7 +253,7 @@ func (e *env) measure(ctx context.Context, res *Result) error {
 			observed <- time.Now()
 		}
 	}()
-	final, err := benchkit.WaitRolloutOver(ctx, admin, namespace, time.Duration(o.Nodes)*time.Minute)
+	final, err := benchkit.WaitRolloutOver(ctx, api, time.Duration(o.Nodes)*time.Minute)
 	if err != nil {
 		return err
 	}
@@ -312,6 +313,9 @@ func prepare(ctx context.Context, cp *controlplane.ControlPlane, admin kubernete
 		if err := cp.PrepareNamespace(ctx, ns); err != nil {
 			return err
 		}
+	}
+	if err := benchkit.InstallCRDs(ctx, cp.AdminConfig()); err != nil {
+		return err
 	}
 	_, err := admin.CoreV1().ServiceAccounts(workloads).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "build-robot"}}, metav1.CreateOptions{})
 	if err != nil && !apierrors.IsAlreadyExists(err) {

@@ -22,6 +22,7 @@ import (
 	"github.com/tokenroll/tokenroll/agent/actions"
 	"github.com/tokenroll/tokenroll/coordinator"
 	"github.com/tokenroll/tokenroll/coordinator/apps"
+	apifake "github.com/tokenroll/tokenroll/pkg/generated/clientset/versioned/fake"
 )
 
 // The sources and what is generated from them.
@@ -226,7 +227,7 @@ func knownMetrics(t testing.TB) map[string]bool {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := coordinator.New(coordinator.Config{Client: client, Namespace: "tokenroll", Gate: gate, Strategy: "kubelet-restart",
+	if _, err := coordinator.New(coordinator.Config{Client: client, Rollouts: apifake.NewSimpleClientset(), Namespace: "tokenroll", Gate: gate, Strategy: "kubelet-restart",
 		MaxUnavailable: intstr.FromInt32(1), DrainTimeout: time.Minute, ActionTimeout: time.Minute, VerifyTimeout: time.Minute,
 		IssuerRefresh: time.Minute, Registry: rec, Apps: new(apps.DefaultOptions())}); err != nil {
 		t.Fatal(err)

@@ -559,7 +559,7 @@ func TestArgsParse(t *testing.T) {
 }
 
 // TestCoordinatorRBACNames: the names the coordinator's Role limits it to
-// are the ones its code uses (the rollout ConfigMap, app detection's
+// are the ones its code uses (the legacy rollout ConfigMap it migrates, app detection's
 // status ConfigMap, the Lease named by --lease-name).
 func TestCoordinatorRBACNames(t *testing.T) {
 	for _, r := range renderings {
@@ -578,8 +578,8 @@ func TestCoordinatorRBACNames(t *testing.T) {
 				names[res] = append(names[res], rule.ResourceNames...)
 			}
 		}
-		if !slices.Equal(names["configmaps"], []string{coordinator.ConfigMapName, apps.ConfigMapName}) || !slices.Equal(names["leases"], []string{lease}) {
-			t.Errorf("%s: Role %s names %v, want ConfigMaps %s, %s and Lease %s", r.name, role.Name, names, coordinator.ConfigMapName, apps.ConfigMapName, lease)
+		if !slices.Equal(names["configmaps"], []string{coordinator.LegacyConfigMapName, apps.ConfigMapName}) || !slices.Equal(names["leases"], []string{lease}) {
+			t.Errorf("%s: Role %s names %v, want ConfigMaps %s, %s and Lease %s", r.name, role.Name, names, coordinator.LegacyConfigMapName, apps.ConfigMapName, lease)
 		}
 		// kured's lock: list and watch of the one DaemonSet --kured-lock
 		// names, in its namespace, and nothing else.

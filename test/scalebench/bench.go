@@ -21,6 +21,7 @@ import (
 
 	"github.com/tokenroll/tokenroll/coordinator"
 	"github.com/tokenroll/tokenroll/internal/nodeutil"
+	"github.com/tokenroll/tokenroll/pkg/generated/clientset/versioned"
 	"github.com/tokenroll/tokenroll/protocol"
 	"github.com/tokenroll/tokenroll/sandbox/controlplane"
 	"github.com/tokenroll/tokenroll/sandbox/fleet"
@@ -166,6 +167,13 @@ func runOne(ctx context.Context, o options, n int, bin, agentBin, dir string, lo
 		if err := cp.PrepareNamespace(ctx, ns); err != nil {
 			return nil, err
 		}
+	}
+	if err := benchkit.InstallCRDs(ctx, cp.AdminConfig()); err != nil {
+		return nil, err
+	}
+	api, err := versioned.NewForConfig(adminCfg)
+	if err != nil {
+		return nil, err
 	}
 	runCtx, stopNodes := context.WithCancel(ctx)
 	var nodes *fleet.Fleet
@@ -316,14 +324,14 @@ func runOne(ctx context.Context, o options, n int, bin, agentBin, dir string, lo
 	if err != nil {
 		return nil, err
 	}
-	if err := waitObservedIssuer(ctx, admin, newIssuer, 5*time.Minute); err != nil {
+	if err := benchkit.WaitRolloutStarted(ctx, api, 5*time.Minute); err != nil {
 		return nil, err
 	}
 	started := time.Now()
 	peak := &peakRSS{}
 	peakCtx, stopPeak := context.WithCancel(ctx)
 	go peak.follow(peakCtx, coord.pid())
-	final, err := benchkit.WaitRolloutOver(ctx, admin, namespace, time.Duration(n)*time.Minute+10*time.Minute)
+	final, err := benchkit.WaitRolloutOver(ctx, api, time.Duration(n)*time.Minute+10*time.Minute)
 	stopPeak()
 	if err != nil {
 		return nil, err

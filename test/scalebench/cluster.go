@@ -17,15 +17,10 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/util/wait"
-	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/cache"
-	watchtools "k8s.io/client-go/tools/watch"
 
-	"github.com/tokenroll/tokenroll/coordinator"
 	"github.com/tokenroll/tokenroll/protocol"
 	"github.com/tokenroll/tokenroll/sandbox/controlplane"
 	"github.com/tokenroll/tokenroll/sandbox/invariants"
@@ -270,26 +265,6 @@ func readServers(ctx context.Context, clients []kubernetes.Interface) ([]serverR
 		}
 	}
 	return out, nil
-}
-
-// waitObservedIssuer waits until the coordinator recorded the issuer as
-// the API servers' signing issuer.
-func waitObservedIssuer(ctx context.Context, admin kubernetes.Interface, issuer string, timeout time.Duration) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	lw := cache.NewListWatchFromClient(admin.CoreV1().RESTClient(), "configmaps", namespace, fields.OneTermEqualSelector("metadata.name", coordinator.ConfigMapName))
-	_, err := watchtools.UntilWithSync(ctx, lw, &corev1.ConfigMap{}, nil, func(ev watch.Event) (bool, error) {
-		cm, ok := ev.Object.(*corev1.ConfigMap)
-		if !ok || ev.Type == watch.Deleted {
-			return false, nil
-		}
-		st, err := coordinator.DecodeState(cm)
-		return err == nil && st.ObservedIssuer == issuer, nil
-	})
-	if err != nil {
-		return fmt.Errorf("waiting for the coordinator to read the new issuer %s: %w", issuer, err)
-	}
-	return nil
 }
 
 // peakRSS follows a process's resident memory.

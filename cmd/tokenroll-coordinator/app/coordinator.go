@@ -83,6 +83,8 @@ type coordinatorOptions struct {
 	// limits, windows, blockers and webhooks. On by default; without
 	// their CRD the coordinator says so and follows the flags.
 	RolloutPolicies bool
+	// RolloutHistory is how many finished TokenRollouts are kept.
+	RolloutHistory int
 	// KuredLock is kured's DaemonSet, NAMESPACE/NAME ("": kured ignored).
 	KuredLock string
 	// QPS and Burst limit the coordinator's API requests.
@@ -107,7 +109,7 @@ func newCoordinatorOptions() *coordinatorOptions {
 		LeaseDuration: 15 * time.Second, RenewDeadline: 10 * time.Second, RetryPeriod: 2 * time.Second,
 		Gate: "auto", Strategy: string(coordinator.Auto), MaxUnavailable: "1", MetricsBindAddress: ":8080",
 		DrainTimeout: 10 * time.Minute, ActionTimeout: 15 * time.Minute, VerifyTimeout: 5 * time.Minute, GateSettle: 2 * time.Minute,
-		TrustMargin: time.Hour, AgentWait: 15 * time.Minute, IssuerRefresh: time.Minute, Auto: true, QPS: 20, Burst: 40,
+		TrustMargin: time.Hour, AgentWait: 15 * time.Minute, IssuerRefresh: time.Minute, Auto: true, QPS: 20, Burst: 40, RolloutHistory: coordinator.DefaultHistory,
 		KuredLock: coordinator.DefaultKuredLock.String(), AppDetection: true, RolloutPolicies: true,
 		AppStaleGrace: apps.DefaultOptions().Grace, AppWindow: apps.DefaultOptions().Window,
 		Audit: audit.NewOptions(), PodName: os.Getenv("POD_NAME"),
@@ -138,6 +140,7 @@ func (o *coordinatorOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&o.DryRun, "dry-run", o.DryRun, "Make every rollout a dry run: record what would be done to each node (tokenroll status shows it); cordon, drain and request nothing.")
 	fs.BoolVar(&o.DrainForce, "drain-force", o.DrainForce, "Let a drain evict pods that no controller recreates (they are lost); without it such a pod halts the rollout.")
 	fs.StringVar(&o.KuredLock, "kured-lock", o.KuredLock, "kured's DaemonSet, NAMESPACE/NAME: a node holding kured's reboot lock (annotation "+coordinator.AnnotationKuredLock+") is never cordoned or acted on and counts against --max-unavailable; while the lock cannot be read no node starts. Empty: ignore kured.")
+	fs.IntVar(&o.RolloutHistory, "rollout-history", o.RolloutHistory, "Finished TokenRollouts kept as history; the oldest beyond it are deleted when a rollout starts.")
 	fs.BoolVar(&o.RolloutPolicies, "rollout-policies", o.RolloutPolicies, "Read the RolloutPolicy resources: the nodes each selects follow its maxUnavailable, deadlineMaxUnavailable, zones, windows, blockers, health gate, dry run and webhooks, and the coordinator writes each policy's status; the nodes no policy covers follow the flags. When their CRD is not installed, the coordinator says so (a log line and an Event), follows the flags, and reads the policies once the CRD appears. false: never read them.")
 	fs.BoolVar(&o.AppDetection, "app-detection", o.AppDetection, "Follow every pod (an informer on the leader) and, from the API server's audit events, report pods whose apps present a replaced token (app-stale) or fail to authenticate (app-failing).")
 	fs.DurationVar(&o.AppStaleGrace, "app-stale-grace", o.AppStaleGrace, "A pod is app-stale when its app presents a token this long after the kubelet replaced it, and app-failing when its requests fail authentication this long; must be longer than client-go's 1-minute reload of a token file.")
@@ -156,6 +159,9 @@ func (o *coordinatorOptions) Validate() error {
 	}
 	if o.LeaseName == "" {
 		errs = append(errs, errors.New("--lease-name is required"))
+	}
+	if o.RolloutHistory < 1 {
+		errs = append(errs, fmt.Errorf("--rollout-history=%d must be at least 1: the last finished rollout is what tokenroll status shows", o.RolloutHistory))
 	}
 	if o.LeaseDuration <= o.RenewDeadline {
 		errs = append(errs, fmt.Errorf("--lease-duration=%s must be longer than --renew-deadline=%s", o.LeaseDuration, o.RenewDeadline))
@@ -295,18 +301,20 @@ func (o *coordinatorOptions) run(ctx context.Context, e cli.Env) error {
 	if o.AppDetection {
 		appOpts = &apps.Options{Grace: o.AppStaleGrace, Window: o.AppWindow, Interval: apps.DefaultOptions().Interval}
 	}
+	api, err := versioned.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
 	var policies versioned.Interface
 	if o.RolloutPolicies {
-		if policies, err = versioned.NewForConfig(cfg); err != nil {
-			return err
-		}
+		policies = api
 	}
 	c, err := coordinator.New(coordinator.Config{
 		Client: client, Namespace: o.Namespace, Gate: gate, Strategy: protocol.Strategy(o.Strategy),
 		MaxUnavailable: intstr.Parse(o.MaxUnavailable), DeadlineMaxUnavailable: deadlineMax, DrainTimeout: o.DrainTimeout, ActionTimeout: o.ActionTimeout,
 		VerifyTimeout: o.VerifyTimeout, Settle: o.Settle, GateSettle: o.GateSettle, TrustMargin: o.TrustMargin, AgentWait: o.AgentWait,
 		IssuerRefresh: o.IssuerRefresh, Auto: o.Auto, DryRun: o.DryRun, KuredLock: kuredLock, Drainer: coordinator.KubectlDrainer{Client: client, Force: o.DrainForce, Log: e.Log, Retry: apiretry.Default()},
-		Registry: reg, Log: e.Log, Apps: appOpts, PodName: o.podForWebhook(), Policies: policies,
+		Registry: reg, Log: e.Log, Apps: appOpts, PodName: o.podForWebhook(), Policies: policies, Rollouts: api, History: o.RolloutHistory,
 	})
 	if err != nil {
 		return err

@@ -126,7 +126,11 @@ func (o *preflightOptions) check(ctx context.Context) (preflightReport, error) {
 		return preflightReport{}, err
 	}
 	now := time.Now().UTC()
-	status, err := coordinator.BuildStatus(ctx, client, o.Namespace, iss, gate, now)
+	api, err := o.apiClient()
+	if err != nil {
+		return preflightReport{}, err
+	}
+	status, err := coordinator.BuildStatus(ctx, client, api, o.Namespace, iss, gate, now)
 	if err != nil {
 		return preflightReport{}, err
 	}

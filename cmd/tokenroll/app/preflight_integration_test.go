@@ -27,8 +27,10 @@ import (
 	"github.com/tokenroll/tokenroll/coordinator"
 	"github.com/tokenroll/tokenroll/coordinator/apps"
 	"github.com/tokenroll/tokenroll/internal/cli"
+	"github.com/tokenroll/tokenroll/pkg/generated/clientset/versioned"
 	"github.com/tokenroll/tokenroll/protocol"
 	"github.com/tokenroll/tokenroll/sandbox/controlplane"
+	"github.com/tokenroll/tokenroll/test/benchkit"
 )
 
 // preflightCluster is a real API server with three Ready nodes.
@@ -46,6 +48,9 @@ func startPreflightCluster(t *testing.T) *preflightCluster {
 	ctx := context.Background()
 	c := &preflightCluster{t: t, cp: cp, admin: kubernetes.NewForConfigOrDie(cp.AdminConfig()), kc: filepath.Join(t.TempDir(), "kubeconfig"), issuer: iss}
 	if err := controlplane.WriteKubeconfig(c.kc, cp.AdminConfig()); err != nil {
+		t.Fatal(err)
+	}
+	if err := benchkit.InstallCRDs(ctx, cp.AdminConfig()); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := c.admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "tokenroll"}}, metav1.CreateOptions{}); err != nil {
@@ -181,8 +186,8 @@ func TestPreflightCommand(t *testing.T) {
 	c.report("node-c", c.clean(2))
 	c.apps(apps.Result{Now: now, Followed: 9, Healthy: 8, Unobserved: 1, Nodes: map[string]apps.NodeCounts{"node-a": {Pods: 4, Healthy: 4}},
 		Events: map[string]map[string]uint64{"presented": {"counted": 300}}})
-	if _, err := (coordinator.Store{Client: c.admin, Namespace: "tokenroll", FieldManager: "test"}).Update(context.Background(), func(st *coordinator.State) error {
-		st.Last = &coordinator.Rollout{ID: "r-prev", Strategy: "kubelet-restart", Phase: coordinator.RolloutDone, CreatedAt: now.Add(-2 * time.Hour), FinishedAt: now.Add(-time.Hour),
+	if _, err := (coordinator.Store{Client: versioned.NewForConfigOrDie(c.cp.AdminConfig()), FieldManager: "test"}).Update(context.Background(), func(st *coordinator.State) error {
+		st.Rollout = &coordinator.Rollout{ID: "r-prev", Strategy: "kubelet-restart", Phase: coordinator.RolloutDone, CreatedAt: now.Add(-2 * time.Hour), FinishedAt: now.Add(-time.Hour),
 			Nodes: []coordinator.PlannedNode{{Name: "node-a", Strategy: "kubelet-restart"}, {Name: "node-b", Strategy: "kubelet-restart"}}}
 		return nil
 	}); err != nil {

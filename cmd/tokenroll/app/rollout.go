@@ -76,21 +76,11 @@ func (o *rolloutStartOptions) Validate() error {
 }
 
 func (o *rolloutStartOptions) run(ctx context.Context, e cli.Env) error {
-	client, _, err := o.clients()
+	api, err := o.apiClient()
 	if err != nil {
 		return err
 	}
-	store := coordinator.Store{Client: client, Namespace: o.Namespace, FieldManager: "tokenroll-cli"}
-	_, err = store.Update(ctx, func(st *coordinator.State) error {
-		if r := st.Active(); r != nil {
-			return fmt.Errorf("rollout %s is %s; cancel it first (tokenroll rollout cancel)", r.ID, r.Phase)
-		}
-		if st.Start != nil {
-			return fmt.Errorf("a start requested by %s at %s is still waiting for the coordinator; is it running? (tokenroll status)", st.Start.RequestedBy, st.Start.RequestedAt.Format(time.RFC3339))
-		}
-		st.Start = &coordinator.StartRequest{Strategy: protocol.Strategy(o.Strategy), Selector: o.Nodes, DryRun: o.DryRun, RequestedAt: time.Now().UTC(), RequestedBy: whoAmI()}
-		return nil
-	})
+	name, err := coordinator.RequestStart(ctx, api, protocol.Strategy(o.Strategy), o.Nodes, o.DryRun, whoAmI(), time.Now().UTC())
 	if err != nil {
 		return &cli.ExitError{Code: cli.ExitFailure, Err: err}
 	}
@@ -98,7 +88,7 @@ func (o *rolloutStartOptions) run(ctx context.Context, e cli.Env) error {
 	if o.DryRun {
 		what = "dry run"
 	}
-	fmt.Fprintf(e.Stdout, "%s requested: strategy %s, nodes %q; the coordinator's leader plans it (follow with tokenroll status)\n", what, o.Strategy, orAll(o.Nodes))
+	fmt.Fprintf(e.Stdout, "%s requested: TokenRollout %s, strategy %s, nodes %q; the coordinator's leader plans it (follow with tokenroll status, or kubectl wait --for=condition=Complete tokenrollout/%s)\n", what, name, o.Strategy, orAll(o.Nodes), name)
 	return nil
 }
 
@@ -129,19 +119,11 @@ func (o *rolloutRetryOptions) Validate() error {
 }
 
 func (o *rolloutRetryOptions) run(ctx context.Context, e cli.Env) error {
-	client, _, err := o.clients()
+	api, err := o.apiClient()
 	if err != nil {
 		return err
 	}
-	store := coordinator.Store{Client: client, Namespace: o.Namespace, FieldManager: "tokenroll-cli"}
-	now, who := time.Now().UTC(), whoAmI()
-	_, err = store.Update(ctx, func(st *coordinator.State) error {
-		for _, n := range o.Nodes {
-			st.Retry = append(st.Retry, coordinator.RetryRequest{Node: n, RequestedAt: now, RequestedBy: who})
-		}
-		return nil
-	})
-	if err != nil {
+	if err := coordinator.RequestRetry(ctx, api, o.Nodes, whoAmI(), time.Now().UTC()); err != nil {
 		return &cli.ExitError{Code: cli.ExitFailure, Err: err}
 	}
 	fmt.Fprintf(e.Stdout, "retry requested for %s; the coordinator's leader applies it (follow with tokenroll status)\n", strings.Join(o.Nodes, ", "))
@@ -166,41 +148,16 @@ func (o *rolloutSteerOptions) AddFlags(fs *pflag.FlagSet) { o.addFlags(fs, false
 func (o *rolloutSteerOptions) Validate() error            { return o.validate() }
 
 func (o *rolloutSteerOptions) run(ctx context.Context, e cli.Env) error {
-	client, _, err := o.clients()
+	api, err := o.apiClient()
 	if err != nil {
 		return err
 	}
-	store := coordinator.Store{Client: client, Namespace: o.Namespace, FieldManager: "tokenroll-cli"}
-	var id string
-	var from coordinator.RolloutPhase
-	var replaced *coordinator.SteerRequest
-	_, err = store.Update(ctx, func(st *coordinator.State) error {
-		r := st.Active()
-		if r == nil {
-			return errors.New("no rollout is active (tokenroll status)")
-		}
-		id, from, replaced = r.ID, r.Phase, st.Steer
-		if _, err := coordinator.Steer(o.verb, r.Phase); err != nil {
-			return fmt.Errorf("rollout %s: %w", r.ID, err)
-		}
-		st.Steer = &coordinator.SteerRequest{Verb: o.verb, Rollout: r.ID, RequestedAt: time.Now().UTC(), RequestedBy: whoAmI()}
-		return nil
-	})
+	id, from, err := coordinator.RequestSteer(ctx, api, o.verb, whoAmI(), time.Now().UTC())
 	if err != nil {
 		return &cli.ExitError{Code: cli.ExitFailure, Err: err}
 	}
-	if replaced != nil {
-		fmt.Fprintf(e.Stdout, "rollout %s: replacing the %s requested by %s, not applied yet\n", id, replaced.Verb, orUnknown(replaced.RequestedBy))
-	}
 	fmt.Fprintf(e.Stdout, "rollout %s: %s requested (it is %s); the coordinator's leader applies it (follow with tokenroll status)\n", id, o.verb, from)
 	return nil
-}
-
-func orUnknown(s string) string {
-	if s == "" {
-		return "an administrator"
-	}
-	return s
 }
 
 // rolloutPlanOptions configure `tokenroll rollout plan`.

@@ -13,7 +13,9 @@ import (
 
 	"github.com/tokenroll/tokenroll/coordinator"
 	"github.com/tokenroll/tokenroll/internal/cli"
+	"github.com/tokenroll/tokenroll/pkg/generated/clientset/versioned"
 	"github.com/tokenroll/tokenroll/sandbox/controlplane"
+	"github.com/tokenroll/tokenroll/test/benchkit"
 )
 
 // The administrator's commands against a real API server: status, plan,
@@ -23,6 +25,10 @@ func TestRolloutAndStatusCommands(t *testing.T) {
 	cp := controlplane.StartForTest(t, controlplane.Config{Issuers: []string{"https://issuer.test"}})
 	ctx := context.Background()
 	admin := kubernetes.NewForConfigOrDie(cp.AdminConfig())
+	api := versioned.NewForConfigOrDie(cp.AdminConfig())
+	if err := benchkit.InstallCRDs(ctx, cp.AdminConfig()); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "tokenroll"}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -44,7 +50,7 @@ func TestRolloutAndStatusCommands(t *testing.T) {
 	if code, out, stderr = run(t, "rollout", "start", "--kubeconfig", kc, "--strategy", "reboot", "--nodes", "pool=a"); code != 0 || !strings.Contains(out, "rollout requested") {
 		t.Errorf("start: exit %d %s%s", code, out, stderr)
 	}
-	st, err := coordinator.Store{Client: admin, Namespace: "tokenroll"}.Get(ctx)
+	st, err := coordinator.Store{Client: api}.Get(ctx)
 	if err != nil || st.Start == nil || st.Start.Strategy != coordinator.Reboot || st.Start.Selector != "pool=a" {
 		t.Errorf("state after start: %+v, %v", st.Start, err)
 	}
@@ -54,7 +60,7 @@ func TestRolloutAndStatusCommands(t *testing.T) {
 	if code, out, stderr = run(t, "rollout", "retry", "--kubeconfig", kc, "worker-1"); code != 0 || !strings.Contains(out, "retry requested for worker-1") {
 		t.Errorf("retry: exit %d %s%s", code, out, stderr)
 	}
-	if st, err = (coordinator.Store{Client: admin, Namespace: "tokenroll"}).Get(ctx); err != nil || len(st.Retry) != 1 || st.Retry[0].Node != "worker-1" {
+	if st, err = (coordinator.Store{Client: api}).Get(ctx); err != nil || len(st.Retry) != 1 || st.Retry[0].Node != "worker-1" {
 		t.Errorf("state after retry: %+v, %v", st.Retry, err)
 	}
 	code, out, stderr = run(t, "status", "--kubeconfig", kc, "-o", "json")

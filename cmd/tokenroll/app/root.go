@@ -37,7 +37,7 @@ Deployment).`, stdout, stderr)
 	p.Add(root, "preflight", "Before an issuer change: what would break now, and how long the rollout would take",
 		preflightLong, preflight, preflight.run)
 	rollout := p.Group(root, "rollout", "Plan, start, pause, resume or cancel a rollout",
-		"rollout talks to the coordinator through its state ConfigMap: plan prints what would\nbe done; start asks for a rollout; pause, resume and cancel steer the current one.", false)
+		"rollout talks to the coordinator through TokenRollouts (tokenroll.io/v1alpha1): plan prints\nwhat would be done; start creates one; pause, resume and cancel set the current one's spec.state.", false)
 	for _, rc := range rolloutCommands() {
 		p.Add(rollout, rc.use, rc.short, rc.long, rc.opts, rc.opts.run)
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/tokenroll/tokenroll/internal/cli"
 	"github.com/tokenroll/tokenroll/internal/issuer"
 	"github.com/tokenroll/tokenroll/internal/version"
+	"github.com/tokenroll/tokenroll/pkg/generated/clientset/versioned"
 )
 
 // clusterOptions select the cluster and tokenroll's namespace, for the
@@ -67,6 +68,16 @@ func (o *clusterOptions) clients() (kubernetes.Interface, dynamic.Interface, err
 	return client, dyn, err
 }
 
+// apiClient is the tokenroll.io client: TokenRollouts.
+func (o *clusterOptions) apiClient() (versioned.Interface, error) {
+	cfg, err := cli.RestConfig(o.Kubeconfig)
+	if err != nil {
+		return nil, err
+	}
+	cfg.UserAgent = "tokenroll-cli/" + version.Version
+	return versioned.NewForConfig(cfg)
+}
+
 // gateAndIssuer reads the gate once and the signing issuer.
 func (o *clusterOptions) gateAndIssuer(ctx context.Context, client kubernetes.Interface, dyn dynamic.Interface) (coordinator.GateState, string, error) {
 	gate, err := coordinator.NewGate(ctx, o.Gate, client, dyn)
@@ -114,7 +125,11 @@ func (o *statusOptions) run(ctx context.Context, e cli.Env) error {
 	if err != nil {
 		return err
 	}
-	rep, err := coordinator.BuildStatus(ctx, client, o.Namespace, iss, gate, time.Now())
+	api, err := o.apiClient()
+	if err != nil {
+		return err
+	}
+	rep, err := coordinator.BuildStatus(ctx, client, api, o.Namespace, iss, gate, time.Now())
 	if err != nil {
 		return err
 	}

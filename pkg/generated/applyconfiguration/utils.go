@@ -28,6 +28,8 @@ func ForKind(kind schema.GroupVersionKind) interface{} {
 		return &tokenrollv1alpha1.HealthGateApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("MaintenanceWindow"):
 		return &tokenrollv1alpha1.MaintenanceWindowApplyConfiguration{}
+	case v1alpha1.SchemeGroupVersion.WithKind("MaxUnavailableRaise"):
+		return &tokenrollv1alpha1.MaxUnavailableRaiseApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("NodeResult"):
 		return &tokenrollv1alpha1.NodeResultApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("NodeSummary"):
@@ -36,12 +38,18 @@ func ForKind(kind schema.GroupVersionKind) interface{} {
 		return &tokenrollv1alpha1.NotificationApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("PodSelector"):
 		return &tokenrollv1alpha1.PodSelectorApplyConfiguration{}
+	case v1alpha1.SchemeGroupVersion.WithKind("RetryRequest"):
+		return &tokenrollv1alpha1.RetryRequestApplyConfiguration{}
+	case v1alpha1.SchemeGroupVersion.WithKind("RolloutEstimate"):
+		return &tokenrollv1alpha1.RolloutEstimateApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("RolloutPolicy"):
 		return &tokenrollv1alpha1.RolloutPolicyApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("RolloutPolicySpec"):
 		return &tokenrollv1alpha1.RolloutPolicySpecApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("RolloutPolicyStatus"):
 		return &tokenrollv1alpha1.RolloutPolicyStatusApplyConfiguration{}
+	case v1alpha1.SchemeGroupVersion.WithKind("RolloutWait"):
+		return &tokenrollv1alpha1.RolloutWaitApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("SecretKeyRef"):
 		return &tokenrollv1alpha1.SecretKeyRefApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("TokenRollout"):

@@ -21,7 +21,8 @@ import (
 // +kubebuilder:printcolumn:name="Done",type=integer,JSONPath=`.status.summary.done`
 // +kubebuilder:printcolumn:name="Nodes",type=integer,JSONPath=`.status.summary.total`
 // +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Halted")].reason`,priority=1
-// +kubebuilder:printcolumn:name="Waiting",type=string,JSONPath=`.status.waiting`,priority=1
+// +kubebuilder:printcolumn:name="Waiting",type=string,JSONPath=`.status.waiting.reason`,priority=1
+// +kubebuilder:printcolumn:name="Trigger",type=string,JSONPath=`.status.trigger`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 // +kubebuilder:validation:XValidation:rule="!has(oldSelf.status) || !has(oldSelf.status.startTime) || (has(self.spec.strategy) == has(oldSelf.spec.strategy) && (!has(self.spec.strategy) || self.spec.strategy == oldSelf.spec.strategy))",message="spec.strategy cannot change once the rollout has started (status.startTime is set); cancel it and create a new TokenRollout"
 // +kubebuilder:validation:XValidation:rule="!has(oldSelf.status) || !has(oldSelf.status.startTime) || (has(self.spec.policyName) == has(oldSelf.spec.policyName) && (!has(self.spec.policyName) || self.spec.policyName == oldSelf.spec.policyName))",message="spec.policyName cannot change once the rollout has started (status.startTime is set); cancel it and create a new TokenRollout"
@@ -95,6 +96,38 @@ type TokenRolloutSpec struct {
 	// coordinator reports each step it would take and acts on nothing.
 	// +optional
 	DryRun bool `json:"dryRun,omitempty"`
+
+	// resumeTime is when a person last asked this rollout to go on. A
+	// halted rollout whose state is already Running resumes (its halted
+	// node is tried again) only on a spec change: setting resumeTime is
+	// that change (tokenroll rollout resume sets it).
+	// +optional
+	ResumeTime *metav1.Time `json:"resumeTime,omitempty"`
+
+	// retry asks the coordinator to forget its record of nodes left
+	// unresolved or halted, so they are planned again (tokenroll rollout
+	// retry NODE adds to it). The coordinator applies the requests made
+	// after status.retriedUntil.
+	// +kubebuilder:validation:MaxItems=256
+	// +listType=atomic
+	// +optional
+	Retry []RetryRequest `json:"retry,omitempty"`
+}
+
+// RetryRequest asks to plan one node again.
+type RetryRequest struct {
+	// node is the Node's name.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +required
+	Node string `json:"node"`
+	// requestTime is when it was asked.
+	// +required
+	RequestTime metav1.Time `json:"requestTime"`
+	// requestedBy says who asked, for people.
+	// +kubebuilder:validation:MaxLength=256
+	// +optional
+	RequestedBy string `json:"requestedBy,omitempty"`
 }
 
 // RolloutPhase is where a rollout stands.
@@ -180,11 +213,51 @@ type TokenRolloutStatus struct {
 	// +optional
 	CompletionTime *metav1.Time `json:"completionTime,omitempty"`
 
-	// waiting says what holds the rollout while no node can start: the next
-	// window, a blocking pod or alert, the revision gate.
+	// updateTime is when the coordinator last changed the rollout's phase,
+	// plan, halt or steering.
+	// +optional
+	UpdateTime *metav1.Time `json:"updateTime,omitempty"`
+
+	// message says what happened last, for people (why it halted, who
+	// resumed it, why nothing was planned).
+	// +kubebuilder:validation:MaxLength=4096
+	// +optional
+	Message string `json:"message,omitempty"`
+
+	// haltedNode is the node the rollout halted on.
+	// +kubebuilder:validation:MaxLength=253
+	// +optional
+	HaltedNode string `json:"haltedNode,omitempty"`
+
+	// steered says what became of the last change of spec.state (or
+	// spec.resumeTime): applied, or refused and why.
 	// +kubebuilder:validation:MaxLength=1024
 	// +optional
-	Waiting string `json:"waiting,omitempty"`
+	Steered string `json:"steered,omitempty"`
+
+	// apps says, for strategy auto, when the rollout runs without evidence
+	// of what apps present (no audit source) and what it does instead.
+	// +kubebuilder:validation:MaxLength=1024
+	// +optional
+	Apps string `json:"apps,omitempty"`
+
+	// retriedUntil is the newest spec.retry request applied.
+	// +optional
+	RetriedUntil *metav1.Time `json:"retriedUntil,omitempty"`
+
+	// waiting says what holds the rollout while no node can start: the next
+	// window, a blocking pod or alert, the revision gate.
+	// +optional
+	Waiting *RolloutWait `json:"waiting,omitempty"`
+
+	// estimate is when the rollout is expected to end, as last recorded.
+	// +optional
+	Estimate *RolloutEstimate `json:"estimate,omitempty"`
+
+	// raised records the raise of the nodes disrupted at once to meet the
+	// previous issuer's trust deadline.
+	// +optional
+	Raised *MaxUnavailableRaise `json:"raised,omitempty"`
 
 	// summary counts the nodes by step.
 	// +optional
@@ -196,6 +269,70 @@ type TokenRolloutStatus struct {
 	// +listMapKey=name
 	// +optional
 	Nodes []NodeResult `json:"nodes,omitempty"`
+}
+
+// RolloutWait is what holds a rollout while no node can start.
+type RolloutWait struct {
+	// reason is a short word for it (gate-closed, max-unavailable, window,
+	// ...), as the coordinator's waiting metric labels it.
+	// +kubebuilder:validation:MaxLength=64
+	// +required
+	Reason string `json:"reason"`
+	// message says what is waited for, naming the nodes.
+	// +kubebuilder:validation:MaxLength=1024
+	// +optional
+	Message string `json:"message,omitempty"`
+	// since is when the wait for reason began.
+	// +optional
+	Since metav1.Time `json:"since,omitempty"`
+}
+
+// RolloutEstimate is when a rollout is expected to end, and what that rests
+// on.
+type RolloutEstimate struct {
+	// time is when it was made.
+	// +optional
+	Time metav1.Time `json:"time,omitempty"`
+	// completion is when the last node is expected done (unset: no node
+	// has finished yet, so nothing is measured).
+	// +optional
+	Completion *metav1.Time `json:"completion,omitempty"`
+	// perNode is the median time a node took over the measured nodes.
+	// +optional
+	PerNode *metav1.Duration `json:"perNode,omitempty"`
+	// measured, inProgress and pending count the nodes it rests on.
+	// +optional
+	Measured int32 `json:"measured,omitempty"`
+	// +optional
+	InProgress int32 `json:"inProgress,omitempty"`
+	// +optional
+	Pending int32 `json:"pending,omitempty"`
+	// maxUnavailable is the nodes at once it assumes.
+	// +optional
+	MaxUnavailable int32 `json:"maxUnavailable,omitempty"`
+	// deadline is when the previous issuer's trust ends (unset: none known).
+	// +optional
+	Deadline *metav1.Time `json:"deadline,omitempty"`
+}
+
+// MaxUnavailableRaise is a raise of the nodes disrupted at once to meet the
+// previous issuer's trust deadline.
+type MaxUnavailableRaise struct {
+	// maxUnavailable is the nodes at once it allows; from what was allowed
+	// before and ceiling what the coordinator's ceiling allowed.
+	// +optional
+	MaxUnavailable int32 `json:"maxUnavailable,omitempty"`
+	// +optional
+	From int32 `json:"from,omitempty"`
+	// +optional
+	Ceiling int32 `json:"ceiling,omitempty"`
+	// time is when it was raised.
+	// +optional
+	Time metav1.Time `json:"time,omitempty"`
+	// message says why, for people.
+	// +kubebuilder:validation:MaxLength=2048
+	// +optional
+	Message string `json:"message,omitempty"`
 }
 
 // NodeSummary counts a rollout's nodes by step.
@@ -244,7 +381,7 @@ type NodeResult struct {
 	// +kubebuilder:validation:MaxLength=64
 	// +optional
 	Reason string `json:"reason,omitempty"`
-	// message says what happened, for people.
+	// message says why the node was planned, then what became of it.
 	// +kubebuilder:validation:MaxLength=1024
 	// +optional
 	Message string `json:"message,omitempty"`
@@ -253,6 +390,10 @@ type NodeResult struct {
 	// +kubebuilder:validation:MaxLength=512
 	// +optional
 	Action string `json:"action,omitempty"`
+	// would is, in a dry run, what would have been done to the node.
+	// +kubebuilder:validation:MaxLength=1024
+	// +optional
+	Would string `json:"would,omitempty"`
 	// deadline is when the node's old-issuer tokens stop working.
 	// +optional
 	Deadline *metav1.Time `json:"deadline,omitempty"`

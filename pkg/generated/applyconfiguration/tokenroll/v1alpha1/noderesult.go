@@ -21,11 +21,13 @@ type NodeResultApplyConfiguration struct {
 	// reason is a CamelCase word for why the node is in its step (for a
 	// halted node, the halt reason, like DrainTimeout).
 	Reason *string `json:"reason,omitempty"`
-	// message says what happened, for people.
+	// message says why the node was planned, then what became of it.
 	Message *string `json:"message,omitempty"`
 	// action says what a person can do about it, like
 	// `tokenroll rollout retry NODE`.
 	Action *string `json:"action,omitempty"`
+	// would is, in a dry run, what would have been done to the node.
+	Would *string `json:"would,omitempty"`
 	// deadline is when the node's old-issuer tokens stop working.
 	Deadline *v1.Time `json:"deadline,omitempty"`
 	// lastTransitionTime is when the node entered its step.
@@ -83,6 +85,14 @@ func (b *NodeResultApplyConfiguration) WithMessage(value string) *NodeResultAppl
 // If called multiple times, the Action field is set to the value of the last call.
 func (b *NodeResultApplyConfiguration) WithAction(value string) *NodeResultApplyConfiguration {
 	b.Action = &value
+	return b
+}
+
+// WithWould sets the Would field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the Would field is set to the value of the last call.
+func (b *NodeResultApplyConfiguration) WithWould(value string) *NodeResultApplyConfiguration {
+	b.Would = &value
 	return b
 }
 

@@ -4,6 +4,7 @@ package v1alpha1
 
 import (
 	tokenrollv1alpha1 "github.com/tokenroll/tokenroll/pkg/apis/tokenroll/v1alpha1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	v1 "k8s.io/client-go/applyconfigurations/meta/v1"
 )
 
@@ -30,6 +31,16 @@ type TokenRolloutSpecApplyConfiguration struct {
 	// dryRun makes this rollout a plan, whatever the policies say: the
 	// coordinator reports each step it would take and acts on nothing.
 	DryRun *bool `json:"dryRun,omitempty"`
+	// resumeTime is when a person last asked this rollout to go on. A
+	// halted rollout whose state is already Running resumes (its halted
+	// node is tried again) only on a spec change: setting resumeTime is
+	// that change (tokenroll rollout resume sets it).
+	ResumeTime *metav1.Time `json:"resumeTime,omitempty"`
+	// retry asks the coordinator to forget its record of nodes left
+	// unresolved or halted, so they are planned again (tokenroll rollout
+	// retry NODE adds to it). The coordinator applies the requests made
+	// after status.retriedUntil.
+	Retry []RetryRequestApplyConfiguration `json:"retry,omitempty"`
 }
 
 // TokenRolloutSpecApplyConfiguration constructs a declarative configuration of the TokenRolloutSpec type for use with
@@ -85,5 +96,26 @@ func (b *TokenRolloutSpecApplyConfiguration) WithNodeNames(values ...string) *To
 // If called multiple times, the DryRun field is set to the value of the last call.
 func (b *TokenRolloutSpecApplyConfiguration) WithDryRun(value bool) *TokenRolloutSpecApplyConfiguration {
 	b.DryRun = &value
+	return b
+}
+
+// WithResumeTime sets the ResumeTime field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the ResumeTime field is set to the value of the last call.
+func (b *TokenRolloutSpecApplyConfiguration) WithResumeTime(value metav1.Time) *TokenRolloutSpecApplyConfiguration {
+	b.ResumeTime = &value
+	return b
+}
+
+// WithRetry adds the given value to the Retry field in the declarative configuration
+// and returns the receiver, so that objects can be build by chaining "With" function invocations.
+// If called multiple times, values provided by each call will be appended to the Retry field.
+func (b *TokenRolloutSpecApplyConfiguration) WithRetry(values ...*RetryRequestApplyConfiguration) *TokenRolloutSpecApplyConfiguration {
+	for i := range values {
+		if values[i] == nil {
+			panic("nil value passed to WithRetry")
+		}
+		b.Retry = append(b.Retry, *values[i])
+	}
 	return b
 }

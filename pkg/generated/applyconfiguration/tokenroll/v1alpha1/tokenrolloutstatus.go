@@ -31,9 +31,30 @@ type TokenRolloutStatusApplyConfiguration struct {
 	StartTime *metav1.Time `json:"startTime,omitempty"`
 	// completionTime is when the rollout ended.
 	CompletionTime *metav1.Time `json:"completionTime,omitempty"`
+	// updateTime is when the coordinator last changed the rollout's phase,
+	// plan, halt or steering.
+	UpdateTime *metav1.Time `json:"updateTime,omitempty"`
+	// message says what happened last, for people (why it halted, who
+	// resumed it, why nothing was planned).
+	Message *string `json:"message,omitempty"`
+	// haltedNode is the node the rollout halted on.
+	HaltedNode *string `json:"haltedNode,omitempty"`
+	// steered says what became of the last change of spec.state (or
+	// spec.resumeTime): applied, or refused and why.
+	Steered *string `json:"steered,omitempty"`
+	// apps says, for strategy auto, when the rollout runs without evidence
+	// of what apps present (no audit source) and what it does instead.
+	Apps *string `json:"apps,omitempty"`
+	// retriedUntil is the newest spec.retry request applied.
+	RetriedUntil *metav1.Time `json:"retriedUntil,omitempty"`
 	// waiting says what holds the rollout while no node can start: the next
 	// window, a blocking pod or alert, the revision gate.
-	Waiting *string `json:"waiting,omitempty"`
+	Waiting *RolloutWaitApplyConfiguration `json:"waiting,omitempty"`
+	// estimate is when the rollout is expected to end, as last recorded.
+	Estimate *RolloutEstimateApplyConfiguration `json:"estimate,omitempty"`
+	// raised records the raise of the nodes disrupted at once to meet the
+	// previous issuer's trust deadline.
+	Raised *MaxUnavailableRaiseApplyConfiguration `json:"raised,omitempty"`
 	// summary counts the nodes by step.
 	Summary *NodeSummaryApplyConfiguration `json:"summary,omitempty"`
 	// nodes is each planned node's result.
@@ -115,11 +136,75 @@ func (b *TokenRolloutStatusApplyConfiguration) WithCompletionTime(value metav1.T
 	return b
 }
 
+// WithUpdateTime sets the UpdateTime field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the UpdateTime field is set to the value of the last call.
+func (b *TokenRolloutStatusApplyConfiguration) WithUpdateTime(value metav1.Time) *TokenRolloutStatusApplyConfiguration {
+	b.UpdateTime = &value
+	return b
+}
+
+// WithMessage sets the Message field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the Message field is set to the value of the last call.
+func (b *TokenRolloutStatusApplyConfiguration) WithMessage(value string) *TokenRolloutStatusApplyConfiguration {
+	b.Message = &value
+	return b
+}
+
+// WithHaltedNode sets the HaltedNode field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the HaltedNode field is set to the value of the last call.
+func (b *TokenRolloutStatusApplyConfiguration) WithHaltedNode(value string) *TokenRolloutStatusApplyConfiguration {
+	b.HaltedNode = &value
+	return b
+}
+
+// WithSteered sets the Steered field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the Steered field is set to the value of the last call.
+func (b *TokenRolloutStatusApplyConfiguration) WithSteered(value string) *TokenRolloutStatusApplyConfiguration {
+	b.Steered = &value
+	return b
+}
+
+// WithApps sets the Apps field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the Apps field is set to the value of the last call.
+func (b *TokenRolloutStatusApplyConfiguration) WithApps(value string) *TokenRolloutStatusApplyConfiguration {
+	b.Apps = &value
+	return b
+}
+
+// WithRetriedUntil sets the RetriedUntil field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the RetriedUntil field is set to the value of the last call.
+func (b *TokenRolloutStatusApplyConfiguration) WithRetriedUntil(value metav1.Time) *TokenRolloutStatusApplyConfiguration {
+	b.RetriedUntil = &value
+	return b
+}
+
 // WithWaiting sets the Waiting field in the declarative configuration to the given value
 // and returns the receiver, so that objects can be built by chaining "With" function invocations.
 // If called multiple times, the Waiting field is set to the value of the last call.
-func (b *TokenRolloutStatusApplyConfiguration) WithWaiting(value string) *TokenRolloutStatusApplyConfiguration {
-	b.Waiting = &value
+func (b *TokenRolloutStatusApplyConfiguration) WithWaiting(value *RolloutWaitApplyConfiguration) *TokenRolloutStatusApplyConfiguration {
+	b.Waiting = value
+	return b
+}
+
+// WithEstimate sets the Estimate field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the Estimate field is set to the value of the last call.
+func (b *TokenRolloutStatusApplyConfiguration) WithEstimate(value *RolloutEstimateApplyConfiguration) *TokenRolloutStatusApplyConfiguration {
+	b.Estimate = value
+	return b
+}
+
+// WithRaised sets the Raised field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the Raised field is set to the value of the last call.
+func (b *TokenRolloutStatusApplyConfiguration) WithRaised(value *MaxUnavailableRaiseApplyConfiguration) *TokenRolloutStatusApplyConfiguration {
+	b.Raised = value
 	return b
 }
 
