@@ -188,6 +188,8 @@ type term struct {
 	// plans keeps the planner's verdict on each node between syncs (only
 	// the sync goroutine uses it).
 	plans *planCache
+	// index is the cached Nodes as syncs read them (nodeindex.go).
+	index *nodeIndex
 }
 
 // prepJob is a strategy's preparation running for one node.
@@ -309,6 +311,7 @@ func (c *Coordinator) Lead(ctx context.Context) error {
 	if _, err := nodeInf.AddEventHandler(cache.ResourceEventHandlerFuncs{UpdateFunc: t.nodeUpdated}); err != nil {
 		return err
 	}
+	t.index.track()
 	if _, err := cmInf.AddEventHandler(onChange(t.cm, enqueue)); err != nil {
 		return err
 	}
@@ -447,7 +450,9 @@ func (c *Coordinator) newTerm(logger klog.Logger, nodes, cms cache.Store) *term 
 	t.queue = workqueue.NewTypedRateLimitingQueueWithConfig(
 		workqueue.NewTypedItemExponentialFailureRateLimiter[string](100*time.Millisecond, 30*time.Second),
 		workqueue.TypedRateLimitingQueueConfig[string]{Name: "tokenroll-coordinator", Clock: c.cfg.Clock})
-	t.nodes = cache.NewIntegerResourceVersionMutationCacheWithOptions(logger, nodes, cache.MutationCacheOptions{MaxCacheSize: mutationCacheSize})
+	t.index = newNodeIndex()
+	t.nodes = markingCache{index: t.index,
+		MutationCache: cache.NewIntegerResourceVersionMutationCacheWithOptions(logger, nodes, cache.MutationCacheOptions{MaxCacheSize: mutationCacheSize})}
 	// The coordinator creates the ConfigMap: its own creation counts too.
 	t.cm = cache.NewIntegerResourceVersionMutationCacheWithOptions(logger, cms, cache.MutationCacheOptions{IncludeAdds: true})
 	return t
@@ -654,20 +659,10 @@ func (t *term) observe(ctx context.Context) (world, error) {
 	if !w.discovered {
 		w.issuer = w.state.recordedIssuer()
 	}
-	w.nodes = t.listNodes()
-	w.byName = make(map[string]*corev1.Node, len(w.nodes))
-	unresolved, excluded := 0, 0
-	for _, n := range w.nodes {
-		w.byName[n.Name] = n
-		if excludedBy(n) != "" {
-			excluded++
-		}
-		if strings.Contains(n.Annotations[protocol.AnnotationNodeState], string(protocol.StepUnresolved)) && unresolvedState(n) != nil {
-			unresolved++
-		}
-	}
-	t.c.m.unresolved.Set(float64(unresolved))
-	t.c.m.excluded.Set(float64(excluded))
+	t.plans.note(t.index.refresh(t.nodeKeys.ListKeys, t.node))
+	w.nodes, w.byName = t.index.nodes, t.index.byName
+	t.c.m.unresolved.Set(float64(len(t.index.unresolved)))
+	t.c.m.excluded.Set(float64(len(t.index.excluded)))
 	return w, nil
 }
 
@@ -800,8 +795,8 @@ func (t *term) maybeStart(ctx context.Context, w world) (time.Duration, error) {
 		return 0, nil
 	}
 	waitUntil := w.state.ObservedIssuerAt.Add(cfg.AgentWait)
-	p := t.plans.plan(PlanInput{Now: w.now, Issuer: w.issuer, Gate: w.gate, Strategy: cfg.Strategy, Margin: cfg.TrustMargin,
-		WaitForReports: w.now.Before(waitUntil), Nodes: w.nodes, AppStale: t.appStaleNodes(w)})
+	p := t.plans.planChanged(PlanInput{Now: w.now, Issuer: w.issuer, Gate: w.gate, Strategy: cfg.Strategy, Margin: cfg.TrustMargin,
+		WaitForReports: w.now.Before(waitUntil), Nodes: w.nodes, AppStale: t.appStaleNodes(w)}, w.byName)
 	t.c.m.staleNodes.Set(float64(len(p.Nodes)))
 	if len(p.Waiting) > 0 {
 		t.wait(WaitAgentReports, "waiting for agents to report under the new issuer before planning",
