@@ -211,6 +211,8 @@ type term struct {
 	// plans keeps the planner's verdict on each node between syncs (only
 	// the sync goroutine uses it).
 	plans *planCache
+	// index is the cached Nodes as syncs read them (nodeindex.go).
+	index *nodeIndex
 }
 
 // prepJob is a strategy's preparation running for one node.
@@ -337,6 +339,7 @@ func (c *Coordinator) Lead(ctx context.Context) error {
 	if _, err := nodeInf.AddEventHandler(cache.ResourceEventHandlerFuncs{UpdateFunc: t.nodeUpdated}); err != nil {
 		return err
 	}
+	t.index.track()
 	if _, err := recordInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc: func(any) { enqueue() }, UpdateFunc: func(any, any) { enqueue() }, DeleteFunc: func(any) { enqueue() },
 	}); err != nil {
@@ -470,7 +473,9 @@ func (c *Coordinator) newTerm(logger klog.Logger, nodes, records cache.Store) *t
 	t.queue = workqueue.NewTypedRateLimitingQueueWithConfig(
 		workqueue.NewTypedItemExponentialFailureRateLimiter[string](100*time.Millisecond, 30*time.Second),
 		workqueue.TypedRateLimitingQueueConfig[string]{Name: "tokenroll-coordinator", Clock: c.cfg.Clock})
-	t.nodes = cache.NewIntegerResourceVersionMutationCacheWithOptions(logger, nodes, cache.MutationCacheOptions{MaxCacheSize: mutationCacheSize})
+	t.index = newNodeIndex()
+	t.nodes = markingCache{index: t.index,
+		MutationCache: cache.NewIntegerResourceVersionMutationCacheWithOptions(logger, nodes, cache.MutationCacheOptions{MaxCacheSize: mutationCacheSize})}
 	return t
 }
 
@@ -674,20 +679,10 @@ func (t *term) observe(ctx context.Context) (world, error) {
 		w.issuer = cmp.Or(t.c.observedIssuer, w.state.recordedIssuer())
 		t.c.mu.Unlock()
 	}
-	w.nodes = t.listNodes()
-	w.byName = make(map[string]*corev1.Node, len(w.nodes))
-	unresolved, excluded := 0, 0
-	for _, n := range w.nodes {
-		w.byName[n.Name] = n
-		if excludedBy(n) != "" {
-			excluded++
-		}
-		if strings.Contains(n.Annotations[protocol.AnnotationNodeState], string(protocol.StepUnresolved)) && unresolvedState(n) != nil {
-			unresolved++
-		}
-	}
-	t.c.m.unresolved.Set(float64(unresolved))
-	t.c.m.excluded.Set(float64(excluded))
+	t.plans.note(t.index.refresh(t.nodeKeys.ListKeys, t.node))
+	w.nodes, w.byName = t.index.nodes, t.index.byName
+	t.c.m.unresolved.Set(float64(len(t.index.unresolved)))
+	t.c.m.excluded.Set(float64(len(t.index.excluded)))
 	return w, nil
 }
 
@@ -826,8 +821,8 @@ func (t *term) maybeStart(ctx context.Context, w world) (time.Duration, error) {
 	t.c.mu.Lock()
 	waitUntil := t.c.observedIssuerAt.Add(cfg.AgentWait)
 	t.c.mu.Unlock()
-	p := t.plans.plan(PlanInput{Now: w.now, Issuer: w.issuer, Gate: w.gate, Strategy: cfg.Strategy, Margin: cfg.TrustMargin,
-		WaitForReports: w.now.Before(waitUntil), Nodes: w.nodes, AppStale: t.appStaleNodes(w)})
+	p := t.plans.planChanged(PlanInput{Now: w.now, Issuer: w.issuer, Gate: w.gate, Strategy: cfg.Strategy, Margin: cfg.TrustMargin,
+		WaitForReports: w.now.Before(waitUntil), Nodes: w.nodes, AppStale: t.appStaleNodes(w)}, w.byName)
 	t.c.m.staleNodes.Set(float64(len(p.Nodes)))
 	if len(p.Waiting) > 0 {
 		t.wait(WaitAgentReports, "waiting for agents to report under the new issuer before planning",

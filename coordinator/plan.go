@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -82,6 +83,10 @@ func MakePlan(in PlanInput) Plan {
 // (nodeNeed does not read the time), compared as JSON so that an input
 // added to PlanInput is part of the key without anyone remembering to add
 // it. A nil cache keeps nothing.
+//
+// Told which nodes changed since its last plan (note), planChanged walks
+// those alone: it keeps each node's part of the plan (planned, skipped,
+// waiting) and assembles a new plan only when a part changed.
 type planCache struct {
 	inputs  string
 	entries map[string]planEntry
@@ -89,6 +94,17 @@ type planCache struct {
 	gen uint64
 	// judged counts the nodes the last plan asked nodeNeed about.
 	judged int
+
+	// pending are the nodes changed since the last plan; pendingAll says
+	// any may have.
+	pending    map[string]bool
+	pendingAll bool
+	// last is the last plan, built from the parts below; nil: none yet.
+	last    *Plan
+	planned map[string]PlannedNode
+	trigger map[string]string
+	skipped map[string]string
+	waiting map[string]bool
 }
 
 type planEntry struct {
@@ -106,7 +122,148 @@ type nodeVerdict struct {
 	why      string
 }
 
-func newPlanCache() *planCache { return &planCache{entries: map[string]planEntry{}} }
+func newPlanCache() *planCache {
+	return &planCache{entries: map[string]planEntry{}, pending: map[string]bool{}, pendingAll: true,
+		planned: map[string]PlannedNode{}, trigger: map[string]string{}, skipped: map[string]string{}, waiting: map[string]bool{}}
+}
+
+// note records the nodes changed since the last plan (all: any may have).
+func (c *planCache) note(changed []string, all bool) {
+	if all {
+		c.pendingAll = true
+		clear(c.pending)
+		return
+	}
+	if c.pendingAll {
+		return
+	}
+	for _, name := range changed {
+		c.pending[name] = true
+	}
+}
+
+// planChanged is the plan of in, byName being in.Nodes by name, judging
+// only the nodes noted since the last plan; with nothing noted, or the
+// inputs changed, it plans every node (through the per-node cache). in.Nodes
+// must be sorted by name: the plan's Skipped and Waiting follow that order.
+func (c *planCache) planChanged(in PlanInput, byName map[string]*corev1.Node) Plan {
+	key := inputsKey(in)
+	if c.pendingAll || c.last == nil || key == "" || key != c.inputs {
+		c.pendingAll = false
+		clear(c.pending)
+		return c.plan(in)
+	}
+	c.judged = 0
+	c.gen++
+	changed := false
+	var trusted map[string]TrustedIssuer
+	for name := range c.pending {
+		old, had := c.entries[name]
+		n := byName[name]
+		if n == nil || n.ResourceVersion == "" {
+			if had {
+				delete(c.entries, name)
+				changed = c.drop(name) || changed
+			}
+			if n == nil {
+				continue
+			}
+		}
+		if had && old.resourceVersion == n.ResourceVersion && old.uid == n.UID {
+			continue
+		}
+		if trusted == nil {
+			trusted = trustedIssuers(in.Gate)
+		}
+		var v nodeVerdict
+		v.need, v.trigger, v.deadline, v.why = nodeNeed(in, trusted, n)
+		c.judged++
+		if n.ResourceVersion != "" {
+			c.entries[name] = planEntry{resourceVersion: n.ResourceVersion, uid: n.UID, gen: c.gen, verdict: v}
+		}
+		if !had || !old.verdict.equal(v) {
+			c.drop(name)
+			c.record(name, in.Strategy, v)
+			changed = true
+		}
+	}
+	clear(c.pending)
+	if changed {
+		c.assemble()
+	}
+	return c.copyLast()
+}
+
+func (v nodeVerdict) equal(o nodeVerdict) bool {
+	return v.need == o.need && v.trigger == o.trigger && v.deadline.Equal(o.deadline) && v.why == o.why
+}
+
+func trustedIssuers(g GateState) map[string]TrustedIssuer {
+	trusted := map[string]TrustedIssuer{}
+	if g.TrustKnown {
+		for _, t := range g.Trusted {
+			trusted[t.Name] = t
+		}
+	}
+	return trusted
+}
+
+// record puts a node's verdict in the plan's parts, as plan does.
+func (c *planCache) record(name string, strategy protocol.Strategy, v nodeVerdict) {
+	switch {
+	case v.trigger == "wait":
+		c.waiting[name] = true
+	case v.need:
+		if v.trigger == TriggerRebootRequired {
+			strategy = Reboot
+		}
+		c.planned[name] = PlannedNode{Name: name, Strategy: strategy, Reason: v.why, Deadline: v.deadline}
+		c.trigger[name] = v.trigger
+	case v.why != "":
+		c.skipped[name] = v.why
+	}
+}
+
+// drop takes a node out of the plan's parts, and says whether it was in.
+func (c *planCache) drop(name string) bool {
+	_, p := c.planned[name]
+	_, s := c.skipped[name]
+	w := c.waiting[name]
+	delete(c.planned, name)
+	delete(c.trigger, name)
+	delete(c.skipped, name)
+	delete(c.waiting, name)
+	return p || s || w
+}
+
+// assemble builds the last plan from its parts.
+func (c *planCache) assemble() {
+	p := Plan{Triggers: map[string]int{}}
+	for name, pn := range c.planned {
+		p.Nodes = append(p.Nodes, pn)
+		p.Triggers[c.trigger[name]]++
+	}
+	slices.SortFunc(p.Nodes, func(a, b PlannedNode) int { return cmp.Compare(a.Name, b.Name) })
+	sortPlan(p.Nodes)
+	for name, why := range c.skipped {
+		p.Skipped = append(p.Skipped, SkippedNode{Name: name, Reason: why})
+	}
+	slices.SortFunc(p.Skipped, func(a, b SkippedNode) int { return cmp.Compare(a.Name, b.Name) })
+	for name := range c.waiting {
+		p.Waiting = append(p.Waiting, name)
+	}
+	slices.Sort(p.Waiting)
+	c.last = &p
+}
+
+// copyLast is the last plan, its planned nodes a copy the caller may
+// change (a dry run writes what it would do into them).
+func (c *planCache) copyLast() Plan {
+	p := *c.last
+	p.Nodes = slices.Clone(p.Nodes)
+	p.Triggers = maps.Clone(p.Triggers)
+	return p
+}
 
 // inputsKey is the plan's inputs as the cache compares them, or "" when
 // they cannot be encoded (then nothing is kept).
@@ -121,16 +278,15 @@ func inputsKey(in PlanInput) string {
 
 func (c *planCache) plan(in PlanInput) Plan {
 	p := Plan{Triggers: map[string]int{}}
-	trusted := map[string]TrustedIssuer{}
-	if in.Gate.TrustKnown {
-		for _, t := range in.Gate.Trusted {
-			trusted[t.Name] = t
-		}
-	}
+	trusted := trustedIssuers(in.Gate)
 	caching := false
 	if c != nil {
 		c.judged = 0
 		c.gen++
+		clear(c.planned)
+		clear(c.trigger)
+		clear(c.skipped)
+		clear(c.waiting)
 		key := inputsKey(in)
 		if key == "" || key != c.inputs {
 			clear(c.entries)
@@ -159,6 +315,9 @@ func (c *planCache) plan(in PlanInput) Plan {
 			c.entries[n.Name] = planEntry{resourceVersion: n.ResourceVersion, uid: n.UID, gen: c.gen, verdict: v}
 			kept++
 		}
+		if c != nil {
+			c.record(n.Name, in.Strategy, v)
+		}
 		switch {
 		case v.trigger == "wait":
 			p.Waiting = append(p.Waiting, n.Name)
@@ -182,6 +341,12 @@ func (c *planCache) plan(in PlanInput) Plan {
 		}
 	}
 	sortPlan(p.Nodes)
+	if c != nil {
+		last := p
+		last.Nodes = slices.Clone(p.Nodes)
+		last.Triggers = maps.Clone(p.Triggers)
+		c.last = &last
+	}
 	return p
 }
 

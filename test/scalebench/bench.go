@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -32,7 +33,9 @@ import (
 const (
 	namespace = "tokenroll"
 	leaseName = "tokenroll-coordinator"
-	workloads = "apps"
+	// coordinatorUser is the coordinator's identity on the API server.
+	coordinatorUser = "tokenroll-coordinator"
+	workloads       = "apps"
 	// Nodes, agents and the benchmark use API server 0; the coordinator
 	// API server 1 alone.
 	nodesServer       = 0
@@ -135,12 +138,23 @@ func (c *steppedClock) step(d time.Duration)            { c.offset.Add(int64(d))
 
 // runOne measures one fleet size on a fresh control plane.
 func runOne(ctx context.Context, o options, n int, bin, agentBin, dir string, log *zap.Logger) (*Run, error) {
+	prog := newProgress(os.Stderr, n)
+	r, err := measure(ctx, o, n, bin, agentBin, dir, log, prog)
+	return r, prog.fail(err)
+}
+
+// measure is runOne; prog names the phase an error happened in.
+func measure(ctx context.Context, o options, n int, bin, agentBin, dir string, log *zap.Logger, prog *progress) (*Run, error) {
 	began := time.Now()
+	loads := newLoadSampler()
+	defer loads.stop()
+	prog.enter("starting etcd and 2 kube-apiservers")
 	bins, err := controlplane.FindBinaries(o.BinDir)
 	if err != nil {
 		return nil, err
 	}
-	cp, err := controlplane.Start(ctx, controlplane.Config{Binaries: bins, Dir: filepath.Join(dir, "controlplane"), APIServers: 2})
+	cp, err := controlplane.Start(ctx, controlplane.Config{Binaries: bins, Dir: filepath.Join(dir, "controlplane"), APIServers: 2,
+		AuditPolicy: []byte(auditPolicy)})
 	if err != nil {
 		return nil, err
 	}
@@ -158,7 +172,7 @@ func runOne(ctx context.Context, o options, n int, bin, agentBin, dir string, lo
 		return c
 	}
 	adminCfg := at(cp.AdminConfig(), nodesServer)
-	adminCfg.QPS, adminCfg.Burst = 500, 1000
+	adminCfg.QPS, adminCfg.Burst = 1000, 2000
 	admin, err := kubernetes.NewForConfig(adminCfg)
 	if err != nil {
 		return nil, err
@@ -191,11 +205,21 @@ func runOne(ctx context.Context, o options, n int, bin, agentBin, dir string, lo
 	// kubelet finds all of its pods when it starts, and each agent its
 	// node's tokens within its first ten minutes, when it follows their
 	// counts within a minute, however long creating them took.
-	log.Info("creating pods", zap.Int("pods", n*o.PodsPerNode))
+	podCount := (n + 1) * o.PodsPerNode
+	prog.enter(fmt.Sprintf("creating %d pods, %d at a time", podCount, o.CreateConcurrency))
 	pods := newPodSet(admin, append(slices.Clone(names), calibrationNode))
-	if err := pods.fill(ctx, o.PodsPerNode); err != nil {
+	t0 := time.Now()
+	stopReport := every(15*time.Second, func() {
+		k := pods.created()
+		prog.printf("%d of %d pods created, %.0f a second", k, podCount, float64(k)/time.Since(t0).Seconds())
+	})
+	err = pods.fill(ctx, o.PodsPerNode, o.CreateConcurrency)
+	stopReport()
+	if err != nil {
 		return nil, err
 	}
+	prog.printf("%d pods created in %.0f s", podCount, time.Since(t0).Seconds())
+	prog.enter(fmt.Sprintf("starting %d simulated kubelets and their agents", n))
 	counter := &agentCounter{}
 	agentClock := &steppedClock{}
 	nodes, err = fleet.Start(runCtx, fleet.Config{CP: cp, APIServer: pins[nodesServer].URL(), Dir: filepath.Join(dir, "nodes"), Nodes: names,
@@ -217,17 +241,26 @@ func runOne(ctx context.Context, o options, n int, bin, agentBin, dir string, lo
 	if err != nil {
 		return nil, err
 	}
-	if err := benchkit.WaitFor(ctx, checker, 10*time.Minute, fmt.Sprintf("every agent reports %d tokens", o.PodsPerNode), func(m map[string]*corev1.Node) bool {
-		return benchkit.EveryNode(m, names, func(node *corev1.Node) bool {
-			rep, err := protocol.ParseTokenReport(node.Annotations[protocol.AnnotationTokens])
-			return err == nil && rep.Tokens == o.PodsPerNode && len(rep.Stale) == 0 && nodeutil.Ready(node)
-		})
-	}); err != nil {
-		return nil, err
+	reported := func(node *corev1.Node) string { return agentReported(node, o.PodsPerNode) }
+	agentsTimeout := max(10*time.Minute, time.Duration(n)*1200*time.Millisecond)
+	prog.enter(fmt.Sprintf("waiting (at most %s) until every agent reports %d fresh tokens on a Ready node", agentsTimeout, o.PodsPerNode))
+	stopReport = every(30*time.Second, func() {
+		left := notYet(checker, names, reported)
+		prog.printf("%d of %d agents reported%s", n-len(left), n, firstOf(left))
+	})
+	err = benchkit.WaitFor(ctx, checker, agentsTimeout, fmt.Sprintf("every agent reports %d tokens", o.PodsPerNode), func(m map[string]*corev1.Node) bool {
+		return benchkit.EveryNode(m, names, func(node *corev1.Node) bool { return reported(node) == "" })
+	})
+	stopReport()
+	if err != nil {
+		left := notYet(checker, names, reported)
+		return nil, fmt.Errorf("%w: %d of %d nodes not there%s", err, len(left), n, firstOf(left))
 	}
 	run := &Run{Nodes: n, PodsPerNode: o.PodsPerNode}
 	run.SetupSeconds = time.Since(began).Seconds()
+	run.Load.Setup = loads.mean(began, time.Now())
 
+	prog.enter("starting the coordinator")
 	coord, err := startCoordinator(ctx, cp, pins[coordinatorServer].URL(), bin, dir, o)
 	if err != nil {
 		return nil, err
@@ -242,7 +275,7 @@ func runOne(ctx context.Context, o options, n int, bin, agentBin, dir string, lo
 	if err := benchkit.Sleep(ctx, 5*time.Second); err != nil { // writes the step itself caused land first
 		return nil, err
 	}
-	log.Info("steady state", zap.Duration("window", o.Steady))
+	prog.enter(fmt.Sprintf("steady state for %s, %g pods replaced per node and hour", o.Steady, o.Churn))
 	agentsBefore := counter.read()
 	procBefore, err := benchkit.ReadProc(coord.pid())
 	if err != nil {
@@ -256,12 +289,15 @@ func runOne(ctx context.Context, o options, n int, bin, agentBin, dir string, lo
 	if err != nil {
 		return nil, err
 	}
-	t0 := time.Now()
+	t0 = time.Now()
 	churnCtx, stopChurn := context.WithTimeout(ctx, o.Steady)
-	churnErr := pods.churn(churnCtx, o.Churn*float64(n)/3600)
+	_ = pods.churn(churnCtx, o.Churn*float64(n)/3600) // returns when the window ends
 	stopChurn()
-	if churnErr != nil && ctx.Err() != nil {
+	if ctx.Err() != nil {
 		return nil, ctx.Err()
+	}
+	if k := pods.failed.Load(); k > 0 {
+		prog.printf("%d pod replacements failed, the last: %v", k, *pods.lastErr.Load())
 	}
 	window := time.Since(t0)
 	agentsAfter := counter.read()
@@ -277,10 +313,12 @@ func runOne(ctx context.Context, o options, n int, bin, agentBin, dir string, lo
 	if err != nil {
 		return nil, err
 	}
+	run.Load.Steady = loads.mean(t0, time.Now())
 	perNodeHour := func(d int64) float64 { return float64(d) / float64(n) * time.Hour.Seconds() / window.Seconds() }
 	st := &run.Steady
 	st.WindowSeconds = window.Seconds()
 	st.PodsReplaced = pods.replaced.Load()
+	st.PodReplaceFailures = pods.failed.Load()
 	st.AgentNodeWritesPerNodeHour = perNodeHour(agentsAfter[0] - agentsBefore[0])
 	st.AgentWatchesPerNodeHour = perNodeHour(agentsAfter[1] - agentsBefore[1])
 	st.AgentReadsPerNodeHour = perNodeHour(agentsAfter[2] - agentsBefore[2])
@@ -292,6 +330,8 @@ func runOne(ctx context.Context, o options, n int, bin, agentBin, dir string, lo
 	d := syncAfter.Minus(syncBefore)
 	st.Syncs = d.Count
 	st.PlanSyncMillis = millis(d)
+	prog.printf("steady state: coordinator %.1f CPU s/h, %.0f MiB, %.0f syncs; agents %.2f Node writes per node and hour",
+		st.CoordinatorCPUSecondsPerHour, st.CoordinatorRSSMiB, st.Syncs, st.AgentNodeWritesPerNodeHour)
 
 	// The calibration node has no executor: it leaves before the rollout.
 	calib.stop()
@@ -300,7 +340,7 @@ func runOne(ctx context.Context, o options, n int, bin, agentBin, dir string, lo
 	}
 
 	// Phase 2: the issuer changes and a kubelet-restart rollout of every node.
-	log.Info("issuer change", zap.String("issuer", newIssuer))
+	prog.enter("issuer change: both API servers restart signing with " + newIssuer)
 	restarted := time.Now()
 	for i := range cp.APIServers() {
 		pins[i].cut()
@@ -324,17 +364,24 @@ func runOne(ctx context.Context, o options, n int, bin, agentBin, dir string, lo
 	if err != nil {
 		return nil, err
 	}
+	prog.enter("waiting for the coordinator to plan a rollout")
 	if err := benchkit.WaitRolloutStarted(ctx, api, 5*time.Minute); err != nil {
 		return nil, err
 	}
 	started := time.Now()
+	rolloutTimeout := time.Duration(n)*time.Minute + 10*time.Minute
+	prog.enter(fmt.Sprintf("rollout (kubelet-restart, --max-unavailable=%s; at most %s)", o.MaxUnavailable, rolloutTimeout))
 	peak := &peakRSS{}
 	peakCtx, stopPeak := context.WithCancel(ctx)
 	go peak.follow(peakCtx, coord.pid())
-	final, err := benchkit.WaitRolloutOver(ctx, api, time.Duration(n)*time.Minute+10*time.Minute)
+	stopReport = every(30*time.Second, func() {
+		prog.printf("%d of %d nodes done", countDone(checker, names), n)
+	})
+	final, err := benchkit.WaitRolloutOver(ctx, api, rolloutTimeout)
+	stopReport()
 	stopPeak()
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w (%d of %d nodes done)", err, countDone(checker, names), n)
 	}
 	done := time.Now()
 	after, err := readServers(ctx, scrapers)
@@ -346,6 +393,7 @@ func runOne(ctx context.Context, o options, n int, bin, agentBin, dir string, lo
 	if err != nil {
 		return nil, err
 	}
+	run.Load.Rollout = loads.mean(gateOpen, done)
 	ro := &run.Rollout
 	ro.Phase = string(final.Phase)
 	if final.Phase != coordinator.RolloutDone {
@@ -354,27 +402,147 @@ func runOne(ctx context.Context, o options, n int, bin, agentBin, dir string, lo
 	ro.IssuerChangeSeconds = gateOpen.Sub(restarted).Seconds()
 	ro.DiscoverySeconds = started.Sub(gateOpen).Seconds()
 	ro.RolloutSeconds = done.Sub(gateOpen).Seconds()
-	coordReqs := after[coordinatorServer].counts.Minus(before[coordinatorServer].counts).WithoutScrapes(1)
-	lease, rest := coordReqs.Split()
-	ro.CoordinatorRequests, ro.CoordinatorLeaseRequests = rest.Total(), lease.Total()
-	ro.CoordinatorRequestsPerNode = rest.Total() / float64(n)
-	ro.CoordinatorRequestRows = rest.Rows(n)
+	// The coordinator's requests, from its API server's audit log: that
+	// server's apiserver_request_total counts its own requests too (after
+	// its restart it lists and watches everything again).
+	aud, err := readAuditFile(cp.AuditLogPath(coordinatorServer), coordinatorUser, gateOpen, done)
+	if err != nil {
+		return nil, err
+	}
+	ro.CoordinatorRequests, ro.CoordinatorLeaseRequests = float64(total(aud.user)), float64(total(aud.userLeases))
+	ro.CoordinatorRequestsPerNode = ro.CoordinatorRequests / float64(n)
+	ro.CoordinatorRequestRows = aud.user
+	ro.OthersNonResource = aud.othersNonResource
+	ro.ServerRequestRows = after[coordinatorServer].counts.Minus(before[coordinatorServer].counts).WithoutScrapes(1).Rows(n)
 	agentReqs := (agentsAfter[0] + agentsAfter[1] + agentsAfter[2]) - (agentsBefore[0] + agentsBefore[1] + agentsBefore[2])
 	ro.AgentRequestsPerNode = float64(agentReqs) / float64(n)
 	ro.RequestsPerNode = ro.CoordinatorRequestsPerNode + ro.AgentRequestsPerNode
 	var all benchkit.Histogram
-	total := 0.0
+	sumReqs := 0.0
 	for i := range scrapers {
-		total += after[i].counts.Minus(before[i].counts).WithoutScrapes(1).Total()
+		sumReqs += after[i].counts.Minus(before[i].counts).WithoutScrapes(1).Total()
 		all = sumHistograms(all, after[i].latency.Minus(before[i].latency))
 	}
-	ro.APIServerRequestsPerSecond = total / done.Sub(gateOpen).Seconds()
+	ro.APIServerRequestsPerSecond = sumReqs / done.Sub(gateOpen).Seconds()
 	ro.APIServerP99Millis = 1000 * all.Quantile(0.99)
 	ro.CoordinatorCPUSeconds = procAfter.CPUSeconds - procBefore.CPUSeconds
 	ro.CoordinatorPeakRSSMiB = float64(max(peak.max.Load(), procAfter.RSSBytes)) / (1 << 20)
 	ro.NodesDone = countDone(checker, names)
 	run.TotalSeconds = time.Since(began).Seconds()
+	prog.printf("rollout %s in %.0f s: %d nodes done; the coordinator's requests (%.1f per node): %s; others' outside the resource API on its server: %s",
+		ro.Phase, ro.RolloutSeconds, ro.NodesDone, ro.CoordinatorRequestsPerNode, sortedCounts(aud.user), sortedCounts(aud.othersNonResource))
 	return run, nil
+}
+
+// agentReported says why a node's agent has not reported pods fresh tokens
+// on a Ready node yet ("" once it has).
+func agentReported(node *corev1.Node, pods int) string {
+	if !nodeutil.Ready(node) {
+		return "not Ready"
+	}
+	raw, ok := node.Annotations[protocol.AnnotationTokens]
+	if !ok {
+		return "no token report"
+	}
+	rep, err := protocol.ParseTokenReport(raw)
+	switch {
+	case err != nil:
+		return err.Error()
+	case rep.Tokens != pods:
+		return fmt.Sprintf("%d tokens reported", rep.Tokens)
+	case len(rep.Stale) > 0:
+		return fmt.Sprintf("%d stale tokens reported", len(rep.Stale))
+	}
+	return ""
+}
+
+// notYet lists the named nodes for which why says something, each with
+// what it says.
+func notYet(checker *invariants.Checker, names []string, why func(*corev1.Node) string) []string {
+	var out []string
+	_ = checker.WaitFor(context.Background(), func(m map[string]*corev1.Node) bool {
+		out = out[:0]
+		for _, name := range names {
+			if n := m[name]; n == nil {
+				out = append(out, name+": not registered")
+			} else if w := why(n); w != "" {
+				out = append(out, name+": "+w)
+			}
+		}
+		return true
+	})
+	return out
+}
+
+// firstOf renders the first few of a list for a progress line.
+func firstOf(l []string) string {
+	if len(l) == 0 {
+		return ""
+	}
+	const k = 3
+	if len(l) > k {
+		return fmt.Sprintf(" (%s, ...)", strings.Join(l[:k], "; "))
+	}
+	return " (" + strings.Join(l, "; ") + ")"
+}
+
+// readAuditFile is readAudit of the file at path.
+func readAuditFile(path, user string, from, to time.Time) (audited, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return audited{}, fmt.Errorf("reading the audit log: %w", err)
+	}
+	defer f.Close()
+	a, err := readAudit(f, user, from, to)
+	if err != nil {
+		return a, fmt.Errorf("reading the audit log %s: %w", path, err)
+	}
+	return a, nil
+}
+
+// loadSampler reads the machine's 1-minute load average every 10 s, so
+// that each figure can be given with the load it was measured under.
+type loadSampler struct {
+	mu      sync.Mutex
+	samples []loadSample
+	stop    func()
+}
+
+type loadSample struct {
+	at   time.Time
+	load float64
+}
+
+func newLoadSampler() *loadSampler {
+	l := &loadSampler{}
+	l.add()
+	l.stop = every(10*time.Second, l.add)
+	return l
+}
+
+func (l *loadSampler) add() {
+	l.mu.Lock()
+	l.samples = append(l.samples, loadSample{time.Now(), load1()})
+	l.mu.Unlock()
+}
+
+// mean is the mean of the samples between from and to (the latest sample
+// when none fell between them).
+func (l *loadSampler) mean(from, to time.Time) float64 {
+	l.add()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	sum, k := 0.0, 0
+	for _, s := range l.samples {
+		if !s.at.Before(from) && !s.at.After(to) {
+			sum += s.load
+			k++
+		}
+	}
+	if k == 0 {
+		return l.samples[len(l.samples)-1].load
+	}
+	return sum / float64(k)
 }
 
 // sumHistograms adds two API servers' histograms.

@@ -16,11 +16,13 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
+	"github.com/tokenroll/tokenroll/internal/apiretry"
 	"github.com/tokenroll/tokenroll/protocol"
 	"github.com/tokenroll/tokenroll/sandbox/controlplane"
 	"github.com/tokenroll/tokenroll/sandbox/invariants"
@@ -33,21 +35,42 @@ import (
 type podSet struct {
 	client   kubernetes.Interface
 	nodes    []string
+	retry    apiretry.Policy
 	mu       sync.Mutex
 	live     []string // pod names
 	next     atomic.Int64
 	replaced atomic.Int64
+	// failed counts replacements that failed; lastErr is the last one's
+	// error.
+	failed  atomic.Int64
+	lastErr atomic.Pointer[error]
 }
 
 func newPodSet(client kubernetes.Interface, nodes []string) *podSet {
-	return &podSet{client: client, nodes: nodes}
+	return &podSet{client: client, nodes: nodes, retry: apiretry.Default()}
 }
 
+// created is how many pods exist.
+func (p *podSet) created() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.live)
+}
+
+// create makes one pod on node, through the API server's transient faults
+// (a pod whose creation answer was lost is there: AlreadyExists is done).
 func (p *podSet) create(ctx context.Context, node string) error {
 	name := fmt.Sprintf("app-%d", p.next.Add(1))
 	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: workloads, Labels: map[string]string{"app": "scalebench"}},
 		Spec: corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "app", Image: "registry.example/app:1"}}}}
-	if _, err := p.client.CoreV1().Pods(workloads).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+	err := p.retry.Do(ctx, func(ctx context.Context) error {
+		_, err := p.client.CoreV1().Pods(workloads).Create(ctx, pod, metav1.CreateOptions{})
+		if apierrors.IsAlreadyExists(err) {
+			return nil
+		}
+		return err
+	})
+	if err != nil {
 		return fmt.Errorf("creating pod %s/%s on %s: %w", workloads, name, node, err)
 	}
 	p.mu.Lock()
@@ -56,53 +79,43 @@ func (p *podSet) create(ctx context.Context, node string) error {
 	return nil
 }
 
-// fill creates perNode pods on every node, 16 at a time.
-func (p *podSet) fill(ctx context.Context, perNode int) error {
+// fill creates perNode pods on every node, workers at a time: the first
+// pod of every node, then the second, so that a run stopped half-way has
+// spread its pods.
+func (p *podSet) fill(ctx context.Context, perNode, workers int) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
 	work := make(chan string)
-	errs := make(chan error, 16)
 	var wg sync.WaitGroup
-	for range 16 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+	for range workers {
+		wg.Go(func() {
 			for node := range work {
 				if err := p.create(ctx, node); err != nil {
-					select {
-					case errs <- err:
-					default:
-					}
+					cancel(err)
 					return
 				}
 			}
-		}()
+		})
 	}
-	var err error
 feed:
 	for range perNode {
 		for _, n := range p.nodes {
 			select {
 			case work <- n:
-			case err = <-errs:
-				break feed
 			case <-ctx.Done():
-				err = ctx.Err()
 				break feed
 			}
 		}
 	}
 	close(work)
 	wg.Wait()
-	if err == nil {
-		select {
-		case err = <-errs:
-		default:
-		}
-	}
-	return err
+	return context.Cause(ctx)
 }
 
 // churn replaces a random pod with a new one on the same node, perSecond
-// times a second, until ctx ends.
+// times a second, until ctx ends. A replacement that fails is counted
+// (failed, lastErr) and the next one goes on: steady state measures the
+// fleet, not one request.
 func (p *podSet) churn(ctx context.Context, perSecond float64) error {
 	if perSecond <= 0 {
 		<-ctx.Done()
@@ -116,24 +129,32 @@ func (p *podSet) churn(ctx context.Context, perSecond float64) error {
 			return ctx.Err()
 		case <-tick.C:
 		}
-		p.mu.Lock()
-		i := rand.IntN(len(p.live))
-		name := p.live[i]
-		p.live[i] = p.live[len(p.live)-1]
-		p.live = p.live[:len(p.live)-1]
-		p.mu.Unlock()
-		pod, err := p.client.CoreV1().Pods(workloads).Get(ctx, name, metav1.GetOptions{})
-		if err != nil {
-			return fmt.Errorf("reading pod %s/%s to replace it: %w", workloads, name, err)
+		if err := p.replace(ctx); err != nil && ctx.Err() == nil {
+			p.failed.Add(1)
+			p.lastErr.Store(&err)
 		}
-		if err := p.client.CoreV1().Pods(workloads).Delete(ctx, name, metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
-			return fmt.Errorf("deleting pod %s/%s: %w", workloads, name, err)
-		}
-		if err := p.create(ctx, pod.Spec.NodeName); err != nil {
-			return err
-		}
-		p.replaced.Add(1)
 	}
+}
+
+func (p *podSet) replace(ctx context.Context) error {
+	p.mu.Lock()
+	i := rand.IntN(len(p.live))
+	name := p.live[i]
+	p.live[i] = p.live[len(p.live)-1]
+	p.live = p.live[:len(p.live)-1]
+	p.mu.Unlock()
+	pod, err := p.client.CoreV1().Pods(workloads).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return fmt.Errorf("reading pod %s/%s to replace it: %w", workloads, name, err)
+	}
+	if err := p.client.CoreV1().Pods(workloads).Delete(ctx, name, metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("deleting pod %s/%s: %w", workloads, name, err)
+	}
+	if err := p.create(ctx, pod.Spec.NodeName); err != nil {
+		return err
+	}
+	p.replaced.Add(1)
+	return nil
 }
 
 // coordinatorProc is the coordinator's process.
@@ -146,9 +167,11 @@ type coordinatorProc struct {
 
 // startCoordinator runs the binary against API server 1 with its own
 // identity and the shipped defaults, but for the gate (this control plane
-// has no revision), kured (not deployed) and --max-unavailable.
+// has no revision), kured (not deployed), the strategy (kubelet-restart:
+// the default, auto, would evict the benchmark's pods, which no controller
+// recreates) and --max-unavailable.
 func startCoordinator(ctx context.Context, cp *controlplane.ControlPlane, server, bin, dir string, o options) (*coordinatorProc, error) {
-	cfg, err := cp.UserConfig("tokenroll-coordinator", "system:masters")
+	cfg, err := cp.UserConfig(coordinatorUser, "system:masters")
 	if err != nil {
 		return nil, err
 	}
@@ -166,7 +189,7 @@ func startCoordinator(ctx context.Context, cp *controlplane.ControlPlane, server
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(bin, "--kubeconfig="+kubeconfig, "--namespace="+namespace, "--gate=none", "--kured-lock=",
+	cmd := exec.Command(bin, "--kubeconfig="+kubeconfig, "--namespace="+namespace, "--gate=none", "--kured-lock=", "--strategy=kubelet-restart",
 		"--max-unavailable="+o.MaxUnavailable, "--metrics-bind-address="+addr)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	if err := cmd.Start(); err != nil {
@@ -214,7 +237,7 @@ func (c *coordinatorProc) scrape(ctx context.Context) ([]byte, error) {
 
 // waitLeading waits until the coordinator leads and its gate is open.
 func (c *coordinatorProc) waitLeading(ctx context.Context) error {
-	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 5*time.Minute, true, func(ctx context.Context) (bool, error) {
 		body, err := c.scrape(ctx)
 		if err != nil {
 			if errors.Is(err, errNotServing) {

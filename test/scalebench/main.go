@@ -10,7 +10,8 @@
 // on API server 0; the real coordinator runs as its own process (the
 // tokenroll-coordinator binary, built unless --coordinator-binary names
 // one), on API server 1, with its shipped defaults except the gate (none:
-// this control plane has no revision) and --max-unavailable.
+// this control plane has no revision), the strategy (kubelet-restart) and
+// --max-unavailable.
 //
 // Phases, for each size:
 //  1. steady state: --pods-per-node pods on every node, replaced at
@@ -67,6 +68,8 @@ type options struct {
 	PodsPerNode int
 	// Churn is how many pods per node and hour are replaced in steady state.
 	Churn float64
+	// CreateConcurrency is how many pods are created at once in setup.
+	CreateConcurrency int
 	// Steady is the real time steady state is measured over.
 	Steady time.Duration
 	// MaxUnavailable is the coordinator's --max-unavailable. The default,
@@ -95,7 +98,7 @@ type options struct {
 }
 
 func defaultOptions() options {
-	return options{Nodes: []int{50, 250}, PodsPerNode: 30, Churn: 10, Steady: 2 * time.Minute, MaxUnavailable: "100",
+	return options{Nodes: []int{50, 250}, PodsPerNode: 30, Churn: 10, CreateConcurrency: 32, Steady: 2 * time.Minute, MaxUnavailable: "100",
 		Timeout: 2 * time.Hour, LogLevel: "error"}
 }
 
@@ -129,13 +132,14 @@ func (l intList) Set(s string) error {
 func (o *options) addFlags(fs *flag.FlagSet) {
 	fs.Var(intList{&o.Nodes}, "nodes", "fleet sizes to measure, comma-separated; two or more give the model")
 	fs.IntVar(&o.PodsPerNode, "pods-per-node", o.PodsPerNode, "pods on each node")
+	fs.IntVar(&o.CreateConcurrency, "create-concurrency", o.CreateConcurrency, "pods created at once in setup")
 	fs.Float64Var(&o.Churn, "churn", o.Churn, "pods per node and hour replaced in steady state")
 	fs.DurationVar(&o.Steady, "steady", o.Steady, "real time steady state is measured over")
 	fs.StringVar(&o.MaxUnavailable, "max-unavailable", o.MaxUnavailable, "the coordinator's --max-unavailable for the rollout")
 	fs.StringVar(&o.SummaryJSON, "summary-json", o.SummaryJSON, "write the figures as JSON to this file")
 	fs.StringVar(&o.CoordinatorBinary, "coordinator-binary", o.CoordinatorBinary, "a built tokenroll-coordinator (default: build ./cmd/tokenroll-coordinator)")
 	fs.StringVar(&o.AgentBinary, "agent-binary", o.AgentBinary, "a built tokenroll-agent, run as the calibration node's agent (default: build ./cmd/tokenroll-agent)")
-	fs.StringVar(&o.FromJSON, "from-json", o.FromJSON, "print (and refit) the figures of an earlier --summary-json file instead of measuring")
+	fs.StringVar(&o.FromJSON, "from-json", o.FromJSON, "print the figures of earlier --summary-json files (comma-separated; their runs fitted together) instead of measuring")
 	fs.StringVar(&o.BinDir, "bin-dir", o.BinDir, "directory holding etcd and kube-apiserver (default: $TOKENROLL_CONTROLPLANE_BIN or the build cache)")
 	fs.DurationVar(&o.Timeout, "timeout", o.Timeout, "bound on the whole run")
 	fs.StringVar(&o.LogLevel, "log-level", o.LogLevel, "least severe level logged to stderr: debug, info, warn or error")
@@ -157,6 +161,9 @@ func (o *options) validate() error {
 	}
 	if o.PodsPerNode < 1 || o.PodsPerNode > 110 {
 		errs = append(errs, fmt.Errorf("--pods-per-node=%d: want 1 to 110 (the kubelet's default maximum)", o.PodsPerNode))
+	}
+	if o.CreateConcurrency < 1 || o.CreateConcurrency > 1000 {
+		errs = append(errs, fmt.Errorf("--create-concurrency=%d: want 1 to 1000", o.CreateConcurrency))
 	}
 	if o.Churn < 0 {
 		errs = append(errs, fmt.Errorf("--churn=%g: want 0 or more", o.Churn))
@@ -202,7 +209,7 @@ func mainExit(o options) int {
 	defer cancel()
 	var sum *Summary
 	if o.FromJSON != "" {
-		sum, err = readSummary(o.FromJSON)
+		sum, err = readSummaries(o.FromJSON)
 	} else {
 		sum, err = runAll(ctx, o, log)
 	}

@@ -6,6 +6,7 @@ import (
 	"io"
 	"math"
 	"os"
+	"sort"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -70,6 +71,7 @@ func millis(h benchkit.Histogram) MedMax {
 type SteadyDetail struct {
 	WindowSeconds                float64 `json:"windowSeconds"`
 	PodsReplaced                 int64   `json:"podsReplaced"`
+	PodReplaceFailures           int64   `json:"podReplaceFailures,omitempty"`
 	AgentNodeWritesPerNodeHour   float64 `json:"agentNodeWritesPerNodeHour"`
 	AgentWatchesPerNodeHour      float64 `json:"agentWatchesPerNodeHour"`
 	AgentReadsPerNodeHour        float64 `json:"agentReadsPerNodeHour"`
@@ -91,14 +93,24 @@ type RolloutDetail struct {
 	// its end. DiscoverySeconds is from then until the coordinator had read
 	// the new issuer and the rollout was requested; RolloutSeconds from the
 	// gate opening to the rollout done.
-	IssuerChangeSeconds        float64               `json:"issuerChangeSeconds"`
-	DiscoverySeconds           float64               `json:"discoverySeconds"`
-	RolloutSeconds             float64               `json:"rolloutSeconds"`
-	NodesDone                  int                   `json:"nodesDone"`
-	CoordinatorRequests        float64               `json:"coordinatorRequests"`
-	CoordinatorLeaseRequests   float64               `json:"coordinatorLeaseRequests"`
-	CoordinatorRequestsPerNode float64               `json:"coordinatorRequestsPerNode"`
-	CoordinatorRequestRows     []benchkit.RequestRow `json:"coordinatorRequestRows"`
+	IssuerChangeSeconds        float64 `json:"issuerChangeSeconds"`
+	DiscoverySeconds           float64 `json:"discoverySeconds"`
+	RolloutSeconds             float64 `json:"rolloutSeconds"`
+	NodesDone                  int     `json:"nodesDone"`
+	CoordinatorRequests        float64 `json:"coordinatorRequests"`
+	CoordinatorLeaseRequests   float64 `json:"coordinatorLeaseRequests"`
+	CoordinatorRequestsPerNode float64 `json:"coordinatorRequestsPerNode"`
+	// CoordinatorRequestRows counts the coordinator's requests (Lease
+	// renewals apart) by "VERB resource", or "VERB /path" outside the
+	// resource API, from its API server's audit log.
+	CoordinatorRequestRows map[string]int `json:"coordinatorRequestRows"`
+	// OthersNonResource counts the other clients' requests outside the
+	// resource API on the coordinator's API server, by "VERB /path (user)".
+	OthersNonResource map[string]int `json:"othersNonResource,omitempty"`
+	// ServerRequestRows is the coordinator's API server's
+	// apiserver_request_total over the rollout: the coordinator's requests
+	// and the server's own.
+	ServerRequestRows          []benchkit.RequestRow `json:"serverRequestRows"`
 	AgentRequestsPerNode       float64               `json:"agentRequestsPerNode"`
 	RequestsPerNode            float64               `json:"requestsPerNode"`
 	APIServerRequestsPerSecond float64               `json:"apiserverRequestsPerSecond"`
@@ -109,9 +121,16 @@ type RolloutDetail struct {
 
 // Run is one size, measured.
 type Run struct {
-	Nodes        int           `json:"nodes"`
-	PodsPerNode  int           `json:"podsPerNode"`
-	SetupSeconds float64       `json:"setupSeconds"`
+	Nodes        int     `json:"nodes"`
+	PodsPerNode  int     `json:"podsPerNode"`
+	SetupSeconds float64 `json:"setupSeconds"`
+	// Load is the machine's mean 1-minute load average in each phase (2
+	// cores, shared).
+	Load struct {
+		Setup   float64 `json:"setup"`
+		Steady  float64 `json:"steady"`
+		Rollout float64 `json:"rollout"`
+	} `json:"loadAverage"`
 	TotalSeconds float64       `json:"totalSeconds"`
 	Steady       SteadyDetail  `json:"steady"`
 	Rollout      RolloutDetail `json:"rollout"`
@@ -336,19 +355,34 @@ func (s *Summary) write(path string) error {
 	return nil
 }
 
-// readSummary reads an earlier --summary-json and fits it again.
-func readSummary(path string) (*Summary, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("--from-json: %w", err)
+// readSummaries reads earlier --summary-json files (comma-separated), one
+// size or several each, and fits their runs together: sizes measured one
+// run at a time make one model.
+func readSummaries(paths string) (*Summary, error) {
+	var out *Summary
+	for _, path := range strings.Split(paths, ",") {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("--from-json: %w", err)
+		}
+		var s Summary
+		if err := json.Unmarshal(b, &s); err != nil {
+			return nil, fmt.Errorf("--from-json %s: %w", path, err)
+		}
+		if len(s.Runs) == 0 {
+			return nil, fmt.Errorf("--from-json %s: no runs", path)
+		}
+		if out == nil {
+			out = &s
+			continue
+		}
+		if s.PodsPerNode != out.PodsPerNode || s.MaxUnavailable != out.MaxUnavailable || s.Churn != out.Churn || s.Steady != out.Steady {
+			return nil, fmt.Errorf("--from-json %s: measured with other settings (pods per node %d, --max-unavailable %s, churn %g, steady %gs) than the first file (%d, %s, %g, %gs): one model needs the same",
+				path, s.PodsPerNode, s.MaxUnavailable, s.Churn, s.Steady, out.PodsPerNode, out.MaxUnavailable, out.Churn, out.Steady)
+		}
+		out.Runs = append(out.Runs, s.Runs...)
 	}
-	var s Summary
-	if err := json.Unmarshal(b, &s); err != nil {
-		return nil, fmt.Errorf("--from-json %s: %w", path, err)
-	}
-	if len(s.Runs) == 0 {
-		return nil, fmt.Errorf("--from-json %s: no runs", path)
-	}
-	s.fit()
-	return &s, nil
+	sort.SliceStable(out.Runs, func(i, j int) bool { return out.Runs[i].Nodes < out.Runs[j].Nodes })
+	out.fit()
+	return out, nil
 }
