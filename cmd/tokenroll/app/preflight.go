@@ -153,7 +153,7 @@ func writePreflightTable(w io.Writer, rep preflightReport) error {
 	if g.Open {
 		gate = "open"
 	}
-	fmt.Fprintf(w, "GATE      %s (%s): %s\n", gate, g.Provider, g.Message)
+	fmt.Fprintf(w, "GATE      %s (%s): %s\n", gate, g.Provider, cli.Cell(g.Message))
 	fmt.Fprintf(w, "ISSUER    %s\n", cli.Cell(rep.Issuer))
 	if a := rep.Apps; a != nil {
 		fmt.Fprintf(w, "APPS      %s with a projected token: %d healthy, %d app-stale, %d app-failing, %d unobserved (as of %s ago, %s)\n",
@@ -177,7 +177,7 @@ func writePreflightTable(w io.Writer, rep preflightReport) error {
 	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
 	fmt.Fprintln(tw, "CHECK\tRESULT\tDETAIL")
 	for _, c := range rep.Checks {
-		fmt.Fprintf(tw, "%s\t%s\t%s\n", c.Name, map[bool]string{true: "ok", false: "FAIL"}[c.OK], c.Message)
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", c.Name, map[bool]string{true: "ok", false: "FAIL"}[c.OK], cli.Cell(c.Message))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
