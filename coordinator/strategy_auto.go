@@ -355,7 +355,7 @@ func (t *term) watchApps(ctx context.Context, w world, r *Rollout, v nodeView) (
 		cfg.Log.Info("evicting pods whose apps present stale credentials or fail to authenticate", zap.String("rollout", r.ID), zap.String("node", name),
 			zap.Int("count", len(pods)), zap.String("pods", strings.Join(names, ", ")))
 		t.drains.Go(func() {
-			err := cfg.Drainer.Evict(jctx, pods, cfg.DrainTimeout)
+			err := boundedDrain(jctx, cfg.Clock, cfg.DrainTimeout, func(ctx context.Context) error { return cfg.Drainer.Evict(ctx, pods, cfg.DrainTimeout) })
 			t.mu.Lock()
 			j.done, j.err = true, err
 			t.mu.Unlock()
