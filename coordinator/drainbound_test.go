@@ -117,7 +117,10 @@ func TestDeafDrainerHaltsTheNode(t *testing.T) {
 
 	// Another drain the deaf drainer holds: the term ends without it.
 	f.editState(func(s *State) { s.Rollout.Phase = RolloutRunning; s.Rollout.HaltReason, s.Rollout.HaltNode = "", "" })
-	f.updateNode("n1", func(n *corev1.Node) { delete(n.Annotations, protocol.AnnotationNodeState); n.Spec.Unschedulable = false })
+	f.updateNode("n1", func(n *corev1.Node) {
+		delete(n.Annotations, protocol.AnnotationNodeState)
+		n.Spec.Unschedulable = false
+	})
 	f.sync()
 	f.sync()
 	d.awaitCall(t)
