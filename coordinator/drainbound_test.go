@@ -85,7 +85,7 @@ func TestBoundedDrain(t *testing.T) {
 	}
 
 	boom := errors.New("boom")
-	if err := boundedDrain(context.Background(), clk, time.Minute, func(context.Context) error { return boom }); err != boom {
+	if err := boundedDrain(context.Background(), clk, time.Minute, func(context.Context) error { return boom }); !errors.Is(err, boom) {
 		t.Errorf("a call that returns: %v, want its own error", err)
 	}
 }
