@@ -60,9 +60,16 @@ func (w *Webhook) Addr() string { return w.ln.Addr().String() }
 // newWebhook loads the certificates and listens at once, so a bad address
 // or file is an error before anything runs.
 func newWebhook(cfg WebhookConfig, s *stream, log *zap.Logger) (*Webhook, error) {
-	cert, err := tls.LoadX509KeyPair(cfg.CertFile, cfg.KeyFile)
+	cert, err := loadServingCert(cfg.CertFile, cfg.KeyFile,
+		func(leaf *x509.Certificate) {
+			log.Info("Loaded the audit webhook's renewed serving certificate", zap.String("file", cfg.CertFile),
+				zap.String("serial", leaf.SerialNumber.String()), zap.Time("notAfter", leaf.NotAfter))
+		},
+		func(err error) {
+			s.logLimited("webhook/certificate", "Reloading the audit webhook's serving certificate failed; serving the previous one", err)
+		})
 	if err != nil {
-		return nil, fmt.Errorf("loading the audit webhook's serving certificate (--audit-webhook-cert %s, --audit-webhook-key %s): %w", cfg.CertFile, cfg.KeyFile, err)
+		return nil, err
 	}
 	caPEM, err := os.ReadFile(cfg.ClientCAFile)
 	if err != nil {
@@ -74,10 +81,10 @@ func newWebhook(cfg WebhookConfig, s *stream, log *zap.Logger) (*Webhook, error)
 	}
 	w := &Webhook{cfg: cfg, stream: s, sem: make(chan struct{}, cfg.MaxConcurrent), log: log}
 	tlsCfg := &tls.Config{
-		MinVersion:   tls.VersionTLS12,
-		Certificates: []tls.Certificate{cert},
-		ClientAuth:   tls.RequireAndVerifyClientCert,
-		ClientCAs:    pool,
+		MinVersion:     tls.VersionTLS12,
+		GetCertificate: cert.GetCertificate,
+		ClientAuth:     tls.RequireAndVerifyClientCert,
+		ClientCAs:      pool,
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/", w.serve)

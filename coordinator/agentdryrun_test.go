@@ -7,6 +7,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
+	"github.com/tokenroll/tokenroll/pkg/apis/tokenroll/v1alpha1"
 	"github.com/tokenroll/tokenroll/protocol"
 )
 
@@ -57,7 +58,7 @@ func TestAgentDryRunEndsTheNodeWithoutVerifying(t *testing.T) {
 	f.sync()
 	s := f.state()
 	if s.Rollout.Phase != RolloutDone || s.Rollout.HaltReason != "" ||
-		s.Rollout.Message != "2 nodes dry-run: their agents run with --dry-run and did not act (n1,n2)" {
+		s.Rollout.Message != "2 nodes dry-run by agent --dry-run: not acted on (n1,n2)" {
 		t.Fatalf("rollout %s %s: %q; want done, saying both nodes were dry-run", s.Rollout.Phase, s.Rollout.HaltReason, s.Rollout.Message)
 	}
 	for _, n := range []string{"n1", "n2"} {
@@ -97,5 +98,18 @@ func TestAgentDryRunEndsTheNodeWithoutVerifying(t *testing.T) {
 		f.clock.Step(time.Hour)
 		f.sync()
 		f.expectWrites()
+	}
+}
+
+// A rollout whose nodes were dry-run ends saying by what: a RolloutPolicy
+// in dry run, not agents with --dry-run, which nothing here runs.
+func TestPolicyDryRunEndMessage(t *testing.T) {
+	f := newFixture(t, testNode("n1", withReport(expiredReport())), rolloutConfigMap(rollout(Reboot, "n1")))
+	f.leadWithPolicies(defaultPolicy(v1alpha1.RolloutPolicySpec{DryRun: true}))
+	f.sync()
+	f.sync()
+	s := f.state()
+	if want := "1 node dry-run by RolloutPolicy spec.dryRun: nothing done (n1)"; s.Rollout.Phase != RolloutDone || s.Rollout.Message != want {
+		t.Errorf("rollout %s: %q; want done: %q", s.Rollout.Phase, s.Rollout.Message, want)
 	}
 }

@@ -166,7 +166,7 @@ func TestVerify(t *testing.T) {
 			{name: "done, node not Ready", opts: opts(agentStatus(req, protocol.PhaseDone, ""), notReady), after: verifyDeadline, reason: HaltVerifyTimeout, waiting: notReadyYet},
 			{name: "done, old-issuer tokens", opts: opts(agentStatus(req, protocol.PhaseDone, ""), withReport(oldIssuerReport())), after: verifyDeadline, reason: HaltVerifyTimeout, waiting: oldTokens, unresolved: true},
 			{name: "done, expired tokens", opts: opts(agentStatus(req, protocol.PhaseDone, ""), withReport(expiredReport())), after: verifyDeadline, reason: HaltVerifyTimeout,
-				waiting: "the agent reports 1 tokens expired or overdue", unresolved: true},
+				waiting: "the agent reports 1 token expired or overdue", unresolved: true},
 			{name: "done, no report", opts: opts(agentStatus(req, protocol.PhaseDone, ""), func(n *corev1.Node) { delete(n.Annotations, protocol.AnnotationTokens) }), after: verifyDeadline,
 				reason: HaltVerifyTimeout, waiting: "no token report from the agent"},
 			{name: "done and clean", opts: opts(agentStatus(req, protocol.PhaseDone, "")), done: true},
@@ -222,7 +222,7 @@ func TestVerify(t *testing.T) {
 				if c.unresolved {
 					u := unresolved(st, at, msg, f.node("n1"))
 					fin := finished(rollout(strategy, "n1"), RolloutDone, at)
-					fin.Rollout.Message = "1 nodes unresolved, their tokens still stale after the action (n1): tokenroll rollout retry NODE"
+					fin.Rollout.Message = "1 node unresolved, tokens still stale after the action (n1): tokenroll rollout retry NODE"
 					f.expectWrites(patchNode("n1", &u, ptr(false)), updateState(fin))
 					return
 				}

@@ -873,7 +873,7 @@ func (t *term) startRollout(ctx context.Context, w world, id, trigger string, st
 			r.Nodes[i].Would = t.wouldDo(ctx, w, r.Nodes[i])
 		}
 		r.Phase, r.FinishedAt = RolloutDone, w.now
-		r.Message = fmt.Sprintf("dry run: nothing was cordoned, drained or requested; %d nodes would be remediated", len(nodes))
+		r.Message = "dry run: nothing was cordoned, drained or requested; " + nodeCount(len(nodes)) + " would be remediated"
 	case strategy == Auto:
 		if ev := t.appEvidence(w.now); ev.missing != "" {
 			r.Apps = "no audit source (" + ev.missing + "): auto evicts the pods holding tokens of an untrusted issuer, as pod-restart does, and cannot verify that apps authenticate"
@@ -897,7 +897,7 @@ func (t *term) startRollout(ctx context.Context, w world, id, trigger string, st
 	t.c.cfg.Log.Info("rollout planned", zap.String("rollout", r.ID), zap.String("trigger", trigger), zap.String("strategy", string(strategy)),
 		zap.Int("nodes", len(nodes)), zap.String("phase", string(r.Phase)), zap.String("message", r.Message))
 	if r.Phase == RolloutRunning {
-		t.notify(ctx, v1alpha1.NotifyRolloutStarted, r, "", fmt.Sprintf("started (%s): %d nodes, strategy %s", trigger, len(nodes), strategy))
+		t.notify(ctx, v1alpha1.NotifyRolloutStarted, r, "", fmt.Sprintf("started (%s): %s, strategy %s", trigger, nodeCount(len(nodes)), strategy))
 	}
 	if r.Apps != "" {
 		t.c.cfg.Log.Warn("strategy auto has no audit source: it falls back to evicting the pods holding tokens of an untrusted issuer", zap.String("rollout", r.ID), zap.String("apps", r.Apps))

@@ -10,6 +10,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
+	"github.com/tokenroll/tokenroll/internal/plural"
 	"github.com/tokenroll/tokenroll/pkg/apis/tokenroll/v1alpha1"
 	"github.com/tokenroll/tokenroll/protocol"
 )
@@ -233,9 +234,4 @@ func (t *term) rolloutEvent(typ, reason, action, note string, args ...any) {
 
 func stamp(t time.Time) string { return t.UTC().Format(time.RFC3339) }
 
-func nodeCount(n int) string {
-	if n == 1 {
-		return "1 node"
-	}
-	return fmt.Sprintf("%d nodes", n)
-}
+func nodeCount(n int) string { return plural.Count(n, "node") }

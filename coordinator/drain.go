@@ -21,6 +21,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 	watchtools "k8s.io/client-go/tools/watch"
 	"k8s.io/kubectl/pkg/drain"
+	"k8s.io/utils/clock"
 
 	"github.com/tokenroll/tokenroll/internal/apiretry"
 )
@@ -36,6 +37,33 @@ type Drainer interface {
 
 // A Drainer's error wraps context.DeadlineExceeded when its timeout passed,
 // so the rollout halts with DrainTimeout rather than DrainFailed.
+
+// drainerGrace is how long past its timeout a Drainer's call may take to
+// return before the coordinator stops waiting for it.
+const drainerGrace = 30 * time.Second
+
+// boundedDrain runs call (a Drainer's) and returns its error, but stops
+// waiting once ctx ends or the call has outlived its timeout by
+// drainerGrace: a Drainer that ignores its context must neither hold its
+// node in progress forever nor keep a leader's term from ending. Such a
+// call is left running behind (nothing stops a goroutine), and its late
+// result is dropped.
+func boundedDrain(ctx context.Context, clk clock.Clock, timeout time.Duration, call func(context.Context) error) error {
+	// The timer first: once call runs, the deadline is armed.
+	timer := clk.NewTimer(timeout + drainerGrace)
+	defer timer.Stop()
+	done := make(chan error, 1)
+	go func() { done <- call(ctx) }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("stopped waiting for the drain: %w", ctx.Err())
+	case <-timer.C():
+		return fmt.Errorf("the drainer had not returned %s after its timeout of %s, ignoring its context; it was left running and the node is halted: %w",
+			drainerGrace, timeout, context.DeadlineExceeded)
+	}
+}
 
 // KubectlDrainer drains with k8s.io/kubectl/pkg/drain, as `kubectl drain`
 // does.

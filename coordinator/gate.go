@@ -24,6 +24,7 @@ import (
 
 	"github.com/tokenroll/tokenroll/internal/issuer"
 	"github.com/tokenroll/tokenroll/internal/openshift"
+	"github.com/tokenroll/tokenroll/internal/plural"
 )
 
 // Gate providers.
@@ -256,7 +257,7 @@ func openshiftState(u *unstructured.Unstructured, st GateState) GateState {
 		st.Message = fmt.Sprintf("kube-apiserver revision %d rolling out: %s", kas.LatestAvailableRevision, strings.Join(append(behind, installing...), ", "))
 	default:
 		st.Open = true
-		st.Message = fmt.Sprintf("%d nodes at revision %d", len(kas.NodeStatuses), kas.LatestAvailableRevision)
+		st.Message = fmt.Sprintf("%s at revision %d", nodeCount(len(kas.NodeStatuses)), kas.LatestAvailableRevision)
 	}
 	return st
 }
@@ -419,7 +420,7 @@ func staticPodsState(pods []*corev1.Pod, eps []*discoveryv1.EndpointSlice) GateS
 	sort.Strings(uncovered)
 	ignoredNote := ""
 	if ignored > 0 {
-		ignoredNote = fmt.Sprintf(" (%d other pods labelled %s ignored: not mirror pods on a node serving the kubernetes Service)", ignored, apiserverPodSelector)
+		ignoredNote = fmt.Sprintf(" (%s labelled %s ignored: not mirror pods on a node serving the kubernetes Service)", plural.Count(ignored, "other pod"), apiserverPodSelector)
 	}
 	if len(pods) == 0 {
 		st.Message = fmt.Sprintf("no kube-apiserver mirror pods (%s) in kube-system on the nodes serving the kubernetes Service (%s)%s",
@@ -469,7 +470,7 @@ func staticPodsState(pods []*corev1.Pod, eps []*discoveryv1.EndpointSlice) GateS
 		return st
 	}
 	st.Open = true
-	st.Message = fmt.Sprintf("%d kube-apiserver pods Ready, all signing with %s%s", len(pods), st.SigningIssuer, ignoredNote)
+	st.Message = fmt.Sprintf("%s Ready, all signing with %s%s", plural.Count(len(pods), "kube-apiserver pod"), st.SigningIssuer, ignoredNote)
 	return st
 }
 

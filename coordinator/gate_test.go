@@ -181,7 +181,7 @@ func TestStaticPodsGateTrustsOnlyMirrorPodsOnEndpointNodes(t *testing.T) {
 			if st.Open != c.open || st.SigningIssuer != c.issuer || st.Open != before.Open {
 				t.Errorf("open=%v signing %q (%s); want open=%v signing %q, as without the pod", st.Open, st.SigningIssuer, st.Message, c.open, c.issuer)
 			}
-			if !strings.Contains(st.Message, "1 other pods labelled component=kube-apiserver ignored") {
+			if !strings.Contains(st.Message, "1 other pod labelled component=kube-apiserver ignored") {
 				t.Errorf("message %q does not say a pod was ignored", st.Message)
 			}
 		})

@@ -12,6 +12,10 @@ import (
 // rolloutPhases are the values of tokenroll_rollout_phase's label.
 var rolloutPhases = []string{"none", string(RolloutRunning), string(RolloutPaused), string(RolloutHalted), string(RolloutCancelled), string(RolloutDone)}
 
+// nodeSteps are the values of tokenroll_node_step_duration_seconds's step
+// label.
+var nodeSteps = []string{"drain", "action", "apps", "total"}
+
 // nodeCountLabels are the values of tokenroll_rollout_nodes's label.
 var nodeCountLabels = []string{"pending", "in_progress", "done", "halted", "unresolved", "excluded", "dry_run", "skipped"}
 
@@ -88,6 +92,14 @@ func newCoordinatorMetrics(reg prometheus.Registerer) *coordinatorMetrics {
 	}
 	for _, r := range HaltReasons {
 		m.halts.WithLabelValues(r)
+	}
+	// Every series from the start: a quantile over rate() and an alert on
+	// increase() see the first observation, and a panel shows no data only
+	// when there is none.
+	for _, s := range Strategies() {
+		for _, step := range nodeSteps {
+			m.stepDuration.WithLabelValues(string(s), step)
+		}
 	}
 	m.setWaiting(nil)
 	return m

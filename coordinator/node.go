@@ -186,7 +186,7 @@ func (t *term) prepare(ctx context.Context, w world, r *Rollout, v nodeView, imp
 		cfg.Log.Info("preparing", zap.String("rollout", r.ID), zap.String("node", name), zap.String("strategy", string(v.state.Strategy)),
 			zap.String("work", prep.kind), zap.Int("pods", prep.pods))
 		t.drains.Go(func() {
-			err := prep.run(jctx, cfg.Drainer, remaining)
+			err := boundedDrain(jctx, cfg.Clock, remaining, func(ctx context.Context) error { return prep.run(ctx, cfg.Drainer, remaining) })
 			t.mu.Lock()
 			j.done, j.err = true, err
 			t.mu.Unlock()

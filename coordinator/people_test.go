@@ -110,7 +110,7 @@ func TestUnresolvedNodeDoesNotHaltTheFleet(t *testing.T) {
 	f.answerRequests("n2")
 	f.clock.Step(time.Minute)
 	f.sync()
-	if s := f.state(); s.Rollout.Phase != RolloutDone || !strings.Contains(s.Rollout.Message, "1 nodes unresolved") || !strings.Contains(s.Rollout.Message, "(n1)") {
+	if s := f.state(); s.Rollout.Phase != RolloutDone || !strings.Contains(s.Rollout.Message, "1 node unresolved") || !strings.Contains(s.Rollout.Message, "(n1)") {
 		t.Fatalf("rollout %s: %q; want done, naming n1 unresolved", s.Rollout.Phase, s.Rollout.Message)
 	}
 	f.writes()
@@ -196,7 +196,7 @@ func TestExcludedNodeIsNeverTouched(t *testing.T) {
 	g.answerRequests("n2")
 	g.sync()
 	g.writes()
-	if s := g.state(); s.Rollout.Phase != RolloutDone || s.Rollout.Message != "1 nodes excluded (n1)" {
+	if s := g.state(); s.Rollout.Phase != RolloutDone || s.Rollout.Message != "1 node excluded (n1)" {
 		t.Errorf("rollout %s: %q; want done, naming n1 excluded", s.Rollout.Phase, s.Rollout.Message)
 	}
 	if _, ok := g.node("n1").Annotations[protocol.AnnotationNodeState]; ok || g.node("n1").Spec.Unschedulable {
@@ -221,7 +221,7 @@ func TestExcludedWhileDrainingStops(t *testing.T) {
 	ex.Step, ex.StepAt = protocol.StepExcluded, t0.Add(time.Minute)
 	ex.Message = "excluded while cordoned (mine now): tokenroll stopped and left its cordon as it was"
 	fin := finished(rollout(Reboot, "n1"), RolloutDone, t0.Add(time.Minute))
-	fin.Rollout.Message = "1 nodes excluded (n1)"
+	fin.Rollout.Message = "1 node excluded (n1)"
 	f.expectWrites(patchNode("n1", &ex, nil), updateState(fin))
 	f.expectEvents("Normal Excluded rollout r-test: " + ex.Message)
 	if !f.node("n1").Spec.Unschedulable {

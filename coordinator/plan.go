@@ -12,6 +12,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/tokenroll/tokenroll/internal/plural"
 	"github.com/tokenroll/tokenroll/protocol"
 )
 
@@ -385,7 +386,7 @@ func nodeNeed(in PlanInput, trusted map[string]TrustedIssuer, n *corev1.Node) (n
 			st.StepAt.UTC().Format(time.RFC3339), st.Strategy, n.Name)
 	}
 	if k := rep.Count(protocol.State.NotRefreshed); k > 0 {
-		return true, TriggerStaleTokens, time.Time{}, fmt.Sprintf("%d tokens expired or overdue (the kubelet is not refreshing them)", k)
+		return true, TriggerStaleTokens, time.Time{}, plural.Count(k, "token") + " expired or overdue (the kubelet is not refreshing them)"
 	}
 	var reasons, healing []string
 	for _, it := range rep.Issuers {
@@ -396,22 +397,22 @@ func nodeNeed(in PlanInput, trusted map[string]TrustedIssuer, n *corev1.Node) (n
 		switch {
 		case !ok:
 			need = true
-			reasons = append(reasons, fmt.Sprintf("%d tokens from %s, which the API servers no longer trust", it.Tokens, it.Issuer))
+			reasons = append(reasons, fmt.Sprintf("%s from %s, which the API servers no longer trust", plural.Count(it.Tokens, "token"), it.Issuer))
 		case t.Expires.IsZero():
-			healing = append(healing, fmt.Sprintf("%d tokens from %s (still trusted) refresh by themselves", it.Tokens, it.Issuer))
+			healing = append(healing, fmt.Sprintf("%s from %s (still trusted), which the kubelet refreshes in time", plural.Count(it.Tokens, "token"), it.Issuer))
 		case it.LastRefreshAt.IsZero():
 			if in.WaitForReports && rep.Issuer != in.Issuer {
 				return false, "wait", time.Time{}, ""
 			}
 			need = true
 			deadline = minTime(deadline, t.Expires)
-			reasons = append(reasons, fmt.Sprintf("%d tokens from %s, trusted until %s; when they refresh is not known", it.Tokens, it.Issuer, t.Expires.UTC().Format(time.RFC3339)))
+			reasons = append(reasons, fmt.Sprintf("%s from %s, trusted until %s; when they refresh is not known", plural.Count(it.Tokens, "token"), it.Issuer, t.Expires.UTC().Format(time.RFC3339)))
 		case it.LastRefreshAt.Add(in.Margin).After(t.Expires):
 			need = true
 			deadline = minTime(deadline, t.Expires)
-			reasons = append(reasons, fmt.Sprintf("%d tokens from %s, trusted until %s, the last refreshing at %s", it.Tokens, it.Issuer, t.Expires.UTC().Format(time.RFC3339), it.LastRefreshAt.UTC().Format(time.RFC3339)))
+			reasons = append(reasons, fmt.Sprintf("%s from %s, trusted until %s, the last refreshing at %s", plural.Count(it.Tokens, "token"), it.Issuer, t.Expires.UTC().Format(time.RFC3339), it.LastRefreshAt.UTC().Format(time.RFC3339)))
 		default:
-			healing = append(healing, fmt.Sprintf("%d tokens from %s refresh by %s, before its trust ends at %s", it.Tokens, it.Issuer, it.LastRefreshAt.UTC().Format(time.RFC3339), t.Expires.UTC().Format(time.RFC3339)))
+			healing = append(healing, fmt.Sprintf("%s from %s, refreshed by %s, before its trust ends at %s", plural.Count(it.Tokens, "token"), it.Issuer, it.LastRefreshAt.UTC().Format(time.RFC3339), t.Expires.UTC().Format(time.RFC3339)))
 		}
 	}
 	if rep.IssuersTruncated {
@@ -425,7 +426,7 @@ func nodeNeed(in PlanInput, trusted map[string]TrustedIssuer, n *corev1.Node) (n
 		// Fresh files do not help an app that read its token once: it
 		// fails once the issuer that signed its token is no longer
 		// trusted, or once that token expires.
-		return true, TriggerAppStale, time.Time{}, fmt.Sprintf("%d pods whose apps present a token the kubelet replaced (app-stale)", k)
+		return true, TriggerAppStale, time.Time{}, plural.Count(k, "pod") + " whose apps present a token the kubelet replaced (app-stale)"
 	}
 	return false, "", time.Time{}, strings.Join(healing, "; ")
 }

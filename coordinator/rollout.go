@@ -15,6 +15,7 @@ import (
 
 	"github.com/tokenroll/tokenroll/coordinator/policy"
 	"github.com/tokenroll/tokenroll/internal/nodeutil"
+	"github.com/tokenroll/tokenroll/internal/plural"
 	v1alpha1 "github.com/tokenroll/tokenroll/pkg/apis/tokenroll/v1alpha1"
 	"github.com/tokenroll/tokenroll/protocol"
 )
@@ -84,7 +85,7 @@ func (t *term) advance(ctx context.Context, w world, r *Rollout) (time.Duration,
 	// The end of a rollout: unresolved and excluded nodes do not hold it
 	// up.
 	pending, inFlight, halted := 0, 0, 0
-	var unresolved, excluded, dryRun []string
+	var unresolved, excluded, agentDryRun, policyDryRun []string
 	for _, v := range t.refresh(views, r.ID) {
 		switch {
 		case v.node == nil:
@@ -102,20 +103,27 @@ func (t *term) advance(ctx context.Context, w world, r *Rollout) (time.Duration,
 			unresolved = append(unresolved, v.plan.Name)
 		case v.state.Step == protocol.StepExcluded:
 			excluded = append(excluded, v.plan.Name)
+		case v.state.Step == protocol.StepDryRun && v.state.Request != "":
+			// Only an agent's answer to a request makes a node dry-run
+			// with a request; a policy's dry run requests nothing.
+			agentDryRun = append(agentDryRun, v.plan.Name)
 		case v.state.Step == protocol.StepDryRun:
-			dryRun = append(dryRun, v.plan.Name)
+			policyDryRun = append(policyDryRun, v.plan.Name)
 		}
 	}
 	if inFlight == 0 && (r.Phase == RolloutCancelled || (r.Phase == RolloutRunning && pending == 0 && halted == 0)) {
 		var note []string
 		if len(unresolved) > 0 {
-			note = append(note, fmt.Sprintf("%d nodes unresolved, their tokens still stale after the action (%s): tokenroll rollout retry NODE", len(unresolved), namesOf(unresolved)))
+			note = append(note, fmt.Sprintf("%s unresolved, tokens still stale after the action (%s): tokenroll rollout retry NODE", nodeCount(len(unresolved)), namesOf(unresolved)))
 		}
 		if len(excluded) > 0 {
-			note = append(note, fmt.Sprintf("%d nodes excluded (%s)", len(excluded), namesOf(excluded)))
+			note = append(note, fmt.Sprintf("%s excluded (%s)", nodeCount(len(excluded)), namesOf(excluded)))
 		}
-		if len(dryRun) > 0 {
-			note = append(note, fmt.Sprintf("%d nodes dry-run: their agents run with --dry-run and did not act (%s)", len(dryRun), namesOf(dryRun)))
+		if len(agentDryRun) > 0 {
+			note = append(note, fmt.Sprintf("%s dry-run by agent --dry-run: not acted on (%s)", nodeCount(len(agentDryRun)), namesOf(agentDryRun)))
+		}
+		if len(policyDryRun) > 0 {
+			note = append(note, fmt.Sprintf("%s dry-run by RolloutPolicy spec.dryRun: nothing done (%s)", nodeCount(len(policyDryRun)), namesOf(policyDryRun)))
 		}
 		return 0, t.finishRollout(ctx, w, r, strings.Join(note, "; "))
 	}
@@ -485,7 +493,7 @@ func (t *term) finishRollout(ctx context.Context, w world, r *Rollout, note stri
 		return err
 	}
 	if r.Phase == RolloutRunning {
-		done := fmt.Sprintf("complete: %d nodes", len(r.Nodes))
+		done := "complete: " + nodeCount(len(r.Nodes))
 		if note != "" {
 			done += "; " + note
 		}
@@ -611,7 +619,7 @@ func (t *term) wouldDo(ctx context.Context, w world, pn PlannedNode) string {
 	case wait != "":
 		steps = append(steps, "wait: "+wait)
 	case prep != nil && prep.kind == "evict":
-		steps = append(steps, fmt.Sprintf("evict %d pods", prep.pods))
+		steps = append(steps, "evict "+plural.Count(prep.pods, "pod"))
 	case prep != nil && prep.run != nil:
 		steps = append(steps, prep.kind)
 	}

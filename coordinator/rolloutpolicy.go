@@ -21,6 +21,7 @@ import (
 
 	"github.com/tokenroll/tokenroll/coordinator/policy"
 	"github.com/tokenroll/tokenroll/internal/nodeutil"
+	"github.com/tokenroll/tokenroll/internal/plural"
 	v1alpha1 "github.com/tokenroll/tokenroll/pkg/apis/tokenroll/v1alpha1"
 	"github.com/tokenroll/tokenroll/pkg/generated/clientset/versioned"
 	"github.com/tokenroll/tokenroll/pkg/generated/informers/externalversions"
@@ -569,7 +570,7 @@ func heldMessage(held []policy.Block) string {
 				parts = append(parts, fmt.Sprintf("%d %s", count[r], r))
 			}
 		}
-		msg += fmt.Sprintf("; %d more nodes wait (%s)", len(held)-1, strings.Join(parts, ", "))
+		msg += fmt.Sprintf("; %s waiting (%s)", plural.Count(len(held)-1, "more node"), strings.Join(parts, ", "))
 	}
 	return msg
 }

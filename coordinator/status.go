@@ -16,6 +16,7 @@ import (
 
 	"github.com/tokenroll/tokenroll/coordinator/apps"
 	"github.com/tokenroll/tokenroll/internal/nodeutil"
+	"github.com/tokenroll/tokenroll/internal/plural"
 	"github.com/tokenroll/tokenroll/pkg/generated/clientset/versioned"
 	"github.com/tokenroll/tokenroll/protocol"
 )
@@ -313,8 +314,8 @@ func writeAppsSummary(w io.Writer, rep *StatusReport) {
 		fmt.Fprintf(w, "APPS      not detected (the coordinator runs without --app-detection, or has not reported yet)\n")
 		return
 	}
-	fmt.Fprintf(w, "APPS      %d pods with a projected token: %d healthy, %d app-stale, %d app-failing, %d unobserved (as of %s ago)\n",
-		a.Followed, a.Healthy, a.Stale, a.Failing, a.Unobserved, rep.Now.Sub(a.UpdatedAt).Round(time.Second))
+	fmt.Fprintf(w, "APPS      %s with a projected token: %d healthy, %d app-stale, %d app-failing, %d unobserved (as of %s ago)\n",
+		plural.Count(a.Followed, "pod"), a.Healthy, a.Stale, a.Failing, a.Unobserved, rep.Now.Sub(a.UpdatedAt).Round(time.Second))
 	if a.AuditEvents == 0 {
 		fmt.Fprintf(w, "          no audit event has reached the coordinator: no pod can be judged; connect an audit source\n")
 	}

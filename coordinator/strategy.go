@@ -9,6 +9,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/tokenroll/tokenroll/internal/plural"
 	"github.com/tokenroll/tokenroll/protocol"
 )
 
@@ -182,14 +183,14 @@ func reportClean(n *corev1.Node, iss string) (bool, string) {
 		return false, fmt.Sprintf("the agent's last scan had no complete list of pods from the kubelet Pods API (%s)", rep.PodsAPI)
 	}
 	if k := rep.Count(protocol.State.NotRefreshed); k > 0 {
-		return false, fmt.Sprintf("the agent reports %d tokens expired or overdue", k)
+		return false, "the agent reports " + plural.Count(k, "token") + " expired or overdue"
 	}
 	if rep.IssuersTruncated {
 		return false, "the agent left issuers out of its report to keep it within its size budget"
 	}
 	for _, it := range rep.Issuers {
 		if it.Issuer != iss && it.Tokens > 0 {
-			return false, fmt.Sprintf("the agent reports %d tokens from %s, not %s", it.Tokens, it.Issuer, iss)
+			return false, fmt.Sprintf("the agent reports %s from %s, not %s", plural.Count(it.Tokens, "token"), it.Issuer, iss)
 		}
 	}
 	return true, ""

@@ -16,6 +16,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/tokenroll/tokenroll/coordinator/apps"
+	"github.com/tokenroll/tokenroll/internal/plural"
 	"github.com/tokenroll/tokenroll/protocol"
 )
 
@@ -346,7 +347,7 @@ func (t *term) watchApps(ctx context.Context, w world, r *Rollout, v nodeView) (
 			refs = append(refs, protocol.PodRef{Namespace: p.Namespace, Name: p.Name, UID: string(p.UID)})
 		}
 		prep := &preparation{kind: "evict", pods: len(pods), evicted: refs, owners: owners,
-			doneNote: fmt.Sprintf("evicted %d pods whose apps present stale credentials or fail to authenticate: %s", len(pods), strings.Join(names, ", "))}
+			doneNote: fmt.Sprintf("evicted %s whose apps present stale credentials or fail to authenticate: %s", plural.Count(len(pods), "pod"), strings.Join(names, ", "))}
 		jctx, cancel := context.WithCancel(ctx)
 		j := &prepJob{cancel: cancel, prep: prep}
 		t.mu.Lock()
@@ -355,7 +356,7 @@ func (t *term) watchApps(ctx context.Context, w world, r *Rollout, v nodeView) (
 		cfg.Log.Info("evicting pods whose apps present stale credentials or fail to authenticate", zap.String("rollout", r.ID), zap.String("node", name),
 			zap.Int("count", len(pods)), zap.String("pods", strings.Join(names, ", ")))
 		t.drains.Go(func() {
-			err := cfg.Drainer.Evict(jctx, pods, cfg.DrainTimeout)
+			err := boundedDrain(jctx, cfg.Clock, cfg.DrainTimeout, func(ctx context.Context) error { return cfg.Drainer.Evict(ctx, pods, cfg.DrainTimeout) })
 			t.mu.Lock()
 			j.done, j.err = true, err
 			t.mu.Unlock()
@@ -377,8 +378,8 @@ func (t *term) watchApps(ctx context.Context, w world, r *Rollout, v nodeView) (
 		return ownerPoll, nil
 	}
 	c := res.Nodes[name]
-	msg := fmt.Sprintf("apps verified: of %d pods with a projected token, %d present current credentials, %d made no authenticated request in --app-window (unobserved, not counted healthy); %d pods evicted",
-		c.Pods, c.Healthy, c.Unobserved, len(ns.Evicted))
+	msg := fmt.Sprintf("apps verified: of %s with a projected token, %d present current credentials, %d made no authenticated request in --app-window (unobserved, not counted healthy); %s evicted",
+		plural.Count(c.Pods, "pod"), c.Healthy, c.Unobserved, plural.Count(len(ns.Evicted), "pod"))
 	if ev.started.After(ns.StepAt) {
 		msg += "; app detection started after the node's tokens were replaced (a new leader), so an app presenting a token issued before it started is judged only from its next refresh"
 	}

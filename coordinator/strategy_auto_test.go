@@ -184,7 +184,7 @@ func TestAutoEvictsOnlyTheAppStalePod(t *testing.T) {
 	evicted.Evicted = []protocol.PodRef{podRef(cache)}
 	evicted.Owners = []protocol.OwnerRef{{Kind: "ReplicaSet", Namespace: "shop", Name: "cache"}}
 	f.expectWrites(patchNode("n1", &evicted, nil))
-	f.expectEvents("Normal PodsEvicted rollout r-test: evicted 1 pods whose apps present stale credentials or fail to authenticate: shop/cache-1 (app-stale)")
+	f.expectEvents("Normal PodsEvicted rollout r-test: evicted 1 pod whose apps present stale credentials or fail to authenticate: shop/cache-1 (app-stale)")
 
 	// The evicted pod goes; the node is done once the watch lasted the
 	// grace past the restart, and the rollout with it.
@@ -194,7 +194,7 @@ func TestAutoEvictsOnlyTheAppStalePod(t *testing.T) {
 	f.sync()
 	doneAt := evicted
 	doneAt.Step, doneAt.StepAt = protocol.StepDone, end
-	doneAt.Message = "apps verified: of 1 pods with a projected token, 1 present current credentials, 0 made no authenticated request in --app-window (unobserved, not counted healthy); 1 pods evicted"
+	doneAt.Message = "apps verified: of 1 pod with a projected token, 1 present current credentials, 0 made no authenticated request in --app-window (unobserved, not counted healthy); 1 pod evicted"
 	f.expectWrites(patchNode("n1", &doneAt, nil), updateState(finished(rollout(Auto, "n1"), RolloutDone, end)))
 	f.expectDrains()
 }
@@ -338,7 +338,7 @@ func TestAutoWithoutAnAuditSourceEvictsThePodsHoldingStaleTokens(t *testing.T) {
 				t.Errorf("writes %v; want n1 acting on pod-restart's evictions, no request", got)
 			}
 			evs := f.takeEvents()
-			if len(evs) != 2 || evs[1] != "Normal PodsEvicted rollout "+id+": evicted 1 pods holding stale tokens; apps are not verified: "+c.missing {
+			if len(evs) != 2 || evs[1] != "Normal PodsEvicted rollout "+id+": evicted 1 pod holding stale tokens; apps are not verified: "+c.missing {
 				t.Errorf("Events %q", evs)
 			}
 		})
@@ -408,7 +408,7 @@ func TestAutoPlansAppStalePods(t *testing.T) {
 	f.sync()
 	st := f.state()
 	if st.Rollout == nil || st.Rollout.Trigger != TriggerAppStale || len(st.Rollout.Nodes) != 1 || st.Rollout.Nodes[0].Name != "n1" ||
-		st.Rollout.Nodes[0].Reason != "1 pods whose apps present a token the kubelet replaced (app-stale)" {
+		st.Rollout.Nodes[0].Reason != "1 pod whose apps present a token the kubelet replaced (app-stale)" {
 		t.Fatalf("rollout %+v; want n1 planned for its app-stale pod", st.Rollout)
 	}
 	f.sync() // cordon

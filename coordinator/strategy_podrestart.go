@@ -13,6 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/tokenroll/tokenroll/internal/plural"
 	"github.com/tokenroll/tokenroll/protocol"
 )
 
@@ -44,7 +45,7 @@ func (podRestart) prepare(ctx context.Context, client kubernetes.Interface, n *c
 	}
 	return &preparation{kind: "evict", pods: len(pods), evicted: refs, owners: owners,
 		run:       func(ctx context.Context, d Drainer, timeout time.Duration) error { return d.Evict(ctx, pods, timeout) },
-		doneEvent: "PodsEvicted", doneNote: fmt.Sprintf("evicted %d pods holding stale tokens", len(refs))}, "", nil
+		doneEvent: "PodsEvicted", doneNote: "evicted " + plural.Count(len(refs), "pod") + " holding stale tokens"}, "", nil
 }
 
 func (podRestart) action() protocol.Action { return "" }

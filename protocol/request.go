@@ -3,6 +3,7 @@ package protocol
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -30,8 +31,11 @@ const (
 	ActionKubeletRestart Action = "kubelet-restart"
 )
 
+// Actions lists the actions an agent performs.
+func Actions() []Action { return []Action{ActionReboot, ActionKubeletRestart} }
+
 // Valid reports whether a names an action an agent performs.
-func (a Action) Valid() bool { return a == ActionReboot || a == ActionKubeletRestart }
+func (a Action) Valid() bool { return slices.Contains(Actions(), a) }
 
 // RequestPhase is where a request stands.
 type RequestPhase string

@@ -119,7 +119,7 @@ func NewHandler(cfg HandlerConfig) (*Handler, error) {
 		return nil, err
 	}
 	f := promauto.With(cfg.Registry)
-	return &Handler{
+	h := &Handler{
 		cfg:      cfg,
 		state:    st,
 		attempts: map[string]*attempt{},
@@ -132,7 +132,18 @@ func NewHandler(cfg HandlerConfig) (*Handler, error) {
 			Help:    "Time in each step of a request: record (state file), call (the action itself), report (status on the Node).",
 			Buckets: prometheus.ExponentialBuckets(0.001, 4, 10),
 		}, []string{"action", "step"}),
-	}, nil
+	}
+	// Every series from the start, so rate() and increase() see the first
+	// request.
+	for _, a := range protocol.Actions() {
+		for _, p := range []protocol.RequestPhase{protocol.PhaseDone, protocol.PhaseFailed, protocol.PhaseRefused} {
+			h.actions.WithLabelValues(string(a), string(p))
+		}
+		for _, step := range []string{"record", "call", "report"} {
+			h.steps.WithLabelValues(string(a), step)
+		}
+	}
+	return h, nil
 }
 
 // bootID is the current boot's ID, "" when it cannot be read.

@@ -41,6 +41,10 @@ func TestHandlerMetricsExposition(t *testing.T) {
 # TYPE tokenroll_actions_total counter
 tokenroll_actions_total{action="kubelet-restart",result="done"} 1
 tokenroll_actions_total{action="reboot",result="refused"} 1
+tokenroll_actions_total{action="reboot",result="done"} 0
+tokenroll_actions_total{action="reboot",result="failed"} 0
+tokenroll_actions_total{action="kubelet-restart",result="failed"} 0
+tokenroll_actions_total{action="kubelet-restart",result="refused"} 0
 # HELP tokenroll_action_step_duration_seconds Time in each step of a request: record (state file), call (the action itself), report (status on the Node).
 # TYPE tokenroll_action_step_duration_seconds histogram
 tokenroll_action_step_duration_seconds_bucket{action="kubelet-restart",step="call",le="0.001"} 0
@@ -95,6 +99,32 @@ tokenroll_action_step_duration_seconds_bucket{action="reboot",step="report",le="
 tokenroll_action_step_duration_seconds_bucket{action="reboot",step="report",le="+Inf"} 1
 tokenroll_action_step_duration_seconds_sum{action="reboot",step="report"} 0
 tokenroll_action_step_duration_seconds_count{action="reboot",step="report"} 1
+tokenroll_action_step_duration_seconds_bucket{action="reboot",step="record",le="0.001"} 0
+tokenroll_action_step_duration_seconds_bucket{action="reboot",step="record",le="0.004"} 0
+tokenroll_action_step_duration_seconds_bucket{action="reboot",step="record",le="0.016"} 0
+tokenroll_action_step_duration_seconds_bucket{action="reboot",step="record",le="0.064"} 0
+tokenroll_action_step_duration_seconds_bucket{action="reboot",step="record",le="0.256"} 0
+tokenroll_action_step_duration_seconds_bucket{action="reboot",step="record",le="1.024"} 0
+tokenroll_action_step_duration_seconds_bucket{action="reboot",step="record",le="4.096"} 0
+tokenroll_action_step_duration_seconds_bucket{action="reboot",step="record",le="16.384"} 0
+tokenroll_action_step_duration_seconds_bucket{action="reboot",step="record",le="65.536"} 0
+tokenroll_action_step_duration_seconds_bucket{action="reboot",step="record",le="262.144"} 0
+tokenroll_action_step_duration_seconds_bucket{action="reboot",step="record",le="+Inf"} 0
+tokenroll_action_step_duration_seconds_sum{action="reboot",step="record"} 0
+tokenroll_action_step_duration_seconds_count{action="reboot",step="record"} 0
+tokenroll_action_step_duration_seconds_bucket{action="reboot",step="call",le="0.001"} 0
+tokenroll_action_step_duration_seconds_bucket{action="reboot",step="call",le="0.004"} 0
+tokenroll_action_step_duration_seconds_bucket{action="reboot",step="call",le="0.016"} 0
+tokenroll_action_step_duration_seconds_bucket{action="reboot",step="call",le="0.064"} 0
+tokenroll_action_step_duration_seconds_bucket{action="reboot",step="call",le="0.256"} 0
+tokenroll_action_step_duration_seconds_bucket{action="reboot",step="call",le="1.024"} 0
+tokenroll_action_step_duration_seconds_bucket{action="reboot",step="call",le="4.096"} 0
+tokenroll_action_step_duration_seconds_bucket{action="reboot",step="call",le="16.384"} 0
+tokenroll_action_step_duration_seconds_bucket{action="reboot",step="call",le="65.536"} 0
+tokenroll_action_step_duration_seconds_bucket{action="reboot",step="call",le="262.144"} 0
+tokenroll_action_step_duration_seconds_bucket{action="reboot",step="call",le="+Inf"} 0
+tokenroll_action_step_duration_seconds_sum{action="reboot",step="call"} 0
+tokenroll_action_step_duration_seconds_count{action="reboot",step="call"} 0
 `
 	if err := testutil.CollectAndCompare(h.actions, strings.NewReader(want), "tokenroll_actions_total"); err != nil {
 		t.Error(err)

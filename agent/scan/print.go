@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/tokenroll/tokenroll/internal/cli"
+	"github.com/tokenroll/tokenroll/internal/plural"
 	"github.com/tokenroll/tokenroll/protocol"
 )
 
@@ -88,11 +89,7 @@ func SummaryOf(r *Report, include func(protocol.State) bool) string {
 	if len(parts) == 0 {
 		return "no projected tokens on this node"
 	}
-	noun := "tokens"
-	if total == 1 {
-		noun = "token"
-	}
-	return fmt.Sprintf("%d %s: %s", total, noun, strings.Join(parts, ", "))
+	return plural.Count(total, "token") + ": " + strings.Join(parts, ", ")
 }
 
 // relative says "in 12m" or "8m ago".

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/tokenroll/tokenroll/internal/plural"
 	v1alpha1 "github.com/tokenroll/tokenroll/pkg/apis/tokenroll/v1alpha1"
 )
 
@@ -141,14 +142,14 @@ func (b *Budget) Check(poolName, zone string, already bool) *Block {
 		zoneAhead += p.zoneFound[zone]
 	}
 	if ahead >= p.limit {
-		return &Block{Reason: ReasonMaxUnavailable, Message: fmt.Sprintf("%s: %d nodes out of service, its maxUnavailable is %d; the next starts when one is back", label, ahead, p.limit)}
+		return &Block{Reason: ReasonMaxUnavailable, Message: fmt.Sprintf("%s: %s out of service, its maxUnavailable is %d; the next starts when one is back", label, plural.Count(ahead, "node"), p.limit)}
 	}
 	if cur, ok := b.CurrentZone(poolName); ok && cur != zone {
-		return &Block{Reason: ReasonZone, Message: fmt.Sprintf("%s: zone %q waits until zone %q finishes (%d nodes left there); zones take turns (spec.zones.order Sequential)",
-			label, zone, cur, p.remaining[cur])}
+		return &Block{Reason: ReasonZone, Message: fmt.Sprintf("%s: zone %q waits until zone %q finishes (%s left there); zones take turns (spec.zones.order Sequential)",
+			label, zone, cur, plural.Count(p.remaining[cur], "node"))}
 	}
 	if p.zoneLimit > 0 && zoneAhead >= p.zoneLimit {
-		return &Block{Reason: ReasonZone, Message: fmt.Sprintf("%s: zone %q has %d nodes out of service, its limit per zone is %d (spec.zones.maxUnavailable)", label, zone, zoneAhead, p.zoneLimit)}
+		return &Block{Reason: ReasonZone, Message: fmt.Sprintf("%s: zone %q has %s out of service, its limit per zone is %d (spec.zones.maxUnavailable)", label, zone, plural.Count(zoneAhead, "node"), p.zoneLimit)}
 	}
 	return nil
 }

@@ -37,7 +37,7 @@ func TestBudgetPools(t *testing.T) {
 		t.Errorf("pool a started %v, want a1,a2", got)
 	}
 	blk := b.Check("b", "", false)
-	if blk == nil || blk.Reason != ReasonMaxUnavailable || !strings.Contains(blk.Message, "pool b: 1 nodes out of service, its maxUnavailable is 1") {
+	if blk == nil || blk.Reason != ReasonMaxUnavailable || !strings.Contains(blk.Message, "pool b: 1 node out of service, its maxUnavailable is 1") {
 		t.Errorf("pool b: %+v", blk)
 	}
 }
@@ -73,7 +73,7 @@ func TestBudgetZones(t *testing.T) {
 		if strings.Join(got, ",") != "a1,b1,c1" {
 			t.Errorf("started %v, want one per zone", got)
 		}
-		if blk := blocks["a2"]; blk == nil || blk.Reason != ReasonZone || !strings.Contains(blk.Message, `zone "za" has 1 nodes out of service, its limit per zone is 1`) {
+		if blk := blocks["a2"]; blk == nil || blk.Reason != ReasonZone || !strings.Contains(blk.Message, `zone "za" has 1 node out of service, its limit per zone is 1`) {
 			t.Errorf("a2: %+v", blk)
 		}
 	})

@@ -11,6 +11,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
+	"github.com/tokenroll/tokenroll/internal/plural"
 	v1alpha1 "github.com/tokenroll/tokenroll/pkg/apis/tokenroll/v1alpha1"
 )
 
@@ -254,10 +255,10 @@ func Accepted(p *Policy, cov Coverage) metav1.Condition {
 		for _, o := range cov.Overlaps[p.Name] {
 			parts = append(parts, fmt.Sprintf("policy %s also selects %d of its nodes (%s, for one)", o.Policy, o.Nodes, o.Example))
 		}
-		c.Message = strings.Join(parts, "; ") + fmt.Sprintf(": tokenroll leaves those nodes alone until one policy alone selects them; its %d other nodes follow it. Make the nodeSelectors disjoint", cov.Nodes[p.Name])
+		c.Message = strings.Join(parts, "; ") + fmt.Sprintf(": tokenroll leaves those nodes alone until one policy alone selects them; it alone covers %s. Make the nodeSelectors disjoint", plural.Count(cov.Nodes[p.Name], "other node"))
 	default:
 		c.Status, c.Reason = metav1.ConditionTrue, ReasonValid
-		c.Message = fmt.Sprintf("covers %d nodes", cov.Nodes[p.Name])
+		c.Message = "covers " + plural.Count(cov.Nodes[p.Name], "node")
 	}
 	return c
 }

@@ -60,9 +60,9 @@ func TestCover(t *testing.T) {
 		reason string
 		msg    string
 	}{
-		{gpu, metav1.ConditionFalse, ReasonSelectorOverlap, "policy big also selects 1 of its nodes (g2, for one): tokenroll leaves those nodes alone until one policy alone selects them; its 1 other nodes follow it"},
+		{gpu, metav1.ConditionFalse, ReasonSelectorOverlap, "policy big also selects 1 of its nodes (g2, for one): tokenroll leaves those nodes alone until one policy alone selects them; it alone covers 1 other node"},
 		{big, metav1.ConditionFalse, ReasonSelectorOverlap, "policy gpu also selects 1 of its nodes (g2, for one)"},
-		{def, metav1.ConditionTrue, ReasonValid, "covers 1 nodes"},
+		{def, metav1.ConditionTrue, ReasonValid, "covers 1 node"},
 		{late, metav1.ConditionFalse, ReasonSecondDefault, "policy fallback is the default policy already"},
 	} {
 		got := Accepted(c.p, cov)

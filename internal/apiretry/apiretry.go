@@ -15,6 +15,8 @@ import (
 	utilnet "k8s.io/apimachinery/pkg/util/net"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/utils/clock"
+
+	"github.com/tokenroll/tokenroll/internal/plural"
 )
 
 // Policy is how hard one write is tried. The zero Policy tries once.
@@ -100,7 +102,7 @@ func (p Policy) Do(ctx context.Context, write func(context.Context) error) error
 		case ctx.Err() != nil || !Transient(err):
 			return err
 		case attempt >= steps:
-			return fmt.Errorf("gave up after %d attempts in %s: %w", attempt, clk.Since(start).Round(time.Millisecond), err)
+			return fmt.Errorf("gave up after %s in %s: %w", plural.Count(attempt, "attempt"), clk.Since(start).Round(time.Millisecond), err)
 		}
 		d := next()
 		if s, ok := apierrors.SuggestsClientDelay(err); ok {

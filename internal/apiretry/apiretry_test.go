@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/url"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -98,6 +99,16 @@ func TestDoGivesUpAfterSteps(t *testing.T) {
 	}
 	if got, want := clk.Waits(), []time.Duration{time.Second, 2 * time.Second, 3 * time.Second}; !slices.Equal(got, want) {
 		t.Errorf("waits %v, want %v (doubling, capped at 3s)", got, want)
+	}
+}
+
+// A policy of one try says so in the singular.
+func TestDoGivesUpAfterOneAttempt(t *testing.T) {
+	err := apiretry.Policy{Clock: apiretrytest.NewClock(time.Now())}.Do(context.Background(), func(context.Context) error {
+		return apierrors.NewServiceUnavailable("apiserver is shutting down")
+	})
+	if want := "gave up after 1 attempt in 0s: "; err == nil || !strings.HasPrefix(err.Error(), want) {
+		t.Errorf("error %q; want it to start %q", err, want)
 	}
 }
 

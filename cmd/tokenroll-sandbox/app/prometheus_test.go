@@ -45,7 +45,6 @@ func prometheusBin(t *testing.T) string {
 // have no data in TestSandboxScenario's run (3 nodes, --chaos), and why.
 var dashboardExempt = map[string]string{
 	"Previous issuer trusted for/A": "the run drops the previous issuer at once (trust window 0): no trust window is known",
-	"Agents reporting/B":            "counts agents down at a scrape: none was (a killed agent is back within a second), and a count of nothing is no data",
 	"Waiting for/A":                 "tokenroll_rollout_waiting stays 0: the coordinator never waits with no node of its rollout in progress",
 	"Waiting since/A":               "tokenroll_rollout_waiting_since_timestamp_seconds stays 0, as above",
 	"Node step duration (p90)/A": "--chaos kills the leader as the rollout starts and every few seconds, so each replica's step histogram sees about one node; " +

@@ -157,11 +157,11 @@ func writePreflightTable(w io.Writer, rep preflightReport) error {
 	if g.Open {
 		gate = "open"
 	}
-	fmt.Fprintf(w, "GATE      %s (%s): %s\n", gate, g.Provider, g.Message)
+	fmt.Fprintf(w, "GATE      %s (%s): %s\n", gate, g.Provider, cli.Cell(g.Message))
 	fmt.Fprintf(w, "ISSUER    %s\n", cli.Cell(rep.Issuer))
 	if a := rep.Apps; a != nil {
-		fmt.Fprintf(w, "APPS      %d pods with a projected token: %d healthy, %d app-stale, %d app-failing, %d unobserved (as of %s ago, %d audit events)\n",
-			a.Followed, a.Healthy, a.Stale, a.Failing, a.Unobserved, rep.Now.Sub(a.UpdatedAt).Round(time.Second), a.AuditEvents)
+		fmt.Fprintf(w, "APPS      %s with a projected token: %d healthy, %d app-stale, %d app-failing, %d unobserved (as of %s ago, %s)\n",
+			count(a.Followed, "pod"), a.Healthy, a.Stale, a.Failing, a.Unobserved, rep.Now.Sub(a.UpdatedAt).Round(time.Second), count(a.AuditEvents, "audit event"))
 	} else {
 		fmt.Fprintf(w, "APPS      not detected: no app detection status\n")
 	}
@@ -181,7 +181,7 @@ func writePreflightTable(w io.Writer, rep preflightReport) error {
 	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
 	fmt.Fprintln(tw, "CHECK\tRESULT\tDETAIL")
 	for _, c := range rep.Checks {
-		fmt.Fprintf(tw, "%s\t%s\t%s\n", c.Name, map[bool]string{true: "ok", false: "FAIL"}[c.OK], c.Message)
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", c.Name, map[bool]string{true: "ok", false: "FAIL"}[c.OK], cli.Cell(c.Message))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -198,7 +198,7 @@ func writePreflightTable(w io.Writer, rep preflightReport) error {
 			return err
 		}
 		if rep.PodsOmitted > 0 {
-			fmt.Fprintf(w, "... and %d more pods app detection counted but did not list\n", rep.PodsOmitted)
+			fmt.Fprintf(w, "... and %s app detection counted but did not list\n", count(rep.PodsOmitted, "more pod"))
 		}
 	}
 	if len(rep.Tokens) > 0 {

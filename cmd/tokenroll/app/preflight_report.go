@@ -12,6 +12,7 @@ import (
 
 	"github.com/tokenroll/tokenroll/coordinator"
 	"github.com/tokenroll/tokenroll/coordinator/apps"
+	"github.com/tokenroll/tokenroll/internal/plural"
 	"github.com/tokenroll/tokenroll/protocol"
 )
 
@@ -203,8 +204,8 @@ func buildPreflight(in preflightInput) preflightReport {
 	case a.AuditEvents == 0:
 		add(checkAuditSource, false, "no audit event has reached the coordinator: every pod is unobserved; connect an audit source")
 	default:
-		add(checkAuditSource, true, "%d audit events; %d of %d pods with a projected token observed (%d unobserved, never counted healthy)",
-			a.AuditEvents, a.Followed-a.Unobserved, a.Followed, a.Unobserved)
+		add(checkAuditSource, true, "%s; %d of %d pods with a projected token observed (%d unobserved, never counted healthy)",
+			plural.Count(a.AuditEvents, "audit event"), a.Followed-a.Unobserved, a.Followed, a.Unobserved)
 	}
 	rep.Workloads, rep.PodsOmitted = groupWorkloads(a)
 	if a != nil {
@@ -544,13 +545,8 @@ func joinMax(items []string, n int) string {
 	return strings.Join(items[:n], ",") + fmt.Sprintf(",+%d", len(items)-n)
 }
 
-// count is "1 node", "2 nodes".
-func count(n int, noun string) string {
-	if n == 1 {
-		return "1 " + noun
-	}
-	return fmt.Sprintf("%d %ss", n, noun)
-}
+// count is plural.Count, short for this report's many counts.
+func count[N int | uint64](n N, noun string) string { return plural.Count(n, noun) }
 
 func later(a, b time.Time) time.Time {
 	if b.After(a) {

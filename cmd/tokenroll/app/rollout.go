@@ -18,6 +18,7 @@ import (
 
 	"github.com/tokenroll/tokenroll/coordinator"
 	"github.com/tokenroll/tokenroll/internal/cli"
+	"github.com/tokenroll/tokenroll/internal/plural"
 	"github.com/tokenroll/tokenroll/protocol"
 )
 
@@ -213,7 +214,7 @@ func (o *rolloutPlanOptions) run(ctx context.Context, e cli.Env) error {
 		gateWord = "CLOSED: nothing would start until it opens"
 	}
 	fmt.Fprintf(e.Stdout, "issuer %s; gate %s (%s)\n", iss, gateWord, gate.Message)
-	fmt.Fprintf(e.Stdout, "%d of %d nodes need work (%s)\n\n", len(p.Nodes), len(list.Items), o.Strategy)
+	fmt.Fprintf(e.Stdout, "%d of %s needing work (%s)\n\n", len(p.Nodes), plural.Count(len(list.Items), "node"), o.Strategy)
 	tw := tabwriter.NewWriter(e.Stdout, 0, 8, 2, ' ', 0)
 	fmt.Fprintln(tw, "NODE\tACTION\tDEADLINE\tWHY")
 	for _, n := range p.Nodes {

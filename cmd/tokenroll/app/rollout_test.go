@@ -41,7 +41,7 @@ func TestRolloutAndStatusCommands(t *testing.T) {
 	}
 
 	code, out, stderr := run(t, "rollout", "plan", "--kubeconfig", kc)
-	if code != 0 || !strings.Contains(out, "0 of 1 nodes need work") || !strings.Contains(out, "worker-1  -       -         left alone: no report from a tokenroll agent") {
+	if code != 0 || !strings.Contains(out, "0 of 1 node needing work") || !strings.Contains(out, "worker-1  -       -         left alone: no report from a tokenroll agent") {
 		t.Errorf("plan: exit %d\n%s%s", code, out, stderr)
 	}
 	if code, out, stderr = run(t, "rollout", "pause", "--kubeconfig", kc); code != cli.ExitFailure || !strings.Contains(stderr, "no rollout is active") {
