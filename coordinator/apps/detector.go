@@ -78,9 +78,15 @@ func (p *Pod) followed() bool { return p.Running && len(p.TokenAudiences) > 0 }
 // Config configures a Detector.
 type Config struct {
 	// Grace: a replaced token presented this long after its replacement
-	// makes the pod app-stale; failed authentication lasting this long
-	// makes it app-failing.
+	// makes the pod app-stale.
 	Grace time.Duration
+	// FailingGrace: failed authentication lasting this long makes the pod
+	// app-failing (zero: Grace). It is shorter than Grace: an app that
+	// still authenticates with a replaced token works and may be given
+	// time, one whose every request is refused is down now; client-go
+	// reads the token file again on a 401, so a reloading app stops
+	// failing within one request of the kubelet's new token.
+	FailingGrace time.Duration
 	// Window: evidence older than this is forgotten; a pod with no
 	// authenticated request in it is unobserved.
 	Window time.Duration
@@ -669,6 +675,13 @@ type Result struct {
 	Events map[string]map[string]uint64
 }
 
+func (d *Detector) failingGrace() time.Duration {
+	if d.cfg.FailingGrace > 0 {
+		return d.cfg.FailingGrace
+	}
+	return d.cfg.Grace
+}
+
 // Evaluate judges every pod at the clock's now and returns what changed
 // since the last evaluation. The caller reports it.
 func (d *Detector) Evaluate() Result {
@@ -679,7 +692,7 @@ func (d *Detector) Evaluate() Result {
 	for _, ps := range d.pods {
 		p := &ps.pod
 		stale := !ps.staleLast.IsZero() && now.Sub(ps.staleLast) <= d.cfg.Window
-		failing := !ps.failLast.IsZero() && ps.failLast.Sub(ps.failFirst) >= d.cfg.Grace &&
+		failing := !ps.failLast.IsZero() && ps.failLast.Sub(ps.failFirst) >= d.failingGrace() &&
 			now.Sub(ps.failLast) <= d.cfg.Window && !ps.lastAuth.After(ps.failLast)
 		if stale != ps.stale {
 			ps.stale, ps.staleSince = stale, ps.staleFirst

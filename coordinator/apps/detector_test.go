@@ -520,3 +520,42 @@ func TestDetectorMatchesVolumeTokensWithoutTheBoundPod(t *testing.T) {
 		t.Errorf("problems %+v; want cache, its token replaced at %s", res.Problems, refresh)
 	}
 }
+
+// A pod whose every request is refused is app-failing after the failing
+// grace, not after the (longer) app-stale grace; one whose app
+// authenticates again within it, as a reloading app does after the
+// kubelet's new token, never is.
+func TestDetectorFailingGraceIsItsOwn(t *testing.T) {
+	const failingGrace = 30 * time.Second
+	h := newHarness(t, testPod("cache", "n1", "10.1.0.91"), testPod("reload", "n1", "10.1.0.92"))
+	h.d = NewDetector(Config{Grace: grace, FailingGrace: failingGrace, Window: window, RepeatEvents: time.Hour, Clock: h.clock})
+	for _, p := range h.pods {
+		h.d.SetPod(p, false)
+	}
+	step := 0
+	res := h.run(failingGrace+10*time.Second, 5*time.Second, func() {
+		h.fail("10.1.0.91")
+		if step < 3 {
+			h.fail("10.1.0.92")
+		} else {
+			h.present("reload", "new")
+		}
+		step++
+	})
+	if failingGrace+10*time.Second >= grace {
+		t.Fatalf("the test needs a failing grace well below the grace %s", grace)
+	}
+	h.expect(res, want{followed: 2, healthy: 1, failing: 1})
+	if len(res.Problems) != 1 || res.Problems[0].Pod.Name != "cache" || !res.Problems[0].Failing {
+		t.Errorf("problems %+v; want cache app-failing alone", res.Problems)
+	}
+}
+
+// Without a failing grace the detector takes the app-stale grace for it.
+func TestDetectorFailingGraceDefaultsToGrace(t *testing.T) {
+	h := newHarness(t, testPod("cache", "n1", "10.1.0.91"))
+	res := h.run(grace-10*time.Second, 5*time.Second, func() { h.fail("10.1.0.91") })
+	h.expect(res, want{followed: 1, unobserved: 1})
+	res = h.run(20*time.Second, 5*time.Second, func() { h.fail("10.1.0.91") })
+	h.expect(res, want{followed: 1, failing: 1})
+}

@@ -88,9 +88,9 @@ type coordinatorOptions struct {
 	QPS   float32
 	Burst int
 	// AppDetection follows every pod and judges what audit events say of
-	// its app; AppStaleGrace and AppWindow tune it.
-	AppDetection             bool
-	AppStaleGrace, AppWindow time.Duration
+	// its app; AppStaleGrace, AppFailingGrace and AppWindow tune it.
+	AppDetection                              bool
+	AppStaleGrace, AppFailingGrace, AppWindow time.Duration
 	// PodName is this replica's Pod, which the leader labels for the
 	// audit webhook's Service.
 	PodName string
@@ -108,7 +108,7 @@ func newCoordinatorOptions() *coordinatorOptions {
 		DrainTimeout: 10 * time.Minute, ActionTimeout: 15 * time.Minute, VerifyTimeout: 5 * time.Minute, GateSettle: 2 * time.Minute,
 		TrustMargin: time.Hour, AgentWait: 15 * time.Minute, IssuerRefresh: time.Minute, Auto: true, QPS: 20, Burst: 40,
 		KuredLock: coordinator.DefaultKuredLock.String(), AppDetection: true,
-		AppStaleGrace: apps.DefaultOptions().Grace, AppWindow: apps.DefaultOptions().Window,
+		AppStaleGrace: apps.DefaultOptions().Grace, AppFailingGrace: apps.DefaultOptions().FailingGrace, AppWindow: apps.DefaultOptions().Window,
 		Audit: audit.NewOptions(), PodName: os.Getenv("POD_NAME"),
 	}
 }
@@ -139,7 +139,8 @@ func (o *coordinatorOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.KuredLock, "kured-lock", o.KuredLock, "kured's DaemonSet, NAMESPACE/NAME: a node holding kured's reboot lock (annotation "+coordinator.AnnotationKuredLock+") is never cordoned or acted on and counts against --max-unavailable; while the lock cannot be read no node starts. Empty: ignore kured.")
 	fs.BoolVar(&o.RolloutPolicies, "rollout-policies", o.RolloutPolicies, "Read the RolloutPolicy resources (their CRD must be installed): the nodes each selects follow its maxUnavailable, zones, windows, blockers, health gate, dry run and webhooks, and the coordinator writes each policy's status; the nodes no policy covers follow the flags.")
 	fs.BoolVar(&o.AppDetection, "app-detection", o.AppDetection, "Follow every pod (an informer on the leader) and, from the API server's audit events, report pods whose apps present a replaced token (app-stale) or fail to authenticate (app-failing).")
-	fs.DurationVar(&o.AppStaleGrace, "app-stale-grace", o.AppStaleGrace, "A pod is app-stale when its app presents a token this long after the kubelet replaced it, and app-failing when its requests fail authentication this long; must be longer than client-go's 1-minute reload of a token file.")
+	fs.DurationVar(&o.AppStaleGrace, "app-stale-grace", o.AppStaleGrace, "A pod is app-stale when its app presents a token this long after the kubelet replaced it; must be longer than client-go's 1-minute reload of a token file.")
+	fs.DurationVar(&o.AppFailingGrace, "app-failing-grace", o.AppFailingGrace, "A pod is app-failing when its requests fail authentication this long with none succeeding, and --strategy auto then evicts it once its node's tokens are replaced; client-go reads the token file again on a 401, so an app that reloads stops failing within a request. At most --app-stale-grace.")
 	fs.DurationVar(&o.AppWindow, "app-window", o.AppWindow, "A pod with no authenticated request in this window is unobserved (never counted healthy); app-stale and app-failing end when their evidence is this old. Longer than --app-stale-grace.")
 	fs.StringVar(&o.PodName, "pod-name", o.PodName, "This replica's Pod in --namespace (default $POD_NAME). With --audit-webhook-listen, the leader labels it "+coordinator.LabelAuditReceiver+"=true, which the audit webhook's Service selects, and a replica that does not lead answers the API servers' batches with 503 so they are sent again; empty: no label (one replica, or the webhook reached another way).")
 	fs.Float32Var(&o.QPS, "kube-api-qps", o.QPS, "Steady API requests per second the coordinator may make.")
@@ -181,6 +182,9 @@ func (o *coordinatorOptions) Validate() error {
 	if o.AppDetection {
 		if o.AppStaleGrace <= time.Minute {
 			errs = append(errs, fmt.Errorf("--app-stale-grace=%s must be longer than client-go's 1-minute reload of a token file, or an app that reloads looks stale", o.AppStaleGrace))
+		}
+		if o.AppFailingGrace <= 0 || o.AppFailingGrace > o.AppStaleGrace {
+			errs = append(errs, fmt.Errorf("--app-failing-grace=%s must be positive and at most --app-stale-grace=%s", o.AppFailingGrace, o.AppStaleGrace))
 		}
 		if o.AppWindow <= o.AppStaleGrace {
 			errs = append(errs, fmt.Errorf("--app-window=%s must be longer than --app-stale-grace=%s", o.AppWindow, o.AppStaleGrace))
@@ -292,7 +296,7 @@ func (o *coordinatorOptions) run(ctx context.Context, e cli.Env) error {
 	}
 	var appOpts *apps.Options
 	if o.AppDetection {
-		appOpts = &apps.Options{Grace: o.AppStaleGrace, Window: o.AppWindow, Interval: apps.DefaultOptions().Interval}
+		appOpts = &apps.Options{Grace: o.AppStaleGrace, FailingGrace: o.AppFailingGrace, Window: o.AppWindow, Interval: apps.DefaultOptions().Interval}
 	}
 	var policies versioned.Interface
 	if o.RolloutPolicies {
