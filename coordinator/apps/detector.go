@@ -675,6 +675,28 @@ type Result struct {
 	Events map[string]map[string]uint64
 }
 
+// newestToken is when the newest token the detector knows the pod was
+// given was issued (zero: none known). Failures before it are its old
+// token's, which the node's remediation replaces, not the app's: an app is
+// failing when it goes on failing with a new token in its volume.
+func (ps *podState) newestToken() time.Time {
+	var t time.Time
+	for _, it := range ps.issued[:min(ps.nIssued, maxIssued)] {
+		t = laterOf(t, it.at)
+	}
+	for _, v := range ps.volume {
+		t = laterOf(t, v.issuedAt)
+	}
+	return t
+}
+
+func laterOf(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
+}
+
 func (d *Detector) failingGrace() time.Duration {
 	if d.cfg.FailingGrace > 0 {
 		return d.cfg.FailingGrace
@@ -692,7 +714,7 @@ func (d *Detector) Evaluate() Result {
 	for _, ps := range d.pods {
 		p := &ps.pod
 		stale := !ps.staleLast.IsZero() && now.Sub(ps.staleLast) <= d.cfg.Window
-		failing := !ps.failLast.IsZero() && ps.failLast.Sub(ps.failFirst) >= d.failingGrace() &&
+		failing := !ps.failLast.IsZero() && ps.failLast.Sub(laterOf(ps.failFirst, ps.newestToken())) >= d.failingGrace() &&
 			now.Sub(ps.failLast) <= d.cfg.Window && !ps.lastAuth.After(ps.failLast)
 		if stale != ps.stale {
 			ps.stale, ps.staleSince = stale, ps.staleFirst

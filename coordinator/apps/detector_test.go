@@ -559,3 +559,22 @@ func TestDetectorFailingGraceDefaultsToGrace(t *testing.T) {
 	res = h.run(20*time.Second, 5*time.Second, func() { h.fail("10.1.0.91") })
 	h.expect(res, want{followed: 1, failing: 1})
 }
+
+// Failures before the kubelet issued the pod a new token are its old
+// token's, which the node's remediation replaces: the failing grace runs
+// from the new token, so a pod refused while its node waits its turn is
+// not blamed, and one refused on past the grace with the new token is.
+func TestDetectorFailingGraceRunsFromTheNewToken(t *testing.T) {
+	const failingGrace = 30 * time.Second
+	h := newHarness(t, testPod("cache", "n1", "10.1.0.91"))
+	h.d = NewDetector(Config{Grace: grace, FailingGrace: failingGrace, Window: window, RepeatEvents: time.Hour, Clock: h.clock})
+	h.d.SetPod(h.pods["cache"], false)
+	failing := func() { h.fail("10.1.0.91") }
+	res := h.run(60*time.Second, 5*time.Second, failing)
+	h.expect(res, want{followed: 1, failing: 1})
+	h.issue("cache", "new")
+	res = h.run(20*time.Second, 5*time.Second, failing)
+	h.expect(res, want{followed: 1, unobserved: 1})
+	res = h.run(15*time.Second, 5*time.Second, failing)
+	h.expect(res, want{followed: 1, failing: 1})
+}
