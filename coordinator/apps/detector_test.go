@@ -3,6 +3,7 @@ package apps
 import (
 	"fmt"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -577,4 +578,18 @@ func TestDetectorFailingGraceRunsFromTheNewToken(t *testing.T) {
 	h.expect(res, want{followed: 1, unobserved: 1})
 	res = h.run(15*time.Second, 5*time.Second, failing)
 	h.expect(res, want{followed: 1, failing: 1})
+}
+
+func TestOptionsFailingGrace(t *testing.T) {
+	if err := DefaultOptions().Validate(); err != nil {
+		t.Fatalf("default options: %v", err)
+	}
+	if d := DefaultOptions(); d.FailingGrace <= 0 || d.FailingGrace >= d.Grace {
+		t.Errorf("default failing grace %s; want positive and below the grace %s", d.FailingGrace, d.Grace)
+	}
+	o := DefaultOptions()
+	o.FailingGrace = o.Grace + time.Second
+	if err := o.Validate(); err == nil || !strings.Contains(err.Error(), "failing grace") {
+		t.Errorf("a failing grace above the grace: %v; want an error naming it", err)
+	}
 }
