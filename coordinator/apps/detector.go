@@ -676,9 +676,7 @@ type Result struct {
 }
 
 // newestToken is when the newest token the detector knows the pod was
-// given was issued (zero: none known). Failures before it are its old
-// token's, which the node's remediation replaces, not the app's: an app is
-// failing when it goes on failing with a new token in its volume.
+// given was issued (zero: none known).
 func (ps *podState) newestToken() time.Time {
 	var t time.Time
 	for _, it := range ps.issued[:min(ps.nIssued, maxIssued)] {
@@ -688,6 +686,21 @@ func (ps *podState) newestToken() time.Time {
 		t = laterOf(t, v.issuedAt)
 	}
 	return t
+}
+
+// failsWithNewToken reports whether the current run of failed requests
+// makes the pod app-failing: it went on for failingGrace after the kubelet
+// issued the pod a new token during the run (the new token did not help:
+// the app does not use it), or for grace whatever the tokens. Failures
+// with the token the pod had when they began may be that token's, which
+// its node's remediation replaces: a pod whose node waits its turn is
+// not judged on them for the shorter grace.
+func (ps *podState) failsWithNewToken(grace, failingGrace time.Duration) bool {
+	if ps.failLast.Sub(ps.failFirst) >= grace {
+		return true
+	}
+	nt := ps.newestToken()
+	return nt.After(ps.failFirst) && ps.failLast.Sub(nt) >= failingGrace
 }
 
 func laterOf(a, b time.Time) time.Time {
@@ -714,7 +727,7 @@ func (d *Detector) Evaluate() Result {
 	for _, ps := range d.pods {
 		p := &ps.pod
 		stale := !ps.staleLast.IsZero() && now.Sub(ps.staleLast) <= d.cfg.Window
-		failing := !ps.failLast.IsZero() && ps.failLast.Sub(laterOf(ps.failFirst, ps.newestToken())) >= d.failingGrace() &&
+		failing := !ps.failLast.IsZero() && ps.failsWithNewToken(d.cfg.Grace, d.failingGrace()) &&
 			now.Sub(ps.failLast) <= d.cfg.Window && !ps.lastAuth.After(ps.failLast)
 		if stale != ps.stale {
 			ps.stale, ps.staleSince = stale, ps.staleFirst

@@ -533,6 +533,11 @@ func TestDetectorFailingGraceIsItsOwn(t *testing.T) {
 	for _, p := range h.pods {
 		h.d.SetPod(p, false)
 	}
+	h.fail("10.1.0.91")
+	h.fail("10.1.0.92")
+	h.clock.Step(time.Second)
+	h.issue("cache", "new-cache")
+	h.issue("reload", "new-reload")
 	step := 0
 	res := h.run(failingGrace+10*time.Second, 5*time.Second, func() {
 		h.fail("10.1.0.91")
@@ -561,10 +566,11 @@ func TestDetectorFailingGraceDefaultsToGrace(t *testing.T) {
 	h.expect(res, want{followed: 1, failing: 1})
 }
 
-// Failures before the kubelet issued the pod a new token are its old
+// Failures with the token the pod had when they began may be that
 // token's, which the node's remediation replaces: the failing grace runs
-// from the new token, so a pod refused while its node waits its turn is
-// not blamed, and one refused on past the grace with the new token is.
+// from a new token, so a pod refused while its node waits its turn is not
+// blamed before the (longer) grace, and one refused on past the failing
+// grace with the new token is.
 func TestDetectorFailingGraceRunsFromTheNewToken(t *testing.T) {
 	const failingGrace = 30 * time.Second
 	h := newHarness(t, testPod("cache", "n1", "10.1.0.91"))
@@ -572,7 +578,7 @@ func TestDetectorFailingGraceRunsFromTheNewToken(t *testing.T) {
 	h.d.SetPod(h.pods["cache"], false)
 	failing := func() { h.fail("10.1.0.91") }
 	res := h.run(60*time.Second, 5*time.Second, failing)
-	h.expect(res, want{followed: 1, failing: 1})
+	h.expect(res, want{followed: 1, unobserved: 1})
 	h.issue("cache", "new")
 	res = h.run(20*time.Second, 5*time.Second, failing)
 	h.expect(res, want{followed: 1, unobserved: 1})
