@@ -78,9 +78,15 @@ func (p *Pod) followed() bool { return p.Running && len(p.TokenAudiences) > 0 }
 // Config configures a Detector.
 type Config struct {
 	// Grace: a replaced token presented this long after its replacement
-	// makes the pod app-stale; failed authentication lasting this long
-	// makes it app-failing.
+	// makes the pod app-stale.
 	Grace time.Duration
+	// FailingGrace: failed authentication lasting this long makes the pod
+	// app-failing (zero: Grace). It is shorter than Grace: an app that
+	// still authenticates with a replaced token works and may be given
+	// time, one whose every request is refused is down now; client-go
+	// reads the token file again on a 401, so a reloading app stops
+	// failing within one request of the kubelet's new token.
+	FailingGrace time.Duration
 	// Window: evidence older than this is forgotten; a pod with no
 	// authenticated request in it is unobserved.
 	Window time.Duration
@@ -669,6 +675,48 @@ type Result struct {
 	Events map[string]map[string]uint64
 }
 
+// newestToken is when the newest token the detector knows the pod was
+// given was issued (zero: none known).
+func (ps *podState) newestToken() time.Time {
+	var t time.Time
+	for _, it := range ps.issued[:min(ps.nIssued, maxIssued)] {
+		t = laterOf(t, it.at)
+	}
+	for _, v := range ps.volume {
+		t = laterOf(t, v.issuedAt)
+	}
+	return t
+}
+
+// failsWithNewToken reports whether the current run of failed requests
+// makes the pod app-failing: it went on for failingGrace after the kubelet
+// issued the pod a new token during the run (the new token did not help:
+// the app does not use it), or for grace whatever the tokens. Failures
+// with the token the pod had when they began may be that token's, which
+// its node's remediation replaces: a pod whose node waits its turn is
+// not judged on them for the shorter grace.
+func (ps *podState) failsWithNewToken(grace, failingGrace time.Duration) bool {
+	if ps.failLast.Sub(ps.failFirst) >= grace {
+		return true
+	}
+	nt := ps.newestToken()
+	return nt.After(ps.failFirst) && ps.failLast.Sub(nt) >= failingGrace
+}
+
+func laterOf(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
+}
+
+func (d *Detector) failingGrace() time.Duration {
+	if d.cfg.FailingGrace > 0 {
+		return d.cfg.FailingGrace
+	}
+	return d.cfg.Grace
+}
+
 // Evaluate judges every pod at the clock's now and returns what changed
 // since the last evaluation. The caller reports it.
 func (d *Detector) Evaluate() Result {
@@ -679,7 +727,7 @@ func (d *Detector) Evaluate() Result {
 	for _, ps := range d.pods {
 		p := &ps.pod
 		stale := !ps.staleLast.IsZero() && now.Sub(ps.staleLast) <= d.cfg.Window
-		failing := !ps.failLast.IsZero() && ps.failLast.Sub(ps.failFirst) >= d.cfg.Grace &&
+		failing := !ps.failLast.IsZero() && ps.failsWithNewToken(d.cfg.Grace, d.failingGrace()) &&
 			now.Sub(ps.failLast) <= d.cfg.Window && !ps.lastAuth.After(ps.failLast)
 		if stale != ps.stale {
 			ps.stale, ps.staleSince = stale, ps.staleFirst

@@ -3,6 +3,7 @@ package apps
 import (
 	"fmt"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -518,5 +519,83 @@ func TestDetectorMatchesVolumeTokensWithoutTheBoundPod(t *testing.T) {
 	h.expect(res, want{followed: 4, healthy: 3, stale: 1})
 	if len(res.Problems) != 1 || res.Problems[0].Pod.Name != "cache" || !res.Problems[0].ReplacedAt.Equal(refresh) {
 		t.Errorf("problems %+v; want cache, its token replaced at %s", res.Problems, refresh)
+	}
+}
+
+// A pod whose every request is refused is app-failing after the failing
+// grace, not after the (longer) app-stale grace; one whose app
+// authenticates again within it, as a reloading app does after the
+// kubelet's new token, never is.
+func TestDetectorFailingGraceIsItsOwn(t *testing.T) {
+	const failingGrace = 30 * time.Second
+	h := newHarness(t, testPod("cache", "n1", "10.1.0.91"), testPod("reload", "n1", "10.1.0.92"))
+	h.d = NewDetector(Config{Grace: grace, FailingGrace: failingGrace, Window: window, RepeatEvents: time.Hour, Clock: h.clock})
+	for _, p := range h.pods {
+		h.d.SetPod(p, false)
+	}
+	h.fail("10.1.0.91")
+	h.fail("10.1.0.92")
+	h.clock.Step(time.Second)
+	h.issue("cache", "new-cache")
+	h.issue("reload", "new-reload")
+	step := 0
+	res := h.run(failingGrace+10*time.Second, 5*time.Second, func() {
+		h.fail("10.1.0.91")
+		if step < 3 {
+			h.fail("10.1.0.92")
+		} else {
+			h.present("reload", "new")
+		}
+		step++
+	})
+	if failingGrace+10*time.Second >= grace {
+		t.Fatalf("the test needs a failing grace well below the grace %s", grace)
+	}
+	h.expect(res, want{followed: 2, healthy: 1, failing: 1})
+	if len(res.Problems) != 1 || res.Problems[0].Pod.Name != "cache" || !res.Problems[0].Failing {
+		t.Errorf("problems %+v; want cache app-failing alone", res.Problems)
+	}
+}
+
+// Without a failing grace the detector takes the app-stale grace for it.
+func TestDetectorFailingGraceDefaultsToGrace(t *testing.T) {
+	h := newHarness(t, testPod("cache", "n1", "10.1.0.91"))
+	res := h.run(grace-10*time.Second, 5*time.Second, func() { h.fail("10.1.0.91") })
+	h.expect(res, want{followed: 1, unobserved: 1})
+	res = h.run(20*time.Second, 5*time.Second, func() { h.fail("10.1.0.91") })
+	h.expect(res, want{followed: 1, failing: 1})
+}
+
+// Failures with the token the pod had when they began may be that
+// token's, which the node's remediation replaces: the failing grace runs
+// from a new token, so a pod refused while its node waits its turn is not
+// blamed before the (longer) grace, and one refused on past the failing
+// grace with the new token is.
+func TestDetectorFailingGraceRunsFromTheNewToken(t *testing.T) {
+	const failingGrace = 30 * time.Second
+	h := newHarness(t, testPod("cache", "n1", "10.1.0.91"))
+	h.d = NewDetector(Config{Grace: grace, FailingGrace: failingGrace, Window: window, RepeatEvents: time.Hour, Clock: h.clock})
+	h.d.SetPod(h.pods["cache"], false)
+	failing := func() { h.fail("10.1.0.91") }
+	res := h.run(60*time.Second, 5*time.Second, failing)
+	h.expect(res, want{followed: 1, unobserved: 1})
+	h.issue("cache", "new")
+	res = h.run(20*time.Second, 5*time.Second, failing)
+	h.expect(res, want{followed: 1, unobserved: 1})
+	res = h.run(15*time.Second, 5*time.Second, failing)
+	h.expect(res, want{followed: 1, failing: 1})
+}
+
+func TestOptionsFailingGrace(t *testing.T) {
+	if err := DefaultOptions().Validate(); err != nil {
+		t.Fatalf("default options: %v", err)
+	}
+	if d := DefaultOptions(); d.FailingGrace <= 0 || d.FailingGrace >= d.Grace {
+		t.Errorf("default failing grace %s; want positive and below the grace %s", d.FailingGrace, d.Grace)
+	}
+	o := DefaultOptions()
+	o.FailingGrace = o.Grace + time.Second
+	if err := o.Validate(); err == nil || !strings.Contains(err.Error(), "failing grace") {
+		t.Errorf("a failing grace above the grace: %v; want an error naming it", err)
 	}
 }

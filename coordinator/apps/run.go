@@ -17,17 +17,20 @@ import (
 
 // Options are app detection's settings, from the coordinator's flags.
 type Options struct {
-	// Grace is the detector's (Config.Grace); Window too.
-	Grace, Window time.Duration
+	// Grace is the detector's (Config.Grace); FailingGrace and Window
+	// too.
+	Grace, FailingGrace, Window time.Duration
 	// Interval is how often every pod is judged and the result reported.
 	Interval time.Duration
 }
 
 // DefaultOptions: a grace past client-go's one-minute reload of a token
-// file; a window longer than the ten minutes an informer's watch may last
+// file; a failing grace of a few requests (client-go reads the file again
+// on a 401, so a reloading app fails for one request past the kubelet's
+// new token, not for a reload period); a window longer than the ten minutes an informer's watch may last
 // without a new request.
 func DefaultOptions() Options {
-	return Options{Grace: 2 * time.Minute, Window: 15 * time.Minute, Interval: 10 * time.Second}
+	return Options{Grace: 2 * time.Minute, FailingGrace: 30 * time.Second, Window: 15 * time.Minute, Interval: 10 * time.Second}
 }
 
 // Validate checks the options.
@@ -35,6 +38,9 @@ func (o Options) Validate() error {
 	var errs []error
 	if o.Grace <= time.Minute {
 		errs = append(errs, errors.New("the grace must be longer than client-go's one-minute reload of a token file"))
+	}
+	if o.FailingGrace < 0 || o.FailingGrace > o.Grace {
+		errs = append(errs, errors.New("the failing grace must be no longer than the grace (zero: the grace)"))
 	}
 	if o.Window <= o.Grace {
 		errs = append(errs, errors.New("the window must be longer than the grace"))
@@ -67,7 +73,7 @@ func Run(ctx context.Context, rc RunConfig) error {
 		return errNoClient
 	}
 	o := rc.Options
-	d := NewDetector(Config{Grace: o.Grace, Window: o.Window, RepeatEvents: time.Hour, Clock: rc.Clock})
+	d := NewDetector(Config{Grace: o.Grace, FailingGrace: o.FailingGrace, Window: o.Window, RepeatEvents: time.Hour, Clock: rc.Clock})
 	factory := informers.NewSharedInformerFactoryWithOptions(rc.Client, 0, informers.WithTransform(TrimPod))
 	inf := factory.Core().V1().Pods().Informer()
 	set := func(obj any) {

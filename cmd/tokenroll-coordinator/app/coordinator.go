@@ -91,9 +91,9 @@ type coordinatorOptions struct {
 	QPS   float32
 	Burst int
 	// AppDetection follows every pod and judges what audit events say of
-	// its app; AppStaleGrace and AppWindow tune it.
-	AppDetection             bool
-	AppStaleGrace, AppWindow time.Duration
+	// its app; AppStaleGrace, AppFailingGrace and AppWindow tune it.
+	AppDetection                              bool
+	AppStaleGrace, AppFailingGrace, AppWindow time.Duration
 	// PodName is this replica's Pod, which the leader labels for the
 	// audit webhook's Service.
 	PodName string
@@ -111,7 +111,7 @@ func newCoordinatorOptions() *coordinatorOptions {
 		DrainTimeout: 10 * time.Minute, ActionTimeout: 15 * time.Minute, VerifyTimeout: 5 * time.Minute, GateSettle: 2 * time.Minute,
 		TrustMargin: time.Hour, AgentWait: 15 * time.Minute, IssuerRefresh: time.Minute, Auto: true, QPS: 20, Burst: 40, RolloutHistory: coordinator.DefaultHistory,
 		KuredLock: coordinator.DefaultKuredLock.String(), AppDetection: true, RolloutPolicies: true,
-		AppStaleGrace: apps.DefaultOptions().Grace, AppWindow: apps.DefaultOptions().Window,
+		AppStaleGrace: apps.DefaultOptions().Grace, AppFailingGrace: apps.DefaultOptions().FailingGrace, AppWindow: apps.DefaultOptions().Window,
 		Audit: audit.NewOptions(), PodName: os.Getenv("POD_NAME"),
 	}
 }
@@ -143,7 +143,8 @@ func (o *coordinatorOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&o.RolloutHistory, "rollout-history", o.RolloutHistory, "Finished TokenRollouts kept as history; the oldest beyond it are deleted when a rollout starts.")
 	fs.BoolVar(&o.RolloutPolicies, "rollout-policies", o.RolloutPolicies, "Read the RolloutPolicy resources: the nodes each selects follow its maxUnavailable, deadlineMaxUnavailable, zones, windows, blockers, health gate, dry run and webhooks, and the coordinator writes each policy's status; the nodes no policy covers follow the flags. When their CRD is not installed, the coordinator says so (a log line and an Event), follows the flags, and reads the policies once the CRD appears. false: never read them.")
 	fs.BoolVar(&o.AppDetection, "app-detection", o.AppDetection, "Follow every pod (an informer on the leader) and, from the API server's audit events, report pods whose apps present a replaced token (app-stale) or fail to authenticate (app-failing).")
-	fs.DurationVar(&o.AppStaleGrace, "app-stale-grace", o.AppStaleGrace, "A pod is app-stale when its app presents a token this long after the kubelet replaced it, and app-failing when its requests fail authentication this long; must be longer than client-go's 1-minute reload of a token file.")
+	fs.DurationVar(&o.AppStaleGrace, "app-stale-grace", o.AppStaleGrace, "A pod is app-stale when its app presents a token this long after the kubelet replaced it; must be longer than client-go's 1-minute reload of a token file.")
+	fs.DurationVar(&o.AppFailingGrace, "app-failing-grace", o.AppFailingGrace, "A pod is app-failing when its requests go on failing authentication this long after the kubelet gave it a new token during the failures, with none succeeding (failures with the token it had when they began count only past --app-stale-grace); --strategy auto evicts it. client-go reads the token file again on a 401, so an app that reloads stops failing within a request. At most --app-stale-grace.")
 	fs.DurationVar(&o.AppWindow, "app-window", o.AppWindow, "A pod with no authenticated request in this window is unobserved (never counted healthy); app-stale and app-failing end when their evidence is this old. Longer than --app-stale-grace.")
 	fs.StringVar(&o.PodName, "pod-name", o.PodName, "This replica's Pod in --namespace (default $POD_NAME). With --audit-webhook-listen, the leader labels it "+coordinator.LabelAuditReceiver+"=true, which the audit webhook's Service selects, and a replica that does not lead answers the API servers' batches with 503 so they are sent again; empty: no label (one replica, or the webhook reached another way).")
 	fs.Float32Var(&o.QPS, "kube-api-qps", o.QPS, "Steady API requests per second the coordinator may make.")
@@ -188,6 +189,9 @@ func (o *coordinatorOptions) Validate() error {
 	if o.AppDetection {
 		if o.AppStaleGrace <= time.Minute {
 			errs = append(errs, fmt.Errorf("--app-stale-grace=%s must be longer than client-go's 1-minute reload of a token file, or an app that reloads looks stale", o.AppStaleGrace))
+		}
+		if o.AppFailingGrace <= 0 || o.AppFailingGrace > o.AppStaleGrace {
+			errs = append(errs, fmt.Errorf("--app-failing-grace=%s must be positive and at most --app-stale-grace=%s", o.AppFailingGrace, o.AppStaleGrace))
 		}
 		if o.AppWindow <= o.AppStaleGrace {
 			errs = append(errs, fmt.Errorf("--app-window=%s must be longer than --app-stale-grace=%s", o.AppWindow, o.AppStaleGrace))
@@ -299,7 +303,7 @@ func (o *coordinatorOptions) run(ctx context.Context, e cli.Env) error {
 	}
 	var appOpts *apps.Options
 	if o.AppDetection {
-		appOpts = &apps.Options{Grace: o.AppStaleGrace, Window: o.AppWindow, Interval: apps.DefaultOptions().Interval}
+		appOpts = &apps.Options{Grace: o.AppStaleGrace, FailingGrace: o.AppFailingGrace, Window: o.AppWindow, Interval: apps.DefaultOptions().Interval}
 	}
 	api, err := versioned.NewForConfig(cfg)
 	if err != nil {
