@@ -97,7 +97,7 @@ func TestSandboxAuto(t *testing.T) {
 		}
 	}
 	for _, want := range []string{"worker-1: acting (auto: kubelet-restart)", "worker-2: apps: kubelet-restart verified; watching its apps",
-		"worker-1: done: apps verified", "1 pods evicted"} {
+		"worker-1: done: apps verified", "1 pod evicted"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output does not show %q:\n%s", want, out)
 		}
