@@ -39,6 +39,8 @@ import (
 	"github.com/tokenroll/tokenroll/internal/cli"
 	"github.com/tokenroll/tokenroll/internal/issuer"
 	"github.com/tokenroll/tokenroll/metrics"
+	v1alpha1 "github.com/tokenroll/tokenroll/pkg/apis/tokenroll/v1alpha1"
+	"github.com/tokenroll/tokenroll/pkg/generated/clientset/versioned"
 	"github.com/tokenroll/tokenroll/protocol"
 	"github.com/tokenroll/tokenroll/sandbox/controlplane"
 )
@@ -46,7 +48,7 @@ import (
 // testEndToEnd runs what each component does under its own identity, the
 // RBAC and the admission policy as installed: the agent's real scan loop and
 // request handler (dry-run executor) on node A, and the coordinator's API
-// calls (leader election with client-go's LeaseLock, its state ConfigMap,
+// calls (leader election with client-go's LeaseLock, its TokenRollouts,
 // cordon, a request to the agent, a drain's pod listing and eviction, the
 // owner checks, Events on a Node, OIDC discovery).
 func testEndToEnd(ctx context.Context, t *testing.T, env *clusterEnv) {
@@ -91,28 +93,62 @@ func testEndToEnd(ctx context.Context, t *testing.T, env *clusterEnv) {
 		}
 	})
 
+	// The rollout record: a TokenRollout per rollout, whose status the
+	// coordinator writes through the status subresource; it creates the
+	// TokenRollout of a rollout it plans and deletes finished ones beyond
+	// its history. The ConfigMap of a coordinator from before is read once
+	// and deleted.
+	rollouts := versioned.NewForConfigOrDie(env.coordinatorCfg).TokenrollV1alpha1().TokenRollouts()
+	adminRollouts := versioned.NewForConfigOrDie(env.cp.AdminConfig()).TokenrollV1alpha1().TokenRollouts()
 	t.Run("coordinator-state", func(t *testing.T) {
-		cms := coord.CoreV1().ConfigMaps("tokenroll")
-		cm, err := cms.Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "tokenroll-rollout"}, Data: map[string]string{"state": "{}"}}, metav1.CreateOptions{})
+		var ro *v1alpha1.TokenRollout
+		err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+			// A CRD just applied is served a moment later: tried again.
+			var err error
+			ro, err = rollouts.Create(ctx, &v1alpha1.TokenRollout{ObjectMeta: metav1.ObjectMeta{Name: "deploy-test"}}, metav1.CreateOptions{})
+			if apierrors.IsForbidden(err) {
+				return false, err
+			}
+			return err == nil, nil
+		})
 		if err != nil {
-			t.Fatalf("creating the rollout state: %v", err)
+			t.Fatalf("creating a TokenRollout: %v", err)
 		}
-		cm.Data["state"] = `{"phase":"none"}`
-		if _, err := cms.Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
-			t.Errorf("updating the rollout state: %v", err)
+		ro.Status.Phase, ro.Status.StartTime = v1alpha1.PhaseRunning, &metav1.Time{Time: time.Now()}
+		if _, err := rollouts.UpdateStatus(ctx, ro, metav1.UpdateOptions{}); err != nil {
+			t.Errorf("writing a TokenRollout's status: %v", err)
 		}
-		if _, err := cms.Get(ctx, "tokenroll-rollout", metav1.GetOptions{}); err != nil {
-			t.Errorf("reading the rollout state: %v", err)
+		if _, err := rollouts.Get(ctx, ro.Name, metav1.GetOptions{}); err != nil {
+			t.Errorf("reading a TokenRollout: %v", err)
 		}
-		byName := metav1.ListOptions{FieldSelector: "metadata.name=tokenroll-rollout"}
-		if _, err := cms.List(ctx, byName); err != nil {
-			t.Errorf("listing the rollout state by name (its informer): %v", err)
+		if _, err := rollouts.List(ctx, metav1.ListOptions{}); err != nil {
+			t.Errorf("listing the TokenRollouts (its informer): %v", err)
 		}
-		w, err := cms.Watch(ctx, byName)
-		if err != nil {
-			t.Errorf("watching the rollout state by name (its informer): %v", err)
+		if w, err := rollouts.Watch(ctx, metav1.ListOptions{}); err != nil {
+			t.Errorf("watching the TokenRollouts (its informer): %v", err)
 		} else {
 			w.Stop()
+		}
+		spec := ro.DeepCopy()
+		spec.Spec.State = v1alpha1.StatePaused
+		_, err = rollouts.Update(ctx, spec, metav1.UpdateOptions{DryRun: []string{metav1.DryRunAll}})
+		if !apierrors.IsForbidden(err) {
+			t.Errorf("the coordinator changing a TokenRollout's spec: %v, want RBAC's refusal", err)
+		}
+		if err := rollouts.Delete(ctx, ro.Name, metav1.DeleteOptions{DryRun: []string{metav1.DryRunAll}}); err != nil {
+			t.Errorf("deleting a TokenRollout: %v", err)
+		}
+
+		cms := env.admin.CoreV1().ConfigMaps("tokenroll")
+		if _, err := cms.Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "tokenroll-rollout"}, Data: map[string]string{"state": "{}"}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		legacy := coord.CoreV1().ConfigMaps("tokenroll")
+		if _, err := legacy.Get(ctx, "tokenroll-rollout", metav1.GetOptions{}); err != nil {
+			t.Errorf("reading the ConfigMap of a coordinator from before: %v", err)
+		}
+		if err := legacy.Delete(ctx, "tokenroll-rollout", metav1.DeleteOptions{}); err != nil {
+			t.Errorf("deleting the ConfigMap of a coordinator from before: %v", err)
 		}
 	})
 
@@ -315,7 +351,7 @@ func testEndToEnd(ctx context.Context, t *testing.T, env *clusterEnv) {
 		if err := gate.Start(gctx, func() { changed <- struct{}{} }); err != nil {
 			t.Fatalf("the coordinator's identity cannot run the static-pods gate: %v", err)
 		}
-		if st := gate.State(); st.Open || !strings.Contains(st.Message, "no kube-apiserver mirror pods") || !strings.Contains(st.Message, "1 other pods labelled component=kube-apiserver ignored") {
+		if st := gate.State(); st.Open || !strings.Contains(st.Message, "no kube-apiserver mirror pods") || !strings.Contains(st.Message, "1 other pod labelled component=kube-apiserver ignored") {
 			t.Errorf("static-pods gate: %+v; want closed, no mirror pods, the forged one ignored", st)
 		}
 
@@ -351,12 +387,16 @@ func testEndToEnd(ctx context.Context, t *testing.T, env *clusterEnv) {
 			t.Fatal(err)
 		}
 		rec.Eventf(node, nil, corev1.EventTypeNormal, "Cordoned", "Cordon", "cordoned by the deploy test")
-		cm, err := env.admin.CoreV1().ConfigMaps("tokenroll").Get(ctx, "tokenroll-rollout", metav1.GetOptions{})
+		ro, err := adminRollouts.Get(ctx, "deploy-test", metav1.GetOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
-		rec.Eventf(cm, nil, corev1.EventTypeNormal, "RolloutPlanned", "Plan", "planned by the deploy test")
-		for ns, reason := range map[string]string{"default": "Cordoned", "tokenroll": "RolloutPlanned"} {
+		// As the coordinator refers to its rollout: cluster-scoped, so the
+		// Event is in namespace default.
+		rec.Eventf(&corev1.ObjectReference{Kind: "TokenRollout", Name: ro.Name, UID: ro.UID, APIVersion: v1alpha1.SchemeGroupVersion.String()},
+			nil, corev1.EventTypeNormal, "RolloutPlanned", "Plan", "planned by the deploy test")
+		for _, reason := range []string{"Cordoned", "RolloutPlanned"} {
+			const ns = "default"
 			err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
 				list, err := env.admin.EventsV1().Events(ns).List(ctx, metav1.ListOptions{})
 				return err == nil && slices.ContainsFunc(list.Items, func(e eventsv1.Event) bool { return e.Reason == reason }), err
@@ -372,10 +412,17 @@ func testEndToEnd(ctx context.Context, t *testing.T, env *clusterEnv) {
 	// state without one refused request.
 	t.Run("coordinator-command", func(t *testing.T) {
 		// What the steps above left would read as another rollout's.
-		if err := env.admin.CoreV1().ConfigMaps("tokenroll").Delete(ctx, "tokenroll-rollout", metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+		if err := adminRollouts.DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{}); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := env.admin.CoreV1().Nodes().Patch(ctx, nodeB, types.MergePatchType, annotationPatch(protocol.AnnotationNodeState, nil), metav1.PatchOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		// A person's request, which the coordinator answers in the status:
+		// a dry run, so nothing is cordoned.
+		request, err := adminRollouts.Create(ctx, &v1alpha1.TokenRollout{ObjectMeta: metav1.ObjectMeta{Name: "deploy-test-request"},
+			Spec: v1alpha1.TokenRolloutSpec{NodeNames: []string{nodeB}, DryRun: true}}, metav1.CreateOptions{})
+		if err != nil {
 			t.Fatal(err)
 		}
 		kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
@@ -399,7 +446,7 @@ func testEndToEnd(ctx context.Context, t *testing.T, env *clusterEnv) {
 		var logs syncBuffer
 		exit := make(chan int, 1)
 		go func() { exit <- cli.Execute(cctx, coordinatorapp.NewCommand(io.Discard, &logs), args) }()
-		err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		err = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
 			select {
 			case code := <-exit:
 				exit <- code
@@ -413,11 +460,11 @@ func testEndToEnd(ctx context.Context, t *testing.T, env *clusterEnv) {
 			if h := lease.Spec.HolderIdentity; h == nil || *h == "" {
 				return false, nil
 			}
-			_, err = env.admin.CoreV1().ConfigMaps("tokenroll").Get(ctx, "tokenroll-rollout", metav1.GetOptions{})
-			return err == nil, nil
+			ro, err := adminRollouts.Get(ctx, request.Name, metav1.GetOptions{})
+			return err == nil && ro.Status.Phase != "", nil
 		})
 		if err != nil {
-			t.Errorf("the coordinator did not take the Lease and write its state: %v", err)
+			t.Errorf("the coordinator did not take the Lease and write the status of the rollout asked for: %v", err)
 		}
 		// A few rounds of its loops.
 		time.Sleep(3 * time.Second)
