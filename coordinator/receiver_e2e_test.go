@@ -28,7 +28,9 @@ import (
 	"github.com/tokenroll/tokenroll/coordinator"
 	"github.com/tokenroll/tokenroll/coordinator/apps"
 	deployaudit "github.com/tokenroll/tokenroll/deploy/audit"
+	"github.com/tokenroll/tokenroll/pkg/generated/clientset/versioned"
 	"github.com/tokenroll/tokenroll/sandbox/controlplane"
+	"github.com/tokenroll/tokenroll/test/benchkit"
 )
 
 // servingCert makes a CA and a serving certificate for 127.0.0.1 signed by
@@ -122,6 +124,10 @@ func TestAuditWebhookReachesTheLeader(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	admin := kubernetes.NewForConfigOrDie(cp.AdminConfig())
+	api := versioned.NewForConfigOrDie(cp.AdminConfig())
+	if err := benchkit.InstallCRDs(ctx, cp.AdminConfig()); err != nil {
+		t.Fatal(err)
+	}
 	for _, n := range []string{ns, "team"} {
 		if err := cp.PrepareNamespace(ctx, n); err != nil {
 			t.Fatal(err)
@@ -146,7 +152,7 @@ func TestAuditWebhookReachesTheLeader(t *testing.T) {
 		o.WebhookListen, o.WebhookCert, o.WebhookKey, o.WebhookClientCA = "127.0.0.1:0", certFile, keyFile, clientCA
 		reg := prometheus.NewRegistry()
 		appOpts := apps.DefaultOptions()
-		c, err := coordinator.New(coordinator.Config{Client: admin, Namespace: ns, Gate: mustGate(t, ctx, coordinator.GateNone, admin),
+		c, err := coordinator.New(coordinator.Config{Client: admin, Rollouts: api, Namespace: ns, Gate: mustGate(t, ctx, coordinator.GateNone, admin),
 			Strategy: coordinator.KubeletRestart, MaxUnavailable: intstr.FromInt32(1), DrainTimeout: time.Minute, ActionTimeout: time.Minute,
 			VerifyTimeout: time.Minute, TrustMargin: time.Hour, IssuerRefresh: time.Second, Registry: reg, Log: log.Named(name),
 			Apps: &appOpts, PodName: name})
