@@ -340,8 +340,9 @@ func TestIssuerChangeKubeletRestart(t *testing.T) {
 	}
 }
 
-// waitEvents watches the Events in namespace default (where Node Events go)
-// until cond holds for the count of each reason, and returns the counts.
+// waitEvents watches the Events about Nodes in namespace default (where the
+// Events of every cluster-scoped object go, a TokenRollout's too) until cond
+// holds for the count of each reason, and returns the counts.
 func (e *env) waitEvents(cond func(reasons map[string]int) bool) map[string]int {
 	e.t.Helper()
 	ctx, cancel := context.WithTimeout(e.ctx, time.Minute)
@@ -356,7 +357,7 @@ func (e *env) waitEvents(cond func(reasons map[string]int) bool) map[string]int 
 		return reasons
 	}
 	_, err := watchtools.UntilWithSync(ctx, lw, &eventsv1.Event{}, nil, func(ev watch.Event) (bool, error) {
-		if o, ok := ev.Object.(*eventsv1.Event); ok && ev.Type != watch.Deleted {
+		if o, ok := ev.Object.(*eventsv1.Event); ok && ev.Type != watch.Deleted && o.Regarding.Kind == "Node" {
 			seen[o.UID] = o.Reason
 		}
 		return cond(count()), nil

@@ -12,6 +12,7 @@ import (
 
 	"github.com/tokenroll/tokenroll/coordinator"
 	"github.com/tokenroll/tokenroll/internal/apiretry"
+	"github.com/tokenroll/tokenroll/pkg/generated/clientset/versioned"
 	"github.com/tokenroll/tokenroll/sandbox/faultproxy"
 	"github.com/tokenroll/tokenroll/sandbox/fleet"
 )
@@ -64,9 +65,9 @@ func TestRolloutThroughAPIFaults(t *testing.T) {
 		// Later writes lose their answers now and then: a request, an
 		// uncordon, the rollout state.
 		faultproxy.Rule{Verb: "patch", Resource: "nodes", Fault: faultproxy.Hang, Skip: 1, Count: 2},
-		faultproxy.Rule{Verb: "update", Resource: "configmaps", Fault: faultproxy.Hang, Skip: 1, Count: 1},
+		faultproxy.Rule{Verb: "update", Resource: "tokenrollouts", Subresource: "status", Fault: faultproxy.Hang, Skip: 1, Count: 1},
 		faultproxy.Rule{Verb: "patch", Resource: "nodes", Fault: faultproxy.ServerError, Probability: 0.25},
-		faultproxy.Rule{Verb: "update", Resource: "configmaps", Fault: faultproxy.ServerError, Probability: 0.25},
+		faultproxy.Rule{Verb: "update", Resource: "tokenrollouts", Subresource: "status", Fault: faultproxy.ServerError, Probability: 0.25},
 		faultproxy.Rule{Verb: "get", Resource: "nodes", Fault: faultproxy.ServerError, Probability: 0.25})
 	if err != nil {
 		t.Fatal(err)
@@ -74,6 +75,7 @@ func TestRolloutThroughAPIFaults(t *testing.T) {
 	t.Cleanup(cp.Close)
 	e.startCoordinator("c1", nil, func(c *coordinator.Config) {
 		c.Client = kubernetes.NewForConfigOrDie(cp.Config(e.cp.AdminConfig()))
+		c.Rollouts = versioned.NewForConfigOrDie(cp.Config(e.cp.AdminConfig()))
 		c.WriteRetry = fastRetry()
 	})
 	e.waitObserved(oldIssuer)
