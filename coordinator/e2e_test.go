@@ -6,6 +6,7 @@ import (
 	"maps"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -732,5 +733,38 @@ func gatherGauge(t *testing.T, r *coordinatorRun, name, label, value string) flo
 		}
 	}
 	t.Fatalf("no %s{%s=%q}", name, label, value)
+	return 0
+}
+
+// syncRanOn is syncRan where no TokenRollout exists to carry a probe: it
+// returns once r has finished a sync begun after this call, counting r's
+// syncs. Syncs are serial, so the second to finish after the count was read
+// began after it; a label change on node makes each of the two happen.
+func (e *env) syncRanOn(r *coordinatorRun, node string) {
+	e.t.Helper()
+	base := syncCount(e.t, r)
+	for i := range uint64(2) {
+		e.label(node, map[string]string{"tokenroll.test/probe": strconv.FormatUint(i, 10)})
+		err := wait.PollUntilContextTimeout(e.ctx, 50*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
+			return syncCount(e.t, r) > base+i, nil
+		})
+		if err != nil {
+			e.t.Fatalf("waiting for a sync after relabelling node %s: %v", node, err)
+		}
+	}
+}
+
+// syncCount is how many syncs a coordinator replica has finished.
+func syncCount(t *testing.T, r *coordinatorRun) uint64 {
+	t.Helper()
+	mfs, err := r.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "tokenroll_plan_sync_duration_seconds" {
+			return mf.GetMetric()[0].GetHistogram().GetSampleCount()
+		}
+	}
 	return 0
 }

@@ -118,7 +118,7 @@ func TestOpenShiftTrustWindowNeedsNoWork(t *testing.T) {
 	e := startEnv(t, 3, nodes...)
 	dyn := e.startOpenShift(24*time.Hour, nil)
 	gate := e.openshiftGate(dyn)
-	e.startCoordinator("c1", gate, func(c *coordinator.Config) { c.AgentWait = time.Minute })
+	run := e.startCoordinator("c1", gate, func(c *coordinator.Config) { c.AgentWait = time.Minute })
 	e.waitObserved(oldIssuer)
 	if err := openshiftsim.SetIssuer(e.ctx, dyn, newIssuer); err != nil {
 		t.Fatal(err)
@@ -152,7 +152,7 @@ func TestOpenShiftTrustWindowNeedsNoWork(t *testing.T) {
 	}
 	// A rollout, had the coordinator planned one, is written by a sync
 	// after the reports above.
-	e.syncRan()
+	e.syncRanOn(run, nodes[0])
 	st, err := coordinator.Store{Client: e.api}.Get(context.Background())
 	if err != nil {
 		t.Fatal(err)

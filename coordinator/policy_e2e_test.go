@@ -22,11 +22,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/utils/clock"
@@ -51,6 +54,24 @@ func repoRoot() string {
 
 // installCRDs returns the tokenroll.io client: the env installed the CRDs.
 func (e *env) installCRDs() versioned.Interface { return e.api }
+
+// uninstallPolicyCRD deletes the RolloutPolicy CRD the env installed (the
+// TokenRollout one stays: the coordinator keeps its record there) and
+// waits until the API server no longer serves RolloutPolicies.
+func (e *env) uninstallPolicyCRD() {
+	e.t.Helper()
+	crds := dynamic.NewForConfigOrDie(e.cp.AdminConfig()).Resource(schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"})
+	if err := crds.Delete(e.ctx, "rolloutpolicies.tokenroll.io", metav1.DeleteOptions{}); err != nil {
+		e.t.Fatalf("deleting the RolloutPolicy CRD: %v", err)
+	}
+	err := wait.PollUntilContextTimeout(e.ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		_, err := e.api.TokenrollV1alpha1().RolloutPolicies().List(ctx, metav1.ListOptions{Limit: 1})
+		return apierrors.IsNotFound(err), nil
+	})
+	if err != nil {
+		e.t.Fatalf("waiting until the API server no longer serves RolloutPolicies: %v", err)
+	}
+}
 
 func (e *env) label(node string, labels map[string]string) {
 	e.t.Helper()
@@ -179,13 +200,14 @@ func (e *env) rollOutNewIssuer() coordinator.State {
 	})
 }
 
-// Without the CRDs (a cluster upgraded from the flags, or one that never
-// installed them), a coordinator reading RolloutPolicies, as it does by
+// Without the RolloutPolicy CRD (a cluster upgraded from the flags, or one that never
+// installed it), a coordinator reading RolloutPolicies, as it does by
 // default, says so once, in a Warning Event, and rolls out under its
 // flags: it neither waits for the policies nor fails.
 func TestPolicyCRDNotInstalledFollowsTheFlags(t *testing.T) {
 	nodes := []string{"n-1", "n-2"}
 	e := startEnv(t, 1, nodes...)
+	e.uninstallPolicyCRD()
 	e.policyCoordinator(versioned.NewForConfigOrDie(e.cp.AdminConfig()), nil)
 	st := e.rollOutNewIssuer()
 	if len(st.Rollout.Nodes) != 2 {
@@ -193,8 +215,9 @@ func TestPolicyCRDNotInstalledFollowsTheFlags(t *testing.T) {
 	}
 	var told []string
 	err := wait.PollUntilContextTimeout(e.ctx, 200*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
-		// A failed read is tried again, as a condition not met yet.
-		list, err := e.admin.EventsV1().Events(ns).List(ctx, metav1.ListOptions{})
+		// A failed read is tried again, as a condition not met yet. The
+		// Event is on a TokenRollout, cluster-scoped: it is in default.
+		list, err := e.admin.EventsV1().Events(metav1.NamespaceDefault).List(ctx, metav1.ListOptions{})
 		if err != nil {
 			return false, ctx.Err()
 		}
