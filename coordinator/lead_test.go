@@ -12,14 +12,14 @@ import (
 )
 
 // waitUntil waits for cond, looking again on every change of a Node, a
-// ConfigMap or an Event.
+// TokenRollout or an Event.
 func (f *fixture) waitUntil(what string, cond func() bool) {
 	f.t.Helper()
 	var ws []watch.Interface
 	for _, open := range []func() (watch.Interface, error){
 		func() (watch.Interface, error) { return f.client.CoreV1().Nodes().Watch(f.ctx, metav1.ListOptions{}) },
 		func() (watch.Interface, error) {
-			return f.client.CoreV1().ConfigMaps(testNS).Watch(f.ctx, metav1.ListOptions{})
+			return f.api.TokenrollV1alpha1().TokenRollouts().Watch(f.ctx, metav1.ListOptions{})
 		},
 		func() (watch.Interface, error) {
 			return f.client.EventsV1().Events("").Watch(f.ctx, metav1.ListOptions{})
