@@ -181,7 +181,7 @@ func (h *Handler) report(ctx context.Context, current string, s protocol.Status)
 	s.UpdatedAt = h.cfg.Clock.Now().UTC().Truncate(time.Second)
 	start := h.cfg.Clock.Now()
 	err := h.cfg.Reporter.Report(ctx, s)
-	h.steps.WithLabelValues(string(s.Action), "report").Observe(h.cfg.Clock.Since(start).Seconds())
+	h.steps.WithLabelValues(actionLabel(s.Action), "report").Observe(h.cfg.Clock.Since(start).Seconds())
 	if err != nil {
 		return fmt.Errorf("reporting %s of request %s: %w", s.Phase, s.ID, err)
 	}
@@ -315,9 +315,20 @@ func (h *Handler) refuse(ctx context.Context, status string, req protocol.Reques
 	if cur, err := protocol.ParseStatus(status); err == nil && cur.ID == req.ID && cur.Phase == protocol.PhaseRefused && cur.Message == why {
 		return nil
 	}
-	h.actions.WithLabelValues(string(req.Action), string(protocol.PhaseRefused)).Inc()
+	h.actions.WithLabelValues(actionLabel(req.Action), string(protocol.PhaseRefused)).Inc()
 	h.cfg.Log.Warn("refusing request", zap.String("request", req.ID), zap.String("reason", why))
 	return h.report(ctx, status, protocol.Status{ID: req.ID, Action: req.Action, Phase: protocol.PhaseRefused, Message: why})
+}
+
+// actionLabel is the metric label of a request's action: a malformed
+// request's action is whatever string the annotation held, and a label
+// taken from it would let any writer of the annotation add series without
+// bound.
+func actionLabel(a protocol.Action) string {
+	if !a.Valid() {
+		return "invalid"
+	}
+	return string(a)
 }
 
 // fromNodeStatus reads the Node's status of req as a record, for when the

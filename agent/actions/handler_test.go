@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/zap/zaptest"
 	clocktesting "k8s.io/utils/clock/testing"
@@ -305,6 +306,16 @@ func TestRefusals(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(h.actions.WithLabelValues("reboot", "refused")); got != 2 {
 		t.Errorf("refused reboots counted %v, want 2", got)
+	}
+	// A malformed action is counted, but never becomes a label of its own:
+	// whoever writes the annotation must not be able to add series.
+	if got := testutil.ToFloat64(h.actions.WithLabelValues("invalid", "refused")); got != 2 {
+		t.Errorf("refused malformed requests counted %v, want 2 (no JSON, format-disk)", got)
+	}
+	for _, vec := range []*prometheus.MetricVec{h.actions.MetricVec, h.steps.MetricVec} {
+		if vec.DeleteLabelValues("format-disk", "refused") || vec.DeleteLabelValues("format-disk", "report") {
+			t.Errorf("a series labelled with the request's malformed action")
+		}
 	}
 }
 
