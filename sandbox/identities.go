@@ -52,7 +52,6 @@ func rbacObjects() []runtime.Object {
 	roleRef := func(kind, name string) rbacv1.RoleRef {
 		return rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: kind, Name: name}
 	}
-	events := rule([]string{"events.k8s.io"}, []string{"events"}, []string{"create", "patch"})
 	return []runtime.Object{
 		&rbacv1.ClusterRoleBinding{
 			ObjectMeta: meta("tokenroll-sandbox-node-issuer-discovery", ""),
@@ -63,7 +62,9 @@ func rbacObjects() []runtime.Object {
 			rule(core, []string{"nodes"}, []string{"get", "list", "watch", "patch"}),
 			rule(core, []string{"pods"}, readOnly),
 			rule(core, []string{"pods/eviction"}, []string{"create"}),
-			events, // app detection's Events on Pods, in their namespaces
+			// Events in every namespace: app detection's on Pods, the node
+			// protocol's on Nodes (recorded in "default"), the rollout's.
+			rule([]string{"events.k8s.io"}, []string{"events"}, []string{"create", "patch"}),
 			rule([]string{"apps"}, []string{"daemonsets", "replicasets", "statefulsets"}, getOnly),
 			rule([]string{"operator.openshift.io"}, []string{"kubeapiservers"}, readOnly),
 			rule([]string{"config.openshift.io"}, []string{"authentications"}, readOnly),
@@ -86,13 +87,8 @@ func rbacObjects() []runtime.Object {
 			rule(core, []string{"configmaps"}, []string{"create"}),
 			rule(core, []string{"configmaps"}, []string{"get", "delete"}, "tokenroll-rollout"), // the one-time migration to TokenRollouts
 			rule(core, []string{"configmaps"}, []string{"update"}, "tokenroll-apps"),
-			events,
 		}},
 		&rbacv1.RoleBinding{ObjectMeta: meta(CoordinatorUser, Namespace), RoleRef: roleRef("Role", CoordinatorUser), Subjects: subject},
-		// Events about Nodes (cluster-scoped) are recorded in "default".
-		&rbacv1.Role{ObjectMeta: meta(CoordinatorUser+"-node-events", metav1.NamespaceDefault), Rules: []rbacv1.PolicyRule{events}},
-		&rbacv1.RoleBinding{ObjectMeta: meta(CoordinatorUser+"-node-events", metav1.NamespaceDefault),
-			RoleRef: roleRef("Role", CoordinatorUser+"-node-events"), Subjects: subject},
 		// The static-pods gate: which API servers back the kubernetes Service.
 		&rbacv1.Role{ObjectMeta: meta(CoordinatorUser+"-apiserver-endpoints", metav1.NamespaceDefault), Rules: []rbacv1.PolicyRule{
 			rule([]string{"discovery.k8s.io"}, []string{"endpointslices"}, []string{"list", "watch"}),

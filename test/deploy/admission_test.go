@@ -548,17 +548,63 @@ func policyIdentities(t testing.TB, objs []*unstructured.Unstructured) map[strin
 
 var saUser = regexp.MustCompile(`system:serviceaccount:[a-z0-9.-]*:[a-z0-9.-]*`)
 
+// elsewhere is every rendering, and each kustomization after a namespace
+// change (`kustomize edit set namespace`), and the chart in another
+// namespace under another release name.
+func elsewhere(t testing.TB) []rendering {
+	all := slices.Clone(renderings)
+	for _, dir := range []string{"base", "overlays/kubeadm", "overlays/openshift"} {
+		all = append(all, renamedKustomize(t, dir, "tokenroll-renamed"))
+	}
+	return append(all, rendering{name: "helm-elsewhere", args: []string{"helm", "deploy/helm/tokenroll", "--namespace", "ops", "--release", "roll"}, namespace: "ops", release: "roll"})
+}
+
+// TestRolesOutsideTheNamespace: wherever tokenroll is installed, the two
+// Roles it needs elsewhere stay where what they grant is (the kubernetes
+// Service's EndpointSlices in "default", kured's DaemonSet in
+// "kube-system"), and every binding names tokenroll's service accounts in
+// the namespace they now live in. A namespace transformer moves every
+// object it sees; the kustomizations put these back.
+func TestRolesOutsideTheNamespace(t *testing.T) {
+	for _, r := range elsewhere(t) {
+		t.Run(r.name, func(t *testing.T) {
+			fixed := map[string]string{"-coordinator-apiserver-endpoints": "default", "-coordinator-kured-lock": "kube-system"}
+			found := 0
+			for _, o := range render(t, r) {
+				switch o.GetKind() {
+				case "Role", "RoleBinding", "ClusterRoleBinding":
+				default:
+					continue
+				}
+				for suffix, ns := range fixed {
+					if strings.HasSuffix(o.GetName(), suffix) {
+						found++
+						if o.GetNamespace() != ns {
+							t.Errorf("%s %s is in namespace %q, want %q", o.GetKind(), o.GetName(), o.GetNamespace(), ns)
+						}
+					}
+				}
+				subjects, _, _ := unstructured.NestedSlice(o.Object, "subjects")
+				for _, s := range subjects {
+					s, _ := s.(map[string]any)
+					if s["kind"] == "ServiceAccount" && s["namespace"] != r.namespace {
+						t.Errorf("%s %s/%s binds service account %v in namespace %v, want %q", o.GetKind(), o.GetNamespace(), o.GetName(), s["name"], s["namespace"], r.namespace)
+					}
+				}
+			}
+			if found != 2*len(fixed) {
+				t.Errorf("found %d Roles and RoleBindings outside the namespace, want %d", found, 2*len(fixed))
+			}
+		})
+	}
+}
+
 // TestPolicyIdentities: in every rendering, and after a namespace change in
 // each kustomization (`kustomize edit set namespace`) or another Helm
 // namespace and release, the policies name exactly the agent's and the
 // coordinator's service accounts as rendered.
 func TestPolicyIdentities(t *testing.T) {
-	all := slices.Clone(renderings)
-	for _, dir := range []string{"base", "overlays/kubeadm", "overlays/openshift"} {
-		all = append(all, renamedKustomize(t, dir, "tokenroll-renamed"))
-	}
-	all = append(all, rendering{name: "helm-elsewhere", args: []string{"helm", "deploy/helm/tokenroll", "--namespace", "ops", "--release", "roll"}, namespace: "ops", release: "roll"})
-	for _, r := range all {
+	for _, r := range elsewhere(t) {
 		t.Run(r.name, func(t *testing.T) {
 			objs := render(t, r)
 			ds, dep := workloads(t, r)
