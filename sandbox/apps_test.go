@@ -11,9 +11,13 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	k8stypes "k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/rest"
+
+	"github.com/tokenroll/tokenroll/sandbox/kubeletsim"
 )
 
 func TestParseApps(t *testing.T) {
@@ -186,5 +190,19 @@ func TestOldFakeRuntimeIsRefused(t *testing.T) {
 	}
 	if err := checkRuntimeGivesPodIPs(context.Background(), current); err != nil {
 		t.Errorf("current fake-runtime: %v", err)
+	}
+}
+
+// A --kubelet=sim node restarts as the real kubelet does: refused, then
+// initializing, before its tokens are rewritten. The conformance test
+// checks that kubeletsim's gap is the real one; this, that the sandbox's
+// simulated nodes have it.
+func TestSimNodesHaveTheRealRestartGap(t *testing.T) {
+	cfg := simNodeConfig("worker-2", t.TempDir(), &rest.Config{Host: "https://127.0.0.1:1"}, 2, zap.NewNop(), nil)
+	if cfg.RestartGap != kubeletsim.RealRestartGap || cfg.RestartGap.Refused <= 0 {
+		t.Errorf("restart gap %+v, want the real kubelet's %+v", cfg.RestartGap, kubeletsim.RealRestartGap)
+	}
+	if cfg.PodIPs != podIPRange(2) || cfg.Name != "worker-2" {
+		t.Errorf("node %s with pod IPs %s, want worker-2 with %s", cfg.Name, cfg.PodIPs, podIPRange(2))
 	}
 }

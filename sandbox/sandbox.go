@@ -29,6 +29,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 
 	deployaudit "github.com/tokenroll/tokenroll/deploy/audit"
@@ -133,6 +134,16 @@ const PodsPerNode = 3
 // (from 1) get their IPs from, as a cluster's network plugin gives each
 // node a pod CIDR: 127.1.1.0/24 for worker-1. The control plane listens on
 // 127.0.0.1, outside every range.
+// simNodeConfig is a --kubelet=sim node's: it restarts with the real
+// kubelet's restart gap, so that the agents and the coordinator meet the
+// same refused and initializing Pods API there as on a real kubelet.
+func simNodeConfig(name, root string, rc *rest.Config, i int, log *zap.Logger, observe func(kubeletsim.Event)) kubeletsim.Config {
+	return kubeletsim.Config{
+		Name: name, Root: root, RESTConfig: rc, PodIPs: podIPRange(i),
+		Logger: log.Named("kubeletsim"), Observer: observe, RestartGap: kubeletsim.RealRestartGap,
+	}
+}
+
 func podIPRange(i int) netip.Prefix {
 	return netip.PrefixFrom(netip.AddrFrom4([4]byte{127, byte(1 + i/256), byte(i % 256), 0}), 24)
 }
@@ -295,10 +306,7 @@ func Start(ctx context.Context, cfg Config) (_ *Sandbox, err error) {
 			s.Nodes = append(s.Nodes, n)
 			continue
 		}
-		n, err := kubeletsim.New(kubeletsim.Config{
-			Name: name, Root: root, RESTConfig: rc, PodIPs: podIPRange(i),
-			Logger: log.Named("kubeletsim"), Observer: s.observe,
-		})
+		n, err := kubeletsim.New(simNodeConfig(name, root, rc, i, log, s.observe))
 		if err != nil {
 			return nil, err
 		}
