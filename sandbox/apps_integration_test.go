@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -15,28 +14,11 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/tokenroll/tokenroll/internal/issuer"
+	"github.com/tokenroll/tokenroll/internal/logging/logtest"
 	"github.com/tokenroll/tokenroll/sandbox/controlplane"
 	"github.com/tokenroll/tokenroll/sandbox/kubeletsim"
 	"github.com/tokenroll/tokenroll/sandbox/openshiftsim"
 )
-
-// syncBuffer is a log sink tests read while the sandbox writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // The apps against a real API server, on one simulated node: each sends
 // from its pod's IP; once the old issuer is dropped every app gets 401s;
@@ -54,7 +36,7 @@ func TestAppsAfterAnIssuerChange(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	const oldIssuer, newIssuer = "https://old.test", "https://new.test"
-	var logs syncBuffer
+	var logs logtest.Buffer
 	log := zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.AddSync(&logs), zap.DebugLevel))
 	sb, err := Start(ctx, Config{Dir: t.TempDir(), Nodes: 2, APIServers: 1, Issuer: oldIssuer, Kubelet: KubeletSim,
 		Apps: []AppKind{AppReloading, AppCaching}, Log: log})

@@ -17,6 +17,8 @@ import (
 	"github.com/prometheus/common/model"
 	"go.yaml.in/yaml/v3"
 	clocktesting "k8s.io/utils/clock/testing"
+
+	"github.com/tokenroll/tokenroll/internal/logging/logtest"
 )
 
 // The shipped rules, rewritten for the sandbox, differ from the original
@@ -160,7 +162,7 @@ func TestAlertWatcher(t *testing.T) {
 	f := &fakeAlerts{hits: make(chan struct{}, 1)}
 	srv := httptest.NewServer(f)
 	defer srv.Close()
-	var out syncBuffer
+	var out logtest.Buffer
 	clk := clocktesting.NewFakeClock(time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC))
 	a := newAlertWatcher(clk, func() string { return srv.URL }, &printer{w: &out, start: time.Now()})
 	ctx := context.Background()
@@ -223,7 +225,7 @@ func TestAlertWatcherPollsOnTicks(t *testing.T) {
 	srv := httptest.NewServer(f)
 	defer srv.Close()
 	clk := clocktesting.NewFakeClock(time.Now())
-	a := newAlertWatcher(clk, func() string { return srv.URL }, &printer{w: &syncBuffer{}, start: time.Now()})
+	a := newAlertWatcher(clk, func() string { return srv.URL }, &printer{w: &logtest.Buffer{}, start: time.Now()})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); a.run(ctx) }()

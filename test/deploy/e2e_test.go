@@ -1,7 +1,6 @@
 package deploy_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -12,7 +11,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -38,6 +36,7 @@ import (
 	"github.com/tokenroll/tokenroll/coordinator"
 	"github.com/tokenroll/tokenroll/internal/cli"
 	"github.com/tokenroll/tokenroll/internal/issuer"
+	"github.com/tokenroll/tokenroll/internal/logging/logtest"
 	"github.com/tokenroll/tokenroll/metrics"
 	v1alpha1 "github.com/tokenroll/tokenroll/pkg/apis/tokenroll/v1alpha1"
 	"github.com/tokenroll/tokenroll/pkg/generated/clientset/versioned"
@@ -443,7 +442,7 @@ func testEndToEnd(ctx context.Context, t *testing.T, env *clusterEnv) {
 		args = append(args, "--kubeconfig="+kubeconfig)
 		cctx, ccancel := context.WithCancel(ctx)
 		defer ccancel()
-		var logs syncBuffer
+		var logs logtest.Buffer
 		exit := make(chan int, 1)
 		go func() { exit <- cli.Execute(cctx, coordinatorapp.NewCommand(io.Discard, &logs), args) }()
 		err = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
@@ -493,24 +492,6 @@ func testEndToEnd(ctx context.Context, t *testing.T, env *clusterEnv) {
 			}
 		}
 	})
-}
-
-// syncBuffer is a bytes.Buffer safe for one writer and one reader.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // scrape is the registry's /metrics output.

@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -15,6 +14,7 @@ import (
 	sandboxapp "github.com/tokenroll/tokenroll/cmd/tokenroll-sandbox/app"
 	"github.com/tokenroll/tokenroll/coordinator"
 	"github.com/tokenroll/tokenroll/internal/cli"
+	"github.com/tokenroll/tokenroll/internal/logging/logtest"
 	"github.com/tokenroll/tokenroll/protocol"
 	"github.com/tokenroll/tokenroll/sandbox"
 	"github.com/tokenroll/tokenroll/sandbox/controlplane"
@@ -69,25 +69,6 @@ func programDir(t *testing.T) string {
 	return dir
 }
 
-// syncBuffer is the scenario's output, written by its printer and read
-// once the run is over.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // The OpenShift documentation's procedure on two nodes running the real
 // kubelet code, once per strategy the procedure names, each on a cluster of
 // its own, side by side: the administrator changes the issuer with no trust
@@ -132,7 +113,7 @@ func TestProcedureOnRealKubelets(t *testing.T) {
 				}
 				_ = os.RemoveAll(dir)
 			})
-			var out syncBuffer
+			var out logtest.Buffer
 			start := time.Now()
 			sum, err := sandbox.Run(ctx, sandbox.Options{
 				Dir: dir, Nodes: nodes, APIServers: 1, Issuer: controlplane.DefaultIssuer, NewIssuer: newIssuer,
