@@ -81,7 +81,13 @@ func TestAgentFollowsThePublishedIssuer(t *testing.T) {
 		_ = coordinator.RunElected(ctx, coordinator.LeaderConfig{Client: client, Namespace: ns, LeaseName: leaseName, Identity: "replica-1",
 			LeaseDuration: 4 * time.Second, RenewDeadline: 3 * time.Second, RetryPeriod: 500 * time.Millisecond, Log: log.Named("leader")}, co.Lead)
 	}()
-	defer func() { cancel(); <-coordDone; <-agentDone }()
+	defer func() {
+		cancel()
+		<-coordDone
+		if err := <-agentDone; err != nil {
+			t.Errorf("agent: %v", err)
+		}
+	}()
 	waitPublished(t, ctx, c.Admin, oldIssuer)
 
 	// The API server signs with a new issuer; the coordinator reads it in
