@@ -161,9 +161,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		go func() { defer close(watched); a.watchPublished(watchCtx) }()
 		defer func() { stopWatch(); <-watched }()
 	} else {
-		a.mu.Lock()
-		a.announce(true)
-		a.mu.Unlock()
+		a.cfg.Log.Info("no namespace to watch for the coordinator's published issuer (--coordinator-namespace); reading OIDC discovery every --issuer-refresh-interval",
+			zap.Duration("interval", a.cfg.IssuerRefresh))
 	}
 	scanTick := a.cfg.Clock.NewTicker(a.cfg.Interval)
 	defer scanTick.Stop()
