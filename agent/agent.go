@@ -2,7 +2,9 @@
 // service-account token on its node by the kubelet's rotation rules
 // (agent/scan), exports the result as metrics, and keeps the Node condition
 // ServiceAccountTokensStale current. A scan makes no API request; the
-// expected issuer is read from OIDC discovery on a slow timer of its own.
+// expected issuer comes from a watch on the ConfigMap the coordinator
+// publishes it in, or, while none is published, from OIDC discovery on a
+// slow timer of its own.
 package agent
 
 import (
@@ -25,7 +27,6 @@ import (
 	"github.com/tokenroll/tokenroll/agent/nodeclient"
 	"github.com/tokenroll/tokenroll/agent/podsapi"
 	"github.com/tokenroll/tokenroll/agent/scan"
-	"github.com/tokenroll/tokenroll/internal/issuer"
 	"github.com/tokenroll/tokenroll/protocol"
 )
 
@@ -39,8 +40,16 @@ type Config struct {
 	// client of the API server will do, the path is absolute.
 	Discovery rest.Interface
 	// Interval between scans, Grace past refreshAt before overdue, and
-	// IssuerRefresh between OIDC discovery reads.
+	// IssuerRefresh between OIDC discovery reads while no issuer is
+	// published (and, while one is, the least time between two reads a
+	// token of an unexpected issuer asks for).
 	Interval, Grace, IssuerRefresh time.Duration
+	// Published, when set, lists and watches the ConfigMap
+	// protocol.IssuerConfigMapName of PublishedNamespace, in which the
+	// coordinator's leader publishes the issuer: while it holds a valid
+	// one, OIDC discovery is not read on a timer. Nil: discovery alone.
+	Published          nodeclient.ConfigMaps
+	PublishedNamespace string
 	// MaxTokenSeries caps per-token metric series.
 	MaxTokenSeries int
 	Registry       prometheus.Registerer
@@ -59,9 +68,13 @@ type Agent struct {
 	scanner *scan.Scanner
 	socket  string
 
-	mu        sync.Mutex
-	issuer    string
-	podsReply protocol.PodsAPI // the last answer; logged on change
+	mu     sync.Mutex
+	issuer string
+	// src is where issuer comes from (issuer.go); publishedChanged says
+	// the published ConfigMap's cache changed.
+	src              issuerSource
+	publishedChanged chan struct{}
+	podsReply        protocol.PodsAPI // the last answer; logged on change
 	// podsListed: the Pods API has listed the pods once.
 	podsListed bool
 	applied    *condition
@@ -102,6 +115,9 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.Client == nil || cfg.Discovery == nil {
 		errs = append(errs, errors.New("agent: no API client for Nodes or for OIDC discovery"))
 	}
+	if cfg.Published != nil && cfg.PublishedNamespace == "" {
+		errs = append(errs, errors.New("agent: a client for the published issuer, and no namespace to read it in"))
+	}
 	if cfg.Interval <= 0 || cfg.IssuerRefresh <= 0 || cfg.Grace < 0 {
 		errs = append(errs, fmt.Errorf("agent: interval %s and issuer refresh %s must be positive, grace %s not negative", cfg.Interval, cfg.IssuerRefresh, cfg.Grace))
 	}
@@ -118,27 +134,36 @@ func New(cfg Config) (*Agent, error) {
 		cfg.Registry = prometheus.NewRegistry()
 	}
 	return &Agent{
-		cfg:         cfg,
-		metrics:     newAgentMetrics(cfg.Registry, cfg.MaxTokenSeries, cfg.MaxTokenSeriesPerNamespace),
-		scanner:     scan.NewScanner(),
-		socket:      podsapi.SocketPath(cfg.KubeletRoot),
-		scannedOnce: make(chan struct{}),
-		rescan:      make(chan struct{}, 1),
-		nodeChanged: make(chan struct{}, 1),
-		started:     cfg.Clock.Now(),
+		cfg:              cfg,
+		metrics:          newAgentMetrics(cfg.Registry, cfg.MaxTokenSeries, cfg.MaxTokenSeriesPerNamespace),
+		scanner:          scan.NewScanner(),
+		socket:           podsapi.SocketPath(cfg.KubeletRoot),
+		scannedOnce:      make(chan struct{}),
+		rescan:           make(chan struct{}, 1),
+		nodeChanged:      make(chan struct{}, 1),
+		publishedChanged: make(chan struct{}, 1),
+		started:          cfg.Clock.Now(),
 	}, nil
 }
 
 // Scanned is closed after the first successful scan (readiness).
 func (a *Agent) Scanned() <-chan struct{} { return a.scannedOnce }
 
-// Run scans every interval and refreshes the issuer on its own timer until
-// ctx ends.
+// Run scans every interval and follows the issuer until ctx ends.
 func (a *Agent) Run(ctx context.Context) error {
 	if err := a.loadCondition(ctx); err != nil {
 		a.cfg.Log.Warn("reading this node's current condition; will write it after the first scan", zap.Error(err))
 	}
-	a.refreshIssuer(ctx)
+	a.readIssuer(ctx, readStart)
+	if a.cfg.Published != nil {
+		watchCtx, stopWatch := context.WithCancel(ctx)
+		watched := make(chan struct{})
+		go func() { defer close(watched); a.watchPublished(watchCtx) }()
+		defer func() { stopWatch(); <-watched }()
+	} else {
+		a.cfg.Log.Info("no namespace to watch for the coordinator's published issuer (--coordinator-namespace); reading OIDC discovery every --issuer-refresh-interval",
+			zap.Duration("interval", a.cfg.IssuerRefresh))
+	}
 	scanTick := a.cfg.Clock.NewTicker(a.cfg.Interval)
 	defer scanTick.Stop()
 	issuerTick := a.cfg.Clock.NewTicker(a.cfg.IssuerRefresh)
@@ -149,11 +174,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-issuerTick.C():
-			a.refreshIssuer(ctx)
+			a.issuerTick(ctx)
+		case <-a.publishedChanged:
+			a.applyPublished()
 		case <-scanTick.C():
 			a.ScanOnce(ctx)
 		case <-a.rescan:
-			a.refreshIssuer(ctx)
+			a.rescanIssuer(ctx)
 			a.ScanOnce(ctx)
 		case <-a.nodeChanged:
 			a.repair(ctx)
@@ -239,33 +266,16 @@ func (a *Agent) noteWritten(n *corev1.Node) {
 	}
 }
 
-// Rescan asks for a scan now, with the issuer read again: after the agent
-// carried out a request, so the coordinator sees its effect without waiting
-// for the next interval. It never blocks; requests made while one is pending
-// are merged.
+// Rescan asks for a scan now, with OIDC discovery read again unless a
+// published issuer is followed (its watch already brings every change):
+// after the agent carried out a request, so the coordinator sees its effect
+// without waiting for the next interval. It never blocks; requests made
+// while one is pending are merged.
 func (a *Agent) Rescan() {
 	select {
 	case a.rescan <- struct{}{}:
 	default:
 	}
-}
-
-// refreshIssuer reads OIDC discovery; on failure the last known issuer
-// stays in force.
-func (a *Agent) refreshIssuer(ctx context.Context) {
-	iss, err := issuer.Discover(ctx, a.cfg.Discovery)
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if err != nil {
-		a.metrics.scanErrors.WithLabelValues("issuer_discovery").Inc()
-		a.cfg.Log.Warn("reading the API server's issuer; keeping the last known one", zap.String("lastKnown", a.issuer), zap.Error(err))
-		return
-	}
-	if iss != a.issuer {
-		a.cfg.Log.Info("expected issuer", zap.String("issuer", iss), zap.String("previous", a.issuer))
-	}
-	a.issuer = iss
-	a.metrics.issuerKnown.Set(1)
 }
 
 // ScanOnce scans, updates the metrics and, when it changed, the Node
@@ -299,6 +309,7 @@ func (a *Agent) ScanOnce(ctx context.Context) *scan.Report {
 	a.writeCondition(ctx, want)
 	a.writeReport(ctx, wantReport)
 	a.closeOnce.Do(func() { close(a.scannedOnce) })
+	a.checkUnexpected(ctx, report, expected)
 	return report
 }
 

@@ -89,7 +89,7 @@ func TestAgentReportsThroughAnIssuerChange(t *testing.T) {
 	if err := a.loadCondition(ctx); err != nil {
 		t.Fatal(err)
 	}
-	a.refreshIssuer(ctx)
+	a.readIssuer(ctx, readStart)
 	if r := a.ScanOnce(ctx); r == nil || r.Summary[protocol.StateFresh] != 3 {
 		t.Fatalf("first scan: %+v", r)
 	}
@@ -111,7 +111,7 @@ func TestAgentReportsThroughAnIssuerChange(t *testing.T) {
 	if err := c.CP.RestartAPIServer(ctx, 0, []string{newIss, oldIss}); err != nil {
 		t.Fatal(err)
 	}
-	a.refreshIssuer(ctx)
+	a.readIssuer(ctx, readStart)
 	r := a.ScanOnce(ctx)
 	if r.Summary[protocol.StateIssuerMismatch] != 3 {
 		t.Fatalf("after the change: %+v", r.Summary)

@@ -61,6 +61,8 @@ type agentMetrics struct {
 	lastScan        prometheus.Gauge
 	seriesDropped   *prometheus.CounterVec
 	issuerKnown     prometheus.Gauge
+	issuerSource    *prometheus.GaugeVec
+	discoveryReads  *prometheus.CounterVec
 	conditionWrites prometheus.Counter
 	reportWrites    prometheus.Counter
 }
@@ -82,7 +84,7 @@ func newAgentMetrics(reg prometheus.Registerer, maxSeries, maxPerNamespace int) 
 		}),
 		scanErrors: f.NewCounterVec(prometheus.CounterOpts{
 			Namespace: metrics.Namespace, Name: "scan_errors_total",
-			Help: "Scan problems by kind: root (the scan failed), directory (part of the root unreadable), pods_api, issuer_discovery, node_condition.",
+			Help: "Scan problems by kind: root (the scan failed), directory (part of the root unreadable), pods_api, issuer_discovery, issuer_published (the coordinator's published issuer invalid, or not allowed to watch it), node_condition, node_annotation.",
 		}, []string{"kind"}),
 		lastScan: f.NewGauge(prometheus.GaugeOpts{
 			Namespace: metrics.Namespace, Name: "last_scan_timestamp_seconds",
@@ -94,8 +96,16 @@ func newAgentMetrics(reg prometheus.Registerer, maxSeries, maxPerNamespace int) 
 		}, []string{"reason"}),
 		issuerKnown: f.NewGauge(prometheus.GaugeOpts{
 			Namespace: metrics.Namespace, Name: "expected_issuer_known",
-			Help: "1 when the API server's issuer is known (tokens are checked against it), 0 when discovery has not answered yet.",
+			Help: "1 when the API server's issuer is known (tokens are checked against it), 0 when neither OIDC discovery nor the coordinator's published issuer has given it yet.",
 		}),
+		issuerSource: f.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: metrics.Namespace, Name: "expected_issuer_source",
+			Help: "1 for where the expected issuer in force came from: published (the coordinator's ConfigMap, watched) or discovery (OIDC discovery, read); 0 for the other.",
+		}, []string{"source"}),
+		discoveryReads: f.NewCounterVec(prometheus.CounterOpts{
+			Namespace: metrics.Namespace, Name: "issuer_discovery_reads_total",
+			Help: "Reads of the API server's OIDC discovery document by reason: start, interval (no issuer published), rescan (after a request, no issuer published), unexpected_issuer (a new token of another issuer than the published one).",
+		}, []string{"reason"}),
 		conditionWrites: f.NewCounter(prometheus.CounterOpts{
 			Namespace: metrics.Namespace, Name: "node_condition_updates_total",
 			Help: "Writes of the ServiceAccountTokensStale condition to the Node (only on change).",
@@ -105,8 +115,14 @@ func newAgentMetrics(reg prometheus.Registerer, maxSeries, maxPerNamespace int) 
 			Help: "Writes of the tokenroll.io/tokens annotation (the coordinator's summary) to the Node (only on change).",
 		}),
 	}
-	for _, kind := range []string{"root", "directory", "pods_api", "issuer_discovery", "node_condition", "node_annotation"} {
+	for _, kind := range []string{"root", "directory", "pods_api", "issuer_discovery", "issuer_published", "node_condition", "node_annotation"} {
 		m.scanErrors.WithLabelValues(kind)
+	}
+	for _, source := range []string{sourcePublished, sourceDiscovery} {
+		m.issuerSource.WithLabelValues(source)
+	}
+	for _, reason := range []string{readStart, readInterval, readRescan, readUnexpected} {
+		m.discoveryReads.WithLabelValues(reason)
 	}
 	for _, reason := range []string{droppedTotal, droppedPerNamespace} {
 		m.seriesDropped.WithLabelValues(reason)

@@ -114,7 +114,7 @@ func TestMetricsExposition(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	a.refreshIssuer(ctx)
+	a.readIssuer(ctx, readStart)
 	r := a.ScanOnce(ctx)
 	if r == nil || len(r.Tokens) != 4 {
 		t.Fatalf("scan: %+v", r)
@@ -150,9 +150,19 @@ tokenroll_stale_token_refresh_timestamp_seconds{namespace="build",path="token",p
 	// The whole registry: the scan's gauges, the counters and the scan's duration (zero on the fake clock): one
 	// condition and one report written, no error. Nothing else.
 	wantRest := `
-# HELP tokenroll_expected_issuer_known 1 when the API server's issuer is known (tokens are checked against it), 0 when discovery has not answered yet.
+# HELP tokenroll_expected_issuer_known 1 when the API server's issuer is known (tokens are checked against it), 0 when neither OIDC discovery nor the coordinator's published issuer has given it yet.
 # TYPE tokenroll_expected_issuer_known gauge
 tokenroll_expected_issuer_known 1
+# HELP tokenroll_expected_issuer_source 1 for where the expected issuer in force came from: published (the coordinator's ConfigMap, watched) or discovery (OIDC discovery, read); 0 for the other.
+# TYPE tokenroll_expected_issuer_source gauge
+tokenroll_expected_issuer_source{source="discovery"} 1
+tokenroll_expected_issuer_source{source="published"} 0
+# HELP tokenroll_issuer_discovery_reads_total Reads of the API server's OIDC discovery document by reason: start, interval (no issuer published), rescan (after a request, no issuer published), unexpected_issuer (a new token of another issuer than the published one).
+# TYPE tokenroll_issuer_discovery_reads_total counter
+tokenroll_issuer_discovery_reads_total{reason="interval"} 0
+tokenroll_issuer_discovery_reads_total{reason="rescan"} 0
+tokenroll_issuer_discovery_reads_total{reason="start"} 1
+tokenroll_issuer_discovery_reads_total{reason="unexpected_issuer"} 0
 # HELP tokenroll_last_scan_timestamp_seconds When the last successful scan finished (Unix time).
 # TYPE tokenroll_last_scan_timestamp_seconds gauge
 tokenroll_last_scan_timestamp_seconds 1795780800
@@ -179,10 +189,11 @@ tokenroll_scan_duration_seconds_bucket{le="10.24"} 1
 tokenroll_scan_duration_seconds_bucket{le="+Inf"} 1
 tokenroll_scan_duration_seconds_sum 0
 tokenroll_scan_duration_seconds_count 1
-# HELP tokenroll_scan_errors_total Scan problems by kind: root (the scan failed), directory (part of the root unreadable), pods_api, issuer_discovery, node_condition.
+# HELP tokenroll_scan_errors_total Scan problems by kind: root (the scan failed), directory (part of the root unreadable), pods_api, issuer_discovery, issuer_published (the coordinator's published issuer invalid, or not allowed to watch it), node_condition, node_annotation.
 # TYPE tokenroll_scan_errors_total counter
 tokenroll_scan_errors_total{kind="directory"} 0
 tokenroll_scan_errors_total{kind="issuer_discovery"} 0
+tokenroll_scan_errors_total{kind="issuer_published"} 0
 tokenroll_scan_errors_total{kind="node_annotation"} 0
 tokenroll_scan_errors_total{kind="node_condition"} 0
 tokenroll_scan_errors_total{kind="pods_api"} 0

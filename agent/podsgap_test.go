@@ -58,7 +58,7 @@ func TestPodsAPISocketGoneAfterAListIsUnavailable(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		a.refreshIssuer(ctx)
+		a.readIssuer(ctx, readStart)
 		return a
 	}
 	reported := func(a *Agent) protocol.TokenReport {

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -29,6 +30,9 @@ type simNode struct {
 	pods  map[string]*simPod
 	order []string // pod UIDs, oldest first
 	next  int
+	// iss is the issuer the API server signs new tokens with ("":
+	// testIssuer).
+	iss string
 }
 
 type simPod struct {
@@ -86,8 +90,9 @@ func (s *simNode) deleteOldest() {
 func (s *simNode) writeToken(p *simPod, iat time.Time) {
 	p.iat = iat.Truncate(time.Second)
 	enc := base64.RawURLEncoding
+	iss := cmp.Or(s.iss, testIssuer)
 	payload, _ := json.Marshal(map[string]any{
-		"aud": []string{testIssuer}, "iss": testIssuer, "iat": p.iat.Unix(), "nbf": p.iat.Unix(), "exp": p.iat.Unix() + 365*86400,
+		"aud": []string{iss}, "iss": iss, "iat": p.iat.Unix(), "nbf": p.iat.Unix(), "exp": p.iat.Unix() + 365*86400,
 		"sub": "system:serviceaccount:" + p.ns + ":default", "jti": "j-" + p.uid,
 		"kubernetes.io": map[string]any{
 			"namespace": p.ns, "warnafter": p.iat.Unix() + 3607,
@@ -144,7 +149,7 @@ func TestNodeWritesUnderChurn(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a.refreshIssuer(ctx)
+	a.readIssuer(ctx, readStart)
 	if r := a.ScanOnce(ctx); r == nil || r.Summary[protocol.StateFresh]+r.Summary[protocol.StateRefreshDue] != 30 {
 		t.Fatalf("first scan: %+v", r)
 	}
@@ -281,7 +286,7 @@ func TestAgentRewritesWhatWasRemoved(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a.refreshIssuer(ctx)
+	a.readIssuer(ctx, readStart)
 	a.ScanOnce(ctx)
 	live := func() *corev1.Node {
 		n, err := nodes.Get(ctx, "node-1", metav1.GetOptions{})

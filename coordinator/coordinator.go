@@ -74,6 +74,10 @@ type Config struct {
 	// IssuerRefresh is how often OIDC discovery is read while the gate is
 	// open (it is also read each time the gate opens).
 	IssuerRefresh time.Duration
+	// PublishIssuer makes the leader publish the issuer it observed in
+	// ConfigMap protocol.IssuerConfigMapName of Namespace, which the agents
+	// watch (issuerpublish.go); false leaves them reading OIDC discovery.
+	PublishIssuer bool
 	// GateSettle is how long the revision gate must have stayed open
 	// before new nodes start (0: at once), so that a flapping gate does not
 	// cordon and release the same nodes again and again.
@@ -213,6 +217,9 @@ type term struct {
 	plans *planCache
 	// index is the cached Nodes as syncs read them (nodeindex.go).
 	index *nodeIndex
+	// published is what this term knows of the issuer published for the
+	// agents (issuerpublish.go; only the sync goroutine uses it).
+	published issuerPublication
 }
 
 // prepJob is a strategy's preparation running for one node.
@@ -618,6 +625,7 @@ func (t *term) sync(ctx context.Context) (time.Duration, error) {
 		return 0, err
 	}
 	d, err := t.reconcile(ctx, w)
+	t.publishIssuer(ctx, w.now)
 	if err != nil {
 		return 0, err
 	}

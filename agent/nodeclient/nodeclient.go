@@ -1,5 +1,6 @@
-// Package nodeclient is the agent's API client: its own Node, and a REST
-// client of the same API server for OIDC discovery. It is built as
+// Package nodeclient is the agent's API client: its own Node, the
+// ConfigMap the coordinator publishes the issuer in, and a REST client of
+// the same API server for OIDC discovery. It is built as
 // client-go's generated core client is, over a scheme that knows the core
 // group alone: the generated client's package registers every API group's
 // types at start (k8s.io/client-go/kubernetes/scheme), and the agent, which
@@ -37,11 +38,10 @@ type Nodes interface {
 // user agent's default, the preference for protobuf and the requests are
 // those of client-go's generated core client.
 func New(cfg *rest.Config) (Nodes, rest.Interface, error) {
-	s := runtime.NewScheme()
-	if err := corev1.AddToScheme(s); err != nil {
+	s, err := coreScheme()
+	if err != nil {
 		return nil, nil, err
 	}
-	metav1.AddToGroupVersion(s, schema.GroupVersion{Version: "v1"})
 	config := *cfg
 	gv := corev1.SchemeGroupVersion
 	config.GroupVersion = &gv
@@ -55,6 +55,53 @@ func New(cfg *rest.Config) (Nodes, rest.Interface, error) {
 		return nil, nil, err
 	}
 	return nodes{client: client, params: runtime.NewParameterCodec(s)}, client, nil
+}
+
+// coreScheme knows the core group and the options of its requests.
+func coreScheme() (*runtime.Scheme, error) {
+	s := runtime.NewScheme()
+	if err := corev1.AddToScheme(s); err != nil {
+		return nil, err
+	}
+	metav1.AddToGroupVersion(s, schema.GroupVersion{Version: "v1"})
+	return s, nil
+}
+
+// ConfigMaps is what the agent does with ConfigMaps: list and watch the
+// one the coordinator publishes the issuer in. A fake clientset's
+// CoreV1().ConfigMaps(namespace) serves in tests.
+type ConfigMaps interface {
+	List(ctx context.Context, opts metav1.ListOptions) (*corev1.ConfigMapList, error)
+	Watch(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error)
+}
+
+// NewConfigMaps returns the ConfigMaps of namespace, read through client,
+// the REST client New returned.
+func NewConfigMaps(client rest.Interface, namespace string) (ConfigMaps, error) {
+	s, err := coreScheme()
+	if err != nil {
+		return nil, err
+	}
+	return configMaps{client: client, namespace: namespace, params: runtime.NewParameterCodec(s)}, nil
+}
+
+type configMaps struct {
+	client    rest.Interface
+	namespace string
+	params    runtime.ParameterCodec
+}
+
+func (c configMaps) List(ctx context.Context, opts metav1.ListOptions) (*corev1.ConfigMapList, error) {
+	result := &corev1.ConfigMapList{}
+	err := c.client.Get().UseProtobufAsDefaultIfPreferred(true).Namespace(c.namespace).Resource("configmaps").
+		VersionedParams(&opts, c.params).Timeout(timeout(opts)).Do(ctx).Into(result)
+	return result, err
+}
+
+func (c configMaps) Watch(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
+	opts.Watch = true
+	return c.client.Get().UseProtobufAsDefaultIfPreferred(true).Namespace(c.namespace).Resource("configmaps").
+		VersionedParams(&opts, c.params).Timeout(timeout(opts)).Watch(ctx)
 }
 
 // nodes makes the requests client-go's generated Node client makes (its

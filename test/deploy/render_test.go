@@ -25,6 +25,7 @@ import (
 	"github.com/tokenroll/tokenroll/coordinator/apps"
 	"github.com/tokenroll/tokenroll/internal/cli"
 	"github.com/tokenroll/tokenroll/internal/issuer"
+	"github.com/tokenroll/tokenroll/protocol"
 )
 
 // TestRender renders every way of installing and checks the object sets:
@@ -560,7 +561,8 @@ func TestArgsParse(t *testing.T) {
 
 // TestCoordinatorRBACNames: the names the coordinator's Role limits it to
 // are the ones its code uses (the legacy rollout ConfigMap it migrates, app detection's
-// status ConfigMap, the Lease named by --lease-name).
+// status ConfigMap, the published issuer, the Lease named by --lease-name),
+// and the agent's Role grants the watch of the published issuer alone.
 func TestCoordinatorRBACNames(t *testing.T) {
 	for _, r := range renderings {
 		objs := render(t, r)
@@ -578,8 +580,26 @@ func TestCoordinatorRBACNames(t *testing.T) {
 				names[res] = append(names[res], rule.ResourceNames...)
 			}
 		}
-		if !slices.Equal(names["configmaps"], []string{coordinator.LegacyConfigMapName, apps.ConfigMapName}) || !slices.Equal(names["leases"], []string{lease}) {
-			t.Errorf("%s: Role %s names %v, want ConfigMaps %s, %s and Lease %s", r.name, role.Name, names, coordinator.LegacyConfigMapName, apps.ConfigMapName, lease)
+		if !slices.Equal(names["configmaps"], []string{coordinator.LegacyConfigMapName, apps.ConfigMapName, protocol.IssuerConfigMapName}) || !slices.Equal(names["leases"], []string{lease}) {
+			t.Errorf("%s: Role %s names %v, want ConfigMaps %s, %s, %s and Lease %s", r.name, role.Name, names, coordinator.LegacyConfigMapName, apps.ConfigMapName, protocol.IssuerConfigMapName, lease)
+		}
+		// The agent: list and watch of the published issuer, in the
+		// namespace its --coordinator-namespace names, and nothing else.
+		ds, _ := workloads(t, r)
+		agentRole := toTyped[rbacv1.Role](t, find(t, objs, "Role", ds.Name))
+		wantAgent := []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"configmaps"}, ResourceNames: []string{protocol.IssuerConfigMapName}, Verbs: []string{"list", "watch"}}}
+		if agentRole.Namespace != r.namespace || !reflect.DeepEqual(agentRole.Rules, wantAgent) {
+			t.Errorf("%s: Role %s/%s rules %+v; want %+v in %s", r.name, agentRole.Namespace, agentRole.Name, agentRole.Rules, wantAgent, r.namespace)
+		}
+		ab := toTyped[rbacv1.RoleBinding](t, find(t, objs, "RoleBinding", ds.Name))
+		if ab.RoleRef.Name != agentRole.Name || len(ab.Subjects) != 1 || ab.Subjects[0].Name != ds.Spec.Template.Spec.ServiceAccountName || ab.Subjects[0].Namespace != r.namespace {
+			t.Errorf("%s: RoleBinding %s binds %+v to %+v; want the agent's service account bound to %s", r.name, ab.Name, ab.RoleRef, ab.Subjects, agentRole.Name)
+		}
+		if c := ds.Spec.Template.Spec.Containers[0]; c.Name != "scanner" || !slices.Contains(c.Args, "--coordinator-namespace=$(POD_NAMESPACE)") ||
+			!slices.ContainsFunc(c.Env, func(e corev1.EnvVar) bool {
+				return e.Name == "POD_NAMESPACE" && e.ValueFrom != nil && e.ValueFrom.FieldRef != nil && e.ValueFrom.FieldRef.FieldPath == "metadata.namespace"
+			}) {
+			t.Errorf("%s: the scanner (%s) does not watch the published issuer in its own namespace: args %q", r.name, c.Name, c.Args)
 		}
 		// kured's lock: list and watch of the one DaemonSet --kured-lock
 		// names, in its namespace, and nothing else.

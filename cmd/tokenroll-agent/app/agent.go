@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/pflag"
 	"go.uber.org/zap"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/tokenroll/tokenroll/agent"
 	"github.com/tokenroll/tokenroll/agent/actions"
@@ -26,6 +27,7 @@ import (
 	"github.com/tokenroll/tokenroll/internal/cli"
 	"github.com/tokenroll/tokenroll/internal/version"
 	"github.com/tokenroll/tokenroll/metrics"
+	"github.com/tokenroll/tokenroll/protocol"
 )
 
 // NewCommand builds the tokenroll-agent command.
@@ -49,8 +51,13 @@ type agentOptions struct {
 	// Grace is how long past its refresh time a token may be before it is
 	// overdue (the kubelet rewrites volumes every 60-90 s).
 	Grace time.Duration
-	// IssuerRefresh is how often OIDC discovery is read again.
+	// IssuerRefresh is how often OIDC discovery is read again while the
+	// coordinator publishes no issuer.
 	IssuerRefresh time.Duration
+	// CoordinatorNamespace is where the coordinator's leader publishes the
+	// issuer (ConfigMap protocol.IssuerConfigMapName); empty: OIDC
+	// discovery alone.
+	CoordinatorNamespace string
 	// MetricsBindAddress serves /metrics, /healthz and /readyz.
 	MetricsBindAddress string
 	// MaxTokenSeries caps the per-token metric series, and
@@ -96,22 +103,23 @@ const (
 
 func newAgentOptions() *agentOptions {
 	return &agentOptions{
-		NodeName:           os.Getenv("NODE_NAME"),
-		KubeletRoot:        "/var/lib/kubelet",
-		Interval:           30 * time.Second,
-		Grace:              5 * time.Minute,
-		IssuerRefresh:      10 * time.Minute,
-		MetricsBindAddress: ":8080",
-		MaxTokenSeries:     500,
-		Executor:           "systemd",
-		SystemBus:          actions.DefaultSystemBus,
-		KubeletUnit:        actions.KubeletUnit,
-		CommandTimeout:     10 * time.Minute,
-		StateDir:           "/var/lib/tokenroll",
-		MaxRequestAge:      time.Hour,
-		RebootSentinel:     actions.DefaultRebootSentinel,
-		BootIDFile:         actions.DefaultBootIDFile,
-		Run:                []string{runScan, runAct},
+		NodeName:             os.Getenv("NODE_NAME"),
+		KubeletRoot:          "/var/lib/kubelet",
+		Interval:             30 * time.Second,
+		Grace:                5 * time.Minute,
+		IssuerRefresh:        10 * time.Minute,
+		CoordinatorNamespace: os.Getenv("POD_NAMESPACE"),
+		MetricsBindAddress:   ":8080",
+		MaxTokenSeries:       500,
+		Executor:             "systemd",
+		SystemBus:            actions.DefaultSystemBus,
+		KubeletUnit:          actions.KubeletUnit,
+		CommandTimeout:       10 * time.Minute,
+		StateDir:             "/var/lib/tokenroll",
+		MaxRequestAge:        time.Hour,
+		RebootSentinel:       actions.DefaultRebootSentinel,
+		BootIDFile:           actions.DefaultBootIDFile,
+		Run:                  []string{runScan, runAct},
 
 		MaxTokenSeriesPerNamespace: 100,
 	}
@@ -126,7 +134,8 @@ func (o *agentOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.Kubeconfig, "kubeconfig", o.Kubeconfig, "Kubeconfig file; empty means the pod's service account.")
 	fs.DurationVar(&o.Interval, "interval", o.Interval, "Time between scans of the node's tokens.")
 	fs.DurationVar(&o.Grace, "grace", o.Grace, "How long past its refresh time a token may be before it counts as overdue.")
-	fs.DurationVar(&o.IssuerRefresh, "issuer-refresh-interval", o.IssuerRefresh, "How often the API server's issuer is read from OIDC discovery.")
+	fs.DurationVar(&o.IssuerRefresh, "issuer-refresh-interval", o.IssuerRefresh, "How often the API server's issuer is read from OIDC discovery while the coordinator publishes none (see --coordinator-namespace).")
+	fs.StringVar(&o.CoordinatorNamespace, "coordinator-namespace", o.CoordinatorNamespace, "Namespace whose ConfigMap "+protocol.IssuerConfigMapName+" the coordinator publishes the issuer in: the agent watches it and reads OIDC discovery on a timer only while it holds no valid issuer. Empty: OIDC discovery alone (default $POD_NAMESPACE, set from the downward API).")
 	fs.StringVar(&o.MetricsBindAddress, "metrics-bind-address", o.MetricsBindAddress, "Address serving /metrics, /healthz and /readyz.")
 	fs.IntVar(&o.MaxTokenSeries, "max-token-series", o.MaxTokenSeries, "Most per-token metric series exported (only tokens that are not fresh get one).")
 	fs.IntVar(&o.MaxTokenSeriesPerNamespace, "max-token-series-per-namespace", o.MaxTokenSeriesPerNamespace, "Most per-token metric series one namespace gets, so one tenant cannot use the whole --max-token-series; 0 for no cap of its own.")
@@ -161,6 +170,11 @@ func (o *agentOptions) Validate() error {
 			cli.CheckPositive("interval", o.Interval, time.Second),
 			cli.CheckPositive("grace", o.Grace, 0),
 			cli.CheckPositive("issuer-refresh-interval", o.IssuerRefresh, 10*time.Second))
+		if o.CoordinatorNamespace != "" {
+			for _, msg := range validation.IsDNS1123Label(o.CoordinatorNamespace) {
+				errs = append(errs, fmt.Errorf("--coordinator-namespace=%q: %s", o.CoordinatorNamespace, msg))
+			}
+		}
 	}
 	if o.runs(runAct) {
 		errs = append(errs, cli.CheckOneOf("executor", o.Executor, "systemd", "command"),
@@ -223,8 +237,15 @@ func (o *agentOptions) run(ctx context.Context, e cli.Env) error {
 	log := e.Log.With(zap.String("node", o.NodeName))
 	var a *agent.Agent
 	if o.runs(runScan) {
+		var published nodeclient.ConfigMaps
+		if o.CoordinatorNamespace != "" {
+			if published, err = nodeclient.NewConfigMaps(discovery, o.CoordinatorNamespace); err != nil {
+				return err
+			}
+		}
 		if a, err = agent.New(agent.Config{
 			NodeName: o.NodeName, KubeletRoot: o.KubeletRoot, Client: nodes, Discovery: discovery,
+			Published: published, PublishedNamespace: o.CoordinatorNamespace,
 			Interval: o.Interval, Grace: o.Grace, IssuerRefresh: o.IssuerRefresh,
 			MaxTokenSeries: o.MaxTokenSeries, MaxTokenSeriesPerNamespace: o.MaxTokenSeriesPerNamespace, Registry: reg, Log: log,
 		}); err != nil {

@@ -27,8 +27,8 @@ import (
 
 func TestValidateReportsEveryBadFlag(t *testing.T) {
 	clitest.ExpectUsage(t, NewCommand,
-		clitest.Usage{Args: []string{"--node-name=", "--kubelet-root=rel", "--interval=0s", "--metrics-bind-address=nope", "--max-token-series=-1", "--max-token-series-per-namespace=-2"},
-			Want: []string{"--node-name is required", "--kubelet-root=\"rel\"", "--interval=0s", "--metrics-bind-address=\"nope\"", "--max-token-series=-1", "--max-token-series-per-namespace=-2"}},
+		clitest.Usage{Args: []string{"--node-name=", "--kubelet-root=rel", "--interval=0s", "--metrics-bind-address=nope", "--max-token-series=-1", "--max-token-series-per-namespace=-2", "--coordinator-namespace=Token_Roll"},
+			Want: []string{"--node-name is required", "--kubelet-root=\"rel\"", "--interval=0s", "--metrics-bind-address=\"nope\"", "--max-token-series=-1", "--max-token-series-per-namespace=-2", "--coordinator-namespace=\"Token_Roll\""}},
 		clitest.Usage{Args: []string{"--node-name=n", "--executor=magic", "--command-timeout=0s", "--max-request-age=1s", "--state-dir=rel", "--log-level=loud"},
 			Want: []string{"--executor=\"magic\"", "--command-timeout=0s", "--max-request-age=1s", "--state-dir=\"rel\"", "--log-level=\"loud\""}},
 		clitest.Usage{Args: []string{"--node-name=n", "--executor=command"}, Want: []string{"--executor=command needs --reboot-command"}},
