@@ -225,7 +225,7 @@ func disrupted(views []nodeView, all []*corev1.Node, lock kuredLock) (busy, foun
 	for _, v := range views {
 		switch {
 		case v.node == nil:
-		case v.state != nil && v.state.Step.InProgress():
+		case v.state != nil && v.state.Step.InProgress() && !startedUncordoned(v):
 			ours[v.plan.Name] = true
 			busy++
 		case foundCordoned(v, lock) || (v.state != nil && (v.state.Step == protocol.StepDone || v.state.Step == protocol.StepUnresolved || v.state.Step == protocol.StepDryRun ||
@@ -282,6 +282,16 @@ func (t *term) startNodes(ctx context.Context, w world, r *Rollout, views []node
 	pg := t.policyGate(ctx, w, r, views, lock, limit)
 	var held []policy.Block
 	var blocked, mco, kured, notReady []string
+	// Once the previous issuer is no longer trusted, auto starts its
+	// kubelet restarts without a cordon, outside --max-unavailable
+	// (startUncordoned), a few at a time (uncordonedSlots). A
+	// RolloutPolicy's pools bound every node they cover.
+	noCordon := pg == nil && TrustEnded(w.gate, w.issuer, w.now)
+	var ev appEvidence
+	slots := 0
+	if noCordon {
+		ev, slots = t.appEvidence(w.now), uncordonedSlots(views)
+	}
 	for _, already := range []bool{true, false} {
 		for _, v := range views {
 			if v.node == nil || (v.state != nil && v.state.Step != protocol.StepHalted) || v.node.Spec.Unschedulable != already {
@@ -301,6 +311,19 @@ func (t *term) startNodes(ctx context.Context, w world, r *Rollout, views []node
 			if lock.held(v.plan.Name) {
 				kured = append(kured, v.plan.Name)
 				continue
+			}
+			if noCordon && !already && v.plan.Strategy == Auto {
+				if rung := (auto{}).firstRung(v.node, w.issuer, ev); rung == KubeletRestart || rung == rungNone {
+					if slots <= 0 {
+						continue // a kubelet restart in flight wakes us once verified
+					}
+					if err := t.startUncordoned(ctx, w, r, v, rung); err != nil {
+						return 0, err
+					}
+					slots--
+					inFlight++
+					continue
+				}
 			}
 			ahead := busy
 			if !already {

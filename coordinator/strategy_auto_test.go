@@ -159,9 +159,15 @@ func TestAutoEvictsOnlyTheAppStalePod(t *testing.T) {
 	watchedAt := actingAt
 	watchedAt.Step, watchedAt.StepAt, watchedAt.CordonedByUs, watchedAt.Request = protocol.StepApps, start.Add(2*time.Second), false, ""
 	watchedAt.Message = "kubelet-restart verified; watching its apps"
+	watchedAt.AppsAt = watchedAt.StepAt
 	want = patchNode("n1", &watchedAt, ptr(false))
 	want.RequestCleared = true
-	f.expectWrites(want)
+	// The node's own remediation took 2 s; the rollout is expected to end
+	// once its apps were watched for the grace and the settle after it.
+	est := &Estimate{At: watchedAt.StepAt, Completion: watchedAt.StepAt.Add(appsOptions.Grace + appsSettle), PerNode: 2 * time.Second, Measured: 1, MaxUnavailable: 1}
+	withEst := rollout(Auto, "n1")
+	withEst.Estimate = est
+	f.expectWrites(want, updateState(stateOf(withEst)))
 	f.expectEvents("Normal Cordoned rollout r-test: cordoned for auto (requested by alice)",
 		"Normal ActionRequested rollout r-test: asked the agent to kubelet-restart (request "+id+")",
 		"Normal TokensVerified rollout r-test: kubelet-restart verified in 2s; uncordoned; its apps are watched for --app-stale-grace before it is done")
@@ -195,7 +201,12 @@ func TestAutoEvictsOnlyTheAppStalePod(t *testing.T) {
 	doneAt := evicted
 	doneAt.Step, doneAt.StepAt = protocol.StepDone, end
 	doneAt.Message = "apps verified: of 1 pod with a projected token, 1 present current credentials, 0 made no authenticated request in --app-window (unobserved, not counted healthy); 1 pod evicted"
-	f.expectWrites(patchNode("n1", &doneAt, nil), updateState(finished(rollout(Auto, "n1"), RolloutDone, end)))
+	if !end.Equal(est.Completion) {
+		t.Errorf("the rollout ended at %s; it was expected to end at %s", end, est.Completion)
+	}
+	doneRollout := rollout(Auto, "n1")
+	doneRollout.Estimate = est
+	f.expectWrites(patchNode("n1", &doneAt, nil), updateState(finished(doneRollout, RolloutDone, end)))
 	f.expectDrains()
 }
 
@@ -267,9 +278,15 @@ func TestAutoAppStalePodBehindAPDBHalts(t *testing.T) {
 	w.restartKubelet("n1")
 	w.run(2*time.Minute + 20*time.Second)
 	f.drainer.holdCalls()
+	syncAt := f.clock.Now()
 	f.sync()
 	f.awaitDrainCall()
 	f.expectDrains(drainCall{Pods: []string{"shop/cache-1"}, Timeout: 10 * time.Minute})
+	// The node's own remediation is measured (a minute); its watch ends
+	// the grace and the settle after it began.
+	withEst := rollout(Auto, "n1")
+	withEst.Estimate = &Estimate{At: syncAt, Completion: t0.Add(appsOptions.Grace + appsSettle), PerNode: time.Minute, Measured: 1, MaxUnavailable: 1}
+	f.expectWrites(updateState(stateOf(withEst)))
 	w.run(time.Minute)
 	f.sync()
 	f.expectWrites()
@@ -281,7 +298,7 @@ func TestAutoAppStalePodBehindAPDBHalts(t *testing.T) {
 	f.sync()
 	msg := "evicting the pods whose apps present stale credentials or fail to authenticate on node n1: " + refused.Error()
 	h := halted(watched, f.clock.Now(), HaltDrainTimeout, msg)
-	f.expectWrites(patchNode("n1", &h, nil), updateState(haltedState(rollout(Auto, "n1"), "n1", HaltDrainTimeout, msg, f.clock.Now())))
+	f.expectWrites(patchNode("n1", &h, nil), updateState(haltedState(withEst, "n1", HaltDrainTimeout, msg, f.clock.Now())))
 }
 
 // Without an audit source auto cannot tell which apps reload their token:
