@@ -286,7 +286,15 @@ func (t *term) startNodes(ctx context.Context, w world, r *Rollout, views []node
 	// kubelet restarts without a cordon, outside --max-unavailable
 	// (startUncordoned), a few at a time (uncordonedSlots). A
 	// RolloutPolicy's pools bound every node they cover.
-	noCordon := pg == nil && TrustEnded(w.gate, w.issuer, w.now)
+	noCordon := TrustEnded(w.gate, w.issuer, w.now)
+	policyCovers := func(name string) bool {
+		if pg == nil {
+			return false
+		}
+		_, covered := pg.cov.Of[name]
+		_, refused := pg.cov.Refused[name]
+		return covered || refused
+	}
 	var ev appEvidence
 	slots := 0
 	if noCordon {
@@ -312,7 +320,7 @@ func (t *term) startNodes(ctx context.Context, w world, r *Rollout, views []node
 				kured = append(kured, v.plan.Name)
 				continue
 			}
-			if noCordon && !already && v.plan.Strategy == Auto {
+			if noCordon && !already && v.plan.Strategy == Auto && !policyCovers(v.plan.Name) {
 				if rung := (auto{}).firstRung(v.node, w.issuer, ev); rung == KubeletRestart || rung == rungNone {
 					if slots <= 0 {
 						continue // a kubelet restart in flight wakes us once verified

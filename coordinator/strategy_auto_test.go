@@ -9,6 +9,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/tokenroll/tokenroll/audit"
@@ -534,6 +535,136 @@ func TestAutoRestartsAnAppStalePodOnlyWhenItsCredentialWillFail(t *testing.T) {
 			if planned := st.Rollout != nil && st.Rollout.Trigger == TriggerAppStale; planned != c.planned {
 				t.Errorf("rollout %+v; want one for the app-stale pod: %v", st.Rollout, c.planned)
 			}
+		})
+	}
+}
+
+// trustEnded is an OpenShift gate open on the current issuer alone: the
+// previous issuer's trust ended a second ago.
+var trustEnded = GateState{Provider: GateOpenShift, Open: true, TrustKnown: true,
+	Trusted: []TrustedIssuer{{Name: newIssuer}, {Name: oldIssuer, Expires: t0.Add(-time.Second)}}}
+
+// The requests written in got, by node, each checked: a kubelet restart
+// asked at at.
+func kubeletRequests(t *testing.T, got []apiWrite, at time.Time) map[string]string {
+	t.Helper()
+	ids := map[string]string{}
+	for _, w := range got {
+		if w.Request != nil {
+			ids[w.Name] = requestIn(t, w, protocol.ActionKubeletRestart, w.Name, at)
+		}
+	}
+	return ids
+}
+
+// uncordonedStart is the state a node started without a cordon at at
+// carries, with request id.
+func uncordonedStart(at time.Time, id string) protocol.NodeState {
+	return protocol.NodeState{Rollout: rolloutID, Step: protocol.StepActing, Strategy: Auto, Rung: KubeletRestart, NoCordon: true,
+		Request: id, BootID: "boot-1", StepAt: at, StartedAt: at}
+}
+
+// Once the previous issuer is no longer trusted, every pod still holding
+// its tokens fails until its kubelet replaces them: auto restarts the
+// kubelets without cordoning the nodes (the restart evicts no pod) and
+// outside --max-unavailable, a canary first, then as many at once as have
+// been verified plus one. The request and the state go in one write, and
+// the node is never made unschedulable.
+func TestAutoRestartsKubeletsUncordonedOnceTheTrustHasEnded(t *testing.T) {
+	names := []string{"n1", "n2", "n3", "n4"}
+	var objs []runtime.Object
+	var pods []*corev1.Pod
+	for i, n := range names {
+		p := tokenPod("web-"+n, n, fmt.Sprintf("10.1.0.%d", i+1), "web")
+		pods = append(pods, p)
+		objs = append(objs, testNode(n, withReport(oldIssuerReport(podRef(p)))), p)
+	}
+	f := autoFixture(t, append(objs, rolloutConfigMap(rollout(Auto, names...)))...)
+	f.cfg.MaxUnavailable = intstr.FromInt32(1)
+	f.gate.Set(trustEnded)
+	w := newAppWorld(f, pods)
+	w.run(time.Minute)
+	start := f.clock.Now()
+
+	f.sync()
+	got := f.writes()
+	ids := kubeletRequests(t, got, start)
+	s1 := uncordonedStart(start, ids["n1"])
+	want := patchNode("n1", &s1, nil)
+	want.Request = got[0].Request
+	f.compareWrites(got, want)
+	f.expectEvents("Normal ActionRequested rollout r-test: kubelet-restart for auto (requested by alice), not cordoned: the API servers no longer trust the previous issuer, and a kubelet restart evicts no pod; " +
+		"asked the agent to kubelet-restart (request " + ids["n1"] + ")")
+
+	// The canary is not verified yet: nothing more starts.
+	f.clock.Step(time.Second)
+	f.sync()
+	f.expectWrites()
+
+	// Verified: watched, never cordoned, and out of the way; two more
+	// start at once, and the last waits for them.
+	f.clock.Step(time.Second)
+	w.restartKubelet("n1")
+	f.updateNode("n1", agentStatus(ids["n1"], protocol.PhaseDone, "kubelet restarted"))
+	f.updateNode("n1", withReport(cleanReport()))
+	at := f.clock.Now()
+	f.sync()
+	got = f.writes()
+	watched := s1
+	watched.Step, watched.StepAt, watched.AppsAt, watched.Request = protocol.StepApps, at, at, ""
+	watched.Message = "kubelet-restart verified; watching its apps"
+	wantApps := patchNode("n1", &watched, nil)
+	wantApps.RequestCleared = true
+	ids = kubeletRequests(t, got, at)
+	s2, s3 := uncordonedStart(at, ids["n2"]), uncordonedStart(at, ids["n3"])
+	w2, w3 := patchNode("n2", &s2, nil), patchNode("n3", &s3, nil)
+	if len(got) < 3 {
+		t.Fatalf("writes %v; want n1 watched, n2 and n3 started", got)
+	}
+	w2.Request, w3.Request = got[1].Request, got[2].Request
+	f.compareWrites(got[:3], wantApps, w2, w3)
+	for _, wr := range got[3:] {
+		if wr.Resource == "nodes" {
+			t.Errorf("node written beyond n1, n2, n3: %s", wr)
+		}
+	}
+	if steps := f.steps(names...); steps["n4"] != "" {
+		t.Errorf("n4 is %s; want it to wait for n2 and n3", steps["n4"])
+	}
+	events := f.takeEvents()
+	if len(events) != 3 || events[0] != "Normal TokensVerified rollout r-test: kubelet-restart verified in 2s; never cordoned; its apps are watched for --app-stale-grace before it is done" {
+		t.Errorf("events %q", events)
+	}
+}
+
+// A node started without a cordon whose kubelet restart refreshes
+// nothing climbs to a reboot, which drains: it is cordoned for it, in the
+// same write, once --max-unavailable has room, and not before.
+func TestAutoCordonsAnUncordonedNodeThatClimbs(t *testing.T) {
+	const req = "r-test-0000beef"
+	s := uncordonedStart(t0.Add(-21*time.Minute), req)
+	for _, full := range []bool{true, false} {
+		t.Run(fmt.Sprintf("budget full %v", full), func(t *testing.T) {
+			objs := []runtime.Object{testNode("n1", inStep(s), agentStatus(req, protocol.PhaseDone, "kubelet restarted"), withReport(oldIssuerReport())),
+				rolloutConfigMap(rollout(Auto, "n1"))}
+			if full {
+				objs = append(objs, testNode("other", cordoned))
+			}
+			f := autoFixture(t, objs...)
+			f.cfg.MaxUnavailable = intstr.FromInt32(1)
+			f.gate.Set(trustEnded)
+			newAppWorld(f, nil)
+			f.sync()
+			if full {
+				f.expectWrites()
+				return
+			}
+			climbed := s
+			climbed.Step, climbed.StepAt, climbed.Rung, climbed.Request, climbed.NoCordon, climbed.CordonedByUs = protocol.StepCordoned, t0, Reboot, "", false, true
+			climbed.Message = "kubelet-restart did not do: the agent reports 2 tokens from https://old.tokenroll.test, not https://new.tokenroll.test after 21m0s; climbing to reboot"
+			want := patchNode("n1", &climbed, ptr(true))
+			want.RequestCleared = true
+			f.expectWrites(want)
 		})
 	}
 }
