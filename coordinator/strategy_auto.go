@@ -447,12 +447,19 @@ func (t *term) watchApps(ctx context.Context, w world, r *Rollout, v nodeView) (
 	}
 	until := from.Add(ev.grace + appsSettle)
 	res := ev.last
+	var knownBefore time.Time
 	if res.Now.Before(from.Add(appsSettle)) {
-		return max(from.Add(appsSettle).Sub(w.now), ev.interval), nil
+		// Too early to judge what the node's new tokens did, but a pod
+		// found app-stale before the node started caches its token: the
+		// kubelet's new one does not help it, and it goes now.
+		knownBefore = ns.StartedAt
 	}
-	pods, owners, names, err := appProblemPods(ctx, cfg.Client, name, res, ns.Evicted, w.issuerAt, w.gate)
+	pods, owners, names, err := appProblemPods(ctx, cfg.Client, name, res, ns.Evicted, w.issuerAt, w.gate, knownBefore)
 	if err != nil {
 		return 0, t.halt(ctx, w, r, v, HaltDrainFailed, err.Error())
+	}
+	if len(pods) == 0 && !knownBefore.IsZero() {
+		return max(from.Add(appsSettle).Sub(w.now), ev.interval), nil
 	}
 	if len(pods) > 0 {
 		refs := make([]protocol.PodRef, 0, len(pods))
@@ -502,8 +509,11 @@ func (t *term) watchApps(ctx context.Context, w world, r *Rollout, v nodeView) (
 // appProblemPods are the pods on node that res finds app-failing, or
 // app-stale with a credential that will stop working, not evicted
 // already, still there; a pod no controller would recreate is not
-// evicted: the step fails and says which.
-func appProblemPods(ctx context.Context, client kubernetes.Interface, node string, res *apps.Result, evicted []protocol.PodRef, issuerSince time.Time, gate GateState) ([]corev1.Pod, []protocol.OwnerRef, []string, error) {
+// evicted: the step fails and says which. With knownBefore set, only the
+// pods app-stale since before it: an app that went on presenting a token
+// its kubelet had replaced, past the grace, before the node's remediation
+// began, caches its token, whatever the remediation's new tokens do.
+func appProblemPods(ctx context.Context, client kubernetes.Interface, node string, res *apps.Result, evicted []protocol.PodRef, issuerSince time.Time, gate GateState, knownBefore time.Time) ([]corev1.Pod, []protocol.OwnerRef, []string, error) {
 	gone := map[types.UID]bool{}
 	for _, r := range evicted {
 		gone[types.UID(r.UID)] = true
@@ -513,6 +523,9 @@ func appProblemPods(ctx context.Context, client kubernetes.Interface, node strin
 	var owners []protocol.OwnerRef
 	for _, pr := range res.Problems {
 		if pr.Pod.Node != node || gone[pr.Pod.UID] || (!pr.Failing && !staleCredentialFails(pr, issuerSince, gate)) {
+			continue
+		}
+		if !knownBefore.IsZero() && (!pr.Stale || pr.StaleSince.IsZero() || !pr.StaleSince.Before(knownBefore) || !staleCredentialFails(pr, issuerSince, gate)) {
 			continue
 		}
 		p, err := client.CoreV1().Pods(pr.Pod.Namespace).Get(ctx, pr.Pod.Name, metav1.GetOptions{})

@@ -668,3 +668,47 @@ func TestAutoCordonsAnUncordonedNodeThatClimbs(t *testing.T) {
 		})
 	}
 }
+
+// A pod found app-stale before its node's remediation began (its app went
+// on presenting the token its kubelet had replaced an earlier time, past
+// the grace) caches its token: the kubelet restart's new token does not
+// help it, so it is evicted as soon as the node's apps are watched, not
+// after the settle; the reloading pod beside it is never evicted.
+func TestAutoEvictsAKnownCachingPodAtOnce(t *testing.T) {
+	web, cache := tokenPod("web-1", "n1", "10.1.0.5", "web"), tokenPod("cache-1", "n1", "10.1.0.6", "cache")
+	// The node's kubelet restart is verified at now: its apps are watched.
+	now := t0.Add(3*time.Minute + 20*time.Second)
+	watched := protocol.NodeState{Rollout: rolloutID, Step: protocol.StepApps, Strategy: Auto, Rung: KubeletRestart, NoCordon: true,
+		StepAt: now, AppsAt: now, StartedAt: now.Add(-3 * time.Second), BootID: "boot-1"}
+	f := autoFixture(t, testNode("n1", inStep(watched)), web, cache, replicaSet("shop", "cache", 1, 1), rolloutConfigMap(rollout(Auto, "n1")))
+	f.gate.Set(trustEnded)
+	w := newAppWorld(f, []*corev1.Pod{web, cache}, "cache-1")
+	// An earlier refresh: the caching app keeps its first token past the
+	// grace, the reloading one takes the new one.
+	w.run(time.Minute)
+	w.restartKubelet("n1")
+	w.run(2*time.Minute + 20*time.Second)
+	if !f.clock.Now().Equal(now) {
+		t.Fatalf("the clock is at %s; want %s", f.clock.Now(), now)
+	}
+	w.restartKubelet("n1")
+	w.d.Evaluate()
+	f.sync()
+	f.awaitDrainEnd()
+	f.expectDrains(drainCall{Pods: []string{"shop/cache-1"}, Timeout: 10 * time.Minute})
+	f.sync()
+	evicted := watched
+	evicted.Evicted = []protocol.PodRef{podRef(cache)}
+	evicted.Owners = []protocol.OwnerRef{{Kind: "ReplicaSet", Namespace: "shop", Name: "cache"}}
+	got := f.writes()
+	var nodeWrites []apiWrite
+	for _, wr := range got {
+		if wr.Resource == "nodes" {
+			nodeWrites = append(nodeWrites, wr)
+		}
+	}
+	f.compareWrites(nodeWrites, patchNode("n1", &evicted, nil))
+	if f.clock.Now().Sub(now) >= appsSettle {
+		t.Errorf("evicted %s after the watch began; want before the settle", f.clock.Now().Sub(now))
+	}
+}
