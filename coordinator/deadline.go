@@ -100,7 +100,7 @@ func (t *term) estimateInput(w world, views []nodeView, maxUnavailable int) Esti
 	case t.c.cfg.Apps != nil && slices.ContainsFunc(views, func(v nodeView) bool { return v.plan.Strategy == Auto }):
 		// Not measured yet: the watch lasts the grace and the settle at
 		// least.
-		in.Watch = t.c.cfg.Apps.Grace + appsSettle
+		in.Watch = AppsWatch(t.c.cfg.Apps.Grace)
 	}
 	return in
 }

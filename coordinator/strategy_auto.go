@@ -55,6 +55,12 @@ const rungNone protocol.Strategy = "none"
 // must have been heard succeeding before it is judged.
 const appsSettle = 30 * time.Second
 
+// AppsWatch is how long auto watches a node's apps, at least, once the
+// node's own remediation is verified, with --app-stale-grace grace. The
+// node is out of the disruption budget meanwhile, so a rollout pays it
+// once, after its last node, not once per node.
+func AppsWatch(grace time.Duration) time.Duration { return grace + appsSettle }
+
 // appsStartWait is how long a new leader waits for its app detection to
 // start (read every pod), and for a first audit event, before auto takes
 // it that there is no audit source.
