@@ -638,12 +638,16 @@ func (t *term) wouldDo(ctx context.Context, w world, pn PlannedNode) string {
 	if t.readKuredLock(w.now).held(n.Name) {
 		steps = append(steps, "wait until it no longer holds kured's reboot lock")
 	}
-	if n.Spec.Unschedulable {
+	prep, wait, err := t.prepareNode(ctx, impl, n, w.issuer, w.now)
+	noCordon := !n.Spec.Unschedulable && pn.Strategy == Auto && TrustEnded(w.gate, w.issuer, w.now) && prep != nil && (prep.rung == KubeletRestart || prep.rung == rungNone)
+	switch {
+	case n.Spec.Unschedulable:
 		steps = append(steps, "keep its cordon (found cordoned)")
-	} else {
+	case noCordon:
+		steps = append(steps, "no cordon (the previous issuer is no longer trusted, and a kubelet restart evicts no pod)")
+	default:
 		steps = append(steps, "cordon")
 	}
-	prep, wait, err := t.prepareNode(ctx, impl, n, w.issuer, w.now)
 	switch {
 	case err != nil:
 		steps = append(steps, "fail to prepare: "+err.Error())
@@ -658,7 +662,7 @@ func (t *term) wouldDo(ctx context.Context, w world, pn PlannedNode) string {
 		steps = append(steps, "ask the agent to "+string(a))
 	}
 	steps = append(steps, "verify")
-	if !n.Spec.Unschedulable {
+	if !n.Spec.Unschedulable && !noCordon {
 		steps = append(steps, "uncordon")
 	}
 	if prep != nil && (prep.rung == KubeletRestart || prep.rung == rungNone) {

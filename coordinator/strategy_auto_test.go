@@ -712,3 +712,31 @@ func TestAutoEvictsAKnownCachingPodAtOnce(t *testing.T) {
 		t.Errorf("evicted %s after the watch began; want before the settle", f.clock.Now().Sub(now))
 	}
 }
+
+// A dry run says what auto would do: without a cordon once the previous
+// issuer is no longer trusted, with one while it is.
+func TestAutoDryRunSaysWhetherItCordons(t *testing.T) {
+	trusted := GateState{Provider: GateOpenShift, Open: true, TrustKnown: true,
+		Trusted: []TrustedIssuer{{Name: newIssuer}, {Name: oldIssuer, Expires: t0.Add(time.Hour)}}}
+	for _, c := range []struct {
+		gate GateState
+		want string
+	}{
+		{trustEnded, "no cordon (the previous issuer is no longer trusted, and a kubelet restart evicts no pod), ask the agent to kubelet-restart, verify, " +
+			"watch its apps for --app-stale-grace and evict the pods whose apps present stale credentials or fail to authenticate"},
+		{trusted, "cordon, ask the agent to kubelet-restart, verify, uncordon, " +
+			"watch its apps for --app-stale-grace and evict the pods whose apps present stale credentials or fail to authenticate"},
+	} {
+		web := tokenPod("web-1", "n1", "10.1.0.5", "web")
+		f := autoFixture(t, testNode("n1", withReport(oldIssuerReport(podRef(web)))), web)
+		f.gate.Set(c.gate)
+		newAppWorld(f, []*corev1.Pod{web}).run(10 * time.Second)
+		w, err := f.term.observe(f.ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := f.term.wouldDo(f.ctx, w, PlannedNode{Name: "n1", Strategy: Auto}); got != c.want {
+			t.Errorf("trust ended %v: would %q; want %q", c.gate.Trusted[1].Expires.Before(t0), got, c.want)
+		}
+	}
+}
