@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"go.uber.org/zap"
@@ -72,6 +74,7 @@ func inForce(r *Rollout, base, ceiling int) int {
 // halted node is pending: it starts again when the rollout is resumed.
 func (t *term) estimateInput(w world, views []nodeView, maxUnavailable int) EstimateInput {
 	in := EstimateInput{Now: w.now, MaxUnavailable: maxUnavailable, Settle: t.c.cfg.Settle, Deadline: TrustDeadline(w.gate, w.now)}
+	var watched []time.Duration
 	for _, v := range views {
 		switch {
 		case v.node == nil:
@@ -80,9 +83,24 @@ func (t *term) estimateInput(w world, views []nodeView, maxUnavailable int) Esti
 			in.Pending++
 		case v.state.Step.InProgress():
 			in.InProgress = append(in.InProgress, v.state.StartedAt)
+		case v.state.Step == protocol.StepApps:
+			// Its own remediation is done: what it cost is measured.
+			in.Finished = append(in.Finished, v.state.StepAt.Sub(v.state.StartedAt))
+			in.Watching = append(in.Watching, v.state.StepAt)
+		case !v.state.AppsAt.IsZero() && v.state.Step == protocol.StepDone:
+			in.Finished = append(in.Finished, v.state.AppsAt.Sub(v.state.StartedAt))
+			watched = append(watched, v.state.StepAt.Sub(v.state.AppsAt))
 		case v.state.Step == protocol.StepDone || v.state.Step == protocol.StepUnresolved || v.state.Step == protocol.StepDryRun:
 			in.Finished = append(in.Finished, v.state.StepAt.Sub(v.state.StartedAt))
 		}
+	}
+	switch {
+	case len(watched) > 0:
+		in.Watch = UpperMedian(watched)
+	case t.c.cfg.Apps != nil && slices.ContainsFunc(views, func(v nodeView) bool { return v.plan.Strategy == Auto }):
+		// Not measured yet: the watch lasts the grace and the settle at
+		// least.
+		in.Watch = AppsWatch(t.c.cfg.Apps.Grace)
 	}
 	return in
 }
@@ -143,11 +161,20 @@ func (t *term) maxUnavailable(ctx context.Context, w world, r *Rollout, views []
 	in := t.estimateInput(w, views, limit)
 	before := EstimateCompletion(in)
 	need := limit
-	switch fv := t.flagViews(w, views); {
+	fv := t.flagViews(w, views)
+	switch {
 	case len(fv) == len(views):
 		need = NeededMaxUnavailable(in, ceiling)
 	case len(fv) > 0:
 		need = NeededMaxUnavailable(t.estimateInput(w, fv, limit), ceiling)
+	}
+	ended := ceiling > limit && len(fv) > 0 && issuerRollout(r) && TrustEnded(w.gate, w.issuer, w.now)
+	if ended {
+		// The deadline has passed (or there was no window): the pods on
+		// every node left fail to authenticate now, and each node waiting
+		// for another prolongs their outage. No estimate is needed to
+		// know that the rollout ends after a deadline that is past.
+		need = ceiling
 	}
 	if need <= limit {
 		t.setEstimate(&before, limit)
@@ -157,11 +184,17 @@ func (t *term) maxUnavailable(ctx context.Context, w world, r *Rollout, views []
 	after := EstimateCompletion(in)
 	msg := fmt.Sprintf("at %s at once the rollout would end at %s, after the previous issuer's trust ends at %s; raised to %s at once (--deadline-max-unavailable allows %d)",
 		nodeCount(limit), stamp(before.Completion), stamp(in.Deadline), nodeCount(need), ceiling)
+	if ended {
+		msg = fmt.Sprintf("the API servers no longer trust the previous issuer, so the pods still holding its tokens fail to authenticate until their node is remediated; raised from %s to %s at once (--deadline-max-unavailable allows %d)",
+			nodeCount(limit), nodeCount(need), ceiling)
+	}
 	typ := corev1.EventTypeNormal
-	if after.MissesDeadline() {
+	switch {
+	case ended:
+	case after.MissesDeadline():
 		typ = corev1.EventTypeWarning
 		msg += fmt.Sprintf(", and even so it is expected to end at %s, after the deadline: raise --deadline-max-unavailable or expect the pods on the nodes left then to fail to authenticate", stamp(after.Completion))
-	} else {
+	default:
 		msg += fmt.Sprintf(", and is now expected to end at %s", stamp(after.Completion))
 	}
 	raise := &Raise{MaxUnavailable: need, From: limit, Ceiling: ceiling, At: w.now, Message: msg}
@@ -216,6 +249,31 @@ func (t *term) publishEstimate(ctx context.Context) error {
 		t.notify(ctx, v1alpha1.NotifyDeadlineAtRisk, r, "", fmt.Sprintf("rollout %s is expected to end at %s, after the previous issuer's trust ends at %s", id, stamp(cur.Completion), stamp(cur.Deadline)))
 	}
 	return err
+}
+
+// issuerRollout reports whether the coordinator planned r for tokens of an
+// issuer the API servers do not sign with: a rollout a person started, or
+// one for expired tokens alone, is not raised when that issuer's trust
+// ends.
+func issuerRollout(r *Rollout) bool {
+	return slices.Contains(strings.Split(r.Trigger, ","), TriggerIssuer)
+}
+
+// TrustEnded reports whether the API servers are known to trust, at now,
+// no issuer but the one they sign with (issuer): a token of any other has
+// stopped working. The trust deadline has passed, or there was none (the
+// previous issuer was dropped at once). OpenShift lists the signing issuer
+// among the trusted ones, without an expiration time.
+func TrustEnded(g GateState, issuer string, now time.Time) bool {
+	if !g.TrustKnown || issuer == "" {
+		return false
+	}
+	for _, ti := range g.Trusted {
+		if ti.Name != issuer && (ti.Expires.IsZero() || ti.Expires.After(now)) {
+			return false
+		}
+	}
+	return true
 }
 
 // rolloutEvent records an Event on the current TokenRollout: what concerns

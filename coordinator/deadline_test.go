@@ -264,3 +264,72 @@ func TestPolicyRaiseToMeetTheTrustDeadline(t *testing.T) {
 		})
 	}
 }
+
+// Once the API servers trust no issuer but the one they sign with (the
+// trust deadline passed, or there was no window), every pod still holding
+// the previous issuer's token fails to authenticate until its node is
+// remediated: a rollout planned for that issuer is raised to the ceiling
+// at once, with no node measured yet (any estimate ends after a deadline
+// that has passed), and only then.
+func TestRaiseToTheCeilingOnceTheTrustHasEnded(t *testing.T) {
+	ended := GateState{Provider: GateOpenShift, Open: true, TrustKnown: true,
+		Trusted: []TrustedIssuer{{Name: newIssuer}, {Name: oldIssuer, Expires: t0.Add(-time.Second)}}}
+	cases := []struct {
+		name    string
+		gate    GateState
+		trigger string
+		ceiling intstr.IntOrString
+		want    int
+	}{
+		{"the previous issuer's trust has ended", ended, TriggerIssuer, intstr.FromInt32(4), 4},
+		{"planned for expired tokens too", ended, TriggerStaleTokens + "," + TriggerIssuer, intstr.FromInt32(4), 4},
+		{"the previous issuer dropped from the list", GateState{Provider: GateOpenShift, Open: true, TrustKnown: true, Trusted: []TrustedIssuer{{Name: newIssuer}}},
+			TriggerIssuer, intstr.FromInt32(4), 4},
+		{"no ceiling set", ended, TriggerIssuer, intstr.IntOrString{}, 1},
+		{"a rollout a person started", ended, TriggerManual + " (alice)", intstr.FromInt32(4), 1},
+		{"planned for expired tokens alone", ended, TriggerStaleTokens, intstr.FromInt32(4), 1},
+		{"the previous issuer still trusted, no end known", GateState{Provider: GateOpenShift, Open: true, TrustKnown: true,
+			Trusted: []TrustedIssuer{{Name: newIssuer}, {Name: oldIssuer}}}, TriggerIssuer, intstr.FromInt32(4), 1},
+		{"the gate cannot tell what is trusted", GateState{Provider: GateOpenShift, Open: true}, TriggerIssuer, intstr.FromInt32(4), 1},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			var names []string
+			var objs []runtime.Object
+			for i := 1; i <= 6; i++ {
+				names = append(names, fmt.Sprintf("n%02d", i))
+				objs = append(objs, testNode(names[i-1]))
+			}
+			r := rollout(KubeletRestart, names...)
+			r.Trigger = c.trigger
+			f := newFixture(t, append(objs, rolloutConfigMap(r))...)
+			f.cfg.MaxUnavailable, f.cfg.DeadlineMaxUnavailable = intstr.FromInt32(1), c.ceiling
+			f.gate.Set(c.gate)
+			f.sync()
+			if got := f.cordonedNodes(names); got != c.want {
+				t.Errorf("%d nodes cordoned; want %d", got, c.want)
+			}
+			var events []string
+			for _, e := range f.takeEvents() {
+				if strings.Contains(e, ReasonMaxUnavailableRaised) {
+					events = append(events, e)
+				}
+			}
+			raised := f.state().Rollout.Raised
+			if c.want == 1 {
+				if len(events) > 0 || raised != nil {
+					t.Errorf("raised: %q, %+v", events, raised)
+				}
+				return
+			}
+			want := "Normal MaxUnavailableRaised rollout r-test: the API servers no longer trust the previous issuer, so the pods still holding its tokens fail to authenticate until their node is remediated; " +
+				"raised from 1 node to 4 nodes at once (--deadline-max-unavailable allows 4)"
+			if len(events) != 1 || events[0] != want {
+				t.Errorf("raise events %q; want %q", events, want)
+			}
+			if raised == nil || raised.MaxUnavailable != 4 || raised.From != 1 || raised.Ceiling != 4 {
+				t.Errorf("raise recorded %+v; want to 4 from 1", raised)
+			}
+		})
+	}
+}

@@ -25,6 +25,14 @@ type EstimateInput struct {
 	// Deadline is when the previous issuer stops being trusted (zero:
 	// none known).
 	Deadline time.Time
+	// Watch is how long a node's apps are watched once its own
+	// remediation is verified (auto), and Watching when the watches going
+	// on began. The node is out of the disruption budget meanwhile and the
+	// next starts, so the watches overlap: Finished counts a node's time
+	// until its watch began, and the rollout ends a Watch after the last
+	// node's remediation, not a Watch later per node.
+	Watch    time.Duration
+	Watching []time.Time
 }
 
 // Estimate is when a rollout is expected to end, and what that rests on.
@@ -83,7 +91,16 @@ func EstimateCompletion(in EstimateInput) Estimate {
 	for i := range pending {
 		pending[i] = e.PerNode
 	}
-	e.Completion, _ = RolloutEnd(in.Now, busy, pending, in.MaxUnavailable, in.Settle)
+	end, _ := RolloutEnd(in.Now, busy, pending, in.MaxUnavailable, in.Settle)
+	if in.Watch > 0 {
+		if len(busy)+len(pending) > 0 {
+			end = end.Add(in.Watch)
+		}
+		for _, s := range in.Watching {
+			end = later(end, s.Add(in.Watch))
+		}
+	}
+	e.Completion = end
 	return e
 }
 

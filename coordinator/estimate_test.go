@@ -45,6 +45,12 @@ func TestEstimateCompletion(t *testing.T) {
 			in: EstimateInput{Finished: []time.Duration{10 * m}, Pending: 7, MaxUnavailable: 1, Deadline: deadline}, want: 70 * m, perNode: 10 * m, misses: true},
 		{name: "no deadline is never missed",
 			in: EstimateInput{Finished: []time.Duration{10 * m}, Pending: 700, MaxUnavailable: 1}, want: 7000 * m, perNode: 10 * m},
+		{name: "auto's apps watch is paid once, after the last node's own remediation, not per node",
+			in: EstimateInput{Finished: []time.Duration{m}, Pending: 3, MaxUnavailable: 1, Watch: 3 * m}, want: 6 * m, perNode: m},
+		{name: "a watch going on ends a watch after it began",
+			in: EstimateInput{Finished: []time.Duration{m}, Watching: []time.Time{t0.Add(-m)}, MaxUnavailable: 1, Watch: 3 * m}, want: 2 * m, perNode: m},
+		{name: "nothing left but watches that have overrun: now",
+			in: EstimateInput{Finished: []time.Duration{m}, Watching: []time.Time{t0.Add(-10 * m)}, MaxUnavailable: 1, Watch: 3 * m}, want: 0, perNode: m},
 		{name: "a negative measure (a clock stepped back) counts as nothing",
 			in: EstimateInput{Finished: []time.Duration{-10 * m, -10 * m, 10 * m}, Pending: 1, MaxUnavailable: 1}, want: 0, perNode: 0},
 	}

@@ -225,7 +225,7 @@ func disrupted(views []nodeView, all []*corev1.Node, lock kuredLock) (busy, foun
 	for _, v := range views {
 		switch {
 		case v.node == nil:
-		case v.state != nil && v.state.Step.InProgress():
+		case v.state != nil && v.state.Step.InProgress() && !startedUncordoned(v):
 			ours[v.plan.Name] = true
 			busy++
 		case foundCordoned(v, lock) || (v.state != nil && (v.state.Step == protocol.StepDone || v.state.Step == protocol.StepUnresolved || v.state.Step == protocol.StepDryRun ||
@@ -282,6 +282,24 @@ func (t *term) startNodes(ctx context.Context, w world, r *Rollout, views []node
 	pg := t.policyGate(ctx, w, r, views, lock, limit)
 	var held []policy.Block
 	var blocked, mco, kured, notReady []string
+	// Once the previous issuer is no longer trusted, auto starts its
+	// kubelet restarts without a cordon, outside --max-unavailable
+	// (startUncordoned), a few at a time (uncordonedSlots). A
+	// RolloutPolicy's pools bound every node they cover.
+	noCordon := TrustEnded(w.gate, w.issuer, w.now)
+	policyCovers := func(name string) bool {
+		if pg == nil {
+			return false
+		}
+		_, covered := pg.cov.Of[name]
+		_, refused := pg.cov.Refused[name]
+		return covered || refused
+	}
+	var ev appEvidence
+	slots := 0
+	if noCordon {
+		ev, slots = t.appEvidence(w.now), uncordonedSlots(views)
+	}
 	for _, already := range []bool{true, false} {
 		for _, v := range views {
 			if v.node == nil || (v.state != nil && v.state.Step != protocol.StepHalted) || v.node.Spec.Unschedulable != already {
@@ -301,6 +319,19 @@ func (t *term) startNodes(ctx context.Context, w world, r *Rollout, views []node
 			if lock.held(v.plan.Name) {
 				kured = append(kured, v.plan.Name)
 				continue
+			}
+			if noCordon && !already && v.plan.Strategy == Auto && !policyCovers(v.plan.Name) {
+				if rung := (auto{}).firstRung(v.node, w.issuer, ev); rung == KubeletRestart || rung == rungNone {
+					if slots <= 0 {
+						continue // a kubelet restart in flight wakes us once verified
+					}
+					if err := t.startUncordoned(ctx, w, r, v, rung); err != nil {
+						return 0, err
+					}
+					slots--
+					inFlight++
+					continue
+				}
 			}
 			ahead := busy
 			if !already {
@@ -607,12 +638,16 @@ func (t *term) wouldDo(ctx context.Context, w world, pn PlannedNode) string {
 	if t.readKuredLock(w.now).held(n.Name) {
 		steps = append(steps, "wait until it no longer holds kured's reboot lock")
 	}
-	if n.Spec.Unschedulable {
+	prep, wait, err := t.prepareNode(ctx, impl, n, w.issuer, w.now)
+	noCordon := !n.Spec.Unschedulable && pn.Strategy == Auto && TrustEnded(w.gate, w.issuer, w.now) && prep != nil && (prep.rung == KubeletRestart || prep.rung == rungNone)
+	switch {
+	case n.Spec.Unschedulable:
 		steps = append(steps, "keep its cordon (found cordoned)")
-	} else {
+	case noCordon:
+		steps = append(steps, "no cordon (the previous issuer is no longer trusted, and a kubelet restart evicts no pod)")
+	default:
 		steps = append(steps, "cordon")
 	}
-	prep, wait, err := t.prepareNode(ctx, impl, n, w.issuer, w.now)
 	switch {
 	case err != nil:
 		steps = append(steps, "fail to prepare: "+err.Error())
@@ -627,7 +662,7 @@ func (t *term) wouldDo(ctx context.Context, w world, pn PlannedNode) string {
 		steps = append(steps, "ask the agent to "+string(a))
 	}
 	steps = append(steps, "verify")
-	if !n.Spec.Unschedulable {
+	if !n.Spec.Unschedulable && !noCordon {
 		steps = append(steps, "uncordon")
 	}
 	if prep != nil && (prep.rung == KubeletRestart || prep.rung == rungNone) {

@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -54,6 +55,12 @@ const rungNone protocol.Strategy = "none"
 // must have been heard succeeding before it is judged.
 const appsSettle = 30 * time.Second
 
+// AppsWatch is how long auto watches a node's apps, at least, once the
+// node's own remediation is verified, with --app-stale-grace grace. The
+// node is out of the disruption budget meanwhile, so a rollout pays it
+// once, after its last node, not once per node.
+func AppsWatch(grace time.Duration) time.Duration { return grace + appsSettle }
+
 // appsStartWait is how long a new leader waits for its app detection to
 // start (read every pod), and for a first audit event, before auto takes
 // it that there is no audit source.
@@ -73,30 +80,45 @@ func (a auto) prepare(ctx context.Context, client kubernetes.Interface, n *corev
 // for one (or a kubelet restart did not help), pod-restart's evictions
 // without an audit source, nothing when its files are fresh already, else
 // a kubelet restart.
-func (auto) prepareWith(ctx context.Context, client kubernetes.Interface, n *corev1.Node, issuer string, ev appEvidence) (*preparation, string, error) {
-	rr, _ := protocol.ParseRebootRequired(n.Annotations[protocol.AnnotationRebootRequired])
-	st, _ := protocol.ParseNodeState(n.Annotations[protocol.AnnotationNodeState])
-	switch {
-	case rr || st.Rung == Reboot:
+func (a auto) prepareWith(ctx context.Context, client kubernetes.Interface, n *corev1.Node, issuer string, ev appEvidence) (*preparation, string, error) {
+	switch rung := a.firstRung(n, issuer, ev); rung {
+	case Reboot:
 		p, wait, err := reboot{}.prepare(ctx, client, n, issuer)
 		if p != nil {
 			p.rung = Reboot
 		}
 		return p, wait, err
-	case ev.pending != "":
+	case "":
 		return nil, ev.pending, nil
-	case ev.missing != "":
+	case PodRestart:
 		p, wait, err := podRestart{}.prepare(ctx, client, n, issuer)
 		if p != nil {
 			p.rung = PodRestart
 			p.doneNote += "; apps are not verified: " + ev.missing
 		}
 		return p, wait, err
+	default:
+		return &preparation{kind: "none", rung: rung}, "", nil
+	}
+}
+
+// firstRung is the rung prepareWith chooses for n: "" while app detection
+// may soon tell (ev.pending).
+func (auto) firstRung(n *corev1.Node, issuer string, ev appEvidence) protocol.Strategy {
+	rr, _ := protocol.ParseRebootRequired(n.Annotations[protocol.AnnotationRebootRequired])
+	st, _ := protocol.ParseNodeState(n.Annotations[protocol.AnnotationNodeState])
+	switch {
+	case rr || st.Rung == Reboot:
+		return Reboot
+	case ev.pending != "":
+		return ""
+	case ev.missing != "":
+		return PodRestart
 	}
 	if clean, _ := reportClean(n, issuer); clean {
-		return &preparation{kind: "none", rung: rungNone}, "", nil
+		return rungNone
 	}
-	return &preparation{kind: "none", rung: KubeletRestart}, "", nil
+	return KubeletRestart
 }
 
 // action is the first rung's: prepareWith names the rung it chose.
@@ -223,14 +245,107 @@ func (t *term) appStaleNodes(w world) map[string]int {
 	return out
 }
 
+// startedUncordoned reports whether v is a node auto started without a cordon
+// and that is still acting: it makes no node unavailable, so it does not
+// count against --max-unavailable.
+func startedUncordoned(v nodeView) bool {
+	return v.node != nil && v.state != nil && v.state.NoCordon && v.state.Step == protocol.StepActing
+}
+
+// uncordonedSlots is how many more nodes auto may start without a cordon
+// now: one more than the kubelet restarts this rollout has verified, less
+// those in flight. The first is a canary, and each round may double the
+// next: a kubelet restart that does not work on this cluster (a staged
+// configuration that breaks it, a unit that does not come back) is found
+// on one node, not on every node at once, and the API servers meet the
+// kubelets' new token requests in growing waves, not all at once.
+func uncordonedSlots(views []nodeView) int {
+	inFlight, verified := 0, 0
+	for _, v := range views {
+		switch {
+		case v.state == nil:
+		case startedUncordoned(v):
+			inFlight++
+		case v.state.Rung == KubeletRestart && !v.state.AppsAt.IsZero():
+			verified++
+		}
+	}
+	return verified + 1 - inFlight
+}
+
+// startUncordoned starts a node on auto's first rung, a kubelet restart
+// (or nothing, rungNone), without a cordon, when the API servers no longer
+// trust the previous issuer: every pod on the node still holding its
+// tokens fails to authenticate until the kubelet replaces them, and the
+// restart evicts no pod. The node keeps running its pods; a pod scheduled
+// onto it while the kubelet restarts is admitted once the new kubelet
+// lists its pods (about a second later), with tokens of the current
+// issuer. So there is nothing to keep off the node and nothing made
+// unavailable: waiting for --max-unavailable would only prolong the apps'
+// outage. The request and the state go in one write, on the Node as read
+// (its resourceVersion): a node cordoned meanwhile is decided again.
+func (t *term) startUncordoned(ctx context.Context, w world, r *Rollout, v nodeView, rung protocol.Strategy) error {
+	ns := protocol.NodeState{Rollout: r.ID, Step: protocol.StepActing, Strategy: v.plan.Strategy, Rung: rung, NoCordon: true,
+		StepAt: w.now, StartedAt: w.now, BootID: v.node.Status.NodeInfo.BootID}
+	extra := map[string]any{}
+	if rung == KubeletRestart {
+		req := protocol.Request{ID: r.ID + "-" + randHex(4), Action: protocol.ActionKubeletRestart, Node: v.plan.Name, Rollout: r.ID, CreatedAt: w.now}
+		raw, err := json.Marshal(req)
+		if err != nil {
+			return err
+		}
+		ns.Request = req.ID
+		extra[protocol.AnnotationRequest] = string(raw)
+	}
+	if err := t.writeNode(ctx, v.node, &ns, nil, extra); err != nil {
+		return err
+	}
+	t.mu.Lock()
+	delete(t.uncordoned, v.plan.Name)
+	t.mu.Unlock()
+	what := "asked the agent to " + string(protocol.ActionKubeletRestart) + " (request " + ns.Request + ")"
+	if rung == rungNone {
+		what = "its tokens are fresh already; its apps are watched"
+	}
+	t.c.cfg.Log.Info("node started without a cordon: the previous issuer is no longer trusted, and a kubelet restart evicts no pod", zap.String("rollout", r.ID),
+		zap.String("node", v.plan.Name), zap.String("rung", string(rung)), zap.String("request", ns.Request))
+	t.event(v.node, corev1.EventTypeNormal, "ActionRequested", "Request", "rollout %s: %s for %s (%s), not cordoned: the API servers no longer trust the previous issuer, and a kubelet restart evicts no pod; %s",
+		r.ID, rung, v.plan.Strategy, v.plan.Reason, what)
+	return nil
+}
+
+// roomToCordon reports whether --max-unavailable (as raised) has room
+// for one more node out of service now.
+func (t *term) roomToCordon(w world, r *Rollout) bool {
+	base, ceiling, err := t.c.limits(len(w.nodes))
+	if err != nil {
+		return false
+	}
+	busy, found, _ := disrupted(t.refresh(t.views(w, r), r.ID), t.listNodes(), t.readKuredLock(w.now))
+	return busy+found < inForce(r, base, ceiling)
+}
+
 // climb puts the node on the next rung: cordoned again for it, the
 // request answered.
 func (t *term) climb(ctx context.Context, w world, r *Rollout, v nodeView, to protocol.Strategy, why string) error {
 	ns := *v.state
 	from := cmpOr(ns.Rung, KubeletRestart)
+	var unsched *bool
+	if ns.NoCordon {
+		// Started without a cordon: the next rung evicts or reboots, so
+		// the node is cordoned for it, and waits for room under
+		// --max-unavailable first (a node done or uncordoned wakes us).
+		if !t.roomToCordon(w, r) {
+			t.logOnChange("waiting for room under --max-unavailable to cordon the node for the next rung", zap.String("node", v.plan.Name),
+				zap.String("from", string(from)), zap.String("to", string(to)), zap.String("why", why))
+			return nil
+		}
+		unsched = boolPtr(true)
+		ns.NoCordon, ns.CordonedByUs = false, !v.node.Spec.Unschedulable
+	}
 	ns.Step, ns.StepAt, ns.Rung, ns.Request = protocol.StepCordoned, w.now, to, ""
 	ns.Message = fmt.Sprintf("%s did not do: %s; climbing to %s", from, truncate(why, 256), to)
-	if err := t.writeNode(ctx, v.node, &ns, nil, map[string]any{protocol.AnnotationRequest: nil}); err != nil {
+	if err := t.writeNode(ctx, v.node, &ns, unsched, map[string]any{protocol.AnnotationRequest: nil}); err != nil {
 		return err
 	}
 	t.c.cfg.Log.Warn("climbing to the next rung", zap.String("rollout", r.ID), zap.String("node", v.plan.Name),
@@ -255,11 +370,15 @@ func (t *term) startApps(ctx context.Context, w world, r *Rollout, v nodeView) e
 	if ns.CordonedByUs && v.node.Spec.Unschedulable {
 		unsched = boolPtr(false)
 	}
-	uncordoned := ns.CordonedByUs
+	how := map[bool]string{true: "uncordoned", false: "left cordoned as it was found"}[ns.CordonedByUs]
+	if ns.NoCordon {
+		how = "never cordoned"
+	}
 	rung := cmpOr(ns.Rung, KubeletRestart)
 	// Uncordoned now, the cordon is no longer ours: one put back later is
 	// someone else's, and stays.
 	ns.Step, ns.StepAt, ns.CordonedByUs, ns.Request = protocol.StepApps, w.now, false, ""
+	ns.AppsAt = w.now
 	ns.Message = fmt.Sprintf("%s verified; watching its apps", rung)
 	var clear map[string]any
 	if v.state.Request != "" {
@@ -273,7 +392,7 @@ func (t *term) startApps(ctx context.Context, w world, r *Rollout, v nodeView) e
 	t.mu.Unlock()
 	t.c.cfg.Log.Info("node's tokens verified; watching its apps", zap.String("rollout", r.ID), zap.String("node", v.plan.Name), zap.String("rung", string(rung)))
 	t.event(v.node, corev1.EventTypeNormal, "TokensVerified", "Uncordon", "rollout %s: %s verified in %s; %s; its apps are watched for --app-stale-grace before it is done", r.ID, rung,
-		w.now.Sub(ns.StartedAt).Round(time.Second), map[bool]string{true: "uncordoned", false: "left cordoned as it was found"}[uncordoned])
+		w.now.Sub(ns.StartedAt).Round(time.Second), how)
 	return nil
 }
 
@@ -334,12 +453,19 @@ func (t *term) watchApps(ctx context.Context, w world, r *Rollout, v nodeView) (
 	}
 	until := from.Add(ev.grace + appsSettle)
 	res := ev.last
+	var knownBefore time.Time
 	if res.Now.Before(from.Add(appsSettle)) {
-		return max(from.Add(appsSettle).Sub(w.now), ev.interval), nil
+		// Too early to judge what the node's new tokens did, but a pod
+		// found app-stale before the node started caches its token: the
+		// kubelet's new one does not help it, and it goes now.
+		knownBefore = ns.StartedAt
 	}
-	pods, owners, names, err := appProblemPods(ctx, cfg.Client, name, res, ns.Evicted, w.issuerAt, w.gate)
+	pods, owners, names, err := appProblemPods(ctx, cfg.Client, name, res, ns.Evicted, w.issuerAt, w.gate, knownBefore)
 	if err != nil {
 		return 0, t.halt(ctx, w, r, v, HaltDrainFailed, err.Error())
+	}
+	if len(pods) == 0 && !knownBefore.IsZero() {
+		return max(from.Add(appsSettle).Sub(w.now), ev.interval), nil
 	}
 	if len(pods) > 0 {
 		refs := make([]protocol.PodRef, 0, len(pods))
@@ -389,8 +515,11 @@ func (t *term) watchApps(ctx context.Context, w world, r *Rollout, v nodeView) (
 // appProblemPods are the pods on node that res finds app-failing, or
 // app-stale with a credential that will stop working, not evicted
 // already, still there; a pod no controller would recreate is not
-// evicted: the step fails and says which.
-func appProblemPods(ctx context.Context, client kubernetes.Interface, node string, res *apps.Result, evicted []protocol.PodRef, issuerSince time.Time, gate GateState) ([]corev1.Pod, []protocol.OwnerRef, []string, error) {
+// evicted: the step fails and says which. With knownBefore set, only the
+// pods app-stale since before it: an app that went on presenting a token
+// its kubelet had replaced, past the grace, before the node's remediation
+// began, caches its token, whatever the remediation's new tokens do.
+func appProblemPods(ctx context.Context, client kubernetes.Interface, node string, res *apps.Result, evicted []protocol.PodRef, issuerSince time.Time, gate GateState, knownBefore time.Time) ([]corev1.Pod, []protocol.OwnerRef, []string, error) {
 	gone := map[types.UID]bool{}
 	for _, r := range evicted {
 		gone[types.UID(r.UID)] = true
@@ -400,6 +529,9 @@ func appProblemPods(ctx context.Context, client kubernetes.Interface, node strin
 	var owners []protocol.OwnerRef
 	for _, pr := range res.Problems {
 		if pr.Pod.Node != node || gone[pr.Pod.UID] || (!pr.Failing && !staleCredentialFails(pr, issuerSince, gate)) {
+			continue
+		}
+		if !knownBefore.IsZero() && (!pr.Stale || pr.StaleSince.IsZero() || !pr.StaleSince.Before(knownBefore) || !staleCredentialFails(pr, issuerSince, gate)) {
 			continue
 		}
 		p, err := client.CoreV1().Pods(pr.Pod.Namespace).Get(ctx, pr.Pod.Name, metav1.GetOptions{})

@@ -9,6 +9,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/tokenroll/tokenroll/audit"
@@ -159,9 +160,15 @@ func TestAutoEvictsOnlyTheAppStalePod(t *testing.T) {
 	watchedAt := actingAt
 	watchedAt.Step, watchedAt.StepAt, watchedAt.CordonedByUs, watchedAt.Request = protocol.StepApps, start.Add(2*time.Second), false, ""
 	watchedAt.Message = "kubelet-restart verified; watching its apps"
+	watchedAt.AppsAt = watchedAt.StepAt
 	want = patchNode("n1", &watchedAt, ptr(false))
 	want.RequestCleared = true
-	f.expectWrites(want)
+	// The node's own remediation took 2 s; the rollout is expected to end
+	// once its apps were watched for the grace and the settle after it.
+	est := &Estimate{At: watchedAt.StepAt, Completion: watchedAt.StepAt.Add(appsOptions.Grace + appsSettle), PerNode: 2 * time.Second, Measured: 1, MaxUnavailable: 1}
+	withEst := rollout(Auto, "n1")
+	withEst.Estimate = est
+	f.expectWrites(want, updateState(stateOf(withEst)))
 	f.expectEvents("Normal Cordoned rollout r-test: cordoned for auto (requested by alice)",
 		"Normal ActionRequested rollout r-test: asked the agent to kubelet-restart (request "+id+")",
 		"Normal TokensVerified rollout r-test: kubelet-restart verified in 2s; uncordoned; its apps are watched for --app-stale-grace before it is done")
@@ -195,7 +202,12 @@ func TestAutoEvictsOnlyTheAppStalePod(t *testing.T) {
 	doneAt := evicted
 	doneAt.Step, doneAt.StepAt = protocol.StepDone, end
 	doneAt.Message = "apps verified: of 1 pod with a projected token, 1 present current credentials, 0 made no authenticated request in --app-window (unobserved, not counted healthy); 1 pod evicted"
-	f.expectWrites(patchNode("n1", &doneAt, nil), updateState(finished(rollout(Auto, "n1"), RolloutDone, end)))
+	if !end.Equal(est.Completion) {
+		t.Errorf("the rollout ended at %s; it was expected to end at %s", end, est.Completion)
+	}
+	doneRollout := rollout(Auto, "n1")
+	doneRollout.Estimate = est
+	f.expectWrites(patchNode("n1", &doneAt, nil), updateState(finished(doneRollout, RolloutDone, end)))
 	f.expectDrains()
 }
 
@@ -267,9 +279,15 @@ func TestAutoAppStalePodBehindAPDBHalts(t *testing.T) {
 	w.restartKubelet("n1")
 	w.run(2*time.Minute + 20*time.Second)
 	f.drainer.holdCalls()
+	syncAt := f.clock.Now()
 	f.sync()
 	f.awaitDrainCall()
 	f.expectDrains(drainCall{Pods: []string{"shop/cache-1"}, Timeout: 10 * time.Minute})
+	// The node's own remediation is measured (a minute); its watch ends
+	// the grace and the settle after it began.
+	withEst := rollout(Auto, "n1")
+	withEst.Estimate = &Estimate{At: syncAt, Completion: t0.Add(appsOptions.Grace + appsSettle), PerNode: time.Minute, Measured: 1, MaxUnavailable: 1}
+	f.expectWrites(updateState(stateOf(withEst)))
 	w.run(time.Minute)
 	f.sync()
 	f.expectWrites()
@@ -281,7 +299,7 @@ func TestAutoAppStalePodBehindAPDBHalts(t *testing.T) {
 	f.sync()
 	msg := "evicting the pods whose apps present stale credentials or fail to authenticate on node n1: " + refused.Error()
 	h := halted(watched, f.clock.Now(), HaltDrainTimeout, msg)
-	f.expectWrites(patchNode("n1", &h, nil), updateState(haltedState(rollout(Auto, "n1"), "n1", HaltDrainTimeout, msg, f.clock.Now())))
+	f.expectWrites(patchNode("n1", &h, nil), updateState(haltedState(withEst, "n1", HaltDrainTimeout, msg, f.clock.Now())))
 }
 
 // Without an audit source auto cannot tell which apps reload their token:
@@ -518,5 +536,207 @@ func TestAutoRestartsAnAppStalePodOnlyWhenItsCredentialWillFail(t *testing.T) {
 				t.Errorf("rollout %+v; want one for the app-stale pod: %v", st.Rollout, c.planned)
 			}
 		})
+	}
+}
+
+// trustEnded is an OpenShift gate open on the current issuer alone: the
+// previous issuer's trust ended a second ago.
+var trustEnded = GateState{Provider: GateOpenShift, Open: true, TrustKnown: true,
+	Trusted: []TrustedIssuer{{Name: newIssuer}, {Name: oldIssuer, Expires: t0.Add(-time.Second)}}}
+
+// The requests written in got, by node, each checked: a kubelet restart
+// asked at at.
+func kubeletRequests(t *testing.T, got []apiWrite, at time.Time) map[string]string {
+	t.Helper()
+	ids := map[string]string{}
+	for _, w := range got {
+		if w.Request != nil {
+			ids[w.Name] = requestIn(t, w, protocol.ActionKubeletRestart, w.Name, at)
+		}
+	}
+	return ids
+}
+
+// uncordonedStart is the state a node started without a cordon at at
+// carries, with request id.
+func uncordonedStart(at time.Time, id string) protocol.NodeState {
+	return protocol.NodeState{Rollout: rolloutID, Step: protocol.StepActing, Strategy: Auto, Rung: KubeletRestart, NoCordon: true,
+		Request: id, BootID: "boot-1", StepAt: at, StartedAt: at}
+}
+
+// Once the previous issuer is no longer trusted, every pod still holding
+// its tokens fails until its kubelet replaces them: auto restarts the
+// kubelets without cordoning the nodes (the restart evicts no pod) and
+// outside --max-unavailable, a canary first, then as many at once as have
+// been verified plus one. The request and the state go in one write, and
+// the node is never made unschedulable.
+func TestAutoRestartsKubeletsUncordonedOnceTheTrustHasEnded(t *testing.T) {
+	names := []string{"n1", "n2", "n3", "n4"}
+	var objs []runtime.Object
+	var pods []*corev1.Pod
+	for i, n := range names {
+		p := tokenPod("web-"+n, n, fmt.Sprintf("10.1.0.%d", i+1), "web")
+		pods = append(pods, p)
+		objs = append(objs, testNode(n, withReport(oldIssuerReport(podRef(p)))), p)
+	}
+	f := autoFixture(t, append(objs, rolloutConfigMap(rollout(Auto, names...)))...)
+	f.cfg.MaxUnavailable = intstr.FromInt32(1)
+	f.gate.Set(trustEnded)
+	w := newAppWorld(f, pods)
+	w.run(time.Minute)
+	start := f.clock.Now()
+
+	f.sync()
+	got := f.writes()
+	ids := kubeletRequests(t, got, start)
+	s1 := uncordonedStart(start, ids["n1"])
+	want := patchNode("n1", &s1, nil)
+	want.Request = got[0].Request
+	f.compareWrites(got, want)
+	f.expectEvents("Normal ActionRequested rollout r-test: kubelet-restart for auto (requested by alice), not cordoned: the API servers no longer trust the previous issuer, and a kubelet restart evicts no pod; " +
+		"asked the agent to kubelet-restart (request " + ids["n1"] + ")")
+
+	// The canary is not verified yet: nothing more starts.
+	f.clock.Step(time.Second)
+	f.sync()
+	f.expectWrites()
+
+	// Verified: watched, never cordoned, and out of the way; two more
+	// start at once, and the last waits for them.
+	f.clock.Step(time.Second)
+	w.restartKubelet("n1")
+	f.updateNode("n1", agentStatus(ids["n1"], protocol.PhaseDone, "kubelet restarted"))
+	f.updateNode("n1", withReport(cleanReport()))
+	at := f.clock.Now()
+	f.sync()
+	got = f.writes()
+	watched := s1
+	watched.Step, watched.StepAt, watched.AppsAt, watched.Request = protocol.StepApps, at, at, ""
+	watched.Message = "kubelet-restart verified; watching its apps"
+	wantApps := patchNode("n1", &watched, nil)
+	wantApps.RequestCleared = true
+	ids = kubeletRequests(t, got, at)
+	s2, s3 := uncordonedStart(at, ids["n2"]), uncordonedStart(at, ids["n3"])
+	w2, w3 := patchNode("n2", &s2, nil), patchNode("n3", &s3, nil)
+	if len(got) < 3 {
+		t.Fatalf("writes %v; want n1 watched, n2 and n3 started", got)
+	}
+	w2.Request, w3.Request = got[1].Request, got[2].Request
+	f.compareWrites(got[:3], wantApps, w2, w3)
+	for _, wr := range got[3:] {
+		if wr.Resource == "nodes" {
+			t.Errorf("node written beyond n1, n2, n3: %s", wr)
+		}
+	}
+	if steps := f.steps(names...); steps["n4"] != "" {
+		t.Errorf("n4 is %s; want it to wait for n2 and n3", steps["n4"])
+	}
+	events := f.takeEvents()
+	if len(events) != 3 || events[0] != "Normal TokensVerified rollout r-test: kubelet-restart verified in 2s; never cordoned; its apps are watched for --app-stale-grace before it is done" {
+		t.Errorf("events %q", events)
+	}
+}
+
+// A node started without a cordon whose kubelet restart refreshes
+// nothing climbs to a reboot, which drains: it is cordoned for it, in the
+// same write, once --max-unavailable has room, and not before.
+func TestAutoCordonsAnUncordonedNodeThatClimbs(t *testing.T) {
+	const req = "r-test-0000beef"
+	s := uncordonedStart(t0.Add(-21*time.Minute), req)
+	for _, full := range []bool{true, false} {
+		t.Run(fmt.Sprintf("budget full %v", full), func(t *testing.T) {
+			objs := []runtime.Object{testNode("n1", inStep(s), agentStatus(req, protocol.PhaseDone, "kubelet restarted"), withReport(oldIssuerReport())),
+				rolloutConfigMap(rollout(Auto, "n1"))}
+			if full {
+				objs = append(objs, testNode("other", cordoned))
+			}
+			f := autoFixture(t, objs...)
+			f.cfg.MaxUnavailable = intstr.FromInt32(1)
+			f.gate.Set(trustEnded)
+			newAppWorld(f, nil)
+			f.sync()
+			if full {
+				f.expectWrites()
+				return
+			}
+			climbed := s
+			climbed.Step, climbed.StepAt, climbed.Rung, climbed.Request, climbed.NoCordon, climbed.CordonedByUs = protocol.StepCordoned, t0, Reboot, "", false, true
+			climbed.Message = "kubelet-restart did not do: the agent reports 2 tokens from https://old.tokenroll.test, not https://new.tokenroll.test after 21m0s; climbing to reboot"
+			want := patchNode("n1", &climbed, ptr(true))
+			want.RequestCleared = true
+			f.expectWrites(want)
+		})
+	}
+}
+
+// A pod found app-stale before its node's remediation began (its app went
+// on presenting the token its kubelet had replaced an earlier time, past
+// the grace) caches its token: the kubelet restart's new token does not
+// help it, so it is evicted as soon as the node's apps are watched, not
+// after the settle; the reloading pod beside it is never evicted.
+func TestAutoEvictsAKnownCachingPodAtOnce(t *testing.T) {
+	web, cache := tokenPod("web-1", "n1", "10.1.0.5", "web"), tokenPod("cache-1", "n1", "10.1.0.6", "cache")
+	// The node's kubelet restart is verified at now: its apps are watched.
+	now := t0.Add(3*time.Minute + 20*time.Second)
+	watched := protocol.NodeState{Rollout: rolloutID, Step: protocol.StepApps, Strategy: Auto, Rung: KubeletRestart, NoCordon: true,
+		StepAt: now, AppsAt: now, StartedAt: now.Add(-3 * time.Second), BootID: "boot-1"}
+	f := autoFixture(t, testNode("n1", inStep(watched)), web, cache, replicaSet("shop", "cache", 1, 1), rolloutConfigMap(rollout(Auto, "n1")))
+	f.gate.Set(trustEnded)
+	w := newAppWorld(f, []*corev1.Pod{web, cache}, "cache-1")
+	// An earlier refresh: the caching app keeps its first token past the
+	// grace, the reloading one takes the new one.
+	w.run(time.Minute)
+	w.restartKubelet("n1")
+	w.run(2*time.Minute + 20*time.Second)
+	if !f.clock.Now().Equal(now) {
+		t.Fatalf("the clock is at %s; want %s", f.clock.Now(), now)
+	}
+	w.restartKubelet("n1")
+	w.d.Evaluate()
+	f.sync()
+	f.awaitDrainEnd()
+	f.expectDrains(drainCall{Pods: []string{"shop/cache-1"}, Timeout: 10 * time.Minute})
+	f.sync()
+	evicted := watched
+	evicted.Evicted = []protocol.PodRef{podRef(cache)}
+	evicted.Owners = []protocol.OwnerRef{{Kind: "ReplicaSet", Namespace: "shop", Name: "cache"}}
+	got := f.writes()
+	var nodeWrites []apiWrite
+	for _, wr := range got {
+		if wr.Resource == "nodes" {
+			nodeWrites = append(nodeWrites, wr)
+		}
+	}
+	f.compareWrites(nodeWrites, patchNode("n1", &evicted, nil))
+	if f.clock.Now().Sub(now) >= appsSettle {
+		t.Errorf("evicted %s after the watch began; want before the settle", f.clock.Now().Sub(now))
+	}
+}
+
+// A dry run says what auto would do: without a cordon once the previous
+// issuer is no longer trusted, with one while it is.
+func TestAutoDryRunSaysWhetherItCordons(t *testing.T) {
+	trusted := GateState{Provider: GateOpenShift, Open: true, TrustKnown: true,
+		Trusted: []TrustedIssuer{{Name: newIssuer}, {Name: oldIssuer, Expires: t0.Add(time.Hour)}}}
+	for _, c := range []struct {
+		gate GateState
+		want string
+	}{
+		{trustEnded, "no cordon (the previous issuer is no longer trusted, and a kubelet restart evicts no pod), ask the agent to kubelet-restart, verify, " +
+			"watch its apps for --app-stale-grace and evict the pods whose apps present stale credentials or fail to authenticate"},
+		{trusted, "cordon, ask the agent to kubelet-restart, verify, uncordon, " +
+			"watch its apps for --app-stale-grace and evict the pods whose apps present stale credentials or fail to authenticate"},
+	} {
+		web := tokenPod("web-1", "n1", "10.1.0.5", "web")
+		f := autoFixture(t, testNode("n1", withReport(oldIssuerReport(podRef(web)))), web)
+		f.gate.Set(c.gate)
+		newAppWorld(f, []*corev1.Pod{web}).run(10 * time.Second)
+		w, err := f.term.observe(f.ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := f.term.wouldDo(f.ctx, w, PlannedNode{Name: "n1", Strategy: Auto}); got != c.want {
+			t.Errorf("trust ended %v: would %q; want %q", c.gate.Trusted[1].Expires.Before(t0), got, c.want)
+		}
 	}
 }

@@ -104,6 +104,11 @@ type NodeState struct {
 	// Rung is the strategy a ladder of strategies (auto) runs on this
 	// node at this step ("" for any other strategy).
 	Rung Strategy `json:"rung,omitempty"`
+	// NoCordon: the node was started without a cordon (auto's kubelet
+	// restart, which evicts no pod, once the previous issuer is no longer
+	// trusted); it is cordoned if it climbs to a rung that evicts or
+	// reboots.
+	NoCordon bool `json:"noCordon,omitempty"`
 	// Request is the ID of the request written to the agent.
 	Request string `json:"request,omitempty"`
 	// BootID is the node's boot ID when the action was requested.
@@ -115,8 +120,12 @@ type NodeState struct {
 	Owners []OwnerRef `json:"owners,omitempty"`
 	// StepAt is when the node entered Step.
 	StepAt time.Time `json:"stepAt"`
-	// StartedAt is when the node was cordoned.
+	// StartedAt is when the node was cordoned (or started, NoCordon).
 	StartedAt time.Time `json:"startedAt"`
+	// AppsAt is when the node's own remediation was verified and the
+	// watch of its apps began (auto): from then on it is out of the
+	// disruption budget.
+	AppsAt time.Time `json:"appsAt,omitzero"`
 	// Reason is a halt's reason (CamelCase, bounded) and Message what happened.
 	Reason  string `json:"reason,omitempty"`
 	Message string `json:"message,omitempty"`

@@ -278,6 +278,7 @@ func (c *Comparison) Print(w io.Writer) {
 			continue
 		}
 		row(fmt.Sprintf("apps %s: errorSeconds", k), func(s *Summary) string { return fmt.Sprintf("%.1f", s.Apps[k].ErrorSeconds) })
+		row("  after the gate opened", func(s *Summary) string { return fmt.Sprintf("%.1f", s.Apps[k].ErrorSecondsAfterGate) })
 		row(fmt.Sprintf("apps %s: authFailures", k), func(s *Summary) string { return fmt.Sprint(s.Apps[k].AuthFailures) })
 	}
 	row("apps failing at the end", func(s *Summary) string {

@@ -50,7 +50,7 @@ func comparisonRuns() []*Summary {
 	return []*Summary{
 		{Nodes: 2, Kubelet: KubeletSim, Strategy: "reboot", RolloutSeconds: 31.26, OK: true,
 			Disruption: Disruption{PodsRestarted: 9, NodeReboots: 2, NodeSecondsOutOfService: 24.5},
-			Apps:       map[AppKind]AppFigures{AppReloading: {Pods: 10, AuthFailures: 12, ErrorSeconds: 20.04}, AppCaching: {Pods: 5, AuthFailures: 30, ErrorSeconds: 40}}},
+			Apps:       map[AppKind]AppFigures{AppReloading: {Pods: 10, AuthFailures: 12, ErrorSeconds: 20.04, ErrorSecondsAfterGate: 15}, AppCaching: {Pods: 5, AuthFailures: 30, ErrorSeconds: 40, ErrorSecondsAfterGate: 33.3}}},
 		{Nodes: 2, Kubelet: KubeletSim, Strategy: DeleteAllPods, RolloutSeconds: 9, OK: true,
 			Disruption: Disruption{PodsRestarted: 6},
 			Apps:       map[AppKind]AppFigures{AppReloading: {Pods: 8, AuthFailures: 4, ErrorSeconds: 7.5}, AppCaching: {Pods: 4, AuthFailures: 9, ErrorSeconds: 12}}},
@@ -80,8 +80,10 @@ Comparison: the same issuer change on 2 nodes (kubelet: sim), trust window 5m0s
   node reboots                  2       0                0                0
   node-seconds out of service   24.5    0.0              3.2              8.0
   apps reloading: errorSeconds  20.0    7.5              5.0              0.0
+    after the gate opened       15.0    0.0              0.0              0.0
   apps reloading: authFailures  12      4                4                0
   apps caching: errorSeconds    40.0    12.0             70.0             0.0
+    after the gate opened       33.3    0.0              0.0              0.0
   apps caching: authFailures    30      9                60               0
   apps failing at the end       0       0                2                0
   gate open to done (s)         31.3    9.0              3.5              12.0
@@ -129,5 +131,17 @@ func TestComparisonJSON(t *testing.T) {
 	}
 	if data, _ := os.ReadFile(path); strings.TrimSpace(string(data)) != "{\n  \"runs\": []\n}" {
 		t.Errorf("no runs: %s", data)
+	}
+}
+
+// The error time after the gate opened is the total less what every app,
+// ended since or not, had spent unable to authenticate when it opened.
+func TestErrorsAfterGate(t *testing.T) {
+	atGate := []AppReport{{Kind: AppReloading, appStats: appStats{ErrorTime: 3 * time.Second}}, {Kind: AppReloading, appStats: appStats{ErrorTime: 2 * time.Second}},
+		{Kind: AppCaching, appStats: appStats{ErrorTime: 4 * time.Second}}}
+	figs := map[AppKind]AppFigures{AppReloading: {ErrorSeconds: 12.5}, AppCaching: {ErrorSeconds: 4}}
+	errorsAfterGate(figs, atGate)
+	if figs[AppReloading].ErrorSecondsAfterGate != 7.5 || figs[AppCaching].ErrorSecondsAfterGate != 0 {
+		t.Errorf("after the gate: %+v", figs)
 	}
 }

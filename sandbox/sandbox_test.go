@@ -203,6 +203,7 @@ func TestSummaryJSONShape(t *testing.T) {
       "requests": 90,
       "authFailures": 40,
       "errorSeconds": 61.5,
+      "errorSecondsAfterGate": 0,
       "failingAtEnd": 3
     }
   }`; got != want {

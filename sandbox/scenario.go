@@ -609,6 +609,7 @@ func (r *run) scenario(ctx context.Context) (*Summary, error) {
 		return nil, fmt.Errorf("waiting for the new kube-apiserver revision to roll out: %w", err)
 	}
 	openedAt := time.Now()
+	appsAtGate := r.sb.AppReports()
 	if o.Strategy == DeleteAllPods {
 		r.p.printf("step 3: the gate is open; the administrator deletes every pod in every namespace, without draining (the documentation's `oc delete pods --all -n NS` for each namespace); the coordinators only watch (--auto=false)")
 		if err := r.deleteAllPods(tctx); err != nil {
@@ -659,6 +660,7 @@ func (r *run) scenario(ctx context.Context) (*Summary, error) {
 	}
 	appFailures := r.settleApps(ctx, kinds)
 	sum.Apps, _ = judgeApps(r.sb.AppReports(), kinds)
+	errorsAfterGate(sum.Apps, appsAtGate)
 	appFailures = append(appFailures, trustWindowFailures(sum.Apps, o.TrustWindow)...)
 	appFailures = explainAppFailures(o.Strategy, sum.Apps, appFailures)
 	sum.Failures = append(sum.Failures, appFailures...)

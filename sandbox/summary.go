@@ -89,12 +89,32 @@ type AppFigures struct {
 	// ErrorSeconds is the time the apps spent unable to authenticate, from
 	// a 401 to the next success, summed over pods.
 	ErrorSeconds float64 `json:"errorSeconds"`
+	// ErrorSecondsAfterGate is the part of ErrorSeconds after the
+	// revision gate opened: what the remediation's pace cost. Before it,
+	// every remediation waits for the same revision rollout, whose length
+	// varies from run to run.
+	ErrorSecondsAfterGate float64 `json:"errorSecondsAfterGate"`
 	// FailingAtEnd counts the pods whose app still runs and whose last
 	// request failed.
 	FailingAtEnd int `json:"failingAtEnd"`
 	// OtherErrors counts answers other than 2xx and 401, and requests that
 	// got none (shown, not judged).
 	OtherErrors int `json:"-"`
+}
+
+// errorsAfterGate sets each kind's ErrorSecondsAfterGate: its error time
+// less what the apps had spent unable to authenticate when the gate
+// opened (atGate, their reports then; every app then is in the reports at
+// the end, ended or not).
+func errorsAfterGate(figs map[AppKind]AppFigures, atGate []AppReport) {
+	before := map[AppKind]time.Duration{}
+	for _, r := range atGate {
+		before[r.Kind] += r.ErrorTime
+	}
+	for k, f := range figs {
+		f.ErrorSecondsAfterGate = max(f.ErrorSeconds-seconds(before[k]), 0)
+		figs[k] = f
+	}
 }
 
 // maxFailingApps is how many failing apps a failure message names.

@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"github.com/tokenroll/tokenroll/coordinator"
+	"github.com/tokenroll/tokenroll/coordinator/apps"
 	"github.com/tokenroll/tokenroll/protocol"
 )
 
@@ -14,12 +15,21 @@ var defaultPerNode = map[protocol.Strategy]time.Duration{
 	// The kubelet rewrites every projected token about a second after it
 	// restarts; the agent's next scan (every 30 s) reports them fresh.
 	"kubelet-restart": time.Minute,
+	// Its first rung, a kubelet restart; the watch of the node's apps
+	// that follows overlaps the next nodes, and is paid once
+	// (appsWatchOnce).
+	"auto": time.Minute,
 	// Evictions honour PodDisruptionBudgets, then the owners must report
 	// every replica ready again.
 	"pod-restart": 5 * time.Minute,
 	// A drain, the reboot, and the node Ready again.
 	"reboot": 10 * time.Minute,
 }
+
+// appsWatchOnce is what a rollout with auto takes after its last node's
+// own remediation: the watch of that node's apps, for the coordinator's
+// default --app-stale-grace.
+var appsWatchOnce = coordinator.AppsWatch(apps.DefaultOptions().Grace)
 
 // fallbackPerNode is the per-node time of a strategy with no default of
 // its own: the longest default, so the estimate errs late.
@@ -33,7 +43,8 @@ const (
 )
 
 // nodeSample is one node a recorded rollout finished: its strategy and
-// how long it took from its cordon to its verification.
+// how long it took from its cordon to its verification (with auto, to the
+// start of the watch of its apps).
 type nodeSample struct {
 	Strategy protocol.Strategy
 	Took     time.Duration

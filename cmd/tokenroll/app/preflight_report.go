@@ -470,6 +470,9 @@ func makeEstimate(in preflightInput) estimate {
 		durations = append(durations, d)
 	}
 	end, ok := coordinator.RolloutEnd(in.Now, busy, durations, e.Concurrency, in.Settle)
+	if ok && counts[coordinator.Auto] > 0 && in.PerNodeOverride <= 0 {
+		end = end.Add(appsWatchOnce)
+	}
 	if ok {
 		total := end.Sub(in.Now) + time.Duration(e.GateSettleSeconds*float64(time.Second))
 		e.DurationSeconds = total.Seconds()
@@ -532,7 +535,13 @@ func samplesOf(st *coordinator.StatusReport, nodes []*corev1.Node) ([]nodeSample
 		if err != nil || ns.Rollout != r.ID || ns.Step != protocol.StepDone || ns.StartedAt.IsZero() {
 			continue
 		}
-		out = append(out, nodeSample{Strategy: ns.Strategy, Took: ns.StepAt.Sub(ns.StartedAt)})
+		took := ns.StepAt.Sub(ns.StartedAt)
+		if !ns.AppsAt.IsZero() {
+			// The watch of its apps that followed overlapped the next
+			// nodes: it is not the node's time.
+			took = ns.AppsAt.Sub(ns.StartedAt)
+		}
+		out = append(out, nodeSample{Strategy: ns.Strategy, Took: took})
 	}
 	return out, r.ID
 }

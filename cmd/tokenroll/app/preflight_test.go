@@ -29,13 +29,36 @@ func TestPerNodeTime(t *testing.T) {
 		{"reboot", 0, 7 * time.Minute, perNodeMeasured, 3},
 		{"kubelet-restart", 0, 20 * time.Second, perNodeMeasured, 1},
 		{"pod-restart", 0, 5 * time.Minute, perNodeDefault, 0},
-		{"auto", 0, fallbackPerNode, perNodeDefault, 0},
+		{"auto", 0, time.Minute, perNodeDefault, 0},
 		{"reboot", 3 * time.Minute, 3 * time.Minute, perNodeFlag, 0},
 	} {
 		d, src, k := perNodeTime(c.strategy, samples, c.override)
 		if d != c.want || src != c.source || k != c.samples {
 			t.Errorf("%s (override %s): %s %s %d; want %s %s %d", c.strategy, c.override, d, src, k, c.want, c.source, c.samples)
 		}
+	}
+}
+
+// A node auto finished is measured until the watch of its apps began:
+// the watch overlapped the next nodes. A node of another strategy, from
+// its cordon to its verification.
+func TestSamplesOfStopAtTheAppsWatch(t *testing.T) {
+	at := time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
+	node := func(name string, ns protocol.NodeState) *corev1.Node {
+		raw, _ := json.Marshal(ns)
+		return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: map[string]string{protocol.AnnotationNodeState: string(raw)}}}
+	}
+	nodes := []*corev1.Node{
+		node("a", protocol.NodeState{Rollout: "r1", Step: protocol.StepDone, Strategy: coordinator.Auto, StartedAt: at, AppsAt: at.Add(40 * time.Second), StepAt: at.Add(3 * time.Minute)}),
+		node("b", protocol.NodeState{Rollout: "r1", Step: protocol.StepDone, Strategy: coordinator.KubeletRestart, StartedAt: at, StepAt: at.Add(20 * time.Second)}),
+	}
+	samples, id := samplesOf(&coordinator.StatusReport{Rollout: &coordinator.Rollout{ID: "r1"}}, nodes)
+	want := []nodeSample{{coordinator.Auto, 40 * time.Second}, {coordinator.KubeletRestart, 20 * time.Second}}
+	if id != "r1" || !slices.Equal(samples, want) {
+		t.Errorf("samples %v of %q; want %v of r1", samples, id, want)
+	}
+	if d, src, k := perNodeTime(coordinator.Auto, samples, 0); d != 40*time.Second || src != perNodeMeasured || k != 1 {
+		t.Errorf("auto's per-node time %s %s %d; want 40s measured on 1 node", d, src, k)
 	}
 }
 
@@ -130,6 +153,14 @@ func TestPreflightBeforeAnIssuerChange(t *testing.T) {
 	if rep.Breaks || e.Scope != scopeIssuerChange || e.Nodes != 3 || e.Concurrency != 1 || e.DurationSeconds != (3*time.Minute+2*time.Minute).Seconds() ||
 		e.Fits != nil || !e.TrustDeadline.IsZero() || len(e.PerNode) != 1 || e.PerNode[0].Source != perNodeDefault || e.PerNode[0].Why != "the state records no rollout" {
 		t.Errorf("no trust window: %+v\n%+v", e, rep.Checks)
+	}
+	// auto: a kubelet restart's minute per node, and the watch of the
+	// last node's apps once (the others overlap the next nodes).
+	auto := in
+	auto.Strategy = coordinator.Auto
+	if e := buildPreflight(auto).Estimate; e.DurationSeconds != (3*time.Minute+2*time.Minute+2*time.Minute+30*time.Second).Seconds() ||
+		len(e.PerNode) != 1 || e.PerNode[0].Seconds != 60 || e.PerNode[0].Source != perNodeDefault {
+		t.Errorf("auto: %+v", e)
 	}
 	in.TrustWindow, in.MaxUnavailable = 24*time.Hour, intstr.FromString("50%")
 	rep = buildPreflight(in)
