@@ -67,7 +67,7 @@ func managed(manager, sub string, fields int, at time.Time) metav1.ManagedFields
 	}
 	raw = append(raw, `"f:x":{}}}`...)
 	return metav1.ManagedFieldsEntry{Manager: manager, Operation: metav1.ManagedFieldsOperationUpdate, APIVersion: "v1",
-		Time: &metav1.Time{Time: at}, FieldsType: "FieldsV1", FieldsV1: &metav1.FieldsV1{Raw: raw}, Subresource: sub}
+		Time: &metav1.Time{Time: at}, FieldsType: "FieldsV1", FieldsV1: metav1.NewFieldsV1(string(raw)), Subresource: sub}
 }
 
 // realisticNode is node i as the API server returns it on a cloud: the
