@@ -330,7 +330,7 @@ func (c *Coordinator) Lead(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	log := c.cfg.Log
-	nodeFactory := informers.NewSharedInformerFactoryWithOptions(c.cfg.Client, 0, informers.WithTransform(trimNode))
+	nodeFactory := nodeInformerFactory(c.cfg.Client)
 	nodeInf := nodeFactory.Core().V1().Nodes().Informer()
 	if err := c.migrate(ctx); err != nil {
 		return err
@@ -551,15 +551,25 @@ func heartbeatOnly(a, b *corev1.Node) bool {
 	if len(a.Status.Conditions) != len(b.Status.Conditions) {
 		return false
 	}
-	a, b = a.DeepCopy(), b.DeepCopy()
-	for _, n := range []*corev1.Node{a, b} {
-		n.ResourceVersion = ""
-		n.ManagedFields = nil
-		for i := range n.Status.Conditions {
-			n.Status.Conditions[i].LastHeartbeatTime = metav1.Time{}
+	// Shallow copies with the conditions copied: every node posts its
+	// status every few minutes, and a deep copy of two whole Nodes cost
+	// more than the comparison.
+	strip := func(n *corev1.Node) *corev1.Node {
+		c := *n
+		c.ResourceVersion, c.ManagedFields = "", nil
+		c.Status.Conditions = slices.Clone(n.Status.Conditions)
+		for i := range c.Status.Conditions {
+			c.Status.Conditions[i].LastHeartbeatTime = metav1.Time{}
 		}
+		return &c
 	}
-	return equality.Semantic.DeepEqual(a, b)
+	return equality.Semantic.DeepEqual(strip(a), strip(b))
+}
+
+// nodeInformerFactory makes the factory of the Node informer a term
+// watches the fleet with.
+func nodeInformerFactory(client kubernetes.Interface) informers.SharedInformerFactory {
+	return informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(trimNode))
 }
 
 // trimNode drops what the coordinator never reads from cached Nodes.

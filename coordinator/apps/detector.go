@@ -7,9 +7,11 @@
 package apps
 
 import (
+	"container/heap"
 	"encoding/binary"
 	"encoding/hex"
 	"hash/maphash"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -159,6 +161,26 @@ type Detector struct {
 	// issued before. last is the latest evaluation.
 	started time.Time
 	last    *Result
+
+	// dirty are the pods to judge at the next evaluation; due orders the
+	// others by when time alone changes their judgement.
+	dirty []*podState
+	due   dueHeap
+	// The totals of every pod's last judgement, kept as pods are judged
+	// again, and whether they changed since the last evaluation copied
+	// them into its result.
+	tot     totals
+	changed bool
+	// judgeAll judges every pod at each evaluation, as if each were
+	// dirty: the reference the incremental evaluation is tested against.
+	judgeAll bool
+}
+
+type totals struct {
+	followed, healthy, unobserved, stale, failing int
+	nodes                                         map[string]NodeCounts
+	staleNS, failingNS                            map[string]int
+	problems                                      map[*podState]struct{}
 }
 
 type issuedToken struct {
@@ -187,16 +209,17 @@ type podState struct {
 	pod Pod
 	// audCount counts the pod's token sources per audience key: only a
 	// key held by exactly one source names a token unambiguously.
-	audCount map[uint64]int
+	audCount []audienceCount
 	// issued are tokens the pod's node's kubelet was issued for a source
 	// the spec names once; other are tokens issued for the pod that are
 	// not (another principal's TokenRequest, a CSI driver's audience, an
-	// ambiguous source): never judged. Rings, oldest overwritten.
-	issued    [maxIssued]issuedToken
+	// ambiguous source): never judged. Rings, oldest overwritten, grown
+	// as evidence comes: most pods hold one or two of each, or none.
+	issued    []issuedToken
 	nIssued   int
-	other     [maxOther]uint64
+	other     []uint64
 	nOther    int
-	presented [maxPresented]presentedToken
+	presented []presentedToken
 	nPres     int
 	// volume are the tokens the pod's volumes held as of volumeAt, when
 	// the detector learnt them from the agent's report (zero: never).
@@ -219,6 +242,41 @@ type podState struct {
 	// lastEvent is when an Event was last asked for, per condition
 	// (0: stale, 1: failing).
 	lastEvent [2]time.Time
+
+	// Evaluation: a pod is judged again only when something of it
+	// changed (dirty) or when time alone changes its judgement (due, when
+	// a piece of its evidence leaves the window): the others count as
+	// they did. counted says its last judgement is in the detector's
+	// totals, observed is that judgement's.
+	dirty, counted, observed, deleted bool
+	due                               time.Time
+	// dueAt is its index in the detector's due heap (-1: not in it).
+	dueAt int
+}
+
+type audienceCount struct {
+	key uint64
+	n   int
+}
+
+// sources is how many of the pod's token sources have audience key aud.
+func (ps *podState) sources(aud uint64) int {
+	for _, a := range ps.audCount {
+		if a.key == aud {
+			return a.n
+		}
+	}
+	return 0
+}
+
+// ring puts v at position n of a ring of at most size entries, growing
+// it until it is full.
+func ring[T any](r []T, n, size int, v T) []T {
+	if len(r) < size {
+		return append(r, v)
+	}
+	r[n%size] = v
+	return r
 }
 
 // NewDetector checks cfg and makes a Detector.
@@ -227,7 +285,8 @@ func NewDetector(cfg Config) *Detector {
 		cfg.Clock = clock.RealClock{}
 	}
 	return &Detector{cfg: cfg, seed: maphash.MakeSeed(), pods: map[types.UID]*podState{}, byIP: map[netip.Addr][]types.UID{},
-		foreign: map[uint64]struct{}{}, started: cfg.Clock.Now()}
+		foreign: map[uint64]struct{}{}, started: cfg.Clock.Now(),
+		tot: totals{nodes: map[string]NodeCounts{}, staleNS: map[string]int{}, failingNS: map[string]int{}, problems: map[*podState]struct{}{}}}
 }
 
 // tokenID is protocol.TokenID(jti) as a number.
@@ -269,9 +328,10 @@ func (d *Detector) SetVolumeTokens(node string, pods map[string][]string) {
 			vol = append(vol, volumeToken{id: n, issuedAt: at})
 		}
 		ps.volume, ps.volumeAt = vol, now
+		d.markDirty(ps)
 		// What the pod presented before is judged again against it.
-		for i := range min(ps.nPres, maxPresented) {
-			d.judgeByVolume(ps, ps.presented[i], ps.presented[i].last)
+		for _, p := range ps.presented {
+			d.judgeByVolume(ps, p, p.last)
 		}
 	}
 }
@@ -286,7 +346,7 @@ func (d *Detector) judgeByVolume(ps *podState, p presentedToken, t time.Time) {
 	if ps.volumeAt.IsZero() || len(ps.volume) == 0 || !p.first.Before(ps.volumeAt.Add(-volumeSlack)) {
 		return
 	}
-	if _, ok := d.foreign[p.jti]; ok || slices.Contains(ps.other[:min(ps.nOther, maxOther)], p.jti) {
+	if _, ok := d.foreign[p.jti]; ok || slices.Contains(ps.other, p.jti) {
 		return
 	}
 	var replacedAt time.Time
@@ -369,22 +429,33 @@ func (d *Detector) SetPod(p Pod, ended bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	ps := d.pods[p.UID]
-	if ps == nil {
-		ps = &podState{ipSince: now}
+	switch {
+	case ps == nil:
+		ps = &podState{ipSince: now, dueAt: -1}
 		d.pods[p.UID] = ps
-	} else if !slices.Equal(ps.pod.IPs, p.IPs) || ps.pod.HostNetwork != p.HostNetwork {
+	case !slices.Equal(ps.pod.IPs, p.IPs) || ps.pod.HostNetwork != p.HostNetwork:
 		d.unindex(ps)
 		ps.ipSince, ps.failFirst, ps.failLast = now, time.Time{}, time.Time{}
-	} else {
+	default:
 		d.unindex(ps)
 	}
+	if ps.counted {
+		// Counted under what it was: its node, namespace or phase may
+		// change.
+		d.count(ps, -1)
+	}
+	d.markDirty(ps)
 	ps.pod = p
-	ps.audCount = make(map[uint64]int, len(p.TokenAudiences))
+	ps.audCount = ps.audCount[:0]
 	for _, a := range p.TokenAudiences {
-		if a == "" {
-			ps.audCount[d.audKey(nil)]++
+		key := d.audKey(nil)
+		if a != "" {
+			key = d.audKey([]string{a})
+		}
+		if i := slices.IndexFunc(ps.audCount, func(c audienceCount) bool { return c.key == key }); i >= 0 {
+			ps.audCount[i].n++
 		} else {
-			ps.audCount[d.audKey([]string{a})]++
+			ps.audCount = append(ps.audCount, audienceCount{key: key, n: 1})
 		}
 	}
 	for _, ip := range p.IPs {
@@ -410,6 +481,13 @@ func (d *Detector) DeletePod(uid types.UID) {
 	if ps := d.pods[uid]; ps != nil {
 		d.unindex(ps)
 		delete(d.pods, uid)
+		if ps.counted {
+			d.count(ps, -1)
+		}
+		if ps.dueAt >= 0 {
+			heap.Remove(&d.due, ps.dueAt)
+		}
+		ps.deleted = true
 	}
 }
 
@@ -476,6 +554,7 @@ func (d *Detector) issued(ev *audit.Event, t time.Time) EventResult {
 	if ps == nil {
 		return r
 	}
+	d.markDirty(ps)
 	if ev.JTI == "" || (ev.Code != 0 && (ev.Code < 200 || ev.Code > 299)) {
 		return Ignored
 	}
@@ -485,12 +564,12 @@ func (d *Detector) issued(ev *audit.Event, t time.Time) EventResult {
 	// token anyone else had issued for the pod (its namespace's users can)
 	// must not make the pod's app look stale, so it is only remembered as
 	// one never to judge.
-	if ps.pod.Node == "" || ev.User != "system:node:"+ps.pod.Node || ps.audCount[aud] != 1 {
-		ps.other[ps.nOther%maxOther] = jti
+	if ps.pod.Node == "" || ev.User != "system:node:"+ps.pod.Node || ps.sources(aud) != 1 {
+		ps.other = ring(ps.other, ps.nOther, maxOther, jti)
 		ps.nOther++
 		return Ignored
 	}
-	ps.issued[ps.nIssued%maxIssued] = issuedToken{jti: jti, aud: aud, at: t, seq: ps.nIssued}
+	ps.issued = ring(ps.issued, ps.nIssued, maxIssued, issuedToken{jti: jti, aud: aud, at: t, seq: ps.nIssued})
 	ps.nIssued++
 	return Counted
 }
@@ -500,8 +579,7 @@ func (d *Detector) issued(ev *audit.Event, t time.Time) EventResult {
 func (ps *podState) newest(aud uint64) (issuedToken, bool) {
 	var best issuedToken
 	found := false
-	for i := range min(ps.nIssued, maxIssued) {
-		it := ps.issued[i]
+	for _, it := range ps.issued {
 		if it.aud == aud && (!found || it.at.After(best.at) || (it.at.Equal(best.at) && it.seq > best.seq)) {
 			best, found = it, true
 		}
@@ -514,6 +592,7 @@ func (d *Detector) presented(ev *audit.Event, t time.Time) EventResult {
 	if ps == nil {
 		return r
 	}
+	d.markDirty(ps)
 	if t.After(ps.lastAuth) {
 		ps.lastAuth = t
 	}
@@ -523,13 +602,13 @@ func (d *Detector) presented(ev *audit.Event, t time.Time) EventResult {
 	jti := d.hash(ev.JTI)
 	p := ps.see(jti, tokenID(ev.JTI), t)
 	first := p.first
-	if slices.Contains(ps.other[:min(ps.nOther, maxOther)], jti) {
+	if slices.Contains(ps.other, jti) {
 		return Counted
 	}
 	var newest issuedToken
 	known := false
 	issuedBy := first
-	for i := range min(ps.nIssued, maxIssued) {
+	for i := range ps.issued {
 		if ps.issued[i].jti == jti {
 			newest, known = ps.newest(ps.issued[i].aud)
 			if ps.issued[i].at.Before(issuedBy) {
@@ -553,8 +632,8 @@ func (d *Detector) presented(ev *audit.Event, t time.Time) EventResult {
 			return Counted
 		}
 		var ok bool
-		for k := range ps.audCount {
-			newest, ok = ps.newest(k)
+		for _, a := range ps.audCount {
+			newest, ok = ps.newest(a.key)
 		}
 		if !ok || !first.Before(newest.at) {
 			return Counted
@@ -571,7 +650,7 @@ func (d *Detector) presented(ev *audit.Event, t time.Time) EventResult {
 // returns what is known of it now; the token seen least recently makes
 // room.
 func (ps *podState) see(jti, id uint64, t time.Time) presentedToken {
-	n := min(ps.nPres, maxPresented)
+	n := len(ps.presented)
 	for i := range n {
 		p := &ps.presented[i]
 		if p.jti == jti {
@@ -584,16 +663,16 @@ func (ps *podState) see(jti, id uint64, t time.Time) presentedToken {
 			return *p
 		}
 	}
-	i := n
-	if n == maxPresented {
-		i = 0
-		for j := 1; j < n; j++ {
-			if ps.presented[j].last.Before(ps.presented[i].last) {
-				i = j
-			}
-		}
-	} else {
+	if n < maxPresented {
 		ps.nPres++
+		ps.presented = append(ps.presented, presentedToken{jti: jti, id: id, first: t, last: t})
+		return ps.presented[n]
+	}
+	i := 0
+	for j := 1; j < n; j++ {
+		if ps.presented[j].last.Before(ps.presented[i].last) {
+			i = j
+		}
 	}
 	ps.presented[i] = presentedToken{jti: jti, id: id, first: t, last: t}
 	return ps.presented[i]
@@ -615,6 +694,7 @@ func (d *Detector) authFailed(ev *audit.Event, t time.Time) EventResult {
 	if ps.pod.HostNetwork || t.Before(ps.ipSince) {
 		return Ignored
 	}
+	d.markDirty(ps)
 	// A run of failures ends with an authenticated request after it, or a
 	// window without failures.
 	if ps.failLast.IsZero() || t.Sub(ps.failLast) > d.cfg.Window || ps.lastAuth.After(ps.failLast) {
@@ -679,7 +759,7 @@ type Result struct {
 // given was issued (zero: none known).
 func (ps *podState) newestToken() time.Time {
 	var t time.Time
-	for _, it := range ps.issued[:min(ps.nIssued, maxIssued)] {
+	for _, it := range ps.issued {
 		t = laterOf(t, it.at)
 	}
 	for _, v := range ps.volume {
@@ -717,59 +797,44 @@ func (d *Detector) failingGrace() time.Duration {
 	return d.cfg.Grace
 }
 
-// Evaluate judges every pod at the clock's now and returns what changed
-// since the last evaluation. The caller reports it.
+// Evaluate judges the pods at the clock's now and returns what changed
+// since the last evaluation, and the totals of every pod. Only the pods
+// whose evidence or spec changed since, or whose evidence left the window,
+// are judged again: the others' judgement cannot have changed. The caller
+// reports it.
 func (d *Detector) Evaluate() Result {
 	now := d.cfg.Clock.Now()
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	res := Result{Now: now, Nodes: map[string]NodeCounts{}, StaleByNamespace: map[string]int{}, FailingByNamespace: map[string]int{}}
-	for _, ps := range d.pods {
-		p := &ps.pod
-		stale := !ps.staleLast.IsZero() && now.Sub(ps.staleLast) <= d.cfg.Window
-		failing := !ps.failLast.IsZero() && ps.failsWithNewToken(d.cfg.Grace, d.failingGrace()) &&
-			now.Sub(ps.failLast) <= d.cfg.Window && !ps.lastAuth.After(ps.failLast)
-		if stale != ps.stale {
-			ps.stale, ps.staleSince = stale, ps.staleFirst
-			res.Transitions = append(res.Transitions, d.transition(ps, AppStale, stale, now, 0))
+	if d.judgeAll {
+		for _, ps := range d.pods {
+			d.markDirty(ps)
 		}
-		if failing != ps.failing {
-			ps.failing, ps.failingSince = failing, ps.failFirst
-			res.Transitions = append(res.Transitions, d.transition(ps, AppFailing, failing, now, 1))
+	}
+	for len(d.due) > 0 && now.After(d.due[0].due) {
+		d.markDirty(heap.Pop(&d.due).(*podState))
+	}
+	res := Result{Now: now}
+	for i, ps := range d.dirty {
+		d.dirty[i] = nil
+		ps.dirty = false
+		if !ps.deleted {
+			d.judge(ps, now, &res)
 		}
-		if !stale {
-			ps.staleFirst, ps.staleLast = time.Time{}, time.Time{}
-		}
-		observed := !ps.lastAuth.IsZero() && now.Sub(ps.lastAuth) <= d.cfg.Window
-		if p.followed() {
-			nc := res.Nodes[p.Node]
-			nc.Pods++
-			res.Followed++
-			switch {
-			case stale || failing:
-			case observed:
-				nc.Healthy++
-				res.Healthy++
-			default:
-				nc.Unobserved++
-				res.Unobserved++
-			}
-			nc.Stale += b2i(stale)
-			nc.Failing += b2i(failing)
-			res.Nodes[p.Node] = nc
-		}
-		if stale {
-			res.Stale++
-			res.StaleByNamespace[p.Namespace]++
-		}
-		if failing {
-			res.Failing++
-			res.FailingByNamespace[p.Namespace]++
-		}
-		if stale || failing {
-			res.Problems = append(res.Problems, PodProblem{Pod: *p, Stale: stale, Failing: failing,
-				StaleSince: ps.staleSince, FailingSince: ps.failingSince, ReplacedAt: ps.replacedAt, IssuedBy: ps.issuedBy})
-		}
+	}
+	d.dirty = d.dirty[:0]
+	res.Followed, res.Healthy, res.Unobserved, res.Stale, res.Failing = d.tot.followed, d.tot.healthy, d.tot.unobserved, d.tot.stale, d.tot.failing
+	if d.changed || d.last == nil {
+		// A result's maps are shared with its readers: copied when they
+		// changed, the last ones otherwise.
+		res.Nodes, res.StaleByNamespace, res.FailingByNamespace = maps.Clone(d.tot.nodes), maps.Clone(d.tot.staleNS), maps.Clone(d.tot.failingNS)
+		d.changed = false
+	} else {
+		res.Nodes, res.StaleByNamespace, res.FailingByNamespace = d.last.Nodes, d.last.StaleByNamespace, d.last.FailingByNamespace
+	}
+	for ps := range d.tot.problems {
+		res.Problems = append(res.Problems, PodProblem{Pod: ps.pod, Stale: ps.stale, Failing: ps.failing,
+			StaleSince: ps.staleSince, FailingSince: ps.failingSince, ReplacedAt: ps.replacedAt, IssuedBy: ps.issuedBy})
 	}
 	slices.SortFunc(res.Transitions, func(a, b Transition) int {
 		return strings.Compare(a.Pod.Namespace+"/"+a.Pod.Name+"/"+string(a.Condition), b.Pod.Namespace+"/"+b.Pod.Name+"/"+string(b.Condition))
@@ -784,6 +849,141 @@ func (d *Detector) Evaluate() Result {
 	last := res
 	d.last = &last
 	return res
+}
+
+// judge judges one pod at now, records its transitions in res, counts it
+// in the totals and schedules when time alone would change its judgement.
+// Called with d.mu held.
+func (d *Detector) judge(ps *podState, now time.Time, res *Result) {
+	inWindow := func(t time.Time) bool { return !t.IsZero() && now.Sub(t) <= d.cfg.Window }
+	stale := inWindow(ps.staleLast)
+	failing := !ps.failLast.IsZero() && ps.failsWithNewToken(d.cfg.Grace, d.failingGrace()) &&
+		inWindow(ps.failLast) && !ps.lastAuth.After(ps.failLast)
+	observed := inWindow(ps.lastAuth)
+	recount := !ps.counted || stale != ps.stale || failing != ps.failing || observed != ps.observed
+	if recount && ps.counted {
+		d.count(ps, -1)
+	}
+	if stale != ps.stale {
+		ps.stale, ps.staleSince = stale, ps.staleFirst
+		res.Transitions = append(res.Transitions, d.transition(ps, AppStale, stale, now, 0))
+	}
+	if failing != ps.failing {
+		ps.failing, ps.failingSince = failing, ps.failFirst
+		res.Transitions = append(res.Transitions, d.transition(ps, AppFailing, failing, now, 1))
+	}
+	if !stale {
+		ps.staleFirst, ps.staleLast = time.Time{}, time.Time{}
+	}
+	ps.observed = observed
+	if recount {
+		d.count(ps, 1)
+	}
+	// The next instant a piece of evidence leaves the window.
+	var due time.Time
+	for _, t := range []time.Time{ps.staleLast, ps.failLast, ps.lastAuth} {
+		if inWindow(t) {
+			if at := t.Add(d.cfg.Window); due.IsZero() || at.Before(due) {
+				due = at
+			}
+		}
+	}
+	switch {
+	case due.IsZero() && ps.dueAt >= 0:
+		heap.Remove(&d.due, ps.dueAt)
+	case due.IsZero():
+	case ps.dueAt >= 0:
+		ps.due = due
+		heap.Fix(&d.due, ps.dueAt)
+	default:
+		ps.due = due
+		heap.Push(&d.due, ps)
+	}
+}
+
+// count adds (sign 1) or takes away (-1) a pod's last judgement to the
+// totals. Called with d.mu held.
+func (d *Detector) count(ps *podState, sign int) {
+	ps.counted = sign > 0
+	d.changed = true
+	p := &ps.pod
+	stale, failing := ps.stale, ps.failing
+	if p.followed() {
+		nc := d.tot.nodes[p.Node]
+		nc.Pods += sign
+		d.tot.followed += sign
+		switch {
+		case stale || failing:
+		case ps.observed:
+			nc.Healthy += sign
+			d.tot.healthy += sign
+		default:
+			nc.Unobserved += sign
+			d.tot.unobserved += sign
+		}
+		nc.Stale += sign * b2i(stale)
+		nc.Failing += sign * b2i(failing)
+		if nc == (NodeCounts{}) {
+			delete(d.tot.nodes, p.Node)
+		} else {
+			d.tot.nodes[p.Node] = nc
+		}
+	}
+	if stale {
+		d.tot.stale += sign
+		addTo(d.tot.staleNS, p.Namespace, sign)
+	}
+	if failing {
+		d.tot.failing += sign
+		addTo(d.tot.failingNS, p.Namespace, sign)
+	}
+	if stale || failing {
+		if sign > 0 {
+			d.tot.problems[ps] = struct{}{}
+		} else {
+			delete(d.tot.problems, ps)
+		}
+	}
+}
+
+func addTo(m map[string]int, k string, n int) {
+	if m[k]+n == 0 {
+		delete(m, k)
+	} else {
+		m[k] += n
+	}
+}
+
+// markDirty has the pod judged at the next evaluation. Called with d.mu
+// held.
+func (d *Detector) markDirty(ps *podState) {
+	if !ps.dirty {
+		ps.dirty = true
+		d.dirty = append(d.dirty, ps)
+	}
+}
+
+// dueHeap orders pods by when time alone changes their judgement.
+type dueHeap []*podState
+
+func (h dueHeap) Len() int           { return len(h) }
+func (h dueHeap) Less(i, j int) bool { return h[i].due.Before(h[j].due) }
+func (h dueHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].dueAt, h[j].dueAt = i, j
+}
+func (h *dueHeap) Push(x any) {
+	ps := x.(*podState)
+	ps.dueAt = len(*h)
+	*h = append(*h, ps)
+}
+func (h *dueHeap) Pop() any {
+	old := *h
+	ps := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	ps.dueAt = -1
+	return ps
 }
 
 func (d *Detector) transition(ps *podState, c Condition, set bool, now time.Time, i int) Transition {

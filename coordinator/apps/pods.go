@@ -2,10 +2,13 @@ package apps
 
 import (
 	"net/netip"
+	"slices"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 )
 
 // PodFrom takes what the detector needs from a pod; ended says the pod
@@ -60,36 +63,46 @@ func workload(p *corev1.Pod) string {
 	return ref.Kind + "/" + ref.Name
 }
 
-// TrimPod keeps, of a cached pod, only what PodFrom reads: the informer
-// holds every pod of the cluster.
+// cachedPod is what the pod informer keeps of a pod: what the detector
+// reads (PodFrom), and the name and resourceVersion the informer's store
+// needs, in place of the whole Pod. The informer holds every pod of the
+// cluster; a corev1.Pod's struct alone, its fields empty, is larger than
+// all of this.
+type cachedPod struct {
+	pod             Pod
+	ended           bool
+	resourceVersion string
+}
+
+// GetObjectMeta gives the informer's store the pod's key and version.
+func (c *cachedPod) GetObjectMeta() metav1.Object {
+	return &metav1.ObjectMeta{Namespace: c.pod.Namespace, Name: c.pod.Name, UID: c.pod.UID, ResourceVersion: c.resourceVersion}
+}
+
+// GetObjectKind and DeepCopyObject make it a runtime.Object.
+func (c *cachedPod) GetObjectKind() schema.ObjectKind { return schema.EmptyObjectKind }
+
+func (c *cachedPod) DeepCopyObject() runtime.Object {
+	out := *c
+	out.pod.IPs = slices.Clone(c.pod.IPs)
+	out.pod.TokenAudiences = slices.Clone(c.pod.TokenAudiences)
+	return &out
+}
+
+// TrimPod is the pod informer's transform: it keeps of a pod only what
+// PodFrom takes, as a cachedPod.
 func TrimPod(obj any) (any, error) {
 	p, ok := obj.(*corev1.Pod)
 	if !ok {
 		return obj, nil
 	}
-	t := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: p.Name, Namespace: p.Namespace, UID: p.UID, ResourceVersion: p.ResourceVersion,
-			OwnerReferences: p.OwnerReferences},
-		Spec:   corev1.PodSpec{NodeName: p.Spec.NodeName, HostNetwork: p.Spec.HostNetwork},
-		Status: corev1.PodStatus{Phase: p.Status.Phase, PodIP: p.Status.PodIP, PodIPs: p.Status.PodIPs},
+	pod, ended := PodFrom(p)
+	if len(pod.TokenAudiences) == 1 && pod.TokenAudiences[0] == "" {
+		// Nearly every pod's: one source, the API server's audience.
+		pod.TokenAudiences = apiServerAudience
 	}
-	if h, ok := p.Labels["pod-template-hash"]; ok {
-		t.Labels = map[string]string{"pod-template-hash": h}
-	}
-	for _, v := range p.Spec.Volumes {
-		if v.Projected == nil {
-			continue
-		}
-		var srcs []corev1.VolumeProjection
-		for _, s := range v.Projected.Sources {
-			if s.ServiceAccountToken != nil {
-				srcs = append(srcs, corev1.VolumeProjection{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{Audience: s.ServiceAccountToken.Audience}})
-			}
-		}
-		if len(srcs) > 0 {
-			t.Spec.Volumes = append(t.Spec.Volumes, corev1.Volume{Name: v.Name,
-				VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{Sources: srcs}}})
-		}
-	}
-	return t, nil
+	return &cachedPod{pod: pod, ended: ended, resourceVersion: p.ResourceVersion}, nil
 }
+
+// apiServerAudience is shared, read only.
+var apiServerAudience = []string{""}

@@ -342,6 +342,11 @@ func (r *Reporter) event(tr Transition) {
 }
 
 func (r *Reporter) writeStatus(ctx context.Context, res Result) error {
+	now := r.Clock.Now()
+	if !r.lastWritten.IsZero() && now.Sub(r.lastWritten) < r.StatusInterval {
+		// Not built either: it sorts and encodes every node's counts.
+		return nil
+	}
 	st := BuildStatus(res, r.Grace, r.Window)
 	// What changes with every event is refreshed every StatusRefresh only.
 	content := st
@@ -350,8 +355,7 @@ func (r *Reporter) writeStatus(ctx context.Context, res Result) error {
 	if err != nil {
 		return err
 	}
-	now := r.Clock.Now()
-	if !r.lastWritten.IsZero() && (now.Sub(r.lastWritten) < r.StatusInterval || (string(cb) == r.lastData && now.Sub(r.lastWritten) < r.StatusRefresh)) {
+	if !r.lastWritten.IsZero() && string(cb) == r.lastData && now.Sub(r.lastWritten) < r.StatusRefresh {
 		return nil
 	}
 	data, err := json.Marshal(st)

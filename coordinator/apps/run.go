@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"go.uber.org/zap"
-	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
@@ -74,34 +73,16 @@ func Run(ctx context.Context, rc RunConfig) error {
 	}
 	o := rc.Options
 	d := NewDetector(Config{Grace: o.Grace, FailingGrace: o.FailingGrace, Window: o.Window, RepeatEvents: time.Hour, Clock: rc.Clock})
-	factory := informers.NewSharedInformerFactoryWithOptions(rc.Client, 0, informers.WithTransform(TrimPod))
-	inf := factory.Core().V1().Pods().Informer()
-	set := func(obj any) {
-		if p, ok := obj.(*corev1.Pod); ok {
-			d.SetPod(PodFrom(p))
-		}
-	}
-	if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    set,
-		UpdateFunc: func(_, obj any) { set(obj) },
-		DeleteFunc: func(obj any) {
-			if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
-				obj = t.Obj
-			}
-			if p, ok := obj.(*corev1.Pod); ok {
-				d.DeletePod(p.UID)
-			}
-		},
-	}); err != nil {
+	synced, stop, err := FollowPods(ctx, rc.Client, d)
+	if err != nil {
 		return err
 	}
-	factory.Start(ctx.Done())
-	defer factory.Shutdown()
+	defer stop()
 	r := &Reporter{Client: rc.Client, Namespace: rc.Namespace, Recorder: rc.Recorder, Metrics: rc.Metrics, Log: rc.Log, Clock: rc.Clock,
 		Grace: o.Grace, Window: o.Window, StatusInterval: 30 * time.Second, StatusRefresh: 5 * time.Minute,
 		Limiter: flowcontrol.NewTokenBucketPassiveRateLimiterWithClock(5, 50, rc.Clock)}
 	defer rc.Metrics.reset()
-	if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
+	if !cache.WaitForCacheSync(ctx.Done(), synced) {
 		return ctx.Err()
 	}
 	rc.Log.Info("app detection: pods read", zap.Int("pods", d.Pods()))
@@ -123,4 +104,36 @@ func Run(ctx context.Context, rc RunConfig) error {
 			rc.Log.Warn("app detection: reporting; retrying at the next evaluation", zap.Error(err))
 		}
 	}
+}
+
+// FollowPods starts an informer that gives d every pod of the cluster,
+// trimmed to what the detector reads, until ctx ends or stop is called;
+// synced tells when d has been given them all.
+func FollowPods(ctx context.Context, client kubernetes.Interface, d *Detector) (synced cache.InformerSynced, stop func(), err error) {
+	factory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(TrimPod))
+	inf := factory.Core().V1().Pods().Informer()
+	set := func(obj any) {
+		if p, ok := obj.(*cachedPod); ok {
+			d.SetPod(p.pod, p.ended)
+		}
+	}
+	reg, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    set,
+		UpdateFunc: func(_, obj any) { set(obj) },
+		DeleteFunc: func(obj any) {
+			if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+				obj = t.Obj
+			}
+			if p, ok := obj.(*cachedPod); ok {
+				d.DeletePod(p.pod.UID)
+			}
+		},
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	factory.Start(ctx.Done())
+	// The handler's, not the informer's: d holds every pod only once the
+	// handler has been given them, after the informer's store.
+	return reg.HasSynced, factory.Shutdown, nil
 }
