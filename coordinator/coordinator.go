@@ -121,6 +121,10 @@ type Config struct {
 	// cluster). With Apps, the leader labels it LabelAuditReceiver while
 	// its detector keeps audit events.
 	PodName string
+	// LeaseName is the leader-election Lease in Namespace. Events about
+	// the coordinator itself (a CRD not installed) go on its Pod, or on
+	// this Lease when PodName is empty.
+	LeaseName string
 }
 
 // Coordinator runs rollouts while it leads. What lives beyond one
@@ -325,9 +329,6 @@ func (c *Coordinator) Lead(ctx context.Context) error {
 	log := c.cfg.Log
 	nodeFactory := informers.NewSharedInformerFactoryWithOptions(c.cfg.Client, 0, informers.WithTransform(trimNode))
 	nodeInf := nodeFactory.Core().V1().Nodes().Informer()
-	if err := c.migrate(ctx); err != nil {
-		return err
-	}
 	recordFactory := externalversions.NewSharedInformerFactory(c.cfg.Rollouts, 0)
 	recordInf := recordFactory.Tokenroll().V1alpha1().TokenRollouts().Informer()
 	t := c.newTerm(klog.FromContext(ctx), nodeInf.GetStore(), recordInf.GetStore())
@@ -379,6 +380,12 @@ func (c *Coordinator) Lead(ctx context.Context) error {
 	broadcaster.StartRecordingToSink(stopEvents)
 	defer func() { broadcaster.Shutdown(); close(stopEvents) }()
 	t.recorder = broadcaster.NewRecorder(scheme.Scheme, "tokenroll-coordinator")
+	if err := c.awaitRecordsServed(ctx, t.recorder); err != nil {
+		return err
+	}
+	if err := c.migrate(ctx); err != nil {
+		return err
+	}
 
 	nodeFactory.Start(ctx.Done())
 	recordFactory.Start(ctx.Done())

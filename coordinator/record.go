@@ -267,6 +267,17 @@ func setConditions(status *v1alpha1.TokenRolloutStatus, r *Rollout, now time.Tim
 	}
 }
 
+// aboutEvent records an Event on the current TokenRollout, or, with none
+// (yet), on the coordinator's own object; it reports whether it had an
+// object to put it on.
+func (t *term) aboutEvent(typ, reason, action, note string, args ...any) bool {
+	if StateOf(t.recordList()).Rollout != nil {
+		t.rolloutEvent(typ, reason, action, note, args...)
+		return true
+	}
+	return t.c.selfEvent(t.recorder, typ, reason, action, note, args...)
+}
+
 func cut(s string, n int) string {
 	if len(s) <= n {
 		return s
@@ -299,8 +310,11 @@ func (st Store) List(ctx context.Context) ([]*v1alpha1.TokenRollout, error) {
 		list, err = st.Client.TokenrollV1alpha1().TokenRollouts().List(ctx, metav1.ListOptions{})
 		return err
 	})
+	if apierrors.IsNotFound(err) {
+		return nil, ErrRecordsNotServed
+	}
 	if err != nil {
-		return nil, fmt.Errorf("reading the rollout record (TokenRollouts): %w; is the CRD installed (deploy/helm/tokenroll/crds)?", err)
+		return nil, fmt.Errorf("reading the rollout record (TokenRollouts): %w", err)
 	}
 	out := make([]*v1alpha1.TokenRollout, len(list.Items))
 	for i := range list.Items {
