@@ -820,7 +820,14 @@ func (t *term) maybeStart(ctx context.Context, w world) (time.Duration, error) {
 		if req.RequestedBy != "" {
 			trigger += " (" + req.RequestedBy + ")"
 		}
-		return 0, t.startRollout(ctx, w, req.Name, trigger, strategy, nodes, err, req.DryRun || cfg.DryRun)
+		var dryRun v1alpha1.DryRunSource
+		switch {
+		case req.DryRun:
+			dryRun = v1alpha1.DryRunByRequest
+		case cfg.DryRun:
+			dryRun = v1alpha1.DryRunByCoordinator
+		}
+		return 0, t.startRollout(ctx, w, req.Name, trigger, strategy, nodes, err, dryRun)
 	}
 	if !cfg.Auto || !w.gate.Open {
 		return 0, nil
@@ -851,7 +858,11 @@ func (t *term) maybeStart(ctx context.Context, w world) (time.Duration, error) {
 	if last := w.state.Rollout; cfg.DryRun && last != nil && last.DryRun && samePlan(last.Nodes, p.Nodes) {
 		return 0, nil // that dry run said it all already
 	}
-	return 0, t.startRollout(ctx, w, NewRolloutName(w.now), trigger, cfg.Strategy, p.Nodes, nil, cfg.DryRun)
+	var dryRun v1alpha1.DryRunSource
+	if cfg.DryRun {
+		dryRun = v1alpha1.DryRunByCoordinator
+	}
+	return 0, t.startRollout(ctx, w, NewRolloutName(w.now), trigger, cfg.Strategy, p.Nodes, nil, dryRun)
 }
 
 func orUnknown(s string) string {
@@ -867,9 +878,12 @@ func NewRolloutName(now time.Time) string {
 	return "r-" + now.UTC().Format("20060102-150405") + "-" + randHex(2)
 }
 
-func (t *term) startRollout(ctx context.Context, w world, id, trigger string, strategy protocol.Strategy, nodes []PlannedNode, selErr error, dryRun bool) error {
+// startRollout records a new rollout; dryRunBy, when set, makes it a dry
+// run and says what asked for one.
+func (t *term) startRollout(ctx context.Context, w world, id, trigger string, strategy protocol.Strategy, nodes []PlannedNode, selErr error, dryRunBy v1alpha1.DryRunSource) error {
+	dryRun := dryRunBy != ""
 	r := &Rollout{ID: id, Trigger: trigger, Strategy: strategy,
-		Phase: RolloutRunning, Issuer: w.issuer, Nodes: nodes, DryRun: dryRun, CreatedAt: w.now, UpdatedAt: w.now}
+		Phase: RolloutRunning, Issuer: w.issuer, Nodes: nodes, DryRun: dryRun, DryRunBy: dryRunBy, CreatedAt: w.now, UpdatedAt: w.now}
 	switch {
 	case selErr != nil:
 		r.Phase, r.FinishedAt, r.Message = RolloutCancelled, w.now, fmt.Sprintf("the node selector is not valid: %v", selErr)
@@ -880,7 +894,7 @@ func (t *term) startRollout(ctx context.Context, w world, id, trigger string, st
 			r.Nodes[i].Would = t.wouldDo(ctx, w, r.Nodes[i])
 		}
 		r.Phase, r.FinishedAt = RolloutDone, w.now
-		r.Message = "dry run: nothing was cordoned, drained or requested; " + nodeCount(len(nodes)) + " would be remediated"
+		r.Message = "dry run (" + DryRunLabel(dryRunBy) + "): nothing was cordoned, drained or requested; " + nodeCount(len(nodes)) + " would be remediated"
 	case strategy == Auto:
 		if ev := t.appEvidence(w.now); ev.missing != "" {
 			r.Apps = "no audit source (" + ev.missing + "): auto evicts the pods holding tokens of an untrusted issuer, as pod-restart does, and cannot verify that apps authenticate"
