@@ -125,6 +125,10 @@ type Config struct {
 	// cluster). With Apps, the leader labels it LabelAuditReceiver while
 	// its detector keeps audit events.
 	PodName string
+	// LeaseName is the leader-election Lease in Namespace. Events about
+	// the coordinator itself (a CRD not installed) go on its Pod, or on
+	// this Lease when PodName is empty.
+	LeaseName string
 }
 
 // Coordinator runs rollouts while it leads. What lives beyond one
@@ -332,9 +336,6 @@ func (c *Coordinator) Lead(ctx context.Context) error {
 	log := c.cfg.Log
 	nodeFactory := nodeInformerFactory(c.cfg.Client)
 	nodeInf := nodeFactory.Core().V1().Nodes().Informer()
-	if err := c.migrate(ctx); err != nil {
-		return err
-	}
 	recordFactory := externalversions.NewSharedInformerFactory(c.cfg.Rollouts, 0)
 	recordInf := recordFactory.Tokenroll().V1alpha1().TokenRollouts().Informer()
 	t := c.newTerm(klog.FromContext(ctx), nodeInf.GetStore(), recordInf.GetStore())
@@ -386,6 +387,12 @@ func (c *Coordinator) Lead(ctx context.Context) error {
 	broadcaster.StartRecordingToSink(stopEvents)
 	defer func() { broadcaster.Shutdown(); close(stopEvents) }()
 	t.recorder = broadcaster.NewRecorder(scheme.Scheme, "tokenroll-coordinator")
+	if err := c.awaitRecordsServed(ctx, t.recorder); err != nil {
+		return err
+	}
+	if err := c.migrate(ctx); err != nil {
+		return err
+	}
 
 	nodeFactory.Start(ctx.Done())
 	recordFactory.Start(ctx.Done())
@@ -831,7 +838,14 @@ func (t *term) maybeStart(ctx context.Context, w world) (time.Duration, error) {
 		if req.RequestedBy != "" {
 			trigger += " (" + req.RequestedBy + ")"
 		}
-		return 0, t.startRollout(ctx, w, req.Name, trigger, strategy, nodes, err, req.DryRun || cfg.DryRun)
+		var dryRun v1alpha1.DryRunSource
+		switch {
+		case req.DryRun:
+			dryRun = v1alpha1.DryRunByRequest
+		case cfg.DryRun:
+			dryRun = v1alpha1.DryRunByCoordinator
+		}
+		return 0, t.startRollout(ctx, w, req.Name, trigger, strategy, nodes, err, dryRun)
 	}
 	if !cfg.Auto || !w.gate.Open {
 		return 0, nil
@@ -862,7 +876,11 @@ func (t *term) maybeStart(ctx context.Context, w world) (time.Duration, error) {
 	if last := w.state.Rollout; cfg.DryRun && last != nil && last.DryRun && samePlan(last.Nodes, p.Nodes) {
 		return 0, nil // that dry run said it all already
 	}
-	return 0, t.startRollout(ctx, w, NewRolloutName(w.now), trigger, cfg.Strategy, p.Nodes, nil, cfg.DryRun)
+	var dryRun v1alpha1.DryRunSource
+	if cfg.DryRun {
+		dryRun = v1alpha1.DryRunByCoordinator
+	}
+	return 0, t.startRollout(ctx, w, NewRolloutName(w.now), trigger, cfg.Strategy, p.Nodes, nil, dryRun)
 }
 
 func orUnknown(s string) string {
@@ -878,9 +896,12 @@ func NewRolloutName(now time.Time) string {
 	return "r-" + now.UTC().Format("20060102-150405") + "-" + randHex(2)
 }
 
-func (t *term) startRollout(ctx context.Context, w world, id, trigger string, strategy protocol.Strategy, nodes []PlannedNode, selErr error, dryRun bool) error {
+// startRollout records a new rollout; dryRunBy, when set, makes it a dry
+// run and says what asked for one.
+func (t *term) startRollout(ctx context.Context, w world, id, trigger string, strategy protocol.Strategy, nodes []PlannedNode, selErr error, dryRunBy v1alpha1.DryRunSource) error {
+	dryRun := dryRunBy != ""
 	r := &Rollout{ID: id, Trigger: trigger, Strategy: strategy,
-		Phase: RolloutRunning, Issuer: w.issuer, Nodes: nodes, DryRun: dryRun, CreatedAt: w.now, UpdatedAt: w.now}
+		Phase: RolloutRunning, Issuer: w.issuer, Nodes: nodes, DryRun: dryRun, DryRunBy: dryRunBy, CreatedAt: w.now, UpdatedAt: w.now}
 	switch {
 	case selErr != nil:
 		r.Phase, r.FinishedAt, r.Message = RolloutCancelled, w.now, fmt.Sprintf("the node selector is not valid: %v", selErr)
@@ -891,7 +912,7 @@ func (t *term) startRollout(ctx context.Context, w world, id, trigger string, st
 			r.Nodes[i].Would = t.wouldDo(ctx, w, r.Nodes[i])
 		}
 		r.Phase, r.FinishedAt = RolloutDone, w.now
-		r.Message = "dry run: nothing was cordoned, drained or requested; " + nodeCount(len(nodes)) + " would be remediated"
+		r.Message = "dry run (" + DryRunLabel(dryRunBy) + "): nothing was cordoned, drained or requested; " + nodeCount(len(nodes)) + " would be remediated"
 	case strategy == Auto:
 		if ev := t.appEvidence(w.now); ev.missing != "" {
 			r.Apps = "no audit source (" + ev.missing + "): auto evicts the pods holding tokens of an untrusted issuer, as pod-restart does, and cannot verify that apps authenticate"

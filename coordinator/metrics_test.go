@@ -369,11 +369,12 @@ tokenroll_rollout_phase{phase="halted"} 0
 tokenroll_rollout_phase{phase="none"} 0
 tokenroll_rollout_phase{phase="paused"} 0
 tokenroll_rollout_phase{phase="running"} 1
-# HELP tokenroll_rollout_waiting 1 for what the coordinator waits for while none of its nodes is in progress (gate-closed, issuer-unknown, agent-reports, max-unavailable, node-not-ready, machine-config, kured-lock, window, zone, blocking-pod, blocking-alert, health-gate, policy-refused), 0 for the others.
+# HELP tokenroll_rollout_waiting 1 for what the coordinator waits for while none of its nodes is in progress (crd-not-installed, gate-closed, issuer-unknown, agent-reports, max-unavailable, node-not-ready, machine-config, kured-lock, window, zone, blocking-pod, blocking-alert, health-gate, policy-refused), 0 for the others.
 # TYPE tokenroll_rollout_waiting gauge
 tokenroll_rollout_waiting{reason="agent-reports"} 0
 tokenroll_rollout_waiting{reason="blocking-alert"} 0
 tokenroll_rollout_waiting{reason="blocking-pod"} 0
+tokenroll_rollout_waiting{reason="crd-not-installed"} 0
 tokenroll_rollout_waiting{reason="gate-closed"} 0
 tokenroll_rollout_waiting{reason="health-gate"} 0
 tokenroll_rollout_waiting{reason="issuer-unknown"} 0

@@ -314,7 +314,7 @@ func TestDryRun(t *testing.T) {
 		t.Fatalf("writes %v; want one dry-run rollout", got)
 	}
 	r := got[0].State.Rollout
-	if !r.DryRun || r.Phase != RolloutDone || r.FinishedAt != t0 || r.Message != "dry run: nothing was cordoned, drained or requested; 2 nodes would be remediated" {
+	if !r.DryRun || r.Phase != RolloutDone || r.FinishedAt != t0 || r.Message != "dry run (coordinator --dry-run): nothing was cordoned, drained or requested; 2 nodes would be remediated" {
 		t.Errorf("rollout %+v; want a finished dry run", r)
 	}
 	would := map[string]string{}
@@ -397,7 +397,7 @@ func TestStatusShowsWaitsUnresolvedExcludedAndDryRuns(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, line := range []string{
-		"ROLLOUT   r-test  DRY RUN DONE  strategy=reboot  trigger=manual (alice)  0/1 nodes done",
+		"ROLLOUT   r-test  DRY RUN (TokenRollout spec.dryRun) DONE  strategy=reboot  trigger=manual (alice)  0/1 nodes done",
 		"          retry of n1 requested by bob, waiting for the coordinator",
 		"WAITING   max-unavailable for 45m0s: nodes waiting (outOfServiceNodes=n4 NotReady)",
 	} {

@@ -18,7 +18,7 @@ func (t *term) fillProgress(o *v1alpha1.TokenRollout) {
 	var sum v1alpha1.NodeSummary
 	for i := range o.Status.Nodes {
 		n := &o.Status.Nodes[i]
-		if o.Spec.DryRun {
+		if o.Spec.DryRun || o.Status.DryRunBy != "" {
 			n.Step = v1alpha1.NodeStep(protocol.StepDryRun)
 		} else if node := t.node(n.Name); node != nil {
 			setNodeResult(n, node, o.Name)
@@ -27,6 +27,7 @@ func (t *term) fillProgress(o *v1alpha1.TokenRollout) {
 	}
 	sum.Total = int32(len(o.Status.Nodes))
 	o.Status.Summary = sum
+	compactNodes(&o.Status)
 }
 
 // setNodeResult sets n from node's record for rollout id.

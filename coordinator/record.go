@@ -147,13 +147,18 @@ func steerOf(o *v1alpha1.TokenRollout, p RolloutPhase) *SteerRequest {
 func rolloutOf(o *v1alpha1.TokenRollout) *Rollout {
 	s := o.Status
 	r := &Rollout{ID: o.Name, Trigger: s.Trigger, Strategy: protocol.Strategy(s.Strategy), Phase: phaseOf(s.Phase), Issuer: s.Issuer,
-		DryRun: o.Spec.DryRun, Message: s.Message, HaltNode: s.HaltedNode, Steered: s.Steered, Apps: s.Apps,
+		DryRun: o.Spec.DryRun || s.DryRunBy != "", DryRunBy: s.DryRunBy, Message: s.Message, HaltNode: s.HaltedNode, Steered: s.Steered, Apps: s.Apps,
 		CreatedAt: timeOf(s.StartTime), UpdatedAt: timeOf(s.UpdateTime), FinishedAt: timeOf(s.CompletionTime)}
+	if r.DryRun && r.DryRunBy == "" {
+		// Recorded before the status said what made it one.
+		r.DryRunBy = v1alpha1.DryRunByRequest
+	}
 	if c := meta.FindStatusCondition(s.Conditions, v1alpha1.ConditionHalted); c != nil && c.Status == metav1.ConditionTrue {
 		r.HaltReason = c.Reason
 	}
 	for _, n := range s.Nodes {
-		r.Nodes = append(r.Nodes, PlannedNode{Name: n.Name, Strategy: protocol.Strategy(n.Strategy), Reason: n.Message, Deadline: timeOf(n.Deadline), Would: n.Would})
+		r.Nodes = append(r.Nodes, PlannedNode{Name: n.Name, Strategy: protocol.Strategy(cmp.Or(n.Strategy, s.Strategy)), Reason: n.Message,
+			Deadline: timeOf(n.Deadline), Would: n.Would})
 	}
 	if e := s.Estimate; e != nil {
 		r.Estimate = &Estimate{At: e.Time.UTC(), Completion: timeOf(e.Completion), Measured: int(e.Measured), InProgress: int(e.InProgress),
@@ -199,6 +204,10 @@ func setStatus(status *v1alpha1.TokenRolloutStatus, r *Rollout, now time.Time) {
 	status.Phase, status.Strategy, status.Trigger, status.Issuer = APIPhase(r.Phase), v1alpha1.Strategy(r.Strategy), r.Trigger, r.Issuer
 	status.StartTime, status.UpdateTime, status.CompletionTime = apiTime(r.CreatedAt), apiTime(r.UpdatedAt), apiTime(r.FinishedAt)
 	status.Message, status.HaltedNode, status.Steered, status.Apps = r.Message, r.HaltNode, r.Steered, r.Apps
+	status.DryRunBy = ""
+	if r.DryRun {
+		status.DryRunBy = cmp.Or(r.DryRunBy, v1alpha1.DryRunByRequest)
+	}
 	status.Nodes = nil
 	for _, pn := range r.Nodes {
 		n := v1alpha1.NodeResult{Name: pn.Name, Step: "pending", Strategy: v1alpha1.Strategy(pn.Strategy), Message: pn.Reason, Would: pn.Would, Deadline: apiTime(pn.Deadline)}
@@ -211,6 +220,7 @@ func setStatus(status *v1alpha1.TokenRolloutStatus, r *Rollout, now time.Time) {
 		status.Nodes = append(status.Nodes, n)
 	}
 	status.Summary.Total = int32(len(r.Nodes))
+	compactNodes(status)
 	status.Estimate, status.Raised = nil, nil
 	if e := r.Estimate; e != nil {
 		status.Estimate = &v1alpha1.RolloutEstimate{Time: metav1.Time{Time: e.At}, Completion: apiTime(e.Completion), Measured: int32(e.Measured),
@@ -224,6 +234,49 @@ func setStatus(status *v1alpha1.TokenRolloutStatus, r *Rollout, now time.Time) {
 			Time: metav1.Time{Time: x.At}, Message: x.Message}
 	}
 	setConditions(status, r, now)
+}
+
+// detailRank orders the nodes that keep their details in status.nodes:
+// those a person must look at first; nodes done or excluded last.
+var detailRank = map[v1alpha1.NodeStep]int{
+	v1alpha1.NodeStep(protocol.StepHalted): 1, v1alpha1.NodeStep(protocol.StepUnresolved): 2,
+	v1alpha1.NodeStep(protocol.StepCordoned): 3, v1alpha1.NodeStep(protocol.StepActing): 3,
+	"pending": 4, "": 4, v1alpha1.NodeStep(protocol.StepDryRun): 5,
+	v1alpha1.NodeStep(protocol.StepDone): 6, v1alpha1.NodeStep(protocol.StepExcluded): 7,
+}
+
+// compactNodes keeps status.nodes small, as the TokenRollout is rewritten
+// as its nodes progress and must stay far below etcd's object size limit
+// at thousands of nodes: each node keeps its name and step, its strategy
+// only when it differs from the rollout's, and its details only if it is
+// among the v1alpha1.MaxDetailedNodes nodes ranked first by detailRank
+// (then by plan order). The node's own record, on the Node, keeps the rest.
+func compactNodes(status *v1alpha1.TokenRolloutStatus) {
+	order := make([]int, 0, len(status.Nodes))
+	for i := range status.Nodes {
+		n := &status.Nodes[i]
+		if n.Strategy == status.Strategy {
+			n.Strategy = ""
+		}
+		order = append(order, i)
+	}
+	if len(order) <= v1alpha1.MaxDetailedNodes {
+		return
+	}
+	rank := func(s v1alpha1.NodeStep) int { return cmp.Or(detailRank[s], len(detailRank)+1) }
+	slices.SortStableFunc(order, func(a, b int) int {
+		return cmp.Compare(rank(status.Nodes[a].Step), rank(status.Nodes[b].Step))
+	})
+	keep := map[int]bool{}
+	for _, i := range order[:min(len(order), v1alpha1.MaxDetailedNodes)] {
+		keep[i] = true
+	}
+	for i := range status.Nodes {
+		if !keep[i] {
+			n := &status.Nodes[i]
+			status.Nodes[i] = v1alpha1.NodeResult{Name: n.Name, Step: n.Step, Strategy: n.Strategy}
+		}
+	}
 }
 
 // setConditions sets Progressing, Halted and Complete from r's phase, in
@@ -267,6 +320,17 @@ func setConditions(status *v1alpha1.TokenRolloutStatus, r *Rollout, now time.Tim
 	}
 }
 
+// aboutEvent records an Event on the current TokenRollout, or, with none
+// (yet), on the coordinator's own object; it reports whether it had an
+// object to put it on.
+func (t *term) aboutEvent(typ, reason, action, note string, args ...any) bool {
+	if StateOf(t.recordList()).Rollout != nil {
+		t.rolloutEvent(typ, reason, action, note, args...)
+		return true
+	}
+	return t.c.selfEvent(t.recorder, typ, reason, action, note, args...)
+}
+
 func cut(s string, n int) string {
 	if len(s) <= n {
 		return s
@@ -299,8 +363,11 @@ func (st Store) List(ctx context.Context) ([]*v1alpha1.TokenRollout, error) {
 		list, err = st.Client.TokenrollV1alpha1().TokenRollouts().List(ctx, metav1.ListOptions{})
 		return err
 	})
+	if apierrors.IsNotFound(err) {
+		return nil, ErrRecordsNotServed
+	}
 	if err != nil {
-		return nil, fmt.Errorf("reading the rollout record (TokenRollouts): %w; is the CRD installed (deploy/helm/tokenroll/crds)?", err)
+		return nil, fmt.Errorf("reading the rollout record (TokenRollouts): %w", err)
 	}
 	out := make([]*v1alpha1.TokenRollout, len(list.Items))
 	for i := range list.Items {

@@ -138,21 +138,22 @@ func policiesServed(ctx context.Context, client versioned.Interface) (bool, erro
 }
 
 // tellPoliciesMissing records, once per term, an Event saying that the
-// RolloutPolicies are not read and why.
+// RolloutPolicies are not read and why; it is told only once it was sent.
 func (t *term) tellPoliciesMissing() {
 	t.pol.mu.Lock()
 	why := t.pol.missing
 	tell := why != "" && !t.pol.told
-	t.pol.told = t.pol.told || tell
 	t.pol.mu.Unlock()
-	if tell {
-		t.rolloutEvent(corev1.EventTypeWarning, ReasonPoliciesNotServed, "ReadPolicies", "%s", why)
+	if tell && t.aboutEvent(corev1.EventTypeWarning, ReasonPoliciesNotServed, "ReadPolicies", "%s", why) {
+		t.pol.mu.Lock()
+		t.pol.told = true
+		t.pol.mu.Unlock()
 	}
 }
 
-// ReasonPoliciesNotServed is the Event, on the current TokenRollout if any, when
-// the coordinator is to read RolloutPolicies and their CRD is not
-// installed.
+// ReasonPoliciesNotServed is the Event, on the current TokenRollout if
+// any (else on the coordinator's Pod or Lease), when the coordinator is to
+// read RolloutPolicies and their CRD is not installed.
 const ReasonPoliciesNotServed = "RolloutPoliciesNotServed"
 
 // policies lists and compiles the cached RolloutPolicies (nil: none read).

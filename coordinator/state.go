@@ -17,6 +17,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
+	v1alpha1 "github.com/tokenroll/tokenroll/pkg/apis/tokenroll/v1alpha1"
 	"github.com/tokenroll/tokenroll/protocol"
 )
 
@@ -104,8 +105,11 @@ type Rollout struct {
 	Issuer   string            `json:"issuer,omitempty"`
 	// DryRun: nothing was done; each node says what would have been. A dry
 	// run is done as soon as it is planned.
-	DryRun bool          `json:"dryRun,omitempty"`
-	Nodes  []PlannedNode `json:"nodes"`
+	DryRun bool `json:"dryRun,omitempty"`
+	// DryRunBy says what made it a dry run: its request's spec.dryRun, or
+	// the coordinator's --dry-run.
+	DryRunBy v1alpha1.DryRunSource `json:"dryRunBy,omitempty"`
+	Nodes    []PlannedNode         `json:"nodes"`
 	// HaltReason, HaltNode and Message say why it halted.
 	HaltReason string `json:"haltReason,omitempty"`
 	HaltNode   string `json:"haltNode,omitempty"`

@@ -17,6 +17,7 @@ import (
 	"github.com/tokenroll/tokenroll/coordinator/apps"
 	"github.com/tokenroll/tokenroll/internal/nodeutil"
 	"github.com/tokenroll/tokenroll/internal/plural"
+	v1alpha1 "github.com/tokenroll/tokenroll/pkg/apis/tokenroll/v1alpha1"
 	"github.com/tokenroll/tokenroll/pkg/generated/clientset/versioned"
 	"github.com/tokenroll/tokenroll/protocol"
 )
@@ -35,12 +36,16 @@ type NodeStatus struct {
 	Condition      string `json:"condition,omitempty"`
 	RebootRequired bool   `json:"rebootRequired,omitempty"`
 	// Phase is the node's step in the current rollout: pending, cordoned,
-	// acting, done, halted, unresolved, excluded, dry-run (what a dry run
-	// would do, or what an agent in --dry-run would have done, in
-	// Message), or "" when it is not in it. A node left
+	// acting, done, halted, unresolved, excluded, dry-run (what would have
+	// been done, in Message; DryRunBy says whose dry run), or "" when it
+	// is not in it. A node left
 	// unresolved by an earlier rollout, or excluded, says so whatever the
 	// rollout.
 	Phase string `json:"phase,omitempty"`
+	// DryRunBy says, for a dry-run node, whose dry run it is: the
+	// rollout's (DryRunLabel), its RolloutPolicy's (DryRunByPolicy) or
+	// its agent's (DryRunByAgent).
+	DryRunBy string `json:"dryRunBy,omitempty"`
 	// Excluded is the reason a person gave in tokenroll.io/exclude.
 	Excluded string `json:"excluded,omitempty"`
 	// Strategy is what the node gets in the current rollout.
@@ -72,6 +77,20 @@ type StatusReport struct {
 	// Apps is what app detection last wrote: counts, and the app-stale
 	// and app-failing pods (nil: it has written nothing).
 	Apps *apps.Status `json:"apps,omitempty"`
+}
+
+// Who made a node dry-run, besides the rollout (DryRunLabel).
+const (
+	DryRunByPolicy = "policy dryRun"
+	DryRunByAgent  = "agent --dry-run"
+)
+
+// DryRunLabel says for people what made a rollout a dry run.
+func DryRunLabel(by v1alpha1.DryRunSource) string {
+	if by == v1alpha1.DryRunByCoordinator {
+		return "coordinator --dry-run"
+	}
+	return "TokenRollout spec.dryRun"
 }
 
 // BuildStatus reads the state and the Nodes.
@@ -124,8 +143,21 @@ func BuildStatus(ctx context.Context, client kubernetes.Interface, rollouts vers
 			switch s := readNodeState(n, st.Rollout.ID); {
 			case st.Rollout.DryRun:
 				ns.Phase, ns.Strategy, ns.Message = "dry-run", pn.Strategy, "would "+pn.Would
+				if pn.Would == "" {
+					ns.Message = fmt.Sprintf("would be remediated (the TokenRollout keeps what would be done for %d nodes)", v1alpha1.MaxDetailedNodes)
+				}
+				ns.DryRunBy = DryRunLabel(st.Rollout.DryRunBy)
 			case s != nil:
 				ns.Phase, ns.Strategy, ns.Since, ns.Message = string(s.Step), pn.Strategy, s.StepAt, cmp.Or(s.Message, pn.Reason)
+				if s.Step == protocol.StepDryRun {
+					// Only an agent's answer to a request makes a node
+					// dry-run with a request; a policy's dry run requests
+					// nothing.
+					ns.DryRunBy = DryRunByPolicy
+					if s.Request != "" {
+						ns.DryRunBy = DryRunByAgent
+					}
+				}
 			case ns.Excluded == "" && ns.Phase == "":
 				ns.Phase, ns.Strategy, ns.Message = "pending", pn.Strategy, pn.Reason
 			}
@@ -172,28 +204,34 @@ func WriteStatusTable(w io.Writer, rep *StatusReport) error {
 		fmt.Fprintf(w, "          also trusted: %s, %s\n", t.Name, until)
 	}
 	if r := rep.Rollout; r != nil {
-		done, dry, total := 0, 0, len(r.Nodes)
+		done, total := 0, len(r.Nodes)
+		dry := map[string]int{}
 		for _, n := range rep.Nodes {
 			switch n.Phase {
 			case string(protocol.StepDone):
 				done++
 			case string(protocol.StepDryRun):
-				dry++
+				dry[n.DryRunBy]++
 			}
 		}
 		phase := strings.ToUpper(string(r.Phase))
 		progress := fmt.Sprintf("%d/%d nodes done", done, total)
 		switch {
 		case r.DryRun:
-			phase = "DRY RUN " + phase
+			phase = "DRY RUN (" + DryRunLabel(r.DryRunBy) + ") " + phase
 			progress = fmt.Sprintf("0/%d nodes done", total)
-		case dry > 0:
-			// Agents in --dry-run answered: those nodes were cordoned
-			// (and drained, for a reboot) but not acted on.
+		case len(dry) > 0:
+			// Nodes of a dry-run policy were planned only; agents in
+			// --dry-run answered after their nodes were cordoned (and
+			// drained, for a reboot) but did not act.
 			if done == 0 {
 				phase = "DRY RUN " + phase
 			}
-			progress += fmt.Sprintf(", %d dry-run (agent --dry-run)", dry)
+			for _, by := range []string{DryRunByPolicy, DryRunByAgent} {
+				if dry[by] > 0 {
+					progress += fmt.Sprintf(", %d dry-run (%s)", dry[by], by)
+				}
+			}
 		}
 		fmt.Fprintf(w, "ROLLOUT   %s  %s  strategy=%s  trigger=%s  %s  started %s ago\n",
 			r.ID, phase, r.Strategy, r.Trigger, progress, rep.Now.Sub(r.CreatedAt).Round(time.Second))

@@ -73,7 +73,7 @@ const (
 )
 
 // WaitReasons lists every wait reason.
-var WaitReasons = []string{WaitGateClosed, WaitIssuerUnknown, WaitAgentReports, WaitMaxUnavailable, WaitNodeNotReady, WaitMachineConfig, WaitKuredLock,
+var WaitReasons = []string{WaitCRDNotInstalled, WaitGateClosed, WaitIssuerUnknown, WaitAgentReports, WaitMaxUnavailable, WaitNodeNotReady, WaitMachineConfig, WaitKuredLock,
 	WaitWindow, WaitZone, WaitBlockingPod, WaitBlockingAlert, WaitHealthGate, WaitPolicyRefused}
 
 // logOnChange logs msg at info level when it differs from the last one

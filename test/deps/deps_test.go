@@ -123,3 +123,18 @@ func TestSandboxLinksTheHarness(t *testing.T) {
 		}
 	}
 }
+
+// go.mod and go.sum say what the code imports: a module imported directly
+// is not marked // indirect, and nothing tidy would add or drop is missing
+// or left over (go mod tidy -diff prints what it would change).
+func TestGoModIsTidy(t *testing.T) {
+	if testing.Short() {
+		t.Skip("go mod tidy may download the test dependencies of every module")
+	}
+	cmd := exec.Command("go", "mod", "tidy", "-diff")
+	cmd.Dir = "../.."
+	out, err := cmd.CombinedOutput()
+	if err != nil || len(out) > 0 {
+		t.Errorf("go mod tidy -diff: %v; run go mod tidy and commit go.mod and go.sum:\n%s", err, out)
+	}
+}

@@ -318,7 +318,7 @@ func (o *coordinatorOptions) run(ctx context.Context, e cli.Env) error {
 		MaxUnavailable: intstr.Parse(o.MaxUnavailable), DeadlineMaxUnavailable: deadlineMax, DrainTimeout: o.DrainTimeout, ActionTimeout: o.ActionTimeout,
 		VerifyTimeout: o.VerifyTimeout, Settle: o.Settle, GateSettle: o.GateSettle, TrustMargin: o.TrustMargin, AgentWait: o.AgentWait,
 		IssuerRefresh: o.IssuerRefresh, PublishIssuer: true, Auto: o.Auto, DryRun: o.DryRun, KuredLock: kuredLock, Drainer: coordinator.KubectlDrainer{Client: client, Force: o.DrainForce, Log: e.Log, Retry: apiretry.Default()},
-		Registry: reg, Log: e.Log, Apps: appOpts, PodName: o.podForWebhook(), Policies: policies, Rollouts: api, History: o.RolloutHistory,
+		Registry: reg, Log: e.Log, Apps: appOpts, PodName: o.podForWebhook(), LeaseName: o.LeaseName, Policies: policies, Rollouts: api, History: o.RolloutHistory,
 	})
 	if err != nil {
 		return err

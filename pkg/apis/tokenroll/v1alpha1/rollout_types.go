@@ -241,6 +241,15 @@ type TokenRolloutStatus struct {
 	// +optional
 	Apps string `json:"apps,omitempty"`
 
+	// dryRunBy says, for a rollout that is a dry run, what made it one:
+	// Request (its spec.dryRun) or Coordinator (the coordinator runs with
+	// --dry-run, which makes every rollout a dry run). A RolloutPolicy's
+	// dryRun, and an agent's --dry-run, make nodes dry-run, not the
+	// rollout: each such node's result says which.
+	// +kubebuilder:validation:Enum=Request;Coordinator
+	// +optional
+	DryRunBy DryRunSource `json:"dryRunBy,omitempty"`
+
 	// retriedUntil is the newest spec.retry request applied.
 	// +optional
 	RetriedUntil *metav1.Time `json:"retriedUntil,omitempty"`
@@ -263,13 +272,35 @@ type TokenRolloutStatus struct {
 	// +optional
 	Summary NodeSummary `json:"summary,omitempty"`
 
-	// nodes is each planned node's result.
+	// nodes is each planned node's result: its name and step, its strategy
+	// when it differs from the rollout's, and the details (message,
+	// reason, action, deadline, would, lastTransitionTime) for at most
+	// MaxDetailedNodes nodes, those that need a person first (halted,
+	// unresolved, in progress, pending, then the others); summary counts
+	// them all. It
+	// is rewritten as nodes progress, so it is kept small: an atomic list
+	// (its managed fields do not name every node) of short entries.
 	// +kubebuilder:validation:MaxItems=5000
-	// +listType=map
-	// +listMapKey=name
+	// +listType=atomic
 	// +optional
 	Nodes []NodeResult `json:"nodes,omitempty"`
 }
+
+// DryRunSource is what made a rollout a dry run.
+type DryRunSource string
+
+// The dry run sources.
+const (
+	// DryRunByRequest: the TokenRollout's spec.dryRun (tokenroll rollout
+	// start --dry-run).
+	DryRunByRequest DryRunSource = "Request"
+	// DryRunByCoordinator: the coordinator runs with --dry-run.
+	DryRunByCoordinator DryRunSource = "Coordinator"
+)
+
+// MaxDetailedNodes is how many of a TokenRollout's status.nodes carry
+// their details.
+const MaxDetailedNodes = 50
 
 // RolloutWait is what holds a rollout while no node can start.
 type RolloutWait struct {

@@ -45,6 +45,12 @@ type TokenRolloutStatusApplyConfiguration struct {
 	// apps says, for strategy auto, when the rollout runs without evidence
 	// of what apps present (no audit source) and what it does instead.
 	Apps *string `json:"apps,omitempty"`
+	// dryRunBy says, for a rollout that is a dry run, what made it one:
+	// Request (its spec.dryRun) or Coordinator (the coordinator runs with
+	// --dry-run, which makes every rollout a dry run). A RolloutPolicy's
+	// dryRun, and an agent's --dry-run, make nodes dry-run, not the
+	// rollout: each such node's result says which.
+	DryRunBy *tokenrollv1alpha1.DryRunSource `json:"dryRunBy,omitempty"`
 	// retriedUntil is the newest spec.retry request applied.
 	RetriedUntil *metav1.Time `json:"retriedUntil,omitempty"`
 	// waiting says what holds the rollout while no node can start: the next
@@ -57,7 +63,14 @@ type TokenRolloutStatusApplyConfiguration struct {
 	Raised *MaxUnavailableRaiseApplyConfiguration `json:"raised,omitempty"`
 	// summary counts the nodes by step.
 	Summary *NodeSummaryApplyConfiguration `json:"summary,omitempty"`
-	// nodes is each planned node's result.
+	// nodes is each planned node's result: its name and step, its strategy
+	// when it differs from the rollout's, and the details (message,
+	// reason, action, deadline, would, lastTransitionTime) for at most
+	// MaxDetailedNodes nodes, those that need a person first (halted,
+	// unresolved, in progress, pending, then the others); summary counts
+	// them all. It
+	// is rewritten as nodes progress, so it is kept small: an atomic list
+	// (its managed fields do not name every node) of short entries.
 	Nodes []NodeResultApplyConfiguration `json:"nodes,omitempty"`
 }
 
@@ -173,6 +186,14 @@ func (b *TokenRolloutStatusApplyConfiguration) WithSteered(value string) *TokenR
 // If called multiple times, the Apps field is set to the value of the last call.
 func (b *TokenRolloutStatusApplyConfiguration) WithApps(value string) *TokenRolloutStatusApplyConfiguration {
 	b.Apps = &value
+	return b
+}
+
+// WithDryRunBy sets the DryRunBy field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the DryRunBy field is set to the value of the last call.
+func (b *TokenRolloutStatusApplyConfiguration) WithDryRunBy(value tokenrollv1alpha1.DryRunSource) *TokenRolloutStatusApplyConfiguration {
+	b.DryRunBy = &value
 	return b
 }
 
