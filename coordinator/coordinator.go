@@ -221,6 +221,8 @@ type prepJob struct {
 	prep   *preparation
 	done   bool
 	err    error
+	// told: its end was logged in the metrics and Events.
+	told bool
 }
 
 const syncKey = "rollout"

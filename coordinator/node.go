@@ -200,21 +200,51 @@ func (t *term) prepare(ctx context.Context, w world, r *Rollout, v nodeView, imp
 	if !done {
 		return deadline.Sub(w.now), nil
 	}
-	t.mu.Lock()
-	delete(t.jobs, name)
-	t.mu.Unlock()
 	if err != nil {
+		t.forgetJob(name, j)
 		reason := HaltDrainFailed
 		if errors.Is(err, context.DeadlineExceeded) || !w.now.Before(deadline) {
 			reason = HaltDrainTimeout
 		}
 		return 0, t.halt(ctx, w, r, v, reason, fmt.Sprintf("draining node %s: %v", name, err))
 	}
-	t.c.m.stepDuration.WithLabelValues(string(v.state.Strategy), "drain").Observe(w.now.Sub(v.state.StepAt).Seconds())
-	if j.prep.doneEvent != "" {
-		t.event(v.node, corev1.EventTypeNormal, j.prep.doneEvent, "Evict", "rollout %s: %s", r.ID, j.prep.doneNote)
+	if t.firstTold(j) {
+		t.c.m.stepDuration.WithLabelValues(string(v.state.Strategy), "drain").Observe(w.now.Sub(v.state.StepAt).Seconds())
+		if j.prep.doneEvent != "" {
+			t.event(v.node, corev1.EventTypeNormal, j.prep.doneEvent, "Evict", "rollout %s: %s", r.ID, j.prep.doneNote)
+		}
 	}
-	return 0, t.requestAction(ctx, w, r, v, impl, j.prep)
+	// The finished preparation is kept until the write recording what it
+	// did lands: a write that fails (a conflict with someone's change of
+	// the Node during the drain) is decided again at the next sync, and a
+	// preparation run again then would find the pods gone and record no
+	// evicted pods or owners, which verify and a health gate wait for.
+	if err := t.requestAction(ctx, w, r, v, impl, j.prep); err != nil {
+		return 0, err
+	}
+	t.forgetJob(name, j)
+	return 0, nil
+}
+
+// forgetJob drops node's preparation j once what it did is recorded (or
+// it failed); a newer preparation of the node is left alone.
+func (t *term) forgetJob(node string, j *prepJob) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.jobs[node] == j {
+		delete(t.jobs, node)
+	}
+}
+
+// firstTold reports whether the end of j is told for the first time: a
+// finished preparation whose record failed to land is told once, not at
+// each try.
+func (t *term) firstTold(j *prepJob) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	first := !j.told
+	j.told = true
+	return first
 }
 
 // requestAction writes the request for the agent, when the strategy asks

@@ -294,14 +294,12 @@ func (t *term) watchApps(ctx context.Context, w world, r *Rollout, v nodeView) (
 	if j != nil {
 		t.mu.Lock()
 		done, err := j.done, j.err
-		if done {
-			delete(t.jobs, name)
-		}
 		t.mu.Unlock()
 		if !done {
 			return 0, nil // its end wakes us
 		}
 		if err != nil {
+			t.forgetJob(name, j)
 			reason := HaltDrainFailed
 			if errors.Is(err, context.DeadlineExceeded) {
 				reason = HaltDrainTimeout
@@ -311,9 +309,11 @@ func (t *term) watchApps(ctx context.Context, w world, r *Rollout, v nodeView) (
 		next := *ns
 		next.Evicted = append(slices.Clone(ns.Evicted), j.prep.evicted...)
 		next.Owners = mergeOwners(ns.Owners, j.prep.owners)
+		// As in prepare, the evictions are forgotten only once recorded.
 		if err := t.writeNode(ctx, v.node, &next, nil, nil); err != nil {
 			return 0, err
 		}
+		t.forgetJob(name, j)
 		t.event(v.node, corev1.EventTypeNormal, "PodsEvicted", "Evict", "rollout %s: %s", r.ID, j.prep.doneNote)
 		return 0, nil
 	}
