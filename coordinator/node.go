@@ -11,6 +11,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 
+	"github.com/tokenroll/tokenroll/coordinator/policy"
 	"github.com/tokenroll/tokenroll/internal/nodeutil"
 	v1alpha1 "github.com/tokenroll/tokenroll/pkg/apis/tokenroll/v1alpha1"
 	"github.com/tokenroll/tokenroll/protocol"
@@ -22,9 +23,15 @@ import (
 
 // cordon starts a node: unschedulable (remembering whether it already was)
 // and its state recorded, in one write.
-func (t *term) cordon(ctx context.Context, w world, r *Rollout, v nodeView) error {
+// p is the RolloutPolicy that covers it (nil: none, or none read): its
+// name and drain settings are recorded with the cordon, so that its drain
+// follows them whatever becomes of the policy.
+func (t *term) cordon(ctx context.Context, w world, r *Rollout, v nodeView, p *policy.Policy) error {
 	ns := protocol.NodeState{Rollout: r.ID, Step: protocol.StepCordoned, Strategy: v.plan.Strategy,
 		CordonedByUs: !v.node.Spec.Unschedulable, StepAt: w.now, StartedAt: w.now}
+	if p != nil {
+		ns.Policy, ns.Drain = p.Name, drainSettingsOf(p)
+	}
 	if err := t.writeNode(ctx, v.node, &ns, boolPtr(true), nil); err != nil {
 		if apierrors.IsConflict(err) {
 			return err // a newer Node: decide again
@@ -42,7 +49,8 @@ func (t *term) cordon(ctx context.Context, w world, r *Rollout, v nodeView) erro
 	if !ns.CordonedByUs {
 		how = "already cordoned; left cordoned afterwards"
 	}
-	t.c.cfg.Log.Info("node started", zap.String("rollout", r.ID), zap.String("node", v.plan.Name), zap.String("strategy", string(v.plan.Strategy)), zap.String("cordon", how))
+	t.c.cfg.Log.Info("node started", zap.String("rollout", r.ID), zap.String("node", v.plan.Name), zap.String("strategy", string(v.plan.Strategy)), zap.String("cordon", how),
+		zap.String("drain", DescribeDrain(ns.Policy, ns.Drain)))
 	t.event(v.node, corev1.EventTypeNormal, "Cordoned", "Cordon", "rollout %s: %s for %s (%s)", r.ID, how, v.plan.Strategy, v.plan.Reason)
 	return nil
 }
@@ -154,14 +162,15 @@ const prepareWaitPoll = 5 * time.Second
 func (t *term) prepare(ctx context.Context, w world, r *Rollout, v nodeView, impl remediation) (time.Duration, error) {
 	cfg := t.c.cfg
 	name := v.plan.Name
-	deadline := v.state.StepAt.Add(cfg.DrainTimeout)
+	opts, from := t.drainOptions(v.state)
+	deadline := v.state.StepAt.Add(opts.Timeout)
 	t.mu.Lock()
 	j := t.jobs[name]
 	t.mu.Unlock()
 	if j == nil {
 		remaining := deadline.Sub(w.now)
 		if remaining <= 0 {
-			return 0, t.halt(ctx, w, r, v, HaltDrainTimeout, fmt.Sprintf("not drained within --drain-timeout=%s", cfg.DrainTimeout))
+			return 0, t.halt(ctx, w, r, v, HaltDrainTimeout, "not drained within "+from)
 		}
 		prep, wait, err := t.prepareNode(ctx, impl, v.node, w.issuer, w.now)
 		switch {
@@ -184,9 +193,10 @@ func (t *term) prepare(ctx context.Context, w world, r *Rollout, v nodeView, imp
 		t.jobs[name] = j
 		t.mu.Unlock()
 		cfg.Log.Info("preparing", zap.String("rollout", r.ID), zap.String("node", name), zap.String("strategy", string(v.state.Strategy)),
-			zap.String("work", prep.kind), zap.Int("pods", prep.pods))
+			zap.String("work", prep.kind), zap.Int("pods", prep.pods), zap.Duration("timeout", opts.Timeout))
+		opts.Timeout = remaining
 		t.drains.Go(func() {
-			err := boundedDrain(jctx, cfg.Clock, remaining, func(ctx context.Context) error { return prep.run(ctx, cfg.Drainer, remaining) })
+			err := boundedDrain(jctx, cfg.Clock, remaining, func(ctx context.Context) error { return prep.run(ctx, cfg.Drainer, opts) })
 			t.mu.Lock()
 			j.done, j.err = true, err
 			t.mu.Unlock()

@@ -348,6 +348,7 @@ func (t *term) watchApps(ctx context.Context, w world, r *Rollout, v nodeView) (
 		}
 		prep := &preparation{kind: "evict", pods: len(pods), evicted: refs, owners: owners,
 			doneNote: fmt.Sprintf("evicted %s whose apps present stale credentials or fail to authenticate: %s", plural.Count(len(pods), "pod"), strings.Join(names, ", "))}
+		opts, _ := t.drainOptions(ns)
 		jctx, cancel := context.WithCancel(ctx)
 		j := &prepJob{cancel: cancel, prep: prep}
 		t.mu.Lock()
@@ -356,7 +357,7 @@ func (t *term) watchApps(ctx context.Context, w world, r *Rollout, v nodeView) (
 		cfg.Log.Info("evicting pods whose apps present stale credentials or fail to authenticate", zap.String("rollout", r.ID), zap.String("node", name),
 			zap.Int("count", len(pods)), zap.String("pods", strings.Join(names, ", ")))
 		t.drains.Go(func() {
-			err := boundedDrain(jctx, cfg.Clock, cfg.DrainTimeout, func(ctx context.Context) error { return cfg.Drainer.Evict(ctx, pods, cfg.DrainTimeout) })
+			err := boundedDrain(jctx, cfg.Clock, opts.Timeout, func(ctx context.Context) error { return cfg.Drainer.Evict(ctx, pods, opts) })
 			t.mu.Lock()
 			j.done, j.err = true, err
 			t.mu.Unlock()
