@@ -232,6 +232,8 @@ type prepJob struct {
 	prep   *preparation
 	done   bool
 	err    error
+	// told: its end was logged in the metrics and Events.
+	told bool
 }
 
 const syncKey = "rollout"
@@ -833,6 +835,9 @@ func (t *term) maybeStart(ctx context.Context, w world) (time.Duration, error) {
 				}
 			}
 			sortPlan(nodes)
+			if req.Strategy == "" {
+				t.poolStrategies(w, nodes)
+			}
 		}
 		trigger := TriggerManual
 		if req.RequestedBy != "" {
@@ -873,6 +878,7 @@ func (t *term) maybeStart(ctx context.Context, w world) (time.Duration, error) {
 			trigger += tr
 		}
 	}
+	t.poolStrategies(w, p.Nodes)
 	if last := w.state.Rollout; cfg.DryRun && last != nil && last.DryRun && samePlan(last.Nodes, p.Nodes) {
 		return 0, nil // that dry run said it all already
 	}
@@ -913,7 +919,7 @@ func (t *term) startRollout(ctx context.Context, w world, id, trigger string, st
 		}
 		r.Phase, r.FinishedAt = RolloutDone, w.now
 		r.Message = "dry run (" + DryRunLabel(dryRunBy) + "): nothing was cordoned, drained or requested; " + nodeCount(len(nodes)) + " would be remediated"
-	case strategy == Auto:
+	case slices.ContainsFunc(nodes, func(pn PlannedNode) bool { return pn.Strategy == Auto }):
 		if ev := t.appEvidence(w.now); ev.missing != "" {
 			r.Apps = "no audit source (" + ev.missing + "): auto evicts the pods holding tokens of an untrusted issuer, as pod-restart does, and cannot verify that apps authenticate"
 		}

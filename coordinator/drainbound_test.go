@@ -26,13 +26,13 @@ func newDeafDrainer(t *testing.T) *deafDrainer {
 	return d
 }
 
-func (d *deafDrainer) Drain(context.Context, string, time.Duration) error {
+func (d *deafDrainer) Drain(context.Context, string, DrainOptions) error {
 	d.called <- struct{}{}
 	<-d.stop
 	return nil
 }
 
-func (d *deafDrainer) Evict(context.Context, []corev1.Pod, time.Duration) error {
+func (d *deafDrainer) Evict(context.Context, []corev1.Pod, DrainOptions) error {
 	d.called <- struct{}{}
 	<-d.stop
 	return nil
@@ -50,7 +50,7 @@ func (d *deafDrainer) awaitCall(t *testing.T) {
 func TestBoundedDrain(t *testing.T) {
 	clk := clocktesting.NewFakeClock(t0)
 	d := newDeafDrainer(t)
-	call := func(ctx context.Context) error { return d.Drain(ctx, "n1", time.Minute) }
+	call := func(ctx context.Context) error { return d.Drain(ctx, "n1", DrainOptions{Timeout: time.Minute}) }
 
 	res := make(chan error, 1)
 	go func() { res <- boundedDrain(context.Background(), clk, time.Minute, call) }()

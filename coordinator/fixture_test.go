@@ -954,6 +954,10 @@ type drainCall struct {
 	Node    string        // Drain
 	Pods    []string      // Evict: namespace/name
 	Timeout time.Duration // what the coordinator allowed
+	// The rest of the options: zero where the flags apply.
+	GracePeriodSeconds *int64
+	EvictUnmanaged     bool
+	ForceDelete        []protocol.PodSelector
 }
 
 // fakeDrainer records its calls and ends each with err, at once or, when
@@ -966,12 +970,12 @@ type fakeDrainer struct {
 	release chan struct{}
 }
 
-func (d *fakeDrainer) Drain(ctx context.Context, node string, timeout time.Duration) error {
-	return d.call(ctx, drainCall{Node: node, Timeout: timeout})
+func (d *fakeDrainer) Drain(ctx context.Context, node string, opts DrainOptions) error {
+	return d.call(ctx, drainCall{Node: node, Timeout: opts.Timeout, GracePeriodSeconds: opts.GracePeriodSeconds, EvictUnmanaged: opts.EvictUnmanaged, ForceDelete: opts.ForceDelete})
 }
 
-func (d *fakeDrainer) Evict(ctx context.Context, pods []corev1.Pod, timeout time.Duration) error {
-	c := drainCall{Timeout: timeout}
+func (d *fakeDrainer) Evict(ctx context.Context, pods []corev1.Pod, opts DrainOptions) error {
+	c := drainCall{Timeout: opts.Timeout, GracePeriodSeconds: opts.GracePeriodSeconds, EvictUnmanaged: opts.EvictUnmanaged, ForceDelete: opts.ForceDelete}
 	for _, p := range pods {
 		c.Pods = append(c.Pods, p.Namespace+"/"+p.Name)
 	}

@@ -11,6 +11,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 
+	"github.com/tokenroll/tokenroll/coordinator/policy"
 	"github.com/tokenroll/tokenroll/internal/nodeutil"
 	v1alpha1 "github.com/tokenroll/tokenroll/pkg/apis/tokenroll/v1alpha1"
 	"github.com/tokenroll/tokenroll/protocol"
@@ -22,9 +23,15 @@ import (
 
 // cordon starts a node: unschedulable (remembering whether it already was)
 // and its state recorded, in one write.
-func (t *term) cordon(ctx context.Context, w world, r *Rollout, v nodeView) error {
+// p is the RolloutPolicy that covers it (nil: none, or none read): its
+// name and drain settings are recorded with the cordon, so that its drain
+// follows them whatever becomes of the policy.
+func (t *term) cordon(ctx context.Context, w world, r *Rollout, v nodeView, p *policy.Policy) error {
 	ns := protocol.NodeState{Rollout: r.ID, Step: protocol.StepCordoned, Strategy: v.plan.Strategy,
 		CordonedByUs: !v.node.Spec.Unschedulable, StepAt: w.now, StartedAt: w.now}
+	if p != nil {
+		ns.Policy, ns.Drain = p.Name, drainSettingsOf(p)
+	}
 	if err := t.writeNode(ctx, v.node, &ns, boolPtr(true), nil); err != nil {
 		if apierrors.IsConflict(err) {
 			return err // a newer Node: decide again
@@ -42,7 +49,8 @@ func (t *term) cordon(ctx context.Context, w world, r *Rollout, v nodeView) erro
 	if !ns.CordonedByUs {
 		how = "already cordoned; left cordoned afterwards"
 	}
-	t.c.cfg.Log.Info("node started", zap.String("rollout", r.ID), zap.String("node", v.plan.Name), zap.String("strategy", string(v.plan.Strategy)), zap.String("cordon", how))
+	t.c.cfg.Log.Info("node started", zap.String("rollout", r.ID), zap.String("node", v.plan.Name), zap.String("strategy", string(v.plan.Strategy)), zap.String("cordon", how),
+		zap.String("drain", DescribeDrain(ns.Policy, ns.Drain)))
 	t.event(v.node, corev1.EventTypeNormal, "Cordoned", "Cordon", "rollout %s: %s for %s (%s)", r.ID, how, v.plan.Strategy, v.plan.Reason)
 	return nil
 }
@@ -154,14 +162,15 @@ const prepareWaitPoll = 5 * time.Second
 func (t *term) prepare(ctx context.Context, w world, r *Rollout, v nodeView, impl remediation) (time.Duration, error) {
 	cfg := t.c.cfg
 	name := v.plan.Name
-	deadline := v.state.StepAt.Add(cfg.DrainTimeout)
+	opts, from := t.drainOptions(v.state)
+	deadline := v.state.StepAt.Add(opts.Timeout)
 	t.mu.Lock()
 	j := t.jobs[name]
 	t.mu.Unlock()
 	if j == nil {
 		remaining := deadline.Sub(w.now)
 		if remaining <= 0 {
-			return 0, t.halt(ctx, w, r, v, HaltDrainTimeout, fmt.Sprintf("not drained within --drain-timeout=%s", cfg.DrainTimeout))
+			return 0, t.halt(ctx, w, r, v, HaltDrainTimeout, "not drained within "+from)
 		}
 		prep, wait, err := t.prepareNode(ctx, impl, v.node, w.issuer, w.now)
 		switch {
@@ -184,9 +193,10 @@ func (t *term) prepare(ctx context.Context, w world, r *Rollout, v nodeView, imp
 		t.jobs[name] = j
 		t.mu.Unlock()
 		cfg.Log.Info("preparing", zap.String("rollout", r.ID), zap.String("node", name), zap.String("strategy", string(v.state.Strategy)),
-			zap.String("work", prep.kind), zap.Int("pods", prep.pods))
+			zap.String("work", prep.kind), zap.Int("pods", prep.pods), zap.Duration("timeout", opts.Timeout))
+		opts.Timeout = remaining
 		t.drains.Go(func() {
-			err := boundedDrain(jctx, cfg.Clock, remaining, func(ctx context.Context) error { return prep.run(ctx, cfg.Drainer, remaining) })
+			err := boundedDrain(jctx, cfg.Clock, remaining, func(ctx context.Context) error { return prep.run(ctx, cfg.Drainer, opts) })
 			t.mu.Lock()
 			j.done, j.err = true, err
 			t.mu.Unlock()
@@ -200,21 +210,51 @@ func (t *term) prepare(ctx context.Context, w world, r *Rollout, v nodeView, imp
 	if !done {
 		return deadline.Sub(w.now), nil
 	}
-	t.mu.Lock()
-	delete(t.jobs, name)
-	t.mu.Unlock()
 	if err != nil {
+		t.forgetJob(name, j)
 		reason := HaltDrainFailed
 		if errors.Is(err, context.DeadlineExceeded) || !w.now.Before(deadline) {
 			reason = HaltDrainTimeout
 		}
 		return 0, t.halt(ctx, w, r, v, reason, fmt.Sprintf("draining node %s: %v", name, err))
 	}
-	t.c.m.stepDuration.WithLabelValues(string(v.state.Strategy), "drain").Observe(w.now.Sub(v.state.StepAt).Seconds())
-	if j.prep.doneEvent != "" {
-		t.event(v.node, corev1.EventTypeNormal, j.prep.doneEvent, "Evict", "rollout %s: %s", r.ID, j.prep.doneNote)
+	if t.firstTold(j) {
+		t.c.m.stepDuration.WithLabelValues(string(v.state.Strategy), "drain").Observe(w.now.Sub(v.state.StepAt).Seconds())
+		if j.prep.doneEvent != "" {
+			t.event(v.node, corev1.EventTypeNormal, j.prep.doneEvent, "Evict", "rollout %s: %s", r.ID, j.prep.doneNote)
+		}
 	}
-	return 0, t.requestAction(ctx, w, r, v, impl, j.prep)
+	// The finished preparation is kept until the write recording what it
+	// did lands: a write that fails (a conflict with someone's change of
+	// the Node during the drain) is decided again at the next sync, and a
+	// preparation run again then would find the pods gone and record no
+	// evicted pods or owners, which verify and a health gate wait for.
+	if err := t.requestAction(ctx, w, r, v, impl, j.prep); err != nil {
+		return 0, err
+	}
+	t.forgetJob(name, j)
+	return 0, nil
+}
+
+// forgetJob drops node's preparation j once what it did is recorded (or
+// it failed); a newer preparation of the node is left alone.
+func (t *term) forgetJob(node string, j *prepJob) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.jobs[node] == j {
+		delete(t.jobs, node)
+	}
+}
+
+// firstTold reports whether the end of j is told for the first time: a
+// finished preparation whose record failed to land is told once, not at
+// each try.
+func (t *term) firstTold(j *prepJob) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	first := !j.told
+	j.told = true
+	return first
 }
 
 // requestAction writes the request for the agent, when the strategy asks

@@ -33,6 +33,7 @@ func (t *term) fillProgress(o *v1alpha1.TokenRollout) {
 // setNodeResult sets n from node's record for rollout id.
 func setNodeResult(n *v1alpha1.NodeResult, node *corev1.Node, id string) {
 	s := readNodeState(node, id)
+	n.Policy, n.Drain = "", ""
 	switch {
 	case s == nil && excludedBy(node) != "":
 		n.Step, n.Reason, n.Action = v1alpha1.NodeStep(protocol.StepExcluded), "Excluded", "remove the annotation "+AnnotationExclude+" to include it"
@@ -46,6 +47,10 @@ func setNodeResult(n *v1alpha1.NodeResult, node *corev1.Node, id string) {
 			step = protocol.StepActing
 		}
 		n.Step, n.Reason, n.Action = v1alpha1.NodeStep(step), s.Reason, ""
+		n.Policy = s.Policy
+		if s.Step != protocol.StepDryRun && s.Step != protocol.StepExcluded {
+			n.Drain = cut(DescribeDrain(s.Policy, s.Drain), 256)
+		}
 		switch s.Step {
 		case protocol.StepHalted:
 			n.Action = "fix the cause, then tokenroll rollout resume (the node is tried again) or cancel"

@@ -216,6 +216,7 @@ func setStatus(status *v1alpha1.TokenRolloutStatus, r *Rollout, now time.Time) {
 		}
 		if old, ok := steps[pn.Name]; ok {
 			n.Step, n.Reason, n.Action, n.LastTransitionTime = old.Step, old.Reason, old.Action, old.LastTransitionTime
+			n.Policy, n.Drain = old.Policy, old.Drain
 		}
 		status.Nodes = append(status.Nodes, n)
 	}

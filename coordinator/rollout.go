@@ -353,7 +353,11 @@ func (t *term) startNodes(ctx context.Context, w world, r *Rollout, views []node
 				blocked = append(blocked, v.plan.Name)
 				continue
 			}
-			if err := t.cordon(ctx, w, r, v); err != nil {
+			var p *policy.Policy
+			if pg != nil {
+				p = pg.cov.Of[v.plan.Name]
+			}
+			if err := t.cordon(ctx, w, r, v, p); err != nil {
 				return 0, err
 			}
 			busy++

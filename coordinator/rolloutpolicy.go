@@ -528,7 +528,7 @@ func (g *policyGate) healthGate(ctx context.Context, p *policy.Policy) *policy.B
 			}
 		}
 		if hg.EvictedPodsReady && last != nil && len(last.Owners) > 0 {
-			ok, why, err := ownersReady(ctx, g.t.c.cfg.Client, last.Owners)
+			ok, why, err := ownersPodsReady(ctx, g.t.c.cfg.Client, last.Owners)
 			if err != nil {
 				why = err.Error()
 			}

@@ -50,8 +50,13 @@ type NodeStatus struct {
 	Excluded string `json:"excluded,omitempty"`
 	// Strategy is what the node gets in the current rollout.
 	Strategy protocol.Strategy `json:"action,omitempty"`
-	Since    time.Time         `json:"since,omitzero"`
-	Message  string            `json:"message,omitempty"`
+	// Policy names the RolloutPolicy that covered the node when it
+	// started in the current rollout, and Drain says how its pods are
+	// drained (DescribeDrain); both empty until it starts.
+	Policy  string    `json:"policy,omitempty"`
+	Drain   string    `json:"drain,omitempty"`
+	Since   time.Time `json:"since,omitzero"`
+	Message string    `json:"message,omitempty"`
 	// Apps counts the node's pods with a projected token: [pods, healthy,
 	// app-stale, app-failing] (nil: app detection has not counted them).
 	Apps *[4]int `json:"apps,omitempty"`
@@ -157,6 +162,9 @@ func BuildStatus(ctx context.Context, client kubernetes.Interface, rollouts vers
 					if s.Request != "" {
 						ns.DryRunBy = DryRunByAgent
 					}
+				}
+				if s.Step != protocol.StepDryRun && s.Step != protocol.StepExcluded {
+					ns.Policy, ns.Drain = s.Policy, DescribeDrain(s.Policy, s.Drain)
 				}
 			case ns.Excluded == "" && ns.Phase == "":
 				ns.Phase, ns.Strategy, ns.Message = "pending", pn.Strategy, pn.Reason
@@ -284,8 +292,14 @@ func WriteStatusTable(w io.Writer, rep *StatusReport) error {
 		if !n.Since.IsZero() {
 			since = rep.Now.Sub(n.Since).Round(time.Second).String()
 		}
+		action := orDash(string(n.Strategy))
+		if n.Policy != "" {
+			// The pool's policy gave it its drain settings; -o json
+			// says which.
+			action += " (" + n.Policy + ")"
+		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, yesNo(n.Ready), sched, tokens, stale, n.OldIssuer,
-			appsCell(rep.Apps, n.Apps), cond, orDash(n.Phase), orDash(string(n.Strategy)), since, truncate(n.Message, 80))
+			appsCell(rep.Apps, n.Apps), cond, orDash(n.Phase), action, since, truncate(n.Message, 80))
 	}
 	if err := tw.Flush(); err != nil {
 		return err

@@ -80,7 +80,7 @@ type preparation struct {
 	kind string
 	// pods is how many pods it evicts, when it knows (logs).
 	pods int
-	run  func(ctx context.Context, d Drainer, timeout time.Duration) error
+	run  func(ctx context.Context, d Drainer, opts DrainOptions) error
 	// evicted and owners are recorded on the node state, for verify.
 	evicted []protocol.PodRef
 	owners  []protocol.OwnerRef

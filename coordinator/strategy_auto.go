@@ -413,14 +413,12 @@ func (t *term) watchApps(ctx context.Context, w world, r *Rollout, v nodeView) (
 	if j != nil {
 		t.mu.Lock()
 		done, err := j.done, j.err
-		if done {
-			delete(t.jobs, name)
-		}
 		t.mu.Unlock()
 		if !done {
 			return 0, nil // its end wakes us
 		}
 		if err != nil {
+			t.forgetJob(name, j)
 			reason := HaltDrainFailed
 			if errors.Is(err, context.DeadlineExceeded) {
 				reason = HaltDrainTimeout
@@ -430,9 +428,11 @@ func (t *term) watchApps(ctx context.Context, w world, r *Rollout, v nodeView) (
 		next := *ns
 		next.Evicted = append(slices.Clone(ns.Evicted), j.prep.evicted...)
 		next.Owners = mergeOwners(ns.Owners, j.prep.owners)
+		// As in prepare, the evictions are forgotten only once recorded.
 		if err := t.writeNode(ctx, v.node, &next, nil, nil); err != nil {
 			return 0, err
 		}
+		t.forgetJob(name, j)
 		t.event(v.node, corev1.EventTypeNormal, "PodsEvicted", "Evict", "rollout %s: %s", r.ID, j.prep.doneNote)
 		return 0, nil
 	}
@@ -474,6 +474,7 @@ func (t *term) watchApps(ctx context.Context, w world, r *Rollout, v nodeView) (
 		}
 		prep := &preparation{kind: "evict", pods: len(pods), evicted: refs, owners: owners,
 			doneNote: fmt.Sprintf("evicted %s whose apps present stale credentials or fail to authenticate: %s", plural.Count(len(pods), "pod"), strings.Join(names, ", "))}
+		opts, _ := t.drainOptions(ns)
 		jctx, cancel := context.WithCancel(ctx)
 		j := &prepJob{cancel: cancel, prep: prep}
 		t.mu.Lock()
@@ -482,7 +483,7 @@ func (t *term) watchApps(ctx context.Context, w world, r *Rollout, v nodeView) (
 		cfg.Log.Info("evicting pods whose apps present stale credentials or fail to authenticate", zap.String("rollout", r.ID), zap.String("node", name),
 			zap.Int("count", len(pods)), zap.String("pods", strings.Join(names, ", ")))
 		t.drains.Go(func() {
-			err := boundedDrain(jctx, cfg.Clock, cfg.DrainTimeout, func(ctx context.Context) error { return cfg.Drainer.Evict(ctx, pods, cfg.DrainTimeout) })
+			err := boundedDrain(jctx, cfg.Clock, opts.Timeout, func(ctx context.Context) error { return cfg.Drainer.Evict(ctx, pods, opts) })
 			t.mu.Lock()
 			j.done, j.err = true, err
 			t.mu.Unlock()

@@ -44,7 +44,7 @@ func (podRestart) prepare(ctx context.Context, client kubernetes.Interface, n *c
 		refs = append(refs, protocol.PodRef{Namespace: p.Namespace, Name: p.Name, UID: string(p.UID)})
 	}
 	return &preparation{kind: "evict", pods: len(pods), evicted: refs, owners: owners,
-		run:       func(ctx context.Context, d Drainer, timeout time.Duration) error { return d.Evict(ctx, pods, timeout) },
+		run:       func(ctx context.Context, d Drainer, opts DrainOptions) error { return d.Evict(ctx, pods, opts) },
 		doneEvent: "PodsEvicted", doneNote: "evicted " + plural.Count(len(refs), "pod") + " holding stale tokens"}, "", nil
 }
 

@@ -3,7 +3,6 @@ package coordinator
 import (
 	"context"
 	"fmt"
-	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -28,7 +27,7 @@ func (reboot) prepare(ctx context.Context, client kubernetes.Interface, n *corev
 		return nil, "", err
 	}
 	return &preparation{kind: "drain", requestNote: "drained; ", owners: owners,
-		run: func(ctx context.Context, d Drainer, timeout time.Duration) error { return d.Drain(ctx, node, timeout) }}, "", nil
+		run: func(ctx context.Context, d Drainer, opts DrainOptions) error { return d.Drain(ctx, node, opts) }}, "", nil
 }
 
 // drainedOwners are the controllers (ReplicaSets, StatefulSets) of the

@@ -118,6 +118,12 @@ type NodeState struct {
 	// Owners are the evicted pods' controllers: verified when they report
 	// every replica ready again.
 	Owners []OwnerRef `json:"owners,omitempty"`
+	// Policy names the RolloutPolicy whose settings the node got when it
+	// started ("": none covered it, and the coordinator's flags applied).
+	Policy string `json:"policy,omitempty"`
+	// Drain is how the node's pods are drained or evicted, set when its
+	// policy says more than the coordinator's flags (nil: the flags).
+	Drain *DrainSettings `json:"drain,omitempty"`
 	// StepAt is when the node entered Step.
 	StepAt time.Time `json:"stepAt"`
 	// StartedAt is when the node was cordoned (or started, NoCordon).
@@ -132,6 +138,30 @@ type NodeState struct {
 	// Evidence is the agent's stale-token evidence (TokenReport.Evidence)
 	// when the node became unresolved: it is retried once that changes.
 	Evidence string `json:"evidence,omitempty"`
+}
+
+// DrainSettings are a RolloutPolicy's drain settings as a node got them
+// when it started, so that every leader drains it alike whatever becomes
+// of the policy meanwhile.
+type DrainSettings struct {
+	// TimeoutSeconds bounds the drain or evictions (0: --drain-timeout).
+	TimeoutSeconds int64 `json:"timeoutSeconds,omitempty"`
+	// GracePeriodSeconds overrides each pod's termination grace period
+	// (nil: the pod's own).
+	GracePeriodSeconds *int64 `json:"gracePeriodSeconds,omitempty"`
+	// EvictUnmanaged lets a drain evict pods no controller recreates
+	// (false: as --drain-force says).
+	EvictUnmanaged bool `json:"evictUnmanaged,omitempty"`
+	// ForceDelete select the pods that may be deleted outright when their
+	// eviction is still refused at the timeout.
+	ForceDelete []PodSelector `json:"forceDelete,omitempty"`
+}
+
+// PodSelector selects pods by label and, when Namespaces is not empty,
+// their namespace's labels; both in label-selector syntax (app=web,tier!=db).
+type PodSelector struct {
+	Pods       string `json:"pods"`
+	Namespaces string `json:"namespaces,omitempty"`
 }
 
 // ParseNodeState decodes a node-state annotation.

@@ -390,12 +390,14 @@ func testDefaults(ctx context.Context, t *testing.T, e *env) {
 		what      string
 		got, want any
 	}{
-		{"strategy", s.Strategy, v1alpha1.StrategyAuto},
+		// No default: an omitted strategy or drain timeout is the
+		// coordinator's flag.
+		{"strategy", s.Strategy, v1alpha1.Strategy("")},
 		{"maxUnavailable", s.MaxUnavailable, ptr.To(intstr.FromInt32(1))},
 		{"a window's timeZone", s.Windows[0].TimeZone, "UTC"},
 		{"zones.topologyKey", s.Zones.TopologyKey, "topology.kubernetes.io/zone"},
 		{"zones.order", s.Zones.Order, v1alpha1.ZoneOrderSequential},
-		{"drain.timeout", s.Drain.Timeout, &metav1.Duration{Duration: 10 * time.Minute}},
+		{"drain.timeout", s.Drain.Timeout, (*metav1.Duration)(nil)},
 		{"alerts.ignore", s.Blockers.Alerts.Ignore, []string{"Tokenroll.*"}},
 		{"a matcher's operator", s.Blockers.Alerts.Matchers[0].Operator, v1alpha1.MatchOperator("=")},
 		{"a notification's format", s.Notifications[0].Format, v1alpha1.NotificationJSON},

@@ -73,8 +73,9 @@ type RolloutPolicySpec struct {
 	// +optional
 	NodeSelector *metav1.LabelSelector `json:"nodeSelector,omitempty"`
 
-	// strategy is what each node gets, unless a TokenRollout overrides it.
-	// +kubebuilder:default=auto
+	// strategy is what each node gets, unless a TokenRollout overrides it
+	// or the node reports a required reboot. Omitted: the coordinator's
+	// --strategy.
 	// +optional
 	Strategy Strategy `json:"strategy,omitempty"`
 
@@ -362,8 +363,8 @@ type SecretKeyRef struct {
 // DrainOptions say how a node's pods are evicted.
 type DrainOptions struct {
 	// timeout is the longest a drain (or a pod restart's evictions) may
-	// take before the rollout halts.
-	// +kubebuilder:default="10m"
+	// take before the rollout halts. Omitted: the coordinator's
+	// --drain-timeout.
 	// +kubebuilder:validation:Type=string
 	// +kubebuilder:validation:Format=duration
 	// +optional
@@ -377,13 +378,15 @@ type DrainOptions struct {
 	GracePeriodSeconds *int64 `json:"gracePeriodSeconds,omitempty"`
 
 	// evictUnmanagedPods lets a drain evict pods that no controller
-	// recreates (they are lost); without it such a pod halts the rollout.
+	// recreates (they are lost); without it such a pod halts the rollout,
+	// unless the coordinator runs with --drain-force.
 	// +optional
 	EvictUnmanagedPods bool `json:"evictUnmanagedPods,omitempty"`
 
 	// forceDeletePods selects the pods a drain may delete outright when
 	// their eviction is still refused (a PodDisruptionBudget) at the
-	// timeout, instead of halting. Empty: none; every pod is evicted.
+	// timeout, instead of halting; a deleted pod is not waited for. Empty:
+	// none; every pod is evicted.
 	// +kubebuilder:validation:MaxItems=16
 	// +listType=atomic
 	// +optional

@@ -407,6 +407,16 @@ type NodeResult struct {
 	// strategy is what the node gets.
 	// +optional
 	Strategy Strategy `json:"strategy,omitempty"`
+	// policy names the RolloutPolicy that covered the node when it
+	// started; omitted: none did, and the coordinator's flags applied.
+	// +kubebuilder:validation:MaxLength=253
+	// +optional
+	Policy string `json:"policy,omitempty"`
+	// drain says how the node's pods were to be drained or evicted: the
+	// settings its policy gave it, or the coordinator's flags.
+	// +kubebuilder:validation:MaxLength=256
+	// +optional
+	Drain string `json:"drain,omitempty"`
 	// reason is a CamelCase word for why the node is in its step (for a
 	// halted node, the halt reason, like DrainTimeout).
 	// +kubebuilder:validation:MaxLength=64

@@ -12,17 +12,20 @@ import (
 // DrainOptions say how a node's pods are evicted.
 type DrainOptionsApplyConfiguration struct {
 	// timeout is the longest a drain (or a pod restart's evictions) may
-	// take before the rollout halts.
+	// take before the rollout halts. Omitted: the coordinator's
+	// --drain-timeout.
 	Timeout *v1.Duration `json:"timeout,omitempty"`
 	// gracePeriodSeconds overrides each evicted pod's
 	// terminationGracePeriodSeconds. Omitted: the pod's own.
 	GracePeriodSeconds *int64 `json:"gracePeriodSeconds,omitempty"`
 	// evictUnmanagedPods lets a drain evict pods that no controller
-	// recreates (they are lost); without it such a pod halts the rollout.
+	// recreates (they are lost); without it such a pod halts the rollout,
+	// unless the coordinator runs with --drain-force.
 	EvictUnmanagedPods *bool `json:"evictUnmanagedPods,omitempty"`
 	// forceDeletePods selects the pods a drain may delete outright when
 	// their eviction is still refused (a PodDisruptionBudget) at the
-	// timeout, instead of halting. Empty: none; every pod is evicted.
+	// timeout, instead of halting; a deleted pod is not waited for. Empty:
+	// none; every pod is evicted.
 	ForceDeletePods []PodSelectorApplyConfiguration `json:"forceDeletePods,omitempty"`
 }
 

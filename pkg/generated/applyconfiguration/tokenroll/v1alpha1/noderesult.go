@@ -18,6 +18,12 @@ type NodeResultApplyConfiguration struct {
 	Step *tokenrollv1alpha1.NodeStep `json:"step,omitempty"`
 	// strategy is what the node gets.
 	Strategy *tokenrollv1alpha1.Strategy `json:"strategy,omitempty"`
+	// policy names the RolloutPolicy that covered the node when it
+	// started; omitted: none did, and the coordinator's flags applied.
+	Policy *string `json:"policy,omitempty"`
+	// drain says how the node's pods were to be drained or evicted: the
+	// settings its policy gave it, or the coordinator's flags.
+	Drain *string `json:"drain,omitempty"`
 	// reason is a CamelCase word for why the node is in its step (for a
 	// halted node, the halt reason, like DrainTimeout).
 	Reason *string `json:"reason,omitempty"`
@@ -61,6 +67,22 @@ func (b *NodeResultApplyConfiguration) WithStep(value tokenrollv1alpha1.NodeStep
 // If called multiple times, the Strategy field is set to the value of the last call.
 func (b *NodeResultApplyConfiguration) WithStrategy(value tokenrollv1alpha1.Strategy) *NodeResultApplyConfiguration {
 	b.Strategy = &value
+	return b
+}
+
+// WithPolicy sets the Policy field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the Policy field is set to the value of the last call.
+func (b *NodeResultApplyConfiguration) WithPolicy(value string) *NodeResultApplyConfiguration {
+	b.Policy = &value
+	return b
+}
+
+// WithDrain sets the Drain field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the Drain field is set to the value of the last call.
+func (b *NodeResultApplyConfiguration) WithDrain(value string) *NodeResultApplyConfiguration {
+	b.Drain = &value
 	return b
 }
 

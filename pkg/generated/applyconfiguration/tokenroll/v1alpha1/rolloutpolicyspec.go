@@ -19,7 +19,9 @@ type RolloutPolicySpecApplyConfiguration struct {
 	// and leaves the node alone). Omitted: the default policy, for every
 	// node no other policy selects; there is at most one.
 	NodeSelector *v1.LabelSelectorApplyConfiguration `json:"nodeSelector,omitempty"`
-	// strategy is what each node gets, unless a TokenRollout overrides it.
+	// strategy is what each node gets, unless a TokenRollout overrides it
+	// or the node reports a required reboot. Omitted: the coordinator's
+	// --strategy.
 	Strategy *tokenrollv1alpha1.Strategy `json:"strategy,omitempty"`
 	// maxUnavailable is the most nodes of this pool disrupted at once, as a
 	// number (at least 1) or a percentage of the pool's nodes (1% to 100%,
