@@ -58,7 +58,12 @@ type Config struct {
 	// handlers' (default: real time); a benchmark steps it to put the
 	// agents past their first minutes.
 	AgentClock clock.WithTicker
-	Log        *zap.Logger
+	// SharePods gives the simulated kubelets one pod informer between them
+	// (kubeletsim.SharedPods) instead of one each: for a benchmark of
+	// hundreds of nodes, which measures tokenroll, not the kubelets' own
+	// lists and watches.
+	SharePods bool
+	Log       *zap.Logger
 }
 
 // Member is one node: the simulated kubelet and its agent.
@@ -108,6 +113,13 @@ func Start(ctx context.Context, cfg Config) (*Fleet, error) {
 	if err := allowDiscovery(ctx, cfg.CP); err != nil {
 		return nil, err
 	}
+	var shared *kubeletsim.SharedPods
+	if cfg.SharePods {
+		var err error
+		if shared, err = startSharedPods(ctx, cfg); err != nil {
+			return nil, err
+		}
+	}
 	for _, name := range cfg.Nodes {
 		rc, err := cfg.CP.NodeConfig(name)
 		if err != nil {
@@ -129,7 +141,7 @@ func Start(ctx context.Context, cfg Config) (*Fleet, error) {
 			}
 		}
 		sim, err := kubeletsim.New(kubeletsim.Config{Name: name, Root: filepath.Join(cfg.Dir, name), RESTConfig: rc,
-			StatusInterval: cfg.StatusInterval, Observer: observer, Logger: cfg.Log.Named("kubelet").With(zap.String("node", name))})
+			StatusInterval: cfg.StatusInterval, Pods: shared, Observer: observer, Logger: cfg.Log.Named("kubelet").With(zap.String("node", name))})
 		if err != nil {
 			return nil, err
 		}
@@ -258,6 +270,27 @@ func (e simExecutor) RestartKubelet(context.Context) error {
 	e.m.KubeletRestarts.Add(1)
 	e.m.Sim.RestartKubelet()
 	return nil
+}
+
+// startSharedPods starts the pod informer the nodes share, as the admin,
+// on the nodes' API server.
+func startSharedPods(ctx context.Context, cfg Config) (*kubeletsim.SharedPods, error) {
+	rc := cfg.CP.AdminConfig()
+	if cfg.APIServer != "" {
+		rc.Host = cfg.APIServer
+	}
+	client, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return nil, err
+	}
+	shared, err := kubeletsim.NewSharedPods(client)
+	if err != nil {
+		return nil, err
+	}
+	if err := shared.Start(ctx); err != nil {
+		return nil, fmt.Errorf("fleet: %w", err)
+	}
+	return shared, nil
 }
 
 // allowDiscovery lets nodes read OIDC discovery. The in-process agents act
