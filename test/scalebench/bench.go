@@ -223,7 +223,7 @@ func measure(ctx context.Context, o options, n int, bin, agentBin, dir string, l
 	counter := &agentCounter{}
 	agentClock := &steppedClock{}
 	nodes, err = fleet.Start(runCtx, fleet.Config{CP: cp, APIServer: pins[nodesServer].URL(), Dir: filepath.Join(dir, "nodes"), Nodes: names,
-		AgentInterval: agentInterval, IssuerRefresh: issuerRefresh, StatusInterval: statusInterval, AgentClock: agentClock, RebootDown: time.Second,
+		AgentInterval: agentInterval, IssuerRefresh: issuerRefresh, StatusInterval: statusInterval, AgentClock: agentClock, RebootDown: time.Second, SharePods: true,
 		AgentConfig: func(_ string, rc *rest.Config) (*rest.Config, error) {
 			rc = rest.CopyConfig(rc)
 			rc.Wrap(counter.wrap)

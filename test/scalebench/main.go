@@ -98,7 +98,7 @@ type options struct {
 }
 
 func defaultOptions() options {
-	return options{Nodes: []int{50, 250}, PodsPerNode: 30, Churn: 10, CreateConcurrency: 32, Steady: 2 * time.Minute, MaxUnavailable: "100",
+	return options{Nodes: []int{50, 250}, PodsPerNode: 30, Churn: 10, CreateConcurrency: 32, Steady: 2 * time.Minute, MaxUnavailable: "5%",
 		Timeout: 2 * time.Hour, LogLevel: "error"}
 }
 
