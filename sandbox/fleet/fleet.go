@@ -89,7 +89,12 @@ type Fleet struct {
 	cfg     Config
 	Members map[string]*Member
 	wg      sync.WaitGroup
+	pods    *kubeletsim.SharedPods
 }
+
+// Pods is the pod informer the nodes share (nil unless Config.SharePods),
+// for another simulated node to share.
+func (f *Fleet) Pods() *kubeletsim.SharedPods { return f.pods }
 
 // Start runs the nodes and their agents until ctx ends, and returns once
 // every node has registered.
@@ -119,6 +124,7 @@ func Start(ctx context.Context, cfg Config) (*Fleet, error) {
 		if shared, err = startSharedPods(ctx, cfg); err != nil {
 			return nil, err
 		}
+		f.pods = shared
 	}
 	for _, name := range cfg.Nodes {
 		rc, err := cfg.CP.NodeConfig(name)

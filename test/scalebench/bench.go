@@ -53,18 +53,8 @@ const (
 	statusInterval = 5 * time.Minute
 )
 
-// runAll measures every size and fits the model.
-func runAll(ctx context.Context, o options, log *zap.Logger) (*Summary, error) {
-	dir, err := os.MkdirTemp("", "tokenroll-scalebench-")
-	if err != nil {
-		return nil, err
-	}
-	kept := false
-	defer func() {
-		if !kept {
-			os.RemoveAll(dir)
-		}
-	}()
+// runAll measures every size and fits the model, in dir.
+func runAll(ctx context.Context, o options, dir string, log *zap.Logger) (*Summary, error) {
 	bin := o.CoordinatorBinary
 	if bin == "" {
 		bin = filepath.Join(dir, "tokenroll-coordinator")
@@ -88,7 +78,6 @@ func runAll(ctx context.Context, o options, log *zap.Logger) (*Summary, error) {
 		log.Info("measuring", zap.Int("nodes", n))
 		r, err := runOne(ctx, o, n, bin, agentBin, filepath.Join(dir, fmt.Sprintf("n%d", n)), log)
 		if err != nil {
-			kept = true
 			return nil, fmt.Errorf("%d nodes: %w (the run's logs are kept in %s)", n, err, dir)
 		}
 		sum.Runs = append(sum.Runs, *r)
@@ -232,7 +221,7 @@ func measure(ctx context.Context, o options, n int, bin, agentBin, dir string, l
 	if err != nil {
 		return nil, err
 	}
-	calib, err := startCalibration(runCtx, cp, pins[nodesServer].URL(), agentBin, dir, log)
+	calib, err := startCalibration(runCtx, cp, pins[nodesServer].URL(), agentBin, dir, nodes.Pods(), log)
 	if err != nil {
 		return nil, err
 	}

@@ -58,6 +58,8 @@ import (
 	"syscall"
 	"time"
 
+	clientfeatures "k8s.io/client-go/features"
+
 	"github.com/tokenroll/tokenroll/internal/logging"
 )
 
@@ -188,7 +190,27 @@ func main() {
 	o := defaultOptions()
 	o.addFlags(flag.CommandLine)
 	flag.Parse()
+	listFromWatchCache()
 	os.Exit(mainExit(o))
+}
+
+// listFromWatchCache makes this process's informers (the simulated
+// kubelets', the in-process agents', the benchmark's own) start with a
+// list served from the API server's watch cache (resourceVersion 0) and a
+// watch, as client-go did before its watch-list stream. The stream asks
+// for the newest data in etcd and waits until the watch cache has it; with
+// a thousand nodes' writes on this machine the watch cache lags etcd by
+// thousands of revisions ("Too large resource version") for minutes, and
+// an informer started then waits as long. The coordinator and the
+// calibration agent, their own processes, keep client-go's default.
+func listFromWatchCache() {
+	clientfeatures.ReplaceFeatureGates(noWatchList{clientfeatures.FeatureGates()})
+}
+
+type noWatchList struct{ clientfeatures.Gates }
+
+func (g noWatchList) Enabled(f clientfeatures.Feature) bool {
+	return f != clientfeatures.WatchListClient && g.Gates.Enabled(f)
 }
 
 // mainExit runs the benchmark and returns the exit status: 0 when it ran
@@ -209,10 +231,11 @@ func mainExit(o options) int {
 	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
 	defer cancel()
 	var sum *Summary
+	dir := ""
 	if o.FromJSON != "" {
 		sum, err = readSummaries(o.FromJSON)
-	} else {
-		sum, err = runAll(ctx, o, log)
+	} else if dir, err = os.MkdirTemp("", "tokenroll-scalebench-"); err == nil {
+		sum, err = runAll(ctx, o, dir, log)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "scalebench:", err)
@@ -224,6 +247,12 @@ func mainExit(o options) int {
 			fmt.Fprintln(os.Stderr, "scalebench:", err)
 			return 1
 		}
+	}
+	// Last: a thousand nodes' files take minutes to remove on a loaded
+	// machine, and the figures are out by then. A failed run keeps them.
+	if dir != "" {
+		fmt.Fprintf(os.Stderr, "scalebench: removing %s\n", dir)
+		_ = os.RemoveAll(dir)
 	}
 	return 0
 }
