@@ -44,8 +44,9 @@ type Config struct {
 	AgentInterval, IssuerRefresh time.Duration
 	// RebootDown is how long a simulated reboot keeps a node down.
 	RebootDown time.Duration
-	// StatusInterval is the simulated kubelets' status period (default 1m).
-	StatusInterval time.Duration
+	// StatusInterval is the simulated kubelets' status period (default 1m)
+	// and HeartbeatInterval their Lease renewal period (default 10s).
+	StatusInterval, HeartbeatInterval time.Duration
 	// Observer sees every simulated node's events.
 	Observer func(kubeletsim.Event)
 	// AgentConfig, when set, gives the configuration a node's agent
@@ -147,7 +148,7 @@ func Start(ctx context.Context, cfg Config) (*Fleet, error) {
 			}
 		}
 		sim, err := kubeletsim.New(kubeletsim.Config{Name: name, Root: filepath.Join(cfg.Dir, name), RESTConfig: rc,
-			StatusInterval: cfg.StatusInterval, Pods: shared, Observer: observer, Logger: cfg.Log.Named("kubelet").With(zap.String("node", name))})
+			StatusInterval: cfg.StatusInterval, HeartbeatInterval: cfg.HeartbeatInterval, Pods: shared, Observer: observer, Logger: cfg.Log.Named("kubelet").With(zap.String("node", name))})
 		if err != nil {
 			return nil, err
 		}

@@ -51,6 +51,13 @@ const (
 	agentInterval  = 30 * time.Second
 	issuerRefresh  = 10 * time.Minute
 	statusInterval = 5 * time.Minute
+	// heartbeatInterval is the simulated kubelets' Lease renewal period,
+	// four times the kubelet's 10 s: nothing here reads a node's Lease (no
+	// node lifecycle controller runs; the coordinator reads Ready from the
+	// Node), and at 1,000 nodes renewals every 10 s (a read and a write
+	// each) were most of the API server's requests while the kubelets
+	// started their pods.
+	heartbeatInterval = 40 * time.Second
 )
 
 // runAll measures every size and fits the model, in dir.
@@ -212,7 +219,7 @@ func measure(ctx context.Context, o options, n int, bin, agentBin, dir string, l
 	counter := &agentCounter{}
 	agentClock := &steppedClock{}
 	nodes, err = fleet.Start(runCtx, fleet.Config{CP: cp, APIServer: pins[nodesServer].URL(), Dir: filepath.Join(dir, "nodes"), Nodes: names,
-		AgentInterval: agentInterval, IssuerRefresh: issuerRefresh, StatusInterval: statusInterval, AgentClock: agentClock, RebootDown: time.Second, SharePods: true,
+		AgentInterval: agentInterval, IssuerRefresh: issuerRefresh, StatusInterval: statusInterval, HeartbeatInterval: heartbeatInterval, AgentClock: agentClock, RebootDown: time.Second, SharePods: true,
 		AgentConfig: func(_ string, rc *rest.Config) (*rest.Config, error) {
 			rc = rest.CopyConfig(rc)
 			rc.Wrap(counter.wrap)
