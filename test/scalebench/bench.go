@@ -238,7 +238,10 @@ func measure(ctx context.Context, o options, n int, bin, agentBin, dir string, l
 		return nil, err
 	}
 	reported := func(node *corev1.Node) string { return agentReported(node, o.PodsPerNode) }
-	agentsTimeout := max(10*time.Minute, time.Duration(n)*1200*time.Millisecond)
+	// The simulated kubelets start their pods at 17-26 a second on this
+	// machine at load 25 (a ConfigMap read, a TokenRequest and a status
+	// write each, on an API server whose watch cache lags): 60 ms a pod.
+	agentsTimeout := max(10*time.Minute, time.Duration(n*o.PodsPerNode)*60*time.Millisecond)
 	prog.enter(fmt.Sprintf("waiting (at most %s) until every agent reports %d fresh tokens on a Ready node", agentsTimeout, o.PodsPerNode))
 	stopReport = every(30*time.Second, func() {
 		left := notYet(checker, names, reported)
