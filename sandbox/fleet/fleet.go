@@ -44,8 +44,9 @@ type Config struct {
 	AgentInterval, IssuerRefresh time.Duration
 	// RebootDown is how long a simulated reboot keeps a node down.
 	RebootDown time.Duration
-	// StatusInterval is the simulated kubelets' status period (default 1m).
-	StatusInterval time.Duration
+	// StatusInterval is the simulated kubelets' status period (default 1m)
+	// and HeartbeatInterval their Lease renewal period (default 10s).
+	StatusInterval, HeartbeatInterval time.Duration
 	// Observer sees every simulated node's events.
 	Observer func(kubeletsim.Event)
 	// AgentConfig, when set, gives the configuration a node's agent
@@ -58,7 +59,12 @@ type Config struct {
 	// handlers' (default: real time); a benchmark steps it to put the
 	// agents past their first minutes.
 	AgentClock clock.WithTicker
-	Log        *zap.Logger
+	// SharePods gives the simulated kubelets one pod informer between them
+	// (kubeletsim.SharedPods) instead of one each: for a benchmark of
+	// hundreds of nodes, which measures tokenroll, not the kubelets' own
+	// lists and watches.
+	SharePods bool
+	Log       *zap.Logger
 }
 
 // Member is one node: the simulated kubelet and its agent.
@@ -84,7 +90,12 @@ type Fleet struct {
 	cfg     Config
 	Members map[string]*Member
 	wg      sync.WaitGroup
+	pods    *kubeletsim.SharedPods
 }
+
+// Pods is the pod informer the nodes share (nil unless Config.SharePods),
+// for another simulated node to share.
+func (f *Fleet) Pods() *kubeletsim.SharedPods { return f.pods }
 
 // Start runs the nodes and their agents until ctx ends, and returns once
 // every node has registered.
@@ -108,6 +119,14 @@ func Start(ctx context.Context, cfg Config) (*Fleet, error) {
 	if err := allowDiscovery(ctx, cfg.CP); err != nil {
 		return nil, err
 	}
+	var shared *kubeletsim.SharedPods
+	if cfg.SharePods {
+		var err error
+		if shared, err = startSharedPods(ctx, cfg); err != nil {
+			return nil, err
+		}
+		f.pods = shared
+	}
 	for _, name := range cfg.Nodes {
 		rc, err := cfg.CP.NodeConfig(name)
 		if err != nil {
@@ -129,7 +148,7 @@ func Start(ctx context.Context, cfg Config) (*Fleet, error) {
 			}
 		}
 		sim, err := kubeletsim.New(kubeletsim.Config{Name: name, Root: filepath.Join(cfg.Dir, name), RESTConfig: rc,
-			StatusInterval: cfg.StatusInterval, Observer: observer, Logger: cfg.Log.Named("kubelet").With(zap.String("node", name))})
+			StatusInterval: cfg.StatusInterval, HeartbeatInterval: cfg.HeartbeatInterval, Pods: shared, Observer: observer, Logger: cfg.Log.Named("kubelet").With(zap.String("node", name))})
 		if err != nil {
 			return nil, err
 		}
@@ -258,6 +277,27 @@ func (e simExecutor) RestartKubelet(context.Context) error {
 	e.m.KubeletRestarts.Add(1)
 	e.m.Sim.RestartKubelet()
 	return nil
+}
+
+// startSharedPods starts the pod informer the nodes share, as the admin,
+// on the nodes' API server.
+func startSharedPods(ctx context.Context, cfg Config) (*kubeletsim.SharedPods, error) {
+	rc := cfg.CP.AdminConfig()
+	if cfg.APIServer != "" {
+		rc.Host = cfg.APIServer
+	}
+	client, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return nil, err
+	}
+	shared, err := kubeletsim.NewSharedPods(client)
+	if err != nil {
+		return nil, err
+	}
+	if err := shared.Start(ctx); err != nil {
+		return nil, fmt.Errorf("fleet: %w", err)
+	}
+	return shared, nil
 }
 
 // allowDiscovery lets nodes read OIDC discovery. The in-process agents act

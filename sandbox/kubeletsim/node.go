@@ -84,6 +84,10 @@ type Config struct {
 	// real kubelet's (wall time: it stands for a process starting, not for
 	// the kubelet's timers). Zero: a restart rewrites the tokens at once.
 	RestartGap RestartGap
+	// Pods, when set, is where the node finds its pods, shared with other
+	// nodes in this process; nil: the node lists and watches its own pods,
+	// as a kubelet does.
+	Pods *SharedPods
 }
 
 // RestartGap is what the real kubelet's restart looks like from the node:
@@ -214,10 +218,14 @@ func New(cfg Config) (*Node, error) {
 		stopped:    make(chan struct{}),
 		registered: make(chan struct{}),
 	}
-	n.factory = informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
-		o.FieldSelector = "spec.nodeName=" + cfg.Name
-	}))
-	n.pods = n.factory.Core().V1().Pods().Lister()
+	if cfg.Pods != nil {
+		n.pods = cfg.Pods.lister(cfg.Name)
+	} else {
+		n.factory = informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.FieldSelector = "spec.nodeName=" + cfg.Name
+		}))
+		n.pods = n.factory.Core().V1().Pods().Lister()
+	}
 	// A failed pod sync is retried within 10 s at most, as the kubelet's pod
 	// workers do; the controller default backs off to many minutes. Retries
 	// wait on real time, not on cfg.Clock: they wait out the API server (its
@@ -283,18 +291,23 @@ func (n *Node) Run(ctx context.Context) error {
 	if err := n.register(ctx); err != nil {
 		return err
 	}
-	informer := n.factory.Core().V1().Pods().Informer()
-	if _, err := informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+	handler := cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { n.enqueue(obj); n.podsAPI.notify(obj, false) },
 		UpdateFunc: func(_, obj any) { n.enqueue(obj); n.podsAPI.notify(obj, false) },
 		DeleteFunc: func(obj any) { n.podGone(obj); n.podsAPI.notify(obj, true) },
-	}); err != nil {
-		return err
 	}
-	n.factory.Start(ctx.Done())
-	defer n.factory.Shutdown()
-	if !cache.WaitForCacheSync(ctx.Done(), informer.HasSynced) {
-		return ctx.Err()
+	if n.cfg.Pods != nil {
+		defer n.cfg.Pods.subscribe(n.cfg.Name, handler)()
+	} else {
+		informer := n.factory.Core().V1().Pods().Informer()
+		if _, err := informer.AddEventHandler(handler); err != nil {
+			return err
+		}
+		n.factory.Start(ctx.Done())
+		defer n.factory.Shutdown()
+		if !cache.WaitForCacheSync(ctx.Done(), informer.HasSynced) {
+			return ctx.Err()
+		}
 	}
 	if err := n.podsAPI.start(n.PodsAPISocket()); err != nil {
 		return err

@@ -1,13 +1,10 @@
 package main
 
 import (
-	"bufio"
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
 	"sort"
-	"strings"
 	"time"
 
 	"github.com/tokenroll/tokenroll/test/benchkit"
@@ -44,23 +41,6 @@ func auditArgs(dir string) ([]string, error) {
 	return []string{"--audit-policy-file=" + path, "--audit-log-path=-", "--audit-log-format=json"}, nil
 }
 
-// auditEvent is the part of an audit.k8s.io/v1 Event read here.
-type auditEvent struct {
-	Kind       string `json:"kind"`
-	Stage      string `json:"stage"`
-	RequestURI string `json:"requestURI"`
-	Verb       string `json:"verb"`
-	User       struct {
-		Username string `json:"username"`
-	} `json:"user"`
-	ObjectRef *struct {
-		Resource    string `json:"resource"`
-		Subresource string `json:"subresource"`
-		APIGroup    string `json:"apiGroup"`
-	} `json:"objectRef"`
-	StageTimestamp time.Time `json:"stageTimestamp"`
-}
-
 // AuditRow counts one kind of request by one user.
 type AuditRow struct {
 	Verb string `json:"verb"`
@@ -93,29 +73,13 @@ func readAudit(logPath string, from, to time.Time, nodes int) (AuditFigures, err
 	defer f.Close()
 	type key struct{ user, verb, what string }
 	byKey := map[key]float64{}
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 0, 64*1024), 4*1024*1024)
-	for sc.Scan() {
-		line := sc.Bytes()
-		if len(line) == 0 || line[0] != '{' {
-			continue
+	err = benchkit.ReadAudit(f, func(ev benchkit.AuditEvent) {
+		if ev.Stage != "ResponseComplete" || ev.StageTimestamp.Before(from) || !ev.StageTimestamp.Before(to) {
+			return
 		}
-		var ev auditEvent
-		if json.Unmarshal(line, &ev) != nil || ev.Kind != "Event" || ev.Stage != "ResponseComplete" {
-			continue
-		}
-		if ev.StageTimestamp.Before(from) || !ev.StageTimestamp.Before(to) {
-			continue
-		}
-		what := ev.RequestURI
-		if r := ev.ObjectRef; r != nil && r.Resource != "" {
-			what = benchkit.ResourceName(benchkit.RequestKey{Group: r.APIGroup, Resource: r.Resource, Subresource: r.Subresource})
-		} else {
-			what, _, _ = strings.Cut(what, "?")
-		}
-		byKey[key{ev.User.Username, ev.Verb, what}]++
-	}
-	if err := sc.Err(); err != nil {
+		byKey[key{ev.User.Username, ev.Verb, ev.What()}]++
+	})
+	if err != nil {
 		return AuditFigures{}, fmt.Errorf("reading the audit log %s: %w", logPath, err)
 	}
 	var out AuditFigures

@@ -51,20 +51,17 @@ const (
 	agentInterval  = 30 * time.Second
 	issuerRefresh  = 10 * time.Minute
 	statusInterval = 5 * time.Minute
+	// heartbeatInterval is the simulated kubelets' Lease renewal period,
+	// four times the kubelet's 10 s: nothing here reads a node's Lease (no
+	// node lifecycle controller runs; the coordinator reads Ready from the
+	// Node), and at 1,000 nodes renewals every 10 s (a read and a write
+	// each) were most of the API server's requests while the kubelets
+	// started their pods.
+	heartbeatInterval = 40 * time.Second
 )
 
-// runAll measures every size and fits the model.
-func runAll(ctx context.Context, o options, log *zap.Logger) (*Summary, error) {
-	dir, err := os.MkdirTemp("", "tokenroll-scalebench-")
-	if err != nil {
-		return nil, err
-	}
-	kept := false
-	defer func() {
-		if !kept {
-			os.RemoveAll(dir)
-		}
-	}()
+// runAll measures every size and fits the model, in dir.
+func runAll(ctx context.Context, o options, dir string, log *zap.Logger) (*Summary, error) {
 	bin := o.CoordinatorBinary
 	if bin == "" {
 		bin = filepath.Join(dir, "tokenroll-coordinator")
@@ -88,7 +85,6 @@ func runAll(ctx context.Context, o options, log *zap.Logger) (*Summary, error) {
 		log.Info("measuring", zap.Int("nodes", n))
 		r, err := runOne(ctx, o, n, bin, agentBin, filepath.Join(dir, fmt.Sprintf("n%d", n)), log)
 		if err != nil {
-			kept = true
 			return nil, fmt.Errorf("%d nodes: %w (the run's logs are kept in %s)", n, err, dir)
 		}
 		sum.Runs = append(sum.Runs, *r)
@@ -223,7 +219,7 @@ func measure(ctx context.Context, o options, n int, bin, agentBin, dir string, l
 	counter := &agentCounter{}
 	agentClock := &steppedClock{}
 	nodes, err = fleet.Start(runCtx, fleet.Config{CP: cp, APIServer: pins[nodesServer].URL(), Dir: filepath.Join(dir, "nodes"), Nodes: names,
-		AgentInterval: agentInterval, IssuerRefresh: issuerRefresh, StatusInterval: statusInterval, AgentClock: agentClock, RebootDown: time.Second,
+		AgentInterval: agentInterval, IssuerRefresh: issuerRefresh, StatusInterval: statusInterval, HeartbeatInterval: heartbeatInterval, AgentClock: agentClock, RebootDown: time.Second, SharePods: true,
 		AgentConfig: func(_ string, rc *rest.Config) (*rest.Config, error) {
 			rc = rest.CopyConfig(rc)
 			rc.Wrap(counter.wrap)
@@ -232,7 +228,7 @@ func measure(ctx context.Context, o options, n int, bin, agentBin, dir string, l
 	if err != nil {
 		return nil, err
 	}
-	calib, err := startCalibration(runCtx, cp, pins[nodesServer].URL(), agentBin, dir, log)
+	calib, err := startCalibration(runCtx, cp, pins[nodesServer].URL(), agentBin, dir, nodes.Pods(), log)
 	if err != nil {
 		return nil, err
 	}
@@ -242,7 +238,10 @@ func measure(ctx context.Context, o options, n int, bin, agentBin, dir string, l
 		return nil, err
 	}
 	reported := func(node *corev1.Node) string { return agentReported(node, o.PodsPerNode) }
-	agentsTimeout := max(10*time.Minute, time.Duration(n)*1200*time.Millisecond)
+	// The simulated kubelets start their pods at 17-26 a second on this
+	// machine at load 25 (a ConfigMap read, a TokenRequest and a status
+	// write each, on an API server whose watch cache lags): 60 ms a pod.
+	agentsTimeout := max(10*time.Minute, time.Duration(n*o.PodsPerNode)*60*time.Millisecond)
 	prog.enter(fmt.Sprintf("waiting (at most %s) until every agent reports %d fresh tokens on a Ready node", agentsTimeout, o.PodsPerNode))
 	stopReport = every(30*time.Second, func() {
 		left := notYet(checker, names, reported)

@@ -32,15 +32,17 @@ type agentProc struct {
 }
 
 // startCalibration runs the calibration node and its agent process
-// against server. The node is given its pods by the caller.
-func startCalibration(ctx context.Context, cp *controlplane.ControlPlane, server, bin, dir string, log *zap.Logger) (*agentProc, error) {
+// against server. The node's pods come from pods, the fleet's shared
+// informer: an informer of its own would wait for the API server's
+// lagging watch cache like a thousand.
+func startCalibration(ctx context.Context, cp *controlplane.ControlPlane, server, bin, dir string, pods *kubeletsim.SharedPods, log *zap.Logger) (*agentProc, error) {
 	rc, err := cp.NodeConfig(calibrationNode)
 	if err != nil {
 		return nil, err
 	}
 	rc.Host = server
 	root := filepath.Join(dir, calibrationNode)
-	sim, err := kubeletsim.New(kubeletsim.Config{Name: calibrationNode, Root: root, RESTConfig: rc, StatusInterval: statusInterval,
+	sim, err := kubeletsim.New(kubeletsim.Config{Name: calibrationNode, Root: root, RESTConfig: rc, StatusInterval: statusInterval, Pods: pods,
 		Logger: log.Named("kubelet").With(zap.String("node", calibrationNode))})
 	if err != nil {
 		return nil, err
@@ -53,6 +55,10 @@ func startCalibration(ctx context.Context, cp *controlplane.ControlPlane, server
 	}()
 	select {
 	case <-sim.Registered():
+	case <-ctx.Done():
+		stopSim()
+		<-simDone
+		return nil, ctx.Err()
 	case <-time.After(10 * time.Minute): // a loaded machine, every kubelet starting at once
 		stopSim()
 		<-simDone

@@ -5,6 +5,8 @@ import (
 	"io"
 	"strings"
 	"testing"
+
+	clientfeatures "k8s.io/client-go/features"
 )
 
 func TestOptions(t *testing.T) {
@@ -30,5 +32,21 @@ func TestOptions(t *testing.T) {
 	}
 	if err := fs.Parse([]string{"--nodes", "5,x"}); err == nil {
 		t.Error("--nodes=5,x parsed")
+	}
+}
+
+// The benchmark's informers list from the watch cache: client-go's
+// watch-list stream is off, every other gate as it was.
+func TestNoWatchList(t *testing.T) {
+	base := clientfeatures.FeatureGates()
+	g := noWatchList{base}
+	if !base.Enabled(clientfeatures.WatchListClient) {
+		t.Skip("client-go's watch-list is off by default here: nothing to turn off")
+	}
+	if g.Enabled(clientfeatures.WatchListClient) {
+		t.Error("the watch-list stream is still on")
+	}
+	if g.Enabled(clientfeatures.InformerResourceVersion) != base.Enabled(clientfeatures.InformerResourceVersion) {
+		t.Error("another gate changed")
 	}
 }

@@ -1,11 +1,8 @@
 package main
 
 import (
-	"bufio"
-	"encoding/json"
 	"fmt"
 	"io"
-	"net/url"
 	"os"
 	"sort"
 	"strconv"
@@ -127,49 +124,22 @@ type audited struct {
 // it starts and when it ends).
 func readAudit(r io.Reader, user string, from, to time.Time) (audited, error) {
 	out := audited{user: map[string]int{}, userLeases: map[string]int{}, othersNonResource: map[string]int{}}
-	seen := map[string]bool{}
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 0, 64*1024), 4*1024*1024)
-	for sc.Scan() {
-		var ev struct {
-			AuditID    string `json:"auditID"`
-			RequestURI string `json:"requestURI"`
-			Verb       string `json:"verb"`
-			User       struct {
-				Username string `json:"username"`
-			} `json:"user"`
-			ObjectRef *struct {
-				Resource    string `json:"resource"`
-				APIGroup    string `json:"apiGroup"`
-				Subresource string `json:"subresource"`
-			} `json:"objectRef"`
-			RequestReceivedTimestamp time.Time `json:"requestReceivedTimestamp"`
+	err := benchkit.ReadAudit(r, func(ev benchkit.AuditEvent) {
+		if ev.RequestReceivedTimestamp.Before(from) || ev.RequestReceivedTimestamp.After(to) {
+			return
 		}
-		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
-			return out, fmt.Errorf("parsing an audit event: %w", err)
-		}
-		if seen[ev.AuditID] || ev.RequestReceivedTimestamp.Before(from) || ev.RequestReceivedTimestamp.After(to) {
-			continue
-		}
-		seen[ev.AuditID] = true
-		verb := strings.ToUpper(ev.Verb)
-		what := ev.RequestURI
-		if u, err := url.Parse(ev.RequestURI); err == nil {
-			what = u.Path
-		}
-		if ev.ObjectRef != nil {
-			what = benchkit.ResourceName(benchkit.RequestKey{Group: ev.ObjectRef.APIGroup, Resource: ev.ObjectRef.Resource, Subresource: ev.ObjectRef.Subresource})
-		}
+		what := strings.ToUpper(ev.Verb) + " " + ev.What()
+		res := ev.Resource()
 		switch {
-		case ev.User.Username == user && ev.ObjectRef != nil && benchkit.IsLease(benchkit.RequestKey{Group: ev.ObjectRef.APIGroup, Resource: ev.ObjectRef.Resource}):
-			out.userLeases[verb+" "+what]++
+		case ev.User.Username == user && res != nil && benchkit.IsLease(*res):
+			out.userLeases[what]++
 		case ev.User.Username == user:
-			out.user[verb+" "+what]++
-		case ev.ObjectRef == nil:
-			out.othersNonResource[fmt.Sprintf("%s %s (%s)", verb, what, ev.User.Username)]++
+			out.user[what]++
+		case res == nil:
+			out.othersNonResource[fmt.Sprintf("%s (%s)", what, ev.User.Username)]++
 		}
-	}
-	return out, sc.Err()
+	})
+	return out, err
 }
 
 func total(m map[string]int) int {
