@@ -48,8 +48,10 @@ func TestCoordinatorWithoutTheCRDsSaysSo(t *testing.T) {
 	const todo = "kubectl apply -f deploy/kustomize/base/crds/"
 	var note string
 	err = wait.PollUntilContextTimeout(e.ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
-		list, err := e.admin.EventsV1().Events(ns).List(ctx, metav1.ListOptions{})
-		if err != nil {
+		// A failed list is tried again at the next poll.
+		list, listErr := e.admin.EventsV1().Events(ns).List(ctx, metav1.ListOptions{})
+		if listErr != nil {
+			e.t.Logf("listing Events: %v", listErr)
 			return false, nil
 		}
 		for _, ev := range list.Items {
