@@ -822,6 +822,15 @@ func (t *term) maybeStart(ctx context.Context, w world) (time.Duration, error) {
 		return 0, nil
 	}
 	if req := w.state.Start; req != nil {
+		if req.Policy != "" {
+			// Planned once its policy can be read, so that its nodes get
+			// that policy's strategy.
+			todo := fmt.Sprintf("delete TokenRollout %s (kubectl delete tokenrollout %s) and ask for a rollout without spec.policyName", req.Name, req.Name)
+			if why := t.namedPolicyProblem(req.Name, req.Policy, todo); why != "" {
+				t.wait(WaitPolicyRefused, why)
+				return 0, nil
+			}
+		}
 		sel, err := labels.Parse(req.Selector)
 		if req.Invalid != "" {
 			err = errors.New(req.Invalid)
@@ -836,7 +845,7 @@ func (t *term) maybeStart(ctx context.Context, w world) (time.Duration, error) {
 			}
 			sortPlan(nodes)
 			if req.Strategy == "" {
-				t.poolStrategies(w, nodes)
+				t.poolStrategies(w, req.Policy, nodes)
 			}
 		}
 		trigger := TriggerManual
@@ -850,7 +859,7 @@ func (t *term) maybeStart(ctx context.Context, w world) (time.Duration, error) {
 		case cfg.DryRun:
 			dryRun = v1alpha1.DryRunByCoordinator
 		}
-		return 0, t.startRollout(ctx, w, req.Name, trigger, strategy, nodes, err, dryRun)
+		return 0, t.startRollout(ctx, w, req.Name, trigger, strategy, req.Policy, nodes, err, dryRun)
 	}
 	if !cfg.Auto || !w.gate.Open {
 		return 0, nil
@@ -878,7 +887,7 @@ func (t *term) maybeStart(ctx context.Context, w world) (time.Duration, error) {
 			trigger += tr
 		}
 	}
-	t.poolStrategies(w, p.Nodes)
+	t.poolStrategies(w, "", p.Nodes)
 	if last := w.state.Rollout; cfg.DryRun && last != nil && last.DryRun && samePlan(last.Nodes, p.Nodes) {
 		return 0, nil // that dry run said it all already
 	}
@@ -886,7 +895,7 @@ func (t *term) maybeStart(ctx context.Context, w world) (time.Duration, error) {
 	if cfg.DryRun {
 		dryRun = v1alpha1.DryRunByCoordinator
 	}
-	return 0, t.startRollout(ctx, w, NewRolloutName(w.now), trigger, cfg.Strategy, p.Nodes, nil, dryRun)
+	return 0, t.startRollout(ctx, w, NewRolloutName(w.now), trigger, cfg.Strategy, "", p.Nodes, nil, dryRun)
 }
 
 func orUnknown(s string) string {
@@ -902,11 +911,12 @@ func NewRolloutName(now time.Time) string {
 	return "r-" + now.UTC().Format("20060102-150405") + "-" + randHex(2)
 }
 
-// startRollout records a new rollout; dryRunBy, when set, makes it a dry
+// startRollout records a new rollout; policyName, when set, is the
+// RolloutPolicy all its nodes follow; dryRunBy, when set, makes it a dry
 // run and says what asked for one.
-func (t *term) startRollout(ctx context.Context, w world, id, trigger string, strategy protocol.Strategy, nodes []PlannedNode, selErr error, dryRunBy v1alpha1.DryRunSource) error {
+func (t *term) startRollout(ctx context.Context, w world, id, trigger string, strategy protocol.Strategy, policyName string, nodes []PlannedNode, selErr error, dryRunBy v1alpha1.DryRunSource) error {
 	dryRun := dryRunBy != ""
-	r := &Rollout{ID: id, Trigger: trigger, Strategy: strategy,
+	r := &Rollout{ID: id, Trigger: trigger, Strategy: strategy, Policy: policyName,
 		Phase: RolloutRunning, Issuer: w.issuer, Nodes: nodes, DryRun: dryRun, DryRunBy: dryRunBy, CreatedAt: w.now, UpdatedAt: w.now}
 	switch {
 	case selErr != nil:
@@ -939,7 +949,7 @@ func (t *term) startRollout(ctx context.Context, w world, id, trigger string, st
 	}); err != nil {
 		return err
 	}
-	t.c.cfg.Log.Info("rollout planned", zap.String("rollout", r.ID), zap.String("trigger", trigger), zap.String("strategy", string(strategy)),
+	t.c.cfg.Log.Info("rollout planned", zap.String("rollout", r.ID), zap.String("trigger", trigger), zap.String("strategy", string(strategy)), zap.String("policy", policyName),
 		zap.Int("nodes", len(nodes)), zap.String("phase", string(r.Phase)), zap.String("message", r.Message))
 	if r.Phase == RolloutRunning {
 		t.notify(ctx, v1alpha1.NotifyRolloutStarted, r, "", fmt.Sprintf("started (%s): %s, strategy %s", trigger, nodeCount(len(nodes)), strategy))

@@ -161,7 +161,7 @@ func (t *term) maxUnavailable(ctx context.Context, w world, r *Rollout, views []
 	in := t.estimateInput(w, views, limit)
 	before := EstimateCompletion(in)
 	need := limit
-	fv := t.flagViews(w, views)
+	fv := t.flagViews(w, r, views)
 	switch {
 	case len(fv) == len(views):
 		need = NeededMaxUnavailable(in, ceiling)

@@ -680,7 +680,7 @@ func (f *fixture) putState(st State) {
 		o := get(r.ID)
 		if o == nil {
 			o = &v1alpha1.TokenRollout{ObjectMeta: metav1.ObjectMeta{Name: r.ID, Generation: 1, CreationTimestamp: metav1.Time{Time: r.CreatedAt}},
-				Spec: v1alpha1.TokenRolloutSpec{State: v1alpha1.StateRunning, DryRun: r.DryRun}}
+				Spec: v1alpha1.TokenRolloutSpec{State: v1alpha1.StateRunning, DryRun: r.DryRun, PolicyName: r.Policy}}
 			o.Status.ObservedGeneration = 1
 			switch r.Phase {
 			case RolloutPaused:
@@ -700,7 +700,7 @@ func (f *fixture) putState(st State) {
 		if o == nil {
 			o = &v1alpha1.TokenRollout{ObjectMeta: metav1.ObjectMeta{Name: name, Generation: 1, CreationTimestamp: metav1.Time{Time: req.RequestedAt},
 				Annotations: map[string]string{AnnotationRequestedBy: req.RequestedBy}},
-				Spec: v1alpha1.TokenRolloutSpec{State: v1alpha1.StateRunning, Strategy: v1alpha1.Strategy(req.Strategy), DryRun: req.DryRun, NodeNames: req.Nodes}}
+				Spec: v1alpha1.TokenRolloutSpec{State: v1alpha1.StateRunning, Strategy: v1alpha1.Strategy(req.Strategy), DryRun: req.DryRun, NodeNames: req.Nodes, PolicyName: req.Policy}}
 			if req.Selector != "" {
 				sel, err := metav1.ParseToLabelSelector(req.Selector)
 				if err != nil {

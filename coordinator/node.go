@@ -98,7 +98,7 @@ func (t *term) progress(ctx context.Context, w world, r *Rollout, v nodeView) (t
 				zap.String("node", v.plan.Name), zap.NamedError("lockError", lock.err))
 			return 0, nil
 		}
-		if blk := t.alertsHold(ctx, w, v.plan.Name); blk != nil {
+		if blk := t.alertsHold(ctx, w, r, v.plan.Name); blk != nil {
 			// Checked before each disruptive step, the drain and the
 			// request: the node stays cordoned, nothing more happens to it.
 			t.logOnChange(blk.Message, zap.String("node", v.plan.Name))

@@ -17,15 +17,16 @@ import (
 // policies are not read).
 
 // poolStrategies gives each planned node the strategy of the RolloutPolicy
-// that covers it (spec.strategy). The caller leaves them as planned when
+// that covers it (spec.strategy), or of the one the rollout names (its
+// spec.policyName: named). The caller leaves them as planned when
 // the rollout names its own strategy (a TokenRollout's spec.strategy),
 // which overrides the policies'; a node that reports a required reboot
 // keeps the reboot the planner gave it, the one strategy that meets it.
-func (t *term) poolStrategies(w world, nodes []PlannedNode) {
+func (t *term) poolStrategies(w world, named string, nodes []PlannedNode) {
 	if t.policyStore() == nil || len(nodes) == 0 {
 		return
 	}
-	cov := policy.Cover(t.policies(), w.nodes)
+	cov := t.coverage(t.policies(), &Rollout{Policy: named, Nodes: nodes}, w.nodes)
 	for i := range nodes {
 		p := cov.Of[nodes[i].Name]
 		if p == nil || p.Object.Spec.Strategy == "" {

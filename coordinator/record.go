@@ -108,7 +108,7 @@ func StateOf(items []*v1alpha1.TokenRollout) State {
 }
 
 func startRequestOf(o *v1alpha1.TokenRollout) *StartRequest {
-	req := &StartRequest{Name: o.Name, Strategy: protocol.Strategy(o.Spec.Strategy), DryRun: o.Spec.DryRun, Nodes: o.Spec.NodeNames,
+	req := &StartRequest{Name: o.Name, Strategy: protocol.Strategy(o.Spec.Strategy), DryRun: o.Spec.DryRun, Nodes: o.Spec.NodeNames, Policy: o.Spec.PolicyName,
 		RequestedAt: o.CreationTimestamp.UTC(), RequestedBy: o.Annotations[AnnotationRequestedBy]}
 	if o.Spec.NodeSelector != nil {
 		sel, err := metav1.LabelSelectorAsSelector(o.Spec.NodeSelector)
@@ -146,7 +146,7 @@ func steerOf(o *v1alpha1.TokenRollout, p RolloutPhase) *SteerRequest {
 
 func rolloutOf(o *v1alpha1.TokenRollout) *Rollout {
 	s := o.Status
-	r := &Rollout{ID: o.Name, Trigger: s.Trigger, Strategy: protocol.Strategy(s.Strategy), Phase: phaseOf(s.Phase), Issuer: s.Issuer,
+	r := &Rollout{ID: o.Name, Trigger: s.Trigger, Strategy: protocol.Strategy(s.Strategy), Phase: phaseOf(s.Phase), Issuer: s.Issuer, Policy: o.Spec.PolicyName,
 		DryRun: o.Spec.DryRun || s.DryRunBy != "", DryRunBy: s.DryRunBy, Message: s.Message, HaltNode: s.HaltedNode, Steered: s.Steered, Apps: s.Apps,
 		CreatedAt: timeOf(s.StartTime), UpdatedAt: timeOf(s.UpdateTime), FinishedAt: timeOf(s.CompletionTime)}
 	if r.DryRun && r.DryRunBy == "" {
@@ -473,7 +473,7 @@ func (st Store) write(ctx context.Context, items []*v1alpha1.TokenRollout, befor
 		if o == nil {
 			o = &v1alpha1.TokenRollout{ObjectMeta: metav1.ObjectMeta{Name: r.ID,
 				Labels: map[string]string{"app.kubernetes.io/name": "tokenroll", "app.kubernetes.io/component": "coordinator"}},
-				Spec: v1alpha1.TokenRolloutSpec{State: v1alpha1.StateRunning, Strategy: v1alpha1.Strategy(r.Strategy), DryRun: r.DryRun}}
+				Spec: v1alpha1.TokenRolloutSpec{State: v1alpha1.StateRunning, Strategy: v1alpha1.Strategy(r.Strategy), DryRun: r.DryRun, PolicyName: r.Policy}}
 			created = append(created, o)
 			next[r.ID] = o
 		}

@@ -252,6 +252,19 @@ func disrupted(views []nodeView, all []*corev1.Node, lock kuredLock) (busy, foun
 }
 
 func (t *term) startNodes(ctx context.Context, w world, r *Rollout, views []nodeView) (time.Duration, error) {
+	if r.Policy != "" {
+		// Its nodes follow no other policy, nor the flags: while the one
+		// it names cannot be used, none starts; nodes acting finish.
+		todo := "cancel it (tokenroll rollout cancel) and start a rollout without spec.policyName"
+		if why := t.namedPolicyProblem(r.ID, r.Policy, todo); why != "" {
+			if slices.ContainsFunc(views, func(v nodeView) bool { return v.node != nil && v.state != nil && v.state.Step.InProgress() }) {
+				t.logOnChange(why)
+			} else {
+				t.wait(WaitPolicyRefused, why)
+			}
+			return 0, nil
+		}
+	}
 	limit, err := t.maxUnavailable(ctx, w, r, views)
 	if err != nil {
 		return 0, err

@@ -171,6 +171,64 @@ func (t *term) policies() []*policy.Policy {
 	return out
 }
 
+// coverage is which RolloutPolicy each node follows during rollout r (nil:
+// none): the one that selects it (policy.Cover), except that when r names
+// a policy (spec.policyName) every node of r follows that one, and, while
+// it is missing, none: its nodes are refused, and startNodes says why
+// (namedPolicyProblem). What the selectors alone cover, the policies'
+// status, is policy.Cover's.
+func (t *term) coverage(ps []*policy.Policy, r *Rollout, nodes []*corev1.Node) policy.Coverage {
+	cov := policy.Cover(ps, nodes)
+	if r == nil || r.Policy == "" {
+		return cov
+	}
+	var named *policy.Policy
+	for _, p := range ps {
+		if p.Name == r.Policy {
+			named = p
+		}
+	}
+	exists := make(map[string]bool, len(nodes))
+	for _, n := range nodes {
+		exists[n.Name] = true
+	}
+	var ours []string
+	for _, pn := range r.Nodes {
+		if exists[pn.Name] {
+			ours = append(ours, pn.Name)
+		}
+	}
+	cov.Assign(r.Policy, named, ours)
+	return cov
+}
+
+// namedPolicyProblem says why rollout id, which names RolloutPolicy name
+// (spec.policyName), can start no node ("": it can); todo says what to do
+// besides making the policy usable. The nodes wait, and start once it is
+// (the informer wakes the leader).
+func (t *term) namedPolicyProblem(id, name, todo string) string {
+	asked := fmt.Sprintf("TokenRollout %s names RolloutPolicy %s (spec.policyName): no node of it starts", id, name)
+	store := t.policyStore()
+	if store == nil {
+		t.pol.mu.Lock()
+		notServed := t.pol.missing != ""
+		t.pol.mu.Unlock()
+		if notServed {
+			return fmt.Sprintf("%s while the API server does not serve RolloutPolicies (their CRD is not installed); install the CRDs (deploy/helm/tokenroll/crds, deploy/kustomize/base/crds), or %s", asked, todo)
+		}
+		return fmt.Sprintf("%s while the coordinator reads no RolloutPolicies (--rollout-policies=false); run it with --rollout-policies, or %s", asked, todo)
+	}
+	o, ok, err := store.GetByKey(name)
+	rp, isPolicy := o.(*v1alpha1.RolloutPolicy)
+	if err != nil || !ok || !isPolicy {
+		return fmt.Sprintf("%s until that policy exists; create RolloutPolicy %s, or %s", asked, name, todo)
+	}
+	if p := policy.Compile(rp); len(p.Problems) > 0 {
+		return fmt.Sprintf("%s while that policy cannot be used (%s); fix its spec, or %s", asked, strings.Join(p.Problems, "; "), todo)
+	}
+	return ""
+}
+
 // policyGate decides, during one startNodes, whether each node may start
 // under its pool's policy; nil when RolloutPolicies are off.
 type policyGate struct {
@@ -195,7 +253,7 @@ func (t *term) policyGate(ctx context.Context, w world, r *Rollout, views []node
 	g := &policyGate{t: t, w: w, r: r, views: views, budget: policy.NewBudget(),
 		alerts: map[string]*policy.Block{}, health: map[string]*policy.Block{}}
 	ps := t.policies()
-	g.cov = policy.Cover(ps, w.nodes)
+	g.cov = t.coverage(ps, r, w.nodes)
 	g.budget.SetPool("", defaultLimit, nil)
 	planned := map[string]nodeView{}
 	poolViews := map[string][]nodeView{}
@@ -284,13 +342,13 @@ func (g *policyGate) poolLimit(ctx context.Context, p *policy.Policy, views []no
 	return need
 }
 
-// flagViews are the views of the nodes no RolloutPolicy covers, which the
-// flags govern: all of them while the policies are not read.
-func (t *term) flagViews(w world, views []nodeView) []nodeView {
+// flagViews are the views of the nodes of r no RolloutPolicy covers, which
+// the flags govern: all of them while the policies are not read.
+func (t *term) flagViews(w world, r *Rollout, views []nodeView) []nodeView {
 	if t.policyStore() == nil {
 		return views
 	}
-	cov := policy.Cover(t.policies(), w.nodes)
+	cov := t.coverage(t.policies(), r, w.nodes)
 	var out []nodeView
 	for _, v := range views {
 		_, covered := cov.Of[v.plan.Name]
@@ -443,12 +501,12 @@ func (g *policyGate) blockingAlerts(ctx context.Context, p *policy.Policy) *poli
 }
 
 // alertsHold is what holds a node we cordoned before its next step: the
-// blocking alerts of its policy (nil: none, or RolloutPolicies off).
-func (t *term) alertsHold(ctx context.Context, w world, node string) *policy.Block {
+// blocking alerts of its policy in r (nil: none, or RolloutPolicies off).
+func (t *term) alertsHold(ctx context.Context, w world, r *Rollout, node string) *policy.Block {
 	if t.policyStore() == nil {
 		return nil
 	}
-	p := policy.Cover(t.policies(), w.nodes).Of[node]
+	p := t.coverage(t.policies(), r, w.nodes).Of[node]
 	if p == nil || len(p.Problems) > 0 {
 		return nil
 	}
@@ -585,6 +643,8 @@ func (t *term) publishPolicies(ctx context.Context, w world) (time.Duration, err
 		return 0, nil
 	}
 	ps := t.policies()
+	// By selector: a policy's status says which nodes it selects, not
+	// which a rollout naming it asked to follow it.
 	cov := policy.Cover(ps, w.nodes)
 	var next time.Time
 	var errs []error
@@ -626,15 +686,15 @@ func (t *term) publishPolicies(ctx context.Context, w world) (time.Duration, err
 }
 
 // notify tells the webhooks of the policies concerned: those covering
-// node (when set) or any node of the rollout. Secrets that cannot be read
+// node (when set) or any node of the rollout, in the rollout (the policy
+// it names, if it names one). Secrets that cannot be read
 // are logged and skipped: a notification never holds a rollout.
 func (t *term) notify(ctx context.Context, typ v1alpha1.NotificationEvent, r *Rollout, node, msg string) {
 	n := t.c.notifier
 	if n == nil || t.policyStore() == nil {
 		return
 	}
-	ps := t.policies()
-	cov := policy.Cover(ps, t.listNodes())
+	cov := t.coverage(t.policies(), r, t.listNodes())
 	concerned := map[string]*policy.Policy{}
 	if node != "" {
 		if p := cov.Of[node]; p != nil {

@@ -109,7 +109,10 @@ type Rollout struct {
 	// DryRunBy says what made it a dry run: its request's spec.dryRun, or
 	// the coordinator's --dry-run.
 	DryRunBy v1alpha1.DryRunSource `json:"dryRunBy,omitempty"`
-	Nodes    []PlannedNode         `json:"nodes"`
+	// Policy is the RolloutPolicy every node of the rollout follows
+	// (spec.policyName; "": each node the one that selects it).
+	Policy string        `json:"policy,omitempty"`
+	Nodes  []PlannedNode `json:"nodes"`
 	// HaltReason, HaltNode and Message say why it halted.
 	HaltReason string `json:"haltReason,omitempty"`
 	HaltNode   string `json:"haltNode,omitempty"`
@@ -140,6 +143,9 @@ type StartRequest struct {
 	Selector string `json:"selector,omitempty"`
 	// Nodes, when set, restricts the rollout to these nodes.
 	Nodes []string `json:"nodes,omitempty"`
+	// Policy names the RolloutPolicy every node is to follow ("": each
+	// node the one that selects it).
+	Policy string `json:"policy,omitempty"`
 	// Invalid says why the node selector is not valid ("": it is).
 	Invalid string `json:"invalid,omitempty"`
 	// DryRun asks for a plan of what would be done, doing nothing.

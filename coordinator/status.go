@@ -241,8 +241,12 @@ func WriteStatusTable(w io.Writer, rep *StatusReport) error {
 				}
 			}
 		}
+		strategy := string(r.Strategy)
+		if r.Policy != "" {
+			strategy += "  policy=" + r.Policy
+		}
 		fmt.Fprintf(w, "ROLLOUT   %s  %s  strategy=%s  trigger=%s  %s  started %s ago\n",
-			r.ID, phase, r.Strategy, r.Trigger, progress, rep.Now.Sub(r.CreatedAt).Round(time.Second))
+			r.ID, phase, strategy, r.Trigger, progress, rep.Now.Sub(r.CreatedAt).Round(time.Second))
 		if r.HaltReason != "" || r.Message != "" {
 			fmt.Fprintf(w, "          %s %s: %s\n", r.HaltReason, r.HaltNode, r.Message)
 		}
@@ -260,7 +264,11 @@ func WriteStatusTable(w io.Writer, rep *StatusReport) error {
 		fmt.Fprintf(w, "ROLLOUT   none\n")
 	}
 	if p := rep.Pending; p != nil {
-		fmt.Fprintf(w, "          start requested by %s: strategy=%s nodes=%q\n", orUnknown(p.RequestedBy), p.Strategy, p.Selector)
+		strategy := string(p.Strategy)
+		if p.Policy != "" {
+			strategy += " policy=" + p.Policy
+		}
+		fmt.Fprintf(w, "          start requested by %s: strategy=%s nodes=%q\n", orUnknown(p.RequestedBy), strategy, p.Selector)
 	}
 	if p := rep.PendingSteer; p != nil {
 		fmt.Fprintf(w, "          %s requested by %s, waiting for the coordinator\n", p.Verb, orUnknown(p.RequestedBy))

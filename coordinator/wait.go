@@ -68,7 +68,8 @@ const (
 	// (pods evicted not Ready again, nodes NotReady).
 	WaitHealthGate = policy.ReasonHealthGate
 	// WaitPolicyRefused: the nodes left to do are covered by a policy that
-	// cannot be used, or selected by several.
+	// cannot be used, or selected by several, or the rollout names a policy
+	// (spec.policyName) that does not exist or cannot be used.
 	WaitPolicyRefused = policy.ReasonPolicyRefused
 )
 

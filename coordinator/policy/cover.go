@@ -148,7 +148,8 @@ type Coverage struct {
 	// it is covered by no policy: the coordinator's flags apply.
 	Of map[string]*Policy
 	// Refused maps the nodes that several policies select to those
-	// policies' names: tokenroll leaves them alone.
+	// policies' names, and the nodes a rollout assigns to a policy that
+	// does not exist to its name (Assign): tokenroll leaves them alone.
 	Refused map[string][]string
 	// Nodes counts the nodes each policy covers.
 	Nodes map[string]int
@@ -226,6 +227,29 @@ func Cover(policies []*Policy, nodes []*corev1.Node) Coverage {
 		cov.Overlaps[k.a] = append(cov.Overlaps[k.a], *overlaps[k])
 	}
 	return cov
+}
+
+// Assign makes the policy named name cover nodes (the names of Nodes that
+// exist), whatever the selectors say: a rollout that names the policy its
+// nodes follow (TokenRollout spec.policyName) settles which one,
+// overlapping selectors included. p is that policy, nil when none has that
+// name: those nodes are then refused until it appears. Overlaps,
+// SecondDefaults and Default stay what the selectors make them: they are
+// the policies' status.
+func (c Coverage) Assign(name string, p *Policy, nodes []string) {
+	for _, node := range nodes {
+		if old := c.Of[node]; old != nil {
+			c.Nodes[old.Name]--
+		}
+		delete(c.Of, node)
+		delete(c.Refused, node)
+		if p == nil {
+			c.Refused[node] = []string{name}
+			continue
+		}
+		c.Of[node] = p
+		c.Nodes[p.Name]++
+	}
 }
 
 // Condition types and reasons of a policy's status.

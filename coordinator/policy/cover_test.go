@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"maps"
 	"slices"
 	"strings"
 	"testing"
@@ -69,6 +70,41 @@ func TestCover(t *testing.T) {
 		if got.Status != c.status || got.Reason != c.reason || !strings.Contains(got.Message, c.msg) || got.ObservedGeneration != 3 {
 			t.Errorf("%s: %+v, want %s %s %q", c.p.Name, got, c.status, c.reason, c.msg)
 		}
+	}
+}
+
+// Assign moves the rollout's nodes to the policy it names, refused ones
+// included, and counts them there; without that policy they are refused
+// under its name. The overlaps stay the selectors'.
+func TestCoverAssign(t *testing.T) {
+	gpu := rp("gpu", 1, map[string]string{"pool": "gpu"})
+	big := rp("big", 2, map[string]string{"size": "big"})
+	nodes := []*corev1.Node{
+		node("g1", map[string]string{"pool": "gpu"}),
+		node("g2", map[string]string{"pool": "gpu", "size": "big"}),
+		node("b1", map[string]string{"size": "big"}),
+		node("n1", nil),
+	}
+	cov := Cover([]*Policy{gpu, big}, nodes)
+	cov.Assign("big", big, []string{"g1", "g2", "n1"})
+	got := map[string]string{}
+	for n, p := range cov.Of {
+		got[n] = p.Name
+	}
+	if want := map[string]string{"g1": "big", "g2": "big", "b1": "big", "n1": "big"}; !maps.Equal(got, want) {
+		t.Errorf("Of %v; want %v", got, want)
+	}
+	if len(cov.Refused) != 0 || cov.Nodes["big"] != 4 || cov.Nodes["gpu"] != 0 {
+		t.Errorf("refused %v, nodes %v; want none refused, big 4, gpu 0", cov.Refused, cov.Nodes)
+	}
+	if len(cov.Overlaps["gpu"]) != 1 {
+		t.Errorf("overlaps %v; want the selectors' (gpu and big share g2)", cov.Overlaps)
+	}
+
+	cov = Cover([]*Policy{gpu, big}, nodes)
+	cov.Assign("gone", nil, []string{"g1", "n1"})
+	if _, ok := cov.Of["g1"]; ok || !slices.Equal(cov.Refused["g1"], []string{"gone"}) || !slices.Equal(cov.Refused["n1"], []string{"gone"}) || cov.Nodes["gpu"] != 0 {
+		t.Errorf("of %v, refused %v, nodes %v; want g1 and n1 refused under gone", cov.Of, cov.Refused, cov.Nodes)
 	}
 }
 
