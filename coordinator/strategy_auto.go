@@ -307,6 +307,12 @@ func (t *term) startUncordoned(ctx context.Context, w world, r *Rollout, v nodeV
 	if rung == rungNone {
 		what = "its tokens are fresh already; its apps are watched"
 	}
+	if rung == KubeletRestart {
+		// The same line as every other request's (node.go), so that whoever
+		// follows the log sees every action however it started.
+		t.c.cfg.Log.Info("action requested", zap.String("rollout", r.ID), zap.String("node", v.plan.Name), zap.String("action", string(protocol.ActionKubeletRestart)),
+			zap.String("request", ns.Request), zap.Bool("cordoned", false))
+	}
 	t.c.cfg.Log.Info("node started without a cordon: the previous issuer is no longer trusted, and a kubelet restart evicts no pod", zap.String("rollout", r.ID),
 		zap.String("node", v.plan.Name), zap.String("rung", string(rung)), zap.String("request", ns.Request))
 	t.event(v.node, corev1.EventTypeNormal, "ActionRequested", "Request", "rollout %s: %s for %s (%s), not cordoned: the API servers no longer trust the previous issuer, and a kubelet restart evicts no pod; %s",

@@ -221,9 +221,11 @@ func startAgent(t *testing.T, ctx context.Context, args []string, keep ...int) (
 		})
 	}
 	t.Cleanup(stop)
+	// The child creates the file, then writes it: an empty file is one
+	// being written.
 	poll(t, ctx, "tokenroll-agent starting with capabilities "+fmt.Sprint(keep), 10*time.Second, 20*time.Millisecond, func() (bool, string) {
-		_, err := os.Stat(capsOut)
-		return err == nil, fmt.Sprint(err)
+		raw, err := os.ReadFile(capsOut)
+		return err == nil && len(raw) > 0, fmt.Sprintf("%q, %v", raw, err)
 	})
 	checkCaps(t, "tokenroll-agent", capsOut, keep)
 	return stop

@@ -219,7 +219,10 @@ func TestSandboxScenario(t *testing.T) {
 		Requests     int     `json:"requests"`
 		AuthFailures int     `json:"authFailures"`
 		ErrorSeconds float64 `json:"errorSeconds"`
-		FailingAtEnd int     `json:"failingAtEnd"`
+		// ErrorSecondsAfterGate is the part of ErrorSeconds after the
+		// revision gate opened.
+		ErrorSecondsAfterGate float64 `json:"errorSecondsAfterGate"`
+		FailingAtEnd          int     `json:"failingAtEnd"`
 	}
 	var sum struct {
 		Nodes                  int            `json:"nodes"`
