@@ -202,11 +202,13 @@ type presentedToken struct {
 // reported it.
 type volumeToken struct {
 	id       uint64
-	issuedAt time.Time
+	issuedAt stamp
 }
 
 type podState struct {
-	pod Pod
+	// pod is shared with the pod informer's cache, which holds every pod
+	// too: read only, replaced whole.
+	pod *Pod
 	// audCount counts the pod's token sources per audience key: only a
 	// key held by exactly one source names a token unambiguously.
 	audCount []audienceCount
@@ -224,24 +226,24 @@ type podState struct {
 	// volume are the tokens the pod's volumes held as of volumeAt, when
 	// the detector learnt them from the agent's report (zero: never).
 	volume   []volumeToken
-	volumeAt time.Time
+	volumeAt stamp
 	// lastAuth is the last authenticated request (event time).
-	lastAuth time.Time
+	lastAuth stamp
 	// staleFirst..staleLast is the current run of stale presentations;
 	// replacedAt is when the token presented last was replaced, and
 	// issuedBy when it was issued at the latest.
-	staleFirst, staleLast, replacedAt, issuedBy time.Time
+	staleFirst, staleLast, replacedAt, issuedBy stamp
 	// failFirst..failLast is the current run of failed requests.
-	failFirst, failLast time.Time
+	failFirst, failLast stamp
 	// ipSince is when the detector learnt the pod's IPs: failed requests
 	// from before were another pod's.
-	ipSince time.Time
+	ipSince stamp
 	// What the last Evaluate reported, and since when.
 	stale, failing           bool
-	staleSince, failingSince time.Time
+	staleSince, failingSince stamp
 	// lastEvent is when an Event was last asked for, per condition
 	// (0: stale, 1: failing).
-	lastEvent [2]time.Time
+	lastEvent [2]stamp
 
 	// Evaluation: a pod is judged again only when something of it
 	// changed (dirty) or when time alone changes its judgement (due, when
@@ -249,9 +251,28 @@ type podState struct {
 	// they did. counted says its last judgement is in the detector's
 	// totals, observed is that judgement's.
 	dirty, counted, observed, deleted bool
-	due                               time.Time
+	due                               stamp
 	// dueAt is its index in the detector's due heap (-1: not in it).
 	dueAt int
+}
+
+// stamp is a time as nanoseconds since the Unix epoch, 0 for the zero
+// time: a podState holds over a dozen times, and every pod of the cluster
+// has one.
+type stamp int64
+
+func stampOf(t time.Time) stamp {
+	if t.IsZero() {
+		return 0
+	}
+	return stamp(t.UnixNano())
+}
+
+func (s stamp) t() time.Time {
+	if s == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, int64(s)).UTC()
 }
 
 type audienceCount struct {
@@ -325,9 +346,9 @@ func (d *Detector) SetVolumeTokens(node string, pods map[string][]string) {
 				continue
 			}
 			n, _ := parseTokenID(id)
-			vol = append(vol, volumeToken{id: n, issuedAt: at})
+			vol = append(vol, volumeToken{id: n, issuedAt: stampOf(at)})
 		}
-		ps.volume, ps.volumeAt = vol, now
+		ps.volume, ps.volumeAt = vol, stampOf(now)
 		d.markDirty(ps)
 		// What the pod presented before is judged again against it.
 		for _, p := range ps.presented {
@@ -343,7 +364,7 @@ func (d *Detector) SetVolumeTokens(node string, pods map[string][]string) {
 // volumes hold. Tokens issued to someone other than the pod's kubelet are
 // never judged. Called with d.mu held.
 func (d *Detector) judgeByVolume(ps *podState, p presentedToken, t time.Time) {
-	if ps.volumeAt.IsZero() || len(ps.volume) == 0 || !p.first.Before(ps.volumeAt.Add(-volumeSlack)) {
+	if ps.volumeAt == 0 || len(ps.volume) == 0 || !p.first.Before(ps.volumeAt.t().Add(-volumeSlack)) {
 		return
 	}
 	if _, ok := d.foreign[p.jti]; ok || slices.Contains(ps.other, p.jti) {
@@ -354,8 +375,8 @@ func (d *Detector) judgeByVolume(ps *podState, p presentedToken, t time.Time) {
 		if v.id == p.id {
 			return
 		}
-		if v.issuedAt.After(replacedAt) {
-			replacedAt = v.issuedAt
+		if v.issuedAt.t().After(replacedAt) {
+			replacedAt = v.issuedAt.t()
 		}
 	}
 	if t.Before(replacedAt.Add(d.cfg.Grace)) {
@@ -368,11 +389,11 @@ func (d *Detector) judgeByVolume(ps *podState, p presentedToken, t time.Time) {
 // replacedAt, issued by issuedBy at the latest (a token is issued before
 // it is first presented). Called with d.mu held.
 func (d *Detector) markStale(ps *podState, t, replacedAt, issuedBy time.Time) {
-	if ps.staleLast.IsZero() || t.Sub(ps.staleLast) > d.cfg.Window {
-		ps.staleFirst = t
+	if ps.staleLast == 0 || t.Sub(ps.staleLast.t()) > d.cfg.Window {
+		ps.staleFirst = stampOf(t)
 	}
-	if t.After(ps.staleLast) {
-		ps.staleLast, ps.replacedAt, ps.issuedBy = t, replacedAt, issuedBy
+	if t.After(ps.staleLast.t()) {
+		ps.staleLast, ps.replacedAt, ps.issuedBy = stampOf(t), stampOf(replacedAt), stampOf(issuedBy)
 	}
 }
 
@@ -420,7 +441,10 @@ func (d *Detector) audKey(auds []string) uint64 {
 }
 
 // SetPod adds or updates a pod; a pod that has ended is dropped.
-func (d *Detector) SetPod(p Pod, ended bool) {
+func (d *Detector) SetPod(p Pod, ended bool) { d.setPod(&p, ended) }
+
+// setPod is SetPod keeping p itself, which nothing may change after.
+func (d *Detector) setPod(p *Pod, ended bool) {
 	if ended {
 		d.DeletePod(p.UID)
 		return
@@ -431,11 +455,11 @@ func (d *Detector) SetPod(p Pod, ended bool) {
 	ps := d.pods[p.UID]
 	switch {
 	case ps == nil:
-		ps = &podState{ipSince: now, dueAt: -1}
+		ps = &podState{ipSince: stampOf(now), dueAt: -1}
 		d.pods[p.UID] = ps
 	case !slices.Equal(ps.pod.IPs, p.IPs) || ps.pod.HostNetwork != p.HostNetwork:
 		d.unindex(ps)
-		ps.ipSince, ps.failFirst, ps.failLast = now, time.Time{}, time.Time{}
+		ps.ipSince, ps.failFirst, ps.failLast = stampOf(now), 0, 0
 	default:
 		d.unindex(ps)
 	}
@@ -593,8 +617,8 @@ func (d *Detector) presented(ev *audit.Event, t time.Time) EventResult {
 		return r
 	}
 	d.markDirty(ps)
-	if t.After(ps.lastAuth) {
-		ps.lastAuth = t
+	if t.After(ps.lastAuth.t()) {
+		ps.lastAuth = stampOf(t)
 	}
 	if ev.JTI == "" {
 		return Counted
@@ -617,7 +641,7 @@ func (d *Detector) presented(ev *audit.Event, t time.Time) EventResult {
 			break
 		}
 	}
-	if !known && !ps.volumeAt.IsZero() {
+	if !known && ps.volumeAt != 0 {
 		// Never seen issued with its pod: what the pod's volumes hold,
 		// from its agent, says whether it is still there.
 		d.judgeByVolume(ps, p, t)
@@ -691,17 +715,17 @@ func (d *Detector) authFailed(ev *audit.Event, t time.Time) EventResult {
 		return Ignored
 	}
 	ps := d.pods[uids[0]]
-	if ps.pod.HostNetwork || t.Before(ps.ipSince) {
+	if ps.pod.HostNetwork || t.Before(ps.ipSince.t()) {
 		return Ignored
 	}
 	d.markDirty(ps)
 	// A run of failures ends with an authenticated request after it, or a
 	// window without failures.
-	if ps.failLast.IsZero() || t.Sub(ps.failLast) > d.cfg.Window || ps.lastAuth.After(ps.failLast) {
-		ps.failFirst = t
+	if ps.failLast == 0 || t.Sub(ps.failLast.t()) > d.cfg.Window || ps.lastAuth > ps.failLast {
+		ps.failFirst = stampOf(t)
 	}
-	if t.After(ps.failLast) {
-		ps.failLast = t
+	if t.After(ps.failLast.t()) {
+		ps.failLast = stampOf(t)
 	}
 	return Counted
 }
@@ -763,7 +787,7 @@ func (ps *podState) newestToken() time.Time {
 		t = laterOf(t, it.at)
 	}
 	for _, v := range ps.volume {
-		t = laterOf(t, v.issuedAt)
+		t = laterOf(t, v.issuedAt.t())
 	}
 	return t
 }
@@ -776,11 +800,11 @@ func (ps *podState) newestToken() time.Time {
 // its node's remediation replaces: a pod whose node waits its turn is
 // not judged on them for the shorter grace.
 func (ps *podState) failsWithNewToken(grace, failingGrace time.Duration) bool {
-	if ps.failLast.Sub(ps.failFirst) >= grace {
+	if ps.failLast.t().Sub(ps.failFirst.t()) >= grace {
 		return true
 	}
 	nt := ps.newestToken()
-	return nt.After(ps.failFirst) && ps.failLast.Sub(nt) >= failingGrace
+	return nt.After(ps.failFirst.t()) && ps.failLast.t().Sub(nt) >= failingGrace
 }
 
 func laterOf(a, b time.Time) time.Time {
@@ -811,7 +835,7 @@ func (d *Detector) Evaluate() Result {
 			d.markDirty(ps)
 		}
 	}
-	for len(d.due) > 0 && now.After(d.due[0].due) {
+	for len(d.due) > 0 && now.After(d.due[0].due.t()) {
 		d.markDirty(heap.Pop(&d.due).(*podState))
 	}
 	res := Result{Now: now}
@@ -833,8 +857,8 @@ func (d *Detector) Evaluate() Result {
 		res.Nodes, res.StaleByNamespace, res.FailingByNamespace = d.last.Nodes, d.last.StaleByNamespace, d.last.FailingByNamespace
 	}
 	for ps := range d.tot.problems {
-		res.Problems = append(res.Problems, PodProblem{Pod: ps.pod, Stale: ps.stale, Failing: ps.failing,
-			StaleSince: ps.staleSince, FailingSince: ps.failingSince, ReplacedAt: ps.replacedAt, IssuedBy: ps.issuedBy})
+		res.Problems = append(res.Problems, PodProblem{Pod: *ps.pod, Stale: ps.stale, Failing: ps.failing,
+			StaleSince: ps.staleSince.t(), FailingSince: ps.failingSince.t(), ReplacedAt: ps.replacedAt.t(), IssuedBy: ps.issuedBy.t()})
 	}
 	slices.SortFunc(res.Transitions, func(a, b Transition) int {
 		return strings.Compare(a.Pod.Namespace+"/"+a.Pod.Name+"/"+string(a.Condition), b.Pod.Namespace+"/"+b.Pod.Name+"/"+string(b.Condition))
@@ -855,10 +879,10 @@ func (d *Detector) Evaluate() Result {
 // in the totals and schedules when time alone would change its judgement.
 // Called with d.mu held.
 func (d *Detector) judge(ps *podState, now time.Time, res *Result) {
-	inWindow := func(t time.Time) bool { return !t.IsZero() && now.Sub(t) <= d.cfg.Window }
+	inWindow := func(s stamp) bool { return s != 0 && now.Sub(s.t()) <= d.cfg.Window }
 	stale := inWindow(ps.staleLast)
-	failing := !ps.failLast.IsZero() && ps.failsWithNewToken(d.cfg.Grace, d.failingGrace()) &&
-		inWindow(ps.failLast) && !ps.lastAuth.After(ps.failLast)
+	failing := ps.failLast != 0 && ps.failsWithNewToken(d.cfg.Grace, d.failingGrace()) &&
+		inWindow(ps.failLast) && ps.lastAuth <= ps.failLast
 	observed := inWindow(ps.lastAuth)
 	recount := !ps.counted || stale != ps.stale || failing != ps.failing || observed != ps.observed
 	if recount && ps.counted {
@@ -873,25 +897,25 @@ func (d *Detector) judge(ps *podState, now time.Time, res *Result) {
 		res.Transitions = append(res.Transitions, d.transition(ps, AppFailing, failing, now, 1))
 	}
 	if !stale {
-		ps.staleFirst, ps.staleLast = time.Time{}, time.Time{}
+		ps.staleFirst, ps.staleLast = 0, 0
 	}
 	ps.observed = observed
 	if recount {
 		d.count(ps, 1)
 	}
 	// The next instant a piece of evidence leaves the window.
-	var due time.Time
-	for _, t := range []time.Time{ps.staleLast, ps.failLast, ps.lastAuth} {
-		if inWindow(t) {
-			if at := t.Add(d.cfg.Window); due.IsZero() || at.Before(due) {
+	var due stamp
+	for _, s := range [...]stamp{ps.staleLast, ps.failLast, ps.lastAuth} {
+		if inWindow(s) {
+			if at := stampOf(s.t().Add(d.cfg.Window)); due == 0 || at < due {
 				due = at
 			}
 		}
 	}
 	switch {
-	case due.IsZero() && ps.dueAt >= 0:
+	case due == 0 && ps.dueAt >= 0:
 		heap.Remove(&d.due, ps.dueAt)
-	case due.IsZero():
+	case due == 0:
 	case ps.dueAt >= 0:
 		ps.due = due
 		heap.Fix(&d.due, ps.dueAt)
@@ -906,7 +930,7 @@ func (d *Detector) judge(ps *podState, now time.Time, res *Result) {
 func (d *Detector) count(ps *podState, sign int) {
 	ps.counted = sign > 0
 	d.changed = true
-	p := &ps.pod
+	p := ps.pod
 	stale, failing := ps.stale, ps.failing
 	if p.followed() {
 		nc := d.tot.nodes[p.Node]
@@ -967,7 +991,7 @@ func (d *Detector) markDirty(ps *podState) {
 type dueHeap []*podState
 
 func (h dueHeap) Len() int           { return len(h) }
-func (h dueHeap) Less(i, j int) bool { return h[i].due.Before(h[j].due) }
+func (h dueHeap) Less(i, j int) bool { return h[i].due < h[j].due }
 func (h dueHeap) Swap(i, j int) {
 	h[i], h[j] = h[j], h[i]
 	h[i].dueAt, h[j].dueAt = i, j
@@ -987,16 +1011,16 @@ func (h *dueHeap) Pop() any {
 }
 
 func (d *Detector) transition(ps *podState, c Condition, set bool, now time.Time, i int) Transition {
-	tr := Transition{Pod: ps.pod, Condition: c, Set: set}
+	tr := Transition{Pod: *ps.pod, Condition: c, Set: set}
 	if set {
 		if c == AppStale {
-			tr.Since, tr.ReplacedAt = ps.staleSince, ps.replacedAt
+			tr.Since, tr.ReplacedAt = ps.staleSince.t(), ps.replacedAt.t()
 		} else {
-			tr.Since = ps.failingSince
+			tr.Since = ps.failingSince.t()
 		}
-		tr.Repeat = !ps.lastEvent[i].IsZero() && now.Sub(ps.lastEvent[i]) < d.cfg.RepeatEvents
+		tr.Repeat = ps.lastEvent[i] != 0 && now.Sub(ps.lastEvent[i].t()) < d.cfg.RepeatEvents
 		if !tr.Repeat {
-			ps.lastEvent[i] = now
+			ps.lastEvent[i] = stampOf(now)
 		}
 	}
 	return tr
