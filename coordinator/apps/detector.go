@@ -147,11 +147,15 @@ type Detector struct {
 
 	mu   sync.Mutex
 	pods map[types.UID]*podState
-	// byIP lists the pods (any, hostNetwork included) holding each IP; a
-	// failed request is attributed only when exactly one non-hostNetwork
-	// pod holds its source IP.
-	byIP   map[netip.Addr][]types.UID
-	counts [len(kindNames)][numResults]uint64
+	// byIP names the pod (any, hostNetwork included) holding each IP that
+	// one pod holds, sharedIP lists the pods holding each IP that several
+	// do (hostNetwork pods of a node): a failed request is attributed only
+	// when exactly one non-hostNetwork pod holds its source IP. Nearly
+	// every pod has an IP of its own, and every pod is indexed: no slice
+	// each.
+	byIP     map[netip.Addr]types.UID
+	sharedIP map[netip.Addr][]types.UID
+	counts   [len(kindNames)][numResults]uint64
 	// foreign are tokens issued, for a pod the event does not name, to
 	// someone other than a kubelet: never judged (a ring).
 	foreign  map[uint64]struct{}
@@ -305,7 +309,7 @@ func NewDetector(cfg Config) *Detector {
 	if cfg.Clock == nil {
 		cfg.Clock = clock.RealClock{}
 	}
-	return &Detector{cfg: cfg, seed: maphash.MakeSeed(), pods: map[types.UID]*podState{}, byIP: map[netip.Addr][]types.UID{},
+	return &Detector{cfg: cfg, seed: maphash.MakeSeed(), pods: map[types.UID]*podState{}, byIP: map[netip.Addr]types.UID{}, sharedIP: map[netip.Addr][]types.UID{},
 		foreign: map[uint64]struct{}{}, started: cfg.Clock.Now(),
 		tot: totals{nodes: map[string]NodeCounts{}, staleNS: map[string]int{}, failingNS: map[string]int{}, problems: map[*podState]struct{}{}}}
 }
@@ -483,19 +487,43 @@ func (d *Detector) setPod(p *Pod, ended bool) {
 		}
 	}
 	for _, ip := range p.IPs {
-		d.byIP[ip] = append(d.byIP[ip], p.UID)
+		if other, ok := d.byIP[ip]; ok {
+			delete(d.byIP, ip)
+			d.sharedIP[ip] = []types.UID{other, p.UID}
+		} else if uids, ok := d.sharedIP[ip]; ok {
+			d.sharedIP[ip] = append(uids, p.UID)
+		} else {
+			d.byIP[ip] = p.UID
+		}
 	}
 }
 
 func (d *Detector) unindex(ps *podState) {
 	for _, ip := range ps.pod.IPs {
-		uids := slices.DeleteFunc(d.byIP[ip], func(u types.UID) bool { return u == ps.pod.UID })
-		if len(uids) == 0 {
+		if d.byIP[ip] == ps.pod.UID {
 			delete(d.byIP, ip)
-		} else {
-			d.byIP[ip] = uids
+			continue
+		}
+		uids := slices.DeleteFunc(d.sharedIP[ip], func(u types.UID) bool { return u == ps.pod.UID })
+		switch len(uids) {
+		case 0:
+			delete(d.sharedIP, ip)
+		case 1:
+			delete(d.sharedIP, ip)
+			d.byIP[ip] = uids[0]
+		default:
+			d.sharedIP[ip] = uids
 		}
 	}
+}
+
+// holding is the pod holding ip, when exactly one does. Called with d.mu
+// held.
+func (d *Detector) holding(ip netip.Addr) (uid types.UID, n int) {
+	if uid, ok := d.byIP[ip]; ok {
+		return uid, 1
+	}
+	return "", len(d.sharedIP[ip])
 }
 
 // DeletePod drops everything known of a pod.
@@ -706,15 +734,15 @@ func (d *Detector) authFailed(ev *audit.Event, t time.Time) EventResult {
 	if !ev.SourceIP.IsValid() {
 		return Ignored
 	}
-	uids := d.byIP[ev.SourceIP.Unmap()]
-	switch len(uids) {
+	uid, n := d.holding(ev.SourceIP.Unmap())
+	switch n {
 	case 0:
 		return UnknownPod
 	case 1:
 	default:
 		return Ignored
 	}
-	ps := d.pods[uids[0]]
+	ps := d.pods[uid]
 	if ps.pod.HostNetwork || t.Before(ps.ipSince.t()) {
 		return Ignored
 	}

@@ -1,12 +1,17 @@
 package apps
 
 import (
+	"net/netip"
 	"testing"
 	"time"
 	"unsafe"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	clocktesting "k8s.io/utils/clock/testing"
+
+	"github.com/tokenroll/tokenroll/audit"
 )
 
 // TestTrimPodSharesNames: pods decoded apart hold their own copies of
@@ -76,5 +81,34 @@ func TestStamp(t *testing.T) {
 func TestPodStateSize(t *testing.T) {
 	if size := unsafe.Sizeof(podState{}); size > 384 {
 		t.Fatalf("a podState takes %d bytes, want at most 384", size)
+	}
+}
+
+// TestSharedIPAttribution: a failed request from an IP two pods hold is
+// neither's; once one of them is gone, it is the other's again.
+func TestSharedIPAttribution(t *testing.T) {
+	clk := clocktesting.NewFakeClock(time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC))
+	d := NewDetector(Config{Grace: 2 * time.Minute, Window: 15 * time.Minute, Clock: clk})
+	ip := netip.MustParseAddr("10.1.0.7")
+	for _, uid := range []types.UID{"a", "b"} {
+		d.SetPod(Pod{UID: uid, Namespace: "shop", Name: string(uid), Node: "n1", IPs: []netip.Addr{ip}, Running: true, TokenAudiences: []string{""}}, false)
+	}
+	fail := func() {
+		clk.Step(time.Second)
+		d.Observe(audit.Event{Kind: audit.AuthFailed, Time: clk.Now(), Code: 401, SourceIP: ip})
+	}
+	fail()
+	if got := d.counts[audit.AuthFailed][Ignored]; got != 1 {
+		t.Fatalf("a failure from a shared IP: %d ignored, want 1", got)
+	}
+	d.DeletePod("a")
+	fail()
+	if got := d.counts[audit.AuthFailed][Counted]; got != 1 {
+		t.Fatalf("a failure from b's IP once a is gone: %d counted, want 1", got)
+	}
+	d.DeletePod("b")
+	fail()
+	if got := d.counts[audit.AuthFailed][UnknownPod]; got != 1 || len(d.byIP) != 0 || len(d.sharedIP) != 0 {
+		t.Fatalf("a failure from an IP no pod holds: %d unknown, index %v %v", got, d.byIP, d.sharedIP)
 	}
 }
