@@ -221,12 +221,7 @@ type podState struct {
 	// not (another principal's TokenRequest, a CSI driver's audience, an
 	// ambiguous source): never judged. Rings, oldest overwritten, grown
 	// as evidence comes: most pods hold one or two of each, or none.
-	issued    []issuedToken
-	nIssued   int
-	other     []uint64
-	nOther    int
-	presented []presentedToken
-	nPres     int
+	*evidence
 	// volume are the tokens the pod's volumes held as of volumeAt, when
 	// the detector learnt them from the agent's report (zero: never).
 	volume   []volumeToken
@@ -277,6 +272,35 @@ func (s stamp) t() time.Time {
 		return time.Time{}
 	}
 	return time.Unix(0, int64(s)).UTC()
+}
+
+// evidence is what audit events told of a pod's tokens: most pods never
+// authenticate, and a podState without it is a quarter smaller. Read it
+// through ev, write it through evw.
+type evidence struct {
+	issued    []issuedToken
+	nIssued   int
+	other     []uint64
+	nOther    int
+	presented []presentedToken
+	nPres     int
+}
+
+// none is the evidence of a pod without any: read only.
+var none evidence
+
+func (ps *podState) ev() *evidence {
+	if ps.evidence == nil {
+		return &none
+	}
+	return ps.evidence
+}
+
+func (ps *podState) evw() *evidence {
+	if ps.evidence == nil {
+		ps.evidence = &evidence{}
+	}
+	return ps.evidence
 }
 
 type audienceCount struct {
@@ -355,7 +379,7 @@ func (d *Detector) SetVolumeTokens(node string, pods map[string][]string) {
 		ps.volume, ps.volumeAt = vol, stampOf(now)
 		d.markDirty(ps)
 		// What the pod presented before is judged again against it.
-		for _, p := range ps.presented {
+		for _, p := range ps.ev().presented {
 			d.judgeByVolume(ps, p, p.last)
 		}
 	}
@@ -371,7 +395,7 @@ func (d *Detector) judgeByVolume(ps *podState, p presentedToken, t time.Time) {
 	if ps.volumeAt == 0 || len(ps.volume) == 0 || !p.first.Before(ps.volumeAt.t().Add(-volumeSlack)) {
 		return
 	}
-	if _, ok := d.foreign[p.jti]; ok || slices.Contains(ps.other, p.jti) {
+	if _, ok := d.foreign[p.jti]; ok || slices.Contains(ps.ev().other, p.jti) {
 		return
 	}
 	var replacedAt time.Time
@@ -617,12 +641,14 @@ func (d *Detector) issued(ev *audit.Event, t time.Time) EventResult {
 	// must not make the pod's app look stale, so it is only remembered as
 	// one never to judge.
 	if ps.pod.Node == "" || ev.User != "system:node:"+ps.pod.Node || ps.sources(aud) != 1 {
-		ps.other = ring(ps.other, ps.nOther, maxOther, jti)
-		ps.nOther++
+		e := ps.evw()
+		e.other = ring(e.other, e.nOther, maxOther, jti)
+		e.nOther++
 		return Ignored
 	}
-	ps.issued = ring(ps.issued, ps.nIssued, maxIssued, issuedToken{jti: jti, aud: aud, at: t, seq: ps.nIssued})
-	ps.nIssued++
+	e := ps.evw()
+	e.issued = ring(e.issued, e.nIssued, maxIssued, issuedToken{jti: jti, aud: aud, at: t, seq: e.nIssued})
+	e.nIssued++
 	return Counted
 }
 
@@ -631,7 +657,7 @@ func (d *Detector) issued(ev *audit.Event, t time.Time) EventResult {
 func (ps *podState) newest(aud uint64) (issuedToken, bool) {
 	var best issuedToken
 	found := false
-	for _, it := range ps.issued {
+	for _, it := range ps.ev().issued {
 		if it.aud == aud && (!found || it.at.After(best.at) || (it.at.Equal(best.at) && it.seq > best.seq)) {
 			best, found = it, true
 		}
@@ -654,17 +680,17 @@ func (d *Detector) presented(ev *audit.Event, t time.Time) EventResult {
 	jti := d.hash(ev.JTI)
 	p := ps.see(jti, tokenID(ev.JTI), t)
 	first := p.first
-	if slices.Contains(ps.other, jti) {
+	if slices.Contains(ps.ev().other, jti) {
 		return Counted
 	}
 	var newest issuedToken
 	known := false
 	issuedBy := first
-	for i := range ps.issued {
-		if ps.issued[i].jti == jti {
-			newest, known = ps.newest(ps.issued[i].aud)
-			if ps.issued[i].at.Before(issuedBy) {
-				issuedBy = ps.issued[i].at
+	for _, it := range ps.ev().issued {
+		if it.jti == jti {
+			newest, known = ps.newest(it.aud)
+			if it.at.Before(issuedBy) {
+				issuedBy = it.at
 			}
 			break
 		}
@@ -702,9 +728,10 @@ func (d *Detector) presented(ev *audit.Event, t time.Time) EventResult {
 // returns what is known of it now; the token seen least recently makes
 // room.
 func (ps *podState) see(jti, id uint64, t time.Time) presentedToken {
-	n := len(ps.presented)
+	e := ps.evw()
+	n := len(e.presented)
 	for i := range n {
-		p := &ps.presented[i]
+		p := &e.presented[i]
 		if p.jti == jti {
 			if t.Before(p.first) {
 				p.first = t
@@ -716,18 +743,18 @@ func (ps *podState) see(jti, id uint64, t time.Time) presentedToken {
 		}
 	}
 	if n < maxPresented {
-		ps.nPres++
-		ps.presented = append(ps.presented, presentedToken{jti: jti, id: id, first: t, last: t})
-		return ps.presented[n]
+		e.nPres++
+		e.presented = append(e.presented, presentedToken{jti: jti, id: id, first: t, last: t})
+		return e.presented[n]
 	}
 	i := 0
 	for j := 1; j < n; j++ {
-		if ps.presented[j].last.Before(ps.presented[i].last) {
+		if e.presented[j].last.Before(e.presented[i].last) {
 			i = j
 		}
 	}
-	ps.presented[i] = presentedToken{jti: jti, id: id, first: t, last: t}
-	return ps.presented[i]
+	e.presented[i] = presentedToken{jti: jti, id: id, first: t, last: t}
+	return e.presented[i]
 }
 
 func (d *Detector) authFailed(ev *audit.Event, t time.Time) EventResult {
@@ -811,7 +838,7 @@ type Result struct {
 // given was issued (zero: none known).
 func (ps *podState) newestToken() time.Time {
 	var t time.Time
-	for _, it := range ps.issued {
+	for _, it := range ps.ev().issued {
 		t = laterOf(t, it.at)
 	}
 	for _, v := range ps.volume {

@@ -77,10 +77,17 @@ func TestStamp(t *testing.T) {
 }
 
 // TestPodStateSize: the detector holds one podState per pod of the
-// cluster; its times are stamps, not time.Times.
+// cluster; its times are stamps, not time.Times, and a pod no audit event
+// named holds no evidence.
 func TestPodStateSize(t *testing.T) {
-	if size := unsafe.Sizeof(podState{}); size > 384 {
-		t.Fatalf("a podState takes %d bytes, want at most 384", size)
+	if size := unsafe.Sizeof(podState{}); size > 256 {
+		t.Fatalf("a podState takes %d bytes, want at most 256", size)
+	}
+	d := NewDetector(Config{})
+	d.SetPod(Pod{UID: "a", Namespace: "shop", Name: "a", Node: "n1", Running: true, TokenAudiences: []string{""}}, false)
+	d.Evaluate()
+	if d.pods["a"].evidence != nil {
+		t.Fatal("a pod no event named holds evidence")
 	}
 }
 
