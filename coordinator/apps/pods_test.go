@@ -2,8 +2,10 @@ package apps
 
 import (
 	"net/netip"
+	"runtime"
 	"testing"
 	"time"
+	"unique"
 	"unsafe"
 
 	corev1 "k8s.io/api/core/v1"
@@ -35,6 +37,10 @@ func TestTrimPodSharesNames(t *testing.T) {
 		}
 		return o.(*cachedPod).pod
 	}
+	// The interned copies live as long as a handle does: a collection
+	// between the two trims must not make two.
+	held := []unique.Handle[string]{unique.Make("shop"), unique.Make("node-1"), unique.Make("Deployment/web")}
+	defer runtime.KeepAlive(held)
 	a, b := trim(pod("a")), trim(pod("b"))
 	if a.Namespace != "shop" || a.Node != "node-1" || a.Workload != "Deployment/web" {
 		t.Fatalf("trimmed pod %+v", *a)
