@@ -723,11 +723,17 @@ func (r *run) scenario(ctx context.Context) (*Summary, error) {
 	return sum, nil
 }
 
+// refreshReportDelay bounds how long after a routine token refresh its
+// agent reports the new token IDs, in the agent's first ten minutes, with
+// a margin for a loaded machine.
+const refreshReportDelay = 70 * time.Second
+
 // refreshBeforeChange has every node's kubelet refresh its projected
 // tokens under the current issuer, as each does at 80% of a token's
 // lifetime (Options.RefreshBeforeChange), then waits until the coordinator
 // has reported every pod whose caching app went on presenting the token it
-// read, at most the grace and the slack after the refresh (a pod not
+// read, at most the grace, the slack and refreshReportDelay after the
+// refresh (a pod not
 // reported by then is app detection's miss, which the run's judgement of
 // app detection names). Nothing of it counts as the procedure's
 // disruption: it happens before the issuer changes, the same for every
@@ -747,8 +753,12 @@ func (r *run) refreshBeforeChange(ctx context.Context) error {
 			return fmt.Errorf("refreshing the tokens before the issuer change: node %s cannot restart its kubelet; run with --refresh-before-change=false", n.Name())
 		}
 	}
-	due := at.Add(AppStaleGrace + detectSlack)
-	r.p.printf("waiting for the coordinator to report the caching apps' pods app-stale (--app-stale-grace=%s after the refresh, by %s at the latest)", AppStaleGrace, due.UTC().Format(time.TimeOnly))
+	// An agent sends the token IDs a refresh changed with its next
+	// report, within a minute in its first ten minutes (a routine refresh
+	// changes nothing the coordinator acts on), and app detection's grace
+	// runs from the new token's issue.
+	due := time.Now().Add(AppStaleGrace + detectSlack + refreshReportDelay)
+	r.p.printf("waiting for the coordinator to report the caching apps' pods app-stale (--app-stale-grace=%s after the agents report the new tokens, by %s at the latest)", AppStaleGrace, due.UTC().Format(time.TimeOnly))
 	for {
 		missing := unreportedCaching(r.sb.AppReports(), r.reports.reports())
 		if len(missing) == 0 {
