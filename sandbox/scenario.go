@@ -739,6 +739,17 @@ const refreshReportDelay = 70 * time.Second
 // disruption: it happens before the issuer changes, the same for every
 // remediation.
 func (r *run) refreshBeforeChange(ctx context.Context) error {
+	// App detection judges a token an app presents against what the
+	// pod's volumes held when the detector learnt them: a refresh before
+	// the agents' first report of the tokens the apps read would make
+	// the refreshed tokens the first the detector learns, and the token
+	// a caching app goes on presenting one it cannot place.
+	wctx, cancel := context.WithTimeout(ctx, refreshReportDelay)
+	err := r.w.waitFor(wctx, func(v view) bool { return v.tokensReported(r.sb.AppReports()) })
+	cancel()
+	if err != nil && ctx.Err() == nil {
+		r.p.printf("note: not every app's pod was in its agent's tokens report within %s; refreshing anyway", refreshReportDelay)
+	}
 	r.p.printf("step 0: the kubelets refresh every projected token under %s, as each does at 80%% of a token's lifetime (48 minutes for the default hour): a kubelet restart on each node stands in for that wait; apps that cached their token keep presenting the one they read", r.opts.Issuer)
 	at := time.Now()
 	for _, n := range r.sb.Nodes {
