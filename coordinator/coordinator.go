@@ -80,7 +80,8 @@ type Config struct {
 	PublishIssuer bool
 	// GateSettle is how long the revision gate must have stayed open
 	// before new nodes start (0: at once), so that a flapping gate does not
-	// cordon and release the same nodes again and again.
+	// cordon and release the same nodes again and again. It is not waited
+	// for once no previous issuer is trusted: its tokens fail already.
 	GateSettle time.Duration
 	// WriteRetry carries each single write (a Node, the rollout state)
 	// through the API server's transient faults before anything halts on

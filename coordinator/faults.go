@@ -20,7 +20,8 @@ import (
 // This file is how the coordinator rides out the API server's transient
 // faults and a flapping revision gate: its single writes are retried
 // (cfg.WriteRetry) before anything halts, and new nodes start only once
-// the gate has stayed open for cfg.GateSettle.
+// the gate has stayed open for cfg.GateSettle (at once when no previous
+// issuer is trusted).
 
 // conflictRetry bounds the re-reads after conflicts. They do not wait: the
 // read of the newer Node is the wait.
@@ -110,8 +111,10 @@ func holdsWrite(n *corev1.Node, annotations map[string]any, unschedulable *bool)
 }
 
 // gateSettled returns when the revision gate, open now, will have stayed
-// open for cfg.GateSettle; new nodes start only then. A term that finds the
-// gate open cannot tell since when, and counts from its start.
+// open for cfg.GateSettle; new nodes start only then, unless no previous
+// issuer is trusted any more (TrustEnded): then its tokens already fail,
+// and nodes start at once. A term that finds the gate open cannot tell
+// since when, and counts from its start.
 func (t *term) gateSettled() time.Time {
 	t.mu.Lock()
 	defer t.mu.Unlock()

@@ -284,6 +284,43 @@ func TestFlappingGate(t *testing.T) {
 	f.drainer.releaseCalls(nil)
 }
 
+// Once the API servers trust no previous issuer, every token it signed
+// already fails: a node starts as soon as the gate opens, without the
+// settle, which would only prolong the failures. While the previous issuer
+// is trusted, waiting costs nothing, and the settle holds.
+func TestGateSettleSkippedOnceNoPreviousIssuerIsTrusted(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		trusted []TrustedIssuer
+		wait    bool
+	}{
+		{"only the current issuer trusted", []TrustedIssuer{{Name: newIssuer}}, false},
+		{"the previous issuer's trust ended", []TrustedIssuer{{Name: newIssuer}, {Name: oldIssuer, Expires: t0.Add(-time.Second)}}, false},
+		{"the previous issuer trusted for an hour", []TrustedIssuer{{Name: newIssuer}, {Name: oldIssuer, Expires: t0.Add(time.Hour)}}, true},
+		{"the previous issuer trusted without an end", []TrustedIssuer{{Name: newIssuer}, {Name: oldIssuer}}, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			f := newFixture(t, testNode("n1"), testNode("n2"), rolloutConfigMap(rollout(Reboot, "n1", "n2")))
+			f.cfg.GateSettle = 2 * time.Minute
+			f.drainer.holdCalls()
+			defer f.drainer.releaseCalls(nil)
+			f.gate.Set(GateState{Provider: GateOpenShift, Open: true, Message: "open", TrustKnown: true, Trusted: c.trusted})
+			d := f.sync()
+			if !c.wait {
+				f.expectWrites(cordonNode("n1", started(Reboot, true, t0)))
+				return
+			}
+			if d != 2*time.Minute {
+				t.Errorf("looks again in %s; want the gate settle time, 2m", d)
+			}
+			f.expectWrites()
+			f.clock.Step(2 * time.Minute)
+			f.sync()
+			f.expectWrites(cordonNode("n1", started(Reboot, true, t0.Add(2*time.Minute))))
+		})
+	}
+}
+
 // An eviction that meets a 500 is tried again; the drain goes on and the
 // node is not halted.
 func TestEvictionRetriedThroughTransientFaults(t *testing.T) {

@@ -153,9 +153,16 @@ func (t *term) advance(ctx context.Context, w world, r *Rollout) (time.Duration,
 		return next, nil
 	}
 	if until := t.gateSettled(); w.now.Before(until) {
-		t.logOnChange("the revision gate is open; new nodes start once it has stayed open for --gate-settle", zap.Time("until", until))
-		wake(until.Sub(w.now))
-		return next, nil
+		if !TrustEnded(w.gate, w.issuer, w.now) {
+			t.logOnChange("the revision gate is open; new nodes start once it has stayed open for --gate-settle", zap.Time("until", until))
+			wake(until.Sub(w.now))
+			return next, nil
+		}
+		// No previous issuer is trusted: every token it signed fails now,
+		// and waiting would only make them fail longer. A flap of the gate
+		// still stops new nodes, and those started finish or are released
+		// once, as after the settle.
+		t.logOnChange("the revision gate is open and no previous issuer is trusted: nodes start without waiting for --gate-settle", zap.Time("settleUntil", until))
 	}
 	d, err := t.startNodes(ctx, w, r, t.refresh(views, r.ID))
 	wake(d)

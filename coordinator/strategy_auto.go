@@ -230,7 +230,7 @@ func (t *term) appStaleNodes(w world) map[string]int {
 	var out map[string]int
 	for _, p := range res.Problems {
 		n := w.byName[p.Pod.Node]
-		if !p.Stale || n == nil || !staleCredentialFails(p, w.issuerAt, w.gate) {
+		if !p.Stale || n == nil || !staleCredentialFails(p, w) {
 			continue
 		}
 		if st, err := protocol.ParseNodeState(n.Annotations[protocol.AnnotationNodeState]); err == nil &&
@@ -466,7 +466,7 @@ func (t *term) watchApps(ctx context.Context, w world, r *Rollout, v nodeView) (
 		// kubelet's new one does not help it, and it goes now.
 		knownBefore = ns.StartedAt
 	}
-	pods, owners, names, err := appProblemPods(ctx, cfg.Client, name, res, ns.Evicted, w.issuerAt, w.gate, knownBefore)
+	pods, owners, names, err := appProblemPods(ctx, cfg.Client, name, res, ns.Evicted, w, knownBefore)
 	if err != nil {
 		return 0, t.halt(ctx, w, r, v, HaltDrainFailed, err.Error())
 	}
@@ -526,7 +526,7 @@ func (t *term) watchApps(ctx context.Context, w world, r *Rollout, v nodeView) (
 // pods app-stale since before it: an app that went on presenting a token
 // its kubelet had replaced, past the grace, before the node's remediation
 // began, caches its token, whatever the remediation's new tokens do.
-func appProblemPods(ctx context.Context, client kubernetes.Interface, node string, res *apps.Result, evicted []protocol.PodRef, issuerSince time.Time, gate GateState, knownBefore time.Time) ([]corev1.Pod, []protocol.OwnerRef, []string, error) {
+func appProblemPods(ctx context.Context, client kubernetes.Interface, node string, res *apps.Result, evicted []protocol.PodRef, w world, knownBefore time.Time) ([]corev1.Pod, []protocol.OwnerRef, []string, error) {
 	gone := map[types.UID]bool{}
 	for _, r := range evicted {
 		gone[types.UID(r.UID)] = true
@@ -535,10 +535,10 @@ func appProblemPods(ctx context.Context, client kubernetes.Interface, node strin
 	var names, unmanaged []string
 	var owners []protocol.OwnerRef
 	for _, pr := range res.Problems {
-		if pr.Pod.Node != node || gone[pr.Pod.UID] || (!pr.Failing && !staleCredentialFails(pr, issuerSince, gate)) {
+		if pr.Pod.Node != node || gone[pr.Pod.UID] || (!pr.Failing && !staleCredentialFails(pr, w)) {
 			continue
 		}
-		if !knownBefore.IsZero() && (!pr.Stale || pr.StaleSince.IsZero() || !pr.StaleSince.Before(knownBefore) || !staleCredentialFails(pr, issuerSince, gate)) {
+		if !knownBefore.IsZero() && (!pr.Stale || pr.StaleSince.IsZero() || !pr.StaleSince.Before(knownBefore) || !staleCredentialFails(pr, w)) {
 			continue
 		}
 		p, err := client.CoreV1().Pods(pr.Pod.Namespace).Get(ctx, pr.Pod.Name, metav1.GetOptions{})
@@ -575,26 +575,35 @@ func appProblemPods(ctx context.Context, client kubernetes.Interface, node strin
 }
 
 // staleCredentialFails reports whether the token an app-stale pod keeps
-// presenting will stop working, so that the pod must be restarted: the
-// token may be of a previous issuer (issued before the coordinator saw the
-// API servers sign with the current one, issuerSince) while the API
-// servers trust a previous issuer, for a time or without a known end, or
-// may trust one (the gate cannot tell); or the token expires within its
-// requested time (the pod has a short-lived token source: the kubelet
-// replaced it at 80% of that). A token it presents authenticates, so when
-// no previous issuer is trusted it is the current issuer's. Otherwise
-// (the current issuer's token in the kube-api-access default, which the
-// API server makes valid for a year) the app keeps working: restarting it
-// each time the kubelet refreshes the file would restart it every 48
-// minutes for nothing.
-func staleCredentialFails(pr apps.PodProblem, issuerSince time.Time, gate GateState) bool {
+// presenting will stop working, or has, so that the pod must be restarted:
+// the pod has a short-lived token source (the token expires within its
+// requested time; the kubelet replaced it at 80% of that); or the token may
+// be of a previous issuer (issued before the coordinator saw the API
+// servers sign with the current one, w.issuerAt) and
+//   - the API servers may trust a previous issuer (the gate cannot tell),
+//     or trust one besides the signing issuer, for a time or without a
+//     known end: the token stops working with that trust; or
+//   - they trust no previous issuer any more, and the pod was app-stale
+//     before the coordinator saw the current issuer: what it presented
+//     then was signed by the previous issuer, whose trust has ended.
+//
+// The current issuer's own entry in the trusted list (OpenShift lists it)
+// is no previous issuer. Otherwise a token it presents authenticates while
+// no previous issuer is trusted, so it is the current issuer's (in the
+// kube-api-access default the API server makes it valid for a year): the
+// app keeps working, and restarting it each time the kubelet refreshes the
+// file would restart it every 48 minutes for nothing.
+func staleCredentialFails(pr apps.PodProblem, w world) bool {
 	if pr.Pod.ShortLivedTokens {
 		return true
 	}
-	if !pr.IssuedBy.IsZero() && !issuerSince.IsZero() && pr.IssuedBy.After(issuerSince) {
+	if !pr.IssuedBy.IsZero() && !w.issuerAt.IsZero() && pr.IssuedBy.After(w.issuerAt) {
 		return false
 	}
-	return !gate.TrustKnown || len(gate.Trusted) > 0
+	if !TrustEnded(w.gate, w.issuer, w.now) {
+		return true
+	}
+	return !pr.StaleSince.IsZero() && !w.issuerAt.IsZero() && pr.StaleSince.Before(w.issuerAt)
 }
 
 // mergeOwners adds b's owners to a's, each once, sorted.

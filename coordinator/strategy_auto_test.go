@@ -508,6 +508,10 @@ func TestAutoRestartsAnAppStalePodOnlyWhenItsCredentialWillFail(t *testing.T) {
 		{"an extended token of the previous issuer, trusted until a deadline", &extended, 30 * time.Second,
 			[]TrustedIssuer{{Name: oldIssuer, Expires: t0.Add(time.Hour)}}, true},
 		{"an extended token issued before the issuer was seen, none other trusted: the current one's", &extended, 30 * time.Second, nil, false},
+		{"an extended token issued before the issuer was seen, OpenShift listing only the current issuer: the current one's", &extended, 30 * time.Second,
+			[]TrustedIssuer{{Name: newIssuer}}, false},
+		{"an extended token presented since before the issuer was seen, the previous issuer's trust ended", &extended, 3*time.Minute + 10*time.Second,
+			[]TrustedIssuer{{Name: newIssuer}, {Name: oldIssuer, Expires: t0.Add(time.Minute)}}, true},
 		{"a short-lived token of the current issuer", &short, -time.Hour, nil, true},
 		{"the default hour, not extended", nil, -time.Hour, nil, true},
 	} {

@@ -286,3 +286,17 @@ func detectionDue(reports []AppReport, reported map[types.UID]appReport, now tim
 	}
 	return last.Add(grace + detectSlack), !now.Before(last.Add(grace + apps.DefaultOptions().Interval))
 }
+
+// unreportedCaching names the pods running a caching app that reported
+// has no report of.
+func unreportedCaching(reports []AppReport, reported map[types.UID]appReport) []string {
+	var out []string
+	for _, a := range reports {
+		if _, ok := reported[a.UID]; a.Kind != AppCaching || !a.Running || ok || slices.Contains(out, a.Namespace+"/"+a.Pod) {
+			continue
+		}
+		out = append(out, a.Namespace+"/"+a.Pod)
+	}
+	slices.Sort(out)
+	return out
+}

@@ -3,6 +3,7 @@ package sandbox
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -169,3 +170,28 @@ func TestNoteFile(t *testing.T) {
 		t.Errorf("replaced at %s, changed at %s; want %s and %s", a.stats.ReplacedAt, a.stats.FileChangedAt, replaced, clk.Now())
 	}
 }
+
+// Before the issuer changes, the sandbox waits for the coordinator to
+// report the running caching apps' pods, each once; the reloading apps and
+// the stopped ones are not waited for.
+func TestUnreportedCaching(t *testing.T) {
+	app := func(kind AppKind, pod string, running bool) AppReport {
+		return AppReport{Kind: kind, Namespace: "apps", Pod: pod, UID: k8stypes.UID("uid-" + pod), Running: running}
+	}
+	reports := []AppReport{app(AppCaching, "legacy-2", true), app(AppCaching, "legacy-1", true), app(AppCaching, "legacy-1", true),
+		app(AppCaching, "gone", false), app(AppReloading, "web-1", true)}
+	if got, want := unreportedCaching(reports, nil), []string{"apps/legacy-1", "apps/legacy-2"}; !slices.Equal(got, want) {
+		t.Errorf("nothing reported: %q, want %q", got, want)
+	}
+	reported := map[k8stypes.UID]appReport{"uid-legacy-1": {}}
+	if got, want := unreportedCaching(reports, reported), []string{"apps/legacy-2"}; !slices.Equal(got, want) {
+		t.Errorf("legacy-1 reported: %q, want %q", got, want)
+	}
+	reported["uid-legacy-2"] = appReport{}
+	if got := unreportedCaching(reports, reported); len(got) != 0 {
+		t.Errorf("every caching pod reported: %q, want none", got)
+	}
+}
+
+// The pre-change refresh restarts either kind of node's kubelet.
+var _ interface{ RestartKubelet() error } = (*realNode)(nil)

@@ -47,6 +47,16 @@ type Options struct {
 	// NewIssuer is what the scenario sets Authentication/cluster
 	// .spec.serviceAccountIssuer to.
 	NewIssuer string
+	// RefreshBeforeChange has every node's kubelet refresh its projected
+	// tokens, under the issuer they are of, before the issuer changes, and
+	// waits until the coordinator has had the time to find the apps that
+	// go on presenting the token they read (app-stale): a cluster's pods
+	// have run past the kubelet's first refresh (80% of a token's
+	// lifetime: 48 minutes for the default hour) long before an issuer
+	// changes. A kubelet restart on each node stands in for that wait.
+	// False: the issuer changes while every app still presents the token
+	// in its file, and a caching app shows only by failing.
+	RefreshBeforeChange bool
 	// Strategy and MaxUnavailable are the coordinators' --strategy and
 	// --max-unavailable.
 	Strategy       string
@@ -585,6 +595,11 @@ func (r *run) scenario(ctx context.Context) (*Summary, error) {
 	sum := &Summary{Nodes: o.Nodes, Kubelet: o.Kubelet, Strategy: o.Strategy, MaxUnavailable: maxUnavailable}
 	startLatest := r.w.view().Gate.Latest
 
+	if o.RefreshBeforeChange {
+		if err := r.refreshBeforeChange(ctx); err != nil {
+			return nil, err
+		}
+	}
 	r.noteBoots()
 	r.disruption.begin(time.Now())
 	r.p.printf("step 1: the administrator sets Authentication/cluster .spec.serviceAccountIssuer to %s (trust window %s)", o.NewIssuer, o.TrustWindow)
@@ -706,6 +721,71 @@ func (r *run) scenario(ctx context.Context) (*Summary, error) {
 	r.alertsAtEnd(context.WithoutCancel(ctx), endedAt, sum)
 	sum.OK = len(sum.Failures) == 0
 	return sum, nil
+}
+
+// refreshReportDelay bounds how long after a routine token refresh its
+// agent reports the new token IDs, in the agent's first ten minutes, with
+// a margin for a loaded machine.
+const refreshReportDelay = 70 * time.Second
+
+// refreshBeforeChange has every node's kubelet refresh its projected
+// tokens under the current issuer, as each does at 80% of a token's
+// lifetime (Options.RefreshBeforeChange), then waits until the coordinator
+// has reported every pod whose caching app went on presenting the token it
+// read, at most the grace, the slack and refreshReportDelay after the
+// refresh (a pod not
+// reported by then is app detection's miss, which the run's judgement of
+// app detection names). Nothing of it counts as the procedure's
+// disruption: it happens before the issuer changes, the same for every
+// remediation.
+func (r *run) refreshBeforeChange(ctx context.Context) error {
+	// App detection judges a token an app presents against what the
+	// pod's volumes held when the detector learnt them: a refresh before
+	// the agents' first report of the tokens the apps read would make
+	// the refreshed tokens the first the detector learns, and the token
+	// a caching app goes on presenting one it cannot place.
+	wctx, cancel := context.WithTimeout(ctx, refreshReportDelay)
+	err := r.w.waitFor(wctx, func(v view) bool { return v.tokensReported(r.sb.AppReports()) })
+	cancel()
+	if err != nil && ctx.Err() == nil {
+		r.p.printf("note: not every app's pod was in its agent's tokens report within %s; refreshing anyway", refreshReportDelay)
+	}
+	r.p.printf("step 0: the kubelets refresh every projected token under %s, as each does at 80%% of a token's lifetime (48 minutes for the default hour): a kubelet restart on each node stands in for that wait; apps that cached their token keep presenting the one they read", r.opts.Issuer)
+	at := time.Now()
+	for _, n := range r.sb.Nodes {
+		switch k := n.(type) {
+		case *kubeletsim.Node:
+			k.RestartKubelet()
+		case interface{ RestartKubelet() error }:
+			if err := k.RestartKubelet(); err != nil {
+				return fmt.Errorf("refreshing the tokens before the issuer change: %w", err)
+			}
+		default:
+			return fmt.Errorf("refreshing the tokens before the issuer change: node %s cannot restart its kubelet; run with --refresh-before-change=false", n.Name())
+		}
+	}
+	// An agent sends the token IDs a refresh changed with its next
+	// report, within a minute in its first ten minutes (a routine refresh
+	// changes nothing the coordinator acts on), and app detection's grace
+	// runs from the new token's issue.
+	due := time.Now().Add(AppStaleGrace + detectSlack + refreshReportDelay)
+	r.p.printf("waiting for the coordinator to report the caching apps' pods app-stale (--app-stale-grace=%s after the agents report the new tokens, by %s at the latest)", AppStaleGrace, due.UTC().Format(time.TimeOnly))
+	for {
+		missing := unreportedCaching(r.sb.AppReports(), r.reports.reports())
+		if len(missing) == 0 {
+			r.p.printf("every caching app's pod is reported app-stale, %.1fs after the refresh", time.Since(at).Seconds())
+			return nil
+		}
+		if !time.Now().Before(due) {
+			r.p.printf("note: %d caching app pod(s) not reported app-stale %.1fs after the refresh: %s", len(missing), time.Since(at).Seconds(), strings.Join(missing, ", "))
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		case <-time.After(time.Second):
+		}
+	}
 }
 
 // waitDone waits until the procedure is over: no rollout active, no node

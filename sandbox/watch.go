@@ -126,6 +126,24 @@ func (v view) agentsReport(iss string) bool {
 	return true
 }
 
+// tokensReported reports whether every running app's pod is in its node's
+// tokens report with the tokens its volumes hold.
+func (v view) tokensReported(apps []AppReport) bool {
+	for _, a := range apps {
+		if !a.Running {
+			continue
+		}
+		n := v.Nodes[a.Node]
+		if n == nil {
+			return false
+		}
+		if r, ok := tokenReport(n); !ok || len(r.TokenIDs[string(a.UID)]) == 0 {
+			return false
+		}
+	}
+	return true
+}
+
 // agentsClean reports whether every agent reports no stale token.
 func (v view) agentsClean() bool {
 	for _, n := range v.Nodes {

@@ -284,6 +284,10 @@ type evidence struct {
 	nOther    int
 	presented []presentedToken
 	nPres     int
+	// gone are the IDs of tokens an earlier report of the agent's held
+	// and a later one did not: the kubelet replaced them.
+	gone  []uint64
+	nGone int
 }
 
 // none is the evidence of a pod without any: read only.
@@ -376,6 +380,13 @@ func (d *Detector) SetVolumeTokens(node string, pods map[string][]string) {
 			n, _ := parseTokenID(id)
 			vol = append(vol, volumeToken{id: n, issuedAt: stampOf(at)})
 		}
+		for _, v := range ps.volume {
+			if !slices.ContainsFunc(vol, func(n volumeToken) bool { return n.id == v.id }) && !slices.Contains(ps.ev().gone, v.id) {
+				e := ps.evw()
+				e.gone = ring(e.gone, e.nGone, maxVolume, v.id)
+				e.nGone++
+			}
+		}
 		ps.volume, ps.volumeAt = vol, stampOf(now)
 		d.markDirty(ps)
 		// What the pod presented before is judged again against it.
@@ -386,31 +397,44 @@ func (d *Detector) SetVolumeTokens(node string, pods map[string][]string) {
 }
 
 // judgeByVolume judges a token the pod presented at t against what its
-// volumes held: a token presented before the detector learnt them, and not
-// among them, was not in the pod's volumes any more: the app presents a
-// token the kubelet replaced. The grace runs from the newest token the
+// volumes held, and reports whether it found it stale: a token not among
+// them was not in the pod's volumes any more, and the app presents a token
+// the kubelet replaced, if it was presented before the detector learnt
+// them, or an earlier report held it (the kubelet refreshed the token
+// within volumeSlack of its first presentation the detector saw, as soon
+// after the coordinator starts). The grace runs from the newest token the
 // volumes hold. Tokens issued to someone other than the pod's kubelet are
 // never judged. Called with d.mu held.
-func (d *Detector) judgeByVolume(ps *podState, p presentedToken, t time.Time) {
-	if ps.volumeAt == 0 || len(ps.volume) == 0 || !p.first.Before(ps.volumeAt.t().Add(-volumeSlack)) {
-		return
+func (d *Detector) judgeByVolume(ps *podState, p presentedToken, t time.Time) bool {
+	if ps.volumeAt == 0 || len(ps.volume) == 0 {
+		return false
+	}
+	if !p.first.Before(ps.volumeAt.t().Add(-volumeSlack)) && !slices.Contains(ps.ev().gone, p.id) {
+		return false
 	}
 	if _, ok := d.foreign[p.jti]; ok || slices.Contains(ps.ev().other, p.jti) {
-		return
+		return false
 	}
 	var replacedAt time.Time
 	for _, v := range ps.volume {
 		if v.id == p.id {
-			return
+			return false
 		}
 		if v.issuedAt.t().After(replacedAt) {
 			replacedAt = v.issuedAt.t()
 		}
 	}
 	if t.Before(replacedAt.Add(d.cfg.Grace)) {
-		return
+		return false
 	}
 	d.markStale(ps, t, replacedAt, p.first)
+	return true
+}
+
+// holds reports whether the pod's volumes held the token with ID id when
+// the detector learnt them at or after at.
+func (ps *podState) holds(id uint64, at time.Time) bool {
+	return !ps.volumeAt.t().Before(at) && slices.ContainsFunc(ps.volume, func(v volumeToken) bool { return v.id == id })
 }
 
 // markStale records a stale presentation at t of a token replaced at
@@ -695,10 +719,9 @@ func (d *Detector) presented(ev *audit.Event, t time.Time) EventResult {
 			break
 		}
 	}
-	if !known && ps.volumeAt != 0 {
+	if !known && ps.volumeAt != 0 && d.judgeByVolume(ps, p, t) {
 		// Never seen issued with its pod: what the pod's volumes hold,
-		// from its agent, says whether it is still there.
-		d.judgeByVolume(ps, p, t)
+		// from its agent, says it is not there any more.
 		return Counted
 	}
 	if !known {
@@ -713,7 +736,11 @@ func (d *Detector) presented(ev *audit.Event, t time.Time) EventResult {
 		for _, a := range ps.audCount {
 			newest, ok = ps.newest(a.key)
 		}
-		if !ok || !first.Before(newest.at) {
+		// The agent's report may be older than the kubelet's newest
+		// issuance (a report whose only change is token IDs waits), so it
+		// does not clear the token; one learnt well after it, that holds
+		// it, does: the kubelet wrote the token it presents.
+		if !ok || !first.Before(newest.at) || ps.holds(p.id, newest.at.Add(volumeSlack)) {
 			return Counted
 		}
 	}

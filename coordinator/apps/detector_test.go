@@ -599,3 +599,57 @@ func TestOptionsFailingGrace(t *testing.T) {
 		t.Errorf("a failing grace above the grace: %v; want an error naming it", err)
 	}
 }
+
+// The kubelet refreshes a pod's tokens seconds after the detector starts
+// and after the agent's first report, and the agent reports the new tokens
+// seconds later, while a caching app goes on presenting the token it read
+// before the detector started: the pod is app-stale after the grace from
+// the refresh, whether the issuances name the bound pod (the kubelet's
+// newest token then places the old one, even when the detector learnt no
+// report before the refresh) or not (the agent's earlier report held the
+// token, its next one no longer does); a reloading app's pod is not.
+func TestDetectorPlacesATokenReplacedSoonAfterTheReport(t *testing.T) {
+	for _, tc := range []struct{ bound, reportBefore bool }{{true, false}, {false, true}, {true, true}} {
+		bound := tc.bound
+		t.Run(fmt.Sprintf("bound=%t,reportBefore=%t", bound, tc.reportBefore), func(t *testing.T) {
+			h := newHarness(t, testPod("cache", "n1", "10.1.0.6"), testPod("web", "n1", "10.1.0.5"))
+			volume := func(iat time.Time, cache, web string) {
+				h.d.SetVolumeTokens("n1", map[string][]string{
+					string(h.pods["cache"].UID): {protocol.TokenIDEntry(protocol.TokenID(cache), iat)},
+					string(h.pods["web"].UID):   {protocol.TokenIDEntry(protocol.TokenID(web), iat)},
+				})
+			}
+			issue := func(pod, jti string) {
+				if bound {
+					h.issue(pod, jti)
+					return
+				}
+				h.d.Observe(audit.Event{Kind: audit.Issued, Time: h.clock.Now(), User: "system:node:n1", Code: 201, JTI: jti})
+			}
+			if tc.reportBefore {
+				// The tokens were issued before the detector started.
+				volume(t0.Add(-5*time.Minute), "c1", "w1")
+			}
+			h.clock.Step(time.Second)
+			h.present("cache", "c1")
+			h.present("web", "w1")
+			h.clock.Step(2 * time.Second)
+			refresh := h.clock.Now()
+			issue("cache", "c2")
+			issue("web", "w2")
+			h.clock.Step(2 * time.Second)
+			volume(refresh.Truncate(time.Second), "c2", "w2")
+			res := h.run(grace+20*time.Second, time.Second, func() {
+				h.present("cache", "c1")
+				h.present("web", "w2")
+			})
+			h.expect(res, want{followed: 2, healthy: 1, stale: 1})
+			if len(res.Problems) != 1 || res.Problems[0].Pod.Name != "cache" {
+				t.Fatalf("problems %+v; want cache alone", res.Problems)
+			}
+			if at := res.Problems[0].ReplacedAt; at.Before(refresh.Truncate(time.Second)) || at.After(refresh) {
+				t.Errorf("cache's token replaced at %s; want the refresh, %s", at, refresh)
+			}
+		})
+	}
+}

@@ -132,7 +132,7 @@ func (o *coordinatorOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.ActionTimeout, "action-timeout", o.ActionTimeout, "Longest the agent's action may take (a reboot: until the node is back Ready) before the rollout halts.")
 	fs.DurationVar(&o.VerifyTimeout, "verify-timeout", o.VerifyTimeout, "Longest the checks after an action may take (tokens fresh, replicas ready) before the rollout halts.")
 	fs.DurationVar(&o.Settle, "settle", o.Settle, "Pause after each verified node before the next one starts.")
-	fs.DurationVar(&o.GateSettle, "gate-settle", o.GateSettle, "How long the revision gate must have stayed open before a new node starts (a new leader counts from its start); nodes already started when the gate closes finish or are released once.")
+	fs.DurationVar(&o.GateSettle, "gate-settle", o.GateSettle, "How long the revision gate must have stayed open before a new node starts (a new leader counts from its start); nodes already started when the gate closes finish or are released once. Not waited for once the API servers trust no previous issuer: its tokens fail already, and waiting only prolongs the failures.")
 	fs.DurationVar(&o.TrustMargin, "trust-margin", o.TrustMargin, "A node whose old-issuer tokens all refresh at least this long before the old issuer's trust ends is left alone.")
 	fs.DurationVar(&o.AgentWait, "agent-wait", o.AgentWait, "After an issuer change, how long to wait for the agents to report under the new issuer before planning without them.")
 	fs.DurationVar(&o.IssuerRefresh, "issuer-refresh-interval", o.IssuerRefresh, "How often OIDC discovery is read while the gate is open (it is also read whenever the gate opens).")

@@ -39,7 +39,7 @@ func newSandboxOptions() *sandboxOptions {
 		Nodes: 5, APIServers: 3, Issuer: controlplane.DefaultIssuer, NewIssuer: DefaultNewIssuer,
 		Strategy: "auto", MaxUnavailable: "1", RebootDowntime: 5 * time.Second, Timeout: 10 * time.Minute,
 		Kubelet: sandbox.KubeletReal, Apps: []string{string(sandbox.AppReloading), string(sandbox.AppCaching)},
-		PrometheusRules: sandbox.DefaultPrometheusRules, CompareParallel: 1,
+		PrometheusRules: sandbox.DefaultPrometheusRules, CompareParallel: 1, RefreshBeforeChange: true,
 	}}
 }
 
@@ -54,6 +54,7 @@ func (o *sandboxOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.Issuer, "issuer", o.Issuer, "Service-account issuer the control plane starts with.")
 	fs.StringVar(&o.NewIssuer, "new-issuer", o.NewIssuer, "Issuer the scenario sets in Authentication/cluster .spec.serviceAccountIssuer.")
 	fs.DurationVar(&o.TrustWindow, "trust-window", o.TrustWindow, "How long the simulated operator keeps the old issuer trusted: 0 drops it at once (the documentation's warning case: every node needs work); 24h is OpenShift's default (little or nothing to do).")
+	fs.BoolVar(&o.RefreshBeforeChange, "refresh-before-change", o.RefreshBeforeChange, "Before the issuer changes, have every node's kubelet refresh its tokens under the current issuer (a kubelet restart stands in for the kubelet's own refresh at 80% of a token's lifetime, which a cluster's pods are past long before an issuer changes), and wait until the coordinator reports the pods whose apps keep presenting the token they read (app-stale); the same for every remediation with --compare. false: the issuer changes while every app presents the token in its file, and a caching app shows only by failing.")
 	fs.StringVar(&o.Strategy, "strategy", o.Strategy, "The coordinators' remediation: auto (the default, here as in the coordinator: a kubelet restart per node, then only the caching apps' pods evicted, from the audit events), pod-restart (every pod holding an old-issuer token evicted), kubelet-restart (every token file fresh, but apps that cached their token keep failing, and the run ends not OK naming them), or reboot (the documentation's rolling reboot); "+sandbox.DeleteAllPods+" is the documentation's other option: once the gate opens, the sandbox, as the administrator, deletes every pod in every namespace without draining, and the coordinators only watch.")
 	fs.StringVar(&o.MaxUnavailable, "max-unavailable", o.MaxUnavailable, "The coordinators' --max-unavailable: nodes disrupted at once, a number or a percentage.")
 	fs.DurationVar(&o.RebootDowntime, "reboot-downtime", o.RebootDowntime, "How long a simulated reboot keeps a node down.")
