@@ -9,6 +9,9 @@
 // the real agent code of every node run in this process (sandbox/fleet),
 // on API server 0, the kubelets sharing one pod informer (the benchmark
 // measures tokenroll, not a thousand kubelets' lists and watches); the
+// agents follow the issuer the coordinator publishes in its namespace, as
+// a deployed agent's --coordinator-namespace makes it, with the nodes
+// granted what deploy's Role tokenroll-agent grants; the
 // real coordinator runs as its own process (the tokenroll-coordinator
 // binary, built unless --coordinator-binary names one), on API server 1, with its shipped defaults except the gate (none:
 // this control plane has no revision), the strategy (kubelet-restart) and
