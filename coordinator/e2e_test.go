@@ -425,7 +425,7 @@ func (e *env) cordon(node string, on bool) *corev1.Node {
 
 func (e *env) requestStart(s protocol.Strategy, selector string) {
 	e.t.Helper()
-	if _, err := coordinator.RequestStart(e.ctx, e.api, s, selector, false, "test", time.Now()); err != nil {
+	if _, err := coordinator.RequestStart(e.ctx, e.api, coordinator.StartSpec{Strategy: s, Nodes: selector, By: "test"}, time.Now()); err != nil {
 		e.t.Fatal(err)
 	}
 }

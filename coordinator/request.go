@@ -7,6 +7,7 @@ import (
 	"slices"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/util/retry"
 
@@ -18,10 +19,24 @@ import (
 // What `tokenroll rollout` asks of the coordinator, written as TokenRollout
 // spec: the coordinator reads it from there and answers in the status.
 
-// RequestStart creates a TokenRollout asking for a rollout of the nodes
-// selector selects (empty: every node) with strategy, and returns its
-// name. It refuses while another rollout is active or asked for.
-func RequestStart(ctx context.Context, client versioned.Interface, strategy protocol.Strategy, selector string, dryRun bool, who string, now time.Time) (string, error) {
+// StartSpec is what `tokenroll rollout start` asks for.
+type StartSpec struct {
+	Strategy protocol.Strategy
+	// Nodes is a label selector; empty means every node.
+	Nodes string
+	// Policy names the RolloutPolicy every node of the rollout follows
+	// (TokenRollout spec.policyName); empty means each node's by selector.
+	Policy string
+	DryRun bool
+	// By is who asks, recorded in an annotation.
+	By string
+}
+
+// RequestStart creates a TokenRollout asking for the rollout spec
+// describes, and returns its name. It refuses while another rollout is
+// active or asked for, and when spec names a RolloutPolicy that does not
+// exist (the coordinator would start no node of it).
+func RequestStart(ctx context.Context, client versioned.Interface, spec StartSpec, now time.Time) (string, error) {
 	st, err := Store{Client: client}.Get(ctx)
 	if err != nil {
 		return "", err
@@ -33,13 +48,20 @@ func RequestStart(ctx context.Context, client versioned.Interface, strategy prot
 		return "", fmt.Errorf("rollout %s requested by %s at %s is still waiting for the coordinator; is it running? (tokenroll status)",
 			st.Start.Name, orUnknown(st.Start.RequestedBy), st.Start.RequestedAt.Format(time.RFC3339))
 	}
+	if spec.Policy != "" {
+		if _, err := client.TokenrollV1alpha1().RolloutPolicies().Get(ctx, spec.Policy, metav1.GetOptions{}); apierrors.IsNotFound(err) {
+			return "", fmt.Errorf("RolloutPolicy %q not found (kubectl get rolloutpolicies); create it, or leave out the policy to give each node the one its selector picks", spec.Policy)
+		} else if err != nil {
+			return "", fmt.Errorf("reading RolloutPolicy %q: %w", spec.Policy, err)
+		}
+	}
 	o := &v1alpha1.TokenRollout{ObjectMeta: metav1.ObjectMeta{Name: NewRolloutName(now),
-		Annotations: map[string]string{AnnotationRequestedBy: who, AnnotationRequestedAt: now.UTC().Format(time.RFC3339)}},
-		Spec: v1alpha1.TokenRolloutSpec{State: v1alpha1.StateRunning, Strategy: v1alpha1.Strategy(strategy), DryRun: dryRun}}
-	if selector != "" {
-		sel, err := metav1.ParseToLabelSelector(selector)
+		Annotations: map[string]string{AnnotationRequestedBy: spec.By, AnnotationRequestedAt: now.UTC().Format(time.RFC3339)}},
+		Spec: v1alpha1.TokenRolloutSpec{State: v1alpha1.StateRunning, Strategy: v1alpha1.Strategy(spec.Strategy), DryRun: spec.DryRun, PolicyName: spec.Policy}}
+	if spec.Nodes != "" {
+		sel, err := metav1.ParseToLabelSelector(spec.Nodes)
 		if err != nil {
-			return "", fmt.Errorf("node selector %q: %w", selector, err)
+			return "", fmt.Errorf("node selector %q: %w", spec.Nodes, err)
 		}
 		o.Spec.NodeSelector = sel
 	}

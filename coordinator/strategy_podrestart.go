@@ -110,49 +110,6 @@ func stalePods(ctx context.Context, client kubernetes.Interface, n *corev1.Node)
 	return pods, out, nil
 }
 
-// ownersReady reads each controller of the evicted pods: ready when its
-// ready replicas reach the desired count.
-func ownersReady(ctx context.Context, client kubernetes.Interface, owners []protocol.OwnerRef) (bool, string, error) {
-	for _, o := range owners {
-		var want, ready int32
-		switch o.Kind {
-		case "ReplicaSet":
-			rs, err := client.AppsV1().ReplicaSets(o.Namespace).Get(ctx, o.Name, metav1.GetOptions{})
-			if apierrors.IsNotFound(err) {
-				continue
-			}
-			if err != nil {
-				return false, "", err
-			}
-			want, ready = ptrOr(rs.Spec.Replicas, 1), rs.Status.ReadyReplicas
-		case "StatefulSet":
-			ss, err := client.AppsV1().StatefulSets(o.Namespace).Get(ctx, o.Name, metav1.GetOptions{})
-			if apierrors.IsNotFound(err) {
-				continue
-			}
-			if err != nil {
-				return false, "", err
-			}
-			want, ready = ptrOr(ss.Spec.Replicas, 1), ss.Status.ReadyReplicas
-		case "DaemonSet":
-			ds, err := client.AppsV1().DaemonSets(o.Namespace).Get(ctx, o.Name, metav1.GetOptions{})
-			if apierrors.IsNotFound(err) {
-				continue
-			}
-			if err != nil {
-				return false, "", err
-			}
-			want, ready = ds.Status.DesiredNumberScheduled, ds.Status.NumberReady
-		default:
-			continue // Jobs and others: nothing to wait for
-		}
-		if ready < want {
-			return false, fmt.Sprintf("%s has %d of %d replicas ready", o, ready, want), nil
-		}
-	}
-	return true, "", nil
-}
-
 func ptrOr(p *int32, d int32) int32 {
 	if p == nil {
 		return d

@@ -234,7 +234,7 @@ func (e *env) measure(ctx context.Context, res *Result) error {
 	// The rollout, started as an administrator does.
 	log.Info("starting the rollout", zap.String("strategy", o.Strategy))
 	t0 := time.Now()
-	if _, err := coordinator.RequestStart(ctx, api, protocol.Strategy(o.Strategy), "", false, "coordbench", t0); err != nil {
+	if _, err := coordinator.RequestStart(ctx, api, coordinator.StartSpec{Strategy: protocol.Strategy(o.Strategy), By: "coordbench"}, t0); err != nil {
 		return err
 	}
 	// The observer's verdict and the coordinator's record of the end are

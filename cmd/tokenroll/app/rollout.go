@@ -52,6 +52,8 @@ type rolloutStartOptions struct {
 	Strategy string
 	// Nodes is a label selector; empty means every node.
 	Nodes string
+	// Policy names the RolloutPolicy every node of the rollout follows.
+	Policy string
 	// DryRun asks for a plan of what would be done to each node, doing
 	// nothing.
 	DryRun bool
@@ -65,6 +67,7 @@ func (o *rolloutStartOptions) AddFlags(fs *pflag.FlagSet) {
 	o.addFlags(fs, false)
 	fs.StringVar(&o.Strategy, "strategy", o.Strategy, "Remediation: "+strings.Join(coordinator.StrategyNames(), ", ")+".")
 	fs.StringVar(&o.Nodes, "nodes", o.Nodes, "Label selector of the nodes to include (default: every node), e.g. node-role.kubernetes.io/worker=.")
+	fs.StringVar(&o.Policy, "policy", o.Policy, "RolloutPolicy every node of the rollout follows (its windows, budgets, strategy, drain), instead of the one each node's labels select (default: by selector). It must exist.")
 	fs.BoolVar(&o.DryRun, "dry-run", o.DryRun, "Record what would be done to each node, and do nothing (the result is in tokenroll status).")
 }
 
@@ -81,7 +84,7 @@ func (o *rolloutStartOptions) run(ctx context.Context, e cli.Env) error {
 	if err != nil {
 		return err
 	}
-	name, err := coordinator.RequestStart(ctx, api, protocol.Strategy(o.Strategy), o.Nodes, o.DryRun, whoAmI(), time.Now().UTC())
+	name, err := coordinator.RequestStart(ctx, api, coordinator.StartSpec{Strategy: protocol.Strategy(o.Strategy), Nodes: o.Nodes, Policy: o.Policy, DryRun: o.DryRun, By: whoAmI()}, time.Now().UTC())
 	if err != nil {
 		return &cli.ExitError{Code: cli.ExitFailure, Err: err}
 	}
@@ -89,7 +92,11 @@ func (o *rolloutStartOptions) run(ctx context.Context, e cli.Env) error {
 	if o.DryRun {
 		what = "dry run"
 	}
-	fmt.Fprintf(e.Stdout, "%s requested: TokenRollout %s, strategy %s, nodes %q; the coordinator's leader plans it (follow with tokenroll status, or kubectl wait --for=condition=Complete tokenrollout/%s)\n", what, name, o.Strategy, orAll(o.Nodes), name)
+	policy := ""
+	if o.Policy != "" {
+		policy = ", policy " + o.Policy
+	}
+	fmt.Fprintf(e.Stdout, "%s requested: TokenRollout %s, strategy %s, nodes %q%s; the coordinator's leader plans it (follow with tokenroll status, or kubectl wait --for=condition=Complete tokenrollout/%s)\n", what, name, o.Strategy, orAll(o.Nodes), policy, name)
 	return nil
 }
 

@@ -13,6 +13,7 @@ import (
 
 	"github.com/tokenroll/tokenroll/coordinator"
 	"github.com/tokenroll/tokenroll/internal/cli"
+	v1alpha1 "github.com/tokenroll/tokenroll/pkg/apis/tokenroll/v1alpha1"
 	"github.com/tokenroll/tokenroll/pkg/generated/clientset/versioned"
 	"github.com/tokenroll/tokenroll/sandbox/controlplane"
 	"github.com/tokenroll/tokenroll/test/benchkit"
@@ -47,11 +48,17 @@ func TestRolloutAndStatusCommands(t *testing.T) {
 	if code, out, stderr = run(t, "rollout", "pause", "--kubeconfig", kc); code != cli.ExitFailure || !strings.Contains(stderr, "no rollout is active") {
 		t.Errorf("pause with nothing active: exit %d %s%s", code, out, stderr)
 	}
-	if code, out, stderr = run(t, "rollout", "start", "--kubeconfig", kc, "--strategy", "reboot", "--nodes", "pool=a"); code != 0 || !strings.Contains(out, "rollout requested") {
+	if code, out, stderr = run(t, "rollout", "start", "--kubeconfig", kc, "--policy", "nightly"); code != cli.ExitFailure || !strings.Contains(stderr, `RolloutPolicy "nightly" not found`) {
+		t.Errorf("start naming a missing policy: exit %d %s%s", code, out, stderr)
+	}
+	if _, err := api.TokenrollV1alpha1().RolloutPolicies().Create(ctx, &v1alpha1.RolloutPolicy{ObjectMeta: metav1.ObjectMeta{Name: "nightly"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if code, out, stderr = run(t, "rollout", "start", "--kubeconfig", kc, "--strategy", "reboot", "--nodes", "pool=a", "--policy", "nightly"); code != 0 || !strings.Contains(out, "rollout requested") || !strings.Contains(out, "policy nightly") {
 		t.Errorf("start: exit %d %s%s", code, out, stderr)
 	}
 	st, err := coordinator.Store{Client: api}.Get(ctx)
-	if err != nil || st.Start == nil || st.Start.Strategy != coordinator.Reboot || st.Start.Selector != "pool=a" {
+	if err != nil || st.Start == nil || st.Start.Strategy != coordinator.Reboot || st.Start.Selector != "pool=a" || st.Start.Policy != "nightly" {
 		t.Errorf("state after start: %+v, %v", st.Start, err)
 	}
 	if code, _, stderr = run(t, "rollout", "start", "--kubeconfig", kc); code != cli.ExitFailure || !strings.Contains(stderr, "still waiting for the coordinator") {
