@@ -581,13 +581,16 @@ func nodeInformerFactory(client kubernetes.Interface) informers.SharedInformerFa
 	return informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(trimNode))
 }
 
-// trimNode drops what the coordinator never reads from cached Nodes.
+// trimNode drops what the coordinator never reads from cached Nodes: of
+// the status, it reads the conditions and the boot ID only (it never writes
+// a Node's status, and its patches name the fields they change, so what is
+// dropped here is never written back). The capacity, addresses, node info
+// and images are most of a Node's status, and every node of the cluster is
+// cached.
 func trimNode(obj any) (any, error) {
 	if n, ok := obj.(*corev1.Node); ok {
 		n.ManagedFields = nil
-		n.Status.Images = nil
-		n.Status.VolumesAttached = nil
-		n.Status.VolumesInUse = nil
+		n.Status = corev1.NodeStatus{Conditions: n.Status.Conditions, NodeInfo: corev1.NodeSystemInfo{BootID: n.Status.NodeInfo.BootID}}
 	}
 	return obj, nil
 }

@@ -147,11 +147,15 @@ type Detector struct {
 
 	mu   sync.Mutex
 	pods map[types.UID]*podState
-	// byIP lists the pods (any, hostNetwork included) holding each IP; a
-	// failed request is attributed only when exactly one non-hostNetwork
-	// pod holds its source IP.
-	byIP   map[netip.Addr][]types.UID
-	counts [len(kindNames)][numResults]uint64
+	// byIP names the pod (any, hostNetwork included) holding each IP that
+	// one pod holds, sharedIP lists the pods holding each IP that several
+	// do (hostNetwork pods of a node): a failed request is attributed only
+	// when exactly one non-hostNetwork pod holds its source IP. Nearly
+	// every pod has an IP of its own, and every pod is indexed: no slice
+	// each.
+	byIP     map[netip.Addr]types.UID
+	sharedIP map[netip.Addr][]types.UID
+	counts   [len(kindNames)][numResults]uint64
 	// foreign are tokens issued, for a pod the event does not name, to
 	// someone other than a kubelet: never judged (a ring).
 	foreign  map[uint64]struct{}
@@ -202,11 +206,13 @@ type presentedToken struct {
 // reported it.
 type volumeToken struct {
 	id       uint64
-	issuedAt time.Time
+	issuedAt stamp
 }
 
 type podState struct {
-	pod Pod
+	// pod is shared with the pod informer's cache, which holds every pod
+	// too: read only, replaced whole.
+	pod *Pod
 	// audCount counts the pod's token sources per audience key: only a
 	// key held by exactly one source names a token unambiguously.
 	audCount []audienceCount
@@ -215,33 +221,28 @@ type podState struct {
 	// not (another principal's TokenRequest, a CSI driver's audience, an
 	// ambiguous source): never judged. Rings, oldest overwritten, grown
 	// as evidence comes: most pods hold one or two of each, or none.
-	issued    []issuedToken
-	nIssued   int
-	other     []uint64
-	nOther    int
-	presented []presentedToken
-	nPres     int
+	*evidence
 	// volume are the tokens the pod's volumes held as of volumeAt, when
 	// the detector learnt them from the agent's report (zero: never).
 	volume   []volumeToken
-	volumeAt time.Time
+	volumeAt stamp
 	// lastAuth is the last authenticated request (event time).
-	lastAuth time.Time
+	lastAuth stamp
 	// staleFirst..staleLast is the current run of stale presentations;
 	// replacedAt is when the token presented last was replaced, and
 	// issuedBy when it was issued at the latest.
-	staleFirst, staleLast, replacedAt, issuedBy time.Time
+	staleFirst, staleLast, replacedAt, issuedBy stamp
 	// failFirst..failLast is the current run of failed requests.
-	failFirst, failLast time.Time
+	failFirst, failLast stamp
 	// ipSince is when the detector learnt the pod's IPs: failed requests
 	// from before were another pod's.
-	ipSince time.Time
+	ipSince stamp
 	// What the last Evaluate reported, and since when.
 	stale, failing           bool
-	staleSince, failingSince time.Time
+	staleSince, failingSince stamp
 	// lastEvent is when an Event was last asked for, per condition
 	// (0: stale, 1: failing).
-	lastEvent [2]time.Time
+	lastEvent [2]stamp
 
 	// Evaluation: a pod is judged again only when something of it
 	// changed (dirty) or when time alone changes its judgement (due, when
@@ -249,9 +250,57 @@ type podState struct {
 	// they did. counted says its last judgement is in the detector's
 	// totals, observed is that judgement's.
 	dirty, counted, observed, deleted bool
-	due                               time.Time
+	due                               stamp
 	// dueAt is its index in the detector's due heap (-1: not in it).
 	dueAt int
+}
+
+// stamp is a time as nanoseconds since the Unix epoch, 0 for the zero
+// time: a podState holds over a dozen times, and every pod of the cluster
+// has one.
+type stamp int64
+
+func stampOf(t time.Time) stamp {
+	if t.IsZero() {
+		return 0
+	}
+	return stamp(t.UnixNano())
+}
+
+func (s stamp) t() time.Time {
+	if s == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, int64(s)).UTC()
+}
+
+// evidence is what audit events told of a pod's tokens: most pods never
+// authenticate, and a podState without it is a quarter smaller. Read it
+// through ev, write it through evw.
+type evidence struct {
+	issued    []issuedToken
+	nIssued   int
+	other     []uint64
+	nOther    int
+	presented []presentedToken
+	nPres     int
+}
+
+// none is the evidence of a pod without any: read only.
+var none evidence
+
+func (ps *podState) ev() *evidence {
+	if ps.evidence == nil {
+		return &none
+	}
+	return ps.evidence
+}
+
+func (ps *podState) evw() *evidence {
+	if ps.evidence == nil {
+		ps.evidence = &evidence{}
+	}
+	return ps.evidence
 }
 
 type audienceCount struct {
@@ -284,7 +333,7 @@ func NewDetector(cfg Config) *Detector {
 	if cfg.Clock == nil {
 		cfg.Clock = clock.RealClock{}
 	}
-	return &Detector{cfg: cfg, seed: maphash.MakeSeed(), pods: map[types.UID]*podState{}, byIP: map[netip.Addr][]types.UID{},
+	return &Detector{cfg: cfg, seed: maphash.MakeSeed(), pods: map[types.UID]*podState{}, byIP: map[netip.Addr]types.UID{}, sharedIP: map[netip.Addr][]types.UID{},
 		foreign: map[uint64]struct{}{}, started: cfg.Clock.Now(),
 		tot: totals{nodes: map[string]NodeCounts{}, staleNS: map[string]int{}, failingNS: map[string]int{}, problems: map[*podState]struct{}{}}}
 }
@@ -325,12 +374,12 @@ func (d *Detector) SetVolumeTokens(node string, pods map[string][]string) {
 				continue
 			}
 			n, _ := parseTokenID(id)
-			vol = append(vol, volumeToken{id: n, issuedAt: at})
+			vol = append(vol, volumeToken{id: n, issuedAt: stampOf(at)})
 		}
-		ps.volume, ps.volumeAt = vol, now
+		ps.volume, ps.volumeAt = vol, stampOf(now)
 		d.markDirty(ps)
 		// What the pod presented before is judged again against it.
-		for _, p := range ps.presented {
+		for _, p := range ps.ev().presented {
 			d.judgeByVolume(ps, p, p.last)
 		}
 	}
@@ -343,10 +392,10 @@ func (d *Detector) SetVolumeTokens(node string, pods map[string][]string) {
 // volumes hold. Tokens issued to someone other than the pod's kubelet are
 // never judged. Called with d.mu held.
 func (d *Detector) judgeByVolume(ps *podState, p presentedToken, t time.Time) {
-	if ps.volumeAt.IsZero() || len(ps.volume) == 0 || !p.first.Before(ps.volumeAt.Add(-volumeSlack)) {
+	if ps.volumeAt == 0 || len(ps.volume) == 0 || !p.first.Before(ps.volumeAt.t().Add(-volumeSlack)) {
 		return
 	}
-	if _, ok := d.foreign[p.jti]; ok || slices.Contains(ps.other, p.jti) {
+	if _, ok := d.foreign[p.jti]; ok || slices.Contains(ps.ev().other, p.jti) {
 		return
 	}
 	var replacedAt time.Time
@@ -354,8 +403,8 @@ func (d *Detector) judgeByVolume(ps *podState, p presentedToken, t time.Time) {
 		if v.id == p.id {
 			return
 		}
-		if v.issuedAt.After(replacedAt) {
-			replacedAt = v.issuedAt
+		if v.issuedAt.t().After(replacedAt) {
+			replacedAt = v.issuedAt.t()
 		}
 	}
 	if t.Before(replacedAt.Add(d.cfg.Grace)) {
@@ -368,11 +417,11 @@ func (d *Detector) judgeByVolume(ps *podState, p presentedToken, t time.Time) {
 // replacedAt, issued by issuedBy at the latest (a token is issued before
 // it is first presented). Called with d.mu held.
 func (d *Detector) markStale(ps *podState, t, replacedAt, issuedBy time.Time) {
-	if ps.staleLast.IsZero() || t.Sub(ps.staleLast) > d.cfg.Window {
-		ps.staleFirst = t
+	if ps.staleLast == 0 || t.Sub(ps.staleLast.t()) > d.cfg.Window {
+		ps.staleFirst = stampOf(t)
 	}
-	if t.After(ps.staleLast) {
-		ps.staleLast, ps.replacedAt, ps.issuedBy = t, replacedAt, issuedBy
+	if t.After(ps.staleLast.t()) {
+		ps.staleLast, ps.replacedAt, ps.issuedBy = stampOf(t), stampOf(replacedAt), stampOf(issuedBy)
 	}
 }
 
@@ -420,7 +469,10 @@ func (d *Detector) audKey(auds []string) uint64 {
 }
 
 // SetPod adds or updates a pod; a pod that has ended is dropped.
-func (d *Detector) SetPod(p Pod, ended bool) {
+func (d *Detector) SetPod(p Pod, ended bool) { d.setPod(&p, ended) }
+
+// setPod is SetPod keeping p itself, which nothing may change after.
+func (d *Detector) setPod(p *Pod, ended bool) {
 	if ended {
 		d.DeletePod(p.UID)
 		return
@@ -431,11 +483,11 @@ func (d *Detector) SetPod(p Pod, ended bool) {
 	ps := d.pods[p.UID]
 	switch {
 	case ps == nil:
-		ps = &podState{ipSince: now, dueAt: -1}
+		ps = &podState{ipSince: stampOf(now), dueAt: -1}
 		d.pods[p.UID] = ps
 	case !slices.Equal(ps.pod.IPs, p.IPs) || ps.pod.HostNetwork != p.HostNetwork:
 		d.unindex(ps)
-		ps.ipSince, ps.failFirst, ps.failLast = now, time.Time{}, time.Time{}
+		ps.ipSince, ps.failFirst, ps.failLast = stampOf(now), 0, 0
 	default:
 		d.unindex(ps)
 	}
@@ -459,19 +511,43 @@ func (d *Detector) SetPod(p Pod, ended bool) {
 		}
 	}
 	for _, ip := range p.IPs {
-		d.byIP[ip] = append(d.byIP[ip], p.UID)
+		if other, ok := d.byIP[ip]; ok {
+			delete(d.byIP, ip)
+			d.sharedIP[ip] = []types.UID{other, p.UID}
+		} else if uids, ok := d.sharedIP[ip]; ok {
+			d.sharedIP[ip] = append(uids, p.UID)
+		} else {
+			d.byIP[ip] = p.UID
+		}
 	}
 }
 
 func (d *Detector) unindex(ps *podState) {
 	for _, ip := range ps.pod.IPs {
-		uids := slices.DeleteFunc(d.byIP[ip], func(u types.UID) bool { return u == ps.pod.UID })
-		if len(uids) == 0 {
+		if d.byIP[ip] == ps.pod.UID {
 			delete(d.byIP, ip)
-		} else {
-			d.byIP[ip] = uids
+			continue
+		}
+		uids := slices.DeleteFunc(d.sharedIP[ip], func(u types.UID) bool { return u == ps.pod.UID })
+		switch len(uids) {
+		case 0:
+			delete(d.sharedIP, ip)
+		case 1:
+			delete(d.sharedIP, ip)
+			d.byIP[ip] = uids[0]
+		default:
+			d.sharedIP[ip] = uids
 		}
 	}
+}
+
+// holding is the pod holding ip, when exactly one does. Called with d.mu
+// held.
+func (d *Detector) holding(ip netip.Addr) (uid types.UID, n int) {
+	if uid, ok := d.byIP[ip]; ok {
+		return uid, 1
+	}
+	return "", len(d.sharedIP[ip])
 }
 
 // DeletePod drops everything known of a pod.
@@ -565,12 +641,14 @@ func (d *Detector) issued(ev *audit.Event, t time.Time) EventResult {
 	// must not make the pod's app look stale, so it is only remembered as
 	// one never to judge.
 	if ps.pod.Node == "" || ev.User != "system:node:"+ps.pod.Node || ps.sources(aud) != 1 {
-		ps.other = ring(ps.other, ps.nOther, maxOther, jti)
-		ps.nOther++
+		e := ps.evw()
+		e.other = ring(e.other, e.nOther, maxOther, jti)
+		e.nOther++
 		return Ignored
 	}
-	ps.issued = ring(ps.issued, ps.nIssued, maxIssued, issuedToken{jti: jti, aud: aud, at: t, seq: ps.nIssued})
-	ps.nIssued++
+	e := ps.evw()
+	e.issued = ring(e.issued, e.nIssued, maxIssued, issuedToken{jti: jti, aud: aud, at: t, seq: e.nIssued})
+	e.nIssued++
 	return Counted
 }
 
@@ -579,7 +657,7 @@ func (d *Detector) issued(ev *audit.Event, t time.Time) EventResult {
 func (ps *podState) newest(aud uint64) (issuedToken, bool) {
 	var best issuedToken
 	found := false
-	for _, it := range ps.issued {
+	for _, it := range ps.ev().issued {
 		if it.aud == aud && (!found || it.at.After(best.at) || (it.at.Equal(best.at) && it.seq > best.seq)) {
 			best, found = it, true
 		}
@@ -593,8 +671,8 @@ func (d *Detector) presented(ev *audit.Event, t time.Time) EventResult {
 		return r
 	}
 	d.markDirty(ps)
-	if t.After(ps.lastAuth) {
-		ps.lastAuth = t
+	if t.After(ps.lastAuth.t()) {
+		ps.lastAuth = stampOf(t)
 	}
 	if ev.JTI == "" {
 		return Counted
@@ -602,22 +680,22 @@ func (d *Detector) presented(ev *audit.Event, t time.Time) EventResult {
 	jti := d.hash(ev.JTI)
 	p := ps.see(jti, tokenID(ev.JTI), t)
 	first := p.first
-	if slices.Contains(ps.other, jti) {
+	if slices.Contains(ps.ev().other, jti) {
 		return Counted
 	}
 	var newest issuedToken
 	known := false
 	issuedBy := first
-	for i := range ps.issued {
-		if ps.issued[i].jti == jti {
-			newest, known = ps.newest(ps.issued[i].aud)
-			if ps.issued[i].at.Before(issuedBy) {
-				issuedBy = ps.issued[i].at
+	for _, it := range ps.ev().issued {
+		if it.jti == jti {
+			newest, known = ps.newest(it.aud)
+			if it.at.Before(issuedBy) {
+				issuedBy = it.at
 			}
 			break
 		}
 	}
-	if !known && !ps.volumeAt.IsZero() {
+	if !known && ps.volumeAt != 0 {
 		// Never seen issued with its pod: what the pod's volumes hold,
 		// from its agent, says whether it is still there.
 		d.judgeByVolume(ps, p, t)
@@ -650,9 +728,10 @@ func (d *Detector) presented(ev *audit.Event, t time.Time) EventResult {
 // returns what is known of it now; the token seen least recently makes
 // room.
 func (ps *podState) see(jti, id uint64, t time.Time) presentedToken {
-	n := len(ps.presented)
+	e := ps.evw()
+	n := len(e.presented)
 	for i := range n {
-		p := &ps.presented[i]
+		p := &e.presented[i]
 		if p.jti == jti {
 			if t.Before(p.first) {
 				p.first = t
@@ -664,44 +743,44 @@ func (ps *podState) see(jti, id uint64, t time.Time) presentedToken {
 		}
 	}
 	if n < maxPresented {
-		ps.nPres++
-		ps.presented = append(ps.presented, presentedToken{jti: jti, id: id, first: t, last: t})
-		return ps.presented[n]
+		e.nPres++
+		e.presented = append(e.presented, presentedToken{jti: jti, id: id, first: t, last: t})
+		return e.presented[n]
 	}
 	i := 0
 	for j := 1; j < n; j++ {
-		if ps.presented[j].last.Before(ps.presented[i].last) {
+		if e.presented[j].last.Before(e.presented[i].last) {
 			i = j
 		}
 	}
-	ps.presented[i] = presentedToken{jti: jti, id: id, first: t, last: t}
-	return ps.presented[i]
+	e.presented[i] = presentedToken{jti: jti, id: id, first: t, last: t}
+	return e.presented[i]
 }
 
 func (d *Detector) authFailed(ev *audit.Event, t time.Time) EventResult {
 	if !ev.SourceIP.IsValid() {
 		return Ignored
 	}
-	uids := d.byIP[ev.SourceIP.Unmap()]
-	switch len(uids) {
+	uid, n := d.holding(ev.SourceIP.Unmap())
+	switch n {
 	case 0:
 		return UnknownPod
 	case 1:
 	default:
 		return Ignored
 	}
-	ps := d.pods[uids[0]]
-	if ps.pod.HostNetwork || t.Before(ps.ipSince) {
+	ps := d.pods[uid]
+	if ps.pod.HostNetwork || t.Before(ps.ipSince.t()) {
 		return Ignored
 	}
 	d.markDirty(ps)
 	// A run of failures ends with an authenticated request after it, or a
 	// window without failures.
-	if ps.failLast.IsZero() || t.Sub(ps.failLast) > d.cfg.Window || ps.lastAuth.After(ps.failLast) {
-		ps.failFirst = t
+	if ps.failLast == 0 || t.Sub(ps.failLast.t()) > d.cfg.Window || ps.lastAuth > ps.failLast {
+		ps.failFirst = stampOf(t)
 	}
-	if t.After(ps.failLast) {
-		ps.failLast = t
+	if t.After(ps.failLast.t()) {
+		ps.failLast = stampOf(t)
 	}
 	return Counted
 }
@@ -759,11 +838,11 @@ type Result struct {
 // given was issued (zero: none known).
 func (ps *podState) newestToken() time.Time {
 	var t time.Time
-	for _, it := range ps.issued {
+	for _, it := range ps.ev().issued {
 		t = laterOf(t, it.at)
 	}
 	for _, v := range ps.volume {
-		t = laterOf(t, v.issuedAt)
+		t = laterOf(t, v.issuedAt.t())
 	}
 	return t
 }
@@ -776,11 +855,11 @@ func (ps *podState) newestToken() time.Time {
 // its node's remediation replaces: a pod whose node waits its turn is
 // not judged on them for the shorter grace.
 func (ps *podState) failsWithNewToken(grace, failingGrace time.Duration) bool {
-	if ps.failLast.Sub(ps.failFirst) >= grace {
+	if ps.failLast.t().Sub(ps.failFirst.t()) >= grace {
 		return true
 	}
 	nt := ps.newestToken()
-	return nt.After(ps.failFirst) && ps.failLast.Sub(nt) >= failingGrace
+	return nt.After(ps.failFirst.t()) && ps.failLast.t().Sub(nt) >= failingGrace
 }
 
 func laterOf(a, b time.Time) time.Time {
@@ -811,7 +890,7 @@ func (d *Detector) Evaluate() Result {
 			d.markDirty(ps)
 		}
 	}
-	for len(d.due) > 0 && now.After(d.due[0].due) {
+	for len(d.due) > 0 && now.After(d.due[0].due.t()) {
 		d.markDirty(heap.Pop(&d.due).(*podState))
 	}
 	res := Result{Now: now}
@@ -833,8 +912,8 @@ func (d *Detector) Evaluate() Result {
 		res.Nodes, res.StaleByNamespace, res.FailingByNamespace = d.last.Nodes, d.last.StaleByNamespace, d.last.FailingByNamespace
 	}
 	for ps := range d.tot.problems {
-		res.Problems = append(res.Problems, PodProblem{Pod: ps.pod, Stale: ps.stale, Failing: ps.failing,
-			StaleSince: ps.staleSince, FailingSince: ps.failingSince, ReplacedAt: ps.replacedAt, IssuedBy: ps.issuedBy})
+		res.Problems = append(res.Problems, PodProblem{Pod: *ps.pod, Stale: ps.stale, Failing: ps.failing,
+			StaleSince: ps.staleSince.t(), FailingSince: ps.failingSince.t(), ReplacedAt: ps.replacedAt.t(), IssuedBy: ps.issuedBy.t()})
 	}
 	slices.SortFunc(res.Transitions, func(a, b Transition) int {
 		return strings.Compare(a.Pod.Namespace+"/"+a.Pod.Name+"/"+string(a.Condition), b.Pod.Namespace+"/"+b.Pod.Name+"/"+string(b.Condition))
@@ -855,10 +934,10 @@ func (d *Detector) Evaluate() Result {
 // in the totals and schedules when time alone would change its judgement.
 // Called with d.mu held.
 func (d *Detector) judge(ps *podState, now time.Time, res *Result) {
-	inWindow := func(t time.Time) bool { return !t.IsZero() && now.Sub(t) <= d.cfg.Window }
+	inWindow := func(s stamp) bool { return s != 0 && now.Sub(s.t()) <= d.cfg.Window }
 	stale := inWindow(ps.staleLast)
-	failing := !ps.failLast.IsZero() && ps.failsWithNewToken(d.cfg.Grace, d.failingGrace()) &&
-		inWindow(ps.failLast) && !ps.lastAuth.After(ps.failLast)
+	failing := ps.failLast != 0 && ps.failsWithNewToken(d.cfg.Grace, d.failingGrace()) &&
+		inWindow(ps.failLast) && ps.lastAuth <= ps.failLast
 	observed := inWindow(ps.lastAuth)
 	recount := !ps.counted || stale != ps.stale || failing != ps.failing || observed != ps.observed
 	if recount && ps.counted {
@@ -873,25 +952,25 @@ func (d *Detector) judge(ps *podState, now time.Time, res *Result) {
 		res.Transitions = append(res.Transitions, d.transition(ps, AppFailing, failing, now, 1))
 	}
 	if !stale {
-		ps.staleFirst, ps.staleLast = time.Time{}, time.Time{}
+		ps.staleFirst, ps.staleLast = 0, 0
 	}
 	ps.observed = observed
 	if recount {
 		d.count(ps, 1)
 	}
 	// The next instant a piece of evidence leaves the window.
-	var due time.Time
-	for _, t := range []time.Time{ps.staleLast, ps.failLast, ps.lastAuth} {
-		if inWindow(t) {
-			if at := t.Add(d.cfg.Window); due.IsZero() || at.Before(due) {
+	var due stamp
+	for _, s := range [...]stamp{ps.staleLast, ps.failLast, ps.lastAuth} {
+		if inWindow(s) {
+			if at := stampOf(s.t().Add(d.cfg.Window)); due == 0 || at < due {
 				due = at
 			}
 		}
 	}
 	switch {
-	case due.IsZero() && ps.dueAt >= 0:
+	case due == 0 && ps.dueAt >= 0:
 		heap.Remove(&d.due, ps.dueAt)
-	case due.IsZero():
+	case due == 0:
 	case ps.dueAt >= 0:
 		ps.due = due
 		heap.Fix(&d.due, ps.dueAt)
@@ -906,7 +985,7 @@ func (d *Detector) judge(ps *podState, now time.Time, res *Result) {
 func (d *Detector) count(ps *podState, sign int) {
 	ps.counted = sign > 0
 	d.changed = true
-	p := &ps.pod
+	p := ps.pod
 	stale, failing := ps.stale, ps.failing
 	if p.followed() {
 		nc := d.tot.nodes[p.Node]
@@ -967,7 +1046,7 @@ func (d *Detector) markDirty(ps *podState) {
 type dueHeap []*podState
 
 func (h dueHeap) Len() int           { return len(h) }
-func (h dueHeap) Less(i, j int) bool { return h[i].due.Before(h[j].due) }
+func (h dueHeap) Less(i, j int) bool { return h[i].due < h[j].due }
 func (h dueHeap) Swap(i, j int) {
 	h[i], h[j] = h[j], h[i]
 	h[i].dueAt, h[j].dueAt = i, j
@@ -987,16 +1066,16 @@ func (h *dueHeap) Pop() any {
 }
 
 func (d *Detector) transition(ps *podState, c Condition, set bool, now time.Time, i int) Transition {
-	tr := Transition{Pod: ps.pod, Condition: c, Set: set}
+	tr := Transition{Pod: *ps.pod, Condition: c, Set: set}
 	if set {
 		if c == AppStale {
-			tr.Since, tr.ReplacedAt = ps.staleSince, ps.replacedAt
+			tr.Since, tr.ReplacedAt = ps.staleSince.t(), ps.replacedAt.t()
 		} else {
-			tr.Since = ps.failingSince
+			tr.Since = ps.failingSince.t()
 		}
-		tr.Repeat = !ps.lastEvent[i].IsZero() && now.Sub(ps.lastEvent[i]) < d.cfg.RepeatEvents
+		tr.Repeat = ps.lastEvent[i] != 0 && now.Sub(ps.lastEvent[i].t()) < d.cfg.RepeatEvents
 		if !tr.Repeat {
-			ps.lastEvent[i] = now
+			ps.lastEvent[i] = stampOf(now)
 		}
 	}
 	return tr

@@ -386,8 +386,8 @@ func TestDetectorDropsDeletedPods(t *testing.T) {
 	if n := h.d.Pods(); n != 0 {
 		t.Errorf("after the delete the detector holds %d pods; want 0", n)
 	}
-	if len(h.d.byIP) != 0 {
-		t.Errorf("after the delete the IP index holds %v; want nothing", h.d.byIP)
+	if len(h.d.byIP) != 0 || len(h.d.sharedIP) != 0 {
+		t.Errorf("after the delete the IP index holds %v and %v; want nothing", h.d.byIP, h.d.sharedIP)
 	}
 	h.transitions = nil
 	h.fail("10.1.0.70")

@@ -73,7 +73,7 @@ func TestFollowPodsKeepsWhatTheDetectorReads(t *testing.T) {
 			got := map[string]Pod{}
 			d.mu.Lock()
 			for _, ps := range d.pods {
-				got[ps.pod.Name] = ps.pod
+				got[ps.pod.Name] = *ps.pod
 			}
 			d.mu.Unlock()
 			if reflect.DeepEqual(got, want) {

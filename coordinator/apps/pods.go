@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"unique"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -67,9 +68,10 @@ func workload(p *corev1.Pod) string {
 // reads (PodFrom), and the name and resourceVersion the informer's store
 // needs, in place of the whole Pod. The informer holds every pod of the
 // cluster; a corev1.Pod's struct alone, its fields empty, is larger than
-// all of this.
+// all of this. The detector keeps pod itself, not a copy: neither changes
+// it.
 type cachedPod struct {
-	pod             Pod
+	pod             *Pod
 	ended           bool
 	resourceVersion string
 }
@@ -83,9 +85,10 @@ func (c *cachedPod) GetObjectMeta() metav1.Object {
 func (c *cachedPod) GetObjectKind() schema.ObjectKind { return schema.EmptyObjectKind }
 
 func (c *cachedPod) DeepCopyObject() runtime.Object {
-	out := *c
-	out.pod.IPs = slices.Clone(c.pod.IPs)
-	out.pod.TokenAudiences = slices.Clone(c.pod.TokenAudiences)
+	out, pod := *c, *c.pod
+	pod.IPs = slices.Clone(c.pod.IPs)
+	pod.TokenAudiences = slices.Clone(c.pod.TokenAudiences)
+	out.pod = &pod
 	return &out
 }
 
@@ -101,7 +104,19 @@ func TrimPod(obj any) (any, error) {
 		// Nearly every pod's: one source, the API server's audience.
 		pod.TokenAudiences = apiServerAudience
 	}
-	return &cachedPod{pod: pod, ended: ended, resourceVersion: p.ResourceVersion}, nil
+	// Thousands of pods share each node, namespace and workload name;
+	// decoded, each pod has its own copy.
+	pod.Namespace, pod.Node, pod.Workload = intern(pod.Namespace), intern(pod.Node), intern(pod.Workload)
+	return &cachedPod{pod: &pod, ended: ended, resourceVersion: p.ResourceVersion}, nil
+}
+
+// intern gives the one copy of s that the pods holding it share, for as
+// long as one does.
+func intern(s string) string {
+	if s == "" {
+		return s
+	}
+	return unique.Make(s).Value()
 }
 
 // apiServerAudience is shared, read only.

@@ -3,10 +3,12 @@ package apps
 import (
 	"context"
 	"errors"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
-	"k8s.io/client-go/informers"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	coreinformers "k8s.io/client-go/informers/core/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/events"
@@ -110,11 +112,15 @@ func Run(ctx context.Context, rc RunConfig) error {
 // trimmed to what the detector reads, until ctx ends or stop is called;
 // synced tells when d has been given them all.
 func FollowPods(ctx context.Context, client kubernetes.Interface, d *Detector) (synced cache.InformerSynced, stop func(), err error) {
-	factory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(TrimPod))
-	inf := factory.Core().V1().Pods().Informer()
+	// Without the namespace index a factory's pod informer has: nothing
+	// lists pods by namespace, and the index holds a key per pod.
+	inf := coreinformers.NewPodInformer(client, metav1.NamespaceAll, 0, cache.Indexers{})
+	if err := inf.SetTransform(TrimPod); err != nil {
+		return nil, nil, err
+	}
 	set := func(obj any) {
 		if p, ok := obj.(*cachedPod); ok {
-			d.SetPod(p.pod, p.ended)
+			d.setPod(p.pod, p.ended)
 		}
 	}
 	reg, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
@@ -132,8 +138,10 @@ func FollowPods(ctx context.Context, client kubernetes.Interface, d *Detector) (
 	if err != nil {
 		return nil, nil, err
 	}
-	factory.Start(ctx.Done())
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() { inf.RunWithContext(ctx) })
 	// The handler's, not the informer's: d holds every pod only once the
 	// handler has been given them, after the informer's store.
-	return reg.HasSynced, factory.Shutdown, nil
+	return reg.HasSynced, func() { cancel(); wg.Wait() }, nil
 }

@@ -16,6 +16,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 
@@ -469,6 +470,16 @@ func TestCoordinatorPod(t *testing.T) {
 			}
 			if spec.AutomountServiceAccountToken == nil || *spec.AutomountServiceAccountToken {
 				t.Error("the coordinator's pod automounts a service-account token")
+			}
+			// GOMEMLIMIT leaves the tenth of the limit that is not heap.
+			c := spec.Containers[0]
+			i := slices.IndexFunc(c.Env, func(e corev1.EnvVar) bool { return e.Name == "GOMEMLIMIT" })
+			if i < 0 {
+				t.Fatal("the coordinator has no GOMEMLIMIT")
+			}
+			soft, err := resource.ParseQuantity(strings.TrimSuffix(c.Env[i].Value, "B"))
+			if limit := c.Resources.Limits.Memory(); err != nil || limit.IsZero() || soft.Value() < limit.Value()*85/100 || soft.Value() > limit.Value()*95/100 {
+				t.Errorf("GOMEMLIMIT %q (%v) with limits.memory %v: want 85 to 95%% of the limit", c.Env[i].Value, err, limit)
 			}
 			pdb := find(t, render(t, r), "PodDisruptionBudget", dep.Name)
 			sel, _, _ := unstructured.NestedStringMap(pdb.Object, "spec", "selector", "matchLabels")
