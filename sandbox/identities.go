@@ -9,6 +9,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
+
+	"github.com/tokenroll/tokenroll/protocol"
 )
 
 // CoordinatorUser is the identity the sandbox's coordinators run as: a
@@ -22,6 +24,10 @@ const Namespace = "tokenroll"
 
 // LeaseName is the coordinators' leader-election Lease.
 const LeaseName = "tokenroll-coordinator"
+
+// nodePublishedIssuer names the Role and binding that let the agents
+// watch the issuer the coordinator publishes.
+const nodePublishedIssuer = "tokenroll-sandbox-node-published-issuer"
 
 func rule(groups, resources, verbs []string, names ...string) rbacv1.PolicyRule {
 	return rbacv1.PolicyRule{APIGroups: groups, Resources: resources, Verbs: verbs, ResourceNames: names}
@@ -39,7 +45,8 @@ var (
 // The agents act with their node's identity (system:node:NAME in
 // system:nodes, a client certificate): the Node authorizer lets a node read
 // Nodes and patch its own, which is all an agent does besides reading OIDC
-// discovery, granted here to system:nodes. In a cluster the agent has a
+// discovery and watching the issuer the coordinator publishes, granted here
+// to system:nodes (the latter as deploy's Role tokenroll-agent grants it). In a cluster the agent has a
 // service account and a pod-bound token; a client certificate is used here
 // because the scenario changes the issuer without a trust window, which
 // would cut every service-account token off until its pod restarts.
@@ -87,8 +94,14 @@ func rbacObjects() []runtime.Object {
 			rule(core, []string{"configmaps"}, []string{"create"}),
 			rule(core, []string{"configmaps"}, []string{"get", "delete"}, "tokenroll-rollout"), // the one-time migration to TokenRollouts
 			rule(core, []string{"configmaps"}, []string{"update"}, "tokenroll-apps"),
+			rule(core, []string{"configmaps"}, []string{"get", "update"}, protocol.IssuerConfigMapName), // the issuer it publishes for the agents
 		}},
 		&rbacv1.RoleBinding{ObjectMeta: meta(CoordinatorUser, Namespace), RoleRef: roleRef("Role", CoordinatorUser), Subjects: subject},
+		&rbacv1.Role{ObjectMeta: meta(nodePublishedIssuer, Namespace), Rules: []rbacv1.PolicyRule{
+			rule(core, []string{"configmaps"}, []string{"list", "watch"}, protocol.IssuerConfigMapName),
+		}},
+		&rbacv1.RoleBinding{ObjectMeta: meta(nodePublishedIssuer, Namespace), RoleRef: roleRef("Role", nodePublishedIssuer),
+			Subjects: []rbacv1.Subject{{Kind: rbacv1.GroupKind, APIGroup: rbacv1.GroupName, Name: "system:nodes"}}},
 		// The static-pods gate: which API servers back the kubernetes Service.
 		&rbacv1.Role{ObjectMeta: meta(CoordinatorUser+"-apiserver-endpoints", metav1.NamespaceDefault), Rules: []rbacv1.PolicyRule{
 			rule([]string{"discovery.k8s.io"}, []string{"endpointslices"}, []string{"list", "watch"}),

@@ -431,7 +431,7 @@ func (r *run) startProcesses(ctx context.Context) error {
 		args := func(addr string) []string {
 			return []string{filepath.Join(o.ProgramDir, programs.Agent),
 				"--node-name=" + n.Name(), "--kubelet-root=" + root, "--kubeconfig=" + kubeconfig,
-				"--executor=command",
+				"--coordinator-namespace=" + Namespace, "--executor=command",
 				"--reboot-command=" + node + "reboot,--root," + root + ",--down," + o.RebootDowntime.String(),
 				"--kubelet-restart-command=" + node + "restart-kubelet,--root," + root,
 				"--command-timeout=1m", "--boot-id-file=" + kubeletsim.BootIDPath(root), "--state-dir=" + stateDir,

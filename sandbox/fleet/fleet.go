@@ -26,6 +26,7 @@ import (
 	"github.com/tokenroll/tokenroll/agent/actions"
 	"github.com/tokenroll/tokenroll/agent/nodeclient"
 	"github.com/tokenroll/tokenroll/internal/apiretry"
+	"github.com/tokenroll/tokenroll/protocol"
 	"github.com/tokenroll/tokenroll/sandbox/controlplane"
 	"github.com/tokenroll/tokenroll/sandbox/kubeletsim"
 )
@@ -40,8 +41,16 @@ type Config struct {
 	Dir       string
 	Nodes     []string
 	// AgentInterval is the agents' scan interval (default 1s) and
-	// IssuerRefresh their OIDC discovery interval (default 2s).
+	// IssuerRefresh their OIDC discovery interval (default 2s) while no
+	// issuer is published.
 	AgentInterval, IssuerRefresh time.Duration
+	// CoordinatorNamespace, when set, is the namespace (which must exist)
+	// the coordinator publishes the issuer in: the agents follow ConfigMap
+	// protocol.IssuerConfigMapName there, as a real agent's
+	// --coordinator-namespace makes it, and the nodes are granted list and
+	// watch on that one ConfigMap (deploy's Role tokenroll-agent). Empty:
+	// the agents read OIDC discovery every IssuerRefresh.
+	CoordinatorNamespace string
 	// RebootDown is how long a simulated reboot keeps a node down.
 	RebootDown time.Duration
 	// StatusInterval is the simulated kubelets' status period (default 1m)
@@ -118,6 +127,11 @@ func Start(ctx context.Context, cfg Config) (*Fleet, error) {
 	f := &Fleet{cfg: cfg, Members: map[string]*Member{}}
 	if err := allowDiscovery(ctx, cfg.CP); err != nil {
 		return nil, err
+	}
+	if cfg.CoordinatorNamespace != "" {
+		if err := allowPublished(ctx, cfg.CP, cfg.CoordinatorNamespace); err != nil {
+			return nil, err
+		}
 	}
 	var shared *kubeletsim.SharedPods
 	if cfg.SharePods {
@@ -227,8 +241,12 @@ func (m *Member) agentOnce(ctx context.Context) error {
 	cfg := m.fleet.cfg
 	log := cfg.Log.Named("agent").With(zap.String("node", m.Name))
 	nodes := nodeclient.Retrying{Nodes: m.client.CoreV1().Nodes(), Policy: cfg.AgentRetry}
+	var published nodeclient.ConfigMaps
+	if cfg.CoordinatorNamespace != "" {
+		published = m.client.CoreV1().ConfigMaps(cfg.CoordinatorNamespace)
+	}
 	a, err := agent.New(agent.Config{NodeName: m.Name, KubeletRoot: m.Sim.Root(), Client: nodes, Discovery: m.client.CoreV1().RESTClient(),
-		Interval: cfg.AgentInterval, Grace: 5 * time.Minute, IssuerRefresh: cfg.IssuerRefresh, Clock: cfg.AgentClock, Log: log})
+		Published: published, PublishedNamespace: cfg.CoordinatorNamespace, Interval: cfg.AgentInterval, Grace: 5 * time.Minute, IssuerRefresh: cfg.IssuerRefresh, Clock: cfg.AgentClock, Log: log})
 	if err != nil {
 		return err
 	}
@@ -316,6 +334,32 @@ func allowDiscovery(ctx context.Context, cp *controlplane.ControlPlane) error {
 	}
 	if _, err := admin.RbacV1().ClusterRoleBindings().Create(ctx, crb, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("fleet: letting nodes read OIDC discovery: %w", err)
+	}
+	return nil
+}
+
+// allowPublished lets nodes list and watch the ConfigMap the coordinator
+// publishes the issuer in, in namespace: the rule deploy's Role
+// tokenroll-agent gives the agent's service account. The Node authorizer
+// has no opinion on a ConfigMap no pod of the node uses, so RBAC decides.
+func allowPublished(ctx context.Context, cp *controlplane.ControlPlane, namespace string) error {
+	admin, err := kubernetes.NewForConfig(cp.AdminConfig())
+	if err != nil {
+		return err
+	}
+	const name = "tokenroll-fleet-published-issuer"
+	role := &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace}, Rules: []rbacv1.PolicyRule{{
+		APIGroups: []string{""}, Resources: []string{"configmaps"}, ResourceNames: []string{protocol.IssuerConfigMapName}, Verbs: []string{"list", "watch"},
+	}}}
+	if _, err := admin.RbacV1().Roles(namespace).Create(ctx, role, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("fleet: letting nodes watch the published issuer in namespace %s (create the namespace first): %w", namespace, err)
+	}
+	binding := &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace},
+		RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: name},
+		Subjects: []rbacv1.Subject{{Kind: rbacv1.GroupKind, APIGroup: rbacv1.GroupName, Name: "system:nodes"}},
+	}
+	if _, err := admin.RbacV1().RoleBindings(namespace).Create(ctx, binding, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("fleet: letting nodes watch the published issuer in namespace %s: %w", namespace, err)
 	}
 	return nil
 }

@@ -84,9 +84,10 @@ type Config struct {
 	// real kubelet's (wall time: it stands for a process starting, not for
 	// the kubelet's timers). Zero: a restart rewrites the tokens at once.
 	RestartGap RestartGap
-	// Pods, when set, is where the node finds its pods, shared with other
-	// nodes in this process; nil: the node lists and watches its own pods,
-	// as a kubelet does.
+	// Pods, when set, is where the node finds its pods and their projected
+	// ConfigMaps, shared with other nodes in this process; nil: the node
+	// lists and watches its own pods, as a kubelet does, and reads each
+	// ConfigMap on every sync.
 	Pods *SharedPods
 }
 
@@ -622,7 +623,7 @@ func (n *Node) projectedPayload(ctx context.Context, pod *corev1.Pod, vol *corev
 			}
 			out[tp.Path] = f
 		case src.ConfigMap != nil:
-			cm, err := n.client.CoreV1().ConfigMaps(pod.Namespace).Get(ctx, src.ConfigMap.Name, metav1.GetOptions{})
+			cm, err := n.configMap(ctx, pod.Namespace, src.ConfigMap.Name)
 			if err != nil {
 				if apierrors.IsNotFound(err) && ptr.Deref(src.ConfigMap.Optional, false) {
 					continue
@@ -688,6 +689,15 @@ func (n *Node) projectedPayload(ctx context.Context, pod *corev1.Pod, vol *corev
 		}
 	}
 	return out, nil
+}
+
+// configMap reads a ConfigMap a pod's volume projects: from the shared
+// cache when the node shares one (Config.Pods), else from the API server.
+func (n *Node) configMap(ctx context.Context, namespace, name string) (*corev1.ConfigMap, error) {
+	if n.cfg.Pods != nil {
+		return n.cfg.Pods.configMap(namespace, name)
+	}
+	return n.client.CoreV1().ConfigMaps(namespace).Get(ctx, name, metav1.GetOptions{})
 }
 
 // markRunning posts the pod as Running and Ready once, as the kubelet does

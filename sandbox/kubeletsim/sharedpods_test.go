@@ -130,3 +130,38 @@ func TestSharedPodsHandEachNodeItsOwn(t *testing.T) {
 		t.Errorf("n1 was told of a pod after it unsubscribed: %v", r1.seen)
 	}
 }
+
+// A node on the shared informer builds a projected ConfigMap from the
+// shared cache, with no GET of its own, as a kubelet reads ConfigMaps from
+// its watches; a ConfigMap the cache lacks is not found, which an optional
+// source skips.
+func TestSharedNodesReadConfigMapsFromTheCache(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	admin := fake.NewClientset(&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "kube-root-ca.crt", Namespace: "apps"}, Data: map[string]string{"ca.crt": "CA"}})
+	s, err := NewSharedPods(admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	own := fake.NewClientset()
+	n := &Node{client: own, cfg: Config{Pods: s}}
+	pod := boundPod("a1", "n1")
+	vol := &corev1.ProjectedVolumeSource{Sources: []corev1.VolumeProjection{
+		{ConfigMap: &corev1.ConfigMapProjection{LocalObjectReference: corev1.LocalObjectReference{Name: "kube-root-ca.crt"},
+			Items: []corev1.KeyToPath{{Key: "ca.crt", Path: "ca.crt"}}}},
+		{ConfigMap: &corev1.ConfigMapProjection{LocalObjectReference: corev1.LocalObjectReference{Name: "absent"}, Optional: new(true)}},
+	}}
+	payload, err := n.projectedPayload(ctx, pod, vol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := string(payload["ca.crt"].Data); got != "CA" || len(payload) != 1 {
+		t.Errorf("payload %v, want ca.crt from the shared cache alone", payload)
+	}
+	if a := own.Actions(); len(a) != 0 {
+		t.Errorf("the node made %d requests of its own (first: %v), want none", len(a), a[0])
+	}
+}

@@ -218,7 +218,7 @@ func measure(ctx context.Context, o options, n int, bin, agentBin, dir string, l
 	prog.enter(fmt.Sprintf("starting %d simulated kubelets and their agents", n))
 	counter := &agentCounter{}
 	agentClock := &steppedClock{}
-	nodes, err = fleet.Start(runCtx, fleet.Config{CP: cp, APIServer: pins[nodesServer].URL(), Dir: filepath.Join(dir, "nodes"), Nodes: names,
+	nodes, err = fleet.Start(runCtx, fleet.Config{CP: cp, APIServer: pins[nodesServer].URL(), Dir: filepath.Join(dir, "nodes"), Nodes: names, CoordinatorNamespace: namespace,
 		AgentInterval: agentInterval, IssuerRefresh: issuerRefresh, StatusInterval: statusInterval, HeartbeatInterval: heartbeatInterval, AgentClock: agentClock, RebootDown: time.Second, SharePods: true,
 		AgentConfig: func(_ string, rc *rest.Config) (*rest.Config, error) {
 			rc = rest.CopyConfig(rc)
@@ -268,10 +268,13 @@ func measure(ctx context.Context, o options, n int, bin, agentBin, dir string, l
 	if err := coord.waitLeading(ctx); err != nil {
 		return nil, err
 	}
+	if err := waitPublished(ctx, admin); err != nil {
+		return nil, err
+	}
 
 	// Phase 1: steady state.
 	agentClock.step(agentSettled)
-	if err := benchkit.Sleep(ctx, 5*time.Second); err != nil { // writes the step itself caused land first
+	if err := benchkit.Sleep(ctx, 5*time.Second); err != nil { // writes the step itself caused, and the publication's watch events, land first
 		return nil, err
 	}
 	prog.enter(fmt.Sprintf("steady state for %s, %g pods replaced per node and hour", o.Steady, o.Churn))

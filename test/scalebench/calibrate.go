@@ -83,7 +83,7 @@ func startCalibration(ctx context.Context, cp *controlplane.ControlPlane, server
 		return nil, err
 	}
 	cmd := exec.Command(bin, "--run=scan", "--node-name="+calibrationNode, "--kubelet-root="+root, "--kubeconfig="+kubeconfig,
-		"--metrics-bind-address="+net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		"--coordinator-namespace="+namespace, "--metrics-bind-address="+net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	if err := cmd.Start(); err != nil {
 		logFile.Close()

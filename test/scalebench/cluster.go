@@ -253,6 +253,28 @@ func (c *coordinatorProc) waitLeading(ctx context.Context) error {
 	return nil
 }
 
+// waitPublished waits until the coordinator has published the issuer for
+// the agents, as it has in a fleet that has run for a while: until then
+// they read OIDC discovery on their timer.
+func waitPublished(ctx context.Context, admin kubernetes.Interface) error {
+	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 5*time.Minute, true, func(ctx context.Context) (bool, error) {
+		cm, err := admin.CoreV1().ConfigMaps(namespace).Get(ctx, protocol.IssuerConfigMapName, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			return false, nil
+		}
+		if err != nil {
+			return false, err
+		}
+		_, err = protocol.ParsePublishedIssuer(cm.Data)
+		return err == nil, nil
+	})
+	if err != nil {
+		return fmt.Errorf("waiting for the coordinator to publish the issuer in ConfigMap %s/%s (its log is coordinator.log in the run's directory): %w",
+			namespace, protocol.IssuerConfigMapName, err)
+	}
+	return nil
+}
+
 func (c *coordinatorProc) syncHistogram(ctx context.Context) (benchkit.Histogram, error) {
 	body, err := c.scrape(ctx)
 	if err != nil {

@@ -9,6 +9,9 @@
 // the real agent code of every node run in this process (sandbox/fleet),
 // on API server 0, the kubelets sharing one pod informer (the benchmark
 // measures tokenroll, not a thousand kubelets' lists and watches); the
+// agents follow the issuer the coordinator publishes in its namespace, as
+// a deployed agent's --coordinator-namespace makes it, with the nodes
+// granted what deploy's Role tokenroll-agent grants; the
 // real coordinator runs as its own process (the tokenroll-coordinator
 // binary, built unless --coordinator-binary names one), on API server 1, with its shipped defaults except the gate (none:
 // this control plane has no revision), the strategy (kubelet-restart) and
@@ -73,7 +76,10 @@ type options struct {
 	Churn float64
 	// CreateConcurrency is how many pods are created at once in setup.
 	CreateConcurrency int
-	// Steady is the real time steady state is measured over.
+	// Steady is the real time steady state is measured over: at least
+	// watchRenewal, or the agents' watches, which client-go renews every
+	// 5 to 10 min and which started with the agents a few minutes before,
+	// are not renewed in the window at all and their requests go uncounted.
 	Steady time.Duration
 	// MaxUnavailable is the coordinator's --max-unavailable. The default,
 	// 5%, makes a rollout 20 waves however large the fleet, each about a
@@ -101,9 +107,13 @@ type options struct {
 }
 
 func defaultOptions() options {
-	return options{Nodes: []int{50, 250}, PodsPerNode: 30, Churn: 10, CreateConcurrency: 32, Steady: 2 * time.Minute, MaxUnavailable: "5%",
+	return options{Nodes: []int{50, 250}, PodsPerNode: 30, Churn: 10, CreateConcurrency: 32, Steady: watchRenewal, MaxUnavailable: "5%",
 		Timeout: 2 * time.Hour, LogLevel: "error"}
 }
+
+// watchRenewal is the longest a client-go reflector's watch lasts before
+// the client renews it (its timeout is 5 min times 1 to 2).
+const watchRenewal = 10 * time.Minute
 
 // intList is a flag holding comma-separated integers.
 type intList struct{ v *[]int }

@@ -35,6 +35,15 @@ func TestOptions(t *testing.T) {
 	}
 }
 
+// The default steady-state window holds every watch's renewal: in a
+// shorter one, opened a minute or two after the agents started, their
+// watches are not renewed at all and the agents seem to make no request.
+func TestSteadyWindowSeesWatchRenewals(t *testing.T) {
+	if d := defaultOptions().Steady; d < watchRenewal {
+		t.Errorf("--steady defaults to %s, shorter than the %s a watch lasts", d, watchRenewal)
+	}
+}
+
 // The benchmark's informers list from the watch cache: client-go's
 // watch-list stream is off, every other gate as it was.
 func TestNoWatchList(t *testing.T) {
