@@ -327,17 +327,26 @@ func TestRealKubelet(t *testing.T) {
 	}
 	probeUID = podUIDs[name+"/"+probePod]
 	const allTokens = TokensPerNode + extraTokens
-	files := func() map[string]diskToken {
+	// files reads the node's tokens, the API server's pod list retried
+	// for a minute: an issuer change restarts it.
+	files := func(t *testing.T) map[string]diskToken {
 		t.Helper()
-		f, err := diskTokens(ctx, sb.Admin, root, name)
-		if err != nil {
-			t.Fatal(err)
-		}
+		var f map[string]diskToken
+		poll(t, ctx, "the token files of "+name+"'s pods", time.Minute, 200*time.Millisecond, func() (bool, string) {
+			var err error
+			f, err = diskTokens(ctx, sb.Admin, root, name)
+			return err == nil, fmt.Sprint(err)
+		})
 		return f
 	}
 	allFrom := func(iss string) func() (bool, string) {
 		return func() (bool, string) {
-			f := files()
+			// The API server restarts with an issuer change: a refused
+			// list is a poll to make again, not a failure.
+			f, err := diskTokens(ctx, sb.Admin, root, name)
+			if err != nil {
+				return false, err.Error()
+			}
 			c := issuerCounts(f)
 			return c[iss] == allTokens, fmt.Sprintf("token files by issuer: %v: %v", c, slices.Sorted(maps.Keys(f)))
 		}
@@ -398,7 +407,7 @@ func TestRealKubelet(t *testing.T) {
 	// `tokenroll scan` as the agent's scanner container runs and checks it.
 	agree := func(iss string) {
 		t.Helper()
-		f := files()
+		f := files(t)
 		poll(t, ctx, "the agent's report agreeing with the token files", 10*time.Second, 100*time.Millisecond, func() (bool, string) {
 			_, rep, err := readReport(ctx, sb.Admin, name)
 			if err == nil {
@@ -474,27 +483,29 @@ func TestRealKubelet(t *testing.T) {
 			}
 		}
 		accepted(true, "the old issuer kept")
-		before := files()
+		before := files(t)
 		// Two of the kubelet's syncs of the probe pod, each seen as the
 		// new ConfigMap data in its volume: the kubelet rewrote the volume
 		// and kept every token it had.
 		// The simulated node must do the same (conformance).
-		simFiles := func() map[string]diskToken {
+		simFiles := func(t *testing.T) map[string]diskToken {
 			t.Helper()
-			f, err := diskTokens(ctx, sb.Admin, sim.Root(), simNode)
-			if err != nil {
-				t.Fatal(err)
-			}
+			var f map[string]diskToken
+			poll(t, ctx, "the token files of "+simNode+"'s pods", time.Minute, 200*time.Millisecond, func() (bool, string) {
+				var err error
+				f, err = diskTokens(ctx, sb.Admin, sim.Root(), simNode)
+				return err == nil, fmt.Sprint(err)
+			})
 			return f
 		}
 		type onNode struct {
 			kubelet, namespace, volume string
-			files                      func() map[string]diskToken
+			files                      func(*testing.T) map[string]diskToken
 			before                     map[string]diskToken
 		}
 		nodes := []onNode{
 			{"the real kubelet", NamespaceApps, filepath.Join(root, "pods", probeUID, scan.ProjectedDir, "probe"), files, before},
-			{"kubeletsim", simNamespace, filepath.Join(sim.Root(), "pods", podUIDs[simNode+"/"+probePod], scan.ProjectedDir, "probe"), simFiles, simFiles()},
+			{"kubeletsim", simNamespace, filepath.Join(sim.Root(), "pods", podUIDs[simNode+"/"+probePod], scan.ProjectedDir, "probe"), simFiles, simFiles(t)},
 		}
 		for gen := 1; gen <= 2; gen++ {
 			want := fmt.Sprint(gen)
@@ -513,7 +524,7 @@ func TestRealKubelet(t *testing.T) {
 				if dataAfter, _ := os.Readlink(filepath.Join(on.volume, "..data")); dataAfter == dataBefore[on.kubelet] {
 					t.Fatalf("%s: the probe volume shows the new ConfigMap data without a new ..data (%s)", on.kubelet, dataAfter)
 				}
-				if after := on.files(); !maps.Equal(after, on.before) {
+				if after := on.files(t); !maps.Equal(after, on.before) {
 					t.Fatalf("sync %d: %s changed a token before its refresh time: issuers %v, were %v", gen, on.kubelet, issuerCounts(after), issuerCounts(on.before))
 				}
 			}
@@ -539,7 +550,7 @@ func TestRealKubelet(t *testing.T) {
 			return err == nil, fmt.Sprint(err)
 		})
 		t.Logf("the operator dropped %s %s after the change", issuerA, time.Since(changed).Round(time.Second))
-		if after := files(); !maps.Equal(after, before) {
+		if after := files(t); !maps.Equal(after, before) {
 			t.Fatalf("the running kubelet changed a token before its refresh time: issuers %v, were %v", issuerCounts(after), issuerCounts(before))
 		}
 		accepted(false, "the old issuer dropped, before the kubelet restart")

@@ -39,3 +39,28 @@ func TestTokensReported(t *testing.T) {
 		t.Error("n2 without a report: want false")
 	}
 }
+
+// A node the coordinator cordoned before the watch brought its rollout is
+// printed as it goes (its step in progress); a finished step of an
+// earlier rollout is not.
+func TestShownStep(t *testing.T) {
+	node := func(s protocol.NodeState) *corev1.Node {
+		raw, err := json.Marshal(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1", Annotations: map[string]string{protocol.AnnotationNodeState: string(raw)}}}
+	}
+	cordoned := node(protocol.NodeState{Rollout: "r-2", Step: protocol.StepCordoned})
+	for _, id := range []string{"", "r-1", "r-2"} {
+		if s, ok := shownStep(cordoned, id); !ok || s.Step != protocol.StepCordoned {
+			t.Errorf("a node cordoned in r-2, the view's rollout %q: got %v %v, want cordoned", id, s.Step, ok)
+		}
+	}
+	if _, ok := shownStep(node(protocol.NodeState{Rollout: "r-1", Step: protocol.StepDone}), "r-2"); ok {
+		t.Error("a node done in an earlier rollout is shown")
+	}
+	if _, ok := shownStep(&corev1.Node{}, ""); ok {
+		t.Error("a node without a state is shown")
+	}
+}

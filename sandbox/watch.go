@@ -92,6 +92,18 @@ type view struct {
 	Leader string
 }
 
+// shownStep is the node's step to print: its step in rollout id, or a
+// step in progress in a rollout the view does not have yet (the Node's
+// watch event came before the TokenRollout's: the coordinator cordons as
+// soon as it has planned).
+func shownStep(n *corev1.Node, id string) (protocol.NodeState, bool) {
+	if s, ok := nodeStep(n, id); ok {
+		return s, true
+	}
+	s, err := protocol.ParseNodeState(n.Annotations[protocol.AnnotationNodeState])
+	return s, err == nil && s.Rollout != "" && s.Rollout != id && s.Step.InProgress()
+}
+
 // nodeStep is the node's step in rollout id ("" when it has none).
 func nodeStep(n *corev1.Node, id string) (protocol.NodeState, bool) {
 	s, err := protocol.ParseNodeState(n.Annotations[protocol.AnnotationNodeState])
@@ -405,7 +417,7 @@ func (w *watcher) printChanges(v view) {
 	stale, tokens, reporting, oldIssuer := 0, 0, 0, 0
 	for _, name := range names {
 		n := v.Nodes[name]
-		if s, ok := nodeStep(n, id); ok {
+		if s, ok := shownStep(n, id); ok {
 			step := string(s.Step)
 			switch s.Step {
 			case protocol.StepActing:
