@@ -253,12 +253,13 @@ func startedUncordoned(v nodeView) bool {
 }
 
 // uncordonedSlots is how many more nodes auto may start without a cordon
-// now: one more than the kubelet restarts this rollout has verified, less
-// those in flight. The first is a canary, and each round may double the
-// next: a kubelet restart that does not work on this cluster (a staged
-// configuration that breaks it, a unit that does not come back) is found
-// on one node, not on every node at once, and the API servers meet the
-// kubelets' new token requests in growing waves, not all at once.
+// now (it is asked only once the previous issuer is no longer trusted):
+// one, a canary, until a kubelet restart of this rollout is verified, then
+// every node left. A kubelet restart that does not work on this cluster (a
+// staged configuration that breaks it, a unit that does not come back) is
+// found on one node, not on every node at once; once one has worked, each
+// node made to wait for another keeps its pods failing to authenticate
+// for nothing, since the old issuer's tokens fail already.
 func uncordonedSlots(views []nodeView) int {
 	inFlight, verified := 0, 0
 	for _, v := range views {
@@ -270,7 +271,10 @@ func uncordonedSlots(views []nodeView) int {
 			verified++
 		}
 	}
-	return verified + 1 - inFlight
+	if verified > 0 {
+		return len(views)
+	}
+	return 1 - inFlight
 }
 
 // startUncordoned starts a node on auto's first rung, a kubelet restart
