@@ -745,3 +745,64 @@ func TestAutoDryRunSaysWhetherItCordons(t *testing.T) {
 		}
 	}
 }
+
+// Once no previous issuer is trusted, a pod found app-stale before its
+// node started caches a token that fails now, whatever the kubelet does:
+// it is evicted as the node's kubelet restart starts, not once it is
+// verified; the eviction is recorded on the acting node, and the watch
+// of its apps that follows evicts nothing again.
+func TestAutoEvictsAKnownCachingPodBesideTheKubeletRestart(t *testing.T) {
+	web, cache := tokenPod("web-1", "n1", "10.1.0.5", "web"), tokenPod("cache-1", "n1", "10.1.0.6", "cache")
+	now := t0.Add(3*time.Minute + 20*time.Second)
+	const req = "r-test-0000beef"
+	s := uncordonedStart(now, req)
+	f := autoFixture(t, testNode("n1", inStep(s), withReport(oldIssuerReport(podRef(web), podRef(cache)))), web, cache, replicaSet("shop", "cache", 1, 1),
+		rolloutConfigMap(rollout(Auto, "n1")))
+	f.gate.Set(trustEnded)
+	w := newAppWorld(f, []*corev1.Pod{web, cache}, "cache-1")
+	w.run(time.Minute)
+	w.restartKubelet("n1")
+	w.run(2*time.Minute + 20*time.Second)
+	if !f.clock.Now().Equal(now) {
+		t.Fatalf("the clock is at %s; want %s", f.clock.Now(), now)
+	}
+
+	// The agent has not restarted the kubelet yet: the caching pod goes.
+	f.sync()
+	f.awaitDrainEnd()
+	f.expectDrains(drainCall{Pods: []string{"shop/cache-1"}, Timeout: 10 * time.Minute})
+	f.sync()
+	evicted := s
+	evicted.Evicted = []protocol.PodRef{podRef(cache)}
+	evicted.Owners = []protocol.OwnerRef{{Kind: "ReplicaSet", Namespace: "shop", Name: "cache"}}
+	f.compareWrites(nodeWrites(f.writes()), patchNode("n1", &evicted, nil))
+
+	// The kubelet restart verified: its apps are watched, the eviction
+	// kept, none made again.
+	f.clock.Step(2 * time.Second)
+	w.restartKubelet("n1")
+	w.gone("cache-1")
+	w.d.Evaluate()
+	f.updateNode("n1", agentStatus(req, protocol.PhaseDone, "kubelet restarted"))
+	f.updateNode("n1", withReport(cleanReport()))
+	at := f.clock.Now()
+	f.sync()
+	watched := evicted
+	watched.Step, watched.StepAt, watched.AppsAt, watched.Request = protocol.StepApps, at, at, ""
+	watched.Message = "kubelet-restart verified; watching its apps"
+	want := patchNode("n1", &watched, nil)
+	want.RequestCleared = true
+	f.compareWrites(nodeWrites(f.writes()), want)
+	f.sync()
+	f.expectDrains()
+}
+
+func nodeWrites(got []apiWrite) []apiWrite {
+	var out []apiWrite
+	for _, wr := range got {
+		if wr.Resource == "nodes" {
+			out = append(out, wr)
+		}
+	}
+	return out
+}
