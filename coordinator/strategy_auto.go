@@ -583,10 +583,13 @@ func (t *term) evictKnownStaleEarly(ctx context.Context, w world, r *Rollout, v 
 	// An error (a pod no controller would recreate, a read that failed)
 	// is left to the watch of the node's apps, which halts with it.
 	pods, owners, names, err := appProblemPods(ctx, t.c.cfg.Client, name, ev.last, ns.Evicted, w, ns.StartedAt)
-	if err != nil || len(pods) == 0 {
+	if err != nil {
+		t.logOnChange("not evicting the node's known app-stale pods beside its kubelet restart; the watch of its apps will", zap.String("node", name), zap.Error(err))
 		return false, nil
 	}
-	t.startEvictions(ctx, r, v, pods, owners, names)
+	if len(pods) > 0 {
+		t.startEvictions(ctx, r, v, pods, owners, names)
+	}
 	return false, nil
 }
 
