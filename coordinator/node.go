@@ -115,6 +115,9 @@ func (t *term) progress(ctx context.Context, w world, r *Rollout, v nodeView) (t
 			t.logOnChange("waiting to learn the API servers' issuer before verifying the node", zap.String("node", v.plan.Name))
 			return 0, nil
 		}
+		if wrote, err := t.evictKnownStaleEarly(ctx, w, r, v); wrote || err != nil {
+			return 0, err
+		}
 		return t.verify(ctx, w, r, v, impl)
 	case protocol.StepApps:
 		return t.watchApps(ctx, w, r, v)

@@ -304,7 +304,7 @@ func (t *term) startNodes(ctx context.Context, w world, r *Rollout, views []node
 	var blocked, mco, kured, notReady []string
 	// Once the previous issuer is no longer trusted, auto starts its
 	// kubelet restarts without a cordon, outside --max-unavailable
-	// (startUncordoned), a few at a time (uncordonedSlots). A
+	// (startUncordoned), a canary first, then every node left (uncordonedSlots). A
 	// RolloutPolicy's pools bound every node they cover.
 	noCordon := TrustEnded(w.gate, w.issuer, w.now)
 	policyCovers := func(name string) bool {

@@ -253,12 +253,13 @@ func startedUncordoned(v nodeView) bool {
 }
 
 // uncordonedSlots is how many more nodes auto may start without a cordon
-// now: one more than the kubelet restarts this rollout has verified, less
-// those in flight. The first is a canary, and each round may double the
-// next: a kubelet restart that does not work on this cluster (a staged
-// configuration that breaks it, a unit that does not come back) is found
-// on one node, not on every node at once, and the API servers meet the
-// kubelets' new token requests in growing waves, not all at once.
+// now (it is asked only once the previous issuer is no longer trusted):
+// one, a canary, until a kubelet restart of this rollout is verified, then
+// every node left. A kubelet restart that does not work on this cluster (a
+// staged configuration that breaks it, a unit that does not come back) is
+// found on one node, not on every node at once; once one has worked, each
+// node made to wait for another keeps its pods failing to authenticate
+// for nothing, since the old issuer's tokens fail already.
 func uncordonedSlots(views []nodeView) int {
 	inFlight, verified := 0, 0
 	for _, v := range views {
@@ -270,7 +271,10 @@ func uncordonedSlots(views []nodeView) int {
 			verified++
 		}
 	}
-	return verified + 1 - inFlight
+	if verified > 0 {
+		return len(views)
+	}
+	return 1 - inFlight
 }
 
 // startUncordoned starts a node on auto's first rung, a kubelet restart
@@ -336,6 +340,15 @@ func (t *term) roomToCordon(w world, r *Rollout) bool {
 func (t *term) climb(ctx context.Context, w world, r *Rollout, v nodeView, to protocol.Strategy, why string) error {
 	ns := *v.state
 	from := cmpOr(ns.Rung, KubeletRestart)
+	t.mu.Lock()
+	evicting := t.jobs[v.plan.Name] != nil
+	t.mu.Unlock()
+	if evicting {
+		// The next rung's preparation would take these evictions for
+		// its own: they end first (their end wakes us).
+		t.logOnChange("waiting for the evictions in flight to end before climbing to the next rung", zap.String("node", v.plan.Name), zap.String("to", string(to)))
+		return nil
+	}
 	var unsched *bool
 	if ns.NoCordon {
 		// Started without a cordon: the next rung evicts or reboots, so
@@ -417,30 +430,7 @@ func (t *term) watchApps(ctx context.Context, w world, r *Rollout, v nodeView) (
 	j := t.jobs[name]
 	t.mu.Unlock()
 	if j != nil {
-		t.mu.Lock()
-		done, err := j.done, j.err
-		t.mu.Unlock()
-		if !done {
-			return 0, nil // its end wakes us
-		}
-		if err != nil {
-			t.forgetJob(name, j)
-			reason := HaltDrainFailed
-			if errors.Is(err, context.DeadlineExceeded) {
-				reason = HaltDrainTimeout
-			}
-			return 0, t.halt(ctx, w, r, v, reason, fmt.Sprintf("evicting the pods whose apps present stale credentials or fail to authenticate on node %s: %v", name, err))
-		}
-		next := *ns
-		next.Evicted = append(slices.Clone(ns.Evicted), j.prep.evicted...)
-		next.Owners = mergeOwners(ns.Owners, j.prep.owners)
-		// As in prepare, the evictions are forgotten only once recorded.
-		if err := t.writeNode(ctx, v.node, &next, nil, nil); err != nil {
-			return 0, err
-		}
-		t.forgetJob(name, j)
-		t.event(v.node, corev1.EventTypeNormal, "PodsEvicted", "Evict", "rollout %s: %s", r.ID, j.prep.doneNote)
-		return 0, nil
+		return 0, t.recordEvictions(ctx, w, r, v, j) // its end wakes us
 	}
 	if r.Phase != RolloutRunning || !w.gate.Open {
 		return 0, nil // nothing evicted while paused, halted or gated
@@ -474,27 +464,7 @@ func (t *term) watchApps(ctx context.Context, w world, r *Rollout, v nodeView) (
 		return max(from.Add(appsSettle).Sub(w.now), ev.interval), nil
 	}
 	if len(pods) > 0 {
-		refs := make([]protocol.PodRef, 0, len(pods))
-		for _, p := range pods {
-			refs = append(refs, protocol.PodRef{Namespace: p.Namespace, Name: p.Name, UID: string(p.UID)})
-		}
-		prep := &preparation{kind: "evict", pods: len(pods), evicted: refs, owners: owners,
-			doneNote: fmt.Sprintf("evicted %s whose apps present stale credentials or fail to authenticate: %s", plural.Count(len(pods), "pod"), strings.Join(names, ", "))}
-		opts, _ := t.drainOptions(ns)
-		jctx, cancel := context.WithCancel(ctx)
-		j := &prepJob{cancel: cancel, prep: prep}
-		t.mu.Lock()
-		t.jobs[name] = j
-		t.mu.Unlock()
-		cfg.Log.Info("evicting pods whose apps present stale credentials or fail to authenticate", zap.String("rollout", r.ID), zap.String("node", name),
-			zap.Int("count", len(pods)), zap.String("pods", strings.Join(names, ", ")))
-		t.drains.Go(func() {
-			err := boundedDrain(jctx, cfg.Clock, opts.Timeout, func(ctx context.Context) error { return cfg.Drainer.Evict(ctx, pods, opts) })
-			t.mu.Lock()
-			j.done, j.err = true, err
-			t.mu.Unlock()
-			t.queue.Add(syncKey)
-		})
+		t.startEvictions(ctx, r, v, pods, owners, names)
 		return 0, nil
 	}
 	if w.now.Before(until) || res.Now.Before(until) {
@@ -517,6 +487,110 @@ func (t *term) watchApps(ctx context.Context, w world, r *Rollout, v nodeView) (
 		msg += "; app detection started after the node's tokens were replaced (a new leader), so an app presenting a token issued before it started is judged only from its next refresh"
 	}
 	return 0, t.endApps(ctx, w, r, v, msg, true)
+}
+
+// recordEvictions records what the node's evictions j did, once they
+// have ended (nothing before): the pods evicted and their owners, whose
+// replacement the node's verification waits for. Evictions that failed
+// halt the rollout.
+func (t *term) recordEvictions(ctx context.Context, w world, r *Rollout, v nodeView, j *prepJob) error {
+	name := v.plan.Name
+	t.mu.Lock()
+	done, err := j.done, j.err
+	t.mu.Unlock()
+	if !done {
+		return nil
+	}
+	if err != nil {
+		t.forgetJob(name, j)
+		reason := HaltDrainFailed
+		if errors.Is(err, context.DeadlineExceeded) {
+			reason = HaltDrainTimeout
+		}
+		return t.halt(ctx, w, r, v, reason, fmt.Sprintf("evicting the pods whose apps present stale credentials or fail to authenticate on node %s: %v", name, err))
+	}
+	next := *v.state
+	next.Evicted = append(slices.Clone(v.state.Evicted), j.prep.evicted...)
+	next.Owners = mergeOwners(v.state.Owners, j.prep.owners)
+	// As in prepare, the evictions are forgotten only once recorded.
+	if err := t.writeNode(ctx, v.node, &next, nil, nil); err != nil {
+		return err
+	}
+	t.forgetJob(name, j)
+	t.event(v.node, corev1.EventTypeNormal, "PodsEvicted", "Evict", "rollout %s: %s", r.ID, j.prep.doneNote)
+	return nil
+}
+
+// startEvictions evicts the node's pods in the background, through the
+// eviction API (PodDisruptionBudgets honoured), bounded by the drain
+// timeout; their end wakes us.
+func (t *term) startEvictions(ctx context.Context, r *Rollout, v nodeView, pods []corev1.Pod, owners []protocol.OwnerRef, names []string) {
+	cfg, name := t.c.cfg, v.plan.Name
+	refs := make([]protocol.PodRef, 0, len(pods))
+	for _, p := range pods {
+		refs = append(refs, protocol.PodRef{Namespace: p.Namespace, Name: p.Name, UID: string(p.UID)})
+	}
+	prep := &preparation{kind: "evict", pods: len(pods), evicted: refs, owners: owners,
+		doneNote: fmt.Sprintf("evicted %s whose apps present stale credentials or fail to authenticate: %s", plural.Count(len(pods), "pod"), strings.Join(names, ", "))}
+	opts, _ := t.drainOptions(v.state)
+	jctx, cancel := context.WithCancel(ctx)
+	j := &prepJob{cancel: cancel, prep: prep}
+	t.mu.Lock()
+	t.jobs[name] = j
+	t.mu.Unlock()
+	cfg.Log.Info("evicting pods whose apps present stale credentials or fail to authenticate", zap.String("rollout", r.ID), zap.String("node", name),
+		zap.Int("count", len(pods)), zap.String("pods", strings.Join(names, ", ")))
+	t.drains.Go(func() {
+		err := boundedDrain(jctx, cfg.Clock, opts.Timeout, func(ctx context.Context) error { return cfg.Drainer.Evict(ctx, pods, opts) })
+		t.mu.Lock()
+		j.done, j.err = true, err
+		t.mu.Unlock()
+		t.queue.Add(syncKey)
+	})
+}
+
+// evictKnownStaleEarly runs beside the kubelet restart of a node auto
+// started without a cordon (no previous issuer is trusted any more): a
+// pod app detection found app-stale before the node started caches a
+// token of the previous issuer, which fails now whatever the kubelet
+// does, so it is evicted as the node's remediation starts, not once the
+// kubelet restart is verified. Evictions that ended are recorded on the
+// node, so none is made twice and its verification waits for their
+// replacements; evictions still running are picked up by the watch of
+// its apps. It reports whether it wrote the node (or halted): then the
+// node is looked at again.
+func (t *term) evictKnownStaleEarly(ctx context.Context, w world, r *Rollout, v nodeView) (bool, error) {
+	name, ns := v.plan.Name, v.state
+	if ns.Strategy != Auto || !ns.NoCordon {
+		return false, nil
+	}
+	t.mu.Lock()
+	j := t.jobs[name]
+	t.mu.Unlock()
+	if j != nil {
+		t.mu.Lock()
+		done := j.done
+		t.mu.Unlock()
+		return done, t.recordEvictions(ctx, w, r, v, j)
+	}
+	if r.Phase != RolloutRunning || !w.gate.Open || !TrustEnded(w.gate, w.issuer, w.now) {
+		return false, nil
+	}
+	ev := t.appEvidence(w.now)
+	if ev.pending != "" || ev.missing != "" {
+		return false, nil
+	}
+	// An error (a pod no controller would recreate, a read that failed)
+	// is left to the watch of the node's apps, which halts with it.
+	pods, owners, names, err := appProblemPods(ctx, t.c.cfg.Client, name, ev.last, ns.Evicted, w, ns.StartedAt)
+	if err != nil {
+		t.logOnChange("not evicting the node's known app-stale pods beside its kubelet restart; the watch of its apps will", zap.String("node", name), zap.Error(err))
+		return false, nil
+	}
+	if len(pods) > 0 {
+		t.startEvictions(ctx, r, v, pods, owners, names)
+	}
+	return false, nil
 }
 
 // appProblemPods are the pods on node that res finds app-failing, or

@@ -571,8 +571,8 @@ func uncordonedStart(at time.Time, id string) protocol.NodeState {
 // Once the previous issuer is no longer trusted, every pod still holding
 // its tokens fails until its kubelet replaces them: auto restarts the
 // kubelets without cordoning the nodes (the restart evicts no pod) and
-// outside --max-unavailable, a canary first, then as many at once as have
-// been verified plus one. The request and the state go in one write, and
+// outside --max-unavailable, a canary first, then, once it is verified,
+// every node left at once. The request and the state go in one write, and
 // the node is never made unschedulable.
 func TestAutoRestartsKubeletsUncordonedOnceTheTrustHasEnded(t *testing.T) {
 	names := []string{"n1", "n2", "n3", "n4"}
@@ -605,8 +605,8 @@ func TestAutoRestartsKubeletsUncordonedOnceTheTrustHasEnded(t *testing.T) {
 	f.sync()
 	f.expectWrites()
 
-	// Verified: watched, never cordoned, and out of the way; two more
-	// start at once, and the last waits for them.
+	// Verified: watched, never cordoned, and out of the way; every node
+	// left starts at once.
 	f.clock.Step(time.Second)
 	w.restartKubelet("n1")
 	f.updateNode("n1", agentStatus(ids["n1"], protocol.PhaseDone, "kubelet restarted"))
@@ -620,23 +620,24 @@ func TestAutoRestartsKubeletsUncordonedOnceTheTrustHasEnded(t *testing.T) {
 	wantApps := patchNode("n1", &watched, nil)
 	wantApps.RequestCleared = true
 	ids = kubeletRequests(t, got, at)
-	s2, s3 := uncordonedStart(at, ids["n2"]), uncordonedStart(at, ids["n3"])
-	w2, w3 := patchNode("n2", &s2, nil), patchNode("n3", &s3, nil)
-	if len(got) < 3 {
-		t.Fatalf("writes %v; want n1 watched, n2 and n3 started", got)
+	if len(got) < 4 {
+		t.Fatalf("writes %v; want n1 watched, n2, n3 and n4 started", got)
 	}
-	w2.Request, w3.Request = got[1].Request, got[2].Request
-	f.compareWrites(got[:3], wantApps, w2, w3)
-	for _, wr := range got[3:] {
+	want2 := []apiWrite{wantApps}
+	for i, n := range names[1:] {
+		s := uncordonedStart(at, ids[n])
+		wn := patchNode(n, &s, nil)
+		wn.Request = got[i+1].Request
+		want2 = append(want2, wn)
+	}
+	f.compareWrites(got[:4], want2...)
+	for _, wr := range got[4:] {
 		if wr.Resource == "nodes" {
-			t.Errorf("node written beyond n1, n2, n3: %s", wr)
+			t.Errorf("node written beyond n1 to n4: %s", wr)
 		}
 	}
-	if steps := f.steps(names...); steps["n4"] != "" {
-		t.Errorf("n4 is %s; want it to wait for n2 and n3", steps["n4"])
-	}
 	events := f.takeEvents()
-	if len(events) != 3 || events[0] != "Normal TokensVerified rollout r-test: kubelet-restart verified in 2s; never cordoned; its apps are watched for --app-stale-grace before it is done" {
+	if len(events) != 4 || events[0] != "Normal TokensVerified rollout r-test: kubelet-restart verified in 2s; never cordoned; its apps are watched for --app-stale-grace before it is done" {
 		t.Errorf("events %q", events)
 	}
 }
@@ -743,4 +744,65 @@ func TestAutoDryRunSaysWhetherItCordons(t *testing.T) {
 			t.Errorf("trust ended %v: would %q; want %q", c.gate.Trusted[1].Expires.Before(t0), got, c.want)
 		}
 	}
+}
+
+// Once no previous issuer is trusted, a pod found app-stale before its
+// node started caches a token that fails now, whatever the kubelet does:
+// it is evicted as the node's kubelet restart starts, not once it is
+// verified; the eviction is recorded on the acting node, and the watch
+// of its apps that follows evicts nothing again.
+func TestAutoEvictsAKnownCachingPodBesideTheKubeletRestart(t *testing.T) {
+	web, cache := tokenPod("web-1", "n1", "10.1.0.5", "web"), tokenPod("cache-1", "n1", "10.1.0.6", "cache")
+	now := t0.Add(3*time.Minute + 20*time.Second)
+	const req = "r-test-0000beef"
+	s := uncordonedStart(now, req)
+	f := autoFixture(t, testNode("n1", inStep(s), withReport(oldIssuerReport(podRef(web), podRef(cache)))), web, cache, replicaSet("shop", "cache", 1, 1),
+		rolloutConfigMap(rollout(Auto, "n1")))
+	f.gate.Set(trustEnded)
+	w := newAppWorld(f, []*corev1.Pod{web, cache}, "cache-1")
+	w.run(time.Minute)
+	w.restartKubelet("n1")
+	w.run(2*time.Minute + 20*time.Second)
+	if !f.clock.Now().Equal(now) {
+		t.Fatalf("the clock is at %s; want %s", f.clock.Now(), now)
+	}
+
+	// The agent has not restarted the kubelet yet: the caching pod goes.
+	f.sync()
+	f.awaitDrainEnd()
+	f.expectDrains(drainCall{Pods: []string{"shop/cache-1"}, Timeout: 10 * time.Minute})
+	f.sync()
+	evicted := s
+	evicted.Evicted = []protocol.PodRef{podRef(cache)}
+	evicted.Owners = []protocol.OwnerRef{{Kind: "ReplicaSet", Namespace: "shop", Name: "cache"}}
+	f.compareWrites(nodeWrites(f.writes()), patchNode("n1", &evicted, nil))
+
+	// The kubelet restart verified: its apps are watched, the eviction
+	// kept, none made again.
+	f.clock.Step(2 * time.Second)
+	w.restartKubelet("n1")
+	w.gone("cache-1")
+	w.d.Evaluate()
+	f.updateNode("n1", agentStatus(req, protocol.PhaseDone, "kubelet restarted"))
+	f.updateNode("n1", withReport(cleanReport()))
+	at := f.clock.Now()
+	f.sync()
+	watched := evicted
+	watched.Step, watched.StepAt, watched.AppsAt, watched.Request = protocol.StepApps, at, at, ""
+	watched.Message = "kubelet-restart verified; watching its apps"
+	want := patchNode("n1", &watched, nil)
+	want.RequestCleared = true
+	f.compareWrites(nodeWrites(f.writes()), want)
+	f.sync()
+	f.expectDrains()
+}
+
+func nodeWrites(got []apiWrite) []apiWrite {
+	var out []apiWrite
+	for _, wr := range got {
+		if wr.Resource == "nodes" {
+			out = append(out, wr)
+		}
+	}
+	return out
 }
