@@ -317,7 +317,7 @@ func TestSandboxScenario(t *testing.T) {
 	for _, want := range []string{
 		"3 nodes are at revision 11; 0 nodes have achieved new revision 12",
 		"AllNodesAtLatestRevision: 3 nodes are at revision 12",
-		"worker-2: cordoned", "worker-2: acting (kubelet-restart)", "worker-2: done",
+		"worker-2: acting (kubelet-restart)", "worker-2: done",
 		"status --kubeconfig " + filepath.Join(dir, "sb", "kubeconfig") + " -n tokenroll",
 		"/metrics", "apps caching", "FAILED",
 	} {
@@ -325,17 +325,22 @@ func TestSandboxScenario(t *testing.T) {
 			t.Errorf("output does not show %q:\n%s", want, out)
 		}
 	}
-	// The real Prometheus saw the old issuer's tokens rejected on the
-	// nodes, and saw them go; at the end only the caching apps' failures
-	// still fire, as they should.
-	if sum.Alerts == nil || !slices.Contains(sum.Alerts.Fired, "TokenrollUntrustedIssuerTokens") || !slices.Equal(sum.Alerts.FiringAtEnd, []string{"TokenrollAppFailingPods"}) {
-		t.Errorf("alerts %+v: want TokenrollUntrustedIssuerTokens fired, and only TokenrollAppFailingPods firing at the end", sum.Alerts)
+	// At the end only the caching apps' failures still fire, as they
+	// should. The old issuer's rejected tokens fire
+	// TokenrollUntrustedIssuerTokens only when they outlast its shortened
+	// for: (5 s) under a leader that stays: with no trust window the nodes
+	// start as the gate opens, and --chaos kills the leader every few
+	// seconds, so it need not fire here; the rule's own unit tests
+	// (deploy/prometheus/tokenroll.rules.test.yaml) cover it. If it fired,
+	// it resolved.
+	if sum.Alerts == nil || !slices.Equal(sum.Alerts.FiringAtEnd, []string{"TokenrollAppFailingPods"}) {
+		t.Errorf("alerts %+v: want only TokenrollAppFailingPods firing at the end", sum.Alerts)
 	}
-	for _, want := range []string{"alert firing: TokenrollUntrustedIssuerTokens node=worker-", "alert resolved: TokenrollUntrustedIssuerTokens node=worker-",
-		"each alert's for: 60 times shorter"} {
-		if !strings.Contains(out, want) {
-			t.Errorf("output does not show %q", want)
-		}
+	if strings.Contains(out, "alert firing: TokenrollUntrustedIssuerTokens node=worker-") && !strings.Contains(out, "alert resolved: TokenrollUntrustedIssuerTokens node=worker-") {
+		t.Errorf("output shows TokenrollUntrustedIssuerTokens firing and never resolved")
+	}
+	if !strings.Contains(out, "each alert's for: 60 times shorter") {
+		t.Errorf("output does not show the shortened for:")
 	}
 	// Every panel of the dashboard has data from that run.
 	checkDashboard(t, prometheus, filepath.Join(dir, "sb", "prometheus", "data"), start, end)
