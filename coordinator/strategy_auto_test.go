@@ -80,6 +80,16 @@ func (w *appWorld) issue(name string, at time.Time) {
 	}
 }
 
+// staleAfterRefresh runs the apps a minute, has node's kubelet refresh
+// its tokens (its own refresh, under the same issuer), and runs them past
+// app detection's grace and one judgement: a caching app's pod is then
+// app-stale.
+func (w *appWorld) staleAfterRefresh(node string) {
+	w.run(time.Minute)
+	w.restartKubelet(node)
+	w.run(2*time.Minute + 20*time.Second)
+}
+
 // restartKubelet is the node's kubelet getting every pod on it a new
 // token.
 func (w *appWorld) restartKubelet(node string) {
@@ -420,9 +430,7 @@ func TestAutoPlansAppStalePods(t *testing.T) {
 	f := autoFixture(t, testNode("n1"), testNode("n2"), cache, replicaSet("shop", "cache", 1, 1), observedState())
 	f.cfg.Auto = true
 	w := newAppWorld(f, []*corev1.Pod{cache}, "cache-1")
-	w.run(time.Minute)
-	w.restartKubelet("n1") // the kubelet's own refresh
-	w.run(2*time.Minute + 20*time.Second)
+	w.staleAfterRefresh("n1")
 	f.sync()
 	st := f.state()
 	if st.Rollout == nil || st.Rollout.Trigger != TriggerAppStale || len(st.Rollout.Nodes) != 1 || st.Rollout.Nodes[0].Name != "n1" ||
@@ -528,9 +536,7 @@ func TestAutoRestartsAnAppStalePodOnlyWhenItsCredentialWillFail(t *testing.T) {
 			f.term.c.mu.Lock()
 			f.term.c.observedIssuer, f.term.c.observedIssuerAt = newIssuer, t0.Add(c.observed)
 			f.term.c.mu.Unlock()
-			w.run(time.Minute)
-			w.restartKubelet("n1") // the kubelet's own refresh
-			w.run(2*time.Minute + 20*time.Second)
+			w.staleAfterRefresh("n1")
 			if res := w.d.Last(); res == nil || res.Stale != 1 {
 				t.Fatalf("app detection finds %+v; want the caching pod app-stale", res)
 			}
@@ -690,9 +696,7 @@ func TestAutoEvictsAKnownCachingPodAtOnce(t *testing.T) {
 	w := newAppWorld(f, []*corev1.Pod{web, cache}, "cache-1")
 	// An earlier refresh: the caching app keeps its first token past the
 	// grace, the reloading one takes the new one.
-	w.run(time.Minute)
-	w.restartKubelet("n1")
-	w.run(2*time.Minute + 20*time.Second)
+	w.staleAfterRefresh("n1")
 	if !f.clock.Now().Equal(now) {
 		t.Fatalf("the clock is at %s; want %s", f.clock.Now(), now)
 	}
@@ -760,9 +764,7 @@ func TestAutoEvictsAKnownCachingPodBesideTheKubeletRestart(t *testing.T) {
 		rolloutConfigMap(rollout(Auto, "n1")))
 	f.gate.Set(trustEnded)
 	w := newAppWorld(f, []*corev1.Pod{web, cache}, "cache-1")
-	w.run(time.Minute)
-	w.restartKubelet("n1")
-	w.run(2*time.Minute + 20*time.Second)
+	w.staleAfterRefresh("n1")
 	if !f.clock.Now().Equal(now) {
 		t.Fatalf("the clock is at %s; want %s", f.clock.Now(), now)
 	}
