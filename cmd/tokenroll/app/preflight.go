@@ -77,7 +77,7 @@ func (o *preflightOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.Strategy, "strategy", o.Strategy, "The coordinator's --strategy: "+strings.Join(coordinator.StrategyNames(), ", ")+".")
 	fs.StringVar(&o.MaxUnavailable, "max-unavailable", o.MaxUnavailable, "The coordinator's --max-unavailable: a number of nodes or a percentage.")
 	fs.DurationVar(&o.Settle, "settle", o.Settle, "The coordinator's --settle.")
-	fs.DurationVar(&o.GateSettle, "gate-settle", o.GateSettle, "The coordinator's --gate-settle (counted once, for a rollout after an issuer change).")
+	fs.DurationVar(&o.GateSettle, "gate-settle", o.GateSettle, "The coordinator's --gate-settle (counted once, for a rollout after an issuer change with a --trust-window: without one the old tokens fail at once, and the coordinator starts as the gate opens).")
 	fs.DurationVar(&o.TrustMargin, "trust-margin", o.TrustMargin, "The coordinator's --trust-margin.")
 	fs.DurationVar(&o.TrustWindow, "trust-window", o.TrustWindow, "How long the old issuer stays trusted after a change made now (OpenShift: 24h); 0: not at all or not known. Used when no issuer change is under way.")
 	fs.DurationVar(&o.PerNode, "per-node", o.PerNode, "Time one node takes, instead of the one measured in the last rollout or the default.")

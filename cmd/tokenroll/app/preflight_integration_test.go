@@ -148,8 +148,8 @@ func TestPreflightCommand(t *testing.T) {
 		t.Errorf("report: %s", out)
 	}
 	// Before a change: node-a and node-b hold tokens, one at a time, at
-	// the default minute, after the 2 min gate settle.
-	if e := rep.Estimate; e.Scope != scopeIssuerChange || e.Nodes != 2 || e.Concurrency != 1 || e.DurationSeconds != 240 || e.PerNode[0].Source != perNodeDefault {
+	// the default minute; without a trust window there is no gate settle.
+	if e := rep.Estimate; e.Scope != scopeIssuerChange || e.Nodes != 2 || e.Concurrency != 1 || e.DurationSeconds != 120 || e.GateSettleSeconds != 0 || e.PerNode[0].Source != perNodeDefault {
 		t.Errorf("estimate: %+v", e)
 	}
 

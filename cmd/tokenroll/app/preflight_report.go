@@ -410,10 +410,13 @@ func makeEstimate(in preflightInput) estimate {
 			e.Scope = scopeIssuerChange
 			pin.Issuer = nextIssuer
 			pin.Gate.TrustKnown, pin.Gate.Trusted = true, nil
+			// The coordinator waits out --gate-settle only while a
+			// previous issuer is still trusted: without a window, the old
+			// tokens fail already and nodes start as the gate opens.
 			if in.TrustWindow > 0 {
 				pin.Gate.Trusted = []coordinator.TrustedIssuer{{Name: st.Issuer, Expires: in.Now.Add(in.TrustWindow)}}
+				e.GateSettleSeconds = in.GateSettle.Seconds()
 			}
-			e.GateSettleSeconds = in.GateSettle.Seconds()
 		}
 		for _, pn := range coordinator.MakePlan(pin).Nodes {
 			order = append(order, pn.Name)

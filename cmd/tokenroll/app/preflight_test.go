@@ -139,7 +139,8 @@ func checkOf(rep preflightReport, name string) check {
 }
 
 // Before an issuer change: every node whose agent reports tokens is
-// planned, the trust window is the flag's, and the gate settle counts.
+// planned, the trust window is the flag's, and the gate settle counts
+// only with a window (without one the coordinator does not wait it out).
 func TestPreflightBeforeAnIssuerChange(t *testing.T) {
 	now := time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
 	const iss = "https://old.test"
@@ -150,7 +151,7 @@ func TestPreflightBeforeAnIssuerChange(t *testing.T) {
 		"a": clean(3), "b": clean(2), "c": clean(1), "empty": clean(0)})
 	rep := buildPreflight(in)
 	e := rep.Estimate
-	if rep.Breaks || e.Scope != scopeIssuerChange || e.Nodes != 3 || e.Concurrency != 1 || e.DurationSeconds != (3*time.Minute+2*time.Minute).Seconds() ||
+	if rep.Breaks || e.Scope != scopeIssuerChange || e.Nodes != 3 || e.Concurrency != 1 || e.DurationSeconds != (3*time.Minute).Seconds() || e.GateSettleSeconds != 0 ||
 		e.Fits != nil || !e.TrustDeadline.IsZero() || len(e.PerNode) != 1 || e.PerNode[0].Source != perNodeDefault || e.PerNode[0].Why != "the state records no rollout" {
 		t.Errorf("no trust window: %+v\n%+v", e, rep.Checks)
 	}
@@ -158,7 +159,7 @@ func TestPreflightBeforeAnIssuerChange(t *testing.T) {
 	// last node's apps once (the others overlap the next nodes).
 	auto := in
 	auto.Strategy = coordinator.Auto
-	if e := buildPreflight(auto).Estimate; e.DurationSeconds != (3*time.Minute+2*time.Minute+2*time.Minute+30*time.Second).Seconds() ||
+	if e := buildPreflight(auto).Estimate; e.DurationSeconds != (3*time.Minute+2*time.Minute+30*time.Second).Seconds() ||
 		len(e.PerNode) != 1 || e.PerNode[0].Seconds != 60 || e.PerNode[0].Source != perNodeDefault {
 		t.Errorf("auto: %+v", e)
 	}
