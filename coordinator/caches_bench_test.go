@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"runtime/pprof"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -65,7 +66,7 @@ func managed(manager, sub string, fields int, at time.Time) metav1.ManagedFields
 	for i := 0; len(raw) < fields-8; i++ {
 		raw = append(raw, fmt.Sprintf(`"f:k%d":{},`, i)...)
 	}
-	raw = append(raw, `"f:x":{}}}`...)
+	raw = append(raw, `"f:x":{}}}}`...)
 	return metav1.ManagedFieldsEntry{Manager: manager, Operation: metav1.ManagedFieldsOperationUpdate, APIVersion: "v1",
 		Time: &metav1.Time{Time: at}, FieldsType: "FieldsV1", FieldsV1: metav1.NewFieldsV1(string(raw)), Subresource: sub}
 }
@@ -222,7 +223,34 @@ func newFleetClient(tb testing.TB, nodes int) *fleetClient {
 	return c
 }
 
-var cachesHeapProfile = flag.String("caches.heapprofile", "", "BenchmarkCaches writes the heap profile of what the caches retain to this file")
+// seenCache records the name of the last Node its handler gave it, so
+// that the benchmark tells its flushNodes sentinel's sync from the others.
+type seenCache struct {
+	cache.MutationCache
+	last atomic.Value
+}
+
+func (c *seenCache) OnAddOrUpdate(obj kruntime.Object) {
+	if n, ok := obj.(*corev1.Node); ok {
+		c.last.Store(n.Name)
+	}
+	c.MutationCache.OnAddOrUpdate(obj)
+}
+
+func (c *seenCache) OnDelete(obj kruntime.Object) {
+	if n, ok := obj.(*corev1.Node); ok {
+		c.last.Store(n.Name)
+	}
+	c.MutationCache.OnDelete(obj)
+}
+
+// flushNode is the name of the benchmark's sentinel Node.
+const flushNode = "flush.tokenroll.test"
+
+var (
+	cachesHeapProfile  = flag.String("caches.heapprofile", "", "BenchmarkCaches writes the heap profile of what the caches retain to this file")
+	cachesChurnProfile = flag.String("caches.churnprofile", "", "BenchmarkCaches writes the CPU profile of the pod churn alone to this file (not with -cpuprofile)")
+)
 
 // retained is the heap in use after collecting garbage.
 func retained() uint64 {
@@ -277,11 +305,20 @@ func benchCaches(b *testing.B, nodes int) {
 	defer t.queue.ShutDown()
 	open := true
 	t.sourceOpen = &open
-	syncs := 0
-	enqueue := func() { syncs++ }
+	// syncs counts the syncs the Node handler asks for, flushes the
+	// flushNodes sentinels it has handled.
+	var syncs, flushes atomic.Int64
+	seen := &seenCache{MutationCache: t.nodes}
+	enqueue := func() {
+		if seen.last.Load() == flushNode {
+			flushes.Add(1)
+			return
+		}
+		syncs.Add(1)
+	}
 	vols := newVolumeFeed(c)
 	var handled []cache.InformerSynced
-	for _, h := range []cache.ResourceEventHandler{nodeOnChange(t.nodes, enqueue), cache.ResourceEventHandlerFuncs{UpdateFunc: t.nodeUpdated},
+	for _, h := range []cache.ResourceEventHandler{nodeOnChange(seen, enqueue), cache.ResourceEventHandlerFuncs{UpdateFunc: t.nodeUpdated},
 		cache.ResourceEventHandlerFuncs{AddFunc: vols.node, UpdateFunc: func(_, n any) { vols.node(n) }}} {
 		reg, err := nodeInf.AddEventHandler(h)
 		if err != nil {
@@ -356,8 +393,19 @@ func benchCaches(b *testing.B, nodes int) {
 		}
 		raws = append(raws, raw)
 	}
-	last := realisticNode(beats-1, 2).Name
-	syncs = 0
+	// flushNodes returns once the Node handler has handled every update
+	// fed before: it feeds a Node added then deleted, each asking for a
+	// sync once all before it are handled, which enqueue counts apart.
+	flushNodes := func() {
+		n := flushes.Load()
+		f := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: flushNode, ResourceVersion: "1"}}
+		client.nodeWatch.Add(f)
+		client.nodeWatch.Delete(f)
+		for flushes.Load() < n+2 {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	syncs.Store(0)
 	cpu0 = cpuTime(b)
 	for _, raw := range raws {
 		obj, _, err := w.s.Decode(raw, nil, nil)
@@ -366,16 +414,156 @@ func benchCaches(b *testing.B, nodes int) {
 		}
 		client.nodeWatch.Modify(obj)
 	}
-	for {
-		if o, ok, _ := nodeInf.GetStore().GetByKey(last); ok && o.(*corev1.Node).ResourceVersion == "2" {
-			break
-		}
-		time.Sleep(time.Millisecond)
-	}
+	flushNodes()
 	beatCPU := (cpuTime(b) - cpu0) / time.Duration(beats)
-	if syncs != 0 {
-		b.Errorf("%d heartbeats asked for %d syncs, want none", beats, syncs)
+	if n := syncs.Load(); n != 0 {
+		b.Errorf("%d heartbeats asked for %d syncs, want none", beats, n)
 	}
+
+	// Pod churn: pods replaced as a Deployment's rollout or a
+	// rescheduling replaces them, each replacement the watch events the
+	// pod informer receives for it: the old pod marked for deletion, then
+	// deleted; its replacement added Pending without a node, bound to the
+	// node, then Running with its IP and conditions. The detector judges
+	// what changed at its next evaluation, every 10 s; at 10 replacements
+	// per node-hour that is 10*nodes/360 replacements per evaluation.
+	const replacements = 1000
+	perEval := max(1, 10*nodes/360)
+	var churn [][]byte
+	for r := range replacements {
+		i, p := r%nodes, r/nodes%podsPerNode
+		node := realisticNode(i, 1).Name
+		old := realisticPod(node, i, p)
+		rv := 2000000 + r*10
+		old.ResourceVersion = strconv.Itoa(rv)
+		old.DeletionTimestamp, old.DeletionGracePeriodSeconds = &metav1.Time{Time: t0.Add(time.Minute)}, new(int64(30))
+		created := realisticPod(node, i, p)
+		created.Name = created.GenerateName + fmt.Sprintf("r%04x", r)
+		created.UID = types.UID(fmt.Sprintf("%08x-5555-4000-8000-%012x", i, r))
+		created.CreationTimestamp = metav1.NewTime(t0.Add(time.Minute))
+		created.ManagedFields = created.ManagedFields[:1]
+		running := created.Status
+		created.Spec.NodeName = ""
+		created.Status = corev1.PodStatus{Phase: corev1.PodPending, QOSClass: corev1.PodQOSBurstable}
+		bound := created.DeepCopy()
+		bound.Spec.NodeName = node
+		bound.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodScheduled, Status: corev1.ConditionTrue, LastTransitionTime: metav1.NewTime(t0.Add(time.Minute))}}
+		up := bound.DeepCopy()
+		up.Status = running
+		up.ManagedFields = realisticPod(node, i, p).ManagedFields
+		for k, o := range []*corev1.Pod{old, created, bound, up, old} {
+			o.ResourceVersion = strconv.Itoa(rv + k)
+			raw, err := kruntime.Encode(w.s, o)
+			if err != nil {
+				b.Fatal(err)
+			}
+			churn = append(churn, raw)
+		}
+	}
+	// A pod added after the churn: once the detector holds it, the
+	// informer has applied every event before it.
+	sentinel := realisticPod(realisticNode(0, 1).Name, nodes, 0)
+	sentinel.ResourceVersion = strconv.Itoa(2000000 + replacements*10)
+	decode := func(raw []byte) kruntime.Object {
+		obj, _, err := w.s.Decode(raw, nil, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return obj
+	}
+	if *cachesChurnProfile != "" {
+		f, err := os.Create(*cachesChurnProfile)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			b.Fatal(err)
+		}
+		defer func() {
+			pprof.StopCPUProfile()
+			if err := f.Close(); err != nil {
+				b.Error(err)
+			}
+		}()
+	}
+	syncs.Store(0)
+	var churnEvalCPU time.Duration
+	cpu0 = cpuTime(b)
+	for r := range replacements {
+		for k, raw := range churn[r*5 : r*5+5] {
+			switch k {
+			case 1:
+				client.podWatch.Add(decode(raw))
+			case 4:
+				client.podWatch.Delete(decode(raw))
+			default:
+				client.podWatch.Modify(decode(raw))
+			}
+		}
+		if (r+1)%perEval == 0 || r == replacements-1 {
+			client.podWatch.Add(w.roundTrip(b, sentinel))
+			for d.Pods() != nodes*podsPerNode+1 {
+				time.Sleep(time.Millisecond)
+			}
+			client.podWatch.Delete(w.roundTrip(b, sentinel))
+			for d.Pods() != nodes*podsPerNode {
+				time.Sleep(time.Millisecond)
+			}
+			clock.Step(10 * time.Second)
+			e0 := cpuTime(b)
+			d.Evaluate()
+			churnEvalCPU += cpuTime(b) - e0
+		}
+	}
+	if *cachesChurnProfile != "" {
+		pprof.StopCPUProfile()
+	}
+	// Less the evaluations' idle share, which evalCPU counts.
+	evals := time.Duration((replacements + perEval - 1) / perEval)
+	churnCPU := (cpuTime(b) - cpu0 - evals*evalCPU) / replacements
+	flushNodes()
+	churnSyncs := syncs.Load()
+	if churnSyncs != 0 {
+		b.Errorf("%d pod replacements asked for %d syncs, want none", replacements, churnSyncs)
+	}
+
+	// The Node side of churn: pods coming and going change a node's
+	// tokens report (its token count and TokenIDs), which its agent
+	// rewrites at most hourly; each rewrite is a Node update the informer
+	// decodes. Each asks for a sync (none is run here: the queue is not
+	// served); what one sync of this fleet costs is measured apart.
+	var reports [][]byte
+	for i := range beats {
+		n := realisticNode(i, 3)
+		rep, err := protocol.ParseTokenReport(n.Annotations[protocol.AnnotationTokens])
+		if err != nil {
+			b.Fatal(err)
+		}
+		delete(rep.TokenIDs, fmt.Sprintf("%08x-0000-4000-8000-%012x", i, 0))
+		rep.TokenIDs[fmt.Sprintf("%08x-5555-4000-8000-%012x", i, i)] = []string{fmt.Sprintf("%016x@%d", uint64(i)<<20|0xfffff, t0.Add(time.Minute).Unix())}
+		raw, _ := json.Marshal(rep)
+		n.Annotations[protocol.AnnotationTokens] = string(raw)
+		if raw, err = kruntime.Encode(w.s, n); err != nil {
+			b.Fatal(err)
+		}
+		reports = append(reports, raw)
+	}
+	syncs.Store(0)
+	cpu0 = cpuTime(b)
+	for _, raw := range reports {
+		client.nodeWatch.Modify(decode(raw))
+	}
+	flushNodes()
+	reportCPU := (cpuTime(b) - cpu0) / time.Duration(beats)
+	reportSyncs := syncs.Load()
+	const syncRuns = 5
+	cpu0 = cpuTime(b)
+	for range syncRuns {
+		if _, err := t.sync(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+	syncCPU := (cpuTime(b) - cpu0) / syncRuns
 
 	perNode := float64(heapNodes-heap0) / float64(nodes)
 	perPod := float64(heapPods-heapNodes) / float64(nodes*podsPerNode)
@@ -384,7 +572,19 @@ func benchCaches(b *testing.B, nodes int) {
 	b.ReportMetric((perNode*5000+perPod*150000)/(1<<20), "MiB-heap@5000")
 	b.ReportMetric(float64(evalCPU.Microseconds()), "eval-cpu-us")
 	b.ReportMetric(float64(beatCPU.Microseconds()), "heartbeat-cpu-us")
+	b.ReportMetric(float64(churnCPU.Microseconds()), "churn-cpu-us")
+	b.ReportMetric(float64((churnEvalCPU / evals).Microseconds()), "churn-eval-cpu-us")
+	b.ReportMetric(float64(churnSyncs), "churn-syncs")
+	b.ReportMetric(float64(reportCPU.Microseconds()), "report-cpu-us")
+	b.ReportMetric(float64(reportSyncs)/float64(beats), "report-syncs/report")
+	b.ReportMetric(float64(syncCPU.Microseconds()), "sync-cpu-us")
 	// At 5,000 nodes and 150,000 pods per hour of idle: 360 evaluations
-	// (scaled from this fleet's pods) and 12 heartbeats per node.
-	b.ReportMetric(evalCPU.Seconds()*360*150000/float64(nodes*podsPerNode)+beatCPU.Seconds()*12*5000, "idle-cpu-s/h@5000")
+	// (scaled from this fleet's pods), 12 heartbeats per node, 10 pod
+	// replacements per node (the scale benchmark's churn: 50,000, each
+	// with the evaluation share it causes, at this fleet's size), and the
+	// one report rewrite per node that churn brings, with the syncs it
+	// asks for (a sync's cost scaled from this fleet's nodes; at a sync
+	// every ~0.7 s, the queue merges next to none).
+	b.ReportMetric(evalCPU.Seconds()*360*150000/float64(nodes*podsPerNode)+beatCPU.Seconds()*12*5000+churnCPU.Seconds()*10*5000+
+		reportCPU.Seconds()*5000+float64(reportSyncs)/float64(beats)*5000*syncCPU.Seconds()*5000/float64(nodes), "idle-cpu-s/h@5000")
 }

@@ -7,6 +7,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -535,10 +537,12 @@ func onChange(mc cache.MutationCache, enqueue func()) cache.ResourceEventHandler
 	}
 }
 
-// nodeOnChange is onChange for Nodes, except that an update moving only
-// the conditions' heartbeat times (the kubelet's periodic status post, every
-// node every few minutes) asks for no sync: nothing a sync reads changed,
-// and on a large fleet those posts alone would re-plan every node several
+// nodeOnChange is onChange for Nodes, except that an update no sync reads
+// asks for none: one moving only the conditions' heartbeat times (the
+// kubelet's periodic status post, every node every few minutes), or only
+// the TokenIDs of the agent's tokens report (its hourly rewrite as pods
+// come and go: app detection's volume feed reads them, a sync never). On
+// a large fleet those updates alone would re-plan every node several
 // times a second.
 func nodeOnChange(mc cache.MutationCache, enqueue func()) cache.ResourceEventHandlerFuncs {
 	h := onChange(mc, enqueue)
@@ -546,7 +550,7 @@ func nodeOnChange(mc cache.MutationCache, enqueue func()) cache.ResourceEventHan
 	h.UpdateFunc = func(oldObj, newObj any) {
 		a, okA := oldObj.(*corev1.Node)
 		b, okB := newObj.(*corev1.Node)
-		if okA && okB && heartbeatOnly(a, b) {
+		if okA && okB && unseenBySync(a, b) {
 			mc.OnAddOrUpdate(b)
 			return
 		}
@@ -555,10 +559,15 @@ func nodeOnChange(mc cache.MutationCache, enqueue func()) cache.ResourceEventHan
 	return h
 }
 
-// heartbeatOnly reports whether two versions of a Node differ only in their
-// resourceVersion, managed fields and conditions' heartbeat times.
-func heartbeatOnly(a, b *corev1.Node) bool {
+// unseenBySync reports whether two versions of a Node differ only in their
+// resourceVersion, managed fields, conditions' heartbeat times and the
+// TokenIDs of their tokens reports.
+func unseenBySync(a, b *corev1.Node) bool {
 	if len(a.Status.Conditions) != len(b.Status.Conditions) {
+		return false
+	}
+	ra, rb := a.Annotations[protocol.AnnotationTokens], b.Annotations[protocol.AnnotationTokens]
+	if ra != rb && !sameButTokenIDs(ra, rb) {
 		return false
 	}
 	// Shallow copies with the conditions copied: every node posts its
@@ -571,9 +580,30 @@ func heartbeatOnly(a, b *corev1.Node) bool {
 		for i := range c.Status.Conditions {
 			c.Status.Conditions[i].LastHeartbeatTime = metav1.Time{}
 		}
+		if ra != rb {
+			c.Annotations = maps.Clone(n.Annotations)
+			delete(c.Annotations, protocol.AnnotationTokens)
+		}
 		return &c
 	}
 	return equality.Semantic.DeepEqual(strip(a), strip(b))
+}
+
+// sameButTokenIDs reports whether two tokens reports differ in their
+// TokenIDs alone (false when either is not a report).
+func sameButTokenIDs(a, b string) bool {
+	if a == "" || b == "" {
+		return false
+	}
+	ra, errA := protocol.ParseTokenReport(a)
+	rb, errB := protocol.ParseTokenReport(b)
+	if errA != nil || errB != nil {
+		return false
+	}
+	ra.TokenIDs, rb.TokenIDs = nil, nil
+	// Both decoded alike: their times are equal exactly when their
+	// texts were.
+	return reflect.DeepEqual(ra, rb)
 }
 
 // nodeInformerFactory makes the factory of the Node informer a term
