@@ -218,11 +218,13 @@ func (s *Summary) fit() {
 		// The coordinator caches every Node and a sync reads them all.
 		CoordinatorRSSMiB:                proj(func(f Figures) float64 { return f.CoordinatorRSSMiB }),
 		CoordinatorCPUSecondsPerHourIdle: proj(func(f Figures) float64 { return f.CoordinatorCPUSecondsPerHourIdle }),
-		PlanSyncMillis: MedMax{Median: proj(func(f Figures) float64 { return f.PlanSyncMillis.Median }),
-			Max: proj(func(f Figures) float64 { return f.PlanSyncMillis.Max })},
+		// The slowest sync's bucket and the API servers' p99 are not
+		// projected (0): the one is a histogram bucket, noise to a fit;
+		// the other is this machine's, 2 shared cores running the whole
+		// fleet, not a control plane's.
+		PlanSyncMillis:             MedMax{Median: proj(func(f Figures) float64 { return f.PlanSyncMillis.Median })},
 		SyncsPerHourIdle:           proj(func(f Figures) float64 { return f.SyncsPerHourIdle }),
 		APIServerRequestsPerSecond: proj(func(f Figures) float64 { return f.APIServerRequestsPerSecond }),
-		APIServerP99Millis:         proj(func(f Figures) float64 { return f.APIServerP99Millis }),
 		CoordinatorRolloutRSSMiB:   proj(func(f Figures) float64 { return f.CoordinatorRolloutRSSMiB }),
 		CoordinatorRolloutCPUCores: proj(func(f Figures) float64 { return f.CoordinatorRolloutCPUCores }),
 	}
@@ -239,7 +241,7 @@ func (s *Summary) fit() {
 	p.CoordinatorRequestsPerSecond = math.Min(coordinatorQPS, (coordPerNode*projectTo+ro.CoordinatorLeaseRequests)/p.RolloutSeconds)
 	p.judge()
 	s.Projection5000 = p
-	s.Model = fmt.Sprintf("pods per node fixed at %d; per-node figures (agents, requests per node) as at %d nodes; coordinator memory, CPU, syncs and sync time and the API servers' rate and p99 fitted as a + b*nodes (least squares) over %v nodes; rollout = discovery + --gate-settle + waves (--max-unavailable %s) at the largest size's wave time, or the coordinator's requests at its %g/s client limit if longer; the p99 is this machine's (2 shared cores running the whole fleet), not a control plane's",
+	s.Model = fmt.Sprintf("pods per node fixed at %d; per-node figures (agents, requests per node) as at %d nodes; coordinator memory, CPU, syncs and median sync time and the API servers' rate fitted as a + b*nodes (least squares) over %v nodes; rollout = discovery + --gate-settle + waves (--max-unavailable %s) at the largest size's wave time, or the coordinator's requests at its %g/s client limit if longer; not projected: the slowest sync's bucket, and the API servers' p99, this machine's (2 shared cores running the whole fleet), not a control plane's",
 		s.PodsPerNode, lastRun.Nodes, xs, s.MaxUnavailable, coordinatorQPS)
 }
 
@@ -304,6 +306,16 @@ func (s *Summary) print(w io.Writer) {
 		}
 		fmt.Fprintln(tw)
 	}
+	// measured prints "-" in the projection's column for a figure the
+	// model does not project.
+	measured := func(get func(Figures) string) func(Figures) string {
+		return func(f Figures) string {
+			if s.Projection5000 != nil && f.Nodes == s.Projection5000.Nodes && len(s.Runs) > 0 && s.Runs[len(s.Runs)-1].Nodes != f.Nodes {
+				return "-"
+			}
+			return get(f)
+		}
+	}
 	f1 := func(get func(Figures) float64) func(Figures) string {
 		return func(f Figures) string { return fmt.Sprintf("%.2f", get(f)) }
 	}
@@ -318,12 +330,12 @@ func (s *Summary) print(w io.Writer) {
 	row("coordinator CPU idle s/h", f1(func(f Figures) float64 { return f.CoordinatorCPUSecondsPerHourIdle }))
 	row("syncs /h idle", f1(func(f Figures) float64 { return f.SyncsPerHourIdle }))
 	row("plan sync median ms", f1(func(f Figures) float64 { return f.PlanSyncMillis.Median }))
-	row("plan sync max ms (bucket)", f1(func(f Figures) float64 { return f.PlanSyncMillis.Max }))
+	row("plan sync max ms (bucket)", measured(f1(func(f Figures) float64 { return f.PlanSyncMillis.Max })))
 	row("rollout s (gate open->done)", f1(func(f Figures) float64 { return f.RolloutSeconds }))
 	row("requests /node (rollout)", f1(func(f Figures) float64 { return f.RequestsPerNode }))
 	row("coordinator requests/s", f1(func(f Figures) float64 { return f.CoordinatorRequestsPerSecond }))
 	row("API servers requests/s", f1(func(f Figures) float64 { return f.APIServerRequestsPerSecond }))
-	row("API server p99 ms", f1(func(f Figures) float64 { return f.APIServerP99Millis }))
+	row("API server p99 ms", measured(f1(func(f Figures) float64 { return f.APIServerP99Millis })))
 	row("coordinator RSS rollout MiB", f1(func(f Figures) float64 { return f.CoordinatorRolloutRSSMiB }))
 	row("coordinator CPU rollout cores", f3(func(f Figures) float64 { return f.CoordinatorRolloutCPUCores }))
 	row("agent process RSS MiB", f1(func(f Figures) float64 { return f.AgentProcessRSSMiB }))

@@ -2,6 +2,8 @@ package main
 
 import (
 	"math"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -19,8 +21,9 @@ func TestLinearFit(t *testing.T) {
 func TestSummaryProjects(t *testing.T) {
 	run := func(n int, rss, rollout float64) Run {
 		return Run{Nodes: n, PodsPerNode: 30,
-			Steady:  SteadyDetail{WindowSeconds: 60, CoordinatorRSSMiB: rss, AgentNodeWritesPerNodeHour: 0.5, Syncs: 10},
-			Rollout: RolloutDetail{RolloutSeconds: rollout, RequestsPerNode: 12, CoordinatorRequestsPerNode: 15, CoordinatorRequests: 600, CoordinatorLeaseRequests: 30}}
+			Steady: SteadyDetail{WindowSeconds: 60, CoordinatorRSSMiB: rss, AgentNodeWritesPerNodeHour: 0.5, Syncs: 10},
+			Rollout: RolloutDetail{RolloutSeconds: rollout, RequestsPerNode: 12, CoordinatorRequestsPerNode: 15, CoordinatorRequests: 600, CoordinatorLeaseRequests: 30,
+				APIServerP99Millis: rollout * 10}}
 	}
 	s := &Summary{MaxUnavailable: "5%", Runs: []Run{run(100, 40, 300), run(200, 50, 400)}}
 	s.PodsPerNode = 30
@@ -41,12 +44,18 @@ func TestSummaryProjects(t *testing.T) {
 		t.Errorf("top-level figures %+v: want the largest run's", s.Figures)
 	}
 	missed := strings.Join(p.Missed, "; ")
-	if !strings.Contains(missed, "RSS") || !strings.Contains(missed, "rollout") || strings.Contains(missed, "Node writes") {
-		t.Errorf("projected misses %q: want RSS and rollout, not the agent's writes", missed)
+	if !strings.Contains(missed, "RSS") || !strings.Contains(missed, "rollout") || strings.Contains(missed, "Node writes") || strings.Contains(missed, "p99") {
+		t.Errorf("projected misses %q: want RSS and rollout, not the agent's writes nor the machine's p99", missed)
+	}
+	// The 200-node run's 4,000 ms p99 is measured and missed; the
+	// projection has none.
+	if p.APIServerP99Millis != 0 || !slices.ContainsFunc(s.Runs[1].Figures.Missed, func(m string) bool { return strings.Contains(m, "p99 4000 ms") }) {
+		t.Errorf("p99: projected %v, want none; measured misses %q", p.APIServerP99Millis, s.Runs[1].Figures.Missed)
 	}
 	var b strings.Builder
 	s.print(&b)
-	if !strings.Contains(b.String(), "5000") || !strings.Contains(b.String(), "goal missed at 5000 nodes") {
+	p99 := regexp.MustCompile(`API server p99 ms +3000\.00 +4000\.00 +-\n`)
+	if !strings.Contains(b.String(), "5000") || !strings.Contains(b.String(), "goal missed at 5000 nodes") || !p99.MatchString(b.String()) {
 		t.Errorf("table:\n%s", b.String())
 	}
 }
