@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -177,7 +178,9 @@ var dryRun = metav1.PatchOptions{DryRun: []string{metav1.DryRunAll}}
 
 // nodePatcher grants subjects what a CNI operator or a person with node
 // rights holds: patch on Nodes and their status, and create; the grant is
-// removed when the test ends.
+// removed when the test ends. It returns once the API server's authorizer
+// allows every subject to patch Nodes: RBAC reads bindings from an
+// informer, so a binding just created can take a moment to count.
 func nodePatcher(ctx context.Context, t *testing.T, admin kubernetes.Interface, name string, subjects ...rbacv1.Subject) {
 	t.Helper()
 	_, err := admin.RbacV1().ClusterRoles().Create(ctx, &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: name},
@@ -191,6 +194,20 @@ func nodePatcher(ctx context.Context, t *testing.T, admin kubernetes.Interface, 
 		Subjects: subjects}, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
+	}
+	for _, sub := range subjects {
+		user, groups := sub.Name, []string(nil)
+		if sub.Kind == rbacv1.ServiceAccountKind {
+			user, groups = serviceAccountUser(sub.Namespace, sub.Name)
+		}
+		err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+			r, err := admin.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
+				User: user, Groups: groups, ResourceAttributes: &authorizationv1.ResourceAttributes{Verb: "patch", Resource: "nodes"}}}, metav1.CreateOptions{})
+			return err == nil && r.Status.Allowed, nil
+		})
+		if err != nil {
+			t.Fatalf("ClusterRoleBinding %s: %s %s is still not allowed to patch Nodes: %v", name, sub.Kind, user, err)
+		}
 	}
 	t.Cleanup(func() {
 		ctx := context.Background()
