@@ -306,15 +306,17 @@ func (s *Summary) print(w io.Writer) {
 		}
 		fmt.Fprintln(tw)
 	}
-	// measured prints "-" in the projection's column for a figure the
-	// model does not project.
-	measured := func(get func(Figures) string) func(Figures) string {
-		return func(f Figures) string {
-			if s.Projection5000 != nil && f.Nodes == s.Projection5000.Nodes && len(s.Runs) > 0 && s.Runs[len(s.Runs)-1].Nodes != f.Nodes {
-				return "-"
-			}
-			return get(f)
+	// measuredRow is row for a figure the model does not project: "-" in
+	// the projection's column.
+	measuredRow := func(name string, get func(Figures) string) {
+		fmt.Fprint(tw, name, "\t")
+		for _, r := range s.Runs {
+			fmt.Fprint(tw, get(r.Figures), "\t")
 		}
+		if s.Projection5000 != nil {
+			fmt.Fprint(tw, "-\t")
+		}
+		fmt.Fprintln(tw)
 	}
 	f1 := func(get func(Figures) float64) func(Figures) string {
 		return func(f Figures) string { return fmt.Sprintf("%.2f", get(f)) }
@@ -330,12 +332,12 @@ func (s *Summary) print(w io.Writer) {
 	row("coordinator CPU idle s/h", f1(func(f Figures) float64 { return f.CoordinatorCPUSecondsPerHourIdle }))
 	row("syncs /h idle", f1(func(f Figures) float64 { return f.SyncsPerHourIdle }))
 	row("plan sync median ms", f1(func(f Figures) float64 { return f.PlanSyncMillis.Median }))
-	row("plan sync max ms (bucket)", measured(f1(func(f Figures) float64 { return f.PlanSyncMillis.Max })))
+	measuredRow("plan sync max ms (bucket)", f1(func(f Figures) float64 { return f.PlanSyncMillis.Max }))
 	row("rollout s (gate open->done)", f1(func(f Figures) float64 { return f.RolloutSeconds }))
 	row("requests /node (rollout)", f1(func(f Figures) float64 { return f.RequestsPerNode }))
 	row("coordinator requests/s", f1(func(f Figures) float64 { return f.CoordinatorRequestsPerSecond }))
 	row("API servers requests/s", f1(func(f Figures) float64 { return f.APIServerRequestsPerSecond }))
-	row("API server p99 ms", measured(f1(func(f Figures) float64 { return f.APIServerP99Millis })))
+	measuredRow("API server p99 ms", f1(func(f Figures) float64 { return f.APIServerP99Millis }))
 	row("coordinator RSS rollout MiB", f1(func(f Figures) float64 { return f.CoordinatorRolloutRSSMiB }))
 	row("coordinator CPU rollout cores", f3(func(f Figures) float64 { return f.CoordinatorRolloutCPUCores }))
 	row("agent process RSS MiB", f1(func(f Figures) float64 { return f.AgentProcessRSSMiB }))
