@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -262,7 +264,8 @@ func TestRealKubelet(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Fatal("the real kubelet test runs as root: the kubelet gives token files to the pods' users")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	// Two API server restarts, each bounded by the operator's timeout.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute+2*openshiftsim.DefaultRestartTimeout)
 	defer cancel()
 	const issuerA, issuerB = "https://old.test", "https://new.test"
 	// Long enough for two of the kubelet's 10 s syncs after the change.
@@ -278,11 +281,27 @@ func TestRealKubelet(t *testing.T) {
 		}
 		_ = os.RemoveAll(dir)
 	})
-	sb, err := Start(ctx, Config{Dir: dir, Nodes: 1, APIServers: 1, Issuer: issuerA, TrustWindow: trustWindow, Kubelet: KubeletReal})
+	// The sandbox's log (the operator's restarts, the nodes) and the API
+	// server's end up in the test's output when it fails, the directory
+	// being gone by then.
+	logPath := filepath.Join(dir, "sandbox.log")
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logFile.Close()
+	log := zap.New(zapcore.NewCore(zapcore.NewConsoleEncoder(zap.NewDevelopmentEncoderConfig()), zapcore.Lock(logFile), zap.DebugLevel))
+	sb, err := Start(ctx, Config{Dir: dir, Nodes: 1, APIServers: 1, Issuer: issuerA, TrustWindow: trustWindow, Kubelet: KubeletReal, Log: log})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer sb.Stop()
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("the end of %s:\n%s", logPath, logTail(logPath, 40))
+			t.Logf("the end of %s:\n%s", sb.CP.LogPath(0), logTail(sb.CP.LogPath(0), 40))
+		}
+	})
 	node := sb.Nodes[0].(*realNode)
 	name, root := node.Name(), node.Root()
 
@@ -467,10 +486,12 @@ func TestRealKubelet(t *testing.T) {
 			t.Fatal(err)
 		}
 		changed := time.Now()
-		poll(t, ctx, "the API server signing with "+issuerB, time.Minute, 200*time.Millisecond, func() (bool, string) {
+		// The operator restarts the API server: bounded by its own timeout.
+		poll(t, ctx, "the API server signing with "+issuerB, openshiftsim.DefaultRestartTimeout, 200*time.Millisecond, func() (bool, string) {
 			iss, err := issuer.Discover(ctx, sb.Admin.Discovery().RESTClient())
 			return err == nil && iss == issuerB, fmt.Sprintf("%q %v", iss, err)
 		})
+		t.Logf("the API server signs with %s %s after the change", issuerB, time.Since(changed).Round(100*time.Millisecond))
 		probeToken := filepath.Join(root, "pods", probeUID, scan.ProjectedDir, "probe", "token")
 		accepted := func(want bool, when string) {
 			t.Helper()
@@ -541,7 +562,7 @@ func TestRealKubelet(t *testing.T) {
 		}
 
 		// The trust window ends: the operator drops the old issuer.
-		poll(t, ctx, "the operator dropping "+issuerA, trustWindow+time.Minute, 200*time.Millisecond, func() (bool, string) {
+		poll(t, ctx, "the operator dropping "+issuerA, trustWindow+openshiftsim.DefaultRestartTimeout, 200*time.Millisecond, func() (bool, string) {
 			got := sb.CP.Issuers(0)
 			if !slices.Equal(got, []string{issuerB}) {
 				return false, fmt.Sprintf("the API server trusts %v", got)

@@ -60,9 +60,9 @@ type Config struct {
 	// revision that no longer trusts it, as OpenShift does; with
 	// KeepExpiredIssuers it stays trusted, and listed, until the next change.
 	KeepExpiredIssuers bool
-	// RestartTimeout bounds one API server's restart (default 3m). A restart
-	// that has begun is finished even when Run's context ends, so that no
-	// server is left stopped.
+	// RestartTimeout bounds one API server's restart (default
+	// DefaultRestartTimeout). A restart that has begun is finished even
+	// when Run's context ends, so that no server is left stopped.
 	RestartTimeout time.Duration
 	// Clock decides when trusted issuers expire and stamps
 	// lastTransitionTime (default: the real clock).
@@ -103,7 +103,10 @@ const (
 	RolloutServersDiffer = "APIServerIssuersDiffer"
 )
 
-const defaultRestartTimeout = 3 * time.Minute
+// DefaultRestartTimeout bounds one API server's restart unless
+// Config.RestartTimeout says otherwise: stopping it (up to 20 s) and starting
+// it again until its /readyz answers ok.
+const DefaultRestartTimeout = 3 * time.Minute
 
 // Event is one step of the operator.
 type Event struct {
@@ -171,7 +174,7 @@ func New(cfg Config) (*Operator, error) {
 		errs = append(errs, fmt.Errorf("Config.TrustWindow is %s; it must be 0 (drop the previous issuer at once) or positive", cfg.TrustWindow))
 	}
 	if cfg.RestartTimeout < 0 {
-		errs = append(errs, fmt.Errorf("Config.RestartTimeout is %s; it must be positive (0 means %s)", cfg.RestartTimeout, defaultRestartTimeout))
+		errs = append(errs, fmt.Errorf("Config.RestartTimeout is %s; it must be positive (0 means %s)", cfg.RestartTimeout, DefaultRestartTimeout))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("openshiftsim: invalid Config: %w", err)
@@ -180,7 +183,7 @@ func New(cfg Config) (*Operator, error) {
 		cfg.StartRevision = DefaultStartRevision
 	}
 	if cfg.RestartTimeout == 0 {
-		cfg.RestartTimeout = defaultRestartTimeout
+		cfg.RestartTimeout = DefaultRestartTimeout
 	}
 	if cfg.Clock == nil {
 		cfg.Clock = clock.RealClock{}
