@@ -193,13 +193,7 @@ func TestAutoEvictsOnlyTheAppStalePod(t *testing.T) {
 	f.expectDrains()
 
 	w.run(20 * time.Second)
-	f.sync()
-	f.awaitDrainEnd()
-	f.expectDrains(drainCall{Pods: []string{"shop/cache-1"}, Timeout: 10 * time.Minute})
-	f.sync()
-	evicted := watchedAt
-	evicted.Evicted = []protocol.PodRef{podRef(cache)}
-	evicted.Owners = []protocol.OwnerRef{{Kind: "ReplicaSet", Namespace: "shop", Name: "cache"}}
+	evicted := f.evictCache(watchedAt, cache)
 	f.expectWrites(patchNode("n1", &evicted, nil))
 	f.expectEvents("Normal PodsEvicted rollout r-test: evicted 1 pod whose apps present stale credentials or fail to authenticate: shop/cache-1 (app-stale)")
 
@@ -446,10 +440,7 @@ func TestAutoPlansAppStalePods(t *testing.T) {
 	}
 	f.sync() // its apps watched
 	w.run(appsSettle + 10*time.Second)
-	f.sync()
-	f.awaitDrainEnd()
-	f.expectDrains(drainCall{Pods: []string{"shop/cache-1"}, Timeout: 10 * time.Minute})
-	f.sync()
+	f.evictCache(protocol.NodeState{}, cache)
 	w.run(2 * time.Minute)
 	f.sync()
 	if st := f.state(); st.Rollout.Phase != RolloutDone {
@@ -702,13 +693,7 @@ func TestAutoEvictsAKnownCachingPodAtOnce(t *testing.T) {
 	}
 	w.restartKubelet("n1")
 	w.d.Evaluate()
-	f.sync()
-	f.awaitDrainEnd()
-	f.expectDrains(drainCall{Pods: []string{"shop/cache-1"}, Timeout: 10 * time.Minute})
-	f.sync()
-	evicted := watched
-	evicted.Evicted = []protocol.PodRef{podRef(cache)}
-	evicted.Owners = []protocol.OwnerRef{{Kind: "ReplicaSet", Namespace: "shop", Name: "cache"}}
+	evicted := f.evictCache(watched, cache)
 	got := f.writes()
 	var nodeWrites []apiWrite
 	for _, wr := range got {
@@ -770,13 +755,7 @@ func TestAutoEvictsAKnownCachingPodBesideTheKubeletRestart(t *testing.T) {
 	}
 
 	// The agent has not restarted the kubelet yet: the caching pod goes.
-	f.sync()
-	f.awaitDrainEnd()
-	f.expectDrains(drainCall{Pods: []string{"shop/cache-1"}, Timeout: 10 * time.Minute})
-	f.sync()
-	evicted := s
-	evicted.Evicted = []protocol.PodRef{podRef(cache)}
-	evicted.Owners = []protocol.OwnerRef{{Kind: "ReplicaSet", Namespace: "shop", Name: "cache"}}
+	evicted := f.evictCache(s, cache)
 	f.compareWrites(nodeWrites(f.writes()), patchNode("n1", &evicted, nil))
 
 	// The kubelet restart verified: its apps are watched, the eviction
@@ -807,4 +786,19 @@ func nodeWrites(got []apiWrite) []apiWrite {
 		}
 	}
 	return out
+}
+
+// evictCache syncs as auto evicts the app-stale pod shop/cache-1 (its
+// ReplicaSet shop/cache) from n1: the drain of that pod alone, then the
+// sync after it. It returns s with the eviction recorded, the node state
+// n1's next write carries.
+func (f *fixture) evictCache(s protocol.NodeState, cache *corev1.Pod) protocol.NodeState {
+	f.t.Helper()
+	f.sync()
+	f.awaitDrainEnd()
+	f.expectDrains(drainCall{Pods: []string{"shop/cache-1"}, Timeout: 10 * time.Minute})
+	f.sync()
+	s.Evicted = []protocol.PodRef{podRef(cache)}
+	s.Owners = []protocol.OwnerRef{{Kind: "ReplicaSet", Namespace: "shop", Name: "cache"}}
+	return s
 }
