@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -39,9 +40,11 @@ func NewRegistry(component string) *prometheus.Registry {
 	return reg
 }
 
-// Server serves /metrics, /healthz and /readyz.
+// Server serves /metrics, /healthz and /readyz, and /debug/pprof/ once
+// EnableProfiling is called.
 type Server struct {
 	srv   *http.Server
+	mux   *http.ServeMux
 	ln    net.Listener
 	ready atomic.Bool
 	log   *zap.Logger
@@ -69,8 +72,8 @@ func NewServer(addr string, reg *prometheus.Registry, log *zap.Logger) (*Server,
 	if err != nil {
 		return nil, fmt.Errorf("listening for metrics on %s: %w", addr, err)
 	}
-	s := &Server{ln: ln, log: log}
 	mux := http.NewServeMux()
+	s := &Server{ln: ln, mux: mux, log: log}
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg, ErrorLog: zap.NewStdLog(log)}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		s.mu.Lock()
@@ -93,6 +96,19 @@ func NewServer(addr string, reg *prometheus.Registry, log *zap.Logger) (*Server,
 	})
 	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	return s, nil
+}
+
+// EnableProfiling serves Go's net/http/pprof handlers under /debug/pprof/.
+// They are registered on this server's mux: importing net/http/pprof also
+// registers them on http.DefaultServeMux, which nothing here serves. The
+// profiles show stack traces and the process's command line, so they are
+// off unless a person asks for them.
+func (s *Server) EnableProfiling() {
+	s.mux.HandleFunc("/debug/pprof/", pprof.Index)
+	s.mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	s.mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	s.mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	s.mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 }
 
 // Addr is the address the server listens on.

@@ -90,3 +90,38 @@ func TestNewServerRejectsABadAddress(t *testing.T) {
 		t.Errorf("got %v, want an error naming the address", err)
 	}
 }
+
+// /debug/pprof/ is served only once profiling is enabled, on the server's
+// own mux.
+func TestServerServesProfilesOnlyWhenEnabled(t *testing.T) {
+	for _, c := range []struct {
+		profiling bool
+		want      int
+	}{{false, http.StatusNotFound}, {true, http.StatusOK}} {
+		s, err := NewServer("127.0.0.1:0", NewRegistry("coordinator"), zap.NewNop())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.profiling {
+			s.EnableProfiling()
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- s.Run(ctx) }()
+		base := "http://" + s.Addr()
+		for _, path := range []string{"/debug/pprof/", "/debug/pprof/cmdline", "/debug/pprof/goroutine?debug=1"} {
+			if code, _ := get(t, base+path); code != c.want {
+				t.Errorf("profiling %v: %s answered %d, want %d", c.profiling, path, code, c.want)
+			}
+		}
+		if c.profiling {
+			if _, body := get(t, base+"/debug/pprof/goroutine?debug=1"); !strings.Contains(body, "metrics.(*Server).Run") {
+				t.Errorf("/debug/pprof/goroutine?debug=1 does not show this server's goroutine:\n%s", body)
+			}
+		}
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run after cancel: %v", err)
+		}
+	}
+}

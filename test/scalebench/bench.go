@@ -79,6 +79,11 @@ func runAll(ctx context.Context, o options, dir string, log *zap.Logger) (*Summa
 			return nil, fmt.Errorf("building ./cmd/tokenroll-agent (run from the repository root, or pass --agent-binary): %w: %s", err, out)
 		}
 	}
+	if o.CPUProfileDir != "" {
+		if err := os.MkdirAll(o.CPUProfileDir, 0o755); err != nil {
+			return nil, fmt.Errorf("--cpu-profile-dir: %w", err)
+		}
+	}
 	sum := &Summary{MaxUnavailable: o.MaxUnavailable, Churn: o.Churn, Steady: o.Steady.Seconds()}
 	sum.PodsPerNode = o.PodsPerNode
 	for _, n := range o.Nodes {
@@ -271,6 +276,7 @@ func measure(ctx context.Context, o options, n int, bin, agentBin, dir string, l
 	if err := waitPublished(ctx, admin); err != nil {
 		return nil, err
 	}
+	prof := newCPUProfiler(o.CPUProfileDir, coord.metrics, n, prog.printf)
 
 	// Phase 1: steady state.
 	agentClock.step(agentSettled)
@@ -291,6 +297,9 @@ func measure(ctx context.Context, o options, n int, bin, agentBin, dir string, l
 	if err != nil {
 		return nil, err
 	}
+	// The profile lasts a second longer than the window, so that the
+	// coordinator writes it out after its CPU time was read.
+	waitIdleProfile := prof.during(ctx, "idle", o.Steady+time.Second)
 	t0 = time.Now()
 	churnCtx, stopChurn := context.WithTimeout(ctx, o.Steady)
 	_ = pods.churn(churnCtx, o.Churn*float64(n)/3600) // returns when the window ends
@@ -334,6 +343,7 @@ func measure(ctx context.Context, o options, n int, bin, agentBin, dir string, l
 	st.PlanSyncMillis = millis(d)
 	prog.printf("steady state: coordinator %.1f CPU s/h, %.0f MiB, %.0f syncs; agents %.2f Node writes per node and hour",
 		st.CoordinatorCPUSecondsPerHour, st.CoordinatorRSSMiB, st.Syncs, st.AgentNodeWritesPerNodeHour)
+	waitIdleProfile() // the coordinator profiles one window at a time
 
 	// The calibration node has no executor: it leaves before the rollout.
 	calib.stop()
@@ -366,6 +376,8 @@ func measure(ctx context.Context, o options, n int, bin, agentBin, dir string, l
 	if err != nil {
 		return nil, err
 	}
+	stopRolloutProfile := prof.until(ctx, "rollout")
+	defer stopRolloutProfile()
 	prog.enter("waiting for the coordinator to plan a rollout")
 	if err := benchkit.WaitRolloutStarted(ctx, api, 5*time.Minute); err != nil {
 		return nil, err
@@ -395,6 +407,7 @@ func measure(ctx context.Context, o options, n int, bin, agentBin, dir string, l
 	if err != nil {
 		return nil, err
 	}
+	stopRolloutProfile()
 	run.Load.Rollout = loads.mean(gateOpen, done)
 	ro := &run.Rollout
 	ro.Phase = string(final.Phase)

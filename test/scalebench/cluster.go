@@ -169,7 +169,8 @@ type coordinatorProc struct {
 // identity and the shipped defaults, but for the gate (this control plane
 // has no revision), kured (not deployed), the strategy (kubelet-restart:
 // the default, auto, would evict the benchmark's pods, which no controller
-// recreates) and --max-unavailable.
+// recreates) and --max-unavailable; with --profiling when the benchmark
+// fetches its CPU profiles.
 func startCoordinator(ctx context.Context, cp *controlplane.ControlPlane, server, bin, dir string, o options) (*coordinatorProc, error) {
 	cfg, err := cp.UserConfig(coordinatorUser, "system:masters")
 	if err != nil {
@@ -191,6 +192,9 @@ func startCoordinator(ctx context.Context, cp *controlplane.ControlPlane, server
 	}
 	cmd := exec.Command(bin, "--kubeconfig="+kubeconfig, "--namespace="+namespace, "--gate=none", "--kured-lock=", "--strategy=kubelet-restart",
 		"--max-unavailable="+o.MaxUnavailable, "--metrics-bind-address="+addr)
+	if o.CPUProfileDir != "" {
+		cmd.Args = append(cmd.Args, "--profiling")
+	}
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	if err := cmd.Start(); err != nil {
 		logFile.Close()

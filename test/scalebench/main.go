@@ -46,6 +46,11 @@
 //     pods per node.
 //
 // It prints a table and, with --summary-json, writes the figures as JSON.
+// With --cpu-profile-dir the coordinator runs with --profiling and the
+// benchmark fetches its CPU profiles over phases 1 and 2 into that
+// directory (go tool pprof -top DIR/coordinator-idle-250.pprof); the
+// profiling costs the coordinator some CPU of its own, counted in its
+// figures.
 package main
 
 import (
@@ -104,6 +109,10 @@ type options struct {
 	Timeout time.Duration
 	// LogLevel is the least severe level logged to stderr.
 	LogLevel string
+	// CPUProfileDir, when set, receives the coordinator's CPU profiles
+	// (it runs with --profiling): coordinator-idle-NODES.pprof over the
+	// steady state, coordinator-rollout-NODES-K.pprof over the rollout.
+	CPUProfileDir string
 }
 
 func defaultOptions() options {
@@ -156,6 +165,7 @@ func (o *options) addFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.BinDir, "bin-dir", o.BinDir, "directory holding etcd and kube-apiserver (default: $TOKENROLL_CONTROLPLANE_BIN or the build cache)")
 	fs.DurationVar(&o.Timeout, "timeout", o.Timeout, "bound on the whole run")
 	fs.StringVar(&o.LogLevel, "log-level", o.LogLevel, "least severe level logged to stderr: debug, info, warn or error")
+	fs.StringVar(&o.CPUProfileDir, "cpu-profile-dir", o.CPUProfileDir, "run the coordinator with --profiling and write its CPU profiles here: coordinator-idle-NODES.pprof over the steady state, coordinator-rollout-NODES-K.pprof over the rollout, 30 s each (go tool pprof merges them)")
 }
 
 // validate reports every bad flag.

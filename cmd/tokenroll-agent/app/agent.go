@@ -60,6 +60,8 @@ type agentOptions struct {
 	CoordinatorNamespace string
 	// MetricsBindAddress serves /metrics, /healthz and /readyz.
 	MetricsBindAddress string
+	// Profiling also serves /debug/pprof/ on MetricsBindAddress.
+	Profiling bool
 	// MaxTokenSeries caps the per-token metric series, and
 	// MaxTokenSeriesPerNamespace one namespace's share of them (0: no cap
 	// of its own).
@@ -137,6 +139,7 @@ func (o *agentOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.IssuerRefresh, "issuer-refresh-interval", o.IssuerRefresh, "How often the API server's issuer is read from OIDC discovery while the coordinator publishes none (see --coordinator-namespace).")
 	fs.StringVar(&o.CoordinatorNamespace, "coordinator-namespace", o.CoordinatorNamespace, "Namespace whose ConfigMap "+protocol.IssuerConfigMapName+" the coordinator publishes the issuer in: the agent watches it and reads OIDC discovery on a timer only while it holds no valid issuer. Empty: OIDC discovery alone (default $POD_NAMESPACE, set from the downward API).")
 	fs.StringVar(&o.MetricsBindAddress, "metrics-bind-address", o.MetricsBindAddress, "Address serving /metrics, /healthz and /readyz.")
+	fs.BoolVar(&o.Profiling, "profiling", o.Profiling, "Serve Go's net/http/pprof profiles under /debug/pprof/ on --metrics-bind-address. They show stack traces and the command line (no token contents) to whoever reaches that port.")
 	fs.IntVar(&o.MaxTokenSeries, "max-token-series", o.MaxTokenSeries, "Most per-token metric series exported (only tokens that are not fresh get one).")
 	fs.IntVar(&o.MaxTokenSeriesPerNamespace, "max-token-series-per-namespace", o.MaxTokenSeriesPerNamespace, "Most per-token metric series one namespace gets, so one tenant cannot use the whole --max-token-series; 0 for no cap of its own.")
 	fs.StringVar(&o.Executor, "executor", o.Executor, "How requests are carried out: systemd (logind and systemd over D-Bus) or command.")
@@ -233,6 +236,9 @@ func (o *agentOptions) run(ctx context.Context, e cli.Env) error {
 	srv, err := metrics.NewServer(o.MetricsBindAddress, reg, e.Log)
 	if err != nil {
 		return err
+	}
+	if o.Profiling {
+		srv.EnableProfiling()
 	}
 	log := e.Log.With(zap.String("node", o.NodeName))
 	var a *agent.Agent

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
+	"github.com/spf13/pflag"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
@@ -69,7 +70,7 @@ func TestAgentCommandServesLintCleanMetrics(t *testing.T) {
 	go func() {
 		exit <- cli.Execute(ctx, NewCommand(&stdout, &stderr), []string{"--node-name=node-1", "--kubelet-root=" + c.Nodes["node-1"].Root(),
 			"--kubeconfig=" + kubeconfig, "--metrics-bind-address=" + addr, "--log-format=json",
-			"--state-dir=" + t.TempDir(), "--reboot-sentinel=", "--dry-run"})
+			"--state-dir=" + t.TempDir(), "--reboot-sentinel=", "--dry-run", "--profiling"})
 	}()
 	get := func(path string) (int, string) {
 		resp, err := http.Get("http://" + addr + path)
@@ -111,6 +112,9 @@ func TestAgentCommandServesLintCleanMetrics(t *testing.T) {
 		if strings.HasPrefix(p.Metric, "tokenroll_") {
 			t.Errorf("metric lint: %s: %s", p.Metric, p.Text)
 		}
+	}
+	if code, body := get("/debug/pprof/goroutine?debug=1"); code != http.StatusOK || !strings.Contains(body, "agent.(*Agent)") {
+		t.Errorf("--profiling: /debug/pprof/goroutine?debug=1 answered %d without the agent's goroutines:\n%.2000s", code, body)
 	}
 	node, err := c.Admin.CoreV1().Nodes().Get(ctx, "node-1", metav1.GetOptions{})
 	if err != nil {
@@ -196,4 +200,23 @@ func TestAgentCommandRewritesARegisteredAgainNode(t *testing.T) {
 		t.Fatalf("the Node was not replaced")
 	}
 
+}
+
+// --profiling is off unless asked for: the profiles show stack traces and
+// the command line.
+func TestProfilingOffByDefault(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want bool
+	}{{nil, false}, {[]string{"--profiling"}, true}} {
+		o := newAgentOptions()
+		fs := pflag.NewFlagSet("tokenroll-agent", pflag.ContinueOnError)
+		o.AddFlags(fs)
+		if err := fs.Parse(c.args); err != nil {
+			t.Fatal(err)
+		}
+		if o.Profiling != c.want {
+			t.Errorf("%q: Profiling %v, want %v", c.args, o.Profiling, c.want)
+		}
+	}
 }

@@ -67,6 +67,8 @@ type coordinatorOptions struct {
 	MaxUnavailable, DeadlineMaxUnavailable string
 	// MetricsBindAddress serves /metrics, /healthz and /readyz.
 	MetricsBindAddress string
+	// Profiling also serves /debug/pprof/ on MetricsBindAddress.
+	Profiling bool
 	// DrainTimeout, ActionTimeout and VerifyTimeout bound the steps;
 	// Settle pauses after each node; GateSettle is how long the revision
 	// gate must stay open before new nodes start.
@@ -128,6 +130,7 @@ func (o *coordinatorOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.MaxUnavailable, "max-unavailable", o.MaxUnavailable, "Most nodes disrupted at once, as a number or a percentage (counting nodes already NotReady or cordoned).")
 	fs.StringVar(&o.DeadlineMaxUnavailable, "deadline-max-unavailable", o.DeadlineMaxUnavailable, "Ceiling, as a number or a percentage, up to which the coordinator raises --max-unavailable when a rollout is expected to end after the previous issuer stops being trusted (from the time its nodes took so far); it says so in a log line, an Event and tokenroll status. Empty: never raised.")
 	fs.StringVar(&o.MetricsBindAddress, "metrics-bind-address", o.MetricsBindAddress, "Address serving /metrics, /healthz and /readyz.")
+	fs.BoolVar(&o.Profiling, "profiling", o.Profiling, "Serve Go's net/http/pprof profiles under /debug/pprof/ on --metrics-bind-address. They show stack traces and the command line (no token contents) to whoever reaches that port.")
 	fs.DurationVar(&o.DrainTimeout, "drain-timeout", o.DrainTimeout, "Longest a drain (or a pod restart's evictions) may take before the rollout halts.")
 	fs.DurationVar(&o.ActionTimeout, "action-timeout", o.ActionTimeout, "Longest the agent's action may take (a reboot: until the node is back Ready) before the rollout halts.")
 	fs.DurationVar(&o.VerifyTimeout, "verify-timeout", o.VerifyTimeout, "Longest the checks after an action may take (tokens fresh, replicas ready) before the rollout halts.")
@@ -288,6 +291,9 @@ func (o *coordinatorOptions) run(ctx context.Context, e cli.Env) error {
 	srv, err := metrics.NewServer(o.MetricsBindAddress, reg, e.Log)
 	if err != nil {
 		return err
+	}
+	if o.Profiling {
+		srv.EnableProfiling()
 	}
 	gate, err := coordinator.NewGate(ctx, o.Gate, client, dyn)
 	if err != nil {

@@ -74,3 +74,22 @@ func TestRolloutPoliciesOnByDefault(t *testing.T) {
 		}
 	}
 }
+
+// --profiling is off unless asked for: the profiles show stack traces and
+// the command line.
+func TestProfilingOffByDefault(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want bool
+	}{{nil, false}, {[]string{"--profiling"}, true}, {[]string{"--profiling=false"}, false}} {
+		o := newCoordinatorOptions()
+		fs := pflag.NewFlagSet("tokenroll-coordinator", pflag.ContinueOnError)
+		o.AddFlags(fs)
+		if err := fs.Parse(c.args); err != nil {
+			t.Fatal(err)
+		}
+		if o.Profiling != c.want {
+			t.Errorf("%q: Profiling %v, want %v", c.args, o.Profiling, c.want)
+		}
+	}
+}
