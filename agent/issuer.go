@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -87,9 +88,24 @@ func (a *Agent) signalPublished() {
 // watchPublished keeps a cache of the one ConfigMap the coordinator
 // publishes the issuer in (a field selector on its name, which RBAC limits
 // by resourceName) until ctx ends. A watch the agent may not make is given
-// up at once, logged once, and OIDC discovery read on its timer instead:
-// retrying a forbidden list every few seconds would be polling again.
+// up at once, logged once, and OIDC discovery read on its timer instead;
+// the watch is tried again every IssuerRefresh, no more often than
+// discovery is read then, so that a grant made later is followed without
+// restarting the agent (a forbidden list retried every few seconds would
+// be polling again).
 func (a *Agent) watchPublished(ctx context.Context) {
+	for a.followPublished(ctx) {
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.cfg.Clock.After(a.cfg.IssuerRefresh):
+		}
+	}
+}
+
+// followPublished runs one watch of the published ConfigMap until ctx ends
+// (false) or the API server forbids it (true).
+func (a *Agent) followPublished(ctx context.Context) (forbidden bool) {
 	client := a.cfg.Published
 	selector := func(o *metav1.ListOptions) { o.FieldSelector = "metadata.name=" + protocol.IssuerConfigMapName }
 	lw := cache.ToListWatcherWithWatchListSemantics(&cache.ListWatch{
@@ -105,14 +121,18 @@ func (a *Agent) watchPublished(ctx context.Context) {
 	informer := cache.NewSharedIndexInformer(lw, &corev1.ConfigMap{}, 0, cache.Indexers{})
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
+	var refused atomic.Bool
 	if err := informer.SetWatchErrorHandlerWithContext(func(ctx context.Context, r *cache.Reflector, err error) {
 		if apierrors.IsForbidden(err) {
 			a.metrics.scanErrors.WithLabelValues("issuer_published").Inc()
-			a.cfg.Log.Error("not allowed to watch the coordinator's published issuer; reading OIDC discovery every --issuer-refresh-interval instead until the agent restarts; grant list and watch on it (deploy/: Role tokenroll-agent)",
-				zap.String("namespace", a.cfg.PublishedNamespace), zap.String("configMap", protocol.IssuerConfigMapName), zap.Error(err))
 			a.mu.Lock()
+			if !a.src.off {
+				a.cfg.Log.Error("not allowed to watch the coordinator's published issuer; reading OIDC discovery every --issuer-refresh-interval instead, and trying the watch again as often; grant list and watch on it (deploy/: Role tokenroll-agent)",
+					zap.String("namespace", a.cfg.PublishedNamespace), zap.String("configMap", protocol.IssuerConfigMapName), zap.Error(err))
+			}
 			a.src.off = true
 			a.mu.Unlock()
+			refused.Store(true)
 			a.signalPublished()
 			stop()
 			return
@@ -120,14 +140,14 @@ func (a *Agent) watchPublished(ctx context.Context) {
 		cache.DefaultWatchErrorHandler(ctx, r, err)
 	}); err != nil {
 		a.cfg.Log.Error("watching the published issuer", zap.Error(err))
-		return
+		return false
 	}
 	signal := func(any) { a.signalPublished() }
 	if _, err := informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc: signal, UpdateFunc: func(_, n any) { signal(n) }, DeleteFunc: signal,
 	}); err != nil {
 		a.cfg.Log.Error("watching the published issuer", zap.Error(err))
-		return
+		return false
 	}
 	a.mu.Lock()
 	a.src.store = informer.GetStore()
@@ -137,11 +157,18 @@ func (a *Agent) watchPublished(ctx context.Context) {
 	defer func() { stop(); <-done }()
 	if cache.WaitForCacheSync(ctx.Done(), informer.HasSynced) {
 		a.mu.Lock()
-		a.src.synced = true
+		if a.src.off {
+			a.cfg.Log.Info("allowed to watch the coordinator's published issuer now; following it",
+				zap.String("namespace", a.cfg.PublishedNamespace), zap.String("configMap", protocol.IssuerConfigMapName))
+		}
+		a.src.synced, a.src.off = true, false
 		a.mu.Unlock()
 		a.signalPublished() // absent: say so, and poll
 	}
 	<-ctx.Done()
+	stop()
+	<-done
+	return refused.Load()
 }
 
 // publishedObject is the cached ConfigMap (nil: absent, or not known).

@@ -342,34 +342,53 @@ func TestInvalidPublishedIssuer(t *testing.T) {
 }
 
 // An agent not allowed to watch the ConfigMap says so once, with the fix,
-// and reads discovery on the timer; it does not retry the list.
+// and reads discovery on the timer; it tries the watch again every
+// IssuerRefresh, no more often, and follows the published issuer once the
+// grant is made, without a restart.
 func TestPublishedIssuerForbidden(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	cs := fake.NewClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-1"}})
 	var mu sync.Mutex
-	lists := 0
+	lists, allowed := 0, false
 	cs.PrependReactor("list", "configmaps", func(clienttesting.Action) (bool, runtime.Object, error) {
 		mu.Lock()
+		defer mu.Unlock()
 		lists++
-		mu.Unlock()
+		if allowed {
+			return false, nil, nil
+		}
 		return true, nil, apierrors.NewForbidden(schema.GroupResource{Resource: "configmaps"}, "", errors.New("RBAC: no"))
 	})
+	listed := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return lists
+	}
 	core, logs := observer.New(zap.InfoLevel)
 	disc := &discoveryServer{issuer: testIssuer}
+	clk := clocktesting.NewFakeClock(time.Now())
 	a, err := New(Config{NodeName: "node-1", KubeletRoot: t.TempDir(), Client: cs.CoreV1().Nodes(), Discovery: disc.client(),
 		Published: noWatchListCM{cs.CoreV1().ConfigMaps(tokenrollNS)}, PublishedNamespace: tokenrollNS,
-		Interval: time.Minute, IssuerRefresh: 10 * time.Minute, Clock: clocktesting.NewFakeClock(time.Now()), Log: zap.New(core)})
+		Interval: time.Minute, IssuerRefresh: 10 * time.Minute, Clock: clk, Log: zap.New(core)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan struct{})
 	go func() { defer close(done); a.watchPublished(ctx) }()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the watch went on after a forbidden list")
+	// waitRetry waits until the watch was refused lists times and waits
+	// for the clock to try again.
+	waitRetry := func(lists int) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for listed() != lists || !clk.HasWaiters() {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d lists, waiting on the clock %v; want %d lists, then a wait", listed(), clk.HasWaiters(), lists)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
 	}
+	waitRetry(1)
 	a.applyPublished()
 	if a.publishedInForce() {
 		t.Error("a forbidden watch counts as a published issuer")
@@ -378,12 +397,53 @@ func TestPublishedIssuerForbidden(t *testing.T) {
 	if disc.count() != 1 {
 		t.Errorf("%d discovery reads on the timer, want 1", disc.count())
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	if lists != 1 {
-		t.Errorf("%d lists, want 1 and no retry", lists)
+
+	// Refused again after IssuerRefresh, not before; said once.
+	clk.Step(10*time.Minute - time.Second)
+	if n := listed(); n != 1 {
+		t.Errorf("%d lists before IssuerRefresh passed, want 1", n)
 	}
+	clk.Step(time.Second)
+	waitRetry(2)
 	if logs.FilterMessageSnippet("not allowed to watch").Len() != 1 || logs.FilterMessageSnippet("no valid issuer published").Len() != 1 {
 		t.Errorf("want the refusal and the fallback logged once each: %v", logs.All())
+	}
+
+	// The grant is made: the next try follows the published issuer.
+	if _, err := cs.CoreV1().ConfigMaps(tokenrollNS).Create(ctx, publishedConfigMap(newIssuer, clk.Now()), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	allowed = true
+	mu.Unlock()
+	clk.Step(10 * time.Minute)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		select {
+		case <-a.publishedChanged:
+			a.applyPublished()
+		case <-time.After(10 * time.Millisecond):
+		}
+		if a.publishedInForce() {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the published issuer is not in force after the grant (%d lists)", listed())
+		}
+	}
+	a.mu.Lock()
+	got := a.issuer
+	a.mu.Unlock()
+	if got != newIssuer {
+		t.Errorf("expected issuer %q, want the published %q", got, newIssuer)
+	}
+	if logs.FilterMessageSnippet("allowed to watch the coordinator's published issuer now").Len() != 1 {
+		t.Errorf("want the grant logged once: %v", logs.All())
+	}
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the watch went on after its context ended")
 	}
 }
