@@ -222,11 +222,10 @@ func (o *agentOptions) validateRun() error {
 }
 
 func (o *agentOptions) run(ctx context.Context, e cli.Env) error {
-	cfg, err := cli.RestConfig(o.Kubeconfig)
+	cfg, err := cli.ComponentRestConfig(o.Kubeconfig, "tokenroll-agent/"+version.Version)
 	if err != nil {
 		return err
 	}
-	cfg.UserAgent = "tokenroll-agent/" + version.Version
 	direct, discovery, err := nodeclient.New(cfg)
 	if err != nil {
 		return err

@@ -273,11 +273,10 @@ func checkKuredLock(v string) error {
 }
 
 func (o *coordinatorOptions) run(ctx context.Context, e cli.Env) error {
-	cfg, err := cli.RestConfig(o.Kubeconfig)
+	cfg, err := cli.ComponentRestConfig(o.Kubeconfig, "tokenroll-coordinator/"+version.Version)
 	if err != nil {
 		return err
 	}
-	cfg.UserAgent = "tokenroll-coordinator/" + version.Version
 	cfg.QPS, cfg.Burst = o.QPS, o.Burst
 	client, election, err := newClients(cfg)
 	if err != nil {
