@@ -166,9 +166,13 @@ type PodSelector struct {
 
 // ParseNodeState decodes a node-state annotation.
 func ParseNodeState(value string) (NodeState, error) {
-	var s NodeState
-	if err := decode(AnnotationNodeState, "a JSON node state", value, &s); err != nil {
+	type plain NodeState
+	var s struct {
+		versionRead
+		plain
+	}
+	if err := decode(AnnotationNodeState, "a JSON node state", value, &s, &s.versionRead); err != nil {
 		return NodeState{}, err
 	}
-	return s, nil
+	return NodeState(s.plain), nil
 }

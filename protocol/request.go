@@ -83,8 +83,14 @@ type Status struct {
 
 // ParseRequest decodes and checks a request annotation.
 func ParseRequest(value string) (Request, error) {
-	var r Request
-	if err := decode(AnnotationRequest, "a JSON request", value, &r); err != nil {
+	type plain Request
+	var read struct {
+		versionRead
+		plain
+	}
+	err := decode(AnnotationRequest, "a JSON request", value, &read, &read.versionRead)
+	r := Request(read.plain)
+	if err != nil {
 		if IsVersionError(err) {
 			// With its ID, the agent's refusal reaches the coordinator.
 			return r, err
@@ -112,9 +118,13 @@ func ParseRequest(value string) (Request, error) {
 
 // ParseStatus decodes a status annotation.
 func ParseStatus(value string) (Status, error) {
-	var s Status
-	if err := decode(AnnotationStatus, "a JSON status", value, &s); err != nil {
+	type plain Status
+	var s struct {
+		versionRead
+		plain
+	}
+	if err := decode(AnnotationStatus, "a JSON status", value, &s, &s.versionRead); err != nil {
 		return Status{}, err
 	}
-	return s, nil
+	return Status(s.plain), nil
 }

@@ -177,11 +177,15 @@ func (p PodRef) String() string { return p.Namespace + "/" + p.Name }
 
 // ParseTokenReport decodes a tokens annotation.
 func ParseTokenReport(value string) (TokenReport, error) {
-	var r TokenReport
-	if err := decode(AnnotationTokens, "a JSON token report", value, &r); err != nil {
+	type plain TokenReport
+	var r struct {
+		versionRead
+		plain
+	}
+	if err := decode(AnnotationTokens, "a JSON token report", value, &r, &r.versionRead); err != nil {
 		return TokenReport{}, err
 	}
-	return r, nil
+	return TokenReport(r.plain), nil
 }
 
 // StaleTotal is the number of tokens needing work.

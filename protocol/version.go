@@ -30,14 +30,20 @@ type versioned struct {
 	Version int `json:"version"`
 }
 
-// checkVersion refuses a JSON value of annotation whose version is not
-// Version; a value without one is version 1.
-func checkVersion(annotation string, raw []byte) error {
-	var v struct {
-		Version *int `json:"version"`
-	}
-	if err := json.Unmarshal(raw, &v); err != nil {
-		return fmt.Errorf("annotation %s: reading its protocol version: %w", annotation, err)
+// versionRead is what a value's parse reads of its version, beside its
+// fields, in the same pass: nil when the value has none.
+type versionRead struct {
+	Version *int `json:"version"`
+}
+
+// decode decodes a JSON annotation value into out, a struct that embeds v
+// beside the value's own fields, and refuses a value whose version is not
+// Version; a value without one is version 1. What names the value in the
+// error ("a JSON request"). One pass: the coordinator parses every Node's
+// annotations.
+func decode(annotation, what, value string, out any, v *versionRead) error {
+	if err := json.Unmarshal([]byte(value), out); err != nil {
+		return fmt.Errorf("annotation %s is not %s: %w", annotation, what, err)
 	}
 	found := 1
 	if v.Version != nil {
@@ -47,15 +53,6 @@ func checkVersion(annotation string, raw []byte) error {
 		return &VersionError{Annotation: annotation, Found: found}
 	}
 	return nil
-}
-
-// decode checks the version of a JSON annotation value, then decodes it
-// into out; what names the value in the error ("a JSON request").
-func decode(annotation, what, value string, out any) error {
-	if err := json.Unmarshal([]byte(value), out); err != nil {
-		return fmt.Errorf("annotation %s is not %s: %w", annotation, what, err)
-	}
-	return checkVersion(annotation, []byte(value))
 }
 
 // Marshal the annotation values with their version first; the types'
@@ -120,9 +117,10 @@ func ParseRebootRequired(value string) (bool, error) {
 		return true, nil
 	}
 	var v struct {
+		versionRead
 		Required bool `json:"required"`
 	}
-	if err := decode(AnnotationRebootRequired, `"true" or a JSON object`, value, &v); err != nil {
+	if err := decode(AnnotationRebootRequired, `"true" or a JSON object`, value, &v, &v.versionRead); err != nil {
 		return false, err
 	}
 	return v.Required, nil

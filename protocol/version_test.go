@@ -2,6 +2,7 @@ package protocol
 
 import (
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -97,5 +98,39 @@ func TestRequestOfAnUnknownVersionKeepsItsID(t *testing.T) {
 	req, err := ParseRequest(`{"version":2,"id":"r-7","action":"reboot","node":"n","createdAt":"2026-11-27T10:00:00Z"}`)
 	if !IsVersionError(err) || req.ID != "r-7" {
 		t.Errorf("ParseRequest = %+v, %v; want the ID and a version error", req, err)
+	}
+}
+
+// The coordinator parses every Node's node state and tokens report: one
+// pass over each value (go test -run '^$' -bench Parse ./protocol/).
+func BenchmarkParse(b *testing.B) {
+	at := time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
+	rep := TokenReport{Issuer: "https://new", Tokens: 30, Stale: map[State]int{StateIssuerMismatch: 30},
+		Issuers: []IssuerTokens{{Issuer: "https://old", Tokens: 30, LastRefreshAt: at}}}
+	for i := range 20 {
+		rep.StalePods = append(rep.StalePods, PodRef{Namespace: "shop", Name: fmt.Sprintf("web-%d", i), UID: fmt.Sprintf("0b8c4a7e-5f0e-4c39-9d5c-%012d", i)})
+	}
+	state := NodeState{Rollout: "r-20261127-100000", Step: StepActing, Strategy: "kubelet-restart", CordonedByUs: true,
+		Request: "req-1", BootID: "6f1e2d3c", StepAt: at, StartedAt: at, Message: "waiting for every token"}
+	for _, c := range []struct {
+		name  string
+		value any
+		parse func(string) error
+	}{
+		{"tokens", rep, func(v string) error { _, err := ParseTokenReport(v); return err }},
+		{"state", state, func(v string) error { _, err := ParseNodeState(v); return err }},
+	} {
+		raw, err := json.Marshal(c.value)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Run(c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := c.parse(string(raw)); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
