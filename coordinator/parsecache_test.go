@@ -174,4 +174,3 @@ func TestTermForgetsDeletedNode(t *testing.T) {
 		t.Errorf("the deleted node %s's tokens report is still cached", changed.Name)
 	}
 }
-
