@@ -83,11 +83,15 @@ func newParsedNodes() *parsedNodes {
 
 // nodeState is the node's state annotation, parsed.
 func (p *parsedNodes) nodeState(n *corev1.Node) (protocol.NodeState, error) {
-	raw := n.Annotations[protocol.AnnotationNodeState]
+	return p.nodeStateOf(n.Name, n.Annotations[protocol.AnnotationNodeState])
+}
+
+// nodeStateOf is raw, node's state annotation, parsed.
+func (p *parsedNodes) nodeStateOf(node, raw string) (protocol.NodeState, error) {
 	if p == nil {
 		return protocol.ParseNodeState(raw)
 	}
-	return p.states.get(n.Name, raw)
+	return p.states.get(node, raw)
 }
 
 // tokenReport is the node's tokens annotation, parsed.

@@ -253,10 +253,11 @@ func readNodeState(n *corev1.Node, id string) *protocol.NodeState {
 // readNodeState is readNodeState through the cache: the record returned
 // is the caller's to change, not the slices it holds.
 func (p *parsedNodes) readNodeState(n *corev1.Node, id string) *protocol.NodeState {
-	if _, ok := n.Annotations[protocol.AnnotationNodeState]; !ok {
+	raw, ok := n.Annotations[protocol.AnnotationNodeState]
+	if !ok {
 		return nil
 	}
-	s, err := p.nodeState(n)
+	s, err := p.nodeStateOf(n.Name, raw)
 	if err != nil || s.Rollout != id {
 		return nil
 	}
