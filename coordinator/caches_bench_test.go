@@ -318,7 +318,7 @@ func benchCaches(b *testing.B, nodes int) {
 	}
 	vols := newVolumeFeed(c)
 	var handled []cache.InformerSynced
-	for _, h := range []cache.ResourceEventHandler{nodeOnChange(seen, enqueue), cache.ResourceEventHandlerFuncs{UpdateFunc: t.nodeUpdated},
+	for _, h := range []cache.ResourceEventHandler{nodeOnChange(seen, t.parsed, enqueue), cache.ResourceEventHandlerFuncs{UpdateFunc: t.nodeUpdated},
 		cache.ResourceEventHandlerFuncs{AddFunc: vols.node, UpdateFunc: func(_, n any) { vols.node(n) }}} {
 		reg, err := nodeInf.AddEventHandler(h)
 		if err != nil {

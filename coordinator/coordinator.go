@@ -224,6 +224,9 @@ type term struct {
 	plans *planCache
 	// index is the cached Nodes as syncs read them (nodeindex.go).
 	index *nodeIndex
+	// parsed caches the parses of the Nodes' annotations (parsecache.go);
+	// index forgets the Nodes gone.
+	parsed *parsedNodes
 	// published is what this term knows of the issuer published for the
 	// agents (issuerpublish.go; only the sync goroutine uses it).
 	published issuerPublication
@@ -346,7 +349,7 @@ func (c *Coordinator) Lead(ctx context.Context) error {
 	t := c.newTerm(klog.FromContext(ctx), nodeInf.GetStore(), recordInf.GetStore())
 	defer t.queue.ShutDown()
 	enqueue := func() { t.queue.Add(syncKey) }
-	if _, err := nodeInf.AddEventHandler(nodeOnChange(t.nodes, enqueue)); err != nil {
+	if _, err := nodeInf.AddEventHandler(nodeOnChange(t.nodes, t.parsed, enqueue)); err != nil {
 		return err
 	}
 	if _, err := nodeInf.AddEventHandler(cache.ResourceEventHandlerFuncs{UpdateFunc: t.nodeUpdated}); err != nil {
@@ -492,7 +495,9 @@ func (c *Coordinator) newTerm(logger klog.Logger, nodes, records cache.Store) *t
 	t.queue = workqueue.NewTypedRateLimitingQueueWithConfig(
 		workqueue.NewTypedItemExponentialFailureRateLimiter[string](100*time.Millisecond, 30*time.Second),
 		workqueue.TypedRateLimitingQueueConfig[string]{Name: "tokenroll-coordinator", Clock: c.cfg.Clock})
+	t.parsed = newParsedNodes()
 	t.index = newNodeIndex()
+	t.index.parsed = t.parsed
 	t.nodes = markingCache{index: t.index,
 		MutationCache: cache.NewIntegerResourceVersionMutationCacheWithOptions(logger, nodes, cache.MutationCacheOptions{MaxCacheSize: mutationCacheSize})}
 	return t
@@ -543,14 +548,15 @@ func onChange(mc cache.MutationCache, enqueue func()) cache.ResourceEventHandler
 // the TokenIDs of the agent's tokens report (its hourly rewrite as pods
 // come and go: app detection's volume feed reads them, a sync never). On
 // a large fleet those updates alone would re-plan every node several
-// times a second.
-func nodeOnChange(mc cache.MutationCache, enqueue func()) cache.ResourceEventHandlerFuncs {
+// times a second. The tokens reports compared are parsed through parsed
+// (nil: no cache), where the next sync finds them.
+func nodeOnChange(mc cache.MutationCache, parsed *parsedNodes, enqueue func()) cache.ResourceEventHandlerFuncs {
 	h := onChange(mc, enqueue)
 	update := h.UpdateFunc
 	h.UpdateFunc = func(oldObj, newObj any) {
 		a, okA := oldObj.(*corev1.Node)
 		b, okB := newObj.(*corev1.Node)
-		if okA && okB && unseenBySync(a, b) {
+		if okA && okB && unseenBySync(parsed, a, b) {
 			mc.OnAddOrUpdate(b)
 			return
 		}
@@ -562,12 +568,12 @@ func nodeOnChange(mc cache.MutationCache, enqueue func()) cache.ResourceEventHan
 // unseenBySync reports whether two versions of a Node differ only in their
 // resourceVersion, managed fields, conditions' heartbeat times and the
 // TokenIDs of their tokens reports.
-func unseenBySync(a, b *corev1.Node) bool {
+func unseenBySync(parsed *parsedNodes, a, b *corev1.Node) bool {
 	if len(a.Status.Conditions) != len(b.Status.Conditions) {
 		return false
 	}
 	ra, rb := a.Annotations[protocol.AnnotationTokens], b.Annotations[protocol.AnnotationTokens]
-	if ra != rb && !sameButTokenIDs(ra, rb) {
+	if ra != rb && !sameButTokenIDs(parsed, b.Name, ra, rb) {
 		return false
 	}
 	// Shallow copies with the conditions copied: every node posts its
@@ -589,14 +595,14 @@ func unseenBySync(a, b *corev1.Node) bool {
 	return equality.Semantic.DeepEqual(strip(a), strip(b))
 }
 
-// sameButTokenIDs reports whether two tokens reports differ in their
-// TokenIDs alone (false when either is not a report).
-func sameButTokenIDs(a, b string) bool {
+// sameButTokenIDs reports whether two tokens reports of node differ in
+// their TokenIDs alone (false when either is not a report).
+func sameButTokenIDs(parsed *parsedNodes, node, a, b string) bool {
 	if a == "" || b == "" {
 		return false
 	}
-	ra, errA := protocol.ParseTokenReport(a)
-	rb, errB := protocol.ParseTokenReport(b)
+	ra, errA := parsed.tokenReportOf(node, a)
+	rb, errB := parsed.tokenReportOf(node, b)
 	if errA != nil || errB != nil {
 		return false
 	}

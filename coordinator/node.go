@@ -310,7 +310,7 @@ func (t *term) requestAction(ctx context.Context, w world, r *Rollout, v nodeVie
 // its action failed or refused halts the rollout whatever the strategy.
 func (t *term) verify(ctx context.Context, w world, r *Rollout, v nodeView, impl remediation) (time.Duration, error) {
 	n, ns := v.node, v.state
-	in := verifyInput{node: n, state: ns, issuer: w.issuer, ready: nodeutil.Ready(n)}
+	in := verifyInput{node: n, state: ns, issuer: w.issuer, ready: nodeutil.Ready(n), parsed: t.parsed}
 	if ns.Request != "" {
 		st, err := protocol.ParseStatus(n.Annotations[protocol.AnnotationStatus])
 		if err == nil && st.ID == ns.Request {

@@ -71,7 +71,7 @@ func TestNodeUpdatesThatAskForASync(t *testing.T) {
 			}
 			mc := cache.NewIntegerResourceVersionMutationCache(klog.Background(), store, nil, time.Minute, false)
 			syncs := 0
-			h := nodeOnChange(mc, func() { syncs++ })
+			h := nodeOnChange(mc, nil, func() { syncs++ })
 			updated := base.DeepCopy()
 			updated.ResourceVersion = "11"
 			tc.change(updated)

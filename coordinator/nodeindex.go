@@ -35,6 +35,10 @@ type nodeIndex struct {
 	pos        map[string]int
 	excluded   map[string]bool
 	unresolved map[string]bool
+
+	// parsed forgets the Nodes gone from the index whenever its
+	// membership changes (nil: nothing to forget).
+	parsed *parsedNodes
 }
 
 func newNodeIndex() *nodeIndex {
@@ -105,6 +109,7 @@ func (x *nodeIndex) refresh(keys func() []string, get func(string) *corev1.Node)
 			x.set(name, read[name])
 		}
 		x.sortNodes()
+		x.forgetGone()
 		return changed, false
 	}
 	nodes := slices.Clone(x.nodes)
@@ -126,6 +131,16 @@ func (x *nodeIndex) rebuild(keys []string, get func(string) *corev1.Node) {
 		}
 	}
 	x.sortNodes()
+	x.forgetGone()
+}
+
+// forgetGone drops from parsed the Nodes not in the index: those deleted,
+// and any a reader parsed again while it went.
+func (x *nodeIndex) forgetGone() {
+	x.parsed.retain(func(name string) bool {
+		_, ok := x.byName[name]
+		return ok
+	})
 }
 
 // set records one Node (nil: gone) in the maps, not in the sorted list.

@@ -170,7 +170,7 @@ func newIdleFleet(tb testing.TB, size int) *idleFleet {
 	tb.Cleanup(t.queue.ShutDown)
 	t.index.track()
 	t.recorder = events.NewFakeRecorder(100)
-	f := &idleFleet{t: t, nodes: nodes, handler: nodeOnChange(t.nodes, func() {})}
+	f := &idleFleet{t: t, nodes: nodes, handler: nodeOnChange(t.nodes, t.parsed, func() {})}
 	for i := range size {
 		n := fleetNode(i, 1)
 		if err := nodes.Add(n); err != nil {

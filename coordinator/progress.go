@@ -21,7 +21,7 @@ func (t *term) fillProgress(o *v1alpha1.TokenRollout) {
 		if o.Spec.DryRun || o.Status.DryRunBy != "" {
 			n.Step = v1alpha1.NodeStep(protocol.StepDryRun)
 		} else if node := t.node(n.Name); node != nil {
-			setNodeResult(n, node, o.Name)
+			setNodeResult(t.parsed, n, node, o.Name)
 		}
 		countStep(&sum, n.Step)
 	}
@@ -30,9 +30,10 @@ func (t *term) fillProgress(o *v1alpha1.TokenRollout) {
 	compactNodes(&o.Status)
 }
 
-// setNodeResult sets n from node's record for rollout id.
-func setNodeResult(n *v1alpha1.NodeResult, node *corev1.Node, id string) {
-	s := readNodeState(node, id)
+// setNodeResult sets n from node's record for rollout id, parsed through
+// parsed.
+func setNodeResult(parsed *parsedNodes, n *v1alpha1.NodeResult, node *corev1.Node, id string) {
+	s := parsed.readNodeState(node, id)
 	n.Policy, n.Drain = "", ""
 	switch {
 	case s == nil && excludedBy(node) != "":

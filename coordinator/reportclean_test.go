@@ -35,7 +35,7 @@ func TestReportCleanNeedsACompleteScan(t *testing.T) {
 	} {
 		rep := clean
 		rep.PodsAPI = c.podsAPI
-		ok, why := reportClean(node(rep), iss)
+		ok, why := reportClean(nil, node(rep), iss)
 		if ok != c.want || !ok && !strings.Contains(why, string(c.podsAPI)) {
 			t.Errorf("podsAPI %q: clean %v (%s), want %v", c.podsAPI, ok, why, c.want)
 		}
@@ -52,7 +52,7 @@ func TestReportCleanNeedsEveryIssuer(t *testing.T) {
 		t.Fatal(err)
 	}
 	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n", Annotations: map[string]string{protocol.AnnotationTokens: string(b)}}}
-	if ok, why := reportClean(n, iss); ok || !strings.Contains(why, "left issuers out") {
+	if ok, why := reportClean(nil, n, iss); ok || !strings.Contains(why, "left issuers out") {
 		t.Errorf("clean %v (%s), want not clean: issuers were left out", ok, why)
 	}
 }

@@ -37,7 +37,7 @@ func (t *term) views(w world, r *Rollout) []nodeView {
 	for _, pn := range r.Nodes {
 		v := nodeView{plan: pn, node: w.byName[pn.Name]}
 		if v.node != nil {
-			v.state = readNodeState(v.node, r.ID)
+			v.state = t.parsed.readNodeState(v.node, r.ID)
 		}
 		views = append(views, v)
 	}
@@ -53,7 +53,7 @@ func (t *term) refresh(views []nodeView, id string) []nodeView {
 			continue
 		}
 		if n := t.node(v.plan.Name); n != nil {
-			out[i].node, out[i].state = n, readNodeState(n, id)
+			out[i].node, out[i].state = n, t.parsed.readNodeState(n, id)
 		}
 	}
 	return out
@@ -341,7 +341,7 @@ func (t *term) startNodes(ctx context.Context, w world, r *Rollout, views []node
 				continue
 			}
 			if noCordon && !already && v.plan.Strategy == Auto && !policyCovers(v.plan.Name) {
-				if rung := (auto{}).firstRung(v.node, w.issuer, ev); rung == KubeletRestart || rung == rungNone {
+				if rung := (auto{}).firstRung(t.parsed, v.node, w.issuer, ev); rung == KubeletRestart || rung == rungNone {
 					if slots <= 0 {
 						continue // a kubelet restart in flight wakes us once verified
 					}
@@ -580,7 +580,7 @@ func (t *term) observeRollout(w world, r *Rollout) {
 			counts["skipped"]++
 			continue
 		}
-		st := readNodeState(n, r.ID)
+		st := t.parsed.readNodeState(n, r.ID)
 		switch {
 		case st == nil && excludedBy(n) != "":
 			counts["excluded"]++

@@ -244,13 +244,20 @@ func ResolveMaxUnavailable(v intstr.IntOrString, nodes int) (int, error) {
 }
 
 // readNodeState reads the coordinator's record on a Node for rollout id
-// (nil: pending, or a record of another rollout).
+// (nil: pending, or a record of another rollout), parsed anew.
 func readNodeState(n *corev1.Node, id string) *protocol.NodeState {
-	v, ok := n.Annotations[protocol.AnnotationNodeState]
+	var uncached *parsedNodes
+	return uncached.readNodeState(n, id)
+}
+
+// readNodeState is readNodeState through the cache: the record returned
+// is the caller's to change, not the slices it holds.
+func (p *parsedNodes) readNodeState(n *corev1.Node, id string) *protocol.NodeState {
+	raw, ok := n.Annotations[protocol.AnnotationNodeState]
 	if !ok {
 		return nil
 	}
-	s, err := protocol.ParseNodeState(v)
+	s, err := p.nodeStateOf(n.Name, raw)
 	if err != nil || s.Rollout != id {
 		return nil
 	}

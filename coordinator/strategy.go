@@ -130,6 +130,8 @@ type verifyInput struct {
 	// issuer is the API servers' signing issuer.
 	issuer string
 	ready  bool
+	// parsed caches the node's annotations parsed (nil: parsed anew).
+	parsed *parsedNodes
 }
 
 // verdict is verify's answer: ok, or what it waits for and the halt reason
@@ -160,12 +162,12 @@ type verdict struct {
 // tokensVerdict is the wait for a clean report after the action (ok when
 // it is clean). Without a report at all nothing says the tokens are
 // stale: that wait halts, as any other.
-func tokensVerdict(n *corev1.Node, iss string) verdict {
-	clean, why := reportClean(n, iss)
+func tokensVerdict(in verifyInput) verdict {
+	clean, why := reportClean(in.parsed, in.node, in.issuer)
 	if clean {
 		return verdict{ok: true}
 	}
-	_, err := protocol.ParseTokenReport(n.Annotations[protocol.AnnotationTokens])
+	_, err := in.parsed.tokenReport(in.node)
 	return verdict{waiting: why, reason: HaltVerifyTimeout, stale: err == nil}
 }
 
@@ -173,9 +175,10 @@ func waitFor(waiting, reason string) verdict { return verdict{waiting: waiting, 
 
 // reportClean: the agent reports no token the kubelet failed to refresh,
 // and every token from the current issuer, from a scan that saw every pod
-// (a kubelet just restarted lists none, or refuses to answer).
-func reportClean(n *corev1.Node, iss string) (bool, string) {
-	rep, err := protocol.ParseTokenReport(n.Annotations[protocol.AnnotationTokens])
+// (a kubelet just restarted lists none, or refuses to answer). The report
+// is parsed through parsed (nil: anew).
+func reportClean(parsed *parsedNodes, n *corev1.Node, iss string) (bool, string) {
+	rep, err := parsed.tokenReport(n)
 	if err != nil {
 		return false, "no token report from the agent"
 	}

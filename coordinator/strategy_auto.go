@@ -81,7 +81,7 @@ func (a auto) prepare(ctx context.Context, client kubernetes.Interface, n *corev
 // without an audit source, nothing when its files are fresh already, else
 // a kubelet restart.
 func (a auto) prepareWith(ctx context.Context, client kubernetes.Interface, n *corev1.Node, issuer string, ev appEvidence) (*preparation, string, error) {
-	switch rung := a.firstRung(n, issuer, ev); rung {
+	switch rung := a.firstRung(nil, n, issuer, ev); rung {
 	case Reboot:
 		p, wait, err := reboot{}.prepare(ctx, client, n, issuer)
 		if p != nil {
@@ -104,9 +104,10 @@ func (a auto) prepareWith(ctx context.Context, client kubernetes.Interface, n *c
 
 // firstRung is the rung prepareWith chooses for n: "" while app detection
 // may soon tell (ev.pending).
-func (auto) firstRung(n *corev1.Node, issuer string, ev appEvidence) protocol.Strategy {
+// The annotations are parsed through parsed (nil: anew).
+func (auto) firstRung(parsed *parsedNodes, n *corev1.Node, issuer string, ev appEvidence) protocol.Strategy {
 	rr, _ := protocol.ParseRebootRequired(n.Annotations[protocol.AnnotationRebootRequired])
-	st, _ := protocol.ParseNodeState(n.Annotations[protocol.AnnotationNodeState])
+	st, _ := parsed.nodeState(n)
 	switch {
 	case rr || st.Rung == Reboot:
 		return Reboot
@@ -115,7 +116,7 @@ func (auto) firstRung(n *corev1.Node, issuer string, ev appEvidence) protocol.St
 	case ev.missing != "":
 		return PodRestart
 	}
-	if clean, _ := reportClean(n, issuer); clean {
+	if clean, _ := reportClean(parsed, n, issuer); clean {
 		return rungNone
 	}
 	return KubeletRestart
@@ -135,7 +136,7 @@ func (auto) verify(ctx context.Context, client kubernetes.Interface, in verifyIn
 	case Reboot:
 		return reboot{}.verify(ctx, client, in)
 	case rungNone:
-		if tv := tokensVerdict(in.node, in.issuer); !tv.ok {
+		if tv := tokensVerdict(in); !tv.ok {
 			return tv, nil
 		}
 		return verdict{ok: true, watchApps: true}, nil

@@ -29,7 +29,7 @@ func (kubeletRestart) action() protocol.Action { return protocol.ActionKubeletRe
 // token is fresh and from the current issuer.
 func (kubeletRestart) verify(_ context.Context, _ kubernetes.Interface, in verifyInput) (verdict, error) {
 	done := in.status != nil && in.status.Phase == protocol.PhaseDone
-	switch tv := tokensVerdict(in.node, in.issuer); {
+	switch tv := tokensVerdict(in); {
 	case !done:
 		v := waitFor("the agent has not reported the kubelet restarted", HaltActionTimeout)
 		v.withinAction = true

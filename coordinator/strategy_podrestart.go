@@ -53,7 +53,7 @@ func (podRestart) action() protocol.Action { return "" }
 // verify: every token fresh and from the current issuer, and the evicted
 // pods' controllers report every replica ready.
 func (podRestart) verify(ctx context.Context, client kubernetes.Interface, in verifyInput) (verdict, error) {
-	if v := tokensVerdict(in.node, in.issuer); !v.ok {
+	if v := tokensVerdict(in); !v.ok {
 		v.poll = ownerPoll
 		return v, nil
 	}

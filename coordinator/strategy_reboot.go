@@ -66,7 +66,7 @@ func (reboot) verify(_ context.Context, _ kubernetes.Interface, in verifyInput) 
 		v.withinAction = true
 		return v, nil
 	}
-	if tv := tokensVerdict(in.node, in.issuer); !tv.ok {
+	if tv := tokensVerdict(in); !tv.ok {
 		return tv, nil
 	}
 	return verdict{ok: true}, nil
