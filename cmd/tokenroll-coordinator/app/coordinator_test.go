@@ -56,40 +56,32 @@ func TestDeadlineMaxUnavailableAccepted(t *testing.T) {
 	}
 }
 
-// RolloutPolicies are read unless a person turns them off: the flag
-// defaults to true and parses false.
-func TestRolloutPoliciesOnByDefault(t *testing.T) {
+// The boolean flags' defaults: RolloutPolicies are read unless a person
+// turns them off; --profiling is off unless asked for, its profiles showing
+// stack traces and the command line.
+func TestBooleanFlagDefaults(t *testing.T) {
+	rolloutPolicies := func(o *coordinatorOptions) bool { return o.RolloutPolicies }
+	profiling := func(o *coordinatorOptions) bool { return o.Profiling }
 	for _, c := range []struct {
+		flag string
 		args []string
+		get  func(*coordinatorOptions) bool
 		want bool
-	}{{nil, true}, {[]string{"--rollout-policies=false"}, false}} {
+	}{
+		{"--rollout-policies", nil, rolloutPolicies, true},
+		{"--rollout-policies", []string{"--rollout-policies=false"}, rolloutPolicies, false},
+		{"--profiling", nil, profiling, false},
+		{"--profiling", []string{"--profiling"}, profiling, true},
+		{"--profiling", []string{"--profiling=false"}, profiling, false},
+	} {
 		o := newCoordinatorOptions()
 		fs := pflag.NewFlagSet("tokenroll-coordinator", pflag.ContinueOnError)
 		o.AddFlags(fs)
 		if err := fs.Parse(c.args); err != nil {
 			t.Fatal(err)
 		}
-		if o.RolloutPolicies != c.want {
-			t.Errorf("%q: RolloutPolicies %v, want %v", c.args, o.RolloutPolicies, c.want)
-		}
-	}
-}
-
-// --profiling is off unless asked for: the profiles show stack traces and
-// the command line.
-func TestProfilingOffByDefault(t *testing.T) {
-	for _, c := range []struct {
-		args []string
-		want bool
-	}{{nil, false}, {[]string{"--profiling"}, true}, {[]string{"--profiling=false"}, false}} {
-		o := newCoordinatorOptions()
-		fs := pflag.NewFlagSet("tokenroll-coordinator", pflag.ContinueOnError)
-		o.AddFlags(fs)
-		if err := fs.Parse(c.args); err != nil {
-			t.Fatal(err)
-		}
-		if o.Profiling != c.want {
-			t.Errorf("%q: Profiling %v, want %v", c.args, o.Profiling, c.want)
+		if got := c.get(o); got != c.want {
+			t.Errorf("%s with %q: %v, want %v", c.flag, c.args, got, c.want)
 		}
 	}
 }
