@@ -272,14 +272,14 @@ func Accepted(p *Policy, cov Coverage) metav1.Condition {
 		c.Message = "the policy cannot be used, so its nodes do not start: " + strings.Join(p.Problems, "; ") + "; fix the spec"
 	case slices.Contains(cov.SecondDefaults, p.Name):
 		c.Reason = ReasonSecondDefault
-		c.Message = fmt.Sprintf("policy %s is the default policy already (no nodeSelector, created first); this one covers no node: give it a nodeSelector or delete it", cov.Default.Name)
+		c.Message = fmt.Sprintf("policy %s is the default policy already (no nodeSelector, created first); this one selects no node (only a TokenRollout naming it in spec.policyName uses it): give it a nodeSelector or delete it", cov.Default.Name)
 	case len(cov.Overlaps[p.Name]) > 0:
 		c.Reason = ReasonSelectorOverlap
 		var parts []string
 		for _, o := range cov.Overlaps[p.Name] {
 			parts = append(parts, fmt.Sprintf("policy %s also selects %d of its nodes (%s, for one)", o.Policy, o.Nodes, o.Example))
 		}
-		c.Message = strings.Join(parts, "; ") + fmt.Sprintf(": tokenroll leaves those nodes alone until one policy alone selects them; it alone covers %s. Make the nodeSelectors disjoint", plural.Count(cov.Nodes[p.Name], "other node"))
+		c.Message = strings.Join(parts, "; ") + fmt.Sprintf(": tokenroll leaves those nodes alone until one policy alone selects them or a TokenRollout names one (spec.policyName); it alone covers %s. Make the nodeSelectors disjoint", plural.Count(cov.Nodes[p.Name], "other node"))
 	default:
 		c.Status, c.Reason = metav1.ConditionTrue, ReasonValid
 		c.Message = "covers " + plural.Count(cov.Nodes[p.Name], "node")

@@ -61,10 +61,10 @@ func TestCover(t *testing.T) {
 		reason string
 		msg    string
 	}{
-		{gpu, metav1.ConditionFalse, ReasonSelectorOverlap, "policy big also selects 1 of its nodes (g2, for one): tokenroll leaves those nodes alone until one policy alone selects them; it alone covers 1 other node"},
+		{gpu, metav1.ConditionFalse, ReasonSelectorOverlap, "policy big also selects 1 of its nodes (g2, for one): tokenroll leaves those nodes alone until one policy alone selects them or a TokenRollout names one (spec.policyName); it alone covers 1 other node"},
 		{big, metav1.ConditionFalse, ReasonSelectorOverlap, "policy gpu also selects 1 of its nodes (g2, for one)"},
 		{def, metav1.ConditionTrue, ReasonValid, "covers 1 node"},
-		{late, metav1.ConditionFalse, ReasonSecondDefault, "policy fallback is the default policy already"},
+		{late, metav1.ConditionFalse, ReasonSecondDefault, "policy fallback is the default policy already (no nodeSelector, created first); this one selects no node (only a TokenRollout naming it in spec.policyName uses it)"},
 	} {
 		got := Accepted(c.p, cov)
 		if got.Status != c.status || got.Reason != c.reason || !strings.Contains(got.Message, c.msg) || got.ObservedGeneration != 3 {
