@@ -146,6 +146,26 @@ func (t *term) release(ctx context.Context, w world, r *Rollout, v nodeView) err
 	return nil
 }
 
+// stopUnfinishedPreparation is stopPreparation for a halt: a preparation
+// that finished without error is left in place and returned, so that the
+// halted node's record can carry what it evicted; the caller forgets it
+// once that record lands (a write that fails is tried again at the next
+// sync, with it). Otherwise it returns nil.
+func (t *term) stopUnfinishedPreparation(node string) *prepJob {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	j := t.jobs[node]
+	if j == nil {
+		return nil
+	}
+	if j.done && j.err == nil {
+		return j
+	}
+	j.cancel()
+	delete(t.jobs, node)
+	return nil
+}
+
 func (t *term) stopPreparation(node string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()

@@ -88,3 +88,51 @@ func TestPolicyHealthGateCountsTheOwnersPods(t *testing.T) {
 		t.Error("n2 not started once the ReplicaSet's pod was Ready")
 	}
 }
+
+// A node someone made schedulable after its drain finished halts the
+// rollout before any action. The halted record still names the
+// controllers of the pods the drain moved, also when its first write
+// meets a conflict: an administrator reading it, and a health gate, see
+// what the node's drain did.
+func TestHaltKeepsAFinishedDrainsOwners(t *testing.T) {
+	web := pod("app", "web-1", "n1", "ReplicaSet", "web")
+	f := newFixture(t, testNode("n1", withReport(oldIssuerReport())), testNode("n2"), web, replicaSet("app", "web", 1, 1),
+		rolloutConfigMap(rollout(Reboot, "n1")))
+	f.sync()
+	f.expectWrites(cordonNode("n1", started(Reboot, true, t0)))
+	f.sync()
+	f.awaitDrainEnd()
+	f.expectDrains(drainCall{Node: "n1", Timeout: 10 * time.Minute})
+	if err := f.tracker.Delete(podsGVR, "app", "web-1"); err != nil {
+		t.Fatal(err)
+	}
+	// Someone made the node schedulable, which the leader sees, and then
+	// labelled it, which it has not seen yet.
+	f.updateNode("n1", func(n *corev1.Node) { n.Spec.Unschedulable = false })
+	f.catchUp()
+	f.updateNode("n1", func(n *corev1.Node) { n.Labels["team"] = "web" })
+	f.clock.Step(20 * time.Second)
+	if _, err := f.syncStale(); !apierrors.IsConflict(err) {
+		t.Fatalf("the halt written on a stale Node: %v; want a conflict", err)
+	}
+	f.writes()
+
+	f.sync()
+	var halted *protocol.NodeState
+	for _, w := range f.writes() {
+		if w.NodeState != nil && w.NodeState.Step == protocol.StepHalted {
+			halted = w.NodeState
+		}
+	}
+	if halted == nil || halted.Reason != HaltUncordoned {
+		t.Fatalf("after the conflict: halted record %+v; want n1 halted (%s)", halted, HaltUncordoned)
+	}
+	want := []protocol.OwnerRef{{Kind: "ReplicaSet", Namespace: "app", Name: "web"}}
+	if o := halted.Owners; len(o) != 1 || o[0] != want[0] {
+		t.Errorf("owners on the halted record: %v; want %v, the drained pod's ReplicaSet", o, want)
+	}
+	f.expectDrains()
+	if f.term.jobs["n1"] != nil {
+		t.Error("the finished drain is still kept once the halt is recorded")
+	}
+}

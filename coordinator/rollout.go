@@ -493,13 +493,19 @@ func (t *term) applySteer(ctx context.Context, w world) (State, error) {
 // cordoned it) and marked halted, the rollout halted with the reason, and
 // nothing more starts until an administrator resumes or cancels.
 func (t *term) halt(ctx context.Context, w world, r *Rollout, v nodeView, reason, msg string) error {
-	t.stopPreparation(v.plan.Name)
+	finished := t.stopUnfinishedPreparation(v.plan.Name)
 	if v.node != nil {
 		ns := protocol.NodeState{Rollout: r.ID, Strategy: v.plan.Strategy}
 		if v.state != nil {
 			ns = *v.state
 		}
 		ns.Step, ns.StepAt, ns.Reason, ns.Message = protocol.StepHalted, w.now, reason, msg
+		if finished != nil {
+			// What a finished drain or eviction did is on the halted
+			// node's record, as its request would have carried it.
+			ns.Evicted = append(slices.Clone(ns.Evicted), finished.prep.evicted...)
+			ns.Owners = mergeOwners(ns.Owners, finished.prep.owners)
+		}
 		var unsched *bool
 		if ns.CordonedByUs && v.node.Spec.Unschedulable {
 			unsched = boolPtr(false)
@@ -508,6 +514,9 @@ func (t *term) halt(ctx context.Context, w world, r *Rollout, v nodeView, reason
 			return err
 		}
 		t.event(v.node, corev1.EventTypeWarning, "RolloutHalted", "Halt", "rollout %s halted on this node (%s): %s", r.ID, reason, msg)
+	}
+	if finished != nil {
+		t.forgetJob(v.plan.Name, finished)
 	}
 	if _, err := t.updateState(ctx, func(st *State) error {
 		if st.Rollout == nil || st.Rollout.ID != r.ID {
