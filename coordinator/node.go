@@ -332,7 +332,7 @@ func (t *term) verify(ctx context.Context, w world, r *Rollout, v nodeView, impl
 	n, ns := v.node, v.state
 	in := verifyInput{node: n, state: ns, issuer: w.issuer, ready: nodeutil.Ready(n), parsed: t.parsed}
 	if ns.Request != "" {
-		st, err := protocol.ParseStatus(n.Annotations[protocol.AnnotationStatus])
+		st, err := t.parsed.agentStatus(n)
 		if err == nil && st.ID == ns.Request {
 			in.status = &st
 		}

@@ -73,12 +73,24 @@ func (c *annotationCache[T]) len() int {
 // read (annotationCache; what they return is not to be modified). A nil
 // *parsedNodes parses every time: for readers that see each Node once.
 type parsedNodes struct {
-	states  *annotationCache[protocol.NodeState]
-	reports *annotationCache[protocol.TokenReport]
+	states   *annotationCache[protocol.NodeState]
+	reports  *annotationCache[protocol.TokenReport]
+	statuses *annotationCache[protocol.Status]
 }
 
 func newParsedNodes() *parsedNodes {
-	return &parsedNodes{states: newAnnotationCache(protocol.ParseNodeState), reports: newAnnotationCache(protocol.ParseTokenReport)}
+	return &parsedNodes{states: newAnnotationCache(protocol.ParseNodeState), reports: newAnnotationCache(protocol.ParseTokenReport),
+		statuses: newAnnotationCache(protocol.ParseStatus)}
+}
+
+// agentStatus is the node's status annotation (the agent's answer to a
+// request), parsed: read for every acting node on each sync.
+func (p *parsedNodes) agentStatus(n *corev1.Node) (protocol.Status, error) {
+	raw := n.Annotations[protocol.AnnotationStatus]
+	if p == nil {
+		return protocol.ParseStatus(raw)
+	}
+	return p.statuses.get(n.Name, raw)
 }
 
 // nodeState is the node's state annotation, parsed.
@@ -115,4 +127,5 @@ func (p *parsedNodes) retain(keep func(node string) bool) {
 	}
 	p.states.retain(keep)
 	p.reports.retain(keep)
+	p.statuses.retain(keep)
 }

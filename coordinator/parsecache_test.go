@@ -60,6 +60,9 @@ func TestParsedNodesNil(t *testing.T) {
 	if _, err := p.nodeState(n); err == nil {
 		t.Error("a nil cache read an absent node state without error")
 	}
+	if _, err := p.agentStatus(n); err == nil {
+		t.Error("a nil cache read an absent agent status without error")
+	}
 	p.retain(func(string) bool { return false })
 }
 
@@ -80,19 +83,22 @@ func TestNodeIndexForgetsParses(t *testing.T) {
 	read := func(names ...string) {
 		for _, name := range names {
 			n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: map[string]string{
-				protocol.AnnotationTokens: `{"issuer":"x"}`, protocol.AnnotationNodeState: `{"rollout":"r"}`}}}
+				protocol.AnnotationTokens: `{"issuer":"x"}`, protocol.AnnotationNodeState: `{"rollout":"r"}`, protocol.AnnotationStatus: `{"id":"r-1","phase":"done"}`}}}
 			if _, err := x.parsed.tokenReport(n); err != nil {
 				t.Fatal(err)
 			}
 			if _, err := x.parsed.nodeState(n); err != nil {
 				t.Fatal(err)
 			}
+			if _, err := x.parsed.agentStatus(n); err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
 	cached := func(want int) {
 		t.Helper()
-		if s, r := x.parsed.states.len(), x.parsed.reports.len(); s != want || r != want {
-			t.Errorf("%d node states and %d tokens reports cached, want %d each", s, r, want)
+		if s, r, a := x.parsed.states.len(), x.parsed.reports.len(), x.parsed.statuses.len(); s != want || r != want || a != want {
+			t.Errorf("%d node states, %d tokens reports and %d agent statuses cached, want %d each", s, r, a, want)
 		}
 	}
 	for _, name := range []string{"a", "b", "c"} {
