@@ -45,6 +45,17 @@ import (
 	"github.com/tokenroll/tokenroll/protocol"
 )
 
+// DefaultMaxKubeletRestarts is --max-kubelet-restarts' default: how many
+// kubelets auto restarts at once without a cordon, once no previous issuer
+// is trusted. A kubelet that starts lists its pods and its Node again and
+// asks a new token for every projected token volume of its pods, each a
+// signature by an API server: a wave of kubelet restarts is that burst
+// times the wave. Bounded, the API servers' priority level for nodes
+// serves it; unbounded on a large fleet, it would queue and refuse (429)
+// the requests of the kubelets, whose retries would stretch every node's
+// outage instead of shortening it.
+var DefaultMaxKubeletRestarts = intstr.FromInt32(100)
+
 // Config is everything the coordinator needs; New checks it.
 type Config struct {
 	Client    kubernetes.Interface
@@ -61,6 +72,11 @@ type Config struct {
 	// is expected to end after the previous issuer's trust does; zero (or
 	// anything below MaxUnavailable) never raises it.
 	DeadlineMaxUnavailable intstr.IntOrString
+	// MaxKubeletRestarts bounds the kubelets auto restarts at once without
+	// a cordon, once no previous issuer is trusted and a first restart
+	// (the canary) has worked: a count or a percentage of all nodes
+	// (rounded down, at least 1); zero: DefaultMaxKubeletRestarts.
+	MaxKubeletRestarts intstr.IntOrString
 	// DrainTimeout bounds a drain (or a pod restart's evictions);
 	// ActionTimeout the agent's action (a reboot: until the node is back);
 	// VerifyTimeout the checks after it.
@@ -274,6 +290,12 @@ func New(cfg Config) (*Coordinator, error) {
 		if _, err := ResolveMaxUnavailable(cfg.DeadlineMaxUnavailable, 1); err != nil {
 			errs = append(errs, fmt.Errorf("coordinator: deadline %w", err))
 		}
+	}
+	if cfg.MaxKubeletRestarts == (intstr.IntOrString{}) {
+		cfg.MaxKubeletRestarts = DefaultMaxKubeletRestarts
+	}
+	if _, err := ResolveMaxUnavailable(cfg.MaxKubeletRestarts, 1); err != nil {
+		errs = append(errs, fmt.Errorf("coordinator: kubelet restarts at once: %w", err))
 	}
 	for name, d := range map[string]time.Duration{"drain timeout": cfg.DrainTimeout, "action timeout": cfg.ActionTimeout,
 		"verify timeout": cfg.VerifyTimeout, "issuer refresh": cfg.IssuerRefresh} {

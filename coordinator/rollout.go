@@ -304,7 +304,8 @@ func (t *term) startNodes(ctx context.Context, w world, r *Rollout, views []node
 	var blocked, mco, kured, notReady []string
 	// Once the previous issuer is no longer trusted, auto starts its
 	// kubelet restarts without a cordon, outside --max-unavailable
-	// (startUncordoned), a canary first, then every node left (uncordonedSlots). A
+	// (startUncordoned), a canary first, then up to --max-kubelet-restarts at
+	// once (uncordonedSlots). A
 	// RolloutPolicy's pools bound every node they cover.
 	noCordon := TrustEnded(w.gate, w.issuer, w.now)
 	policyCovers := func(name string) bool {
@@ -318,7 +319,11 @@ func (t *term) startNodes(ctx context.Context, w world, r *Rollout, views []node
 	var ev appEvidence
 	slots := 0
 	if noCordon {
-		ev, slots = t.appEvidence(w.now), uncordonedSlots(views)
+		restarts, err := ResolveMaxUnavailable(t.c.cfg.MaxKubeletRestarts, len(w.nodes))
+		if err != nil {
+			return 0, fmt.Errorf("kubelet restarts at once: %w", err)
+		}
+		ev, slots = t.appEvidence(w.now), uncordonedSlots(views, restarts)
 	}
 	for _, already := range []bool{true, false} {
 		for _, v := range views {

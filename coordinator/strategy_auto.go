@@ -256,12 +256,13 @@ func startedUncordoned(v nodeView) bool {
 // uncordonedSlots is how many more nodes auto may start without a cordon
 // now (it is asked only once the previous issuer is no longer trusted):
 // one, a canary, until a kubelet restart of this rollout is verified, then
-// every node left. A kubelet restart that does not work on this cluster (a
-// staged configuration that breaks it, a unit that does not come back) is
-// found on one node, not on every node at once; once one has worked, each
-// node made to wait for another keeps its pods failing to authenticate
-// for nothing, since the old issuer's tokens fail already.
-func uncordonedSlots(views []nodeView) int {
+// up to limit at once. A kubelet restart that does not work on this
+// cluster (a staged configuration that breaks it, a unit that does not
+// come back) is found on one node, not on every node at once; once one has
+// worked, each node made to wait for another keeps its pods failing to
+// authenticate, since the old issuer's tokens fail already, and only the
+// API servers' load (--max-kubelet-restarts) bounds them.
+func uncordonedSlots(views []nodeView, limit int) int {
 	inFlight, verified := 0, 0
 	for _, v := range views {
 		switch {
@@ -273,7 +274,7 @@ func uncordonedSlots(views []nodeView) int {
 		}
 	}
 	if verified > 0 {
-		return len(views)
+		return limit - inFlight
 	}
 	return 1 - inFlight
 }

@@ -3,6 +3,7 @@ package coordinator
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -636,6 +637,72 @@ func TestAutoRestartsKubeletsUncordonedOnceTheTrustHasEnded(t *testing.T) {
 	events := f.takeEvents()
 	if len(events) != 4 || events[0] != "Normal TokensVerified rollout r-test: kubelet-restart verified in 2s; never cordoned; its apps are watched for --app-stale-grace before it is done" {
 		t.Errorf("events %q", events)
+	}
+}
+
+// After the canary, --max-kubelet-restarts bounds the kubelets restarted
+// at once without a cordon: the API servers meet the kubelets' lists and
+// token requests in waves of that size, and a node waits for a place, not
+// for the whole wave.
+func TestAutoBoundsUncordonedKubeletRestarts(t *testing.T) {
+	names := []string{"n1", "n2", "n3", "n4"}
+	var objs []runtime.Object
+	var pods []*corev1.Pod
+	for i, n := range names {
+		p := tokenPod("web-"+n, n, fmt.Sprintf("10.1.0.%d", i+1), "web")
+		pods = append(pods, p)
+		objs = append(objs, testNode(n, withReport(oldIssuerReport(podRef(p)))), p)
+	}
+	f := autoFixture(t, append(objs, rolloutConfigMap(rollout(Auto, names...)))...)
+	f.cfg.MaxUnavailable, f.cfg.MaxKubeletRestarts = intstr.FromInt32(1), intstr.FromInt32(2)
+	f.gate.Set(trustEnded)
+	w := newAppWorld(f, pods)
+	w.run(time.Minute)
+	verify := func(node string) {
+		t.Helper()
+		st := readNodeState(f.node(node), rolloutID)
+		if st == nil || st.Request == "" {
+			t.Fatalf("%s: state %+v; want a kubelet restart requested", node, st)
+		}
+		w.restartKubelet(node)
+		f.updateNode(node, agentStatus(st.Request, protocol.PhaseDone, "kubelet restarted"))
+		f.updateNode(node, withReport(cleanReport()))
+	}
+	acting := func(want ...string) {
+		t.Helper()
+		var got []string
+		for n, s := range f.steps(names...) {
+			if s == protocol.StepActing {
+				got = append(got, n)
+			}
+		}
+		slices.Sort(got)
+		if !slices.Equal(got, want) {
+			t.Errorf("restarting their kubelets: %v; want %v", got, want)
+		}
+	}
+
+	f.sync()
+	acting("n1") // the canary alone
+	f.clock.Step(time.Second)
+	verify("n1")
+	f.sync()
+	acting("n2", "n3") // two at once, not every node left
+	f.clock.Step(time.Second)
+	f.sync()
+	acting("n2", "n3")
+	verify("n2")
+	f.sync()
+	acting("n3", "n4") // n2's place goes to n4 at once
+	for n, s := range f.steps(names...) {
+		if s != protocol.StepActing && s != protocol.StepApps {
+			t.Errorf("%s is %q; want acting or its apps watched", n, s)
+		}
+	}
+	for _, n := range names {
+		if f.node(n).Spec.Unschedulable {
+			t.Errorf("%s was cordoned", n)
+		}
 	}
 }
 

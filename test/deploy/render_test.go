@@ -696,7 +696,7 @@ func TestCustomValuesBecomeFlags(t *testing.T) {
 		"scanner": {"--interval=1m", "--grace=10m", "--issuer-refresh-interval=5m", "--max-token-series=100",
 			"--max-token-series-per-namespace=20"},
 		"executor": {"--executor=command", "--dry-run", "--kubelet-unit=kubelet-custom.service", "--command-timeout=5m", "--max-request-age=30m"},
-		"coordinator": {"--kured-lock=kube-system/ops-kured", "--deadline-max-unavailable=40%", "--lease-duration=30s", "--renew-deadline=20s", "--retry-period=5s",
+		"coordinator": {"--kured-lock=kube-system/ops-kured", "--deadline-max-unavailable=40%", "--max-kubelet-restarts=5%", "--lease-duration=30s", "--renew-deadline=20s", "--retry-period=5s",
 			"--drain-timeout=15m", "--action-timeout=20m", "--verify-timeout=10m", "--settle=1m", "--trust-margin=2h",
 			"--agent-wait=10m", "--issuer-refresh-interval=2m", "--gate-settle=5m", "--dry-run", "--auto=false", "--drain-force=true"},
 	}

@@ -65,6 +65,9 @@ type coordinatorOptions struct {
 	// DeadlineMaxUnavailable the ceiling it may be raised to to meet the
 	// previous issuer's trust deadline ("": never raised).
 	MaxUnavailable, DeadlineMaxUnavailable string
+	// MaxKubeletRestarts bounds auto's kubelet restarts without a cordon,
+	// a count or a percentage of nodes.
+	MaxKubeletRestarts string
 	// MetricsBindAddress serves /metrics, /healthz and /readyz.
 	MetricsBindAddress string
 	// Profiling also serves /debug/pprof/ on MetricsBindAddress.
@@ -109,7 +112,7 @@ func newCoordinatorOptions() *coordinatorOptions {
 	return &coordinatorOptions{
 		Namespace: ns, LeaseName: "tokenroll-coordinator",
 		LeaseDuration: 15 * time.Second, RenewDeadline: 10 * time.Second, RetryPeriod: 2 * time.Second,
-		Gate: "auto", Strategy: string(coordinator.Auto), MaxUnavailable: "1", MetricsBindAddress: ":8080",
+		Gate: "auto", Strategy: string(coordinator.Auto), MaxUnavailable: "1", MaxKubeletRestarts: coordinator.DefaultMaxKubeletRestarts.String(), MetricsBindAddress: ":8080",
 		DrainTimeout: 10 * time.Minute, ActionTimeout: 15 * time.Minute, VerifyTimeout: 5 * time.Minute, GateSettle: 2 * time.Minute,
 		TrustMargin: time.Hour, AgentWait: 15 * time.Minute, IssuerRefresh: time.Minute, Auto: true, QPS: 20, Burst: 40, RolloutHistory: coordinator.DefaultHistory,
 		KuredLock: coordinator.DefaultKuredLock.String(), AppDetection: true, RolloutPolicies: true,
@@ -129,6 +132,7 @@ func (o *coordinatorOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.Strategy, "strategy", o.Strategy, "Remediation: "+strings.Join(coordinator.StrategyNames(), ", ")+". auto climbs, per node, from evidence: kubelet restart, then evict only the pods whose apps still present stale credentials (app detection), a reboot only if the kubelet restart did not refresh the files; without an audit source it evicts the pods holding tokens of an untrusted issuer.")
 	fs.StringVar(&o.MaxUnavailable, "max-unavailable", o.MaxUnavailable, "Most nodes disrupted at once, as a number or a percentage (counting nodes already NotReady or cordoned).")
 	fs.StringVar(&o.DeadlineMaxUnavailable, "deadline-max-unavailable", o.DeadlineMaxUnavailable, "Ceiling, as a number or a percentage, up to which the coordinator raises --max-unavailable when a rollout is expected to end after the previous issuer stops being trusted (from the time its nodes took so far); it says so in a log line, an Event and tokenroll status. Empty: never raised.")
+	fs.StringVar(&o.MaxKubeletRestarts, "max-kubelet-restarts", o.MaxKubeletRestarts, "Once the API servers trust no previous issuer, auto restarts kubelets without a cordon and outside --max-unavailable: one first, then, once that one has worked, at most this many at once, as a number or a percentage of all nodes. It bounds the burst of lists and token requests the restarted kubelets send the API servers.")
 	fs.StringVar(&o.MetricsBindAddress, "metrics-bind-address", o.MetricsBindAddress, "Address serving /metrics, /healthz and /readyz.")
 	fs.BoolVar(&o.Profiling, "profiling", o.Profiling, "Serve Go's net/http/pprof profiles under /debug/pprof/ on --metrics-bind-address. They show stack traces and the command line (no token contents) to whoever reaches that port.")
 	fs.DurationVar(&o.DrainTimeout, "drain-timeout", o.DrainTimeout, "Longest a drain (or a pod restart's evictions) may take before the rollout halts.")
@@ -179,6 +183,7 @@ func (o *coordinatorOptions) Validate() error {
 		cli.CheckOneOf("strategy", o.Strategy, coordinator.StrategyNames()...),
 		checkMaxUnavailable("max-unavailable", o.MaxUnavailable),
 		checkDeadlineMaxUnavailable(o.MaxUnavailable, o.DeadlineMaxUnavailable),
+		checkMaxUnavailable("max-kubelet-restarts", o.MaxKubeletRestarts),
 		checkKuredLock(o.KuredLock),
 		cli.CheckAddr("metrics-bind-address", o.MetricsBindAddress),
 		cli.CheckPositive("drain-timeout", o.DrainTimeout, time.Second),
@@ -320,7 +325,7 @@ func (o *coordinatorOptions) run(ctx context.Context, e cli.Env) error {
 	}
 	c, err := coordinator.New(coordinator.Config{
 		Client: client, Namespace: o.Namespace, Gate: gate, Strategy: protocol.Strategy(o.Strategy),
-		MaxUnavailable: intstr.Parse(o.MaxUnavailable), DeadlineMaxUnavailable: deadlineMax, DrainTimeout: o.DrainTimeout, ActionTimeout: o.ActionTimeout,
+		MaxUnavailable: intstr.Parse(o.MaxUnavailable), DeadlineMaxUnavailable: deadlineMax, MaxKubeletRestarts: intstr.Parse(o.MaxKubeletRestarts), DrainTimeout: o.DrainTimeout, ActionTimeout: o.ActionTimeout,
 		VerifyTimeout: o.VerifyTimeout, Settle: o.Settle, GateSettle: o.GateSettle, TrustMargin: o.TrustMargin, AgentWait: o.AgentWait,
 		IssuerRefresh: o.IssuerRefresh, PublishIssuer: true, Auto: o.Auto, DryRun: o.DryRun, KuredLock: kuredLock, Drainer: coordinator.KubectlDrainer{Client: client, Force: o.DrainForce, Log: e.Log, Retry: apiretry.Default()},
 		Registry: reg, Log: e.Log, Apps: appOpts, PodName: o.podForWebhook(), LeaseName: o.LeaseName, Policies: policies, Rollouts: api, History: o.RolloutHistory,
@@ -330,7 +335,7 @@ func (o *coordinatorOptions) run(ctx context.Context, e cli.Env) error {
 	}
 	id := coordinator.Identity()
 	e.Log.Info("coordinator starting", zap.String("identity", id), zap.String("gate", gate.State().Provider),
-		zap.String("strategy", o.Strategy), zap.String("maxUnavailable", o.MaxUnavailable), zap.String("deadlineMaxUnavailable", o.DeadlineMaxUnavailable), zap.String("metrics", srv.Addr()))
+		zap.String("strategy", o.Strategy), zap.String("maxUnavailable", o.MaxUnavailable), zap.String("deadlineMaxUnavailable", o.DeadlineMaxUnavailable), zap.String("maxKubeletRestarts", o.MaxKubeletRestarts), zap.String("metrics", srv.Addr()))
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	srvErr := make(chan error, 1)

@@ -20,6 +20,8 @@ func TestValidateReportsEveryBadFlag(t *testing.T) {
 		clitest.Usage{Args: []string{"--max-unavailable=20%", "--deadline-max-unavailable=10%"},
 			Want: []string{`--deadline-max-unavailable="10%" is below --max-unavailable="20%"`}},
 		clitest.Usage{Args: []string{"--deadline-max-unavailable=0"}, Want: []string{`--deadline-max-unavailable="0": must be at least 1`}},
+		clitest.Usage{Args: []string{"--max-kubelet-restarts=0"}, Want: []string{`--max-kubelet-restarts="0": must be at least 1`}},
+		clitest.Usage{Args: []string{"--max-kubelet-restarts=all"}, Want: []string{`--max-kubelet-restarts="all": want a number of nodes (1) or a percentage (10%)`}},
 		clitest.Usage{Args: []string{"--drain-timeout=0", "--kube-api-qps=0", "--log-format=fancy"},
 			Want: []string{"--drain-timeout=0s", "--kube-api-qps=0", "--log-format=\"fancy\""}},
 		clitest.Usage{Args: []string{"--kured-lock=kured"}, Want: []string{`--kured-lock="kured": want NAMESPACE/NAME`}},
