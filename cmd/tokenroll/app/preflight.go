@@ -52,10 +52,12 @@ Exit status:
 // preflightOptions configure `tokenroll preflight`.
 type preflightOptions struct {
 	clusterOptions
-	// Strategy, MaxUnavailable, Settle, GateSettle and TrustMargin are the
-	// coordinator's policy, as its flags of the same names.
+	// Strategy, MaxUnavailable, MaxKubeletRestarts, Settle, GateSettle and
+	// TrustMargin are the coordinator's policy, as its flags of the same
+	// names.
 	Strategy                        string
 	MaxUnavailable                  string
+	MaxKubeletRestarts              string
 	Settle, GateSettle, TrustMargin time.Duration
 	// TrustWindow is how long the old issuer stays trusted after a change
 	// made now (0: not at all, or not known).
@@ -68,7 +70,8 @@ type preflightOptions struct {
 }
 
 func newPreflightOptions() *preflightOptions {
-	return &preflightOptions{clusterOptions: newClusterOptions(), Strategy: "kubelet-restart", MaxUnavailable: "1",
+	return &preflightOptions{clusterOptions: newClusterOptions(), Strategy: string(coordinator.Auto), MaxUnavailable: "1",
+		MaxKubeletRestarts: coordinator.DefaultMaxKubeletRestarts.String(),
 		GateSettle: 2 * time.Minute, TrustMargin: time.Hour, Output: "table"}
 }
 
@@ -76,6 +79,7 @@ func (o *preflightOptions) AddFlags(fs *pflag.FlagSet) {
 	o.addFlags(fs, true)
 	fs.StringVar(&o.Strategy, "strategy", o.Strategy, "The coordinator's --strategy: "+strings.Join(coordinator.StrategyNames(), ", ")+".")
 	fs.StringVar(&o.MaxUnavailable, "max-unavailable", o.MaxUnavailable, "The coordinator's --max-unavailable: a number of nodes or a percentage.")
+	fs.StringVar(&o.MaxKubeletRestarts, "max-kubelet-restarts", o.MaxKubeletRestarts, "The coordinator's --max-kubelet-restarts: how many kubelets auto restarts at once without a cordon, after a first one, once the old issuer is no longer trusted (a number of nodes or a percentage).")
 	fs.DurationVar(&o.Settle, "settle", o.Settle, "The coordinator's --settle.")
 	fs.DurationVar(&o.GateSettle, "gate-settle", o.GateSettle, "The coordinator's --gate-settle (counted once, for a rollout after an issuer change with a --trust-window: without one the old tokens fail at once, and the coordinator starts as the gate opens).")
 	fs.DurationVar(&o.TrustMargin, "trust-margin", o.TrustMargin, "The coordinator's --trust-margin.")
@@ -91,6 +95,9 @@ func (o *preflightOptions) Validate() error {
 		cli.CheckPositive("per-node", o.PerNode, 0), cli.CheckOneOf("output", o.Output, "table", "json")}
 	if _, err := coordinator.ParseMaxUnavailable(o.MaxUnavailable); err != nil {
 		errs = append(errs, fmt.Errorf("--max-unavailable=%q: %w", o.MaxUnavailable, err))
+	}
+	if _, err := coordinator.ParseMaxUnavailable(o.MaxKubeletRestarts); err != nil {
+		errs = append(errs, fmt.Errorf("--max-kubelet-restarts=%q: %w", o.MaxKubeletRestarts, err))
 	}
 	return errors.Join(errs...)
 }
@@ -145,7 +152,8 @@ func (o *preflightOptions) check(ctx context.Context) (preflightReport, error) {
 		nodes[i] = &list.Items[i]
 	}
 	mu, _ := coordinator.ParseMaxUnavailable(o.MaxUnavailable)
-	return buildPreflight(preflightInput{Now: now, Status: status, Nodes: nodes, Strategy: protocol.Strategy(o.Strategy), MaxUnavailable: mu,
+	kr, _ := coordinator.ParseMaxUnavailable(o.MaxKubeletRestarts)
+	return buildPreflight(preflightInput{Now: now, Status: status, Nodes: nodes, Strategy: protocol.Strategy(o.Strategy), MaxUnavailable: mu, MaxKubeletRestarts: kr,
 		Settle: o.Settle, GateSettle: o.GateSettle, Margin: o.TrustMargin, TrustWindow: o.TrustWindow, PerNodeOverride: o.PerNode}), nil
 }
 
@@ -249,6 +257,10 @@ func writeEstimate(w io.Writer, rep preflightReport) {
 			src = "default: " + p.Why
 		}
 		fmt.Fprintf(w, "          %s: %s, %s per node (%s)\n", p.Strategy, count(p.Nodes, "node"), secs(p.Seconds), src)
+	}
+	if e.Uncordoned > 0 {
+		fmt.Fprintf(w, "          auto restarts the kubelets of %s without a cordon, outside max-unavailable (the old issuer is no longer trusted): one first, then %d at a time (max-kubelet-restarts)\n",
+			count(e.Uncordoned, "node"), e.KubeletRestartsAtOnce)
 	}
 	switch {
 	case e.Nodes == 0:

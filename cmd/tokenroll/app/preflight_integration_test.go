@@ -147,9 +147,13 @@ func TestPreflightCommand(t *testing.T) {
 		len(rep.NodesWithoutAgent) != 1 || rep.NodesWithoutAgent[0].Node != "node-c" || rep.NodesWithoutAgent[0].Reason != agentNoReport {
 		t.Errorf("report: %s", out)
 	}
-	// Before a change: node-a and node-b hold tokens, one at a time, at
-	// the default minute; without a trust window there is no gate settle.
-	if e := rep.Estimate; e.Scope != scopeIssuerChange || e.Nodes != 2 || e.Concurrency != 1 || e.DurationSeconds != 120 || e.GateSettleSeconds != 0 || e.PerNode[0].Source != perNodeDefault {
+	// Before a change, with the coordinator's default strategy, auto:
+	// node-a and node-b hold tokens, at the default minute. Without a trust
+	// window there is no gate settle, and auto restarts their kubelets
+	// without a cordon, one first, then the other; its apps are watched
+	// once at the end (2m30s).
+	if e := rep.Estimate; e.Scope != scopeIssuerChange || e.Strategy != coordinator.Auto || e.Nodes != 2 || e.Uncordoned != 2 || e.KubeletRestartsAtOnce != 100 ||
+		e.DurationSeconds != 270 || e.GateSettleSeconds != 0 || e.PerNode[0].Source != perNodeDefault {
 		t.Errorf("estimate: %+v", e)
 	}
 
@@ -160,10 +164,10 @@ func TestPreflightCommand(t *testing.T) {
 		"ISSUER    https://issuer.test",
 		"APPS      7 pods with a projected token: 4 healthy, 2 app-stale, 0 app-failing, 1 unobserved",
 		"ROLLOUT   an issuer change now: 2 nodes, 1 at a time (max-unavailable 1, 0 nodes out of service)",
-		"kubelet-restart: 2 nodes, 1m0s per node (default: the state records no rollout)",
-		"about 4m0s, counting the 2m0s gate settle",
+		"auto: 2 nodes, 1m0s per node (default: the state records no rollout)",
+		"about 6m30s, counting the 2m0s gate settle",
 		"TRUST     https://issuer.test trusted until",
-		"(--trust-window): fits, 23h56m0s to spare",
+		"(--trust-window): fits, 23h53m30s to spare",
 		"RESULT    WOULD BREAK: app-stale, tokens-not-refreshed, agents",
 		"app-stale             FAIL    2 app-stale pods",
 		"in 1 workload in 1 namespace",
@@ -198,8 +202,8 @@ func TestPreflightCommand(t *testing.T) {
 			StartedAt: now.Add(-90 * time.Minute), StepAt: now.Add(-90*time.Minute + 20*time.Second)})
 		c.annotate(n, protocol.AnnotationNodeState, string(raw))
 	}
-	code, out, stderr = run(t, "preflight", "--kubeconfig", c.kc, "--max-unavailable=2", "--trust-window=24h")
-	t.Logf("tokenroll preflight --max-unavailable=2 --trust-window=24h:\n%s", out)
+	code, out, stderr = run(t, "preflight", "--kubeconfig", c.kc, "--strategy=kubelet-restart", "--max-unavailable=2", "--trust-window=24h")
+	t.Logf("tokenroll preflight --strategy=kubelet-restart --max-unavailable=2 --trust-window=24h:\n%s", out)
 	if code != 0 || !strings.Contains(out, "RESULT    nothing would break") ||
 		!strings.Contains(out, "kubelet-restart: 3 nodes, 20s per node (measured: median of 2 nodes of rollout r-prev)") ||
 		!strings.Contains(out, "about 2m40s, counting the 2m0s gate settle") || strings.Contains(out, "NAMESPACE") {
@@ -213,7 +217,7 @@ func TestPreflightCommand(t *testing.T) {
 	// A person bound to the shipped viewer roles reads all of it, the gate
 	// found by --gate=auto included.
 	viewer := c.viewerKubeconfig()
-	code, out, stderr = run(t, "preflight", "--kubeconfig", viewer, "-o", "json", "--max-unavailable=2", "--trust-window=24h")
+	code, out, stderr = run(t, "preflight", "--kubeconfig", viewer, "-o", "json", "--strategy=kubelet-restart", "--max-unavailable=2", "--trust-window=24h")
 	rep = preflightReport{}
 	if code != 0 || json.Unmarshal([]byte(out), &rep) != nil || rep.Breaks || rep.Estimate.PerNode[0].Source != perNodeMeasured || rep.Apps == nil {
 		t.Errorf("as tokenroll-viewer: exit %d, want 0\n%s%s", code, out, stderr)

@@ -66,9 +66,9 @@ type preflightInput struct {
 	// the coordinator's per-node records.
 	Nodes    []*corev1.Node
 	Strategy protocol.Strategy
-	// MaxUnavailable, Settle, GateSettle and TrustMargin are the
-	// coordinator's policy.
-	MaxUnavailable               intstr.IntOrString
+	// MaxUnavailable, MaxKubeletRestarts, Settle, GateSettle and
+	// TrustMargin are the coordinator's policy.
+	MaxUnavailable, MaxKubeletRestarts intstr.IntOrString
 	Settle, GateSettle, Margin   time.Duration
 	TrustWindow, PerNodeOverride time.Duration
 }
@@ -149,6 +149,12 @@ type estimate struct {
 	MaxUnavailable int `json:"maxUnavailable"`
 	OutOfService   int `json:"outOfService"`
 	Concurrency    int `json:"concurrency"`
+	// Uncordoned counts the auto nodes whose kubelets restart without a
+	// cordon and outside MaxUnavailable, because the old issuer is no
+	// longer trusted when they start: one first, then
+	// KubeletRestartsAtOnce at a time.
+	Uncordoned            int `json:"uncordoned,omitempty"`
+	KubeletRestartsAtOnce int `json:"kubeletRestartsAtOnce,omitempty"`
 	// PerNode is the time one node takes, for each strategy the nodes get.
 	PerNode           []perNode `json:"perNode"`
 	SettleSeconds     float64   `json:"settleSeconds"`
@@ -376,6 +382,10 @@ func makeEstimate(in preflightInput) estimate {
 	// time after that, not after now.
 	started := map[string]time.Time{}
 	raised := 0
+	// gate and issuer are what the API servers trust and sign with when
+	// the nodes start; canaryDone: a kubelet restart of auto's has been
+	// verified already, so no node goes first alone.
+	gate, issuer, canaryDone := st.Gate, st.Issuer, false
 	switch r := st.Rollout; {
 	case r != nil && r.FinishedAt.IsZero():
 		e.Scope, e.Strategy = scopeRollout, r.Strategy
@@ -393,7 +403,9 @@ func makeEstimate(in preflightInput) estimate {
 			}
 		}
 		for _, pn := range r.Nodes {
-			switch protocol.Step(phase[pn.Name]) {
+			step := protocol.Step(phase[pn.Name])
+			canaryDone = canaryDone || (pn.Strategy == coordinator.Auto && (step == protocol.StepApps || step == protocol.StepDone))
+			switch step {
 			case protocol.StepDone, protocol.StepUnresolved, protocol.StepExcluded, protocol.StepDryRun:
 				continue
 			}
@@ -422,6 +434,7 @@ func makeEstimate(in preflightInput) estimate {
 			order = append(order, pn.Name)
 			strategies[pn.Name] = pn.Strategy
 		}
+		gate, issuer = pin.Gate, pin.Issuer
 	}
 	e.Nodes = len(order)
 
@@ -462,17 +475,45 @@ func makeEstimate(in preflightInput) estimate {
 		e.PerNode = append(e.PerNode, pn)
 	}
 	slices.SortFunc(e.PerNode, func(a, b perNode) int { return cmp.Compare(a.Strategy, b.Strategy) })
+	// Once no previous issuer is trusted, auto restarts kubelets without a
+	// cordon and outside max-unavailable: one first, then
+	// --max-kubelet-restarts at a time. (A node that climbs to a reboot is
+	// not foreseen.)
+	trustEnded := coordinator.TrustEnded(gate, issuer, in.Now)
 	var busy []time.Time
 	durations := make([]time.Duration, 0, len(order))
+	var uncordoned []time.Duration
 	for _, name := range order {
 		d := times[strategies[name]]
 		if s, ok := started[name]; ok {
 			busy = append(busy, later(in.Now, s.Add(d)))
 			continue
 		}
+		if trustEnded && strategies[name] == coordinator.Auto {
+			uncordoned = append(uncordoned, d)
+			continue
+		}
 		durations = append(durations, d)
 	}
 	end, ok := coordinator.RolloutEnd(in.Now, busy, durations, e.Concurrency, in.Settle)
+	if ok && len(uncordoned) > 0 {
+		limit := in.MaxKubeletRestarts
+		if limit == (intstr.IntOrString{}) {
+			limit = coordinator.DefaultMaxKubeletRestarts
+		}
+		restarts, err := coordinator.ResolveMaxUnavailable(limit, len(st.Nodes))
+		if err != nil {
+			restarts = 1
+		}
+		e.Uncordoned, e.KubeletRestartsAtOnce = len(uncordoned), restarts
+		from := in.Now
+		if !canaryDone {
+			from = from.Add(uncordoned[0])
+			uncordoned = uncordoned[1:]
+		}
+		waves, _ := coordinator.RolloutEnd(from, nil, uncordoned, restarts, 0)
+		end = later(end, waves)
+	}
 	if ok && counts[coordinator.Auto] > 0 && in.PerNodeOverride <= 0 {
 		end = end.Add(appsWatchOnce)
 	}

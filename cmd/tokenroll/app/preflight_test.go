@@ -156,12 +156,30 @@ func TestPreflightBeforeAnIssuerChange(t *testing.T) {
 		t.Errorf("no trust window: %+v\n%+v", e, rep.Checks)
 	}
 	// auto: a kubelet restart's minute per node, and the watch of the
-	// last node's apps once (the others overlap the next nodes).
+	// last node's apps once (the others overlap the next nodes). With no
+	// trust window the kubelets restart without a cordon: one first, then
+	// the two others at once, or one at a time with
+	// --max-kubelet-restarts=1.
 	auto := in
 	auto.Strategy = coordinator.Auto
-	if e := buildPreflight(auto).Estimate; e.DurationSeconds != (3*time.Minute+2*time.Minute+30*time.Second).Seconds() ||
-		len(e.PerNode) != 1 || e.PerNode[0].Seconds != 60 || e.PerNode[0].Source != perNodeDefault {
+	autoRep := buildPreflight(auto)
+	if e := autoRep.Estimate; e.DurationSeconds != (2*time.Minute+2*time.Minute+30*time.Second).Seconds() ||
+		e.Uncordoned != 3 || e.KubeletRestartsAtOnce != 100 || len(e.PerNode) != 1 || e.PerNode[0].Seconds != 60 || e.PerNode[0].Source != perNodeDefault {
 		t.Errorf("auto: %+v", e)
+	}
+	var table strings.Builder
+	writeEstimate(&table, autoRep)
+	if want := "auto restarts the kubelets of 3 nodes without a cordon, outside max-unavailable (the old issuer is no longer trusted): one first, then 100 at a time (max-kubelet-restarts)"; !strings.Contains(table.String(), want) {
+		t.Errorf("table:\n%s\nlacks %q", table.String(), want)
+	}
+	auto.MaxKubeletRestarts = intstr.FromInt32(1)
+	if e := buildPreflight(auto).Estimate; e.DurationSeconds != (3*time.Minute+2*time.Minute+30*time.Second).Seconds() || e.KubeletRestartsAtOnce != 1 {
+		t.Errorf("auto, --max-kubelet-restarts=1: %+v", e)
+	}
+	// With a window, auto's nodes take max-unavailable's places, cordoned.
+	auto.TrustWindow = 24 * time.Hour
+	if e := buildPreflight(auto).Estimate; e.DurationSeconds != (2*time.Minute+3*time.Minute+2*time.Minute+30*time.Second).Seconds() || e.Uncordoned != 0 {
+		t.Errorf("auto, 24h window: %+v", e)
 	}
 	in.TrustWindow, in.MaxUnavailable = 24*time.Hour, intstr.FromString("50%")
 	rep = buildPreflight(in)
