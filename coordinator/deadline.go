@@ -72,15 +72,22 @@ func inForce(r *Rollout, base, ceiling int) int {
 
 // estimateInput reads what the estimate needs from the rollout's nodes. A
 // halted node is pending: it starts again when the rollout is resumed.
-func (t *term) estimateInput(w world, views []nodeView, maxUnavailable int) EstimateInput {
+func (t *term) estimateInput(w world, views []nodeView, maxUnavailable int, uncordoned func(nodeView) bool) EstimateInput {
 	in := EstimateInput{Now: w.now, MaxUnavailable: maxUnavailable, Settle: t.c.cfg.Settle, Deadline: TrustDeadline(w.gate, w.now)}
+	if uncordoned != nil {
+		in.UncordonedAtOnce, _ = ResolveMaxUnavailable(t.c.cfg.MaxKubeletRestarts, len(w.nodes))
+	}
 	var watched []time.Duration
 	for _, v := range views {
 		switch {
 		case v.node == nil:
 		case v.state == nil && excludedBy(v.node) != "":
+		case v.state == nil && uncordoned != nil && uncordoned(v):
+			in.Uncordoned++
 		case v.state == nil || v.state.Step == protocol.StepHalted:
 			in.Pending++
+		case startedUncordoned(v):
+			in.UncordonedInProgress = append(in.UncordonedInProgress, v.state.StartedAt)
 		case v.state.Step.InProgress():
 			in.InProgress = append(in.InProgress, v.state.StartedAt)
 		case v.state.Step == protocol.StepApps:
@@ -105,6 +112,20 @@ func (t *term) estimateInput(w world, views []nodeView, maxUnavailable int) Esti
 	return in
 }
 
+// uncordonedStarts tells, once no previous issuer is trusted, which of
+// views' nodes auto would start without a cordon (startNodes): those with
+// auto that no RolloutPolicy covers. nil: none would.
+func (t *term) uncordonedStarts(w world, r *Rollout, views []nodeView) func(nodeView) bool {
+	if !TrustEnded(w.gate, w.issuer, w.now) {
+		return nil
+	}
+	free := map[string]bool{}
+	for _, v := range t.flagViews(w, r, views) {
+		free[v.plan.Name] = v.plan.Strategy == Auto
+	}
+	return func(v nodeView) bool { return free[v.plan.Name] }
+}
+
 // observeEstimate exports the nodes at once in force for a running
 // rollout and its estimate, and keeps the estimate for publishEstimate. A
 // rollout that is not running has neither, and there is no estimate while
@@ -126,7 +147,8 @@ func (t *term) observeEstimate(w world, r *Rollout) {
 		t.setEstimate(nil, limit)
 		return
 	}
-	est := EstimateCompletion(t.estimateInput(w, t.views(w, r), limit))
+	views := t.views(w, r)
+	est := EstimateCompletion(t.estimateInput(w, views, limit, t.uncordonedStarts(w, r, views)))
 	t.setEstimate(&est, limit)
 }
 
@@ -158,7 +180,7 @@ func (t *term) maxUnavailable(ctx context.Context, w world, r *Rollout, views []
 		return 0, err
 	}
 	limit := inForce(r, base, ceiling)
-	in := t.estimateInput(w, views, limit)
+	in := t.estimateInput(w, views, limit, t.uncordonedStarts(w, r, views))
 	before := EstimateCompletion(in)
 	need := limit
 	fv := t.flagViews(w, r, views)
@@ -166,7 +188,7 @@ func (t *term) maxUnavailable(ctx context.Context, w world, r *Rollout, views []
 	case len(fv) == len(views):
 		need = NeededMaxUnavailable(in, ceiling)
 	case len(fv) > 0:
-		need = NeededMaxUnavailable(t.estimateInput(w, fv, limit), ceiling)
+		need = NeededMaxUnavailable(t.estimateInput(w, fv, limit, t.uncordonedStarts(w, r, fv)), ceiling)
 	}
 	ended := ceiling > limit && len(fv) > 0 && issuerRollout(r) && TrustEnded(w.gate, w.issuer, w.now)
 	if ended {

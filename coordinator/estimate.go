@@ -33,6 +33,13 @@ type EstimateInput struct {
 	// node's remediation, not a Watch later per node.
 	Watch    time.Duration
 	Watching []time.Time
+	// Uncordoned counts the nodes left that auto starts without a cordon
+	// and outside MaxUnavailable, once no previous issuer is trusted, and
+	// UncordonedInProgress are when those restarting now started; they go
+	// UncordonedAtOnce at a time (--max-kubelet-restarts), on their own.
+	Uncordoned           int
+	UncordonedInProgress []time.Time
+	UncordonedAtOnce     int
 }
 
 // Estimate is when a rollout is expected to end, and what that rests on.
@@ -70,10 +77,11 @@ func (e Estimate) MissesDeadline() bool {
 // PodDisruptionBudget does not make every other node look slow); a node in
 // progress ends that long after its cordon (now, if it has overrun), and
 // each pending node takes the first of MaxUnavailable places to free up,
-// Settle after the node before it there (RolloutEnd). Nothing else is modelled: nodes out of service for
+// Settle after the node before it there (RolloutEnd); the nodes auto
+// restarts without a cordon take UncordonedAtOnce places of their own. Nothing else is modelled: nodes out of service for
 // other reasons, a gate that closes, waits for a person.
 func EstimateCompletion(in EstimateInput) Estimate {
-	e := Estimate{At: in.Now, Measured: len(in.Finished), InProgress: len(in.InProgress), Pending: in.Pending,
+	e := Estimate{At: in.Now, Measured: len(in.Finished), InProgress: len(in.InProgress) + len(in.UncordonedInProgress), Pending: in.Pending + in.Uncordoned,
 		MaxUnavailable: in.MaxUnavailable, Deadline: in.Deadline}
 	if len(in.Finished) == 0 || in.MaxUnavailable < 1 {
 		return e
@@ -92,8 +100,20 @@ func EstimateCompletion(in EstimateInput) Estimate {
 		pending[i] = e.PerNode
 	}
 	end, _ := RolloutEnd(in.Now, busy, pending, in.MaxUnavailable, in.Settle)
+	if left := in.Uncordoned + len(in.UncordonedInProgress); left > 0 {
+		ubusy := make([]time.Time, len(in.UncordonedInProgress))
+		for i, s := range in.UncordonedInProgress {
+			ubusy[i] = later(in.Now, s.Add(e.PerNode))
+		}
+		upending := make([]time.Duration, in.Uncordoned)
+		for i := range upending {
+			upending[i] = e.PerNode
+		}
+		uend, _ := RolloutEnd(in.Now, ubusy, upending, max(in.UncordonedAtOnce, 1), 0)
+		end = later(end, uend)
+	}
 	if in.Watch > 0 {
-		if len(busy)+len(pending) > 0 {
+		if len(busy)+len(pending)+in.Uncordoned+len(in.UncordonedInProgress) > 0 {
 			end = end.Add(in.Watch)
 		}
 		for _, s := range in.Watching {

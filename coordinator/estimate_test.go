@@ -51,6 +51,15 @@ func TestEstimateCompletion(t *testing.T) {
 			in: EstimateInput{Finished: []time.Duration{m}, Watching: []time.Time{t0.Add(-m)}, MaxUnavailable: 1, Watch: 3 * m}, want: 2 * m, perNode: m},
 		{name: "nothing left but watches that have overrun: now",
 			in: EstimateInput{Finished: []time.Duration{m}, Watching: []time.Time{t0.Add(-10 * m)}, MaxUnavailable: 1, Watch: 3 * m}, want: 0, perNode: m},
+		{name: "nodes auto restarts without a cordon go --max-kubelet-restarts at a time, beside max-unavailable's",
+			in: EstimateInput{Finished: []time.Duration{m}, Pending: 2, MaxUnavailable: 1, Uncordoned: 5, UncordonedAtOnce: 2}, want: 3 * m, perNode: m},
+		{name: "an uncordoned restart in progress holds one of their places, not max-unavailable's",
+			in: EstimateInput{Finished: []time.Duration{m}, Pending: 1, MaxUnavailable: 1, Uncordoned: 2, UncordonedAtOnce: 2,
+				UncordonedInProgress: []time.Time{t0.Add(-30 * time.Second)}}, want: m + 30*time.Second, perNode: m},
+		{name: "the cordoned nodes may end last",
+			in: EstimateInput{Finished: []time.Duration{m}, Pending: 4, MaxUnavailable: 1, Uncordoned: 5, UncordonedAtOnce: 5}, want: 4 * m, perNode: m},
+		{name: "the apps watch once after the uncordoned nodes too",
+			in: EstimateInput{Finished: []time.Duration{m}, MaxUnavailable: 1, Uncordoned: 3, UncordonedAtOnce: 100, Watch: 3 * m}, want: 4 * m, perNode: m},
 		{name: "a negative measure (a clock stepped back) counts as nothing",
 			in: EstimateInput{Finished: []time.Duration{-10 * m, -10 * m, 10 * m}, Pending: 1, MaxUnavailable: 1}, want: 0, perNode: 0},
 	}
@@ -70,7 +79,7 @@ func TestEstimateCompletion(t *testing.T) {
 			if e.PerNode != c.perNode || e.MissesDeadline() != c.misses {
 				t.Errorf("per node %s, misses the deadline %v; want %s, %v", e.PerNode, e.MissesDeadline(), c.perNode, c.misses)
 			}
-			if e.Measured != len(c.in.Finished) || e.Pending != c.in.Pending || e.InProgress != len(c.in.InProgress) || e.MaxUnavailable != c.in.MaxUnavailable {
+			if e.Measured != len(c.in.Finished) || e.Pending != c.in.Pending+c.in.Uncordoned || e.InProgress != len(c.in.InProgress)+len(c.in.UncordonedInProgress) || e.MaxUnavailable != c.in.MaxUnavailable {
 				t.Errorf("estimate %+v does not carry its inputs", e)
 			}
 		})

@@ -312,7 +312,8 @@ func (g *policyGate) poolLimit(ctx context.Context, p *policy.Policy, views []no
 	}
 	limit := max(base, min(t.pol.raised[p.Name], ceiling))
 	t.pol.mu.Unlock()
-	in := t.estimateInput(w, views, limit)
+	// A pool's nodes start cordoned, within its budget, whatever the trust.
+	in := t.estimateInput(w, views, limit, nil)
 	need := NeededMaxUnavailable(in, ceiling)
 	if need <= limit {
 		return limit

@@ -706,6 +706,43 @@ func TestAutoBoundsUncordonedKubeletRestarts(t *testing.T) {
 	}
 }
 
+// The completion estimate counts the uncordoned kubelet restarts as they
+// go: --max-kubelet-restarts at a time, beside --max-unavailable's places,
+// not in them.
+func TestAutoEstimateCountsUncordonedRestarts(t *testing.T) {
+	names := []string{"n1", "n2", "n3", "n4", "n5", "n6"}
+	var objs []runtime.Object
+	var pods []*corev1.Pod
+	for i, n := range names {
+		p := tokenPod("web-"+n, n, fmt.Sprintf("10.1.0.%d", i+1), "web")
+		pods = append(pods, p)
+		objs = append(objs, testNode(n, withReport(oldIssuerReport(podRef(p)))), p)
+	}
+	f := autoFixture(t, append(objs, rolloutConfigMap(rollout(Auto, names...)))...)
+	f.cfg.MaxUnavailable, f.cfg.MaxKubeletRestarts = intstr.FromInt32(1), intstr.FromInt32(2)
+	f.gate.Set(trustEnded)
+	w := newAppWorld(f, pods)
+	w.run(time.Minute)
+	start := f.clock.Now()
+	f.sync() // n1, the canary
+	f.clock.Step(time.Minute)
+	st := readNodeState(f.node("n1"), rolloutID)
+	w.restartKubelet("n1")
+	f.updateNode("n1", agentStatus(st.Request, protocol.PhaseDone, "kubelet restarted"))
+	f.updateNode("n1", withReport(cleanReport()))
+	f.sync() // n1 verified after a minute: n2 and n3 restart
+	f.clock.Step(10 * time.Second)
+	f.sync()
+	// A minute a node: n2 and n3 end at start+2m, n4 and n5 take their
+	// places until 3m, n6 until 4m; then the watch of the last node's
+	// apps. At one place (--max-unavailable), n4 to n6 would follow each
+	// other until 5m.
+	want := start.Add(4*time.Minute + AppsWatch(appsOptions.Grace))
+	if got := f.counter("tokenroll_rollout_estimated_completion_timestamp_seconds", "", ""); got != float64(want.Unix()) {
+		t.Errorf("estimated completion %s; want %s", time.Unix(int64(got), 0).UTC(), want.UTC())
+	}
+}
+
 // A node started without a cordon whose kubelet restart refreshes
 // nothing climbs to a reboot, which drains: it is cordoned for it, in the
 // same write, once --max-unavailable has room, and not before.

@@ -71,8 +71,7 @@ type preflightOptions struct {
 
 func newPreflightOptions() *preflightOptions {
 	return &preflightOptions{clusterOptions: newClusterOptions(), Strategy: string(coordinator.Auto), MaxUnavailable: "1",
-		MaxKubeletRestarts: coordinator.DefaultMaxKubeletRestarts.String(),
-		GateSettle: 2 * time.Minute, TrustMargin: time.Hour, Output: "table"}
+		MaxKubeletRestarts: coordinator.DefaultMaxKubeletRestarts.String(), GateSettle: 2 * time.Minute, TrustMargin: time.Hour, Output: "table"}
 }
 
 func (o *preflightOptions) AddFlags(fs *pflag.FlagSet) {

@@ -69,8 +69,8 @@ type preflightInput struct {
 	// MaxUnavailable, MaxKubeletRestarts, Settle, GateSettle and
 	// TrustMargin are the coordinator's policy.
 	MaxUnavailable, MaxKubeletRestarts intstr.IntOrString
-	Settle, GateSettle, Margin   time.Duration
-	TrustWindow, PerNodeOverride time.Duration
+	Settle, GateSettle, Margin         time.Duration
+	TrustWindow, PerNodeOverride       time.Duration
 }
 
 // preflightReport is what `tokenroll preflight` prints; its JSON field
@@ -381,6 +381,8 @@ func makeEstimate(in preflightInput) estimate {
 	// cordoned: like the coordinator, the estimate has them end a node's
 	// time after that, not after now.
 	started := map[string]time.Time{}
+	// noCordon: of those, the ones auto started without a cordon.
+	noCordon := map[string]bool{}
 	raised := 0
 	// gate and issuer are what the API servers trust and sign with when
 	// the nodes start; canaryDone: a kubelet restart of auto's has been
@@ -400,6 +402,7 @@ func makeEstimate(in preflightInput) estimate {
 			if ns, err := protocol.ParseNodeState(n.Annotations[protocol.AnnotationNodeState]); err == nil &&
 				ns.Rollout == r.ID && ns.Step.InProgress() && !ns.StartedAt.IsZero() {
 				started[n.Name] = ns.StartedAt
+				noCordon[n.Name] = ns.NoCordon && ns.Step == protocol.StepActing
 			}
 		}
 		for _, pn := range r.Nodes {
@@ -480,12 +483,15 @@ func makeEstimate(in preflightInput) estimate {
 	// --max-kubelet-restarts at a time. (A node that climbs to a reboot is
 	// not foreseen.)
 	trustEnded := coordinator.TrustEnded(gate, issuer, in.Now)
-	var busy []time.Time
+	var busy, ubusy []time.Time
 	durations := make([]time.Duration, 0, len(order))
 	var uncordoned []time.Duration
 	for _, name := range order {
 		d := times[strategies[name]]
-		if s, ok := started[name]; ok {
+		if s, ok := started[name]; ok && noCordon[name] {
+			ubusy = append(ubusy, later(in.Now, s.Add(d)))
+			continue
+		} else if ok {
 			busy = append(busy, later(in.Now, s.Add(d)))
 			continue
 		}
@@ -496,7 +502,7 @@ func makeEstimate(in preflightInput) estimate {
 		durations = append(durations, d)
 	}
 	end, ok := coordinator.RolloutEnd(in.Now, busy, durations, e.Concurrency, in.Settle)
-	if ok && len(uncordoned) > 0 {
+	if ok && len(uncordoned)+len(ubusy) > 0 {
 		limit := in.MaxKubeletRestarts
 		if limit == (intstr.IntOrString{}) {
 			limit = coordinator.DefaultMaxKubeletRestarts
@@ -505,13 +511,18 @@ func makeEstimate(in preflightInput) estimate {
 		if err != nil {
 			restarts = 1
 		}
-		e.Uncordoned, e.KubeletRestartsAtOnce = len(uncordoned), restarts
+		e.Uncordoned, e.KubeletRestartsAtOnce = len(uncordoned)+len(ubusy), restarts
 		from := in.Now
-		if !canaryDone {
+		if !canaryDone && len(ubusy) == 0 {
+			// The first goes alone, until its restart is verified.
 			from = from.Add(uncordoned[0])
 			uncordoned = uncordoned[1:]
+		} else if !canaryDone {
+			// The canary is restarting: the rest wait for it.
+			from = later(from, slices.MinFunc(ubusy, time.Time.Compare))
+			ubusy = nil
 		}
-		waves, _ := coordinator.RolloutEnd(from, nil, uncordoned, restarts, 0)
+		waves, _ := coordinator.RolloutEnd(from, ubusy, uncordoned, restarts, 0)
 		end = later(end, waves)
 	}
 	if ok && counts[coordinator.Auto] > 0 && in.PerNodeOverride <= 0 {
