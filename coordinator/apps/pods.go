@@ -103,7 +103,8 @@ func TrimPod(obj any) (any, error) {
 	return &trimmedPod{pod: pod, ended: ended}, nil
 }
 
-// trim is PodFrom, with what the pods share shared.
+// trim is PodFrom, with the names and the audience list that many pods
+// hold alike shared among them.
 func trim(p *corev1.Pod) (*Pod, bool) {
 	pod, ended := PodFrom(p)
 	if len(pod.TokenAudiences) == 1 && pod.TokenAudiences[0] == "" {
