@@ -339,10 +339,7 @@ func benchCaches(b *testing.B, nodes int) {
 
 	d := apps.NewDetector(apps.Config{Grace: 2 * time.Minute, Window: 15 * time.Minute, RepeatEvents: time.Hour, Clock: clock})
 	c.detector.Store(d)
-	synced, stop, err := apps.FollowPods(ctx, client, d)
-	if err != nil {
-		b.Fatal(err)
-	}
+	synced, stop := apps.FollowPods(ctx, client, d)
 	defer func() { cancel(); stop() }()
 	if !cache.WaitForCacheSync(ctx.Done(), synced) {
 		b.Fatal("pods not synced")

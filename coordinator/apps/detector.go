@@ -11,6 +11,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"hash/maphash"
+	"iter"
 	"maps"
 	"net/netip"
 	"slices"
@@ -210,8 +211,7 @@ type volumeToken struct {
 }
 
 type podState struct {
-	// pod is shared with the pod informer's cache, which holds every pod
-	// too: read only, replaced whole.
+	// pod is read only, replaced whole.
 	pod *Pod
 	// audCount counts the pod's token sources per audience key: only a
 	// key held by exactly one source names a token unambiguously.
@@ -248,9 +248,10 @@ type podState struct {
 	// changed (dirty) or when time alone changes its judgement (due, when
 	// a piece of its evidence leaves the window): the others count as
 	// they did. counted says its last judgement is in the detector's
-	// totals, observed is that judgement's.
-	dirty, counted, observed, deleted bool
-	due                               stamp
+	// totals, observed is that judgement's. listed: the list replacePods
+	// is given holds it.
+	dirty, counted, observed, deleted, listed bool
+	due                                       stamp
 	// dueAt is its index in the detector's due heap (-1: not in it).
 	dueAt int
 }
@@ -504,6 +505,41 @@ func (d *Detector) setPod(p *Pod, ended bool) {
 	now := d.cfg.Clock.Now()
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.setPodLocked(p, now)
+}
+
+// replacePods makes the pods listed the detector's pods, as setPod does
+// each, and deletes those it holds that the list does not (or lists
+// ended): what a relist of every pod of the cluster tells. A pod listed
+// keeps its state, by UID. Each pod is set under the lock on its own, so
+// audit events are not held up for the whole list; the pods are the
+// caller's alone meanwhile (a pod SetPod gives the detector during
+// replacePods may be deleted).
+func (d *Detector) replacePods(list iter.Seq2[*Pod, bool]) {
+	for p, ended := range list {
+		if ended {
+			// Not marked listed: deleted below, if the detector holds it.
+			continue
+		}
+		now := d.cfg.Clock.Now()
+		d.mu.Lock()
+		d.setPodLocked(p, now).listed = true
+		d.mu.Unlock()
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, ps := range d.pods {
+		if ps.listed {
+			ps.listed = false
+		} else {
+			d.deleteLocked(ps)
+		}
+	}
+}
+
+// setPodLocked is setPod for a pod that has not ended. Called with d.mu
+// held.
+func (d *Detector) setPodLocked(p *Pod, now time.Time) *podState {
 	ps := d.pods[p.UID]
 	switch {
 	case ps == nil:
@@ -544,6 +580,7 @@ func (d *Detector) setPod(p *Pod, ended bool) {
 			d.byIP[ip] = p.UID
 		}
 	}
+	return ps
 }
 
 func (d *Detector) unindex(ps *podState) {
@@ -579,16 +616,21 @@ func (d *Detector) DeletePod(uid types.UID) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if ps := d.pods[uid]; ps != nil {
-		d.unindex(ps)
-		delete(d.pods, uid)
-		if ps.counted {
-			d.count(ps, -1)
-		}
-		if ps.dueAt >= 0 {
-			heap.Remove(&d.due, ps.dueAt)
-		}
-		ps.deleted = true
+		d.deleteLocked(ps)
 	}
+}
+
+// deleteLocked is DeletePod. Called with d.mu held.
+func (d *Detector) deleteLocked(ps *podState) {
+	d.unindex(ps)
+	delete(d.pods, ps.pod.UID)
+	if ps.counted {
+		d.count(ps, -1)
+	}
+	if ps.dueAt >= 0 {
+		heap.Remove(&d.due, ps.dueAt)
+	}
+	ps.deleted = true
 }
 
 // Pods is the number of pods the detector holds state for.

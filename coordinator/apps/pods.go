@@ -64,27 +64,27 @@ func workload(p *corev1.Pod) string {
 	return ref.Kind + "/" + ref.Name
 }
 
-// cachedPod is what the pod informer keeps of a pod: what the detector
-// reads (PodFrom), and the name and resourceVersion the informer's store
-// needs, in place of the whole Pod. The informer holds every pod of the
-// cluster; a corev1.Pod's struct alone, its fields empty, is larger than
-// all of this. The detector keeps pod itself, not a copy: neither changes
-// it.
-type cachedPod struct {
-	pod             *Pod
-	ended           bool
-	resourceVersion string
+// trimmedPod is a pod as TrimPod leaves it: what the detector reads
+// (PodFrom), in place of the whole Pod. Only the pod reflector's
+// temporary store holds them, while a watch-list streams every pod, before
+// it hands them to the detector (podStore.Replace).
+type trimmedPod struct {
+	pod   *Pod
+	ended bool
 }
 
-// GetObjectMeta gives the informer's store the pod's key and version.
-func (c *cachedPod) GetObjectMeta() metav1.Object {
-	return &metav1.ObjectMeta{Namespace: c.pod.Namespace, Name: c.pod.Name, UID: c.pod.UID, ResourceVersion: c.resourceVersion}
+// GetObjectMeta gives the reflector's temporary store the pod's key, and
+// its data consistency check (KUBE_WATCHLIST_INCONSISTENCY_DETECTOR) the
+// UID.
+func (c *trimmedPod) GetObjectMeta() metav1.Object {
+	return &metav1.ObjectMeta{Namespace: c.pod.Namespace, Name: c.pod.Name, UID: c.pod.UID}
 }
 
-// GetObjectKind and DeepCopyObject make it a runtime.Object.
-func (c *cachedPod) GetObjectKind() schema.ObjectKind { return schema.EmptyObjectKind }
+// GetObjectKind and DeepCopyObject make it a runtime.Object, as the data
+// consistency check wants what a transform returns.
+func (c *trimmedPod) GetObjectKind() schema.ObjectKind { return schema.EmptyObjectKind }
 
-func (c *cachedPod) DeepCopyObject() runtime.Object {
+func (c *trimmedPod) DeepCopyObject() runtime.Object {
 	out, pod := *c, *c.pod
 	pod.IPs = slices.Clone(c.pod.IPs)
 	pod.TokenAudiences = slices.Clone(c.pod.TokenAudiences)
@@ -92,13 +92,20 @@ func (c *cachedPod) DeepCopyObject() runtime.Object {
 	return &out
 }
 
-// TrimPod is the pod informer's transform: it keeps of a pod only what
-// PodFrom takes, as a cachedPod.
+// TrimPod is the pod reflector's transform: it keeps of a pod only what
+// PodFrom takes, as a *trimmedPod.
 func TrimPod(obj any) (any, error) {
 	p, ok := obj.(*corev1.Pod)
 	if !ok {
 		return obj, nil
 	}
+	pod, ended := trim(p)
+	return &trimmedPod{pod: pod, ended: ended}, nil
+}
+
+// trim is PodFrom, with the names and the audience list that many pods
+// hold alike shared among them.
+func trim(p *corev1.Pod) (*Pod, bool) {
 	pod, ended := PodFrom(p)
 	if len(pod.TokenAudiences) == 1 && pod.TokenAudiences[0] == "" {
 		// Nearly every pod's: one source, the API server's audience.
@@ -107,7 +114,7 @@ func TrimPod(obj any) (any, error) {
 	// Thousands of pods share each node, namespace and workload name;
 	// decoded, each pod has its own copy.
 	pod.Namespace, pod.Node, pod.Workload = intern(pod.Namespace), intern(pod.Node), intern(pod.Workload)
-	return &cachedPod{pod: &pod, ended: ended, resourceVersion: p.ResourceVersion}, nil
+	return &pod, ended
 }
 
 // intern gives the one copy of s that the pods holding it share, for as

@@ -17,7 +17,7 @@ import (
 )
 
 // TestTrimPodSharesNames: pods decoded apart hold their own copies of
-// their node's, namespace's and workload's names; the cache keeps one.
+// their node's, namespace's and workload's names; trimmed, they share one.
 func TestTrimPodSharesNames(t *testing.T) {
 	pod := func(name string) *corev1.Pod {
 		// Built byte by byte, as a decoder does: no two share memory.
@@ -35,7 +35,7 @@ func TestTrimPodSharesNames(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return o.(*cachedPod).pod
+		return o.(*trimmedPod).pod
 	}
 	// The interned copies live as long as a handle does: a collection
 	// between the two trims must not make two.
@@ -49,21 +49,6 @@ func TestTrimPodSharesNames(t *testing.T) {
 		if unsafe.StringData(f.a) != unsafe.StringData(f.b) {
 			t.Errorf("two pods' %s names are two copies, want one", f.name)
 		}
-	}
-}
-
-// TestFollowedPodIsTheCachedOne: the detector keeps the pod the informer
-// caches, not a copy of it.
-func TestFollowedPodIsTheCachedOne(t *testing.T) {
-	d := NewDetector(Config{})
-	o, err := TrimPod(&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "a", Namespace: "shop", UID: "u"}, Status: corev1.PodStatus{Phase: corev1.PodRunning}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cp := o.(*cachedPod)
-	d.setPod(cp.pod, cp.ended)
-	if d.pods["u"].pod != cp.pod {
-		t.Fatal("the detector copied the cached pod")
 	}
 }
 
