@@ -60,6 +60,11 @@ type env struct {
 	fleet     *fleet.Fleet
 	checker   *invariants.Checker
 	log       *zap.Logger
+	// gate is the revision gate of the coordinator policyCoordinator
+	// started (nil: none started).
+	gate *coordinator.FakeGate
+	// watchers are the recorders watchConcurrency started.
+	watchers []*concurrency
 }
 
 func startEnv(t *testing.T, apiservers int, nodes ...string) *env {

@@ -88,7 +88,7 @@ func TestPolicyHealthGateWaitsForEvictedPodsReadyElsewhere(t *testing.T) {
 		cfg.Drainer = coordinator.KubectlDrainer{Client: e.admin, Force: true}
 	})
 	e.waitObserved(oldIssuer)
-	e.restartAPIServers(newIssuer)
+	e.changeIssuer(newIssuer)
 	st := e.waitState("n-2 held by the health gate", func(s coordinator.State) bool {
 		return s.Waiting != nil && s.Waiting.Reason == coordinator.WaitHealthGate
 	})

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -13,6 +14,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -119,7 +121,9 @@ func accepted(p *v1alpha1.RolloutPolicy) *metav1.Condition {
 
 // concurrency records, from every Node event in order, the most nodes of
 // each group out of service at once (cordoned, or in a step of ours in
-// progress), and the order nodes first went out of service.
+// progress), and the order nodes first went out of service. Across an API
+// server restart its informer lists again and misses what changed
+// meanwhile: restart the servers with changeIssuer.
 type concurrency struct {
 	mu      sync.Mutex
 	groupOf func(*corev1.Node) string
@@ -127,6 +131,8 @@ type concurrency struct {
 	max     map[string]int
 	started []string
 	onStart func(node string)
+	// mark is the last value of annotationMark seen on any node.
+	mark string
 }
 
 func (e *env) watchConcurrency(groupOf func(*corev1.Node) string, onStart func(string)) *concurrency {
@@ -139,6 +145,7 @@ func (e *env) watchConcurrency(groupOf func(*corev1.Node) string, onStart func(s
 	})
 	f.Start(e.ctx.Done())
 	f.WaitForCacheSync(e.ctx.Done())
+	e.watchers = append(e.watchers, c)
 	return c
 }
 
@@ -146,6 +153,9 @@ func (c *concurrency) see(n *corev1.Node) {
 	st, err := protocol.ParseNodeState(n.Annotations[protocol.AnnotationNodeState])
 	out := n.Spec.Unschedulable || (err == nil && st.Step.InProgress())
 	c.mu.Lock()
+	if m, ok := n.Annotations[annotationMark]; ok {
+		c.mark = m
+	}
 	first := out && !c.out[n.Name] && !slices.Contains(c.started, n.Name)
 	c.out[n.Name] = out
 	if first {
@@ -177,12 +187,68 @@ func (c *concurrency) snapshot() (map[string]int, []string) {
 	return m, slices.Clone(c.started)
 }
 
+// annotationMark is the annotation watchersCaughtUp writes on a node.
+const annotationMark = "test.tokenroll.io/mark"
+
+// watchersCaughtUp writes a new mark on a node and waits until every
+// watchConcurrency recorder has seen it: each watches the API servers as
+// they are now, and sees every Node change from here on.
+func (e *env) watchersCaughtUp() {
+	e.t.Helper()
+	mark := strconv.FormatInt(time.Now().UnixNano(), 10)
+	node := slices.Sorted(maps.Keys(e.fleet.Members))[0]
+	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{annotationMark: mark}}})
+	if _, err := e.admin.CoreV1().Nodes().Patch(e.ctx, node, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		e.t.Fatal(err)
+	}
+	err := wait.PollUntilContextTimeout(e.ctx, 50*time.Millisecond, 3*time.Minute, true, func(context.Context) (bool, error) {
+		for _, c := range e.watchers {
+			c.mu.Lock()
+			seen := c.mark == mark
+			c.mu.Unlock()
+			if !seen {
+				return false, nil
+			}
+		}
+		return true, nil
+	})
+	if err != nil {
+		e.t.Fatalf("waiting until every node watcher sees the API servers as they are now: %v", err)
+	}
+}
+
+// changeIssuer restarts the API servers with issuers. A watch does not
+// survive an API server restart: the informers of watchConcurrency list
+// again once the servers are back, after a backoff that grows to seconds,
+// and a node that went out of service and back before that list is never
+// seen out. So the coordinator's gate stays closed, and no node starts,
+// until every recorder watches the restarted servers.
+func (e *env) changeIssuer(issuers ...string) {
+	e.t.Helper()
+	if len(e.watchers) == 0 {
+		e.restartAPIServers(issuers...)
+		return
+	}
+	if e.gate == nil {
+		e.t.Fatal("changeIssuer with node watchers needs the gate of policyCoordinator")
+	}
+	e.gate.Set(coordinator.GateState{Provider: "test", Message: "closed while the API servers restart"})
+	e.restartAPIServers(issuers...)
+	e.watchersCaughtUp()
+	e.gate.Set(noGate)
+}
+
+// noGate is the state of --gate=none.
+var noGate = coordinator.GateState{Provider: coordinator.GateNone, Open: true, Message: "no revision gate (--gate=none)"}
+
 // byPrefix groups nodes by the part of their name before "-".
 func byPrefix(n *corev1.Node) string { g, _, _ := strings.Cut(n.Name, "-"); return g }
 
-// policyCoordinator runs a coordinator reading RolloutPolicies.
+// policyCoordinator runs a coordinator reading RolloutPolicies, behind a
+// gate as --gate=none (always open) that changeIssuer closes for a while.
 func (e *env) policyCoordinator(vc versioned.Interface, change func(*coordinator.Config)) *coordinatorRun {
-	return e.startCoordinator("c1", nil, func(cfg *coordinator.Config) {
+	e.gate = coordinator.NewFakeGate(noGate)
+	return e.startCoordinator("c1", e.gate, func(cfg *coordinator.Config) {
 		cfg.Policies = vc
 		cfg.PolicyRecheck = 300 * time.Millisecond
 		if change != nil {
@@ -194,7 +260,7 @@ func (e *env) policyCoordinator(vc versioned.Interface, change func(*coordinator
 func (e *env) rollOutNewIssuer() coordinator.State {
 	e.t.Helper()
 	e.waitObserved(oldIssuer)
-	e.restartAPIServers(newIssuer)
+	e.changeIssuer(newIssuer)
 	return e.waitState("a rollout finished", func(s coordinator.State) bool {
 		return s.Rollout != nil && s.Rollout.Issuer == newIssuer && s.Rollout.Phase == coordinator.RolloutDone
 	})
@@ -339,7 +405,7 @@ func TestPolicyWindowClosesAndReopens(t *testing.T) {
 		return c != nil && c.Status == metav1.ConditionTrue && p.Status.NextWindowStart == nil
 	})
 	e.waitObserved(oldIssuer)
-	e.restartAPIServers(newIssuer)
+	e.changeIssuer(newIssuer)
 	st := e.waitState("the rollout waits for the window", func(s coordinator.State) bool {
 		return s.Waiting != nil && s.Waiting.Reason == coordinator.WaitWindow && s.Rollout != nil && s.Rollout.Phase == coordinator.RolloutRunning
 	})
