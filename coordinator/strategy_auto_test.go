@@ -566,14 +566,13 @@ func uncordonedStart(at time.Time, id string) protocol.NodeState {
 		Request: id, BootID: "boot-1", StepAt: at, StartedAt: at}
 }
 
-// Once the previous issuer is no longer trusted, every pod still holding
-// its tokens fails until its kubelet replaces them: auto restarts the
-// kubelets without cordoning the nodes (the restart evicts no pod) and
-// outside --max-unavailable, a canary first, then, once it is verified,
-// every node left at once. The request and the state go in one write, and
-// the node is never made unschedulable.
-func TestAutoRestartsKubeletsUncordonedOnceTheTrustHasEnded(t *testing.T) {
-	names := []string{"n1", "n2", "n3", "n4"}
+// trustEndedFleet is an auto rollout of names, each node with one pod
+// holding a token of the previous issuer, which the API servers no longer
+// trust, its app running for a minute; one node at a time by
+// --max-unavailable, kubeletRestarts by --max-kubelet-restarts (zero: the
+// default).
+func trustEndedFleet(t *testing.T, names []string, kubeletRestarts intstr.IntOrString) (*fixture, *appWorld) {
+	t.Helper()
 	var objs []runtime.Object
 	var pods []*corev1.Pod
 	for i, n := range names {
@@ -582,10 +581,22 @@ func TestAutoRestartsKubeletsUncordonedOnceTheTrustHasEnded(t *testing.T) {
 		objs = append(objs, testNode(n, withReport(oldIssuerReport(podRef(p)))), p)
 	}
 	f := autoFixture(t, append(objs, rolloutConfigMap(rollout(Auto, names...)))...)
-	f.cfg.MaxUnavailable = intstr.FromInt32(1)
+	f.cfg.MaxUnavailable, f.cfg.MaxKubeletRestarts = intstr.FromInt32(1), kubeletRestarts
 	f.gate.Set(trustEnded)
 	w := newAppWorld(f, pods)
 	w.run(time.Minute)
+	return f, w
+}
+
+// Once the previous issuer is no longer trusted, every pod still holding
+// its tokens fails until its kubelet replaces them: auto restarts the
+// kubelets without cordoning the nodes (the restart evicts no pod) and
+// outside --max-unavailable, a canary first, then, once it is verified,
+// every node left at once. The request and the state go in one write, and
+// the node is never made unschedulable.
+func TestAutoRestartsKubeletsUncordonedOnceTheTrustHasEnded(t *testing.T) {
+	names := []string{"n1", "n2", "n3", "n4"}
+	f, w := trustEndedFleet(t, names, intstr.IntOrString{})
 	start := f.clock.Now()
 
 	f.sync()
@@ -646,18 +657,7 @@ func TestAutoRestartsKubeletsUncordonedOnceTheTrustHasEnded(t *testing.T) {
 // for the whole wave.
 func TestAutoBoundsUncordonedKubeletRestarts(t *testing.T) {
 	names := []string{"n1", "n2", "n3", "n4"}
-	var objs []runtime.Object
-	var pods []*corev1.Pod
-	for i, n := range names {
-		p := tokenPod("web-"+n, n, fmt.Sprintf("10.1.0.%d", i+1), "web")
-		pods = append(pods, p)
-		objs = append(objs, testNode(n, withReport(oldIssuerReport(podRef(p)))), p)
-	}
-	f := autoFixture(t, append(objs, rolloutConfigMap(rollout(Auto, names...)))...)
-	f.cfg.MaxUnavailable, f.cfg.MaxKubeletRestarts = intstr.FromInt32(1), intstr.FromInt32(2)
-	f.gate.Set(trustEnded)
-	w := newAppWorld(f, pods)
-	w.run(time.Minute)
+	f, w := trustEndedFleet(t, names, intstr.FromInt32(2))
 	verify := func(node string) {
 		t.Helper()
 		st := readNodeState(f.node(node), rolloutID)
@@ -711,18 +711,7 @@ func TestAutoBoundsUncordonedKubeletRestarts(t *testing.T) {
 // not in them.
 func TestAutoEstimateCountsUncordonedRestarts(t *testing.T) {
 	names := []string{"n1", "n2", "n3", "n4", "n5", "n6"}
-	var objs []runtime.Object
-	var pods []*corev1.Pod
-	for i, n := range names {
-		p := tokenPod("web-"+n, n, fmt.Sprintf("10.1.0.%d", i+1), "web")
-		pods = append(pods, p)
-		objs = append(objs, testNode(n, withReport(oldIssuerReport(podRef(p)))), p)
-	}
-	f := autoFixture(t, append(objs, rolloutConfigMap(rollout(Auto, names...)))...)
-	f.cfg.MaxUnavailable, f.cfg.MaxKubeletRestarts = intstr.FromInt32(1), intstr.FromInt32(2)
-	f.gate.Set(trustEnded)
-	w := newAppWorld(f, pods)
-	w.run(time.Minute)
+	f, w := trustEndedFleet(t, names, intstr.FromInt32(2))
 	start := f.clock.Now()
 	f.sync() // n1, the canary
 	f.clock.Step(time.Minute)
