@@ -76,13 +76,14 @@ func (t *term) estimateInput(w world, views []nodeView, maxUnavailable int, unco
 	in := EstimateInput{Now: w.now, MaxUnavailable: maxUnavailable, Settle: t.c.cfg.Settle, Deadline: TrustDeadline(w.gate, w.now)}
 	if uncordoned != nil {
 		in.UncordonedAtOnce, _ = ResolveMaxUnavailable(t.c.cfg.MaxKubeletRestarts, len(w.nodes))
+		in.CanaryPending = !canaryVerified(views)
 	}
 	var watched []time.Duration
 	for _, v := range views {
 		switch {
 		case v.node == nil:
 		case v.state == nil && excludedBy(v.node) != "":
-		case v.state == nil && uncordoned != nil && uncordoned(v):
+		case (v.state == nil || v.state.Step == protocol.StepHalted) && uncordoned != nil && uncordoned(v):
 			in.Uncordoned++
 		case v.state == nil || v.state.Step == protocol.StepHalted:
 			in.Pending++
@@ -113,15 +114,21 @@ func (t *term) estimateInput(w world, views []nodeView, maxUnavailable int, unco
 }
 
 // uncordonedStarts tells, once no previous issuer is trusted, which of
-// views' nodes auto would start without a cordon (startNodes): those with
-// auto that no RolloutPolicy covers. nil: none would.
+// views' nodes startNodes would start without a cordon: those with auto
+// that no RolloutPolicy covers, schedulable, whose first rung is a kubelet
+// restart (or nothing). nil: none would.
 func (t *term) uncordonedStarts(w world, r *Rollout, views []nodeView) func(nodeView) bool {
 	if !TrustEnded(w.gate, w.issuer, w.now) {
 		return nil
 	}
+	ev := t.appEvidence(w.now)
 	free := map[string]bool{}
 	for _, v := range t.flagViews(w, r, views) {
-		free[v.plan.Name] = v.plan.Strategy == Auto
+		if v.node == nil || v.plan.Strategy != Auto || v.node.Spec.Unschedulable {
+			continue
+		}
+		rung := (auto{}).firstRung(t.parsed, v.node, w.issuer, ev)
+		free[v.plan.Name] = rung == KubeletRestart || rung == rungNone
 	}
 	return func(v nodeView) bool { return free[v.plan.Name] }
 }

@@ -40,6 +40,10 @@ type EstimateInput struct {
 	Uncordoned           int
 	UncordonedInProgress []time.Time
 	UncordonedAtOnce     int
+	// CanaryPending: no kubelet restart of the rollout is verified yet, so
+	// the first uncordoned node (the one restarting, or else the next)
+	// goes alone, and the others start once it is verified.
+	CanaryPending bool
 }
 
 // Estimate is when a rollout is expected to end, and what that rests on.
@@ -109,7 +113,16 @@ func EstimateCompletion(in EstimateInput) Estimate {
 		for i := range upending {
 			upending[i] = e.PerNode
 		}
-		uend, _ := RolloutEnd(in.Now, ubusy, upending, max(in.UncordonedAtOnce, 1), 0)
+		from := in.Now
+		switch {
+		case in.CanaryPending && len(ubusy) > 0:
+			from = later(from, slices.MinFunc(ubusy, time.Time.Compare))
+			ubusy = nil
+		case in.CanaryPending:
+			from = from.Add(upending[0])
+			upending = upending[1:]
+		}
+		uend, _ := RolloutEnd(from, ubusy, upending, max(in.UncordonedAtOnce, 1), 0)
 		end = later(end, uend)
 	}
 	if in.Watch > 0 {

@@ -60,6 +60,11 @@ func TestEstimateCompletion(t *testing.T) {
 			in: EstimateInput{Finished: []time.Duration{m}, Pending: 4, MaxUnavailable: 1, Uncordoned: 5, UncordonedAtOnce: 5}, want: 4 * m, perNode: m},
 		{name: "the apps watch once after the uncordoned nodes too",
 			in: EstimateInput{Finished: []time.Duration{m}, MaxUnavailable: 1, Uncordoned: 3, UncordonedAtOnce: 100, Watch: 3 * m}, want: 4 * m, perNode: m},
+		{name: "before a kubelet restart is verified, the canary goes alone, then the rest at once",
+			in: EstimateInput{Finished: []time.Duration{m}, MaxUnavailable: 1, Uncordoned: 3, UncordonedAtOnce: 100, CanaryPending: true}, want: 2 * m, perNode: m},
+		{name: "a canary restarting holds the others until it ends",
+			in: EstimateInput{Finished: []time.Duration{m}, MaxUnavailable: 1, Uncordoned: 2, UncordonedAtOnce: 100, CanaryPending: true,
+				UncordonedInProgress: []time.Time{t0.Add(-30 * time.Second)}}, want: m + 30*time.Second, perNode: m},
 		{name: "a negative measure (a clock stepped back) counts as nothing",
 			in: EstimateInput{Finished: []time.Duration{-10 * m, -10 * m, 10 * m}, Pending: 1, MaxUnavailable: 1}, want: 0, perNode: 0},
 	}

@@ -506,8 +506,8 @@ func (t *term) halt(ctx context.Context, w world, r *Rollout, v nodeView, reason
 		}
 		ns.Step, ns.StepAt, ns.Reason, ns.Message = protocol.StepHalted, w.now, reason, msg
 		if finished != nil {
-			// What a finished drain or eviction did is on the halted
-			// node's record, as its request would have carried it.
+			// What a finished drain or eviction did is added to the
+			// halted node's record: the pods it moved and their owners.
 			ns.Evicted = append(slices.Clone(ns.Evicted), finished.prep.evicted...)
 			ns.Owners = mergeOwners(ns.Owners, finished.prep.owners)
 		}

@@ -263,20 +263,25 @@ func startedUncordoned(v nodeView) bool {
 // authenticate, since the old issuer's tokens fail already, and only the
 // API servers' load (--max-kubelet-restarts) bounds them.
 func uncordonedSlots(views []nodeView, limit int) int {
-	inFlight, verified := 0, 0
+	inFlight := 0
 	for _, v := range views {
-		switch {
-		case v.state == nil:
-		case startedUncordoned(v):
+		if startedUncordoned(v) {
 			inFlight++
-		case v.state.Rung == KubeletRestart && !v.state.AppsAt.IsZero():
-			verified++
 		}
 	}
-	if verified > 0 {
+	if canaryVerified(views) {
 		return limit - inFlight
 	}
 	return 1 - inFlight
+}
+
+// canaryVerified reports whether a kubelet restart of the rollout has been
+// verified: auto's canary, after which more than one node restarts at
+// once.
+func canaryVerified(views []nodeView) bool {
+	return slices.ContainsFunc(views, func(v nodeView) bool {
+		return v.state != nil && v.state.Rung == KubeletRestart && !v.state.AppsAt.IsZero()
+	})
 }
 
 // startUncordoned starts a node on auto's first rung, a kubelet restart

@@ -73,9 +73,10 @@ type trimmedPod struct {
 	ended bool
 }
 
-// GetObjectMeta gives the reflector's temporary store the pod's key, and
-// its data consistency check (KUBE_WATCHLIST_INCONSISTENCY_DETECTOR) the
-// UID.
+// GetObjectMeta serves the reflector's data consistency check
+// (KUBE_WATCHLIST_INCONSISTENCY_DETECTOR), which reads a trimmed pod's
+// namespace, name and UID; the temporary store keys a pod before it is
+// trimmed.
 func (c *trimmedPod) GetObjectMeta() metav1.Object {
 	return &metav1.ObjectMeta{Namespace: c.pod.Namespace, Name: c.pod.Name, UID: c.pod.UID}
 }

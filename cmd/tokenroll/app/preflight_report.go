@@ -385,9 +385,11 @@ func makeEstimate(in preflightInput) estimate {
 	noCordon := map[string]bool{}
 	raised := 0
 	// gate and issuer are what the API servers trust and sign with when
-	// the nodes start; canaryDone: a kubelet restart of auto's has been
-	// verified already, so no node goes first alone.
+	// the nodes start; canaryDone: a kubelet restart of the rollout has
+	// been verified already, so no node goes first alone. watchEnd: when
+	// the watches of apps going on end.
 	gate, issuer, canaryDone := st.Gate, st.Issuer, false
+	var watchEnd time.Time
 	switch r := st.Rollout; {
 	case r != nil && r.FinishedAt.IsZero():
 		e.Scope, e.Strategy = scopeRollout, r.Strategy
@@ -399,17 +401,26 @@ func makeEstimate(in preflightInput) estimate {
 			phase[n.Name] = n.Phase
 		}
 		for _, n := range in.Nodes {
-			if ns, err := protocol.ParseNodeState(n.Annotations[protocol.AnnotationNodeState]); err == nil &&
-				ns.Rollout == r.ID && ns.Step.InProgress() && !ns.StartedAt.IsZero() {
+			ns, err := protocol.ParseNodeState(n.Annotations[protocol.AnnotationNodeState])
+			if err != nil || ns.Rollout != r.ID {
+				continue
+			}
+			// As the coordinator's uncordonedSlots: a verified kubelet
+			// restart.
+			canaryDone = canaryDone || (ns.Rung == coordinator.KubeletRestart && !ns.AppsAt.IsZero())
+			if ns.Step == protocol.StepApps {
+				// Its own work is done; the watch of its apps ends a
+				// watch after it began, as the coordinator counts it.
+				watchEnd = later(watchEnd, ns.StepAt.Add(appsWatchOnce))
+			}
+			if ns.Step.InProgress() && !ns.StartedAt.IsZero() {
 				started[n.Name] = ns.StartedAt
 				noCordon[n.Name] = ns.NoCordon && ns.Step == protocol.StepActing
 			}
 		}
 		for _, pn := range r.Nodes {
-			step := protocol.Step(phase[pn.Name])
-			canaryDone = canaryDone || (pn.Strategy == coordinator.Auto && (step == protocol.StepApps || step == protocol.StepDone))
-			switch step {
-			case protocol.StepDone, protocol.StepUnresolved, protocol.StepExcluded, protocol.StepDryRun:
+			switch protocol.Step(phase[pn.Name]) {
+			case protocol.StepDone, protocol.StepUnresolved, protocol.StepExcluded, protocol.StepDryRun, protocol.StepApps:
 				continue
 			}
 			order = append(order, pn.Name)
@@ -482,6 +493,23 @@ func makeEstimate(in preflightInput) estimate {
 	// cordon and outside max-unavailable: one first, then
 	// --max-kubelet-restarts at a time. (A node that climbs to a reboot is
 	// not foreseen.)
+	// Without audit evidence auto evicts instead (as pod-restart, cordoned),
+	// and a node asking for a reboot, or cordoned already, is cordoned
+	// too: as startNodes decides with auto's first rung.
+	a := st.Apps
+	evidence := a != nil && in.Now.Sub(a.UpdatedAt) <= appsReportMaxAge && a.AuditEvents > 0
+	nodes := map[string]*corev1.Node{}
+	for _, n := range in.Nodes {
+		nodes[n.Name] = n
+	}
+	startsUncordoned := func(name string) bool {
+		n := nodes[name]
+		if n == nil || n.Spec.Unschedulable || strategies[name] != coordinator.Auto || !evidence {
+			return false
+		}
+		rr, _ := protocol.ParseRebootRequired(n.Annotations[protocol.AnnotationRebootRequired])
+		return !rr
+	}
 	trustEnded := coordinator.TrustEnded(gate, issuer, in.Now)
 	var busy, ubusy []time.Time
 	durations := make([]time.Duration, 0, len(order))
@@ -495,7 +523,7 @@ func makeEstimate(in preflightInput) estimate {
 			busy = append(busy, later(in.Now, s.Add(d)))
 			continue
 		}
-		if trustEnded && strategies[name] == coordinator.Auto {
+		if trustEnded && startsUncordoned(name) {
 			uncordoned = append(uncordoned, d)
 			continue
 		}
@@ -527,6 +555,9 @@ func makeEstimate(in preflightInput) estimate {
 	}
 	if ok && counts[coordinator.Auto] > 0 && in.PerNodeOverride <= 0 {
 		end = end.Add(appsWatchOnce)
+	}
+	if ok {
+		end = later(end, watchEnd)
 	}
 	if ok {
 		total := end.Sub(in.Now) + time.Duration(e.GateSettleSeconds*float64(time.Second))

@@ -338,50 +338,92 @@ func TestPreflightAgreesWithTheCoordinator(t *testing.T) {
 // Once no previous issuer is trusted, auto restarts kubelets without a
 // cordon, --max-kubelet-restarts at a time: preflight and the coordinator
 // expect the same end for the same rollout. The canary a has been
-// verified and its apps watched; b restarts; c to f are left, two at a
-// time; then the watch of the last node's apps.
+// verified (its apps watched, or done); b restarts; c to f are left, two
+// at a time; then the watch of the last node's apps. Before any kubelet
+// restart is verified, b restarting is the canary and holds the others.
+// Without audit evidence auto evicts instead, cordoned, one at a time.
 func TestPreflightAgreesWithTheCoordinatorOnUncordonedRestarts(t *testing.T) {
 	now := time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
 	const iss = "https://new.test"
-	names := []string{"a", "b", "c", "d", "e", "f"}
-	reports := map[string]*protocol.TokenReport{}
-	for _, n := range names {
-		reports[n] = &protocol.TokenReport{Issuer: iss, Tokens: 1}
-	}
-	in := fixture(t, now, iss, coordinator.GateState{Provider: "none", Open: true, TrustKnown: true}, reports)
-	in.MaxKubeletRestarts = intstr.FromInt32(2)
-	r := &coordinator.Rollout{ID: "r-1", Strategy: coordinator.Auto, Phase: coordinator.RolloutRunning}
-	for _, n := range names {
-		r.Nodes = append(r.Nodes, coordinator.PlannedNode{Name: n, Strategy: coordinator.Auto})
-	}
-	in.Status.Rollout = r
-	states := map[string]protocol.NodeState{
-		"a": {Step: protocol.StepDone, NoCordon: true, StartedAt: now.Add(-5 * time.Minute), AppsAt: now.Add(-4 * time.Minute), StepAt: now.Add(-4*time.Minute + appsWatchOnce)},
-		"b": {Step: protocol.StepActing, NoCordon: true, StartedAt: now.Add(-20 * time.Second), StepAt: now.Add(-20 * time.Second)},
-	}
-	for i, n := range in.Nodes {
-		ns, ok := states[n.Name]
-		if !ok {
-			continue
-		}
-		ns.Rollout, ns.Strategy = r.ID, coordinator.Auto
-		raw, err := json.Marshal(ns)
-		if err != nil {
-			t.Fatal(err)
-		}
-		n.Annotations[protocol.AnnotationNodeState] = string(raw)
-		in.Status.Nodes[i].Phase = string(ns.Step)
-	}
-	want := coordinator.EstimateCompletion(coordinator.EstimateInput{Now: now, MaxUnavailable: 1, Finished: []time.Duration{time.Minute},
-		UncordonedInProgress: []time.Time{now.Add(-20 * time.Second)}, Uncordoned: 4, UncordonedAtOnce: 2, Watch: appsWatchOnce})
-	got := buildPreflight(in).Estimate
-	if !want.Known() || !got.CompletesAt.Equal(want.Completion) || got.Uncordoned != 5 || got.KubeletRestartsAtOnce != 2 {
-		t.Errorf("preflight expects the rollout to end at %s (%+v), the coordinator at %s", got.CompletesAt, got, want.Completion)
-	}
-	// b ends 40 s from now; c and e take the free place (1 min each), d
-	// and f b's (from 40 s); f ends at 2m40s, and the watch follows.
-	if end := now.Add(2*time.Minute + 40*time.Second + appsWatchOnce); !want.Completion.Equal(end) {
-		t.Errorf("the coordinator expects the end at %s; want %s", want.Completion, end)
+	m := time.Minute
+	verified := protocol.NodeState{Step: protocol.StepDone, NoCordon: true, Rung: coordinator.KubeletRestart,
+		StartedAt: now.Add(-5 * m), AppsAt: now.Add(-4 * m), StepAt: now.Add(-4*m + appsWatchOnce)}
+	watched := protocol.NodeState{Step: protocol.StepApps, NoCordon: true, Rung: coordinator.KubeletRestart,
+		StartedAt: now.Add(-2 * m), AppsAt: now.Add(-m), StepAt: now.Add(-m)}
+	notYet := verified
+	notYet.Rung = coordinator.PodRestart
+	restarting := protocol.NodeState{Step: protocol.StepActing, NoCordon: true, Rung: coordinator.KubeletRestart,
+		StartedAt: now.Add(-20 * time.Second), StepAt: now.Add(-20 * time.Second)}
+	for _, c := range []struct {
+		name    string
+		a       protocol.NodeState
+		noAudit bool
+		coord   coordinator.EstimateInput
+		wantEnd time.Duration
+		// wantUncordoned: the nodes preflight counts as restarting
+		// without a cordon (b, started so, is one in every case).
+		wantUncordoned int
+	}{
+		{name: "the canary done", a: verified,
+			coord: coordinator.EstimateInput{Finished: []time.Duration{m}, UncordonedInProgress: []time.Time{restarting.StartedAt}, Uncordoned: 4, UncordonedAtOnce: 2,
+				Watch: appsWatchOnce},
+			// b ends 40 s from now; c and e take the free place (1 min
+			// each), d and f b's (from 40 s); f ends at 2m40s.
+			wantEnd: 2*m + 40*time.Second + appsWatchOnce, wantUncordoned: 5},
+		{name: "the canary's apps watched", a: watched,
+			coord: coordinator.EstimateInput{Finished: []time.Duration{m}, UncordonedInProgress: []time.Time{restarting.StartedAt}, Uncordoned: 4, UncordonedAtOnce: 2,
+				Watch: appsWatchOnce, Watching: []time.Time{watched.StepAt}},
+			wantEnd: 2*m + 40*time.Second + appsWatchOnce, wantUncordoned: 5},
+		{name: "no kubelet restart verified yet: b is the canary", a: notYet,
+			coord: coordinator.EstimateInput{Finished: []time.Duration{m}, UncordonedInProgress: []time.Time{restarting.StartedAt}, Uncordoned: 4, UncordonedAtOnce: 2,
+				Watch: appsWatchOnce, CanaryPending: true},
+			// b ends 40 s from now; then c to f, two at a time.
+			wantEnd: 2*m + 40*time.Second + appsWatchOnce, wantUncordoned: 5},
+		{name: "no audit evidence: cordoned, one at a time", a: verified, noAudit: true,
+			coord: coordinator.EstimateInput{Finished: []time.Duration{m}, UncordonedInProgress: []time.Time{restarting.StartedAt}, Pending: 4,
+				Watch: appsWatchOnce},
+			wantEnd: 4*m + appsWatchOnce, wantUncordoned: 1},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			names := []string{"a", "b", "c", "d", "e", "f"}
+			reports := map[string]*protocol.TokenReport{}
+			for _, n := range names {
+				reports[n] = &protocol.TokenReport{Issuer: iss, Tokens: 1}
+			}
+			in := fixture(t, now, iss, coordinator.GateState{Provider: "none", Open: true, TrustKnown: true}, reports)
+			in.MaxKubeletRestarts = intstr.FromInt32(2)
+			if c.noAudit {
+				in.Status.Apps.AuditEvents = 0
+			}
+			r := &coordinator.Rollout{ID: "r-1", Strategy: coordinator.Auto, Phase: coordinator.RolloutRunning}
+			for _, n := range names {
+				r.Nodes = append(r.Nodes, coordinator.PlannedNode{Name: n, Strategy: coordinator.Auto})
+			}
+			in.Status.Rollout = r
+			states := map[string]protocol.NodeState{"a": c.a, "b": restarting}
+			for i, n := range in.Nodes {
+				ns, ok := states[n.Name]
+				if !ok {
+					continue
+				}
+				ns.Rollout, ns.Strategy = r.ID, coordinator.Auto
+				raw, err := json.Marshal(ns)
+				if err != nil {
+					t.Fatal(err)
+				}
+				n.Annotations[protocol.AnnotationNodeState] = string(raw)
+				in.Status.Nodes[i].Phase = string(ns.Step)
+			}
+			c.coord.Now, c.coord.MaxUnavailable = now, 1
+			want := coordinator.EstimateCompletion(c.coord)
+			got := buildPreflight(in).Estimate
+			if !want.Known() || !got.CompletesAt.Equal(want.Completion) || got.Uncordoned != c.wantUncordoned || got.Nodes != 5 {
+				t.Errorf("preflight expects the rollout to end at %s (%+v), the coordinator at %s", got.CompletesAt, got, want.Completion)
+			}
+			if end := now.Add(c.wantEnd); !want.Completion.Equal(end) {
+				t.Errorf("the coordinator expects the end at %s; want %s", want.Completion, end)
+			}
+		})
 	}
 }
 
