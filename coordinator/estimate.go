@@ -95,24 +95,10 @@ func EstimateCompletion(in EstimateInput) Estimate {
 		took[i] = max(d, 0)
 	}
 	e.PerNode = UpperMedian(took)
-	busy := make([]time.Time, len(in.InProgress))
-	for i, s := range in.InProgress {
-		busy[i] = later(in.Now, s.Add(e.PerNode))
-	}
-	pending := make([]time.Duration, in.Pending)
-	for i := range pending {
-		pending[i] = e.PerNode
-	}
+	busy, pending := nodesLeft(in.Now, in.InProgress, in.Pending, e.PerNode)
 	end, _ := RolloutEnd(in.Now, busy, pending, in.MaxUnavailable, in.Settle)
-	if left := in.Uncordoned + len(in.UncordonedInProgress); left > 0 {
-		ubusy := make([]time.Time, len(in.UncordonedInProgress))
-		for i, s := range in.UncordonedInProgress {
-			ubusy[i] = later(in.Now, s.Add(e.PerNode))
-		}
-		upending := make([]time.Duration, in.Uncordoned)
-		for i := range upending {
-			upending[i] = e.PerNode
-		}
+	if in.Uncordoned+len(in.UncordonedInProgress) > 0 {
+		ubusy, upending := nodesLeft(in.Now, in.UncordonedInProgress, in.Uncordoned, e.PerNode)
 		from := in.Now
 		switch {
 		case in.CanaryPending && len(ubusy) > 0:
@@ -135,6 +121,21 @@ func EstimateCompletion(in EstimateInput) Estimate {
 	}
 	e.Completion = end
 	return e
+}
+
+// nodesLeft is RolloutEnd's busy and pending for the nodes started at
+// started and pending more, each taking perNode: one in progress ends
+// perNode after its start (now, if it has overrun).
+func nodesLeft(now time.Time, started []time.Time, pending int, perNode time.Duration) ([]time.Time, []time.Duration) {
+	busy := make([]time.Time, len(started))
+	for i, s := range started {
+		busy[i] = later(now, s.Add(perNode))
+	}
+	left := make([]time.Duration, pending)
+	for i := range left {
+		left[i] = perNode
+	}
+	return busy, left
 }
 
 // UpperMedian is the median of d (with an even count, the slower of the
