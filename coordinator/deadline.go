@@ -187,7 +187,8 @@ func (t *term) maxUnavailable(ctx context.Context, w world, r *Rollout, views []
 		return 0, err
 	}
 	limit := inForce(r, base, ceiling)
-	in := t.estimateInput(w, views, limit, t.uncordonedStarts(w, r, views))
+	starts := t.uncordonedStarts(w, r, views)
+	in := t.estimateInput(w, views, limit, starts)
 	before := EstimateCompletion(in)
 	need := limit
 	fv := t.flagViews(w, r, views)
@@ -195,7 +196,7 @@ func (t *term) maxUnavailable(ctx context.Context, w world, r *Rollout, views []
 	case len(fv) == len(views):
 		need = NeededMaxUnavailable(in, ceiling)
 	case len(fv) > 0:
-		need = NeededMaxUnavailable(t.estimateInput(w, fv, limit, t.uncordonedStarts(w, r, fv)), ceiling)
+		need = NeededMaxUnavailable(t.estimateInput(w, fv, limit, starts), ceiling)
 	}
 	ended := ceiling > limit && len(fv) > 0 && issuerRollout(r) && TrustEnded(w.gate, w.issuer, w.now)
 	if ended {

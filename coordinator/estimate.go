@@ -99,17 +99,7 @@ func EstimateCompletion(in EstimateInput) Estimate {
 	end, _ := RolloutEnd(in.Now, busy, pending, in.MaxUnavailable, in.Settle)
 	if in.Uncordoned+len(in.UncordonedInProgress) > 0 {
 		ubusy, upending := nodesLeft(in.Now, in.UncordonedInProgress, in.Uncordoned, e.PerNode)
-		from := in.Now
-		switch {
-		case in.CanaryPending && len(ubusy) > 0:
-			from = later(from, slices.MinFunc(ubusy, time.Time.Compare))
-			ubusy = nil
-		case in.CanaryPending:
-			from = from.Add(upending[0])
-			upending = upending[1:]
-		}
-		uend, _ := RolloutEnd(from, ubusy, upending, max(in.UncordonedAtOnce, 1), 0)
-		end = later(end, uend)
+		end = later(end, UncordonedEnd(in.Now, ubusy, upending, in.UncordonedAtOnce, in.CanaryPending))
 	}
 	if in.Watch > 0 {
 		if len(busy)+len(pending)+in.Uncordoned+len(in.UncordonedInProgress) > 0 {
@@ -121,6 +111,26 @@ func EstimateCompletion(in EstimateInput) Estimate {
 	}
 	e.Completion = end
 	return e
+}
+
+// UncordonedEnd is when the last of the nodes auto restarts without a
+// cordon is done: the schedule the coordinator's estimate and tokenroll
+// preflight both take. busy are when those restarting end; pending are
+// the times of those left. With canaryPending (no kubelet restart of the
+// rollout verified yet) the first goes alone, the one restarting or else
+// the next, and the others start once it ends; then atOnce at a time.
+func UncordonedEnd(now time.Time, busy []time.Time, pending []time.Duration, atOnce int, canaryPending bool) time.Time {
+	from := now
+	switch {
+	case canaryPending && len(busy) > 0:
+		from = later(from, slices.MinFunc(busy, time.Time.Compare))
+		busy = nil
+	case canaryPending && len(pending) > 0:
+		from = from.Add(pending[0])
+		pending = pending[1:]
+	}
+	end, _ := RolloutEnd(from, busy, pending, max(atOnce, 1), 0)
+	return end
 }
 
 // nodesLeft is RolloutEnd's busy and pending for the nodes started at

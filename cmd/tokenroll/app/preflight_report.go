@@ -540,18 +540,7 @@ func makeEstimate(in preflightInput) estimate {
 			restarts = 1
 		}
 		e.Uncordoned, e.KubeletRestartsAtOnce = len(uncordoned)+len(ubusy), restarts
-		from := in.Now
-		if !canaryDone && len(ubusy) == 0 {
-			// The first goes alone, until its restart is verified.
-			from = from.Add(uncordoned[0])
-			uncordoned = uncordoned[1:]
-		} else if !canaryDone {
-			// The canary is restarting: the rest wait for it.
-			from = later(from, slices.MinFunc(ubusy, time.Time.Compare))
-			ubusy = nil
-		}
-		waves, _ := coordinator.RolloutEnd(from, ubusy, uncordoned, restarts, 0)
-		end = later(end, waves)
+		end = later(end, coordinator.UncordonedEnd(in.Now, ubusy, uncordoned, restarts, !canaryDone))
 	}
 	if ok && counts[coordinator.Auto] > 0 && in.PerNodeOverride <= 0 {
 		end = end.Add(appsWatchOnce)
